@@ -1,0 +1,120 @@
+//! THE seam between the engine and the outside world: clock, timers, task spawning, host files.
+//!
+//! Everything the engine needs from the world comes through an [`Env`] handed to
+//! `Engine::new`; nothing is global. `real.rs` is production (a single-threaded reactor with real
+//! time and io_uring, a worker pool where io_uring is unavailable); the `sim` crate implements the
+//! same traits with a virtual clock, a seeded scheduler and a fault-injecting virtual disk.
+//!
+//! Only `env/real.rs` may use `std::fs`, `std::time`, `std::thread` or OS randomness (a test
+//! enforces it). Must not import anything above `io` and `error`.
+
+pub mod real;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use crate::error::Result;
+use crate::io::{BufResult, IoBuf};
+
+/// A boxed, non-`Send` future: the engine is single-threaded.
+pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// The world as the engine sees it.
+pub trait Env {
+    /// Short name of the environment ("real", "sim"), for reports.
+    fn kind(&self) -> &'static str;
+
+    /// Monotonic time in nanoseconds since the environment started. Virtual in the simulator.
+    fn now_ns(&self) -> u64;
+
+    /// Wall-clock time in nanoseconds since the Unix epoch (timestamps written into images).
+    /// The simulator derives it from its virtual clock, so it is deterministic too.
+    fn wall_clock_ns(&self) -> u64;
+
+    /// A future that completes once `now_ns() >= deadline_ns`.
+    fn sleep_until(&self, deadline_ns: u64) -> LocalBoxFuture<'static, ()>;
+
+    /// Run `fut` as a new task on this (single) thread. `name` is shown in deadlock reports.
+    fn spawn(&self, name: &str, fut: LocalBoxFuture<'static, ()>);
+
+    /// The host file system.
+    fn fs(&self) -> &dyn HostFs;
+}
+
+/// How to open a host file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Open for writing too.
+    pub write: bool,
+    /// Create the file if it does not exist.
+    pub create: bool,
+    /// Fail if the file exists (with `create`).
+    pub create_new: bool,
+    /// Truncate to zero length on open.
+    pub truncate: bool,
+    /// Bypass the host page cache (`O_DIRECT`): buffers, offsets and lengths must be aligned to
+    /// [`HostFile::direct_align`].
+    pub direct: bool,
+}
+
+/// Whether a range of a host file holds data or is a hole (`SEEK_DATA` / `SEEK_HOLE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// The range holds data (or may: a file system without hole reporting says data).
+    Data,
+    /// The range is a hole and reads as zeroes.
+    Hole,
+}
+
+/// The host file system.
+pub trait HostFs {
+    /// Open (or create) a file. Open is a metadata operation and is done synchronously.
+    fn open(&self, path: &str, opts: OpenOptions) -> Result<Rc<dyn HostFile>>;
+
+    /// Remove a file.
+    fn remove(&self, path: &str) -> Result<()>;
+
+    /// True when a file exists at `path`.
+    fn exists(&self, path: &str) -> bool;
+}
+
+/// An open host file. All data operations are asynchronous and never block the event loop.
+///
+/// Buffers are owned and travel with the request ([`BufResult`]): the backend holds the memory
+/// until the operation is really over, even if the caller's future is dropped.
+pub trait HostFile {
+    /// Fill `buf` from `offset`. Bytes beyond the end of the file read as zeroes.
+    fn read_at(&self, buf: IoBuf, offset: u64) -> LocalBoxFuture<'_, BufResult>;
+
+    /// Write all of `buf` at `offset`, growing the file if needed. With `fua`, the data is
+    /// durable when the future completes.
+    fn write_at(&self, buf: IoBuf, offset: u64, fua: bool) -> LocalBoxFuture<'_, BufResult>;
+
+    /// Make every completed write durable (`fdatasync`).
+    fn flush(&self) -> LocalBoxFuture<'_, Result<()>>;
+
+    /// The current length.
+    fn len(&self) -> Result<u64>;
+
+    /// Grow or shrink the file.
+    fn set_len(&self, len: u64) -> LocalBoxFuture<'_, Result<()>>;
+
+    /// Deallocate a range (punch a hole, keeping the size). Afterwards the range reads as zeroes.
+    fn discard(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>>;
+
+    /// Make a range read as zeroes, deallocating it if `may_unmap` allows; grows the file if the
+    /// range ends past its end.
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool)
+    -> LocalBoxFuture<'_, Result<()>>;
+
+    /// Reserve space for a range without changing its contents (`fallocate` mode 0).
+    fn preallocate(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>>;
+
+    /// Whether the range starting at `offset` is data or a hole, and for how many bytes (at most
+    /// `len`, at least 1 when `offset` is below the end of the file).
+    fn allocation(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<(Allocation, u64)>>;
+
+    /// The alignment `O_DIRECT` requires of offsets, lengths and buffers (1 when not direct).
+    fn direct_align(&self) -> u32;
+}

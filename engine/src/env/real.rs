@@ -1,0 +1,1 @@
+//! Production environment (placeholder until the reactor lands).

@@ -1,0 +1,49 @@
+//! What `block_status` reports for a range: QEMU's `BDRV_BLOCK_*` as an enum.
+
+/// How the bytes of a range are provided by one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    /// Allocated data in this layer. `host` is where it lives in the node's storage child
+    /// (`file`), when that is known and meaningful.
+    Data {
+        /// Offset in the storage child.
+        host: Option<u64>,
+    },
+    /// Allocated in this layer and reads as zeroes. `host` as for `Data` (a preallocated zero
+    /// cluster has one).
+    Zero {
+        /// Offset in the storage child, if any is reserved.
+        host: Option<u64>,
+    },
+    /// Not allocated in this layer: the backing child provides it (zeroes if there is none).
+    Unallocated,
+}
+
+/// One answer of `block_status`: the first `len` bytes from the asked offset share `mapping`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockStatus {
+    /// Bytes covered; never 0 for an in-bounds request.
+    pub len: u64,
+    /// How they are provided.
+    pub mapping: Mapping,
+}
+
+impl Mapping {
+    /// True for data or zero allocated in this layer.
+    pub fn is_allocated(self) -> bool {
+        !matches!(self, Mapping::Unallocated)
+    }
+
+    /// True when the layer guarantees zeroes.
+    pub fn is_zero(self) -> bool {
+        matches!(self, Mapping::Zero { .. })
+    }
+
+    /// The host offset, when there is one.
+    pub fn host(self) -> Option<u64> {
+        match self {
+            Mapping::Data { host } | Mapping::Zero { host } => host,
+            Mapping::Unallocated => None,
+        }
+    }
+}

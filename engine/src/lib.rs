@@ -1,0 +1,31 @@
+//! # engine — the blk block engine
+//!
+//! A block layer in the spirit of QEMU's: a graph of nodes (format, protocol and filter drivers)
+//! joined by edges that hold permissions; one generic request path that every read and write
+//! takes; drain; BlockBackends for devices; jobs; and a QMP-style control surface.
+//!
+//! The engine runs unchanged on real files (`env::real`) and on the deterministic simulator (the
+//! `sim` crate), because everything it needs from the world comes through [`env::Env`].
+//!
+//! Layers (import only downward):
+//!
+//! ```text
+//! qmp/        wire format: JSON commands/events, dispatch to Engine methods
+//! engine.rs   the Engine facade
+//! drivers/    file, raw, null-co, ...
+//! request/    THE generic request path
+//! graph/      nodes, edges, permissions, graph edits, drain
+//! driver.rs   the BlockDriver trait
+//! io/         buffers, flags, limits, mappings
+//! env/        clock, timers, spawning, host files
+//! util/       pure helpers
+//! error.rs, types.rs, event.rs
+//! ```
+#![deny(missing_docs)]
+
+pub mod env;
+pub mod error;
+pub mod io;
+pub mod util;
+
+pub use error::{Errno, Error, ErrorClass, Result};

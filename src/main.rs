@@ -1,0 +1,2 @@
+//! `blk`: the command-line tool.
+fn main() {}
