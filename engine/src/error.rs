@@ -153,27 +153,47 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A `GenericError` with a message.
     pub fn generic(msg: impl Into<String>) -> Error {
-        Error { class: ErrorClass::GenericError, errno: None, msg: msg.into() }
+        Error {
+            class: ErrorClass::GenericError,
+            errno: None,
+            msg: msg.into(),
+        }
     }
 
     /// A `DeviceNotFound` error with a message.
     pub fn not_found(msg: impl Into<String>) -> Error {
-        Error { class: ErrorClass::DeviceNotFound, errno: None, msg: msg.into() }
+        Error {
+            class: ErrorClass::DeviceNotFound,
+            errno: None,
+            msg: msg.into(),
+        }
     }
 
     /// An error of an explicit class.
     pub fn with_class(class: ErrorClass, msg: impl Into<String>) -> Error {
-        Error { class, errno: None, msg: msg.into() }
+        Error {
+            class,
+            errno: None,
+            msg: msg.into(),
+        }
     }
 
     /// An I/O error carrying an errno; the message defaults to the errno's description.
     pub fn io(errno: Errno) -> Error {
-        Error { class: ErrorClass::GenericError, errno: Some(errno), msg: errno.description().into() }
+        Error {
+            class: ErrorClass::GenericError,
+            errno: Some(errno),
+            msg: errno.description().into(),
+        }
     }
 
     /// An I/O error with an errno and a specific message.
     pub fn io_msg(errno: Errno, msg: impl Into<String>) -> Error {
-        Error { class: ErrorClass::GenericError, errno: Some(errno), msg: msg.into() }
+        Error {
+            class: ErrorClass::GenericError,
+            errno: Some(errno),
+            msg: msg.into(),
+        }
     }
 
     /// `EINVAL` with a message: a request that the caller should not have made.

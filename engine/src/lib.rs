@@ -29,3 +29,14 @@ pub mod io;
 pub mod util;
 
 pub use error::{Errno, Error, ErrorClass, Result};
+pub mod backend;
+pub mod driver;
+pub mod drivers;
+pub mod engine;
+pub mod event;
+pub mod graph;
+pub mod qmp;
+pub mod request;
+pub mod types;
+
+pub use engine::Engine;

@@ -105,8 +105,12 @@ pub trait HostFile {
 
     /// Make a range read as zeroes, deallocating it if `may_unmap` allows; grows the file if the
     /// range ends past its end.
-    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool)
-    -> LocalBoxFuture<'_, Result<()>>;
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+    ) -> LocalBoxFuture<'_, Result<()>>;
 
     /// Reserve space for a range without changing its contents (`fallocate` mode 0).
     fn preallocate(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>>;

@@ -37,7 +37,10 @@ impl IoBuf {
 
     /// A zeroed buffer of `len` bytes whose start is aligned to `align` (a power of two).
     pub fn with_align(len: usize, align: usize) -> IoBuf {
-        assert!(align.is_power_of_two(), "buffer alignment {align} is not a power of two");
+        assert!(
+            align.is_power_of_two(),
+            "buffer alignment {align} is not a power of two"
+        );
         if len == 0 {
             // A dangling but aligned pointer: never dereferenced for a zero-length slice.
             let ptr = NonNull::new(align as *mut u8).expect("alignment is non-zero");

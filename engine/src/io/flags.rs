@@ -53,6 +53,11 @@ impl ReqFlags {
         self.0 == 0
     }
 
+    /// Both sets together (usable in constants).
+    pub const fn union(self, other: ReqFlags) -> ReqFlags {
+        ReqFlags(self.0 | other.0)
+    }
+
     /// These flags without those of `other`.
     pub fn without(self, other: ReqFlags) -> ReqFlags {
         ReqFlags(self.0 & !other.0)
@@ -88,8 +93,11 @@ impl Not for ReqFlags {
 
 impl fmt::Debug for ReqFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> =
-            Self::NAMES.iter().filter(|(flag, _)| self.contains(*flag)).map(|(_, n)| *n).collect();
+        let names: Vec<&str> = Self::NAMES
+            .iter()
+            .filter(|(flag, _)| self.contains(*flag))
+            .map(|(_, n)| *n)
+            .collect();
         write!(f, "ReqFlags({})", names.join("|"))
     }
 }

@@ -4,9 +4,13 @@
 
 mod notify;
 mod oneshot;
+mod options;
+mod tracked;
 
 pub use notify::{Notify, yield_now};
 pub use oneshot::{OneshotReceiver, OneshotSender, oneshot};
+pub use options::{Options, parse_size};
+pub use tracked::{Tracked, TrackedRanges};
 
 /// True when `[a, a+alen)` and `[b, b+blen)` overlap.
 pub fn ranges_overlap(a: u64, alen: u64, b: u64, blen: u64) -> bool {

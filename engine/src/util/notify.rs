@@ -37,7 +37,10 @@ impl Notify {
 
     /// Wait for the next `notify_all`.
     pub fn wait(&self) -> NotifyWait<'_> {
-        NotifyWait { notify: self, generation: None }
+        NotifyWait {
+            notify: self,
+            generation: None,
+        }
     }
 }
 

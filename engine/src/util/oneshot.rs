@@ -24,8 +24,15 @@ pub struct OneshotReceiver<T> {
 
 /// A new channel.
 pub fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
-    let slot = Rc::new(RefCell::new(Slot { value: None, waker: None, sender_gone: false }));
-    (OneshotSender { slot: slot.clone() }, OneshotReceiver { slot })
+    let slot = Rc::new(RefCell::new(Slot {
+        value: None,
+        waker: None,
+        sender_gone: false,
+    }));
+    (
+        OneshotSender { slot: slot.clone() },
+        OneshotReceiver { slot },
+    )
 }
 
 impl<T> OneshotSender<T> {

@@ -1,0 +1,211 @@
+//! The `BlockDriver` trait: what a driver implements, and what the generic request path
+//! guarantees it.
+//!
+//! A driver sees only pre-validated requests: offsets and lengths of reads and writes are
+//! multiples of its `Limits::request_align`, no request is longer than `max_transfer`, reads lie
+//! within the node's length (the generic path zero-fills past the end), and every request holds
+//! the permission it needs. Everything generic (alignment, splitting, serialisation, in-flight
+//! counting, flush de-duplication, FUA emulation, detect-zeroes) lives once, in `request/`.
+//!
+//! Capabilities are data ([`DriverCaps`]), never inferred from which methods a driver overrides.
+//!
+//! Imports only `io`, `types`, `event`, `error` and `env` (for the boxed-future type).
+
+use serde_json::Value;
+
+use crate::env::LocalBoxFuture;
+use crate::error::{Error, Result};
+use crate::event::DebugEvent;
+use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
+use crate::types::{ChildRole, Perms};
+
+/// What kind of node a driver makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverKind {
+    /// Talks to storage outside the graph (file, null-co).
+    Protocol,
+    /// Interprets an image format stored in a child (raw, qcow2).
+    Format,
+    /// Passes requests to one child, adding behaviour (blkdebug, throttle).
+    Filter,
+}
+
+/// Static facts about a driver.
+#[derive(Clone, Copy, Debug)]
+pub struct DriverCaps {
+    /// The name used in `blockdev-add`'s `driver`.
+    pub name: &'static str,
+    /// Protocol, format or filter.
+    pub kind: DriverKind,
+    /// Can have a backing child.
+    pub supports_backing: bool,
+    /// Flags the driver honours on `write` (e.g. FUA). Others are emulated or dropped.
+    pub write_flags: ReqFlags,
+    /// Flags the driver honours on `write_zeroes` (FUA, MAY_UNMAP).
+    pub zero_flags: ReqFlags,
+}
+
+/// Preallocation modes for create and truncate (`preallocation=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prealloc {
+    /// Nothing allocated ahead.
+    #[default]
+    Off,
+    /// Metadata only (formats).
+    Metadata,
+    /// Space reserved with fallocate.
+    Falloc,
+    /// Zeroes written.
+    Full,
+}
+
+impl Prealloc {
+    /// Parse QMP's value.
+    pub fn parse(s: &str) -> Result<Prealloc> {
+        match s {
+            "off" => Ok(Prealloc::Off),
+            "metadata" => Ok(Prealloc::Metadata),
+            "falloc" => Ok(Prealloc::Falloc),
+            "full" => Ok(Prealloc::Full),
+            _ => Err(Error::generic(format!(
+                "Invalid preallocation mode: '{s}' (expected off, metadata, falloc or full)"
+            ))),
+        }
+    }
+}
+
+/// What a driver is told about one of its children when asked for that child's permissions.
+#[derive(Clone, Copy, Debug)]
+pub struct ChildDesc<'a> {
+    /// The edge name ("file", "backing", "image").
+    pub name: &'a str,
+    /// The child's role.
+    pub role: ChildRole,
+}
+
+/// The permissions the node itself holds from its parents, plus whether it is read-only.
+#[derive(Clone, Copy, Debug)]
+pub struct ParentPerms {
+    /// Union of what the node's parents take.
+    pub perm: Perms,
+    /// Intersection of what the node's parents share.
+    pub shared: Perms,
+    /// The node was opened read-only.
+    pub read_only: bool,
+}
+
+/// Permissions a node takes on a child, by role, as QEMU's `bdrv_default_perms` does.
+pub fn default_child_perms(child: ChildDesc<'_>, parent: ParentPerms) -> (Perms, Perms) {
+    // Filters pass the data permissions through and keep graph changes to themselves.
+    let passthrough =
+        Perms::CONSISTENT_READ | Perms::WRITE | Perms::WRITE_UNCHANGED | Perms::RESIZE;
+    if child.role.contains(ChildRole::FILTERED) {
+        return (
+            parent.perm & passthrough,
+            (parent.shared & passthrough) | Perms::GRAPH_MOD,
+        );
+    }
+    if child.role.contains(ChildRole::COW) {
+        // A backing file is only read; it may be shared with writers only if our own parents
+        // already let others write (otherwise the overlay's view would change under it).
+        let perm = parent.perm & Perms::CONSISTENT_READ;
+        let mut shared = if parent.shared.contains(Perms::WRITE) {
+            Perms::WRITE | Perms::RESIZE
+        } else {
+            Perms::NONE
+        };
+        shared |= Perms::CONSISTENT_READ | Perms::GRAPH_MOD | Perms::WRITE_UNCHANGED;
+        return (perm, shared);
+    }
+    // Storage (data and/or metadata): like a filter, but a writable format node may write
+    // metadata and grow its file whatever its parents do, and metadata must stay consistent.
+    let mut perm = parent.perm & passthrough;
+    let mut shared = (parent.shared & passthrough) | Perms::GRAPH_MOD;
+    if child.role.contains(ChildRole::METADATA) {
+        perm |= Perms::CONSISTENT_READ;
+        shared = shared & !(Perms::WRITE | Perms::RESIZE);
+    }
+    if !parent.read_only {
+        perm |= Perms::WRITE | Perms::RESIZE;
+    }
+    (perm, shared)
+}
+
+/// A block driver. Every method describes one layer; the generic path does the rest.
+///
+/// Futures borrow the driver; the engine keeps the node alive while any request runs.
+pub trait BlockDriver {
+    /// Static capabilities.
+    fn caps(&self) -> &DriverCaps;
+
+    /// Current limits (may depend on children; asked again after graph changes).
+    fn limits(&self) -> Limits;
+
+    /// Current length in bytes.
+    fn len(&self) -> u64;
+
+    /// Read `buf.len()` bytes at `offset` into `buf`.
+    fn read(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> LocalBoxFuture<'_, BufResult>;
+
+    /// Write `buf` at `offset`. `flags` are within `caps().write_flags`.
+    fn write(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> LocalBoxFuture<'_, BufResult>;
+
+    /// Make `[offset, offset+len)` read as zeroes. May return `ENOTSUP`; the generic path then
+    /// writes zero buffers (unless the caller said NO_FALLBACK).
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: ReqFlags,
+    ) -> LocalBoxFuture<'_, Result<()>>;
+
+    /// Discard a range (advisory). `ENOTSUP` is treated as success by the generic path.
+    fn discard(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>>;
+
+    /// Make this layer's completed writes durable in its children (write back caches) and, for a
+    /// protocol driver, on its storage. Children are flushed by the generic path afterwards.
+    fn flush(&self) -> LocalBoxFuture<'_, Result<()>>;
+
+    /// How the range starting at `offset` (at most `len` bytes) is provided by this layer.
+    fn block_status(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<BlockStatus>>;
+
+    /// Change the length. `exact=false` allows a larger result; `prealloc` applies to a grown area.
+    fn truncate(&self, len: u64, exact: bool, prealloc: Prealloc)
+    -> LocalBoxFuture<'_, Result<()>>;
+
+    /// The permissions this node takes on a child and shares with others.
+    fn child_perms(&self, child: ChildDesc<'_>, parent: ParentPerms) -> (Perms, Perms) {
+        default_child_perms(child, parent)
+    }
+
+    /// Called once before the node goes away; write back anything cached.
+    fn close(&self) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The node entered a drained section: stop internal request sources.
+    fn drain_begin(&self) {}
+
+    /// The node left its drained section.
+    fn drain_end(&self) {}
+
+    /// A debug event reached this node (blkdebug acts on them; others ignore them). A returned
+    /// future suspends the request that raised the event until it completes.
+    fn debug_event(&self, _event: DebugEvent) -> Option<LocalBoxFuture<'_, ()>> {
+        None
+    }
+
+    /// True when this driver wants `debug_event` calls (the request path skips the call
+    /// otherwise).
+    fn listens_to_debug_events(&self) -> bool {
+        false
+    }
+
+    /// The file name shown in `query-named-block-nodes` ("file" member).
+    fn filename(&self) -> String;
+
+    /// Format-specific information for `info` output (`Value::Null` when none).
+    fn specific_info(&self) -> Value {
+        Value::Null
+    }
+}

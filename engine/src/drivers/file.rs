@@ -1,0 +1,220 @@
+//! `file`: a protocol driver on a host file, through the env's `HostFs` (io_uring or a worker
+//! pool in production, the virtual disk in the simulator).
+//!
+//! Cache modes come as QEMU defines them: `cache.direct` opens with `O_DIRECT` (and the node's
+//! alignment becomes the device's), `cache.no-flush` is handled by the generic flush path, and
+//! writeback vs writethrough is the BlockBackend's business. Holes are reported by the host's
+//! allocation query, so `map` shows sparse files as zeroes.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
+use crate::env::{Allocation, HostFile, LocalBoxFuture, OpenOptions};
+use crate::error::{Error, Result, ResultExt};
+use crate::graph::OpenCtx;
+use crate::io::{BlockStatus, BufResult, IoBuf, Limits, Mapping, ReqFlags};
+use crate::util::Options;
+
+const CAPS: DriverCaps = DriverCaps {
+    name: "file",
+    kind: DriverKind::Protocol,
+    supports_backing: false,
+    write_flags: ReqFlags::FUA,
+    zero_flags: ReqFlags::FUA.union(ReqFlags::MAY_UNMAP),
+};
+
+/// Largest zero buffer written when preallocating with `full`.
+const FULL_PREALLOC_CHUNK: u64 = 1 << 20;
+
+struct File {
+    path: String,
+    file: Rc<dyn HostFile>,
+    /// Cached length: updated by writes past the end and by truncate.
+    size: Cell<u64>,
+    align: u32,
+}
+
+pub(super) fn open(
+    ctx: OpenCtx,
+    mut opts: Options,
+) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>> {
+    Box::pin(async move {
+        let path = opts.require_str("filename")?;
+        // Host I/O mechanism and locking are decided by the environment; the options are
+        // accepted (and validated) so that QEMU command lines work unchanged.
+        if let Some(aio) = opts.take_str("aio")? {
+            if !matches!(aio.as_str(), "threads" | "native" | "io_uring") {
+                return Err(Error::generic(format!(
+                    "Parameter 'aio' does not accept value '{aio}' (expected threads, native or io_uring)"
+                )));
+            }
+        }
+        if let Some(locking) = opts.take_str("locking")? {
+            if !matches!(locking.as_str(), "auto" | "on" | "off") {
+                return Err(Error::generic(format!(
+                    "Parameter 'locking' does not accept value '{locking}' (expected auto, on or off)"
+                )));
+            }
+        }
+        let _ = opts.take_u64("aio-max-batch")?;
+        let _ = opts.take_bool("drop-cache")?;
+        opts.finish()?;
+        let node = ctx.options();
+        let open_opts = OpenOptions {
+            write: !node.read_only,
+            direct: node.direct,
+            ..Default::default()
+        };
+        let env = ctx.env();
+        let file = env
+            .fs()
+            .open(&path, open_opts)
+            .context_with(|| format!("Could not open '{path}'"))?;
+        let size = file.len()?;
+        let align = if node.direct {
+            file.direct_align().max(1)
+        } else {
+            1
+        };
+        Ok(Box::new(File {
+            path,
+            file,
+            size: Cell::new(size),
+            align,
+        }) as Box<dyn BlockDriver>)
+    })
+}
+
+impl File {
+    fn grew_to(&self, end: u64) {
+        if end > self.size.get() {
+            self.size.set(end);
+        }
+    }
+}
+
+impl BlockDriver for File {
+    fn caps(&self) -> &DriverCaps {
+        &CAPS
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            request_align: self.align,
+            min_mem_align: self.align,
+            ..Limits::default()
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.size.get()
+    }
+
+    fn read(&self, offset: u64, buf: IoBuf, _flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
+        self.file.read_at(buf, offset)
+    }
+
+    fn write(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
+        Box::pin(async move {
+            let end = offset + buf.len() as u64;
+            let (buf, r) = self
+                .file
+                .write_at(buf, offset, flags.contains(ReqFlags::FUA))
+                .await;
+            if r.is_ok() {
+                self.grew_to(end);
+            }
+            (buf, r)
+        })
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: ReqFlags,
+    ) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.file
+                .write_zeroes(offset, len, flags.contains(ReqFlags::MAY_UNMAP))
+                .await?;
+            self.grew_to(offset + len);
+            if flags.contains(ReqFlags::FUA) {
+                self.file.flush().await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>> {
+        // Never punch past the end: that would not change the size but is pointless work.
+        let len = len.min(self.size.get().saturating_sub(offset));
+        Box::pin(async move {
+            if len == 0 {
+                Ok(())
+            } else {
+                self.file.discard(offset, len).await
+            }
+        })
+    }
+
+    fn flush(&self) -> LocalBoxFuture<'_, Result<()>> {
+        self.file.flush()
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<BlockStatus>> {
+        Box::pin(async move {
+            let (alloc, n) = self.file.allocation(offset, len).await?;
+            let mapping = match alloc {
+                Allocation::Data => Mapping::Data { host: Some(offset) },
+                Allocation::Hole => Mapping::Zero { host: Some(offset) },
+            };
+            Ok(BlockStatus {
+                len: n.clamp(1, len),
+                mapping,
+            })
+        })
+    }
+
+    fn truncate(
+        &self,
+        len: u64,
+        _exact: bool,
+        prealloc: Prealloc,
+    ) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let old = self.size.get();
+            match prealloc {
+                Prealloc::Off => self.file.set_len(len).await?,
+                Prealloc::Falloc => {
+                    self.file.set_len(len).await?;
+                    if len > old {
+                        self.file.preallocate(old, len - old).await?;
+                    }
+                }
+                Prealloc::Full => {
+                    self.file.set_len(len).await?;
+                    let mut pos = old;
+                    while pos < len {
+                        let n = FULL_PREALLOC_CHUNK.min(len - pos);
+                        let (_, r) = self.file.write_at(IoBuf::new(n as usize), pos, false).await;
+                        r?;
+                        pos += n;
+                    }
+                }
+                Prealloc::Metadata => {
+                    return Err(Error::generic(
+                        "Unsupported preallocation mode 'metadata' for the file driver",
+                    ));
+                }
+            }
+            self.size.set(len);
+            Ok(())
+        })
+    }
+
+    fn filename(&self) -> String {
+        self.path.clone()
+    }
+}

@@ -1,0 +1,19 @@
+//! Drivers, one module each, registered by name.
+//!
+//! A driver implements only its own layer ([`BlockDriver`](crate::driver::BlockDriver)) and
+//! reaches its children through the request path ([`Child`](crate::graph::Child)). Drivers never
+//! import `job`, `qmp`, `engine` or one another.
+
+mod file;
+mod null;
+mod raw;
+
+use crate::graph::GraphCtx;
+
+/// Make every built-in driver openable by name.
+pub fn register_all(ctx: &GraphCtx) {
+    ctx.register_driver("file", file::open);
+    ctx.register_driver("raw", raw::open);
+    ctx.register_driver("null-co", null::open);
+    ctx.register_driver("null-aio", null::open);
+}

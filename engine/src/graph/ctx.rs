@@ -1,0 +1,157 @@
+//! The graph context shared by every node of one engine: env, event queue, debug listeners,
+//! the node registry and the table of drivers that can be opened by name.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use crate::driver::BlockDriver;
+use crate::env::{Env, LocalBoxFuture};
+use crate::error::{Error, Result};
+use crate::event::{DebugEvent, DebugSwitch, Event, EventQueue};
+use crate::util::{Notify, Options};
+
+use super::node::Node;
+use super::open::OpenCtx;
+
+/// Opens a driver of one kind: given the node's context and its driver-specific options (the
+/// common ones already taken), returns the driver. Leftover options must be refused.
+pub type OpenFn = fn(OpenCtx, Options) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>>;
+
+/// Something outside the graph that wants every debug event (simulator breakpoints, traces).
+pub trait DebugListener {
+    /// Called for every debug event on any node; a returned future suspends the request.
+    fn on_event(&self, node: &Rc<Node>, event: DebugEvent) -> Option<LocalBoxFuture<'static, ()>>;
+}
+
+/// State shared by all nodes of one engine.
+pub struct GraphCtx {
+    env: Rc<dyn Env>,
+    /// QMP events, in emission order.
+    pub events: EventQueue,
+    /// Counts listeners so the request path can skip debug events cheaply.
+    pub debug: DebugSwitch,
+    debug_listeners: RefCell<Vec<Rc<dyn DebugListener>>>,
+    /// Woken whenever a node or external parent may have become idle (drain polling).
+    pub(crate) progress: Notify,
+    nodes: RefCell<BTreeMap<String, Rc<Node>>>,
+    next_id: Cell<u64>,
+    next_implicit: Cell<u64>,
+    drivers: RefCell<BTreeMap<&'static str, OpenFn>>,
+}
+
+impl GraphCtx {
+    /// A new context on `env`.
+    pub fn new(env: Rc<dyn Env>) -> Rc<GraphCtx> {
+        Rc::new(GraphCtx {
+            env,
+            events: EventQueue::default(),
+            debug: DebugSwitch::default(),
+            debug_listeners: RefCell::new(Vec::new()),
+            progress: Notify::new(),
+            nodes: RefCell::new(BTreeMap::new()),
+            next_id: Cell::new(1),
+            next_implicit: Cell::new(1),
+            drivers: RefCell::new(BTreeMap::new()),
+        })
+    }
+
+    /// The environment.
+    pub fn env(&self) -> &Rc<dyn Env> {
+        &self.env
+    }
+
+    /// Emit a QMP event stamped with the env's clock.
+    pub fn emit(&self, name: &'static str, data: serde_json::Value) {
+        self.events.push(Event {
+            time_ns: self.env.now_ns(),
+            name,
+            data,
+        });
+    }
+
+    /// A fresh id for a node or an edge.
+    pub(crate) fn next_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// A fresh name for an implicitly created node ("#block001").
+    pub(crate) fn implicit_name(&self) -> String {
+        loop {
+            let n = self.next_implicit.get();
+            self.next_implicit.set(n + 1);
+            let name = format!("#block{n:03}");
+            if !self.nodes.borrow().contains_key(&name) {
+                return name;
+            }
+        }
+    }
+
+    /// Make a driver openable by name.
+    pub fn register_driver(&self, name: &'static str, open: OpenFn) {
+        self.drivers.borrow_mut().insert(name, open);
+    }
+
+    /// The open function of a driver.
+    pub(crate) fn driver(&self, name: &str) -> Result<OpenFn> {
+        self.drivers.borrow().get(name).copied().ok_or_else(|| {
+            let known: Vec<&str> = self.drivers.borrow().keys().copied().collect();
+            Error::generic(format!(
+                "Unknown driver '{name}' (known: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// Names of the registered drivers.
+    pub fn driver_names(&self) -> Vec<&'static str> {
+        self.drivers.borrow().keys().copied().collect()
+    }
+
+    /// Find a node by name.
+    pub fn node(&self, name: &str) -> Option<Rc<Node>> {
+        self.nodes.borrow().get(name).cloned()
+    }
+
+    /// Every node, in name order.
+    pub fn nodes(&self) -> Vec<Rc<Node>> {
+        self.nodes.borrow().values().cloned().collect()
+    }
+
+    pub(crate) fn register_node(&self, node: &Rc<Node>) -> Result<()> {
+        let mut nodes = self.nodes.borrow_mut();
+        if nodes.contains_key(node.name()) {
+            return Err(Error::generic(format!(
+                "Duplicate nodes with node-name='{}'",
+                node.name()
+            )));
+        }
+        nodes.insert(node.name().to_string(), node.clone());
+        Ok(())
+    }
+
+    pub(crate) fn unregister_node(&self, name: &str) {
+        self.nodes.borrow_mut().remove(name);
+    }
+
+    /// Add a global debug-event listener.
+    pub fn add_debug_listener(&self, listener: Rc<dyn DebugListener>) {
+        self.debug_listeners.borrow_mut().push(listener);
+        self.debug.add();
+    }
+
+    /// Remove a listener added with `add_debug_listener`.
+    pub fn remove_debug_listener(&self, listener: &Rc<dyn DebugListener>) {
+        let mut listeners = self.debug_listeners.borrow_mut();
+        if let Some(pos) = listeners.iter().position(|l| Rc::ptr_eq(l, listener)) {
+            listeners.remove(pos);
+            self.debug.remove();
+        }
+    }
+
+    pub(crate) fn debug_listeners(&self) -> Vec<Rc<dyn DebugListener>> {
+        self.debug_listeners.borrow().clone()
+    }
+}

@@ -1,0 +1,24 @@
+//! The node graph: nodes, edges (children with roles), permissions, graph edits, drain.
+//!
+//! Owns: the registry of nodes by name, node and edge identities, the two-phase permission
+//! protocol, the drained-section machinery and node creation from options. Must not import
+//! `request`, `drivers`, `job`, `qmp` or `engine`; drivers are reached only through the
+//! [`BlockDriver`](crate::driver::BlockDriver) trait and the open functions registered here.
+
+mod ctx;
+mod drain;
+mod edge;
+mod edit;
+mod node;
+mod open;
+mod perm;
+
+pub use ctx::{DebugListener, GraphCtx, OpenFn};
+pub use drain::DrainedSection;
+pub use edge::{Child, Edge, ParentOps, ParentRef};
+pub use edit::{
+    ReplaceOptions, append, attach_child, attach_external, detach, freeze, insert_filter,
+    remove_filter, replace_node, set_external_perms, unfreeze, unref,
+};
+pub use node::{BeforeWrite, Node, NodeOptions, NodeStats, OpStats};
+pub use open::{OpenCtx, open_node};

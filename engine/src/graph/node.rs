@@ -1,0 +1,421 @@
+//! A node of the graph (QEMU's BlockDriverState): a driver instance plus the generic state the
+//! request path keeps for it (in-flight count, quiesce counter, write generations, tracked
+//! requests, write threshold, before-write hooks, statistics).
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::rc::{Rc, Weak};
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::driver::BlockDriver;
+use crate::env::LocalBoxFuture;
+use crate::error::Result;
+use crate::io::Limits;
+use crate::types::{DetectZeroes, NodeId, Perms};
+use crate::util::{Notify, TrackedRanges};
+
+use super::ctx::GraphCtx;
+use super::edge::Edge;
+
+/// Generic options every node has (the common part of `blockdev-add`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeOptions {
+    /// Opened read-only: nobody may take WRITE or RESIZE on it.
+    pub read_only: bool,
+    /// `discard=unmap`: discard requests are passed down (otherwise ignored).
+    pub discard_unmap: bool,
+    /// `cache.no-flush`: flushes stop at this node (children are still flushed).
+    pub no_flush: bool,
+    /// `cache.direct`: bypass the host page cache (protocol drivers honour it).
+    pub direct: bool,
+    /// `detect-zeroes`.
+    pub detect_zeroes: DetectZeroes,
+    /// `force-share`: share every permission with every other user.
+    pub force_share: bool,
+}
+
+/// Something that must run before a write reaches the node, after it has waited for
+/// overlapping serialising requests (copy-before-write, write notifiers). It may fail the write.
+pub trait BeforeWrite {
+    /// Called with the range about to be written.
+    fn before_write(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>>;
+}
+
+/// Per-operation counters of one node.
+#[derive(Clone, Debug, Default)]
+pub struct OpStats {
+    /// Completed operations.
+    pub ops: u64,
+    /// Bytes transferred (or covered, for zeroes/discard).
+    pub bytes: u64,
+    /// Failed operations.
+    pub failed: u64,
+    /// Sum of latencies in ns.
+    pub total_ns: u64,
+}
+
+/// Accounting of one node: counters per operation and latency histograms.
+pub struct NodeStats {
+    /// Reads.
+    pub read: OpStats,
+    /// Writes.
+    pub write: OpStats,
+    /// Write-zeroes.
+    pub zero: OpStats,
+    /// Discards.
+    pub discard: OpStats,
+    /// Flushes (including de-duplicated ones).
+    pub flush: OpStats,
+    /// Highest byte offset written (QEMU's `wr_highest_offset`).
+    pub wr_highest_offset: u64,
+    /// Read latency in ns.
+    pub read_latency: Histogram<u64>,
+    /// Write latency in ns.
+    pub write_latency: Histogram<u64>,
+}
+
+impl Default for NodeStats {
+    fn default() -> NodeStats {
+        let hist =
+            || Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("histogram bounds");
+        NodeStats {
+            read: OpStats::default(),
+            write: OpStats::default(),
+            zero: OpStats::default(),
+            discard: OpStats::default(),
+            flush: OpStats::default(),
+            wr_highest_offset: 0,
+            read_latency: hist(),
+            write_latency: hist(),
+        }
+    }
+}
+
+impl NodeStats {
+    /// QMP `query-blockstats`-like JSON.
+    pub fn to_json(&self) -> Value {
+        let pct = |h: &Histogram<u64>, q: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            }
+        };
+        json!({
+            "rd_operations": self.read.ops, "rd_bytes": self.read.bytes,
+            "failed_rd_operations": self.read.failed, "rd_total_time_ns": self.read.total_ns,
+            "wr_operations": self.write.ops, "wr_bytes": self.write.bytes,
+            "failed_wr_operations": self.write.failed, "wr_total_time_ns": self.write.total_ns,
+            "zone_append_operations": 0,
+            "zero_operations": self.zero.ops, "zero_bytes": self.zero.bytes,
+            "unmap_operations": self.discard.ops, "unmap_bytes": self.discard.bytes,
+            "failed_unmap_operations": self.discard.failed,
+            "flush_operations": self.flush.ops, "failed_flush_operations": self.flush.failed,
+            "flush_total_time_ns": self.flush.total_ns,
+            "wr_highest_offset": self.wr_highest_offset,
+            "rd_latency_p50_ns": pct(&self.read_latency, 0.5),
+            "rd_latency_p99_ns": pct(&self.read_latency, 0.99),
+            "wr_latency_p50_ns": pct(&self.write_latency, 0.5),
+            "wr_latency_p99_ns": pct(&self.write_latency, 0.99),
+        })
+    }
+}
+
+/// A node of the graph.
+pub struct Node {
+    id: NodeId,
+    name: String,
+    implicit: bool,
+    ctx: Rc<GraphCtx>,
+    driver: OnceCell<Box<dyn BlockDriver>>,
+    driver_name: &'static str,
+    opts: NodeOptions,
+    pub(crate) children: RefCell<Vec<Rc<Edge>>>,
+    pub(crate) parents: RefCell<Vec<Weak<Edge>>>,
+    /// Parent edges plus monitor ownership; the node closes when it reaches 0.
+    pub(crate) refcnt: Cell<u32>,
+    pub(crate) monitor_owned: Cell<bool>,
+    limits: Cell<Limits>,
+    pub(crate) quiesce: Cell<u32>,
+    in_flight: Cell<u32>,
+    /// Bumped when a write completes; a flush that finds `flushed_gen == write_gen` is free.
+    pub(crate) write_gen: Cell<u64>,
+    pub(crate) flushed_gen: Cell<u64>,
+    pub(crate) flush_active: Cell<bool>,
+    pub(crate) flush_queue: Notify,
+    pub(crate) tracked: TrackedRanges,
+    /// Write threshold in bytes (0 = off): a write ending past it raises an event once.
+    pub(crate) write_threshold: Cell<u64>,
+    pub(crate) before_write: RefCell<Vec<Rc<dyn BeforeWrite>>>,
+    pub(crate) stats: RefCell<NodeStats>,
+    /// Union of parents' perms and intersection of their shared perms, as last committed.
+    pub(crate) cumulative: Cell<(Perms, Perms)>,
+    pub(crate) closed: Cell<bool>,
+}
+
+impl Node {
+    pub(crate) fn new_shell(
+        ctx: &Rc<GraphCtx>,
+        name: String,
+        implicit: bool,
+        driver_name: &'static str,
+        opts: NodeOptions,
+    ) -> Rc<Node> {
+        Rc::new(Node {
+            id: NodeId(ctx.next_id()),
+            name,
+            implicit,
+            ctx: ctx.clone(),
+            driver: OnceCell::new(),
+            driver_name,
+            opts,
+            children: RefCell::new(Vec::new()),
+            parents: RefCell::new(Vec::new()),
+            refcnt: Cell::new(0),
+            monitor_owned: Cell::new(false),
+            limits: Cell::new(Limits::default()),
+            quiesce: Cell::new(0),
+            in_flight: Cell::new(0),
+            write_gen: Cell::new(0),
+            flushed_gen: Cell::new(0),
+            flush_active: Cell::new(false),
+            flush_queue: Notify::new(),
+            tracked: TrackedRanges::new(),
+            write_threshold: Cell::new(0),
+            before_write: RefCell::new(Vec::new()),
+            stats: RefCell::new(NodeStats::default()),
+            cumulative: Cell::new((Perms::NONE, Perms::ALL)),
+            closed: Cell::new(false),
+        })
+    }
+
+    pub(crate) fn set_driver(&self, driver: Box<dyn BlockDriver>) {
+        assert!(
+            self.driver.set(driver).is_ok(),
+            "driver of node '{}' set twice",
+            self.name
+        );
+        self.refresh_limits();
+    }
+
+    /// Identity.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The node name (`#blockNNN` for implicit nodes).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True when the engine named this node itself.
+    pub fn is_implicit(&self) -> bool {
+        self.implicit
+    }
+
+    /// The graph context.
+    pub fn ctx(&self) -> &Rc<GraphCtx> {
+        &self.ctx
+    }
+
+    /// The driver. Panics while the node is still opening (nothing can reach it then).
+    pub fn driver(&self) -> &dyn BlockDriver {
+        self.driver
+            .get()
+            .expect("node used before its driver was opened")
+            .as_ref()
+    }
+
+    /// The driver's name.
+    pub fn driver_name(&self) -> &'static str {
+        self.driver_name
+    }
+
+    /// Generic options.
+    pub fn options(&self) -> NodeOptions {
+        self.opts
+    }
+
+    /// True when opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.opts.read_only
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.driver().len()
+    }
+
+    /// True for a zero-length node.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Limits as last refreshed.
+    pub fn limits(&self) -> Limits {
+        self.limits.get()
+    }
+
+    /// Ask the driver for its limits again (after a graph change below this node).
+    pub fn refresh_limits(&self) {
+        let mut limits = self.driver().limits();
+        limits.request_align = limits.request_align.max(1);
+        assert!(
+            limits.request_align.is_power_of_two(),
+            "request_align must be a power of two"
+        );
+        self.limits.set(limits);
+    }
+
+    /// Child edges in attach order.
+    pub fn children(&self) -> Vec<Rc<Edge>> {
+        self.children.borrow().clone()
+    }
+
+    /// The child edge with this name ("file", "backing").
+    pub fn child(&self, name: &str) -> Option<Rc<Edge>> {
+        self.children
+            .borrow()
+            .iter()
+            .find(|e| e.name() == name)
+            .cloned()
+    }
+
+    /// Parent edges in attach order.
+    pub fn parents(&self) -> Vec<Rc<Edge>> {
+        self.parents
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Reference count: parent edges plus one if owned by the monitor.
+    pub fn refcnt(&self) -> u32 {
+        self.refcnt.get()
+    }
+
+    /// True when created by `blockdev-add` and not yet deleted.
+    pub fn is_monitor_owned(&self) -> bool {
+        self.monitor_owned.get()
+    }
+
+    /// Depth of drained sections covering this node.
+    pub fn quiesce_counter(&self) -> u32 {
+        self.quiesce.get()
+    }
+
+    /// True inside a drained section.
+    pub fn is_quiesced(&self) -> bool {
+        self.quiesce.get() > 0
+    }
+
+    /// Requests in flight in this node.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.get()
+    }
+
+    /// The cumulative permissions (taken, shared) of this node's parents.
+    pub fn cumulative_perms(&self) -> (Perms, Perms) {
+        self.cumulative.get()
+    }
+
+    /// Set the write threshold (0 disables it).
+    pub fn set_write_threshold(&self, bytes: u64) {
+        self.write_threshold.set(bytes);
+    }
+
+    /// The write threshold (0 = off).
+    pub fn write_threshold(&self) -> u64 {
+        self.write_threshold.get()
+    }
+
+    /// Register a before-write hook.
+    pub fn add_before_write(&self, hook: Rc<dyn BeforeWrite>) {
+        self.before_write.borrow_mut().push(hook);
+    }
+
+    /// Remove a before-write hook.
+    pub fn remove_before_write(&self, hook: &Rc<dyn BeforeWrite>) {
+        self.before_write
+            .borrow_mut()
+            .retain(|h| !Rc::ptr_eq(h, hook));
+    }
+
+    /// Accounting snapshot as JSON.
+    pub fn stats_json(&self) -> Value {
+        self.stats.borrow().to_json()
+    }
+
+    /// Run `f` on the statistics.
+    pub fn with_stats<R>(&self, f: impl FnOnce(&NodeStats) -> R) -> R {
+        f(&self.stats.borrow())
+    }
+
+    /// The backing child edge, if any.
+    pub fn backing(&self) -> Option<Rc<Edge>> {
+        self.child("backing")
+    }
+
+    /// The node's primary storage or filtered child ("file", or the filter's child).
+    pub fn primary_child(&self) -> Option<Rc<Edge>> {
+        use crate::types::ChildRole;
+        self.children
+            .borrow()
+            .iter()
+            .find(|e| e.role().contains(ChildRole::PRIMARY))
+            .cloned()
+    }
+
+    /// Count a request in; the guard counts it out when dropped (even if its future is
+    /// dropped), waking drain waiters when the node becomes idle.
+    pub(crate) fn enter(self: &Rc<Node>) -> InFlightGuard {
+        self.in_flight.set(self.in_flight.get() + 1);
+        InFlightGuard { node: self.clone() }
+    }
+
+    /// `query-named-block-nodes` entry.
+    pub fn describe(&self) -> Value {
+        let (perm, shared) = self.cumulative.get();
+        let backing = self.backing().map(|e| e.child_node().name().to_string());
+        json!({
+            "node-name": self.name,
+            "drv": self.driver_name,
+            "file": self.driver().filename(),
+            "ro": self.opts.read_only,
+            "encrypted": false,
+            "detect_zeroes": match self.opts.detect_zeroes {
+                DetectZeroes::Off => "off", DetectZeroes::On => "on", DetectZeroes::Unmap => "unmap",
+            },
+            "write_threshold": self.write_threshold.get(),
+            "cache": {"writeback": true, "direct": self.opts.direct, "no-flush": self.opts.no_flush},
+            "backing_file": backing,
+            "image": {"virtual-size": self.len(), "format": self.driver_name,
+                      "format-specific": self.driver().specific_info()},
+            "perm": perm.name_list(),
+            "shared-perm": shared.name_list(),
+        })
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node('{}', {})", self.name, self.driver_name)
+    }
+}
+
+/// Counts one request in flight in a node; counts it out on drop.
+pub struct InFlightGuard {
+    node: Rc<Node>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let n = self.node.in_flight.get() - 1;
+        self.node.in_flight.set(n);
+        if n == 0 {
+            self.node.ctx.progress.notify_all();
+        }
+    }
+}

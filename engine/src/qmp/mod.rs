@@ -1,0 +1,143 @@
+//! QMP wire format: parse a command object, check its arguments, call the Engine, and shape the
+//! reply (`{"return": ..}` or `{"error": {"class", "desc"}}`). No block-layer logic lives here.
+
+use serde_json::{Value, json};
+
+use crate::engine::Engine;
+use crate::error::{Error, ErrorClass, Result};
+use crate::util::Options;
+
+/// The commands this front end knows, in the order `query-commands` lists them.
+pub const COMMANDS: &[&str] = &[
+    "qmp_capabilities",
+    "query-commands",
+    "blockdev-add",
+    "blockdev-del",
+    "query-named-block-nodes",
+    "query-block",
+    "query-blockstats",
+    "x-debug-query-block-graph",
+    "block-set-write-threshold",
+    "block_resize",
+    "cont",
+    "stop",
+];
+
+/// Execute one QMP command object and return the reply object.
+pub async fn execute(engine: &Engine, command: &Value) -> Value {
+    match dispatch(engine, command).await {
+        Ok(ret) => json!({"return": ret}),
+        Err(e) => error_reply(&e),
+    }
+}
+
+/// The QMP error reply for `e`.
+pub fn error_reply(e: &Error) -> Value {
+    json!({"error": {"class": e.class().as_str(), "desc": e.message()}})
+}
+
+async fn dispatch(engine: &Engine, command: &Value) -> Result<Value> {
+    let Value::Object(obj) = command else {
+        return Err(Error::generic("QMP input must be a JSON object"));
+    };
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "execute" | "arguments" | "id") {
+            return Err(Error::generic(format!(
+                "QMP input member '{key}' is unexpected"
+            )));
+        }
+    }
+    let name = match obj.get("execute") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => {
+            return Err(Error::generic(
+                "QMP input member 'execute' must be a string",
+            ));
+        }
+        None => return Err(Error::generic("QMP input lacks member 'execute'")),
+    };
+    let args = match obj.get("arguments") {
+        None => Options::default(),
+        Some(v @ Value::Object(_)) => Options::new(v.clone())?,
+        Some(_) => {
+            return Err(Error::generic(
+                "QMP input member 'arguments' must be an object",
+            ));
+        }
+    };
+    run(engine, name, args).await
+}
+
+async fn run(engine: &Engine, name: &str, mut args: Options) -> Result<Value> {
+    let ret = match name {
+        "qmp_capabilities" => {
+            let _ = args.take("enable");
+            json!({})
+        }
+        "query-commands" => Value::Array(COMMANDS.iter().map(|c| json!({"name": c})).collect()),
+        "blockdev-add" => {
+            engine.blockdev_add(args.into_value()).await?;
+            return Ok(json!({}));
+        }
+        "blockdev-del" => {
+            let node = args.require_str("node-name")?;
+            args.finish()?;
+            engine.blockdev_del(&node).await?;
+            return Ok(json!({}));
+        }
+        "query-named-block-nodes" => {
+            let flat = args.take_bool("flat")?.unwrap_or(false);
+            args.finish()?;
+            return Ok(engine.query_named_block_nodes(flat));
+        }
+        "query-block" => engine.query_block(),
+        "query-blockstats" => engine.query_blockstats(),
+        "x-debug-query-block-graph" => engine.block_graph(),
+        "block-set-write-threshold" => {
+            let node = args.require_str("node-name")?;
+            let threshold = args
+                .take_u64("write-threshold")?
+                .ok_or_else(|| Error::generic("Parameter 'write-threshold' is missing"))?;
+            args.finish()?;
+            engine.set_write_threshold(&node, threshold)?;
+            return Ok(json!({}));
+        }
+        "block_resize" => {
+            let device = args.take_str("device")?;
+            let node = args.take_str("node-name")?;
+            let size = match args.take("size") {
+                Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or(0),
+                Some(Value::Number(_)) => {
+                    return Err(Error::generic("Parameter 'size' expects a >0 size"));
+                }
+                Some(_) => {
+                    return Err(Error::generic(
+                        "Invalid parameter type for 'size', expected: integer",
+                    ));
+                }
+                None => return Err(Error::generic("Parameter 'size' is missing")),
+            };
+            args.finish()?;
+            engine
+                .block_resize(device.as_deref(), node.as_deref(), size)
+                .await?;
+            return Ok(json!({}));
+        }
+        "cont" => {
+            engine.cont();
+            json!({})
+        }
+        "stop" => {
+            engine.stop();
+            json!({})
+        }
+        other => {
+            return Err(Error::with_class(
+                ErrorClass::CommandNotFound,
+                format!("The command {other} has not been found"),
+            ));
+        }
+    };
+    args.finish()?;
+    Ok(ret)
+}

@@ -1,0 +1,96 @@
+//! THE generic request path. Every read, write, write-zeroes, discard, flush, block-status and
+//! truncate of every node goes through here, once, whatever the driver:
+//!
+//! * bounds and permission checks (a writer must hold WRITE on its edge);
+//! * in-flight counting for drain (also when a request's future is dropped);
+//! * tracked requests: overlapping serialising requests wait for each other;
+//! * request alignment with read-modify-write (serialising) for unaligned writes;
+//! * splitting at `max_transfer`, zero-filling reads past the end;
+//! * detect-zeroes, before-write hooks, the write threshold and its event;
+//! * write generations so that a flush with nothing new written is free; FUA emulated by a
+//!   flush where the driver lacks it; `cache.no-flush`;
+//! * debug events at blkdebug's points (`pwritev`, `pwritev_rmw_head`, `flush_to_disk`, ...);
+//! * per-node accounting (ops, bytes, failures, latency histograms).
+//!
+//! Drivers implement only their own layer (`driver.rs`) and reach their children through the
+//! [`Child`] methods defined here. Must not import `drivers`, `job`, `qmp` or `engine`.
+
+mod debug;
+mod flush;
+mod read;
+mod stats;
+mod status;
+mod write;
+mod zero;
+
+use crate::driver::Prealloc;
+use crate::error::Result;
+use crate::event::DebugEvent;
+use crate::graph::Child;
+use crate::io::{BlockStatus, BufResult, IoBuf, ReqFlags};
+
+pub use status::ChainStatus;
+
+impl Child {
+    /// Read `buf.len()` bytes at `offset`. Bytes past the node's end read as zeroes.
+    pub async fn read(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> BufResult {
+        read::read(&self.node(), offset, buf, flags).await
+    }
+
+    /// Write `buf` at `offset`. Needs WRITE (or WRITE_UNCHANGED with that flag) on this edge.
+    pub async fn write(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> BufResult {
+        write::write(&self.node(), self.edge(), offset, buf, flags).await
+    }
+
+    /// Make `[offset, offset+len)` read as zeroes (MAY_UNMAP allows deallocation when the node
+    /// has `discard=unmap`).
+    pub async fn write_zeroes(&self, offset: u64, len: u64, flags: ReqFlags) -> Result<()> {
+        zero::write_zeroes(&self.node(), self.edge(), offset, len, flags).await
+    }
+
+    /// Discard a range (a no-op unless the node has `discard=unmap`).
+    pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        zero::discard(&self.node(), self.edge(), offset, len).await
+    }
+
+    /// Make every completed write below this edge durable.
+    pub async fn flush(&self) -> Result<()> {
+        flush::flush(&self.node()).await
+    }
+
+    /// How the child provides the range at `offset` (at most `len` bytes).
+    pub async fn block_status(&self, offset: u64, len: u64) -> Result<BlockStatus> {
+        status::block_status(&self.node(), offset, len).await
+    }
+
+    /// Status through the backing chain: which layer provides the range, down to (not
+    /// including) `base` if given.
+    pub async fn chain_status(
+        &self,
+        offset: u64,
+        len: u64,
+        base: Option<&crate::graph::Node>,
+    ) -> Result<ChainStatus> {
+        status::chain_status(&self.node(), offset, len, base).await
+    }
+
+    /// Resize the child. Needs RESIZE on this edge.
+    pub async fn truncate(&self, len: u64, exact: bool, prealloc: Prealloc) -> Result<()> {
+        write::truncate(&self.node(), self.edge(), len, exact, prealloc).await
+    }
+
+    /// The child's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.node().len()
+    }
+
+    /// True when the child has length 0.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Raise a debug event on the child node (blkdebug rules and breakpoints act on it).
+    pub async fn debug_event(&self, event: DebugEvent) {
+        debug::raise(&self.node(), event).await
+    }
+}

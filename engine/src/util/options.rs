@@ -1,0 +1,278 @@
+//! Option dictionaries as QMP's `blockdev-add` passes them: a JSON object from which each layer
+//! takes the keys it knows; whatever is left at the end is an error naming the unexpected key.
+//!
+//! Keys may also arrive flattened with dots ("cache.direct": true, "file.filename": "x"), as from
+//! qemu-img style `-o`/`--image-opts` strings; `Options::new` folds those into nested objects.
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// A set of options being consumed.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    map: Map<String, Value>,
+    /// Dotted prefix of this dictionary within the user's options, for error messages.
+    prefix: String,
+}
+
+fn expected(key: &str, what: &str) -> Error {
+    Error::generic(format!(
+        "Invalid parameter type for '{key}', expected: {what}"
+    ))
+}
+
+impl Options {
+    /// Options from a JSON object; dotted keys are folded into nested objects.
+    pub fn new(value: Value) -> Result<Options> {
+        Options::with_prefix(value, String::new())
+    }
+
+    fn with_prefix(value: Value, prefix: String) -> Result<Options> {
+        let Value::Object(flat) = value else {
+            return Err(Error::generic(format!(
+                "Invalid parameter type for '{}', expected: object",
+                prefix.trim_end_matches('.')
+            )));
+        };
+        let mut map = Map::new();
+        for (key, val) in flat {
+            insert_dotted(&mut map, &key, val)?;
+        }
+        Ok(Options { map, prefix })
+    }
+
+    /// Parse a qemu-img style `key=value,key2=value2` string (",," escapes a comma).
+    pub fn from_keyval(text: &str) -> Result<Options> {
+        let mut map = Map::new();
+        for item in split_keyval(text) {
+            let (key, val) = match item.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => {
+                    return Err(Error::generic(format!(
+                        "Expected '=' after parameter '{item}'"
+                    )));
+                }
+            };
+            insert_dotted(&mut map, &key, Value::String(val))?;
+        }
+        Ok(Options {
+            map,
+            prefix: String::new(),
+        })
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{}", self.prefix, key)
+    }
+
+    /// True when `key` is present.
+    pub fn has(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Take a raw value.
+    pub fn take(&mut self, key: &str) -> Option<Value> {
+        self.map.remove(key)
+    }
+
+    /// Take a string.
+    pub fn take_str(&mut self, key: &str) -> Result<Option<String>> {
+        match self.map.remove(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(expected(&self.full(key), "string")),
+        }
+    }
+
+    /// Take a required string.
+    pub fn require_str(&mut self, key: &str) -> Result<String> {
+        self.take_str(key)?
+            .ok_or_else(|| Error::generic(format!("Parameter '{}' is missing", self.full(key))))
+    }
+
+    /// Take a boolean (JSON bool, or "on"/"off"/"true"/"false" from a key=value string).
+    pub fn take_bool(&mut self, key: &str) -> Result<Option<bool>> {
+        match self.map.remove(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(Value::String(s)) => match s.as_str() {
+                "on" | "true" | "yes" => Ok(Some(true)),
+                "off" | "false" | "no" => Ok(Some(false)),
+                _ => Err(Error::generic(format!(
+                    "Parameter '{}' expects 'on' or 'off'",
+                    self.full(key)
+                ))),
+            },
+            Some(_) => Err(expected(&self.full(key), "boolean")),
+        }
+    }
+
+    /// Take an unsigned integer (JSON number or decimal string; sizes accept k/M/G/T suffixes).
+    pub fn take_u64(&mut self, key: &str) -> Result<Option<u64>> {
+        match self.map.remove(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+                Error::generic(format!(
+                    "Parameter '{}' expects a non-negative integer",
+                    self.full(key)
+                ))
+            }),
+            Some(Value::String(s)) => parse_size(&s).map(Some).ok_or_else(|| {
+                Error::generic(format!(
+                    "Parameter '{}' expects a size, got '{s}'",
+                    self.full(key)
+                ))
+            }),
+            Some(_) => Err(expected(&self.full(key), "integer")),
+        }
+    }
+
+    /// Take a nested dictionary.
+    pub fn take_dict(&mut self, key: &str) -> Result<Option<Options>> {
+        match self.map.remove(key) {
+            None => Ok(None),
+            Some(v) => Options::with_prefix(v, format!("{}.", self.full(key))).map(Some),
+        }
+    }
+
+    /// Fail if anything was not consumed, naming the first leftover key.
+    pub fn finish(self) -> Result<()> {
+        match self.map.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(Error::generic(format!(
+                "Parameter '{}' is unexpected",
+                self.full(key)
+            ))),
+        }
+    }
+
+    /// The dotted prefix of this dictionary ("file." for a child's options).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The remaining options as JSON.
+    pub fn into_value(self) -> Value {
+        Value::Object(self.map)
+    }
+}
+
+fn insert_dotted(map: &mut Map<String, Value>, key: &str, val: Value) -> Result<()> {
+    match key.split_once('.') {
+        None => {
+            if map.contains_key(key) {
+                return Err(Error::generic(format!("Duplicate parameter '{key}'")));
+            }
+            map.insert(key.to_string(), val);
+            Ok(())
+        }
+        Some((head, rest)) => {
+            let slot = map
+                .entry(head.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            match slot {
+                Value::Object(inner) => insert_dotted(inner, rest, val),
+                _ => Err(Error::generic(format!(
+                    "Parameter '{head}' is given both as a value and as a dictionary"
+                ))),
+            }
+        }
+    }
+}
+
+fn split_keyval(text: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                cur.push(',');
+            } else {
+                items.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(c);
+        }
+    }
+    if !cur.is_empty() {
+        items.push(cur);
+    }
+    items
+}
+
+/// Parse a size as qemu-img does: a number with an optional k/K, M, G, T, P, E suffix (powers of
+/// 1024) or b; fractional numbers allowed with a suffix ("1.5G").
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (num, suffix) = text.split_at(split);
+    if num.is_empty() {
+        return None;
+    }
+    let mult: u64 = match suffix {
+        "" | "b" | "B" => 1,
+        "k" | "K" => 1 << 10,
+        "m" | "M" => 1 << 20,
+        "g" | "G" => 1 << 30,
+        "t" | "T" => 1 << 40,
+        "p" | "P" => 1 << 50,
+        "e" | "E" => 1 << 60,
+        _ => return None,
+    };
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult);
+    }
+    let f: f64 = num.parse().ok()?;
+    let v = f * mult as f64;
+    if suffix.is_empty() || !v.is_finite() || v < 0.0 || v >= u64::MAX as f64 {
+        return None;
+    }
+    Some(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dotted_keys_fold_and_leftovers_are_named() {
+        let mut o = Options::new(json!({"driver": "raw", "file.driver": "file",
+            "file.filename": "/x", "bogus": 1}))
+        .unwrap();
+        assert_eq!(o.require_str("driver").unwrap(), "raw");
+        let mut file = o.take_dict("file").unwrap().unwrap();
+        assert_eq!(file.require_str("filename").unwrap(), "/x");
+        assert_eq!(file.prefix(), "file.");
+        let err = file.require_str("node-name").unwrap_err();
+        assert_eq!(err.message(), "Parameter 'file.node-name' is missing");
+        assert_eq!(
+            o.finish().unwrap_err().message(),
+            "Parameter 'bogus' is unexpected"
+        );
+    }
+
+    #[test]
+    fn keyval_strings() {
+        let mut o = Options::from_keyval("driver=file,filename=a,,b,cache.direct=on").unwrap();
+        assert_eq!(o.require_str("filename").unwrap(), "a,b");
+        let mut cache = o.take_dict("cache").unwrap().unwrap();
+        assert_eq!(cache.take_bool("direct").unwrap(), Some(true));
+        assert!(Options::from_keyval("novalue").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64k"), Some(65536));
+        assert_eq!(parse_size("1M"), Some(1 << 20));
+        assert_eq!(parse_size("1.5G"), Some(3 << 29));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("16E"), None);
+    }
+}
