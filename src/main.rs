@@ -1,2 +1,31 @@
-//! `blk`: the command-line tool.
-fn main() {}
+//! `blk`: the command-line tool. Subcommands in the style of qemu-img, `blk io` in qemu-io's
+//! language, `blk sim` to replay scenarios on the deterministic simulator.
+
+mod cli;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: blk <command> [args]\n\
+         \n\
+         commands:\n\
+         \x20 io      run qemu-io commands on an image (blk io -c 'write -P 0xab 0 64k' disk.img)\n\
+         \n\
+         Run 'blk <command> --help' for a command's options."
+    );
+    std::process::exit(1)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(cmd) = args.get(1) else { usage() };
+    let rest = &args[2..];
+    let code = match cmd.as_str() {
+        "io" => cli::io::run_io(rest),
+        "-h" | "--help" | "help" => usage(),
+        other => {
+            eprintln!("blk: unknown command '{other}'");
+            usage()
+        }
+    };
+    std::process::exit(code);
+}

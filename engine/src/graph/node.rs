@@ -316,6 +316,11 @@ impl Node {
         self.in_flight.get()
     }
 
+    /// Requests tracked in this node now (in flight past the request path's entry).
+    pub fn tracked_len(&self) -> usize {
+        self.tracked.len()
+    }
+
     /// The cumulative permissions (taken, shared) of this node's parents.
     pub fn cumulative_perms(&self) -> (Perms, Perms) {
         self.cumulative.get()

@@ -1,0 +1,199 @@
+//! Shared test support: run an engine on the simulator, and `testmem`, an in-memory driver whose
+//! limits are options and which logs every request that reaches it and can hold requests at a
+//! gate (so tests can keep requests in flight while they drain, race or edit the graph).
+#![allow(dead_code)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::rc::Rc;
+
+use engine::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
+use engine::env::LocalBoxFuture;
+use engine::graph::OpenCtx;
+use engine::io::{BlockStatus, BufResult, IoBuf, Limits, Mapping, ReqFlags};
+use engine::util::{Notify, Options};
+use engine::{Engine, Result};
+use serde_json::{Value, json};
+use sim::{Sim, SimConfig};
+
+/// Run `body` on a fresh engine in a simulator seeded with `seed`.
+pub fn run<T: 'static, F: Future<Output = T> + 'static>(seed: u64, body: impl FnOnce(Rc<Engine>) -> F) -> T {
+    let sim = Sim::new(seed, SimConfig::default());
+    let engine = Rc::new(Engine::new(sim.env().as_env()));
+    engine.graph().register_driver("testmem", open_testmem);
+    let fut = body(engine);
+    match sim.block_on(fut) {
+        Ok(v) => v,
+        Err(e) => panic!("simulation failed (seed {seed}): {e}"),
+    }
+}
+
+/// What reached a `testmem` node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Read(u64, u64),
+    Write(u64, u64, ReqFlags),
+    Zeroes(u64, u64, ReqFlags),
+    Discard(u64, u64),
+    Flush,
+}
+
+/// Shared state of one `testmem` node, found by node name.
+#[derive(Default)]
+pub struct MemState {
+    pub data: RefCell<Vec<u8>>,
+    pub log: RefCell<Vec<Op>>,
+    pub gate_closed: Cell<bool>,
+    pub gate: Notify,
+    pub held: Cell<u32>,
+    pub fail_writes: Cell<Option<engine::Errno>>,
+}
+
+impl MemState {
+    pub fn open_gate(&self) {
+        self.gate_closed.set(false);
+        self.gate.notify_all();
+    }
+
+    async fn pass_gate(&self) {
+        while self.gate_closed.get() {
+            self.held.set(self.held.get() + 1);
+            self.gate.wait().await;
+            self.held.set(self.held.get() - 1);
+        }
+    }
+
+    pub fn take_log(&self) -> Vec<Op> {
+        std::mem::take(&mut self.log.borrow_mut())
+    }
+}
+
+thread_local! {
+    static STATES: RefCell<BTreeMap<String, Rc<MemState>>> = RefCell::new(BTreeMap::new());
+}
+
+/// The state of the `testmem` node named `name`.
+pub fn mem(name: &str) -> Rc<MemState> {
+    STATES.with(|s| s.borrow().get(name).cloned().expect("no such testmem node"))
+}
+
+struct TestMem {
+    state: Rc<MemState>,
+    caps: DriverCaps,
+    limits: Limits,
+}
+
+fn open_testmem(ctx: OpenCtx, mut opts: Options) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>> {
+    Box::pin(async move {
+        let size = opts.take_u64("size")?.unwrap_or(1 << 20);
+        let align = opts.take_u64("align")?.unwrap_or(1) as u32;
+        let max_transfer = opts.take_u64("max-transfer")?.unwrap_or(0) as u32;
+        let fua = opts.take_bool("fua")?.unwrap_or(true);
+        let zeroes = opts.take_bool("zeroes")?.unwrap_or(true);
+        opts.finish()?;
+        let state = Rc::new(MemState::default());
+        *state.data.borrow_mut() = vec![0; size as usize];
+        STATES.with(|s| s.borrow_mut().insert(ctx.node_name().to_string(), state.clone()));
+        let caps = DriverCaps {
+            name: "testmem",
+            kind: DriverKind::Protocol,
+            supports_backing: false,
+            write_flags: if fua { ReqFlags::FUA } else { ReqFlags::NONE },
+            zero_flags: if zeroes { ReqFlags::MAY_UNMAP } else { ReqFlags::NONE },
+        };
+        let limits = Limits { request_align: align, max_transfer, ..Limits::default() };
+        Ok(Box::new(TestMem { state, caps, limits }) as Box<dyn BlockDriver>)
+    })
+}
+
+impl BlockDriver for TestMem {
+    fn caps(&self) -> &DriverCaps {
+        &self.caps
+    }
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+    fn len(&self) -> u64 {
+        self.state.data.borrow().len() as u64
+    }
+    fn read(&self, offset: u64, mut buf: IoBuf, _f: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
+        Box::pin(async move {
+            self.state.log.borrow_mut().push(Op::Read(offset, buf.len() as u64));
+            self.check(offset, buf.len() as u64);
+            self.state.pass_gate().await;
+            let data = self.state.data.borrow();
+            let n = buf.len();
+            buf.as_mut_slice().copy_from_slice(&data[offset as usize..offset as usize + n]);
+            drop(data);
+            (buf, Ok(()))
+        })
+    }
+    fn write(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
+        Box::pin(async move {
+            self.state.log.borrow_mut().push(Op::Write(offset, buf.len() as u64, flags));
+            self.check(offset, buf.len() as u64);
+            self.state.pass_gate().await;
+            if let Some(errno) = self.state.fail_writes.get() {
+                return (buf, Err(engine::Error::io(errno)));
+            }
+            let n = buf.len();
+            self.state.data.borrow_mut()[offset as usize..offset as usize + n].copy_from_slice(buf.as_slice());
+            (buf, Ok(()))
+        })
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ReqFlags) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if !self.caps.zero_flags.contains(ReqFlags::MAY_UNMAP) {
+                return Err(engine::Error::io(engine::Errno::ENOTSUP));
+            }
+            self.state.log.borrow_mut().push(Op::Zeroes(offset, len, flags));
+            self.state.pass_gate().await;
+            self.state.data.borrow_mut()[offset as usize..(offset + len) as usize].fill(0);
+            Ok(())
+        })
+    }
+    fn discard(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.state.log.borrow_mut().push(Op::Discard(offset, len));
+            self.state.data.borrow_mut()[offset as usize..(offset + len) as usize].fill(0);
+            Ok(())
+        })
+    }
+    fn flush(&self) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.state.log.borrow_mut().push(Op::Flush);
+            Ok(())
+        })
+    }
+    fn block_status(&self, _offset: u64, len: u64) -> LocalBoxFuture<'_, Result<BlockStatus>> {
+        Box::pin(async move { Ok(BlockStatus { len, mapping: Mapping::Data { host: None } }) })
+    }
+    fn truncate(&self, len: u64, _e: bool, _p: Prealloc) -> LocalBoxFuture<'_, Result<()>> {
+        self.state.data.borrow_mut().resize(len as usize, 0);
+        Box::pin(async { Ok(()) })
+    }
+    fn filename(&self) -> String {
+        "testmem".into()
+    }
+}
+
+impl TestMem {
+    /// The generic layer must honour this driver's limits: a violation is an engine bug.
+    fn check(&self, offset: u64, len: u64) {
+        let a = self.limits.request_align as u64;
+        assert!(offset % a == 0 && len % a == 0, "unaligned request {offset}+{len} (align {a})");
+        if self.limits.max_transfer != 0 {
+            assert!(len <= self.limits.max_transfer as u64, "request of {len} over max_transfer");
+        }
+    }
+}
+
+/// blockdev-add a `testmem` node with extra options.
+pub async fn add_mem(engine: &Engine, name: &str, extra: Value) -> Rc<engine::graph::Node> {
+    let mut opts = json!({"driver": "testmem", "node-name": name});
+    if let (Value::Object(o), Value::Object(e)) = (&mut opts, extra) {
+        o.extend(e);
+    }
+    engine.blockdev_add(opts).await.expect("blockdev-add testmem")
+}

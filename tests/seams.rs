@@ -1,0 +1,121 @@
+//! The architecture's rules, checked on the source tree (ARCHITECTURE.md §2):
+//! only `engine/src/env/real*` touches time, threads, files or OS randomness; nothing in the
+//! engine or the simulator iterates std hash maps; layers import only downward.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Code lines (not comments) of every `.rs` file under `dir`, with their location.
+fn code_lines(dir: &str) -> Vec<(String, usize, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut lines = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display().to_string();
+        let text = fs::read_to_string(&file).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("//") {
+                continue;
+            }
+            lines.push((rel.clone(), i + 1, line.to_string()));
+        }
+    }
+    lines
+}
+
+fn violations(
+    dir: &str,
+    allowed: impl Fn(&str) -> bool,
+    forbidden: &[&str],
+) -> Vec<String> {
+    code_lines(dir)
+        .into_iter()
+        .filter(|(file, _, _)| !allowed(file))
+        .filter(|(_, _, line)| {
+            forbidden.iter().any(|f| line.contains(f))
+                || (forbidden.contains(&"std::time") && grouped_real_world(line))
+        })
+        .map(|(file, n, line)| format!("{file}:{n}: {}", line.trim()))
+        .collect()
+}
+
+const REAL_WORLD: &[&str] = &[
+    "std::time",
+    "std::thread",
+    "std::fs",
+    "Instant::now",
+    "SystemTime",
+    "thread_rng",
+    "OsRng",
+    "getrandom",
+    "std::net",
+    "std::process",
+];
+
+/// Also catch grouped imports such as `use std::{fs, time::Instant}`.
+fn grouped_real_world(line: &str) -> bool {
+    line.contains("std::{")
+        && ["fs", "time", "thread", "net", "process"]
+            .iter()
+            .any(|m| line.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == *m))
+}
+
+#[test]
+fn only_env_real_touches_the_real_world() {
+    let bad = violations("engine/src", |f| f.starts_with("engine/src/env/real"), REAL_WORLD);
+    assert!(bad.is_empty(), "the engine reaches the real world outside env/real:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn the_simulator_touches_no_real_world_but_its_exporter() {
+    let bad = violations("sim/src", |f| f == "sim/src/export.rs", REAL_WORLD);
+    assert!(bad.is_empty(), "the simulator reaches the real world:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn no_std_hash_maps_in_engine_or_sim() {
+    let mut bad = violations("engine/src", |_| false, &["HashMap", "HashSet"]);
+    bad.extend(violations("sim/src", |_| false, &["HashMap", "HashSet"]));
+    assert!(bad.is_empty(), "std hash maps break deterministic iteration:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn layers_import_only_downward() {
+    let rules: &[(&str, &[&str])] = &[
+        ("engine/src/util", &["crate::graph", "crate::request", "crate::drivers", "crate::backend", "crate::engine", "crate::qmp", "crate::job"]),
+        ("engine/src/io", &["crate::graph", "crate::request", "crate::drivers", "crate::backend", "crate::engine", "crate::qmp", "crate::job"]),
+        ("engine/src/env", &["crate::graph", "crate::request", "crate::drivers", "crate::backend", "crate::engine", "crate::qmp", "crate::job"]),
+        ("engine/src/graph", &["crate::request", "crate::drivers", "crate::backend", "crate::engine", "crate::qmp", "crate::job"]),
+        ("engine/src/request", &["crate::drivers", "crate::backend", "crate::engine", "crate::qmp", "crate::job"]),
+        ("engine/src/drivers", &["crate::backend", "crate::engine", "crate::qmp", "crate::job", "crate::drivers::"]),
+        ("engine/src/backend", &["crate::engine", "crate::qmp", "crate::job", "crate::drivers"]),
+    ];
+    let mut bad = Vec::new();
+    for (dir, forbidden) in rules {
+        bad.extend(violations(dir, |_| false, forbidden));
+    }
+    assert!(bad.is_empty(), "upward or sideways imports:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn the_checker_itself_sees_violations() {
+    // Guard against a rule that can never fire (a wrong directory, a wrong pattern).
+    assert!(!code_lines("engine/src").is_empty());
+    let found = violations("engine/src/env", |_| false, &["std::"]);
+    assert!(!found.is_empty(), "env/real must be visible to the checker");
+}
