@@ -3,7 +3,7 @@
 //! Time is a `u64` of nanoseconds that moves only when the executor finds nothing runnable: it
 //! then jumps straight to the earliest pending deadline and wakes every timer due at that instant,
 //! in the order they were registered (ties broken by an insertion sequence, never by address or
-//! hash). A [`Sleep`] cancels its timer when dropped, so abandoned sleeps never hold time back.
+//! hash). A `Sleep` cancels its timer when dropped, so abandoned sleeps never hold time back.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

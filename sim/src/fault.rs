@@ -5,7 +5,7 @@
 //! [`Trigger`] (once, N times, sticky, or with a probability drawn from the fault stream of the
 //! seed), optionally after skipping the first matches. Faults are evaluated when an operation is
 //! submitted, in injection order; several may fire on one operation (say `Slow` and `Eio`). The
-//! outcome is a [`FaultPlan`] that the disk applies when the operation completes.
+//! outcome is a `FaultPlan` that the disk applies when the operation completes.
 
 use std::collections::BTreeMap;
 

@@ -5,7 +5,7 @@
 //!
 //! * a single-threaded **executor** ([`executor`]) whose scheduler picks among ready tasks with a
 //!   seeded RNG (or FIFO), with deadlock and livelock detection ([`SimError`]);
-//! * a **virtual clock** ([`clock`]) that stands still while anything is runnable and jumps to the
+//! * a **virtual clock** (`clock.rs`) that stands still while anything is runnable and jumps to the
 //!   next timer when nothing is;
 //! * a **virtual disk** ([`vdisk`]): sparse durable bytes, a volatile write cache, seeded
 //!   latencies, [`fault`] injection and power-loss [`SimFs::crash`]es resolved per sector;
@@ -38,7 +38,7 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod clock;
+mod clock;
 pub mod config;
 pub mod env;
 pub mod error;

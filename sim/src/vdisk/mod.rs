@@ -1,7 +1,7 @@
-//! The virtual disk: a file system of [`VFile`]s by path, with a volatile write cache per file,
+//! The virtual disk: a file system of `VFile`s by path, with a volatile write cache per file,
 //! seeded latencies, fault injection and power-loss crashes.
 //!
-//! [`SimFs`] implements the engine's [`HostFs`]; the files it opens ([`handle`]) implement
+//! [`SimFs`] implements the engine's [`HostFs`]; the files it opens (`SimFile`, in `handle.rs`) implement
 //! `HostFile`. Metadata (create, remove) is synchronous and always durable: the simulator does not
 //! model directory fsync. Data operations take a virtual latency drawn from the disk stream, so
 //! concurrent requests complete out of order, and take effect when they complete.
