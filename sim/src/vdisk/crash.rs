@@ -1,0 +1,128 @@
+//! Power loss: every completed-but-unflushed operation is resolved, seeded, per 512-byte sector.
+//!
+//! Entries are replayed in completion order onto the durable bytes. FUA entries always land. With
+//! probability `CrashModel::clean` every entry lands. Otherwise each entry is kept, lost or torn
+//! (weights of the [`CrashModel`]); a torn write or zeroing keeps each of its sectors with
+//! probability 1/2, so a sector ends up holding its last durable value or the value of some later
+//! completed operation, never anything else. Size changes and preallocations are kept or lost
+//! whole. Afterwards the cache is empty, in-flight operations are abandoned and every handle
+//! opened before the crash is stale (EIO); files can be reopened.
+
+use rand_chacha::ChaCha8Rng;
+
+use super::SimFs;
+use super::file::{CacheEntry, VFile, apply, sectors_in};
+use crate::config::CrashModel;
+use crate::rng::{below, chance};
+use crate::trace::tag;
+
+/// What a crash did to the unflushed entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrashReport {
+    /// The whole cache survived (a "clean" power loss).
+    pub clean: bool,
+    /// Entries that landed whole (FUA ones included).
+    pub kept: u64,
+    /// Entries that vanished.
+    pub lost: u64,
+    /// Entries that landed partly (some sectors new, some old).
+    pub torn: u64,
+}
+
+enum Fate {
+    Keep,
+    Lose,
+    Torn,
+}
+
+fn draw_fate(rng: &mut ChaCha8Rng, m: &CrashModel) -> Fate {
+    let total = u64::from(m.keep) + u64::from(m.lose) + u64::from(m.torn);
+    if total == 0 {
+        return Fate::Keep;
+    }
+    let x = below(rng, total);
+    if x < u64::from(m.keep) {
+        Fate::Keep
+    } else if x < u64::from(m.keep) + u64::from(m.lose) {
+        Fate::Lose
+    } else {
+        Fate::Torn
+    }
+}
+
+impl VFile {
+    /// Resolve the cache into the durable bytes, as a power loss would.
+    fn crash(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        model: &CrashModel,
+        clean: bool,
+        report: &mut CrashReport,
+    ) {
+        let mut store = self.durable.clone();
+        let mut len = self.durable_len;
+        let cache: Vec<CacheEntry> = std::mem::take(&mut self.cache);
+        for e in &cache {
+            if e.fua || clean {
+                apply(&mut store, &mut len, &e.op, None);
+                report.kept += 1;
+                continue;
+            }
+            let fate = draw_fate(rng, model);
+            let range = e.op.sector_range();
+            let keep_all = match (fate, range) {
+                (Fate::Keep, _) => true,
+                (Fate::Lose, _) => false,
+                (Fate::Torn, None) => chance(rng, 0.5),
+                (Fate::Torn, Some((start, end))) => {
+                    let n = sectors_in(start, end);
+                    let mask: Vec<bool> = (0..n).map(|_| chance(rng, 0.5)).collect();
+                    if mask.iter().all(|&k| k) {
+                        true
+                    } else if mask.iter().all(|&k| !k) {
+                        false
+                    } else {
+                        apply(&mut store, &mut len, &e.op, Some(&mask));
+                        report.torn += 1;
+                        continue;
+                    }
+                }
+            };
+            if keep_all {
+                apply(&mut store, &mut len, &e.op, None);
+                report.kept += 1;
+            } else {
+                report.lost += 1;
+            }
+        }
+        self.durable = store;
+        self.durable_len = len;
+        self.rebuild_current();
+    }
+}
+
+impl SimFs {
+    /// Power loss. Resolves every file's unflushed operations with `rng` (see the module docs),
+    /// empties the caches, and makes every open handle stale; in-flight operations never land.
+    /// Latent sector errors and injected faults stay. `Sim::crash` calls this with the crash
+    /// stream of the seed and also kills every task.
+    pub fn crash(&self, rng: &mut ChaCha8Rng) -> CrashReport {
+        let fs = &self.inner;
+        fs.epoch.set(fs.epoch.get() + 1);
+        let model = fs.config.crash;
+        let mut report = CrashReport {
+            clean: chance(rng, model.clean),
+            ..CrashReport::default()
+        };
+        let files: Vec<_> = fs.files.borrow().values().cloned().collect();
+        for file in files {
+            file.borrow_mut()
+                .crash(rng, &model, report.clean, &mut report);
+        }
+        fs.trace.record(
+            tag::CRASH,
+            &[fs.epoch.get(), report.kept, report.lost, report.torn],
+        );
+        report
+    }
+}

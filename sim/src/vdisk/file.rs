@@ -1,0 +1,256 @@
+//! [`VFile`]: one virtual file = durable bytes + a volatile write cache + latent sector marks.
+//!
+//! * `durable`/`durable_len`: what survives any power loss.
+//! * `cache`: completed-but-unflushed operations, in completion order (writes, zeroings, size
+//!   changes, preallocations), each with a sequence number. FUA entries stay in the list (so order
+//!   against older cached writes is kept) but are durable: a crash always keeps them.
+//! * `current`/`len`: what reads see = `durable` with every cache entry applied in order. Kept
+//!   incrementally, so reads never replay the cache.
+//! * `bad`: latent sector errors (reads fail with EIO until the sector is fully rewritten).
+//!
+//! A flush makes the prefix of the cache up to its mark durable; a failed flush may drop it.
+
+use std::collections::BTreeSet;
+
+use super::pages::PageStore;
+
+/// Sector size for crash resolution and latent errors.
+pub(crate) const SECTOR: u64 = 512;
+
+/// One cached (or replayed) operation.
+#[derive(Clone, Debug)]
+pub(crate) enum CacheOp {
+    /// Bytes written at `offset`; grows the file to the end of the write.
+    Write { offset: u64, data: Vec<u8> },
+    /// `[offset, offset + len)` reads as zeroes, holes if `unmap`; grows the file if `grows`.
+    Zero {
+        offset: u64,
+        len: u64,
+        unmap: bool,
+        grows: bool,
+    },
+    /// New file length.
+    SetLen(u64),
+    /// Allocate `[offset, offset + len)`, growing the file to its end.
+    Prealloc { offset: u64, len: u64 },
+}
+
+impl CacheOp {
+    /// The byte range a sector-resolved op covers (`None` for whole-entry ops).
+    pub(crate) fn sector_range(&self) -> Option<(u64, u64)> {
+        match *self {
+            CacheOp::Write { offset, ref data } => Some((offset, offset + data.len() as u64)),
+            CacheOp::Zero { offset, len, .. } => Some((offset, offset + len)),
+            CacheOp::SetLen(_) | CacheOp::Prealloc { .. } => None,
+        }
+    }
+}
+
+/// A cache entry: sequence number, FUA flag, operation.
+#[derive(Clone, Debug)]
+pub(crate) struct CacheEntry {
+    pub(crate) seq: u64,
+    pub(crate) fua: bool,
+    pub(crate) op: CacheOp,
+}
+
+/// Apply `op` to `store`/`len`. With `keep`, only the sectors whose flag is set land (index 0 is
+/// the first sector the op touches); the file then grows only to the end of the last kept byte.
+pub(crate) fn apply(store: &mut PageStore, len: &mut u64, op: &CacheOp, keep: Option<&[bool]>) {
+    match (op, keep) {
+        (CacheOp::SetLen(new), _) => {
+            if *new < *len {
+                store.truncate(*new);
+            }
+            *len = *new;
+        }
+        (CacheOp::Prealloc { offset, len: n }, _) => {
+            store.preallocate(*offset, *n);
+            *len = (*len).max(offset + n);
+        }
+        (CacheOp::Write { offset, data }, None) => {
+            store.write(*offset, data);
+            *len = (*len).max(offset + data.len() as u64);
+        }
+        (
+            CacheOp::Zero {
+                offset,
+                len: n,
+                unmap,
+                grows,
+            },
+            None,
+        ) => {
+            store.zero(*offset, *n, *unmap);
+            if *grows {
+                *len = (*len).max(offset + n);
+            }
+        }
+        (_, Some(keep)) => {
+            let (start, end) = op.sector_range().expect("sector-resolved op");
+            for (from, to) in kept_runs(start, end, keep) {
+                match op {
+                    CacheOp::Write { offset, data } => {
+                        store.write(
+                            from,
+                            &data[(from - offset) as usize..(to - offset) as usize],
+                        );
+                        *len = (*len).max(to);
+                    }
+                    CacheOp::Zero { unmap, grows, .. } => {
+                        store.zero(from, to - from, *unmap);
+                        if *grows {
+                            *len = (*len).max(to);
+                        }
+                    }
+                    _ => unreachable!(),
+                }
+            }
+        }
+    }
+}
+
+/// Byte runs of `[start, end)` whose sectors are kept.
+fn kept_runs(start: u64, end: u64, keep: &[bool]) -> Vec<(u64, u64)> {
+    let first = start / SECTOR;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (i, &k) in keep.iter().enumerate() {
+        if !k {
+            continue;
+        }
+        let s = first + i as u64;
+        let from = (s * SECTOR).max(start);
+        let to = ((s + 1) * SECTOR).min(end);
+        match runs.last_mut() {
+            Some(last) if last.1 == from => last.1 = to,
+            _ => runs.push((from, to)),
+        }
+    }
+    runs
+}
+
+/// Number of sectors touched by `[start, end)` (non-empty).
+pub(crate) fn sectors_in(start: u64, end: u64) -> u64 {
+    (end - 1) / SECTOR - start / SECTOR + 1
+}
+
+/// One virtual file.
+pub(crate) struct VFile {
+    pub(crate) id: u64,
+    pub(crate) durable: PageStore,
+    pub(crate) durable_len: u64,
+    pub(crate) current: PageStore,
+    pub(crate) len: u64,
+    pub(crate) cache: Vec<CacheEntry>,
+    pub(crate) next_seq: u64,
+    pub(crate) bad: BTreeSet<u64>,
+}
+
+impl VFile {
+    pub(crate) fn new(id: u64) -> VFile {
+        VFile {
+            id,
+            durable: PageStore::default(),
+            durable_len: 0,
+            current: PageStore::default(),
+            len: 0,
+            cache: Vec::new(),
+            next_seq: 1,
+            bad: BTreeSet::new(),
+        }
+    }
+
+    /// Apply a completed operation: visible to reads now, durable at the next flush (or at once
+    /// with `fua`).
+    pub(crate) fn push(&mut self, op: CacheOp, fua: bool) {
+        match op.sector_range() {
+            Some((start, end)) if start < end => self.heal(start, end),
+            _ => {}
+        }
+        apply(&mut self.current, &mut self.len, &op, None);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.cache.push(CacheEntry { seq, fua, op });
+    }
+
+    /// The flush mark: a flush submitted now covers entries with `seq < mark`.
+    pub(crate) fn mark(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Make every entry with `seq < mark` durable.
+    pub(crate) fn flush(&mut self, mark: u64) {
+        let n = self.cache.iter().take_while(|e| e.seq < mark).count();
+        for e in self.cache.drain(..n) {
+            apply(&mut self.durable, &mut self.durable_len, &e.op, None);
+        }
+    }
+
+    /// A failed flush that drops dirty data: entries with `seq < mark` are lost (FUA ones were
+    /// already durable and land), and reads fall back to what is left.
+    pub(crate) fn drop_dirty(&mut self, mark: u64) {
+        let n = self.cache.iter().take_while(|e| e.seq < mark).count();
+        for e in self.cache.drain(..n) {
+            if e.fua {
+                apply(&mut self.durable, &mut self.durable_len, &e.op, None);
+            }
+        }
+        self.rebuild_current();
+    }
+
+    /// Recompute the read view from the durable bytes and the remaining cache.
+    pub(crate) fn rebuild_current(&mut self) {
+        let mut store = self.durable.clone();
+        let mut len = self.durable_len;
+        for e in &self.cache {
+            apply(&mut store, &mut len, &e.op, None);
+        }
+        self.current = store;
+        self.len = len;
+    }
+
+    /// What survives if every unflushed non-FUA entry is lost.
+    pub(crate) fn durable_view(&self) -> (PageStore, u64) {
+        let mut store = self.durable.clone();
+        let mut len = self.durable_len;
+        for e in self.cache.iter().filter(|e| e.fua) {
+            apply(&mut store, &mut len, &e.op, None);
+        }
+        (store, len)
+    }
+
+    /// Read from the current view; bytes beyond the end read as zeroes.
+    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) {
+        let visible = self.len.saturating_sub(offset).min(buf.len() as u64) as usize;
+        self.current.read(offset, &mut buf[..visible]);
+        buf[visible..].fill(0);
+    }
+
+    /// The first latent bad sector in `[start, end)`.
+    pub(crate) fn first_bad(&self, start: u64, end: u64) -> Option<u64> {
+        if start >= end {
+            return None;
+        }
+        self.bad
+            .range(start / SECTOR..=(end - 1) / SECTOR)
+            .next()
+            .copied()
+    }
+
+    /// Clear latent errors of sectors fully covered by `[start, end)` (they were rewritten).
+    fn heal(&mut self, start: u64, end: u64) {
+        let first = start.div_ceil(SECTOR);
+        let stop = end / SECTOR;
+        if first < stop {
+            let healed: Vec<u64> = self.bad.range(first..stop).copied().collect();
+            for s in healed {
+                self.bad.remove(&s);
+            }
+        }
+    }
+
+    /// Number of unflushed entries.
+    pub(crate) fn dirty(&self) -> usize {
+        self.cache.len()
+    }
+}

@@ -1,0 +1,209 @@
+//! What a data operation does when it completes: the fault plan applied, then the effect on the
+//! file's write cache. Shared by the normal completion path and by orphaned operations (whose
+//! caller dropped the future: like a real disk, the operation still happens).
+
+use std::cell::RefCell;
+
+use engine::io::IoBuf;
+use engine::{Errno, Error, Result};
+
+use super::FsInner;
+use super::file::{CacheOp, VFile};
+use super::pages::PAGE;
+use crate::fault::{FaultPlan, OpKind};
+use crate::trace::tag;
+
+/// A submitted operation with side effects, waiting for its completion time.
+pub(crate) enum Effect {
+    Write { buf: IoBuf, offset: u64, fua: bool },
+    Flush { mark: u64 },
+    SetLen(u64),
+    Discard { offset: u64, len: u64 },
+    Zeroes { offset: u64, len: u64, unmap: bool },
+    Prealloc { offset: u64, len: u64 },
+}
+
+impl Effect {
+    /// Kind, offset and length, for faults and the trace.
+    pub(crate) fn describe(&self) -> (OpKind, u64, u64) {
+        match *self {
+            Effect::Write {
+                ref buf, offset, ..
+            } => (OpKind::Write, offset, buf.len() as u64),
+            Effect::Flush { .. } => (OpKind::Flush, 0, 0),
+            Effect::SetLen(len) => (OpKind::SetLen, len, 0),
+            Effect::Discard { offset, len } => (OpKind::Discard, offset, len),
+            Effect::Zeroes { offset, len, .. } => (OpKind::WriteZeroes, offset, len),
+            Effect::Prealloc { offset, len } => (OpKind::Preallocate, offset, len),
+        }
+    }
+}
+
+fn eio(what: &str) -> Error {
+    Error::io_msg(Errno::EIO, format!("{what}: Input/output error (injected)"))
+}
+
+/// The error for an operation on a handle opened before a crash.
+pub(crate) fn stale() -> Error {
+    Error::io_msg(
+        Errno::EIO,
+        "Input/output error (stale handle: the simulated host crashed)",
+    )
+}
+
+/// Record a finished operation in the trace.
+pub(crate) fn trace_done(
+    fs: &FsInner,
+    op: u64,
+    file: u64,
+    offset: u64,
+    len: u64,
+    res: &Result<()>,
+) {
+    let errno = res
+        .as_ref()
+        .err()
+        .map_or(0, |e| e.errno().map_or(u64::MAX, |n| n.code() as u64));
+    fs.trace
+        .record(tag::DISK, &[op, file, offset, len, errno, fs.clock.now()]);
+}
+
+/// Fail with ENOSPC if the plan carries a quota and `need` more bytes would exceed it.
+fn check_quota(fs: &FsInner, plan: &FaultPlan, op: OpKind, total: u64, need: u64) -> Result<()> {
+    match plan.quota {
+        Some((id, quota)) if need > 0 && total.saturating_add(need) > quota => {
+            fs.faults.borrow_mut().fire(id, &fs.trace, op);
+            Err(Error::io(Errno::ENOSPC))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Complete `effect` on `file`. Returns the write buffer (if any) and the outcome.
+pub(crate) fn complete(
+    fs: &FsInner,
+    file: &RefCell<VFile>,
+    epoch: u64,
+    plan: &FaultPlan,
+    effect: Effect,
+) -> (Option<IoBuf>, Result<()>) {
+    let (op, offset, len) = effect.describe();
+    let file_id = file.borrow().id;
+    let (buf, res) = if fs.epoch.get() != epoch {
+        let buf = if let Effect::Write { buf, .. } = effect {
+            Some(buf)
+        } else {
+            None
+        };
+        (buf, Err(stale()))
+    } else if plan.eio {
+        let buf = if let Effect::Write { buf, .. } = effect {
+            Some(buf)
+        } else {
+            None
+        };
+        (buf, Err(eio(&format!("{op:?}"))))
+    } else {
+        apply(fs, file, plan, effect)
+    };
+    trace_done(fs, op.code(), file_id, offset, len, &res);
+    (buf, res)
+}
+
+fn apply(
+    fs: &FsInner,
+    file: &RefCell<VFile>,
+    plan: &FaultPlan,
+    effect: Effect,
+) -> (Option<IoBuf>, Result<()>) {
+    // Sum the allocation before borrowing this file mutably (the sum borrows every file).
+    let total = if plan.quota.is_some() {
+        fs.allocated_bytes()
+    } else {
+        0
+    };
+    let mut f = file.borrow_mut();
+    match effect {
+        Effect::Write { buf, offset, fua } => {
+            let len = buf.len() as u64;
+            if len == 0 {
+                return (Some(buf), Ok(()));
+            }
+            let target = plan.misdirect_to.unwrap_or(offset);
+            let need = f.current.holes_in(target, len) * PAGE;
+            if let Err(e) = check_quota(fs, plan, OpKind::Write, total, need) {
+                return (Some(buf), Err(e));
+            }
+            if plan.lost {
+                return (Some(buf), Ok(()));
+            }
+            f.push(
+                CacheOp::Write {
+                    offset: target,
+                    data: buf.as_slice().to_vec(),
+                },
+                fua,
+            );
+            if target != offset && offset + len > f.len {
+                // The size update of the intended write still happens.
+                f.push(CacheOp::SetLen(offset + len), fua);
+            }
+            (Some(buf), Ok(()))
+        }
+        Effect::Flush { mark } => {
+            if plan.drop_dirty {
+                f.drop_dirty(mark);
+                return (None, Err(eio("flush (dirty data dropped)")));
+            }
+            f.flush(mark);
+            (None, Ok(()))
+        }
+        Effect::SetLen(len) => {
+            f.push(CacheOp::SetLen(len), false);
+            (None, Ok(()))
+        }
+        Effect::Discard { offset, len } => {
+            let end = offset.saturating_add(len).min(f.len);
+            if offset < end && !plan.discard_noop && !plan.lost {
+                f.push(
+                    CacheOp::Zero {
+                        offset,
+                        len: end - offset,
+                        unmap: true,
+                        grows: false,
+                    },
+                    false,
+                );
+            }
+            (None, Ok(()))
+        }
+        Effect::Zeroes { offset, len, unmap } => {
+            let need = if unmap {
+                0
+            } else {
+                f.current.holes_in(offset, len) * PAGE
+            };
+            let res = check_quota(fs, plan, OpKind::WriteZeroes, total, need);
+            if res.is_ok() && len > 0 && !plan.lost {
+                f.push(
+                    CacheOp::Zero {
+                        offset,
+                        len,
+                        unmap,
+                        grows: true,
+                    },
+                    false,
+                );
+            }
+            (None, res)
+        }
+        Effect::Prealloc { offset, len } => {
+            let need = f.current.holes_in(offset, len) * PAGE;
+            let res = check_quota(fs, plan, OpKind::Preallocate, total, need);
+            if res.is_ok() && len > 0 {
+                f.push(CacheOp::Prealloc { offset, len }, false);
+            }
+            (None, res)
+        }
+    }
+}
