@@ -169,10 +169,15 @@ fn filters_insert_and_remove_and_frozen_edges_refuse_change() {
         graph::remove_filter(&f).await.unwrap();
         assert_eq!(bb.root_node().unwrap().name(), "m");
 
-        // Cycles are refused.
+        assert_eq!(f.child("file").unwrap().child_node().name(), "m", "the filter keeps its child");
+
+        // Cycles are refused, and the refusal changes nothing.
         let err = graph::attach_child(&m, &f, "extra", engine::types::ChildRole::DATA).unwrap_err();
         assert!(err.message().contains("cycle"), "{err}");
-        let _ = Rc::strong_count(&m);
+        assert!(m.children().is_empty());
+        engine.blockdev_del("f").await.unwrap();
+        assert_eq!(Rc::strong_count(&m) >= 1, true);
+        assert_eq!(m.refcnt(), 2, "monitor + device");
     });
 }
 

@@ -344,22 +344,13 @@ pub async fn insert_filter(filter: &Rc<Node>, below: &Rc<Node>) -> Result<()> {
     replace_node(below, filter, ReplaceOptions::default()).await
 }
 
-/// Remove a filter: its parents move to its filtered child, then the filter lets go of it.
+/// Remove a filter from the chain: its parents move to its filtered child. The filter keeps its
+/// own edge to the child until whoever owns the filter releases it (a job dropping its filter, or
+/// `blockdev-del`), exactly as any other parentless node.
 pub async fn remove_filter(filter: &Rc<Node>) -> Result<()> {
     let Some(edge) = filter.primary_child() else {
-        return Err(Error::generic(format!(
-            "Node '{}' has no filtered child",
-            filter.name()
-        )));
+        return Err(Error::generic(format!("Node '{}' has no filtered child", filter.name())));
     };
     let below = edge.child_node();
-    // Keep the filter alive while its parents move away from it.
-    filter.refcnt.set(filter.refcnt.get() + 1);
-    let moved = replace_node(filter, &below, ReplaceOptions::default()).await;
-    let result = match moved {
-        Ok(()) => detach(&edge).await,
-        Err(e) => Err(e),
-    };
-    unref(filter).await;
-    result
+    replace_node(filter, &below, ReplaceOptions::default()).await
 }

@@ -178,6 +178,8 @@ pub(crate) async fn aligned_write(
         (buf, result)
     };
     if result.is_ok() && emulate_fua {
+        // The data is written: count it before flushing, or the flush would find nothing new.
+        node.write_gen.set(node.write_gen.get() + 1);
         result = flush::flush_node(node).await;
     }
     raise(node, DebugEvent::PwritevDone).await;

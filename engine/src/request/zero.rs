@@ -142,6 +142,7 @@ async fn zero_aligned(node: &Rc<Node>, offset: u64, len: u64, flags: ReqFlags) -
         pos += n;
     }
     if emulate_fua {
+        node.write_gen.set(node.write_gen.get() + 1);
         super::flush::flush_node(node).await?;
     }
     Ok(())
