@@ -25,6 +25,8 @@ mod uring;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_bench;
+#[cfg(test)]
 mod tests_io;
 
 use std::cell::{Cell, RefCell};
@@ -152,10 +154,7 @@ impl Core {
         let now = next.map(|_| self.now_ns());
         let timeout = next.zip(now).map(|(d, n)| d.saturating_sub(n));
         let block = timeout != Some(0) && self.shared.try_sleep();
-        self.io.turn(block.then_some(timeout), &self.shared.efd);
-        if block {
-            self.shared.awake();
-        }
+        self.io.turn(block.then_some(timeout), &self.shared);
         if next.is_some() {
             self.timers.borrow_mut().fire(self.now_ns(), &mut s.wakers);
             for w in s.wakers.drain(..) {

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use super::executor::Shared;
 use super::pool::PoolIo;
 use super::uring::Uring;
 use crate::io::IoBuf;
@@ -233,14 +234,16 @@ impl Io {
     }
 
     /// One reactor turn of I/O: submit what was queued, block for at most `block` ns when
-    /// `Some` (`Some(None)`: no timeout) and reap completions.
-    pub(super) fn turn(&self, block: Option<Option<u64>>, efd: &super::sys::EventFd) {
+    /// `Some` (`Some(None)`: no timeout; the caller has declared the loop asleep in `shared`)
+    /// and reap completions.
+    pub(super) fn turn(&self, block: Option<Option<u64>>, shared: &Shared) {
         match self {
-            Io::Uring(u) => u.borrow_mut().turn(block),
+            Io::Uring(u) => u.borrow_mut().turn(block, shared),
             Io::Pool(p) => {
                 p.borrow_mut().flush();
                 if let Some(timeout) = block {
-                    efd.wait(timeout);
+                    shared.efd.wait(timeout);
+                    shared.awake();
                 }
             }
         }

@@ -14,6 +14,7 @@ use std::task::Waker;
 
 use io_uring::{IoUring, Probe, opcode, types};
 
+use super::executor::Shared;
 use super::op::{Op, OpKind, OpTable};
 use super::sys::{self, EventFd};
 
@@ -178,7 +179,7 @@ impl Uring {
     }
 
     /// One turn: submit, maybe wait (see [`super::op::Io::turn`]), reap.
-    pub(super) fn turn(&mut self, block: Option<Option<u64>>) {
+    pub(super) fn turn(&mut self, block: Option<Option<u64>>, shared: &Shared) {
         if block.is_some() {
             self.arm_efd();
         }
@@ -204,6 +205,11 @@ impl Uring {
                 }
             }
         };
+        if block.is_some() {
+            // Awake before reaping: the wakes of these completions come from this thread and
+            // must not write the eventfd (three wasted syscalls per request).
+            shared.awake();
+        }
         match res.as_ref().map_err(std::io::Error::raw_os_error) {
             Ok(_) | Err(Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
             Err(_) => panic!("io_uring_enter failed: {}", res.unwrap_err()),
