@@ -36,6 +36,7 @@ pub(super) struct Inbox {
 
 /// The state shared with wakers and worker threads.
 pub(super) struct Shared {
+    /// The inbox, locked once per loop turn and once per delivery.
     inbox: Mutex<Inbox>,
     /// Readable when the sleeping loop must wake.
     pub(super) efd: EventFd,
@@ -88,9 +89,11 @@ impl Shared {
 
 /// The waker of one task (or of the `block_on` future).
 pub(super) struct TaskWaker {
+    /// `index | generation << 32`, or [`MAIN_KEY`].
     key: u64,
     /// Set while the key sits in the ready queue, so repeated wakes push it once.
     queued: AtomicBool,
+    /// Where wakes are delivered.
     shared: Arc<Shared>,
 }
 
@@ -136,8 +139,11 @@ struct TaskSlot {
 /// The local tasks: a slab with a free list (no maps; keys are indices).
 #[derive(Default)]
 pub(super) struct Tasks {
+    /// Slots by index.
     slots: Vec<TaskSlot>,
+    /// Indices of free slots.
     free: Vec<u32>,
+    /// Number of unfinished tasks.
     live: usize,
 }
 

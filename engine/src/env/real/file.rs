@@ -23,6 +23,7 @@ const ZERO_CHUNK: usize = 1 << 20;
 
 /// The host file system as seen through the reactor.
 pub(super) struct RealFs {
+    /// The reactor whose backend runs the files' operations.
     core: Rc<Core>,
 }
 
@@ -88,9 +89,11 @@ impl HostFs for RealFs {
 
 /// An open host file.
 pub(super) struct RealFile {
+    /// The reactor whose backend runs this file's operations.
     core: Rc<Core>,
     /// Shared with in-flight slots, so the fd outlives every operation on it.
     file: Rc<File>,
+    /// `O_DIRECT` alignment, 1 when not direct.
     align: u32,
     /// `FALLOC_FL_ZERO_RANGE` has not been refused yet.
     pub(super) zero_range: Cell<bool>,
@@ -99,6 +102,7 @@ pub(super) struct RealFile {
 }
 
 impl RealFile {
+    /// The raw fd, for inline syscalls.
     fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
@@ -155,7 +159,7 @@ impl RealFile {
     async fn zero_range(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
         let unsupported = |r: i32| r == -libc::EOPNOTSUPP || r == -libc::ENOSYS;
         if len == 0 {
-            return self.grow_to(offset);
+            return Ok(());
         }
         if may_unmap && self.punch_hole.get() {
             match self.fallocate(PUNCH_HOLE, offset, len).await {

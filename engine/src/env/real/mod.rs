@@ -67,19 +67,29 @@ impl Backend {
 /// Scratch vectors of the loop, kept so that a turn allocates nothing.
 #[derive(Default)]
 struct Scratch {
+    /// Ready task keys of this turn.
     ready: Vec<u64>,
+    /// Worker-pool completions of this turn.
     done: Vec<pool::Done>,
+    /// Wakers of fired timers.
     wakers: Vec<Waker>,
 }
 
 /// The reactor state shared by the environment, its files and its sleep futures.
 struct Core {
-    start: Instant,
-    shared: Arc<Shared>,
-    tasks: RefCell<Tasks>,
-    timers: RefCell<Timers>,
+    /// The I/O backend. First, so it is dropped first: the ring polls the inbox's eventfd.
     io: Io,
+    /// Zero of the monotonic clock.
+    start: Instant,
+    /// Inbox shared with wakers and workers.
+    shared: Arc<Shared>,
+    /// Local tasks.
+    tasks: RefCell<Tasks>,
+    /// Timers.
+    timers: RefCell<Timers>,
+    /// Scratch vectors, taken by the running loop.
     scratch: Cell<Option<Scratch>>,
+    /// True while `block_on` runs (it is not re-entrant).
     running: Cell<bool>,
 }
 
@@ -95,11 +105,11 @@ impl Core {
         };
         let io = io.unwrap_or_else(|| Io::Pool(RefCell::new(pool::PoolIo::new(shared.clone()))));
         Rc::new(Core {
+            io,
             start: Instant::now(),
             shared,
             tasks: RefCell::default(),
             timers: RefCell::default(),
-            io,
             scratch: Cell::new(Some(Scratch::default())),
             running: Cell::new(false),
         })
@@ -188,8 +198,11 @@ impl Drop for Core {
 
 /// The production [`Env`]: real clocks, a local executor and host files.
 pub struct RealEnv {
+    /// The reactor.
     core: Rc<Core>,
+    /// The host file system on this reactor.
     fs: RealFs,
+    /// The backend actually in use.
     backend: Backend,
 }
 

@@ -96,7 +96,9 @@ pub(super) struct OpSlot {
 pub(super) struct OpTable {
     /// Slots by index.
     pub(super) slots: Vec<OpSlot>,
+    /// Indices of free slots.
     free: Vec<u32>,
+    /// Slots started and not yet completed.
     in_flight: usize,
 }
 
@@ -146,6 +148,7 @@ impl OpTable {
         }
     }
 
+    /// Return slot `index` to the free list, dropping what it held.
     fn release(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
         slot.state = SlotState::Free;
@@ -201,6 +204,7 @@ pub(super) enum Io {
 }
 
 impl Io {
+    /// Start `op` on the backend; returns its slot.
     fn start(&self, op: Op, waker: &Waker) -> u32 {
         match self {
             Io::Uring(u) => u.borrow_mut().start(op, waker),
@@ -208,6 +212,7 @@ impl Io {
         }
     }
 
+    /// Poll the slot of a started operation.
     fn poll(&self, index: u32, cx: &mut Context<'_>) -> Poll<(Option<IoBuf>, i32)> {
         match self {
             Io::Uring(u) => u.borrow_mut().ops.poll(index, cx),
@@ -215,6 +220,7 @@ impl Io {
         }
     }
 
+    /// Forget the future of a started operation (it was dropped).
     fn cancel(&self, index: u32) {
         // try_borrow: a future dropped while the backend itself is borrowed can only happen at
         // teardown; leaking the slot then is harmless.
@@ -252,8 +258,11 @@ impl Io {
 
 /// The future of one operation: starts it on first poll, yields `(buffer, 0 | -errno)`.
 pub(super) struct OpFuture<'a> {
+    /// The backend.
     io: &'a Io,
+    /// The operation, until it is started.
     op: Option<Op>,
+    /// The slot, while started and not yet finished.
     index: Option<u32>,
 }
 

@@ -24,32 +24,46 @@ pub(super) const WORKERS: usize = 4;
 
 /// One blocking operation for a worker.
 struct Job {
+    /// Slot of the operation on the loop side.
     slot: u32,
+    /// The fd (kept open by the slot).
     fd: RawFd,
+    /// What to do.
     kind: OpKind,
+    /// Byte offset.
     offset: u64,
+    /// Length or new size (non-data ops).
     len: u64,
+    /// The data buffer, owned by the worker meanwhile.
     buf: Option<IoBuf>,
 }
 
 /// A finished job on its way back to the loop.
 pub(super) struct Done {
+    /// Slot of the operation.
     slot: u32,
+    /// 0 or `-errno`.
     res: i32,
+    /// The buffer, returned.
     buf: Option<IoBuf>,
 }
 
 /// The job queue the workers share.
 #[derive(Default)]
 struct Queue {
+    /// Jobs in hand-over order.
     jobs: VecDeque<Job>,
+    /// Set when the pool is dropped: workers exit.
     shutdown: bool,
 }
 
 /// State shared by the loop and the workers.
 struct PoolShared {
+    /// The job queue.
     queue: Mutex<Queue>,
+    /// Signalled when jobs arrive or at shutdown.
     cv: Condvar,
+    /// The loop's inbox, for completions.
     inbox: Arc<Shared>,
 }
 
@@ -59,7 +73,9 @@ pub(super) struct PoolIo {
     pub(super) ops: OpTable,
     /// Jobs of this turn, handed over together in [`PoolIo::flush`].
     pending: Vec<Job>,
+    /// State shared with the workers.
     shared: Arc<PoolShared>,
+    /// The workers, joined on drop.
     threads: Vec<JoinHandle<()>>,
 }
 

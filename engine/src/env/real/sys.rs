@@ -72,13 +72,20 @@ pub(super) fn read_full(fd: RawFd, buf: &mut IoBuf, offset: u64) -> Result<(), i
                 (offset + done as u64) as i64,
             )
         })?;
-        if n == 0 {
+        done += n;
+        if done < len && (n == 0 || at_eof(fd, offset + done as u64)) {
             buf.as_mut_slice()[done..].fill(0);
             break;
         }
-        done += n;
     }
     Ok(())
+}
+
+/// True when `pos` is at or past the end of the file: a short read there means EOF, and the
+/// rest of the buffer reads as zeroes. (Checked rather than retried: under `O_DIRECT` the retry
+/// offset may be unaligned.)
+pub(super) fn at_eof(fd: RawFd, pos: u64) -> bool {
+    file_len(fd).is_ok_and(|eof| pos >= eof)
 }
 
 /// `pwrite` all of `buf` at `offset`, resubmitting short writes. With `dsync`, the data is durable

@@ -85,6 +85,12 @@ fn round_trip_at_unaligned_offsets() {
             assert_eq!(f.len().unwrap(), model.len() as u64);
             assert_eq!(read(&*f, 0, model.len()).await, model);
             assert_eq!(read(&*f, 4001, 7).await, &model[4001..4008]);
+            // Empty requests succeed and change nothing.
+            let (_, r) = f.write_at(IoBuf::new(0), 1 << 20, true).await;
+            r.unwrap();
+            assert!(read(&*f, 1 << 20, 0).await.is_empty());
+            f.write_zeroes(1 << 20, 0, true).await.unwrap();
+            assert_eq!(f.len().unwrap(), model.len() as u64);
             let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
             let (_, r) = f.write_at(IoBuf::from_slice(&big), 777, false).await;
             r.unwrap();
@@ -300,6 +306,13 @@ fn o_direct_with_aligned_buffers() {
                     Some(Errno::EINVAL),
                     "misaligned offset"
                 );
+                // A file size that is not a multiple of the alignment: the short read at EOF
+                // zero-fills instead of retrying at an unaligned offset.
+                f.set_len(6000).await.unwrap();
+                let (buf, r) = f.read_at(IoBuf::filled(8192, 0xff), 4096).await;
+                r.unwrap();
+                assert!(buf.as_slice()[..1904].iter().all(|&b| b == 0x9c));
+                assert!(buf.as_slice()[1904..].iter().all(|&b| b == 0));
             });
             tested = true;
             break;

@@ -16,7 +16,9 @@ use super::Core;
 struct TimerSlot {
     /// Unique per arming; 0 when free.
     seq: u64,
+    /// Who to wake when it fires.
     waker: Option<Waker>,
+    /// Set when the deadline has passed.
     fired: bool,
 }
 
@@ -25,8 +27,11 @@ struct TimerSlot {
 pub(super) struct Timers {
     /// `(deadline, seq, slot)`, earliest first; seq breaks ties in arming order.
     heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    /// Slots by index.
     slots: Vec<TimerSlot>,
+    /// Indices of free slots.
     free: Vec<u32>,
+    /// Last sequence number handed out.
     next_seq: u64,
 }
 
@@ -106,7 +111,9 @@ impl Timers {
 
 /// The future of `Env::sleep_until`.
 pub(super) struct Sleep {
+    /// The reactor whose clock and heap are used.
     core: Rc<Core>,
+    /// Deadline in ns of the reactor's clock; 0 once completed.
     deadline: u64,
     /// `(slot, seq)` once armed.
     armed: Option<(u32, u64)>,

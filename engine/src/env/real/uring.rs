@@ -15,7 +15,7 @@ use std::task::Waker;
 use io_uring::{IoUring, Probe, opcode, types};
 
 use super::executor::Shared;
-use super::op::{Op, OpKind, OpTable};
+use super::op::{Op, OpKind, OpTable, SlotState};
 use super::sys::{self, EventFd};
 
 /// Submission queue entries.
@@ -27,6 +27,7 @@ const MAX_CHUNK: usize = 1 << 30;
 
 /// The ring and its in-flight operations.
 pub(super) struct Uring {
+    /// The ring.
     ring: IoUring,
     /// In-flight operations.
     pub(super) ops: OpTable,
@@ -40,6 +41,7 @@ pub(super) struct Uring {
     has_ftruncate: bool,
     /// The eventfd poll is in the kernel.
     efd_armed: bool,
+    /// The loop's eventfd (owned by the inbox, which outlives the ring).
     efd: i32,
     /// Completions of one reap, reused.
     cqes: Vec<(u64, i32)>,
@@ -244,17 +246,19 @@ impl Uring {
         let res = match s.kind {
             OpKind::Read | OpKind::Write { .. } if res >= 0 => {
                 let buf = s.buf.as_mut().expect("read/write slot has a buffer");
-                if res == 0 && s.kind == OpKind::Read {
-                    buf.as_mut_slice()[s.done..].fill(0); // EOF: the rest reads as zeroes
+                s.done += res as usize;
+                let pos = s.offset + s.done as u64;
+                if s.done >= buf.len() || s.state == SlotState::Orphaned {
+                    0
+                } else if s.kind == OpKind::Read && (res == 0 || sys::at_eof(s.fd, pos)) {
+                    // EOF: the rest reads as zeroes. (A short read is checked against the size
+                    // rather than retried: under O_DIRECT the retry offset may be unaligned.)
+                    buf.as_mut_slice()[s.done..].fill(0);
                     0
                 } else if res == 0 {
                     -libc::ENOSPC // a write that makes no progress would loop forever
                 } else {
-                    s.done += res as usize;
-                    if s.done < buf.len() {
-                        return self.queue(index);
-                    }
-                    0
+                    return self.queue(index);
                 }
             }
             _ => res,
