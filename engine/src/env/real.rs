@@ -1,1 +1,0 @@
-//! Production environment (placeholder until the reactor lands).
