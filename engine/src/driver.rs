@@ -14,7 +14,7 @@
 use serde_json::Value;
 
 use crate::env::LocalBoxFuture;
-use crate::error::{Error, Result};
+use crate::error::{Errno, Error, Result};
 use crate::event::DebugEvent;
 use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
 use crate::types::{ChildRole, Perms};
@@ -198,6 +198,39 @@ pub trait BlockDriver {
     /// True when this driver wants `debug_event` calls (the request path skips the call
     /// otherwise).
     fn listens_to_debug_events(&self) -> bool {
+        false
+    }
+
+    /// `break EVENT TAG`: suspend the next request that raises `event` at this node under `tag`.
+    /// Only drivers with breakpoints (blkdebug) support it.
+    fn debug_breakpoint(&self, _event: DebugEvent, _tag: &str) -> Result<()> {
+        Err(Error::io_msg(Errno::ENOTSUP, "This node does not support breakpoints"))
+    }
+
+    /// `remove_break TAG`: delete the breakpoints under `tag` and resume every request suspended
+    /// under it.
+    fn debug_remove_breakpoint(&self, _tag: &str) -> Result<()> {
+        Err(Error::io_msg(Errno::ENOTSUP, "This node does not support breakpoints"))
+    }
+
+    /// `resume TAG`: resume the first request suspended under `tag`.
+    fn debug_resume(&self, _tag: &str) -> Result<()> {
+        Err(Error::io_msg(Errno::ENOTSUP, "This node does not support breakpoints"))
+    }
+
+    /// True while a request is suspended under `tag`.
+    fn debug_is_suspended(&self, _tag: &str) -> bool {
+        false
+    }
+
+    /// Completes once a request is suspended under `tag` (`wait_break TAG`). Drivers without
+    /// breakpoints never suspend anything, so the default completes at once.
+    fn debug_wait_suspended(&self, _tag: &str) -> LocalBoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// True when this driver implements the breakpoint verbs above.
+    fn supports_breakpoints(&self) -> bool {
         false
     }
 

@@ -95,6 +95,7 @@ pub trait HostFile {
     fn flush(&self) -> LocalBoxFuture<'_, Result<()>>;
 
     /// The current length.
+    #[allow(clippy::len_without_is_empty)]
     fn len(&self) -> Result<u64>;
 
     /// Grow or shrink the file.

@@ -373,6 +373,18 @@ impl Node {
             .cloned()
     }
 
+    /// The first node at or below this one (following primary/filtered children, then any
+    /// child) whose driver has breakpoints: where `break`/`resume` of qemu-io act.
+    pub fn find_breakpoint_node(self: &Rc<Node>) -> Option<Rc<Node>> {
+        if self.driver().supports_breakpoints() {
+            return Some(self.clone());
+        }
+        let children = self.children();
+        let primary = children.iter().filter(|e| e.role().contains(crate::types::ChildRole::PRIMARY));
+        let others = children.iter().filter(|e| !e.role().contains(crate::types::ChildRole::PRIMARY));
+        primary.chain(others).find_map(|e| e.child_node().find_breakpoint_node())
+    }
+
     /// Count a request in; the guard counts it out when dropped (even if its future is
     /// dropped), waking drain waiters when the node becomes idle.
     pub(crate) fn enter(self: &Rc<Node>) -> InFlightGuard {
