@@ -60,10 +60,18 @@ fn setup(target: Target, file: &str) -> Setup {
     };
     let eng = engine.clone();
     env.block_on(async move {
-        eng.blockdev_add(json!({"driver": "raw", "node-name": "disk", "file": protocol})).await.unwrap();
+        eng.blockdev_add(json!({"driver": "raw", "node-name": "disk", "file": protocol}))
+            .await
+            .unwrap();
     });
-    let bb = engine.device_add("d", "disk", BackendOptions::tool(false)).unwrap();
-    Setup { env, bb, _engine: engine }
+    let bb = engine
+        .device_add("d", "disk", BackendOptions::tool(false))
+        .unwrap();
+    Setup {
+        env,
+        bb,
+        _engine: engine,
+    }
 }
 
 /// Run `n` requests with `qd` workers; returns elapsed time and (if asked) a latency histogram.
@@ -71,11 +79,19 @@ fn run(s: &Setup, op: Op, qd: u64, n: u64, record: bool) -> (Duration, Option<Hi
     let next = Rc::new(Cell::new(0u64));
     let finished = Rc::new(Cell::new(0u64));
     let done = Rc::new(Notify::new());
-    let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap()));
+    let hist = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap(),
+    ));
     let start = Instant::now();
     for _ in 0..qd {
-        let (bb, next, finished, done, hist, env) =
-            (s.bb.clone(), next.clone(), finished.clone(), done.clone(), hist.clone(), s.env.clone());
+        let (bb, next, finished, done, hist, env) = (
+            s.bb.clone(),
+            next.clone(),
+            finished.clone(),
+            done.clone(),
+            hist.clone(),
+            s.env.clone(),
+        );
         s.env.spawn(
             "bench worker",
             Box::pin(async move {
@@ -126,7 +142,16 @@ fn cpu_times() -> (Duration, Duration) {
 fn qemu_img_bench(file: &str, op: Op, qd: u64, n: u64) -> Option<Duration> {
     let mut cmd = Command::new("qemu-img");
     cmd.args(["bench", "-f", "raw", "-t", "writeback", "-i", "io_uring"]);
-    cmd.args(["-c", &n.to_string(), "-d", &qd.to_string(), "-s", "4096", "-S", "4096"]);
+    cmd.args([
+        "-c",
+        &n.to_string(),
+        "-d",
+        &qd.to_string(),
+        "-s",
+        "4096",
+        "-S",
+        "4096",
+    ]);
     if op == Op::Write {
         cmd.arg("-w");
     }
@@ -146,20 +171,29 @@ fn main() {
         .warm_up_time(Duration::from_millis(if quick { 200 } else { 1000 }));
     let configs: Vec<(Target, Op, u64)> = [Target::Null, Target::File]
         .into_iter()
-        .flat_map(|t| [Op::Read, Op::Write].into_iter().flat_map(move |o| [1, 32].map(|q| (t, o, q))))
+        .flat_map(|t| {
+            [Op::Read, Op::Write]
+                .into_iter()
+                .flat_map(move |o| [1, 32].map(|q| (t, o, q)))
+        })
         .collect();
     for &(target, op, qd) in &configs {
         let s = setup(target, &file);
         let mut group = c.benchmark_group(format!("{target:?}/{op:?}").to_lowercase());
         group.throughput(Throughput::Elements(1));
-        group.bench_function(format!("4k_qd{qd}"), |b| b.iter_custom(|iters| run(&s, op, qd, iters.max(qd), false).0));
+        group.bench_function(format!("4k_qd{qd}"), |b| {
+            b.iter_custom(|iters| run(&s, op, qd, iters.max(qd), false).0)
+        });
         group.finish();
         s.env.shutdown();
     }
 
     let n: u64 = if quick { 20_000 } else { 100_000 };
     println!("\nper-request figures over {n} requests of 4 KiB (io_uring backend):");
-    println!("{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}", "config", "kIOPS", "user ns", "sys ns", "p50 us", "p99 us", "p99.9 us", "vs qemu-img");
+    println!(
+        "{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "config", "kIOPS", "user ns", "sys ns", "p50 us", "p99 us", "p99.9 us", "vs qemu-img"
+    );
     for &(target, op, qd) in &configs {
         let s = setup(target, &file);
         run(&s, op, qd, n / 10, false); // warm up

@@ -9,6 +9,7 @@ fn usage() -> ! {
          \n\
          commands:\n\
          \x20 io      run qemu-io commands on an image (blk io -c 'write -P 0xab 0 64k' disk.img)\n\
+         \x20 sim     replay scenarios on the deterministic simulator (blk sim run scenarios)\n\
          \n\
          Run 'blk <command> --help' for a command's options."
     );
@@ -21,6 +22,7 @@ fn main() {
     let rest = &args[2..];
     let code = match cmd.as_str() {
         "io" => cli::io::run_io(rest),
+        "sim" => cli::sim::run_sim(rest),
         "-h" | "--help" | "help" => usage(),
         other => {
             eprintln!("blk: unknown command '{other}'");

@@ -6,7 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
     entries.sort();
     for path in entries {
@@ -25,7 +27,11 @@ fn code_lines(dir: &str) -> Vec<(String, usize, String)> {
     rust_files(&root, &mut files);
     let mut lines = Vec::new();
     for file in files {
-        let rel = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display().to_string();
+        let rel = file
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap()
+            .display()
+            .to_string();
         let text = fs::read_to_string(&file).unwrap();
         for (i, line) in text.lines().enumerate() {
             let trimmed = line.trim_start();
@@ -38,11 +44,7 @@ fn code_lines(dir: &str) -> Vec<(String, usize, String)> {
     lines
 }
 
-fn violations(
-    dir: &str,
-    allowed: impl Fn(&str) -> bool,
-    forbidden: &[&str],
-) -> Vec<String> {
+fn violations(dir: &str, allowed: impl Fn(&str) -> bool, forbidden: &[&str]) -> Vec<String> {
     code_lines(dir)
         .into_iter()
         .filter(|(file, _, _)| !allowed(file))
@@ -70,46 +72,136 @@ const REAL_WORLD: &[&str] = &[
 /// Also catch grouped imports such as `use std::{fs, time::Instant}`.
 fn grouped_real_world(line: &str) -> bool {
     line.contains("std::{")
-        && ["fs", "time", "thread", "net", "process"]
-            .iter()
-            .any(|m| line.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == *m))
+        && ["fs", "time", "thread", "net", "process"].iter().any(|m| {
+            line.split(|c: char| !c.is_alphanumeric() && c != '_')
+                .any(|w| w == *m)
+        })
 }
 
 #[test]
 fn only_env_real_touches_the_real_world() {
-    let bad = violations("engine/src", |f| f.starts_with("engine/src/env/real"), REAL_WORLD);
-    assert!(bad.is_empty(), "the engine reaches the real world outside env/real:\n{}", bad.join("\n"));
+    let bad = violations(
+        "engine/src",
+        |f| f.starts_with("engine/src/env/real"),
+        REAL_WORLD,
+    );
+    assert!(
+        bad.is_empty(),
+        "the engine reaches the real world outside env/real:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
 fn the_simulator_touches_no_real_world_but_its_exporter() {
     let bad = violations("sim/src", |f| f == "sim/src/export.rs", REAL_WORLD);
-    assert!(bad.is_empty(), "the simulator reaches the real world:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "the simulator reaches the real world:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
 fn no_std_hash_maps_in_engine_or_sim() {
     let mut bad = violations("engine/src", |_| false, &["HashMap", "HashSet"]);
     bad.extend(violations("sim/src", |_| false, &["HashMap", "HashSet"]));
-    assert!(bad.is_empty(), "std hash maps break deterministic iteration:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "std hash maps break deterministic iteration:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
 fn layers_import_only_downward() {
     let rules: &[(&str, &[&str])] = &[
-        ("engine/src/util", &["crate::graph", "crate::request", "crate::drivers", "crate::backend", "crate::engine", "crate::qmp", "crate::job"]),
-        ("engine/src/io", &["crate::graph", "crate::request", "crate::drivers", "crate::backend", "crate::engine", "crate::qmp", "crate::job"]),
-        ("engine/src/env", &["crate::graph", "crate::request", "crate::drivers", "crate::backend", "crate::engine", "crate::qmp", "crate::job"]),
-        ("engine/src/graph", &["crate::request", "crate::drivers", "crate::backend", "crate::engine", "crate::qmp", "crate::job"]),
-        ("engine/src/request", &["crate::drivers", "crate::backend", "crate::engine", "crate::qmp", "crate::job"]),
-        ("engine/src/drivers", &["crate::backend", "crate::engine", "crate::qmp", "crate::job", "crate::drivers::"]),
-        ("engine/src/backend", &["crate::engine", "crate::qmp", "crate::job", "crate::drivers"]),
+        (
+            "engine/src/util",
+            &[
+                "crate::graph",
+                "crate::request",
+                "crate::drivers",
+                "crate::backend",
+                "crate::engine",
+                "crate::qmp",
+                "crate::job",
+            ],
+        ),
+        (
+            "engine/src/io",
+            &[
+                "crate::graph",
+                "crate::request",
+                "crate::drivers",
+                "crate::backend",
+                "crate::engine",
+                "crate::qmp",
+                "crate::job",
+            ],
+        ),
+        (
+            "engine/src/env",
+            &[
+                "crate::graph",
+                "crate::request",
+                "crate::drivers",
+                "crate::backend",
+                "crate::engine",
+                "crate::qmp",
+                "crate::job",
+            ],
+        ),
+        (
+            "engine/src/graph",
+            &[
+                "crate::request",
+                "crate::drivers",
+                "crate::backend",
+                "crate::engine",
+                "crate::qmp",
+                "crate::job",
+            ],
+        ),
+        (
+            "engine/src/request",
+            &[
+                "crate::drivers",
+                "crate::backend",
+                "crate::engine",
+                "crate::qmp",
+                "crate::job",
+            ],
+        ),
+        (
+            "engine/src/drivers",
+            &[
+                "crate::backend",
+                "crate::engine",
+                "crate::qmp",
+                "crate::job",
+                "crate::drivers::",
+            ],
+        ),
+        (
+            "engine/src/backend",
+            &[
+                "crate::engine",
+                "crate::qmp",
+                "crate::job",
+                "crate::drivers",
+            ],
+        ),
     ];
     let mut bad = Vec::new();
     for (dir, forbidden) in rules {
         bad.extend(violations(dir, |_| false, forbidden));
     }
-    assert!(bad.is_empty(), "upward or sideways imports:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "upward or sideways imports:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]

@@ -204,18 +204,27 @@ pub trait BlockDriver {
     /// `break EVENT TAG`: suspend the next request that raises `event` at this node under `tag`.
     /// Only drivers with breakpoints (blkdebug) support it.
     fn debug_breakpoint(&self, _event: DebugEvent, _tag: &str) -> Result<()> {
-        Err(Error::io_msg(Errno::ENOTSUP, "This node does not support breakpoints"))
+        Err(Error::io_msg(
+            Errno::ENOTSUP,
+            "This node does not support breakpoints",
+        ))
     }
 
     /// `remove_break TAG`: delete the breakpoints under `tag` and resume every request suspended
     /// under it.
     fn debug_remove_breakpoint(&self, _tag: &str) -> Result<()> {
-        Err(Error::io_msg(Errno::ENOTSUP, "This node does not support breakpoints"))
+        Err(Error::io_msg(
+            Errno::ENOTSUP,
+            "This node does not support breakpoints",
+        ))
     }
 
     /// `resume TAG`: resume the first request suspended under `tag`.
     fn debug_resume(&self, _tag: &str) -> Result<()> {
-        Err(Error::io_msg(Errno::ENOTSUP, "This node does not support breakpoints"))
+        Err(Error::io_msg(
+            Errno::ENOTSUP,
+            "This node does not support breakpoints",
+        ))
     }
 
     /// True while a request is suspended under `tag`.

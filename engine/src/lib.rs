@@ -40,3 +40,4 @@ pub mod request;
 pub mod types;
 
 pub use engine::Engine;
+pub mod qemu_io;

@@ -5,11 +5,11 @@ mod support;
 use std::cell::Cell;
 use std::rc::Rc;
 
+use engine::Errno;
 use engine::backend::{BackendOptions, IoStatus};
 use engine::env::Env;
 use engine::io::{IoBuf, ReqFlags};
 use engine::types::OnError;
-use engine::Errno;
 use serde_json::json;
 use support::{add_mem, mem, run};
 
@@ -17,8 +17,15 @@ async fn settle(env: &Rc<dyn Env>) {
     env.sleep_until(env.now_ns() + 1_000_000).await;
 }
 
-fn device(engine: &engine::Engine, name: &str, node: &str, werror: OnError) -> Rc<engine::backend::BlockBackend> {
-    let bb = engine.device_add(name, node, BackendOptions::guest_device(false, false)).unwrap();
+fn device(
+    engine: &engine::Engine,
+    name: &str,
+    node: &str,
+    werror: OnError,
+) -> Rc<engine::backend::BlockBackend> {
+    let bb = engine
+        .device_add(name, node, BackendOptions::guest_device(false, false))
+        .unwrap();
     bb.set_on_error(OnError::Report, werror);
     bb
 }
@@ -33,17 +40,27 @@ fn werror_stop_stops_the_machine_and_cont_retries_the_request() {
         let done = Rc::new(Cell::new(false));
         {
             let (bb, done) = (bb.clone(), done.clone());
-            env.spawn("guest", Box::pin(async move {
-                let (_, r) = bb.write(0, IoBuf::filled(512, 0x5a), ReqFlags::NONE).await;
-                r.unwrap();
-                done.set(true);
-            }));
+            env.spawn(
+                "guest",
+                Box::pin(async move {
+                    let (_, r) = bb.write(0, IoBuf::filled(512, 0x5a), ReqFlags::NONE).await;
+                    r.unwrap();
+                    done.set(true);
+                }),
+            );
         }
         settle(&env).await;
-        assert!(!done.get(), "the request waits while the machine is stopped");
+        assert!(
+            !done.get(),
+            "the request waits while the machine is stopped"
+        );
         assert_eq!(bb.iostatus(), IoStatus::Failed);
         assert!(!engine.machine().is_running());
-        let events: Vec<_> = engine.take_events().into_iter().map(|e| (e.name, e.data)).collect();
+        let events: Vec<_> = engine
+            .take_events()
+            .into_iter()
+            .map(|e| (e.name, e.data))
+            .collect();
         assert_eq!(events[0].0, "BLOCK_IO_ERROR");
         assert_eq!(events[0].1["action"], "stop");
         assert_eq!(events[0].1["operation"], "write");
@@ -70,7 +87,10 @@ fn report_ignore_and_enospc_policies() {
         let (_, r) = bb.write(0, IoBuf::filled(512, 1), ReqFlags::NONE).await;
         assert_eq!(r.unwrap_err().errno(), Some(Errno::EIO));
         let ev = engine.take_events();
-        assert_eq!((ev[0].name, ev[0].data["action"].as_str()), ("BLOCK_IO_ERROR", Some("report")));
+        assert_eq!(
+            (ev[0].name, ev[0].data["action"].as_str()),
+            ("BLOCK_IO_ERROR", Some("report"))
+        );
 
         bb.set_on_error(OnError::Report, OnError::Ignore);
         let (_, r) = bb.write(0, IoBuf::filled(512, 1), ReqFlags::NONE).await;
@@ -85,10 +105,13 @@ fn report_ignore_and_enospc_policies() {
         mem("m").fail_writes.set(Some(Errno::ENOSPC));
         let env = engine.env().clone();
         let bb2 = bb.clone();
-        env.spawn("guest", Box::pin(async move {
-            let (_, r) = bb2.write(0, IoBuf::filled(512, 1), ReqFlags::NONE).await;
-            r.unwrap();
-        }));
+        env.spawn(
+            "guest",
+            Box::pin(async move {
+                let (_, r) = bb2.write(0, IoBuf::filled(512, 1), ReqFlags::NONE).await;
+                r.unwrap();
+            }),
+        );
         settle(&env).await;
         assert_eq!(bb.iostatus(), IoStatus::Nospace);
         let ev = engine.take_events();

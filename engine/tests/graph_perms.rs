@@ -35,7 +35,9 @@ fn conflicting_writers_are_refused_naming_both_users_and_nothing_changes() {
             .blockdev_add(json!({"driver": "raw", "node-name": "r2", "file": "m"}))
             .await
             .unwrap();
-        engine.device_add("d1", "r1", BackendOptions::guest_device(false, false)).unwrap();
+        engine
+            .device_add("d1", "r1", BackendOptions::guest_device(false, false))
+            .unwrap();
         let before = edges(&engine);
         // d2 writes through r2 into m, where d1 (through r1) does not share 'write'.
         let err = engine
@@ -44,12 +46,21 @@ fn conflicting_writers_are_refused_naming_both_users_and_nothing_changes() {
             .expect("second writer must be refused");
         let msg = err.message();
         assert!(msg.contains("'write'"), "{msg}");
-        assert!(msg.contains("node 'r1'") && msg.contains("node 'r2'"), "names both users: {msg}");
+        assert!(
+            msg.contains("node 'r1'") && msg.contains("node 'r2'"),
+            "names both users: {msg}"
+        );
         assert!(msg.contains("node 'm'"), "names the node: {msg}");
-        assert_eq!(edges(&engine), before, "an aborted change leaves every edge as it was");
+        assert_eq!(
+            edges(&engine),
+            before,
+            "an aborted change leaves every edge as it was"
+        );
         assert!(engine.backend("d2").is_err());
         // A reader that shares writes is fine alongside.
-        engine.device_add("d3", "r2", BackendOptions::guest_device(true, true)).unwrap();
+        engine
+            .device_add("d3", "r2", BackendOptions::guest_device(true, true))
+            .unwrap();
     });
 }
 
@@ -57,8 +68,12 @@ fn conflicting_writers_are_refused_naming_both_users_and_nothing_changes() {
 fn share_rw_lets_two_writers_coexist() {
     run(2, |engine| async move {
         add_mem(&engine, "m", json!({})).await;
-        engine.device_add("a", "m", BackendOptions::guest_device(false, true)).unwrap();
-        engine.device_add("b", "m", BackendOptions::guest_device(false, true)).unwrap();
+        engine
+            .device_add("a", "m", BackendOptions::guest_device(false, true))
+            .unwrap();
+        engine
+            .device_add("b", "m", BackendOptions::guest_device(false, true))
+            .unwrap();
         let m = engine.node("m").unwrap();
         assert!(m.cumulative_perms().0.contains(Perms::WRITE));
     });
@@ -68,9 +83,14 @@ fn share_rw_lets_two_writers_coexist() {
 fn read_only_nodes_refuse_writers() {
     run(3, |engine| async move {
         add_mem(&engine, "m", json!({"read-only": true})).await;
-        let err = engine.device_add("d", "m", BackendOptions::guest_device(false, false)).err().unwrap();
+        let err = engine
+            .device_add("d", "m", BackendOptions::guest_device(false, false))
+            .err()
+            .unwrap();
         assert!(err.message().contains("read-only"), "{err}");
-        engine.device_add("d", "m", BackendOptions::guest_device(true, false)).unwrap();
+        engine
+            .device_add("d", "m", BackendOptions::guest_device(true, false))
+            .unwrap();
     });
 }
 
@@ -78,12 +98,17 @@ fn read_only_nodes_refuse_writers() {
 fn blockdev_del_refuses_nodes_in_use() {
     run(4, |engine| async move {
         add_mem(&engine, "m", json!({})).await;
-        engine.device_add("d", "m", BackendOptions::guest_device(false, false)).unwrap();
+        engine
+            .device_add("d", "m", BackendOptions::guest_device(false, false))
+            .unwrap();
         let err = engine.blockdev_del("m").await.unwrap_err();
         assert_eq!(err.message(), "Node m is in use");
         engine.device_del("d").await.unwrap();
 
-        engine.blockdev_add(json!({"driver": "raw", "node-name": "r", "file": "m"})).await.unwrap();
+        engine
+            .blockdev_add(json!({"driver": "raw", "node-name": "r", "file": "m"}))
+            .await
+            .unwrap();
         let err = engine.blockdev_del("m").await.unwrap_err();
         assert_eq!(err.message(), "Block device m is in use");
 
@@ -92,10 +117,18 @@ fn blockdev_del_refuses_nodes_in_use() {
                 "file": {"driver": "testmem"}}))
             .await
             .unwrap();
-        let implicit = engine.node("r2").unwrap().child("file").unwrap().child_node();
+        let implicit = engine
+            .node("r2")
+            .unwrap()
+            .child("file")
+            .unwrap()
+            .child_node();
         assert!(implicit.is_implicit() && implicit.name().starts_with("#block"));
         let err = engine.blockdev_del(implicit.name()).await.unwrap_err();
-        assert_eq!(err.message(), format!("Node {} is not owned by the monitor", implicit.name()));
+        assert_eq!(
+            err.message(),
+            format!("Node {} is not owned by the monitor", implicit.name())
+        );
 
         let err = engine.blockdev_del("nope").await.unwrap_err();
         assert_eq!(err.message(), "Cannot find node nope");
@@ -115,33 +148,81 @@ fn blockdev_del_refuses_nodes_in_use() {
 fn bad_node_names_and_options_are_rejected() {
     run(5, |engine| async move {
         let cases = [
-            (json!({"driver": "testmem", "node-name": "1abc"}), "Invalid node-name: '1abc'"),
-            (json!({"driver": "testmem", "node-name": "a b"}), "Invalid node-name: 'a b'"),
-            (json!({"driver": "testmem", "node-name": "x".repeat(32)}), "Node name too long"),
-            (json!({"driver": "testmem"}), "'node-name' must be specified for the root node"),
+            (
+                json!({"driver": "testmem", "node-name": "1abc"}),
+                "Invalid node-name: '1abc'",
+            ),
+            (
+                json!({"driver": "testmem", "node-name": "a b"}),
+                "Invalid node-name: 'a b'",
+            ),
+            (
+                json!({"driver": "testmem", "node-name": "x".repeat(32)}),
+                "Node name too long",
+            ),
+            (
+                json!({"driver": "testmem"}),
+                "'node-name' must be specified for the root node",
+            ),
             (json!({"node-name": "a"}), "Parameter 'driver' is missing"),
-            (json!({"driver": "nosuch", "node-name": "a"}), "Unknown driver 'nosuch'"),
-            (json!({"driver": "testmem", "node-name": "a", "bogus": 1}), "Parameter 'bogus' is unexpected"),
-            (json!({"driver": "raw", "node-name": "a", "file": {"driver": "testmem", "bogus": 1}}),
-                "Parameter 'file.bogus' is unexpected"),
-            (json!({"driver": "raw", "node-name": "a", "file": "missing"}), "nor node-name='missing'"),
-            (json!({"driver": "testmem", "node-name": "a", "read-only": "maybe"}), "'read-only'"),
-            (json!({"driver": "testmem", "node-name": "a", "detect-zeroes": "unmap"}),
-                "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"),
-            (json!({"driver": "testmem", "node-name": "a", "detect-zeroes": "sometimes"}), "'detect-zeroes'"),
-            (json!({"driver": "testmem", "node-name": "a", "cache": {"direct": true, "x": 1}}),
-                "Parameter 'cache.x' is unexpected"),
-            (json!({"driver": "raw", "node-name": "a", "size": 1000, "file": {"driver": "testmem"}}),
-                "not a multiple of 512"),
+            (
+                json!({"driver": "nosuch", "node-name": "a"}),
+                "Unknown driver 'nosuch'",
+            ),
+            (
+                json!({"driver": "testmem", "node-name": "a", "bogus": 1}),
+                "Parameter 'bogus' is unexpected",
+            ),
+            (
+                json!({"driver": "raw", "node-name": "a", "file": {"driver": "testmem", "bogus": 1}}),
+                "Parameter 'file.bogus' is unexpected",
+            ),
+            (
+                json!({"driver": "raw", "node-name": "a", "file": "missing"}),
+                "nor node-name='missing'",
+            ),
+            (
+                json!({"driver": "testmem", "node-name": "a", "read-only": "maybe"}),
+                "'read-only'",
+            ),
+            (
+                json!({"driver": "testmem", "node-name": "a", "detect-zeroes": "unmap"}),
+                "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap",
+            ),
+            (
+                json!({"driver": "testmem", "node-name": "a", "detect-zeroes": "sometimes"}),
+                "'detect-zeroes'",
+            ),
+            (
+                json!({"driver": "testmem", "node-name": "a", "cache": {"direct": true, "x": 1}}),
+                "Parameter 'cache.x' is unexpected",
+            ),
+            (
+                json!({"driver": "raw", "node-name": "a", "size": 1000, "file": {"driver": "testmem"}}),
+                "not a multiple of 512",
+            ),
         ];
         for (opts, want) in cases {
-            let err = engine.blockdev_add(opts.clone()).await.err().unwrap_or_else(|| panic!("{opts} accepted"));
+            let err = engine
+                .blockdev_add(opts.clone())
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{opts} accepted"));
             assert_eq!(err.class(), ErrorClass::GenericError);
-            assert!(err.message().contains(want), "{opts}: got '{err}', want '{want}'");
-            assert!(engine.graph().nodes().is_empty(), "{opts}: a failed add left nodes behind");
+            assert!(
+                err.message().contains(want),
+                "{opts}: got '{err}', want '{want}'"
+            );
+            assert!(
+                engine.graph().nodes().is_empty(),
+                "{opts}: a failed add left nodes behind"
+            );
         }
         add_mem(&engine, "a", json!({})).await;
-        let err = engine.blockdev_add(json!({"driver": "testmem", "node-name": "a"})).await.unwrap_err();
+        let err = engine
+            .blockdev_add(json!({"driver": "testmem", "node-name": "a"}))
+            .await
+            .unwrap_err();
         assert_eq!(err.message(), "Duplicate nodes with node-name='a'");
     });
 }
@@ -150,13 +231,24 @@ fn bad_node_names_and_options_are_rejected() {
 fn filters_insert_and_remove_and_frozen_edges_refuse_change() {
     run(6, |engine| async move {
         let m = add_mem(&engine, "m", json!({})).await;
-        let bb = engine.device_add("d", "m", BackendOptions::guest_device(false, false)).unwrap();
-        let f = engine.blockdev_add(json!({"driver": "raw", "node-name": "f", "file": "m"})).await.unwrap();
+        let bb = engine
+            .device_add("d", "m", BackendOptions::guest_device(false, false))
+            .unwrap();
+        let f = engine
+            .blockdev_add(json!({"driver": "raw", "node-name": "f", "file": "m"}))
+            .await
+            .unwrap();
         graph::insert_filter(&f, &m).await.unwrap();
         assert_eq!(bb.root_node().unwrap().name(), "f");
         assert!(f.cumulative_perms().0.contains(Perms::WRITE));
         // Data written through the filter lands in m.
-        let (_, r) = bb.write(0, engine::io::IoBuf::filled(512, 7), engine::io::ReqFlags::NONE).await;
+        let (_, r) = bb
+            .write(
+                0,
+                engine::io::IoBuf::filled(512, 7),
+                engine::io::ReqFlags::NONE,
+            )
+            .await;
         r.unwrap();
         assert_eq!(support::mem("m").data.borrow()[..512], [7u8; 512]);
 
@@ -164,12 +256,20 @@ fn filters_insert_and_remove_and_frozen_edges_refuse_change() {
         graph::freeze(&root_edge);
         let err = graph::remove_filter(&f).await.unwrap_err();
         assert!(err.message().contains("frozen"), "{err}");
-        assert_eq!(bb.root_node().unwrap().name(), "f", "refused edit changed nothing");
+        assert_eq!(
+            bb.root_node().unwrap().name(),
+            "f",
+            "refused edit changed nothing"
+        );
         graph::unfreeze(&root_edge);
         graph::remove_filter(&f).await.unwrap();
         assert_eq!(bb.root_node().unwrap().name(), "m");
 
-        assert_eq!(f.child("file").unwrap().child_node().name(), "m", "the filter keeps its child");
+        assert_eq!(
+            f.child("file").unwrap().child_node().name(),
+            "m",
+            "the filter keeps its child"
+        );
 
         // Cycles are refused, and the refusal changes nothing.
         let err = graph::attach_child(&m, &f, "extra", engine::types::ChildRole::DATA).unwrap_err();
@@ -186,16 +286,24 @@ fn replace_node_moves_parents_and_checks_permissions_first() {
     run(7, |engine| async move {
         add_mem(&engine, "a", json!({})).await;
         let b = add_mem(&engine, "b", json!({})).await;
-        let bb = engine.device_add("d", "a", BackendOptions::guest_device(false, false)).unwrap();
+        let bb = engine
+            .device_add("d", "a", BackendOptions::guest_device(false, false))
+            .unwrap();
         // A second exclusive writer on b makes moving d there impossible.
-        engine.device_add("x", "b", BackendOptions::guest_device(false, false)).unwrap();
+        engine
+            .device_add("x", "b", BackendOptions::guest_device(false, false))
+            .unwrap();
         let a = engine.node("a").unwrap();
         let before = edges(&engine);
-        let err = graph::replace_node(&a, &b, ReplaceOptions::default()).await.unwrap_err();
+        let err = graph::replace_node(&a, &b, ReplaceOptions::default())
+            .await
+            .unwrap_err();
         assert!(err.message().contains("Conflicts with use by"), "{err}");
         assert_eq!(edges(&engine), before);
         engine.device_del("x").await.unwrap();
-        graph::replace_node(&a, &b, ReplaceOptions::default()).await.unwrap();
+        graph::replace_node(&a, &b, ReplaceOptions::default())
+            .await
+            .unwrap();
         assert_eq!(bb.root_node().unwrap().name(), "b");
         assert_eq!(a.refcnt(), 1, "only the monitor holds a now");
     });

@@ -46,6 +46,7 @@ pub mod executor;
 pub mod export;
 pub mod fault;
 pub mod rng;
+pub mod scenario;
 pub mod trace;
 pub mod vdisk;
 

@@ -4,6 +4,7 @@
 //! reaches its children through the request path ([`Child`](crate::graph::Child)). Drivers never
 //! import `job`, `qmp`, `engine` or one another.
 
+mod blkdebug;
 mod file;
 mod null;
 mod raw;
@@ -13,6 +14,7 @@ use crate::graph::GraphCtx;
 /// Make every built-in driver openable by name.
 pub fn register_all(ctx: &GraphCtx) {
     ctx.register_driver("file", file::open);
+    ctx.register_driver("blkdebug", blkdebug::open);
     ctx.register_driver("raw", raw::open);
     ctx.register_driver("null-co", null::open);
     ctx.register_driver("null-aio", null::open);

@@ -93,7 +93,13 @@ impl BlockDriver for Raw {
     }
 
     fn limits(&self) -> Limits {
-        self.file.node().limits()
+        // raw is byte-granular: it passes requests through unchanged, and the node that really
+        // needs alignment (file with O_DIRECT, blkdebug's `align`) pads them itself, where its
+        // own read-modify-write is tracked and its debug events fire (as in QEMU).
+        Limits {
+            request_align: 1,
+            ..self.file.node().limits()
+        }
     }
 
     fn len(&self) -> u64 {

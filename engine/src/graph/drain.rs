@@ -132,8 +132,11 @@ impl DrainedSection {
         for n in &nodes {
             quiesce_up(n);
         }
-        poll_until(ctx, || nodes.iter().any(busy_up)).await;
-        DrainedSection { nodes }
+        // The section exists before the wait, so a caller that gives up waiting (a timeout)
+        // drops it and the counters are lowered again.
+        let section = DrainedSection { nodes };
+        poll_until(ctx, || section.nodes.iter().any(busy_up)).await;
+        section
     }
 
     /// The nodes this section drains.

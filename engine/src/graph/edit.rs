@@ -349,7 +349,10 @@ pub async fn insert_filter(filter: &Rc<Node>, below: &Rc<Node>) -> Result<()> {
 /// `blockdev-del`), exactly as any other parentless node.
 pub async fn remove_filter(filter: &Rc<Node>) -> Result<()> {
     let Some(edge) = filter.primary_child() else {
-        return Err(Error::generic(format!("Node '{}' has no filtered child", filter.name())));
+        return Err(Error::generic(format!(
+            "Node '{}' has no filtered child",
+            filter.name()
+        )));
     };
     let below = edge.child_node();
     replace_node(filter, &below, ReplaceOptions::default()).await

@@ -380,9 +380,15 @@ impl Node {
             return Some(self.clone());
         }
         let children = self.children();
-        let primary = children.iter().filter(|e| e.role().contains(crate::types::ChildRole::PRIMARY));
-        let others = children.iter().filter(|e| !e.role().contains(crate::types::ChildRole::PRIMARY));
-        primary.chain(others).find_map(|e| e.child_node().find_breakpoint_node())
+        let primary = children
+            .iter()
+            .filter(|e| e.role().contains(crate::types::ChildRole::PRIMARY));
+        let others = children
+            .iter()
+            .filter(|e| !e.role().contains(crate::types::ChildRole::PRIMARY));
+        primary
+            .chain(others)
+            .find_map(|e| e.child_node().find_breakpoint_node())
     }
 
     /// Count a request in; the guard counts it out when dropped (even if its future is

@@ -100,6 +100,7 @@ pub(crate) async fn aligned_read(
     let chunk = max_chunk(node);
     let needs_bounce = buf.align() < node.limits().min_mem_align as usize;
     let driver_flags = flags & (ReqFlags::FUA | ReqFlags::COPY_ON_READ);
+    super::debug::raise(node, crate::event::DebugEvent::Preadv).await;
     if readable == len && len <= chunk && !needs_bounce {
         return node.driver().read(offset, buf, driver_flags).await;
     }

@@ -18,7 +18,10 @@ use serde_json::{Value, json};
 use sim::{Sim, SimConfig};
 
 /// Run `body` on a fresh engine in a simulator seeded with `seed`.
-pub fn run<T: 'static, F: Future<Output = T> + 'static>(seed: u64, body: impl FnOnce(Rc<Engine>) -> F) -> T {
+pub fn run<T: 'static, F: Future<Output = T> + 'static>(
+    seed: u64,
+    body: impl FnOnce(Rc<Engine>) -> F,
+) -> T {
     let sim = Sim::new(seed, SimConfig::default());
     let engine = Rc::new(Engine::new(sim.env().as_env()));
     engine.graph().register_driver("testmem", open_testmem);
@@ -84,7 +87,10 @@ struct TestMem {
     limits: Limits,
 }
 
-fn open_testmem(ctx: OpenCtx, mut opts: Options) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>> {
+fn open_testmem(
+    ctx: OpenCtx,
+    mut opts: Options,
+) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>> {
     Box::pin(async move {
         let size = opts.take_u64("size")?.unwrap_or(1 << 20);
         let align = opts.take_u64("align")?.unwrap_or(1) as u32;
@@ -94,16 +100,31 @@ fn open_testmem(ctx: OpenCtx, mut opts: Options) -> LocalBoxFuture<'static, Resu
         opts.finish()?;
         let state = Rc::new(MemState::default());
         *state.data.borrow_mut() = vec![0; size as usize];
-        STATES.with(|s| s.borrow_mut().insert(ctx.node_name().to_string(), state.clone()));
+        STATES.with(|s| {
+            s.borrow_mut()
+                .insert(ctx.node_name().to_string(), state.clone())
+        });
         let caps = DriverCaps {
             name: "testmem",
             kind: DriverKind::Protocol,
             supports_backing: false,
             write_flags: if fua { ReqFlags::FUA } else { ReqFlags::NONE },
-            zero_flags: if zeroes { ReqFlags::MAY_UNMAP } else { ReqFlags::NONE },
+            zero_flags: if zeroes {
+                ReqFlags::MAY_UNMAP
+            } else {
+                ReqFlags::NONE
+            },
         };
-        let limits = Limits { request_align: align, max_transfer, ..Limits::default() };
-        Ok(Box::new(TestMem { state, caps, limits }) as Box<dyn BlockDriver>)
+        let limits = Limits {
+            request_align: align,
+            max_transfer,
+            ..Limits::default()
+        };
+        Ok(Box::new(TestMem {
+            state,
+            caps,
+            limits,
+        }) as Box<dyn BlockDriver>)
     })
 }
 
@@ -119,35 +140,51 @@ impl BlockDriver for TestMem {
     }
     fn read(&self, offset: u64, mut buf: IoBuf, _f: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
         Box::pin(async move {
-            self.state.log.borrow_mut().push(Op::Read(offset, buf.len() as u64));
+            self.state
+                .log
+                .borrow_mut()
+                .push(Op::Read(offset, buf.len() as u64));
             self.check(offset, buf.len() as u64);
             self.state.pass_gate().await;
             let data = self.state.data.borrow();
             let n = buf.len();
-            buf.as_mut_slice().copy_from_slice(&data[offset as usize..offset as usize + n]);
+            buf.as_mut_slice()
+                .copy_from_slice(&data[offset as usize..offset as usize + n]);
             drop(data);
             (buf, Ok(()))
         })
     }
     fn write(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
         Box::pin(async move {
-            self.state.log.borrow_mut().push(Op::Write(offset, buf.len() as u64, flags));
+            self.state
+                .log
+                .borrow_mut()
+                .push(Op::Write(offset, buf.len() as u64, flags));
             self.check(offset, buf.len() as u64);
             self.state.pass_gate().await;
             if let Some(errno) = self.state.fail_writes.get() {
                 return (buf, Err(engine::Error::io(errno)));
             }
             let n = buf.len();
-            self.state.data.borrow_mut()[offset as usize..offset as usize + n].copy_from_slice(buf.as_slice());
+            self.state.data.borrow_mut()[offset as usize..offset as usize + n]
+                .copy_from_slice(buf.as_slice());
             (buf, Ok(()))
         })
     }
-    fn write_zeroes(&self, offset: u64, len: u64, flags: ReqFlags) -> LocalBoxFuture<'_, Result<()>> {
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: ReqFlags,
+    ) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
             if !self.caps.zero_flags.contains(ReqFlags::MAY_UNMAP) {
                 return Err(engine::Error::io(engine::Errno::ENOTSUP));
             }
-            self.state.log.borrow_mut().push(Op::Zeroes(offset, len, flags));
+            self.state
+                .log
+                .borrow_mut()
+                .push(Op::Zeroes(offset, len, flags));
             self.state.pass_gate().await;
             self.state.data.borrow_mut()[offset as usize..(offset + len) as usize].fill(0);
             Ok(())
@@ -167,7 +204,12 @@ impl BlockDriver for TestMem {
         })
     }
     fn block_status(&self, _offset: u64, len: u64) -> LocalBoxFuture<'_, Result<BlockStatus>> {
-        Box::pin(async move { Ok(BlockStatus { len, mapping: Mapping::Data { host: None } }) })
+        Box::pin(async move {
+            Ok(BlockStatus {
+                len,
+                mapping: Mapping::Data { host: None },
+            })
+        })
     }
     fn truncate(&self, len: u64, _e: bool, _p: Prealloc) -> LocalBoxFuture<'_, Result<()>> {
         self.state.data.borrow_mut().resize(len as usize, 0);
@@ -182,9 +224,15 @@ impl TestMem {
     /// The generic layer must honour this driver's limits: a violation is an engine bug.
     fn check(&self, offset: u64, len: u64) {
         let a = self.limits.request_align as u64;
-        assert!(offset % a == 0 && len % a == 0, "unaligned request {offset}+{len} (align {a})");
+        assert!(
+            offset % a == 0 && len % a == 0,
+            "unaligned request {offset}+{len} (align {a})"
+        );
         if self.limits.max_transfer != 0 {
-            assert!(len <= self.limits.max_transfer as u64, "request of {len} over max_transfer");
+            assert!(
+                len <= self.limits.max_transfer as u64,
+                "request of {len} over max_transfer"
+            );
         }
     }
 }
@@ -195,5 +243,8 @@ pub async fn add_mem(engine: &Engine, name: &str, extra: Value) -> Rc<engine::gr
     if let (Value::Object(o), Value::Object(e)) = (&mut opts, extra) {
         o.extend(e);
     }
-    engine.blockdev_add(opts).await.expect("blockdev-add testmem")
+    engine
+        .blockdev_add(opts)
+        .await
+        .expect("blockdev-add testmem")
 }

@@ -1,0 +1,306 @@
+//! The executor: a [`Session`] runs commands against one device, in qemu-io's order of checks
+//! ("no file open", argument count, "Block node is read-only", then the command's own), and
+//! writes qemu-io's output to its [`Sink`]. Data commands live in `exec_io`; this file has the
+//! session itself and the commands that do no data I/O.
+//!
+//! Failures are remembered for the exit status as qemu-io does: any failing synchronous
+//! command makes the run fail; aio failures and aio pattern mismatches do not.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use crate::backend::{BackendOptions, BlockBackend};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::types::Perms;
+use crate::util::Notify;
+
+use super::command::Command;
+use super::exec_io::{self, IoCtx};
+use super::format::{Timing, human_size};
+use super::open::OpenSpec;
+use super::parse::{ParseErrorKind, parse_command};
+use super::spec::{CmdSpec, lookup_command};
+use super::{OutLine, Sink};
+
+#[path = "exec_ctl.rs"]
+mod ctl;
+
+/// How a session prints.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Timing in reports.
+    pub timing: Timing,
+    /// Program name before `error_report` messages ("qemu-io: Block node is read-only").
+    pub prefix: String,
+    /// Device (BlockBackend) name used when the session opens an image itself.
+    pub device_name: String,
+    /// Suppress every command's report and dump, as if each had `-q`.
+    pub quiet: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            timing: Timing::Real,
+            prefix: "qemu-io".to_string(),
+            device_name: "qemu-io".to_string(),
+            quiet: false,
+        }
+    }
+}
+
+/// The outcome of one command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandResult {
+    /// Done (aio commands: submitted).
+    Ok,
+    /// The command failed (its output says why); the run's exit status becomes 1.
+    Failed,
+    /// `quit`: stop reading commands.
+    Quit,
+    /// `abort`: the caller simulates a crash.
+    Abort,
+}
+
+/// aio requests in flight, shared with their tasks.
+#[derive(Default)]
+pub(super) struct AioState {
+    pub outstanding: Cell<u64>,
+    pub idle: Notify,
+}
+
+/// A qemu-io session on (at most) one device.
+pub struct Session {
+    engine: Rc<Engine>,
+    dev: Option<Rc<BlockBackend>>,
+    /// The node this session added with `open` (released again by `close`).
+    owned_node: Option<String>,
+    out: Rc<dyn Sink>,
+    cfg: SessionConfig,
+    aio: Rc<AioState>,
+    failed: bool,
+}
+
+fn errstr(e: &Error) -> String {
+    match e.errno() {
+        Some(n) => n.description().to_string(),
+        None => e.message().to_string(),
+    }
+}
+
+impl Session {
+    /// A session with no image open.
+    pub fn new(engine: Rc<Engine>, out: Rc<dyn Sink>, cfg: SessionConfig) -> Session {
+        Session {
+            engine,
+            dev: None,
+            owned_node: None,
+            out,
+            cfg,
+            aio: Rc::new(AioState::default()),
+            failed: false,
+        }
+    }
+
+    /// Use an existing device (the simulator's); `close` detaches it from the engine.
+    pub fn attach(&mut self, dev: Rc<BlockBackend>) {
+        self.dev = Some(dev);
+    }
+
+    /// The device, if one is open.
+    pub fn device(&self) -> Option<&Rc<BlockBackend>> {
+        self.dev.as_ref()
+    }
+
+    /// True once any command failed (qemu-io then exits with 1).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// qemu-io's exit status so far.
+    pub fn exit_code(&self) -> i32 {
+        i32::from(self.failed)
+    }
+
+    /// aio requests submitted and not yet completed.
+    pub fn aio_in_flight(&self) -> u64 {
+        self.aio.outstanding.get()
+    }
+
+    fn out(&self, text: impl Into<String>) {
+        self.out.line(OutLine::out(text));
+    }
+
+    fn err(&self, text: impl Into<String>) {
+        self.out.line(OutLine::err(text));
+    }
+
+    /// An `error_report` line: stderr, with the program prefix.
+    fn report_err(&self, msg: impl std::fmt::Display) {
+        self.err(format!("{}: {msg}", self.cfg.prefix));
+    }
+
+    fn fail(&mut self) -> CommandResult {
+        self.failed = true;
+        CommandResult::Failed
+    }
+
+    /// Open an image and attach the session's device to it. Prints nothing: the caller
+    /// reports errors in its own words ("can't open device ...").
+    pub async fn open(&mut self, spec: &OpenSpec) -> Result<()> {
+        let node = self.engine.blockdev_add(spec.blockdev_options()?).await?;
+        let name = node.name().to_string();
+        let mut opts = BackendOptions::tool(spec.read_only);
+        if spec.force_share {
+            opts.shared = Perms::ALL;
+        }
+        match self.engine.device_add(&self.cfg.device_name, &name, opts) {
+            Ok(bb) => {
+                bb.set_write_cache(spec.cache.write_cache());
+                self.dev = Some(bb);
+                self.owned_node = Some(name);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.engine.blockdev_del(&name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Wait until every aio request has completed (`aio_flush`).
+    pub async fn wait_aio(&self) {
+        while self.aio.outstanding.get() > 0 {
+            self.aio.idle.wait().await;
+        }
+    }
+
+    /// Wait for aio, detach the device and release the node `open` added.
+    pub async fn close(&mut self) -> Result<()> {
+        self.wait_aio().await;
+        let Some(dev) = self.dev.take() else {
+            return Ok(());
+        };
+        let r = self.engine.device_del(dev.name()).await;
+        match self.owned_node.take() {
+            Some(node) => r.and(self.engine.blockdev_del(&node).await),
+            None => r,
+        }
+    }
+
+    /// Parse and run one line.
+    pub async fn run_line(&mut self, line: &str) -> CommandResult {
+        match parse_command(line) {
+            Ok(cmd) => self.run(&cmd).await,
+            Err(e) => {
+                let arg_count_failed = e.kind == ParseErrorKind::ArgCount;
+                if let Some(r) = e.command.and_then(|c| self.precheck(c, arg_count_failed)) {
+                    return r;
+                }
+                for l in e.lines {
+                    self.out.line(l);
+                }
+                self.fail()
+            }
+        }
+    }
+
+    /// The checks qemu-io makes before a command's own: an image must be open, and a command
+    /// that writes needs a writable one (not made when the argument count was wrong: that
+    /// message comes first).
+    fn precheck(&mut self, spec: &CmdSpec, arg_count_failed: bool) -> Option<CommandResult> {
+        let Some(dev) = &self.dev else {
+            if spec.nofile_ok {
+                return None;
+            }
+            self.err("no file open, try 'help open'");
+            return Some(self.fail());
+        };
+        if !arg_count_failed && spec.needs_write && !dev.options().perm.contains(Perms::WRITE) {
+            self.report_err("Block node is read-only");
+            return Some(self.fail());
+        }
+        None
+    }
+
+    /// Run a parsed command.
+    pub async fn run(&mut self, cmd: &Command) -> CommandResult {
+        if let Command::Nop = cmd {
+            return CommandResult::Ok;
+        }
+        let spec = lookup_command(cmd.name()).expect("every command is in the table");
+        if let Some(r) = self.precheck(spec, false) {
+            return r;
+        }
+        let ok = match self.dev.clone() {
+            Some(dev) => {
+                let io = IoCtx {
+                    env: self.engine.env().clone(),
+                    dev,
+                    out: self.out.clone(),
+                    timing: self.cfg.timing,
+                    quiet: self.cfg.quiet,
+                    aio: self.aio.clone(),
+                };
+                match exec_io::run(&io, cmd).await {
+                    Some(ok) => ok,
+                    None => return self.run_control(cmd).await,
+                }
+            }
+            None => return self.run_control(cmd).await,
+        };
+        if ok { CommandResult::Ok } else { self.fail() }
+    }
+
+    async fn run_control(&mut self, cmd: &Command) -> CommandResult {
+        let ok = match cmd {
+            Command::AioFlush => {
+                self.wait_aio().await;
+                true
+            }
+            // qemu-io reports nothing when a flush fails; only the exit status shows it.
+            Command::Flush => self.dev().flush().await.is_ok(),
+            Command::Truncate { len, prealloc } => self.truncate(*len, prealloc.as_deref()).await,
+            Command::Length => match self.dev().len() {
+                Ok(n) => {
+                    self.out(human_size(n as f64));
+                    true
+                }
+                Err(e) => {
+                    self.out(format!("getlength: {}", errstr(&e)));
+                    false
+                }
+            },
+            Command::Info => self.info(),
+            Command::Map => self.map().await,
+            Command::Alloc { offset, count } => self.alloc(*offset, *count).await,
+            Command::Sleep { ms } => {
+                let env = self.engine.env().clone();
+                // A deadline that overflows fires at once, as qemu-io's timer does.
+                if let Some(deadline) = ms
+                    .checked_mul(1_000_000)
+                    .and_then(|d| d.checked_add(env.now_ns()))
+                {
+                    env.sleep_until(deadline).await;
+                }
+                true
+            }
+            Command::Open { .. } => self.open_cmd(cmd).await,
+            Command::Close => self.close().await.is_ok(),
+            Command::Quit => return CommandResult::Quit,
+            Command::Abort => return CommandResult::Abort,
+            Command::Help(name) => self.help(name.as_deref()),
+            Command::Break { .. }
+            | Command::WaitBreak { .. }
+            | Command::Resume { .. }
+            | Command::RemoveBreak { .. } => self.breakpoint(cmd).await,
+            _ => unreachable!("data commands run in exec_io"),
+        };
+        if ok { CommandResult::Ok } else { self.fail() }
+    }
+
+    fn dev(&self) -> Rc<BlockBackend> {
+        self.dev.clone().expect("precheck ensures an open image")
+    }
+}

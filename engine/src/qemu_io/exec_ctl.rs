@@ -1,0 +1,268 @@
+//! The session's commands that move no guest data: `truncate`, `info`, `map`, `alloc`, `open`,
+//! `help` and the breakpoint verbs. A child of `exec`, so it works on the session directly.
+
+use crate::driver::{DriverKind, Prealloc};
+use crate::error::{Errno, Error, Result};
+use crate::event::DebugEvent;
+
+use super::super::command::Command;
+use super::super::format::{alloc_line, human_size, map_line};
+use super::super::open::{CacheMode, OpenSpec, parse_discard};
+use super::super::spec::{COMMANDS, lookup_command};
+use super::{Session, errstr};
+
+impl Session {
+    pub(super) async fn truncate(&mut self, len: u64, prealloc: Option<&str>) -> bool {
+        let r = match prealloc {
+            None => self.dev().truncate(len).await,
+            Some(mode) => {
+                let Ok(mode) = Prealloc::parse(mode) else {
+                    self.report_err(format!("Invalid preallocation mode '{mode}'"));
+                    return false;
+                };
+                // BlockBackend::truncate takes no preallocation mode: a mode goes straight to
+                // the device's root edge.
+                match self.dev().root() {
+                    Some(root) => root.truncate(len, true, mode).await,
+                    None => self.dev().truncate(len).await,
+                }
+            }
+        };
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                self.report_err(e.message());
+                false
+            }
+        }
+    }
+
+    pub(super) fn info(&mut self) -> bool {
+        let Some(node) = self.dev().root_node() else {
+            return false;
+        };
+        let caps = node.driver().caps();
+        self.out(format!("format name: {}", caps.name));
+        if caps.kind == DriverKind::Protocol {
+            // qemu-io prints the line a second time for protocol nodes.
+            self.out(format!("format name: {}", caps.name));
+        }
+        if caps.name.starts_with("null-") {
+            // The null drivers have no image info: qemu-io stops here, silently failing.
+            return false;
+        }
+        let specific = node.driver().specific_info();
+        let num = |key: &str| specific.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+        self.out(format!(
+            "cluster size: {}",
+            human_size(num("cluster-size") as f64)
+        ));
+        self.out(format!(
+            "vm state offset: {}",
+            human_size(num("vm-state-offset") as f64)
+        ));
+        true
+    }
+
+    pub(super) async fn map(&mut self) -> bool {
+        let dev = self.dev();
+        let Ok(len) = dev.len() else { return false };
+        let mut run: Option<(u64, u64, bool)> = None;
+        let mut off = 0;
+        while off < len {
+            let st = match dev.block_status(off, len - off).await {
+                Ok(st) if st.len > 0 => st,
+                Ok(_) => break,
+                Err(e) => {
+                    self.report_err(format!("Failed to get allocation status: {}", errstr(&e)));
+                    return false;
+                }
+            };
+            let n = st.len.min(len - off);
+            let alloc = st.mapping.is_allocated();
+            run = match run {
+                Some((start, rlen, a)) if a == alloc => Some((start, rlen + n, a)),
+                Some((start, rlen, a)) => {
+                    self.out(map_line(start, rlen, a));
+                    Some((off, n, alloc))
+                }
+                None => Some((off, n, alloc)),
+            };
+            off += n;
+        }
+        if let Some((start, rlen, a)) = run {
+            self.out(map_line(start, rlen, a));
+        }
+        true
+    }
+
+    pub(super) async fn alloc(&mut self, offset: u64, count: u64) -> bool {
+        let dev = self.dev();
+        let size = dev.len().unwrap_or(0);
+        let count = if offset >= size {
+            0
+        } else {
+            count.min(size - offset)
+        };
+        let (mut sum, mut off, mut rem) = (0, offset, count);
+        while rem > 0 {
+            match dev.block_status(off, rem).await {
+                Ok(st) if st.len > 0 => {
+                    let n = st.len.min(rem);
+                    if st.mapping.is_allocated() {
+                        sum += n;
+                    }
+                    off += n;
+                    rem -= n;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    self.out(format!("is_allocated failed: {}", errstr(&e)));
+                    return false;
+                }
+            }
+        }
+        self.out(alloc_line(sum, count, offset));
+        true
+    }
+
+    pub(super) async fn open_cmd(&mut self, cmd: &Command) -> bool {
+        let Command::Open {
+            read_only,
+            snapshot,
+            copy_on_read,
+            nocache,
+            force_share,
+            native_aio,
+            cache,
+            discard,
+            options,
+            path,
+        } = cmd
+        else {
+            return false;
+        };
+        if self.dev.is_some() {
+            self.report_err("file open already, try 'help close'");
+            return false;
+        }
+        let mut spec = OpenSpec {
+            filename: path.clone(),
+            options: options.clone(),
+            read_only: *read_only,
+            force_share: *force_share,
+            aio: native_aio.then(|| "native".to_string()),
+            ..OpenSpec::default()
+        };
+        if *nocache {
+            spec.cache = CacheMode::None;
+        }
+        if let Some(mode) = cache {
+            match CacheMode::parse(mode) {
+                Ok(m) => spec.cache = m,
+                Err(msg) => {
+                    self.report_err(msg);
+                    return false;
+                }
+            }
+        }
+        if let Some(mode) = discard {
+            match parse_discard(mode) {
+                Ok(unmap) => spec.discard_unmap = unmap,
+                Err(msg) => {
+                    self.report_err(msg);
+                    return false;
+                }
+            }
+        }
+        if *snapshot || *copy_on_read {
+            self.report_err("snapshot (-s) and copy-on-read (-C) are not supported by blk");
+            return false;
+        }
+        match self.open(&spec).await {
+            Ok(()) => true,
+            Err(e) => {
+                match path {
+                    Some(p) => self.report_err(format!("can't open device {p}: {e}")),
+                    None => self.report_err(format!("can't open: {e}")),
+                }
+                false
+            }
+        }
+    }
+
+    pub(super) fn help(&mut self, name: Option<&str>) -> bool {
+        match name {
+            None => {
+                for c in COMMANDS {
+                    self.out(c.usage(c.name));
+                }
+                self.out("");
+                self.out("Use 'help commandname' for extended help.");
+                true
+            }
+            Some(n) => match lookup_command(n) {
+                Some(c) => {
+                    self.out(c.usage(n));
+                    true
+                }
+                None => {
+                    self.out(format!("command {n} not found"));
+                    false
+                }
+            },
+        }
+    }
+
+    /// `break`, `wait_break`, `resume`, `remove_break`: act on the first node below the device
+    /// whose driver has breakpoints (blkdebug). Without one, qemu-io's answer is ENOTSUP.
+    pub(super) async fn breakpoint(&mut self, cmd: &Command) -> bool {
+        let node = self
+            .dev()
+            .root_node()
+            .and_then(|n| n.find_breakpoint_node());
+        let enotsup = Error::io(Errno::ENOTSUP);
+        let (what, r): (String, Result<()>) = match cmd {
+            Command::Break { event, tag } => (
+                "Could not set breakpoint".into(),
+                match &node {
+                    None => Err(enotsup),
+                    Some(n) => match DebugEvent::from_name(event) {
+                        None => Err(Error::io(Errno::ENOENT)),
+                        Some(ev) => n.driver().debug_breakpoint(ev, tag),
+                    },
+                },
+            ),
+            Command::Resume { tag } => (
+                "Could not resume request".into(),
+                match &node {
+                    None => Err(enotsup),
+                    Some(n) => n.driver().debug_resume(tag),
+                },
+            ),
+            Command::RemoveBreak { tag } => (
+                format!("Could not remove breakpoint {tag}"),
+                match &node {
+                    None => Err(enotsup),
+                    Some(n) => n.driver().debug_remove_breakpoint(tag),
+                },
+            ),
+            Command::WaitBreak { tag } => match &node {
+                // qemu-io would wait forever here; refusing is more useful.
+                None => (format!("Could not wait for breakpoint {tag}"), Err(enotsup)),
+                Some(n) => {
+                    n.driver().debug_wait_suspended(tag).await;
+                    return true;
+                }
+            },
+            _ => return false,
+        };
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                self.out(format!("{what}: {}", errstr(&e)));
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! What `blk io FILE` and the `open` command open: qemu-io's image options turned into
+//! `blockdev-add` options, with QEMU's cache modes and qemu-io's defaults (writethrough,
+//! discard=unmap).
+
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, Result};
+use crate::util::Options;
+
+/// QEMU's cache modes (`-t`), as (direct, no-flush, write cache) triples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Host page cache, every write durable on completion (qemu-io's default).
+    #[default]
+    Writethrough,
+    /// Host page cache, flushes when asked.
+    Writeback,
+    /// `O_DIRECT`, flushes when asked (`none`, also `off`; `-n`).
+    None,
+    /// `O_DIRECT` and writethrough.
+    Directsync,
+    /// Flushes ignored.
+    Unsafe,
+}
+
+impl CacheMode {
+    /// Parse a `-t` value; the error is qemu-io's message without its program prefix.
+    pub fn parse(mode: &str) -> std::result::Result<CacheMode, String> {
+        Ok(match mode {
+            "writethrough" => CacheMode::Writethrough,
+            "writeback" => CacheMode::Writeback,
+            "none" | "off" => CacheMode::None,
+            "directsync" => CacheMode::Directsync,
+            "unsafe" => CacheMode::Unsafe,
+            _ => return Err(format!("Invalid cache option: {mode}")),
+        })
+    }
+
+    /// `cache.direct`.
+    pub fn direct(self) -> bool {
+        matches!(self, CacheMode::None | CacheMode::Directsync)
+    }
+
+    /// `cache.no-flush`.
+    pub fn no_flush(self) -> bool {
+        self == CacheMode::Unsafe
+    }
+
+    /// The BlockBackend's write cache (false: every write is FUA).
+    pub fn write_cache(self) -> bool {
+        !matches!(self, CacheMode::Writethrough | CacheMode::Directsync)
+    }
+}
+
+/// Parse a `-d` value (true for unmap); the error is qemu-io's message without its prefix.
+pub fn parse_discard(mode: &str) -> std::result::Result<bool, String> {
+    match mode {
+        "ignore" | "off" => Ok(false),
+        "unmap" | "on" => Ok(true),
+        _ => Err(format!("Invalid discard option: {mode}")),
+    }
+}
+
+/// Drivers that talk to storage themselves (no `file` child to create).
+const PROTOCOLS: [&str; 4] = ["file", "host_device", "null-co", "null-aio"];
+
+/// An image to open, as qemu-io's command line or `open` command describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenSpec {
+    /// The file name, or with `image_opts` a `key=value,...` option string.
+    pub filename: Option<String>,
+    /// `-f FMT`; without it the image is opened as raw (there is no format probing yet).
+    pub format: Option<String>,
+    /// `--image-opts`: `filename` is an option string.
+    pub image_opts: bool,
+    /// `-o` options of the `open` command, merged into the top node's options.
+    pub options: Option<String>,
+    /// `-r`.
+    pub read_only: bool,
+    /// `-t` / `-n`.
+    pub cache: CacheMode,
+    /// `-d`: discard requests unmap (qemu-io's default) or are ignored.
+    pub discard_unmap: bool,
+    /// `-U`: share every permission (read-only images only).
+    pub force_share: bool,
+    /// `-i MODE` / `-k`: the file driver's `aio` option.
+    pub aio: Option<String>,
+    /// Node name of the top node when the options do not name it.
+    pub node_name: String,
+}
+
+impl Default for OpenSpec {
+    fn default() -> OpenSpec {
+        OpenSpec {
+            filename: None,
+            format: None,
+            image_opts: false,
+            options: None,
+            read_only: false,
+            cache: CacheMode::default(),
+            discard_unmap: true,
+            force_share: false,
+            aio: None,
+            node_name: "disk".to_string(),
+        }
+    }
+}
+
+/// Set `key` unless the user's options already have it.
+fn default_key(obj: &mut Map<String, Value>, key: &str, val: Value) {
+    obj.entry(key.to_string()).or_insert(val);
+}
+
+impl OpenSpec {
+    /// The generic options every node gets, as QEMU lets children inherit them.
+    fn common(&self, obj: &mut Map<String, Value>) {
+        if self.read_only {
+            default_key(obj, "read-only", json!(true));
+        }
+        if self.force_share {
+            default_key(obj, "force-share", json!(true));
+        }
+        default_key(
+            obj,
+            "cache",
+            json!({"direct": self.cache.direct(), "no-flush": self.cache.no_flush()}),
+        );
+        default_key(
+            obj,
+            "discard",
+            json!(if self.discard_unmap {
+                "unmap"
+            } else {
+                "ignore"
+            }),
+        );
+    }
+
+    fn protocol_node(&self, driver: &str, filename: Option<&str>) -> Value {
+        let mut obj = Map::new();
+        obj.insert("driver".into(), json!(driver));
+        if driver == "file" || driver == "host_device" {
+            if let Some(f) = filename {
+                obj.insert("filename".into(), json!(f));
+            }
+            if let Some(aio) = &self.aio {
+                obj.insert("aio".into(), json!(aio));
+            }
+        }
+        self.common(&mut obj);
+        Value::Object(obj)
+    }
+
+    /// The `blockdev-add` options for this image.
+    pub fn blockdev_options(&self) -> Result<Value> {
+        let mut top = match (&self.filename, self.image_opts) {
+            (Some(text), true) => match Options::from_keyval(text)?.into_value() {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+            _ => Map::new(),
+        };
+        let extra = self
+            .options
+            .as_deref()
+            .map(Options::from_keyval)
+            .transpose()?;
+        if let Some(Value::Object(m)) = extra.map(Options::into_value) {
+            for (k, v) in m {
+                top.insert(k, v);
+            }
+        }
+        if !self.image_opts {
+            let driver = match (&self.format, top.get("driver")) {
+                (Some(f), _) => f.clone(),
+                (None, Some(Value::String(d))) => d.clone(),
+                _ => "raw".to_string(),
+            };
+            top.insert("driver".into(), json!(driver));
+            let path = self.filename.as_deref();
+            if PROTOCOLS.contains(&driver.as_str()) {
+                if let Value::Object(m) = self.protocol_node(&driver, path) {
+                    for (k, v) in m {
+                        top.entry(k).or_insert(v);
+                    }
+                }
+            } else if !top.contains_key("file") {
+                let Some(path) = path else {
+                    return Err(Error::generic(format!(
+                        "A block device must be specified for \"{}\"",
+                        "file"
+                    )));
+                };
+                top.insert("file".into(), self.protocol_node("file", Some(path)));
+            }
+        }
+        if !top.contains_key("driver") {
+            return Err(Error::generic("Parameter 'driver' is missing"));
+        }
+        // Children given inline inherit the generic options, as in QEMU.
+        if let Some(Value::Object(file)) = top.get_mut("file") {
+            // QEMU picks the protocol from a bare file name; blk knows only host files.
+            if file.contains_key("filename") {
+                default_key(file, "driver", json!("file"));
+            }
+            self.common(file);
+        }
+        default_key(&mut top, "node-name", json!(self.node_name));
+        self.common(&mut top);
+        Ok(Value::Object(top))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_modes() {
+        let m = CacheMode::parse("none").unwrap();
+        assert!(m.direct() && m.write_cache() && !m.no_flush());
+        assert!(!CacheMode::default().write_cache());
+        assert!(CacheMode::parse("directsync").unwrap().direct());
+        assert!(CacheMode::parse("unsafe").unwrap().no_flush());
+        assert_eq!(
+            CacheMode::parse("bogus").unwrap_err(),
+            "Invalid cache option: bogus"
+        );
+        assert_eq!(
+            parse_discard("bogus").unwrap_err(),
+            "Invalid discard option: bogus"
+        );
+    }
+
+    #[test]
+    fn raw_over_file() {
+        let spec = OpenSpec {
+            filename: Some("/x.img".into()),
+            format: Some("raw".into()),
+            cache: CacheMode::None,
+            ..OpenSpec::default()
+        };
+        let v = spec.blockdev_options().unwrap();
+        assert_eq!(v["driver"], "raw");
+        assert_eq!(v["node-name"], "disk");
+        assert_eq!(v["file"]["driver"], "file");
+        assert_eq!(v["file"]["filename"], "/x.img");
+        assert_eq!(v["file"]["cache"]["direct"], true);
+        assert_eq!(v["discard"], "unmap");
+        let file = OpenSpec {
+            format: Some("file".into()),
+            ..spec.clone()
+        };
+        let v = file.blockdev_options().unwrap();
+        assert_eq!(v["driver"], "file");
+        assert_eq!(v["filename"], "/x.img");
+        assert!(v.get("file").is_none());
+    }
+
+    #[test]
+    fn image_opts_keep_user_keys() {
+        let spec = OpenSpec {
+            filename: Some("driver=raw,file.driver=file,file.filename=/y,node-name=n".into()),
+            image_opts: true,
+            read_only: true,
+            ..OpenSpec::default()
+        };
+        let v = spec.blockdev_options().unwrap();
+        assert_eq!(v["node-name"], "n");
+        assert_eq!(v["file"]["filename"], "/y");
+        assert_eq!(v["file"]["read-only"], true);
+        assert_eq!(v["read-only"], true);
+        let bare = OpenSpec {
+            filename: Some("driver=raw,file.filename=/z".into()),
+            image_opts: true,
+            ..OpenSpec::default()
+        };
+        assert_eq!(bare.blockdev_options().unwrap()["file"]["driver"], "file");
+    }
+}

@@ -1,0 +1,18 @@
+//! Scenario files: parse them, run them on the simulator against an unchanged engine, record a
+//! transcript, check the guest's data against a reference model.
+//!
+//! A scenario is one behaviour: a purpose line, then steps (QMP in QEMU's JSON, guest I/O in
+//! qemu-io syntax, simulator directives). The syntax is documented in [`parse`] and
+//! `scenarios/README.md`. Each run is a pure function of the file and the seed: the same pair
+//! gives a byte-identical transcript and trace hash.
+
+mod faults;
+mod io;
+pub mod model;
+pub mod parse;
+mod run;
+pub mod transcript;
+mod workload;
+
+pub use parse::{ParseError, Scenario, parse};
+pub use run::{Failure, RunOptions, RunOutcome, run};

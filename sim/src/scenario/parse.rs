@@ -1,0 +1,695 @@
+//! The scenario file format: line-oriented text, parsed into [`Step`]s.
+//!
+//! ```text
+//! # One line saying what this scenario shows (required first line).
+//! expect-failure verify          # optional, at the top: this scenario must fail this check
+//! seed 42                        # default seed (blk sim run --seed overrides)
+//! scheduler fifo                 # or random (default)
+//! latency 10us..100us            # virtual disk latency
+//! limit time 10m                 # livelock limits (defaults: 10m virtual, 5M steps)
+//! limit steps 5000000
+//! image create disk.img raw 64M  # a file on the virtual disk
+//! qmp {"execute": "blockdev-add", "arguments": {...}}   # JSON may span lines
+//! expect error GenericError "is in use"                 # the previous qmp must fail so
+//! device add drive0 node=disk werror=stop               # a BlockBackend (guest device)
+//! io drive0 write -P 0xab 0 64k  # a qemu-io command on a device (a failure fails the run)
+//! io? drive0 read -P 0 0 4k      # ... that may fail (check it with `expect output`)
+//! workload start w1 device=drive0 mix=write:70,read:30 bs=4k..64k iodepth=8
+//! workload wait w1             # until a count= workload is done
+//! workload stop w1
+//! fault inject f1 eio path=disk.img ops=write once
+//! fault clear f1
+//! drain begin disk [subtree]  /  drain end disk
+//! advance 10ms
+//! wait event BLOCK_JOB_READY job=m0 timeout=60s
+//! expect event BLOCK_IO_ERROR action=stop
+//! expect iostatus drive0 failed
+//! verify drive0
+//! crash
+//! restart
+//! ```
+//!
+//! Parse errors name the file, line and column.
+
+use std::fmt;
+
+use engine::util::parse_size;
+use serde_json::Value;
+
+/// A parse error with its position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    /// File name as given.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// One `key=value` argument or bare word of a directive, with its column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arg {
+    /// The key (or the bare word).
+    pub key: String,
+    /// The value, if `key=value`.
+    pub value: Option<String>,
+    /// 1-based column where the argument starts.
+    pub column: usize,
+}
+
+/// What a step does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create a file on the virtual disk.
+    ImageCreate {
+        /// Path on the virtual disk.
+        path: String,
+        /// Format: `raw` (a sparse file of `size` bytes).
+        format: String,
+        /// Virtual size.
+        size: u64,
+    },
+    /// A QMP command; `expect` says how the reply must look (success if `None`).
+    Qmp {
+        /// The command object.
+        command: Value,
+        /// Required error class and message substring, if the command must fail.
+        expect_error: Option<(String, String)>,
+    },
+    /// Attach a device.
+    DeviceAdd {
+        /// Device name.
+        name: String,
+        /// Further arguments (node=, werror=, rerror=, cache=, read-only, share-rw).
+        args: Vec<Arg>,
+    },
+    /// A qemu-io command line on a device.
+    Io {
+        /// Device name.
+        device: String,
+        /// The command line.
+        command: String,
+        /// `io?`: the command may fail (check its output with `expect output`).
+        may_fail: bool,
+    },
+    /// Start a seeded background workload.
+    WorkloadStart {
+        /// Workload name.
+        name: String,
+        /// Arguments (device=, mix=, bs=, iodepth=, range=, count=).
+        args: Vec<Arg>,
+    },
+    /// Wait until a `count=` workload has issued all its requests.
+    WorkloadWait {
+        /// Workload name.
+        name: String,
+    },
+    /// Stop a workload and wait for its requests.
+    WorkloadStop {
+        /// Workload name.
+        name: String,
+    },
+    /// Inject a virtual-disk fault.
+    FaultInject {
+        /// Name to clear it by.
+        name: String,
+        /// Fault class.
+        kind: String,
+        /// Targeting and trigger arguments.
+        args: Vec<Arg>,
+    },
+    /// Remove one fault, or all.
+    FaultClear {
+        /// The fault's name; `None` clears all.
+        name: Option<String>,
+    },
+    /// Begin a drained section on a node.
+    DrainBegin {
+        /// Node name.
+        node: String,
+        /// Drain the whole subtree.
+        subtree: bool,
+    },
+    /// End the innermost drained section on a node.
+    DrainEnd {
+        /// Node name.
+        node: String,
+    },
+    /// Let virtual time pass.
+    Advance {
+        /// Nanoseconds.
+        ns: u64,
+    },
+    /// Wait for a QMP event (matching fields) with a virtual-time timeout.
+    WaitEvent {
+        /// Event name.
+        name: String,
+        /// `key=value` fields the event's data must have.
+        fields: Vec<Arg>,
+        /// Timeout in virtual ns.
+        timeout_ns: u64,
+    },
+    /// An expectation.
+    Expect(Expectation),
+    /// Compare a device's bytes with the reference model.
+    Verify {
+        /// Device name.
+        device: String,
+    },
+    /// Power loss.
+    Crash,
+    /// Reopen every image from its durable state and re-create the devices.
+    Restart,
+}
+
+/// What `expect` checks.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expectation {
+    /// An event of this name with these fields was emitted (and not yet matched).
+    Event {
+        /// Event name.
+        name: String,
+        /// Required fields.
+        fields: Vec<Arg>,
+    },
+    /// No event of this name is pending.
+    NoEvent {
+        /// Event name.
+        name: String,
+    },
+    /// A device's I/O status.
+    Iostatus {
+        /// Device.
+        device: String,
+        /// ok, failed or nospace.
+        status: String,
+    },
+    /// Whether the machine runs.
+    Running(bool),
+    /// The last qemu-io command's output contains this text.
+    Output(String),
+}
+
+/// One parsed step with its position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// 1-based line of the step's first line.
+    pub line: usize,
+    /// The source text (joined if it spanned lines).
+    pub text: String,
+    /// What to do.
+    pub action: Action,
+}
+
+/// A parsed scenario.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// File name (for messages).
+    pub file: String,
+    /// The purpose line.
+    pub purpose: String,
+    /// `expect-failure CHECK`: this scenario must fail with this check.
+    pub expect_failure: Option<String>,
+    /// Default seed.
+    pub seed: u64,
+    /// FIFO scheduling instead of random.
+    pub fifo: bool,
+    /// Disk latency range in ns.
+    pub latency: Option<(u64, u64)>,
+    /// Virtual-time limit (livelock detection).
+    pub time_limit_ns: u64,
+    /// Scheduling-step limit (livelock detection).
+    pub step_limit: u64,
+    /// The steps.
+    pub steps: Vec<Step>,
+}
+
+/// Parse a duration: `10ns`, `5us`, `10ms`, `2s`, `1m`.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "ns" => 1,
+        "us" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+struct Cursor<'a> {
+    file: &'a str,
+    line: usize,
+}
+
+impl Cursor<'_> {
+    fn err(&self, column: usize, message: impl Into<String>) -> ParseError {
+        ParseError {
+            file: self.file.to_string(),
+            line: self.line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+/// Split a line into whitespace-separated words with their 1-based columns; `"..."` quotes.
+fn words(line: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = line.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut word = String::new();
+        if chars[i] == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                word.push(chars[i]);
+                i += 1;
+            }
+            i += 1;
+        } else {
+            while i < chars.len() && !chars[i].is_whitespace() {
+                word.push(chars[i]);
+                i += 1;
+            }
+        }
+        out.push((start + 1, word));
+    }
+    out
+}
+
+fn args_of(ws: &[(usize, String)]) -> Vec<Arg> {
+    ws.iter()
+        .map(|(col, w)| match w.split_once('=') {
+            Some((k, v)) => Arg {
+                key: k.to_string(),
+                value: Some(v.to_string()),
+                column: *col,
+            },
+            None => Arg {
+                key: w.clone(),
+                value: None,
+                column: *col,
+            },
+        })
+        .collect()
+}
+
+/// True when the brackets of a JSON text are balanced (outside strings).
+fn json_complete(text: &str) -> bool {
+    let (mut depth, mut in_str, mut escaped) = (0i64, false, false);
+    for c in text.chars() {
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_str = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            _ => {}
+        }
+    }
+    depth <= 0
+}
+
+/// Parse a scenario file's text.
+pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
+    let lines: Vec<&str> = text.lines().collect();
+    let first = Cursor { file, line: 1 };
+    let purpose = match lines.first().map(|l| l.trim()) {
+        Some(l) if l.starts_with('#') && l.len() > 1 => {
+            l.trim_start_matches('#').trim().to_string()
+        }
+        _ => return Err(first.err(1, "the first line must be a '# purpose' comment")),
+    };
+    let mut sc = Scenario {
+        file: file.to_string(),
+        purpose,
+        expect_failure: None,
+        seed: 0,
+        fifo: false,
+        latency: None,
+        time_limit_ns: 600_000_000_000,
+        step_limit: 5_000_000,
+        steps: Vec::new(),
+    };
+    let mut i = 1;
+    while i < lines.len() {
+        let start_line = i + 1;
+        let cur = Cursor {
+            file,
+            line: start_line,
+        };
+        let raw = lines[i];
+        i += 1;
+        let line = raw
+            .split_once(" #")
+            .map_or(raw, |(code, _)| code)
+            .trim_end();
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let line = line.trim_start();
+        let ws = words(line);
+        let (kw_col, kw) = (ws[0].0 + indent, ws[0].1.as_str());
+        let col_of = |n: usize| ws.get(n).map_or(line.len() + 1, |w| w.0) + indent;
+        let need = |n: usize, what: &str| -> Result<String, ParseError> {
+            ws.get(n)
+                .map(|w| w.1.clone())
+                .ok_or_else(|| cur.err(col_of(n), format!("'{kw}' needs {what}")))
+        };
+        let action = match kw {
+            "expect-failure" => {
+                if !sc.steps.is_empty() {
+                    return Err(cur.err(kw_col, "'expect-failure' must come before the first step"));
+                }
+                sc.expect_failure = Some(need(1, "the name of the check that must fail")?);
+                continue;
+            }
+            "seed" => {
+                let v = need(1, "a number")?;
+                sc.seed = v
+                    .parse()
+                    .map_err(|_| cur.err(col_of(1), format!("bad seed '{v}'")))?;
+                continue;
+            }
+            "scheduler" => {
+                sc.fifo = match need(1, "fifo or random")?.as_str() {
+                    "fifo" => true,
+                    "random" => false,
+                    other => return Err(cur.err(col_of(1), format!("unknown scheduler '{other}'"))),
+                };
+                continue;
+            }
+            "latency" => {
+                let v = need(1, "a range like 10us..100us")?;
+                let (a, b) = v.split_once("..").unwrap_or((&v, &v));
+                let (a, b) = (parse_duration(a), parse_duration(b));
+                match (a, b) {
+                    (Some(a), Some(b)) if a <= b => sc.latency = Some((a, b)),
+                    _ => return Err(cur.err(col_of(1), format!("bad latency range '{v}'"))),
+                }
+                continue;
+            }
+            "limit" => {
+                let what = need(1, "'time' or 'steps'")?;
+                let v = need(2, "a value")?;
+                match what.as_str() {
+                    "time" => {
+                        sc.time_limit_ns = parse_duration(&v)
+                            .ok_or_else(|| cur.err(col_of(2), format!("bad duration '{v}'")))?
+                    }
+                    "steps" => {
+                        sc.step_limit = v
+                            .parse()
+                            .map_err(|_| cur.err(col_of(2), format!("bad step count '{v}'")))?
+                    }
+                    _ => {
+                        return Err(
+                            cur.err(col_of(1), format!("unknown limit '{what}' (time or steps)"))
+                        );
+                    }
+                }
+                continue;
+            }
+            "image" => {
+                if need(1, "'create'")? != "create" {
+                    return Err(cur.err(col_of(1), "expected 'image create PATH FORMAT SIZE'"));
+                }
+                let path = need(2, "a path")?;
+                let format = need(3, "a format")?;
+                if format != "raw" {
+                    return Err(cur.err(
+                        col_of(3),
+                        format!("unsupported image format '{format}' (raw)"),
+                    ));
+                }
+                let size_text = need(4, "a size")?;
+                let size = parse_size(&size_text)
+                    .ok_or_else(|| cur.err(col_of(4), format!("bad size '{size_text}'")))?;
+                Action::ImageCreate { path, format, size }
+            }
+            "qmp" => {
+                let mut json = line[kw.len()..].trim().to_string();
+                while !json_complete(&json) && i < lines.len() {
+                    json.push(' ');
+                    json.push_str(lines[i].trim());
+                    i += 1;
+                }
+                let command: Value = serde_json::from_str(&json)
+                    .map_err(|e| cur.err(col_of(1), format!("bad QMP JSON: {e}")))?;
+                Action::Qmp {
+                    command,
+                    expect_error: None,
+                }
+            }
+            "device" => {
+                if need(1, "'add'")? != "add" {
+                    return Err(cur.err(col_of(1), "expected 'device add NAME node=NODE ...'"));
+                }
+                let name = need(2, "a device name")?;
+                let args = args_of(&ws[3..]);
+                if !args.iter().any(|a| a.key == "node") {
+                    return Err(cur.err(col_of(3), "'device add' needs node=NODE"));
+                }
+                Action::DeviceAdd { name, args }
+            }
+            "io" | "io?" => {
+                let device = need(1, "a device name")?;
+                need(2, "a qemu-io command")?;
+                let command = line[ws[2].0 - 1..].to_string();
+                Action::Io {
+                    device,
+                    command,
+                    may_fail: kw == "io?",
+                }
+            }
+            "workload" => {
+                let verb = need(1, "'start' or 'stop'")?;
+                let name = need(2, "a workload name")?;
+                match verb.as_str() {
+                    "start" => Action::WorkloadStart {
+                        name,
+                        args: args_of(&ws[3..]),
+                    },
+                    "stop" => Action::WorkloadStop { name },
+                    "wait" => Action::WorkloadWait { name },
+                    _ => return Err(cur.err(col_of(1), format!("unknown workload verb '{verb}'"))),
+                }
+            }
+            "fault" => match need(1, "'inject' or 'clear'")?.as_str() {
+                "inject" => Action::FaultInject {
+                    name: need(2, "a fault name")?,
+                    kind: need(3, "a fault kind")?,
+                    args: args_of(&ws[4..]),
+                },
+                "clear" => Action::FaultClear {
+                    name: ws.get(2).map(|w| w.1.clone()),
+                },
+                other => return Err(cur.err(col_of(1), format!("unknown fault verb '{other}'"))),
+            },
+            "drain" => {
+                let verb = need(1, "'begin' or 'end'")?;
+                let node = need(2, "a node name")?;
+                match verb.as_str() {
+                    "begin" => Action::DrainBegin {
+                        node,
+                        subtree: ws.get(3).is_some_and(|w| w.1 == "subtree"),
+                    },
+                    "end" => Action::DrainEnd { node },
+                    _ => return Err(cur.err(col_of(1), format!("unknown drain verb '{verb}'"))),
+                }
+            }
+            "advance" => {
+                let v = need(1, "a duration")?;
+                Action::Advance {
+                    ns: parse_duration(&v)
+                        .ok_or_else(|| cur.err(col_of(1), format!("bad duration '{v}'")))?,
+                }
+            }
+            "wait" => {
+                if need(1, "'event'")? != "event" {
+                    return Err(cur.err(
+                        col_of(1),
+                        "expected 'wait event NAME [key=value..] [timeout=DUR]'",
+                    ));
+                }
+                let name = need(2, "an event name")?;
+                let mut fields = args_of(&ws[3..]);
+                let mut timeout_ns = 60_000_000_000;
+                if let Some(pos) = fields.iter().position(|a| a.key == "timeout") {
+                    let t = fields.remove(pos);
+                    let v = t.value.clone().unwrap_or_default();
+                    timeout_ns = parse_duration(&v)
+                        .ok_or_else(|| cur.err(t.column + indent, format!("bad timeout '{v}'")))?;
+                }
+                Action::WaitEvent {
+                    name,
+                    fields,
+                    timeout_ns,
+                }
+            }
+            "expect" => {
+                let what = need(1, "what to expect")?;
+                match what.as_str() {
+                    "error" => {
+                        let class = need(2, "an error class")?;
+                        let text = ws.get(3).map(|w| w.1.clone()).unwrap_or_default();
+                        match sc.steps.last_mut() {
+                            Some(Step {
+                                action: Action::Qmp { expect_error, .. },
+                                ..
+                            }) if expect_error.is_none() => {
+                                *expect_error = Some((class, text));
+                                continue;
+                            }
+                            _ => {
+                                return Err(
+                                    cur.err(kw_col, "'expect error' must follow a 'qmp' step")
+                                );
+                            }
+                        }
+                    }
+                    "event" => Action::Expect(Expectation::Event {
+                        name: need(2, "an event name")?,
+                        fields: args_of(&ws[3..]),
+                    }),
+                    "no-event" => Action::Expect(Expectation::NoEvent {
+                        name: need(2, "an event name")?,
+                    }),
+                    "iostatus" => Action::Expect(Expectation::Iostatus {
+                        device: need(2, "a device")?,
+                        status: need(3, "ok, failed or nospace")?,
+                    }),
+                    "running" => {
+                        Action::Expect(Expectation::Running(match need(2, "yes or no")?.as_str() {
+                            "yes" => true,
+                            "no" => false,
+                            other => {
+                                return Err(cur
+                                    .err(col_of(2), format!("expected yes or no, not '{other}'")));
+                            }
+                        }))
+                    }
+                    "output" => Action::Expect(Expectation::Output(
+                        line[ws[2].0 - 1..].trim_matches('"').to_string(),
+                    )),
+                    other => {
+                        return Err(cur.err(col_of(1), format!("unknown expectation '{other}'")));
+                    }
+                }
+            }
+            "verify" => Action::Verify {
+                device: need(1, "a device name")?,
+            },
+            "crash" => Action::Crash,
+            "restart" => Action::Restart,
+            other => return Err(cur.err(kw_col, format!("unknown directive '{other}'"))),
+        };
+        let text = lines[start_line - 1..i]
+            .iter()
+            .map(|l| l.trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        sc.steps.push(Step {
+            line: start_line,
+            text,
+            action,
+        });
+    }
+    Ok(sc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_directive() {
+        let text = "# purpose\nexpect-failure verify\nseed 7\nscheduler fifo\nlatency 1us..2us\n\
+            image create d.img raw 1M\nqmp {\"execute\": \"blockdev-add\",\n  \"arguments\": {}}\n\
+            expect error GenericError \"in use\"\ndevice add d0 node=n werror=stop\n\
+            io d0 write -P 0xab 0 4k\nworkload start w device=d0 mix=write:1\nworkload stop w\n\
+            fault inject f eio path=d.img once\nfault clear\ndrain begin n subtree\ndrain end n\n\
+            advance 10ms\nwait event X a=b timeout=1s\nexpect event Y k=v\nexpect iostatus d0 ok\n\
+            expect running no\nexpect output \"wrote 4096\"\nverify d0\ncrash\nrestart\n\
+            limit time 5s\nlimit steps 99\nworkload wait w\nio? d0 read -P 1 0 1\n";
+        let sc = parse("t", text).unwrap();
+        assert_eq!(sc.purpose, "purpose");
+        assert_eq!(sc.expect_failure.as_deref(), Some("verify"));
+        assert_eq!(
+            (sc.seed, sc.fifo, sc.latency),
+            (7, true, Some((1000, 2000)))
+        );
+        assert_eq!(sc.steps.len(), 21);
+        assert_eq!((sc.time_limit_ns, sc.step_limit), (5_000_000_000, 99));
+        assert!(matches!(&sc.steps[19].action, Action::WorkloadWait { name } if name == "w"));
+        assert!(matches!(
+            &sc.steps[20].action,
+            Action::Io { may_fail: true, .. }
+        ));
+        assert!(
+            matches!(&sc.steps[15].action, Action::Expect(Expectation::Output(t)) if t == "wrote 4096")
+        );
+        assert!(
+            matches!(&sc.steps[1].action, Action::Qmp { expect_error: Some((c, t)), .. } if c == "GenericError" && t == "in use")
+        );
+        assert!(
+            matches!(&sc.steps[3].action, Action::Io { command, may_fail: false, .. } if command == "write -P 0xab 0 4k")
+        );
+        assert!(matches!(
+            &sc.steps[11].action,
+            Action::WaitEvent {
+                timeout_ns: 1_000_000_000,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let err = parse("s.scn", "# p\nimage create x raw 12Q\n").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 20));
+        assert_eq!(err.to_string(), "s.scn:2:20: bad size '12Q'");
+        let err = parse("s.scn", "# p\n  frobnicate\n").unwrap_err();
+        assert_eq!(err.to_string(), "s.scn:2:3: unknown directive 'frobnicate'");
+        let err = parse("s.scn", "no purpose\n").unwrap_err();
+        assert_eq!((err.line, err.column), (1, 1));
+        let err = parse("s.scn", "# p\nexpect error GenericError\n").unwrap_err();
+        assert!(err.message.contains("must follow a 'qmp'"));
+        let err = parse("s.scn", "# p\nqmp {\"execute\": }\n").unwrap_err();
+        assert!(err.message.starts_with("bad QMP JSON"), "{err}");
+        let err = parse("s.scn", "# p\nadvance 10 ms\n").unwrap_err();
+        assert_eq!(err.to_string(), "s.scn:2:9: bad duration '10'");
+    }
+}

@@ -1,0 +1,910 @@
+//! Running a scenario: the world (engine, devices, models, workloads, drains, faults) driven by
+//! the steps, on a fresh simulator seeded for this run.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use engine::backend::BackendOptions;
+use engine::env::{Env, LocalBoxFuture, OpenOptions};
+use engine::event::{DebugEvent, Event};
+use engine::graph::{DebugListener, DrainedSection, Node};
+use engine::io::IoBuf;
+use engine::types::OnError;
+use engine::{Engine, qmp};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use serde_json::Value;
+
+use super::faults::fault_spec;
+use super::model::{DeviceModel, SECTOR};
+use super::parse::{Action, Arg, Expectation, Scenario, Step};
+use super::transcript::{FNV_OFFSET, Transcript, fnv1a};
+use super::workload::{DeviceActivity, Workload, WorkloadSpec};
+use crate::{Latency, SchedulerMode, Sim, SimConfig};
+
+/// A drain that has not completed after this much virtual time is a failure (QEMU would hang).
+const DRAIN_TIMEOUT_NS: u64 = 10_000_000_000;
+
+/// Why a run failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The check that failed: qmp, io, verify, read-check, expect, wait, setup, deadlock,
+    /// livelock.
+    pub check: String,
+    /// Scenario line of the failing step (0 when not tied to one).
+    pub line: usize,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The result of one run.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// The seed used.
+    pub seed: u64,
+    /// The transcript.
+    pub transcript: String,
+    /// Fixed hash over the simulator's trace, every debug event and the transcript.
+    pub trace_hash: u64,
+    /// The failure, if any.
+    pub failure: Option<Failure>,
+    /// Virtual time at the end.
+    pub virtual_ns: u64,
+}
+
+impl RunOutcome {
+    /// Passing means: no failure, or exactly the failure the scenario declares it must have.
+    pub fn passed(&self, expect_failure: Option<&str>) -> bool {
+        match (&self.failure, expect_failure) {
+            (None, None) => true,
+            (Some(f), Some(check)) => f.check == check,
+            _ => false,
+        }
+    }
+}
+
+fn fail(check: &str, line: usize, message: impl Into<String>) -> Failure {
+    Failure {
+        check: check.to_string(),
+        line,
+        message: message.into(),
+    }
+}
+
+/// Records every debug event into the run's hash (and, when tracing, the transcript).
+struct DebugRecorder {
+    env: Rc<dyn Env>,
+    hash: Cell<u64>,
+    trace: Option<Rc<RefCell<Transcript>>>,
+    /// Nodes inside a drained section opened by the scenario (after the drain returned).
+    drained: RefCell<Vec<String>>,
+    /// The first request seen at a drained node.
+    drain_violation: RefCell<Option<String>>,
+}
+
+/// Events raised by a request entering a node's driver.
+fn is_request_event(e: DebugEvent) -> bool {
+    matches!(
+        e,
+        DebugEvent::Preadv
+            | DebugEvent::Pwritev
+            | DebugEvent::PwritevZero
+            | DebugEvent::FlushToDisk
+    )
+}
+
+impl DebugListener for DebugRecorder {
+    fn on_event(&self, node: &Rc<Node>, event: DebugEvent) -> Option<LocalBoxFuture<'static, ()>> {
+        let h = fnv1a(self.hash.get(), node.name().as_bytes());
+        self.hash.set(fnv1a(h, event.name().as_bytes()));
+        if let Some(t) = &self.trace {
+            t.borrow_mut().line(
+                self.env.now_ns(),
+                &format!("trace {} {}", node.name(), event.name()),
+            );
+        }
+        if is_request_event(event) && self.drained.borrow().iter().any(|n| n == node.name()) {
+            let mut v = self.drain_violation.borrow_mut();
+            if v.is_none() {
+                *v = Some(format!(
+                    "a {} request reached drained node '{}'",
+                    event.name(),
+                    node.name()
+                ));
+            }
+        }
+        None
+    }
+}
+
+enum Setup {
+    Qmp(Value),
+    Device(String, Vec<Arg>),
+}
+
+struct DeviceState {
+    model: Rc<RefCell<DeviceModel>>,
+    activity: Rc<DeviceActivity>,
+}
+
+struct World<'s> {
+    sim: &'s Sim,
+    env: Rc<dyn Env>,
+    seed: u64,
+    engine: Rc<Engine>,
+    recorder: Rc<DebugRecorder>,
+    setup: Vec<Setup>,
+    devices: BTreeMap<String, DeviceState>,
+    workloads: BTreeMap<String, Workload>,
+    drains: BTreeMap<String, Vec<DrainedSection>>,
+    pending: VecDeque<Event>,
+    transcript: Rc<RefCell<Transcript>>,
+    line: Rc<Cell<usize>>,
+    last_output: Vec<String>,
+    /// The engine now, reachable after a deadlock drops the world (to list its last events).
+    engine_slot: Rc<RefCell<Option<Rc<Engine>>>>,
+    faults: BTreeMap<String, crate::FaultId>,
+    io: super::io::IoSessions,
+}
+
+/// Options of a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Put every debug event into the transcript.
+    pub trace: bool,
+}
+
+/// Run a parsed scenario with `seed`.
+pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
+    let mut cfg = SimConfig {
+        max_virtual_ns: sc.time_limit_ns,
+        max_steps: sc.step_limit,
+        ..SimConfig::default()
+    };
+    if sc.fifo {
+        cfg.scheduler = SchedulerMode::Fifo;
+    }
+    if let Some((min_ns, max_ns)) = sc.latency {
+        cfg.disk.latency = if min_ns == max_ns {
+            Latency::Fixed(min_ns)
+        } else {
+            Latency::Uniform { min_ns, max_ns }
+        };
+    }
+    let sim = Sim::new(seed, cfg);
+    let transcript = Rc::new(RefCell::new(Transcript::default()));
+    transcript.borrow_mut().raw(&format!("# {}", sc.purpose));
+    transcript.borrow_mut().raw(&format!("# seed {seed}"));
+    let line = Rc::new(Cell::new(0));
+    let env = sim.env().as_env();
+    let recorder = Rc::new(DebugRecorder {
+        env: env.clone(),
+        hash: Cell::new(FNV_OFFSET),
+        trace: opts.trace.then(|| transcript.clone()),
+        drained: RefCell::new(Vec::new()),
+        drain_violation: RefCell::new(None),
+    });
+    let engine = new_engine(&env, &recorder);
+    let engine_slot = Rc::new(RefCell::new(Some(engine.clone())));
+    let world = World {
+        sim: &sim,
+        env: env.clone(),
+        seed,
+        engine,
+        engine_slot: engine_slot.clone(),
+        recorder: recorder.clone(),
+        setup: Vec::new(),
+        devices: BTreeMap::new(),
+        workloads: BTreeMap::new(),
+        drains: BTreeMap::new(),
+        pending: VecDeque::new(),
+        transcript: transcript.clone(),
+        line: line.clone(),
+        last_output: Vec::new(),
+        faults: BTreeMap::new(),
+        io: Default::default(),
+    };
+    let steps = sc.steps.clone();
+    let result = sim.block_on(async move {
+        let mut world = world;
+        let r = world.run_steps(&steps).await;
+        let r = match r {
+            Ok(()) => world.finish().await,
+            Err(e) => Err(e),
+        };
+        drop(world);
+        r
+    });
+    let failure = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(f)) => Some(f),
+        Err(e) => {
+            let check = match e {
+                crate::SimError::Deadlock { .. } => "deadlock",
+                crate::SimError::Livelock { .. } => "livelock",
+            };
+            Some(fail(check, line.get(), e.to_string()))
+        }
+    };
+    let now = sim.now_ns();
+    if let Some(engine) = engine_slot.borrow_mut().take() {
+        // Events emitted before a deadlock or livelock that no step got to collect.
+        for ev in engine.take_events() {
+            transcript
+                .borrow_mut()
+                .line(ev.time_ns, &format!("event {} {}", ev.name, ev.data));
+        }
+    }
+    {
+        let mut t = transcript.borrow_mut();
+        match &failure {
+            None => t.line(now, "result: pass"),
+            Some(f) => t.line(
+                now,
+                &format!(
+                    "result: FAILED {} at line {}: {}",
+                    f.check, f.line, f.message
+                ),
+            ),
+        }
+    }
+    let text = transcript.borrow().text().to_string();
+    let mut hash = fnv1a(FNV_OFFSET, &sim.trace_hash().to_le_bytes());
+    hash = fnv1a(hash, &recorder.hash.get().to_le_bytes());
+    hash = fnv1a(hash, text.as_bytes());
+    RunOutcome {
+        seed,
+        transcript: text,
+        trace_hash: hash,
+        failure,
+        virtual_ns: now,
+    }
+}
+
+fn new_engine(env: &Rc<dyn Env>, recorder: &Rc<DebugRecorder>) -> Rc<Engine> {
+    let engine = Rc::new(Engine::new(env.clone()));
+    engine.graph().add_debug_listener(recorder.clone());
+    engine
+}
+
+/// `f`'s output, or `None` if `ns` of virtual time pass first (`f` is then dropped).
+async fn within<F: Future>(env: &Rc<dyn Env>, ns: u64, f: F) -> Option<F::Output> {
+    let slot = RefCell::new(None);
+    let finished = race(
+        async { *slot.borrow_mut() = Some(f.await) },
+        env.sleep_until(env.now_ns() + ns),
+    )
+    .await;
+    if finished { slot.into_inner() } else { None }
+}
+
+/// Poll two futures; finish with the first to complete (true if it was `a`).
+async fn race<A: Future, B: Future>(a: A, b: B) -> bool {
+    struct Race<A, B> {
+        a: Pin<Box<A>>,
+        b: Pin<Box<B>>,
+    }
+    impl<A: Future, B: Future> Future for Race<A, B> {
+        type Output = bool;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+            if self.a.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(true);
+            }
+            if self.b.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        }
+    }
+    Race {
+        a: Box::pin(a),
+        b: Box::pin(b),
+    }
+    .await
+}
+
+fn field_matches(data: &Value, fields: &[Arg]) -> bool {
+    fields.iter().all(|f| {
+        let want = f.value.as_deref().unwrap_or("");
+        match data.get(&f.key) {
+            Some(Value::String(s)) => s == want,
+            Some(v) => v.to_string() == want,
+            None => false,
+        }
+    })
+}
+
+impl World<'_> {
+    fn note(&self, text: &str) {
+        self.transcript.borrow_mut().line(self.env.now_ns(), text);
+    }
+
+    fn collect_events(&mut self) {
+        for ev in self.engine.take_events() {
+            self.transcript
+                .borrow_mut()
+                .line(ev.time_ns, &format!("event {} {}", ev.name, ev.data));
+            self.pending.push_back(ev);
+        }
+    }
+
+    async fn run_steps(&mut self, steps: &[Step]) -> Result<(), Failure> {
+        for step in steps {
+            self.line.set(step.line);
+            let r = self.step(step).await;
+            self.collect_io_output();
+            self.collect_events();
+            r?;
+            if let Some(v) = self.recorder.drain_violation.borrow().clone() {
+                return Err(fail("drain", step.line, v));
+            }
+            if let Some(f) = self.workload_failure() {
+                return Err(fail("read-check", step.line, f));
+            }
+        }
+        Ok(())
+    }
+
+    fn workload_failure(&self) -> Option<String> {
+        self.workloads
+            .values()
+            .find_map(|w| w.failure.borrow().clone())
+    }
+
+    /// End of the scenario: stop what is still running, end open drained sections.
+    async fn finish(&mut self) -> Result<(), Failure> {
+        let names: Vec<String> = self.workloads.keys().cloned().collect();
+        for name in names {
+            self.stop_workload(&name, 0).await?;
+        }
+        self.drains.clear();
+        self.recorder.drained.borrow_mut().clear();
+        self.collect_events();
+        Ok(())
+    }
+
+    async fn step(&mut self, step: &Step) -> Result<(), Failure> {
+        let line = step.line;
+        match &step.action {
+            Action::ImageCreate { path, format, size } => {
+                let opts = OpenOptions {
+                    write: true,
+                    create: true,
+                    truncate: true,
+                    ..Default::default()
+                };
+                let file = self
+                    .env
+                    .fs()
+                    .open(path, opts)
+                    .map_err(|e| fail("setup", line, e.to_string()))?;
+                file.set_len(*size)
+                    .await
+                    .map_err(|e| fail("setup", line, e.to_string()))?;
+                file.flush()
+                    .await
+                    .map_err(|e| fail("setup", line, e.to_string()))?;
+                self.note(&format!("image create {path} {format} {size}"));
+            }
+            Action::Qmp {
+                command,
+                expect_error,
+            } => self.qmp(line, command, expect_error.as_ref()).await?,
+            Action::DeviceAdd { name, args } => {
+                self.device_add(name, args)
+                    .map_err(|e| fail("setup", line, e))?;
+                self.setup.push(Setup::Device(name.clone(), args.clone()));
+                self.note(&step.text);
+            }
+            Action::Io {
+                device,
+                command,
+                may_fail,
+            } => self.io(line, device, command, *may_fail).await?,
+            Action::WorkloadStart { name, args } => {
+                let spec = WorkloadSpec::parse(args).map_err(|e| fail("setup", line, e))?;
+                let bb = self
+                    .engine
+                    .backend(&spec.device)
+                    .map_err(|e| fail("setup", line, e.to_string()))?;
+                let dev = self
+                    .devices
+                    .get(&spec.device)
+                    .ok_or_else(|| fail("setup", line, "no such device"))?;
+                let rng_seed = fnv1a(self.seed, name.as_bytes());
+                let w = Workload::start(
+                    &self.env,
+                    name,
+                    bb,
+                    dev.model.clone(),
+                    dev.activity.clone(),
+                    spec,
+                    ChaCha8Rng::seed_from_u64(rng_seed),
+                );
+                self.workloads.insert(name.clone(), w);
+                self.note(&step.text);
+            }
+            Action::WorkloadStop { name } => self.stop_workload(name, line).await?,
+            Action::WorkloadWait { name } => {
+                let w = self
+                    .workloads
+                    .get(name)
+                    .ok_or_else(|| fail("setup", line, format!("no workload named '{name}'")))?;
+                if w.is_endless() {
+                    return Err(fail(
+                        "setup",
+                        line,
+                        format!("workload '{name}' has no count= and would never end"),
+                    ));
+                }
+                w.wait().await;
+                self.stop_workload(name, line).await?;
+            }
+            Action::FaultInject { name, kind, args } => {
+                let spec = fault_spec(kind, args).map_err(|e| fail("setup", line, e))?;
+                let id = self
+                    .sim
+                    .fs()
+                    .inject(spec)
+                    .map_err(|e| fail("setup", line, e.to_string()))?;
+                self.faults.insert(name.clone(), id);
+                self.note(&step.text);
+            }
+            Action::FaultClear { name } => {
+                match name {
+                    None => {
+                        self.sim.fs().clear_faults();
+                        self.faults.clear();
+                    }
+                    Some(n) => {
+                        let id = self
+                            .faults
+                            .remove(n)
+                            .ok_or_else(|| fail("setup", line, format!("no fault named '{n}'")))?;
+                        self.sim.fs().remove_fault(id);
+                    }
+                }
+                self.note(&step.text);
+            }
+            Action::DrainBegin { node, subtree } => {
+                let n = self
+                    .engine
+                    .node(node)
+                    .map_err(|e| fail("setup", line, e.to_string()))?;
+                self.note(&format!(
+                    "{} ({} requests in flight)",
+                    step.text,
+                    n.in_flight()
+                ));
+                let drain = async {
+                    if *subtree {
+                        n.subtree_drained_begin().await
+                    } else {
+                        n.drained_begin().await
+                    }
+                };
+                let section = within(&self.env, DRAIN_TIMEOUT_NS, drain)
+                    .await
+                    .ok_or_else(|| {
+                        fail(
+                            "drain",
+                            line,
+                            format!(
+                                "'{node}' still busy after {} s of draining",
+                                DRAIN_TIMEOUT_NS / 1_000_000_000
+                            ),
+                        )
+                    })?;
+                self.note(&format!(
+                    "drained {node}: {} requests in flight",
+                    n.in_flight()
+                ));
+                let names: Vec<String> = section
+                    .nodes()
+                    .iter()
+                    .map(|n| n.name().to_string())
+                    .collect();
+                self.recorder.drained.borrow_mut().extend(names);
+                self.drains.entry(node.clone()).or_default().push(section);
+            }
+            Action::DrainEnd { node } => {
+                let section = self.drains.get_mut(node).and_then(|v| v.pop());
+                let section = section.ok_or_else(|| {
+                    fail("setup", line, format!("no drained section on '{node}'"))
+                })?;
+                {
+                    let mut drained = self.recorder.drained.borrow_mut();
+                    for n in section.nodes() {
+                        if let Some(pos) = drained.iter().position(|d| d == n.name()) {
+                            drained.remove(pos);
+                        }
+                    }
+                }
+                section.end();
+                self.note(&step.text);
+            }
+            Action::Advance { ns } => {
+                self.env.sleep_until(self.env.now_ns() + ns).await;
+                self.note(&step.text);
+            }
+            Action::WaitEvent {
+                name,
+                fields,
+                timeout_ns,
+            } => self.wait_event(line, name, fields, *timeout_ns).await?,
+            Action::Expect(e) => self.expect(line, e)?,
+            Action::Verify { device } => self.verify(line, device).await?,
+            Action::Crash => {
+                self.workloads.clear();
+                self.drains.clear();
+                self.recorder.drained.borrow_mut().clear();
+                self.io = Default::default();
+                let report = self.sim.crash();
+                for dev in self.devices.values() {
+                    dev.model.borrow_mut().crash();
+                    dev.activity.busy.borrow_mut().clear();
+                }
+                self.note(&format!(
+                    "crash: {} cached writes kept, {} lost, {} torn{}",
+                    report.kept,
+                    report.lost,
+                    report.torn,
+                    if report.clean { " (clean)" } else { "" }
+                ));
+            }
+            Action::Restart => self.restart(line).await?,
+        }
+        Ok(())
+    }
+
+    async fn qmp(
+        &mut self,
+        line: usize,
+        command: &Value,
+        expect_error: Option<&(String, String)>,
+    ) -> Result<(), Failure> {
+        self.note(&format!("qmp {command}"));
+        let reply = qmp::execute(&self.engine, command).await;
+        self.note(&format!("<- {reply}"));
+        let err = reply.get("error");
+        match (err, expect_error) {
+            (None, None) => {
+                if command
+                    .get("execute")
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| c == "blockdev-add" || c == "blockdev-del")
+                {
+                    self.setup.push(Setup::Qmp(command.clone()));
+                }
+                Ok(())
+            }
+            (Some(e), None) => Err(fail("qmp", line, format!("unexpected error reply {e}"))),
+            (None, Some((class, _))) => Err(fail(
+                "qmp",
+                line,
+                format!("expected a {class} error, got success"),
+            )),
+            (Some(e), Some((class, text))) => {
+                let got_class = e["class"].as_str().unwrap_or("");
+                let desc = e["desc"].as_str().unwrap_or("");
+                if got_class != class || !desc.contains(text.as_str()) {
+                    return Err(fail(
+                        "qmp",
+                        line,
+                        format!("expected {class} containing '{text}', got {e}"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn device_add(&mut self, name: &str, args: &[Arg]) -> Result<(), String> {
+        let mut node = None;
+        let (mut read_only, mut share_rw) = (false, false);
+        let (mut rerror, mut werror, mut cache) = (OnError::Report, OnError::Enospc, true);
+        for a in args {
+            match (a.key.as_str(), a.value.as_deref()) {
+                ("node", Some(v)) => node = Some(v.to_string()),
+                ("read-only", None) => read_only = true,
+                ("share-rw", None) => share_rw = true,
+                ("rerror", Some(v)) => {
+                    rerror = OnError::parse(v, "read").map_err(|e| e.to_string())?
+                }
+                ("werror", Some(v)) => {
+                    werror = OnError::parse(v, "write").map_err(|e| e.to_string())?
+                }
+                ("cache", Some("writeback")) => cache = true,
+                ("cache", Some("writethrough")) => cache = false,
+                (k, v) => {
+                    return Err(format!(
+                        "unknown device argument '{k}{}'",
+                        v.map(|v| format!("={v}")).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        let node = node.ok_or("device add needs node=NODE")?;
+        let mut opts = BackendOptions::guest_device(read_only, share_rw);
+        opts.rerror = rerror;
+        opts.werror = werror;
+        opts.write_cache = cache;
+        self.engine
+            .device_add(name, &node, opts)
+            .map_err(|e| e.to_string())?;
+        self.devices
+            .entry(name.to_string())
+            .or_insert_with(|| DeviceState {
+                model: Rc::new(RefCell::new(DeviceModel::new())),
+                activity: Rc::default(),
+            });
+        Ok(())
+    }
+
+    async fn stop_workload(&mut self, name: &str, line: usize) -> Result<(), Failure> {
+        let w = self
+            .workloads
+            .remove(name)
+            .ok_or_else(|| fail("setup", line, format!("no workload named '{name}'")))?;
+        w.stop().await;
+        let s = w.stats.borrow().clone();
+        self.note(&format!(
+            "workload {name} stopped: {} reads, {} writes, {} flushes, {} discards, {} errors",
+            s.ops[0], s.ops[1], s.ops[2], s.ops[3], s.errors
+        ));
+        if let Some(f) = w.failure.borrow().clone() {
+            return Err(fail("read-check", line, f));
+        }
+        Ok(())
+    }
+
+    async fn wait_event(
+        &mut self,
+        line: usize,
+        name: &str,
+        fields: &[Arg],
+        timeout_ns: u64,
+    ) -> Result<(), Failure> {
+        let deadline = self.env.now_ns() + timeout_ns;
+        loop {
+            self.collect_events();
+            if let Some(pos) = self
+                .pending
+                .iter()
+                .position(|e| e.name == name && field_matches(&e.data, fields))
+            {
+                self.pending.remove(pos);
+                self.note(&format!("waited for {name}"));
+                return Ok(());
+            }
+            if self.env.now_ns() >= deadline {
+                return Err(fail(
+                    "wait",
+                    line,
+                    format!("no {name} event within {} ms", timeout_ns / 1_000_000),
+                ));
+            }
+            let engine = self.engine.clone();
+            race(engine.graph().events.wait(), self.env.sleep_until(deadline)).await;
+        }
+    }
+
+    fn expect(&mut self, line: usize, e: &Expectation) -> Result<(), Failure> {
+        self.collect_events();
+        let ok = match e {
+            Expectation::Event { name, fields } => {
+                match self
+                    .pending
+                    .iter()
+                    .position(|ev| ev.name == name && field_matches(&ev.data, fields))
+                {
+                    Some(pos) => {
+                        self.pending.remove(pos);
+                        Ok(())
+                    }
+                    None => Err(format!("no pending {name} event with the given fields")),
+                }
+            }
+            Expectation::NoEvent { name } => match self.pending.iter().find(|ev| ev.name == name) {
+                Some(ev) => Err(format!("unexpected {name} event {}", ev.data)),
+                None => Ok(()),
+            },
+            Expectation::Iostatus { device, status } => {
+                let bb = self
+                    .engine
+                    .backend(device)
+                    .map_err(|e| fail("expect", line, e.to_string()))?;
+                let got = bb.iostatus().as_str();
+                if got == status {
+                    Ok(())
+                } else {
+                    Err(format!("io-status of {device} is {got}, not {status}"))
+                }
+            }
+            Expectation::Running(want) => {
+                let got = self.engine.machine().is_running();
+                if got == *want {
+                    Ok(())
+                } else {
+                    Err(format!("machine running = {got}"))
+                }
+            }
+            Expectation::Output(text) => {
+                if self.last_output.iter().any(|l| l.contains(text.as_str())) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "last output {:?} does not contain '{text}'",
+                        self.last_output
+                    ))
+                }
+            }
+        };
+        match ok {
+            Ok(()) => {
+                self.note(&format!("expect {} ok", describe(e)));
+                Ok(())
+            }
+            Err(m) => Err(fail("expect", line, m)),
+        }
+    }
+
+    async fn verify(&mut self, line: usize, device: &str) -> Result<(), Failure> {
+        self.collect_io_output();
+        let bb = self
+            .engine
+            .backend(device)
+            .map_err(|e| fail("verify", line, e.to_string()))?;
+        let dev = self
+            .devices
+            .get(device)
+            .ok_or_else(|| fail("verify", line, format!("no device '{device}'")))?;
+        let size = bb.len().map_err(|e| fail("verify", line, e.to_string()))?;
+        let chunk = 1u64 << 20;
+        let mut offset = 0;
+        let mut ambiguous = 0u64;
+        while offset < size {
+            let n = chunk.min(size - offset);
+            let (buf, r) = bb.read(offset, IoBuf::new(n as usize)).await;
+            r.map_err(|e| {
+                fail(
+                    "verify",
+                    line,
+                    format!("read of {device} at {offset} failed: {e}"),
+                )
+            })?;
+            let mut model = dev.model.borrow_mut();
+            for (k, data) in buf.as_slice().chunks(SECTOR as usize).enumerate() {
+                let sector = offset / SECTOR + k as u64;
+                let candidates = model.expected(sector);
+                match candidates.iter().find(|v| v.matches(sector, data)) {
+                    Some(v) => {
+                        if candidates.len() > 1 {
+                            ambiguous += 1;
+                            model.pin(sector, v.clone());
+                        }
+                    }
+                    None => {
+                        let want: Vec<String> = candidates.iter().map(|v| v.to_string()).collect();
+                        return Err(fail(
+                            "verify",
+                            line,
+                            format!(
+                                "{device}: sector {sector} (offset {}) holds none of [{}]",
+                                sector * SECTOR,
+                                want.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+            offset += n;
+        }
+        self.note(&format!(
+            "verify {device}: ok ({} bytes, {} sectors modelled, {ambiguous} uncertain sectors pinned)",
+            size,
+            dev.model.borrow().touched()
+        ));
+        Ok(())
+    }
+
+    async fn restart(&mut self, line: usize) -> Result<(), Failure> {
+        self.engine = new_engine(&self.env, &self.recorder);
+        *self.engine_slot.borrow_mut() = Some(self.engine.clone());
+        self.pending.clear();
+        let setup = std::mem::take(&mut self.setup);
+        let (mut nodes, mut devices) = (0, 0);
+        for s in &setup {
+            match s {
+                Setup::Qmp(cmd) => {
+                    let reply = qmp::execute(&self.engine, cmd).await;
+                    if let Some(e) = reply.get("error") {
+                        return Err(fail(
+                            "restart",
+                            line,
+                            format!("reopening with {cmd} failed: {e}"),
+                        ));
+                    }
+                    nodes += 1;
+                }
+                Setup::Device(name, args) => {
+                    self.device_add(name, args)
+                        .map_err(|e| fail("restart", line, e))?;
+                    devices += 1;
+                }
+            }
+        }
+        self.setup = setup;
+        self.note(&format!(
+            "restart: replayed {nodes} node commands and {devices} devices"
+        ));
+        Ok(())
+    }
+}
+
+fn describe(e: &Expectation) -> String {
+    match e {
+        Expectation::Event { name, .. } => format!("event {name}"),
+        Expectation::NoEvent { name } => format!("no-event {name}"),
+        Expectation::Iostatus { device, status } => format!("iostatus {device} {status}"),
+        Expectation::Running(r) => format!("running {}", if *r { "yes" } else { "no" }),
+        Expectation::Output(t) => format!("output '{t}'"),
+    }
+}
+
+impl World<'_> {
+    async fn io(
+        &mut self,
+        line: usize,
+        device: &str,
+        command: &str,
+        may_fail: bool,
+    ) -> Result<(), Failure> {
+        let bb = self
+            .engine
+            .backend(device)
+            .map_err(|e| fail("io", line, e.to_string()))?;
+        let model = self
+            .devices
+            .get(device)
+            .ok_or_else(|| fail("io", line, format!("no device '{device}'")))?
+            .model
+            .clone();
+        self.note(&format!("io {device}: {command}"));
+        let out = self
+            .io
+            .run(&self.engine, bb, &model, device, command)
+            .await
+            .map_err(|e| fail("io", line, e))?;
+        for l in &out.lines {
+            self.note(&format!("  {l}"));
+        }
+        self.last_output = out.lines;
+        if !out.ok && !may_fail {
+            return Err(fail(
+                "io",
+                line,
+                format!("'{command}' failed: {}", self.last_output.join(" / ")),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Output of aio requests that completed since the last step.
+    fn collect_io_output(&mut self) {
+        for device in self.io.devices() {
+            let Some(dev) = self.devices.get(&device) else {
+                continue;
+            };
+            let model = dev.model.clone();
+            for l in self.io.take_output(&device, &model) {
+                self.note(&format!("  [{device}] {l}"));
+                self.last_output.push(l);
+            }
+        }
+    }
+}

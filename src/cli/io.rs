@@ -1,0 +1,321 @@
+//! `blk io`: qemu-io's command line on the blk engine.
+//!
+//! `blk io [-f FMT | --image-opts] [-r] [-n | -t CACHE] [-d DISCARD] [-i AIO | -k] [-U] [-q]
+//! [--timing real|filtered|omit] [-c CMD]... [FILE]` opens FILE (raw when no `-f`: there is no
+//! format probing yet) and runs each `-c` command in order, or reads commands from stdin after
+//! a `qemu-io> ` prompt when there is none. Output and exit status are qemu-io's: 1 when any
+//! command failed or the image could not be opened, 0 otherwise.
+//!
+//! Defaults are qemu-io's, which differ from QEMU's block layer defaults: writethrough cache
+//! and discard=unmap. `-q` (a blk extension) silences every command's report; `--timing`
+//! selects real timing, iotests' filtered form, or none.
+
+use std::io::{BufRead, Write};
+use std::rc::Rc;
+
+use engine::Engine;
+use engine::env::real::RealEnv;
+use engine::qemu_io::{
+    CacheMode, CommandResult, OpenSpec, OutLine, Session, SessionConfig, Sink, Stream, Timing,
+};
+
+const PROMPT: &str = "qemu-io> ";
+
+const USAGE: &str = "\
+Usage: blk io [OPTIONS]... [-c STRING]... [file]
+Run qemu-io commands on a disk image with the blk engine.
+
+  --image-opts         treat file as option string
+  -c, --cmd STRING     execute command with its arguments from the given string
+  -f, --format FMT     specifies the block driver to use (default raw)
+  -r, --read-only      export read-only
+  -n, --nocache        disable host cache, short for -t none
+  -i, --aio=MODE       use AIO mode (threads, native or io_uring)
+  -k, --native-aio     short for -i native
+  -t, --cache=MODE     cache mode: writethrough (default), writeback, none, directsync, unsafe
+  -d, --discard=MODE   discard mode: unmap (default) or ignore
+  -U, --force-share    force shared permissions
+  -m, --misalign       accepted for compatibility; no effect
+  -q, --quiet          do not print the report lines of commands
+      --timing=MODE    timing in reports: real (default), filtered (iotests), omit
+  -h, --help           display this help and exit
+  -V, --version        output version information and exit
+
+See 'blk io -c help' for the commands.";
+
+/// Writes each line to the process's stdout or stderr as it is produced.
+struct StdioSink;
+
+impl Sink for StdioSink {
+    fn line(&self, line: OutLine) {
+        // Flush stdout before stderr so that the two interleave as they were produced.
+        let mut out = std::io::stdout().lock();
+        match line.stream {
+            Stream::Stdout => {
+                let _ = writeln!(out, "{}", line.text);
+            }
+            Stream::Stderr => {
+                let _ = out.flush();
+                let _ = writeln!(std::io::stderr(), "{}", line.text);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Args {
+    commands: Vec<String>,
+    file: Option<String>,
+    spec: OpenSpec,
+    quiet: bool,
+    timing: Timing,
+}
+
+enum Parsed {
+    Run(Box<Args>),
+    Exit(i32),
+}
+
+fn fail(msg: &str) -> Parsed {
+    eprintln!("qemu-io: {msg}");
+    Parsed::Exit(1)
+}
+
+/// Long options and whether they take an argument.
+const LONG: [(&str, char, bool); 17] = [
+    ("help", 'h', false),
+    ("version", 'V', false),
+    ("cmd", 'c', true),
+    ("format", 'f', true),
+    ("read-only", 'r', false),
+    ("snapshot", 's', false),
+    ("nocache", 'n', false),
+    ("copy-on-read", 'C', false),
+    ("misalign", 'm', false),
+    ("native-aio", 'k', false),
+    ("aio", 'i', true),
+    ("cache", 't', true),
+    ("discard", 'd', true),
+    ("trace", 'T', true),
+    ("force-share", 'U', false),
+    ("quiet", 'q', false),
+    ("image-opts", '\u{1}', false),
+];
+const SHORT: &str = "hVc:f:rsnCmki:t:d:T:Uq";
+
+/// Split the command line into (option, argument) pairs and operands, glibc style.
+/// Options with their arguments, in order, and the operands.
+type Split = (Vec<(char, String)>, Vec<String>);
+
+fn split(args: &[String]) -> Result<Split, String> {
+    let (mut opts, mut operands) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        if a == "--" {
+            operands.extend(args[i..].iter().cloned());
+            break;
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (long, None),
+            };
+            if name == "timing" || name == "object" {
+                let c = if name == "timing" { '\u{2}' } else { 'O' };
+                let v = inline.or_else(|| args.get(i).cloned().inspect(|_| i += 1));
+                let v = v.ok_or(format!("option '--{name}' requires an argument"))?;
+                opts.push((c, v));
+                continue;
+            }
+            let Some(&(_, c, takes)) = LONG.iter().find(|(n, _, _)| *n == name) else {
+                return Err(format!("unrecognized option '--{name}'"));
+            };
+            let v = if takes {
+                let v = inline.or_else(|| args.get(i).cloned().inspect(|_| i += 1));
+                v.ok_or(format!("option '--{name}' requires an argument"))?
+            } else {
+                String::new()
+            };
+            opts.push((c, v));
+            continue;
+        }
+        if !a.starts_with('-') || a.len() == 1 {
+            operands.push(a.clone());
+            continue;
+        }
+        for (pos, c) in a[1..].char_indices() {
+            let Some(at) = SHORT.find(c).filter(|_| c != ':') else {
+                return Err(format!("invalid option -- '{c}'"));
+            };
+            if !SHORT[at + 1..].starts_with(':') {
+                opts.push((c, String::new()));
+                continue;
+            }
+            let rest = &a[1 + pos + c.len_utf8()..];
+            let v = if !rest.is_empty() {
+                rest.to_string()
+            } else if i < args.len() {
+                i += 1;
+                args[i - 1].clone()
+            } else {
+                return Err(format!("option requires an argument -- '{c}'"));
+            };
+            opts.push((c, v));
+            break;
+        }
+    }
+    Ok((opts, operands))
+}
+
+fn parse_args(args: &[String]) -> Parsed {
+    let (opts, operands) = match split(args) {
+        Ok(v) => v,
+        Err(msg) => {
+            eprintln!("qemu-io: {msg}");
+            println!("{USAGE}");
+            return Parsed::Exit(1);
+        }
+    };
+    let mut a = Args::default();
+    let mut format = None;
+    for (c, v) in opts {
+        match c {
+            'h' => {
+                println!("{USAGE}");
+                return Parsed::Exit(0);
+            }
+            'V' => {
+                println!(
+                    "blk io {} (qemu-io 10.0.2 command language)",
+                    env!("CARGO_PKG_VERSION")
+                );
+                return Parsed::Exit(0);
+            }
+            'c' => a.commands.push(v),
+            'f' => format = Some(v),
+            'r' => a.spec.read_only = true,
+            'n' => a.spec.cache = CacheMode::None,
+            'k' => a.spec.aio = Some("native".into()),
+            'i' => {
+                if !matches!(v.as_str(), "threads" | "native" | "io_uring") {
+                    return fail(&format!("Invalid aio option: {v}"));
+                }
+                a.spec.aio = Some(v);
+            }
+            't' => match CacheMode::parse(&v) {
+                Ok(m) => a.spec.cache = m,
+                Err(msg) => return fail(&msg),
+            },
+            'd' => match v.as_str() {
+                "ignore" | "off" => a.spec.discard_unmap = false,
+                "unmap" | "on" => a.spec.discard_unmap = true,
+                _ => return fail(&format!("Invalid discard option: {v}")),
+            },
+            'U' => a.spec.force_share = true,
+            'q' => a.quiet = true,
+            'm' => {}
+            '\u{1}' => a.spec.image_opts = true,
+            '\u{2}' => {
+                a.timing = match v.as_str() {
+                    "real" => Timing::Real,
+                    "filtered" => Timing::Filtered,
+                    "omit" => Timing::Omit,
+                    _ => return fail(&format!("Invalid timing mode: {v}")),
+                }
+            }
+            's' => return fail("-s (snapshot) is not supported by blk"),
+            'C' => return fail("-C (copy-on-read) is not supported by blk"),
+            'T' => return fail("-T (trace) is not supported by blk"),
+            'O' => return fail("--object is not supported by blk"),
+            _ => unreachable!("option {c} is in the option table"),
+        }
+    }
+    if a.spec.image_opts && format.is_some() {
+        return fail("--image-opts and -f are mutually exclusive");
+    }
+    a.spec.format = format;
+    match operands.len() {
+        0 => {}
+        1 => a.file = Some(operands[0].clone()),
+        _ => {
+            println!("{USAGE}");
+            return Parsed::Exit(1);
+        }
+    }
+    Parsed::Run(Box::new(a))
+}
+
+/// Entry point of `blk io ARGS...` (ARGS without "blk io"); returns the exit status.
+pub fn run_io(args: &[String]) -> i32 {
+    let a = match parse_args(args) {
+        Parsed::Run(a) => a,
+        Parsed::Exit(code) => return code,
+    };
+    let env = RealEnv::new();
+    let engine = Rc::new(Engine::new(env.clone()));
+    let cfg = SessionConfig {
+        timing: a.timing,
+        quiet: a.quiet,
+        ..SessionConfig::default()
+    };
+    let mut session = Session::new(engine.clone(), Rc::new(StdioSink), cfg);
+    let mut code = 0;
+    if let Some(file) = &a.file {
+        let spec = OpenSpec {
+            filename: Some(file.clone()),
+            ..a.spec.clone()
+        };
+        if let Err(e) = env.block_on(session.open(&spec)) {
+            if a.spec.image_opts {
+                eprintln!("qemu-io: can't open: {e}");
+            } else {
+                eprintln!("qemu-io: can't open device {file}: {e}");
+            }
+            code = 1;
+        }
+    }
+    if code == 0 {
+        let result = if a.commands.is_empty() {
+            run_stdin(&env, &mut session)
+        } else {
+            a.commands
+                .iter()
+                .map(|c| env.block_on(session.run_line(c)))
+                .find(|r| matches!(r, CommandResult::Quit | CommandResult::Abort))
+                .unwrap_or(CommandResult::Ok)
+        };
+        if result == CommandResult::Abort {
+            let _ = std::io::stdout().flush();
+            std::process::abort();
+        }
+        // As qemu-io does at exit: let aio requests complete, then close the image.
+        let _ = env.block_on(session.close());
+        code = session.exit_code();
+    }
+    let _ = env.block_on(engine.shutdown());
+    env.shutdown();
+    let _ = std::io::stdout().flush();
+    code
+}
+
+/// The interactive loop: a prompt before every line, until `quit` or end of input.
+fn run_stdin(env: &RealEnv, session: &mut Session) -> CommandResult {
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    loop {
+        print!("{PROMPT}");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        match input.read_line(&mut line) {
+            Ok(0) | Err(_) => return CommandResult::Ok,
+            Ok(_) => {}
+        }
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        let r = env.block_on(session.run_line(line));
+        if matches!(r, CommandResult::Quit | CommandResult::Abort) {
+            return r;
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The `blk` subcommands. Each lives in its own file and exposes one `run_*(args) -> i32`.
+
+pub mod io;
+pub mod sim;
