@@ -65,12 +65,12 @@ impl Engine {
                 "'node-name' must be specified for the root node",
             ));
         }
-        if let Some(Value::String(name)) = opts.clone().take("node-name") {
-            if self.backends.borrow().contains_key(&name) {
-                return Err(Error::generic(format!(
-                    "node-name={name} is conflicting with a device id"
-                )));
-            }
+        if let Some(Value::String(name)) = opts.clone().take("node-name")
+            && self.backends.borrow().contains_key(&name)
+        {
+            return Err(Error::generic(format!(
+                "node-name={name} is conflicting with a device id"
+            )));
         }
         let node = open_node(&self.ctx, opts).await?;
         node.monitor_owned.set(true);
@@ -108,17 +108,17 @@ impl Engine {
 
     /// Find a node by device name or node name (QEMU's `bdrv_lookup_bs`).
     pub fn lookup(&self, device: Option<&str>, node_name: Option<&str>) -> Result<Rc<Node>> {
-        if let Some(dev) = device {
-            if let Some(bb) = self.backends.borrow().get(dev) {
-                return bb
-                    .root_node()
-                    .ok_or_else(|| Error::generic(format!("Device '{dev}' has no medium")));
-            }
+        if let Some(dev) = device
+            && let Some(bb) = self.backends.borrow().get(dev)
+        {
+            return bb
+                .root_node()
+                .ok_or_else(|| Error::generic(format!("Device '{dev}' has no medium")));
         }
-        if let Some(name) = node_name {
-            if let Some(n) = self.ctx.node(name) {
-                return Ok(n);
-            }
+        if let Some(name) = node_name
+            && let Some(n) = self.ctx.node(name)
+        {
+            return Ok(n);
         }
         Err(Error::not_found(format!(
             "Cannot find device='{}' nor node-name='{}'",

@@ -134,7 +134,7 @@ fn run_cmd(args: &[String]) -> i32 {
         let sc = match load(path) {
             Ok(sc) => sc,
             Err(e) => {
-                failures.push(format!("{e}"));
+                failures.push(e.to_string());
                 rows.push(Row {
                     name,
                     runs: 0,

@@ -43,19 +43,19 @@ pub(super) fn open(
         let path = opts.require_str("filename")?;
         // Host I/O mechanism and locking are decided by the environment; the options are
         // accepted (and validated) so that QEMU command lines work unchanged.
-        if let Some(aio) = opts.take_str("aio")? {
-            if !matches!(aio.as_str(), "threads" | "native" | "io_uring") {
-                return Err(Error::generic(format!(
-                    "Parameter 'aio' does not accept value '{aio}' (expected threads, native or io_uring)"
-                )));
-            }
+        if let Some(aio) = opts.take_str("aio")?
+            && !matches!(aio.as_str(), "threads" | "native" | "io_uring")
+        {
+            return Err(Error::generic(format!(
+                "Parameter 'aio' does not accept value '{aio}' (expected threads, native or io_uring)"
+            )));
         }
-        if let Some(locking) = opts.take_str("locking")? {
-            if !matches!(locking.as_str(), "auto" | "on" | "off") {
-                return Err(Error::generic(format!(
-                    "Parameter 'locking' does not accept value '{locking}' (expected auto, on or off)"
-                )));
-            }
+        if let Some(locking) = opts.take_str("locking")?
+            && !matches!(locking.as_str(), "auto" | "on" | "off")
+        {
+            return Err(Error::generic(format!(
+                "Parameter 'locking' does not accept value '{locking}' (expected auto, on or off)"
+            )));
         }
         let _ = opts.take_u64("aio-max-batch")?;
         let _ = opts.take_bool("drop-cache")?;

@@ -38,12 +38,12 @@ pub(super) fn open(
             .take("file")
             .ok_or_else(|| Error::generic("Parameter 'file' is missing"))?;
         opts.finish()?;
-        if let Some(s) = size {
-            if s % 512 != 0 {
-                return Err(Error::generic(format!(
-                    "Specified size {s} is not a multiple of 512"
-                )));
-            }
+        if let Some(s) = size
+            && s % 512 != 0
+        {
+            return Err(Error::generic(format!(
+                "Specified size {s} is not a multiple of 512"
+            )));
         }
         let windowed = offset != 0 || size.is_some();
         let role = if windowed {
@@ -58,13 +58,13 @@ pub(super) fn open(
                 "Offset {offset} cannot be greater than the size of the file ({file_len})"
             )));
         }
-        if let Some(s) = size {
-            if offset + s > file_len {
-                return Err(Error::generic(format!(
-                    "The sum of offset ({offset}) and size ({s}) has to be smaller or equal to the \
+        if let Some(s) = size
+            && offset + s > file_len
+        {
+            return Err(Error::generic(format!(
+                "The sum of offset ({offset}) and size ({s}) has to be smaller or equal to the \
                      actual size of the containing file ({file_len})"
-                )));
-            }
+            )));
         }
         Ok(Box::new(Raw { file, offset, size }) as Box<dyn BlockDriver>)
     })

@@ -83,6 +83,7 @@ pub trait HostFs {
 ///
 /// Buffers are owned and travel with the request ([`BufResult`]): the backend holds the memory
 /// until the operation is really over, even if the caller's future is dropped.
+#[allow(clippy::len_without_is_empty)]
 pub trait HostFile {
     /// Fill `buf` from `offset`. Bytes beyond the end of the file read as zeroes.
     fn read_at(&self, buf: IoBuf, offset: u64) -> LocalBoxFuture<'_, BufResult>;
@@ -95,7 +96,6 @@ pub trait HostFile {
     fn flush(&self) -> LocalBoxFuture<'_, Result<()>>;
 
     /// The current length.
-    #[allow(clippy::len_without_is_empty)]
     fn len(&self) -> Result<u64>;
 
     /// Grow or shrink the file.

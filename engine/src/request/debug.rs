@@ -16,10 +16,8 @@ pub(crate) async fn raise(node: &Rc<Node>, event: DebugEvent) {
 }
 
 async fn raise_slow(node: &Rc<Node>, event: DebugEvent, driver_listens: bool) {
-    if driver_listens {
-        if let Some(suspend) = node.driver().debug_event(event) {
-            suspend.await;
-        }
+    if driver_listens && let Some(suspend) = node.driver().debug_event(event) {
+        suspend.await;
     }
     for listener in node.ctx().debug_listeners() {
         if let Some(suspend) = listener.on_event(node, event) {

@@ -73,7 +73,7 @@ impl MemState {
 }
 
 thread_local! {
-    static STATES: RefCell<BTreeMap<String, Rc<MemState>>> = RefCell::new(BTreeMap::new());
+    static STATES: RefCell<BTreeMap<String, Rc<MemState>>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// The state of the `testmem` node named `name`.
@@ -225,7 +225,7 @@ impl TestMem {
     fn check(&self, offset: u64, len: u64) {
         let a = self.limits.request_align as u64;
         assert!(
-            offset % a == 0 && len % a == 0,
+            offset.is_multiple_of(a) && len.is_multiple_of(a),
             "unaligned request {offset}+{len} (align {a})"
         );
         if self.limits.max_transfer != 0 {

@@ -312,7 +312,7 @@ fn field_matches(data: &Value, fields: &[Arg]) -> bool {
         let want = f.value.as_deref().unwrap_or("");
         match data.get(&f.key) {
             Some(Value::String(s)) => s == want,
-            Some(v) => v.to_string() == want,
+            Some(v) => *v == want,
             None => false,
         }
     })

@@ -78,8 +78,8 @@ impl WorkloadSpec {
                     spec.bs = (size(a)?, size(b)?);
                     if spec.bs.0 == 0
                         || spec.bs.0 > spec.bs.1
-                        || spec.bs.0 % SECTOR != 0
-                        || spec.bs.1 % SECTOR != 0
+                        || !spec.bs.0.is_multiple_of(SECTOR)
+                        || !spec.bs.1.is_multiple_of(SECTOR)
                     {
                         return Err(format!(
                             "bad block size range '{v}' (multiples of 512, min <= max)"
