@@ -312,7 +312,10 @@ fn field_matches(data: &Value, fields: &[Arg]) -> bool {
         let want = f.value.as_deref().unwrap_or("");
         match data.get(&f.key) {
             Some(Value::String(s)) => s == want,
-            Some(v) => *v == want,
+            // Numbers and booleans are written bare in scenarios: `nospace=true`, `len=4096`.
+            Some(Value::Bool(b)) => want == if *b { "true" } else { "false" },
+            Some(Value::Number(n)) => n.to_string() == want,
+            Some(_) => false,
             None => false,
         }
     })
@@ -906,5 +909,36 @@ impl World<'_> {
                 self.last_output.push(l);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn arg(k: &str, v: &str) -> Arg {
+        Arg {
+            key: k.into(),
+            value: Some(v.into()),
+            column: 1,
+        }
+    }
+
+    #[test]
+    fn event_fields_match_strings_numbers_and_booleans_as_written() {
+        let data = json!({"device": "d0", "nospace": true, "len": 4096, "node": null});
+        assert!(field_matches(
+            &data,
+            &[
+                arg("device", "d0"),
+                arg("nospace", "true"),
+                arg("len", "4096")
+            ]
+        ));
+        assert!(!field_matches(&data, &[arg("nospace", "false")]));
+        assert!(!field_matches(&data, &[arg("len", "4097")]));
+        assert!(!field_matches(&data, &[arg("missing", "x")]));
+        assert!(!field_matches(&data, &[arg("node", "null")]));
     }
 }
