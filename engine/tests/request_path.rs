@@ -358,3 +358,94 @@ async fn futures_lite_race<A: std::future::Future + Unpin>(
     }
     Race { a, b }.await
 }
+
+#[test]
+fn before_write_hooks_run_after_overlap_waits_and_can_fail_the_write() {
+    use engine::graph::BeforeWrite;
+    struct Hook {
+        seen: RefCell<Vec<(u64, u64)>>,
+        refuse_from: u64,
+    }
+    impl BeforeWrite for Hook {
+        fn before_write(
+            &self,
+            offset: u64,
+            len: u64,
+        ) -> engine::env::LocalBoxFuture<'_, engine::Result<()>> {
+            self.seen.borrow_mut().push((offset, len));
+            let refuse = offset + len > self.refuse_from;
+            Box::pin(async move {
+                if refuse {
+                    Err(engine::Error::io(engine::Errno::EPERM))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+    run(9, |engine| async move {
+        let node = add_mem(&engine, "m", json!({"align": 512})).await;
+        let bb = engine
+            .device_add("d", "m", BackendOptions::tool(false))
+            .unwrap();
+        let hook = Rc::new(Hook {
+            seen: RefCell::default(),
+            refuse_from: 8192,
+        });
+        node.add_before_write(hook.clone());
+        let (_, r) = bb.write(100, IoBuf::filled(1000, 1), ReqFlags::NONE).await;
+        r.unwrap();
+        bb.write_zeroes(4096, 4096, ReqFlags::NONE).await.unwrap();
+        // The hook sees the aligned span the driver writes (after read-modify-write padding).
+        assert_eq!(*hook.seen.borrow(), vec![(0, 1536), (4096, 4096)]);
+        let (_, r) = bb.write(8000, IoBuf::filled(512, 2), ReqFlags::NONE).await;
+        assert_eq!(r.unwrap_err().errno(), Some(engine::Errno::EPERM));
+        assert!(
+            mem("m").data.borrow()[8000..8512].iter().all(|&b| b == 0),
+            "a refused write changes nothing"
+        );
+        let h: Rc<dyn BeforeWrite> = hook.clone();
+        node.remove_before_write(&h);
+        let (_, r) = bb.write(8000, IoBuf::filled(512, 2), ReqFlags::NONE).await;
+        r.unwrap();
+    });
+}
+
+#[test]
+fn raw_windows_shift_offsets_and_refuse_to_leave_the_window() {
+    run(10, |engine| async move {
+        add_mem(&engine, "m", json!({"size": 65536})).await;
+        engine
+            .blockdev_add(json!({"driver": "raw", "node-name": "w", "file": "m", "offset": 4096, "size": 8192}))
+            .await
+            .unwrap();
+        let bb = engine
+            .device_add("d", "w", BackendOptions::tool(false))
+            .unwrap();
+        assert_eq!(bb.len().unwrap(), 8192);
+        let (_, r) = bb.write(0, IoBuf::filled(8192, 0x77), ReqFlags::NONE).await;
+        r.unwrap();
+        let data = mem("m").data.borrow().clone();
+        assert!(data[..4096].iter().all(|&b| b == 0) && data[12288..].iter().all(|&b| b == 0));
+        assert!(data[4096..12288].iter().all(|&b| b == 0x77));
+        // Through the node itself (no device bounds check), the window still holds.
+        let root = bb.root().unwrap();
+        let (_, r) = root
+            .write(8000, IoBuf::filled(512, 1), ReqFlags::NONE)
+            .await;
+        assert_eq!(r.unwrap_err().errno(), Some(engine::Errno::ENOSPC));
+        let err = engine
+            .blockdev_add(json!({"driver": "raw", "node-name": "x", "file": "m", "offset": 65536, "size": 512}))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().contains("has to be smaller or equal"),
+            "{err}"
+        );
+        let err = bb.truncate(4096).await.unwrap_err();
+        assert!(
+            err.message().contains("Cannot resize fixed-size raw disks"),
+            "{err}"
+        );
+    });
+}

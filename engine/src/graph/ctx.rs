@@ -151,6 +151,16 @@ impl GraphCtx {
         }
     }
 
+    /// Tell the global listeners about a graph-level event (drain phases). These points cannot
+    /// suspend: a listener's returned future is dropped unpolled.
+    pub(crate) fn raise_graph_event(&self, node: &Rc<Node>, event: DebugEvent) {
+        if self.debug.active() {
+            for listener in self.debug_listeners() {
+                drop(listener.on_event(node, event));
+            }
+        }
+    }
+
     pub(crate) fn debug_listeners(&self) -> Vec<Rc<dyn DebugListener>> {
         self.debug_listeners.borrow().clone()
     }

@@ -10,6 +10,8 @@
 
 use std::rc::Rc;
 
+use crate::event::DebugEvent;
+
 use super::ctx::GraphCtx;
 use super::edge::ParentRef;
 use super::node::Node;
@@ -125,6 +127,8 @@ async fn poll_until(ctx: &GraphCtx, busy: impl Fn() -> bool) {
 #[must_use = "the drained section ends when this is dropped"]
 pub struct DrainedSection {
     nodes: Vec<Rc<Node>>,
+    /// `drain_begin` was raised (the wait completed), so `drain_end` is raised at the end.
+    announced: bool,
 }
 
 impl DrainedSection {
@@ -134,8 +138,15 @@ impl DrainedSection {
         }
         // The section exists before the wait, so a caller that gives up waiting (a timeout)
         // drops it and the counters are lowered again.
-        let section = DrainedSection { nodes };
+        let mut section = DrainedSection {
+            nodes,
+            announced: false,
+        };
         poll_until(ctx, || section.nodes.iter().any(busy_up)).await;
+        for n in &section.nodes {
+            ctx.raise_graph_event(n, DebugEvent::DrainBegin);
+        }
+        section.announced = true;
         section
     }
 
@@ -151,6 +162,9 @@ impl DrainedSection {
 impl Drop for DrainedSection {
     fn drop(&mut self) {
         for n in self.nodes.iter().rev() {
+            if self.announced {
+                n.ctx().raise_graph_event(n, DebugEvent::DrainEnd);
+            }
             unquiesce_up(n);
         }
     }

@@ -1,0 +1,63 @@
+//! `blk sim run` exit codes: the shipped scenarios pass; a malformed scenario and a failing one
+//! make the run fail, naming the problem and how to reproduce it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn blk() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_blk"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("blk-cli-sim-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn shipped_scenarios_pass() {
+    let scenarios = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+    let out = blk().args(["sim", "run", scenarios]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("raw-workload") && stdout.contains(" 0 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn malformed_and_failing_scenarios_fail_the_run() {
+    let dir = temp_dir("bad");
+    std::fs::write(
+        dir.join("malformed.scn"),
+        "# a purpose\nimage create d.img raw 1Q\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("failing.scn"),
+        "# a device on a node that does not exist\nimage create d.img raw 1M\ndevice add d0 node=nothere\n",
+    )
+    .unwrap();
+    let out = blk().args(["sim", "run"]).arg(&dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("malformed.scn:2:24: bad size '1Q'"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("setup failed at line 3"), "{stdout}");
+    assert!(stdout.contains("reproduce: blk sim replay"), "{stdout}");
+    let out = blk()
+        .args(["sim", "run", "--seeds", "5..2"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
