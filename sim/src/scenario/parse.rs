@@ -11,6 +11,7 @@
 //! image create disk.img raw 64M  # a file on the virtual disk
 //! qmp {"execute": "blockdev-add", "arguments": {...}}   # JSON may span lines
 //! expect error GenericError "is in use"                 # the previous qmp must fail so
+//! expect return {"node-name": "disk"}                  # ...or succeed with a reply containing this
 //! device add drive0 node=disk werror=stop               # a BlockBackend (guest device)
 //! io drive0 write -P 0xab 0 64k  # a qemu-io command on a device (a failure fails the run)
 //! io? drive0 read -P 0 0 4k      # ... that may fail (check it with `expect output`)
@@ -90,6 +91,9 @@ pub enum Action {
         command: Value,
         /// Required error class and message substring, if the command must fail.
         expect_error: Option<(String, String)>,
+        /// JSON the successful reply's `return` must contain (objects by subset, the rest
+        /// exactly).
+        expect_return: Option<Value>,
     },
     /// Attach a device.
     DeviceAdd {
@@ -471,6 +475,7 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                 Action::Qmp {
                     command,
                     expect_error: None,
+                    expect_return: None,
                 }
             }
             "device" => {
@@ -567,7 +572,12 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                         let text = ws.get(3).map(|w| w.1.clone()).unwrap_or_default();
                         match sc.steps.last_mut() {
                             Some(Step {
-                                action: Action::Qmp { expect_error, .. },
+                                action:
+                                    Action::Qmp {
+                                        expect_error,
+                                        expect_return: None,
+                                        ..
+                                    },
                                 ..
                             }) if expect_error.is_none() => {
                                 *expect_error = Some((class, text));
@@ -576,6 +586,36 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                             _ => {
                                 return Err(
                                     cur.err(kw_col, "'expect error' must follow a 'qmp' step")
+                                );
+                            }
+                        }
+                    }
+                    "return" => {
+                        let mut json = line[ws[1].0 + ws[1].1.len() - 1..].trim().to_string();
+                        while !json_complete(&json) && i < lines.len() {
+                            json.push(' ');
+                            json.push_str(lines[i].trim());
+                            i += 1;
+                        }
+                        let want: Value = serde_json::from_str(&json).map_err(|e| {
+                            cur.err(col_of(2), format!("bad JSON after 'expect return': {e}"))
+                        })?;
+                        match sc.steps.last_mut() {
+                            Some(Step {
+                                action:
+                                    Action::Qmp {
+                                        expect_error: None,
+                                        expect_return,
+                                        ..
+                                    },
+                                ..
+                            }) if expect_return.is_none() => {
+                                *expect_return = Some(want);
+                                continue;
+                            }
+                            _ => {
+                                return Err(
+                                    cur.err(kw_col, "'expect return' must follow a 'qmp' step")
                                 );
                             }
                         }
@@ -689,6 +729,20 @@ mod tests {
         assert!(err.message.contains("must follow a 'qmp'"));
         let err = parse("s.scn", "# p\nqmp {\"execute\": }\n").unwrap_err();
         assert!(err.message.starts_with("bad QMP JSON"), "{err}");
+        let err = parse("s.scn", "# p\nverify d\nexpect return {}\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "s.scn:3:1: 'expect return' must follow a 'qmp' step"
+        );
+        let sc = parse(
+            "s.scn",
+            "# p\nqmp {\"execute\": \"x\"}\nexpect return {\"a\":\n 1}\nverify d\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(&sc.steps[0].action, Action::Qmp { expect_return: Some(v), .. } if v["a"] == 1)
+        );
+        assert_eq!(sc.steps.len(), 2);
         let err = parse("s.scn", "# p\nadvance 10 ms\n").unwrap_err();
         assert_eq!(err.to_string(), "s.scn:2:9: bad duration '10'");
     }

@@ -307,6 +307,20 @@ async fn race<A: Future, B: Future>(a: A, b: B) -> bool {
     .await
 }
 
+/// True when `have` contains `want`: objects by subset (recursively), arrays element by element
+/// with equal lengths, scalars exactly.
+fn json_contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| json_contains(hv, v))),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(a, b)| json_contains(a, b))
+        }
+        _ => have == want,
+    }
+}
+
 fn field_matches(data: &Value, fields: &[Arg]) -> bool {
     fields.iter().all(|f| {
         let want = f.value.as_deref().unwrap_or("");
@@ -396,7 +410,11 @@ impl World<'_> {
             Action::Qmp {
                 command,
                 expect_error,
-            } => self.qmp(line, command, expect_error.as_ref()).await?,
+                expect_return,
+            } => {
+                self.qmp(line, command, expect_error.as_ref(), expect_return.as_ref())
+                    .await?
+            }
             Action::DeviceAdd { name, args } => {
                 self.device_add(name, args)
                     .map_err(|e| fail("setup", line, e))?;
@@ -569,6 +587,7 @@ impl World<'_> {
         line: usize,
         command: &Value,
         expect_error: Option<&(String, String)>,
+        expect_return: Option<&Value>,
     ) -> Result<(), Failure> {
         self.note(&format!("qmp {command}"));
         let reply = qmp::execute(&self.engine, command).await;
@@ -576,6 +595,16 @@ impl World<'_> {
         let err = reply.get("error");
         match (err, expect_error) {
             (None, None) => {
+                if let Some(want) = expect_return {
+                    if !json_contains(&reply["return"], want) {
+                        return Err(fail(
+                            "qmp",
+                            line,
+                            format!("reply {} does not contain {want}", reply["return"]),
+                        ));
+                    }
+                    self.note("expect return ok");
+                }
                 if command
                     .get("execute")
                     .and_then(Value::as_str)
@@ -923,6 +952,21 @@ mod tests {
             value: Some(v.into()),
             column: 1,
         }
+    }
+
+    #[test]
+    fn replies_match_by_subset() {
+        let have =
+            json!([{"node-name": "a", "ro": false, "image": {"virtual-size": 1, "format": "raw"}}]);
+        assert!(json_contains(
+            &have,
+            &json!([{"node-name": "a", "image": {"virtual-size": 1}}])
+        ));
+        assert!(!json_contains(&have, &json!([{"node-name": "b"}])));
+        assert!(
+            !json_contains(&have, &json!([])),
+            "array lengths must agree"
+        );
     }
 
     #[test]
