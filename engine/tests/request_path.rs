@@ -449,3 +449,27 @@ fn raw_windows_shift_offsets_and_refuse_to_leave_the_window() {
         );
     });
 }
+
+#[test]
+fn compressed_writes_fail_where_the_driver_cannot_compress() {
+    run(11, |engine| async move {
+        add_mem(&engine, "m", json!({})).await;
+        engine
+            .blockdev_add(json!({"driver": "raw", "node-name": "r", "file": "m"}))
+            .await
+            .unwrap();
+        let bb = engine
+            .device_add("d", "r", BackendOptions::tool(false))
+            .unwrap();
+        let (_, r) = bb
+            .write(0, IoBuf::filled(65536, 1), ReqFlags::WRITE_COMPRESSED)
+            .await;
+        let err = r.unwrap_err();
+        assert_eq!(err.errno(), Some(engine::Errno::ENOTSUP));
+        assert!(
+            err.message().contains("does not support compressed writes"),
+            "{err}"
+        );
+        assert!(mem("m").take_log().is_empty(), "nothing reached the disk");
+    });
+}

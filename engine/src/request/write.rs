@@ -64,6 +64,20 @@ pub(super) async fn write(
     if let Err(e) = check_range(offset, len).and_then(|()| check_write_perm(node, edge, flags)) {
         return (buf, Err(e));
     }
+    if flags.contains(ReqFlags::WRITE_COMPRESSED)
+        && !node
+            .driver()
+            .caps()
+            .write_flags
+            .contains(ReqFlags::WRITE_COMPRESSED)
+    {
+        let msg = format!(
+            "Node '{}' ({}) does not support compressed writes",
+            node.name(),
+            node.driver_name()
+        );
+        return (buf, Err(Error::io_msg(Errno::ENOTSUP, msg)));
+    }
     let detect = node.options().detect_zeroes;
     if detect != DetectZeroes::Off && !flags.contains(ReqFlags::WRITE_COMPRESSED) && buf.is_zero() {
         let mut zflags = flags & (ReqFlags::FUA | ReqFlags::WRITE_UNCHANGED);
