@@ -234,3 +234,61 @@ fn crash_during_allocating_writes_keeps_flushed_data() {
         }
     }
 }
+
+/// 512-byte clusters with 64-bit refcounts: one refcount block covers 32 KiB and the first
+/// refcount table 2 MiB, so writing 3 MiB needs new refcount blocks and a larger table.
+#[test]
+fn refcount_table_growth_passes_qemu_check() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = Scratch::new("growth");
+    for (i, rb) in [64u32, 16].into_iter().enumerate() {
+        let sim = sim_with(50 + i as u64, &[("g.qcow2", Vec::new())]);
+        let engine = engine_of(&sim);
+        sim.block_on(async move {
+            engine
+                .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "g.qcow2"}))
+                .await
+                .unwrap();
+            let bb = engine.device_add("d", "f", BackendOptions::tool(false)).unwrap();
+            let opts = CreateOptions {
+                size: 12 << 20,
+                cluster_size: 512,
+                refcount_bits: rb,
+                ..CreateOptions::default()
+            };
+            create(&bb.root().unwrap(), &opts).await.unwrap();
+            engine.device_del("d").await.unwrap();
+            engine
+                .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f",
+                    "l2-cache-size": 4096, "discard": "unmap"}))
+                .await
+                .unwrap();
+            let bb = engine.device_add("d2", "q", BackendOptions::tool(false)).unwrap();
+            for k in 0..12u64 {
+                let (_, r) = bb
+                    .write(k * (1 << 20) + 512 * k, IoBuf::filled(700_000, k as u8 + 1), ReqFlags::NONE)
+                    .await;
+                r.unwrap();
+            }
+            bb.discard(0, 1 << 20).await.unwrap();
+            bb.flush().await.unwrap();
+        })
+        .unwrap();
+        let out = format!("g{i}.qcow2");
+        export(&sim, "g.qcow2", View::Current, &dir, &out);
+        dir.check(&out, false);
+        let file_len = std::fs::metadata(dir.path(&out)).unwrap().len();
+        assert!(file_len < 10 << 20, "image {i} is bloated: {file_len} bytes for 8.4 MB of data");
+        let mut expected = vec![0u8; 12 << 20];
+        for k in 0..12usize {
+            let off = k * (1 << 20) + 512 * k;
+            expected[off..off + 700_000].fill(k as u8 + 1);
+        }
+        expected[..1 << 20].fill(0);
+        let raw = format!("{out}.raw");
+        dir.run("qemu-img", &["convert", "-O", "raw", &out, &raw]);
+        assert!(dir.read(&raw) == expected, "growth image {i} reads differently");
+    }
+}

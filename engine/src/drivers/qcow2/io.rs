@@ -179,7 +179,8 @@ impl Qcow2 {
             c += 1;
         }
         self.ensure_l2(gc).await?;
-        let host = self.alloc_clusters(olds.len() as u64).await?;
+        let (host, got) = self.alloc_some(olds.len() as u64).await?;
+        olds.truncate(got as usize);
         let n = remaining.min(olds.len() as u64 * cs - off % cs);
         Ok(Plan::Alloc { gc, host, olds, n })
     }

@@ -158,15 +158,37 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Make sure a refcount block covers cluster `c` (creating it, or growing the table, at
+    /// free cluster `c`). Returns false when it had to create something (the caller rescans).
+    async fn cover(&self, c: u64) -> Result<bool> {
+        let rt = c >> self.rb_bits();
+        if rt as usize >= self.reftable.borrow().len() {
+            self.grow_reftable(c).await?;
+            return Ok(false);
+        }
+        if self.refblock_of(c)?.is_none() {
+            self.new_refblock(rt, c).await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// True when cluster `c` is free and already covered by a refcount block.
+    async fn free_and_covered(&self, c: u64) -> Result<bool> {
+        Ok(self.refblock_of(c)?.is_some() && self.refcount(c).await? == 0)
+    }
+
     /// Allocate `n` contiguous host clusters (refcount 1 each); returns the host offset.
     pub(crate) async fn alloc_clusters(&self, n: u64) -> Result<u64> {
         self.file.debug_event(DebugEvent::ClusterAlloc).await;
-        loop {
+        'search: loop {
+            let mut first_free = None;
             let mut start = self.free_hint.get().max(1);
             let mut run = 0;
             let mut i = start;
             while run < n {
                 if self.refcount(i).await? == 0 {
+                    first_free.get_or_insert(i);
                     if run == 0 {
                         start = i;
                     }
@@ -176,32 +198,51 @@ impl Qcow2 {
                 }
                 i += 1;
             }
-            if (start + n) << self.cluster_bits > OFFSET_MASK {
-                return Err(Error::io_msg(Errno::ENOSPC, "qcow2: image file is full"));
-            }
-            let mut changed = false;
+            self.check_space(start + n)?;
             for c in start..start + n {
-                let rt = c >> self.rb_bits();
-                if rt as usize >= self.reftable.borrow().len() {
-                    self.grow_reftable(c).await?;
-                    changed = true;
-                    break;
+                if !self.cover(c).await? {
+                    continue 'search;
                 }
-                if self.refblock_of(c)?.is_none() {
-                    self.new_refblock(rt, c).await?;
-                    changed = true;
-                    break;
-                }
-            }
-            if changed {
-                continue;
             }
             for c in start..start + n {
                 self.update_refcount(c, 1).await?;
             }
-            self.free_hint.set(start + n);
+            let hint = first_free.filter(|f| *f < start).unwrap_or(start + n);
+            self.free_hint.set(hint);
             return Ok(start << self.cluster_bits);
         }
+    }
+
+    /// Allocate between 1 and `n` contiguous host clusters at the first free one (guest data:
+    /// a shorter run avoids fragmenting the file); returns (host offset, count).
+    pub(crate) async fn alloc_some(&self, n: u64) -> Result<(u64, u64)> {
+        self.file.debug_event(DebugEvent::ClusterAlloc).await;
+        loop {
+            let mut start = self.free_hint.get().max(1);
+            while self.refcount(start).await? != 0 {
+                start += 1;
+            }
+            self.check_space(start + 1)?;
+            if !self.cover(start).await? {
+                continue;
+            }
+            let mut got = 1;
+            while got < n && self.free_and_covered(start + got).await? {
+                got += 1;
+            }
+            for c in start..start + got {
+                self.update_refcount(c, 1).await?;
+            }
+            self.free_hint.set(start + got);
+            return Ok((start << self.cluster_bits, got));
+        }
+    }
+
+    fn check_space(&self, end_cluster: u64) -> Result<()> {
+        if end_cluster << self.cluster_bits > OFFSET_MASK {
+            return Err(Error::io_msg(Errno::ENOSPC, "qcow2: image file is full"));
+        }
+        Ok(())
     }
 
     /// Undo an allocation nothing refers to yet (the refcount drops at once).
