@@ -211,3 +211,44 @@ fn blk_written_images_pass_qemu_check() {
         random_io(&dir, &img, 1000 + i as u64, compat);
     }
 }
+
+/// An image QEMU left dirty (lazy refcounts, `abort`): read-only opens read it as is; a
+/// read-write open rebuilds the refcounts, after which writes work and `qemu-img check` is
+/// clean.
+#[test]
+fn dirty_lazy_refcount_image_is_repaired_on_open() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = Scratch::new("dirty");
+    for (i, &(cs, rb)) in [(65536u64, 16u32), (512, 1), (4096, 64)].iter().enumerate() {
+        let opts = format!("cluster_size={cs},refcount_bits={rb},lazy_refcounts=on");
+        dir.run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", &opts, "d.qcow2", "4M"]);
+        let _ = dir.run_status("qemu-io", &["-f", "qcow2", "-c", "write -P 0xab 0 1M",
+            "-c", "write -P 0xcd 3M 100k", "-c", "abort", "d.qcow2"]);
+        let img = dir.read("d.qcow2");
+        assert_eq!(img[79] & 1, 1, "qemu-io abort should leave the dirty bit");
+        let mut expected = vec![0u8; 4 << 20];
+        expected[..1 << 20].fill(0xab);
+        expected[3 << 20..(3 << 20) + 100 * 1024].fill(0xcd);
+        let sim = sim_with(30 + i as u64, &[("d.qcow2", img)]);
+        let engine = engine_of(&sim);
+        let exp = expected.clone();
+        sim.block_on(async move {
+            let ro = open_qcow2(&engine, "ro", "d.qcow2", true).await.unwrap();
+            assert!(read_all(&ro).await == exp);
+            engine.device_del("dev-ro").await.unwrap();
+            engine.blockdev_del("ro").await.unwrap();
+            let bb = open_qcow2(&engine, "rw", "d.qcow2", false).await.unwrap();
+            assert!(read_all(&bb).await == exp);
+            bb.write(2 << 20, IoBuf::filled(300_000, 0x44), ReqFlags::NONE).await.1.unwrap();
+            bb.flush().await.unwrap();
+        })
+        .unwrap();
+        expected[2 << 20..(2 << 20) + 300_000].fill(0x44);
+        let out = format!("d{i}.qcow2");
+        export(&sim, "d.qcow2", View::Current, &dir, &out);
+        dir.check(&out, false);
+        assert!(to_raw(&dir, &out) == expected, "repaired image {i} reads differently");
+    }
+}

@@ -95,6 +95,11 @@ impl TableCache {
         v
     }
 
+    /// Forget every table (dirty or not).
+    pub fn clear(&self) {
+        self.slots.borrow_mut().clear();
+    }
+
     /// True when some table is dirty.
     pub fn has_dirty(&self) -> bool {
         self.slots.borrow().iter().any(|s| s.dirty)

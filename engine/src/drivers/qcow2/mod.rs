@@ -5,7 +5,7 @@
 //! `cluster` (L1/L2 mapping, L2 allocation, metadata write-back), `refcount` (refcounts and
 //! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate
-//! clusters), `create` (new images).
+//! clusters), `create` (new images), `repair` (refcount rebuild of dirty images).
 //!
 //! Crash-safety rules (QEMU's ordering): refcount increments reach the disk before any L2/L1
 //! entry relying on them; guest data is flushed before the L2 table that points to it is
@@ -22,6 +22,7 @@ mod header;
 mod io;
 mod lock;
 mod refcount;
+mod repair;
 
 use std::cell::{Cell, RefCell};
 
@@ -84,7 +85,13 @@ pub(crate) struct Qcow2 {
     /// Host ranges whose refcount is decremented once the freeing mapping change is durable.
     pending_free: RefCell<Vec<(u64, u64)>>,
     read_only: bool,
-    incompat: u64,
+    incompat: Cell<u64>,
+    autoclear: Cell<u64>,
+    nb_snapshots: u32,
+    /// Header fix-ups (refcount rebuild of a dirty image, clearing autoclear bits) still to
+    /// do before the first write. They cannot happen during open: the node takes its
+    /// permissions on `file` only once it is open.
+    fixups_pending: Cell<bool>,
 }
 
 pub(super) fn open(
@@ -130,12 +137,6 @@ pub(super) fn open(
                 "qcow2: Image is corrupt; cannot be opened read/write",
             ));
         }
-        if h.incompat & header::INCOMPAT_DIRTY != 0 && !read_only {
-            return Err(Error::generic(
-                "qcow2: Image has the dirty bit set (lazy refcounts); repairing refcounts is not \
-                 supported yet, open it read-only or run 'qemu-img check -r all'",
-            ));
-        }
         let cs = h.cluster_size();
         let l1 = read_table(&file, h.l1_offset, h.l1_size as u64).await?;
         let reftable = read_table(&file, h.reftable_offset, h.reftable_clusters as u64 * cs / 8).await?;
@@ -161,16 +162,15 @@ pub(super) fn open(
             free_hint: Cell::new(0),
             pending_free: RefCell::new(Vec::new()),
             read_only,
-            incompat: h.incompat,
+            incompat: Cell::new(h.incompat),
+            autoclear: Cell::new(h.autoclear),
+            nb_snapshots: h.nb_snapshots,
+            fixups_pending: Cell::new(
+                !read_only
+                    && (h.incompat & header::INCOMPAT_DIRTY != 0
+                        || (h.version == 3 && h.autoclear != 0)),
+            ),
         };
-        if !read_only && h.version == 3 && h.autoclear != 0 {
-            // We know no autoclear feature: clear them before writing anything.
-            q.file
-                .write(header::OFF_AUTOCLEAR, IoBuf::new(8), ReqFlags::NONE)
-                .await
-                .1?;
-            q.file.flush().await?;
-        }
         Ok(Box::new(q) as Box<dyn BlockDriver>)
     })
 }
@@ -258,10 +258,32 @@ impl Qcow2 {
         self.cs() / 8
     }
 
-    fn check_writable(&self) -> Result<()> {
+    /// Refuse writes to a read-only image; do the pending header fix-ups before the first
+    /// write (rebuild stale lazy refcounts, clear unknown autoclear bits).
+    async fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::io_msg(Errno::EROFS, "qcow2: image is read-only"));
         }
+        if !self.fixups_pending.get() {
+            return Ok(());
+        }
+        let _g = self.meta.lock().await;
+        if !self.fixups_pending.get() {
+            return Ok(());
+        }
+        if self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
+            self.rebuild_refcounts(self.nb_snapshots).await?;
+        }
+        if self.version == 3 && self.autoclear.get() != 0 {
+            // We know no autoclear feature: clear them before writing anything.
+            self.file
+                .write(header::OFF_AUTOCLEAR, IoBuf::new(8), ReqFlags::NONE)
+                .await
+                .1?;
+            self.file.flush().await?;
+            self.autoclear.set(0);
+        }
+        self.fixups_pending.set(false);
         Ok(())
     }
 }
@@ -290,7 +312,7 @@ impl BlockDriver for Qcow2 {
 
     fn write(&self, offset: u64, buf: IoBuf, _flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
         Box::pin(async move {
-            if let Err(e) = self.check_writable() {
+            if let Err(e) = self.check_writable().await {
                 return (buf, Err(e));
             }
             self.do_write(offset, buf).await
@@ -304,14 +326,14 @@ impl BlockDriver for Qcow2 {
         flags: ReqFlags,
     ) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_writable()?;
+            self.check_writable().await?;
             self.do_write_zeroes(offset, len, flags).await
         })
     }
 
     fn discard(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_writable()?;
+            self.check_writable().await?;
             self.do_discard(offset, len).await
         })
     }
@@ -337,7 +359,7 @@ impl BlockDriver for Qcow2 {
         prealloc: Prealloc,
     ) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_writable()?;
+            self.check_writable().await?;
             if prealloc != Prealloc::Off {
                 return Err(Error::io_msg(
                     Errno::ENOTSUP,
@@ -367,7 +389,7 @@ impl BlockDriver for Qcow2 {
         json!({
             "compat": if self.version == 3 { "1.1" } else { "0.10" },
             "refcount-bits": 1u32 << self.refcount_order,
-            "corrupt": self.incompat & header::INCOMPAT_CORRUPT != 0,
+            "corrupt": self.incompat.get() & header::INCOMPAT_CORRUPT != 0,
             "compression-type": if self.compression_type == 1 { "zstd" } else { "zlib" },
         })
     }
