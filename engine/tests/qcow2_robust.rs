@@ -159,7 +159,7 @@ fn blk_created_images_pass_qemu_check() {
 fn crash_during_allocating_writes_keeps_flushed_data() {
     let have = have_qemu();
     let dir = Scratch::new("crash");
-    for seed in 0..24u64 {
+    for seed in 0..40u64 {
         let cs: u64 = if seed % 2 == 0 { 512 } else { 65536 };
         let sim = sim_with(seed, &[("img", Vec::new())]);
         let engine = engine_of(&sim);
@@ -174,7 +174,8 @@ fn crash_during_allocating_writes_keeps_flushed_data() {
             create(&bb.root().unwrap(), &opts).await.unwrap();
             engine.device_del("d").await.unwrap();
             engine
-                .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f"}))
+                .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f",
+                    "discard": "unmap"}))
                 .await
                 .unwrap();
             let bb = engine.device_add("d2", "q", BackendOptions::tool(false)).unwrap();
@@ -194,6 +195,20 @@ fn crash_during_allocating_writes_keeps_flushed_data() {
                         }
                         mine.push((off, len, pat));
                         *progress.borrow_mut() += 1;
+                        if j % 4 == 3 {
+                            // Free an earlier region (its clusters get reused by later writes).
+                            let (doff, dlen) = ((t * 12 + j - 2) * 300_000 + 777, 5000 + (j - 2) * 3000);
+                            mine.retain(|w: &(u64, u64, u8)| w.0 != doff);
+                            durable.borrow_mut().retain(|w| w.0 != doff);
+                            let r = if j % 8 == 3 {
+                                bb.discard(doff & !0xffff, (dlen + 0x20000) & !0xffff).await
+                            } else {
+                                bb.write_zeroes(doff, dlen, ReqFlags::MAY_UNMAP).await
+                            };
+                            if r.is_err() {
+                                return;
+                            }
+                        }
                         if j % 3 == 2 {
                             if bb.flush().await.is_err() {
                                 return;
@@ -212,7 +227,6 @@ fn crash_during_allocating_writes_keeps_flushed_data() {
             let report = simr.crash();
             drop(bb);
             let durable = durable.borrow().clone();
-            eprintln!("seed {seed}: crash after {} writes, {} durable, {report:?}", progress.borrow(), durable.len());
             // Restart: a new engine on the same disk.
             let engine2 = engine_of(simr);
             let bb2 = open_qcow2(&engine2, "q", "img", false).await.unwrap();
