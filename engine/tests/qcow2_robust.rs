@@ -306,3 +306,69 @@ fn refcount_table_growth_passes_qemu_check() {
         assert!(dir.read(&raw) == expected, "growth image {i} reads differently");
     }
 }
+
+/// Resize: growing past the L1 table's capacity moves the L1 table; shrinking works only over
+/// an unallocated tail; block status reports data, zero and unallocated runs.
+#[test]
+fn resize_and_block_status() {
+    let have = have_qemu();
+    let dir = Scratch::new("resize");
+    let sim = sim_with(77, &[("r.qcow2", Vec::new())]);
+    let engine = engine_of(&sim);
+    sim.block_on(async move {
+        engine
+            .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "r.qcow2"}))
+            .await
+            .unwrap();
+        let bb = engine.device_add("d", "f", BackendOptions::tool(false)).unwrap();
+        // 512-byte clusters: one L1 entry maps 32 KiB, one L1 cluster 2 MiB.
+        let opts = CreateOptions { size: 1 << 20, cluster_size: 512, ..CreateOptions::default() };
+        create(&bb.root().unwrap(), &opts).await.unwrap();
+        engine.device_del("d").await.unwrap();
+        engine
+            .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f"}))
+            .await
+            .unwrap();
+        let bb = engine.device_add("d2", "q", BackendOptions::tool(false)).unwrap();
+        bb.write(0, IoBuf::filled(4096, 0x61), ReqFlags::NONE).await.1.unwrap();
+        bb.truncate(6 << 20).await.unwrap();
+        assert_eq!(bb.len().unwrap(), 6 << 20);
+        bb.write((6 << 20) - 8192, IoBuf::filled(8192, 0x62), ReqFlags::NONE).await.1.unwrap();
+        bb.write_zeroes(8192, 4096, ReqFlags::NONE).await.unwrap();
+        let st = bb.block_status(0, 1 << 20).await.unwrap();
+        assert!(matches!(st.mapping, engine::io::Mapping::Data { host: Some(_) }), "{st:?}");
+        assert_eq!(st.len, 4096);
+        let st = bb.block_status(4096, 1 << 20).await.unwrap();
+        assert_eq!((st.mapping, st.len), (engine::io::Mapping::Unallocated, 4096));
+        let st = bb.block_status(8192, 1 << 20).await.unwrap();
+        assert!(matches!(st.mapping, engine::io::Mapping::Zero { .. }), "{st:?}");
+        assert_eq!(st.len, 4096);
+        // The tail is allocated: shrinking over it is refused; over free space it works.
+        let e = bb.truncate(5 << 20).await.unwrap_err();
+        assert!(e.message().contains("cannot shrink"), "{e}");
+        bb.discard(0, 0).await.unwrap();
+        bb.flush().await.unwrap();
+        engine.device_del("d2").await.unwrap();
+        engine.blockdev_del("q").await.unwrap();
+        engine
+            .blockdev_add(json!({"driver": "qcow2", "node-name": "q2", "file": "f", "discard": "unmap"}))
+            .await
+            .unwrap();
+        let bb = engine.device_add("d3", "q2", BackendOptions::tool(false)).unwrap();
+        assert_eq!(bb.len().unwrap(), 6 << 20);
+        let data = read_all(&bb).await;
+        assert!(data[..4096].iter().all(|&b| b == 0x61));
+        assert!(data[4096..(6 << 20) - 8192].iter().all(|&b| b == 0));
+        assert!(data[(6 << 20) - 8192..].iter().all(|&b| b == 0x62));
+        bb.write_zeroes((6 << 20) - 8192, 8192, ReqFlags::MAY_UNMAP).await.unwrap();
+        bb.truncate(3 << 20).await.unwrap();
+        bb.flush().await.unwrap();
+    })
+    .unwrap();
+    if have {
+        export(&sim, "r.qcow2", View::Current, &dir, "r.qcow2");
+        dir.check("r.qcow2", false);
+        let info = dir.run("qemu-img", &["info", "r.qcow2"]);
+        assert!(info.contains("virtual size: 3 MiB"), "{info}");
+    }
+}

@@ -402,7 +402,8 @@ impl Qcow2 {
                     gc = (l1i as u64 + 1) * self.l2_entries();
                     continue;
                 }
-                if self.l2_entry(gc).await? != 0 {
+                let kind = self.classify(self.l2_entry(gc).await?)?;
+                if !matches!(kind, Kind::Unallocated | Kind::Zero { host: None }) {
                     return Err(Error::io_msg(
                         Errno::ENOTSUP,
                         "qcow2: cannot shrink the image: the area to cut off is allocated",
