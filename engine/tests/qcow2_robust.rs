@@ -372,3 +372,61 @@ fn resize_and_block_status() {
         assert!(info.contains("virtual size: 3 MiB"), "{info}");
     }
 }
+
+/// The `backing` option: null (no backing file), a node name, or the header's name with
+/// probing when there is no backing format; unknown autoclear bits are cleared on first write.
+#[test]
+fn backing_option_and_autoclear() {
+    let sim = sim_with(5, &[("o.qcow2", Vec::new()), ("base.raw", vec![0x42u8; 1 << 20])]);
+    let engine = engine_of(&sim);
+    let simr = &sim;
+    sim.block_on(async move {
+        engine
+            .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "o.qcow2"}))
+            .await
+            .unwrap();
+        let bb = engine.device_add("d", "f", BackendOptions::tool(false)).unwrap();
+        let opts = CreateOptions {
+            size: 1 << 20,
+            backing_file: Some("base.raw".into()),
+            ..CreateOptions::default()
+        };
+        create(&bb.root().unwrap(), &opts).await.unwrap();
+        engine.device_del("d").await.unwrap();
+        engine.blockdev_del("f").await.unwrap();
+        // Set autoclear bit 0 (bitmaps), which blk does not implement.
+        let mut img = simr.fs().file_bytes("o.qcow2").unwrap();
+        img[95] = 1;
+        simr.fs().create_file("o2.qcow2", &img).unwrap();
+        // Probed (no backing_fmt): raw.
+        let bb = open_qcow2(&engine, "a", "o.qcow2", true).await.unwrap();
+        assert!(read_all(&bb).await.iter().all(|&b| b == 0x42));
+        // backing: null.
+        engine
+            .blockdev_add(json!({"driver": "qcow2", "node-name": "b", "read-only": true,
+                "backing": null, "file": {"driver": "file", "filename": "o.qcow2"}}))
+            .await
+            .unwrap();
+        let bb = engine.device_add("db", "b", BackendOptions::tool(true)).unwrap();
+        assert!(read_all(&bb).await.iter().all(|&b| b == 0));
+        // backing: a node name.
+        engine
+            .blockdev_add(json!({"driver": "null-co", "node-name": "n", "size": 1048576,
+                "read-zeroes": true}))
+            .await
+            .unwrap();
+        engine
+            .blockdev_add(json!({"driver": "qcow2", "node-name": "c", "read-only": true,
+                "backing": "n", "file": {"driver": "file", "filename": "o.qcow2"}}))
+            .await
+            .unwrap();
+        let bb = engine.device_add("dc", "c", BackendOptions::tool(true)).unwrap();
+        assert!(read_all(&bb).await.iter().all(|&b| b == 0));
+        // Autoclear bits are cleared before the first write.
+        let bb = open_qcow2(&engine, "w", "o2.qcow2", false).await.unwrap();
+        assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 1);
+        bb.write(0, IoBuf::filled(512, 1), ReqFlags::NONE).await.1.unwrap();
+        assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 0);
+    })
+    .unwrap();
+}
