@@ -27,7 +27,19 @@ const MATRIX: &[(u64, &str, u32)] = &[
 
 fn make_qemu_image(dir: &Scratch, name: &str, cs: u64, compat: &str, rb: u32, size: u64) {
     let opts = format!("cluster_size={cs},compat={compat},refcount_bits={rb}");
-    dir.run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", &opts, name, &size.to_string()]);
+    dir.run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &opts,
+            name,
+            &size.to_string(),
+        ],
+    );
 }
 
 fn qemu_io(dir: &Scratch, img: &str, cmds: &[&str]) {
@@ -56,7 +68,11 @@ fn qemu_written_images_read_identically() {
         let size = 8u64 << 20;
         let img = format!("m{i}.qcow2");
         make_qemu_image(&dir, &img, cs, compat, rb, size);
-        let zero = if compat == "1.1" { "write -z 2M 64k" } else { "write -P 0 2M 64k" };
+        let zero = if compat == "1.1" {
+            "write -z 2M 64k"
+        } else {
+            "write -P 0 2M 64k"
+        };
         qemu_io(
             &dir,
             &img,
@@ -79,12 +95,26 @@ fn qemu_written_images_read_identically() {
                 read_all(&bb).await
             })
             .unwrap();
-        assert!(got == expected, "image {i} ({cs}, {compat}, {rb}) reads differently");
+        assert!(
+            got == expected,
+            "image {i} ({cs}, {compat}, {rb}) reads differently"
+        );
         // Compressed copy of the same image.
         let comp = format!("c{i}.qcow2");
         let img = format!("m{i}.qcow2");
-        dir.run("qemu-img", &["convert", "-c", "-O", "qcow2", "-o",
-            &format!("cluster_size={cs},compat={compat}"), &img, &comp]);
+        dir.run(
+            "qemu-img",
+            &[
+                "convert",
+                "-c",
+                "-O",
+                "qcow2",
+                "-o",
+                &format!("cluster_size={cs},compat={compat}"),
+                &img,
+                &comp,
+            ],
+        );
         let files = [(comp.as_str(), dir.read(&comp))];
         let sim = sim_with(100 + i as u64, &files);
         let engine = engine_of(&sim);
@@ -94,7 +124,10 @@ fn qemu_written_images_read_identically() {
                 read_all(&bb).await
             })
             .unwrap();
-        assert!(got == expected, "compressed image {i} ({cs}, {compat}) reads differently");
+        assert!(
+            got == expected,
+            "compressed image {i} ({cs}, {compat}) reads differently"
+        );
     }
 }
 
@@ -104,26 +137,58 @@ fn backing_chain_reads_through() {
         return;
     }
     let dir = Scratch::new("backing");
-    for (i, &(cs, compat, rb)) in [(65536u64, "1.1", 16u32), (4096, "0.10", 16)].iter().enumerate() {
+    for (i, &(cs, compat, rb)) in [(65536u64, "1.1", 16u32), (4096, "0.10", 16)]
+        .iter()
+        .enumerate()
+    {
         make_qemu_image(&dir, "base.qcow2", cs, compat, rb, 4 << 20);
         qemu_io(&dir, "base.qcow2", &["write -P 0x5a 0 4M"]);
         let opts = format!("cluster_size={cs},compat={compat}");
-        dir.run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", &opts, "-b", "base.qcow2",
-            "-F", "qcow2", "top.qcow2", "6M"]);
-        qemu_io(&dir, "top.qcow2", &["write -P 0x77 100k 10k", "write -P 0x78 5M 4k"]);
+        dir.run(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                &opts,
+                "-b",
+                "base.qcow2",
+                "-F",
+                "qcow2",
+                "top.qcow2",
+                "6M",
+            ],
+        );
+        qemu_io(
+            &dir,
+            "top.qcow2",
+            &["write -P 0x77 100k 10k", "write -P 0x78 5M 4k"],
+        );
         if compat == "1.1" {
             qemu_io(&dir, "top.qcow2", &["write -z 1M 128k"]);
         }
         let expected = to_raw(&dir, "top.qcow2");
-        let files = [("base.qcow2", dir.read("base.qcow2")), ("top.qcow2", dir.read("top.qcow2"))];
+        let files = [
+            ("base.qcow2", dir.read("base.qcow2")),
+            ("top.qcow2", dir.read("top.qcow2")),
+        ];
         let sim = sim_with(7 + i as u64, &files);
         let engine = engine_of(&sim);
         let expected2 = expected.clone();
         sim.block_on(async move {
-            let bb = open_qcow2(&engine, "top", "top.qcow2", false).await.unwrap();
-            assert!(read_all(&bb).await == expected2, "chain {i} reads differently");
+            let bb = open_qcow2(&engine, "top", "top.qcow2", false)
+                .await
+                .unwrap();
+            assert!(
+                read_all(&bb).await == expected2,
+                "chain {i} reads differently"
+            );
             // A write into a cluster backed by the base copies the rest of the cluster.
-            let (_, r) = bb.write(200_000, IoBuf::filled(1000, 0x99), ReqFlags::NONE).await;
+            let (_, r) = bb
+                .write(200_000, IoBuf::filled(1000, 0x99), ReqFlags::NONE)
+                .await;
             r.unwrap();
             bb.flush().await.unwrap();
         })
@@ -133,7 +198,10 @@ fn backing_chain_reads_through() {
         let mut expected = expected;
         expected[200_000..201_000].fill(0x99);
         dir.check("top2.qcow2", false);
-        assert!(to_raw(&dir, "top2.qcow2") == expected, "chain {i} after COW write");
+        assert!(
+            to_raw(&dir, "top2.qcow2") == expected,
+            "chain {i} after COW write"
+        );
     }
 }
 
@@ -168,7 +236,9 @@ fn random_io(dir: &Scratch, img: &str, seed: u64, compat: &str) {
                     let pat = (i as u8).wrapping_mul(7).wrapping_add(1);
                     match op {
                         0 | 1 if v3 => {
-                            bb.write_zeroes(off, len, ReqFlags::MAY_UNMAP).await.unwrap();
+                            bb.write_zeroes(off, len, ReqFlags::MAY_UNMAP)
+                                .await
+                                .unwrap();
                             m.borrow_mut()[off as usize..(off + len) as usize].fill(0);
                         }
                         2 => {
@@ -189,14 +259,20 @@ fn random_io(dir: &Scratch, img: &str, seed: u64, compat: &str) {
         while *done.borrow() < n {
             env.sleep_until(env.now_ns() + 1_000_000).await;
         }
-        assert!(read_all(&bb).await == *m2.borrow(), "blk reads back differently");
+        assert!(
+            read_all(&bb).await == *m2.borrow(),
+            "blk reads back differently"
+        );
         bb.flush().await.unwrap();
     })
     .unwrap();
     let out = format!("{img}.out.qcow2");
     export(&sim, img, View::Current, dir, &out);
     dir.check(&out, false);
-    assert!(to_raw(dir, &out) == *model.borrow(), "{img}: QEMU reads differently");
+    assert!(
+        to_raw(dir, &out) == *model.borrow(),
+        "{img}: QEMU reads differently"
+    );
 }
 
 #[test]
@@ -223,9 +299,24 @@ fn dirty_lazy_refcount_image_is_repaired_on_open() {
     let dir = Scratch::new("dirty");
     for (i, &(cs, rb)) in [(65536u64, 16u32), (512, 1), (4096, 64)].iter().enumerate() {
         let opts = format!("cluster_size={cs},refcount_bits={rb},lazy_refcounts=on");
-        dir.run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", &opts, "d.qcow2", "4M"]);
-        let _ = dir.run_status("qemu-io", &["-f", "qcow2", "-c", "write -P 0xab 0 1M",
-            "-c", "write -P 0xcd 3M 100k", "-c", "abort", "d.qcow2"]);
+        dir.run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-o", &opts, "d.qcow2", "4M"],
+        );
+        let _ = dir.run_status(
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                "write -P 0xab 0 1M",
+                "-c",
+                "write -P 0xcd 3M 100k",
+                "-c",
+                "abort",
+                "d.qcow2",
+            ],
+        );
         let img = dir.read("d.qcow2");
         assert_eq!(img[79] & 1, 1, "qemu-io abort should leave the dirty bit");
         let mut expected = vec![0u8; 4 << 20];
@@ -241,7 +332,10 @@ fn dirty_lazy_refcount_image_is_repaired_on_open() {
             engine.blockdev_del("ro").await.unwrap();
             let bb = open_qcow2(&engine, "rw", "d.qcow2", false).await.unwrap();
             assert!(read_all(&bb).await == exp);
-            bb.write(2 << 20, IoBuf::filled(300_000, 0x44), ReqFlags::NONE).await.1.unwrap();
+            bb.write(2 << 20, IoBuf::filled(300_000, 0x44), ReqFlags::NONE)
+                .await
+                .1
+                .unwrap();
             bb.flush().await.unwrap();
         })
         .unwrap();
@@ -249,6 +343,9 @@ fn dirty_lazy_refcount_image_is_repaired_on_open() {
         let out = format!("d{i}.qcow2");
         export(&sim, "d.qcow2", View::Current, &dir, &out);
         dir.check(&out, false);
-        assert!(to_raw(&dir, &out) == expected, "repaired image {i} reads differently");
+        assert!(
+            to_raw(&dir, &out) == expected,
+            "repaired image {i} reads differently"
+        );
     }
 }

@@ -29,7 +29,9 @@ fn good_image() -> Vec<u8> {
             .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "img"}))
             .await
             .unwrap();
-        let bb = engine.device_add("d", "f", BackendOptions::tool(false)).unwrap();
+        let bb = engine
+            .device_add("d", "f", BackendOptions::tool(false))
+            .unwrap();
         let opts = CreateOptions {
             size: 1 << 20,
             ..CreateOptions::default()
@@ -58,30 +60,99 @@ fn bad_images_give_clear_errors() {
     assert_eq!(open_err(good.clone(), false), "opened");
     type Mutate = Box<dyn Fn(&mut Vec<u8>)>;
     let cases: Vec<(&str, Mutate, &str)> = vec![
-        ("truncated header", Box::new(|i| i.truncate(50)), "header truncated"),
-        ("bad magic", Box::new(|i| poke(i, 0, b"QFI\0")), "not in qcow2 format"),
-        ("version 4", Box::new(|i| poke(i, 4, &4u32.to_be_bytes())), "Unsupported qcow2 version"),
-        ("cluster_bits 8", Box::new(|i| poke(i, 20, &8u32.to_be_bytes())), "Unsupported cluster size"),
-        ("cluster_bits 30", Box::new(|i| poke(i, 20, &30u32.to_be_bytes())), "Unsupported cluster size"),
-        ("L1 beyond file", Box::new(|i| poke(i, 40, &(1u64 << 40).to_be_bytes())), "beyond the end"),
-        ("L1 unaligned", Box::new(|i| poke(i, 40, &0x30200u64.to_be_bytes())), "not cluster aligned"),
-        ("L1 huge", Box::new(|i| poke(i, 36, &u32::MAX.to_be_bytes())), "too large"),
-        ("reftable beyond file", Box::new(|i| poke(i, 48, &(1u64 << 40).to_be_bytes())), "beyond the end"),
-        ("reftable huge", Box::new(|i| poke(i, 56, &100_000u32.to_be_bytes())), "Reference count table size"),
-        ("absurd size", Box::new(|i| poke(i, 24, &(1u64 << 61).to_be_bytes())), "L1 table is too small"),
-        ("refcount order 7", Box::new(|i| poke(i, 96, &7u32.to_be_bytes())), "Refcount order"),
-        ("backing outside cluster 0", Box::new(|i| {
-            poke(i, 8, &65530u64.to_be_bytes());
-            poke(i, 16, &100u32.to_be_bytes());
-        }), "outside the first cluster"),
-        ("unknown incompatible bit", Box::new(|i| poke(i, 72, &(1u64 << 10).to_be_bytes())),
-            "Unsupported incompatible features: Unknown incompatible feature: 400"),
-        ("extended L2", Box::new(|i| poke(i, 72, &(1u64 << 4).to_be_bytes())),
-            "Unsupported incompatible features: extended L2 entries"),
-        ("corrupt bit", Box::new(|i| poke(i, 72, &2u64.to_be_bytes())),
-            "qcow2: Image is corrupt; cannot be opened read/write"),
-        ("header length", Box::new(|i| poke(i, 100, &105u32.to_be_bytes())), "Invalid header length"),
-        ("huge extension", Box::new(|i| poke(i, 116, &0xffff_fff0u32.to_be_bytes())), "too large"),
+        (
+            "truncated header",
+            Box::new(|i| i.truncate(50)),
+            "header truncated",
+        ),
+        (
+            "bad magic",
+            Box::new(|i| poke(i, 0, b"QFI\0")),
+            "not in qcow2 format",
+        ),
+        (
+            "version 4",
+            Box::new(|i| poke(i, 4, &4u32.to_be_bytes())),
+            "Unsupported qcow2 version",
+        ),
+        (
+            "cluster_bits 8",
+            Box::new(|i| poke(i, 20, &8u32.to_be_bytes())),
+            "Unsupported cluster size",
+        ),
+        (
+            "cluster_bits 30",
+            Box::new(|i| poke(i, 20, &30u32.to_be_bytes())),
+            "Unsupported cluster size",
+        ),
+        (
+            "L1 beyond file",
+            Box::new(|i| poke(i, 40, &(1u64 << 40).to_be_bytes())),
+            "beyond the end",
+        ),
+        (
+            "L1 unaligned",
+            Box::new(|i| poke(i, 40, &0x30200u64.to_be_bytes())),
+            "not cluster aligned",
+        ),
+        (
+            "L1 huge",
+            Box::new(|i| poke(i, 36, &u32::MAX.to_be_bytes())),
+            "too large",
+        ),
+        (
+            "reftable beyond file",
+            Box::new(|i| poke(i, 48, &(1u64 << 40).to_be_bytes())),
+            "beyond the end",
+        ),
+        (
+            "reftable huge",
+            Box::new(|i| poke(i, 56, &100_000u32.to_be_bytes())),
+            "Reference count table size",
+        ),
+        (
+            "absurd size",
+            Box::new(|i| poke(i, 24, &(1u64 << 61).to_be_bytes())),
+            "L1 table is too small",
+        ),
+        (
+            "refcount order 7",
+            Box::new(|i| poke(i, 96, &7u32.to_be_bytes())),
+            "Refcount order",
+        ),
+        (
+            "backing outside cluster 0",
+            Box::new(|i| {
+                poke(i, 8, &65530u64.to_be_bytes());
+                poke(i, 16, &100u32.to_be_bytes());
+            }),
+            "outside the first cluster",
+        ),
+        (
+            "unknown incompatible bit",
+            Box::new(|i| poke(i, 72, &(1u64 << 10).to_be_bytes())),
+            "Unsupported incompatible features: Unknown incompatible feature: 400",
+        ),
+        (
+            "extended L2",
+            Box::new(|i| poke(i, 72, &(1u64 << 4).to_be_bytes())),
+            "Unsupported incompatible features: extended L2 entries",
+        ),
+        (
+            "corrupt bit",
+            Box::new(|i| poke(i, 72, &2u64.to_be_bytes())),
+            "qcow2: Image is corrupt; cannot be opened read/write",
+        ),
+        (
+            "header length",
+            Box::new(|i| poke(i, 100, &105u32.to_be_bytes())),
+            "Invalid header length",
+        ),
+        (
+            "huge extension",
+            Box::new(|i| poke(i, 116, &0xffff_fff0u32.to_be_bytes())),
+            "too large",
+        ),
     ];
     for (what, mutate, want) in cases {
         let mut img = good.clone();
@@ -110,14 +181,22 @@ fn blk_created_images_pass_qemu_check() {
     ];
     std::fs::write(dir.path("base.raw"), vec![0x42u8; 1 << 20]).unwrap();
     for (i, &(cs, compat, rb, backing)) in variants.iter().enumerate() {
-        let sim = sim_with(i as u64, &[("new.qcow2", Vec::new()), ("base.raw", vec![0x42u8; 1 << 20])]);
+        let sim = sim_with(
+            i as u64,
+            &[
+                ("new.qcow2", Vec::new()),
+                ("base.raw", vec![0x42u8; 1 << 20]),
+            ],
+        );
         let engine = engine_of(&sim);
         sim.block_on(async move {
             engine
                 .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "new.qcow2"}))
                 .await
                 .unwrap();
-            let bb = engine.device_add("d", "f", BackendOptions::tool(false)).unwrap();
+            let bb = engine
+                .device_add("d", "f", BackendOptions::tool(false))
+                .unwrap();
             let opts = CreateOptions {
                 size: 3 << 20,
                 cluster_size: cs,
@@ -133,8 +212,12 @@ fn blk_created_images_pass_qemu_check() {
                 .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f"}))
                 .await
                 .unwrap();
-            let bb = engine.device_add("d2", "q", BackendOptions::tool(false)).unwrap();
-            let (_, r) = bb.write(300_000, IoBuf::filled(200_000, 0x17), ReqFlags::NONE).await;
+            let bb = engine
+                .device_add("d2", "q", BackendOptions::tool(false))
+                .unwrap();
+            let (_, r) = bb
+                .write(300_000, IoBuf::filled(200_000, 0x17), ReqFlags::NONE)
+                .await;
             r.unwrap();
             bb.flush().await.unwrap();
         })
@@ -149,7 +232,10 @@ fn blk_created_images_pass_qemu_check() {
         expected[300_000..500_000].fill(0x17);
         let raw = format!("{out}.raw");
         dir.run("qemu-img", &["convert", "-O", "raw", &out, &raw]);
-        assert!(dir.read(&raw) == expected, "created image {i} reads differently in QEMU");
+        assert!(
+            dir.read(&raw) == expected,
+            "created image {i} reads differently in QEMU"
+        );
     }
 }
 
@@ -169,8 +255,14 @@ fn crash_during_allocating_writes_keeps_flushed_data() {
                 .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "img"}))
                 .await
                 .unwrap();
-            let bb = engine.device_add("d", "f", BackendOptions::tool(false)).unwrap();
-            let opts = CreateOptions { size: 8 << 20, cluster_size: cs, ..CreateOptions::default() };
+            let bb = engine
+                .device_add("d", "f", BackendOptions::tool(false))
+                .unwrap();
+            let opts = CreateOptions {
+                size: 8 << 20,
+                cluster_size: cs,
+                ..CreateOptions::default()
+            };
             create(&bb.root().unwrap(), &opts).await.unwrap();
             engine.device_del("d").await.unwrap();
             engine
@@ -178,52 +270,64 @@ fn crash_during_allocating_writes_keeps_flushed_data() {
                     "discard": "unmap"}))
                 .await
                 .unwrap();
-            let bb = engine.device_add("d2", "q", BackendOptions::tool(false)).unwrap();
+            let bb = engine
+                .device_add("d2", "q", BackendOptions::tool(false))
+                .unwrap();
             let env = engine.env().clone();
             let durable: Rc<RefCell<Vec<(u64, u64, u8)>>> = Rc::default();
             let progress = Rc::new(RefCell::new(0u32));
             for t in 0..2u64 {
                 let (bb, durable, progress) = (bb.clone(), durable.clone(), progress.clone());
-                env.spawn("writer", Box::pin(async move {
-                    let mut mine = Vec::new();
-                    for j in 0..12u64 {
-                        let off = (t * 12 + j) * 300_000 + 777;
-                        let len = 5000 + j * 3000;
-                        let pat = (t * 16 + j + 1) as u8;
-                        if bb.write(off, IoBuf::filled(len as usize, pat), ReqFlags::NONE).await.1.is_err() {
-                            return;
-                        }
-                        mine.push((off, len, pat));
-                        *progress.borrow_mut() += 1;
-                        if j % 4 == 3 {
-                            // Free an earlier region (its clusters get reused by later writes).
-                            let (doff, dlen) = ((t * 12 + j - 2) * 300_000 + 777, 5000 + (j - 2) * 3000);
-                            mine.retain(|w: &(u64, u64, u8)| w.0 != doff);
-                            durable.borrow_mut().retain(|w| w.0 != doff);
-                            let r = if j % 8 == 3 {
-                                bb.discard(doff & !0xffff, (dlen + 0x20000) & !0xffff).await
-                            } else {
-                                bb.write_zeroes(doff, dlen, ReqFlags::MAY_UNMAP).await
-                            };
-                            if r.is_err() {
+                env.spawn(
+                    "writer",
+                    Box::pin(async move {
+                        let mut mine = Vec::new();
+                        for j in 0..12u64 {
+                            let off = (t * 12 + j) * 300_000 + 777;
+                            let len = 5000 + j * 3000;
+                            let pat = (t * 16 + j + 1) as u8;
+                            if bb
+                                .write(off, IoBuf::filled(len as usize, pat), ReqFlags::NONE)
+                                .await
+                                .1
+                                .is_err()
+                            {
                                 return;
                             }
-                        }
-                        if j % 3 == 2 {
-                            if bb.flush().await.is_err() {
-                                return;
+                            mine.push((off, len, pat));
+                            *progress.borrow_mut() += 1;
+                            if j % 4 == 3 {
+                                // Free an earlier region (its clusters get reused by later writes).
+                                let (doff, dlen) =
+                                    ((t * 12 + j - 2) * 300_000 + 777, 5000 + (j - 2) * 3000);
+                                mine.retain(|w: &(u64, u64, u8)| w.0 != doff);
+                                durable.borrow_mut().retain(|w| w.0 != doff);
+                                let r = if j % 8 == 3 {
+                                    bb.discard(doff & !0xffff, (dlen + 0x20000) & !0xffff).await
+                                } else {
+                                    bb.write_zeroes(doff, dlen, ReqFlags::MAY_UNMAP).await
+                                };
+                                if r.is_err() {
+                                    return;
+                                }
                             }
-                            durable.borrow_mut().extend(mine.drain(..));
+                            if j % 3 == 2 {
+                                if bb.flush().await.is_err() {
+                                    return;
+                                }
+                                durable.borrow_mut().extend(mine.drain(..));
+                            }
                         }
-                    }
-                }));
+                    }),
+                );
             }
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let target = (rng.next_u32() % 24) as u32;
             while *progress.borrow() < target {
                 env.sleep_until(env.now_ns() + 20_000).await;
             }
-            env.sleep_until(env.now_ns() + rng.next_u64() % 200_000).await;
+            env.sleep_until(env.now_ns() + rng.next_u64() % 200_000)
+                .await;
             let report = simr.crash();
             drop(bb);
             let durable = durable.borrow().clone();
@@ -233,11 +337,16 @@ fn crash_during_allocating_writes_keeps_flushed_data() {
             for (off, len, pat) in durable {
                 let (buf, r) = bb2.read(off, IoBuf::new(len as usize)).await;
                 r.unwrap();
-                assert!(buf.as_slice().iter().all(|&b| b == pat),
-                    "seed {seed}: flushed write at {off} lost ({report:?})");
+                assert!(
+                    buf.as_slice().iter().all(|&b| b == pat),
+                    "seed {seed}: flushed write at {off} lost ({report:?})"
+                );
             }
             // The reopened image still allocates correctly.
-            bb2.write(7 << 20, IoBuf::filled(70_000, 0xee), ReqFlags::NONE).await.1.unwrap();
+            bb2.write(7 << 20, IoBuf::filled(70_000, 0xee), ReqFlags::NONE)
+                .await
+                .1
+                .unwrap();
             bb2.flush().await.unwrap();
         })
         .unwrap();
@@ -265,7 +374,9 @@ fn refcount_table_growth_passes_qemu_check() {
                 .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "g.qcow2"}))
                 .await
                 .unwrap();
-            let bb = engine.device_add("d", "f", BackendOptions::tool(false)).unwrap();
+            let bb = engine
+                .device_add("d", "f", BackendOptions::tool(false))
+                .unwrap();
             let opts = CreateOptions {
                 size: 12 << 20,
                 cluster_size: 512,
@@ -279,10 +390,16 @@ fn refcount_table_growth_passes_qemu_check() {
                     "l2-cache-size": 4096, "discard": "unmap"}))
                 .await
                 .unwrap();
-            let bb = engine.device_add("d2", "q", BackendOptions::tool(false)).unwrap();
+            let bb = engine
+                .device_add("d2", "q", BackendOptions::tool(false))
+                .unwrap();
             for k in 0..12u64 {
                 let (_, r) = bb
-                    .write(k * (1 << 20) + 512 * k, IoBuf::filled(700_000, k as u8 + 1), ReqFlags::NONE)
+                    .write(
+                        k * (1 << 20) + 512 * k,
+                        IoBuf::filled(700_000, k as u8 + 1),
+                        ReqFlags::NONE,
+                    )
                     .await;
                 r.unwrap();
             }
@@ -294,7 +411,10 @@ fn refcount_table_growth_passes_qemu_check() {
         export(&sim, "g.qcow2", View::Current, &dir, &out);
         dir.check(&out, false);
         let file_len = std::fs::metadata(dir.path(&out)).unwrap().len();
-        assert!(file_len < 10 << 20, "image {i} is bloated: {file_len} bytes for 8.4 MB of data");
+        assert!(
+            file_len < 10 << 20,
+            "image {i} is bloated: {file_len} bytes for 8.4 MB of data"
+        );
         let mut expected = vec![0u8; 12 << 20];
         for k in 0..12usize {
             let off = k * (1 << 20) + 512 * k;
@@ -303,7 +423,10 @@ fn refcount_table_growth_passes_qemu_check() {
         expected[..1 << 20].fill(0);
         let raw = format!("{out}.raw");
         dir.run("qemu-img", &["convert", "-O", "raw", &out, &raw]);
-        assert!(dir.read(&raw) == expected, "growth image {i} reads differently");
+        assert!(
+            dir.read(&raw) == expected,
+            "growth image {i} reads differently"
+        );
     }
 }
 
@@ -320,28 +443,51 @@ fn resize_and_block_status() {
             .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "r.qcow2"}))
             .await
             .unwrap();
-        let bb = engine.device_add("d", "f", BackendOptions::tool(false)).unwrap();
+        let bb = engine
+            .device_add("d", "f", BackendOptions::tool(false))
+            .unwrap();
         // 512-byte clusters: one L1 entry maps 32 KiB, one L1 cluster 2 MiB.
-        let opts = CreateOptions { size: 1 << 20, cluster_size: 512, ..CreateOptions::default() };
+        let opts = CreateOptions {
+            size: 1 << 20,
+            cluster_size: 512,
+            ..CreateOptions::default()
+        };
         create(&bb.root().unwrap(), &opts).await.unwrap();
         engine.device_del("d").await.unwrap();
         engine
             .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f"}))
             .await
             .unwrap();
-        let bb = engine.device_add("d2", "q", BackendOptions::tool(false)).unwrap();
-        bb.write(0, IoBuf::filled(4096, 0x61), ReqFlags::NONE).await.1.unwrap();
+        let bb = engine
+            .device_add("d2", "q", BackendOptions::tool(false))
+            .unwrap();
+        bb.write(0, IoBuf::filled(4096, 0x61), ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
         bb.truncate(6 << 20).await.unwrap();
         assert_eq!(bb.len().unwrap(), 6 << 20);
-        bb.write((6 << 20) - 8192, IoBuf::filled(8192, 0x62), ReqFlags::NONE).await.1.unwrap();
+        bb.write((6 << 20) - 8192, IoBuf::filled(8192, 0x62), ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
         bb.write_zeroes(8192, 4096, ReqFlags::NONE).await.unwrap();
         let st = bb.block_status(0, 1 << 20).await.unwrap();
-        assert!(matches!(st.mapping, engine::io::Mapping::Data { host: Some(_) }), "{st:?}");
+        assert!(
+            matches!(st.mapping, engine::io::Mapping::Data { host: Some(_) }),
+            "{st:?}"
+        );
         assert_eq!(st.len, 4096);
         let st = bb.block_status(4096, 1 << 20).await.unwrap();
-        assert_eq!((st.mapping, st.len), (engine::io::Mapping::Unallocated, 4096));
+        assert_eq!(
+            (st.mapping, st.len),
+            (engine::io::Mapping::Unallocated, 4096)
+        );
         let st = bb.block_status(8192, 1 << 20).await.unwrap();
-        assert!(matches!(st.mapping, engine::io::Mapping::Zero { .. }), "{st:?}");
+        assert!(
+            matches!(st.mapping, engine::io::Mapping::Zero { .. }),
+            "{st:?}"
+        );
         assert_eq!(st.len, 4096);
         // The tail is allocated: shrinking over it is refused; over free space it works.
         let e = bb.truncate(5 << 20).await.unwrap_err();
@@ -351,16 +497,22 @@ fn resize_and_block_status() {
         engine.device_del("d2").await.unwrap();
         engine.blockdev_del("q").await.unwrap();
         engine
-            .blockdev_add(json!({"driver": "qcow2", "node-name": "q2", "file": "f", "discard": "unmap"}))
+            .blockdev_add(
+                json!({"driver": "qcow2", "node-name": "q2", "file": "f", "discard": "unmap"}),
+            )
             .await
             .unwrap();
-        let bb = engine.device_add("d3", "q2", BackendOptions::tool(false)).unwrap();
+        let bb = engine
+            .device_add("d3", "q2", BackendOptions::tool(false))
+            .unwrap();
         assert_eq!(bb.len().unwrap(), 6 << 20);
         let data = read_all(&bb).await;
         assert!(data[..4096].iter().all(|&b| b == 0x61));
         assert!(data[4096..(6 << 20) - 8192].iter().all(|&b| b == 0));
         assert!(data[(6 << 20) - 8192..].iter().all(|&b| b == 0x62));
-        bb.write_zeroes((6 << 20) - 8192, 8192, ReqFlags::MAY_UNMAP).await.unwrap();
+        bb.write_zeroes((6 << 20) - 8192, 8192, ReqFlags::MAY_UNMAP)
+            .await
+            .unwrap();
         bb.truncate(3 << 20).await.unwrap();
         bb.flush().await.unwrap();
     })
@@ -377,7 +529,10 @@ fn resize_and_block_status() {
 /// probing when there is no backing format; unknown autoclear bits are cleared on first write.
 #[test]
 fn backing_option_and_autoclear() {
-    let sim = sim_with(5, &[("o.qcow2", Vec::new()), ("base.raw", vec![0x42u8; 1 << 20])]);
+    let sim = sim_with(
+        5,
+        &[("o.qcow2", Vec::new()), ("base.raw", vec![0x42u8; 1 << 20])],
+    );
     let engine = engine_of(&sim);
     let simr = &sim;
     sim.block_on(async move {
@@ -385,7 +540,9 @@ fn backing_option_and_autoclear() {
             .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "o.qcow2"}))
             .await
             .unwrap();
-        let bb = engine.device_add("d", "f", BackendOptions::tool(false)).unwrap();
+        let bb = engine
+            .device_add("d", "f", BackendOptions::tool(false))
+            .unwrap();
         let opts = CreateOptions {
             size: 1 << 20,
             backing_file: Some("base.raw".into()),
@@ -403,29 +560,42 @@ fn backing_option_and_autoclear() {
         assert!(read_all(&bb).await.iter().all(|&b| b == 0x42));
         // backing: null.
         engine
-            .blockdev_add(json!({"driver": "qcow2", "node-name": "b", "read-only": true,
-                "backing": null, "file": {"driver": "file", "filename": "o.qcow2"}}))
+            .blockdev_add(
+                json!({"driver": "qcow2", "node-name": "b", "read-only": true,
+                "backing": null, "file": {"driver": "file", "filename": "o.qcow2"}}),
+            )
             .await
             .unwrap();
-        let bb = engine.device_add("db", "b", BackendOptions::tool(true)).unwrap();
+        let bb = engine
+            .device_add("db", "b", BackendOptions::tool(true))
+            .unwrap();
         assert!(read_all(&bb).await.iter().all(|&b| b == 0));
         // backing: a node name.
         engine
-            .blockdev_add(json!({"driver": "null-co", "node-name": "n", "size": 1048576,
-                "read-zeroes": true}))
+            .blockdev_add(
+                json!({"driver": "null-co", "node-name": "n", "size": 1048576,
+                "read-zeroes": true}),
+            )
             .await
             .unwrap();
         engine
-            .blockdev_add(json!({"driver": "qcow2", "node-name": "c", "read-only": true,
-                "backing": "n", "file": {"driver": "file", "filename": "o.qcow2"}}))
+            .blockdev_add(
+                json!({"driver": "qcow2", "node-name": "c", "read-only": true,
+                "backing": "n", "file": {"driver": "file", "filename": "o.qcow2"}}),
+            )
             .await
             .unwrap();
-        let bb = engine.device_add("dc", "c", BackendOptions::tool(true)).unwrap();
+        let bb = engine
+            .device_add("dc", "c", BackendOptions::tool(true))
+            .unwrap();
         assert!(read_all(&bb).await.iter().all(|&b| b == 0));
         // Autoclear bits are cleared before the first write.
         let bb = open_qcow2(&engine, "w", "o2.qcow2", false).await.unwrap();
         assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 1);
-        bb.write(0, IoBuf::filled(512, 1), ReqFlags::NONE).await.1.unwrap();
+        bb.write(0, IoBuf::filled(512, 1), ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
         assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 0);
     })
     .unwrap();
@@ -436,14 +606,19 @@ fn backing_option_and_autoclear() {
 #[test]
 fn concurrent_writes_into_one_new_cluster() {
     for seed in 0..16u64 {
-        let sim = sim_with(seed, &[("o.qcow2", Vec::new()), ("base.raw", vec![0x42u8; 1 << 20])]);
+        let sim = sim_with(
+            seed,
+            &[("o.qcow2", Vec::new()), ("base.raw", vec![0x42u8; 1 << 20])],
+        );
         let engine = engine_of(&sim);
         sim.block_on(async move {
             engine
                 .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "o.qcow2"}))
                 .await
                 .unwrap();
-            let bb = engine.device_add("d", "f", BackendOptions::tool(false)).unwrap();
+            let bb = engine
+                .device_add("d", "f", BackendOptions::tool(false))
+                .unwrap();
             let opts = CreateOptions {
                 size: 1 << 20,
                 backing_file: Some("base.raw".into()),
@@ -456,16 +631,24 @@ fn concurrent_writes_into_one_new_cluster() {
                 .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f"}))
                 .await
                 .unwrap();
-            let bb = engine.device_add("d2", "q", BackendOptions::tool(false)).unwrap();
+            let bb = engine
+                .device_add("d2", "q", BackendOptions::tool(false))
+                .unwrap();
             let env = engine.env().clone();
             let done = Rc::new(RefCell::new(0));
             for i in 0..16u64 {
                 let (bb, done) = (bb.clone(), done.clone());
-                env.spawn("w", Box::pin(async move {
-                    let off = 4096 + i * 9000;
-                    bb.write(off, IoBuf::filled(3000, i as u8 + 1), ReqFlags::NONE).await.1.unwrap();
-                    *done.borrow_mut() += 1;
-                }));
+                env.spawn(
+                    "w",
+                    Box::pin(async move {
+                        let off = 4096 + i * 9000;
+                        bb.write(off, IoBuf::filled(3000, i as u8 + 1), ReqFlags::NONE)
+                            .await
+                            .1
+                            .unwrap();
+                        *done.borrow_mut() += 1;
+                    }),
+                );
             }
             while *done.borrow() < 16 {
                 env.sleep_until(env.now_ns() + 100_000).await;
@@ -475,7 +658,10 @@ fn concurrent_writes_into_one_new_cluster() {
                 let off = 4096 + i * 9000;
                 expected[off..off + 3000].fill(i as u8 + 1);
             }
-            assert!(read_all(&bb).await == expected, "seed {seed}: a concurrent write was lost");
+            assert!(
+                read_all(&bb).await == expected,
+                "seed {seed}: a concurrent write was lost"
+            );
         })
         .unwrap();
     }

@@ -6,17 +6,23 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::rc::Rc;
 
+use engine::Engine;
 use engine::backend::{BackendOptions, BlockBackend};
 use engine::io::IoBuf;
-use engine::Engine;
 use serde_json::json;
 use sim::{Sim, SimConfig, View};
 
 /// True when qemu-img and qemu-io can run; otherwise prints a note (or panics when
 /// `BLK_REQUIRE_QEMU=1`).
 pub fn have_qemu() -> bool {
-    let ok = Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success())
-        && Command::new("qemu-io").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Command::new("qemu-io")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
     if !ok {
         if std::env::var("BLK_REQUIRE_QEMU").as_deref() == Ok("1") {
             panic!("qemu-img/qemu-io required (BLK_REQUIRE_QEMU=1) but not runnable");
@@ -43,7 +49,11 @@ impl Scratch {
 
     /// Run a command in the directory; panic with its output if it fails.
     pub fn run(&self, prog: &str, args: &[&str]) -> String {
-        let out = Command::new(prog).args(args).current_dir(&self.0).output().unwrap();
+        let out = Command::new(prog)
+            .args(args)
+            .current_dir(&self.0)
+            .output()
+            .unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -55,7 +65,11 @@ impl Scratch {
 
     /// Run a command and return (exit code, output).
     pub fn run_status(&self, prog: &str, args: &[&str]) -> (i32, String) {
-        let out = Command::new(prog).args(args).current_dir(&self.0).output().unwrap();
+        let out = Command::new(prog)
+            .args(args)
+            .current_dir(&self.0)
+            .output()
+            .unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -99,11 +113,17 @@ pub async fn open_qcow2(
     read_only: bool,
 ) -> engine::Result<Rc<BlockBackend>> {
     engine
-        .blockdev_add(json!({"driver": "qcow2", "node-name": name, "read-only": read_only,
+        .blockdev_add(
+            json!({"driver": "qcow2", "node-name": name, "read-only": read_only,
             "discard": "unmap",
-            "file": {"driver": "file", "filename": file}}))
+            "file": {"driver": "file", "filename": file}}),
+        )
         .await?;
-    engine.device_add(&format!("dev-{name}"), name, BackendOptions::tool(read_only))
+    engine.device_add(
+        &format!("dev-{name}"),
+        name,
+        BackendOptions::tool(read_only),
+    )
 }
 
 /// Read the whole device.

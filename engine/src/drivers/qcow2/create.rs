@@ -79,7 +79,9 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
         ));
     }
     if o.backing_fmt.is_some() && o.backing_file.is_none() {
-        return Err(Error::generic("Backing format cannot be used without backing file"));
+        return Err(Error::generic(
+            "Backing format cannot be used without backing file",
+        ));
     }
     if o.backing_file.as_ref().is_some_and(|b| b.len() > 1023) {
         return Err(Error::generic("Backing file name too long"));
@@ -88,7 +90,9 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
     let per_l1 = cs * (cs / 8);
     let l1_size = o.size.div_ceil(per_l1);
     if l1_size * 8 > MAX_L1_BYTES {
-        return Err(Error::generic("Image size is too large for this cluster size"));
+        return Err(Error::generic(
+            "Image size is too large for this cluster size",
+        ));
     }
     let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
     let order = o.refcount_bits.trailing_zeros();
@@ -118,7 +122,11 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
         nb_snapshots: 0,
         snapshots_offset: 0,
         incompat: 0,
-        compat: if o.lazy_refcounts { COMPAT_LAZY_REFCOUNTS } else { 0 },
+        compat: if o.lazy_refcounts {
+            COMPAT_LAZY_REFCOUNTS
+        } else {
+            0
+        },
         autoclear: 0,
         refcount_order: order,
         header_length: if o.compat == Compat::V3 { 112 } else { 72 },
@@ -142,9 +150,16 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
     for c in 0..total {
         let b = c / rb_entries;
         let off = ((1 + rt + b) * cs) as usize;
-        rb_set(&mut img[off..off + cs as usize], order, (c % rb_entries) as usize, 1);
+        rb_set(
+            &mut img[off..off + cs as usize],
+            order,
+            (c % rb_entries) as usize,
+            1,
+        );
     }
     file.truncate(0, true, Prealloc::Off).await?;
-    file.write(0, IoBuf::from_slice(&img), ReqFlags::NONE).await.1?;
+    file.write(0, IoBuf::from_slice(&img), ReqFlags::NONE)
+        .await
+        .1?;
     file.flush().await
 }

@@ -230,7 +230,9 @@ impl Header {
         // Tables: aligned and inside the file.
         let check_table = |what: &str, off: u64, bytes: u64| -> Result<()> {
             if off % cs != 0 {
-                return Err(invalid(format!("{what} offset {off:#x} is not cluster aligned")));
+                return Err(invalid(format!(
+                    "{what} offset {off:#x} is not cluster aligned"
+                )));
             }
             if off == 0 && bytes > 0 {
                 return Err(invalid(format!("{what} at offset 0 overlaps the header")));
@@ -252,7 +254,10 @@ impl Header {
         check_table("Reference count table", h.reftable_offset, rt_bytes)?;
         let l1_bytes = h.l1_size as u64 * 8;
         if l1_bytes > MAX_L1_BYTES {
-            return Err(invalid(format!("Active L1 table too large ({} entries)", h.l1_size)));
+            return Err(invalid(format!(
+                "Active L1 table too large ({} entries)",
+                h.l1_size
+            )));
         }
         check_table("Active L1 table", h.l1_offset, l1_bytes)?;
         // L1 size vs virtual size: each L1 entry maps cs * cs/8 bytes.
@@ -280,9 +285,7 @@ impl Header {
             }
             let end = h.backing_offset.checked_add(h.backing_size as u64);
             if end.is_none_or(|e| e > cs || e as usize > buf.len()) {
-                return Err(invalid(
-                    "Backing file name lies outside the first cluster",
-                ));
+                return Err(invalid("Backing file name lies outside the first cluster"));
             }
             let s = h.backing_offset as usize;
             let name = &buf[s..s + h.backing_size as usize];

@@ -18,7 +18,12 @@ enum Plan {
     /// Write in place at `host`, `n` bytes.
     Rewrite { host: u64, n: u64 },
     /// New clusters at `host` for guest clusters from `gc`; `olds` are their old entries.
-    Alloc { gc: u64, host: u64, olds: Vec<u64>, n: u64 },
+    Alloc {
+        gc: u64,
+        host: u64,
+        olds: Vec<u64>,
+        n: u64,
+    },
 }
 
 /// Most clusters one allocating step covers (2 MiB worth, at least one).
@@ -45,9 +50,16 @@ impl Qcow2 {
             let same = match (kind, k) {
                 (Kind::Unallocated, Kind::Unallocated) => true,
                 (Kind::Zero { host: None }, Kind::Zero { host: None }) => true,
-                (Kind::Normal { host: a, copied: ca }, Kind::Normal { host: b, copied: cb }) => {
-                    ca == cb && b == a + (next - gc) * cs
-                }
+                (
+                    Kind::Normal {
+                        host: a,
+                        copied: ca,
+                    },
+                    Kind::Normal {
+                        host: b,
+                        copied: cb,
+                    },
+                ) => ca == cb && b == a + (next - gc) * cs,
                 _ => false,
             };
             if !same {
@@ -60,7 +72,13 @@ impl Qcow2 {
     }
 
     /// Read `[off, off+out.len())` of the compressed cluster into `out`.
-    async fn read_compressed(&self, offset: u64, len: u64, in_off: u64, out: &mut [u8]) -> Result<()> {
+    async fn read_compressed(
+        &self,
+        offset: u64,
+        len: u64,
+        in_off: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
         if self.compression_type != 0 {
             return Err(Error::io_msg(
                 Errno::ENOTSUP,
@@ -203,7 +221,8 @@ impl Qcow2 {
                 }
                 Plan::Alloc { gc, host, olds, n } => {
                     let chunk = &data[pos as usize..(pos + n) as usize];
-                    self.write_alloc(offset + pos, chunk, gc, host, &olds).await?;
+                    self.write_alloc(offset + pos, chunk, gc, host, &olds)
+                        .await?;
                     pos += n;
                 }
             }
@@ -213,7 +232,14 @@ impl Qcow2 {
 
     /// Fill new clusters with `data` plus the old contents around it, write them, then point
     /// the L2 entries at them and queue the old clusters for freeing.
-    async fn write_alloc(&self, off: u64, data: &[u8], gc: u64, host: u64, olds: &[u64]) -> Result<()> {
+    async fn write_alloc(
+        &self,
+        off: u64,
+        data: &[u8],
+        gc: u64,
+        host: u64,
+        olds: &[u64],
+    ) -> Result<()> {
         let cs = self.cs();
         let k = olds.len() as u64;
         let mut buf = IoBuf::new((k * cs) as usize);
@@ -224,7 +250,8 @@ impl Qcow2 {
             if in_off > 0 {
                 self.file.debug_event(DebugEvent::CowRead).await;
                 let kind = self.classify(olds[0])?;
-                self.read_kind(kind, gc * cs, &mut b[..in_off as usize]).await?;
+                self.read_kind(kind, gc * cs, &mut b[..in_off as usize])
+                    .await?;
             }
             if end_in < k * cs {
                 self.file.debug_event(DebugEvent::CowRead).await;
@@ -281,7 +308,12 @@ impl Qcow2 {
         }
     }
 
-    pub(crate) async fn do_write_zeroes(&self, offset: u64, len: u64, flags: ReqFlags) -> Result<()> {
+    pub(crate) async fn do_write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: ReqFlags,
+    ) -> Result<()> {
         if self.version < 3 {
             return Err(Error::io(Errno::ENOTSUP));
         }
@@ -323,7 +355,8 @@ impl Qcow2 {
             }
         }
         if end % cs != 0 {
-            self.zero_partial(last_full * cs, end - last_full * cs).await?;
+            self.zero_partial(last_full * cs, end - last_full * cs)
+                .await?;
         }
         Ok(())
     }
@@ -418,7 +451,11 @@ impl Qcow2 {
             }
         }
         self.file
-            .write(OFF_SIZE, IoBuf::from_slice(&len.to_be_bytes()), ReqFlags::NONE)
+            .write(
+                OFF_SIZE,
+                IoBuf::from_slice(&len.to_be_bytes()),
+                ReqFlags::NONE,
+            )
             .await
             .1?;
         self.file.flush().await?;
@@ -431,7 +468,10 @@ impl Qcow2 {
         let cs = self.cs();
         let bytes = entries * 8;
         if bytes > MAX_L1_BYTES {
-            return Err(Error::io_msg(Errno::EFBIG, "qcow2: L1 table would be too large"));
+            return Err(Error::io_msg(
+                Errno::EFBIG,
+                "qcow2: L1 table would be too large",
+            ));
         }
         let clusters = bytes.div_ceil(cs);
         self.file.debug_event(DebugEvent::L1GrowAllocTable).await;

@@ -63,9 +63,11 @@ impl RangeLocks {
     /// Lock guest clusters `[start, end)`, shared or exclusive.
     pub async fn lock(&self, start: u64, end: u64, exclusive: bool) -> RangeGuard<'_> {
         loop {
-            let conflict = self.held.borrow().iter().any(|h| {
-                h.start < end && start < h.end && (h.exclusive || exclusive)
-            });
+            let conflict = self
+                .held
+                .borrow()
+                .iter()
+                .any(|h| h.start < end && start < h.end && (h.exclusive || exclusive));
             if !conflict {
                 break;
             }
@@ -81,7 +83,6 @@ impl RangeLocks {
         });
         RangeGuard { locks: self, id }
     }
-
 }
 
 impl Drop for RangeGuard<'_> {

@@ -139,7 +139,12 @@ pub(super) fn open(
         }
         let cs = h.cluster_size();
         let l1 = read_table(&file, h.l1_offset, h.l1_size as u64).await?;
-        let reftable = read_table(&file, h.reftable_offset, h.reftable_clusters as u64 * cs / 8).await?;
+        let reftable = read_table(
+            &file,
+            h.reftable_offset,
+            h.reftable_clusters as u64 * cs / 8,
+        )
+        .await?;
         let backing = open_backing(&ctx, &file, &h, backing_opt).await?;
         let l2_slots = l2_cache_bytes.unwrap_or(DEFAULT_L2_CACHE_BYTES.max(8 * cs)) / cs;
         let rb_slots = rb_cache_bytes.unwrap_or(4 * cs.max(1 << 16)) / cs;

@@ -350,7 +350,12 @@ impl Qcow2 {
             let mut data = vec![0u8; cs as usize];
             for c in at..at + k + m {
                 if c >> rb_bits == rt {
-                    rb_set(&mut data, self.refcount_order, (c - (rt << rb_bits)) as usize, 1);
+                    rb_set(
+                        &mut data,
+                        self.refcount_order,
+                        (c - (rt << rb_bits)) as usize,
+                        1,
+                    );
                 }
             }
             let off = (at + b) * cs;

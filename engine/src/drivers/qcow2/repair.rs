@@ -40,7 +40,9 @@ impl Qcow2 {
             let last = (off + len.max(1) - 1) / cs;
             for c in first..=last {
                 let slot = counts.get_mut(c as usize).ok_or_else(|| {
-                    bad(format!("reference to {off:#x} lies beyond the end of the file"))
+                    bad(format!(
+                        "reference to {off:#x} lies beyond the end of the file"
+                    ))
                 })?;
                 *slot += 1;
             }
@@ -60,15 +62,16 @@ impl Qcow2 {
                 return Err(bad(format!("L2 table offset {l2:#x} is unaligned")));
             }
             inc(l2, cs)?;
-            let (buf, r) = self.file.read(l2, IoBuf::new(cs as usize), ReqFlags::NONE).await;
+            let (buf, r) = self
+                .file
+                .read(l2, IoBuf::new(cs as usize), ReqFlags::NONE)
+                .await;
             r?;
             for chunk in buf.as_slice().chunks_exact(8) {
                 let entry = u64::from_be_bytes(chunk.try_into().expect("8 bytes"));
                 match self.classify(entry)? {
                     Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => inc(host, cs)?,
-                    Kind::Compressed { offset, len } => {
-                        inc(offset & !511, len + (offset & 511))?
-                    }
+                    Kind::Compressed { offset, len } => inc(offset & !511, len + (offset & 511))?,
                     _ => {}
                 }
             }
@@ -95,7 +98,11 @@ impl Qcow2 {
         for c in base..total {
             counts[c as usize] = 1;
         }
-        let max = if order == 6 { u64::MAX } else { (1u64 << (1u32 << order)) - 1 };
+        let max = if order == 6 {
+            u64::MAX
+        } else {
+            (1u64 << (1u32 << order)) - 1
+        };
         let mut area = vec![0u8; ((rt + rb) * cs) as usize];
         let mut table = vec![0u64; (rt * cs / 8) as usize];
         for b in 0..rb {
@@ -107,22 +114,37 @@ impl Qcow2 {
             }
             let b = c as u64 / rb_entries;
             let start = ((rt + b) * cs) as usize;
-            rb_set(&mut area[start..start + cs as usize], order, c % rb_entries as usize, n);
+            rb_set(
+                &mut area[start..start + cs as usize],
+                order,
+                c % rb_entries as usize,
+                n,
+            );
         }
         for (i, e) in table.iter().enumerate() {
             set_u64(&mut area, i, *e);
         }
         let table_off = base * cs;
-        self.file.write(table_off, IoBuf::from_slice(&area), ReqFlags::NONE).await.1?;
+        self.file
+            .write(table_off, IoBuf::from_slice(&area), ReqFlags::NONE)
+            .await
+            .1?;
         self.file.flush().await?;
         let mut hdr = Vec::with_capacity(12);
         hdr.extend_from_slice(&table_off.to_be_bytes());
         hdr.extend_from_slice(&(rt as u32).to_be_bytes());
-        self.file.write(OFF_REFTABLE, IoBuf::from_slice(&hdr), ReqFlags::NONE).await.1?;
+        self.file
+            .write(OFF_REFTABLE, IoBuf::from_slice(&hdr), ReqFlags::NONE)
+            .await
+            .1?;
         self.file.flush().await?;
         let incompat = self.incompat.get() & !INCOMPAT_DIRTY;
         self.file
-            .write(OFF_INCOMPAT, IoBuf::from_slice(&incompat.to_be_bytes()), ReqFlags::NONE)
+            .write(
+                OFF_INCOMPAT,
+                IoBuf::from_slice(&incompat.to_be_bytes()),
+                ReqFlags::NONE,
+            )
             .await
             .1?;
         self.file.flush().await?;
