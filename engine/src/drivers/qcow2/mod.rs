@@ -5,7 +5,7 @@
 //! `cluster` (L1/L2 mapping, L2 allocation, metadata write-back), `refcount` (refcounts and
 //! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate
-//! clusters), `create` (new images), `repair` (refcount rebuild of dirty images).
+//! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`.
 //!
 //! Crash-safety rules (QEMU's ordering): refcount increments reach the disk before any L2/L1
 //! entry relying on them; guest data is flushed before the L2 table that points to it is
@@ -23,6 +23,7 @@ mod io;
 mod lock;
 mod refcount;
 mod repair;
+mod resize;
 
 use std::cell::{Cell, RefCell};
 
