@@ -1,0 +1,205 @@
+//! qcow2 L1/L2 mapping: reading L2 entries through the L2 cache, classifying them, allocating
+//! new L2 tables (refcount, table, flush, then the L1 entry), updating entries, writing dirty
+//! tables back (after the refcounts and guest data they rely on are durable) and the metadata
+//! flush that also applies deferred frees.
+//!
+//! Every function here runs with the metadata lock held. Must not import `job`, `qmp`,
+//! `engine`, `backend` or other drivers.
+
+use crate::error::{Errno, Error, Result};
+use crate::event::DebugEvent;
+use crate::io::{IoBuf, ReqFlags};
+
+use super::cache::{get_u64, set_u64};
+use super::{COMPRESSED, COPIED, OFFSET_MASK, Qcow2, ZERO};
+
+/// What one guest cluster is, from its L2 entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Not allocated here: backing file or zeroes.
+    Unallocated,
+    /// Reads as zeroes (v3 flag); `host` is a preallocated cluster, if any.
+    Zero { host: Option<u64> },
+    /// Data at `host`; `copied` means it may be rewritten in place.
+    Normal { host: u64, copied: bool },
+    /// Deflate-compressed data: `offset` in the file, `len` bytes of sectors.
+    Compressed { offset: u64, len: u64 },
+}
+
+impl Qcow2 {
+    /// Decode an L2 entry (validated: a bad one is an I/O error, never a panic).
+    pub(crate) fn classify(&self, entry: u64) -> Result<Kind> {
+        if entry & COMPRESSED != 0 {
+            let x = 62 - (self.cluster_bits - 8);
+            let offset = entry & ((1u64 << x) - 1);
+            let sectors = ((entry >> x) & ((1u64 << (self.cluster_bits - 8)) - 1)) + 1;
+            let len = sectors * 512 - (offset & 511);
+            return Ok(Kind::Compressed { offset, len });
+        }
+        let host = entry & OFFSET_MASK;
+        if host % self.cs() != 0 {
+            return Err(Error::io_msg(
+                Errno::EIO,
+                format!("qcow2: cluster offset {host:#x} is not cluster aligned"),
+            ));
+        }
+        if entry & ZERO != 0 && self.version >= 3 {
+            return Ok(Kind::Zero {
+                host: (host != 0).then_some(host),
+            });
+        }
+        if host == 0 {
+            return Ok(Kind::Unallocated);
+        }
+        Ok(Kind::Normal {
+            host,
+            copied: entry & COPIED != 0,
+        })
+    }
+
+    /// The L2 table offset for L1 index `l1i`, allocating the table if `alloc`.
+    async fn l2_table(&self, l1i: usize, alloc: bool) -> Result<Option<u64>> {
+        let entry = self.l1.borrow().get(l1i).copied().ok_or_else(|| {
+            Error::io_msg(Errno::EIO, format!("qcow2: L1 index {l1i} out of range"))
+        })?;
+        let off = entry & OFFSET_MASK;
+        if off != 0 {
+            if off % self.cs() != 0 {
+                return Err(Error::io_msg(
+                    Errno::EIO,
+                    format!("qcow2: L2 table offset {off:#x} is not cluster aligned"),
+                ));
+            }
+            if alloc && entry & COPIED == 0 {
+                return Err(Error::io_msg(
+                    Errno::ENOTSUP,
+                    "qcow2: writing to L2 tables shared with internal snapshots is not supported",
+                ));
+            }
+            return Ok(Some(off));
+        }
+        if !alloc {
+            return Ok(None);
+        }
+        let off = self.alloc_clusters(1).await?;
+        // The refcount must be on disk before anything refers to the table.
+        self.write_back_refblocks().await?;
+        self.file.debug_event(DebugEvent::L2AllocWrite).await;
+        let zeros = vec![0u8; self.cs() as usize];
+        let r = self
+            .file
+            .write(off, IoBuf::from_slice(&zeros), ReqFlags::NONE)
+            .await
+            .1;
+        if let Err(e) = r {
+            self.free_unreferenced(off, 1).await?;
+            return Err(e);
+        }
+        self.file.flush().await?;
+        self.file.debug_event(DebugEvent::L1Update).await;
+        let new = off | COPIED;
+        self.file
+            .write(
+                self.l1_offset.get() + l1i as u64 * 8,
+                IoBuf::from_slice(&new.to_be_bytes()),
+                ReqFlags::NONE,
+            )
+            .await
+            .1?;
+        self.l1.borrow_mut()[l1i] = new;
+        self.make_room_l2().await?;
+        self.l2_cache.insert(off, zeros, false);
+        Ok(Some(off))
+    }
+
+    /// Evict the least recently used L2 table if the cache is full.
+    async fn make_room_l2(&self) -> Result<()> {
+        if !self.l2_cache.is_full() {
+            return Ok(());
+        }
+        if let Some((victim, data, dirty)) = self.l2_cache.lru() {
+            if dirty {
+                self.write_back_refblocks().await?;
+                self.file.flush().await?;
+                self.file.debug_event(DebugEvent::L2Update).await;
+                self.file
+                    .write(victim, IoBuf::from_slice(&data), ReqFlags::NONE)
+                    .await
+                    .1?;
+            }
+            self.l2_cache.remove(victim);
+        }
+        Ok(())
+    }
+
+    async fn load_l2(&self, off: u64) -> Result<()> {
+        if self.l2_cache.contains(off) {
+            return Ok(());
+        }
+        self.make_room_l2().await?;
+        self.file.debug_event(DebugEvent::L2Load).await;
+        let (buf, r) = self
+            .file
+            .read(off, IoBuf::new(self.cs() as usize), ReqFlags::NONE)
+            .await;
+        r?;
+        self.l2_cache.insert(off, buf.as_slice().to_vec(), false);
+        Ok(())
+    }
+
+    /// The raw L2 entry of guest cluster `gc` (0 when its L2 table does not exist).
+    pub(crate) async fn l2_entry(&self, gc: u64) -> Result<u64> {
+        let l1i = (gc / self.l2_entries()) as usize;
+        let Some(off) = self.l2_table(l1i, false).await? else {
+            return Ok(0);
+        };
+        self.load_l2(off).await?;
+        let i = (gc % self.l2_entries()) as usize;
+        Ok(self
+            .l2_cache
+            .with(off, false, |t| get_u64(t, i))
+            .expect("just loaded"))
+    }
+
+    /// Make sure guest cluster `gc` has an L2 table (allocating one if needed).
+    pub(crate) async fn ensure_l2(&self, gc: u64) -> Result<()> {
+        let l1i = (gc / self.l2_entries()) as usize;
+        self.l2_table(l1i, true).await?;
+        Ok(())
+    }
+
+    /// Set the L2 entry of guest cluster `gc` (its table must exist) in the cache.
+    pub(crate) async fn set_l2_entry(&self, gc: u64, entry: u64) -> Result<()> {
+        let l1i = (gc / self.l2_entries()) as usize;
+        let off = self.l2_table(l1i, true).await?.expect("allocated");
+        self.load_l2(off).await?;
+        let i = (gc % self.l2_entries()) as usize;
+        self.l2_cache
+            .with(off, true, |t| set_u64(t, i, entry))
+            .expect("just loaded");
+        Ok(())
+    }
+
+    /// Write back every dirty cached table in dependency order, then apply deferred frees:
+    /// refcounts, flush (data + refcounts durable), L2 tables, flush, frees, refcounts.
+    pub(crate) async fn flush_metadata(&self) -> Result<()> {
+        self.file.debug_event(DebugEvent::FlushToOs).await;
+        if self.l2_cache.has_dirty() {
+            self.write_back_refblocks().await?;
+            self.file.flush().await?;
+            for (off, data) in self.l2_cache.dirty() {
+                self.file.debug_event(DebugEvent::L2Update).await;
+                self.file
+                    .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)
+                    .await
+                    .1?;
+                self.l2_cache.mark_clean(off, &data);
+            }
+        }
+        if !self.pending_free.borrow().is_empty() {
+            self.file.flush().await?;
+            self.apply_pending_frees().await?;
+        }
+        self.write_back_refblocks().await
+    }
+}

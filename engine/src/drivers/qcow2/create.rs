@@ -1,0 +1,165 @@
+//! qcow2 image creation: header (+ extensions, backing name), refcount table, refcount blocks
+//! covering the metadata, and an empty L1 table, laid out as consecutive clusters.
+//! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
+
+use crate::driver::Prealloc;
+use crate::error::{Error, Result};
+use crate::graph::Child;
+use crate::io::{IoBuf, ReqFlags};
+
+use super::header::{COMPAT_LAZY_REFCOUNTS, Header, MAX_L1_BYTES};
+use super::refcount::rb_set;
+
+/// qcow2 compatibility level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compat {
+    /// "0.10": version 2.
+    V2,
+    /// "1.1": version 3.
+    V3,
+}
+
+/// What `create` makes.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// Virtual size in bytes (a multiple of 512).
+    pub size: u64,
+    /// Cluster size: a power of two from 512 to 2 MiB.
+    pub cluster_size: u64,
+    /// Version.
+    pub compat: Compat,
+    /// Refcount width: 1, 2, 4, ..., 64 (v2: 16 only).
+    pub refcount_bits: u32,
+    /// Backing file name stored in the header.
+    pub backing_file: Option<String>,
+    /// Backing format stored in the header extension.
+    pub backing_fmt: Option<String>,
+    /// Set the lazy-refcounts compatible feature (v3 only).
+    pub lazy_refcounts: bool,
+}
+
+impl Default for CreateOptions {
+    fn default() -> CreateOptions {
+        CreateOptions {
+            size: 0,
+            cluster_size: 65536,
+            compat: Compat::V3,
+            refcount_bits: 16,
+            backing_file: None,
+            backing_fmt: None,
+            lazy_refcounts: false,
+        }
+    }
+}
+
+/// Write a new, empty qcow2 image to `file` (which is truncated first).
+pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
+    let cs = o.cluster_size;
+    if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
+        return Err(Error::generic(
+            "Cluster size must be a power of two between 512 and 2048k",
+        ));
+    }
+    if o.size % 512 != 0 {
+        return Err(Error::generic("Image size must be a multiple of 512 bytes"));
+    }
+    if !o.refcount_bits.is_power_of_two() || o.refcount_bits > 64 {
+        return Err(Error::generic(
+            "Refcount width must be a power of two and may not exceed 64 bits",
+        ));
+    }
+    if o.compat == Compat::V2 && o.refcount_bits != 16 {
+        return Err(Error::generic(
+            "Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)",
+        ));
+    }
+    if o.compat == Compat::V2 && o.lazy_refcounts {
+        return Err(Error::generic(
+            "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)",
+        ));
+    }
+    if o.backing_fmt.is_some() && o.backing_file.is_none() {
+        return Err(Error::generic(
+            "Backing format cannot be used without backing file",
+        ));
+    }
+    if o.backing_file.as_ref().is_some_and(|b| b.len() > 1023) {
+        return Err(Error::generic("Backing file name too long"));
+    }
+    let cluster_bits = cs.trailing_zeros();
+    let per_l1 = cs * (cs / 8);
+    let l1_size = o.size.div_ceil(per_l1);
+    if l1_size * 8 > MAX_L1_BYTES {
+        return Err(Error::generic(
+            "Image size is too large for this cluster size",
+        ));
+    }
+    let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
+    let order = o.refcount_bits.trailing_zeros();
+    let rb_entries = cs * 8 / o.refcount_bits as u64;
+    // Header, reftable, refblocks, L1: find sizes that cover themselves.
+    let (mut rt, mut rb) = (1u64, 1u64);
+    loop {
+        let total = 1 + rt + rb + l1_clusters;
+        let nrb = total.div_ceil(rb_entries);
+        let nrt = (nrb * 8).div_ceil(cs);
+        if nrb == rb && nrt == rt {
+            break;
+        }
+        (rt, rb) = (nrt.max(1), nrb.max(1));
+    }
+    let total = 1 + rt + rb + l1_clusters;
+    let h = Header {
+        version: if o.compat == Compat::V3 { 3 } else { 2 },
+        backing_offset: 0,
+        backing_size: 0,
+        cluster_bits,
+        size: o.size,
+        l1_size: l1_size as u32,
+        l1_offset: (1 + rt + rb) * cs,
+        reftable_offset: cs,
+        reftable_clusters: rt as u32,
+        nb_snapshots: 0,
+        snapshots_offset: 0,
+        incompat: 0,
+        compat: if o.lazy_refcounts {
+            COMPAT_LAZY_REFCOUNTS
+        } else {
+            0
+        },
+        autoclear: 0,
+        refcount_order: order,
+        header_length: if o.compat == Compat::V3 { 112 } else { 72 },
+        compression_type: 0,
+        backing_file: o.backing_file.clone(),
+        backing_fmt: o.backing_fmt.clone(),
+        feature_names: Vec::new(),
+        unknown_exts: Vec::new(),
+    };
+    let hdr = h.serialize();
+    if hdr.len() as u64 > cs {
+        return Err(Error::generic("Header does not fit in the first cluster"));
+    }
+    let mut img = vec![0u8; (total * cs) as usize];
+    img[..hdr.len()].copy_from_slice(&hdr);
+    for b in 0..rb {
+        let off = ((1 + rt + b) * cs) as usize;
+        let rt_off = (cs + b * 8) as usize;
+        img[rt_off..rt_off + 8].copy_from_slice(&(off as u64).to_be_bytes());
+    }
+    for c in 0..total {
+        let b = c / rb_entries;
+        let off = ((1 + rt + b) * cs) as usize;
+        rb_set(
+            &mut img[off..off + cs as usize],
+            order,
+            (c % rb_entries) as usize,
+            1,
+        );
+    }
+    file.truncate(0, true, Prealloc::Off).await?;
+    file.write(0, IoBuf::from_slice(&img), ReqFlags::NONE)
+        .await
+        .1?;
+    file.flush().await
+}

@@ -1,0 +1,418 @@
+//! qcow2 header: parsing and validation of the fixed fields (v2 and v3), the header
+//! extensions (backing format, feature names, unknown ones kept as opaque bytes) and the
+//! backing file name, plus the serialisation used by `create`.
+//!
+//! Every field is checked against the file size before anything is allocated from it.
+//! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
+
+use crate::error::{Error, Result};
+
+/// `QFI\xfb`.
+pub const MAGIC: u32 = 0x5146_49fb;
+/// Header extension: backing file format name.
+pub const EXT_BACKING_FMT: u32 = 0xe279_2aca;
+/// Header extension: feature name table.
+pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
+/// Incompatible feature bit 0: refcounts may be stale.
+pub const INCOMPAT_DIRTY: u64 = 1 << 0;
+/// Incompatible feature bit 1: image may be corrupt.
+pub const INCOMPAT_CORRUPT: u64 = 1 << 1;
+/// Incompatible feature bit 3: compression type field is used.
+pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
+/// Compatible feature bit 0: lazy refcounts.
+pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
+/// Largest L1 table QEMU accepts, in bytes.
+pub const MAX_L1_BYTES: u64 = 32 << 20;
+/// Largest refcount table QEMU accepts, in bytes.
+pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+/// Byte offset of the autoclear feature field (v3).
+pub const OFF_AUTOCLEAR: u64 = 88;
+/// Byte offset of the virtual size field.
+pub const OFF_SIZE: u64 = 24;
+/// Byte offset of the L1 size field (followed by the L1 offset).
+pub const OFF_L1: u64 = 36;
+/// Byte offset of the refcount table offset (followed by its cluster count).
+pub const OFF_REFTABLE: u64 = 48;
+
+/// An unknown header extension, kept so it survives header rewrites.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawExtension {
+    /// Extension type.
+    pub magic: u32,
+    /// Payload (unpadded).
+    pub data: Vec<u8>,
+}
+
+/// The parsed header.
+#[derive(Clone, Debug)]
+pub struct Header {
+    /// 2 or 3.
+    pub version: u32,
+    /// Backing file name offset (0: none).
+    pub backing_offset: u64,
+    /// Backing file name length.
+    pub backing_size: u32,
+    /// log2 of the cluster size.
+    pub cluster_bits: u32,
+    /// Virtual disk size.
+    pub size: u64,
+    /// Entries in the active L1 table.
+    pub l1_size: u32,
+    /// Host offset of the L1 table.
+    pub l1_offset: u64,
+    /// Host offset of the refcount table.
+    pub reftable_offset: u64,
+    /// Size of the refcount table in clusters.
+    pub reftable_clusters: u32,
+    /// Number of internal snapshots.
+    pub nb_snapshots: u32,
+    /// Offset of the snapshot table.
+    pub snapshots_offset: u64,
+    /// Incompatible feature bits.
+    pub incompat: u64,
+    /// Compatible feature bits.
+    pub compat: u64,
+    /// Autoclear feature bits.
+    pub autoclear: u64,
+    /// log2 of the refcount width in bits.
+    pub refcount_order: u32,
+    /// Header length in bytes.
+    pub header_length: u32,
+    /// 0 deflate, 1 zstd.
+    pub compression_type: u8,
+    /// Backing file name, if any.
+    pub backing_file: Option<String>,
+    /// Backing format from the extension, if any.
+    pub backing_fmt: Option<String>,
+    /// Feature names from the feature name table: (type, bit, name).
+    pub feature_names: Vec<(u8, u8, String)>,
+    /// Extensions not understood here.
+    pub unknown_exts: Vec<RawExtension>,
+}
+
+fn be32(b: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+fn be64(b: &[u8], off: usize) -> u64 {
+    u64::from_be_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::generic(format!("qcow2: {}", msg.into()))
+}
+
+impl Header {
+    /// Cluster size in bytes.
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    /// Name of an incompatible feature bit (from the image's table, or the known ones).
+    fn incompat_name(&self, bit: u8) -> String {
+        if let Some((_, _, n)) = self
+            .feature_names
+            .iter()
+            .find(|(t, b, _)| *t == 0 && *b == bit)
+        {
+            return n.clone();
+        }
+        match bit {
+            0 => "dirty bit".into(),
+            1 => "corrupt bit".into(),
+            2 => "external data file".into(),
+            3 => "compression type".into(),
+            4 => "extended L2 entries".into(),
+            _ => format!("Unknown incompatible feature: {:x}", 1u64 << bit),
+        }
+    }
+
+    /// Parse and validate the header in `buf` (the first cluster, or what exists of it) of an
+    /// image file `file_len` bytes long.
+    pub fn parse(buf: &[u8], file_len: u64) -> Result<Header> {
+        if buf.len() < 72 {
+            return Err(invalid("Image is not in qcow2 format (header truncated)"));
+        }
+        if be32(buf, 0) != MAGIC {
+            return Err(invalid("Image is not in qcow2 format"));
+        }
+        let version = be32(buf, 4);
+        if version != 2 && version != 3 {
+            return Err(invalid(format!("Unsupported qcow2 version {version}")));
+        }
+        let cluster_bits = be32(buf, 20);
+        if !(9..=21).contains(&cluster_bits) {
+            return Err(invalid(format!(
+                "Unsupported cluster size: 2^{cluster_bits} (must be 2^9..2^21)"
+            )));
+        }
+        let mut h = Header {
+            version,
+            backing_offset: be64(buf, 8),
+            backing_size: be32(buf, 16),
+            cluster_bits,
+            size: be64(buf, 24),
+            l1_size: be32(buf, 36),
+            l1_offset: be64(buf, 40),
+            reftable_offset: be64(buf, 48),
+            reftable_clusters: be32(buf, 56),
+            nb_snapshots: be32(buf, 60),
+            snapshots_offset: be64(buf, 64),
+            incompat: 0,
+            compat: 0,
+            autoclear: 0,
+            refcount_order: 4,
+            header_length: 72,
+            compression_type: 0,
+            backing_file: None,
+            backing_fmt: None,
+            feature_names: Vec::new(),
+            unknown_exts: Vec::new(),
+        };
+        let crypt = be32(buf, 32);
+        if crypt != 0 {
+            return Err(invalid("Encrypted images are not supported"));
+        }
+        let cs = h.cluster_size();
+        if version == 3 {
+            if buf.len() < 104 {
+                return Err(invalid("Header truncated (v3 needs 104 bytes)"));
+            }
+            h.incompat = be64(buf, 72);
+            h.compat = be64(buf, 80);
+            h.autoclear = be64(buf, 88);
+            h.refcount_order = be32(buf, 96);
+            h.header_length = be32(buf, 100);
+            if h.header_length < 104 || h.header_length % 8 != 0 {
+                return Err(invalid(format!(
+                    "Invalid header length {} (must be >= 104 and a multiple of 8)",
+                    h.header_length
+                )));
+            }
+            if h.header_length as u64 > cs || h.header_length as usize > buf.len() {
+                return Err(invalid("Header length exceeds the first cluster"));
+            }
+            if h.header_length > 104 {
+                h.compression_type = buf[104];
+            }
+        }
+        if h.refcount_order > 6 {
+            return Err(invalid(format!(
+                "Refcount order {} is out of range (0..6)",
+                h.refcount_order
+            )));
+        }
+        // Extensions come before the feature check so that unknown bits are named.
+        h.parse_extensions(buf)?;
+        let known = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION;
+        let unknown = h.incompat & !known;
+        if unknown != 0 {
+            let names: Vec<String> = (0..64u8)
+                .filter(|b| unknown & (1u64 << b) != 0)
+                .map(|b| h.incompat_name(b))
+                .collect();
+            return Err(invalid(format!(
+                "Unsupported incompatible features: {}",
+                names.join(", ")
+            )));
+        }
+        if (h.incompat & INCOMPAT_COMPRESSION != 0) != (h.compression_type != 0) {
+            return Err(invalid(
+                "Compression type field and incompatible bit 3 disagree",
+            ));
+        }
+        if h.compression_type > 1 {
+            return Err(invalid(format!(
+                "Unknown compression type {}",
+                h.compression_type
+            )));
+        }
+        // Tables: aligned and inside the file.
+        let check_table = |what: &str, off: u64, bytes: u64| -> Result<()> {
+            if off % cs != 0 {
+                return Err(invalid(format!(
+                    "{what} offset {off:#x} is not cluster aligned"
+                )));
+            }
+            if off == 0 && bytes > 0 {
+                return Err(invalid(format!("{what} at offset 0 overlaps the header")));
+            }
+            if off.checked_add(bytes).is_none_or(|end| end > file_len) {
+                return Err(invalid(format!(
+                    "{what} at {off:#x} ({bytes} bytes) lies beyond the end of the image file ({file_len} bytes)"
+                )));
+            }
+            Ok(())
+        };
+        let rt_bytes = h.reftable_clusters as u64 * cs;
+        if rt_bytes > MAX_REFTABLE_BYTES || h.reftable_clusters == 0 {
+            return Err(invalid(format!(
+                "Reference count table size {} clusters is invalid",
+                h.reftable_clusters
+            )));
+        }
+        check_table("Reference count table", h.reftable_offset, rt_bytes)?;
+        let l1_bytes = h.l1_size as u64 * 8;
+        if l1_bytes > MAX_L1_BYTES {
+            return Err(invalid(format!(
+                "Active L1 table too large ({} entries)",
+                h.l1_size
+            )));
+        }
+        check_table("Active L1 table", h.l1_offset, l1_bytes)?;
+        // L1 size vs virtual size: each L1 entry maps cs * cs/8 bytes.
+        let l2_bits = cluster_bits - 3;
+        let per_l1 = 1u128 << (cluster_bits + l2_bits);
+        let need = (h.size as u128).div_ceil(per_l1);
+        if need > h.l1_size as u128 {
+            return Err(invalid(format!(
+                "L1 table is too small for the image size {} ({} entries, {need} needed)",
+                h.size, h.l1_size
+            )));
+        }
+        if h.size > (1u64 << 62) {
+            return Err(invalid(format!("Image size {} is too large", h.size)));
+        }
+        if h.nb_snapshots > 0 && h.snapshots_offset % cs != 0 {
+            return Err(invalid("Snapshot table offset is not cluster aligned"));
+        }
+        if h.backing_offset != 0 {
+            if h.backing_size > 1023 {
+                return Err(invalid(format!(
+                    "Backing file name too long ({} bytes)",
+                    h.backing_size
+                )));
+            }
+            let end = h.backing_offset.checked_add(h.backing_size as u64);
+            if end.is_none_or(|e| e > cs || e as usize > buf.len()) {
+                return Err(invalid("Backing file name lies outside the first cluster"));
+            }
+            let s = h.backing_offset as usize;
+            let name = &buf[s..s + h.backing_size as usize];
+            h.backing_file = Some(
+                String::from_utf8(name.to_vec())
+                    .map_err(|_| invalid("Backing file name is not valid UTF-8"))?,
+            );
+        }
+        Ok(h)
+    }
+
+    fn parse_extensions(&mut self, buf: &[u8]) -> Result<()> {
+        let mut off = self.header_length as usize;
+        let end = if self.backing_offset != 0 {
+            (self.backing_offset as usize).min(buf.len())
+        } else {
+            buf.len()
+        };
+        let mut seen: Vec<u32> = Vec::new();
+        loop {
+            if off + 8 > end {
+                return Err(invalid("Header extension area is truncated"));
+            }
+            let magic = be32(buf, off);
+            let len = be32(buf, off + 4) as usize;
+            off += 8;
+            if magic == 0 {
+                return Ok(());
+            }
+            if len > end - off {
+                return Err(invalid(format!(
+                    "Header extension {magic:#x} is too large ({len} bytes)"
+                )));
+            }
+            if seen.contains(&magic) {
+                return Err(invalid(format!("Duplicate header extension {magic:#x}")));
+            }
+            seen.push(magic);
+            let data = &buf[off..off + len];
+            match magic {
+                EXT_BACKING_FMT => {
+                    let s = String::from_utf8(data.to_vec())
+                        .map_err(|_| invalid("Backing format name is not valid UTF-8"))?;
+                    self.backing_fmt = Some(s);
+                }
+                EXT_FEATURE_TABLE => {
+                    for e in data.chunks_exact(48) {
+                        let name = &e[2..];
+                        let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+                        let name = String::from_utf8_lossy(&name[..n]).into_owned();
+                        self.feature_names.push((e[0], e[1], name));
+                    }
+                }
+                _ => self.unknown_exts.push(RawExtension {
+                    magic,
+                    data: data.to_vec(),
+                }),
+            }
+            off += len.next_multiple_of(8);
+        }
+    }
+
+    /// The header and extensions as bytes (for `create`): fixed fields, backing format,
+    /// feature table, unknown extensions, end marker, backing name.
+    pub fn serialize(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(1024);
+        b.extend_from_slice(&MAGIC.to_be_bytes());
+        b.extend_from_slice(&self.version.to_be_bytes());
+        b.extend_from_slice(&0u64.to_be_bytes()); // backing offset, patched below
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&self.cluster_bits.to_be_bytes());
+        b.extend_from_slice(&self.size.to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes()); // crypt
+        b.extend_from_slice(&self.l1_size.to_be_bytes());
+        b.extend_from_slice(&self.l1_offset.to_be_bytes());
+        b.extend_from_slice(&self.reftable_offset.to_be_bytes());
+        b.extend_from_slice(&self.reftable_clusters.to_be_bytes());
+        b.extend_from_slice(&self.nb_snapshots.to_be_bytes());
+        b.extend_from_slice(&self.snapshots_offset.to_be_bytes());
+        if self.version == 3 {
+            b.extend_from_slice(&self.incompat.to_be_bytes());
+            b.extend_from_slice(&self.compat.to_be_bytes());
+            b.extend_from_slice(&self.autoclear.to_be_bytes());
+            b.extend_from_slice(&self.refcount_order.to_be_bytes());
+            b.extend_from_slice(&112u32.to_be_bytes());
+            b.push(self.compression_type);
+            b.extend_from_slice(&[0u8; 7]);
+        }
+        let ext = |b: &mut Vec<u8>, magic: u32, data: &[u8]| {
+            b.extend_from_slice(&magic.to_be_bytes());
+            b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            b.extend_from_slice(data);
+            b.resize(b.len().next_multiple_of(8), 0);
+        };
+        if let Some(fmt) = &self.backing_fmt {
+            ext(&mut b, EXT_BACKING_FMT, fmt.as_bytes());
+        }
+        if self.version == 3 {
+            let mut t = Vec::new();
+            for (ty, bit, name) in [
+                (0u8, 0u8, "dirty bit"),
+                (0, 1, "corrupt bit"),
+                (0, 2, "external data file"),
+                (0, 3, "compression type"),
+                (0, 4, "extended L2 entries"),
+                (1, 0, "lazy refcounts"),
+                (2, 0, "bitmaps"),
+                (2, 1, "raw external data"),
+            ] {
+                let mut e = [0u8; 48];
+                e[0] = ty;
+                e[1] = bit;
+                e[2..2 + name.len()].copy_from_slice(name.as_bytes());
+                t.extend_from_slice(&e);
+            }
+            ext(&mut b, EXT_FEATURE_TABLE, &t);
+        }
+        for u in &self.unknown_exts {
+            ext(&mut b, u.magic, &u.data);
+        }
+        b.extend_from_slice(&[0u8; 8]);
+        if let Some(name) = &self.backing_file {
+            let off = b.len() as u64;
+            b.extend_from_slice(name.as_bytes());
+            b[8..16].copy_from_slice(&off.to_be_bytes());
+            b[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+        }
+        b
+    }
+}

@@ -1,0 +1,416 @@
+//! qcow2 guest I/O: reads (backing, zeroes, data, compressed), writes (in place, or allocating
+//! with copy-on-write of the untouched parts of new clusters), write-zeroes, discard,
+//! and block status.
+//!
+//! Guest ranges are locked (reads shared, the rest exclusive) for the whole request; the
+//! metadata lock is taken only around lookups and updates, never across guest data I/O.
+//! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
+
+use crate::error::{Errno, Error, Result};
+use crate::event::DebugEvent;
+use crate::io::{BlockStatus, BufResult, IoBuf, Mapping, ReqFlags};
+
+use super::cluster::Kind;
+use super::{COPIED, Qcow2, ZERO, compress};
+
+enum Plan {
+    /// Write in place at `host`, `n` bytes.
+    Rewrite { host: u64, n: u64 },
+    /// New clusters at `host` for guest clusters from `gc`; `olds` are their old entries.
+    Alloc {
+        gc: u64,
+        host: u64,
+        olds: Vec<u64>,
+        n: u64,
+    },
+}
+
+/// Most clusters one allocating step covers (2 MiB worth, at least one).
+const MAX_ALLOC_BYTES: u64 = 2 << 20;
+
+impl Qcow2 {
+    fn cluster_span(&self, offset: u64, len: u64) -> (u64, u64) {
+        let cs = self.cs();
+        (offset / cs, (offset + len).div_ceil(cs))
+    }
+
+    /// The kind of the cluster at `off` and how many bytes from `off` (at most `max`) share it.
+    async fn run_at(&self, off: u64, max: u64) -> Result<(Kind, u64)> {
+        let cs = self.cs();
+        let gc = off / cs;
+        let kind = self.classify(self.l2_entry(gc).await?)?;
+        let mut n = (cs - off % cs).min(max);
+        if matches!(kind, Kind::Compressed { .. }) {
+            return Ok((kind, n));
+        }
+        let mut next = gc + 1;
+        while n < max {
+            let k = self.classify(self.l2_entry(next).await?)?;
+            let same = match (kind, k) {
+                (Kind::Unallocated, Kind::Unallocated) => true,
+                (Kind::Zero { host: None }, Kind::Zero { host: None }) => true,
+                (
+                    Kind::Normal {
+                        host: a,
+                        copied: ca,
+                    },
+                    Kind::Normal {
+                        host: b,
+                        copied: cb,
+                    },
+                ) => ca == cb && b == a + (next - gc) * cs,
+                _ => false,
+            };
+            if !same {
+                break;
+            }
+            n = (n + cs).min(max);
+            next += 1;
+        }
+        Ok((kind, n))
+    }
+
+    /// Read `[off, off+out.len())` of the compressed cluster into `out`.
+    async fn read_compressed(
+        &self,
+        offset: u64,
+        len: u64,
+        in_off: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        if self.compression_type != 0 {
+            return Err(Error::io_msg(
+                Errno::ENOTSUP,
+                "qcow2: unsupported compression type (zstd)",
+            ));
+        }
+        let file_len = self.file.len();
+        if offset >= file_len {
+            return Err(Error::io_msg(
+                Errno::EIO,
+                format!("qcow2: compressed cluster at {offset:#x} lies beyond the end of the file"),
+            ));
+        }
+        let len = len.min(file_len - offset);
+        self.file.debug_event(DebugEvent::ReadCompressed).await;
+        let (buf, r) = self
+            .file
+            .read(offset, IoBuf::new(len as usize), ReqFlags::NONE)
+            .await;
+        r?;
+        let data = compress::inflate_cluster(buf.as_slice(), self.cs() as usize)?;
+        out.copy_from_slice(&data[in_off as usize..in_off as usize + out.len()]);
+        Ok(())
+    }
+
+    /// Fill `out` with the bytes of `kind` at guest offset `off` (within one run).
+    async fn read_kind(&self, kind: Kind, off: u64, out: &mut [u8]) -> Result<()> {
+        let in_off = off % self.cs();
+        match kind {
+            Kind::Unallocated => match &self.backing {
+                Some(b) => {
+                    self.file.debug_event(DebugEvent::ReadBackingAio).await;
+                    let (buf, r) = b.read(off, IoBuf::new(out.len()), ReqFlags::NONE).await;
+                    r?;
+                    out.copy_from_slice(buf.as_slice());
+                }
+                None => out.fill(0),
+            },
+            Kind::Zero { .. } => out.fill(0),
+            Kind::Normal { host, .. } => {
+                self.file.debug_event(DebugEvent::ReadAio).await;
+                let (buf, r) = self
+                    .file
+                    .read(host + in_off, IoBuf::new(out.len()), ReqFlags::NONE)
+                    .await;
+                r?;
+                out.copy_from_slice(buf.as_slice());
+            }
+            Kind::Compressed { offset, len } => {
+                self.read_compressed(offset, len, in_off, out).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn do_read(&self, offset: u64, mut buf: IoBuf) -> BufResult {
+        let len = buf.len() as u64;
+        if len == 0 {
+            return (buf, Ok(()));
+        }
+        let (s, e) = self.cluster_span(offset, len);
+        let _range = self.ranges.lock(s, e, false).await;
+        let out = buf.as_mut_slice();
+        let mut pos = 0u64;
+        while pos < len {
+            let run = {
+                let _g = self.meta.lock().await;
+                self.run_at(offset + pos, len - pos).await
+            };
+            let (kind, n) = match run {
+                Ok(r) => r,
+                Err(e) => return (buf, Err(e)),
+            };
+            let slice = &mut out[pos as usize..(pos + n) as usize];
+            if let Err(e) = self.read_kind(kind, offset + pos, slice).await {
+                return (buf, Err(e));
+            }
+            pos += n;
+        }
+        (buf, Ok(()))
+    }
+
+    pub(crate) async fn do_write(&self, offset: u64, buf: IoBuf) -> BufResult {
+        let len = buf.len() as u64;
+        if len == 0 {
+            return (buf, Ok(()));
+        }
+        let (s, e) = self.cluster_span(offset, len);
+        let _range = self.ranges.lock(s, e, true).await;
+        let r = self.write_from(offset, buf.as_slice()).await;
+        (buf, r)
+    }
+
+    /// Decide how the first part of a write at `off` is done (metadata lock held).
+    async fn plan_write(&self, off: u64, remaining: u64) -> Result<Plan> {
+        let cs = self.cs();
+        let gc = off / cs;
+        let entry = self.l2_entry(gc).await?;
+        if let (Kind::Normal { host, copied: true }, n) = self.run_at(off, remaining).await? {
+            debug_assert_eq!(entry & COPIED, COPIED);
+            return Ok(Plan::Rewrite {
+                host: host + off % cs,
+                n,
+            });
+        }
+        let last = (off + remaining - 1) / cs;
+        let max = (MAX_ALLOC_BYTES / cs).max(1);
+        let mut olds = vec![entry];
+        let mut c = gc + 1;
+        while c <= last && (olds.len() as u64) < max && c % self.l2_entries() != 0 {
+            let e = self.l2_entry(c).await?;
+            if matches!(self.classify(e)?, Kind::Normal { copied: true, .. }) {
+                break;
+            }
+            olds.push(e);
+            c += 1;
+        }
+        self.ensure_l2(gc).await?;
+        let (host, got) = self.alloc_some(olds.len() as u64).await?;
+        olds.truncate(got as usize);
+        let n = remaining.min(olds.len() as u64 * cs - off % cs);
+        Ok(Plan::Alloc { gc, host, olds, n })
+    }
+
+    /// Write `data` at `off`; the caller holds the exclusive range lock.
+    async fn write_from(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let mut pos = 0u64;
+        let len = data.len() as u64;
+        while pos < len {
+            let plan = {
+                let _g = self.meta.lock().await;
+                self.plan_write(offset + pos, len - pos).await?
+            };
+            match plan {
+                Plan::Rewrite { host, n } => {
+                    self.file.debug_event(DebugEvent::WriteAio).await;
+                    let chunk = IoBuf::from_slice(&data[pos as usize..(pos + n) as usize]);
+                    self.file.write(host, chunk, ReqFlags::NONE).await.1?;
+                    pos += n;
+                }
+                Plan::Alloc { gc, host, olds, n } => {
+                    let chunk = &data[pos as usize..(pos + n) as usize];
+                    self.write_alloc(offset + pos, chunk, gc, host, &olds)
+                        .await?;
+                    pos += n;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fill new clusters with `data` plus the old contents around it, write them, then point
+    /// the L2 entries at them and queue the old clusters for freeing.
+    async fn write_alloc(
+        &self,
+        off: u64,
+        data: &[u8],
+        gc: u64,
+        host: u64,
+        olds: &[u64],
+    ) -> Result<()> {
+        let cs = self.cs();
+        let k = olds.len() as u64;
+        let mut buf = IoBuf::new((k * cs) as usize);
+        let in_off = off % cs;
+        let end_in = in_off + data.len() as u64;
+        let filled = async {
+            let b = buf.as_mut_slice();
+            if in_off > 0 {
+                self.file.debug_event(DebugEvent::CowRead).await;
+                let kind = self.classify(olds[0])?;
+                self.read_kind(kind, gc * cs, &mut b[..in_off as usize])
+                    .await?;
+            }
+            if end_in < k * cs {
+                self.file.debug_event(DebugEvent::CowRead).await;
+                let lc = k - 1;
+                let kind = self.classify(olds[lc as usize])?;
+                self.read_kind(kind, gc * cs + end_in, &mut b[end_in as usize..])
+                    .await?;
+            }
+            b[in_off as usize..end_in as usize].copy_from_slice(data);
+            Ok::<(), Error>(())
+        }
+        .await;
+        let written = match filled {
+            Ok(()) => {
+                self.file.debug_event(DebugEvent::CowWrite).await;
+                self.file.debug_event(DebugEvent::WriteAio).await;
+                self.file.write(host, buf, ReqFlags::NONE).await.1
+            }
+            Err(e) => Err(e),
+        };
+        let _g = self.meta.lock().await;
+        if let Err(e) = written {
+            self.free_unreferenced(host, k).await?;
+            return Err(e);
+        }
+        for (i, old) in olds.iter().enumerate() {
+            self.set_l2_entry(gc + i as u64, (host + i as u64 * cs) | COPIED)
+                .await?;
+            self.release(*old)?;
+        }
+        Ok(())
+    }
+
+    /// Queue whatever host space the old entry `old` referenced for freeing.
+    fn release(&self, old: u64) -> Result<()> {
+        match self.classify(old)? {
+            Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => {
+                self.free_later(host, self.cs())
+            }
+            Kind::Compressed { offset, len } => {
+                self.free_later(offset & !511, len + (offset & 511))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// True when the cluster of `kind` reads as zeroes.
+    fn reads_zero(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Zero { .. } => true,
+            Kind::Unallocated => self.backing.is_none(),
+            _ => false,
+        }
+    }
+
+    pub(crate) async fn do_write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: ReqFlags,
+    ) -> Result<()> {
+        if self.version < 3 {
+            return Err(Error::io(Errno::ENOTSUP));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let cs = self.cs();
+        let (s, e) = self.cluster_span(offset, len);
+        let _range = self.ranges.lock(s, e, true).await;
+        let end = offset + len;
+        let first_full = offset.div_ceil(cs);
+        let last_full = end / cs;
+        if first_full >= last_full {
+            return self.zero_partial(offset, len).await;
+        }
+        if offset % cs != 0 {
+            self.zero_partial(offset, first_full * cs - offset).await?;
+        }
+        {
+            let _g = self.meta.lock().await;
+            let unmap = flags.contains(ReqFlags::MAY_UNMAP);
+            for gc in first_full..last_full {
+                let old = self.l2_entry(gc).await?;
+                let kind = self.classify(old)?;
+                if matches!(kind, Kind::Zero { .. }) {
+                    continue;
+                }
+                if kind == Kind::Unallocated && self.backing.is_none() && unmap {
+                    continue;
+                }
+                let new = match kind {
+                    Kind::Normal { host, copied: true } if !unmap => host | COPIED | ZERO,
+                    _ => {
+                        self.release(old)?;
+                        ZERO
+                    }
+                };
+                self.set_l2_entry(gc, new).await?;
+            }
+        }
+        if end % cs != 0 {
+            self.zero_partial(last_full * cs, end - last_full * cs)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Zero part of one cluster by writing zeroes, unless it already reads as zeroes.
+    async fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
+        let kind = {
+            let _g = self.meta.lock().await;
+            self.classify(self.l2_entry(offset / self.cs()).await?)?
+        };
+        if self.reads_zero(kind) {
+            return Ok(());
+        }
+        self.write_from(offset, &vec![0u8; len as usize]).await
+    }
+
+    pub(crate) async fn do_discard(&self, offset: u64, len: u64) -> Result<()> {
+        let cs = self.cs();
+        let first = offset.div_ceil(cs);
+        let last = (offset + len) / cs;
+        if first >= last {
+            return Ok(());
+        }
+        let _range = self.ranges.lock(first, last, true).await;
+        let _g = self.meta.lock().await;
+        let new = if self.backing.is_some() && self.version >= 3 {
+            ZERO
+        } else {
+            0
+        };
+        for gc in first..last {
+            let old = self.l2_entry(gc).await?;
+            if old == new || (old == 0 && self.backing.is_none()) {
+                continue;
+            }
+            self.release(old)?;
+            self.set_l2_entry(gc, new).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn do_block_status(&self, offset: u64, len: u64) -> Result<BlockStatus> {
+        let _g = self.meta.lock().await;
+        let (kind, n) = self.run_at(offset, len.max(1)).await?;
+        let in_off = offset % self.cs();
+        let mapping = match kind {
+            Kind::Unallocated => Mapping::Unallocated,
+            Kind::Zero { host } => Mapping::Zero {
+                host: host.map(|h| h + in_off),
+            },
+            Kind::Normal { host, .. } => Mapping::Data {
+                host: Some(host + in_off),
+            },
+            Kind::Compressed { .. } => Mapping::Data { host: None },
+        };
+        Ok(BlockStatus { len: n, mapping })
+    }
+}

@@ -1,0 +1,402 @@
+//! `qcow2`: QEMU's copy-on-write image format (v2 and v3).
+//!
+//! This file owns the driver state, `open` (options, header, tables, backing child) and the
+//! `BlockDriver` glue. The rest is split by concern: `header` (fixed fields + extensions),
+//! `cluster` (L1/L2 mapping, L2 allocation, metadata write-back), `refcount` (refcounts and
+//! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
+//! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate
+//! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`.
+//!
+//! Crash-safety rules (QEMU's ordering): refcount increments reach the disk before any L2/L1
+//! entry relying on them; guest data is flushed before the L2 table that points to it is
+//! written; a freed cluster's refcount is only decremented once the mapping change that freed it
+//! is durable, so it is never reused too early.
+//!
+//! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
+
+mod cache;
+mod cluster;
+mod compress;
+mod create;
+mod header;
+mod io;
+mod lock;
+mod refcount;
+mod repair;
+mod resize;
+
+use std::cell::{Cell, RefCell};
+
+use serde_json::{Value, json};
+
+use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
+use crate::env::{LocalBoxFuture, OpenOptions};
+use crate::error::{Errno, Error, Result};
+use crate::graph::{Child, OpenCtx};
+use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
+use crate::types::ChildRole;
+use crate::util::Options;
+
+pub use create::{Compat, CreateOptions, create};
+pub use header::Header;
+
+use cache::TableCache;
+use lock::{MetaLock, RangeLocks};
+
+const CAPS: DriverCaps = DriverCaps {
+    name: "qcow2",
+    kind: DriverKind::Format,
+    supports_backing: true,
+    write_flags: ReqFlags::NONE,
+    zero_flags: ReqFlags::MAY_UNMAP,
+};
+
+/// L1/L2 entry: refcount is exactly one (may be written in place).
+pub(crate) const COPIED: u64 = 1 << 63;
+/// L2 entry: compressed cluster.
+pub(crate) const COMPRESSED: u64 = 1 << 62;
+/// L2 entry (v3): reads as zeroes.
+pub(crate) const ZERO: u64 = 1;
+/// Host offset bits of L1 and normal L2 entries.
+pub(crate) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+
+/// Default L2 cache: 1 MiB worth of tables (at least 8).
+const DEFAULT_L2_CACHE_BYTES: u64 = 1 << 20;
+
+/// The open image.
+pub(crate) struct Qcow2 {
+    file: Child,
+    backing: Option<Child>,
+    cluster_bits: u32,
+    refcount_order: u32,
+    version: u32,
+    compression_type: u8,
+    /// Virtual size.
+    size: Cell<u64>,
+    l1_offset: Cell<u64>,
+    l1: RefCell<Vec<u64>>,
+    reftable_offset: Cell<u64>,
+    reftable: RefCell<Vec<u64>>,
+    l2_cache: TableCache,
+    rb_cache: TableCache,
+    meta: MetaLock,
+    ranges: RangeLocks,
+    /// First cluster index that may be free.
+    free_hint: Cell<u64>,
+    /// Host ranges whose refcount is decremented once the freeing mapping change is durable.
+    pending_free: RefCell<Vec<(u64, u64)>>,
+    read_only: bool,
+    incompat: Cell<u64>,
+    autoclear: Cell<u64>,
+    nb_snapshots: u32,
+    /// Header fix-ups (refcount rebuild of a dirty image, clearing autoclear bits) still to
+    /// do before the first write. They cannot happen during open: the node takes its
+    /// permissions on `file` only once it is open.
+    fixups_pending: Cell<bool>,
+}
+
+pub(super) fn open(
+    ctx: OpenCtx,
+    mut opts: Options,
+) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>> {
+    Box::pin(async move {
+        let file_spec = opts
+            .take("file")
+            .ok_or_else(|| Error::generic("Parameter 'file' is missing"))?;
+        let backing_opt = opts.take("backing");
+        let l2_cache_bytes = opts.take_u64("l2-cache-size")?;
+        let rb_cache_bytes = opts.take_u64("refcount-cache-size")?;
+        opts.finish()?;
+        let read_only = ctx.options().read_only;
+        let file = ctx
+            .open_child(
+                "file",
+                ChildRole::DATA | ChildRole::METADATA | ChildRole::PRIMARY,
+                file_spec,
+            )
+            .await?;
+        let file_len = file.len();
+        // Read the first cluster (its size is only known after the first bytes).
+        let probe = file_len.min(512) as usize;
+        let (buf, r) = file.read(0, IoBuf::new(probe), ReqFlags::NONE).await;
+        r?;
+        let mut first = buf.as_slice().to_vec();
+        if first.len() >= 24 {
+            let bits = u32::from_be_bytes(first[20..24].try_into().expect("4 bytes"));
+            if (9..=21).contains(&bits) {
+                let want = file_len.min(1u64 << bits) as usize;
+                if want > first.len() {
+                    let (b, r) = file.read(0, IoBuf::new(want), ReqFlags::NONE).await;
+                    r?;
+                    first = b.as_slice().to_vec();
+                }
+            }
+        }
+        let h = Header::parse(&first, file_len)?;
+        if h.incompat & header::INCOMPAT_CORRUPT != 0 && !read_only {
+            return Err(Error::generic(
+                "qcow2: Image is corrupt; cannot be opened read/write",
+            ));
+        }
+        let cs = h.cluster_size();
+        let l1 = read_table(&file, h.l1_offset, h.l1_size as u64).await?;
+        let reftable = read_table(
+            &file,
+            h.reftable_offset,
+            h.reftable_clusters as u64 * cs / 8,
+        )
+        .await?;
+        let backing = open_backing(&ctx, &file, &h, backing_opt).await?;
+        let l2_slots = l2_cache_bytes.unwrap_or(DEFAULT_L2_CACHE_BYTES.max(8 * cs)) / cs;
+        let rb_slots = rb_cache_bytes.unwrap_or(4 * cs.max(1 << 16)) / cs;
+        let q = Qcow2 {
+            file,
+            backing,
+            cluster_bits: h.cluster_bits,
+            refcount_order: h.refcount_order,
+            version: h.version,
+            compression_type: h.compression_type,
+            size: Cell::new(h.size),
+            l1_offset: Cell::new(h.l1_offset),
+            l1: RefCell::new(l1),
+            reftable_offset: Cell::new(h.reftable_offset),
+            reftable: RefCell::new(reftable),
+            l2_cache: TableCache::new(l2_slots.clamp(2, 1 << 16) as usize),
+            rb_cache: TableCache::new(rb_slots.clamp(2, 1 << 16) as usize),
+            meta: MetaLock::default(),
+            ranges: RangeLocks::default(),
+            free_hint: Cell::new(0),
+            pending_free: RefCell::new(Vec::new()),
+            read_only,
+            incompat: Cell::new(h.incompat),
+            autoclear: Cell::new(h.autoclear),
+            nb_snapshots: h.nb_snapshots,
+            fixups_pending: Cell::new(
+                !read_only
+                    && (h.incompat & header::INCOMPAT_DIRTY != 0
+                        || (h.version == 3 && h.autoclear != 0)),
+            ),
+        };
+        Ok(Box::new(q) as Box<dyn BlockDriver>)
+    })
+}
+
+/// Read a table of `entries` big-endian u64 at `offset` (validated against the file size).
+async fn read_table(file: &Child, offset: u64, entries: u64) -> Result<Vec<u64>> {
+    let (buf, r) = file
+        .read(offset, IoBuf::new((entries * 8) as usize), ReqFlags::NONE)
+        .await;
+    r?;
+    Ok(buf
+        .as_slice()
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
+/// The backing child: from the `backing` option, or from the header's name (relative to the
+/// overlay's directory) with the backing-format extension or a probe of the qcow2 magic.
+async fn open_backing(
+    ctx: &OpenCtx,
+    file: &Child,
+    h: &Header,
+    opt: Option<Value>,
+) -> Result<Option<Child>> {
+    let spec = match opt {
+        Some(Value::Null) => return Ok(None),
+        Some(v) => v,
+        None => {
+            let Some(name) = &h.backing_file else {
+                return Ok(None);
+            };
+            if name.starts_with("json:") {
+                return Err(Error::generic(
+                    "qcow2: json: backing file names are not supported",
+                ));
+            }
+            let path = if name.starts_with('/') {
+                name.clone()
+            } else {
+                let overlay = file.node().driver().filename();
+                match overlay.rfind('/') {
+                    Some(i) => format!("{}{}", &overlay[..=i], name),
+                    None => name.clone(),
+                }
+            };
+            let fmt = match &h.backing_fmt {
+                Some(f) => f.clone(),
+                None => probe_format(ctx, &path).await?,
+            };
+            json!({"driver": fmt, "read-only": true,
+                   "file": {"driver": "file", "filename": path}})
+        }
+    };
+    let child = ctx
+        .open_child("backing", ChildRole::COW, spec)
+        .await
+        .map_err(|e| e.context("Could not open backing file"))?;
+    Ok(Some(child))
+}
+
+/// "qcow2" if the file starts with the qcow2 magic, else "raw".
+async fn probe_format(ctx: &OpenCtx, path: &str) -> Result<String> {
+    let env = ctx.env();
+    let f = env
+        .fs()
+        .open(path, OpenOptions::default())
+        .map_err(|e| e.context(format!("Could not open backing file '{path}'")))?;
+    let (buf, r) = f.read_at(IoBuf::new(4), 0).await;
+    r?;
+    Ok(if buf.as_slice() == header::MAGIC.to_be_bytes() {
+        "qcow2".into()
+    } else {
+        "raw".into()
+    })
+}
+
+impl Qcow2 {
+    fn cs(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    /// L2 entries per table.
+    fn l2_entries(&self) -> u64 {
+        self.cs() / 8
+    }
+
+    /// Refuse writes to a read-only image; do the pending header fix-ups before the first
+    /// write (rebuild stale lazy refcounts, clear unknown autoclear bits).
+    async fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::io_msg(Errno::EROFS, "qcow2: image is read-only"));
+        }
+        if !self.fixups_pending.get() {
+            return Ok(());
+        }
+        let _g = self.meta.lock().await;
+        if !self.fixups_pending.get() {
+            return Ok(());
+        }
+        if self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
+            self.rebuild_refcounts(self.nb_snapshots).await?;
+        }
+        if self.version == 3 && self.autoclear.get() != 0 {
+            // We know no autoclear feature: clear them before writing anything.
+            self.file
+                .write(header::OFF_AUTOCLEAR, IoBuf::new(8), ReqFlags::NONE)
+                .await
+                .1?;
+            self.file.flush().await?;
+            self.autoclear.set(0);
+        }
+        self.fixups_pending.set(false);
+        Ok(())
+    }
+}
+
+impl BlockDriver for Qcow2 {
+    fn caps(&self) -> &DriverCaps {
+        &CAPS
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            request_align: 1,
+            opt_transfer: self.cs() as u32,
+            min_mem_align: self.file.node().limits().min_mem_align,
+            ..Limits::default()
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.size.get()
+    }
+
+    fn read(&self, offset: u64, buf: IoBuf, _flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
+        Box::pin(self.do_read(offset, buf))
+    }
+
+    fn write(&self, offset: u64, buf: IoBuf, _flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
+        Box::pin(async move {
+            if let Err(e) = self.check_writable().await {
+                return (buf, Err(e));
+            }
+            self.do_write(offset, buf).await
+        })
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: ReqFlags,
+    ) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.check_writable().await?;
+            self.do_write_zeroes(offset, len, flags).await
+        })
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.check_writable().await?;
+            self.do_discard(offset, len).await
+        })
+    }
+
+    fn flush(&self) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.read_only {
+                return Ok(());
+            }
+            let _g = self.meta.lock().await;
+            self.flush_metadata().await
+        })
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<BlockStatus>> {
+        Box::pin(self.do_block_status(offset, len))
+    }
+
+    fn truncate(
+        &self,
+        len: u64,
+        _exact: bool,
+        prealloc: Prealloc,
+    ) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.check_writable().await?;
+            if prealloc != Prealloc::Off {
+                return Err(Error::io_msg(
+                    Errno::ENOTSUP,
+                    "qcow2: preallocation on resize is not supported",
+                ));
+            }
+            self.do_truncate(len).await
+        })
+    }
+
+    fn close(&self) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.read_only {
+                return Ok(());
+            }
+            let _g = self.meta.lock().await;
+            self.flush_metadata().await?;
+            self.file.flush().await
+        })
+    }
+
+    fn filename(&self) -> String {
+        self.file.node().driver().filename()
+    }
+
+    fn specific_info(&self) -> Value {
+        json!({
+            "compat": if self.version == 3 { "1.1" } else { "0.10" },
+            "refcount-bits": 1u32 << self.refcount_order,
+            "corrupt": self.incompat.get() & header::INCOMPAT_CORRUPT != 0,
+            "compression-type": if self.compression_type == 1 { "zstd" } else { "zlib" },
+        })
+    }
+}

@@ -1,0 +1,416 @@
+//! qcow2 refcounts and cluster allocation: refcount entries of any width (1..64 bits) in
+//! cached refcount blocks, the free-cluster search, new refcount blocks (placed inside the
+//! range they cover), refcount table growth, write-back of dirty blocks, and deferred frees.
+//!
+//! Every function here runs with the metadata lock held. Must not import `job`, `qmp`,
+//! `engine`, `backend` or other drivers.
+
+use crate::error::{Errno, Error, Result};
+use crate::event::DebugEvent;
+use crate::io::{IoBuf, ReqFlags};
+
+use super::cache::{get_u64, set_u64};
+use super::header::{MAX_REFTABLE_BYTES, OFF_REFTABLE};
+use super::{OFFSET_MASK, Qcow2};
+
+/// Read entry `i` of a refcount block with `order` (bits = 1 << order).
+pub(crate) fn rb_get(t: &[u8], order: u32, i: usize) -> u64 {
+    match order {
+        0..=2 => {
+            let bits = 1usize << order;
+            let per = 8 / bits;
+            let shift = (i % per) * bits;
+            ((t[i / per] >> shift) as u64) & ((1 << bits) - 1)
+        }
+        3 => t[i] as u64,
+        4 => u16::from_be_bytes([t[2 * i], t[2 * i + 1]]) as u64,
+        5 => u32::from_be_bytes(t[4 * i..4 * i + 4].try_into().expect("4 bytes")) as u64,
+        _ => get_u64(t, i),
+    }
+}
+
+/// Write entry `i` of a refcount block with `order`.
+pub(crate) fn rb_set(t: &mut [u8], order: u32, i: usize, v: u64) {
+    match order {
+        0..=2 => {
+            let bits = 1usize << order;
+            let per = 8 / bits;
+            let shift = (i % per) * bits;
+            let mask = (((1u16 << bits) - 1) as u8) << shift;
+            t[i / per] = (t[i / per] & !mask) | (((v as u8) << shift) & mask);
+        }
+        3 => t[i] = v as u8,
+        4 => t[2 * i..2 * i + 2].copy_from_slice(&(v as u16).to_be_bytes()),
+        5 => t[4 * i..4 * i + 4].copy_from_slice(&(v as u32).to_be_bytes()),
+        _ => set_u64(t, i, v),
+    }
+}
+
+impl Qcow2 {
+    /// log2 of the refcount entries per block.
+    fn rb_bits(&self) -> u32 {
+        self.cluster_bits + 3 - self.refcount_order
+    }
+
+    fn max_refcount(&self) -> u64 {
+        if self.refcount_order == 6 {
+            u64::MAX
+        } else {
+            (1u64 << (1u32 << self.refcount_order)) - 1
+        }
+    }
+
+    /// Host offset of the refcount block covering cluster `idx`, if there is one.
+    fn refblock_of(&self, idx: u64) -> Result<Option<u64>> {
+        let rt = idx >> self.rb_bits();
+        let entry = match self.reftable.borrow().get(rt as usize) {
+            None => return Ok(None),
+            Some(e) => *e,
+        };
+        let off = entry & OFFSET_MASK;
+        if off == 0 {
+            return Ok(None);
+        }
+        if off % self.cs() != 0 {
+            return Err(Error::io_msg(
+                Errno::EIO,
+                format!("qcow2: refcount block offset {off:#x} is not cluster aligned"),
+            ));
+        }
+        Ok(Some(off))
+    }
+
+    /// Make sure the refcount block at `off` is cached.
+    async fn load_refblock(&self, off: u64) -> Result<()> {
+        if self.rb_cache.contains(off) {
+            return Ok(());
+        }
+        if self.rb_cache.is_full() {
+            if let Some((victim, data, dirty)) = self.rb_cache.lru() {
+                if dirty {
+                    self.file.debug_event(DebugEvent::RefblockUpdate).await;
+                    self.file
+                        .write(victim, IoBuf::from_slice(&data), ReqFlags::NONE)
+                        .await
+                        .1?;
+                }
+                self.rb_cache.remove(victim);
+            }
+        }
+        self.file.debug_event(DebugEvent::RefblockLoad).await;
+        let (buf, r) = self
+            .file
+            .read(off, IoBuf::new(self.cs() as usize), ReqFlags::NONE)
+            .await;
+        r?;
+        self.rb_cache.insert(off, buf.as_slice().to_vec(), false);
+        Ok(())
+    }
+
+    /// The refcount of host cluster `idx` (0 where no block covers it).
+    pub(crate) async fn refcount(&self, idx: u64) -> Result<u64> {
+        let Some(off) = self.refblock_of(idx)? else {
+            return Ok(0);
+        };
+        self.load_refblock(off).await?;
+        let i = (idx & ((1 << self.rb_bits()) - 1)) as usize;
+        let order = self.refcount_order;
+        Ok(self
+            .rb_cache
+            .with(off, false, |t| rb_get(t, order, i))
+            .expect("just loaded"))
+    }
+
+    /// Add `delta` to the refcount of host cluster `idx` (its block must exist).
+    async fn update_refcount(&self, idx: u64, delta: i64) -> Result<()> {
+        let off = self.refblock_of(idx)?.ok_or_else(|| {
+            Error::io_msg(
+                Errno::EIO,
+                format!("qcow2: no refcount block for cluster {idx} being updated"),
+            )
+        })?;
+        self.load_refblock(off).await?;
+        let i = (idx & ((1 << self.rb_bits()) - 1)) as usize;
+        let (order, max) = (self.refcount_order, self.max_refcount());
+        self.rb_cache
+            .with(off, true, |t| {
+                let old = rb_get(t, order, i);
+                let new = if delta < 0 {
+                    old.checked_sub(delta.unsigned_abs())
+                } else {
+                    old.checked_add(delta as u64).filter(|n| *n <= max)
+                };
+                match new {
+                    Some(n) => {
+                        rb_set(t, order, i, n);
+                        Ok(())
+                    }
+                    None => Err(Error::io_msg(
+                        Errno::EIO,
+                        format!("qcow2: refcount of cluster {idx} would leave its range"),
+                    )),
+                }
+            })
+            .expect("just loaded")?;
+        if delta < 0 && idx < self.free_hint.get() {
+            self.free_hint.set(idx);
+        }
+        Ok(())
+    }
+
+    /// Make sure a refcount block covers cluster `c` (creating it, or growing the table, at
+    /// free cluster `c`). Returns false when it had to create something (the caller rescans).
+    async fn cover(&self, c: u64) -> Result<bool> {
+        let rt = c >> self.rb_bits();
+        if rt as usize >= self.reftable.borrow().len() {
+            self.grow_reftable(c).await?;
+            return Ok(false);
+        }
+        if self.refblock_of(c)?.is_none() {
+            self.new_refblock(rt, c).await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// True when cluster `c` is free and already covered by a refcount block.
+    async fn free_and_covered(&self, c: u64) -> Result<bool> {
+        Ok(self.refblock_of(c)?.is_some() && self.refcount(c).await? == 0)
+    }
+
+    /// Allocate `n` contiguous host clusters (refcount 1 each); returns the host offset.
+    pub(crate) async fn alloc_clusters(&self, n: u64) -> Result<u64> {
+        self.file.debug_event(DebugEvent::ClusterAlloc).await;
+        'search: loop {
+            let mut first_free = None;
+            let mut start = self.free_hint.get().max(1);
+            let mut run = 0;
+            let mut i = start;
+            while run < n {
+                if self.refcount(i).await? == 0 {
+                    first_free.get_or_insert(i);
+                    if run == 0 {
+                        start = i;
+                    }
+                    run += 1;
+                } else {
+                    run = 0;
+                }
+                i += 1;
+            }
+            self.check_space(start + n)?;
+            for c in start..start + n {
+                if !self.cover(c).await? {
+                    continue 'search;
+                }
+            }
+            for c in start..start + n {
+                self.update_refcount(c, 1).await?;
+            }
+            let hint = first_free.filter(|f| *f < start).unwrap_or(start + n);
+            self.free_hint.set(hint);
+            return Ok(start << self.cluster_bits);
+        }
+    }
+
+    /// Allocate between 1 and `n` contiguous host clusters at the first free one (guest data:
+    /// a shorter run avoids fragmenting the file); returns (host offset, count).
+    pub(crate) async fn alloc_some(&self, n: u64) -> Result<(u64, u64)> {
+        self.file.debug_event(DebugEvent::ClusterAlloc).await;
+        loop {
+            let mut start = self.free_hint.get().max(1);
+            while self.refcount(start).await? != 0 {
+                start += 1;
+            }
+            self.check_space(start + 1)?;
+            if !self.cover(start).await? {
+                continue;
+            }
+            let mut got = 1;
+            while got < n && self.free_and_covered(start + got).await? {
+                got += 1;
+            }
+            for c in start..start + got {
+                self.update_refcount(c, 1).await?;
+            }
+            self.free_hint.set(start + got);
+            return Ok((start << self.cluster_bits, got));
+        }
+    }
+
+    fn check_space(&self, end_cluster: u64) -> Result<()> {
+        if end_cluster << self.cluster_bits > OFFSET_MASK {
+            return Err(Error::io_msg(Errno::ENOSPC, "qcow2: image file is full"));
+        }
+        Ok(())
+    }
+
+    /// Undo an allocation nothing refers to yet (the refcount drops at once).
+    pub(crate) async fn free_unreferenced(&self, host: u64, n: u64) -> Result<()> {
+        for c in 0..n {
+            self.update_refcount((host >> self.cluster_bits) + c, -1)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Queue `[host, host+len)` for a refcount decrement once the mapping change that freed it
+    /// is durable (applied by `flush_metadata`).
+    pub(crate) fn free_later(&self, host: u64, len: u64) {
+        self.pending_free.borrow_mut().push((host, len));
+    }
+
+    /// Apply the queued frees (the mappings that freed them are durable now).
+    pub(crate) async fn apply_pending_frees(&self) -> Result<()> {
+        let frees = std::mem::take(&mut *self.pending_free.borrow_mut());
+        for (host, len) in frees {
+            self.file.debug_event(DebugEvent::ClusterFree).await;
+            let first = host >> self.cluster_bits;
+            let last = (host + len.max(1) - 1) >> self.cluster_bits;
+            for c in first..=last {
+                self.update_refcount(c, -1).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A new refcount block for reftable index `rt`, placed at free cluster `at` (which it
+    /// covers and counts).
+    async fn new_refblock(&self, rt: u64, at: u64) -> Result<()> {
+        self.file.debug_event(DebugEvent::RefblockAlloc).await;
+        let cs = self.cs();
+        let mut data = vec![0u8; cs as usize];
+        rb_set(
+            &mut data,
+            self.refcount_order,
+            (at - (rt << self.rb_bits())) as usize,
+            1,
+        );
+        let off = at * cs;
+        self.file.debug_event(DebugEvent::RefblockAllocWrite).await;
+        self.file
+            .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)
+            .await
+            .1?;
+        self.file.flush().await?;
+        self.file.debug_event(DebugEvent::RefblockAllocHookup).await;
+        self.file
+            .write(
+                self.reftable_offset.get() + rt * 8,
+                IoBuf::from_slice(&off.to_be_bytes()),
+                ReqFlags::NONE,
+            )
+            .await
+            .1?;
+        self.file.flush().await?;
+        self.reftable.borrow_mut()[rt as usize] = off;
+        if self.rb_cache.is_full() {
+            self.load_refblock(off).await?;
+        } else {
+            self.rb_cache.insert(off, data, false);
+        }
+        Ok(())
+    }
+
+    /// Grow the refcount table so that it covers cluster `at` (which is beyond the current
+    /// coverage, hence free along with everything after it). New blocks and the new table are
+    /// placed at `at`; the header is switched once they are durable; the old table is freed.
+    async fn grow_reftable(&self, at: u64) -> Result<()> {
+        self.file.debug_event(DebugEvent::ReftableGrow).await;
+        let cs = self.cs();
+        let rb_bits = self.rb_bits();
+        let old_len = self.reftable.borrow().len() as u64;
+        let (mut k, mut m) = (1u64, 1u64);
+        let new_len = loop {
+            let end = at + k + m;
+            let first_rt = at >> rb_bits;
+            let last_rt = (end - 1) >> rb_bits;
+            let len = (last_rt + 1).max(old_len + old_len / 2 + 1);
+            let nk = last_rt - first_rt + 1;
+            let nm = (len * 8).div_ceil(cs);
+            if nk == k && nm == m {
+                break len.max(m * cs / 8);
+            }
+            (k, m) = (nk, nm);
+        };
+        if m * cs > MAX_REFTABLE_BYTES {
+            return Err(Error::io_msg(
+                Errno::EFBIG,
+                "qcow2: refcount table would exceed its maximum size",
+            ));
+        }
+        let first_rt = at >> rb_bits;
+        let mut table = self.reftable.borrow().clone();
+        table.resize(new_len as usize, 0);
+        self.file
+            .debug_event(DebugEvent::RefblockAllocWriteBlocks)
+            .await;
+        for b in 0..k {
+            let rt = first_rt + b;
+            let mut data = vec![0u8; cs as usize];
+            for c in at..at + k + m {
+                if c >> rb_bits == rt {
+                    rb_set(
+                        &mut data,
+                        self.refcount_order,
+                        (c - (rt << rb_bits)) as usize,
+                        1,
+                    );
+                }
+            }
+            let off = (at + b) * cs;
+            self.file
+                .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)
+                .await
+                .1?;
+            table[rt as usize] = off;
+        }
+        let mut tbytes = vec![0u8; (m * cs) as usize];
+        for (i, e) in table.iter().enumerate() {
+            set_u64(&mut tbytes, i, *e);
+        }
+        let new_off = (at + k) * cs;
+        self.file
+            .debug_event(DebugEvent::RefblockAllocWriteTable)
+            .await;
+        self.file
+            .write(new_off, IoBuf::from_slice(&tbytes), ReqFlags::NONE)
+            .await
+            .1?;
+        self.file.flush().await?;
+        self.file
+            .debug_event(DebugEvent::RefblockAllocSwitchTable)
+            .await;
+        let mut hdr = Vec::with_capacity(12);
+        hdr.extend_from_slice(&new_off.to_be_bytes());
+        hdr.extend_from_slice(&(m as u32).to_be_bytes());
+        self.file
+            .write(OFF_REFTABLE, IoBuf::from_slice(&hdr), ReqFlags::NONE)
+            .await
+            .1?;
+        self.file.flush().await?;
+        let old_off = self.reftable_offset.get();
+        let old_clusters = (old_len * 8).div_ceil(cs);
+        self.reftable_offset.set(new_off);
+        table.truncate((m * cs / 8) as usize);
+        *self.reftable.borrow_mut() = table;
+        // The header no longer refers to the old table: free it now.
+        for c in 0..old_clusters {
+            self.update_refcount((old_off / cs) + c, -1).await?;
+        }
+        Ok(())
+    }
+
+    /// Write every dirty refcount block to the file (not flushed).
+    pub(crate) async fn write_back_refblocks(&self) -> Result<()> {
+        for (off, data) in self.rb_cache.dirty() {
+            self.file.debug_event(DebugEvent::RefblockUpdate).await;
+            self.file
+                .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)
+                .await
+                .1?;
+            self.rb_cache.mark_clean(off, &data);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! qcow2 refcount rebuild for images with the dirty bit (lazy refcounts): count every
+//! reference reachable from the header, the L1 table and the L2 tables, write a complete new
+//! refcount table and blocks after the end of the file, switch the header to them, then clear
+//! the dirty bit. The old refcount structures simply become free clusters.
+//!
+//! Runs during a read-write open, before any other request. Must not import `job`, `qmp`,
+//! `engine`, `backend` or other drivers.
+
+use crate::error::{Errno, Error, Result};
+use crate::io::{IoBuf, ReqFlags};
+
+use super::cache::set_u64;
+use super::cluster::Kind;
+use super::header::{INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, OFF_REFTABLE};
+use super::refcount::rb_set;
+use super::{OFFSET_MASK, Qcow2};
+
+/// Byte offset of the incompatible feature field.
+const OFF_INCOMPAT: u64 = 72;
+
+fn bad(msg: String) -> Error {
+    Error::io_msg(Errno::EIO, format!("qcow2: cannot repair refcounts: {msg}"))
+}
+
+impl Qcow2 {
+    /// Rebuild all refcounts from the mappings and clear the dirty bit.
+    pub(crate) async fn rebuild_refcounts(&self, nb_snapshots: u32) -> Result<()> {
+        if nb_snapshots > 0 {
+            return Err(Error::generic(
+                "qcow2: cannot repair the refcounts of an image with internal snapshots; \
+                 run 'qemu-img check -r all'",
+            ));
+        }
+        let cs = self.cs();
+        let file_clusters = self.file.len().div_ceil(cs);
+        // Bounded by the file size: every valid reference lies inside the file.
+        let mut counts = vec![0u64; file_clusters as usize];
+        let mut inc = |off: u64, len: u64| -> Result<()> {
+            let first = off / cs;
+            let last = (off + len.max(1) - 1) / cs;
+            for c in first..=last {
+                let slot = counts.get_mut(c as usize).ok_or_else(|| {
+                    bad(format!(
+                        "reference to {off:#x} lies beyond the end of the file"
+                    ))
+                })?;
+                *slot += 1;
+            }
+            Ok(())
+        };
+        inc(0, cs)?;
+        let l1 = self.l1.borrow().clone();
+        if !l1.is_empty() {
+            inc(self.l1_offset.get(), l1.len() as u64 * 8)?;
+        }
+        for e in l1 {
+            let l2 = e & OFFSET_MASK;
+            if l2 == 0 {
+                continue;
+            }
+            if l2 % cs != 0 {
+                return Err(bad(format!("L2 table offset {l2:#x} is unaligned")));
+            }
+            inc(l2, cs)?;
+            let (buf, r) = self
+                .file
+                .read(l2, IoBuf::new(cs as usize), ReqFlags::NONE)
+                .await;
+            r?;
+            for chunk in buf.as_slice().chunks_exact(8) {
+                let entry = u64::from_be_bytes(chunk.try_into().expect("8 bytes"));
+                match self.classify(entry)? {
+                    Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => inc(host, cs)?,
+                    Kind::Compressed { offset, len } => inc(offset & !511, len + (offset & 511))?,
+                    _ => {}
+                }
+            }
+        }
+        // New table and blocks after everything, covering themselves.
+        let order = self.refcount_order;
+        let rb_entries = cs * 8 >> order;
+        let base = file_clusters.max(1);
+        let (mut rt, mut rb) = (1u64, 1u64);
+        loop {
+            let total = base + rt + rb;
+            let nrb = total.div_ceil(rb_entries);
+            let nrt = (nrb * 8).div_ceil(cs);
+            if (nrb, nrt) == (rb, rt) {
+                break;
+            }
+            (rb, rt) = (nrb, nrt);
+        }
+        if rt * cs > MAX_REFTABLE_BYTES {
+            return Err(bad("the refcount table would be too large".into()));
+        }
+        let total = base + rt + rb;
+        counts.resize(total as usize, 0);
+        for c in base..total {
+            counts[c as usize] = 1;
+        }
+        let max = if order == 6 {
+            u64::MAX
+        } else {
+            (1u64 << (1u32 << order)) - 1
+        };
+        let mut area = vec![0u8; ((rt + rb) * cs) as usize];
+        let mut table = vec![0u64; (rt * cs / 8) as usize];
+        for b in 0..rb {
+            table[b as usize] = (base + rt + b) * cs;
+        }
+        for (c, &n) in counts.iter().enumerate() {
+            if n > max {
+                return Err(bad(format!("cluster {c} has {n} references")));
+            }
+            let b = c as u64 / rb_entries;
+            let start = ((rt + b) * cs) as usize;
+            rb_set(
+                &mut area[start..start + cs as usize],
+                order,
+                c % rb_entries as usize,
+                n,
+            );
+        }
+        for (i, e) in table.iter().enumerate() {
+            set_u64(&mut area, i, *e);
+        }
+        let table_off = base * cs;
+        self.file
+            .write(table_off, IoBuf::from_slice(&area), ReqFlags::NONE)
+            .await
+            .1?;
+        self.file.flush().await?;
+        let mut hdr = Vec::with_capacity(12);
+        hdr.extend_from_slice(&table_off.to_be_bytes());
+        hdr.extend_from_slice(&(rt as u32).to_be_bytes());
+        self.file
+            .write(OFF_REFTABLE, IoBuf::from_slice(&hdr), ReqFlags::NONE)
+            .await
+            .1?;
+        self.file.flush().await?;
+        let incompat = self.incompat.get() & !INCOMPAT_DIRTY;
+        self.file
+            .write(
+                OFF_INCOMPAT,
+                IoBuf::from_slice(&incompat.to_be_bytes()),
+                ReqFlags::NONE,
+            )
+            .await
+            .1?;
+        self.file.flush().await?;
+        self.incompat.set(incompat);
+        self.reftable_offset.set(table_off);
+        *self.reftable.borrow_mut() = table;
+        self.rb_cache.clear();
+        self.free_hint.set(0);
+        Ok(())
+    }
+}
