@@ -99,7 +99,7 @@ fn crash_during_allocating_writes_keeps_flushed_data() {
                 );
             }
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let target = (rng.next_u32() % 24) as u32;
+            let target = rng.next_u32() % 24;
             while *progress.borrow() < target {
                 env.sleep_until(env.now_ns() + 20_000).await;
             }

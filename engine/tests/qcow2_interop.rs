@@ -362,7 +362,16 @@ fn zstd_compressed_clusters_give_a_clear_error() {
     qemu_io(&dir, "s.qcow2", &["write -P 0x12 0 64k"]);
     let (code, text) = dir.run_status(
         "qemu-img",
-        &["convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", "s.qcow2", "z.qcow2"],
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "compression_type=zstd",
+            "s.qcow2",
+            "z.qcow2",
+        ],
     );
     if code != 0 {
         eprintln!("note: qemu-img cannot write zstd here ({text}); skipping");

@@ -4,7 +4,6 @@
 
 mod qcow2_support;
 
-
 use engine::backend::BackendOptions;
 use engine::drivers::qcow2::{Compat, CreateOptions, create};
 use engine::io::{IoBuf, ReqFlags};

@@ -112,10 +112,9 @@ impl TableCache {
             .borrow_mut()
             .iter_mut()
             .find(|s| s.offset == offset)
+            && s.data == data
         {
-            if s.data == data {
-                s.dirty = false;
-            }
+            s.dirty = false;
         }
     }
 }

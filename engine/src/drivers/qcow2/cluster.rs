@@ -37,7 +37,7 @@ impl Qcow2 {
             return Ok(Kind::Compressed { offset, len });
         }
         let host = entry & OFFSET_MASK;
-        if host % self.cs() != 0 {
+        if !host.is_multiple_of(self.cs()) {
             return Err(Error::io_msg(
                 Errno::EIO,
                 format!("qcow2: cluster offset {host:#x} is not cluster aligned"),
@@ -64,7 +64,7 @@ impl Qcow2 {
         })?;
         let off = entry & OFFSET_MASK;
         if off != 0 {
-            if off % self.cs() != 0 {
+            if !off.is_multiple_of(self.cs()) {
                 return Err(Error::io_msg(
                     Errno::EIO,
                     format!("qcow2: L2 table offset {off:#x} is not cluster aligned"),

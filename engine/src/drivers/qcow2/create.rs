@@ -60,7 +60,7 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
             "Cluster size must be a power of two between 512 and 2048k",
         ));
     }
-    if o.size % 512 != 0 {
+    if !o.size.is_multiple_of(512) {
         return Err(Error::generic("Image size must be a multiple of 512 bytes"));
     }
     if !o.refcount_bits.is_power_of_two() || o.refcount_bits > 64 {

@@ -183,7 +183,7 @@ impl Header {
             h.autoclear = be64(buf, 88);
             h.refcount_order = be32(buf, 96);
             h.header_length = be32(buf, 100);
-            if h.header_length < 104 || h.header_length % 8 != 0 {
+            if h.header_length < 104 || !h.header_length.is_multiple_of(8) {
                 return Err(invalid(format!(
                     "Invalid header length {} (must be >= 104 and a multiple of 8)",
                     h.header_length
@@ -229,7 +229,7 @@ impl Header {
         }
         // Tables: aligned and inside the file.
         let check_table = |what: &str, off: u64, bytes: u64| -> Result<()> {
-            if off % cs != 0 {
+            if !off.is_multiple_of(cs) {
                 return Err(invalid(format!(
                     "{what} offset {off:#x} is not cluster aligned"
                 )));
@@ -273,7 +273,7 @@ impl Header {
         if h.size > (1u64 << 62) {
             return Err(invalid(format!("Image size {} is too large", h.size)));
         }
-        if h.nb_snapshots > 0 && h.snapshots_offset % cs != 0 {
+        if h.nb_snapshots > 0 && !h.snapshots_offset.is_multiple_of(cs) {
             return Err(invalid("Snapshot table offset is not cluster aligned"));
         }
         if h.backing_offset != 0 {

@@ -187,7 +187,7 @@ impl Qcow2 {
         let max = (MAX_ALLOC_BYTES / cs).max(1);
         let mut olds = vec![entry];
         let mut c = gc + 1;
-        while c <= last && (olds.len() as u64) < max && c % self.l2_entries() != 0 {
+        while c <= last && (olds.len() as u64) < max && !c.is_multiple_of(self.l2_entries()) {
             let e = self.l2_entry(c).await?;
             if matches!(self.classify(e)?, Kind::Normal { copied: true, .. }) {
                 break;
@@ -328,7 +328,7 @@ impl Qcow2 {
         if first_full >= last_full {
             return self.zero_partial(offset, len).await;
         }
-        if offset % cs != 0 {
+        if !offset.is_multiple_of(cs) {
             self.zero_partial(offset, first_full * cs - offset).await?;
         }
         {
@@ -353,7 +353,7 @@ impl Qcow2 {
                 self.set_l2_entry(gc, new).await?;
             }
         }
-        if end % cs != 0 {
+        if !end.is_multiple_of(cs) {
             self.zero_partial(last_full * cs, end - last_full * cs)
                 .await?;
         }

@@ -71,7 +71,7 @@ impl Qcow2 {
         if off == 0 {
             return Ok(None);
         }
-        if off % self.cs() != 0 {
+        if !off.is_multiple_of(self.cs()) {
             return Err(Error::io_msg(
                 Errno::EIO,
                 format!("qcow2: refcount block offset {off:#x} is not cluster aligned"),
@@ -85,17 +85,17 @@ impl Qcow2 {
         if self.rb_cache.contains(off) {
             return Ok(());
         }
-        if self.rb_cache.is_full() {
-            if let Some((victim, data, dirty)) = self.rb_cache.lru() {
-                if dirty {
-                    self.file.debug_event(DebugEvent::RefblockUpdate).await;
-                    self.file
-                        .write(victim, IoBuf::from_slice(&data), ReqFlags::NONE)
-                        .await
-                        .1?;
-                }
-                self.rb_cache.remove(victim);
+        if self.rb_cache.is_full()
+            && let Some((victim, data, dirty)) = self.rb_cache.lru()
+        {
+            if dirty {
+                self.file.debug_event(DebugEvent::RefblockUpdate).await;
+                self.file
+                    .write(victim, IoBuf::from_slice(&data), ReqFlags::NONE)
+                    .await
+                    .1?;
             }
+            self.rb_cache.remove(victim);
         }
         self.file.debug_event(DebugEvent::RefblockLoad).await;
         let (buf, r) = self

@@ -58,7 +58,7 @@ impl Qcow2 {
             if l2 == 0 {
                 continue;
             }
-            if l2 % cs != 0 {
+            if !l2.is_multiple_of(cs) {
                 return Err(bad(format!("L2 table offset {l2:#x} is unaligned")));
             }
             inc(l2, cs)?;
@@ -78,7 +78,7 @@ impl Qcow2 {
         }
         // New table and blocks after everything, covering themselves.
         let order = self.refcount_order;
-        let rb_entries = cs * 8 >> order;
+        let rb_entries = (cs * 8) >> order;
         let base = file_clusters.max(1);
         let (mut rt, mut rb) = (1u64, 1u64);
         loop {

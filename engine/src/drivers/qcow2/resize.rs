@@ -12,7 +12,7 @@ use super::header::{MAX_L1_BYTES, OFF_L1, OFF_SIZE};
 
 impl Qcow2 {
     pub(crate) async fn do_truncate(&self, len: u64) -> Result<()> {
-        if len % 512 != 0 {
+        if !len.is_multiple_of(512) {
             return Err(Error::generic(
                 "qcow2: the image size must be a multiple of 512 bytes",
             ));
