@@ -401,7 +401,14 @@ impl Node {
     /// `query-named-block-nodes` entry.
     pub fn describe(&self) -> Value {
         let (perm, shared) = self.cumulative.get();
-        let backing = self.backing().map(|e| e.child_node().name().to_string());
+        // QEMU reports the backing *file name* and how deep the chain below goes.
+        let backing = self.backing().map(|e| e.child_node().driver().filename());
+        let mut depth = 0u32;
+        let mut below = self.backing().map(|e| e.child_node());
+        while let Some(n) = below {
+            depth += 1;
+            below = n.backing().map(|e| e.child_node());
+        }
         json!({
             "node-name": self.name,
             "drv": self.driver_name,
@@ -414,6 +421,7 @@ impl Node {
             "write_threshold": self.write_threshold.get(),
             "cache": {"writeback": true, "direct": self.opts.direct, "no-flush": self.opts.no_flush},
             "backing_file": backing,
+            "backing_file_depth": depth,
             "image": {"virtual-size": self.len(), "format": self.driver_name,
                       "format-specific": self.driver().specific_info()},
             "perm": perm.name_list(),

@@ -7,6 +7,7 @@
 //! gives a byte-identical transcript and trace hash.
 
 mod faults;
+mod image;
 mod io;
 pub mod model;
 pub mod parse;

@@ -9,6 +9,7 @@
 //! limit time 10m                 # livelock limits (defaults: 10m virtual, 5M steps)
 //! limit steps 5000000
 //! image create disk.img raw 64M  # a file on the virtual disk
+//! image create d.qcow2 qcow2 64M cluster_size=4k lazy_refcounts=on
 //! qmp {"execute": "blockdev-add", "arguments": {...}}   # JSON may span lines
 //! expect error GenericError "is in use"                 # the previous qmp must fail so
 //! expect return {"node-name": "disk"}                  # ...or succeed with a reply containing this
@@ -76,14 +77,17 @@ pub struct Arg {
 /// What a step does.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Create a file on the virtual disk.
+    /// Create an image on the virtual disk.
     ImageCreate {
         /// Path on the virtual disk.
         path: String,
-        /// Format: `raw` (a sparse file of `size` bytes).
+        /// Format: `raw` (a sparse file of `size` bytes) or `qcow2`.
         format: String,
         /// Virtual size.
         size: u64,
+        /// Format options (`cluster_size=`, `compat=`, `refcount_bits=`, `backing_file=`,
+        /// `backing_fmt=`, `lazy_refcounts=` for qcow2).
+        options: Vec<Arg>,
     },
     /// A QMP command; `expect` says how the reply must look (success if `None`).
     Qmp {
@@ -452,16 +456,21 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                 }
                 let path = need(2, "a path")?;
                 let format = need(3, "a format")?;
-                if format != "raw" {
+                if format != "raw" && format != "qcow2" {
                     return Err(cur.err(
                         col_of(3),
-                        format!("unsupported image format '{format}' (raw)"),
+                        format!("unsupported image format '{format}' (raw or qcow2)"),
                     ));
                 }
                 let size_text = need(4, "a size")?;
                 let size = parse_size(&size_text)
                     .ok_or_else(|| cur.err(col_of(4), format!("bad size '{size_text}'")))?;
-                Action::ImageCreate { path, format, size }
+                Action::ImageCreate {
+                    path,
+                    format,
+                    size,
+                    options: args_of(&ws[5..]),
+                }
             }
             "qmp" => {
                 let mut json = line[kw.len()..].trim().to_string();

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use engine::backend::BackendOptions;
-use engine::env::{Env, LocalBoxFuture, OpenOptions};
+use engine::env::{Env, LocalBoxFuture};
 use engine::event::{DebugEvent, Event};
 use engine::graph::{DebugListener, DrainedSection, Node};
 use engine::io::IoBuf;
@@ -387,24 +387,15 @@ impl World<'_> {
     async fn step(&mut self, step: &Step) -> Result<(), Failure> {
         let line = step.line;
         match &step.action {
-            Action::ImageCreate { path, format, size } => {
-                let opts = OpenOptions {
-                    write: true,
-                    create: true,
-                    truncate: true,
-                    ..Default::default()
-                };
-                let file = self
-                    .env
-                    .fs()
-                    .open(path, opts)
-                    .map_err(|e| fail("setup", line, e.to_string()))?;
-                file.set_len(*size)
+            Action::ImageCreate {
+                path,
+                format,
+                size,
+                options,
+            } => {
+                super::image::create_image(&self.engine, &self.env, path, format, *size, options)
                     .await
-                    .map_err(|e| fail("setup", line, e.to_string()))?;
-                file.flush()
-                    .await
-                    .map_err(|e| fail("setup", line, e.to_string()))?;
+                    .map_err(|e| fail("setup", line, e))?;
                 self.note(&format!("image create {path} {format} {size}"));
             }
             Action::Qmp {
