@@ -289,3 +289,11 @@ impl Engine {
         first_err.map_or(Ok(()), Err)
     }
 }
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Nodes hold the graph context and the context's registry holds the nodes.
+        self.backends.borrow_mut().clear();
+        self.ctx.forget_all_nodes();
+    }
+}

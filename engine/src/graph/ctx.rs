@@ -132,6 +132,14 @@ impl GraphCtx {
         Ok(())
     }
 
+    /// Forget every node (the engine is going away): breaks the registry ↔ node reference cycle
+    /// so nodes are freed once nothing else holds them. Nodes are not closed: a caller that wants
+    /// caches written back calls `Engine::shutdown` first.
+    pub(crate) fn forget_all_nodes(&self) {
+        let nodes = std::mem::take(&mut *self.nodes.borrow_mut());
+        drop(nodes);
+    }
+
     pub(crate) fn unregister_node(&self, name: &str) {
         self.nodes.borrow_mut().remove(name);
     }
