@@ -201,6 +201,11 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
         }
         println!("{line}");
     }
+    // Refuse a bad cluster size before the file is touched (the driver checks the rest before
+    // it writes, but only after the file has been created and truncated).
+    if qcow2 && (!o.cluster_size.is_power_of_two() || !(512..=(2 << 20)).contains(&o.cluster_size)) {
+        return Err("Cluster size must be a power of two between 512 and 2048k".into());
+    }
     // qemu rounds raw sizes up to whole sectors; qcow2 requires them.
     let size = if qcow2 { size } else { size.div_ceil(512) * 512 };
     o.size = size;

@@ -55,7 +55,7 @@ pub(crate) fn os_error(e: &std::io::Error) -> String {
 pub(crate) fn probe_format(path: &str) -> Result<String, String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)
-        .map_err(|e| format!("Could not open '{path}': {}", os_error(&e)))?;
+        .map_err(|e| format!("Could not open '{path}': Could not open '{path}': {}", os_error(&e)))?;
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic).unwrap_or(0);
     Ok(if n == 4 && magic == *b"QFI\xfb" {

@@ -1,5 +1,5 @@
 //! qemu-img's progress line (`-p`): "    (12.34/100%)" rewritten in place with a carriage
-//! return, ended with a newline at 100%. Like qemu-img it prints on stdout.
+//! return, ended with a newline after 100%. Like qemu-img it prints on stdout.
 
 use std::io::Write;
 
@@ -31,7 +31,7 @@ impl Progress {
         } else {
             (done.min(self.total) as u128 * 10000 / self.total as u128) as u64
         };
-        if self.last.is_some_and(|l| hundredths < l + 100 && hundredths != 10000) {
+        if self.last.is_some_and(|l| hundredths < l + 100 && (hundredths != 10000 || l == 10000)) {
             return;
         }
         self.last = Some(hundredths);
@@ -40,10 +40,11 @@ impl Progress {
         let _ = out.flush();
     }
 
-    /// Print the final 100% line.
+    /// Show 100% and end the line.
     pub fn finish(&mut self) {
+        self.update(self.total);
         if self.enabled {
-            println!("    (100.00/100%)");
+            println!();
         }
     }
 }
