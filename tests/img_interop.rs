@@ -62,7 +62,11 @@ impl Dir {
 
     fn ok(&self, prog: &str, args: &[&str]) -> String {
         let o = self.run(prog, args);
-        assert_eq!(o.code, 0, "{prog} {args:?} failed: {}{}", o.stdout, o.stderr);
+        assert_eq!(
+            o.code, 0,
+            "{prog} {args:?} failed: {}{}",
+            o.stdout, o.stderr
+        );
         o.stdout
     }
 
@@ -78,7 +82,11 @@ impl Dir {
 
     fn info_json(&self, prog: &str, img: &str) -> Value {
         let args = ["info", "--output=json", img];
-        let out = if prog == "blk" { self.blk(&args) } else { self.ok(prog, &args) };
+        let out = if prog == "blk" {
+            self.blk(&args)
+        } else {
+            self.ok(prog, &args)
+        };
         serde_json::from_str(&out).unwrap()
     }
 }
@@ -120,12 +128,40 @@ fn created_images_check_clean_and_info_agrees() {
     assert_info_agrees(&d, "r.img");
     for (i, cs) in ["512", "4k", "65536", "2M"].iter().enumerate() {
         let name = format!("c{i}.qcow2");
-        d.blk(&["create", "-q", "-f", "qcow2", "-o", &format!("cluster_size={cs}"), &name, "64M"]);
+        d.blk(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("cluster_size={cs}"),
+            &name,
+            "64M",
+        ]);
         d.check_clean(&name);
         assert_info_agrees(&d, &name);
     }
-    let line = d.blk(&["create", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "1M"]);
-    let want = d.ok("qemu-img", &["create", "-f", "qcow2", "-o", "compat=0.10", "v2q.qcow2", "1M"]);
+    let line = d.blk(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        "v2.qcow2",
+        "1M",
+    ]);
+    let want = d.ok(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            "v2q.qcow2",
+            "1M",
+        ],
+    );
     assert_eq!(line.replace("v2.qcow2", "v2q.qcow2"), want);
     d.check_clean("v2.qcow2");
     assert_info_agrees(&d, "v2.qcow2");
@@ -134,13 +170,25 @@ fn created_images_check_clean_and_info_agrees() {
     d.check_clean("l.qcow2");
     assert_info_agrees(&d, "l.qcow2");
     // A backing file: size taken from it, backing fields as qemu-img reports them.
-    let line = d.blk(&["create", "-f", "qcow2", "-b", "c1.qcow2", "-F", "qcow2", "o.qcow2"]);
-    assert!(line.contains("size=67108864 backing_file=c1.qcow2 backing_fmt=qcow2"), "{line}");
+    let line = d.blk(&[
+        "create", "-f", "qcow2", "-b", "c1.qcow2", "-F", "qcow2", "o.qcow2",
+    ]);
+    assert!(
+        line.contains("size=67108864 backing_file=c1.qcow2 backing_fmt=qcow2"),
+        "{line}"
+    );
     d.check_clean("o.qcow2");
     assert_info_agrees(&d, "o.qcow2");
-    let chain = |p: &str| d.ok(if p == "blk" { BLK } else { p }, &["info", "--backing-chain", "o.qcow2"]);
+    let chain = |p: &str| {
+        d.ok(
+            if p == "blk" { BLK } else { p },
+            &["info", "--backing-chain", "o.qcow2"],
+        )
+    };
     assert_eq!(chain("blk"), chain("qemu-img"));
-    d.blk(&["create", "-q", "-f", "qcow2", "-b", "r.img", "-F", "raw", "or.qcow2"]);
+    d.blk(&[
+        "create", "-q", "-f", "qcow2", "-b", "r.img", "-F", "raw", "or.qcow2",
+    ]);
     d.check_clean("or.qcow2");
     assert_info_agrees(&d, "or.qcow2");
 }
@@ -152,19 +200,96 @@ fn map_equals_qemu_img_map() {
     }
     let d = Dir::new("map");
     d.ok("qemu-img", &["create", "-q", "-f", "raw", "r.img", "4M"]);
-    d.ok("qemu-io", &["-f", "raw", "-c", "write -P 1 8k 8k", "-c", "write -P 2 1M 64k", "r.img"]);
-    d.ok("qemu-img", &["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
-    d.ok("qemu-io", &["-c", "write -P 1 0 64k", "-c", "write -z 128k 64k", "-c", "write -P 3 2M 1M", "base.qcow2"]);
-    d.ok("qemu-img", &["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "mid.qcow2"]);
-    d.ok("qemu-io", &["-c", "write -P 2 192k 64k", "-c", "write -z 256k 64k", "-c", "write -z 2M 64k", "mid.qcow2"]);
-    d.ok("qemu-img", &["create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2"]);
-    d.ok("qemu-io", &["-c", "write -P 5 300k 10k", "-c", "write -P 6 3M 4k", "top.qcow2"]);
+    d.ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 1 8k 8k",
+            "-c",
+            "write -P 2 1M 64k",
+            "r.img",
+        ],
+    );
+    d.ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "base.qcow2", "4M"],
+    );
+    d.ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 1 0 64k",
+            "-c",
+            "write -z 128k 64k",
+            "-c",
+            "write -P 3 2M 1M",
+            "base.qcow2",
+        ],
+    );
+    d.ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "mid.qcow2",
+        ],
+    );
+    d.ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 2 192k 64k",
+            "-c",
+            "write -z 256k 64k",
+            "-c",
+            "write -z 2M 64k",
+            "mid.qcow2",
+        ],
+    );
+    d.ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    d.ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 5 300k 10k",
+            "-c",
+            "write -P 6 3M 4k",
+            "top.qcow2",
+        ],
+    );
     for img in ["r.img", "base.qcow2", "mid.qcow2", "top.qcow2"] {
         for fmt in ["--output=json", "--output=human"] {
             let args = ["map", fmt, img];
             assert_eq!(d.blk(&args), d.ok("qemu-img", &args), "map {fmt} {img}");
         }
-        let args = ["map", "--output=json", "--start-offset=100000", "--max-length=2200000", img];
+        let args = [
+            "map",
+            "--output=json",
+            "--start-offset=100000",
+            "--max-length=2200000",
+            img,
+        ];
         assert_eq!(d.blk(&args), d.ok("qemu-img", &args), "ranged map {img}");
     }
 }
@@ -175,11 +300,19 @@ fn compare_matches_qemu_img_compare() {
         return;
     }
     let d = Dir::new("compare");
-    for (name, size) in [("a.img", "1M"), ("b.img", "1M"), ("c.img", "2M"), ("e.img", "2M")] {
+    for (name, size) in [
+        ("a.img", "1M"),
+        ("b.img", "1M"),
+        ("c.img", "2M"),
+        ("e.img", "2M"),
+    ] {
         d.ok("qemu-img", &["create", "-q", "-f", "raw", name, size]);
     }
     d.ok("qemu-io", &["-f", "raw", "-c", "write -P 7 4k 4k", "a.img"]);
-    d.ok("qemu-io", &["-f", "raw", "-c", "write -P 7 1536k 1k", "e.img"]);
+    d.ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 7 1536k 1k", "e.img"],
+    );
     d.ok("qemu-img", &["convert", "-O", "qcow2", "a.img", "a.qcow2"]);
     let cases: [&[&str]; 9] = [
         &["a.img", "a.qcow2"],
@@ -209,27 +342,83 @@ fn convert_round_trips_and_checks_clean() {
     }
     let d = Dir::new("convert");
     d.ok("qemu-img", &["create", "-q", "-f", "raw", "src.img", "8M"]);
-    d.ok("qemu-io", &["-f", "raw", "-c", "write -P 1 0 4k", "-c", "write -P 2 3M 100k", "src.img"]);
+    d.ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 1 0 4k",
+            "-c",
+            "write -P 2 3M 100k",
+            "src.img",
+        ],
+    );
     d.blk(&["convert", "-O", "qcow2", "src.img", "q.qcow2"]);
     d.check_clean("q.qcow2");
     d.ok("qemu-img", &["compare", "src.img", "q.qcow2"]);
     // Sparse: nothing allocated for the zero megabytes.
     let map: Value = serde_json::from_str(&d.blk(&["map", "--output=json", "q.qcow2"])).unwrap();
-    let data: u64 = map.as_array().unwrap().iter()
-        .filter(|e| e["data"] == true).map(|e| e["length"].as_u64().unwrap()).sum();
+    let data: u64 = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum();
     assert!(data <= 4 * 65536, "{map}");
     d.blk(&["convert", "-p", "-W", "-O", "raw", "q.qcow2", "back.img"]);
     d.ok("qemu-img", &["compare", "-s", "src.img", "back.img"]);
-    d.blk(&["convert", "-O", "qcow2", "-o", "cluster_size=4k,compat=0.10", "q.qcow2", "q2.qcow2"]);
+    d.blk(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=4k,compat=0.10",
+        "q.qcow2",
+        "q2.qcow2",
+    ]);
     d.check_clean("q2.qcow2");
     d.ok("qemu-img", &["compare", "src.img", "q2.qcow2"]);
     // A chain converted whole, and converted over a backing file.
-    d.ok("qemu-img", &["create", "-q", "-f", "qcow2", "-b", "q.qcow2", "-F", "qcow2", "top.qcow2"]);
-    d.ok("qemu-io", &["-c", "write -P 9 3M 64k", "-c", "write -z 0 4k", "top.qcow2"]);
+    d.ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "q.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    d.ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 9 3M 64k",
+            "-c",
+            "write -z 0 4k",
+            "top.qcow2",
+        ],
+    );
     d.blk(&["convert", "-O", "qcow2", "top.qcow2", "flat.qcow2"]);
     d.check_clean("flat.qcow2");
     d.ok("qemu-img", &["compare", "top.qcow2", "flat.qcow2"]);
-    d.blk(&["convert", "-O", "qcow2", "-B", "q.qcow2", "-F", "qcow2", "top.qcow2", "ov.qcow2"]);
+    d.blk(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-B",
+        "q.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+        "ov.qcow2",
+    ]);
     d.check_clean("ov.qcow2");
     d.ok("qemu-img", &["compare", "top.qcow2", "ov.qcow2"]);
     let info = d.info_json("qemu-img", "ov.qcow2");
@@ -254,7 +443,11 @@ fn resize_grows_and_shrinks() {
         assert_eq!(d.info_json("qemu-img", img)["virtual-size"], 4 << 20);
         let o = d.run(BLK, &["resize", img, "2M"]);
         assert_eq!(o.code, 1);
-        assert!(o.stderr.starts_with("qemu-img: Use the --shrink option"), "{}", o.stderr);
+        assert!(
+            o.stderr.starts_with("qemu-img: Use the --shrink option"),
+            "{}",
+            o.stderr
+        );
         d.blk(&["resize", "--shrink", img, "-1M"]);
         assert_eq!(d.info_json("qemu-img", img)["virtual-size"], 3 << 20);
     }

@@ -102,7 +102,9 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let [p1, p2] = operands.as_slice() else {
-        eprintln!("qemu-img: Expecting two image file names\nTry 'blk compare --help' for more information");
+        eprintln!(
+            "qemu-img: Expecting two image file names\nTry 'blk compare --help' for more information"
+        );
         return 2;
     };
     // -f alone names both formats, as in qemu-img.

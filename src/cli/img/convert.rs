@@ -113,10 +113,9 @@ async fn convert(src: &Image, dst: &Image, plan: &Plan) -> Result<(), String> {
         let mut jobs: Vec<Job<'_>> = Vec::new();
         while pos < size && jobs.len() < plan.in_flight {
             let (len, action) = if plan.top_only {
-                let st = root
-                    .block_status(pos, size - pos)
-                    .await
-                    .map_err(|e| format!("error while reading block status at offset {pos}: {e}"))?;
+                let st = root.block_status(pos, size - pos).await.map_err(|e| {
+                    format!("error while reading block status at offset {pos}: {e}")
+                })?;
                 let a = match st.mapping {
                     Mapping::Unallocated => Action::Skip,
                     Mapping::Zero { .. } => Action::Zero,
@@ -127,7 +126,9 @@ async fn convert(src: &Image, dst: &Image, plan: &Plan) -> Result<(), String> {
                 let st = root
                     .chain_status(pos, size - pos, None)
                     .await
-                    .map_err(|e| format!("error while reading block status at offset {pos}: {e}"))?;
+                    .map_err(|e| {
+                        format!("error while reading block status at offset {pos}: {e}")
+                    })?;
                 let zero = st.node.is_none() || matches!(st.mapping, Mapping::Zero { .. });
                 let a = match (zero, plan.fresh) {
                     (true, true) => Action::Skip,
@@ -165,7 +166,10 @@ async fn convert(src: &Image, dst: &Image, plan: &Plan) -> Result<(), String> {
         join_all(jobs).await?;
         progress.update(pos);
     }
-    dst.bb.flush().await.map_err(|e| format!("error while flushing: {e}"))?;
+    dst.bb
+        .flush()
+        .await
+        .map_err(|e| format!("error while flushing: {e}"))?;
     progress.finish();
     Ok(())
 }
@@ -199,7 +203,11 @@ pub fn run(args: &[String]) -> i32 {
             'W' => out_of_order = true,
             'm' => match v.parse::<usize>() {
                 Ok(n) if (1..=16).contains(&n) => coroutines = n,
-                _ => return fail(format!("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16")),
+                _ => {
+                    return fail(
+                        "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16",
+                    );
+                }
             },
             'c' => return fail("Compression is not supported by blk's qcow2 driver (convert -c)"),
             'q' => progress = false,
@@ -208,7 +216,9 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let [src_path, dst_path] = operands.as_slice() else {
-        return fail("Expecting a source and a target file name\nTry 'blk convert --help' for more information");
+        return fail(
+            "Expecting a source and a target file name\nTry 'blk convert --help' for more information",
+        );
     };
     if let Err(e) = check_format(&out_fmt) {
         return fail(e);

@@ -68,9 +68,7 @@ fn flag(key: &str, v: &str) -> Result<bool, String> {
     match v {
         "on" | "true" | "yes" => Ok(true),
         "off" | "false" | "no" => Ok(false),
-        _ => Err(format!(
-            "Parameter '{key}' expects 'on' or 'off'"
-        )),
+        _ => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
     }
 }
 
@@ -98,14 +96,16 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     for (k, v) in &spec.opts {
         match (k.as_str(), qcow2) {
             ("size", _) => {
-                size = Some(parse_img_size(v).ok_or(format!(
-                    "Parameter 'size' expects a non-negative number below 2^64"
-                ))?)
+                size = Some(
+                    parse_img_size(v)
+                        .ok_or("Parameter 'size' expects a non-negative number below 2^64")?,
+                )
             }
             ("preallocation", _) => prealloc = Some(v.clone()),
             ("cluster_size", true) => {
-                o.cluster_size = parse_size(v)
-                    .ok_or(format!("Parameter 'cluster_size' expects a size, not '{v}'"))?
+                o.cluster_size = parse_size(v).ok_or(format!(
+                    "Parameter 'cluster_size' expects a size, not '{v}'"
+                ))?
             }
             ("compat", true) => {
                 o.compat = match v.as_str() {
@@ -192,7 +192,10 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
             if let Some(c) = &compat_text {
                 line += &format!(" compat={c}");
             }
-            line += &format!(" lazy_refcounts={lazy_text} refcount_bits={}", o.refcount_bits);
+            line += &format!(
+                " lazy_refcounts={lazy_text} refcount_bits={}",
+                o.refcount_bits
+            );
         } else {
             line += &format!(" size={size}");
             if let Some(p) = &prealloc {
@@ -203,11 +206,16 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     }
     // Refuse a bad cluster size before the file is touched (the driver checks the rest before
     // it writes, but only after the file has been created and truncated).
-    if qcow2 && (!o.cluster_size.is_power_of_two() || !(512..=(2 << 20)).contains(&o.cluster_size)) {
+    if qcow2 && (!o.cluster_size.is_power_of_two() || !(512..=(2 << 20)).contains(&o.cluster_size))
+    {
         return Err("Cluster size must be a power of two between 512 and 2048k".into());
     }
     // qemu rounds raw sizes up to whole sectors; qcow2 requires them.
-    let size = if qcow2 { size } else { size.div_ceil(512) * 512 };
+    let size = if qcow2 {
+        size
+    } else {
+        size.div_ceil(512) * 512
+    };
     o.size = size;
     o.backing_file = backing;
     o.backing_fmt = backing_fmt;
@@ -301,7 +309,9 @@ pub fn run(args: &[String]) -> i32 {
             Some(n) => (p.clone(), Some(n)),
             None => return fail(format!("Invalid image size specified: '{s}'.")),
         },
-        _ => return fail("Expecting image file name\nTry 'blk create --help' for more information"),
+        _ => {
+            return fail("Expecting image file name\nTry 'blk create --help' for more information");
+        }
     };
     spec.size = size;
     let tool = Tool::new();

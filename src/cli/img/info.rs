@@ -32,7 +32,9 @@ pub(crate) fn read_qcow2_header(path: &str) -> Result<Header, String> {
     let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut head = vec![0u8; 4096.min(len as usize)];
     f.read_exact(&mut head).map_err(|e| e.to_string())?;
-    let bits = head.get(20..24).map_or(16, |b| u32::from_be_bytes(b.try_into().unwrap()));
+    let bits = head
+        .get(20..24)
+        .map_or(16, |b| u32::from_be_bytes(b.try_into().unwrap()));
     let cs = 1usize << bits.clamp(9, 21);
     let mut buf = head;
     if cs > buf.len() && (buf.len() as u64) < len {
@@ -51,16 +53,25 @@ fn image_info(node: &Rc<Node>) -> Result<Value, String> {
     let actual = allocated_bytes(&filename);
     let mut file = Map::new();
     file.insert("children".into(), json!([]));
-    file.insert("virtual-size".into(), json!(file_length(&filename).unwrap_or(0)));
+    file.insert(
+        "virtual-size".into(),
+        json!(file_length(&filename).unwrap_or(0)),
+    );
     file.insert("filename".into(), json!(filename));
     file.insert("format".into(), json!("file"));
     if let Some(a) = actual {
         file.insert("actual-size".into(), json!(a));
     }
-    file.insert("format-specific".into(), json!({"type": "file", "data": {}}));
+    file.insert(
+        "format-specific".into(),
+        json!({"type": "file", "data": {}}),
+    );
     file.insert("dirty-flag".into(), json!(false));
     let mut m = Map::new();
-    m.insert("children".into(), json!([{"name": "file", "info": Value::Object(file)}]));
+    m.insert(
+        "children".into(),
+        json!([{"name": "file", "info": Value::Object(file)}]),
+    );
     let header = if format == "qcow2" {
         Some(read_qcow2_header(&filename)?)
     } else {
@@ -81,26 +92,47 @@ fn image_info(node: &Rc<Node>) -> Result<Value, String> {
     }
     if let Some(h) = &header {
         let mut data = Map::new();
-        data.insert("compat".into(), json!(if h.version == 3 { "1.1" } else { "0.10" }));
-        let ct = if h.compression_type == 1 { "zstd" } else { "zlib" };
+        data.insert(
+            "compat".into(),
+            json!(if h.version == 3 { "1.1" } else { "0.10" }),
+        );
+        let ct = if h.compression_type == 1 {
+            "zstd"
+        } else {
+            "zlib"
+        };
         data.insert("compression-type".into(), json!(ct));
         if h.version == 3 {
-            data.insert("lazy-refcounts".into(), json!(h.compat & COMPAT_LAZY_REFCOUNTS != 0));
+            data.insert(
+                "lazy-refcounts".into(),
+                json!(h.compat & COMPAT_LAZY_REFCOUNTS != 0),
+            );
         }
         data.insert("refcount-bits".into(), json!(1u64 << h.refcount_order));
         if h.version == 3 {
             data.insert("corrupt".into(), json!(h.incompat & INCOMPAT_CORRUPT != 0));
-            data.insert("extended-l2".into(), json!(h.incompat & INCOMPAT_EXTL2 != 0));
+            data.insert(
+                "extended-l2".into(),
+                json!(h.incompat & INCOMPAT_EXTL2 != 0),
+            );
         }
-        m.insert("format-specific".into(), json!({"type": "qcow2", "data": data}));
+        m.insert(
+            "format-specific".into(),
+            json!({"type": "qcow2", "data": data}),
+        );
     }
     if let Some(h) = &header
         && let Some(name) = &h.backing_file
     {
-        m.insert("full-backing-filename".into(), json!(backing.clone().unwrap_or(name.clone())));
+        m.insert(
+            "full-backing-filename".into(),
+            json!(backing.clone().unwrap_or(name.clone())),
+        );
         m.insert("backing-filename".into(), json!(name));
     }
-    let dirty = header.as_ref().is_some_and(|h| h.incompat & INCOMPAT_DIRTY != 0);
+    let dirty = header
+        .as_ref()
+        .is_some_and(|h| h.incompat & INCOMPAT_DIRTY != 0);
     m.insert("dirty-flag".into(), json!(dirty));
     Ok(Value::Object(m))
 }
@@ -149,7 +181,10 @@ fn human(info: &Value) -> String {
         let c = &child["info"];
         s += &format!("Child node '/{}':\n", child["name"].as_str().unwrap_or(""));
         s += &format!("    filename: {}\n", c["filename"].as_str().unwrap_or(""));
-        s += &format!("    protocol type: {}\n", c["format"].as_str().unwrap_or(""));
+        s += &format!(
+            "    protocol type: {}\n",
+            c["format"].as_str().unwrap_or("")
+        );
         let len = size(&c["virtual-size"]);
         s += &format!("    file length: {} ({len} bytes)\n", size_to_str(len));
         if let Some(a) = c["actual-size"].as_u64() {
@@ -189,18 +224,20 @@ pub fn run(args: &[String]) -> i32 {
         return fail("Expecting one image file name\nTry 'blk info --help' for more information");
     };
     let tool = Tool::new();
-    let result = tool.block_on(tool.open(path, fmt.as_deref(), true, share)).and_then(|img| {
-        let mut infos = Vec::new();
-        let mut node = Some(img.node.clone());
-        while let Some(n) = node {
-            infos.push(image_info(&n)?);
-            if !chain {
-                break;
+    let result = tool
+        .block_on(tool.open(path, fmt.as_deref(), true, share))
+        .and_then(|img| {
+            let mut infos = Vec::new();
+            let mut node = Some(img.node.clone());
+            while let Some(n) = node {
+                infos.push(image_info(&n)?);
+                if !chain {
+                    break;
+                }
+                node = n.backing().map(|e| e.child_node());
             }
-            node = n.backing().map(|e| e.child_node());
-        }
-        Ok(infos)
-    });
+            Ok(infos)
+        });
     let _ = tool.finish();
     let infos = match result {
         Ok(i) => i,

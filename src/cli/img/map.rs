@@ -39,7 +39,9 @@ impl Entry {
             && self.present == next.present
             && self.filename == next.filename
             && self.offset.is_some() == next.offset.is_some()
-            && self.offset.is_none_or(|o| Some(o + self.length) == next.offset)
+            && self
+                .offset
+                .is_none_or(|o| Some(o + self.length) == next.offset)
     }
 
     fn json(&self) -> String {
@@ -102,8 +104,17 @@ pub(crate) async fn map_entries(
 }
 
 fn human(entries: &[Entry]) -> Result<String, String> {
-    let mut s = format!("{:<16}{:<16}{:<16}{}\n", "Offset", "Length", "Mapped to", "File");
-    let hex = |v: u64| if v == 0 { "0".to_string() } else { format!("{v:#x}") };
+    let mut s = format!(
+        "{:<16}{:<16}{:<16}{}\n",
+        "Offset", "Length", "Mapped to", "File"
+    );
+    let hex = |v: u64| {
+        if v == 0 {
+            "0".to_string()
+        } else {
+            format!("{v:#x}")
+        }
+    };
     for e in entries {
         if e.data && e.offset.is_none() {
             return Err("File contains external, encrypted or compressed clusters.".into());
@@ -146,11 +157,19 @@ pub fn run(args: &[String]) -> i32 {
             },
             's' => match engine::util::parse_size(&v) {
                 Some(n) => start = n,
-                None => return fail("Invalid start offset specified! You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."),
+                None => {
+                    return fail(
+                        "Invalid start offset specified! You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
+                    );
+                }
             },
             'l' => match engine::util::parse_size(&v) {
                 Some(n) => max_len = Some(n),
-                None => return fail("Invalid length specified! You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."),
+                None => {
+                    return fail(
+                        "Invalid length specified! You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
+                    );
+                }
             },
             'U' => share = true,
             _ => unreachable!("option {c} is in the option table"),

@@ -54,8 +54,12 @@ pub(crate) fn os_error(e: &std::io::Error) -> String {
 /// (qemu-img's probe, for the formats blk knows). Errors are qemu-img's open errors.
 pub(crate) fn probe_format(path: &str) -> Result<String, String> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| format!("Could not open '{path}': Could not open '{path}': {}", os_error(&e)))?;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        format!(
+            "Could not open '{path}': Could not open '{path}': {}",
+            os_error(&e)
+        )
+    })?;
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic).unwrap_or(0);
     Ok(if n == 4 && magic == *b"QFI\xfb" {
@@ -100,9 +104,8 @@ impl Tool {
     ) -> Result<Image, String> {
         let format = match fmt {
             Some(f) => {
-                check_format(f).map_err(|_| {
-                    format!("Could not open '{path}': Unknown driver '{f}'")
-                })?;
+                check_format(f)
+                    .map_err(|_| format!("Could not open '{path}': Unknown driver '{f}'"))?;
                 f.to_string()
             }
             None => probe_format(path)?,

@@ -31,12 +31,20 @@ impl Progress {
         } else {
             (done.min(self.total) as u128 * 10000 / self.total as u128) as u64
         };
-        if self.last.is_some_and(|l| hundredths < l + 100 && (hundredths != 10000 || l == 10000)) {
+        if self
+            .last
+            .is_some_and(|l| hundredths < l + 100 && (hundredths != 10000 || l == 10000))
+        {
             return;
         }
         self.last = Some(hundredths);
         let mut out = std::io::stdout().lock();
-        let _ = write!(out, "    ({}.{:02}/100%)\r", hundredths / 100, hundredths % 100);
+        let _ = write!(
+            out,
+            "    ({}.{:02}/100%)\r",
+            hundredths / 100,
+            hundredths % 100
+        );
         let _ = out.flush();
     }
 

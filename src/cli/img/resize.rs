@@ -17,7 +17,9 @@ pub fn run(args: &[String]) -> i32 {
     ];
     // A leading '-' in the size is not an option ("resize img -1G"), as in qemu-img.
     let (args, neg_size) = match args.last() {
-        Some(last) if last.starts_with('-') && last[1..].starts_with(|c: char| c.is_ascii_digit()) => {
+        Some(last)
+            if last.starts_with('-') && last[1..].starts_with(|c: char| c.is_ascii_digit()) =>
+        {
             (&args[..args.len() - 1], Some(last.clone()))
         }
         _ => (args, None),
@@ -37,7 +39,9 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let [path, size] = operands.as_slice() else {
-        return fail("Expecting image file name and size\nTry 'blk resize --help' for more information");
+        return fail(
+            "Expecting image file name and size\nTry 'blk resize --help' for more information",
+        );
     };
     let (sign, digits) = match size.as_bytes().first() {
         Some(b'+') => (1i8, &size[1..]),
@@ -45,7 +49,9 @@ pub fn run(args: &[String]) -> i32 {
         _ => (0, size.as_str()),
     };
     let Some(n) = parse_img_size(digits) else {
-        return fail("Parameter 'size' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.");
+        return fail(
+            "Parameter 'size' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.",
+        );
     };
     let tool = Tool::new();
     let result = tool.block_on(async {
