@@ -155,11 +155,11 @@ fn human(info: &Value) -> String {
     if let Some(a) = info["actual-size"].as_u64() {
         s += &format!("disk size: {}\n", size_to_str(a));
     }
-    if info["dirty-flag"] == json!(true) {
-        s += "cleanly shut down: no\n";
-    }
     if let Some(cs) = info["cluster-size"].as_u64() {
         s += &format!("cluster_size: {cs}\n");
+    }
+    if info["dirty-flag"] == json!(true) {
+        s += "cleanly shut down: no\n";
     }
     if let Some(b) = info["backing-filename"].as_str() {
         s += &format!("backing file: {b}");

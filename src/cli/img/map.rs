@@ -103,11 +103,11 @@ pub(crate) async fn map_entries(
     Ok(out)
 }
 
-fn human(entries: &[Entry]) -> Result<String, String> {
-    let mut s = format!(
-        "{:<16}{:<16}{:<16}{}\n",
-        "Offset", "Length", "Mapped to", "File"
-    );
+/// The human table; stops with qemu-img's error at data it cannot locate (after printing
+/// what comes before, as qemu-img does).
+fn human(entries: &[Entry]) -> Result<(), String> {
+    let row = |a: &str, b: &str, c: &str, d: &str| println!("{a:<16}{b:<16}{c:<16}{d}");
+    row("Offset", "Length", "Mapped to", "File");
     let hex = |v: u64| {
         if v == 0 {
             "0".to_string()
@@ -120,16 +120,16 @@ fn human(entries: &[Entry]) -> Result<String, String> {
             return Err("File contains external, encrypted or compressed clusters.".into());
         }
         if e.data && !e.zero {
-            s += &format!(
-                "{:<16}{:<16}{:<16}{}\n",
-                hex(e.start),
-                hex(e.length),
-                hex(e.offset.unwrap_or(0)),
-                e.filename.as_deref().unwrap_or("")
+            let file = e.filename.as_deref().unwrap_or("");
+            row(
+                &hex(e.start),
+                &hex(e.length),
+                &hex(e.offset.unwrap_or(0)),
+                file,
             );
         }
     }
-    Ok(s)
+    Ok(())
 }
 
 /// Entry point of `blk map`.
@@ -195,10 +195,11 @@ pub fn run(args: &[String]) -> i32 {
             let lines: Vec<String> = entries.iter().map(Entry::json).collect();
             println!("[{}]", lines.join(",\n"));
         }
-        Output::Human => match human(&entries) {
-            Ok(s) => print!("{s}"),
-            Err(e) => return fail(e),
-        },
+        Output::Human => {
+            if let Err(e) = human(&entries) {
+                return fail(e);
+            }
+        }
     }
     0
 }
