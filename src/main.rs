@@ -23,6 +23,7 @@ fn main() {
     let code = match cmd.as_str() {
         "io" => cli::io::run_io(rest),
         "sim" => cli::sim::run_sim(rest),
+        "create" | "info" | "map" | "compare" | "convert" | "resize" => cli::img::run(cmd, rest),
         "-h" | "--help" | "help" => usage(),
         other => {
             eprintln!("blk: unknown command '{other}'");

@@ -1,0 +1,324 @@
+//! `blk create [-f fmt] [-o options] [-b backing -F backing_fmt] [-u] [-q] FILE [SIZE]`:
+//! qemu-img create for raw and qcow2, through the engine's own drivers.
+//!
+//! Prints qemu-img's "Formatting 'FILE', fmt=..." line with its field order. Without SIZE the
+//! size is the backing file's. Options blk cannot honour (qcow2 preallocation other than off,
+//! extended_l2=on, compression_type=zstd) are refused with a message naming them.
+
+use std::rc::{Rc, Weak};
+
+use engine::driver::Prealloc;
+use engine::drivers::qcow2::{self, Compat, CreateOptions};
+use engine::env::{Env, OpenOptions};
+use engine::graph::{ParentOps, attach_external, detach, open_node};
+use engine::io::{IoBuf, ReqFlags};
+use engine::types::Perms;
+use engine::util::{Options, parse_size};
+use serde_json::json;
+
+use super::open::{Tool, check_format, parse_img_size};
+use super::{fail, split_or_fail};
+
+const USAGE: &str = "\
+Usage: blk create [-f fmt] [-o options] [-b backing_file -F backing_fmt] [-u] [-q] filename [size]
+Create a raw or qcow2 image, as qemu-img create does.";
+
+/// What to create.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CreateSpec {
+    pub fmt: String,
+    pub size: Option<u64>,
+    /// `-o` options, in order.
+    pub opts: Vec<(String, String)>,
+    pub backing: Option<String>,
+    pub backing_fmt: Option<String>,
+    /// `-u`: do not open the backing file.
+    pub unsafe_backing: bool,
+    pub quiet: bool,
+}
+
+/// Parse `-o a=b,c=d` (qemu's `,,` escapes a comma) onto `out`.
+pub(crate) fn parse_o(text: &str, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                cur.push(',');
+            } else {
+                items.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(c);
+        }
+    }
+    items.push(cur);
+    for item in items.into_iter().filter(|i| !i.is_empty()) {
+        match item.split_once('=') {
+            Some((k, v)) => out.push((k.to_string(), v.to_string())),
+            None => return Err(format!("Invalid parameter '{item}'")),
+        }
+    }
+    Ok(())
+}
+
+fn flag(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
+    }
+}
+
+/// The backing file's path as the new image will resolve it (relative to its directory).
+fn resolve_backing(image: &str, backing: &str) -> String {
+    if backing.starts_with('/') {
+        return backing.to_string();
+    }
+    match image.rfind('/') {
+        Some(i) => format!("{}{}", &image[..=i], backing),
+        None => backing.to_string(),
+    }
+}
+
+/// Create `path` as `spec` describes; errors without the "FILE: " prefix.
+pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> Result<(), String> {
+    check_format(&spec.fmt)?;
+    let qcow2 = spec.fmt == "qcow2";
+    let mut o = CreateOptions::default();
+    let mut prealloc = None;
+    let mut size = spec.size;
+    let (mut backing, mut backing_fmt) = (spec.backing.clone(), spec.backing_fmt.clone());
+    let mut compat_text = None;
+    let mut lazy_text = "off".to_string();
+    for (k, v) in &spec.opts {
+        match (k.as_str(), qcow2) {
+            ("size", _) => {
+                size = Some(
+                    parse_img_size(v)
+                        .ok_or("Parameter 'size' expects a non-negative number below 2^64")?,
+                )
+            }
+            ("preallocation", _) => prealloc = Some(v.clone()),
+            ("cluster_size", true) => {
+                o.cluster_size = parse_size(v).ok_or(format!(
+                    "Parameter 'cluster_size' expects a size, not '{v}'"
+                ))?
+            }
+            ("compat", true) => {
+                o.compat = match v.as_str() {
+                    "0.10" | "v2" => Compat::V2,
+                    "1.1" | "v3" => Compat::V3,
+                    _ => return Err(format!("Parameter 'compat' does not accept value '{v}'")),
+                };
+                compat_text = Some(v.clone());
+            }
+            ("refcount_bits", true) => {
+                o.refcount_bits = v
+                    .parse()
+                    .map_err(|_| format!("Parameter 'refcount_bits' expects a number, not '{v}'"))?
+            }
+            ("lazy_refcounts", true) => {
+                o.lazy_refcounts = flag(k, v)?;
+                lazy_text = v.clone();
+            }
+            ("backing_file", true) => backing = Some(v.clone()),
+            ("backing_fmt", true) => backing_fmt = Some(v.clone()),
+            ("extended_l2", true) if !flag(k, v)? => {}
+            ("extended_l2", true) => {
+                return Err("extended_l2=on is not supported by blk's qcow2 driver".into());
+            }
+            ("compression_type", true) if v == "zlib" => {}
+            ("compression_type", true) => {
+                return Err(format!(
+                    "compression_type={v} is not supported by blk's qcow2 driver (only zlib)"
+                ));
+            }
+            _ => return Err(format!("Invalid parameter '{k}'")),
+        }
+    }
+    let prealloc_mode = match prealloc.as_deref() {
+        None | Some("off") => Prealloc::Off,
+        Some(p) if qcow2 => {
+            return Err(format!(
+                "Preallocation mode '{p}' is not supported by blk's qcow2 driver (only off)"
+            ));
+        }
+        Some(p) => Prealloc::parse(p).map_err(|_| format!("Invalid preallocation mode: '{p}'"))?,
+    };
+    if backing.is_some() && !qcow2 {
+        return Err(format!(
+            "Backing file not supported for file format '{}'",
+            spec.fmt
+        ));
+    }
+    if backing_fmt.is_some() && backing.is_none() {
+        return Err("Backing format cannot be used without backing file".into());
+    }
+    if let Some(b) = &backing {
+        let Some(bfmt) = &backing_fmt else {
+            return Err("Backing file specified without backing format".into());
+        };
+        check_format(bfmt)?;
+        if !spec.unsafe_backing {
+            let bpath = resolve_backing(path, b);
+            let img = tool
+                .open(&bpath, Some(bfmt), true, true)
+                .await
+                .map_err(|e| format!("{e}\nCould not open backing image."))?;
+            size.get_or_insert(img.len());
+            tool.close(img).await;
+        }
+    }
+    let Some(size) = size else {
+        return Err("Image creation needs a size parameter".into());
+    };
+    if !spec.quiet {
+        let mut line = format!("Formatting '{path}', fmt={}", spec.fmt);
+        if qcow2 {
+            line += &format!(" cluster_size={} extended_l2=off", o.cluster_size);
+            if let Some(p) = &prealloc {
+                line += &format!(" preallocation={p}");
+            }
+            line += &format!(" compression_type=zlib size={size}");
+            if let Some(b) = &backing {
+                line += &format!(" backing_file={b}");
+            }
+            if let Some(f) = &backing_fmt {
+                line += &format!(" backing_fmt={f}");
+            }
+            if let Some(c) = &compat_text {
+                line += &format!(" compat={c}");
+            }
+            line += &format!(
+                " lazy_refcounts={lazy_text} refcount_bits={}",
+                o.refcount_bits
+            );
+        } else {
+            line += &format!(" size={size}");
+            if let Some(p) = &prealloc {
+                line += &format!(" preallocation={p}");
+            }
+        }
+        println!("{line}");
+    }
+    // Refuse a bad cluster size before the file is touched (the driver checks the rest before
+    // it writes, but only after the file has been created and truncated).
+    if qcow2 && (!o.cluster_size.is_power_of_two() || !(512..=(2 << 20)).contains(&o.cluster_size))
+    {
+        return Err("Cluster size must be a power of two between 512 and 2048k".into());
+    }
+    // qemu rounds raw sizes up to whole sectors; qcow2 requires them.
+    let size = if qcow2 {
+        size
+    } else {
+        size.div_ceil(512) * 512
+    };
+    o.size = size;
+    o.backing_file = backing;
+    o.backing_fmt = backing_fmt;
+    write_image(tool, path, qcow2, &o, prealloc_mode)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The short-lived user that writes a new image.
+struct Creator;
+
+impl ParentOps for Creator {
+    fn describe(&self) -> String {
+        "blk create".into()
+    }
+}
+
+async fn write_image(
+    tool: &Tool,
+    path: &str,
+    qcow2: bool,
+    o: &CreateOptions,
+    prealloc: Prealloc,
+) -> engine::Result<()> {
+    let create = OpenOptions {
+        write: true,
+        create: true,
+        truncate: true,
+        ..Default::default()
+    };
+    drop(
+        tool.env
+            .fs()
+            .open(path, create)
+            .map_err(|e| e.context(format!("Could not create '{path}'")))?,
+    );
+    let spec = Options::new(json!({"driver": "file", "filename": path}))?;
+    let node = open_node(tool.engine.graph(), spec).await?;
+    let creator: Rc<dyn ParentOps> = Rc::new(Creator);
+    let weak: Weak<dyn ParentOps> = Rc::downgrade(&creator);
+    let all = Perms::CONSISTENT_READ | Perms::WRITE | Perms::RESIZE;
+    let child = attach_external(weak, &node, "create", all, Perms::ALL)?;
+    let made = async {
+        if qcow2 {
+            return qcow2::create(&child, o).await;
+        }
+        child.truncate(o.size, true, prealloc).await?;
+        if prealloc == Prealloc::Off && o.size > 0 {
+            // As QEMU's file driver does: allocate the first block, so that later probing of
+            // the alignment works and the image is not entirely a hole.
+            let n = o.size.min(4096) as usize;
+            child.write(0, IoBuf::new(n), ReqFlags::NONE).await.1?;
+        }
+        Ok(())
+    }
+    .await;
+    let flushed = child.flush().await;
+    detach(child.edge()).await?;
+    made.and(flushed)
+}
+
+/// Entry point of `blk create`.
+pub fn run(args: &[String]) -> i32 {
+    let long = [("help", 'h', false)];
+    let (opts, operands) = match split_or_fail(args, "F:b:f:o:quh", &long, USAGE) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let mut spec = CreateSpec {
+        fmt: "raw".into(),
+        ..CreateSpec::default()
+    };
+    for (c, v) in opts {
+        match c {
+            'f' => spec.fmt = v,
+            'o' => {
+                if let Err(e) = parse_o(&v, &mut spec.opts) {
+                    return fail(e);
+                }
+            }
+            'b' => spec.backing = Some(v),
+            'F' => spec.backing_fmt = Some(v),
+            'u' => spec.unsafe_backing = true,
+            'q' => spec.quiet = true,
+            _ => unreachable!("option {c} is in the option string"),
+        }
+    }
+    let (path, size) = match operands.as_slice() {
+        [p] => (p.clone(), None),
+        [p, s] => match parse_img_size(s) {
+            Some(n) => (p.clone(), Some(n)),
+            None => return fail(format!("Invalid image size specified: '{s}'.")),
+        },
+        _ => {
+            return fail("Expecting image file name\nTry 'blk create --help' for more information");
+        }
+    };
+    spec.size = size;
+    let tool = Tool::new();
+    let r = tool.block_on(create_image(&tool, &path, &spec));
+    let fin = tool.finish();
+    match r.and(fin) {
+        Ok(()) => 0,
+        Err(e) => fail(format!("{path}: {e}")),
+    }
+}

@@ -1,0 +1,255 @@
+//! `blk info [-f fmt] [--output=human|json] [--backing-chain] [-U] FILE`: qemu-img info.
+//!
+//! Field names, order and the human layout are qemu-img 10's. `actual-size` is the host
+//! file's allocation (`st_blocks * 512`), as QEMU's file driver reports it. qcow2 header
+//! fields (cluster size, feature bits, backing format) are read from the image's header.
+
+use std::rc::Rc;
+
+use engine::drivers::qcow2::Header;
+use engine::graph::Node;
+use serde_json::{Map, Value, json};
+
+use super::human::size_to_str;
+use super::open::{Tool, allocated_bytes, file_length};
+use super::{Output, fail, parse_output, split_or_fail, to_json_pretty};
+
+const USAGE: &str = "\
+Usage: blk info [-f fmt] [--output=human|json] [--backing-chain] [-U] filename
+Show information about a raw or qcow2 image, as qemu-img info does.";
+
+/// qcow2 feature bits (docs/interop/qcow2.rst).
+const INCOMPAT_DIRTY: u64 = 1 << 0;
+const INCOMPAT_CORRUPT: u64 = 1 << 1;
+const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
+/// Bit 4 of the incompatible features: extended L2 entries.
+const INCOMPAT_EXTL2: u64 = 1 << 4;
+
+/// The qcow2 header of the file at `path`.
+pub(crate) fn read_qcow2_header(path: &str) -> Result<Header, String> {
+    use std::io::Read;
+    let len = file_length(path).unwrap_or(0);
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut head = vec![0u8; 4096.min(len as usize)];
+    f.read_exact(&mut head).map_err(|e| e.to_string())?;
+    let bits = head
+        .get(20..24)
+        .map_or(16, |b| u32::from_be_bytes(b.try_into().unwrap()));
+    let cs = 1usize << bits.clamp(9, 21);
+    let mut buf = head;
+    if cs > buf.len() && (buf.len() as u64) < len {
+        let more = cs.min(len as usize) - buf.len();
+        let mut rest = vec![0u8; more];
+        f.read_exact(&mut rest).map_err(|e| e.to_string())?;
+        buf.extend_from_slice(&rest);
+    }
+    Header::parse(&buf, len).map_err(|e| e.to_string())
+}
+
+/// One image's info object, in qemu-img's field order.
+fn image_info(node: &Rc<Node>) -> Result<Value, String> {
+    let filename = node.driver().filename();
+    let format = node.driver_name().to_string();
+    let actual = allocated_bytes(&filename);
+    let mut file = Map::new();
+    file.insert("children".into(), json!([]));
+    file.insert(
+        "virtual-size".into(),
+        json!(file_length(&filename).unwrap_or(0)),
+    );
+    file.insert("filename".into(), json!(filename));
+    file.insert("format".into(), json!("file"));
+    if let Some(a) = actual {
+        file.insert("actual-size".into(), json!(a));
+    }
+    file.insert(
+        "format-specific".into(),
+        json!({"type": "file", "data": {}}),
+    );
+    file.insert("dirty-flag".into(), json!(false));
+    let mut m = Map::new();
+    m.insert(
+        "children".into(),
+        json!([{"name": "file", "info": Value::Object(file)}]),
+    );
+    let header = if format == "qcow2" {
+        Some(read_qcow2_header(&filename)?)
+    } else {
+        None
+    };
+    let backing = node.backing().map(|e| e.child_node().driver().filename());
+    if let Some(f) = header.as_ref().and_then(|h| h.backing_fmt.clone()) {
+        m.insert("backing-filename-format".into(), json!(f));
+    }
+    m.insert("virtual-size".into(), json!(node.len()));
+    m.insert("filename".into(), json!(filename));
+    if let Some(h) = &header {
+        m.insert("cluster-size".into(), json!(h.cluster_size()));
+    }
+    m.insert("format".into(), json!(format));
+    if let Some(a) = actual {
+        m.insert("actual-size".into(), json!(a));
+    }
+    if let Some(h) = &header {
+        let mut data = Map::new();
+        data.insert(
+            "compat".into(),
+            json!(if h.version == 3 { "1.1" } else { "0.10" }),
+        );
+        let ct = if h.compression_type == 1 {
+            "zstd"
+        } else {
+            "zlib"
+        };
+        data.insert("compression-type".into(), json!(ct));
+        if h.version == 3 {
+            data.insert(
+                "lazy-refcounts".into(),
+                json!(h.compat & COMPAT_LAZY_REFCOUNTS != 0),
+            );
+        }
+        data.insert("refcount-bits".into(), json!(1u64 << h.refcount_order));
+        if h.version == 3 {
+            data.insert("corrupt".into(), json!(h.incompat & INCOMPAT_CORRUPT != 0));
+            data.insert(
+                "extended-l2".into(),
+                json!(h.incompat & INCOMPAT_EXTL2 != 0),
+            );
+        }
+        m.insert(
+            "format-specific".into(),
+            json!({"type": "qcow2", "data": data}),
+        );
+    }
+    if let Some(h) = &header
+        && let Some(name) = &h.backing_file
+    {
+        m.insert(
+            "full-backing-filename".into(),
+            json!(backing.clone().unwrap_or(name.clone())),
+        );
+        m.insert("backing-filename".into(), json!(name));
+    }
+    let dirty = header
+        .as_ref()
+        .is_some_and(|h| h.incompat & INCOMPAT_DIRTY != 0);
+    m.insert("dirty-flag".into(), json!(dirty));
+    Ok(Value::Object(m))
+}
+
+fn human_bool(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// qemu-img's human layout of one info object.
+fn human(info: &Value) -> String {
+    let mut s = String::new();
+    let size = |v: &Value| v.as_u64().unwrap_or(0);
+    s += &format!("image: {}\n", info["filename"].as_str().unwrap_or(""));
+    s += &format!("file format: {}\n", info["format"].as_str().unwrap_or(""));
+    let vs = size(&info["virtual-size"]);
+    s += &format!("virtual size: {} ({vs} bytes)\n", size_to_str(vs));
+    if let Some(a) = info["actual-size"].as_u64() {
+        s += &format!("disk size: {}\n", size_to_str(a));
+    }
+    if let Some(cs) = info["cluster-size"].as_u64() {
+        s += &format!("cluster_size: {cs}\n");
+    }
+    if info["dirty-flag"] == json!(true) {
+        s += "cleanly shut down: no\n";
+    }
+    if let Some(b) = info["backing-filename"].as_str() {
+        s += &format!("backing file: {b}");
+        match info["full-backing-filename"].as_str() {
+            Some(full) if full != b => s += &format!(" (actual path: {full})\n"),
+            _ => s += "\n",
+        }
+    }
+    if let Some(f) = info["backing-filename-format"].as_str() {
+        s += &format!("backing file format: {f}\n");
+    }
+    if let Some(Value::Object(data)) = info["format-specific"].get("data") {
+        s += "Format specific information:\n";
+        for (k, v) in data {
+            s += &format!("    {}: {}\n", k.replace('-', " "), human_bool(v));
+        }
+    }
+    for child in info["children"].as_array().into_iter().flatten() {
+        let c = &child["info"];
+        s += &format!("Child node '/{}':\n", child["name"].as_str().unwrap_or(""));
+        s += &format!("    filename: {}\n", c["filename"].as_str().unwrap_or(""));
+        s += &format!(
+            "    protocol type: {}\n",
+            c["format"].as_str().unwrap_or("")
+        );
+        let len = size(&c["virtual-size"]);
+        s += &format!("    file length: {} ({len} bytes)\n", size_to_str(len));
+        if let Some(a) = c["actual-size"].as_u64() {
+            s += &format!("    disk size: {}\n", size_to_str(a));
+        }
+    }
+    s
+}
+
+/// Entry point of `blk info`.
+pub fn run(args: &[String]) -> i32 {
+    let long = [
+        ("help", 'h', false),
+        ("format", 'f', true),
+        ("output", 'O', true),
+        ("backing-chain", 'B', false),
+        ("force-share", 'U', false),
+    ];
+    let (opts, operands) = match split_or_fail(args, "f:hU", &long, USAGE) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let (mut fmt, mut output, mut chain, mut share) = (None, Output::Human, false, false);
+    for (c, v) in opts {
+        match c {
+            'f' => fmt = Some(v),
+            'O' => match parse_output(&v) {
+                Ok(o) => output = o,
+                Err(e) => return fail(e),
+            },
+            'B' => chain = true,
+            'U' => share = true,
+            _ => unreachable!("option {c} is in the option table"),
+        }
+    }
+    let [path] = operands.as_slice() else {
+        return fail("Expecting one image file name\nTry 'blk info --help' for more information");
+    };
+    let tool = Tool::new();
+    let result = tool
+        .block_on(tool.open(path, fmt.as_deref(), true, share))
+        .and_then(|img| {
+            let mut infos = Vec::new();
+            let mut node = Some(img.node.clone());
+            while let Some(n) = node {
+                infos.push(image_info(&n)?);
+                if !chain {
+                    break;
+                }
+                node = n.backing().map(|e| e.child_node());
+            }
+            Ok(infos)
+        });
+    let _ = tool.finish();
+    let infos = match result {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    match (output, chain) {
+        (Output::Json, true) => println!("{}", to_json_pretty(&Value::Array(infos))),
+        (Output::Json, false) => println!("{}", to_json_pretty(&infos[0])),
+        (Output::Human, _) => {
+            let texts: Vec<String> = infos.iter().map(human).collect();
+            print!("{}", texts.join("\n"));
+        }
+    }
+    0
+}

@@ -1,0 +1,180 @@
+//! What every image tool shares: a real-file engine session, format probing, opening an image
+//! behind a BlockBackend, and error texts in qemu-img's words.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use engine::Engine;
+use engine::backend::{BackendOptions, BlockBackend};
+use engine::env::real::RealEnv;
+use engine::graph::{Child, Node};
+use engine::qemu_io::OpenSpec;
+use engine::types::Perms;
+
+/// Formats the image tools read and write.
+pub(crate) const FORMATS: [&str; 2] = ["raw", "qcow2"];
+
+/// One engine on the real-file env, for the lifetime of a command.
+pub(crate) struct Tool {
+    pub env: Rc<RealEnv>,
+    pub engine: Rc<Engine>,
+    next: Cell<u32>,
+}
+
+/// An open image: its BlockBackend and top node.
+pub(crate) struct Image {
+    pub bb: Rc<BlockBackend>,
+    pub node: Rc<Node>,
+    pub format: String,
+    pub path: String,
+}
+
+impl Image {
+    /// The BlockBackend's root edge, for block status through the chain.
+    pub fn root(&self) -> Child {
+        self.bb.root().expect("an open image has a root")
+    }
+
+    /// Virtual size in bytes.
+    pub fn len(&self) -> u64 {
+        self.node.len()
+    }
+}
+
+/// An OS error as strerror() words, without Rust's " (os error N)".
+pub(crate) fn os_error(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// The format of the file at `path`: "qcow2" when it starts with the qcow2 magic, else "raw"
+/// (qemu-img's probe, for the formats blk knows). Errors are qemu-img's open errors.
+pub(crate) fn probe_format(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        format!(
+            "Could not open '{path}': Could not open '{path}': {}",
+            os_error(&e)
+        )
+    })?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic).unwrap_or(0);
+    Ok(if n == 4 && magic == *b"QFI\xfb" {
+        "qcow2".into()
+    } else {
+        "raw".into()
+    })
+}
+
+/// qemu-img's message for a `-f`/`-O` value blk does not know.
+pub(crate) fn check_format(fmt: &str) -> Result<(), String> {
+    if FORMATS.contains(&fmt) {
+        Ok(())
+    } else {
+        Err(format!("Unknown file format '{fmt}'"))
+    }
+}
+
+impl Tool {
+    pub fn new() -> Tool {
+        let env = RealEnv::new();
+        let engine = Rc::new(Engine::new(env.clone()));
+        Tool {
+            env,
+            engine,
+            next: Cell::new(0),
+        }
+    }
+
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        self.env.block_on(fut)
+    }
+
+    /// Open `path` as `fmt` (probed when `None`) behind a BlockBackend. `force_share` (-U)
+    /// shares every permission, as qemu-img's `-U` does for read-only opens.
+    pub async fn open(
+        &self,
+        path: &str,
+        fmt: Option<&str>,
+        read_only: bool,
+        force_share: bool,
+    ) -> Result<Image, String> {
+        let format = match fmt {
+            Some(f) => {
+                check_format(f)
+                    .map_err(|_| format!("Could not open '{path}': Unknown driver '{f}'"))?;
+                f.to_string()
+            }
+            None => probe_format(path)?,
+        };
+        let n = self.next.get();
+        self.next.set(n + 1);
+        let spec = OpenSpec {
+            filename: Some(path.to_string()),
+            format: Some(format.clone()),
+            read_only,
+            force_share: force_share && read_only,
+            node_name: format!("img{n}"),
+            ..OpenSpec::default()
+        };
+        let opts = spec
+            .blockdev_options()
+            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+        let node = self
+            .engine
+            .blockdev_add(opts)
+            .await
+            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+        let mut bo = BackendOptions::tool(read_only);
+        if force_share {
+            bo.shared = Perms::ALL;
+        }
+        let bb = self
+            .engine
+            .device_add(&format!("dev{n}"), node.name(), bo)
+            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+        Ok(Image {
+            bb,
+            node,
+            format,
+            path: path.to_string(),
+        })
+    }
+
+    /// Flush and close everything; the first flush error, if any.
+    pub fn finish(self) -> Result<(), String> {
+        let r = self.block_on(self.engine.shutdown());
+        self.env.shutdown();
+        r.map_err(|e| e.to_string())
+    }
+}
+
+/// qemu-img's image size parsing: a number with an optional k/M/G/T/P/E suffix.
+pub(crate) fn parse_img_size(text: &str) -> Option<u64> {
+    if text.starts_with('-') || text.starts_with('+') {
+        return None;
+    }
+    engine::util::parse_size(text)
+}
+
+/// The host allocation of a file in bytes (`st_blocks * 512`, qemu's `actual-size`).
+pub(crate) fn allocated_bytes(path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.blocks() * 512)
+}
+
+/// The length of a host file.
+pub(crate) fn file_length(path: &str) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.len())
+}
+
+impl Tool {
+    /// Close an image opened with `open` (device, then node).
+    pub async fn close(&self, img: Image) {
+        let _ = self.engine.device_del(img.bb.name()).await;
+        let _ = self.engine.blockdev_del(img.node.name()).await;
+    }
+}

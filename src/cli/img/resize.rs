@@ -1,0 +1,89 @@
+//! `blk resize [-f fmt] [--shrink] [-q] FILE [+|-]SIZE`: qemu-img resize, through the
+//! engine's truncate (the BlockBackend holds RESIZE). Shrinking needs `--shrink`.
+
+use super::open::{Tool, parse_img_size};
+use super::{fail, split_or_fail};
+
+const USAGE: &str = "\
+Usage: blk resize [-f fmt] [--shrink] [-q] filename [+ | -]size
+Change the virtual size of an image, as qemu-img resize does.";
+
+/// Entry point of `blk resize`.
+pub fn run(args: &[String]) -> i32 {
+    let long = [
+        ("help", 'h', false),
+        ("format", 'f', true),
+        ("shrink", 'S', false),
+    ];
+    // A leading '-' in the size is not an option ("resize img -1G"), as in qemu-img.
+    let (args, neg_size) = match args.last() {
+        Some(last)
+            if last.starts_with('-') && last[1..].starts_with(|c: char| c.is_ascii_digit()) =>
+        {
+            (&args[..args.len() - 1], Some(last.clone()))
+        }
+        _ => (args, None),
+    };
+    let (opts, mut operands) = match split_or_fail(args, "f:hq", &long, USAGE) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    operands.extend(neg_size);
+    let (mut fmt, mut shrink, mut quiet) = (None, false, false);
+    for (c, v) in opts {
+        match c {
+            'f' => fmt = Some(v),
+            'S' => shrink = true,
+            'q' => quiet = true,
+            _ => unreachable!("option {c} is in the option table"),
+        }
+    }
+    let [path, size] = operands.as_slice() else {
+        return fail(
+            "Expecting image file name and size\nTry 'blk resize --help' for more information",
+        );
+    };
+    let (sign, digits) = match size.as_bytes().first() {
+        Some(b'+') => (1i8, &size[1..]),
+        Some(b'-') => (-1, &size[1..]),
+        _ => (0, size.as_str()),
+    };
+    let Some(n) = parse_img_size(digits) else {
+        return fail(
+            "Parameter 'size' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.",
+        );
+    };
+    let tool = Tool::new();
+    let result = tool.block_on(async {
+        let img = tool.open(path, fmt.as_deref(), false, false).await?;
+        let cur = img.len();
+        let new = match sign {
+            1 => cur.checked_add(n).ok_or("Image size too large")?,
+            -1 => match cur.checked_sub(n) {
+                Some(v) if v > 0 => v,
+                _ => return Err("New image size must be positive".to_string()),
+            },
+            _ => n,
+        };
+        if new == 0 {
+            return Err("New image size must be positive".to_string());
+        }
+        if new < cur && !shrink {
+            return Err("Use the --shrink option to perform a shrink operation.\nqemu-img: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.".to_string());
+        }
+        if img.format == "qcow2" && !new.is_multiple_of(512) {
+            return Err("The new size must be a multiple of 512".to_string());
+        }
+        img.bb.truncate(new).await.map_err(|e| e.to_string())
+    });
+    let fin = tool.finish();
+    match result.and(fin) {
+        Ok(()) => {
+            if !quiet {
+                println!("Image resized.");
+            }
+            0
+        }
+        Err(e) => fail(e),
+    }
+}

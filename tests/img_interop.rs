@@ -1,0 +1,507 @@
+//! `blk create|info|map|compare|convert|resize` against the real qemu-img 10: images blk
+//! creates pass `qemu-img check` and `qemu-img info` agrees with `blk info`; `blk map` equals
+//! `qemu-img map` on images written by qemu-io; `blk compare` exit codes and messages equal
+//! `qemu-img compare`'s; `blk convert` output compares equal and checks clean; `blk resize`
+//! sizes as qemu-img reports them.
+//!
+//! Skipped with a note when `qemu-img` is not on PATH, unless `BLK_REQUIRE_QEMU=1`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+const BLK: &str = env!("CARGO_BIN_EXE_blk");
+
+fn have_qemu() -> bool {
+    let ok = ["qemu-img", "qemu-io"].iter().all(|t| {
+        Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        if std::env::var("BLK_REQUIRE_QEMU").as_deref() == Ok("1") {
+            panic!("qemu-img/qemu-io are not on PATH and BLK_REQUIRE_QEMU=1");
+        }
+        eprintln!("note: qemu-img or qemu-io not found on PATH; skipping qemu-img interop test");
+    }
+    ok
+}
+
+/// A scratch directory, removed on drop; commands run inside it with relative names.
+struct Dir(PathBuf);
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("img-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) -> Out {
+        let o = Command::new(prog)
+            .args(args)
+            .current_dir(&self.0)
+            .output()
+            .unwrap();
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    fn ok(&self, prog: &str, args: &[&str]) -> String {
+        let o = self.run(prog, args);
+        assert_eq!(
+            o.code, 0,
+            "{prog} {args:?} failed: {}{}",
+            o.stdout, o.stderr
+        );
+        o.stdout
+    }
+
+    fn blk(&self, args: &[&str]) -> String {
+        self.ok(BLK, args)
+    }
+
+    fn check_clean(&self, img: &str) {
+        let o = self.run("qemu-img", &["check", img]);
+        assert_eq!(o.code, 0, "qemu-img check {img}: {}{}", o.stdout, o.stderr);
+        assert!(o.stdout.contains("No errors were found"), "{}", o.stdout);
+    }
+
+    fn info_json(&self, prog: &str, img: &str) -> Value {
+        let args = ["info", "--output=json", img];
+        let out = if prog == "blk" {
+            self.blk(&args)
+        } else {
+            self.ok(prog, &args)
+        };
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SHARED: [&str; 10] = [
+    "virtual-size",
+    "filename",
+    "format",
+    "cluster-size",
+    "backing-filename",
+    "full-backing-filename",
+    "backing-filename-format",
+    "format-specific",
+    "dirty-flag",
+    "actual-size",
+];
+
+fn assert_info_agrees(d: &Dir, img: &str) {
+    let (b, q) = (d.info_json("blk", img), d.info_json("qemu-img", img));
+    for k in SHARED {
+        assert_eq!(b.get(k), q.get(k), "{img}: field {k}");
+    }
+}
+
+#[test]
+fn created_images_check_clean_and_info_agrees() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("create");
+    let out = d.blk(&["create", "-f", "raw", "r.img", "1M"]);
+    assert_eq!(out, "Formatting 'r.img', fmt=raw size=1048576\n");
+    assert_info_agrees(&d, "r.img");
+    for (i, cs) in ["512", "4k", "65536", "2M"].iter().enumerate() {
+        let name = format!("c{i}.qcow2");
+        d.blk(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("cluster_size={cs}"),
+            &name,
+            "64M",
+        ]);
+        d.check_clean(&name);
+        assert_info_agrees(&d, &name);
+    }
+    let line = d.blk(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        "v2.qcow2",
+        "1M",
+    ]);
+    let want = d.ok(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            "v2q.qcow2",
+            "1M",
+        ],
+    );
+    assert_eq!(line.replace("v2.qcow2", "v2q.qcow2"), want);
+    d.check_clean("v2.qcow2");
+    assert_info_agrees(&d, "v2.qcow2");
+    let o = "refcount_bits=8,lazy_refcounts=on,cluster_size=4k";
+    d.blk(&["create", "-q", "-f", "qcow2", "-o", o, "l.qcow2", "1M"]);
+    d.check_clean("l.qcow2");
+    assert_info_agrees(&d, "l.qcow2");
+    // A backing file: size taken from it, backing fields as qemu-img reports them.
+    let line = d.blk(&[
+        "create", "-f", "qcow2", "-b", "c1.qcow2", "-F", "qcow2", "o.qcow2",
+    ]);
+    assert!(
+        line.contains("size=67108864 backing_file=c1.qcow2 backing_fmt=qcow2"),
+        "{line}"
+    );
+    d.check_clean("o.qcow2");
+    assert_info_agrees(&d, "o.qcow2");
+    let chain = |p: &str| {
+        d.ok(
+            if p == "blk" { BLK } else { p },
+            &["info", "--backing-chain", "o.qcow2"],
+        )
+    };
+    assert_eq!(chain("blk"), chain("qemu-img"));
+    d.blk(&[
+        "create", "-q", "-f", "qcow2", "-b", "r.img", "-F", "raw", "or.qcow2",
+    ]);
+    d.check_clean("or.qcow2");
+    assert_info_agrees(&d, "or.qcow2");
+}
+
+#[test]
+fn map_equals_qemu_img_map() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("map");
+    d.ok("qemu-img", &["create", "-q", "-f", "raw", "r.img", "4M"]);
+    d.ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 1 8k 8k",
+            "-c",
+            "write -P 2 1M 64k",
+            "r.img",
+        ],
+    );
+    d.ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "base.qcow2", "4M"],
+    );
+    d.ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 1 0 64k",
+            "-c",
+            "write -z 128k 64k",
+            "-c",
+            "write -P 3 2M 1M",
+            "base.qcow2",
+        ],
+    );
+    d.ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "mid.qcow2",
+        ],
+    );
+    d.ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 2 192k 64k",
+            "-c",
+            "write -z 256k 64k",
+            "-c",
+            "write -z 2M 64k",
+            "mid.qcow2",
+        ],
+    );
+    d.ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    d.ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 5 300k 10k",
+            "-c",
+            "write -P 6 3M 4k",
+            "top.qcow2",
+        ],
+    );
+    for img in ["r.img", "base.qcow2", "mid.qcow2", "top.qcow2"] {
+        for fmt in ["--output=json", "--output=human"] {
+            let args = ["map", fmt, img];
+            assert_eq!(d.blk(&args), d.ok("qemu-img", &args), "map {fmt} {img}");
+        }
+        let args = [
+            "map",
+            "--output=json",
+            "--start-offset=100000",
+            "--max-length=2200000",
+            img,
+        ];
+        assert_eq!(d.blk(&args), d.ok("qemu-img", &args), "ranged map {img}");
+    }
+}
+
+#[test]
+fn map_and_info_of_compressed_and_dirty_images() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("special");
+    d.ok("qemu-img", &["create", "-q", "-f", "raw", "r.img", "1M"]);
+    d.ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 1 64k 128k", "r.img"],
+    );
+    d.ok(
+        "qemu-img",
+        &["convert", "-c", "-O", "qcow2", "r.img", "c.qcow2"],
+    );
+    let args = ["map", "--output=json", "c.qcow2"];
+    assert_eq!(d.blk(&args), d.ok("qemu-img", &args));
+    // The human map cannot show compressed clusters: same partial output, same error.
+    let (b, q) = (
+        d.run(BLK, &["map", "c.qcow2"]),
+        d.run("qemu-img", &["map", "c.qcow2"]),
+    );
+    assert_eq!(
+        (b.code, &b.stdout, &b.stderr),
+        (q.code, &q.stdout, &q.stderr)
+    );
+    // An image left dirty by a killed writer (lazy refcounts).
+    d.ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "lazy_refcounts=on",
+            "d.qcow2",
+            "1M",
+        ],
+    );
+    let _ = d.run(
+        "qemu-io",
+        &["-c", "write 0 64k", "-c", "sigraise 9", "d.qcow2"],
+    );
+    assert_eq!(d.info_json("blk", "d.qcow2")["dirty-flag"], true);
+    assert_info_agrees(&d, "d.qcow2");
+    assert_eq!(
+        d.blk(&["info", "d.qcow2"]),
+        d.ok("qemu-img", &["info", "d.qcow2"])
+    );
+}
+
+#[test]
+fn compare_matches_qemu_img_compare() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("compare");
+    for (name, size) in [
+        ("a.img", "1M"),
+        ("b.img", "1M"),
+        ("c.img", "2M"),
+        ("e.img", "2M"),
+    ] {
+        d.ok("qemu-img", &["create", "-q", "-f", "raw", name, size]);
+    }
+    d.ok("qemu-io", &["-f", "raw", "-c", "write -P 7 4k 4k", "a.img"]);
+    d.ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 7 1536k 1k", "e.img"],
+    );
+    d.ok("qemu-img", &["convert", "-O", "qcow2", "a.img", "a.qcow2"]);
+    let cases: [&[&str]; 9] = [
+        &["a.img", "a.qcow2"],
+        &["a.img", "b.img"],
+        &["b.img", "c.img"],
+        &["-s", "b.img", "c.img"],
+        &["b.img", "e.img"],
+        &["e.img", "b.img"],
+        &["-q", "a.img", "b.img"],
+        &["-f", "raw", "-F", "qcow2", "a.img", "a.qcow2"],
+        &["missing.img", "b.img"],
+    ];
+    for c in cases {
+        let mut args = vec!["compare"];
+        args.extend_from_slice(c);
+        let (b, q) = (d.run(BLK, &args), d.run("qemu-img", &args));
+        assert_eq!(b.code, q.code, "exit code of compare {c:?}");
+        assert_eq!(b.stdout, q.stdout, "stdout of compare {c:?}");
+        assert_eq!(b.stderr, q.stderr, "stderr of compare {c:?}");
+    }
+}
+
+#[test]
+fn convert_round_trips_and_checks_clean() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("convert");
+    d.ok("qemu-img", &["create", "-q", "-f", "raw", "src.img", "8M"]);
+    d.ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 1 0 4k",
+            "-c",
+            "write -P 2 3M 100k",
+            "src.img",
+        ],
+    );
+    d.blk(&["convert", "-O", "qcow2", "src.img", "q.qcow2"]);
+    d.check_clean("q.qcow2");
+    d.ok("qemu-img", &["compare", "src.img", "q.qcow2"]);
+    // Sparse: nothing allocated for the zero megabytes.
+    let map: Value = serde_json::from_str(&d.blk(&["map", "--output=json", "q.qcow2"])).unwrap();
+    let data: u64 = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum();
+    assert!(data <= 4 * 65536, "{map}");
+    d.blk(&["convert", "-p", "-W", "-O", "raw", "q.qcow2", "back.img"]);
+    d.ok("qemu-img", &["compare", "-s", "src.img", "back.img"]);
+    d.blk(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=4k,compat=0.10",
+        "q.qcow2",
+        "q2.qcow2",
+    ]);
+    d.check_clean("q2.qcow2");
+    d.ok("qemu-img", &["compare", "src.img", "q2.qcow2"]);
+    // A chain converted whole, and converted over a backing file.
+    d.ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "q.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    d.ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 9 3M 64k",
+            "-c",
+            "write -z 0 4k",
+            "top.qcow2",
+        ],
+    );
+    d.blk(&["convert", "-O", "qcow2", "top.qcow2", "flat.qcow2"]);
+    d.check_clean("flat.qcow2");
+    d.ok("qemu-img", &["compare", "top.qcow2", "flat.qcow2"]);
+    d.blk(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-B",
+        "q.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+        "ov.qcow2",
+    ]);
+    d.check_clean("ov.qcow2");
+    d.ok("qemu-img", &["compare", "top.qcow2", "ov.qcow2"]);
+    let info = d.info_json("qemu-img", "ov.qcow2");
+    assert_eq!(info["backing-filename"], "q.qcow2");
+    // -n into an existing image with other contents.
+    d.ok("qemu-img", &["create", "-q", "-f", "raw", "n.img", "8M"]);
+    d.ok("qemu-io", &["-f", "raw", "-c", "write -P 8 0 8M", "n.img"]);
+    d.blk(&["convert", "-n", "-O", "raw", "top.qcow2", "n.img"]);
+    d.ok("qemu-img", &["compare", "top.qcow2", "n.img"]);
+}
+
+#[test]
+fn resize_grows_and_shrinks() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("resize");
+    d.blk(&["create", "-q", "-f", "qcow2", "q.qcow2", "1M"]);
+    d.blk(&["create", "-q", "-f", "raw", "r.img", "1M"]);
+    for img in ["q.qcow2", "r.img"] {
+        assert_eq!(d.blk(&["resize", img, "+3M"]), "Image resized.\n");
+        assert_eq!(d.info_json("qemu-img", img)["virtual-size"], 4 << 20);
+        let o = d.run(BLK, &["resize", img, "2M"]);
+        assert_eq!(o.code, 1);
+        assert!(
+            o.stderr.starts_with("qemu-img: Use the --shrink option"),
+            "{}",
+            o.stderr
+        );
+        d.blk(&["resize", "--shrink", img, "-1M"]);
+        assert_eq!(d.info_json("qemu-img", img)["virtual-size"], 3 << 20);
+    }
+    d.check_clean("q.qcow2");
+}
