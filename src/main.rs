@@ -10,6 +10,12 @@ fn usage() -> ! {
          commands:\n\
          \x20 io      run qemu-io commands on an image (blk io -c 'write -P 0xab 0 64k' disk.img)\n\
          \x20 sim     replay scenarios on the deterministic simulator (blk sim run scenarios)\n\
+         \x20 create  create an image (blk create -f qcow2 -o cluster_size=64k disk.qcow2 1G)\n\
+         \x20 info    show an image's format, sizes and backing chain (--output=json)\n\
+         \x20 map     show how an image's data is allocated (--output=json)\n\
+         \x20 compare compare two images' guest-visible contents\n\
+         \x20 convert copy an image into another format, sparse (-p for progress)\n\
+         \x20 resize  grow or (--shrink) shrink an image\n\
          \n\
          Run 'blk <command> --help' for a command's options."
     );
