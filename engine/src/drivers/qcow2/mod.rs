@@ -5,7 +5,8 @@
 //! `cluster` (L1/L2 mapping, L2 allocation, metadata write-back), `refcount` (refcounts and
 //! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate
-//! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`.
+//! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
+//! `check` and `check_walk` (consistency check and repair, `qemu-img check`).
 //!
 //! Crash-safety rules (QEMU's ordering): refcount increments reach the disk before any L2/L1
 //! entry relying on them; guest data is flushed before the L2 table that points to it is
@@ -15,6 +16,8 @@
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
 mod cache;
+mod check;
+mod check_walk;
 mod cluster;
 mod compress;
 mod create;
@@ -37,6 +40,7 @@ use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
 use crate::types::ChildRole;
 use crate::util::Options;
 
+pub use check::{CheckReport, Repair, check_node};
 pub use create::{Compat, CreateOptions, create};
 pub use header::Header;
 
@@ -398,5 +402,9 @@ impl BlockDriver for Qcow2 {
             "corrupt": self.incompat.get() & header::INCOMPAT_CORRUPT != 0,
             "compression-type": if self.compression_type == 1 { "zstd" } else { "zlib" },
         })
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }

@@ -52,7 +52,7 @@ impl Qcow2 {
         self.cluster_bits + 3 - self.refcount_order
     }
 
-    fn max_refcount(&self) -> u64 {
+    pub(super) fn max_refcount(&self) -> u64 {
         if self.refcount_order == 6 {
             u64::MAX
         } else {
@@ -122,7 +122,7 @@ impl Qcow2 {
     }
 
     /// Add `delta` to the refcount of host cluster `idx` (its block must exist).
-    async fn update_refcount(&self, idx: u64, delta: i64) -> Result<()> {
+    pub(super) async fn update_refcount(&self, idx: u64, delta: i64) -> Result<()> {
         let off = self.refblock_of(idx)?.ok_or_else(|| {
             Error::io_msg(
                 Errno::EIO,
