@@ -21,6 +21,7 @@ fn main() {
     let Some(cmd) = args.get(1) else { usage() };
     let rest = &args[2..];
     let code = match cmd.as_str() {
+        "check" => cli::check::run_check(rest),
         "io" => cli::io::run_io(rest),
         "sim" => cli::sim::run_sim(rest),
         "-h" | "--help" | "help" => usage(),

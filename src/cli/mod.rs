@@ -1,4 +1,5 @@
 //! The `blk` subcommands. Each lives in its own file and exposes one `run_*(args) -> i32`.
 
+pub mod check;
 pub mod io;
 pub mod sim;

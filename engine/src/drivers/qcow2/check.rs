@@ -85,18 +85,19 @@ impl CheckReport {
                 m.insert(k.into(), json!(v));
             }
         };
+        // The order qemu-img prints (its dictionary's order), for identical text.
         opt(&mut m, "image-end-offset", self.image_end_offset);
+        opt(&mut m, "compressed-clusters", self.compressed_clusters);
         opt(&mut m, "total-clusters", self.total_clusters);
+        opt(&mut m, "corruptions", self.corruptions);
+        opt(&mut m, "corruptions-fixed", self.corruptions_fixed);
         m.insert("check-errors".into(), json!(self.check_errors));
         opt(&mut m, "leaks", self.leaks);
         opt(&mut m, "leaks-fixed", self.leaks_fixed);
-        opt(&mut m, "corruptions", self.corruptions);
-        opt(&mut m, "corruptions-fixed", self.corruptions_fixed);
         opt(&mut m, "allocated-clusters", self.allocated_clusters);
-        opt(&mut m, "fragmented-clusters", self.fragmented_clusters);
-        opt(&mut m, "compressed-clusters", self.compressed_clusters);
         m.insert("filename".into(), json!(self.filename));
         m.insert("format".into(), json!(self.format));
+        opt(&mut m, "fragmented-clusters", self.fragmented_clusters);
         Value::Object(m)
     }
 }
