@@ -11,6 +11,7 @@ use crate::event::DebugEvent;
 use crate::io::{IoBuf, ReqFlags};
 
 use super::cache::{get_u64, set_u64};
+use super::overlap::{OL_ACTIVE_L1, OL_ACTIVE_L2};
 use super::{COMPRESSED, COPIED, OFFSET_MASK, Qcow2, ZERO};
 
 /// What one guest cluster is, from its L2 entry.
@@ -86,11 +87,15 @@ impl Qcow2 {
         self.write_back_refblocks().await?;
         self.file.debug_event(DebugEvent::L2AllocWrite).await;
         let zeros = vec![0u8; self.cs() as usize];
-        let r = self
-            .file
-            .write(off, IoBuf::from_slice(&zeros), ReqFlags::NONE)
-            .await
-            .1;
+        let r = match self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await {
+            Ok(()) => {
+                self.file
+                    .write(off, IoBuf::from_slice(&zeros), ReqFlags::NONE)
+                    .await
+                    .1
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = r {
             self.free_unreferenced(off, 1).await?;
             return Err(e);
@@ -98,6 +103,8 @@ impl Qcow2 {
         self.file.flush().await?;
         self.file.debug_event(DebugEvent::L1Update).await;
         let new = off | COPIED;
+        self.pre_write_check(OL_ACTIVE_L1, self.l1_offset.get() + l1i as u64 * 8, 8)
+            .await?;
         self.file
             .write(
                 self.l1_offset.get() + l1i as u64 * 8,
@@ -121,6 +128,8 @@ impl Qcow2 {
             if dirty {
                 self.write_back_refblocks().await?;
                 self.file.flush().await?;
+                self.pre_write_check(OL_ACTIVE_L2, victim, self.cs())
+                    .await?;
                 self.file.debug_event(DebugEvent::L2Update).await;
                 self.file
                     .write(victim, IoBuf::from_slice(&data), ReqFlags::NONE)
@@ -188,6 +197,7 @@ impl Qcow2 {
             self.write_back_refblocks().await?;
             self.file.flush().await?;
             for (off, data) in self.l2_cache.dirty() {
+                self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await?;
                 self.file.debug_event(DebugEvent::L2Update).await;
                 self.file
                     .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)

@@ -6,7 +6,8 @@
 //! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
-//! `check` and `check_walk` (consistency check and repair, `qemu-img check`).
+//! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `overlap`
+//! (metadata overlap checks before writes, the corrupt bit).
 //!
 //! Crash-safety rules (QEMU's ordering): refcount increments reach the disk before any L2/L1
 //! entry relying on them; guest data is flushed before the L2 table that points to it is
@@ -24,6 +25,7 @@ mod create;
 mod header;
 mod io;
 mod lock;
+mod overlap;
 mod refcount;
 mod repair;
 mod resize;
@@ -274,6 +276,9 @@ impl Qcow2 {
         if self.read_only {
             return Err(Error::io_msg(Errno::EROFS, "qcow2: image is read-only"));
         }
+        if self.is_corrupt() {
+            return Err(self.corrupt_error());
+        }
         if !self.fixups_pending.get() {
             return Ok(());
         }
@@ -382,7 +387,8 @@ impl BlockDriver for Qcow2 {
 
     fn close(&self) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.read_only {
+            // Nothing more is written to an image found corrupt.
+            if self.read_only || self.is_corrupt() {
                 return Ok(());
             }
             let _g = self.meta.lock().await;
