@@ -83,8 +83,11 @@ impl Qcow2 {
             return Ok(None);
         }
         let off = self.alloc_clusters(1).await?;
-        // The refcount must be on disk before anything refers to the table.
-        self.write_back_refblocks().await?;
+        // The refcount must be on disk before anything refers to the table (with lazy
+        // refcounts, the dirty bit stands for it).
+        if !self.lazy {
+            self.write_back_refblocks().await?;
+        }
         self.file.debug_event(DebugEvent::L2AllocWrite).await;
         let zeros = vec![0u8; self.cs() as usize];
         let r = match self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await {
@@ -126,7 +129,9 @@ impl Qcow2 {
         }
         if let Some((victim, data, dirty)) = self.l2_cache.lru() {
             if dirty {
-                self.write_back_refblocks().await?;
+                if !self.lazy {
+                    self.write_back_refblocks().await?;
+                }
                 self.file.flush().await?;
                 self.pre_write_check(OL_ACTIVE_L2, victim, self.cs())
                     .await?;
@@ -194,7 +199,9 @@ impl Qcow2 {
     pub(crate) async fn flush_metadata(&self) -> Result<()> {
         self.file.debug_event(DebugEvent::FlushToOs).await;
         if self.l2_cache.has_dirty() {
-            self.write_back_refblocks().await?;
+            if !self.lazy {
+                self.write_back_refblocks().await?;
+            }
             self.file.flush().await?;
             for (off, data) in self.l2_cache.dirty() {
                 self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await?;

@@ -95,6 +95,9 @@ pub(crate) struct Qcow2 {
     incompat: Cell<u64>,
     autoclear: Cell<u64>,
     nb_snapshots: u32,
+    /// Lazy refcounts (v3 compatible feature): the dirty bit is set before the first write,
+    /// refcount blocks are not written ahead of the L2 tables, and a clean close clears it.
+    lazy: bool,
     /// Header fix-ups (refcount rebuild of a dirty image, clearing autoclear bits) still to
     /// do before the first write. They cannot happen during open: the node takes its
     /// permissions on `file` only once it is open.
@@ -177,6 +180,7 @@ pub(super) fn open(
             incompat: Cell::new(h.incompat),
             autoclear: Cell::new(h.autoclear),
             nb_snapshots: h.nb_snapshots,
+            lazy: h.version == 3 && h.compat & header::COMPAT_LAZY_REFCOUNTS != 0,
             fixups_pending: Cell::new(
                 !read_only
                     && (h.incompat & header::INCOMPAT_DIRTY != 0
@@ -279,13 +283,47 @@ impl Qcow2 {
         if self.is_corrupt() {
             return Err(self.corrupt_error());
         }
-        if !self.fixups_pending.get() {
+        if !self.fixups_pending.get() && !self.needs_dirty_bit() {
             return Ok(());
         }
         let _g = self.meta.lock().await;
-        if !self.fixups_pending.get() {
-            return Ok(());
+        if self.fixups_pending.get() {
+            self.do_fixups().await?;
         }
+        if self.needs_dirty_bit() {
+            self.set_dirty_bit(true).await?;
+        }
+        Ok(())
+    }
+
+    /// True when lazy refcounts are in use and the dirty bit is not set yet.
+    fn needs_dirty_bit(&self) -> bool {
+        self.lazy && self.incompat.get() & header::INCOMPAT_DIRTY == 0
+    }
+
+    /// Set or clear the dirty bit durably (everything written before is flushed first).
+    async fn set_dirty_bit(&self, on: bool) -> Result<()> {
+        let bits = if on {
+            self.incompat.get() | header::INCOMPAT_DIRTY
+        } else {
+            self.incompat.get() & !header::INCOMPAT_DIRTY
+        };
+        self.file.flush().await?;
+        self.file
+            .write(
+                header::OFF_INCOMPAT,
+                IoBuf::from_slice(&bits.to_be_bytes()),
+                ReqFlags::NONE,
+            )
+            .await
+            .1?;
+        self.file.flush().await?;
+        self.incompat.set(bits);
+        Ok(())
+    }
+
+    /// The header fix-ups of `check_writable` (metadata lock held).
+    async fn do_fixups(&self) -> Result<()> {
         if self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
             self.rebuild_refcounts(self.nb_snapshots).await?;
         }
@@ -393,7 +431,12 @@ impl BlockDriver for Qcow2 {
             }
             let _g = self.meta.lock().await;
             self.flush_metadata().await?;
-            self.file.flush().await
+            self.file.flush().await?;
+            // Lazy refcounts: everything is written back, the refcounts are accurate again.
+            if self.lazy && self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
+                self.set_dirty_bit(false).await?;
+            }
+            Ok(())
         })
     }
 
