@@ -110,7 +110,11 @@ fn crash_with_lazy_refcounts_recovers() {
             simr.crash();
             drop(bb);
             let after = simr.fs().file_bytes("img").unwrap();
-            assert_eq!(after[79] & DIRTY, DIRTY, "seed {seed}: crash leaves the dirty bit");
+            assert_eq!(
+                after[79] & DIRTY,
+                DIRTY,
+                "seed {seed}: crash leaves the dirty bit"
+            );
             let engine2 = engine_of(simr);
             let bb2 = open_qcow2(&engine2, "q", "img", false).await.unwrap();
             for (off, len, pat) in flushed {

@@ -413,13 +413,7 @@ impl BlockDriver for Qcow2 {
     ) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.check_writable().await?;
-            if prealloc != Prealloc::Off {
-                return Err(Error::io_msg(
-                    Errno::ENOTSUP,
-                    "qcow2: preallocation on resize is not supported",
-                ));
-            }
-            self.do_truncate(len).await
+            self.do_truncate(len, prealloc).await
         })
     }
 
