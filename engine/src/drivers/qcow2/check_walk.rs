@@ -2,8 +2,8 @@
 //!
 //! Walks everything that owns host clusters — the header, the active L1 table and its L2
 //! tables (with their data and compressed clusters), the internal snapshots' L1/L2 tables, the
-//! snapshot table, the refcount table and the refcount blocks — and counts, per host cluster,
-//! how often it is referenced. Structural problems found on the way (misaligned tables or
+//! snapshot table, the refcount table, the persistent dirty bitmaps (directory, tables, data)
+//! and the refcount blocks — and counts, per host cluster, how often it is referenced. Structural problems found on the way (misaligned tables or
 //! clusters, refcount blocks outside the image, reference overflow) are counted as
 //! corruptions, as `qemu-img check` does. The comparison with the stored refcounts and the
 //! repairs live in `check`.
@@ -21,6 +21,12 @@ use super::{COMPRESSED, OFFSET_MASK, Qcow2, ZERO};
 
 /// Flags of refcount table entries that must be zero.
 const REFT_RESERVED: u64 = 0x1ff;
+/// Header extension: persistent dirty bitmaps.
+const EXT_BITMAPS: u32 = 0x2385_2875;
+/// Autoclear feature bit 0: the bitmaps extension is consistent.
+const AUTOCLEAR_BITMAPS: u64 = 1;
+/// Bits of a bitmap table entry that must be zero.
+const BITMAP_ENTRY_RESERVED: u64 = 0xff00_0000_0000_01fe;
 /// Largest L1 table of a snapshot, in entries.
 const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
 
@@ -157,6 +163,7 @@ impl Qcow2 {
             self.reftable_offset.get(),
             reftable.len() as u64 * 8,
         );
+        self.count_bitmaps(&mut refs, rep, h).await?;
         let file_clusters = refs.dense.len() as u64;
         for (i, e) in reftable.iter().enumerate() {
             let off = e & !REFT_RESERVED;
@@ -275,6 +282,72 @@ impl Qcow2 {
             }
             self.inc_refs(refs, rep, host, cs);
         }
+    }
+
+    /// Count the persistent dirty bitmaps (when the bitmaps autoclear bit is set): the bitmap
+    /// directory, each bitmap table and its data clusters.
+    async fn count_bitmaps(
+        &self,
+        refs: &mut Refs,
+        rep: &mut CheckReport,
+        h: &Header,
+    ) -> Result<()> {
+        if h.autoclear & AUTOCLEAR_BITMAPS == 0 {
+            return Ok(());
+        }
+        let Some(ext) = h.unknown_exts.iter().find(|e| e.magic == EXT_BITMAPS) else {
+            return Ok(());
+        };
+        if ext.data.len() < 24 {
+            return Ok(());
+        }
+        let be64 = |b: &[u8], o: usize| u64::from_be_bytes(b[o..o + 8].try_into().expect("8"));
+        let nb = u32::from_be_bytes(ext.data[0..4].try_into().expect("4 bytes"));
+        let (dir_size, dir_off) = (be64(&ext.data, 8), be64(&ext.data, 16));
+        if nb == 0 {
+            return Ok(());
+        }
+        self.inc_refs(refs, rep, dir_off, dir_size);
+        if dir_size > 64 << 20 {
+            rep.corruptions += 1;
+            return Ok(());
+        }
+        let dir = self.read_meta(dir_off, dir_size).await?;
+        let mut pos = 0usize;
+        let cs = self.cs();
+        for _ in 0..nb {
+            if pos + 24 > dir.len() {
+                rep.corruptions += 1;
+                return Ok(());
+            }
+            let table_off = be64(&dir, pos);
+            let table_size = u32::from_be_bytes(dir[pos + 8..pos + 12].try_into().expect("4"));
+            let name_size = u16::from_be_bytes(dir[pos + 18..pos + 20].try_into().expect("2"));
+            let extra = u32::from_be_bytes(dir[pos + 20..pos + 24].try_into().expect("4"));
+            pos += (24 + name_size as usize + extra as usize).next_multiple_of(8);
+            let bytes = table_size as u64 * 8;
+            self.inc_refs(refs, rep, table_off, bytes);
+            if bytes > MAX_L1_ENTRIES * 8 || !table_off.is_multiple_of(cs) {
+                rep.corruptions += 1;
+                continue;
+            }
+            let table = self.read_meta(table_off, bytes).await?;
+            for c in table.chunks_exact(8) {
+                let entry = u64::from_be_bytes(c.try_into().expect("8 bytes"));
+                let off = entry & OFFSET_MASK;
+                let bad = entry & BITMAP_ENTRY_RESERVED != 0
+                    || !off.is_multiple_of(cs)
+                    || (entry & 1 != 0 && off != 0);
+                if bad {
+                    rep.corruptions += 1;
+                    continue;
+                }
+                if off != 0 {
+                    self.inc_refs(refs, rep, off, cs);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Parse the snapshot table: each snapshot's L1 table and the table's size in bytes.
