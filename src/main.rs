@@ -16,6 +16,7 @@ fn usage() -> ! {
          \x20 compare compare two images' guest-visible contents\n\
          \x20 convert copy an image into another format, sparse (-p for progress)\n\
          \x20 resize  grow or (--shrink) shrink an image\n\
+         \x20 check   check an image's metadata, -r leaks|all to repair (--output=json)\n\
          \n\
          Run 'blk <command> --help' for a command's options."
     );
@@ -27,6 +28,7 @@ fn main() {
     let Some(cmd) = args.get(1) else { usage() };
     let rest = &args[2..];
     let code = match cmd.as_str() {
+        "check" => cli::check::run_check(rest),
         "io" => cli::io::run_io(rest),
         "sim" => cli::sim::run_sim(rest),
         "create" | "info" | "map" | "compare" | "convert" | "resize" => cli::img::run(cmd, rest),

@@ -251,4 +251,10 @@ pub trait BlockDriver {
     fn specific_info(&self) -> Value {
         Value::Null
     }
+
+    /// The driver as `Any`, for format-specific entry points that start from a node (such as
+    /// `qcow2::check_node`). `None` for drivers that offer none.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }

@@ -200,6 +200,7 @@ fn blk_created_images_pass_qemu_check() {
                 backing_file: backing.then(|| "base.raw".to_string()),
                 backing_fmt: backing.then(|| "raw".to_string()),
                 lazy_refcounts: false,
+                ..CreateOptions::default()
             };
             create(&bb.root().unwrap(), &opts).await.unwrap();
             engine.device_del("d").await.unwrap();

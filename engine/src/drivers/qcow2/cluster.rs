@@ -11,6 +11,7 @@ use crate::event::DebugEvent;
 use crate::io::{IoBuf, ReqFlags};
 
 use super::cache::{get_u64, set_u64};
+use super::overlap::{OL_ACTIVE_L1, OL_ACTIVE_L2};
 use super::{COMPRESSED, COPIED, OFFSET_MASK, Qcow2, ZERO};
 
 /// What one guest cluster is, from its L2 entry.
@@ -82,15 +83,22 @@ impl Qcow2 {
             return Ok(None);
         }
         let off = self.alloc_clusters(1).await?;
-        // The refcount must be on disk before anything refers to the table.
-        self.write_back_refblocks().await?;
+        // The refcount must be on disk before anything refers to the table (with lazy
+        // refcounts, the dirty bit stands for it).
+        if !self.lazy {
+            self.write_back_refblocks().await?;
+        }
         self.file.debug_event(DebugEvent::L2AllocWrite).await;
         let zeros = vec![0u8; self.cs() as usize];
-        let r = self
-            .file
-            .write(off, IoBuf::from_slice(&zeros), ReqFlags::NONE)
-            .await
-            .1;
+        let r = match self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await {
+            Ok(()) => {
+                self.file
+                    .write(off, IoBuf::from_slice(&zeros), ReqFlags::NONE)
+                    .await
+                    .1
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = r {
             self.free_unreferenced(off, 1).await?;
             return Err(e);
@@ -98,6 +106,8 @@ impl Qcow2 {
         self.file.flush().await?;
         self.file.debug_event(DebugEvent::L1Update).await;
         let new = off | COPIED;
+        self.pre_write_check(OL_ACTIVE_L1, self.l1_offset.get() + l1i as u64 * 8, 8)
+            .await?;
         self.file
             .write(
                 self.l1_offset.get() + l1i as u64 * 8,
@@ -119,8 +129,12 @@ impl Qcow2 {
         }
         if let Some((victim, data, dirty)) = self.l2_cache.lru() {
             if dirty {
-                self.write_back_refblocks().await?;
+                if !self.lazy {
+                    self.write_back_refblocks().await?;
+                }
                 self.file.flush().await?;
+                self.pre_write_check(OL_ACTIVE_L2, victim, self.cs())
+                    .await?;
                 self.file.debug_event(DebugEvent::L2Update).await;
                 self.file
                     .write(victim, IoBuf::from_slice(&data), ReqFlags::NONE)
@@ -185,9 +199,12 @@ impl Qcow2 {
     pub(crate) async fn flush_metadata(&self) -> Result<()> {
         self.file.debug_event(DebugEvent::FlushToOs).await;
         if self.l2_cache.has_dirty() {
-            self.write_back_refblocks().await?;
+            if !self.lazy {
+                self.write_back_refblocks().await?;
+            }
             self.file.flush().await?;
             for (off, data) in self.l2_cache.dirty() {
+                self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await?;
                 self.file.debug_event(DebugEvent::L2Update).await;
                 self.file
                     .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)

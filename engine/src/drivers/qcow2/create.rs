@@ -1,5 +1,7 @@
 //! qcow2 image creation: header (+ extensions, backing name), refcount table, refcount blocks
-//! covering the metadata, and an empty L1 table, laid out as consecutive clusters.
+//! covering the metadata, and an empty L1 table, laid out as consecutive clusters. With
+//! preallocation, every L2 table follows the L1 table and every data cluster follows them (in
+//! guest order), all mapped and counted; the data area is only extended in the file.
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
 use crate::driver::Prealloc;
@@ -7,8 +9,12 @@ use crate::error::{Error, Result};
 use crate::graph::Child;
 use crate::io::{IoBuf, ReqFlags};
 
-use super::header::{COMPAT_LAZY_REFCOUNTS, Header, MAX_L1_BYTES};
+use super::COPIED;
+use super::header::{COMPAT_LAZY_REFCOUNTS, Header, MAX_L1_BYTES, MAX_REFTABLE_BYTES};
 use super::refcount::rb_set;
+
+/// Largest metadata area `create` builds in memory.
+const MAX_CREATE_METADATA: u64 = 1 << 30;
 
 /// qcow2 compatibility level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +42,10 @@ pub struct CreateOptions {
     pub backing_fmt: Option<String>,
     /// Set the lazy-refcounts compatible feature (v3 only).
     pub lazy_refcounts: bool,
+    /// Preallocation: `Off` leaves every cluster unallocated; `Metadata` maps every guest
+    /// cluster to a host cluster (L2 tables and data clusters, the file extended sparsely);
+    /// `Falloc` and `Full` also reserve or zero-fill the data clusters in the file.
+    pub preallocation: Prealloc,
 }
 
 impl Default for CreateOptions {
@@ -48,6 +58,7 @@ impl Default for CreateOptions {
             backing_file: None,
             backing_fmt: None,
             lazy_refcounts: false,
+            preallocation: Prealloc::Off,
         }
     }
 }
@@ -97,10 +108,14 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
     let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
     let order = o.refcount_bits.trailing_zeros();
     let rb_entries = cs * 8 / o.refcount_bits as u64;
-    // Header, reftable, refblocks, L1: find sizes that cover themselves.
+    let prealloc = o.preallocation != Prealloc::Off;
+    let l2_tables = if prealloc { l1_size } else { 0 };
+    let data_clusters = if prealloc { o.size.div_ceil(cs) } else { 0 };
+    let mapped = l1_clusters + l2_tables + data_clusters;
+    // Header, reftable, refblocks, L1 (, L2 tables, data): find sizes that cover themselves.
     let (mut rt, mut rb) = (1u64, 1u64);
     loop {
-        let total = 1 + rt + rb + l1_clusters;
+        let total = 1 + rt + rb + mapped;
         let nrb = total.div_ceil(rb_entries);
         let nrt = (nrb * 8).div_ceil(cs);
         if nrb == rb && nrt == rt {
@@ -108,7 +123,18 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
         }
         (rt, rb) = (nrt.max(1), nrb.max(1));
     }
-    let total = 1 + rt + rb + l1_clusters;
+    let total = 1 + rt + rb + mapped;
+    if rt * cs > MAX_REFTABLE_BYTES {
+        return Err(Error::generic(
+            "Image size is too large for this cluster size and preallocation",
+        ));
+    }
+    // The metadata is built in memory and written at once.
+    if (1 + rt + rb + l1_clusters + l2_tables) * cs > MAX_CREATE_METADATA {
+        return Err(Error::generic(
+            "qcow2: metadata preallocation of this size is not supported (over 1 GiB of tables)",
+        ));
+    }
     let h = Header {
         version: if o.compat == Compat::V3 { 3 } else { 2 },
         backing_offset: 0,
@@ -140,7 +166,9 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
     if hdr.len() as u64 > cs {
         return Err(Error::generic("Header does not fit in the first cluster"));
     }
-    let mut img = vec![0u8; (total * cs) as usize];
+    let l2_base = 1 + rt + rb + l1_clusters;
+    let data_base = l2_base + l2_tables;
+    let mut img = vec![0u8; (data_base * cs) as usize];
     img[..hdr.len()].copy_from_slice(&hdr);
     for b in 0..rb {
         let off = ((1 + rt + b) * cs) as usize;
@@ -157,9 +185,28 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
             1,
         );
     }
+    let l2_entries = cs / 8;
+    for t in 0..l2_tables {
+        let l1e = h.l1_offset + t * 8;
+        let e = ((l2_base + t) * cs) | COPIED;
+        img[l1e as usize..l1e as usize + 8].copy_from_slice(&e.to_be_bytes());
+    }
+    for g in 0..data_clusters {
+        let at = (l2_base + g / l2_entries) * cs + (g % l2_entries) * 8;
+        let e = ((data_base + g) * cs) | COPIED;
+        img[at as usize..at as usize + 8].copy_from_slice(&e.to_be_bytes());
+    }
     file.truncate(0, true, Prealloc::Off).await?;
     file.write(0, IoBuf::from_slice(&img), ReqFlags::NONE)
         .await
         .1?;
+    if prealloc {
+        // The data clusters: the file's own preallocation (sparse for "metadata").
+        let mode = match o.preallocation {
+            Prealloc::Metadata => Prealloc::Off,
+            m => m,
+        };
+        file.truncate(total * cs, false, mode).await?;
+    }
     file.flush().await
 }

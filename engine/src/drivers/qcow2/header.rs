@@ -27,6 +27,8 @@ pub const MAX_L1_BYTES: u64 = 32 << 20;
 pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 /// Byte offset of the autoclear feature field (v3).
 pub const OFF_AUTOCLEAR: u64 = 88;
+/// Byte offset of the incompatible feature field (v3).
+pub const OFF_INCOMPAT: u64 = 72;
 /// Byte offset of the virtual size field.
 pub const OFF_SIZE: u64 = 24;
 /// Byte offset of the L1 size field (followed by the L1 offset).

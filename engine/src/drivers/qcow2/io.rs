@@ -213,6 +213,7 @@ impl Qcow2 {
             };
             match plan {
                 Plan::Rewrite { host, n } => {
+                    self.pre_write_check(0, host, n).await?;
                     self.file.debug_event(DebugEvent::WriteAio).await;
                     let chunk = IoBuf::from_slice(&data[pos as usize..(pos + n) as usize]);
                     self.file.write(host, chunk, ReqFlags::NONE).await.1?;
@@ -263,6 +264,10 @@ impl Qcow2 {
             Ok::<(), Error>(())
         }
         .await;
+        let filled = match filled {
+            Ok(()) => self.pre_write_check(0, host, k * cs).await,
+            Err(e) => Err(e),
+        };
         let written = match filled {
             Ok(()) => {
                 self.file.debug_event(DebugEvent::CowWrite).await;

@@ -5,7 +5,9 @@
 //! `cluster` (L1/L2 mapping, L2 allocation, metadata write-back), `refcount` (refcounts and
 //! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate
-//! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`.
+//! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
+//! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `overlap`
+//! (metadata overlap checks before writes, the corrupt bit).
 //!
 //! Crash-safety rules (QEMU's ordering): refcount increments reach the disk before any L2/L1
 //! entry relying on them; guest data is flushed before the L2 table that points to it is
@@ -15,12 +17,15 @@
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
 mod cache;
+mod check;
+mod check_walk;
 mod cluster;
 mod compress;
 mod create;
 mod header;
 mod io;
 mod lock;
+mod overlap;
 mod refcount;
 mod repair;
 mod resize;
@@ -37,6 +42,7 @@ use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
 use crate::types::ChildRole;
 use crate::util::Options;
 
+pub use check::{CheckReport, Repair, check_node};
 pub use create::{Compat, CreateOptions, create};
 pub use header::Header;
 
@@ -89,6 +95,9 @@ pub(crate) struct Qcow2 {
     incompat: Cell<u64>,
     autoclear: Cell<u64>,
     nb_snapshots: u32,
+    /// Lazy refcounts (v3 compatible feature): the dirty bit is set before the first write,
+    /// refcount blocks are not written ahead of the L2 tables, and a clean close clears it.
+    lazy: bool,
     /// Header fix-ups (refcount rebuild of a dirty image, clearing autoclear bits) still to
     /// do before the first write. They cannot happen during open: the node takes its
     /// permissions on `file` only once it is open.
@@ -171,6 +180,7 @@ pub(super) fn open(
             incompat: Cell::new(h.incompat),
             autoclear: Cell::new(h.autoclear),
             nb_snapshots: h.nb_snapshots,
+            lazy: h.version == 3 && h.compat & header::COMPAT_LAZY_REFCOUNTS != 0,
             fixups_pending: Cell::new(
                 !read_only
                     && (h.incompat & header::INCOMPAT_DIRTY != 0
@@ -270,13 +280,50 @@ impl Qcow2 {
         if self.read_only {
             return Err(Error::io_msg(Errno::EROFS, "qcow2: image is read-only"));
         }
-        if !self.fixups_pending.get() {
+        if self.is_corrupt() {
+            return Err(self.corrupt_error());
+        }
+        if !self.fixups_pending.get() && !self.needs_dirty_bit() {
             return Ok(());
         }
         let _g = self.meta.lock().await;
-        if !self.fixups_pending.get() {
-            return Ok(());
+        if self.fixups_pending.get() {
+            self.do_fixups().await?;
         }
+        if self.needs_dirty_bit() {
+            self.set_dirty_bit(true).await?;
+        }
+        Ok(())
+    }
+
+    /// True when lazy refcounts are in use and the dirty bit is not set yet.
+    fn needs_dirty_bit(&self) -> bool {
+        self.lazy && self.incompat.get() & header::INCOMPAT_DIRTY == 0
+    }
+
+    /// Set or clear the dirty bit durably (everything written before is flushed first).
+    async fn set_dirty_bit(&self, on: bool) -> Result<()> {
+        let bits = if on {
+            self.incompat.get() | header::INCOMPAT_DIRTY
+        } else {
+            self.incompat.get() & !header::INCOMPAT_DIRTY
+        };
+        self.file.flush().await?;
+        self.file
+            .write(
+                header::OFF_INCOMPAT,
+                IoBuf::from_slice(&bits.to_be_bytes()),
+                ReqFlags::NONE,
+            )
+            .await
+            .1?;
+        self.file.flush().await?;
+        self.incompat.set(bits);
+        Ok(())
+    }
+
+    /// The header fix-ups of `check_writable` (metadata lock held).
+    async fn do_fixups(&self) -> Result<()> {
         if self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
             self.rebuild_refcounts(self.nb_snapshots).await?;
         }
@@ -366,24 +413,24 @@ impl BlockDriver for Qcow2 {
     ) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.check_writable().await?;
-            if prealloc != Prealloc::Off {
-                return Err(Error::io_msg(
-                    Errno::ENOTSUP,
-                    "qcow2: preallocation on resize is not supported",
-                ));
-            }
-            self.do_truncate(len).await
+            self.do_truncate(len, prealloc).await
         })
     }
 
     fn close(&self) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.read_only {
+            // Nothing more is written to an image found corrupt.
+            if self.read_only || self.is_corrupt() {
                 return Ok(());
             }
             let _g = self.meta.lock().await;
             self.flush_metadata().await?;
-            self.file.flush().await
+            self.file.flush().await?;
+            // Lazy refcounts: everything is written back, the refcounts are accurate again.
+            if self.lazy && self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
+                self.set_dirty_bit(false).await?;
+            }
+            Ok(())
         })
     }
 
@@ -398,5 +445,9 @@ impl BlockDriver for Qcow2 {
             "corrupt": self.incompat.get() & header::INCOMPAT_CORRUPT != 0,
             "compression-type": if self.compression_type == 1 { "zstd" } else { "zlib" },
         })
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }

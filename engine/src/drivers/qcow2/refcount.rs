@@ -11,6 +11,7 @@ use crate::io::{IoBuf, ReqFlags};
 
 use super::cache::{get_u64, set_u64};
 use super::header::{MAX_REFTABLE_BYTES, OFF_REFTABLE};
+use super::overlap::{OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE};
 use super::{OFFSET_MASK, Qcow2};
 
 /// Read entry `i` of a refcount block with `order` (bits = 1 << order).
@@ -52,7 +53,7 @@ impl Qcow2 {
         self.cluster_bits + 3 - self.refcount_order
     }
 
-    fn max_refcount(&self) -> u64 {
+    pub(super) fn max_refcount(&self) -> u64 {
         if self.refcount_order == 6 {
             u64::MAX
         } else {
@@ -89,6 +90,8 @@ impl Qcow2 {
             && let Some((victim, data, dirty)) = self.rb_cache.lru()
         {
             if dirty {
+                self.pre_write_check(OL_REFCOUNT_BLOCK, victim, self.cs())
+                    .await?;
                 self.file.debug_event(DebugEvent::RefblockUpdate).await;
                 self.file
                     .write(victim, IoBuf::from_slice(&data), ReqFlags::NONE)
@@ -122,7 +125,7 @@ impl Qcow2 {
     }
 
     /// Add `delta` to the refcount of host cluster `idx` (its block must exist).
-    async fn update_refcount(&self, idx: u64, delta: i64) -> Result<()> {
+    pub(super) async fn update_refcount(&self, idx: u64, delta: i64) -> Result<()> {
         let off = self.refblock_of(idx)?.ok_or_else(|| {
             Error::io_msg(
                 Errno::EIO,
@@ -287,6 +290,7 @@ impl Qcow2 {
             1,
         );
         let off = at * cs;
+        self.pre_write_check(OL_REFCOUNT_BLOCK, off, cs).await?;
         self.file.debug_event(DebugEvent::RefblockAllocWrite).await;
         self.file
             .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)
@@ -294,6 +298,8 @@ impl Qcow2 {
             .1?;
         self.file.flush().await?;
         self.file.debug_event(DebugEvent::RefblockAllocHookup).await;
+        self.pre_write_check(OL_REFCOUNT_TABLE, self.reftable_offset.get() + rt * 8, 8)
+            .await?;
         self.file
             .write(
                 self.reftable_offset.get() + rt * 8,
@@ -404,6 +410,8 @@ impl Qcow2 {
     /// Write every dirty refcount block to the file (not flushed).
     pub(crate) async fn write_back_refblocks(&self) -> Result<()> {
         for (off, data) in self.rb_cache.dirty() {
+            self.pre_write_check(OL_REFCOUNT_BLOCK, off, self.cs())
+                .await?;
             self.file.debug_event(DebugEvent::RefblockUpdate).await;
             self.file
                 .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)

@@ -1,17 +1,21 @@
 //! qcow2 resize: growing the virtual size (moving to a larger L1 table, switched in by one
-//! header write once it is durable) and shrinking over an unallocated tail.
+//! header write once it is durable) and shrinking over an unallocated tail. A growing resize
+//! may preallocate the new clusters (`metadata`: mapped to host clusters that read as zeroes;
+//! `falloc`/`full`: the file space reserved or zero-filled as well).
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
 use crate::error::{Errno, Error, Result};
 use crate::event::DebugEvent;
 use crate::io::{IoBuf, ReqFlags};
 
-use super::Qcow2;
+use crate::driver::Prealloc;
+
 use super::cluster::Kind;
 use super::header::{MAX_L1_BYTES, OFF_L1, OFF_SIZE};
+use super::{COPIED, Qcow2};
 
 impl Qcow2 {
-    pub(crate) async fn do_truncate(&self, len: u64) -> Result<()> {
+    pub(crate) async fn do_truncate(&self, len: u64, prealloc: Prealloc) -> Result<()> {
         if !len.is_multiple_of(512) {
             return Err(Error::generic(
                 "qcow2: the image size must be a multiple of 512 bytes",
@@ -21,6 +25,12 @@ impl Qcow2 {
         let cs = self.cs();
         let old = self.size.get();
         let per_l1 = cs * self.l2_entries();
+        if len < old && prealloc != Prealloc::Off {
+            return Err(Error::io_msg(
+                Errno::ENOTSUP,
+                "qcow2: preallocation can't be used for shrinking an image",
+            ));
+        }
         if len < old {
             let first = len.div_ceil(cs);
             let end = old.div_ceil(cs);
@@ -45,6 +55,9 @@ impl Qcow2 {
             if need > self.l1.borrow().len() as u64 {
                 self.grow_l1(need).await?;
             }
+            if prealloc != Prealloc::Off {
+                self.preallocate(old, len, prealloc).await?;
+            }
         }
         self.file
             .write(
@@ -57,6 +70,66 @@ impl Qcow2 {
         self.file.flush().await?;
         self.size.set(len);
         Ok(())
+    }
+
+    /// Map every unallocated guest cluster wholly inside `[old, len)` to a new host cluster
+    /// that reads as zeroes (metadata lock held). Clusters reused from inside the file are
+    /// zero-filled; `Full` zero-fills everything, `Falloc` reserves the file's new tail.
+    async fn preallocate(&self, old: u64, len: u64, mode: Prealloc) -> Result<()> {
+        let cs = self.cs();
+        let file_end = self.file.len();
+        let (mut gc, end) = (old.div_ceil(cs), len.div_ceil(cs));
+        let mut host_end = file_end;
+        while gc < end {
+            if self.classify(self.l2_entry(gc).await?)? != Kind::Unallocated {
+                gc += 1;
+                continue;
+            }
+            self.ensure_l2(gc).await?;
+            let table_end = (gc / self.l2_entries() + 1) * self.l2_entries();
+            let mut n = 1;
+            while gc + n < end.min(table_end)
+                && self.classify(self.l2_entry(gc + n).await?)? == Kind::Unallocated
+            {
+                n += 1;
+            }
+            let (host, got) = self.alloc_some(n).await?;
+            let bytes = got * cs;
+            // Fresh clusters past the end of the file read as zeroes; reused ones are zeroed.
+            let zero_from = host;
+            let zero_to = if mode == Prealloc::Full {
+                host + bytes
+            } else {
+                (host + bytes).min(file_end)
+            };
+            if zero_to > zero_from {
+                self.pre_write_check(0, zero_from, zero_to - zero_from)
+                    .await?;
+                self.file
+                    .write(
+                        zero_from,
+                        IoBuf::new((zero_to - zero_from) as usize),
+                        ReqFlags::NONE,
+                    )
+                    .await
+                    .1?;
+            }
+            for i in 0..got {
+                self.set_l2_entry(gc + i, (host + i * cs) | COPIED).await?;
+            }
+            host_end = host_end.max(host + bytes);
+            gc += got;
+        }
+        if host_end > self.file.len() {
+            let file_mode = if mode == Prealloc::Metadata {
+                Prealloc::Off
+            } else {
+                mode
+            };
+            self.file.truncate(host_end, false, file_mode).await?;
+        }
+        self.flush_metadata().await?;
+        self.file.flush().await
     }
 
     /// Replace the L1 table by a larger one (`entries`), switched in by one header write.

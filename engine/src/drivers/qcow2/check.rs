@@ -1,0 +1,411 @@
+//! qcow2 consistency check and repair (`qemu-img check`).
+//!
+//! `check_node` flushes the node's metadata, counts the references to every host cluster
+//! (`check_walk`), compares them with the stored refcounts and reports QEMU's `ImageCheck`
+//! numbers: corruptions (a refcount lower than the references, misaligned or overflowing
+//! entries, refcount 0 for a used cluster, wrong COPIED flags), leaks (a refcount higher than
+//! the references), internal errors, the image end offset and the allocation statistics of the
+//! active L1 table.
+//!
+//! Repair follows QEMU: `Repair::Leaks` lowers the refcounts of leaked clusters; `Repair::All`
+//! also raises refcounts that are too low, fixes COPIED flags, and rebuilds the whole refcount
+//! structure when a used cluster has refcount 0 or a refcount block is broken. A successful
+//! repair clears the dirty and corrupt bits. The caller keeps other requests away from the
+//! node while it runs (the metadata lock is held throughout).
+//!
+//! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
+
+use std::rc::Rc;
+
+use serde_json::{Map, Value, json};
+
+use crate::error::{Errno, Error, Result};
+use crate::graph::Node;
+use crate::io::{IoBuf, ReqFlags};
+
+use super::check_walk::Refs;
+use super::header::{self, Header};
+use super::{COPIED, OFFSET_MASK, Qcow2};
+
+/// Byte offset of the incompatible feature field.
+const OFF_INCOMPAT: u64 = 72;
+
+/// What a check may repair (`qemu-img check -r`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repair {
+    /// Only leaked clusters (refcounts higher than the references).
+    Leaks,
+    /// Leaks and corruptions (refcounts too low, COPIED flags, refcount structure rebuild).
+    All,
+}
+
+/// The result of a check: QEMU's `ImageCheck`, plus the diagnostic lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Image file name.
+    pub filename: String,
+    /// Format name ("qcow2").
+    pub format: String,
+    /// Internal errors (I/O errors, unreadable refcounts) during the check.
+    pub check_errors: u64,
+    /// Corruptions left on the image.
+    pub corruptions: u64,
+    /// Leaked clusters left on the image.
+    pub leaks: u64,
+    /// Corruptions repaired.
+    pub corruptions_fixed: u64,
+    /// Leaks repaired.
+    pub leaks_fixed: u64,
+    /// Offset of the end of the last used cluster.
+    pub image_end_offset: u64,
+    /// Guest clusters of the virtual disk.
+    pub total_clusters: u64,
+    /// Guest clusters allocated in the image (active L1 table).
+    pub allocated_clusters: u64,
+    /// Allocated clusters not contiguous with their predecessor in the same L2 table.
+    pub fragmented_clusters: u64,
+    /// Compressed clusters.
+    pub compressed_clusters: u64,
+    /// Diagnostics, one per line, as `qemu-img check` prints them on stderr.
+    pub messages: Vec<String>,
+}
+
+impl CheckReport {
+    /// Record a diagnostic line.
+    pub fn error(&mut self, line: String) {
+        self.messages.push(line);
+    }
+
+    /// The report as `qemu-img check --output=json` prints it (zero counters other than
+    /// `check-errors` are left out, as QEMU does).
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        let opt = |m: &mut Map<String, Value>, k: &str, v: u64| {
+            if v != 0 {
+                m.insert(k.into(), json!(v));
+            }
+        };
+        // The order qemu-img prints (its dictionary's order), for identical text.
+        opt(&mut m, "image-end-offset", self.image_end_offset);
+        opt(&mut m, "compressed-clusters", self.compressed_clusters);
+        opt(&mut m, "total-clusters", self.total_clusters);
+        opt(&mut m, "corruptions", self.corruptions);
+        opt(&mut m, "corruptions-fixed", self.corruptions_fixed);
+        m.insert("check-errors".into(), json!(self.check_errors));
+        opt(&mut m, "leaks", self.leaks);
+        opt(&mut m, "leaks-fixed", self.leaks_fixed);
+        opt(&mut m, "allocated-clusters", self.allocated_clusters);
+        m.insert("filename".into(), json!(self.filename));
+        m.insert("format".into(), json!(self.format));
+        opt(&mut m, "fragmented-clusters", self.fragmented_clusters);
+        Value::Object(m)
+    }
+}
+
+/// Check (and optionally repair) the qcow2 image open as `node`, as `qemu-img check` does:
+/// when a repair fixed something, the image is checked again and the second result is
+/// returned with the first one's `corruptions_fixed`/`leaks_fixed` (and both passes'
+/// diagnostics). A repair needs a read-write node.
+pub async fn check_node(node: &Rc<Node>, repair: Option<Repair>) -> Result<CheckReport> {
+    let q = node
+        .driver()
+        .as_any()
+        .and_then(|a| a.downcast_ref::<Qcow2>())
+        .ok_or_else(|| {
+            Error::io_msg(
+                Errno::ENOTSUP,
+                format!("Node '{}' is not a qcow2 image", node.name()),
+            )
+        })?;
+    let first = q.check(repair).await?;
+    if first.corruptions_fixed == 0 && first.leaks_fixed == 0 {
+        return Ok(first);
+    }
+    let mut second = q.check(None).await?;
+    second.corruptions_fixed = first.corruptions_fixed;
+    second.leaks_fixed = first.leaks_fixed;
+    let mut messages = first.messages;
+    messages.append(&mut second.messages);
+    second.messages = messages;
+    Ok(second)
+}
+
+impl Qcow2 {
+    /// The check proper, under the metadata lock.
+    pub(crate) async fn check(&self, repair: Option<Repair>) -> Result<CheckReport> {
+        if repair.is_some() && self.read_only {
+            return Err(Error::io_msg(
+                Errno::EROFS,
+                "qcow2: cannot repair a read-only image",
+            ));
+        }
+        let _g = self.meta.lock().await;
+        if !self.read_only {
+            self.flush_metadata().await?;
+            self.file.flush().await?;
+        }
+        let mut rep = CheckReport {
+            filename: self.file.node().driver().filename(),
+            format: "qcow2".into(),
+            total_clusters: self.size.get().div_ceil(self.cs()),
+            ..CheckReport::default()
+        };
+        let h = self.read_header().await?;
+        let (mut refs, mut rebuild) = self.count_refs(&h, &mut rep).await?;
+        let pre = rep.clone();
+        let mut highest = self
+            .compare_refs(&mut rep, &refs, None, &mut rebuild)
+            .await?;
+        if rebuild && repair == Some(Repair::All) {
+            rep.error("Rebuilding refcount structure".into());
+            let old = rep.clone();
+            self.rebuild_refcounts(h.nb_snapshots).await?;
+            let h = self.read_header().await?;
+            let mut fresh = CheckReport {
+                messages: std::mem::take(&mut rep.messages),
+                ..CheckReport::default()
+            };
+            let (r, _) = self.count_refs(&h, &mut fresh).await?;
+            refs = r;
+            let mut again = false;
+            let mut leak_pass = CheckReport {
+                messages: std::mem::take(&mut fresh.messages),
+                ..CheckReport::default()
+            };
+            highest = self
+                .compare_refs(&mut leak_pass, &refs, Some(Repair::Leaks), &mut again)
+                .await?;
+            if again {
+                leak_pass.error("ERROR rebuilt refcount structure is still broken".into());
+            }
+            rep.messages = leak_pass.messages;
+            rep.corruptions = fresh.corruptions;
+            rep.leaks = fresh.leaks;
+            rep.check_errors += fresh.check_errors;
+            rep.corruptions_fixed += old.corruptions.saturating_sub(rep.corruptions);
+            rep.leaks_fixed += old.leaks.saturating_sub(rep.leaks);
+            rep.leaks += leak_pass.leaks;
+        } else if repair.is_some() {
+            if rebuild {
+                rep.error("ERROR need to rebuild refcount structures".into());
+                return Err(Error::io_msg(
+                    Errno::EIO,
+                    "qcow2: the refcount structure needs a rebuild ('-r all')",
+                ));
+            }
+            if rep.leaks != 0 || rep.corruptions != 0 {
+                let messages = std::mem::take(&mut rep.messages);
+                rep = pre;
+                rep.messages = messages;
+                highest = self
+                    .compare_refs(&mut rep, &refs, repair, &mut rebuild)
+                    .await?;
+            }
+        }
+        // With `-r leaks`, COPIED flags are fixed too when the refcounts are now known good.
+        let fix_copied = match repair {
+            Some(Repair::All) => true,
+            Some(Repair::Leaks) => rep.check_errors == 0 && rep.corruptions == 0 && rep.leaks == 0,
+            None => false,
+        };
+        self.check_copied(&mut rep, fix_copied).await?;
+        rep.image_end_offset = (highest + 1) * self.cs();
+        if repair.is_some() {
+            self.write_back_refblocks().await?;
+            self.file.flush().await?;
+            if rep.check_errors == 0 && rep.corruptions == 0 {
+                self.mark_clean_and_consistent().await?;
+            }
+        }
+        Ok(rep)
+    }
+
+    async fn read_header(&self) -> Result<Header> {
+        let len = self.file.len().min(self.cs());
+        let (buf, r) = self
+            .file
+            .read(0, IoBuf::new(len as usize), ReqFlags::NONE)
+            .await;
+        r?;
+        Header::parse(buf.as_slice(), self.file.len())
+    }
+
+    /// Compare the stored refcounts with the references (QEMU's `compare_refcounts`),
+    /// repairing what `fix` allows. Returns the highest cluster in use.
+    async fn compare_refs(
+        &self,
+        rep: &mut CheckReport,
+        refs: &Refs,
+        fix: Option<Repair>,
+        rebuild: &mut bool,
+    ) -> Result<u64> {
+        let mut highest = 0;
+        let beyond: Vec<u64> = refs.beyond.keys().copied().collect();
+        let clusters = (0..refs.dense.len() as u64).chain(beyond);
+        for i in clusters {
+            let stored = match self.refcount(i).await {
+                Ok(n) => n,
+                Err(e) => {
+                    rep.error(format!("Can't get refcount for cluster {i}: {e}"));
+                    rep.check_errors += 1;
+                    continue;
+                }
+            };
+            let wanted = refs.get(i);
+            if stored > 0 || wanted > 0 {
+                highest = i;
+            }
+            if stored == wanted {
+                continue;
+            }
+            let fixing = if stored == 0 {
+                *rebuild = true;
+                false
+            } else if stored > wanted {
+                fix.is_some()
+            } else {
+                fix == Some(Repair::All)
+            };
+            let what = if fixing {
+                "Repairing"
+            } else if stored < wanted {
+                "ERROR"
+            } else {
+                "Leaked"
+            };
+            rep.error(format!(
+                "{what} cluster {i} refcount={stored} reference={wanted}"
+            ));
+            if fixing {
+                let delta = wanted as i64 - stored as i64;
+                if self.update_refcount(i, delta).await.is_ok() {
+                    if stored > wanted {
+                        rep.leaks_fixed += 1;
+                    } else {
+                        rep.corruptions_fixed += 1;
+                    }
+                    continue;
+                }
+            }
+            if stored < wanted {
+                rep.corruptions += 1;
+            } else {
+                rep.leaks += 1;
+            }
+        }
+        Ok(highest)
+    }
+
+    /// Check that COPIED is set exactly on L1/L2 entries whose cluster has refcount 1
+    /// (QEMU's `check_oflag_copied`), fixing the flags when `repair`.
+    async fn check_copied(&self, rep: &mut CheckReport, repair: bool) -> Result<()> {
+        let cs = self.cs();
+        let what = if repair { "Repairing" } else { "ERROR" };
+        let l1 = self.l1.borrow().clone();
+        for (i, &e) in l1.iter().enumerate() {
+            let l2 = e & OFFSET_MASK;
+            if l2 == 0 {
+                continue;
+            }
+            let Ok(n) = self.refcount(l2 >> self.cluster_bits).await else {
+                continue;
+            };
+            if (n == 1) != (e & COPIED != 0) {
+                rep.error(format!(
+                    "{what} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={n}"
+                ));
+                if repair {
+                    let fixed = if n == 1 { e | COPIED } else { e & !COPIED };
+                    let r = self
+                        .file
+                        .write(
+                            self.l1_offset.get() + i as u64 * 8,
+                            IoBuf::from_slice(&fixed.to_be_bytes()),
+                            ReqFlags::NONE,
+                        )
+                        .await
+                        .1;
+                    if let Err(err) = r {
+                        rep.check_errors += 1;
+                        return Err(err);
+                    }
+                    self.l1.borrow_mut()[i] = fixed;
+                    rep.corruptions_fixed += 1;
+                } else {
+                    rep.corruptions += 1;
+                }
+            }
+            let mut table = match self.read_meta(l2, cs).await {
+                Ok(t) => t,
+                Err(err) => {
+                    rep.error(format!("ERROR: Could not read L2 table: {err}"));
+                    rep.check_errors += 1;
+                    return Err(err);
+                }
+            };
+            let mut dirty = 0;
+            for j in 0..(cs / 8) as usize {
+                let entry = u64::from_be_bytes(table[j * 8..j * 8 + 8].try_into().expect("8"));
+                let host = entry & OFFSET_MASK;
+                if entry & super::COMPRESSED != 0 || host == 0 {
+                    continue;
+                }
+                let Ok(n) = self.refcount(host >> self.cluster_bits).await else {
+                    continue;
+                };
+                if (n == 1) != (entry & COPIED != 0) {
+                    rep.error(format!(
+                        "{what} OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={n}"
+                    ));
+                    rep.corruptions += 1;
+                    if repair {
+                        let fixed = if n == 1 {
+                            entry | COPIED
+                        } else {
+                            entry & !COPIED
+                        };
+                        table[j * 8..j * 8 + 8].copy_from_slice(&fixed.to_be_bytes());
+                        dirty += 1;
+                    }
+                }
+            }
+            if dirty > 0 {
+                let r = self
+                    .file
+                    .write(l2, IoBuf::from_slice(&table), ReqFlags::NONE)
+                    .await
+                    .1;
+                if let Err(err) = r {
+                    rep.error(format!("ERROR: Could not write L2 table: {err}"));
+                    rep.check_errors += 1;
+                    return Err(err);
+                }
+                self.l2_cache.remove(l2);
+                rep.corruptions -= dirty;
+                rep.corruptions_fixed += dirty;
+            }
+        }
+        Ok(())
+    }
+
+    /// Clear the dirty and corrupt bits after a successful repair.
+    async fn mark_clean_and_consistent(&self) -> Result<()> {
+        let bits = header::INCOMPAT_DIRTY | header::INCOMPAT_CORRUPT;
+        let old = self.incompat.get();
+        if self.version < 3 || old & bits == 0 {
+            return Ok(());
+        }
+        let new = old & !bits;
+        self.file
+            .write(
+                OFF_INCOMPAT,
+                IoBuf::from_slice(&new.to_be_bytes()),
+                ReqFlags::NONE,
+            )
+            .await
+            .1?;
+        self.file.flush().await?;
+        self.incompat.set(new);
+        Ok(())
+    }
+}

@@ -1,0 +1,388 @@
+//! qcow2 consistency check, first half: counting the references to every host cluster.
+//!
+//! Walks everything that owns host clusters — the header, the active L1 table and its L2
+//! tables (with their data and compressed clusters), the internal snapshots' L1/L2 tables, the
+//! snapshot table, the refcount table, the persistent dirty bitmaps (directory, tables, data)
+//! and the refcount blocks — and counts, per host cluster, how often it is referenced. Structural problems found on the way (misaligned tables or
+//! clusters, refcount blocks outside the image, reference overflow) are counted as
+//! corruptions, as `qemu-img check` does. The comparison with the stored refcounts and the
+//! repairs live in `check`.
+//!
+//! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
+
+use std::collections::BTreeMap;
+
+use crate::error::Result;
+use crate::io::{IoBuf, ReqFlags};
+
+use super::check::CheckReport;
+use super::header::Header;
+use super::{COMPRESSED, OFFSET_MASK, Qcow2, ZERO};
+
+/// Flags of refcount table entries that must be zero.
+const REFT_RESERVED: u64 = 0x1ff;
+/// Header extension: persistent dirty bitmaps.
+const EXT_BITMAPS: u32 = 0x2385_2875;
+/// Autoclear feature bit 0: the bitmaps extension is consistent.
+const AUTOCLEAR_BITMAPS: u64 = 1;
+/// Bits of a bitmap table entry that must be zero.
+const BITMAP_ENTRY_RESERVED: u64 = 0xff00_0000_0000_01fe;
+/// Largest L1 table of a snapshot, in entries.
+const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
+
+/// Expected refcount per host cluster: dense over the image file, sparse beyond its end
+/// (at most the one cluster a partly written last cluster may reach into).
+pub(crate) struct Refs {
+    /// Clusters inside the file.
+    pub dense: Vec<u64>,
+    /// Clusters referenced beyond the end of the file.
+    pub beyond: BTreeMap<u64, u64>,
+    max: u64,
+}
+
+impl Refs {
+    fn get_mut(&mut self, k: u64) -> &mut u64 {
+        match self.dense.get_mut(k as usize) {
+            Some(v) => v,
+            None => self.beyond.entry(k).or_insert(0),
+        }
+    }
+
+    /// The number of references to cluster `k`.
+    pub fn get(&self, k: u64) -> u64 {
+        match self.dense.get(k as usize) {
+            Some(v) => *v,
+            None => self.beyond.get(&k).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// An internal snapshot's L1 table, from the snapshot table.
+struct SnapL1 {
+    id: String,
+    name: String,
+    offset: u64,
+    size: u32,
+}
+
+impl Qcow2 {
+    /// Count one reference to every cluster touched by `[off, off + size)`.
+    fn inc_refs(&self, refs: &mut Refs, rep: &mut CheckReport, off: u64, size: u64) {
+        if size == 0 {
+            return;
+        }
+        // The last cluster may be partly beyond the end of the file; more is corrupt.
+        if off as u128 + size as u128 >= self.file.len() as u128 + self.cs() as u128 {
+            rep.error(format!(
+                "ERROR: counting reference for region exceeding the end of the file by one \
+                 cluster or more: offset {off:#x} size {size:#x}"
+            ));
+            rep.corruptions += 1;
+            return;
+        }
+        let bits = self.cluster_bits;
+        for k in (off >> bits)..=((off + size - 1) >> bits) {
+            let max = refs.max;
+            let v = refs.get_mut(k);
+            if *v == max {
+                rep.error(format!("ERROR: overflow cluster offset={:#x}", k << bits));
+                rep.corruptions += 1;
+                continue;
+            }
+            *v += 1;
+        }
+    }
+
+    /// Read `len` bytes at `off`; bytes past the end of the file read as zeroes.
+    pub(super) async fn read_meta(&self, off: u64, len: u64) -> Result<Vec<u8>> {
+        let end = self.file.len();
+        let mut out = vec![0u8; len as usize];
+        if off < end {
+            let n = (end - off).min(len);
+            let (buf, r) = self
+                .file
+                .read(off, IoBuf::new(n as usize), ReqFlags::NONE)
+                .await;
+            r?;
+            out[..n as usize].copy_from_slice(buf.as_slice());
+        }
+        Ok(out)
+    }
+
+    /// Count the references of every structure of the image (QEMU's `calculate_refcounts`).
+    /// Returns whether the refcount structure itself is broken (needs a rebuild).
+    pub(crate) async fn count_refs(
+        &self,
+        h: &Header,
+        rep: &mut CheckReport,
+    ) -> Result<(Refs, bool)> {
+        let cs = self.cs();
+        let mut refs = Refs {
+            dense: vec![0; self.file.len().div_ceil(cs) as usize],
+            beyond: BTreeMap::new(),
+            max: self.max_refcount(),
+        };
+        let mut rebuild = false;
+        self.inc_refs(&mut refs, rep, 0, cs);
+        let l1 = self.l1.borrow().clone();
+        self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
+            .await?;
+        let (snaps, table_size) = self.read_snapshot_table(h, rep).await?;
+        for s in snaps {
+            if !s.offset.is_multiple_of(cs) {
+                rep.error(format!(
+                    "ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; \
+                     snapshot table entry corrupted",
+                    s.id, s.name, s.offset
+                ));
+                rep.corruptions += 1;
+                continue;
+            }
+            if s.size as u64 > MAX_L1_ENTRIES {
+                rep.error(format!(
+                    "ERROR snapshot {} ({}) l1_size={:#x}: L1 table is too large; \
+                     snapshot table entry corrupted",
+                    s.id, s.name, s.size
+                ));
+                rep.corruptions += 1;
+                continue;
+            }
+            let raw = self.read_meta(s.offset, s.size as u64 * 8).await?;
+            let table: Vec<u64> = raw
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            self.count_l1(&mut refs, rep, s.offset, &table, false)
+                .await?;
+        }
+        self.inc_refs(&mut refs, rep, h.snapshots_offset, table_size);
+        let reftable = self.reftable.borrow().clone();
+        self.inc_refs(
+            &mut refs,
+            rep,
+            self.reftable_offset.get(),
+            reftable.len() as u64 * 8,
+        );
+        self.count_bitmaps(&mut refs, rep, h).await?;
+        let file_clusters = refs.dense.len() as u64;
+        for (i, e) in reftable.iter().enumerate() {
+            let off = e & !REFT_RESERVED;
+            if e & REFT_RESERVED != 0 {
+                rep.error(format!(
+                    "ERROR refcount table entry {i} has reserved bits set"
+                ));
+                rep.corruptions += 1;
+                rebuild = true;
+                continue;
+            }
+            if off >> self.cluster_bits >= file_clusters {
+                rep.corruptions += 1;
+                rep.error(format!("ERROR refcount block {i} is outside image"));
+                continue;
+            }
+            if off != 0 {
+                self.inc_refs(&mut refs, rep, off, cs);
+                let n = refs.get(off >> self.cluster_bits);
+                if n != 1 {
+                    rep.error(format!("ERROR refcount block {i} refcount={n}"));
+                    rep.corruptions += 1;
+                    rebuild = true;
+                }
+            }
+        }
+        Ok((refs, rebuild))
+    }
+
+    /// Count an L1 table, its L2 tables and their clusters. `active` also gathers the
+    /// allocation statistics.
+    async fn count_l1(
+        &self,
+        refs: &mut Refs,
+        rep: &mut CheckReport,
+        l1_offset: u64,
+        l1: &[u64],
+        active: bool,
+    ) -> Result<()> {
+        let cs = self.cs();
+        self.inc_refs(refs, rep, l1_offset, l1.len() as u64 * 8);
+        for &e in l1 {
+            let l2 = e & OFFSET_MASK;
+            if l2 == 0 {
+                continue;
+            }
+            self.inc_refs(refs, rep, l2, cs);
+            if !l2.is_multiple_of(cs) {
+                rep.error(format!(
+                    "ERROR l2_offset={l2:x}: Table is not cluster aligned; L1 entry corrupted"
+                ));
+                rep.corruptions += 1;
+            }
+            let table = match self.read_meta(l2, cs).await {
+                Ok(t) => t,
+                Err(e) => {
+                    rep.error("ERROR: I/O error in check_refcounts_l2".to_string());
+                    rep.check_errors += 1;
+                    return Err(e);
+                }
+            };
+            self.count_l2(refs, rep, &table, active);
+        }
+        Ok(())
+    }
+
+    fn count_l2(&self, refs: &mut Refs, rep: &mut CheckReport, table: &[u8], active: bool) {
+        let cs = self.cs();
+        let mut next_contiguous = 0u64;
+        for c in table.chunks_exact(8) {
+            let entry = u64::from_be_bytes(c.try_into().expect("8 bytes"));
+            if entry & COMPRESSED != 0 {
+                let x = 62 - (self.cluster_bits - 8);
+                let offset = entry & ((1u64 << x) - 1);
+                let sectors = ((entry >> x) & ((1u64 << (self.cluster_bits - 8)) - 1)) + 1;
+                let len = sectors * 512 - (offset & 511);
+                if entry & super::COPIED != 0 {
+                    rep.error(format!(
+                        "ERROR: coffset={offset:#x}: copied flag must never be set for \
+                         compressed clusters"
+                    ));
+                    rep.corruptions += 1;
+                }
+                self.inc_refs(refs, rep, offset, len);
+                if active {
+                    rep.allocated_clusters += 1;
+                    rep.compressed_clusters += 1;
+                    rep.fragmented_clusters += 1;
+                }
+                continue;
+            }
+            let host = entry & OFFSET_MASK;
+            if host == 0 {
+                continue;
+            }
+            // A normal cluster, or a preallocated zero cluster (ZERO flag with a host offset).
+            if active {
+                rep.allocated_clusters += 1;
+                if next_contiguous != 0 && host != next_contiguous {
+                    rep.fragmented_clusters += 1;
+                }
+                next_contiguous = host + cs;
+            }
+            if !host.is_multiple_of(cs) {
+                // Counted as corrupt, and its (misaligned) range still counts as used.
+                let what = if entry & ZERO != 0 {
+                    "Preallocated"
+                } else {
+                    "Data"
+                };
+                rep.error(format!(
+                    "ERROR offset={host:x}: {what} cluster is not properly aligned; \
+                     L2 entry corrupted."
+                ));
+                rep.corruptions += 1;
+            }
+            self.inc_refs(refs, rep, host, cs);
+        }
+    }
+
+    /// Count the persistent dirty bitmaps (when the bitmaps autoclear bit is set): the bitmap
+    /// directory, each bitmap table and its data clusters.
+    async fn count_bitmaps(
+        &self,
+        refs: &mut Refs,
+        rep: &mut CheckReport,
+        h: &Header,
+    ) -> Result<()> {
+        if h.autoclear & AUTOCLEAR_BITMAPS == 0 {
+            return Ok(());
+        }
+        let Some(ext) = h.unknown_exts.iter().find(|e| e.magic == EXT_BITMAPS) else {
+            return Ok(());
+        };
+        if ext.data.len() < 24 {
+            return Ok(());
+        }
+        let be64 = |b: &[u8], o: usize| u64::from_be_bytes(b[o..o + 8].try_into().expect("8"));
+        let nb = u32::from_be_bytes(ext.data[0..4].try_into().expect("4 bytes"));
+        let (dir_size, dir_off) = (be64(&ext.data, 8), be64(&ext.data, 16));
+        if nb == 0 {
+            return Ok(());
+        }
+        self.inc_refs(refs, rep, dir_off, dir_size);
+        if dir_size > 64 << 20 {
+            rep.corruptions += 1;
+            return Ok(());
+        }
+        let dir = self.read_meta(dir_off, dir_size).await?;
+        let mut pos = 0usize;
+        let cs = self.cs();
+        for _ in 0..nb {
+            if pos + 24 > dir.len() {
+                rep.corruptions += 1;
+                return Ok(());
+            }
+            let table_off = be64(&dir, pos);
+            let table_size = u32::from_be_bytes(dir[pos + 8..pos + 12].try_into().expect("4"));
+            let name_size = u16::from_be_bytes(dir[pos + 18..pos + 20].try_into().expect("2"));
+            let extra = u32::from_be_bytes(dir[pos + 20..pos + 24].try_into().expect("4"));
+            pos += (24 + name_size as usize + extra as usize).next_multiple_of(8);
+            let bytes = table_size as u64 * 8;
+            self.inc_refs(refs, rep, table_off, bytes);
+            if bytes > MAX_L1_ENTRIES * 8 || !table_off.is_multiple_of(cs) {
+                rep.corruptions += 1;
+                continue;
+            }
+            let table = self.read_meta(table_off, bytes).await?;
+            for c in table.chunks_exact(8) {
+                let entry = u64::from_be_bytes(c.try_into().expect("8 bytes"));
+                let off = entry & OFFSET_MASK;
+                let bad = entry & BITMAP_ENTRY_RESERVED != 0
+                    || !off.is_multiple_of(cs)
+                    || (entry & 1 != 0 && off != 0);
+                if bad {
+                    rep.corruptions += 1;
+                    continue;
+                }
+                if off != 0 {
+                    self.inc_refs(refs, rep, off, cs);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parse the snapshot table: each snapshot's L1 table and the table's size in bytes.
+    async fn read_snapshot_table(
+        &self,
+        h: &Header,
+        rep: &mut CheckReport,
+    ) -> Result<(Vec<SnapL1>, u64)> {
+        let mut snaps = Vec::new();
+        if h.nb_snapshots == 0 {
+            return Ok((snaps, 0));
+        }
+        let mut off = h.snapshots_offset;
+        for _ in 0..h.nb_snapshots {
+            off = off.next_multiple_of(8);
+            let fixed = self.read_meta(off, 40).await.inspect_err(|_| {
+                rep.check_errors += 1;
+            })?;
+            let be32 = |o: usize| u32::from_be_bytes(fixed[o..o + 4].try_into().expect("4"));
+            let be16 = |o: usize| u16::from_be_bytes(fixed[o..o + 2].try_into().expect("2"));
+            let l1_offset = u64::from_be_bytes(fixed[0..8].try_into().expect("8 bytes"));
+            let l1_size = be32(8);
+            let (id_len, name_len) = (be16(12) as u64, be16(14) as u64);
+            let extra = be32(36) as u64;
+            off += 40 + extra;
+            let strings = self.read_meta(off, id_len + name_len).await?;
+            off += id_len + name_len;
+            let (id, name) = strings.split_at(id_len as usize);
+            snaps.push(SnapL1 {
+                id: String::from_utf8_lossy(id).into_owned(),
+                name: String::from_utf8_lossy(name).into_owned(),
+                offset: l1_offset,
+                size: l1_size,
+            });
+        }
+        Ok((snaps, off - h.snapshots_offset))
+    }
+}

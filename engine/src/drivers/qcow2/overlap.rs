@@ -1,0 +1,121 @@
+//! qcow2 overlap checks and the corrupt bit.
+//!
+//! Before guest data or a metadata table is written, the target clusters are compared with
+//! the live metadata known in memory (QEMU's "cached" overlap-check set minus the snapshot
+//! structures, which this driver does not load): the header, the active L1 table, the active L2
+//! tables, the refcount table and the refcount blocks. A write that would land on metadata of
+//! another kind is never issued: the image is marked corrupt (the corrupt bit is written to the
+//! header and flushed), and this write and every later write fail with EIO. A corrupt image
+//! cannot be opened read-write again.
+//!
+//! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
+
+use crate::error::{Errno, Error, Result};
+use crate::io::{IoBuf, ReqFlags};
+
+use super::header::INCOMPAT_CORRUPT;
+use super::{OFFSET_MASK, Qcow2};
+
+/// Metadata class: the image header (cluster 0).
+pub(crate) const OL_HEADER: u32 = 1 << 0;
+/// Metadata class: the active L1 table.
+pub(crate) const OL_ACTIVE_L1: u32 = 1 << 1;
+/// Metadata class: the active L2 tables.
+pub(crate) const OL_ACTIVE_L2: u32 = 1 << 2;
+/// Metadata class: the refcount table.
+pub(crate) const OL_REFCOUNT_TABLE: u32 = 1 << 3;
+/// Metadata class: the refcount blocks.
+pub(crate) const OL_REFCOUNT_BLOCK: u32 = 1 << 4;
+
+/// Byte offset of the incompatible feature field.
+const OFF_INCOMPAT: u64 = 72;
+
+impl Qcow2 {
+    /// True once the image has been found corrupt (here or by an earlier user).
+    pub(crate) fn is_corrupt(&self) -> bool {
+        self.incompat.get() & INCOMPAT_CORRUPT != 0
+    }
+
+    /// The error every write of a corrupt image fails with.
+    pub(crate) fn corrupt_error(&self) -> Error {
+        Error::io_msg(
+            Errno::EIO,
+            "qcow2: image is marked corrupt; refusing to write to it",
+        )
+    }
+
+    /// The first metadata class (not in `ignore`) whose clusters meet `[off, off + len)`.
+    fn overlap(&self, ignore: u32, off: u64, len: u64) -> Option<&'static str> {
+        if len == 0 {
+            return None;
+        }
+        let cs = self.cs();
+        let (first, end) = (off / cs, (off + len).div_ceil(cs));
+        let meets = |o: u64, l: u64| l > 0 && o / cs < end && (o + l).div_ceil(cs) > first;
+        if ignore & OL_HEADER == 0 && meets(0, cs) {
+            return Some("qcow2_header");
+        }
+        let l1_len = self.l1.borrow().len() as u64 * 8;
+        if ignore & OL_ACTIVE_L1 == 0 && meets(self.l1_offset.get(), l1_len) {
+            return Some("active L1 table");
+        }
+        let rt_len = self.reftable.borrow().len() as u64 * 8;
+        if ignore & OL_REFCOUNT_TABLE == 0 && meets(self.reftable_offset.get(), rt_len) {
+            return Some("refcount table");
+        }
+        if ignore & OL_ACTIVE_L2 == 0 && self.l1.borrow().iter().any(|e| meets(e & OFFSET_MASK, cs))
+        {
+            return Some("active L2 table");
+        }
+        if ignore & OL_REFCOUNT_BLOCK == 0
+            && self
+                .reftable
+                .borrow()
+                .iter()
+                .any(|e| meets(e & OFFSET_MASK, cs))
+        {
+            return Some("refcount block");
+        }
+        None
+    }
+
+    /// Refuse a write of `[off, off + len)` that would overwrite live metadata (other than
+    /// the `ignore` classes): mark the image corrupt and fail with EIO. Also fails once the
+    /// image is corrupt.
+    pub(crate) async fn pre_write_check(&self, ignore: u32, off: u64, len: u64) -> Result<()> {
+        if self.is_corrupt() {
+            return Err(self.corrupt_error());
+        }
+        let Some(what) = self.overlap(ignore, off, len) else {
+            return Ok(());
+        };
+        let msg = format!(
+            "qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps \
+             with {what}); further corruption events will be suppressed"
+        );
+        self.mark_corrupt().await;
+        Err(Error::io_msg(Errno::EIO, msg))
+    }
+
+    /// Set the corrupt bit in memory and, for v3 images, durably in the header (best effort:
+    /// the image is treated as corrupt in memory even if the header cannot be written).
+    async fn mark_corrupt(&self) {
+        let bits = self.incompat.get() | INCOMPAT_CORRUPT;
+        self.incompat.set(bits);
+        if self.version < 3 {
+            return;
+        }
+        let r = self
+            .file
+            .write(
+                OFF_INCOMPAT,
+                IoBuf::from_slice(&bits.to_be_bytes()),
+                ReqFlags::NONE,
+            )
+            .await
+            .1;
+        if r.is_ok() {
+            let _ = self.file.flush().await;
+        }
+    }
+}
