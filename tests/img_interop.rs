@@ -505,3 +505,30 @@ fn resize_grows_and_shrinks() {
     }
     d.check_clean("q.qcow2");
 }
+
+#[test]
+fn preallocated_qcow2_images_match_qemus_own() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("prealloc");
+    for mode in ["metadata", "falloc", "full"] {
+        let (ours, theirs) = (format!("b-{mode}.qcow2"), format!("q-{mode}.qcow2"));
+        let opts = format!("preallocation={mode},cluster_size=4k");
+        d.blk(&["create", "-q", "-f", "qcow2", "-o", &opts, &ours, "8M"]);
+        d.ok(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-o", &opts, &theirs, "8M"],
+        );
+        d.check_clean(&ours);
+        d.ok("qemu-img", &["compare", &ours, &theirs]);
+        let (a, b) = (
+            d.info_json("qemu-img", &ours),
+            d.info_json("qemu-img", &theirs),
+        );
+        assert_eq!(a["virtual-size"], b["virtual-size"], "{mode}");
+        // Every cluster is mapped in both.
+        let map = d.ok("qemu-img", &["map", "--output=json", &ours]);
+        assert!(!map.contains("\"present\": false"), "{mode}: {map}");
+    }
+}

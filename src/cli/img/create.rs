@@ -2,8 +2,8 @@
 //! qemu-img create for raw and qcow2, through the engine's own drivers.
 //!
 //! Prints qemu-img's "Formatting 'FILE', fmt=..." line with its field order. Without SIZE the
-//! size is the backing file's. Options blk cannot honour (qcow2 preallocation other than off,
-//! extended_l2=on, compression_type=zstd) are refused with a message naming them.
+//! size is the backing file's. Options blk cannot honour (extended_l2=on, compression_type=zstd)
+//! are refused with a message naming them.
 
 use std::rc::{Rc, Weak};
 
@@ -141,13 +141,12 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     }
     let prealloc_mode = match prealloc.as_deref() {
         None | Some("off") => Prealloc::Off,
-        Some(p) if qcow2 => {
-            return Err(format!(
-                "Preallocation mode '{p}' is not supported by blk's qcow2 driver (only off)"
-            ));
-        }
         Some(p) => Prealloc::parse(p).map_err(|_| format!("Invalid preallocation mode: '{p}'"))?,
     };
+    if prealloc_mode == Prealloc::Metadata && !qcow2 {
+        return Err("Unsupported preallocation mode 'metadata' for raw images".into());
+    }
+    o.preallocation = prealloc_mode;
     if backing.is_some() && !qcow2 {
         return Err(format!(
             "Backing file not supported for file format '{}'",
