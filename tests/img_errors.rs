@@ -102,12 +102,12 @@ fn bad_inputs_exit_with_clear_messages() {
             "-f",
             "qcow2",
             "-o",
-            "preallocation=full",
+            "preallocation=sometimes",
             &img,
             "1M",
         ],
         1,
-        "Preallocation mode 'full' is not supported",
+        "Invalid preallocation mode: 'sometimes'",
     );
     assert_fails(
         &["create", "-f", "qcow2", "-b", &img, &img],
