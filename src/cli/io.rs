@@ -14,6 +14,8 @@ use std::io::{BufRead, Write};
 use std::rc::Rc;
 
 use engine::Engine;
+
+use super::getopt::split;
 use engine::env::real::RealEnv;
 use engine::qemu_io::{
     CacheMode, CommandResult, OpenSpec, OutLine, Session, SessionConfig, Sink, Stream, Timing,
@@ -82,7 +84,9 @@ fn fail(msg: &str) -> Parsed {
 }
 
 /// Long options and whether they take an argument.
-const LONG: [(&str, char, bool); 17] = [
+const LONG: [(&str, char, bool); 19] = [
+    ("timing", '\u{2}', true),
+    ("object", 'O', true),
     ("help", 'h', false),
     ("version", 'V', false),
     ("cmd", 'c', true),
@@ -103,74 +107,8 @@ const LONG: [(&str, char, bool); 17] = [
 ];
 const SHORT: &str = "hVc:f:rsnCmki:t:d:T:Uq";
 
-/// Split the command line into (option, argument) pairs and operands, glibc style.
-/// Options with their arguments, in order, and the operands.
-type Split = (Vec<(char, String)>, Vec<String>);
-
-fn split(args: &[String]) -> Result<Split, String> {
-    let (mut opts, mut operands) = (Vec::new(), Vec::new());
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        i += 1;
-        if a == "--" {
-            operands.extend(args[i..].iter().cloned());
-            break;
-        }
-        if let Some(long) = a.strip_prefix("--") {
-            let (name, inline) = match long.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (long, None),
-            };
-            if name == "timing" || name == "object" {
-                let c = if name == "timing" { '\u{2}' } else { 'O' };
-                let v = inline.or_else(|| args.get(i).cloned().inspect(|_| i += 1));
-                let v = v.ok_or(format!("option '--{name}' requires an argument"))?;
-                opts.push((c, v));
-                continue;
-            }
-            let Some(&(_, c, takes)) = LONG.iter().find(|(n, _, _)| *n == name) else {
-                return Err(format!("unrecognized option '--{name}'"));
-            };
-            let v = if takes {
-                let v = inline.or_else(|| args.get(i).cloned().inspect(|_| i += 1));
-                v.ok_or(format!("option '--{name}' requires an argument"))?
-            } else {
-                String::new()
-            };
-            opts.push((c, v));
-            continue;
-        }
-        if !a.starts_with('-') || a.len() == 1 {
-            operands.push(a.clone());
-            continue;
-        }
-        for (pos, c) in a[1..].char_indices() {
-            let Some(at) = SHORT.find(c).filter(|_| c != ':') else {
-                return Err(format!("invalid option -- '{c}'"));
-            };
-            if !SHORT[at + 1..].starts_with(':') {
-                opts.push((c, String::new()));
-                continue;
-            }
-            let rest = &a[1 + pos + c.len_utf8()..];
-            let v = if !rest.is_empty() {
-                rest.to_string()
-            } else if i < args.len() {
-                i += 1;
-                args[i - 1].clone()
-            } else {
-                return Err(format!("option requires an argument -- '{c}'"));
-            };
-            opts.push((c, v));
-            break;
-        }
-    }
-    Ok((opts, operands))
-}
-
 fn parse_args(args: &[String]) -> Parsed {
-    let (opts, operands) = match split(args) {
+    let (opts, operands) = match split(args, SHORT, &LONG) {
         Ok(v) => v,
         Err(msg) => {
             eprintln!("qemu-io: {msg}");

@@ -3,31 +3,28 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
 use engine::backend::BackendOptions;
 use engine::env::{Env, LocalBoxFuture};
 use engine::event::{DebugEvent, Event};
 use engine::graph::{DebugListener, DrainedSection, Node};
-use engine::io::IoBuf;
 use engine::types::OnError;
 use engine::{Engine, qmp};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use serde_json::Value;
 
+use super::checks::{json_contains, within};
 use super::faults::fault_spec;
-use super::model::{DeviceModel, SECTOR};
-use super::parse::{Action, Arg, Expectation, Scenario, Step};
+use super::model::DeviceModel;
+use super::parse::{Action, Arg, Scenario, Step};
 use super::transcript::{FNV_OFFSET, Transcript, fnv1a};
 use super::workload::{DeviceActivity, Workload, WorkloadSpec};
 use crate::{Latency, SchedulerMode, Sim, SimConfig};
 
 /// A drain that has not completed after this much virtual time is a failure (QEMU would hang).
-const DRAIN_TIMEOUT_NS: u64 = 10_000_000_000;
+pub(super) const DRAIN_TIMEOUT_NS: u64 = 10_000_000_000;
 
 /// Why a run failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +64,7 @@ impl RunOutcome {
     }
 }
 
-fn fail(check: &str, line: usize, message: impl Into<String>) -> Failure {
+pub(super) fn fail(check: &str, line: usize, message: impl Into<String>) -> Failure {
     Failure {
         check: check.to_string(),
         line,
@@ -76,14 +73,14 @@ fn fail(check: &str, line: usize, message: impl Into<String>) -> Failure {
 }
 
 /// Records every debug event into the run's hash (and, when tracing, the transcript).
-struct DebugRecorder {
-    env: Rc<dyn Env>,
-    hash: Cell<u64>,
-    trace: Option<Rc<RefCell<Transcript>>>,
+pub(super) struct DebugRecorder {
+    pub(super) env: Rc<dyn Env>,
+    pub(super) hash: Cell<u64>,
+    pub(super) trace: Option<Rc<RefCell<Transcript>>>,
     /// Nodes inside a drained section opened by the scenario (after the drain returned).
-    drained: RefCell<Vec<String>>,
+    pub(super) drained: RefCell<Vec<String>>,
     /// The first request seen at a drained node.
-    drain_violation: RefCell<Option<String>>,
+    pub(super) drain_violation: RefCell<Option<String>>,
 }
 
 /// Events raised by a request entering a node's driver.
@@ -121,34 +118,34 @@ impl DebugListener for DebugRecorder {
     }
 }
 
-enum Setup {
+pub(super) enum Setup {
     Qmp(Value),
     Device(String, Vec<Arg>),
 }
 
-struct DeviceState {
-    model: Rc<RefCell<DeviceModel>>,
-    activity: Rc<DeviceActivity>,
+pub(super) struct DeviceState {
+    pub(super) model: Rc<RefCell<DeviceModel>>,
+    pub(super) activity: Rc<DeviceActivity>,
 }
 
-struct World<'s> {
-    sim: &'s Sim,
-    env: Rc<dyn Env>,
-    seed: u64,
-    engine: Rc<Engine>,
-    recorder: Rc<DebugRecorder>,
-    setup: Vec<Setup>,
-    devices: BTreeMap<String, DeviceState>,
-    workloads: BTreeMap<String, Workload>,
-    drains: BTreeMap<String, Vec<DrainedSection>>,
-    pending: VecDeque<Event>,
-    transcript: Rc<RefCell<Transcript>>,
-    line: Rc<Cell<usize>>,
-    last_output: Vec<String>,
+pub(super) struct World<'s> {
+    pub(super) sim: &'s Sim,
+    pub(super) env: Rc<dyn Env>,
+    pub(super) seed: u64,
+    pub(super) engine: Rc<Engine>,
+    pub(super) recorder: Rc<DebugRecorder>,
+    pub(super) setup: Vec<Setup>,
+    pub(super) devices: BTreeMap<String, DeviceState>,
+    pub(super) workloads: BTreeMap<String, Workload>,
+    pub(super) drains: BTreeMap<String, Vec<DrainedSection>>,
+    pub(super) pending: VecDeque<Event>,
+    pub(super) transcript: Rc<RefCell<Transcript>>,
+    pub(super) line: Rc<Cell<usize>>,
+    pub(super) last_output: Vec<String>,
     /// The engine now, reachable after a deadlock drops the world (to list its last events).
-    engine_slot: Rc<RefCell<Option<Rc<Engine>>>>,
-    faults: BTreeMap<String, crate::FaultId>,
-    io: super::io::IoSessions,
+    pub(super) engine_slot: Rc<RefCell<Option<Rc<Engine>>>>,
+    pub(super) faults: BTreeMap<String, crate::FaultId>,
+    pub(super) io: super::io::IoSessions,
 }
 
 /// Options of a run.
@@ -271,76 +268,12 @@ fn new_engine(env: &Rc<dyn Env>, recorder: &Rc<DebugRecorder>) -> Rc<Engine> {
     engine
 }
 
-/// `f`'s output, or `None` if `ns` of virtual time pass first (`f` is then dropped).
-async fn within<F: Future>(env: &Rc<dyn Env>, ns: u64, f: F) -> Option<F::Output> {
-    let slot = RefCell::new(None);
-    let finished = race(
-        async { *slot.borrow_mut() = Some(f.await) },
-        env.sleep_until(env.now_ns() + ns),
-    )
-    .await;
-    if finished { slot.into_inner() } else { None }
-}
-
-/// Poll two futures; finish with the first to complete (true if it was `a`).
-async fn race<A: Future, B: Future>(a: A, b: B) -> bool {
-    struct Race<A, B> {
-        a: Pin<Box<A>>,
-        b: Pin<Box<B>>,
-    }
-    impl<A: Future, B: Future> Future for Race<A, B> {
-        type Output = bool;
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
-            if self.a.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(true);
-            }
-            if self.b.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(false);
-            }
-            Poll::Pending
-        }
-    }
-    Race {
-        a: Box::pin(a),
-        b: Box::pin(b),
-    }
-    .await
-}
-
-/// True when `have` contains `want`: objects by subset (recursively), arrays element by element
-/// with equal lengths, scalars exactly.
-fn json_contains(have: &Value, want: &Value) -> bool {
-    match (have, want) {
-        (Value::Object(h), Value::Object(w)) => w
-            .iter()
-            .all(|(k, v)| h.get(k).is_some_and(|hv| json_contains(hv, v))),
-        (Value::Array(h), Value::Array(w)) => {
-            h.len() == w.len() && h.iter().zip(w).all(|(a, b)| json_contains(a, b))
-        }
-        _ => have == want,
-    }
-}
-
-fn field_matches(data: &Value, fields: &[Arg]) -> bool {
-    fields.iter().all(|f| {
-        let want = f.value.as_deref().unwrap_or("");
-        match data.get(&f.key) {
-            Some(Value::String(s)) => s == want,
-            // Numbers and booleans are written bare in scenarios: `nospace=true`, `len=4096`.
-            Some(Value::Bool(b)) => want == if *b { "true" } else { "false" },
-            Some(Value::Number(n)) => n.to_string() == want,
-            Some(_) => false,
-            None => false,
-        }
-    })
-}
-
 impl World<'_> {
-    fn note(&self, text: &str) {
+    pub(super) fn note(&self, text: &str) {
         self.transcript.borrow_mut().line(self.env.now_ns(), text);
     }
 
-    fn collect_events(&mut self) {
+    pub(super) fn collect_events(&mut self) {
         for ev in self.engine.take_events() {
             self.transcript
                 .borrow_mut()
@@ -685,156 +618,6 @@ impl World<'_> {
         Ok(())
     }
 
-    async fn wait_event(
-        &mut self,
-        line: usize,
-        name: &str,
-        fields: &[Arg],
-        timeout_ns: u64,
-    ) -> Result<(), Failure> {
-        let deadline = self.env.now_ns() + timeout_ns;
-        loop {
-            self.collect_events();
-            if let Some(pos) = self
-                .pending
-                .iter()
-                .position(|e| e.name == name && field_matches(&e.data, fields))
-            {
-                self.pending.remove(pos);
-                self.note(&format!("waited for {name}"));
-                return Ok(());
-            }
-            if self.env.now_ns() >= deadline {
-                return Err(fail(
-                    "wait",
-                    line,
-                    format!("no {name} event within {} ms", timeout_ns / 1_000_000),
-                ));
-            }
-            let engine = self.engine.clone();
-            race(engine.graph().events.wait(), self.env.sleep_until(deadline)).await;
-        }
-    }
-
-    fn expect(&mut self, line: usize, e: &Expectation) -> Result<(), Failure> {
-        self.collect_events();
-        let ok = match e {
-            Expectation::Event { name, fields } => {
-                match self
-                    .pending
-                    .iter()
-                    .position(|ev| ev.name == name && field_matches(&ev.data, fields))
-                {
-                    Some(pos) => {
-                        self.pending.remove(pos);
-                        Ok(())
-                    }
-                    None => Err(format!("no pending {name} event with the given fields")),
-                }
-            }
-            Expectation::NoEvent { name } => match self.pending.iter().find(|ev| ev.name == name) {
-                Some(ev) => Err(format!("unexpected {name} event {}", ev.data)),
-                None => Ok(()),
-            },
-            Expectation::Iostatus { device, status } => {
-                let bb = self
-                    .engine
-                    .backend(device)
-                    .map_err(|e| fail("expect", line, e.to_string()))?;
-                let got = bb.iostatus().as_str();
-                if got == status {
-                    Ok(())
-                } else {
-                    Err(format!("io-status of {device} is {got}, not {status}"))
-                }
-            }
-            Expectation::Running(want) => {
-                let got = self.engine.machine().is_running();
-                if got == *want {
-                    Ok(())
-                } else {
-                    Err(format!("machine running = {got}"))
-                }
-            }
-            Expectation::Output(text) => {
-                if self.last_output.iter().any(|l| l.contains(text.as_str())) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "last output {:?} does not contain '{text}'",
-                        self.last_output
-                    ))
-                }
-            }
-        };
-        match ok {
-            Ok(()) => {
-                self.note(&format!("expect {} ok", describe(e)));
-                Ok(())
-            }
-            Err(m) => Err(fail("expect", line, m)),
-        }
-    }
-
-    async fn verify(&mut self, line: usize, device: &str) -> Result<(), Failure> {
-        self.collect_io_output();
-        let bb = self
-            .engine
-            .backend(device)
-            .map_err(|e| fail("verify", line, e.to_string()))?;
-        let dev = self
-            .devices
-            .get(device)
-            .ok_or_else(|| fail("verify", line, format!("no device '{device}'")))?;
-        let size = bb.len().map_err(|e| fail("verify", line, e.to_string()))?;
-        let chunk = 1u64 << 20;
-        let mut offset = 0;
-        let mut ambiguous = 0u64;
-        while offset < size {
-            let n = chunk.min(size - offset);
-            let (buf, r) = bb.read(offset, IoBuf::new(n as usize)).await;
-            r.map_err(|e| {
-                fail(
-                    "verify",
-                    line,
-                    format!("read of {device} at {offset} failed: {e}"),
-                )
-            })?;
-            let mut model = dev.model.borrow_mut();
-            for (k, data) in buf.as_slice().chunks(SECTOR as usize).enumerate() {
-                let sector = offset / SECTOR + k as u64;
-                let candidates = model.expected(sector);
-                match candidates.iter().find(|v| v.matches(sector, data)) {
-                    Some(v) => {
-                        if candidates.len() > 1 {
-                            ambiguous += 1;
-                            model.pin(sector, v.clone());
-                        }
-                    }
-                    None => {
-                        let want: Vec<String> = candidates.iter().map(|v| v.to_string()).collect();
-                        return Err(fail(
-                            "verify",
-                            line,
-                            format!(
-                                "{device}: sector {sector} (offset {}) holds none of [{}]",
-                                sector * SECTOR,
-                                want.join(", ")
-                            ),
-                        ));
-                    }
-                }
-            }
-            offset += n;
-        }
-        self.note(&format!(
-            "verify {device}: ok ({} bytes, {} sectors modelled, {ambiguous} uncertain sectors pinned)",
-            size,
-            dev.model.borrow().touched()
-        ));
-        Ok(())
-    }
-
     async fn restart(&mut self, line: usize) -> Result<(), Failure> {
         self.engine = new_engine(&self.env, &self.recorder);
         *self.engine_slot.borrow_mut() = Some(self.engine.clone());
@@ -866,16 +649,6 @@ impl World<'_> {
             "restart: replayed {nodes} node commands and {devices} devices"
         ));
         Ok(())
-    }
-}
-
-fn describe(e: &Expectation) -> String {
-    match e {
-        Expectation::Event { name, .. } => format!("event {name}"),
-        Expectation::NoEvent { name } => format!("no-event {name}"),
-        Expectation::Iostatus { device, status } => format!("iostatus {device} {status}"),
-        Expectation::Running(r) => format!("running {}", if *r { "yes" } else { "no" }),
-        Expectation::Output(t) => format!("output '{t}'"),
     }
 }
 
@@ -918,7 +691,7 @@ impl World<'_> {
     }
 
     /// Output of aio requests that completed since the last step.
-    fn collect_io_output(&mut self) {
+    pub(super) fn collect_io_output(&mut self) {
         for device in self.io.devices() {
             let Some(dev) = self.devices.get(&device) else {
                 continue;
@@ -929,51 +702,5 @@ impl World<'_> {
                 self.last_output.push(l);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn arg(k: &str, v: &str) -> Arg {
-        Arg {
-            key: k.into(),
-            value: Some(v.into()),
-            column: 1,
-        }
-    }
-
-    #[test]
-    fn replies_match_by_subset() {
-        let have =
-            json!([{"node-name": "a", "ro": false, "image": {"virtual-size": 1, "format": "raw"}}]);
-        assert!(json_contains(
-            &have,
-            &json!([{"node-name": "a", "image": {"virtual-size": 1}}])
-        ));
-        assert!(!json_contains(&have, &json!([{"node-name": "b"}])));
-        assert!(
-            !json_contains(&have, &json!([])),
-            "array lengths must agree"
-        );
-    }
-
-    #[test]
-    fn event_fields_match_strings_numbers_and_booleans_as_written() {
-        let data = json!({"device": "d0", "nospace": true, "len": 4096, "node": null});
-        assert!(field_matches(
-            &data,
-            &[
-                arg("device", "d0"),
-                arg("nospace", "true"),
-                arg("len", "4096")
-            ]
-        ));
-        assert!(!field_matches(&data, &[arg("nospace", "false")]));
-        assert!(!field_matches(&data, &[arg("len", "4097")]));
-        assert!(!field_matches(&data, &[arg("missing", "x")]));
-        assert!(!field_matches(&data, &[arg("node", "null")]));
     }
 }
