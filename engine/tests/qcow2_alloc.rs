@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use engine::backend::BackendOptions;
-use engine::drivers::qcow2::{CreateOptions, create};
+use engine::drivers::qcow2::CreateOptions;
 use engine::io::{IoBuf, ReqFlags};
 use qcow2_support::*;
 use rand_chacha::ChaCha8Rng;
@@ -28,20 +28,12 @@ fn crash_during_allocating_writes_keeps_flushed_data() {
         let engine = engine_of(&sim);
         let simr = &sim;
         sim.block_on(async move {
-            engine
-                .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "img"}))
-                .await
-                .unwrap();
-            let bb = engine
-                .device_add("d", "f", BackendOptions::tool(false))
-                .unwrap();
             let opts = CreateOptions {
                 size: 8 << 20,
                 cluster_size: cs,
                 ..CreateOptions::default()
             };
-            create(&bb.root().unwrap(), &opts).await.unwrap();
-            engine.device_del("d").await.unwrap();
+            create_on(&engine, "img", &opts).await;
             engine
                 .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f",
                     "discard": "unmap"}))
@@ -147,21 +139,13 @@ fn refcount_table_growth_passes_qemu_check() {
         let sim = sim_with(50 + i as u64, &[("g.qcow2", Vec::new())]);
         let engine = engine_of(&sim);
         sim.block_on(async move {
-            engine
-                .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "g.qcow2"}))
-                .await
-                .unwrap();
-            let bb = engine
-                .device_add("d", "f", BackendOptions::tool(false))
-                .unwrap();
             let opts = CreateOptions {
                 size: 12 << 20,
                 cluster_size: 512,
                 refcount_bits: rb,
                 ..CreateOptions::default()
             };
-            create(&bb.root().unwrap(), &opts).await.unwrap();
-            engine.device_del("d").await.unwrap();
+            create_on(&engine, "g.qcow2", &opts).await;
             engine
                 .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f",
                     "l2-cache-size": 4096, "discard": "unmap"}))
@@ -198,12 +182,7 @@ fn refcount_table_growth_passes_qemu_check() {
             expected[off..off + 700_000].fill(k as u8 + 1);
         }
         expected[..1 << 20].fill(0);
-        let raw = format!("{out}.raw");
-        dir.run("qemu-img", &["convert", "-O", "raw", &out, &raw]);
-        assert!(
-            dir.read(&raw) == expected,
-            "growth image {i} reads differently"
-        );
+        assert_qemu_reads(&dir, &out, &expected, &format!("growth image {i}"));
     }
 }
 
@@ -218,21 +197,13 @@ fn concurrent_writes_into_one_new_cluster() {
         );
         let engine = engine_of(&sim);
         sim.block_on(async move {
-            engine
-                .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "o.qcow2"}))
-                .await
-                .unwrap();
-            let bb = engine
-                .device_add("d", "f", BackendOptions::tool(false))
-                .unwrap();
             let opts = CreateOptions {
                 size: 1 << 20,
                 backing_file: Some("base.raw".into()),
                 backing_fmt: Some("raw".into()),
                 ..CreateOptions::default()
             };
-            create(&bb.root().unwrap(), &opts).await.unwrap();
-            engine.device_del("d").await.unwrap();
+            create_on(&engine, "o.qcow2", &opts).await;
             engine
                 .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f"}))
                 .await

@@ -7,7 +7,7 @@ mod qcow2_support;
 use std::rc::Rc;
 
 use engine::backend::{BackendOptions, BlockBackend};
-use engine::drivers::qcow2::{CreateOptions, check_node, create};
+use engine::drivers::qcow2::{CreateOptions, check_node};
 use engine::io::{IoBuf, ReqFlags};
 use qcow2_support::*;
 use serde_json::json;
@@ -17,21 +17,13 @@ const DIRTY: u8 = 1;
 
 /// A new lazy-refcount image "img" (8 MiB, `cs`-byte clusters) open as node "q".
 async fn lazy_image(engine: &engine::Engine, cs: u64) -> Rc<BlockBackend> {
-    engine
-        .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "img"}))
-        .await
-        .unwrap();
-    let bb = engine
-        .device_add("d", "f", BackendOptions::tool(false))
-        .unwrap();
     let opts = CreateOptions {
         size: 8 << 20,
         cluster_size: cs,
         lazy_refcounts: true,
         ..CreateOptions::default()
     };
-    create(&bb.root().unwrap(), &opts).await.unwrap();
-    engine.device_del("d").await.unwrap();
+    create_on(engine, "img", &opts).await;
     engine
         .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f"}))
         .await

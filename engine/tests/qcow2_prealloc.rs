@@ -5,12 +5,11 @@
 
 mod qcow2_support;
 
-use engine::backend::BackendOptions;
 use engine::driver::Prealloc;
-use engine::drivers::qcow2::{CreateOptions, check_node, create};
+use engine::drivers::qcow2::{CreateOptions, check_node};
 use engine::io::{IoBuf, ReqFlags};
 use qcow2_support::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sim::View;
 
 const SIZE: u64 = (3 << 20) + 1536;
@@ -46,23 +45,13 @@ fn create_with_preallocation() {
             let sim = sim_with(i as u64, &[("p.qcow2", Vec::new())]);
             let engine = engine_of(&sim);
             sim.block_on(async move {
-                engine
-                    .blockdev_add(
-                        json!({"driver": "file", "node-name": "f", "filename": "p.qcow2"}),
-                    )
-                    .await
-                    .unwrap();
-                let bb = engine
-                    .device_add("d", "f", BackendOptions::tool(false))
-                    .unwrap();
                 let opts = CreateOptions {
                     size: SIZE,
                     cluster_size: cs,
                     preallocation: mode,
                     ..CreateOptions::default()
                 };
-                create(&bb.root().unwrap(), &opts).await.unwrap();
-                engine.device_del("d").await.unwrap();
+                create_on(&engine, "p.qcow2", &opts).await;
                 let bb = open_qcow2(&engine, "q", "p.qcow2", false).await.unwrap();
                 assert!(
                     read_all(&bb).await.iter().all(|&b| b == 0),
@@ -125,19 +114,11 @@ fn growing_resize_with_preallocation() {
         let sim = sim_with(20 + i as u64, &[("g.qcow2", Vec::new())]);
         let engine = engine_of(&sim);
         sim.block_on(async move {
-            engine
-                .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "g.qcow2"}))
-                .await
-                .unwrap();
-            let bb = engine
-                .device_add("d", "f", BackendOptions::tool(false))
-                .unwrap();
             let opts = CreateOptions {
                 size: 1 << 20,
                 ..CreateOptions::default()
             };
-            create(&bb.root().unwrap(), &opts).await.unwrap();
-            engine.device_del("d").await.unwrap();
+            create_on(&engine, "g.qcow2", &opts).await;
             let bb = open_qcow2(&engine, "q", "g.qcow2", false).await.unwrap();
             bb.write(0, IoBuf::filled(1 << 20, 0xaa), ReqFlags::NONE)
                 .await

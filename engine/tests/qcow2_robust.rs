@@ -20,18 +20,11 @@ fn good_image() -> Vec<u8> {
     let sim = sim_with(1, &[("img", Vec::new())]);
     let engine = engine_of(&sim);
     sim.block_on(async move {
-        engine
-            .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "img"}))
-            .await
-            .unwrap();
-        let bb = engine
-            .device_add("d", "f", BackendOptions::tool(false))
-            .unwrap();
         let opts = CreateOptions {
             size: 1 << 20,
             ..CreateOptions::default()
         };
-        create(&bb.root().unwrap(), &opts).await.unwrap();
+        create_on(&engine, "img", &opts).await;
     })
     .unwrap();
     sim.fs().file_bytes("img").unwrap()
@@ -185,13 +178,6 @@ fn blk_created_images_pass_qemu_check() {
         );
         let engine = engine_of(&sim);
         sim.block_on(async move {
-            engine
-                .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "new.qcow2"}))
-                .await
-                .unwrap();
-            let bb = engine
-                .device_add("d", "f", BackendOptions::tool(false))
-                .unwrap();
             let opts = CreateOptions {
                 size: 3 << 20,
                 cluster_size: cs,
@@ -202,8 +188,7 @@ fn blk_created_images_pass_qemu_check() {
                 lazy_refcounts: false,
                 ..CreateOptions::default()
             };
-            create(&bb.root().unwrap(), &opts).await.unwrap();
-            engine.device_del("d").await.unwrap();
+            create_on(&engine, "new.qcow2", &opts).await;
             engine
                 .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f"}))
                 .await
@@ -226,12 +211,7 @@ fn blk_created_images_pass_qemu_check() {
             expected[..1 << 20].fill(0x42);
         }
         expected[300_000..500_000].fill(0x17);
-        let raw = format!("{out}.raw");
-        dir.run("qemu-img", &["convert", "-O", "raw", &out, &raw]);
-        assert!(
-            dir.read(&raw) == expected,
-            "created image {i} reads differently in QEMU"
-        );
+        assert_qemu_reads(&dir, &out, &expected, &format!("created image {i}"));
     }
 }
 
@@ -341,20 +321,12 @@ fn backing_option_and_autoclear() {
     let engine = engine_of(&sim);
     let simr = &sim;
     sim.block_on(async move {
-        engine
-            .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": "o.qcow2"}))
-            .await
-            .unwrap();
-        let bb = engine
-            .device_add("d", "f", BackendOptions::tool(false))
-            .unwrap();
         let opts = CreateOptions {
             size: 1 << 20,
             backing_file: Some("base.raw".into()),
             ..CreateOptions::default()
         };
-        create(&bb.root().unwrap(), &opts).await.unwrap();
-        engine.device_del("d").await.unwrap();
+        create_on(&engine, "o.qcow2", &opts).await;
         engine.blockdev_del("f").await.unwrap();
         // Set autoclear bit 0 (bitmaps), which blk does not implement.
         let mut img = simr.fs().file_bytes("o.qcow2").unwrap();

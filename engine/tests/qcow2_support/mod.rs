@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use engine::Engine;
 use engine::backend::{BackendOptions, BlockBackend};
+use engine::drivers::qcow2::{CreateOptions, create};
 use engine::io::IoBuf;
 use serde_json::json;
 use sim::{Sim, SimConfig, View};
@@ -142,4 +143,28 @@ pub fn export(sim: &Sim, file: &str, view: View, dir: &Scratch, host: &str) {
 /// Engine on a simulator.
 pub fn engine_of(sim: &Sim) -> Rc<Engine> {
     Rc::new(Engine::new(sim.env().as_env()))
+}
+
+/// Add the file `filename` of the simulator as node "f" and format it as qcow2 with `opts`,
+/// through a temporary device that is released again (the caller opens "f" as it likes).
+pub async fn create_on(engine: &Engine, filename: &str, opts: &CreateOptions) {
+    engine
+        .blockdev_add(json!({"driver": "file", "node-name": "f", "filename": filename}))
+        .await
+        .unwrap();
+    let bb = engine
+        .device_add("create", "f", BackendOptions::tool(false))
+        .unwrap();
+    create(&bb.root().unwrap(), opts).await.unwrap();
+    engine.device_del("create").await.unwrap();
+}
+
+/// Convert `img` to raw with qemu-img and require exactly `expected` (QEMU reads what blk wrote).
+pub fn assert_qemu_reads(dir: &Scratch, img: &str, expected: &[u8], what: &str) {
+    let raw = format!("{img}.raw");
+    dir.run("qemu-img", &["convert", "-O", "raw", img, &raw]);
+    assert!(
+        dir.read(&raw) == expected,
+        "{what} reads differently in QEMU"
+    );
 }
