@@ -18,7 +18,10 @@ use crate::graph::{GraphCtx, Node, open_node, unref};
 use crate::job::JobRegistry;
 use crate::util::Options;
 
+mod block_jobs;
 mod jobs;
+
+pub use block_jobs::{BlockJobArgs, CommitArgs, StreamArgs};
 
 /// A block engine instance.
 pub struct Engine {

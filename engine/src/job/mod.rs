@@ -18,9 +18,13 @@
 //! `event`. Never names a concrete driver type: job-private filters live here and implement
 //! `BlockDriver`. Must not import `engine` or `qmp`.
 
+pub mod active_commit;
+pub mod commit;
+mod commit_filter;
 mod lifecycle;
 mod registry;
 mod status;
+pub mod stream;
 mod verbs;
 
 use std::cell::{Cell, RefCell};

@@ -7,6 +7,8 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorClass, Result};
 use crate::util::Options;
 
+mod block_jobs;
+
 /// The commands this front end knows, in the order `query-commands` lists them.
 pub const COMMANDS: &[&str] = &[
     "qmp_capabilities",
@@ -36,6 +38,8 @@ pub const COMMANDS: &[&str] = &[
     "block-job-finalize",
     "block-job-dismiss",
     "block-job-set-speed",
+    "block-stream",
+    "block-commit",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -201,6 +205,8 @@ async fn run(engine: &Engine, name: &str, mut args: Options) -> Result<Value> {
             engine.block_job_set_speed(&device, speed)?;
             return Ok(json!({}));
         }
+        "block-stream" => return block_jobs::block_stream(engine, args).await,
+        "block-commit" => return block_jobs::block_commit(engine, args).await,
         other => {
             return Err(Error::with_class(
                 ErrorClass::CommandNotFound,

@@ -107,7 +107,7 @@ impl Qcow2 {
     async fn read_kind(&self, kind: Kind, off: u64, out: &mut [u8]) -> Result<()> {
         let in_off = off % self.cs();
         match kind {
-            Kind::Unallocated => match &self.backing {
+            Kind::Unallocated => match &self.backing() {
                 Some(b) => {
                     self.file.debug_event(DebugEvent::ReadBackingAio).await;
                     let (buf, r) = b.read(off, IoBuf::new(out.len()), ReqFlags::NONE).await;
@@ -307,7 +307,7 @@ impl Qcow2 {
     fn reads_zero(&self, kind: Kind) -> bool {
         match kind {
             Kind::Zero { .. } => true,
-            Kind::Unallocated => self.backing.is_none(),
+            Kind::Unallocated => self.backing().is_none(),
             _ => false,
         }
     }
@@ -345,7 +345,7 @@ impl Qcow2 {
                 if matches!(kind, Kind::Zero { .. }) {
                     continue;
                 }
-                if kind == Kind::Unallocated && self.backing.is_none() && unmap {
+                if kind == Kind::Unallocated && self.backing().is_none() && unmap {
                     continue;
                 }
                 let new = match kind {
@@ -386,14 +386,14 @@ impl Qcow2 {
         }
         let _range = self.ranges.lock(first, last, true).await;
         let _g = self.meta.lock().await;
-        let new = if self.backing.is_some() && self.version >= 3 {
+        let new = if self.backing().is_some() && self.version >= 3 {
             ZERO
         } else {
             0
         };
         for gc in first..last {
             let old = self.l2_entry(gc).await?;
-            if old == new || (old == 0 && self.backing.is_none()) {
+            if old == new || (old == 0 && self.backing().is_none()) {
                 continue;
             }
             self.release(old)?;

@@ -6,7 +6,8 @@
 //! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
-//! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `overlap`
+//! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `backing`
+//! (rewriting the backing file name after a job changed the chain), `overlap`
 //! (metadata overlap checks before writes, the corrupt bit).
 //!
 //! Crash-safety rules (QEMU's ordering): refcount increments reach the disk before any L2/L1
@@ -16,6 +17,7 @@
 //!
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
+mod backing;
 mod cache;
 mod check;
 mod check_walk;
@@ -72,7 +74,6 @@ const DEFAULT_L2_CACHE_BYTES: u64 = 1 << 20;
 /// The open image.
 pub(crate) struct Qcow2 {
     file: Child,
-    backing: Option<Child>,
     cluster_bits: u32,
     refcount_order: u32,
     version: u32,
@@ -155,12 +156,13 @@ pub(super) fn open(
             h.reftable_clusters as u64 * cs / 8,
         )
         .await?;
-        let backing = open_backing(&ctx, &file, &h, backing_opt).await?;
+        // The backing child is found through the graph on every use (`Qcow2::backing`): jobs
+        // change it.
+        open_backing(&ctx, &file, &h, backing_opt).await?;
         let l2_slots = l2_cache_bytes.unwrap_or(DEFAULT_L2_CACHE_BYTES.max(8 * cs)) / cs;
         let rb_slots = rb_cache_bytes.unwrap_or(4 * cs.max(1 << 16)) / cs;
         let q = Qcow2 {
             file,
-            backing,
             cluster_bits: h.cluster_bits,
             refcount_order: h.refcount_order,
             version: h.version,
@@ -265,6 +267,11 @@ async fn probe_format(ctx: &OpenCtx, path: &str) -> Result<String> {
 }
 
 impl Qcow2 {
+    /// The backing child as the graph has it now (stream, commit and rebase change it).
+    fn backing(&self) -> Option<Child> {
+        self.file.sibling("backing")
+    }
+
     fn cs(&self) -> u64 {
         1 << self.cluster_bits
     }
@@ -431,6 +438,19 @@ impl BlockDriver for Qcow2 {
                 self.set_dirty_bit(false).await?;
             }
             Ok(())
+        })
+    }
+
+    fn change_backing_file(
+        &self,
+        name: Option<&str>,
+        format: Option<&str>,
+    ) -> LocalBoxFuture<'_, Result<()>> {
+        let name = name.map(str::to_string);
+        let format = format.map(str::to_string);
+        Box::pin(async move {
+            self.do_change_backing_file(name.as_deref(), format.as_deref())
+                .await
         })
     }
 
