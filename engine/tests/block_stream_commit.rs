@@ -407,3 +407,30 @@ fn a_drained_top_pauses_the_stream() {
         let _ = Rc::strong_count(&top);
     });
 }
+
+#[test]
+fn stream_speed_stretches_virtual_time() {
+    // mid provides 2 MiB above the base that the top lacks: at 1 MiB/s about two seconds.
+    let elapsed = |speed: u64| {
+        run(10, move |engine| async move {
+            build(&engine).await;
+            let t0 = engine.env().now_ns();
+            ok(
+                &engine,
+                json!({"execute": "block-stream",
+                               "arguments": {"device": "drive0", "base-node": "base",
+                                             "speed": speed}}),
+            )
+            .await;
+            wait_gone(&engine, "drive0").await;
+            engine.env().now_ns() - t0
+        })
+    };
+    let fast = elapsed(0);
+    let slow = elapsed(1 << 20);
+    assert!(fast < 500_000_000, "unlimited stream took {fast} ns");
+    assert!(
+        slow >= 1_000_000_000,
+        "rate-limited stream took only {slow} ns"
+    );
+}

@@ -121,6 +121,7 @@ impl DebugListener for DebugRecorder {
 pub(super) enum Setup {
     Qmp(Value),
     Device(String, Vec<Arg>),
+    DeviceDel(String),
 }
 
 pub(super) struct DeviceState {
@@ -345,6 +346,13 @@ impl World<'_> {
                 self.setup.push(Setup::Device(name.clone(), args.clone()));
                 self.note(&step.text);
             }
+            Action::DeviceDel { name } => self.device_del(line, name).await?,
+            Action::ModelFill {
+                device,
+                pattern,
+                offset,
+                len,
+            } => self.model_fill(line, device, *pattern, *offset, *len)?,
             Action::Io {
                 device,
                 command,
@@ -502,6 +510,7 @@ impl World<'_> {
                 ));
             }
             Action::Restart => self.restart(line).await?,
+            Action::Check { node } => self.check_image(line, node).await?,
         }
         Ok(())
     }
@@ -619,6 +628,7 @@ impl World<'_> {
     }
 
     async fn restart(&mut self, line: usize) -> Result<(), Failure> {
+        self.follow_chains();
         self.engine = new_engine(&self.env, &self.recorder);
         *self.engine_slot.borrow_mut() = Some(self.engine.clone());
         self.pending.clear();
@@ -640,6 +650,14 @@ impl World<'_> {
                 Setup::Device(name, args) => {
                     self.device_add(name, args)
                         .map_err(|e| fail("restart", line, e))?;
+                    devices += 1;
+                }
+                Setup::DeviceDel(name) => {
+                    self.engine
+                        .device_del(name)
+                        .await
+                        .map_err(|e| fail("restart", line, e.to_string()))?;
+                    self.devices.remove(name);
                     devices += 1;
                 }
             }
