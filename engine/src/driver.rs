@@ -244,6 +244,18 @@ pub trait BlockDriver {
         false
     }
 
+    /// Deallocate everything so the image reads entirely from its backing file (`qemu-img
+    /// commit` empties the image it committed). Formats that cannot refuse.
+    fn make_empty(&self) -> LocalBoxFuture<'_, Result<()>> {
+        let name = self.caps().name;
+        Box::pin(async move {
+            Err(Error::io_msg(
+                Errno::ENOTSUP,
+                format!("Driver '{name}' does not support emptying the image"),
+            ))
+        })
+    }
+
     /// Rewrite the backing file name (and format) recorded in the image's metadata, as a job
     /// does once the chain below changed (stream, commit, rebase). `None` removes the backing
     /// reference. Only the image header changes, never the graph. Everything written before is

@@ -316,7 +316,7 @@ impl Engine {
         overlay.check_op_blockers()?;
         let opts = self.job_options(&bs, &a.job)?;
         let spec = commit::CommitSpec {
-            overlay,
+            overlay: Some(overlay),
             top,
             base,
             backing_file: a.backing_file.clone(),

@@ -43,7 +43,9 @@ pub const COMMIT_CHUNK: u64 = 512 << 10;
 
 /// What an intermediate `block-commit` starts.
 pub struct CommitJob {
-    overlay: Rc<Node>,
+    /// `None` for `blk commit`: the committed image is nobody's backing file and keeps its own
+    /// backing file; nothing in the graph or a header changes.
+    overlay: Option<Rc<Node>>,
     top: Rc<Node>,
     base: Rc<Node>,
     /// The backing file name written into the overlay's header (default: the base's filename).
@@ -57,8 +59,9 @@ pub struct CommitJob {
 
 /// What the QMP command validated.
 pub struct CommitSpec {
-    /// The image whose backing file is `top`.
-    pub overlay: Rc<Node>,
+    /// The image whose backing file is `top`; `None` when `top` has no users at all (the
+    /// offline `blk commit`, which only copies).
+    pub overlay: Option<Rc<Node>>,
     /// The topmost image committed.
     pub top: Rc<Node>,
     /// The image committed into.
@@ -102,27 +105,36 @@ pub async fn start(jobs: &Rc<JobRegistry>, opts: &JobOptions, spec: CommitSpec) 
 
 impl CommitJob {
     async fn setup(&self, job: &Rc<Job>, filter_node_name: Option<String>) -> Result<()> {
-        let top_name = self.top.name().to_string();
-        let filter = open_internal_node(
-            self.top.ctx(),
-            filter_node_name,
-            commit_filter::DRIVER,
-            move |octx| commit_filter::build(octx, top_name),
-        )
-        .await?;
-        if let Err(e) = insert_filter(&filter, &self.top).await {
-            drop_unused(&filter).await;
-            return Err(e);
-        }
-        *self.filter.borrow_mut() = Some(filter.clone());
-        {
+        if let Some(overlay) = &self.overlay {
+            let top_name = self.top.name().to_string();
+            let filter = open_internal_node(
+                self.top.ctx(),
+                filter_node_name,
+                commit_filter::DRIVER,
+                move |octx| commit_filter::build(octx, top_name),
+            )
+            .await?;
+            if let Err(e) = insert_filter(&filter, &self.top).await {
+                drop_unused(&filter).await;
+                return Err(e);
+            }
+            *self.filter.borrow_mut() = Some(filter.clone());
+            {
+                let mut frozen = self.frozen.borrow_mut();
+                for edge in chain_edges(&filter, Some(&self.base)) {
+                    freeze(&edge);
+                    frozen.push(edge);
+                }
+            }
+            job.add_node(overlay, "overlay of top", Perms::NONE, Perms::ALL)?;
+        } else {
+            // Nobody uses the top: the chain below shares everything already, no filter needed.
             let mut frozen = self.frozen.borrow_mut();
-            for edge in chain_edges(&filter, Some(&self.base)) {
+            for edge in chain_edges(&self.top, Some(&self.base)) {
                 freeze(&edge);
                 frozen.push(edge);
             }
         }
-        job.add_node(&self.overlay, "overlay of top", Perms::NONE, Perms::ALL)?;
         let mut node = self.top.clone();
         while !Rc::ptr_eq(&node, &self.base) {
             if Rc::ptr_eq(&node, &self.top) {
@@ -256,17 +268,16 @@ impl CommitJob {
         set_external_perms(&base, Perms::CONSISTENT_READ, Perms::ALL)?;
         // Everything committed is durable before the overlay stops naming the top.
         base.flush().await?;
+        let Some(overlay) = &self.overlay else {
+            return Ok(());
+        };
         let name = self
             .backing_file
             .clone()
             .unwrap_or_else(|| self.base.driver().filename());
-        crate::request::change_backing_file(
-            &self.overlay,
-            Some(&name),
-            Some(self.base.driver_name()),
-        )
-        .await?;
-        set_backing(&self.overlay, Some(&self.base)).await?;
+        crate::request::change_backing_file(overlay, Some(&name), Some(self.base.driver_name()))
+            .await?;
+        set_backing(overlay, Some(&self.base)).await?;
         // The filter dropped out with the committed images.
         self.filter.borrow_mut().take();
         Ok(())

@@ -22,6 +22,7 @@ pub mod active_commit;
 pub mod commit;
 mod commit_filter;
 mod lifecycle;
+pub mod rebase;
 mod registry;
 mod status;
 pub mod stream;

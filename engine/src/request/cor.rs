@@ -1,5 +1,5 @@
-//! Copy-on-read population and the backing-file rewrite, the two request-path services the
-//! stream job (and `blk rebase`) build on.
+//! Copy-on-read population, the backing-file rewrite and emptying an image: the request-path
+//! services the stream, commit and rebase jobs (and `blk commit`) build on.
 //!
 //! `populate` is QEMU's copy-on-read for one range, done as one serialising request: it waits
 //! for every overlapping request, then asks the node which parts it does not allocate itself,
@@ -83,4 +83,16 @@ pub(super) async fn change_backing_file(
     }
     let _in_flight = node.enter();
     node.driver().change_backing_file(name, format).await
+}
+
+/// Deallocate everything in `node` (it then reads from its backing file), counted in flight.
+pub(super) async fn make_empty(node: &Rc<Node>) -> Result<()> {
+    if node.is_read_only() {
+        return Err(Error::io_msg(
+            Errno::EROFS,
+            format!("Cannot empty read-only node '{}'", node.name()),
+        ));
+    }
+    let _in_flight = node.enter();
+    node.driver().make_empty().await
 }

@@ -42,6 +42,12 @@ pub async fn change_backing_file(
     cor::change_backing_file(node, name, format).await
 }
 
+/// Deallocate everything in `node`'s image so it reads from its backing file (`qemu-img
+/// commit` without `-d`).
+pub async fn make_empty(node: &std::rc::Rc<crate::graph::Node>) -> Result<()> {
+    cor::make_empty(node).await
+}
+
 impl Child {
     /// Read `buf.len()` bytes at `offset`. Bytes past the node's end read as zeroes.
     pub async fn read(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> BufResult {

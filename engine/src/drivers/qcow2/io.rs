@@ -378,6 +378,21 @@ impl Qcow2 {
     }
 
     pub(crate) async fn do_discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.discard_clusters(offset, len, false).await
+    }
+
+    /// Deallocate every cluster so the image reads entirely from its backing file (or as
+    /// zeroes): `qemu-img commit` emptying the committed image.
+    pub(crate) async fn do_make_empty(&self) -> Result<()> {
+        let len = self.size.get().next_multiple_of(self.cs());
+        self.discard_clusters(0, len, true).await?;
+        let _g = self.meta.lock().await;
+        self.flush_metadata().await
+    }
+
+    /// Discard whole clusters. A plain discard of a v3 image with a backing file leaves zero
+    /// clusters (the backing data must not show through); `full` deallocates outright.
+    async fn discard_clusters(&self, offset: u64, len: u64, full: bool) -> Result<()> {
         let cs = self.cs();
         let first = offset.div_ceil(cs);
         let last = (offset + len) / cs;
@@ -386,7 +401,7 @@ impl Qcow2 {
         }
         let _range = self.ranges.lock(first, last, true).await;
         let _g = self.meta.lock().await;
-        let new = if self.backing().is_some() && self.version >= 3 {
+        let new = if !full && self.backing().is_some() && self.version >= 3 {
             ZERO
         } else {
             0

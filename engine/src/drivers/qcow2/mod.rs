@@ -441,6 +441,13 @@ impl BlockDriver for Qcow2 {
         })
     }
 
+    fn make_empty(&self) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.check_writable().await?;
+            self.do_make_empty().await
+        })
+    }
+
     fn change_backing_file(
         &self,
         name: Option<&str>,
