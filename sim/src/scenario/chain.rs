@@ -44,7 +44,7 @@ impl World<'_> {
             .devices
             .get(device)
             .ok_or_else(|| fail("setup", line, format!("no device '{device}'")))?;
-        debug_assert!(offset % SECTOR == 0 && len % SECTOR == 0);
+        debug_assert!(offset.is_multiple_of(SECTOR) && len.is_multiple_of(SECTOR));
         let mut model = dev.model.borrow_mut();
         let ticket = model.begin_write(offset, len, &WriteData::Fill(pattern));
         model.complete_write(ticket, true);

@@ -39,9 +39,12 @@ pub(crate) struct HeaderWrite {
     pub data: Vec<u8>,
 }
 
-/// The extensions after the fixed header, raw (magic, payload), in file order, and the offset
-/// just past the end marker.
-fn raw_extensions(raw: &[u8], h: &Header) -> Result<(Vec<(u32, Vec<u8>)>, usize)> {
+/// One header extension as found: magic and payload.
+type RawExt = (u32, Vec<u8>);
+
+/// The extensions after the fixed header, raw, in file order, and the offset just past the end
+/// marker.
+fn raw_extensions(raw: &[u8], h: &Header) -> Result<(Vec<RawExt>, usize)> {
     let mut off = h.header_length as usize;
     let end = if h.backing_offset != 0 {
         (h.backing_offset as usize).min(raw.len())
