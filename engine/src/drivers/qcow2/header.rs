@@ -351,7 +351,8 @@ impl Header {
     }
 
     /// The header and extensions as bytes (for `create`): fixed fields, backing format,
-    /// feature table, unknown extensions, end marker, backing name.
+    /// feature table (if it fits in the first cluster), unknown extensions, end marker,
+    /// backing name.
     pub fn serialize(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(1024);
         b.extend_from_slice(&MAGIC.to_be_bytes());
@@ -403,7 +404,19 @@ impl Header {
                 e[2..2 + name.len()].copy_from_slice(name.as_bytes());
                 t.extend_from_slice(&e);
             }
-            ext(&mut b, EXT_FEATURE_TABLE, &t);
+            // The table is optional: like QEMU, leave it out when it would not fit in the
+            // first cluster with everything that follows it (512-byte clusters with a backing
+            // file name).
+            let rest: usize = self
+                .unknown_exts
+                .iter()
+                .map(|u| 8 + u.data.len().next_multiple_of(8))
+                .sum::<usize>()
+                + 8
+                + self.backing_file.as_ref().map_or(0, String::len);
+            if (b.len() + 8 + t.len() + rest) as u64 <= self.cluster_size() {
+                ext(&mut b, EXT_FEATURE_TABLE, &t);
+            }
         }
         for u in &self.unknown_exts {
             ext(&mut b, u.magic, &u.data);

@@ -331,7 +331,15 @@ impl Qcow2 {
         let first_full = offset.div_ceil(cs);
         let last_full = end / cs;
         if first_full >= last_full {
-            return self.zero_partial(offset, len).await;
+            // No whole cluster inside: part of one cluster, or the tail of one and the head of
+            // the next. `zero_partial` looks at one cluster only, so split at the boundary
+            // (otherwise a head that already reads as zeroes would skip the next cluster's part).
+            let boundary = (offset / cs + 1) * cs;
+            if end <= boundary {
+                return self.zero_partial(offset, len).await;
+            }
+            self.zero_partial(offset, boundary - offset).await?;
+            return self.zero_partial(boundary, end - boundary).await;
         }
         if !offset.is_multiple_of(cs) {
             self.zero_partial(offset, first_full * cs - offset).await?;
@@ -365,7 +373,8 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Zero part of one cluster by writing zeroes, unless it already reads as zeroes.
+    /// Zero part of one cluster (`[offset, offset+len)` must not cross a cluster boundary) by
+    /// writing zeroes, unless it already reads as zeroes.
     async fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
         let kind = {
             let _g = self.meta.lock().await;
