@@ -409,9 +409,11 @@ fn qemu_check_crashed(dir: &Scratch, name: &str, what: &str) -> bool {
 
 /// Crash workload `w` at `at`, then recover and check everything (see the module docs).
 fn crash_point(w: &Workload, at: CrashAt, dir: Option<&Scratch>, idx: usize) {
+    let shift = std::env::var("BLK_CRASH_SEED").unwrap_or_else(|_| "0".into());
     let what = format!(
-        "{} seed {} layout {:?} crash at {at:?}",
-        w.name, w.seed, w.layout
+        "{} seed {} layout {:?} crash at {at:?} (reproduce: BLK_CRASH_ONLY={} \
+         BLK_CRASH_SEED={shift} cargo test -p engine --test qcow2_crash)",
+        w.name, w.seed, w.layout, w.name
     );
     let sim = Sim::new(w.seed, SimConfig::default());
     let out = run_workload(w, &sim, Some(at));
