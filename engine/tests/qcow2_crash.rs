@@ -2,7 +2,7 @@
 //!
 //! Each workload (allocating writes; COW into a backing chain; discards and zero writes; lazy
 //! refcounts) is a fixed list of batches of concurrent, non-overlapping guest requests with
-//! guest flushes in between. It runs once to count its disk flushes and disk writes; then, for
+//! guest flushes in between (some flushes race with a batch's requests). It runs once to count its disk flushes and disk writes; then, for
 //! every disk flush k, it is re-run from the same seed and the power fails exactly when the k-th
 //! flush reaches the disk — once just before it lands and once just after — and at a set of
 //! seeded disk operations in between (the n-th write, zeroing, discard or flush to reach the
@@ -147,6 +147,10 @@ fn generate(
                 off,
                 len: 1 + below(&mut rng, 70_000),
             });
+        }
+        if below(&mut rng, 4) == 0 {
+            // A guest flush racing with the batch's requests.
+            batch.push(GuestOp::Flush);
         }
         batches.push(batch);
         if (b + 1) % flush_every == 0 {
@@ -363,6 +367,12 @@ fn run_workload(w: &Workload, sim: &Sim, at: Option<CrashAt>) -> Outcome {
                         }
                         _ => m.borrow_mut().completed(op),
                     }
+                }
+                if batch.contains(&GuestOp::Flush) {
+                    // The flush covered what had completed when it was issued (the earlier
+                    // batches); this batch's requests may or may not have been covered.
+                    let effects = batch.iter().filter_map(|o| m.borrow().effect(o)).collect();
+                    m.borrow_mut().flushed_at(before, effects);
                 }
             }
         }),

@@ -329,6 +329,14 @@ impl Model {
         self.since.clear();
     }
 
+    /// A flush issued together with other requests completed: it covered what had completed
+    /// when it was issued (`stable`); `since` are the effects of the requests issued with it
+    /// (or later), which may or may not have been covered.
+    pub fn flushed_at(&mut self, stable: Vec<u8>, since: Vec<(u64, Vec<u8>)>) {
+        self.stable = stable;
+        self.since = since;
+    }
+
     /// Check what a reopened image reads after a crash against the crash contract.
     pub fn check_after_crash(&self, actual: &[u8]) -> Result<(), String> {
         if actual.len() != self.stable.len() {
