@@ -169,3 +169,42 @@ fn non_qcow2_and_missing_files() {
     let (c, _, _) = dir.run(BLK, &["check", "-r", "some", "raw.img"]);
     assert_eq!(c, 1);
 }
+
+/// Images `qemu-img convert -c` wrote with zlib and zstd, cluster sizes 512 B to 2 MiB:
+/// `blk check` prints what `qemu-img check` prints (compressed cluster counts included).
+#[test]
+fn check_of_compressed_images_matches_qemu_img() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = Dir::new("compressed");
+    // Half compressible text, half zeroes and a pattern: compressed, fragmented and
+    // unallocated clusters in one image.
+    let mut raw: Vec<u8> = (0..3u32 << 20)
+        .map(|i| b"qcow2 zstd deflate "[(i as usize * 7 + (i as usize >> 9)) % 19])
+        .collect();
+    raw[1 << 20..2 << 20].fill(0);
+    raw[(2 << 20) + 4096..(2 << 20) + 200_000].fill(0x33);
+    std::fs::write(dir.0.join("src.raw"), &raw).unwrap();
+    for ct in ["zlib", "zstd"] {
+        for cs in ["512", "4k", "64k", "2M"] {
+            let img = format!("{ct}-{cs}.qcow2");
+            let opts = format!("cluster_size={cs},compression_type={ct}");
+            let (c, _, e) = dir.run(
+                "qemu-img",
+                &["convert", "-c", "-O", "qcow2", "-o", &opts, "src.raw", &img],
+            );
+            assert_eq!(c, 0, "{e}");
+            for out in ["--output=human", "--output=json"] {
+                let want = dir.run("qemu-img", &["check", out, &img]);
+                assert!(
+                    want.1.contains("compressed"),
+                    "{img}: qemu-img reports no compressed clusters: {}",
+                    want.1
+                );
+                let got = dir.run(BLK, &["check", out, &img]);
+                assert_eq!(got, want, "{img} {out}");
+            }
+        }
+    }
+}

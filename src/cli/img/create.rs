@@ -2,8 +2,8 @@
 //! qemu-img create for raw and qcow2, through the engine's own drivers.
 //!
 //! Prints qemu-img's "Formatting 'FILE', fmt=..." line with its field order. Without SIZE the
-//! size is the backing file's. Options blk cannot honour (extended_l2=on, compression_type=zstd)
-//! are refused with a message naming them.
+//! size is the backing file's. Options blk cannot honour (extended_l2=on) are refused with a
+//! message naming them.
 
 use std::rc::{Rc, Weak};
 
@@ -93,6 +93,7 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     let (mut backing, mut backing_fmt) = (spec.backing.clone(), spec.backing_fmt.clone());
     let mut compat_text = None;
     let mut lazy_text = "off".to_string();
+    let mut compression_text = "zlib".to_string();
     for (k, v) in &spec.opts {
         match (k.as_str(), qcow2) {
             ("size", _) => {
@@ -130,11 +131,17 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
             ("extended_l2", true) => {
                 return Err("extended_l2=on is not supported by blk's qcow2 driver".into());
             }
-            ("compression_type", true) if v == "zlib" => {}
             ("compression_type", true) => {
-                return Err(format!(
-                    "compression_type={v} is not supported by blk's qcow2 driver (only zlib)"
-                ));
+                o.compression_type = match v.as_str() {
+                    "zlib" => 0,
+                    "zstd" => 1,
+                    _ => {
+                        return Err(format!(
+                            "Parameter 'compression-type' does not accept value '{v}'"
+                        ));
+                    }
+                };
+                compression_text = v.clone();
             }
             _ => return Err(format!("Invalid parameter '{k}'")),
         }
@@ -181,7 +188,7 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
             if let Some(p) = &prealloc {
                 line += &format!(" preallocation={p}");
             }
-            line += &format!(" compression_type=zlib size={size}");
+            line += &format!(" compression_type={compression_text} size={size}");
             if let Some(b) = &backing {
                 line += &format!(" backing_file={b}");
             }

@@ -23,7 +23,7 @@ pub(crate) enum Kind {
     Zero { host: Option<u64> },
     /// Data at `host`; `copied` means it may be rewritten in place.
     Normal { host: u64, copied: bool },
-    /// Deflate-compressed data: `offset` in the file, `len` bytes of sectors.
+    /// Compressed data (deflate or zstd): `offset` in the file, `len` bytes of sectors.
     Compressed { offset: u64, len: u64 },
 }
 

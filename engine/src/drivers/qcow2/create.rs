@@ -10,7 +10,9 @@ use crate::graph::Child;
 use crate::io::{IoBuf, ReqFlags};
 
 use super::COPIED;
-use super::header::{COMPAT_LAZY_REFCOUNTS, Header, MAX_L1_BYTES, MAX_REFTABLE_BYTES};
+use super::header::{
+    COMPAT_LAZY_REFCOUNTS, Header, INCOMPAT_COMPRESSION, MAX_L1_BYTES, MAX_REFTABLE_BYTES,
+};
 use super::refcount::rb_set;
 
 /// Largest metadata area `create` builds in memory.
@@ -46,6 +48,8 @@ pub struct CreateOptions {
     /// cluster to a host cluster (L2 tables and data clusters, the file extended sparsely);
     /// `Falloc` and `Full` also reserve or zero-fill the data clusters in the file.
     pub preallocation: Prealloc,
+    /// Compression type of compressed clusters: 0 zlib (deflate), 1 zstd (v3 only).
+    pub compression_type: u8,
 }
 
 impl Default for CreateOptions {
@@ -59,6 +63,7 @@ impl Default for CreateOptions {
             backing_fmt: None,
             lazy_refcounts: false,
             preallocation: Prealloc::Off,
+            compression_type: 0,
         }
     }
 }
@@ -87,6 +92,17 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
     if o.compat == Compat::V2 && o.lazy_refcounts {
         return Err(Error::generic(
             "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)",
+        ));
+    }
+    if o.compression_type > 1 {
+        return Err(Error::generic(format!(
+            "Unknown compression type {}",
+            o.compression_type
+        )));
+    }
+    if o.compat == Compat::V2 && o.compression_type != 0 {
+        return Err(Error::generic(
+            "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)",
         ));
     }
     if o.backing_fmt.is_some() && o.backing_file.is_none() {
@@ -147,7 +163,11 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
         reftable_clusters: rt as u32,
         nb_snapshots: 0,
         snapshots_offset: 0,
-        incompat: 0,
+        incompat: if o.compression_type != 0 {
+            INCOMPAT_COMPRESSION
+        } else {
+            0
+        },
         compat: if o.lazy_refcounts {
             COMPAT_LAZY_REFCOUNTS
         } else {
@@ -156,7 +176,7 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
         autoclear: 0,
         refcount_order: order,
         header_length: if o.compat == Compat::V3 { 112 } else { 72 },
-        compression_type: 0,
+        compression_type: o.compression_type,
         backing_file: o.backing_file.clone(),
         backing_fmt: o.backing_fmt.clone(),
         feature_names: Vec::new(),

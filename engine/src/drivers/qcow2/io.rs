@@ -78,12 +78,6 @@ impl Qcow2 {
         in_off: u64,
         out: &mut [u8],
     ) -> Result<()> {
-        if self.compression_type != 0 {
-            return Err(Error::io_msg(
-                Errno::ENOTSUP,
-                "qcow2: unsupported compression type (zstd)",
-            ));
-        }
         let file_len = self.file.len();
         if offset >= file_len {
             return Err(Error::io_msg(
@@ -98,7 +92,12 @@ impl Qcow2 {
             .read(offset, IoBuf::new(len as usize), ReqFlags::NONE)
             .await;
         r?;
-        let data = compress::inflate_cluster(buf.as_slice(), self.cs() as usize)?;
+        let data =
+            compress::decompress_cluster(self.compression_type, buf.as_slice(), self.cs() as usize)
+                .map_err(|e| {
+                    let errno = e.errno().unwrap_or(Errno::EIO);
+                    Error::io_msg(errno, format!("{} (host offset {offset:#x})", e.message()))
+                })?;
         out.copy_from_slice(&data[in_off as usize..in_off as usize + out.len()]);
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! `BlockDriver` glue. The rest is split by concern: `header` (fixed fields + extensions),
 //! `cluster` (L1/L2 mapping, L2 allocation, metadata write-back), `refcount` (refcounts and
 //! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
-//! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate
+//! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate and zstd
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
 //! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `overlap`
 //! (metadata overlap checks before writes, the corrupt bit).
