@@ -66,10 +66,9 @@ impl Qcow2 {
         let off = entry & OFFSET_MASK;
         if off != 0 {
             if !off.is_multiple_of(self.cs()) {
-                return Err(Error::io_msg(
-                    Errno::EIO,
-                    format!("qcow2: L2 table offset {off:#x} is not cluster aligned"),
-                ));
+                let msg = format!("L2 table offset {off:#x} unaligned (L1 index: {l1i:#x})");
+                let full = self.signal_corruption(true, None, None, &msg).await;
+                return Err(Error::io_msg(Errno::EIO, full));
             }
             if alloc && entry & COPIED == 0 {
                 return Err(Error::io_msg(
@@ -173,6 +172,26 @@ impl Qcow2 {
             .l2_cache
             .with(off, false, |t| get_u64(t, i))
             .expect("just loaded"))
+    }
+
+    /// The kind of guest cluster `gc`. A data cluster offset that is not cluster aligned is
+    /// corruption: reported (and on a writable image marked), and an EIO error.
+    pub(crate) async fn kind_at(&self, gc: u64) -> Result<Kind> {
+        let entry = self.l2_entry(gc).await?;
+        match self.classify(entry) {
+            Ok(k) => Ok(k),
+            Err(e) => {
+                let l1i = (gc / self.l2_entries()) as usize;
+                let l2 = self.l1.borrow().get(l1i).copied().unwrap_or(0) & OFFSET_MASK;
+                let msg = format!(
+                    "Cluster allocation offset {:#x} unaligned (L2 offset: {l2:#x}, L2 index: {:#x})",
+                    entry & OFFSET_MASK,
+                    gc % self.l2_entries()
+                );
+                let full = self.signal_corruption(true, None, None, &msg).await;
+                Err(Error::io_msg(e.errno().unwrap_or(Errno::EIO), full))
+            }
+        }
     }
 
     /// Make sure guest cluster `gc` has an L2 table (allocating one if needed).

@@ -38,14 +38,14 @@ impl Qcow2 {
     async fn run_at(&self, off: u64, max: u64) -> Result<(Kind, u64)> {
         let cs = self.cs();
         let gc = off / cs;
-        let kind = self.classify(self.l2_entry(gc).await?)?;
+        let kind = self.kind_at(gc).await?;
         let mut n = (cs - off % cs).min(max);
         if matches!(kind, Kind::Compressed { .. }) {
             return Ok((kind, n));
         }
         let mut next = gc + 1;
         while n < max {
-            let k = self.classify(self.l2_entry(next).await?)?;
+            let k = self.kind_at(next).await?;
             let same = match (kind, k) {
                 (Kind::Unallocated, Kind::Unallocated) => true,
                 (Kind::Zero { host: None }, Kind::Zero { host: None }) => true,
@@ -188,7 +188,7 @@ impl Qcow2 {
         let mut c = gc + 1;
         while c <= last && (olds.len() as u64) < max && !c.is_multiple_of(self.l2_entries()) {
             let e = self.l2_entry(c).await?;
-            if matches!(self.classify(e)?, Kind::Normal { copied: true, .. }) {
+            if matches!(self.kind_at(c).await?, Kind::Normal { copied: true, .. }) {
                 break;
             }
             olds.push(e);
@@ -340,7 +340,7 @@ impl Qcow2 {
             let unmap = flags.contains(ReqFlags::MAY_UNMAP);
             for gc in first_full..last_full {
                 let old = self.l2_entry(gc).await?;
-                let kind = self.classify(old)?;
+                let kind = self.kind_at(gc).await?;
                 if matches!(kind, Kind::Zero { .. }) {
                     continue;
                 }
@@ -368,7 +368,7 @@ impl Qcow2 {
     async fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
         let kind = {
             let _g = self.meta.lock().await;
-            self.classify(self.l2_entry(offset / self.cs()).await?)?
+            self.kind_at(offset / self.cs()).await?
         };
         if self.reads_zero(kind) {
             return Ok(());
@@ -395,6 +395,7 @@ impl Qcow2 {
             if old == new || (old == 0 && self.backing.is_none()) {
                 continue;
             }
+            self.kind_at(gc).await?;
             self.release(old)?;
             self.set_l2_entry(gc, new).await?;
         }

@@ -31,13 +31,14 @@ mod repair;
 mod resize;
 
 use std::cell::{Cell, RefCell};
+use std::rc::Weak;
 
 use serde_json::{Value, json};
 
 use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
 use crate::env::{LocalBoxFuture, OpenOptions};
 use crate::error::{Errno, Error, Result};
-use crate::graph::{Child, OpenCtx};
+use crate::graph::{Child, Node, OpenCtx};
 use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
 use crate::types::ChildRole;
 use crate::util::Options;
@@ -102,6 +103,10 @@ pub(crate) struct Qcow2 {
     /// do before the first write. They cannot happen during open: the node takes its
     /// permissions on `file` only once it is open.
     fixups_pending: Cell<bool>,
+    /// This node, for the BLOCK_IMAGE_CORRUPTED event (node and device name).
+    node: Weak<Node>,
+    /// A corruption event was sent; later ones are suppressed as in QEMU.
+    signaled_corruption: Cell<bool>,
 }
 
 pub(super) fn open(
@@ -186,6 +191,8 @@ pub(super) fn open(
                     && (h.incompat & header::INCOMPAT_DIRTY != 0
                         || (h.version == 3 && h.autoclear != 0)),
             ),
+            node: ctx.weak_node(),
+            signaled_corruption: Cell::new(false),
         };
         Ok(Box::new(q) as Box<dyn BlockDriver>)
     })
