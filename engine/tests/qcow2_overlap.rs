@@ -315,3 +315,87 @@ fn misaligned_cluster_offset_is_reported() {
         );
     }
 }
+
+/// The whole story on one image: blk refuses a write over the L1 table and marks the image
+/// corrupt; a normal read-write open is then refused, but a check-mode open (`x-check`, as
+/// `blk check` uses) lets `-r all` repair it as qemu-img does (the L1 cluster's refcount
+/// raised to 2, COPIED cleared on the bad entry), which clears the corrupt bit. Guest writes
+/// are refused until then; afterwards the same write copies on write to a new cluster and
+/// the L1 table is left intact. `qemu-img check` finds the result clean.
+#[test]
+fn corrupt_image_is_repaired_in_check_mode() {
+    if !have_qemu() {
+        return;
+    }
+    use engine::drivers::qcow2::{Repair, check_node};
+    let dir = Scratch::new("overlap-repair");
+    let img = crafted(&dir, |img| be64(img, 40));
+    let l1 = be64(&img, 40) as usize;
+    let l1_before = img[l1..l1 + 512].to_vec();
+    let sim = sim_with(14, &[("o.qcow2", img)]);
+    let engine = engine_of(&sim);
+    sim.block_on(async move {
+        let bb = open_qcow2(&engine, "q", "o.qcow2", false).await.unwrap();
+        let (_, r) = bb
+            .write(10 * 65536, IoBuf::filled(4096, 0xee), ReqFlags::NONE)
+            .await;
+        r.unwrap_err();
+        engine.shutdown().await.unwrap();
+    })
+    .unwrap();
+    assert_eq!(sim.fs().file_bytes("o.qcow2").unwrap()[79] & 2, 2);
+    let engine = engine_of(&sim);
+    sim.block_on(async move {
+        let e = open_qcow2(&engine, "rw", "o.qcow2", false)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.message(),
+            "qcow2: Image is corrupt; cannot be opened read/write"
+        );
+        engine
+            .blockdev_add(json!({"driver": "qcow2", "node-name": "c", "x-check": true,
+                "file": {"driver": "file", "filename": "o.qcow2"}}))
+            .await
+            .unwrap();
+        let bb = engine
+            .device_add("dev-c", "c", BackendOptions::tool(false))
+            .unwrap();
+        let (_, r) = bb
+            .write(3 << 20, IoBuf::filled(512, 1), ReqFlags::NONE)
+            .await;
+        assert!(r.unwrap_err().message().contains("marked corrupt"));
+        let rep = check_node(&bb.root().unwrap().node(), Some(Repair::All))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                rep.corruptions,
+                rep.leaks,
+                rep.corruptions_fixed,
+                rep.check_errors
+            ),
+            (0, 0, 2, 0),
+            "{:#?}",
+            rep.messages
+        );
+        bb.write(10 * 65536, IoBuf::filled(4096, 0xee), ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
+        let (buf, r) = bb.read(10 * 65536, IoBuf::new(8192)).await;
+        r.unwrap();
+        assert!(buf.as_slice()[..4096].iter().all(|&b| b == 0xee));
+        engine.shutdown().await.unwrap();
+    })
+    .unwrap();
+    let after = sim.fs().file_bytes("o.qcow2").unwrap();
+    assert_eq!(after[79] & 2, 0, "the repair clears the corrupt bit");
+    assert!(
+        after[l1..l1 + 512] == l1_before[..],
+        "the L1 table was damaged"
+    );
+    export(&sim, "o.qcow2", View::Current, &dir, "fixed.qcow2");
+    dir.check("fixed.qcow2", false);
+}

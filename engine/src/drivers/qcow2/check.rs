@@ -68,6 +68,10 @@ pub struct CheckReport {
     pub compressed_clusters: u64,
     /// Diagnostics, one per line, as `qemu-img check` prints them on stderr.
     pub messages: Vec<String>,
+    /// The check stopped before its end with this error (a leaks-only repair of an image
+    /// whose refcount structure needs a rebuild): qemu-img prints the diagnostics, then
+    /// "Check failed: <reason>", and no report.
+    pub failed: Option<Errno>,
 }
 
 impl CheckReport {
@@ -118,7 +122,7 @@ pub async fn check_node(node: &Rc<Node>, repair: Option<Repair>) -> Result<Check
             )
         })?;
     let first = q.check(repair).await?;
-    if first.corruptions_fixed == 0 && first.leaks_fixed == 0 {
+    if first.failed.is_some() || (first.corruptions_fixed == 0 && first.leaks_fixed == 0) {
         return Ok(first);
     }
     let mut second = q.check(None).await?;
@@ -188,10 +192,9 @@ impl Qcow2 {
         } else if repair.is_some() {
             if rebuild {
                 rep.error("ERROR need to rebuild refcount structures".into());
-                return Err(Error::io_msg(
-                    Errno::EIO,
-                    "qcow2: the refcount structure needs a rebuild ('-r all')",
-                ));
+                rep.check_errors += 1;
+                rep.failed = Some(Errno::EIO);
+                return Ok(rep);
             }
             if rep.leaks != 0 || rep.corruptions != 0 {
                 let messages = std::mem::take(&mut rep.messages);

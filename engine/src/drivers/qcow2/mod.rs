@@ -107,6 +107,12 @@ pub(crate) struct Qcow2 {
     node: Weak<Node>,
     /// A corruption event was sent; later ones are suppressed as in QEMU.
     signaled_corruption: Cell<bool>,
+    /// Opened for check/repair (`x-check`): the corrupt bit does not stop the repair's own
+    /// metadata writes.
+    check_mode: bool,
+    /// Corruption was found and signalled as fatal while open: every write fails from now on,
+    /// check mode or not.
+    fatal_signaled: Cell<bool>,
 }
 
 pub(super) fn open(
@@ -120,6 +126,9 @@ pub(super) fn open(
         let backing_opt = opts.take("backing");
         let l2_cache_bytes = opts.take_u64("l2-cache-size")?;
         let rb_cache_bytes = opts.take_u64("refcount-cache-size")?;
+        // blk's counterpart of QEMU's check open flag (qemu-img check): a corrupt image may
+        // be opened read-write so that check can repair it; guest writes stay refused.
+        let check_mode = opts.take_bool("x-check")?.unwrap_or(false);
         opts.finish()?;
         let read_only = ctx.options().read_only;
         let file = ctx
@@ -147,7 +156,7 @@ pub(super) fn open(
             }
         }
         let h = Header::parse(&first, file_len)?;
-        if h.incompat & header::INCOMPAT_CORRUPT != 0 && !read_only {
+        if h.incompat & header::INCOMPAT_CORRUPT != 0 && !read_only && !check_mode {
             return Err(Error::generic(
                 "qcow2: Image is corrupt; cannot be opened read/write",
             ));
@@ -193,6 +202,8 @@ pub(super) fn open(
             ),
             node: ctx.weak_node(),
             signaled_corruption: Cell::new(false),
+            check_mode,
+            fatal_signaled: Cell::new(false),
         };
         Ok(Box::new(q) as Box<dyn BlockDriver>)
     })

@@ -87,7 +87,9 @@ impl Qcow2 {
     /// the `ignore` classes): mark the image corrupt and fail with EIO. Also fails once the
     /// image is corrupt.
     pub(crate) async fn pre_write_check(&self, ignore: u32, off: u64, len: u64) -> Result<()> {
-        if self.is_corrupt() {
+        // In check mode, an image marked corrupt by an earlier user is being repaired: only
+        // corruption found now stops the repair's writes.
+        if (self.is_corrupt() && !self.check_mode) || self.fatal_signaled.get() {
             return Err(self.corrupt_error());
         }
         let Some(what) = self.overlap(ignore, off, len) else {
@@ -124,6 +126,9 @@ impl Qcow2 {
                  suppressed"
             )
         };
+        if fatal {
+            self.fatal_signaled.set(true);
+        }
         if self.signaled_corruption.get() && (!fatal || self.is_corrupt()) {
             return full;
         }
