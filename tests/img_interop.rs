@@ -335,6 +335,136 @@ fn relative_backing_chain_on_real_files() {
     );
 }
 
+/// External data files: `blk create -o data_file=..[,data_file_raw=on]` prints qemu-img's line
+/// and makes an image (and data file) that checks clean with the same info; after qemu-io and
+/// `blk io` writes, `blk map`, `blk check` and `blk info` print what qemu-img prints, and the
+/// two tools' images compare equal. Bad option combinations fail with qemu-img's messages.
+#[test]
+fn data_file_images_match_qemu_img() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("datafile");
+    for (i, raw) in ["off", "on"].iter().enumerate() {
+        let o = format!("data_file=bd{i}.raw,data_file_raw={raw}");
+        let b = d.blk(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            &o,
+            &format!("b{i}.qcow2"),
+            "4M",
+        ]);
+        let oq = format!("data_file=qd{i}.raw,data_file_raw={raw}");
+        let q = d.ok(
+            "qemu-img",
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                &oq,
+                &format!("q{i}.qcow2"),
+                "4M",
+            ],
+        );
+        assert_eq!(
+            b.replace(&format!("bd{i}"), "Y")
+                .replace(&format!("b{i}"), "X"),
+            q.replace(&format!("qd{i}"), "Y")
+                .replace(&format!("q{i}"), "X")
+        );
+        let (bi, qi) = (format!("b{i}.qcow2"), format!("q{i}.qcow2"));
+        d.check_clean(&bi);
+        assert_info_agrees(&d, &bi);
+        let cmds = ["write -P 0x11 0 100k", "write -z 1M 128k", "discard 2M 64k"];
+        for img in [&bi, &qi] {
+            let mut a = vec!["-f", "qcow2"];
+            for c in cmds {
+                a.extend_from_slice(&["-c", c]);
+            }
+            a.push(img);
+            d.ok("qemu-io", &a);
+        }
+        // The same requests through blk on its image and through qemu-io on QEMU's.
+        let ops = [
+            "write -P 0x22 3000k 70k",
+            "write -z 5000 3000",
+            "discard 3M 64k",
+            "write -z 1536k 128k",
+        ];
+        for (prog, img) in [(BLK, &bi), ("qemu-io", &qi)] {
+            let mut a = vec!["-f", "qcow2"];
+            if prog == BLK {
+                a.insert(0, "io");
+            }
+            for c in ops {
+                a.extend_from_slice(&["-c", c]);
+            }
+            a.push(img);
+            d.ok(prog, &a);
+            d.check_clean(img);
+            for args in [
+                &["map", "--output=json"][..],
+                &["map"],
+                &["check"],
+                &["check", "--output=json"],
+                &["info"],
+            ] {
+                let a = [args, &[img.as_str()]].concat();
+                assert_eq!(d.blk(&a), d.ok("qemu-img", &a), "{img}: {args:?}");
+            }
+        }
+        // Same mapping (offsets are guest offsets in both data files) and same contents.
+        let map = |img: &str| d.ok("qemu-img", &["map", "--output=json", img]);
+        assert_eq!(
+            map(&bi),
+            map(&qi),
+            "blk's requests map differently from QEMU's"
+        );
+        let o = d.run("qemu-img", &["compare", &bi, &qi]);
+        assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+        if *raw == "on" {
+            // The raw data file is the guest disk.
+            let o = d.run(
+                "qemu-img",
+                &[
+                    "compare",
+                    "-f",
+                    "raw",
+                    "-F",
+                    "qcow2",
+                    &format!("bd{i}.raw"),
+                    &bi,
+                ],
+            );
+            assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+        }
+    }
+    for o in ["data_file_raw=on", "data_file=x.raw,compat=0.10"] {
+        let a = ["create", "-q", "-f", "qcow2", "-o", o, "bad.qcow2", "1M"];
+        let (b, q) = (d.run(BLK, &a), d.run("qemu-img", &a));
+        assert_eq!((b.code, &b.stderr), (q.code, &q.stderr), "{o}");
+    }
+    let a = [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=y.raw,data_file_raw=on",
+        "-b",
+        "b0.qcow2",
+        "-F",
+        "qcow2",
+        "bad.qcow2",
+        "4M",
+    ];
+    let (b, q) = (d.run(BLK, &a), d.run("qemu-img", &a));
+    assert_eq!((b.code, &b.stderr), (q.code, &q.stderr));
+}
+
 #[test]
 fn map_equals_qemu_img_map() {
     if !have_qemu() {

@@ -94,6 +94,7 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     let mut compat_text = None;
     let mut lazy_text = "off".to_string();
     let mut compression_text = "zlib".to_string();
+    let mut raw_text = None;
     for (k, v) in &spec.opts {
         match (k.as_str(), qcow2) {
             ("size", _) => {
@@ -130,6 +131,11 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
             ("extended_l2", true) if !flag(k, v)? => {}
             ("extended_l2", true) => {
                 return Err("extended_l2=on is not supported by blk's qcow2 driver".into());
+            }
+            ("data_file", true) => o.data_file = Some(v.clone()),
+            ("data_file_raw", true) => {
+                o.data_file_raw = flag(k, v)?;
+                raw_text = Some(v.clone());
             }
             ("compression_type", true) => {
                 o.compression_type = match v.as_str() {
@@ -189,14 +195,20 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
                 line += &format!(" preallocation={p}");
             }
             line += &format!(" compression_type={compression_text} size={size}");
+            if let Some(c) = &compat_text {
+                line += &format!(" compat={c}");
+            }
             if let Some(b) = &backing {
                 line += &format!(" backing_file={b}");
             }
             if let Some(f) = &backing_fmt {
                 line += &format!(" backing_fmt={f}");
             }
-            if let Some(c) = &compat_text {
-                line += &format!(" compat={c}");
+            if let Some(d) = &o.data_file {
+                line += &format!(" data_file={d}");
+            }
+            if let Some(r) = &raw_text {
+                line += &format!(" data_file_raw={r}");
             }
             line += &format!(
                 " lazy_refcounts={lazy_text} refcount_bits={}",
@@ -223,8 +235,32 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
         size.div_ceil(512) * 512
     };
     o.size = size;
+    if o.data_file_raw && backing.is_some() {
+        return Err("Backing file and data-file-raw cannot be used at the same time".into());
+    }
     o.backing_file = backing;
     o.backing_fmt = backing_fmt;
+    if o.data_file_raw && o.data_file.is_none() {
+        return Err("data-file-raw requires data-file".into());
+    }
+    if let Some(d) = &o.data_file
+        && o.compat == Compat::V3
+    {
+        // The data file is created as QEMU does: a raw file of the virtual size, at the name
+        // given (relative to the working directory, which is where the image looks for it).
+        write_image(
+            tool,
+            d,
+            false,
+            &CreateOptions {
+                size,
+                ..CreateOptions::default()
+            },
+            Prealloc::Off,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    }
     write_image(tool, path, qcow2, &o, prealloc_mode)
         .await
         .map_err(|e| e.to_string())

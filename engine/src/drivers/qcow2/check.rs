@@ -353,8 +353,14 @@ impl Qcow2 {
                 if entry & super::COMPRESSED != 0 || host == 0 {
                     continue;
                 }
-                let Ok(n) = self.refcount(host >> self.cluster_bits).await else {
-                    continue;
+                // Data clusters of an external data file count as referenced once.
+                let n = if self.has_data_file() {
+                    1
+                } else {
+                    match self.refcount(host >> self.cluster_bits).await {
+                        Ok(n) => n,
+                        Err(_) => continue,
+                    }
                 };
                 if (n == 1) != (entry & COPIED != 0) {
                     rep.error(format!(

@@ -256,7 +256,8 @@ impl Qcow2 {
                 continue;
             }
             let host = entry & OFFSET_MASK;
-            if host == 0 {
+            // Offset 0 is guest cluster 0's place in an external data file (COPIED set).
+            if host == 0 && !(self.has_data_file() && entry & super::COPIED != 0) {
                 continue;
             }
             // A normal cluster, or a preallocated zero cluster (ZERO flag with a host offset).
@@ -280,7 +281,10 @@ impl Qcow2 {
                 ));
                 rep.corruptions += 1;
             }
-            self.inc_refs(refs, rep, host, cs);
+            // Clusters of an external data file are not refcounted.
+            if !self.has_data_file() {
+                self.inc_refs(refs, rep, host, cs);
+            }
         }
     }
 

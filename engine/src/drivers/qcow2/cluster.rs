@@ -44,12 +44,15 @@ impl Qcow2 {
                 format!("qcow2: cluster offset {host:#x} is not cluster aligned"),
             ));
         }
+        // Offset 0 means "no cluster", except in an external data file, where it is guest
+        // cluster 0's place; there every mapped cluster has COPIED set, which tells them apart.
+        let mapped = host != 0 || (self.has_data_file() && entry & COPIED != 0);
         if entry & ZERO != 0 && self.version >= 3 {
             return Ok(Kind::Zero {
-                host: (host != 0).then_some(host),
+                host: mapped.then_some(host),
             });
         }
-        if host == 0 {
+        if !mapped {
             return Ok(Kind::Unallocated);
         }
         Ok(Kind::Normal {
@@ -131,6 +134,7 @@ impl Qcow2 {
                 if !self.lazy {
                     self.write_back_refblocks().await?;
                 }
+                self.flush_data_file().await?;
                 self.file.flush().await?;
                 self.pre_write_check(OL_ACTIVE_L2, victim, self.cs())
                     .await?;
@@ -213,6 +217,15 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Flush the external data file, if any: guest data there must be durable before an L2
+    /// table pointing at it is written.
+    pub(crate) async fn flush_data_file(&self) -> Result<()> {
+        match &self.data {
+            Some(d) => d.flush().await,
+            None => Ok(()),
+        }
+    }
+
     /// Write back every dirty cached table in dependency order, then apply deferred frees:
     /// refcounts, flush (data + refcounts durable), L2 tables, flush, frees, refcounts.
     pub(crate) async fn flush_metadata(&self) -> Result<()> {
@@ -221,6 +234,7 @@ impl Qcow2 {
             if !self.lazy {
                 self.write_back_refblocks().await?;
             }
+            self.flush_data_file().await?;
             self.file.flush().await?;
             for (off, data) in self.l2_cache.dirty() {
                 self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await?;

@@ -78,6 +78,15 @@ impl Qcow2 {
         in_off: u64,
         out: &mut [u8],
     ) -> Result<()> {
+        if self.has_data_file() {
+            return Err(Error::io_msg(
+                Errno::EIO,
+                format!(
+                    "qcow2: compressed cluster at {offset:#x} in an image with an external data \
+                     file (compressed clusters cannot be used there)"
+                ),
+            ));
+        }
         let file_len = self.file.len();
         if offset >= file_len {
             return Err(Error::io_msg(
@@ -119,7 +128,7 @@ impl Qcow2 {
             Kind::Normal { host, .. } => {
                 self.file.debug_event(DebugEvent::ReadAio).await;
                 let (buf, r) = self
-                    .file
+                    .data_child()
                     .read(host + in_off, IoBuf::new(out.len()), ReqFlags::NONE)
                     .await;
                 r?;
@@ -195,7 +204,12 @@ impl Qcow2 {
             c += 1;
         }
         self.ensure_l2(gc).await?;
-        let (host, got) = self.alloc_some(olds.len() as u64).await?;
+        let (host, got) = if self.has_data_file() {
+            // External data file: each guest cluster has its own place, not refcounted.
+            (gc * cs, olds.len() as u64)
+        } else {
+            self.alloc_some(olds.len() as u64).await?
+        };
         olds.truncate(got as usize);
         let n = remaining.min(olds.len() as u64 * cs - off % cs);
         Ok(Plan::Alloc { gc, host, olds, n })
@@ -212,10 +226,13 @@ impl Qcow2 {
             };
             match plan {
                 Plan::Rewrite { host, n } => {
-                    self.pre_write_check(0, host, n).await?;
+                    self.pre_data_write_check(host, n).await?;
                     self.file.debug_event(DebugEvent::WriteAio).await;
                     let chunk = IoBuf::from_slice(&data[pos as usize..(pos + n) as usize]);
-                    self.file.write(host, chunk, ReqFlags::NONE).await.1?;
+                    self.data_child()
+                        .write(host, chunk, ReqFlags::NONE)
+                        .await
+                        .1?;
                     pos += n;
                 }
                 Plan::Alloc { gc, host, olds, n } => {
@@ -264,20 +281,22 @@ impl Qcow2 {
         }
         .await;
         let filled = match filled {
-            Ok(()) => self.pre_write_check(0, host, k * cs).await,
+            Ok(()) => self.pre_data_write_check(host, k * cs).await,
             Err(e) => Err(e),
         };
         let written = match filled {
             Ok(()) => {
                 self.file.debug_event(DebugEvent::CowWrite).await;
                 self.file.debug_event(DebugEvent::WriteAio).await;
-                self.file.write(host, buf, ReqFlags::NONE).await.1
+                self.data_child().write(host, buf, ReqFlags::NONE).await.1
             }
             Err(e) => Err(e),
         };
         let _g = self.meta.lock().await;
         if let Err(e) = written {
-            self.free_unreferenced(host, k).await?;
+            if !self.has_data_file() {
+                self.free_unreferenced(host, k).await?;
+            }
             return Err(e);
         }
         for (i, old) in olds.iter().enumerate() {
@@ -288,9 +307,14 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Queue whatever host space the old entry `old` referenced for freeing.
+    /// Queue whatever host space the old entry `old` referenced for freeing (nothing for
+    /// clusters of an external data file: they are not refcounted).
     fn release(&self, old: u64) -> Result<()> {
-        match self.classify(old)? {
+        let kind = self.classify(old)?;
+        if self.has_data_file() {
+            return Ok(());
+        }
+        match kind {
             Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => {
                 self.free_later(host, self.cs())
             }
@@ -335,6 +359,9 @@ impl Qcow2 {
         if !offset.is_multiple_of(cs) {
             self.zero_partial(offset, first_full * cs - offset).await?;
         }
+        // A raw data file must read as the guest disk does: zero it first.
+        self.zero_raw_data_file(first_full * cs, (last_full - first_full) * cs, flags)
+            .await?;
         {
             let _g = self.meta.lock().await;
             let unmap = flags.contains(ReqFlags::MAY_UNMAP);
@@ -384,8 +411,19 @@ impl Qcow2 {
             return Ok(());
         }
         let _range = self.ranges.lock(first, last, true).await;
+        match &self.data {
+            // A raw data file must keep reading as the guest disk: zero what is discarded.
+            Some(_) if self.data_raw => {
+                self.zero_raw_data_file(first * cs, (last - first) * cs, ReqFlags::MAY_UNMAP)
+                    .await?
+            }
+            Some(d) => d.discard(first * cs, (last - first) * cs).await?,
+            None => {}
+        }
         let _g = self.meta.lock().await;
-        let new = if self.backing.is_some() && self.version >= 3 {
+        // Discarded clusters read as zeroes (over a backing file, or, as QEMU does, in an
+        // image with an external data file, whose zeroed range stays described).
+        let new = if (self.backing.is_some() || self.has_data_file()) && self.version >= 3 {
             ZERO
         } else {
             0
@@ -400,6 +438,25 @@ impl Qcow2 {
             self.set_l2_entry(gc, new).await?;
         }
         Ok(())
+    }
+
+    /// Zero `[off, off + len)` of a raw external data file (no-op otherwise).
+    async fn zero_raw_data_file(&self, off: u64, len: u64, flags: ReqFlags) -> Result<()> {
+        match &self.data {
+            Some(d) if self.data_raw && len > 0 => {
+                d.write_zeroes(off, len, flags & ReqFlags::MAY_UNMAP).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The overlap check before guest data is written at `host`: data in an external data
+    /// file cannot meet the image's metadata (only the corrupt state is checked).
+    async fn pre_data_write_check(&self, host: u64, len: u64) -> Result<()> {
+        if self.has_data_file() {
+            return self.pre_write_check(u32::MAX, host, len).await;
+        }
+        self.pre_write_check(0, host, len).await
     }
 
     pub(crate) async fn do_block_status(&self, offset: u64, len: u64) -> Result<BlockStatus> {
