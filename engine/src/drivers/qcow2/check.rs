@@ -347,8 +347,10 @@ impl Qcow2 {
                 }
             };
             let mut dirty = 0;
-            for j in 0..(cs / 8) as usize {
-                let entry = u64::from_be_bytes(table[j * 8..j * 8 + 8].try_into().expect("8"));
+            let stride = self.l2_entry_bytes() as usize;
+            for j in 0..cs as usize / stride {
+                let at = j * stride;
+                let entry = u64::from_be_bytes(table[at..at + 8].try_into().expect("8"));
                 let host = entry & OFFSET_MASK;
                 if entry & super::COMPRESSED != 0 || host == 0 {
                     continue;
@@ -373,7 +375,7 @@ impl Qcow2 {
                         } else {
                             entry & !COPIED
                         };
-                        table[j * 8..j * 8 + 8].copy_from_slice(&fixed.to_be_bytes());
+                        table[at..at + 8].copy_from_slice(&fixed.to_be_bytes());
                         dirty += 1;
                     }
                 }

@@ -233,8 +233,8 @@ impl Qcow2 {
     fn count_l2(&self, refs: &mut Refs, rep: &mut CheckReport, table: &[u8], active: bool) {
         let cs = self.cs();
         let mut next_contiguous = 0u64;
-        for c in table.chunks_exact(8) {
-            let entry = u64::from_be_bytes(c.try_into().expect("8 bytes"));
+        for c in table.chunks_exact(self.l2_entry_bytes() as usize) {
+            let entry = u64::from_be_bytes(c[..8].try_into().expect("8 bytes"));
             if entry & COMPRESSED != 0 {
                 let x = 62 - (self.cluster_bits - 8);
                 let offset = entry & ((1u64 << x) - 1);

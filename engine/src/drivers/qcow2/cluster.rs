@@ -172,9 +172,26 @@ impl Qcow2 {
         };
         self.load_l2(off).await?;
         let i = (gc % self.l2_entries()) as usize;
+        let i = if self.ext_l2 { 2 * i } else { i };
         Ok(self
             .l2_cache
             .with(off, false, |t| get_u64(t, i))
+            .expect("just loaded"))
+    }
+
+    /// The subcluster bitmap of guest cluster `gc` (extended L2 entries only): bit `s` says
+    /// subcluster `s` is allocated, bit `32 + s` that it reads as zeroes.
+    pub(crate) async fn l2_bitmap(&self, gc: u64) -> Result<u64> {
+        debug_assert!(self.ext_l2);
+        let l1i = (gc / self.l2_entries()) as usize;
+        let Some(off) = self.l2_table(l1i, false).await? else {
+            return Ok(0);
+        };
+        self.load_l2(off).await?;
+        let i = (gc % self.l2_entries()) as usize;
+        Ok(self
+            .l2_cache
+            .with(off, false, |t| get_u64(t, 2 * i + 1))
             .expect("just loaded"))
     }
 

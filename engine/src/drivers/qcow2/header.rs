@@ -20,6 +20,8 @@ pub const EXT_DATA_FILE: u32 = 0x4441_5441;
 pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 /// Autoclear feature bit 1: the external data file is a valid raw image of the guest disk.
 pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
+/// Incompatible feature bit 4: extended L2 entries (32 subclusters per cluster).
+pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 /// Incompatible feature bit 0: refcounts may be stale.
 pub const INCOMPAT_DIRTY: u64 = 1 << 0;
 /// Incompatible feature bit 1: image may be corrupt.
@@ -216,7 +218,11 @@ impl Header {
         }
         // Extensions come before the feature check so that unknown bits are named.
         h.parse_extensions(buf)?;
-        let known = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION | INCOMPAT_DATA_FILE;
+        let known = INCOMPAT_DIRTY
+            | INCOMPAT_CORRUPT
+            | INCOMPAT_COMPRESSION
+            | INCOMPAT_DATA_FILE
+            | INCOMPAT_EXTL2;
         let unknown = h.incompat & !known;
         if unknown != 0 {
             let names: Vec<String> = (0..64u8)
@@ -272,8 +278,14 @@ impl Header {
             )));
         }
         check_table("Active L1 table", h.l1_offset, l1_bytes)?;
-        // L1 size vs virtual size: each L1 entry maps cs * cs/8 bytes.
-        let l2_bits = cluster_bits - 3;
+        if h.incompat & INCOMPAT_EXTL2 != 0 && cluster_bits < 14 {
+            return Err(invalid(
+                "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+            ));
+        }
+        // L1 size vs virtual size: each L1 entry maps cs * cs/8 bytes (cs/16 entries of 16
+        // bytes with extended L2 entries).
+        let l2_bits = cluster_bits - 3 - (h.incompat & INCOMPAT_EXTL2 != 0) as u32;
         let per_l1 = 1u128 << (cluster_bits + l2_bits);
         let need = (h.size as u128).div_ceil(per_l1);
         if need > h.l1_size as u128 {

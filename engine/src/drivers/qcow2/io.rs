@@ -36,6 +36,9 @@ impl Qcow2 {
 
     /// The kind of the cluster at `off` and how many bytes from `off` (at most `max`) share it.
     async fn run_at(&self, off: u64, max: u64) -> Result<(Kind, u64)> {
+        if self.ext_l2 {
+            return self.run_at_ext(off, max).await;
+        }
         let cs = self.cs();
         let gc = off / cs;
         let kind = self.kind_at(gc).await?;

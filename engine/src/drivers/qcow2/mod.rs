@@ -12,7 +12,8 @@
 //! An external data file (incompatible bit 2) is a second child, `data-file`: guest clusters
 //! live there at their guest offsets, are not refcounted, and are flushed before the L2
 //! tables that map them; with data-file-raw it is kept a raw image of the guest disk (zero
-//! writes and discards zero it too). Extended L2 entries (bit 4) are refused.
+//! writes and discards zero it too). Images with extended L2 entries (bit 4, `subcluster`)
+//! are read (and checked); writes to them are refused.
 //!
 //! Crash-safety rules (QEMU's ordering): refcount increments reach the disk before any L2/L1
 //! entry relying on them; guest data is flushed before the L2 table that points to it is
@@ -34,6 +35,7 @@ mod overlap;
 mod refcount;
 mod repair;
 mod resize;
+mod subcluster;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Weak;
@@ -85,6 +87,9 @@ pub(crate) struct Qcow2 {
     /// zeroes in the image must read as zeroes in the data file too.
     data_raw: bool,
     backing: Option<Child>,
+    /// Extended L2 entries (incompatible bit 4): 16-byte L2 entries with a bitmap of 32
+    /// subclusters. Read only: writes are refused.
+    ext_l2: bool,
     cluster_bits: u32,
     refcount_order: u32,
     version: u32,
@@ -190,6 +195,7 @@ pub(super) fn open(
             data_raw: data.is_some() && h.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0,
             data,
             backing,
+            ext_l2: h.incompat & header::INCOMPAT_EXTL2 != 0,
             cluster_bits: h.cluster_bits,
             refcount_order: h.refcount_order,
             version: h.version,
@@ -349,7 +355,12 @@ impl Qcow2 {
 
     /// L2 entries per table.
     fn l2_entries(&self) -> u64 {
-        self.cs() / 8
+        self.cs() / self.l2_entry_bytes()
+    }
+
+    /// Bytes per L2 entry: 8, or 16 with extended L2 entries.
+    fn l2_entry_bytes(&self) -> u64 {
+        if self.ext_l2 { 16 } else { 8 }
     }
 
     /// Refuse writes to a read-only image; do the pending header fix-ups before the first
@@ -360,6 +371,12 @@ impl Qcow2 {
         }
         if self.is_corrupt() {
             return Err(self.corrupt_error());
+        }
+        if self.ext_l2 {
+            return Err(Error::io_msg(
+                Errno::ENOTSUP,
+                "qcow2: writing to images with extended L2 entries (subclusters) is not supported",
+            ));
         }
         if !self.fixups_pending.get() && !self.needs_dirty_bit() {
             return Ok(());
