@@ -282,6 +282,23 @@ async fn write_image(
     o: &CreateOptions,
     prealloc: Prealloc,
 ) -> engine::Result<()> {
+    let existed = tool.env.fs().exists(path);
+    let r = write_new_image(tool, path, qcow2, o, prealloc).await;
+    if r.is_err() && !existed {
+        // As qemu-img: a refused create leaves no half-made image behind (a file that was
+        // there before has been truncated already; that is qemu-img's behaviour too).
+        let _ = tool.env.fs().remove(path);
+    }
+    r
+}
+
+async fn write_new_image(
+    tool: &Tool,
+    path: &str,
+    qcow2: bool,
+    o: &CreateOptions,
+    prealloc: Prealloc,
+) -> engine::Result<()> {
     let create = OpenOptions {
         write: true,
         create: true,
