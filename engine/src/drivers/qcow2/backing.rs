@@ -265,6 +265,7 @@ mod tests {
             compression_type: 0,
             backing_file: backing.map(|b| b.0.to_string()),
             backing_fmt: backing.map(|b| b.1.to_string()),
+            data_file: None,
             feature_names: Vec::new(),
             unknown_exts: Vec::new(),
         };
