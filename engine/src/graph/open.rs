@@ -172,7 +172,13 @@ pub async fn open_node(ctx: &Rc<GraphCtx>, mut opts: Options) -> Result<Rc<Node>
     let result = match opened {
         Ok(drv) => {
             node.set_driver(drv);
-            refresh_perms(&node).and_then(|()| ctx.register_node(&node))
+            match refresh_perms(&node) {
+                Ok(()) => match node.driver().activate().await {
+                    Ok(()) => ctx.register_node(&node),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     };
