@@ -209,7 +209,13 @@ async fn finish_open(
     let result = match opened {
         Ok(drv) => {
             node.set_driver(drv);
-            refresh_perms(&node).and_then(|()| ctx.register_node(&node))
+            match refresh_perms(&node) {
+                Ok(()) => match node.driver().activate().await {
+                    Ok(()) => ctx.register_node(&node),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     };

@@ -117,8 +117,8 @@ pub(crate) struct Qcow2 {
     /// refcount blocks are not written ahead of the L2 tables, and a clean close clears it.
     lazy: bool,
     /// Header fix-ups (refcount rebuild of a dirty image, clearing autoclear bits) still to
-    /// do before the first write. They cannot happen during open: the node takes its
-    /// permissions on `file` only once it is open.
+    /// do. They run in `activate`, right after open (the node takes its permissions on `file`
+    /// only once it is open); the write path checks again in case activation was skipped.
     fixups_pending: Cell<bool>,
     /// This node, for the BLOCK_IMAGE_CORRUPTED event (node and device name).
     node: Weak<Node>,
@@ -468,6 +468,23 @@ impl Qcow2 {
 impl BlockDriver for Qcow2 {
     fn caps(&self) -> &DriverCaps {
         &CAPS
+    }
+
+    fn activate(&self) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            // Opened for check/repair: the check reports the image as it is (QEMU's
+            // BDRV_O_CHECK skips the repair at open too).
+            if !self.fixups_pending.get() || self.check_mode {
+                return Ok(());
+            }
+            let _g = self.meta.lock().await;
+            if self.fixups_pending.get() {
+                self.do_fixups()
+                    .await
+                    .map_err(|e| e.context("Could not repair dirty image"))?;
+            }
+            Ok(())
+        })
     }
 
     fn limits(&self) -> Limits {
