@@ -43,6 +43,9 @@ pub struct DriverCaps {
     pub write_flags: ReqFlags,
     /// Flags the driver honours on `write_zeroes` (FUA, MAY_UNMAP).
     pub zero_flags: ReqFlags,
+    /// Can switch between read-only and read-write while open (`reopen_*`); a reopen that
+    /// involves a node whose driver cannot is refused before anything changes.
+    pub reopen: bool,
 }
 
 /// Preallocation modes for create and truncate (`preallocation=`).
@@ -186,6 +189,28 @@ pub trait BlockDriver {
     fn activate(&self) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Reopen, phase one: stage a switch to read-only (`true`) or read-write (`false`). Runs
+    /// inside a drained section, after the permission plan accepted the new state and while
+    /// the node still holds its old permissions (so a switch to read-only can write back its
+    /// caches here). May fail; then `reopen_abort` follows and nothing may have changed.
+    /// Only called when `caps().reopen` is set.
+    fn reopen_prepare(&self, read_only: bool) -> LocalBoxFuture<'_, Result<()>> {
+        let _ = read_only;
+        let name = self.caps().name;
+        Box::pin(async move {
+            Err(Error::io_msg(
+                Errno::ENOTSUP,
+                format!("Block format '{name}' does not support reopening files"),
+            ))
+        })
+    }
+
+    /// Reopen, phase two: apply what `reopen_prepare` staged. Cannot fail.
+    fn reopen_commit(&self) {}
+
+    /// Drop what `reopen_prepare` staged; the node stays as it was.
+    fn reopen_abort(&self) {}
 
     /// Called once before the node goes away; write back anything cached.
     fn close(&self) -> LocalBoxFuture<'_, Result<()>> {

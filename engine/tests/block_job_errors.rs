@@ -408,8 +408,9 @@ fn block_commit_validation_in_qemus_order() {
 #[test]
 fn a_failure_after_the_filter_went_in_leaves_the_graph_as_it_was() {
     run(3, |engine| async move {
-        // A read-only base cannot be written by the commit: the job's edge on it is refused
-        // after the filter was inserted and the chain frozen; all of that is undone.
+        // The read-only base is reopened read-write for the commit, but a reader that does not
+        // share writes refuses the job's edge on it after the filter was inserted and the
+        // chain frozen; all of that is undone, the base is read-only again.
         mkimg(&engine, "r0.qcow2", None).await;
         mkimg(&engine, "r1.qcow2", Some("r0.qcow2")).await;
         mkimg(&engine, "r2.qcow2", Some("r1.qcow2")).await;
@@ -423,15 +424,20 @@ fn a_failure_after_the_filter_went_in_leaves_the_graph_as_it_was() {
             o["backing"] = backing.map_or(Value::Null, |b| json!(b));
             engine.blockdev_add(o).await.unwrap();
         }
+        engine
+            .device_add("reader", "r0", engine::backend::BackendOptions::tool(true))
+            .unwrap();
         refused(
             &engine,
             "block-commit",
             json!({"device": "r2", "job-id": "c", "top-node": "r1",
                        "filter-node-name": "cf"}),
             "GenericError",
-            "Block node 'r0' is read-only: commit job 'c' as 'base' needs 'write, resize'",
+            "Conflicts with use by device 'reader' as 'root', which does not allow 'write, \
+             resize' on node 'r0' (needed by commit job 'c' as 'base')",
         )
         .await;
         assert!(engine.graph().node("cf").is_none());
+        assert!(engine.graph().node("r0").unwrap().is_read_only());
     });
 }

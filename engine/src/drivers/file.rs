@@ -6,7 +6,7 @@
 //! writeback vs writethrough is the BlockBackend's business. Holes are reported by the host's
 //! allocation query, so `map` shows sparse files as zeroes.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
@@ -22,6 +22,7 @@ const CAPS: DriverCaps = DriverCaps {
     supports_backing: false,
     write_flags: ReqFlags::FUA,
     zero_flags: ReqFlags::FUA.union(ReqFlags::MAY_UNMAP),
+    reopen: true,
 };
 
 /// Largest zero buffer written when preallocating with `full`.
@@ -29,7 +30,14 @@ const FULL_PREALLOC_CHUNK: u64 = 1 << 20;
 
 struct File {
     path: String,
-    file: Rc<dyn HostFile>,
+    /// The host handle. A reopen swaps it for one opened with the new access mode; requests
+    /// clone the `Rc` and so keep the handle they started with alive until they end.
+    file: RefCell<Rc<dyn HostFile>>,
+    /// The handle `reopen_prepare` opened, installed by `reopen_commit`.
+    staged: RefCell<Option<Rc<dyn HostFile>>>,
+    /// `cache.direct`: a reopened handle bypasses the page cache too.
+    direct: bool,
+    env: Rc<dyn crate::env::Env>,
     /// Cached length: updated by writes past the end and by truncate.
     size: Cell<u64>,
     align: u32,
@@ -79,7 +87,10 @@ pub(super) fn open(
         };
         Ok(Box::new(File {
             path,
-            file,
+            file: RefCell::new(file),
+            staged: RefCell::new(None),
+            direct: node.direct,
+            env: env.clone(),
             size: Cell::new(size),
             align,
         }) as Box<dyn BlockDriver>)
@@ -87,6 +98,11 @@ pub(super) fn open(
 }
 
 impl File {
+    /// The current host handle (cloned so that no borrow is held across an await).
+    fn host(&self) -> Rc<dyn HostFile> {
+        self.file.borrow().clone()
+    }
+
     fn grew_to(&self, end: u64) {
         if end > self.size.get() {
             self.size.set(end);
@@ -112,14 +128,15 @@ impl BlockDriver for File {
     }
 
     fn read(&self, offset: u64, buf: IoBuf, _flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
-        self.file.read_at(buf, offset)
+        let file = self.host();
+        Box::pin(async move { file.read_at(buf, offset).await })
     }
 
     fn write(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
         Box::pin(async move {
             let end = offset + buf.len() as u64;
             let (buf, r) = self
-                .file
+                .host()
                 .write_at(buf, offset, flags.contains(ReqFlags::FUA))
                 .await;
             if r.is_ok() {
@@ -136,12 +153,12 @@ impl BlockDriver for File {
         flags: ReqFlags,
     ) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.file
-                .write_zeroes(offset, len, flags.contains(ReqFlags::MAY_UNMAP))
+            let file = self.host();
+            file.write_zeroes(offset, len, flags.contains(ReqFlags::MAY_UNMAP))
                 .await?;
             self.grew_to(offset + len);
             if flags.contains(ReqFlags::FUA) {
-                self.file.flush().await?;
+                file.flush().await?;
             }
             Ok(())
         })
@@ -154,18 +171,19 @@ impl BlockDriver for File {
             if len == 0 {
                 Ok(())
             } else {
-                self.file.discard(offset, len).await
+                self.host().discard(offset, len).await
             }
         })
     }
 
     fn flush(&self) -> LocalBoxFuture<'_, Result<()>> {
-        self.file.flush()
+        let file = self.host();
+        Box::pin(async move { file.flush().await })
     }
 
     fn block_status(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<BlockStatus>> {
         Box::pin(async move {
-            let (alloc, n) = self.file.allocation(offset, len).await?;
+            let (alloc, n) = self.host().allocation(offset, len).await?;
             let mapping = match alloc {
                 Allocation::Data => Mapping::Data { host: Some(offset) },
                 Allocation::Hole => Mapping::Zero { host: Some(offset) },
@@ -185,20 +203,21 @@ impl BlockDriver for File {
     ) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let old = self.size.get();
+            let file = self.host();
             match prealloc {
-                Prealloc::Off => self.file.set_len(len).await?,
+                Prealloc::Off => file.set_len(len).await?,
                 Prealloc::Falloc => {
-                    self.file.set_len(len).await?;
+                    file.set_len(len).await?;
                     if len > old {
-                        self.file.preallocate(old, len - old).await?;
+                        file.preallocate(old, len - old).await?;
                     }
                 }
                 Prealloc::Full => {
-                    self.file.set_len(len).await?;
+                    file.set_len(len).await?;
                     let mut pos = old;
                     while pos < len {
                         let n = FULL_PREALLOC_CHUNK.min(len - pos);
-                        let (_, r) = self.file.write_at(IoBuf::new(n as usize), pos, false).await;
+                        let (_, r) = file.write_at(IoBuf::new(n as usize), pos, false).await;
                         r?;
                         pos += n;
                     }
@@ -212,6 +231,36 @@ impl BlockDriver for File {
             self.size.set(len);
             Ok(())
         })
+    }
+
+    fn reopen_prepare(&self, read_only: bool) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            // A second handle with the new access mode; the old one serves until commit, so an
+            // abort only drops the new one. Opening for writing is where a host file that may
+            // not be written fails the reopen.
+            let opts = OpenOptions {
+                write: !read_only,
+                direct: self.direct,
+                ..Default::default()
+            };
+            let file = self
+                .env
+                .fs()
+                .open(&self.path, opts)
+                .context_with(|| format!("Could not reopen file '{}'", self.path))?;
+            *self.staged.borrow_mut() = Some(file);
+            Ok(())
+        })
+    }
+
+    fn reopen_commit(&self) {
+        if let Some(file) = self.staged.borrow_mut().take() {
+            *self.file.borrow_mut() = file;
+        }
+    }
+
+    fn reopen_abort(&self) {
+        self.staged.borrow_mut().take();
     }
 
     fn filename(&self) -> String {

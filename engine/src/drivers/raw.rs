@@ -18,6 +18,7 @@ const CAPS: DriverCaps = DriverCaps {
     supports_backing: false,
     write_flags: ReqFlags::FUA,
     zero_flags: ReqFlags::FUA.union(ReqFlags::MAY_UNMAP),
+    reopen: true,
 };
 
 struct Raw {
@@ -90,6 +91,11 @@ impl Raw {
 impl BlockDriver for Raw {
     fn caps(&self) -> &DriverCaps {
         &CAPS
+    }
+
+    fn reopen_prepare(&self, _read_only: bool) -> LocalBoxFuture<'_, Result<()>> {
+        // No state depends on it: the permissions on the child follow the node by themselves.
+        Box::pin(async { Ok(()) })
     }
 
     fn limits(&self) -> Limits {

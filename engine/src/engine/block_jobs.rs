@@ -3,7 +3,7 @@
 //! `job::active_commit` (active top).
 //!
 //! Every check happens before anything changes, so a refused command leaves the graph exactly
-//! as it was.
+//! as it was. A read-only node the job writes is reopened read-write by the job itself.
 
 use std::rc::Rc;
 
@@ -134,19 +134,6 @@ fn find_overlay(active: &Rc<Node>, top: &Rc<Node>) -> Option<Rc<Node>> {
     None
 }
 
-/// QEMU reopens such a node read-write for the job; blk cannot reopen nodes yet, so it refuses
-/// before anything starts rather than fail at the end.
-fn refuse_read_only(node: &Rc<Node>, why: &str) -> Result<()> {
-    if node.is_read_only() {
-        return Err(Error::generic(format!(
-            "Node '{}' is read-only and {why} (blk cannot reopen it read-write: open it with \
-             read-only=false)",
-            node.name()
-        )));
-    }
-    Ok(())
-}
-
 impl Engine {
     /// QEMU's `bdrv_lookup_bs(name, name)` with its GenericError.
     fn lookup_device_or_node(&self, name: &str) -> Result<Rc<Node>> {
@@ -231,7 +218,6 @@ impl Engine {
             ));
         }
         let backing_file = a.backing_file.clone().or(base_name);
-        refuse_read_only(&bs, "block-stream writes into it")?;
         let opts = self.job_options(&bs, &a.job)?;
         stream::start(self.jobs(), &opts, bs, base, backing_file, a.job.on_error).await
     }
@@ -328,7 +314,6 @@ impl Engine {
         }
         let overlay = find_overlay(&bs, &top).expect("top lies below the active layer");
         overlay.check_op_blockers()?;
-        refuse_read_only(&overlay, "block-commit rewrites its backing file name")?;
         let opts = self.job_options(&bs, &a.job)?;
         let spec = commit::CommitSpec {
             overlay: Some(overlay),

@@ -12,6 +12,7 @@ mod edit;
 mod node;
 mod open;
 mod perm;
+mod reopen;
 
 pub use ctx::{DebugListener, GraphCtx, OpenFn};
 pub use drain::DrainedSection;
@@ -22,3 +23,4 @@ pub use edit::{
 };
 pub use node::{BeforeWrite, Node, NodeOptions, NodeStats, OpStats};
 pub use open::{OpenCtx, open_internal_node, open_node};
+pub use reopen::{reopen_read_only, reopen_read_write};

@@ -130,7 +130,8 @@ pub struct Node {
     ctx: Rc<GraphCtx>,
     driver: OnceCell<Box<dyn BlockDriver>>,
     driver_name: &'static str,
-    opts: NodeOptions,
+    /// A cell: reopen switches `read_only` (everything else is fixed at open).
+    opts: Cell<NodeOptions>,
     pub(crate) children: RefCell<Vec<Rc<Edge>>>,
     pub(crate) parents: RefCell<Vec<Weak<Edge>>>,
     /// Parent edges plus monitor ownership; the node closes when it reaches 0.
@@ -171,7 +172,7 @@ impl Node {
             ctx: ctx.clone(),
             driver: OnceCell::new(),
             driver_name,
-            opts,
+            opts: Cell::new(opts),
             children: RefCell::new(Vec::new()),
             parents: RefCell::new(Vec::new()),
             refcnt: Cell::new(0),
@@ -237,12 +238,19 @@ impl Node {
 
     /// Generic options.
     pub fn options(&self) -> NodeOptions {
-        self.opts
+        self.opts.get()
     }
 
-    /// True when opened read-only.
+    /// True when the node is read-only now (as opened, or as last reopened).
     pub fn is_read_only(&self) -> bool {
-        self.opts.read_only
+        self.opts.get().read_only
+    }
+
+    /// Only the reopen commit phase switches this, together with the driver and permissions.
+    pub(crate) fn set_read_only(&self, read_only: bool) {
+        let mut o = self.opts.get();
+        o.read_only = read_only;
+        self.opts.set(o);
     }
 
     /// Length in bytes.
@@ -452,13 +460,13 @@ impl Node {
             "node-name": self.name,
             "drv": self.driver_name,
             "file": self.driver().filename(),
-            "ro": self.opts.read_only,
+            "ro": self.is_read_only(),
             "encrypted": false,
-            "detect_zeroes": match self.opts.detect_zeroes {
+            "detect_zeroes": match self.opts.get().detect_zeroes {
                 DetectZeroes::Off => "off", DetectZeroes::On => "on", DetectZeroes::Unmap => "unmap",
             },
             "write_threshold": self.write_threshold.get(),
-            "cache": {"writeback": true, "direct": self.opts.direct, "no-flush": self.opts.no_flush},
+            "cache": {"writeback": true, "direct": self.opts.get().direct, "no-flush": self.opts.get().no_flush},
             "backing_file": backing,
             "backing_file_depth": depth,
             "image": {"virtual-size": self.len(), "format": self.driver_name,

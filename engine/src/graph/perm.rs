@@ -29,6 +29,8 @@ pub(crate) struct Plan {
     explicit: BTreeMap<EdgeId, (Perms, Perms)>,
     /// Nodes whose permissions must be recomputed even if no edge above them changes.
     roots: Vec<Rc<Node>>,
+    /// Nodes that a reopen switches to read-only (`true`) or read-write (`false`).
+    read_only: BTreeMap<NodeId, bool>,
 }
 
 /// The permissions every affected edge would get.
@@ -66,6 +68,21 @@ impl Plan {
     /// Recompute everything below `node` (its own children's permissions may change).
     pub(crate) fn refresh(&mut self, node: &Rc<Node>) {
         self.roots.push(node.clone());
+    }
+
+    /// The node will be read-only (`true`) or read-write (`false`); everything below it is
+    /// recomputed.
+    pub(crate) fn set_read_only(&mut self, node: &Rc<Node>, read_only: bool) {
+        self.roots.push(node.clone());
+        self.read_only.insert(node.id(), read_only);
+    }
+
+    /// Whether `node` would be read-only under the plan.
+    fn read_only_of(&self, node: &Node) -> bool {
+        self.read_only
+            .get(&node.id())
+            .copied()
+            .unwrap_or_else(|| node.is_read_only())
     }
 
     /// The child `edge` would have under the plan (`None` if removed).
@@ -155,7 +172,7 @@ impl Plan {
                 Some((_, p, s)) => (*p, *s),
                 None => (e.perm(), e.shared()),
             };
-            check_node(&node, &parents, &lookup)?;
+            check_node(&node, self.read_only_of(&node), &parents, &lookup)?;
             let mut cum_perm = Perms::NONE;
             let mut cum_shared = Perms::ALL;
             for e in &parents {
@@ -167,7 +184,7 @@ impl Plan {
             let input = ParentPerms {
                 perm: cum_perm,
                 shared: cum_shared,
-                read_only: node.is_read_only(),
+                read_only: self.read_only_of(&node),
             };
             for edge in self.children_of(&node) {
                 let desc = ChildDesc {
@@ -198,12 +215,13 @@ impl Plan {
 /// Validate the users of one node: pairwise sharing, and no writers on a read-only node.
 fn check_node(
     node: &Rc<Node>,
+    read_only: bool,
     parents: &[Rc<Edge>],
     perms_of: &dyn Fn(&Rc<Edge>) -> (Perms, Perms),
 ) -> Result<()> {
     for a in parents {
         let (a_perm, _) = perms_of(a);
-        if node.is_read_only() && a_perm.intersects(Perms::WRITE | Perms::RESIZE) {
+        if read_only && a_perm.intersects(Perms::WRITE | Perms::RESIZE) {
             let wanted = a_perm & (Perms::WRITE | Perms::RESIZE);
             return Err(Error::generic(format!(
                 "Block node '{}' is read-only: {} needs '{}'",

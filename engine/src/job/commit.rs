@@ -14,6 +14,9 @@
 //! `on-error`: read errors are "read", write errors "write"; `ignore` and `stop` retry the chunk
 //! (QEMU's commit does not skip a range), `report` fails the job.
 //!
+//! A read-only base is reopened read-write first and read-only again at the end (clean); a
+//! read-only overlay is reopened read-write just around its header update.
+//!
 //! `prepare`: the job gives up writing the base, flushes it, rewrites the overlay's header to
 //! name the base, then (drained) points the overlay's backing edge at the base; the filter and
 //! the committed images drop out of the graph. On failure or cancel the filter is removed and
@@ -29,7 +32,7 @@ use crate::env::LocalBoxFuture;
 use crate::error::Result;
 use crate::graph::{
     Child, Edge, Node, drop_unused, freeze, insert_filter, open_internal_node, remove_filter,
-    set_backing, set_external_perms, unfreeze,
+    reopen_read_only, reopen_read_write, set_backing, set_external_perms, unfreeze,
 };
 use crate::io::{IoBuf, ReqFlags};
 use crate::types::{OnError, Perms};
@@ -55,6 +58,8 @@ pub struct CommitJob {
     top_child: RefCell<Option<Child>>,
     base_child: RefCell<Option<Child>>,
     frozen: RefCell<Vec<Rc<Edge>>>,
+    /// Nodes reopened read-write for the job (the base was read-only), switched back at the end.
+    reopened: RefCell<Vec<Rc<Node>>>,
 }
 
 /// What the QMP command validated.
@@ -88,6 +93,7 @@ pub async fn start(jobs: &Rc<JobRegistry>, opts: &JobOptions, spec: CommitSpec) 
         top_child: RefCell::new(None),
         base_child: RefCell::new(None),
         frozen: RefCell::new(Vec::new()),
+        reopened: RefCell::new(Vec::new()),
     });
     let job = jobs.create(opts, drv.clone(), None)?;
     match drv.setup(&job, filter_node_name).await {
@@ -105,6 +111,9 @@ pub async fn start(jobs: &Rc<JobRegistry>, opts: &JobOptions, spec: CommitSpec) 
 
 impl CommitJob {
     async fn setup(&self, job: &Rc<Job>, filter_node_name: Option<String>) -> Result<()> {
+        // The base is written: a read-only base (an image opened from a header) is made
+        // writable for the job before anything else changes (`teardown` switches it back).
+        *self.reopened.borrow_mut() = reopen_read_write(&self.base).await?;
         if let Some(overlay) = &self.overlay {
             let top_name = self.top.name().to_string();
             let filter = open_internal_node(
@@ -180,6 +189,10 @@ impl CommitJob {
                 .await
                 .expect("removing the commit filter cannot fail");
         }
+        // Back to read-only once nothing of the job writes the base any more. As in QEMU, a
+        // failure (someone attached a writer meanwhile) does not fail the job.
+        let reopened = std::mem::take(&mut *self.reopened.borrow_mut());
+        let _ = reopen_read_only(&reopened).await;
     }
 
     async fn work(self: Rc<Self>, job: Rc<Job>) -> Result<()> {
@@ -275,8 +288,17 @@ impl CommitJob {
             .backing_file
             .clone()
             .unwrap_or_else(|| self.base.driver().filename());
-        crate::request::change_backing_file(overlay, Some(&name), Some(self.base.driver_name()))
-            .await?;
+        // A read-only overlay (an intermediate image opened from a header) is writable just for
+        // the header update, as QEMU does when it updates a backing file link.
+        let reopened = reopen_read_write(overlay).await?;
+        let r = crate::request::change_backing_file(
+            overlay,
+            Some(&name),
+            Some(self.base.driver_name()),
+        )
+        .await;
+        let _ = reopen_read_only(&reopened).await;
+        r?;
         set_backing(overlay, Some(&self.base)).await?;
         // The filter dropped out with the committed images.
         self.filter.borrow_mut().take();

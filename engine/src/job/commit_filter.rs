@@ -26,6 +26,7 @@ const CAPS: DriverCaps = DriverCaps {
     supports_backing: true,
     write_flags: ReqFlags::NONE,
     zero_flags: ReqFlags::NONE,
+    reopen: false,
 };
 
 struct CommitTop {

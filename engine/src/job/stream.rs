@@ -23,7 +23,9 @@ use std::rc::Rc;
 
 use crate::env::LocalBoxFuture;
 use crate::error::{Error, Result};
-use crate::graph::{Child, Edge, Node, freeze, set_backing, unfreeze};
+use crate::graph::{
+    Child, Edge, Node, freeze, reopen_read_only, reopen_read_write, set_backing, unfreeze,
+};
 use crate::types::OnError;
 
 use super::{ErrorAction, Job, JobDriver};
@@ -40,6 +42,8 @@ pub struct StreamJob {
     on_error: OnError,
     child: RefCell<Option<Child>>,
     frozen: RefCell<Vec<Rc<Edge>>>,
+    /// Nodes reopened read-write for the job (the top was read-only), switched back at the end.
+    reopened: RefCell<Vec<Rc<Node>>>,
 }
 
 impl StreamJob {
@@ -57,6 +61,7 @@ impl StreamJob {
             on_error,
             child: RefCell::new(None),
             frozen: RefCell::new(Vec::new()),
+            reopened: RefCell::new(Vec::new()),
         }
     }
 
@@ -78,6 +83,13 @@ impl StreamJob {
         for edge in self.frozen.borrow_mut().drain(..) {
             unfreeze(&edge);
         }
+    }
+
+    /// Switch back what the setup reopened read-write. As in QEMU, a failure here (someone
+    /// attached a writer meanwhile) does not fail the job: the node stays writable.
+    async fn restore_read_only(&self) {
+        let nodes = std::mem::take(&mut *self.reopened.borrow_mut());
+        let _ = reopen_read_only(&nodes).await;
     }
 
     async fn work(self: Rc<Self>, job: Rc<Job>) -> Result<()> {
@@ -182,14 +194,15 @@ impl JobDriver for StreamJob {
 
     fn clean(self: Rc<Self>, _job: Rc<Job>) -> LocalBoxFuture<'static, ()> {
         self.thaw();
-        Box::pin(async {})
+        Box::pin(async move { self.restore_read_only().await })
     }
 }
 
 /// Create and start a stream of `top` down to `base`. The job holds the top (read, unchanged
 /// writes, graph changes; sharing reads and writes) and every image down to the base (only to
-/// block other operations); the backing edges between are frozen. On a setup error nothing
-/// changed and the job vanishes without events.
+/// block other operations); the backing edges between are frozen. A read-only top is reopened
+/// read-write for the job and read-only again when it ends. On a setup error nothing changed
+/// and the job vanishes without events.
 pub async fn start(
     jobs: &Rc<super::JobRegistry>,
     opts: &super::JobOptions,
@@ -206,6 +219,15 @@ pub async fn start(
         on_error,
     ));
     let job = jobs.create(opts, drv.clone(), None)?;
+    // The stream writes into the top: a read-only top (an image opened from a header) is made
+    // writable for the job, before anything else changes.
+    match reopen_read_write(&top).await {
+        Ok(nodes) => *drv.reopened.borrow_mut() = nodes,
+        Err(e) => {
+            job.abandon().await;
+            return Err(e);
+        }
+    }
     let setup = (|| {
         let child = job.add_node(
             &top,
@@ -231,6 +253,7 @@ pub async fn start(
     })();
     if let Err(e) = setup {
         job.abandon().await;
+        drv.restore_read_only().await;
         return Err(e);
     }
     drv.freeze_chain();

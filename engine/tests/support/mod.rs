@@ -116,6 +116,7 @@ fn open_testmem(
             } else {
                 ReqFlags::NONE
             },
+            reopen: false,
         };
         let limits = Limits {
             request_align: align,

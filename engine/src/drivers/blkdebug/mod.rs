@@ -45,6 +45,7 @@ const CAPS: DriverCaps = DriverCaps {
         .union(ReqFlags::MAY_UNMAP)
         .union(ReqFlags::NO_FALLBACK)
         .union(ReqFlags::WRITE_UNCHANGED),
+    reopen: false,
 };
 
 struct Blkdebug {

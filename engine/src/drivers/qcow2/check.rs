@@ -137,14 +137,14 @@ pub async fn check_node(node: &Rc<Node>, repair: Option<Repair>) -> Result<Check
 impl Qcow2 {
     /// The check proper, under the metadata lock.
     pub(crate) async fn check(&self, repair: Option<Repair>) -> Result<CheckReport> {
-        if repair.is_some() && self.read_only {
+        if repair.is_some() && self.read_only.get() {
             return Err(Error::io_msg(
                 Errno::EROFS,
                 "qcow2: cannot repair a read-only image",
             ));
         }
         let _g = self.meta.lock().await;
-        if !self.read_only {
+        if !self.read_only.get() {
             self.flush_metadata().await?;
             self.file.flush().await?;
         }

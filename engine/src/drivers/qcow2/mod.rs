@@ -65,6 +65,7 @@ const CAPS: DriverCaps = DriverCaps {
     supports_backing: true,
     write_flags: ReqFlags::NONE,
     zero_flags: ReqFlags::MAY_UNMAP,
+    reopen: true,
 };
 
 /// L1/L2 entry: refcount is exactly one (may be written in place).
@@ -109,7 +110,9 @@ pub(crate) struct Qcow2 {
     free_hint: Cell<u64>,
     /// Host ranges whose refcount is decremented once the freeing mapping change is durable.
     pending_free: RefCell<Vec<(u64, u64)>>,
-    read_only: bool,
+    /// Switched by reopen (`reopen_commit`); `reopen_to` holds the staged value.
+    read_only: Cell<bool>,
+    reopen_to: Cell<Option<bool>>,
     incompat: Cell<u64>,
     autoclear: Cell<u64>,
     nb_snapshots: u32,
@@ -213,7 +216,8 @@ pub(super) fn open(
             ranges: RangeLocks::default(),
             free_hint: Cell::new(0),
             pending_free: RefCell::new(Vec::new()),
-            read_only,
+            read_only: Cell::new(read_only),
+            reopen_to: Cell::new(None),
             incompat: Cell::new(h.incompat),
             autoclear: Cell::new(h.autoclear),
             nb_snapshots: h.nb_snapshots,
@@ -279,8 +283,10 @@ async fn open_backing(
                 Some(f) => f.clone(),
                 None => probe_format(ctx, &path).await?,
             };
+            // The file inherits read-only, as in QEMU: its host handle is opened without write
+            // access, and a reopen switches both.
             json!({"driver": fmt, "read-only": true,
-                   "file": {"driver": "file", "filename": path}})
+                   "file": {"driver": "file", "filename": path, "read-only": true}})
         }
     };
     let child = ctx
@@ -373,7 +379,7 @@ impl Qcow2 {
     /// Refuse writes to a read-only image; do the pending header fix-ups before the first
     /// write (rebuild stale lazy refcounts, clear unknown autoclear bits).
     async fn check_writable(&self) -> Result<()> {
-        if self.read_only {
+        if self.read_only.get() {
             return Err(Error::io_msg(Errno::EROFS, "qcow2: image is read-only"));
         }
         if self.is_corrupt() {
@@ -436,6 +442,19 @@ impl Qcow2 {
             .1?;
         self.file.flush().await?;
         self.incompat.set(bits);
+        Ok(())
+    }
+
+    /// Write back every cached table, flush, and clear the lazy-refcounts dirty bit (close,
+    /// and a reopen to read-only).
+    async fn write_back_and_mark_clean(&self) -> Result<()> {
+        let _g = self.meta.lock().await;
+        self.flush_metadata().await?;
+        self.file.flush().await?;
+        // Lazy refcounts: everything is written back, the refcounts are accurate again.
+        if self.lazy && self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
+            self.set_dirty_bit(false).await?;
+        }
         Ok(())
     }
 
@@ -534,7 +553,7 @@ impl BlockDriver for Qcow2 {
 
     fn flush(&self) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.read_only {
+            if self.read_only.get() {
                 return Ok(());
             }
             let _g = self.meta.lock().await;
@@ -561,18 +580,49 @@ impl BlockDriver for Qcow2 {
     fn close(&self) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
             // Nothing more is written to an image found corrupt.
-            if self.read_only || self.is_corrupt() {
+            if self.read_only.get() || self.is_corrupt() {
                 return Ok(());
             }
-            let _g = self.meta.lock().await;
-            self.flush_metadata().await?;
-            self.file.flush().await?;
-            // Lazy refcounts: everything is written back, the refcounts are accurate again.
-            if self.lazy && self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
-                self.set_dirty_bit(false).await?;
+            self.write_back_and_mark_clean().await
+        })
+    }
+
+    fn reopen_prepare(&self, read_only: bool) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if read_only {
+                // The file loses its write permission at commit: everything cached goes out
+                // now, and a lazy-refcounts image is marked clean, as at close.
+                if !self.is_corrupt() {
+                    self.write_back_and_mark_clean().await?;
+                }
+            } else if self.is_corrupt() && !self.check_mode {
+                return Err(Error::generic(
+                    "qcow2: Image is corrupt; cannot be opened read/write",
+                ));
             }
+            self.reopen_to.set(Some(read_only));
             Ok(())
         })
+    }
+
+    fn reopen_commit(&self) {
+        let Some(read_only) = self.reopen_to.take() else {
+            return;
+        };
+        if !read_only && self.read_only.get() {
+            // What open decides for a writable image: the header fix-ups are due (they run in
+            // `activate`, which the reopen calls next, or before the first write).
+            let incompat = self.incompat.get();
+            self.fixups_pending.set(
+                incompat & header::INCOMPAT_DIRTY != 0
+                    || (self.version == 3 && self.autoclear.get() & !self.known_autoclear() != 0),
+            );
+        }
+        self.read_only.set(read_only);
+    }
+
+    fn reopen_abort(&self) {
+        self.reopen_to.set(None);
     }
 
     fn make_empty(&self) -> LocalBoxFuture<'_, Result<()>> {

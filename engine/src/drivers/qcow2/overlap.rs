@@ -114,7 +114,7 @@ impl Qcow2 {
         size: Option<u64>,
         msg: &str,
     ) -> String {
-        let fatal = fatal && !self.read_only;
+        let fatal = fatal && !self.read_only.get();
         let full = if fatal {
             format!(
                 "qcow2: Marking image as corrupt: {msg}; further corruption events will be \
