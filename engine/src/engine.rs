@@ -18,7 +18,12 @@ use crate::graph::{GraphCtx, Node, open_node, unref};
 use crate::job::JobRegistry;
 use crate::util::Options;
 
+mod image;
 mod jobs;
+mod mirror;
+
+pub use image::ImageSpec;
+pub use mirror::{MirrorArgs, NewImageMode};
 
 /// A block engine instance.
 pub struct Engine {

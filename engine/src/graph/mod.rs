@@ -21,4 +21,4 @@ pub use edit::{
     remove_filter, replace_node, set_external_perms, unfreeze, unref,
 };
 pub use node::{BeforeWrite, Node, NodeOptions, NodeStats, OpStats};
-pub use open::{OpenCtx, open_node};
+pub use open::{InternalOpen, OpenCtx, close_unused, open_internal, open_node};

@@ -3,6 +3,8 @@
 
 use serde_json::{Value, json};
 
+mod mirror;
+
 use crate::engine::Engine;
 use crate::error::{Error, ErrorClass, Result};
 use crate::util::Options;
@@ -36,6 +38,8 @@ pub const COMMANDS: &[&str] = &[
     "block-job-finalize",
     "block-job-dismiss",
     "block-job-set-speed",
+    "blockdev-mirror",
+    "drive-mirror",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -201,6 +205,8 @@ async fn run(engine: &Engine, name: &str, mut args: Options) -> Result<Value> {
             engine.block_job_set_speed(&device, speed)?;
             return Ok(json!({}));
         }
+        "blockdev-mirror" => return mirror::blockdev_mirror(engine, args).await,
+        "drive-mirror" => return mirror::drive_mirror(engine, args).await,
         other => {
             return Err(Error::with_class(
                 ErrorClass::CommandNotFound,

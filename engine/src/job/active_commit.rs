@@ -1,0 +1,57 @@
+//! Active commit: `block-commit` whose top is the active layer. A mirror-like job of type
+//! "commit" copies what is allocated above the base into the base (which grows to the top's
+//! size if needed), reaches READY, keeps the base in sync with guest writes, and on
+//! `job-complete` pivots: the device moves from the top to the base (drained), and the images
+//! above the base leave the chain. The backing links between top and base are frozen while the
+//! job runs.
+//!
+//! The QMP command and its validation live with block-commit; this is the job.
+
+use std::rc::Rc;
+
+use crate::error::{Error, Result};
+use crate::graph::Node;
+use crate::types::OnError;
+
+use super::mirror::{self, CopyMode, MirrorParams, SyncMode};
+use super::{Job, JobOptions, JobRegistry};
+
+/// Start an active commit of `top` into `base` (which must be in `top`'s backing chain).
+pub async fn start(
+    jobs: &Rc<JobRegistry>,
+    opts: &JobOptions,
+    top: Rc<Node>,
+    base: Rc<Node>,
+    on_error: OnError,
+    filter_node_name: Option<String>,
+) -> Result<Rc<Job>> {
+    let mut below = top.backing().map(|e| e.child_node());
+    loop {
+        match below {
+            Some(n) if Rc::ptr_eq(&n, &base) => break,
+            Some(n) => below = n.backing().map(|e| e.child_node()),
+            None => {
+                return Err(Error::generic(format!(
+                    "'{}' is not in this backing file chain",
+                    base.name()
+                )));
+            }
+        }
+    }
+    let params = MirrorParams {
+        source: top,
+        target: base,
+        replaces: None,
+        sync: SyncMode::Commit,
+        granularity: 0,
+        buf_size: 0,
+        zero_target: false,
+        unmap: false,
+        on_source_error: on_error,
+        on_target_error: on_error,
+        filter_node_name,
+        copy_mode: CopyMode::Background,
+        target_backs_on_source: false,
+    };
+    mirror::start(jobs, opts, params).await
+}
