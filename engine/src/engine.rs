@@ -18,10 +18,12 @@ use crate::graph::{GraphCtx, Node, open_node, unref};
 use crate::job::JobRegistry;
 use crate::util::Options;
 
+mod commit_active;
 mod image;
 mod jobs;
 mod mirror;
 
+pub use commit_active::ActiveCommitArgs;
 pub use image::ImageSpec;
 pub use mirror::{MirrorArgs, NewImageMode};
 

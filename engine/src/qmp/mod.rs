@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+mod commit_active;
 mod mirror;
 
 use crate::engine::Engine;
@@ -40,6 +41,7 @@ pub const COMMANDS: &[&str] = &[
     "block-job-set-speed",
     "blockdev-mirror",
     "drive-mirror",
+    "block-commit",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -207,6 +209,7 @@ async fn run(engine: &Engine, name: &str, mut args: Options) -> Result<Value> {
         }
         "blockdev-mirror" => return mirror::blockdev_mirror(engine, args).await,
         "drive-mirror" => return mirror::drive_mirror(engine, args).await,
+        "block-commit" => return commit_active::block_commit(engine, args).await,
         other => {
             return Err(Error::with_class(
                 ErrorClass::CommandNotFound,

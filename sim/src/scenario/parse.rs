@@ -29,6 +29,7 @@
 //! verify drive0
 //! crash
 //! restart
+//! check disk.qcow2               # the image passes a consistency check (leaks are allowed)
 //! ```
 //!
 //! Parse errors name the file, line and column.
@@ -183,6 +184,11 @@ pub enum Action {
     Crash,
     /// Reopen every image from its durable state and re-create the devices.
     Restart,
+    /// Check an image file (qcow2: QEMU's consistency check; corruption fails the run).
+    Check {
+        /// Path on the virtual disk.
+        path: String,
+    },
 }
 
 /// What `expect` checks.
@@ -663,6 +669,9 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
             },
             "crash" => Action::Crash,
             "restart" => Action::Restart,
+            "check" => Action::Check {
+                path: need(1, "an image path")?,
+            },
             other => return Err(cur.err(kw_col, format!("unknown directive '{other}'"))),
         };
         let text = lines[start_line - 1..i]

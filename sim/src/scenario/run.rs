@@ -121,6 +121,8 @@ impl DebugListener for DebugRecorder {
 pub(super) enum Setup {
     Qmp(Value),
     Device(String, Vec<Arg>),
+    /// A device whose root a job moved (mirror pivot, active commit): see `pivot.rs`.
+    Pivoted(super::pivot::PivotedDevice),
 }
 
 pub(super) struct DeviceState {
@@ -488,6 +490,7 @@ impl World<'_> {
                 self.drains.clear();
                 self.recorder.drained.borrow_mut().clear();
                 self.io = Default::default();
+                self.record_pivots();
                 let report = self.sim.crash();
                 for dev in self.devices.values() {
                     dev.model.borrow_mut().crash();
@@ -502,6 +505,7 @@ impl World<'_> {
                 ));
             }
             Action::Restart => self.restart(line).await?,
+            Action::Check { path } => self.check_image(line, path).await?,
         }
         Ok(())
     }
@@ -559,7 +563,7 @@ impl World<'_> {
         }
     }
 
-    fn device_add(&mut self, name: &str, args: &[Arg]) -> Result<(), String> {
+    pub(super) fn device_add(&mut self, name: &str, args: &[Arg]) -> Result<(), String> {
         let mut node = None;
         let (mut read_only, mut share_rw) = (false, false);
         let (mut rerror, mut werror, mut cache) = (OnError::Report, OnError::Enospc, true);
@@ -639,6 +643,12 @@ impl World<'_> {
                 }
                 Setup::Device(name, args) => {
                     self.device_add(name, args)
+                        .map_err(|e| fail("restart", line, e))?;
+                    devices += 1;
+                }
+                Setup::Pivoted(p) => {
+                    self.reattach_pivoted(p)
+                        .await
                         .map_err(|e| fail("restart", line, e))?;
                     devices += 1;
                 }
