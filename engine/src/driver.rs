@@ -179,6 +179,14 @@ pub trait BlockDriver {
         default_child_perms(child, parent)
     }
 
+    /// Called once right after open, when the node holds its permissions on its children:
+    /// a format brings its image up to date here (qcow2 rebuilds the refcounts of an image
+    /// left dirty by lazy refcounts and clears unknown autoclear bits, as QEMU does at open).
+    /// An error fails the open.
+    fn activate(&self) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Called once before the node goes away; write back anything cached.
     fn close(&self) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })

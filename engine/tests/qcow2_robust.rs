@@ -122,9 +122,9 @@ fn bad_images_give_clear_errors() {
             "Unsupported incompatible features: Unknown incompatible feature: 400",
         ),
         (
-            "extended L2",
-            Box::new(|i| poke(i, 72, &(1u64 << 4).to_be_bytes())),
-            "Unsupported incompatible features: extended L2 entries",
+            "external data file bit without a name",
+            Box::new(|i| poke(i, 72, &(1u64 << 2).to_be_bytes())),
+            "'data-file' is required for this image",
         ),
         (
             "corrupt bit",
@@ -366,14 +366,18 @@ fn backing_option_and_autoclear() {
             .device_add("dc", "c", BackendOptions::tool(true))
             .unwrap();
         assert!(read_all(&bb).await.iter().all(|&b| b == 0));
-        // Autoclear bits are cleared before the first write.
-        let bb = open_qcow2(&engine, "w", "o2.qcow2", false).await.unwrap();
+        // Unknown autoclear bits are cleared when the image is opened read-write (as QEMU
+        // does at open), not left for the first write; read-only opens leave them alone.
         assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 1);
+        let bb = open_qcow2(&engine, "r", "o2.qcow2", true).await.unwrap();
+        assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 1);
+        drop(bb);
+        let bb = open_qcow2(&engine, "w", "o2.qcow2", false).await.unwrap();
+        assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 0);
         bb.write(0, IoBuf::filled(512, 1), ReqFlags::NONE)
             .await
             .1
             .unwrap();
-        assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 0);
     })
     .unwrap();
 }

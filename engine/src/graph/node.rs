@@ -294,6 +294,18 @@ impl Node {
             .collect()
     }
 
+    /// The name of the first user outside the graph directly above this node that has a
+    /// device name (a BlockBackend), or "" (QEMU's `bdrv_get_device_name`, used by events).
+    pub fn device_name(&self) -> String {
+        self.parents()
+            .iter()
+            .find_map(|e| match e.parent() {
+                super::edge::ParentRef::External(p) => p.upgrade().and_then(|p| p.device_name()),
+                super::edge::ParentRef::Node(_) => None,
+            })
+            .unwrap_or_default()
+    }
+
     /// Reference count: parent edges plus one if owned by the monitor.
     pub fn refcnt(&self) -> u32 {
         self.refcnt.get()

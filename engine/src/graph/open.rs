@@ -28,6 +28,12 @@ impl OpenCtx {
         self.node.name()
     }
 
+    /// The node being opened, weakly (a driver keeping it must not keep its node alive), for
+    /// drivers that report events naming their node and device.
+    pub fn weak_node(&self) -> std::rc::Weak<Node> {
+        Rc::downgrade(&self.node)
+    }
+
     /// The node's generic options.
     pub fn options(&self) -> NodeOptions {
         self.node.options()
@@ -166,7 +172,13 @@ pub async fn open_node(ctx: &Rc<GraphCtx>, mut opts: Options) -> Result<Rc<Node>
     let result = match opened {
         Ok(drv) => {
             node.set_driver(drv);
-            refresh_perms(&node).and_then(|()| ctx.register_node(&node))
+            match refresh_perms(&node) {
+                Ok(()) => match node.driver().activate().await {
+                    Ok(()) => ctx.register_node(&node),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     };
