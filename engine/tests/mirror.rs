@@ -384,3 +384,64 @@ fn active_commit_pivots_the_device_to_the_base() {
         });
     }
 }
+
+#[test]
+fn replaces_swaps_a_node_below_a_filter_at_the_pivot() {
+    run(2, |engine| async move {
+        // drive0 -> fmt (raw, a filter of its file) -> under; the mirror of fmt replaces `under`.
+        add_mem(&engine, "dst", json!({"size": MB})).await;
+        engine
+            .blockdev_add(json!({"driver": "raw", "node-name": "fmt",
+                                 "file": {"driver": "testmem", "node-name": "under", "size": MB}}))
+            .await
+            .unwrap();
+        fill("under", 9);
+        engine
+            .device_add("drive0", "fmt", BackendOptions::guest_device(false, false))
+            .unwrap();
+        qmp_ok(
+            &engine,
+            json!({"execute": "blockdev-mirror", "arguments": {"job-id": "m0",
+                "device": "drive0", "target": "dst", "sync": "full", "replaces": "under"}}),
+        )
+        .await;
+        let job = engine.find_job("m0").unwrap();
+        job.wait_status(|s| s == JobStatus::Ready).await;
+        guest_writes(&engine, 4, 10).await;
+        job.user_complete().unwrap();
+        job.wait_status(|s| s == JobStatus::Null).await;
+        // The device still uses fmt, whose file is now the target.
+        assert_eq!(root(&engine), "fmt");
+        let fmt = engine.graph().node("fmt").unwrap();
+        assert_eq!(fmt.child("file").unwrap().child_node().name(), "dst");
+        assert!(same("under", "dst"));
+    });
+}
+
+#[test]
+fn drive_mirror_creates_its_target_and_pivots_to_it() {
+    run(5, |engine| async move {
+        add_mem(&engine, "src", json!({"size": MB})).await;
+        fill("src", 3);
+        engine
+            .device_add("drive0", "src", BackendOptions::guest_device(false, false))
+            .unwrap();
+        // testmem has no image format: the new image is raw (format given).
+        qmp_ok(
+            &engine,
+            json!({"execute": "drive-mirror", "arguments": {"device": "drive0",
+                "target": "new.img", "format": "raw", "node-name": "new", "sync": "full"}}),
+        )
+        .await;
+        // The job id defaults to the device name.
+        let job = engine.find_job("drive0").unwrap();
+        job.wait_status(|s| s == JobStatus::Ready).await;
+        job.user_complete().unwrap();
+        job.wait_status(|s| s == JobStatus::Null).await;
+        assert_eq!(root(&engine), "new");
+        let bb = engine.backend("drive0").unwrap();
+        let (buf, r) = bb.read(0, IoBuf::new(MB as usize)).await;
+        r.unwrap();
+        assert_eq!(buf.as_slice(), &mem("src").data.borrow()[..]);
+    });
+}

@@ -289,6 +289,19 @@ impl MirrorDriver {
             return Ok(false);
         }
         self.flush_target(job).await?;
+        // Writes the guest completed on the source before the pivot may still be cached there;
+        // after the pivot the guest's flushes no longer reach the source, which may stay in the
+        // device's chain (sync=none backs the target by it). Make them durable now.
+        if let Err(e) = self.source_child().flush().await {
+            match job.error_action(self.on_source_error, &e, true) {
+                ErrorAction::Report => return Err(e),
+                ErrorAction::Ignore => {}
+                ErrorAction::Stop => {
+                    drop(section);
+                    return Ok(false);
+                }
+            }
+        }
         *self.final_drain.borrow_mut() = Some(section);
         Ok(true)
     }

@@ -28,8 +28,8 @@ use serde_json::json;
 use crate::env::LocalBoxFuture;
 use crate::error::{Error, Result};
 use crate::graph::{
-    Child, DrainedSection, Edge, Node, NodeOptions, ReplaceOptions, freeze, insert_filter,
-    open_internal, remove_filter, replace_node, set_external_perms, unfreeze, unref,
+    Child, DrainedSection, Edge, Node, NodeOptions, ReplaceOptions, freeze, open_internal,
+    remove_filter, replace_node, set_external_perms, unfreeze, unref,
 };
 use crate::types::{ChildRole, OnError, Perms};
 
@@ -309,7 +309,18 @@ pub async fn start(jobs: &Rc<JobRegistry>, opts: &JobOptions, p: MirrorParams) -
         }),
     )
     .await?;
-    if let Err(e) = insert_filter(&filter, &p.source).await {
+    // Only the users outside the graph (the device) move above the filter: a node using the
+    // source (drive-mirror's new target backed by it) keeps reading the source directly.
+    let keep = ReplaceOptions {
+        keep: p
+            .source
+            .parents()
+            .iter()
+            .filter(|e| e.parent().node().is_some())
+            .map(|e| e.id())
+            .collect(),
+    };
+    if let Err(e) = replace_node(&p.source, &filter, keep).await {
         unref(&filter).await;
         return Err(e);
     }
