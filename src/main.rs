@@ -17,6 +17,8 @@ fn usage() -> ! {
          \x20 convert copy an image into another format, sparse (-p for progress)\n\
          \x20 resize  grow or (--shrink) shrink an image\n\
          \x20 check   check an image's metadata, -r leaks|all to repair (--output=json)\n\
+         \x20 commit  commit an image's data into its backing file (-b base, -d keep, -p)\n\
+         \x20 rebase  change an image's backing file (-b new -F fmt; -u: header only)\n\
          \n\
          Run 'blk <command> --help' for a command's options."
     );
@@ -31,7 +33,9 @@ fn main() {
         "check" => cli::check::run_check(rest),
         "io" => cli::io::run_io(rest),
         "sim" => cli::sim::run_sim(rest),
-        "create" | "info" | "map" | "compare" | "convert" | "resize" => cli::img::run(cmd, rest),
+        "create" | "info" | "map" | "compare" | "convert" | "resize" | "commit" | "rebase" => {
+            cli::img::run(cmd, rest)
+        }
         "-h" | "--help" | "help" => usage(),
         other => {
             eprintln!("blk: unknown command '{other}'");

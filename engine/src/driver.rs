@@ -252,6 +252,37 @@ pub trait BlockDriver {
         false
     }
 
+    /// Deallocate everything so the image reads entirely from its backing file (`qemu-img
+    /// commit` empties the image it committed). Formats that cannot refuse.
+    fn make_empty(&self) -> LocalBoxFuture<'_, Result<()>> {
+        let name = self.caps().name;
+        Box::pin(async move {
+            Err(Error::io_msg(
+                Errno::ENOTSUP,
+                format!("Driver '{name}' does not support emptying the image"),
+            ))
+        })
+    }
+
+    /// Rewrite the backing file name (and format) recorded in the image's metadata, as a job
+    /// does once the chain below changed (stream, commit, rebase). `None` removes the backing
+    /// reference. Only the image header changes, never the graph. Everything written before is
+    /// durable before the header changes, and the header is durable when this returns. Formats
+    /// without backing files refuse.
+    fn change_backing_file(
+        &self,
+        _name: Option<&str>,
+        _format: Option<&str>,
+    ) -> LocalBoxFuture<'_, Result<()>> {
+        let name = self.caps().name;
+        Box::pin(async move {
+            Err(Error::io_msg(
+                Errno::ENOTSUP,
+                format!("Driver '{name}' does not support changing the backing file"),
+            ))
+        })
+    }
+
     /// The file name shown in `query-named-block-nodes` ("file" member).
     fn filename(&self) -> String;
 

@@ -18,14 +18,15 @@ use crate::graph::{GraphCtx, Node, open_node, unref};
 use crate::job::JobRegistry;
 use crate::util::Options;
 
-mod commit_active;
+mod block_jobs;
 mod image;
 mod jobs;
 mod mirror;
 
-pub use commit_active::ActiveCommitArgs;
 pub use image::ImageSpec;
 pub use mirror::{MirrorArgs, NewImageMode};
+
+pub use block_jobs::{BlockJobArgs, CommitArgs, StreamArgs};
 
 /// A block engine instance.
 pub struct Engine {

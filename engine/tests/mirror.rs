@@ -365,8 +365,8 @@ fn active_commit_pivots_the_device_to_the_base() {
             let job = engine::job::active_commit::start(
                 engine.jobs(),
                 &JobOptions::new("c0"),
-                top.clone(),
-                base.clone(),
+                &top,
+                &base,
                 OnError::Report,
                 None,
             )

@@ -181,6 +181,12 @@ impl Child {
     pub fn node(&self) -> Rc<Node> {
         self.0.child_node()
     }
+
+    /// The parent node's child named `name` as the graph has it now: how a driver finds its
+    /// backing child after a job changed it (the edge it was opened with may be gone).
+    pub fn sibling(&self, name: &str) -> Option<Child> {
+        self.0.parent().node()?.child(name).map(Child)
+    }
 }
 
 impl fmt::Debug for Child {

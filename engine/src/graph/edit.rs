@@ -1,5 +1,6 @@
 //! Graph edits: attach and detach children, replace a node by another (all its parents move),
-//! append an overlay, insert and remove filters, freeze edges.
+//! append an overlay, insert and remove filters, change a node's backing child (dropping
+//! images from a chain), freeze edges.
 //!
 //! Every edit is two-phase: a [`Plan`] is checked against the whole affected graph, and only
 //! then are edges relinked and permissions committed together, so a refused edit leaves the
@@ -356,4 +357,72 @@ pub async fn remove_filter(filter: &Rc<Node>) -> Result<()> {
     };
     let below = edge.child_node();
     replace_node(filter, &below, ReplaceOptions::default()).await
+}
+
+/// Make `to` the backing child of `node` (`None`: no backing child), as stream and commit do
+/// when they drop images from a chain. Runs drained over the nodes involved; two-phase; refused
+/// when the backing edge is frozen or the change would create a cycle. Images that drop out of
+/// the chain are released (closed when nothing else holds them). Only the graph changes: the
+/// image header is the caller's (`BlockDriver::change_backing_file`).
+pub async fn set_backing(node: &Rc<Node>, to: Option<&Rc<Node>>) -> Result<()> {
+    let edge = node.backing();
+    if let Some(e) = &edge {
+        refuse_frozen(e, "change")?;
+    }
+    if let Some(to) = to
+        && reaches(to, node)
+    {
+        return Err(Error::generic(format!(
+            "Making '{}' the backing file of '{}' would create a cycle",
+            to.name(),
+            node.name()
+        )));
+    }
+    let mut drained = vec![node.clone()];
+    if let Some(e) = &edge {
+        drained.push(e.child_node());
+    }
+    if let Some(to) = to {
+        drained.push(to.clone());
+    }
+    let _drained = node.ctx().drain_nodes(drained).await;
+    match (edge, to) {
+        (None, None) => Ok(()),
+        (None, Some(to)) => {
+            if !node.driver().caps().supports_backing {
+                return Err(Error::generic(format!(
+                    "Driver '{}' of node '{}' does not support backing files",
+                    node.driver_name(),
+                    node.name()
+                )));
+            }
+            attach_child(node, to, "backing", ChildRole::COW).map(|_| ())
+        }
+        (Some(e), None) => detach(&e).await,
+        (Some(e), Some(to)) => {
+            if Rc::ptr_eq(&e.child_node(), to) {
+                return Ok(());
+            }
+            let mut plan = Plan::new();
+            plan.retarget(&e, Some(to.clone()));
+            plan.check()?.commit();
+            let old = retarget(&e, to);
+            unref(&old).await;
+            Ok(())
+        }
+    }
+}
+
+/// Close a node nothing references (a job-private filter whose insertion failed): its children
+/// are released.
+pub async fn drop_unused(node: &Rc<Node>) {
+    assert_eq!(
+        node.refcnt(),
+        0,
+        "dropping node '{}' still in use",
+        node.name()
+    );
+    if !node.closed.get() {
+        close(node).await;
+    }
 }

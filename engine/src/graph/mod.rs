@@ -17,8 +17,8 @@ pub use ctx::{DebugListener, GraphCtx, OpenFn};
 pub use drain::DrainedSection;
 pub use edge::{Child, Edge, ParentOps, ParentRef};
 pub use edit::{
-    ReplaceOptions, append, attach_child, attach_external, detach, freeze, insert_filter,
-    remove_filter, replace_node, set_external_perms, unfreeze, unref,
+    ReplaceOptions, append, attach_child, attach_external, detach, drop_unused, freeze,
+    insert_filter, remove_filter, replace_node, set_backing, set_external_perms, unfreeze, unref,
 };
 pub use node::{BeforeWrite, Node, NodeOptions, NodeStats, OpStats};
-pub use open::{InternalOpen, OpenCtx, close_unused, open_internal, open_node};
+pub use open::{InternalOpen, OpenCtx, close_unused, open_internal, open_internal_node, open_node};

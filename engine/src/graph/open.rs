@@ -150,6 +150,22 @@ pub async fn open_node(ctx: &Rc<GraphCtx>, mut opts: Options) -> Result<Rc<Node>
     let driver = opts.require_str("driver")?;
     let open = ctx.driver(&driver)?;
     let (node_name, node_opts) = take_common(&mut opts)?;
+    let driver_name = ctx
+        .driver_names()
+        .into_iter()
+        .find(|d| *d == driver)
+        .expect("looked up");
+    let node = new_named_shell(ctx, node_name, driver_name, node_opts)?;
+    let opened = open(OpenCtx { node: node.clone() }, opts).await;
+    finish_open(ctx, node, opened).await
+}
+
+fn new_named_shell(
+    ctx: &Rc<GraphCtx>,
+    node_name: Option<String>,
+    driver_name: &'static str,
+    node_opts: NodeOptions,
+) -> Result<Rc<Node>> {
     let (name, implicit) = match node_name {
         Some(n) => {
             validate_node_name(&n)?;
@@ -162,13 +178,34 @@ pub async fn open_node(ctx: &Rc<GraphCtx>, mut opts: Options) -> Result<Rc<Node>
         }
         None => (ctx.implicit_name(), true),
     };
-    let driver_name = ctx
-        .driver_names()
-        .into_iter()
-        .find(|d| *d == driver)
-        .expect("looked up");
-    let node = Node::new_shell(ctx, name, implicit, driver_name, node_opts);
-    let opened = open(OpenCtx { node: node.clone() }, opts).await;
+    Ok(Node::new_shell(ctx, name, implicit, driver_name, node_opts))
+}
+
+/// Create a node whose driver is not openable by name: a job-private filter (commit-top,
+/// mirror-top). `build` attaches its children through the [`OpenCtx`] and returns the driver.
+/// Named `node_name`, or implicitly when `None`. The node starts with no reference: the caller
+/// links it into the graph (e.g. [`insert_filter`](super::insert_filter)) right away.
+pub async fn open_internal_node(
+    ctx: &Rc<GraphCtx>,
+    node_name: Option<String>,
+    driver_name: &'static str,
+    build: impl FnOnce(
+        OpenCtx,
+    ) -> crate::env::LocalBoxFuture<
+        'static,
+        Result<Box<dyn crate::driver::BlockDriver>>,
+    >,
+) -> Result<Rc<Node>> {
+    let node = new_named_shell(ctx, node_name, driver_name, NodeOptions::default())?;
+    let opened = build(OpenCtx { node: node.clone() }).await;
+    finish_open(ctx, node, opened).await
+}
+
+async fn finish_open(
+    ctx: &Rc<GraphCtx>,
+    node: Rc<Node>,
+    opened: Result<Box<dyn crate::driver::BlockDriver>>,
+) -> Result<Rc<Node>> {
     let result = match opened {
         Ok(drv) => {
             node.set_driver(drv);

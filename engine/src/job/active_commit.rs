@@ -5,7 +5,8 @@
 //! above the base leave the chain. The backing links between top and base are frozen while the
 //! job runs.
 //!
-//! The QMP command and its validation live with block-commit; this is the job.
+//! The QMP command and its validation live with block-commit (`engine/block_jobs.rs`); this is
+//! the job.
 
 use std::rc::Rc;
 
@@ -16,15 +17,18 @@ use crate::types::OnError;
 use super::mirror::{self, CopyMode, MirrorParams, SyncMode};
 use super::{Job, JobOptions, JobRegistry};
 
-/// Start an active commit of `top` into `base` (which must be in `top`'s backing chain).
+/// Start an active commit of `top` (the active layer) into `base` (in `top`'s backing chain),
+/// after `block-commit` validated both. `filter_node_name` names the filter inserted above
+/// `top`.
 pub async fn start(
     jobs: &Rc<JobRegistry>,
     opts: &JobOptions,
-    top: Rc<Node>,
-    base: Rc<Node>,
+    top: &Rc<Node>,
+    base: &Rc<Node>,
     on_error: OnError,
-    filter_node_name: Option<String>,
+    filter_node_name: Option<&str>,
 ) -> Result<Rc<Job>> {
+    let (top, base) = (top.clone(), base.clone());
     let mut below = top.backing().map(|e| e.child_node());
     loop {
         match below {
@@ -49,7 +53,7 @@ pub async fn start(
         unmap: false,
         on_source_error: on_error,
         on_target_error: on_error,
-        filter_node_name,
+        filter_node_name: filter_node_name.map(str::to_string),
         copy_mode: CopyMode::Background,
         target_backs_on_source: false,
     };

@@ -19,10 +19,14 @@
 //! `BlockDriver`. Must not import `engine` or `qmp`.
 
 pub mod active_commit;
+pub mod commit;
+mod commit_filter;
 mod lifecycle;
 pub mod mirror;
+pub mod rebase;
 mod registry;
 mod status;
+pub mod stream;
 mod verbs;
 
 use std::cell::{Cell, RefCell};

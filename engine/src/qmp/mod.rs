@@ -3,12 +3,13 @@
 
 use serde_json::{Value, json};
 
-mod commit_active;
 mod mirror;
 
 use crate::engine::Engine;
 use crate::error::{Error, ErrorClass, Result};
 use crate::util::Options;
+
+mod block_jobs;
 
 /// The commands this front end knows, in the order `query-commands` lists them.
 pub const COMMANDS: &[&str] = &[
@@ -41,6 +42,7 @@ pub const COMMANDS: &[&str] = &[
     "block-job-set-speed",
     "blockdev-mirror",
     "drive-mirror",
+    "block-stream",
     "block-commit",
 ];
 
@@ -209,7 +211,8 @@ async fn run(engine: &Engine, name: &str, mut args: Options) -> Result<Value> {
         }
         "blockdev-mirror" => return mirror::blockdev_mirror(engine, args).await,
         "drive-mirror" => return mirror::drive_mirror(engine, args).await,
-        "block-commit" => return commit_active::block_commit(engine, args).await,
+        "block-stream" => return block_jobs::block_stream(engine, args).await,
+        "block-commit" => return block_jobs::block_commit(engine, args).await,
         other => {
             return Err(Error::with_class(
                 ErrorClass::CommandNotFound,

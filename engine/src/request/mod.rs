@@ -15,6 +15,7 @@
 //! Drivers implement only their own layer (`driver.rs`) and reach their children through the
 //! [`Child`] methods defined here. Must not import `drivers`, `job`, `qmp` or `engine`.
 
+mod cor;
 mod debug;
 mod flush;
 mod read;
@@ -30,6 +31,22 @@ use crate::graph::Child;
 use crate::io::{BlockStatus, BufResult, IoBuf, ReqFlags};
 
 pub use status::ChainStatus;
+
+/// Rewrite the backing file name and format recorded in `node`'s image header (jobs, after
+/// they changed the chain; `None` removes the backing reference). The graph is not changed.
+pub async fn change_backing_file(
+    node: &std::rc::Rc<crate::graph::Node>,
+    name: Option<&str>,
+    format: Option<&str>,
+) -> Result<()> {
+    cor::change_backing_file(node, name, format).await
+}
+
+/// Deallocate everything in `node`'s image so it reads from its backing file (`qemu-img
+/// commit` without `-d`).
+pub async fn make_empty(node: &std::rc::Rc<crate::graph::Node>) -> Result<()> {
+    cor::make_empty(node).await
+}
 
 impl Child {
     /// Read `buf.len()` bytes at `offset`. Bytes past the node's end read as zeroes.
@@ -72,6 +89,13 @@ impl Child {
         base: Option<&crate::graph::Node>,
     ) -> Result<ChainStatus> {
         status::chain_status(&self.node(), offset, len, base).await
+    }
+
+    /// Copy-on-read: copy into the child whatever of the range it does not allocate itself,
+    /// from its backing chain, as one serialising request (needs WRITE_UNCHANGED). Returns the
+    /// bytes copied.
+    pub async fn populate(&self, offset: u64, len: u64) -> Result<u64> {
+        cor::populate(&self.node(), self.edge(), offset, len).await
     }
 
     /// Resize the child. Needs RESIZE on this edge.

@@ -3,6 +3,8 @@
 //! gate (so tests can keep requests in flight while they drain, race or edit the graph).
 #![allow(dead_code)]
 
+pub mod chain;
+
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -6,6 +6,7 @@
 //! `scenarios/README.md`. Each run is a pure function of the file and the seed: the same pair
 //! gives a byte-identical transcript and trace hash.
 
+mod chain;
 mod checks;
 mod faults;
 mod image;

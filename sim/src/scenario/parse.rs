@@ -29,7 +29,7 @@
 //! verify drive0
 //! crash
 //! restart
-//! check disk.qcow2               # the image passes a consistency check (leaks are allowed)
+//! check-file disk.qcow2          # the image file passes a consistency check (leaks allowed)
 //! ```
 //!
 //! Parse errors name the file, line and column.
@@ -107,6 +107,24 @@ pub enum Action {
         /// Further arguments (node=, werror=, rerror=, cache=, read-only, share-rw).
         args: Vec<Arg>,
     },
+    /// Detach a device (`device del NAME`).
+    DeviceDel {
+        /// Device name.
+        name: String,
+    },
+    /// Declare content the device already shows (`model DEV fill PATTERN OFFSET LEN`): the
+    /// reference model takes it as durable. For data put into lower layers of a chain through
+    /// other devices; a `verify` right after checks the declaration.
+    ModelFill {
+        /// Device name.
+        device: String,
+        /// Byte pattern.
+        pattern: u8,
+        /// Offset in bytes.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
     /// A qemu-io command line on a device.
     Io {
         /// Device name.
@@ -180,12 +198,19 @@ pub enum Action {
         /// Device name.
         device: String,
     },
+    /// `check NODE`: the qcow2 consistency check of a node (read-only: no repair). Fails the
+    /// run on corruptions or check errors; leaks (normal after a power loss) are reported.
+    Check {
+        /// Node name.
+        node: String,
+    },
     /// Power loss.
     Crash,
     /// Reopen every image from its durable state and re-create the devices.
     Restart,
-    /// Check an image file (qcow2: QEMU's consistency check; corruption fails the run).
-    Check {
+    /// `check-file PATH`: open a qcow2 image file on its own (read-only, no backing) and check
+    /// it; corruptions or check errors fail the run, leaks are reported.
+    CheckFile {
         /// Path on the virtual disk.
         path: String,
     },
@@ -494,15 +519,50 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                 }
             }
             "device" => {
-                if need(1, "'add'")? != "add" {
-                    return Err(cur.err(col_of(1), "expected 'device add NAME node=NODE ...'"));
+                let verb = need(1, "'add' or 'del'")?;
+                if verb == "del" {
+                    let name = need(2, "a device name")?;
+                    if ws.len() > 3 {
+                        return Err(cur.err(col_of(3), "'device del' takes only a name"));
+                    }
+                    Action::DeviceDel { name }
+                } else {
+                    if verb != "add" {
+                        return Err(cur.err(col_of(1), "expected 'device add NAME node=NODE ...'"));
+                    }
+                    let name = need(2, "a device name")?;
+                    let args = args_of(&ws[3..]);
+                    if !args.iter().any(|a| a.key == "node") {
+                        return Err(cur.err(col_of(3), "'device add' needs node=NODE"));
+                    }
+                    Action::DeviceAdd { name, args }
                 }
-                let name = need(2, "a device name")?;
-                let args = args_of(&ws[3..]);
-                if !args.iter().any(|a| a.key == "node") {
-                    return Err(cur.err(col_of(3), "'device add' needs node=NODE"));
+            }
+            "model" => {
+                let device = need(1, "a device name")?;
+                if need(2, "'fill'")? != "fill" {
+                    return Err(cur.err(col_of(2), "expected 'model DEV fill PATTERN OFFSET LEN'"));
                 }
-                Action::DeviceAdd { name, args }
+                let p = need(3, "a pattern")?;
+                let pattern = p
+                    .strip_prefix("0x")
+                    .map_or_else(|| p.parse::<u8>().ok(), |h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| cur.err(col_of(3), format!("bad pattern '{p}'")))?;
+                let o = need(4, "an offset")?;
+                let offset = engine::util::parse_size(&o)
+                    .ok_or_else(|| cur.err(col_of(4), format!("bad offset '{o}'")))?;
+                let l = need(5, "a length")?;
+                let len = engine::util::parse_size(&l)
+                    .ok_or_else(|| cur.err(col_of(5), format!("bad length '{l}'")))?;
+                if offset % 512 != 0 || len % 512 != 0 {
+                    return Err(cur.err(col_of(4), "model fill works on whole 512-byte sectors"));
+                }
+                Action::ModelFill {
+                    device,
+                    pattern,
+                    offset,
+                    len,
+                }
             }
             "io" | "io?" => {
                 let device = need(1, "a device name")?;
@@ -670,6 +730,9 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
             "crash" => Action::Crash,
             "restart" => Action::Restart,
             "check" => Action::Check {
+                node: need(1, "a node name")?,
+            },
+            "check-file" => Action::CheckFile {
                 path: need(1, "an image path")?,
             },
             other => return Err(cur.err(kw_col, format!("unknown directive '{other}'"))),

@@ -1,5 +1,5 @@
-//! Restart after jobs moved a device (a mirror's pivot, an active commit), and `check` of an
-//! image file. Part of the runner.
+//! Restart after jobs moved a device (a mirror's pivot, an active commit), and `check-file` of
+//! an image file. Part of the runner.
 //!
 //! `restart` replays the recorded `blockdev-add`s and `device add`s. A pivot moved the device to
 //! another node (the mirror's target, the commit's base), which the replay alone would not
@@ -60,7 +60,7 @@ impl World<'_> {
             let (name, args) = match s {
                 Setup::Device(name, args) => (name.clone(), args.clone()),
                 Setup::Pivoted(p) => (p.name.clone(), p.args.clone()),
-                Setup::Qmp(_) => continue,
+                Setup::Qmp(_) | Setup::DeviceDel(_) => continue,
             };
             let Some(root) = self
                 .engine
@@ -120,8 +120,8 @@ impl World<'_> {
         Ok(())
     }
 
-    /// `check PATH`: open the image read-only on its own (no backing) and check it.
-    pub(super) async fn check_image(&mut self, line: usize, path: &str) -> Result<(), Failure> {
+    /// `check-file PATH`: open the image read-only on its own (no backing) and check it.
+    pub(super) async fn check_file(&mut self, line: usize, path: &str) -> Result<(), Failure> {
         let opts = Options::new(
             json!({"driver": "qcow2", "read-only": true, "backing": null,
             "file": {"driver": "file", "filename": path, "read-only": true}}),
@@ -129,10 +129,10 @@ impl World<'_> {
         .map_err(|e| fail("setup", line, e.to_string()))?;
         let node = open_node(self.engine.graph(), opts)
             .await
-            .map_err(|e| fail("check", line, format!("{path}: {e}")))?;
+            .map_err(|e| fail("image-check", line, format!("{path}: {e}")))?;
         let report = qcow2::check_node(&node, None).await;
         engine::graph::close_unused(&node).await;
-        let report = report.map_err(|e| fail("check", line, format!("{path}: {e}")))?;
+        let report = report.map_err(|e| fail("image-check", line, format!("{path}: {e}")))?;
         self.note(&format!(
             "check {path}: {} corruptions, {} leaks, {} check errors",
             report.corruptions, report.leaks, report.check_errors

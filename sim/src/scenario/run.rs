@@ -123,6 +123,7 @@ pub(super) enum Setup {
     Device(String, Vec<Arg>),
     /// A device whose root a job moved (mirror pivot, active commit): see `pivot.rs`.
     Pivoted(super::pivot::PivotedDevice),
+    DeviceDel(String),
 }
 
 pub(super) struct DeviceState {
@@ -347,6 +348,13 @@ impl World<'_> {
                 self.setup.push(Setup::Device(name.clone(), args.clone()));
                 self.note(&step.text);
             }
+            Action::DeviceDel { name } => self.device_del(line, name).await?,
+            Action::ModelFill {
+                device,
+                pattern,
+                offset,
+                len,
+            } => self.model_fill(line, device, *pattern, *offset, *len)?,
             Action::Io {
                 device,
                 command,
@@ -505,7 +513,8 @@ impl World<'_> {
                 ));
             }
             Action::Restart => self.restart(line).await?,
-            Action::Check { path } => self.check_image(line, path).await?,
+            Action::Check { node } => self.check_image(line, node).await?,
+            Action::CheckFile { path } => self.check_file(line, path).await?,
         }
         Ok(())
     }
@@ -623,6 +632,7 @@ impl World<'_> {
     }
 
     async fn restart(&mut self, line: usize) -> Result<(), Failure> {
+        self.follow_chains();
         self.engine = new_engine(&self.env, &self.recorder);
         *self.engine_slot.borrow_mut() = Some(self.engine.clone());
         self.pending.clear();
@@ -650,6 +660,14 @@ impl World<'_> {
                     self.reattach_pivoted(p)
                         .await
                         .map_err(|e| fail("restart", line, e))?;
+                    devices += 1;
+                }
+                Setup::DeviceDel(name) => {
+                    self.engine
+                        .device_del(name)
+                        .await
+                        .map_err(|e| fail("restart", line, e.to_string()))?;
+                    self.devices.remove(name);
                     devices += 1;
                 }
             }

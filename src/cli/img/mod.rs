@@ -1,4 +1,4 @@
-//! The qemu-img style image tools: `blk create|info|map|compare|convert|resize`.
+//! The qemu-img style image tools: `blk create|info|map|compare|convert|resize|commit|rebase`.
 //!
 //! Each subcommand lives in its own file and takes qemu-img's flags, prints qemu-img's
 //! messages (prefixed `qemu-img:` like `blk io` prefixes `qemu-io:`) and uses its exit codes.
@@ -6,6 +6,8 @@
 //! opened with `blockdev-add` options (see `open.rs`), data moves through BlockBackends and the
 //! generic request path, and allocation comes from block status through the backing chain.
 
+mod chain;
+mod commit;
 mod compare;
 mod convert;
 mod create;
@@ -14,6 +16,7 @@ mod info;
 mod map;
 mod open;
 mod progress;
+mod rebase;
 mod resize;
 
 /// Entry point of `blk <cmd> ARGS...`; returns the exit status.
@@ -25,6 +28,8 @@ pub fn run(cmd: &str, args: &[String]) -> i32 {
         "compare" => compare::run(args),
         "convert" => convert::run(args),
         "resize" => resize::run(args),
+        "commit" => commit::run(args),
+        "rebase" => rebase::run(args),
         _ => unreachable!("main dispatches only image commands here"),
     }
 }

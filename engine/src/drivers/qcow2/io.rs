@@ -118,7 +118,7 @@ impl Qcow2 {
     async fn read_kind(&self, kind: Kind, off: u64, out: &mut [u8]) -> Result<()> {
         let in_off = off % self.cs();
         match kind {
-            Kind::Unallocated => match &self.backing {
+            Kind::Unallocated => match &self.backing() {
                 Some(b) => {
                     self.file.debug_event(DebugEvent::ReadBackingAio).await;
                     let (buf, r) = b.read(off, IoBuf::new(out.len()), ReqFlags::NONE).await;
@@ -333,7 +333,7 @@ impl Qcow2 {
     fn reads_zero(&self, kind: Kind) -> bool {
         match kind {
             Kind::Zero { .. } => true,
-            Kind::Unallocated => self.backing.is_none(),
+            Kind::Unallocated => self.backing().is_none(),
             _ => false,
         }
     }
@@ -382,7 +382,7 @@ impl Qcow2 {
                 if matches!(kind, Kind::Zero { .. }) {
                     continue;
                 }
-                if kind == Kind::Unallocated && self.backing.is_none() && unmap {
+                if kind == Kind::Unallocated && self.backing().is_none() && unmap {
                     continue;
                 }
                 let new = match kind {
@@ -416,6 +416,21 @@ impl Qcow2 {
     }
 
     pub(crate) async fn do_discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.discard_clusters(offset, len, false).await
+    }
+
+    /// Deallocate every cluster so the image reads entirely from its backing file (or as
+    /// zeroes): `qemu-img commit` emptying the committed image.
+    pub(crate) async fn do_make_empty(&self) -> Result<()> {
+        let len = self.size.get().next_multiple_of(self.cs());
+        self.discard_clusters(0, len, true).await?;
+        let _g = self.meta.lock().await;
+        self.flush_metadata().await
+    }
+
+    /// Discard whole clusters. A plain discard of a v3 image with a backing file leaves zero
+    /// clusters (the backing data must not show through); `full` deallocates outright.
+    async fn discard_clusters(&self, offset: u64, len: u64, full: bool) -> Result<()> {
         let cs = self.cs();
         let first = offset.div_ceil(cs);
         let last = (offset + len) / cs;
@@ -434,15 +449,17 @@ impl Qcow2 {
         }
         let _g = self.meta.lock().await;
         // Discarded clusters read as zeroes (over a backing file, or, as QEMU does, in an
-        // image with an external data file, whose zeroed range stays described).
-        let new = if (self.backing.is_some() || self.has_data_file()) && self.version >= 3 {
-            ZERO
-        } else {
-            0
-        };
+        // image with an external data file, whose zeroed range stays described); a full
+        // discard (emptying the image) deallocates outright.
+        let new =
+            if !full && (self.backing().is_some() || self.has_data_file()) && self.version >= 3 {
+                ZERO
+            } else {
+                0
+            };
         for gc in first..last {
             let old = self.l2_entry(gc).await?;
-            if old == new || (old == 0 && self.backing.is_none()) {
+            if old == new || (old == 0 && self.backing().is_none()) {
                 continue;
             }
             self.kind_at(gc).await?;

@@ -6,7 +6,8 @@
 //! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate and zstd
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
-//! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `overlap`
+//! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `backing`
+//! (rewriting the backing file name after a job changed the chain), `overlap`
 //! (metadata overlap checks before writes, the corrupt bit).
 //!
 //! An external data file (incompatible bit 2) is a second child, `data-file`: guest clusters
@@ -22,6 +23,7 @@
 //!
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
+mod backing;
 mod cache;
 mod check;
 mod check_walk;
@@ -86,7 +88,6 @@ pub(crate) struct Qcow2 {
     /// The data file is a raw image of the guest disk (autoclear bit 1): whatever reads as
     /// zeroes in the image must read as zeroes in the data file too.
     data_raw: bool,
-    backing: Option<Child>,
     /// Extended L2 entries (incompatible bit 4): 16-byte L2 entries with a bitmap of 32
     /// subclusters. Read only: writes are refused.
     ext_l2: bool,
@@ -187,14 +188,15 @@ pub(super) fn open(
         )
         .await?;
         let data = open_data_file(&ctx, &h, data_opt).await?;
-        let backing = open_backing(&ctx, &file, &h, backing_opt).await?;
+        // The backing child is found through the graph on every use (`Qcow2::backing`): jobs
+        // change it.
+        open_backing(&ctx, &file, &h, backing_opt).await?;
         let l2_slots = l2_cache_bytes.unwrap_or(DEFAULT_L2_CACHE_BYTES.max(8 * cs)) / cs;
         let rb_slots = rb_cache_bytes.unwrap_or(4 * cs.max(1 << 16)) / cs;
         let q = Qcow2 {
             file,
             data_raw: data.is_some() && h.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0,
             data,
-            backing,
             ext_l2: h.incompat & header::INCOMPAT_EXTL2 != 0,
             cluster_bits: h.cluster_bits,
             refcount_order: h.refcount_order,
@@ -349,6 +351,11 @@ async fn probe_format(ctx: &OpenCtx, path: &str) -> Result<String> {
 }
 
 impl Qcow2 {
+    /// The backing child as the graph has it now (stream, commit and rebase change it).
+    fn backing(&self) -> Option<Child> {
+        self.file.sibling("backing")
+    }
+
     fn cs(&self) -> u64 {
         1 << self.cluster_bits
     }
@@ -565,6 +572,26 @@ impl BlockDriver for Qcow2 {
                 self.set_dirty_bit(false).await?;
             }
             Ok(())
+        })
+    }
+
+    fn make_empty(&self) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.check_writable().await?;
+            self.do_make_empty().await
+        })
+    }
+
+    fn change_backing_file(
+        &self,
+        name: Option<&str>,
+        format: Option<&str>,
+    ) -> LocalBoxFuture<'_, Result<()>> {
+        let name = name.map(str::to_string);
+        let format = format.map(str::to_string);
+        Box::pin(async move {
+            self.do_change_backing_file(name.as_deref(), format.as_deref())
+                .await
         })
     }
 

@@ -1,0 +1,127 @@
+//! What `blk commit` and `blk rebase` share: finding an image's backing chain (file names and
+//! formats, as the headers record them), reopening it with chosen nodes writable (backing files
+//! open read-only by default, and the jobs write into them), `-t` cache modes, and running an
+//! internal job to its end with qemu-img's progress line.
+
+use std::rc::Rc;
+
+use engine::graph::Node;
+use engine::job::Job;
+use serde_json::{Value, json};
+
+use super::open::{Tool, probe_format};
+use super::progress::Progress;
+
+/// One image of a chain: its file name (as opened) and format.
+#[derive(Clone, Debug)]
+pub(crate) struct Layer {
+    pub path: String,
+    pub format: String,
+}
+
+/// `-t` / `-T`: (cache.direct, cache.no-flush), or qemu-img's error.
+pub(crate) fn cache_mode(mode: &str) -> Result<(bool, bool), String> {
+    match mode {
+        "none" | "directsync" => Ok((true, false)),
+        "writeback" | "writethrough" => Ok((false, false)),
+        "unsafe" => Ok((false, true)),
+        _ => Err(format!("Invalid cache option: {mode}")),
+    }
+}
+
+/// The chain of `path` (opened as `fmt`, probed when `None`), top first.
+pub(crate) async fn discover(
+    tool: &Tool,
+    path: &str,
+    fmt: Option<&str>,
+) -> Result<Vec<Layer>, String> {
+    let img = tool.open(path, fmt, true, true).await?;
+    let mut layers = vec![Layer {
+        path: path.to_string(),
+        format: img.format.clone(),
+    }];
+    let mut n = img.node.backing().map(|e| e.child_node());
+    while let Some(node) = n {
+        layers.push(Layer {
+            path: node.driver().filename(),
+            format: node.driver_name().to_string(),
+        });
+        n = node.backing().map(|e| e.child_node());
+    }
+    tool.close(img).await;
+    Ok(layers)
+}
+
+/// Open `layers` as one chain of named nodes `chain0` (top) .. `chainN`, explicitly, with
+/// `writable[i]` saying which may be written. Returns the nodes, top first.
+pub(crate) async fn open_chain(
+    tool: &Tool,
+    layers: &[Layer],
+    writable: &[bool],
+    cache: (bool, bool),
+) -> Result<Vec<Rc<Node>>, String> {
+    let mut spec = Value::Null;
+    for (i, l) in layers.iter().enumerate().rev() {
+        let mut s = json!({
+            "driver": l.format, "node-name": format!("chain{i}"),
+            "read-only": !writable[i],
+            "cache": {"direct": cache.0, "no-flush": cache.1},
+            "file": {"driver": "file", "filename": l.path,
+                     "cache": {"direct": cache.0, "no-flush": cache.1}},
+        });
+        if l.format == "qcow2" {
+            s["backing"] = spec;
+        }
+        spec = s;
+    }
+    tool.engine
+        .blockdev_add(spec)
+        .await
+        .map_err(|e| format!("Could not open '{}': {e}", layers[0].path))?;
+    Ok((0..layers.len())
+        .map(|i| tool.engine.node(&format!("chain{i}")).expect("opened"))
+        .collect())
+}
+
+/// The index of `name` in the chain below the top, matched as written or relative to the
+/// directory of the image above it (qemu-img's backing chain lookup).
+pub(crate) fn find_in_chain(layers: &[Layer], name: &str) -> Option<usize> {
+    (1..layers.len()).find(|&i| {
+        let file = &layers[i].path;
+        let above = &layers[i - 1].path;
+        let relative = above
+            .rfind('/')
+            .filter(|_| !name.starts_with('/'))
+            .map(|k| format!("{}{}", &above[..=k], name));
+        file == name || relative.as_deref() == Some(file.as_str())
+    })
+}
+
+/// The format of a file that must exist (qemu-img's probe and open errors).
+pub(crate) fn probe(path: &str) -> Result<String, String> {
+    probe_format(path)
+}
+
+/// Wait for an internal job to finish, updating the progress line; the job's error if any.
+pub(crate) async fn finish_job(tool: &Tool, job: &Rc<Job>, progress: bool) -> Result<(), String> {
+    // In hundredths of a percent: the job sets its total only once it runs.
+    let mut p = Progress::new(progress, 10_000);
+    let env = tool.engine.env().clone();
+    loop {
+        let done = matches!(job.status().as_str(), "concluded" | "null");
+        let (cur, total) = job.progress();
+        if total > 0 {
+            p.update((cur as u128 * 10_000 / total as u128) as u64);
+        }
+        if done {
+            break;
+        }
+        let tick = env.now_ns() + 20_000_000;
+        let _ = engine::util::race(job.wait_concluded(), env.sleep_until(tick)).await;
+    }
+    if let Some(e) = job.error() {
+        return Err(e.message().to_string());
+    }
+    p.finish();
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! `blk commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] [-r rate] FILE`: qemu-img commit,
+//! on the commit job the QMP `block-commit` uses (run as an internal job with no overlay).
+//!
+//! The image's data goes into its backing file (or into `-b BASE` further down the chain); then
+//! the image is emptied so it reads everything from the backing file again, unless `-d` (or
+//! `-b`, which implies it) keeps it. The chain in the headers is not changed.
+
+use engine::job::{JobOptions, commit};
+use engine::types::OnError;
+
+use super::chain::{cache_mode, discover, find_in_chain, finish_job, open_chain};
+use super::open::Tool;
+use super::{fail, split_or_fail};
+
+const USAGE: &str = "\
+Usage: blk commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename
+Commit the changes recorded in filename into its base image, as qemu-img commit does.";
+
+/// Entry point of `blk commit`.
+pub fn run(args: &[String]) -> i32 {
+    let long = [("help", 'h', false), ("format", 'f', true)];
+    let (opts, operands) = match split_or_fail(args, "f:ht:b:dpqr:", &long, USAGE) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let (mut fmt, mut cache, mut base, mut drop_top) = (None, "writeback".to_string(), None, false);
+    let (mut progress, mut quiet, mut rate) = (false, false, 0u64);
+    for (c, v) in opts {
+        match c {
+            'f' => fmt = Some(v),
+            't' => cache = v,
+            'b' => {
+                base = Some(v);
+                // -b implies -d: with a base further down, the top must keep its data.
+                drop_top = true;
+            }
+            'd' => drop_top = true,
+            'p' => progress = true,
+            'q' => quiet = true,
+            'r' => match parse_rate(&v) {
+                Ok(r) => rate = r,
+                Err(e) => return fail(e),
+            },
+            _ => unreachable!("option {c} is in the option table"),
+        }
+    }
+    let [path] = operands.as_slice() else {
+        return fail("Expecting one image file name\nTry 'blk commit --help' for more info");
+    };
+    let cache = match cache_mode(&cache) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if quiet {
+        progress = false;
+    }
+    let tool = Tool::new();
+    let result = tool.block_on(async {
+        let layers = discover(&tool, path, fmt.as_deref()).await?;
+        if layers.len() < 2 {
+            return Err("Image does not have a backing file".to_string());
+        }
+        let base_idx = match &base {
+            Some(b) => find_in_chain(&layers, b)
+                .ok_or_else(|| format!("Did not find '{b}' in the backing chain of '{path}'"))?,
+            None => 1,
+        };
+        let writable: Vec<bool> = (0..layers.len()).map(|i| i == 0 || i == base_idx).collect();
+        let nodes = open_chain(&tool, &layers[..=base_idx], &writable, cache).await?;
+        let (top, base) = (nodes[0].clone(), nodes[base_idx].clone());
+        let opts = JobOptions {
+            id: "blk-commit".into(),
+            internal: true,
+            auto_finalize: true,
+            auto_dismiss: false,
+            speed: rate,
+        };
+        let spec = commit::CommitSpec {
+            overlay: None,
+            top: top.clone(),
+            base,
+            backing_file: None,
+            on_error: OnError::Report,
+            filter_node_name: None,
+        };
+        let job = commit::start(tool.engine.jobs(), &opts, spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        finish_job(&tool, &job, progress).await?;
+        if !drop_top {
+            engine::request::make_empty(&top)
+                .await
+                .map_err(|e| format!("Could not empty {path}: {e}"))?;
+        }
+        Ok(())
+    });
+    let fin = tool.finish();
+    match result.and(fin) {
+        Ok(()) => {
+            if !quiet {
+                println!("Image committed.");
+            }
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `-r`: a size with an optional suffix, in bytes per second.
+fn parse_rate(v: &str) -> Result<u64, String> {
+    if v.starts_with('-') {
+        return Err(
+            "Invalid rate limit specified. Must be between 0 and 9223372036854775807.".into(),
+        );
+    }
+    match engine::util::parse_size(v) {
+        Some(n) if n <= i64::MAX as u64 => Ok(n),
+        Some(_) => {
+            Err("Invalid rate limit specified. Must be between 0 and 9223372036854775807.".into())
+        }
+        None => Err(format!("Invalid rate limit specified: '{v}'.")),
+    }
+}

@@ -1,0 +1,161 @@
+//! `blk rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b BACKING [-F fmt] FILE`:
+//! qemu-img rebase. `-b ''` means no backing file.
+//!
+//! Safe mode (the default) runs the rebase job: every range the image does not allocate itself
+//! and whose content differs between the old chain and the new backing file is copied into the
+//! image first, then the header and the chain change; what the image reads stays the same.
+//! Unsafe mode (`-u`) only rewrites the header.
+
+use engine::job::{JobOptions, rebase};
+use engine::types::OnError;
+use serde_json::json;
+
+use super::chain::{cache_mode, discover, finish_job, open_chain, probe};
+use super::open::{Tool, check_format};
+use super::{fail, split_or_fail};
+
+const USAGE: &str = "\
+Usage: blk rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
+Change the backing file of an image, as qemu-img rebase does.";
+
+/// Entry point of `blk rebase`.
+pub fn run(args: &[String]) -> i32 {
+    let long = [("help", 'h', false), ("format", 'f', true)];
+    let (opts, operands) = match split_or_fail(args, "hf:F:b:upt:T:q", &long, USAGE) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let (mut fmt, mut bfmt, mut backing, mut unsafe_mode) = (None, None, None, false);
+    let (mut progress, mut quiet, mut cache, mut src_cache) = (
+        false,
+        false,
+        "writeback".to_string(),
+        "writeback".to_string(),
+    );
+    for (c, v) in opts {
+        match c {
+            'f' => fmt = Some(v),
+            'F' => bfmt = Some(v),
+            'b' => backing = Some(v),
+            'u' => unsafe_mode = true,
+            'p' => progress = true,
+            'q' => quiet = true,
+            't' => cache = v,
+            'T' => src_cache = v,
+            _ => unreachable!("option {c} is in the option table"),
+        }
+    }
+    let [path] = operands.as_slice() else {
+        return fail("Expecting one image file name\nTry 'blk rebase --help' for more info");
+    };
+    let Some(backing) = backing else {
+        return fail(
+            "Must specify backing file (-b) or use unsafe mode (-u)\nTry 'blk rebase --help' for more info",
+        );
+    };
+    if let Some(f) = &bfmt
+        && check_format(f).is_err()
+    {
+        return fail(format!("Invalid format name: '{f}'"));
+    }
+    let cache = match cache_mode(&cache).and_then(|c| cache_mode(&src_cache).map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if quiet {
+        progress = false;
+    }
+    let new_name = (!backing.is_empty()).then_some(backing);
+    let tool = Tool::new();
+    let result = tool.block_on(async {
+        if let Some(f) = &fmt {
+            check_format(f)
+                .map_err(|_| format!("Could not open '{path}': Unknown driver '{f}'"))?;
+        }
+        let layers = if unsafe_mode {
+            let format = match &fmt {
+                Some(f) => f.clone(),
+                None => probe(path)?,
+            };
+            vec![super::chain::Layer {
+                path: path.clone(),
+                format,
+            }]
+        } else {
+            discover(&tool, path, fmt.as_deref()).await?
+        };
+        if let Some(name) = &new_name
+            && bfmt.is_none()
+        {
+            return Err(format!(
+                "Could not change the backing file to '{name}': backing format must be specified"
+            ));
+        }
+        if unsafe_mode {
+            // Only the header: open the image without its backing chain.
+            let top = open_chain(&tool, &layers, &[true], cache).await?;
+            return engine::request::change_backing_file(
+                &top[0],
+                new_name.as_deref(),
+                bfmt.as_deref(),
+            )
+            .await
+            .map_err(|e| {
+                format!(
+                    "Could not change the backing file to '{}': {e}",
+                    new_name.as_deref().unwrap_or("")
+                )
+            });
+        }
+        let mut writable = vec![false; layers.len()];
+        writable[0] = true;
+        let nodes = open_chain(&tool, &layers, &writable, cache).await?;
+        let new_backing = match &new_name {
+            None => None,
+            Some(name) => {
+                // A relative name is relative to the image's directory, as in the header.
+                let full = match (name.starts_with('/'), path.rfind('/')) {
+                    (false, Some(i)) => format!("{}{}", &path[..=i], name),
+                    _ => name.clone(),
+                };
+                if let Err(e) = std::fs::metadata(&full) {
+                    return Err(format!(
+                        "Could not open new backing file '{name}': Could not open '{full}': {}",
+                        super::open::os_error(&e)
+                    ));
+                }
+                let node = tool
+                    .engine
+                    .blockdev_add(json!({"driver": bfmt.clone().unwrap_or_default(),
+                                         "node-name": "newbacking", "read-only": true,
+                                         "file": {"driver": "file", "filename": full}}))
+                    .await
+                    .map_err(|e| format!("Could not open new backing file '{name}': {e}"))?;
+                Some(node)
+            }
+        };
+        let opts = JobOptions {
+            id: "blk-rebase".into(),
+            internal: true,
+            auto_finalize: true,
+            auto_dismiss: false,
+            speed: 0,
+        };
+        let spec = rebase::RebaseSpec {
+            image: nodes[0].clone(),
+            new_backing,
+            name: new_name.clone(),
+            format: new_name.as_ref().and(bfmt.clone()),
+            on_error: OnError::Report,
+        };
+        let job = rebase::start(tool.engine.jobs(), &opts, spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        finish_job(&tool, &job, progress).await
+    });
+    let fin = tool.finish();
+    match result.and(fin) {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
