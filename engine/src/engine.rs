@@ -19,7 +19,12 @@ use crate::job::JobRegistry;
 use crate::util::Options;
 
 mod block_jobs;
+mod image;
 mod jobs;
+mod mirror;
+
+pub use image::ImageSpec;
+pub use mirror::{MirrorArgs, NewImageMode};
 
 pub use block_jobs::{BlockJobArgs, CommitArgs, StreamArgs};
 

@@ -31,6 +31,7 @@ pub mod util;
 
 pub use error::{Errno, Error, ErrorClass, Result};
 pub mod backend;
+pub mod bitmap;
 pub mod driver;
 pub mod drivers;
 pub mod engine;

@@ -3,7 +3,8 @@
 //! `job::active_commit` (active top).
 //!
 //! Every check happens before anything changes, so a refused command leaves the graph exactly
-//! as it was. A read-only node the job writes is reopened read-write by the job itself.
+//! as it was. A read-only node that a stream or an intermediate commit
+//! writes is reopened read-write by the job itself (active commit does not do so yet).
 
 use std::rc::Rc;
 

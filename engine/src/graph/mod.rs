@@ -22,5 +22,5 @@ pub use edit::{
     insert_filter, remove_filter, replace_node, set_backing, set_external_perms, unfreeze, unref,
 };
 pub use node::{BeforeWrite, Node, NodeOptions, NodeStats, OpStats};
-pub use open::{OpenCtx, open_internal_node, open_node};
+pub use open::{InternalOpen, OpenCtx, close_unused, open_internal, open_internal_node, open_node};
 pub use reopen::{reopen_read_only, reopen_read_write};

@@ -239,3 +239,59 @@ async fn release_children(node: &Rc<Node>) {
         unref(&child).await;
     }
 }
+
+/// Builds the driver of a node created by [`open_internal`], attaching its children through
+/// the given [`OpenCtx`].
+pub type InternalOpen = Box<
+    dyn FnOnce(
+        OpenCtx,
+    )
+        -> crate::env::LocalBoxFuture<'static, Result<Box<dyn crate::driver::BlockDriver>>>,
+>;
+
+/// Create a node whose driver the caller supplies instead of a registered one: job-private
+/// filters (mirror-top) that must not be openable by `blockdev-add`. `node_name` of `None`
+/// makes an implicit node. The caller owns one reference to the returned node and drops it
+/// with [`unref`](super::unref); on error nothing is left behind.
+pub async fn open_internal(
+    ctx: &Rc<GraphCtx>,
+    node_name: Option<&str>,
+    driver_name: &'static str,
+    opts: NodeOptions,
+    build: InternalOpen,
+) -> Result<Rc<Node>> {
+    let (name, implicit) = match node_name {
+        Some(n) => {
+            validate_node_name(n)?;
+            if ctx.node(n).is_some() {
+                return Err(Error::generic(format!(
+                    "Duplicate nodes with node-name='{n}'"
+                )));
+            }
+            (n.to_string(), false)
+        }
+        None => (ctx.implicit_name(), true),
+    };
+    let node = Node::new_shell(ctx, name, implicit, driver_name, opts);
+    let result = match build(OpenCtx { node: node.clone() }).await {
+        Ok(drv) => {
+            node.set_driver(drv);
+            refresh_perms(&node).and_then(|()| ctx.register_node(&node))
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        release_children(&node).await;
+        return Err(e);
+    }
+    node.refcnt.set(node.refcnt.get() + 1);
+    Ok(node)
+}
+
+/// Close a node that was opened but that nothing references (no parent, not monitor-owned),
+/// e.g. a target opened for a command that then failed. Does nothing to a referenced node.
+pub async fn close_unused(node: &Rc<Node>) {
+    if node.refcnt() == 0 {
+        unref_new(node).await;
+    }
+}

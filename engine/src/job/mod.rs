@@ -22,6 +22,7 @@ pub mod active_commit;
 pub mod commit;
 mod commit_filter;
 mod lifecycle;
+pub mod mirror;
 pub mod rebase;
 mod registry;
 mod status;
@@ -82,6 +83,12 @@ pub trait JobDriver {
     /// Always last: release what the job holds.
     fn clean(self: Rc<Self>, _job: Rc<Job>) -> LocalBoxFuture<'static, ()> {
         Box::pin(async {})
+    }
+
+    /// True while work the driver started on its own tasks (mirror's copy operations) is still
+    /// in flight: a drain of the job's nodes waits for it even when the job itself is parked.
+    fn drained_poll(&self) -> bool {
+        false
     }
 }
 
@@ -536,6 +543,6 @@ impl ParentOps for Job {
     fn drained_poll(&self) -> bool {
         // Working (not parked at a pause point, not sleeping, not finished): it may still issue
         // a request, so the drain must wait for it to reach its next pause point.
-        self.busy.get() && !self.paused.get()
+        (self.busy.get() && !self.paused.get()) || self.driver.drained_poll()
     }
 }

@@ -3,6 +3,8 @@
 
 use serde_json::{Value, json};
 
+mod mirror;
+
 use crate::engine::Engine;
 use crate::error::{Error, ErrorClass, Result};
 use crate::util::Options;
@@ -38,6 +40,8 @@ pub const COMMANDS: &[&str] = &[
     "block-job-finalize",
     "block-job-dismiss",
     "block-job-set-speed",
+    "blockdev-mirror",
+    "drive-mirror",
     "block-stream",
     "block-commit",
 ];
@@ -205,6 +209,8 @@ async fn run(engine: &Engine, name: &str, mut args: Options) -> Result<Value> {
             engine.block_job_set_speed(&device, speed)?;
             return Ok(json!({}));
         }
+        "blockdev-mirror" => return mirror::blockdev_mirror(engine, args).await,
+        "drive-mirror" => return mirror::drive_mirror(engine, args).await,
         "block-stream" => return block_jobs::block_stream(engine, args).await,
         "block-commit" => return block_jobs::block_commit(engine, args).await,
         other => {

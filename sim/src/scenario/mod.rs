@@ -13,6 +13,7 @@ mod image;
 mod io;
 pub mod model;
 pub mod parse;
+mod pivot;
 mod run;
 pub mod transcript;
 mod workload;

@@ -29,6 +29,7 @@
 //! verify drive0
 //! crash
 //! restart
+//! check-file disk.qcow2          # the image file passes a consistency check (leaks allowed)
 //! ```
 //!
 //! Parse errors name the file, line and column.
@@ -207,6 +208,12 @@ pub enum Action {
     Crash,
     /// Reopen every image from its durable state and re-create the devices.
     Restart,
+    /// `check-file PATH`: open a qcow2 image file on its own (read-only, no backing) and check
+    /// it; corruptions or check errors fail the run, leaks are reported.
+    CheckFile {
+        /// Path on the virtual disk.
+        path: String,
+    },
 }
 
 /// What `expect` checks.
@@ -724,6 +731,9 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
             "restart" => Action::Restart,
             "check" => Action::Check {
                 node: need(1, "a node name")?,
+            },
+            "check-file" => Action::CheckFile {
+                path: need(1, "an image path")?,
             },
             other => return Err(cur.err(kw_col, format!("unknown directive '{other}'"))),
         };

@@ -121,6 +121,8 @@ impl DebugListener for DebugRecorder {
 pub(super) enum Setup {
     Qmp(Value),
     Device(String, Vec<Arg>),
+    /// A device whose root a job moved (mirror pivot, active commit): see `pivot.rs`.
+    Pivoted(super::pivot::PivotedDevice),
     DeviceDel(String),
 }
 
@@ -496,6 +498,7 @@ impl World<'_> {
                 self.drains.clear();
                 self.recorder.drained.borrow_mut().clear();
                 self.io = Default::default();
+                self.record_pivots();
                 let report = self.sim.crash();
                 for dev in self.devices.values() {
                     dev.model.borrow_mut().crash();
@@ -511,6 +514,7 @@ impl World<'_> {
             }
             Action::Restart => self.restart(line).await?,
             Action::Check { node } => self.check_image(line, node).await?,
+            Action::CheckFile { path } => self.check_file(line, path).await?,
         }
         Ok(())
     }
@@ -568,7 +572,7 @@ impl World<'_> {
         }
     }
 
-    fn device_add(&mut self, name: &str, args: &[Arg]) -> Result<(), String> {
+    pub(super) fn device_add(&mut self, name: &str, args: &[Arg]) -> Result<(), String> {
         let mut node = None;
         let (mut read_only, mut share_rw) = (false, false);
         let (mut rerror, mut werror, mut cache) = (OnError::Report, OnError::Enospc, true);
@@ -649,6 +653,12 @@ impl World<'_> {
                 }
                 Setup::Device(name, args) => {
                     self.device_add(name, args)
+                        .map_err(|e| fail("restart", line, e))?;
+                    devices += 1;
+                }
+                Setup::Pivoted(p) => {
+                    self.reattach_pivoted(p)
+                        .await
                         .map_err(|e| fail("restart", line, e))?;
                     devices += 1;
                 }

@@ -30,6 +30,8 @@ pub struct WorkloadSpec {
     pub range: Option<(u64, u64)>,
     /// Stop after this many requests.
     pub count: Option<u64>,
+    /// Virtual time each worker waits after a request (`think=`; 0 = none).
+    pub think_ns: u64,
 }
 
 impl WorkloadSpec {
@@ -42,6 +44,7 @@ impl WorkloadSpec {
             iodepth: 1,
             range: None,
             count: None,
+            think_ns: 0,
         };
         for a in args {
             let v = a
@@ -100,6 +103,10 @@ impl WorkloadSpec {
                     spec.range = Some((size(a)?, size(b)?));
                 }
                 "count" => spec.count = Some(v.parse().map_err(|_| format!("bad count '{v}'"))?),
+                "think" => {
+                    spec.think_ns = super::parse::parse_duration(&v)
+                        .ok_or_else(|| format!("bad think time '{v}'"))?
+                }
                 other => return Err(format!("unknown workload argument '{other}'")),
             }
         }
@@ -295,6 +302,12 @@ impl Worker {
                 .borrow_mut()
                 .retain(|r| *r != (offset, len));
             self.count(stats, op, ok);
+            if self.spec.think_ns > 0 {
+                // A guest that does something else between requests: bounds the write rate.
+                self.env
+                    .sleep_until(self.env.now_ns() + self.spec.think_ns)
+                    .await;
+            }
         }
     }
 
