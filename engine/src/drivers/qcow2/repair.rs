@@ -76,6 +76,15 @@ impl Qcow2 {
                 }
             }
         }
+        // Persistent bitmaps own clusters too; counted the way the check counts them.
+        for (c, n) in self.bitmap_refs().await?.into_iter().enumerate() {
+            if n > 0 {
+                let slot = counts
+                    .get_mut(c)
+                    .ok_or_else(|| bad("a bitmap lies beyond the end of the file".into()))?;
+                *slot += n;
+            }
+        }
         // New table and blocks after everything, covering themselves.
         let order = self.refcount_order;
         let rb_entries = (cs * 8) >> order;
