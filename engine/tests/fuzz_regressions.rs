@@ -3,7 +3,8 @@
 //!
 //! * `scenario_parse`: a first line of only `#` characters was accepted as a purpose; a
 //!   multi-byte character before a column used for slicing (`io DEV CMD`, `expect return`,
-//!   `expect output`) panicked (character columns were used as byte offsets).
+//!   `expect output`) panicked (character columns were used as byte offsets); `expect output`
+//!   with nothing after it (e.g. only a comment) indexed a missing word.
 //! * `qcow2_structured`: rebuilding the refcounts of an image with a persistent dirty bitmap
 //!   (`check -r all` on an image whose structure needs a rebuild) dropped the references of the
 //!   bitmap directory, tables and data clusters: the rebuilt image was corrupt, and those
@@ -52,6 +53,24 @@ fn scenario_columns_after_multibyte_characters_do_not_panic() {
     assert!(dbg.contains("€ x"), "{dbg}");
     let text = "# p\nqmp {\"execute\": \"query-block\"}\nexpect return€ {}\n";
     let _ = parse("f.scn", text);
+}
+
+#[test]
+fn scenario_expect_output_without_text_is_an_error() {
+    // The fuzzer's input had `expect output # purpose`: the comment is cut, no words remain.
+    for line in [
+        "expect output # purpose",
+        "expect output",
+        "expect output   ",
+    ] {
+        let text = format!("# p\nio d read 0 512\n{line}\n");
+        let err = parse("f.scn", &text).unwrap_err();
+        assert_eq!(
+            err.message, "'expect' needs the expected output line",
+            "{line:?}"
+        );
+        assert_eq!(err.line, 3);
+    }
 }
 
 fn be64(b: &[u8], off: u64) -> u64 {

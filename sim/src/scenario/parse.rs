@@ -661,9 +661,12 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                             }
                         }))
                     }
-                    "output" => Action::Expect(Expectation::Output(
-                        line[byte_at(line, ws[2].0)..].trim_matches('"').to_string(),
-                    )),
+                    "output" => {
+                        need(2, "the expected output line")?;
+                        Action::Expect(Expectation::Output(
+                            line[byte_at(line, ws[2].0)..].trim_matches('"').to_string(),
+                        ))
+                    }
                     other => {
                         return Err(cur.err(col_of(1), format!("unknown expectation '{other}'")));
                     }
