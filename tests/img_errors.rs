@@ -144,3 +144,31 @@ fn bad_inputs_exit_with_clear_messages() {
     );
     let _ = std::fs::remove_file(&img);
 }
+
+#[test]
+fn a_refused_create_leaves_no_file_behind() {
+    let p = format!(
+        "{}/img-err-{}-refused.qcow2",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    let _ = std::fs::remove_file(&p);
+    assert_fails(
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.10,compression_type=zstd",
+            &p,
+            "1M",
+        ],
+        1,
+        "Non-zlib compression type is only supported with compatibility level 1.1",
+    );
+    assert!(
+        !std::path::Path::new(&p).exists(),
+        "a refused create left {p} behind"
+    );
+}

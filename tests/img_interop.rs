@@ -193,6 +193,278 @@ fn created_images_check_clean_and_info_agrees() {
     assert_info_agrees(&d, "or.qcow2");
 }
 
+/// zstd: `blk create -o compression_type=zstd` makes the image qemu-img makes (same
+/// "Formatting" line, info and a clean check); `blk info` of a QEMU-compressed zstd image
+/// agrees with qemu-img's; the option's bad values and a v2 image are refused as qemu-img does.
+#[test]
+fn zstd_images_create_and_info_match_qemu_img() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("zstd");
+    let args = |name: &'static str| {
+        [
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "compression_type=zstd,cluster_size=4k",
+            name,
+            "3M",
+        ]
+    };
+    let line = d.blk(&args("b.qcow2"));
+    let want = d.ok("qemu-img", &args("q.qcow2"));
+    assert_eq!(line.replace("b.qcow2", "q.qcow2"), want);
+    d.check_clean("b.qcow2");
+    assert_info_agrees(&d, "b.qcow2");
+    assert_eq!(
+        d.blk(&["info", "b.qcow2"]),
+        d.ok("qemu-img", &["info", "b.qcow2"])
+    );
+    // QEMU compresses into blk's empty zstd image; both read the same, info agrees.
+    d.ok("qemu-img", &["create", "-q", "-f", "raw", "r.img", "3M"]);
+    d.ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x61 0 1M", "r.img"],
+    );
+    d.ok(
+        "qemu-img",
+        &[
+            "convert", "-n", "-c", "-f", "raw", "-O", "qcow2", "r.img", "b.qcow2",
+        ],
+    );
+    assert_info_agrees(&d, "b.qcow2");
+    let cmp = ["compare", "-f", "raw", "-F", "qcow2", "r.img", "b.qcow2"];
+    assert_eq!(d.blk(&cmp), d.ok("qemu-img", &cmp));
+    // Bad values: same exit status and message as qemu-img.
+    for (o, name) in [
+        ("compression_type=lz4", "x1.qcow2"),
+        ("compression_type=zstd,compat=0.10", "x2.qcow2"),
+    ] {
+        let a = ["create", "-q", "-f", "qcow2", "-o", o, name, "1M"];
+        let (b, q) = (d.run(BLK, &a), d.run("qemu-img", &a));
+        assert_eq!(b.code, q.code, "{o}: {} / {}", b.stderr, q.stderr);
+        assert_eq!(b.stderr.replace("blk: ", "qemu-img: "), q.stderr, "{o}");
+    }
+}
+
+/// A depth-3 chain on real files with backing names relative to each overlay's directory,
+/// `..` included, used from another working directory: `blk info --backing-chain` equals
+/// qemu-img's, blk reads the chain as QEMU does, and `blk io` writes into the top (copy on
+/// write from the lower layers) leave an image qemu-img checks clean and compares equal.
+#[test]
+fn relative_backing_chain_on_real_files() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("relchain");
+    std::fs::create_dir_all(d.0.join("a/b/c")).unwrap();
+    let create = |args: &[&str]| {
+        let mut a = vec!["create", "-q", "-f", "qcow2"];
+        a.extend_from_slice(args);
+        d.ok("qemu-img", &a);
+    };
+    create(&["-o", "cluster_size=4k", "a/base.qcow2", "4M"]);
+    d.ok("qemu-io", &["-c", "write -P 0x11 0 4M", "a/base.qcow2"]);
+    create(&["-b", "../base.qcow2", "-F", "qcow2", "a/b/mid.qcow2"]);
+    d.ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x22 1M 1M",
+            "-c",
+            "write -z 3M 64k",
+            "a/b/mid.qcow2",
+        ],
+    );
+    create(&[
+        "-o",
+        "cluster_size=512",
+        "-b",
+        "../mid.qcow2",
+        "-F",
+        "qcow2",
+        "a/b/c/top.qcow2",
+    ]);
+    d.ok(
+        "qemu-io",
+        &["-c", "write -P 0x33 1500k 1k", "a/b/c/top.qcow2"],
+    );
+    let top = "a/b/c/top.qcow2";
+    let chain = |p: &str| {
+        d.ok(
+            if p == "blk" { BLK } else { p },
+            &["info", "--backing-chain", top],
+        )
+    };
+    assert_eq!(chain("blk"), chain("qemu-img"));
+    d.ok("qemu-img", &["convert", "-O", "raw", top, "want.raw"]);
+    let cmp = ["compare", "-f", "raw", "-F", "qcow2", "want.raw", top];
+    assert_eq!(d.blk(&cmp), d.ok("qemu-img", &cmp));
+    // Writes through blk into clusters held by base, mid, mid's zero cluster and top.
+    let mut want = std::fs::read(d.0.join("want.raw")).unwrap();
+    let writes = [
+        (100_000u64, 0x91u8),
+        (1_100_000, 0x92),
+        (3_200_000, 0x93),
+        (1_536_500, 0x94),
+    ];
+    let mut args = vec!["-f".to_string(), "qcow2".to_string()];
+    for (off, pat) in writes {
+        args.push("-c".into());
+        args.push(format!("write -P {pat} {off} 3000"));
+        want[off as usize..off as usize + 3000].fill(pat);
+    }
+    args.push(top.into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let base_before = std::fs::read(d.0.join("a/base.qcow2")).unwrap();
+    let mid_before = std::fs::read(d.0.join("a/b/mid.qcow2")).unwrap();
+    let mut io = vec!["io"];
+    io.extend_from_slice(&args);
+    d.blk(&io);
+    d.check_clean(top);
+    std::fs::write(d.0.join("want2.raw"), &want).unwrap();
+    let cmp = ["compare", "-f", "raw", "-F", "qcow2", "want2.raw", top];
+    let o = d.run("qemu-img", &cmp);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    let lower = |f: &str| std::fs::read(d.0.join(f)).unwrap();
+    assert!(
+        lower("a/base.qcow2") == base_before && lower("a/b/mid.qcow2") == mid_before,
+        "a lower layer changed"
+    );
+}
+
+/// External data files: `blk create -o data_file=..[,data_file_raw=on]` prints qemu-img's line
+/// and makes an image (and data file) that checks clean with the same info; after qemu-io and
+/// `blk io` writes, `blk map`, `blk check` and `blk info` print what qemu-img prints, and the
+/// two tools' images compare equal. Bad option combinations fail with qemu-img's messages.
+#[test]
+fn data_file_images_match_qemu_img() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("datafile");
+    for (i, raw) in ["off", "on"].iter().enumerate() {
+        let o = format!("data_file=bd{i}.raw,data_file_raw={raw}");
+        let b = d.blk(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            &o,
+            &format!("b{i}.qcow2"),
+            "4M",
+        ]);
+        let oq = format!("data_file=qd{i}.raw,data_file_raw={raw}");
+        let q = d.ok(
+            "qemu-img",
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                &oq,
+                &format!("q{i}.qcow2"),
+                "4M",
+            ],
+        );
+        assert_eq!(
+            b.replace(&format!("bd{i}"), "Y")
+                .replace(&format!("b{i}"), "X"),
+            q.replace(&format!("qd{i}"), "Y")
+                .replace(&format!("q{i}"), "X")
+        );
+        let (bi, qi) = (format!("b{i}.qcow2"), format!("q{i}.qcow2"));
+        d.check_clean(&bi);
+        assert_info_agrees(&d, &bi);
+        let cmds = ["write -P 0x11 0 100k", "write -z 1M 128k", "discard 2M 64k"];
+        for img in [&bi, &qi] {
+            let mut a = vec!["-f", "qcow2"];
+            for c in cmds {
+                a.extend_from_slice(&["-c", c]);
+            }
+            a.push(img);
+            d.ok("qemu-io", &a);
+        }
+        // The same requests through blk on its image and through qemu-io on QEMU's.
+        let ops = [
+            "write -P 0x22 3000k 70k",
+            "write -z 5000 3000",
+            "discard 3M 64k",
+            "write -z 1536k 128k",
+        ];
+        for (prog, img) in [(BLK, &bi), ("qemu-io", &qi)] {
+            let mut a = vec!["-f", "qcow2"];
+            if prog == BLK {
+                a.insert(0, "io");
+            }
+            for c in ops {
+                a.extend_from_slice(&["-c", c]);
+            }
+            a.push(img);
+            d.ok(prog, &a);
+            d.check_clean(img);
+            for args in [
+                &["map", "--output=json"][..],
+                &["map"],
+                &["check"],
+                &["check", "--output=json"],
+                &["info"],
+            ] {
+                let a = [args, &[img.as_str()]].concat();
+                assert_eq!(d.blk(&a), d.ok("qemu-img", &a), "{img}: {args:?}");
+            }
+        }
+        // Same mapping (offsets are guest offsets in both data files) and same contents.
+        let map = |img: &str| d.ok("qemu-img", &["map", "--output=json", img]);
+        assert_eq!(
+            map(&bi),
+            map(&qi),
+            "blk's requests map differently from QEMU's"
+        );
+        let o = d.run("qemu-img", &["compare", &bi, &qi]);
+        assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+        if *raw == "on" {
+            // The raw data file is the guest disk.
+            let o = d.run(
+                "qemu-img",
+                &[
+                    "compare",
+                    "-f",
+                    "raw",
+                    "-F",
+                    "qcow2",
+                    &format!("bd{i}.raw"),
+                    &bi,
+                ],
+            );
+            assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+        }
+    }
+    for o in ["data_file_raw=on", "data_file=x.raw,compat=0.10"] {
+        let a = ["create", "-q", "-f", "qcow2", "-o", o, "bad.qcow2", "1M"];
+        let (b, q) = (d.run(BLK, &a), d.run("qemu-img", &a));
+        assert_eq!((b.code, &b.stderr), (q.code, &q.stderr), "{o}");
+    }
+    let a = [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=y.raw,data_file_raw=on",
+        "-b",
+        "b0.qcow2",
+        "-F",
+        "qcow2",
+        "bad.qcow2",
+        "4M",
+    ];
+    let (b, q) = (d.run(BLK, &a), d.run("qemu-img", &a));
+    assert_eq!((b.code, &b.stderr), (q.code, &q.stderr));
+}
+
 #[test]
 fn map_equals_qemu_img_map() {
     if !have_qemu() {

@@ -1,7 +1,7 @@
 //! The Engine facade: the one API the QMP front end, the CLI and the simulator use.
 //!
-//! Owns the env, the graph context (nodes, events), the machine run state and the
-//! BlockBackends by name. Operations here validate user input and produce QEMU's errors; the
+//! Owns the env, the graph context (nodes, events), the machine run state, the BlockBackends by
+//! name and the jobs (verbs in `engine/jobs.rs`). Operations here validate user input and produce QEMU's errors; the
 //! mechanisms live in `graph`, `request`, `backend` and `drivers`.
 
 use std::cell::RefCell;
@@ -15,11 +15,15 @@ use crate::env::Env;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::graph::{GraphCtx, Node, open_node, unref};
+use crate::job::JobRegistry;
 use crate::util::Options;
+
+mod jobs;
 
 /// A block engine instance.
 pub struct Engine {
     ctx: Rc<GraphCtx>,
+    jobs: Rc<JobRegistry>,
     machine: Rc<Machine>,
     backends: RefCell<BTreeMap<String, Rc<BlockBackend>>>,
 }
@@ -31,6 +35,7 @@ impl Engine {
         crate::drivers::register_all(&ctx);
         let machine = Machine::new(&ctx);
         Engine {
+            jobs: JobRegistry::new(&ctx),
             ctx,
             machine,
             backends: RefCell::new(BTreeMap::new()),
@@ -84,6 +89,7 @@ impl Engine {
         if node.parents().iter().any(|e| e.parent().node().is_none()) {
             return Err(Error::generic(format!("Node {node_name} is in use")));
         }
+        node.check_op_blockers()?;
         if !node.is_monitor_owned() {
             return Err(Error::generic(format!(
                 "Node {node_name} is not owned by the monitor"
@@ -242,6 +248,7 @@ impl Engine {
         size: u64,
     ) -> Result<()> {
         let node = self.lookup(device, node_name)?;
+        node.check_op_blockers()?;
         let tmp = BackendOptions {
             perm: crate::types::Perms::RESIZE,
             shared: crate::types::Perms::ALL,
@@ -270,6 +277,7 @@ impl Engine {
 
     /// Flush every device and release everything (end of a tool run).
     pub async fn shutdown(&self) -> Result<()> {
+        self.jobs.cancel_all().await;
         let mut first_err = None;
         for bb in self.backends() {
             if let Err(e) = bb.flush().await {
@@ -293,6 +301,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         // Nodes hold the graph context and the context's registry holds the nodes.
+        self.jobs.forget_all();
         self.backends.borrow_mut().clear();
         self.ctx.forget_all_nodes();
     }

@@ -12,6 +12,7 @@
 //! ```text
 //! qmp/        wire format: JSON commands/events, dispatch to Engine methods
 //! engine.rs   the Engine facade
+//! job/        job core (status/verb tables, pause points, rate limit, txn) and the jobs
 //! drivers/    file, raw, null-co, ...
 //! request/    THE generic request path
 //! graph/      nodes, edges, permissions, graph edits, drain
@@ -35,6 +36,7 @@ pub mod drivers;
 pub mod engine;
 pub mod event;
 pub mod graph;
+pub mod job;
 pub mod qmp;
 pub mod request;
 pub mod types;

@@ -122,9 +122,9 @@ fn bad_images_give_clear_errors() {
             "Unsupported incompatible features: Unknown incompatible feature: 400",
         ),
         (
-            "extended L2",
-            Box::new(|i| poke(i, 72, &(1u64 << 4).to_be_bytes())),
-            "Unsupported incompatible features: extended L2 entries",
+            "external data file bit without a name",
+            Box::new(|i| poke(i, 72, &(1u64 << 2).to_be_bytes())),
+            "'data-file' is required for this image",
         ),
         (
             "corrupt bit",

@@ -8,7 +8,8 @@
 //! * a **virtual clock** (`clock.rs`) that stands still while anything is runnable and jumps to the
 //!   next timer when nothing is;
 //! * a **virtual disk** ([`vdisk`]): sparse durable bytes, a volatile write cache, seeded
-//!   latencies, [`fault`] injection and power-loss [`SimFs::crash`]es resolved per sector;
+//!   latencies, [`fault`] injection and power-loss [`SimFs::crash`]es resolved per sector, now or
+//!   when a chosen flush or write reaches the disk ([`SimFs::schedule_crash`]);
 //! * a **trace hash** ([`trace`]) over every scheduling decision and disk operation, so two runs
 //!   of one seed can be compared by one number.
 //!
@@ -50,11 +51,8 @@ pub mod scenario;
 pub mod trace;
 pub mod vdisk;
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
-
-use rand_chacha::ChaCha8Rng;
 
 pub use config::{CrashModel, DiskConfig, Latency, SchedulerMode, SimConfig};
 pub use env::SimEnv;
@@ -63,7 +61,7 @@ pub use executor::{MAIN_TASK, TaskId};
 pub use export::View;
 pub use fault::{FaultId, FaultKind, FaultSpec, FaultState, OpKind, Trigger};
 pub use rng::Stream;
-pub use vdisk::{CrashReport, SimFs};
+pub use vdisk::{CrashAt, CrashReport, DiskCounts, SimFs};
 
 use clock::Clock;
 use env::Shared;
@@ -77,7 +75,6 @@ use trace::Trace;
 /// drops every task.
 pub struct Sim {
     env: SimEnv,
-    crash_rng: RefCell<ChaCha8Rng>,
 }
 
 impl Sim {
@@ -90,6 +87,7 @@ impl Sim {
             config.disk.clone(),
             stream_rng(seed, Stream::Disk),
             stream_rng(seed, Stream::Faults),
+            stream_rng(seed, Stream::Crash),
             clock.clone(),
             Rc::downgrade(&exec),
             trace.clone(),
@@ -102,7 +100,6 @@ impl Sim {
         });
         Sim {
             env: SimEnv { shared },
-            crash_rng: RefCell::new(stream_rng(seed, Stream::Crash)),
         }
     }
 
@@ -171,10 +168,10 @@ impl Sim {
     /// Power loss: resolve every unflushed write with the crash stream of the seed
     /// ([`SimFs::crash`]) and kill every spawned task (the main future of a running `block_on`
     /// survives: it plays the operator who restarts the machine). Handles opened before are stale.
+    /// To crash at an exact disk event instead (the Nth flush, the Nth write), see
+    /// [`SimFs::schedule_crash`].
     pub fn crash(&self) -> CrashReport {
-        let report = self.fs().crash(&mut self.crash_rng.borrow_mut());
-        self.env.shared.exec.abort_all();
-        report
+        self.fs().power_loss()
     }
 }
 

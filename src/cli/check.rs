@@ -207,7 +207,7 @@ pub fn run_check(args: &[String]) -> i32 {
     let env = RealEnv::new();
     let engine = Rc::new(Engine::new(env.clone()));
     let opts = json!({"driver": "qcow2", "node-name": "check",
-                      "read-only": a.repair.is_none(),
+                      "read-only": a.repair.is_none(), "x-check": true,
                       "file": {"driver": "file", "filename": a.file}});
     let result = env.block_on(async {
         let node = engine.blockdev_add(opts).await.map_err(Err)?;
@@ -228,6 +228,10 @@ pub fn run_check(args: &[String]) -> i32 {
     report.filename = a.file.clone();
     for m in &report.messages {
         eprintln!("{m}");
+    }
+    if let Some(errno) = report.failed {
+        eprintln!("qemu-img: Check failed: {}", errno.description());
+        return 1;
     }
     if !a.quiet {
         if (report.leaks_fixed != 0 || report.corruptions_fixed != 0) && !a.json {

@@ -379,6 +379,10 @@ impl ParentOps for BlockBackend {
         format!("device '{}'", self.name)
     }
 
+    fn device_name(&self) -> Option<String> {
+        (!self.name.is_empty()).then(|| self.name.clone())
+    }
+
     fn drained_begin(&self) {
         self.quiesce.set(self.quiesce.get() + 1);
     }

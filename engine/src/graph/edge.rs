@@ -14,6 +14,12 @@ pub trait ParentOps {
     /// How errors name this user ("device 'drive0'", "job 'm0'").
     fn describe(&self) -> String;
 
+    /// The device name events report for nodes below this user (a BlockBackend's name);
+    /// `None` for users that are not devices.
+    fn device_name(&self) -> Option<String> {
+        None
+    }
+
     /// A node below entered a drained section: stop issuing new requests.
     fn drained_begin(&self) {}
 

@@ -152,6 +152,8 @@ pub struct Node {
     /// Union of parents' perms and intersection of their shared perms, as last committed.
     pub(crate) cumulative: Cell<(Perms, Perms)>,
     pub(crate) closed: Cell<bool>,
+    /// Why operations on this node are refused now (a job using it), oldest first.
+    op_blockers: RefCell<Vec<(u64, String)>>,
 }
 
 impl Node {
@@ -187,6 +189,7 @@ impl Node {
             stats: RefCell::new(NodeStats::default()),
             cumulative: Cell::new((Perms::NONE, Perms::ALL)),
             closed: Cell::new(false),
+            op_blockers: RefCell::new(Vec::new()),
         })
     }
 
@@ -291,6 +294,18 @@ impl Node {
             .collect()
     }
 
+    /// The name of the first user outside the graph directly above this node that has a
+    /// device name (a BlockBackend), or "" (QEMU's `bdrv_get_device_name`, used by events).
+    pub fn device_name(&self) -> String {
+        self.parents()
+            .iter()
+            .find_map(|e| match e.parent() {
+                super::edge::ParentRef::External(p) => p.upgrade().and_then(|p| p.device_name()),
+                super::edge::ParentRef::Node(_) => None,
+            })
+            .unwrap_or_default()
+    }
+
     /// Reference count: parent edges plus one if owned by the monitor.
     pub fn refcnt(&self) -> u32 {
         self.refcnt.get()
@@ -356,6 +371,30 @@ impl Node {
     /// Run `f` on the statistics.
     pub fn with_stats<R>(&self, f: impl FnOnce(&NodeStats) -> R) -> R {
         f(&self.stats.borrow())
+    }
+
+    /// Refuse operations that would disturb a user of this node (a job) until the returned token
+    /// is passed to [`Node::remove_op_blocker`]. `reason` completes "Node 'x' is busy: ...".
+    pub fn add_op_blocker(&self, reason: impl Into<String>) -> u64 {
+        let token = self.ctx.next_id();
+        self.op_blockers.borrow_mut().push((token, reason.into()));
+        token
+    }
+
+    /// Lift a blocker added by [`Node::add_op_blocker`].
+    pub fn remove_op_blocker(&self, token: u64) {
+        self.op_blockers.borrow_mut().retain(|(t, _)| *t != token);
+    }
+
+    /// `Ok` when no blocker is set, else QEMU's "Node '...' is busy: <reason>" (first blocker).
+    pub fn check_op_blockers(&self) -> Result<()> {
+        match self.op_blockers.borrow().first() {
+            None => Ok(()),
+            Some((_, reason)) => Err(crate::error::Error::generic(format!(
+                "Node '{}' is busy: {reason}",
+                self.name
+            ))),
+        }
     }
 
     /// The backing child edge, if any.

@@ -28,6 +28,12 @@ impl OpenCtx {
         self.node.name()
     }
 
+    /// The node being opened, weakly (a driver keeping it must not keep its node alive), for
+    /// drivers that report events naming their node and device.
+    pub fn weak_node(&self) -> std::rc::Weak<Node> {
+        Rc::downgrade(&self.node)
+    }
+
     /// The node's generic options.
     pub fn options(&self) -> NodeOptions {
         self.node.options()

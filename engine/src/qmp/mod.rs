@@ -21,6 +21,21 @@ pub const COMMANDS: &[&str] = &[
     "block_resize",
     "cont",
     "stop",
+    "query-jobs",
+    "query-block-jobs",
+    "job-pause",
+    "job-resume",
+    "job-cancel",
+    "job-complete",
+    "job-finalize",
+    "job-dismiss",
+    "block-job-pause",
+    "block-job-resume",
+    "block-job-cancel",
+    "block-job-complete",
+    "block-job-finalize",
+    "block-job-dismiss",
+    "block-job-set-speed",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -130,6 +145,61 @@ async fn run(engine: &Engine, name: &str, mut args: Options) -> Result<Value> {
         "stop" => {
             engine.stop();
             json!({})
+        }
+        "query-jobs" => engine.query_jobs(),
+        "query-block-jobs" => engine.query_block_jobs(),
+        "job-pause" | "job-resume" | "job-cancel" | "job-complete" | "job-finalize"
+        | "job-dismiss" => {
+            let id = args.require_str("id")?;
+            args.finish()?;
+            let job = engine.find_job(&id)?;
+            match name {
+                "job-pause" => job.user_pause()?,
+                "job-resume" => job.user_resume()?,
+                "job-cancel" => job.cancel(true).await?,
+                "job-complete" => job.user_complete()?,
+                "job-finalize" => job.user_finalize().await?,
+                _ => job.user_dismiss()?,
+            }
+            return Ok(json!({}));
+        }
+        "block-job-pause" | "block-job-resume" | "block-job-complete" => {
+            let device = args.require_str("device")?;
+            args.finish()?;
+            let job = engine.find_block_job(&device)?;
+            match name {
+                "block-job-pause" => job.user_pause()?,
+                "block-job-resume" => job.user_resume()?,
+                _ => job.user_complete()?,
+            }
+            return Ok(json!({}));
+        }
+        "block-job-finalize" | "block-job-dismiss" => {
+            let id = args.require_str("id")?;
+            args.finish()?;
+            let job = engine.find_block_job(&id)?;
+            if name == "block-job-finalize" {
+                job.user_finalize().await?;
+            } else {
+                job.user_dismiss()?;
+            }
+            return Ok(json!({}));
+        }
+        "block-job-cancel" => {
+            let device = args.require_str("device")?;
+            let force = args.take_bool("force")?.unwrap_or(false);
+            args.finish()?;
+            engine.block_job_cancel(&device, force).await?;
+            return Ok(json!({}));
+        }
+        "block-job-set-speed" => {
+            let device = args.require_str("device")?;
+            let speed = args
+                .take_i64("speed")?
+                .ok_or_else(|| Error::generic("Parameter 'speed' is missing"))?;
+            args.finish()?;
+            engine.block_job_set_speed(&device, speed)?;
+            return Ok(json!({}));
         }
         other => {
             return Err(Error::with_class(

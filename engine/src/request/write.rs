@@ -38,6 +38,26 @@ pub(crate) fn check_write_perm(node: &Node, edge: &Edge, flags: ReqFlags) -> Res
     }
 }
 
+/// A write ending past the node's end grows it, which needs RESIZE on the edge (a format
+/// driver allocating in its file has it; a job or device writing past the end is a bug in the
+/// caller, refused here instead of reaching the driver).
+pub(crate) fn check_grow_perm(node: &Node, edge: &Edge, end: u64) -> Result<()> {
+    if end <= node.len() || edge.perm().contains(Perms::RESIZE) {
+        return Ok(());
+    }
+    Err(Error::io_msg(
+        Errno::EIO,
+        format!(
+            "Write past the end of node '{}' ({} > {} bytes) through {} without the 'resize' \
+             permission",
+            node.name(),
+            end,
+            node.len(),
+            edge.describe_use()
+        ),
+    ))
+}
+
 /// Bookkeeping after any request that may have changed data in `[offset, end)`.
 pub(crate) fn finish_write(node: &Rc<Node>, offset: u64, end: u64) {
     node.write_gen.set(node.write_gen.get() + 1);
@@ -61,7 +81,10 @@ pub(super) async fn write(
     flags: ReqFlags,
 ) -> BufResult {
     let len = buf.len() as u64;
-    if let Err(e) = check_range(offset, len).and_then(|()| check_write_perm(node, edge, flags)) {
+    if let Err(e) = check_range(offset, len)
+        .and_then(|()| check_write_perm(node, edge, flags))
+        .and_then(|()| check_grow_perm(node, edge, offset + len))
+    {
         return (buf, Err(e));
     }
     if flags.contains(ReqFlags::WRITE_COMPRESSED)

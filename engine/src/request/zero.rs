@@ -12,7 +12,9 @@ use crate::util::{align_down, align_up, is_aligned};
 use super::debug::raise;
 use super::read::{aligned_read, check_range, max_chunk, mem_align};
 use super::stats::{self, Op};
-use super::write::{aligned_write, check_write_perm, finish_write, run_before_write};
+use super::write::{
+    aligned_write, check_grow_perm, check_write_perm, finish_write, run_before_write,
+};
 
 /// Largest zero buffer written at once by the fallback.
 const ZERO_BUF_MAX: u64 = 1 << 20;
@@ -26,6 +28,7 @@ pub(super) async fn write_zeroes(
 ) -> Result<()> {
     check_range(offset, len)?;
     check_write_perm(node, edge, flags)?;
+    check_grow_perm(node, edge, offset + len)?;
     if !node.options().discard_unmap {
         flags = flags.without(ReqFlags::MAY_UNMAP);
     }

@@ -5,11 +5,15 @@
 mod notify;
 mod oneshot;
 mod options;
+mod race;
+mod ratelimit;
 mod tracked;
 
 pub use notify::{Notify, yield_now};
 pub use oneshot::{OneshotReceiver, OneshotSender, oneshot};
 pub use options::{Options, parse_size};
+pub use race::{Either, race};
+pub use ratelimit::{RateLimit, SLICE_NS};
 pub use tracked::{Tracked, TrackedRanges};
 
 /// True when `[a, a+alen)` and `[b, b+blen)` overlap.

@@ -128,6 +128,18 @@ impl Options {
         }
     }
 
+    /// Take a signed integer (a JSON number; QMP's `int` arguments such as `speed`).
+    pub fn take_i64(&mut self, key: &str) -> Result<Option<i64>> {
+        match self.map.remove(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| expected(&self.full(key), "integer")),
+            Some(_) => Err(expected(&self.full(key), "integer")),
+        }
+    }
+
     /// Take a nested dictionary.
     pub fn take_dict(&mut self, key: &str) -> Result<Option<Options>> {
         match self.map.remove(key) {

@@ -1,6 +1,10 @@
 //! Helpers for the qcow2 tests: running qemu-img/qemu-io in a scratch directory, loading host
-//! files into the simulator, opening qcow2 nodes and exporting images back for `qemu-img check`.
+//! files into the simulator, opening qcow2 nodes and exporting images back for `qemu-img check`;
+//! `guest` has the layouts, concurrent request batches and byte model of the property and crash
+//! tests.
 #![allow(dead_code)]
+
+pub mod guest;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -10,8 +10,8 @@
 
 use rand_chacha::ChaCha8Rng;
 
-use super::SimFs;
 use super::file::{CacheEntry, VFile, apply, sectors_in};
+use super::{FsInner, SimFs};
 use crate::config::CrashModel;
 use crate::rng::{below, chance};
 use crate::trace::tag;
@@ -107,7 +107,14 @@ impl SimFs {
     /// Latent sector errors and injected faults stay. `Sim::crash` calls this with the crash
     /// stream of the seed and also kills every task.
     pub fn crash(&self, rng: &mut ChaCha8Rng) -> CrashReport {
-        let fs = &self.inner;
+        self.inner.crash_with(rng)
+    }
+}
+
+impl FsInner {
+    /// [`SimFs::crash`] proper.
+    pub(crate) fn crash_with(&self, rng: &mut ChaCha8Rng) -> CrashReport {
+        let fs = self;
         fs.epoch.set(fs.epoch.get() + 1);
         let model = fs.config.crash;
         let mut report = CrashReport {

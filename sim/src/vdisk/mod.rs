@@ -7,13 +7,15 @@
 //! concurrent requests complete out of order, and take effect when they complete.
 //!
 //! Besides the seam, `SimFs` offers what scenario runners and checkers need: setting up files,
-//! reading the current or durable bytes, injecting faults, crashing, exporting to a host file.
+//! reading the current or durable bytes, injecting faults, crashing (now, or when a chosen flush or
+//! write reaches the disk: `schedule.rs`), exporting to a host file.
 
 mod crash;
 mod file;
 mod handle;
 mod ops;
 mod pages;
+mod schedule;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -27,6 +29,7 @@ pub use crash::CrashReport;
 pub(crate) use file::SECTOR;
 pub(crate) use file::VFile;
 pub(crate) use pages::PageStore;
+pub use schedule::{CrashAt, DiskCounts};
 
 use crate::clock::Clock;
 use crate::config::DiskConfig;
@@ -45,6 +48,14 @@ pub(crate) struct FsInner {
     pub(crate) clock: Rc<Clock>,
     pub(crate) exec: Weak<Executor>,
     pub(crate) trace: Rc<Trace>,
+    /// The crash stream of the seed (outcomes of power losses).
+    pub(crate) crash_rng: RefCell<ChaCha8Rng>,
+    /// Disk events so far (`schedule.rs`).
+    pub(crate) counts: Cell<DiskCounts>,
+    /// A power loss waiting for its disk event.
+    pub(crate) scheduled: Cell<Option<CrashAt>>,
+    /// The report of a scheduled crash that struck, until taken.
+    pub(crate) struck: Cell<Option<CrashReport>>,
 }
 
 impl FsInner {
@@ -76,6 +87,7 @@ impl SimFs {
         config: DiskConfig,
         disk_rng: ChaCha8Rng,
         fault_rng: ChaCha8Rng,
+        crash_rng: ChaCha8Rng,
         clock: Rc<Clock>,
         exec: Weak<Executor>,
         trace: Rc<Trace>,
@@ -95,6 +107,10 @@ impl SimFs {
                 clock,
                 exec,
                 trace,
+                crash_rng: RefCell::new(crash_rng),
+                counts: Cell::new(DiskCounts::default()),
+                scheduled: Cell::new(None),
+                struck: Cell::new(None),
             }),
         }
     }

@@ -1,6 +1,7 @@
 //! What a data operation does when it completes: the fault plan applied, then the effect on the
 //! file's write cache. Shared by the normal completion path and by orphaned operations (whose
-//! caller dropped the future: like a real disk, the operation still happens).
+//! caller dropped the future: like a real disk, the operation still happens). A crash scheduled at
+//! the operation (`schedule.rs`) strikes here, before or after its effect.
 
 use std::cell::RefCell;
 
@@ -10,6 +11,7 @@ use engine::{Errno, Error, Result};
 use super::FsInner;
 use super::file::{CacheOp, VFile};
 use super::pages::PAGE;
+use super::schedule::Strike;
 use crate::fault::{FaultPlan, OpKind};
 use crate::trace::tag;
 
@@ -89,6 +91,15 @@ pub(crate) fn complete(
 ) -> (Option<IoBuf>, Result<()>) {
     let (op, offset, len) = effect.describe();
     let file_id = file.borrow().id;
+    let strike = if fs.epoch.get() == epoch {
+        fs.count_op(op)
+    } else {
+        None
+    };
+    if strike == Some(Strike::Before) {
+        // The power fails as the operation reaches the disk: it never takes effect.
+        fs.strike();
+    }
     let (buf, res) = if fs.epoch.get() != epoch {
         let buf = if let Effect::Write { buf, .. } = effect {
             Some(buf)
@@ -107,6 +118,9 @@ pub(crate) fn complete(
         apply(fs, file, plan, effect)
     };
     trace_done(fs, op.code(), file_id, offset, len, &res);
+    if strike == Some(Strike::After) {
+        fs.strike();
+    }
     (buf, res)
 }
 

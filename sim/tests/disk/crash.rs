@@ -171,3 +171,108 @@ fn crash_abandons_in_flight_io_and_kills_tasks() {
     })
     .unwrap();
 }
+
+/// Three rounds of "write 4 KiB with fill k, flush" by a spawned task; the main future waits.
+/// Returns the disk counts at the end (or at the crash) and whether a scheduled crash struck.
+fn flush_rounds(seed: u64, at: Option<sim::CrashAt>) -> (Vec<u8>, sim::DiskCounts, bool) {
+    let sim = new_sim(seed);
+    let env = sim.env().as_env();
+    sim.fs().create_file("r.img", &[0; 12288]).unwrap();
+    if let Some(at) = at {
+        sim.fs().schedule_crash(at);
+    }
+    let f = open(&env, "r.img");
+    env.spawn(
+        "rounds",
+        Box::pin(async move {
+            for k in 0..3u64 {
+                if write(&*f, k * 4096, &[k as u8 + 1; 4096]).await.is_err() {
+                    return;
+                }
+                if f.flush().await.is_err() {
+                    return;
+                }
+            }
+        }),
+    );
+    sim.run_until_idle().unwrap();
+    let struck = sim.fs().take_struck().is_some();
+    (
+        sim.fs().durable_bytes("r.img").unwrap(),
+        sim.fs().disk_counts(),
+        struck,
+    )
+}
+
+/// A crash scheduled at the Nth flush strikes exactly there: before it, what it covers may be
+/// lost (and nothing later ever happens); after it, what it covered is durable; every task dies.
+#[test]
+fn scheduled_crash_strikes_at_the_nth_flush() {
+    let (bytes, counts, struck) = flush_rounds(5, None);
+    assert!(!struck);
+    assert_eq!(counts, sim::DiskCounts { flushes: 3, ops: 6 });
+    assert!(
+        bytes
+            .chunks(4096)
+            .enumerate()
+            .all(|(k, c)| c.iter().all(|&b| b == k as u8 + 1))
+    );
+    let mut lost_somewhere = false;
+    for seed in 0..20 {
+        for nth in 1..=3u64 {
+            let (after, counts, struck) =
+                flush_rounds(seed, Some(sim::CrashAt::Flush { nth, after: true }));
+            assert!(struck, "seed {seed} flush {nth}");
+            assert_eq!(counts.flushes, nth, "nothing happens after the crash");
+            for k in 0..3u64 {
+                let chunk = &after[(k * 4096) as usize..((k + 1) * 4096) as usize];
+                let want = if k < nth { k as u8 + 1 } else { 0 };
+                assert!(
+                    chunk.iter().all(|&b| b == want),
+                    "seed {seed} flush {nth} after"
+                );
+            }
+            let (before, _, struck) =
+                flush_rounds(seed, Some(sim::CrashAt::Flush { nth, after: false }));
+            assert!(struck);
+            // Rounds before `nth` are durable; round nth-1 (0-based) may hold old or new per sector.
+            for k in 0..3u64 {
+                let chunk = &before[(k * 4096) as usize..((k + 1) * 4096) as usize];
+                let new = k as u8 + 1;
+                if k + 1 < nth {
+                    assert!(chunk.iter().all(|&b| b == new), "seed {seed} flush {nth}");
+                } else if k + 1 == nth {
+                    assert!(chunk.iter().all(|&b| b == new || b == 0));
+                    lost_somewhere |= chunk.contains(&0);
+                } else {
+                    assert!(chunk.iter().all(|&b| b == 0));
+                }
+            }
+        }
+    }
+    assert!(lost_somewhere, "a crash before a flush never lost its data");
+}
+
+/// A crash scheduled at the Nth operation replaces it: that write never lands.
+#[test]
+fn scheduled_crash_strikes_at_the_nth_operation() {
+    for nth in 1..=6u64 {
+        let (bytes, counts, struck) = flush_rounds(9, Some(sim::CrashAt::Op { nth }));
+        assert!(struck);
+        assert_eq!(counts.ops, nth);
+        // Op 2k+1 is the write of round k, op 2k+2 its flush.
+        let complete_rounds = (nth - 1) / 2;
+        for k in 0..complete_rounds {
+            let chunk = &bytes[(k * 4096) as usize..((k + 1) * 4096) as usize];
+            assert!(chunk.iter().all(|&b| b == k as u8 + 1), "op {nth}");
+        }
+        if nth % 2 == 1 {
+            let k = complete_rounds;
+            let chunk = &bytes[(k * 4096) as usize..((k + 1) * 4096) as usize];
+            assert!(
+                chunk.iter().all(|&b| b == 0),
+                "op {nth}: the crashed write landed"
+            );
+        }
+    }
+}

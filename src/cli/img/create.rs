@@ -2,8 +2,8 @@
 //! qemu-img create for raw and qcow2, through the engine's own drivers.
 //!
 //! Prints qemu-img's "Formatting 'FILE', fmt=..." line with its field order. Without SIZE the
-//! size is the backing file's. Options blk cannot honour (extended_l2=on, compression_type=zstd)
-//! are refused with a message naming them.
+//! size is the backing file's. Options blk cannot honour (extended_l2=on) are refused with a
+//! message naming them.
 
 use std::rc::{Rc, Weak};
 
@@ -93,6 +93,8 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     let (mut backing, mut backing_fmt) = (spec.backing.clone(), spec.backing_fmt.clone());
     let mut compat_text = None;
     let mut lazy_text = "off".to_string();
+    let mut compression_text = "zlib".to_string();
+    let mut raw_text = None;
     for (k, v) in &spec.opts {
         match (k.as_str(), qcow2) {
             ("size", _) => {
@@ -130,11 +132,22 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
             ("extended_l2", true) => {
                 return Err("extended_l2=on is not supported by blk's qcow2 driver".into());
             }
-            ("compression_type", true) if v == "zlib" => {}
+            ("data_file", true) => o.data_file = Some(v.clone()),
+            ("data_file_raw", true) => {
+                o.data_file_raw = flag(k, v)?;
+                raw_text = Some(v.clone());
+            }
             ("compression_type", true) => {
-                return Err(format!(
-                    "compression_type={v} is not supported by blk's qcow2 driver (only zlib)"
-                ));
+                o.compression_type = match v.as_str() {
+                    "zlib" => 0,
+                    "zstd" => 1,
+                    _ => {
+                        return Err(format!(
+                            "Parameter 'compression-type' does not accept value '{v}'"
+                        ));
+                    }
+                };
+                compression_text = v.clone();
             }
             _ => return Err(format!("Invalid parameter '{k}'")),
         }
@@ -181,15 +194,21 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
             if let Some(p) = &prealloc {
                 line += &format!(" preallocation={p}");
             }
-            line += &format!(" compression_type=zlib size={size}");
+            line += &format!(" compression_type={compression_text} size={size}");
+            if let Some(c) = &compat_text {
+                line += &format!(" compat={c}");
+            }
             if let Some(b) = &backing {
                 line += &format!(" backing_file={b}");
             }
             if let Some(f) = &backing_fmt {
                 line += &format!(" backing_fmt={f}");
             }
-            if let Some(c) = &compat_text {
-                line += &format!(" compat={c}");
+            if let Some(d) = &o.data_file {
+                line += &format!(" data_file={d}");
+            }
+            if let Some(r) = &raw_text {
+                line += &format!(" data_file_raw={r}");
             }
             line += &format!(
                 " lazy_refcounts={lazy_text} refcount_bits={}",
@@ -216,8 +235,32 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
         size.div_ceil(512) * 512
     };
     o.size = size;
+    if o.data_file_raw && backing.is_some() {
+        return Err("Backing file and data-file-raw cannot be used at the same time".into());
+    }
     o.backing_file = backing;
     o.backing_fmt = backing_fmt;
+    if o.data_file_raw && o.data_file.is_none() {
+        return Err("data-file-raw requires data-file".into());
+    }
+    if let Some(d) = &o.data_file
+        && o.compat == Compat::V3
+    {
+        // The data file is created as QEMU does: a raw file of the virtual size, at the name
+        // given (relative to the working directory, which is where the image looks for it).
+        write_image(
+            tool,
+            d,
+            false,
+            &CreateOptions {
+                size,
+                ..CreateOptions::default()
+            },
+            Prealloc::Off,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    }
     write_image(tool, path, qcow2, &o, prealloc_mode)
         .await
         .map_err(|e| e.to_string())
@@ -233,6 +276,23 @@ impl ParentOps for Creator {
 }
 
 async fn write_image(
+    tool: &Tool,
+    path: &str,
+    qcow2: bool,
+    o: &CreateOptions,
+    prealloc: Prealloc,
+) -> engine::Result<()> {
+    let existed = tool.env.fs().exists(path);
+    let r = write_new_image(tool, path, qcow2, o, prealloc).await;
+    if r.is_err() && !existed {
+        // As qemu-img: a refused create leaves no half-made image behind (a file that was
+        // there before has been truncated already; that is qemu-img's behaviour too).
+        let _ = tool.env.fs().remove(path);
+    }
+    r
+}
+
+async fn write_new_image(
     tool: &Tool,
     path: &str,
     qcow2: bool,

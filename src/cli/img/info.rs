@@ -24,6 +24,10 @@ const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 /// Bit 4 of the incompatible features: extended L2 entries.
 const INCOMPAT_EXTL2: u64 = 1 << 4;
+/// Bit 2 of the incompatible features: external data file.
+const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+/// Bit 1 of the autoclear features: the data file is a raw image.
+const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 
 /// The qcow2 header of the file at `path`.
 pub(crate) fn read_qcow2_header(path: &str) -> Result<Header, String> {
@@ -109,6 +113,15 @@ fn image_info(node: &Rc<Node>) -> Result<Value, String> {
             );
         }
         data.insert("refcount-bits".into(), json!(1u64 << h.refcount_order));
+        if let Some(d) = &h.data_file {
+            data.insert("data-file".into(), json!(d));
+        }
+        if h.version == 3 && h.incompat & INCOMPAT_DATA_FILE != 0 {
+            data.insert(
+                "data-file-raw".into(),
+                json!(h.autoclear & AUTOCLEAR_DATA_FILE_RAW != 0),
+            );
+        }
         if h.version == 3 {
             data.insert("corrupt".into(), json!(h.incompat & INCOMPAT_CORRUPT != 0));
             data.insert(

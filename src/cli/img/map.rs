@@ -92,7 +92,11 @@ pub(crate) async fn map_entries(
                 && st.mapping.host().is_none()
                 && node.is_some_and(|n| n.driver_name() == "qcow2"),
             offset: st.mapping.host(),
-            filename: node.map(|n| n.driver().filename()),
+            // Host offsets of a qcow2 image with an external data file are in that file.
+            filename: node.map(|n| match n.child("data-file") {
+                Some(e) => e.child_node().driver().filename(),
+                None => n.driver().filename(),
+            }),
         };
         pos += len;
         match out.last_mut() {

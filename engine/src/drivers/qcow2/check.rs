@@ -68,6 +68,10 @@ pub struct CheckReport {
     pub compressed_clusters: u64,
     /// Diagnostics, one per line, as `qemu-img check` prints them on stderr.
     pub messages: Vec<String>,
+    /// The check stopped before its end with this error (a leaks-only repair of an image
+    /// whose refcount structure needs a rebuild): qemu-img prints the diagnostics, then
+    /// "Check failed: <reason>", and no report.
+    pub failed: Option<Errno>,
 }
 
 impl CheckReport {
@@ -118,7 +122,7 @@ pub async fn check_node(node: &Rc<Node>, repair: Option<Repair>) -> Result<Check
             )
         })?;
     let first = q.check(repair).await?;
-    if first.corruptions_fixed == 0 && first.leaks_fixed == 0 {
+    if first.failed.is_some() || (first.corruptions_fixed == 0 && first.leaks_fixed == 0) {
         return Ok(first);
     }
     let mut second = q.check(None).await?;
@@ -188,10 +192,9 @@ impl Qcow2 {
         } else if repair.is_some() {
             if rebuild {
                 rep.error("ERROR need to rebuild refcount structures".into());
-                return Err(Error::io_msg(
-                    Errno::EIO,
-                    "qcow2: the refcount structure needs a rebuild ('-r all')",
-                ));
+                rep.check_errors += 1;
+                rep.failed = Some(Errno::EIO);
+                return Ok(rep);
             }
             if rep.leaks != 0 || rep.corruptions != 0 {
                 let messages = std::mem::take(&mut rep.messages);
@@ -344,14 +347,22 @@ impl Qcow2 {
                 }
             };
             let mut dirty = 0;
-            for j in 0..(cs / 8) as usize {
-                let entry = u64::from_be_bytes(table[j * 8..j * 8 + 8].try_into().expect("8"));
+            let stride = self.l2_entry_bytes() as usize;
+            for j in 0..cs as usize / stride {
+                let at = j * stride;
+                let entry = u64::from_be_bytes(table[at..at + 8].try_into().expect("8"));
                 let host = entry & OFFSET_MASK;
                 if entry & super::COMPRESSED != 0 || host == 0 {
                     continue;
                 }
-                let Ok(n) = self.refcount(host >> self.cluster_bits).await else {
-                    continue;
+                // Data clusters of an external data file count as referenced once.
+                let n = if self.has_data_file() {
+                    1
+                } else {
+                    match self.refcount(host >> self.cluster_bits).await {
+                        Ok(n) => n,
+                        Err(_) => continue,
+                    }
                 };
                 if (n == 1) != (entry & COPIED != 0) {
                     rep.error(format!(
@@ -364,7 +375,7 @@ impl Qcow2 {
                         } else {
                             entry & !COPIED
                         };
-                        table[j * 8..j * 8 + 8].copy_from_slice(&fixed.to_be_bytes());
+                        table[at..at + 8].copy_from_slice(&fixed.to_be_bytes());
                         dirty += 1;
                     }
                 }

@@ -245,8 +245,8 @@ impl Qcow2 {
     fn count_l2(&self, refs: &mut Refs, rep: &mut CheckReport, table: &[u8], active: bool) {
         let cs = self.cs();
         let mut next_contiguous = 0u64;
-        for c in table.chunks_exact(8) {
-            let entry = u64::from_be_bytes(c.try_into().expect("8 bytes"));
+        for c in table.chunks_exact(self.l2_entry_bytes() as usize) {
+            let entry = u64::from_be_bytes(c[..8].try_into().expect("8 bytes"));
             if entry & COMPRESSED != 0 {
                 let x = 62 - (self.cluster_bits - 8);
                 let offset = entry & ((1u64 << x) - 1);
@@ -268,7 +268,8 @@ impl Qcow2 {
                 continue;
             }
             let host = entry & OFFSET_MASK;
-            if host == 0 {
+            // Offset 0 is guest cluster 0's place in an external data file (COPIED set).
+            if host == 0 && !(self.has_data_file() && entry & super::COPIED != 0) {
                 continue;
             }
             // A normal cluster, or a preallocated zero cluster (ZERO flag with a host offset).
@@ -292,7 +293,10 @@ impl Qcow2 {
                 ));
                 rep.corruptions += 1;
             }
-            self.inc_refs(refs, rep, host, cs);
+            // Clusters of an external data file are not refcounted.
+            if !self.has_data_file() {
+                self.inc_refs(refs, rep, host, cs);
+            }
         }
     }
 

@@ -23,7 +23,7 @@ pub(crate) enum Kind {
     Zero { host: Option<u64> },
     /// Data at `host`; `copied` means it may be rewritten in place.
     Normal { host: u64, copied: bool },
-    /// Deflate-compressed data: `offset` in the file, `len` bytes of sectors.
+    /// Compressed data (deflate or zstd): `offset` in the file, `len` bytes of sectors.
     Compressed { offset: u64, len: u64 },
 }
 
@@ -44,12 +44,15 @@ impl Qcow2 {
                 format!("qcow2: cluster offset {host:#x} is not cluster aligned"),
             ));
         }
+        // Offset 0 means "no cluster", except in an external data file, where it is guest
+        // cluster 0's place; there every mapped cluster has COPIED set, which tells them apart.
+        let mapped = host != 0 || (self.has_data_file() && entry & COPIED != 0);
         if entry & ZERO != 0 && self.version >= 3 {
             return Ok(Kind::Zero {
-                host: (host != 0).then_some(host),
+                host: mapped.then_some(host),
             });
         }
-        if host == 0 {
+        if !mapped {
             return Ok(Kind::Unallocated);
         }
         Ok(Kind::Normal {
@@ -66,10 +69,9 @@ impl Qcow2 {
         let off = entry & OFFSET_MASK;
         if off != 0 {
             if !off.is_multiple_of(self.cs()) {
-                return Err(Error::io_msg(
-                    Errno::EIO,
-                    format!("qcow2: L2 table offset {off:#x} is not cluster aligned"),
-                ));
+                let msg = format!("L2 table offset {off:#x} unaligned (L1 index: {l1i:#x})");
+                let full = self.signal_corruption(true, None, None, &msg).await;
+                return Err(Error::io_msg(Errno::EIO, full));
             }
             if alloc && entry & COPIED == 0 {
                 return Err(Error::io_msg(
@@ -132,6 +134,7 @@ impl Qcow2 {
                 if !self.lazy {
                     self.write_back_refblocks().await?;
                 }
+                self.flush_data_file().await?;
                 self.file.flush().await?;
                 self.pre_write_check(OL_ACTIVE_L2, victim, self.cs())
                     .await?;
@@ -169,10 +172,47 @@ impl Qcow2 {
         };
         self.load_l2(off).await?;
         let i = (gc % self.l2_entries()) as usize;
+        let i = if self.ext_l2 { 2 * i } else { i };
         Ok(self
             .l2_cache
             .with(off, false, |t| get_u64(t, i))
             .expect("just loaded"))
+    }
+
+    /// The subcluster bitmap of guest cluster `gc` (extended L2 entries only): bit `s` says
+    /// subcluster `s` is allocated, bit `32 + s` that it reads as zeroes.
+    pub(crate) async fn l2_bitmap(&self, gc: u64) -> Result<u64> {
+        debug_assert!(self.ext_l2);
+        let l1i = (gc / self.l2_entries()) as usize;
+        let Some(off) = self.l2_table(l1i, false).await? else {
+            return Ok(0);
+        };
+        self.load_l2(off).await?;
+        let i = (gc % self.l2_entries()) as usize;
+        Ok(self
+            .l2_cache
+            .with(off, false, |t| get_u64(t, 2 * i + 1))
+            .expect("just loaded"))
+    }
+
+    /// The kind of guest cluster `gc`. A data cluster offset that is not cluster aligned is
+    /// corruption: reported (and on a writable image marked), and an EIO error.
+    pub(crate) async fn kind_at(&self, gc: u64) -> Result<Kind> {
+        let entry = self.l2_entry(gc).await?;
+        match self.classify(entry) {
+            Ok(k) => Ok(k),
+            Err(e) => {
+                let l1i = (gc / self.l2_entries()) as usize;
+                let l2 = self.l1.borrow().get(l1i).copied().unwrap_or(0) & OFFSET_MASK;
+                let msg = format!(
+                    "Cluster allocation offset {:#x} unaligned (L2 offset: {l2:#x}, L2 index: {:#x})",
+                    entry & OFFSET_MASK,
+                    gc % self.l2_entries()
+                );
+                let full = self.signal_corruption(true, None, None, &msg).await;
+                Err(Error::io_msg(e.errno().unwrap_or(Errno::EIO), full))
+            }
+        }
     }
 
     /// Make sure guest cluster `gc` has an L2 table (allocating one if needed).
@@ -194,6 +234,15 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Flush the external data file, if any: guest data there must be durable before an L2
+    /// table pointing at it is written.
+    pub(crate) async fn flush_data_file(&self) -> Result<()> {
+        match &self.data {
+            Some(d) => d.flush().await,
+            None => Ok(()),
+        }
+    }
+
     /// Write back every dirty cached table in dependency order, then apply deferred frees:
     /// refcounts, flush (data + refcounts durable), L2 tables, flush, frees, refcounts.
     pub(crate) async fn flush_metadata(&self) -> Result<()> {
@@ -202,6 +251,7 @@ impl Qcow2 {
             if !self.lazy {
                 self.write_back_refblocks().await?;
             }
+            self.flush_data_file().await?;
             self.file.flush().await?;
             for (off, data) in self.l2_cache.dirty() {
                 self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await?;

@@ -10,7 +10,10 @@ use crate::graph::Child;
 use crate::io::{IoBuf, ReqFlags};
 
 use super::COPIED;
-use super::header::{COMPAT_LAZY_REFCOUNTS, Header, MAX_L1_BYTES, MAX_REFTABLE_BYTES};
+use super::header::{
+    AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, Header, INCOMPAT_COMPRESSION,
+    INCOMPAT_DATA_FILE, MAX_L1_BYTES, MAX_REFTABLE_BYTES,
+};
 use super::refcount::rb_set;
 
 /// Largest metadata area `create` builds in memory.
@@ -46,6 +49,15 @@ pub struct CreateOptions {
     /// cluster to a host cluster (L2 tables and data clusters, the file extended sparsely);
     /// `Falloc` and `Full` also reserve or zero-fill the data clusters in the file.
     pub preallocation: Prealloc,
+    /// Compression type of compressed clusters: 0 zlib (deflate), 1 zstd (v3 only).
+    pub compression_type: u8,
+    /// External data file name stored in the header (v3 only). The caller creates the file
+    /// itself (this function only writes the image); guest clusters go there at their guest
+    /// offsets.
+    pub data_file: Option<String>,
+    /// The data file is kept a raw image of the guest disk. As QEMU does, every guest
+    /// cluster is then mapped (to its own offset in the data file) from the start.
+    pub data_file_raw: bool,
 }
 
 impl Default for CreateOptions {
@@ -59,6 +71,9 @@ impl Default for CreateOptions {
             backing_fmt: None,
             lazy_refcounts: false,
             preallocation: Prealloc::Off,
+            compression_type: 0,
+            data_file: None,
+            data_file_raw: false,
         }
     }
 }
@@ -89,6 +104,36 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
             "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)",
         ));
     }
+    if o.compression_type > 1 {
+        return Err(Error::generic(format!(
+            "Unknown compression type {}",
+            o.compression_type
+        )));
+    }
+    if o.compat == Compat::V2 && o.compression_type != 0 {
+        return Err(Error::generic(
+            "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)",
+        ));
+    }
+    if o.data_file.is_some() && o.compat == Compat::V2 {
+        return Err(Error::generic(
+            "External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
+        ));
+    }
+    if o.data_file_raw && o.data_file.is_none() {
+        return Err(Error::generic("data-file-raw requires data-file"));
+    }
+    if o.data_file.is_some() && matches!(o.preallocation, Prealloc::Falloc | Prealloc::Full) {
+        return Err(Error::generic(
+            "qcow2: preallocation=falloc/full with an external data file is not supported",
+        ));
+    }
+    if o.data_file
+        .as_ref()
+        .is_some_and(|d| d.is_empty() || d.len() > 1023)
+    {
+        return Err(Error::generic("Data file name is empty or too long"));
+    }
     if o.backing_fmt.is_some() && o.backing_file.is_none() {
         return Err(Error::generic(
             "Backing format cannot be used without backing file",
@@ -108,10 +153,13 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
     let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
     let order = o.refcount_bits.trailing_zeros();
     let rb_entries = cs * 8 / o.refcount_bits as u64;
-    let prealloc = o.preallocation != Prealloc::Off;
+    let prealloc = o.preallocation != Prealloc::Off || o.data_file_raw;
+    let external = o.data_file.is_some();
     let l2_tables = if prealloc { l1_size } else { 0 };
     let data_clusters = if prealloc { o.size.div_ceil(cs) } else { 0 };
-    let mapped = l1_clusters + l2_tables + data_clusters;
+    // Clusters of an external data file are not refcounted (nor in this file).
+    let local_data = if external { 0 } else { data_clusters };
+    let mapped = l1_clusters + l2_tables + local_data;
     // Header, reftable, refblocks, L1 (, L2 tables, data): find sizes that cover themselves.
     let (mut rt, mut rb) = (1u64, 1u64);
     loop {
@@ -147,18 +195,27 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
         reftable_clusters: rt as u32,
         nb_snapshots: 0,
         snapshots_offset: 0,
-        incompat: 0,
+        incompat: if o.compression_type != 0 {
+            INCOMPAT_COMPRESSION
+        } else {
+            0
+        } | if external { INCOMPAT_DATA_FILE } else { 0 },
         compat: if o.lazy_refcounts {
             COMPAT_LAZY_REFCOUNTS
         } else {
             0
         },
-        autoclear: 0,
+        autoclear: if o.data_file_raw {
+            AUTOCLEAR_DATA_FILE_RAW
+        } else {
+            0
+        },
         refcount_order: order,
         header_length: if o.compat == Compat::V3 { 112 } else { 72 },
-        compression_type: 0,
+        compression_type: o.compression_type,
         backing_file: o.backing_file.clone(),
         backing_fmt: o.backing_fmt.clone(),
+        data_file: o.data_file.clone(),
         feature_names: Vec::new(),
         unknown_exts: Vec::new(),
     };
@@ -193,14 +250,15 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
     }
     for g in 0..data_clusters {
         let at = (l2_base + g / l2_entries) * cs + (g % l2_entries) * 8;
-        let e = ((data_base + g) * cs) | COPIED;
+        let host = if external { g } else { data_base + g };
+        let e = (host * cs) | COPIED;
         img[at as usize..at as usize + 8].copy_from_slice(&e.to_be_bytes());
     }
     file.truncate(0, true, Prealloc::Off).await?;
     file.write(0, IoBuf::from_slice(&img), ReqFlags::NONE)
         .await
         .1?;
-    if prealloc {
+    if prealloc && !external {
         // The data clusters: the file's own preallocation (sparse for "metadata").
         let mode = match o.preallocation {
             Prealloc::Metadata => Prealloc::Off,

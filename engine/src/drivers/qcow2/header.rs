@@ -1,5 +1,6 @@
 //! qcow2 header: parsing and validation of the fixed fields (v2 and v3), the header
-//! extensions (backing format, feature names, unknown ones kept as opaque bytes) and the
+//! extensions (backing format, external data file name, feature names, unknown ones kept as
+//! opaque bytes) and the
 //! backing file name, plus the serialisation used by `create`.
 //!
 //! Every field is checked against the file size before anything is allocated from it.
@@ -13,6 +14,14 @@ pub const MAGIC: u32 = 0x5146_49fb;
 pub const EXT_BACKING_FMT: u32 = 0xe279_2aca;
 /// Header extension: feature name table.
 pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
+/// Header extension: external data file name.
+pub const EXT_DATA_FILE: u32 = 0x4441_5441;
+/// Incompatible feature bit 2: guest data lives in an external data file.
+pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+/// Autoclear feature bit 1: the external data file is a valid raw image of the guest disk.
+pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
+/// Incompatible feature bit 4: extended L2 entries (32 subclusters per cluster).
+pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 /// Incompatible feature bit 0: refcounts may be stale.
 pub const INCOMPAT_DIRTY: u64 = 1 << 0;
 /// Incompatible feature bit 1: image may be corrupt.
@@ -90,6 +99,8 @@ pub struct Header {
     pub backing_file: Option<String>,
     /// Backing format from the extension, if any.
     pub backing_fmt: Option<String>,
+    /// External data file name from the extension, if any.
+    pub data_file: Option<String>,
     /// Feature names from the feature name table: (type, bit, name).
     pub feature_names: Vec<(u8, u8, String)>,
     /// Extensions not understood here.
@@ -172,6 +183,7 @@ impl Header {
             compression_type: 0,
             backing_file: None,
             backing_fmt: None,
+            data_file: None,
             feature_names: Vec::new(),
             unknown_exts: Vec::new(),
         };
@@ -210,7 +222,11 @@ impl Header {
         }
         // Extensions come before the feature check so that unknown bits are named.
         h.parse_extensions(buf)?;
-        let known = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION;
+        let known = INCOMPAT_DIRTY
+            | INCOMPAT_CORRUPT
+            | INCOMPAT_COMPRESSION
+            | INCOMPAT_DATA_FILE
+            | INCOMPAT_EXTL2;
         let unknown = h.incompat & !known;
         if unknown != 0 {
             let names: Vec<String> = (0..64u8)
@@ -266,8 +282,14 @@ impl Header {
             )));
         }
         check_table("Active L1 table", h.l1_offset, l1_bytes)?;
-        // L1 size vs virtual size: each L1 entry maps cs * cs/8 bytes.
-        let l2_bits = cluster_bits - 3;
+        if h.incompat & INCOMPAT_EXTL2 != 0 && cluster_bits < 14 {
+            return Err(invalid(
+                "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+            ));
+        }
+        // L1 size vs virtual size: each L1 entry maps cs * cs/8 bytes (cs/16 entries of 16
+        // bytes with extended L2 entries).
+        let l2_bits = cluster_bits - 3 - (h.incompat & INCOMPAT_EXTL2 != 0) as u32;
         let per_l1 = 1u128 << (cluster_bits + l2_bits);
         let need = (h.size as u128).div_ceil(per_l1);
         if need > h.l1_size as u128 {
@@ -346,6 +368,11 @@ impl Header {
                         .map_err(|_| invalid("Backing format name is not valid UTF-8"))?;
                     self.backing_fmt = Some(s);
                 }
+                EXT_DATA_FILE => {
+                    let s = String::from_utf8(data.to_vec())
+                        .map_err(|_| invalid("Data file name is not valid UTF-8"))?;
+                    self.data_file = Some(s);
+                }
                 EXT_FEATURE_TABLE => {
                     for e in data.chunks_exact(48) {
                         let name = &e[2..];
@@ -364,7 +391,8 @@ impl Header {
     }
 
     /// The header and extensions as bytes (for `create`): fixed fields, backing format,
-    /// feature table, unknown extensions, end marker, backing name.
+    /// feature table (if it fits in the first cluster), unknown extensions, end marker,
+    /// backing name.
     pub fn serialize(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(1024);
         b.extend_from_slice(&MAGIC.to_be_bytes());
@@ -398,6 +426,9 @@ impl Header {
         if let Some(fmt) = &self.backing_fmt {
             ext(&mut b, EXT_BACKING_FMT, fmt.as_bytes());
         }
+        if let Some(name) = &self.data_file {
+            ext(&mut b, EXT_DATA_FILE, name.as_bytes());
+        }
         if self.version == 3 {
             let mut t = Vec::new();
             for (ty, bit, name) in [
@@ -416,7 +447,19 @@ impl Header {
                 e[2..2 + name.len()].copy_from_slice(name.as_bytes());
                 t.extend_from_slice(&e);
             }
-            ext(&mut b, EXT_FEATURE_TABLE, &t);
+            // The table is optional: like QEMU, leave it out when it would not fit in the
+            // first cluster with everything that follows it (512-byte clusters with a backing
+            // file name).
+            let rest: usize = self
+                .unknown_exts
+                .iter()
+                .map(|u| 8 + u.data.len().next_multiple_of(8))
+                .sum::<usize>()
+                + 8
+                + self.backing_file.as_ref().map_or(0, String::len);
+            if (b.len() + 8 + t.len() + rest) as u64 <= self.cluster_size() {
+                ext(&mut b, EXT_FEATURE_TABLE, &t);
+            }
         }
         for u in &self.unknown_exts {
             ext(&mut b, u.magic, &u.data);

@@ -36,16 +36,19 @@ impl Qcow2 {
 
     /// The kind of the cluster at `off` and how many bytes from `off` (at most `max`) share it.
     async fn run_at(&self, off: u64, max: u64) -> Result<(Kind, u64)> {
+        if self.ext_l2 {
+            return self.run_at_ext(off, max).await;
+        }
         let cs = self.cs();
         let gc = off / cs;
-        let kind = self.classify(self.l2_entry(gc).await?)?;
+        let kind = self.kind_at(gc).await?;
         let mut n = (cs - off % cs).min(max);
         if matches!(kind, Kind::Compressed { .. }) {
             return Ok((kind, n));
         }
         let mut next = gc + 1;
         while n < max {
-            let k = self.classify(self.l2_entry(next).await?)?;
+            let k = self.kind_at(next).await?;
             let same = match (kind, k) {
                 (Kind::Unallocated, Kind::Unallocated) => true,
                 (Kind::Zero { host: None }, Kind::Zero { host: None }) => true,
@@ -78,10 +81,13 @@ impl Qcow2 {
         in_off: u64,
         out: &mut [u8],
     ) -> Result<()> {
-        if self.compression_type != 0 {
+        if self.has_data_file() {
             return Err(Error::io_msg(
-                Errno::ENOTSUP,
-                "qcow2: unsupported compression type (zstd)",
+                Errno::EIO,
+                format!(
+                    "qcow2: compressed cluster at {offset:#x} in an image with an external data \
+                     file (compressed clusters cannot be used there)"
+                ),
             ));
         }
         let file_len = self.file.len();
@@ -98,7 +104,12 @@ impl Qcow2 {
             .read(offset, IoBuf::new(len as usize), ReqFlags::NONE)
             .await;
         r?;
-        let data = compress::inflate_cluster(buf.as_slice(), self.cs() as usize)?;
+        let data =
+            compress::decompress_cluster(self.compression_type, buf.as_slice(), self.cs() as usize)
+                .map_err(|e| {
+                    let errno = e.errno().unwrap_or(Errno::EIO);
+                    Error::io_msg(errno, format!("{} (host offset {offset:#x})", e.message()))
+                })?;
         out.copy_from_slice(&data[in_off as usize..in_off as usize + out.len()]);
         Ok(())
     }
@@ -120,7 +131,7 @@ impl Qcow2 {
             Kind::Normal { host, .. } => {
                 self.file.debug_event(DebugEvent::ReadAio).await;
                 let (buf, r) = self
-                    .file
+                    .data_child()
                     .read(host + in_off, IoBuf::new(out.len()), ReqFlags::NONE)
                     .await;
                 r?;
@@ -189,14 +200,19 @@ impl Qcow2 {
         let mut c = gc + 1;
         while c <= last && (olds.len() as u64) < max && !c.is_multiple_of(self.l2_entries()) {
             let e = self.l2_entry(c).await?;
-            if matches!(self.classify(e)?, Kind::Normal { copied: true, .. }) {
+            if matches!(self.kind_at(c).await?, Kind::Normal { copied: true, .. }) {
                 break;
             }
             olds.push(e);
             c += 1;
         }
         self.ensure_l2(gc).await?;
-        let (host, got) = self.alloc_some(olds.len() as u64).await?;
+        let (host, got) = if self.has_data_file() {
+            // External data file: each guest cluster has its own place, not refcounted.
+            (gc * cs, olds.len() as u64)
+        } else {
+            self.alloc_some(olds.len() as u64).await?
+        };
         olds.truncate(got as usize);
         let n = remaining.min(olds.len() as u64 * cs - off % cs);
         Ok(Plan::Alloc { gc, host, olds, n })
@@ -213,10 +229,13 @@ impl Qcow2 {
             };
             match plan {
                 Plan::Rewrite { host, n } => {
-                    self.pre_write_check(0, host, n).await?;
+                    self.pre_data_write_check(host, n).await?;
                     self.file.debug_event(DebugEvent::WriteAio).await;
                     let chunk = IoBuf::from_slice(&data[pos as usize..(pos + n) as usize]);
-                    self.file.write(host, chunk, ReqFlags::NONE).await.1?;
+                    self.data_child()
+                        .write(host, chunk, ReqFlags::NONE)
+                        .await
+                        .1?;
                     pos += n;
                 }
                 Plan::Alloc { gc, host, olds, n } => {
@@ -265,20 +284,22 @@ impl Qcow2 {
         }
         .await;
         let filled = match filled {
-            Ok(()) => self.pre_write_check(0, host, k * cs).await,
+            Ok(()) => self.pre_data_write_check(host, k * cs).await,
             Err(e) => Err(e),
         };
         let written = match filled {
             Ok(()) => {
                 self.file.debug_event(DebugEvent::CowWrite).await;
                 self.file.debug_event(DebugEvent::WriteAio).await;
-                self.file.write(host, buf, ReqFlags::NONE).await.1
+                self.data_child().write(host, buf, ReqFlags::NONE).await.1
             }
             Err(e) => Err(e),
         };
         let _g = self.meta.lock().await;
         if let Err(e) = written {
-            self.free_unreferenced(host, k).await?;
+            if !self.has_data_file() {
+                self.free_unreferenced(host, k).await?;
+            }
             return Err(e);
         }
         for (i, old) in olds.iter().enumerate() {
@@ -289,9 +310,14 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Queue whatever host space the old entry `old` referenced for freeing.
+    /// Queue whatever host space the old entry `old` referenced for freeing (nothing for
+    /// clusters of an external data file: they are not refcounted).
     fn release(&self, old: u64) -> Result<()> {
-        match self.classify(old)? {
+        let kind = self.classify(old)?;
+        if self.has_data_file() {
+            return Ok(());
+        }
+        match kind {
             Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => {
                 self.free_later(host, self.cs())
             }
@@ -331,17 +357,28 @@ impl Qcow2 {
         let first_full = offset.div_ceil(cs);
         let last_full = end / cs;
         if first_full >= last_full {
-            return self.zero_partial(offset, len).await;
+            // No whole cluster inside: part of one cluster, or the tail of one and the head of
+            // the next. `zero_partial` looks at one cluster only, so split at the boundary
+            // (otherwise a head that already reads as zeroes would skip the next cluster's part).
+            let boundary = (offset / cs + 1) * cs;
+            if end <= boundary {
+                return self.zero_partial(offset, len).await;
+            }
+            self.zero_partial(offset, boundary - offset).await?;
+            return self.zero_partial(boundary, end - boundary).await;
         }
         if !offset.is_multiple_of(cs) {
             self.zero_partial(offset, first_full * cs - offset).await?;
         }
+        // A raw data file must read as the guest disk does: zero it first.
+        self.zero_raw_data_file(first_full * cs, (last_full - first_full) * cs, flags)
+            .await?;
         {
             let _g = self.meta.lock().await;
             let unmap = flags.contains(ReqFlags::MAY_UNMAP);
             for gc in first_full..last_full {
                 let old = self.l2_entry(gc).await?;
-                let kind = self.classify(old)?;
+                let kind = self.kind_at(gc).await?;
                 if matches!(kind, Kind::Zero { .. }) {
                     continue;
                 }
@@ -365,11 +402,12 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Zero part of one cluster by writing zeroes, unless it already reads as zeroes.
+    /// Zero part of one cluster (`[offset, offset+len)` must not cross a cluster boundary) by
+    /// writing zeroes, unless it already reads as zeroes.
     async fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
         let kind = {
             let _g = self.meta.lock().await;
-            self.classify(self.l2_entry(offset / self.cs()).await?)?
+            self.kind_at(offset / self.cs()).await?
         };
         if self.reads_zero(kind) {
             return Ok(());
@@ -385,8 +423,19 @@ impl Qcow2 {
             return Ok(());
         }
         let _range = self.ranges.lock(first, last, true).await;
+        match &self.data {
+            // A raw data file must keep reading as the guest disk: zero what is discarded.
+            Some(_) if self.data_raw => {
+                self.zero_raw_data_file(first * cs, (last - first) * cs, ReqFlags::MAY_UNMAP)
+                    .await?
+            }
+            Some(d) => d.discard(first * cs, (last - first) * cs).await?,
+            None => {}
+        }
         let _g = self.meta.lock().await;
-        let new = if self.backing.is_some() && self.version >= 3 {
+        // Discarded clusters read as zeroes (over a backing file, or, as QEMU does, in an
+        // image with an external data file, whose zeroed range stays described).
+        let new = if (self.backing.is_some() || self.has_data_file()) && self.version >= 3 {
             ZERO
         } else {
             0
@@ -396,10 +445,30 @@ impl Qcow2 {
             if old == new || (old == 0 && self.backing.is_none()) {
                 continue;
             }
+            self.kind_at(gc).await?;
             self.release(old)?;
             self.set_l2_entry(gc, new).await?;
         }
         Ok(())
+    }
+
+    /// Zero `[off, off + len)` of a raw external data file (no-op otherwise).
+    async fn zero_raw_data_file(&self, off: u64, len: u64, flags: ReqFlags) -> Result<()> {
+        match &self.data {
+            Some(d) if self.data_raw && len > 0 => {
+                d.write_zeroes(off, len, flags & ReqFlags::MAY_UNMAP).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The overlap check before guest data is written at `host`: data in an external data
+    /// file cannot meet the image's metadata (only the corrupt state is checked).
+    async fn pre_data_write_check(&self, host: u64, len: u64) -> Result<()> {
+        if self.has_data_file() {
+            return self.pre_write_check(u32::MAX, host, len).await;
+        }
+        self.pre_write_check(0, host, len).await
     }
 
     pub(crate) async fn do_block_status(&self, offset: u64, len: u64) -> Result<BlockStatus> {

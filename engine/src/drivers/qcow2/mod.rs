@@ -4,10 +4,16 @@
 //! `BlockDriver` glue. The rest is split by concern: `header` (fixed fields + extensions),
 //! `cluster` (L1/L2 mapping, L2 allocation, metadata write-back), `refcount` (refcounts and
 //! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
-//! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate
+//! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate and zstd
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
 //! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `overlap`
 //! (metadata overlap checks before writes, the corrupt bit).
+//!
+//! An external data file (incompatible bit 2) is a second child, `data-file`: guest clusters
+//! live there at their guest offsets, are not refcounted, and are flushed before the L2
+//! tables that map them; with data-file-raw it is kept a raw image of the guest disk (zero
+//! writes and discards zero it too). Images with extended L2 entries (bit 4, `subcluster`)
+//! are read (and checked); writes to them are refused.
 //!
 //! Crash-safety rules (QEMU's ordering): refcount increments reach the disk before any L2/L1
 //! entry relying on them; guest data is flushed before the L2 table that points to it is
@@ -29,15 +35,17 @@ mod overlap;
 mod refcount;
 mod repair;
 mod resize;
+mod subcluster;
 
 use std::cell::{Cell, RefCell};
+use std::rc::Weak;
 
 use serde_json::{Value, json};
 
 use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
 use crate::env::{LocalBoxFuture, OpenOptions};
 use crate::error::{Errno, Error, Result};
-use crate::graph::{Child, OpenCtx};
+use crate::graph::{Child, Node, OpenCtx};
 use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
 use crate::types::ChildRole;
 use crate::util::Options;
@@ -72,7 +80,16 @@ const DEFAULT_L2_CACHE_BYTES: u64 = 1 << 20;
 /// The open image.
 pub(crate) struct Qcow2 {
     file: Child,
+    /// External data file (incompatible bit 2): guest clusters live there at their guest
+    /// offset and are not refcounted; `file` holds only metadata.
+    data: Option<Child>,
+    /// The data file is a raw image of the guest disk (autoclear bit 1): whatever reads as
+    /// zeroes in the image must read as zeroes in the data file too.
+    data_raw: bool,
     backing: Option<Child>,
+    /// Extended L2 entries (incompatible bit 4): 16-byte L2 entries with a bitmap of 32
+    /// subclusters. Read only: writes are refused.
+    ext_l2: bool,
     cluster_bits: u32,
     refcount_order: u32,
     version: u32,
@@ -102,6 +119,16 @@ pub(crate) struct Qcow2 {
     /// do before the first write. They cannot happen during open: the node takes its
     /// permissions on `file` only once it is open.
     fixups_pending: Cell<bool>,
+    /// This node, for the BLOCK_IMAGE_CORRUPTED event (node and device name).
+    node: Weak<Node>,
+    /// A corruption event was sent; later ones are suppressed as in QEMU.
+    signaled_corruption: Cell<bool>,
+    /// Opened for check/repair (`x-check`): the corrupt bit does not stop the repair's own
+    /// metadata writes.
+    check_mode: bool,
+    /// Corruption was found and signalled as fatal while open: every write fails from now on,
+    /// check mode or not.
+    fatal_signaled: Cell<bool>,
 }
 
 pub(super) fn open(
@@ -113,8 +140,12 @@ pub(super) fn open(
             .take("file")
             .ok_or_else(|| Error::generic("Parameter 'file' is missing"))?;
         let backing_opt = opts.take("backing");
+        let data_opt = opts.take("data-file");
         let l2_cache_bytes = opts.take_u64("l2-cache-size")?;
         let rb_cache_bytes = opts.take_u64("refcount-cache-size")?;
+        // blk's counterpart of QEMU's check open flag (qemu-img check): a corrupt image may
+        // be opened read-write so that check can repair it; guest writes stay refused.
+        let check_mode = opts.take_bool("x-check")?.unwrap_or(false);
         opts.finish()?;
         let read_only = ctx.options().read_only;
         let file = ctx
@@ -142,7 +173,7 @@ pub(super) fn open(
             }
         }
         let h = Header::parse(&first, file_len)?;
-        if h.incompat & header::INCOMPAT_CORRUPT != 0 && !read_only {
+        if h.incompat & header::INCOMPAT_CORRUPT != 0 && !read_only && !check_mode {
             return Err(Error::generic(
                 "qcow2: Image is corrupt; cannot be opened read/write",
             ));
@@ -155,12 +186,16 @@ pub(super) fn open(
             h.reftable_clusters as u64 * cs / 8,
         )
         .await?;
+        let data = open_data_file(&ctx, &h, data_opt).await?;
         let backing = open_backing(&ctx, &file, &h, backing_opt).await?;
         let l2_slots = l2_cache_bytes.unwrap_or(DEFAULT_L2_CACHE_BYTES.max(8 * cs)) / cs;
         let rb_slots = rb_cache_bytes.unwrap_or(4 * cs.max(1 << 16)) / cs;
         let q = Qcow2 {
             file,
+            data_raw: data.is_some() && h.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0,
+            data,
             backing,
+            ext_l2: h.incompat & header::INCOMPAT_EXTL2 != 0,
             cluster_bits: h.cluster_bits,
             refcount_order: h.refcount_order,
             version: h.version,
@@ -184,11 +219,24 @@ pub(super) fn open(
             fixups_pending: Cell::new(
                 !read_only
                     && (h.incompat & header::INCOMPAT_DIRTY != 0
-                        || (h.version == 3 && h.autoclear != 0)),
+                        || (h.version == 3 && h.autoclear & !known_autoclear(h.incompat) != 0)),
             ),
+            node: ctx.weak_node(),
+            signaled_corruption: Cell::new(false),
+            check_mode,
+            fatal_signaled: Cell::new(false),
         };
         Ok(Box::new(q) as Box<dyn BlockDriver>)
     })
+}
+
+/// Autoclear bits blk keeps valid on an image with incompatible bits `incompat`.
+fn known_autoclear(incompat: u64) -> u64 {
+    if incompat & header::INCOMPAT_DATA_FILE != 0 {
+        header::AUTOCLEAR_DATA_FILE_RAW
+    } else {
+        0
+    }
 }
 
 /// Read a table of `entries` big-endian u64 at `offset` (validated against the file size).
@@ -224,15 +272,7 @@ async fn open_backing(
                     "qcow2: json: backing file names are not supported",
                 ));
             }
-            let path = if name.starts_with('/') {
-                name.clone()
-            } else {
-                let overlay = file.node().driver().filename();
-                match overlay.rfind('/') {
-                    Some(i) => format!("{}{}", &overlay[..=i], name),
-                    None => name.clone(),
-                }
-            };
+            let path = relative_to(file, name);
             let fmt = match &h.backing_fmt {
                 Some(f) => f.clone(),
                 None => probe_format(ctx, &path).await?,
@@ -246,6 +286,50 @@ async fn open_backing(
         .await
         .map_err(|e| e.context("Could not open backing file"))?;
     Ok(Some(child))
+}
+
+/// The external data file: from the `data-file` option, or from the header's name, opened as a
+/// plain file. Refused when the image does not say it
+/// has one, required when it does.
+async fn open_data_file(ctx: &OpenCtx, h: &Header, opt: Option<Value>) -> Result<Option<Child>> {
+    let has = h.incompat & header::INCOMPAT_DATA_FILE != 0;
+    if !has {
+        if opt.is_some() {
+            return Err(Error::generic(
+                "'data-file' can only be set for images with an external data file",
+            ));
+        }
+        if h.version == 3 && h.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0 {
+            return Err(Error::generic("data-file-raw requires a data file"));
+        }
+        return Ok(None);
+    }
+    let spec = match opt {
+        Some(v) => v,
+        None => {
+            let Some(name) = &h.data_file else {
+                return Err(Error::generic("'data-file' is required for this image"));
+            };
+            // As QEMU does, the stored name is used as is (relative names are relative to
+            // the working directory, not to the image's directory as backing names are).
+            json!({"driver": "file", "filename": name})
+        }
+    };
+    Ok(Some(
+        ctx.open_child("data-file", ChildRole::DATA, spec).await?,
+    ))
+}
+
+/// `name` resolved against the directory of the image `file` (absolute names stay).
+fn relative_to(file: &Child, name: &str) -> String {
+    if name.starts_with('/') {
+        return name.to_string();
+    }
+    let image = file.node().driver().filename();
+    match image.rfind('/') {
+        Some(i) => format!("{}{}", &image[..=i], name),
+        None => name.to_string(),
+    }
 }
 
 /// "qcow2" if the file starts with the qcow2 magic, else "raw".
@@ -271,7 +355,12 @@ impl Qcow2 {
 
     /// L2 entries per table.
     fn l2_entries(&self) -> u64 {
-        self.cs() / 8
+        self.cs() / self.l2_entry_bytes()
+    }
+
+    /// Bytes per L2 entry: 8, or 16 with extended L2 entries.
+    fn l2_entry_bytes(&self) -> u64 {
+        if self.ext_l2 { 16 } else { 8 }
     }
 
     /// Refuse writes to a read-only image; do the pending header fix-ups before the first
@@ -282,6 +371,12 @@ impl Qcow2 {
         }
         if self.is_corrupt() {
             return Err(self.corrupt_error());
+        }
+        if self.ext_l2 {
+            return Err(Error::io_msg(
+                Errno::ENOTSUP,
+                "qcow2: writing to images with extended L2 entries (subclusters) is not supported",
+            ));
         }
         if !self.fixups_pending.get() && !self.needs_dirty_bit() {
             return Ok(());
@@ -294,6 +389,21 @@ impl Qcow2 {
             self.set_dirty_bit(true).await?;
         }
         Ok(())
+    }
+
+    /// Autoclear bits this driver keeps valid.
+    fn known_autoclear(&self) -> u64 {
+        known_autoclear(self.incompat.get())
+    }
+
+    /// The child guest data clusters live in: the data file, or the image file.
+    fn data_child(&self) -> &Child {
+        self.data.as_ref().unwrap_or(&self.file)
+    }
+
+    /// True when guest data lives in an external data file.
+    fn has_data_file(&self) -> bool {
+        self.data.is_some()
     }
 
     /// True when lazy refcounts are in use and the dirty bit is not set yet.
@@ -327,14 +437,21 @@ impl Qcow2 {
         if self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
             self.rebuild_refcounts(self.nb_snapshots).await?;
         }
-        if self.version == 3 && self.autoclear.get() != 0 {
-            // We know no autoclear feature: clear them before writing anything.
+        let keep = self.autoclear.get() & self.known_autoclear();
+        if self.version == 3 && self.autoclear.get() != keep {
+            // Autoclear features this driver does not maintain are cleared before anything
+            // is written (data-file-raw is maintained: data clusters sit at their guest offset
+            // and zeroes are written through).
             self.file
-                .write(header::OFF_AUTOCLEAR, IoBuf::new(8), ReqFlags::NONE)
+                .write(
+                    header::OFF_AUTOCLEAR,
+                    IoBuf::from_slice(&keep.to_be_bytes()),
+                    ReqFlags::NONE,
+                )
                 .await
                 .1?;
             self.file.flush().await?;
-            self.autoclear.set(0);
+            self.autoclear.set(keep);
         }
         self.fixups_pending.set(false);
         Ok(())

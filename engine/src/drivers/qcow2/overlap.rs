@@ -6,9 +6,13 @@
 //! tables, the refcount table and the refcount blocks. A write that would land on metadata of
 //! another kind is never issued: the image is marked corrupt (the corrupt bit is written to the
 //! header and flushed), and this write and every later write fail with EIO. A corrupt image
-//! cannot be opened read-write again.
+//! cannot be opened read-write again. Every corruption found (here, or by the mapping code:
+//! misaligned table or cluster offsets) is reported as a BLOCK_IMAGE_CORRUPTED event with
+//! QEMU's fields (device, node-name, msg, offset, size, fatal).
 //!
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
+
+use serde_json::json;
 
 use crate::error::{Errno, Error, Result};
 use crate::io::{IoBuf, ReqFlags};
@@ -83,18 +87,71 @@ impl Qcow2 {
     /// the `ignore` classes): mark the image corrupt and fail with EIO. Also fails once the
     /// image is corrupt.
     pub(crate) async fn pre_write_check(&self, ignore: u32, off: u64, len: u64) -> Result<()> {
-        if self.is_corrupt() {
+        // In check mode, an image marked corrupt by an earlier user is being repaired: only
+        // corruption found now stops the repair's writes.
+        if (self.is_corrupt() && !self.check_mode) || self.fatal_signaled.get() {
             return Err(self.corrupt_error());
         }
         let Some(what) = self.overlap(ignore, off, len) else {
             return Ok(());
         };
-        let msg = format!(
-            "qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps \
-             with {what}); further corruption events will be suppressed"
-        );
-        self.mark_corrupt().await;
-        Err(Error::io_msg(Errno::EIO, msg))
+        let msg = format!("Preventing invalid write on metadata (overlaps with {what})");
+        let full = self
+            .signal_corruption(true, Some(off), Some(len), &msg)
+            .await;
+        Err(Error::io_msg(Errno::EIO, full))
+    }
+
+    /// Report corruption found in the image (QEMU's corruption signal): emit
+    /// BLOCK_IMAGE_CORRUPTED naming the node and its device, and when `fatal` (only possible
+    /// on a writable image) mark the image corrupt so no later write can damage it further.
+    /// After the first event, non-fatal ones and fatal ones on an image already marked corrupt
+    /// are not reported again. Returns the message for the error the caller fails with.
+    pub(crate) async fn signal_corruption(
+        &self,
+        fatal: bool,
+        offset: Option<u64>,
+        size: Option<u64>,
+        msg: &str,
+    ) -> String {
+        let fatal = fatal && !self.read_only;
+        let full = if fatal {
+            format!(
+                "qcow2: Marking image as corrupt: {msg}; further corruption events will be \
+                 suppressed"
+            )
+        } else {
+            format!(
+                "qcow2: Image is corrupt: {msg}; further non-fatal corruption events will be \
+                 suppressed"
+            )
+        };
+        if fatal {
+            self.fatal_signaled.set(true);
+        }
+        if self.signaled_corruption.get() && (!fatal || self.is_corrupt()) {
+            return full;
+        }
+        self.signaled_corruption.set(true);
+        if let Some(node) = self.node.upgrade() {
+            let mut data = json!({
+                "device": node.device_name(),
+                "node-name": node.name(),
+                "msg": msg,
+                "fatal": fatal,
+            });
+            if let Some(o) = offset {
+                data["offset"] = json!(o);
+            }
+            if let Some(s) = size {
+                data["size"] = json!(s);
+            }
+            node.ctx().emit("BLOCK_IMAGE_CORRUPTED", data);
+        }
+        if fatal {
+            self.mark_corrupt().await;
+        }
+        full
     }
 
     /// Set the corrupt bit in memory and, for v3 images, durably in the header (best effort:

@@ -67,9 +67,11 @@ impl Qcow2 {
                 .read(l2, IoBuf::new(cs as usize), ReqFlags::NONE)
                 .await;
             r?;
-            for chunk in buf.as_slice().chunks_exact(8) {
-                let entry = u64::from_be_bytes(chunk.try_into().expect("8 bytes"));
+            for chunk in buf.as_slice().chunks_exact(self.l2_entry_bytes() as usize) {
+                let entry = u64::from_be_bytes(chunk[..8].try_into().expect("8 bytes"));
                 match self.classify(entry)? {
+                    // Clusters of an external data file are not refcounted.
+                    Kind::Normal { .. } | Kind::Zero { host: Some(_) } if self.has_data_file() => {}
                     Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => inc(host, cs)?,
                     Kind::Compressed { offset, len } => inc(offset & !511, len + (offset & 511))?,
                     _ => {}

@@ -21,6 +21,12 @@ impl Qcow2 {
                 "qcow2: the image size must be a multiple of 512 bytes",
             ));
         }
+        if self.has_data_file() {
+            return Err(Error::io_msg(
+                Errno::ENOTSUP,
+                "qcow2: resizing an image with an external data file is not supported",
+            ));
+        }
         let _g = self.meta.lock().await;
         let cs = self.cs();
         let old = self.size.get();

@@ -32,7 +32,9 @@ pub(super) async fn sleep(env: &RealEnv, ns: u64) {
 fn timers_fire_in_deadline_order() {
     for env in envs() {
         let order = Rc::new(RefCell::new(Vec::new()));
-        let start = env.now_ns();
+        // Deadlines lie well after the tasks' first poll, so every sleeper really arms a timer
+        // (a deadline already past on a loaded machine would complete in spawn order instead).
+        let start = env.now_ns() + 300 * MS;
         for delay in [30u64, 10, 20, 10] {
             let (env2, order) = (env.clone(), order.clone());
             env.spawn(
@@ -43,9 +45,18 @@ fn timers_fire_in_deadline_order() {
                 }),
             );
         }
-        env.block_on(sleep(&env, 50 * MS));
+        // Wait for the sleepers themselves, not for a fixed time: on a loaded machine the
+        // thread may wake long after every deadline, and then all timers fire together.
+        let done = order.clone();
+        let env2 = env.clone();
+        env.block_on(async move {
+            while done.borrow().len() < 4 {
+                assert!(env2.now_ns() < start + 60_000 * MS, "sleepers never woke");
+                sleep(&env2, MS).await;
+            }
+        });
         assert_eq!(*order.borrow(), [10, 10, 20, 30], "{:?}", env.backend());
-        assert!(env.now_ns() - start >= 50 * MS);
+        assert!(env.now_ns() >= start + 30 * MS);
         assert_eq!(env.live_tasks(), 0);
         assert_eq!(env.armed_timers(), 0);
     }
