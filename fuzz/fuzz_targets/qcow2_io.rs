@@ -1,15 +1,18 @@
 //! Random qcow2 I/O sequences on the simulator, compared with a byte model: blk creates an
-//! image (any version, cluster size, refcount width, optional backing file, lazy refcounts),
+//! image (any version, cluster size, refcount width, optional backing file, lazy refcounts,
+//! preallocated metadata, zstd, external data file),
 //! runs writes, zero writes, compressed writes, discards, flushes, reads and reopens, and then
 //! the image must check clean and read back as the model says, also after a reopen.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use blk_fuzz::harness::{
-    BACKING_RAW, BACKING_RAW_LEN, IMG, backing_byte, close, engine_of, open_qcow2, run, sim_with,
+    BACKING_RAW, BACKING_RAW_LEN, DATA_FILE, IMG, backing_byte, close, engine_of, open_qcow2, run,
+    sim_with,
 };
 use blk_fuzz::model::{Model, Op};
 use engine::backend::BackendOptions;
+use engine::driver::Prealloc;
 use engine::drivers::qcow2::{Compat, CreateOptions, check_node, create};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
@@ -22,6 +25,12 @@ struct Input {
     size_sectors: u16,
     lazy: bool,
     backing: bool,
+    /// Guest data in an external data file (v3), kept raw or not.
+    data_file: Option<bool>,
+    /// Preallocate the metadata.
+    prealloc: bool,
+    /// zstd compression type (v3).
+    zstd: bool,
     ops: Vec<Op>,
 }
 
@@ -40,12 +49,19 @@ fuzz_target!(|input: Input| {
         backing_file: input.backing.then(|| BACKING_RAW.to_string()),
         backing_fmt: input.backing.then(|| "raw".to_string()),
         lazy_refcounts: input.v3 && input.lazy,
-        ..CreateOptions::default()
+        preallocation: if input.prealloc {
+            Prealloc::Metadata
+        } else {
+            Prealloc::Off
+        },
+        compression_type: u8::from(input.v3 && input.zstd),
+        data_file: (input.v3 && input.data_file.is_some()).then(|| DATA_FILE.to_string()),
+        data_file_raw: input.v3 && input.data_file == Some(true),
     };
     let backing = input
         .backing
         .then(|| (0..BACKING_RAW_LEN).map(backing_byte).collect());
-    let sim = sim_with(&[(IMG, &[])]);
+    let sim = sim_with(&[(IMG, &[]), (DATA_FILE, &[])]);
     let engine = engine_of(&sim);
     run(&sim, async {
         engine

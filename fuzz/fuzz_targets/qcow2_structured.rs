@@ -3,10 +3,11 @@
 #![no_main]
 
 use blk_fuzz::build::{ImageSpec, build};
+use blk_fuzz::harness::DATA_FILE;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|spec: ImageSpec| {
-    if let Some(img) = build(&spec) {
-        blk_fuzz::exercise::exercise_image(&img);
+    if let Some((img, data)) = build(&spec) {
+        blk_fuzz::exercise::exercise_image_with(&img, &[(DATA_FILE, &data)]);
     }
 });

@@ -10,6 +10,7 @@
 //! so the fuzzer reaches the code behind the header checks.
 
 use arbitrary::Arbitrary;
+use engine::driver::Prealloc;
 use engine::drivers::qcow2::{
     Compat, CreateOptions, Header, RawExtension, Repair, check_node, create,
 };
@@ -17,7 +18,8 @@ use engine::io::IoBuf;
 use serde_json::json;
 
 use crate::harness::{
-    BACKING_RAW, BACKING_RAW_LEN, IMG, backing_byte, close, engine_of, open_qcow2, run, sim_with,
+    BACKING_RAW, BACKING_RAW_LEN, DATA_FILE, IMG, backing_byte, close, engine_of, open_qcow2, run,
+    sim_with,
 };
 use crate::model::{Model, Op};
 
@@ -41,6 +43,12 @@ pub struct ImageSpec {
     pub lazy: bool,
     /// Use `backing.raw` as backing file (with the format extension when `Some(true)`).
     pub backing: Option<bool>,
+    /// Guest data in an external data file (v3), kept raw or not.
+    pub data_file: Option<bool>,
+    /// Preallocate the metadata.
+    pub prealloc: bool,
+    /// zstd compression type (v3).
+    pub zstd: bool,
     /// Writes, zero writes, compressed writes, discards (up to 16).
     pub ops: Vec<Op>,
     /// Add an internal snapshot of the active L1 table.
@@ -156,9 +164,10 @@ fn put(b: &mut Vec<u8>, off: u64, bytes: &[u8]) {
     b[off as usize..end].copy_from_slice(bytes);
 }
 
-/// Build the valid image of `spec`, check it, corrupt it. Returns the corrupted bytes, or
-/// `None` when the spec asks for nothing blk can create (the input is skipped).
-pub fn build(spec: &ImageSpec) -> Option<Vec<u8>> {
+/// Build the valid image of `spec`, check it, corrupt it. Returns the corrupted image and the
+/// bytes of its external data file (`DATA_FILE`, empty when it has none), or `None` when the
+/// spec asks for nothing blk can create (the input is skipped).
+pub fn build(spec: &ImageSpec) -> Option<(Vec<u8>, Vec<u8>)> {
     let cluster_bits = 9 + (spec.cluster_bits as u32 % 8);
     let cs = 1u64 << cluster_bits;
     let refcount_bits = if spec.v3 {
@@ -179,14 +188,21 @@ pub fn build(spec: &ImageSpec) -> Option<Vec<u8>> {
             _ => None,
         },
         lazy_refcounts: spec.v3 && spec.lazy,
-        ..CreateOptions::default()
+        preallocation: if spec.prealloc {
+            Prealloc::Metadata
+        } else {
+            Prealloc::Off
+        },
+        compression_type: u8::from(spec.v3 && spec.zstd),
+        data_file: (spec.v3 && spec.data_file.is_some()).then(|| DATA_FILE.to_string()),
+        data_file_raw: spec.v3 && spec.data_file == Some(true),
     };
     let backing: Option<Vec<u8>> = spec
         .backing
         .map(|_| (0..BACKING_RAW_LEN).map(backing_byte).collect());
 
     // 1. blk creates the image and writes the data.
-    let sim = sim_with(&[(IMG, &[])]);
+    let sim = sim_with(&[(IMG, &[]), (DATA_FILE, &[])]);
     let engine = engine_of(&sim);
     let mut model = Model::new(size, cs, backing.clone());
     let created = run(&sim, async {
@@ -218,6 +234,7 @@ pub fn build(spec: &ImageSpec) -> Option<Vec<u8>> {
         return None;
     }
     let mut img = sim.fs().durable_bytes(IMG).expect("image bytes");
+    let data = sim.fs().durable_bytes(DATA_FILE).expect("data file bytes");
     let h = Header::parse(&img[..img.len().min(cs as usize)], img.len() as u64)
         .expect("blk's own image parses");
     let mut lay = Layout {
@@ -275,7 +292,7 @@ pub fn build(spec: &ImageSpec) -> Option<Vec<u8>> {
         header_changed = true;
     }
     if let Some((magic, data)) = &spec.extension {
-        let known = [0, EXT_BITMAPS, 0xe279_2aca, 0x6803_f857];
+        let known = [0, EXT_BITMAPS, 0xe279_2aca, 0x6803_f857, 0x4441_5441];
         if !known.contains(magic) {
             h2.unknown_exts.push(RawExtension {
                 magic: *magic,
@@ -298,7 +315,7 @@ pub fn build(spec: &ImageSpec) -> Option<Vec<u8>> {
 
     // 3. The valid image: repaired (refcounts of the hand-made structures), then it must check
     // clean and read back what was written.
-    let sim = sim_with(&[(IMG, &img)]);
+    let sim = sim_with(&[(IMG, &img), (DATA_FILE, &data)]);
     let engine = engine_of(&sim);
     run(&sim, async {
         let bb = open_qcow2(&engine, "q", "d", IMG, false)
@@ -327,6 +344,7 @@ pub fn build(spec: &ImageSpec) -> Option<Vec<u8>> {
         close(&engine, "q", "d").await.expect("close");
     });
     let mut img = sim.fs().durable_bytes(IMG).expect("image bytes");
+    let data = sim.fs().durable_bytes(DATA_FILE).expect("data file bytes");
     // The repair may have moved the refcount structures: the layout of what is there now.
     let h = Header::parse(&img[..img.len().min(cs as usize)], img.len() as u64)
         .expect("the valid image parses");
@@ -374,7 +392,7 @@ pub fn build(spec: &ImageSpec) -> Option<Vec<u8>> {
     for c in spec.corruptions.iter().take(8) {
         corrupt(&mut img, &lay, *c);
     }
-    Some(img)
+    Some((img, data))
 }
 
 /// Offset of the payload of header extension `magic` in a serialised header.

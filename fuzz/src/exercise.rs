@@ -21,7 +21,14 @@ const MAX_READ: u64 = 64 << 10;
 
 /// Exercise `image` (the bytes of a qcow2 file) read-only and then read-write.
 pub fn exercise_image(image: &[u8]) {
-    let sim = sim_with(&[(IMG, image)]);
+    exercise_image_with(image, &[]);
+}
+
+/// `exercise_image` with more files on the virtual disk (an external data file).
+pub fn exercise_image_with(image: &[u8], files: &[(&str, &[u8])]) {
+    let mut all = vec![(IMG, image)];
+    all.extend_from_slice(files);
+    let sim = sim_with(&all);
     let engine = engine_of(&sim);
     run(&sim, read_only_pass(&engine));
     run(&sim, read_write_pass(&engine));

@@ -11,6 +11,8 @@ use sim::{Sim, SimConfig};
 
 /// Name of the image under test on the virtual disk.
 pub const IMG: &str = "fuzz.qcow2";
+/// The external data file of images built with one.
+pub const DATA_FILE: &str = "fuzz.data";
 /// A raw file that backing file names in fuzzed headers may point to.
 pub const BACKING_RAW: &str = "backing.raw";
 /// Size of `BACKING_RAW`.
