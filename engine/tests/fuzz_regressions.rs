@@ -11,12 +11,18 @@
 //!   clusters could have been reused.
 //! * `qcow2_image`: a header with 2^32-1 snapshots (or a snapshot table past the end of the
 //!   file) made the check loop for hours; snapshot L1 tables and bitmap tables past the end of
-//!   the file were read as zeroes, up to 32 MiB each, for every entry.
+//!   the file were read as zeroes, up to 32 MiB each, for every entry. An L2 entry pointing
+//!   43 TB past the end of the file made a guest write grow the (sparse) file there, and the
+//!   check then allocated a count for each of its clusters (740 GB).
+//! * `qcow2_io`, `qcow2_structured`: `create` accepted a backing file together with
+//!   preallocation or data-file-raw, making images whose backing file is never read (QEMU
+//!   refuses both).
 
 mod qcow2_support;
 
+use engine::driver::Prealloc;
 use engine::drivers::qcow2::{
-    CheckReport, CreateOptions, Header, RawExtension, Repair, check_node,
+    CheckReport, CreateOptions, Header, RawExtension, Repair, check_node, create,
 };
 use engine::io::{IoBuf, ReqFlags};
 use qcow2_support::*;
@@ -299,4 +305,90 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len())
         .position(|w| w == needle)
         .expect("bytes present")
+}
+
+#[test]
+fn check_of_a_file_grown_far_past_its_clusters_is_an_error_not_an_allocation() {
+    // The data cluster at guest 8 KiB now points 43 TB past the end of the file (COPIED, so it
+    // is written in place): the guest write makes a sparse file of that size.
+    let mut img = blk_image();
+    let l1 = be64(&img, 40);
+    let l2 = be64(&img, l1) & 0x00ff_ffff_ffff_fe00;
+    put(
+        &mut img,
+        l2 + 16,
+        &((1u64 << 63) | 0x2b00_0000_0000).to_be_bytes(),
+    );
+    let sim = sim_with(6, &[("img", img)]);
+    let engine = engine_of(&sim);
+    let e = engine.clone();
+    let err = sim
+        .block_on(async move {
+            let bb = open_qcow2(&e, "q", "img", false).await.unwrap();
+            bb.write(8192, IoBuf::filled(512, 1), ReqFlags::NONE)
+                .await
+                .1
+                .unwrap();
+            check_node(&e.node("q").unwrap(), None).await.unwrap_err()
+        })
+        .unwrap();
+    assert!(sim.fs().file_len("img").unwrap() > 0x2b00_0000_0000);
+    let msg = err.message();
+    assert!(
+        msg.starts_with("qcow2: the image file is too large to check (115")
+            && msg.ends_with(" clusters, at most 67108864)"),
+        "{msg}"
+    );
+    assert_eq!(err.errno(), Some(engine::Errno::ENOMEM));
+}
+
+#[test]
+fn create_refuses_a_backing_file_with_preallocation_or_a_raw_data_file() {
+    let sim = sim_with(7, &[("img", Vec::new()), ("data", Vec::new())]);
+    let engine = engine_of(&sim);
+    let e = engine.clone();
+    let errs = sim
+        .block_on(async move {
+            e.blockdev_add(serde_json::json!({"driver": "file", "node-name": "f",
+                "filename": "img"}))
+                .await
+                .unwrap();
+            let bb = e
+                .device_add("c", "f", engine::backend::BackendOptions::tool(false))
+                .unwrap();
+            let root = bb.root().unwrap();
+            let base = CreateOptions {
+                size: 1 << 20,
+                backing_file: Some("base.raw".into()),
+                backing_fmt: Some("raw".into()),
+                ..CreateOptions::default()
+            };
+            let mut errs = Vec::new();
+            for p in [Prealloc::Metadata, Prealloc::Falloc, Prealloc::Full] {
+                let o = CreateOptions {
+                    preallocation: p,
+                    ..base.clone()
+                };
+                errs.push(create(&root, &o).await.unwrap_err().message().to_string());
+            }
+            let o = CreateOptions {
+                data_file: Some("data".into()),
+                data_file_raw: true,
+                ..base.clone()
+            };
+            errs.push(create(&root, &o).await.unwrap_err().message().to_string());
+            errs
+        })
+        .unwrap();
+    let prealloc =
+        "Backing file and preallocation can only be used at the same time if extended_l2 is on";
+    assert_eq!(
+        errs,
+        [
+            prealloc,
+            prealloc,
+            prealloc,
+            "Backing file and data-file-raw cannot be used at the same time"
+        ]
+    );
 }

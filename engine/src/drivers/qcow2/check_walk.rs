@@ -57,6 +57,27 @@ impl Refs {
     }
 }
 
+/// Most host clusters the check and the refcount rebuild keep a count for (8 bytes each):
+/// 4 TiB of image file with 64 KiB clusters. A (sparse) file larger than that is refused
+/// rather than turned into an allocation of its size (QEMU's check fails with "out of memory"
+/// there); a guest write to a corrupt mapping far past the end of the file makes one.
+pub(crate) const MAX_CHECK_CLUSTERS: u64 = 1 << 26;
+
+/// A zeroed count per host cluster of the image file, or the error for a file too large.
+pub(crate) fn cluster_counts(file_len: u64, cs: u64) -> Result<Vec<u64>> {
+    let n = file_len.div_ceil(cs);
+    if n > MAX_CHECK_CLUSTERS {
+        return Err(crate::error::Error::io_msg(
+            crate::error::Errno::ENOMEM,
+            format!(
+                "qcow2: the image file is too large to check ({n} clusters, at most \
+                 {MAX_CHECK_CLUSTERS})"
+            ),
+        ));
+    }
+    Ok(vec![0; n as usize])
+}
+
 /// An internal snapshot's L1 table, from the snapshot table.
 struct SnapL1 {
     id: String,
@@ -118,7 +139,7 @@ impl Qcow2 {
     ) -> Result<(Refs, bool)> {
         let cs = self.cs();
         let mut refs = Refs {
-            dense: vec![0; self.file.len().div_ceil(cs) as usize],
+            dense: cluster_counts(self.file.len(), cs)?,
             beyond: BTreeMap::new(),
             max: self.max_refcount(),
         };
@@ -306,7 +327,7 @@ impl Qcow2 {
     pub(super) async fn bitmap_refs(&self) -> Result<Vec<u64>> {
         let h = self.read_header().await?;
         let mut refs = Refs {
-            dense: vec![0; self.file.len().div_ceil(self.cs()) as usize],
+            dense: cluster_counts(self.file.len(), self.cs())?,
             beyond: BTreeMap::new(),
             max: u64::MAX,
         };

@@ -34,7 +34,7 @@ impl Qcow2 {
         let cs = self.cs();
         let file_clusters = self.file.len().div_ceil(cs);
         // Bounded by the file size: every valid reference lies inside the file.
-        let mut counts = vec![0u64; file_clusters as usize];
+        let mut counts = super::check_walk::cluster_counts(self.file.len(), cs)?;
         let mut inc = |off: u64, len: u64| -> Result<()> {
             let first = off / cs;
             let last = (off + len.max(1) - 1) / cs;
