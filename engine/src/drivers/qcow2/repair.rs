@@ -78,8 +78,14 @@ impl Qcow2 {
                 }
             }
         }
-        // Persistent bitmaps own clusters too; counted the way the check counts them.
-        for (c, n) in self.bitmap_refs().await?.into_iter().enumerate() {
+        // Persistent bitmaps own clusters too; counted the way the check counts them (only
+        // read when the autoclear bit says they are valid, as the check does).
+        let bitmaps = if self.autoclear.get() & 1 != 0 {
+            self.bitmap_refs().await?
+        } else {
+            Vec::new()
+        };
+        for (c, n) in bitmaps.into_iter().enumerate() {
             if n > 0 {
                 let slot = counts
                     .get_mut(c)
