@@ -5,6 +5,8 @@
 //! Opening may fail (that is the expected answer to most malformed images); it must fail with
 //! an error value, never a panic, a hang or a huge allocation.
 
+use std::rc::Rc;
+
 use engine::Engine;
 use engine::backend::BlockBackend;
 use engine::drivers::qcow2::{Repair, check_node};
@@ -18,6 +20,8 @@ const MAX_STATUS_STEPS: usize = 64;
 const READ_BUDGET: u64 = 1 << 20;
 /// Most bytes per read.
 const MAX_READ: u64 = 64 << 10;
+/// Largest image file checked after the writes (see `exercise_image_with`).
+const MAX_CHECKED_FILE: u64 = 256 << 20;
 
 /// Exercise `image` (the bytes of a qcow2 file) read-only and then read-write.
 pub fn exercise_image(image: &[u8]) {
@@ -31,7 +35,14 @@ pub fn exercise_image_with(image: &[u8], files: &[(&str, &[u8])]) {
     let sim = sim_with(&all);
     let engine = engine_of(&sim);
     run(&sim, read_only_pass(&engine));
-    run(&sim, read_write_pass(&engine));
+    let Some(bb) = run(&sim, write_pass(&engine)) else {
+        return;
+    };
+    // A write through a corrupt mapping may have grown the (sparse) file far past its input
+    // size; the check's work is proportional to the file's clusters by design, so such a
+    // file is only closed, not checked.
+    let checkable = sim.fs().file_len(IMG).expect("image length") <= MAX_CHECKED_FILE;
+    run(&sim, check_pass(&engine, &bb, checkable));
 }
 
 async fn read_only_pass(engine: &Engine) {
@@ -50,10 +61,8 @@ async fn read_only_pass(engine: &Engine) {
     close(engine, "q", "d").await.expect("close read-only node");
 }
 
-async fn read_write_pass(engine: &Engine) {
-    let Ok(bb) = open_qcow2(engine, "w", "dw", IMG, false).await else {
-        return;
-    };
+async fn write_pass(engine: &Engine) -> Option<Rc<BlockBackend>> {
+    let bb = open_qcow2(engine, "w", "dw", IMG, false).await.ok()?;
     let len = bb.len().expect("length of an open device");
     if len > 0 {
         let n = len.min(4096);
@@ -65,9 +74,14 @@ async fn read_write_pass(engine: &Engine) {
         let _ = bb.write_zeroes(mid, n, ReqFlags::MAY_UNMAP).await;
         let _ = bb.flush().await;
     }
-    walk(&bb).await;
+    Some(bb)
+}
+
+async fn check_pass(engine: &Engine, bb: &BlockBackend, checkable: bool) {
+    walk(bb).await;
     let node = engine.node("w").expect("node w is open");
-    if let Ok(rep) = check_node(&node, Some(Repair::All)).await
+    if checkable
+        && let Ok(rep) = check_node(&node, Some(Repair::All)).await
         && rep.corruptions == 0
         && rep.check_errors == 0
     {
