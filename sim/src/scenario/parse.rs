@@ -340,6 +340,14 @@ fn words(line: &str) -> Vec<(usize, String)> {
     out
 }
 
+/// Byte index in `line` of the 1-based character column `col` (columns count characters, so
+/// that messages point at the right place; slicing needs bytes).
+fn byte_at(line: &str, col: usize) -> usize {
+    line.char_indices()
+        .nth(col.saturating_sub(1))
+        .map_or(line.len(), |(b, _)| b)
+}
+
 fn args_of(ws: &[(usize, String)]) -> Vec<Arg> {
     ws.iter()
         .map(|(col, w)| match w.split_once('=') {
@@ -384,8 +392,9 @@ fn json_complete(text: &str) -> bool {
 pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
     let lines: Vec<&str> = text.lines().collect();
     let first = Cursor { file, line: 1 };
+    // The purpose must say something: `#` or `##` alone is no purpose.
     let purpose = match lines.first().map(|l| l.trim()) {
-        Some(l) if l.starts_with('#') && l.len() > 1 => {
+        Some(l) if l.starts_with('#') && !l.trim_start_matches('#').trim().is_empty() => {
             l.trim_start_matches('#').trim().to_string()
         }
         _ => return Err(first.err(1, "the first line must be a '# purpose' comment")),
@@ -567,7 +576,7 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
             "io" | "io?" => {
                 let device = need(1, "a device name")?;
                 need(2, "a qemu-io command")?;
-                let command = line[ws[2].0 - 1..].to_string();
+                let command = line[byte_at(line, ws[2].0)..].to_string();
                 Action::Io {
                     device,
                     command,
@@ -666,7 +675,9 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                         }
                     }
                     "return" => {
-                        let mut json = line[ws[1].0 + ws[1].1.len() - 1..].trim().to_string();
+                        let mut json = line[byte_at(line, ws[1].0) + ws[1].1.len()..]
+                            .trim()
+                            .to_string();
                         while !json_complete(&json) && i < lines.len() {
                             json.push(' ');
                             json.push_str(lines[i].trim());
@@ -716,9 +727,12 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                             }
                         }))
                     }
-                    "output" => Action::Expect(Expectation::Output(
-                        line[ws[2].0 - 1..].trim_matches('"').to_string(),
-                    )),
+                    "output" => {
+                        need(2, "the expected output line")?;
+                        Action::Expect(Expectation::Output(
+                            line[byte_at(line, ws[2].0)..].trim_matches('"').to_string(),
+                        ))
+                    }
                     other => {
                         return Err(cur.err(col_of(1), format!("unknown expectation '{other}'")));
                     }

@@ -223,7 +223,7 @@ impl Qcow2 {
         Ok(rep)
     }
 
-    async fn read_header(&self) -> Result<Header> {
+    pub(super) async fn read_header(&self) -> Result<Header> {
         let len = self.file.len().min(self.cs());
         let (buf, r) = self
             .file

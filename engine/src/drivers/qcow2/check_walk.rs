@@ -57,6 +57,27 @@ impl Refs {
     }
 }
 
+/// Most host clusters the check and the refcount rebuild keep a count for (8 bytes each):
+/// 4 TiB of image file with 64 KiB clusters. A (sparse) file larger than that is refused
+/// rather than turned into an allocation of its size (QEMU's check fails with "out of memory"
+/// there); a guest write to a corrupt mapping far past the end of the file makes one.
+pub(crate) const MAX_CHECK_CLUSTERS: u64 = 1 << 26;
+
+/// A zeroed count per host cluster of the image file, or the error for a file too large.
+pub(crate) fn cluster_counts(file_len: u64, cs: u64) -> Result<Vec<u64>> {
+    let n = file_len.div_ceil(cs);
+    if n > MAX_CHECK_CLUSTERS {
+        return Err(crate::error::Error::io_msg(
+            crate::error::Errno::ENOMEM,
+            format!(
+                "qcow2: the image file is too large to check ({n} clusters, at most \
+                 {MAX_CHECK_CLUSTERS})"
+            ),
+        ));
+    }
+    Ok(vec![0; n as usize])
+}
+
 /// An internal snapshot's L1 table, from the snapshot table.
 struct SnapL1 {
     id: String,
@@ -118,7 +139,7 @@ impl Qcow2 {
     ) -> Result<(Refs, bool)> {
         let cs = self.cs();
         let mut refs = Refs {
-            dense: vec![0; self.file.len().div_ceil(cs) as usize],
+            dense: cluster_counts(self.file.len(), cs)?,
             beyond: BTreeMap::new(),
             max: self.max_refcount(),
         };
@@ -143,6 +164,18 @@ impl Qcow2 {
                     "ERROR snapshot {} ({}) l1_size={:#x}: L1 table is too large; \
                      snapshot table entry corrupted",
                     s.id, s.name, s.size
+                ));
+                rep.corruptions += 1;
+                continue;
+            }
+            // Not read past the end of the file: zero-filled tables of up to 32 MiB for
+            // each of thousands of entries would be a denial of service.
+            let end = s.offset.checked_add(s.size as u64 * 8);
+            if end.is_none_or(|e| e > self.file.len()) {
+                rep.error(format!(
+                    "ERROR snapshot {} ({}) l1_offset={:#x}: L1 table lies beyond the end of \
+                     the file; snapshot table entry corrupted",
+                    s.id, s.name, s.offset
                 ));
                 rep.corruptions += 1;
                 continue;
@@ -288,6 +321,26 @@ impl Qcow2 {
         }
     }
 
+    /// References of the persistent dirty bitmaps alone, per host cluster (for the refcount
+    /// rebuild, which must not drop them). A broken bitmap directory is an error here: the
+    /// rebuild cannot know which clusters it owns.
+    pub(super) async fn bitmap_refs(&self) -> Result<Vec<u64>> {
+        let h = self.read_header().await?;
+        let mut refs = Refs {
+            dense: cluster_counts(self.file.len(), self.cs())?,
+            beyond: BTreeMap::new(),
+            max: u64::MAX,
+        };
+        let mut rep = CheckReport::default();
+        self.count_bitmaps(&mut refs, &mut rep, &h).await?;
+        if rep.corruptions != 0 || !refs.beyond.is_empty() {
+            return Err(crate::error::Error::generic(
+                "qcow2: cannot rebuild the refcounts: the bitmap directory is corrupt",
+            ));
+        }
+        Ok(refs.dense)
+    }
+
     /// Count the persistent dirty bitmaps (when the bitmaps autoclear bit is set): the bitmap
     /// directory, each bitmap table and its data clusters.
     async fn count_bitmaps(
@@ -312,7 +365,9 @@ impl Qcow2 {
             return Ok(());
         }
         self.inc_refs(refs, rep, dir_off, dir_size);
-        if dir_size > 64 << 20 {
+        // Nothing is read past the end of the file (see the snapshot tables).
+        let file_len = self.file.len();
+        if dir_size > 64 << 20 || dir_off.checked_add(dir_size).is_none_or(|e| e > file_len) {
             rep.corruptions += 1;
             return Ok(());
         }
@@ -331,7 +386,10 @@ impl Qcow2 {
             pos += (24 + name_size as usize + extra as usize).next_multiple_of(8);
             let bytes = table_size as u64 * 8;
             self.inc_refs(refs, rep, table_off, bytes);
-            if bytes > MAX_L1_ENTRIES * 8 || !table_off.is_multiple_of(cs) {
+            if bytes > MAX_L1_ENTRIES * 8
+                || !table_off.is_multiple_of(cs)
+                || table_off.checked_add(bytes).is_none_or(|e| e > file_len)
+            {
                 rep.corruptions += 1;
                 continue;
             }

@@ -120,6 +120,19 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
             "External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
         ));
     }
+    // A preallocated or raw-data-file image maps every cluster itself: the backing file
+    // would never be read (QEMU allows it only with extended L2 entries, which blk does not
+    // create).
+    if o.backing_file.is_some() && o.preallocation != Prealloc::Off {
+        return Err(Error::generic(
+            "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+        ));
+    }
+    if o.backing_file.is_some() && o.data_file_raw {
+        return Err(Error::generic(
+            "Backing file and data-file-raw cannot be used at the same time",
+        ));
+    }
     if o.data_file_raw && o.data_file.is_none() {
         return Err(Error::generic("data-file-raw requires data-file"));
     }

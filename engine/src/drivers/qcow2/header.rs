@@ -34,6 +34,10 @@ pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 pub const MAX_L1_BYTES: u64 = 32 << 20;
 /// Largest refcount table QEMU accepts, in bytes.
 pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+/// Most internal snapshots QEMU accepts.
+pub const MAX_SNAPSHOTS: u32 = 65536;
+/// Size of the fixed part of a snapshot table entry.
+pub const SNAPSHOT_ENTRY_MIN: u64 = 40;
 /// Byte offset of the autoclear feature field (v3).
 pub const OFF_AUTOCLEAR: u64 = 88;
 /// Byte offset of the incompatible feature field (v3).
@@ -297,9 +301,18 @@ impl Header {
         if h.size > (1u64 << 62) {
             return Err(invalid(format!("Image size {} is too large", h.size)));
         }
+        if h.nb_snapshots > MAX_SNAPSHOTS {
+            return Err(invalid("Too many snapshots"));
+        }
         if h.nb_snapshots > 0 && !h.snapshots_offset.is_multiple_of(cs) {
             return Err(invalid("Snapshot table offset is not cluster aligned"));
         }
+        // Every entry has at least its fixed part: the table cannot be smaller than that.
+        check_table(
+            "Snapshot table",
+            h.snapshots_offset,
+            h.nb_snapshots as u64 * SNAPSHOT_ENTRY_MIN,
+        )?;
         if h.backing_offset != 0 {
             if h.backing_size > 1023 {
                 return Err(invalid(format!(

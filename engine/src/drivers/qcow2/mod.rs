@@ -54,7 +54,7 @@ use crate::util::Options;
 
 pub use check::{CheckReport, Repair, check_node};
 pub use create::{Compat, CreateOptions, create};
-pub use header::Header;
+pub use header::{Header, RawExtension};
 
 use cache::TableCache;
 use lock::{MetaLock, RangeLocks};

@@ -34,7 +34,7 @@ impl Qcow2 {
         let cs = self.cs();
         let file_clusters = self.file.len().div_ceil(cs);
         // Bounded by the file size: every valid reference lies inside the file.
-        let mut counts = vec![0u64; file_clusters as usize];
+        let mut counts = super::check_walk::cluster_counts(self.file.len(), cs)?;
         let mut inc = |off: u64, len: u64| -> Result<()> {
             let first = off / cs;
             let last = (off + len.max(1) - 1) / cs;
@@ -76,6 +76,21 @@ impl Qcow2 {
                     Kind::Compressed { offset, len } => inc(offset & !511, len + (offset & 511))?,
                     _ => {}
                 }
+            }
+        }
+        // Persistent bitmaps own clusters too; counted the way the check counts them (only
+        // read when the autoclear bit says they are valid, as the check does).
+        let bitmaps = if self.autoclear.get() & 1 != 0 {
+            self.bitmap_refs().await?
+        } else {
+            Vec::new()
+        };
+        for (c, n) in bitmaps.into_iter().enumerate() {
+            if n > 0 {
+                let slot = counts
+                    .get_mut(c)
+                    .ok_or_else(|| bad("a bitmap lies beyond the end of the file".into()))?;
+                *slot += n;
             }
         }
         // New table and blocks after everything, covering themselves.
