@@ -20,12 +20,14 @@
 
 mod qcow2_support;
 
+use engine::backend::BackendOptions;
 use engine::driver::Prealloc;
 use engine::drivers::qcow2::{
     CheckReport, CreateOptions, Header, RawExtension, Repair, check_node, create,
 };
 use engine::io::{IoBuf, ReqFlags};
 use qcow2_support::*;
+use serde_json::json;
 use sim::View;
 use sim::scenario::parse;
 
@@ -182,7 +184,16 @@ fn refcount_rebuild_keeps_persistent_bitmap_clusters() {
     let e = engine.clone();
     let (first, after) = sim
         .block_on(async move {
-            let bb = open_qcow2(&e, "q", "img", false).await.unwrap();
+            // Opened for check/repair (as `blk check` does): a plain read-write open would clear
+            // the bitmaps autoclear bit blk does not maintain, and the bitmap would no longer
+            // count at all.
+            e.blockdev_add(json!({"driver": "qcow2", "node-name": "q", "x-check": true,
+                                  "file": {"driver": "file", "filename": "img"}}))
+                .await
+                .unwrap();
+            let bb = e
+                .device_add("dev-q", "q", BackendOptions::tool(false))
+                .unwrap();
             let node = e.node("q").unwrap();
             let first = check_node(&node, None).await.unwrap();
             let repaired = check_node(&node, Some(Repair::All)).await.unwrap();
