@@ -252,7 +252,8 @@ pub type InternalOpen = Box<
 /// Create a node whose driver the caller supplies instead of a registered one: job-private
 /// filters (mirror-top) that must not be openable by `blockdev-add`. `node_name` of `None`
 /// makes an implicit node. The caller owns one reference to the returned node and drops it
-/// with [`unref`](super::unref); on error nothing is left behind.
+/// with [`unref`](super::unref); on error nothing is left behind. (Same as
+/// [`open_internal_node`], which leaves the reference to the graph edit that links the node.)
 pub async fn open_internal(
     ctx: &Rc<GraphCtx>,
     node_name: Option<&str>,
@@ -260,30 +261,9 @@ pub async fn open_internal(
     opts: NodeOptions,
     build: InternalOpen,
 ) -> Result<Rc<Node>> {
-    let (name, implicit) = match node_name {
-        Some(n) => {
-            validate_node_name(n)?;
-            if ctx.node(n).is_some() {
-                return Err(Error::generic(format!(
-                    "Duplicate nodes with node-name='{n}'"
-                )));
-            }
-            (n.to_string(), false)
-        }
-        None => (ctx.implicit_name(), true),
-    };
-    let node = Node::new_shell(ctx, name, implicit, driver_name, opts);
-    let result = match build(OpenCtx { node: node.clone() }).await {
-        Ok(drv) => {
-            node.set_driver(drv);
-            refresh_perms(&node).and_then(|()| ctx.register_node(&node))
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = result {
-        release_children(&node).await;
-        return Err(e);
-    }
+    let node = new_named_shell(ctx, node_name.map(str::to_string), driver_name, opts)?;
+    let opened = build(OpenCtx { node: node.clone() }).await;
+    let node = finish_open(ctx, node, opened).await?;
     node.refcnt.set(node.refcnt.get() + 1);
     Ok(node)
 }
