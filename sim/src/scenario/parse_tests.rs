@@ -1,0 +1,75 @@
+//! Tests of the scenario parser: every directive's syntax and its errors.
+use super::*;
+
+#[test]
+fn parses_every_directive() {
+    let text = "# purpose\nexpect-failure verify\nseed 7\nscheduler fifo\nlatency 1us..2us\n\
+        image create d.img raw 1M\nqmp {\"execute\": \"blockdev-add\",\n  \"arguments\": {}}\n\
+        expect error GenericError \"in use\"\ndevice add d0 node=n werror=stop\n\
+        io d0 write -P 0xab 0 4k\nworkload start w device=d0 mix=write:1\nworkload stop w\n\
+        fault inject f eio path=d.img once\nfault clear\ndrain begin n subtree\ndrain end n\n\
+        advance 10ms\nwait event X a=b timeout=1s\nexpect event Y k=v\nexpect iostatus d0 ok\n\
+        expect running no\nexpect output \"wrote 4096\"\nverify d0\ncrash\nrestart\n\
+        limit time 5s\nlimit steps 99\nworkload wait w\nio? d0 read -P 1 0 1\n";
+    let sc = parse("t", text).unwrap();
+    assert_eq!(sc.purpose, "purpose");
+    assert_eq!(sc.expect_failure.as_deref(), Some("verify"));
+    assert_eq!(
+        (sc.seed, sc.fifo, sc.latency),
+        (7, true, Some((1000, 2000)))
+    );
+    assert_eq!(sc.steps.len(), 21);
+    assert_eq!((sc.time_limit_ns, sc.step_limit), (5_000_000_000, 99));
+    assert!(matches!(&sc.steps[19].action, Action::WorkloadWait { name } if name == "w"));
+    assert!(matches!(
+        &sc.steps[20].action,
+        Action::Io { may_fail: true, .. }
+    ));
+    assert!(
+        matches!(&sc.steps[15].action, Action::Expect(Expectation::Output(t)) if t == "wrote 4096")
+    );
+    assert!(
+        matches!(&sc.steps[1].action, Action::Qmp { expect_error: Some((c, t)), .. } if c == "GenericError" && t == "in use")
+    );
+    assert!(
+        matches!(&sc.steps[3].action, Action::Io { command, may_fail: false, .. } if command == "write -P 0xab 0 4k")
+    );
+    assert!(matches!(
+        &sc.steps[11].action,
+        Action::WaitEvent {
+            timeout_ns: 1_000_000_000,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn errors_name_file_line_and_column() {
+    let err = parse("s.scn", "# p\nimage create x raw 12Q\n").unwrap_err();
+    assert_eq!((err.line, err.column), (2, 20));
+    assert_eq!(err.to_string(), "s.scn:2:20: bad size '12Q'");
+    let err = parse("s.scn", "# p\n  frobnicate\n").unwrap_err();
+    assert_eq!(err.to_string(), "s.scn:2:3: unknown directive 'frobnicate'");
+    let err = parse("s.scn", "no purpose\n").unwrap_err();
+    assert_eq!((err.line, err.column), (1, 1));
+    let err = parse("s.scn", "# p\nexpect error GenericError\n").unwrap_err();
+    assert!(err.message.contains("must follow a 'qmp'"));
+    let err = parse("s.scn", "# p\nqmp {\"execute\": }\n").unwrap_err();
+    assert!(err.message.starts_with("bad QMP JSON"), "{err}");
+    let err = parse("s.scn", "# p\nverify d\nexpect return {}\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "s.scn:3:1: 'expect return' must follow a 'qmp' step"
+    );
+    let sc = parse(
+        "s.scn",
+        "# p\nqmp {\"execute\": \"x\"}\nexpect return {\"a\":\n 1}\nverify d\n",
+    )
+    .unwrap();
+    assert!(
+        matches!(&sc.steps[0].action, Action::Qmp { expect_return: Some(v), .. } if v["a"] == 1)
+    );
+    assert_eq!(sc.steps.len(), 2);
+    let err = parse("s.scn", "# p\nadvance 10 ms\n").unwrap_err();
+    assert_eq!(err.to_string(), "s.scn:2:9: bad duration '10'");
+}
