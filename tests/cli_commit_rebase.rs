@@ -5,75 +5,11 @@
 //!
 //! Skipped with a note when qemu-img/qemu-io are not on PATH, unless `BLK_REQUIRE_QEMU=1`.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-const BLK: &str = env!("CARGO_BIN_EXE_blk");
-
-fn have_qemu() -> bool {
-    let ok = ["qemu-img", "qemu-io"].iter().all(|t| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        if std::env::var("BLK_REQUIRE_QEMU").as_deref() == Ok("1") {
-            panic!("qemu-img/qemu-io are not on PATH and BLK_REQUIRE_QEMU=1");
-        }
-        eprintln!(
-            "note: qemu-img or qemu-io not found on PATH; skipping commit/rebase interop test"
-        );
-    }
-    ok
-}
-
-struct Dir(PathBuf);
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use common::{BLK, Dir, have_qemu};
 
 impl Dir {
-    fn new(tag: &str) -> Dir {
-        let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("cr-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-
-    fn run(&self, prog: &str, args: &[&str]) -> Out {
-        let o = Command::new(prog)
-            .args(args)
-            .current_dir(&self.0)
-            .output()
-            .unwrap();
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-
-    fn ok(&self, prog: &str, args: &[&str]) -> String {
-        let o = self.run(prog, args);
-        assert_eq!(
-            o.code, 0,
-            "{prog} {args:?} failed: {}{}",
-            o.stdout, o.stderr
-        );
-        o.stdout
-    }
-
-    fn check_clean(&self, img: &str) {
-        let o = self.run("qemu-img", &["check", img]);
-        assert_eq!(o.code, 0, "qemu-img check {img}: {}{}", o.stdout, o.stderr);
-        assert!(o.stdout.contains("No errors were found"), "{}", o.stdout);
-    }
-
     fn same(&self, a: &str, b: &str) {
         let o = self.run("qemu-img", &["compare", a, b]);
         assert_eq!(
@@ -120,7 +56,7 @@ impl Dir {
 
 #[test]
 fn blk_commit_matches_qemu_img_commit() {
-    if !have_qemu() {
+    if !have_qemu("commit/rebase interop test") {
         return;
     }
     let d = Dir::new("commit");
@@ -181,7 +117,7 @@ fn blk_commit_matches_qemu_img_commit() {
 
 #[test]
 fn blk_commit_with_base_and_keep_and_rate_and_progress() {
-    if !have_qemu() {
+    if !have_qemu("commit/rebase interop test") {
         return;
     }
     let d = Dir::new("commit-b");
@@ -222,7 +158,7 @@ fn blk_commit_with_base_and_keep_and_rate_and_progress() {
 
 #[test]
 fn qemu_reads_what_blk_committed_and_blk_reads_what_qemu_committed() {
-    if !have_qemu() {
+    if !have_qemu("commit/rebase interop test") {
         return;
     }
     let d = Dir::new("cross");
@@ -246,7 +182,7 @@ fn qemu_reads_what_blk_committed_and_blk_reads_what_qemu_committed() {
 
 #[test]
 fn blk_rebase_safe_and_unsafe_match_qemu_img() {
-    if !have_qemu() {
+    if !have_qemu("commit/rebase interop test") {
         return;
     }
     let d = Dir::new("rebase");
@@ -335,7 +271,7 @@ fn blk_rebase_safe_and_unsafe_match_qemu_img() {
 
 #[test]
 fn errors_match_qemu_img() {
-    if !have_qemu() {
+    if !have_qemu("commit/rebase interop test") {
         return;
     }
     let d = Dir::new("errors");

@@ -6,78 +6,15 @@
 //!
 //! Skipped with a note when `qemu-img` is not on PATH, unless `BLK_REQUIRE_QEMU=1`.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
+use common::{BLK, Dir, have_qemu};
 
 use serde_json::Value;
 
-const BLK: &str = env!("CARGO_BIN_EXE_blk");
-
-fn have_qemu() -> bool {
-    let ok = ["qemu-img", "qemu-io"].iter().all(|t| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        if std::env::var("BLK_REQUIRE_QEMU").as_deref() == Ok("1") {
-            panic!("qemu-img/qemu-io are not on PATH and BLK_REQUIRE_QEMU=1");
-        }
-        eprintln!("note: qemu-img or qemu-io not found on PATH; skipping qemu-img interop test");
-    }
-    ok
-}
-
-/// A scratch directory, removed on drop; commands run inside it with relative names.
-struct Dir(PathBuf);
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 impl Dir {
-    fn new(tag: &str) -> Dir {
-        let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("img-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-
-    fn run(&self, prog: &str, args: &[&str]) -> Out {
-        let o = Command::new(prog)
-            .args(args)
-            .current_dir(&self.0)
-            .output()
-            .unwrap();
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-
-    fn ok(&self, prog: &str, args: &[&str]) -> String {
-        let o = self.run(prog, args);
-        assert_eq!(
-            o.code, 0,
-            "{prog} {args:?} failed: {}{}",
-            o.stdout, o.stderr
-        );
-        o.stdout
-    }
-
     fn blk(&self, args: &[&str]) -> String {
         self.ok(BLK, args)
-    }
-
-    fn check_clean(&self, img: &str) {
-        let o = self.run("qemu-img", &["check", img]);
-        assert_eq!(o.code, 0, "qemu-img check {img}: {}{}", o.stdout, o.stderr);
-        assert!(o.stdout.contains("No errors were found"), "{}", o.stdout);
     }
 
     fn info_json(&self, prog: &str, img: &str) -> Value {
@@ -88,12 +25,6 @@ impl Dir {
             self.ok(prog, &args)
         };
         serde_json::from_str(&out).unwrap()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -119,7 +50,7 @@ fn assert_info_agrees(d: &Dir, img: &str) {
 
 #[test]
 fn created_images_check_clean_and_info_agrees() {
-    if !have_qemu() {
+    if !have_qemu("qemu-img interop test") {
         return;
     }
     let d = Dir::new("create");
@@ -198,7 +129,7 @@ fn created_images_check_clean_and_info_agrees() {
 /// agrees with qemu-img's; the option's bad values and a v2 image are refused as qemu-img does.
 #[test]
 fn zstd_images_create_and_info_match_qemu_img() {
-    if !have_qemu() {
+    if !have_qemu("qemu-img interop test") {
         return;
     }
     let d = Dir::new("zstd");
@@ -255,7 +186,7 @@ fn zstd_images_create_and_info_match_qemu_img() {
 /// write from the lower layers) leave an image qemu-img checks clean and compares equal.
 #[test]
 fn relative_backing_chain_on_real_files() {
-    if !have_qemu() {
+    if !have_qemu("qemu-img interop test") {
         return;
     }
     let d = Dir::new("relchain");
@@ -341,7 +272,7 @@ fn relative_backing_chain_on_real_files() {
 /// two tools' images compare equal. Bad option combinations fail with qemu-img's messages.
 #[test]
 fn data_file_images_match_qemu_img() {
-    if !have_qemu() {
+    if !have_qemu("qemu-img interop test") {
         return;
     }
     let d = Dir::new("datafile");
@@ -467,7 +398,7 @@ fn data_file_images_match_qemu_img() {
 
 #[test]
 fn map_equals_qemu_img_map() {
-    if !have_qemu() {
+    if !have_qemu("qemu-img interop test") {
         return;
     }
     let d = Dir::new("map");
@@ -568,7 +499,7 @@ fn map_equals_qemu_img_map() {
 
 #[test]
 fn map_and_info_of_compressed_and_dirty_images() {
-    if !have_qemu() {
+    if !have_qemu("qemu-img interop test") {
         return;
     }
     let d = Dir::new("special");
@@ -620,7 +551,7 @@ fn map_and_info_of_compressed_and_dirty_images() {
 
 #[test]
 fn compare_matches_qemu_img_compare() {
-    if !have_qemu() {
+    if !have_qemu("qemu-img interop test") {
         return;
     }
     let d = Dir::new("compare");
@@ -661,7 +592,7 @@ fn compare_matches_qemu_img_compare() {
 
 #[test]
 fn convert_round_trips_and_checks_clean() {
-    if !have_qemu() {
+    if !have_qemu("qemu-img interop test") {
         return;
     }
     let d = Dir::new("convert");
@@ -756,7 +687,7 @@ fn convert_round_trips_and_checks_clean() {
 
 #[test]
 fn resize_grows_and_shrinks() {
-    if !have_qemu() {
+    if !have_qemu("qemu-img interop test") {
         return;
     }
     let d = Dir::new("resize");
@@ -780,7 +711,7 @@ fn resize_grows_and_shrinks() {
 
 #[test]
 fn preallocated_qcow2_images_match_qemus_own() {
-    if !have_qemu() {
+    if !have_qemu("qemu-img interop test") {
         return;
     }
     let d = Dir::new("prealloc");

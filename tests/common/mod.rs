@@ -1,0 +1,86 @@
+//! Shared by the CLI interop tests: finding QEMU's tools, and a scratch directory in which
+//! commands run with relative names and whose output is captured.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The blk binary under test.
+pub const BLK: &str = env!("CARGO_BIN_EXE_blk");
+
+/// True when qemu-img and qemu-io are on PATH. Otherwise prints a note naming `what` is skipped,
+/// or panics when `BLK_REQUIRE_QEMU=1` (CI), so a missing tool never passes silently there.
+pub fn have_qemu(what: &str) -> bool {
+    let ok = ["qemu-img", "qemu-io"].iter().all(|t| {
+        Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        if std::env::var("BLK_REQUIRE_QEMU").as_deref() == Ok("1") {
+            panic!("qemu-img/qemu-io are not on PATH and BLK_REQUIRE_QEMU=1");
+        }
+        eprintln!("note: qemu-img or qemu-io not found on PATH; skipping {what}");
+    }
+    ok
+}
+
+/// A scratch directory, removed on drop; commands run inside it with relative names.
+pub struct Dir(pub PathBuf);
+
+/// A finished command.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Dir {
+    /// A fresh directory under the target's tmp dir, unique per process and `tag`.
+    pub fn new(tag: &str) -> Dir {
+        let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("cli-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+
+    /// Run `prog` in the directory.
+    pub fn run(&self, prog: &str, args: &[&str]) -> Out {
+        let o = Command::new(prog)
+            .args(args)
+            .current_dir(&self.0)
+            .output()
+            .unwrap();
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Run `prog`, which must succeed; its stdout.
+    pub fn ok(&self, prog: &str, args: &[&str]) -> String {
+        let o = self.run(prog, args);
+        assert_eq!(
+            o.code, 0,
+            "{prog} {args:?} failed: {}{}",
+            o.stdout, o.stderr
+        );
+        o.stdout
+    }
+
+    /// `qemu-img check` finds no errors.
+    pub fn check_clean(&self, img: &str) {
+        let o = self.run("qemu-img", &["check", img]);
+        assert_eq!(o.code, 0, "qemu-img check {img}: {}{}", o.stdout, o.stderr);
+        assert!(o.stdout.contains("No errors were found"), "{}", o.stdout);
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
