@@ -422,7 +422,7 @@ fn crash_point(w: &Workload, at: CrashAt, dir: Option<&Scratch>, idx: usize) {
     let shift = std::env::var("BLK_CRASH_SEED").unwrap_or_else(|_| "0".into());
     let what = format!(
         "{} seed {} layout {:?} crash at {at:?} (reproduce: BLK_CRASH_ONLY={} \
-         BLK_CRASH_SEED={shift} cargo test -p engine --test qcow2_crash)",
+         BLK_CRASH_SEED={shift} cargo test -p engine --test qcow2 qcow2_crash::)",
         w.name, w.seed, w.layout, w.name
     );
     let sim = Sim::new(w.seed, SimConfig::default());

@@ -1,0 +1,17 @@
+//! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP.
+//! Each file below was its own test crate; it is a module here (see engine/Cargo.toml).
+
+#[path = "backend_errors.rs"]
+mod backend_errors;
+#[path = "blkdebug.rs"]
+mod blkdebug;
+#[path = "drain.rs"]
+mod drain;
+#[path = "graph_perms.rs"]
+mod graph_perms;
+#[path = "lifecycle.rs"]
+mod lifecycle;
+#[path = "qmp.rs"]
+mod qmp;
+#[path = "request_path.rs"]
+mod request_path;

@@ -1,0 +1,19 @@
+//! Test binary `jobs`: block jobs: the job core, stream, commit, mirror (simulated and on real files), errors, reopen, crashes.
+//! Each file below was its own test crate; it is a module here (see engine/Cargo.toml).
+
+#[path = "block_job_crash.rs"]
+mod block_job_crash;
+#[path = "block_job_errors.rs"]
+mod block_job_errors;
+#[path = "block_job_reopen.rs"]
+mod block_job_reopen;
+#[path = "block_stream_commit.rs"]
+mod block_stream_commit;
+#[path = "job_core.rs"]
+mod job_core;
+#[path = "mirror.rs"]
+mod mirror;
+#[path = "mirror_errors.rs"]
+mod mirror_errors;
+#[path = "mirror_real.rs"]
+mod mirror_real;
