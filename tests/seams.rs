@@ -157,31 +157,34 @@ fn the_checker_itself_sees_violations() {
     assert!(!found.is_empty(), "env/real must be visible to the checker");
 }
 
-/// engine/ sets `autotests = false` and groups its integration tests into `suite_*.rs`
-/// binaries: a test file that no suite includes would silently never run.
+/// The workspace root and engine/ set `autotests = false` and group their integration tests
+/// into `suite_*.rs` binaries: a test file that no suite includes would silently never run.
 #[test]
-fn every_engine_test_file_is_in_a_suite() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/tests");
-    let mut included = String::new();
-    let mut files = Vec::new();
-    for entry in fs::read_dir(&dir).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".rs") {
-            continue;
+fn every_test_file_is_in_a_suite() {
+    for dir in ["tests", "engine/tests"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut included = String::new();
+        let mut files = Vec::new();
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".rs") {
+                continue;
+            }
+            if name.starts_with("suite_") {
+                included.push_str(&fs::read_to_string(entry.path()).unwrap());
+            } else {
+                files.push(name);
+            }
         }
-        if name.starts_with("suite_") {
-            included.push_str(&fs::read_to_string(entry.path()).unwrap());
-        } else {
-            files.push(name);
-        }
+        files.sort();
+        let missing: Vec<_> = files
+            .iter()
+            .filter(|f| !included.contains(&format!("#[path = \"{f}\"]")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{}: test files no suite_*.rs includes (add them to one): {missing:?}",
+            dir.display()
+        );
     }
-    files.sort();
-    let missing: Vec<_> = files
-        .iter()
-        .filter(|f| !included.contains(&format!("#[path = \"{f}\"]")))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "engine/tests files no suite_*.rs includes (add them to one): {missing:?}"
-    );
 }

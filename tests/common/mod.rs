@@ -37,10 +37,13 @@ pub struct Out {
 }
 
 impl Dir {
-    /// A fresh directory under the target's tmp dir, unique per process and `tag`.
+    /// A fresh directory under the target's tmp dir, unique per process and call (the test
+    /// files share one binary, so two of them may pick the same `tag`).
     pub fn new(tag: &str) -> Dir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("cli-{}-{tag}", std::process::id()));
+            .join(format!("cli-{}-{n}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Dir(p)

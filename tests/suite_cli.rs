@@ -1,0 +1,20 @@
+//! Test binary `cli`: the blk command line against QEMU's tools (interop, errors, the
+//! QEMU-compatibility cases), the simulator's CLI, and the architecture rules (seams).
+//! Each file below was its own test crate; it is a module here (see Cargo.toml).
+
+#[path = "cli_check.rs"]
+mod cli_check;
+#[path = "cli_commit_rebase.rs"]
+mod cli_commit_rebase;
+#[path = "cli_sim.rs"]
+mod cli_sim;
+#[path = "img_errors.rs"]
+mod img_errors;
+#[path = "img_interop.rs"]
+mod img_interop;
+#[path = "interop_qemu_io.rs"]
+mod interop_qemu_io;
+#[path = "qemu_compat.rs"]
+mod qemu_compat;
+#[path = "seams.rs"]
+mod seams;
