@@ -5,6 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
+use crate::filename::image_options;
 use crate::util::Options;
 
 /// QEMU's cache modes (`-t`), as (direct, no-flush, write cache) triples.
@@ -69,7 +70,7 @@ const PROTOCOLS: [&str; 4] = ["file", "host_device", "null-co", "null-aio"];
 pub struct OpenSpec {
     /// The file name, or with `image_opts` a `key=value,...` option string.
     pub filename: Option<String>,
-    /// `-f FMT`; without it the image is opened as raw (there is no format probing yet).
+    /// `-f FMT` (or the probed format); without it the image is opened as raw.
     pub format: Option<String>,
     /// `--image-opts`: `filename` is an option string.
     pub image_opts: bool,
@@ -136,29 +137,36 @@ impl OpenSpec {
         );
     }
 
-    fn protocol_node(&self, driver: &str, filename: Option<&str>) -> Value {
-        let mut obj = Map::new();
-        obj.insert("driver".into(), json!(driver));
-        if driver == "file" || driver == "host_device" {
-            if let Some(f) = filename {
-                obj.insert("filename".into(), json!(f));
-            }
-            if let Some(aio) = &self.aio {
-                obj.insert("aio".into(), json!(aio));
+    /// The generic options for a node given inline and its inline `file`/`image` children, and
+    /// `-i`/`-k`'s `aio` for host files.
+    fn inherit(&self, node: &mut Map<String, Value>) {
+        if let Some(aio) = &self.aio
+            && matches!(
+                node.get("driver").and_then(Value::as_str),
+                Some("file" | "host_device")
+            )
+        {
+            default_key(node, "aio", json!(aio));
+        }
+        self.common(node);
+        for child in ["file", "image"] {
+            if let Some(Value::Object(c)) = node.get_mut(child) {
+                // A child given by file name alone is a host file (blk's only protocol).
+                if c.contains_key("filename") {
+                    default_key(c, "driver", json!("file"));
+                }
+                self.inherit(c);
             }
         }
-        self.common(&mut obj);
-        Value::Object(obj)
     }
 
-    /// The `blockdev-add` options for this image.
+    /// The `blockdev-add` options for this image (the name translated by
+    /// [`crate::filename::image_options`]). Without `-f` or a driver in the name the image is
+    /// opened as raw: callers probe the format first and set `format`.
     pub fn blockdev_options(&self) -> Result<Value> {
-        let mut top = match (&self.filename, self.image_opts) {
-            (Some(text), true) => match Options::from_keyval(text)?.into_value() {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            },
-            _ => Map::new(),
+        let mut top = match &self.filename {
+            Some(name) => image_options(name, self.format.as_deref(), self.image_opts)?,
+            None => Map::new(),
         };
         let extra = self
             .options
@@ -170,43 +178,18 @@ impl OpenSpec {
                 top.insert(k, v);
             }
         }
-        if !self.image_opts {
-            let driver = match (&self.format, top.get("driver")) {
-                (Some(f), _) => f.clone(),
-                (None, Some(Value::String(d))) => d.clone(),
-                _ => "raw".to_string(),
-            };
-            top.insert("driver".into(), json!(driver));
-            let path = self.filename.as_deref();
-            if PROTOCOLS.contains(&driver.as_str()) {
-                if let Value::Object(m) = self.protocol_node(&driver, path) {
-                    for (k, v) in m {
-                        top.entry(k).or_insert(v);
-                    }
-                }
-            } else if !top.contains_key("file") {
-                let Some(path) = path else {
-                    return Err(Error::generic(format!(
-                        "A block device must be specified for \"{}\"",
-                        "file"
-                    )));
-                };
-                top.insert("file".into(), self.protocol_node("file", Some(path)));
-            }
-        }
-        if !top.contains_key("driver") {
-            return Err(Error::generic("Parameter 'driver' is missing"));
-        }
-        // Children given inline inherit the generic options, as in QEMU.
-        if let Some(Value::Object(file)) = top.get_mut("file") {
-            // QEMU picks the protocol from a bare file name; blk knows only host files.
-            if file.contains_key("filename") {
-                default_key(file, "driver", json!("file"));
-            }
-            self.common(file);
+        default_key(&mut top, "driver", json!("raw"));
+        let driver = top["driver"].as_str().unwrap_or_default().to_string();
+        if !PROTOCOLS.contains(&driver.as_str())
+            && driver != "blkdebug"
+            && !top.contains_key("file")
+        {
+            return Err(Error::generic(
+                "A block device must be specified for \"file\"",
+            ));
         }
         default_key(&mut top, "node-name", json!(self.node_name));
-        self.common(&mut top);
+        self.inherit(&mut top);
         Ok(Value::Object(top))
     }
 }
