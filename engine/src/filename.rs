@@ -103,16 +103,7 @@ fn protocol_prefix(name: &str) -> Option<&str> {
 
 /// `--image-opts`: `key=value,...` with dotted keys; a bare first item is `file=ITEM`.
 fn keyval_options(text: &str) -> Result<Map<String, Value>> {
-    let first_is_bare = text
-        .split(',')
-        .next()
-        .is_some_and(|f| !f.is_empty() && !f.contains('='));
-    let text = if first_is_bare {
-        format!("file={text}")
-    } else {
-        text.to_string()
-    };
-    match Options::from_keyval(&text)?.into_value() {
+    match Options::from_keyval_implied(text, "file")?.into_value() {
         Value::Object(m) => Ok(m),
         _ => Ok(Map::new()),
     }

@@ -50,16 +50,7 @@ pub struct ObjectRegistry {
 /// Parse an `--object` string (`TYPE,id=ID,key=value,...`; the leading bare item is
 /// `qom-type`) into `object-add` arguments.
 pub fn parse_object_arg(text: &str) -> Result<Value> {
-    let implied = text
-        .split(',')
-        .next()
-        .is_some_and(|f| !f.is_empty() && !f.contains('='));
-    let text = if implied {
-        format!("qom-type={text}")
-    } else {
-        text.to_string()
-    };
-    Ok(Options::from_keyval(&text)?.into_value())
+    Ok(Options::from_keyval_implied(text, "qom-type")?.into_value())
 }
 
 /// QEMU's identifier rule: letters, digits, '-', '.', '_', starting with a letter.
