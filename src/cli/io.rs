@@ -202,15 +202,11 @@ pub fn run_io(args: &[String]) -> i32 {
     };
     let mut session = Session::new(engine.clone(), Rc::new(StdioSink), cfg);
     let mut code = 0;
-    for text in &a.objects {
-        let added =
-            engine::object::parse_object_arg(text).map(|v| env.block_on(engine.object_add(v)));
-        if let Err(e) | Ok(Err(e)) = added {
-            eprintln!("qemu-io: {e}");
-            let _ = env.block_on(engine.shutdown());
-            env.shutdown();
-            return 1;
-        }
+    if let Err(e) = env.block_on(crate::cli::img::add_objects(&engine, &a.objects)) {
+        eprintln!("qemu-io: {e}");
+        let _ = env.block_on(engine.shutdown());
+        env.shutdown();
+        return 1;
     }
     if let Some(file) = &a.file {
         let spec = OpenSpec {

@@ -16,6 +16,8 @@ mod info;
 mod map;
 mod open;
 mod open_args;
+
+pub(crate) use open_args::add_objects;
 mod progress;
 mod rebase;
 mod resize;

@@ -96,15 +96,10 @@ impl Tool {
             image_opts: Cell::new(args.image_opts),
             object_error: RefCell::new(None),
         };
-        for text in &args.objects {
-            let added = engine::object::parse_object_arg(text).map(|v| {
-                let engine = tool.engine.clone();
-                tool.block_on(async move { engine.object_add(v).await })
-            });
-            if let Err(e) | Ok(Err(e)) = added {
-                *tool.object_error.borrow_mut() = Some(e.to_string());
-                break;
-            }
+        // Validated already by `split_or_fail`; kept as the first `open`'s error should the
+        // second creation fail (a secret file changed in between).
+        if let Err(e) = tool.block_on(super::open_args::add_objects(&tool.engine, &args.objects)) {
+            *tool.object_error.borrow_mut() = Some(e);
         }
         tool
     }

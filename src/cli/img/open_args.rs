@@ -8,6 +8,9 @@
 
 use std::cell::RefCell;
 
+use engine::Engine;
+use engine::env::real::RealEnv;
+
 use super::LongOpt;
 
 /// Long options handled here, with the characters `split` reports them as.
@@ -29,7 +32,8 @@ thread_local! {
 
 /// Take `--object`/`--image-opts` out of `opts` and keep them for the command's `Tool`.
 /// `--object help` and `--object TYPE,help` print their lists; then the command is over
-/// (`Err(0)`).
+/// (`Err(0)`). Objects are validated now, as qemu-img creates them while reading its options:
+/// a bad one ends the command (`Err(1)`) before anything else is looked at.
 pub(crate) fn take(opts: &mut Vec<(char, String)>) -> Result<(), i32> {
     let mut args = OpenArgs::default();
     for (c, v) in std::mem::take(opts) {
@@ -45,7 +49,32 @@ pub(crate) fn take(opts: &mut Vec<(char, String)>) -> Result<(), i32> {
             _ => opts.push((c, v)),
         }
     }
+    if let Err(e) = create_objects(&args.objects) {
+        eprintln!("qemu-img: {e}");
+        return Err(1);
+    }
     PENDING.with(|p| *p.borrow_mut() = args);
+    Ok(())
+}
+
+/// Create `objects` (`--object` arguments) in a scratch engine: the first error, if any.
+fn create_objects(objects: &[String]) -> Result<(), String> {
+    if objects.is_empty() {
+        return Ok(());
+    }
+    let env = RealEnv::new();
+    let engine = Engine::new(env.clone());
+    let r = env.block_on(add_objects(&engine, objects));
+    env.shutdown();
+    r
+}
+
+/// Add every `--object` argument to `engine`'s registry, in order; the first error.
+pub(crate) async fn add_objects(engine: &Engine, objects: &[String]) -> Result<(), String> {
+    for text in objects {
+        let args = engine::object::parse_object_arg(text).map_err(|e| e.to_string())?;
+        engine.object_add(args).await.map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
