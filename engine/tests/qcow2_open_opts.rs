@@ -6,7 +6,7 @@
 mod qcow2_support;
 
 use engine::backend::BackendOptions;
-use engine::drivers::qcow2::{Compat, CreateOptions};
+use engine::drivers::qcow2::{Compat, CreateOptions, cached_tables};
 use engine::io::{IoBuf, ReqFlags};
 use qcow2_support::*;
 use serde_json::{Value, json};
@@ -267,4 +267,107 @@ fn secrets_live_in_the_object_registry() {
         assert!(engine.objects().secret("s0").is_err());
     })
     .unwrap();
+}
+
+/// Tables cached by node "q" after a read that loads an L2 table and a write that loads a
+/// refcount block, then after `idle_s` idle seconds, with `cache-clean-interval` = `interval`.
+fn cached_after_idle(interval: Option<u64>, idle_s: u64) -> ((usize, usize), (usize, usize)) {
+    let sim = sim_with(4, &[("img", Vec::new())]);
+    let engine = engine_of(&sim);
+    sim.block_on(async move {
+        create_on(
+            &engine,
+            "img",
+            &CreateOptions {
+                size: 8 << 20,
+                ..CreateOptions::default()
+            },
+        )
+        .await;
+        let mut spec = json!({"driver": "qcow2", "node-name": "q", "file": "f"});
+        if let Some(i) = interval {
+            spec["cache-clean-interval"] = json!(i);
+        }
+        let node = engine.blockdev_add(spec).await.unwrap();
+        let bb = engine
+            .device_add("d", "q", BackendOptions::tool(false))
+            .unwrap();
+        bb.write(0, IoBuf::filled(4096, 7), ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
+        bb.flush().await.unwrap();
+        let before = cached_tables(&node).unwrap();
+        let env = engine.env().clone();
+        env.sleep_until(env.now_ns() + idle_s * 1_000_000_000).await;
+        let after = cached_tables(&node).unwrap();
+        // Still readable after the tables were dropped (they are loaded again).
+        let (buf, r) = bb.read(0, IoBuf::new(4096)).await;
+        r.unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == 7));
+        engine.shutdown().await.unwrap();
+        (before, after)
+    })
+    .unwrap()
+}
+
+#[test]
+fn cache_clean_interval_drops_tables_unused_for_an_interval() {
+    let (before, after) = cached_after_idle(Some(1), 3);
+    assert!(before.0 >= 1 && before.1 >= 1, "{before:?}");
+    assert_eq!(after, (0, 0));
+    // One round at 2 s: the tables were used during the interval before it, so they stay.
+    let (_, after) = cached_after_idle(Some(2), 3);
+    assert_eq!(after, before);
+    // Without the option nothing is dropped.
+    let (_, after) = cached_after_idle(None, 3);
+    assert_eq!(after, before);
+}
+
+/// L2 tables cached after writing one cluster in each of the 4 L2 ranges of a 2 GiB image.
+fn l2_tables_cached(extra: Value) -> usize {
+    let sim = sim_with(6, &[("img", Vec::new())]);
+    let engine = engine_of(&sim);
+    sim.block_on(async move {
+        create_on(
+            &engine,
+            "img",
+            &CreateOptions {
+                size: 2 << 30,
+                ..CreateOptions::default()
+            },
+        )
+        .await;
+        let mut spec = json!({"driver": "qcow2", "node-name": "q", "file": "f"});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let node = engine.blockdev_add(spec).await.unwrap();
+        let bb = engine
+            .device_add("d", "q", BackendOptions::tool(false))
+            .unwrap();
+        for i in 0..4u64 {
+            bb.write(i << 29, IoBuf::filled(4096, 1), ReqFlags::NONE)
+                .await
+                .1
+                .unwrap();
+        }
+        let n = cached_tables(&node).unwrap().0;
+        engine.shutdown().await.unwrap();
+        n
+    })
+    .unwrap()
+}
+
+#[test]
+fn cache_size_options_size_the_l2_cache() {
+    // By default the L2 cache covers the whole disk (4 tables for 2 GiB of 64 KiB clusters).
+    assert_eq!(l2_tables_cached(json!({})), 4);
+    assert_eq!(l2_tables_cached(json!({"l2-cache-size": "128k"})), 2);
+    // A combined 448 KiB: four blocks (256 KiB) for refcounts first, 192 KiB (3) for L2.
+    assert_eq!(l2_tables_cached(json!({"cache-size": "448k"})), 3);
+    assert_eq!(
+        l2_tables_cached(json!({"cache-size": "1M", "refcount-cache-size": "896k"})),
+        2
+    );
 }

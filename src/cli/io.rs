@@ -168,7 +168,13 @@ fn parse_args(args: &[String]) -> Parsed {
             's' => return fail("-s (snapshot) is not supported by blk"),
             'C' => return fail("-C (copy-on-read) is not supported by blk"),
             'T' => return fail("-T (trace) is not supported by blk"),
-            'O' => a.objects.push(v),
+            'O' => {
+                if let Some(text) = crate::cli::img::object_help(&v) {
+                    print!("{text}");
+                    return Parsed::Exit(0);
+                }
+                a.objects.push(v)
+            }
             _ => unreachable!("option {c} is in the option table"),
         }
     }

@@ -17,7 +17,7 @@ mod map;
 mod open;
 mod open_args;
 
-pub(crate) use open_args::add_objects;
+pub(crate) use open_args::{add_objects, help_text as object_help};
 mod progress;
 mod rebase;
 mod resize;

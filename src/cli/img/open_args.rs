@@ -84,7 +84,7 @@ pub(crate) fn pending() -> OpenArgs {
 }
 
 /// The list `--object help` / `--object secret,help` prints (types blk can create).
-fn help_text(arg: &str) -> Option<String> {
+pub(crate) fn help_text(arg: &str) -> Option<String> {
     if arg == "help" || arg == "?" {
         let mut s = "List of user creatable objects:\n".to_string();
         for t in engine::object::OBJECT_TYPES {

@@ -27,6 +27,7 @@ mod backing;
 mod cache;
 mod check;
 mod check_walk;
+mod clean;
 mod cluster;
 mod compress;
 mod create;
@@ -54,6 +55,7 @@ use crate::types::ChildRole;
 use crate::util::Options;
 
 pub use check::{CheckReport, Repair, check_node};
+pub use clean::cached_tables;
 pub use create::{Compat, CreateOptions, create};
 pub use header::{Header, RawExtension};
 
@@ -134,6 +136,8 @@ pub(crate) struct Qcow2 {
     fatal_signaled: Cell<bool>,
     /// The runtime open options (`options.rs`): discard pass-through, overlap checks.
     runtime: options::OpenOpts,
+    /// The `cache-clean-interval` task, ended when the driver goes away.
+    _cleaner: Option<clean::Cleaner>,
 }
 
 pub(super) fn open(
@@ -233,6 +237,10 @@ pub(super) fn open(
             signaled_corruption: Cell::new(false),
             check_mode,
             fatal_signaled: Cell::new(false),
+            _cleaner: runtime
+                .clean_interval
+                .filter(|&secs| secs > 0)
+                .map(|secs| clean::start(ctx.env(), ctx.weak_node(), secs)),
             runtime,
         };
         Ok(Box::new(q) as Box<dyn BlockDriver>)

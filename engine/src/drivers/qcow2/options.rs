@@ -1,8 +1,8 @@
 //! qcow2's runtime open options (QEMU's names, defaults and messages): metadata cache sizes
 //! (`cache-size`, `l2-cache-size`, `refcount-cache-size`), `lazy-refcounts`, `pass-discard-*`,
 //! `overlap-check` and `cache-clean-interval`. Parsed and validated here; `open` applies them
-//! once the header (cluster size, virtual size, version) is known. `cache-clean-interval` and
-//! `pass-discard-snapshot` are validated only (no timed cache cleaning yet; no snapshots).
+//! once the header (cluster size, virtual size, version) is known (`clean.rs` runs
+//! `cache-clean-interval`). `pass-discard-snapshot` is validated only (blk has no snapshots).
 //!
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
@@ -19,8 +19,6 @@ const DEFAULT_L2_CACHE_MAX: u64 = 32 << 20;
 const MIN_L2_TABLES: u64 = 2;
 /// Fewest (and by default exactly this many) refcount blocks cached.
 const MIN_REFCOUNT_BLOCKS: u64 = 4;
-/// QEMU's default `cache-clean-interval` in seconds.
-const DEFAULT_CLEAN_INTERVAL: u64 = 600;
 
 /// The overlap-check templates and which structures each checks. blk's checker knows the
 /// structures it keeps in memory; the snapshot table, inactive tables and bitmap directory are
@@ -65,6 +63,10 @@ pub(crate) struct OpenOpts {
     pub pass_discard_other: bool,
     /// Metadata structures checked before writes (`overlap::OL_*` bits).
     pub overlap_mask: u32,
+    /// `cache-clean-interval` in seconds when given (0: never). Without it blk does not clean
+    /// (QEMU's 600 s default is not run: a timer task per image would reorder the simulator's
+    /// seeded schedules, and keeping tables cached changes nothing a user sees).
+    pub clean_interval: Option<u64>,
 }
 
 impl OpenOpts {
@@ -89,8 +91,7 @@ impl OpenOpts {
                 ));
             }
         }
-        // Validated as QEMU validates it; blk's caches are not yet cleaned on a timer.
-        take_interval(opts)?;
+        let clean_interval = take_interval(opts)?;
         // blk has no internal snapshots, so nothing is ever freed by deleting one.
         opts.take_bool("pass-discard-snapshot")?;
         Ok(OpenOpts {
@@ -101,6 +102,7 @@ impl OpenOpts {
             pass_discard_request: opts.take_bool("pass-discard-request")?.unwrap_or(unmap),
             pass_discard_other: opts.take_bool("pass-discard-other")?.unwrap_or(false),
             overlap_mask: overlap_mask(opts.take("overlap-check"))?,
+            clean_interval,
         })
     }
 
@@ -142,10 +144,10 @@ impl OpenOpts {
 }
 
 /// `cache-clean-interval` in seconds (QEMU refuses what does not fit 32 bits, -1 included).
-fn take_interval(opts: &mut Options) -> Result<u64> {
+fn take_interval(opts: &mut Options) -> Result<Option<u64>> {
     let too_big = || Error::generic("Cache clean interval too big");
     let secs = match opts.take("cache-clean-interval") {
-        None => return Ok(DEFAULT_CLEAN_INTERVAL),
+        None => return Ok(None),
         Some(Value::Number(n)) => n.as_u64().ok_or_else(too_big)?,
         Some(Value::String(s)) if s.starts_with('-') => return Err(too_big()),
         Some(Value::String(s)) => s.parse::<u64>().map_err(|_| {
@@ -162,7 +164,7 @@ fn take_interval(opts: &mut Options) -> Result<u64> {
     if secs > u32::MAX as u64 {
         return Err(too_big());
     }
-    Ok(secs)
+    Ok(Some(secs))
 }
 
 /// The overlap-check mask: a template name, or `{template, STRUCTURE: bool, ...}`.
