@@ -4,8 +4,12 @@
 
 use serde_json::{Map, Value, json};
 
+use std::rc::Rc;
+
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::filename::image_options;
+use crate::graph::Node;
 use crate::util::Options;
 
 /// QEMU's cache modes (`-t`), as (direct, no-flush, write cache) triples.
@@ -192,6 +196,49 @@ impl OpenSpec {
         self.inherit(&mut top);
         Ok(Value::Object(top))
     }
+}
+
+impl OpenSpec {
+    /// `blockdev-add` this image; an option no driver took is reported as QEMU reports options
+    /// given with an image name (naming the node's driver) rather than as QMP does.
+    pub async fn add_to(&self, engine: &Engine) -> Result<Rc<Node>> {
+        let opts = self.blockdev_options()?;
+        engine
+            .blockdev_add(opts.clone())
+            .await
+            .map_err(|e| unsupported_option(&opts, e))
+    }
+}
+
+/// "Parameter 'file.x' is unexpected" as "Block protocol 'file' doesn't support the option
+/// 'x'" (or "Block format 'qcow2' does not support ..."), when `file` is a node in `opts`.
+fn unsupported_option(opts: &Value, e: Error) -> Error {
+    let Some(key) = e
+        .message()
+        .strip_prefix("Parameter '")
+        .and_then(|m| m.strip_suffix("' is unexpected"))
+    else {
+        return e;
+    };
+    let (path, option) = match key.rsplit_once('.') {
+        Some((p, o)) => (Some(p), o),
+        None => (None, key),
+    };
+    let mut node = opts;
+    for seg in path.into_iter().flat_map(|p| p.split('.')) {
+        node = &node[seg];
+    }
+    let driver = match (node.get("driver"), node.get("filename")) {
+        (Some(Value::String(d)), _) => d.as_str(),
+        (None, Some(_)) => "file",
+        _ => return e,
+    };
+    let msg = if PROTOCOLS.contains(&driver) || driver == "blkdebug" {
+        format!("Block protocol '{driver}' doesn't support the option '{option}'")
+    } else {
+        format!("Block format '{driver}' does not support the option '{option}'")
+    };
+    Error::generic(msg)
 }
 
 #[cfg(test)]

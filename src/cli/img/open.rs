@@ -155,12 +155,8 @@ impl Tool {
             node_name: format!("img{n}"),
             ..OpenSpec::default()
         };
-        let opts = spec
-            .blockdev_options()
-            .map_err(|e| format!("Could not open '{path}': {e}"))?;
-        let node = self
-            .engine
-            .blockdev_add(opts)
+        let node = spec
+            .add_to(&self.engine)
             .await
             .map_err(|e| format!("Could not open '{path}': {e}"))?;
         let mut bo = BackendOptions::tool(read_only);
