@@ -310,10 +310,9 @@ impl BlockDriver for Blkdebug {
 
     fn filename(&self) -> String {
         let image = self.image.node().driver().filename();
-        match &self.config {
-            Some(config) => format!("blkdebug:{config}:{image}"),
-            None => image,
-        }
+        // QEMU's form, an empty config when there is none ("blkdebug::IMAGE").
+        let config = self.config.as_deref().unwrap_or("");
+        format!("blkdebug:{config}:{image}")
     }
 
     fn specific_info(&self) -> Value {
