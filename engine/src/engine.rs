@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::graph::{GraphCtx, Node, open_node, unref};
 use crate::job::JobRegistry;
+use crate::object::ObjectRegistry;
 use crate::util::Options;
 
 mod block_jobs;
@@ -34,6 +35,7 @@ pub struct Engine {
     jobs: Rc<JobRegistry>,
     machine: Rc<Machine>,
     backends: RefCell<BTreeMap<String, Rc<BlockBackend>>>,
+    objects: ObjectRegistry,
 }
 
 impl Engine {
@@ -47,6 +49,7 @@ impl Engine {
             ctx,
             machine,
             backends: RefCell::new(BTreeMap::new()),
+            objects: ObjectRegistry::default(),
         }
     }
 
@@ -63,6 +66,16 @@ impl Engine {
     /// The machine run state.
     pub fn machine(&self) -> &Rc<Machine> {
         &self.machine
+    }
+
+    /// The user-created objects (secrets).
+    pub fn objects(&self) -> &ObjectRegistry {
+        &self.objects
+    }
+
+    /// `object-add`: create a user object (`--object`) from its arguments.
+    pub async fn object_add(&self, args: Value) -> Result<()> {
+        self.objects.add(self.ctx.env(), args).await
     }
 
     /// Take every QMP event emitted so far.

@@ -38,9 +38,11 @@ pub mod engine;
 pub mod event;
 pub mod graph;
 pub mod job;
+pub mod object;
 pub mod qmp;
 pub mod request;
 pub mod types;
 
 pub use engine::Engine;
+pub mod filename;
 pub mod qemu_io;

@@ -15,7 +15,8 @@ use std::rc::Rc;
 use engine::Engine;
 use engine::drivers::qcow2::{CheckReport, Repair, check_node};
 use engine::env::real::RealEnv;
-use serde_json::json;
+use engine::filename::{image_options, probe_target};
+use engine::qemu_io::OpenSpec;
 
 const USAGE: &str = "\
 Usage: blk check [-f FMT] [--output=human|json] [-r leaks|all] [-q] FILE
@@ -33,10 +34,15 @@ struct Args {
     repair: Option<Repair>,
     quiet: bool,
     file: String,
+    /// `--image-opts`: `file` is an option string.
+    image_opts: bool,
+    /// `--object` arguments.
+    objects: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args, i32> {
     let (mut format, mut json, mut repair, mut quiet, mut file) = (None, false, None, false, None);
+    let (mut image_opts, mut objects) = (false, Vec::new());
     let mut i = 0;
     let bad = |msg: String| {
         eprintln!("qemu-img: {msg}");
@@ -66,6 +72,8 @@ fn parse(args: &[String]) -> Result<Args, i32> {
                 return Err(0);
             }
             "-q" | "--quiet" => quiet = true,
+            "--image-opts" => image_opts = true,
+            _ if a.starts_with("--object") => objects.push(value("--object")?),
             _ if a.starts_with("-f") || a.starts_with("--format") => {
                 format = Some(value(if a.starts_with("-f") {
                     "-f"
@@ -113,12 +121,18 @@ fn parse(args: &[String]) -> Result<Args, i32> {
     let Some(file) = file else {
         return bad("Expecting one image file name".into());
     };
+    if image_opts && format.is_some() {
+        eprintln!("qemu-img: --image-opts and --format are mutually exclusive");
+        return Err(1);
+    }
     Ok(Args {
         format,
         json,
         repair,
         quiet,
         file,
+        image_opts,
+        objects,
     })
 }
 
@@ -189,13 +203,24 @@ pub fn run_check(args: &[String]) -> i32 {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let format = a
-        .format
-        .clone()
-        .unwrap_or_else(|| if is_qcow2(&a.file) { "qcow2" } else { "raw" }.to_string());
-    if !std::path::Path::new(&a.file).exists() {
+    let named = match image_options(&a.file, a.format.as_deref(), a.image_opts) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("qemu-img: Could not open '{}': {e}", a.file);
+            return 1;
+        }
+    };
+    let host = probe_target(&named);
+    let format = match named.get("driver").and_then(|d| d.as_str()) {
+        Some(d) => d.to_string(),
+        None if host.as_deref().is_some_and(is_qcow2) => "qcow2".to_string(),
+        None => "raw".to_string(),
+    };
+    if let Some(h) = &host
+        && !std::path::Path::new(h).exists()
+    {
         eprintln!(
-            "qemu-img: Could not open '{0}': Could not open '{0}': No such file or directory",
+            "qemu-img: Could not open '{}': Could not open '{h}': No such file or directory",
             a.file
         );
         return 1;
@@ -206,11 +231,25 @@ pub fn run_check(args: &[String]) -> i32 {
     }
     let env = RealEnv::new();
     let engine = Rc::new(Engine::new(env.clone()));
-    let opts = json!({"driver": "qcow2", "node-name": "check",
-                      "read-only": a.repair.is_none(), "x-check": true,
-                      "file": {"driver": "file", "filename": a.file}});
+    if let Err(e) = env.block_on(crate::cli::img::add_objects(&engine, &a.objects)) {
+        eprintln!("qemu-img: {e}");
+        let _ = env.block_on(engine.shutdown());
+        return 1;
+    }
+    let spec = OpenSpec {
+        filename: Some(a.file.clone()),
+        format: Some(format),
+        image_opts: a.image_opts,
+        // check -r never discards guest data: no request reaches the file as a discard.
+        discard_unmap: false,
+        read_only: a.repair.is_none(),
+        // The repair may write to an image marked corrupt (x-check).
+        options: Some("x-check=on".into()),
+        node_name: "check".into(),
+        ..OpenSpec::default()
+    };
     let result = env.block_on(async {
-        let node = engine.blockdev_add(opts).await.map_err(Err)?;
+        let node = spec.add_to(&engine).await.map_err(Err)?;
         check_node(&node, a.repair).await.map_err(Ok)
     });
     let _ = env.block_on(engine.shutdown());

@@ -71,6 +71,8 @@ struct Args {
     spec: OpenSpec,
     quiet: bool,
     timing: Timing,
+    /// `--object` arguments, created before the image is opened.
+    objects: Vec<String>,
 }
 
 enum Parsed {
@@ -166,7 +168,13 @@ fn parse_args(args: &[String]) -> Parsed {
             's' => return fail("-s (snapshot) is not supported by blk"),
             'C' => return fail("-C (copy-on-read) is not supported by blk"),
             'T' => return fail("-T (trace) is not supported by blk"),
-            'O' => return fail("--object is not supported by blk"),
+            'O' => {
+                if let Some(text) = crate::cli::img::object_help(&v) {
+                    print!("{text}");
+                    return Parsed::Exit(0);
+                }
+                a.objects.push(v)
+            }
             _ => unreachable!("option {c} is in the option table"),
         }
     }
@@ -200,6 +208,12 @@ pub fn run_io(args: &[String]) -> i32 {
     };
     let mut session = Session::new(engine.clone(), Rc::new(StdioSink), cfg);
     let mut code = 0;
+    if let Err(e) = env.block_on(crate::cli::img::add_objects(&engine, &a.objects)) {
+        eprintln!("qemu-io: {e}");
+        let _ = env.block_on(engine.shutdown());
+        env.shutdown();
+        return 1;
+    }
     if let Some(file) = &a.file {
         let spec = OpenSpec {
             filename: Some(file.clone()),

@@ -149,7 +149,7 @@ impl Session {
     /// Open an image and attach the session's device to it. Prints nothing: the caller
     /// reports errors in its own words ("can't open device ...").
     pub async fn open(&mut self, spec: &OpenSpec) -> Result<()> {
-        let node = self.engine.blockdev_add(spec.blockdev_options()?).await?;
+        let node = spec.add_to(&self.engine).await?;
         let name = node.name().to_string();
         let mut opts = BackendOptions::tool(spec.read_only);
         if spec.force_share {

@@ -4,7 +4,12 @@
 
 use serde_json::{Map, Value, json};
 
+use std::rc::Rc;
+
+use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::filename::image_options;
+use crate::graph::Node;
 use crate::util::Options;
 
 /// QEMU's cache modes (`-t`), as (direct, no-flush, write cache) triples.
@@ -69,7 +74,7 @@ const PROTOCOLS: [&str; 4] = ["file", "host_device", "null-co", "null-aio"];
 pub struct OpenSpec {
     /// The file name, or with `image_opts` a `key=value,...` option string.
     pub filename: Option<String>,
-    /// `-f FMT`; without it the image is opened as raw (there is no format probing yet).
+    /// `-f FMT` (or the probed format); without it the image is opened as raw.
     pub format: Option<String>,
     /// `--image-opts`: `filename` is an option string.
     pub image_opts: bool,
@@ -136,29 +141,36 @@ impl OpenSpec {
         );
     }
 
-    fn protocol_node(&self, driver: &str, filename: Option<&str>) -> Value {
-        let mut obj = Map::new();
-        obj.insert("driver".into(), json!(driver));
-        if driver == "file" || driver == "host_device" {
-            if let Some(f) = filename {
-                obj.insert("filename".into(), json!(f));
-            }
-            if let Some(aio) = &self.aio {
-                obj.insert("aio".into(), json!(aio));
+    /// The generic options for a node given inline and its inline `file`/`image` children, and
+    /// `-i`/`-k`'s `aio` for host files.
+    fn inherit(&self, node: &mut Map<String, Value>) {
+        if let Some(aio) = &self.aio
+            && matches!(
+                node.get("driver").and_then(Value::as_str),
+                Some("file" | "host_device")
+            )
+        {
+            default_key(node, "aio", json!(aio));
+        }
+        self.common(node);
+        for child in ["file", "image"] {
+            if let Some(Value::Object(c)) = node.get_mut(child) {
+                // A child given by file name alone is a host file (blk's only protocol).
+                if c.contains_key("filename") {
+                    default_key(c, "driver", json!("file"));
+                }
+                self.inherit(c);
             }
         }
-        self.common(&mut obj);
-        Value::Object(obj)
     }
 
-    /// The `blockdev-add` options for this image.
+    /// The `blockdev-add` options for this image (the name translated by
+    /// [`crate::filename::image_options`]). Without `-f` or a driver in the name the image is
+    /// opened as raw: callers probe the format first and set `format`.
     pub fn blockdev_options(&self) -> Result<Value> {
-        let mut top = match (&self.filename, self.image_opts) {
-            (Some(text), true) => match Options::from_keyval(text)?.into_value() {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            },
-            _ => Map::new(),
+        let mut top = match &self.filename {
+            Some(name) => image_options(name, self.format.as_deref(), self.image_opts)?,
+            None => Map::new(),
         };
         let extra = self
             .options
@@ -170,45 +182,63 @@ impl OpenSpec {
                 top.insert(k, v);
             }
         }
-        if !self.image_opts {
-            let driver = match (&self.format, top.get("driver")) {
-                (Some(f), _) => f.clone(),
-                (None, Some(Value::String(d))) => d.clone(),
-                _ => "raw".to_string(),
-            };
-            top.insert("driver".into(), json!(driver));
-            let path = self.filename.as_deref();
-            if PROTOCOLS.contains(&driver.as_str()) {
-                if let Value::Object(m) = self.protocol_node(&driver, path) {
-                    for (k, v) in m {
-                        top.entry(k).or_insert(v);
-                    }
-                }
-            } else if !top.contains_key("file") {
-                let Some(path) = path else {
-                    return Err(Error::generic(format!(
-                        "A block device must be specified for \"{}\"",
-                        "file"
-                    )));
-                };
-                top.insert("file".into(), self.protocol_node("file", Some(path)));
-            }
-        }
-        if !top.contains_key("driver") {
-            return Err(Error::generic("Parameter 'driver' is missing"));
-        }
-        // Children given inline inherit the generic options, as in QEMU.
-        if let Some(Value::Object(file)) = top.get_mut("file") {
-            // QEMU picks the protocol from a bare file name; blk knows only host files.
-            if file.contains_key("filename") {
-                default_key(file, "driver", json!("file"));
-            }
-            self.common(file);
+        default_key(&mut top, "driver", json!("raw"));
+        let driver = top["driver"].as_str().unwrap_or_default().to_string();
+        if !PROTOCOLS.contains(&driver.as_str())
+            && driver != "blkdebug"
+            && !top.contains_key("file")
+        {
+            return Err(Error::generic(
+                "A block device must be specified for \"file\"",
+            ));
         }
         default_key(&mut top, "node-name", json!(self.node_name));
-        self.common(&mut top);
+        self.inherit(&mut top);
         Ok(Value::Object(top))
     }
+}
+
+impl OpenSpec {
+    /// `blockdev-add` this image; an option no driver took is reported as QEMU reports options
+    /// given with an image name (naming the node's driver) rather than as QMP does.
+    pub async fn add_to(&self, engine: &Engine) -> Result<Rc<Node>> {
+        let opts = self.blockdev_options()?;
+        engine
+            .blockdev_add(opts.clone())
+            .await
+            .map_err(|e| unsupported_option(&opts, e))
+    }
+}
+
+/// "Parameter 'file.x' is unexpected" as "Block protocol 'file' doesn't support the option
+/// 'x'" (or "Block format 'qcow2' does not support ..."), when `file` is a node in `opts`.
+fn unsupported_option(opts: &Value, e: Error) -> Error {
+    let Some(key) = e
+        .message()
+        .strip_prefix("Parameter '")
+        .and_then(|m| m.strip_suffix("' is unexpected"))
+    else {
+        return e;
+    };
+    let (path, option) = match key.rsplit_once('.') {
+        Some((p, o)) => (Some(p), o),
+        None => (None, key),
+    };
+    let mut node = opts;
+    for seg in path.into_iter().flat_map(|p| p.split('.')) {
+        node = &node[seg];
+    }
+    let driver = match (node.get("driver"), node.get("filename")) {
+        (Some(Value::String(d)), _) => d.as_str(),
+        (None, Some(_)) => "file",
+        _ => return e,
+    };
+    let msg = if PROTOCOLS.contains(&driver) || driver == "blkdebug" {
+        format!("Block protocol '{driver}' doesn't support the option '{option}'")
+    } else {
+        format!("Block format '{driver}' does not support the option '{option}'")
+    };
+    Error::generic(msg)
 }
 
 #[cfg(test)]

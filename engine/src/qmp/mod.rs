@@ -17,6 +17,8 @@ pub const COMMANDS: &[&str] = &[
     "query-commands",
     "blockdev-add",
     "blockdev-del",
+    "object-add",
+    "object-del",
     "query-named-block-nodes",
     "query-block",
     "query-blockstats",
@@ -100,6 +102,16 @@ async fn run(engine: &Engine, name: &str, mut args: Options) -> Result<Value> {
         "query-commands" => Value::Array(COMMANDS.iter().map(|c| json!({"name": c})).collect()),
         "blockdev-add" => {
             engine.blockdev_add(args.into_value()).await?;
+            return Ok(json!({}));
+        }
+        "object-add" => {
+            engine.object_add(args.into_value()).await?;
+            return Ok(json!({}));
+        }
+        "object-del" => {
+            let id = args.require_str("id")?;
+            args.finish()?;
+            engine.objects().remove(&id)?;
             return Ok(json!({}));
         }
         "blockdev-del" => {

@@ -62,6 +62,20 @@ impl Options {
         })
     }
 
+    /// `from_keyval` where a bare first item (no `=`) is the value of `implied` (QEMU's
+    /// "implied key": `secret,id=x` is `qom-type=secret,id=x`).
+    pub fn from_keyval_implied(text: &str, implied: &str) -> Result<Options> {
+        let bare = text
+            .split(',')
+            .next()
+            .is_some_and(|f| !f.is_empty() && !f.contains('='));
+        if bare {
+            Options::from_keyval(&format!("{implied}={text}"))
+        } else {
+            Options::from_keyval(text)
+        }
+    }
+
     fn full(&self, key: &str) -> String {
         format!("{}{}", self.prefix, key)
     }

@@ -245,6 +245,8 @@ pub fn run(args: &[String]) -> i32 {
                 .await
                 .map_err(|e| format!("{dst_path}: error while converting {out_fmt}: {e}"))?;
         }
+        // --image-opts names the sources only; the target is a file name.
+        tool.image_opts.set(false);
         let dst = tool.open(dst_path, Some(&out_fmt), false, false).await?;
         if dst.len() < src.len() {
             return Err(format!(

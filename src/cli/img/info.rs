@@ -50,36 +50,94 @@ pub(crate) fn read_qcow2_header(path: &str) -> Result<Header, String> {
     Header::parse(&buf, len).map_err(|e| e.to_string())
 }
 
+/// The host file under `node`: itself for the file driver, else through its `file`/`image`
+/// children (a blkdebug filter between a format and its file).
+fn host_path(node: &Rc<Node>) -> Option<String> {
+    if matches!(node.driver_name(), "file" | "host_device") {
+        return Some(node.driver().filename());
+    }
+    let child = node.child("file").or_else(|| node.child("image"))?;
+    host_path(&child.child_node())
+}
+
+/// The host allocation under `node` (QEMU's `actual-size`): a host file's, or a format's file's;
+/// filters (blkdebug) report none.
+fn actual_size(node: &Rc<Node>) -> Option<u64> {
+    match node.driver_name() {
+        "file" | "host_device" => allocated_bytes(&node.driver().filename()),
+        "qcow2" | "raw" => actual_size(&node.child("file")?.child_node()),
+        _ => None,
+    }
+}
+
+/// The info object of a node that is not a format: a host file, or a filter with its children.
+fn other_info(node: &Rc<Node>) -> Result<Value, String> {
+    let filename = node.driver().filename();
+    let mut m = Map::new();
+    let host = matches!(node.driver_name(), "file" | "host_device");
+    let children = if host {
+        Vec::new()
+    } else {
+        child_infos(node, &[])?
+    };
+    m.insert("children".into(), Value::Array(children));
+    let len = if host {
+        file_length(&filename).unwrap_or(0)
+    } else {
+        node.len()
+    };
+    m.insert("virtual-size".into(), json!(len));
+    m.insert("filename".into(), json!(filename));
+    m.insert("format".into(), json!(node.driver_name()));
+    if let Some(a) = actual_size(node) {
+        m.insert("actual-size".into(), json!(a));
+    }
+    if host {
+        m.insert(
+            "format-specific".into(),
+            json!({"type": "file", "data": {}}),
+        );
+    }
+    m.insert("dirty-flag".into(), json!(false));
+    Ok(Value::Object(m))
+}
+
+/// `{name, info}` of each child of `node` but the backing file and those in `skip`.
+fn child_infos(node: &Rc<Node>, skip: &[&str]) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    for edge in node.children() {
+        let name = edge.name().to_string();
+        if name == "backing" || skip.contains(&name.as_str()) {
+            continue;
+        }
+        let info = node_info(&edge.child_node())?;
+        out.push(json!({"name": name, "info": info}));
+    }
+    Ok(out)
+}
+
+/// Any node's info object.
+fn node_info(node: &Rc<Node>) -> Result<Value, String> {
+    match node.driver_name() {
+        "qcow2" | "raw" => image_info(node),
+        _ => other_info(node),
+    }
+}
+
 /// One image's info object, in qemu-img's field order.
 fn image_info(node: &Rc<Node>) -> Result<Value, String> {
     let filename = node.driver().filename();
     let format = node.driver_name().to_string();
-    let actual = allocated_bytes(&filename);
-    let mut file = Map::new();
-    file.insert("children".into(), json!([]));
-    file.insert(
-        "virtual-size".into(),
-        json!(file_length(&filename).unwrap_or(0)),
-    );
-    file.insert("filename".into(), json!(filename));
-    file.insert("format".into(), json!("file"));
-    if let Some(a) = actual {
-        file.insert("actual-size".into(), json!(a));
-    }
-    file.insert(
-        "format-specific".into(),
-        json!({"type": "file", "data": {}}),
-    );
-    file.insert("dirty-flag".into(), json!(false));
+    let actual = actual_size(node);
+    let file = match node.child("file") {
+        Some(edge) => node_info(&edge.child_node())?,
+        None => Value::Null,
+    };
     let mut m = Map::new();
-    m.insert(
-        "children".into(),
-        json!([{"name": "file", "info": Value::Object(file)}]),
-    );
-    let header = if format == "qcow2" {
-        Some(read_qcow2_header(&filename)?)
-    } else {
-        None
+    m.insert("children".into(), json!([{"name": "file", "info": file}]));
+    let header = match (format.as_str(), host_path(node)) {
+        ("qcow2", Some(host)) => Some(read_qcow2_header(&host)?),
+        _ => None,
     };
     let backing = node.backing().map(|e| e.child_node().driver().filename());
     if let Some(f) = header.as_ref().and_then(|h| h.backing_fmt.clone()) {
@@ -165,8 +223,9 @@ fn human(info: &Value) -> String {
     s += &format!("file format: {}\n", info["format"].as_str().unwrap_or(""));
     let vs = size(&info["virtual-size"]);
     s += &format!("virtual size: {} ({vs} bytes)\n", size_to_str(vs));
-    if let Some(a) = info["actual-size"].as_u64() {
-        s += &format!("disk size: {}\n", size_to_str(a));
+    match info["actual-size"].as_u64() {
+        Some(a) => s += &format!("disk size: {}\n", size_to_str(a)),
+        None => s += "disk size: unavailable\n",
     }
     if let Some(cs) = info["cluster-size"].as_u64() {
         s += &format!("cluster_size: {cs}\n");
@@ -184,27 +243,45 @@ fn human(info: &Value) -> String {
     if let Some(f) = info["backing-filename-format"].as_str() {
         s += &format!("backing file format: {f}\n");
     }
-    if let Some(Value::Object(data)) = info["format-specific"].get("data") {
+    if let Some(Value::Object(data)) = info["format-specific"].get("data")
+        && !data.is_empty()
+    {
         s += "Format specific information:\n";
         for (k, v) in data {
             s += &format!("    {}: {}\n", k.replace('-', " "), human_bool(v));
         }
     }
+    children_human(info, "", 1, &mut s);
+    s
+}
+
+/// The `Child node '/PATH':` sections of `info`'s children, indented `depth` levels: host
+/// files in qemu-img's protocol layout, other nodes in the image layout.
+fn children_human(info: &Value, path: &str, depth: usize, s: &mut String) {
+    let pad = "    ".repeat(depth);
+    let size = |v: &Value| v.as_u64().unwrap_or(0);
     for child in info["children"].as_array().into_iter().flatten() {
         let c = &child["info"];
-        s += &format!("Child node '/{}':\n", child["name"].as_str().unwrap_or(""));
-        s += &format!("    filename: {}\n", c["filename"].as_str().unwrap_or(""));
-        s += &format!(
-            "    protocol type: {}\n",
-            c["format"].as_str().unwrap_or("")
-        );
+        let path = format!("{path}/{}", child["name"].as_str().unwrap_or(""));
+        *s += &format!("{}Child node '{path}':\n", "    ".repeat(depth - 1));
+        let disk = match c["actual-size"].as_u64() {
+            Some(a) => size_to_str(a),
+            None => "unavailable".to_string(),
+        };
         let len = size(&c["virtual-size"]);
-        s += &format!("    file length: {} ({len} bytes)\n", size_to_str(len));
-        if let Some(a) = c["actual-size"].as_u64() {
-            s += &format!("    disk size: {}\n", size_to_str(a));
+        if c["format"] == "file" {
+            *s += &format!("{pad}filename: {}\n", c["filename"].as_str().unwrap_or(""));
+            *s += &format!("{pad}protocol type: file\n");
+            *s += &format!("{pad}file length: {} ({len} bytes)\n", size_to_str(len));
+            *s += &format!("{pad}disk size: {disk}\n");
+        } else {
+            *s += &format!("{pad}image: {}\n", c["filename"].as_str().unwrap_or(""));
+            *s += &format!("{pad}file format: {}\n", c["format"].as_str().unwrap_or(""));
+            *s += &format!("{pad}virtual size: {} ({len} bytes)\n", size_to_str(len));
+            *s += &format!("{pad}disk size: {disk}\n");
         }
+        children_human(c, &path, depth + 1, s);
     }
-    s
 }
 
 /// Entry point of `blk info`.
@@ -243,7 +320,7 @@ pub fn run(args: &[String]) -> i32 {
             let mut infos = Vec::new();
             let mut node = Some(img.node.clone());
             while let Some(n) = node {
-                infos.push(image_info(&n)?);
+                infos.push(node_info(&n)?);
                 if !chain {
                     break;
                 }

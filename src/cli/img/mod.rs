@@ -15,6 +15,9 @@ mod human;
 mod info;
 mod map;
 mod open;
+mod open_args;
+
+pub(crate) use open_args::{add_objects, help_text as object_help};
 mod progress;
 mod rebase;
 mod resize;
@@ -43,6 +46,8 @@ pub(crate) fn fail(msg: impl std::fmt::Display) -> i32 {
 pub(crate) use super::getopt::{LongOpt, Split, split};
 
 /// `split`, reporting a bad option as qemu-img does (message and a hint, exit status 1).
+/// `--object` and `--image-opts` are recognised here for every subcommand and kept for its
+/// `Tool` (see `open_args`).
 pub(crate) fn split_or_fail(
     args: &[String],
     short: &str,
@@ -53,10 +58,14 @@ pub(crate) fn split_or_fail(
         println!("{usage}");
         return Err(0);
     }
-    split(args, short, long).map_err(|msg| {
+    let mut all = long.to_vec();
+    all.extend([open_args::OBJECT, open_args::IMAGE_OPTS]);
+    let (mut opts, operands) = split(args, short, &all).map_err(|msg| {
         eprintln!("qemu-img: {msg}\nTry 'blk --help' for more information");
         1
-    })
+    })?;
+    open_args::take(&mut opts)?;
+    Ok((opts, operands))
 }
 
 /// `--output=human|json`.

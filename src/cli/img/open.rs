@@ -1,12 +1,13 @@
 //! What every image tool shares: a real-file engine session, format probing, opening an image
 //! behind a BlockBackend, and error texts in qemu-img's words.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use engine::Engine;
 use engine::backend::{BackendOptions, BlockBackend};
 use engine::env::real::RealEnv;
+use engine::filename::{image_options, probe_target};
 use engine::graph::{Child, Node};
 use engine::qemu_io::OpenSpec;
 use engine::types::Perms;
@@ -19,6 +20,11 @@ pub(crate) struct Tool {
     pub env: Rc<RealEnv>,
     pub engine: Rc<Engine>,
     next: Cell<u32>,
+    /// `--image-opts`: `open` reads names as option strings (convert clears it before opening
+    /// its target).
+    pub image_opts: Cell<bool>,
+    /// The first `--object` that could not be created: every `open` fails with it.
+    object_error: RefCell<Option<String>>,
 }
 
 /// An open image: its BlockBackend and top node.
@@ -82,11 +88,20 @@ impl Tool {
     pub fn new() -> Tool {
         let env = RealEnv::new();
         let engine = Rc::new(Engine::new(env.clone()));
-        Tool {
+        let args = super::open_args::pending();
+        let tool = Tool {
             env,
             engine,
             next: Cell::new(0),
+            image_opts: Cell::new(args.image_opts),
+            object_error: RefCell::new(None),
+        };
+        // Validated already by `split_or_fail`; kept as the first `open`'s error should the
+        // second creation fail (a secret file changed in between).
+        if let Err(e) = tool.block_on(super::open_args::add_objects(&tool.engine, &args.objects)) {
+            *tool.object_error.borrow_mut() = Some(e);
         }
+        tool
     }
 
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
@@ -102,30 +117,46 @@ impl Tool {
         read_only: bool,
         force_share: bool,
     ) -> Result<Image, String> {
-        let format = match fmt {
-            Some(f) => {
-                check_format(f)
-                    .map_err(|_| format!("Could not open '{path}': Unknown driver '{f}'"))?;
-                f.to_string()
-            }
-            None => probe_format(path)?,
+        if let Some(e) = self.object_error.borrow().clone() {
+            return Err(e);
+        }
+        let image_opts = self.image_opts.get();
+        if image_opts && fmt.is_some() {
+            return Err(super::open_args::FORMAT_CONFLICT.into());
+        }
+        if let Some(f) = fmt {
+            check_format(f)
+                .map_err(|_| format!("Could not open '{path}': Unknown driver '{f}'"))?;
+        }
+        let named = image_options(path, fmt, image_opts)
+            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+        let format = match named.get("driver").and_then(|d| d.as_str()) {
+            Some(d) => d.to_string(),
+            None => match probe_target(&named) {
+                // The error names the image as the user named it, then the host file.
+                Some(host) => probe_format(&host).map_err(|e| {
+                    e.replacen(
+                        &format!("Could not open '{host}'"),
+                        &format!("Could not open '{path}'"),
+                        1,
+                    )
+                })?,
+                None => "raw".to_string(),
+            },
         };
         let n = self.next.get();
         self.next.set(n + 1);
         let spec = OpenSpec {
             filename: Some(path.to_string()),
             format: Some(format.clone()),
+            image_opts,
             read_only,
             force_share: force_share && read_only,
             node_name: format!("img{n}"),
             ..OpenSpec::default()
         };
-        let opts = spec
-            .blockdev_options()
-            .map_err(|e| format!("Could not open '{path}': {e}"))?;
-        let node = self
-            .engine
-            .blockdev_add(opts)
+        let node = spec
+            .add_to(&self.engine)
             .await
             .map_err(|e| format!("Could not open '{path}': {e}"))?;
         let mut bo = BackendOptions::tool(read_only);

@@ -17,7 +17,8 @@ use super::rules::Rule;
 
 /// Read the whole file at `path` as text.
 async fn read_text(env: &Rc<dyn Env>, path: &str) -> Result<String> {
-    let what = || format!("Could not read blkdebug config file '{path}'");
+    // QEMU's wording names no path (the file name is in the caller's "Could not open").
+    let what = || "Could not read blkdebug config file".to_string();
     let file = env
         .fs()
         .open(path, OpenOptions::default())

@@ -65,11 +65,9 @@ fn parse_legacy_filename(name: &str) -> Result<(Option<String>, String)> {
             "File name string must start with 'blkdebug:' (got '{name}')"
         ))
     })?;
-    let (config, image) = rest.split_once(':').ok_or_else(|| {
-        Error::generic(format!(
-            "Could not parse blkdebug file name '{name}' (expected blkdebug:CONFIG:IMAGE)"
-        ))
-    })?;
+    let (config, image) = rest
+        .split_once(':')
+        .ok_or_else(|| Error::generic("blkdebug requires both config file and image path"))?;
     let config = (!config.is_empty()).then(|| config.to_string());
     Ok((config, image.to_string()))
 }
@@ -312,10 +310,9 @@ impl BlockDriver for Blkdebug {
 
     fn filename(&self) -> String {
         let image = self.image.node().driver().filename();
-        match &self.config {
-            Some(config) => format!("blkdebug:{config}:{image}"),
-            None => image,
-        }
+        // QEMU's form, an empty config when there is none ("blkdebug::IMAGE").
+        let config = self.config.as_deref().unwrap_or("");
+        format!("blkdebug:{config}:{image}")
     }
 
     fn specific_info(&self) -> Value {

@@ -18,6 +18,8 @@ pub struct TableCache {
     slots: RefCell<Vec<Slot>>,
     capacity: usize,
     tick: Cell<u64>,
+    /// The tick of the last `drop_unused` round.
+    cleaned_at: Cell<u64>,
 }
 
 impl TableCache {
@@ -27,6 +29,7 @@ impl TableCache {
             slots: RefCell::new(Vec::new()),
             capacity: capacity.max(1),
             tick: Cell::new(0),
+            cleaned_at: Cell::new(0),
         }
     }
 
@@ -93,6 +96,19 @@ impl TableCache {
             .collect();
         v.sort_by_key(|(o, _)| *o);
         v
+    }
+
+    /// Drop the clean tables not used since the previous call (`cache-clean-interval`).
+    pub fn drop_unused(&self) {
+        let since = self.cleaned_at.replace(self.tick.get());
+        self.slots
+            .borrow_mut()
+            .retain(|s| s.dirty || s.used > since);
+    }
+
+    /// The number of tables cached.
+    pub fn len(&self) -> usize {
+        self.slots.borrow().len()
     }
 
     /// Forget every table (dirty or not).

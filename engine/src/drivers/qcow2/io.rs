@@ -305,24 +305,25 @@ impl Qcow2 {
         for (i, old) in olds.iter().enumerate() {
             self.set_l2_entry(gc + i as u64, (host + i as u64 * cs) | COPIED)
                 .await?;
-            self.release(*old)?;
+            self.release(*old, self.runtime.pass_discard_other)?;
         }
         Ok(())
     }
 
     /// Queue whatever host space the old entry `old` referenced for freeing (nothing for
-    /// clusters of an external data file: they are not refcounted).
-    fn release(&self, old: u64) -> Result<()> {
+    /// clusters of an external data file: they are not refcounted); `discard`: clusters that
+    /// become free are discarded in the file (the `pass-discard-*` option of the cause).
+    fn release(&self, old: u64, discard: bool) -> Result<()> {
         let kind = self.classify(old)?;
         if self.has_data_file() {
             return Ok(());
         }
         match kind {
             Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => {
-                self.free_later(host, self.cs())
+                self.free_later(host, self.cs(), discard)
             }
             Kind::Compressed { offset, len } => {
-                self.free_later(offset & !511, len + (offset & 511))
+                self.free_later(offset & !511, len + (offset & 511), discard)
             }
             _ => {}
         }
@@ -388,7 +389,7 @@ impl Qcow2 {
                 let new = match kind {
                     Kind::Normal { host, copied: true } if !unmap => host | COPIED | ZERO,
                     _ => {
-                        self.release(old)?;
+                        self.release(old, self.runtime.pass_discard_request)?;
                         ZERO
                     }
                 };
@@ -463,7 +464,7 @@ impl Qcow2 {
                 continue;
             }
             self.kind_at(gc).await?;
-            self.release(old)?;
+            self.release(old, self.runtime.pass_discard_request)?;
             self.set_l2_entry(gc, new).await?;
         }
         Ok(())

@@ -27,12 +27,14 @@ mod backing;
 mod cache;
 mod check;
 mod check_walk;
+mod clean;
 mod cluster;
 mod compress;
 mod create;
 mod header;
 mod io;
 mod lock;
+mod options;
 mod overlap;
 mod refcount;
 mod repair;
@@ -53,6 +55,7 @@ use crate::types::ChildRole;
 use crate::util::Options;
 
 pub use check::{CheckReport, Repair, check_node};
+pub use clean::cached_tables;
 pub use create::{Compat, CreateOptions, create};
 pub use header::{Header, RawExtension};
 
@@ -76,9 +79,6 @@ pub(crate) const COMPRESSED: u64 = 1 << 62;
 pub(crate) const ZERO: u64 = 1;
 /// Host offset bits of L1 and normal L2 entries.
 pub(crate) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-
-/// Default L2 cache: 1 MiB worth of tables (at least 8).
-const DEFAULT_L2_CACHE_BYTES: u64 = 1 << 20;
 
 /// The open image.
 pub(crate) struct Qcow2 {
@@ -108,8 +108,9 @@ pub(crate) struct Qcow2 {
     ranges: RangeLocks,
     /// First cluster index that may be free.
     free_hint: Cell<u64>,
-    /// Host ranges whose refcount is decremented once the freeing mapping change is durable.
-    pending_free: RefCell<Vec<(u64, u64)>>,
+    /// Host ranges whose refcount is decremented once the freeing mapping change is durable,
+    /// and whether what becomes free is discarded in the file.
+    pending_free: RefCell<Vec<(u64, u64, bool)>>,
     /// Switched by reopen (`reopen_commit`); `reopen_to` holds the staged value.
     read_only: Cell<bool>,
     reopen_to: Cell<Option<bool>>,
@@ -133,6 +134,10 @@ pub(crate) struct Qcow2 {
     /// Corruption was found and signalled as fatal while open: every write fails from now on,
     /// check mode or not.
     fatal_signaled: Cell<bool>,
+    /// The runtime open options (`options.rs`): discard pass-through, overlap checks.
+    runtime: options::OpenOpts,
+    /// The `cache-clean-interval` task, ended when the driver goes away.
+    _cleaner: Option<clean::Cleaner>,
 }
 
 pub(super) fn open(
@@ -145,8 +150,7 @@ pub(super) fn open(
             .ok_or_else(|| Error::generic("Parameter 'file' is missing"))?;
         let backing_opt = opts.take("backing");
         let data_opt = opts.take("data-file");
-        let l2_cache_bytes = opts.take_u64("l2-cache-size")?;
-        let rb_cache_bytes = opts.take_u64("refcount-cache-size")?;
+        let runtime = options::OpenOpts::take(&mut opts, ctx.options().discard_unmap)?;
         // blk's counterpart of QEMU's check open flag (qemu-img check): a corrupt image may
         // be opened read-write so that check can repair it; guest writes stay refused.
         let check_mode = opts.take_bool("x-check")?.unwrap_or(false);
@@ -177,6 +181,7 @@ pub(super) fn open(
             }
         }
         let h = Header::parse(&first, file_len)?;
+        runtime.check_version(h.version)?;
         if h.incompat & header::INCOMPAT_CORRUPT != 0 && !read_only && !check_mode {
             return Err(Error::generic(
                 "qcow2: Image is corrupt; cannot be opened read/write",
@@ -194,8 +199,7 @@ pub(super) fn open(
         // The backing child is found through the graph on every use (`Qcow2::backing`): jobs
         // change it.
         open_backing(&ctx, &file, &h, backing_opt).await?;
-        let l2_slots = l2_cache_bytes.unwrap_or(DEFAULT_L2_CACHE_BYTES.max(8 * cs)) / cs;
-        let rb_slots = rb_cache_bytes.unwrap_or(4 * cs.max(1 << 16)) / cs;
+        let (l2_slots, rb_slots) = runtime.cache_tables(cs, h.size);
         let q = Qcow2 {
             file,
             data_raw: data.is_some() && h.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0,
@@ -210,8 +214,8 @@ pub(super) fn open(
             l1: RefCell::new(l1),
             reftable_offset: Cell::new(h.reftable_offset),
             reftable: RefCell::new(reftable),
-            l2_cache: TableCache::new(l2_slots.clamp(2, 1 << 16) as usize),
-            rb_cache: TableCache::new(rb_slots.clamp(2, 1 << 16) as usize),
+            l2_cache: TableCache::new(l2_slots),
+            rb_cache: TableCache::new(rb_slots),
             meta: MetaLock::default(),
             ranges: RangeLocks::default(),
             free_hint: Cell::new(0),
@@ -221,7 +225,9 @@ pub(super) fn open(
             incompat: Cell::new(h.incompat),
             autoclear: Cell::new(h.autoclear),
             nb_snapshots: h.nb_snapshots,
-            lazy: h.version == 3 && h.compat & header::COMPAT_LAZY_REFCOUNTS != 0,
+            lazy: runtime
+                .lazy
+                .unwrap_or(h.version == 3 && h.compat & header::COMPAT_LAZY_REFCOUNTS != 0),
             fixups_pending: Cell::new(
                 !read_only
                     && (h.incompat & header::INCOMPAT_DIRTY != 0
@@ -231,6 +237,11 @@ pub(super) fn open(
             signaled_corruption: Cell::new(false),
             check_mode,
             fatal_signaled: Cell::new(false),
+            _cleaner: runtime
+                .clean_interval
+                .filter(|&secs| secs > 0)
+                .map(|secs| clean::start(ctx.env(), ctx.weak_node(), secs)),
+            runtime,
         };
         Ok(Box::new(q) as Box<dyn BlockDriver>)
     })

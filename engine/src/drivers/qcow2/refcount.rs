@@ -258,20 +258,27 @@ impl Qcow2 {
     }
 
     /// Queue `[host, host+len)` for a refcount decrement once the mapping change that freed it
-    /// is durable (applied by `flush_metadata`).
-    pub(crate) fn free_later(&self, host: u64, len: u64) {
-        self.pending_free.borrow_mut().push((host, len));
+    /// is durable (applied by `flush_metadata`); `discard`: discard what becomes free in the file.
+    pub(crate) fn free_later(&self, host: u64, len: u64, discard: bool) {
+        self.pending_free.borrow_mut().push((host, len, discard));
     }
 
     /// Apply the queued frees (the mappings that freed them are durable now).
     pub(crate) async fn apply_pending_frees(&self) -> Result<()> {
         let frees = std::mem::take(&mut *self.pending_free.borrow_mut());
-        for (host, len) in frees {
+        for (host, len, discard) in frees {
             self.file.debug_event(DebugEvent::ClusterFree).await;
             let first = host >> self.cluster_bits;
             let last = (host + len.max(1) - 1) >> self.cluster_bits;
             for c in first..=last {
                 self.update_refcount(c, -1).await?;
+                // Nothing refers to a cluster whose count reached zero (the mapping change is
+                // durable) and nothing can reuse it before this discard (metadata lock held).
+                if discard && self.refcount(c).await? == 0 {
+                    let cs = self.cs();
+                    // Best effort, as in QEMU: a failed discard leaves the data in place.
+                    let _ = self.file.discard(c * cs, cs).await;
+                }
             }
         }
         Ok(())

@@ -35,7 +35,8 @@ impl RealFs {
 
     /// `open`, returning the concrete type (tests reach the fallback switches through it).
     pub(super) fn open_file(&self, path: &str, opts: OpenOptions) -> Result<RealFile> {
-        let what = || format!("Could not open '{path}'");
+        // The error is the bare OS error: callers name the file in their own words (the file
+        // driver as QEMU does, "Could not open 'PATH': ...").
         // Creating or truncating a file without write access is meaningless (and refused by
         // std), so those imply write.
         let write = opts.write || opts.create || opts.create_new || opts.truncate;
@@ -49,11 +50,11 @@ impl RealFs {
             o.custom_flags(libc::O_DIRECT);
         }
         let file = o.open(path).map_err(|e| match e.raw_os_error() {
-            Some(code) => io_error(code).context(what()),
-            None => Error::invalid(format!("{}: {e}", what())),
+            Some(code) => io_error(code),
+            None => Error::invalid(e.to_string()),
         })?;
         if file.metadata().is_ok_and(|m| m.is_dir()) {
-            return Err(io_error(libc::EISDIR).context(what()));
+            return Err(io_error(libc::EISDIR));
         }
         let align = if opts.direct {
             sys::probe_direct_align(file.as_raw_fd())
