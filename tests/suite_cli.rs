@@ -12,6 +12,8 @@ mod cli_sim;
 mod img_errors;
 #[path = "img_interop.rs"]
 mod img_interop;
+#[path = "img_open.rs"]
+mod img_open;
 #[path = "interop_qemu_io.rs"]
 mod interop_qemu_io;
 #[path = "qemu_compat.rs"]

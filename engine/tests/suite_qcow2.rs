@@ -19,6 +19,8 @@ mod qcow2_datafile;
 mod qcow2_interop;
 #[path = "qcow2_lazy.rs"]
 mod qcow2_lazy;
+#[path = "qcow2_open_opts.rs"]
+mod qcow2_open_opts;
 #[path = "qcow2_overlap.rs"]
 mod qcow2_overlap;
 #[path = "qcow2_prealloc.rs"]

@@ -41,8 +41,12 @@ pub fn have_qemu() -> bool {
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
+    /// Unique per process and call: the test files share one binary, so two may pick the
+    /// same name.
     pub fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("blk-qcow2-{name}-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("blk-qcow2-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
