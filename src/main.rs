@@ -25,11 +25,32 @@ fn usage() -> ! {
     std::process::exit(1)
 }
 
+/// The tool blk is invoked as: the base name of argv[0] (busybox-style links `qemu-img` and
+/// `qemu-io` make blk a drop-in for those tools).
+fn invoked_as(argv0: &str) -> &str {
+    std::path::Path::new(argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("blk")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    match invoked_as(args.first().map(String::as_str).unwrap_or("blk")) {
+        "qemu-io" => std::process::exit(cli::io::run_io(&args[1..])),
+        "qemu-img" => {
+            let Some(cmd) = args.get(1) else { usage() };
+            std::process::exit(run_command(cmd, &args[2..]))
+        }
+        _ => {}
+    }
     let Some(cmd) = args.get(1) else { usage() };
-    let rest = &args[2..];
-    let code = match cmd.as_str() {
+    std::process::exit(run_command(cmd, &args[2..]))
+}
+
+/// `blk CMD ARGS...` (and `qemu-img CMD ARGS...` through a link).
+fn run_command(cmd: &str, rest: &[String]) -> i32 {
+    match cmd {
         "check" => cli::check::run_check(rest),
         "io" => cli::io::run_io(rest),
         "sim" => cli::sim::run_sim(rest),
@@ -41,6 +62,5 @@ fn main() {
             eprintln!("blk: unknown command '{other}'");
             usage()
         }
-    };
-    std::process::exit(code);
+    }
 }
