@@ -1,66 +1,116 @@
 //! `blk`: the command-line tool. Subcommands in the style of qemu-img, `blk io` in qemu-io's
-//! language, `blk sim` to replay scenarios on the deterministic simulator.
+//! language, `blk sim` to replay scenarios on the deterministic simulator. A multi-call binary:
+//! through a link named `qemu-img` or `qemu-io` it takes that tool's command line.
 
 mod cli;
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: blk <command> [args]\n\
-         \n\
-         commands:\n\
-         \x20 io      run qemu-io commands on an image (blk io -c 'write -P 0xab 0 64k' disk.img)\n\
-         \x20 sim     replay scenarios on the deterministic simulator (blk sim run scenarios)\n\
-         \x20 create  create an image (blk create -f qcow2 -o cluster_size=64k disk.qcow2 1G)\n\
-         \x20 info    show an image's format, sizes and backing chain (--output=json)\n\
-         \x20 map     show how an image's data is allocated (--output=json)\n\
-         \x20 compare compare two images' guest-visible contents\n\
-         \x20 convert copy an image into another format, sparse (-p for progress)\n\
-         \x20 resize  grow or (--shrink) shrink an image\n\
-         \x20 check   check an image's metadata, -r leaks|all to repair (--output=json)\n\
-         \x20 commit  commit an image's data into its backing file (-b base, -d keep, -p)\n\
-         \x20 rebase  change an image's backing file (-b new -F fmt; -u: header only)\n\
-         \n\
-         Run 'blk <command> --help' for a command's options."
-    );
-    std::process::exit(1)
+use cli::prog;
+
+/// The QEMU release whose tools blk stands in for (what `--version` claims compatibility with).
+const QEMU_LEVEL: &str = "10.0.2";
+
+/// The image subcommands blk has, with qemu-img's one-line descriptions.
+const COMMANDS: [(&str, &str); 9] = [
+    ("check", "Check basic image integrity"),
+    ("commit", "Commit image to its backing file"),
+    ("compare", "Check if two images have the same contents"),
+    (
+        "convert",
+        "Copy one image to another with optional format conversion",
+    ),
+    ("create", "Create and format new image file"),
+    ("info", "Display information about image"),
+    ("map", "Dump image metadata"),
+    ("rebase", "Change backing file of the image"),
+    ("resize", "Resize the image to the new size"),
+];
+
+/// `--version`: as qemu-img (the QEMU level first, so scripts that parse it keep working), or
+/// blk's own.
+fn version() -> String {
+    let blk = env!("CARGO_PKG_VERSION");
+    match prog::name() {
+        "blk" => format!("blk version {blk} (drop-in for qemu-img/qemu-io {QEMU_LEVEL})\n"),
+        name => format!("{name} version {QEMU_LEVEL} (blk {blk})\n"),
+    }
 }
 
-/// The tool blk is invoked as: the base name of argv[0] (busybox-style links `qemu-img` and
-/// `qemu-io` make blk a drop-in for those tools).
-fn invoked_as(argv0: &str) -> &str {
-    std::path::Path::new(argv0)
+/// `--help` of the image tool (as blk or as qemu-img).
+fn img_help() -> String {
+    let name = prog::name();
+    let mut s = version();
+    s.push_str(&format!(
+        "Disk image utility.  Usage:\n\n  {name} [standard options] COMMAND [--help | command options]\n\n\
+         Standard options:\n  -h, --help\n     display this help and exit\n  -V, --version\n     \
+         display version info and exit\n\n\
+         Recognized commands (run {name} COMMAND --help for command-specific help):\n\n"
+    ));
+    for (cmd, what) in COMMANDS {
+        s.push_str(&format!("  {cmd} - {what}\n"));
+    }
+    if name == "blk" {
+        s.push_str(
+            "  io - Run qemu-io commands on an image (blk io -c 'write -P 0xab 0 64k' disk.img)\n  \
+             sim - Replay, generate (swarm), shrink and crash-test scenarios on the simulator\n",
+        );
+    }
+    s.push_str("\nSupported image formats:\n\n  blkdebug file null-co qcow2 raw\n");
+    s
+}
+
+/// The base name blk was invoked as.
+fn invoked_as(argv0: &str) -> &'static str {
+    match std::path::Path::new(argv0)
         .file_name()
         .and_then(|n| n.to_str())
-        .unwrap_or("blk")
+    {
+        Some("qemu-img") => "qemu-img",
+        Some("qemu-io") => "qemu-io",
+        _ => "blk",
+    }
 }
 
 fn main() {
+    cli::stdout::exit_quietly_on_closed_stdout();
     let args: Vec<String> = std::env::args().collect();
-    match invoked_as(args.first().map(String::as_str).unwrap_or("blk")) {
-        "qemu-io" => std::process::exit(cli::io::run_io(&args[1..])),
-        "qemu-img" => {
-            let Some(cmd) = args.get(1) else { usage() };
-            std::process::exit(run_command(cmd, &args[2..]))
-        }
-        _ => {}
+    let name = invoked_as(args.first().map(String::as_str).unwrap_or("blk"));
+    prog::set(name);
+    if name == "qemu-io" {
+        std::process::exit(cli::io::run_io(&args[1..]));
     }
-    let Some(cmd) = args.get(1) else { usage() };
+    let Some(cmd) = args.get(1) else {
+        prog::error(format_args!(
+            "Not enough arguments\nTry '{name} --help' for more info"
+        ));
+        std::process::exit(1)
+    };
     std::process::exit(run_command(cmd, &args[2..]))
 }
 
 /// `blk CMD ARGS...` (and `qemu-img CMD ARGS...` through a link).
 fn run_command(cmd: &str, rest: &[String]) -> i32 {
+    let blk = prog::name() == "blk";
     match cmd {
         "check" => cli::check::run_check(rest),
-        "io" => cli::io::run_io(rest),
-        "sim" => cli::sim::run_sim(rest),
+        "io" if blk => cli::io::run_io(rest),
+        "sim" if blk => cli::sim::run_sim(rest),
         "create" | "info" | "map" | "compare" | "convert" | "resize" | "commit" | "rebase" => {
             cli::img::run(cmd, rest)
         }
-        "-h" | "--help" | "help" => usage(),
+        "-h" | "--help" => print_ok(&img_help()),
+        "help" if blk => print_ok(&img_help()),
+        "-V" | "--version" => print_ok(&version()),
         other => {
-            eprintln!("blk: unknown command '{other}'");
-            usage()
+            let name = prog::name();
+            prog::error(format_args!(
+                "Command not found: {other}\nTry '{name} --help' for more info"
+            ));
+            1
         }
     }
+}
+
+fn print_ok(text: &str) -> i32 {
+    print!("{text}");
+    0
 }

@@ -8,7 +8,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const BLK: &str = env!("CARGO_BIN_EXE_blk");
+mod common;
+
+/// blk behind a `qemu-img` link: its messages then carry qemu-img's name.
+use common::QEMU_IMG as BLK;
 
 fn have_qemu() -> bool {
     let ok = Command::new("qemu-img")
@@ -28,6 +31,7 @@ struct Dir(PathBuf);
 
 impl Dir {
     fn new(tag: &str) -> Dir {
+        common::links();
         let d = std::env::temp_dir().join(format!("blk-cli-check-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();

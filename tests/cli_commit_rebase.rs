@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{BLK, Dir, have_qemu};
+use common::{Dir, QEMU_IMG as BLK, have_qemu};
 
 impl Dir {
     fn same(&self, a: &str, b: &str) {

@@ -8,13 +8,19 @@
 
 mod common;
 
-use common::{BLK, Dir, have_qemu};
+use common::{BLK, Dir, QEMU_IMG, have_qemu};
 
 use serde_json::Value;
 
 impl Dir {
     fn blk(&self, args: &[&str]) -> String {
-        self.ok(BLK, args)
+        // `blk io ...` as blk; image commands through the qemu-img link (qemu-img's messages).
+        let prog = if args.first() == Some(&"io") {
+            BLK
+        } else {
+            QEMU_IMG
+        };
+        self.ok(prog, args)
     }
 
     fn info_json(&self, prog: &str, img: &str) -> Value {
@@ -112,7 +118,7 @@ fn created_images_check_clean_and_info_agrees() {
     assert_info_agrees(&d, "o.qcow2");
     let chain = |p: &str| {
         d.ok(
-            if p == "blk" { BLK } else { p },
+            if p == "blk" { QEMU_IMG } else { p },
             &["info", "--backing-chain", "o.qcow2"],
         )
     };
@@ -174,7 +180,7 @@ fn zstd_images_create_and_info_match_qemu_img() {
         ("compression_type=zstd,compat=0.10", "x2.qcow2"),
     ] {
         let a = ["create", "-q", "-f", "qcow2", "-o", o, name, "1M"];
-        let (b, q) = (d.run(BLK, &a), d.run("qemu-img", &a));
+        let (b, q) = (d.run(QEMU_IMG, &a), d.run("qemu-img", &a));
         assert_eq!(b.code, q.code, "{o}: {} / {}", b.stderr, q.stderr);
         assert_eq!(b.stderr.replace("blk: ", "qemu-img: "), q.stderr, "{o}");
     }
@@ -225,7 +231,7 @@ fn relative_backing_chain_on_real_files() {
     let top = "a/b/c/top.qcow2";
     let chain = |p: &str| {
         d.ok(
-            if p == "blk" { BLK } else { p },
+            if p == "blk" { QEMU_IMG } else { p },
             &["info", "--backing-chain", top],
         )
     };
@@ -375,7 +381,7 @@ fn data_file_images_match_qemu_img() {
     }
     for o in ["data_file_raw=on", "data_file=x.raw,compat=0.10"] {
         let a = ["create", "-q", "-f", "qcow2", "-o", o, "bad.qcow2", "1M"];
-        let (b, q) = (d.run(BLK, &a), d.run("qemu-img", &a));
+        let (b, q) = (d.run(QEMU_IMG, &a), d.run("qemu-img", &a));
         assert_eq!((b.code, &b.stderr), (q.code, &q.stderr), "{o}");
     }
     let a = [
@@ -392,7 +398,7 @@ fn data_file_images_match_qemu_img() {
         "bad.qcow2",
         "4M",
     ];
-    let (b, q) = (d.run(BLK, &a), d.run("qemu-img", &a));
+    let (b, q) = (d.run(QEMU_IMG, &a), d.run("qemu-img", &a));
     assert_eq!((b.code, &b.stderr), (q.code, &q.stderr));
 }
 
@@ -516,7 +522,7 @@ fn map_and_info_of_compressed_and_dirty_images() {
     assert_eq!(d.blk(&args), d.ok("qemu-img", &args));
     // The human map cannot show compressed clusters: same partial output, same error.
     let (b, q) = (
-        d.run(BLK, &["map", "c.qcow2"]),
+        d.run(QEMU_IMG, &["map", "c.qcow2"]),
         d.run("qemu-img", &["map", "c.qcow2"]),
     );
     assert_eq!(
@@ -583,7 +589,7 @@ fn compare_matches_qemu_img_compare() {
     for c in cases {
         let mut args = vec!["compare"];
         args.extend_from_slice(c);
-        let (b, q) = (d.run(BLK, &args), d.run("qemu-img", &args));
+        let (b, q) = (d.run(QEMU_IMG, &args), d.run("qemu-img", &args));
         assert_eq!(b.code, q.code, "exit code of compare {c:?}");
         assert_eq!(b.stdout, q.stdout, "stdout of compare {c:?}");
         assert_eq!(b.stderr, q.stderr, "stderr of compare {c:?}");
@@ -696,7 +702,7 @@ fn resize_grows_and_shrinks() {
     for img in ["q.qcow2", "r.img"] {
         assert_eq!(d.blk(&["resize", img, "+3M"]), "Image resized.\n");
         assert_eq!(d.info_json("qemu-img", img)["virtual-size"], 4 << 20);
-        let o = d.run(BLK, &["resize", img, "2M"]);
+        let o = d.run(QEMU_IMG, &["resize", img, "2M"]);
         assert_eq!(o.code, 1);
         assert!(
             o.stderr.starts_with("qemu-img: Use the --shrink option"),

@@ -4,13 +4,13 @@
 
 mod common;
 
-use common::{BLK, Dir, have_qemu};
+use common::{BLK, Dir, QEMU_IMG, have_qemu};
 
 /// `qemu-img SUB ARGS` and `blk SUB ARGS` in `dir`: the same exit code, stdout and stderr
 /// (blk's program name aside).
 fn same_img(dir: &Dir, args: &[&str]) {
     let q = dir.run("qemu-img", args);
-    let b = dir.run(BLK, args);
+    let b = dir.run(QEMU_IMG, args);
     assert_eq!(
         (q.code, &q.stdout),
         (b.code, &b.stdout),

@@ -44,11 +44,7 @@ fn parse(args: &[String]) -> Result<Args, i32> {
     let (mut format, mut json, mut repair, mut quiet, mut file) = (None, false, None, false, None);
     let (mut image_opts, mut objects) = (false, Vec::new());
     let mut i = 0;
-    let bad = |msg: String| {
-        eprintln!("qemu-img: {msg}");
-        eprintln!("Try 'blk check --help' for more information.");
-        Err(1)
-    };
+    let bad = |msg: String| Err(crate::cli::prog::usage_error("check", msg));
     while i < args.len() {
         let a = args[i].as_str();
         i += 1;
@@ -62,7 +58,7 @@ fn parse(args: &[String]) -> Result<Args, i32> {
             let v = args.get(i).cloned();
             i += 1;
             v.ok_or_else(|| {
-                eprintln!("qemu-img: option '{name}' requires an argument");
+                crate::cli::prog::error(format_args!("option '{name}' requires an argument"));
                 1
             })
         };
@@ -122,7 +118,9 @@ fn parse(args: &[String]) -> Result<Args, i32> {
         return bad("Expecting one image file name".into());
     };
     if image_opts && format.is_some() {
-        eprintln!("qemu-img: --image-opts and --format are mutually exclusive");
+        crate::cli::prog::error(format_args!(
+            "--image-opts and --format are mutually exclusive"
+        ));
         return Err(1);
     }
     Ok(Args {
@@ -206,7 +204,7 @@ pub fn run_check(args: &[String]) -> i32 {
     let named = match image_options(&a.file, a.format.as_deref(), a.image_opts) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("qemu-img: Could not open '{}': {e}", a.file);
+            crate::cli::prog::error(format_args!("Could not open '{}': {e}", a.file));
             return 1;
         }
     };
@@ -219,20 +217,20 @@ pub fn run_check(args: &[String]) -> i32 {
     if let Some(h) = &host
         && !std::path::Path::new(h).exists()
     {
-        eprintln!(
-            "qemu-img: Could not open '{}': Could not open '{h}': No such file or directory",
+        crate::cli::prog::error(format_args!(
+            "Could not open '{}': Could not open '{h}': No such file or directory",
             a.file
-        );
+        ));
         return 1;
     }
     if format != "qcow2" {
-        eprintln!("qemu-img: This image format does not support checks");
+        crate::cli::prog::error(format_args!("This image format does not support checks"));
         return 63;
     }
     let env = RealEnv::new();
     let engine = Rc::new(Engine::new(env.clone()));
     if let Err(e) = env.block_on(crate::cli::img::add_objects(&engine, &a.objects)) {
-        eprintln!("qemu-img: {e}");
+        crate::cli::prog::error(format_args!("{e}"));
         let _ = env.block_on(engine.shutdown());
         return 1;
     }
@@ -256,11 +254,11 @@ pub fn run_check(args: &[String]) -> i32 {
     let mut report = match result {
         Ok(r) => r,
         Err(Err(e)) => {
-            eprintln!("qemu-img: Could not open '{}': {e}", a.file);
+            crate::cli::prog::error(format_args!("Could not open '{}': {e}", a.file));
             return 1;
         }
         Err(Ok(e)) => {
-            eprintln!("qemu-img: Check failed: {e}");
+            crate::cli::prog::error(format_args!("Check failed: {e}"));
             return 1;
         }
     };
@@ -269,7 +267,7 @@ pub fn run_check(args: &[String]) -> i32 {
         eprintln!("{m}");
     }
     if let Some(errno) = report.failed {
-        eprintln!("qemu-img: Check failed: {}", errno.description());
+        crate::cli::prog::error(format_args!("Check failed: {}", errno.description()));
         return 1;
     }
     if !a.quiet {
@@ -287,7 +285,7 @@ pub fn run_check(args: &[String]) -> i32 {
         }
     }
     if report.check_errors != 0 {
-        eprintln!("qemu-img: Check failed");
+        crate::cli::prog::error(format_args!("Check failed"));
         1
     } else if report.corruptions != 0 {
         2

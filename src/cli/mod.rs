@@ -4,4 +4,6 @@ pub mod check;
 pub mod getopt;
 pub mod img;
 pub mod io;
+pub mod prog;
 pub mod sim;
+pub mod stdout;

@@ -8,6 +8,24 @@ use std::process::Command;
 /// The blk binary under test.
 pub const BLK: &str = env!("CARGO_BIN_EXE_blk");
 
+/// blk through a link named `qemu-img` (it then behaves, and names itself, as qemu-img), for
+/// tests that compare its messages with qemu-img's byte for byte. Made by `links()`, which
+/// `Dir::new` calls.
+pub const QEMU_IMG: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/blk-as/qemu-img");
+
+/// Create the `blk-as/` links (once per process; an existing link is kept).
+pub fn links() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let link = std::path::Path::new(QEMU_IMG);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        if std::fs::read_link(link).ok().as_deref() != Some(std::path::Path::new(BLK)) {
+            let _ = std::fs::remove_file(link);
+            std::os::unix::fs::symlink(BLK, link).unwrap();
+        }
+    });
+}
+
 /// True when qemu-img and qemu-io are on PATH. Otherwise prints a note naming `what` is skipped,
 /// or panics when `BLK_REQUIRE_QEMU=1` (CI), so a missing tool never passes silently there.
 pub fn have_qemu(what: &str) -> bool {
@@ -40,6 +58,7 @@ impl Dir {
     /// A fresh directory under the target's tmp dir, unique per process and call (the test
     /// files share one binary, so two of them may pick the same `tag`).
     pub fn new(tag: &str) -> Dir {
+        links();
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))

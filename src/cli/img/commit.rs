@@ -19,7 +19,7 @@ Commit the changes recorded in filename into its base image, as qemu-img commit 
 /// Entry point of `blk commit`.
 pub fn run(args: &[String]) -> i32 {
     let long = [("help", 'h', false), ("format", 'f', true)];
-    let (opts, operands) = match split_or_fail(args, "f:ht:b:dpqr:", &long, USAGE) {
+    let (opts, operands) = match split_or_fail("commit", args, "f:ht:b:dpqr:", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,
     };

@@ -85,7 +85,7 @@ async fn check_zero(img: &Image, start: u64, end: u64) -> Result<Option<u64>, St
 /// Entry point of `blk compare`.
 pub fn run(args: &[String]) -> i32 {
     let long = [("help", 'h', false), ("force-share", 'U', false)];
-    let (opts, operands) = match split_or_fail(args, "f:F:sqhU", &long, USAGE) {
+    let (opts, operands) = match split_or_fail("compare", args, "f:F:sqhU", &long, USAGE) {
         Ok(v) => v,
         Err(0) => return 0,
         Err(_) => return 2,
@@ -102,10 +102,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let [p1, p2] = operands.as_slice() else {
-        eprintln!(
-            "qemu-img: Expecting two image file names\nTry 'blk compare --help' for more information"
-        );
-        return 2;
+        return crate::cli::prog::usage_error("compare", "Expecting two image file names");
     };
     // -f alone names both formats, as in qemu-img.
     let f2 = f2.or(f1.clone());
@@ -149,7 +146,7 @@ pub fn run(args: &[String]) -> i32 {
             code
         }
         Err(e) => {
-            eprintln!("qemu-img: {e}");
+            crate::cli::prog::error(e);
             2
         }
     }

@@ -177,7 +177,8 @@ async fn convert(src: &Image, dst: &Image, plan: &Plan) -> Result<(), String> {
 /// Entry point of `blk convert`.
 pub fn run(args: &[String]) -> i32 {
     let long = [("help", 'h', false), ("force-share", 'U', false)];
-    let (opts, operands) = match split_or_fail(args, "f:O:o:nB:F:pWcm:qhU", &long, USAGE) {
+    let (opts, operands) = match split_or_fail("convert", args, "f:O:o:nB:F:pWcm:qhU", &long, USAGE)
+    {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -216,9 +217,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let [src_path, dst_path] = operands.as_slice() else {
-        return fail(
-            "Expecting a source and a target file name\nTry 'blk convert --help' for more information",
-        );
+        return fail("Must specify image file name");
     };
     if let Err(e) = check_format(&out_fmt) {
         return fail(e);

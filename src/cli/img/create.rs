@@ -339,7 +339,7 @@ async fn write_new_image(
 /// Entry point of `blk create`.
 pub fn run(args: &[String]) -> i32 {
     let long = [("help", 'h', false)];
-    let (opts, operands) = match split_or_fail(args, "F:b:f:o:quh", &long, USAGE) {
+    let (opts, operands) = match split_or_fail("create", args, "F:b:f:o:quh", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -369,7 +369,7 @@ pub fn run(args: &[String]) -> i32 {
             None => return fail(format!("Invalid image size specified: '{s}'.")),
         },
         _ => {
-            return fail("Expecting image file name\nTry 'blk create --help' for more information");
+            return crate::cli::prog::usage_error("create", "Expecting image file name");
         }
     };
     spec.size = size;

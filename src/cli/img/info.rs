@@ -293,7 +293,7 @@ pub fn run(args: &[String]) -> i32 {
         ("backing-chain", 'B', false),
         ("force-share", 'U', false),
     ];
-    let (opts, operands) = match split_or_fail(args, "f:hU", &long, USAGE) {
+    let (opts, operands) = match split_or_fail("info", args, "f:hU", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -311,7 +311,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let [path] = operands.as_slice() else {
-        return fail("Expecting one image file name\nTry 'blk info --help' for more information");
+        return crate::cli::prog::usage_error("info", "Expecting one image file name");
     };
     let tool = Tool::new();
     let result = tool

@@ -146,7 +146,7 @@ pub fn run(args: &[String]) -> i32 {
         ("max-length", 'l', true),
         ("force-share", 'U', false),
     ];
-    let (opts, operands) = match split_or_fail(args, "f:hU", &long, USAGE) {
+    let (opts, operands) = match split_or_fail("map", args, "f:hU", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -180,7 +180,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let [path] = operands.as_slice() else {
-        return fail("Expecting one image file name\nTry 'blk map --help' for more information");
+        return crate::cli::prog::usage_error("map", "Expecting one image file name");
     };
     let tool = Tool::new();
     let result = tool.block_on(async {

@@ -37,9 +37,10 @@ pub fn run(cmd: &str, args: &[String]) -> i32 {
     }
 }
 
-/// Print `qemu-img: MSG` on stderr; returns 1 (qemu-img's status for usage and open errors).
+/// Print `PROG: MSG` on stderr (`qemu-img: ` through the qemu-img link, `blk: ` as blk);
+/// returns 1 (qemu-img's status for usage and open errors).
 pub(crate) fn fail(msg: impl std::fmt::Display) -> i32 {
-    eprintln!("qemu-img: {msg}");
+    crate::cli::prog::error(msg);
     1
 }
 
@@ -49,6 +50,7 @@ pub(crate) use super::getopt::{LongOpt, Split, split};
 /// `--object` and `--image-opts` are recognised here for every subcommand and kept for its
 /// `Tool` (see `open_args`).
 pub(crate) fn split_or_fail(
+    cmd: &str,
     args: &[String],
     short: &str,
     long: &[LongOpt],
@@ -60,10 +62,8 @@ pub(crate) fn split_or_fail(
     }
     let mut all = long.to_vec();
     all.extend([open_args::OBJECT, open_args::IMAGE_OPTS]);
-    let (mut opts, operands) = split(args, short, &all).map_err(|msg| {
-        eprintln!("qemu-img: {msg}\nTry 'blk --help' for more information");
-        1
-    })?;
+    let (mut opts, operands) =
+        split(args, short, &all).map_err(|msg| crate::cli::prog::getopt_error(cmd, msg))?;
     open_args::take(&mut opts)?;
     Ok((opts, operands))
 }

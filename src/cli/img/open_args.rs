@@ -50,7 +50,7 @@ pub(crate) fn take(opts: &mut Vec<(char, String)>) -> Result<(), i32> {
         }
     }
     if let Err(e) = create_objects(&args.objects) {
-        eprintln!("qemu-img: {e}");
+        crate::cli::prog::error(e);
         return Err(1);
     }
     PENDING.with(|p| *p.borrow_mut() = args);

@@ -21,7 +21,7 @@ Change the backing file of an image, as qemu-img rebase does.";
 /// Entry point of `blk rebase`.
 pub fn run(args: &[String]) -> i32 {
     let long = [("help", 'h', false), ("format", 'f', true)];
-    let (opts, operands) = match split_or_fail(args, "hf:F:b:upt:T:q", &long, USAGE) {
+    let (opts, operands) = match split_or_fail("rebase", args, "hf:F:b:upt:T:q", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,
     };

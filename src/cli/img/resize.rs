@@ -24,7 +24,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         _ => (args, None),
     };
-    let (opts, mut operands) = match split_or_fail(args, "f:hq", &long, USAGE) {
+    let (opts, mut operands) = match split_or_fail("resize", args, "f:hq", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -39,9 +39,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let [path, size] = operands.as_slice() else {
-        return fail(
-            "Expecting image file name and size\nTry 'blk resize --help' for more information",
-        );
+        return crate::cli::prog::usage_error("resize", "Expecting image file name and size");
     };
     let (sign, digits) = match size.as_bytes().first() {
         Some(b'+') => (1i8, &size[1..]),
@@ -69,7 +67,12 @@ pub fn run(args: &[String]) -> i32 {
             return Err("New image size must be positive".to_string());
         }
         if new < cur && !shrink {
-            return Err("Use the --shrink option to perform a shrink operation.\nqemu-img: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.".to_string());
+            return Err(format!(
+                "Use the --shrink option to perform a shrink operation.\n{}: warning: Shrinking \
+                 an image will delete all data beyond the shrunken image's end. Before performing \
+                 such an operation, make sure there is no important data there.",
+                crate::cli::prog::name()
+            ));
         }
         if img.format == "qcow2" && !new.is_multiple_of(512) {
             return Err("The new size must be a multiple of 512".to_string());
