@@ -5,8 +5,11 @@
 
 mod qcow2_support;
 
+use std::rc::Rc;
+
 use engine::backend::BackendOptions;
 use engine::drivers::qcow2::{Compat, CreateOptions, cached_tables};
+use engine::graph::Node;
 use engine::io::{IoBuf, ReqFlags};
 use qcow2_support::*;
 use serde_json::{Value, json};
@@ -16,23 +19,34 @@ fn be64(img: &[u8], off: u64) -> u64 {
     u64::from_be_bytes(img[off as usize..off as usize + 8].try_into().unwrap())
 }
 
+/// Create a qcow2 image "img" of `size` bytes (version `compat`) on the simulator and open it
+/// as node "q" over node "f" with the `extra` top-level options.
+async fn open_fresh(
+    engine: &engine::Engine,
+    size: u64,
+    compat: Compat,
+    extra: Value,
+) -> engine::Result<Rc<Node>> {
+    let opts = CreateOptions {
+        size,
+        compat,
+        ..CreateOptions::default()
+    };
+    create_on(engine, "img", &opts).await;
+    let mut spec = json!({"driver": "qcow2", "node-name": "q", "file": "f"});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    engine.blockdev_add(spec).await
+}
+
 /// `blockdev-add` of a fresh 8 MiB qcow2 image (version `compat`) with extra top options; the
 /// error message, if it fails.
 fn add_with(compat: Compat, extra: Value) -> Result<(), String> {
     let sim = sim_with(5, &[("img", Vec::new())]);
     let engine = engine_of(&sim);
     sim.block_on(async move {
-        let opts = CreateOptions {
-            size: 8 << 20,
-            compat,
-            ..CreateOptions::default()
-        };
-        create_on(&engine, "img", &opts).await;
-        let mut spec = json!({"driver": "qcow2", "node-name": "q", "file": "f"});
-        for (k, v) in extra.as_object().unwrap() {
-            spec[k] = v.clone();
-        }
-        let r = engine.blockdev_add(spec).await.map(drop);
+        let r = open_fresh(&engine, 8 << 20, compat, extra).await.map(drop);
         engine.shutdown().await.unwrap();
         r.map_err(|e| e.message().to_string())
     })
@@ -198,20 +212,14 @@ fn lazy_refcounts_option_switches_the_mode() {
     let engine = engine_of(&sim);
     let (simr, dirr) = (&sim, &dir);
     sim.block_on(async move {
-        create_on(
+        open_fresh(
             &engine,
-            "img",
-            &CreateOptions {
-                size: 8 << 20,
-                ..CreateOptions::default()
-            },
+            8 << 20,
+            Compat::V3,
+            json!({"lazy-refcounts": "on"}),
         )
-        .await;
-        engine
-            .blockdev_add(json!({"driver": "qcow2", "node-name": "q", "file": "f",
-                "lazy-refcounts": "on"}))
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         let bb = engine
             .device_add("d", "q", BackendOptions::tool(false))
             .unwrap();
@@ -275,20 +283,13 @@ fn cached_after_idle(interval: Option<u64>, idle_s: u64) -> ((usize, usize), (us
     let sim = sim_with(4, &[("img", Vec::new())]);
     let engine = engine_of(&sim);
     sim.block_on(async move {
-        create_on(
-            &engine,
-            "img",
-            &CreateOptions {
-                size: 8 << 20,
-                ..CreateOptions::default()
-            },
-        )
-        .await;
-        let mut spec = json!({"driver": "qcow2", "node-name": "q", "file": "f"});
-        if let Some(i) = interval {
-            spec["cache-clean-interval"] = json!(i);
-        }
-        let node = engine.blockdev_add(spec).await.unwrap();
+        let extra = match interval {
+            Some(i) => json!({"cache-clean-interval": i}),
+            None => json!({}),
+        };
+        let node = open_fresh(&engine, 8 << 20, Compat::V3, extra)
+            .await
+            .unwrap();
         let bb = engine
             .device_add("d", "q", BackendOptions::tool(false))
             .unwrap();
@@ -329,20 +330,9 @@ fn l2_tables_cached(extra: Value) -> usize {
     let sim = sim_with(6, &[("img", Vec::new())]);
     let engine = engine_of(&sim);
     sim.block_on(async move {
-        create_on(
-            &engine,
-            "img",
-            &CreateOptions {
-                size: 2 << 30,
-                ..CreateOptions::default()
-            },
-        )
-        .await;
-        let mut spec = json!({"driver": "qcow2", "node-name": "q", "file": "f"});
-        for (k, v) in extra.as_object().unwrap() {
-            spec[k] = v.clone();
-        }
-        let node = engine.blockdev_add(spec).await.unwrap();
+        let node = open_fresh(&engine, 2 << 30, Compat::V3, extra)
+            .await
+            .unwrap();
         let bb = engine
             .device_add("d", "q", BackendOptions::tool(false))
             .unwrap();
