@@ -61,3 +61,36 @@ fn malformed_and_failing_scenarios_fail_the_run() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Regression: `blk sim replay --seeds A..B` ran seed 0 silently; it is refused, naming the
+/// command that runs ranges.
+#[test]
+fn replay_refuses_a_seed_range() {
+    let scn = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/raw-workload.scn");
+    let out = blk()
+        .args(["sim", "replay", scn, "--seeds", "0..5"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("'blk sim run'"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+/// Regression: a closed stdout (`blk sim replay ... | head -1`) panicked with "failed printing
+/// to stdout"; it now ends the program quietly, as a C tool killed by SIGPIPE.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let scn = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/raw-workload.scn");
+    let blk = env!("CARGO_BIN_EXE_blk");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{blk}' sim replay '{scn}' --trace | head -c 10 >/dev/null"
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}

@@ -14,6 +14,57 @@ use serde_json::Value;
 
 use crate::util::Notify;
 
+/// Every QMP event the engine emits, with the keys of its `data` object (QEMU's names). Front
+/// ends that match events by field (the simulator's `wait event NAME key=value`) check keys
+/// against this table, so a misspelt key is an error instead of a wait that never ends.
+/// Keep it in step with the `emit` calls (a test in the simulator checks the emitted events).
+pub const EVENT_FIELDS: &[(&str, &[&str])] = &[
+    (
+        "BLOCK_IMAGE_CORRUPTED",
+        &["device", "node-name", "msg", "offset", "size", "fatal"],
+    ),
+    (
+        "BLOCK_IO_ERROR",
+        &[
+            "device",
+            "node-name",
+            "operation",
+            "action",
+            "nospace",
+            "reason",
+        ],
+    ),
+    (
+        "BLOCK_JOB_CANCELLED",
+        &["type", "device", "len", "offset", "speed"],
+    ),
+    (
+        "BLOCK_JOB_COMPLETED",
+        &["type", "device", "len", "offset", "speed", "error"],
+    ),
+    ("BLOCK_JOB_ERROR", &["device", "operation", "action"]),
+    ("BLOCK_JOB_PENDING", &["type", "id"]),
+    (
+        "BLOCK_JOB_READY",
+        &["type", "device", "len", "offset", "speed"],
+    ),
+    (
+        "BLOCK_WRITE_THRESHOLD",
+        &["node-name", "amount-exceeded", "write-threshold"],
+    ),
+    ("JOB_STATUS_CHANGE", &["id", "status"]),
+    ("RESUME", &[]),
+    ("STOP", &[]),
+];
+
+/// The data keys of event `name`, or `None` for an event the engine never emits.
+pub fn event_fields(name: &str) -> Option<&'static [&'static str]> {
+    EVENT_FIELDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| *f)
+}
+
 /// A QMP event: its name and `data` member, stamped with the env's clock when emitted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {

@@ -246,6 +246,12 @@ fn print_table(rows: &[Row]) {
 }
 
 fn replay_cmd(args: &[String]) -> i32 {
+    if args.iter().any(|a| a == "--seeds") {
+        eprintln!(
+            "blk sim replay: --seeds runs a range, which 'blk sim run' does; replay takes one --seed N\n{USAGE}"
+        );
+        return 2;
+    }
     let args = match parse_args(args) {
         Ok(a) if a.paths.len() == 1 => a,
         Ok(_) => {

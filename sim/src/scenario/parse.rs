@@ -23,7 +23,7 @@
 //! fault clear f1
 //! drain begin disk [subtree]  /  drain end disk
 //! advance 10ms
-//! wait event BLOCK_JOB_READY job=m0 timeout=60s
+//! wait event BLOCK_JOB_READY device=m0 timeout=60s
 //! expect event BLOCK_IO_ERROR action=stop
 //! expect iostatus drive0 failed
 //! verify drive0
@@ -348,6 +348,41 @@ fn byte_at(line: &str, col: usize) -> usize {
         .map_or(line.len(), |(b, _)| b)
 }
 
+/// An event step names an event the engine emits and only keys its data has (plus the step's
+/// own `extra` keys): a misspelt key would otherwise never match and the run would wait forever.
+fn check_event_keys(
+    cur: &Cursor,
+    (name, name_col): (&str, usize),
+    fields: &[Arg],
+    extra: &[&str],
+    indent: usize,
+) -> Result<(), ParseError> {
+    let Some(keys) = engine::event::event_fields(name) else {
+        let known: Vec<&str> = engine::event::EVENT_FIELDS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        return Err(cur.err(
+            name_col,
+            format!("unknown event '{name}' (events: {})", known.join(", ")),
+        ));
+    };
+    for f in fields {
+        if !keys.contains(&f.key.as_str()) && !extra.contains(&f.key.as_str()) {
+            let has = if keys.is_empty() {
+                "no fields".to_string()
+            } else {
+                keys.join(", ")
+            };
+            return Err(cur.err(
+                f.column + indent,
+                format!("event {name} has no field '{}' (its fields: {has})", f.key),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn args_of(ws: &[(usize, String)]) -> Vec<Arg> {
     ws.iter()
         .map(|(col, w)| match w.split_once('=') {
@@ -635,6 +670,7 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                 }
                 let name = need(2, "an event name")?;
                 let mut fields = args_of(&ws[3..]);
+                check_event_keys(&cur, (&name, col_of(2)), &fields, &["timeout"], indent)?;
                 let mut timeout_ns = 60_000_000_000;
                 if let Some(pos) = fields.iter().position(|a| a.key == "timeout") {
                     let t = fields.remove(pos);
@@ -706,13 +742,17 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                             }
                         }
                     }
-                    "event" => Action::Expect(Expectation::Event {
-                        name: need(2, "an event name")?,
-                        fields: args_of(&ws[3..]),
-                    }),
-                    "no-event" => Action::Expect(Expectation::NoEvent {
-                        name: need(2, "an event name")?,
-                    }),
+                    "event" => {
+                        let name = need(2, "an event name")?;
+                        let fields = args_of(&ws[3..]);
+                        check_event_keys(&cur, (&name, col_of(2)), &fields, &[], indent)?;
+                        Action::Expect(Expectation::Event { name, fields })
+                    }
+                    "no-event" => {
+                        let name = need(2, "an event name")?;
+                        check_event_keys(&cur, (&name, col_of(2)), &[], &[], indent)?;
+                        Action::Expect(Expectation::NoEvent { name })
+                    }
                     "iostatus" => Action::Expect(Expectation::Iostatus {
                         device: need(2, "a device")?,
                         status: need(3, "ok, failed or nospace")?,

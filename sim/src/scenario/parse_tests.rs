@@ -8,7 +8,7 @@ fn parses_every_directive() {
         expect error GenericError \"in use\"\ndevice add d0 node=n werror=stop\n\
         io d0 write -P 0xab 0 4k\nworkload start w device=d0 mix=write:1\nworkload stop w\n\
         fault inject f eio path=d.img once\nfault clear\ndrain begin n subtree\ndrain end n\n\
-        advance 10ms\nwait event X a=b timeout=1s\nexpect event Y k=v\nexpect iostatus d0 ok\n\
+        advance 10ms\nwait event STOP timeout=1s\nexpect event BLOCK_JOB_ERROR device=j\nexpect iostatus d0 ok\n\
         expect running no\nexpect output \"wrote 4096\"\nverify d0\ncrash\nrestart\n\
         limit time 5s\nlimit steps 99\nworkload wait w\nio? d0 read -P 1 0 1\n";
     let sc = parse("t", text).unwrap();
@@ -72,4 +72,41 @@ fn errors_name_file_line_and_column() {
     assert_eq!(sc.steps.len(), 2);
     let err = parse("s.scn", "# p\nadvance 10 ms\n").unwrap_err();
     assert_eq!(err.to_string(), "s.scn:2:9: bad duration '10'");
+}
+
+/// Regression (issue: `wait event BLOCK_JOB_READY job=m0`, as the README documented, never
+/// matched because block-job events carry `device`, and the run grew without bound): an event
+/// key the event does not have, or an event the engine never emits, is a parse error naming
+/// what the event has.
+#[test]
+fn event_steps_name_real_events_and_fields() {
+    let err = parse("t", "# p\nwait event BLOCK_JOB_READY job=m0 timeout=60s\n").unwrap_err();
+    assert_eq!((err.line, err.column), (2, 28));
+    assert!(
+        err.message
+            .contains("event BLOCK_JOB_READY has no field 'job'")
+            && err.message.contains("type, device, len, offset, speed"),
+        "{}",
+        err.message
+    );
+    let err = parse("t", "# p\n  expect event BLOCK_IO_EROR device=d0\n").unwrap_err();
+    assert_eq!((err.line, err.column), (2, 16));
+    assert!(
+        err.message.contains("unknown event 'BLOCK_IO_EROR'"),
+        "{}",
+        err.message
+    );
+    let err = parse("t", "# p\nexpect no-event NOPE\n").unwrap_err();
+    assert!(
+        err.message.contains("unknown event 'NOPE'"),
+        "{}",
+        err.message
+    );
+    assert!(
+        parse(
+            "t",
+            "# p\nwait event BLOCK_JOB_READY device=m0 timeout=1s\n"
+        )
+        .is_ok()
+    );
 }
