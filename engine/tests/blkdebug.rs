@@ -2,7 +2,7 @@
 //! errno), the config file, fake limits forcing read-modify-write and splitting, child
 //! permission tweaks, option validation, and breakpoints forcing interleavings.
 
-mod support;
+use crate::support;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
