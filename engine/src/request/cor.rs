@@ -15,9 +15,9 @@ use crate::graph::{Edge, Node};
 use crate::io::{IoBuf, ReqFlags};
 use crate::util::{align_down, align_up};
 
+use super::common::{aligned_write, check_write_perm, finish_write};
 use super::read::{aligned_read, check_range, max_chunk, mem_align};
 use super::stats::{self, Op};
-use super::write::{aligned_write, check_write_perm, finish_write};
 
 /// Copy into `node` whatever of `[offset, offset+len)` it does not allocate itself, from its
 /// backing chain. Returns the bytes copied.
@@ -34,6 +34,7 @@ pub(super) async fn populate(node: &Rc<Node>, edge: &Edge, offset: u64, len: u64
     let span_start = align_down(offset, align);
     let span_end = align_up(end, align).min(align_up(size, align));
     let tracked = node
+        .io
         .tracked
         .track(span_start, span_end - span_start, true, align);
     tracked.wait_conflicts().await;
