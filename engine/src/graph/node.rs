@@ -7,7 +7,7 @@ use std::rc::{Rc, Weak};
 
 use serde_json::{Value, json};
 
-use crate::driver::BlockDriver;
+use crate::driver::{BlockDriver, Breakpoints, no_breakpoints};
 use crate::env::LocalBoxFuture;
 use crate::error::Result;
 use crate::io::Limits;
@@ -324,10 +324,15 @@ impl Node {
             .cloned()
     }
 
+    /// The breakpoint verbs of this node's driver (blkdebug), or ENOTSUP when it has none.
+    pub fn breakpoints(&self) -> Result<&dyn Breakpoints> {
+        self.driver().breakpoints().ok_or_else(no_breakpoints)
+    }
+
     /// The first node at or below this one (following primary/filtered children, then any
     /// child) whose driver has breakpoints: where `break`/`resume` of qemu-io act.
     pub fn find_breakpoint_node(self: &Rc<Node>) -> Option<Rc<Node>> {
-        if self.driver().supports_breakpoints() {
+        if self.driver().breakpoints().is_some() {
             return Some(self.clone());
         }
         let children = self.children();

@@ -10,6 +10,7 @@
 
 use std::rc::Rc;
 
+use crate::driver::FormatOps;
 use crate::error::{Errno, Error, Result};
 use crate::graph::{Edge, Node};
 use crate::io::{IoBuf, ReqFlags};
@@ -83,7 +84,9 @@ pub(super) async fn change_backing_file(
         ));
     }
     let _in_flight = node.enter();
-    node.driver().change_backing_file(name, format).await
+    format_ops(node, "changing the backing file")?
+        .change_backing_file(name, format)
+        .await
 }
 
 /// Deallocate everything in `node` (it then reads from its backing file), counted in flight.
@@ -95,5 +98,16 @@ pub(super) async fn make_empty(node: &Rc<Node>) -> Result<()> {
         ));
     }
     let _in_flight = node.enter();
-    node.driver().make_empty().await
+    format_ops(node, "emptying the image")?.make_empty().await
+}
+
+/// The node's format verbs, or ENOTSUP naming the driver and what it cannot do.
+fn format_ops<'a>(node: &'a Node, what: &str) -> Result<&'a dyn FormatOps> {
+    node.driver().format_ops().ok_or_else(|| {
+        let name = node.driver().caps().name;
+        Error::io_msg(
+            Errno::ENOTSUP,
+            format!("Driver '{name}' does not support {what}"),
+        )
+    })
 }

@@ -18,6 +18,7 @@
 mod common;
 mod cor;
 mod debug;
+pub mod filter;
 mod flush;
 mod read;
 mod stats;
