@@ -11,17 +11,7 @@ use std::process::Command;
 const BLK: &str = env!("CARGO_BIN_EXE_blk");
 
 fn have_qemu() -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("BLK_REQUIRE_QEMU").as_deref() == Ok("1") {
-            panic!("qemu-img is not on PATH and BLK_REQUIRE_QEMU=1");
-        }
-        eprintln!("note: qemu-img not found; skipping blk check interop test");
-    }
-    ok
+    crate::common::have_tools(&["qemu-img"], "blk check interop test")
 }
 
 struct Dir(PathBuf);
