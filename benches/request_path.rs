@@ -132,6 +132,7 @@ fn run(s: &Setup, op: Op, qd: u64, n: u64, record: bool) -> (Duration, Option<Hi
 }
 
 fn cpu_times() -> (Duration, Duration) {
+    // SAFETY: `libc::rusage` is plain data, for which all-zero bytes are a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage fills the struct we pass.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };

@@ -8,23 +8,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-mod common;
+use crate::common;
 
 /// blk behind a `qemu-img` link: its messages then carry qemu-img's name.
 use common::QEMU_IMG as BLK;
 
 fn have_qemu() -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("BLK_REQUIRE_QEMU").as_deref() == Ok("1") {
-            panic!("qemu-img is not on PATH and BLK_REQUIRE_QEMU=1");
-        }
-        eprintln!("note: qemu-img not found; skipping blk check interop test");
-    }
-    ok
+    crate::common::have_tools(&["qemu-img"], "blk check interop test")
 }
 
 struct Dir(PathBuf);

@@ -5,7 +5,7 @@
 //!
 //! Skipped with a note when qemu-img/qemu-io are not on PATH, unless `BLK_REQUIRE_QEMU=1`.
 
-mod common;
+use crate::common;
 
 use common::{Dir, QEMU_IMG as BLK, have_qemu};
 

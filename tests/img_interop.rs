@@ -6,7 +6,7 @@
 //!
 //! Skipped with a note when `qemu-img` is not on PATH, unless `BLK_REQUIRE_QEMU=1`.
 
-mod common;
+use crate::common;
 
 use common::{BLK, Dir, QEMU_IMG, have_qemu};
 

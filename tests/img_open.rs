@@ -2,7 +2,7 @@
 //! `blkdebug:CONFIG:IMAGE`, `file:`, `--image-opts` and `--object` give qemu-img's and
 //! qemu-io's output, messages and exit codes.
 
-mod common;
+use crate::common;
 
 use common::{BLK, Dir, QEMU_IMG, have_qemu};
 

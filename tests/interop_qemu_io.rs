@@ -14,17 +14,7 @@ const BLK: &str = env!("CARGO_BIN_EXE_blk");
 const SIZE: usize = 4 << 20;
 
 fn have_qemu() -> bool {
-    let ok = Command::new("qemu-io")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("BLK_REQUIRE_QEMU").as_deref() == Ok("1") {
-            panic!("qemu-io is not on PATH and BLK_REQUIRE_QEMU=1");
-        }
-        eprintln!("note: qemu-io not found on PATH; skipping qemu-io interop test");
-    }
-    ok
+    crate::common::have_tools(&["qemu-io"], "qemu-io interop test")
 }
 
 /// A temporary image (zero-filled, `SIZE` bytes), removed on drop.

@@ -15,7 +15,7 @@
 //! `BLK_COMPAT=substring` runs only the cases whose name contains it.
 //! Skipped with a note when QEMU's tools are missing, unless `BLK_REQUIRE_QEMU=1`.
 
-mod common;
+use crate::common;
 #[path = "compat/harness.rs"]
 mod harness;
 

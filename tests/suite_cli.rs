@@ -2,6 +2,9 @@
 //! QEMU-compatibility cases), the simulator's CLI, and the architecture rules (seams).
 //! Each file below was its own test crate; it is a module here (see Cargo.toml).
 
+// Shared helpers, loaded once for the whole binary; test files `use crate::` them.
+mod common;
+
 #[path = "cli_check.rs"]
 mod cli_check;
 #[path = "cli_commit_rebase.rs"]

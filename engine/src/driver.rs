@@ -9,6 +9,22 @@
 //!
 //! Capabilities are data ([`DriverCaps`]), never inferred from which methods a driver overrides.
 //!
+//! The trait's shape:
+//!
+//! ```text
+//! BlockDriver                 every driver: caps, limits, len, read/write/write_zeroes/discard/
+//!                             flush/block_status/truncate, child_perms, activate, reopen
+//!                             prepare/commit/abort, close, drain begin/end, filename, info
+//!   .breakpoints()  -> Option<&dyn Breakpoints>   blkdebug: the debug-event hook and the
+//!                             break/resume/remove_break/wait_break verbs
+//!   .format_ops()   -> Option<&dyn FormatOps>     image formats: make_empty,
+//!                             change_backing_file, check/repair (snapshots and bitmaps to come)
+//! ```
+//!
+//! Optional families are sub-traits reached by these typed accessors (never by downcasting the
+//! driver); a driver without one returns `None`, and the caller (`request/`, `Node`) gives the
+//! error. Filters take their pass-through pieces from `request::filter`.
+//!
 //! Imports only `io`, `types`, `event`, `error` and `env` (for the boxed-future type).
 
 use serde_json::Value;
@@ -18,6 +34,9 @@ use crate::error::{Errno, Error, Result};
 use crate::event::DebugEvent;
 use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
 use crate::types::{ChildRole, Perms};
+
+mod check;
+pub use check::{CheckReport, Repair};
 
 /// What kind of node a driver makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,89 +242,16 @@ pub trait BlockDriver {
     /// The node left its drained section.
     fn drain_end(&self) {}
 
-    /// A debug event reached this node (blkdebug acts on them; others ignore them). A returned
-    /// future suspends the request that raised the event until it completes.
-    fn debug_event(&self, _event: DebugEvent) -> Option<LocalBoxFuture<'_, ()>> {
+    /// blkdebug's breakpoint verbs and debug-event hook; `None` for every other driver (the
+    /// request path then skips debug events at this node).
+    fn breakpoints(&self) -> Option<&dyn Breakpoints> {
         None
     }
 
-    /// True when this driver wants `debug_event` calls (the request path skips the call
-    /// otherwise).
-    fn listens_to_debug_events(&self) -> bool {
-        false
-    }
-
-    /// `break EVENT TAG`: suspend the next request that raises `event` at this node under `tag`.
-    /// Only drivers with breakpoints (blkdebug) support it.
-    fn debug_breakpoint(&self, _event: DebugEvent, _tag: &str) -> Result<()> {
-        Err(Error::io_msg(
-            Errno::ENOTSUP,
-            "This node does not support breakpoints",
-        ))
-    }
-
-    /// `remove_break TAG`: delete the breakpoints under `tag` and resume every request suspended
-    /// under it.
-    fn debug_remove_breakpoint(&self, _tag: &str) -> Result<()> {
-        Err(Error::io_msg(
-            Errno::ENOTSUP,
-            "This node does not support breakpoints",
-        ))
-    }
-
-    /// `resume TAG`: resume the first request suspended under `tag`.
-    fn debug_resume(&self, _tag: &str) -> Result<()> {
-        Err(Error::io_msg(
-            Errno::ENOTSUP,
-            "This node does not support breakpoints",
-        ))
-    }
-
-    /// True while a request is suspended under `tag`.
-    fn debug_is_suspended(&self, _tag: &str) -> bool {
-        false
-    }
-
-    /// Completes once a request is suspended under `tag` (`wait_break TAG`). Drivers without
-    /// breakpoints never suspend anything, so the default completes at once.
-    fn debug_wait_suspended(&self, _tag: &str) -> LocalBoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-
-    /// True when this driver implements the breakpoint verbs above.
-    fn supports_breakpoints(&self) -> bool {
-        false
-    }
-
-    /// Deallocate everything so the image reads entirely from its backing file (`qemu-img
-    /// commit` empties the image it committed). Formats that cannot refuse.
-    fn make_empty(&self) -> LocalBoxFuture<'_, Result<()>> {
-        let name = self.caps().name;
-        Box::pin(async move {
-            Err(Error::io_msg(
-                Errno::ENOTSUP,
-                format!("Driver '{name}' does not support emptying the image"),
-            ))
-        })
-    }
-
-    /// Rewrite the backing file name (and format) recorded in the image's metadata, as a job
-    /// does once the chain below changed (stream, commit, rebase). `None` removes the backing
-    /// reference. Only the image header changes, never the graph. Everything written before is
-    /// durable before the header changes, and the header is durable when this returns. Formats
-    /// without backing files refuse.
-    fn change_backing_file(
-        &self,
-        _name: Option<&str>,
-        _format: Option<&str>,
-    ) -> LocalBoxFuture<'_, Result<()>> {
-        let name = self.caps().name;
-        Box::pin(async move {
-            Err(Error::io_msg(
-                Errno::ENOTSUP,
-                format!("Driver '{name}' does not support changing the backing file"),
-            ))
-        })
+    /// Format-only verbs (emptying, backing file changes, check/repair); `None` for protocol
+    /// and filter drivers and formats without them.
+    fn format_ops(&self) -> Option<&dyn FormatOps> {
+        None
     }
 
     /// The file name shown in `query-named-block-nodes` ("file" member).
@@ -315,10 +261,66 @@ pub trait BlockDriver {
     fn specific_info(&self) -> Value {
         Value::Null
     }
+}
 
-    /// The driver as `Any`, for format-specific entry points that start from a node (such as
-    /// `qcow2::check_node`). `None` for drivers that offer none.
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        None
+/// A driver that acts on debug events and can suspend requests at them (blkdebug): reached
+/// through [`BlockDriver::breakpoints`].
+pub trait Breakpoints {
+    /// A debug event reached this node. A returned future suspends the request that raised the
+    /// event until it completes.
+    fn debug_event(&self, event: DebugEvent) -> Option<LocalBoxFuture<'_, ()>>;
+
+    /// `break EVENT TAG`: suspend the next request that raises `event` at this node under `tag`.
+    fn debug_breakpoint(&self, event: DebugEvent, tag: &str) -> Result<()>;
+
+    /// `remove_break TAG`: delete the breakpoints under `tag` and resume every request suspended
+    /// under it.
+    fn debug_remove_breakpoint(&self, tag: &str) -> Result<()>;
+
+    /// `resume TAG`: resume the first request suspended under `tag`.
+    fn debug_resume(&self, tag: &str) -> Result<()>;
+
+    /// True while a request is suspended under `tag`.
+    fn debug_is_suspended(&self, tag: &str) -> bool;
+
+    /// Completes once a request is suspended under `tag` (`wait_break TAG`).
+    fn debug_wait_suspended(&self, tag: &str) -> LocalBoxFuture<'_, ()>;
+}
+
+/// The error of a breakpoint verb on a node whose driver has no breakpoints.
+pub fn no_breakpoints() -> Error {
+    Error::io_msg(Errno::ENOTSUP, "This node does not support breakpoints")
+}
+
+/// Verbs only image formats have: reached through [`BlockDriver::format_ops`]. Snapshots and
+/// persistent bitmaps join this family when they come.
+pub trait FormatOps {
+    /// Deallocate everything so the image reads entirely from its backing file (`qemu-img
+    /// commit` empties the image it committed).
+    fn make_empty(&self) -> LocalBoxFuture<'_, Result<()>>;
+
+    /// Rewrite the backing file name (and format) recorded in the image's metadata, as a job
+    /// does once the chain below changed (stream, commit, rebase). `None` removes the backing
+    /// reference. Only the image header changes, never the graph. Everything written before is
+    /// durable before the header changes, and the header is durable when this returns.
+    fn change_backing_file(
+        &self,
+        name: Option<&str>,
+        format: Option<&str>,
+    ) -> LocalBoxFuture<'_, Result<()>>;
+
+    /// One consistency check (and repair, when asked) of the image, as `qemu-img check -r`
+    /// does in one pass; `check_node` runs the second pass after a repair.
+    fn check(&self, repair: Option<Repair>) -> LocalBoxFuture<'_, Result<CheckReport>>;
+
+    /// Metadata tables held in memory (a format's caches, e.g. qcow2's L2 tables and refcount
+    /// blocks): `(mapping tables, refcount tables)`. Formats without caches keep the default.
+    fn cached_tables(&self) -> (usize, usize) {
+        (0, 0)
+    }
+
+    /// Drop cached tables unused since the last call (`cache-clean-interval`).
+    fn clean_unused_tables(&self) -> LocalBoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }

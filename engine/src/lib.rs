@@ -10,13 +10,16 @@
 //! Layers (import only downward):
 //!
 //! ```text
-//! qmp/        wire format: JSON commands/events, dispatch to Engine methods
+//! qemu_io/    front end: the qemu-io command language (parser, executor, output), on Engine
+//! qmp/        front end: JSON commands/events, dispatch to Engine methods
 //! engine.rs   the Engine facade
 //! job/        job core (status/verb tables, pause points, rate limit, txn) and the jobs
-//! drivers/    file, raw, null-co, ...
+//! backend/    BlockBackend: guest devices, error policies, machine run state
+//! drivers/    file, raw, null-co, blkdebug, qcow2/
 //! request/    THE generic request path
 //! graph/      nodes, edges, permissions, graph edits, drain
-//! driver.rs   the BlockDriver trait
+//! driver.rs   the BlockDriver trait and its sub-traits (Breakpoints, FormatOps)
+//! bitmap/     dirty bitmaps (a leaf: imports no other module)
 //! io/         buffers, flags, limits, mappings
 //! env/        clock, timers, spawning, host files
 //! util/       pure helpers

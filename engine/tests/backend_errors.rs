@@ -1,6 +1,6 @@
 //! BlockBackend error policies: report, ignore, stop (then `cont`), enospc.
 
-mod support;
+use crate::support;
 
 use std::cell::Cell;
 use std::rc::Rc;

@@ -2,7 +2,7 @@
 //! errno), the config file, fake limits forcing read-modify-write and splitting, child
 //! permission tweaks, option validation, and breakpoints forcing interleavings.
 
-mod support;
+use crate::support;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -726,19 +726,20 @@ fn a_breakpoint_serialises_an_overlapping_rmw_write_behind_the_suspended_one() {
                 .find_breakpoint_node()
                 .expect("blkdebug below raw");
             assert_eq!(bp.name(), "dbg");
-            bp.driver()
+            bp.breakpoints()
+                .unwrap()
                 .debug_breakpoint(DebugEvent::Pwritev, "A")
                 .unwrap();
             let w1 = spawn_write(&env, &bb, 0, 4096, 0x11);
-            bp.driver().debug_wait_suspended("A").await;
-            assert!(bp.driver().debug_is_suspended("A"));
+            bp.breakpoints().unwrap().debug_wait_suspended("A").await;
+            assert!(bp.breakpoints().unwrap().debug_is_suspended("A"));
             let w2 = spawn_write(&env, &bb, 2100, 4000, 0x22);
             settle(&env).await;
             assert!(
                 !w1.get() && !w2.get(),
                 "seed {seed}: write 2 must wait for write 1"
             );
-            bp.driver().debug_resume("A").unwrap();
+            bp.breakpoints().unwrap().debug_resume("A").unwrap();
             wait_done(&env, &[&w1, &w2]).await;
             let data = read(&bb, 0, 8192).await.unwrap();
             let mut want = vec![0u8; 8192];
@@ -762,15 +763,16 @@ fn a_breakpoint_lets_an_unserialised_write_overtake_the_suspended_one() {
             )
             .await;
             let bp = engine.node("dbg").unwrap();
-            bp.driver()
+            bp.breakpoints()
+                .unwrap()
                 .debug_breakpoint(DebugEvent::WriteAio, "A")
                 .unwrap();
             let w1 = spawn_write(&env, &bb, 0, 4096, 0x11);
-            bp.driver().debug_wait_suspended("A").await;
+            bp.breakpoints().unwrap().debug_wait_suspended("A").await;
             let w2 = spawn_write(&env, &bb, 2048, 4096, 0x22);
             wait_done(&env, &[&w2]).await;
             assert!(!w1.get());
-            bp.driver().debug_resume("A").unwrap();
+            bp.breakpoints().unwrap().debug_resume("A").unwrap();
             wait_done(&env, &[&w1]).await;
             let data = read(&bb, 0, 8192).await.unwrap();
             assert!(
@@ -799,19 +801,20 @@ fn break_pwritev_on_the_blkdebug_node_orders_rmw_against_an_aligned_write() {
                 .device_add("d", "dbg", BackendOptions::tool(false))
                 .unwrap();
             let bp = engine.node("dbg").unwrap();
-            bp.driver()
+            bp.breakpoints()
+                .unwrap()
                 .debug_breakpoint(DebugEvent::Pwritev, "A")
                 .unwrap();
             // Write 1 is an RMW (serialising): suspended at pwritev after reading head and tail.
             let w1 = spawn_write(&env, &bb, 100, 900, 0x11);
-            bp.driver().debug_wait_suspended("A").await;
+            bp.breakpoints().unwrap().debug_wait_suspended("A").await;
             let w2 = spawn_write(&env, &bb, 0, 512, 0x22);
             settle(&env).await;
             assert!(
                 !w2.get(),
                 "seed {seed}: the aligned write waits for the RMW"
             );
-            bp.driver().debug_resume("A").unwrap();
+            bp.breakpoints().unwrap().debug_resume("A").unwrap();
             wait_done(&env, &[&w1, &w2]).await;
             let data = read(&bb, 0, 1024).await.unwrap();
             assert!(data[..512].iter().all(|b| *b == 0x22), "seed {seed}");
@@ -827,8 +830,7 @@ fn resume_is_fifo_and_remove_break_resumes_everything() {
         let env = engine.env().clone();
         let bb = stack(&engine, json!({})).await;
         let dbg = engine.node("dbg").unwrap();
-        let drv = dbg.driver();
-        assert!(drv.supports_breakpoints());
+        let drv = dbg.breakpoints().expect("blkdebug has breakpoints");
         assert_eq!(
             drv.debug_resume("A").unwrap_err().errno(),
             Some(Errno::ENOENT)
@@ -893,13 +895,14 @@ fn the_new_state_of_a_suspended_event_applies_when_the_request_resumes() {
         )
         .await;
         let dbg = engine.node("dbg").unwrap();
-        dbg.driver()
+        dbg.breakpoints()
+            .unwrap()
             .debug_breakpoint(DebugEvent::WriteAio, "W")
             .unwrap();
         let w = spawn_write(&env, &bb, 0, 512, 1);
-        dbg.driver().debug_wait_suspended("W").await;
+        dbg.breakpoints().unwrap().debug_wait_suspended("W").await;
         read(&bb, 4096, 512).await.unwrap();
-        dbg.driver().debug_resume("W").unwrap();
+        dbg.breakpoints().unwrap().debug_resume("W").unwrap();
         wait_done(&env, &[&w]).await;
         assert!(
             read(&bb, 4096, 512).await.is_err(),

@@ -5,7 +5,7 @@
 //! is durable before a header stops naming the images it came from, and the header rewrite never
 //! leaves a torn name behind.
 
-mod support;
+use crate::support;
 
 use std::rc::Rc;
 

@@ -2,7 +2,7 @@
 //! `qmp_block_stream` / `qmp_block_commit` in its order, with QEMU's error class and message,
 //! and the graph exactly as before (nodes, edges, permissions, frozen flags), no job left.
 
-mod support;
+use crate::support;
 
 use engine::Engine;
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 //! an image header are read-only). A reopen that fails (a host file that cannot be opened for
 //! writing, a driver that cannot reopen) refuses the command and changes nothing.
 
-mod support;
+use crate::support;
 
 use std::rc::Rc;
 

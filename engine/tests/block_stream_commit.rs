@@ -3,7 +3,7 @@
 //! job's events follow QEMU's, the commit filter sits above the top while the job runs, and the
 //! frozen chain refuses conflicting graph changes.
 
-mod support;
+use crate::support;
 
 use std::rc::Rc;
 

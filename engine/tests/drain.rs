@@ -1,7 +1,7 @@
 //! Drained sections: in-flight requests finish before drain returns, new guest requests wait
 //! until the section ends, sections nest, subtree drains cover children.
 
-mod support;
+use crate::support;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

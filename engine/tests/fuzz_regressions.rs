@@ -18,7 +18,7 @@
 //!   preallocation or data-file-raw, making images whose backing file is never read (QEMU
 //!   refuses both).
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use engine::backend::BackendOptions;
 use engine::driver::Prealloc;

@@ -1,6 +1,6 @@
 //! Permissions, two-phase rollback, graph edits and blockdev-add/-del validation.
 
-mod support;
+use crate::support;
 
 use std::rc::Rc;
 

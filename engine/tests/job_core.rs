@@ -3,7 +3,7 @@
 //! by drain, cancel before and after ready, set-speed on the virtual clock, on-error policies,
 //! grouped completion of a transaction, and op blockers.
 
-mod support;
+use crate::support;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

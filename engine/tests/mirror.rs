@@ -2,7 +2,7 @@
 //! after READY, write-blocking mode, drains, error policies, and active commit's pivot. Data is
 //! compared byte for byte on in-memory nodes; every test runs over several seeds.
 
-mod support;
+use crate::support;
 
 use std::rc::Rc;
 

@@ -1,7 +1,7 @@
 //! Bad input to blockdev-mirror and drive-mirror, through QMP: every validation gives QEMU's
 //! error class and message, and leaves the graph exactly as it was, with no job behind.
 
-mod support;
+use crate::support;
 
 use engine::Engine;
 use engine::backend::BackendOptions;

@@ -3,7 +3,7 @@
 //! happens, and `qemu-img check` / `qemu-img compare` must find the target clean and equal to
 //! what the guest sees.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use std::rc::Rc;
 

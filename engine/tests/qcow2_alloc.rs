@@ -2,7 +2,7 @@
 //! writes, discards and flushes (flushed data survives, `qemu-img check` finds no corruption;
 //! leaks allowed), refcount table growth, and concurrent writes into one new cluster.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -7,7 +7,7 @@
 //! honoured (a raw file that starts with the qcow2 magic stays raw; a wrong format is a clear
 //! error, as in QEMU).
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -3,7 +3,7 @@
 //! repairs (`-r leaks`, `-r all`) give QEMU's numbers and leave images `qemu-img check` finds
 //! clean.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use engine::drivers::qcow2::{CheckReport, Repair, check_node};
 use qcow2_support::*;

@@ -3,7 +3,7 @@
 //! out through the decompressor and leave an image `qemu-img check` finds clean; damaged
 //! compressed clusters are I/O errors in blk as in QEMU, and the rest of the image still reads.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use engine::error::Errno;
 use engine::io::{IoBuf, ReqFlags};

@@ -22,7 +22,7 @@
 //! exactly. `BLK_CRASH_ONLY=<alloc|cow|discard|lazy>` runs one workload kind,
 //! `BLK_CRASH_SEED=n` explores other seeds.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use std::cell::RefCell;
 use std::rc::Rc;

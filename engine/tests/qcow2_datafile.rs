@@ -5,7 +5,7 @@
 //! are read by QEMU; a missing or unnamed data file and a misplaced `data-file` option are
 //! clear errors.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -4,7 +4,7 @@
 //! qcow2_chain.rs), and images blk writes pass `qemu-img check` and compare equal to the
 //! expected bytes.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use std::cell::RefCell;
 use std::rc::Rc;

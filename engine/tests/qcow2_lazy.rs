@@ -2,7 +2,7 @@
 //! image is in use and is cleared by a clean close; after a crash the image reopens (its
 //! refcounts are rebuilt), flushed writes read back and `check` finds no corruption.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use std::rc::Rc;
 

@@ -3,7 +3,7 @@
 //! selects the checked structures, lazy-refcounts switches the mode); `--object` secrets in the
 //! engine's object registry.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use std::rc::Rc;
 

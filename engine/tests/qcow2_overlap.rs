@@ -4,7 +4,7 @@
 //! read-write reopen. Each corruption found is a BLOCK_IMAGE_CORRUPTED event with QEMU's
 //! fields, checked against the event qemu-storage-daemon sends for the same image and write.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

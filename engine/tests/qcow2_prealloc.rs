@@ -3,7 +3,7 @@
 //! allocation numbers as QEMU's own preallocated images; a growing resize with preallocation
 //! maps the new clusters the same way, even when it reuses freed clusters holding old data.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use engine::driver::Prealloc;
 use engine::drivers::qcow2::{CreateOptions, check_node};

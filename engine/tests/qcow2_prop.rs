@@ -25,7 +25,7 @@
 //! `BLK_PROPTEST_CASES` for more cases). A failure prints the shrunk case (layout, simulator seed,
 //! batches), which replays exactly: paste it into `known_cases` below.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use std::cell::Cell;
 

@@ -2,7 +2,7 @@
 //! by blk's `create` pass `qemu-img check`, resize and block status, the backing option and
 //! autoclear bits.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use engine::backend::BackendOptions;
 use engine::drivers::qcow2::{Compat, CreateOptions, create};

@@ -3,7 +3,7 @@
 //! checked with qemu-img's numbers; writes are refused with a clear error and change nothing;
 //! inconsistent subcluster bitmaps and too small clusters are clear errors.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use engine::drivers::qcow2::check_node;
 use engine::error::Errno;

@@ -1,6 +1,6 @@
 //! The QMP front end: command dispatch, argument checking, reply and error shapes.
 
-mod support;
+use crate::support;
 
 use engine::qmp;
 use serde_json::{Value, json};

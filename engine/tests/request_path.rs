@@ -1,7 +1,7 @@
 //! The generic request path: read-modify-write under concurrency, max_transfer splitting,
 //! flush de-duplication, FUA emulation, detect-zeroes, the write threshold, bounds.
 
-mod support;
+use crate::support;
 
 use std::cell::RefCell;
 use std::rc::Rc;

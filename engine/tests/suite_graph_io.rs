@@ -1,6 +1,9 @@
 //! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP.
 //! Each file below was its own test crate; it is a module here (see engine/Cargo.toml).
 
+// Shared helpers, loaded once for the whole binary; test files `use crate::` them.
+mod support;
+
 #[path = "backend_errors.rs"]
 mod backend_errors;
 #[path = "blkdebug.rs"]

@@ -1,6 +1,9 @@
 //! Test binary `qcow2`: qcow2 driver: interop with qemu-img, chains, check/repair, compression, crash points, data files, lazy refcounts, overlap checks, preallocation, property tests, robustness, subclusters, fuzz regressions.
 //! Each file below was its own test crate; it is a module here (see engine/Cargo.toml).
 
+// Shared helpers, loaded once for the whole binary; test files `use crate::` them.
+mod qcow2_support;
+
 #[path = "fuzz_regressions.rs"]
 mod fuzz_regressions;
 #[path = "qcow2_alloc.rs"]

@@ -26,23 +26,10 @@ pub fn links() {
     });
 }
 
-/// True when qemu-img and qemu-io are on PATH. Otherwise prints a note naming `what` is skipped,
-/// or panics when `BLK_REQUIRE_QEMU=1` (CI), so a missing tool never passes silently there.
-pub fn have_qemu(what: &str) -> bool {
-    let ok = ["qemu-img", "qemu-io"].iter().all(|t| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        if std::env::var("BLK_REQUIRE_QEMU").as_deref() == Ok("1") {
-            panic!("qemu-img/qemu-io are not on PATH and BLK_REQUIRE_QEMU=1");
-        }
-        eprintln!("note: qemu-img or qemu-io not found on PATH; skipping {what}");
-    }
-    ok
-}
+#[path = "../../engine/tests/qemu_tools/mod.rs"]
+mod qemu_tools;
+#[allow(unused_imports)] // each test module uses some of them
+pub use qemu_tools::{have_qemu, have_tools};
 
 /// A scratch directory, removed on drop; commands run inside it with relative names.
 pub struct Dir(pub PathBuf);

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::common::BLK;
+use crate::common::BLK;
 
 /// One line of a case.
 #[derive(Debug, Clone)]

@@ -196,7 +196,7 @@ impl BlockDriver for Raw {
     }
 
     fn filename(&self) -> String {
-        self.file.node().driver().filename()
+        self.file.filename()
     }
 
     fn specific_info(&self) -> serde_json::Value {

@@ -9,6 +9,7 @@ mod ctx;
 mod drain;
 mod edge;
 mod edit;
+mod io_state;
 mod node;
 mod open;
 mod perm;
@@ -21,6 +22,7 @@ pub use edit::{
     ReplaceOptions, append, attach_child, attach_external, detach, drop_unused, freeze,
     insert_filter, remove_filter, replace_node, set_backing, set_external_perms, unfreeze, unref,
 };
-pub use node::{BeforeWrite, Node, NodeOptions, NodeStats, OpStats};
+pub use io_state::{IoState, NodeStats, OpStats};
+pub use node::{BeforeWrite, Node, NodeOptions};
 pub use open::{InternalOpen, OpenCtx, close_unused, open_internal, open_internal_node, open_node};
 pub use reopen::{reopen_read_only, reopen_read_write};

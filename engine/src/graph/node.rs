@@ -1,22 +1,21 @@
-//! A node of the graph (QEMU's BlockDriverState): a driver instance plus the generic state the
-//! request path keeps for it (in-flight count, quiesce counter, write generations, tracked
-//! requests, write threshold, before-write hooks, statistics).
+//! A node of the graph (QEMU's BlockDriverState): a driver instance, its edges, options, limits,
+//! permissions and quiesce counter, plus one [`IoState`]: the state the request path keeps for
+//! it (see `io_state`).
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::{Rc, Weak};
 
-use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::driver::BlockDriver;
+use crate::driver::{BlockDriver, Breakpoints, no_breakpoints};
 use crate::env::LocalBoxFuture;
 use crate::error::Result;
 use crate::io::Limits;
 use crate::types::{DetectZeroes, NodeId, Perms};
-use crate::util::{Notify, TrackedRanges};
 
 use super::ctx::GraphCtx;
 use super::edge::Edge;
+use super::io_state::{IoState, NodeStats};
 
 /// Generic options every node has (the common part of `blockdev-add`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,86 +41,6 @@ pub trait BeforeWrite {
     fn before_write(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>>;
 }
 
-/// Per-operation counters of one node.
-#[derive(Clone, Debug, Default)]
-pub struct OpStats {
-    /// Completed operations.
-    pub ops: u64,
-    /// Bytes transferred (or covered, for zeroes/discard).
-    pub bytes: u64,
-    /// Failed operations.
-    pub failed: u64,
-    /// Sum of latencies in ns.
-    pub total_ns: u64,
-}
-
-/// Accounting of one node: counters per operation and latency histograms.
-pub struct NodeStats {
-    /// Reads.
-    pub read: OpStats,
-    /// Writes.
-    pub write: OpStats,
-    /// Write-zeroes.
-    pub zero: OpStats,
-    /// Discards.
-    pub discard: OpStats,
-    /// Flushes (including de-duplicated ones).
-    pub flush: OpStats,
-    /// Highest byte offset written (QEMU's `wr_highest_offset`).
-    pub wr_highest_offset: u64,
-    /// Read latency in ns.
-    pub read_latency: Histogram<u64>,
-    /// Write latency in ns.
-    pub write_latency: Histogram<u64>,
-}
-
-impl Default for NodeStats {
-    fn default() -> NodeStats {
-        let hist =
-            || Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("histogram bounds");
-        NodeStats {
-            read: OpStats::default(),
-            write: OpStats::default(),
-            zero: OpStats::default(),
-            discard: OpStats::default(),
-            flush: OpStats::default(),
-            wr_highest_offset: 0,
-            read_latency: hist(),
-            write_latency: hist(),
-        }
-    }
-}
-
-impl NodeStats {
-    /// QMP `query-blockstats`-like JSON.
-    pub fn to_json(&self) -> Value {
-        let pct = |h: &Histogram<u64>, q: f64| {
-            if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(q)
-            }
-        };
-        json!({
-            "rd_operations": self.read.ops, "rd_bytes": self.read.bytes,
-            "failed_rd_operations": self.read.failed, "rd_total_time_ns": self.read.total_ns,
-            "wr_operations": self.write.ops, "wr_bytes": self.write.bytes,
-            "failed_wr_operations": self.write.failed, "wr_total_time_ns": self.write.total_ns,
-            "zone_append_operations": 0,
-            "zero_operations": self.zero.ops, "zero_bytes": self.zero.bytes,
-            "unmap_operations": self.discard.ops, "unmap_bytes": self.discard.bytes,
-            "failed_unmap_operations": self.discard.failed,
-            "flush_operations": self.flush.ops, "failed_flush_operations": self.flush.failed,
-            "flush_total_time_ns": self.flush.total_ns,
-            "wr_highest_offset": self.wr_highest_offset,
-            "rd_latency_p50_ns": pct(&self.read_latency, 0.5),
-            "rd_latency_p99_ns": pct(&self.read_latency, 0.99),
-            "wr_latency_p50_ns": pct(&self.write_latency, 0.5),
-            "wr_latency_p99_ns": pct(&self.write_latency, 0.99),
-        })
-    }
-}
-
 /// A node of the graph.
 pub struct Node {
     id: NodeId,
@@ -139,17 +58,9 @@ pub struct Node {
     pub(crate) monitor_owned: Cell<bool>,
     limits: Cell<Limits>,
     pub(crate) quiesce: Cell<u32>,
-    in_flight: Cell<u32>,
-    /// Bumped when a write completes; a flush that finds `flushed_gen == write_gen` is free.
-    pub(crate) write_gen: Cell<u64>,
-    pub(crate) flushed_gen: Cell<u64>,
-    pub(crate) flush_active: Cell<bool>,
-    pub(crate) flush_queue: Notify,
-    pub(crate) tracked: TrackedRanges,
-    /// Write threshold in bytes (0 = off): a write ending past it raises an event once.
-    pub(crate) write_threshold: Cell<u64>,
-    pub(crate) before_write: RefCell<Vec<Rc<dyn BeforeWrite>>>,
-    pub(crate) stats: RefCell<NodeStats>,
+    /// The request path's per-node state (in-flight count, tracked requests, write
+    /// generations, write threshold, before-write hooks, statistics).
+    pub(crate) io: IoState,
     /// Union of parents' perms and intersection of their shared perms, as last committed.
     pub(crate) cumulative: Cell<(Perms, Perms)>,
     pub(crate) closed: Cell<bool>,
@@ -179,15 +90,7 @@ impl Node {
             monitor_owned: Cell::new(false),
             limits: Cell::new(Limits::default()),
             quiesce: Cell::new(0),
-            in_flight: Cell::new(0),
-            write_gen: Cell::new(0),
-            flushed_gen: Cell::new(0),
-            flush_active: Cell::new(false),
-            flush_queue: Notify::new(),
-            tracked: TrackedRanges::new(),
-            write_threshold: Cell::new(0),
-            before_write: RefCell::new(Vec::new()),
-            stats: RefCell::new(NodeStats::default()),
+            io: IoState::default(),
             cumulative: Cell::new((Perms::NONE, Perms::ALL)),
             closed: Cell::new(false),
             op_blockers: RefCell::new(Vec::new()),
@@ -336,12 +239,12 @@ impl Node {
 
     /// Requests in flight in this node.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.get()
+        self.io.in_flight.get()
     }
 
     /// Requests tracked in this node now (in flight past the request path's entry).
     pub fn tracked_len(&self) -> usize {
-        self.tracked.len()
+        self.io.tracked.len()
     }
 
     /// The cumulative permissions (taken, shared) of this node's parents.
@@ -351,34 +254,35 @@ impl Node {
 
     /// Set the write threshold (0 disables it).
     pub fn set_write_threshold(&self, bytes: u64) {
-        self.write_threshold.set(bytes);
+        self.io.write_threshold.set(bytes);
     }
 
     /// The write threshold (0 = off).
     pub fn write_threshold(&self) -> u64 {
-        self.write_threshold.get()
+        self.io.write_threshold.get()
     }
 
     /// Register a before-write hook.
     pub fn add_before_write(&self, hook: Rc<dyn BeforeWrite>) {
-        self.before_write.borrow_mut().push(hook);
+        self.io.before_write.borrow_mut().push(hook);
     }
 
     /// Remove a before-write hook.
     pub fn remove_before_write(&self, hook: &Rc<dyn BeforeWrite>) {
-        self.before_write
+        self.io
+            .before_write
             .borrow_mut()
             .retain(|h| !Rc::ptr_eq(h, hook));
     }
 
     /// Accounting snapshot as JSON.
     pub fn stats_json(&self) -> Value {
-        self.stats.borrow().to_json()
+        self.io.stats.borrow().to_json()
     }
 
     /// Run `f` on the statistics.
     pub fn with_stats<R>(&self, f: impl FnOnce(&NodeStats) -> R) -> R {
-        f(&self.stats.borrow())
+        f(&self.io.stats.borrow())
     }
 
     /// Refuse operations that would disturb a user of this node (a job) until the returned token
@@ -420,10 +324,15 @@ impl Node {
             .cloned()
     }
 
+    /// The breakpoint verbs of this node's driver (blkdebug), or ENOTSUP when it has none.
+    pub fn breakpoints(&self) -> Result<&dyn Breakpoints> {
+        self.driver().breakpoints().ok_or_else(no_breakpoints)
+    }
+
     /// The first node at or below this one (following primary/filtered children, then any
     /// child) whose driver has breakpoints: where `break`/`resume` of qemu-io act.
     pub fn find_breakpoint_node(self: &Rc<Node>) -> Option<Rc<Node>> {
-        if self.driver().supports_breakpoints() {
+        if self.driver().breakpoints().is_some() {
             return Some(self.clone());
         }
         let children = self.children();
@@ -441,7 +350,7 @@ impl Node {
     /// Count a request in; the guard counts it out when dropped (even if its future is
     /// dropped), waking drain waiters when the node becomes idle.
     pub(crate) fn enter(self: &Rc<Node>) -> InFlightGuard {
-        self.in_flight.set(self.in_flight.get() + 1);
+        self.io.in_flight.set(self.io.in_flight.get() + 1);
         InFlightGuard { node: self.clone() }
     }
 
@@ -465,7 +374,7 @@ impl Node {
             "detect_zeroes": match self.opts.get().detect_zeroes {
                 DetectZeroes::Off => "off", DetectZeroes::On => "on", DetectZeroes::Unmap => "unmap",
             },
-            "write_threshold": self.write_threshold.get(),
+            "write_threshold": self.io.write_threshold.get(),
             "cache": {"writeback": true, "direct": self.opts.get().direct, "no-flush": self.opts.get().no_flush},
             "backing_file": backing,
             "backing_file_depth": depth,
@@ -490,8 +399,8 @@ pub struct InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        let n = self.node.in_flight.get() - 1;
-        self.node.in_flight.set(n);
+        let n = self.node.io.in_flight.get() - 1;
+        self.node.io.in_flight.set(n);
         if n == 0 {
             self.node.ctx.progress.notify_all();
         }

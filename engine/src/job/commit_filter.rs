@@ -14,7 +14,8 @@ use crate::driver::{BlockDriver, ChildDesc, DriverCaps, DriverKind, ParentPerms,
 use crate::env::LocalBoxFuture;
 use crate::error::{Errno, Error, Result};
 use crate::graph::{Child, OpenCtx};
-use crate::io::{BlockStatus, BufResult, IoBuf, Limits, Mapping, ReqFlags};
+use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
+use crate::request::filter;
 use crate::types::{ChildRole, Perms};
 
 /// The driver name QMP shows for the filter.
@@ -98,14 +99,7 @@ impl BlockDriver for CommitTop {
 
     fn block_status(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<BlockStatus>> {
         // Nothing is allocated here: chain walks continue into the top image.
-        let len = len.min(self.len().saturating_sub(offset)).max(1);
-        let _ = offset;
-        Box::pin(async move {
-            Ok(BlockStatus {
-                len,
-                mapping: Mapping::Unallocated,
-            })
-        })
+        filter::unallocated_status(self.len(), offset, len)
     }
 
     fn truncate(
@@ -123,6 +117,6 @@ impl BlockDriver for CommitTop {
     }
 
     fn filename(&self) -> String {
-        self.child.node().driver().filename()
+        self.child.filename()
     }
 }

@@ -11,14 +11,15 @@ use serde_json::json;
 
 use crate::error::{Errno, Error, Result};
 
+use super::state::{Activity, Cancel, RunState};
 use super::{Job, JobStatus, JobTxn};
 
 impl Job {
     /// Start a created job: status running, and its task on the env's executor.
     pub fn start(self: &Rc<Self>) {
         assert_eq!(self.status(), JobStatus::Created, "job started twice");
-        self.started.set(true);
-        self.busy.set(true);
+        self.run.set(RunState::Running);
+        self.activity.set(Activity::Busy);
         self.transition(JobStatus::Running);
         let job = self.clone();
         let name = format!("job {}", self.id());
@@ -40,8 +41,8 @@ impl Job {
 
     /// The driver's `run` returned `r`.
     pub(crate) async fn finish_run(self: &Rc<Self>, r: Result<()>) {
-        self.run_done.set(true);
-        self.busy.set(false);
+        self.run.set(RunState::Finished);
+        self.activity.set(Activity::Idle);
         self.ctx.notify_progress();
         self.changed.notify_all();
         if let Err(e) = r {
@@ -58,7 +59,7 @@ impl Job {
     /// A cancelled job that has no error of its own ends with ECANCELED; any error moves the
     /// job to aborting.
     fn update_rc(&self) {
-        if self.cancelled.get() && self.ret.borrow().is_none() {
+        if self.is_cancelled() && self.ret.borrow().is_none() {
             *self.ret.borrow_mut() = Some(Error::io(Errno::ECANCELED));
         }
         if self.ret.borrow().is_some() && self.status() != JobStatus::Aborting {
@@ -120,12 +121,12 @@ impl Job {
             }
         }
         for j in &members {
-            if !j.started.get() && !j.run_done.get() {
+            if j.run.get() == RunState::NotStarted {
                 // Never started: nothing runs that could finish it.
-                j.run_done.set(true);
+                j.run.set(RunState::NeverRan);
                 j.update_rc();
             }
-            while !j.run_done.get() {
+            while !j.run.get().done() {
                 j.wake.notify_all();
                 j.changed.wait().await;
             }
@@ -138,7 +139,7 @@ impl Job {
     }
 
     async fn finalize_single(self: &Rc<Self>) {
-        assert!(self.run_done.get(), "finalizing a job that still runs");
+        assert!(self.run.get().done(), "finalizing a job that still runs");
         self.update_rc();
         let driver = self.driver.clone();
         if self.ret.borrow().is_none() {
@@ -148,8 +149,8 @@ impl Job {
         }
         driver.clean(self.clone()).await;
         self.release_nodes().await;
-        if self.started.get() && !self.internal {
-            if self.cancelled.get() {
+        if self.run.get().started() && !self.internal {
+            if self.is_cancelled() {
                 self.ctx.emit("BLOCK_JOB_CANCELLED", self.event_fields());
             } else {
                 let mut data = self.event_fields();
@@ -163,7 +164,7 @@ impl Job {
             txn.remove(self);
         }
         self.transition(JobStatus::Concluded);
-        if self.auto_dismiss || !self.started.get() {
+        if self.auto_dismiss || !self.run.get().started() {
             self.do_dismiss();
         }
     }
@@ -192,11 +193,9 @@ impl Job {
 
     /// Mark cancelled (the user's pause is lifted so the job can reach its exit).
     pub(crate) fn cancel_async(&self, force: bool) {
-        if self.user_paused.replace(false) {
-            self.pause_count.set(self.pause_count.get() - 1);
-        }
-        self.cancelled.set(true);
-        self.force_cancel.set(self.force_cancel.get() | force);
+        self.user_paused.set(false);
+        let level = if force { Cancel::Forced } else { Cancel::Hard };
+        self.cancel.set(self.cancel.get().max(level));
         self.wake.notify_all();
     }
 }

@@ -25,6 +25,7 @@ mod lifecycle;
 pub mod mirror;
 pub mod rebase;
 mod registry;
+mod state;
 mod status;
 pub mod stream;
 mod verbs;
@@ -40,6 +41,8 @@ use crate::error::{Errno, Error, Result};
 use crate::graph::{Child, GraphCtx, Node, ParentOps, attach_external};
 use crate::types::{OnError, Perms};
 use crate::util::{Notify, RateLimit, race, yield_now};
+
+use state::{Activity, Cancel, RunState};
 
 pub use registry::{JobOptions, JobRegistry, JobTxn};
 pub use status::{JobStatus, JobVerb};
@@ -115,21 +118,16 @@ pub struct Job {
     status: Cell<JobStatus>,
     auto_finalize: bool,
     auto_dismiss: bool,
-    /// Pause requests outstanding: the user's (at most one) and one per drained section.
-    pause_count: Cell<u32>,
+    /// Drained sections over the job's nodes: each asks the job to pause.
+    drain_pauses: Cell<u32>,
+    /// The user (or an error policy's stop) asked the job to pause.
     user_paused: Cell<bool>,
-    /// Parked at a pause point.
-    paused: Cell<bool>,
-    /// The job's task is executing (not parked, not sleeping, not finished): drain waits for it.
-    busy: Cell<bool>,
-    started: Cell<bool>,
-    /// `run` returned (or the job was aborted before it started).
-    run_done: Cell<bool>,
-    cancelled: Cell<bool>,
-    force_cancel: Cell<bool>,
-    /// `cancel` without force on a ready job: finish without completing (no pivot), reported as
-    /// COMPLETED because the target is consistent.
-    soft_cancelled: Cell<bool>,
+    /// Where the job's task is in its life.
+    run: Cell<RunState>,
+    /// What the job's task is doing now.
+    activity: Cell<Activity>,
+    /// How far a cancel request went.
+    cancel: Cell<Cancel>,
     limit: RefCell<RateLimit>,
     progress_current: Cell<u64>,
     progress_total: Cell<u64>,
@@ -163,15 +161,11 @@ impl Job {
             status: Cell::new(JobStatus::Undefined),
             auto_finalize: opts.auto_finalize,
             auto_dismiss: opts.auto_dismiss,
-            pause_count: Cell::new(0),
+            drain_pauses: Cell::new(0),
             user_paused: Cell::new(false),
-            paused: Cell::new(false),
-            busy: Cell::new(false),
-            started: Cell::new(false),
-            run_done: Cell::new(false),
-            cancelled: Cell::new(false),
-            force_cancel: Cell::new(false),
-            soft_cancelled: Cell::new(false),
+            run: Cell::new(RunState::NotStarted),
+            activity: Cell::new(Activity::Idle),
+            cancel: Cell::new(Cancel::None),
             limit: RefCell::new(limit),
             progress_current: Cell::new(0),
             progress_total: Cell::new(0),
@@ -221,23 +215,23 @@ impl Job {
 
     /// Cancelled by the user (or by an aborting transaction): stop working as soon as possible.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.get()
+        self.cancel.get() >= Cancel::Hard
     }
 
     /// Cancelled with force: do not even wait for in-flight work to settle.
     pub fn is_force_cancelled(&self) -> bool {
-        self.cancelled.get() && self.force_cancel.get()
+        self.cancel.get() == Cancel::Forced
     }
 
     /// Cancelled without force while ready: finish without completing (the target stays a
     /// consistent copy; no pivot).
     pub fn is_soft_cancelled(&self) -> bool {
-        self.soft_cancelled.get()
+        self.cancel.get() == Cancel::Soft
     }
 
     /// True while any pause is requested (user, drain, error stop).
     pub fn should_pause(&self) -> bool {
-        self.pause_count.get() > 0
+        self.user_paused.get() || self.drain_pauses.get() > 0
     }
 
     /// True while the user paused the job (or an error policy stopped it).
@@ -300,9 +294,9 @@ impl Job {
         self.wake.wait().await
     }
 
-    fn set_busy(&self, busy: bool) {
-        self.busy.set(busy);
-        if !busy {
+    fn set_activity(&self, activity: Activity) {
+        self.activity.set(activity);
+        if activity != Activity::Busy {
             // A drain may be waiting for this job to go quiet.
             self.ctx.notify_progress();
         }
@@ -355,13 +349,11 @@ impl Job {
             _ => return,
         };
         self.transition(parked);
-        self.paused.set(true);
-        self.set_busy(false);
+        self.set_activity(Activity::Parked);
         while self.should_pause() && !self.is_cancelled() {
             self.wake.wait().await;
         }
-        self.paused.set(false);
-        self.set_busy(true);
+        self.set_activity(Activity::Busy);
         self.transition(resumed);
     }
 
@@ -377,9 +369,9 @@ impl Job {
             } else {
                 let env = self.ctx.env().clone();
                 let deadline = env.now_ns().saturating_add(ns);
-                self.set_busy(false);
+                self.set_activity(Activity::Idle);
                 let _ = race(env.sleep_until(deadline), self.wake.wait()).await;
-                self.set_busy(true);
+                self.set_activity(Activity::Busy);
             }
         }
         self.pause_point().await;
@@ -419,10 +411,7 @@ impl Job {
             );
         }
         if action == ErrorAction::Stop {
-            if !self.user_paused.get() {
-                self.user_paused.set(true);
-                self.pause_count.set(self.pause_count.get() + 1);
-            }
+            self.user_paused.set(true);
             self.iostatus.set(if nospace {
                 IoStatus::Nospace
             } else {
@@ -501,12 +490,34 @@ impl Job {
         v
     }
 
+    /// Run `op` until it succeeds, applying the `on-error` `policy` to each failure (see
+    /// [`Job::error_action`]): `report` returns the error, `ignore` gives `Ok(None)` (the caller
+    /// carries on without the result), `stop` parks the job until the user resumes it and then
+    /// retries.
+    pub async fn retry_on_error<T, F: Future<Output = Result<T>>>(
+        &self,
+        policy: OnError,
+        is_read: bool,
+        mut op: impl FnMut() -> F,
+    ) -> Result<Option<T>> {
+        loop {
+            match op().await {
+                Ok(v) => return Ok(Some(v)),
+                Err(e) => match self.error_action(policy, &e, is_read) {
+                    ErrorAction::Report => return Err(e),
+                    ErrorAction::Ignore => return Ok(None),
+                    ErrorAction::Stop => self.pause_point().await,
+                },
+            }
+        }
+    }
+
     /// `query-block-jobs` entry.
     pub fn query_block_job(&self) -> Value {
         let (cur, total) = self.progress();
         let mut v = json!({
             "type": self.job_type(), "device": self.id, "len": total, "offset": cur,
-            "busy": self.busy.get(), "paused": self.should_pause(), "speed": self.speed(),
+            "busy": self.activity.get() == Activity::Busy, "paused": self.should_pause(), "speed": self.speed(),
             "io-status": self.iostatus().as_str(), "ready": self.is_ready(),
             "status": self.status().as_str(), "auto-finalize": self.auto_finalize,
             "auto-dismiss": self.auto_dismiss,
@@ -526,23 +537,23 @@ impl ParentOps for Job {
     }
 
     fn drained_begin(&self) {
-        self.pause_count.set(self.pause_count.get() + 1);
+        self.drain_pauses.set(self.drain_pauses.get() + 1);
         self.wake.notify_all();
     }
 
     fn drained_end(&self) {
         let n = self
-            .pause_count
+            .drain_pauses
             .get()
             .checked_sub(1)
             .expect("job drained_end without drained_begin");
-        self.pause_count.set(n);
+        self.drain_pauses.set(n);
         self.wake.notify_all();
     }
 
     fn drained_poll(&self) -> bool {
         // Working (not parked at a pause point, not sleeping, not finished): it may still issue
         // a request, so the drain must wait for it to reach its next pause point.
-        (self.busy.get() && !self.paused.get()) || self.driver.drained_poll()
+        self.activity.get() == Activity::Busy || self.driver.drained_poll()
     }
 }

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use crate::backend::IoStatus;
 use crate::error::{Error, Result};
 
+use super::state::{Cancel, RunState};
 use super::{Job, JobStatus, JobVerb};
 
 impl Job {
@@ -16,7 +17,6 @@ impl Job {
             return Err(Error::generic("Job is already paused"));
         }
         self.user_paused.set(true);
-        self.pause_count.set(self.pause_count.get() + 1);
         self.wake.notify_all();
         Ok(())
     }
@@ -28,7 +28,6 @@ impl Job {
             return Err(Error::generic("Can't resume a job that was not paused"));
         }
         self.user_paused.set(false);
-        self.pause_count.set(self.pause_count.get() - 1);
         self.iostatus.set(IoStatus::Ok);
         self.wake.notify_all();
         Ok(())
@@ -63,16 +62,14 @@ impl Job {
     pub async fn cancel(self: &Rc<Self>, force: bool) -> Result<()> {
         JobVerb::Cancel.check(self.id(), self.status())?;
         if self.is_ready() && !force && self.driver.can_complete() {
-            if self.user_paused.replace(false) {
-                self.pause_count.set(self.pause_count.get() - 1);
-            }
-            self.soft_cancelled.set(true);
+            self.user_paused.set(false);
+            self.cancel.set(self.cancel.get().max(Cancel::Soft));
             self.wake.notify_all();
             return Ok(());
         }
         self.cancel_async(force);
-        if !self.started.get() {
-            self.run_done.set(true);
+        if !self.run.get().started() {
+            self.run.set(RunState::NeverRan);
             self.update_rc_for_cancel();
             self.txn_abort().await;
         } else if self.status().is_completed() {

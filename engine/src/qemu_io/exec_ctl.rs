@@ -229,7 +229,7 @@ impl Session {
                     None => Err(enotsup),
                     Some(n) => match DebugEvent::from_name(event) {
                         None => Err(Error::io(Errno::ENOENT)),
-                        Some(ev) => n.driver().debug_breakpoint(ev, tag),
+                        Some(ev) => n.breakpoints().and_then(|b| b.debug_breakpoint(ev, tag)),
                     },
                 },
             ),
@@ -237,21 +237,23 @@ impl Session {
                 "Could not resume request".into(),
                 match &node {
                     None => Err(enotsup),
-                    Some(n) => n.driver().debug_resume(tag),
+                    Some(n) => n.breakpoints().and_then(|b| b.debug_resume(tag)),
                 },
             ),
             Command::RemoveBreak { tag } => (
                 format!("Could not remove breakpoint {tag}"),
                 match &node {
                     None => Err(enotsup),
-                    Some(n) => n.driver().debug_remove_breakpoint(tag),
+                    Some(n) => n.breakpoints().and_then(|b| b.debug_remove_breakpoint(tag)),
                 },
             ),
             Command::WaitBreak { tag } => match &node {
                 // qemu-io would wait forever here; refusing is more useful.
                 None => (format!("Could not wait for breakpoint {tag}"), Err(enotsup)),
                 Some(n) => {
-                    n.driver().debug_wait_suspended(tag).await;
+                    if let Ok(b) = n.breakpoints() {
+                        b.debug_wait_suspended(tag).await;
+                    }
                     return true;
                 }
             },

@@ -10,14 +10,15 @@
 
 use std::rc::Rc;
 
+use crate::driver::FormatOps;
 use crate::error::{Errno, Error, Result};
 use crate::graph::{Edge, Node};
 use crate::io::{IoBuf, ReqFlags};
 use crate::util::{align_down, align_up};
 
+use super::common::{aligned_write, check_write_perm, finish_write};
 use super::read::{aligned_read, check_range, max_chunk, mem_align};
 use super::stats::{self, Op};
-use super::write::{aligned_write, check_write_perm, finish_write};
 
 /// Copy into `node` whatever of `[offset, offset+len)` it does not allocate itself, from its
 /// backing chain. Returns the bytes copied.
@@ -34,6 +35,7 @@ pub(super) async fn populate(node: &Rc<Node>, edge: &Edge, offset: u64, len: u64
     let span_start = align_down(offset, align);
     let span_end = align_up(end, align).min(align_up(size, align));
     let tracked = node
+        .io
         .tracked
         .track(span_start, span_end - span_start, true, align);
     tracked.wait_conflicts().await;
@@ -82,7 +84,9 @@ pub(super) async fn change_backing_file(
         ));
     }
     let _in_flight = node.enter();
-    node.driver().change_backing_file(name, format).await
+    format_ops(node, "changing the backing file")?
+        .change_backing_file(name, format)
+        .await
 }
 
 /// Deallocate everything in `node` (it then reads from its backing file), counted in flight.
@@ -94,5 +98,16 @@ pub(super) async fn make_empty(node: &Rc<Node>) -> Result<()> {
         ));
     }
     let _in_flight = node.enter();
-    node.driver().make_empty().await
+    format_ops(node, "emptying the image")?.make_empty().await
+}
+
+/// The node's format verbs, or ENOTSUP naming the driver and what it cannot do.
+fn format_ops<'a>(node: &'a Node, what: &str) -> Result<&'a dyn FormatOps> {
+    node.driver().format_ops().ok_or_else(|| {
+        let name = node.driver().caps().name;
+        Error::io_msg(
+            Errno::ENOTSUP,
+            format!("Driver '{name}' does not support {what}"),
+        )
+    })
 }

@@ -22,8 +22,8 @@ struct ActiveFlush<'a>(&'a Node);
 
 impl Drop for ActiveFlush<'_> {
     fn drop(&mut self) {
-        self.0.flush_active.set(false);
-        self.0.flush_queue.notify_all();
+        self.0.io.flush_active.set(false);
+        self.0.io.flush_queue.notify_all();
     }
 }
 
@@ -33,15 +33,15 @@ pub(crate) fn flush_node(node: &Rc<Node>) -> LocalBoxFuture<'static, Result<()>>
     Box::pin(async move {
         let _in_flight = node.enter();
         let start = node.ctx().env().now_ns();
-        while node.flush_active.get() {
-            node.flush_queue.wait().await;
+        while node.io.flush_active.get() {
+            node.io.flush_queue.wait().await;
         }
-        node.flush_active.set(true);
+        node.io.flush_active.set(true);
         let active = ActiveFlush(&node);
         // Writes completing from here on are not covered by this flush.
-        let generation = node.write_gen.get();
+        let generation = node.io.write_gen.get();
         let mut result = Ok(());
-        if !node.options().no_flush && node.flushed_gen.get() != generation {
+        if !node.options().no_flush && node.io.flushed_gen.get() != generation {
             raise(&node, DebugEvent::FlushToOs).await;
             raise(&node, DebugEvent::FlushToDisk).await;
             result = node.driver().flush().await;
@@ -60,7 +60,7 @@ pub(crate) fn flush_node(node: &Rc<Node>) -> LocalBoxFuture<'static, Result<()>>
             }
         }
         if result.is_ok() {
-            node.flushed_gen.set(generation);
+            node.io.flushed_gen.set(generation);
         }
         drop(active);
         stats::record(&node, Op::Flush, 0, result.is_ok(), start);

@@ -15,8 +15,10 @@
 //! Drivers implement only their own layer (`driver.rs`) and reach their children through the
 //! [`Child`] methods defined here. Must not import `drivers`, `job`, `qmp` or `engine`.
 
+mod common;
 mod cor;
 mod debug;
+pub mod filter;
 mod flush;
 mod read;
 mod stats;
@@ -30,6 +32,7 @@ use crate::event::DebugEvent;
 use crate::graph::Child;
 use crate::io::{BlockStatus, BufResult, IoBuf, ReqFlags};
 
+pub use crate::graph::IoState;
 pub use status::ChainStatus;
 
 /// Rewrite the backing file name and format recorded in `node`'s image header (jobs, after

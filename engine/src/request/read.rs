@@ -46,7 +46,7 @@ pub(super) async fn read(
     let start = node.ctx().env().now_ns();
     let align = node.limits().request_align as u64;
     let result = if is_aligned(offset, align) && is_aligned(len, align) {
-        let tracked = node.tracked.track(offset, len, false, 1);
+        let tracked = node.io.tracked.track(offset, len, false, 1);
         if !flags.contains(ReqFlags::NO_SERIALISING) {
             tracked.wait_conflicts().await;
         }
@@ -58,6 +58,7 @@ pub(super) async fn read(
         let span_start = align_down(offset, align);
         let span_end = align_up(offset + len, align);
         let tracked = node
+            .io
             .tracked
             .track(span_start, span_end - span_start, false, 1);
         if !flags.contains(ReqFlags::NO_SERIALISING) {

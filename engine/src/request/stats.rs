@@ -27,7 +27,7 @@ fn counter(stats: &mut NodeStats, op: Op) -> &mut OpStats {
 /// Record a finished request that started at `start_ns`.
 pub(crate) fn record(node: &Rc<Node>, op: Op, bytes: u64, ok: bool, start_ns: u64) {
     let elapsed = node.ctx().env().now_ns().saturating_sub(start_ns);
-    let mut stats = node.stats.borrow_mut();
+    let mut stats = node.io.stats.borrow_mut();
     let c = counter(&mut stats, op);
     if !ok {
         c.failed += 1;
@@ -45,6 +45,6 @@ pub(crate) fn record(node: &Rc<Node>, op: Op, bytes: u64, ok: bool, start_ns: u6
 
 /// Remember the highest offset written.
 pub(crate) fn wrote_up_to(node: &Node, end: u64) {
-    let mut stats = node.stats.borrow_mut();
+    let mut stats = node.io.stats.borrow_mut();
     stats.wr_highest_offset = stats.wr_highest_offset.max(end);
 }

@@ -1,10 +1,9 @@
-//! Writes: permission check, detect-zeroes, read-modify-write for unaligned requests
-//! (serialising), before-write hooks, `max_transfer` splitting, FUA emulation, write generation,
-//! the write threshold. Also truncate.
+//! Writes: detect-zeroes (handing zero buffers to `zero`), compressed-write refusal and
+//! read-modify-write for unaligned requests (serialising). The checks, the aligned write to the
+//! driver (before-write hooks, `max_transfer` splitting, FUA emulation) and the bookkeeping after
+//! it are shared with `zero` and `cor` in `common`. Also truncate.
 
 use std::rc::Rc;
-
-use serde_json::json;
 
 use crate::driver::Prealloc;
 use crate::error::{Errno, Error, Result};
@@ -14,64 +13,11 @@ use crate::io::{BufResult, IoBuf, ReqFlags};
 use crate::types::{DetectZeroes, Perms};
 use crate::util::{align_down, align_up, is_aligned};
 
+use super::common::{aligned_write, check_grow_perm, check_write_perm, finish_write};
 use super::debug::raise;
-use super::read::{aligned_read, check_range, max_chunk, mem_align};
+use super::read::{aligned_read, check_range, mem_align};
 use super::stats::{self, Op};
-use super::{flush, zero};
-
-/// A write needs WRITE on its edge, or WRITE_UNCHANGED for a write that changes nothing visible.
-pub(crate) fn check_write_perm(node: &Node, edge: &Edge, flags: ReqFlags) -> Result<()> {
-    let perm = edge.perm();
-    let ok = perm.contains(Perms::WRITE)
-        || (flags.contains(ReqFlags::WRITE_UNCHANGED) && perm.contains(Perms::WRITE_UNCHANGED));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::io_msg(
-            Errno::EPERM,
-            format!(
-                "Write to node '{}' through {} without the 'write' permission",
-                node.name(),
-                edge.describe_use()
-            ),
-        ))
-    }
-}
-
-/// A write ending past the node's end grows it, which needs RESIZE on the edge (a format
-/// driver allocating in its file has it; a job or device writing past the end is a bug in the
-/// caller, refused here instead of reaching the driver).
-pub(crate) fn check_grow_perm(node: &Node, edge: &Edge, end: u64) -> Result<()> {
-    if end <= node.len() || edge.perm().contains(Perms::RESIZE) {
-        return Ok(());
-    }
-    Err(Error::io_msg(
-        Errno::EIO,
-        format!(
-            "Write past the end of node '{}' ({} > {} bytes) through {} without the 'resize' \
-             permission",
-            node.name(),
-            end,
-            node.len(),
-            edge.describe_use()
-        ),
-    ))
-}
-
-/// Bookkeeping after any request that may have changed data in `[offset, end)`.
-pub(crate) fn finish_write(node: &Rc<Node>, offset: u64, end: u64) {
-    node.write_gen.set(node.write_gen.get() + 1);
-    stats::wrote_up_to(node, end);
-    let threshold = node.write_threshold.get();
-    if threshold != 0 && end > threshold {
-        node.write_threshold.set(0);
-        node.ctx().emit(
-            "BLOCK_WRITE_THRESHOLD",
-            json!({"node-name": node.name(), "amount-exceeded": end - threshold.max(offset),
-                   "write-threshold": threshold}),
-        );
-    }
-}
+use super::zero;
 
 pub(super) async fn write(
     node: &Rc<Node>,
@@ -115,11 +61,11 @@ pub(super) async fn write(
     let align = node.limits().request_align as u64;
     let serialising = flags.contains(ReqFlags::SERIALISING);
     let (buf, result) = if is_aligned(offset, align) && is_aligned(len, align) {
-        let tracked = node.tracked.track(offset, len, serialising, align);
+        let tracked = node.io.tracked.track(offset, len, serialising, align);
         tracked.wait_conflicts().await;
         aligned_write(node, offset, buf, flags).await
     } else {
-        let tracked = node.tracked.track(offset, len, true, align);
+        let tracked = node.io.tracked.track(offset, len, true, align);
         tracked.wait_conflicts().await;
         rmw_write(node, offset, buf, flags).await
     };
@@ -176,65 +122,6 @@ async fn rmw_write(node: &Rc<Node>, offset: u64, buf: IoBuf, flags: ReqFlags) ->
     (buf, r)
 }
 
-/// Write an aligned range the caller has tracked (and waited for).
-pub(crate) async fn aligned_write(
-    node: &Rc<Node>,
-    offset: u64,
-    buf: IoBuf,
-    flags: ReqFlags,
-) -> BufResult {
-    let len = buf.len() as u64;
-    if let Err(e) = run_before_write(node, offset, len).await {
-        return (buf, Err(e));
-    }
-    raise(node, DebugEvent::Pwritev).await;
-    let supported = node.driver().caps().write_flags;
-    let driver_flags = flags & supported;
-    let emulate_fua = flags.contains(ReqFlags::FUA) && !supported.contains(ReqFlags::FUA);
-    let chunk = max_chunk(node);
-    let needs_bounce = buf.align() < node.limits().min_mem_align as usize;
-    let (buf, mut result) = if len <= chunk && !needs_bounce {
-        node.driver().write(offset, buf, driver_flags).await
-    } else {
-        let mut done = 0u64;
-        let mut result = Ok(());
-        while done < len && result.is_ok() {
-            let n = chunk.min(len - done);
-            let piece = IoBuf::with_align(n as usize, mem_align(node));
-            let mut piece = piece;
-            piece
-                .as_mut_slice()
-                .copy_from_slice(&buf.as_slice()[done as usize..(done + n) as usize]);
-            let (_, r) = node
-                .driver()
-                .write(offset + done, piece, driver_flags)
-                .await;
-            result = r;
-            done += n;
-        }
-        (buf, result)
-    };
-    if result.is_ok() && emulate_fua {
-        // The data is written: count it before flushing, or the flush would find nothing new.
-        node.write_gen.set(node.write_gen.get() + 1);
-        result = flush::flush_node(node).await;
-    }
-    raise(node, DebugEvent::PwritevDone).await;
-    (buf, result)
-}
-
-/// Run the before-write hooks (copy-before-write, notifiers) after overlap waits.
-pub(crate) async fn run_before_write(node: &Rc<Node>, offset: u64, len: u64) -> Result<()> {
-    if node.before_write.borrow().is_empty() {
-        return Ok(());
-    }
-    let hooks = node.before_write.borrow().clone();
-    for hook in hooks {
-        hook.before_write(offset, len).await?;
-    }
-    Ok(())
-}
-
 pub(super) async fn truncate(
     node: &Rc<Node>,
     edge: &Edge,
@@ -262,7 +149,7 @@ pub(super) async fn truncate(
     }
     // Nothing may read or write the tail that changes while the size changes.
     let from = old.min(len);
-    let tracked = node.tracked.track(from, read_span(from), true, 1);
+    let tracked = node.io.tracked.track(from, read_span(from), true, 1);
     tracked.wait_conflicts().await;
     let r = node.driver().truncate(len, exact, prealloc).await;
     finish_write(node, from, from);

@@ -9,12 +9,12 @@ use crate::graph::{Edge, Node};
 use crate::io::{IoBuf, ReqFlags};
 use crate::util::{align_down, align_up, is_aligned};
 
+use super::common::{
+    aligned_write, check_grow_perm, check_write_perm, finish_write, run_before_write,
+};
 use super::debug::raise;
 use super::read::{aligned_read, check_range, max_chunk, mem_align};
 use super::stats::{self, Op};
-use super::write::{
-    aligned_write, check_grow_perm, check_write_perm, finish_write, run_before_write,
-};
 
 /// Largest zero buffer written at once by the fallback.
 const ZERO_BUF_MAX: u64 = 1 << 20;
@@ -37,7 +37,7 @@ pub(super) async fn write_zeroes(
     let align = node.limits().request_align as u64;
     let aligned = is_aligned(offset, align) && is_aligned(len, align);
     let serialising = !aligned || flags.contains(ReqFlags::SERIALISING);
-    let tracked = node.tracked.track(offset, len, serialising, align);
+    let tracked = node.io.tracked.track(offset, len, serialising, align);
     tracked.wait_conflicts().await;
     let result = zero_tracked(node, offset, len, flags).await;
     drop(tracked);
@@ -145,7 +145,7 @@ async fn zero_aligned(node: &Rc<Node>, offset: u64, len: u64, flags: ReqFlags) -
         pos += n;
     }
     if emulate_fua {
-        node.write_gen.set(node.write_gen.get() + 1);
+        node.io.write_gen.set(node.io.write_gen.get() + 1);
         super::flush::flush_node(node).await?;
     }
     Ok(())
@@ -181,7 +181,7 @@ pub(super) async fn discard(node: &Rc<Node>, edge: &Edge, offset: u64, len: u64)
     let to = align_down(offset + len, dalign);
     let mut result = Ok(());
     if from < to {
-        let tracked = node.tracked.track(from, to - from, false, 1);
+        let tracked = node.io.tracked.track(from, to - from, false, 1);
         tracked.wait_conflicts().await;
         result = run_before_write(node, from, to - from).await;
         let max = match limits.max_discard {

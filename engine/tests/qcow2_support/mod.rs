@@ -8,6 +8,9 @@ pub mod guest;
 
 use std::path::PathBuf;
 use std::process::Command;
+
+#[path = "../qemu_tools/mod.rs"]
+mod qemu_tools;
 use std::rc::Rc;
 
 use engine::Engine;
@@ -17,24 +20,9 @@ use engine::io::IoBuf;
 use serde_json::json;
 use sim::{Sim, SimConfig, View};
 
-/// True when qemu-img and qemu-io can run; otherwise prints a note (or panics when
-/// `BLK_REQUIRE_QEMU=1`).
+/// qemu-img and qemu-io can run (see `qemu_tools`).
 pub fn have_qemu() -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-        && Command::new("qemu-io")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("BLK_REQUIRE_QEMU").as_deref() == Ok("1") {
-            panic!("qemu-img/qemu-io required (BLK_REQUIRE_QEMU=1) but not runnable");
-        }
-        eprintln!("note: qemu-img/qemu-io not found; skipping qcow2 interop test");
-    }
-    ok
+    qemu_tools::have_qemu("qcow2 interop test")
 }
 
 /// A scratch directory, removed on drop.

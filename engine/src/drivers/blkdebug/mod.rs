@@ -27,6 +27,7 @@ use crate::error::{Errno, Error, Result};
 use crate::event::DebugEvent;
 use crate::graph::{Child, OpenCtx};
 use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
+use crate::request::filter;
 use crate::types::{ChildRole, Perms};
 use crate::util::{Options, yield_now};
 
@@ -129,7 +130,7 @@ pub(super) fn open(
         };
         // "none" fires once, when the node is created (rules may arm errors or set a state).
         // No breakpoint exists yet, so nothing can suspend here.
-        assert!(blkdebug.debug_event(DebugEvent::None).is_none());
+        assert!(crate::driver::Breakpoints::debug_event(&blkdebug, DebugEvent::None).is_none());
         Ok(Box::new(blkdebug) as Box<dyn BlockDriver>)
     })
 }
@@ -229,7 +230,7 @@ impl BlockDriver for Blkdebug {
         exact: bool,
         prealloc: Prealloc,
     ) -> LocalBoxFuture<'_, Result<()>> {
-        Box::pin(async move { self.image.truncate(len, exact, prealloc).await })
+        filter::truncate_filtered(&self.image, len, exact, prealloc)
     }
 
     fn child_perms(&self, child: ChildDesc<'_>, parent: ParentPerms) -> (Perms, Perms) {
@@ -243,10 +244,24 @@ impl BlockDriver for Blkdebug {
         Box::pin(async { Ok(()) })
     }
 
-    fn listens_to_debug_events(&self) -> bool {
-        true
+    fn breakpoints(&self) -> Option<&dyn crate::driver::Breakpoints> {
+        Some(self)
     }
 
+    fn filename(&self) -> String {
+        let image = self.image.node().driver().filename();
+        // QEMU's form, an empty config when there is none ("blkdebug::IMAGE").
+        let config = self.config.as_deref().unwrap_or("");
+        format!("blkdebug:{config}:{image}")
+    }
+
+    fn specific_info(&self) -> Value {
+        Value::Null
+    }
+}
+
+/// The breakpoint verbs (the driver-facing side of [`Breakpoints`], the parked requests).
+impl crate::driver::Breakpoints for Blkdebug {
     fn debug_event(&self, event: DebugEvent) -> Option<LocalBoxFuture<'_, ()>> {
         let outcome = self.rules.borrow_mut().process_event(event);
         if outcome.suspend.is_empty() {
@@ -302,20 +317,5 @@ impl BlockDriver for Blkdebug {
 
     fn debug_wait_suspended(&self, tag: &str) -> LocalBoxFuture<'_, ()> {
         Box::pin(self.breakpoints.wait_suspended(tag.to_string()))
-    }
-
-    fn supports_breakpoints(&self) -> bool {
-        true
-    }
-
-    fn filename(&self) -> String {
-        let image = self.image.node().driver().filename();
-        // QEMU's form, an empty config when there is none ("blkdebug::IMAGE").
-        let config = self.config.as_deref().unwrap_or("");
-        format!("blkdebug:{config}:{image}")
-    }
-
-    fn specific_info(&self) -> Value {
-        Value::Null
     }
 }

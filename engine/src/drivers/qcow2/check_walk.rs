@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use crate::error::Result;
 use crate::io::{IoBuf, ReqFlags};
 
-use super::check::CheckReport;
 use super::header::Header;
 use super::{COMPRESSED, OFFSET_MASK, Qcow2, ZERO};
+use crate::driver::CheckReport;
 
 /// Flags of refcount table entries that must be zero.
 const REFT_RESERVED: u64 = 0x1ff;

@@ -43,14 +43,10 @@ pub(crate) fn start(env: Rc<dyn Env>, node: Weak<Node>, secs: u64) -> Cleaner {
                     return;
                 }
                 let Some(node) = node.upgrade() else { return };
-                let Some(q) = node
-                    .driver()
-                    .as_any()
-                    .and_then(|a| a.downcast_ref::<Qcow2>())
-                else {
+                let Some(ops) = node.driver().format_ops() else {
                     return;
                 };
-                q.clean_unused_tables().await;
+                ops.clean_unused_tables().await;
             }
         }),
     );
@@ -60,8 +56,7 @@ pub(crate) fn start(env: Rc<dyn Env>, node: Weak<Node>, secs: u64) -> Cleaner {
 /// (L2 tables, refcount blocks) cached by the qcow2 `node` (None for other drivers): what
 /// the cache options and the cleaner leave in memory.
 pub fn cached_tables(node: &Node) -> Option<(usize, usize)> {
-    let q = node.driver().as_any()?.downcast_ref::<Qcow2>()?;
-    Some((q.l2_cache.len(), q.rb_cache.len()))
+    Some(node.driver().format_ops()?.cached_tables())
 }
 
 impl Qcow2 {

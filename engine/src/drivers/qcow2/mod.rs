@@ -31,6 +31,7 @@ mod clean;
 mod cluster;
 mod compress;
 mod create;
+mod format_ops;
 mod header;
 mod io;
 mod lock;
@@ -46,7 +47,7 @@ use std::rc::Weak;
 
 use serde_json::{Value, json};
 
-use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
+use crate::driver::{BlockDriver, DriverCaps, DriverKind, FormatOps, Prealloc};
 use crate::env::{LocalBoxFuture, OpenOptions};
 use crate::error::{Errno, Error, Result};
 use crate::graph::{Child, Node, OpenCtx};
@@ -54,7 +55,8 @@ use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
 use crate::types::ChildRole;
 use crate::util::Options;
 
-pub use check::{CheckReport, Repair, check_node};
+pub use crate::driver::{CheckReport, Repair};
+pub use check::check_node;
 pub use clean::cached_tables;
 pub use create::{Compat, CreateOptions, create};
 pub use header::{Header, RawExtension};
@@ -636,24 +638,8 @@ impl BlockDriver for Qcow2 {
         self.reopen_to.set(None);
     }
 
-    fn make_empty(&self) -> LocalBoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            self.check_writable().await?;
-            self.do_make_empty().await
-        })
-    }
-
-    fn change_backing_file(
-        &self,
-        name: Option<&str>,
-        format: Option<&str>,
-    ) -> LocalBoxFuture<'_, Result<()>> {
-        let name = name.map(str::to_string);
-        let format = format.map(str::to_string);
-        Box::pin(async move {
-            self.do_change_backing_file(name.as_deref(), format.as_deref())
-                .await
-        })
+    fn format_ops(&self) -> Option<&dyn FormatOps> {
+        Some(self)
     }
 
     fn filename(&self) -> String {
@@ -667,9 +653,5 @@ impl BlockDriver for Qcow2 {
             "corrupt": self.incompat.get() & header::INCOMPAT_CORRUPT != 0,
             "compression-type": if self.compression_type == 1 { "zstd" } else { "zlib" },
         })
-    }
-
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        Some(self)
     }
 }

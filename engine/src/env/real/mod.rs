@@ -11,13 +11,19 @@
 //! runnable (until a completion, a cross-thread wake or the next timer), reaps completions and
 //! fires due timers. Wakers are `Send + Sync` and name tasks by key, so the loop never busy-spins.
 //!
-//! Submodules: `executor` (tasks, wakers, inbox), `timer`, `op` (in-flight slab and futures),
-//! `uring`, `pool`, `file` (`HostFs`/`HostFile`), `sys` (blocking syscalls).
+//! Submodules, in import order (each imports only those above it): `sys` (blocking syscalls),
+//! `op` (the vocabulary: operation kinds, operations, completions), `slab` (operations in
+//! flight), `shared` (inbox and eventfd shared with other threads); the backends `uring` and
+//! `pool`; `dispatch` (the backend enum and the future a caller awaits); `executor` (tasks,
+//! wakers); then this module's reactor, with `timer` and `file` (`HostFs`/`HostFile`) on it.
 
+mod dispatch;
 mod executor;
 mod file;
 mod op;
 mod pool;
+mod shared;
+mod slab;
 mod sys;
 mod timer;
 mod uring;
@@ -37,9 +43,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use executor::{MAIN_KEY, Shared, TaskWaker, Tasks};
+use dispatch::Io;
+use executor::{MAIN_KEY, TaskWaker, Tasks};
 use file::RealFs;
-use op::Io;
+use op::Done;
+use shared::Shared;
 use timer::{Sleep, Timers};
 
 use crate::env::{Env, HostFs, LocalBoxFuture};
@@ -70,7 +78,7 @@ struct Scratch {
     /// Ready task keys of this turn.
     ready: Vec<u64>,
     /// Worker-pool completions of this turn.
-    done: Vec<pool::Done>,
+    done: Vec<Done>,
     /// Wakers of fired timers.
     wakers: Vec<Waker>,
 }

@@ -14,8 +14,9 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::executor::Shared;
-use super::op::{Op, OpKind, OpTable};
+use super::op::{Done, Op, OpKind};
+use super::shared::Shared;
+use super::slab::OpTable;
 use super::sys;
 use crate::io::IoBuf;
 
@@ -35,16 +36,6 @@ struct Job {
     /// Length or new size (non-data ops).
     len: u64,
     /// The data buffer, owned by the worker meanwhile.
-    buf: Option<IoBuf>,
-}
-
-/// A finished job on its way back to the loop.
-pub(super) struct Done {
-    /// Slot of the operation.
-    slot: u32,
-    /// 0 or `-errno`.
-    res: i32,
-    /// The buffer, returned.
     buf: Option<IoBuf>,
 }
 

@@ -136,8 +136,9 @@ pub(super) fn ftruncate(fd: RawFd, len: u64) -> Result<(), i32> {
 
 /// The file size (`fstat`).
 pub(super) fn file_len(fd: RawFd) -> Result<u64, i32> {
-    // SAFETY: fstat writes into the zeroed struct we pass.
+    // SAFETY: `libc::stat` is plain data, for which all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes only into the struct we pass, which lives across the call.
     if unsafe { libc::fstat(fd, &mut st) } < 0 {
         return Err(errno());
     }
@@ -160,8 +161,10 @@ pub(super) fn seek(fd: RawFd, offset: u64, whence: i32) -> Result<Option<u64>, i
 /// The `O_DIRECT` alignment of `fd` (offsets, lengths and buffers), found like QEMU does: ask the
 /// kernel (`statx` `STATX_DIOALIGN`), else probe reads of growing size, else assume 4096.
 pub(super) fn probe_direct_align(fd: RawFd) -> u32 {
-    // SAFETY: statx fills the zeroed struct; an empty path with AT_EMPTY_PATH means `fd` itself.
+    // SAFETY: `libc::statx` is plain data, for which all-zero bytes are a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx fills the struct we pass, which lives across the call; the path is a valid
+    // empty C string, which with AT_EMPTY_PATH means `fd` itself.
     let r = unsafe {
         libc::statx(
             fd,
@@ -214,6 +217,7 @@ impl EventFd {
             "eventfd failed: {}",
             std::io::Error::last_os_error()
         );
+        // SAFETY: `fd` is a fresh, valid fd (checked above) that nothing else owns.
         EventFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
     }
 

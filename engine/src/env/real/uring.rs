@@ -14,8 +14,9 @@ use std::task::Waker;
 
 use io_uring::{IoUring, Probe, opcode, types};
 
-use super::executor::Shared;
-use super::op::{Op, OpKind, OpTable, SlotState};
+use super::op::{Op, OpKind};
+use super::shared::Shared;
+use super::slab::{OpTable, SlotState};
 use super::sys::{self, EventFd};
 
 /// Submission queue entries.
@@ -121,7 +122,7 @@ impl Uring {
             OpKind::Read | OpKind::Write { .. } => {
                 let buf = s.buf.as_mut().expect("read/write slot has a buffer");
                 let len = (buf.len() - s.done).min(MAX_CHUNK) as u32;
-                // SAFETY (of the pointer): done < len, so it stays inside the buffer.
+                // SAFETY: done < len, so the pointer stays inside the buffer.
                 let ptr = unsafe { buf.as_mut_ptr().add(s.done) };
                 let off = s.offset + s.done as u64;
                 match s.kind {
@@ -180,7 +181,7 @@ impl Uring {
         }
     }
 
-    /// One turn: submit, maybe wait (see [`super::op::Io::turn`]), reap.
+    /// One turn: submit, maybe wait (see [`super::dispatch::Io::turn`]), reap.
     pub(super) fn turn(&mut self, block: Option<Option<u64>>, shared: &Shared) {
         if block.is_some() {
             self.arm_efd();

@@ -129,16 +129,10 @@ impl MirrorDriver {
             let mut pos = 0;
             while pos < len && !job.is_cancelled() {
                 let n = (len - pos).min(1 << 30);
-                loop {
-                    match target.write_zeroes(pos, n, flags).await {
-                        Ok(()) => break,
-                        Err(e) => match job.error_action(self.on_target_error, &e, false) {
-                            ErrorAction::Report => return Err(e),
-                            ErrorAction::Ignore => break,
-                            ErrorAction::Stop => job.pause_point().await,
-                        },
-                    }
-                }
+                job.retry_on_error(self.on_target_error, false, || {
+                    target.write_zeroes(pos, n, flags)
+                })
+                .await?;
                 pos += n;
                 job.pause_point().await;
             }
@@ -154,24 +148,18 @@ impl MirrorDriver {
             if job.is_cancelled() {
                 return Ok(());
             }
-            let status = loop {
-                match source.chain_status(pos, len - pos, base.as_deref()).await {
-                    Ok(s) => break s,
-                    Err(e) => match job.error_action(self.on_source_error, &e, true) {
-                        ErrorAction::Report => return Err(e),
-                        // Unknown allocation: copy it.
-                        ErrorAction::Ignore => {
-                            break crate::request::ChainStatus {
-                                len: (len - pos).min(MAX_IO_BYTES),
-                                mapping: Mapping::Data { host: None },
-                                node: Some(source.node()),
-                                depth: 0,
-                            };
-                        }
-                        ErrorAction::Stop => job.pause_point().await,
-                    },
-                }
-            };
+            let status = job
+                .retry_on_error(self.on_source_error, true, || {
+                    source.chain_status(pos, len - pos, base.as_deref())
+                })
+                .await?
+                // An error ignored: the allocation is unknown, so copy the range.
+                .unwrap_or_else(|| crate::request::ChainStatus {
+                    len: (len - pos).min(MAX_IO_BYTES),
+                    mapping: Mapping::Data { host: None },
+                    node: Some(source.node()),
+                    depth: 0,
+                });
             let n = status.len.min(len - pos).max(1);
             if status.node.is_some() {
                 self.state.mark_dirty(pos, n);
@@ -268,16 +256,10 @@ impl MirrorDriver {
     /// Make what was copied durable (before READY and before the job ends: after a pivot the
     /// guest's earlier flushes must hold for the target).
     async fn flush_target(&self, job: &Rc<Job>) -> Result<()> {
-        loop {
-            match self.target_child().flush().await {
-                Ok(()) => return Ok(()),
-                Err(e) => match job.error_action(self.on_target_error, &e, false) {
-                    ErrorAction::Report => return Err(e),
-                    ErrorAction::Ignore => return Ok(()),
-                    ErrorAction::Stop => job.pause_point().await,
-                },
-            }
-        }
+        let target = self.target_child();
+        job.retry_on_error(self.on_target_error, false, || target.flush())
+            .await
+            .map(drop)
     }
 
     /// Stop guest I/O at the filter and check once more that nothing is dirty; if so, keep the

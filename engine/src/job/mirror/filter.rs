@@ -17,7 +17,8 @@ use crate::driver::{BlockDriver, ChildDesc, DriverCaps, DriverKind, ParentPerms,
 use crate::env::LocalBoxFuture;
 use crate::error::Result;
 use crate::graph::Child;
-use crate::io::{BlockStatus, BufResult, IoBuf, Limits, Mapping, ReqFlags};
+use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
+use crate::request::filter;
 use crate::types::Perms;
 
 use super::state::{CopyMode, MirrorState};
@@ -153,13 +154,7 @@ impl BlockDriver for MirrorTop {
     fn block_status(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<BlockStatus>> {
         // Nothing is allocated in the filter itself: the filtered ("backing") child provides
         // every byte.
-        let len = len.min(self.len().saturating_sub(offset)).max(1);
-        Box::pin(async move {
-            Ok(BlockStatus {
-                len,
-                mapping: Mapping::Unallocated,
-            })
-        })
+        filter::unallocated_status(self.len(), offset, len)
     }
 
     fn truncate(
@@ -168,7 +163,7 @@ impl BlockDriver for MirrorTop {
         exact: bool,
         prealloc: Prealloc,
     ) -> LocalBoxFuture<'_, Result<()>> {
-        Box::pin(async move { self.child.truncate(len, exact, prealloc).await })
+        filter::truncate_filtered(&self.child, len, exact, prealloc)
     }
 
     fn child_perms(&self, child: ChildDesc<'_>, parent: ParentPerms) -> (Perms, Perms) {
@@ -183,6 +178,6 @@ impl BlockDriver for MirrorTop {
     }
 
     fn filename(&self) -> String {
-        self.child.node().driver().filename()
+        self.child.filename()
     }
 }

@@ -7,12 +7,13 @@
 //! while guest writes keep coming (`filter.rs` marks them; write-blocking mode writes them to
 //! the target synchronously). The shared bookkeeping and its ordering rules are in `state.rs`.
 //!
-//! Completion (`job-complete`) is the pivot: the loop stops guest I/O at the filter, checks
-//! that nothing is dirty and flushes the target, and `prepare` then replaces the source (or the
-//! `replaces` node) by the target in the graph and removes the filter, all while drained. A
-//! cancel before READY, or a forced one, leaves the source as it was and drops the target; a
-//! cancel without force after READY finishes the copy without pivoting (a consistent target,
-//! reported as completed).
+//! Completion (`job-complete`) is the cutover (QEMU calls it the pivot; QMP and event names keep
+//! QEMU's word): the loop stops guest I/O at the filter, checks that nothing is dirty and
+//! flushes the target, and `prepare` then cuts over: it replaces the source (or the `replaces`
+//! node) by the target in the graph and removes the filter, all while drained. A cancel before
+//! READY, or a forced one, leaves the source as it was and drops the target; a cancel without
+//! force after READY finishes the copy without cutting over (a consistent target, reported as
+//! completed).
 //!
 //! Never names a concrete driver; image creation for drive-mirror happens in the Engine.
 
@@ -177,7 +178,9 @@ impl MirrorDriver {
         }
     }
 
-    async fn pivot(&self) -> Result<()> {
+    /// The cutover (QEMU's pivot): the target takes the place of the source (or of the
+    /// `replaces` node) in the graph.
+    async fn cutover(&self) -> Result<()> {
         let to_replace = match &self.replaces {
             Some(name) => self
                 .source
@@ -231,7 +234,7 @@ impl JobDriver for MirrorDriver {
     fn prepare(self: Rc<Self>, job: Rc<Job>) -> LocalBoxFuture<'static, Result<()>> {
         Box::pin(async move {
             if self.complete_requested.get() && !job.is_soft_cancelled() {
-                self.pivot().await?;
+                self.cutover().await?;
             }
             self.drop_filter().await;
             self.final_drain.borrow_mut().take();

@@ -1,0 +1,43 @@
+//! qcow2's format-only verbs ([`FormatOps`]): emptying the image, rewriting the backing file
+//! reference, check/repair. The work is in `io`, `backing` and `check`; this is the entry point
+//! the engine reaches through `BlockDriver::format_ops`.
+
+use crate::driver::{CheckReport, FormatOps, Repair};
+use crate::env::LocalBoxFuture;
+use crate::error::Result;
+
+use super::Qcow2;
+
+impl FormatOps for Qcow2 {
+    fn make_empty(&self) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.check_writable().await?;
+            self.do_make_empty().await
+        })
+    }
+
+    fn change_backing_file(
+        &self,
+        name: Option<&str>,
+        format: Option<&str>,
+    ) -> LocalBoxFuture<'_, Result<()>> {
+        let name = name.map(str::to_string);
+        let format = format.map(str::to_string);
+        Box::pin(async move {
+            self.do_change_backing_file(name.as_deref(), format.as_deref())
+                .await
+        })
+    }
+
+    fn check(&self, repair: Option<Repair>) -> LocalBoxFuture<'_, Result<CheckReport>> {
+        Box::pin(Qcow2::check(self, repair))
+    }
+
+    fn cached_tables(&self) -> (usize, usize) {
+        (self.l2_cache.len(), self.rb_cache.len())
+    }
+
+    fn clean_unused_tables(&self) -> LocalBoxFuture<'_, ()> {
+        Box::pin(Qcow2::clean_unused_tables(self))
+    }
+}

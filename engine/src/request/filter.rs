@@ -1,0 +1,43 @@
+//! Pass-through for filter drivers, whose one filtered child provides every byte (blkdebug,
+//! the jobs' `commit_top` and `mirror_top`; raw's file name too): written once here instead of
+//! in each filter.
+
+use crate::driver::Prealloc;
+use crate::env::LocalBoxFuture;
+use crate::error::Result;
+use crate::graph::Child;
+use crate::io::{BlockStatus, Mapping};
+
+impl Child {
+    /// The file name a node that is a view of this child shows (filters, raw).
+    pub fn filename(&self) -> String {
+        self.node().driver().filename()
+    }
+}
+
+/// Block status of a filter that allocates nothing itself: at most `len` bytes at `offset` of
+/// a filter `filter_len` bytes long (at least one byte, so a walk always advances) are
+/// unallocated here, so a chain walk continues into the filtered child.
+pub fn unallocated_status(
+    filter_len: u64,
+    offset: u64,
+    len: u64,
+) -> LocalBoxFuture<'static, Result<BlockStatus>> {
+    let len = len.min(filter_len.saturating_sub(offset)).max(1);
+    Box::pin(async move {
+        Ok(BlockStatus {
+            len,
+            mapping: Mapping::Unallocated,
+        })
+    })
+}
+
+/// A filter's resize: passed on to the filtered child.
+pub fn truncate_filtered(
+    child: &Child,
+    len: u64,
+    exact: bool,
+    prealloc: Prealloc,
+) -> LocalBoxFuture<'_, Result<()>> {
+    Box::pin(child.truncate(len, exact, prealloc))
+}
