@@ -15,6 +15,8 @@ mod qcow2_compressed;
 mod qcow2_crash;
 #[path = "qcow2_datafile.rs"]
 mod qcow2_datafile;
+#[path = "qcow2_discard.rs"]
+mod qcow2_discard;
 #[path = "qcow2_interop.rs"]
 mod qcow2_interop;
 #[path = "qcow2_lazy.rs"]

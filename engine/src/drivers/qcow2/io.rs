@@ -416,6 +416,11 @@ impl Qcow2 {
     }
 
     pub(crate) async fn do_discard(&self, offset: u64, len: u64) -> Result<()> {
+        // A v2 image cannot mark a cluster as reading zeroes: deallocating it would let the
+        // backing file's older data show through. Keep the data, as QEMU does.
+        if self.version < 3 && self.backing().is_some() {
+            return Ok(());
+        }
         self.discard_clusters(offset, len, false).await
     }
 
@@ -428,41 +433,60 @@ impl Qcow2 {
         self.flush_metadata().await
     }
 
-    /// Discard whole clusters. A plain discard of a v3 image with a backing file leaves zero
-    /// clusters (the backing data must not show through); `full` deallocates outright.
+    /// The whole clusters `[first, last)` a discard of `[offset, offset + len)` may drop:
+    /// partial clusters are left alone, except the last cluster of an image whose size is not
+    /// cluster aligned when the discard runs to the end of the image (nothing else can be in
+    /// that cluster).
+    fn discard_span(&self, offset: u64, len: u64) -> (u64, u64) {
+        let cs = self.cs();
+        let end = offset + len;
+        let last = if end >= self.size.get() {
+            end.div_ceil(cs)
+        } else {
+            end / cs
+        };
+        (offset.div_ceil(cs), last)
+    }
+
+    /// Discard whole clusters. A plain discard of a v3 image leaves zero clusters where the
+    /// cluster was allocated or a backing file lies below (neither the old data nor the
+    /// backing's may show through); `full` deallocates outright.
     async fn discard_clusters(&self, offset: u64, len: u64, full: bool) -> Result<()> {
         let cs = self.cs();
-        let first = offset.div_ceil(cs);
-        let last = (offset + len) / cs;
+        let (first, last) = self.discard_span(offset, len);
         if first >= last {
             return Ok(());
         }
         let _range = self.ranges.lock(first, last, true).await;
+        // The data file holds the guest disk up to the virtual size, not a whole last cluster.
+        let data_len = (last * cs).min(self.size.get()) - first * cs;
         match &self.data {
             // A raw data file must keep reading as the guest disk: zero what is discarded.
             Some(_) if self.data_raw => {
-                self.zero_raw_data_file(first * cs, (last - first) * cs, ReqFlags::MAY_UNMAP)
+                self.zero_raw_data_file(first * cs, data_len, ReqFlags::MAY_UNMAP)
                     .await?
             }
-            Some(d) => d.discard(first * cs, (last - first) * cs).await?,
+            Some(d) => d.discard(first * cs, data_len).await?,
             None => {}
         }
         let _g = self.meta.lock().await;
-        // Discarded clusters read as zeroes (over a backing file, or, as QEMU does, in an
-        // image with an external data file, whose zeroed range stays described); a full
-        // discard (emptying the image) deallocates outright.
-        let new =
-            if !full && (self.backing().is_some() || self.has_data_file()) && self.version >= 3 {
-                ZERO
-            } else {
-                0
-            };
+        let backing = self.backing().is_some();
         for gc in first..last {
             let old = self.l2_entry(gc).await?;
-            if old == new || (old == 0 && self.backing().is_none()) {
+            let kind = self.kind_at(gc).await?;
+            let allocated = !matches!(kind, Kind::Unallocated | Kind::Zero { host: None });
+            let new = if full {
+                0
+            } else if backing || allocated {
+                // v2 has no zero flag: only reached without a backing file, where an
+                // unallocated cluster reads as zeroes.
+                if self.version >= 3 { ZERO } else { 0 }
+            } else {
+                old
+            };
+            if old == new {
                 continue;
             }
-            self.kind_at(gc).await?;
             self.release(old)?;
             self.set_l2_entry(gc, new).await?;
         }
