@@ -11,7 +11,8 @@ use crate::event::DebugEvent;
 use crate::io::{BlockStatus, BufResult, IoBuf, Mapping, ReqFlags};
 
 use super::cluster::Kind;
-use super::{COPIED, Qcow2, ZERO, compress};
+use super::overlap::c_hex;
+use super::{COPIED, OFFSET_MASK, Qcow2, ZERO, compress};
 
 enum Plan {
     /// Write in place at `host`, `n` bytes.
@@ -187,6 +188,21 @@ impl Qcow2 {
         let cs = self.cs();
         let gc = off / cs;
         let entry = self.l2_entry(gc).await?;
+        if entry & COPIED != 0 && self.classify(entry).is_err() {
+            // QEMU's wording for a cluster it would rewrite in place.
+            let what = if entry & ZERO != 0 {
+                "Preallocated zero"
+            } else {
+                "Data"
+            };
+            let msg = format!(
+                "{what} cluster offset {:#x} unaligned (guest offset: {})",
+                entry & OFFSET_MASK,
+                c_hex(off)
+            );
+            let full = self.signal_corruption(true, None, None, &msg).await;
+            return Err(Error::io_msg(Errno::EIO, full));
+        }
         if let (Kind::Normal { host, copied: true }, n) = self.run_at(off, remaining).await? {
             debug_assert_eq!(entry & COPIED, COPIED);
             return Ok(Plan::Rewrite {
@@ -329,6 +345,16 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// `release`, except that an unaligned host offset in `old` is reported (not fatal, as
+    /// QEMU does) and its cluster leaked instead of failing the request.
+    async fn release_reporting(&self, old: u64) -> Result<()> {
+        if self.release(old).is_err() {
+            let msg = format!("Cannot free unaligned cluster {:#x}", old & OFFSET_MASK);
+            self.signal_corruption(false, None, None, &msg).await;
+        }
+        Ok(())
+    }
+
     /// True when the cluster of `kind` reads as zeroes.
     fn reads_zero(&self, kind: Kind) -> bool {
         match kind {
@@ -378,17 +404,19 @@ impl Qcow2 {
             let unmap = flags.contains(ReqFlags::MAY_UNMAP);
             for gc in first_full..last_full {
                 let old = self.l2_entry(gc).await?;
-                let kind = self.kind_at(gc).await?;
-                if matches!(kind, Kind::Zero { .. }) {
+                // An unaligned offset is not used here: the cluster is freed (reported, and
+                // leaked) as QEMU does.
+                let kind = self.classify(old).ok();
+                if matches!(kind, Some(Kind::Zero { .. })) {
                     continue;
                 }
-                if kind == Kind::Unallocated && self.backing().is_none() && unmap {
+                if kind == Some(Kind::Unallocated) && self.backing().is_none() && unmap {
                     continue;
                 }
                 let new = match kind {
-                    Kind::Normal { host, copied: true } if !unmap => host | COPIED | ZERO,
+                    Some(Kind::Normal { host, copied: true }) if !unmap => host | COPIED | ZERO,
                     _ => {
-                        self.release(old)?;
+                        self.release_reporting(old).await?;
                         ZERO
                     }
                 };
@@ -473,8 +501,11 @@ impl Qcow2 {
         let backing = self.backing().is_some();
         for gc in first..last {
             let old = self.l2_entry(gc).await?;
-            let kind = self.kind_at(gc).await?;
-            let allocated = !matches!(kind, Kind::Unallocated | Kind::Zero { host: None });
+            // An unaligned offset counts as allocated; freeing it reports it (not fatal).
+            let allocated = !matches!(
+                self.classify(old),
+                Ok(Kind::Unallocated | Kind::Zero { host: None })
+            );
             let new = if full {
                 0
             } else if backing || allocated {
@@ -487,7 +518,7 @@ impl Qcow2 {
             if old == new {
                 continue;
             }
-            self.release(old)?;
+            self.release_reporting(old).await?;
             self.set_l2_entry(gc, new).await?;
         }
         Ok(())
