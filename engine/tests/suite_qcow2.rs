@@ -29,5 +29,7 @@ mod qcow2_prealloc;
 mod qcow2_prop;
 #[path = "qcow2_robust.rs"]
 mod qcow2_robust;
+#[path = "qcow2_shrink.rs"]
+mod qcow2_shrink;
 #[path = "qcow2_subcluster.rs"]
 mod qcow2_subcluster;

@@ -347,7 +347,7 @@ impl Qcow2 {
 
     /// `release`, except that an unaligned host offset in `old` is reported (not fatal, as
     /// QEMU does) and its cluster leaked instead of failing the request.
-    async fn release_reporting(&self, old: u64) -> Result<()> {
+    pub(crate) async fn release_reporting(&self, old: u64) -> Result<()> {
         if self.release(old).is_err() {
             let msg = format!("Cannot free unaligned cluster {:#x}", old & OFFSET_MASK);
             self.signal_corruption(false, None, None, &msg).await;

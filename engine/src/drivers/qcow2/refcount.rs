@@ -411,6 +411,51 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Free the refcount blocks that count nothing but themselves (after a shrink, as QEMU
+    /// does): each one's reftable entry is cleared and made durable first, its own refcount
+    /// dropped after (nothing to drop when the block counts itself). Dirty blocks must have
+    /// been written back before.
+    pub(crate) async fn drop_empty_refblocks(&self) -> Result<()> {
+        let per = 1u64 << self.rb_bits();
+        let order = self.refcount_order;
+        let entries = self.reftable.borrow().len() as u64;
+        for rt in 0..entries {
+            let Some(off) = self.refblock_of(rt * per).await? else {
+                continue;
+            };
+            let own = off >> self.cluster_bits;
+            let self_slot = (own / per == rt).then_some((own % per) as usize);
+            self.load_refblock(off).await?;
+            let empty = self
+                .rb_cache
+                .with(off, false, |t| {
+                    (0..per as usize).all(|i| {
+                        let v = rb_get(t, order, i);
+                        v == 0 || (Some(i) == self_slot && v == 1)
+                    })
+                })
+                .expect("just loaded");
+            if !empty {
+                continue;
+            }
+            let at = self.reftable_offset.get() + rt * 8;
+            self.pre_write_check(OL_REFCOUNT_TABLE, at, 8).await?;
+            self.file
+                .write(at, IoBuf::from_slice(&0u64.to_be_bytes()), ReqFlags::NONE)
+                .await
+                .1?;
+            self.file.flush().await?;
+            self.reftable.borrow_mut()[rt as usize] = 0;
+            self.rb_cache.remove(off);
+            if self_slot.is_none() {
+                self.update_refcount(own, -1).await?;
+            } else if own < self.free_hint.get() {
+                self.free_hint.set(own);
+            }
+        }
+        self.write_back_refblocks().await
+    }
+
     /// Write every dirty refcount block to the file (not flushed).
     pub(crate) async fn write_back_refblocks(&self) -> Result<()> {
         for (off, data) in self.rb_cache.dirty() {
