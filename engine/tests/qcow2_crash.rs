@@ -206,7 +206,7 @@ fn workloads() -> Vec<Workload> {
     }
     // (b) copy-on-write into a backing chain: small writes near cluster edges over a qcow2 base
     // (64 KiB clusters), and over a raw base on a compat=0.10 image (no zero flag, so discards
-    // uncover the base again).
+    // keep the data rather than uncover the base).
     let cow = Mix {
         write: 1,
         partial: 4,

@@ -18,6 +18,8 @@ mod qcow2_compressed;
 mod qcow2_crash;
 #[path = "qcow2_datafile.rs"]
 mod qcow2_datafile;
+#[path = "qcow2_discard.rs"]
+mod qcow2_discard;
 #[path = "qcow2_interop.rs"]
 mod qcow2_interop;
 #[path = "qcow2_lazy.rs"]
@@ -32,5 +34,7 @@ mod qcow2_prealloc;
 mod qcow2_prop;
 #[path = "qcow2_robust.rs"]
 mod qcow2_robust;
+#[path = "qcow2_shrink.rs"]
+mod qcow2_shrink;
 #[path = "qcow2_subcluster.rs"]
 mod qcow2_subcluster;

@@ -286,24 +286,29 @@ impl Model {
 
     /// The bytes `op` changes: (offset, new contents); `None` for reads and flushes. A discard
     /// acts on the whole clusters inside its range only (the generic layer passes them down,
-    /// the driver drops the partial ones); they then read as zeroes, except on a version 2
-    /// image with a backing file, which has no zero flag: the backing file shows through.
+    /// the driver drops the partial ones, except the partial last cluster of the image when the
+    /// discard reaches the end); they then read as zeroes, except on a version 2 image with a
+    /// backing file, which has no zero flag: the discard keeps the data there (as QEMU does),
+    /// so that the backing file never shows through.
     pub fn effect(&self, op: &GuestOp) -> Option<(u64, Vec<u8>)> {
         match *op {
             GuestOp::Write { off, len, tag } => Some((off, fill(tag, off, len))),
             GuestOp::Zero { off, len, .. } => Some((off, vec![0; len as usize])),
             GuestOp::Discard { off, len } => {
-                let cs = self.layout.cs;
-                let (first, last) = (off.div_ceil(cs) * cs, (off + len) / cs * cs);
-                if first >= last {
+                if self.layout.v2 && self.layout.backing != Backing::None {
                     return None;
                 }
-                let data = if self.layout.v2 && self.layout.backing != Backing::None {
-                    self.backing[first as usize..last as usize].to_vec()
+                let (cs, size) = (self.layout.cs, self.layout.size);
+                let end = if off + len >= size {
+                    size
                 } else {
-                    vec![0; (last - first) as usize]
+                    (off + len) / cs * cs
                 };
-                Some((first, data))
+                let first = off.div_ceil(cs) * cs;
+                if first >= end {
+                    return None;
+                }
+                Some((first, vec![0; (end - first) as usize]))
             }
             GuestOp::Read { .. } | GuestOp::Flush => None,
         }

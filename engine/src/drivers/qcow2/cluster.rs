@@ -11,7 +11,7 @@ use crate::event::DebugEvent;
 use crate::io::{IoBuf, ReqFlags};
 
 use super::cache::{get_u64, set_u64};
-use super::overlap::{OL_ACTIVE_L1, OL_ACTIVE_L2};
+use super::overlap::{OL_ACTIVE_L1, OL_ACTIVE_L2, c_hex};
 use super::{COMPRESSED, COPIED, OFFSET_MASK, Qcow2, ZERO};
 
 /// What one guest cluster is, from its L2 entry.
@@ -69,7 +69,10 @@ impl Qcow2 {
         let off = entry & OFFSET_MASK;
         if off != 0 {
             if !off.is_multiple_of(self.cs()) {
-                let msg = format!("L2 table offset {off:#x} unaligned (L1 index: {l1i:#x})");
+                let msg = format!(
+                    "L2 table offset {off:#x} unaligned (L1 index: {})",
+                    c_hex(l1i as u64)
+                );
                 let full = self.signal_corruption(true, None, None, &msg).await;
                 return Err(Error::io_msg(Errno::EIO, full));
             }
@@ -205,9 +208,10 @@ impl Qcow2 {
                 let l1i = (gc / self.l2_entries()) as usize;
                 let l2 = self.l1.borrow().get(l1i).copied().unwrap_or(0) & OFFSET_MASK;
                 let msg = format!(
-                    "Cluster allocation offset {:#x} unaligned (L2 offset: {l2:#x}, L2 index: {:#x})",
+                    "Cluster allocation offset {:#x} unaligned (L2 offset: {}, L2 index: {})",
                     entry & OFFSET_MASK,
-                    gc % self.l2_entries()
+                    c_hex(l2),
+                    c_hex(gc % self.l2_entries())
                 );
                 let full = self.signal_corruption(true, None, None, &msg).await;
                 Err(Error::io_msg(e.errno().unwrap_or(Errno::EIO), full))

@@ -11,7 +11,8 @@ use crate::event::DebugEvent;
 use crate::io::{BlockStatus, BufResult, IoBuf, Mapping, ReqFlags};
 
 use super::cluster::Kind;
-use super::{COPIED, Qcow2, ZERO, compress};
+use super::overlap::c_hex;
+use super::{COPIED, OFFSET_MASK, Qcow2, ZERO, compress};
 
 enum Plan {
     /// Write in place at `host`, `n` bytes.
@@ -187,6 +188,21 @@ impl Qcow2 {
         let cs = self.cs();
         let gc = off / cs;
         let entry = self.l2_entry(gc).await?;
+        if entry & COPIED != 0 && self.classify(entry).is_err() {
+            // QEMU's wording for a cluster it would rewrite in place.
+            let what = if entry & ZERO != 0 {
+                "Preallocated zero"
+            } else {
+                "Data"
+            };
+            let msg = format!(
+                "{what} cluster offset {:#x} unaligned (guest offset: {})",
+                entry & OFFSET_MASK,
+                c_hex(off)
+            );
+            let full = self.signal_corruption(true, None, None, &msg).await;
+            return Err(Error::io_msg(Errno::EIO, full));
+        }
         if let (Kind::Normal { host, copied: true }, n) = self.run_at(off, remaining).await? {
             debug_assert_eq!(entry & COPIED, COPIED);
             return Ok(Plan::Rewrite {
@@ -330,6 +346,16 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// `release`, except that an unaligned host offset in `old` is reported (not fatal, as
+    /// QEMU does) and its cluster leaked instead of failing the request.
+    pub(crate) async fn release_reporting(&self, old: u64, discard: bool) -> Result<()> {
+        if self.release(old, discard).is_err() {
+            let msg = format!("Cannot free unaligned cluster {:#x}", old & OFFSET_MASK);
+            self.signal_corruption(false, None, None, &msg).await;
+        }
+        Ok(())
+    }
+
     /// True when the cluster of `kind` reads as zeroes.
     fn reads_zero(&self, kind: Kind) -> bool {
         match kind {
@@ -379,17 +405,20 @@ impl Qcow2 {
             let unmap = flags.contains(ReqFlags::MAY_UNMAP);
             for gc in first_full..last_full {
                 let old = self.l2_entry(gc).await?;
-                let kind = self.kind_at(gc).await?;
-                if matches!(kind, Kind::Zero { .. }) {
+                // An unaligned offset is not used here: the cluster is freed (reported, and
+                // leaked) as QEMU does.
+                let kind = self.classify(old).ok();
+                if matches!(kind, Some(Kind::Zero { .. })) {
                     continue;
                 }
-                if kind == Kind::Unallocated && self.backing().is_none() && unmap {
+                if kind == Some(Kind::Unallocated) && self.backing().is_none() && unmap {
                     continue;
                 }
                 let new = match kind {
-                    Kind::Normal { host, copied: true } if !unmap => host | COPIED | ZERO,
+                    Some(Kind::Normal { host, copied: true }) if !unmap => host | COPIED | ZERO,
                     _ => {
-                        self.release(old, self.runtime.pass_discard_request)?;
+                        self.release_reporting(old, self.runtime.pass_discard_request)
+                            .await?;
                         ZERO
                     }
                 };
@@ -417,6 +446,11 @@ impl Qcow2 {
     }
 
     pub(crate) async fn do_discard(&self, offset: u64, len: u64) -> Result<()> {
+        // A v2 image cannot mark a cluster as reading zeroes: deallocating it would let the
+        // backing file's older data show through. Keep the data, as QEMU does.
+        if self.version < 3 && self.backing().is_some() {
+            return Ok(());
+        }
         self.discard_clusters(offset, len, false).await
     }
 
@@ -429,42 +463,65 @@ impl Qcow2 {
         self.flush_metadata().await
     }
 
-    /// Discard whole clusters. A plain discard of a v3 image with a backing file leaves zero
-    /// clusters (the backing data must not show through); `full` deallocates outright.
+    /// The whole clusters `[first, last)` a discard of `[offset, offset + len)` may drop:
+    /// partial clusters are left alone, except the last cluster of an image whose size is not
+    /// cluster aligned when the discard runs to the end of the image (nothing else can be in
+    /// that cluster).
+    fn discard_span(&self, offset: u64, len: u64) -> (u64, u64) {
+        let cs = self.cs();
+        let end = offset + len;
+        let last = if end >= self.size.get() {
+            end.div_ceil(cs)
+        } else {
+            end / cs
+        };
+        (offset.div_ceil(cs), last)
+    }
+
+    /// Discard whole clusters. A plain discard of a v3 image leaves zero clusters where the
+    /// cluster was allocated or a backing file lies below (neither the old data nor the
+    /// backing's may show through); `full` deallocates outright.
     async fn discard_clusters(&self, offset: u64, len: u64, full: bool) -> Result<()> {
         let cs = self.cs();
-        let first = offset.div_ceil(cs);
-        let last = (offset + len) / cs;
+        let (first, last) = self.discard_span(offset, len);
         if first >= last {
             return Ok(());
         }
         let _range = self.ranges.lock(first, last, true).await;
+        // The data file holds the guest disk up to the virtual size, not a whole last cluster.
+        let data_len = (last * cs).min(self.size.get()) - first * cs;
         match &self.data {
             // A raw data file must keep reading as the guest disk: zero what is discarded.
             Some(_) if self.data_raw => {
-                self.zero_raw_data_file(first * cs, (last - first) * cs, ReqFlags::MAY_UNMAP)
+                self.zero_raw_data_file(first * cs, data_len, ReqFlags::MAY_UNMAP)
                     .await?
             }
-            Some(d) => d.discard(first * cs, (last - first) * cs).await?,
+            Some(d) => d.discard(first * cs, data_len).await?,
             None => {}
         }
         let _g = self.meta.lock().await;
-        // Discarded clusters read as zeroes (over a backing file, or, as QEMU does, in an
-        // image with an external data file, whose zeroed range stays described); a full
-        // discard (emptying the image) deallocates outright.
-        let new =
-            if !full && (self.backing().is_some() || self.has_data_file()) && self.version >= 3 {
-                ZERO
-            } else {
-                0
-            };
+        let backing = self.backing().is_some();
         for gc in first..last {
             let old = self.l2_entry(gc).await?;
-            if old == new || (old == 0 && self.backing().is_none()) {
+            // An unaligned offset counts as allocated; freeing it reports it (not fatal).
+            let allocated = !matches!(
+                self.classify(old),
+                Ok(Kind::Unallocated | Kind::Zero { host: None })
+            );
+            let new = if full {
+                0
+            } else if backing || allocated {
+                // v2 has no zero flag: only reached without a backing file, where an
+                // unallocated cluster reads as zeroes.
+                if self.version >= 3 { ZERO } else { 0 }
+            } else {
+                old
+            };
+            if old == new {
                 continue;
             }
-            self.kind_at(gc).await?;
-            self.release(old, self.runtime.pass_discard_request)?;
+            self.release_reporting(old, self.runtime.pass_discard_request)
+                .await?;
             self.set_l2_entry(gc, new).await?;
         }
         Ok(())

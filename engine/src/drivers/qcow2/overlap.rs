@@ -34,6 +34,15 @@ pub(crate) const OL_REFCOUNT_BLOCK: u32 = 1 << 4;
 /// Byte offset of the incompatible feature field.
 const OFF_INCOMPAT: u64 = 72;
 
+/// `v` as C's `%#x` prints it (QEMU's corruption messages): "0" for zero, else "0x...".
+pub(crate) fn c_hex(v: u64) -> String {
+    if v == 0 {
+        "0".into()
+    } else {
+        format!("{v:#x}")
+    }
+}
+
 impl Qcow2 {
     /// True once the image has been found corrupt (here or by an earlier user).
     pub(crate) fn is_corrupt(&self) -> bool {

@@ -11,7 +11,7 @@ use crate::io::{IoBuf, ReqFlags};
 
 use super::cache::{get_u64, set_u64};
 use super::header::{MAX_REFTABLE_BYTES, OFF_REFTABLE};
-use super::overlap::{OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE};
+use super::overlap::{OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE, c_hex};
 use super::{OFFSET_MASK, Qcow2};
 
 /// Read entry `i` of a refcount block with `order` (bits = 1 << order).
@@ -61,8 +61,10 @@ impl Qcow2 {
         }
     }
 
-    /// Host offset of the refcount block covering cluster `idx`, if there is one.
-    fn refblock_of(&self, idx: u64) -> Result<Option<u64>> {
+    /// Host offset of the refcount block covering cluster `idx`, if there is one. An
+    /// unaligned offset is corruption: signalled (the image marked corrupt where writable,
+    /// as QEMU does) and an EIO error.
+    async fn refblock_of(&self, idx: u64) -> Result<Option<u64>> {
         let rt = idx >> self.rb_bits();
         let entry = match self.reftable.borrow().get(rt as usize) {
             None => return Ok(None),
@@ -73,10 +75,12 @@ impl Qcow2 {
             return Ok(None);
         }
         if !off.is_multiple_of(self.cs()) {
-            return Err(Error::io_msg(
-                Errno::EIO,
-                format!("qcow2: refcount block offset {off:#x} is not cluster aligned"),
-            ));
+            let msg = format!(
+                "Refblock offset {off:#x} unaligned (reftable index: {})",
+                c_hex(rt)
+            );
+            let full = self.signal_corruption(true, None, None, &msg).await;
+            return Err(Error::io_msg(Errno::EIO, full));
         }
         Ok(Some(off))
     }
@@ -112,7 +116,7 @@ impl Qcow2 {
 
     /// The refcount of host cluster `idx` (0 where no block covers it).
     pub(crate) async fn refcount(&self, idx: u64) -> Result<u64> {
-        let Some(off) = self.refblock_of(idx)? else {
+        let Some(off) = self.refblock_of(idx).await? else {
             return Ok(0);
         };
         self.load_refblock(off).await?;
@@ -126,7 +130,7 @@ impl Qcow2 {
 
     /// Add `delta` to the refcount of host cluster `idx` (its block must exist).
     pub(super) async fn update_refcount(&self, idx: u64, delta: i64) -> Result<()> {
-        let off = self.refblock_of(idx)?.ok_or_else(|| {
+        let off = self.refblock_of(idx).await?.ok_or_else(|| {
             Error::io_msg(
                 Errno::EIO,
                 format!("qcow2: no refcount block for cluster {idx} being updated"),
@@ -169,7 +173,7 @@ impl Qcow2 {
             self.grow_reftable(c).await?;
             return Ok(false);
         }
-        if self.refblock_of(c)?.is_none() {
+        if self.refblock_of(c).await?.is_none() {
             self.new_refblock(rt, c).await?;
             return Ok(false);
         }
@@ -178,7 +182,7 @@ impl Qcow2 {
 
     /// True when cluster `c` is free and already covered by a refcount block.
     async fn free_and_covered(&self, c: u64) -> Result<bool> {
-        Ok(self.refblock_of(c)?.is_some() && self.refcount(c).await? == 0)
+        Ok(self.refblock_of(c).await?.is_some() && self.refcount(c).await? == 0)
     }
 
     /// Allocate `n` contiguous host clusters (refcount 1 each); returns the host offset.
@@ -412,6 +416,51 @@ impl Qcow2 {
             self.update_refcount((old_off / cs) + c, -1).await?;
         }
         Ok(())
+    }
+
+    /// Free the refcount blocks that count nothing but themselves (after a shrink, as QEMU
+    /// does): each one's reftable entry is cleared and made durable first, its own refcount
+    /// dropped after (nothing to drop when the block counts itself). Dirty blocks must have
+    /// been written back before.
+    pub(crate) async fn drop_empty_refblocks(&self) -> Result<()> {
+        let per = 1u64 << self.rb_bits();
+        let order = self.refcount_order;
+        let entries = self.reftable.borrow().len() as u64;
+        for rt in 0..entries {
+            let Some(off) = self.refblock_of(rt * per).await? else {
+                continue;
+            };
+            let own = off >> self.cluster_bits;
+            let self_slot = (own / per == rt).then_some((own % per) as usize);
+            self.load_refblock(off).await?;
+            let empty = self
+                .rb_cache
+                .with(off, false, |t| {
+                    (0..per as usize).all(|i| {
+                        let v = rb_get(t, order, i);
+                        v == 0 || (Some(i) == self_slot && v == 1)
+                    })
+                })
+                .expect("just loaded");
+            if !empty {
+                continue;
+            }
+            let at = self.reftable_offset.get() + rt * 8;
+            self.pre_write_check(OL_REFCOUNT_TABLE, at, 8).await?;
+            self.file
+                .write(at, IoBuf::from_slice(&0u64.to_be_bytes()), ReqFlags::NONE)
+                .await
+                .1?;
+            self.file.flush().await?;
+            self.reftable.borrow_mut()[rt as usize] = 0;
+            self.rb_cache.remove(off);
+            if self_slot.is_none() {
+                self.update_refcount(own, -1).await?;
+            } else if own < self.free_hint.get() {
+                self.free_hint.set(own);
+            }
+        }
+        self.write_back_refblocks().await
     }
 
     /// Write every dirty refcount block to the file (not flushed).

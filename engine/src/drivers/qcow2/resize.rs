@@ -1,5 +1,6 @@
 //! qcow2 resize: growing the virtual size (moving to a larger L1 table, switched in by one
-//! header write once it is durable) and shrinking over an unallocated tail. A growing resize
+//! header write once it is durable) and shrinking (the tail's clusters freed, then the file
+//! cut after its last cluster in use). A growing resize
 //! may preallocate the new clusters (`metadata`: mapped to host clusters that read as zeroes;
 //! `falloc`/`full`: the file space reserved or zero-filled as well).
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
@@ -12,7 +13,8 @@ use crate::driver::Prealloc;
 
 use super::cluster::Kind;
 use super::header::{MAX_L1_BYTES, OFF_L1, OFF_SIZE};
-use super::{COPIED, Qcow2};
+use super::overlap::OL_ACTIVE_L1;
+use super::{COPIED, OFFSET_MASK, Qcow2};
 
 impl Qcow2 {
     pub(crate) async fn do_truncate(&self, len: u64, prealloc: Prealloc) -> Result<()> {
@@ -38,24 +40,13 @@ impl Qcow2 {
             ));
         }
         if len < old {
-            let first = len.div_ceil(cs);
-            let end = old.div_ceil(cs);
-            let mut gc = first;
-            while gc < end {
-                let l1i = (gc / self.l2_entries()) as usize;
-                if self.l1.borrow()[l1i] == 0 {
-                    gc = (l1i as u64 + 1) * self.l2_entries();
-                    continue;
-                }
-                let kind = self.classify(self.l2_entry(gc).await?)?;
-                if !matches!(kind, Kind::Unallocated | Kind::Zero { host: None }) {
-                    return Err(Error::io_msg(
-                        Errno::ENOTSUP,
-                        "qcow2: cannot shrink the image: the area to cut off is allocated",
-                    ));
-                }
-                gc += 1;
+            if self.nb_snapshots > 0 {
+                return Err(Error::io_msg(
+                    Errno::ENOTSUP,
+                    "Can't resize an image which has snapshots",
+                ));
             }
+            self.free_tail(len).await?;
         } else {
             let need = len.div_ceil(per_l1);
             if need > self.l1.borrow().len() as u64 {
@@ -75,7 +66,86 @@ impl Qcow2 {
             .1?;
         self.file.flush().await?;
         self.size.set(len);
+        if len < old {
+            self.truncate_file_to_used().await;
+        }
         Ok(())
+    }
+
+    /// Free every cluster mapped at or past guest offset `len` (metadata lock held), in QEMU's
+    /// crash-safe order: the tail's L2 entries are cleared and written first, the clusters'
+    /// refcounts dropped after; then the L1 entries of L2 tables wholly past `len` are cleared
+    /// and written, and those tables freed after; last, refcount blocks left empty. A crash in
+    /// between leaks clusters at worst.
+    async fn free_tail(&self, len: u64) -> Result<()> {
+        let cs = self.cs();
+        let per = self.l2_entries();
+        let (first, end) = (len.div_ceil(cs), self.size.get().div_ceil(cs));
+        let mut gc = first;
+        while gc < end {
+            let l1i = (gc / per) as usize;
+            if self.l1.borrow()[l1i] & OFFSET_MASK == 0 {
+                gc = (l1i as u64 + 1) * per;
+                continue;
+            }
+            let old = self.l2_entry(gc).await?;
+            if old != 0 {
+                // A shrink always passes the freed clusters down to the file, as QEMU does.
+                self.release_reporting(old, true).await?;
+                self.set_l2_entry(gc, 0).await?;
+            }
+            gc += 1;
+        }
+        // L2 tables written, flushed, then the frees applied (flush_metadata's order).
+        self.flush_metadata().await?;
+        let keep = len.div_ceil(per * cs) as usize;
+        let l1_len = self.l1.borrow().len();
+        let mut tables = Vec::new();
+        for l1i in keep..l1_len {
+            let off = self.l1.borrow()[l1i] & OFFSET_MASK;
+            if off == 0 {
+                continue;
+            }
+            let at = self.l1_offset.get() + l1i as u64 * 8;
+            self.pre_write_check(OL_ACTIVE_L1, at, 8).await?;
+            self.file.debug_event(DebugEvent::L1Update).await;
+            self.file
+                .write(at, IoBuf::from_slice(&0u64.to_be_bytes()), ReqFlags::NONE)
+                .await
+                .1?;
+            self.l1.borrow_mut()[l1i] = 0;
+            self.l2_cache.remove(off);
+            tables.push(off);
+        }
+        if !tables.is_empty() {
+            self.file.flush().await?;
+            for off in tables {
+                self.free_later(off, cs, true);
+            }
+            self.apply_pending_frees().await?;
+            self.write_back_refblocks().await?;
+        }
+        self.drop_empty_refblocks().await?;
+        self.file.flush().await
+    }
+
+    /// After a shrink (the new size and every refcount durable): cut the file after its last
+    /// cluster in use, as QEMU does. Best effort: a file that cannot be cut stays as it is
+    /// (the clusters past the last used one are free either way).
+    async fn truncate_file_to_used(&self) {
+        let cs = self.cs();
+        let file_len = self.file.len();
+        let mut c = file_len.div_ceil(cs);
+        while c > 0 {
+            match self.refcount(c - 1).await {
+                Ok(0) => c -= 1,
+                Ok(_) => break,
+                Err(_) => return,
+            }
+        }
+        if c > 0 && c * cs < file_len {
+            let _ = self.file.truncate(c * cs, false, Prealloc::Off).await;
+        }
     }
 
     /// Map every unallocated guest cluster wholly inside `[old, len)` to a new host cluster
