@@ -8,6 +8,7 @@ use crate::event::DebugEvent;
 use super::super::command::Command;
 use super::super::format::{alloc_line, human_size, map_line};
 use super::super::open::{CacheMode, OpenSpec, parse_discard};
+use super::super::help::long_help;
 use super::super::spec::{COMMANDS, lookup_command};
 use super::{Session, errstr};
 
@@ -204,6 +205,12 @@ impl Session {
             Some(n) => match lookup_command(n) {
                 Some(c) => {
                     self.out(c.usage(n));
+                    if let Some(text) = long_help(c.name) {
+                        let text = text.strip_suffix('\n').unwrap_or(text);
+                        for line in text.split('\n') {
+                            self.out(line);
+                        }
+                    }
                     true
                 }
                 None => {
