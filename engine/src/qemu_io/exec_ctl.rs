@@ -7,8 +7,8 @@ use crate::event::DebugEvent;
 
 use super::super::command::Command;
 use super::super::format::{alloc_line, human_size, map_line};
-use super::super::open::{CacheMode, OpenSpec, parse_discard};
 use super::super::help::long_help;
+use super::super::open::{CacheMode, OpenSpec, parse_discard};
 use super::super::spec::{COMMANDS, lookup_command};
 use super::{Session, errstr};
 

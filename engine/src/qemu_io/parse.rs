@@ -8,8 +8,8 @@
 
 use super::command::{AioWrite, Command, Read, Stats, Vectored, Verify, Write, WriteData};
 use super::getopt::{Opt, getopt};
-use super::open::CacheMode;
 use super::num::{cvtnum, parse_pattern, strtol0};
+use super::open::CacheMode;
 use super::spec::{CmdSpec, lookup_command};
 use super::{MAX_REQUEST_BYTES, OutLine};
 
