@@ -85,6 +85,9 @@ pub struct Session {
     cfg: SessionConfig,
     aio: Rc<AioState>,
     failed: bool,
+    /// Tags of requests announced "Suspended" (by `wait_break` or `resume`) and not yet
+    /// announced "Resuming", one entry per request.
+    suspended: Vec<String>,
 }
 
 fn errstr(e: &Error) -> String {
@@ -105,6 +108,7 @@ impl Session {
             cfg,
             aio: Rc::new(AioState::default()),
             failed: false,
+            suspended: Vec::new(),
         }
     }
 

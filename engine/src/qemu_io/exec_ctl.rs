@@ -244,14 +244,29 @@ impl Session {
                 "Could not resume request".into(),
                 match &node {
                     None => Err(enotsup),
-                    Some(n) => n.driver().debug_resume(tag),
+                    Some(n) => n.driver().debug_resume(tag).inspect(|()| {
+                        // It was suspended, whether or not a wait_break saw it.
+                        self.announce_suspended(tag);
+                        self.announce_resuming(tag);
+                    }),
                 },
             ),
             Command::RemoveBreak { tag } => (
                 format!("Could not remove breakpoint {tag}"),
                 match &node {
                     None => Err(enotsup),
-                    Some(n) => n.driver().debug_remove_breakpoint(tag),
+                    Some(n) => {
+                        // Every request suspended under the tag goes on, even when the verb
+                        // fails because the breakpoint itself is gone.
+                        if n.driver().debug_is_suspended(tag) {
+                            self.announce_suspended(tag);
+                        }
+                        let r = n.driver().debug_remove_breakpoint(tag);
+                        while self.suspended.iter().any(|t| t == tag) {
+                            self.announce_resuming(tag);
+                        }
+                        r
+                    }
                 },
             ),
             Command::WaitBreak { tag } => match &node {
@@ -259,6 +274,7 @@ impl Session {
                 None => (format!("Could not wait for breakpoint {tag}"), Err(enotsup)),
                 Some(n) => {
                     n.driver().debug_wait_suspended(tag).await;
+                    self.announce_suspended(tag);
                     return true;
                 }
             },
@@ -270,6 +286,23 @@ impl Session {
                 self.out(format!("{what}: {}", errstr(&e)));
                 false
             }
+        }
+    }
+
+    /// blkdebug's line for a request stopped at a breakpoint, once per request: printed when
+    /// `wait_break` sees it (or, without one, just before `resume` releases it).
+    fn announce_suspended(&mut self, tag: &str) {
+        if !self.suspended.iter().any(|t| t == tag) {
+            self.out(format!("blkdebug: Suspended request '{tag}'"));
+            self.suspended.push(tag.to_string());
+        }
+    }
+
+    /// blkdebug's line for a suspended request that goes on.
+    fn announce_resuming(&mut self, tag: &str) {
+        if let Some(i) = self.suspended.iter().position(|t| t == tag) {
+            self.suspended.remove(i);
+            self.out(format!("blkdebug: Resuming request '{tag}'"));
         }
     }
 }

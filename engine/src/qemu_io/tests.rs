@@ -506,3 +506,39 @@ fn help_prints_long_texts() {
         );
     }
 }
+
+#[test]
+fn blkdebug_suspend_resume_lines_and_remove_break_status() {
+    let open =
+        "open -o driver=raw,file.driver=blkdebug,file.image.driver=file,file.image.filename=$IMG";
+    let (out, code) = script(
+        1 << 20,
+        None,
+        &[
+            open,
+            "break write_aio A",
+            "aio_write -q 0 512",
+            "wait_break A",
+            "resume A",
+            "aio_flush",
+            "break write_aio B",
+            "aio_write -q 0 512",
+            "wait_break B",
+            // The breakpoint fired, so there is none to remove (ENOENT), but the request
+            // suspended under it goes on.
+            "remove_break B",
+            "aio_flush",
+        ],
+    );
+    assert_eq!(
+        out,
+        lines(&[
+            "blkdebug: Suspended request 'A'",
+            "blkdebug: Resuming request 'A'",
+            "blkdebug: Suspended request 'B'",
+            "blkdebug: Resuming request 'B'",
+            "Could not remove breakpoint B: No such file or directory",
+        ])
+    );
+    assert_eq!(code, 1);
+}
