@@ -23,6 +23,7 @@ mod block_jobs;
 mod image;
 mod jobs;
 mod mirror;
+mod reopen;
 
 pub use image::ImageSpec;
 pub use mirror::{MirrorArgs, NewImageMode};

@@ -308,3 +308,32 @@ fn replace_node_moves_parents_and_checks_permissions_first() {
         assert_eq!(a.refcnt(), 1, "only the monitor holds a now");
     });
 }
+
+#[test]
+fn reopen_device_switches_node_and_device_together_or_not_at_all() {
+    run(9, |engine| async move {
+        // null-co can reopen (the test memory driver cannot).
+        let m = engine
+            .blockdev_add(json!({"driver": "null-co", "node-name": "m", "size": 1 << 20}))
+            .await
+            .unwrap();
+        let a = engine
+            .device_add("a", "m", BackendOptions::guest_device(false, true))
+            .unwrap();
+        engine.reopen_device(&a, true).await.unwrap();
+        assert!(m.is_read_only());
+        assert!(!a.options().perm.contains(Perms::WRITE));
+        engine.reopen_device(&a, false).await.unwrap();
+        assert!(!m.is_read_only());
+        assert!(a.options().perm.contains(Perms::WRITE));
+        // Another writer keeps the node writable: the reopen is refused and the device keeps
+        // the permissions it had.
+        engine
+            .device_add("b", "m", BackendOptions::guest_device(false, true))
+            .unwrap();
+        let err = engine.reopen_device(&a, true).await.unwrap_err();
+        assert!(err.message().contains("read-only"), "{err}");
+        assert!(!m.is_read_only());
+        assert!(a.options().perm.contains(Perms::WRITE));
+    });
+}

@@ -1,14 +1,14 @@
 //! `blk io`: qemu-io's command line on the blk engine.
 //!
-//! `blk io [-f FMT | --image-opts] [-r] [-n | -t CACHE] [-d DISCARD] [-i AIO | -k] [-U] [-q]
-//! [--timing real|filtered|omit] [-c CMD]... [FILE]` opens FILE (raw when no `-f`: there is no
-//! format probing yet) and runs each `-c` command in order, or reads commands from stdin after
-//! a `qemu-io> ` prompt when there is none. Output and exit status are qemu-io's: 1 when any
-//! command failed or the image could not be opened, 0 otherwise.
+//! `blk io [-f FMT | --image-opts] [-r] [-n | -t CACHE] [-d DISCARD] [-i AIO | -k] [-U]
+//! [--timing real|filtered|omit] [-c CMD]... [FILE]` opens FILE and runs each `-c` command in
+//! order, or reads commands from stdin after a `qemu-io> ` prompt when there is none. Options,
+//! `--help`, output and exit status are qemu-io's: 1 when any command failed or the image could
+//! not be opened, 0 otherwise; `sigraise N` raises signal N in this process, as qemu-io does.
 //!
 //! Defaults are qemu-io's, which differ from QEMU's block layer defaults: writethrough cache
-//! and discard=unmap. `-q` (a blk extension) silences every command's report; `--timing`
-//! selects real timing, iotests' filtered form, or none.
+//! and discard=unmap. `--timing` (a blk extension) selects real timing, iotests' filtered
+//! form, or none; qemu-io has no `-q`, so neither has this.
 
 use std::io::{BufRead, Write};
 use std::rc::Rc;
@@ -24,26 +24,36 @@ use engine::qemu_io::{
 const PROMPT: &str = "qemu-io> ";
 
 const USAGE: &str = "\
-Usage: blk io [OPTIONS]... [-c STRING]... [file]
-Run qemu-io commands on a disk image with the blk engine.
+Usage: qemu-io [OPTIONS]... [-c STRING]... [file]
+QEMU Disk exerciser
 
+  --object OBJECTDEF   define an object such as 'secret' for
+                       passwords and/or encryption keys
   --image-opts         treat file as option string
-  -c, --cmd STRING     execute command with its arguments from the given string
-  -f, --format FMT     specifies the block driver to use (default raw)
+  -c, --cmd STRING     execute command with its arguments
+                       from the given string
+  -f, --format FMT     specifies the block driver to use
   -r, --read-only      export read-only
+  -s, --snapshot       use snapshot file
   -n, --nocache        disable host cache, short for -t none
+  -C, --copy-on-read   enable copy-on-read
+  -m, --misalign       misalign allocations for O_DIRECT
+  -k, --native-aio     use kernel AIO implementation
+                       (Linux only, prefer use of -i)
   -i, --aio=MODE       use AIO mode (threads, native or io_uring)
-  -k, --native-aio     short for -i native
-  -t, --cache=MODE     cache mode: writethrough (default), writeback, none, directsync, unsafe
-  -d, --discard=MODE   discard mode: unmap (default) or ignore
+  -t, --cache=MODE     use the given cache mode for the image
+  -d, --discard=MODE   use the given discard mode for the image
+  -T, --trace [[enable=]<pattern>][,events=<file>][,file=<file>]
+                       specify tracing options
+                       see qemu-img(1) man page for full description
   -U, --force-share    force shared permissions
-  -m, --misalign       accepted for compatibility; no effect
-  -q, --quiet          do not print the report lines of commands
-      --timing=MODE    timing in reports: real (default), filtered (iotests), omit
   -h, --help           display this help and exit
   -V, --version        output version information and exit
 
-See 'blk io -c help' for the commands.";
+See 'qemu-io -c help' for information on available commands.
+
+See <https://qemu.org/contribute/report-a-bug> for how to report bugs.
+More information on the QEMU project at <https://qemu.org>.";
 
 /// Writes each line to the process's stdout or stderr as it is produced.
 struct StdioSink;
@@ -69,7 +79,6 @@ struct Args {
     commands: Vec<String>,
     file: Option<String>,
     spec: OpenSpec,
-    quiet: bool,
     timing: Timing,
     /// `--object` arguments, created before the image is opened.
     objects: Vec<String>,
@@ -86,7 +95,7 @@ fn fail(msg: &str) -> Parsed {
 }
 
 /// Long options and whether they take an argument.
-const LONG: [(&str, char, bool); 19] = [
+const LONG: [(&str, char, bool); 18] = [
     ("timing", '\u{2}', true),
     ("object", 'O', true),
     ("help", 'h', false),
@@ -104,10 +113,9 @@ const LONG: [(&str, char, bool); 19] = [
     ("discard", 'd', true),
     ("trace", 'T', true),
     ("force-share", 'U', false),
-    ("quiet", 'q', false),
     ("image-opts", '\u{1}', false),
 ];
-const SHORT: &str = "hVc:f:rsnCmki:t:d:T:Uq";
+const SHORT: &str = "hVc:f:rsnCmki:t:d:T:U";
 
 fn parse_args(args: &[String]) -> Parsed {
     let (opts, operands) = match split(args, SHORT, &LONG) {
@@ -154,7 +162,6 @@ fn parse_args(args: &[String]) -> Parsed {
                 _ => return fail(&format!("Invalid discard option: {v}")),
             },
             'U' => a.spec.force_share = true,
-            'q' => a.quiet = true,
             'm' => {}
             '\u{1}' => a.spec.image_opts = true,
             '\u{2}' => {
@@ -203,7 +210,6 @@ pub fn run_io(args: &[String]) -> i32 {
     let engine = Rc::new(Engine::new(env.clone()));
     let cfg = SessionConfig {
         timing: a.timing,
-        quiet: a.quiet,
         ..SessionConfig::default()
     };
     let mut session = Session::new(engine.clone(), Rc::new(StdioSink), cfg);
@@ -234,7 +240,7 @@ pub fn run_io(args: &[String]) -> i32 {
         } else {
             a.commands
                 .iter()
-                .map(|c| env.block_on(session.run_line(c)))
+                .map(|c| run_one(&env, &mut session, c))
                 .find(|r| matches!(r, CommandResult::Quit | CommandResult::Abort))
                 .unwrap_or(CommandResult::Ok)
         };
@@ -265,9 +271,31 @@ fn run_stdin(env: &RealEnv, session: &mut Session) -> CommandResult {
             Ok(_) => {}
         }
         let line = line.strip_suffix('\n').unwrap_or(&line);
-        let r = env.block_on(session.run_line(line));
+        let r = run_one(env, session, line);
         if matches!(r, CommandResult::Quit | CommandResult::Abort) {
             return r;
         }
     }
+}
+
+/// Signals qemu-io catches itself (SIGBUS, SIGUSR1, SIGALRM): raising one leaves it running,
+/// where the default action would kill blk.
+const QEMU_HANDLED_SIGNALS: [u32; 3] = [7, 10, 14];
+
+/// Run one command line; `sigraise` raises its signal here, after flushing what was printed
+/// (as qemu-io does), and the run goes on if the process survives it.
+fn run_one(env: &RealEnv, session: &mut Session, line: &str) -> CommandResult {
+    let r = env.block_on(session.run_line(line));
+    if let CommandResult::Raise(signal) = r {
+        let _ = std::io::stdout().flush();
+        if QEMU_HANDLED_SIGNALS.contains(&signal) {
+            return CommandResult::Ok;
+        }
+        // SAFETY: raise() has no memory-safety preconditions; an invalid number just fails.
+        unsafe {
+            libc::raise(signal as libc::c_int);
+        }
+        return CommandResult::Ok;
+    }
+    r
 }

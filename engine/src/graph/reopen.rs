@@ -59,6 +59,20 @@ pub async fn reopen_read_write(node: &Rc<Node>) -> Result<Vec<Rc<Node>>> {
     Ok(nodes)
 }
 
+/// Switch `node` (with the storage below it) to `read_only`, as qemu-io's `reopen -r`/`-w`
+/// does; nothing to do when it is in that state already. On error nothing changed.
+pub async fn reopen_set_read_only(node: &Rc<Node>, read_only: bool) -> Result<()> {
+    if !read_only {
+        return reopen_read_write(node).await.map(drop);
+    }
+    let mut nodes = Vec::new();
+    queue(node, true, &mut nodes);
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    reopen_multiple(&nodes, true).await
+}
+
 /// Make `nodes` (as returned by [`reopen_read_write`]) read-only again. On error nothing
 /// changed (a user still writing one of them refuses it).
 pub async fn reopen_read_only(nodes: &[Rc<Node>]) -> Result<()> {

@@ -218,6 +218,25 @@ pub enum Command {
         /// The tag.
         tag: String,
     },
+    /// `reopen [-r|-w] [-c cache] [-o options]`.
+    Reopen {
+        /// `-r` (true) or `-w` (false); `None` keeps the current mode.
+        read_only: Option<bool>,
+        /// `-c MODE`, already checked to be a cache mode.
+        cache: Option<String>,
+        /// `-o OPTIONS` (keyval).
+        options: Option<String>,
+    },
+    /// `sigraise SIGNAL`: the caller raises the signal (checked to be at most `NSIG`).
+    Sigraise {
+        /// The signal number.
+        signal: u32,
+    },
+    /// `zone_report`, `zone_open`, ... : blk has no zoned devices, so each fails with ENOTSUP.
+    Zone {
+        /// The command's canonical name.
+        name: &'static str,
+    },
 }
 
 impl Command {
@@ -249,6 +268,9 @@ impl Command {
             Command::WaitBreak { .. } => "wait_break",
             Command::Resume { .. } => "resume",
             Command::RemoveBreak { .. } => "remove_break",
+            Command::Reopen { .. } => "reopen",
+            Command::Sigraise { .. } => "sigraise",
+            Command::Zone { name } => name,
         }
     }
 }

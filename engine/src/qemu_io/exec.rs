@@ -25,6 +25,8 @@ use super::{OutLine, Sink};
 
 #[path = "exec_ctl.rs"]
 mod ctl;
+#[path = "exec_reopen.rs"]
+mod reopen;
 
 /// How a session prints.
 #[derive(Clone, Debug)]
@@ -61,6 +63,9 @@ pub enum CommandResult {
     Quit,
     /// `abort`: the caller simulates a crash.
     Abort,
+    /// `sigraise N`: the caller raises signal N (after flushing its output) and goes on with
+    /// the next command if it survives.
+    Raise(u32),
 }
 
 /// aio requests in flight, shared with their tasks.
@@ -80,6 +85,9 @@ pub struct Session {
     cfg: SessionConfig,
     aio: Rc<AioState>,
     failed: bool,
+    /// Tags of requests announced "Suspended" (by `wait_break` or `resume`) and not yet
+    /// announced "Resuming", one entry per request.
+    suspended: Vec<String>,
 }
 
 fn errstr(e: &Error) -> String {
@@ -100,6 +108,7 @@ impl Session {
             cfg,
             aio: Rc::new(AioState::default()),
             failed: false,
+            suspended: Vec::new(),
         }
     }
 
@@ -199,7 +208,10 @@ impl Session {
                     return r;
                 }
                 for l in e.lines {
-                    self.out.line(l);
+                    match e.kind {
+                        ParseErrorKind::Report => self.report_err(l.text),
+                        _ => self.out.line(l),
+                    }
                 }
                 self.fail()
             }
@@ -289,6 +301,20 @@ impl Session {
             Command::Open { .. } => self.open_cmd(cmd).await,
             Command::Close => self.close().await.is_ok(),
             Command::Quit => return CommandResult::Quit,
+            Command::Sigraise { signal } => return CommandResult::Raise(*signal),
+            Command::Reopen {
+                read_only,
+                cache,
+                options,
+            } => {
+                self.reopen(*read_only, cache.as_deref(), options.as_deref())
+                    .await
+            }
+            Command::Zone { name } => {
+                let what = name.replace('_', " ");
+                self.out(format!("{what} failed: Operation not supported"));
+                false
+            }
             Command::Abort => return CommandResult::Abort,
             Command::Help(name) => self.help(name.as_deref()),
             Command::Break { .. }

@@ -7,6 +7,7 @@ use crate::event::DebugEvent;
 
 use super::super::command::Command;
 use super::super::format::{alloc_line, human_size, map_line};
+use super::super::help::long_help;
 use super::super::open::{CacheMode, OpenSpec, parse_discard};
 use super::super::spec::{COMMANDS, lookup_command};
 use super::{Session, errstr};
@@ -204,6 +205,12 @@ impl Session {
             Some(n) => match lookup_command(n) {
                 Some(c) => {
                     self.out(c.usage(n));
+                    if let Some(text) = long_help(c.name) {
+                        let text = text.strip_suffix('\n').unwrap_or(text);
+                        for line in text.split('\n') {
+                            self.out(line);
+                        }
+                    }
                     true
                 }
                 None => {
@@ -237,14 +244,35 @@ impl Session {
                 "Could not resume request".into(),
                 match &node {
                     None => Err(enotsup),
-                    Some(n) => n.breakpoints().and_then(|b| b.debug_resume(tag)),
+                    Some(n) => n
+                        .breakpoints()
+                        .and_then(|b| b.debug_resume(tag))
+                        .inspect(|()| {
+                            // It was suspended, whether or not a wait_break saw it.
+                            self.announce_suspended(tag);
+                            self.announce_resuming(tag);
+                        }),
                 },
             ),
             Command::RemoveBreak { tag } => (
                 format!("Could not remove breakpoint {tag}"),
                 match &node {
                     None => Err(enotsup),
-                    Some(n) => n.breakpoints().and_then(|b| b.debug_remove_breakpoint(tag)),
+                    Some(n) => match n.breakpoints() {
+                        Err(e) => Err(e),
+                        Ok(b) => {
+                            // Every request suspended under the tag goes on, even when the verb
+                            // fails because the breakpoint itself is gone.
+                            if b.debug_is_suspended(tag) {
+                                self.announce_suspended(tag);
+                            }
+                            let r = b.debug_remove_breakpoint(tag);
+                            while self.suspended.iter().any(|t| t == tag) {
+                                self.announce_resuming(tag);
+                            }
+                            r
+                        }
+                    },
                 },
             ),
             Command::WaitBreak { tag } => match &node {
@@ -253,6 +281,7 @@ impl Session {
                 Some(n) => {
                     if let Ok(b) = n.breakpoints() {
                         b.debug_wait_suspended(tag).await;
+                        self.announce_suspended(tag);
                     }
                     return true;
                 }
@@ -265,6 +294,23 @@ impl Session {
                 self.out(format!("{what}: {}", errstr(&e)));
                 false
             }
+        }
+    }
+
+    /// blkdebug's line for a request stopped at a breakpoint, once per request: printed when
+    /// `wait_break` sees it (or, without one, just before `resume` releases it).
+    fn announce_suspended(&mut self, tag: &str) {
+        if !self.suspended.iter().any(|t| t == tag) {
+            self.out(format!("blkdebug: Suspended request '{tag}'"));
+            self.suspended.push(tag.to_string());
+        }
+    }
+
+    /// blkdebug's line for a suspended request that goes on.
+    fn announce_resuming(&mut self, tag: &str) {
+        if let Some(i) = self.suspended.iter().position(|t| t == tag) {
+            self.suspended.remove(i);
+            self.out(format!("blkdebug: Resuming request '{tag}'"));
         }
     }
 }

@@ -26,6 +26,7 @@ mod exec;
 mod exec_io;
 pub mod format;
 mod getopt;
+mod help;
 pub mod num;
 mod open;
 mod parse;

@@ -9,6 +9,7 @@
 use super::command::{AioWrite, Command, Read, Stats, Vectored, Verify, Write, WriteData};
 use super::getopt::{Opt, getopt};
 use super::num::{cvtnum, parse_pattern, strtol0};
+use super::open::CacheMode;
 use super::spec::{CmdSpec, lookup_command};
 use super::{MAX_REQUEST_BYTES, OutLine};
 
@@ -21,6 +22,9 @@ pub enum ParseErrorKind {
     ArgCount,
     /// Bad options, operands or numbers.
     Invalid,
+    /// A refusal qemu-io reports with `error_report`: each line goes to stderr after the
+    /// program name (which the parser does not know).
+    Report,
 }
 
 /// A line that qemu-io would refuse, with the lines it would print.
@@ -64,6 +68,9 @@ pub fn parse_command(line: &str) -> Result<Command, ParseError> {
         });
     }
     let p = P { spec, typed };
+    if spec.name == "reopen" {
+        return p.reopen(args);
+    }
     p.parse(args).map_err(|lines| ParseError {
         kind: ParseErrorKind::Invalid,
         command: Some(spec),
@@ -191,6 +198,27 @@ impl P<'_> {
                 _ => return fail(format!("{} is not a valid number", args[0])),
             },
             "open" => self.open(args)?,
+            "sigraise" => {
+                // Linux's NSIG: numbers up to it are accepted (65 is, and raise() then fails
+                // silently, as in qemu-io).
+                const NSIG: u64 = 65;
+                let signal = self.num(&args[0])?;
+                if signal > NSIG {
+                    return fail(format!(
+                        "signal argument '{}' is too large to be a valid signal",
+                        args[0]
+                    ));
+                }
+                Command::Sigraise {
+                    signal: signal as u32,
+                }
+            }
+            name if name.starts_with("zone_") => {
+                for a in args {
+                    self.num(a)?;
+                }
+                Command::Zone { name }
+            }
             "help" => Command::Help(args.first().cloned()),
             "break" => Command::Break {
                 event: args[0].clone(),
@@ -429,6 +457,54 @@ impl P<'_> {
             discard: last('d'),
             options: last('o'),
             path,
+        })
+    }
+}
+
+impl P<'_> {
+    /// `reopen`: qemu-io checks each option as getopt returns it, so a bad cache mode or a
+    /// second `-r`/`-w` is reported before a later invalid option.
+    fn reopen(&self, args: &[String]) -> Result<Command, ParseError> {
+        let report = |msg: String| ParseError {
+            kind: ParseErrorKind::Report,
+            command: Some(self.spec),
+            lines: vec![OutLine::err(msg)],
+        };
+        let invalid = |lines: Vec<OutLine>| ParseError {
+            kind: ParseErrorKind::Invalid,
+            command: Some(self.spec),
+            lines,
+        };
+        let parsed = getopt(args, "c:o:rw");
+        let (mut read_only, mut cache, mut options) = (None, None, None);
+        for o in parsed.opts {
+            match o {
+                Opt::Ok('c', Some(mode)) => {
+                    if CacheMode::parse(&mode).is_err() {
+                        return Err(report(format!("Invalid cache option: {mode}")));
+                    }
+                    cache = Some(mode);
+                }
+                Opt::Ok('o', Some(opts)) => options = Some(opts),
+                Opt::Ok(c @ ('r' | 'w'), _) => {
+                    if read_only.is_some() {
+                        return Err(report("Only one -r/-w option may be given".into()));
+                    }
+                    read_only = Some(c == 'r');
+                }
+                Opt::Ok(..) | Opt::Invalid(_) | Opt::MissingArg(_) => {
+                    // Reuse the common message for the bad option.
+                    return Err(invalid(self.opts(args, "c:o:rw").err().unwrap_or_default()));
+                }
+            }
+        }
+        if !parsed.operands.is_empty() {
+            return Err(invalid(vec![OutLine::out(self.spec.usage(self.typed))]));
+        }
+        Ok(Command::Reopen {
+            read_only,
+            cache,
+            options,
         })
     }
 }

@@ -375,3 +375,170 @@ fn write_from_file() {
     );
     assert_eq!(out[3], "ERR: /nonexistent: No such file or directory");
 }
+
+#[test]
+fn reopen_switches_read_only_and_back() {
+    let (out, code) = script(
+        1 << 20,
+        raw(),
+        &[
+            "reopen -r",
+            "write 0 512",
+            "read -q 0 512",
+            "reopen -w",
+            "write -q -P 0x12 0 512",
+            "read -q -P 0x12 0 512",
+            "reopen -c writeback",
+            "reopen",
+        ],
+    );
+    assert_eq!(out, lines(&["ERR: qemu-io: Block node is read-only"]));
+    assert_eq!(code, 1);
+    // Opened read-only, made writable by reopen.
+    let ro = OpenSpec {
+        read_only: true,
+        ..raw().unwrap()
+    };
+    let (out, code) = script(1 << 20, Some(ro), &["reopen -w", "write -q 0 512"]);
+    assert_eq!((out, code), (Vec::<String>::new(), 0));
+}
+
+#[test]
+fn reopen_refusals() {
+    let (out, code) = script(
+        1 << 20,
+        raw(),
+        &[
+            "reopen -r -w",
+            "reopen -c bogus",
+            "reopen -x",
+            "reopen extra",
+            "reopen -o driver=qcow2",
+            "reopen -o driver=raw",
+            "reopen -o node-name=other",
+            "reopen -o read-only=on -r",
+            "reopen -c none -o cache.direct=on",
+            "reopen -o read-only=on",
+            "reopen -o lazy-refcounts=on",
+            "write -q 0 512",
+        ],
+    );
+    let usage = "reopen [(-r|-w)] [-c cache] [-o options] -- reopens an image with new options";
+    assert_eq!(
+        out,
+        lines(&[
+            "ERR: qemu-io: Only one -r/-w option may be given",
+            "ERR: qemu-io: Invalid cache option: bogus",
+            "ERR: reopen: invalid option -- 'x'",
+            usage,
+            usage,
+            "ERR: qemu-io: Cannot change the option 'driver'",
+            "ERR: qemu-io: Cannot change the option 'node-name'",
+            "ERR: qemu-io: Cannot set both -r/-w and 'read-only'",
+            "ERR: qemu-io: Cannot set both -c and the cache options",
+            "ERR: qemu-io: Read-only block node 'disk' cannot support read-write users",
+            "ERR: qemu-io: Cannot change the option 'lazy-refcounts'",
+        ])
+    );
+    // Every refusal left the image writable.
+    assert_eq!(code, 1);
+    let (out, _) = script(1 << 20, None, &["reopen -r"]);
+    assert_eq!(out, lines(&["ERR: no file open, try 'help open'"]));
+}
+
+#[test]
+fn sigraise_and_zone_commands() {
+    let env = RealEnv::new();
+    let engine = Rc::new(Engine::new(env.clone()));
+    let sink = Rc::new(VecSink::new());
+    let mut s = Session::new(engine, sink.clone(), SessionConfig::default());
+    let r = env.block_on(s.run_line("sigraise 15"));
+    assert_eq!(r, CommandResult::Raise(15));
+    assert_eq!(
+        env.block_on(s.run_line("sigraise 100")),
+        CommandResult::Failed
+    );
+    assert_eq!(
+        sink.texts(),
+        ["signal argument '100' is too large to be a valid signal"]
+    );
+    env.shutdown();
+    let (out, code) = script(
+        1 << 20,
+        raw(),
+        &["zone_report 0 1", "zone_append 0 1 2", "zone_reset x 1"],
+    );
+    assert_eq!(
+        out,
+        lines(&[
+            "zone report failed: Operation not supported",
+            "zone append failed: Operation not supported",
+            "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- x",
+        ])
+    );
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn help_prints_long_texts() {
+    let (out, code) = script(1 << 20, None, &["help sigraise", "help o", "help flush"]);
+    assert_eq!(code, 0);
+    assert_eq!(out[0], "sigraise signal -- raises a signal");
+    assert_eq!(out[1], "");
+    assert_eq!(out[2], " raises the given signal");
+    assert_eq!(out[8], " given to sigraise.");
+    assert_eq!(out[9], "");
+    assert!(out[10].starts_with("o [-rsCnkU] [-t cache]"));
+    // open's text ends without a blank line, unlike the others.
+    assert_eq!(
+        out[out.len() - 2],
+        " -o, -- options to be given to the block driver"
+    );
+    assert_eq!(
+        out[out.len() - 1],
+        "flush -- flush all in-core file state to disk"
+    );
+    let (out, _) = script(1 << 20, None, &["help"]);
+    for name in ["reopen", "sigraise", "zone_report", "zone_append"] {
+        assert!(
+            out.iter().any(|l| l.starts_with(&format!("{name} "))),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn blkdebug_suspend_resume_lines_and_remove_break_status() {
+    let open =
+        "open -o driver=raw,file.driver=blkdebug,file.image.driver=file,file.image.filename=$IMG";
+    let (out, code) = script(
+        1 << 20,
+        None,
+        &[
+            open,
+            "break write_aio A",
+            "aio_write -q 0 512",
+            "wait_break A",
+            "resume A",
+            "aio_flush",
+            "break write_aio B",
+            "aio_write -q 0 512",
+            "wait_break B",
+            // The breakpoint fired, so there is none to remove (ENOENT), but the request
+            // suspended under it goes on.
+            "remove_break B",
+            "aio_flush",
+        ],
+    );
+    assert_eq!(
+        out,
+        lines(&[
+            "blkdebug: Suspended request 'A'",
+            "blkdebug: Resuming request 'A'",
+            "blkdebug: Suspended request 'B'",
+            "blkdebug: Resuming request 'B'",
+            "Could not remove breakpoint B: No such file or directory",
+        ])
+    );
+    assert_eq!(code, 1);
+}

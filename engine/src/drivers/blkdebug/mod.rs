@@ -294,8 +294,10 @@ impl crate::driver::Breakpoints for Blkdebug {
 
     fn debug_remove_breakpoint(&self, tag: &str) -> Result<()> {
         let removed = self.rules.borrow_mut().remove_breakpoints(tag);
-        let resumed = self.breakpoints.resume_all(tag);
-        if removed || resumed {
+        // Suspended requests go on either way; but as in QEMU the verb fails (ENOENT) when no
+        // breakpoint was left to remove, which is the case once its one shot has fired.
+        self.breakpoints.resume_all(tag);
+        if removed {
             Ok(())
         } else {
             Err(Error::io_msg(
