@@ -4,7 +4,7 @@
 //! request reaches the end, and the allocation left behind (`qemu-img map`) is QEMU's for the
 //! same requests (run with qemu-io on a copy of the same starting image).
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use engine::drivers::qcow2::{Compat, CreateOptions};
 use engine::io::{IoBuf, ReqFlags};

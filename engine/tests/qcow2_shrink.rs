@@ -6,7 +6,7 @@
 //! backing file's bytes: it is being cut off), is found clean by blk's check, shrinks when
 //! asked again, and then compares equal to the model in QEMU.
 
-mod qcow2_support;
+use crate::qcow2_support;
 
 use std::cell::Cell;
 use std::rc::Rc;
