@@ -5,3 +5,4 @@ pub mod getopt;
 pub mod img;
 pub mod io;
 pub mod sim;
+pub mod swarm;

@@ -1,5 +1,6 @@
 //! `blk sim run PATH... [--seed N | --seeds A..B] [--check-determinism]` and
-//! `blk sim replay FILE [--seed N] [--trace]`: replay scenario files on the simulator.
+//! `blk sim replay FILE [--seed N] [--trace]`: replay scenario files on the simulator; `blk sim
+//! swarm` and `blk sim shrink` live in `swarm.rs`.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -7,15 +8,17 @@ use std::path::{Path, PathBuf};
 use sim::scenario::{self, RunOptions, RunOutcome, Scenario};
 
 const USAGE: &str = "usage: blk sim run PATH... [--seed N | --seeds A..B] [--check-determinism]\n\
-                     \x20      blk sim replay FILE [--seed N] [--trace]";
+                     \x20      blk sim replay FILE [--seed N] [--trace] [--plant NAME]";
 
 /// Entry point of `blk sim`.
 pub fn run_sim(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         Some("run") => run_cmd(&args[1..]),
         Some("replay") => replay_cmd(&args[1..]),
+        Some("swarm") => super::swarm::swarm_cmd(&args[1..]),
+        Some("shrink") => super::swarm::shrink_cmd(&args[1..]),
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("{USAGE}\n{}", super::swarm::USAGE);
             2
         }
     }

@@ -451,12 +451,15 @@ impl Qcow2 {
         // Discarded clusters read as zeroes (over a backing file, or, as QEMU does, in an
         // image with an external data file, whose zeroed range stays described); a full
         // discard (emptying the image) deallocates outright.
-        let new =
-            if !full && (self.backing().is_some() || self.has_data_file()) && self.version >= 3 {
-                ZERO
-            } else {
-                0
-            };
+        let new = if !full
+            && !crate::util::planted::on(crate::util::planted::Bug::DiscardOverBacking)
+            && (self.backing().is_some() || self.has_data_file())
+            && self.version >= 3
+        {
+            ZERO
+        } else {
+            0
+        };
         for gc in first..last {
             let old = self.l2_entry(gc).await?;
             if old == new || (old == 0 && self.backing().is_none()) {
