@@ -17,6 +17,7 @@ pub fn run_sim(args: &[String]) -> i32 {
         Some("replay") => replay_cmd(&args[1..]),
         Some("swarm") => super::swarm::swarm_cmd(&args[1..]),
         Some("shrink") => super::swarm::shrink_cmd(&args[1..]),
+        Some("crashes") => super::swarm::crashes_cmd(&args[1..]),
         _ => {
             eprintln!("{USAGE}\n{}", super::swarm::USAGE);
             2
@@ -164,7 +165,14 @@ fn run_cmd(args: &[String]) -> i32 {
                 eprint!("\r\x1b[K[{done}/{total_runs}] {name} seed {seed}");
                 let _ = std::io::stderr().flush();
             }
-            let out = scenario::run(&sc, seed, RunOptions { trace: args.trace });
+            let out = scenario::run(
+                &sc,
+                seed,
+                RunOptions {
+                    trace: args.trace,
+                    ..Default::default()
+                },
+            );
             row.runs += 1;
             if row.runs == 1 {
                 row.virtual_ns = out.virtual_ns;
@@ -175,7 +183,14 @@ fn run_cmd(args: &[String]) -> i32 {
                 failures.push(describe_failure(path, &sc, &out));
             }
             if ok && args.check_determinism {
-                let again = scenario::run(&sc, seed, RunOptions { trace: args.trace });
+                let again = scenario::run(
+                    &sc,
+                    seed,
+                    RunOptions {
+                        trace: args.trace,
+                        ..Default::default()
+                    },
+                );
                 if again.trace_hash != out.trace_hash || again.transcript != out.transcript {
                     ok = false;
                     failures.push(format!(
@@ -273,7 +288,14 @@ fn replay_cmd(args: &[String]) -> i32 {
         .as_ref()
         .and_then(|s| s.first().copied())
         .unwrap_or(sc.seed);
-    let out = scenario::run(&sc, seed, RunOptions { trace: args.trace });
+    let out = scenario::run(
+        &sc,
+        seed,
+        RunOptions {
+            trace: args.trace,
+            ..Default::default()
+        },
+    );
     print!("{}", out.transcript);
     println!("trace hash {:016x}", out.trace_hash);
     if out.passed(sc.expect_failure.as_deref()) {

@@ -1,6 +1,7 @@
 //! `blk sim swarm --seeds A..B [--shard I/N] [--jobs N] [--time 60s] [--out DIR] [--coverage]
 //! [--plant NAME]` and `blk sim shrink FILE.scn [--check NAME] [--out FILE] [--plant NAME]`:
-//! the simulator drawing its own scenarios from seeds, and delta debugging a failing one.
+//! the simulator drawing its own scenarios from seeds, and delta debugging a failing one; and
+//! `blk sim crashes FILE.scn`: a power loss at every flush and (sampled) operation of a run.
 //!
 //! `--jobs N` runs N child processes of this binary, each with its own `--shard`, and passes
 //! their JSON lines through; a shard of a shard composes (seed % (N*J) picks the child).
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 use sim::swarm::{self, SeedResult, coverage::Coverage, shrink};
 
 pub const USAGE: &str = "       blk sim swarm --seeds A..B [--shard I/N] [--jobs N] [--time 60s] [--out DIR] [--coverage] [--plant NAME]\n\
-                         \x20      blk sim shrink FILE.scn [--check NAME] [--out FILE] [--plant NAME]";
+                         \x20      blk sim shrink FILE.scn [--check NAME] [--out FILE] [--plant NAME]\n\
+                         \x20      blk sim crashes FILE.scn [--max N] [--sample K] [--seed N] [--at POINT] [--plant NAME]";
 
 struct SwarmArgs {
     seeds: (u64, u64),
@@ -316,4 +318,98 @@ pub fn shrink_cmd(args: &[String]) -> i32 {
         plant_args(&plants),
     );
     0
+}
+
+/// Entry point of `blk sim crashes FILE.scn [--max N] [--sample K] [--seed N] [--at POINT]`.
+pub fn crashes_cmd(args: &[String]) -> i32 {
+    match crashes(args) {
+        Ok(rc) => rc,
+        Err(e) => {
+            eprintln!("blk sim crashes: {e}\nusage:{USAGE}");
+            2
+        }
+    }
+}
+
+fn crashes(args: &[String]) -> Result<i32, String> {
+    use sim::swarm::crashes::{enumerate, parse_point, point_name};
+    let (mut file, mut max, mut sample, mut seed, mut at, mut plants) =
+        (None, None, None, None, None, Vec::new());
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let mut val = || it.next().cloned().ok_or(format!("{k} needs a value"));
+        let num = |v: String| v.parse::<u64>().map_err(|_| format!("bad number '{v}'"));
+        match k.as_str() {
+            "--max" => max = Some(num(val()?)? as usize),
+            "--sample" => sample = Some(num(val()?)?),
+            "--seed" => seed = Some(num(val()?)?),
+            "--at" => at = Some(parse_point(&val()?)?),
+            "--plant" => plants.push(val()?),
+            s if s.starts_with('-') => return Err(format!("unknown option '{s}'")),
+            f => file = Some(f.to_string()),
+        }
+    }
+    enable_plants(&plants)?;
+    let file = file.ok_or("give a scenario file")?;
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
+    let sc = sim::scenario::parse(&file, &text).map_err(|e| e.to_string())?;
+    let seed = seed.unwrap_or(sc.seed);
+    if let Some(at) = at {
+        let opts = sim::scenario::RunOptions {
+            trace: true,
+            crash_at: Some(at),
+        };
+        let v = swarm::oracles::judge_parsed(&sc, seed, opts);
+        if let Some(o) = &v.outcome {
+            print!("{}", o.transcript);
+        }
+        return Ok(match &v.failure {
+            None => 0,
+            Some(f) => {
+                eprintln!(
+                    "{file} crashed at {}: {} failed: {}",
+                    point_name(at),
+                    f.check,
+                    f.message
+                );
+                1
+            }
+        });
+    }
+    let start = Instant::now();
+    let sum = match enumerate(&sc, seed, sample, max, |_, _| {}) {
+        Ok(s) => s,
+        Err(v) => {
+            let f = v.failure.expect("a failing base run");
+            return Err(format!(
+                "{file} fails without a crash ({}: {})",
+                f.check, f.message
+            ));
+        }
+    };
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{file} seed {seed}: {} flushes, {} operations; {} crash states tested ({} not reached) in {secs:.1} s, {:.1} states/s",
+        sum.counts.flushes,
+        sum.counts.ops,
+        sum.tested,
+        sum.missed,
+        sum.tested as f64 / secs.max(1e-9)
+    );
+    Ok(match sum.failing {
+        None => 0,
+        Some((at, v)) => {
+            let f = v.failure.expect("failing point has a failure");
+            println!(
+                "FAILED at {}: {} at line {}: {}\n  reproduce: blk sim crashes {file} --seed {seed} --at {}{}",
+                point_name(at),
+                f.check,
+                f.line,
+                f.message,
+                point_name(at),
+                plant_args(&plants)
+            );
+            1
+        }
+    })
 }

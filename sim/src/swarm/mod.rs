@@ -8,6 +8,7 @@
 //! standalone with `blk sim replay` to the same transcript.
 
 pub mod coverage;
+pub mod crashes;
 pub mod generator;
 pub mod oracles;
 pub mod report;
@@ -22,6 +23,13 @@ use crate::scenario::RunOptions;
 /// Draw, run and judge `seed`.
 pub fn run_seed(seed: u64, trace: bool) -> (Generated, Verdict) {
     let generated = generate(seed);
-    let verdict = judge("swarm", &generated.text, RunOptions { trace });
+    let verdict = judge(
+        "swarm",
+        &generated.text,
+        RunOptions {
+            trace,
+            ..Default::default()
+        },
+    );
     (generated, verdict)
 }

@@ -134,7 +134,12 @@ impl Gen {
         let file = self.file_spec("top", path);
         let file = if self.f.blkdebug {
             self.blkdebug_live = true;
-            json!({"driver": "blkdebug", "node-name": "dbg", "image": file})
+            let mut d = json!({"driver": "blkdebug", "node-name": "dbg", "image": file});
+            // A 4k request alignment makes sub-4k writes read-modify-write cycles.
+            if chance(&mut self.r.images, 0.5) {
+                d["align"] = json!(4096);
+            }
+            d
         } else {
             file
         };

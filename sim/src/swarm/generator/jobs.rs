@@ -70,6 +70,9 @@ impl Gen {
         // write-blocking; otherwise lift the speed limit.
         let converges = cmd["arguments"]["copy-mode"] == "write-blocking";
         if self.bg.is_some() && needs_ready && !converges {
+            // The guest writes during the bulk copy for a while, then stops.
+            let ms = 1 + below(&mut self.r.jobs, 30);
+            self.step(format!("advance {ms}ms"));
             self.stop_bg();
         } else if self.bg.is_some() || (self.f.verbs && chance(&mut self.r.jobs, 0.4)) {
             self.qmp(&json!({"execute": "block-job-set-speed",
@@ -93,6 +96,17 @@ impl Gen {
             self.qmp(&json!({"execute": "block-job-cancel", "arguments": {"device": id}}));
             self.step(format!("wait event BLOCK_JOB_COMPLETED device={id} {t}"));
             return;
+        }
+        if self.bg.is_none() && chance(&mut self.r.jobs, 0.5) {
+            // Light, bounded guest load across the pivot (an endless one could keep a
+            // background mirror from ever finding nothing dirty).
+            let name = self.fresh("p");
+            let n = 5 + below(&mut self.r.jobs, 30);
+            let us = 300 + below(&mut self.r.jobs, 1500);
+            self.step(format!(
+                "workload start {name} device=drive0 mix=write:80,read:20 bs=512..8192 iodepth=1 count={n} think={us}us"
+            ));
+            self.bg = Some(name);
         }
         let verb = if chance(&mut self.r.jobs, 0.5) {
             "job-complete"
