@@ -48,6 +48,7 @@ pub mod export;
 pub mod fault;
 pub mod rng;
 pub mod scenario;
+pub mod swarm;
 pub mod trace;
 pub mod vdisk;
 

@@ -7,3 +7,4 @@ pub mod io;
 pub mod prog;
 pub mod sim;
 pub mod stdout;
+pub mod swarm;

@@ -1,5 +1,6 @@
 //! `blk sim run PATH... [--seed N | --seeds A..B] [--check-determinism]` and
-//! `blk sim replay FILE [--seed N] [--trace]`: replay scenario files on the simulator.
+//! `blk sim replay FILE [--seed N] [--trace]`: replay scenario files on the simulator; `blk sim
+//! swarm` and `blk sim shrink` live in `swarm.rs`.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -7,15 +8,18 @@ use std::path::{Path, PathBuf};
 use sim::scenario::{self, RunOptions, RunOutcome, Scenario};
 
 const USAGE: &str = "usage: blk sim run PATH... [--seed N | --seeds A..B] [--check-determinism]\n\
-                     \x20      blk sim replay FILE [--seed N] [--trace]";
+                     \x20      blk sim replay FILE [--seed N] [--trace] [--plant NAME]";
 
 /// Entry point of `blk sim`.
 pub fn run_sim(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         Some("run") => run_cmd(&args[1..]),
         Some("replay") => replay_cmd(&args[1..]),
+        Some("swarm") => super::swarm::swarm_cmd(&args[1..]),
+        Some("shrink") => super::swarm::shrink_cmd(&args[1..]),
+        Some("crashes") => super::swarm::crashes_cmd(&args[1..]),
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("{USAGE}\n{}", super::swarm::USAGE);
             2
         }
     }
@@ -161,7 +165,14 @@ fn run_cmd(args: &[String]) -> i32 {
                 eprint!("\r\x1b[K[{done}/{total_runs}] {name} seed {seed}");
                 let _ = std::io::stderr().flush();
             }
-            let out = scenario::run(&sc, seed, RunOptions { trace: args.trace });
+            let out = scenario::run(
+                &sc,
+                seed,
+                RunOptions {
+                    trace: args.trace,
+                    ..Default::default()
+                },
+            );
             row.runs += 1;
             if row.runs == 1 {
                 row.virtual_ns = out.virtual_ns;
@@ -172,7 +183,14 @@ fn run_cmd(args: &[String]) -> i32 {
                 failures.push(describe_failure(path, &sc, &out));
             }
             if ok && args.check_determinism {
-                let again = scenario::run(&sc, seed, RunOptions { trace: args.trace });
+                let again = scenario::run(
+                    &sc,
+                    seed,
+                    RunOptions {
+                        trace: args.trace,
+                        ..Default::default()
+                    },
+                );
                 if again.trace_hash != out.trace_hash || again.transcript != out.transcript {
                     ok = false;
                     failures.push(format!(
@@ -276,7 +294,14 @@ fn replay_cmd(args: &[String]) -> i32 {
         .as_ref()
         .and_then(|s| s.first().copied())
         .unwrap_or(sc.seed);
-    let out = scenario::run(&sc, seed, RunOptions { trace: args.trace });
+    let out = scenario::run(
+        &sc,
+        seed,
+        RunOptions {
+            trace: args.trace,
+            ..Default::default()
+        },
+    );
     print!("{}", out.transcript);
     println!("trace hash {:016x}", out.trace_hash);
     if out.passed(sc.expect_failure.as_deref()) {

@@ -5,6 +5,7 @@
 mod notify;
 mod oneshot;
 mod options;
+pub mod planted;
 mod race;
 mod ratelimit;
 mod tracked;

@@ -8,6 +8,7 @@
 
 mod chain;
 mod checks;
+mod crash_point;
 mod faults;
 mod image;
 mod io;

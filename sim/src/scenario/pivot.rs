@@ -88,7 +88,14 @@ impl World<'_> {
                 format: root.driver_name().to_string(),
             });
         }
-        self.setup = setup;
+        // A pivoted device is re-attached after every node is back: its new node may have
+        // been added after the device (a mirror target), and attaching it by file first would
+        // make that node's own replay a duplicate.
+        let (pivoted, mut rest): (Vec<Setup>, Vec<Setup>) = setup
+            .into_iter()
+            .partition(|s| matches!(s, Setup::Pivoted(_)));
+        rest.extend(pivoted);
+        self.setup = rest;
     }
 
     /// On restart: attach the device to its post-pivot node.

@@ -51,6 +51,13 @@ pub struct RunOutcome {
     pub failure: Option<Failure>,
     /// Virtual time at the end.
     pub virtual_ns: u64,
+    /// Disk flushes and side-effecting operations of the run (crash points to enumerate).
+    pub disk: crate::DiskCounts,
+    /// A scheduled crash ([`RunOptions::crash_at`]) struck, and the run recovered from it.
+    pub crash_struck: bool,
+    /// Disk events when the first step that is not image creation or graph setup began:
+    /// crash points before it only break an image being created.
+    pub setup_disk: crate::DiskCounts,
 }
 
 impl RunOutcome {
@@ -149,6 +156,12 @@ pub(super) struct World<'s> {
     pub(super) engine_slot: Rc<RefCell<Option<Rc<Engine>>>>,
     pub(super) faults: BTreeMap<String, crate::FaultId>,
     pub(super) io: super::io::IoSessions,
+    /// Watch for a scheduled crash (see `crash_point.rs`).
+    pub(super) crash_probe: bool,
+    /// The scheduled crash struck.
+    pub(super) crash_struck: bool,
+    /// Disk events at the end of setup (see [`RunOutcome::setup_disk`]).
+    pub(super) setup_done: Rc<Cell<Option<crate::DiskCounts>>>,
 }
 
 /// Options of a run.
@@ -156,6 +169,9 @@ pub(super) struct World<'s> {
 pub struct RunOptions {
     /// Put every debug event into the transcript.
     pub trace: bool,
+    /// Power loss at this disk event; the run then restarts, checks every device and qcow2
+    /// image, and ends (`blk sim crashes`).
+    pub crash_at: Option<crate::CrashAt>,
 }
 
 /// Run a parsed scenario with `seed`.
@@ -176,6 +192,9 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
         };
     }
     let sim = Sim::new(seed, cfg);
+    if let Some(at) = opts.crash_at {
+        sim.fs().schedule_crash(at);
+    }
     let transcript = Rc::new(RefCell::new(Transcript::default()));
     transcript.borrow_mut().raw(&format!("# {}", sc.purpose));
     transcript.borrow_mut().raw(&format!("# seed {seed}"));
@@ -190,6 +209,8 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
     });
     let engine = new_engine(&env, &recorder);
     let engine_slot = Rc::new(RefCell::new(Some(engine.clone())));
+    let setup_flag = Rc::new(Cell::new(None));
+    let setup_out = setup_flag.clone();
     let world = World {
         sim: &sim,
         env: env.clone(),
@@ -207,8 +228,13 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
         last_output: Vec::new(),
         faults: BTreeMap::new(),
         io: Default::default(),
+        crash_probe: opts.crash_at.is_some(),
+        setup_done: setup_out,
+        crash_struck: false,
     };
     let steps = sc.steps.clone();
+    let crash_flag = Rc::new(Cell::new(false));
+    let flag = crash_flag.clone();
     let result = sim.block_on(async move {
         let mut world = world;
         let r = world.run_steps(&steps).await;
@@ -216,6 +242,7 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
             Ok(()) => world.finish().await,
             Err(e) => Err(e),
         };
+        flag.set(world.crash_struck);
         drop(world);
         r
     });
@@ -231,6 +258,7 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
         }
     };
     let now = sim.now_ns();
+    let crash_struck = crash_flag.get();
     if let Some(engine) = engine_slot.borrow_mut().take() {
         // Events emitted before a deadlock or livelock that no step got to collect.
         for ev in engine.take_events() {
@@ -262,6 +290,9 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
         trace_hash: hash,
         failure,
         virtual_ns: now,
+        disk: sim.fs().disk_counts(),
+        crash_struck,
+        setup_disk: setup_flag.get().unwrap_or(sim.fs().disk_counts()),
     }
 }
 
@@ -288,7 +319,17 @@ impl World<'_> {
     async fn run_steps(&mut self, steps: &[Step]) -> Result<(), Failure> {
         for step in steps {
             self.line.set(step.line);
-            let r = self.step(step).await;
+            if self.setup_done.get().is_none() && !super::crash_point::is_setup(step) {
+                self.setup_done.set(Some(self.sim.fs().disk_counts()));
+            }
+            let r = if self.crash_probe {
+                match self.step_or_crash(step).await {
+                    Some(r) if !self.sim.fs().has_struck() => r,
+                    _ => return self.recover_struck(step.line, steps).await,
+                }
+            } else {
+                self.step(step).await
+            };
             self.collect_io_output();
             self.collect_events();
             r?;
@@ -320,7 +361,7 @@ impl World<'_> {
         Ok(())
     }
 
-    async fn step(&mut self, step: &Step) -> Result<(), Failure> {
+    pub(super) async fn step(&mut self, step: &Step) -> Result<(), Failure> {
         let line = step.line;
         match &step.action {
             Action::ImageCreate {
@@ -494,16 +535,9 @@ impl World<'_> {
             Action::Expect(e) => self.expect(line, e)?,
             Action::Verify { device } => self.verify(line, device).await?,
             Action::Crash => {
-                self.workloads.clear();
-                self.drains.clear();
-                self.recorder.drained.borrow_mut().clear();
-                self.io = Default::default();
-                self.record_pivots();
+                self.before_power_loss();
                 let report = self.sim.crash();
-                for dev in self.devices.values() {
-                    dev.model.borrow_mut().crash();
-                    dev.activity.busy.borrow_mut().clear();
-                }
+                self.after_power_loss();
                 self.note(&format!(
                     "crash: {} cached writes kept, {} lost, {} torn{}",
                     report.kept,
@@ -631,7 +665,7 @@ impl World<'_> {
         Ok(())
     }
 
-    async fn restart(&mut self, line: usize) -> Result<(), Failure> {
+    pub(super) async fn restart(&mut self, line: usize) -> Result<(), Failure> {
         self.follow_chains();
         self.engine = new_engine(&self.env, &self.recorder);
         *self.engine_slot.borrow_mut() = Some(self.engine.clone());

@@ -107,6 +107,11 @@ impl SimFs {
         self.inner.scheduled.set(Some(at));
     }
 
+    /// True when a scheduled crash struck and its report was not taken yet.
+    pub fn has_struck(&self) -> bool {
+        self.inner.struck.get().is_some()
+    }
+
     /// Cancel a scheduled crash that has not struck.
     pub fn cancel_crash(&self) {
         self.inner.scheduled.set(None);

@@ -9,6 +9,7 @@
 use crate::error::{Errno, Error, Result};
 use crate::event::DebugEvent;
 use crate::io::{IoBuf, ReqFlags};
+use crate::util::planted::{self, Bug};
 
 use super::cache::{get_u64, set_u64};
 use super::overlap::{OL_ACTIVE_L1, OL_ACTIVE_L2, c_hex};
@@ -256,7 +257,9 @@ impl Qcow2 {
                 self.write_back_refblocks().await?;
             }
             self.flush_data_file().await?;
-            self.file.flush().await?;
+            if !planted::on(Bug::Qcow2FlushOrder) {
+                self.file.flush().await?;
+            }
             for (off, data) in self.l2_cache.dirty() {
                 self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await?;
                 self.file.debug_event(DebugEvent::L2Update).await;

@@ -9,6 +9,7 @@
 use crate::error::{Errno, Error, Result};
 use crate::event::DebugEvent;
 use crate::io::{BlockStatus, BufResult, IoBuf, Mapping, ReqFlags};
+use crate::util::planted;
 
 use super::cluster::Kind;
 use super::overlap::c_hex;
@@ -508,7 +509,9 @@ impl Qcow2 {
                 self.classify(old),
                 Ok(Kind::Unallocated | Kind::Zero { host: None })
             );
-            let new = if full {
+            // (The planted bug deallocates over a backing file, exposing its older data.)
+            let planted = backing && planted::on(planted::Bug::DiscardOverBacking);
+            let new = if full || planted {
                 0
             } else if backing || allocated {
                 // v2 has no zero flag: only reached without a backing file, where an

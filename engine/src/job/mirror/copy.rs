@@ -284,7 +284,11 @@ impl MirrorDriver {
                 }
             }
         }
-        *self.final_drain.borrow_mut() = Some(section);
+        if crate::util::planted::on(crate::util::planted::Bug::MirrorPivotUndrained) {
+            drop(section);
+        } else {
+            *self.final_drain.borrow_mut() = Some(section);
+        }
         Ok(true)
     }
 

@@ -1,0 +1,76 @@
+//! Planted bugs: known defects that tests switch on to prove the simulator's swarm finds them.
+//!
+//! Off by default; a thread-local bit set, so a test (or `blk sim swarm --plant NAME`) enables
+//! them for its own thread only and the cost when off is one thread-local load at each site.
+//! Nothing here is compiled out: the switch is a runtime one, so the engine the simulator tests
+//! is the engine that ships.
+
+use std::cell::Cell;
+
+/// One planted bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// qcow2 writes L2 tables back without first flushing the refcount blocks and data.
+    Qcow2FlushOrder = 0,
+    /// A qcow2 v3 discard over a backing file deallocates (the backing data shows through).
+    DiscardOverBacking = 1,
+    /// A drained BlockBackend does not wake the requests it queued when the drain ends.
+    DrainEndLosesQueued = 2,
+    /// Unaligned writes (read-modify-write) do not wait for overlapping requests.
+    RmwUnserialised = 3,
+    /// Mirror in background mode forgets to mark guest writes dirty.
+    MirrorForgetsDirty = 4,
+    /// Mirror's final check does not keep the guest drained until the pivot.
+    MirrorPivotUndrained = 5,
+}
+
+/// Every planted bug with its command-line name.
+pub const ALL: &[(Bug, &str)] = &[
+    (Bug::Qcow2FlushOrder, "qcow2-flush-order"),
+    (Bug::DiscardOverBacking, "discard-over-backing"),
+    (Bug::DrainEndLosesQueued, "drain-end-loses-queued"),
+    (Bug::RmwUnserialised, "rmw-unserialised"),
+    (Bug::MirrorForgetsDirty, "mirror-forgets-dirty"),
+    (Bug::MirrorPivotUndrained, "mirror-pivot-undrained"),
+];
+
+/// The command-line names.
+pub const NAMES: &[&str] = &[
+    "qcow2-flush-order",
+    "discard-over-backing",
+    "drain-end-loses-queued",
+    "rmw-unserialised",
+    "mirror-forgets-dirty",
+    "mirror-pivot-undrained",
+];
+
+thread_local! {
+    static ENABLED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// True when `bug` is switched on for this thread.
+#[inline]
+pub fn on(bug: Bug) -> bool {
+    ENABLED.with(|e| e.get() & (1 << bug as u32) != 0)
+}
+
+/// Switch `bug` on for this thread.
+pub fn enable(bug: Bug) {
+    ENABLED.with(|e| e.set(e.get() | (1 << bug as u32)));
+}
+
+/// Switch a bug on by name; false when the name is unknown.
+pub fn enable_named(name: &str) -> bool {
+    match ALL.iter().find(|(_, n)| *n == name) {
+        Some((b, _)) => {
+            enable(*b);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Switch every bug off for this thread.
+pub fn disable_all() {
+    ENABLED.with(|e| e.set(0));
+}

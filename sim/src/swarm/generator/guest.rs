@@ -1,0 +1,154 @@
+//! Guest activity: seeded workloads (mix, sizes, alignment, queue depth, think time), qemu-io
+//! commands (unaligned writes, write-zeroes, discards), blkdebug breakpoints that park and
+//! release requests, drained sections (nested, subtree) and growing the device.
+
+use serde_json::json;
+
+use super::Gen;
+use crate::rng::{below, chance};
+
+impl Gen {
+    /// A workload's arguments: mix, block sizes, queue depth, think time.
+    pub(super) fn workload_args(&mut self, endless: bool) -> String {
+        let r = &mut self.r.guest;
+        let write = 30 + below(r, 60);
+        let read = below(r, 40);
+        let flush = 1 + below(r, 15);
+        let mut mix = format!("write:{write},read:{read},flush:{flush}");
+        if self.f.discard {
+            mix.push_str(&format!(",discard:{}", 1 + below(r, 10)));
+        }
+        let (lo, hi) = [
+            (512, 4096),
+            (4096, 4096),
+            (4096, 65536),
+            (512, 65536),
+            (65536, 262144),
+        ][below(r, 5) as usize];
+        let bs = if lo == hi {
+            format!("{lo}")
+        } else {
+            format!("{lo}..{hi}")
+        };
+        let iodepth = if endless {
+            [1, 2, 4][below(r, 3) as usize]
+        } else {
+            [1, 2, 4, 8, 16][below(r, 5) as usize]
+        };
+        let mut a = format!("device=drive0 mix={mix} bs={bs} iodepth={iodepth}");
+        if chance(r, 0.3) {
+            let half = self.size / 2;
+            a.push_str(&format!(" range=0..{half}"));
+        }
+        if endless {
+            // A guest that leaves the disk some room, so jobs converge.
+            a.push_str(&format!(" think={}us", 1000 + below(r, 3000)));
+        } else {
+            a.push_str(&format!(" count={}", 20 + below(r, 200)));
+            if chance(r, 0.3) {
+                a.push_str(&format!(" think={}us", 10 + below(r, 500)));
+            }
+        }
+        a
+    }
+
+    /// Start the endless background workload (if none runs).
+    pub(super) fn start_bg(&mut self) {
+        if self.bg.is_some() {
+            return;
+        }
+        let name = self.fresh("bg");
+        let args = self.workload_args(true);
+        self.step(format!("workload start {name} {args}"));
+        self.bg = Some(name);
+    }
+
+    /// A bounded workload, waited for.
+    pub(super) fn workload_round(&mut self) {
+        self.stop_bg();
+        let name = self.fresh("w");
+        let args = self.workload_args(false);
+        self.step(format!("workload start {name} {args}"));
+        self.step(format!("workload wait {name}"));
+    }
+
+    /// qemu-io commands, some unaligned (read-modify-write), some overlapping in flight.
+    pub(super) fn io_round(&mut self) {
+        self.stop_bg();
+        let n = 1 + below(&mut self.r.guest, 5);
+        for _ in 0..n {
+            let r = &mut self.r.guest;
+            let sectors = self.size / 512;
+            let len = (1 + below(r, 64)) * 512;
+            let off = below(r, sectors - len / 512) * 512;
+            let pat = 0x40 + below(r, 0x80);
+            let cmd = match below(r, if self.f.discard { 6 } else { 5 }) {
+                0 | 1 => format!("write -P 0x{pat:02x} {off} {len}"),
+                2 => format!("aio_write -P 0x{pat:02x} {off} {len}"),
+                3 => format!("write -z {off} {len}"),
+                4 => "flush".to_string(),
+                _ => format!("discard {off} {len}"),
+            };
+            self.step(format!("io drive0 {cmd}"));
+        }
+        self.step("io drive0 aio_flush");
+    }
+
+    /// A blkdebug breakpoint parks a write; another write runs meanwhile; then it resumes.
+    pub(super) fn breakpoint_round(&mut self) {
+        self.stop_bg();
+        let r = &mut self.r.guest;
+        let tag = format!("B{}", below(r, 100));
+        let sectors = self.size / 512;
+        let off = below(r, sectors - 16) * 512;
+        // The second write overlaps the first, touches it, or lies elsewhere.
+        let off2 = match below(r, 3) {
+            0 => off,
+            1 => off + 512 * below(r, 8),
+            _ => below(r, sectors - 16) * 512,
+        };
+        let (a, b) = (0x50 + below(r, 0x20), 0x70 + below(r, 0x20));
+        let len = [512, 4096][below(r, 2) as usize];
+        let us = 10 + below(r, 2000);
+        self.comment("a blkdebug breakpoint parks a write while another runs");
+        self.step(format!("io drive0 break pwritev {tag}"));
+        self.step(format!("io drive0 aio_write -P 0x{a:02x} {off} {len}"));
+        self.step(format!("io drive0 wait_break {tag}"));
+        self.step(format!("io drive0 aio_write -P 0x{b:02x} {off2} {len}"));
+        self.step(format!("advance {us}us"));
+        self.step(format!("io drive0 resume {tag}"));
+        self.step("io drive0 aio_flush");
+    }
+
+    /// Drained sections under guest load: one or two nested, on the top or a whole subtree.
+    pub(super) fn drain_round(&mut self) {
+        self.start_bg();
+        let r = &mut self.r.guest;
+        let node = self.chain[below(r, self.chain.len() as u64) as usize]
+            .node
+            .clone();
+        let nested = chance(r, 0.4);
+        let subtree = if chance(r, 0.4) { " subtree" } else { "" };
+        let ms = 1 + below(r, 5);
+        self.step(format!("drain begin {node}{subtree}"));
+        if nested {
+            self.step(format!("drain begin {node}"));
+        }
+        self.step(format!("advance {ms}ms"));
+        if nested {
+            self.step(format!("drain end {node}"));
+        }
+        self.step(format!("drain end {node}"));
+    }
+
+    /// Grow the device (then no more crashes: the size after a power loss is open).
+    pub(super) fn resize_round(&mut self) {
+        self.stop_bg();
+        let new = self.size + (1 + below(&mut self.r.guest, 4)) * (1 << 20);
+        self.qmp(
+            &json!({"execute": "block_resize", "arguments": {"device": "drive0", "size": new}}),
+        );
+        self.size = new;
+        self.resized = true;
+    }
+}

@@ -1,0 +1,184 @@
+//! Images and the graph: the top image (raw or qcow2 with drawn cluster size, refcount width,
+//! compat level and lazy refcounts), a backing chain of 0–4 layers each holding drawn data,
+//! optional blkdebug filter, discard mode, and the guest device with its error policies and
+//! cache mode.
+
+use serde_json::{Value, json};
+
+use super::{Gen, Layer};
+use crate::rng::{below, chance};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+impl Gen {
+    /// `image create` options for a qcow2 image.
+    fn qcow2_options(&mut self, backing: Option<&Layer>, backing_fmt: &str) -> String {
+        let r = &mut self.r.images;
+        let mut o = Vec::new();
+        let cluster = [4 * KIB, 16 * KIB, 64 * KIB, 128 * KIB][below(r, 4) as usize];
+        o.push(format!("cluster_size={}k", cluster / KIB));
+        // The model treats a discard as "zeroes or the old value"; a v2 image over a backing
+        // file shows the backing data instead (no zero clusters), so v2 goes with no discard.
+        let v2 = !self.f.discard && chance(r, 0.25);
+        if v2 {
+            o.push("compat=0.10".into());
+        } else {
+            if chance(r, 0.4) {
+                o.push(format!(
+                    "refcount_bits={}",
+                    [1, 2, 4, 8, 16, 32, 64][below(r, 7) as usize]
+                ));
+            }
+            if chance(r, 0.3) {
+                o.push("lazy_refcounts=on".into());
+            }
+        }
+        if let Some(b) = backing {
+            o.push(format!("backing_file={}", b.path));
+            o.push(format!("backing_fmt={backing_fmt}"));
+        }
+        o.join(" ")
+    }
+
+    /// A node's `blockdev-add` arguments on top of `file`.
+    fn node_args(&self, node: &str, driver: &str, file: Value, backing: Option<Value>) -> Value {
+        let mut a = json!({"node-name": node, "driver": driver, "file": file});
+        if self.f.discard {
+            a["discard"] = json!("unmap");
+        }
+        if let Some(b) = backing {
+            a["backing"] = b;
+        }
+        a
+    }
+
+    fn file_spec(&self, node: &str, path: &str) -> Value {
+        let mut f =
+            json!({"driver": "file", "node-name": format!("{node}-file"), "filename": path});
+        if self.f.discard {
+            f["discard"] = json!("unmap");
+        }
+        f
+    }
+
+    /// Images, chain, nodes and the guest device `drive0`.
+    pub(super) fn build_images(&mut self) {
+        self.size = [4 * MIB, 8 * MIB, 16 * MIB][below(&mut self.r.images, 3) as usize];
+        let depth = if self.f.backing {
+            1 + below(&mut self.r.images, 4) as usize
+        } else {
+            0
+        };
+        let base_raw = depth > 0 && chance(&mut self.r.images, 0.3);
+        self.comment(&format!(
+            "images: chain of {} layer(s) under the top",
+            depth
+        ));
+        // Lower layers, base first: each written through its own short-lived device.
+        let mut fills: Vec<(u8, u64, u64)> = Vec::new();
+        let mut below_layer: Option<Layer> = None;
+        let mut below_fmt = "qcow2";
+        let mut layers: Vec<Layer> = Vec::new();
+        for i in 0..depth {
+            let raw = i == 0 && base_raw;
+            let node = format!("l{i}");
+            let path = format!("l{i}.{}", if raw { "img" } else { "qcow2" });
+            if raw {
+                self.step(format!("image create {path} raw {}", self.size));
+            } else {
+                let opts = self.qcow2_options(below_layer.as_ref(), below_fmt);
+                self.step(format!("image create {path} qcow2 {} {opts}", self.size));
+                self.qcow2_paths.push(path.clone());
+            }
+            // A raw base has no backing; a qcow2 base must not follow its header.
+            let backing = match (&below_layer, raw) {
+                (_, true) => None,
+                (None, false) => Some(Value::Null),
+                (Some(b), false) => Some(json!(b.node)),
+            };
+            let args = self.node_args(
+                &node,
+                if raw { "raw" } else { "qcow2" },
+                self.file_spec(&node, &path),
+                backing,
+            );
+            self.qmp(&json!({"execute": "blockdev-add", "arguments": args}));
+            let pat = 0x10 + i as u8;
+            let off = below(&mut self.r.images, self.size / MIB) * MIB;
+            let len = (1 + below(&mut self.r.images, 4)) * MIB / 2;
+            let len = len.min(self.size - off);
+            let dev = format!("d{node}");
+            self.step(format!("device add {dev} node={node}"));
+            self.step(format!("io {dev} write -P 0x{pat:02x} {off} {len}"));
+            self.step(format!("io {dev} flush"));
+            self.step(format!("device del {dev}"));
+            fills.push((pat, off, len));
+            layers.push(Layer {
+                node: node.clone(),
+                path: path.clone(),
+            });
+            below_layer = Some(Layer { node, path });
+            below_fmt = if raw { "raw" } else { "qcow2" };
+        }
+        // The top.
+        let qcow2 = self.f.qcow2;
+        let path = if qcow2 { "top.qcow2" } else { "top.img" };
+        if qcow2 {
+            let opts = self.qcow2_options(below_layer.as_ref(), below_fmt);
+            self.step(format!("image create {path} qcow2 {} {opts}", self.size));
+            self.qcow2_paths.push(path.into());
+        } else {
+            self.step(format!("image create {path} raw {}", self.size));
+        }
+        let file = self.file_spec("top", path);
+        let file = if self.f.blkdebug {
+            self.blkdebug_live = true;
+            let mut d = json!({"driver": "blkdebug", "node-name": "dbg", "image": file});
+            // A 4k request alignment makes sub-4k writes read-modify-write cycles.
+            if chance(&mut self.r.images, 0.5) {
+                d["align"] = json!(4096);
+            }
+            d
+        } else {
+            file
+        };
+        let backing = if qcow2 {
+            Some(below_layer.as_ref().map_or(Value::Null, |b| json!(b.node)))
+        } else {
+            None
+        };
+        let args = self.node_args("top", if qcow2 { "qcow2" } else { "raw" }, file, backing);
+        self.qmp(&json!({"execute": "blockdev-add", "arguments": args}));
+        self.device_line();
+        for (pat, off, len) in fills {
+            self.step(format!("model drive0 fill 0x{pat:02x} {off} {len}"));
+        }
+        self.chain = vec![Layer {
+            node: "top".into(),
+            path: path.into(),
+        }];
+        layers.reverse();
+        self.chain.append(&mut layers);
+        self.verify();
+    }
+
+    /// `device add drive0` with drawn error policies and cache mode.
+    fn device_line(&mut self) {
+        let r = &mut self.r.faults;
+        let policies = ["report", "ignore", "enospc", "stop"];
+        let mut line = "device add drive0 node=top".to_string();
+        if self.f.faults {
+            // `ignore` would hide a failed write from the guest; the model cannot follow it.
+            let w = policies[[0, 2, 3][below(r, 3) as usize]];
+            let rd = policies[[0, 3][below(r, 2) as usize]];
+            self.werror_stop = matches!(w, "stop" | "enospc");
+            self.rerror_stop = rd == "stop";
+            line.push_str(&format!(" werror={w} rerror={rd}"));
+        }
+        if chance(&mut self.r.images, 0.3) {
+            line.push_str(" cache=writethrough");
+        }
+        self.step(line);
+    }
+}

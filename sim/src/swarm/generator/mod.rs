@@ -1,0 +1,343 @@
+//! The swarm generator: one seed draws a whole scenario, as text in the scenario language.
+//!
+//! Swarm, not uniform: the seed first draws which feature families are on ([`Features`]), then
+//! each family draws its steps from its own ChaCha stream, so turning one family off does not
+//! change what the others draw. The generator tracks the graph and job state it produces (the
+//! backing chain under the guest device, the running job, the background workload, whether a
+//! blkdebug node is still in the path) so every step it writes is legal when it runs: a failure
+//! is an engine bug or an oracle's finding, not generator noise.
+//!
+//! Families live in their own files: [`images`] (images, chains, nodes, the device), [`guest`]
+//! (workloads, qemu-io commands, blkdebug breakpoints, drains, resize), [`jobs`] (stream,
+//! commit, active commit, mirror and their verbs), [`faults`] (virtual-disk faults and error
+//! policies) and crashes (here: power loss, restart, recovery checks).
+
+mod faults;
+mod guest;
+mod images;
+mod jobs;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+
+use crate::rng::{below, chance};
+use crate::scenario::transcript::fnv1a;
+
+/// The feature families a seed switched on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// Images are qcow2 (else the top is raw and there is no chain).
+    pub qcow2: bool,
+    /// A backing chain under the top image.
+    pub backing: bool,
+    /// A blkdebug filter between the top image and its file (breakpoints).
+    pub blkdebug: bool,
+    /// Virtual-disk faults with error policies.
+    pub faults: bool,
+    /// Power loss and restart.
+    pub crashes: bool,
+    /// Mirror jobs.
+    pub mirror: bool,
+    /// block-stream.
+    pub stream: bool,
+    /// block-commit of an intermediate layer.
+    pub commit: bool,
+    /// Active commit.
+    pub active_commit: bool,
+    /// Job verbs (pause, resume, set-speed, cancel) at drawn points.
+    pub verbs: bool,
+    /// Drained sections (nested, subtree).
+    pub drains: bool,
+    /// Guest discards (`discard=unmap` nodes).
+    pub discard: bool,
+    /// qemu-io commands (unaligned writes, write-zeroes, discards).
+    pub io: bool,
+    /// Growing the device.
+    pub resize: bool,
+}
+
+impl Features {
+    /// The names of the families that are on, in a fixed order.
+    pub fn names(&self) -> Vec<&'static str> {
+        let all = [
+            (self.qcow2, "qcow2"),
+            (self.backing, "backing"),
+            (self.blkdebug, "blkdebug"),
+            (self.faults, "faults"),
+            (self.crashes, "crashes"),
+            (self.mirror, "mirror"),
+            (self.stream, "stream"),
+            (self.commit, "commit"),
+            (self.active_commit, "active-commit"),
+            (self.verbs, "verbs"),
+            (self.drains, "drains"),
+            (self.discard, "discard"),
+            (self.io, "io"),
+            (self.resize, "resize"),
+        ];
+        all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
+    }
+
+    fn draw(rng: &mut ChaCha8Rng) -> Features {
+        let mut f = Features {
+            qcow2: chance(rng, 0.8),
+            backing: chance(rng, 0.5),
+            blkdebug: chance(rng, 0.3),
+            faults: chance(rng, 0.4),
+            crashes: chance(rng, 0.5),
+            mirror: chance(rng, 0.4),
+            stream: chance(rng, 0.3),
+            commit: chance(rng, 0.3),
+            active_commit: chance(rng, 0.3),
+            verbs: chance(rng, 0.5),
+            drains: chance(rng, 0.4),
+            discard: chance(rng, 0.4),
+            io: chance(rng, 0.5),
+            resize: chance(rng, 0.15),
+        };
+        if !f.qcow2 {
+            f.backing = false;
+        }
+        if !f.backing {
+            f.stream = false;
+            f.commit = false;
+            f.active_commit = false;
+        }
+        f
+    }
+}
+
+/// One image of the chain under the guest device.
+#[derive(Clone, Debug)]
+pub(super) struct Layer {
+    pub(super) node: String,
+    pub(super) path: String,
+}
+
+/// A generated scenario.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    /// The scenario text (replays standalone with `blk sim replay`).
+    pub text: String,
+    /// The families that were on.
+    pub features: Features,
+    /// Number of steps.
+    pub steps: usize,
+}
+
+/// The family streams of one seed.
+pub(super) struct Streams {
+    pub(super) images: ChaCha8Rng,
+    pub(super) guest: ChaCha8Rng,
+    pub(super) jobs: ChaCha8Rng,
+    pub(super) faults: ChaCha8Rng,
+    pub(super) crash: ChaCha8Rng,
+    pub(super) plan: ChaCha8Rng,
+}
+
+fn stream(seed: u64, name: &str) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(fnv1a(seed, name.as_bytes()))
+}
+
+/// The generator's state: what it wrote so far and what the graph looks like after it.
+pub(super) struct Gen {
+    pub(super) f: Features,
+    pub(super) r: Streams,
+    pub(super) out: Vec<String>,
+    pub(super) steps: usize,
+    /// Device size in bytes.
+    pub(super) size: u64,
+    /// The chain under `drive0`, top first; trustworthy only while `chain_known`.
+    pub(super) chain: Vec<Layer>,
+    /// False after a crash during a job that may have moved the device or edited the chain.
+    pub(super) chain_known: bool,
+    /// Every qcow2 image file written (checked after restarts and at the end).
+    pub(super) qcow2_paths: Vec<String>,
+    /// The top still sits on the blkdebug node (breakpoints reach it).
+    pub(super) blkdebug_live: bool,
+    /// The background workload running, if any.
+    pub(super) bg: Option<String>,
+    /// A resize happened (crashes are off afterwards: the size after a power loss is open).
+    pub(super) resized: bool,
+    pub(super) counter: u64,
+    pub(super) werror_stop: bool,
+    pub(super) rerror_stop: bool,
+}
+
+impl Gen {
+    /// A step line (one scenario step).
+    pub(super) fn step(&mut self, line: impl Into<String>) {
+        self.out.push(line.into());
+        self.steps += 1;
+    }
+
+    /// A comment line (not a step).
+    pub(super) fn comment(&mut self, text: &str) {
+        self.out.push(format!("# {text}"));
+    }
+
+    /// A fresh name with `prefix`.
+    pub(super) fn fresh(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        format!("{prefix}{}", self.counter)
+    }
+
+    pub(super) fn qmp(&mut self, cmd: &serde_json::Value) {
+        self.step(format!("qmp {cmd}"));
+    }
+
+    /// Stop the background workload, if one runs.
+    pub(super) fn stop_bg(&mut self) {
+        if let Some(w) = self.bg.take() {
+            self.step(format!("workload stop {w}"));
+        }
+    }
+
+    /// A crash at the current point: power loss, restart, then every recovery oracle.
+    pub(super) fn crash_here(&mut self, during_job: bool) {
+        let ms = 1 + below(&mut self.r.crash, 20);
+        self.step(format!("advance {ms}ms"));
+        self.step("crash");
+        self.step("restart");
+        self.bg = None;
+        if during_job {
+            self.chain_known = false;
+            self.blkdebug_live = false;
+        }
+        self.checks();
+    }
+
+    /// `verify drive0`, after stopping the background workload (a verify reads the device
+    /// while nothing writes it).
+    pub(super) fn verify(&mut self) {
+        self.stop_bg();
+        self.step("verify drive0");
+    }
+
+    /// `check-file` on every qcow2 image, then `verify drive0`.
+    pub(super) fn checks(&mut self) {
+        for p in self.qcow2_paths.clone() {
+            self.step(format!("check-file {p}"));
+        }
+        self.verify();
+    }
+}
+
+/// What a round does.
+#[derive(Clone, Copy, Debug)]
+enum Round {
+    Workload,
+    Faults,
+    Job,
+    Drain,
+    Io,
+    Breakpoint,
+    Crash,
+    Resize,
+}
+
+/// Draw the scenario of `seed`.
+pub fn generate(seed: u64) -> Generated {
+    let mut feat = stream(seed, "features");
+    let f = Features::draw(&mut feat);
+    let r = Streams {
+        images: stream(seed, "images"),
+        guest: stream(seed, "guest"),
+        jobs: stream(seed, "jobs"),
+        faults: stream(seed, "faults"),
+        crash: stream(seed, "crash"),
+        plan: stream(seed, "plan"),
+    };
+    let mut g = Gen {
+        f,
+        r,
+        out: Vec::new(),
+        steps: 0,
+        size: 0,
+        chain: Vec::new(),
+        chain_known: true,
+        qcow2_paths: Vec::new(),
+        blkdebug_live: false,
+        bg: None,
+        resized: false,
+        counter: 0,
+        werror_stop: false,
+        rerror_stop: false,
+    };
+    g.out.push(format!(
+        "# swarm seed {seed}: {}",
+        if g.f.names().is_empty() {
+            "no optional features".to_string()
+        } else {
+            g.f.names().join(", ")
+        }
+    ));
+    g.out.push(format!("seed {seed}"));
+    // A run that needs more is stuck: fail it early as a livelock (the default is 5M steps).
+    g.out.push("limit steps 2000000".into());
+    g.build_images();
+    let rounds = 2 + below(&mut g.r.plan, 6);
+    for _ in 0..rounds {
+        let round = g.pick_round();
+        g.play(round);
+    }
+    g.stop_bg();
+    g.comment("end: every image checks, the guest sees what the model allows");
+    g.checks();
+    let mut text = g.out.join("\n");
+    text.push('\n');
+    Generated {
+        text,
+        features: g.f.clone(),
+        steps: g.steps,
+    }
+}
+
+impl Gen {
+    fn pick_round(&mut self) -> Round {
+        let mut menu = vec![Round::Workload];
+        let f = &self.f;
+        if f.faults {
+            menu.push(Round::Faults);
+        }
+        if f.mirror || (self.chain_known && (f.stream || f.commit || f.active_commit)) {
+            menu.push(Round::Job);
+        }
+        if f.drains && self.chain_known {
+            menu.push(Round::Drain);
+        }
+        if f.io {
+            menu.push(Round::Io);
+        }
+        if f.blkdebug && self.blkdebug_live {
+            menu.push(Round::Breakpoint);
+        }
+        if f.crashes && !self.resized {
+            menu.push(Round::Crash);
+        }
+        if f.resize && !self.resized && !f.crashes {
+            menu.push(Round::Resize);
+        }
+        menu[below(&mut self.r.plan, menu.len() as u64) as usize]
+    }
+
+    fn play(&mut self, round: Round) {
+        match round {
+            Round::Workload => self.workload_round(),
+            Round::Faults => self.fault_round(),
+            Round::Job => self.job_round(),
+            Round::Drain => self.drain_round(),
+            Round::Io => self.io_round(),
+            Round::Breakpoint => self.breakpoint_round(),
+            Round::Crash => {
+                self.comment("power loss under guest load");
+                self.start_bg();
+                self.crash_here(false);
+            }
+            Round::Resize => self.resize_round(),
+        }
+        if chance(&mut self.r.plan, 0.5) {
+            self.verify();
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! `blk sim swarm --seeds A..B [--shard I/N] [--jobs N] [--time 60s] [--out DIR] [--coverage]
+//! [--plant NAME]` and `blk sim shrink FILE.scn [--check NAME] [--out FILE] [--plant NAME]`:
+//! the simulator drawing its own scenarios from seeds, and delta debugging a failing one; and
+//! `blk sim crashes FILE.scn`: a power loss at every flush and (sampled) operation of a run.
+//!
+//! `--jobs N` runs N child processes of this binary, each with its own `--shard`, and passes
+//! their JSON lines through; a shard of a shard composes (seed % (N*J) picks the child).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sim::swarm::{self, SeedResult, coverage::Coverage, shrink};
+
+pub const USAGE: &str = "       blk sim swarm --seeds A..B [--shard I/N] [--jobs N] [--time 60s] [--out DIR] [--coverage] [--plant NAME]\n\
+                         \x20      blk sim shrink FILE.scn [--check NAME] [--out FILE] [--plant NAME]\n\
+                         \x20      blk sim crashes FILE.scn [--max N] [--sample K] [--seed N] [--at POINT] [--plant NAME]";
+
+struct SwarmArgs {
+    seeds: (u64, u64),
+    shard: (u64, u64),
+    jobs: u64,
+    time: Option<Duration>,
+    out: PathBuf,
+    coverage: bool,
+    plants: Vec<String>,
+}
+
+fn parse_range(v: &str) -> Result<(u64, u64), String> {
+    let (a, b) = v
+        .split_once("..")
+        .ok_or(format!("bad seed range '{v}' (A..B)"))?;
+    let a: u64 = a.parse().map_err(|_| format!("bad seed '{a}'"))?;
+    let b: u64 = b.parse().map_err(|_| format!("bad seed '{b}'"))?;
+    if a >= b {
+        return Err(format!("empty seed range '{v}'"));
+    }
+    Ok((a, b))
+}
+
+fn parse_duration(v: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration '{v}' (e.g. 90s, 10m, 2h)");
+    let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn enable_plants(plants: &[String]) -> Result<(), String> {
+    for p in plants {
+        if !engine::util::planted::enable_named(p) {
+            return Err(format!(
+                "unknown planted bug '{p}' (known: {})",
+                engine::util::planted::NAMES.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_swarm(args: &[String]) -> Result<SwarmArgs, String> {
+    let mut a = SwarmArgs {
+        seeds: (0, 0),
+        shard: (0, 1),
+        jobs: 1,
+        time: None,
+        out: PathBuf::from("swarm-out"),
+        coverage: false,
+        plants: Vec::new(),
+    };
+    let mut it = args.iter();
+    let mut have_seeds = false;
+    while let Some(k) = it.next() {
+        let mut val = || it.next().ok_or(format!("{k} needs a value"));
+        match k.as_str() {
+            "--seeds" => {
+                a.seeds = parse_range(val()?)?;
+                have_seeds = true;
+            }
+            "--shard" => {
+                let v = val()?;
+                let (i, n) = v.split_once('/').ok_or(format!("bad shard '{v}' (I/N)"))?;
+                let (i, n) = (i.parse::<u64>(), n.parse::<u64>());
+                match (i, n) {
+                    (Ok(i), Ok(n)) if i < n => a.shard = (i, n),
+                    _ => return Err(format!("bad shard '{v}' (I/N with I < N)")),
+                }
+            }
+            "--jobs" => {
+                let v = val()?;
+                a.jobs = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("bad --jobs '{v}'"))?
+            }
+            "--time" => a.time = Some(parse_duration(val()?)?),
+            "--out" => a.out = PathBuf::from(val()?),
+            "--plant" => a.plants.push(val()?.clone()),
+            "--coverage" => a.coverage = true,
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    if !have_seeds {
+        return Err("--seeds A..B is required".into());
+    }
+    Ok(a)
+}
+
+/// Entry point of `blk sim swarm`.
+pub fn swarm_cmd(args: &[String]) -> i32 {
+    let a = match parse_swarm(args).and_then(|a| enable_plants(&a.plants).map(|_| a)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("blk sim swarm: {e}\nusage:{USAGE}");
+            return 2;
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&a.out) {
+        eprintln!("blk sim swarm: {}: {e}", a.out.display());
+        return 2;
+    }
+    if a.jobs > 1 {
+        return spawn_jobs(&a, args);
+    }
+    let start = Instant::now();
+    let (mut runs, mut failed) = (0u64, 0u64);
+    let mut cov = Coverage::default();
+    for seed in (a.seeds.0..a.seeds.1).filter(|s| s % a.shard.1 == a.shard.0) {
+        if a.time.is_some_and(|t| start.elapsed() >= t) {
+            break;
+        }
+        let t0 = Instant::now();
+        let (generated, verdict) = swarm::run_seed(seed, a.coverage);
+        let res = SeedResult::new(seed, &generated, &verdict);
+        println!("{}", res.to_json(t0.elapsed().as_millis() as u64));
+        runs += 1;
+        if a.coverage {
+            if let Some(o) = &verdict.outcome {
+                cov.add(&generated.text, &o.transcript);
+            }
+        }
+        if let Some(check) = &res.check {
+            failed += 1;
+            report_finding(&a.out, seed, check, &res, &generated.text, &a.plants);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "swarm: {runs} seeds, {failed} failed, {:.1} s, {:.1} seeds/s (shard {}/{})",
+        secs,
+        runs as f64 / secs.max(1e-9),
+        a.shard.0,
+        a.shard.1
+    );
+    if a.coverage {
+        eprint!("{}", cov.table());
+        let path = a
+            .out
+            .join(format!("coverage-{}-{}.json", a.shard.0, a.shard.1));
+        let _ = std::fs::write(&path, cov.to_json().to_string());
+        eprintln!("coverage JSON: {}", path.display());
+    }
+    i32::from(failed > 0)
+}
+
+fn plant_args(plants: &[String]) -> String {
+    plants.iter().map(|p| format!(" --plant {p}")).collect()
+}
+
+fn report_finding(
+    out: &Path,
+    seed: u64,
+    check: &str,
+    res: &SeedResult,
+    text: &str,
+    plants: &[String],
+) {
+    let path = out.join(format!("seed-{seed}.scn"));
+    if let Err(e) = std::fs::write(&path, text) {
+        eprintln!("blk sim swarm: {}: {e}", path.display());
+    }
+    eprintln!(
+        "FAILED seed {seed}: {check} at line {}: {}\n  reproduce: blk sim replay {} --trace{}\n  shrink:    blk sim shrink {} --check {check}{}",
+        res.line,
+        res.message,
+        path.display(),
+        plant_args(plants),
+        path.display(),
+        plant_args(plants),
+    );
+}
+
+/// Run `jobs` children, each a shard of this shard, and pass their lines through.
+fn spawn_jobs(a: &SwarmArgs, args: &[String]) -> i32 {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("blk sim swarm: cannot find own executable: {e}");
+            return 2;
+        }
+    };
+    // The child arguments: ours without --jobs and --shard.
+    let mut base = Vec::new();
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        if k == "--jobs" || k == "--shard" {
+            it.next();
+        } else {
+            base.push(k.clone());
+        }
+    }
+    let n = a.shard.1 * a.jobs;
+    let mut children = Vec::new();
+    for j in 0..a.jobs {
+        let shard = format!("{}/{n}", a.shard.0 + a.shard.1 * j);
+        let child = Command::new(&exe)
+            .args(["sim", "swarm"])
+            .args(&base)
+            .args(["--shard", &shard])
+            .stdout(Stdio::piped())
+            .spawn();
+        match child {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                eprintln!("blk sim swarm: cannot start a job: {e}");
+                return 2;
+            }
+        }
+    }
+    let mut readers = Vec::new();
+    for c in &mut children {
+        let out = c.stdout.take().expect("piped stdout");
+        readers.push(std::thread::spawn(move || {
+            let stdout = std::io::stdout();
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut lock = stdout.lock();
+                let _ = writeln!(lock, "{line}");
+            }
+        }));
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let mut rc = 0;
+    for mut c in children {
+        match c.wait() {
+            Ok(s) if s.success() => {}
+            Ok(s) => rc = rc.max(s.code().unwrap_or(2)),
+            Err(_) => rc = 2,
+        }
+    }
+    rc
+}
+
+/// Entry point of `blk sim shrink`.
+pub fn shrink_cmd(args: &[String]) -> i32 {
+    let (mut file, mut check, mut out, mut plants) = (None, None, None, Vec::new());
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        match k.as_str() {
+            "--check" => check = it.next().cloned(),
+            "--out" => out = it.next().cloned(),
+            "--plant" => plants.extend(it.next().cloned()),
+            s if s.starts_with('-') => {
+                eprintln!("blk sim shrink: unknown option '{s}'\nusage:{USAGE}");
+                return 2;
+            }
+            f => file = Some(f.to_string()),
+        }
+    }
+    let Some(file) = file else {
+        eprintln!("blk sim shrink: give a scenario file\nusage:{USAGE}");
+        return 2;
+    };
+    if let Err(e) = enable_plants(&plants) {
+        eprintln!("blk sim shrink: {e}");
+        return 2;
+    }
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("blk sim shrink: {file}: {e}");
+            return 2;
+        }
+    };
+    let start = Instant::now();
+    let Some(s) = shrink::shrink(&text, check.as_deref()) else {
+        eprintln!(
+            "blk sim shrink: {file} does not fail{}",
+            check
+                .map(|c| format!(" the '{c}' check"))
+                .unwrap_or_default()
+        );
+        return 1;
+    };
+    let out = out.unwrap_or_else(|| {
+        let stem = file.strip_suffix(".scn").unwrap_or(&file);
+        format!("{stem}.min.scn")
+    });
+    if let Err(e) = std::fs::write(&out, &s.text) {
+        eprintln!("blk sim shrink: {out}: {e}");
+        return 2;
+    }
+    println!(
+        "shrunk {file}: {} steps -> {} steps, still failing '{}' ({} runs, {:.1} s)\nwrote {out}\n  reproduce: blk sim replay {out} --trace{}",
+        s.before,
+        s.after,
+        s.check,
+        s.runs,
+        start.elapsed().as_secs_f64(),
+        plant_args(&plants),
+    );
+    0
+}
+
+/// Entry point of `blk sim crashes FILE.scn [--max N] [--sample K] [--seed N] [--at POINT]`.
+pub fn crashes_cmd(args: &[String]) -> i32 {
+    match crashes(args) {
+        Ok(rc) => rc,
+        Err(e) => {
+            eprintln!("blk sim crashes: {e}\nusage:{USAGE}");
+            2
+        }
+    }
+}
+
+fn crashes(args: &[String]) -> Result<i32, String> {
+    use sim::swarm::crashes::{enumerate, parse_point, point_name};
+    let (mut file, mut max, mut sample, mut seed, mut at, mut plants) =
+        (None, None, None, None, None, Vec::new());
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let mut val = || it.next().cloned().ok_or(format!("{k} needs a value"));
+        let num = |v: String| v.parse::<u64>().map_err(|_| format!("bad number '{v}'"));
+        match k.as_str() {
+            "--max" => max = Some(num(val()?)? as usize),
+            "--sample" => sample = Some(num(val()?)?),
+            "--seed" => seed = Some(num(val()?)?),
+            "--at" => at = Some(parse_point(&val()?)?),
+            "--plant" => plants.push(val()?),
+            s if s.starts_with('-') => return Err(format!("unknown option '{s}'")),
+            f => file = Some(f.to_string()),
+        }
+    }
+    enable_plants(&plants)?;
+    let file = file.ok_or("give a scenario file")?;
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
+    let sc = sim::scenario::parse(&file, &text).map_err(|e| e.to_string())?;
+    let seed = seed.unwrap_or(sc.seed);
+    if let Some(at) = at {
+        let opts = sim::scenario::RunOptions {
+            trace: true,
+            crash_at: Some(at),
+        };
+        let v = swarm::oracles::judge_parsed(&sc, seed, opts);
+        if let Some(o) = &v.outcome {
+            print!("{}", o.transcript);
+        }
+        return Ok(match &v.failure {
+            None => 0,
+            Some(f) => {
+                eprintln!(
+                    "{file} crashed at {}: {} failed: {}",
+                    point_name(at),
+                    f.check,
+                    f.message
+                );
+                1
+            }
+        });
+    }
+    let start = Instant::now();
+    let sum = match enumerate(&sc, seed, sample, max, |_, _| {}) {
+        Ok(s) => s,
+        Err(v) => {
+            let f = v.failure.expect("a failing base run");
+            return Err(format!(
+                "{file} fails without a crash ({}: {})",
+                f.check, f.message
+            ));
+        }
+    };
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{file} seed {seed}: {} flushes, {} operations; {} crash states tested ({} not reached) in {secs:.1} s, {:.1} states/s",
+        sum.counts.flushes,
+        sum.counts.ops,
+        sum.tested,
+        sum.missed,
+        sum.tested as f64 / secs.max(1e-9)
+    );
+    Ok(match sum.failing {
+        None => 0,
+        Some((at, v)) => {
+            let f = v.failure.expect("failing point has a failure");
+            println!(
+                "FAILED at {}: {} at line {}: {}\n  reproduce: blk sim crashes {file} --seed {seed} --at {}{}",
+                point_name(at),
+                f.check,
+                f.line,
+                f.message,
+                point_name(at),
+                plant_args(&plants)
+            );
+            1
+        }
+    })
+}
