@@ -19,6 +19,7 @@
 //! request/    THE generic request path
 //! graph/      nodes, edges, permissions, graph edits, drain
 //! driver.rs   the BlockDriver trait and its sub-traits (Breakpoints, FormatOps)
+//! probe.rs    format probing from a file's first bytes (and the probed-raw write guard)
 //! bitmap/     dirty bitmaps (a leaf: imports no other module)
 //! io/         buffers, flags, limits, mappings
 //! env/        clock, timers, spawning, host files
@@ -42,6 +43,7 @@ pub mod event;
 pub mod graph;
 pub mod job;
 pub mod object;
+pub mod probe;
 pub mod qmp;
 pub mod request;
 pub mod types;

@@ -26,6 +26,9 @@ struct Raw {
     offset: u64,
     /// Fixed size of the window, if one was given.
     size: Option<u64>,
+    /// The format was guessed, not given (`x-probed`, set by the tools that probe): block 0
+    /// must never be written so that it probes as another format.
+    probed: bool,
 }
 
 pub(super) fn open(
@@ -35,6 +38,7 @@ pub(super) fn open(
     Box::pin(async move {
         let offset = opts.take_u64("offset")?.unwrap_or(0);
         let size = opts.take_u64("size")?;
+        let probed = opts.take_bool("x-probed")?.unwrap_or(false);
         let file_spec = opts
             .take("file")
             .ok_or_else(|| Error::generic("Parameter 'file' is missing"))?;
@@ -67,7 +71,12 @@ pub(super) fn open(
                      actual size of the containing file ({file_len})"
             )));
         }
-        Ok(Box::new(Raw { file, offset, size }) as Box<dyn BlockDriver>)
+        Ok(Box::new(Raw {
+            file,
+            offset,
+            size,
+            probed,
+        }) as Box<dyn BlockDriver>)
     })
 }
 
@@ -102,8 +111,15 @@ impl BlockDriver for Raw {
         // raw is byte-granular: it passes requests through unchanged, and the node that really
         // needs alignment (file with O_DIRECT, blkdebug's `align`) pads them itself, where its
         // own read-modify-write is tracked and its debug events fire (as in QEMU).
+        // A probed image is the exception: whole probe blocks, so that a write reaching block
+        // 0 shows the driver everything block 0 will hold (QEMU does the same).
+        let request_align = if self.probed {
+            crate::probe::PROBE_BYTES as u32
+        } else {
+            1
+        };
         Limits {
-            request_align: 1,
+            request_align: request_align.max(1),
             ..self.file.node().limits()
         }
     }
@@ -127,6 +143,11 @@ impl BlockDriver for Raw {
         Box::pin(async move {
             if let Err(e) = self.check_window(offset, buf.len() as u64, true) {
                 return (buf, Err(e));
+            }
+            if self.probed && crate::probe::write_would_change_format(offset, buf.as_slice()) {
+                let msg = "Writing a format signature into block 0 of an image whose format was \
+                           probed as raw";
+                return (buf, Err(Error::io_msg(Errno::EPERM, msg)));
             }
             self.file.debug_event(DebugEvent::WriteAio).await;
             self.file.write(offset + self.offset, buf, flags).await

@@ -184,18 +184,10 @@ impl Engine {
     }
 
     async fn probe_format(&self, path: &str) -> Result<String> {
-        let f = self
-            .env()
-            .fs()
-            .open(path, crate::env::OpenOptions::default())
-            .map_err(|e| e.context(format!("Could not open '{path}'")))?;
-        let (buf, r) = f.read_at(crate::io::IoBuf::new(4), 0).await;
-        r?;
-        Ok(if buf.as_slice() == b"QFI\xfb" {
-            "qcow2".into()
-        } else {
-            "raw".into()
-        })
+        crate::probe::probe_file(&**self.env(), path)
+            .await
+            .map(str::to_string)
+            .map_err(|e| e.context(format!("Could not open '{path}'")))
     }
 
     /// QEMU's `blockdev_mirror_common` and the checks of `mirror_start`.

@@ -158,6 +158,11 @@ impl Session {
     /// Open an image and attach the session's device to it. Prints nothing: the caller
     /// reports errors in its own words ("can't open device ...").
     pub async fn open(&mut self, spec: &OpenSpec) -> Result<()> {
+        let spec = &spec.probed(&self.engine).await?;
+        if spec.probed_raw && !spec.read_only {
+            let name = spec.filename.as_deref().unwrap_or_default();
+            self.err(crate::probe::raw_warning(name));
+        }
         let node = spec.add_to(&self.engine).await?;
         let name = node.name().to_string();
         let mut opts = BackendOptions::tool(spec.read_only);

@@ -92,6 +92,9 @@ pub struct OpenSpec {
     pub aio: Option<String>,
     /// Node name of the top node when the options do not name it.
     pub node_name: String,
+    /// The format was probed as raw (set by [`OpenSpec::probed`]): the raw node gets
+    /// `x-probed`, which refuses writes that would put a format signature into block 0.
+    pub probed_raw: bool,
 }
 
 impl Default for OpenSpec {
@@ -107,6 +110,7 @@ impl Default for OpenSpec {
             force_share: false,
             aio: None,
             node_name: "disk".to_string(),
+            probed_raw: false,
         }
     }
 }
@@ -183,6 +187,9 @@ impl OpenSpec {
             }
         }
         default_key(&mut top, "driver", json!("raw"));
+        if self.probed_raw && top["driver"] == "raw" {
+            top.insert("x-probed".into(), json!(true));
+        }
         let driver = top["driver"].as_str().unwrap_or_default().to_string();
         if !PROTOCOLS.contains(&driver.as_str())
             && driver != "blkdebug"
@@ -199,10 +206,36 @@ impl OpenSpec {
 }
 
 impl OpenSpec {
-    /// `blockdev-add` this image; an option no driver took is reported as QEMU reports options
-    /// given with an image name (naming the node's driver) rather than as QMP does.
+    /// This spec with its format settled: given (`-f`, or a driver in the name) it is kept;
+    /// otherwise the image file is probed (`crate::probe`), as QEMU does for a name without a
+    /// format. A file that cannot be opened is left to the open itself, whose error names it.
+    pub async fn probed(&self, engine: &Engine) -> Result<OpenSpec> {
+        let mut spec = self.clone();
+        let Some(name) = self.filename.as_deref() else {
+            return Ok(spec);
+        };
+        if self.format.is_some() {
+            return Ok(spec);
+        }
+        let named = image_options(name, None, self.image_opts)?;
+        if named.contains_key("driver") {
+            return Ok(spec);
+        }
+        let Some(host) = crate::filename::probe_target(&named) else {
+            return Ok(spec);
+        };
+        if let Ok(format) = crate::probe::probe_file(&**engine.env(), &host).await {
+            spec.format = Some(format.to_string());
+            spec.probed_raw = format == "raw";
+        }
+        Ok(spec)
+    }
+
+    /// `blockdev-add` this image (probing its format first when none is given); an option no
+    /// driver took is reported as QEMU reports options given with an image name (naming the
+    /// node's driver) rather than as QMP does.
     pub async fn add_to(&self, engine: &Engine) -> Result<Rc<Node>> {
-        let opts = self.blockdev_options()?;
+        let opts = self.probed(engine).await?.blockdev_options()?;
         engine
             .blockdev_add(opts.clone())
             .await

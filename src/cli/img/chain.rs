@@ -9,7 +9,7 @@ use engine::graph::Node;
 use engine::job::Job;
 use serde_json::{Value, json};
 
-use super::open::{Tool, probe_format};
+use super::open::Tool;
 use super::progress::Progress;
 
 /// One image of a chain: its file name (as opened) and format.
@@ -95,11 +95,6 @@ pub(crate) fn find_in_chain(layers: &[Layer], name: &str) -> Option<usize> {
             .map(|k| format!("{}{}", &above[..=k], name));
         file == name || relative.as_deref() == Some(file.as_str())
     })
-}
-
-/// The format of a file that must exist (qemu-img's probe and open errors).
-pub(crate) fn probe(path: &str) -> Result<String, String> {
-    probe_format(path)
 }
 
 /// Wait for an internal job to finish, updating the progress line; the job's error if any.

@@ -16,7 +16,7 @@ use std::task::Poll;
 use engine::io::{IoBuf, Mapping, ReqFlags};
 
 use super::create::{CreateSpec, create_image, parse_o};
-use super::open::{Image, Tool, check_format, probe_format};
+use super::open::{Image, Tool, check_format};
 use super::progress::Progress;
 use super::{fail, split_or_fail};
 
@@ -238,7 +238,7 @@ pub fn run(args: &[String]) -> i32 {
                     (false, Some(i)) => format!("{}{b}", &dst_path[..=i]),
                     _ => b.clone(),
                 };
-                spec.backing_fmt = Some(probe_format(&path)?);
+                spec.backing_fmt = Some(tool.probe_format(&path).await?);
             }
             create_image(&tool, dst_path, &spec)
                 .await

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use engine::Engine;
 use engine::backend::{BackendOptions, BlockBackend};
 use engine::env::real::RealEnv;
-use engine::filename::{image_options, probe_target};
+use engine::filename::image_options;
 use engine::graph::{Child, Node};
 use engine::qemu_io::OpenSpec;
 use engine::types::Perms;
@@ -56,25 +56,6 @@ pub(crate) fn os_error(e: &std::io::Error) -> String {
     }
 }
 
-/// The format of the file at `path`: "qcow2" when it starts with the qcow2 magic, else "raw"
-/// (qemu-img's probe, for the formats blk knows). Errors are qemu-img's open errors.
-pub(crate) fn probe_format(path: &str) -> Result<String, String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| {
-        format!(
-            "Could not open '{path}': Could not open '{path}': {}",
-            os_error(&e)
-        )
-    })?;
-    let mut magic = [0u8; 4];
-    let n = f.read(&mut magic).unwrap_or(0);
-    Ok(if n == 4 && magic == *b"QFI\xfb" {
-        "qcow2".into()
-    } else {
-        "raw".into()
-    })
-}
-
 /// qemu-img's message for a `-f`/`-O` value blk does not know.
 pub(crate) fn check_format(fmt: &str) -> Result<(), String> {
     if FORMATS.contains(&fmt) {
@@ -108,6 +89,15 @@ impl Tool {
         self.env.block_on(fut)
     }
 
+    /// The probed format of the file at `path` (engine::probe, through the env), with
+    /// qemu-img's open error when it cannot be read.
+    pub async fn probe_format(&self, path: &str) -> Result<String, String> {
+        engine::probe::probe_file(&**self.engine.env(), path)
+            .await
+            .map(str::to_string)
+            .map_err(|e| format!("Could not open '{path}': Could not open '{path}': {e}"))
+    }
+
     /// Open `path` as `fmt` (probed when `None`) behind a BlockBackend. `force_share` (-U)
     /// shares every permission, as qemu-img's `-U` does for read-only opens.
     pub async fn open(
@@ -130,31 +120,29 @@ impl Tool {
         }
         let named = image_options(path, fmt, image_opts)
             .map_err(|e| format!("Could not open '{path}': {e}"))?;
-        let format = match named.get("driver").and_then(|d| d.as_str()) {
-            Some(d) => d.to_string(),
-            None => match probe_target(&named) {
-                // The error names the image as the user named it, then the host file.
-                Some(host) => probe_format(&host).map_err(|e| {
-                    e.replacen(
-                        &format!("Could not open '{host}'"),
-                        &format!("Could not open '{path}'"),
-                        1,
-                    )
-                })?,
-                None => "raw".to_string(),
-            },
-        };
         let n = self.next.get();
         self.next.set(n + 1);
         let spec = OpenSpec {
             filename: Some(path.to_string()),
-            format: Some(format.clone()),
+            format: named
+                .get("driver")
+                .and_then(|d| d.as_str())
+                .map(str::to_string),
             image_opts,
             read_only,
             force_share: force_share && read_only,
             node_name: format!("img{n}"),
             ..OpenSpec::default()
         };
+        // Without a format the engine probes the file (engine::probe), as qemu-img does.
+        let spec = spec
+            .probed(&self.engine)
+            .await
+            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+        if spec.probed_raw && !read_only {
+            eprintln!("{}", engine::probe::raw_warning(path));
+        }
+        let format = spec.format.clone().unwrap_or_else(|| "raw".to_string());
         let node = spec
             .add_to(&self.engine)
             .await

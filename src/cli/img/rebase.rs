@@ -10,7 +10,7 @@ use engine::job::{JobOptions, rebase};
 use engine::types::OnError;
 use serde_json::json;
 
-use super::chain::{cache_mode, discover, finish_job, open_chain, probe};
+use super::chain::{cache_mode, discover, finish_job, open_chain};
 use super::open::{Tool, check_format};
 use super::{fail, split_or_fail};
 
@@ -75,7 +75,7 @@ pub fn run(args: &[String]) -> i32 {
         let layers = if unsafe_mode {
             let format = match &fmt {
                 Some(f) => f.clone(),
-                None => probe(path)?,
+                None => tool.probe_format(path).await?,
             };
             vec![super::chain::Layer {
                 path: path.clone(),

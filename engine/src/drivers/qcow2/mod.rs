@@ -48,7 +48,7 @@ use std::rc::Weak;
 use serde_json::{Value, json};
 
 use crate::driver::{BlockDriver, DriverCaps, DriverKind, FormatOps, Prealloc};
-use crate::env::{LocalBoxFuture, OpenOptions};
+use crate::env::LocalBoxFuture;
 use crate::error::{Errno, Error, Result};
 use crate::graph::{Child, Node, OpenCtx};
 use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
@@ -355,18 +355,10 @@ fn relative_to(file: &Child, name: &str) -> String {
 
 /// "qcow2" if the file starts with the qcow2 magic, else "raw".
 async fn probe_format(ctx: &OpenCtx, path: &str) -> Result<String> {
-    let env = ctx.env();
-    let f = env
-        .fs()
-        .open(path, OpenOptions::default())
-        .map_err(|e| e.context(format!("Could not open backing file '{path}'")))?;
-    let (buf, r) = f.read_at(IoBuf::new(4), 0).await;
-    r?;
-    Ok(if buf.as_slice() == header::MAGIC.to_be_bytes() {
-        "qcow2".into()
-    } else {
-        "raw".into()
-    })
+    crate::probe::probe_file(&*ctx.env(), path)
+        .await
+        .map(str::to_string)
+        .map_err(|e| e.context(format!("Could not open backing file '{path}'")))
 }
 
 impl Qcow2 {
