@@ -167,3 +167,18 @@ fn every_failing_check_is_listed() {
         }
     }
 }
+
+/// The stricter parse-time checks accept every shipped scenario.
+#[test]
+fn shipped_scenarios_parse() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "scn") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(err) = parse(&path.display().to_string(), &text) {
+                panic!("{err}");
+            }
+        }
+    }
+}
