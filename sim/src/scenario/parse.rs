@@ -476,7 +476,17 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                 if !sc.steps.is_empty() {
                     return Err(cur.err(kw_col, "'expect-failure' must come before the first step"));
                 }
-                sc.expect_failure = Some(need(1, "the name of the check that must fail")?);
+                let check = need(1, "the name of the check that must fail")?;
+                if !super::run::CHECKS.contains(&check.as_str()) {
+                    return Err(cur.err(
+                        col_of(1),
+                        format!(
+                            "unknown check '{check}' (checks: {})",
+                            super::run::CHECKS.join(", ")
+                        ),
+                    ));
+                }
+                sc.expect_failure = Some(check);
                 continue;
             }
             "seed" => {
@@ -579,6 +589,7 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                     if !args.iter().any(|a| a.key == "node") {
                         return Err(cur.err(col_of(3), "'device add' needs node=NODE"));
                     }
+                    super::run::device_options(&args).map_err(|m| cur.err(col_of(3), m))?;
                     Action::DeviceAdd { name, args }
                 }
             }
@@ -622,21 +633,25 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
                 let verb = need(1, "'start' or 'stop'")?;
                 let name = need(2, "a workload name")?;
                 match verb.as_str() {
-                    "start" => Action::WorkloadStart {
-                        name,
-                        args: args_of(&ws[3..]),
-                    },
+                    "start" => {
+                        let args = args_of(&ws[3..]);
+                        super::workload::WorkloadSpec::parse(&args)
+                            .map_err(|m| cur.err(col_of(3), m))?;
+                        Action::WorkloadStart { name, args }
+                    }
                     "stop" => Action::WorkloadStop { name },
                     "wait" => Action::WorkloadWait { name },
                     _ => return Err(cur.err(col_of(1), format!("unknown workload verb '{verb}'"))),
                 }
             }
             "fault" => match need(1, "'inject' or 'clear'")?.as_str() {
-                "inject" => Action::FaultInject {
-                    name: need(2, "a fault name")?,
-                    kind: need(3, "a fault kind")?,
-                    args: args_of(&ws[4..]),
-                },
+                "inject" => {
+                    let name = need(2, "a fault name")?;
+                    let kind = need(3, "a fault kind")?;
+                    let args = args_of(&ws[4..]);
+                    super::faults::fault_spec(&kind, &args).map_err(|m| cur.err(col_of(3), m))?;
+                    Action::FaultInject { name, kind, args }
+                }
                 "clear" => Action::FaultClear {
                     name: ws.get(2).map(|w| w.1.clone()),
                 },

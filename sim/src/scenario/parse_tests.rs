@@ -110,3 +110,75 @@ fn event_steps_name_real_events_and_fields() {
         .is_ok()
     );
 }
+
+/// Regression (issue 10 bug 11): these were found only when the run reached the step.
+#[test]
+fn run_time_errors_are_parse_errors() {
+    let cases = [
+        (
+            "fault inject f eoi path=d.img\n",
+            3,
+            16,
+            "unknown fault kind 'eoi'",
+        ),
+        (
+            "device add d0 node=n werorr=stop\n",
+            3,
+            15,
+            "unknown device argument 'werorr=stop'",
+        ),
+        (
+            "workload start w device=d0 mix=wrte:1\n",
+            3,
+            18,
+            "unknown operation 'wrte'",
+        ),
+        (
+            "workload start w device=d0 bs=64k..4k\n",
+            3,
+            18,
+            "bad block size range '64k..4k'",
+        ),
+    ];
+    for (line, l, c, msg) in cases {
+        let text = format!("# p\nimage create d.img raw 1M\n{line}");
+        let err = parse("s.scn", &text).unwrap_err();
+        assert_eq!((err.line, err.column), (l, c), "{err}");
+        assert!(err.message.contains(msg), "{err}");
+    }
+    let err = parse("s.scn", "# p\nexpect-failure verfy\n").unwrap_err();
+    assert_eq!(err.column, 16, "{err}");
+    assert!(err.message.contains("unknown check 'verfy'"), "{err}");
+}
+
+/// `CHECKS` names every check a run can fail (so `expect-failure` accepts each one).
+#[test]
+fn every_failing_check_is_listed() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/scenario");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        let flat: String = text.split_whitespace().collect::<Vec<_>>().join("");
+        for part in flat.split("fail(\"").skip(1) {
+            let name = &part[..part.find('"').unwrap()];
+            assert!(
+                super::super::run::CHECKS.contains(&name),
+                "{name} missing from CHECKS"
+            );
+        }
+    }
+}
+
+/// The stricter parse-time checks accept every shipped scenario.
+#[test]
+fn shipped_scenarios_parse() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "scn") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(err) = parse(&path.display().to_string(), &text) {
+                panic!("{err}");
+            }
+        }
+    }
+}

@@ -71,6 +71,23 @@ impl RunOutcome {
     }
 }
 
+/// Every check a run can fail, the names `expect-failure CHECK` accepts.
+pub const CHECKS: &[&str] = &[
+    "setup",
+    "qmp",
+    "io",
+    "drain",
+    "wait",
+    "expect",
+    "verify",
+    "read-check",
+    "image-check",
+    "check",
+    "restart",
+    "deadlock",
+    "livelock",
+];
+
 pub(super) fn fail(check: &str, line: usize, message: impl Into<String>) -> Failure {
     Failure {
         check: check.to_string(),
@@ -607,35 +624,7 @@ impl World<'_> {
     }
 
     pub(super) fn device_add(&mut self, name: &str, args: &[Arg]) -> Result<(), String> {
-        let mut node = None;
-        let (mut read_only, mut share_rw) = (false, false);
-        let (mut rerror, mut werror, mut cache) = (OnError::Report, OnError::Enospc, true);
-        for a in args {
-            match (a.key.as_str(), a.value.as_deref()) {
-                ("node", Some(v)) => node = Some(v.to_string()),
-                ("read-only", None) => read_only = true,
-                ("share-rw", None) => share_rw = true,
-                ("rerror", Some(v)) => {
-                    rerror = OnError::parse(v, "read").map_err(|e| e.to_string())?
-                }
-                ("werror", Some(v)) => {
-                    werror = OnError::parse(v, "write").map_err(|e| e.to_string())?
-                }
-                ("cache", Some("writeback")) => cache = true,
-                ("cache", Some("writethrough")) => cache = false,
-                (k, v) => {
-                    return Err(format!(
-                        "unknown device argument '{k}{}'",
-                        v.map(|v| format!("={v}")).unwrap_or_default()
-                    ));
-                }
-            }
-        }
-        let node = node.ok_or("device add needs node=NODE")?;
-        let mut opts = BackendOptions::guest_device(read_only, share_rw);
-        opts.rerror = rerror;
-        opts.werror = werror;
-        opts.write_cache = cache;
+        let (node, opts) = device_options(args)?;
         self.engine
             .device_add(name, &node, opts)
             .map_err(|e| e.to_string())?;
@@ -765,4 +754,37 @@ impl World<'_> {
             }
         }
     }
+}
+
+/// `device add` arguments onto the node name and backend options (also run at parse time, so a
+/// misspelt option is refused before the run starts).
+pub(super) fn device_options(args: &[Arg]) -> Result<(String, BackendOptions), String> {
+    let mut node = None;
+    let (mut read_only, mut share_rw) = (false, false);
+    let (mut rerror, mut werror, mut cache) = (OnError::Report, OnError::Enospc, true);
+    for a in args {
+        match (a.key.as_str(), a.value.as_deref()) {
+            ("node", Some(v)) => node = Some(v.to_string()),
+            ("read-only", None) => read_only = true,
+            ("share-rw", None) => share_rw = true,
+            ("rerror", Some(v)) => rerror = OnError::parse(v, "read").map_err(|e| e.to_string())?,
+            ("werror", Some(v)) => {
+                werror = OnError::parse(v, "write").map_err(|e| e.to_string())?
+            }
+            ("cache", Some("writeback")) => cache = true,
+            ("cache", Some("writethrough")) => cache = false,
+            (k, v) => {
+                return Err(format!(
+                    "unknown device argument '{k}{}'",
+                    v.map(|v| format!("={v}")).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    let node = node.ok_or("device add needs node=NODE")?;
+    let mut opts = BackendOptions::guest_device(read_only, share_rw);
+    opts.rerror = rerror;
+    opts.werror = werror;
+    opts.write_cache = cache;
+    Ok((node, opts))
 }
