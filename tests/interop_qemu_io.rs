@@ -272,3 +272,46 @@ fn same_script_same_bytes_and_output() {
     assert_eq!(q.code, k.code);
     assert!(a.bytes() == b.bytes(), "the two tools left different files");
 }
+
+/// Regression (issue: `blk io` without `-f` opened every image as raw, and a write then
+/// overwrote a qcow2 header): the format is probed as qemu-io probes it; an image probed as raw
+/// prints qemu-io's warning when opened writable, and a write that would put a format
+/// signature into its block 0 is refused with EPERM, as qemu-io refuses it.
+#[test]
+fn io_without_a_format_probes_and_guards_block_0() {
+    if !have_qemu() {
+        return;
+    }
+    let d = crate::common::Dir::new("probe");
+    d.ok("qemu-img", &["create", "-q", "-f", "qcow2", "p.qcow2", "1M"]);
+    d.ok(BLK, &["io", "-c", "write -P 0xab 0 4k", "p.qcow2"]);
+    let info = d.ok("qemu-img", &["info", "--output=json", "p.qcow2"]);
+    assert!(info.contains("\"format\": \"qcow2\""), "{info}");
+    d.ok("qemu-io", &["-f", "qcow2", "-c", "read -P 0xab 0 4k", "p.qcow2"]);
+
+    d.ok("qemu-img", &["create", "-q", "-f", "raw", "r.img", "1M"]);
+    let header = std::fs::read(d.0.join("p.qcow2")).unwrap();
+    std::fs::write(d.0.join("h.bin"), &header[..512]).unwrap();
+    for args in [
+        vec!["-c", "write -s h.bin 0 512", "r.img"],
+        vec!["-c", "write -P 1 0 4", "r.img"],
+        vec!["-c", "write -s h.bin 512 512", "r.img"],
+        vec!["-r", "-c", "read 0 512", "r.img"],
+    ] {
+        let q = d.run("qemu-io", &args);
+        let b = d.run(BLK, &[&["io"][..], &args].concat());
+        let strip = |s: &str| {
+            s.lines()
+                .filter(|l| !l.contains(" ops; "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            (q.code, strip(&q.stdout), q.stderr),
+            (b.code, strip(&b.stdout), b.stderr),
+            "qemu-io {args:?}"
+        );
+    }
+    let raw = std::fs::read(d.0.join("r.img")).unwrap();
+    assert_ne!(&raw[..4], b"QFI\xfb", "the signature must never reach block 0");
+}

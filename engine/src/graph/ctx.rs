@@ -38,6 +38,38 @@ pub struct GraphCtx {
     next_id: Cell<u64>,
     next_implicit: Cell<u64>,
     drivers: RefCell<BTreeMap<&'static str, OpenFn>>,
+    /// Image files whose backing chain is being opened right now, outermost first (see
+    /// [`GraphCtx::enter_chain`]): a backing reference back into this list is a loop.
+    opening_chain: RefCell<Vec<String>>,
+}
+
+/// Keeps an image file on the list of chains being opened; leaves it when dropped.
+pub struct ChainEntry {
+    ctx: Rc<GraphCtx>,
+}
+
+impl Drop for ChainEntry {
+    fn drop(&mut self) {
+        self.ctx.opening_chain.borrow_mut().pop();
+    }
+}
+
+/// `path` with `.` components and `dir/..` pairs removed, so that two spellings of one file
+/// in a chain compare equal (the engine cannot ask the host for canonical names).
+pub fn normalize_path(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|p| *p != "..") => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    let joined = parts.join("/");
+    if absolute { format!("/{joined}") } else { joined }
 }
 
 impl GraphCtx {
@@ -53,7 +85,22 @@ impl GraphCtx {
             next_id: Cell::new(1),
             next_implicit: Cell::new(1),
             drivers: RefCell::new(BTreeMap::new()),
+            opening_chain: RefCell::new(Vec::new()),
         })
+    }
+
+    /// Note that the backing chain below the image file `path` is being opened. Fails with
+    /// QEMU's message when `path` is already on the way down (a backing loop: a->b->a, or an
+    /// image backed by itself), which would otherwise open images without end.
+    pub fn enter_chain(self: &Rc<Self>, path: &str) -> Result<ChainEntry> {
+        let path = normalize_path(path);
+        if self.opening_chain.borrow().contains(&path) {
+            return Err(Error::generic(format!(
+                "Backing file '{path}' creates an infinite loop."
+            )));
+        }
+        self.opening_chain.borrow_mut().push(path);
+        Ok(ChainEntry { ctx: self.clone() })
     }
 
     /// The environment.

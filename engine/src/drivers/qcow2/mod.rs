@@ -279,6 +279,7 @@ async fn open_backing(
     h: &Header,
     opt: Option<Value>,
 ) -> Result<Option<Child>> {
+    let mut in_chain = None;
     let spec = match opt {
         Some(Value::Null) => return Ok(None),
         Some(v) => v,
@@ -292,6 +293,12 @@ async fn open_backing(
                 ));
             }
             let path = relative_to(file, name);
+            // This image stays on the list of chains being opened while its backing file
+            // opens: a reference back to any image above (or to itself) is a loop, refused
+            // before anything opens.
+            let entry = ctx.graph().enter_chain(&file.filename())?;
+            drop(ctx.graph().enter_chain(&path)?);
+            in_chain = Some(entry);
             let fmt = match &h.backing_fmt {
                 Some(f) => f.clone(),
                 None => probe_format(ctx, &path).await?,
@@ -306,6 +313,7 @@ async fn open_backing(
         .open_child("backing", ChildRole::COW, spec)
         .await
         .map_err(|e| e.context("Could not open backing file"))?;
+    drop(in_chain);
     Ok(Some(child))
 }
 
