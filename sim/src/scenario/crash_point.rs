@@ -76,10 +76,10 @@ impl World<'_> {
             self.verify(line, &d).await?;
         }
         for s in steps {
-            if let Action::ImageCreate { path, format, .. } = &s.action {
-                if format == "qcow2" {
-                    self.check_file(line, path).await?;
-                }
+            if let Action::ImageCreate { path, format, .. } = &s.action
+                && format == "qcow2"
+            {
+                self.check_file(line, path).await?;
             }
         }
         Ok(())

@@ -44,12 +44,11 @@ impl Coverage {
                 if let Ok(v) = serde_json::from_str::<Value>(cmd) {
                     self.bump("qmp commands", v["execute"].as_str().unwrap_or("?"));
                 }
-            } else if let Some(reply) = body.strip_prefix("<- ") {
-                if let Ok(v) = serde_json::from_str::<Value>(reply) {
-                    if let Some(c) = v["error"]["class"].as_str() {
-                        self.bump("error classes", c);
-                    }
-                }
+            } else if let Some(reply) = body.strip_prefix("<- ")
+                && let Ok(v) = serde_json::from_str::<Value>(reply)
+                && let Some(c) = v["error"]["class"].as_str()
+            {
+                self.bump("error classes", c);
             }
         }
         for (name, data) in transcript_events(transcript) {

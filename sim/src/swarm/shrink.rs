@@ -229,19 +229,19 @@ fn variants(line: &str) -> Vec<String> {
             out.push(v.join(" "));
         };
         if let Some(k) = HALVE.iter().find(|k| w.starts_with(*k)) {
-            if let Ok(n) = w[k.len()..].parse::<u64>() {
-                if n > 1 {
-                    with(Some(format!("{k}{}", n / 2)));
-                }
+            if let Ok(n) = w[k.len()..].parse::<u64>()
+                && n > 1
+            {
+                with(Some(format!("{k}{}", n / 2)));
             }
         } else if OPTIONAL.iter().any(|k| w.starts_with(k)) && !line.starts_with("qmp") {
             with(None);
         } else if i == 1 && words[0] == "advance" {
             let digits: String = w.chars().take_while(char::is_ascii_digit).collect();
-            if let Ok(n) = digits.parse::<u64>() {
-                if n > 1 {
-                    with(Some(format!("{}{}", n / 2, &w[digits.len()..])));
-                }
+            if let Ok(n) = digits.parse::<u64>()
+                && n > 1
+            {
+                with(Some(format!("{}{}", n / 2, &w[digits.len()..])));
             }
         }
     }
