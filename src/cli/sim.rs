@@ -61,6 +61,12 @@ fn parse_args(args: &[String]) -> Result<RunArgs, String> {
             "--seeds" => out.seeds = Some(parse_seeds(it.next().ok_or("--seeds needs A..B")?)?),
             "--check-determinism" => out.check_determinism = true,
             "--trace" => out.trace = true,
+            "--plant" => {
+                let name = it.next().ok_or("--plant needs a name")?;
+                if !engine::util::planted::enable_named(name) {
+                    return Err(format!("unknown planted bug '{name}'"));
+                }
+            }
             s if s.starts_with('-') => return Err(format!("unknown option '{s}'")),
             p => out.paths.push(p.to_string()),
         }

@@ -141,10 +141,10 @@ pub fn swarm_cmd(args: &[String]) -> i32 {
         let res = SeedResult::new(seed, &generated, &verdict);
         println!("{}", res.to_json(t0.elapsed().as_millis() as u64));
         runs += 1;
-        if a.coverage {
-            if let Some(o) = &verdict.outcome {
-                cov.add(&generated.text, &o.transcript);
-            }
+        if a.coverage
+            && let Some(o) = &verdict.outcome
+        {
+            cov.add(&generated.text, &o.transcript);
         }
         if let Some(check) = &res.check {
             failed += 1;

@@ -20,7 +20,7 @@ pub enum Bug {
     RmwUnserialised = 3,
     /// Mirror in background mode forgets to mark guest writes dirty.
     MirrorForgetsDirty = 4,
-    /// Mirror's final check does not keep the guest drained until the pivot.
+    /// Mirror's final check neither drains the guest nor keeps it drained until the pivot.
     MirrorPivotUndrained = 5,
 }
 

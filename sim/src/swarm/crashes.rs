@@ -98,10 +98,10 @@ pub fn enumerate(
     sample: Option<u64>,
     max: Option<usize>,
     mut progress: impl FnMut(usize, usize),
-) -> Result<CrashSummary, Verdict> {
+) -> Result<CrashSummary, Box<Verdict>> {
     let base = judge_parsed(sc, seed, RunOptions::default());
     if base.failure.is_some() {
-        return Err(base);
+        return Err(Box::new(base));
     }
     let counts = base.outcome.as_ref().map(|o| o.disk).unwrap_or_default();
     let setup = base

@@ -109,19 +109,60 @@ pub fn shrink(text: &str, check: Option<&str>) -> Option<Shrunk> {
 
 /// A reduction must not make the scenario misuse the runner: a `verify` while a workload still
 /// writes the device reads a moving target and would fail for the wrong reason.
+/// Nor may it verify while qemu-io aio requests are in flight (before `aio_flush`), or drop
+/// the `model` declaration of data written into a lower layer through a deleted device.
+/// Likewise a `model` declaration must keep the write it declares, a drained section its end
+/// and a blkdebug breakpoint its resume: without them the run fails or hangs for that reason.
 fn well_formed(s: &Split) -> bool {
     let mut running: Vec<&str> = Vec::new();
+    let mut written: Vec<(&str, &str, &str)> = Vec::new();
+    let mut drained: Vec<&str> = Vec::new();
+    let mut breaks: Vec<&str> = Vec::new();
+    let mut aio = false;
+    let mut lower: Vec<(&str, (&str, &str, &str))> = Vec::new();
+    let mut deleted: Vec<&str> = Vec::new();
+    let mut fills: Vec<(&str, &str, &str)> = Vec::new();
     for st in &s.steps {
         let w: Vec<&str> = st[0].split_whitespace().collect();
         match w.as_slice() {
             ["workload", "start", name, ..] => running.push(name),
             ["workload", "stop" | "wait", name] => running.retain(|r| r != name),
-            ["crash"] => running.clear(),
-            ["verify", ..] if !running.is_empty() => return false,
+            ["crash"] => {
+                aio = false;
+                running.clear();
+                drained.clear();
+                breaks.clear();
+            }
+            ["verify", ..] if !running.is_empty() || aio => return false,
+            ["io", _, "aio_write", ..] => aio = true,
+            ["io", _, "aio_flush"] => aio = false,
+            ["io", dev, "write", "-P", p, off, len] => {
+                written.push((p, off, len));
+                lower.push((dev, (p, off, len)));
+            }
+            ["device", "del", dev] => deleted.push(dev),
+            ["model", _, "fill", p, off, len] if !written.contains(&(p, off, len)) => {
+                return false;
+            }
+            ["model", _, "fill", p, off, len] => fills.push((p, off, len)),
+            ["drain", "begin", node, ..] => drained.push(node),
+            ["drain", "end", node] => match drained.iter().rposition(|d| d == node) {
+                Some(i) => {
+                    drained.remove(i);
+                }
+                None => return false,
+            },
+            ["io", _, "break", _, tag] => breaks.push(tag),
+            ["io", _, "wait_break", tag] if !breaks.contains(tag) => return false,
+            ["io", _, "resume", tag] => breaks.retain(|b| b != tag),
             _ => {}
         }
     }
-    true
+    // Data written through a device that is gone (a lower layer) must stay declared.
+    let undeclared = lower
+        .iter()
+        .any(|(dev, w)| deleted.contains(dev) && !fills.contains(w));
+    drained.is_empty() && breaks.is_empty() && !undeclared
 }
 
 /// What must stay the same while shrinking: the check and the shape of its message (numbers
@@ -188,19 +229,19 @@ fn variants(line: &str) -> Vec<String> {
             out.push(v.join(" "));
         };
         if let Some(k) = HALVE.iter().find(|k| w.starts_with(*k)) {
-            if let Ok(n) = w[k.len()..].parse::<u64>() {
-                if n > 1 {
-                    with(Some(format!("{k}{}", n / 2)));
-                }
+            if let Ok(n) = w[k.len()..].parse::<u64>()
+                && n > 1
+            {
+                with(Some(format!("{k}{}", n / 2)));
             }
         } else if OPTIONAL.iter().any(|k| w.starts_with(k)) && !line.starts_with("qmp") {
             with(None);
         } else if i == 1 && words[0] == "advance" {
             let digits: String = w.chars().take_while(char::is_ascii_digit).collect();
-            if let Ok(n) = digits.parse::<u64>() {
-                if n > 1 {
-                    with(Some(format!("{}{}", n / 2, &w[digits.len()..])));
-                }
+            if let Ok(n) = digits.parse::<u64>()
+                && n > 1
+            {
+                with(Some(format!("{}{}", n / 2, &w[digits.len()..])));
             }
         }
     }

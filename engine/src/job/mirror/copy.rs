@@ -265,7 +265,11 @@ impl MirrorDriver {
     /// Stop guest I/O at the filter and check once more that nothing is dirty; if so, keep the
     /// filter drained until the job has pivoted (or finished without pivoting) and return true.
     async fn final_check(&self, job: &Rc<Job>) -> Result<bool> {
-        let section = self.filter.drained_begin().await;
+        let section = if crate::util::planted::on(crate::util::planted::Bug::MirrorPivotUndrained) {
+            None
+        } else {
+            Some(self.filter.drained_begin().await)
+        };
         if self.state.dirty.borrow().count() > 0 || self.state.ops_in_flight.get() > 0 {
             drop(section);
             return Ok(false);
@@ -284,11 +288,7 @@ impl MirrorDriver {
                 }
             }
         }
-        if crate::util::planted::on(crate::util::planted::Bug::MirrorPivotUndrained) {
-            drop(section);
-        } else {
-            *self.final_drain.borrow_mut() = Some(section);
-        }
+        *self.final_drain.borrow_mut() = section;
         Ok(true)
     }
 
