@@ -15,6 +15,7 @@ mod human;
 mod info;
 mod map;
 mod open;
+mod opt_help;
 mod open_args;
 
 pub(crate) use open_args::{add_objects, help_text as object_help};
