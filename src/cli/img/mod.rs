@@ -15,8 +15,8 @@ mod human;
 mod info;
 mod map;
 mod open;
-mod opt_help;
 mod open_args;
+mod opt_help;
 
 pub(crate) use open_args::{add_objects, help_text as object_help};
 mod progress;

@@ -11,39 +11,103 @@ const QCOW2: &[Opt] = &[
     ("backing_file", "<str>", "File name of a base image"),
     ("backing_fmt", "<str>", "Image format of the base image"),
     ("cluster_size", "<size>", "qcow2 cluster size"),
-    ("compat", "<str>", "Compatibility level (v2 [0.10] or v3 [1.1])"),
-    ("compression_type", "<str>", "Compression method used for image cluster compression"),
+    (
+        "compat",
+        "<str>",
+        "Compatibility level (v2 [0.10] or v3 [1.1])",
+    ),
+    (
+        "compression_type",
+        "<str>",
+        "Compression method used for image cluster compression",
+    ),
     ("data_file", "<str>", "File name of an external data file"),
-    ("data_file_raw", "<bool (on/off)>", "The external data file must stay valid as a raw image"),
-    ("encrypt.cipher-alg", "<str>", "Name of encryption cipher algorithm"),
-    ("encrypt.cipher-mode", "<str>", "Name of encryption cipher mode"),
-    ("encrypt.format", "<str>", "Encrypt the image, format choices: 'aes', 'luks'"),
-    ("encrypt.hash-alg", "<str>", "Name of encryption hash algorithm"),
-    ("encrypt.iter-time", "<num>", "Time to spend in PBKDF in milliseconds"),
-    ("encrypt.ivgen-alg", "<str>", "Name of IV generator algorithm"),
-    ("encrypt.ivgen-hash-alg", "<str>", "Name of IV generator hash algorithm"),
-    ("encrypt.key-secret", "<str>", "ID of secret providing qcow AES key or LUKS passphrase"),
+    (
+        "data_file_raw",
+        "<bool (on/off)>",
+        "The external data file must stay valid as a raw image",
+    ),
+    (
+        "encrypt.cipher-alg",
+        "<str>",
+        "Name of encryption cipher algorithm",
+    ),
+    (
+        "encrypt.cipher-mode",
+        "<str>",
+        "Name of encryption cipher mode",
+    ),
+    (
+        "encrypt.format",
+        "<str>",
+        "Encrypt the image, format choices: 'aes', 'luks'",
+    ),
+    (
+        "encrypt.hash-alg",
+        "<str>",
+        "Name of encryption hash algorithm",
+    ),
+    (
+        "encrypt.iter-time",
+        "<num>",
+        "Time to spend in PBKDF in milliseconds",
+    ),
+    (
+        "encrypt.ivgen-alg",
+        "<str>",
+        "Name of IV generator algorithm",
+    ),
+    (
+        "encrypt.ivgen-hash-alg",
+        "<str>",
+        "Name of IV generator hash algorithm",
+    ),
+    (
+        "encrypt.key-secret",
+        "<str>",
+        "ID of secret providing qcow AES key or LUKS passphrase",
+    ),
     (
         "encryption",
         "<bool (on/off)>",
         "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
     ),
     ("extended_l2", "<bool (on/off)>", "Extended L2 tables"),
-    ("lazy_refcounts", "<bool (on/off)>", "Postpone refcount updates"),
+    (
+        "lazy_refcounts",
+        "<bool (on/off)>",
+        "Postpone refcount updates",
+    ),
     (
         "preallocation",
         "<str>",
         "Preallocation mode (allowed values: off, metadata, falloc, full)",
     ),
-    ("refcount_bits", "<num>", "Width of a reference count entry in bits"),
+    (
+        "refcount_bits",
+        "<num>",
+        "Width of a reference count entry in bits",
+    ),
     SIZE,
 ];
 
 /// The `file` protocol's own creation options, merged in when a target filename is given.
 const FILE: &[Opt] = &[
-    ("extent_size_hint", "<size>", "Extent size hint for the image file, 0 to disable"),
-    ("nocow", "<bool (on/off)>", "Turn off copy-on-write (valid only on btrfs)"),
-    ("preallocation", "<str>", "Preallocation mode (allowed values: off, falloc, full)"),
+    (
+        "extent_size_hint",
+        "<size>",
+        "Extent size hint for the image file, 0 to disable",
+    ),
+    (
+        "nocow",
+        "<bool (on/off)>",
+        "Turn off copy-on-write (valid only on btrfs)",
+    ),
+    (
+        "preallocation",
+        "<str>",
+        "Preallocation mode (allowed values: off, falloc, full)",
+    ),
     SIZE,
 ];
 
