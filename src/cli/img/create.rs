@@ -347,19 +347,8 @@ pub fn run(args: &[String]) -> i32 {
         fmt: "raw".into(),
         ..CreateSpec::default()
     };
-    if opts
-        .iter()
-        .any(|(c, v)| *c == 'o' && super::opt_help::wants_help(v))
-    {
-        let fmt = opts.iter().rev().find(|(c, _)| *c == 'f');
-        let fmt = fmt.map_or("raw", |(_, f)| f.as_str());
-        return match super::opt_help::text(fmt, operands.first().map(String::as_str)) {
-            Some(t) => {
-                print!("{t}");
-                0
-            }
-            None => fail(format!("Unknown file format '{fmt}'")),
-        };
+    if let Some(code) = super::opt_help::answer(&opts, 'f', operands.first().map(String::as_str)) {
+        return code;
     }
     for (c, v) in opts {
         match c {

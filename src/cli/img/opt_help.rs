@@ -140,3 +140,20 @@ pub fn text(fmt: &str, file: Option<&str>) -> Option<String> {
     all.iter().for_each(|o| s.push_str(&line(o)));
     Some(s)
 }
+
+/// `-o help` handling shared by create and convert: when an `-o` asks for the list, print it for
+/// the format given with `fmt_flag` (raw by default) and return the exit status.
+pub fn answer(opts: &[(char, String)], fmt_flag: char, file: Option<&str>) -> Option<i32> {
+    if !opts.iter().any(|(c, v)| *c == 'o' && wants_help(v)) {
+        return None;
+    }
+    let fmt = opts.iter().rev().find(|(c, _)| *c == fmt_flag);
+    let fmt = fmt.map_or("raw", |(_, f)| f.as_str());
+    Some(match text(fmt, file) {
+        Some(t) => {
+            print!("{t}");
+            0
+        }
+        None => super::fail(format!("Unknown file format '{fmt}'")),
+    })
+}
