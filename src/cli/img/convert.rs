@@ -188,6 +188,9 @@ pub fn run(args: &[String]) -> i32 {
         ..CreateSpec::default()
     };
     let (mut no_create, mut progress, mut out_of_order, mut coroutines) = (false, false, false, 8);
+    if let Some(code) = super::opt_help::answer(&opts, 'O', operands.last().map(String::as_str)) {
+        return code;
+    }
     for (c, v) in opts {
         match c {
             'f' => fmt = Some(v),

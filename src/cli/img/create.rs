@@ -347,6 +347,9 @@ pub fn run(args: &[String]) -> i32 {
         fmt: "raw".into(),
         ..CreateSpec::default()
     };
+    if let Some(code) = super::opt_help::answer(&opts, 'f', operands.first().map(String::as_str)) {
+        return code;
+    }
     for (c, v) in opts {
         match c {
             'f' => spec.fmt = v,

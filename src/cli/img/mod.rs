@@ -16,6 +16,7 @@ mod info;
 mod map;
 mod open;
 mod open_args;
+mod opt_help;
 
 pub(crate) use open_args::{add_objects, help_text as object_help};
 mod progress;
