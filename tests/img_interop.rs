@@ -741,3 +741,70 @@ fn preallocated_qcow2_images_match_qemus_own() {
         assert!(!map.contains("\"present\": false"), "{mode}: {map}");
     }
 }
+
+/// Regression (issue: backing loops a->b->a and an image backed by itself overflowed the stack
+/// in every command): opening such a chain fails with QEMU's "creates an infinite loop" message
+/// naming the file, in every image command and in qemu-io, and nothing is written.
+#[test]
+fn backing_loops_are_refused_by_every_command() {
+    if !have_qemu("backing loop test") {
+        return;
+    }
+    let d = Dir::new("loops");
+    d.ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "a.qcow2", "1M"],
+    );
+    d.ok(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2",
+        ],
+    );
+    d.ok(
+        "qemu-img",
+        &["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"],
+    );
+    d.ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "s.qcow2", "1M"],
+    );
+    d.ok(
+        "qemu-img",
+        &["rebase", "-u", "-b", "s.qcow2", "-F", "qcow2", "s.qcow2"],
+    );
+    let before: Vec<Vec<u8>> = ["a.qcow2", "b.qcow2", "s.qcow2"]
+        .iter()
+        .map(|f| std::fs::read(d.0.join(f)).unwrap())
+        .collect();
+    for img in ["a.qcow2", "s.qcow2"] {
+        for args in [
+            vec!["info", "--backing-chain", img],
+            vec!["map", img],
+            vec!["check", img],
+            vec!["convert", "-O", "raw", img, "out.raw"],
+            vec!["compare", img, img],
+            vec!["commit", img],
+            vec!["rebase", "-b", "", img],
+        ] {
+            let o = d.run(QEMU_IMG, &args);
+            assert_ne!(o.code, 0, "{args:?}");
+            assert!(
+                o.stderr.contains("creates an infinite loop."),
+                "{args:?}: {}",
+                o.stderr
+            );
+        }
+        let o = d.run(BLK, &["io", "-c", "read 0 512", img]);
+        assert!(
+            o.stderr.contains("creates an infinite loop."),
+            "{}",
+            o.stderr
+        );
+    }
+    let after: Vec<Vec<u8>> = ["a.qcow2", "b.qcow2", "s.qcow2"]
+        .iter()
+        .map(|f| std::fs::read(d.0.join(f)).unwrap())
+        .collect();
+    assert!(before == after, "a refused command changed an image");
+}

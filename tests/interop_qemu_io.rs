@@ -283,11 +283,17 @@ fn io_without_a_format_probes_and_guards_block_0() {
         return;
     }
     let d = crate::common::Dir::new("probe");
-    d.ok("qemu-img", &["create", "-q", "-f", "qcow2", "p.qcow2", "1M"]);
+    d.ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "p.qcow2", "1M"],
+    );
     d.ok(BLK, &["io", "-c", "write -P 0xab 0 4k", "p.qcow2"]);
     let info = d.ok("qemu-img", &["info", "--output=json", "p.qcow2"]);
     assert!(info.contains("\"format\": \"qcow2\""), "{info}");
-    d.ok("qemu-io", &["-f", "qcow2", "-c", "read -P 0xab 0 4k", "p.qcow2"]);
+    d.ok(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "read -P 0xab 0 4k", "p.qcow2"],
+    );
 
     d.ok("qemu-img", &["create", "-q", "-f", "raw", "r.img", "1M"]);
     let header = std::fs::read(d.0.join("p.qcow2")).unwrap();
@@ -313,5 +319,9 @@ fn io_without_a_format_probes_and_guards_block_0() {
         );
     }
     let raw = std::fs::read(d.0.join("r.img")).unwrap();
-    assert_ne!(&raw[..4], b"QFI\xfb", "the signature must never reach block 0");
+    assert_ne!(
+        &raw[..4],
+        b"QFI\xfb",
+        "the signature must never reach block 0"
+    );
 }

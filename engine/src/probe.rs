@@ -97,7 +97,11 @@ mod tests {
     fn signatures() {
         let mut q = vec![0u8; 512];
         q[..4].copy_from_slice(b"QFI\xfb");
-        assert_eq!(format_of(&q), None, "qcow2 magic with version 0 is not qcow2");
+        assert_eq!(
+            format_of(&q),
+            None,
+            "qcow2 magic with version 0 is not qcow2"
+        );
         q[7] = 3;
         assert_eq!(format_of(&q), Some("qcow2"));
         q[7] = 1;
