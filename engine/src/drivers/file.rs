@@ -124,7 +124,10 @@ impl BlockDriver for File {
     }
 
     fn len(&self) -> u64 {
-        self.size.get()
+        // As QEMU does, a file's length is counted in whole 512-byte sectors: the tail of a
+        // file whose size is not a multiple of 512 reads as zeroes (a 320-byte raw image is a
+        // 512-byte disk; writing there grows the file).
+        self.size.get().next_multiple_of(512)
     }
 
     fn read(&self, offset: u64, buf: IoBuf, _flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
@@ -183,6 +186,15 @@ impl BlockDriver for File {
 
     fn block_status(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<BlockStatus>> {
         Box::pin(async move {
+            let eof = self.size.get();
+            if offset >= eof {
+                // The sector-rounded tail past the host file's end reads as zeroes.
+                return Ok(BlockStatus {
+                    len,
+                    mapping: Mapping::Zero { host: Some(offset) },
+                });
+            }
+            let len = len.min(eof - offset);
             let (alloc, n) = self.host().allocation(offset, len).await?;
             let mapping = match alloc {
                 Allocation::Data => Mapping::Data { host: Some(offset) },

@@ -320,6 +320,17 @@ fn open_close_and_quit() {
             "length",
         ],
     );
+    // `open $IMG` without a format probes it as raw and warns, as qemu-io does (once per open
+    // that is writable).
+    let warnings = out
+        .iter()
+        .filter(|l| l.starts_with("ERR: WARNING: Image format was not specified"))
+        .count();
+    assert_eq!(warnings, 2, "{out:?}");
+    let out: Vec<&String> = out
+        .iter()
+        .filter(|l| !l.starts_with("ERR: WARNING: Image format was not specified"))
+        .collect();
     assert_eq!(out[0], "ERR: qemu-io: file open already, try 'help close'");
     assert_eq!(out[1], "ERR: no file open, try 'help open'");
     assert_eq!(out[2], "ERR: qemu-io: Block node is read-only");

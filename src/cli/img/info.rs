@@ -81,12 +81,8 @@ fn other_info(node: &Rc<Node>) -> Result<Value, String> {
         child_infos(node, &[])?
     };
     m.insert("children".into(), Value::Array(children));
-    let len = if host {
-        file_length(&filename).unwrap_or(0)
-    } else {
-        node.len()
-    };
-    m.insert("virtual-size".into(), json!(len));
+    // A host file's length as QEMU counts it: whole 512-byte sectors (the file driver's len).
+    m.insert("virtual-size".into(), json!(node.len()));
     m.insert("filename".into(), json!(filename));
     m.insert("format".into(), json!(node.driver_name()));
     if let Some(a) = actual_size(node) {

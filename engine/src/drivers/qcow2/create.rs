@@ -163,7 +163,9 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
             "Image size is too large for this cluster size",
         ));
     }
-    let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
+    // A zero-size image has no L1 table at all (offset 0), as QEMU creates it: a cluster
+    // reserved for an empty table would be counted but never referenced, a leak.
+    let l1_clusters = (l1_size * 8).div_ceil(cs);
     let order = o.refcount_bits.trailing_zeros();
     let rb_entries = cs * 8 / o.refcount_bits as u64;
     let prealloc = o.preallocation != Prealloc::Off || o.data_file_raw;
@@ -203,7 +205,7 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
         cluster_bits,
         size: o.size,
         l1_size: l1_size as u32,
-        l1_offset: (1 + rt + rb) * cs,
+        l1_offset: if l1_size == 0 { 0 } else { (1 + rt + rb) * cs },
         reftable_offset: cs,
         reftable_clusters: rt as u32,
         nb_snapshots: 0,
@@ -267,8 +269,16 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
         let e = (host * cs) | COPIED;
         img[at as usize..at as usize + 8].copy_from_slice(&e.to_be_bytes());
     }
+    // Without L2 tables the file ends where the L1 table's entries end, as QEMU writes it
+    // (the rest of the L1 cluster is allocated but never written): `qemu-img info` then
+    // shows the same file length and disk size for images of either tool.
+    let written = if l2_tables == 0 {
+        ((1 + rt + rb) * cs + l1_size * 8) as usize
+    } else {
+        img.len()
+    };
     file.truncate(0, true, Prealloc::Off).await?;
-    file.write(0, IoBuf::from_slice(&img), ReqFlags::NONE)
+    file.write(0, IoBuf::from_slice(&img[..written]), ReqFlags::NONE)
         .await
         .1?;
     if prealloc && !external {
