@@ -25,12 +25,7 @@ fn same_io(dir: &Dir, args: &[&str]) {
     let mut io = vec!["io"];
     io.extend_from_slice(args);
     let b = dir.run(BLK, &io);
-    let strip = |s: &str| {
-        s.lines()
-            .filter(|l| !l.contains(" ops; "))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let strip = crate::common::without_timing;
     assert_eq!(
         (q.code, strip(&q.stdout), &q.stderr),
         (b.code, strip(&b.stdout), &b.stderr),

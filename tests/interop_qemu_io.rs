@@ -306,12 +306,7 @@ fn io_without_a_format_probes_and_guards_block_0() {
     ] {
         let q = d.run("qemu-io", &args);
         let b = d.run(BLK, &[&["io"][..], &args].concat());
-        let strip = |s: &str| {
-            s.lines()
-                .filter(|l| !l.contains(" ops; "))
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
+        let strip = crate::common::without_timing;
         assert_eq!(
             (q.code, strip(&q.stdout), q.stderr),
             (b.code, strip(&b.stdout), b.stderr),

@@ -171,14 +171,11 @@ fn run_cmd(args: &[String]) -> i32 {
                 eprint!("\r\x1b[K[{done}/{total_runs}] {name} seed {seed}");
                 let _ = std::io::stderr().flush();
             }
-            let out = scenario::run(
-                &sc,
-                seed,
-                RunOptions {
-                    trace: args.trace,
-                    ..Default::default()
-                },
-            );
+            let opts = RunOptions {
+                trace: args.trace,
+                ..Default::default()
+            };
+            let out = scenario::run(&sc, seed, opts);
             row.runs += 1;
             if row.runs == 1 {
                 row.virtual_ns = out.virtual_ns;
@@ -189,14 +186,7 @@ fn run_cmd(args: &[String]) -> i32 {
                 failures.push(describe_failure(path, &sc, &out));
             }
             if ok && args.check_determinism {
-                let again = scenario::run(
-                    &sc,
-                    seed,
-                    RunOptions {
-                        trace: args.trace,
-                        ..Default::default()
-                    },
-                );
+                let again = scenario::run(&sc, seed, opts);
                 if again.trace_hash != out.trace_hash || again.transcript != out.transcript {
                     ok = false;
                     failures.push(format!(

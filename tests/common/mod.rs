@@ -31,6 +31,15 @@ mod qemu_tools;
 #[allow(unused_imports)] // each test module uses some of them
 pub use qemu_tools::{have_qemu, have_tools};
 
+/// qemu-io output without its timing lines (`64 KiB, 1 ops; 00.00 sec (...)`), which differ
+/// from run to run.
+pub fn without_timing(s: &str) -> String {
+    s.lines()
+        .filter(|l| !l.contains(" ops; "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A scratch directory, removed on drop; commands run inside it with relative names.
 pub struct Dir(pub PathBuf);
 
