@@ -12,6 +12,7 @@ mod crash_point;
 mod faults;
 mod image;
 mod io;
+mod lex;
 pub mod model;
 pub mod parse;
 mod pivot;
