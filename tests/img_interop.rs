@@ -684,6 +684,38 @@ fn convert_round_trips_and_checks_clean() {
     d.ok("qemu-img", &["compare", "top.qcow2", "ov.qcow2"]);
     let info = d.info_json("qemu-img", "ov.qcow2");
     assert_eq!(info["backing-filename"], "q.qcow2");
+    // `-o backing_file` is `-B`: only the top layer is copied (it copied the backing's too).
+    d.blk(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-o",
+        "backing_file=q.qcow2,backing_fmt=qcow2",
+        "top.qcow2",
+        "ov-o.qcow2",
+    ]);
+    let map = |img| d.ok("qemu-img", &["map", "--output=json", img]);
+    assert_eq!(map("ov-o.qcow2"), map("ov.qcow2"));
+    // A backing file needs its format named, as qemu-img 10 requires.
+    let o = d.run(
+        BLK,
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-B",
+            "q.qcow2",
+            "top.qcow2",
+            "nf.qcow2",
+        ],
+    );
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (
+            1,
+            "blk: Use of backing file requires explicit backing format\n"
+        )
+    );
     // -n into an existing image with other contents.
     d.ok("qemu-img", &["create", "-q", "-f", "raw", "n.img", "8M"]);
     d.ok("qemu-io", &["-f", "raw", "-c", "write -P 8 0 8M", "n.img"]);

@@ -225,24 +225,16 @@ pub fn run(args: &[String]) -> i32 {
     if let Err(e) = check_format(&out_fmt) {
         return fail(e);
     }
-    if no_create && (spec.backing.is_some() || !spec.opts.is_empty()) {
-        return fail("-o and -B have no effect with -n (the target is not created)");
+    if no_create && !spec.opts.is_empty() {
+        return fail("-o has no effect when skipping image creation");
     }
     let tool = Tool::new();
     let result = tool.block_on(async {
         let src = tool.open(src_path, fmt.as_deref(), true, share).await?;
         if !no_create {
+            target_options_valid(&out_fmt, &mut spec)?;
             spec.fmt = out_fmt.clone();
             spec.size = Some(src.len());
-            if let Some(b) = &spec.backing
-                && spec.backing_fmt.is_none()
-            {
-                let path = match (b.starts_with('/'), dst_path.rfind('/')) {
-                    (false, Some(i)) => format!("{}{b}", &dst_path[..=i]),
-                    _ => b.clone(),
-                };
-                spec.backing_fmt = Some(tool.probe_format(&path).await?);
-            }
             create_image(&tool, dst_path, &spec)
                 .await
                 .map_err(|e| format!("{dst_path}: error while converting {out_fmt}: {e}"))?;
@@ -270,4 +262,38 @@ pub fn run(args: &[String]) -> i32 {
         Ok(()) => 0,
         Err(e) => fail(e),
     }
+}
+
+/// The checks qemu-img makes on the target's options before it creates anything (their messages
+/// carry no "error while converting" prefix).
+fn target_options_valid(out_fmt: &str, spec: &mut CreateSpec) -> Result<(), String> {
+    if let Some((k, _)) = spec
+        .opts
+        .iter()
+        .find(|(k, _)| !super::opt_help::accepts(out_fmt, k))
+    {
+        return Err(format!("Invalid parameter '{k}'"));
+    }
+    adopt_backing_options(spec);
+    if spec.backing.is_some() && out_fmt != "qcow2" {
+        return Err(format!(
+            "Backing file not supported for file format '{out_fmt}'"
+        ));
+    }
+    if spec.backing.is_some() && spec.backing_fmt.is_none() {
+        return Err("Use of backing file requires explicit backing format".into());
+    }
+    Ok(())
+}
+
+/// `-o backing_file=`/`backing_fmt=` name the target's backing file as `-B`/`-F` do, so the copy
+/// leaves what the backing file holds to it; `-B`/`-F` win over the option, as in qemu-img.
+fn adopt_backing_options(spec: &mut CreateSpec) {
+    let mut from_options = |key: &str| {
+        let at = spec.opts.iter().position(|(k, _)| k == key)?;
+        Some(spec.opts.remove(at).1)
+    };
+    let (file, fmt) = (from_options("backing_file"), from_options("backing_fmt"));
+    spec.backing = spec.backing.take().or(file);
+    spec.backing_fmt = spec.backing_fmt.take().or(fmt);
 }

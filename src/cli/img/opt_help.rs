@@ -111,6 +111,15 @@ const FILE: &[Opt] = &[
     SIZE,
 ];
 
+/// Whether format `fmt` (with its file protocol) takes the creation option `key`.
+pub fn accepts(fmt: &str, key: &str) -> bool {
+    let own: &[Opt] = match fmt {
+        "qcow2" => QCOW2,
+        _ => &[SIZE],
+    };
+    own.iter().chain(FILE).any(|o| o.0 == key)
+}
+
 /// Whether an `-o` string asks for the option list (an item `help` or `?`).
 pub fn wants_help(o: &str) -> bool {
     o.split(',').any(|i| i == "help" || i == "?")
