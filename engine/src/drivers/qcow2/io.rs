@@ -19,11 +19,14 @@ enum Plan {
     /// Write in place at `host`, `n` bytes.
     Rewrite { host: u64, n: u64 },
     /// New clusters at `host` for guest clusters from `gc`; `olds` are their old entries.
+    /// With `reuse`, `host` is the cluster a zero-flagged entry already owns (written whole,
+    /// zeroes around the data, and kept): nothing is allocated or freed.
     Alloc {
         gc: u64,
         host: u64,
         olds: Vec<u64>,
         n: u64,
+        reuse: bool,
     },
 }
 
@@ -211,6 +214,20 @@ impl Qcow2 {
                 n,
             });
         }
+        if let Kind::Zero { host: Some(host) } = self.kind_at(gc).await?
+            && entry & COPIED != 0
+        {
+            // A preallocated zero cluster is written in place, as QEMU does (no new cluster).
+            self.ensure_l2(gc).await?;
+            let n = remaining.min(cs - off % cs);
+            return Ok(Plan::Alloc {
+                gc,
+                host,
+                olds: vec![entry],
+                n,
+                reuse: true,
+            });
+        }
         let last = (off + remaining - 1) / cs;
         let max = (MAX_ALLOC_BYTES / cs).max(1);
         let mut olds = vec![entry];
@@ -232,7 +249,13 @@ impl Qcow2 {
         };
         olds.truncate(got as usize);
         let n = remaining.min(olds.len() as u64 * cs - off % cs);
-        Ok(Plan::Alloc { gc, host, olds, n })
+        Ok(Plan::Alloc {
+            gc,
+            host,
+            olds,
+            n,
+            reuse: false,
+        })
     }
 
     /// Write `data` at `off`; the caller holds the exclusive range lock.
@@ -255,9 +278,15 @@ impl Qcow2 {
                         .1?;
                     pos += n;
                 }
-                Plan::Alloc { gc, host, olds, n } => {
+                Plan::Alloc {
+                    gc,
+                    host,
+                    olds,
+                    n,
+                    reuse,
+                } => {
                     let chunk = &data[pos as usize..(pos + n) as usize];
-                    self.write_alloc(offset + pos, chunk, gc, host, &olds)
+                    self.write_alloc(offset + pos, chunk, gc, (host, reuse), &olds)
                         .await?;
                     pos += n;
                 }
@@ -273,7 +302,7 @@ impl Qcow2 {
         off: u64,
         data: &[u8],
         gc: u64,
-        host: u64,
+        (host, reuse): (u64, bool),
         olds: &[u64],
     ) -> Result<()> {
         let cs = self.cs();
@@ -314,7 +343,7 @@ impl Qcow2 {
         };
         let _g = self.meta.lock().await;
         if let Err(e) = written {
-            if !self.has_data_file() {
+            if !self.has_data_file() && !reuse {
                 self.free_unreferenced(host, k).await?;
             }
             return Err(e);
@@ -322,7 +351,9 @@ impl Qcow2 {
         for (i, old) in olds.iter().enumerate() {
             self.set_l2_entry(gc + i as u64, (host + i as u64 * cs) | COPIED)
                 .await?;
-            self.release(*old, self.runtime.pass_discard_other)?;
+            if !reuse {
+                self.release(*old, self.runtime.pass_discard_other)?;
+            }
         }
         Ok(())
     }
@@ -372,7 +403,9 @@ impl Qcow2 {
         len: u64,
         flags: ReqFlags,
     ) -> Result<()> {
-        if self.version < 3 {
+        // A v2 image has no zero flag: over a backing file the generic layer writes zeroes;
+        // without one, whole clusters are deallocated (they then read as zeroes), as QEMU does.
+        if self.version < 3 && self.backing().is_some() {
             return Err(Error::io(Errno::ENOTSUP));
         }
         if len == 0 {
@@ -412,17 +445,23 @@ impl Qcow2 {
                 if matches!(kind, Some(Kind::Zero { .. })) {
                     continue;
                 }
-                if kind == Some(Kind::Unallocated) && self.backing().is_none() && unmap {
+                // An unallocated cluster gets the zero flag too, backing file or not, as QEMU
+                // does (its map then shows the range as present zeroes).
+                let v3 = self.version >= 3;
+                let new = match kind {
+                    Some(Kind::Normal { host, copied: true }) if !unmap && v3 => {
+                        host | COPIED | ZERO
+                    }
+                    _ if v3 => ZERO,
+                    _ => 0,
+                };
+                if new == old {
                     continue;
                 }
-                let new = match kind {
-                    Some(Kind::Normal { host, copied: true }) if !unmap => host | COPIED | ZERO,
-                    _ => {
-                        self.release_reporting(old, self.runtime.pass_discard_request)
-                            .await?;
-                        ZERO
-                    }
-                };
+                if new & OFFSET_MASK == 0 {
+                    self.release_reporting(old, self.runtime.pass_discard_request)
+                        .await?;
+                }
                 self.set_l2_entry(gc, new).await?;
             }
         }
@@ -433,17 +472,22 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Zero part of one cluster (`[offset, offset+len)` must not cross a cluster boundary) by
-    /// writing zeroes, unless it already reads as zeroes.
+    /// Zero part of one cluster (`[offset, offset+len)` must not cross a cluster boundary):
+    /// a cluster that reads as zeroes throughout is left so, or (unallocated, without a
+    /// backing file) given the zero flag as QEMU does; any other is written zeroes.
     async fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
-        let kind = {
-            let _g = self.meta.lock().await;
-            self.kind_at(offset / self.cs()).await?
-        };
-        if self.reads_zero(kind) {
-            return Ok(());
+        let guard = self.meta.lock().await;
+        let gc = offset / self.cs();
+        let kind = self.kind_at(gc).await?;
+        if !self.reads_zero(kind) {
+            drop(guard);
+            return self.write_from(offset, &vec![0u8; len as usize]).await;
         }
-        self.write_from(offset, &vec![0u8; len as usize]).await
+        if kind == Kind::Unallocated && self.version >= 3 {
+            self.ensure_l2(gc).await?;
+            self.set_l2_entry(gc, ZERO).await?;
+        }
+        Ok(())
     }
 
     pub(crate) async fn do_discard(&self, offset: u64, len: u64) -> Result<()> {

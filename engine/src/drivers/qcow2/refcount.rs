@@ -188,6 +188,7 @@ impl Qcow2 {
     /// Allocate `n` contiguous host clusters (refcount 1 each); returns the host offset.
     pub(crate) async fn alloc_clusters(&self, n: u64) -> Result<u64> {
         self.file.debug_event(DebugEvent::ClusterAlloc).await;
+        self.settle_frees().await?;
         'search: loop {
             let mut first_free = None;
             let mut start = self.free_hint.get().max(1);
@@ -224,6 +225,7 @@ impl Qcow2 {
     /// a shorter run avoids fragmenting the file); returns (host offset, count).
     pub(crate) async fn alloc_some(&self, n: u64) -> Result<(u64, u64)> {
         self.file.debug_event(DebugEvent::ClusterAlloc).await;
+        self.settle_frees().await?;
         loop {
             let mut start = self.free_hint.get().max(1);
             while self.refcount(start).await? != 0 {
@@ -243,6 +245,17 @@ impl Qcow2 {
             self.free_hint.set(start + got);
             return Ok((start << self.cluster_bits, got));
         }
+    }
+
+    /// Make queued frees real before allocating. A free waits until the mapping change that
+    /// caused it is durable (so a crash never leaves an old L2 entry pointing at a reused
+    /// cluster); QEMU reuses a freed cluster at once. Writing the mappings back first (one flush,
+    /// only when frees are queued) keeps both: the same layout as QEMU's, and crash safety.
+    async fn settle_frees(&self) -> Result<()> {
+        if self.pending_free.borrow().is_empty() {
+            return Ok(());
+        }
+        Box::pin(self.flush_metadata()).await
     }
 
     fn check_space(&self, end_cluster: u64) -> Result<()> {
