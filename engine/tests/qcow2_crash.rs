@@ -19,7 +19,7 @@
 //!   `qemu-img compare` reads exactly what blk read.
 //!
 //! A failure names the workload, the seed, the layout and the crash point, which replay
-//! exactly. `BLK_CRASH_ONLY=<alloc|cow|discard|lazy>` runs one workload kind,
+//! exactly. `BLK_CRASH_ONLY=<alloc|cow|discard|lazy|empty>` runs one workload kind,
 //! `BLK_CRASH_SEED=n` explores other seeds.
 
 use crate::qcow2_support;
@@ -110,6 +110,7 @@ fn range(op: &GuestOp) -> (u64, u64) {
         | GuestOp::Discard { off, len }
         | GuestOp::Read { off, len } => (off, off + len),
         GuestOp::Flush => (0, 0),
+        GuestOp::MakeEmpty => (0, u64::MAX),
     }
 }
 
@@ -281,6 +282,21 @@ fn workloads() -> Vec<Workload> {
         layout: l,
         batches: generate(s(42), &l, lazy, 8, 3, 2),
     });
+    // (e) emptying the image (`qemu-img commit`), rebuilt from scratch while data and L2 tables
+    // are allocated, over a backing file and without one; written again and emptied again.
+    for (seed, backing) in [(s(51), Backing::Raw), (s(52), Backing::None)] {
+        let l = layout(4096, 16, backing);
+        let mut batches = generate(seed, &l, ALLOC, 4, 3, 2);
+        batches.push(vec![GuestOp::MakeEmpty]);
+        batches.extend(generate(seed + 100, &l, ALLOC, 3, 3, 2));
+        batches.push(vec![GuestOp::MakeEmpty]);
+        out.push(Workload {
+            name: "empty",
+            seed,
+            layout: l,
+            batches,
+        });
+    }
     out
 }
 
@@ -550,6 +566,12 @@ fn run_kind(name: &str) {
             REPAIRED.with(|r| r.replace(0))
         );
     }
+}
+
+/// (e) emptying the image (issue 10 bug 10: commit leaves the top as QEMU does, rebuilt).
+#[test]
+fn crash_at_every_flush_make_empty() {
+    run_kind("empty");
 }
 
 /// (a) allocating writes.

@@ -254,7 +254,7 @@ impl CommitJob {
             return Ok((n, 0));
         }
         if st.mapping.is_zero() {
-            base.write_zeroes(offset, n, ReqFlags::NONE)
+            base.write_zeroes(offset, n, ReqFlags::MAY_UNMAP)
                 .await
                 .map_err(|e| (e, false))?;
         } else {

@@ -79,6 +79,9 @@ pub enum GuestOp {
     Read { off: u64, len: u64 },
     /// Flush.
     Flush,
+    /// Empty the image (what `qemu-img commit` does to the committed image): it then reads
+    /// as its backing file, or as zeroes.
+    MakeEmpty,
 }
 
 fn mix(mut z: u64) -> u64 {
@@ -225,6 +228,10 @@ pub async fn issue(bb: &BlockBackend, op: &GuestOp) -> OpResult {
                 .map_err(|e| e.to_string());
         }
         GuestOp::Flush => bb.flush().await,
+        GuestOp::MakeEmpty => match bb.root_node() {
+            Some(node) => engine::request::make_empty(&node).await,
+            None => return Err("no medium".into()),
+        },
     };
     r.map(|()| None).map_err(|e| e.to_string())
 }
@@ -310,6 +317,7 @@ impl Model {
                 }
                 Some((first, vec![0; (end - first) as usize]))
             }
+            GuestOp::MakeEmpty => Some((0, self.backing.clone())),
             GuestOp::Read { .. } | GuestOp::Flush => None,
         }
     }

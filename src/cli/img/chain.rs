@@ -59,12 +59,14 @@ pub(crate) async fn open_chain(
     layers: &[Layer],
     writable: &[bool],
     cache: (bool, bool),
+    unmap: bool,
 ) -> Result<Vec<Rc<Node>>, String> {
     let mut spec = Value::Null;
     for (i, l) in layers.iter().enumerate().rev() {
         let mut s = json!({
             "driver": l.format, "node-name": format!("chain{i}"),
             "read-only": !writable[i],
+            "discard": if unmap { "unmap" } else { "ignore" },
             "cache": {"direct": cache.0, "no-flush": cache.1},
             "file": {"driver": "file", "filename": l.path,
                      "cache": {"direct": cache.0, "no-flush": cache.1}},

@@ -66,7 +66,7 @@ pub fn run(args: &[String]) -> i32 {
             None => 1,
         };
         let writable: Vec<bool> = (0..layers.len()).map(|i| i == 0 || i == base_idx).collect();
-        let nodes = open_chain(&tool, &layers[..=base_idx], &writable, cache).await?;
+        let nodes = open_chain(&tool, &layers[..=base_idx], &writable, cache, true).await?;
         let (top, base) = (nodes[0].clone(), nodes[base_idx].clone());
         let opts = JobOptions {
             id: "blk-commit".into(),

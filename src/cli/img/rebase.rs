@@ -93,7 +93,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         if unsafe_mode {
             // Only the header: open the image without its backing chain.
-            let top = open_chain(&tool, &layers, &[true], cache).await?;
+            let top = open_chain(&tool, &layers, &[true], cache, false).await?;
             return engine::request::change_backing_file(
                 &top[0],
                 new_name.as_deref(),
@@ -109,7 +109,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         let mut writable = vec![false; layers.len()];
         writable[0] = true;
-        let nodes = open_chain(&tool, &layers, &writable, cache).await?;
+        let nodes = open_chain(&tool, &layers, &writable, cache, false).await?;
         let new_backing = match &new_name {
             None => None,
             Some(name) => {

@@ -499,15 +499,6 @@ impl Qcow2 {
         self.discard_clusters(offset, len, false).await
     }
 
-    /// Deallocate every cluster so the image reads entirely from its backing file (or as
-    /// zeroes): `qemu-img commit` emptying the committed image.
-    pub(crate) async fn do_make_empty(&self) -> Result<()> {
-        let len = self.size.get().next_multiple_of(self.cs());
-        self.discard_clusters(0, len, true).await?;
-        let _g = self.meta.lock().await;
-        self.flush_metadata().await
-    }
-
     /// The whole clusters `[first, last)` a discard of `[offset, offset + len)` may drop:
     /// partial clusters are left alone, except the last cluster of an image whose size is not
     /// cluster aligned when the discard runs to the end of the image (nothing else can be in
@@ -526,7 +517,7 @@ impl Qcow2 {
     /// Discard whole clusters. A plain discard of a v3 image leaves zero clusters where the
     /// cluster was allocated or a backing file lies below (neither the old data nor the
     /// backing's may show through); `full` deallocates outright.
-    async fn discard_clusters(&self, offset: u64, len: u64, full: bool) -> Result<()> {
+    pub(super) async fn discard_clusters(&self, offset: u64, len: u64, full: bool) -> Result<()> {
         let cs = self.cs();
         let (first, last) = self.discard_span(offset, len);
         if first >= last {

@@ -31,6 +31,7 @@ mod clean;
 mod cluster;
 mod compress;
 mod create;
+mod empty;
 mod format_ops;
 mod header;
 mod io;

@@ -49,7 +49,7 @@ pub(crate) fn rb_set(t: &mut [u8], order: u32, i: usize, v: u64) {
 
 impl Qcow2 {
     /// log2 of the refcount entries per block.
-    fn rb_bits(&self) -> u32 {
+    pub(super) fn rb_bits(&self) -> u32 {
         self.cluster_bits + 3 - self.refcount_order
     }
 
