@@ -41,7 +41,14 @@ pub struct GraphCtx {
     /// Image files whose backing chain is being opened right now, outermost first (see
     /// [`GraphCtx::enter_chain`]): a backing reference back into this list is a loop.
     opening_chain: RefCell<Vec<String>>,
+    /// Where diagnostics go (QEMU's `error_report` lines: "qcow2: Marking image as corrupt:
+    /// ..."), installed by the tool that prints them; without one they are dropped (the QMP
+    /// events carry the same facts).
+    reporter: RefCell<Option<Reporter>>,
 }
+
+/// Receives the engine's diagnostic lines.
+pub type Reporter = Rc<dyn Fn(&str)>;
 
 /// Keeps an image file on the list of chains being opened; leaves it when dropped.
 pub struct ChainEntry {
@@ -82,6 +89,7 @@ impl GraphCtx {
         Rc::new(GraphCtx {
             env,
             events: EventQueue::default(),
+            reporter: RefCell::new(None),
             debug: DebugSwitch::default(),
             debug_listeners: RefCell::new(Vec::new()),
             progress: Notify::new(),
@@ -119,6 +127,19 @@ impl GraphCtx {
             name,
             data,
         });
+    }
+
+    /// Install (or remove) the receiver of diagnostic lines.
+    pub fn set_reporter(&self, reporter: Option<Reporter>) {
+        *self.reporter.borrow_mut() = reporter;
+    }
+
+    /// A diagnostic line for the user of the tool (see `reporter`).
+    pub fn report(&self, line: &str) {
+        let reporter = self.reporter.borrow().clone();
+        if let Some(r) = reporter {
+            r(line);
+        }
     }
 
     /// A fresh id for a node or an edge.

@@ -100,6 +100,12 @@ fn errstr(e: &Error) -> String {
 impl Session {
     /// A session with no image open.
     pub fn new(engine: Rc<Engine>, out: Rc<dyn Sink>, cfg: SessionConfig) -> Session {
+        // The engine's diagnostics ("qcow2: Marking image as corrupt: ...") go to stderr, as
+        // qemu-io prints them.
+        let sink = out.clone();
+        engine.graph().set_reporter(Some(Rc::new(move |line: &str| {
+            sink.line(OutLine::err(line))
+        })));
         Session {
             engine,
             dev: None,

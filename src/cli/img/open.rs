@@ -69,6 +69,10 @@ impl Tool {
     pub fn new() -> Tool {
         let env = RealEnv::new();
         let engine = Rc::new(Engine::new(env.clone()));
+        // The engine's diagnostics go to stderr unprefixed, as qemu-img prints them.
+        engine
+            .graph()
+            .set_reporter(Some(Rc::new(|line: &str| eprintln!("{line}"))));
         let args = super::open_args::pending();
         let tool = Tool {
             env,

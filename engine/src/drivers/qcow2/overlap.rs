@@ -158,6 +158,8 @@ impl Qcow2 {
                 data["size"] = json!(s);
             }
             node.ctx().emit("BLOCK_IMAGE_CORRUPTED", data);
+            // QEMU prints the line on stderr as it signals the event.
+            node.ctx().report(&full);
         }
         if fatal {
             self.mark_corrupt().await;
