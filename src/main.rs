@@ -70,21 +70,36 @@ fn invoked_as(argv0: &str) -> &'static str {
     }
 }
 
+/// Stack of the thread the program runs on. A backing chain is opened, read and dropped one
+/// nested call per image, up to `engine::graph::MAX_CHAIN_DEPTH` images; the main thread's
+/// 8 MiB does not hold that many in a debug build. Only the pages used are ever committed.
+const STACK_BYTES: usize = 1 << 30;
+
 fn main() {
+    let program = std::thread::Builder::new()
+        .name("blk".into())
+        .stack_size(STACK_BYTES)
+        .spawn(run_program)
+        .expect("spawning the program thread");
+    std::process::exit(program.join().unwrap_or(101))
+}
+
+/// The whole program; its exit status.
+fn run_program() -> i32 {
     cli::stdout::exit_quietly_on_closed_stdout();
     let args: Vec<String> = std::env::args().collect();
     let name = invoked_as(args.first().map(String::as_str).unwrap_or("blk"));
     prog::set(name);
     if name == "qemu-io" {
-        std::process::exit(cli::io::run_io(&args[1..]));
+        return cli::io::run_io(&args[1..]);
     }
     let Some(cmd) = args.get(1) else {
         prog::error(format_args!(
             "Not enough arguments\nTry '{name} --help' for more info"
         ));
-        std::process::exit(1)
+        return 1;
     };
-    std::process::exit(run_command(cmd, &args[2..]))
+    run_command(cmd, &args[2..])
 }
 
 /// `blk CMD ARGS...` (and `qemu-img CMD ARGS...` through a link).

@@ -841,3 +841,48 @@ fn backing_loops_are_refused_by_every_command() {
         .collect();
     assert!(before == after, "a refused command changed an image");
 }
+
+/// Issue 10 bug 2: a chain of 1,000 images opens, reads and maps (every walk nests one call
+/// per image: the program thread's stack is sized for `MAX_CHAIN_DEPTH` images; QEMU's own
+/// qemu-io overflows its stack on this chain). The images are made from one qemu-img template
+/// with fixed-width names, so only the backing file name differs.
+#[test]
+fn a_chain_of_1000_images_opens_reads_and_maps() {
+    if !have_qemu("deep chain test") {
+        return;
+    }
+    let d = Dir::new("deep-chain");
+    let name = |k: usize| format!("i{k:04}.qcow2");
+    d.ok("qemu-img", &["create", "-q", "-f", "qcow2", &name(0), "1M"]);
+    d.ok("qemu-io", &["-c", "write -P 7 0 64k", &name(0)]);
+    let template_args = ["create", "-q", "-f", "qcow2", "-u", "-b"];
+    let mut args: Vec<&str> = template_args.to_vec();
+    let base = name(0);
+    args.extend([base.as_str(), "-F", "qcow2", "t.qcow2", "1M"]);
+    d.ok("qemu-img", &args);
+    let template = std::fs::read(d.0.join("t.qcow2")).unwrap();
+    let at = template
+        .windows(base.len())
+        .position(|w| w == base.as_bytes())
+        .unwrap();
+    for k in 1..1000 {
+        let mut img = template.clone();
+        img[at..at + base.len()].copy_from_slice(name(k - 1).as_bytes());
+        std::fs::write(d.0.join(name(k)), img).unwrap();
+    }
+    let top = name(999);
+    d.ok("qemu-io", &["-c", "write -P 9 64k 64k", &top]);
+    let out = d.blk(&[
+        "io",
+        "-c",
+        "read -P 7 0 4k",
+        "-c",
+        "read -P 9 64k 4k",
+        "-c",
+        "read -P 0 128k 4k",
+        &top,
+    ]);
+    assert_eq!(out.matches("read 4096/4096").count(), 3, "{out}");
+    let map = d.blk(&["map", "--output=json", &top]);
+    assert!(map.contains("\"depth\": 999"), "{map}");
+}

@@ -90,6 +90,9 @@ impl Event {
     }
 }
 
+/// Most events queued for a reader before the oldest are dropped.
+pub const MAX_QUEUED_EVENTS: usize = 100_000;
+
 /// The ordered queue of emitted QMP events.
 #[derive(Default)]
 pub struct EventQueue {
@@ -100,7 +103,14 @@ pub struct EventQueue {
 impl EventQueue {
     /// Append an event.
     pub fn push(&self, event: Event) {
-        self.queue.borrow_mut().push_back(event);
+        let mut q = self.queue.borrow_mut();
+        q.push_back(event);
+        // Nobody may be reading (a tool that never asks for events): the oldest go, as a
+        // monitor without a client keeps only so much.
+        if q.len() > MAX_QUEUED_EVENTS {
+            q.pop_front();
+        }
+        drop(q);
         self.arrived.notify_all();
     }
 
@@ -247,5 +257,21 @@ mod tests {
         for ev in DebugEvent::ALL {
             assert_eq!(DebugEvent::from_name(ev.name()), Some(*ev));
         }
+    }
+
+    /// Issue 10 bug 11: nobody reading must not mean unbounded growth.
+    #[test]
+    fn an_unread_event_queue_keeps_the_newest_events_only() {
+        let q = EventQueue::default();
+        for i in 0..MAX_QUEUED_EVENTS + 5 {
+            q.push(Event {
+                time_ns: i as u64,
+                name: "JOB_STATUS_CHANGE",
+                data: serde_json::Value::Null,
+            });
+        }
+        let events = q.drain();
+        assert_eq!(events.len(), MAX_QUEUED_EVENTS);
+        assert_eq!(events[0].time_ns, 5);
     }
 }

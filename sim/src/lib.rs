@@ -62,7 +62,7 @@ pub use executor::{MAIN_TASK, TaskId};
 pub use export::View;
 pub use fault::{FaultId, FaultKind, FaultSpec, FaultState, OpKind, Trigger};
 pub use rng::Stream;
-pub use vdisk::{CrashAt, CrashReport, DiskCounts, SimFs};
+pub use vdisk::{CrashAt, CrashReport, DiskCounts, SimFs, VOLATILE_CACHE_BYTES};
 
 use clock::Clock;
 use env::Shared;

@@ -50,6 +50,11 @@ pub struct GraphCtx {
 /// Receives the engine's diagnostic lines.
 pub type Reporter = Rc<dyn Fn(&str)>;
 
+/// Deepest backing chain a graph opens. Opening, reading and dropping a chain nest one call
+/// per image, so the depth must have a bound the stack is sized for (the CLI's engine thread
+/// has room for this many in a debug build); QEMU's own chains are far shorter in practice.
+pub const MAX_CHAIN_DEPTH: usize = 4096;
+
 /// Keeps an image file on the list of chains being opened; leaves it when dropped.
 pub struct ChainEntry {
     ctx: Rc<GraphCtx>,
@@ -109,6 +114,11 @@ impl GraphCtx {
         if self.opening_chain.borrow().contains(&path) {
             return Err(Error::generic(format!(
                 "Backing file '{path}' creates an infinite loop."
+            )));
+        }
+        if self.opening_chain.borrow().len() >= MAX_CHAIN_DEPTH {
+            return Err(Error::generic(format!(
+                "Backing chain of more than {MAX_CHAIN_DEPTH} images below '{path}' refused"
             )));
         }
         self.opening_chain.borrow_mut().push(path);

@@ -319,6 +319,9 @@ fn new_engine(env: &Rc<dyn Env>, recorder: &Rc<DebugRecorder>) -> Rc<Engine> {
     engine
 }
 
+/// Most events a run keeps for later `wait event` / `expect event` steps.
+const MAX_PENDING_EVENTS: usize = 10_000;
+
 impl World<'_> {
     pub(super) fn note(&self, text: &str) {
         self.transcript.borrow_mut().line(self.env.now_ns(), text);
@@ -330,6 +333,11 @@ impl World<'_> {
                 .borrow_mut()
                 .line(ev.time_ns, &format!("event {} {}", ev.name, ev.data));
             self.pending.push_back(ev);
+            if self.pending.len() > MAX_PENDING_EVENTS {
+                // Never waited for nor expected: the oldest go (a long run with a workload
+                // emits without end).
+                self.pending.pop_front();
+            }
         }
     }
 

@@ -61,7 +61,7 @@ impl VFile {
     ) {
         let mut store = self.durable.clone();
         let mut len = self.durable_len;
-        let cache: Vec<CacheEntry> = std::mem::take(&mut self.cache);
+        let cache: Vec<CacheEntry> = self.take_cache();
         for e in &cache {
             if e.fua || clean {
                 apply(&mut store, &mut len, &e.op, None);

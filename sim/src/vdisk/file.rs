@@ -134,6 +134,19 @@ pub(crate) fn sectors_in(start: u64, end: u64) -> u64 {
     (end - 1) / SECTOR - start / SECTOR + 1
 }
 
+/// A drive's volatile write cache is finite: past this many cached bytes it writes its oldest
+/// entries back on its own (they become durable, as a real drive destages), so a file that is
+/// never flushed (a mirror target in the ready phase) does not keep every write of the run.
+pub const VOLATILE_CACHE_BYTES: u64 = 64 << 20;
+
+/// Bytes an entry holds (whole-entry ops count as one sector).
+fn entry_bytes(op: &CacheOp) -> u64 {
+    match op {
+        CacheOp::Write { data, .. } => data.len() as u64,
+        _ => SECTOR,
+    }
+}
+
 /// One virtual file.
 pub(crate) struct VFile {
     pub(crate) id: u64,
@@ -142,6 +155,8 @@ pub(crate) struct VFile {
     pub(crate) current: PageStore,
     pub(crate) len: u64,
     pub(crate) cache: Vec<CacheEntry>,
+    /// Bytes held by `cache` (see `VOLATILE_CACHE_BYTES`).
+    cached_bytes: u64,
     pub(crate) next_seq: u64,
     pub(crate) bad: BTreeSet<u64>,
 }
@@ -155,6 +170,7 @@ impl VFile {
             current: PageStore::default(),
             len: 0,
             cache: Vec::new(),
+            cached_bytes: 0,
             next_seq: 1,
             bad: BTreeSet::new(),
         }
@@ -170,7 +186,29 @@ impl VFile {
         apply(&mut self.current, &mut self.len, &op, None);
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.cached_bytes += entry_bytes(&op);
         self.cache.push(CacheEntry { seq, fua, op });
+        if self.cached_bytes > VOLATILE_CACHE_BYTES {
+            self.destage();
+        }
+    }
+
+    /// Write back the oldest entries until the cache holds half its capacity.
+    fn destage(&mut self) {
+        let mut n = 0;
+        while self.cached_bytes > VOLATILE_CACHE_BYTES / 2 && n < self.cache.len() {
+            self.cached_bytes -= entry_bytes(&self.cache[n].op);
+            n += 1;
+        }
+        for e in self.cache.drain(..n) {
+            apply(&mut self.durable, &mut self.durable_len, &e.op, None);
+        }
+    }
+
+    /// Take every cached entry (a power loss resolves them).
+    pub(crate) fn take_cache(&mut self) -> Vec<CacheEntry> {
+        self.cached_bytes = 0;
+        std::mem::take(&mut self.cache)
     }
 
     /// The flush mark: a flush submitted now covers entries with `seq < mark`.
@@ -182,6 +220,7 @@ impl VFile {
     pub(crate) fn flush(&mut self, mark: u64) {
         let n = self.cache.iter().take_while(|e| e.seq < mark).count();
         for e in self.cache.drain(..n) {
+            self.cached_bytes -= entry_bytes(&e.op);
             apply(&mut self.durable, &mut self.durable_len, &e.op, None);
         }
     }
@@ -191,6 +230,7 @@ impl VFile {
     pub(crate) fn drop_dirty(&mut self, mark: u64) {
         let n = self.cache.iter().take_while(|e| e.seq < mark).count();
         for e in self.cache.drain(..n) {
+            self.cached_bytes -= entry_bytes(&e.op);
             if e.fua {
                 apply(&mut self.durable, &mut self.durable_len, &e.op, None);
             }
@@ -247,6 +287,11 @@ impl VFile {
                 self.bad.remove(&s);
             }
         }
+    }
+
+    /// Bytes held by the cache.
+    pub(crate) fn cached_bytes(&self) -> u64 {
+        self.cached_bytes
     }
 
     /// Number of unflushed entries.

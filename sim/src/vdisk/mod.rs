@@ -12,6 +12,7 @@
 
 mod crash;
 mod file;
+pub use file::VOLATILE_CACHE_BYTES;
 mod handle;
 mod ops;
 mod pages;
@@ -172,6 +173,11 @@ impl SimFs {
         let mut out = vec![0; usize::try_from(len).expect("file fits in memory")];
         store.read(0, &mut out);
         Ok(out)
+    }
+
+    /// Bytes of `path` written and not yet durable (its share of the volatile write cache).
+    pub fn unflushed_bytes(&self, path: &str) -> Result<u64> {
+        Ok(self.file(path)?.borrow().cached_bytes())
     }
 
     /// The current length of `path`.
