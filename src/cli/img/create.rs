@@ -282,6 +282,7 @@ async fn write_image(
     o: &CreateOptions,
     prealloc: Prealloc,
 ) -> engine::Result<()> {
+    tool.check_unlocked(path).map_err(engine::Error::generic)?;
     let existed = tool.env.fs().exists(path);
     let r = write_new_image(tool, path, qcow2, o, prealloc).await;
     if r.is_err() && !existed {

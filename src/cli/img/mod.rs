@@ -1,4 +1,4 @@
-//! The qemu-img style image tools: `blk create|info|map|compare|convert|resize|commit|rebase`.
+//! The qemu-img style image tools: `blk create|info|map|compare|convert|dd|resize|commit|rebase`.
 //!
 //! Each subcommand lives in its own file and takes qemu-img's flags, prints qemu-img's
 //! messages (prefixed `qemu-img:` like `blk io` prefixes `qemu-io:`) and uses its exit codes.
@@ -11,9 +11,11 @@ mod commit;
 mod compare;
 mod convert;
 mod create;
+mod dd;
 mod human;
 mod info;
 mod map;
+mod number;
 mod open;
 mod open_args;
 mod opt_help;
@@ -31,6 +33,7 @@ pub fn run(cmd: &str, args: &[String]) -> i32 {
         "map" => map::run(args),
         "compare" => compare::run(args),
         "convert" => convert::run(args),
+        "dd" => dd::run(args),
         "resize" => resize::run(args),
         "commit" => commit::run(args),
         "rebase" => rebase::run(args),

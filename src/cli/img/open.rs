@@ -25,6 +25,9 @@ pub(crate) struct Tool {
     pub image_opts: Cell<bool>,
     /// The first `--object` that could not be created: every `open` fails with it.
     object_error: RefCell<Option<String>>,
+    /// Files (device, inode) under the images opened without `-U`: what QEMU would hold
+    /// file locks on, so a create over one of them is refused (see `check_unlocked`).
+    held: RefCell<Vec<(u64, u64)>>,
 }
 
 /// An open image: its BlockBackend and top node.
@@ -76,6 +79,7 @@ impl Tool {
             next: Cell::new(0),
             image_opts: Cell::new(args.image_opts),
             object_error: RefCell::new(None),
+            held: RefCell::new(Vec::new()),
         };
         // Validated already by `split_or_fail`; kept as the first `open`'s error should the
         // second creation fail (a secret file changed in between).
@@ -155,6 +159,11 @@ impl Tool {
             .engine
             .device_add(&format!("dev{n}"), node.name(), bo)
             .map_err(|e| format!("Could not open '{path}': {e}"))?;
+        if !force_share {
+            self.held
+                .borrow_mut()
+                .extend(files_under(&node).iter().filter_map(|f| file_id(f)));
+        }
         Ok(Image {
             bb,
             node,
@@ -163,12 +172,42 @@ impl Tool {
         })
     }
 
+    /// Refuse to create (truncate) `path` while an image of this command, opened without
+    /// `-U`, uses that file: QEMU's file locks refuse it with this message, and without the
+    /// check the command would destroy its own input (`dd if=a of=a`, `convert a a`).
+    pub fn check_unlocked(&self, path: &str) -> Result<(), String> {
+        match file_id(path) {
+            Some(id) if self.held.borrow().contains(&id) => Err(format!(
+                "Failed to get \"write\" lock\nIs another process using the image [{path}]?"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Flush and close everything; the first flush error, if any.
     pub fn finish(self) -> Result<(), String> {
         let r = self.block_on(self.engine.shutdown());
         self.env.shutdown();
         r.map_err(|e| e.to_string())
     }
+}
+
+/// The host files under `node` (its `file` nodes, through every child and backing file).
+fn files_under(node: &Rc<Node>) -> Vec<String> {
+    let (mut files, mut todo) = (Vec::new(), vec![node.clone()]);
+    while let Some(n) = todo.pop() {
+        if n.driver_name() == "file" {
+            files.push(n.driver().filename());
+        }
+        todo.extend(n.children().iter().map(|e| e.child_node()));
+    }
+    files
+}
+
+/// A file's identity (device, inode), following symbolic links.
+fn file_id(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// qemu-img's image size parsing: a number with an optional k/M/G/T/P/E suffix.
