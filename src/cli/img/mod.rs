@@ -20,7 +20,8 @@ mod open;
 mod open_args;
 mod opt_help;
 
-pub(crate) use open_args::{add_objects, help_text as object_help};
+pub(crate) use open::{Tool, parse_src_cache};
+pub(crate) use open_args::{FORMAT_CONFLICT, add_objects, help_text as object_help};
 mod progress;
 mod rebase;
 mod resize;
@@ -60,6 +61,19 @@ pub(crate) fn split_or_fail(
     long: &[LongOpt],
     usage: &str,
 ) -> Result<Split, i32> {
+    split_or_fail_as(cmd, args, short, long, usage, 1)
+}
+
+/// `split_or_fail` for a command whose status for a bad `--object` is `object_status`
+/// (compare's errors are 2, its usage errors 1).
+pub(crate) fn split_or_fail_as(
+    cmd: &str,
+    args: &[String],
+    short: &str,
+    long: &[LongOpt],
+    usage: &str,
+    object_status: i32,
+) -> Result<Split, i32> {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!("{usage}");
         return Err(0);
@@ -68,7 +82,7 @@ pub(crate) fn split_or_fail(
     all.extend([open_args::OBJECT, open_args::IMAGE_OPTS]);
     let (mut opts, operands) =
         split(args, short, &all).map_err(|msg| crate::cli::prog::getopt_error(cmd, msg))?;
-    open_args::take(&mut opts)?;
+    open_args::take(&mut opts).map_err(|c| if c == 0 { 0 } else { object_status })?;
     Ok((opts, operands))
 }
 

@@ -9,7 +9,7 @@ use engine::backend::{BackendOptions, BlockBackend};
 use engine::env::real::RealEnv;
 use engine::filename::image_options;
 use engine::graph::{Child, Node};
-use engine::qemu_io::OpenSpec;
+use engine::qemu_io::{CacheMode, OpenSpec};
 use engine::types::Perms;
 
 /// Formats the image tools read and write.
@@ -23,6 +23,8 @@ pub(crate) struct Tool {
     /// `--image-opts`: `open` reads names as option strings (convert clears it before opening
     /// its target).
     pub image_opts: Cell<bool>,
+    /// The cache mode `open` gives images (`-t`/`-T`; qemu-img's default is writeback).
+    pub cache: Cell<CacheMode>,
     /// The first `--object` that could not be created: every `open` fails with it.
     object_error: RefCell<Option<String>>,
     /// Files (device, inode) under the images opened without `-U`: what QEMU would hold
@@ -59,6 +61,17 @@ pub(crate) fn os_error(e: &std::io::Error) -> String {
     }
 }
 
+/// `-t CACHE`: QEMU's cache mode names (none or off, writeback, writethrough, directsync,
+/// unsafe), or qemu-img's refusal.
+pub(crate) fn parse_cache(mode: &str) -> Result<CacheMode, String> {
+    CacheMode::parse(mode)
+}
+
+/// `-T SRC_CACHE`: the same names, with qemu-img's refusal for the source cache.
+pub(crate) fn parse_src_cache(mode: &str) -> Result<CacheMode, String> {
+    CacheMode::parse(mode).map_err(|_| format!("Invalid source cache option: {mode}"))
+}
+
 /// qemu-img's message for a `-f`/`-O` value blk does not know.
 pub(crate) fn check_format(fmt: &str) -> Result<(), String> {
     if FORMATS.contains(&fmt) {
@@ -78,6 +91,7 @@ impl Tool {
             engine,
             next: Cell::new(0),
             image_opts: Cell::new(args.image_opts),
+            cache: Cell::new(CacheMode::Writeback),
             object_error: RefCell::new(None),
             held: RefCell::new(Vec::new()),
         };
@@ -135,6 +149,7 @@ impl Tool {
             image_opts,
             read_only,
             force_share: force_share && read_only,
+            cache: self.cache.get(),
             node_name: format!("img{n}"),
             ..OpenSpec::default()
         };

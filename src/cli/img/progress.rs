@@ -1,5 +1,9 @@
 //! qemu-img's progress line (`-p`): "    (12.34/100%)" rewritten in place with a carriage
 //! return, ended with a newline after 100%. Like qemu-img it prints on stdout.
+//!
+//! Two feeds: `Progress` takes the position reached (convert, commit, rebase); `Steps` adds
+//! each chunk's share as qemu-img's compare does, in single-precision floats and with its
+//! minimum step between prints, so the same lines come out.
 
 use std::io::Write;
 
@@ -38,14 +42,7 @@ impl Progress {
             return;
         }
         self.last = Some(hundredths);
-        let mut out = std::io::stdout().lock();
-        let _ = write!(
-            out,
-            "    ({}.{:02}/100%)\r",
-            hundredths / 100,
-            hundredths % 100
-        );
-        let _ = out.flush();
+        print_line(&format!("{}.{:02}", hundredths / 100, hundredths % 100));
     }
 
     /// Show 100% and end the line.
@@ -53,6 +50,55 @@ impl Progress {
         self.update(self.total);
         if self.enabled {
             println!();
+        }
+    }
+}
+
+/// One progress line: `pct` is the percentage as printed.
+fn print_line(pct: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "    ({pct}/100%)\r");
+    let _ = out.flush();
+}
+
+/// Progress fed chunk by chunk: each chunk adds its share of `total`; a line is printed when
+/// the value moved more than `min_skip` points from the last one printed, and at 0 and 100.
+pub(crate) struct Steps {
+    enabled: bool,
+    total: u64,
+    current: f32,
+    last_print: f32,
+    min_skip: f32,
+}
+
+impl Steps {
+    /// Starts at 0% (printed).
+    pub fn new(enabled: bool, total: u64, min_skip: f32) -> Steps {
+        let mut s = Steps {
+            enabled,
+            total,
+            current: 0.0,
+            last_print: 0.0,
+            min_skip,
+        };
+        s.advance(0);
+        s
+    }
+
+    /// Account for `chunk` more bytes done.
+    pub fn advance(&mut self, chunk: u64) {
+        if !self.enabled {
+            return;
+        }
+        // The share in percent, then scaled back and forth by 100 as qemu-img does: the
+        // float rounding decides which lines are printed.
+        let delta = chunk as f32 / self.total.max(1) as f32 * 100.0;
+        self.current = (self.current + delta / 100.0 * 100.0).min(100.0);
+        let moved = self.current > self.last_print + self.min_skip
+            || self.current < self.last_print - self.min_skip;
+        if moved || self.current == 0.0 || self.current == 100.0 {
+            self.last_print = self.current;
+            print_line(&format!("{:.2}", self.current));
         }
     }
 }
