@@ -25,6 +25,7 @@ pub(crate) use open_args::{FORMAT_CONFLICT, add_objects, help_text as object_hel
 mod progress;
 mod rebase;
 mod resize;
+mod sparse;
 
 /// Entry point of `blk <cmd> ARGS...`; returns the exit status.
 pub fn run(cmd: &str, args: &[String]) -> i32 {
