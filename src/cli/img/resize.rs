@@ -1,12 +1,21 @@
-//! `blk resize [-f fmt] [--shrink] [-q] FILE [+|-]SIZE`: qemu-img resize, through the
-//! engine's truncate (the BlockBackend holds RESIZE). Shrinking needs `--shrink`.
+//! `blk resize [-f fmt] [--preallocation=MODE] [--shrink] [-q] FILE [+|-]SIZE`: qemu-img
+//! resize, through the engine's truncate (the BlockBackend holds RESIZE). Shrinking needs
+//! `--shrink`; preallocation (off, metadata for qcow2, falloc, full) only grows.
+
+use engine::driver::Prealloc;
 
 use super::open::{Tool, parse_img_size};
 use super::{fail, split_or_fail};
 
 const USAGE: &str = "\
-Usage: blk resize [-f fmt] [--shrink] [-q] filename [+ | -]size
-Change the virtual size of an image, as qemu-img resize does.";
+Usage: blk resize [-f fmt] [--preallocation=PREALLOC] [--shrink] [-q] filename [+ | -]size
+Change the virtual size of an image, as qemu-img resize does.
+
+  -f, --format FMT           image format (probed when omitted)
+  --preallocation=PREALLOC   off, metadata (qcow2), falloc or full: how the new part is allocated
+  --shrink                   allow making the image smaller (its tail is lost)
+  -q                         quiet
+  --image-opts, --object     as for every image command";
 
 /// Entry point of `blk resize`.
 pub fn run(args: &[String]) -> i32 {
@@ -14,6 +23,7 @@ pub fn run(args: &[String]) -> i32 {
         ("help", 'h', false),
         ("format", 'f', true),
         ("shrink", 'S', false),
+        ("preallocation", 'P', true),
     ];
     // A leading '-' in the size is not an option ("resize img -1G"), as in qemu-img.
     let (args, neg_size) = match args.last() {
@@ -29,10 +39,14 @@ pub fn run(args: &[String]) -> i32 {
         Err(code) => return code,
     };
     operands.extend(neg_size);
-    let (mut fmt, mut shrink, mut quiet) = (None, false, false);
+    let (mut fmt, mut shrink, mut quiet, mut prealloc) = (None, false, false, Prealloc::Off);
     for (c, v) in opts {
         match c {
             'f' => fmt = Some(v),
+            'P' => match Prealloc::parse(&v) {
+                Ok(p) => prealloc = p,
+                Err(_) => return fail(format!("Invalid preallocation mode '{v}'")),
+            },
             'S' => shrink = true,
             'q' => quiet = true,
             _ => unreachable!("option {c} is in the option table"),
@@ -66,6 +80,9 @@ pub fn run(args: &[String]) -> i32 {
         if new == 0 {
             return Err("New image size must be positive".to_string());
         }
+        if new <= cur && prealloc != Prealloc::Off {
+            return Err("Preallocation can only be used for growing images".to_string());
+        }
         if new < cur && !shrink {
             return Err(format!(
                 "Use the --shrink option to perform a shrink operation.\n{}: warning: Shrinking \
@@ -77,7 +94,10 @@ pub fn run(args: &[String]) -> i32 {
         if img.format == "qcow2" && !new.is_multiple_of(512) {
             return Err("The new size must be a multiple of 512".to_string());
         }
-        img.bb.truncate(new).await.map_err(|e| e.to_string())
+        img.root()
+            .truncate(new, true, prealloc)
+            .await
+            .map_err(|e| e.to_string())
     });
     let fin = tool.finish();
     match result.and(fin) {
