@@ -1,5 +1,5 @@
-//! `blk rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b BACKING [-F fmt] FILE`:
-//! qemu-img rebase. `-b ''` means no backing file.
+//! `blk rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] [-U] -b BACKING [-F fmt] FILE`:
+//! qemu-img rebase (`-U`: the backing files are opened in shared mode). `-b ''` means no backing file.
 //!
 //! Safe mode (the default) runs the rebase job: every range the image does not allocate itself
 //! and whose content differs between the old chain and the new backing file is copied into the
@@ -10,22 +10,28 @@ use engine::job::{JobOptions, rebase};
 use engine::types::OnError;
 use serde_json::json;
 
-use super::chain::{cache_mode, discover, finish_job, open_chain};
-use super::open::{Tool, check_format};
+use super::chain::{discover, finish_job, open_chain};
+use super::open::{Tool, check_format, parse_cache, parse_src_cache};
 use super::{fail, split_or_fail};
+use crate::cli::prog::usage_error;
 
 const USAGE: &str = "\
-Usage: blk rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
+Usage: blk rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] [-U] -b backing_file [-F backing_fmt] filename
 Change the backing file of an image, as qemu-img rebase does.";
 
 /// Entry point of `blk rebase`.
 pub fn run(args: &[String]) -> i32 {
-    let long = [("help", 'h', false), ("format", 'f', true)];
-    let (opts, operands) = match split_or_fail("rebase", args, "hf:F:b:upt:T:q", &long, USAGE) {
+    let long = [
+        ("help", 'h', false),
+        ("format", 'f', true),
+        ("force-share", 'U', false),
+    ];
+    let (opts, operands) = match split_or_fail("rebase", args, "hf:F:b:upt:T:qU", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,
     };
     let (mut fmt, mut bfmt, mut backing, mut unsafe_mode) = (None, None, None, false);
+    let mut share = false;
     let (mut progress, mut quiet, mut cache, mut src_cache) = (
         false,
         false,
@@ -42,15 +48,17 @@ pub fn run(args: &[String]) -> i32 {
             'q' => quiet = true,
             't' => cache = v,
             'T' => src_cache = v,
+            'U' => share = true,
             _ => unreachable!("option {c} is in the option table"),
         }
     }
     let [path] = operands.as_slice() else {
-        return fail("Expecting one image file name\nTry 'blk rebase --help' for more info");
+        return usage_error("rebase", "Expecting one image file name");
     };
     let Some(backing) = backing else {
-        return fail(
-            "Must specify backing file (-b) or use unsafe mode (-u)\nTry 'blk rebase --help' for more info",
+        return usage_error(
+            "rebase",
+            "Must specify backing file (-b) or use unsafe mode (-u)",
         );
     };
     if let Some(f) = &bfmt
@@ -58,7 +66,7 @@ pub fn run(args: &[String]) -> i32 {
     {
         return fail(format!("Invalid format name: '{f}'"));
     }
-    let cache = match cache_mode(&cache).and_then(|c| cache_mode(&src_cache).map(|_| c)) {
+    let cache = match parse_cache(&cache).and_then(|c| parse_src_cache(&src_cache).map(|_| c)) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -93,7 +101,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         if unsafe_mode {
             // Only the header: open the image without its backing chain.
-            let top = open_chain(&tool, &layers, &[true], cache).await?;
+            let top = open_chain(&tool, &layers, &[true], cache, share).await?;
             return engine::request::change_backing_file(
                 &top[0],
                 new_name.as_deref(),
@@ -109,7 +117,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         let mut writable = vec![false; layers.len()];
         writable[0] = true;
-        let nodes = open_chain(&tool, &layers, &writable, cache).await?;
+        let nodes = open_chain(&tool, &layers, &writable, cache, share).await?;
         let new_backing = match &new_name {
             None => None,
             Some(name) => {
@@ -128,6 +136,7 @@ pub fn run(args: &[String]) -> i32 {
                     .engine
                     .blockdev_add(json!({"driver": bfmt.clone().unwrap_or_default(),
                                          "node-name": "newbacking", "read-only": true,
+                                         "force-share": share,
                                          "file": {"driver": "file", "filename": full}}))
                     .await
                     .map_err(|e| format!("Could not open new backing file '{name}': {e}"))?;
