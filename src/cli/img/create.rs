@@ -77,7 +77,7 @@ fn parse_extent_hint(v: &str) -> Result<u64, String> {
     use super::number::{NumError, parse_size as parse_qemu_size};
     match parse_qemu_size(v) {
         Ok(n) => Ok(n),
-        Err(NumError::Range) => Err(format!(
+        Err(NumError::TooLarge) => Err(format!(
             "Value '{v}' is out of range for parameter 'extent_size_hint'"
         )),
         Err(NumError::Invalid) => Err(

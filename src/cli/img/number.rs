@@ -1,83 +1,15 @@
 //! Numbers on qemu-img's command line, parsed with the rules qemu-img applies (worked out by
 //! running qemu-img 10.0.2, see `tests/compat/qemu-img-dd.txt`): sizes with a unit suffix
-//! (`bs=`, `-S`) and C `strtoull` integers (`count=`, `skip=`), each checked against a range
-//! with qemu-img's two messages: "Invalid NAME specified: 'TEXT'." for text that is not a
-//! number, "Invalid NAME specified. Must be between MIN and MAX." for one out of range.
+//! (`bs=`, `-S`; QEMU's size parser, shared with qemu-io in `engine::qemu_io::num`) and C
+//! `strtoull` integers (`count=`, `skip=`), each checked against a range with qemu-img's two
+//! messages: "Invalid NAME specified: 'TEXT'." for text that is not a number, "Invalid NAME
+//! specified. Must be between MIN and MAX." for one out of range.
 
-/// Why a text is not an acceptable number.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum NumError {
-    /// Not a number at all.
-    Invalid,
-    /// A number, but negative or too large to represent.
-    Range,
-}
+pub(crate) use engine::qemu_io::num::{NumError, parse_qemu_size as parse_size};
 
 /// Leading white space as C's `isspace` sees it.
 fn skip_space(text: &str) -> &str {
     text.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r'])
-}
-
-/// A size: decimal digits with an optional fraction and one unit suffix (b, k, M, G, T, P, E,
-/// either case, powers of 1024), or a `0x` hexadecimal integer without fraction or suffix.
-/// Leading white space and `+` are allowed; a fraction of a byte is not. A plain negative
-/// integer is out of range; any other negative text is not a number.
-pub(crate) fn parse_size(text: &str) -> Result<u64, NumError> {
-    let t = skip_space(text);
-    if let Some(neg) = t.strip_prefix('-') {
-        let digits = !neg.is_empty() && neg.bytes().all(|b| b.is_ascii_digit());
-        return Err(if digits {
-            NumError::Range
-        } else {
-            NumError::Invalid
-        });
-    }
-    let t = t.strip_prefix('+').unwrap_or(t);
-    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(NumError::Invalid);
-        }
-        return u64::from_str_radix(hex, 16).map_err(|_| NumError::Range);
-    }
-    let int_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (int, rest) = t.split_at(int_end);
-    let (frac, rest) = match rest.strip_prefix('.') {
-        Some(r) => {
-            let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
-            r.split_at(end)
-        }
-        None => ("", rest),
-    };
-    if int.is_empty() && frac.is_empty() {
-        return Err(NumError::Invalid);
-    }
-    let shift = match rest {
-        "" | "b" | "B" => 0,
-        "k" | "K" => 10,
-        "m" | "M" => 20,
-        "g" | "G" => 30,
-        "t" | "T" => 40,
-        "p" | "P" => 50,
-        "e" | "E" => 60,
-        _ => return Err(NumError::Invalid),
-    };
-    let frac_zero = frac.bytes().all(|b| b == b'0');
-    if shift == 0 && !frac_zero {
-        return Err(NumError::Invalid);
-    }
-    let whole: u64 = if int.is_empty() {
-        0
-    } else {
-        int.parse().map_err(|_| NumError::Range)?
-    };
-    let mut v = whole.checked_mul(1 << shift).ok_or(NumError::Range)?;
-    if !frac_zero {
-        let f: f64 = format!("0.{frac}").parse().map_err(|_| NumError::Invalid)?;
-        v = v
-            .checked_add((f * (1u64 << shift) as f64) as u64)
-            .ok_or(NumError::Range)?;
-    }
-    Ok(v)
 }
 
 /// C's `strtoull` with base 0 over the whole text: leading white space, a sign, then `0x`
@@ -97,7 +29,7 @@ pub(crate) fn parse_c_u64(text: &str) -> Result<u64, NumError> {
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
         return Err(NumError::Invalid);
     }
-    let v = u64::from_str_radix(digits, radix).map_err(|_| NumError::Range)?;
+    let v = u64::from_str_radix(digits, radix).map_err(|_| NumError::TooLarge)?;
     Ok(if neg { v.wrapping_neg() } else { v })
 }
 
@@ -147,7 +79,7 @@ mod tests {
             assert_eq!(parse_size(t), Err(NumError::Invalid), "{t}");
         }
         for t in ["-1", " -0", "16E", "99999999999999999999"] {
-            assert_eq!(parse_size(t), Err(NumError::Range), "{t}");
+            assert_eq!(parse_size(t), Err(NumError::TooLarge), "{t}");
         }
     }
 
@@ -161,7 +93,7 @@ mod tests {
         for t in ["08", "0x", "5 ", "+ 5", "1k", "", "1.5"] {
             assert_eq!(parse_c_u64(t), Err(NumError::Invalid), "{t}");
         }
-        assert_eq!(parse_c_u64("18446744073709551616"), Err(NumError::Range));
+        assert_eq!(parse_c_u64("18446744073709551616"), Err(NumError::TooLarge));
     }
 
     #[test]
