@@ -80,12 +80,7 @@ fn parse_extent_hint(v: &str) -> Result<u64, String> {
         Err(NumError::TooLarge) => Err(format!(
             "Value '{v}' is out of range for parameter 'extent_size_hint'"
         )),
-        Err(NumError::Invalid) => Err(
-            "Parameter 'extent_size_hint' expects a non-negative number below 2^64\nOptional \
-             suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, \
-             respectively."
-                .into(),
-        ),
+        Err(NumError::Invalid) => Err(super::number::not_a_size("extent_size_hint")),
     }
 }
 

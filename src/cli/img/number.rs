@@ -33,6 +33,14 @@ pub(crate) fn parse_c_u64(text: &str) -> Result<u64, NumError> {
     Ok(if neg { v.wrapping_neg() } else { v })
 }
 
+/// QEMU's refusal of a size option `name` whose value is not a size.
+pub(crate) fn not_a_size(name: &str) -> String {
+    format!(
+        "Parameter '{name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, \
+         P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively."
+    )
+}
+
 /// Check a parsed number against `[min, max]`, with qemu-img's messages for `name`.
 pub(crate) fn in_range(
     name: &str,
