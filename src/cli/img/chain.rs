@@ -1,13 +1,12 @@
 //! What `blk commit` and `blk rebase` share: finding an image's backing chain (file names and
 //! formats, as the headers record them), reopening it with chosen nodes writable (backing files
-//! open read-only by default, and the jobs write into them), and running an
+//! open read-only by default, and the jobs write into them), `-t` cache modes, and running an
 //! internal job to its end with qemu-img's progress line.
 
 use std::rc::Rc;
 
 use engine::graph::Node;
 use engine::job::Job;
-use engine::qemu_io::CacheMode;
 use serde_json::{Value, json};
 
 use super::open::Tool;
@@ -18,6 +17,11 @@ use super::progress::Progress;
 pub(crate) struct Layer {
     pub path: String,
     pub format: String,
+}
+
+/// `-t`: (cache.direct, cache.no-flush) of QEMU's cache mode names, or qemu-img's error.
+pub(crate) fn cache_mode(mode: &str) -> Result<(bool, bool), String> {
+    super::open::parse_cache(mode).map(|c| (c.direct(), c.no_flush()))
 }
 
 /// The chain of `path` (opened as `fmt`, probed when `None`), top first.
@@ -44,24 +48,21 @@ pub(crate) async fn discover(
 }
 
 /// Open `layers` as one chain of named nodes `chain0` (top) .. `chainN`, explicitly, with
-/// `writable[i]` saying which may be written; `share` (-U) opens the read-only ones in shared
-/// mode. Returns the nodes, top first.
+/// `writable[i]` saying which may be written. Returns the nodes, top first.
 pub(crate) async fn open_chain(
     tool: &Tool,
     layers: &[Layer],
     writable: &[bool],
-    cache: CacheMode,
-    share: bool,
+    cache: (bool, bool),
 ) -> Result<Vec<Rc<Node>>, String> {
     let mut spec = Value::Null;
-    let cache = json!({"direct": cache.direct(), "no-flush": cache.no_flush()});
     for (i, l) in layers.iter().enumerate().rev() {
         let mut s = json!({
             "driver": l.format, "node-name": format!("chain{i}"),
             "read-only": !writable[i],
-            "force-share": share && !writable[i],
-            "cache": cache,
-            "file": {"driver": "file", "filename": l.path, "cache": cache},
+            "cache": {"direct": cache.0, "no-flush": cache.1},
+            "file": {"driver": "file", "filename": l.path,
+                     "cache": {"direct": cache.0, "no-flush": cache.1}},
         });
         if l.format == "qcow2" {
             s["backing"] = spec;

@@ -8,7 +8,7 @@
 use engine::job::{JobOptions, commit};
 use engine::types::OnError;
 
-use super::chain::{discover, find_in_chain, finish_job, open_chain};
+use super::chain::{cache_mode, discover, find_in_chain, finish_job, open_chain};
 use super::open::Tool;
 use super::{fail, split_or_fail};
 
@@ -47,7 +47,7 @@ pub fn run(args: &[String]) -> i32 {
     let [path] = operands.as_slice() else {
         return fail("Expecting one image file name\nTry 'blk commit --help' for more info");
     };
-    let cache = match super::open::parse_cache(&cache) {
+    let cache = match cache_mode(&cache) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -66,7 +66,7 @@ pub fn run(args: &[String]) -> i32 {
             None => 1,
         };
         let writable: Vec<bool> = (0..layers.len()).map(|i| i == 0 || i == base_idx).collect();
-        let nodes = open_chain(&tool, &layers[..=base_idx], &writable, cache, false).await?;
+        let nodes = open_chain(&tool, &layers[..=base_idx], &writable, cache).await?;
         let (top, base) = (nodes[0].clone(), nodes[base_idx].clone());
         let opts = JobOptions {
             id: "blk-commit".into(),

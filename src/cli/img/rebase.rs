@@ -1,5 +1,5 @@
 //! `blk rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] [-U] -b BACKING [-F fmt] FILE`:
-//! qemu-img rebase (`-U`: the backing files are opened in shared mode). `-b ''` means no backing file.
+//! qemu-img rebase. `-b ''` means no backing file.
 //!
 //! Safe mode (the default) runs the rebase job: every range the image does not allocate itself
 //! and whose content differs between the old chain and the new backing file is copied into the
@@ -10,8 +10,8 @@ use engine::job::{JobOptions, rebase};
 use engine::types::OnError;
 use serde_json::json;
 
-use super::chain::{discover, finish_job, open_chain};
-use super::open::{Tool, check_format, parse_cache, parse_src_cache};
+use super::chain::{cache_mode, discover, finish_job, open_chain};
+use super::open::{Tool, check_format, parse_src_cache};
 use super::{fail, split_or_fail};
 use crate::cli::prog::usage_error;
 
@@ -31,7 +31,6 @@ pub fn run(args: &[String]) -> i32 {
         Err(code) => return code,
     };
     let (mut fmt, mut bfmt, mut backing, mut unsafe_mode) = (None, None, None, false);
-    let mut share = false;
     let (mut progress, mut quiet, mut cache, mut src_cache) = (
         false,
         false,
@@ -48,7 +47,9 @@ pub fn run(args: &[String]) -> i32 {
             'q' => quiet = true,
             't' => cache = v,
             'T' => src_cache = v,
-            'U' => share = true,
+            // Shared mode for the backing files: blk takes no file locks, so there are none
+            // to skip; the images' permissions within the command are unchanged.
+            'U' => {}
             _ => unreachable!("option {c} is in the option table"),
         }
     }
@@ -66,7 +67,7 @@ pub fn run(args: &[String]) -> i32 {
     {
         return fail(format!("Invalid format name: '{f}'"));
     }
-    let cache = match parse_cache(&cache).and_then(|c| parse_src_cache(&src_cache).map(|_| c)) {
+    let cache = match cache_mode(&cache).and_then(|c| parse_src_cache(&src_cache).map(|_| c)) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -101,7 +102,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         if unsafe_mode {
             // Only the header: open the image without its backing chain.
-            let top = open_chain(&tool, &layers, &[true], cache, share).await?;
+            let top = open_chain(&tool, &layers, &[true], cache).await?;
             return engine::request::change_backing_file(
                 &top[0],
                 new_name.as_deref(),
@@ -117,7 +118,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         let mut writable = vec![false; layers.len()];
         writable[0] = true;
-        let nodes = open_chain(&tool, &layers, &writable, cache, share).await?;
+        let nodes = open_chain(&tool, &layers, &writable, cache).await?;
         let new_backing = match &new_name {
             None => None,
             Some(name) => {
@@ -136,7 +137,6 @@ pub fn run(args: &[String]) -> i32 {
                     .engine
                     .blockdev_add(json!({"driver": bfmt.clone().unwrap_or_default(),
                                          "node-name": "newbacking", "read-only": true,
-                                         "force-share": share,
                                          "file": {"driver": "file", "filename": full}}))
                     .await
                     .map_err(|e| format!("Could not open new backing file '{name}': {e}"))?;
