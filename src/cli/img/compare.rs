@@ -4,8 +4,9 @@
 //! Exit status 0 when the guest-visible contents are identical, 1 when they differ ("Content
 //! mismatch at offset N!", N the first differing 512-byte sector), 2 on errors. Images of
 //! different sizes compare their common part, then warn and check that the longer one's tail
-//! reads as zeroes, unless `-s` makes any size difference a mismatch. Ranges both images
-//! report as zero through their backing chains are skipped without reading. Messages go out
+//! reads as zeroes, unless `-s` makes any size difference a mismatch; `-s` also stops at the
+//! first range whose block status differs ("Strict mode: Offset N block status mismatch!").
+//! Ranges both images report as zero through their backing chains are skipped without reading. Messages go out
 //! as they arise, between the `-p` progress lines, in qemu-img's order.
 
 use engine::io::{IoBuf, Mapping};
@@ -48,17 +49,41 @@ async fn status(img: &Image, pos: u64, len: u64) -> Result<ChainStatus, String> 
         .map_err(|e| format!("error while reading image metadata of {}: {e}", img.path))
 }
 
-/// The first differing sector of `[0, end)`, or None.
+/// What `-s` compares of two ranges' block status, as qemu-img does: data, zero, a known host
+/// offset, allocation somewhere in the chain, and whether the range reaches the image's end.
+fn strict_flags(st: &ChainStatus, pos: u64, size: u64) -> (bool, bool, bool, bool, bool) {
+    let data = matches!(st.mapping, Mapping::Data { .. });
+    let eof = pos + st.len >= size;
+    (
+        data,
+        !data,
+        st.mapping.host().is_some(),
+        st.node.is_some(),
+        eof,
+    )
+}
+
+/// Where the two images first differ in `[0, end)`: a differing sector, or with `strict` the
+/// first range whose block status differs.
+enum Diff {
+    Content(u64),
+    Status(u64),
+}
+
+/// The first difference in `[0, end)`, or None.
 async fn compare_common(
     a: &Image,
     b: &Image,
-    end: u64,
+    (end, strict): (u64, bool),
     steps: &mut Steps,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<Diff>, String> {
     let mut pos = 0;
     while pos < end {
         let sa = status(a, pos, end - pos).await?;
         let sb = status(b, pos, end - pos).await?;
+        if strict && strict_flags(&sa, pos, a.len()) != strict_flags(&sb, pos, b.len()) {
+            return Ok(Some(Diff::Status(pos)));
+        }
         let mut n = sa.len.min(sb.len).min(end - pos).max(1);
         if !(reads_zero(&sa) && reads_zero(&sb)) {
             n = n.min(CHUNK);
@@ -69,7 +94,7 @@ async fn compare_common(
                 .zip(bb.as_slice())
                 .position(|(x, y)| x != y)
             {
-                return Ok(Some((pos + i as u64) / 512 * 512));
+                return Ok(Some(Diff::Content((pos + i as u64) / 512 * 512)));
             }
         }
         pos += n;
@@ -126,15 +151,21 @@ async fn compare(a: &Image, b: &Image, args: &Args) -> Result<i32, String> {
         say("Strict mode: Image size mismatch!");
         return Ok(1);
     }
-    let mut diff = compare_common(a, b, la.min(lb), &mut steps).await?;
+    let mut diff = compare_common(a, b, (la.min(lb), args.strict), &mut steps).await?;
     if diff.is_none() && la != lb {
         say("Warning: Image size mismatch!");
         let longer = if la > lb { a } else { b };
-        diff = check_zero(longer, la.min(lb), la.max(lb), &mut steps).await?;
+        diff = check_zero(longer, la.min(lb), la.max(lb), &mut steps)
+            .await?
+            .map(Diff::Content);
     }
     Ok(match diff {
-        Some(off) => {
+        Some(Diff::Content(off)) => {
             say(&format!("Content mismatch at offset {off}!"));
+            1
+        }
+        Some(Diff::Status(off)) => {
+            say(&format!("Strict mode: Offset {off} block status mismatch!"));
             1
         }
         None => {
