@@ -12,16 +12,18 @@
 //! `-W` keeps up to `-m` (default 8) chunks in flight at once, written out of order.
 //! `-c` is refused: blk's qcow2 driver does not write compressed clusters.
 
+use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::task::Poll;
 
+use engine::graph::Child;
 use engine::io::{IoBuf, Mapping, ReqFlags};
 use engine::qemu_io::CacheMode;
 
 use super::create::{CreateSpec, create_image, parse_o};
 use super::number::{in_range, parse_size};
 use super::open::{Image, Tool, check_format, parse_cache, parse_src_cache};
-use super::progress::Progress;
+use super::progress::Steps;
 use super::sparse::Sparse;
 use super::{fail, split_or_fail};
 
@@ -139,42 +141,68 @@ struct Plan {
     salvage: bool,
 }
 
+/// What to do with the range of SRC at `pos`: its length (at least 1) and the action.
+async fn classify(root: &Child, pos: u64, size: u64, plan: &Plan) -> Result<(u64, Action), String> {
+    let status_error = |e| format!("error while reading block status at offset {pos}: {e}");
+    let (len, action) = if plan.top_only {
+        let st = root
+            .block_status(pos, size - pos)
+            .await
+            .map_err(status_error)?;
+        let a = match st.mapping {
+            Mapping::Unallocated => Action::Skip,
+            Mapping::Zero { .. } => Action::Zero,
+            Mapping::Data { .. } => Action::Copy,
+        };
+        (st.len, a)
+    } else {
+        let st = root
+            .chain_status(pos, size - pos, None)
+            .await
+            .map_err(status_error)?;
+        let zero = st.node.is_none() || matches!(st.mapping, Mapping::Zero { .. });
+        let a = match (zero, plan.fresh) {
+            // -S 0: even what reads as zeroes is written out.
+            (true, true) if plan.sparse.min == 0 => Action::Copy,
+            (true, true) => Action::Skip,
+            (true, false) => Action::Zero,
+            (false, _) => Action::Copy,
+        };
+        (st.len, a)
+    };
+    Ok((len.min(size - pos).max(1), action))
+}
+
+/// The bytes the copy reads and writes as data: what qemu-img's progress counts (ranges
+/// written as zeroes or skipped do not count).
+async fn data_total(root: &Child, size: u64, plan: &Plan) -> Result<u64, String> {
+    let (mut pos, mut total) = (0, 0);
+    while pos < size {
+        let (len, action) = classify(root, pos, size, plan).await?;
+        if matches!(action, Action::Copy) {
+            total += len;
+        }
+        pos += len;
+    }
+    Ok(total)
+}
+
 async fn convert(src: &Image, dst: &Image, plan: &Plan) -> Result<(), String> {
     let size = src.len();
-    let mut progress = Progress::new(plan.progress, size);
     let root = src.root();
+    let total = match plan.progress {
+        true => data_total(&root, size, plan).await?,
+        false => 0,
+    };
+    // Shown as each data chunk lands, as qemu-img shows it.
+    let progress = RefCell::new(Steps::new(plan.progress, total, 1.0));
+    let copied = Cell::new(0);
+    let (progress, copied) = (&progress, &copied);
     let mut pos = 0;
     while pos < size {
         let mut jobs: Vec<Job<'_>> = Vec::new();
         while pos < size && jobs.len() < plan.in_flight {
-            let (len, action) = if plan.top_only {
-                let st = root.block_status(pos, size - pos).await.map_err(|e| {
-                    format!("error while reading block status at offset {pos}: {e}")
-                })?;
-                let a = match st.mapping {
-                    Mapping::Unallocated => Action::Skip,
-                    Mapping::Zero { .. } => Action::Zero,
-                    Mapping::Data { .. } => Action::Copy,
-                };
-                (st.len, a)
-            } else {
-                let st = root
-                    .chain_status(pos, size - pos, None)
-                    .await
-                    .map_err(|e| {
-                        format!("error while reading block status at offset {pos}: {e}")
-                    })?;
-                let zero = st.node.is_none() || matches!(st.mapping, Mapping::Zero { .. });
-                let a = match (zero, plan.fresh) {
-                    // -S 0: even what reads as zeroes is written out.
-                    (true, true) if plan.sparse.min == 0 => Action::Copy,
-                    (true, true) => Action::Skip,
-                    (true, false) => Action::Zero,
-                    (false, _) => Action::Copy,
-                };
-                (st.len, a)
-            };
-            let len = len.min(size - pos).max(1);
+            let (len, action) = classify(&root, pos, size, plan).await?;
             match action {
                 Action::Skip => {}
                 Action::Zero => {
@@ -191,7 +219,12 @@ async fn convert(src: &Image, dst: &Image, plan: &Plan) -> Result<(), String> {
                     while at < pos + len && jobs.len() < plan.in_flight {
                         let n = CHUNK.min(pos + len - at);
                         let sparse = (plan.fresh && !plan.top_only).then_some(plan.sparse);
-                        jobs.push(Box::pin(copy(src, dst, (at, n), sparse, plan.salvage)));
+                        jobs.push(Box::pin(async move {
+                            copy(src, dst, (at, n), sparse, plan.salvage).await?;
+                            copied.set(copied.get() + n);
+                            progress.borrow_mut().reach(copied.get());
+                            Ok(())
+                        }));
                         at += n;
                     }
                     pos = at;
@@ -201,13 +234,12 @@ async fn convert(src: &Image, dst: &Image, plan: &Plan) -> Result<(), String> {
             pos += len;
         }
         join_all(jobs).await?;
-        progress.update(pos);
     }
     dst.bb
         .flush()
         .await
         .map_err(|e| format!("error while flushing: {e}"))?;
-    progress.finish();
+    progress.borrow_mut().finish();
     Ok(())
 }
 

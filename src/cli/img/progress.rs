@@ -1,9 +1,10 @@
 //! qemu-img's progress line (`-p`): "    (12.34/100%)" rewritten in place with a carriage
 //! return, ended with a newline after 100%. Like qemu-img it prints on stdout.
 //!
-//! Two feeds: `Progress` takes the position reached (convert, commit, rebase); `Steps` adds
-//! each chunk's share as qemu-img's compare does, in single-precision floats and with its
-//! minimum step between prints, so the same lines come out.
+//! Two kinds: `Progress` takes the position reached (commit, rebase); `Steps` follows
+//! qemu-img's own arithmetic (single-precision percentages, a minimum step between prints, 0
+//! and 100 always printed), fed chunk by chunk as compare feeds it or with the bytes done as
+//! convert feeds it, so the same lines come out.
 
 use std::io::Write;
 
@@ -81,11 +82,13 @@ impl Steps {
             last_print: 0.0,
             min_skip,
         };
-        s.advance(0);
+        if enabled {
+            s.show(0.0);
+        }
         s
     }
 
-    /// Account for `chunk` more bytes done.
+    /// Account for `chunk` more bytes done (compare's feed).
     pub fn advance(&mut self, chunk: u64) {
         if !self.enabled {
             return;
@@ -93,12 +96,31 @@ impl Steps {
         // The share in percent, then scaled back and forth by 100 as qemu-img does: the
         // float rounding decides which lines are printed.
         let delta = chunk as f32 / self.total.max(1) as f32 * 100.0;
-        self.current = (self.current + delta / 100.0 * 100.0).min(100.0);
-        let moved = self.current > self.last_print + self.min_skip
-            || self.current < self.last_print - self.min_skip;
-        if moved || self.current == 0.0 || self.current == 100.0 {
-            self.last_print = self.current;
-            print_line(&format!("{:.2}", self.current));
+        self.show((self.current + delta / 100.0 * 100.0).min(100.0));
+    }
+
+    /// `done` bytes of `total` are done (convert's feed: computed in double precision).
+    pub fn reach(&mut self, done: u64) {
+        if self.enabled && self.total > 0 {
+            self.show((100.0 * done as f64 / self.total as f64).min(100.0) as f32);
+        }
+    }
+
+    /// Show 100% (again, if it was shown already: qemu-img convert does) and end the line.
+    pub fn finish(&mut self) {
+        if self.enabled {
+            self.show(100.0);
+            println!();
+        }
+    }
+
+    fn show(&mut self, current: f32) {
+        self.current = current;
+        let moved =
+            current > self.last_print + self.min_skip || current < self.last_print - self.min_skip;
+        if moved || current == 0.0 || current == 100.0 {
+            self.last_print = current;
+            print_line(&format!("{current:.2}"));
         }
     }
 }
