@@ -80,8 +80,8 @@ fn dd_help_lists_its_options() {
 }
 
 /// Regression: dd and convert created their output over a file the command had open as its
-/// input (directly, through a link, or as a backing file), destroying the input. qemu-img's
-/// file locks refuse that; blk refuses it with the same message.
+/// input (directly, through a link, or as a backing file), destroying the input, and convert
+/// -n wrote into it. qemu-img's file locks refuse that; blk refuses it with the same messages.
 #[test]
 fn dd_and_convert_refuse_to_overwrite_their_input() {
     let d = Dir::new("dd-self");
@@ -128,6 +128,19 @@ fn dd_and_convert_refuse_to_overwrite_their_input() {
             "{args:?}"
         );
     }
+    // Writing into it (-n: no create) is refused at open.
+    let out = d.run(
+        QEMU_IMG,
+        &["convert", "-n", "-O", "qcow2", "in.qcow2", "in.qcow2"],
+    );
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (
+            1,
+            "qemu-img: Could not open 'in.qcow2': Failed to get \"write\" lock\nIs another process \
+             using the image [in.qcow2]?\n"
+        )
+    );
     assert!(
         std::fs::read(d.0.join("in.qcow2")).unwrap() == before,
         "the input was changed"

@@ -136,6 +136,10 @@ impl Tool {
             check_format(f)
                 .map_err(|_| format!("Could not open '{path}': Unknown driver '{f}'"))?;
         }
+        if !read_only && !image_opts {
+            self.check_unlocked(path)
+                .map_err(|e| format!("Could not open '{path}': {e}"))?;
+        }
         let named = image_options(path, fmt, image_opts)
             .map_err(|e| format!("Could not open '{path}': {e}"))?;
         let n = self.next.get();
@@ -187,9 +191,9 @@ impl Tool {
         })
     }
 
-    /// Refuse to create (truncate) `path` while an image of this command, opened without
-    /// `-U`, uses that file: QEMU's file locks refuse it with this message, and without the
-    /// check the command would destroy its own input (`dd if=a of=a`, `convert a a`).
+    /// Refuse to create (truncate) or write `path` while an image of this command, opened
+    /// without `-U`, uses that file: QEMU's file locks refuse it with this message, and without
+    /// the check the command would destroy its own input (`dd if=a of=a`, `convert a a`).
     pub fn check_unlocked(&self, path: &str) -> Result<(), String> {
         match file_id(path) {
             Some(id) if self.held.borrow().contains(&id) => Err(format!(
