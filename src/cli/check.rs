@@ -1,11 +1,11 @@
 //! `blk check`: qemu-img check on the blk engine.
 //!
-//! `blk check [-f qcow2] [--output=human|json] [-r leaks|all] [-T cache] [-q] [-U] FILE` opens FILE (read-only,
-//! or read-write to repair), runs the qcow2 consistency check and prints qemu-img's report:
-//! the diagnostics on stderr, then the human summary or the JSON `ImageCheck` on stdout.
-//! When a repair fixed something, qemu-img's "repaired" note is printed and the numbers are
-//! those of a second check of the fixed image. Exit status is qemu-img's: 0 clean, 1 check not
-//! completed (or internal errors), 2 corruptions left, 3 leaks left, 63 format without checks.
+//! `blk check [-f qcow2] [--output=human|json] [-r leaks|all] [-T cache] [-q] [-U] FILE` opens FILE
+//! (read-only, or read-write to repair), runs the qcow2 consistency check and prints qemu-img's
+//! report: the diagnostics on stderr, then the human summary or the JSON `ImageCheck` on stdout.
+//! When a repair fixed something, qemu-img's "repaired" note is printed and the numbers are those
+//! of a second check of the fixed image. Exit status is qemu-img's: 0 clean, 1 check not completed
+//! (or internal errors), 2 corruptions left, 3 leaks left, 63 format without checks.
 //!
 //! Only qcow2 can be checked; without `-f` the format is probed from the qcow2 magic.
 

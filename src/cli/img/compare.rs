@@ -2,12 +2,12 @@
 //! compare.
 //!
 //! Exit status 0 when the guest-visible contents are identical, 1 when they differ ("Content
-//! mismatch at offset N!", N the first differing 512-byte sector), 2 on errors. Images of
-//! different sizes compare their common part, then warn and check that the longer one's tail
-//! reads as zeroes, unless `-s` makes any size difference a mismatch; `-s` also stops at the
-//! first range whose block status differs ("Strict mode: Offset N block status mismatch!").
-//! Ranges both images report as zero through their backing chains are skipped without reading. Messages go out
-//! as they arise, between the `-p` progress lines, in qemu-img's order.
+//! mismatch at offset N!", N the first differing 512-byte sector), 2 on errors. Images of different
+//! sizes compare their common part, then warn and check that the longer one's tail reads as zeroes,
+//! unless `-s` makes any size difference a mismatch; `-s` also stops at the first range whose block
+//! status differs ("Strict mode: Offset N block status mismatch!"). Ranges both images report as
+//! zero through their backing chains are skipped without reading. Messages go out as they arise,
+//! between the `-p` progress lines, in qemu-img's order.
 
 use engine::io::{IoBuf, Mapping};
 use engine::request::ChainStatus;

@@ -2,15 +2,15 @@
 //! [-T src_cache] [-S size] [--salvage] [-p] [-W] [-m num] [-q] [-U] SRC DST`: qemu-img convert
 //! between raw and qcow2.
 //!
-//! The guest-visible data of SRC is copied by block status: ranges that read as zeroes (holes,
-//! zero clusters, unallocated through the whole chain) are skipped on a freshly created
-//! target, and data chunks are written only where sparse detection (`-S`, see `sparse.rs`)
-//! finds data, so the output is sparse; `-S 0` writes everything. `--salvage` turns sectors
-//! that cannot be read into zeroes, with a warning each. With `-n` the existing target gets explicit zero writes instead. With `-B` the
-//! target is created over that backing file and only what SRC's top layer allocates is copied
+//! The guest-visible data of SRC is copied by block status: ranges that read as zeroes (holes, zero
+//! clusters, unallocated through the whole chain) are skipped on a freshly created target, and data
+//! chunks are written only where sparse detection (`-S`, see `sparse.rs`) finds data, so the output
+//! is sparse; `-S 0` writes everything. `--salvage` turns sectors that cannot be read into zeroes,
+//! with a warning each. With `-n` the existing target gets explicit zero writes instead. With `-B`
+//! the target is created over that backing file and only what SRC's top layer allocates is copied
 //! (its zero ranges as explicit zeroes); the rest is left to the backing file, as qemu-img does.
-//! `-W` keeps up to `-m` (default 8) chunks in flight at once, written out of order.
-//! `-c` is refused: blk's qcow2 driver does not write compressed clusters.
+//! `-W` keeps up to `-m` (default 8) chunks in flight at once, written out of order. `-c` is
+//! refused: blk's qcow2 driver does not write compressed clusters.
 
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
