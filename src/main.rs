@@ -10,7 +10,7 @@ use cli::prog;
 const QEMU_LEVEL: &str = "10.0.2";
 
 /// The image subcommands blk has, with qemu-img's one-line descriptions.
-const COMMANDS: [(&str, &str); 9] = [
+const COMMANDS: [(&str, &str); 10] = [
     ("check", "Check basic image integrity"),
     ("commit", "Commit image to its backing file"),
     ("compare", "Check if two images have the same contents"),
@@ -19,6 +19,7 @@ const COMMANDS: [(&str, &str); 9] = [
         "Copy one image to another with optional format conversion",
     ),
     ("create", "Create and format new image file"),
+    ("dd", "Copy input to output with optional format conversion"),
     ("info", "Display information about image"),
     ("map", "Dump image metadata"),
     ("rebase", "Change backing file of the image"),
@@ -109,9 +110,8 @@ fn run_command(cmd: &str, rest: &[String]) -> i32 {
         "check" => cli::check::run_check(rest),
         "io" if blk => cli::io::run_io(rest),
         "sim" if blk => cli::sim::run_sim(rest),
-        "create" | "info" | "map" | "compare" | "convert" | "resize" | "commit" | "rebase" => {
-            cli::img::run(cmd, rest)
-        }
+        "create" | "info" | "map" | "compare" | "convert" | "dd" | "resize" | "commit"
+        | "rebase" => cli::img::run(cmd, rest),
         "-h" | "--help" => print_ok(&img_help()),
         "help" if blk => print_ok(&img_help()),
         "-V" | "--version" => print_ok(&version()),

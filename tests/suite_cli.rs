@@ -9,6 +9,8 @@ mod common;
 mod cli_check;
 #[path = "cli_commit_rebase.rs"]
 mod cli_commit_rebase;
+#[path = "cli_dd.rs"]
+mod cli_dd;
 #[path = "cli_sim.rs"]
 mod cli_sim;
 #[path = "img_errors.rs"]

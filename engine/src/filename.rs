@@ -34,6 +34,9 @@ pub fn image_options(
         if let Some(f) = format {
             top.entry("driver").or_insert(json!(f));
         }
+        if !top.contains_key("driver") && !top.contains_key("file") {
+            return Err(Error::generic("Must specify either driver or file"));
+        }
         return Ok(top);
     }
     if let Some(text) = name.strip_prefix("json:") {
@@ -45,6 +48,12 @@ pub fn image_options(
             return Err(Error::generic("Must specify either driver or file"));
         }
         return Ok(top);
+    }
+    // The null drivers are the only ones without a file name.
+    if name.is_empty() && !format.is_some_and(|f| f.starts_with("null-")) {
+        return Err(Error::generic(
+            "The 'file' block driver requires a file name",
+        ));
     }
     let protocol = protocol_options(name)?;
     match format {
@@ -249,6 +258,9 @@ mod tests {
                 .to_string()
         };
         assert_eq!(msg("json:{}"), "Must specify either driver or file");
+        assert_eq!(msg(""), "The 'file' block driver requires a file name");
+        let opts_err = image_options("", None, true).unwrap_err();
+        assert_eq!(opts_err.message(), "Must specify either driver or file");
         assert_eq!(msg("json:[1]"), "Invalid JSON object given");
         let p = "Could not parse the JSON options: ";
         assert_eq!(msg("json:"), format!("{p}Expecting a JSON value"));

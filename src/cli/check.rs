@@ -1,31 +1,34 @@
 //! `blk check`: qemu-img check on the blk engine.
 //!
-//! `blk check [-f qcow2] [--output=human|json] [-r leaks|all] [-q] FILE` opens FILE (read-only,
-//! or read-write to repair), runs the qcow2 consistency check and prints qemu-img's report:
-//! the diagnostics on stderr, then the human summary or the JSON `ImageCheck` on stdout.
-//! When a repair fixed something, qemu-img's "repaired" note is printed and the numbers are
-//! those of a second check of the fixed image. Exit status is qemu-img's: 0 clean, 1 check not
-//! completed (or internal errors), 2 corruptions left, 3 leaks left, 63 format without checks.
+//! `blk check [-f qcow2] [--output=human|json] [-r leaks|all] [-T cache] [-q] [-U] FILE` opens FILE
+//! (read-only, or read-write to repair), runs the qcow2 consistency check and prints qemu-img's
+//! report: the diagnostics on stderr, then the human summary or the JSON `ImageCheck` on stdout.
+//! When a repair fixed something, qemu-img's "repaired" note is printed and the numbers are those
+//! of a second check of the fixed image. Exit status is qemu-img's: 0 clean, 1 check not completed
+//! (or internal errors), 2 corruptions left, 3 leaks left, 63 format without checks.
 //!
 //! Only qcow2 can be checked; without `-f` the format is probed from the qcow2 magic.
 
 use std::io::Read;
-use std::rc::Rc;
 
-use engine::Engine;
 use engine::drivers::qcow2::{CheckReport, Repair, check_node};
-use engine::env::real::RealEnv;
 use engine::filename::{image_options, probe_target};
-use engine::qemu_io::OpenSpec;
+use engine::qemu_io::{CacheMode, OpenSpec};
+
+use crate::cli::img::{FORMAT_CONFLICT, Tool, parse_src_cache, split_or_fail};
 
 const USAGE: &str = "\
-Usage: blk check [-f FMT] [--output=human|json] [-r leaks|all] [-q] FILE
+Usage: blk check [-f FMT] [--output=human|json] [-r leaks|all] [-T SRC_CACHE] [-q] [-U] FILE
 Check a disk image for consistency (qemu-img check) with the blk engine.
 
   -f FMT             image format (only qcow2 supports checks; probed when omitted)
   --output=FMT       human (default) or json
   -r leaks|all       repair leaked clusters only, or all errors
+  -T SRC_CACHE       cache mode (none, writeback, writethrough, directsync, unsafe)
   -q                 quiet: print no report on stdout
+  -U, --force-share  open the image in shared mode (not with -r)
+  --image-opts       FILE is an option string (key=value,...)
+  --object OBJDEF    create a user object (a secret)
   -h, --help         display this help and exit";
 
 struct Args {
@@ -34,103 +37,61 @@ struct Args {
     repair: Option<Repair>,
     quiet: bool,
     file: String,
-    /// `--image-opts`: `file` is an option string.
-    image_opts: bool,
-    /// `--object` arguments.
-    objects: Vec<String>,
+    /// `-T`: the image's cache mode.
+    cache: CacheMode,
+    /// `-U`: open in shared mode (a repair refuses it, as in qemu-img).
+    force_share: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, i32> {
-    let (mut format, mut json, mut repair, mut quiet, mut file) = (None, false, None, false, None);
-    let (mut image_opts, mut objects) = (false, Vec::new());
-    let mut i = 0;
+    let long = [
+        ("help", 'h', false),
+        ("format", 'f', true),
+        ("repair", 'r', true),
+        ("output", 'o', true),
+        ("force-share", 'U', false),
+    ];
+    let (opts, operands) = split_or_fail("check", args, "hf:r:T:qU", &long, USAGE)?;
+    let (mut format, mut json, mut repair, mut quiet) = (None, false, None, false);
+    let (mut cache, mut force_share) = (None, false);
     let bad = |msg: String| Err(crate::cli::prog::usage_error("check", msg));
-    while i < args.len() {
-        let a = args[i].as_str();
-        i += 1;
-        let mut value = |name: &str| -> Result<String, i32> {
-            if let Some(v) = a.strip_prefix(name).and_then(|v| v.strip_prefix('=')) {
-                return Ok(v.to_string());
-            }
-            if a.len() > 2 && a.starts_with(name) && !name.starts_with("--") {
-                return Ok(a[name.len()..].to_string());
-            }
-            let v = args.get(i).cloned();
-            i += 1;
-            v.ok_or_else(|| {
-                crate::cli::prog::error(format_args!("option '{name}' requires an argument"));
-                1
-            })
-        };
-        match a {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Err(0);
-            }
-            "-q" | "--quiet" => quiet = true,
-            "--image-opts" => image_opts = true,
-            _ if a.starts_with("--object") => objects.push(value("--object")?),
-            _ if a.starts_with("-f") || a.starts_with("--format") => {
-                format = Some(value(if a.starts_with("-f") {
-                    "-f"
-                } else {
-                    "--format"
-                })?)
-            }
-            _ if a.starts_with("--output") => match value("--output")?.as_str() {
+    for (c, v) in opts {
+        match c {
+            'f' => format = Some(v),
+            'q' => quiet = true,
+            'U' => force_share = true,
+            'T' => cache = Some(v),
+            'o' => match v.as_str() {
                 "human" => json = false,
                 "json" => json = true,
-                o => {
-                    return bad(format!(
-                        "--output must be used with human or json as argument. ({o})"
-                    ));
-                }
+                o => return bad(format!("--output expects 'human' or 'json' not '{o}'")),
             },
-            _ if a.starts_with("-r") || a.starts_with("--repair") => {
-                match value(if a.starts_with("-r") {
-                    "-r"
-                } else {
-                    "--repair"
-                })?
-                .as_str()
-                {
-                    "leaks" => repair = Some(Repair::Leaks),
-                    "all" => repair = Some(Repair::All),
-                    o => {
-                        return bad(format!(
-                            "Unknown option value for -r (expecting 'leaks' or 'all'): {o}"
-                        ));
-                    }
-                }
-            }
-            _ if a.starts_with('-') && a.len() > 1 => {
-                return bad(format!("unrecognized option '{a}'"));
-            }
-            _ => {
-                if file.is_some() {
-                    return bad(format!("Invalid parameter '{a}'"));
-                }
-                file = Some(a.to_string());
-            }
+            'r' => match v.as_str() {
+                "leaks" => repair = Some(Repair::Leaks),
+                "all" => repair = Some(Repair::All),
+                o => return bad(format!("--repair (-r) expects 'leaks' or 'all' not '{o}'")),
+            },
+            _ => unreachable!("option {c} is in the option table"),
         }
     }
-    let Some(file) = file else {
+    let [file] = operands.as_slice() else {
         return bad("Expecting one image file name".into());
     };
-    if image_opts && format.is_some() {
-        crate::cli::prog::error(format_args!(
-            "--image-opts and --format are mutually exclusive"
-        ));
-        return Err(1);
-    }
+    let cache = match cache.as_deref().map(parse_src_cache).transpose() {
+        Ok(c) => c.unwrap_or(CacheMode::Writeback),
+        Err(e) => {
+            crate::cli::prog::error(e);
+            return Err(1);
+        }
+    };
     Ok(Args {
         format,
         json,
         repair,
         quiet,
-        file,
-        image_opts,
-        objects,
+        file: file.clone(),
+        cache,
+        force_share,
     })
 }
 
@@ -140,6 +101,63 @@ fn is_qcow2(file: &str) -> bool {
     std::fs::File::open(file)
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok_and(|_| magic == *b"QFI\xfb")
+}
+
+/// Open the image (only qcow2 has checks: status 63 for any other format) and check it,
+/// repairing with `-r`; an error has been printed when this returns `Err(status)`.
+fn open_and_check(tool: &Tool, a: &Args, image_opts: bool) -> Result<CheckReport, i32> {
+    let fail = |msg: String| {
+        crate::cli::prog::error(msg);
+        Err(1)
+    };
+    if image_opts && a.format.is_some() {
+        return fail(FORMAT_CONFLICT.to_string());
+    }
+    let named = match image_options(&a.file, a.format.as_deref(), image_opts) {
+        Ok(n) => n,
+        Err(e) => return fail(format!("Could not open '{}': {e}", a.file)),
+    };
+    let host = probe_target(&named);
+    let format = match named.get("driver").and_then(|d| d.as_str()) {
+        Some(d) => d.to_string(),
+        None if host.as_deref().is_some_and(is_qcow2) => "qcow2".to_string(),
+        None => "raw".to_string(),
+    };
+    if let Some(h) = &host
+        && !std::path::Path::new(h).exists()
+    {
+        return fail(format!(
+            "Could not open '{}': Could not open '{h}': No such file or directory",
+            a.file
+        ));
+    }
+    if format != "qcow2" {
+        crate::cli::prog::error("This image format does not support checks");
+        return Err(63);
+    }
+    let spec = OpenSpec {
+        filename: Some(a.file.clone()),
+        format: Some(format),
+        image_opts,
+        // check -r never discards guest data: no request reaches the file as a discard.
+        discard_unmap: false,
+        read_only: a.repair.is_none(),
+        force_share: a.force_share,
+        cache: a.cache,
+        // The repair may write to an image marked corrupt (x-check).
+        options: Some("x-check=on".into()),
+        node_name: "check".into(),
+        ..OpenSpec::default()
+    };
+    let result = tool.block_on(async {
+        let node = spec.add_to(&tool.engine).await.map_err(Err)?;
+        check_node(&node, a.repair).await.map_err(Ok)
+    });
+    match result {
+        Ok(r) => Ok(r),
+        Err(Err(e)) => fail(format!("Could not open '{}': {e}", a.file)),
+        Err(Ok(e)) => fail(format!("Check failed: {e}")),
+    }
 }
 
 /// qemu-img's human summary.
@@ -201,66 +219,14 @@ pub fn run_check(args: &[String]) -> i32 {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let named = match image_options(&a.file, a.format.as_deref(), a.image_opts) {
-        Ok(n) => n,
-        Err(e) => {
-            crate::cli::prog::error(format_args!("Could not open '{}': {e}", a.file));
-            return 1;
-        }
-    };
-    let host = probe_target(&named);
-    let format = match named.get("driver").and_then(|d| d.as_str()) {
-        Some(d) => d.to_string(),
-        None if host.as_deref().is_some_and(is_qcow2) => "qcow2".to_string(),
-        None => "raw".to_string(),
-    };
-    if let Some(h) = &host
-        && !std::path::Path::new(h).exists()
-    {
-        crate::cli::prog::error(format_args!(
-            "Could not open '{}': Could not open '{h}': No such file or directory",
-            a.file
-        ));
-        return 1;
-    }
-    if format != "qcow2" {
-        crate::cli::prog::error(format_args!("This image format does not support checks"));
-        return 63;
-    }
-    let env = RealEnv::new();
-    let engine = Rc::new(Engine::new(env.clone()));
-    if let Err(e) = env.block_on(crate::cli::img::add_objects(&engine, &a.objects)) {
-        crate::cli::prog::error(format_args!("{e}"));
-        let _ = env.block_on(engine.shutdown());
-        return 1;
-    }
-    let spec = OpenSpec {
-        filename: Some(a.file.clone()),
-        format: Some(format),
-        image_opts: a.image_opts,
-        // check -r never discards guest data: no request reaches the file as a discard.
-        discard_unmap: false,
-        read_only: a.repair.is_none(),
-        // The repair may write to an image marked corrupt (x-check).
-        options: Some("x-check=on".into()),
-        node_name: "check".into(),
-        ..OpenSpec::default()
-    };
-    let result = env.block_on(async {
-        let node = spec.add_to(&engine).await.map_err(Err)?;
-        check_node(&node, a.repair).await.map_err(Ok)
-    });
-    let _ = env.block_on(engine.shutdown());
+    // The engine session, with the --object/--image-opts that split_or_fail kept for it.
+    let tool = Tool::new();
+    let image_opts = tool.image_opts.get();
+    let result = open_and_check(&tool, &a, image_opts);
+    let _ = tool.finish();
     let mut report = match result {
         Ok(r) => r,
-        Err(Err(e)) => {
-            crate::cli::prog::error(format_args!("Could not open '{}': {e}", a.file));
-            return 1;
-        }
-        Err(Ok(e)) => {
-            crate::cli::prog::error(format_args!("Check failed: {e}"));
-            return 1;
-        }
+        Err(code) => return code,
     };
     report.filename = a.file.clone();
     for m in &report.messages {

@@ -235,9 +235,7 @@ impl BlockDriver for File {
                     }
                 }
                 Prealloc::Metadata => {
-                    return Err(Error::generic(
-                        "Unsupported preallocation mode 'metadata' for the file driver",
-                    ));
+                    return Err(Error::generic("Unsupported preallocation mode: metadata"));
                 }
             }
             self.size.set(len);

@@ -19,14 +19,9 @@ pub(crate) struct Layer {
     pub format: String,
 }
 
-/// `-t` / `-T`: (cache.direct, cache.no-flush), or qemu-img's error.
+/// `-t`: (cache.direct, cache.no-flush) of QEMU's cache mode names, or qemu-img's error.
 pub(crate) fn cache_mode(mode: &str) -> Result<(bool, bool), String> {
-    match mode {
-        "none" | "directsync" => Ok((true, false)),
-        "writeback" | "writethrough" => Ok((false, false)),
-        "unsafe" => Ok((false, true)),
-        _ => Err(format!("Invalid cache option: {mode}")),
-    }
+    super::open::parse_cache(mode).map(|c| (c.direct(), c.no_flush()))
 }
 
 /// The chain of `path` (opened as `fmt`, probed when `None`), top first.

@@ -1,4 +1,4 @@
-//! The qemu-img style image tools: `blk create|info|map|compare|convert|resize|commit|rebase`.
+//! The qemu-img style image tools: `blk create|info|map|compare|convert|dd|resize|commit|rebase`.
 //!
 //! Each subcommand lives in its own file and takes qemu-img's flags, prints qemu-img's
 //! messages (prefixed `qemu-img:` like `blk io` prefixes `qemu-io:`) and uses its exit codes.
@@ -11,17 +11,21 @@ mod commit;
 mod compare;
 mod convert;
 mod create;
+mod dd;
 mod human;
 mod info;
 mod map;
+mod number;
 mod open;
 mod open_args;
 mod opt_help;
 
-pub(crate) use open_args::{add_objects, help_text as object_help};
+pub(crate) use open::{Tool, parse_src_cache};
+pub(crate) use open_args::{FORMAT_CONFLICT, add_objects, help_text as object_help};
 mod progress;
 mod rebase;
 mod resize;
+mod sparse;
 
 /// Entry point of `blk <cmd> ARGS...`; returns the exit status.
 pub fn run(cmd: &str, args: &[String]) -> i32 {
@@ -31,6 +35,7 @@ pub fn run(cmd: &str, args: &[String]) -> i32 {
         "map" => map::run(args),
         "compare" => compare::run(args),
         "convert" => convert::run(args),
+        "dd" => dd::run(args),
         "resize" => resize::run(args),
         "commit" => commit::run(args),
         "rebase" => rebase::run(args),
@@ -57,6 +62,19 @@ pub(crate) fn split_or_fail(
     long: &[LongOpt],
     usage: &str,
 ) -> Result<Split, i32> {
+    split_or_fail_as(cmd, args, short, long, usage, 1)
+}
+
+/// `split_or_fail` for a command whose status for a bad `--object` is `object_status`
+/// (compare's errors are 2, its usage errors 1).
+pub(crate) fn split_or_fail_as(
+    cmd: &str,
+    args: &[String],
+    short: &str,
+    long: &[LongOpt],
+    usage: &str,
+    object_status: i32,
+) -> Result<Split, i32> {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!("{usage}");
         return Err(0);
@@ -65,7 +83,7 @@ pub(crate) fn split_or_fail(
     all.extend([open_args::OBJECT, open_args::IMAGE_OPTS]);
     let (mut opts, operands) =
         split(args, short, &all).map_err(|msg| crate::cli::prog::getopt_error(cmd, msg))?;
-    open_args::take(&mut opts)?;
+    open_args::take(&mut opts).map_err(|c| if c == 0 { 0 } else { object_status })?;
     Ok((opts, operands))
 }
 

@@ -9,7 +9,7 @@ use engine::backend::{BackendOptions, BlockBackend};
 use engine::env::real::RealEnv;
 use engine::filename::image_options;
 use engine::graph::{Child, Node};
-use engine::qemu_io::OpenSpec;
+use engine::qemu_io::{CacheMode, OpenSpec};
 use engine::types::Perms;
 
 /// Formats the image tools read and write.
@@ -23,8 +23,13 @@ pub(crate) struct Tool {
     /// `--image-opts`: `open` reads names as option strings (convert clears it before opening
     /// its target).
     pub image_opts: Cell<bool>,
+    /// The cache mode `open` gives images (`-t`/`-T`; qemu-img's default is writeback).
+    pub cache: Cell<CacheMode>,
     /// The first `--object` that could not be created: every `open` fails with it.
     object_error: RefCell<Option<String>>,
+    /// Files (device, inode) under the images opened without `-U`: what QEMU would hold
+    /// file locks on, so a create over one of them is refused (see `check_unlocked`).
+    held: RefCell<Vec<(u64, u64)>>,
 }
 
 /// An open image: its BlockBackend and top node.
@@ -56,6 +61,17 @@ pub(crate) fn os_error(e: &std::io::Error) -> String {
     }
 }
 
+/// `-t CACHE`: QEMU's cache mode names (none or off, writeback, writethrough, directsync,
+/// unsafe), or qemu-img's refusal.
+pub(crate) fn parse_cache(mode: &str) -> Result<CacheMode, String> {
+    CacheMode::parse(mode)
+}
+
+/// `-T SRC_CACHE`: the same names, with qemu-img's refusal for the source cache.
+pub(crate) fn parse_src_cache(mode: &str) -> Result<CacheMode, String> {
+    CacheMode::parse(mode).map_err(|_| format!("Invalid source cache option: {mode}"))
+}
+
 /// qemu-img's message for a `-f`/`-O` value blk does not know.
 pub(crate) fn check_format(fmt: &str) -> Result<(), String> {
     if FORMATS.contains(&fmt) {
@@ -79,7 +95,9 @@ impl Tool {
             engine,
             next: Cell::new(0),
             image_opts: Cell::new(args.image_opts),
+            cache: Cell::new(CacheMode::Writeback),
             object_error: RefCell::new(None),
+            held: RefCell::new(Vec::new()),
         };
         // Validated already by `split_or_fail`; kept as the first `open`'s error should the
         // second creation fail (a secret file changed in between).
@@ -122,6 +140,10 @@ impl Tool {
             check_format(f)
                 .map_err(|_| format!("Could not open '{path}': Unknown driver '{f}'"))?;
         }
+        if !read_only && !image_opts {
+            self.check_unlocked(path)
+                .map_err(|e| format!("Could not open '{path}': {e}"))?;
+        }
         let named = image_options(path, fmt, image_opts)
             .map_err(|e| format!("Could not open '{path}': {e}"))?;
         let n = self.next.get();
@@ -135,6 +157,7 @@ impl Tool {
             image_opts,
             read_only,
             force_share: force_share && read_only,
+            cache: self.cache.get(),
             node_name: format!("img{n}"),
             ..OpenSpec::default()
         };
@@ -159,6 +182,11 @@ impl Tool {
             .engine
             .device_add(&format!("dev{n}"), node.name(), bo)
             .map_err(|e| format!("Could not open '{path}': {e}"))?;
+        if !force_share {
+            self.held
+                .borrow_mut()
+                .extend(files_under(&node).iter().filter_map(|f| file_id(f)));
+        }
         Ok(Image {
             bb,
             node,
@@ -167,12 +195,42 @@ impl Tool {
         })
     }
 
+    /// Refuse to create (truncate) or write `path` while an image of this command, opened
+    /// without `-U`, uses that file: QEMU's file locks refuse it with this message, and without
+    /// the check the command would destroy its own input (`dd if=a of=a`, `convert a a`).
+    pub fn check_unlocked(&self, path: &str) -> Result<(), String> {
+        match file_id(path) {
+            Some(id) if self.held.borrow().contains(&id) => Err(format!(
+                "Failed to get \"write\" lock\nIs another process using the image [{path}]?"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Flush and close everything; the first flush error, if any.
     pub fn finish(self) -> Result<(), String> {
         let r = self.block_on(self.engine.shutdown());
         self.env.shutdown();
         r.map_err(|e| e.to_string())
     }
+}
+
+/// The host files under `node` (its `file` nodes, through every child and backing file).
+fn files_under(node: &Rc<Node>) -> Vec<String> {
+    let (mut files, mut todo) = (Vec::new(), vec![node.clone()]);
+    while let Some(n) = todo.pop() {
+        if n.driver_name() == "file" {
+            files.push(n.driver().filename());
+        }
+        todo.extend(n.children().iter().map(|e| e.child_node()));
+    }
+    files
+}
+
+/// A file's identity (device, inode), following symbolic links.
+fn file_id(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// qemu-img's image size parsing: a number with an optional k/M/G/T/P/E suffix.

@@ -1,4 +1,4 @@
-//! `blk rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b BACKING [-F fmt] FILE`:
+//! `blk rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] [-U] -b BACKING [-F fmt] FILE`:
 //! qemu-img rebase. `-b ''` means no backing file.
 //!
 //! Safe mode (the default) runs the rebase job: every range the image does not allocate itself
@@ -11,17 +11,22 @@ use engine::types::OnError;
 use serde_json::json;
 
 use super::chain::{cache_mode, discover, finish_job, open_chain};
-use super::open::{Tool, check_format};
+use super::open::{Tool, check_format, parse_src_cache};
 use super::{fail, split_or_fail};
+use crate::cli::prog::usage_error;
 
 const USAGE: &str = "\
-Usage: blk rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
+Usage: blk rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] [-U] -b backing_file [-F backing_fmt] filename
 Change the backing file of an image, as qemu-img rebase does.";
 
 /// Entry point of `blk rebase`.
 pub fn run(args: &[String]) -> i32 {
-    let long = [("help", 'h', false), ("format", 'f', true)];
-    let (opts, operands) = match split_or_fail("rebase", args, "hf:F:b:upt:T:q", &long, USAGE) {
+    let long = [
+        ("help", 'h', false),
+        ("format", 'f', true),
+        ("force-share", 'U', false),
+    ];
+    let (opts, operands) = match split_or_fail("rebase", args, "hf:F:b:upt:T:qU", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -42,15 +47,19 @@ pub fn run(args: &[String]) -> i32 {
             'q' => quiet = true,
             't' => cache = v,
             'T' => src_cache = v,
+            // Shared mode for the backing files: blk takes no file locks, so there are none
+            // to skip; the images' permissions within the command are unchanged.
+            'U' => {}
             _ => unreachable!("option {c} is in the option table"),
         }
     }
     let [path] = operands.as_slice() else {
-        return fail("Expecting one image file name\nTry 'blk rebase --help' for more info");
+        return usage_error("rebase", "Expecting one image file name");
     };
     let Some(backing) = backing else {
-        return fail(
-            "Must specify backing file (-b) or use unsafe mode (-u)\nTry 'blk rebase --help' for more info",
+        return usage_error(
+            "rebase",
+            "Must specify backing file (-b) or use unsafe mode (-u)",
         );
     };
     if let Some(f) = &bfmt
@@ -58,7 +67,7 @@ pub fn run(args: &[String]) -> i32 {
     {
         return fail(format!("Invalid format name: '{f}'"));
     }
-    let cache = match cache_mode(&cache).and_then(|c| cache_mode(&src_cache).map(|_| c)) {
+    let cache = match cache_mode(&cache).and_then(|c| parse_src_cache(&src_cache).map(|_| c)) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

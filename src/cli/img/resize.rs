@@ -1,12 +1,22 @@
-//! `blk resize [-f fmt] [--shrink] [-q] FILE [+|-]SIZE`: qemu-img resize, through the
-//! engine's truncate (the BlockBackend holds RESIZE). Shrinking needs `--shrink`.
+//! `blk resize [-f fmt] [--preallocation=MODE] [--shrink] [-q] FILE [+|-]SIZE`: qemu-img
+//! resize, through the engine's truncate (the BlockBackend holds RESIZE). Shrinking needs
+//! `--shrink`; preallocation (off, metadata for qcow2, falloc, full) only grows.
 
+use engine::driver::Prealloc;
+
+use super::number::not_a_size;
 use super::open::{Tool, parse_img_size};
 use super::{fail, split_or_fail};
 
 const USAGE: &str = "\
-Usage: blk resize [-f fmt] [--shrink] [-q] filename [+ | -]size
-Change the virtual size of an image, as qemu-img resize does.";
+Usage: blk resize [-f fmt] [--preallocation=PREALLOC] [--shrink] [-q] filename [+ | -]size
+Change the virtual size of an image, as qemu-img resize does.
+
+  -f, --format FMT           image format (probed when omitted)
+  --preallocation=PREALLOC   off, metadata (qcow2), falloc or full: how the new part is allocated
+  --shrink                   allow making the image smaller (its tail is lost)
+  -q                         quiet
+  --image-opts, --object     as for every image command";
 
 /// Entry point of `blk resize`.
 pub fn run(args: &[String]) -> i32 {
@@ -14,6 +24,7 @@ pub fn run(args: &[String]) -> i32 {
         ("help", 'h', false),
         ("format", 'f', true),
         ("shrink", 'S', false),
+        ("preallocation", 'P', true),
     ];
     // A leading '-' in the size is not an option ("resize img -1G"), as in qemu-img.
     let (args, neg_size) = match args.last() {
@@ -29,10 +40,14 @@ pub fn run(args: &[String]) -> i32 {
         Err(code) => return code,
     };
     operands.extend(neg_size);
-    let (mut fmt, mut shrink, mut quiet) = (None, false, false);
+    let (mut fmt, mut shrink, mut quiet, mut prealloc) = (None, false, false, Prealloc::Off);
     for (c, v) in opts {
         match c {
             'f' => fmt = Some(v),
+            'P' => match Prealloc::parse(&v) {
+                Ok(p) => prealloc = p,
+                Err(_) => return fail(format!("Invalid preallocation mode '{v}'")),
+            },
             'S' => shrink = true,
             'q' => quiet = true,
             _ => unreachable!("option {c} is in the option table"),
@@ -47,37 +62,19 @@ pub fn run(args: &[String]) -> i32 {
         _ => (0, size.as_str()),
     };
     let Some(n) = parse_img_size(digits) else {
-        return fail(
-            "Parameter 'size' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.",
-        );
+        return fail(not_a_size("size"));
     };
     let tool = Tool::new();
     let result = tool.block_on(async {
         let img = tool.open(path, fmt.as_deref(), false, false).await?;
-        let cur = img.len();
-        let new = match sign {
-            1 => cur.checked_add(n).ok_or("Image size too large")?,
-            -1 => match cur.checked_sub(n) {
-                Some(v) if v > 0 => v,
-                _ => return Err("New image size must be positive".to_string()),
-            },
-            _ => n,
-        };
-        if new == 0 {
-            return Err("New image size must be positive".to_string());
-        }
-        if new < cur && !shrink {
-            return Err(format!(
-                "Use the --shrink option to perform a shrink operation.\n{}: warning: Shrinking \
-                 an image will delete all data beyond the shrunken image's end. Before performing \
-                 such an operation, make sure there is no important data there.",
-                crate::cli::prog::name()
-            ));
-        }
+        let new = new_size(img.len(), (sign, n), shrink, prealloc)?;
         if img.format == "qcow2" && !new.is_multiple_of(512) {
             return Err("The new size must be a multiple of 512".to_string());
         }
-        img.bb.truncate(new).await.map_err(|e| e.to_string())
+        img.root()
+            .truncate(new, true, prealloc)
+            .await
+            .map_err(|e| e.to_string())
     });
     let fin = tool.finish();
     match result.and(fin) {
@@ -89,4 +86,38 @@ pub fn run(args: &[String]) -> i32 {
         }
         Err(e) => fail(e),
     }
+}
+
+/// The size asked for (`sign` -1, 0 or +1 for `-N`, `N`, `+N`) from the current one `cur`,
+/// with qemu-img's refusals in its order: sizes that are not positive, preallocation when
+/// not growing, shrinking without `--shrink`.
+fn new_size(
+    cur: u64,
+    (sign, n): (i8, u64),
+    shrink: bool,
+    prealloc: Prealloc,
+) -> Result<u64, String> {
+    let new = match sign {
+        1 => cur.checked_add(n).ok_or("Image size too large")?,
+        -1 => match cur.checked_sub(n) {
+            Some(v) if v > 0 => v,
+            _ => return Err("New image size must be positive".to_string()),
+        },
+        _ => n,
+    };
+    if new == 0 {
+        return Err("New image size must be positive".to_string());
+    }
+    if new <= cur && prealloc != Prealloc::Off {
+        return Err("Preallocation can only be used for growing images".to_string());
+    }
+    if new < cur && !shrink {
+        return Err(format!(
+            "Use the --shrink option to perform a shrink operation.\n{}: warning: Shrinking \
+             an image will delete all data beyond the shrunken image's end. Before performing \
+             such an operation, make sure there is no important data there.",
+            crate::cli::prog::name()
+        ));
+    }
+    Ok(new)
 }
