@@ -107,7 +107,7 @@ fn bad_inputs_exit_with_clear_messages() {
             "1M",
         ],
         1,
-        "Invalid preallocation mode: 'sometimes'",
+        "Parameter 'preallocation' does not accept value 'sometimes'",
     );
     assert_fails(
         &["create", "-f", "qcow2", "-b", &img, &img],

@@ -108,6 +108,8 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     let mut compression_text = "zlib".to_string();
     let mut raw_text = None;
     let mut extent_hint = None;
+    // Values qemu-img rejects only after it printed the "Formatting" line.
+    let mut late_error = None;
     for (k, v) in &spec.opts {
         match (k.as_str(), qcow2) {
             ("size", _) => {
@@ -129,7 +131,11 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
                 o.compat = match v.as_str() {
                     "0.10" | "v2" => Compat::V2,
                     "1.1" | "v3" => Compat::V3,
-                    _ => return Err(format!("Parameter 'compat' does not accept value '{v}'")),
+                    _ => {
+                        late_error =
+                            Some(format!("Parameter 'version' does not accept value '{v}'"));
+                        Compat::V3
+                    }
                 };
                 compat_text = Some(v.clone());
             }
@@ -170,7 +176,14 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     }
     let prealloc_mode = match prealloc.as_deref() {
         None | Some("off") => Prealloc::Off,
-        Some(p) => Prealloc::parse(p).map_err(|_| format!("Invalid preallocation mode: '{p}'"))?,
+        Some(p) => Prealloc::parse(p).unwrap_or_else(|_| {
+            late_error.get_or_insert(if qcow2 {
+                format!("Parameter 'preallocation' does not accept value '{p}'")
+            } else {
+                format!("invalid parameter value: {p}")
+            });
+            Prealloc::Off
+        }),
     };
     if prealloc_mode == Prealloc::Metadata && !qcow2 {
         return Err("Unsupported preallocation mode 'metadata' for raw images".into());
@@ -241,6 +254,9 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
             line += &format!(" extent_size_hint={}", h as i64);
         }
         println!("{line}");
+    }
+    if let Some(e) = late_error {
+        return Err(e);
     }
     if extent_hint.is_some_and(|h| h > u32::MAX as u64) {
         return Err("Extent size hint is too large".into());
