@@ -74,8 +74,10 @@ fn finds_undrained_mirror_pivot() {
 
 #[test]
 fn crash_points_find_qcow2_flush_ordering() {
-    let text = include_str!("../../scenarios/qcow2-crash.scn");
-    let sc = sim::scenario::parse("qcow2-crash.scn", text).unwrap();
+    // Without the scenario's own power loss: the crash points alone must find the bug (the
+    // built-in crash may expose it by itself, which would prove nothing about enumeration).
+    let text = include_str!("../../scenarios/qcow2-crash.scn").replace("crash\nrestart\n", "");
+    let sc = sim::scenario::parse("qcow2-crash.scn", &text).unwrap();
     planted::disable_all();
     planted::enable(Bug::Qcow2FlushOrder);
     let sum = crashes::enumerate(&sc, sc.seed, Some(30), Some(200), |_, _| {}).unwrap();

@@ -15,7 +15,7 @@ mod open;
 mod perm;
 mod reopen;
 
-pub use ctx::{DebugListener, GraphCtx, OpenFn};
+pub use ctx::{DebugListener, GraphCtx, OpenFn, normalize_path};
 pub use drain::DrainedSection;
 pub use edge::{Child, Edge, ParentOps, ParentRef};
 pub use edit::{

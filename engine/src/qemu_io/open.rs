@@ -95,6 +95,9 @@ pub struct OpenSpec {
     /// The format was probed as raw (set by [`OpenSpec::probed`]): the raw node gets
     /// `x-probed`, which refuses writes that would put a format signature into block 0.
     pub probed_raw: bool,
+    /// Open the image without its backing file (`backing: null`, QEMU's BDRV_O_NO_BACKING):
+    /// `qemu-img info` reads an image whose backing file is missing or loops.
+    pub no_backing: bool,
 }
 
 impl Default for OpenSpec {
@@ -111,6 +114,7 @@ impl Default for OpenSpec {
             aio: None,
             node_name: "disk".to_string(),
             probed_raw: false,
+            no_backing: false,
         }
     }
 }
@@ -200,6 +204,9 @@ impl OpenSpec {
             ));
         }
         default_key(&mut top, "node-name", json!(self.node_name));
+        if self.no_backing && driver == "qcow2" {
+            default_key(&mut top, "backing", Value::Null);
+        }
         self.inherit(&mut top);
         Ok(Value::Object(top))
     }

@@ -85,7 +85,7 @@ fn parse_extent_hint(v: &str) -> Result<u64, String> {
 }
 
 /// The backing file's path as the new image will resolve it (relative to its directory).
-fn resolve_backing(image: &str, backing: &str) -> String {
+pub(crate) fn resolve_backing(image: &str, backing: &str) -> String {
     if backing.starts_with('/') {
         return backing.to_string();
     }

@@ -191,10 +191,10 @@ fn image_info(node: &Rc<Node>) -> Result<Value, String> {
     if let Some(h) = &header
         && let Some(name) = &h.backing_file
     {
-        m.insert(
-            "full-backing-filename".into(),
-            json!(backing.clone().unwrap_or(name.clone())),
-        );
+        let full = backing
+            .clone()
+            .unwrap_or_else(|| super::create::resolve_backing(&node.driver().filename(), name));
+        m.insert("full-backing-filename".into(), json!(full));
         m.insert("backing-filename".into(), json!(name));
     }
     let dirty = header
@@ -310,20 +310,8 @@ pub fn run(args: &[String]) -> i32 {
         return crate::cli::prog::usage_error("info", "Expecting one image file name");
     };
     let tool = Tool::new();
-    let result = tool
-        .block_on(tool.open(path, fmt.as_deref(), true, share))
-        .and_then(|img| {
-            let mut infos = Vec::new();
-            let mut node = Some(img.node.clone());
-            while let Some(n) = node {
-                infos.push(node_info(&n)?);
-                if !chain {
-                    break;
-                }
-                node = n.backing().map(|e| e.child_node());
-            }
-            Ok(infos)
-        });
+    tool.no_backing.set(true);
+    let result = tool.block_on(chain_infos(&tool, path, fmt.as_deref(), share, chain));
     let _ = tool.finish();
     let infos = match result {
         Ok(i) => i,
@@ -338,4 +326,38 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     0
+}
+
+/// The info of `path` and, with `chain`, of every image below it. Each image is opened without
+/// its backing file and the walk follows the header's backing file name, as qemu-img's does:
+/// a missing backing file fails only the walk, and a file met twice is a loop.
+async fn chain_infos(
+    tool: &Tool,
+    path: &str,
+    fmt: Option<&str>,
+    share: bool,
+    chain: bool,
+) -> Result<Vec<Value>, String> {
+    let mut infos = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next = Some((path.to_string(), fmt.map(str::to_string)));
+    while let Some((file, format)) = next {
+        if !seen.insert(engine::graph::normalize_path(&file)) {
+            return Err(format!("Backing file '{file}' creates an infinite loop."));
+        }
+        let img = tool.open(&file, format.as_deref(), true, share).await?;
+        let info = node_info(&img.node)?;
+        next = info["full-backing-filename"]
+            .as_str()
+            .filter(|_| chain)
+            .map(|b| {
+                (
+                    b.to_string(),
+                    info["backing-filename-format"].as_str().map(str::to_string),
+                )
+            });
+        infos.push(info);
+        tool.image_opts.set(false);
+    }
+    Ok(infos)
 }

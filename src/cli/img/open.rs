@@ -30,6 +30,8 @@ pub(crate) struct Tool {
     /// Files (device, inode) under the images opened without `-U`: what QEMU would hold
     /// file locks on, so a create over one of them is refused (see `check_unlocked`).
     held: RefCell<Vec<(u64, u64)>>,
+    /// `open` leaves backing files closed (info walks the chain itself, as qemu-img does).
+    pub no_backing: Cell<bool>,
 }
 
 /// An open image: its BlockBackend and top node.
@@ -98,6 +100,7 @@ impl Tool {
             cache: Cell::new(CacheMode::Writeback),
             object_error: RefCell::new(None),
             held: RefCell::new(Vec::new()),
+            no_backing: Cell::new(false),
         };
         // Validated already by `split_or_fail`; kept as the first `open`'s error should the
         // second creation fail (a secret file changed in between).
@@ -159,6 +162,7 @@ impl Tool {
             force_share: force_share && read_only,
             cache: self.cache.get(),
             node_name: format!("img{n}"),
+            no_backing: self.no_backing.get(),
             ..OpenSpec::default()
         };
         // Without a format the engine probes the file (engine::probe), as qemu-img does.
