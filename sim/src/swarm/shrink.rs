@@ -294,6 +294,20 @@ mod tests {
     }
 
     #[test]
+    fn a_model_fill_needs_its_write_flushed() {
+        let setup = "# p\ndevice add d1 node=l1\nio d1 write -P 0x11 0 4096\n";
+        let tail = "device del d1\nmodel d0 fill 0x11 0 4096\n";
+        assert!(well_formed(&Split::parse(&format!(
+            "{setup}io d1 flush\n{tail}"
+        ))));
+        assert!(!well_formed(&Split::parse(&format!("{setup}{tail}"))));
+        // Another device's flush does not make it durable.
+        assert!(!well_formed(&Split::parse(&format!(
+            "{setup}io d0 flush\n{tail}"
+        ))));
+    }
+
+    #[test]
     fn variants_halve_and_drop() {
         let v = variants("workload start w device=d count=40 think=1ms");
         assert!(v.contains(&"workload start w device=d count=20 think=1ms".to_string()));
