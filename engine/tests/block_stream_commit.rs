@@ -334,6 +334,66 @@ fn cancelled_commit_removes_the_filter_and_keeps_the_chain() {
     });
 }
 
+/// Swarm seed 4091: an active commit cancelled before READY still held WRITE on the base when
+/// its filter was taken out; the top, back under the device, does not let others write its
+/// backing file, so the removal failed silently and the filter (and its hold on the base)
+/// stayed in the graph for good: after a stream dropped the base, it could not be deleted.
+#[test]
+fn cancelled_active_commit_removes_its_filter_and_lets_go_of_the_base() {
+    run(6, |engine| async move {
+        let view = build(&engine).await;
+        ok(
+            &engine,
+            json!({"execute": "block-commit",
+                   "arguments": {"device": "drive0", "job-id": "a0", "base-node": "mid",
+                                 "speed": 1 << 20}}),
+        )
+        .await;
+        ok(
+            &engine,
+            json!({"execute": "job-pause", "arguments": {"id": "a0"}}),
+        )
+        .await;
+        engine
+            .env()
+            .sleep_until(engine.env().now_ns() + 10_000_000)
+            .await;
+        ok(
+            &engine,
+            json!({"execute": "job-cancel", "arguments": {"id": "a0"}}),
+        )
+        .await;
+        wait_gone(&engine, "a0").await;
+        assert!(
+            engine
+                .graph()
+                .nodes()
+                .iter()
+                .all(|n| n.driver_name() != "mirror_top"),
+            "the active commit's filter is still in the graph"
+        );
+        assert_eq!(chain_names(&engine, "top"), ["top", "mid", "base"]);
+        assert!(read_dev(&engine, "drive0").await == view);
+        ok(
+            &engine,
+            json!({"execute": "block-stream", "arguments": {"device": "drive0", "job-id": "s0"}}),
+        )
+        .await;
+        wait_gone(&engine, "s0").await;
+        ok(
+            &engine,
+            json!({"execute": "blockdev-del", "arguments": {"node-name": "mid"}}),
+        )
+        .await;
+        ok(
+            &engine,
+            json!({"execute": "blockdev-del", "arguments": {"node-name": "base"}}),
+        )
+        .await;
+        assert!(read_dev(&engine, "drive0").await == view);
+    });
+}
+
 #[test]
 fn set_speed_stretches_virtual_time() {
     // 2 MiB of mid above the base is copied; at 1 MiB/s that takes about two virtual seconds,
