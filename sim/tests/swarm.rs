@@ -103,10 +103,10 @@ fn crash_points_find_qcow2_flush_ordering() {
     );
 }
 
-#[test]
-fn seeds_pass_with_no_bug_planted() {
+/// Every seed of `seeds` passes with no bug planted.
+fn all_pass(seeds: impl IntoIterator<Item = u64>) {
     planted::disable_all();
-    for seed in 0..20 {
+    for seed in seeds {
         let (g, v) = swarm::run_seed(seed, false);
         assert!(
             v.failure.is_none(),
@@ -115,6 +115,11 @@ fn seeds_pass_with_no_bug_planted() {
             g.text
         );
     }
+}
+
+#[test]
+fn seeds_pass_with_no_bug_planted() {
+    all_pass(0..20);
 }
 
 /// The findings of a release run over seeds 0..1200, each fixed where it was wrong: 341, 560,
@@ -128,16 +133,7 @@ fn seeds_pass_with_no_bug_planted() {
 /// overlapping aio write reported ahead of it: oracle, scenarios/sync-write-over-aio.scn).
 #[test]
 fn findings_of_longer_runs_pass() {
-    planted::disable_all();
-    for seed in [341, 560, 607, 689, 721, 988, 1028, 1119, 1179, 4091, 4283] {
-        let (g, v) = swarm::run_seed(seed, false);
-        assert!(
-            v.failure.is_none(),
-            "seed {seed} fails: {:?}\n{}",
-            v.failure,
-            g.text
-        );
-    }
+    all_pass([341, 560, 607, 689, 721, 988, 1028, 1119, 1179, 4091, 4283]);
 }
 
 #[test]
