@@ -35,6 +35,23 @@ fn job_events(engine: &Engine) -> Vec<String> {
         .collect()
 }
 
+/// True when no node of the graph uses `driver` (a job's filter is gone).
+fn no_node_of(engine: &Engine, driver: &str) -> bool {
+    engine
+        .graph()
+        .nodes()
+        .iter()
+        .all(|n| n.driver_name() != driver)
+}
+
+/// Let `ms` milliseconds of virtual time pass.
+async fn sleep_ms(engine: &Engine, ms: u64) {
+    engine
+        .env()
+        .sleep_until(engine.env().now_ns() + ms * 1_000_000)
+        .await;
+}
+
 async fn wait_gone(engine: &Engine, id: &str) {
     if let Some(job) = engine.jobs().get(id) {
         job.wait_concluded().await;
@@ -301,10 +318,7 @@ fn cancelled_commit_removes_the_filter_and_keeps_the_chain() {
                                          "speed": 1 << 20}}),
         )
         .await;
-        engine
-            .env()
-            .sleep_until(engine.env().now_ns() + 100_000_000)
-            .await;
+        sleep_ms(&engine, 100).await;
         ok(
             &engine,
             json!({"execute": "block-job-cancel", "arguments": {"device": "c0"}}),
@@ -317,13 +331,7 @@ fn cancelled_commit_removes_the_filter_and_keeps_the_chain() {
             "{events:?}"
         );
         assert_eq!(chain_names(&engine, "top"), ["top", "mid", "base"]);
-        assert!(
-            engine
-                .graph()
-                .nodes()
-                .iter()
-                .all(|n| n.driver_name() != "commit_top")
-        );
+        assert!(no_node_of(&engine, "commit_top"));
         assert!(read_dev(&engine, "drive0").await == view);
         assert_eq!(
             header_backing(&engine, "top.qcow2").await,
@@ -331,6 +339,59 @@ fn cancelled_commit_removes_the_filter_and_keeps_the_chain() {
         );
         let graph = qmp(&engine, json!({"execute": "x-debug-query-block-graph"})).await;
         assert!(!graph.to_string().contains("\"frozen\":true"));
+    });
+}
+
+/// Swarm seed 4091: an active commit cancelled before READY still held WRITE on the base when
+/// its filter was taken out; the top, back under the device, does not let others write its
+/// backing file, so the removal failed silently and the filter (and its hold on the base)
+/// stayed in the graph for good: after a stream dropped the base, it could not be deleted.
+#[test]
+fn cancelled_active_commit_removes_its_filter_and_lets_go_of_the_base() {
+    run(6, |engine| async move {
+        let view = build(&engine).await;
+        ok(
+            &engine,
+            json!({"execute": "block-commit",
+                   "arguments": {"device": "drive0", "job-id": "a0", "base-node": "mid",
+                                 "speed": 1 << 20}}),
+        )
+        .await;
+        ok(
+            &engine,
+            json!({"execute": "job-pause", "arguments": {"id": "a0"}}),
+        )
+        .await;
+        sleep_ms(&engine, 10).await;
+        ok(
+            &engine,
+            json!({"execute": "job-cancel", "arguments": {"id": "a0"}}),
+        )
+        .await;
+        wait_gone(&engine, "a0").await;
+        assert!(
+            no_node_of(&engine, "mirror_top"),
+            "the active commit's filter is still in the graph"
+        );
+        assert_eq!(chain_names(&engine, "top"), ["top", "mid", "base"]);
+        assert!(read_dev(&engine, "drive0").await == view);
+        ok(
+            &engine,
+            json!({"execute": "block-stream", "arguments": {"device": "drive0", "job-id": "s0"}}),
+        )
+        .await;
+        wait_gone(&engine, "s0").await;
+        ok(
+            &engine,
+            json!({"execute": "blockdev-del", "arguments": {"node-name": "mid"}}),
+        )
+        .await;
+        ok(
+            &engine,
+            json!({"execute": "blockdev-del", "arguments": {"node-name": "base"}}),
+        )
+        .await;
+        assert!(read_dev(&engine, "drive0").await == view);
     });
 }
 

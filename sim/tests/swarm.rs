@@ -105,10 +105,10 @@ fn crash_points_find_qcow2_flush_ordering() {
     );
 }
 
-#[test]
-fn seeds_pass_with_no_bug_planted() {
+/// Every seed of `seeds` passes with no bug planted.
+fn all_pass(seeds: impl IntoIterator<Item = u64>) {
     planted::disable_all();
-    for seed in 0..20 {
+    for seed in seeds {
         let (g, v) = swarm::run_seed(seed, false);
         assert!(
             v.failure.is_none(),
@@ -117,6 +117,25 @@ fn seeds_pass_with_no_bug_planted() {
             g.text
         );
     }
+}
+
+#[test]
+fn seeds_pass_with_no_bug_planted() {
+    all_pass(0..20);
+}
+
+/// The findings of a release run over seeds 0..1200, each fixed where it was wrong: 341, 560,
+/// 607, 689 and 1028 (the generator kept the layers a commit dropped, so QEMU refused the next
+/// job with "Need a root block node"), 721 and 1179 (a read fault failed a guest write under
+/// `werror=stop` and the generator never resumed: workers parked forever), 988 and 1119 (an
+/// intermediate commit into a raw base lost the committed data on power loss: an engine bug,
+/// also kept as scenarios/commit-raw-base-crash.scn). Of 1200..5000: 4091 (an active commit
+/// cancelled before READY left its filter in the graph: engine, scenarios/
+/// active-commit-cancel-del.scn) and 4283 (the model settled a synchronous write before an
+/// overlapping aio write reported ahead of it: oracle, scenarios/sync-write-over-aio.scn).
+#[test]
+fn findings_of_longer_runs_pass() {
+    all_pass([341, 560, 607, 689, 721, 988, 1028, 1119, 1179, 4091, 4283]);
 }
 
 #[test]

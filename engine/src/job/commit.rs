@@ -277,10 +277,13 @@ impl CommitJob {
             .borrow()
             .clone()
             .expect("commit job attached");
+        // Everything committed is durable before the overlay stops naming the top. Flush while
+        // the job still writes the base: a flush only reaches the children a node writes to,
+        // so once the write permission is gone it would stop at the base's format layer and
+        // leave the copied data in the file's volatile cache.
+        base.flush().await?;
         // The overlay will read the base directly and does not let others write it.
         set_external_perms(&base, Perms::CONSISTENT_READ, Perms::ALL)?;
-        // Everything committed is durable before the overlay stops naming the top.
-        base.flush().await?;
         let Some(overlay) = &self.overlay else {
             return Ok(());
         };

@@ -22,8 +22,13 @@ pub const LAYERS: [(&str, u64, u64, u8); 3] = [
     ("top", (5 << 20) / 2, 512 << 10, 0x33),
 ];
 
-/// Create `file` as qcow2 on the engine's host files, optionally with a backing file.
+/// Create `file` as qcow2 on the engine's host files, optionally with a qcow2 backing file.
 pub async fn mkimg(engine: &Engine, file: &str, backing: Option<&str>) {
+    mkimg_over(engine, file, backing.map(|b| (b, "qcow2"))).await
+}
+
+/// Create `file` as qcow2, optionally with a backing file `(name, format)`.
+pub async fn mkimg_over(engine: &Engine, file: &str, backing: Option<(&str, &str)>) {
     let opts = engine::env::OpenOptions {
         write: true,
         create: true,
@@ -40,8 +45,8 @@ pub async fn mkimg(engine: &Engine, file: &str, backing: Option<&str>) {
         .unwrap();
     let opts = CreateOptions {
         size: SIZE,
-        backing_file: backing.map(str::to_string),
-        backing_fmt: backing.map(|_| "qcow2".to_string()),
+        backing_file: backing.map(|(b, _)| b.to_string()),
+        backing_fmt: backing.map(|(_, f)| f.to_string()),
         ..CreateOptions::default()
     };
     create(&bb.root().unwrap(), &opts).await.unwrap();
@@ -61,7 +66,7 @@ pub async fn add_layer(engine: &Engine, name: &str, backing: Option<&str>) {
     engine.blockdev_add(opts).await.unwrap();
 }
 
-async fn fill(engine: &Engine, node: &str, off: u64, len: u64, pat: u8) {
+pub async fn fill(engine: &Engine, node: &str, off: u64, len: u64, pat: u8) {
     let bb = engine
         .device_add("fill", node, BackendOptions::tool(false))
         .unwrap();

@@ -1,9 +1,11 @@
 //! `io DEVICE COMMAND` (and `io? ...`, which may fail): qemu-io command lines on a device, one
 //! qemu-io session per device, with the guest's writes mirrored into the reference model.
 //!
-//! Synchronous writes update the model when they complete. aio writes are in flight in the model
-//! (a crash may or may not keep them) until the session has nothing outstanding; they then count
-//! as completed, or as "old or new" if the session reported a failure meanwhile.
+//! Writes update the model in the order their completion reports appear in the output: a
+//! synchronous write may complete after an overlapping aio write that was reported while it ran,
+//! and then its data is the one that stays. aio writes are in flight in the model (a crash may
+//! or may not keep them) until reported, or until the session has nothing outstanding; they then
+//! count as completed, or as "old or new" if the session reported a failure meanwhile.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -115,22 +117,26 @@ impl IoSessions {
         }
         let result = dev.session.run_line(line).await;
         let ok = result == CommandResult::Ok;
-        if let Some(t) = ticket {
-            model.borrow_mut().complete_write(t, ok);
-        }
         if let (Some(start), true) = (flush_start, ok) {
             model.borrow_mut().flush_done(start);
         }
         if let (Some(Command::Discard { offset, len, .. }), true) = (&cmd, ok) {
             model.borrow_mut().discarded(*offset, *len);
         }
-        let lines = self.take_output(device, model);
+        let lines = self.take_output(device, model, ticket.map(|t| (t, ok)));
         Ok(IoOutcome { lines, ok })
     }
 
     /// Output printed since the last call (aio completions arrive between steps), settling the
-    /// model's aio writes once nothing is outstanding.
-    pub fn take_output(&mut self, device: &str, model: &Rc<RefCell<DeviceModel>>) -> Vec<String> {
+    /// model's writes in the order they report completion: `sync` is the synchronous write the
+    /// step just ran (with its success), settled at its own report, after the aio writes that
+    /// reported before it. aio writes still unsettled count once nothing is outstanding.
+    pub fn take_output(
+        &mut self,
+        device: &str,
+        model: &Rc<RefCell<DeviceModel>>,
+        mut sync: Option<(Ticket, bool)>,
+    ) -> Vec<String> {
         let Some(dev) = self.sessions.get_mut(device) else {
             return Vec::new();
         };
@@ -139,6 +145,17 @@ impl IoSessions {
             // A completion report names the write: settle it in the order it really completed.
             if let Some((bytes, offset)) = parse_wrote(l) {
                 let same = |t: &Ticket| t.offset() == offset && t.len() == bytes;
+                if sync.as_ref().is_some_and(|(t, _)| same(t)) {
+                    // The synchronous write's report; with an aio write of the same range in
+                    // flight it may be that one's instead, so both count as "this or before".
+                    let collides = dev.aio.iter().any(|(t, _)| same(t));
+                    for (t, ambiguous) in dev.aio.iter_mut() {
+                        *ambiguous |= same(t);
+                    }
+                    let (t, ok) = sync.take().expect("matched above");
+                    model.borrow_mut().complete_write(t, ok && !collides);
+                    continue;
+                }
                 let matching = dev.aio.iter().filter(|(t, _)| same(t)).count();
                 if matching > 1 {
                     // Writes of one range are indistinguishable in the output: any of them may
@@ -154,6 +171,10 @@ impl IoSessions {
             } else if l.contains("failed") && !dev.aio.is_empty() {
                 dev.aio_failed = true;
             }
+        }
+        if let Some((t, ok)) = sync {
+            // No report (a failure, or `-q`): it completed when the command returned.
+            model.borrow_mut().complete_write(t, ok);
         }
         if dev.session.aio_in_flight() == 0 && !dev.aio.is_empty() {
             let ok = !dev.aio_failed;

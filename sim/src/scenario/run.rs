@@ -756,7 +756,7 @@ impl World<'_> {
                 continue;
             };
             let model = dev.model.clone();
-            for l in self.io.take_output(&device, &model) {
+            for l in self.io.take_output(&device, &model, None) {
                 self.note(&format!("  [{device}] {l}"));
                 self.last_output.push(l);
             }

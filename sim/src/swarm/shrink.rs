@@ -111,10 +111,14 @@ pub fn shrink(text: &str, check: Option<&str>) -> Option<Shrunk> {
 /// writes the device reads a moving target and would fail for the wrong reason.
 /// Nor may it verify while qemu-io aio requests are in flight (before `aio_flush`), or drop
 /// the `model` declaration of data written into a lower layer through a deleted device.
-/// Likewise a `model` declaration must keep the write it declares, a drained section its end
-/// and a blkdebug breakpoint its resume: without them the run fails or hangs for that reason.
+/// Likewise a `model` declaration must keep the write it declares and the flush that made that
+/// write durable (the declaration says it is: without the flush a restart may rightly lose it),
+/// a drained section its end and a blkdebug breakpoint its resume: without them the run fails
+/// or hangs for that reason.
 fn well_formed(s: &Split) -> bool {
     let mut running: Vec<&str> = Vec::new();
+    // Writes not yet flushed, by device; `written` holds the flushed ones.
+    let mut unflushed: Vec<(&str, (&str, &str, &str))> = Vec::new();
     let mut written: Vec<(&str, &str, &str)> = Vec::new();
     let mut drained: Vec<&str> = Vec::new();
     let mut breaks: Vec<&str> = Vec::new();
@@ -135,9 +139,15 @@ fn well_formed(s: &Split) -> bool {
             }
             ["verify", ..] if !running.is_empty() || aio => return false,
             ["io", _, "aio_write", ..] => aio = true,
-            ["io", _, "aio_flush"] => aio = false,
+            ["io", dev, op @ ("aio_flush" | "flush")] => {
+                aio &= *op != "aio_flush";
+                for (_, w) in unflushed.iter().filter(|(d, _)| d == dev) {
+                    written.push(*w);
+                }
+                unflushed.retain(|(d, _)| d != dev);
+            }
             ["io", dev, "write", "-P", p, off, len] => {
-                written.push((p, off, len));
+                unflushed.push((dev, (p, off, len)));
                 lower.push((dev, (p, off, len)));
             }
             ["device", "del", dev] => deleted.push(dev),
@@ -281,6 +291,20 @@ mod tests {
         assert_eq!(s.header, vec!["# p", "seed 1"]);
         assert_eq!(s.steps.len(), 2);
         assert_eq!(s.steps[0].len(), 3);
+    }
+
+    #[test]
+    fn a_model_fill_needs_its_write_flushed() {
+        let setup = "# p\ndevice add d1 node=l1\nio d1 write -P 0x11 0 4096\n";
+        let tail = "device del d1\nmodel d0 fill 0x11 0 4096\n";
+        assert!(well_formed(&Split::parse(&format!(
+            "{setup}io d1 flush\n{tail}"
+        ))));
+        assert!(!well_formed(&Split::parse(&format!("{setup}{tail}"))));
+        // Another device's flush does not make it durable.
+        assert!(!well_formed(&Split::parse(&format!(
+            "{setup}io d0 flush\n{tail}"
+        ))));
     }
 
     #[test]

@@ -165,6 +165,15 @@ impl MirrorDriver {
         if self.filter_gone.replace(true) {
             return;
         }
+        // The job writes the target no more: give that up before the filter's parents move
+        // back onto the source (QEMU drops its target user first too). An active commit's
+        // target is the source's backing file, which the source lets others write only while
+        // the filter sits above it; still holding WRITE there makes the removal fail and
+        // leaves the filter, and the target's reference, in the graph for good.
+        if let Some(target) = self.target_child.borrow().as_ref() {
+            set_external_perms(target, Perms::NONE, Perms::ALL)
+                .expect("dropping permissions cannot conflict");
+        }
         // The filter's parents move to whatever it filters now; its own edges go when it
         // closes. A failure would mean a frozen parent edge, which nothing sets on the filter.
         let _ = remove_filter(&self.filter).await;

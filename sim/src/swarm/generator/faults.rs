@@ -9,7 +9,8 @@ use super::Gen;
 use crate::rng::{below, chance};
 
 impl Gen {
-    fn fault_line(&mut self) -> (String, bool, bool) {
+    /// A fault's line, and whether it makes requests fail (all but `slow`).
+    fn fault_line(&mut self) -> (String, bool) {
         let r = &mut self.r.faults;
         let path = if self.chain_known {
             let l = &self.chain[below(r, self.chain.len() as u64) as usize];
@@ -22,23 +23,18 @@ impl Gen {
             1 => format!("times={}", 1 + below(r, 5)),
             _ => format!("prob=0.0{}", 1 + below(r, 9)),
         };
-        let (kind, writes, reads) = match below(r, 6) {
-            0 => ("eio ops=write".to_string(), true, false),
-            1 => ("eio ops=read".to_string(), false, true),
-            2 => ("eio ops=flush".to_string(), true, false),
-            3 => ("eio ops=read,write,flush".to_string(), true, true),
-            4 => (
-                format!("enospc quota={}k", 64 * (1 + below(r, 64))),
-                true,
-                false,
-            ),
+        let (kind, fails) = match below(r, 6) {
+            0 => ("eio ops=write".to_string(), true),
+            1 => ("eio ops=read".to_string(), true),
+            2 => ("eio ops=flush".to_string(), true),
+            3 => ("eio ops=read,write,flush".to_string(), true),
+            4 => (format!("enospc quota={}k", 64 * (1 + below(r, 64))), true),
             _ => (
                 format!("slow extra={}us..{}ms", 10 + below(r, 100), 1 + below(r, 5)),
                 false,
-                false,
             ),
         };
-        (format!("{kind}{path} {trigger}"), writes, reads)
+        (format!("{kind}{path} {trigger}"), fails)
     }
 
     /// One or two faults during a bounded workload, then cleared (and `cont` if stopped).
@@ -49,8 +45,13 @@ impl Gen {
         let mut may_stop = false;
         for _ in 0..n {
             let name = self.fresh("f");
-            let (line, writes, reads) = self.fault_line();
-            may_stop |= (writes && self.werror_stop) || (reads && self.rerror_stop);
+            let (line, fails) = self.fault_line();
+            // A failing file operation does not map to one guest operation: a read fault
+            // fails a guest write that reads qcow2 metadata or copies a backing cluster
+            // (werror), a write fault fails a guest read that writes back a cached table
+            // (rerror), a flush fault fails a guest flush (werror). So any error fault may
+            // stop the machine under either stop policy.
+            may_stop |= fails && (self.werror_stop || self.rerror_stop);
             self.step(format!("fault inject {name} {line}"));
             names.push(name);
         }

@@ -81,6 +81,7 @@ impl Gen {
         let t = "timeout=30s";
         if !needs_ready {
             self.step(format!("wait event BLOCK_JOB_COMPLETED device={id} {t}"));
+            self.drop_layers(&new_chain);
             self.adopt(new_chain);
             return;
         }
@@ -120,8 +121,28 @@ impl Gen {
         };
         self.qmp(&json!({"execute": verb, "arguments": {arg: id}}));
         self.step(format!("wait event BLOCK_JOB_COMPLETED device={id} {t}"));
+        if kind == Kind::ActiveCommit {
+            self.drop_layers(&new_chain);
+        }
         self.adopt(new_chain);
         self.verify();
+    }
+
+    /// Delete the layers a finished stream or commit took out of the chain. The monitor
+    /// added them, so they outlive the job and still hold the layer below as their backing
+    /// file: after an active commit QEMU then no longer sees the base as a root node, and a
+    /// later job on `drive0` is refused with "Need a root block node". A management layer
+    /// deletes them, top first (each is in use by the one above it until that one goes).
+    fn drop_layers(&mut self, new_chain: &[Layer]) {
+        let gone: Vec<String> = self
+            .chain
+            .iter()
+            .filter(|l| !new_chain.iter().any(|k| k.node == l.node))
+            .map(|l| l.node.clone())
+            .collect();
+        for node in gone {
+            self.qmp(&json!({"execute": "blockdev-del", "arguments": {"node-name": node}}));
+        }
     }
 
     /// Pause (right after start: the speed limit keeps the job from finishing first), let time
