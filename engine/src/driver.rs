@@ -261,6 +261,23 @@ pub trait BlockDriver {
     fn specific_info(&self) -> Value {
         Value::Null
     }
+
+    /// What qemu-io's `info` prints of the image (QEMU's driver info and its format-specific
+    /// block); zeroes and no lines by default.
+    fn image_info(&self) -> ImageInfo {
+        ImageInfo::default()
+    }
+}
+
+/// The image facts qemu-io's `info` prints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Bytes per cluster (0: the format has none).
+    pub cluster_size: u64,
+    /// Where the VM state would live, past the guest data.
+    pub vm_state_offset: u64,
+    /// The "Format specific information" lines (name, value), in QEMU's order.
+    pub specific: Vec<(&'static str, String)>,
 }
 
 /// A driver that acts on debug events and can suspend requests at them (blkdebug): reached

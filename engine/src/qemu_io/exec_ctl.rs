@@ -52,16 +52,21 @@ impl Session {
             // The null drivers have no image info: qemu-io stops here, silently failing.
             return false;
         }
-        let specific = node.driver().specific_info();
-        let num = |key: &str| specific.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+        let info = node.driver().image_info();
         self.out(format!(
             "cluster size: {}",
-            human_size(num("cluster-size") as f64)
+            human_size(info.cluster_size as f64)
         ));
         self.out(format!(
             "vm state offset: {}",
-            human_size(num("vm-state-offset") as f64)
+            human_size(info.vm_state_offset as f64)
         ));
+        if !info.specific.is_empty() {
+            self.out("Format specific information:");
+            for (name, value) in &info.specific {
+                self.out(format!("    {name}: {value}"));
+            }
+        }
         true
     }
 

@@ -34,6 +34,7 @@ mod create;
 mod empty;
 mod format_ops;
 mod header;
+mod info;
 mod io;
 mod lock;
 mod options;
@@ -92,6 +93,8 @@ pub(crate) struct Qcow2 {
     /// The data file is a raw image of the guest disk (autoclear bit 1): whatever reads as
     /// zeroes in the image must read as zeroes in the data file too.
     data_raw: bool,
+    /// The data file's name as the header records it.
+    data_file_name: Option<String>,
     /// Extended L2 entries (incompatible bit 4): 16-byte L2 entries with a bitmap of 32
     /// subclusters. Read only: writes are refused.
     ext_l2: bool,
@@ -206,6 +209,7 @@ pub(super) fn open(
         let q = Qcow2 {
             file,
             data_raw: data.is_some() && h.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0,
+            data_file_name: data.as_ref().and(h.data_file.clone()),
             data,
             ext_l2: h.incompat & header::INCOMPAT_EXTL2 != 0,
             cluster_bits: h.cluster_bits,
@@ -645,6 +649,10 @@ impl BlockDriver for Qcow2 {
 
     fn filename(&self) -> String {
         self.file.node().driver().filename()
+    }
+
+    fn image_info(&self) -> crate::driver::ImageInfo {
+        self.qemu_io_info()
     }
 
     fn specific_info(&self) -> Value {
