@@ -173,7 +173,7 @@ fn parse_args(args: &[String]) -> Parsed {
                 }
             }
             's' => return fail("-s (snapshot) is not supported by blk"),
-            'C' => return fail("-C (copy-on-read) is not supported by blk"),
+            'C' => a.spec.copy_on_read = true,
             'T' => return fail("-T (trace) is not supported by blk"),
             'O' => {
                 if let Some(text) = crate::cli::img::object_help(&v) {

@@ -39,6 +39,9 @@ pub struct BackendOptions {
     pub perm: Perms,
     /// Permissions shared with other users of the root node.
     pub shared: Perms,
+    /// Copy-on-read (qemu-io `-C`): a read first copies what the root node does not allocate
+    /// itself from its backing chain into it (whole clusters, by the format's copy-on-write).
+    pub copy_on_read: bool,
 }
 
 impl BackendOptions {
@@ -61,6 +64,7 @@ impl BackendOptions {
             write_cache: true,
             perm,
             shared,
+            copy_on_read: false,
         }
     }
 
@@ -78,6 +82,7 @@ impl BackendOptions {
             write_cache: true,
             perm,
             shared,
+            copy_on_read: false,
         }
     }
 }
@@ -250,6 +255,15 @@ impl BlockBackend {
         let mut buf = buf;
         loop {
             let guard = self.admit().await;
+            if self.opts.get().copy_on_read
+                && let Err(e) = child.populate(offset, buf.len() as u64).await
+            {
+                drop(guard);
+                match self.on_result(Err(e), true).await {
+                    policy::Outcome::Done(r) => return (buf, r),
+                    policy::Outcome::Retry => continue,
+                }
+            }
             let (b, r) = child.read(offset, buf, ReqFlags::NONE).await;
             drop(guard);
             buf = b;

@@ -169,12 +169,16 @@ impl Session {
             let name = spec.filename.as_deref().unwrap_or_default();
             self.err(crate::probe::raw_warning(name));
         }
+        if spec.copy_on_read && spec.read_only {
+            return Err(Error::generic("Can't use copy-on-read on read-only device"));
+        }
         let node = spec.add_to(&self.engine).await?;
         let name = node.name().to_string();
         let mut opts = BackendOptions::tool(spec.read_only);
         if spec.force_share {
             opts.shared = Perms::ALL;
         }
+        opts.copy_on_read = spec.copy_on_read;
         match self.engine.device_add(&self.cfg.device_name, &name, opts) {
             Ok(bb) => {
                 bb.set_write_cache(spec.cache.write_cache());

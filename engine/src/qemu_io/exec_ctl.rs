@@ -181,10 +181,11 @@ impl Session {
                 }
             }
         }
-        if *snapshot || *copy_on_read {
-            self.report_err("snapshot (-s) and copy-on-read (-C) are not supported by blk");
+        if *snapshot {
+            self.report_err("snapshot (-s) is not supported by blk");
             return false;
         }
+        spec.copy_on_read = *copy_on_read;
         match self.open(&spec).await {
             Ok(()) => true,
             Err(e) => {

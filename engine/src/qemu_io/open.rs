@@ -98,6 +98,8 @@ pub struct OpenSpec {
     /// Open the image without its backing file (`backing: null`, QEMU's BDRV_O_NO_BACKING):
     /// `qemu-img info` reads an image whose backing file is missing or loops.
     pub no_backing: bool,
+    /// `-C`: the device copies on read (refused on a read-only image).
+    pub copy_on_read: bool,
 }
 
 impl Default for OpenSpec {
@@ -115,6 +117,7 @@ impl Default for OpenSpec {
             node_name: "disk".to_string(),
             probed_raw: false,
             no_backing: false,
+            copy_on_read: false,
         }
     }
 }
