@@ -82,7 +82,7 @@ impl Qcow2 {
         if rebuild && repair == Some(Repair::All) {
             rep.error("Rebuilding refcount structure".into());
             let old = rep.clone();
-            self.rebuild_refcounts(h.nb_snapshots).await?;
+            self.rebuild_refcounts(h.nb_snapshots, true).await?;
             let h = self.read_header().await?;
             let mut fresh = CheckReport {
                 messages: std::mem::take(&mut rep.messages),

@@ -479,7 +479,7 @@ impl Qcow2 {
     /// The header fix-ups of `check_writable` (metadata lock held).
     async fn do_fixups(&self) -> Result<()> {
         if self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
-            self.rebuild_refcounts(self.nb_snapshots).await?;
+            self.rebuild_refcounts(self.nb_snapshots, false).await?;
         }
         let keep = self.autoclear.get() & self.known_autoclear();
         if self.version == 3 && self.autoclear.get() != keep {

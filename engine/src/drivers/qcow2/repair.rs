@@ -24,7 +24,10 @@ fn bad(msg: String) -> Error {
 
 impl Qcow2 {
     /// Rebuild all refcounts from the mappings and clear the dirty bit.
-    pub(crate) async fn rebuild_refcounts(&self, nb_snapshots: u32) -> Result<()> {
+    /// `count_old`: the old refcount table and blocks keep a count of one (the check's rebuild,
+    /// whose leak pass then frees them with a "Repairing cluster" line each, as QEMU's does);
+    /// otherwise they simply become free.
+    pub(crate) async fn rebuild_refcounts(&self, nb_snapshots: u32, count_old: bool) -> Result<()> {
         if nb_snapshots > 0 {
             return Err(Error::generic(
                 "qcow2: cannot repair the refcounts of an image with internal snapshots; \
@@ -77,6 +80,9 @@ impl Qcow2 {
                     _ => {}
                 }
             }
+        }
+        if count_old {
+            self.count_old_refcount_structures(&mut counts);
         }
         // Persistent bitmaps own clusters too; counted the way the check counts them (only
         // read when the autoclear bit says they are valid, as the check does).
@@ -171,5 +177,25 @@ impl Qcow2 {
         self.rb_cache.clear();
         self.free_hint.set(0);
         Ok(())
+    }
+
+    /// Count the clusters of the current refcount table and its (aligned, in-file) blocks.
+    fn count_old_refcount_structures(&self, counts: &mut [u64]) {
+        let cs = self.cs();
+        let table_clusters = (self.reftable.borrow().len() as u64 * 8).div_ceil(cs);
+        let first = self.reftable_offset.get() / cs;
+        let blocks = self.reftable.borrow().clone();
+        let old = (first..first + table_clusters).chain(
+            blocks
+                .iter()
+                .map(|e| e & OFFSET_MASK)
+                .filter(|b| *b != 0 && b.is_multiple_of(cs))
+                .map(|b| b / cs),
+        );
+        for c in old {
+            if let Some(slot) = counts.get_mut(c as usize) {
+                *slot += 1;
+            }
+        }
     }
 }
