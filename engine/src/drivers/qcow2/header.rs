@@ -119,6 +119,11 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::generic(format!("qcow2: {}", msg.into()))
 }
 
+/// A header QEMU refuses with this very message (no "qcow2:" prefix, as QEMU prints it).
+fn refused_as_qemu(msg: String) -> Error {
+    Error::generic(msg)
+}
+
 impl Header {
     /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
@@ -155,12 +160,14 @@ impl Header {
         }
         let version = be32(buf, 4);
         if version != 2 && version != 3 {
-            return Err(invalid(format!("Unsupported qcow2 version {version}")));
+            return Err(refused_as_qemu(format!(
+                "Unsupported qcow2 version {version}"
+            )));
         }
         let cluster_bits = be32(buf, 20);
         if !(9..=21).contains(&cluster_bits) {
-            return Err(invalid(format!(
-                "Unsupported cluster size: 2^{cluster_bits} (must be 2^9..2^21)"
+            return Err(refused_as_qemu(format!(
+                "Unsupported cluster size: 2^{cluster_bits}"
             )));
         }
         let mut h = Header {
