@@ -104,3 +104,46 @@ fn commands_arguments_and_errors_have_qmp_shapes() {
         assert_eq!(error(&r), ("GenericError", "Cannot find node n0"));
     });
 }
+
+/// QMP `blockdev-reopen`: switches nodes between read-only and read-write, all or none;
+/// refuses what it cannot change in QEMU's words, and changes nothing then.
+#[test]
+fn blockdev_reopen_switches_the_access_mode_and_refuses_other_changes() {
+    use sim::{Sim, SimConfig};
+    let sim = Sim::new(3, SimConfig::default());
+    sim.fs().create_file("r.img", &vec![0u8; 1 << 20]).unwrap();
+    let engine = std::rc::Rc::new(engine::Engine::new(sim.env().as_env()));
+    sim.block_on(async move {
+        let add = json!({"execute": "blockdev-add", "arguments": {"driver": "raw",
+            "node-name": "fmt", "read-only": true,
+            "file": {"driver": "file", "node-name": "proto", "filename": "r.img"}}});
+        assert_eq!(exec(&engine, add).await, json!({"return": {}}));
+        let ro = |name: &str| engine.node(name).unwrap().is_read_only();
+        assert!(ro("fmt"));
+        let reopen = |options: Value| json!({"execute": "blockdev-reopen", "arguments": {"options": options}});
+        let r = exec(&engine, reopen(json!([{"node-name": "fmt", "driver": "raw", "file": "proto", "read-only": false}]))).await;
+        assert_eq!(r, json!({"return": {}}));
+        assert!(!ro("fmt") && !ro("proto"));
+        for (options, msg) in [
+            (json!([{"driver": "raw"}]), "Parameter 'options[0].file' is missing"),
+            (json!([{"node-name": "fmt", "driver": "raw", "read-only": true}]), "Parameter 'options[0].file' is missing"),
+            (json!([{"driver": "raw", "file": "proto"}]), "node-name not specified"),
+            (json!([{"node-name": "nope", "driver": "raw", "file": "proto"}]), "Failed to find node with node-name='nope'"),
+            (json!([{"node-name": "fmt", "driver": "qcow2", "file": "proto", "read-only": true}]), "Cannot change the option 'driver'"),
+            (json!([{"node-name": "fmt", "driver": "raw", "file": "other", "read-only": true}]), "Cannot find device='' nor node-name='other'"),
+            (json!([{"node-name": "fmt", "driver": "raw", "file": "fmt", "read-only": true}]), "Cannot change the option 'file'"),
+            (json!([{"node-name": "fmt", "driver": "raw", "file": "proto", "read-only": true}, {"node-name": "proto", "driver": "file", "filename": "r.img", "cache": {"direct": true}}]), "Cannot change the option 'cache'"),
+        ] {
+            let r = exec(&engine, reopen(options)).await;
+            assert_eq!(error(&r), ("GenericError", msg));
+            assert!(!ro("fmt"), "a refused reopen changed the node");
+        }
+        let both = json!([{"node-name": "fmt", "driver": "raw", "file": "proto", "read-only": true},
+            {"node-name": "proto", "driver": "file", "filename": "r.img", "read-only": true}]);
+        assert_eq!(exec(&engine, reopen(both)).await, json!({"return": {}}));
+        assert!(ro("fmt") && ro("proto"));
+        let r = exec(&engine, json!({"execute": "blockdev-reopen", "arguments": {}})).await;
+        assert_eq!(error(&r).1, "Parameter 'options' is missing");
+    })
+    .unwrap();
+}

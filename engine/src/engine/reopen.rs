@@ -41,3 +41,105 @@ impl Engine {
         Ok(())
     }
 }
+
+/// Options of one node in a `blockdev-reopen` (QEMU's blockdev options: everything the node
+/// is to have; what is left out takes its default).
+struct ReopenRequest {
+    node: std::rc::Rc<crate::graph::Node>,
+    read_only: bool,
+}
+
+impl Engine {
+    /// QMP `blockdev-reopen`: every listed node gets its new options, all or none. blk changes
+    /// the access mode (`read-only`); the driver and the children must be given as they are
+    /// (`file`/`backing` by node name), and any other option is refused as QEMU refuses an
+    /// option it cannot change.
+    pub async fn blockdev_reopen(&self, options: &[serde_json::Value]) -> Result<()> {
+        let mut requests = Vec::new();
+        for (i, o) in options.iter().enumerate() {
+            requests.push(self.reopen_request(i, o)?);
+        }
+        let mut done: Vec<(std::rc::Rc<crate::graph::Node>, bool)> = Vec::new();
+        for r in &requests {
+            let was = r.node.is_read_only();
+            if let Err(e) = reopen_set_read_only(&r.node, r.read_only).await {
+                // Undo in reverse order: each node goes back to the mode it had.
+                for (node, was) in done.into_iter().rev() {
+                    let _ = reopen_set_read_only(&node, was).await;
+                }
+                return Err(e);
+            }
+            done.push((r.node.clone(), was));
+        }
+        Ok(())
+    }
+
+    fn reopen_request(&self, i: usize, options: &serde_json::Value) -> Result<ReopenRequest> {
+        let Some(map) = options.as_object() else {
+            return Err(Error::generic(format!(
+                "Invalid parameter type for 'options[{i}]', expected: object"
+            )));
+        };
+        // The blockdev schema first: a driver, and what that driver cannot be without.
+        let Some(driver) = map.get("driver").and_then(|v| v.as_str()) else {
+            return Err(Error::generic(format!(
+                "Parameter 'options[{i}].driver' is missing"
+            )));
+        };
+        let required = if driver == "file" { "filename" } else { "file" };
+        if !map.contains_key(required) && driver != "null-co" && driver != "null-aio" {
+            return Err(Error::generic(format!(
+                "Parameter 'options[{i}].{required}' is missing"
+            )));
+        }
+        let Some(name) = map.get("node-name").and_then(|v| v.as_str()) else {
+            return Err(Error::generic("node-name not specified"));
+        };
+        let node = self.ctx.node(name).ok_or_else(|| {
+            Error::generic(format!("Failed to find node with node-name='{name}'"))
+        })?;
+        let mut read_only = false;
+        for (key, value) in map {
+            let same = match key.as_str() {
+                "node-name" => true,
+                "driver" => value.as_str() == Some(node.driver_name()),
+                "filename" => value.as_str() == Some(node.driver().filename().as_str()),
+                "read-only" => {
+                    read_only = value.as_bool().ok_or_else(|| {
+                        Error::generic(format!(
+                            "Invalid parameter type for 'options[{i}].read-only', expected: boolean"
+                        ))
+                    })?;
+                    true
+                }
+                child => self.same_child(&node, child, value)?,
+            };
+            if !same {
+                return Err(Error::generic(format!("Cannot change the option '{key}'")));
+            }
+        }
+        Ok(ReopenRequest { node, read_only })
+    }
+
+    /// Whether `value` names the node's current `child` (a name that is no node at all is
+    /// QEMU's lookup error).
+    fn same_child(
+        &self,
+        node: &crate::graph::Node,
+        child: &str,
+        value: &serde_json::Value,
+    ) -> Result<bool> {
+        let Some(wanted) = value.as_str() else {
+            return Ok(false);
+        };
+        if self.ctx.node(wanted).is_none() {
+            return Err(Error::generic(format!(
+                "Cannot find device='' nor node-name='{wanted}'"
+            )));
+        }
+        Ok(node
+            .children()
+            .iter()
+            .any(|e| e.name() == child && e.child_node().name() == wanted))
+    }
+}

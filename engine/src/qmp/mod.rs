@@ -17,6 +17,7 @@ pub const COMMANDS: &[&str] = &[
     "query-commands",
     "blockdev-add",
     "blockdev-del",
+    "blockdev-reopen",
     "object-add",
     "object-del",
     "query-named-block-nodes",
@@ -102,6 +103,19 @@ async fn run(engine: &Engine, name: &str, mut args: Options) -> Result<Value> {
         "query-commands" => Value::Array(COMMANDS.iter().map(|c| json!({"name": c})).collect()),
         "blockdev-add" => {
             engine.blockdev_add(args.into_value()).await?;
+            return Ok(json!({}));
+        }
+        "blockdev-reopen" => {
+            let options = args
+                .take("options")
+                .ok_or_else(|| Error::generic("Parameter 'options' is missing"))?;
+            args.finish()?;
+            let Value::Array(list) = options else {
+                return Err(Error::generic(
+                    "Invalid parameter type for 'options', expected: array",
+                ));
+            };
+            engine.blockdev_reopen(&list).await?;
             return Ok(json!({}));
         }
         "object-add" => {
