@@ -250,6 +250,7 @@ impl Engine {
             filter_node_name: a.filter_node_name,
             copy_mode: a.copy_mode.unwrap_or(CopyMode::Background),
             target_backs_on_source,
+            restore_read_only: Vec::new(),
         };
         mirror::start(self.jobs(), &opts, params).await
     }

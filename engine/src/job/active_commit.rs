@@ -42,6 +42,9 @@ pub async fn start(
             }
         }
     }
+    // A read-only base is made writable for the job, as QEMU's active commit does, and goes
+    // back to read-only when the job ends without a pivot.
+    let reopened = crate::graph::reopen_read_write(&base).await?;
     let params = MirrorParams {
         source: top,
         target: base,
@@ -56,6 +59,11 @@ pub async fn start(
         filter_node_name: filter_node_name.map(str::to_string),
         copy_mode: CopyMode::Background,
         target_backs_on_source: false,
+        restore_read_only: reopened.clone(),
     };
-    mirror::start(jobs, opts, params).await
+    let started = mirror::start(jobs, opts, params).await;
+    if started.is_err() {
+        let _ = crate::graph::reopen_read_only(&reopened).await;
+    }
+    started
 }

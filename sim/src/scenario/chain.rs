@@ -86,8 +86,9 @@ impl World<'_> {
         Ok(())
     }
 
-    /// Rewrite recorded `blockdev-add` backing references to the graph's current chains.
-    pub(super) fn follow_chains(&mut self) {
+    /// Rewrite recorded `blockdev-add` backing references to the graph's current chains;
+    /// `announce`: note each change in the transcript (at a restart).
+    pub(super) fn follow_chains(&mut self, announce: bool) {
         let mut notes = Vec::new();
         for s in &mut self.setup {
             let Setup::Qmp(cmd) = s else { continue };
@@ -126,7 +127,7 @@ impl World<'_> {
                 None => Value::Null,
             };
         }
-        for n in notes {
+        for n in notes.into_iter().filter(|_| announce) {
             self.note(&n);
         }
     }

@@ -601,11 +601,14 @@ impl World<'_> {
                     }
                     self.note("expect return ok");
                 }
-                if command
-                    .get("execute")
-                    .and_then(Value::as_str)
-                    .is_some_and(|c| c == "blockdev-add" || c == "blockdev-del")
-                {
+                let execute = command.get("execute").and_then(Value::as_str);
+                if execute == Some("blockdev-del") {
+                    // Nodes deleted later lose their chance to be followed at the restart:
+                    // record every current chain now (a job may have moved them off the
+                    // deleted node), so the replayed blockdev-del finds it unused again.
+                    self.follow_chains(false);
+                }
+                if matches!(execute, Some("blockdev-add" | "blockdev-del")) {
                     self.setup.push(Setup::Qmp(command.clone()));
                 }
                 Ok(())
@@ -663,7 +666,7 @@ impl World<'_> {
     }
 
     pub(super) async fn restart(&mut self, line: usize) -> Result<(), Failure> {
-        self.follow_chains();
+        self.follow_chains(true);
         self.engine = new_engine(&self.env, &self.recorder);
         *self.engine_slot.borrow_mut() = Some(self.engine.clone());
         self.pending.clear();

@@ -102,6 +102,9 @@ pub struct MirrorParams {
     /// The target's backing is the source: the job shares WRITE on the target so the
     /// filter may keep writing the source below it.
     pub target_backs_on_source: bool,
+    /// Nodes the caller made writable for the job (an active commit's read-only base): made
+    /// read-only again when the job ends, unless a user still writes them (the pivoted base).
+    pub restore_read_only: Vec<Rc<Node>>,
 }
 
 /// The target's default granularity: its cluster size (what it reports as its optimal
@@ -135,6 +138,8 @@ pub struct MirrorDriver {
     final_drain: RefCell<Option<DrainedSection>>,
     /// The filter was taken out of the graph (and our reference dropped).
     filter_gone: Cell<bool>,
+    /// See `MirrorParams::restore_read_only`.
+    restore_read_only: RefCell<Vec<Rc<Node>>>,
 }
 
 impl MirrorDriver {
@@ -256,6 +261,10 @@ impl JobDriver for MirrorDriver {
             self.thaw();
             self.drop_filter().await;
             self.final_drain.borrow_mut().take();
+            let nodes = self.restore_read_only.take();
+            // Refused (and left writable) when a user writes them: the base a pivot made
+            // the device's image.
+            let _ = crate::graph::reopen_read_only(&nodes).await;
         })
     }
 }
@@ -354,6 +363,7 @@ pub async fn start(jobs: &Rc<JobRegistry>, opts: &JobOptions, p: MirrorParams) -
         complete_requested: Cell::new(false),
         final_drain: RefCell::new(None),
         filter_gone: Cell::new(false),
+        restore_read_only: RefCell::new(p.restore_read_only.clone()),
     });
     let job = match jobs.create(opts, driver.clone(), None) {
         Ok(j) => j,

@@ -151,4 +151,27 @@ impl Gen {
         self.size = new;
         self.resized = true;
     }
+
+    /// Reopen a backing layer read-write and back to read-only with QMP `blockdev-reopen`
+    /// (what commit does to the base it writes), under guest load. Both must succeed, and
+    /// the guest's data stays what the model says (the verify after the round).
+    pub(super) fn reopen_round(&mut self) {
+        let below_top = self.chain.len() as u64 - 1;
+        let layer = self.chain[1 + below(&mut self.r.guest, below_top) as usize].clone();
+        let driver = if layer.path.ends_with(".qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        self.comment(&format!("reopen {} read-write and back", layer.node));
+        if chance(&mut self.r.guest, 0.5) {
+            self.start_bg();
+        }
+        for read_only in [false, true] {
+            let options = json!([{"node-name": layer.node, "driver": driver,
+                "file": format!("{}-file", layer.node), "read-only": read_only}]);
+            self.qmp(&json!({"execute": "blockdev-reopen", "arguments": {"options": options}}));
+            self.step("expect return {}");
+        }
+    }
 }

@@ -54,6 +54,8 @@ pub struct Features {
     pub io: bool,
     /// Growing the device.
     pub resize: bool,
+    /// QMP blockdev-reopen of backing layers (read-write and back) under guest load.
+    pub reopen: bool,
 }
 
 impl Features {
@@ -74,6 +76,7 @@ impl Features {
             (self.discard, "discard"),
             (self.io, "io"),
             (self.resize, "resize"),
+            (self.reopen, "reopen"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -94,7 +97,10 @@ impl Features {
             discard: chance(rng, 0.4),
             io: chance(rng, 0.5),
             resize: chance(rng, 0.15),
+            reopen: false,
         };
+        // Drawn last, so that the other families of every seed stay as they were.
+        f.reopen = chance(rng, 0.3);
         if !f.qcow2 {
             f.backing = false;
         }
@@ -234,6 +240,7 @@ enum Round {
     Breakpoint,
     Crash,
     Resize,
+    Reopen,
 }
 
 /// Draw the scenario of `seed`.
@@ -318,6 +325,9 @@ impl Gen {
         if f.resize && !self.resized && !f.crashes {
             menu.push(Round::Resize);
         }
+        if f.reopen && self.chain_known && self.chain.len() > 1 {
+            menu.push(Round::Reopen);
+        }
         menu[below(&mut self.r.plan, menu.len() as u64) as usize]
     }
 
@@ -335,6 +345,7 @@ impl Gen {
                 self.crash_here(false);
             }
             Round::Resize => self.resize_round(),
+            Round::Reopen => self.reopen_round(),
         }
         if chance(&mut self.r.plan, 0.5) {
             self.verify();
