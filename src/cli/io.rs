@@ -82,6 +82,8 @@ struct Args {
     timing: Timing,
     /// `--object` arguments, created before the image is opened.
     objects: Vec<String>,
+    /// `-s`: writes go to a temporary overlay.
+    snapshot: bool,
 }
 
 enum Parsed {
@@ -172,7 +174,7 @@ fn parse_args(args: &[String]) -> Parsed {
                     _ => return fail(&format!("Invalid timing mode: {v}")),
                 }
             }
-            's' => return fail("-s (snapshot) is not supported by blk"),
+            's' => a.snapshot = true,
             'C' => a.spec.copy_on_read = true,
             'T' => return fail("-T (trace) is not supported by blk"),
             'O' => {
@@ -221,11 +223,34 @@ pub fn run_io(args: &[String]) -> i32 {
         return 1;
     }
     if let Some(file) = &a.file {
-        let spec = OpenSpec {
+        let mut spec = OpenSpec {
             filename: Some(file.clone()),
             ..a.spec.clone()
         };
-        if let Err(e) = env.block_on(session.open(&spec)) {
+        let mut overlay = None;
+        if a.snapshot {
+            if a.spec.image_opts {
+                eprintln!("qemu-io: -s with --image-opts is not supported by blk");
+                return 1;
+            }
+            match crate::cli::img::snapshot_overlay(file, a.spec.format.as_deref()) {
+                Ok(path) => {
+                    spec.filename = Some(path.clone());
+                    spec.format = Some("qcow2".into());
+                    overlay = Some(path);
+                }
+                Err(e) => {
+                    eprintln!("qemu-io: can't open device {file}: {e}");
+                    return 1;
+                }
+            }
+        }
+        let opened = env.block_on(session.open(&spec));
+        // The open file stays usable: the overlay leaves no trace once the program ends.
+        if let Some(path) = overlay {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Err(e) = opened {
             if a.spec.image_opts {
                 eprintln!("qemu-io: can't open: {e}");
             } else {
