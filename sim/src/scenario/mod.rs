@@ -16,6 +16,7 @@ mod lex;
 pub mod model;
 pub mod parse;
 mod pivot;
+mod restart;
 mod run;
 pub mod transcript;
 mod workload;

@@ -313,7 +313,7 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
     }
 }
 
-fn new_engine(env: &Rc<dyn Env>, recorder: &Rc<DebugRecorder>) -> Rc<Engine> {
+pub(super) fn new_engine(env: &Rc<dyn Env>, recorder: &Rc<DebugRecorder>) -> Rc<Engine> {
     let engine = Rc::new(Engine::new(env.clone()));
     engine.graph().add_debug_listener(recorder.clone());
     engine
@@ -662,54 +662,6 @@ impl World<'_> {
         if let Some(f) = w.failure.borrow().clone() {
             return Err(fail("read-check", line, f));
         }
-        Ok(())
-    }
-
-    pub(super) async fn restart(&mut self, line: usize) -> Result<(), Failure> {
-        self.follow_chains(true);
-        self.engine = new_engine(&self.env, &self.recorder);
-        *self.engine_slot.borrow_mut() = Some(self.engine.clone());
-        self.pending.clear();
-        let setup = std::mem::take(&mut self.setup);
-        let (mut nodes, mut devices) = (0, 0);
-        for s in &setup {
-            match s {
-                Setup::Qmp(cmd) => {
-                    let reply = qmp::execute(&self.engine, cmd).await;
-                    if let Some(e) = reply.get("error") {
-                        return Err(fail(
-                            "restart",
-                            line,
-                            format!("reopening with {cmd} failed: {e}"),
-                        ));
-                    }
-                    nodes += 1;
-                }
-                Setup::Device(name, args) => {
-                    self.device_add(name, args)
-                        .map_err(|e| fail("restart", line, e))?;
-                    devices += 1;
-                }
-                Setup::Pivoted(p) => {
-                    self.reattach_pivoted(p)
-                        .await
-                        .map_err(|e| fail("restart", line, e))?;
-                    devices += 1;
-                }
-                Setup::DeviceDel(name) => {
-                    self.engine
-                        .device_del(name)
-                        .await
-                        .map_err(|e| fail("restart", line, e.to_string()))?;
-                    self.devices.remove(name);
-                    devices += 1;
-                }
-            }
-        }
-        self.setup = setup;
-        self.note(&format!(
-            "restart: replayed {nodes} node commands and {devices} devices"
-        ));
         Ok(())
     }
 }
