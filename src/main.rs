@@ -6,9 +6,6 @@ mod cli;
 
 use cli::prog;
 
-/// The QEMU release whose tools blk stands in for (what `--version` claims compatibility with).
-const QEMU_LEVEL: &str = "10.0.2";
-
 /// The image subcommands blk has, with qemu-img's one-line descriptions.
 const COMMANDS: [(&str, &str); 10] = [
     ("check", "Check basic image integrity"),
@@ -26,20 +23,10 @@ const COMMANDS: [(&str, &str); 10] = [
     ("resize", "Resize the image to the new size"),
 ];
 
-/// `--version`: as qemu-img (the QEMU level first, so scripts that parse it keep working), or
-/// blk's own.
-fn version() -> String {
-    let blk = env!("CARGO_PKG_VERSION");
-    match prog::name() {
-        "blk" => format!("blk version {blk} (drop-in for qemu-img/qemu-io {QEMU_LEVEL})\n"),
-        name => format!("{name} version {QEMU_LEVEL} (blk {blk})\n"),
-    }
-}
-
 /// `--help` of the image tool (as blk or as qemu-img).
 fn img_help() -> String {
     let name = prog::name();
-    let mut s = version();
+    let mut s = prog::version();
     s.push_str(&format!(
         "Disk image utility.  Usage:\n\n  {name} [standard options] COMMAND [--help | command options]\n\n\
          Standard options:\n  -h, --help\n     display this help and exit\n  -V, --version\n     \
@@ -114,7 +101,7 @@ fn run_command(cmd: &str, rest: &[String]) -> i32 {
         | "rebase" => cli::img::run(cmd, rest),
         "-h" | "--help" => print_ok(&img_help()),
         "help" if blk => print_ok(&img_help()),
-        "-V" | "--version" => print_ok(&version()),
+        "-V" | "--version" => print_ok(&prog::version()),
         other => {
             let name = prog::name();
             prog::error(format_args!(

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use engine::Engine;
 
 use super::getopt::split;
+use super::stdout::c_stdio;
 use engine::env::real::RealEnv;
 use engine::qemu_io::{
     CacheMode, CommandResult, OpenSpec, OutLine, Session, SessionConfig, Sink, Stream, Timing,
@@ -55,19 +56,16 @@ See 'qemu-io -c help' for information on available commands.
 See <https://qemu.org/contribute/report-a-bug> for how to report bugs.
 More information on the QEMU project at <https://qemu.org>.";
 
-/// Writes each line to the process's stdout or stderr as it is produced.
+/// Writes each line to the process's stdout (through C-like buffering) or stderr.
 struct StdioSink;
 
 impl Sink for StdioSink {
     fn line(&self, line: OutLine) {
-        // Flush stdout before stderr so that the two interleave as they were produced.
-        let mut out = std::io::stdout().lock();
+        // stdout is block-buffered into a pipe and stderr is not, as in qemu-io: a merged
+        // stream shows them in the same order as qemu-io's.
         match line.stream {
-            Stream::Stdout => {
-                let _ = writeln!(out, "{}", line.text);
-            }
+            Stream::Stdout => c_stdio::print(&format!("{}\n", line.text)),
             Stream::Stderr => {
-                let _ = out.flush();
                 let _ = writeln!(std::io::stderr(), "{}", line.text);
             }
         }
@@ -92,7 +90,7 @@ enum Parsed {
 }
 
 fn fail(msg: &str) -> Parsed {
-    eprintln!("qemu-io: {msg}");
+    super::prog::error(msg);
     Parsed::Exit(1)
 }
 
@@ -123,7 +121,7 @@ fn parse_args(args: &[String]) -> Parsed {
     let (opts, operands) = match split(args, SHORT, &LONG) {
         Ok(v) => v,
         Err(msg) => {
-            eprintln!("qemu-io: {msg}");
+            super::prog::error(msg);
             println!("{USAGE}");
             return Parsed::Exit(1);
         }
@@ -137,10 +135,7 @@ fn parse_args(args: &[String]) -> Parsed {
                 return Parsed::Exit(0);
             }
             'V' => {
-                println!(
-                    "blk io {} (qemu-io 10.0.2 command language)",
-                    env!("CARGO_PKG_VERSION")
-                );
+                print!("{}", super::prog::version());
                 return Parsed::Exit(0);
             }
             'c' => a.commands.push(v),
@@ -212,49 +207,31 @@ pub fn run_io(args: &[String]) -> i32 {
     let engine = Rc::new(Engine::new(env.clone()));
     let cfg = SessionConfig {
         timing: a.timing,
+        prefix: super::prog::name().to_string(),
+        temp_dir: std::env::var("TMPDIR").unwrap_or_else(|_| "/var/tmp".to_string()),
+        temp_tag: std::process::id().to_string(),
         ..SessionConfig::default()
     };
     let mut session = Session::new(engine.clone(), Rc::new(StdioSink), cfg);
     let mut code = 0;
     if let Err(e) = env.block_on(crate::cli::img::add_objects(&engine, &a.objects)) {
-        eprintln!("qemu-io: {e}");
+        super::prog::error(&e);
         let _ = env.block_on(engine.shutdown());
         env.shutdown();
         return 1;
     }
     if let Some(file) = &a.file {
-        let mut spec = OpenSpec {
+        let spec = OpenSpec {
             filename: Some(file.clone()),
+            snapshot: a.snapshot,
             ..a.spec.clone()
         };
-        let mut overlay = None;
-        if a.snapshot {
-            if a.spec.image_opts {
-                eprintln!("qemu-io: -s with --image-opts is not supported by blk");
-                return 1;
-            }
-            match crate::cli::img::snapshot_overlay(file, a.spec.format.as_deref()) {
-                Ok(path) => {
-                    spec.filename = Some(path.clone());
-                    spec.format = Some("qcow2".into());
-                    overlay = Some(path);
-                }
-                Err(e) => {
-                    eprintln!("qemu-io: can't open device {file}: {e}");
-                    return 1;
-                }
-            }
-        }
         let opened = env.block_on(session.open(&spec));
-        // The open file stays usable: the overlay leaves no trace once the program ends.
-        if let Some(path) = overlay {
-            let _ = std::fs::remove_file(path);
-        }
         if let Err(e) = opened {
             if a.spec.image_opts {
-                eprintln!("qemu-io: can't open: {e}");
+                super::prog::error(format_args!("can't open: {e}"));
             } else {
-                eprintln!("qemu-io: can't open device {file}: {e}");
+                super::prog::error(format_args!("can't open device {file}: {e}"));
             }
             code = 1;
         }
@@ -270,7 +247,7 @@ pub fn run_io(args: &[String]) -> i32 {
                 .unwrap_or(CommandResult::Ok)
         };
         if result == CommandResult::Abort {
-            let _ = std::io::stdout().flush();
+            // Like abort(3) in qemu-io: what stdout still buffers is lost.
             std::process::abort();
         }
         // As qemu-io does at exit: let aio requests complete, then close the image.
@@ -279,7 +256,7 @@ pub fn run_io(args: &[String]) -> i32 {
     }
     let _ = env.block_on(engine.shutdown());
     env.shutdown();
-    let _ = std::io::stdout().flush();
+    c_stdio::flush();
     code
 }
 
@@ -288,8 +265,8 @@ fn run_stdin(env: &RealEnv, session: &mut Session) -> CommandResult {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     loop {
-        print!("{PROMPT}");
-        let _ = std::io::stdout().flush();
+        c_stdio::print(PROMPT);
+        c_stdio::flush();
         let mut line = String::new();
         match input.read_line(&mut line) {
             Ok(0) | Err(_) => return CommandResult::Ok,
@@ -312,7 +289,7 @@ const QEMU_HANDLED_SIGNALS: [u32; 3] = [7, 10, 14];
 fn run_one(env: &RealEnv, session: &mut Session, line: &str) -> CommandResult {
     let r = env.block_on(session.run_line(line));
     if let CommandResult::Raise(signal) = r {
-        let _ = std::io::stdout().flush();
+        c_stdio::flush();
         if QEMU_HANDLED_SIGNALS.contains(&signal) {
             return CommandResult::Ok;
         }

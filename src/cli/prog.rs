@@ -16,6 +16,19 @@ pub fn name() -> &'static str {
     NAME.get().copied().unwrap_or("blk")
 }
 
+/// The QEMU release whose tools blk stands in for (what `--version` claims compatibility with).
+const QEMU_LEVEL: &str = "10.0.2";
+
+/// `--version` / `-V`: as the tool blk runs as (the QEMU level first, so scripts that parse it
+/// keep working), or blk's own.
+pub fn version() -> String {
+    let blk = env!("CARGO_PKG_VERSION");
+    match name() {
+        "blk" => format!("blk version {blk} (drop-in for qemu-img/qemu-io {QEMU_LEVEL})\n"),
+        name => format!("{name} version {QEMU_LEVEL} (blk {blk})\n"),
+    }
+}
+
 /// `PROG: MSG` on stderr.
 pub fn error(msg: impl std::fmt::Display) {
     eprintln!("{}: {msg}", name());

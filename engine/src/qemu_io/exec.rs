@@ -27,6 +27,8 @@ use super::{OutLine, Sink};
 mod ctl;
 #[path = "exec_reopen.rs"]
 mod reopen;
+#[path = "exec_snapshot.rs"]
+mod snapshot;
 
 /// How a session prints.
 #[derive(Clone, Debug)]
@@ -39,6 +41,10 @@ pub struct SessionConfig {
     pub device_name: String,
     /// Suppress every command's report and dump, as if each had `-q`.
     pub quiet: bool,
+    /// Directory for `-s`'s temporary overlays (qemu-io: `$TMPDIR`, else `/var/tmp`).
+    pub temp_dir: String,
+    /// Part of a temporary overlay's name that tells this process's apart (the CLI: its pid).
+    pub temp_tag: String,
 }
 
 impl Default for SessionConfig {
@@ -48,6 +54,8 @@ impl Default for SessionConfig {
             prefix: "qemu-io".to_string(),
             device_name: "qemu-io".to_string(),
             quiet: false,
+            temp_dir: "/var/tmp".to_string(),
+            temp_tag: "0".to_string(),
         }
     }
 }
@@ -79,8 +87,8 @@ pub(super) struct AioState {
 pub struct Session {
     engine: Rc<Engine>,
     dev: Option<Rc<BlockBackend>>,
-    /// The node this session added with `open` (released again by `close`).
-    owned_node: Option<String>,
+    /// The nodes this session added with `open`, top first (released again by `close`).
+    owned_nodes: Vec<String>,
     out: Rc<dyn Sink>,
     cfg: SessionConfig,
     aio: Rc<AioState>,
@@ -109,7 +117,7 @@ impl Session {
         Session {
             engine,
             dev: None,
-            owned_node: None,
+            owned_nodes: Vec::new(),
             out,
             cfg,
             aio: Rc::new(AioState::default()),
@@ -165,14 +173,29 @@ impl Session {
     /// reports errors in its own words ("can't open device ...").
     pub async fn open(&mut self, spec: &OpenSpec) -> Result<()> {
         let spec = &spec.probed(&self.engine).await?;
-        if spec.probed_raw && !spec.read_only {
+        if spec.probed_raw && !spec.read_only && !spec.snapshot {
             let name = spec.filename.as_deref().unwrap_or_default();
             self.err(crate::probe::raw_warning(name));
         }
         if spec.copy_on_read && spec.read_only {
             return Err(Error::generic("Can't use copy-on-read on read-only device"));
         }
-        let node = spec.add_to(&self.engine).await?;
+        let node = if spec.snapshot {
+            self.add_snapshot_overlay(spec).await
+        } else {
+            let added = spec.add_to(&self.engine).await;
+            if let Ok(node) = &added {
+                self.owned_nodes.push(node.name().to_string());
+            }
+            added
+        };
+        let node = match node {
+            Ok(node) => node,
+            Err(e) => {
+                let _ = self.release_nodes().await;
+                return Err(e);
+            }
+        };
         let name = node.name().to_string();
         let mut opts = BackendOptions::tool(spec.read_only);
         if spec.force_share {
@@ -183,11 +206,10 @@ impl Session {
             Ok(bb) => {
                 bb.set_write_cache(spec.cache.write_cache());
                 self.dev = Some(bb);
-                self.owned_node = Some(name);
                 Ok(())
             }
             Err(e) => {
-                let _ = self.engine.blockdev_del(&name).await;
+                let _ = self.release_nodes().await;
                 Err(e)
             }
         }
@@ -207,10 +229,17 @@ impl Session {
             return Ok(());
         };
         let r = self.engine.device_del(dev.name()).await;
-        match self.owned_node.take() {
-            Some(node) => r.and(self.engine.blockdev_del(&node).await),
-            None => r,
+        r.and(self.release_nodes().await)
+    }
+
+    /// Delete the nodes `open` added, top first; the first error is returned.
+    async fn release_nodes(&mut self) -> Result<()> {
+        let mut result = Ok(());
+        for node in std::mem::take(&mut self.owned_nodes) {
+            let r = self.engine.blockdev_del(&node).await;
+            result = result.and(r);
         }
+        result
     }
 
     /// Parse and run one line.

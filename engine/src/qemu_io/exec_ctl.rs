@@ -181,10 +181,7 @@ impl Session {
                 }
             }
         }
-        if *snapshot {
-            self.report_err("snapshot (-s) is not supported by blk");
-            return false;
-        }
+        spec.snapshot = *snapshot;
         spec.copy_on_read = *copy_on_read;
         match self.open(&spec).await {
             Ok(()) => true,

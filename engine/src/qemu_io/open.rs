@@ -100,6 +100,8 @@ pub struct OpenSpec {
     pub no_backing: bool,
     /// `-C`: the device copies on read (refused on a read-only image).
     pub copy_on_read: bool,
+    /// `-s`: the image is opened read-only under a temporary overlay that takes the writes.
+    pub snapshot: bool,
 }
 
 impl Default for OpenSpec {
@@ -118,6 +120,7 @@ impl Default for OpenSpec {
             probed_raw: false,
             no_backing: false,
             copy_on_read: false,
+            snapshot: false,
         }
     }
 }
@@ -154,7 +157,7 @@ impl OpenSpec {
 
     /// The generic options for a node given inline and its inline `file`/`image` children, and
     /// `-i`/`-k`'s `aio` for host files.
-    fn inherit(&self, node: &mut Map<String, Value>) {
+    pub(crate) fn inherit(&self, node: &mut Map<String, Value>) {
         if let Some(aio) = &self.aio
             && matches!(
                 node.get("driver").and_then(Value::as_str),

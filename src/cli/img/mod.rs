@@ -19,11 +19,9 @@ mod number;
 mod open;
 mod open_args;
 mod opt_help;
-mod snapshot;
 
 pub(crate) use open::{Tool, parse_src_cache};
 pub(crate) use open_args::{FORMAT_CONFLICT, add_objects, help_text as object_help};
-pub(crate) use snapshot::snapshot_overlay;
 mod progress;
 mod rebase;
 mod resize;
