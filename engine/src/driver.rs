@@ -34,6 +34,7 @@ use crate::error::{Errno, Error, Result};
 use crate::event::DebugEvent;
 use crate::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
 use crate::types::{ChildRole, Perms};
+use crate::util::Options;
 
 mod check;
 pub use check::{CheckReport, Repair};
@@ -227,6 +228,19 @@ pub trait BlockDriver {
 
     /// Reopen, phase two: apply what `reopen_prepare` staged. Cannot fail.
     fn reopen_commit(&self) {}
+
+    /// Stage the driver's own options for a reopen (qemu-io `reopen -o`): the whole set, so
+    /// an option not in `changes` goes back to its default. Applied by `reopen_commit`,
+    /// dropped by `reopen_abort`. Drivers without changeable options refuse any.
+    fn reopen_prepare_options(&self, changes: Options) -> LocalBoxFuture<'_, Result<()>> {
+        let first = changes.keys().next().map(str::to_string);
+        Box::pin(async move {
+            match first {
+                Some(key) => Err(Error::generic(format!("Cannot change the option '{key}'"))),
+                None => Ok(()),
+            }
+        })
+    }
 
     /// Drop what `reopen_prepare` staged; the node stays as it was.
     fn reopen_abort(&self) {}

@@ -361,3 +361,84 @@ fn cache_size_options_size_the_l2_cache() {
         2
     );
 }
+
+/// The options a reopen sets: lazy refcounts on (the dirty bit comes with the next write), off
+/// again (the image is marked clean at once), a smaller L2 cache (tables beyond it dropped),
+/// and refusals that change nothing.
+#[test]
+fn reopen_sets_the_runtime_options_anew() {
+    let dir = Scratch::new("open-opts-reopen");
+    let sim = sim_with(6, &[("img", Vec::new())]);
+    let engine = engine_of(&sim);
+    let (simr, dirr) = (&sim, &dir);
+    sim.block_on(async move {
+        let node = open_fresh(&engine, 4 << 30, Compat::V3, json!({}))
+            .await
+            .unwrap();
+        let bb = engine
+            .device_add("d", "q", BackendOptions::tool(false))
+            .unwrap();
+        let reopen = |text: &str| {
+            let opts = engine::util::Options::from_keyval(text).unwrap();
+            engine::graph::reopen_options(&node, opts, Default::default())
+        };
+        let dirty = |name: &str| {
+            export(simr, "img", View::Durable, dirr, name);
+            dirr.read(name)[79] & 1
+        };
+        reopen("lazy-refcounts=on").await.unwrap();
+        // With 64 KiB clusters an L2 table maps 512 MiB: four writes, four tables cached.
+        for i in 0..4u64 {
+            bb.write(i << 29, IoBuf::filled(4096, 3), ReqFlags::NONE)
+                .await
+                .1
+                .unwrap();
+        }
+        assert_eq!(dirty("lazy-on"), 1, "the lazy mode set the dirty bit");
+        assert!(
+            cached_tables(&node).unwrap().0 >= 4,
+            "{:?}",
+            cached_tables(&node)
+        );
+        reopen("lazy-refcounts=off,l2-cache-size=64k")
+            .await
+            .unwrap();
+        assert_eq!(
+            dirty("lazy-off"),
+            0,
+            "turning lazy refcounts off marks the image clean"
+        );
+        // 64 KiB is one table; QEMU's floor of two applies.
+        assert!(
+            cached_tables(&node).unwrap().0 <= 2,
+            "{:?}",
+            cached_tables(&node)
+        );
+        let refused = [
+            ("foo=1", "Cannot change the option 'foo'"),
+            (
+                "cache-size=1M,l2-cache-size=2M",
+                "l2-cache-size may not exceed cache-size",
+            ),
+            (
+                "lazy-refcounts=maybe",
+                "Parameter 'lazy-refcounts' expects 'on' or 'off'",
+            ),
+        ];
+        for (text, msg) in refused {
+            let e = reopen(text).await.unwrap_err();
+            assert_eq!(e.message(), msg);
+        }
+        // Still the options of the last successful reopen: no dirty bit from this write.
+        bb.write(0, IoBuf::filled(4096, 4), ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
+        assert_eq!(dirty("after"), 0);
+        let (buf, r) = bb.read(3 << 29, IoBuf::new(4096)).await;
+        r.unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == 3));
+        engine.shutdown().await.unwrap();
+    })
+    .unwrap();
+}

@@ -25,4 +25,6 @@ pub use edit::{
 pub use io_state::{IoState, NodeStats, OpStats};
 pub use node::{BeforeWrite, Node, NodeOptions};
 pub use open::{InternalOpen, OpenCtx, close_unused, open_internal, open_internal_node, open_node};
-pub use reopen::{reopen_read_only, reopen_read_write, reopen_set_read_only};
+pub use reopen::{
+    GenericChanges, reopen_options, reopen_read_only, reopen_read_write, reopen_set_read_only,
+};

@@ -156,6 +156,15 @@ impl Node {
         self.opts.set(o);
     }
 
+    /// Only a reopen's commit phase changes these (`reopen::reopen_options`).
+    pub(crate) fn set_generic_options(&self, changes: super::reopen::GenericChanges) {
+        let mut o = self.opts.get();
+        o.discard_unmap = changes.discard_unmap.unwrap_or(o.discard_unmap);
+        o.detect_zeroes = changes.detect_zeroes.unwrap_or(o.detect_zeroes);
+        o.no_flush = changes.no_flush.unwrap_or(o.no_flush);
+        self.opts.set(o);
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> u64 {
         self.driver().len()

@@ -18,7 +18,8 @@
 use std::rc::Rc;
 
 use crate::error::{Error, Result};
-use crate::types::ChildRole;
+use crate::types::{ChildRole, DetectZeroes};
+use crate::util::Options;
 
 use super::node::Node;
 use super::perm::Plan;
@@ -123,5 +124,42 @@ async fn reopen_multiple(nodes: &[Rc<Node>], read_only: bool) -> Result<()> {
         n.driver().reopen_commit();
     }
     checked.commit();
+    Ok(())
+}
+
+/// The generic node options a reopen may change besides the access mode (`None`: unchanged).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GenericChanges {
+    /// `discard`.
+    pub discard_unmap: Option<bool>,
+    /// `detect-zeroes`.
+    pub detect_zeroes: Option<DetectZeroes>,
+    /// `cache.no-flush`.
+    pub no_flush: Option<bool>,
+}
+
+/// Set `node`'s driver options anew (`changes`; those not given go back to their defaults)
+/// and change its generic options, as qemu-io's `reopen -o` does: in a drained section the driver checks
+/// and stages the change, then both are committed. On error nothing changed.
+pub async fn reopen_options(
+    node: &Rc<Node>,
+    changes: Options,
+    generic: GenericChanges,
+) -> Result<()> {
+    let o = node.options();
+    let unmap = generic.discard_unmap.unwrap_or(o.discard_unmap);
+    if generic.detect_zeroes.unwrap_or(o.detect_zeroes) == DetectZeroes::Unmap && !unmap {
+        return Err(Error::generic(
+            "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap",
+        ));
+    }
+    let ctx = node.ctx().clone();
+    let _drained = ctx.drain_nodes(vec![node.clone()]).await;
+    if let Err(e) = node.driver().reopen_prepare_options(changes).await {
+        node.driver().reopen_abort();
+        return Err(e);
+    }
+    node.set_generic_options(generic);
+    node.driver().reopen_commit();
     Ok(())
 }

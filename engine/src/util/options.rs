@@ -85,6 +85,16 @@ impl Options {
         self.map.contains_key(key)
     }
 
+    /// A raw value, left in place.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.map.get(key)
+    }
+
+    /// The top-level keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
     /// Take a raw value.
     pub fn take(&mut self, key: &str) -> Option<Value> {
         self.map.remove(key)

@@ -16,7 +16,8 @@ struct Slot {
 /// A cache of cluster-sized metadata tables keyed by host offset.
 pub struct TableCache {
     slots: RefCell<Vec<Slot>>,
-    capacity: usize,
+    /// A cell: a reopen with other cache-size options changes it.
+    capacity: Cell<usize>,
     tick: Cell<u64>,
     /// The tick of the last `drop_unused` round.
     cleaned_at: Cell<u64>,
@@ -27,7 +28,7 @@ impl TableCache {
     pub fn new(capacity: usize) -> TableCache {
         TableCache {
             slots: RefCell::new(Vec::new()),
-            capacity: capacity.max(1),
+            capacity: Cell::new(capacity.max(1)),
             tick: Cell::new(0),
             cleaned_at: Cell::new(0),
         }
@@ -57,7 +58,30 @@ impl TableCache {
 
     /// True when inserting a new table must first evict one.
     pub fn is_full(&self) -> bool {
-        self.slots.borrow().len() >= self.capacity
+        self.slots.borrow().len() >= self.capacity.get()
+    }
+
+    /// Hold at most `capacity` tables from now on (at least 1), dropping the least recently
+    /// used clean tables beyond it; dirty ones stay until written back (callers write back
+    /// first, so none are left).
+    pub fn set_capacity(&self, capacity: usize) {
+        let capacity = capacity.max(1);
+        self.capacity.set(capacity);
+        let mut slots = self.slots.borrow_mut();
+        while slots.len() > capacity {
+            let Some(i) = (0..slots.len())
+                .filter(|&i| !slots[i].dirty)
+                .min_by_key(|&i| slots[i].used)
+            else {
+                break;
+            };
+            slots.remove(i);
+        }
+    }
+
+    /// How many tables it may hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity.get()
     }
 
     /// The least recently used table: (offset, copy of its bytes, dirty).

@@ -91,7 +91,7 @@ impl Qcow2 {
         let off = self.alloc_clusters(1).await?;
         // The refcount must be on disk before anything refers to the table (with lazy
         // refcounts, the dirty bit stands for it).
-        if !self.lazy {
+        if !self.lazy.get() {
             self.write_back_refblocks().await?;
         }
         self.file.debug_event(DebugEvent::L2AllocWrite).await;
@@ -135,7 +135,7 @@ impl Qcow2 {
         }
         if let Some((victim, data, dirty)) = self.l2_cache.lru() {
             if dirty {
-                if !self.lazy {
+                if !self.lazy.get() {
                     self.write_back_refblocks().await?;
                 }
                 self.flush_data_file().await?;
@@ -253,7 +253,7 @@ impl Qcow2 {
     pub(crate) async fn flush_metadata(&self) -> Result<()> {
         self.file.debug_event(DebugEvent::FlushToOs).await;
         if self.l2_cache.has_dirty() {
-            if !self.lazy {
+            if !self.lazy.get() {
                 self.write_back_refblocks().await?;
             }
             self.flush_data_file().await?;

@@ -28,7 +28,7 @@ impl Qcow2 {
             ),
         ];
         if self.version >= 3 {
-            specific.push(("lazy refcounts", on_off(self.lazy)));
+            specific.push(("lazy refcounts", on_off(self.lazy.get())));
         }
         specific.push(("refcount bits", (1u32 << self.refcount_order).to_string()));
         if self.version >= 3 {

@@ -40,6 +40,7 @@ mod lock;
 mod options;
 mod overlap;
 mod refcount;
+mod reopen;
 mod repair;
 mod resize;
 mod subcluster;
@@ -125,7 +126,8 @@ pub(crate) struct Qcow2 {
     nb_snapshots: u32,
     /// Lazy refcounts (v3 compatible feature): the dirty bit is set before the first write,
     /// refcount blocks are not written ahead of the L2 tables, and a clean close clears it.
-    lazy: bool,
+    /// A cell: a reopen may switch it.
+    lazy: Cell<bool>,
     /// Header fix-ups (refcount rebuild of a dirty image, clearing autoclear bits) still to
     /// do. They run in `activate`, right after open (the node takes its permissions on `file`
     /// only once it is open); the write path checks again in case activation was skipped.
@@ -140,10 +142,16 @@ pub(crate) struct Qcow2 {
     /// Corruption was found and signalled as fatal while open: every write fails from now on,
     /// check mode or not.
     fatal_signaled: Cell<bool>,
-    /// The runtime open options (`options.rs`): discard pass-through, overlap checks.
-    runtime: options::OpenOpts,
-    /// The `cache-clean-interval` task, ended when the driver goes away.
-    _cleaner: Option<clean::Cleaner>,
+    /// The runtime open options (`options.rs`): discard pass-through, overlap checks. A
+    /// reopen may replace them (`reopen.rs`).
+    runtime: RefCell<options::OpenOpts>,
+    /// The header's lazy-refcounts bit: what `lazy` is when no option says otherwise.
+    header_lazy: bool,
+    /// Options a reopen has checked and will apply at commit.
+    reopen_options: RefCell<Option<reopen::Staged>>,
+    /// The `cache-clean-interval` task, ended when the driver goes away (or a reopen
+    /// replaces it).
+    cleaner: RefCell<Option<clean::Cleaner>>,
 }
 
 pub(super) fn open(
@@ -206,6 +214,7 @@ pub(super) fn open(
         // change it.
         open_backing(&ctx, &file, &h, backing_opt).await?;
         let (l2_slots, rb_slots) = runtime.cache_tables(cs, h.size);
+        let header_lazy = h.version == 3 && h.compat & header::COMPAT_LAZY_REFCOUNTS != 0;
         let q = Qcow2 {
             file,
             data_raw: data.is_some() && h.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0,
@@ -232,9 +241,8 @@ pub(super) fn open(
             incompat: Cell::new(h.incompat),
             autoclear: Cell::new(h.autoclear),
             nb_snapshots: h.nb_snapshots,
-            lazy: runtime
-                .lazy
-                .unwrap_or(h.version == 3 && h.compat & header::COMPAT_LAZY_REFCOUNTS != 0),
+            lazy: Cell::new(runtime.lazy.unwrap_or(header_lazy)),
+            header_lazy,
             fixups_pending: Cell::new(
                 !read_only
                     && (h.incompat & header::INCOMPAT_DIRTY != 0
@@ -244,11 +252,14 @@ pub(super) fn open(
             signaled_corruption: Cell::new(false),
             check_mode,
             fatal_signaled: Cell::new(false),
-            _cleaner: runtime
-                .clean_interval
-                .filter(|&secs| secs > 0)
-                .map(|secs| clean::start(ctx.env(), ctx.weak_node(), secs)),
-            runtime,
+            cleaner: RefCell::new(
+                runtime
+                    .clean_interval
+                    .filter(|&secs| secs > 0)
+                    .map(|secs| clean::start(ctx.env(), ctx.weak_node(), secs)),
+            ),
+            runtime: RefCell::new(runtime),
+            reopen_options: RefCell::new(None),
         };
         Ok(Box::new(q) as Box<dyn BlockDriver>)
     })
@@ -439,7 +450,7 @@ impl Qcow2 {
 
     /// True when lazy refcounts are in use and the dirty bit is not set yet.
     fn needs_dirty_bit(&self) -> bool {
-        self.lazy && self.incompat.get() & header::INCOMPAT_DIRTY == 0
+        self.lazy.get() && self.incompat.get() & header::INCOMPAT_DIRTY == 0
     }
 
     /// Set or clear the dirty bit durably (everything written before is flushed first).
@@ -470,7 +481,7 @@ impl Qcow2 {
         self.flush_metadata().await?;
         self.file.flush().await?;
         // Lazy refcounts: everything is written back, the refcounts are accurate again.
-        if self.lazy && self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
+        if self.lazy.get() && self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
             self.set_dirty_bit(false).await?;
         }
         Ok(())
@@ -624,6 +635,7 @@ impl BlockDriver for Qcow2 {
     }
 
     fn reopen_commit(&self) {
+        self.apply_option_changes();
         let Some(read_only) = self.reopen_to.take() else {
             return;
         };
@@ -641,6 +653,11 @@ impl BlockDriver for Qcow2 {
 
     fn reopen_abort(&self) {
         self.reopen_to.set(None);
+        self.reopen_options.take();
+    }
+
+    fn reopen_prepare_options(&self, changes: Options) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(self.prepare_option_changes(changes))
     }
 
     fn format_ops(&self) -> Option<&dyn FormatOps> {

@@ -49,6 +49,19 @@ const STRUCTURES: [(&str, u32); 9] = [
     ("bitmap-directory", 0),
 ];
 
+/// Every runtime option's key: what a reopen may change (anything else is refused).
+pub(crate) const RUNTIME_KEYS: [&str; 9] = [
+    "cache-size",
+    "l2-cache-size",
+    "refcount-cache-size",
+    "lazy-refcounts",
+    "pass-discard-request",
+    "pass-discard-other",
+    "pass-discard-snapshot",
+    "overlap-check",
+    "cache-clean-interval",
+];
+
 /// The options as given (sizes not yet resolved against the image).
 #[derive(Clone, Debug)]
 pub(crate) struct OpenOpts {

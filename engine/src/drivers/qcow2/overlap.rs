@@ -63,7 +63,7 @@ impl Qcow2 {
             return None;
         }
         // Structures the `overlap-check` option leaves out are not checked.
-        let ignore = ignore | !self.runtime.overlap_mask;
+        let ignore = ignore | !self.runtime.borrow().overlap_mask;
         let cs = self.cs();
         let (first, end) = (off / cs, (off + len).div_ceil(cs));
         let meets = |o: u64, l: u64| l > 0 && o / cs < end && (o + l).div_ceil(cs) > first;
