@@ -352,7 +352,7 @@ impl Qcow2 {
             self.set_l2_entry(gc + i as u64, (host + i as u64 * cs) | COPIED)
                 .await?;
             if !reuse {
-                self.release(*old, self.runtime.borrow().pass_discard_other)?;
+                self.release(*old, self.pass_discard_other())?;
             }
         }
         Ok(())
@@ -459,7 +459,7 @@ impl Qcow2 {
                     continue;
                 }
                 if new & OFFSET_MASK == 0 {
-                    self.release_reporting(old, self.runtime.borrow().pass_discard_request)
+                    self.release_reporting(old, self.pass_discard_request())
                         .await?;
                 }
                 self.set_l2_entry(gc, new).await?;
@@ -558,7 +558,7 @@ impl Qcow2 {
             if old == new {
                 continue;
             }
-            self.release_reporting(old, self.runtime.borrow().pass_discard_request)
+            self.release_reporting(old, self.pass_discard_request())
                 .await?;
             self.set_l2_entry(gc, new).await?;
         }

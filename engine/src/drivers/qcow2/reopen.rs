@@ -51,6 +51,16 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// `pass-discard-request` now (a copy: a reopen may change it while a request waits).
+    pub(super) fn pass_discard_request(&self) -> bool {
+        self.runtime.borrow().pass_discard_request
+    }
+
+    /// `pass-discard-other` now.
+    pub(super) fn pass_discard_other(&self) -> bool {
+        self.runtime.borrow().pass_discard_other
+    }
+
     /// Apply what `prepare_option_changes` staged (nothing when it staged nothing).
     pub(super) fn apply_option_changes(&self) {
         let Some(staged) = self.reopen_options.take() else {
