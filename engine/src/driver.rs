@@ -340,6 +340,13 @@ pub trait FormatOps {
         format: Option<&str>,
     ) -> LocalBoxFuture<'_, Result<()>>;
 
+    /// Whether a data run's zeroes are worth asking the storage child for (QEMU's
+    /// `BDRV_BLOCK_RECURSE`): true for an image whose data clusters were preallocated over
+    /// holes of its file, so that a zero-seeking caller sees them as zeroes.
+    fn data_may_be_file_holes(&self) -> LocalBoxFuture<'_, Result<bool>> {
+        Box::pin(async { Ok(false) })
+    }
+
     /// One consistency check (and repair, when asked) of the image, as `qemu-img check -r`
     /// does in one pass; `check_node` runs the second pass after a repair.
     fn check(&self, repair: Option<Repair>) -> LocalBoxFuture<'_, Result<CheckReport>>;

@@ -164,3 +164,52 @@ fn growing_resize_with_preallocation() {
         }
     }
 }
+
+/// Zero-seeking block status (map, convert, compare) of a metadata-preallocated image: the
+/// written cluster is data, the preallocated clusters over holes of the file are data that
+/// reads as zeroes (QEMU's `"data": true, "zero": true`); plain block status (what jobs ask)
+/// still calls them data. A fully written image is not taken for a preallocated one.
+#[test]
+fn metadata_preallocated_clusters_over_holes_read_as_zero_data() {
+    use engine::io::Mapping;
+    for (mode, written) in [(Prealloc::Metadata, 65536u64), (Prealloc::Off, SIZE)] {
+        let sim = sim_with(9, &[("p.qcow2", Vec::new())]);
+        let engine = engine_of(&sim);
+        sim.block_on(async move {
+            let opts = CreateOptions {
+                size: SIZE,
+                preallocation: mode,
+                ..CreateOptions::default()
+            };
+            create_on(&engine, "p.qcow2", &opts).await;
+            let bb = open_qcow2(&engine, "q", "p.qcow2", false).await.unwrap();
+            bb.write(0, IoBuf::filled(written as usize, 0x55), ReqFlags::NONE)
+                .await
+                .1
+                .unwrap();
+            bb.flush().await.unwrap();
+            let root = bb.root().unwrap();
+            let head = root.chain_status_want_zero(0, SIZE, None).await.unwrap();
+            assert!(
+                matches!(head.mapping, Mapping::Data { .. }),
+                "{mode:?} {head:?}"
+            );
+            assert_eq!(head.len, written.min(SIZE), "{mode:?}");
+            if written < SIZE {
+                let tail = root
+                    .chain_status_want_zero(written, SIZE, None)
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(tail.mapping, Mapping::DataZero { host: Some(_) }),
+                    "{tail:?}"
+                );
+                assert_eq!(tail.len, SIZE - written);
+                let plain = root.chain_status(written, SIZE, None).await.unwrap();
+                assert!(matches!(plain.mapping, Mapping::Data { .. }), "{plain:?}");
+            }
+            engine.shutdown().await.unwrap();
+        })
+        .unwrap();
+    }
+}

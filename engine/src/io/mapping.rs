@@ -15,6 +15,13 @@ pub enum Mapping {
         /// Offset in the storage child, if any is reserved.
         host: Option<u64>,
     },
+    /// Allocated data in this layer whose storage holds nothing yet (a metadata-preallocated
+    /// qcow2 cluster over a hole of its file): it reads as zeroes, and is still allocated
+    /// data, as QEMU's map shows it (`"data": true, "zero": true`). `host` as for `Data`.
+    DataZero {
+        /// Offset in the storage child.
+        host: Option<u64>,
+    },
     /// Not allocated in this layer: the backing child provides it (zeroes if there is none).
     Unallocated,
 }
@@ -36,13 +43,13 @@ impl Mapping {
 
     /// True when the layer guarantees zeroes.
     pub fn is_zero(self) -> bool {
-        matches!(self, Mapping::Zero { .. })
+        matches!(self, Mapping::Zero { .. } | Mapping::DataZero { .. })
     }
 
     /// The host offset, when there is one.
     pub fn host(self) -> Option<u64> {
         match self {
-            Mapping::Data { host } | Mapping::Zero { host } => host,
+            Mapping::Data { host } | Mapping::Zero { host } | Mapping::DataZero { host } => host,
             Mapping::Unallocated => None,
         }
     }

@@ -94,6 +94,17 @@ impl Child {
         status::chain_status(&self.node(), offset, len, base).await
     }
 
+    /// [`Child::chain_status`] for callers that look for zeroes (map, convert, compare): data
+    /// preallocated over holes of the image's file reads as `Mapping::DataZero`.
+    pub async fn chain_status_want_zero(
+        &self,
+        offset: u64,
+        len: u64,
+        base: Option<&crate::graph::Node>,
+    ) -> Result<ChainStatus> {
+        status::chain_status_want_zero(&self.node(), offset, len, base).await
+    }
+
     /// Copy-on-read: copy into the child whatever of the range it does not allocate itself,
     /// from its backing chain, as one serialising request (needs WRITE_UNCHANGED). Returns the
     /// bytes copied.

@@ -99,3 +99,48 @@ pub(super) async fn chain_status(
         }
     }
 }
+
+/// [`chain_status`] for callers that look for zeroes (qemu-img's map, convert and compare; QEMU's
+/// `want_zero`): a data run of a format whose data may sit over holes of its storage
+/// (`FormatOps::data_may_be_file_holes`) is checked against that storage, and where the storage
+/// reads as zeroes it is [`Mapping::DataZero`]. Jobs ask plain [`chain_status`]: allocation is
+/// all they need, and the extra look would only cost I/O.
+pub(super) async fn chain_status_want_zero(
+    top: &Rc<Node>,
+    offset: u64,
+    len: u64,
+    base: Option<&Node>,
+) -> Result<ChainStatus> {
+    let st = chain_status(top, offset, len, base).await?;
+    let (Some(node), Mapping::Data { host: Some(host) }) = (&st.node, st.mapping) else {
+        return Ok(st);
+    };
+    let Some(ops) = node.driver().format_ops() else {
+        return Ok(st);
+    };
+    if !ops.data_may_be_file_holes().await? {
+        return Ok(st);
+    }
+    let Some(storage) = node.child("data-file").or_else(|| node.child("file")) else {
+        return Ok(st);
+    };
+    let storage = storage.child_node();
+    let below = if host >= storage.len() {
+        // Past the storage's end: zeroes, whatever the length.
+        BlockStatus {
+            len: st.len,
+            mapping: Mapping::Zero { host: None },
+        }
+    } else {
+        block_status(&storage, host, st.len).await?
+    };
+    Ok(ChainStatus {
+        len: below.len.clamp(1, st.len),
+        mapping: if below.mapping.is_zero() {
+            Mapping::DataZero { host: Some(host) }
+        } else {
+            st.mapping
+        },
+        ..st
+    })
+}

@@ -33,7 +33,7 @@ Check whether two images have the same guest-visible content, as qemu-img compar
 const CHUNK: u64 = 2 << 20;
 
 fn reads_zero(st: &ChainStatus) -> bool {
-    st.node.is_none() || matches!(st.mapping, Mapping::Zero { .. })
+    st.node.is_none() || st.mapping.is_zero()
 }
 
 async fn read(img: &Image, offset: u64, len: u64) -> Result<IoBuf, String> {
@@ -44,7 +44,7 @@ async fn read(img: &Image, offset: u64, len: u64) -> Result<IoBuf, String> {
 
 async fn status(img: &Image, pos: u64, len: u64) -> Result<ChainStatus, String> {
     img.root()
-        .chain_status(pos, len, None)
+        .chain_status_want_zero(pos, len, None)
         .await
         .map_err(|e| format!("error while reading image metadata of {}: {e}", img.path))
 }
@@ -52,11 +52,11 @@ async fn status(img: &Image, pos: u64, len: u64) -> Result<ChainStatus, String> 
 /// What `-s` compares of two ranges' block status, as qemu-img does: data, zero, a known host
 /// offset, allocation somewhere in the chain, and whether the range reaches the image's end.
 fn strict_flags(st: &ChainStatus, pos: u64, size: u64) -> (bool, bool, bool, bool, bool) {
-    let data = matches!(st.mapping, Mapping::Data { .. });
+    let data = matches!(st.mapping, Mapping::Data { .. } | Mapping::DataZero { .. });
     let eof = pos + st.len >= size;
     (
         data,
-        !data,
+        st.mapping.is_zero() || !data,
         st.mapping.host().is_some(),
         st.node.is_some(),
         eof,

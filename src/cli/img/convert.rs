@@ -151,16 +151,16 @@ async fn classify(root: &Child, pos: u64, size: u64, plan: &Plan) -> Result<(u64
             .map_err(status_error)?;
         let a = match st.mapping {
             Mapping::Unallocated => Action::Skip,
-            Mapping::Zero { .. } => Action::Zero,
+            Mapping::Zero { .. } | Mapping::DataZero { .. } => Action::Zero,
             Mapping::Data { .. } => Action::Copy,
         };
         (st.len, a)
     } else {
         let st = root
-            .chain_status(pos, size - pos, None)
+            .chain_status_want_zero(pos, size - pos, None)
             .await
             .map_err(status_error)?;
-        let zero = st.node.is_none() || matches!(st.mapping, Mapping::Zero { .. });
+        let zero = st.node.is_none() || st.mapping.is_zero();
         let a = match (zero, plan.fresh) {
             // -S 0: even what reads as zeroes is written out.
             (true, true) if plan.sparse.min == 0 => Action::Copy,

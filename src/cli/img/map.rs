@@ -75,18 +75,21 @@ pub(crate) async fn map_entries(
     let mut pos = start;
     while pos < end {
         let st = root
-            .chain_status(pos, end - pos, None)
+            .chain_status_want_zero(pos, end - pos, None)
             .await
             .map_err(|e| format!("Could not read file metadata: {e}"))?;
         let len = st.len.min(end - pos);
         let node = st.node.as_ref();
-        let data = matches!(st.mapping, engine::io::Mapping::Data { .. });
+        let data = matches!(
+            st.mapping,
+            engine::io::Mapping::Data { .. } | engine::io::Mapping::DataZero { .. }
+        );
         let e = Entry {
             start: pos,
             length: len,
             depth: st.depth,
             present: node.is_some(),
-            zero: !data,
+            zero: !data || st.mapping.is_zero(),
             data,
             compressed: data
                 && st.mapping.host().is_none()

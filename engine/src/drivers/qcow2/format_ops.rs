@@ -33,6 +33,13 @@ impl FormatOps for Qcow2 {
         Box::pin(Qcow2::check(self, repair))
     }
 
+    fn data_may_be_file_holes(&self) -> LocalBoxFuture<'_, Result<bool>> {
+        Box::pin(async {
+            let _g = self.meta.lock().await;
+            self.metadata_preallocated().await
+        })
+    }
+
     fn cached_tables(&self) -> (usize, usize) {
         (self.l2_cache.len(), self.rb_cache.len())
     }

@@ -39,6 +39,7 @@ mod io;
 mod lock;
 mod options;
 mod overlap;
+mod prealloc_status;
 mod refcount;
 mod reopen;
 mod repair;
@@ -145,6 +146,9 @@ pub(crate) struct Qcow2 {
     /// The runtime open options (`options.rs`): discard pass-through, overlap checks. A
     /// reopen may replace them (`reopen.rs`).
     runtime: RefCell<options::OpenOpts>,
+    /// Whether the image looks metadata-preallocated (`prealloc_status.rs`); found out on the
+    /// first block status.
+    metadata_prealloc: Cell<Option<bool>>,
     /// The header's lazy-refcounts bit: what `lazy` is when no option says otherwise.
     header_lazy: bool,
     /// Options a reopen has checked and will apply at commit.
@@ -243,6 +247,7 @@ pub(super) fn open(
             nb_snapshots: h.nb_snapshots,
             lazy: Cell::new(runtime.lazy.unwrap_or(header_lazy)),
             header_lazy,
+            metadata_prealloc: Cell::new(None),
             fixups_pending: Cell::new(
                 !read_only
                     && (h.incompat & header::INCOMPAT_DIRTY != 0

@@ -54,7 +54,7 @@ async fn copy_range(c: &CopyCtx, offset: u64, bytes: u64) -> Result<(), (Error, 
                 continue;
             }
             (None, _) => true,
-            (Some(_), Mapping::Zero { .. }) => true,
+            (Some(_), m) if m.is_zero() => true,
             _ => false,
         };
         if reads_zero {
