@@ -229,6 +229,12 @@ pub trait BlockDriver {
     /// Reopen, phase two: apply what `reopen_prepare` staged. Cannot fail.
     fn reopen_commit(&self) {}
 
+    /// The bytes the storage under a protocol driver really holds (QEMU's allocated file
+    /// size), when known; `None` for other drivers.
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Stage the driver's own options for a reopen (qemu-io `reopen -o`): the whole set, so
     /// an option not in `changes` goes back to its default. Applied by `reopen_commit`,
     /// dropped by `reopen_abort`. Drivers without changeable options refuse any.

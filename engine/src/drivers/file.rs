@@ -184,6 +184,10 @@ impl BlockDriver for File {
         Box::pin(async move { file.flush().await })
     }
 
+    fn allocated_bytes(&self) -> Option<u64> {
+        self.host().allocated_bytes()
+    }
+
     fn block_status(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<BlockStatus>> {
         Box::pin(async move {
             let eof = self.size.get();

@@ -122,4 +122,10 @@ pub trait HostFile {
 
     /// The alignment `O_DIRECT` requires of offsets, lengths and buffers (1 when not direct).
     fn direct_align(&self) -> u32;
+
+    /// The bytes the storage really holds for the file (a host file's `st_blocks`), when the
+    /// backend knows; callers fall back to summing [`HostFile::allocation`]'s data runs.
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
+    }
 }

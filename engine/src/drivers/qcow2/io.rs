@@ -536,8 +536,17 @@ impl Qcow2 {
             None => {}
         }
         let _g = self.meta.lock().await;
+        let per = self.l2_entries();
         let backing = self.backing().is_some();
         for gc in first..last {
+            if gc == first || gc.is_multiple_of(per) {
+                // QEMU reaches each L2 table of the range, one after the other, through the
+                // lookup that allocates a missing one, so a discard of clusters never written
+                // leaves an (empty) L2 table behind; so does blk, in the same order (clusters
+                // freed in one table are reused for the next), and the image comes out as
+                // QEMU's, file length included.
+                self.ensure_l2(gc).await?;
+            }
             let old = self.l2_entry(gc).await?;
             // An unaligned offset counts as allocated; freeing it reports it (not fatal).
             let allocated = !matches!(

@@ -32,6 +32,7 @@ impl Qcow2 {
         let _g = self.meta.lock().await;
         let cs = self.cs();
         let old = self.size.get();
+        let mut shrunk = None;
         let per_l1 = cs * self.l2_entries();
         if len < old && prealloc != Prealloc::Off {
             return Err(Error::io_msg(
@@ -46,7 +47,8 @@ impl Qcow2 {
                     "Can't resize an image which has snapshots",
                 ));
             }
-            self.free_tail(len).await?;
+            let grew = self.free_tail(len).await?;
+            shrunk = Some(grew);
         } else {
             let need = len.div_ceil(per_l1);
             if need > self.l1.borrow().len() as u64 {
@@ -66,8 +68,8 @@ impl Qcow2 {
             .1?;
         self.file.flush().await?;
         self.size.set(len);
-        if len < old {
-            self.truncate_file_to_used().await;
+        if let Some(grew) = shrunk {
+            self.truncate_file_to_used(grew).await;
         }
         Ok(())
     }
@@ -76,11 +78,23 @@ impl Qcow2 {
     /// crash-safe order: the tail's L2 entries are cleared and written first, the clusters'
     /// refcounts dropped after; then the L1 entries of L2 tables wholly past `len` are cleared
     /// and written, and those tables freed after; last, refcount blocks left empty. A crash in
-    /// between leaks clusters at worst.
-    async fn free_tail(&self, len: u64) -> Result<()> {
+    /// between leaks clusters at worst. True when QEMU's shrink would have grown the file on
+    /// the way (it allocates the missing L2 tables of the range, then frees those past the
+    /// end), which decides the file's final length.
+    async fn free_tail(&self, len: u64) -> Result<bool> {
         let cs = self.cs();
         let per = self.l2_entries();
         let (first, end) = (len.div_ceil(cs), self.size.get().div_ceil(cs));
+        let keep = len.div_ceil(per * cs) as usize;
+        let grew = first < end
+            && (first / per..end.div_ceil(per))
+                .any(|l1i| self.l1.borrow()[l1i as usize] & OFFSET_MASK == 0);
+        if first < end && ((first / per) as usize) < keep {
+            // QEMU discards the tail through the lookup that allocates a missing L2 table:
+            // the last table kept exists afterwards even if nothing was ever written there
+            // (the ones past the new end are freed again below). Same file as QEMU's.
+            self.ensure_l2(first).await?;
+        }
         let mut gc = first;
         while gc < end {
             let l1i = (gc / per) as usize;
@@ -98,7 +112,6 @@ impl Qcow2 {
         }
         // L2 tables written, flushed, then the frees applied (flush_metadata's order).
         self.flush_metadata().await?;
-        let keep = len.div_ceil(per * cs) as usize;
         let l1_len = self.l1.borrow().len();
         let mut tables = Vec::new();
         for l1i in keep..l1_len {
@@ -126,13 +139,16 @@ impl Qcow2 {
             self.write_back_refblocks().await?;
         }
         self.drop_empty_refblocks().await?;
-        self.file.flush().await
+        self.file.flush().await?;
+        Ok(grew)
     }
 
     /// After a shrink (the new size and every refcount durable): cut the file after its last
     /// cluster in use, as QEMU does. Best effort: a file that cannot be cut stays as it is
-    /// (the clusters past the last used one are free either way).
-    async fn truncate_file_to_used(&self) {
+    /// (the clusters past the last used one are free either way). When QEMU's file would have
+    /// grown during the shrink (`grew`), its cut lands on that cluster boundary even where the
+    /// file ended inside the cluster before; so does this one.
+    async fn truncate_file_to_used(&self, grew: bool) {
         let cs = self.cs();
         let file_len = self.file.len();
         let mut c = file_len.div_ceil(cs);
@@ -143,7 +159,7 @@ impl Qcow2 {
                 Err(_) => return,
             }
         }
-        if c > 0 && c * cs < file_len {
+        if c > 0 && (c * cs < file_len || (grew && c * cs != file_len)) {
             let _ = self.file.truncate(c * cs, false, Prealloc::Off).await;
         }
     }

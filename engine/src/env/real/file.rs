@@ -252,6 +252,10 @@ impl HostFile for RealFile {
         sys::file_len(self.fd()).map_err(io_error)
     }
 
+    fn allocated_bytes(&self) -> Option<u64> {
+        sys::allocated_bytes(self.fd()).ok()
+    }
+
     fn set_len(&self, len: u64) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move { check(self.op(OpKind::Ftruncate, 0, len, None).await.1) })
     }

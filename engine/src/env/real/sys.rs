@@ -136,13 +136,22 @@ pub(super) fn ftruncate(fd: RawFd, len: u64) -> Result<(), i32> {
 
 /// The file size (`fstat`).
 pub(super) fn file_len(fd: RawFd) -> Result<u64, i32> {
+    Ok(fstat(fd)?.st_size as u64)
+}
+
+/// The bytes the file system really holds for the file (`st_blocks` of 512 bytes).
+pub(super) fn allocated_bytes(fd: RawFd) -> Result<u64, i32> {
+    Ok(fstat(fd)?.st_blocks as u64 * 512)
+}
+
+fn fstat(fd: RawFd) -> Result<libc::stat, i32> {
     // SAFETY: `libc::stat` is plain data, for which all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat writes only into the struct we pass, which lives across the call.
     if unsafe { libc::fstat(fd, &mut st) } < 0 {
         return Err(errno());
     }
-    Ok(st.st_size as u64)
+    Ok(st)
 }
 
 /// `lseek(fd, offset, whence)`; `Ok(None)` for `ENXIO` (no data/hole at or after `offset`).
