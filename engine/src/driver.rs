@@ -346,6 +346,17 @@ pub trait FormatOps {
         format: Option<&str>,
     ) -> LocalBoxFuture<'_, Result<()>>;
 
+    /// Write `buf` at `pos` of the image's VM state area (qemu-io `write -b`, savevm).
+    /// Formats without one refuse (ENOTSUP).
+    fn save_vmstate(&self, _pos: u64, buf: IoBuf) -> LocalBoxFuture<'_, BufResult> {
+        Box::pin(async move { (buf, Err(Error::io(Errno::ENOTSUP))) })
+    }
+
+    /// Read `buf.len()` bytes at `pos` of the image's VM state area (qemu-io `read -b`).
+    fn load_vmstate(&self, _pos: u64, buf: IoBuf) -> LocalBoxFuture<'_, BufResult> {
+        Box::pin(async move { (buf, Err(Error::io(Errno::ENOTSUP))) })
+    }
+
     /// Whether a data run's zeroes are worth asking the storage child for (QEMU's
     /// `BDRV_BLOCK_RECURSE`): true for an image whose data clusters were preallocated over
     /// holes of its file, so that a zero-seeking caller sees them as zeroes.

@@ -246,6 +246,33 @@ impl BlockBackend {
         InFlight(self)
     }
 
+    /// Write `buf` at `pos` of the image's VM state area (qemu-io `write -b`; savevm): the
+    /// first format below the device (through filters) holds it; ENOTSUP where it has none.
+    pub async fn save_vmstate(&self, pos: u64, buf: IoBuf) -> BufResult {
+        let node = match self.root_checked() {
+            Ok(child) => vmstate_node(child.node()),
+            Err(e) => return (buf, Err(e)),
+        };
+        let _in_flight = self.admit().await;
+        match node.driver().format_ops() {
+            Some(ops) => ops.save_vmstate(pos, buf).await,
+            None => (buf, Err(Error::io(Errno::ENOTSUP))),
+        }
+    }
+
+    /// Read `buf.len()` bytes at `pos` of the image's VM state area (qemu-io `read -b`).
+    pub async fn load_vmstate(&self, pos: u64, buf: IoBuf) -> BufResult {
+        let node = match self.root_checked() {
+            Ok(child) => vmstate_node(child.node()),
+            Err(e) => return (buf, Err(e)),
+        };
+        let _in_flight = self.admit().await;
+        match node.driver().format_ops() {
+            Some(ops) => ops.load_vmstate(pos, buf).await,
+            None => (buf, Err(Error::io(Errno::ENOTSUP))),
+        }
+    }
+
     /// Guest read.
     pub async fn read(&self, offset: u64, buf: IoBuf) -> BufResult {
         let child = match self.check_bounds(offset, buf.len() as u64) {
@@ -416,4 +443,15 @@ impl ParentOps for BlockBackend {
     fn drained_poll(&self) -> bool {
         self.in_flight.get() > 0
     }
+}
+
+/// The node whose format holds the VM state: `node`, or below filters the first non-filter.
+fn vmstate_node(mut node: Rc<Node>) -> Rc<Node> {
+    while node.driver().caps().kind == crate::driver::DriverKind::Filter {
+        match node.primary_child() {
+            Some(edge) => node = edge.child_node(),
+            None => break,
+        }
+    }
+    node
 }

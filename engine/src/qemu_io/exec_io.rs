@@ -95,12 +95,13 @@ impl IoCtx {
     }
 
     async fn read(&self, r: &Read) -> bool {
-        if r.vmstate {
-            self.out("read failed: Operation not supported");
-            return false;
-        }
         let start = self.env.now_ns();
-        let (buf, res) = self.dev.read(r.offset, IoBuf::new(r.len as usize)).await;
+        let buf = IoBuf::new(r.len as usize);
+        let (buf, res) = if r.vmstate {
+            self.dev.load_vmstate(r.offset, buf).await
+        } else {
+            self.dev.read(r.offset, buf).await
+        };
         if let Err(e) = res {
             self.out(format!("read failed: {}", errstr(&e)));
             return false;
@@ -149,10 +150,6 @@ impl IoCtx {
     }
 
     async fn write(&self, w: &Write) -> bool {
-        if w.vmstate {
-            self.out("write failed: Operation not supported");
-            return false;
-        }
         let mut flags = ReqFlags::NONE;
         if w.fua {
             flags |= ReqFlags::FUA;
@@ -185,7 +182,13 @@ impl IoCtx {
                     flags |= ReqFlags::WRITE_COMPRESSED;
                 }
                 let start = self.env.now_ns();
-                self.dev.write(w.offset, buf, flags).await.1.map(|()| start)
+                let written = if w.vmstate {
+                    // The VM state takes plain bytes: -c, -f and -u mean nothing to it.
+                    self.dev.save_vmstate(w.offset, buf).await
+                } else {
+                    self.dev.write(w.offset, buf, flags).await
+                };
+                written.1.map(|()| start)
             }
         };
         match res {

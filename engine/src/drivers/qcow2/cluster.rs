@@ -64,6 +64,10 @@ impl Qcow2 {
 
     /// The L2 table offset for L1 index `l1i`, allocating the table if `alloc`.
     async fn l2_table(&self, l1i: usize, alloc: bool) -> Result<Option<u64>> {
+        if !alloc && l1i >= self.l1.borrow().len() {
+            // Past the L1 table (only the VM state area reaches there): never written.
+            return Ok(None);
+        }
         let entry = self.l1.borrow().get(l1i).copied().ok_or_else(|| {
             Error::io_msg(Errno::EIO, format!("qcow2: L1 index {l1i} out of range"))
         })?;

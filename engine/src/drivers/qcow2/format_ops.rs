@@ -5,6 +5,7 @@
 use crate::driver::{CheckReport, FormatOps, Repair};
 use crate::env::LocalBoxFuture;
 use crate::error::Result;
+use crate::io::{BufResult, IoBuf};
 
 use super::Qcow2;
 
@@ -38,6 +39,14 @@ impl FormatOps for Qcow2 {
             let _g = self.meta.lock().await;
             self.metadata_preallocated().await
         })
+    }
+
+    fn save_vmstate(&self, pos: u64, buf: IoBuf) -> LocalBoxFuture<'_, BufResult> {
+        Box::pin(Qcow2::save_vmstate(self, pos, buf))
+    }
+
+    fn load_vmstate(&self, pos: u64, buf: IoBuf) -> LocalBoxFuture<'_, BufResult> {
+        Box::pin(Qcow2::load_vmstate(self, pos, buf))
     }
 
     fn cached_tables(&self) -> (usize, usize) {

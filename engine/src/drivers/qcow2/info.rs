@@ -10,7 +10,6 @@ use super::{Qcow2, header};
 
 impl Qcow2 {
     pub(super) fn qemu_io_info(&self) -> ImageInfo {
-        let per_l1_entry = self.cs() * self.l2_entries();
         let on_off = |b: bool| b.to_string();
         let mut specific = vec![
             (
@@ -42,7 +41,7 @@ impl Qcow2 {
         }
         ImageInfo {
             cluster_size: self.cs(),
-            vm_state_offset: self.size.get().div_ceil(per_l1_entry) * per_l1_entry,
+            vm_state_offset: self.vm_state_offset(),
             specific,
         }
     }

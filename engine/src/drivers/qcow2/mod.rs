@@ -45,6 +45,7 @@ mod reopen;
 mod repair;
 mod resize;
 mod subcluster;
+mod vmstate;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Weak;

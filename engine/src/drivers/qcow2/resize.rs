@@ -225,7 +225,7 @@ impl Qcow2 {
     }
 
     /// Replace the L1 table by a larger one (`entries`), switched in by one header write.
-    async fn grow_l1(&self, entries: u64) -> Result<()> {
+    pub(super) async fn grow_l1(&self, entries: u64) -> Result<()> {
         let cs = self.cs();
         let bytes = entries * 8;
         if bytes > MAX_L1_BYTES {
