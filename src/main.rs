@@ -81,13 +81,41 @@ fn run_program() -> i32 {
     if name == "qemu-io" {
         return cli::io::run_io(&args[1..]);
     }
-    let Some(cmd) = args.get(1) else {
+    let rest = match global_options(&args[1..]) {
+        Ok(rest) => rest,
+        Err(code) => return code,
+    };
+    let Some(cmd) = rest.first() else {
         prog::error(format_args!(
             "Not enough arguments\nTry '{name} --help' for more info"
         ));
         return 1;
     };
-    run_command(cmd, &args[2..])
+    run_command(cmd, &rest[1..])
+}
+
+/// The image tool's own options, before the command (qemu-img's `-h`, `-V`, `-T`); the command
+/// and its arguments, or the exit status when an option ends the run.
+fn global_options(args: &[String]) -> Result<Vec<String>, i32> {
+    const LONG: [cli::getopt::LongOpt; 3] = [
+        ("help", 'h', false),
+        ("version", 'V', false),
+        ("trace", 'T', true),
+    ];
+    let name = prog::name();
+    let (opts, rest) = cli::getopt::split_leading(args, "hVT:", &LONG).map_err(|msg| {
+        prog::error(format_args!("{msg}\nTry '{name} --help' for more info"));
+        1
+    })?;
+    match opts.first() {
+        None => Ok(rest),
+        Some(('h', _)) => Err(print_ok(&img_help())),
+        Some(('V', _)) => Err(print_ok(&prog::version())),
+        Some(_) => {
+            prog::error("-T (trace) is not supported by blk");
+            Err(1)
+        }
+    }
 }
 
 /// `blk CMD ARGS...` (and `qemu-img CMD ARGS...` through a link).
@@ -99,9 +127,7 @@ fn run_command(cmd: &str, rest: &[String]) -> i32 {
         "sim" if blk => cli::sim::run_sim(rest),
         "create" | "info" | "map" | "compare" | "convert" | "dd" | "resize" | "commit"
         | "rebase" => cli::img::run(cmd, rest),
-        "-h" | "--help" => print_ok(&img_help()),
         "help" if blk => print_ok(&img_help()),
-        "-V" | "--version" => print_ok(&prog::version()),
         other => {
             let name = prog::name();
             prog::error(format_args!(

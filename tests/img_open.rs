@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::{BLK, Dir, QEMU_IMG, have_qemu};
+use common::{Dir, QEMU_IMG, QEMU_IO, have_qemu};
 
 /// `qemu-img SUB ARGS` and `blk SUB ARGS` in `dir`: the same exit code, stdout and stderr
 /// (blk's program name aside).
@@ -19,12 +19,10 @@ fn same_img(dir: &Dir, args: &[&str]) {
     assert_eq!(q.stderr, b.stderr, "qemu-img {args:?}");
 }
 
-/// The same for `qemu-io ARGS` and `blk io ARGS` (timing figures left out).
+/// The same for `qemu-io ARGS` and blk as `qemu-io ARGS` (timing figures left out).
 fn same_io(dir: &Dir, args: &[&str]) {
     let q = dir.run("qemu-io", args);
-    let mut io = vec!["io"];
-    io.extend_from_slice(args);
-    let b = dir.run(BLK, &io);
+    let b = dir.run(QEMU_IO, args);
     let strip = crate::common::without_timing;
     assert_eq!(
         (q.code, strip(&q.stdout), &q.stderr),

@@ -346,6 +346,16 @@ pub trait FormatOps {
         format: Option<&str>,
     ) -> LocalBoxFuture<'_, Result<()>>;
 
+    /// How many internal snapshots the image holds.
+    fn snapshot_count(&self) -> u32 {
+        0
+    }
+
+    /// True when the image holds persistent dirty bitmaps that are in use (valid).
+    fn has_persistent_bitmaps(&self) -> bool {
+        false
+    }
+
     /// Write `buf` at `pos` of the image's VM state area (qemu-io `write -b`, savevm).
     /// Formats without one refuse (ENOTSUP).
     fn save_vmstate(&self, _pos: u64, buf: IoBuf) -> LocalBoxFuture<'_, BufResult> {

@@ -44,12 +44,16 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args, i32> {
+    // qemu-img 10's long options, in its order where they share a prefix.
     let long = [
         ("help", 'h', false),
+        ("quiet", 'q', false),
         ("format", 'f', true),
-        ("repair", 'r', true),
-        ("output", 'o', true),
         ("force-share", 'U', false),
+        ("cache", 'T', true),
+        ("output", 'o', true),
+        super::img::OBJECT,
+        ("repair", 'r', true),
     ];
     let (opts, operands) = split_or_fail("check", args, "hf:r:T:qU", &long, USAGE)?;
     let (mut format, mut json, mut repair, mut quiet) = (None, false, None, false);

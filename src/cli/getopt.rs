@@ -1,6 +1,7 @@
 //! Command-line splitting in glibc's getopt_long style, shared by every `blk` subcommand: short
 //! option clusters (`-qf raw`), attached arguments (`-fraw`), long options with `=` or a separate
-//! argument, `--` ending options, and getopt's error messages.
+//! argument and abbreviated to any unambiguous prefix (`--out=json`), `--` ending options, and
+//! getopt's error messages.
 
 /// A long option: name, the character it stands for, and whether it takes an argument.
 pub(crate) type LongOpt = (&'static str, char, bool);
@@ -11,6 +12,26 @@ pub(crate) type Split = (Vec<(char, String)>, Vec<String>);
 /// Split a command line glibc-style: `short` is a getopt string ("f:o:q"), `long` the long
 /// options. Errors are getopt's messages.
 pub(crate) fn split(args: &[String], short: &str, long: &[LongOpt]) -> Result<Split, String> {
+    split_mode(args, short, long, false)
+}
+
+/// [`split`] in POSIX mode (a getopt string starting with `+`): options end at the first
+/// operand, which comes back with everything after it (a program's options before its
+/// subcommand).
+pub(crate) fn split_leading(
+    args: &[String],
+    short: &str,
+    long: &[LongOpt],
+) -> Result<Split, String> {
+    split_mode(args, short, long, true)
+}
+
+fn split_mode(
+    args: &[String],
+    short: &str,
+    long: &[LongOpt],
+    posix: bool,
+) -> Result<Split, String> {
     let (mut opts, mut operands) = (Vec::new(), Vec::new());
     let mut i = 0;
     while i < args.len() {
@@ -25,14 +46,12 @@ pub(crate) fn split(args: &[String], short: &str, long: &[LongOpt]) -> Result<Sp
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (name, None),
             };
-            let Some(&(_, c, takes)) = long.iter().find(|(n, _, _)| *n == name) else {
-                return Err(format!("unrecognized option '--{name}'"));
-            };
+            let (full, c, takes) = find_long(long, name)?;
             let v = if takes {
                 let v = inline.or_else(|| args.get(i).cloned().inspect(|_| i += 1));
-                v.ok_or(format!("option '--{name}' requires an argument"))?
+                v.ok_or(format!("option '--{full}' requires an argument"))?
             } else if inline.is_some() {
-                return Err(format!("option '--{name}' doesn't allow an argument"));
+                return Err(format!("option '--{full}' doesn't allow an argument"));
             } else {
                 String::new()
             };
@@ -41,6 +60,10 @@ pub(crate) fn split(args: &[String], short: &str, long: &[LongOpt]) -> Result<Sp
         }
         if !a.starts_with('-') || a.len() == 1 {
             operands.push(a.clone());
+            if posix {
+                operands.extend(args[i..].iter().cloned());
+                break;
+            }
             continue;
         }
         for (pos, c) in a[1..].char_indices() {
@@ -65,4 +88,29 @@ pub(crate) fn split(args: &[String], short: &str, long: &[LongOpt]) -> Result<Sp
         }
     }
     Ok((opts, operands))
+}
+
+/// The long option `name` stands for: an exact match, else the only option it abbreviates
+/// (several that all mean the same count as one, as glibc has it).
+fn find_long<'a>(long: &'a [LongOpt], name: &str) -> Result<(&'a str, char, bool), String> {
+    if let Some(&(full, c, takes)) = long.iter().find(|(n, _, _)| *n == name) {
+        return Ok((full, c, takes));
+    }
+    let matches: Vec<&LongOpt> = long
+        .iter()
+        .filter(|(n, _, _)| n.starts_with(name))
+        .collect();
+    match matches.as_slice() {
+        [] => Err(format!("unrecognized option '--{name}'")),
+        [(full, c, takes), rest @ ..] if rest.iter().all(|(_, c2, t2)| c2 == c && t2 == takes) => {
+            Ok((full, *c, *takes))
+        }
+        many => {
+            let names: Vec<String> = many.iter().map(|(n, _, _)| format!("'--{n}'")).collect();
+            Err(format!(
+                "option '--{name}' is ambiguous; possibilities: {}",
+                names.join(" ")
+            ))
+        }
+    }
 }

@@ -13,15 +13,20 @@ pub const BLK: &str = env!("CARGO_BIN_EXE_blk");
 /// `Dir::new` calls.
 pub const QEMU_IMG: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/blk-as/qemu-img");
 
+/// blk through a link named `qemu-io`, the same way.
+pub const QEMU_IO: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/blk-as/qemu-io");
+
 /// Create the `blk-as/` links (once per process; an existing link is kept).
 pub fn links() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let link = std::path::Path::new(QEMU_IMG);
-        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-        if std::fs::read_link(link).ok().as_deref() != Some(std::path::Path::new(BLK)) {
-            let _ = std::fs::remove_file(link);
-            std::os::unix::fs::symlink(BLK, link).unwrap();
+        for link in [QEMU_IMG, QEMU_IO] {
+            let link = std::path::Path::new(link);
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            if std::fs::read_link(link).ok().as_deref() != Some(std::path::Path::new(BLK)) {
+                let _ = std::fs::remove_file(link);
+                std::os::unix::fs::symlink(BLK, link).unwrap();
+            }
         }
     });
 }

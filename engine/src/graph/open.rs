@@ -53,10 +53,10 @@ impl OpenCtx {
     /// it as `name` with `role`. Permissions are checked once the whole node is open.
     pub async fn open_child(&self, name: &str, role: ChildRole, spec: Value) -> Result<Child> {
         let child = match spec {
+            // QEMU looks a reference up as a device name and as a node name.
             Value::String(reference) => self.node.ctx().node(&reference).ok_or_else(|| {
                 Error::generic(format!(
-                    "Cannot find device='' nor node-name='{reference}' (child '{name}' of '{}')",
-                    self.node.name()
+                    "Cannot find device='{reference}' nor node-name='{reference}'"
                 ))
             })?,
             Value::Object(_) => {

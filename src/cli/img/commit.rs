@@ -18,7 +18,17 @@ Commit the changes recorded in filename into its base image, as qemu-img commit 
 
 /// Entry point of `blk commit`.
 pub fn run(args: &[String]) -> i32 {
-    let long = [("help", 'h', false), ("format", 'f', true)];
+    // qemu-img 10's long options.
+    let long = [
+        ("help", 'h', false),
+        ("quiet", 'q', false),
+        ("progress", 'p', false),
+        ("format", 'f', true),
+        ("cache", 't', true),
+        ("drop", 'd', false),
+        ("base", 'b', true),
+        ("rate", 'r', true),
+    ];
     let (opts, operands) = match split_or_fail("commit", args, "f:ht:b:dpqr:", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,
@@ -45,7 +55,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let [path] = operands.as_slice() else {
-        return fail("Expecting one image file name\nTry 'blk commit --help' for more info");
+        return crate::cli::prog::usage_error("commit", "Expecting one image file name");
     };
     let cache = match cache_mode(&cache) {
         Ok(c) => c,

@@ -176,7 +176,19 @@ async fn compare(a: &Image, b: &Image, args: &Args) -> Result<i32, String> {
 }
 
 fn parse(args: &[String]) -> Result<(Args, String, String), i32> {
-    let long = [("help", 'h', false), ("force-share", 'U', false)];
+    // qemu-img 10's long options (--left-format/--right-format are aliases it takes too).
+    let long = [
+        ("help", 'h', false),
+        ("quiet", 'q', false),
+        ("progress", 'p', false),
+        ("a-format", 'f', true),
+        ("left-format", 'f', true),
+        ("b-format", 'F', true),
+        ("right-format", 'F', true),
+        ("strict", 's', false),
+        ("cache", 'T', true),
+        ("force-share", 'U', false),
+    ];
     let (opts, operands) = split_or_fail_as("compare", args, "f:F:T:psqhU", &long, USAGE, 2)?;
     let mut a = Args {
         f1: None,

@@ -1,16 +1,18 @@
-//! `blk convert [-f fmt] [-O fmt] [-o options] [-n] [-B backing [-F backing_fmt]] [-t cache]
-//! [-T src_cache] [-S size] [--salvage] [-p] [-W] [-m num] [-q] [-U] SRC DST`: qemu-img convert
+//! `blk convert [options] SRC [SRC2 ...] DST` (options in `convert_args.rs`): qemu-img convert
 //! between raw and qcow2.
 //!
-//! The guest-visible data of SRC is copied by block status: ranges that read as zeroes (holes, zero
-//! clusters, unallocated through the whole chain) are skipped on a freshly created target, and data
-//! chunks are written only where sparse detection (`-S`, see `sparse.rs`) finds data, so the output
-//! is sparse; `-S 0` writes everything. `--salvage` turns sectors that cannot be read into zeroes,
-//! with a warning each. With `-n` the existing target gets explicit zero writes instead. With `-B`
-//! the target is created over that backing file and only what SRC's top layer allocates is copied
-//! (its zero ranges as explicit zeroes); the rest is left to the backing file, as qemu-img does.
-//! `-W` keeps up to `-m` (default 8) chunks in flight at once, written out of order. `-c` is
-//! refused: blk's qcow2 driver does not write compressed clusters.
+//! The guest-visible data of the sources, one after the other, is copied by block status:
+//! ranges that read as zeroes (holes, zero clusters, unallocated through the whole chain,
+//! metadata-preallocated clusters over file holes) are skipped on a freshly created target (or
+//! one declared zero with `--target-is-zero`), and data chunks are written only where sparse
+//! detection (`-S`, see `sparse.rs`) finds data, so the output is sparse; `-S 0` writes
+//! everything. `--salvage` turns sectors that cannot be read into zeroes, with a warning each.
+//! With `-n` the existing target gets explicit zero writes instead. With `-B` the target is
+//! created over that backing file and only what the source's top layer allocates is copied (its
+//! zero ranges as explicit zeroes); the rest is left to the backing file, as qemu-img does.
+//! `-W` keeps up to `-m` (default 8) chunks in flight at once, written out of order; `-r`
+//! holds the copy to a rate. `-c` is refused: blk's qcow2 driver does not write compressed
+//! clusters yet.
 
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
@@ -18,27 +20,18 @@ use std::task::Poll;
 
 use engine::graph::Child;
 use engine::io::{IoBuf, Mapping, ReqFlags};
-use engine::qemu_io::CacheMode;
 
-use super::create::{CreateSpec, create_image, parse_o};
-use super::number::{in_range, parse_size};
-use super::open::{Image, Tool, check_format, parse_cache, parse_src_cache};
+use engine::env::Env;
+
+use super::convert_args::{ConvertArgs, parse};
+use super::create::{CreateSpec, create_image};
+use super::fail;
+use super::open::{Image, Tool};
 use super::progress::Steps;
 use super::sparse::Sparse;
-use super::{fail, split_or_fail};
-
-const USAGE: &str = "\
-Usage: blk convert [-f fmt] [-O output_fmt] [-o options] [-n] [-B backing_file [-F backing_fmt]]
-                   [-t cache] [-T src_cache] [-S sparse_size] [--salvage]
-                   [-p] [-W] [-m num] [-q] [-U] filename output_filename
-Copy the guest-visible contents of an image into a new raw or qcow2 image.";
 
 /// Largest chunk read and written at once (qemu-img's default buffer).
 const CHUNK: u64 = 2 << 20;
-/// qemu-img's default minimum hole size (`-S 4k`).
-const SPARSE: u64 = 4096;
-/// The largest `-S` qemu-img takes.
-const SPARSE_MAX: u64 = 16 << 20;
 
 type Job<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
 
@@ -102,23 +95,22 @@ async fn read(src: &Image, pos: u64, len: u64, salvage: bool) -> Result<IoBuf, S
     Ok(buf)
 }
 
-/// Copy `[pos, pos+len)`: read it, then write what sparse detection keeps (all of it when
-/// `sparse` is `None`).
+/// Copy `[pos, pos+len)` of `src` to `base + pos` of `dst`: read it, then write what sparse
+/// detection keeps (all of it when `sparse` is `None`).
 async fn copy(
-    src: &Image,
-    dst: &Image,
-    (pos, len): (u64, u64),
+    (src, dst): (&Image, &Image),
+    (base, pos, len): (u64, u64, u64),
     sparse: Option<Sparse>,
     salvage: bool,
 ) -> Result<(), String> {
     let buf = read(src, pos, len, salvage).await?;
     let data = buf.as_slice();
     let runs = match sparse {
-        Some(s) => s.runs(data, pos),
+        Some(s) => s.runs(data, base + pos),
         None => vec![(0, data.len())],
     };
     for (i, j) in runs {
-        let at = pos + i as u64;
+        let at = base + pos + i as u64;
         let (_, r) = dst
             .bb
             .write(at, IoBuf::from_slice(&data[i..j]), ReqFlags::NONE)
@@ -139,6 +131,8 @@ struct Plan {
     sparse: Sparse,
     /// `--salvage`: unreadable sectors become zeroes, with a warning.
     salvage: bool,
+    /// `-r`: bytes per second, 0 for no limit.
+    rate: u64,
 }
 
 /// What to do with the range of SRC at `pos`: its length (at least 1) and the action.
@@ -175,231 +169,236 @@ async fn classify(root: &Child, pos: u64, size: u64, plan: &Plan) -> Result<(u64
 
 /// The bytes the copy reads and writes as data: what qemu-img's progress counts (ranges
 /// written as zeroes or skipped do not count).
-async fn data_total(root: &Child, size: u64, plan: &Plan) -> Result<u64, String> {
-    let (mut pos, mut total) = (0, 0);
-    while pos < size {
-        let (len, action) = classify(root, pos, size, plan).await?;
-        if matches!(action, Action::Copy) {
-            total += len;
+async fn data_total(srcs: &[Image], plan: &Plan) -> Result<u64, String> {
+    let mut total = 0;
+    for src in srcs {
+        let (root, size) = (src.root(), src.len());
+        let mut pos = 0;
+        while pos < size {
+            let (len, action) = classify(&root, pos, size, plan).await?;
+            if matches!(action, Action::Copy) {
+                total += len;
+            }
+            pos += len;
         }
-        pos += len;
     }
     Ok(total)
 }
 
-async fn convert(src: &Image, dst: &Image, plan: &Plan) -> Result<(), String> {
-    let size = src.len();
-    let root = src.root();
+/// Shared state of one convert run: what was copied, the progress line, the rate limit.
+struct Run<'a> {
+    dst: &'a Image,
+    plan: &'a Plan,
+    env: &'a dyn Env,
+    started_ns: u64,
+    copied: Cell<u64>,
+    progress: RefCell<Steps>,
+}
+
+impl Run<'_> {
+    /// Wait until the data copied so far fits the rate limit (`-r`).
+    async fn keep_rate(&self) {
+        if self.plan.rate == 0 {
+            return;
+        }
+        let due = self.copied.get() as u128 * 1_000_000_000 / self.plan.rate as u128;
+        let at = self
+            .started_ns
+            .saturating_add(due.min(u64::MAX as u128) as u64);
+        if at > self.env.now_ns() {
+            self.env.sleep_until(at).await;
+        }
+    }
+
+    /// Copy all of `src` to the target from `base` on.
+    async fn copy_source(&self, src: &Image, base: u64) -> Result<(), String> {
+        let (size, root, plan, dst) = (src.len(), src.root(), self.plan, self.dst);
+        let mut pos = 0;
+        while pos < size {
+            let mut jobs: Vec<Job<'_>> = Vec::new();
+            while pos < size && jobs.len() < plan.in_flight {
+                let (len, action) = classify(&root, pos, size, plan).await?;
+                match action {
+                    Action::Skip => {}
+                    Action::Zero => {
+                        let at = base + pos;
+                        jobs.push(Box::pin(async move {
+                            dst.bb
+                                .write_zeroes(at, len, ReqFlags::MAY_UNMAP)
+                                .await
+                                .map_err(|e| format!("error while writing at byte {at}: {e}"))
+                        }));
+                    }
+                    Action::Copy => {
+                        let mut at = pos;
+                        while at < pos + len && jobs.len() < plan.in_flight {
+                            let n = CHUNK.min(pos + len - at);
+                            let sparse = (plan.fresh && !plan.top_only).then_some(plan.sparse);
+                            self.keep_rate().await;
+                            jobs.push(Box::pin(async move {
+                                copy((src, dst), (base, at, n), sparse, plan.salvage).await?;
+                                self.copied.set(self.copied.get() + n);
+                                self.progress.borrow_mut().reach(self.copied.get());
+                                Ok(())
+                            }));
+                            at += n;
+                        }
+                        pos = at;
+                        continue;
+                    }
+                }
+                pos += len;
+            }
+            join_all(jobs).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn convert(srcs: &[Image], dst: &Image, plan: &Plan, env: &dyn Env) -> Result<(), String> {
     let total = match plan.progress {
-        true => data_total(&root, size, plan).await?,
+        true => data_total(srcs, plan).await?,
         false => 0,
     };
-    // Shown as each data chunk lands, as qemu-img shows it.
-    let progress = RefCell::new(Steps::new(plan.progress, total, 1.0));
-    let copied = Cell::new(0);
-    let (progress, copied) = (&progress, &copied);
-    let mut pos = 0;
-    while pos < size {
-        let mut jobs: Vec<Job<'_>> = Vec::new();
-        while pos < size && jobs.len() < plan.in_flight {
-            let (len, action) = classify(&root, pos, size, plan).await?;
-            match action {
-                Action::Skip => {}
-                Action::Zero => {
-                    let at = pos;
-                    jobs.push(Box::pin(async move {
-                        dst.bb
-                            .write_zeroes(at, len, ReqFlags::MAY_UNMAP)
-                            .await
-                            .map_err(|e| format!("error while writing at byte {at}: {e}"))
-                    }));
-                }
-                Action::Copy => {
-                    let mut at = pos;
-                    while at < pos + len && jobs.len() < plan.in_flight {
-                        let n = CHUNK.min(pos + len - at);
-                        let sparse = (plan.fresh && !plan.top_only).then_some(plan.sparse);
-                        jobs.push(Box::pin(async move {
-                            copy(src, dst, (at, n), sparse, plan.salvage).await?;
-                            copied.set(copied.get() + n);
-                            progress.borrow_mut().reach(copied.get());
-                            Ok(())
-                        }));
-                        at += n;
-                    }
-                    pos = at;
-                    continue;
-                }
-            }
-            pos += len;
-        }
-        join_all(jobs).await?;
+    let run = Run {
+        dst,
+        plan,
+        env,
+        started_ns: env.now_ns(),
+        copied: Cell::new(0),
+        // Shown as each data chunk lands, as qemu-img shows it.
+        progress: RefCell::new(Steps::new(plan.progress, total, 1.0)),
+    };
+    let mut base = 0;
+    for src in srcs {
+        run.copy_source(src, base).await?;
+        base += src.len();
     }
     dst.bb
         .flush()
         .await
         .map_err(|e| format!("error while flushing: {e}"))?;
-    progress.borrow_mut().finish();
+    run.progress.borrow_mut().finish();
     Ok(())
-}
-
-/// `-S`, `-t`, `-T` and `--salvage`: how data is read and written.
-struct CopyOpts {
-    sparse: Sparse,
-    cache: Option<String>,
-    src_cache: Option<String>,
-    salvage: bool,
-}
-
-impl Default for CopyOpts {
-    fn default() -> CopyOpts {
-        CopyOpts {
-            sparse: Sparse::new(SPARSE),
-            cache: None,
-            src_cache: None,
-            salvage: false,
-        }
-    }
-}
-
-impl CopyOpts {
-    /// Take option `c`; `-S` is checked at once, as qemu-img does.
-    fn take(&mut self, c: char, v: String) -> Result<(), String> {
-        match c {
-            'S' => {
-                let what = "buffer size for sparse output";
-                let n = in_range(what, &v, parse_size(&v), 0, i64::MAX as u64)?;
-                if n % 512 != 0 || n > SPARSE_MAX {
-                    return Err(format!(
-                        "Invalid {what} specified. Valid sizes are multiples of 512 up to \
-                         {SPARSE_MAX}. Select 0 to disable sparse detection (fully allocates output)."
-                    ));
-                }
-                self.sparse = Sparse::new(n);
-            }
-            't' => self.cache = Some(v),
-            'T' => self.src_cache = Some(v),
-            'V' => self.salvage = true,
-            _ => unreachable!("option {c} is in the option string"),
-        }
-        Ok(())
-    }
-
-    fn src_cache(&self) -> Result<CacheMode, String> {
-        self.src_cache
-            .as_deref()
-            .map_or(Ok(CacheMode::Writeback), parse_src_cache)
-    }
-
-    /// The target's cache mode: qemu-img checks it only once the target exists.
-    fn cache(&self) -> Result<CacheMode, String> {
-        self.cache
-            .as_deref()
-            .map_or(Ok(CacheMode::Writeback), parse_cache)
-    }
 }
 
 /// Entry point of `blk convert`.
 pub fn run(args: &[String]) -> i32 {
-    let long = [
-        ("help", 'h', false),
-        ("force-share", 'U', false),
-        ("salvage", 'V', false),
-    ];
-    let short = "f:O:o:nB:F:pWcm:qhUS:t:T:";
-    let (opts, operands) = match split_or_fail("convert", args, short, &long, USAGE) {
-        Ok(v) => v,
+    let mut a = match parse(args) {
+        Ok(a) => a,
         Err(code) => return code,
     };
-    let (mut fmt, mut out_fmt, mut share) = (None, "raw".to_string(), false);
-    let mut spec = CreateSpec {
-        quiet: true,
-        ..CreateSpec::default()
-    };
-    let (mut no_create, mut progress, mut out_of_order, mut coroutines) = (false, false, false, 8);
-    let mut copy_opts = CopyOpts::default();
-    if let Some(code) = super::opt_help::answer(&opts, 'O', operands.last().map(String::as_str)) {
-        return code;
-    }
-    for (c, v) in opts {
-        match c {
-            'f' => fmt = Some(v),
-            'O' => out_fmt = v,
-            'o' => {
-                if let Err(e) = parse_o(&v, &mut spec.opts) {
-                    return fail(e);
-                }
-            }
-            'n' => no_create = true,
-            'B' => spec.backing = Some(v),
-            'F' => spec.backing_fmt = Some(v),
-            'p' => progress = true,
-            'W' => out_of_order = true,
-            'm' => match v.parse::<usize>() {
-                Ok(n) if (1..=16).contains(&n) => coroutines = n,
-                _ => {
-                    return fail(
-                        "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16",
-                    );
-                }
-            },
-            'c' => return fail("Compression is not supported by blk's qcow2 driver (convert -c)"),
-            'q' => progress = false,
-            'U' => share = true,
-            _ => {
-                if let Err(e) = copy_opts.take(c, v) {
-                    return fail(e);
-                }
-            }
-        }
-    }
-    let [src_path, dst_path] = operands.as_slice() else {
-        return fail("Must specify image file name");
-    };
-    if let Err(e) = copy_opts.src_cache().and(check_format(&out_fmt)) {
-        return fail(e);
-    }
-    if no_create && !spec.opts.is_empty() {
-        return fail("-o has no effect when skipping image creation");
-    }
     let tool = Tool::new();
-    let result = tool.block_on(async {
-        tool.cache.set(copy_opts.src_cache()?);
-        let src = tool.open(src_path, fmt.as_deref(), true, share).await?;
-        if !no_create {
-            target_options_valid(&out_fmt, &mut spec)?;
-            spec.fmt = out_fmt.clone();
-            spec.size = Some(src.len());
-            create_image(&tool, dst_path, &spec)
-                .await
-                .map_err(|e| format!("{dst_path}: error while converting {out_fmt}: {e}"))?;
-        }
-        // --image-opts names the sources only; the target is a file name.
-        tool.image_opts.set(false);
-        tool.cache.set(copy_opts.cache()?);
-        let dst = tool.open(dst_path, Some(&out_fmt), false, false).await?;
-        if dst.len() < src.len() {
-            return Err(format!(
-                "Target image is smaller than the source ({} < {} bytes)",
-                dst.len(),
-                src.len()
-            ));
-        }
-        let plan = Plan {
-            fresh: !no_create,
-            top_only: spec.backing.is_some(),
-            in_flight: if out_of_order { coroutines } else { 1 },
-            progress,
-            sparse: copy_opts.sparse,
-            salvage: copy_opts.salvage,
-        };
-        convert(&src, &dst, &plan).await
-    });
+    let result = tool.block_on(run_opened(&tool, &mut a));
     let fin = tool.finish();
     match result.and(fin) {
         Ok(()) => 0,
+        // qemu-img reports this refusal yet exits 0 (its status is still unset there).
+        Err(e) if e == TARGET_IS_ZERO_WITH_BACKING => {
+            crate::cli::prog::error(e);
+            0
+        }
         Err(e) => fail(e),
     }
+}
+
+const TARGET_IS_ZERO_WITH_BACKING: &str =
+    "Cannot use --target-is-zero when the destination image has a backing file";
+
+async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<(), String> {
+    tool.cache.set(a.copy.src_cache()?);
+    let mut srcs = Vec::new();
+    for path in &a.sources {
+        srcs.push(tool.open(path, a.fmt.as_deref(), true, a.share).await?);
+    }
+    if let Some(name) = &a.snapshot {
+        snapshot_refusal(&srcs, name)?;
+    }
+    if a.bitmaps {
+        bitmaps_refusal(&srcs)?;
+    }
+    let total: u64 = srcs.iter().map(Image::len).sum();
+    let out_fmt = a.out_fmt.clone().unwrap_or_default();
+    if !a.no_create {
+        target_options_valid(&out_fmt, &mut a.spec)?;
+        a.spec.fmt = out_fmt.clone();
+        a.spec.size = Some(total);
+        let dst_path = &a.target;
+        create_image(tool, dst_path, &a.spec)
+            .await
+            .map_err(|e| format!("{dst_path}: error while converting {out_fmt}: {e}"))?;
+    }
+    if a.target_is_zero && a.spec.backing.is_some() {
+        return Err(TARGET_IS_ZERO_WITH_BACKING.into());
+    }
+    // --image-opts names the sources only; --target-image-opts the target.
+    tool.image_opts.set(a.target_image_opts);
+    tool.cache.set(a.copy.cache()?);
+    let dst = tool
+        .open(&a.target, a.out_fmt.as_deref(), false, false)
+        .await?;
+    if a.no_create && dst.len() < total {
+        return Err("output file is smaller than input file".into());
+    }
+    if a.target_is_zero && dst.node.backing().is_some() {
+        return Err(TARGET_IS_ZERO_WITH_BACKING.into());
+    }
+    // qemu-img finds out that the target cannot hold bitmaps once it is open, before the data.
+    if let Some(f) = a.out_fmt.as_deref().filter(|f| a.bitmaps && *f != "qcow2") {
+        return Err(format!("Format driver '{f}' does not support bitmaps"));
+    }
+    let plan = Plan {
+        fresh: !a.no_create || a.target_is_zero,
+        top_only: a.spec.backing.is_some(),
+        in_flight: if a.out_of_order { a.coroutines } else { 1 },
+        progress: a.progress,
+        sparse: a.copy.sparse,
+        salvage: a.copy.salvage,
+        rate: a.copy.rate,
+    };
+    convert(&srcs, &dst, &plan, &*tool.env).await
+}
+
+/// `-l`: blk reads no internal snapshot yet; QEMU's refusals where it has none to read.
+fn snapshot_refusal(srcs: &[Image], _name: &str) -> Result<(), String> {
+    for src in srcs {
+        let Some(ops) = src
+            .node
+            .driver()
+            .format_ops()
+            .filter(|_| src.format == "qcow2")
+        else {
+            return Err(format!(
+                "Failed to load snapshot: Block format '{}' used by device '' does not support \
+                 temporarily loading internal snapshots",
+                src.format
+            ));
+        };
+        if ops.snapshot_count() == 0 {
+            return Err("Failed to load snapshot: Can't find snapshot".into());
+        }
+    }
+    Err("Failed to load snapshot: blk cannot read internal snapshots yet".into())
+}
+
+/// `--bitmaps`: QEMU's refusals; a qcow2 source without bitmaps has nothing to copy, one with
+/// bitmaps needs what blk does not have yet (persistent bitmaps).
+fn bitmaps_refusal(srcs: &[Image]) -> Result<(), String> {
+    if srcs.len() > 1 {
+        return Err("Copying bitmaps only possible with single source".into());
+    }
+    if srcs[0].format != "qcow2" {
+        return Err("Source lacks bitmap support".into());
+    }
+    let has = srcs[0]
+        .node
+        .driver()
+        .format_ops()
+        .is_some_and(|ops| ops.has_persistent_bitmaps());
+    if has {
+        return Err("blk cannot copy persistent bitmaps yet (--bitmaps)".into());
+    }
+    Ok(())
 }
 
 /// The checks qemu-img makes on the target's options before it creates anything (their messages

@@ -378,7 +378,17 @@ async fn write_new_image(
 
 /// Entry point of `blk create`.
 pub fn run(args: &[String]) -> i32 {
-    let long = [("help", 'h', false)];
+    // qemu-img 10's long options, in its order where they share a prefix.
+    let long = [
+        ("help", 'h', false),
+        ("quiet", 'q', false),
+        ("format", 'f', true),
+        ("backing", 'b', true),
+        ("backing-format", 'F', true),
+        ("backing-unsafe", 'u', false),
+        super::OBJECT,
+        ("options", 'o', true),
+    ];
     let (opts, operands) = match split_or_fail("create", args, "F:b:f:o:quh", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,

@@ -106,11 +106,13 @@ async fn copy(src: &Image, dst: &Image, from: u64, end: u64, bs: u64) -> Result<
 
 /// Entry point of `blk dd`.
 pub fn run(args: &[String]) -> i32 {
+    // qemu-img 10's long options, in its order where they share a prefix.
     let long = [
         ("help", 'h', false),
         ("format", 'f', true),
-        ("output-format", 'O', true),
         ("force-share", 'U', false),
+        super::OBJECT,
+        ("output-format", 'O', true),
     ];
     let (opts, operands) = match split_or_fail("dd", args, "hf:O:U", &long, USAGE) {
         Ok(v) => v,

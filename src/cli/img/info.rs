@@ -282,12 +282,14 @@ fn children_human(info: &Value, path: &str, depth: usize, s: &mut String) {
 
 /// Entry point of `blk info`.
 pub fn run(args: &[String]) -> i32 {
+    // qemu-img 10's long options, in its order where they share a prefix.
     let long = [
         ("help", 'h', false),
         ("format", 'f', true),
-        ("output", 'O', true),
-        ("backing-chain", 'B', false),
         ("force-share", 'U', false),
+        ("backing-chain", 'B', false),
+        ("output", 'O', true),
+        super::OBJECT,
     ];
     let (opts, operands) = match split_or_fail("info", args, "f:hU", &long, USAGE) {
         Ok(v) => v,

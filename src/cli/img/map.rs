@@ -141,13 +141,15 @@ fn human(entries: &[Entry]) -> Result<(), String> {
 
 /// Entry point of `blk map`.
 pub fn run(args: &[String]) -> i32 {
+    // qemu-img 10's long options, in its order where they share a prefix.
     let long = [
         ("help", 'h', false),
         ("format", 'f', true),
+        ("force-share", 'U', false),
         ("output", 'O', true),
+        super::OBJECT,
         ("start-offset", 's', true),
         ("max-length", 'l', true),
-        ("force-share", 'U', false),
     ];
     let (opts, operands) = match split_or_fail("map", args, "f:hU", &long, USAGE) {
         Ok(v) => v,

@@ -10,6 +10,7 @@ mod chain;
 mod commit;
 mod compare;
 mod convert;
+mod convert_args;
 mod create;
 mod dd;
 mod human;
@@ -51,6 +52,7 @@ pub(crate) fn fail(msg: impl std::fmt::Display) -> i32 {
 }
 
 pub(crate) use super::getopt::{LongOpt, Split, split};
+pub(crate) use open_args::OBJECT;
 
 /// `split`, reporting a bad option as qemu-img does (message and a hint, exit status 1).
 /// `--object` and `--image-opts` are recognised here for every subcommand and kept for its
@@ -79,8 +81,14 @@ pub(crate) fn split_or_fail_as(
         println!("{usage}");
         return Err(0);
     }
+    // Tables that place --object/--image-opts themselves (QEMU's order, which its ambiguity
+    // messages show) keep them there; the others get them at the end.
     let mut all = long.to_vec();
-    all.extend([open_args::OBJECT, open_args::IMAGE_OPTS]);
+    for extra in [open_args::OBJECT, open_args::IMAGE_OPTS] {
+        if !all.iter().any(|(name, _, _)| *name == extra.0) {
+            all.push(extra);
+        }
+    }
     let (mut opts, operands) =
         split(args, short, &all).map_err(|msg| crate::cli::prog::getopt_error(cmd, msg))?;
     open_args::take(&mut opts).map_err(|c| if c == 0 { 0 } else { object_status })?;

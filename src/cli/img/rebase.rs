@@ -21,16 +21,26 @@ Change the backing file of an image, as qemu-img rebase does.";
 
 /// Entry point of `blk rebase`.
 pub fn run(args: &[String]) -> i32 {
+    // qemu-img 10's long options, in its order where they share a prefix.
     let long = [
         ("help", 'h', false),
-        ("format", 'f', true),
+        ("quiet", 'q', false),
+        ("progress", 'p', false),
         ("force-share", 'U', false),
+        ("format", 'f', true),
+        ("cache", 't', true),
+        ("compress", 'c', false),
+        ("backing", 'b', true),
+        ("backing-format", 'F', true),
+        ("backing-cache", 'T', true),
+        ("backing-unsafe", 'u', false),
     ];
-    let (opts, operands) = match split_or_fail("rebase", args, "hf:F:b:upt:T:qU", &long, USAGE) {
+    let (opts, operands) = match split_or_fail("rebase", args, "hf:F:b:upt:T:qUc", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,
     };
     let (mut fmt, mut bfmt, mut backing, mut unsafe_mode) = (None, None, None, false);
+    let mut compress = false;
     let (mut progress, mut quiet, mut cache, mut src_cache) = (
         false,
         false,
@@ -50,6 +60,7 @@ pub fn run(args: &[String]) -> i32 {
             // Shared mode for the backing files: blk takes no file locks, so there are none
             // to skip; the images' permissions within the command are unchanged.
             'U' => {}
+            'c' => compress = true,
             _ => unreachable!("option {c} is in the option table"),
         }
     }
@@ -73,6 +84,10 @@ pub fn run(args: &[String]) -> i32 {
     };
     if quiet {
         progress = false;
+    }
+    // -c compresses what a safe rebase writes; an unsafe one writes no data, so it is moot.
+    if compress && !unsafe_mode {
+        return fail("Compression is not supported by blk's qcow2 driver yet (rebase -c)");
     }
     let new_name = (!backing.is_empty()).then_some(backing);
     let tool = Tool::new();

@@ -22,6 +22,7 @@ Change the virtual size of an image, as qemu-img resize does.
 pub fn run(args: &[String]) -> i32 {
     let long = [
         ("help", 'h', false),
+        ("quiet", 'q', false),
         ("format", 'f', true),
         ("shrink", 'S', false),
         ("preallocation", 'P', true),
