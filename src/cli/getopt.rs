@@ -3,7 +3,9 @@
 //! argument and abbreviated to any unambiguous prefix (`--out=json`), `--` ending options, and
 //! getopt's error messages.
 
-/// A long option: name, the character it stands for, and whether it takes an argument.
+/// A long option: name, the character it stands for, and whether it takes an argument. A name
+/// written with a leading `=` is taken only in full, never abbreviated: blk's own extensions
+/// are marked so, so that the QEMU tools' abbreviations keep their meaning.
 pub(crate) type LongOpt = (&'static str, char, bool);
 
 /// Options with their arguments, in order, and the operands.
@@ -93,12 +95,15 @@ fn split_mode(
 /// The long option `name` stands for: an exact match, else the only option it abbreviates
 /// (several that all mean the same count as one, as glibc has it).
 fn find_long<'a>(long: &'a [LongOpt], name: &str) -> Result<(&'a str, char, bool), String> {
-    if let Some(&(full, c, takes)) = long.iter().find(|(n, _, _)| *n == name) {
-        return Ok((full, c, takes));
+    let exact = long
+        .iter()
+        .find(|(n, _, _)| n.strip_prefix('=').unwrap_or(n) == name);
+    if let Some(&(full, c, takes)) = exact {
+        return Ok((full.strip_prefix('=').unwrap_or(full), c, takes));
     }
     let matches: Vec<&LongOpt> = long
         .iter()
-        .filter(|(n, _, _)| n.starts_with(name))
+        .filter(|(n, _, _)| !n.starts_with('=') && n.starts_with(name))
         .collect();
     match matches.as_slice() {
         [] => Err(format!("unrecognized option '--{name}'")),

@@ -94,9 +94,9 @@ fn fail(msg: &str) -> Parsed {
     Parsed::Exit(1)
 }
 
-/// Long options and whether they take an argument.
+/// Long options and whether they take an argument (blk's `--timing` only in full).
 const LONG: [(&str, char, bool); 18] = [
-    ("timing", '\u{2}', true),
+    ("=timing", '\u{2}', true),
     ("object", 'O', true),
     ("help", 'h', false),
     ("version", 'V', false),
