@@ -84,9 +84,12 @@ pub(super) async fn change_backing_file(
         ));
     }
     let _in_flight = node.enter();
-    format_ops(node, "changing the backing file")?
-        .change_backing_file(name, format)
-        .await
+    // A format with no backing file to record refuses with the bare errno, as QEMU's does.
+    let ops = node
+        .driver()
+        .format_ops()
+        .ok_or_else(|| Error::io(Errno::ENOTSUP))?;
+    ops.change_backing_file(name, format).await
 }
 
 /// Deallocate everything in `node` (it then reads from its backing file), counted in flight.

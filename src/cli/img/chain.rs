@@ -10,7 +10,7 @@ use engine::job::Job;
 use serde_json::{Value, json};
 
 use super::open::Tool;
-use super::progress::Progress;
+use super::progress::{Progress, Steps};
 
 /// One image of a chain: its file name (as opened) and format.
 #[derive(Clone, Debug)]
@@ -98,22 +98,67 @@ pub(crate) fn find_in_chain(layers: &[Layer], name: &str) -> Option<usize> {
 pub(crate) async fn finish_job(tool: &Tool, job: &Rc<Job>, progress: bool) -> Result<(), String> {
     // In hundredths of a percent: the job sets its total only once it runs.
     let mut p = Progress::new(progress, 10_000);
+    wait_job(tool, job, |cur, total| {
+        if total > 0 {
+            p.update((cur as u128 * 10_000 / total as u128) as u64);
+        }
+    })
+    .await?;
+    p.finish();
+    Ok(())
+}
+
+/// qemu-img rebase's copy loop, in steps of this many bytes: its progress line moves per step.
+const REBASE_STEP: u64 = 2 << 20;
+
+/// [`finish_job`] for the rebase job of an image of `size` bytes, with qemu-img rebase's
+/// progress lines: one step of `100 / (size / step)` percent (integer division, as qemu-img
+/// computes it) per 2 MiB of the image done, the line capped at 100%, and 100% once more at
+/// the end (the caller ends the line).
+pub(crate) async fn finish_rebase_job(
+    tool: &Tool,
+    job: &Rc<Job>,
+    steps: &mut Steps,
+    size: u64,
+) -> Result<(), String> {
+    let step_pct = 100.0 / (size / size.clamp(1, REBASE_STEP)).max(1) as f32;
+    let all_steps = size.div_ceil(REBASE_STEP);
+    let mut shown = 0;
+    wait_job(tool, job, |cur, total| {
+        let done = if total > 0 && cur >= total {
+            all_steps
+        } else {
+            cur / REBASE_STEP
+        };
+        while shown < done {
+            steps.add_percent(step_pct);
+            shown += 1;
+        }
+    })
+    .await?;
+    steps.complete();
+    Ok(())
+}
+
+/// Run the loop that waits for `job`, telling `tick` its progress (done, total) now and then.
+async fn wait_job(
+    tool: &Tool,
+    job: &Rc<Job>,
+    mut tick: impl FnMut(u64, u64),
+) -> Result<(), String> {
     let env = tool.engine.env().clone();
     loop {
         let done = matches!(job.status().as_str(), "concluded" | "null");
         let (cur, total) = job.progress();
-        if total > 0 {
-            p.update((cur as u128 * 10_000 / total as u128) as u64);
-        }
+        tick(cur, total);
         if done {
             break;
         }
-        let tick = env.now_ns() + 20_000_000;
-        let _ = engine::util::race(job.wait_concluded(), env.sleep_until(tick)).await;
+        let next = env.now_ns() + 20_000_000;
+        let _ = engine::util::race(job.wait_concluded(), env.sleep_until(next)).await;
     }
-    if let Some(e) = job.error() {
-        return Err(e.message().to_string());
+    match job.error() {
+        Some(e) => Err(e.message().to_string()),
+        None => Ok(()),
     }
-    p.finish();
-    Ok(())
 }

@@ -99,6 +99,13 @@ impl Steps {
         self.show((self.current + delta / 100.0 * 100.0).min(100.0));
     }
 
+    /// Move on by `pct` percent (rebase's feed: a fixed share per step), capped at 100.
+    pub fn add_percent(&mut self, pct: f32) {
+        if self.enabled {
+            self.show((self.current + pct / 100.0 * 100.0).min(100.0));
+        }
+    }
+
     /// `done` bytes of `total` are done (convert's feed: computed in double precision).
     pub fn reach(&mut self, done: u64) {
         if self.enabled && self.total > 0 {
@@ -108,8 +115,20 @@ impl Steps {
 
     /// Show 100% (again, if it was shown already: qemu-img convert does) and end the line.
     pub fn finish(&mut self) {
+        self.complete();
+        self.end_line();
+    }
+
+    /// Show 100% (again, if it was shown already).
+    pub fn complete(&mut self) {
         if self.enabled {
             self.show(100.0);
+        }
+    }
+
+    /// End the progress line.
+    pub fn end_line(&self) {
+        if self.enabled {
             println!();
         }
     }

@@ -6,12 +6,15 @@
 //! image first, then the header and the chain change; what the image reads stays the same.
 //! Unsafe mode (`-u`) only rewrites the header.
 
+use std::cell::RefCell;
+
 use engine::job::{JobOptions, rebase};
 use engine::types::OnError;
 use serde_json::json;
 
-use super::chain::{cache_mode, discover, finish_job, open_chain};
+use super::chain::{cache_mode, discover, finish_rebase_job, open_chain};
 use super::open::{Tool, check_format, parse_src_cache};
+use super::progress::Steps;
 use super::{fail, split_or_fail};
 use crate::cli::prog::usage_error;
 
@@ -91,6 +94,8 @@ pub fn run(args: &[String]) -> i32 {
     }
     let new_name = (!backing.is_empty()).then_some(backing);
     let tool = Tool::new();
+    // qemu-img shows 0% before it opens anything, and ends the line however the run ends.
+    let steps = RefCell::new(Steps::new(progress, 0, 2.0));
     let result = tool.block_on(async {
         if let Some(f) = &fmt {
             check_format(f)
@@ -99,7 +104,14 @@ pub fn run(args: &[String]) -> i32 {
         let layers = if unsafe_mode {
             let format = match &fmt {
                 Some(f) => f.clone(),
-                None => tool.probe_format(path).await?,
+                None => {
+                    let probed = tool.probe_format(path).await?;
+                    // Opened for writing: qemu-img's warning for a probed raw image.
+                    if probed == "raw" {
+                        eprintln!("{}", engine::probe::raw_warning(path));
+                    }
+                    probed
+                }
             };
             vec![super::chain::Layer {
                 path: path.clone(),
@@ -108,16 +120,22 @@ pub fn run(args: &[String]) -> i32 {
         } else {
             discover(&tool, path, fmt.as_deref()).await?
         };
-        if let Some(name) = &new_name
-            && bfmt.is_none()
-        {
-            return Err(format!(
+        let no_format = new_name.as_ref().filter(|_| bfmt.is_none()).map(|name| {
+            format!(
                 "Could not change the backing file to '{name}': backing format must be specified"
-            ));
+            )
+        });
+        if let Some(e) = no_format.clone().filter(|_| !unsafe_mode) {
+            return Err(e);
         }
         if unsafe_mode {
             // Only the header: open the image without its backing chain.
             let top = open_chain(&tool, &layers, &[true], cache, false).await?;
+            // Nothing to copy: straight to 100%, and only then the header's refusal.
+            steps.borrow_mut().complete();
+            if let Some(e) = no_format {
+                return Err(e);
+            }
             return engine::request::change_backing_file(
                 &top[0],
                 new_name.as_deref(),
@@ -175,8 +193,9 @@ pub fn run(args: &[String]) -> i32 {
         let job = rebase::start(tool.engine.jobs(), &opts, spec)
             .await
             .map_err(|e| e.to_string())?;
-        finish_job(&tool, &job, progress).await
+        finish_rebase_job(&tool, &job, &mut steps.borrow_mut(), nodes[0].len()).await
     });
+    steps.borrow_mut().end_line();
     let fin = tool.finish();
     match result.and(fin) {
         Ok(()) => 0,
