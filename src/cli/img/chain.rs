@@ -3,6 +3,7 @@
 //! open read-only by default, and the jobs write into them), `-t` cache modes, and running an
 //! internal job to its end with qemu-img's progress line.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use engine::graph::Node;
@@ -118,7 +119,7 @@ const REBASE_STEP: u64 = 2 << 20;
 pub(crate) async fn finish_rebase_job(
     tool: &Tool,
     job: &Rc<Job>,
-    steps: &mut Steps,
+    steps: &RefCell<Steps>,
     size: u64,
 ) -> Result<(), String> {
     let step_pct = 100.0 / (size / size.clamp(1, REBASE_STEP)).max(1) as f32;
@@ -131,12 +132,12 @@ pub(crate) async fn finish_rebase_job(
             cur / REBASE_STEP
         };
         while shown < done {
-            steps.add_percent(step_pct);
+            steps.borrow_mut().add_percent(step_pct);
             shown += 1;
         }
     })
     .await?;
-    steps.complete();
+    steps.borrow_mut().complete();
     Ok(())
 }
 

@@ -193,7 +193,7 @@ pub fn run(args: &[String]) -> i32 {
         let job = rebase::start(tool.engine.jobs(), &opts, spec)
             .await
             .map_err(|e| e.to_string())?;
-        finish_rebase_job(&tool, &job, &mut steps.borrow_mut(), nodes[0].len()).await
+        finish_rebase_job(&tool, &job, &steps, nodes[0].len()).await
     });
     steps.borrow_mut().end_line();
     let fin = tool.finish();
