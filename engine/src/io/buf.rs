@@ -113,7 +113,13 @@ pub fn is_zero(data: &[u8]) -> bool {
     // SAFETY: every bit pattern is a valid `u64`, and align_to only reinterprets the aligned
     // middle of the slice.
     let (head, words, tail) = unsafe { data.align_to::<u64>() };
-    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+    // OR-folding 64 bytes at a time lets the compiler use vector registers; stopping at the
+    // first non-zero block keeps data buffers cheap to reject.
+    head.iter().all(|&b| b == 0)
+        && words
+            .chunks(8)
+            .all(|block| block.iter().fold(0, |acc, &w| acc | w) == 0)
+        && tail.iter().all(|&b| b == 0)
 }
 
 impl Drop for IoBuf {

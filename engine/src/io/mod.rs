@@ -8,7 +8,7 @@ mod flags;
 mod limits;
 mod mapping;
 
-pub use buf::{BufResult, DEFAULT_BUF_ALIGN, IoBuf};
+pub use buf::{BufResult, DEFAULT_BUF_ALIGN, IoBuf, is_zero};
 pub use flags::ReqFlags;
 pub use limits::Limits;
 pub use mapping::{BlockStatus, Mapping};

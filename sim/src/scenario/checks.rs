@@ -119,9 +119,15 @@ impl World<'_> {
         let chunk = 1u64 << 20;
         let mut offset = 0;
         let mut ambiguous = 0u64;
+        // One buffer for the whole device, kept for the next verify (a fresh zeroed 1 MiB
+        // costs more than the check itself; every read fills it whole).
+        let mut spare = take_verify_buf(chunk.min(size) as usize);
         while offset < size {
             let n = chunk.min(size - offset);
-            let (buf, r) = bb.read(offset, IoBuf::new(n as usize)).await;
+            if spare.len() as u64 != n {
+                spare = IoBuf::new(n as usize);
+            }
+            let (buf, r) = bb.read(offset, spare).await;
             r.map_err(|e| {
                 fail(
                     "verify",
@@ -129,33 +135,29 @@ impl World<'_> {
                     format!("read of {device} at {offset} failed: {e}"),
                 )
             })?;
-            let mut model = dev.model.borrow_mut();
-            for (k, data) in buf.as_slice().chunks(SECTOR as usize).enumerate() {
-                let sector = offset / SECTOR + k as u64;
-                let candidates = model.expected(sector);
-                match candidates.iter().find(|v| v.matches(sector, data)) {
-                    Some(v) => {
-                        if candidates.len() > 1 {
-                            ambiguous += 1;
-                            model.pin(sector, v.clone());
-                        }
-                    }
-                    None => {
-                        let want: Vec<String> = candidates.iter().map(|v| v.to_string()).collect();
-                        return Err(fail(
-                            "verify",
-                            line,
-                            format!(
-                                "{device}: sector {sector} (offset {}) holds none of [{}]",
-                                sector * SECTOR,
-                                want.join(", ")
-                            ),
-                        ));
-                    }
+            let checked = dev
+                .model
+                .borrow_mut()
+                .verify_and_pin(offset / SECTOR, buf.as_slice());
+            match checked {
+                Ok(pinned) => ambiguous += pinned,
+                Err((sector, candidates)) => {
+                    let want: Vec<String> = candidates.iter().map(|v| v.to_string()).collect();
+                    return Err(fail(
+                        "verify",
+                        line,
+                        format!(
+                            "{device}: sector {sector} (offset {}) holds none of [{}]",
+                            sector * SECTOR,
+                            want.join(", ")
+                        ),
+                    ));
                 }
             }
             offset += n;
+            spare = buf;
         }
+        keep_verify_buf(spare);
         self.note(&format!(
             "verify {device}: ok ({} bytes, {} sectors modelled, {ambiguous} uncertain sectors pinned)",
             size,
@@ -279,4 +281,22 @@ mod tests {
         assert!(!field_matches(&data, &[arg("missing", "x")]));
         assert!(!field_matches(&data, &[arg("node", "null")]));
     }
+}
+
+thread_local! {
+    /// The buffer `verify` reads through, between verifies (runs on this thread reuse it).
+    static VERIFY_BUF: std::cell::RefCell<Option<IoBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A buffer of `len` bytes for `verify`: the kept one if it has that size.
+fn take_verify_buf(len: usize) -> IoBuf {
+    VERIFY_BUF
+        .with(|b| b.borrow_mut().take())
+        .filter(|b| b.len() == len)
+        .unwrap_or_else(|| IoBuf::new(len))
+}
+
+/// Keep `buf` for the next `verify`.
+fn keep_verify_buf(buf: IoBuf) {
+    VERIFY_BUF.with(|b| *b.borrow_mut() = Some(buf));
 }

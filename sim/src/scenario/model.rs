@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
 
+use engine::io::is_zero;
+
 /// Sector size of the model.
 pub const SECTOR: u64 = 512;
 
@@ -40,9 +42,39 @@ impl fmt::Display for SectorVal {
 /// Byte `i` of sector `sector` as workload write `id` fills it: unique per write and sector, so
 /// a misplaced or stale sector is recognised.
 pub fn gen_byte(id: u64, sector: u64, i: usize) -> u8 {
-    let x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ sector.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    let x = x ^ (x >> 29);
+    let x = gen_seed(id, sector);
     ((x >> ((i % 8) * 8)) as u8) ^ (i / 8) as u8
+}
+
+/// The per-sector seed of [`gen_byte`].
+fn gen_seed(id: u64, sector: u64) -> u64 {
+    let x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ sector.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    x ^ (x >> 29)
+}
+
+/// The whole sector `sector` as workload write `id` fills it (what `gen_byte` gives byte by
+/// byte, a word at a time: the checks run over every sector of every verify).
+pub fn gen_sector(id: u64, sector: u64) -> [u8; SECTOR as usize] {
+    let x = gen_seed(id, sector);
+    let mut out = [0u8; SECTOR as usize];
+    for (j, word) in out.chunks_exact_mut(8).enumerate() {
+        // Byte k of word j is byte k of x, xored with j.
+        let w = x ^ (j as u64).wrapping_mul(0x0101_0101_0101_0101);
+        word.copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// Fill `out` with workload write `id`'s content from byte offset `pos` of the device.
+pub fn fill_gen(id: u64, pos: u64, out: &mut [u8]) {
+    let mut at = 0;
+    while at < out.len() {
+        let off = pos + at as u64;
+        let (sector, within) = (off / SECTOR, (off % SECTOR) as usize);
+        let n = (SECTOR as usize - within).min(out.len() - at);
+        out[at..at + n].copy_from_slice(&gen_sector(id, sector)[within..within + n]);
+        at += n;
+    }
 }
 
 impl SectorVal {
@@ -51,9 +83,7 @@ impl SectorVal {
         match self {
             SectorVal::Zero => vec![0; SECTOR as usize],
             SectorVal::Fill(b) => vec![*b; SECTOR as usize],
-            SectorVal::Gen(id) => (0..SECTOR as usize)
-                .map(|i| gen_byte(*id, sector, i))
-                .collect(),
+            SectorVal::Gen(id) => gen_sector(*id, sector).to_vec(),
             SectorVal::Bytes(b) => b.to_vec(),
         }
     }
@@ -61,12 +91,9 @@ impl SectorVal {
     /// True when `data` (one sector) is this value.
     pub fn matches(&self, sector: u64, data: &[u8]) -> bool {
         match self {
-            SectorVal::Zero => data.iter().all(|&b| b == 0),
+            SectorVal::Zero => is_zero(data),
             SectorVal::Fill(v) => data.iter().all(|b| b == v),
-            SectorVal::Gen(id) => data
-                .iter()
-                .enumerate()
-                .all(|(i, &b)| b == gen_byte(*id, sector, i)),
+            SectorVal::Gen(id) => data == gen_sector(*id, sector).as_slice(),
             SectorVal::Bytes(b) => &b[..] == data,
         }
     }
@@ -160,6 +187,44 @@ impl DeviceModel {
         self.sectors
             .get(&sector)
             .map_or_else(|| vec![SectorVal::Zero], |s| s.current().to_vec())
+    }
+
+    /// Does `data` (the bytes of whole sectors from `first` on) hold values a read may return
+    /// now? The first sector that does not, and what it may hold. Borrowing, with a fast path
+    /// for the sectors never written (they must be zero): the checks that read whole devices
+    /// spend their time here.
+    pub fn mismatch(&self, first: u64, data: &[u8]) -> Option<(u64, Vec<SectorVal>)> {
+        let end = first + (data.len() as u64).div_ceil(SECTOR);
+        let sector_bytes = |s: u64| {
+            let at = ((s - first) * SECTOR) as usize;
+            &data[at..(at + SECTOR as usize).min(data.len())]
+        };
+        // Never-written sectors `[a, b)`: one word-wise check of the whole run, and only when
+        // it fails a look for the first sector that is not zero.
+        let gap_mismatch = |a: u64, b: u64| {
+            let (from, to) = (
+                ((a - first) * SECTOR) as usize,
+                ((b - first) * SECTOR) as usize,
+            );
+            if is_zero(&data[from..to.min(data.len())]) {
+                return None;
+            }
+            (a..b)
+                .find(|&z| !is_zero(sector_bytes(z)))
+                .map(|z| (z, vec![SectorVal::Zero]))
+        };
+        let mut next = first;
+        for (&s, state) in self.sectors.range(first..end) {
+            if let Some(bad) = gap_mismatch(next, s) {
+                return Some(bad);
+            }
+            let vals = state.current();
+            if !vals.iter().any(|v| v.matches(s, sector_bytes(s))) {
+                return Some((s, vals.to_vec()));
+            }
+            next = s + 1;
+        }
+        gap_mismatch(next, end)
     }
 
     /// The values a sector may hold after a crash now.
@@ -297,6 +362,38 @@ impl DeviceModel {
         }
     }
 
+    /// `verify` of whole sectors `data` from `first` on: each must hold one of the values a
+    /// read may return now; a sector that could hold several is pinned to the one it holds.
+    /// The number pinned, or the first sector that holds none and what it may hold.
+    pub fn verify_and_pin(
+        &mut self,
+        first: u64,
+        data: &[u8],
+    ) -> Result<u64, (u64, Vec<SectorVal>)> {
+        if let Some(bad) = self.mismatch(first, data) {
+            return Err(bad);
+        }
+        let end = first + (data.len() as u64).div_ceil(SECTOR);
+        let ambiguous: Vec<(u64, SectorVal)> = self
+            .sectors
+            .range(first..end)
+            .filter(|(_, st)| st.current().len() > 1)
+            .filter_map(|(&s, st)| {
+                let at = ((s - first) * SECTOR) as usize;
+                let bytes = &data[at..(at + SECTOR as usize).min(data.len())];
+                st.current()
+                    .iter()
+                    .find(|v| v.matches(s, bytes))
+                    .map(|v| (s, v.clone()))
+            })
+            .collect();
+        let pinned = ambiguous.len() as u64;
+        for (s, v) in ambiguous {
+            self.pin(s, v);
+        }
+        Ok(pinned)
+    }
+
     /// Sectors the model knows anything about (others are zero).
     pub fn touched(&self) -> usize {
         self.sectors.len()
@@ -306,6 +403,42 @@ impl DeviceModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_sector_generation_equals_the_byte_formula() {
+        for (id, sector) in [(1, 0), (7, 12345), (u64::MAX, 3)] {
+            let whole = gen_sector(id, sector);
+            for (i, b) in whole.iter().enumerate() {
+                assert_eq!(
+                    *b,
+                    gen_byte(id, sector, i),
+                    "id {id} sector {sector} byte {i}"
+                );
+            }
+        }
+        let mut out = vec![0u8; 1500];
+        fill_gen(9, 700, &mut out);
+        for (i, b) in out.iter().enumerate() {
+            let pos = 700 + i as u64;
+            assert_eq!(*b, gen_byte(9, pos / SECTOR, (pos % SECTOR) as usize));
+        }
+    }
+
+    #[test]
+    fn mismatch_finds_the_first_wrong_sector_written_or_not() {
+        let mut m = DeviceModel::new();
+        let t = m.begin_write(1024, 1024, &WriteData::Gen(5));
+        m.complete_write(t, true);
+        let mut data = vec![0u8; 8 * SECTOR as usize];
+        fill_gen(5, 1024, &mut data[1024..2048]);
+        assert_eq!(m.mismatch(0, &data), None);
+        data[3000] = 1;
+        assert_eq!(m.mismatch(0, &data), Some((5, vec![SectorVal::Zero])));
+        data[3000] = 0;
+        data[1030] ^= 0xff;
+        assert_eq!(m.mismatch(0, &data), Some((2, vec![SectorVal::Gen(5)])));
+        assert_eq!(m.verify_and_pin(3, &data[3 * SECTOR as usize..]), Ok(0));
+    }
 
     #[test]
     fn flush_makes_completed_writes_durable_and_crash_widens_the_rest() {

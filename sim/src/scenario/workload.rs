@@ -11,7 +11,7 @@ use engine::io::{IoBuf, ReqFlags};
 use engine::util::{Notify, parse_size};
 use rand_chacha::ChaCha8Rng;
 
-use super::model::{DeviceModel, SECTOR, WriteData, gen_byte};
+use super::model::{DeviceModel, SECTOR, WriteData, fill_gen};
 use super::parse::Arg;
 use crate::rng::below;
 
@@ -324,10 +324,7 @@ impl Worker {
         let id = self.activity.next_gen.get() + 1;
         self.activity.next_gen.set(id);
         let mut buf = IoBuf::new(len as usize);
-        for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
-            let pos = offset + i as u64;
-            *b = gen_byte(id, pos / SECTOR, (pos % SECTOR) as usize);
-        }
+        fill_gen(id, offset, buf.as_mut_slice());
         let ticket = self
             .model
             .borrow_mut()
@@ -343,19 +340,14 @@ impl Worker {
             return false;
         }
         let model = self.model.borrow();
-        for (k, chunk) in buf.as_slice().chunks(SECTOR as usize).enumerate() {
-            let sector = offset / SECTOR + k as u64;
-            let expected = model.expected(sector);
-            if !expected.iter().any(|v| v.matches(sector, chunk)) {
-                let want: Vec<String> = expected.iter().map(|v| v.to_string()).collect();
-                *failure.borrow_mut() = Some(format!(
-                    "read of device '{}' at sector {sector} (offset {}) returned data that is none of [{}]",
-                    self.bb.name(),
-                    sector * SECTOR,
-                    want.join(", ")
-                ));
-                break;
-            }
+        if let Some((sector, expected)) = model.mismatch(offset / SECTOR, buf.as_slice()) {
+            let want: Vec<String> = expected.iter().map(|v| v.to_string()).collect();
+            *failure.borrow_mut() = Some(format!(
+                "read of device '{}' at sector {sector} (offset {}) returned data that is none of [{}]",
+                self.bb.name(),
+                sector * SECTOR,
+                want.join(", ")
+            ));
         }
         true
     }
