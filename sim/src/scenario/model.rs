@@ -6,11 +6,16 @@
 //! completed value. After a crash a sector may hold its last flushed value or any later completed
 //! (or in-flight) write, nothing else; a `verify` after the crash then pins what it observed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::rc::Rc;
 
 use engine::io::is_zero;
+use smallvec::{SmallVec, smallvec};
+
+/// The values a sector may hold: almost always one, so kept inline (the model updates one of
+/// these per sector of every write).
+type Vals = SmallVec<[SectorVal; 2]>;
 
 /// Sector size of the model.
 pub const SECTOR: u64 = 512;
@@ -112,19 +117,19 @@ pub enum WriteData {
 
 #[derive(Clone, Debug)]
 struct SectorState {
-    stable: Vec<SectorVal>,
+    stable: Vals,
     /// (completion sequence, possible values) of completed, unflushed writes.
-    pending: Vec<(u64, Vec<SectorVal>)>,
+    pending: SmallVec<[(u64, Vals); 1]>,
     /// Values of writes in flight, by ticket.
-    maybe: Vec<(u64, SectorVal)>,
+    maybe: SmallVec<[(u64, SectorVal); 1]>,
 }
 
 impl Default for SectorState {
     fn default() -> SectorState {
         SectorState {
-            stable: vec![SectorVal::Zero],
-            pending: Vec::new(),
-            maybe: Vec::new(),
+            stable: smallvec![SectorVal::Zero],
+            pending: SmallVec::new(),
+            maybe: SmallVec::new(),
         }
     }
 }
@@ -168,6 +173,8 @@ impl Ticket {
 #[derive(Debug, Default)]
 pub struct DeviceModel {
     sectors: BTreeMap<u64, SectorState>,
+    /// Sectors with completed writes not yet flushed: what a flush has to look at.
+    unflushed: BTreeSet<u64>,
     seq: u64,
     next_ticket: u64,
 }
@@ -232,7 +239,7 @@ impl DeviceModel {
         let Some(s) = self.sectors.get(&sector) else {
             return vec![SectorVal::Zero];
         };
-        let mut all = s.stable.clone();
+        let mut all = s.stable.to_vec();
         for (_, vals) in &s.pending {
             all.extend(vals.iter().cloned());
         }
@@ -288,13 +295,14 @@ impl DeviceModel {
             let st = self.sectors.entry(s).or_default();
             st.maybe.retain(|(id, _)| *id != ticket.id);
             let vals = if ok {
-                vec![val]
+                smallvec![val]
             } else {
-                let mut v = st.current().to_vec();
+                let mut v: Vals = st.current().iter().cloned().collect();
                 v.push(val);
                 v
             };
             st.pending.push((self.seq, vals));
+            self.unflushed.insert(s);
         }
     }
 
@@ -306,11 +314,12 @@ impl DeviceModel {
                 continue; // partial sectors are not discarded
             }
             let st = self.sectors.entry(s).or_default();
-            let mut v = st.current().to_vec();
+            let mut v: Vals = st.current().iter().cloned().collect();
             if !v.contains(&SectorVal::Zero) {
                 v.push(SectorVal::Zero);
             }
             st.pending.push((self.seq, v));
+            self.unflushed.insert(s);
         }
     }
 
@@ -321,7 +330,11 @@ impl DeviceModel {
 
     /// A flush that started at `start` succeeded: everything completed before it is durable.
     pub fn flush_done(&mut self, start: u64) {
-        for st in self.sectors.values_mut() {
+        let mut settled = Vec::new();
+        for &s in &self.unflushed {
+            let Some(st) = self.sectors.get_mut(&s) else {
+                continue;
+            };
             let covered = st
                 .pending
                 .iter()
@@ -331,19 +344,25 @@ impl DeviceModel {
                 st.stable = st.pending[covered - 1].1.clone();
                 st.pending.drain(..covered);
             }
+            if st.pending.is_empty() {
+                settled.push(s);
+            }
+        }
+        for s in settled {
+            self.unflushed.remove(&s);
         }
     }
 
     /// Power loss: each sector may hold its stable value or any later write's.
     pub fn crash(&mut self) {
-        for (s, st) in self.sectors.iter_mut() {
-            let _ = s;
+        self.unflushed.clear();
+        for st in self.sectors.values_mut() {
             let mut all = std::mem::take(&mut st.stable);
             for (_, vals) in st.pending.drain(..) {
                 all.extend(vals);
             }
             all.extend(st.maybe.drain(..).map(|(_, v)| v));
-            let mut dedup: Vec<SectorVal> = Vec::new();
+            let mut dedup = Vals::new();
             for v in all {
                 if !dedup.contains(&v) {
                     dedup.push(v);
@@ -358,7 +377,7 @@ impl DeviceModel {
     pub fn pin(&mut self, sector: u64, val: SectorVal) {
         let st = self.sectors.entry(sector).or_default();
         if st.pending.is_empty() && st.maybe.is_empty() {
-            st.stable = vec![val];
+            st.stable = smallvec![val];
         }
     }
 
