@@ -356,14 +356,7 @@ async fn open_data_file(ctx: &OpenCtx, h: &Header, opt: Option<Value>) -> Result
 
 /// `name` resolved against the directory of the image `file` (absolute names stay).
 fn relative_to(file: &Child, name: &str) -> String {
-    if name.starts_with('/') {
-        return name.to_string();
-    }
-    let image = file.node().driver().filename();
-    match image.rfind('/') {
-        Some(i) => format!("{}{}", &image[..=i], name),
-        None => name.to_string(),
-    }
+    crate::filename::backing_path(&file.node().driver().filename(), name)
 }
 
 /// "qcow2" if the file starts with the qcow2 magic, else "raw".
