@@ -221,7 +221,7 @@ impl Job {
     }
 
     /// Cancelled without force while ready: finish without completing (the target stays a
-    /// consistent copy; no pivot).
+    /// consistent copy; no cutover).
     pub fn is_soft_cancelled(&self) -> bool {
         self.cancel.get() == Cancel::Soft
     }

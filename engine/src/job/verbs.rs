@@ -41,7 +41,7 @@ impl Job {
         Ok(())
     }
 
-    /// `job-complete`: ask a ready job to finish (mirror and active commit pivot).
+    /// `job-complete`: ask a ready job to finish (mirror and active commit cut over).
     pub fn user_complete(&self) -> Result<()> {
         JobVerb::Complete.check(self.id(), self.status())?;
         if self.should_pause() || self.is_cancelled() || !self.driver.can_complete() {
