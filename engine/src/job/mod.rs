@@ -19,6 +19,7 @@
 //! `BlockDriver`. Must not import `engine` or `qmp`.
 
 pub mod active_commit;
+mod chunks;
 pub mod commit;
 mod commit_filter;
 mod lifecycle;
@@ -44,6 +45,7 @@ use crate::util::{Notify, RateLimit, race, yield_now};
 
 use state::{Activity, Cancel, Pause, RunState, UserPause};
 
+pub use chunks::{ChunkResult, IgnoredChunk};
 pub use registry::{JobOptions, JobRegistry, JobTxn};
 pub use status::{JobStatus, JobVerb};
 
