@@ -359,12 +359,9 @@ fn relative_to(file: &Child, name: &str) -> String {
     crate::filename::backing_path(&file.node().driver().filename(), name)
 }
 
-/// "qcow2" if the file starts with the qcow2 magic, else "raw".
+/// The probed format of a backing file the header names without a backing format.
 async fn probe_format(ctx: &OpenCtx, path: &str) -> Result<String> {
-    crate::probe::probe_file(&*ctx.env(), path)
-        .await
-        .map(str::to_string)
-        .map_err(|e| e.context(format!("Could not open backing file '{path}'")))
+    crate::probe::probe_format(&*ctx.env(), path, "backing file ").await
 }
 
 impl Qcow2 {
