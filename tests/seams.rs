@@ -154,6 +154,34 @@ fn layers_import_only_downward() {
     );
 }
 
+/// engine/src/lib.rs's layer map (its ```text block) names every module the crate declares, so
+/// a new module is placed in a layer when it is added.
+#[test]
+fn the_layer_map_names_every_engine_module() {
+    let lib = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/src/lib.rs"))
+        .unwrap();
+    let map: String = lib
+        .split("```text")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("lib.rs has a ```text layer map")
+        .to_string();
+    let named = |m: &str| {
+        map.split(|c: char| c.is_whitespace() || c == ',')
+            .any(|w| w == format!("{m}/") || w == format!("{m}.rs"))
+    };
+    let missing: Vec<&str> = lib
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub mod "))
+        .map(|m| m.trim_end_matches(';'))
+        .filter(|m| !named(m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "engine/src/lib.rs's layer map does not name: {missing:?}"
+    );
+}
+
 #[test]
 fn the_checker_itself_sees_violations() {
     // Guard against a rule that can never fire (a wrong directory, a wrong pattern).

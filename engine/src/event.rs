@@ -214,6 +214,7 @@ debug_events! {
     DrainBegin => "drain_begin",
     DrainEnd => "drain_end",
     JobIteration => "job_iteration",
+    // The mirror/active-commit cutover (named as QEMU names it, pivot).
     JobPivot => "job_pivot",
 }
 

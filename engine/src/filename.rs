@@ -184,6 +184,25 @@ fn flatten(prefix: &str, obj: Map<String, Value>, out: &mut Map<String, Value>) 
     Ok(())
 }
 
+/// The file a backing name stored in (or given for) the image `image` refers to, as QEMU
+/// resolves it: an absolute name stays; a relative one is relative to the image's directory,
+/// not to the working directory.
+pub fn backing_path(image: &str, name: &str) -> String {
+    if name.starts_with('/') {
+        return name.to_string();
+    }
+    match image.rfind('/') {
+        Some(i) => format!("{}{}", &image[..=i], name),
+        None => name.to_string(),
+    }
+}
+
+/// True when the user's backing name `name` designates `file`, the image below `above` in a
+/// chain: named as written, or relative to `above`'s directory (QEMU's backing image lookup).
+pub fn names_backing(file: &str, above: &str, name: &str) -> bool {
+    file == name || file == backing_path(above, name)
+}
+
 /// The host file whose first bytes decide the format when the top `driver` is absent: the
 /// `file` child's file name, through a blkdebug filter (its `image` or legacy file name).
 pub fn probe_target(options: &Map<String, Value>) -> Option<String> {
@@ -210,6 +229,17 @@ pub fn probe_target(options: &Map<String, Value>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backing_names_are_relative_to_the_image_directory() {
+        assert_eq!(backing_path("/d/top.qcow2", "base.img"), "/d/base.img");
+        assert_eq!(backing_path("top.qcow2", "base.img"), "base.img");
+        assert_eq!(backing_path("/d/top.qcow2", "/e/base.img"), "/e/base.img");
+        assert_eq!(backing_path("d/top.qcow2", "../b.img"), "d/../b.img");
+        assert!(names_backing("/d/base.img", "/d/top.qcow2", "base.img"));
+        assert!(names_backing("base.img", "/d/top.qcow2", "base.img"));
+        assert!(!names_backing("/e/base.img", "/d/top.qcow2", "base.img"));
+    }
 
     #[test]
     fn plain_and_prefixed_names() {

@@ -18,8 +18,10 @@
 //! drivers/    file, raw, null-co, blkdebug, qcow2/
 //! request/    THE generic request path
 //! graph/      nodes, edges, permissions, graph edits, drain
+//! object.rs   user-creatable objects (`--object`, `object-add`: secrets), kept by id
 //! driver.rs   the BlockDriver trait and its sub-traits (Breakpoints, FormatOps)
 //! probe.rs    format probing from a file's first bytes (and the probed-raw write guard)
+//! filename.rs image names as users type them -> blockdev-add options; backing-name resolution
 //! bitmap/     dirty bitmaps (a leaf: imports no other module)
 //! io/         buffers, flags, limits, mappings
 //! env/        clock, timers, spawning, host files

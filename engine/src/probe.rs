@@ -82,6 +82,16 @@ pub async fn probe_file(env: &dyn Env, path: &str) -> Result<&'static str> {
     Ok(format_of(buf.as_slice()).unwrap_or("raw"))
 }
 
+/// [`probe_file`] for an image a user or an image header named: the format's name, or QEMU's
+/// "Could not open WHAT'PATH': ..." when the file cannot be read (`what` is "" for an image,
+/// "backing file " for a backing file).
+pub async fn probe_format(env: &dyn Env, path: &str, what: &str) -> Result<String> {
+    probe_file(env, path)
+        .await
+        .map(str::to_string)
+        .map_err(|e| e.context(format!("Could not open {what}'{path}'")))
+}
+
 /// True when writing `data` at `offset` of an image probed as raw must be refused: the write
 /// covers block 0 and the block would then carry another format's signature. (The raw driver
 /// makes probed images 512-byte aligned, so a write reaching block 0 covers all of it.)

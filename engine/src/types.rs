@@ -181,6 +181,16 @@ impl DetectZeroes {
     }
 }
 
+/// A `discard` option's value: true for "unmap" (or "on"), false for "ignore" (or "off"), `None`
+/// for anything else (each front end words that error its own way).
+pub fn discard_unmap(mode: &str) -> Option<bool> {
+    match mode {
+        "ignore" | "off" => Some(false),
+        "unmap" | "on" => Some(true),
+        _ => None,
+    }
+}
+
 /// A device's reaction to an I/O error (QEMU's `BlockdevOnError`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnError {

@@ -153,10 +153,9 @@ fn parse_args(args: &[String]) -> Parsed {
                 Ok(m) => a.spec.cache = m,
                 Err(msg) => return fail(&msg),
             },
-            'd' => match v.as_str() {
-                "ignore" | "off" => a.spec.discard_unmap = false,
-                "unmap" | "on" => a.spec.discard_unmap = true,
-                _ => return fail(&format!("Invalid discard option: {v}")),
+            'd' => match engine::qemu_io::parse_discard(&v) {
+                Ok(unmap) => a.spec.discard_unmap = unmap,
+                Err(msg) => return fail(&msg),
             },
             'U' => a.spec.force_share = true,
             'm' => {}

@@ -131,7 +131,7 @@ impl BlockBackend {
         &self.name
     }
 
-    /// The root node now (it changes when a job pivots).
+    /// The root node now (it changes at a job's cutover).
     pub fn root_node(&self) -> Option<Rc<Node>> {
         self.root.borrow().as_ref().map(|c| c.node())
     }

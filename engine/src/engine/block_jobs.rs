@@ -99,14 +99,8 @@ fn chain_contains(top: &Rc<Node>, node: &Rc<Node>) -> bool {
 fn find_backing_image(top: &Rc<Node>, name: &str) -> Option<Rc<Node>> {
     let mut above = top.clone();
     while let Some(below) = backing_of(&above) {
-        let file = below.driver().filename();
-        let relative = if name.starts_with('/') {
-            None
-        } else {
-            let over = above.driver().filename();
-            over.rfind('/').map(|i| format!("{}{}", &over[..=i], name))
-        };
-        if file == name || relative.as_deref() == Some(file.as_str()) {
+        let (file, over) = (below.driver().filename(), above.driver().filename());
+        if crate::filename::names_backing(&file, &over, name) {
             return Some(below);
         }
         above = below;

@@ -158,7 +158,7 @@ impl Engine {
         }
         let fmt = match format {
             Some(f) => f,
-            None => self.probe_format(&args.target).await?,
+            None => crate::probe::probe_format(&**self.env(), &args.target, "").await?,
         };
         opts["driver"] = json!(fmt);
         if fmt == "qcow2" && mode == NewImageMode::AbsolutePaths {
@@ -181,13 +181,6 @@ impl Engine {
             crate::graph::close_unused(&target).await;
         }
         r
-    }
-
-    async fn probe_format(&self, path: &str) -> Result<String> {
-        crate::probe::probe_file(&**self.env(), path)
-            .await
-            .map(str::to_string)
-            .map_err(|e| e.context(format!("Could not open '{path}'")))
     }
 
     /// QEMU's `blockdev_mirror_common` and the checks of `mirror_start`.

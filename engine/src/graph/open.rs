@@ -100,14 +100,13 @@ fn take_common(opts: &mut Options) -> Result<(Option<String>, NodeOptions)> {
     // auto-read-only only matters for a read-write open that may fall back; blk opens exactly
     // what is asked, so the flag is accepted and has no further effect.
     let _auto_read_only = opts.take_bool("auto-read-only")?;
-    let discard_unmap = match opts.take_str("discard")?.as_deref() {
-        None | Some("ignore") | Some("off") => false,
-        Some("unmap") | Some("on") => true,
-        Some(other) => {
-            return Err(Error::generic(format!(
-                "Invalid discard option '{other}' (expected ignore or unmap)"
-            )));
-        }
+    let discard_unmap = match opts.take_str("discard")? {
+        None => false,
+        Some(mode) => crate::types::discard_unmap(&mode).ok_or_else(|| {
+            Error::generic(format!(
+                "Invalid discard option '{mode}' (expected ignore or unmap)"
+            ))
+        })?,
     };
     let (direct, no_flush) = match opts.take_dict("cache")? {
         None => (false, false),

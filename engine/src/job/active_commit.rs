@@ -1,7 +1,7 @@
 //! Active commit: `block-commit` whose top is the active layer. A mirror-like job of type
 //! "commit" copies what is allocated above the base into the base (which grows to the top's
 //! size if needed), reaches READY, keeps the base in sync with guest writes, and on
-//! `job-complete` pivots: the device moves from the top to the base (drained), and the images
+//! `job-complete` cuts over: the device moves from the top to the base (drained), and the images
 //! above the base leave the chain. The backing links between top and base are frozen while the
 //! job runs.
 //!
@@ -43,7 +43,7 @@ pub async fn start(
         }
     }
     // A read-only base is made writable for the job, as QEMU's active commit does, and goes
-    // back to read-only when the job ends without a pivot.
+    // back to read-only when the job ends without a cutover.
     let reopened = crate::graph::reopen_read_write(&base).await?;
     let params = MirrorParams {
         source: top,

@@ -39,7 +39,7 @@ use crate::types::{OnError, Perms};
 
 use super::commit_filter;
 use super::stream::chain_edges;
-use super::{ErrorAction, Job, JobDriver, JobOptions, JobRegistry};
+use super::{ChunkResult, IgnoredChunk, Job, JobDriver, JobOptions, JobRegistry};
 
 /// Bytes looked at (and at most copied) per iteration, as QEMU's commit buffer.
 pub const COMMIT_CHUNK: u64 = 512 << 10;
@@ -211,40 +211,21 @@ impl CommitJob {
         if base.len() < len {
             base.truncate(len, false, Prealloc::Off).await?;
         }
-        let mut offset = 0;
-        let mut copied = 0;
-        while offset < len {
-            job.rate_limit(copied).await;
-            copied = 0;
-            if job.is_cancelled() {
-                break;
-            }
-            let want = COMMIT_CHUNK.min(len - offset);
-            match self.copy_chunk(&top, &base, offset, want).await {
-                Ok((n, c)) => {
-                    copied = c;
-                    job.add_progress(n);
-                    offset += n;
-                }
-                Err((e, is_read)) => match job.error_action(self.on_error, &e, is_read) {
-                    ErrorAction::Report => return Err(e),
-                    // QEMU's commit retries the chunk for both (after the resume for stop).
-                    ErrorAction::Ignore | ErrorAction::Stop => continue,
-                },
-            }
-        }
-        Ok(())
+        // QEMU's commit retries a chunk for both ignore and stop (after the resume).
+        job.copy_in_chunks(
+            len,
+            COMMIT_CHUNK,
+            self.on_error,
+            IgnoredChunk::Retry,
+            |o, n| self.copy_chunk(&top, &base, o, n),
+        )
+        .await
+        .map(drop)
     }
 
     /// Copy one chunk if it is provided above the base: (bytes covered, bytes copied), or the
     /// error and whether it was a read.
-    async fn copy_chunk(
-        &self,
-        top: &Child,
-        base: &Child,
-        offset: u64,
-        want: u64,
-    ) -> std::result::Result<(u64, u64), (crate::error::Error, bool)> {
+    async fn copy_chunk(&self, top: &Child, base: &Child, offset: u64, want: u64) -> ChunkResult {
         let st = top
             .chain_status(offset, want, Some(&self.base))
             .await

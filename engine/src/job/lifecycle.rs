@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::error::{Errno, Error, Result};
 
-use super::state::{Activity, Cancel, RunState};
+use super::state::{Activity, Cancel, RunState, UserPause};
 use super::{Job, JobStatus, JobTxn};
 
 impl Job {
@@ -193,7 +193,7 @@ impl Job {
 
     /// Mark cancelled (the user's pause is lifted so the job can reach its exit).
     pub(crate) fn cancel_async(&self, force: bool) {
-        self.user_paused.set(false);
+        self.set_user_pause(UserPause::Free);
         let level = if force { Cancel::Forced } else { Cancel::Hard };
         self.cancel.set(self.cancel.get().max(level));
         self.wake.notify_all();

@@ -19,6 +19,7 @@
 //! `BlockDriver`. Must not import `engine` or `qmp`.
 
 pub mod active_commit;
+mod chunks;
 pub mod commit;
 mod commit_filter;
 mod lifecycle;
@@ -42,8 +43,9 @@ use crate::graph::{Child, GraphCtx, Node, ParentOps, attach_external};
 use crate::types::{OnError, Perms};
 use crate::util::{Notify, RateLimit, race, yield_now};
 
-use state::{Activity, Cancel, RunState};
+use state::{Activity, Cancel, Pause, RunState, UserPause};
 
+pub use chunks::{ChunkResult, IgnoredChunk};
 pub use registry::{JobOptions, JobRegistry, JobTxn};
 pub use status::{JobStatus, JobVerb};
 
@@ -118,10 +120,8 @@ pub struct Job {
     status: Cell<JobStatus>,
     auto_finalize: bool,
     auto_dismiss: bool,
-    /// Drained sections over the job's nodes: each asks the job to pause.
-    drain_pauses: Cell<u32>,
-    /// The user (or an error policy's stop) asked the job to pause.
-    user_paused: Cell<bool>,
+    /// Who asks the job to pause (the user, drained sections over its nodes).
+    pause: Cell<Pause>,
     /// Where the job's task is in its life.
     run: Cell<RunState>,
     /// What the job's task is doing now.
@@ -161,8 +161,7 @@ impl Job {
             status: Cell::new(JobStatus::Undefined),
             auto_finalize: opts.auto_finalize,
             auto_dismiss: opts.auto_dismiss,
-            drain_pauses: Cell::new(0),
-            user_paused: Cell::new(false),
+            pause: Cell::new(Pause::default()),
             run: Cell::new(RunState::NotStarted),
             activity: Cell::new(Activity::Idle),
             cancel: Cell::new(Cancel::None),
@@ -224,19 +223,24 @@ impl Job {
     }
 
     /// Cancelled without force while ready: finish without completing (the target stays a
-    /// consistent copy; no pivot).
+    /// consistent copy; no cutover).
     pub fn is_soft_cancelled(&self) -> bool {
         self.cancel.get() == Cancel::Soft
     }
 
     /// True while any pause is requested (user, drain, error stop).
     pub fn should_pause(&self) -> bool {
-        self.user_paused.get() || self.drain_pauses.get() > 0
+        self.pause.get().requested()
     }
 
     /// True while the user paused the job (or an error policy stopped it).
     pub fn is_user_paused(&self) -> bool {
-        self.user_paused.get()
+        self.pause.get().by_user()
+    }
+
+    /// Set or lift the user's pause (drains keep theirs).
+    fn set_user_pause(&self, user: UserPause) {
+        self.pause.set(self.pause.get().with_user(user));
     }
 
     /// True when the job is ready to be completed.
@@ -411,7 +415,7 @@ impl Job {
             );
         }
         if action == ErrorAction::Stop {
-            self.user_paused.set(true);
+            self.set_user_pause(UserPause::Held);
             self.iostatus.set(if nospace {
                 IoStatus::Nospace
             } else {
@@ -537,17 +541,12 @@ impl ParentOps for Job {
     }
 
     fn drained_begin(&self) {
-        self.drain_pauses.set(self.drain_pauses.get() + 1);
+        self.pause.set(self.pause.get().drain_begin());
         self.wake.notify_all();
     }
 
     fn drained_end(&self) {
-        let n = self
-            .drain_pauses
-            .get()
-            .checked_sub(1)
-            .expect("job drained_end without drained_begin");
-        self.drain_pauses.set(n);
+        self.pause.set(self.pause.get().drain_end());
         self.wake.notify_all();
     }
 

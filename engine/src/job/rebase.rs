@@ -21,7 +21,7 @@ use crate::graph::{Child, Node, set_backing};
 use crate::io::{IoBuf, ReqFlags};
 use crate::types::{OnError, Perms};
 
-use super::{ErrorAction, Job, JobDriver, JobOptions, JobRegistry};
+use super::{ChunkResult, IgnoredChunk, Job, JobDriver, JobOptions, JobRegistry};
 
 /// Bytes compared per iteration.
 pub const REBASE_CHUNK: u64 = 512 << 10;
@@ -86,28 +86,12 @@ impl RebaseJob {
         let new = self.new.borrow().clone();
         let len = image.len();
         job.set_progress_total(len);
-        let mut offset = 0;
-        let mut written = 0;
-        while offset < len {
-            job.rate_limit(written).await;
-            written = 0;
-            if job.is_cancelled() {
-                break;
-            }
-            let want = REBASE_CHUNK.min(len - offset);
-            match self.chunk(&image, new.as_ref(), offset, want).await {
-                Ok((n, w)) => {
-                    written = w;
-                    job.add_progress(n);
-                    offset += n;
-                }
-                Err((e, is_read)) => match job.error_action(self.spec.on_error, &e, is_read) {
-                    ErrorAction::Report => return Err(e),
-                    ErrorAction::Ignore | ErrorAction::Stop => continue,
-                },
-            }
-        }
-        Ok(())
+        let policy = self.spec.on_error;
+        job.copy_in_chunks(len, REBASE_CHUNK, policy, IgnoredChunk::Retry, |o, n| {
+            self.chunk(&image, new.as_ref(), o, n)
+        })
+        .await
+        .map(drop)
     }
 
     /// One chunk: (bytes covered, bytes written), or the error and whether it was a read.
@@ -117,7 +101,7 @@ impl RebaseJob {
         new: Option<&Child>,
         offset: u64,
         want: u64,
-    ) -> std::result::Result<(u64, u64), (Error, bool)> {
+    ) -> ChunkResult {
         let st = image
             .chain_status(offset, want, None)
             .await

@@ -28,7 +28,7 @@ use crate::graph::{
 };
 use crate::types::OnError;
 
-use super::{ErrorAction, Job, JobDriver};
+use super::{ChunkResult, IgnoredChunk, Job, JobDriver};
 
 /// Bytes looked at (and at most copied) per iteration, as QEMU's stream buffer.
 pub const STREAM_CHUNK: u64 = 512 << 10;
@@ -92,49 +92,37 @@ impl StreamJob {
         let _ = reopen_read_only(&nodes).await;
     }
 
+    /// Copy into the top what the chunk at `offset` reads from an intermediate image (all
+    /// errors count as reads).
+    async fn populate_chunk(&self, child: &Child, offset: u64, want: u64) -> ChunkResult {
+        let st = child
+            .chain_status(offset, want, self.base.as_deref())
+            .await
+            .map_err(|e| (e, true))?;
+        let from_intermediate = st.node.as_ref().is_some_and(|n| !Rc::ptr_eq(n, &self.top));
+        if !from_intermediate {
+            return Ok((st.len, 0));
+        }
+        let copied = child
+            .populate(offset, st.len)
+            .await
+            .map_err(|e| (e, true))?;
+        Ok((st.len, copied))
+    }
+
     async fn work(self: Rc<Self>, job: Rc<Job>) -> Result<()> {
         let child = self.child.borrow().clone().expect("stream job attached");
         let len = self.top.len();
         job.set_progress_total(len);
-        let mut first_error: Option<Error> = None;
-        let mut offset = 0;
-        let mut copied = 0;
-        while offset < len {
-            job.rate_limit(copied).await;
-            copied = 0;
-            if job.is_cancelled() {
-                break;
-            }
-            let want = STREAM_CHUNK.min(len - offset);
-            let r = match child.chain_status(offset, want, self.base.as_deref()).await {
-                Ok(st) => {
-                    let from_intermediate =
-                        st.node.as_ref().is_some_and(|n| !Rc::ptr_eq(n, &self.top));
-                    if from_intermediate {
-                        child.populate(offset, st.len).await.map(|c| (st.len, c))
-                    } else {
-                        Ok((st.len, 0))
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            let n = match r {
-                Ok((n, c)) => {
-                    copied = c;
-                    n
-                }
-                Err(e) => match job.error_action(self.on_error, &e, true) {
-                    ErrorAction::Stop => continue,
-                    ErrorAction::Report => return Err(e),
-                    ErrorAction::Ignore => {
-                        first_error.get_or_insert(e);
-                        want
-                    }
-                },
-            };
-            job.add_progress(n);
-            offset += n;
-        }
+        let first_error = job
+            .copy_in_chunks(
+                len,
+                STREAM_CHUNK,
+                self.on_error,
+                IgnoredChunk::Skip,
+                |o, n| self.populate_chunk(&child, o, n),
+            )
+            .await?;
         match first_error {
             // An ignored error still leaves a gap: the backing chain must stay.
             Some(e) => Err(e),

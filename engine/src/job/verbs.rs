@@ -6,17 +6,17 @@ use std::rc::Rc;
 use crate::backend::IoStatus;
 use crate::error::{Error, Result};
 
-use super::state::{Cancel, RunState};
+use super::state::{Cancel, RunState, UserPause};
 use super::{Job, JobStatus, JobVerb};
 
 impl Job {
     /// `job-pause`: the job parks at its next pause point.
     pub fn user_pause(&self) -> Result<()> {
         JobVerb::Pause.check(self.id(), self.status())?;
-        if self.user_paused.get() {
+        if self.is_user_paused() {
             return Err(Error::generic("Job is already paused"));
         }
-        self.user_paused.set(true);
+        self.set_user_pause(UserPause::Held);
         self.wake.notify_all();
         Ok(())
     }
@@ -24,10 +24,10 @@ impl Job {
     /// `job-resume`: lift the user's pause (or an error policy's stop).
     pub fn user_resume(&self) -> Result<()> {
         JobVerb::Resume.check(self.id(), self.status())?;
-        if !self.user_paused.get() {
+        if !self.is_user_paused() {
             return Err(Error::generic("Can't resume a job that was not paused"));
         }
-        self.user_paused.set(false);
+        self.set_user_pause(UserPause::Free);
         self.iostatus.set(IoStatus::Ok);
         self.wake.notify_all();
         Ok(())
@@ -41,7 +41,7 @@ impl Job {
         Ok(())
     }
 
-    /// `job-complete`: ask a ready job to finish (mirror and active commit pivot).
+    /// `job-complete`: ask a ready job to finish (mirror and active commit cut over).
     pub fn user_complete(&self) -> Result<()> {
         JobVerb::Complete.check(self.id(), self.status())?;
         if self.should_pause() || self.is_cancelled() || !self.driver.can_complete() {
@@ -62,7 +62,7 @@ impl Job {
     pub async fn cancel(self: &Rc<Self>, force: bool) -> Result<()> {
         JobVerb::Cancel.check(self.id(), self.status())?;
         if self.is_ready() && !force && self.driver.can_complete() {
-            self.user_paused.set(false);
+            self.set_user_pause(UserPause::Free);
             self.cancel.set(self.cancel.get().max(Cancel::Soft));
             self.wake.notify_all();
             return Ok(());

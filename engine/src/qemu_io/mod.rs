@@ -42,7 +42,7 @@ use std::cell::RefCell;
 pub use command::{AioWrite, Command, Read, Stats, Vectored, Verify, Write, WriteData};
 pub use exec::{CommandResult, Session, SessionConfig};
 pub use format::Timing;
-pub use open::{CacheMode, OpenSpec};
+pub use open::{CacheMode, OpenSpec, parse_discard};
 pub use parse::{ParseError, ParseErrorKind, parse_command, tokenize};
 pub use spec::{CmdSpec, lookup_command};
 

@@ -59,11 +59,7 @@ impl CacheMode {
 
 /// Parse a `-d` value (true for unmap); the error is qemu-io's message without its prefix.
 pub fn parse_discard(mode: &str) -> std::result::Result<bool, String> {
-    match mode {
-        "ignore" | "off" => Ok(false),
-        "unmap" | "on" => Ok(true),
-        _ => Err(format!("Invalid discard option: {mode}")),
-    }
+    crate::types::discard_unmap(mode).ok_or_else(|| format!("Invalid discard option: {mode}"))
 }
 
 /// Drivers that talk to storage themselves (no `file` child to create).

@@ -113,12 +113,17 @@ pub(super) async fn aligned_write(
         (buf, result)
     };
     if result.is_ok() && emulate_fua {
-        // The data is written: count it before flushing, or the flush would find nothing new.
-        node.io.write_gen.set(node.io.write_gen.get() + 1);
-        result = flush::flush_node(node).await;
+        result = flush_for_fua(node).await;
     }
     raise(node, DebugEvent::PwritevDone).await;
     (buf, result)
+}
+
+/// FUA emulated for a driver that does not honour it: once the data is written, flush the node.
+/// The write is counted first, or the flush would find nothing new and skip the driver.
+pub(super) async fn flush_for_fua(node: &Rc<Node>) -> Result<()> {
+    node.io.write_gen.set(node.io.write_gen.get() + 1);
+    flush::flush_node(node).await
 }
 
 /// Run the before-write hooks (copy-before-write, notifiers) after overlap waits.

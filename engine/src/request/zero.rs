@@ -10,7 +10,7 @@ use crate::io::{IoBuf, ReqFlags};
 use crate::util::{align_down, align_up, is_aligned};
 
 use super::common::{
-    aligned_write, check_grow_perm, check_write_perm, finish_write, run_before_write,
+    aligned_write, check_grow_perm, check_write_perm, finish_write, flush_for_fua, run_before_write,
 };
 use super::debug::raise;
 use super::read::{aligned_read, check_range, max_chunk, mem_align};
@@ -145,8 +145,7 @@ async fn zero_aligned(node: &Rc<Node>, offset: u64, len: u64, flags: ReqFlags) -
         pos += n;
     }
     if emulate_fua {
-        node.io.write_gen.set(node.io.write_gen.get() + 1);
-        super::flush::flush_node(node).await?;
+        flush_for_fua(node).await?;
     }
     Ok(())
 }

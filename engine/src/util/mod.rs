@@ -12,7 +12,7 @@ mod tracked;
 
 pub use notify::{Notify, yield_now};
 pub use oneshot::{OneshotReceiver, OneshotSender, oneshot};
-pub use options::{Options, parse_size};
+pub use options::{Options, parse_on_off, parse_size, split_options};
 pub use race::{Either, race};
 pub use ratelimit::{RateLimit, SLICE_NS};
 pub use tracked::{Tracked, TrackedRanges};

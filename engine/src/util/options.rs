@@ -45,7 +45,7 @@ impl Options {
     /// Parse a qemu-img style `key=value,key2=value2` string (",," escapes a comma).
     pub fn from_keyval(text: &str) -> Result<Options> {
         let mut map = Map::new();
-        for item in split_keyval(text) {
+        for item in split_options(text) {
             let (key, val) = match item.split_once('=') {
                 Some((k, v)) => (k.to_string(), v.to_string()),
                 None => {
@@ -120,14 +120,7 @@ impl Options {
         match self.map.remove(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(b)),
-            Some(Value::String(s)) => match s.as_str() {
-                "on" | "true" | "yes" => Ok(Some(true)),
-                "off" | "false" | "no" => Ok(Some(false)),
-                _ => Err(Error::generic(format!(
-                    "Parameter '{}' expects 'on' or 'off'",
-                    self.full(key)
-                ))),
-            },
+            Some(Value::String(s)) => parse_on_off(&self.full(key), &s).map(Some),
             Some(_) => Err(expected(&self.full(key), "boolean")),
         }
     }
@@ -217,7 +210,9 @@ fn insert_dotted(map: &mut Map<String, Value>, key: &str, val: Value) -> Result<
     }
 }
 
-fn split_keyval(text: &str) -> Vec<String> {
+/// The items of a QEMU option string `a=b,c=d` (",," is a literal comma; a trailing comma adds
+/// no item): the one splitter behind `-o`, `--image-opts`, `--object` and qemu-io's `-o`.
+pub fn split_options(text: &str) -> Vec<String> {
     let mut items = Vec::new();
     let mut cur = String::new();
     let mut chars = text.chars().peekable();
@@ -237,6 +232,18 @@ fn split_keyval(text: &str) -> Vec<String> {
         items.push(cur);
     }
     items
+}
+
+/// A boolean option's text as QEMU reads it ("on"/"true"/"yes", "off"/"false"/"no"); otherwise
+/// QEMU's error naming the parameter `key`.
+pub fn parse_on_off(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(Error::generic(format!(
+            "Parameter '{key}' expects 'on' or 'off'"
+        ))),
+    }
 }
 
 /// Parse a size as qemu-img does: a number with an optional k/K, M, G, T, P, E suffix (powers of

@@ -20,7 +20,8 @@ pub enum Bug {
     RmwUnserialised = 3,
     /// Mirror in background mode forgets to mark guest writes dirty.
     MirrorForgetsDirty = 4,
-    /// Mirror's final check neither drains the guest nor keeps it drained until the pivot.
+    /// Mirror's final check neither drains the guest nor keeps it drained until the cutover
+    /// (the name keeps QEMU's word, pivot).
     MirrorPivotUndrained = 5,
 }
 

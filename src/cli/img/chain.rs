@@ -84,15 +84,8 @@ pub(crate) async fn open_chain(
 /// The index of `name` in the chain below the top, matched as written or relative to the
 /// directory of the image above it (qemu-img's backing chain lookup).
 pub(crate) fn find_in_chain(layers: &[Layer], name: &str) -> Option<usize> {
-    (1..layers.len()).find(|&i| {
-        let file = &layers[i].path;
-        let above = &layers[i - 1].path;
-        let relative = above
-            .rfind('/')
-            .filter(|_| !name.starts_with('/'))
-            .map(|k| format!("{}{}", &above[..=k], name));
-        file == name || relative.as_deref() == Some(file.as_str())
-    })
+    (1..layers.len())
+        .find(|&i| engine::filename::names_backing(&layers[i].path, &layers[i - 1].path, name))
 }
 
 /// Wait for an internal job to finish, updating the progress line; the job's error if any.

@@ -39,23 +39,10 @@ pub(crate) struct CreateSpec {
 
 /// Parse `-o a=b,c=d` (qemu's `,,` escapes a comma) onto `out`.
 pub(crate) fn parse_o(text: &str, out: &mut Vec<(String, String)>) -> Result<(), String> {
-    let mut items = Vec::new();
-    let mut cur = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                cur.push(',');
-            } else {
-                items.push(std::mem::take(&mut cur));
-            }
-        } else {
-            cur.push(c);
-        }
-    }
-    items.push(cur);
-    for item in items.into_iter().filter(|i| !i.is_empty()) {
+    for item in engine::util::split_options(text)
+        .into_iter()
+        .filter(|i| !i.is_empty())
+    {
         match item.split_once('=') {
             Some((k, v)) => out.push((k.to_string(), v.to_string())),
             None => return Err(format!("Invalid parameter '{item}'")),
@@ -65,11 +52,7 @@ pub(crate) fn parse_o(text: &str, out: &mut Vec<(String, String)>) -> Result<(),
 }
 
 fn flag(key: &str, v: &str) -> Result<bool, String> {
-    match v {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
-    }
+    engine::util::parse_on_off(key, v).map_err(|e| e.to_string())
 }
 
 /// `-o extent_size_hint=SIZE`, with QEMU's messages for a bad size option.
@@ -81,17 +64,6 @@ fn parse_extent_hint(v: &str) -> Result<u64, String> {
             "Value '{v}' is out of range for parameter 'extent_size_hint'"
         )),
         Err(NumError::Invalid) => Err(super::number::not_a_size("extent_size_hint")),
-    }
-}
-
-/// The backing file's path as the new image will resolve it (relative to its directory).
-pub(crate) fn resolve_backing(image: &str, backing: &str) -> String {
-    if backing.starts_with('/') {
-        return backing.to_string();
-    }
-    match image.rfind('/') {
-        Some(i) => format!("{}{}", &image[..=i], backing),
-        None => backing.to_string(),
     }
 }
 
@@ -204,7 +176,7 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
         };
         check_format(bfmt)?;
         if !spec.unsafe_backing {
-            let bpath = resolve_backing(path, b);
+            let bpath = engine::filename::backing_path(path, b);
             let img = tool
                 .open(&bpath, Some(bfmt), true, true)
                 .await

@@ -193,7 +193,7 @@ fn image_info(node: &Rc<Node>) -> Result<Value, String> {
     {
         let full = backing
             .clone()
-            .unwrap_or_else(|| super::create::resolve_backing(&node.driver().filename(), name));
+            .unwrap_or_else(|| engine::filename::backing_path(&node.driver().filename(), name));
         m.insert("full-backing-filename".into(), json!(full));
         m.insert("backing-filename".into(), json!(name));
     }

@@ -117,10 +117,9 @@ impl Tool {
     /// The probed format of the file at `path` (engine::probe, through the env), with
     /// qemu-img's open error when it cannot be read.
     pub async fn probe_format(&self, path: &str) -> Result<String, String> {
-        engine::probe::probe_file(&**self.engine.env(), path)
+        engine::probe::probe_format(&**self.engine.env(), path, "")
             .await
-            .map(str::to_string)
-            .map_err(|e| format!("Could not open '{path}': Could not open '{path}': {e}"))
+            .map_err(|e| format!("Could not open '{path}': {e}"))
     }
 
     /// Open `path` as `fmt` (probed when `None`) behind a BlockBackend. `force_share` (-U)

@@ -156,10 +156,7 @@ pub fn run(args: &[String]) -> i32 {
             None => None,
             Some(name) => {
                 // A relative name is relative to the image's directory, as in the header.
-                let full = match (name.starts_with('/'), path.rfind('/')) {
-                    (false, Some(i)) => format!("{}{}", &path[..=i], name),
-                    _ => name.clone(),
-                };
+                let full = engine::filename::backing_path(path, name);
                 if let Err(e) = std::fs::metadata(&full) {
                     return Err(format!(
                         "Could not open new backing file '{name}': Could not open '{full}': {}",

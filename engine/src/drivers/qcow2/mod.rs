@@ -373,22 +373,12 @@ async fn open_data_file(ctx: &OpenCtx, h: &Header, opt: Option<Value>) -> Result
 
 /// `name` resolved against the directory of the image `file` (absolute names stay).
 fn relative_to(file: &Child, name: &str) -> String {
-    if name.starts_with('/') {
-        return name.to_string();
-    }
-    let image = file.node().driver().filename();
-    match image.rfind('/') {
-        Some(i) => format!("{}{}", &image[..=i], name),
-        None => name.to_string(),
-    }
+    crate::filename::backing_path(&file.node().driver().filename(), name)
 }
 
-/// "qcow2" if the file starts with the qcow2 magic, else "raw".
+/// The probed format of a backing file the header names without a backing format.
 async fn probe_format(ctx: &OpenCtx, path: &str) -> Result<String> {
-    crate::probe::probe_file(&*ctx.env(), path)
-        .await
-        .map(str::to_string)
-        .map_err(|e| e.context(format!("Could not open backing file '{path}'")))
+    crate::probe::probe_format(&*ctx.env(), path, "backing file ").await
 }
 
 impl Qcow2 {

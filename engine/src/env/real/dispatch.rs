@@ -1,5 +1,6 @@
 //! Dispatch of host I/O to the reactor's backend, and the future a caller awaits.
 //!
+//! [`Backend`] is the user's choice of mechanism;
 //! [`Io`] is the backend of one reactor (enum dispatch: io_uring or the worker pool);
 //! [`OpFuture`] starts an [`Op`] on it when first polled and yields `(buffer, 0 | -errno)`.
 //! Dropping the future before completion orphans the slot (see `slab`).
@@ -14,6 +15,26 @@ use super::pool::PoolIo;
 use super::shared::Shared;
 use super::uring::Uring;
 use crate::io::IoBuf;
+
+/// Which mechanism performs host file I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring: requests are submitted in batches and completed by the kernel.
+    Uring,
+    /// Blocking syscalls on a small pool of worker threads.
+    ThreadPool,
+}
+
+impl Backend {
+    /// The backend asked for by a value of `BLK_IO_BACKEND`: `threads` (or `pool`) selects the
+    /// worker pool; anything else, or nothing, io_uring where the host allows it.
+    pub fn from_env_value(value: Option<&str>) -> Backend {
+        match value.map(str::trim) {
+            Some("threads" | "thread" | "pool" | "threadpool") => Backend::ThreadPool,
+            _ => Backend::Uring,
+        }
+    }
+}
 
 /// The I/O backend of a reactor (enum dispatch: no virtual calls on the hot path). There is one
 /// per reactor, so the size difference of the variants costs nothing; boxing would add a pointer

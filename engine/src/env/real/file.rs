@@ -11,9 +11,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::rc::Rc;
 
-use super::Core;
 use super::dispatch::OpFuture;
 use super::op::{Op, OpKind};
+use super::reactor::Core;
 use super::sys::{self, PUNCH_HOLE, ZERO_RANGE, check, io_error};
 use crate::env::{Allocation, HostFile, HostFs, LocalBoxFuture, OpenOptions};
 use crate::error::{Error, Result};

@@ -14,14 +14,16 @@
 //! Submodules, in import order (each imports only those above it): `sys` (blocking syscalls),
 //! `op` (the vocabulary: operation kinds, operations, completions), `slab` (operations in
 //! flight), `shared` (inbox and eventfd shared with other threads); the backends `uring` and
-//! `pool`; `dispatch` (the backend enum and the future a caller awaits); `executor` (tasks,
-//! wakers); then this module's reactor, with `timer` and `file` (`HostFs`/`HostFile`) on it.
+//! `pool`; `dispatch` (the backend choice, the backend enum and the future a caller awaits);
+//! `executor` (tasks, wakers) and `timer` (the deadline heap); `reactor` (the loop and the
+//! sleep future); `file` (`HostFs`/`HostFile` on the reactor); then this module's `RealEnv`.
 
 mod dispatch;
 mod executor;
 mod file;
 mod op;
 mod pool;
+mod reactor;
 mod shared;
 mod slab;
 mod sys;
@@ -35,174 +37,17 @@ mod tests_bench;
 #[cfg(test)]
 mod tests_io;
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::pin::pin;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use dispatch::Io;
-use executor::{MAIN_KEY, TaskWaker, Tasks};
 use file::RealFs;
-use op::Done;
-use shared::Shared;
-use timer::{Sleep, Timers};
+use reactor::{Core, Sleep};
+
+pub use dispatch::Backend;
 
 use crate::env::{Env, HostFs, LocalBoxFuture};
-
-/// Which mechanism performs host file I/O.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// io_uring: requests are submitted in batches and completed by the kernel.
-    Uring,
-    /// Blocking syscalls on a small pool of worker threads.
-    ThreadPool,
-}
-
-impl Backend {
-    /// The backend asked for by a value of `BLK_IO_BACKEND`: `threads` (or `pool`) selects the
-    /// worker pool; anything else, or nothing, io_uring where the host allows it.
-    pub fn from_env_value(value: Option<&str>) -> Backend {
-        match value.map(str::trim) {
-            Some("threads" | "thread" | "pool" | "threadpool") => Backend::ThreadPool,
-            _ => Backend::Uring,
-        }
-    }
-}
-
-/// Scratch vectors of the loop, kept so that a turn allocates nothing.
-#[derive(Default)]
-struct Scratch {
-    /// Ready task keys of this turn.
-    ready: Vec<u64>,
-    /// Worker-pool completions of this turn.
-    done: Vec<Done>,
-    /// Wakers of fired timers.
-    wakers: Vec<Waker>,
-}
-
-/// The reactor state shared by the environment, its files and its sleep futures.
-struct Core {
-    /// The I/O backend. First, so it is dropped first: the ring polls the inbox's eventfd.
-    io: Io,
-    /// Zero of the monotonic clock.
-    start: Instant,
-    /// Inbox shared with wakers and workers.
-    shared: Arc<Shared>,
-    /// Local tasks.
-    tasks: RefCell<Tasks>,
-    /// Timers.
-    timers: RefCell<Timers>,
-    /// Scratch vectors, taken by the running loop.
-    scratch: Cell<Option<Scratch>>,
-    /// True while `block_on` runs (it is not re-entrant).
-    running: Cell<bool>,
-}
-
-impl Core {
-    /// A reactor on `backend`, or on the worker pool if io_uring cannot be set up.
-    fn new(backend: Backend) -> Rc<Core> {
-        let shared = Shared::new();
-        let io = match backend {
-            Backend::Uring => uring::Uring::new(&shared.efd)
-                .ok()
-                .map(|u| Io::Uring(RefCell::new(u))),
-            Backend::ThreadPool => None,
-        };
-        let io = io.unwrap_or_else(|| Io::Pool(RefCell::new(pool::PoolIo::new(shared.clone()))));
-        Rc::new(Core {
-            io,
-            start: Instant::now(),
-            shared,
-            tasks: RefCell::default(),
-            timers: RefCell::default(),
-            scratch: Cell::new(Some(Scratch::default())),
-            running: Cell::new(false),
-        })
-    }
-
-    /// Monotonic nanoseconds since the reactor started.
-    fn now_ns(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
-    }
-
-    /// Run the loop until `fut` completes.
-    fn block_on<F: Future>(&self, fut: F) -> F::Output {
-        assert!(
-            !self.running.replace(true),
-            "RealEnv::block_on called re-entrantly"
-        );
-        struct Running<'a>(&'a Cell<bool>);
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                self.0.set(false);
-            }
-        }
-        let _running = Running(&self.running);
-        let mut fut = pin!(fut);
-        let waker = Waker::from(TaskWaker::new(MAIN_KEY, self.shared.clone()));
-        let mut cx = Context::from_waker(&waker);
-        let mut s = self.scratch.take().unwrap_or_default();
-        let mut main_woken = true;
-        loop {
-            if main_woken && let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-                self.scratch.set(Some(s));
-                return v;
-            }
-            for key in s.ready.drain(..) {
-                executor::poll_task(&self.tasks, key);
-            }
-            self.turn(&mut s);
-            main_woken = self.shared.collect(&mut s.ready, &mut s.done);
-            if !s.done.is_empty() {
-                // Worker completions wake their futures: pick those up in this same turn.
-                if let Io::Pool(p) = &self.io {
-                    p.borrow_mut().reap(&mut s.done);
-                }
-                main_woken |= self.shared.collect(&mut s.ready, &mut s.done);
-            }
-        }
-    }
-
-    /// The I/O and timer half of a loop turn.
-    fn turn(&self, s: &mut Scratch) {
-        let next = self.timers.borrow_mut().next_deadline();
-        let now = next.map(|_| self.now_ns());
-        let timeout = next.zip(now).map(|(d, n)| d.saturating_sub(n));
-        let block = timeout != Some(0) && self.shared.try_sleep();
-        self.io.turn(block.then_some(timeout), &self.shared);
-        if next.is_some() {
-            self.timers.borrow_mut().fire(self.now_ns(), &mut s.wakers);
-            for w in s.wakers.drain(..) {
-                w.wake();
-            }
-        }
-    }
-
-    /// Queue a new task.
-    fn spawn(&self, name: &str, fut: LocalBoxFuture<'static, ()>) {
-        let key = self.tasks.borrow_mut().insert(name, fut, &self.shared);
-        self.shared.deliver(|inbox| inbox.ready.push(key));
-    }
-
-    /// Drop every task and timer (the environment goes away; breaks `Rc` cycles through tasks).
-    fn shutdown(&self) {
-        let futs = self.tasks.borrow_mut().drain();
-        drop(futs);
-        self.timers.borrow_mut().clear();
-    }
-}
-
-impl Drop for Core {
-    fn drop(&mut self) {
-        // The kernel may still write into buffers owned by orphaned slots: wait for it.
-        if let Io::Uring(u) = &self.io {
-            u.borrow_mut().quiesce();
-        }
-    }
-}
 
 /// The production [`Env`]: real clocks, a local executor and host files.
 pub struct RealEnv {

@@ -1,16 +1,12 @@
-//! Timers: a binary heap of deadlines over a slab of timer slots, and the `sleep_until` future.
+//! Timers: a binary heap of deadlines over a slab of timer slots (the `sleep_until` future on
+//! them is the reactor's, in `reactor`).
 //!
 //! A cancelled sleep frees its slot at once; its heap entry stays until its deadline passes and
 //! is then skipped because the slot's sequence number no longer matches.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::future::Future;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
-
-use super::Core;
+use std::task::Waker;
 
 /// One armed (or fired) timer.
 struct TimerSlot {
@@ -37,7 +33,7 @@ pub(super) struct Timers {
 
 impl Timers {
     /// Arm a timer; returns `(slot, seq)`.
-    fn arm(&mut self, deadline: u64, waker: Waker) -> (u32, u64) {
+    pub(super) fn arm(&mut self, deadline: u64, waker: Waker) -> (u32, u64) {
         self.next_seq += 1;
         let seq = self.next_seq;
         let slot = TimerSlot {
@@ -60,7 +56,7 @@ impl Timers {
     }
 
     /// Release a slot (fired or cancelled).
-    fn release(&mut self, index: u32, seq: u64) {
+    pub(super) fn release(&mut self, index: u32, seq: u64) {
         let Some(slot) = self.slots.get_mut(index as usize) else {
             return;
         };
@@ -69,6 +65,22 @@ impl Timers {
             slot.waker = None;
             self.free.push(index);
         }
+    }
+
+    /// For the sleep armed as `(index, seq)`: true (and the slot released) once it fired;
+    /// otherwise `waker` is the one to wake when it does.
+    pub(super) fn poll_fired(&mut self, index: u32, seq: u64, waker: &Waker) -> bool {
+        let slot = &mut self.slots[index as usize];
+        debug_assert_eq!(slot.seq, seq);
+        if slot.fired {
+            self.release(index, seq);
+            return true;
+        }
+        match &mut slot.waker {
+            Some(w) if w.will_wake(waker) => {}
+            w => *w = Some(waker.clone()),
+        }
+        false
     }
 
     /// The earliest live deadline, dropping stale heap entries on the way.
@@ -106,69 +118,5 @@ impl Timers {
     /// Drop every waker (shutdown).
     pub(super) fn clear(&mut self) {
         *self = Timers::default();
-    }
-}
-
-/// The future of `Env::sleep_until`.
-pub(super) struct Sleep {
-    /// The reactor whose clock and heap are used.
-    core: Rc<Core>,
-    /// Deadline in ns of the reactor's clock; 0 once completed.
-    deadline: u64,
-    /// `(slot, seq)` once armed.
-    armed: Option<(u32, u64)>,
-}
-
-impl Sleep {
-    /// A sleep until `deadline` ns on `core`'s clock.
-    pub(super) fn new(core: Rc<Core>, deadline: u64) -> Sleep {
-        Sleep {
-            core,
-            deadline,
-            armed: None,
-        }
-    }
-}
-
-impl Future for Sleep {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        let mut timers = this.core.timers.borrow_mut();
-        match this.armed {
-            None => {
-                if this.core.now_ns() >= this.deadline {
-                    return Poll::Ready(());
-                }
-                this.armed = Some(timers.arm(this.deadline, cx.waker().clone()));
-                Poll::Pending
-            }
-            Some((index, seq)) => {
-                let slot = &mut timers.slots[index as usize];
-                debug_assert_eq!(slot.seq, seq);
-                if slot.fired {
-                    timers.release(index, seq);
-                    this.armed = None;
-                    this.deadline = 0;
-                    return Poll::Ready(());
-                }
-                match &mut slot.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    w => *w = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl Drop for Sleep {
-    fn drop(&mut self) {
-        if let Some((index, seq)) = self.armed.take()
-            && let Ok(mut timers) = self.core.timers.try_borrow_mut()
-        {
-            timers.release(index, seq);
-        }
     }
 }

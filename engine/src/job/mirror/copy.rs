@@ -1,6 +1,6 @@
 //! The mirror's main loop: the initial dirty set, copy operations in flight up to `buf-size`,
 //! the rate limit, error policies, READY once converged, and the final drained check before the
-//! job ends (pivot or soft cancel).
+//! job ends (cutover or soft cancel).
 //!
 //! Copy operations run as tasks of their own so they keep going while the loop waits (for the
 //! rate limit, a pause, or more dirty data); the driver's `drained_poll` reports them, so a
@@ -253,7 +253,7 @@ impl MirrorDriver {
         }
     }
 
-    /// Make what was copied durable (before READY and before the job ends: after a pivot the
+    /// Make what was copied durable (before READY and before the job ends: after a cutover the
     /// guest's earlier flushes must hold for the target).
     async fn flush_target(&self, job: &Rc<Job>) -> Result<()> {
         let target = self.target_child();
@@ -263,7 +263,7 @@ impl MirrorDriver {
     }
 
     /// Stop guest I/O at the filter and check once more that nothing is dirty; if so, keep the
-    /// filter drained until the job has pivoted (or finished without pivoting) and return true.
+    /// filter drained until the job has cut over (or finished without a cutover) and return true.
     async fn final_check(&self, job: &Rc<Job>) -> Result<bool> {
         let section = if crate::util::planted::on(crate::util::planted::Bug::MirrorPivotUndrained) {
             None
@@ -275,8 +275,8 @@ impl MirrorDriver {
             return Ok(false);
         }
         self.flush_target(job).await?;
-        // Writes the guest completed on the source before the pivot may still be cached there;
-        // after the pivot the guest's flushes no longer reach the source, which may stay in the
+        // Writes the guest completed on the source before the cutover may still be cached there;
+        // after the cutover the guest's flushes no longer reach the source, which may stay in the
         // device's chain (sync=none backs the target by it). Make them durable now.
         if let Err(e) = self.source_child().flush().await {
             match job.error_action(self.on_source_error, &e, true) {

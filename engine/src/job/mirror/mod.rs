@@ -79,7 +79,7 @@ pub struct MirrorParams {
     pub source: Rc<Node>,
     /// The node to copy into.
     pub target: Rc<Node>,
-    /// The node the target replaces at the pivot (default: the source).
+    /// The node the target replaces at the cutover (default: the source).
     pub replaces: Option<String>,
     /// What to copy at the start.
     pub sync: SyncMode,
@@ -103,7 +103,7 @@ pub struct MirrorParams {
     /// filter may keep writing the source below it.
     pub target_backs_on_source: bool,
     /// Nodes the caller made writable for the job (an active commit's read-only base): made
-    /// read-only again when the job ends, unless a user still writes them (the pivoted base).
+    /// read-only again when the job ends, unless a user still writes them (the base a cutover made the device's image).
     pub restore_read_only: Vec<Rc<Node>>,
 }
 
@@ -134,7 +134,7 @@ pub struct MirrorDriver {
     /// Backing edges between an active commit's top and base, frozen while the job runs.
     frozen: RefCell<Vec<Rc<Edge>>>,
     complete_requested: Cell<bool>,
-    /// Held from the final check until the pivot is done: no guest write between them.
+    /// Held from the final check until the cutover is done: no guest write between them.
     final_drain: RefCell<Option<DrainedSection>>,
     /// The filter was taken out of the graph (and our reference dropped).
     filter_gone: Cell<bool>,
@@ -262,7 +262,7 @@ impl JobDriver for MirrorDriver {
             self.drop_filter().await;
             self.final_drain.borrow_mut().take();
             let nodes = self.restore_read_only.take();
-            // Refused (and left writable) when a user writes them: the base a pivot made
+            // Refused (and left writable) when a user writes them: the base a cutover made
             // the device's image.
             let _ = crate::graph::reopen_read_only(&nodes).await;
         })
