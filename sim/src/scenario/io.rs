@@ -93,7 +93,8 @@ impl IoSessions {
         let mut ticket = None;
         let mut flush_start = None;
         match &cmd {
-            Some(Command::Write(w)) => {
+            // A VM state write (`-b`) lands past the guest disk: nothing to model.
+            Some(Command::Write(w)) if !w.vmstate => {
                 let data = write_data(w)?;
                 ticket = Some(model.borrow_mut().begin_write(w.offset, w.len, &data));
             }

@@ -4,6 +4,8 @@
 
 use serde_json::json;
 
+use rand_chacha::ChaCha8Rng;
+
 use super::Gen;
 use crate::rng::{below, chance};
 
@@ -72,9 +74,14 @@ impl Gen {
         self.step(format!("workload wait {name}"));
     }
 
-    /// qemu-io commands, some unaligned (read-modify-write), some overlapping in flight.
+    /// qemu-io commands, some unaligned (read-modify-write), some overlapping in flight; on
+    /// qcow2, now and then a VM state write that must read back after them (the oracle is
+    /// qemu-io's pattern check, and the guest's reads and final verify show that the guest
+    /// disk did not change).
     pub(super) fn io_round(&mut self) {
         self.stop_bg();
+        self.reopen_driver_options();
+        let vmstate = self.vmstate_write();
         let n = 1 + below(&mut self.r.guest, 5);
         for _ in 0..n {
             let r = &mut self.r.guest;
@@ -92,6 +99,80 @@ impl Gen {
             self.step(format!("io drive0 {cmd}"));
         }
         self.step("io drive0 aio_flush");
+        if let Some(read_back) = vmstate {
+            self.step(read_back);
+        }
+    }
+
+    /// Maybe a qemu-io `reopen -o` that sets the qcow2 top's runtime options anew (lazy
+    /// refcounts on or off, cache sizes, overlap checks, discard pass-through): the data the
+    /// guest reads, every later verify and the image checks must not change. `io?`: a v2
+    /// image refuses lazy refcounts, as QEMU's does.
+    fn reopen_driver_options(&mut self) {
+        let top_qcow2 = self.chain_known
+            && self
+                .chain
+                .first()
+                .is_some_and(|l| l.path.ends_with(".qcow2"));
+        let r = &mut self.r.reopen_opts;
+        if !top_qcow2 || !chance(r, 0.25) {
+            return;
+        }
+        const CHOICES: [&str; 8] = [
+            "lazy-refcounts=on",
+            "lazy-refcounts=off",
+            "l2-cache-size=64k",
+            "l2-cache-size=1M,refcount-cache-size=64k",
+            "cache-size=256k",
+            "overlap-check=none",
+            "overlap-check=all",
+            "pass-discard-request=off",
+        ];
+        // Lazy refcounts leave the top's file dirty until the end; a job that moves the device
+        // off the top would leave it so (its file is checked on its own at the end).
+        let moves_top = self.f.mirror || self.f.active_commit;
+        let pick = |r: &mut ChaCha8Rng| match CHOICES[below(r, CHOICES.len() as u64) as usize] {
+            "lazy-refcounts=on" if moves_top => "lazy-refcounts=off",
+            o => o,
+        };
+        let a = pick(r);
+        let opts = match below(r, 3) {
+            0 => a.to_string(),
+            _ => {
+                let b = pick(r);
+                if a.split('=').next() == b.split('=').next()
+                    || a.contains("cache") && b.contains("cache")
+                {
+                    a.to_string()
+                } else {
+                    format!("{a},{b}")
+                }
+            }
+        };
+        // Every reopen sets the options anew: lazy refcounts are on only if this one says so.
+        self.lazy_top = opts.contains("lazy-refcounts=on");
+        self.step(format!("io? drive0 reopen -o {opts}"));
+    }
+
+    /// Maybe a `write -b` into the VM state area; the step that reads it back. Only while the
+    /// device's top is known to be qcow2 (the only format with one; a mirror may have moved
+    /// the device to a raw target), without faults (a failed write leaves it open), and not
+    /// once the device was resized: the area starts after the disk, so it moves.
+    fn vmstate_write(&mut self) -> Option<String> {
+        let top_qcow2 = self.chain_known
+            && self
+                .chain
+                .first()
+                .is_some_and(|l| l.path.ends_with(".qcow2"));
+        let r = &mut self.r.vmstate;
+        if !top_qcow2 || self.f.faults || self.resized || !chance(r, 0.3) {
+            return None;
+        }
+        let pos = below(r, 64) * 65536 + below(r, 128) * 512;
+        let len = (1 + below(r, 256)) * 512;
+        let pat = 0x10 + below(r, 0xe0);
+        self.step(format!("io drive0 write -b -P 0x{pat:02x} {pos} {len}"));
+        Some(format!("io drive0 read -b -P 0x{pat:02x} {pos} {len}"))
     }
 
     /// A blkdebug breakpoint parks a write; another write runs meanwhile; then it resumes.
