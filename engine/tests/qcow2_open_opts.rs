@@ -442,3 +442,76 @@ fn reopen_sets_the_runtime_options_anew() {
     })
     .unwrap();
 }
+
+/// QMP `blockdev-reopen` with qcow2 options: given ones are set (lazy refcounts: the next
+/// write sets the dirty bit), a reopen giving none leaves them, one giving others resets them
+/// to the defaults, and a refused reopen (unknown option, bad value, a generic option) changes
+/// nothing, the access mode included.
+#[test]
+fn blockdev_reopen_sets_qcow2_options_all_or_none() {
+    let dir = Scratch::new("open-opts-blockdev-reopen");
+    let sim = sim_with(7, &[("img", Vec::new())]);
+    let engine = engine_of(&sim);
+    let (simr, dirr) = (&sim, &dir);
+    sim.block_on(async move {
+        let node = open_fresh(&engine, 8 << 20, Compat::V3, json!({}))
+            .await
+            .unwrap();
+        let bb = engine
+            .device_add("d", "q", BackendOptions::tool(false))
+            .unwrap();
+        let dirty = |name: &str| {
+            export(simr, "img", View::Durable, dirr, name);
+            dirr.read(name)[79] & 1
+        };
+        let base = json!({"node-name": "q", "driver": "qcow2", "file": "f"});
+        let with = |extra: Value| {
+            let mut o = base.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                o[k] = v.clone();
+            }
+            vec![o]
+        };
+        engine
+            .blockdev_reopen(&with(json!({"lazy-refcounts": true})))
+            .await
+            .unwrap();
+        bb.write(0, IoBuf::filled(4096, 1), ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
+        assert_eq!(dirty("a"), 1, "lazy refcounts are on");
+        let refused = [
+            (json!({"foo": 1}), "Cannot change the option 'foo'"),
+            (
+                json!({"lazy-refcounts": "maybe"}),
+                "Parameter 'lazy-refcounts' expects 'on' or 'off'",
+            ),
+            (json!({"discard": "ignore"}), "Cannot change the option 'discard'"),
+            (
+                json!({"read-only": true, "l2-cache-size": 100, "cache-size": 10}),
+                "l2-cache-size may not exceed cache-size",
+            ),
+        ];
+        for (extra, msg) in refused {
+            let e = engine.blockdev_reopen(&with(extra)).await.unwrap_err();
+            assert_eq!(e.message(), msg);
+            assert!(!node.is_read_only(), "a refused reopen changed the access mode");
+        }
+        // No driver option given: they stay (lazy still on, the image still dirty).
+        engine.blockdev_reopen(&with(json!({}))).await.unwrap();
+        bb.write(4096, IoBuf::filled(4096, 2), ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
+        assert_eq!(dirty("b"), 1);
+        // Others given: lazy refcounts go back to the header's (off), the image is marked clean.
+        engine
+            .blockdev_reopen(&with(json!({"l2-cache-size": 65536})))
+            .await
+            .unwrap();
+        assert_eq!(dirty("c"), 0);
+        engine.shutdown().await.unwrap();
+    })
+    .unwrap();
+}

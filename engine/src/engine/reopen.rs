@@ -6,6 +6,7 @@ use crate::backend::BlockBackend;
 use crate::error::{Error, Result};
 use crate::graph::reopen_set_read_only;
 use crate::types::Perms;
+use crate::util::Options;
 
 use super::Engine;
 
@@ -47,29 +48,75 @@ impl Engine {
 struct ReopenRequest {
     node: std::rc::Rc<crate::graph::Node>,
     read_only: bool,
+    /// The driver's own options, when the request gives any (they are then set anew, the
+    /// ones left out going back to their defaults).
+    driver: Option<Options>,
 }
+
+/// Generic node options: a blockdev-reopen may not change them in blk (the driver's own
+/// options and the access mode it may).
+const GENERIC_OPTIONS: [&str; 5] = [
+    "cache",
+    "discard",
+    "detect-zeroes",
+    "force-share",
+    "auto-read-only",
+];
+
+/// Children given by node name in a blockdev-reopen: they must stay what they are.
+const CHILD_OPTIONS: [&str; 4] = ["file", "backing", "data-file", "image"];
 
 impl Engine {
     /// QMP `blockdev-reopen`: every listed node gets its new options, all or none. blk changes
-    /// the access mode (`read-only`); the driver and the children must be given as they are
-    /// (`file`/`backing` by node name), and any other option is refused as QEMU refuses an
+    /// the access mode (`read-only`) and the driver's own options (qcow2's cache sizes, lazy
+    /// refcounts, ...: when a request gives any, the driver's options are set anew, those left
+    /// out going back to their defaults, as QEMU does; a request without any leaves them as
+    /// they are). The driver and the children must be given as they are (`file`/`backing` by
+    /// node name); the generic options (`cache`, `discard`, ...) are refused as QEMU refuses an
     /// option it cannot change.
     pub async fn blockdev_reopen(&self, options: &[serde_json::Value]) -> Result<()> {
         let mut requests = Vec::new();
         for (i, o) in options.iter().enumerate() {
             requests.push(self.reopen_request(i, o)?);
         }
+        let nodes: Vec<_> = requests.iter().map(|r| r.node.clone()).collect();
+        let _drained = self.ctx.drain_nodes(nodes).await;
+        // Phase 1: every driver checks and stages its new options; the first refusal aborts
+        // what was staged and changes nothing.
+        let mut staged: Vec<std::rc::Rc<crate::graph::Node>> = Vec::new();
+        for r in &mut requests {
+            let Some(opts) = r.driver.take() else {
+                continue;
+            };
+            if let Err(e) = r.node.driver().reopen_prepare_options(opts).await {
+                r.node.driver().reopen_abort();
+                for n in staged {
+                    n.driver().reopen_abort();
+                }
+                return Err(e);
+            }
+            staged.push(r.node.clone());
+        }
         let mut done: Vec<(std::rc::Rc<crate::graph::Node>, bool)> = Vec::new();
         for r in &requests {
             let was = r.node.is_read_only();
             if let Err(e) = reopen_set_read_only(&r.node, r.read_only).await {
-                // Undo in reverse order: each node goes back to the mode it had.
+                // Undo in reverse order: each node goes back to the mode it had, and the
+                // staged options are dropped.
                 for (node, was) in done.into_iter().rev() {
                     let _ = reopen_set_read_only(&node, was).await;
+                }
+                for n in staged {
+                    n.driver().reopen_abort();
                 }
                 return Err(e);
             }
             done.push((r.node.clone(), was));
+        }
+        // Phase 2: the staged options take effect (a switch's own commit may have applied
+        // them already; then there is nothing left to do).
+        for n in staged {
+            n.driver().reopen_commit();
         }
         Ok(())
     }
@@ -99,7 +146,17 @@ impl Engine {
             Error::generic(format!("Failed to find node with node-name='{name}'"))
         })?;
         let mut read_only = false;
+        let mut driver_opts = serde_json::Map::new();
         for (key, value) in map {
+            let is_driver_option = !matches!(
+                key.as_str(),
+                "node-name" | "driver" | "filename" | "read-only"
+            ) && !GENERIC_OPTIONS.contains(&key.as_str())
+                && !CHILD_OPTIONS.contains(&key.as_str());
+            if is_driver_option {
+                driver_opts.insert(key.clone(), value.clone());
+                continue;
+            }
             let same = match key.as_str() {
                 "node-name" => true,
                 "driver" => value.as_str() == Some(node.driver_name()),
@@ -112,13 +169,23 @@ impl Engine {
                     })?;
                     true
                 }
+                generic if GENERIC_OPTIONS.contains(&generic) => false,
                 child => self.same_child(&node, child, value)?,
             };
             if !same {
                 return Err(Error::generic(format!("Cannot change the option '{key}'")));
             }
         }
-        Ok(ReopenRequest { node, read_only })
+        let driver = if driver_opts.is_empty() {
+            None
+        } else {
+            Some(Options::new(serde_json::Value::Object(driver_opts))?)
+        };
+        Ok(ReopenRequest {
+            node,
+            read_only,
+            driver,
+        })
     }
 
     /// Whether `value` names the node's current `child` (a name that is no node at all is
