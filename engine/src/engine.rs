@@ -112,6 +112,18 @@ impl Engine {
             return Err(Error::generic(format!("Node {node_name} is in use")));
         }
         node.check_op_blockers()?;
+        // QEMU blocks deleting a backing file with its parent's backing blocker.
+        let backing_of = node
+            .parents()
+            .iter()
+            .filter(|e| e.role().contains(crate::types::ChildRole::COW))
+            .find_map(|e| e.parent().node());
+        if let Some(parent) = backing_of {
+            return Err(Error::generic(format!(
+                "Node '{node_name}' is busy: node is used as backing hd of '{}'",
+                parent.name()
+            )));
+        }
         if !node.is_monitor_owned() {
             return Err(Error::generic(format!(
                 "Node {node_name} is not owned by the monitor"

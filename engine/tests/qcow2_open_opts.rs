@@ -487,7 +487,10 @@ fn blockdev_reopen_sets_qcow2_options_all_or_none() {
                 json!({"lazy-refcounts": "maybe"}),
                 "Parameter 'lazy-refcounts' expects 'on' or 'off'",
             ),
-            (json!({"discard": "ignore"}), "Cannot change the option 'discard'"),
+            (
+                json!({"discard": "ignore"}),
+                "Cannot change the option 'discard'",
+            ),
             (
                 json!({"read-only": true, "l2-cache-size": 100, "cache-size": 10}),
                 "l2-cache-size may not exceed cache-size",
@@ -496,7 +499,10 @@ fn blockdev_reopen_sets_qcow2_options_all_or_none() {
         for (extra, msg) in refused {
             let e = engine.blockdev_reopen(&with(extra)).await.unwrap_err();
             assert_eq!(e.message(), msg);
-            assert!(!node.is_read_only(), "a refused reopen changed the access mode");
+            assert!(
+                !node.is_read_only(),
+                "a refused reopen changed the access mode"
+            );
         }
         // No driver option given: they stay (lazy still on, the image still dirty).
         engine.blockdev_reopen(&with(json!({}))).await.unwrap();
@@ -511,6 +517,50 @@ fn blockdev_reopen_sets_qcow2_options_all_or_none() {
             .await
             .unwrap();
         assert_eq!(dirty("c"), 0);
+        engine.shutdown().await.unwrap();
+    })
+    .unwrap();
+}
+
+/// `blockdev-del` of a backing node is refused with QEMU's op-blocker message naming the
+/// overlay (qemu-storage-daemon: "Node 'base' is busy: node is used as backing hd of 'top'"),
+/// and the node stays; once the overlay is gone it can be deleted.
+#[test]
+fn deleting_a_backing_node_names_the_overlay() {
+    let sim = sim_with(8, &[("img", Vec::new()), ("top", Vec::new())]);
+    let engine = engine_of(&sim);
+    sim.block_on(async move {
+        open_fresh(&engine, 1 << 20, Compat::V3, json!({}))
+            .await
+            .unwrap();
+        let opts = CreateOptions {
+            size: 1 << 20,
+            ..CreateOptions::default()
+        };
+        engine
+            .blockdev_add(json!({"driver": "file", "node-name": "tf", "filename": "top"}))
+            .await
+            .unwrap();
+        let dev = engine
+            .device_add("c", "tf", BackendOptions::tool(false))
+            .unwrap();
+        engine::drivers::qcow2::create(&dev.root().unwrap(), &opts)
+            .await
+            .unwrap();
+        engine.device_del("c").await.unwrap();
+        engine
+            .blockdev_add(json!({"driver": "qcow2", "node-name": "t", "file": "tf",
+                                 "backing": "q"}))
+            .await
+            .unwrap();
+        let e = engine.blockdev_del("q").await.unwrap_err();
+        assert_eq!(
+            e.message(),
+            "Node 'q' is busy: node is used as backing hd of 't'"
+        );
+        assert!(engine.node("q").is_ok());
+        engine.blockdev_del("t").await.unwrap();
+        engine.blockdev_del("q").await.unwrap();
         engine.shutdown().await.unwrap();
     })
     .unwrap();
