@@ -249,25 +249,22 @@ impl BlockBackend {
     /// Write `buf` at `pos` of the image's VM state area (qemu-io `write -b`; savevm): the
     /// first format below the device (through filters) holds it; ENOTSUP where it has none.
     pub async fn save_vmstate(&self, pos: u64, buf: IoBuf) -> BufResult {
-        let node = match self.root_checked() {
-            Ok(child) => vmstate_node(child.node()),
-            Err(e) => return (buf, Err(e)),
-        };
-        let _in_flight = self.admit().await;
-        match node.driver().format_ops() {
-            Some(ops) => ops.save_vmstate(pos, buf).await,
-            None => (buf, Err(Error::io(Errno::ENOTSUP))),
-        }
+        self.vmstate_io(pos, buf, true).await
     }
 
     /// Read `buf.len()` bytes at `pos` of the image's VM state area (qemu-io `read -b`).
     pub async fn load_vmstate(&self, pos: u64, buf: IoBuf) -> BufResult {
+        self.vmstate_io(pos, buf, false).await
+    }
+
+    async fn vmstate_io(&self, pos: u64, buf: IoBuf, save: bool) -> BufResult {
         let node = match self.root_checked() {
             Ok(child) => vmstate_node(child.node()),
             Err(e) => return (buf, Err(e)),
         };
         let _in_flight = self.admit().await;
         match node.driver().format_ops() {
+            Some(ops) if save => ops.save_vmstate(pos, buf).await,
             Some(ops) => ops.load_vmstate(pos, buf).await,
             None => (buf, Err(Error::io(Errno::ENOTSUP))),
         }
