@@ -23,11 +23,8 @@ use crate::graph::Node;
 use crate::io::{IoBuf, ReqFlags};
 
 use super::check_walk::Refs;
-use super::header::{self, Header};
+use super::header::{self, Header, OFF_INCOMPAT};
 use super::{COPIED, OFFSET_MASK, Qcow2};
-
-/// Byte offset of the incompatible feature field.
-const OFF_INCOMPAT: u64 = 72;
 
 /// Check (and optionally repair) the qcow2 image open as `node`, as `qemu-img check` does:
 /// when a repair fixed something, the image is checked again and the second result is
