@@ -22,7 +22,9 @@ use crate::error::{Errno, Error, Result};
 use crate::graph::Node;
 use crate::io::{IoBuf, ReqFlags};
 
+use super::cache::get_u64;
 use super::check_walk::Refs;
+use super::entry::L2Entry;
 use super::header::{self, Header, OFF_INCOMPAT};
 use super::{COPIED, OFFSET_MASK, Qcow2};
 
@@ -266,9 +268,9 @@ impl Qcow2 {
             let stride = self.l2_entry_bytes() as usize;
             for j in 0..cs as usize / stride {
                 let at = j * stride;
-                let entry = u64::from_be_bytes(table[at..at + 8].try_into().expect("8"));
-                let host = entry & OFFSET_MASK;
-                if entry & super::COMPRESSED != 0 || host == 0 {
+                let entry = L2Entry::from_raw(get_u64(&table[at..], 0));
+                let host = entry.host_offset();
+                if entry.is_compressed() || host == 0 {
                     continue;
                 }
                 // Data clusters of an external data file count as referenced once.
@@ -280,18 +282,14 @@ impl Qcow2 {
                         Err(_) => continue,
                     }
                 };
-                if (n == 1) != (entry & COPIED != 0) {
+                if (n == 1) != entry.is_copied() {
                     rep.error(format!(
                         "{what} OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={n}"
                     ));
                     rep.corruptions += 1;
                     if repair {
-                        let fixed = if n == 1 {
-                            entry | COPIED
-                        } else {
-                            entry & !COPIED
-                        };
-                        table[at..at + 8].copy_from_slice(&fixed.to_be_bytes());
+                        let fixed = entry.with_copied(n == 1);
+                        table[at..at + 8].copy_from_slice(&fixed.raw().to_be_bytes());
                         dirty += 1;
                     }
                 }

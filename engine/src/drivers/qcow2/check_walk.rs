@@ -15,8 +15,10 @@ use std::collections::BTreeMap;
 use crate::error::Result;
 use crate::io::{IoBuf, ReqFlags};
 
+use super::cache::get_u64;
+use super::entry::L2Entry;
 use super::header::Header;
-use super::{COMPRESSED, OFFSET_MASK, Qcow2, ZERO};
+use super::{OFFSET_MASK, Qcow2};
 use crate::driver::CheckReport;
 
 /// Flags of refcount table entries that must be zero.
@@ -267,13 +269,9 @@ impl Qcow2 {
         let cs = self.cs();
         let mut next_contiguous = 0u64;
         for c in table.chunks_exact(self.l2_entry_bytes() as usize) {
-            let entry = u64::from_be_bytes(c[..8].try_into().expect("8 bytes"));
-            if entry & COMPRESSED != 0 {
-                let x = 62 - (self.cluster_bits - 8);
-                let offset = entry & ((1u64 << x) - 1);
-                let sectors = ((entry >> x) & ((1u64 << (self.cluster_bits - 8)) - 1)) + 1;
-                let len = sectors * 512 - (offset & 511);
-                if entry & super::COPIED != 0 {
+            let entry = L2Entry::from_raw(get_u64(c, 0));
+            if let Some((offset, len)) = entry.compressed(self.cluster_bits) {
+                if entry.is_copied() {
                     rep.error(format!(
                         "ERROR: coffset={offset:#x}: copied flag must never be set for \
                          compressed clusters"
@@ -288,9 +286,9 @@ impl Qcow2 {
                 }
                 continue;
             }
-            let host = entry & OFFSET_MASK;
+            let host = entry.host_offset();
             // Offset 0 is guest cluster 0's place in an external data file (COPIED set).
-            if host == 0 && !(self.has_data_file() && entry & super::COPIED != 0) {
+            if host == 0 && !(self.has_data_file() && entry.is_copied()) {
                 continue;
             }
             // A normal cluster, or a preallocated zero cluster (ZERO flag with a host offset).
@@ -303,7 +301,7 @@ impl Qcow2 {
             }
             if !host.is_multiple_of(cs) {
                 // Counted as corrupt, and its (misaligned) range still counts as used.
-                let what = if entry & ZERO != 0 {
+                let what = if entry.zero_bit() {
                     "Preallocated"
                 } else {
                     "Data"

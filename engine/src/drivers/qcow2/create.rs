@@ -10,6 +10,7 @@ use crate::graph::Child;
 use crate::io::{IoBuf, ReqFlags};
 
 use super::COPIED;
+use super::entry::L2Entry;
 use super::header::{
     AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, Header, INCOMPAT_COMPRESSION,
     INCOMPAT_DATA_FILE, MAX_L1_BYTES, MAX_REFTABLE_BYTES,
@@ -352,7 +353,7 @@ impl Plan {
             } else {
                 self.data_base() + g
             };
-            put(&mut img, at, (host * cs) | COPIED);
+            put(&mut img, at, L2Entry::normal(host * cs).raw());
         }
         img
     }

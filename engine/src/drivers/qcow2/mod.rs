@@ -2,7 +2,8 @@
 //!
 //! This file owns the driver state, `open` (options, header, tables, backing child) and the
 //! `BlockDriver` glue. The rest is split by concern: `header` (fixed fields + extensions),
-//! `cluster` (L1/L2 mapping, L2 allocation, metadata write-back), `refcount` (refcounts and
+//! `entry` (the typed L2 entry and its bit layout), `cluster` (L1/L2 mapping, L2 allocation,
+//! metadata write-back), `refcount` (refcounts and
 //! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate and zstd
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
@@ -32,6 +33,7 @@ mod cluster;
 mod compress;
 mod create;
 mod empty;
+mod entry;
 mod format_ops;
 mod header;
 mod info;
@@ -78,14 +80,7 @@ const CAPS: DriverCaps = DriverCaps {
     reopen: true,
 };
 
-/// L1/L2 entry: refcount is exactly one (may be written in place).
-pub(crate) const COPIED: u64 = 1 << 63;
-/// L2 entry: compressed cluster.
-pub(crate) const COMPRESSED: u64 = 1 << 62;
-/// L2 entry (v3): reads as zeroes.
-pub(crate) const ZERO: u64 = 1;
-/// Host offset bits of L1 and normal L2 entries.
-pub(crate) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub(crate) use entry::{COPIED, OFFSET_MASK};
 
 /// The open image.
 pub(crate) struct Qcow2 {

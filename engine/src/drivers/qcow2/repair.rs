@@ -9,8 +9,9 @@
 use crate::error::{Errno, Error, Result};
 use crate::io::{IoBuf, ReqFlags};
 
-use super::cache::set_u64;
+use super::cache::{get_u64, set_u64};
 use super::cluster::Kind;
+use super::entry::L2Entry;
 use super::header::{INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, OFF_INCOMPAT, OFF_REFTABLE};
 use super::refcount::rb_set;
 use super::{OFFSET_MASK, Qcow2};
@@ -85,7 +86,7 @@ impl Qcow2 {
                 .await;
             r?;
             for chunk in buf.as_slice().chunks_exact(self.l2_entry_bytes() as usize) {
-                let entry = u64::from_be_bytes(chunk[..8].try_into().expect("8 bytes"));
+                let entry = L2Entry::from_raw(get_u64(chunk, 0));
                 match self.classify(entry)? {
                     // Clusters of an external data file are not refcounted.
                     Kind::Normal { .. } | Kind::Zero { host: Some(_) } if self.has_data_file() => {}
