@@ -156,19 +156,16 @@ pub(crate) struct Qcow2 {
 
 pub(super) fn open(
     ctx: OpenCtx,
-    mut opts: Options,
+    opts: Options,
 ) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>> {
     Box::pin(async move {
-        let file_spec = opts
-            .take("file")
-            .ok_or_else(|| Error::generic("Parameter 'file' is missing"))?;
-        let backing_opt = opts.take("backing");
-        let data_opt = opts.take("data-file");
-        let runtime = options::OpenOpts::take(&mut opts, ctx.options().discard_unmap)?;
-        // blk's counterpart of QEMU's check open flag (qemu-img check): a corrupt image may
-        // be opened read-write so that check can repair it; guest writes stay refused.
-        let check_mode = opts.take_bool("x-check")?.unwrap_or(false);
-        opts.finish()?;
+        let OpenArgs {
+            file_spec,
+            backing_opt,
+            data_opt,
+            runtime,
+            check_mode,
+        } = OpenArgs::take(opts, ctx.options().discard_unmap)?;
         let read_only = ctx.options().read_only;
         let file = ctx
             .open_child(
@@ -177,24 +174,7 @@ pub(super) fn open(
                 file_spec,
             )
             .await?;
-        let file_len = file.len();
-        // Read the first cluster (its size is only known after the first bytes).
-        let probe = file_len.min(512) as usize;
-        let (buf, r) = file.read(0, IoBuf::new(probe), ReqFlags::NONE).await;
-        r?;
-        let mut first = buf.as_slice().to_vec();
-        if first.len() >= 24 {
-            let bits = u32::from_be_bytes(first[20..24].try_into().expect("4 bytes"));
-            if (9..=21).contains(&bits) {
-                let want = file_len.min(1u64 << bits) as usize;
-                if want > first.len() {
-                    let (b, r) = file.read(0, IoBuf::new(want), ReqFlags::NONE).await;
-                    r?;
-                    first = b.as_slice().to_vec();
-                }
-            }
-        }
-        let h = Header::parse(&first, file_len)?;
+        let h = Header::parse(&read_first_cluster(&file).await?, file.len())?;
         runtime.check_version(h.version)?;
         if h.incompat & header::INCOMPAT_CORRUPT != 0 && !read_only && !check_mode {
             return Err(Error::generic(
@@ -244,11 +224,7 @@ pub(super) fn open(
             lazy: Cell::new(runtime.lazy.unwrap_or(header_lazy)),
             header_lazy,
             metadata_prealloc: Cell::new(None),
-            fixups_pending: Cell::new(
-                !read_only
-                    && (h.incompat & header::INCOMPAT_DIRTY != 0
-                        || (h.version == 3 && h.autoclear & !known_autoclear(h.incompat) != 0)),
-            ),
+            fixups_pending: Cell::new(!read_only && needs_fixups(&h)),
             node: ctx.weak_node(),
             signaled_corruption: Cell::new(false),
             check_mode,
@@ -264,6 +240,70 @@ pub(super) fn open(
         };
         Ok(Box::new(q) as Box<dyn BlockDriver>)
     })
+}
+
+/// The options `open` takes (all of them: any other is an error).
+struct OpenArgs {
+    /// The `file` child's options.
+    file_spec: Value,
+    /// The `backing` option, if given.
+    backing_opt: Option<Value>,
+    /// The `data-file` option, if given.
+    data_opt: Option<Value>,
+    /// The options a reopen may change.
+    runtime: options::OpenOpts,
+    /// blk's counterpart of QEMU's check open flag (qemu-img check): a corrupt image may be
+    /// opened read-write so that check can repair it; guest writes stay refused.
+    check_mode: bool,
+}
+
+impl OpenArgs {
+    fn take(mut opts: Options, discard_unmap: bool) -> Result<OpenArgs> {
+        let file_spec = opts
+            .take("file")
+            .ok_or_else(|| Error::generic("Parameter 'file' is missing"))?;
+        let backing_opt = opts.take("backing");
+        let data_opt = opts.take("data-file");
+        let runtime = options::OpenOpts::take(&mut opts, discard_unmap)?;
+        let check_mode = opts.take_bool("x-check")?.unwrap_or(false);
+        opts.finish()?;
+        Ok(OpenArgs {
+            file_spec,
+            backing_opt,
+            data_opt,
+            runtime,
+            check_mode,
+        })
+    }
+}
+
+/// A writable open must first repair the refcounts (dirty bit) or clear autoclear bits
+/// blk does not keep valid.
+fn needs_fixups(h: &Header) -> bool {
+    h.incompat & header::INCOMPAT_DIRTY != 0
+        || (h.version == 3 && h.autoclear & !known_autoclear(h.incompat) != 0)
+}
+
+/// The first cluster of the image file (or what exists of it): its size is only known
+/// after the first bytes.
+async fn read_first_cluster(file: &Child) -> Result<Vec<u8>> {
+    let file_len = file.len();
+    let probe = file_len.min(512) as usize;
+    let (buf, r) = file.read(0, IoBuf::new(probe), ReqFlags::NONE).await;
+    r?;
+    let mut first = buf.as_slice().to_vec();
+    if first.len() >= 24 {
+        let bits = u32::from_be_bytes(first[20..24].try_into().expect("4 bytes"));
+        if (9..=21).contains(&bits) {
+            let want = file_len.min(1u64 << bits) as usize;
+            if want > first.len() {
+                let (b, r) = file.read(0, IoBuf::new(want), ReqFlags::NONE).await;
+                r?;
+                first = b.as_slice().to_vec();
+            }
+        }
+    }
+    Ok(first)
 }
 
 /// Autoclear bits blk keeps valid on an image with incompatible bits `incompat`.
