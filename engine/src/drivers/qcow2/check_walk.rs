@@ -132,24 +132,14 @@ impl Qcow2 {
         Ok(out)
     }
 
-    /// Count the references of every structure of the image (QEMU's `calculate_refcounts`).
-    /// Returns whether the refcount structure itself is broken (needs a rebuild).
-    pub(crate) async fn count_refs(
+    /// Count every internal snapshot's L1 table (and what it maps) and the snapshot table.
+    async fn count_snapshots(
         &self,
-        h: &Header,
+        refs: &mut Refs,
         rep: &mut CheckReport,
-    ) -> Result<(Refs, bool)> {
+        h: &Header,
+    ) -> Result<()> {
         let cs = self.cs();
-        let mut refs = Refs {
-            dense: cluster_counts(self.file.len(), cs)?,
-            beyond: BTreeMap::new(),
-            max: self.max_refcount(),
-        };
-        let mut rebuild = false;
-        self.inc_refs(&mut refs, rep, 0, cs);
-        let l1 = self.l1.borrow().clone();
-        self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
-            .await?;
         let (snaps, table_size) = self.read_snapshot_table(h, rep).await?;
         for s in snaps {
             if !s.offset.is_multiple_of(cs) {
@@ -187,18 +177,22 @@ impl Qcow2 {
                 .chunks_exact(8)
                 .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
                 .collect();
-            self.count_l1(&mut refs, rep, s.offset, &table, false)
-                .await?;
+            self.count_l1(refs, rep, s.offset, &table, false).await?;
         }
-        self.inc_refs(&mut refs, rep, h.snapshots_offset, table_size);
-        let reftable = self.reftable.borrow().clone();
-        self.inc_refs(
-            &mut refs,
-            rep,
-            self.reftable_offset.get(),
-            reftable.len() as u64 * 8,
-        );
-        self.count_bitmaps(&mut refs, rep, h).await?;
+        self.inc_refs(refs, rep, h.snapshots_offset, table_size);
+        Ok(())
+    }
+
+    /// Count the refcount blocks of `reftable`; true when the refcount structure itself is
+    /// broken (reserved bits, a block shared with something else).
+    fn count_refcount_blocks(
+        &self,
+        refs: &mut Refs,
+        rep: &mut CheckReport,
+        reftable: &[u64],
+    ) -> bool {
+        let cs = self.cs();
+        let mut rebuild = false;
         let file_clusters = refs.dense.len() as u64;
         for (i, e) in reftable.iter().enumerate() {
             let off = e & !REFT_RESERVED;
@@ -216,7 +210,7 @@ impl Qcow2 {
                 continue;
             }
             if off != 0 {
-                self.inc_refs(&mut refs, rep, off, cs);
+                self.inc_refs(refs, rep, off, cs);
                 let n = refs.get(off >> self.cluster_bits);
                 if n != 1 {
                     rep.error(format!("ERROR refcount block {i} refcount={n}"));
@@ -225,6 +219,36 @@ impl Qcow2 {
                 }
             }
         }
+        rebuild
+    }
+
+    /// Count the references of every structure of the image (QEMU's `calculate_refcounts`).
+    /// Returns whether the refcount structure itself is broken (needs a rebuild).
+    pub(crate) async fn count_refs(
+        &self,
+        h: &Header,
+        rep: &mut CheckReport,
+    ) -> Result<(Refs, bool)> {
+        let cs = self.cs();
+        let mut refs = Refs {
+            dense: cluster_counts(self.file.len(), cs)?,
+            beyond: BTreeMap::new(),
+            max: self.max_refcount(),
+        };
+        self.inc_refs(&mut refs, rep, 0, cs);
+        let l1 = self.l1.borrow().clone();
+        self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
+            .await?;
+        self.count_snapshots(&mut refs, rep, h).await?;
+        let reftable = self.reftable.borrow().clone();
+        self.inc_refs(
+            &mut refs,
+            rep,
+            self.reftable_offset.get(),
+            reftable.len() as u64 * 8,
+        );
+        self.count_bitmaps(&mut refs, rep, h).await?;
+        let rebuild = self.count_refcount_blocks(&mut refs, rep, &reftable);
         Ok((refs, rebuild))
     }
 
