@@ -24,36 +24,26 @@ pub(super) async fn job_verb(engine: &Engine, name: &str, mut args: Options) -> 
     Ok(json!({}))
 }
 
-/// `block-job-pause`, `block-job-resume`, `block-job-complete` (argument `device`).
-pub(super) fn block_job_device_verb(
+/// `block-job-pause`, `block-job-resume`, `block-job-complete` (argument `device`),
+/// `block-job-finalize`, `block-job-dismiss` (argument `id`).
+pub(super) async fn block_job_verb(
     engine: &Engine,
     name: &str,
     mut args: Options,
 ) -> Result<Value> {
-    let device = args.require_str("device")?;
+    let key = match name {
+        "block-job-finalize" | "block-job-dismiss" => "id",
+        _ => "device",
+    };
+    let id = args.require_str(key)?;
     args.finish()?;
-    let job = engine.find_block_job(&device)?;
+    let job = engine.find_block_job(&id)?;
     match name {
         "block-job-pause" => job.user_pause()?,
         "block-job-resume" => job.user_resume()?,
-        _ => job.user_complete()?,
-    }
-    Ok(json!({}))
-}
-
-/// `block-job-finalize`, `block-job-dismiss` (argument `id`).
-pub(super) async fn block_job_id_verb(
-    engine: &Engine,
-    name: &str,
-    mut args: Options,
-) -> Result<Value> {
-    let id = args.require_str("id")?;
-    args.finish()?;
-    let job = engine.find_block_job(&id)?;
-    if name == "block-job-finalize" {
-        job.user_finalize().await?;
-    } else {
-        job.user_dismiss()?;
+        "block-job-complete" => job.user_complete()?,
+        "block-job-finalize" => job.user_finalize().await?,
+        _ => job.user_dismiss()?,
     }
     Ok(json!({}))
 }

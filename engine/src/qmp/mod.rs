@@ -130,12 +130,8 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         "query-block-jobs" => query(args, |_| engine.query_block_jobs()),
         "job-pause" | "job-resume" | "job-cancel" | "job-complete" | "job-finalize"
         | "job-dismiss" => job_verbs::job_verb(engine, name, args).await,
-        "block-job-pause" | "block-job-resume" | "block-job-complete" => {
-            job_verbs::block_job_device_verb(engine, name, args)
-        }
-        "block-job-finalize" | "block-job-dismiss" => {
-            job_verbs::block_job_id_verb(engine, name, args).await
-        }
+        "block-job-pause" | "block-job-resume" | "block-job-complete" | "block-job-finalize"
+        | "block-job-dismiss" => job_verbs::block_job_verb(engine, name, args).await,
         "block-job-cancel" => job_verbs::block_job_cancel(engine, args).await,
         "block-job-set-speed" => job_verbs::block_job_set_speed(engine, args),
         "blockdev-mirror" => mirror::blockdev_mirror(engine, args).await,
