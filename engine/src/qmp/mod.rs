@@ -1,5 +1,8 @@
 //! QMP wire format: parse a command object, check its arguments, call the Engine, and shape the
 //! reply (`{"return": ..}` or `{"error": {"class", "desc"}}`). No block-layer logic lives here.
+//! This file owns the envelope and the command table (`run`); each command's arguments are
+//! checked by its handler: `nodes` (node and object commands), `job_verbs` (job-* and
+//! block-job-* verbs), `mirror` and `block_jobs` (the job-starting commands).
 
 use serde_json::{Value, json};
 
