@@ -1,5 +1,8 @@
 //! QMP wire format: parse a command object, check its arguments, call the Engine, and shape the
 //! reply (`{"return": ..}` or `{"error": {"class", "desc"}}`). No block-layer logic lives here.
+//! This file owns the envelope and the command table (`run`); each command's arguments are
+//! checked by its handler: `nodes` (node and object commands), `job_verbs` (job-* and
+//! block-job-* verbs), `mirror` and `block_jobs` (the job-starting commands).
 
 use serde_json::{Value, json};
 
@@ -10,6 +13,8 @@ use crate::error::{Error, ErrorClass, Result};
 use crate::util::Options;
 
 mod block_jobs;
+mod job_verbs;
+mod nodes;
 
 /// The commands this front end knows, in the order `query-commands` lists them.
 pub const COMMANDS: &[&str] = &[
@@ -94,158 +99,59 @@ async fn dispatch(engine: &Engine, command: &Value) -> Result<Value> {
     run(engine, name, args).await
 }
 
-async fn run(engine: &Engine, name: &str, mut args: Options) -> Result<Value> {
-    let ret = match name {
-        "qmp_capabilities" => {
-            let _ = args.take("enable");
+/// The command table: each command's handler, which checks its own arguments.
+async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
+    match name {
+        "qmp_capabilities" => query(args, |a| {
+            let _ = a.take("enable");
             json!({})
-        }
-        "query-commands" => Value::Array(COMMANDS.iter().map(|c| json!({"name": c})).collect()),
-        "blockdev-add" => {
-            engine.blockdev_add(args.into_value()).await?;
-            return Ok(json!({}));
-        }
-        "blockdev-reopen" => {
-            let options = args
-                .take("options")
-                .ok_or_else(|| Error::generic("Parameter 'options' is missing"))?;
-            args.finish()?;
-            let Value::Array(list) = options else {
-                return Err(Error::generic(
-                    "Invalid parameter type for 'options', expected: array",
-                ));
-            };
-            engine.blockdev_reopen(&list).await?;
-            return Ok(json!({}));
-        }
-        "object-add" => {
-            engine.object_add(args.into_value()).await?;
-            return Ok(json!({}));
-        }
-        "object-del" => {
-            let id = args.require_str("id")?;
-            args.finish()?;
-            engine.objects().remove(&id)?;
-            return Ok(json!({}));
-        }
-        "blockdev-del" => {
-            let node = args.require_str("node-name")?;
-            args.finish()?;
-            engine.blockdev_del(&node).await?;
-            return Ok(json!({}));
-        }
-        "query-named-block-nodes" => {
-            let flat = args.take_bool("flat")?.unwrap_or(false);
-            args.finish()?;
-            return Ok(engine.query_named_block_nodes(flat));
-        }
-        "query-block" => engine.query_block(),
-        "query-blockstats" => engine.query_blockstats(),
-        "x-debug-query-block-graph" => engine.block_graph(),
-        "block-set-write-threshold" => {
-            let node = args.require_str("node-name")?;
-            let threshold = args
-                .take_u64("write-threshold")?
-                .ok_or_else(|| Error::generic("Parameter 'write-threshold' is missing"))?;
-            args.finish()?;
-            engine.set_write_threshold(&node, threshold)?;
-            return Ok(json!({}));
-        }
-        "block_resize" => {
-            let device = args.take_str("device")?;
-            let node = args.take_str("node-name")?;
-            let size = match args.take("size") {
-                Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or(0),
-                Some(Value::Number(_)) => {
-                    return Err(Error::generic("Parameter 'size' expects a >0 size"));
-                }
-                Some(_) => {
-                    return Err(Error::generic(
-                        "Invalid parameter type for 'size', expected: integer",
-                    ));
-                }
-                None => return Err(Error::generic("Parameter 'size' is missing")),
-            };
-            args.finish()?;
-            engine
-                .block_resize(device.as_deref(), node.as_deref(), size)
-                .await?;
-            return Ok(json!({}));
-        }
-        "cont" => {
+        }),
+        "query-commands" => query(args, |_| {
+            Value::Array(COMMANDS.iter().map(|c| json!({"name": c})).collect())
+        }),
+        "blockdev-add" => nodes::blockdev_add(engine, args).await,
+        "blockdev-reopen" => nodes::blockdev_reopen(engine, args).await,
+        "object-add" => nodes::object_add(engine, args).await,
+        "object-del" => nodes::object_del(engine, args),
+        "blockdev-del" => nodes::blockdev_del(engine, args).await,
+        "query-named-block-nodes" => nodes::query_named_block_nodes(engine, args),
+        "query-block" => query(args, |_| engine.query_block()),
+        "query-blockstats" => query(args, |_| engine.query_blockstats()),
+        "x-debug-query-block-graph" => query(args, |_| engine.block_graph()),
+        "block-set-write-threshold" => nodes::block_set_write_threshold(engine, args),
+        "block_resize" => nodes::block_resize(engine, args).await,
+        // The VM state changes even when an unknown argument then fails the command.
+        "cont" => query(args, |_| {
             engine.cont();
             json!({})
-        }
-        "stop" => {
+        }),
+        "stop" => query(args, |_| {
             engine.stop();
             json!({})
-        }
-        "query-jobs" => engine.query_jobs(),
-        "query-block-jobs" => engine.query_block_jobs(),
+        }),
+        "query-jobs" => query(args, |_| engine.query_jobs()),
+        "query-block-jobs" => query(args, |_| engine.query_block_jobs()),
         "job-pause" | "job-resume" | "job-cancel" | "job-complete" | "job-finalize"
-        | "job-dismiss" => {
-            let id = args.require_str("id")?;
-            args.finish()?;
-            let job = engine.find_job(&id)?;
-            match name {
-                "job-pause" => job.user_pause()?,
-                "job-resume" => job.user_resume()?,
-                "job-cancel" => job.cancel(true).await?,
-                "job-complete" => job.user_complete()?,
-                "job-finalize" => job.user_finalize().await?,
-                _ => job.user_dismiss()?,
-            }
-            return Ok(json!({}));
-        }
-        "block-job-pause" | "block-job-resume" | "block-job-complete" => {
-            let device = args.require_str("device")?;
-            args.finish()?;
-            let job = engine.find_block_job(&device)?;
-            match name {
-                "block-job-pause" => job.user_pause()?,
-                "block-job-resume" => job.user_resume()?,
-                _ => job.user_complete()?,
-            }
-            return Ok(json!({}));
-        }
-        "block-job-finalize" | "block-job-dismiss" => {
-            let id = args.require_str("id")?;
-            args.finish()?;
-            let job = engine.find_block_job(&id)?;
-            if name == "block-job-finalize" {
-                job.user_finalize().await?;
-            } else {
-                job.user_dismiss()?;
-            }
-            return Ok(json!({}));
-        }
-        "block-job-cancel" => {
-            let device = args.require_str("device")?;
-            let force = args.take_bool("force")?.unwrap_or(false);
-            args.finish()?;
-            engine.block_job_cancel(&device, force).await?;
-            return Ok(json!({}));
-        }
-        "block-job-set-speed" => {
-            let device = args.require_str("device")?;
-            let speed = args
-                .take_i64("speed")?
-                .ok_or_else(|| Error::generic("Parameter 'speed' is missing"))?;
-            args.finish()?;
-            engine.block_job_set_speed(&device, speed)?;
-            return Ok(json!({}));
-        }
-        "blockdev-mirror" => return mirror::blockdev_mirror(engine, args).await,
-        "drive-mirror" => return mirror::drive_mirror(engine, args).await,
-        "block-stream" => return block_jobs::block_stream(engine, args).await,
-        "block-commit" => return block_jobs::block_commit(engine, args).await,
-        other => {
-            return Err(Error::with_class(
-                ErrorClass::CommandNotFound,
-                format!("The command {other} has not been found"),
-            ));
-        }
-    };
+        | "job-dismiss" => job_verbs::job_verb(engine, name, args).await,
+        "block-job-pause" | "block-job-resume" | "block-job-complete" | "block-job-finalize"
+        | "block-job-dismiss" => job_verbs::block_job_verb(engine, name, args).await,
+        "block-job-cancel" => job_verbs::block_job_cancel(engine, args).await,
+        "block-job-set-speed" => job_verbs::block_job_set_speed(engine, args),
+        "blockdev-mirror" => mirror::blockdev_mirror(engine, args).await,
+        "drive-mirror" => mirror::drive_mirror(engine, args).await,
+        "block-stream" => block_jobs::block_stream(engine, args).await,
+        "block-commit" => block_jobs::block_commit(engine, args).await,
+        other => Err(Error::with_class(
+            ErrorClass::CommandNotFound,
+            format!("The command {other} has not been found"),
+        )),
+    }
+}
+
+/// A command whose reply `f` computes (taking the arguments it knows); any argument left
+/// over is then an error.
+fn query(mut args: Options, f: impl FnOnce(&mut Options) -> Value) -> Result<Value> {
+    let ret = f(&mut args);
     args.finish()?;
     Ok(ret)
 }

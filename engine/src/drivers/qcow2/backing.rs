@@ -89,36 +89,11 @@ pub(crate) fn plan_backing_change(
     let cs = h.cluster_size() as usize;
     let fmt = if name.is_some() { fmt } else { None };
     if let Some(n) = name {
-        if n.is_empty() {
-            return Err(Error::generic("qcow2: the backing file name is empty"));
-        }
-        if n.len() > MAX_NAME {
-            return Err(Error::generic(format!(
-                "qcow2: backing file name too long ({} bytes; at most {MAX_NAME})",
-                n.len()
-            )));
-        }
+        check_name(n)?;
     }
     let hl = h.header_length as usize;
     let (exts, old_ext_end) = raw_extensions(raw, h)?;
-    // The new extension area: the backing format first (as QEMU writes it), then every other
-    // extension unchanged and in order, then the end marker.
-    let mut area = Vec::new();
-    let push = |area: &mut Vec<u8>, magic: u32, data: &[u8]| {
-        area.extend_from_slice(&magic.to_be_bytes());
-        area.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        area.extend_from_slice(data);
-        area.resize(area.len().next_multiple_of(8), 0);
-    };
-    if let Some(f) = fmt {
-        push(&mut area, EXT_BACKING_FMT, f.as_bytes());
-    }
-    for (magic, data) in &exts {
-        if *magic != EXT_BACKING_FMT {
-            push(&mut area, *magic, data);
-        }
-    }
-    area.extend_from_slice(&[0u8; 8]);
+    let area = extension_area(&exts, fmt);
     let new_ext_end = hl + area.len();
     if new_ext_end > cs {
         return Err(Error::generic(
@@ -131,30 +106,10 @@ pub(crate) fn plan_backing_change(
     } else {
         (0, 0)
     };
-    let old_ext = (hl, old_ext_end);
     let mut writes = Vec::new();
     let mut name_at = 0usize;
     if let Some(n) = name {
-        let len = n.len();
-        let fits = |at: usize| {
-            at >= new_ext_end
-                && at + len <= cs
-                && !overlaps((at, at + len), old_ext)
-                && !overlaps((at, at + len), old_name)
-        };
-        let candidates = [new_ext_end, old_ext_end.max(old_name.1).max(new_ext_end)];
-        name_at = match candidates.into_iter().find(|&c| fits(c)) {
-            Some(at) => at,
-            // No room that leaves the old header intact: write it right after the extensions
-            // (it then overlaps the old name, which the same header write stops pointing at).
-            None if new_ext_end + len <= cs => new_ext_end,
-            None => {
-                return Err(Error::generic(format!(
-                    "qcow2: backing file name '{n}' does not fit in the image header \
-                     (cluster 0 is {cs} bytes, the header and extensions take {new_ext_end})"
-                )));
-            }
-        };
+        name_at = place_name(n, cs, new_ext_end, (hl, old_ext_end), old_name)?;
         writes.push(HeaderWrite {
             offset: name_at as u64,
             data: n.as_bytes().to_vec(),
@@ -171,35 +126,114 @@ pub(crate) fn plan_backing_change(
     new[8..16].copy_from_slice(&off.to_be_bytes());
     new[16..20].copy_from_slice(&size.to_be_bytes());
     new[hl..new_ext_end].copy_from_slice(&area);
+    add_header_write(&mut writes, raw, &new, new_ext_end, old_name);
+    Ok(writes)
+}
+
+/// A new backing file name must be non-empty and fit the header's limit.
+fn check_name(n: &str) -> Result<()> {
+    if n.is_empty() {
+        return Err(Error::generic("qcow2: the backing file name is empty"));
+    }
+    if n.len() > MAX_NAME {
+        return Err(Error::generic(format!(
+            "qcow2: backing file name too long ({} bytes; at most {MAX_NAME})",
+            n.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The new extension area: the backing format first (as QEMU writes it), then every other
+/// extension of `exts` unchanged and in order, then the end marker.
+fn extension_area(exts: &[RawExt], fmt: Option<&str>) -> Vec<u8> {
+    let mut area = Vec::new();
+    let push = |area: &mut Vec<u8>, magic: u32, data: &[u8]| {
+        area.extend_from_slice(&magic.to_be_bytes());
+        area.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        area.extend_from_slice(data);
+        area.resize(area.len().next_multiple_of(8), 0);
+    };
+    if let Some(f) = fmt {
+        push(&mut area, EXT_BACKING_FMT, f.as_bytes());
+    }
+    for (magic, data) in exts {
+        if *magic != EXT_BACKING_FMT {
+            push(&mut area, *magic, data);
+        }
+    }
+    area.extend_from_slice(&[0u8; 8]);
+    area
+}
+
+/// Where the new name `n` goes in cluster 0 (`cs` bytes): after the new extensions (ending
+/// at `new_ext_end`), preferably clear of the old extension area `old_ext` and the old name
+/// `old_name`, so that a torn update leaves the old header readable.
+fn place_name(
+    n: &str,
+    cs: usize,
+    new_ext_end: usize,
+    old_ext: (usize, usize),
+    old_name: (usize, usize),
+) -> Result<usize> {
+    let len = n.len();
+    let fits = |at: usize| {
+        at >= new_ext_end
+            && at + len <= cs
+            && !overlaps((at, at + len), old_ext)
+            && !overlaps((at, at + len), old_name)
+    };
+    let candidates = [new_ext_end, old_ext.1.max(old_name.1).max(new_ext_end)];
+    match candidates.into_iter().find(|&c| fits(c)) {
+        Some(at) => Ok(at),
+        // No room that leaves the old header intact: write it right after the extensions
+        // (it then overlaps the old name, which the same header write stops pointing at).
+        None if new_ext_end + len <= cs => Ok(new_ext_end),
+        None => Err(Error::generic(format!(
+            "qcow2: backing file name '{n}' does not fit in the image header \
+             (cluster 0 is {cs} bytes, the header and extensions take {new_ext_end})"
+        ))),
+    }
+}
+
+/// Add the write of the span where the header image `new` differs from `raw` on disk (from
+/// byte 8 on) to `writes`; when the name had to go over the old one (`place_name`'s
+/// fallback), the two become one write from the fields to the end of the name.
+fn add_header_write(
+    writes: &mut Vec<HeaderWrite>,
+    raw: &[u8],
+    new: &[u8],
+    new_ext_end: usize,
+    old_name: (usize, usize),
+) {
     let differs = |i: usize| raw.get(i) != new.get(i);
     let first = (8..new.len()).find(|&i| differs(i));
     let last = (8..new.len()).rev().find(|&i| differs(i));
-    if let (Some(a), Some(b)) = (first, last) {
-        let single = writes.len() == 1 && writes[0].offset as usize == new_ext_end && {
-            let w = &writes[0];
-            overlaps(
-                (w.offset as usize, w.offset as usize + w.data.len()),
-                old_name,
-            )
-        };
-        if single {
-            // The fallback above: one write from the fields to the end of the name.
-            let n = writes.pop().expect("name write");
-            let mut data = new[a..].to_vec();
-            data.resize(new_ext_end - a, 0);
-            data.extend_from_slice(&n.data);
-            writes.push(HeaderWrite {
-                offset: a as u64,
-                data,
-            });
-        } else {
-            writes.push(HeaderWrite {
-                offset: a as u64,
-                data: new[a..=b].to_vec(),
-            });
-        }
+    let (Some(a), Some(b)) = (first, last) else {
+        return;
+    };
+    let single = writes.len() == 1 && writes[0].offset as usize == new_ext_end && {
+        let w = &writes[0];
+        overlaps(
+            (w.offset as usize, w.offset as usize + w.data.len()),
+            old_name,
+        )
+    };
+    if single {
+        let n = writes.pop().expect("name write");
+        let mut data = new[a..].to_vec();
+        data.resize(new_ext_end - a, 0);
+        data.extend_from_slice(&n.data);
+        writes.push(HeaderWrite {
+            offset: a as u64,
+            data,
+        });
+    } else {
+        writes.push(HeaderWrite {
+            offset: a as u64,
+            data: new[a..=b].to_vec(),
+        });
     }
-    Ok(writes)
 }
 
 /// True when the write cannot be torn by a power loss (it stays inside one sector).

@@ -22,12 +22,11 @@ use crate::error::{Errno, Error, Result};
 use crate::graph::Node;
 use crate::io::{IoBuf, ReqFlags};
 
+use super::cache::get_u64;
 use super::check_walk::Refs;
-use super::header::{self, Header};
+use super::entry::L2Entry;
+use super::header::{self, Header, OFF_INCOMPAT};
 use super::{COPIED, OFFSET_MASK, Qcow2};
-
-/// Byte offset of the incompatible feature field.
-const OFF_INCOMPAT: u64 = 72;
 
 /// Check (and optionally repair) the qcow2 image open as `node`, as `qemu-img check` does:
 /// when a repair fixed something, the image is checked again and the second result is
@@ -74,40 +73,13 @@ impl Qcow2 {
             ..CheckReport::default()
         };
         let h = self.read_header().await?;
-        let (mut refs, mut rebuild) = self.count_refs(&h, &mut rep).await?;
+        let (refs, mut rebuild) = self.count_refs(&h, &mut rep).await?;
         let pre = rep.clone();
         let mut highest = self
             .compare_refs(&mut rep, &refs, None, &mut rebuild)
             .await?;
         if rebuild && repair == Some(Repair::All) {
-            rep.error("Rebuilding refcount structure".into());
-            let old = rep.clone();
-            self.rebuild_refcounts(h.nb_snapshots, true).await?;
-            let h = self.read_header().await?;
-            let mut fresh = CheckReport {
-                messages: std::mem::take(&mut rep.messages),
-                ..CheckReport::default()
-            };
-            let (r, _) = self.count_refs(&h, &mut fresh).await?;
-            refs = r;
-            let mut again = false;
-            let mut leak_pass = CheckReport {
-                messages: std::mem::take(&mut fresh.messages),
-                ..CheckReport::default()
-            };
-            highest = self
-                .compare_refs(&mut leak_pass, &refs, Some(Repair::Leaks), &mut again)
-                .await?;
-            if again {
-                leak_pass.error("ERROR rebuilt refcount structure is still broken".into());
-            }
-            rep.messages = leak_pass.messages;
-            rep.corruptions = fresh.corruptions;
-            rep.leaks = fresh.leaks;
-            rep.check_errors += fresh.check_errors;
-            rep.corruptions_fixed += old.corruptions.saturating_sub(rep.corruptions);
-            rep.leaks_fixed += old.leaks.saturating_sub(rep.leaks);
-            rep.leaks += leak_pass.leaks;
+            highest = self.rebuild_and_recount(h.nb_snapshots, &mut rep).await?;
         } else if repair.is_some() {
             if rebuild {
                 rep.error("ERROR need to rebuild refcount structures".into());
@@ -140,6 +112,40 @@ impl Qcow2 {
             }
         }
         Ok(rep)
+    }
+
+    /// `check -r all` found the refcounts beyond repair: rebuild them, count again and free
+    /// the leaks the rebuild left (the old structures); fold both passes into `rep` as QEMU
+    /// reports them. Returns the highest cluster in use.
+    async fn rebuild_and_recount(&self, nb_snapshots: u32, rep: &mut CheckReport) -> Result<u64> {
+        rep.error("Rebuilding refcount structure".into());
+        let old = rep.clone();
+        self.rebuild_refcounts(nb_snapshots, true).await?;
+        let h = self.read_header().await?;
+        let mut fresh = CheckReport {
+            messages: std::mem::take(&mut rep.messages),
+            ..CheckReport::default()
+        };
+        let (refs, _) = self.count_refs(&h, &mut fresh).await?;
+        let mut again = false;
+        let mut leak_pass = CheckReport {
+            messages: std::mem::take(&mut fresh.messages),
+            ..CheckReport::default()
+        };
+        let highest = self
+            .compare_refs(&mut leak_pass, &refs, Some(Repair::Leaks), &mut again)
+            .await?;
+        if again {
+            leak_pass.error("ERROR rebuilt refcount structure is still broken".into());
+        }
+        rep.messages = leak_pass.messages;
+        rep.corruptions = fresh.corruptions;
+        rep.leaks = fresh.leaks;
+        rep.check_errors += fresh.check_errors;
+        rep.corruptions_fixed += old.corruptions.saturating_sub(rep.corruptions);
+        rep.leaks_fixed += old.leaks.saturating_sub(rep.leaks);
+        rep.leaks += leak_pass.leaks;
+        Ok(highest)
     }
 
     pub(super) async fn read_header(&self) -> Result<Header> {
@@ -221,7 +227,6 @@ impl Qcow2 {
     /// Check that COPIED is set exactly on L1/L2 entries whose cluster has refcount 1
     /// (QEMU's `check_oflag_copied`), fixing the flags when `repair`.
     async fn check_copied(&self, rep: &mut CheckReport, repair: bool) -> Result<()> {
-        let cs = self.cs();
         let what = if repair { "Repairing" } else { "ERROR" };
         let l1 = self.l1.borrow().clone();
         for (i, &e) in l1.iter().enumerate() {
@@ -257,63 +262,67 @@ impl Qcow2 {
                     rep.corruptions += 1;
                 }
             }
-            let mut table = match self.read_meta(l2, cs).await {
-                Ok(t) => t,
-                Err(err) => {
-                    rep.error(format!("ERROR: Could not read L2 table: {err}"));
-                    rep.check_errors += 1;
-                    return Err(err);
+            self.check_copied_l2(rep, l2, repair).await?;
+        }
+        Ok(())
+    }
+
+    /// `check_copied` for the data clusters of the L2 table at `l2`.
+    async fn check_copied_l2(&self, rep: &mut CheckReport, l2: u64, repair: bool) -> Result<()> {
+        let cs = self.cs();
+        let what = if repair { "Repairing" } else { "ERROR" };
+        let mut table = match self.read_meta(l2, cs).await {
+            Ok(t) => t,
+            Err(err) => {
+                rep.error(format!("ERROR: Could not read L2 table: {err}"));
+                rep.check_errors += 1;
+                return Err(err);
+            }
+        };
+        let mut dirty = 0;
+        let stride = self.l2_entry_bytes() as usize;
+        for j in 0..cs as usize / stride {
+            let at = j * stride;
+            let entry = L2Entry::from_raw(get_u64(&table[at..], 0));
+            let host = entry.host_offset();
+            if entry.is_compressed() || host == 0 {
+                continue;
+            }
+            // Data clusters of an external data file count as referenced once.
+            let n = if self.has_data_file() {
+                1
+            } else {
+                match self.refcount(host >> self.cluster_bits).await {
+                    Ok(n) => n,
+                    Err(_) => continue,
                 }
             };
-            let mut dirty = 0;
-            let stride = self.l2_entry_bytes() as usize;
-            for j in 0..cs as usize / stride {
-                let at = j * stride;
-                let entry = u64::from_be_bytes(table[at..at + 8].try_into().expect("8"));
-                let host = entry & OFFSET_MASK;
-                if entry & super::COMPRESSED != 0 || host == 0 {
-                    continue;
-                }
-                // Data clusters of an external data file count as referenced once.
-                let n = if self.has_data_file() {
-                    1
-                } else {
-                    match self.refcount(host >> self.cluster_bits).await {
-                        Ok(n) => n,
-                        Err(_) => continue,
-                    }
-                };
-                if (n == 1) != (entry & COPIED != 0) {
-                    rep.error(format!(
-                        "{what} OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={n}"
-                    ));
-                    rep.corruptions += 1;
-                    if repair {
-                        let fixed = if n == 1 {
-                            entry | COPIED
-                        } else {
-                            entry & !COPIED
-                        };
-                        table[at..at + 8].copy_from_slice(&fixed.to_be_bytes());
-                        dirty += 1;
-                    }
+            if (n == 1) != entry.is_copied() {
+                rep.error(format!(
+                    "{what} OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={n}"
+                ));
+                rep.corruptions += 1;
+                if repair {
+                    let fixed = entry.with_copied(n == 1);
+                    table[at..at + 8].copy_from_slice(&fixed.raw().to_be_bytes());
+                    dirty += 1;
                 }
             }
-            if dirty > 0 {
-                let r = self
-                    .file
-                    .write(l2, IoBuf::from_slice(&table), ReqFlags::NONE)
-                    .await
-                    .1;
-                if let Err(err) = r {
-                    rep.error(format!("ERROR: Could not write L2 table: {err}"));
-                    rep.check_errors += 1;
-                    return Err(err);
-                }
-                self.l2_cache.remove(l2);
-                rep.corruptions -= dirty;
-                rep.corruptions_fixed += dirty;
+        }
+        if dirty > 0 {
+            let r = self
+                .file
+                .write(l2, IoBuf::from_slice(&table), ReqFlags::NONE)
+                .await
+                .1;
+            if let Err(err) = r {
+                rep.error(format!("ERROR: Could not write L2 table: {err}"));
+                rep.check_errors += 1;
+                return Err(err);
             }
+            self.l2_cache.remove(l2);
+            rep.corruptions -= dirty;
+            rep.corruptions_fixed += dirty;
         }
         Ok(())
     }

@@ -15,8 +15,10 @@ use std::collections::BTreeMap;
 use crate::error::Result;
 use crate::io::{IoBuf, ReqFlags};
 
+use super::cache::get_u64;
+use super::entry::L2Entry;
 use super::header::Header;
-use super::{COMPRESSED, OFFSET_MASK, Qcow2, ZERO};
+use super::{OFFSET_MASK, Qcow2};
 use crate::driver::CheckReport;
 
 /// Flags of refcount table entries that must be zero.
@@ -130,24 +132,14 @@ impl Qcow2 {
         Ok(out)
     }
 
-    /// Count the references of every structure of the image (QEMU's `calculate_refcounts`).
-    /// Returns whether the refcount structure itself is broken (needs a rebuild).
-    pub(crate) async fn count_refs(
+    /// Count every internal snapshot's L1 table (and what it maps) and the snapshot table.
+    async fn count_snapshots(
         &self,
-        h: &Header,
+        refs: &mut Refs,
         rep: &mut CheckReport,
-    ) -> Result<(Refs, bool)> {
+        h: &Header,
+    ) -> Result<()> {
         let cs = self.cs();
-        let mut refs = Refs {
-            dense: cluster_counts(self.file.len(), cs)?,
-            beyond: BTreeMap::new(),
-            max: self.max_refcount(),
-        };
-        let mut rebuild = false;
-        self.inc_refs(&mut refs, rep, 0, cs);
-        let l1 = self.l1.borrow().clone();
-        self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
-            .await?;
         let (snaps, table_size) = self.read_snapshot_table(h, rep).await?;
         for s in snaps {
             if !s.offset.is_multiple_of(cs) {
@@ -185,18 +177,22 @@ impl Qcow2 {
                 .chunks_exact(8)
                 .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
                 .collect();
-            self.count_l1(&mut refs, rep, s.offset, &table, false)
-                .await?;
+            self.count_l1(refs, rep, s.offset, &table, false).await?;
         }
-        self.inc_refs(&mut refs, rep, h.snapshots_offset, table_size);
-        let reftable = self.reftable.borrow().clone();
-        self.inc_refs(
-            &mut refs,
-            rep,
-            self.reftable_offset.get(),
-            reftable.len() as u64 * 8,
-        );
-        self.count_bitmaps(&mut refs, rep, h).await?;
+        self.inc_refs(refs, rep, h.snapshots_offset, table_size);
+        Ok(())
+    }
+
+    /// Count the refcount blocks of `reftable`; true when the refcount structure itself is
+    /// broken (reserved bits, a block shared with something else).
+    fn count_refcount_blocks(
+        &self,
+        refs: &mut Refs,
+        rep: &mut CheckReport,
+        reftable: &[u64],
+    ) -> bool {
+        let cs = self.cs();
+        let mut rebuild = false;
         let file_clusters = refs.dense.len() as u64;
         for (i, e) in reftable.iter().enumerate() {
             let off = e & !REFT_RESERVED;
@@ -214,7 +210,7 @@ impl Qcow2 {
                 continue;
             }
             if off != 0 {
-                self.inc_refs(&mut refs, rep, off, cs);
+                self.inc_refs(refs, rep, off, cs);
                 let n = refs.get(off >> self.cluster_bits);
                 if n != 1 {
                     rep.error(format!("ERROR refcount block {i} refcount={n}"));
@@ -223,6 +219,36 @@ impl Qcow2 {
                 }
             }
         }
+        rebuild
+    }
+
+    /// Count the references of every structure of the image (QEMU's `calculate_refcounts`).
+    /// Returns whether the refcount structure itself is broken (needs a rebuild).
+    pub(crate) async fn count_refs(
+        &self,
+        h: &Header,
+        rep: &mut CheckReport,
+    ) -> Result<(Refs, bool)> {
+        let cs = self.cs();
+        let mut refs = Refs {
+            dense: cluster_counts(self.file.len(), cs)?,
+            beyond: BTreeMap::new(),
+            max: self.max_refcount(),
+        };
+        self.inc_refs(&mut refs, rep, 0, cs);
+        let l1 = self.l1.borrow().clone();
+        self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
+            .await?;
+        self.count_snapshots(&mut refs, rep, h).await?;
+        let reftable = self.reftable.borrow().clone();
+        self.inc_refs(
+            &mut refs,
+            rep,
+            self.reftable_offset.get(),
+            reftable.len() as u64 * 8,
+        );
+        self.count_bitmaps(&mut refs, rep, h).await?;
+        let rebuild = self.count_refcount_blocks(&mut refs, rep, &reftable);
         Ok((refs, rebuild))
     }
 
@@ -267,13 +293,9 @@ impl Qcow2 {
         let cs = self.cs();
         let mut next_contiguous = 0u64;
         for c in table.chunks_exact(self.l2_entry_bytes() as usize) {
-            let entry = u64::from_be_bytes(c[..8].try_into().expect("8 bytes"));
-            if entry & COMPRESSED != 0 {
-                let x = 62 - (self.cluster_bits - 8);
-                let offset = entry & ((1u64 << x) - 1);
-                let sectors = ((entry >> x) & ((1u64 << (self.cluster_bits - 8)) - 1)) + 1;
-                let len = sectors * 512 - (offset & 511);
-                if entry & super::COPIED != 0 {
+            let entry = L2Entry::from_raw(get_u64(c, 0));
+            if let Some((offset, len)) = entry.compressed(self.cluster_bits) {
+                if entry.is_copied() {
                     rep.error(format!(
                         "ERROR: coffset={offset:#x}: copied flag must never be set for \
                          compressed clusters"
@@ -288,9 +310,9 @@ impl Qcow2 {
                 }
                 continue;
             }
-            let host = entry & OFFSET_MASK;
+            let host = entry.host_offset();
             // Offset 0 is guest cluster 0's place in an external data file (COPIED set).
-            if host == 0 && !(self.has_data_file() && entry & super::COPIED != 0) {
+            if host == 0 && !(self.has_data_file() && entry.is_copied()) {
                 continue;
             }
             // A normal cluster, or a preallocated zero cluster (ZERO flag with a host offset).
@@ -303,7 +325,7 @@ impl Qcow2 {
             }
             if !host.is_multiple_of(cs) {
                 // Counted as corrupt, and its (misaligned) range still counts as used.
-                let what = if entry & ZERO != 0 {
+                let what = if entry.zero_bit() {
                     "Preallocated"
                 } else {
                     "Data"

@@ -12,54 +12,25 @@ use crate::io::{IoBuf, ReqFlags};
 use crate::util::planted::{self, Bug};
 
 use super::cache::{get_u64, set_u64};
+use super::entry::{EntryFormat, L2Entry};
 use super::overlap::{OL_ACTIVE_L1, OL_ACTIVE_L2, c_hex};
-use super::{COMPRESSED, COPIED, OFFSET_MASK, Qcow2, ZERO};
+use super::{COPIED, OFFSET_MASK, Qcow2};
 
-/// What one guest cluster is, from its L2 entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// Not allocated here: backing file or zeroes.
-    Unallocated,
-    /// Reads as zeroes (v3 flag); `host` is a preallocated cluster, if any.
-    Zero { host: Option<u64> },
-    /// Data at `host`; `copied` means it may be rewritten in place.
-    Normal { host: u64, copied: bool },
-    /// Compressed data (deflate or zstd): `offset` in the file, `len` bytes of sectors.
-    Compressed { offset: u64, len: u64 },
-}
+pub(crate) use super::entry::Kind;
 
 impl Qcow2 {
+    /// How this image's L2 entries decode.
+    pub(crate) fn entry_format(&self) -> EntryFormat {
+        EntryFormat {
+            cluster_bits: self.cluster_bits,
+            data_file: self.has_data_file(),
+            zero_flag: self.version >= 3,
+        }
+    }
+
     /// Decode an L2 entry (validated: a bad one is an I/O error, never a panic).
-    pub(crate) fn classify(&self, entry: u64) -> Result<Kind> {
-        if entry & COMPRESSED != 0 {
-            let x = 62 - (self.cluster_bits - 8);
-            let offset = entry & ((1u64 << x) - 1);
-            let sectors = ((entry >> x) & ((1u64 << (self.cluster_bits - 8)) - 1)) + 1;
-            let len = sectors * 512 - (offset & 511);
-            return Ok(Kind::Compressed { offset, len });
-        }
-        let host = entry & OFFSET_MASK;
-        if !host.is_multiple_of(self.cs()) {
-            return Err(Error::io_msg(
-                Errno::EIO,
-                format!("qcow2: cluster offset {host:#x} is not cluster aligned"),
-            ));
-        }
-        // Offset 0 means "no cluster", except in an external data file, where it is guest
-        // cluster 0's place; there every mapped cluster has COPIED set, which tells them apart.
-        let mapped = host != 0 || (self.has_data_file() && entry & COPIED != 0);
-        if entry & ZERO != 0 && self.version >= 3 {
-            return Ok(Kind::Zero {
-                host: mapped.then_some(host),
-            });
-        }
-        if !mapped {
-            return Ok(Kind::Unallocated);
-        }
-        Ok(Kind::Normal {
-            host,
-            copied: entry & COPIED != 0,
-        })
+    pub(crate) fn classify(&self, entry: L2Entry) -> Result<Kind> {
+        entry.classify(self.entry_format())
     }
 
     /// The L2 table offset for L1 index `l1i`, allocating the table if `alloc`.
@@ -172,19 +143,20 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// The raw L2 entry of guest cluster `gc` (0 when its L2 table does not exist).
-    pub(crate) async fn l2_entry(&self, gc: u64) -> Result<u64> {
+    /// The L2 entry of guest cluster `gc` (unallocated when its L2 table does not exist).
+    pub(crate) async fn l2_entry(&self, gc: u64) -> Result<L2Entry> {
         let l1i = (gc / self.l2_entries()) as usize;
         let Some(off) = self.l2_table(l1i, false).await? else {
-            return Ok(0);
+            return Ok(L2Entry::UNALLOCATED);
         };
         self.load_l2(off).await?;
         let i = (gc % self.l2_entries()) as usize;
         let i = if self.ext_l2 { 2 * i } else { i };
-        Ok(self
-            .l2_cache
-            .with(off, false, |t| get_u64(t, i))
-            .expect("just loaded"))
+        Ok(L2Entry::from_raw(
+            self.l2_cache
+                .with(off, false, |t| get_u64(t, i))
+                .expect("just loaded"),
+        ))
     }
 
     /// The subcluster bitmap of guest cluster `gc` (extended L2 entries only): bit `s` says
@@ -214,7 +186,7 @@ impl Qcow2 {
                 let l2 = self.l1.borrow().get(l1i).copied().unwrap_or(0) & OFFSET_MASK;
                 let msg = format!(
                     "Cluster allocation offset {:#x} unaligned (L2 offset: {}, L2 index: {})",
-                    entry & OFFSET_MASK,
+                    entry.host_offset(),
                     c_hex(l2),
                     c_hex(gc % self.l2_entries())
                 );
@@ -232,13 +204,13 @@ impl Qcow2 {
     }
 
     /// Set the L2 entry of guest cluster `gc` (its table must exist) in the cache.
-    pub(crate) async fn set_l2_entry(&self, gc: u64, entry: u64) -> Result<()> {
+    pub(crate) async fn set_l2_entry(&self, gc: u64, entry: L2Entry) -> Result<()> {
         let l1i = (gc / self.l2_entries()) as usize;
         let off = self.l2_table(l1i, true).await?.expect("allocated");
         self.load_l2(off).await?;
         let i = (gc % self.l2_entries()) as usize;
         self.l2_cache
-            .with(off, true, |t| set_u64(t, i, entry))
+            .with(off, true, |t| set_u64(t, i, entry.raw()))
             .expect("just loaded");
         Ok(())
     }

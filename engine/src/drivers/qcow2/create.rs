@@ -10,6 +10,7 @@ use crate::graph::Child;
 use crate::io::{IoBuf, ReqFlags};
 
 use super::COPIED;
+use super::entry::L2Entry;
 use super::header::{
     AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, Header, INCOMPAT_COMPRESSION,
     INCOMPAT_DATA_FILE, MAX_L1_BYTES, MAX_REFTABLE_BYTES,
@@ -80,6 +81,20 @@ impl Default for CreateOptions {
 
 /// Write a new, empty qcow2 image to `file` (which is truncated first).
 pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
+    check_geometry(o)?;
+    check_features(o)?;
+    let plan = Plan::new(o)?;
+    let h = plan.header(o);
+    let hdr = h.serialize();
+    if hdr.len() as u64 > plan.cs {
+        return Err(Error::generic("Header does not fit in the first cluster"));
+    }
+    let img = plan.metadata(&hdr);
+    write_image(file, o, &plan, &img).await
+}
+
+/// Cluster size, virtual size and refcount width: the numbers the layout is computed from.
+fn check_geometry(o: &CreateOptions) -> Result<()> {
     let cs = o.cluster_size;
     if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
         return Err(Error::generic(
@@ -115,6 +130,12 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
             "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)",
         ));
     }
+    Ok(())
+}
+
+/// Backing file, external data file and preallocation: which combinations are allowed.
+/// (Checked after the geometry, in the order QEMU reports the first problem.)
+fn check_features(o: &CreateOptions) -> Result<()> {
     if o.data_file.is_some() && o.compat == Compat::V2 {
         return Err(Error::generic(
             "External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
@@ -155,125 +176,197 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
     if o.backing_file.as_ref().is_some_and(|b| b.len() > 1023) {
         return Err(Error::generic("Backing file name too long"));
     }
-    let cluster_bits = cs.trailing_zeros();
-    let per_l1 = cs * (cs / 8);
-    let l1_size = o.size.div_ceil(per_l1);
-    if l1_size * 8 > MAX_L1_BYTES {
-        return Err(Error::generic(
-            "Image size is too large for this cluster size",
-        ));
-    }
-    // A zero-size image has no L1 table at all (offset 0), as QEMU creates it: a cluster
-    // reserved for an empty table would be counted but never referenced, a leak.
-    let l1_clusters = (l1_size * 8).div_ceil(cs);
-    let order = o.refcount_bits.trailing_zeros();
-    let rb_entries = cs * 8 / o.refcount_bits as u64;
-    let prealloc = o.preallocation != Prealloc::Off || o.data_file_raw;
-    let external = o.data_file.is_some();
-    let l2_tables = if prealloc { l1_size } else { 0 };
-    let data_clusters = if prealloc { o.size.div_ceil(cs) } else { 0 };
-    // Clusters of an external data file are not refcounted (nor in this file).
-    let local_data = if external { 0 } else { data_clusters };
-    let mapped = l1_clusters + l2_tables + local_data;
-    // Header, reftable, refblocks, L1 (, L2 tables, data): find sizes that cover themselves.
-    let (mut rt, mut rb) = (1u64, 1u64);
-    loop {
-        let total = 1 + rt + rb + mapped;
-        let nrb = total.div_ceil(rb_entries);
-        let nrt = (nrb * 8).div_ceil(cs);
-        if nrb == rb && nrt == rt {
-            break;
+    Ok(())
+}
+
+/// Where every metadata structure of the new image goes, in clusters from the start of the
+/// file: header (cluster 0), refcount table, refcount blocks, L1 table, L2 tables (with
+/// preallocation), then the data clusters.
+struct Plan {
+    /// Cluster size in bytes.
+    cs: u64,
+    /// Entries of the L1 table.
+    l1_size: u64,
+    /// Clusters of the L1 table (0 for a zero-size image).
+    l1_clusters: u64,
+    /// Clusters of the refcount table.
+    rt: u64,
+    /// Refcount blocks.
+    rb: u64,
+    /// Refcount entries per refcount block.
+    rb_entries: u64,
+    /// log2 of the refcount width.
+    order: u32,
+    /// Preallocated L2 tables (all of them, or none).
+    l2_tables: u64,
+    /// Preallocated guest clusters (all of them, or none).
+    data_clusters: u64,
+    /// Every guest cluster is mapped from the start (preallocation or a raw data file).
+    prealloc: bool,
+    /// Guest clusters live in an external data file, not counted here.
+    external: bool,
+    /// Every cluster counted: header, reftable, refblocks, L1, L2 tables, local data.
+    total: u64,
+}
+
+impl Plan {
+    /// Size every structure, so that the refcount blocks also cover themselves.
+    fn new(o: &CreateOptions) -> Result<Plan> {
+        let cs = o.cluster_size;
+        let per_l1 = cs * (cs / 8);
+        let l1_size = o.size.div_ceil(per_l1);
+        if l1_size * 8 > MAX_L1_BYTES {
+            return Err(Error::generic(
+                "Image size is too large for this cluster size",
+            ));
         }
-        (rt, rb) = (nrt.max(1), nrb.max(1));
+        // A zero-size image has no L1 table at all (offset 0), as QEMU creates it: a cluster
+        // reserved for an empty table would be counted but never referenced, a leak.
+        let l1_clusters = (l1_size * 8).div_ceil(cs);
+        let rb_entries = cs * 8 / o.refcount_bits as u64;
+        let prealloc = o.preallocation != Prealloc::Off || o.data_file_raw;
+        let external = o.data_file.is_some();
+        let l2_tables = if prealloc { l1_size } else { 0 };
+        let data_clusters = if prealloc { o.size.div_ceil(cs) } else { 0 };
+        // Clusters of an external data file are not refcounted (nor in this file).
+        let local_data = if external { 0 } else { data_clusters };
+        let mapped = l1_clusters + l2_tables + local_data;
+        // Header, reftable, refblocks, L1 (, L2 tables, data): find sizes that cover themselves.
+        let (mut rt, mut rb) = (1u64, 1u64);
+        loop {
+            let total = 1 + rt + rb + mapped;
+            let nrb = total.div_ceil(rb_entries);
+            let nrt = (nrb * 8).div_ceil(cs);
+            if nrb == rb && nrt == rt {
+                break;
+            }
+            (rt, rb) = (nrt.max(1), nrb.max(1));
+        }
+        if rt * cs > MAX_REFTABLE_BYTES {
+            return Err(Error::generic(
+                "Image size is too large for this cluster size and preallocation",
+            ));
+        }
+        // The metadata is built in memory and written at once.
+        if (1 + rt + rb + l1_clusters + l2_tables) * cs > MAX_CREATE_METADATA {
+            return Err(Error::generic(
+                "qcow2: metadata preallocation of this size is not supported (over 1 GiB of tables)",
+            ));
+        }
+        Ok(Plan {
+            cs,
+            l1_size,
+            l1_clusters,
+            rt,
+            rb,
+            rb_entries,
+            order: o.refcount_bits.trailing_zeros(),
+            l2_tables,
+            data_clusters,
+            prealloc,
+            external,
+            total: 1 + rt + rb + mapped,
+        })
     }
-    let total = 1 + rt + rb + mapped;
-    if rt * cs > MAX_REFTABLE_BYTES {
-        return Err(Error::generic(
-            "Image size is too large for this cluster size and preallocation",
-        ));
-    }
-    // The metadata is built in memory and written at once.
-    if (1 + rt + rb + l1_clusters + l2_tables) * cs > MAX_CREATE_METADATA {
-        return Err(Error::generic(
-            "qcow2: metadata preallocation of this size is not supported (over 1 GiB of tables)",
-        ));
-    }
-    let h = Header {
-        version: if o.compat == Compat::V3 { 3 } else { 2 },
-        backing_offset: 0,
-        backing_size: 0,
-        cluster_bits,
-        size: o.size,
-        l1_size: l1_size as u32,
-        l1_offset: if l1_size == 0 { 0 } else { (1 + rt + rb) * cs },
-        reftable_offset: cs,
-        reftable_clusters: rt as u32,
-        nb_snapshots: 0,
-        snapshots_offset: 0,
-        incompat: if o.compression_type != 0 {
-            INCOMPAT_COMPRESSION
-        } else {
+
+    /// Byte offset of the L1 table (0 when there is none).
+    fn l1_offset(&self) -> u64 {
+        if self.l1_size == 0 {
             0
-        } | if external { INCOMPAT_DATA_FILE } else { 0 },
-        compat: if o.lazy_refcounts {
-            COMPAT_LAZY_REFCOUNTS
         } else {
-            0
-        },
-        autoclear: if o.data_file_raw {
-            AUTOCLEAR_DATA_FILE_RAW
-        } else {
-            0
-        },
-        refcount_order: order,
-        header_length: if o.compat == Compat::V3 { 112 } else { 72 },
-        compression_type: o.compression_type,
-        backing_file: o.backing_file.clone(),
-        backing_fmt: o.backing_fmt.clone(),
-        data_file: o.data_file.clone(),
-        feature_names: Vec::new(),
-        unknown_exts: Vec::new(),
-    };
-    let hdr = h.serialize();
-    if hdr.len() as u64 > cs {
-        return Err(Error::generic("Header does not fit in the first cluster"));
+            (1 + self.rt + self.rb) * self.cs
+        }
     }
-    let l2_base = 1 + rt + rb + l1_clusters;
-    let data_base = l2_base + l2_tables;
-    let mut img = vec![0u8; (data_base * cs) as usize];
-    img[..hdr.len()].copy_from_slice(&hdr);
-    for b in 0..rb {
-        let off = ((1 + rt + b) * cs) as usize;
-        let rt_off = (cs + b * 8) as usize;
-        img[rt_off..rt_off + 8].copy_from_slice(&(off as u64).to_be_bytes());
+
+    /// First cluster of the preallocated L2 tables.
+    fn l2_base(&self) -> u64 {
+        1 + self.rt + self.rb + self.l1_clusters
     }
-    for c in 0..total {
-        let b = c / rb_entries;
-        let off = ((1 + rt + b) * cs) as usize;
-        rb_set(
-            &mut img[off..off + cs as usize],
-            order,
-            (c % rb_entries) as usize,
-            1,
-        );
+
+    /// First cluster of the preallocated local data clusters.
+    fn data_base(&self) -> u64 {
+        self.l2_base() + self.l2_tables
     }
-    let l2_entries = cs / 8;
-    for t in 0..l2_tables {
-        let l1e = h.l1_offset + t * 8;
-        let e = ((l2_base + t) * cs) | COPIED;
-        img[l1e as usize..l1e as usize + 8].copy_from_slice(&e.to_be_bytes());
+
+    /// The header of the new image.
+    fn header(&self, o: &CreateOptions) -> Header {
+        let v3 = o.compat == Compat::V3;
+        let flag = |on: bool, bit: u64| if on { bit } else { 0 };
+        Header {
+            version: if v3 { 3 } else { 2 },
+            backing_offset: 0,
+            backing_size: 0,
+            cluster_bits: self.cs.trailing_zeros(),
+            size: o.size,
+            l1_size: self.l1_size as u32,
+            l1_offset: self.l1_offset(),
+            reftable_offset: self.cs,
+            reftable_clusters: self.rt as u32,
+            nb_snapshots: 0,
+            snapshots_offset: 0,
+            incompat: flag(o.compression_type != 0, INCOMPAT_COMPRESSION)
+                | flag(self.external, INCOMPAT_DATA_FILE),
+            compat: flag(o.lazy_refcounts, COMPAT_LAZY_REFCOUNTS),
+            autoclear: flag(o.data_file_raw, AUTOCLEAR_DATA_FILE_RAW),
+            refcount_order: self.order,
+            header_length: if v3 { 112 } else { 72 },
+            compression_type: o.compression_type,
+            backing_file: o.backing_file.clone(),
+            backing_fmt: o.backing_fmt.clone(),
+            data_file: o.data_file.clone(),
+            feature_names: Vec::new(),
+            unknown_exts: Vec::new(),
+        }
     }
-    for g in 0..data_clusters {
-        let at = (l2_base + g / l2_entries) * cs + (g % l2_entries) * 8;
-        let host = if external { g } else { data_base + g };
-        let e = (host * cs) | COPIED;
-        img[at as usize..at as usize + 8].copy_from_slice(&e.to_be_bytes());
+
+    /// Every metadata cluster (up to the data area) in memory: the serialized header `hdr`,
+    /// the refcount table and blocks counting every planned cluster once, and the L1 and
+    /// L2 tables mapping every preallocated cluster.
+    fn metadata(&self, hdr: &[u8]) -> Vec<u8> {
+        let cs = self.cs;
+        let mut img = vec![0u8; (self.data_base() * cs) as usize];
+        img[..hdr.len()].copy_from_slice(hdr);
+        let put = |img: &mut [u8], at: u64, v: u64| {
+            img[at as usize..at as usize + 8].copy_from_slice(&v.to_be_bytes())
+        };
+        for b in 0..self.rb {
+            put(&mut img, cs + b * 8, (1 + self.rt + b) * cs);
+        }
+        for c in 0..self.total {
+            let off = ((1 + self.rt + c / self.rb_entries) * cs) as usize;
+            let idx = (c % self.rb_entries) as usize;
+            rb_set(&mut img[off..off + cs as usize], self.order, idx, 1);
+        }
+        let l2_base = self.l2_base();
+        for t in 0..self.l2_tables {
+            put(
+                &mut img,
+                self.l1_offset() + t * 8,
+                ((l2_base + t) * cs) | COPIED,
+            );
+        }
+        let l2_entries = cs / 8;
+        for g in 0..self.data_clusters {
+            let at = (l2_base + g / l2_entries) * cs + (g % l2_entries) * 8;
+            let host = if self.external {
+                g
+            } else {
+                self.data_base() + g
+            };
+            put(&mut img, at, L2Entry::normal(host * cs).raw());
+        }
+        img
     }
+}
+
+/// Truncate `file`, write the metadata `img` and extend the file over the preallocated data
+/// clusters.
+async fn write_image(file: &Child, o: &CreateOptions, plan: &Plan, img: &[u8]) -> Result<()> {
     // Without L2 tables the file ends where the L1 table's entries end, as QEMU writes it
     // (the rest of the L1 cluster is allocated but never written): `qemu-img info` then
     // shows the same file length and disk size for images of either tool.
-    let written = if l2_tables == 0 {
-        ((1 + rt + rb) * cs + l1_size * 8) as usize
+    let written = if plan.l2_tables == 0 {
+        ((1 + plan.rt + plan.rb) * plan.cs + plan.l1_size * 8) as usize
     } else {
         img.len()
     };
@@ -281,13 +374,13 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
     file.write(0, IoBuf::from_slice(&img[..written]), ReqFlags::NONE)
         .await
         .1?;
-    if prealloc && !external {
+    if plan.prealloc && !plan.external {
         // The data clusters: the file's own preallocation (sparse for "metadata").
         let mode = match o.preallocation {
             Prealloc::Metadata => Prealloc::Off,
             m => m,
         };
-        file.truncate(total * cs, false, mode).await?;
+        file.truncate(plan.total * plan.cs, false, mode).await?;
     }
     file.flush().await
 }

@@ -124,6 +124,25 @@ fn refused_as_qemu(msg: String) -> Error {
     Error::generic(msg)
 }
 
+/// A metadata table at `off`, `bytes` long: cluster aligned (`cs`), clear of the header and
+/// inside a file `file_len` bytes long.
+fn check_table(what: &str, off: u64, bytes: u64, cs: u64, file_len: u64) -> Result<()> {
+    if !off.is_multiple_of(cs) {
+        return Err(invalid(format!(
+            "{what} offset {off:#x} is not cluster aligned"
+        )));
+    }
+    if off == 0 && bytes > 0 {
+        return Err(invalid(format!("{what} at offset 0 overlaps the header")));
+    }
+    if off.checked_add(bytes).is_none_or(|end| end > file_len) {
+        return Err(invalid(format!(
+            "{what} at {off:#x} ({bytes} bytes) lies beyond the end of the image file ({file_len} bytes)"
+        )));
+    }
+    Ok(())
+}
+
 impl Header {
     /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
@@ -150,8 +169,22 @@ impl Header {
     }
 
     /// Parse and validate the header in `buf` (the first cluster, or what exists of it) of an
-    /// image file `file_len` bytes long.
+    /// image file `file_len` bytes long. The phases run in this order so that the first
+    /// problem reported is the one QEMU reports.
     pub fn parse(buf: &[u8], file_len: u64) -> Result<Header> {
+        let mut h = Header::parse_fixed(buf)?;
+        h.parse_v3_fields(buf)?;
+        // Extensions come before the feature check so that unknown bits are named.
+        h.parse_extensions(buf)?;
+        h.check_features()?;
+        h.check_tables(file_len)?;
+        h.parse_backing_name(buf)?;
+        Ok(h)
+    }
+
+    /// The version 2 part of the header (the first 72 bytes); the v3 fields at their v2
+    /// defaults.
+    fn parse_fixed(buf: &[u8]) -> Result<Header> {
         if buf.len() < 72 {
             return Err(invalid("Image is not in qcow2 format (header truncated)"));
         }
@@ -170,7 +203,7 @@ impl Header {
                 "Unsupported cluster size: 2^{cluster_bits}"
             )));
         }
-        let mut h = Header {
+        let h = Header {
             version,
             backing_offset: be64(buf, 8),
             backing_size: be32(buf, 16),
@@ -198,147 +231,160 @@ impl Header {
         if crypt != 0 {
             return Err(invalid("Encrypted images are not supported"));
         }
-        let cs = h.cluster_size();
-        if version == 3 {
+        Ok(h)
+    }
+
+    /// Feature bits, refcount order, header length and compression type (version 3 only),
+    /// and the refcount order's range (either version).
+    fn parse_v3_fields(&mut self, buf: &[u8]) -> Result<()> {
+        if self.version == 3 {
             if buf.len() < 104 {
                 return Err(invalid("Header truncated (v3 needs 104 bytes)"));
             }
-            h.incompat = be64(buf, 72);
-            h.compat = be64(buf, 80);
-            h.autoclear = be64(buf, 88);
-            h.refcount_order = be32(buf, 96);
-            h.header_length = be32(buf, 100);
-            if h.header_length < 104 || !h.header_length.is_multiple_of(8) {
+            self.incompat = be64(buf, 72);
+            self.compat = be64(buf, 80);
+            self.autoclear = be64(buf, 88);
+            self.refcount_order = be32(buf, 96);
+            self.header_length = be32(buf, 100);
+            if self.header_length < 104 || !self.header_length.is_multiple_of(8) {
                 return Err(invalid(format!(
                     "Invalid header length {} (must be >= 104 and a multiple of 8)",
-                    h.header_length
+                    self.header_length
                 )));
             }
-            if h.header_length as u64 > cs || h.header_length as usize > buf.len() {
+            if self.header_length as u64 > self.cluster_size()
+                || self.header_length as usize > buf.len()
+            {
                 return Err(invalid("Header length exceeds the first cluster"));
             }
-            if h.header_length > 104 {
-                h.compression_type = buf[104];
+            if self.header_length > 104 {
+                self.compression_type = buf[104];
             }
         }
-        if h.refcount_order > 6 {
+        if self.refcount_order > 6 {
             return Err(invalid(format!(
                 "Refcount order {} is out of range (0..6)",
-                h.refcount_order
+                self.refcount_order
             )));
         }
-        // Extensions come before the feature check so that unknown bits are named.
-        h.parse_extensions(buf)?;
+        Ok(())
+    }
+
+    /// Incompatible feature bits this driver does not know, and the compression type.
+    fn check_features(&self) -> Result<()> {
         let known = INCOMPAT_DIRTY
             | INCOMPAT_CORRUPT
             | INCOMPAT_COMPRESSION
             | INCOMPAT_DATA_FILE
             | INCOMPAT_EXTL2;
-        let unknown = h.incompat & !known;
+        let unknown = self.incompat & !known;
         if unknown != 0 {
             let names: Vec<String> = (0..64u8)
                 .filter(|b| unknown & (1u64 << b) != 0)
-                .map(|b| h.incompat_name(b))
+                .map(|b| self.incompat_name(b))
                 .collect();
             return Err(invalid(format!(
                 "Unsupported incompatible features: {}",
                 names.join(", ")
             )));
         }
-        if (h.incompat & INCOMPAT_COMPRESSION != 0) != (h.compression_type != 0) {
+        if (self.incompat & INCOMPAT_COMPRESSION != 0) != (self.compression_type != 0) {
             return Err(invalid(
                 "Compression type field and incompatible bit 3 disagree",
             ));
         }
-        if h.compression_type > 1 {
+        if self.compression_type > 1 {
             return Err(invalid(format!(
                 "Unknown compression type {}",
-                h.compression_type
+                self.compression_type
             )));
         }
-        // Tables: aligned and inside the file.
-        let check_table = |what: &str, off: u64, bytes: u64| -> Result<()> {
-            if !off.is_multiple_of(cs) {
-                return Err(invalid(format!(
-                    "{what} offset {off:#x} is not cluster aligned"
-                )));
-            }
-            if off == 0 && bytes > 0 {
-                return Err(invalid(format!("{what} at offset 0 overlaps the header")));
-            }
-            if off.checked_add(bytes).is_none_or(|end| end > file_len) {
-                return Err(invalid(format!(
-                    "{what} at {off:#x} ({bytes} bytes) lies beyond the end of the image file ({file_len} bytes)"
-                )));
-            }
-            Ok(())
-        };
-        let rt_bytes = h.reftable_clusters as u64 * cs;
-        if rt_bytes > MAX_REFTABLE_BYTES || h.reftable_clusters == 0 {
+        Ok(())
+    }
+
+    /// Refcount table, L1 table and snapshot table: sizes in range, aligned and inside a
+    /// file `file_len` bytes long; the L1 table large enough for the virtual size.
+    fn check_tables(&self, file_len: u64) -> Result<()> {
+        let cs = self.cluster_size();
+        let rt_bytes = self.reftable_clusters as u64 * cs;
+        if rt_bytes > MAX_REFTABLE_BYTES || self.reftable_clusters == 0 {
             return Err(invalid(format!(
                 "Reference count table size {} clusters is invalid",
-                h.reftable_clusters
+                self.reftable_clusters
             )));
         }
-        check_table("Reference count table", h.reftable_offset, rt_bytes)?;
-        let l1_bytes = h.l1_size as u64 * 8;
+        let table = |what: &str, off: u64, bytes: u64| check_table(what, off, bytes, cs, file_len);
+        table("Reference count table", self.reftable_offset, rt_bytes)?;
+        let l1_bytes = self.l1_size as u64 * 8;
         if l1_bytes > MAX_L1_BYTES {
             return Err(invalid(format!(
                 "Active L1 table too large ({} entries)",
-                h.l1_size
+                self.l1_size
             )));
         }
-        check_table("Active L1 table", h.l1_offset, l1_bytes)?;
-        if h.incompat & INCOMPAT_EXTL2 != 0 && cluster_bits < 14 {
+        table("Active L1 table", self.l1_offset, l1_bytes)?;
+        self.check_l1_covers_size()?;
+        if self.nb_snapshots > MAX_SNAPSHOTS {
+            return Err(invalid("Too many snapshots"));
+        }
+        if self.nb_snapshots > 0 && !self.snapshots_offset.is_multiple_of(cs) {
+            return Err(invalid("Snapshot table offset is not cluster aligned"));
+        }
+        // Every entry has at least its fixed part: the table cannot be smaller than that.
+        table(
+            "Snapshot table",
+            self.snapshots_offset,
+            self.nb_snapshots as u64 * SNAPSHOT_ENTRY_MIN,
+        )
+    }
+
+    /// The L1 table maps the whole virtual size, which is in range.
+    fn check_l1_covers_size(&self) -> Result<()> {
+        let extl2 = self.incompat & INCOMPAT_EXTL2 != 0;
+        if extl2 && self.cluster_bits < 14 {
             return Err(invalid(
                 "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
             ));
         }
         // L1 size vs virtual size: each L1 entry maps cs * cs/8 bytes (cs/16 entries of 16
         // bytes with extended L2 entries).
-        let l2_bits = cluster_bits - 3 - (h.incompat & INCOMPAT_EXTL2 != 0) as u32;
-        let per_l1 = 1u128 << (cluster_bits + l2_bits);
-        let need = (h.size as u128).div_ceil(per_l1);
-        if need > h.l1_size as u128 {
+        let l2_bits = self.cluster_bits - 3 - extl2 as u32;
+        let per_l1 = 1u128 << (self.cluster_bits + l2_bits);
+        let need = (self.size as u128).div_ceil(per_l1);
+        if need > self.l1_size as u128 {
             return Err(invalid(format!(
                 "L1 table is too small for the image size {} ({} entries, {need} needed)",
-                h.size, h.l1_size
+                self.size, self.l1_size
             )));
         }
-        if h.size > (1u64 << 62) {
-            return Err(invalid(format!("Image size {} is too large", h.size)));
+        if self.size > (1u64 << 62) {
+            return Err(invalid(format!("Image size {} is too large", self.size)));
         }
-        if h.nb_snapshots > MAX_SNAPSHOTS {
-            return Err(invalid("Too many snapshots"));
+        Ok(())
+    }
+
+    /// The backing file name, which must lie inside the first cluster.
+    fn parse_backing_name(&mut self, buf: &[u8]) -> Result<()> {
+        if self.backing_offset == 0 {
+            return Ok(());
         }
-        if h.nb_snapshots > 0 && !h.snapshots_offset.is_multiple_of(cs) {
-            return Err(invalid("Snapshot table offset is not cluster aligned"));
+        if self.backing_size > 1023 {
+            return Err(invalid(format!(
+                "Backing file name too long ({} bytes)",
+                self.backing_size
+            )));
         }
-        // Every entry has at least its fixed part: the table cannot be smaller than that.
-        check_table(
-            "Snapshot table",
-            h.snapshots_offset,
-            h.nb_snapshots as u64 * SNAPSHOT_ENTRY_MIN,
-        )?;
-        if h.backing_offset != 0 {
-            if h.backing_size > 1023 {
-                return Err(invalid(format!(
-                    "Backing file name too long ({} bytes)",
-                    h.backing_size
-                )));
-            }
-            let end = h.backing_offset.checked_add(h.backing_size as u64);
-            if end.is_none_or(|e| e > cs || e as usize > buf.len()) {
-                return Err(invalid("Backing file name lies outside the first cluster"));
-            }
-            let s = h.backing_offset as usize;
-            let name = &buf[s..s + h.backing_size as usize];
-            h.backing_file = Some(
-                String::from_utf8(name.to_vec())
-                    .map_err(|_| invalid("Backing file name is not valid UTF-8"))?,
-            );
+        let end = self.backing_offset.checked_add(self.backing_size as u64);
+        if end.is_none_or(|e| e > self.cluster_size() || e as usize > buf.len()) {
+            return Err(invalid("Backing file name lies outside the first cluster"));
         }
-        Ok(h)
+        let s = self.backing_offset as usize;
+        let name = &buf[s..s + self.backing_size as usize];
+        self.backing_file = Some(
+            String::from_utf8(name.to_vec())
+                .map_err(|_| invalid("Backing file name is not valid UTF-8"))?,
+        );
+        Ok(())
     }
 
     fn parse_extensions(&mut self, buf: &[u8]) -> Result<()> {

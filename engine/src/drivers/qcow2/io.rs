@@ -12,8 +12,9 @@ use crate::io::{BlockStatus, BufResult, IoBuf, Mapping, ReqFlags};
 use crate::util::planted;
 
 use super::cluster::Kind;
+use super::entry::L2Entry;
 use super::overlap::c_hex;
-use super::{COPIED, OFFSET_MASK, Qcow2, ZERO, compress};
+use super::{Qcow2, compress};
 
 enum Plan {
     /// Write in place at `host`, `n` bytes.
@@ -24,7 +25,7 @@ enum Plan {
     Alloc {
         gc: u64,
         host: u64,
-        olds: Vec<u64>,
+        olds: Vec<L2Entry>,
         n: u64,
         reuse: bool,
     },
@@ -192,30 +193,30 @@ impl Qcow2 {
         let cs = self.cs();
         let gc = off / cs;
         let entry = self.l2_entry(gc).await?;
-        if entry & COPIED != 0 && self.classify(entry).is_err() {
+        if entry.is_copied() && self.classify(entry).is_err() {
             // QEMU's wording for a cluster it would rewrite in place.
-            let what = if entry & ZERO != 0 {
+            let what = if entry.zero_bit() {
                 "Preallocated zero"
             } else {
                 "Data"
             };
             let msg = format!(
                 "{what} cluster offset {:#x} unaligned (guest offset: {})",
-                entry & OFFSET_MASK,
+                entry.host_offset(),
                 c_hex(off)
             );
             let full = self.signal_corruption(true, None, None, &msg).await;
             return Err(Error::io_msg(Errno::EIO, full));
         }
         if let (Kind::Normal { host, copied: true }, n) = self.run_at(off, remaining).await? {
-            debug_assert_eq!(entry & COPIED, COPIED);
+            debug_assert!(entry.is_copied());
             return Ok(Plan::Rewrite {
                 host: host + off % cs,
                 n,
             });
         }
         if let Kind::Zero { host: Some(host) } = self.kind_at(gc).await?
-            && entry & COPIED != 0
+            && entry.is_copied()
         {
             // A preallocated zero cluster is written in place, as QEMU does (no new cluster).
             self.ensure_l2(gc).await?;
@@ -303,7 +304,7 @@ impl Qcow2 {
         data: &[u8],
         gc: u64,
         (host, reuse): (u64, bool),
-        olds: &[u64],
+        olds: &[L2Entry],
     ) -> Result<()> {
         let cs = self.cs();
         let k = olds.len() as u64;
@@ -349,7 +350,7 @@ impl Qcow2 {
             return Err(e);
         }
         for (i, old) in olds.iter().enumerate() {
-            self.set_l2_entry(gc + i as u64, (host + i as u64 * cs) | COPIED)
+            self.set_l2_entry(gc + i as u64, L2Entry::normal(host + i as u64 * cs))
                 .await?;
             if !reuse {
                 self.release(*old, self.pass_discard_other())?;
@@ -361,7 +362,7 @@ impl Qcow2 {
     /// Queue whatever host space the old entry `old` referenced for freeing (nothing for
     /// clusters of an external data file: they are not refcounted); `discard`: clusters that
     /// become free are discarded in the file (the `pass-discard-*` option of the cause).
-    fn release(&self, old: u64, discard: bool) -> Result<()> {
+    fn release(&self, old: L2Entry, discard: bool) -> Result<()> {
         let kind = self.classify(old)?;
         if self.has_data_file() {
             return Ok(());
@@ -380,9 +381,9 @@ impl Qcow2 {
 
     /// `release`, except that an unaligned host offset in `old` is reported (not fatal, as
     /// QEMU does) and its cluster leaked instead of failing the request.
-    pub(crate) async fn release_reporting(&self, old: u64, discard: bool) -> Result<()> {
+    pub(crate) async fn release_reporting(&self, old: L2Entry, discard: bool) -> Result<()> {
         if self.release(old, discard).is_err() {
-            let msg = format!("Cannot free unaligned cluster {:#x}", old & OFFSET_MASK);
+            let msg = format!("Cannot free unaligned cluster {:#x}", old.host_offset());
             self.signal_corruption(false, None, None, &msg).await;
         }
         Ok(())
@@ -450,15 +451,15 @@ impl Qcow2 {
                 let v3 = self.version >= 3;
                 let new = match kind {
                     Some(Kind::Normal { host, copied: true }) if !unmap && v3 => {
-                        host | COPIED | ZERO
+                        L2Entry::zero_at(host)
                     }
-                    _ if v3 => ZERO,
-                    _ => 0,
+                    _ if v3 => L2Entry::ZERO,
+                    _ => L2Entry::UNALLOCATED,
                 };
                 if new == old {
                     continue;
                 }
-                if new & OFFSET_MASK == 0 {
+                if new.host_offset() == 0 {
                     self.release_reporting(old, self.pass_discard_request())
                         .await?;
                 }
@@ -485,7 +486,7 @@ impl Qcow2 {
         }
         if kind == Kind::Unallocated && self.version >= 3 {
             self.ensure_l2(gc).await?;
-            self.set_l2_entry(gc, ZERO).await?;
+            self.set_l2_entry(gc, L2Entry::ZERO).await?;
         }
         Ok(())
     }
@@ -556,11 +557,15 @@ impl Qcow2 {
             // (The planted bug deallocates over a backing file, exposing its older data.)
             let planted = backing && planted::on(planted::Bug::DiscardOverBacking);
             let new = if full || planted {
-                0
+                L2Entry::UNALLOCATED
             } else if backing || allocated {
                 // v2 has no zero flag: only reached without a backing file, where an
                 // unallocated cluster reads as zeroes.
-                if self.version >= 3 { ZERO } else { 0 }
+                if self.version >= 3 {
+                    L2Entry::ZERO
+                } else {
+                    L2Entry::UNALLOCATED
+                }
             } else {
                 old
             };

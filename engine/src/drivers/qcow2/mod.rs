@@ -2,7 +2,8 @@
 //!
 //! This file owns the driver state, `open` (options, header, tables, backing child) and the
 //! `BlockDriver` glue. The rest is split by concern: `header` (fixed fields + extensions),
-//! `cluster` (L1/L2 mapping, L2 allocation, metadata write-back), `refcount` (refcounts and
+//! `entry` (the typed L2 entry and its bit layout), `cluster` (L1/L2 mapping, L2 allocation,
+//! metadata write-back), `refcount` (refcounts and
 //! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate and zstd
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
@@ -32,6 +33,7 @@ mod cluster;
 mod compress;
 mod create;
 mod empty;
+mod entry;
 mod format_ops;
 mod header;
 mod info;
@@ -78,14 +80,7 @@ const CAPS: DriverCaps = DriverCaps {
     reopen: true,
 };
 
-/// L1/L2 entry: refcount is exactly one (may be written in place).
-pub(crate) const COPIED: u64 = 1 << 63;
-/// L2 entry: compressed cluster.
-pub(crate) const COMPRESSED: u64 = 1 << 62;
-/// L2 entry (v3): reads as zeroes.
-pub(crate) const ZERO: u64 = 1;
-/// Host offset bits of L1 and normal L2 entries.
-pub(crate) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub(crate) use entry::{COPIED, OFFSET_MASK};
 
 /// The open image.
 pub(crate) struct Qcow2 {
@@ -161,19 +156,16 @@ pub(crate) struct Qcow2 {
 
 pub(super) fn open(
     ctx: OpenCtx,
-    mut opts: Options,
+    opts: Options,
 ) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>> {
     Box::pin(async move {
-        let file_spec = opts
-            .take("file")
-            .ok_or_else(|| Error::generic("Parameter 'file' is missing"))?;
-        let backing_opt = opts.take("backing");
-        let data_opt = opts.take("data-file");
-        let runtime = options::OpenOpts::take(&mut opts, ctx.options().discard_unmap)?;
-        // blk's counterpart of QEMU's check open flag (qemu-img check): a corrupt image may
-        // be opened read-write so that check can repair it; guest writes stay refused.
-        let check_mode = opts.take_bool("x-check")?.unwrap_or(false);
-        opts.finish()?;
+        let OpenArgs {
+            file_spec,
+            backing_opt,
+            data_opt,
+            runtime,
+            check_mode,
+        } = OpenArgs::take(opts, ctx.options().discard_unmap)?;
         let read_only = ctx.options().read_only;
         let file = ctx
             .open_child(
@@ -182,24 +174,7 @@ pub(super) fn open(
                 file_spec,
             )
             .await?;
-        let file_len = file.len();
-        // Read the first cluster (its size is only known after the first bytes).
-        let probe = file_len.min(512) as usize;
-        let (buf, r) = file.read(0, IoBuf::new(probe), ReqFlags::NONE).await;
-        r?;
-        let mut first = buf.as_slice().to_vec();
-        if first.len() >= 24 {
-            let bits = u32::from_be_bytes(first[20..24].try_into().expect("4 bytes"));
-            if (9..=21).contains(&bits) {
-                let want = file_len.min(1u64 << bits) as usize;
-                if want > first.len() {
-                    let (b, r) = file.read(0, IoBuf::new(want), ReqFlags::NONE).await;
-                    r?;
-                    first = b.as_slice().to_vec();
-                }
-            }
-        }
-        let h = Header::parse(&first, file_len)?;
+        let h = Header::parse(&read_first_cluster(&file).await?, file.len())?;
         runtime.check_version(h.version)?;
         if h.incompat & header::INCOMPAT_CORRUPT != 0 && !read_only && !check_mode {
             return Err(Error::generic(
@@ -249,11 +224,7 @@ pub(super) fn open(
             lazy: Cell::new(runtime.lazy.unwrap_or(header_lazy)),
             header_lazy,
             metadata_prealloc: Cell::new(None),
-            fixups_pending: Cell::new(
-                !read_only
-                    && (h.incompat & header::INCOMPAT_DIRTY != 0
-                        || (h.version == 3 && h.autoclear & !known_autoclear(h.incompat) != 0)),
-            ),
+            fixups_pending: Cell::new(!read_only && needs_fixups(&h)),
             node: ctx.weak_node(),
             signaled_corruption: Cell::new(false),
             check_mode,
@@ -269,6 +240,70 @@ pub(super) fn open(
         };
         Ok(Box::new(q) as Box<dyn BlockDriver>)
     })
+}
+
+/// The options `open` takes (all of them: any other is an error).
+struct OpenArgs {
+    /// The `file` child's options.
+    file_spec: Value,
+    /// The `backing` option, if given.
+    backing_opt: Option<Value>,
+    /// The `data-file` option, if given.
+    data_opt: Option<Value>,
+    /// The options a reopen may change.
+    runtime: options::OpenOpts,
+    /// blk's counterpart of QEMU's check open flag (qemu-img check): a corrupt image may be
+    /// opened read-write so that check can repair it; guest writes stay refused.
+    check_mode: bool,
+}
+
+impl OpenArgs {
+    fn take(mut opts: Options, discard_unmap: bool) -> Result<OpenArgs> {
+        let file_spec = opts
+            .take("file")
+            .ok_or_else(|| Error::generic("Parameter 'file' is missing"))?;
+        let backing_opt = opts.take("backing");
+        let data_opt = opts.take("data-file");
+        let runtime = options::OpenOpts::take(&mut opts, discard_unmap)?;
+        let check_mode = opts.take_bool("x-check")?.unwrap_or(false);
+        opts.finish()?;
+        Ok(OpenArgs {
+            file_spec,
+            backing_opt,
+            data_opt,
+            runtime,
+            check_mode,
+        })
+    }
+}
+
+/// A writable open must first repair the refcounts (dirty bit) or clear autoclear bits
+/// blk does not keep valid.
+fn needs_fixups(h: &Header) -> bool {
+    h.incompat & header::INCOMPAT_DIRTY != 0
+        || (h.version == 3 && h.autoclear & !known_autoclear(h.incompat) != 0)
+}
+
+/// The first cluster of the image file (or what exists of it): its size is only known
+/// after the first bytes.
+async fn read_first_cluster(file: &Child) -> Result<Vec<u8>> {
+    let file_len = file.len();
+    let probe = file_len.min(512) as usize;
+    let (buf, r) = file.read(0, IoBuf::new(probe), ReqFlags::NONE).await;
+    r?;
+    let mut first = buf.as_slice().to_vec();
+    if first.len() >= 24 {
+        let bits = u32::from_be_bytes(first[20..24].try_into().expect("4 bytes"));
+        if (9..=21).contains(&bits) {
+            let want = file_len.min(1u64 << bits) as usize;
+            if want > first.len() {
+                let (b, r) = file.read(0, IoBuf::new(want), ReqFlags::NONE).await;
+                r?;
+                first = b.as_slice().to_vec();
+            }
+        }
+    }
+    Ok(first)
 }
 
 /// Autoclear bits blk keeps valid on an image with incompatible bits `incompat`.

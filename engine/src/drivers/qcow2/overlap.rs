@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::error::{Errno, Error, Result};
 use crate::io::{IoBuf, ReqFlags};
 
-use super::header::INCOMPAT_CORRUPT;
+use super::header::{INCOMPAT_CORRUPT, OFF_INCOMPAT};
 use super::{OFFSET_MASK, Qcow2};
 
 /// Metadata class: the image header (cluster 0).
@@ -30,9 +30,6 @@ pub(crate) const OL_ACTIVE_L2: u32 = 1 << 2;
 pub(crate) const OL_REFCOUNT_TABLE: u32 = 1 << 3;
 /// Metadata class: the refcount blocks.
 pub(crate) const OL_REFCOUNT_BLOCK: u32 = 1 << 4;
-
-/// Byte offset of the incompatible feature field.
-const OFF_INCOMPAT: u64 = 72;
 
 /// `v` as C's `%#x` prints it (QEMU's corruption messages): "0" for zero, else "0x...".
 pub(crate) fn c_hex(v: u64) -> String {

@@ -47,6 +47,26 @@ pub(crate) fn rb_set(t: &mut [u8], order: u32, i: usize, v: u64) {
     }
 }
 
+/// Size a refcount table grown to cover cluster `at` from `old_len` entries (clusters of
+/// `cs` bytes, `1 << rb_bits` refcounts per block), with its new blocks and itself placed
+/// at `at` and counted too: (new blocks, table clusters, table entries). The table grows by
+/// half at least, so that growing it again is rare.
+fn reftable_growth(at: u64, old_len: u64, cs: u64, rb_bits: u32) -> (u64, u64, u64) {
+    let (mut k, mut m) = (1u64, 1u64);
+    loop {
+        let end = at + k + m;
+        let first_rt = at >> rb_bits;
+        let last_rt = (end - 1) >> rb_bits;
+        let len = (last_rt + 1).max(old_len + old_len / 2 + 1);
+        let nk = last_rt - first_rt + 1;
+        let nm = (len * 8).div_ceil(cs);
+        if nk == k && nm == m {
+            return (k, m, len.max(m * cs / 8));
+        }
+        (k, m) = (nk, nm);
+    }
+}
+
 impl Qcow2 {
     /// log2 of the refcount entries per block.
     pub(super) fn rb_bits(&self) -> u32 {
@@ -350,19 +370,7 @@ impl Qcow2 {
         let cs = self.cs();
         let rb_bits = self.rb_bits();
         let old_len = self.reftable.borrow().len() as u64;
-        let (mut k, mut m) = (1u64, 1u64);
-        let new_len = loop {
-            let end = at + k + m;
-            let first_rt = at >> rb_bits;
-            let last_rt = (end - 1) >> rb_bits;
-            let len = (last_rt + 1).max(old_len + old_len / 2 + 1);
-            let nk = last_rt - first_rt + 1;
-            let nm = (len * 8).div_ceil(cs);
-            if nk == k && nm == m {
-                break len.max(m * cs / 8);
-            }
-            (k, m) = (nk, nm);
-        };
+        let (k, m, new_len) = reftable_growth(at, old_len, cs, rb_bits);
         if m * cs > MAX_REFTABLE_BYTES {
             return Err(Error::io_msg(
                 Errno::EFBIG,

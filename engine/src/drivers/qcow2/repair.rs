@@ -9,17 +9,31 @@
 use crate::error::{Errno, Error, Result};
 use crate::io::{IoBuf, ReqFlags};
 
-use super::cache::set_u64;
+use super::cache::{get_u64, set_u64};
 use super::cluster::Kind;
-use super::header::{INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, OFF_REFTABLE};
+use super::entry::L2Entry;
+use super::header::{INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, OFF_INCOMPAT, OFF_REFTABLE};
 use super::refcount::rb_set;
 use super::{OFFSET_MASK, Qcow2};
 
-/// Byte offset of the incompatible feature field.
-const OFF_INCOMPAT: u64 = 72;
-
 fn bad(msg: String) -> Error {
     Error::io_msg(Errno::EIO, format!("qcow2: cannot repair refcounts: {msg}"))
+}
+
+/// Count one reference to every cluster of `[off, off + len)` (at least one byte), clusters
+/// `cs` bytes long.
+fn add_ref(counts: &mut [u64], cs: u64, off: u64, len: u64) -> Result<()> {
+    let first = off / cs;
+    let last = (off + len.max(1) - 1) / cs;
+    for c in first..=last {
+        let slot = counts.get_mut(c as usize).ok_or_else(|| {
+            bad(format!(
+                "reference to {off:#x} lies beyond the end of the file"
+            ))
+        })?;
+        *slot += 1;
+    }
+    Ok(())
 }
 
 impl Qcow2 {
@@ -38,23 +52,24 @@ impl Qcow2 {
         let file_clusters = self.file.len().div_ceil(cs);
         // Bounded by the file size: every valid reference lies inside the file.
         let mut counts = super::check_walk::cluster_counts(self.file.len(), cs)?;
-        let mut inc = |off: u64, len: u64| -> Result<()> {
-            let first = off / cs;
-            let last = (off + len.max(1) - 1) / cs;
-            for c in first..=last {
-                let slot = counts.get_mut(c as usize).ok_or_else(|| {
-                    bad(format!(
-                        "reference to {off:#x} lies beyond the end of the file"
-                    ))
-                })?;
-                *slot += 1;
-            }
-            Ok(())
-        };
-        inc(0, cs)?;
+        self.count_mapped_refs(&mut counts).await?;
+        if count_old {
+            self.count_old_refcount_structures(&mut counts);
+        }
+        self.count_bitmap_refs(&mut counts).await?;
+        // New table and blocks after everything, covering themselves.
+        let base = file_clusters.max(1);
+        let (area, table) = self.new_refcount_structures(&mut counts, base)?;
+        self.switch_refcounts(base * cs, area, table).await
+    }
+
+    /// Count the header, the L1 table, every L2 table and every cluster they map.
+    async fn count_mapped_refs(&self, counts: &mut [u64]) -> Result<()> {
+        let cs = self.cs();
+        add_ref(counts, cs, 0, cs)?;
         let l1 = self.l1.borrow().clone();
         if !l1.is_empty() {
-            inc(self.l1_offset.get(), l1.len() as u64 * 8)?;
+            add_ref(counts, cs, self.l1_offset.get(), l1.len() as u64 * 8)?;
         }
         for e in l1 {
             let l2 = e & OFFSET_MASK;
@@ -64,28 +79,33 @@ impl Qcow2 {
             if !l2.is_multiple_of(cs) {
                 return Err(bad(format!("L2 table offset {l2:#x} is unaligned")));
             }
-            inc(l2, cs)?;
+            add_ref(counts, cs, l2, cs)?;
             let (buf, r) = self
                 .file
                 .read(l2, IoBuf::new(cs as usize), ReqFlags::NONE)
                 .await;
             r?;
             for chunk in buf.as_slice().chunks_exact(self.l2_entry_bytes() as usize) {
-                let entry = u64::from_be_bytes(chunk[..8].try_into().expect("8 bytes"));
+                let entry = L2Entry::from_raw(get_u64(chunk, 0));
                 match self.classify(entry)? {
                     // Clusters of an external data file are not refcounted.
                     Kind::Normal { .. } | Kind::Zero { host: Some(_) } if self.has_data_file() => {}
-                    Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => inc(host, cs)?,
-                    Kind::Compressed { offset, len } => inc(offset & !511, len + (offset & 511))?,
+                    Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => {
+                        add_ref(counts, cs, host, cs)?
+                    }
+                    Kind::Compressed { offset, len } => {
+                        add_ref(counts, cs, offset & !511, len + (offset & 511))?
+                    }
                     _ => {}
                 }
             }
         }
-        if count_old {
-            self.count_old_refcount_structures(&mut counts);
-        }
-        // Persistent bitmaps own clusters too; counted the way the check counts them (only
-        // read when the autoclear bit says they are valid, as the check does).
+        Ok(())
+    }
+
+    /// Persistent bitmaps own clusters too; counted the way the check counts them (only
+    /// read when the autoclear bit says they are valid, as the check does).
+    async fn count_bitmap_refs(&self, counts: &mut [u64]) -> Result<()> {
         let bitmaps = if self.autoclear.get() & 1 != 0 {
             self.bitmap_refs().await?
         } else {
@@ -99,10 +119,20 @@ impl Qcow2 {
                 *slot += n;
             }
         }
-        // New table and blocks after everything, covering themselves.
+        Ok(())
+    }
+
+    /// A refcount table and blocks placed at cluster `base`, sized to cover `counts` and
+    /// themselves (whose clusters are added to `counts`), filled in: the area's bytes (table
+    /// then blocks) and the table's entries.
+    fn new_refcount_structures(
+        &self,
+        counts: &mut Vec<u64>,
+        base: u64,
+    ) -> Result<(Vec<u8>, Vec<u64>)> {
+        let cs = self.cs();
         let order = self.refcount_order;
         let rb_entries = (cs * 8) >> order;
-        let base = file_clusters.max(1);
         let (mut rt, mut rb) = (1u64, 1u64);
         loop {
             let total = base + rt + rb;
@@ -147,7 +177,13 @@ impl Qcow2 {
         for (i, e) in table.iter().enumerate() {
             set_u64(&mut area, i, *e);
         }
-        let table_off = base * cs;
+        Ok((area, table))
+    }
+
+    /// Write the new refcount `area` at `table_off`, point the header at its table and clear
+    /// the dirty bit, each step flushed before the next; then use the new table in memory.
+    async fn switch_refcounts(&self, table_off: u64, area: Vec<u8>, table: Vec<u64>) -> Result<()> {
+        let rt = (table.len() as u64 * 8).div_ceil(self.cs());
         self.file
             .write(table_off, IoBuf::from_slice(&area), ReqFlags::NONE)
             .await

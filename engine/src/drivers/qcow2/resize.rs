@@ -12,9 +12,10 @@ use crate::io::{IoBuf, ReqFlags};
 use crate::driver::Prealloc;
 
 use super::cluster::Kind;
+use super::entry::L2Entry;
 use super::header::{MAX_L1_BYTES, OFF_L1, OFF_SIZE};
 use super::overlap::OL_ACTIVE_L1;
-use super::{COPIED, OFFSET_MASK, Qcow2};
+use super::{OFFSET_MASK, Qcow2};
 
 impl Qcow2 {
     pub(crate) async fn do_truncate(&self, len: u64, prealloc: Prealloc) -> Result<()> {
@@ -103,10 +104,10 @@ impl Qcow2 {
                 continue;
             }
             let old = self.l2_entry(gc).await?;
-            if old != 0 {
+            if old != L2Entry::UNALLOCATED {
                 // A shrink always passes the freed clusters down to the file, as QEMU does.
                 self.release_reporting(old, true).await?;
-                self.set_l2_entry(gc, 0).await?;
+                self.set_l2_entry(gc, L2Entry::UNALLOCATED).await?;
             }
             gc += 1;
         }
@@ -207,7 +208,8 @@ impl Qcow2 {
                     .1?;
             }
             for i in 0..got {
-                self.set_l2_entry(gc + i, (host + i * cs) | COPIED).await?;
+                self.set_l2_entry(gc + i, L2Entry::normal(host + i * cs))
+                    .await?;
             }
             host_end = host_end.max(host + bytes);
             gc += got;

@@ -15,7 +15,7 @@
 use crate::error::{Errno, Error, Result};
 
 use super::cluster::Kind;
-use super::{COMPRESSED, COPIED, OFFSET_MASK, Qcow2};
+use super::{OFFSET_MASK, Qcow2};
 
 /// Subclusters per cluster.
 const SUBCLUSTERS: u64 = 32;
@@ -27,11 +27,11 @@ impl Qcow2 {
         let bitmap = self.l2_bitmap(gc).await?;
         let alloc = bitmap >> s & 1 != 0;
         let zero = bitmap >> (32 + s) & 1 != 0;
-        let host = entry & OFFSET_MASK;
-        let compressed = entry & COMPRESSED != 0;
+        let host = entry.host_offset();
+        let compressed = entry.is_compressed();
         // Bit 0 of the descriptor is reserved here (zeroes are in the bitmap).
         let invalid = (compressed && bitmap != 0)
-            || (!compressed && entry & 1 != 0)
+            || (!compressed && entry.zero_bit())
             || (alloc && zero)
             || (alloc && host == 0);
         if invalid {
@@ -58,7 +58,7 @@ impl Qcow2 {
         } else if alloc {
             Kind::Normal {
                 host,
-                copied: entry & COPIED != 0,
+                copied: entry.is_copied(),
             }
         } else {
             Kind::Unallocated

@@ -1,0 +1,260 @@
+//! One L2 table entry as a typed value. The entry's bit layout (host offset, the COPIED,
+//! ZERO and compressed flags, the compressed descriptor) is known here only: callers build
+//! entries with named constructors and read them with accessors or `classify`, instead of
+//! masking raw `u64`s. L1 and refcount table entries share the offset mask and the COPIED
+//! bit (those tables stay raw `u64`s). Must not import anything outside qcow2 but `error`.
+
+use std::fmt;
+
+use crate::error::{Errno, Error, Result};
+
+/// L1/L2 entry: refcount is exactly one (may be written in place).
+pub(crate) const COPIED: u64 = 1 << 63;
+/// L2 entry: compressed cluster.
+pub(crate) const COMPRESSED: u64 = 1 << 62;
+/// L2 entry (v3): reads as zeroes.
+pub(crate) const ZERO: u64 = 1;
+/// Host offset bits of L1 and normal L2 entries.
+pub(crate) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+
+/// What one guest cluster is, from its L2 entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Not allocated here: backing file or zeroes.
+    Unallocated,
+    /// Reads as zeroes (v3 flag); `host` is a preallocated cluster, if any.
+    Zero { host: Option<u64> },
+    /// Data at `host`; `copied` means it may be rewritten in place.
+    Normal { host: u64, copied: bool },
+    /// Compressed data (deflate or zstd): `offset` in the file, `len` bytes of sectors.
+    Compressed { offset: u64, len: u64 },
+}
+
+/// What decoding an entry needs to know of its image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EntryFormat {
+    /// log2 of the cluster size (the compressed descriptor's split depends on it).
+    pub(crate) cluster_bits: u32,
+    /// Guest clusters live in an external data file (host offset 0 is then a real place).
+    pub(crate) data_file: bool,
+    /// The ZERO flag means "reads as zeroes" (version 3; version 2 ignores the bit).
+    pub(crate) zero_flag: bool,
+}
+
+/// One L2 entry (the first 64 bits of an extended one; its subcluster bitmap is separate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct L2Entry(u64);
+
+impl L2Entry {
+    /// No cluster: the backing file (or zeroes) shows through.
+    pub(crate) const UNALLOCATED: L2Entry = L2Entry(0);
+    /// Reads as zeroes, no host cluster (version 3).
+    pub(crate) const ZERO: L2Entry = L2Entry(ZERO);
+
+    /// The entry as stored in the table.
+    pub(crate) const fn from_raw(raw: u64) -> L2Entry {
+        L2Entry(raw)
+    }
+
+    /// The bits to store in the table.
+    pub(crate) const fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// A data cluster at `host` (cluster aligned) whose refcount is one.
+    pub(crate) fn normal(host: u64) -> L2Entry {
+        debug_assert_eq!(host & !OFFSET_MASK, 0, "host offset {host:#x}");
+        L2Entry(host | COPIED)
+    }
+
+    /// A preallocated cluster at `host` (refcount one) that reads as zeroes.
+    pub(crate) fn zero_at(host: u64) -> L2Entry {
+        L2Entry(L2Entry::normal(host).0 | ZERO)
+    }
+
+    /// The host offset bits (of a normal or preallocated zero entry; meaningless for a
+    /// compressed one, whose descriptor `compressed` decodes).
+    pub(crate) fn host_offset(self) -> u64 {
+        self.0 & OFFSET_MASK
+    }
+
+    /// The COPIED flag: the cluster's refcount is one.
+    pub(crate) fn is_copied(self) -> bool {
+        self.0 & COPIED != 0
+    }
+
+    /// This entry with the COPIED flag set (`true`) or clear.
+    pub(crate) fn with_copied(self, copied: bool) -> L2Entry {
+        if copied {
+            L2Entry(self.0 | COPIED)
+        } else {
+            L2Entry(self.0 & !COPIED)
+        }
+    }
+
+    /// The compressed flag.
+    pub(crate) fn is_compressed(self) -> bool {
+        self.0 & COMPRESSED != 0
+    }
+
+    /// Bit 0 as stored: the ZERO flag of a version 3 normal entry (reserved otherwise).
+    pub(crate) fn zero_bit(self) -> bool {
+        self.0 & ZERO != 0
+    }
+
+    /// The cluster reads as zeroes by its entry alone (not counting an unallocated one).
+    pub(crate) fn reads_zero(self, f: EntryFormat) -> bool {
+        !self.is_compressed() && self.zero_bit() && f.zero_flag
+    }
+
+    /// A compressed entry's data: byte offset in the file and length in bytes (to the end of
+    /// its last 512-byte sector); `None` for any other entry.
+    pub(crate) fn compressed(self, cluster_bits: u32) -> Option<(u64, u64)> {
+        if !self.is_compressed() {
+            return None;
+        }
+        let x = 62 - (cluster_bits - 8);
+        let offset = self.0 & ((1u64 << x) - 1);
+        let sectors = ((self.0 >> x) & ((1u64 << (cluster_bits - 8)) - 1)) + 1;
+        Some((offset, sectors * 512 - (offset & 511)))
+    }
+
+    /// Decode the entry (validated: a misaligned host offset is an I/O error, never a panic).
+    pub(crate) fn classify(self, f: EntryFormat) -> Result<Kind> {
+        if let Some((offset, len)) = self.compressed(f.cluster_bits) {
+            return Ok(Kind::Compressed { offset, len });
+        }
+        let host = self.host_offset();
+        if !host.is_multiple_of(1 << f.cluster_bits) {
+            return Err(Error::io_msg(
+                Errno::EIO,
+                format!("qcow2: cluster offset {host:#x} is not cluster aligned"),
+            ));
+        }
+        // Offset 0 means "no cluster", except in an external data file, where it is guest
+        // cluster 0's place; there every mapped cluster has COPIED set, which tells them apart.
+        let mapped = host != 0 || (f.data_file && self.is_copied());
+        if self.reads_zero(f) {
+            return Ok(Kind::Zero {
+                host: mapped.then_some(host),
+            });
+        }
+        if !mapped {
+            return Ok(Kind::Unallocated);
+        }
+        Ok(Kind::Normal {
+            host,
+            copied: self.is_copied(),
+        })
+    }
+}
+
+/// The raw bits in hex, as QEMU's messages print an entry.
+impl fmt::LowerHex for L2Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V3: EntryFormat = EntryFormat {
+        cluster_bits: 16,
+        data_file: false,
+        zero_flag: true,
+    };
+
+    #[test]
+    fn constructors_set_the_flags_their_names_say() {
+        let n = L2Entry::normal(0x5_0000);
+        assert_eq!(n.raw(), 0x5_0000 | COPIED);
+        assert_eq!(
+            (n.host_offset(), n.is_copied(), n.zero_bit()),
+            (0x5_0000, true, false)
+        );
+        let z = L2Entry::zero_at(0x5_0000);
+        assert_eq!(z.raw(), 0x5_0000 | COPIED | ZERO);
+        assert!(z.reads_zero(V3));
+        assert_eq!(n.with_copied(false).raw(), 0x5_0000);
+        assert_eq!(n.with_copied(false).with_copied(true), n);
+        assert_eq!(format!("{z:x}"), "8000000000050001");
+    }
+
+    #[test]
+    fn classify_tells_every_kind_apart() {
+        let k = |raw: u64, f: EntryFormat| L2Entry::from_raw(raw).classify(f).unwrap();
+        assert_eq!(k(0, V3), Kind::Unallocated);
+        assert_eq!(k(ZERO, V3), Kind::Zero { host: None });
+        assert_eq!(
+            k(0x3_0000 | COPIED | ZERO, V3),
+            Kind::Zero {
+                host: Some(0x3_0000)
+            }
+        );
+        assert_eq!(
+            k(0x3_0000, V3),
+            Kind::Normal {
+                host: 0x3_0000,
+                copied: false
+            }
+        );
+        // Version 2 has no zero flag: the bit is ignored.
+        let v2 = EntryFormat {
+            zero_flag: false,
+            ..V3
+        };
+        assert_eq!(
+            k(0x3_0000 | COPIED | ZERO, v2),
+            Kind::Normal {
+                host: 0x3_0000,
+                copied: true
+            }
+        );
+        assert_eq!(k(ZERO, v2), Kind::Unallocated);
+        // In an external data file, offset 0 with COPIED is guest cluster 0's place.
+        let ext = EntryFormat {
+            data_file: true,
+            ..V3
+        };
+        assert_eq!(
+            k(COPIED, ext),
+            Kind::Normal {
+                host: 0,
+                copied: true
+            }
+        );
+        assert_eq!(k(COPIED, V3), Kind::Unallocated);
+        assert_eq!(k(0, ext), Kind::Unallocated);
+    }
+
+    #[test]
+    fn compressed_descriptor_splits_at_the_cluster_size() {
+        // 64 KiB clusters: offset in bits 0..54, (sectors - 1) in bits 54..62.
+        let raw = COMPRESSED | (2u64 << 54) | 0x1_0200;
+        let e = L2Entry::from_raw(raw);
+        assert_eq!(e.compressed(16), Some((0x1_0200, 3 * 512)));
+        assert_eq!(
+            e.classify(V3).unwrap(),
+            Kind::Compressed {
+                offset: 0x1_0200,
+                len: 1536
+            }
+        );
+        // An offset inside a sector shortens the length to the end of the last sector.
+        let e = L2Entry::from_raw(COMPRESSED | 0x1_0010);
+        assert_eq!(e.compressed(16), Some((0x1_0010, 512 - 0x10)));
+        // The ZERO bit is part of the offset of a compressed entry, not a flag.
+        assert!(!L2Entry::from_raw(COMPRESSED | 1).reads_zero(V3));
+        assert_eq!(L2Entry::normal(0x1_0000).compressed(16), None);
+    }
+
+    #[test]
+    fn misaligned_host_offset_is_an_io_error() {
+        let e = L2Entry::from_raw(0x1_0200 | COPIED);
+        let err = e.classify(V3).unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EIO));
+        assert!(err.message().contains("0x10200"), "{}", err.message());
+    }
+}
