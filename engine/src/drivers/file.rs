@@ -122,14 +122,8 @@ impl File {
     /// Flush the host file, unless an earlier flush failure poisoned it (see the module doc).
     async fn flush_host(&self, file: &dyn HostFile) -> Result<()> {
         if let Some(errno) = self.flush_poisoned.get() {
-            return Err(Error::io_msg(
-                errno,
-                format!(
-                    "flush of '{}' refused: an earlier flush failed, the host page cache may \
-                     have lost data",
-                    self.path
-                ),
-            ));
+            // The caller sees what QEMU's guest sees: the errno of the failure, again.
+            return Err(Error::io(errno));
         }
         let r = file.flush().await;
         if let Err(e) = &r

@@ -45,7 +45,8 @@ pub enum FaultKind {
     },
     /// One `pread` moves only a seeded prefix (at least one byte, or one `O_DIRECT` block).
     ShortRead,
-    /// One `pwrite` lands only a seeded prefix and reports its length.
+    /// One `pwrite` lands only a seeded prefix (ending on a sector boundary of the file) and
+    /// reports its length.
     ShortWrite,
     /// One `pread`/`pwrite` fails with EAGAIN and does nothing.
     Eagain,
@@ -202,7 +203,7 @@ pub const FAULT_KINDS: &[FaultClass] = &[
         "one pread moves only a prefix; the engine reads the rest",
         |_| Ok(FaultKind::ShortRead)),
     class!("short-write", &[Write], &[Write], true, "", Hidden, 2,
-        "one pwrite lands only a prefix; the engine writes the rest",
+        "one pwrite lands only a sector-aligned prefix; the engine writes the rest",
         |_| Ok(FaultKind::ShortWrite)),
     class!("eagain", RW, RW, true, "", Hidden, 1,
         "one pread/pwrite fails with EAGAIN; the engine retries", |_| Ok(FaultKind::Eagain)),

@@ -441,14 +441,28 @@ impl Effect<'_> {
             FaultKind::TruncateOnCrash => plan.truncate = true,
             FaultKind::Eagain => plan.transient = Some(engine::Errno::EAGAIN),
             FaultKind::Eintr => plan.transient = Some(engine::Errno::Other(4)),
-            FaultKind::ShortRead | FaultKind::ShortWrite | FaultKind::NoSpaceMidWrite => {
+            FaultKind::ShortRead => {
                 // A prefix of whole alignment units, at least one, never all of it.
                 let units = t.len / t.align.max(1);
                 if units < 2 || plan.short.is_some() {
                     return false;
                 }
                 plan.short = Some(in_range(rng, 1, units - 1) * t.align.max(1));
+            }
+            FaultKind::ShortWrite | FaultKind::NoSpaceMidWrite => {
+                // What lands stops on a sector (or O_DIRECT block) boundary of the file,
+                // strictly inside the write: the page cache writes whole sectors back, so two
+                // parts of one sector never reach the disk separately (a power loss resolves
+                // sectors, not bytes).
+                let unit = t.align.max(SECTOR);
+                let first = t.offset / unit + 1;
+                let last = (t.offset + t.len).div_ceil(unit) - 1;
+                if first > last || plan.short.is_some() {
+                    return false;
+                }
+                plan.short = Some(in_range(rng, first, last) * unit - t.offset);
                 if *kind == FaultKind::NoSpaceMidWrite {
+                    // A file system fills up: the write that continues this one finds it full.
                     self.full.insert(t.path.to_string(), self.id);
                 }
             }
