@@ -1,4 +1,4 @@
-//! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP, the file driver over short and interrupted host I/O.
+//! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP, the file driver over short and interrupted host I/O, blkdebug events.
 //! Each file below was its own test crate; it is a module here (see engine/Cargo.toml).
 
 // Shared helpers, loaded once for the whole binary; test files `use crate::` them.
@@ -20,3 +20,5 @@ mod qmp;
 mod request_path;
 #[path = "file_partial_io.rs"]
 mod file_partial_io;
+#[path = "debug_events.rs"]
+mod debug_events;
