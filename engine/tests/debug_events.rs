@@ -22,7 +22,11 @@ fn over_blkdebug(name: &str, backing: Value, rules: Value) -> Value {
 }
 
 async fn add_err(engine: &Engine, opts: Value) -> Option<Errno> {
-    engine.blockdev_add(opts).await.err().and_then(|e| e.errno())
+    engine
+        .blockdev_add(opts)
+        .await
+        .err()
+        .and_then(|e| e.errno())
 }
 
 #[test]
@@ -68,7 +72,10 @@ fn cor_write_is_raised_before_copy_on_read_writes() {
 
 #[test]
 fn l1_shrink_events_are_raised_when_a_shrink_drops_l2_tables() {
-    for (event, seed) in [("l1_shrink_write_table", 3), ("l1_shrink_free_l2_clusters", 4)] {
+    for (event, seed) in [
+        ("l1_shrink_write_table", 3),
+        ("l1_shrink_free_l2_clusters", 4),
+    ] {
         run(seed, move |engine| async move {
             mkimg(&engine, "top.qcow2", None).await;
             let rules = json!([{"event": event, "errno": 5, "once": true}]);

@@ -33,7 +33,9 @@ async fn device(engine: &Engine, direct: bool) -> Rc<BlockBackend> {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
 }
 
 /// Guest writes and reads back `len` bytes at `offset` under the faults already injected.
@@ -120,9 +122,7 @@ fn after_a_failed_flush_every_later_flush_fails_until_reopen() {
     let fs = sim.fs().clone();
     sim.block_on(async move {
         let bb = device(&engine, false).await;
-        let (_, r) = bb
-            .write(0, IoBuf::filled(4096, 7), ReqFlags::NONE)
-            .await;
+        let (_, r) = bb.write(0, IoBuf::filled(4096, 7), ReqFlags::NONE).await;
         r.unwrap();
         fs.inject(
             FaultSpec::new(FaultKind::FlushLost)
@@ -135,20 +135,19 @@ fn after_a_failed_flush_every_later_flush_fails_until_reopen() {
         // tell the guest it is durable.
         let again = bb.flush().await;
         assert_eq!(again.unwrap_err().errno(), Some(Errno::EIO));
-        let (_, r) = bb
-            .write(8192, IoBuf::filled(512, 8), ReqFlags::NONE)
-            .await;
+        let (_, r) = bb.write(8192, IoBuf::filled(512, 8), ReqFlags::NONE).await;
         r.unwrap();
-        assert!(bb.flush().await.is_err(), "new writes cannot be flushed either");
+        assert!(
+            bb.flush().await.is_err(),
+            "new writes cannot be flushed either"
+        );
         assert_ne!(fs.durable_bytes("disk.img").unwrap().first(), Some(&7));
 
         // Opened again, the file flushes normally.
         engine.device_del("d").await.unwrap();
         engine.blockdev_del("r").await.unwrap();
         let bb = device(&engine, false).await;
-        let (_, r) = bb
-            .write(0, IoBuf::filled(512, 9), ReqFlags::NONE)
-            .await;
+        let (_, r) = bb.write(0, IoBuf::filled(512, 9), ReqFlags::NONE).await;
         r.unwrap();
         bb.flush().await.unwrap();
         assert_eq!(fs.durable_bytes("disk.img").unwrap()[0], 9);

@@ -8,8 +8,12 @@ mod support;
 mod backend_errors;
 #[path = "blkdebug.rs"]
 mod blkdebug;
+#[path = "debug_events.rs"]
+mod debug_events;
 #[path = "drain.rs"]
 mod drain;
+#[path = "file_partial_io.rs"]
+mod file_partial_io;
 #[path = "graph_perms.rs"]
 mod graph_perms;
 #[path = "lifecycle.rs"]
@@ -18,7 +22,3 @@ mod lifecycle;
 mod qmp;
 #[path = "request_path.rs"]
 mod request_path;
-#[path = "file_partial_io.rs"]
-mod file_partial_io;
-#[path = "debug_events.rs"]
-mod debug_events;

@@ -11,21 +11,66 @@ const CI_SEEDS: std::ops::Range<u64> = 0..4000;
 
 /// blkdebug events no seed of the window raises, and why.
 const EVENT_GAPS: &[(&str, &str)] = &[
-    ("cor_write", "no copy-on-read filter or copy-on-read option in the generator yet"),
-    ("empty_image_prepare", "raised by qemu-img's make_empty/commit paths the swarm does not use"),
-    ("job_iteration", "declared, not raised by the engine yet (issue 11 point 2)"),
-    ("job_pivot", "declared, not raised by the engine yet (issue 11 point 2)"),
-    ("l1_shrink_free_l2_clusters", "declared, not raised: the engine never shrinks an L1 table"),
-    ("l1_shrink_write_table", "declared, not raised: the engine never shrinks an L1 table"),
-    ("l2_alloc_cow_read", "declared, not raised by the qcow2 driver yet"),
-    ("l2_update_compressed", "compressed writes are not drawn by the generator"),
-    ("cluster_alloc_bytes", "declared, not raised: compressed cluster allocation"),
-    ("cluster_alloc_space", "declared, not raised by the qcow2 driver yet"),
-    ("read_compressed", "the generator writes no compressed clusters"),
-    ("write_compressed", "declared, not raised: compressed writes"),
-    ("refblock_update_part", "declared, not raised by the qcow2 driver yet"),
-    ("reftable_load", "declared, not raised by the qcow2 driver yet"),
-    ("reftable_update", "declared, not raised by the qcow2 driver yet"),
+    (
+        "cor_write",
+        "no copy-on-read filter or copy-on-read option in the generator yet",
+    ),
+    (
+        "empty_image_prepare",
+        "raised by qemu-img's make_empty/commit paths the swarm does not use",
+    ),
+    (
+        "job_iteration",
+        "declared, not raised by the engine yet (issue 11 point 2)",
+    ),
+    (
+        "job_pivot",
+        "declared, not raised by the engine yet (issue 11 point 2)",
+    ),
+    (
+        "l1_shrink_free_l2_clusters",
+        "declared, not raised: the engine never shrinks an L1 table",
+    ),
+    (
+        "l1_shrink_write_table",
+        "declared, not raised: the engine never shrinks an L1 table",
+    ),
+    (
+        "l2_alloc_cow_read",
+        "declared, not raised by the qcow2 driver yet",
+    ),
+    (
+        "l2_update_compressed",
+        "compressed writes are not drawn by the generator",
+    ),
+    (
+        "cluster_alloc_bytes",
+        "declared, not raised: compressed cluster allocation",
+    ),
+    (
+        "cluster_alloc_space",
+        "declared, not raised by the qcow2 driver yet",
+    ),
+    (
+        "read_compressed",
+        "the generator writes no compressed clusters",
+    ),
+    (
+        "write_compressed",
+        "declared, not raised: compressed writes",
+    ),
+    (
+        "refblock_update_part",
+        "declared, not raised by the qcow2 driver yet",
+    ),
+    (
+        "reftable_load",
+        "declared, not raised by the qcow2 driver yet",
+    ),
+    (
+        "reftable_update",
+        "declared, not raised by the qcow2 driver yet",
+    ),
     ("vmstate_load", "no vmstate support (savevm) in the engine"),
     ("vmstate_save", "no vmstate support (savevm) in the engine"),
 ];

@@ -15,8 +15,8 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
 use super::file_io::{read_full, write_full};
+use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
 use crate::env::{Allocation, HostFile, LocalBoxFuture, OpenOptions};
 use crate::error::{Errno, Error, Result, ResultExt};
 use crate::graph::OpenCtx;
@@ -129,7 +129,8 @@ impl File {
         if let Err(e) = &r
             && !self.direct
         {
-            self.flush_poisoned.set(Some(e.errno().unwrap_or(Errno::EIO)));
+            self.flush_poisoned
+                .set(Some(e.errno().unwrap_or(Errno::EIO)));
         }
         r
     }

@@ -78,7 +78,10 @@ pub(super) async fn write_full(
             Ok(Step::Moved(0)) => {
                 let e = Error::io_msg(
                     Errno::EINVAL,
-                    format!("short write: no progress at offset {}", offset + done as u64),
+                    format!(
+                        "short write: no progress at offset {}",
+                        offset + done as u64
+                    ),
                 );
                 return (buf, Err(e));
             }

@@ -140,7 +140,9 @@ pub trait HostFile {
                 return (buf, r.map(|()| n));
             }
             let n = buf.len() - skip;
-            let (part, r) = self.read_at(IoBuf::with_align(n, buf.align()), offset).await;
+            let (part, r) = self
+                .read_at(IoBuf::with_align(n, buf.align()), offset)
+                .await;
             let mut buf = buf;
             if r.is_ok() {
                 buf.as_mut_slice()[skip..].copy_from_slice(part.as_slice());

@@ -135,7 +135,15 @@ impl FaultClass {
 
 use OpKind::{Discard, Flush, Preallocate, Read, SetLen, Write, WriteZeroes};
 
-const ALL: &[OpKind] = &[Read, Write, Flush, Discard, WriteZeroes, SetLen, Preallocate];
+const ALL: &[OpKind] = &[
+    Read,
+    Write,
+    Flush,
+    Discard,
+    WriteZeroes,
+    SetLen,
+    Preallocate,
+];
 const DATA: &[OpKind] = &[Read, Write, Flush, Discard, WriteZeroes];
 const RW: &[OpKind] = &[Read, Write];
 const CRASH: &[OpKind] = &[OpKind::Crash];
@@ -172,61 +180,224 @@ macro_rules! class {
 /// Every fault class (name, operations, default operations, partial-transfer only, arguments,
 /// swarm family, swarm weight, doc, builder).
 pub const FAULT_KINDS: &[FaultClass] = &[
-    class!("eio", ALL, DATA, false, "", Fails, 6,
-        "the operation fails with EIO and has no effect", |_| Ok(FaultKind::Eio)),
-    class!("enospc", &[Write, WriteZeroes, Preallocate], &[Write, WriteZeroes, Preallocate],
-        false, "quota=SIZE", Fails, 2,
+    class!(
+        "eio",
+        ALL,
+        DATA,
+        false,
+        "",
+        Fails,
+        6,
+        "the operation fails with EIO and has no effect",
+        |_| Ok(FaultKind::Eio)
+    ),
+    class!(
+        "enospc",
+        &[Write, WriteZeroes, Preallocate],
+        &[Write, WriteZeroes, Preallocate],
+        false,
+        "quota=SIZE",
+        Fails,
+        2,
         "ENOSPC when the file system's allocation would pass the quota",
         |v| {
             let q = v("quota").ok_or("enospc needs quota=SIZE")?;
-            Ok(FaultKind::NoSpace { quota_bytes: parse_size(&q).ok_or(format!("bad quota '{q}'"))? })
-        }),
-    class!("latent", &[Read], &[Read], false, "", Canary, 1,
+            Ok(FaultKind::NoSpace {
+                quota_bytes: parse_size(&q).ok_or(format!("bad quota '{q}'"))?,
+            })
+        }
+    ),
+    class!(
+        "latent",
+        &[Read],
+        &[Read],
+        false,
+        "",
+        Canary,
+        1,
         "a sector goes bad: reads of it fail with EIO until it is rewritten",
-        |_| Ok(FaultKind::LatentSector)),
-    class!("lost-write", &[Write, WriteZeroes, Discard], &[Write], false, "", Canary, 1,
-        "the write reports success and never lands", |_| Ok(FaultKind::LostWrite)),
-    class!("misdirected", &[Write], &[Write], false, "", Canary, 1,
+        |_| Ok(FaultKind::LatentSector)
+    ),
+    class!(
+        "lost-write",
+        &[Write, WriteZeroes, Discard],
+        &[Write],
+        false,
+        "",
+        Canary,
+        1,
+        "the write reports success and never lands",
+        |_| Ok(FaultKind::LostWrite)
+    ),
+    class!(
+        "misdirected",
+        &[Write],
+        &[Write],
+        false,
+        "",
+        Canary,
+        1,
         "the write lands at another offset (inside range= if given)",
-        |_| Ok(FaultKind::MisdirectedWrite)),
-    class!("bitrot", &[Read], &[Read], false, "", Canary, 1,
-        "one bit of the returned data is flipped", |_| Ok(FaultKind::BitRot)),
-    class!("flush-drops-dirty", &[Flush], &[Flush], false, "", LostFlush, 1,
+        |_| Ok(FaultKind::MisdirectedWrite)
+    ),
+    class!(
+        "bitrot",
+        &[Read],
+        &[Read],
+        false,
+        "",
+        Canary,
+        1,
+        "one bit of the returned data is flipped",
+        |_| Ok(FaultKind::BitRot)
+    ),
+    class!(
+        "flush-drops-dirty",
+        &[Flush],
+        &[Flush],
+        false,
+        "",
+        LostFlush,
+        1,
         "the flush fails with EIO and drops the dirty data it covered",
-        |_| Ok(FaultKind::FlushDropsDirty)),
-    class!("discard-no-zero", &[Discard], &[Discard], false, "", Benign, 1,
-        "the discard succeeds and does nothing", |_| Ok(FaultKind::DiscardNoZero)),
-    class!("slow", ALL, ALL, false, "extra=DUR[..DUR]", Benign, 2,
+        |_| Ok(FaultKind::FlushDropsDirty)
+    ),
+    class!(
+        "discard-no-zero",
+        &[Discard],
+        &[Discard],
+        false,
+        "",
+        Benign,
+        1,
+        "the discard succeeds and does nothing",
+        |_| Ok(FaultKind::DiscardNoZero)
+    ),
+    class!(
+        "slow",
+        ALL,
+        ALL,
+        false,
+        "extra=DUR[..DUR]",
+        Benign,
+        2,
         "extra virtual latency",
-        |v| Ok(FaultKind::Slow { extra: duration_range(&v("extra").ok_or("slow needs extra=DURATION")?)? })),
-    class!("short-read", &[Read], &[Read], true, "", Hidden, 2,
+        |v| Ok(FaultKind::Slow {
+            extra: duration_range(&v("extra").ok_or("slow needs extra=DURATION")?)?
+        })
+    ),
+    class!(
+        "short-read",
+        &[Read],
+        &[Read],
+        true,
+        "",
+        Hidden,
+        2,
         "one pread moves only a prefix; the engine reads the rest",
-        |_| Ok(FaultKind::ShortRead)),
-    class!("short-write", &[Write], &[Write], true, "", Hidden, 2,
+        |_| Ok(FaultKind::ShortRead)
+    ),
+    class!(
+        "short-write",
+        &[Write],
+        &[Write],
+        true,
+        "",
+        Hidden,
+        2,
         "one pwrite lands only a sector-aligned prefix; the engine writes the rest",
-        |_| Ok(FaultKind::ShortWrite)),
-    class!("eagain", RW, RW, true, "", Hidden, 1,
-        "one pread/pwrite fails with EAGAIN; the engine retries", |_| Ok(FaultKind::Eagain)),
-    class!("eintr", RW, RW, true, "", Hidden, 1,
-        "one pread/pwrite fails with EINTR; the engine retries", |_| Ok(FaultKind::Eintr)),
-    class!("hang", ALL, ALL, false, "delay=DUR[..DUR]", Benign, 1,
+        |_| Ok(FaultKind::ShortWrite)
+    ),
+    class!(
+        "eagain",
+        RW,
+        RW,
+        true,
+        "",
+        Hidden,
+        1,
+        "one pread/pwrite fails with EAGAIN; the engine retries",
+        |_| Ok(FaultKind::Eagain)
+    ),
+    class!(
+        "eintr",
+        RW,
+        RW,
+        true,
+        "",
+        Hidden,
+        1,
+        "one pread/pwrite fails with EINTR; the engine retries",
+        |_| Ok(FaultKind::Eintr)
+    ),
+    class!(
+        "hang",
+        ALL,
+        ALL,
+        false,
+        "delay=DUR[..DUR]",
+        Benign,
+        1,
         "the file's queue hangs: nothing submitted to it completes before the delay ends",
-        |v| Ok(FaultKind::Hang { delay: duration_range(&v("delay").ok_or("hang needs delay=DURATION")?)? })),
-    class!("reorder", ALL, DATA, false, "", Benign, 1,
+        |v| Ok(FaultKind::Hang {
+            delay: duration_range(&v("delay").ok_or("hang needs delay=DURATION")?)?
+        })
+    ),
+    class!(
+        "reorder",
+        ALL,
+        DATA,
+        false,
+        "",
+        Benign,
+        1,
         "the operation completes after the ones submitted just after it",
-        |_| Ok(FaultKind::Reorder)),
-    class!("enospc-mid", &[Write], &[Write], true, "", Fails, 1,
+        |_| Ok(FaultKind::Reorder)
+    ),
+    class!(
+        "enospc-mid",
+        &[Write],
+        &[Write],
+        true,
+        "",
+        Fails,
+        1,
         "a prefix of the write lands, then the disk is full (ENOSPC)",
-        |_| Ok(FaultKind::NoSpaceMidWrite)),
-    class!("flush-lost", &[Flush], &[Flush], false, "", LostFlush, 1,
+        |_| Ok(FaultKind::NoSpaceMidWrite)
+    ),
+    class!(
+        "flush-lost",
+        &[Flush],
+        &[Flush],
+        false,
+        "",
+        LostFlush,
+        1,
         "fsync-gate: the flush fails with EIO, its writes stay readable but never become durable",
-        |_| Ok(FaultKind::FlushLost)),
-    class!("stale-read", &[Read], &[Read], false, "", LostFlush, 1,
+        |_| Ok(FaultKind::FlushLost)
+    ),
+    class!(
+        "stale-read",
+        &[Read],
+        &[Read],
+        false,
+        "",
+        LostFlush,
+        1,
         "the cache evicts what a lost flush left unwritten: reads see the old data",
-        |_| Ok(FaultKind::StaleRead)),
-    class!("truncate-on-crash", CRASH, CRASH, false, "", Crash, 1,
+        |_| Ok(FaultKind::StaleRead)
+    ),
+    class!(
+        "truncate-on-crash",
+        CRASH,
+        CRASH,
+        false,
+        "",
+        Crash,
+        1,
         "a power loss also cuts the file back to its durable length",
-        |_| Ok(FaultKind::TruncateOnCrash)),
+        |_| Ok(FaultKind::TruncateOnCrash)
+    ),
 ];
 
 /// The class named `name`.
@@ -291,7 +462,11 @@ mod tests {
             let kind = c.build(&args).unwrap();
             assert_eq!(kind.name(), c.name);
             assert!(FAULT_KINDS[..i].iter().all(|o| o.name != c.name));
-            assert!(c.default_ops.iter().all(|o| c.ops.contains(o)), "{}", c.name);
+            assert!(
+                c.default_ops.iter().all(|o| c.ops.contains(o)),
+                "{}",
+                c.name
+            );
         }
         assert!(FAULT_KINDS.len() >= 16);
     }

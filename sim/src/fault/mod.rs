@@ -72,7 +72,10 @@ impl OpKind {
 
     /// The name in the scenario language.
     pub fn name(self) -> &'static str {
-        OP_NAMES.iter().find(|(o, _)| *o == self).map_or("?", |(_, n)| n)
+        OP_NAMES
+            .iter()
+            .find(|(o, _)| *o == self)
+            .map_or("?", |(_, n)| n)
     }
 
     /// The operation named `name` in the scenario language.

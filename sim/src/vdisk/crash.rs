@@ -154,7 +154,12 @@ impl FsInner {
             let f = &mut *guard;
             f.crash(rng, &model, report.clean, &mut report);
             if let Some(len) = cut_to.filter(|&l| l < f.durable_len) {
-                apply(&mut f.durable, &mut f.durable_len, &CacheOp::SetLen(len), None);
+                apply(
+                    &mut f.durable,
+                    &mut f.durable_len,
+                    &CacheOp::SetLen(len),
+                    None,
+                );
                 f.rebuild_current();
             }
         }

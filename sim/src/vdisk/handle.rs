@@ -166,9 +166,12 @@ impl SimFile {
         let (op, offset, len) = effect.describe();
         let checked = self.check_live().and_then(|()| self.check_writable());
         let checked = match (&effect, checked) {
-            (Effect::Write { buf, offset, skip, .. }, Ok(())) if self.opts.direct => {
-                self.check_direct(*offset, buf, *skip)
-            }
+            (
+                Effect::Write {
+                    buf, offset, skip, ..
+                },
+                Ok(()),
+            ) if self.opts.direct => self.check_direct(*offset, buf, *skip),
             (_, c) => c,
         };
         if let Err(e) = checked {

@@ -24,11 +24,23 @@ pub(crate) enum Effect {
         offset: u64,
         fua: bool,
     },
-    Flush { mark: u64 },
+    Flush {
+        mark: u64,
+    },
     SetLen(u64),
-    Discard { offset: u64, len: u64 },
-    Zeroes { offset: u64, len: u64, unmap: bool },
-    Prealloc { offset: u64, len: u64 },
+    Discard {
+        offset: u64,
+        len: u64,
+    },
+    Zeroes {
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    },
+    Prealloc {
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Effect {
@@ -130,7 +142,10 @@ pub(crate) fn complete(
         } else {
             None
         };
-        (buf, Err(Error::io_msg(errno, format!("{op:?}: failed (injected)"))))
+        (
+            buf,
+            Err(Error::io_msg(errno, format!("{op:?}: failed (injected)"))),
+        )
     } else {
         apply(fs, file, plan, effect)
     };
@@ -175,7 +190,13 @@ fn apply(
                 return (Some(buf), Ok(len));
             }
             let data = buf.as_slice()[skip..skip + len as usize].to_vec();
-            f.push(CacheOp::Write { offset: target, data }, fua);
+            f.push(
+                CacheOp::Write {
+                    offset: target,
+                    data,
+                },
+                fua,
+            );
             if target != offset && offset + len > f.len {
                 // The size update of the intended write still happens.
                 f.push(CacheOp::SetLen(offset + len), fua);

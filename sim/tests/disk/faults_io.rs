@@ -81,8 +81,12 @@ fn eagain_and_eintr_fail_one_partial_transfer_and_change_nothing() {
     fs.create_file("t.img", &[5; 1024]).unwrap();
     sim.block_on(async move {
         let f = open(&env, "t.img");
-        fs.inject(FaultSpec::new(FaultKind::Eagain).ops(&[OpKind::Write]).once())
-            .unwrap();
+        fs.inject(
+            FaultSpec::new(FaultKind::Eagain)
+                .ops(&[OpKind::Write])
+                .once(),
+        )
+        .unwrap();
         fs.inject(FaultSpec::new(FaultKind::Eintr).ops(&[OpKind::Read]).once())
             .unwrap();
         assert_eq!(errno(write_part(&*f, 0, &[6; 1024]).await), Errno::EAGAIN);
@@ -158,8 +162,12 @@ fn a_reordered_operation_completes_after_one_submitted_later() {
     let o = order.clone();
     sim.block_on(async move {
         let f = open(&env, "o.img");
-        fs.inject(FaultSpec::new(FaultKind::Reorder).ops(&[OpKind::Write]).once())
-            .unwrap();
+        fs.inject(
+            FaultSpec::new(FaultKind::Reorder)
+                .ops(&[OpKind::Write])
+                .once(),
+        )
+        .unwrap();
         let (f1, o1) = (f.clone(), o.clone());
         env.spawn(
             "first",
@@ -249,6 +257,10 @@ fn truncate_on_crash_cuts_unflushed_growth_even_where_data_survived() {
     // ...but the size goes back to what was durable: the FUA write's end.
     let after = fs2.file_bytes("c.img").unwrap();
     assert_eq!(after.len(), 8192 + 512);
-    assert_eq!(after[4096..8192], [2; 4096], "kept data below the durable size");
+    assert_eq!(
+        after[4096..8192],
+        [2; 4096],
+        "kept data below the durable size"
+    );
     assert_eq!(fs2.faults()[0].1.fired, 1);
 }

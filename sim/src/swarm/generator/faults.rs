@@ -55,10 +55,9 @@ impl Gen {
         })
         .expect("the table has request faults");
         let args = match class.name {
-            "eio" if flush_ok => {
-                ["ops=write", "ops=read", "ops=flush", "ops=read,write,flush"][below(r, 4) as usize]
-                    .to_string()
-            }
+            "eio" if flush_ok => ["ops=write", "ops=read", "ops=flush", "ops=read,write,flush"]
+                [below(r, 4) as usize]
+                .to_string(),
             "eio" => ["ops=write", "ops=read"][below(r, 2) as usize].to_string(),
             "enospc" => format!("quota={}k", 64 * (1 + below(r, 64))),
             "slow" => format!("extra={}us..{}ms", 10 + below(r, 100), 1 + below(r, 5)),
