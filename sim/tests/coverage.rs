@@ -103,3 +103,18 @@ fn the_ci_window_raises_every_blkdebug_event_but_the_known_gaps() {
     want.sort();
     assert_eq!(cov.gaps(BLKDEBUG_EVENTS), want, "{}", cov.table());
 }
+
+/// The table reads the transcript's `[time] trace NODE EVENT` and `[time] qmp {...}` lines.
+#[test]
+fn coverage_counts_traced_events_and_qmp_commands() {
+    let (g, v) = swarm::run_seed(1, true);
+    let mut cov = Coverage::default();
+    cov.add(&g.text, &v.outcome.expect("seed 1 runs").transcript);
+    let hit = |cat: &str| {
+        cov.counts
+            .get(cat)
+            .map_or(0, |m| m.values().filter(|n| **n > 0).count())
+    };
+    assert!(hit(BLKDEBUG_EVENTS) > 5, "{}", cov.table());
+    assert!(hit("qmp commands") > 0, "{}", cov.table());
+}

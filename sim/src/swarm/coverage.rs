@@ -78,7 +78,8 @@ impl Coverage {
             }
         }
         for l in transcript.lines() {
-            let body = l.split_once(' ').map_or(l, |(_, b)| b);
+            // Lines are `[   0.000050] what`: the text after the timestamp.
+            let body = l.split_once("] ").map_or(l, |(_, b)| b);
             if let Some(rest) = body.strip_prefix("trace ") {
                 if let Some((_, ev)) = rest.split_once(' ') {
                     self.bump(BLKDEBUG_EVENTS, ev);
