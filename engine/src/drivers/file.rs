@@ -10,7 +10,8 @@
 //! transient errors. A failed flush of a file that goes through the host page cache poisons the
 //! handle (as QEMU's file-posix does): the kernel may have dropped the dirty pages or marked them
 //! clean without writing them ("fsync-gate"), so no later flush may claim they are durable; every
-//! later flush fails with the same error until the file is opened again.
+//! later flush fails with the same error until the node is opened again (a reopen keeps it, as
+//! QEMU keeps it across reopens).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
