@@ -1,4 +1,4 @@
-//! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP.
+//! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP, the file driver over short and interrupted host I/O, blkdebug events.
 //! Each file below was its own test crate; it is a module here (see engine/Cargo.toml).
 
 // Shared helpers, loaded once for the whole binary; test files `use crate::` them.
@@ -8,8 +8,12 @@ mod support;
 mod backend_errors;
 #[path = "blkdebug.rs"]
 mod blkdebug;
+#[path = "debug_events.rs"]
+mod debug_events;
 #[path = "drain.rs"]
 mod drain;
+#[path = "file_partial_io.rs"]
+mod file_partial_io;
 #[path = "graph_perms.rs"]
 mod graph_perms;
 #[path = "lifecycle.rs"]

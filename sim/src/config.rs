@@ -40,6 +40,14 @@ impl Latency {
             Latency::Uniform { min_ns, max_ns } => in_range(rng, min_ns, max_ns),
         }
     }
+
+    /// The largest latency it can draw.
+    pub fn max_ns(&self) -> u64 {
+        match *self {
+            Latency::Fixed(ns) => ns,
+            Latency::Uniform { min_ns, max_ns } => min_ns.max(max_ns),
+        }
+    }
 }
 
 /// How a power loss resolves each completed-but-unflushed write (see `SimFs::crash`).

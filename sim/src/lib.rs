@@ -60,7 +60,7 @@ pub use env::SimEnv;
 pub use error::{LivelockReason, ParkedTask, SimError};
 pub use executor::{MAIN_TASK, TaskId};
 pub use export::View;
-pub use fault::{FaultId, FaultKind, FaultSpec, FaultState, OpKind, Trigger};
+pub use fault::{FAULT_KINDS, Family, FaultId, FaultKind, FaultSpec, FaultState, OpKind, Trigger};
 pub use rng::Stream;
 pub use vdisk::{CrashAt, CrashReport, DiskCounts, SimFs, VOLATILE_CACHE_BYTES};
 

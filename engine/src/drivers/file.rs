@@ -5,13 +5,21 @@
 //! alignment becomes the device's), `cache.no-flush` is handled by the generic flush path, and
 //! writeback vs writethrough is the BlockBackend's business. Holes are reported by the host's
 //! allocation query, so `map` shows sparse files as zeroes.
+//!
+//! Reads and writes go through `file_io.rs`, which completes short transfers and retries
+//! transient errors. A failed flush of a file that goes through the host page cache poisons the
+//! handle (as QEMU's file-posix does): the kernel may have dropped the dirty pages or marked them
+//! clean without writing them ("fsync-gate"), so no later flush may claim they are durable; every
+//! later flush fails with the same error until the node is opened again (a reopen keeps it, as
+//! QEMU keeps it across reopens).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use super::file_io::{read_full, write_full};
 use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
 use crate::env::{Allocation, HostFile, LocalBoxFuture, OpenOptions};
-use crate::error::{Error, Result, ResultExt};
+use crate::error::{Errno, Error, Result, ResultExt};
 use crate::graph::OpenCtx;
 use crate::io::{BlockStatus, BufResult, IoBuf, Limits, Mapping, ReqFlags};
 use crate::util::Options;
@@ -41,6 +49,8 @@ struct File {
     /// Cached length: updated by writes past the end and by truncate.
     size: Cell<u64>,
     align: u32,
+    /// The error of a failed flush through the page cache: every later flush fails with it.
+    flush_poisoned: Cell<Option<Errno>>,
 }
 
 pub(super) fn open(
@@ -93,6 +103,7 @@ pub(super) fn open(
             env: env.clone(),
             size: Cell::new(size),
             align,
+            flush_poisoned: Cell::new(None),
         }) as Box<dyn BlockDriver>)
     })
 }
@@ -107,6 +118,22 @@ impl File {
         if end > self.size.get() {
             self.size.set(end);
         }
+    }
+
+    /// Flush the host file, unless an earlier flush failure poisoned it (see the module doc).
+    async fn flush_host(&self, file: &dyn HostFile) -> Result<()> {
+        if let Some(errno) = self.flush_poisoned.get() {
+            // The caller sees what QEMU's guest sees: the errno of the failure, again.
+            return Err(Error::io(errno));
+        }
+        let r = file.flush().await;
+        if let Err(e) = &r
+            && !self.direct
+        {
+            self.flush_poisoned
+                .set(Some(e.errno().unwrap_or(Errno::EIO)));
+        }
+        r
     }
 }
 
@@ -132,16 +159,14 @@ impl BlockDriver for File {
 
     fn read(&self, offset: u64, buf: IoBuf, _flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
         let file = self.host();
-        Box::pin(async move { file.read_at(buf, offset).await })
+        Box::pin(async move { read_full(&*file, buf, offset).await })
     }
 
     fn write(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
         Box::pin(async move {
             let end = offset + buf.len() as u64;
-            let (buf, r) = self
-                .host()
-                .write_at(buf, offset, flags.contains(ReqFlags::FUA))
-                .await;
+            let file = self.host();
+            let (buf, r) = write_full(&*file, buf, offset, flags.contains(ReqFlags::FUA)).await;
             if r.is_ok() {
                 self.grew_to(end);
             }
@@ -161,7 +186,7 @@ impl BlockDriver for File {
                 .await?;
             self.grew_to(offset + len);
             if flags.contains(ReqFlags::FUA) {
-                file.flush().await?;
+                self.flush_host(&*file).await?;
             }
             Ok(())
         })
@@ -181,7 +206,7 @@ impl BlockDriver for File {
 
     fn flush(&self) -> LocalBoxFuture<'_, Result<()>> {
         let file = self.host();
-        Box::pin(async move { file.flush().await })
+        Box::pin(async move { self.flush_host(&*file).await })
     }
 
     fn allocated_bytes(&self) -> Option<u64> {
@@ -233,7 +258,7 @@ impl BlockDriver for File {
                     let mut pos = old;
                     while pos < len {
                         let n = FULL_PREALLOC_CHUNK.min(len - pos);
-                        let (_, r) = file.write_at(IoBuf::new(n as usize), pos, false).await;
+                        let (_, r) = write_full(&*file, IoBuf::new(n as usize), pos, false).await;
                         r?;
                         pos += n;
                     }

@@ -6,6 +6,7 @@
 
 mod blkdebug;
 mod file;
+mod file_io;
 mod null;
 pub mod qcow2;
 mod raw;

@@ -128,4 +128,55 @@ pub trait HostFile {
     fn allocated_bytes(&self) -> Option<u64> {
         None
     }
+
+    /// One read into `buf[skip..]` from `offset` (the file offset of `buf[skip]`), as one
+    /// `pread` does: it may move fewer bytes than asked (0 only at end of file) or fail with a
+    /// transient `EAGAIN`/`EINTR`. Returns the bytes moved. The file driver completes the rest
+    /// (`drivers/file_io.rs`). The default moves everything with [`HostFile::read_at`].
+    fn read_part(
+        &self,
+        buf: IoBuf,
+        skip: usize,
+        offset: u64,
+    ) -> LocalBoxFuture<'_, (IoBuf, Result<usize>)> {
+        Box::pin(async move {
+            if skip == 0 {
+                let n = buf.len();
+                let (buf, r) = self.read_at(buf, offset).await;
+                return (buf, r.map(|()| n));
+            }
+            let n = buf.len() - skip;
+            let (part, r) = self
+                .read_at(IoBuf::with_align(n, buf.align()), offset)
+                .await;
+            let mut buf = buf;
+            if r.is_ok() {
+                buf.as_mut_slice()[skip..].copy_from_slice(part.as_slice());
+            }
+            (buf, r.map(|()| n))
+        })
+    }
+
+    /// One write of `buf[skip..]` at `offset`, as one `pwrite` does: it may move fewer bytes
+    /// than asked or fail with a transient `EAGAIN`/`EINTR`; returns the bytes moved. The
+    /// default moves everything with [`HostFile::write_at`].
+    fn write_part(
+        &self,
+        buf: IoBuf,
+        skip: usize,
+        offset: u64,
+        fua: bool,
+    ) -> LocalBoxFuture<'_, (IoBuf, Result<usize>)> {
+        Box::pin(async move {
+            let n = buf.len() - skip;
+            if skip == 0 {
+                let (buf, r) = self.write_at(buf, offset, fua).await;
+                return (buf, r.map(|()| n));
+            }
+            let mut part = IoBuf::with_align(n, buf.align());
+            part.as_mut_slice().copy_from_slice(&buf.as_slice()[skip..]);
+            let (_, r) = self.write_at(part, offset, fua).await;
+            (buf, r.map(|()| n))
+        })
+    }
 }

@@ -53,6 +53,8 @@ pub(super) async fn populate(node: &Rc<Node>, edge: &Edge, offset: u64, len: u64
                 let (buf, r) = aligned_read(node, pos + done, buf, ReqFlags::NONE).await;
                 stats::record(node, Op::Read, piece, r.is_ok(), start);
                 r?;
+                // blkdebug's cor_write: the copied data is about to be written into the node.
+                super::debug::raise(node, crate::event::DebugEvent::CorWrite).await;
                 let start = node.ctx().env().now_ns();
                 let (_, r) = aligned_write(node, pos + done, buf, ReqFlags::WRITE_UNCHANGED).await;
                 finish_write(node, pos + done, pos + done + piece);

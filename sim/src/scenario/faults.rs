@@ -1,26 +1,15 @@
 //! `fault inject NAME KIND key=value...`: scenario syntax onto the virtual disk's `FaultSpec`.
 //!
-//! Kinds: `eio`, `enospc quota=SIZE`, `latent`, `lost-write`, `misdirected`, `bitrot`,
-//! `flush-drops-dirty`, `discard-no-zero`, `slow extra=DUR[..DUR]`. Targeting: `path=`,
-//! `ops=read,write,flush,discard,zeroes`, `range=START..END`, `skip=N`; trigger: `once`,
-//! `times=N`, `sticky` (default), `prob=P`.
+//! Kinds and their own arguments come from the fault table (`sim::fault::FAULT_KINDS`: `eio`,
+//! `enospc quota=SIZE`, `slow extra=DUR[..DUR]`, `hang delay=DUR[..DUR]`, `short-read`, ...).
+//! Targeting: `path=`, `ops=read,write,flush,discard,zeroes,setlen,prealloc,crash`,
+//! `range=START..END`, `skip=N`; trigger: `once`, `times=N`, `sticky` (default), `prob=P`.
 
 use engine::util::parse_size;
 
-use super::parse::{Arg, parse_duration};
-use crate::{FaultKind, FaultSpec, Latency, OpKind, Trigger};
-
-fn duration_range(v: &str) -> Result<Latency, String> {
-    let (a, b) = v.split_once("..").unwrap_or((v, v));
-    match (parse_duration(a), parse_duration(b)) {
-        (Some(a), Some(b)) if a == b => Ok(Latency::Fixed(a)),
-        (Some(a), Some(b)) if a < b => Ok(Latency::Uniform {
-            min_ns: a,
-            max_ns: b,
-        }),
-        _ => Err(format!("bad duration range '{v}'")),
-    }
-}
+use super::parse::Arg;
+use crate::fault::class_named;
+use crate::{FaultSpec, OpKind, Trigger};
 
 /// Build a fault from a scenario line's kind and arguments.
 pub fn fault_spec(kind: &str, args: &[Arg]) -> Result<FaultSpec, String> {
@@ -29,41 +18,17 @@ pub fn fault_spec(kind: &str, args: &[Arg]) -> Result<FaultSpec, String> {
             .find(|a| a.key == key)
             .and_then(|a| a.value.clone())
     };
-    let kind = match kind {
-        "eio" => FaultKind::Eio,
-        "enospc" => {
-            let q = value("quota").ok_or("enospc needs quota=SIZE")?;
-            FaultKind::NoSpace {
-                quota_bytes: parse_size(&q).ok_or(format!("bad quota '{q}'"))?,
-            }
-        }
-        "latent" => FaultKind::LatentSector,
-        "lost-write" => FaultKind::LostWrite,
-        "misdirected" => FaultKind::MisdirectedWrite,
-        "bitrot" => FaultKind::BitRot,
-        "flush-drops-dirty" => FaultKind::FlushDropsDirty,
-        "discard-no-zero" => FaultKind::DiscardNoZero,
-        "slow" => FaultKind::Slow {
-            extra: duration_range(&value("extra").ok_or("slow needs extra=DURATION")?)?,
-        },
-        other => return Err(format!("unknown fault kind '{other}'")),
-    };
+    let class = class_named(kind).ok_or_else(|| format!("unknown fault kind '{kind}'"))?;
+    let kind = class.build(&value)?;
     let mut spec = FaultSpec::new(kind);
     for a in args {
         match (a.key.as_str(), a.value.as_deref()) {
-            ("quota" | "extra", _) => {}
+            (k, _) if class.arg_keys().any(|c| c == k) => {}
             ("path", Some(p)) => spec = spec.path(p),
             ("ops", Some(list)) => {
                 let ops = list
                     .split(',')
-                    .map(|o| match o {
-                        "read" => Ok(OpKind::Read),
-                        "write" => Ok(OpKind::Write),
-                        "flush" => Ok(OpKind::Flush),
-                        "discard" => Ok(OpKind::Discard),
-                        "zeroes" => Ok(OpKind::WriteZeroes),
-                        other => Err(format!("unknown operation '{other}'")),
-                    })
+                    .map(|o| OpKind::from_name(o).ok_or(format!("unknown operation '{o}'")))
                     .collect::<Result<Vec<_>, _>>()?;
                 spec = spec.ops(&ops);
             }

@@ -118,8 +118,10 @@ impl IoSessions {
         }
         let result = dev.session.run_line(line).await;
         let ok = result == CommandResult::Ok;
-        if let (Some(start), true) = (flush_start, ok) {
-            model.borrow_mut().flush_done(start);
+        match (flush_start, ok) {
+            (Some(start), true) => model.borrow_mut().flush_done(start),
+            (Some(_), false) => model.borrow_mut().flush_failed(),
+            _ => {}
         }
         if let (Some(Command::Discard { offset, len, .. }), true) = (&cmd, ok) {
             model.borrow_mut().discarded(*offset, *len);

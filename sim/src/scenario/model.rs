@@ -122,6 +122,9 @@ struct SectorState {
     pending: SmallVec<[(u64, Vals); 1]>,
     /// Values of writes in flight, by ticket.
     maybe: SmallVec<[(u64, SectorVal); 1]>,
+    /// A lost flush covered it: what a read sees is not necessarily durable, so a verify must
+    /// not pin it (until a flush succeeds or the power fails).
+    unsure: bool,
 }
 
 impl Default for SectorState {
@@ -130,6 +133,7 @@ impl Default for SectorState {
             stable: smallvec![SectorVal::Zero],
             pending: SmallVec::new(),
             maybe: SmallVec::new(),
+            unsure: false,
         }
     }
 }
@@ -141,6 +145,17 @@ impl SectorState {
             None => &self.stable,
         }
     }
+}
+
+/// Drop repeated values, keeping the first of each.
+fn dedup(vals: &mut Vals) {
+    let mut out = Vals::with_capacity(vals.len());
+    for v in vals.drain(..) {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    *vals = out;
 }
 
 /// A write in flight.
@@ -177,6 +192,9 @@ pub struct DeviceModel {
     unflushed: BTreeSet<u64>,
     seq: u64,
     next_ticket: u64,
+    /// A fault that loses the data of a failed flush was injected (`Family::LostFlush`): from
+    /// then on a failed guest flush widens the unflushed sectors ([`DeviceModel::flush_failed`]).
+    pub lossy_flush: bool,
 }
 
 fn sector_range(offset: u64, len: u64) -> std::ops::Range<u64> {
@@ -343,6 +361,7 @@ impl DeviceModel {
             if covered > 0 {
                 st.stable = st.pending[covered - 1].1.clone();
                 st.pending.drain(..covered);
+                st.unsure = false;
             }
             if st.pending.is_empty() {
                 settled.push(s);
@@ -353,22 +372,42 @@ impl DeviceModel {
         }
     }
 
+    /// A guest flush failed. Normally nothing changes (the writes stay unflushed and readable).
+    /// Once a lost-flush fault is in play, the host may have dropped them or will drop them at
+    /// an eviction: each unflushed sector may then read as its stable value or any later
+    /// write's, as after a power loss.
+    pub fn flush_failed(&mut self) {
+        if !self.lossy_flush {
+            return;
+        }
+        for st in self.sectors.values_mut() {
+            if st.pending.is_empty() {
+                continue;
+            }
+            for (_, vals) in std::mem::take(&mut st.pending) {
+                st.stable.extend(vals);
+            }
+            dedup(&mut st.stable);
+            st.unsure = true;
+        }
+    }
+
     /// Power loss: each sector may hold its stable value or any later write's.
     pub fn crash(&mut self) {
         self.unflushed.clear();
+        self.widen();
+    }
+
+    fn widen(&mut self) {
         for st in self.sectors.values_mut() {
             let mut all = std::mem::take(&mut st.stable);
             for (_, vals) in st.pending.drain(..) {
                 all.extend(vals);
             }
             all.extend(st.maybe.drain(..).map(|(_, v)| v));
-            let mut dedup = Vals::new();
-            for v in all {
-                if !dedup.contains(&v) {
-                    dedup.push(v);
-                }
-            }
-            st.stable = dedup;
+            dedup(&mut all);
+            st.stable = all;
+            st.unsure = false;
         }
     }
 
@@ -376,7 +415,7 @@ impl DeviceModel {
     /// would have failed).
     pub fn pin(&mut self, sector: u64, val: SectorVal) {
         let st = self.sectors.entry(sector).or_default();
-        if st.pending.is_empty() && st.maybe.is_empty() {
+        if st.pending.is_empty() && st.maybe.is_empty() && !st.unsure {
             st.stable = smallvec![val];
         }
     }

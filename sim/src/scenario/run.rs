@@ -467,6 +467,11 @@ impl World<'_> {
             }
             Action::FaultInject { name, kind, args } => {
                 let spec = fault_spec(kind, args).map_err(|e| fail("setup", line, e))?;
+                if spec.kind.class().family == crate::fault::Family::LostFlush {
+                    for dev in self.devices.values() {
+                        dev.model.borrow_mut().lossy_flush = true;
+                    }
+                }
                 let id = self
                     .sim
                     .fs()

@@ -279,6 +279,8 @@ impl Worker {
                 self.count(stats, op, r.is_ok());
                 if r.is_ok() {
                     self.model.borrow_mut().flush_done(start);
+                } else {
+                    self.model.borrow_mut().flush_failed();
                 }
                 continue;
             }

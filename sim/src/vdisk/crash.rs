@@ -6,13 +6,16 @@
 //! probability 1/2, so a sector ends up holding its last durable value or the value of some later
 //! completed operation, never anything else. Size changes and preallocations are kept or lost
 //! whole. Afterwards the cache is empty, in-flight operations are abandoned and every handle
-//! opened before the crash is stale (EIO); files can be reopened.
+//! opened before the crash is stale (EIO); files can be reopened. A `truncate-on-crash` fault
+//! then cuts a file back to the length it durably had before the crash (size growth that was
+//! never flushed is lost, whatever happened to the data).
 
 use rand_chacha::ChaCha8Rng;
 
-use super::file::{CacheEntry, VFile, apply, sectors_in};
+use super::file::{CacheEntry, CacheOp, VFile, apply, sectors_in};
 use super::{FsInner, SimFs};
 use crate::config::CrashModel;
+use crate::fault::{OpKind, OpTarget};
 use crate::rng::{below, chance};
 use crate::trace::tag;
 
@@ -112,6 +115,24 @@ impl SimFs {
 }
 
 impl FsInner {
+    /// The length a `truncate-on-crash` fault cuts `file` back to at this crash, if one fires:
+    /// what it durably had before the crash.
+    fn truncates_at_crash(&self, path: &str, file: &VFile) -> Option<u64> {
+        let target = OpTarget {
+            path,
+            op: OpKind::Crash,
+            offset: 0,
+            len: 0,
+            file_len: file.len,
+            partial: false,
+            align: 1,
+            now: self.clock.now(),
+            max_latency: 0,
+        };
+        let plan = self.faults.borrow_mut().plan(&target, &self.trace);
+        plan.truncate.then(|| file.durable_view().1)
+    }
+
     /// [`SimFs::crash`] proper.
     pub(crate) fn crash_with(&self, rng: &mut ChaCha8Rng) -> CrashReport {
         let fs = self;
@@ -121,10 +142,26 @@ impl FsInner {
             clean: chance(rng, model.clean),
             ..CrashReport::default()
         };
-        let files: Vec<_> = fs.files.borrow().values().cloned().collect();
-        for file in files {
-            file.borrow_mut()
-                .crash(rng, &model, report.clean, &mut report);
+        let files: Vec<_> = fs
+            .files
+            .borrow()
+            .iter()
+            .map(|(p, f)| (p.clone(), f.clone()))
+            .collect();
+        for (path, file) in files {
+            let cut_to = fs.truncates_at_crash(&path, &file.borrow());
+            let mut guard = file.borrow_mut();
+            let f = &mut *guard;
+            f.crash(rng, &model, report.clean, &mut report);
+            if let Some(len) = cut_to.filter(|&l| l < f.durable_len) {
+                apply(
+                    &mut f.durable,
+                    &mut f.durable_len,
+                    &CacheOp::SetLen(len),
+                    None,
+                );
+                f.rebuild_current();
+            }
         }
         fs.trace.record(
             tag::CRASH,

@@ -8,7 +8,9 @@
 //!   incrementally, so reads never replay the cache.
 //! * `bad`: latent sector errors (reads fail with EIO until the sector is fully rewritten).
 //!
-//! A flush makes the prefix of the cache up to its mark durable; a failed flush may drop it.
+//! A flush makes the prefix of the cache up to its mark durable; a failed flush may drop it, or
+//! mark it clean without writing it (`lost`: reads still see it until the view is rebuilt, which
+//! is what a page-cache eviction does).
 
 use std::collections::BTreeSet;
 
@@ -159,6 +161,8 @@ pub(crate) struct VFile {
     cached_bytes: u64,
     pub(crate) next_seq: u64,
     pub(crate) bad: BTreeSet<u64>,
+    /// The read view holds writes a failed flush marked clean without writing (`lose_flushed`).
+    lost: bool,
 }
 
 impl VFile {
@@ -173,6 +177,7 @@ impl VFile {
             cached_bytes: 0,
             next_seq: 1,
             bad: BTreeSet::new(),
+            lost: false,
         }
     }
 
@@ -238,8 +243,31 @@ impl VFile {
         self.rebuild_current();
     }
 
+    /// A failed flush that marks its dirty data clean without writing it ("fsync-gate"):
+    /// entries with `seq < mark` leave the cache (FUA ones were durable and land) but stay in
+    /// the read view, so no later flush and no power loss keeps them.
+    pub(crate) fn lose_flushed(&mut self, mark: u64) {
+        let n = self.cache.iter().take_while(|e| e.seq < mark).count();
+        for e in self.cache.drain(..n) {
+            self.cached_bytes -= entry_bytes(&e.op);
+            if e.fua {
+                apply(&mut self.durable, &mut self.durable_len, &e.op, None);
+            } else {
+                self.lost = true;
+            }
+        }
+    }
+
+    /// The page cache evicts what `lose_flushed` left in the read view: reads see the disk.
+    pub(crate) fn evict_lost(&mut self) {
+        if self.lost {
+            self.rebuild_current();
+        }
+    }
+
     /// Recompute the read view from the durable bytes and the remaining cache.
     pub(crate) fn rebuild_current(&mut self) {
+        self.lost = false;
         let mut store = self.durable.clone();
         let mut len = self.durable_len;
         for e in &self.cache {

@@ -43,7 +43,7 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn complete(mut self) -> (Option<IoBuf>, Result<()>) {
+    fn complete(mut self) -> (Option<IoBuf>, Result<u64>) {
         let effect = self.effect.take().expect("completed once");
         complete(&self.fs, &self.file, self.epoch, &self.plan, effect)
     }
@@ -114,15 +114,20 @@ impl SimFile {
         }
     }
 
-    fn check_direct(&self, offset: u64, buf: &IoBuf) -> Result<()> {
+    /// `len` bytes of `buf` at file `offset`, starting `skip` bytes into the buffer.
+    fn check_direct(&self, offset: u64, buf: &IoBuf, skip: usize) -> Result<()> {
         // direct_align is a power of two.
         let align = u64::from(self.direct_align());
         let misaligned = |v: u64| v & (align - 1) != 0;
-        if misaligned(offset) || misaligned(buf.len() as u64) || (buf.align() as u64) < align {
+        let len = (buf.len() - skip) as u64;
+        if misaligned(offset)
+            || misaligned(len)
+            || misaligned(skip as u64)
+            || (buf.align() as u64) < align
+        {
             return Err(Error::invalid(format!(
-                "O_DIRECT request not aligned to {align}: offset {offset}, length {}, buffer \
+                "O_DIRECT request not aligned to {align}: offset {offset}, length {len}, buffer \
                  alignment {}",
-                buf.len(),
                 buf.align()
             )));
         }
@@ -130,39 +135,43 @@ impl SimFile {
     }
 
     /// Draw the latency, decide the faults; returns the completion deadline and the plan.
-    fn submit(&self, op: OpKind, offset: u64, len: u64) -> (u64, FaultPlan) {
+    /// `partial`: one transfer of `read_part`/`write_part`, which partial-only faults target.
+    fn submit(&self, op: OpKind, offset: u64, len: u64, partial: bool) -> (u64, FaultPlan) {
         let latency = match op {
             OpKind::Flush => self.fs.config.flush_latency,
             _ => self.fs.config.latency,
         };
         let ns = latency.sample(&mut self.fs.disk_rng.borrow_mut());
         let file_len = self.file.borrow().len;
+        let now = self.fs.clock.now();
         let target = OpTarget {
             path: &self.path,
             op,
             offset,
             len,
             file_len,
+            partial,
+            align: u64::from(self.direct_align()),
+            now,
+            max_latency: latency.max_ns(),
         };
         let plan = self.fs.faults.borrow_mut().plan(&target, &self.fs.trace);
-        (
-            self.fs
-                .clock
-                .now()
-                .saturating_add(ns)
-                .saturating_add(plan.extra_ns),
-            plan,
-        )
+        let deadline = now.saturating_add(ns).saturating_add(plan.extra_ns);
+        (deadline.max(plan.not_before), plan)
     }
 
-    /// Run a side-effecting operation: checks, latency, completion.
-    async fn run(&self, effect: Effect) -> (Option<IoBuf>, Result<()>) {
+    /// Run a side-effecting operation: checks, latency, completion. Returns the bytes a write
+    /// moved (0 for other operations).
+    async fn run(&self, effect: Effect, partial: bool) -> (Option<IoBuf>, Result<u64>) {
         let (op, offset, len) = effect.describe();
         let checked = self.check_live().and_then(|()| self.check_writable());
         let checked = match (&effect, checked) {
-            (Effect::Write { buf, offset, .. }, Ok(())) if self.opts.direct => {
-                self.check_direct(*offset, buf)
-            }
+            (
+                Effect::Write {
+                    buf, offset, skip, ..
+                },
+                Ok(()),
+            ) if self.opts.direct => self.check_direct(*offset, buf, *skip),
             (_, c) => c,
         };
         if let Err(e) = checked {
@@ -180,9 +189,9 @@ impl SimFile {
             } else {
                 None
             };
-            return (buf, res);
+            return (buf, res.map(|()| 0));
         }
-        let (deadline, plan) = self.submit(op, offset, len);
+        let (deadline, plan) = self.submit(op, offset, len, partial);
         let in_flight = InFlight {
             fs: self.fs.clone(),
             file: self.file.clone(),
@@ -195,10 +204,18 @@ impl SimFile {
         in_flight.complete()
     }
 
-    async fn read(&self, mut buf: IoBuf, offset: u64) -> BufResult {
-        let len = buf.len() as u64;
+    /// Read into `buf[skip..]` from `offset`; returns the bytes moved (all of them unless
+    /// `partial`: then a fault may cut the transfer short).
+    async fn read(
+        &self,
+        mut buf: IoBuf,
+        skip: usize,
+        offset: u64,
+        partial: bool,
+    ) -> (IoBuf, Result<u64>) {
+        let len = (buf.len() - skip) as u64;
         let checked = match self.check_live() {
-            Ok(()) if self.opts.direct => self.check_direct(offset, &buf),
+            Ok(()) if self.opts.direct => self.check_direct(offset, &buf, skip),
             c => c,
         };
         if let Err(e) = checked {
@@ -211,11 +228,11 @@ impl SimFile {
                 len,
                 &res,
             );
-            return (buf, res);
+            return (buf, res.map(|()| 0));
         }
-        let (deadline, plan) = self.submit(OpKind::Read, offset, len);
+        let (deadline, plan) = self.submit(OpKind::Read, offset, len, partial);
         Sleep::new(self.fs.clock.clone(), deadline).await;
-        let res = self.finish_read(&mut buf, offset, &plan);
+        let res = self.finish_read(&mut buf.as_mut_slice()[skip..], offset, &plan);
         trace_done(
             &self.fs,
             OpKind::Read.code(),
@@ -227,7 +244,7 @@ impl SimFile {
         (buf, res)
     }
 
-    fn finish_read(&self, buf: &mut IoBuf, offset: u64, plan: &FaultPlan) -> Result<()> {
+    fn finish_read(&self, buf: &mut [u8], offset: u64, plan: &FaultPlan) -> Result<u64> {
         self.check_live()?;
         if plan.eio {
             return Err(Error::io_msg(
@@ -235,21 +252,49 @@ impl SimFile {
                 "read: Input/output error (injected)",
             ));
         }
+        if let Some(errno) = plan.transient {
+            return Err(Error::io_msg(errno, "read: interrupted (injected)"));
+        }
         let mut f = self.file.borrow_mut();
+        if plan.evict {
+            f.evict_lost();
+        }
         if let Some(s) = plan.latent_sector {
             f.bad.insert(s);
         }
-        if let Some(s) = f.first_bad(offset, offset + buf.len() as u64) {
+        // Past the end of the file the virtual disk reads zeroes (a partial read too: only a
+        // fault cuts it short), so partial and whole reads draw and trace the same.
+        let n = plan.short.unwrap_or(buf.len() as u64);
+        if let Some(s) = f.first_bad(offset, offset + n) {
             return Err(Error::io_msg(
                 Errno::EIO,
                 format!("read: latent sector error at sector {s}"),
             ));
         }
-        f.read(offset, buf.as_mut_slice());
-        if let Some(bit) = plan.bitrot_bit {
-            buf.as_mut_slice()[(bit / 8) as usize] ^= 1 << (bit % 8);
+        f.read(offset, &mut buf[..n as usize]);
+        if let Some(bit) = plan.bitrot_bit.filter(|b| b / 8 < n) {
+            buf[(bit / 8) as usize] ^= 1 << (bit % 8);
         }
-        Ok(())
+        Ok(n)
+    }
+
+    /// Write `buf[skip..]` at `offset`; returns the bytes that landed.
+    async fn write(
+        &self,
+        buf: IoBuf,
+        skip: usize,
+        offset: u64,
+        fua: bool,
+        partial: bool,
+    ) -> (IoBuf, Result<u64>) {
+        let effect = Effect::Write {
+            buf,
+            skip,
+            offset,
+            fua,
+        };
+        let (buf, res) = self.run(effect, partial).await;
+        (buf.expect("write hands its buffer back"), res)
     }
 
     async fn allocation_query(&self, offset: u64, len: u64) -> Result<(Allocation, u64)> {
@@ -288,19 +333,47 @@ impl SimFile {
     }
 }
 
-fn unit(res: (Option<IoBuf>, Result<()>)) -> Result<()> {
-    res.1
+fn unit(res: (Option<IoBuf>, Result<u64>)) -> Result<()> {
+    res.1.map(|_| ())
 }
 
 impl HostFile for SimFile {
     fn read_at(&self, buf: IoBuf, offset: u64) -> LocalBoxFuture<'_, BufResult> {
-        Box::pin(self.read(buf, offset))
+        Box::pin(async move {
+            let (buf, res) = self.read(buf, 0, offset, false).await;
+            (buf, res.map(|_| ()))
+        })
     }
 
     fn write_at(&self, buf: IoBuf, offset: u64, fua: bool) -> LocalBoxFuture<'_, BufResult> {
         Box::pin(async move {
-            let (buf, res) = self.run(Effect::Write { buf, offset, fua }).await;
-            (buf.expect("write hands its buffer back"), res)
+            let (buf, res) = self.write(buf, 0, offset, fua, false).await;
+            (buf, res.map(|_| ()))
+        })
+    }
+
+    fn read_part(
+        &self,
+        buf: IoBuf,
+        skip: usize,
+        offset: u64,
+    ) -> LocalBoxFuture<'_, (IoBuf, Result<usize>)> {
+        Box::pin(async move {
+            let (buf, res) = self.read(buf, skip, offset, true).await;
+            (buf, res.map(|n| n as usize))
+        })
+    }
+
+    fn write_part(
+        &self,
+        buf: IoBuf,
+        skip: usize,
+        offset: u64,
+        fua: bool,
+    ) -> LocalBoxFuture<'_, (IoBuf, Result<usize>)> {
+        Box::pin(async move {
+            let (buf, res) = self.write(buf, skip, offset, fua, true).await;
+            (buf, res.map(|n| n as usize))
         })
     }
 
@@ -308,7 +381,7 @@ impl HostFile for SimFile {
         Box::pin(async move {
             // The flush covers what completed before it was submitted.
             let mark = self.file.borrow().mark();
-            unit(self.run(Effect::Flush { mark }).await)
+            unit(self.run(Effect::Flush { mark }, false).await)
         })
     }
 
@@ -318,11 +391,11 @@ impl HostFile for SimFile {
     }
 
     fn set_len(&self, len: u64) -> LocalBoxFuture<'_, Result<()>> {
-        Box::pin(async move { unit(self.run(Effect::SetLen(len)).await) })
+        Box::pin(async move { unit(self.run(Effect::SetLen(len), false).await) })
     }
 
     fn discard(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>> {
-        Box::pin(async move { unit(self.run(Effect::Discard { offset, len }).await) })
+        Box::pin(async move { unit(self.run(Effect::Discard { offset, len }, false).await) })
     }
 
     fn write_zeroes(
@@ -333,18 +406,21 @@ impl HostFile for SimFile {
     ) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
             unit(
-                self.run(Effect::Zeroes {
-                    offset,
-                    len,
-                    unmap: may_unmap,
-                })
+                self.run(
+                    Effect::Zeroes {
+                        offset,
+                        len,
+                        unmap: may_unmap,
+                    },
+                    false,
+                )
                 .await,
             )
         })
     }
 
     fn preallocate(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>> {
-        Box::pin(async move { unit(self.run(Effect::Prealloc { offset, len }).await) })
+        Box::pin(async move { unit(self.run(Effect::Prealloc { offset, len }, false).await) })
     }
 
     fn allocation(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<(Allocation, u64)>> {

@@ -17,12 +17,30 @@ use crate::trace::tag;
 
 /// A submitted operation with side effects, waiting for its completion time.
 pub(crate) enum Effect {
-    Write { buf: IoBuf, offset: u64, fua: bool },
-    Flush { mark: u64 },
+    /// `buf[skip..]` at `offset`.
+    Write {
+        buf: IoBuf,
+        skip: usize,
+        offset: u64,
+        fua: bool,
+    },
+    Flush {
+        mark: u64,
+    },
     SetLen(u64),
-    Discard { offset: u64, len: u64 },
-    Zeroes { offset: u64, len: u64, unmap: bool },
-    Prealloc { offset: u64, len: u64 },
+    Discard {
+        offset: u64,
+        len: u64,
+    },
+    Zeroes {
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    },
+    Prealloc {
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Effect {
@@ -30,8 +48,11 @@ impl Effect {
     pub(crate) fn describe(&self) -> (OpKind, u64, u64) {
         match *self {
             Effect::Write {
-                ref buf, offset, ..
-            } => (OpKind::Write, offset, buf.len() as u64),
+                ref buf,
+                skip,
+                offset,
+                ..
+            } => (OpKind::Write, offset, (buf.len() - skip) as u64),
             Effect::Flush { .. } => (OpKind::Flush, 0, 0),
             Effect::SetLen(len) => (OpKind::SetLen, len, 0),
             Effect::Discard { offset, len } => (OpKind::Discard, offset, len),
@@ -54,13 +75,13 @@ pub(crate) fn stale() -> Error {
 }
 
 /// Record a finished operation in the trace.
-pub(crate) fn trace_done(
+pub(crate) fn trace_done<T>(
     fs: &FsInner,
     op: u64,
     file: u64,
     offset: u64,
     len: u64,
-    res: &Result<()>,
+    res: &Result<T>,
 ) {
     let errno = res
         .as_ref()
@@ -81,14 +102,15 @@ fn check_quota(fs: &FsInner, plan: &FaultPlan, op: OpKind, total: u64, need: u64
     }
 }
 
-/// Complete `effect` on `file`. Returns the write buffer (if any) and the outcome.
+/// Complete `effect` on `file`. Returns the write buffer (if any) and the outcome: the bytes a
+/// write moved (0 for other operations).
 pub(crate) fn complete(
     fs: &FsInner,
     file: &RefCell<VFile>,
     epoch: u64,
     plan: &FaultPlan,
     effect: Effect,
-) -> (Option<IoBuf>, Result<()>) {
+) -> (Option<IoBuf>, Result<u64>) {
     let (op, offset, len) = effect.describe();
     let file_id = file.borrow().id;
     let strike = if fs.epoch.get() == epoch {
@@ -114,6 +136,16 @@ pub(crate) fn complete(
             None
         };
         (buf, Err(eio(&format!("{op:?}"))))
+    } else if let Some(errno) = plan.transient {
+        let buf = if let Effect::Write { buf, .. } = effect {
+            Some(buf)
+        } else {
+            None
+        };
+        (
+            buf,
+            Err(Error::io_msg(errno, format!("{op:?}: failed (injected)"))),
+        )
     } else {
         apply(fs, file, plan, effect)
     };
@@ -129,7 +161,7 @@ fn apply(
     file: &RefCell<VFile>,
     plan: &FaultPlan,
     effect: Effect,
-) -> (Option<IoBuf>, Result<()>) {
+) -> (Option<IoBuf>, Result<u64>) {
     // Sum the allocation before borrowing this file mutably (the sum borrows every file).
     let total = if plan.quota.is_some() {
         fs.allocated_bytes()
@@ -138,10 +170,16 @@ fn apply(
     };
     let mut f = file.borrow_mut();
     match effect {
-        Effect::Write { buf, offset, fua } => {
-            let len = buf.len() as u64;
+        Effect::Write {
+            buf,
+            skip,
+            offset,
+            fua,
+        } => {
+            // A short transfer lands only its prefix and reports it.
+            let len = plan.short.unwrap_or((buf.len() - skip) as u64);
             if len == 0 {
-                return (Some(buf), Ok(()));
+                return (Some(buf), Ok(0));
             }
             let target = plan.misdirect_to.unwrap_or(offset);
             let need = f.current.holes_in(target, len) * PAGE;
@@ -149,12 +187,13 @@ fn apply(
                 return (Some(buf), Err(e));
             }
             if plan.lost {
-                return (Some(buf), Ok(()));
+                return (Some(buf), Ok(len));
             }
+            let data = buf.as_slice()[skip..skip + len as usize].to_vec();
             f.push(
                 CacheOp::Write {
                     offset: target,
-                    data: buf.as_slice().to_vec(),
+                    data,
                 },
                 fua,
             );
@@ -162,19 +201,23 @@ fn apply(
                 // The size update of the intended write still happens.
                 f.push(CacheOp::SetLen(offset + len), fua);
             }
-            (Some(buf), Ok(()))
+            (Some(buf), Ok(len))
         }
         Effect::Flush { mark } => {
             if plan.drop_dirty {
                 f.drop_dirty(mark);
                 return (None, Err(eio("flush (dirty data dropped)")));
             }
+            if plan.lose_flushed {
+                f.lose_flushed(mark);
+                return (None, Err(eio("flush (data marked clean, never written)")));
+            }
             f.flush(mark);
-            (None, Ok(()))
+            (None, Ok(0))
         }
         Effect::SetLen(len) => {
             f.push(CacheOp::SetLen(len), false);
-            (None, Ok(()))
+            (None, Ok(0))
         }
         Effect::Discard { offset, len } => {
             let end = offset.saturating_add(len).min(f.len);
@@ -189,7 +232,7 @@ fn apply(
                     false,
                 );
             }
-            (None, Ok(()))
+            (None, Ok(0))
         }
         Effect::Zeroes { offset, len, unmap } => {
             let need = if unmap {
@@ -209,7 +252,7 @@ fn apply(
                     false,
                 );
             }
-            (None, res)
+            (None, res.map(|()| 0))
         }
         Effect::Prealloc { offset, len } => {
             let need = f.current.holes_in(offset, len) * PAGE;
@@ -217,7 +260,7 @@ fn apply(
             if res.is_ok() && len > 0 {
                 f.push(CacheOp::Prealloc { offset, len }, false);
             }
-            (None, res)
+            (None, res.map(|()| 0))
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod crash;
 mod faults;
+mod faults_io;
 mod misc;
 mod model;
 

@@ -68,6 +68,10 @@ impl Qcow2 {
         let l1_bytes = self.l1.borrow().len() as u64 * 8;
         zero(self.l1_offset.get(), l1_bytes).await?;
         self.file.flush().await?;
+        // The empty image's new structures are prepared (blkdebug's empty_image_prepare).
+        self.file
+            .debug_event(crate::event::DebugEvent::EmptyImagePrepare)
+            .await;
         zero(cs, (2 + l1c) * cs).await?;
         self.file.flush().await?;
         // l1_size (unchanged), l1_table_offset, refcount_table_offset and _clusters are

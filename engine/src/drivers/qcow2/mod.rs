@@ -183,6 +183,8 @@ pub(super) fn open(
         }
         let cs = h.cluster_size();
         let l1 = read_table(&file, h.l1_offset, h.l1_size as u64).await?;
+        file.debug_event(crate::event::DebugEvent::ReftableLoad)
+            .await;
         let reftable = read_table(
             &file,
             h.reftable_offset,

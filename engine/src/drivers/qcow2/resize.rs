@@ -122,7 +122,7 @@ impl Qcow2 {
             }
             let at = self.l1_offset.get() + l1i as u64 * 8;
             self.pre_write_check(OL_ACTIVE_L1, at, 8).await?;
-            self.file.debug_event(DebugEvent::L1Update).await;
+            self.file.debug_event(DebugEvent::L1ShrinkWriteTable).await;
             self.file
                 .write(at, IoBuf::from_slice(&0u64.to_be_bytes()), ReqFlags::NONE)
                 .await
@@ -133,6 +133,9 @@ impl Qcow2 {
         }
         if !tables.is_empty() {
             self.file.flush().await?;
+            self.file
+                .debug_event(DebugEvent::L1ShrinkFreeL2Clusters)
+                .await;
             for off in tables {
                 self.free_later(off, cs, true);
             }

@@ -10,8 +10,9 @@
 //! Families live in their own files: [`images`] (images, chains, nodes, the device), [`guest`]
 //! (workloads, qemu-io commands, blkdebug breakpoints, drains, resize), [`jobs`] (stream,
 //! commit, active commit, mirror and their verbs), [`faults`] (virtual-disk faults and error
-//! policies) and crashes (here: power loss, restart, recovery checks).
+//! policies), [`canary`] (silent corruption and lost flushes on a raw image) and crashes (here: power loss, restart, recovery checks).
 
+mod canary;
 mod faults;
 mod guest;
 mod images;
@@ -211,7 +212,23 @@ impl Gen {
     pub(super) fn crash_here(&mut self, during_job: bool) {
         let ms = 1 + below(&mut self.r.crash, 20);
         self.step(format!("advance {ms}ms"));
+        // Size growth that was never flushed may be lost too (drawn from the fault stream, so
+        // seeds without faults draw their crashes as before).
+        let truncate = (self.f.faults && chance(&mut self.r.faults, 0.3)).then(|| {
+            let name = self.fresh("t");
+            let path = if self.chain_known {
+                let i = below(&mut self.r.faults, self.chain.len() as u64) as usize;
+                format!(" path={}", self.chain[i].path)
+            } else {
+                String::new()
+            };
+            self.step(format!("fault inject {name} truncate-on-crash{path} once"));
+            name
+        });
         self.step("crash");
+        if let Some(name) = truncate {
+            self.step(format!("fault clear {name}"));
+        }
         self.step("restart");
         self.bg = None;
         // The restart reopened the images with their default options (and repaired them).
@@ -258,6 +275,7 @@ enum Round {
     Crash,
     Resize,
     Reopen,
+    Canary,
 }
 
 /// Draw the scenario of `seed`.
@@ -348,6 +366,9 @@ impl Gen {
         if f.reopen && self.chain_known && self.chain.len() > 1 {
             menu.push(Round::Reopen);
         }
+        if self.canary_possible() {
+            menu.push(Round::Canary);
+        }
         menu[below(&mut self.r.plan, menu.len() as u64) as usize]
     }
 
@@ -366,6 +387,7 @@ impl Gen {
             }
             Round::Resize => self.resize_round(),
             Round::Reopen => self.reopen_round(),
+            Round::Canary => self.canary_round(),
         }
         if chance(&mut self.r.plan, 0.5) {
             self.verify();

@@ -6,13 +6,19 @@
 //! seed), optionally after skipping the first matches. Faults are evaluated when an operation is
 //! submitted, in injection order; several may fire on one operation (say `Slow` and `Eio`). The
 //! outcome is a `FaultPlan` that the disk applies when the operation completes.
+//!
+//! The classes themselves, their names and what the swarm does with them are one table,
+//! [`FAULT_KINDS`] (`classes.rs`).
+
+mod classes;
+
+pub use classes::{FAULT_KINDS, Family, FaultClass, FaultKind, class_named};
 
 use std::collections::BTreeMap;
 
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::Latency;
-use crate::rng::{below, chance};
+use crate::rng::{below, chance, in_range};
 use crate::trace::{Trace, tag};
 use crate::vdisk::SECTOR;
 
@@ -33,7 +39,21 @@ pub enum OpKind {
     SetLen,
     /// `preallocate`.
     Preallocate,
+    /// A power loss (for faults that act when the host crashes).
+    Crash,
 }
+
+/// Names of the operations in the scenario language (`ops=read,write`).
+const OP_NAMES: &[(OpKind, &str)] = &[
+    (OpKind::Read, "read"),
+    (OpKind::Write, "write"),
+    (OpKind::Flush, "flush"),
+    (OpKind::Discard, "discard"),
+    (OpKind::WriteZeroes, "zeroes"),
+    (OpKind::SetLen, "setlen"),
+    (OpKind::Preallocate, "prealloc"),
+    (OpKind::Crash, "crash"),
+];
 
 impl OpKind {
     /// Stable code folded into the trace.
@@ -46,74 +66,21 @@ impl OpKind {
             OpKind::WriteZeroes => 5,
             OpKind::SetLen => 6,
             OpKind::Preallocate => 7,
-        }
-    }
-}
-
-/// What goes wrong.
-#[derive(Clone, Debug, PartialEq)]
-pub enum FaultKind {
-    /// The operation fails with EIO and has no effect.
-    Eio,
-    /// The operation fails with ENOSPC if, once it completed, the total allocated bytes of the
-    /// whole file system would exceed `quota_bytes`. Counts (once/N) are spent only when it fails.
-    NoSpace {
-        /// Allocation limit in bytes, over every file.
-        quota_bytes: u64,
-    },
-    /// A sector inside the read (and the target range) goes bad: this read and every later read
-    /// of it fail with EIO until the whole sector is rewritten.
-    LatentSector,
-    /// The write reports success but its data never lands anywhere.
-    LostWrite,
-    /// The write reports success but lands at another, seeded, sector-aligned offset of the file;
-    /// the intended range keeps its old data.
-    MisdirectedWrite,
-    /// One seeded bit of the returned data is flipped (the stored data is intact).
-    BitRot,
-    /// The flush fails with EIO and the dirty data it covered is dropped from the cache: reads
-    /// fall back to the durable bytes (Linux's "writeback error" behaviour).
-    FlushDropsDirty,
-    /// The discard reports success but does nothing: the old data stays readable.
-    DiscardNoZero,
-    /// Extra virtual latency, added to the drawn one (gray failure, slow disk).
-    Slow {
-        /// The extra latency distribution (drawn from the fault stream).
-        extra: Latency,
-    },
-}
-
-impl FaultKind {
-    /// Operations this kind can act on.
-    pub fn applicable(&self) -> &'static [OpKind] {
-        use OpKind::*;
-        match self {
-            FaultKind::Eio | FaultKind::Slow { .. } => &[
-                Read,
-                Write,
-                Flush,
-                Discard,
-                WriteZeroes,
-                SetLen,
-                Preallocate,
-            ],
-            FaultKind::NoSpace { .. } => &[Write, WriteZeroes, Preallocate],
-            FaultKind::LatentSector | FaultKind::BitRot => &[Read],
-            FaultKind::LostWrite => &[Write, WriteZeroes, Discard],
-            FaultKind::MisdirectedWrite => &[Write],
-            FaultKind::FlushDropsDirty => &[Flush],
-            FaultKind::DiscardNoZero => &[Discard],
+            OpKind::Crash => 9,
         }
     }
 
-    /// Operations targeted when a spec lists none.
-    pub fn default_ops(&self) -> &'static [OpKind] {
-        use OpKind::*;
-        match self {
-            FaultKind::Eio => &[Read, Write, Flush, Discard, WriteZeroes],
-            FaultKind::LostWrite => &[Write],
-            other => other.applicable(),
-        }
+    /// The name in the scenario language.
+    pub fn name(self) -> &'static str {
+        OP_NAMES
+            .iter()
+            .find(|(o, _)| *o == self)
+            .map_or("?", |(_, n)| n)
+    }
+
+    /// The operation named `name` in the scenario language.
+    pub fn from_name(name: &str) -> Option<OpKind> {
+        OP_NAMES.iter().find(|(_, n)| *n == name).map(|(o, _)| *o)
     }
 }
 
@@ -225,7 +192,7 @@ impl FaultSpec {
 
     /// The intersection of `[off, off + len)` with the target range, if they overlap.
     fn overlap(&self, op: OpKind, off: u64, len: u64) -> Option<(u64, u64)> {
-        if op == OpKind::Flush {
+        if matches!(op, OpKind::Flush | OpKind::Crash) {
             return Some((0, 0));
         }
         let (end, len) = (off.saturating_add(len.max(1)), len.max(1));
@@ -276,6 +243,19 @@ pub(crate) struct FaultPlan {
     pub(crate) discard_noop: bool,
     /// A quota to check at completion: (fault, quota bytes).
     pub(crate) quota: Option<(FaultId, u64)>,
+    /// A partial transfer moves only this many bytes (short read/write, ENOSPC mid-write).
+    pub(crate) short: Option<u64>,
+    /// The partial transfer fails with this error and does nothing (EAGAIN, EINTR, the ENOSPC
+    /// that ends a mid-write fill-up).
+    pub(crate) transient: Option<engine::Errno>,
+    /// The operation completes no earlier than this (a hang of its file).
+    pub(crate) not_before: u64,
+    /// A failed flush marks its writes clean without writing them.
+    pub(crate) lose_flushed: bool,
+    /// The read first evicts what a lost flush left unwritten.
+    pub(crate) evict: bool,
+    /// A power loss cuts the file back to its durable length.
+    pub(crate) truncate: bool,
 }
 
 /// Where an operation lands, for fault matching.
@@ -285,6 +265,14 @@ pub(crate) struct OpTarget<'a> {
     pub(crate) offset: u64,
     pub(crate) len: u64,
     pub(crate) file_len: u64,
+    /// One partial transfer of `read_part`/`write_part` (the only target of partial-only kinds).
+    pub(crate) partial: bool,
+    /// Alignment a partial transfer keeps (`O_DIRECT` block, else 1).
+    pub(crate) align: u64,
+    /// Submission time.
+    pub(crate) now: u64,
+    /// The disk's largest latency (a reordered operation is held past it).
+    pub(crate) max_latency: u64,
 }
 
 /// The injected faults, in injection order, and the fault stream.
@@ -292,6 +280,10 @@ pub(crate) struct FaultTable {
     faults: BTreeMap<FaultId, FaultState>,
     next_id: FaultId,
     rng: ChaCha8Rng,
+    /// Hung files: path -> time the hang ends.
+    hangs: BTreeMap<String, u64>,
+    /// Files whose next partial write fails with ENOSPC (a mid-write fill-up continues there).
+    full: BTreeMap<String, FaultId>,
 }
 
 impl FaultTable {
@@ -300,6 +292,8 @@ impl FaultTable {
             faults: BTreeMap::new(),
             next_id: 1,
             rng,
+            hangs: BTreeMap::new(),
+            full: BTreeMap::new(),
         }
     }
 
@@ -319,11 +313,14 @@ impl FaultTable {
     }
 
     pub(crate) fn remove(&mut self, id: FaultId) -> Option<FaultState> {
+        self.full.retain(|_, f| *f != id);
         self.faults.remove(&id)
     }
 
     pub(crate) fn clear(&mut self) {
         self.faults.clear();
+        self.hangs.clear();
+        self.full.clear();
     }
 
     pub(crate) fn census(&self) -> Vec<(FaultId, FaultState)> {
@@ -340,13 +337,27 @@ impl FaultTable {
 
     /// Decide the faults of one operation.
     pub(crate) fn plan(&mut self, t: &OpTarget<'_>, trace: &Trace) -> FaultPlan {
-        let mut plan = FaultPlan::default();
+        let mut plan = FaultPlan {
+            not_before: self.hangs.get(t.path).copied().unwrap_or(0),
+            ..FaultPlan::default()
+        };
+        if t.partial
+            && t.op == OpKind::Write
+            && let Some(id) = self.full.remove(t.path)
+        {
+            // The write that continues a mid-write fill-up finds the disk full.
+            plan.transient = Some(engine::Errno::ENOSPC);
+            self.fire(id, trace, t.op);
+        }
         for (&id, state) in self.faults.iter_mut() {
             let spec = &state.spec;
-            if spec.path.as_deref().is_some_and(|p| p != t.path) || !spec.targets(t.op) {
+            if spec.path.as_deref().is_some_and(|p| p != t.path)
+                || !spec.targets(t.op)
+                || (spec.kind.class().partial_only && !t.partial)
+            {
                 continue;
             }
-            let Some((s, e)) = spec.overlap(t.op, t.offset, t.len) else {
+            let Some(hit) = spec.overlap(t.op, t.offset, t.len) else {
                 continue;
             };
             if state.exhausted() {
@@ -360,50 +371,13 @@ impl FaultTable {
                 Trigger::Probability(p) if !chance(&mut self.rng, p) => continue,
                 _ => {}
             }
-            let rng = &mut self.rng;
-            let fired = match &spec.kind {
-                FaultKind::Eio => {
-                    plan.eio = true;
-                    true
-                }
-                FaultKind::NoSpace { quota_bytes } => {
-                    // Decided (and counted) at completion, against the allocation then.
-                    if plan.quota.is_none() {
-                        plan.quota = Some((id, *quota_bytes));
-                    }
-                    false
-                }
-                FaultKind::Slow { extra } => {
-                    plan.extra_ns = plan.extra_ns.saturating_add(extra.sample(rng));
-                    true
-                }
-                FaultKind::LostWrite => {
-                    plan.lost = true;
-                    true
-                }
-                FaultKind::MisdirectedWrite => {
-                    plan.misdirect_to = Some(misdirect(rng, t.offset, t.len, t.file_len));
-                    true
-                }
-                FaultKind::BitRot => {
-                    plan.bitrot_bit = Some((s - t.offset) * 8 + below(rng, (e - s) * 8));
-                    true
-                }
-                FaultKind::LatentSector => {
-                    let (first, last) = (s / SECTOR, (e - 1) / SECTOR);
-                    plan.latent_sector = Some(first + below(rng, last - first + 1));
-                    true
-                }
-                FaultKind::FlushDropsDirty => {
-                    plan.drop_dirty = true;
-                    true
-                }
-                FaultKind::DiscardNoZero => {
-                    plan.discard_noop = true;
-                    true
-                }
+            let effect = Effect {
+                rng: &mut self.rng,
+                hangs: &mut self.hangs,
+                full: &mut self.full,
+                id,
             };
-            if fired {
+            if effect.apply(&spec.kind, spec.range, t, hit, &mut plan) {
                 state.fired += 1;
                 trace.record(tag::FAULT, &[id, t.op.code()]);
             }
@@ -412,16 +386,114 @@ impl FaultTable {
     }
 }
 
-/// A sector-aligned offset for a misdirected write of `len` bytes, inside the file (or its
-/// intended extent), different from `offset` when there is room.
-fn misdirect(rng: &mut ChaCha8Rng, offset: u64, len: u64, file_len: u64) -> u64 {
-    let extent = file_len.max(offset + len);
-    let slots = extent.saturating_sub(len) / SECTOR + 1;
+/// What firing one fault does to the plan (and to the table's per-file state).
+struct Effect<'a> {
+    rng: &'a mut ChaCha8Rng,
+    hangs: &'a mut BTreeMap<String, u64>,
+    full: &'a mut BTreeMap<String, FaultId>,
+    id: FaultId,
+}
+
+impl Effect<'_> {
+    /// Apply `kind` to `plan`; false when it did not fire (yet).
+    fn apply(
+        self,
+        kind: &FaultKind,
+        range: Option<(u64, u64)>,
+        t: &OpTarget<'_>,
+        (s, e): (u64, u64),
+        plan: &mut FaultPlan,
+    ) -> bool {
+        let rng = self.rng;
+        match kind {
+            FaultKind::Eio => plan.eio = true,
+            FaultKind::NoSpace { quota_bytes } => {
+                // Decided (and counted) at completion, against the allocation then.
+                if plan.quota.is_none() {
+                    plan.quota = Some((self.id, *quota_bytes));
+                }
+                return false;
+            }
+            FaultKind::Slow { extra } => {
+                plan.extra_ns = plan.extra_ns.saturating_add(extra.sample(rng));
+            }
+            FaultKind::Hang { delay } => {
+                let until = t.now.saturating_add(delay.sample(rng));
+                let end = self.hangs.entry(t.path.to_string()).or_default();
+                *end = (*end).max(until);
+                plan.not_before = plan.not_before.max(until);
+            }
+            FaultKind::Reorder => {
+                plan.extra_ns = plan.extra_ns.saturating_add(2 * t.max_latency + 1);
+            }
+            FaultKind::LostWrite => plan.lost = true,
+            FaultKind::MisdirectedWrite => {
+                plan.misdirect_to = Some(misdirect(rng, t.offset, t.len, t.file_len, range));
+            }
+            FaultKind::BitRot => {
+                plan.bitrot_bit = Some((s - t.offset) * 8 + below(rng, (e - s) * 8));
+            }
+            FaultKind::LatentSector => {
+                let (first, last) = (s / SECTOR, (e - 1) / SECTOR);
+                plan.latent_sector = Some(first + below(rng, last - first + 1));
+            }
+            FaultKind::FlushDropsDirty => plan.drop_dirty = true,
+            FaultKind::FlushLost => plan.lose_flushed = true,
+            FaultKind::StaleRead => plan.evict = true,
+            FaultKind::DiscardNoZero => plan.discard_noop = true,
+            FaultKind::TruncateOnCrash => plan.truncate = true,
+            FaultKind::Eagain => plan.transient = Some(engine::Errno::EAGAIN),
+            FaultKind::Eintr => plan.transient = Some(engine::Errno::Other(4)),
+            FaultKind::ShortRead => {
+                // A prefix of whole alignment units, at least one, never all of it.
+                let units = t.len / t.align.max(1);
+                if units < 2 || plan.short.is_some() {
+                    return false;
+                }
+                plan.short = Some(in_range(rng, 1, units - 1) * t.align.max(1));
+            }
+            FaultKind::ShortWrite | FaultKind::NoSpaceMidWrite => {
+                // What lands stops on a sector (or O_DIRECT block) boundary of the file,
+                // strictly inside the write: the page cache writes whole sectors back, so two
+                // parts of one sector never reach the disk separately (a power loss resolves
+                // sectors, not bytes).
+                let unit = t.align.max(SECTOR);
+                let first = t.offset / unit + 1;
+                let last = (t.offset + t.len).div_ceil(unit) - 1;
+                if first > last || plan.short.is_some() {
+                    return false;
+                }
+                plan.short = Some(in_range(rng, first, last) * unit - t.offset);
+                if *kind == FaultKind::NoSpaceMidWrite {
+                    // A file system fills up: the write that continues this one finds it full.
+                    self.full.insert(t.path.to_string(), self.id);
+                }
+            }
+        }
+        true
+    }
+}
+
+/// A sector-aligned offset for a misdirected write of `len` bytes, inside `range` when given
+/// and the write fits there twice, else inside the file (or its intended extent), different
+/// from `offset` when there is room.
+fn misdirect(
+    rng: &mut ChaCha8Rng,
+    offset: u64,
+    len: u64,
+    file_len: u64,
+    range: Option<(u64, u64)>,
+) -> u64 {
+    let (base, extent) = match range {
+        Some((ro, rl)) if rl >= 2 * len => (ro.next_multiple_of(SECTOR), ro + rl),
+        _ => (0, file_len.max(offset + len)),
+    };
+    let slots = extent.saturating_sub(base + len) / SECTOR + 1;
     if slots <= 1 {
-        return 0;
+        return base;
     }
     loop {
-        let cand = below(rng, slots) * SECTOR;
+        let cand = base + below(rng, slots) * SECTOR;
         if cand != offset {
             return cand;
         }

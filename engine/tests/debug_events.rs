@@ -1,0 +1,108 @@
+//! blkdebug events raised where QEMU raises them, each shown by a blkdebug rule that fails the
+//! request after it: `reftable_load` (qcow2 open, before the refcount table is read),
+//! `cor_write` (copy-on-read, before the copied data is written), `l1_shrink_write_table` and
+//! `l1_shrink_free_l2_clusters` (shrinking past an L2 table's reach), `empty_image_prepare`
+//! (an image rebuilt empty, as `qemu-img commit` leaves its top).
+
+use crate::support;
+
+use engine::backend::BackendOptions;
+use engine::io::IoBuf;
+use engine::{Engine, Errno};
+use serde_json::{Value, json};
+use support::chain::{SIZE, add_layer, fill, mkimg};
+use support::run;
+
+/// qcow2 `name` on `name.qcow2` through a blkdebug node with `rules`.
+fn over_blkdebug(name: &str, backing: Value, rules: Value) -> Value {
+    json!({"driver": "qcow2", "node-name": name, "backing": backing,
+           "file": {"driver": "blkdebug", "node-name": format!("{name}-dbg"),
+                    "inject-error": rules,
+                    "image": {"driver": "file", "filename": format!("{name}.qcow2")}}})
+}
+
+async fn add_err(engine: &Engine, opts: Value) -> Option<Errno> {
+    engine
+        .blockdev_add(opts)
+        .await
+        .err()
+        .and_then(|e| e.errno())
+}
+
+#[test]
+fn reftable_load_is_raised_when_qcow2_opens() {
+    run(1, |engine| async move {
+        mkimg(&engine, "top.qcow2", None).await;
+        let rules = json!([{"event": "reftable_load", "errno": 5, "once": true}]);
+        let opts = over_blkdebug("top", Value::Null, rules);
+        assert_eq!(add_err(&engine, opts).await, Some(Errno::EIO));
+        // Without the rule the same image opens.
+        add_layer(&engine, "top", None).await;
+    });
+}
+
+#[test]
+fn cor_write_is_raised_before_copy_on_read_writes() {
+    run(2, |engine| async move {
+        mkimg(&engine, "base.qcow2", None).await;
+        mkimg(&engine, "top.qcow2", Some("base.qcow2")).await;
+        add_layer(&engine, "base", None).await;
+        fill(&engine, "base", 0, 64 << 10, 0x5a).await;
+        // The blkdebug filter is the node doing copy-on-read: the event is raised on it.
+        engine
+            .blockdev_add(json!({"driver": "blkdebug", "node-name": "dbg",
+                "inject-error": [{"event": "cor_write", "errno": 28, "once": true}],
+                "image": {"driver": "qcow2", "node-name": "top", "backing": "base",
+                          "file": {"driver": "file", "filename": "top.qcow2"}}}))
+            .await
+            .unwrap();
+        let opts = BackendOptions {
+            copy_on_read: true,
+            ..BackendOptions::tool(false)
+        };
+        let bb = engine.device_add("d", "dbg", opts).unwrap();
+        let (_, r) = bb.read(0, IoBuf::new(4096)).await;
+        assert_eq!(r.unwrap_err().errno(), Some(Errno::ENOSPC));
+        // Once: the next copy-on-read succeeds and copies the backing data up.
+        let (buf, r) = bb.read(0, IoBuf::new(4096)).await;
+        r.unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == 0x5a));
+    });
+}
+
+#[test]
+fn l1_shrink_events_are_raised_when_a_shrink_drops_l2_tables() {
+    for (event, seed) in [
+        ("l1_shrink_write_table", 3),
+        ("l1_shrink_free_l2_clusters", 4),
+    ] {
+        run(seed, move |engine| async move {
+            mkimg(&engine, "top.qcow2", None).await;
+            let rules = json!([{"event": event, "errno": 5, "once": true}]);
+            engine
+                .blockdev_add(over_blkdebug("top", Value::Null, rules))
+                .await
+                .unwrap();
+            fill(&engine, "top", SIZE - (64 << 10), 64 << 10, 0x77).await;
+            // Down to nothing: the only L2 table goes.
+            let r = engine.block_resize(None, Some("top"), 0).await;
+            assert_eq!(r.unwrap_err().errno(), Some(Errno::EIO), "{event}");
+        });
+    }
+}
+
+#[test]
+fn empty_image_prepare_is_raised_when_an_image_is_rebuilt_empty() {
+    run(5, |engine| async move {
+        mkimg(&engine, "top.qcow2", None).await;
+        let rules = json!([{"event": "empty_image_prepare", "errno": 5, "once": true}]);
+        engine
+            .blockdev_add(over_blkdebug("top", Value::Null, rules))
+            .await
+            .unwrap();
+        fill(&engine, "top", 0, 64 << 10, 0x66).await;
+        let node = engine.node("top").unwrap();
+        let r = engine::request::make_empty(&node).await;
+        assert_eq!(r.unwrap_err().errno(), Some(Errno::EIO));
+    });
+}
