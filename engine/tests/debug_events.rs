@@ -2,7 +2,8 @@
 //! request after it: `reftable_load` (qcow2 open, before the refcount table is read),
 //! `cor_write` (copy-on-read, before the copied data is written), `l1_shrink_write_table` and
 //! `l1_shrink_free_l2_clusters` (shrinking past an L2 table's reach), `empty_image_prepare`
-//! (an image rebuilt empty, as `qemu-img commit` leaves its top).
+//! (an image rebuilt empty, as `qemu-img commit` leaves its top), `vmstate_save` and
+//! `vmstate_load` (qemu-io `write -b`/`read -b`, before the VM state is touched).
 
 use crate::support;
 
@@ -104,5 +105,31 @@ fn empty_image_prepare_is_raised_when_an_image_is_rebuilt_empty() {
         let node = engine.node("top").unwrap();
         let r = engine::request::make_empty(&node).await;
         assert_eq!(r.unwrap_err().errno(), Some(Errno::EIO));
+    });
+}
+
+#[test]
+fn vmstate_events_are_raised_before_the_vm_state_is_touched() {
+    run(5, |engine| async move {
+        mkimg(&engine, "top.qcow2", None).await;
+        let rules = json!([{"event": "vmstate_save", "errno": 28, "once": true},
+                           {"event": "vmstate_load", "errno": 5, "once": true}]);
+        engine
+            .blockdev_add(over_blkdebug("top", Value::Null, rules))
+            .await
+            .unwrap();
+        let bb = engine
+            .device_add("d", "top", BackendOptions::tool(false))
+            .unwrap();
+        let (_, r) = bb.save_vmstate(0, IoBuf::filled(4096, 7)).await;
+        assert_eq!(r.unwrap_err().errno(), Some(Errno::ENOSPC));
+        // Once: the state is then saved; loading it fails once (the read of the saved data is
+        // the request after the event), then loads back.
+        bb.save_vmstate(0, IoBuf::filled(4096, 7)).await.1.unwrap();
+        let (_, r) = bb.load_vmstate(0, IoBuf::new(4096)).await;
+        assert_eq!(r.unwrap_err().errno(), Some(Errno::EIO));
+        let (buf, r) = bb.load_vmstate(0, IoBuf::new(4096)).await;
+        r.unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == 7));
     });
 }

@@ -32,8 +32,6 @@ const EVENT_GAPS: &[(&str, &str)] = &[
         "not raised yet (QEMU no longer raises it either)",
     ),
     ("reftable_update", "not raised yet"),
-    ("vmstate_load", "no vmstate (savevm/loadvm) in the engine"),
-    ("vmstate_save", "no vmstate (savevm/loadvm) in the engine"),
     (
         "job_iteration",
         "not raised yet: the job loop is being reshaped (issue 12)",

@@ -7,6 +7,7 @@
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
 use crate::error::{Errno, Error, Result};
+use crate::event::DebugEvent;
 use crate::io::{BufResult, IoBuf};
 
 use super::Qcow2;
@@ -23,6 +24,7 @@ impl Qcow2 {
         if let Err(e) = self.check_writable().await {
             return (buf, Err(e));
         }
+        self.file.debug_event(DebugEvent::VmstateSave).await;
         let offset = self.vm_state_offset().saturating_add(pos);
         let end = offset.saturating_add(buf.len() as u64);
         if let Err(e) = self.grow_l1_to_cover(end).await {
@@ -33,6 +35,7 @@ impl Qcow2 {
 
     /// Read `[pos, pos + buf.len())` of the VM state area into `buf`.
     pub(super) async fn load_vmstate(&self, pos: u64, buf: IoBuf) -> BufResult {
+        self.file.debug_event(DebugEvent::VmstateLoad).await;
         let offset = self.vm_state_offset().saturating_add(pos);
         self.do_read(offset, buf).await
     }
