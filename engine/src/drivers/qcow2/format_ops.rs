@@ -36,6 +36,10 @@ impl FormatOps for Qcow2 {
 
     fn data_may_be_file_holes(&self) -> LocalBoxFuture<'_, Result<bool>> {
         Box::pin(async {
+            // Decided once per open: later asks (one per data run of a map) take no lock.
+            if let Some(known) = self.metadata_prealloc.get() {
+                return Ok(known);
+            }
             let _g = self.meta.lock().await;
             self.metadata_preallocated().await
         })

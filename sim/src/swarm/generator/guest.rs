@@ -249,8 +249,23 @@ impl Gen {
             self.start_bg();
         }
         for read_only in [false, true] {
-            let options = json!([{"node-name": layer.node, "driver": driver,
+            let mut options = json!([{"node-name": layer.node, "driver": driver,
                 "file": format!("{}-file", layer.node), "read-only": read_only}]);
+            // Now and then qcow2 options too, set anew by the same reopen (its own stream).
+            // Lazy refcounts are left out: the layer's file is checked on its own at the end.
+            let r = &mut self.r.reopen_opts;
+            if driver == "qcow2" && chance(r, 0.4) {
+                let extra = [
+                    json!({"l2-cache-size": 65536}),
+                    json!({"cache-size": 262144}),
+                    json!({"overlap-check": "none"}),
+                    json!({"pass-discard-other": true}),
+                ][below(r, 4) as usize]
+                    .clone();
+                for (k, v) in extra.as_object().into_iter().flatten() {
+                    options[0][k] = v.clone();
+                }
+            }
             self.qmp(&json!({"execute": "blockdev-reopen", "arguments": {"options": options}}));
             self.step("expect return {}");
         }
