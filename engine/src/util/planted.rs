@@ -75,3 +75,17 @@ pub fn enable_named(name: &str) -> bool {
 pub fn disable_all() {
     ENABLED.with(|e| e.set(0));
 }
+
+/// True when any planted bug is on for this thread.
+pub fn any_on() -> bool {
+    ENABLED.with(|e| e.get() != 0)
+}
+
+/// Run `f` with every planted bug off, then switch back on the ones that were on: the control
+/// run that tells a planted bug's failure from one the scenario has without it.
+pub fn suspended<R>(f: impl FnOnce() -> R) -> R {
+    let saved = ENABLED.with(|e| e.replace(0));
+    let out = f();
+    ENABLED.with(|e| e.set(saved));
+    out
+}

@@ -4,6 +4,9 @@
 //! until no single reduction still fails the same check. Works on any scenario file, generated
 //! or hand-written; the header (purpose, seed, scheduler, latency, limits) is kept.
 
+use engine::util::planted;
+use serde_json::Value;
+
 use super::oracles::judge;
 use crate::scenario::{Failure, RunOptions};
 
@@ -72,6 +75,12 @@ pub struct Shrunk {
 
 /// Shrink `text`, keeping the failure of `check` (default: the check it fails now). `None`
 /// when the scenario does not fail (or not that check).
+///
+/// With a planted bug switched on (`blk sim shrink --plant NAME`, the swarm proofs) and a
+/// scenario that passes once the bug is off, every reduction must keep that difference too:
+/// fail with the bug, pass without it. Otherwise a reduction could trade the bug's failure for
+/// one the reduction itself causes (a model declaration whose data the shorter chain no longer
+/// holds fails `verify` with the same words).
 pub fn shrink(text: &str, check: Option<&str>) -> Option<Shrunk> {
     let first = judge("shrink", text, RunOptions::default());
     let got = first.check()?.to_string();
@@ -79,19 +88,26 @@ pub fn shrink(text: &str, check: Option<&str>) -> Option<Shrunk> {
         return None;
     }
     let want = signature(first.failure.as_ref()?);
+    let passes_without_bug = |t: &str| {
+        planted::suspended(|| judge("control", t, RunOptions::default()).failure.is_none())
+    };
+    let differential = planted::any_on() && passes_without_bug(text);
     let mut runs = 1;
     let mut fails = |s: &Split| {
         if !well_formed(s) {
             return false;
         }
         runs += 1;
-        let v = judge("shrink", &s.text(), RunOptions::default());
+        let text = s.text();
+        let v = judge("shrink", &text, RunOptions::default());
         v.failure.as_ref().map(signature).as_ref() == Some(&want)
+            && (!differential || passes_without_bug(&text))
     };
     let mut cur = Split::parse(text);
     let before = cur.steps.len();
     loop {
         let n0 = cur.text().len();
+        drop_entities(&mut cur, &mut fails);
         drop_chunks(&mut cur, &mut fails);
         simplify(&mut cur, &mut fails);
         if cur.text().len() >= n0 {
@@ -114,7 +130,9 @@ pub fn shrink(text: &str, check: Option<&str>) -> Option<Shrunk> {
 /// Likewise a `model` declaration must keep the write it declares and the flush that made that
 /// write durable (the declaration says it is: without the flush a restart may rightly lose it),
 /// a drained section its end and a blkdebug breakpoint its resume: without them the run fails
-/// or hangs for that reason.
+/// or hangs for that reason. A `resume` needs the `wait_break` that saw the request parked:
+/// without it the resume races the request to the breakpoint and fails when it loses. And a
+/// `wait_break` needs a request issued after its `break`, or it waits for nothing, forever.
 fn well_formed(s: &Split) -> bool {
     let mut running: Vec<&str> = Vec::new();
     // Writes not yet flushed, by device; `written` holds the flushed ones.
@@ -122,12 +140,21 @@ fn well_formed(s: &Split) -> bool {
     let mut written: Vec<(&str, &str, &str)> = Vec::new();
     let mut drained: Vec<&str> = Vec::new();
     let mut breaks: Vec<&str> = Vec::new();
+    let mut parked: Vec<&str> = Vec::new();
+    // Breakpoints set, and whether a request was issued after each.
+    let mut armed: Vec<(&str, bool)> = Vec::new();
     let mut aio = false;
     let mut lower: Vec<(&str, (&str, &str, &str))> = Vec::new();
     let mut deleted: Vec<&str> = Vec::new();
     let mut fills: Vec<(&str, &str, &str)> = Vec::new();
     for st in &s.steps {
         let w: Vec<&str> = st[0].split_whitespace().collect();
+        if matches!(
+            w.as_slice(),
+            ["io", _, "aio_write" | "write" | "aio_read" | "read", ..] | ["workload", "start", ..]
+        ) {
+            armed.iter_mut().for_each(|a| a.1 = true);
+        }
         match w.as_slice() {
             ["workload", "start", name, ..] => running.push(name),
             ["workload", "stop" | "wait", name] => running.retain(|r| r != name),
@@ -136,9 +163,9 @@ fn well_formed(s: &Split) -> bool {
                 running.clear();
                 drained.clear();
                 breaks.clear();
+                parked.clear();
             }
             ["verify", ..] if !running.is_empty() || aio => return false,
-            ["io", _, "aio_write", ..] => aio = true,
             ["io", dev, op @ ("aio_flush" | "flush")] => {
                 aio &= *op != "aio_flush";
                 for (_, w) in unflushed.iter().filter(|(d, _)| d == dev) {
@@ -149,6 +176,14 @@ fn well_formed(s: &Split) -> bool {
             ["io", dev, "write", "-P", p, off, len] => {
                 unflushed.push((dev, (p, off, len)));
                 lower.push((dev, (p, off, len)));
+            }
+            ["image", "create", ..] => {
+                for f in w.iter().filter_map(|a| a.strip_prefix("fill=")) {
+                    let mut p = f.split(':');
+                    if let (Some(pat), Some(off), Some(len)) = (p.next(), p.next(), p.next()) {
+                        written.push((pat, off, len));
+                    }
+                }
             }
             ["device", "del", dev] => deleted.push(dev),
             ["model", _, "fill", p, off, len] if !written.contains(&(p, off, len)) => {
@@ -162,9 +197,19 @@ fn well_formed(s: &Split) -> bool {
                 }
                 None => return false,
             },
-            ["io", _, "break", _, tag] => breaks.push(tag),
+            ["io", _, "break", _, tag] => {
+                breaks.push(tag);
+                armed.push((tag, false));
+            }
+            ["io", _, "aio_write", ..] => aio = true,
+            ["io", _, "wait_break", tag] if !armed.contains(&(tag, true)) => return false,
             ["io", _, "wait_break", tag] if !breaks.contains(tag) => return false,
-            ["io", _, "resume", tag] => breaks.retain(|b| b != tag),
+            ["io", _, "wait_break", tag] => parked.push(tag),
+            ["io", _, "resume", tag] if !parked.contains(tag) => return false,
+            ["io", _, "resume", tag] => {
+                breaks.retain(|b| b != tag);
+                parked.retain(|b| b != tag);
+            }
             _ => {}
         }
     }
@@ -226,7 +271,7 @@ const OPTIONAL: &[&str] = &[
 /// Candidate rewrites of one single-line step.
 fn variants(line: &str) -> Vec<String> {
     let words: Vec<&str> = line.split(' ').collect();
-    let mut out = Vec::new();
+    let mut out: Vec<String> = backing_from_header(line).into_iter().collect();
     for (i, w) in words.iter().enumerate() {
         let mut with = |nw: Option<String>| {
             let mut v: Vec<String> = words.iter().map(|s| s.to_string()).collect();
@@ -258,8 +303,266 @@ fn variants(line: &str) -> Vec<String> {
     out
 }
 
+/// A `blockdev-add` without its `backing` member: the node opens the chain its image header
+/// names, so the `blockdev-add`s of the layers below become droppable.
+fn backing_from_header(line: &str) -> Option<String> {
+    if !line.starts_with("qmp ") {
+        return None;
+    }
+    let key = ",\"backing\":";
+    let at = line.find(key)?;
+    let value = &line[at + key.len()..];
+    let len = if value.starts_with("null") {
+        return None;
+    } else {
+        value[1..].find('"')? + 2
+    };
+    Some(format!("{}{}", &line[..at], &value[len..]))
+}
+
+/// Data a step writes or declares, as the scenario spells it: pattern, offset, length.
+type Data<'a> = (&'a str, &'a str, &'a str);
+
+/// An `image create` step: the path, its backing file, and the data its `fill=`s write.
+struct Image<'a> {
+    path: &'a str,
+    backing: Option<&'a str>,
+    fills: Vec<Data<'a>>,
+}
+
+/// The `image create` steps.
+fn images(cur: &Split) -> Vec<Image<'_>> {
+    cur.steps
+        .iter()
+        .filter(|st| st[0].starts_with("image create "))
+        .filter_map(|st| {
+            let w: Vec<&str> = st[0].split_whitespace().collect();
+            let backing = w.iter().find_map(|a| a.strip_prefix("backing_file="));
+            let fills = w
+                .iter()
+                .filter_map(|a| a.strip_prefix("fill="))
+                .filter_map(|f| {
+                    let mut p = f.split(':');
+                    Some((p.next()?, p.next()?, p.next()?))
+                })
+                .collect();
+            Some(Image {
+                path: w.get(2)?,
+                backing,
+                fills,
+            })
+        })
+        .collect()
+}
+
+/// The fills of `path` and of every image below it by backing file.
+fn fills_from<'a>(imgs: &[Image<'a>], path: &str) -> Vec<Data<'a>> {
+    let mut out = Vec::new();
+    let mut at = Some(path);
+    let mut hops = 0;
+    while let Some(p) = at
+        && hops <= imgs.len()
+    {
+        hops += 1;
+        let Some(img) = imgs.iter().find(|i| i.path == p) else {
+            break;
+        };
+        out.extend(img.fills.iter().copied());
+        at = img.backing;
+    }
+    out
+}
+
+/// Drop the `model ... fill` declarations of data in `gone`.
+fn drop_declarations(t: &mut Split, gone: &[(String, String, String)]) {
+    t.steps.retain(|st| {
+        !matches!(st[0].split_whitespace().collect::<Vec<_>>()[..],
+            ["model", _, "fill", p, off, len]
+                if gone.iter().any(|(gp, go, gl)| (gp.as_str(), go.as_str(), gl.as_str()) == (p, off, len)))
+    });
+}
+
+fn owned(v: Vec<Data<'_>>) -> Vec<(String, String, String)> {
+    v.into_iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect()
+}
+
+/// Chain cut in a header: step `i`, an image created with a backing file, is created without
+/// one, and the declarations of the data in the layers below go with it.
+fn cut_header_backing(cur: &Split, i: usize) -> Option<Split> {
+    let words: Vec<&str> = cur.steps[i][0].split_whitespace().collect();
+    if !words.starts_with(&["image", "create"]) {
+        return None;
+    }
+    let below = words.iter().find_map(|w| w.strip_prefix("backing_file="))?;
+    let gone = owned(fills_from(&images(cur), below));
+    let kept: Vec<&str> = words
+        .iter()
+        .copied()
+        .filter(|w| !w.starts_with("backing_file=") && !w.starts_with("backing_fmt="))
+        .collect();
+    let mut t = cur.clone();
+    t.steps[i][0] = kept.join(" ");
+    drop_declarations(&mut t, &gone);
+    Some(t)
+}
+
+/// Step `i`, a `blockdev-mirror` to a node that a plain `image create` and `blockdev-add` made
+/// just for it, becomes the one `drive-mirror` that creates the same target itself: three steps
+/// in one.
+fn mirror_creates_target(cur: &Split, i: usize) -> Option<Split> {
+    let qmp = |st: &Vec<String>| -> Option<Value> {
+        serde_json::from_str(st.join(" ").strip_prefix("qmp ")?).ok()
+    };
+    let mut cmd = qmp(&cur.steps[i])?;
+    if cmd["execute"] != "blockdev-mirror" {
+        return None;
+    }
+    let target = cmd["arguments"]["target"].as_str()?.to_string();
+    let add = cur.steps.iter().position(|st| {
+        qmp(st).is_some_and(|c| {
+            c["execute"] == "blockdev-add" && c["arguments"]["node-name"] == target.as_str()
+        })
+    })?;
+    let node = qmp(&cur.steps[add])?["arguments"].clone();
+    let file = node["file"].as_object()?;
+    let path = file.get("filename")?.as_str()?;
+    let plain_node = node
+        .as_object()?
+        .keys()
+        .all(|k| matches!(k.as_str(), "node-name" | "driver" | "file" | "backing"))
+        && node.get("backing").is_none_or(Value::is_null)
+        && file.get("driver")? == "file"
+        && file
+            .keys()
+            .all(|k| matches!(k.as_str(), "driver" | "filename"));
+    let create = cur.steps.iter().position(|st| {
+        let w: Vec<&str> = st[0].split_whitespace().collect();
+        w.len() == 5 && w[..3] == ["image", "create", path]
+    })?;
+    if !plain_node || create > add || add > i {
+        return None;
+    }
+    let args = cmd["arguments"].as_object_mut()?;
+    args.insert("target".into(), Value::from(path));
+    args.insert("format".into(), node["driver"].clone());
+    cmd["execute"] = Value::from("drive-mirror");
+    let mut t = cur.clone();
+    t.steps[i] = vec![format!("qmp {cmd}")];
+    t.steps.remove(add);
+    t.steps.remove(create);
+    Some(t)
+}
+
+/// The names a scenario gives to things: workloads, jobs, nodes, image files, breakpoints.
+fn entities(cur: &Split) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for st in &cur.steps {
+        let line = &st[0];
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let name = match w.as_slice() {
+            ["workload", "start", name, ..] | ["image", "create", name, ..] => {
+                Some(name.to_string())
+            }
+            _ if line.starts_with("qmp ") => quoted_after(line, "\"job-id\":")
+                .or_else(|| quoted_after(line, "\"node-name\":"))
+                .map(str::to_string),
+            _ => None,
+        };
+        if let Some(n) = name
+            && !out.contains(&n)
+        {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// Whether `line` names `name` as a whole word, a `key=name` value or a JSON string.
+fn mentions(line: &str, name: &str) -> bool {
+    line.split(|c: char| c.is_whitespace() || matches!(c, '"' | '=' | ',' | ':' | '{' | '}'))
+        .any(|w| w == name)
+}
+
+/// Every step that names `name` dropped at once (a workload's start and stop, a job's start,
+/// verbs and events, a target's creation, node and mirror), with the declarations of what an
+/// image of that name held.
+fn drop_entity(cur: &Split, name: &str) -> Split {
+    let gone = owned(
+        images(cur)
+            .into_iter()
+            .filter(|i| i.path == name)
+            .flat_map(|i| i.fills)
+            .collect(),
+    );
+    let mut t = cur.clone();
+    t.steps.retain(|st| !st.iter().any(|l| mentions(l, name)));
+    drop_declarations(&mut t, &gone);
+    t
+}
+
+fn drop_entities(cur: &mut Split, fails: &mut impl FnMut(&Split) -> bool) {
+    for name in entities(cur) {
+        let t = drop_entity(cur, &name);
+        if t.steps.len() < cur.steps.len() && fails(&t) {
+            *cur = t;
+        }
+    }
+}
+
+/// Chain cut in the graph: step `i`, a `blockdev-add` naming its backing node, adds the node
+/// with `"backing":null` instead, and the `model ... fill` declarations of the devices on that
+/// node go with it (what they declared lived in the layers now cut off). With the layers below
+/// cut off, chunk dropping can then remove their steps.
+fn cut_graph_backing(cur: &Split, i: usize) -> Option<Split> {
+    let line = &cur.steps[i][0];
+    if cur.steps[i].len() != 1 || !line.starts_with("qmp ") {
+        return None;
+    }
+    let value = line.find("\"backing\":\"")? + "\"backing\":".len();
+    let len = line[value + 1..].find('"')?;
+    let node = quoted_after(line, "\"node-name\":")?;
+    let devices: Vec<&str> = cur
+        .steps
+        .iter()
+        .filter_map(
+            |st| match st[0].split_whitespace().collect::<Vec<_>>()[..] {
+                ["device", "add", dev, on, ..] if on == format!("node={node}") => Some(dev),
+                _ => None,
+            },
+        )
+        .collect();
+    let mut t = cur.clone();
+    t.steps[i][0] = format!("{}null{}", &line[..value], &line[value + len + 2..]);
+    t.steps.retain(|st| {
+        !matches!(st[0].split_whitespace().collect::<Vec<_>>()[..],
+            ["model", dev, "fill", ..] if devices.contains(&dev))
+    });
+    Some(t)
+}
+
+/// The JSON string that follows `key` in `line`.
+fn quoted_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(key)? + key.len() + 1;
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
 fn simplify(cur: &mut Split, fails: &mut impl FnMut(&Split) -> bool) {
-    for i in 0..cur.steps.len() {
+    for i in (0..cur.steps.len()).rev() {
+        for cut in [cut_graph_backing, cut_header_backing, mirror_creates_target] {
+            if i < cur.steps.len()
+                && let Some(t) = cut(cur, i)
+                && fails(&t)
+            {
+                *cur = t;
+            }
+        }
+    }
+    // Last step first: a node's `blockdev-add` is then simplified before the `image create`
+    // above it, so "open the chain the header names" is tried while the header still names it.
+    for i in (0..cur.steps.len()).rev() {
         if cur.steps[i].len() != 1 {
             continue;
         }
@@ -294,6 +597,16 @@ mod tests {
     }
 
     #[test]
+    fn a_model_fill_may_come_from_an_image_fill() {
+        let fill = "image create l0.qcow2 qcow2 4M fill=0x11:0:4096";
+        let tail = "model d0 fill 0x11 0 4096\n";
+        assert!(well_formed(&Split::parse(&format!("# p\n{fill}\n{tail}"))));
+        assert!(!well_formed(&Split::parse(&format!(
+            "# p\nimage create l0.qcow2 qcow2 4M\n{tail}"
+        ))));
+    }
+
+    #[test]
     fn a_model_fill_needs_its_write_flushed() {
         let setup = "# p\ndevice add d1 node=l1\nio d1 write -P 0x11 0 4096\n";
         let tail = "device del d1\nmodel d0 fill 0x11 0 4096\n";
@@ -313,5 +626,76 @@ mod tests {
         assert!(v.contains(&"workload start w device=d count=20 think=1ms".to_string()));
         assert!(v.contains(&"workload start w device=d count=40".to_string()));
         assert_eq!(variants("advance 9ms"), vec!["advance 4ms".to_string()]);
+    }
+
+    #[test]
+    fn variants_cut_backing_chains() {
+        let s = Split::parse(
+            "# p\nimage create l0.img raw 4M fill=0x10:0:512\n\
+             image create top.qcow2 qcow2 4M backing_file=l0.img backing_fmt=raw fill=0x11:0:512\n\
+             model d0 fill 0x10 0 512\nmodel d0 fill 0x11 0 512\n",
+        );
+        let t = cut_header_backing(&s, 1).unwrap();
+        assert_eq!(
+            t.steps[1][0],
+            "image create top.qcow2 qcow2 4M fill=0x11:0:512"
+        );
+        assert_eq!(t.steps.len(), 3, "the declaration of l0's data goes");
+        let add =
+            r#"qmp {"execute":"blockdev-add","arguments":{"node-name":"top","backing":"l1"}}"#;
+        let cut =
+            r#"qmp {"execute":"blockdev-add","arguments":{"node-name":"top","backing":null}}"#;
+        let s = Split::parse(&format!(
+            "# p\n{add}\ndevice add d0 node=top\nmodel d0 fill 0x11 0 4096\nmodel d9 fill 1 0 512\nverify d0\n"
+        ));
+        let t = cut_graph_backing(&s, 0).unwrap();
+        assert_eq!(t.steps[0][0], cut);
+        assert_eq!(t.steps.len(), 4, "d0's declaration goes, d9's stays");
+        assert!(cut_graph_backing(&t, 0).is_none());
+        let from_header = r#"qmp {"execute":"blockdev-add","arguments":{"node-name":"top"}}"#;
+        assert_eq!(variants(add), vec![from_header.to_string()]);
+        assert!(variants(cut).is_empty());
+    }
+
+    #[test]
+    fn an_entity_goes_with_every_step_that_names_it() {
+        let s = Split::parse(
+            "# p\nworkload start w1 device=d\nworkload start w10 device=d\nworkload stop w1\n\
+             qmp {\"execute\":\"blockdev-mirror\",\"arguments\":{\"job-id\":\"j1\"}}\n\
+             wait event BLOCK_JOB_READY device=j1\n",
+        );
+        assert_eq!(entities(&s), ["w1", "w10", "j1"]);
+        assert_eq!(drop_entity(&s, "w1").steps.len(), 3, "w10 stays");
+        assert_eq!(drop_entity(&s, "j1").steps.len(), 3);
+    }
+
+    #[test]
+    fn a_mirror_to_a_plain_new_image_becomes_drive_mirror() {
+        let s = Split::parse(
+            "# p\nimage create t.img raw 4M\n\
+             qmp {\"execute\":\"blockdev-add\",\"arguments\":{\"node-name\":\"t\",\"driver\":\"raw\",\"file\":{\"driver\":\"file\",\"filename\":\"t.img\"}}}\n\
+             qmp {\"execute\":\"blockdev-mirror\",\"arguments\":{\"job-id\":\"j\",\"device\":\"d\",\"target\":\"t\",\"sync\":\"full\"}}\n",
+        );
+        let t = mirror_creates_target(&s, 2).unwrap();
+        assert_eq!(t.steps.len(), 1);
+        let cmd: Value = serde_json::from_str(&t.steps[0][0][4..]).unwrap();
+        assert_eq!(cmd["execute"], "drive-mirror");
+        assert_eq!(cmd["arguments"]["target"], "t.img");
+        assert_eq!(cmd["arguments"]["format"], "raw");
+        assert_eq!(cmd["arguments"]["job-id"], "j");
+    }
+
+    #[test]
+    fn a_resume_needs_its_wait_break() {
+        assert!(!well_formed(&Split::parse(
+            "# p\nio d break pwritev B1\nio d wait_break B1\nio d resume B1\n"
+        )));
+        let head = "# p\nio d break pwritev B1\nio d aio_write -P 1 0 512\n";
+        assert!(!well_formed(&Split::parse(&format!(
+            "{head}io d resume B1\n"
+        ))));
+        assert!(well_formed(&Split::parse(&format!(
+            "{head}io d wait_break B1\nio d resume B1\n"
+        ))));
     }
 }

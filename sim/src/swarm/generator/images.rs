@@ -51,6 +51,18 @@ impl Gen {
         o.join(" ")
     }
 
+    /// Options moving the top image's guest clusters into `top.data`. A v2 image cannot have a
+    /// data file, so it becomes v3; a raw data file (every cluster mapped to its own offset
+    /// from the start) only where no backing file is (QEMU refuses the two together).
+    fn with_data_file(&mut self, opts: String, no_backing: bool) -> String {
+        let mut o: Vec<&str> = opts.split(' ').filter(|w| *w != "compat=0.10").collect();
+        o.push("data_file=top.data");
+        if no_backing && chance(&mut self.r.images, 0.5) {
+            o.push("data_file_raw=on");
+        }
+        o.join(" ")
+    }
+
     /// A node's `blockdev-add` arguments on top of `file`.
     fn node_args(&self, node: &str, driver: &str, file: Value, backing: Option<Value>) -> Value {
         let mut a = json!({"node-name": node, "driver": driver, "file": file});
@@ -85,7 +97,8 @@ impl Gen {
             "images: chain of {} layer(s) under the top",
             depth
         ));
-        // Lower layers, base first: each written through its own short-lived device.
+        // Lower layers, base first: each created with its content (`fill=`), written through
+        // the format driver when the image is made.
         let mut fills: Vec<(u8, u64, u64)> = Vec::new();
         let mut below_layer: Option<Layer> = None;
         let mut below_fmt = "qcow2";
@@ -94,48 +107,47 @@ impl Gen {
             let raw = i == 0 && base_raw;
             let node = format!("l{i}");
             let path = format!("l{i}.{}", if raw { "img" } else { "qcow2" });
-            if raw {
-                self.step(format!("image create {path} raw {}", self.size));
+            let opts = if raw {
+                String::new()
             } else {
-                let opts = self.qcow2_options(below_layer.as_ref(), below_fmt);
-                self.step(format!("image create {path} qcow2 {} {opts}", self.size));
+                self.qcow2_options(below_layer.as_ref(), below_fmt)
+            };
+            let pat = 0x10 + i as u8;
+            let off = below(&mut self.r.images, self.size / MIB) * MIB;
+            let len = (1 + below(&mut self.r.images, 4)) * MIB / 2;
+            let len = len.min(self.size - off);
+            let fill = format!("fill=0x{pat:02x}:{off}:{len}");
+            let (format, opts) = if raw {
+                ("raw", fill)
+            } else {
                 self.checkable(&path, &opts);
-            }
+                ("qcow2", format!("{opts} {fill}"))
+            };
+            self.step(format!("image create {path} {format} {} {opts}", self.size));
             // A raw base has no backing; a qcow2 base must not follow its header.
             let backing = match (&below_layer, raw) {
                 (_, true) => None,
                 (None, false) => Some(Value::Null),
                 (Some(b), false) => Some(json!(b.node)),
             };
-            let args = self.node_args(
-                &node,
-                if raw { "raw" } else { "qcow2" },
-                self.file_spec(&node, &path),
-                backing,
-            );
+            let args = self.node_args(&node, format, self.file_spec(&node, &path), backing);
             self.qmp(&json!({"execute": "blockdev-add", "arguments": args}));
-            let pat = 0x10 + i as u8;
-            let off = below(&mut self.r.images, self.size / MIB) * MIB;
-            let len = (1 + below(&mut self.r.images, 4)) * MIB / 2;
-            let len = len.min(self.size - off);
-            let dev = format!("d{node}");
-            self.step(format!("device add {dev} node={node}"));
-            self.step(format!("io {dev} write -P 0x{pat:02x} {off} {len}"));
-            self.step(format!("io {dev} flush"));
-            self.step(format!("device del {dev}"));
             fills.push((pat, off, len));
             layers.push(Layer {
                 node: node.clone(),
                 path: path.clone(),
             });
             below_layer = Some(Layer { node, path });
-            below_fmt = if raw { "raw" } else { "qcow2" };
+            below_fmt = format;
         }
         // The top.
         let qcow2 = self.f.qcow2;
         let path = if qcow2 { "top.qcow2" } else { "top.img" };
         if qcow2 {
-            let opts = self.qcow2_options(below_layer.as_ref(), below_fmt);
+            let mut opts = self.qcow2_options(below_layer.as_ref(), below_fmt);
+            if self.f.data_file {
+                opts = self.with_data_file(opts, below_layer.is_none());
+            }
             self.step(format!("image create {path} qcow2 {} {opts}", self.size));
             self.checkable(path, &opts);
         } else {

@@ -57,6 +57,8 @@ pub struct Features {
     pub resize: bool,
     /// QMP blockdev-reopen of backing layers (read-write and back) under guest load.
     pub reopen: bool,
+    /// The top qcow2 image keeps its guest clusters in an external data file (raw or not).
+    pub data_file: bool,
 }
 
 impl Features {
@@ -78,6 +80,7 @@ impl Features {
             (self.io, "io"),
             (self.resize, "resize"),
             (self.reopen, "reopen"),
+            (self.data_file, "data-file"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -99,9 +102,20 @@ impl Features {
             io: chance(rng, 0.5),
             resize: chance(rng, 0.15),
             reopen: false,
+            data_file: false,
         };
         // Drawn last, so that the other families of every seed stay as they were.
         f.reopen = chance(rng, 0.3);
+        f.data_file = chance(rng, 0.25) && f.qcow2;
+        if f.data_file {
+            // Guest data then goes to the data file, beside the blkdebug filter over the
+            // metadata file: a breakpoint on guest writes would wait for a write that never
+            // passes there.
+            f.blkdebug = false;
+            // TODO(resize): qcow2 refuses to resize an image with a data file (QEMU grows
+            // and cuts the data file with it); drawn again once it does.
+            f.resize = false;
+        }
         if !f.qcow2 {
             f.backing = false;
         }
