@@ -32,14 +32,6 @@ const EVENT_GAPS: &[(&str, &str)] = &[
         "not raised yet (QEMU no longer raises it either)",
     ),
     ("reftable_update", "not raised yet"),
-    (
-        "job_iteration",
-        "not raised yet: the job loop is being reshaped (issue 12)",
-    ),
-    (
-        "job_pivot",
-        "not raised yet: the job loop is being reshaped (issue 12)",
-    ),
     // Raised by the engine, on paths the generator does not draw.
     (
         "empty_image_prepare",
@@ -117,4 +109,23 @@ fn coverage_counts_traced_events_and_qmp_commands() {
     };
     assert!(hit(BLKDEBUG_EVENTS) > 5, "{}", cov.table());
     assert!(hit("qmp commands") > 0, "{}", cov.table());
+}
+
+/// A job raises `job_iteration` at its main node before each unit of work, and mirror raises
+/// `job_pivot` at its source when it cuts over, so breakpoints and traces see job progress.
+#[test]
+fn jobs_raise_iteration_and_cutover_events() {
+    let text = include_str!("../../scenarios/mirror-cutover.scn");
+    let v = swarm::oracles::judge(
+        "mirror-cutover.scn",
+        text,
+        sim::scenario::RunOptions {
+            trace: true,
+            ..Default::default()
+        },
+    );
+    let t = v.outcome.expect("the scenario runs").transcript;
+    assert!(v.failure.is_none(), "{t}");
+    assert!(t.contains(" job_iteration\n"), "{t}");
+    assert_eq!(t.matches(" job_pivot\n").count(), 1, "{t}");
 }

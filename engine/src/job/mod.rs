@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 use crate::backend::IoStatus;
 use crate::env::LocalBoxFuture;
 use crate::error::{Errno, Error, Result};
+use crate::event::DebugEvent;
 use crate::graph::{Child, GraphCtx, Node, ParentOps, attach_external};
 use crate::types::{OnError, Perms};
 use crate::util::{Notify, RateLimit, race, yield_now};
@@ -385,6 +386,7 @@ impl Job {
     /// (always passing a pause point). Call before each unit of work with the previous unit's
     /// size, as QEMU's jobs do.
     pub async fn rate_limit(&self, bytes: u64) {
+        self.raise_at_main_node(DebugEvent::JobIteration).await;
         let now = self.ctx.env().now_ns();
         let delay = self.limit.borrow_mut().dispatch(now, bytes);
         self.sleep_ns(delay).await;
@@ -450,6 +452,15 @@ impl Job {
         self.edges.borrow_mut().push(child.clone());
         self.block_node(node);
         Ok(child)
+    }
+
+    /// Raise `event` at the job's main node (the first it blocks), so that breakpoints and
+    /// traces see the job's progress as they see requests.
+    pub(crate) async fn raise_at_main_node(&self, event: DebugEvent) {
+        let main = self.blockers.borrow().first().map(|(n, _)| n.clone());
+        if let Some(node) = main {
+            crate::request::raise_debug_event(&node, event).await;
+        }
     }
 
     /// Block other operations on `node` (without using it) until the job finishes.

@@ -51,6 +51,12 @@ pub async fn make_empty(node: &std::rc::Rc<crate::graph::Node>) -> Result<()> {
     cor::make_empty(node).await
 }
 
+/// Raise a debug event at `node` (blkdebug rules, simulator breakpoints and traces act on it):
+/// for points outside a request, such as a job's iteration or cutover.
+pub async fn raise_debug_event(node: &std::rc::Rc<crate::graph::Node>, event: DebugEvent) {
+    debug::raise(node, event).await
+}
+
 impl Child {
     /// Read `buf.len()` bytes at `offset`. Bytes past the node's end read as zeroes.
     pub async fn read(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> BufResult {

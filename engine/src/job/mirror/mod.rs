@@ -28,6 +28,7 @@ use serde_json::json;
 
 use crate::env::LocalBoxFuture;
 use crate::error::{Error, Result};
+use crate::event::DebugEvent;
 use crate::graph::{
     Child, DrainedSection, Edge, Node, NodeOptions, ReplaceOptions, freeze, open_internal,
     remove_filter, replace_node, set_external_perms, unfreeze, unref,
@@ -195,6 +196,7 @@ impl MirrorDriver {
     /// The cutover (QEMU's pivot): the target takes the place of the source (or of the
     /// `replaces` node) in the graph.
     async fn cutover(&self) -> Result<()> {
+        crate::request::raise_debug_event(&self.source, DebugEvent::JobPivot).await;
         let to_replace = match &self.replaces {
             Some(name) => self
                 .source
