@@ -94,3 +94,64 @@ fn a_closed_stdout_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// `--jobs 2 --coverage` leaves one merged coverage file whose counts are the sum of its jobs';
+/// `blk sim coverage` sums shard files the same way and refuses a malformed one by name.
+#[test]
+fn coverage_of_jobs_and_shards_is_summed() {
+    let dir = temp_dir("coverage");
+    let out = blk()
+        .args([
+            "sim",
+            "swarm",
+            "--seeds",
+            "0..6",
+            "--jobs",
+            "2",
+            "--coverage",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+    };
+    let (merged, a, b) = (
+        read("coverage-0-1.json"),
+        read("coverage-0-2.json"),
+        read("coverage-1-2.json"),
+    );
+    let count = |v: &serde_json::Value| v["qmp commands"]["blockdev-add"].as_u64().unwrap_or(0);
+    assert!(count(&merged) > 0);
+    assert_eq!(count(&merged), count(&a) + count(&b));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("blkdebug events (").count(), 1, "{stderr}");
+
+    let all = dir.join("all.json");
+    let out = blk()
+        .args(["sim", "coverage"])
+        .arg(dir.join("coverage-0-2.json"))
+        .arg(dir.join("coverage-1-2.json"))
+        .arg("--out")
+        .arg(&all)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(count(&read("all.json")), count(&merged));
+
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"events": {"X": -1}}"#).unwrap();
+    let out = blk().args(["sim", "coverage"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.json") && err.contains("'events' / 'X'"),
+        "{err}"
+    );
+}

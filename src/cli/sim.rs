@@ -18,6 +18,7 @@ pub fn run_sim(args: &[String]) -> i32 {
         Some("swarm") => super::swarm::swarm_cmd(&args[1..]),
         Some("shrink") => super::swarm::shrink_cmd(&args[1..]),
         Some("crashes") => super::swarm::crashes_cmd(&args[1..]),
+        Some("coverage") => super::swarm::coverage_cmd(&args[1..]),
         _ => {
             eprintln!("{USAGE}\n{}", super::swarm::USAGE);
             2

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use sim::swarm::{self, SeedResult, coverage::Coverage, shrink};
 
 pub const USAGE: &str = "       blk sim swarm --seeds A..B [--shard I/N] [--jobs N] [--time 60s] [--out DIR] [--coverage] [--plant NAME]\n\
+                         \x20      blk sim coverage FILE.json... [--out FILE]\n\
                          \x20      blk sim shrink FILE.scn [--check NAME] [--out FILE] [--plant NAME]\n\
                          \x20      blk sim crashes FILE.scn [--max N] [--sample K] [--seed N] [--at POINT] [--plant NAME]";
 
@@ -160,14 +161,74 @@ pub fn swarm_cmd(args: &[String]) -> i32 {
         a.shard.1
     );
     if a.coverage {
-        eprint!("{}", cov.table());
         let path = a
             .out
             .join(format!("coverage-{}-{}.json", a.shard.0, a.shard.1));
         let _ = std::fs::write(&path, cov.to_json().to_string());
-        eprintln!("coverage JSON: {}", path.display());
+        // A job of `--jobs N` leaves the table to its parent, which merges every job's.
+        if std::env::var_os(CHILD_ENV).is_none() {
+            eprint!("{}", cov.table());
+            eprintln!("coverage JSON: {}", path.display());
+        }
     }
     i32::from(failed > 0)
+}
+
+/// Set in the environment of the jobs `--jobs N` starts.
+const CHILD_ENV: &str = "BLK_SWARM_JOB";
+
+/// Sum coverage files into one table, and into `out` when given.
+fn merge_coverage(files: &[PathBuf], out: Option<&Path>) -> Result<Coverage, String> {
+    let mut total = Coverage::default();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        total.merge(&Coverage::from_json(&v).map_err(|e| format!("{}: {e}", f.display()))?);
+    }
+    if let Some(out) = out {
+        std::fs::write(out, total.to_json().to_string())
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    Ok(total)
+}
+
+/// Entry point of `blk sim coverage FILE.json... [--out FILE]`: the shards of a batch (each
+/// `OUT/coverage-I-N.json`, from any number of machines) summed into one table and file.
+pub fn coverage_cmd(args: &[String]) -> i32 {
+    let mut files = Vec::new();
+    let mut out = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--out" => match it.next() {
+                Some(v) => out = Some(PathBuf::from(v)),
+                None => {
+                    eprintln!("blk sim coverage: --out needs a value\nusage:{USAGE}");
+                    return 2;
+                }
+            },
+            f if f.starts_with("--") => {
+                eprintln!("blk sim coverage: unknown option '{f}'\nusage:{USAGE}");
+                return 2;
+            }
+            f => files.push(PathBuf::from(f)),
+        }
+    }
+    if files.is_empty() {
+        eprintln!("blk sim coverage: give coverage files\nusage:{USAGE}");
+        return 2;
+    }
+    match merge_coverage(&files, out.as_deref()) {
+        Ok(c) => {
+            print!("{}", c.table());
+            0
+        }
+        Err(e) => {
+            eprintln!("blk sim coverage: {e}");
+            2
+        }
+    }
 }
 
 fn plant_args(plants: &[String]) -> String {
@@ -224,6 +285,7 @@ fn spawn_jobs(a: &SwarmArgs, args: &[String]) -> i32 {
             .args(["sim", "swarm"])
             .args(&base)
             .args(["--shard", &shard])
+            .env(CHILD_ENV, "1")
             .stdout(Stdio::piped())
             .spawn();
         match child {
@@ -254,6 +316,27 @@ fn spawn_jobs(a: &SwarmArgs, args: &[String]) -> i32 {
             Ok(s) if s.success() => {}
             Ok(s) => rc = rc.max(s.code().unwrap_or(2)),
             Err(_) => rc = 2,
+        }
+    }
+    if a.coverage {
+        let files: Vec<PathBuf> = (0..a.jobs)
+            .map(|j| {
+                a.out
+                    .join(format!("coverage-{}-{n}.json", a.shard.0 + a.shard.1 * j))
+            })
+            .collect();
+        let merged = a
+            .out
+            .join(format!("coverage-{}-{}.json", a.shard.0, a.shard.1));
+        match merge_coverage(&files, Some(&merged)) {
+            Ok(c) => {
+                eprint!("{}", c.table());
+                eprintln!("coverage JSON: {}", merged.display());
+            }
+            Err(e) => {
+                eprintln!("blk sim swarm: {e}");
+                rc = rc.max(2);
+            }
         }
     }
     rc

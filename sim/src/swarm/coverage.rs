@@ -24,6 +24,27 @@ pub const BLKDEBUG_EVENTS: &str = "blkdebug events";
 /// Category of the fault classes.
 pub const FAULT_CLASSES: &str = "fault classes";
 
+/// The categories [`Coverage::add`] fills.
+const CATEGORIES: &[&str] = &[
+    BLKDEBUG_EVENTS,
+    FAULT_CLASSES,
+    "fault ops",
+    "qmp commands",
+    "error classes",
+    "events",
+    "job states",
+];
+
+/// The static name of a category read from JSON (one leaked string per unknown category: a
+/// merge meets a handful at most).
+fn category_name(cat: &str) -> &'static str {
+    CATEGORIES
+        .iter()
+        .find(|c| **c == cat)
+        .copied()
+        .unwrap_or_else(|| Box::leak(cat.to_string().into_boxed_str()))
+}
+
 impl Default for Coverage {
     fn default() -> Coverage {
         let mut c = Coverage {
@@ -116,6 +137,39 @@ impl Coverage {
         s
     }
 
+    /// Sum `other` into this one (shards of a batch).
+    pub fn merge(&mut self, other: &Coverage) {
+        for (cat, names) in &other.counts {
+            let mine = self.counts.entry(cat).or_default();
+            for (n, c) in names {
+                *mine.entry(n.clone()).or_default() += c;
+            }
+        }
+    }
+
+    /// Read back what [`Coverage::to_json`] wrote. Categories this build does not know are
+    /// kept under their own names; a malformed document is an error naming what is wrong.
+    pub fn from_json(v: &Value) -> Result<Coverage, String> {
+        let mut c = Coverage::default();
+        let cats = v
+            .as_object()
+            .ok_or("coverage JSON must be an object of categories")?;
+        for (cat, names) in cats {
+            let names = names.as_object().ok_or(format!(
+                "coverage category '{cat}' must be an object of counts"
+            ))?;
+            let key = category_name(cat);
+            let mine = c.counts.entry(key).or_default();
+            for (n, count) in names {
+                let count = count.as_u64().ok_or(format!(
+                    "coverage count of '{cat}' / '{n}' must be a whole number"
+                ))?;
+                *mine.entry(n.clone()).or_default() += count;
+            }
+        }
+        Ok(c)
+    }
+
     /// As JSON: {category: {name: count}}.
     pub fn to_json(&self) -> Value {
         let mut m = serde_json::Map::new();
@@ -123,5 +177,28 @@ impl Coverage {
             m.insert(cat.to_string(), json!(names));
         }
         Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_merge_by_summing_counts() {
+        let mut a = Coverage::default();
+        a.add("fault inject f1 eio path=x ops=write once\n", "");
+        let mut b = Coverage::from_json(&a.to_json()).unwrap();
+        b.merge(&a);
+        assert_eq!(b.counts[FAULT_CLASSES]["eio"], 2);
+        assert_eq!(b.counts["fault ops"]["eio write"], 2);
+        assert_eq!(b.gaps(FAULT_CLASSES).len(), a.gaps(FAULT_CLASSES).len());
+    }
+
+    #[test]
+    fn malformed_coverage_json_names_what_is_wrong() {
+        let e = Coverage::from_json(&json!({"fault classes": {"eio": "x"}})).unwrap_err();
+        assert!(e.contains("'fault classes' / 'eio'"), "{e}");
+        assert!(Coverage::from_json(&json!([1])).is_err());
     }
 }
