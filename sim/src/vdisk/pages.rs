@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use engine::io::is_zero;
+
 /// Page size in bytes.
 pub(crate) const PAGE: u64 = 4096;
 
@@ -65,7 +67,23 @@ impl PageStore {
             let idx = abs / PAGE;
             let in_page = (abs % PAGE) as usize;
             let n = (PAGE as usize - in_page).min(data.len() - pos);
-            self.page_mut(idx)[in_page..in_page + n].copy_from_slice(&data[pos..pos + n]);
+            let chunk = &data[pos..pos + n];
+            if n == PAGE as usize {
+                // A whole page: zeroes share the zero page, anything else is copied once
+                // (not copied from the old page first, as `page_mut` would).
+                let page = if is_zero(chunk) {
+                    self.zero.clone()
+                } else {
+                    let mut p = Rc::new([0u8; PAGE as usize]);
+                    Rc::get_mut(&mut p)
+                        .expect("a new page is unshared")
+                        .copy_from_slice(chunk);
+                    p
+                };
+                self.pages.insert(idx, page);
+            } else {
+                self.page_mut(idx)[in_page..in_page + n].copy_from_slice(chunk);
+            }
             pos += n;
         }
     }
@@ -190,6 +208,23 @@ impl PageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_zero_pages_share_the_zero_page_and_stay_allocated() {
+        let mut s = PageStore::default();
+        s.write(0, &[0u8; 2 * PAGE as usize]);
+        s.write(2 * PAGE, &[9u8; PAGE as usize]);
+        assert!(s.is_allocated(0) && s.is_allocated(1) && s.is_allocated(2));
+        assert!(Rc::ptr_eq(&s.pages[&0], &s.zero) && Rc::ptr_eq(&s.pages[&1], &s.zero));
+        // Writing into a shared zero page copies it first: the zero page stays zero.
+        s.write(PAGE + 10, &[5u8; 4]);
+        assert!(s.zero.iter().all(|b| *b == 0));
+        let mut buf = [0u8; 16];
+        s.read(PAGE + 8, &mut buf);
+        assert_eq!(&buf[..8], &[0, 0, 5, 5, 5, 5, 0, 0]);
+        s.read(2 * PAGE, &mut buf);
+        assert_eq!(buf, [9u8; 16]);
+    }
 
     #[test]
     fn write_read_zero_truncate() {
