@@ -53,11 +53,24 @@ impl IoBuf {
         IoBuf { ptr, len, align }
     }
 
-    /// A buffer holding a copy of `data`.
+    /// A buffer holding a copy of `data` (copied once, not zeroed first).
     pub fn from_slice(data: &[u8]) -> IoBuf {
-        let mut buf = IoBuf::new(data.len());
-        buf.as_mut_slice().copy_from_slice(data);
-        buf
+        let len = data.len();
+        if len == 0 {
+            return IoBuf::new(0);
+        }
+        let layout = Layout::from_size_align(len, DEFAULT_BUF_ALIGN).expect("buffer layout");
+        // SAFETY: layout has a non-zero size.
+        let raw = unsafe { alloc::alloc(layout) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        // SAFETY: `ptr` is a fresh allocation of `len` bytes that `data` cannot overlap; after
+        // the copy every byte of it is initialised.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.as_ptr(), len) };
+        IoBuf {
+            ptr,
+            len,
+            align: DEFAULT_BUF_ALIGN,
+        }
     }
 
     /// A buffer of `len` bytes all set to `byte`.

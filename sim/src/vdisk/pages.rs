@@ -39,19 +39,23 @@ fn page_span(off: u64, end: u64) -> (u64, u64) {
 impl PageStore {
     /// Copy `buf.len()` bytes from `off` into `buf`; holes read as zeroes.
     pub(crate) fn read(&self, off: u64, buf: &mut [u8]) {
-        buf.fill(0);
         if buf.is_empty() {
             return;
         }
         let end = off + buf.len() as u64;
         let (first, last) = page_span(off, end);
+        // Bytes before `filled` are written; holes between pages are zeroed as they are met.
+        let mut filled = 0usize;
         for (&idx, page) in self.pages.range(first..=last) {
             let pstart = idx * PAGE;
-            let from = off.max(pstart);
-            let to = end.min(pstart + PAGE);
-            buf[(from - off) as usize..(to - off) as usize]
-                .copy_from_slice(&page[(from - pstart) as usize..(to - pstart) as usize]);
+            let from = (off.max(pstart) - off) as usize;
+            let to = (end.min(pstart + PAGE) - off) as usize;
+            buf[filled..from].fill(0);
+            let in_page = (off + from as u64 - pstart) as usize;
+            buf[from..to].copy_from_slice(&page[in_page..in_page + (to - from)]);
+            filled = to;
         }
+        buf[filled..].fill(0);
     }
 
     fn page_mut(&mut self, idx: u64) -> &mut Page {
