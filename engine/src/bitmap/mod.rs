@@ -1,21 +1,23 @@
 //! Dirty bitmaps: which parts of a node changed, at a fixed granularity.
 //!
-//! This is the start of the architecture's bitmap module. [`DirtyBitmap`] is a plain granular
-//! bitmap over a byte range: setting or clearing a byte range touches every granule the range
-//! overlaps, the number of dirty granules is kept up to date, and the next dirty granule at or
-//! after a position is found a 64-bit word at a time. Named, persistent bitmaps (QMP
-//! `block-dirty-bitmap-*`) will build on it later.
+//! [`DirtyBitmap`] is a granular bitmap over a byte range: setting or clearing a byte range
+//! touches every granule the range overlaps, the number of dirty granules is kept up to date,
+//! and the next dirty (or clean) granule at or after a position is found through the
+//! hierarchical summaries of [`HBits`], which skip clean stretches a level at a time. Mirror
+//! tracks its copy on it; named and persistent bitmaps (QMP `block-dirty-bitmap-*`) build on it.
 //!
 //! Pure data: imports nothing from the engine (no graph, no I/O), so it can be unit tested alone.
+
+mod hbits;
+
+pub use hbits::HBits;
 
 /// A bitmap of dirty granules over `len` bytes.
 #[derive(Clone, Debug)]
 pub struct DirtyBitmap {
     granularity: u64,
     len: u64,
-    words: Vec<u64>,
-    /// Number of set bits.
-    count: u64,
+    bits: HBits,
 }
 
 impl DirtyBitmap {
@@ -25,12 +27,10 @@ impl DirtyBitmap {
             granularity.is_power_of_two(),
             "bitmap granularity must be a power of two"
         );
-        let granules = len.div_ceil(granularity);
         DirtyBitmap {
             granularity,
             len,
-            words: vec![0; granules.div_ceil(64) as usize],
-            count: 0,
+            bits: HBits::new(len.div_ceil(granularity)),
         }
     }
 
@@ -51,7 +51,17 @@ impl DirtyBitmap {
 
     /// Number of granules.
     pub fn granules(&self) -> u64 {
-        self.len.div_ceil(self.granularity)
+        self.bits.len()
+    }
+
+    /// The granule bits.
+    pub fn bits(&self) -> &HBits {
+        &self.bits
+    }
+
+    /// The granule bits, to change (serialisation, merges).
+    pub fn bits_mut(&mut self) -> &mut HBits {
+        &mut self.bits
     }
 
     /// Granules `[first, end)` overlapped by the byte range (clipped to the bitmap).
@@ -63,34 +73,17 @@ impl DirtyBitmap {
         (offset / self.granularity, end.div_ceil(self.granularity))
     }
 
-    fn set_bit(&mut self, g: u64, value: bool) {
-        let (w, b) = ((g / 64) as usize, g % 64);
-        let was = self.words[w] >> b & 1 == 1;
-        if was != value {
-            self.words[w] ^= 1 << b;
-            if value {
-                self.count += 1;
-            } else {
-                self.count -= 1;
-            }
-        }
-    }
-
     /// Mark every granule that `[offset, offset+bytes)` touches dirty.
     pub fn set(&mut self, offset: u64, bytes: u64) {
         let (first, end) = self.granule_range(offset, bytes);
-        for g in first..end {
-            self.set_bit(g, true);
-        }
+        self.bits.set_range(first, end);
     }
 
     /// Mark every granule that `[offset, offset+bytes)` touches clean. Callers that must not lose
     /// a partly covered granule's dirtiness pass granule-aligned ranges.
     pub fn reset(&mut self, offset: u64, bytes: u64) {
         let (first, end) = self.granule_range(offset, bytes);
-        for g in first..end {
-            self.set_bit(g, false);
-        }
+        self.bits.reset_range(first, end);
     }
 
     /// Mark the whole bitmap dirty.
@@ -100,13 +93,12 @@ impl DirtyBitmap {
 
     /// Mark the whole bitmap clean.
     pub fn clear(&mut self) {
-        self.words.iter_mut().for_each(|w| *w = 0);
-        self.count = 0;
+        self.bits.clear();
     }
 
     /// Is granule `g` dirty?
     pub fn get(&self, g: u64) -> bool {
-        g < self.granules() && self.words[(g / 64) as usize] >> (g % 64) & 1 == 1
+        self.bits.get(g)
     }
 
     /// Is any granule touched by the byte range dirty?
@@ -117,14 +109,14 @@ impl DirtyBitmap {
 
     /// Number of dirty granules.
     pub fn count(&self) -> u64 {
-        self.count
+        self.bits.count()
     }
 
     /// Dirty bytes (granules times granularity, the last one clipped to the length).
     pub fn dirty_bytes(&self) -> u64 {
         let last = self.granules().saturating_sub(1);
-        let mut bytes = self.count * self.granularity;
-        if self.count > 0 && self.get(last) {
+        let mut bytes = self.count() * self.granularity;
+        if self.count() > 0 && self.get(last) {
             bytes -= last * self.granularity + self.granularity
                 - self.len.min((last + 1) * self.granularity);
         }
@@ -133,38 +125,15 @@ impl DirtyBitmap {
 
     /// The first dirty granule at or after granule `from`.
     pub fn next_dirty(&self, from: u64) -> Option<u64> {
-        let granules = self.granules();
-        if from >= granules || self.count == 0 {
-            return None;
-        }
-        let mut w = (from / 64) as usize;
-        let mut word = self.words[w] & (!0u64 << (from % 64));
-        loop {
-            if word != 0 {
-                let g = w as u64 * 64 + u64::from(word.trailing_zeros());
-                return (g < granules).then_some(g);
-            }
-            w += 1;
-            if w >= self.words.len() {
-                return None;
-            }
-            word = self.words[w];
-        }
+        self.bits.next_set(from)
     }
 
     /// The first clean granule at or after `from` (`granules()` if none).
     pub fn next_clean(&self, from: u64) -> u64 {
-        let granules = self.granules();
-        let mut g = from;
-        while g < granules {
-            let (w, b) = ((g / 64) as usize, g % 64);
-            let word = !self.words[w] & (!0u64 << b);
-            if word != 0 {
-                return (w as u64 * 64 + u64::from(word.trailing_zeros())).min(granules);
-            }
-            g = (w as u64 + 1) * 64;
-        }
-        granules
+        self.bits
+            .next_clear(from)
+            .unwrap_or(self.granules())
+            .max(from.min(self.granules()))
     }
 
     /// Byte range `[offset, end)` of granules `[first, end_granule)`, clipped to the length.
