@@ -37,6 +37,7 @@
 use std::fmt;
 
 use super::lex::{byte_at, check_event_keys, words};
+use crate::config::parse_duration;
 use engine::util::parse_size;
 use serde_json::Value;
 
@@ -277,22 +278,6 @@ pub struct Scenario {
     pub step_limit: u64,
     /// The steps.
     pub steps: Vec<Step>,
-}
-
-/// Parse a duration: `10ns`, `5us`, `10ms`, `2s`, `1m`.
-pub fn parse_duration(text: &str) -> Option<u64> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = text.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit {
-        "ns" => 1,
-        "us" => 1_000,
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60_000_000_000,
-        _ => return None,
-    };
-    n.checked_mul(mult)
 }
 
 pub(super) struct Cursor<'a> {

@@ -104,7 +104,7 @@ impl WorkloadSpec {
                 }
                 "count" => spec.count = Some(v.parse().map_err(|_| format!("bad count '{v}'"))?),
                 "think" => {
-                    spec.think_ns = super::parse::parse_duration(&v)
+                    spec.think_ns = crate::config::parse_duration(&v)
                         .ok_or_else(|| format!("bad think time '{v}'"))?
                 }
                 other => return Err(format!("unknown workload argument '{other}'")),
