@@ -12,7 +12,7 @@ use engine::util::{Notify, parse_size};
 use rand_chacha::ChaCha8Rng;
 
 use super::model::{DeviceModel, SECTOR, WriteData, fill_gen};
-use super::parse::Arg;
+use super::syntax::Arg;
 use crate::rng::below;
 
 /// A workload's parameters.
