@@ -6,10 +6,11 @@
 //! `scenarios/README.md`. Each run is a pure function of the file and the seed: the same pair
 //! gives a byte-identical transcript and trace hash.
 
-// Floors, bottom up: `syntax`, `outcome`, `transcript`, `model` (vocabulary) <- `lex`, `faults`,
-// `device_args`, `image`, `workload`, `io`, `recorder` <- `parse`; `world` (the run's state)
-// <- the step families (`graph_steps`, `guest_steps`, `drain_steps`, `fault_steps`, `checks`,
-// `chain`, `pivot`, `restart`) <- `step` (the dispatch) <- `crash_point` <- `run` (the loop).
+// Floors, bottom up: the vocabulary (`syntax`, `outcome`, `transcript`, `model`) <- what reads
+// it (`lex`, `faults`, `device_args`, `image`, `workload`, `io`, `recorder`) <- `parse`, and
+// `world` (the run's state) <- one file per family of steps (`graph_steps`, `guest_steps`,
+// `drain_steps`, `fault_steps`, `checks`, `chain`, `pivot`, `restart`), `step` (one line per
+// action), `crash_point` <- `run` (the loop).
 mod chain;
 mod checks;
 mod crash_point;
