@@ -1,7 +1,7 @@
 //! One step: each [`Action`] goes to the method of its family, one line each (`graph_steps`:
-//! image create, qmp, device add/del; `guest_steps`: io, workloads, time; `drain_steps`;
-//! `fault_steps`; `restart`: crash and restart; `checks`: wait, expect, verify; `chain`:
-//! model fill and check NODE; `pivot`: check-file).
+//! image create, qmp, device add; `chain`: device del, model fill, check NODE; `guest_steps`:
+//! io, workloads, advance; `drain_steps`; `fault_steps`; `restart`: crash and restart;
+//! `checks`: wait, expect, verify; `pivot`: check-file).
 
 use super::outcome::Failure;
 use super::syntax::{Action, Step};

@@ -23,10 +23,13 @@ use crate::Sim;
 
 /// What `restart` replays, in order.
 pub(super) enum Setup {
+    /// A `blockdev-add` or `blockdev-del`.
     Qmp(Value),
+    /// `device add NAME args`.
     Device(String, Vec<Arg>),
     /// A device whose root a job moved (mirror pivot, active commit): see `pivot.rs`.
     Pivoted(PivotedDevice),
+    /// `device del NAME`.
     DeviceDel(String),
 }
 
@@ -59,23 +62,30 @@ pub(super) struct World<'s> {
     pub(super) seed: u64,
     pub(super) engine: Rc<Engine>,
     pub(super) recorder: Rc<DebugRecorder>,
+    /// What a `restart` replays.
     pub(super) setup: Vec<Setup>,
     pub(super) devices: BTreeMap<String, DeviceState>,
     pub(super) workloads: BTreeMap<String, Workload>,
+    /// Drained sections the scenario holds open, innermost last, by node.
     pub(super) drains: BTreeMap<String, Vec<DrainedSection>>,
+    /// Events not yet matched by `wait event` / `expect event`.
     pub(super) pending: VecDeque<Event>,
     pub(super) transcript: Rc<RefCell<Transcript>>,
+    /// Line of the step running now (a deadlock's failure names it).
     pub(super) line: Rc<Cell<usize>>,
+    /// What the last qemu-io command (and aio completions since) printed, for `expect output`.
     pub(super) last_output: Vec<String>,
     /// The engine now, reachable after a deadlock drops the world (to list its last events).
     pub(super) engine_slot: Rc<RefCell<Option<Rc<Engine>>>>,
+    /// Injected faults by name.
     pub(super) faults: BTreeMap<String, crate::FaultId>,
+    /// One qemu-io session per device.
     pub(super) io: super::io::IoSessions,
     /// Watch for a scheduled crash (see `crash_point.rs`).
     pub(super) crash_probe: bool,
     /// The scheduled crash struck.
     pub(super) crash_struck: bool,
-    /// Disk events at the end of setup (see [`RunOutcome::setup_disk`]).
+    /// Disk events at the end of setup (see [`RunOutcome::setup_disk`](super::outcome::RunOutcome::setup_disk)).
     pub(super) setup_done: Rc<Cell<Option<crate::DiskCounts>>>,
 }
 
