@@ -1,11 +1,32 @@
 //! Plain-data configuration of a simulation: scheduler mode, run limits, disk latency, crash model.
 //!
-//! Everything here is data (no behaviour beyond sampling a [`Latency`]), so a scenario parser can
-//! build it from text and a swarm runner can draw it from the seed.
+//! Everything here is data (no behaviour beyond sampling a [`Latency`] and reading a duration
+//! as scenario files and fault specs write it), so a scenario parser can build it from text and
+//! a swarm runner can draw it from the seed.
 
 use rand_chacha::ChaCha8Rng;
 
 use crate::rng::in_range;
+
+/// Sector size of the virtual disk: the unit of crash resolution, torn writes and latent
+/// errors.
+pub(crate) const SECTOR: u64 = 512;
+
+/// Parse a duration: `10ns`, `5us`, `10ms`, `2s`, `1m`.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "ns" => 1,
+        "us" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
 
 /// How the executor picks the next task among the ready ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

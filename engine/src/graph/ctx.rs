@@ -1,54 +1,16 @@
-//! The graph context shared by every node of one engine: env, event queue, debug listeners,
-//! the node registry and the table of drivers that can be opened by name.
+//! What the graph context shared by every node of one engine does: env, event queue, debug
+//! listeners, the node registry, the table of drivers that can be opened by name and the guard
+//! against backing loops. The `GraphCtx` type itself is in `types`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::driver::BlockDriver;
-use crate::env::{Env, LocalBoxFuture};
+use super::types::{DebugListener, GraphCtx, Node, OpenFn, Reporter};
+use crate::env::Env;
 use crate::error::{Error, Result};
 use crate::event::{DebugEvent, DebugSwitch, Event, EventQueue};
-use crate::util::{Notify, Options};
-
-use super::node::Node;
-use super::open::OpenCtx;
-
-/// Opens a driver of one kind: given the node's context and its driver-specific options (the
-/// common ones already taken), returns the driver. Leftover options must be refused.
-pub type OpenFn = fn(OpenCtx, Options) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>>;
-
-/// Something outside the graph that wants every debug event (simulator breakpoints, traces).
-pub trait DebugListener {
-    /// Called for every debug event on any node; a returned future suspends the request.
-    fn on_event(&self, node: &Rc<Node>, event: DebugEvent) -> Option<LocalBoxFuture<'static, ()>>;
-}
-
-/// State shared by all nodes of one engine.
-pub struct GraphCtx {
-    env: Rc<dyn Env>,
-    /// QMP events, in emission order.
-    pub events: EventQueue,
-    /// Counts listeners so the request path can skip debug events cheaply.
-    pub debug: DebugSwitch,
-    debug_listeners: RefCell<Vec<Rc<dyn DebugListener>>>,
-    /// Woken whenever a node or external parent may have become idle (drain polling).
-    pub(crate) progress: Notify,
-    nodes: RefCell<BTreeMap<String, Rc<Node>>>,
-    next_id: Cell<u64>,
-    next_implicit: Cell<u64>,
-    drivers: RefCell<BTreeMap<&'static str, OpenFn>>,
-    /// Image files whose backing chain is being opened right now, outermost first (see
-    /// [`GraphCtx::enter_chain`]): a backing reference back into this list is a loop.
-    opening_chain: RefCell<Vec<String>>,
-    /// Where diagnostics go (QEMU's `error_report` lines: "qcow2: Marking image as corrupt:
-    /// ..."), installed by the tool that prints them; without one they are dropped (the QMP
-    /// events carry the same facts).
-    reporter: RefCell<Option<Reporter>>,
-}
-
-/// Receives the engine's diagnostic lines.
-pub type Reporter = Rc<dyn Fn(&str)>;
+use crate::util::Notify;
 
 /// Deepest backing chain a graph opens. Opening, reading and dropping a chain nest one call
 /// per image, so the depth must have a bound the stack is sized for (the CLI's engine thread
@@ -150,13 +112,6 @@ impl GraphCtx {
         if let Some(r) = reporter {
             r(line);
         }
-    }
-
-    /// A fresh id for a node or an edge.
-    pub(crate) fn next_id(&self) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        id
     }
 
     /// A fresh name for an implicitly created node ("#block001").

@@ -10,11 +10,8 @@
 
 use std::rc::Rc;
 
+use super::types::{GraphCtx, Node, ParentRef};
 use crate::event::DebugEvent;
-
-use super::ctx::GraphCtx;
-use super::edge::ParentRef;
-use super::node::Node;
 
 fn parent_begin(parent: &ParentRef) {
     match parent {

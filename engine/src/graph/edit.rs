@@ -14,9 +14,9 @@ use crate::error::{Error, Result};
 use crate::types::{ChildRole, EdgeId, Perms};
 
 use super::drain::{apply_quiesce, transfer_quiesce};
-use super::edge::{Child, Edge, ParentOps, ParentRef};
-use super::node::Node;
+use super::edge::Child;
 use super::perm::Plan;
+use super::types::{Edge, Node, ParentOps, ParentRef};
 
 /// Which parents of the replaced node stay where they are.
 #[derive(Clone, Debug, Default)]

@@ -9,12 +9,20 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use crate::env::LocalBoxFuture;
+use crate::error::Result;
+
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::util::{Notify, TrackedRanges};
 
-use super::node::BeforeWrite;
+/// Something that must run before a write reaches the node, after it has waited for
+/// overlapping serialising requests (copy-before-write, write notifiers). It may fail the write.
+pub trait BeforeWrite {
+    /// Called with the range about to be written.
+    fn before_write(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>>;
+}
 
 /// The request path's state of one node.
 #[derive(Default)]

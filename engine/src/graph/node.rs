@@ -1,6 +1,7 @@
-//! A node of the graph (QEMU's BlockDriverState): a driver instance, its edges, options, limits,
-//! permissions and quiesce counter, plus one [`IoState`]: the state the request path keeps for
-//! it (see `io_state`).
+//! What a node of the graph (QEMU's BlockDriverState) answers and does: its driver, edges,
+//! options, limits, permissions, quiesce counter, op blockers and before-write hooks, and the
+//! in-flight guard of the request path. The `Node` type itself (with its [`IoState`]) is in
+//! `types`.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::{Rc, Weak};
@@ -8,65 +9,12 @@ use std::rc::{Rc, Weak};
 use serde_json::{Value, json};
 
 use crate::driver::{BlockDriver, Breakpoints, no_breakpoints};
-use crate::env::LocalBoxFuture;
 use crate::error::Result;
 use crate::io::Limits;
 use crate::types::{DetectZeroes, NodeId, Perms};
 
-use super::ctx::GraphCtx;
-use super::edge::Edge;
-use super::io_state::{IoState, NodeStats};
-
-/// Generic options every node has (the common part of `blockdev-add`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NodeOptions {
-    /// Opened read-only: nobody may take WRITE or RESIZE on it.
-    pub read_only: bool,
-    /// `discard=unmap`: discard requests are passed down (otherwise ignored).
-    pub discard_unmap: bool,
-    /// `cache.no-flush`: flushes stop at this node (children are still flushed).
-    pub no_flush: bool,
-    /// `cache.direct`: bypass the host page cache (protocol drivers honour it).
-    pub direct: bool,
-    /// `detect-zeroes`.
-    pub detect_zeroes: DetectZeroes,
-    /// `force-share`: share every permission with every other user.
-    pub force_share: bool,
-}
-
-/// Something that must run before a write reaches the node, after it has waited for
-/// overlapping serialising requests (copy-before-write, write notifiers). It may fail the write.
-pub trait BeforeWrite {
-    /// Called with the range about to be written.
-    fn before_write(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>>;
-}
-
-/// A node of the graph.
-pub struct Node {
-    id: NodeId,
-    name: String,
-    implicit: bool,
-    ctx: Rc<GraphCtx>,
-    driver: OnceCell<Box<dyn BlockDriver>>,
-    driver_name: &'static str,
-    /// A cell: reopen switches `read_only` (everything else is fixed at open).
-    opts: Cell<NodeOptions>,
-    pub(crate) children: RefCell<Vec<Rc<Edge>>>,
-    pub(crate) parents: RefCell<Vec<Weak<Edge>>>,
-    /// Parent edges plus monitor ownership; the node closes when it reaches 0.
-    pub(crate) refcnt: Cell<u32>,
-    pub(crate) monitor_owned: Cell<bool>,
-    limits: Cell<Limits>,
-    pub(crate) quiesce: Cell<u32>,
-    /// The request path's per-node state (in-flight count, tracked requests, write
-    /// generations, write threshold, before-write hooks, statistics).
-    pub(crate) io: IoState,
-    /// Union of parents' perms and intersection of their shared perms, as last committed.
-    pub(crate) cumulative: Cell<(Perms, Perms)>,
-    pub(crate) closed: Cell<bool>,
-    /// Why operations on this node are refused now (a job using it), oldest first.
-    op_blockers: RefCell<Vec<(u64, String)>>,
-}
+use super::io_state::{BeforeWrite, IoState, NodeStats};
+use super::types::{Edge, GraphCtx, Node, NodeOptions, ParentRef};
 
 impl Node {
     pub(crate) fn new_shell(
@@ -156,15 +104,6 @@ impl Node {
         self.opts.set(o);
     }
 
-    /// Only a reopen's commit phase changes these (`reopen::reopen_options`).
-    pub(crate) fn set_generic_options(&self, changes: super::reopen::GenericChanges) {
-        let mut o = self.opts.get();
-        o.discard_unmap = changes.discard_unmap.unwrap_or(o.discard_unmap);
-        o.detect_zeroes = changes.detect_zeroes.unwrap_or(o.detect_zeroes);
-        o.no_flush = changes.no_flush.unwrap_or(o.no_flush);
-        self.opts.set(o);
-    }
-
     /// Length in bytes.
     pub fn len(&self) -> u64 {
         self.driver().len()
@@ -220,8 +159,8 @@ impl Node {
         self.parents()
             .iter()
             .find_map(|e| match e.parent() {
-                super::edge::ParentRef::External(p) => p.upgrade().and_then(|p| p.device_name()),
-                super::edge::ParentRef::Node(_) => None,
+                ParentRef::External(p) => p.upgrade().and_then(|p| p.device_name()),
+                ParentRef::Node(_) => None,
             })
             .unwrap_or_default()
     }

@@ -11,16 +11,9 @@ use crate::error::{Error, Result, ResultExt};
 use crate::types::{ChildRole, DetectZeroes, validate_node_name};
 use crate::util::Options;
 
-use super::ctx::GraphCtx;
-use super::edge::{Child, Edge};
+use super::edge::Child;
 use super::edit::{attach_unchecked, refresh_perms, unref};
-use super::node::{Node, NodeOptions};
-
-/// What a driver's open function gets: the node being opened, to attach children to.
-#[derive(Clone)]
-pub struct OpenCtx {
-    node: Rc<Node>,
-}
+use super::types::{Edge, GraphCtx, Node, NodeOptions, OpenCtx};
 
 impl OpenCtx {
     /// The name of the node being opened.

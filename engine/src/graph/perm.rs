@@ -11,12 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
+use super::types::{Edge, Node};
 use crate::driver::{ChildDesc, ParentPerms};
 use crate::error::{Error, Result};
 use crate::types::{EdgeId, NodeId, Perms};
-
-use super::edge::Edge;
-use super::node::Node;
 
 /// A tentative graph change whose permissions are to be checked.
 #[derive(Default)]

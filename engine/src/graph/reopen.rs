@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::types::{ChildRole, DetectZeroes};
 use crate::util::Options;
 
-use super::node::Node;
 use super::perm::Plan;
+use super::types::Node;
 
 /// The nodes a switch of `node` concerns, topmost first: `node` and, recursively, its
 /// non-backing children that are not in the wanted state yet.
@@ -136,6 +136,17 @@ pub struct GenericChanges {
     pub detect_zeroes: Option<DetectZeroes>,
     /// `cache.no-flush`.
     pub no_flush: Option<bool>,
+}
+
+impl Node {
+    /// Only a reopen's commit phase changes these (`reopen::reopen_options`).
+    pub(crate) fn set_generic_options(&self, changes: GenericChanges) {
+        let mut o = self.opts.get();
+        o.discard_unmap = changes.discard_unmap.unwrap_or(o.discard_unmap);
+        o.detect_zeroes = changes.detect_zeroes.unwrap_or(o.detect_zeroes);
+        o.no_flush = changes.no_flush.unwrap_or(o.no_flush);
+        self.opts.set(o);
+    }
 }
 
 /// Set `node`'s driver options anew (`changes`; those not given go back to their defaults)

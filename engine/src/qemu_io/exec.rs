@@ -6,17 +6,15 @@
 //! Failures are remembered for the exit status as qemu-io does: any failing synchronous
 //! command makes the run fail; aio failures and aio pattern mismatches do not.
 
-use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::backend::{BackendOptions, BlockBackend};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::types::Perms;
-use crate::util::Notify;
 
 use super::command::Command;
-use super::exec_io::{self, IoCtx};
+use super::exec_io::{self, AioState, IoCtx};
 use super::format::{Timing, human_size};
 use super::open::OpenSpec;
 use super::parse::{ParseErrorKind, parse_command};
@@ -74,13 +72,6 @@ pub enum CommandResult {
     /// `sigraise N`: the caller raises signal N (after flushing its output) and goes on with
     /// the next command if it survives.
     Raise(u32),
-}
-
-/// aio requests in flight, shared with their tasks.
-#[derive(Default)]
-pub(super) struct AioState {
-    pub outstanding: Cell<u64>,
-    pub idle: Notify,
 }
 
 /// A qemu-io session on (at most) one device.

@@ -2,18 +2,27 @@
 //! `aio_write`, which run as tasks spawned on the env and print when they complete.
 //!
 //! Elapsed times come from `Env::now_ns` around the request (for aio: from submission).
+//! Owns [`AioState`], the count of aio requests in flight that the session waits on.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::backend::BlockBackend;
 use crate::env::{Env, OpenOptions};
 use crate::error::Error;
 use crate::io::{IoBuf, ReqFlags};
+use crate::util::Notify;
 
 use super::command::{AioWrite, Command, Read, Stats, Vectored, Write, WriteData};
-use super::exec::AioState;
 use super::format::{Timing, hexdump, report};
 use super::{OutLine, Sink};
+
+/// aio requests in flight, shared with their tasks.
+#[derive(Default)]
+pub(super) struct AioState {
+    pub outstanding: Cell<u64>,
+    pub idle: Notify,
+}
 
 /// What a data command needs; cheap to clone into an aio task.
 #[derive(Clone)]

@@ -9,7 +9,7 @@ use engine::util::parse_size;
 
 use super::OpKind;
 use crate::config::Latency;
-use crate::scenario::parse::parse_duration;
+use crate::config::parse_duration;
 
 /// What goes wrong.
 #[derive(Clone, Debug, PartialEq)]

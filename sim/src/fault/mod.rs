@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::SECTOR;
 use crate::rng::{below, chance, in_range};
 use crate::trace::{Trace, tag};
-use crate::vdisk::SECTOR;
 
 /// The operations a fault can target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

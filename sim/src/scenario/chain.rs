@@ -16,7 +16,8 @@
 use serde_json::Value;
 
 use super::model::{SECTOR, WriteData};
-use super::run::{Failure, Setup, World, fail};
+use super::outcome::{Failure, fail};
+use super::world::{Setup, World};
 
 impl World<'_> {
     /// `device del NAME`.

@@ -1,5 +1,5 @@
 //! The run's checks: `verify` (the device's bytes against the reference model), `expect`,
-//! `wait event`, and the matching rules they share. Part of the runner (`run.rs`).
+//! `wait event`, and the matching rules they share. A family of steps (see `step`).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -12,8 +12,9 @@ use engine::io::IoBuf;
 use serde_json::Value;
 
 use super::model::SECTOR;
-use super::parse::{Arg, Expectation};
-use super::run::{Failure, World, fail};
+use super::outcome::{Failure, fail};
+use super::syntax::{Arg, Expectation};
+use super::world::World;
 
 impl World<'_> {
     pub(super) async fn wait_event(

@@ -8,32 +8,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::parse::{Action, Step};
-use super::run::{Failure, World};
+use super::outcome::Failure;
+use super::syntax::{Action, Step};
+use super::world::World;
 
 /// How often (virtual time) the probe looks for a struck crash: every task but the main one is
 /// dead by then, so only the main future's own wait is cut short.
 const PROBE_NS: u64 = 1_000_000;
 
 impl World<'_> {
-    /// Workloads, drains and in-flight qemu-io die with the machine; devices that jobs moved
-    /// are noted for the restart.
-    pub(super) fn before_power_loss(&mut self) {
-        self.workloads.clear();
-        self.drains.clear();
-        self.recorder.drained.borrow_mut().clear();
-        self.io = Default::default();
-        self.record_pivots();
-    }
-
-    /// The models learn that unflushed writes may be gone.
-    pub(super) fn after_power_loss(&mut self) {
-        for dev in self.devices.values() {
-            dev.model.borrow_mut().crash();
-            dev.activity.busy.borrow_mut().clear();
-        }
-    }
-
     /// The step, or `None` when the scheduled crash struck first.
     pub(super) async fn step_or_crash(&mut self, step: &Step) -> Option<Result<(), Failure>> {
         let sim = self.sim;

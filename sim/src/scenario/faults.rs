@@ -7,7 +7,7 @@
 
 use engine::util::parse_size;
 
-use super::parse::Arg;
+use super::syntax::Arg;
 use crate::fault::class_named;
 use crate::{FaultSpec, OpKind, Trigger};
 

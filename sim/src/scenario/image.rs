@@ -17,7 +17,7 @@ use engine::types::Perms;
 use engine::util::{Options, parse_size};
 use serde_json::json;
 
-use super::parse::Arg;
+use super::syntax::Arg;
 
 /// The short-lived user that writes a new image's metadata.
 struct Creator;

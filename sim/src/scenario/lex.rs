@@ -1,7 +1,8 @@
-//! The scenario parser's lexical helpers: words with their columns, character columns to
-//! byte offsets, and the check that an event step names a real event and its fields.
+//! The scenario parser's lexical helpers: words with their columns, words as `key=value`
+//! arguments, character columns to byte offsets, where a JSON text spanning lines ends, and the
+//! check that an event step names a real event and its fields.
 
-use super::parse::{Arg, Cursor, ParseError};
+use super::syntax::{Arg, Cursor, ParseError};
 
 /// Split a line into whitespace-separated words with their 1-based columns; `"..."` quotes.
 pub(super) fn words(line: &str) -> Vec<(usize, String)> {
@@ -74,4 +75,45 @@ pub(super) fn check_event_keys(
         }
     }
     Ok(())
+}
+
+/// `key=value` words (and bare words) as arguments, with their columns.
+pub(super) fn args_of(ws: &[(usize, String)]) -> Vec<Arg> {
+    ws.iter()
+        .map(|(col, w)| match w.split_once('=') {
+            Some((k, v)) => Arg {
+                key: k.to_string(),
+                value: Some(v.to_string()),
+                column: *col,
+            },
+            None => Arg {
+                key: w.clone(),
+                value: None,
+                column: *col,
+            },
+        })
+        .collect()
+}
+
+/// True when the brackets of a JSON text are balanced (outside strings).
+pub(super) fn json_complete(text: &str) -> bool {
+    let (mut depth, mut in_str, mut escaped) = (0i64, false, false);
+    for c in text.chars() {
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_str = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            _ => {}
+        }
+    }
+    depth <= 0
 }

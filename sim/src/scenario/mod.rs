@@ -6,20 +6,36 @@
 //! `scenarios/README.md`. Each run is a pure function of the file and the seed: the same pair
 //! gives a byte-identical transcript and trace hash.
 
+// Floors, bottom up: the vocabulary (`syntax`, `outcome`, `transcript`, `model`) <- what reads
+// it (`lex`, `faults`, `device_args`, `image`, `workload`, `io`, `recorder`) <- `parse`, and
+// `world` (the run's state) <- one file per family of steps (`graph_steps`, `guest_steps`,
+// `drain_steps`, `fault_steps`, `checks`, `chain`, `pivot`, `restart`), `step` (one line per
+// action), `crash_point` <- `run` (the loop).
 mod chain;
 mod checks;
 mod crash_point;
+mod device_args;
+mod drain_steps;
+mod fault_steps;
 mod faults;
+mod graph_steps;
+mod guest_steps;
 mod image;
 mod io;
 mod lex;
 pub mod model;
+mod outcome;
 pub mod parse;
 mod pivot;
+mod recorder;
 mod restart;
 mod run;
+mod step;
+mod syntax;
 pub mod transcript;
 mod workload;
+mod world;
 
+pub use outcome::{Failure, RunOptions, RunOutcome};
 pub use parse::{ParseError, Scenario, parse};
-pub use run::{Failure, RunOptions, RunOutcome, run};
+pub use run::run;

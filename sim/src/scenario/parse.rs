@@ -34,322 +34,104 @@
 //!
 //! Parse errors name the file, line and column.
 
-use std::fmt;
-
-use super::lex::{byte_at, check_event_keys, words};
 use engine::util::parse_size;
 use serde_json::Value;
 
-/// A parse error with its position.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParseError {
-    /// File name as given.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// What is wrong.
-    pub message: String,
+use super::device_args::device_options;
+use super::faults::fault_spec;
+use super::lex::{args_of, byte_at, check_event_keys, json_complete, words};
+use super::outcome::CHECKS;
+use super::workload::WorkloadSpec;
+use crate::config::parse_duration;
+
+use super::syntax::Cursor;
+pub use super::syntax::{Action, Arg, Expectation, ParseError, Scenario, Step};
+
+/// One directive being parsed: its words, and the file's lines for JSON that spans lines.
+struct Line<'a> {
+    cur: Cursor<'a>,
+    /// The code of the line, leading blanks and comment removed.
+    text: &'a str,
+    /// Columns of `words` count from `text`; messages add the indent back.
+    indent: usize,
+    ws: Vec<(usize, String)>,
+    lines: &'a [&'a str],
+    /// Index in `lines` of the first line not consumed yet.
+    next: usize,
 }
 
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
+impl Line<'_> {
+    fn kw(&self) -> &str {
+        &self.ws[0].1
     }
-}
 
-impl std::error::Error for ParseError {}
-
-/// One `key=value` argument or bare word of a directive, with its column.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Arg {
-    /// The key (or the bare word).
-    pub key: String,
-    /// The value, if `key=value`.
-    pub value: Option<String>,
-    /// 1-based column where the argument starts.
-    pub column: usize,
-}
-
-/// What a step does.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Action {
-    /// Create an image on the virtual disk.
-    ImageCreate {
-        /// Path on the virtual disk.
-        path: String,
-        /// Format: `raw` (a sparse file of `size` bytes) or `qcow2`.
-        format: String,
-        /// Virtual size.
-        size: u64,
-        /// Format options (`cluster_size=`, `compat=`, `refcount_bits=`, `backing_file=`,
-        /// `backing_fmt=`, `lazy_refcounts=` for qcow2).
-        options: Vec<Arg>,
-    },
-    /// A QMP command; `expect` says how the reply must look (success if `None`).
-    Qmp {
-        /// The command object.
-        command: Value,
-        /// Required error class and message substring, if the command must fail.
-        expect_error: Option<(String, String)>,
-        /// JSON the successful reply's `return` must contain (objects by subset, the rest
-        /// exactly).
-        expect_return: Option<Value>,
-    },
-    /// Attach a device.
-    DeviceAdd {
-        /// Device name.
-        name: String,
-        /// Further arguments (node=, werror=, rerror=, cache=, read-only, share-rw).
-        args: Vec<Arg>,
-    },
-    /// Detach a device (`device del NAME`).
-    DeviceDel {
-        /// Device name.
-        name: String,
-    },
-    /// Declare content the device already shows (`model DEV fill PATTERN OFFSET LEN`): the
-    /// reference model takes it as durable. For data put into lower layers of a chain through
-    /// other devices; a `verify` right after checks the declaration.
-    ModelFill {
-        /// Device name.
-        device: String,
-        /// Byte pattern.
-        pattern: u8,
-        /// Offset in bytes.
-        offset: u64,
-        /// Length in bytes.
-        len: u64,
-    },
-    /// A qemu-io command line on a device.
-    Io {
-        /// Device name.
-        device: String,
-        /// The command line.
-        command: String,
-        /// `io?`: the command may fail (check its output with `expect output`).
-        may_fail: bool,
-    },
-    /// Start a seeded background workload.
-    WorkloadStart {
-        /// Workload name.
-        name: String,
-        /// Arguments (device=, mix=, bs=, iodepth=, range=, count=).
-        args: Vec<Arg>,
-    },
-    /// Wait until a `count=` workload has issued all its requests.
-    WorkloadWait {
-        /// Workload name.
-        name: String,
-    },
-    /// Stop a workload and wait for its requests.
-    WorkloadStop {
-        /// Workload name.
-        name: String,
-    },
-    /// Inject a virtual-disk fault.
-    FaultInject {
-        /// Name to clear it by.
-        name: String,
-        /// Fault class.
-        kind: String,
-        /// Targeting and trigger arguments.
-        args: Vec<Arg>,
-    },
-    /// Remove one fault, or all.
-    FaultClear {
-        /// The fault's name; `None` clears all.
-        name: Option<String>,
-    },
-    /// Begin a drained section on a node.
-    DrainBegin {
-        /// Node name.
-        node: String,
-        /// Drain the whole subtree.
-        subtree: bool,
-    },
-    /// End the innermost drained section on a node.
-    DrainEnd {
-        /// Node name.
-        node: String,
-    },
-    /// Let virtual time pass.
-    Advance {
-        /// Nanoseconds.
-        ns: u64,
-    },
-    /// Wait for a QMP event (matching fields) with a virtual-time timeout.
-    WaitEvent {
-        /// Event name.
-        name: String,
-        /// `key=value` fields the event's data must have.
-        fields: Vec<Arg>,
-        /// Timeout in virtual ns.
-        timeout_ns: u64,
-    },
-    /// An expectation.
-    Expect(Expectation),
-    /// Compare a device's bytes with the reference model.
-    Verify {
-        /// Device name.
-        device: String,
-    },
-    /// `check NODE`: the qcow2 consistency check of a node (read-only: no repair). Fails the
-    /// run on corruptions or check errors; leaks (normal after a power loss) are reported.
-    Check {
-        /// Node name.
-        node: String,
-    },
-    /// Power loss.
-    Crash,
-    /// Reopen every image from its durable state and re-create the devices.
-    Restart,
-    /// `check-file PATH`: open a qcow2 image file on its own (read-only, no backing) and check
-    /// it; corruptions or check errors fail the run, leaks are reported.
-    CheckFile {
-        /// Path on the virtual disk.
-        path: String,
-    },
-}
-
-/// What `expect` checks.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Expectation {
-    /// An event of this name with these fields was emitted (and not yet matched).
-    Event {
-        /// Event name.
-        name: String,
-        /// Required fields.
-        fields: Vec<Arg>,
-    },
-    /// No event of this name is pending.
-    NoEvent {
-        /// Event name.
-        name: String,
-    },
-    /// A device's I/O status.
-    Iostatus {
-        /// Device.
-        device: String,
-        /// ok, failed or nospace.
-        status: String,
-    },
-    /// Whether the machine runs.
-    Running(bool),
-    /// The last qemu-io command's output contains this text.
-    Output(String),
-}
-
-/// One parsed step with its position.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Step {
-    /// 1-based line of the step's first line.
-    pub line: usize,
-    /// The source text (joined if it spanned lines).
-    pub text: String,
-    /// What to do.
-    pub action: Action,
-}
-
-/// A parsed scenario.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Scenario {
-    /// File name (for messages).
-    pub file: String,
-    /// The purpose line.
-    pub purpose: String,
-    /// `expect-failure CHECK`: this scenario must fail with this check.
-    pub expect_failure: Option<String>,
-    /// Default seed.
-    pub seed: u64,
-    /// FIFO scheduling instead of random.
-    pub fifo: bool,
-    /// Disk latency range in ns.
-    pub latency: Option<(u64, u64)>,
-    /// Virtual-time limit (livelock detection).
-    pub time_limit_ns: u64,
-    /// Scheduling-step limit (livelock detection).
-    pub step_limit: u64,
-    /// The steps.
-    pub steps: Vec<Step>,
-}
-
-/// Parse a duration: `10ns`, `5us`, `10ms`, `2s`, `1m`.
-pub fn parse_duration(text: &str) -> Option<u64> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = text.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit {
-        "ns" => 1,
-        "us" => 1_000,
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60_000_000_000,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
-
-pub(super) struct Cursor<'a> {
-    file: &'a str,
-    line: usize,
-}
-
-impl Cursor<'_> {
-    pub(super) fn err(&self, column: usize, message: impl Into<String>) -> ParseError {
-        ParseError {
-            file: self.file.to_string(),
-            line: self.line,
-            column,
-            message: message.into(),
-        }
+    fn kw_col(&self) -> usize {
+        self.ws[0].0 + self.indent
     }
-}
 
-fn args_of(ws: &[(usize, String)]) -> Vec<Arg> {
-    ws.iter()
-        .map(|(col, w)| match w.split_once('=') {
-            Some((k, v)) => Arg {
-                key: k.to_string(),
-                value: Some(v.to_string()),
-                column: *col,
-            },
-            None => Arg {
-                key: w.clone(),
-                value: None,
-                column: *col,
-            },
+    /// Column of word `n` (or just past the line when it is missing), for messages.
+    fn col_of(&self, n: usize) -> usize {
+        self.ws.get(n).map_or(self.text.len() + 1, |w| w.0) + self.indent
+    }
+
+    /// Word `n`, or the error that the directive needs `what` there.
+    fn need(&self, n: usize, what: &str) -> Result<String, ParseError> {
+        self.ws.get(n).map(|w| w.1.clone()).ok_or_else(|| {
+            self.cur
+                .err(self.col_of(n), format!("'{}' needs {what}", self.kw()))
         })
-        .collect()
+    }
+
+    fn err(&self, column: usize, message: impl Into<String>) -> ParseError {
+        self.cur.err(column, message)
+    }
+
+    /// Arguments from word `n` on.
+    fn args_from(&self, n: usize) -> Vec<Arg> {
+        args_of(&self.ws[n.min(self.ws.len())..])
+    }
+
+    /// The text from byte `from` on, joined with the following lines until its brackets close.
+    fn json_from(&mut self, from: usize) -> String {
+        let mut json = self.text[from..].trim().to_string();
+        while !json_complete(&json) && self.next < self.lines.len() {
+            json.push(' ');
+            json.push_str(self.lines[self.next].trim());
+            self.next += 1;
+        }
+        json
+    }
 }
 
-/// True when the brackets of a JSON text are balanced (outside strings).
-fn json_complete(text: &str) -> bool {
-    let (mut depth, mut in_str, mut escaped) = (0i64, false, false);
-    for c in text.chars() {
-        if in_str {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => in_str = true,
-            '{' | '[' => depth += 1,
-            '}' | ']' => depth -= 1,
-            _ => {}
-        }
-    }
-    depth <= 0
-}
+/// A directive's parser: the step it makes, or `None` when it only set something (a header
+/// directive, or `expect error` / `expect return` completing the `qmp` step before it).
+type Directive = fn(&mut Line, &mut Scenario) -> Result<Option<Action>, ParseError>;
+
+/// Every directive, by its first word.
+const DIRECTIVES: &[(&str, Directive)] = &[
+    ("expect-failure", expect_failure),
+    ("seed", seed),
+    ("scheduler", scheduler),
+    ("latency", latency),
+    ("limit", limit),
+    ("image", image),
+    ("qmp", qmp),
+    ("device", device),
+    ("model", model),
+    ("io", io),
+    ("io?", io),
+    ("workload", workload),
+    ("fault", fault),
+    ("drain", drain),
+    ("advance", advance),
+    ("wait", wait),
+    ("expect", expect),
+    ("verify", verify),
+    ("crash", crash),
+    ("restart", restart),
+    ("check", check),
+    ("check-file", check_file),
+];
 
 /// Parse a scenario file's text.
 pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
@@ -376,364 +158,33 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
     let mut i = 1;
     while i < lines.len() {
         let start_line = i + 1;
-        let cur = Cursor {
-            file,
-            line: start_line,
-        };
         let raw = lines[i];
         i += 1;
-        let line = raw
+        let code = raw
             .split_once(" #")
             .map_or(raw, |(code, _)| code)
             .trim_end();
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+        if code.trim().is_empty() || code.trim_start().starts_with('#') {
             continue;
         }
-        let indent = line.len() - line.trim_start().len();
-        let line = line.trim_start();
-        let ws = words(line);
-        let (kw_col, kw) = (ws[0].0 + indent, ws[0].1.as_str());
-        let col_of = |n: usize| ws.get(n).map_or(line.len() + 1, |w| w.0) + indent;
-        let need = |n: usize, what: &str| -> Result<String, ParseError> {
-            ws.get(n)
-                .map(|w| w.1.clone())
-                .ok_or_else(|| cur.err(col_of(n), format!("'{kw}' needs {what}")))
+        let text = code.trim_start();
+        let mut l = Line {
+            cur: Cursor {
+                file,
+                line: start_line,
+            },
+            text,
+            indent: code.len() - text.len(),
+            ws: words(text),
+            lines: &lines,
+            next: i,
         };
-        let action = match kw {
-            "expect-failure" => {
-                if !sc.steps.is_empty() {
-                    return Err(cur.err(kw_col, "'expect-failure' must come before the first step"));
-                }
-                let check = need(1, "the name of the check that must fail")?;
-                if !super::run::CHECKS.contains(&check.as_str()) {
-                    return Err(cur.err(
-                        col_of(1),
-                        format!(
-                            "unknown check '{check}' (checks: {})",
-                            super::run::CHECKS.join(", ")
-                        ),
-                    ));
-                }
-                sc.expect_failure = Some(check);
-                continue;
-            }
-            "seed" => {
-                let v = need(1, "a number")?;
-                sc.seed = v
-                    .parse()
-                    .map_err(|_| cur.err(col_of(1), format!("bad seed '{v}'")))?;
-                continue;
-            }
-            "scheduler" => {
-                sc.fifo = match need(1, "fifo or random")?.as_str() {
-                    "fifo" => true,
-                    "random" => false,
-                    other => return Err(cur.err(col_of(1), format!("unknown scheduler '{other}'"))),
-                };
-                continue;
-            }
-            "latency" => {
-                let v = need(1, "a range like 10us..100us")?;
-                let (a, b) = v.split_once("..").unwrap_or((&v, &v));
-                let (a, b) = (parse_duration(a), parse_duration(b));
-                match (a, b) {
-                    (Some(a), Some(b)) if a <= b => sc.latency = Some((a, b)),
-                    _ => return Err(cur.err(col_of(1), format!("bad latency range '{v}'"))),
-                }
-                continue;
-            }
-            "limit" => {
-                let what = need(1, "'time' or 'steps'")?;
-                let v = need(2, "a value")?;
-                match what.as_str() {
-                    "time" => {
-                        sc.time_limit_ns = parse_duration(&v)
-                            .ok_or_else(|| cur.err(col_of(2), format!("bad duration '{v}'")))?
-                    }
-                    "steps" => {
-                        sc.step_limit = v
-                            .parse()
-                            .map_err(|_| cur.err(col_of(2), format!("bad step count '{v}'")))?
-                    }
-                    _ => {
-                        return Err(
-                            cur.err(col_of(1), format!("unknown limit '{what}' (time or steps)"))
-                        );
-                    }
-                }
-                continue;
-            }
-            "image" => {
-                if need(1, "'create'")? != "create" {
-                    return Err(cur.err(col_of(1), "expected 'image create PATH FORMAT SIZE'"));
-                }
-                let path = need(2, "a path")?;
-                let format = need(3, "a format")?;
-                if format != "raw" && format != "qcow2" {
-                    return Err(cur.err(
-                        col_of(3),
-                        format!("unsupported image format '{format}' (raw or qcow2)"),
-                    ));
-                }
-                let size_text = need(4, "a size")?;
-                let size = parse_size(&size_text)
-                    .ok_or_else(|| cur.err(col_of(4), format!("bad size '{size_text}'")))?;
-                Action::ImageCreate {
-                    path,
-                    format,
-                    size,
-                    options: args_of(&ws[5..]),
-                }
-            }
-            "qmp" => {
-                let mut json = line[kw.len()..].trim().to_string();
-                while !json_complete(&json) && i < lines.len() {
-                    json.push(' ');
-                    json.push_str(lines[i].trim());
-                    i += 1;
-                }
-                let command: Value = serde_json::from_str(&json)
-                    .map_err(|e| cur.err(col_of(1), format!("bad QMP JSON: {e}")))?;
-                Action::Qmp {
-                    command,
-                    expect_error: None,
-                    expect_return: None,
-                }
-            }
-            "device" => {
-                let verb = need(1, "'add' or 'del'")?;
-                if verb == "del" {
-                    let name = need(2, "a device name")?;
-                    if ws.len() > 3 {
-                        return Err(cur.err(col_of(3), "'device del' takes only a name"));
-                    }
-                    Action::DeviceDel { name }
-                } else {
-                    if verb != "add" {
-                        return Err(cur.err(col_of(1), "expected 'device add NAME node=NODE ...'"));
-                    }
-                    let name = need(2, "a device name")?;
-                    let args = args_of(&ws[3..]);
-                    if !args.iter().any(|a| a.key == "node") {
-                        return Err(cur.err(col_of(3), "'device add' needs node=NODE"));
-                    }
-                    super::run::device_options(&args).map_err(|m| cur.err(col_of(3), m))?;
-                    Action::DeviceAdd { name, args }
-                }
-            }
-            "model" => {
-                let device = need(1, "a device name")?;
-                if need(2, "'fill'")? != "fill" {
-                    return Err(cur.err(col_of(2), "expected 'model DEV fill PATTERN OFFSET LEN'"));
-                }
-                let p = need(3, "a pattern")?;
-                let pattern = p
-                    .strip_prefix("0x")
-                    .map_or_else(|| p.parse::<u8>().ok(), |h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| cur.err(col_of(3), format!("bad pattern '{p}'")))?;
-                let o = need(4, "an offset")?;
-                let offset = engine::util::parse_size(&o)
-                    .ok_or_else(|| cur.err(col_of(4), format!("bad offset '{o}'")))?;
-                let l = need(5, "a length")?;
-                let len = engine::util::parse_size(&l)
-                    .ok_or_else(|| cur.err(col_of(5), format!("bad length '{l}'")))?;
-                if offset % 512 != 0 || len % 512 != 0 {
-                    return Err(cur.err(col_of(4), "model fill works on whole 512-byte sectors"));
-                }
-                Action::ModelFill {
-                    device,
-                    pattern,
-                    offset,
-                    len,
-                }
-            }
-            "io" | "io?" => {
-                let device = need(1, "a device name")?;
-                need(2, "a qemu-io command")?;
-                let command = line[byte_at(line, ws[2].0)..].to_string();
-                Action::Io {
-                    device,
-                    command,
-                    may_fail: kw == "io?",
-                }
-            }
-            "workload" => {
-                let verb = need(1, "'start' or 'stop'")?;
-                let name = need(2, "a workload name")?;
-                match verb.as_str() {
-                    "start" => {
-                        let args = args_of(&ws[3..]);
-                        super::workload::WorkloadSpec::parse(&args)
-                            .map_err(|m| cur.err(col_of(3), m))?;
-                        Action::WorkloadStart { name, args }
-                    }
-                    "stop" => Action::WorkloadStop { name },
-                    "wait" => Action::WorkloadWait { name },
-                    _ => return Err(cur.err(col_of(1), format!("unknown workload verb '{verb}'"))),
-                }
-            }
-            "fault" => match need(1, "'inject' or 'clear'")?.as_str() {
-                "inject" => {
-                    let name = need(2, "a fault name")?;
-                    let kind = need(3, "a fault kind")?;
-                    let args = args_of(&ws[4..]);
-                    super::faults::fault_spec(&kind, &args).map_err(|m| cur.err(col_of(3), m))?;
-                    Action::FaultInject { name, kind, args }
-                }
-                "clear" => Action::FaultClear {
-                    name: ws.get(2).map(|w| w.1.clone()),
-                },
-                other => return Err(cur.err(col_of(1), format!("unknown fault verb '{other}'"))),
-            },
-            "drain" => {
-                let verb = need(1, "'begin' or 'end'")?;
-                let node = need(2, "a node name")?;
-                match verb.as_str() {
-                    "begin" => Action::DrainBegin {
-                        node,
-                        subtree: ws.get(3).is_some_and(|w| w.1 == "subtree"),
-                    },
-                    "end" => Action::DrainEnd { node },
-                    _ => return Err(cur.err(col_of(1), format!("unknown drain verb '{verb}'"))),
-                }
-            }
-            "advance" => {
-                let v = need(1, "a duration")?;
-                Action::Advance {
-                    ns: parse_duration(&v)
-                        .ok_or_else(|| cur.err(col_of(1), format!("bad duration '{v}'")))?,
-                }
-            }
-            "wait" => {
-                if need(1, "'event'")? != "event" {
-                    return Err(cur.err(
-                        col_of(1),
-                        "expected 'wait event NAME [key=value..] [timeout=DUR]'",
-                    ));
-                }
-                let name = need(2, "an event name")?;
-                let mut fields = args_of(&ws[3..]);
-                check_event_keys(&cur, (&name, col_of(2)), &fields, &["timeout"], indent)?;
-                let mut timeout_ns = 60_000_000_000;
-                if let Some(pos) = fields.iter().position(|a| a.key == "timeout") {
-                    let t = fields.remove(pos);
-                    let v = t.value.clone().unwrap_or_default();
-                    timeout_ns = parse_duration(&v)
-                        .ok_or_else(|| cur.err(t.column + indent, format!("bad timeout '{v}'")))?;
-                }
-                Action::WaitEvent {
-                    name,
-                    fields,
-                    timeout_ns,
-                }
-            }
-            "expect" => {
-                let what = need(1, "what to expect")?;
-                match what.as_str() {
-                    "error" => {
-                        let class = need(2, "an error class")?;
-                        let text = ws.get(3).map(|w| w.1.clone()).unwrap_or_default();
-                        match sc.steps.last_mut() {
-                            Some(Step {
-                                action:
-                                    Action::Qmp {
-                                        expect_error,
-                                        expect_return: None,
-                                        ..
-                                    },
-                                ..
-                            }) if expect_error.is_none() => {
-                                *expect_error = Some((class, text));
-                                continue;
-                            }
-                            _ => {
-                                return Err(
-                                    cur.err(kw_col, "'expect error' must follow a 'qmp' step")
-                                );
-                            }
-                        }
-                    }
-                    "return" => {
-                        let mut json = line[byte_at(line, ws[1].0) + ws[1].1.len()..]
-                            .trim()
-                            .to_string();
-                        while !json_complete(&json) && i < lines.len() {
-                            json.push(' ');
-                            json.push_str(lines[i].trim());
-                            i += 1;
-                        }
-                        let want: Value = serde_json::from_str(&json).map_err(|e| {
-                            cur.err(col_of(2), format!("bad JSON after 'expect return': {e}"))
-                        })?;
-                        match sc.steps.last_mut() {
-                            Some(Step {
-                                action:
-                                    Action::Qmp {
-                                        expect_error: None,
-                                        expect_return,
-                                        ..
-                                    },
-                                ..
-                            }) if expect_return.is_none() => {
-                                *expect_return = Some(want);
-                                continue;
-                            }
-                            _ => {
-                                return Err(
-                                    cur.err(kw_col, "'expect return' must follow a 'qmp' step")
-                                );
-                            }
-                        }
-                    }
-                    "event" => {
-                        let name = need(2, "an event name")?;
-                        let fields = args_of(&ws[3..]);
-                        check_event_keys(&cur, (&name, col_of(2)), &fields, &[], indent)?;
-                        Action::Expect(Expectation::Event { name, fields })
-                    }
-                    "no-event" => {
-                        let name = need(2, "an event name")?;
-                        check_event_keys(&cur, (&name, col_of(2)), &[], &[], indent)?;
-                        Action::Expect(Expectation::NoEvent { name })
-                    }
-                    "iostatus" => Action::Expect(Expectation::Iostatus {
-                        device: need(2, "a device")?,
-                        status: need(3, "ok, failed or nospace")?,
-                    }),
-                    "running" => {
-                        Action::Expect(Expectation::Running(match need(2, "yes or no")?.as_str() {
-                            "yes" => true,
-                            "no" => false,
-                            other => {
-                                return Err(cur
-                                    .err(col_of(2), format!("expected yes or no, not '{other}'")));
-                            }
-                        }))
-                    }
-                    "output" => {
-                        need(2, "the expected output line")?;
-                        Action::Expect(Expectation::Output(
-                            line[byte_at(line, ws[2].0)..].trim_matches('"').to_string(),
-                        ))
-                    }
-                    other => {
-                        return Err(cur.err(col_of(1), format!("unknown expectation '{other}'")));
-                    }
-                }
-            }
-            "verify" => Action::Verify {
-                device: need(1, "a device name")?,
-            },
-            "crash" => Action::Crash,
-            "restart" => Action::Restart,
-            "check" => Action::Check {
-                node: need(1, "a node name")?,
-            },
-            "check-file" => Action::CheckFile {
-                path: need(1, "an image path")?,
-            },
-            other => return Err(cur.err(kw_col, format!("unknown directive '{other}'"))),
+        let Some((_, directive)) = DIRECTIVES.iter().find(|(kw, _)| *kw == l.kw()) else {
+            return Err(l.err(l.kw_col(), format!("unknown directive '{}'", l.kw())));
         };
+        let action = directive(&mut l, &mut sc)?;
+        i = l.next;
+        let Some(action) = action else { continue };
         let text = lines[start_line - 1..i]
             .iter()
             .map(|l| l.trim())
@@ -746,6 +197,365 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ParseError> {
         });
     }
     Ok(sc)
+}
+
+// ---- header directives: they set the scenario's options and make no step
+
+fn expect_failure(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    if !sc.steps.is_empty() {
+        return Err(l.err(
+            l.kw_col(),
+            "'expect-failure' must come before the first step",
+        ));
+    }
+    let check = l.need(1, "the name of the check that must fail")?;
+    if !CHECKS.contains(&check.as_str()) {
+        return Err(l.err(
+            l.col_of(1),
+            format!("unknown check '{check}' (checks: {})", CHECKS.join(", ")),
+        ));
+    }
+    sc.expect_failure = Some(check);
+    Ok(None)
+}
+
+fn seed(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let v = l.need(1, "a number")?;
+    sc.seed = v
+        .parse()
+        .map_err(|_| l.err(l.col_of(1), format!("bad seed '{v}'")))?;
+    Ok(None)
+}
+
+fn scheduler(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    sc.fifo = match l.need(1, "fifo or random")?.as_str() {
+        "fifo" => true,
+        "random" => false,
+        other => return Err(l.err(l.col_of(1), format!("unknown scheduler '{other}'"))),
+    };
+    Ok(None)
+}
+
+fn latency(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let v = l.need(1, "a range like 10us..100us")?;
+    let (a, b) = v.split_once("..").unwrap_or((&v, &v));
+    match (parse_duration(a), parse_duration(b)) {
+        (Some(a), Some(b)) if a <= b => sc.latency = Some((a, b)),
+        _ => return Err(l.err(l.col_of(1), format!("bad latency range '{v}'"))),
+    }
+    Ok(None)
+}
+
+fn limit(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let what = l.need(1, "'time' or 'steps'")?;
+    let v = l.need(2, "a value")?;
+    match what.as_str() {
+        "time" => {
+            sc.time_limit_ns = parse_duration(&v)
+                .ok_or_else(|| l.err(l.col_of(2), format!("bad duration '{v}'")))?
+        }
+        "steps" => {
+            sc.step_limit = v
+                .parse()
+                .map_err(|_| l.err(l.col_of(2), format!("bad step count '{v}'")))?
+        }
+        _ => {
+            return Err(l.err(
+                l.col_of(1),
+                format!("unknown limit '{what}' (time or steps)"),
+            ));
+        }
+    }
+    Ok(None)
+}
+
+// ---- setup: images, QMP, devices
+
+fn image(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    if l.need(1, "'create'")? != "create" {
+        return Err(l.err(l.col_of(1), "expected 'image create PATH FORMAT SIZE'"));
+    }
+    let path = l.need(2, "a path")?;
+    let format = l.need(3, "a format")?;
+    if format != "raw" && format != "qcow2" {
+        return Err(l.err(
+            l.col_of(3),
+            format!("unsupported image format '{format}' (raw or qcow2)"),
+        ));
+    }
+    let size_text = l.need(4, "a size")?;
+    let size = parse_size(&size_text)
+        .ok_or_else(|| l.err(l.col_of(4), format!("bad size '{size_text}'")))?;
+    Ok(Some(Action::ImageCreate {
+        path,
+        format,
+        size,
+        options: l.args_from(5),
+    }))
+}
+
+fn qmp(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let json = l.json_from(l.kw().len());
+    let command: Value = serde_json::from_str(&json)
+        .map_err(|e| l.err(l.col_of(1), format!("bad QMP JSON: {e}")))?;
+    Ok(Some(Action::Qmp {
+        command,
+        expect_error: None,
+        expect_return: None,
+    }))
+}
+
+fn device(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let verb = l.need(1, "'add' or 'del'")?;
+    if verb == "del" {
+        let name = l.need(2, "a device name")?;
+        if l.ws.len() > 3 {
+            return Err(l.err(l.col_of(3), "'device del' takes only a name"));
+        }
+        return Ok(Some(Action::DeviceDel { name }));
+    }
+    if verb != "add" {
+        return Err(l.err(l.col_of(1), "expected 'device add NAME node=NODE ...'"));
+    }
+    let name = l.need(2, "a device name")?;
+    let args = l.args_from(3);
+    if !args.iter().any(|a| a.key == "node") {
+        return Err(l.err(l.col_of(3), "'device add' needs node=NODE"));
+    }
+    device_options(&args).map_err(|m| l.err(l.col_of(3), m))?;
+    Ok(Some(Action::DeviceAdd { name, args }))
+}
+
+fn model(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let device = l.need(1, "a device name")?;
+    if l.need(2, "'fill'")? != "fill" {
+        return Err(l.err(l.col_of(2), "expected 'model DEV fill PATTERN OFFSET LEN'"));
+    }
+    let p = l.need(3, "a pattern")?;
+    let pattern = p
+        .strip_prefix("0x")
+        .map_or_else(|| p.parse::<u8>().ok(), |h| u8::from_str_radix(h, 16).ok())
+        .ok_or_else(|| l.err(l.col_of(3), format!("bad pattern '{p}'")))?;
+    let o = l.need(4, "an offset")?;
+    let offset = parse_size(&o).ok_or_else(|| l.err(l.col_of(4), format!("bad offset '{o}'")))?;
+    let n = l.need(5, "a length")?;
+    let len = parse_size(&n).ok_or_else(|| l.err(l.col_of(5), format!("bad length '{n}'")))?;
+    if offset % 512 != 0 || len % 512 != 0 {
+        return Err(l.err(l.col_of(4), "model fill works on whole 512-byte sectors"));
+    }
+    Ok(Some(Action::ModelFill {
+        device,
+        pattern,
+        offset,
+        len,
+    }))
+}
+
+// ---- the guest, faults, drains, time
+
+fn io(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let device = l.need(1, "a device name")?;
+    l.need(2, "a qemu-io command")?;
+    let command = l.text[byte_at(l.text, l.ws[2].0)..].to_string();
+    Ok(Some(Action::Io {
+        device,
+        command,
+        may_fail: l.kw() == "io?",
+    }))
+}
+
+fn workload(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let verb = l.need(1, "'start' or 'stop'")?;
+    let name = l.need(2, "a workload name")?;
+    Ok(Some(match verb.as_str() {
+        "start" => {
+            let args = l.args_from(3);
+            WorkloadSpec::parse(&args).map_err(|m| l.err(l.col_of(3), m))?;
+            Action::WorkloadStart { name, args }
+        }
+        "stop" => Action::WorkloadStop { name },
+        "wait" => Action::WorkloadWait { name },
+        _ => return Err(l.err(l.col_of(1), format!("unknown workload verb '{verb}'"))),
+    }))
+}
+
+fn fault(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    Ok(Some(match l.need(1, "'inject' or 'clear'")?.as_str() {
+        "inject" => {
+            let name = l.need(2, "a fault name")?;
+            let kind = l.need(3, "a fault kind")?;
+            let args = l.args_from(4);
+            fault_spec(&kind, &args).map_err(|m| l.err(l.col_of(3), m))?;
+            Action::FaultInject { name, kind, args }
+        }
+        "clear" => Action::FaultClear {
+            name: l.ws.get(2).map(|w| w.1.clone()),
+        },
+        other => return Err(l.err(l.col_of(1), format!("unknown fault verb '{other}'"))),
+    }))
+}
+
+fn drain(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let verb = l.need(1, "'begin' or 'end'")?;
+    let node = l.need(2, "a node name")?;
+    Ok(Some(match verb.as_str() {
+        "begin" => Action::DrainBegin {
+            node,
+            subtree: l.ws.get(3).is_some_and(|w| w.1 == "subtree"),
+        },
+        "end" => Action::DrainEnd { node },
+        _ => return Err(l.err(l.col_of(1), format!("unknown drain verb '{verb}'"))),
+    }))
+}
+
+fn advance(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let v = l.need(1, "a duration")?;
+    Ok(Some(Action::Advance {
+        ns: parse_duration(&v).ok_or_else(|| l.err(l.col_of(1), format!("bad duration '{v}'")))?,
+    }))
+}
+
+// ---- waits and expectations
+
+fn wait(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    if l.need(1, "'event'")? != "event" {
+        return Err(l.err(
+            l.col_of(1),
+            "expected 'wait event NAME [key=value..] [timeout=DUR]'",
+        ));
+    }
+    let name = l.need(2, "an event name")?;
+    let mut fields = l.args_from(3);
+    check_event_keys(
+        &l.cur,
+        (&name, l.col_of(2)),
+        &fields,
+        &["timeout"],
+        l.indent,
+    )?;
+    let mut timeout_ns = 60_000_000_000;
+    if let Some(pos) = fields.iter().position(|a| a.key == "timeout") {
+        let t = fields.remove(pos);
+        let v = t.value.clone().unwrap_or_default();
+        timeout_ns = parse_duration(&v)
+            .ok_or_else(|| l.err(t.column + l.indent, format!("bad timeout '{v}'")))?;
+    }
+    Ok(Some(Action::WaitEvent {
+        name,
+        fields,
+        timeout_ns,
+    }))
+}
+
+fn expect(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let what = l.need(1, "what to expect")?;
+    let e = match what.as_str() {
+        "error" => return expect_error(l, sc),
+        "return" => return expect_return(l, sc),
+        "event" => {
+            let name = l.need(2, "an event name")?;
+            let fields = l.args_from(3);
+            check_event_keys(&l.cur, (&name, l.col_of(2)), &fields, &[], l.indent)?;
+            Expectation::Event { name, fields }
+        }
+        "no-event" => {
+            let name = l.need(2, "an event name")?;
+            check_event_keys(&l.cur, (&name, l.col_of(2)), &[], &[], l.indent)?;
+            Expectation::NoEvent { name }
+        }
+        "iostatus" => Expectation::Iostatus {
+            device: l.need(2, "a device")?,
+            status: l.need(3, "ok, failed or nospace")?,
+        },
+        "running" => Expectation::Running(match l.need(2, "yes or no")?.as_str() {
+            "yes" => true,
+            "no" => false,
+            other => {
+                return Err(l.err(l.col_of(2), format!("expected yes or no, not '{other}'")));
+            }
+        }),
+        "output" => {
+            l.need(2, "the expected output line")?;
+            Expectation::Output(
+                l.text[byte_at(l.text, l.ws[2].0)..]
+                    .trim_matches('"')
+                    .to_string(),
+            )
+        }
+        other => return Err(l.err(l.col_of(1), format!("unknown expectation '{other}'"))),
+    };
+    Ok(Some(Action::Expect(e)))
+}
+
+/// `expect error CLASS [TEXT]`: the `qmp` step just before must fail so.
+fn expect_error(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let class = l.need(2, "an error class")?;
+    let text = l.ws.get(3).map(|w| w.1.clone()).unwrap_or_default();
+    match sc.steps.last_mut() {
+        Some(Step {
+            action:
+                Action::Qmp {
+                    expect_error,
+                    expect_return: None,
+                    ..
+                },
+            ..
+        }) if expect_error.is_none() => {
+            *expect_error = Some((class, text));
+            Ok(None)
+        }
+        _ => Err(l.err(l.kw_col(), "'expect error' must follow a 'qmp' step")),
+    }
+}
+
+/// `expect return JSON`: the `qmp` step just before must succeed with a reply containing it.
+fn expect_return(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let json = l.json_from(byte_at(l.text, l.ws[1].0) + l.ws[1].1.len());
+    let want: Value = serde_json::from_str(&json)
+        .map_err(|e| l.err(l.col_of(2), format!("bad JSON after 'expect return': {e}")))?;
+    match sc.steps.last_mut() {
+        Some(Step {
+            action:
+                Action::Qmp {
+                    expect_error: None,
+                    expect_return,
+                    ..
+                },
+            ..
+        }) if expect_return.is_none() => {
+            *expect_return = Some(want);
+            Ok(None)
+        }
+        _ => Err(l.err(l.kw_col(), "'expect return' must follow a 'qmp' step")),
+    }
+}
+
+// ---- checks, crash and restart
+
+fn verify(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    Ok(Some(Action::Verify {
+        device: l.need(1, "a device name")?,
+    }))
+}
+
+fn crash(_: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    Ok(Some(Action::Crash))
+}
+
+fn restart(_: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    Ok(Some(Action::Restart))
+}
+
+fn check(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    Ok(Some(Action::Check {
+        node: l.need(1, "a node name")?,
+    }))
+}
+
+fn check_file(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    Ok(Some(Action::CheckFile {
+        path: l.need(1, "an image path")?,
+    }))
 }
 
 #[cfg(test)]

@@ -161,7 +161,7 @@ fn every_failing_check_is_listed() {
         for part in flat.split("fail(\"").skip(1) {
             let name = &part[..part.find('"').unwrap()];
             assert!(
-                super::super::run::CHECKS.contains(&name),
+                super::super::outcome::CHECKS.contains(&name),
                 "{name} missing from CHECKS"
             );
         }

@@ -1,5 +1,5 @@
 //! Restart after jobs moved a device (a mirror's pivot, an active commit), and `check-file` of
-//! an image file. Part of the runner.
+//! an image file. A family of steps (see `step`).
 //!
 //! `restart` replays the recorded `blockdev-add`s and `device add`s. A pivot moved the device to
 //! another node (the mirror's target, the commit's base), which the replay alone would not
@@ -16,24 +16,9 @@ use engine::job::mirror::FILTER_DRIVER;
 use engine::util::Options;
 use serde_json::json;
 
-use super::parse::Arg;
-use super::run::{Failure, Setup, World, fail};
-
-/// A device to re-attach to the node a job moved it to.
-#[derive(Clone, Debug)]
-pub(super) struct PivotedDevice {
-    /// Device name.
-    name: String,
-    /// The device's other arguments (node= is replaced).
-    args: Vec<Arg>,
-    /// The node it is on now.
-    node: String,
-    /// That node's name was made up by the engine (it will differ after a replay).
-    implicit: bool,
-    /// Its image file and format, to open it when the replay did not.
-    filename: String,
-    format: String,
-}
+use super::outcome::{Failure, fail};
+use super::syntax::Arg;
+use super::world::{PivotedDevice, Setup, World};
 
 /// The device's root without job filters above it.
 fn effective_root(mut node: Rc<Node>) -> Rc<Node> {

@@ -1,3 +1,4 @@
+//! `crash` (power loss: what dies with the machine, what the models must now allow) and
 //! `restart` after a crash: a fresh engine on the same virtual disk, and the recorded setup
 //! replayed in order (node commands with their backing references following the chains as
 //! they were, devices, pivoted devices, device deletions), so the scenario continues on the
@@ -8,9 +9,42 @@
 
 use engine::qmp;
 
-use super::run::{Failure, Setup, World, fail, new_engine};
+use super::outcome::{Failure, fail};
+use super::world::{Setup, World, new_engine};
 
 impl World<'_> {
+    /// `crash`: power loss now; what the disk kept, lost and tore is noted.
+    pub(super) fn power_loss(&mut self) {
+        self.before_power_loss();
+        let report = self.sim.crash();
+        self.after_power_loss();
+        self.note(&format!(
+            "crash: {} cached writes kept, {} lost, {} torn{}",
+            report.kept,
+            report.lost,
+            report.torn,
+            if report.clean { " (clean)" } else { "" }
+        ));
+    }
+
+    /// Workloads, drains and in-flight qemu-io die with the machine; devices that jobs moved
+    /// are noted for the restart.
+    pub(super) fn before_power_loss(&mut self) {
+        self.workloads.clear();
+        self.drains.clear();
+        self.recorder.drained.borrow_mut().clear();
+        self.io = Default::default();
+        self.record_pivots();
+    }
+
+    /// The models learn that unflushed writes may be gone.
+    pub(super) fn after_power_loss(&mut self) {
+        for dev in self.devices.values() {
+            dev.model.borrow_mut().crash();
+            dev.activity.busy.borrow_mut().clear();
+        }
+    }
+
     pub(super) async fn restart(&mut self, line: usize) -> Result<(), Failure> {
         self.follow_chains(true);
         self.engine = new_engine(&self.env, &self.recorder);

@@ -12,7 +12,7 @@ use engine::util::{Notify, parse_size};
 use rand_chacha::ChaCha8Rng;
 
 use super::model::{DeviceModel, SECTOR, WriteData, fill_gen};
-use super::parse::Arg;
+use super::syntax::Arg;
 use crate::rng::below;
 
 /// A workload's parameters.
@@ -55,34 +55,15 @@ impl WorkloadSpec {
                 |t: &str| parse_size(t).ok_or_else(|| format!("bad size '{t}' in {}", a.key));
             match a.key.as_str() {
                 "device" => spec.device = v,
-                "mix" => {
-                    spec.mix = [0; 4];
-                    for part in v.split(',') {
-                        let (op, w) = part
-                            .split_once(':')
-                            .ok_or_else(|| format!("bad mix entry '{part}' (op:weight)"))?;
-                        let w: u64 = w.parse().map_err(|_| format!("bad weight '{w}'"))?;
-                        let idx = match op {
-                            "read" => 0,
-                            "write" => 1,
-                            "flush" => 2,
-                            "discard" => 3,
-                            _ => {
-                                return Err(format!(
-                                    "unknown operation '{op}' in mix (read, write, flush, discard)"
-                                ));
-                            }
-                        };
-                        spec.mix[idx] = w;
-                    }
-                }
+                "mix" => spec.mix = parse_mix(&v)?,
                 "bs" => {
                     let (a, b) = v.split_once("..").unwrap_or((&v, &v));
                     spec.bs = (size(a)?, size(b)?);
-                    if spec.bs.0 == 0
-                        || spec.bs.0 > spec.bs.1
-                        || !spec.bs.0.is_multiple_of(SECTOR)
-                        || !spec.bs.1.is_multiple_of(SECTOR)
+                    let (min, max) = spec.bs;
+                    if min == 0
+                        || min > max
+                        || !min.is_multiple_of(SECTOR)
+                        || !max.is_multiple_of(SECTOR)
                     {
                         return Err(format!(
                             "bad block size range '{v}' (multiples of 512, min <= max)"
@@ -104,7 +85,7 @@ impl WorkloadSpec {
                 }
                 "count" => spec.count = Some(v.parse().map_err(|_| format!("bad count '{v}'"))?),
                 "think" => {
-                    spec.think_ns = super::parse::parse_duration(&v)
+                    spec.think_ns = crate::config::parse_duration(&v)
                         .ok_or_else(|| format!("bad think time '{v}'"))?
                 }
                 other => return Err(format!("unknown workload argument '{other}'")),
@@ -118,6 +99,30 @@ impl WorkloadSpec {
         }
         Ok(spec)
     }
+}
+
+/// `mix=read:W,write:W,flush:W,discard:W`: the weights, by operation (unnamed ones are 0).
+fn parse_mix(v: &str) -> Result<[u64; 4], String> {
+    let mut mix = [0; 4];
+    for part in v.split(',') {
+        let (op, w) = part
+            .split_once(':')
+            .ok_or_else(|| format!("bad mix entry '{part}' (op:weight)"))?;
+        let w: u64 = w.parse().map_err(|_| format!("bad weight '{w}'"))?;
+        let idx = match op {
+            "read" => 0,
+            "write" => 1,
+            "flush" => 2,
+            "discard" => 3,
+            _ => {
+                return Err(format!(
+                    "unknown operation '{op}' in mix (read, write, flush, discard)"
+                ));
+            }
+        };
+        mix[idx] = w;
+    }
+    Ok(mix)
 }
 
 /// Counters of a workload.

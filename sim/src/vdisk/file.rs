@@ -16,8 +16,7 @@ use std::collections::BTreeSet;
 
 use super::pages::PageStore;
 
-/// Sector size for crash resolution and latent errors.
-pub(crate) const SECTOR: u64 = 512;
+use crate::config::SECTOR;
 
 /// One cached (or replayed) operation.
 #[derive(Clone, Debug)]

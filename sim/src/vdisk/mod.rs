@@ -26,8 +26,8 @@ use engine::env::{HostFile, HostFs, OpenOptions};
 use engine::{Errno, Error, Result};
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::SECTOR;
 pub use crash::CrashReport;
-pub(crate) use file::SECTOR;
 pub(crate) use file::VFile;
 pub(crate) use pages::PageStore;
 pub use schedule::{CrashAt, DiskCounts};

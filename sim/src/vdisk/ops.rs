@@ -169,69 +169,21 @@ fn apply(
         0
     };
     let mut f = file.borrow_mut();
+    let f = &mut *f;
     match effect {
         Effect::Write {
             buf,
             skip,
             offset,
             fua,
-        } => {
-            // A short transfer lands only its prefix and reports it.
-            let len = plan.short.unwrap_or((buf.len() - skip) as u64);
-            if len == 0 {
-                return (Some(buf), Ok(0));
-            }
-            let target = plan.misdirect_to.unwrap_or(offset);
-            let need = f.current.holes_in(target, len) * PAGE;
-            if let Err(e) = check_quota(fs, plan, OpKind::Write, total, need) {
-                return (Some(buf), Err(e));
-            }
-            if plan.lost {
-                return (Some(buf), Ok(len));
-            }
-            let data = buf.as_slice()[skip..skip + len as usize].to_vec();
-            f.push(
-                CacheOp::Write {
-                    offset: target,
-                    data,
-                },
-                fua,
-            );
-            if target != offset && offset + len > f.len {
-                // The size update of the intended write still happens.
-                f.push(CacheOp::SetLen(offset + len), fua);
-            }
-            (Some(buf), Ok(len))
-        }
-        Effect::Flush { mark } => {
-            if plan.drop_dirty {
-                f.drop_dirty(mark);
-                return (None, Err(eio("flush (dirty data dropped)")));
-            }
-            if plan.lose_flushed {
-                f.lose_flushed(mark);
-                return (None, Err(eio("flush (data marked clean, never written)")));
-            }
-            f.flush(mark);
-            (None, Ok(0))
-        }
+        } => apply_write(fs, f, plan, total, (buf, skip, offset, fua)),
+        Effect::Flush { mark } => (None, apply_flush(f, plan, mark)),
         Effect::SetLen(len) => {
             f.push(CacheOp::SetLen(len), false);
             (None, Ok(0))
         }
         Effect::Discard { offset, len } => {
-            let end = offset.saturating_add(len).min(f.len);
-            if offset < end && !plan.discard_noop && !plan.lost {
-                f.push(
-                    CacheOp::Zero {
-                        offset,
-                        len: end - offset,
-                        unmap: true,
-                        grows: false,
-                    },
-                    false,
-                );
-            }
+            apply_discard(f, plan, offset, len);
             (None, Ok(0))
         }
         Effect::Zeroes { offset, len, unmap } => {
@@ -262,5 +214,72 @@ fn apply(
             }
             (None, res.map(|()| 0))
         }
+    }
+}
+
+/// A write into the volatile cache: `(buf, skip, offset, fua)`, as the plan lets it land
+/// (short, misdirected, lost, or refused for quota).
+fn apply_write(
+    fs: &FsInner,
+    f: &mut VFile,
+    plan: &FaultPlan,
+    total: u64,
+    (buf, skip, offset, fua): (IoBuf, usize, u64, bool),
+) -> (Option<IoBuf>, Result<u64>) {
+    // A short transfer lands only its prefix and reports it.
+    let len = plan.short.unwrap_or((buf.len() - skip) as u64);
+    if len == 0 {
+        return (Some(buf), Ok(0));
+    }
+    let target = plan.misdirect_to.unwrap_or(offset);
+    let need = f.current.holes_in(target, len) * PAGE;
+    if let Err(e) = check_quota(fs, plan, OpKind::Write, total, need) {
+        return (Some(buf), Err(e));
+    }
+    if plan.lost {
+        return (Some(buf), Ok(len));
+    }
+    let data = buf.as_slice()[skip..skip + len as usize].to_vec();
+    f.push(
+        CacheOp::Write {
+            offset: target,
+            data,
+        },
+        fua,
+    );
+    if target != offset && offset + len > f.len {
+        // The size update of the intended write still happens.
+        f.push(CacheOp::SetLen(offset + len), fua);
+    }
+    (Some(buf), Ok(len))
+}
+
+/// A flush up to `mark`, or the flush faults that drop or forget the dirty data.
+fn apply_flush(f: &mut VFile, plan: &FaultPlan, mark: u64) -> Result<u64> {
+    if plan.drop_dirty {
+        f.drop_dirty(mark);
+        return Err(eio("flush (dirty data dropped)"));
+    }
+    if plan.lose_flushed {
+        f.lose_flushed(mark);
+        return Err(eio("flush (data marked clean, never written)"));
+    }
+    f.flush(mark);
+    Ok(0)
+}
+
+/// A discard: the covered part within the file reads as zeroes, unless the plan ignores it.
+fn apply_discard(f: &mut VFile, plan: &FaultPlan, offset: u64, len: u64) {
+    let end = offset.saturating_add(len).min(f.len);
+    if offset < end && !plan.discard_noop && !plan.lost {
+        f.push(
+            CacheOp::Zero {
+                offset,
+                len: end - offset,
+                unmap: true,
+                grows: false,
+            },
+            false,
+        );
     }
 }

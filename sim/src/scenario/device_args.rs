@@ -1,0 +1,40 @@
+//! `device add NAME node=NODE [options]`: the arguments onto the node name and the engine's
+//! backend options. The parser runs it too, so a misspelt option is refused before a run.
+
+use engine::backend::BackendOptions;
+use engine::types::OnError;
+
+use super::syntax::Arg;
+
+/// `device add` arguments onto the node name and backend options (also run at parse time, so a
+/// misspelt option is refused before the run starts).
+pub(super) fn device_options(args: &[Arg]) -> Result<(String, BackendOptions), String> {
+    let mut node = None;
+    let (mut read_only, mut share_rw) = (false, false);
+    let (mut rerror, mut werror, mut cache) = (OnError::Report, OnError::Enospc, true);
+    for a in args {
+        match (a.key.as_str(), a.value.as_deref()) {
+            ("node", Some(v)) => node = Some(v.to_string()),
+            ("read-only", None) => read_only = true,
+            ("share-rw", None) => share_rw = true,
+            ("rerror", Some(v)) => rerror = OnError::parse(v, "read").map_err(|e| e.to_string())?,
+            ("werror", Some(v)) => {
+                werror = OnError::parse(v, "write").map_err(|e| e.to_string())?
+            }
+            ("cache", Some("writeback")) => cache = true,
+            ("cache", Some("writethrough")) => cache = false,
+            (k, v) => {
+                return Err(format!(
+                    "unknown device argument '{k}{}'",
+                    v.map(|v| format!("={v}")).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    let node = node.ok_or("device add needs node=NODE")?;
+    let mut opts = BackendOptions::guest_device(read_only, share_rw);
+    opts.rerror = rerror;
+    opts.werror = werror;
+    opts.write_cache = cache;
+    Ok((node, opts))
+}
