@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use std::rc::Rc;
 
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::{Error, ParamProblem, Result};
 use crate::filename::image_options;
 use crate::graph::Node;
 use crate::util::Options;
@@ -255,16 +255,13 @@ impl OpenSpec {
 /// "Parameter 'file.x' is unexpected" as "Block protocol 'file' doesn't support the option
 /// 'x'" (or "Block format 'qcow2' does not support ..."), when `file` is a node in `opts`.
 fn unsupported_option(opts: &Value, e: Error) -> Error {
-    let Some(key) = e
-        .message()
-        .strip_prefix("Parameter '")
-        .and_then(|m| m.strip_suffix("' is unexpected"))
-    else {
+    let Some((key, ParamProblem::Unexpected)) = e.param_problem() else {
         return e;
     };
+    let key = key.to_string();
     let (path, option) = match key.rsplit_once('.') {
         Some((p, o)) => (Some(p), o),
-        None => (None, key),
+        None => (None, key.as_str()),
     };
     let mut node = opts;
     for seg in path.into_iter().flat_map(|p| p.split('.')) {
@@ -280,7 +277,7 @@ fn unsupported_option(opts: &Value, e: Error) -> Error {
     } else {
         format!("Block format '{driver}' does not support the option '{option}'")
     };
-    Error::generic(msg)
+    Error::generic(msg).option(key)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ParamProblem, Result};
 
 /// A set of options being consumed.
 #[derive(Clone, Debug, Default)]
@@ -112,7 +112,7 @@ impl Options {
     /// Take a required string.
     pub fn require_str(&mut self, key: &str) -> Result<String> {
         self.take_str(key)?
-            .ok_or_else(|| Error::generic(format!("Parameter '{}' is missing", self.full(key))))
+            .ok_or_else(|| Error::param_missing(self.full(key)))
     }
 
     /// Take a boolean (JSON bool, or "on"/"off"/"true"/"false" from a key=value string).
@@ -130,16 +130,10 @@ impl Options {
         match self.map.remove(key) {
             None => Ok(None),
             Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
-                Error::generic(format!(
-                    "Parameter '{}' expects a non-negative integer",
-                    self.full(key)
-                ))
+                Error::param_invalid(self.full(key), "expects a non-negative integer")
             }),
             Some(Value::String(s)) => parse_size(&s).map(Some).ok_or_else(|| {
-                Error::generic(format!(
-                    "Parameter '{}' expects a size, got '{s}'",
-                    self.full(key)
-                ))
+                Error::param_invalid(self.full(key), format!("expects a size, got '{s}'"))
             }),
             Some(_) => Err(expected(&self.full(key), "integer")),
         }
@@ -169,10 +163,7 @@ impl Options {
     pub fn finish(self) -> Result<()> {
         match self.map.keys().next() {
             None => Ok(()),
-            Some(key) => Err(Error::generic(format!(
-                "Parameter '{}' is unexpected",
-                self.full(key)
-            ))),
+            Some(key) => Err(Error::param(self.full(key), ParamProblem::Unexpected)),
         }
     }
 
@@ -202,9 +193,10 @@ fn insert_dotted(map: &mut Map<String, Value>, key: &str, val: Value) -> Result<
                 .or_insert_with(|| Value::Object(Map::new()));
             match slot {
                 Value::Object(inner) => insert_dotted(inner, rest, val),
-                _ => Err(Error::generic(format!(
-                    "Parameter '{head}' is given both as a value and as a dictionary"
-                ))),
+                _ => Err(Error::param_invalid(
+                    head,
+                    "is given both as a value and as a dictionary",
+                )),
             }
         }
     }
@@ -240,9 +232,7 @@ pub fn parse_on_off(key: &str, value: &str) -> Result<bool> {
     match value {
         "on" | "true" | "yes" => Ok(true),
         "off" | "false" | "no" => Ok(false),
-        _ => Err(Error::generic(format!(
-            "Parameter '{key}' expects 'on' or 'off'"
-        ))),
+        _ => Err(Error::param_invalid(key, "expects 'on' or 'off'")),
     }
 }
 
