@@ -10,7 +10,8 @@
 //! * the error it wraps ([`std::error::Error::source`]).
 //!
 //! What a user sees ([`fmt::Display`]) is composed from these fields: the message, then
-//! ` (host offset 0x...)` when one is recorded, then `: ` and the wrapped error. Code that
+//! ` (host offset 0x...)` when one is recorded, then `: ` and the wrapped error, then a hint on
+//! a line of its own. Code that
 //! adds context wraps (`context`) or fills a field (`under_option`, `at`, ...); it never
 //! edits another error's text. Node, range and operation are for programs (QMP events, tests,
 //! error policies) and do not change the text. Invariant violations are `assert!`s, never an
@@ -237,6 +238,7 @@ struct Inner {
     op: Option<Op>,
     host_offset: Option<u64>,
     source: Option<Error>,
+    hint: Option<String>,
 }
 
 /// An engine error: its kind, its message, where it happened, and the error it wraps. Boxed,
@@ -258,6 +260,7 @@ impl Error {
             op: None,
             host_offset: None,
             source: None,
+            hint: None,
         }))
     }
 
@@ -354,6 +357,13 @@ impl Error {
     /// " (host offset 0x...)".
     pub fn host_offset(mut self, offset: u64) -> Error {
         self.0.host_offset = Some(offset);
+        self
+    }
+
+    /// Add a hint for the user: the text gains a new line with `hint` after the whole message
+    /// (also when this error is later wrapped).
+    pub fn hint(mut self, hint: impl Into<String>) -> Error {
+        self.0.hint = Some(hint.into());
         self
     }
 
@@ -459,6 +469,9 @@ impl fmt::Display for Error {
         }
         if let Some(source) = &e.source {
             write!(f, ": {source}")?;
+        }
+        if let Some(hint) = &e.hint {
+            write!(f, "\n{hint}")?;
         }
         Ok(())
     }

@@ -3,6 +3,8 @@
 //! argument and abbreviated to any unambiguous prefix (`--out=json`), `--` ending options, and
 //! getopt's error messages.
 
+use engine::{Error, Result};
+
 /// A long option: name, the character it stands for, and whether it takes an argument. A name
 /// written with a leading `=` is taken only in full, never abbreviated: blk's own extensions
 /// are marked so, so that the QEMU tools' abbreviations keep their meaning.
@@ -13,27 +15,18 @@ pub(crate) type Split = (Vec<(char, String)>, Vec<String>);
 
 /// Split a command line glibc-style: `short` is a getopt string ("f:o:q"), `long` the long
 /// options. Errors are getopt's messages.
-pub(crate) fn split(args: &[String], short: &str, long: &[LongOpt]) -> Result<Split, String> {
+pub(crate) fn split(args: &[String], short: &str, long: &[LongOpt]) -> Result<Split> {
     split_mode(args, short, long, false)
 }
 
 /// [`split`] in POSIX mode (a getopt string starting with `+`): options end at the first
 /// operand, which comes back with everything after it (a program's options before its
 /// subcommand).
-pub(crate) fn split_leading(
-    args: &[String],
-    short: &str,
-    long: &[LongOpt],
-) -> Result<Split, String> {
+pub(crate) fn split_leading(args: &[String], short: &str, long: &[LongOpt]) -> Result<Split> {
     split_mode(args, short, long, true)
 }
 
-fn split_mode(
-    args: &[String],
-    short: &str,
-    long: &[LongOpt],
-    posix: bool,
-) -> Result<Split, String> {
+fn split_mode(args: &[String], short: &str, long: &[LongOpt], posix: bool) -> Result<Split> {
     let (mut opts, mut operands) = (Vec::new(), Vec::new());
     let mut i = 0;
     while i < args.len() {
@@ -51,9 +44,11 @@ fn split_mode(
             let (full, c, takes) = find_long(long, name)?;
             let v = if takes {
                 let v = inline.or_else(|| args.get(i).cloned().inspect(|_| i += 1));
-                v.ok_or(format!("option '--{full}' requires an argument"))?
+                v.ok_or_else(|| Error::generic(format!("option '--{full}' requires an argument")))?
             } else if inline.is_some() {
-                return Err(format!("option '--{full}' doesn't allow an argument"));
+                return Err(Error::generic(format!(
+                    "option '--{full}' doesn't allow an argument"
+                )));
             } else {
                 String::new()
             };
@@ -70,7 +65,7 @@ fn split_mode(
         }
         for (pos, c) in a[1..].char_indices() {
             let Some(at) = short.find(c).filter(|_| c != ':') else {
-                return Err(format!("invalid option -- '{c}'"));
+                return Err(Error::generic(format!("invalid option -- '{c}'")));
             };
             if !short[at + 1..].starts_with(':') {
                 opts.push((c, String::new()));
@@ -83,7 +78,9 @@ fn split_mode(
                 i += 1;
                 args[i - 1].clone()
             } else {
-                return Err(format!("option requires an argument -- '{c}'"));
+                return Err(Error::generic(format!(
+                    "option requires an argument -- '{c}'"
+                )));
             };
             opts.push((c, v));
             break;
@@ -94,7 +91,7 @@ fn split_mode(
 
 /// The long option `name` stands for: an exact match, else the only option it abbreviates
 /// (several that all mean the same count as one, as glibc has it).
-fn find_long<'a>(long: &'a [LongOpt], name: &str) -> Result<(&'a str, char, bool), String> {
+fn find_long<'a>(long: &'a [LongOpt], name: &str) -> Result<(&'a str, char, bool)> {
     let exact = long
         .iter()
         .find(|(n, _, _)| n.strip_prefix('=').unwrap_or(n) == name);
@@ -106,16 +103,16 @@ fn find_long<'a>(long: &'a [LongOpt], name: &str) -> Result<(&'a str, char, bool
         .filter(|(n, _, _)| !n.starts_with('=') && n.starts_with(name))
         .collect();
     match matches.as_slice() {
-        [] => Err(format!("unrecognized option '--{name}'")),
+        [] => Err(Error::generic(format!("unrecognized option '--{name}'"))),
         [(full, c, takes), rest @ ..] if rest.iter().all(|(_, c2, t2)| c2 == c && t2 == takes) => {
             Ok((full, *c, *takes))
         }
         many => {
             let names: Vec<String> = many.iter().map(|(n, _, _)| format!("'--{n}'")).collect();
-            Err(format!(
+            Err(Error::generic(format!(
                 "option '--{name}' is ambiguous; possibilities: {}",
                 names.join(" ")
-            ))
+            )))
         }
     }
 }

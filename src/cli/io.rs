@@ -89,7 +89,7 @@ enum Parsed {
     Exit(i32),
 }
 
-fn fail(msg: &str) -> Parsed {
+fn fail(msg: impl std::fmt::Display) -> Parsed {
     super::prog::error(msg);
     Parsed::Exit(1)
 }
@@ -151,11 +151,11 @@ fn parse_args(args: &[String]) -> Parsed {
             }
             't' => match CacheMode::parse(&v) {
                 Ok(m) => a.spec.cache = m,
-                Err(msg) => return fail(&msg),
+                Err(e) => return fail(e),
             },
             'd' => match engine::qemu_io::parse_discard(&v) {
                 Ok(unmap) => a.spec.discard_unmap = unmap,
-                Err(msg) => return fail(&msg),
+                Err(e) => return fail(e),
             },
             'U' => a.spec.force_share = true,
             'm' => {}

@@ -7,6 +7,8 @@
 //! suffix, and anything above `i64::MAX` is "too large". Pattern bytes and `sleep` use C's
 //! `strtol` with base 0 instead (so `010` is octal there).
 
+use crate::error::{Error, Result};
+
 /// Why a size argument was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NumError {
@@ -157,10 +159,10 @@ pub fn strtol0(arg: &str) -> Option<i64> {
 }
 
 /// A pattern byte (`-P`): `strtol` base 0, 0..=255, nothing left over.
-pub fn parse_pattern(arg: &str) -> Result<u8, String> {
+pub fn parse_pattern(arg: &str) -> Result<u8> {
     match strtol0(arg) {
         Some(v) if (0..=255).contains(&v) => Ok(v as u8),
-        _ => Err(format!("{arg} is not a valid pattern byte")),
+        _ => Err(Error::generic(format!("{arg} is not a valid pattern byte"))),
     }
 }
 
@@ -248,10 +250,10 @@ mod tests {
         assert_eq!(strtol0("1k"), None);
         assert_eq!(strtol0("x"), None);
         assert_eq!(strtol0("99999999999999999999"), Some(i64::MAX));
-        assert_eq!(parse_pattern("0xab"), Ok(0xab));
-        assert_eq!(parse_pattern("0"), Ok(0));
+        assert_eq!(parse_pattern("0xab").unwrap(), 0xab);
+        assert_eq!(parse_pattern("0").unwrap(), 0);
         assert_eq!(
-            parse_pattern("256").unwrap_err(),
+            parse_pattern("256").unwrap_err().to_string(),
             "256 is not a valid pattern byte"
         );
         assert!(parse_pattern("-1").is_err());

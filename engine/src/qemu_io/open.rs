@@ -30,14 +30,14 @@ pub enum CacheMode {
 
 impl CacheMode {
     /// Parse a `-t` value; the error is qemu-io's message without its program prefix.
-    pub fn parse(mode: &str) -> std::result::Result<CacheMode, String> {
+    pub fn parse(mode: &str) -> Result<CacheMode> {
         Ok(match mode {
             "writethrough" => CacheMode::Writethrough,
             "writeback" => CacheMode::Writeback,
             "none" | "off" => CacheMode::None,
             "directsync" => CacheMode::Directsync,
             "unsafe" => CacheMode::Unsafe,
-            _ => return Err(format!("Invalid cache option: {mode}")),
+            _ => return Err(Error::generic(format!("Invalid cache option: {mode}"))),
         })
     }
 
@@ -58,8 +58,9 @@ impl CacheMode {
 }
 
 /// Parse a `-d` value (true for unmap); the error is qemu-io's message without its prefix.
-pub fn parse_discard(mode: &str) -> std::result::Result<bool, String> {
-    crate::types::discard_unmap(mode).ok_or_else(|| format!("Invalid discard option: {mode}"))
+pub fn parse_discard(mode: &str) -> Result<bool> {
+    crate::types::discard_unmap(mode)
+        .ok_or_else(|| Error::generic(format!("Invalid discard option: {mode}")))
 }
 
 /// Drivers that talk to storage themselves (no `file` child to create).
@@ -292,11 +293,11 @@ mod tests {
         assert!(CacheMode::parse("directsync").unwrap().direct());
         assert!(CacheMode::parse("unsafe").unwrap().no_flush());
         assert_eq!(
-            CacheMode::parse("bogus").unwrap_err(),
+            CacheMode::parse("bogus").unwrap_err().to_string(),
             "Invalid cache option: bogus"
         );
         assert_eq!(
-            parse_discard("bogus").unwrap_err(),
+            parse_discard("bogus").unwrap_err().to_string(),
             "Invalid discard option: bogus"
         );
     }

@@ -253,7 +253,7 @@ impl P<'_> {
             match c {
                 'b' => vmstate = true,
                 'l' => pat_len = Some(self.num(arg)?),
-                'P' => pattern = Some(parse_pattern(arg).or_else(fail)?),
+                'P' => pattern = Some(parse_pattern(arg).or_else(|e| fail(e.to_string()))?),
                 's' => pat_off = Some(self.num(arg)?),
                 'v' => dump = true,
                 _ => {} // -C, -q are in stats; -p, -r are accepted and ignored, as in qemu-io
@@ -319,7 +319,7 @@ impl P<'_> {
         };
         for (c, arg) in &opts {
             match c {
-                'P' => v.pattern = Some(parse_pattern(arg).or_else(fail)?),
+                'P' => v.pattern = Some(parse_pattern(arg).or_else(|e| fail(e.to_string()))?),
                 'v' => v.dump = true,
                 'f' => v.fua = true,
                 'i' => v.invalid = true,
@@ -340,7 +340,7 @@ impl P<'_> {
             (None, false, false, false, false);
         for (c, arg) in &opts {
             match c {
-                'P' => pattern = Some(parse_pattern(arg).or_else(fail)?),
+                'P' => pattern = Some(parse_pattern(arg).or_else(|e| fail(e.to_string()))?),
                 'f' => fua = true,
                 'i' => invalid = true,
                 'z' => zero = true,
@@ -387,7 +387,7 @@ impl P<'_> {
                 'c' => w.compressed = true,
                 'f' => w.fua = true,
                 'n' => w.no_fallback = true,
-                'P' => pattern = Some(parse_pattern(arg).or_else(fail)?),
+                'P' => pattern = Some(parse_pattern(arg).or_else(|e| fail(e.to_string()))?),
                 's' => source = Some(arg.clone()),
                 'u' => w.unmap = true,
                 'z' => zero = true,

@@ -6,6 +6,7 @@
 //! opened with `blockdev-add` options (see `open.rs`), data moves through BlockBackends and the
 //! generic request path, and allocation comes from block status through the backing chain.
 
+use engine::{Error, Result};
 mod chain;
 mod commit;
 mod compare;
@@ -102,11 +103,13 @@ pub(crate) enum Output {
     Json,
 }
 
-pub(crate) fn parse_output(v: &str) -> Result<Output, String> {
+pub(crate) fn parse_output(v: &str) -> Result<Output> {
     match v {
         "human" => Ok(Output::Human),
         "json" => Ok(Output::Json),
-        _ => Err("--output must be used with human or json as argument.".to_string()),
+        _ => Err(Error::generic(
+            "--output must be used with human or json as argument.",
+        )),
     }
 }
 

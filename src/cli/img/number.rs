@@ -6,6 +6,7 @@
 //! specified. Must be between MIN and MAX." for one out of range.
 
 pub(crate) use engine::qemu_io::num::{NumError, parse_qemu_size as parse_size};
+use engine::{Error, Result};
 
 /// Leading white space as C's `isspace` sees it.
 fn skip_space(text: &str) -> &str {
@@ -34,10 +35,10 @@ pub(crate) fn parse_c_u64(text: &str) -> Result<u64, NumError> {
 }
 
 /// QEMU's refusal of a size option `name` whose value is not a size.
-pub(crate) fn not_a_size(name: &str) -> String {
-    format!(
-        "Parameter '{name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, \
-         P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively."
+pub(crate) fn not_a_size(name: &str) -> Error {
+    Error::param_invalid(name, "expects a non-negative number below 2^64").hint(
+        "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+         and exabytes, respectively.",
     )
 }
 
@@ -48,13 +49,15 @@ pub(crate) fn in_range(
     parsed: Result<u64, NumError>,
     min: u64,
     max: u64,
-) -> Result<u64, String> {
+) -> Result<u64> {
     match parsed {
         Ok(v) if (min..=max).contains(&v) => Ok(v),
-        Err(NumError::Invalid) => Err(format!("Invalid {name} specified: '{text}'.")),
-        _ => Err(format!(
+        Err(NumError::Invalid) => Err(Error::generic(format!(
+            "Invalid {name} specified: '{text}'."
+        ))),
+        _ => Err(Error::generic(format!(
             "Invalid {name} specified. Must be between {min} and {max}."
-        )),
+        ))),
     }
 }
 
@@ -108,11 +111,15 @@ mod tests {
     fn range_messages() {
         let max = i64::MAX as u64;
         assert_eq!(
-            in_range("count", "-1", parse_c_u64("-1"), 0, max).unwrap_err(),
+            in_range("count", "-1", parse_c_u64("-1"), 0, max)
+                .unwrap_err()
+                .to_string(),
             "Invalid count specified. Must be between 0 and 9223372036854775807."
         );
         assert_eq!(
-            in_range("bs", "x", parse_size("x"), 1, i32::MAX as u64).unwrap_err(),
+            in_range("bs", "x", parse_size("x"), 1, i32::MAX as u64)
+                .unwrap_err()
+                .to_string(),
             "Invalid bs specified: 'x'."
         );
     }

@@ -1,6 +1,7 @@
 //! What every image tool shares: a real-file engine session, format probing, opening an image
 //! behind a BlockBackend, and error texts in qemu-img's words.
 
+use engine::{Error, Result};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -26,7 +27,7 @@ pub(crate) struct Tool {
     /// The cache mode `open` gives images (`-t`/`-T`; qemu-img's default is writeback).
     pub cache: Cell<CacheMode>,
     /// The first `--object` that could not be created: every `open` fails with it.
-    object_error: RefCell<Option<String>>,
+    object_error: RefCell<Option<Error>>,
     /// Files (device, inode) under the images opened without `-U`: what QEMU would hold
     /// file locks on, so a create over one of them is refused (see `check_unlocked`).
     held: RefCell<Vec<(u64, u64)>>,
@@ -54,32 +55,24 @@ impl Image {
     }
 }
 
-/// An OS error as strerror() words, without Rust's " (os error N)".
-pub(crate) fn os_error(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
-
 /// `-t CACHE`: QEMU's cache mode names (none or off, writeback, writethrough, directsync,
 /// unsafe), or qemu-img's refusal.
-pub(crate) fn parse_cache(mode: &str) -> Result<CacheMode, String> {
+pub(crate) fn parse_cache(mode: &str) -> Result<CacheMode> {
     CacheMode::parse(mode)
 }
 
 /// `-T SRC_CACHE`: the same names, with qemu-img's refusal for the source cache.
-pub(crate) fn parse_src_cache(mode: &str) -> Result<CacheMode, String> {
-    CacheMode::parse(mode).map_err(|_| format!("Invalid source cache option: {mode}"))
+pub(crate) fn parse_src_cache(mode: &str) -> Result<CacheMode> {
+    CacheMode::parse(mode)
+        .map_err(|_| Error::generic(format!("Invalid source cache option: {mode}")))
 }
 
 /// qemu-img's message for a `-f`/`-O` value blk does not know.
-pub(crate) fn check_format(fmt: &str) -> Result<(), String> {
+pub(crate) fn check_format(fmt: &str) -> Result<()> {
     if FORMATS.contains(&fmt) {
         Ok(())
     } else {
-        Err(format!("Unknown file format '{fmt}'"))
+        Err(Error::generic(format!("Unknown file format '{fmt}'")))
     }
 }
 
@@ -116,10 +109,10 @@ impl Tool {
 
     /// The probed format of the file at `path` (engine::probe, through the env), with
     /// qemu-img's open error when it cannot be read.
-    pub async fn probe_format(&self, path: &str) -> Result<String, String> {
+    pub async fn probe_format(&self, path: &str) -> Result<String> {
         engine::probe::probe_format(&**self.engine.env(), path, "")
             .await
-            .map_err(|e| format!("Could not open '{path}': {e}"))
+            .map_err(could_not_open(path))
     }
 
     /// Open `path` as `fmt` (probed when `None`) behind a BlockBackend. `force_share` (-U)
@@ -130,24 +123,23 @@ impl Tool {
         fmt: Option<&str>,
         read_only: bool,
         force_share: bool,
-    ) -> Result<Image, String> {
+    ) -> Result<Image> {
         if let Some(e) = self.object_error.borrow().clone() {
             return Err(e);
         }
         let image_opts = self.image_opts.get();
         if image_opts && fmt.is_some() {
-            return Err(super::open_args::FORMAT_CONFLICT.into());
+            return Err(Error::generic(super::open_args::FORMAT_CONFLICT));
         }
         if let Some(f) = fmt {
-            check_format(f)
-                .map_err(|_| format!("Could not open '{path}': Unknown driver '{f}'"))?;
+            check_format(f).map_err(|_| {
+                could_not_open(path)(Error::generic(format!("Unknown driver '{f}'")))
+            })?;
         }
         if !read_only && !image_opts {
-            self.check_unlocked(path)
-                .map_err(|e| format!("Could not open '{path}': {e}"))?;
+            self.check_unlocked(path).map_err(could_not_open(path))?;
         }
-        let named = image_options(path, fmt, image_opts)
-            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+        let named = image_options(path, fmt, image_opts).map_err(could_not_open(path))?;
         let n = self.next.get();
         self.next.set(n + 1);
         let spec = OpenSpec {
@@ -168,7 +160,7 @@ impl Tool {
         let spec = spec
             .probed(&self.engine)
             .await
-            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+            .map_err(could_not_open(path))?;
         if spec.probed_raw && !read_only {
             eprintln!("{}", engine::probe::raw_warning(path));
         }
@@ -176,7 +168,7 @@ impl Tool {
         let node = spec
             .add_to(&self.engine)
             .await
-            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+            .map_err(could_not_open(path))?;
         let mut bo = BackendOptions::tool(read_only);
         if force_share {
             bo.shared = Perms::ALL;
@@ -184,7 +176,7 @@ impl Tool {
         let bb = self
             .engine
             .device_add(&format!("dev{n}"), node.name(), bo)
-            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+            .map_err(could_not_open(path))?;
         if !force_share {
             self.held
                 .borrow_mut()
@@ -201,21 +193,26 @@ impl Tool {
     /// Refuse to create (truncate) or write `path` while an image of this command, opened
     /// without `-U`, uses that file: QEMU's file locks refuse it with this message, and without
     /// the check the command would destroy its own input (`dd if=a of=a`, `convert a a`).
-    pub fn check_unlocked(&self, path: &str) -> Result<(), String> {
+    pub fn check_unlocked(&self, path: &str) -> Result<()> {
         match file_id(path) {
-            Some(id) if self.held.borrow().contains(&id) => Err(format!(
+            Some(id) if self.held.borrow().contains(&id) => Err(Error::generic(format!(
                 "Failed to get \"write\" lock\nIs another process using the image [{path}]?"
-            )),
+            ))),
             _ => Ok(()),
         }
     }
 
     /// Flush and close everything; the first flush error, if any.
-    pub fn finish(self) -> Result<(), String> {
+    pub fn finish(self) -> Result<()> {
         let r = self.block_on(self.engine.shutdown());
         self.env.shutdown();
-        r.map_err(|e| e.to_string())
+        r
     }
+}
+
+/// qemu-img's wrapping of any failure to open the image at `path`.
+fn could_not_open(path: &str) -> impl Fn(Error) -> Error + '_ {
+    move |e| e.context(format_args!("Could not open '{path}'"))
 }
 
 /// The host files under `node` (its `file` nodes, through every child and backing file).
