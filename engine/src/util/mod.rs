@@ -2,6 +2,7 @@
 //!
 //! Leaf module: imports nothing from the engine but `error`.
 
+pub mod getopt;
 mod notify;
 mod oneshot;
 mod options;
