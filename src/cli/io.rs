@@ -145,7 +145,7 @@ fn parse_args(args: &[String]) -> Parsed {
             'k' => a.spec.aio = Some("native".into()),
             'i' => {
                 if !matches!(v.as_str(), "threads" | "native" | "io_uring") {
-                    return fail(&format!("Invalid aio option: {v}"));
+                    return fail(format!("Invalid aio option: {v}"));
                 }
                 a.spec.aio = Some(v);
             }
@@ -165,7 +165,7 @@ fn parse_args(args: &[String]) -> Parsed {
                     "real" => Timing::Real,
                     "filtered" => Timing::Filtered,
                     "omit" => Timing::Omit,
-                    _ => return fail(&format!("Invalid timing mode: {v}")),
+                    _ => return fail(format!("Invalid timing mode: {v}")),
                 }
             }
             's' => a.snapshot = true,
