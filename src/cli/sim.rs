@@ -2,12 +2,13 @@
 //! `blk sim replay FILE [--seed N] [--trace]`: replay scenario files on the simulator; `blk sim
 //! swarm` and `blk sim shrink` live in `swarm.rs`.
 
-use super::prog;
-use engine::{Error, Result};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+use engine::{Error, Result};
 use sim::scenario::{self, RunOptions, RunOutcome, Scenario};
+
+use super::prog;
 
 const USAGE: &str = "usage: blk sim run PATH... [--seed N | --seeds A..B] [--check-determinism]\n\
                      \x20      blk sim replay FILE [--seed N] [--trace] [--plant NAME]";

@@ -6,14 +6,15 @@
 //! `--jobs N` runs N child processes of this binary, each with its own `--shard`, and passes
 //! their JSON lines through; a shard of a shard composes (seed % (N*J) picks the child).
 
-use super::prog;
-use engine::{Error, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use engine::{Error, Result};
 use sim::swarm::{self, SeedResult, coverage::Coverage, shrink};
+
+use super::prog;
 
 pub const USAGE: &str = "       blk sim swarm --seeds A..B [--shard I/N] [--jobs N] [--time 60s] [--out DIR] [--coverage] [--plant NAME]\n\
                          \x20      blk sim shrink FILE.scn [--check NAME] [--out FILE] [--plant NAME]\n\

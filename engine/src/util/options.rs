@@ -7,6 +7,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ParamProblem, Result};
+use crate::util::size::parse_size;
 
 /// A set of options being consumed.
 #[derive(Clone, Debug, Default)]
@@ -236,38 +237,6 @@ pub fn parse_on_off(key: &str, value: &str) -> Result<bool> {
     }
 }
 
-/// Parse a size as qemu-img does: a number with an optional k/K, M, G, T, P, E suffix (powers of
-/// 1024) or b; fractional numbers allowed with a suffix ("1.5G").
-pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (num, suffix) = text.split_at(split);
-    if num.is_empty() {
-        return None;
-    }
-    let mult: u64 = match suffix {
-        "" | "b" | "B" => 1,
-        "k" | "K" => 1 << 10,
-        "m" | "M" => 1 << 20,
-        "g" | "G" => 1 << 30,
-        "t" | "T" => 1 << 40,
-        "p" | "P" => 1 << 50,
-        "e" | "E" => 1 << 60,
-        _ => return None,
-    };
-    if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult);
-    }
-    let f: f64 = num.parse().ok()?;
-    let v = f * mult as f64;
-    if suffix.is_empty() || !v.is_finite() || v < 0.0 || v >= u64::MAX as f64 {
-        return None;
-    }
-    Some(v as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,15 +266,5 @@ mod tests {
         let mut cache = o.take_dict("cache").unwrap().unwrap();
         assert_eq!(cache.take_bool("direct").unwrap(), Some(true));
         assert!(Options::from_keyval("novalue").is_err());
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("64k"), Some(65536));
-        assert_eq!(parse_size("1M"), Some(1 << 20));
-        assert_eq!(parse_size("1.5G"), Some(3 << 29));
-        assert_eq!(parse_size("512"), Some(512));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size("16E"), None);
     }
 }

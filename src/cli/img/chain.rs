@@ -3,10 +3,10 @@
 //! open read-only by default, and the jobs write into them), `-t` cache modes, and running an
 //! internal job to its end with qemu-img's progress line.
 
-use engine::Result;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use engine::Result;
 use engine::graph::Node;
 use engine::job::Job;
 use serde_json::{Value, json};

@@ -10,6 +10,7 @@ use engine::types::OnError;
 use engine::{Error, Result};
 
 use super::chain::{cache_mode, discover, find_in_chain, finish_job, open_chain};
+use super::number::{in_range, strtosz};
 use super::open::Tool;
 use super::{fail, split_or_fail};
 
@@ -120,18 +121,5 @@ pub fn run(args: &[String]) -> i32 {
 
 /// `-r`: a size with an optional suffix, in bytes per second.
 fn parse_rate(v: &str) -> Result<u64> {
-    if v.starts_with('-') {
-        return Err(Error::generic(
-            "Invalid rate limit specified. Must be between 0 and 9223372036854775807.",
-        ));
-    }
-    match engine::util::parse_size(v) {
-        Some(n) if n <= i64::MAX as u64 => Ok(n),
-        Some(_) => Err(Error::generic(
-            "Invalid rate limit specified. Must be between 0 and 9223372036854775807.",
-        )),
-        None => Err(Error::generic(format!(
-            "Invalid rate limit specified: '{v}'."
-        ))),
-    }
+    in_range("rate limit", v, strtosz(v), 0, i64::MAX as u64)
 }

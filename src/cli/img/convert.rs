@@ -14,13 +14,13 @@
 //! holds the copy to a rate. `-c` is refused: blk's qcow2 driver does not write compressed
 //! clusters yet.
 
-use engine::{Error, Result};
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::task::Poll;
 
 use engine::graph::Child;
 use engine::io::{IoBuf, Mapping, ReqFlags};
+use engine::{Error, Result};
 
 use engine::env::Env;
 

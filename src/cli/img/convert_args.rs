@@ -5,7 +5,7 @@ use engine::qemu_io::CacheMode;
 use engine::{Error, Result};
 
 use super::create::{CreateSpec, parse_o};
-use super::number::{in_range, parse_size};
+use super::number::{in_range, strtosz};
 use super::open::{check_format, parse_cache, parse_src_cache};
 use super::open_args::{IMAGE_OPTS, OBJECT};
 use super::sparse::Sparse;
@@ -61,7 +61,7 @@ impl CopyOpts {
         match c {
             'S' => {
                 let what = "buffer size for sparse output";
-                let n = in_range(what, &v, parse_size(&v), 0, i64::MAX as u64)?;
+                let n = in_range(what, &v, strtosz(&v), 0, i64::MAX as u64)?;
                 if n % 512 != 0 || n > SPARSE_MAX {
                     return Err(Error::generic(format!(
                         "Invalid {what} specified. Valid sizes are multiples of 512 up to \
@@ -71,7 +71,7 @@ impl CopyOpts {
                 self.sparse = Sparse::new(n);
                 self.sparse_given = true;
             }
-            'r' => self.rate = in_range("rate limit", &v, parse_size(&v), 0, i64::MAX as u64)?,
+            'r' => self.rate = in_range("rate limit", &v, strtosz(&v), 0, i64::MAX as u64)?,
             't' => self.cache = Some(v),
             'T' => self.src_cache = Some(v),
             'V' => self.salvage = true,

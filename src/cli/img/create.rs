@@ -5,7 +5,6 @@
 //! size is the backing file's. Options blk cannot honour (extended_l2=on) are refused with a
 //! message naming them.
 
-use engine::{Error, Result};
 use std::rc::{Rc, Weak};
 
 use engine::driver::Prealloc;
@@ -14,10 +13,12 @@ use engine::env::{Env, OpenOptions};
 use engine::graph::{ParentOps, attach_external, detach, open_node};
 use engine::io::{IoBuf, ReqFlags};
 use engine::types::Perms;
-use engine::util::{Options, parse_size};
+use engine::util::{Options, strtosz};
+use engine::{Error, Result};
 use serde_json::json;
 
-use super::open::{Tool, check_format, parse_img_size};
+use super::number::{in_range, size_option};
+use super::open::{Tool, check_format};
 use super::{fail, split_or_fail};
 
 const USAGE: &str = "\
@@ -56,18 +57,6 @@ fn flag(key: &str, v: &str) -> Result<bool> {
     engine::util::parse_on_off(key, v)
 }
 
-/// `-o extent_size_hint=SIZE`, with QEMU's messages for a bad size option.
-fn parse_extent_hint(v: &str) -> Result<u64> {
-    use super::number::{NumError, parse_size as parse_qemu_size};
-    match parse_qemu_size(v) {
-        Ok(n) => Ok(n),
-        Err(NumError::TooLarge) => Err(Error::generic(format!(
-            "Value '{v}' is out of range for parameter 'extent_size_hint'"
-        ))),
-        Err(NumError::Invalid) => Err(super::number::not_a_size("extent_size_hint")),
-    }
-}
-
 /// Create `path` as `spec` describes; errors without the "FILE: " prefix.
 pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> Result<()> {
     check_format(&spec.fmt)?;
@@ -85,20 +74,12 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     let mut late_error = None;
     for (k, v) in &spec.opts {
         match (k.as_str(), qcow2) {
-            ("size", _) => {
-                size = Some(parse_img_size(v).ok_or_else(|| {
-                    Error::generic("Parameter 'size' expects a non-negative number below 2^64")
-                })?)
-            }
+            ("size", _) => size = Some(size_option("size", v)?),
             ("preallocation", _) => prealloc = Some(v.clone()),
             // A hint for the host file's extent size (QEMU passes it to XFS, others ignore
             // it); blk accepts and checks it but does not pass it on.
-            ("extent_size_hint", _) => extent_hint = Some(parse_extent_hint(v)?),
-            ("cluster_size", true) => {
-                o.cluster_size = parse_size(v).ok_or_else(|| {
-                    Error::param_invalid("cluster_size", format!("expects a size, not '{v}'"))
-                })?
-            }
+            ("extent_size_hint", _) => extent_hint = Some(size_option("extent_size_hint", v)?),
+            ("cluster_size", true) => o.cluster_size = size_option("cluster_size", v)?,
             ("compat", true) => {
                 o.compat = match v.as_str() {
                     "0.10" | "v2" => Compat::V2,
@@ -402,9 +383,9 @@ pub fn run(args: &[String]) -> i32 {
     }
     let (path, size) = match operands.as_slice() {
         [p] => (p.clone(), None),
-        [p, s] => match parse_img_size(s) {
-            Some(n) => (p.clone(), Some(n)),
-            None => return fail(format!("Invalid image size specified: '{s}'.")),
+        [p, s] => match in_range("image size", s, strtosz(s), 0, i64::MAX as u64) {
+            Ok(n) => (p.clone(), Some(n)),
+            Err(e) => return fail(e),
         },
         _ => {
             return crate::cli::prog::usage_error("create", "Expecting image file name");

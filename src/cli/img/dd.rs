@@ -13,7 +13,7 @@ use engine::io::{IoBuf, ReqFlags};
 use engine::{Error, Result};
 
 use super::create::{CreateSpec, create_image};
-use super::number::{in_range, parse_c_u64, parse_size};
+use super::number::{in_range, parse_c_u64, strtosz};
 use super::open::{Image, Tool, check_format};
 use super::{fail, split_or_fail};
 
@@ -59,7 +59,7 @@ fn parse_operands(operands: &[String]) -> Result<Operands> {
     for arg in operands {
         let (name, value) = arg.split_once('=').unwrap_or((arg, ""));
         match (name, arg.contains('=')) {
-            ("bs", true) => o.bs = in_range("bs", value, parse_size(value), 1, i32::MAX as u64)?,
+            ("bs", true) => o.bs = in_range("bs", value, strtosz(value), 1, i32::MAX as u64)?,
             ("count", true) => {
                 o.count = Some(in_range("count", value, parse_c_u64(value), 0, max)?)
             }

@@ -4,11 +4,11 @@
 //! file's allocation (`st_blocks * 512`), as QEMU's file driver reports it. qcow2 header
 //! fields (cluster size, feature bits, backing format) are read from the image's header.
 
-use engine::{Error, Result};
 use std::rc::Rc;
 
 use engine::drivers::qcow2::Header;
 use engine::graph::Node;
+use engine::{Error, Result};
 use serde_json::{Map, Value, json};
 
 use super::human::size_to_str;

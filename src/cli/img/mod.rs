@@ -6,7 +6,6 @@
 //! opened with `blockdev-add` options (see `open.rs`), data moves through BlockBackends and the
 //! generic request path, and allocation comes from block status through the backing chain.
 
-use engine::{Error, Result};
 mod chain;
 mod commit;
 mod compare;
@@ -28,6 +27,8 @@ mod progress;
 mod rebase;
 mod resize;
 mod sparse;
+
+use engine::{Error, Result};
 
 /// Entry point of `blk <cmd> ARGS...`; returns the exit status.
 pub fn run(cmd: &str, args: &[String]) -> i32 {

@@ -1,7 +1,6 @@
 //! What every image tool shares: a real-file engine session, format probing, opening an image
 //! behind a BlockBackend, and error texts in qemu-img's words.
 
-use engine::{Error, Result};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -12,6 +11,7 @@ use engine::filename::image_options;
 use engine::graph::{Child, Node};
 use engine::qemu_io::{CacheMode, OpenSpec};
 use engine::types::Perms;
+use engine::{Error, Result};
 
 /// Formats the image tools read and write.
 pub(crate) const FORMATS: [&str; 2] = ["raw", "qcow2"];
@@ -231,14 +231,6 @@ fn files_under(node: &Rc<Node>) -> Vec<String> {
 fn file_id(path: &str) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-/// qemu-img's image size parsing: a number with an optional k/M/G/T/P/E suffix.
-pub(crate) fn parse_img_size(text: &str) -> Option<u64> {
-    if text.starts_with('-') || text.starts_with('+') {
-        return None;
-    }
-    engine::util::parse_size(text)
 }
 
 /// The host allocation of a file in bytes (`st_blocks * 512`, qemu's `actual-size`).

@@ -6,10 +6,10 @@
 //! strings. Keeping them out of each subcommand's option loop keeps that loop about the
 //! subcommand's own flags.
 
-use engine::Result;
 use std::cell::RefCell;
 
 use engine::Engine;
+use engine::Result;
 use engine::env::real::RealEnv;
 
 use super::LongOpt;

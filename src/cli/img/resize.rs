@@ -5,8 +5,8 @@
 use engine::driver::Prealloc;
 use engine::{Error, Result};
 
-use super::number::not_a_size;
-use super::open::{Tool, parse_img_size};
+use super::number::size_option;
+use super::open::Tool;
 use super::{fail, split_or_fail};
 
 const USAGE: &str = "\
@@ -63,8 +63,9 @@ pub fn run(args: &[String]) -> i32 {
         Some(b'-') => (-1, &size[1..]),
         _ => (0, size.as_str()),
     };
-    let Some(n) = parse_img_size(digits) else {
-        return fail(not_a_size("size"));
+    let n = match size_option("size", digits) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
     };
     let tool = Tool::new();
     let result = tool.block_on(async {
