@@ -328,6 +328,13 @@ impl Error {
         outer
     }
 
+    /// QEMU's wrapping of a failed open of `path`: "Could not open 'PATH': THIS", with the
+    /// operation recorded.
+    pub fn could_not_open(self, path: &str) -> Error {
+        self.context(format_args!("Could not open '{path}'"))
+            .during(Op::Open)
+    }
+
     /// Record the node the error happened on.
     pub fn at(mut self, node: impl Into<String>) -> Error {
         self.0.node = Some(node.into());

@@ -94,6 +94,31 @@ fn an_option_error_names_its_path_from_the_node_added() {
 }
 
 #[test]
+fn a_failed_open_names_the_file_option_and_wraps_the_host_error() {
+    run(4, |engine| async move {
+        let e = engine
+            .blockdev_add(json!({"driver": "raw", "node-name": "r",
+                "file": {"driver": "file", "filename": "/no/such.img"}}))
+            .await
+            .unwrap_err();
+        // The driver's wrapping around whatever the environment said about the file.
+        let cause = e.cause().expect("the host error is the source");
+        assert_eq!(
+            e.to_string(),
+            format!("Could not open '/no/such.img': {cause}")
+        );
+        assert!(
+            cause.to_string().ends_with("No such file or directory"),
+            "{cause}"
+        );
+        assert_eq!(e.op(), Some(Op::Open));
+        assert_eq!(e.option_path(), Some("file.filename"));
+        assert_eq!(e.errno(), Some(Errno::ENOENT));
+        assert_eq!(cause.option_path(), None);
+    });
+}
+
+#[test]
 fn a_qmp_reply_is_built_from_the_class_and_the_whole_text() {
     let inner = Error::io(Errno::ENOENT);
     let e = Error::with_class(ErrorClass::DeviceNotFound, "No node 'x'");

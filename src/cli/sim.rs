@@ -36,18 +36,7 @@ struct RunArgs {
 }
 
 fn parse_seeds(v: &str) -> Result<Vec<u64>> {
-    let (a, b) = v
-        .split_once("..")
-        .ok_or_else(|| Error::generic(format!("bad seed range '{v}' (A..B)")))?;
-    let a: u64 = a
-        .parse()
-        .map_err(|_| Error::generic(format!("bad seed '{a}'")))?;
-    let b: u64 = b
-        .parse()
-        .map_err(|_| Error::generic(format!("bad seed '{b}'")))?;
-    if a >= b {
-        return Err(Error::generic(format!("empty seed range '{v}'")));
-    }
+    let (a, b) = super::swarm::parse_range(v)?;
     Ok((a..b).collect())
 }
 

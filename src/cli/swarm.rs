@@ -30,7 +30,8 @@ struct SwarmArgs {
     plants: Vec<String>,
 }
 
-fn parse_range(v: &str) -> Result<(u64, u64)> {
+/// A seed range `A..B` (B excluded).
+pub(super) fn parse_range(v: &str) -> Result<(u64, u64)> {
     let (a, b) = v
         .split_once("..")
         .ok_or_else(|| Error::generic(format!("bad seed range '{v}' (A..B)")))?;

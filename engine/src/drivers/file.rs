@@ -90,7 +90,8 @@ pub(super) fn open(
         let file = env
             .fs()
             .open(&path, open_opts)
-            .context_with(|| format!("Could not open '{path}'"))?;
+            // The host file is the node's `filename` option (a parent names it "file.filename").
+            .map_err(|e| e.could_not_open(&path).option("filename"))?;
         let size = file.len()?;
         let align = if node.direct {
             file.direct_align().max(1)

@@ -72,7 +72,7 @@ pub(crate) async fn open_chain(
     tool.engine
         .blockdev_add(spec)
         .await
-        .map_err(|e| e.context(format!("Could not open '{}'", layers[0].path)))?;
+        .map_err(|e| e.could_not_open(&layers[0].path))?;
     Ok((0..layers.len())
         .map(|i| tool.engine.node(&format!("chain{i}")).expect("opened"))
         .collect())

@@ -112,7 +112,7 @@ impl Tool {
     pub async fn probe_format(&self, path: &str) -> Result<String> {
         engine::probe::probe_format(&**self.engine.env(), path, "")
             .await
-            .map_err(could_not_open(path))
+            .map_err(|e| e.could_not_open(path))
     }
 
     /// Open `path` as `fmt` (probed when `None`) behind a BlockBackend. `force_share` (-U)
@@ -133,13 +133,14 @@ impl Tool {
         }
         if let Some(f) = fmt {
             check_format(f).map_err(|_| {
-                could_not_open(path)(Error::generic(format!("Unknown driver '{f}'")))
+                Error::generic(format!("Unknown driver '{f}'")).could_not_open(path)
             })?;
         }
         if !read_only && !image_opts {
-            self.check_unlocked(path).map_err(could_not_open(path))?;
+            self.check_unlocked(path)
+                .map_err(|e| e.could_not_open(path))?;
         }
-        let named = image_options(path, fmt, image_opts).map_err(could_not_open(path))?;
+        let named = image_options(path, fmt, image_opts).map_err(|e| e.could_not_open(path))?;
         let n = self.next.get();
         self.next.set(n + 1);
         let spec = OpenSpec {
@@ -160,7 +161,7 @@ impl Tool {
         let spec = spec
             .probed(&self.engine)
             .await
-            .map_err(could_not_open(path))?;
+            .map_err(|e| e.could_not_open(path))?;
         if spec.probed_raw && !read_only {
             eprintln!("{}", engine::probe::raw_warning(path));
         }
@@ -168,7 +169,7 @@ impl Tool {
         let node = spec
             .add_to(&self.engine)
             .await
-            .map_err(could_not_open(path))?;
+            .map_err(|e| e.could_not_open(path))?;
         let mut bo = BackendOptions::tool(read_only);
         if force_share {
             bo.shared = Perms::ALL;
@@ -176,7 +177,7 @@ impl Tool {
         let bb = self
             .engine
             .device_add(&format!("dev{n}"), node.name(), bo)
-            .map_err(could_not_open(path))?;
+            .map_err(|e| e.could_not_open(path))?;
         if !force_share {
             self.held
                 .borrow_mut()
@@ -208,11 +209,6 @@ impl Tool {
         self.env.shutdown();
         r
     }
-}
-
-/// qemu-img's wrapping of any failure to open the image at `path`.
-fn could_not_open(path: &str) -> impl Fn(Error) -> Error + '_ {
-    move |e| e.context(format_args!("Could not open '{path}'"))
 }
 
 /// The host files under `node` (its `file` nodes, through every child and backing file).

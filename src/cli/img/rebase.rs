@@ -100,7 +100,7 @@ pub fn run(args: &[String]) -> i32 {
     let result = tool.block_on(async {
         if let Some(f) = &fmt {
             check_format(f).map_err(|_| {
-                Error::generic(format!("Could not open '{path}': Unknown driver '{f}'"))
+                Error::generic(format!("Unknown driver '{f}'")).could_not_open(path)
             })?;
         }
         let layers = if unsafe_mode {
@@ -161,7 +161,7 @@ pub fn run(args: &[String]) -> i32 {
                 let full = engine::filename::backing_path(path, name);
                 if let Err(e) = std::fs::metadata(&full) {
                     return Err(engine::env::real::host_error(&e)
-                        .context(format_args!("Could not open '{full}'"))
+                        .could_not_open(&full)
                         .context(format_args!("Could not open new backing file '{name}'")));
                 }
                 let node = tool
