@@ -51,12 +51,6 @@ pub async fn make_empty(node: &std::rc::Rc<crate::graph::Node>) -> Result<()> {
     cor::make_empty(node).await
 }
 
-/// Record on a failed request's error which node, operation and range failed (the node
-/// nearest the failure keeps its record as the error travels up the graph).
-fn locate<T>(r: Result<T>, node: &crate::graph::Node, op: Op, offset: u64, len: u64) -> Result<T> {
-    r.map_err(|e| e.locate(node.name(), op, offset, len))
-}
-
 impl Child {
     /// Read `buf.len()` bytes at `offset`. Bytes past the node's end read as zeroes.
     pub async fn read(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> BufResult {
@@ -151,4 +145,10 @@ impl Child {
     pub async fn debug_event(&self, event: DebugEvent) {
         debug::raise(&self.node(), event).await
     }
+}
+
+/// Record on a failed request's error which node, operation and range failed (the node
+/// nearest the failure keeps its record as the error travels up the graph).
+fn locate<T>(r: Result<T>, node: &crate::graph::Node, op: Op, offset: u64, len: u64) -> Result<T> {
+    r.map_err(|e| e.locate(node.name(), op, offset, len))
 }
