@@ -73,14 +73,16 @@ impl ObjectRegistry {
             )));
         }
         if !OBJECT_TYPES.contains(&qom_type.as_str()) {
-            return Err(Error::generic(format!(
-                "Parameter 'qom-type' does not accept value '{qom_type}'"
-            )));
+            return Err(Error::param_invalid(
+                "qom-type",
+                format!("does not accept value '{qom_type}'"),
+            ));
         }
         let id = opts.require_str("id")?;
         if !valid_id(&id) {
-            return Err(Error::generic(
-                "Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, \
+            return Err(Error::param_invalid(
+                "id",
+                "expects an identifier\nIdentifiers consist of letters, digits, \
                  '-', '.', '_', starting with a letter.",
             ));
         }
@@ -107,9 +109,10 @@ impl ObjectRegistry {
             None | Some("raw") => false,
             Some("base64") => true,
             Some(other) => {
-                return Err(Error::generic(format!(
-                    "Parameter 'format' does not accept value '{other}'"
-                )));
+                return Err(Error::param_invalid(
+                    "format",
+                    format!("does not accept value '{other}'"),
+                ));
             }
         };
         let raw = match (data, file) {
@@ -158,9 +161,8 @@ impl ObjectRegistry {
 /// The whole host file at `path` (QEMU's message when it cannot be read).
 async fn read_file(env: &Rc<dyn Env>, path: &str) -> Result<Vec<u8>> {
     let fail = |e: Error| {
-        Error::generic(format!(
-            "Unable to read {path}: Failed to open file \u{201c}{path}\u{201d}: {}",
-            e.message()
+        e.context(format_args!(
+            "Unable to read {path}: Failed to open file \u{201c}{path}\u{201d}"
         ))
     };
     let file = env.fs().open(path, OpenOptions::default()).map_err(fail)?;

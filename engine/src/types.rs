@@ -174,9 +174,10 @@ impl DetectZeroes {
             "off" => Ok(DetectZeroes::Off),
             "on" => Ok(DetectZeroes::On),
             "unmap" => Ok(DetectZeroes::Unmap),
-            _ => Err(Error::generic(format!(
-                "Parameter 'detect-zeroes' does not accept value '{s}' (expected off, on or unmap)"
-            ))),
+            _ => Err(Error::param_invalid(
+                "detect-zeroes",
+                format!("does not accept value '{s}' (expected off, on or unmap)"),
+            )),
         }
     }
 }

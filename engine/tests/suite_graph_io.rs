@@ -12,6 +12,8 @@ mod blkdebug;
 mod debug_events;
 #[path = "drain.rs"]
 mod drain;
+#[path = "errors.rs"]
+mod errors;
 #[path = "file_partial_io.rs"]
 mod file_partial_io;
 #[path = "graph_perms.rs"]

@@ -14,6 +14,7 @@ use std::io::Read;
 use engine::drivers::qcow2::{CheckReport, Repair, check_node};
 use engine::filename::{image_options, probe_target};
 use engine::qemu_io::{CacheMode, OpenSpec};
+use engine::{Errno, Error};
 
 use crate::cli::img::{FORMAT_CONFLICT, Tool, parse_src_cache, split_or_fail};
 
@@ -110,16 +111,16 @@ fn is_qcow2(file: &str) -> bool {
 /// Open the image (only qcow2 has checks: status 63 for any other format) and check it,
 /// repairing with `-r`; an error has been printed when this returns `Err(status)`.
 fn open_and_check(tool: &Tool, a: &Args, image_opts: bool) -> Result<CheckReport, i32> {
-    let fail = |msg: String| {
+    let fail = |msg: Error| {
         crate::cli::prog::error(msg);
         Err(1)
     };
     if image_opts && a.format.is_some() {
-        return fail(FORMAT_CONFLICT.to_string());
+        return fail(Error::generic(FORMAT_CONFLICT));
     }
     let named = match image_options(&a.file, a.format.as_deref(), image_opts) {
         Ok(n) => n,
-        Err(e) => return fail(format!("Could not open '{}': {e}", a.file)),
+        Err(e) => return fail(e.could_not_open(&a.file)),
     };
     let host = probe_target(&named);
     let format = match named.get("driver").and_then(|d| d.as_str()) {
@@ -130,10 +131,8 @@ fn open_and_check(tool: &Tool, a: &Args, image_opts: bool) -> Result<CheckReport
     if let Some(h) = &host
         && !std::path::Path::new(h).exists()
     {
-        return fail(format!(
-            "Could not open '{}': Could not open '{h}': No such file or directory",
-            a.file
-        ));
+        let missing = Error::io(Errno::ENOENT).could_not_open(h);
+        return fail(missing.could_not_open(&a.file));
     }
     if format != "qcow2" {
         crate::cli::prog::error("This image format does not support checks");
@@ -159,8 +158,8 @@ fn open_and_check(tool: &Tool, a: &Args, image_opts: bool) -> Result<CheckReport
     });
     match result {
         Ok(r) => Ok(r),
-        Err(Err(e)) => fail(format!("Could not open '{}': {e}", a.file)),
-        Err(Ok(e)) => fail(format!("Check failed: {e}")),
+        Err(Err(e)) => fail(e.could_not_open(&a.file)),
+        Err(Ok(e)) => fail(e.context("Check failed")),
     }
 }
 

@@ -89,7 +89,7 @@ enum Parsed {
     Exit(i32),
 }
 
-fn fail(msg: &str) -> Parsed {
+fn fail(msg: impl std::fmt::Display) -> Parsed {
     super::prog::error(msg);
     Parsed::Exit(1)
 }
@@ -145,17 +145,17 @@ fn parse_args(args: &[String]) -> Parsed {
             'k' => a.spec.aio = Some("native".into()),
             'i' => {
                 if !matches!(v.as_str(), "threads" | "native" | "io_uring") {
-                    return fail(&format!("Invalid aio option: {v}"));
+                    return fail(format!("Invalid aio option: {v}"));
                 }
                 a.spec.aio = Some(v);
             }
             't' => match CacheMode::parse(&v) {
                 Ok(m) => a.spec.cache = m,
-                Err(msg) => return fail(&msg),
+                Err(e) => return fail(e),
             },
             'd' => match engine::qemu_io::parse_discard(&v) {
                 Ok(unmap) => a.spec.discard_unmap = unmap,
-                Err(msg) => return fail(&msg),
+                Err(e) => return fail(e),
             },
             'U' => a.spec.force_share = true,
             'm' => {}
@@ -165,7 +165,7 @@ fn parse_args(args: &[String]) -> Parsed {
                     "real" => Timing::Real,
                     "filtered" => Timing::Filtered,
                     "omit" => Timing::Omit,
-                    _ => return fail(&format!("Invalid timing mode: {v}")),
+                    _ => return fail(format!("Invalid timing mode: {v}")),
                 }
             }
             's' => a.snapshot = true,

@@ -34,6 +34,11 @@ pub fn error(msg: impl std::fmt::Display) {
     eprintln!("{}: {msg}", name());
 }
 
+/// An error of blk's own subcommand `cmd` (e.g. "sim swarm"): `PROG CMD: MSG` on stderr.
+pub fn command_error(cmd: &str, msg: impl std::fmt::Display) {
+    eprintln!("{} {cmd}: {msg}", name());
+}
+
 /// The hint qemu-img prints after a usage error of subcommand `cmd`.
 pub fn help_hint(cmd: &str) -> String {
     format!("Try '{} {cmd} --help' for more info", name())

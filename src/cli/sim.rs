@@ -5,7 +5,10 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+use engine::{Error, Result};
 use sim::scenario::{self, RunOptions, RunOutcome, Scenario};
+
+use super::prog;
 
 const USAGE: &str = "usage: blk sim run PATH... [--seed N | --seeds A..B] [--check-determinism]\n\
                      \x20      blk sim replay FILE [--seed N] [--trace] [--plant NAME]";
@@ -33,19 +36,12 @@ struct RunArgs {
     trace: bool,
 }
 
-fn parse_seeds(v: &str) -> Result<Vec<u64>, String> {
-    let (a, b) = v
-        .split_once("..")
-        .ok_or_else(|| format!("bad seed range '{v}' (A..B)"))?;
-    let a: u64 = a.parse().map_err(|_| format!("bad seed '{a}'"))?;
-    let b: u64 = b.parse().map_err(|_| format!("bad seed '{b}'"))?;
-    if a >= b {
-        return Err(format!("empty seed range '{v}'"));
-    }
+fn parse_seeds(v: &str) -> Result<Vec<u64>> {
+    let (a, b) = super::swarm::parse_range(v)?;
     Ok((a..b).collect())
 }
 
-fn parse_args(args: &[String]) -> Result<RunArgs, String> {
+fn parse_args(args: &[String]) -> Result<RunArgs> {
     let mut out = RunArgs {
         paths: Vec::new(),
         seeds: None,
@@ -56,35 +52,47 @@ fn parse_args(args: &[String]) -> Result<RunArgs, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--seed" => {
-                let v = it.next().ok_or("--seed needs a number")?;
-                out.seeds = Some(vec![v.parse().map_err(|_| format!("bad seed '{v}'"))?]);
+                let v = it
+                    .next()
+                    .ok_or_else(|| Error::generic("--seed needs a number"))?;
+                out.seeds = Some(vec![
+                    v.parse()
+                        .map_err(|_| Error::generic(format!("bad seed '{v}'")))?,
+                ]);
             }
-            "--seeds" => out.seeds = Some(parse_seeds(it.next().ok_or("--seeds needs A..B")?)?),
+            "--seeds" => {
+                out.seeds = Some(parse_seeds(
+                    it.next()
+                        .ok_or_else(|| Error::generic("--seeds needs A..B"))?,
+                )?)
+            }
             "--check-determinism" => out.check_determinism = true,
             "--trace" => out.trace = true,
             "--plant" => {
-                let name = it.next().ok_or("--plant needs a name")?;
+                let name = it
+                    .next()
+                    .ok_or_else(|| Error::generic("--plant needs a name"))?;
                 if !engine::util::planted::enable_named(name) {
-                    return Err(format!("unknown planted bug '{name}'"));
+                    return Err(Error::generic(format!("unknown planted bug '{name}'")));
                 }
             }
-            s if s.starts_with('-') => return Err(format!("unknown option '{s}'")),
+            s if s.starts_with('-') => return Err(Error::generic(format!("unknown option '{s}'"))),
             p => out.paths.push(p.to_string()),
         }
     }
     if out.paths.is_empty() {
-        return Err("no scenario file or directory given".into());
+        return Err(Error::generic("no scenario file or directory given"));
     }
     Ok(out)
 }
 
-fn collect(paths: &[String]) -> Result<Vec<PathBuf>, String> {
+fn collect(paths: &[String]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in paths {
         let path = Path::new(p);
         if path.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| format!("{p}: {e}"))?
+                .map_err(|e| Error::generic(format!("{p}: {e}")))?
                 .flatten()
                 .map(|e| e.path())
                 .filter(|f| f.extension().is_some_and(|x| x == "scn"))
@@ -94,15 +102,16 @@ fn collect(paths: &[String]) -> Result<Vec<PathBuf>, String> {
         } else if path.is_file() {
             files.push(path.to_path_buf());
         } else {
-            return Err(format!("{p}: no such file or directory"));
+            return Err(Error::generic(format!("{p}: no such file or directory")));
         }
     }
     Ok(files)
 }
 
-fn load(path: &Path) -> Result<Scenario, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    scenario::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())
+fn load(path: &Path) -> Result<Scenario> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::generic(format!("{}: {e}", path.display())))?;
+    scenario::parse(&path.display().to_string(), &text).map_err(|e| Error::generic(e.to_string()))
 }
 
 fn reproduce(path: &Path, seed: u64) -> String {
@@ -122,14 +131,14 @@ fn run_cmd(args: &[String]) -> i32 {
     let args = match parse_args(args) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("blk sim run: {e}\n{USAGE}");
+            prog::command_error("sim run", format_args!("{e}\n{USAGE}"));
             return 2;
         }
     };
     let files = match collect(&args.paths) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("blk sim run: {e}");
+            prog::command_error("sim run", e);
             return 2;
         }
     };
@@ -262,19 +271,25 @@ fn print_table(rows: &[Row]) {
 
 fn replay_cmd(args: &[String]) -> i32 {
     if args.iter().any(|a| a == "--seeds") {
-        eprintln!(
-            "blk sim replay: --seeds runs a range, which 'blk sim run' does; replay takes one --seed N\n{USAGE}"
+        prog::command_error(
+            "sim replay",
+            format_args!(
+                "--seeds runs a range, which 'blk sim run' does; replay takes one --seed N\n{USAGE}"
+            ),
         );
         return 2;
     }
     let args = match parse_args(args) {
         Ok(a) if a.paths.len() == 1 => a,
         Ok(_) => {
-            eprintln!("blk sim replay: give exactly one scenario file\n{USAGE}");
+            prog::command_error(
+                "sim replay",
+                format_args!("give exactly one scenario file\n{USAGE}"),
+            );
             return 2;
         }
         Err(e) => {
-            eprintln!("blk sim replay: {e}\n{USAGE}");
+            prog::command_error("sim replay", format_args!("{e}\n{USAGE}"));
             return 2;
         }
     };

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use engine::{Error, Result};
 use sim::swarm::{self, SeedResult, coverage::Coverage, shrink};
+
+use super::prog;
 
 pub const USAGE: &str = "       blk sim swarm --seeds A..B [--shard I/N] [--jobs N] [--time 60s] [--out DIR] [--coverage] [--plant NAME]\n\
                          \x20      blk sim coverage FILE.json... [--out FILE]\n\
@@ -28,20 +31,25 @@ struct SwarmArgs {
     plants: Vec<String>,
 }
 
-fn parse_range(v: &str) -> Result<(u64, u64), String> {
+/// A seed range `A..B` (B excluded).
+pub(super) fn parse_range(v: &str) -> Result<(u64, u64)> {
     let (a, b) = v
         .split_once("..")
-        .ok_or(format!("bad seed range '{v}' (A..B)"))?;
-    let a: u64 = a.parse().map_err(|_| format!("bad seed '{a}'"))?;
-    let b: u64 = b.parse().map_err(|_| format!("bad seed '{b}'"))?;
+        .ok_or_else(|| Error::generic(format!("bad seed range '{v}' (A..B)")))?;
+    let a: u64 = a
+        .parse()
+        .map_err(|_| Error::generic(format!("bad seed '{a}'")))?;
+    let b: u64 = b
+        .parse()
+        .map_err(|_| Error::generic(format!("bad seed '{b}'")))?;
     if a >= b {
-        return Err(format!("empty seed range '{v}'"));
+        return Err(Error::generic(format!("empty seed range '{v}'")));
     }
     Ok((a, b))
 }
 
-fn parse_duration(v: &str) -> Result<Duration, String> {
-    let bad = || format!("bad duration '{v}' (e.g. 90s, 10m, 2h)");
+fn parse_duration(v: &str) -> Result<Duration> {
+    let bad = || Error::generic(format!("bad duration '{v}' (e.g. 90s, 10m, 2h)"));
     let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
     let n: u64 = num.parse().map_err(|_| bad())?;
     let secs = match unit {
@@ -53,19 +61,19 @@ fn parse_duration(v: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn enable_plants(plants: &[String]) -> Result<(), String> {
+fn enable_plants(plants: &[String]) -> Result<()> {
     for p in plants {
         if !engine::util::planted::enable_named(p) {
-            return Err(format!(
+            return Err(Error::generic(format!(
                 "unknown planted bug '{p}' (known: {})",
                 engine::util::planted::NAMES.join(", ")
-            ));
+            )));
         }
     }
     Ok(())
 }
 
-fn parse_swarm(args: &[String]) -> Result<SwarmArgs, String> {
+fn parse_swarm(args: &[String]) -> Result<SwarmArgs> {
     let mut a = SwarmArgs {
         seeds: (0, 0),
         shard: (0, 1),
@@ -78,7 +86,10 @@ fn parse_swarm(args: &[String]) -> Result<SwarmArgs, String> {
     let mut it = args.iter();
     let mut have_seeds = false;
     while let Some(k) = it.next() {
-        let mut val = || it.next().ok_or(format!("{k} needs a value"));
+        let mut val = || {
+            it.next()
+                .ok_or_else(|| Error::generic(format!("{k} needs a value")))
+        };
         match k.as_str() {
             "--seeds" => {
                 a.seeds = parse_range(val()?)?;
@@ -86,11 +97,13 @@ fn parse_swarm(args: &[String]) -> Result<SwarmArgs, String> {
             }
             "--shard" => {
                 let v = val()?;
-                let (i, n) = v.split_once('/').ok_or(format!("bad shard '{v}' (I/N)"))?;
+                let (i, n) = v
+                    .split_once('/')
+                    .ok_or_else(|| Error::generic(format!("bad shard '{v}' (I/N)")))?;
                 let (i, n) = (i.parse::<u64>(), n.parse::<u64>());
                 match (i, n) {
                     (Ok(i), Ok(n)) if i < n => a.shard = (i, n),
-                    _ => return Err(format!("bad shard '{v}' (I/N with I < N)")),
+                    _ => return Err(Error::generic(format!("bad shard '{v}' (I/N with I < N)"))),
                 }
             }
             "--jobs" => {
@@ -99,17 +112,17 @@ fn parse_swarm(args: &[String]) -> Result<SwarmArgs, String> {
                     .parse()
                     .ok()
                     .filter(|&n| n > 0)
-                    .ok_or(format!("bad --jobs '{v}'"))?
+                    .ok_or_else(|| Error::generic(format!("bad --jobs '{v}'")))?
             }
             "--time" => a.time = Some(parse_duration(val()?)?),
             "--out" => a.out = PathBuf::from(val()?),
             "--plant" => a.plants.push(val()?.clone()),
             "--coverage" => a.coverage = true,
-            other => return Err(format!("unknown option '{other}'")),
+            other => return Err(Error::generic(format!("unknown option '{other}'"))),
         }
     }
     if !have_seeds {
-        return Err("--seeds A..B is required".into());
+        return Err(Error::generic("--seeds A..B is required"));
     }
     Ok(a)
 }
@@ -119,12 +132,12 @@ pub fn swarm_cmd(args: &[String]) -> i32 {
     let a = match parse_swarm(args).and_then(|a| enable_plants(&a.plants).map(|_| a)) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("blk sim swarm: {e}\nusage:{USAGE}");
+            prog::command_error("sim swarm", format_args!("{e}\nusage:{USAGE}"));
             return 2;
         }
     };
     if let Err(e) = std::fs::create_dir_all(&a.out) {
-        eprintln!("blk sim swarm: {}: {e}", a.out.display());
+        prog::command_error("sim swarm", format_args!("{}: {e}", a.out.display()));
         return 2;
     }
     if a.jobs > 1 {
@@ -245,7 +258,7 @@ fn report_finding(
 ) {
     let path = out.join(format!("seed-{seed}.scn"));
     if let Err(e) = std::fs::write(&path, text) {
-        eprintln!("blk sim swarm: {}: {e}", path.display());
+        prog::command_error("sim swarm", format_args!("{}: {e}", path.display()));
     }
     eprintln!(
         "FAILED seed {seed}: {check} at line {}: {}\n  reproduce: blk sim replay {} --trace{}\n  shrink:    blk sim shrink {} --check {check}{}",
@@ -263,7 +276,7 @@ fn spawn_jobs(a: &SwarmArgs, args: &[String]) -> i32 {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("blk sim swarm: cannot find own executable: {e}");
+            prog::command_error("sim swarm", format_args!("cannot find own executable: {e}"));
             return 2;
         }
     };
@@ -291,7 +304,7 @@ fn spawn_jobs(a: &SwarmArgs, args: &[String]) -> i32 {
         match child {
             Ok(c) => children.push(c),
             Err(e) => {
-                eprintln!("blk sim swarm: cannot start a job: {e}");
+                prog::command_error("sim swarm", format_args!("cannot start a job: {e}"));
                 return 2;
             }
         }
@@ -352,34 +365,43 @@ pub fn shrink_cmd(args: &[String]) -> i32 {
             "--out" => out = it.next().cloned(),
             "--plant" => plants.extend(it.next().cloned()),
             s if s.starts_with('-') => {
-                eprintln!("blk sim shrink: unknown option '{s}'\nusage:{USAGE}");
+                prog::command_error(
+                    "sim shrink",
+                    format_args!("unknown option '{s}'\nusage:{USAGE}"),
+                );
                 return 2;
             }
             f => file = Some(f.to_string()),
         }
     }
     let Some(file) = file else {
-        eprintln!("blk sim shrink: give a scenario file\nusage:{USAGE}");
+        prog::command_error(
+            "sim shrink",
+            format_args!("give a scenario file\nusage:{USAGE}"),
+        );
         return 2;
     };
     if let Err(e) = enable_plants(&plants) {
-        eprintln!("blk sim shrink: {e}");
+        prog::command_error("sim shrink", e);
         return 2;
     }
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("blk sim shrink: {file}: {e}");
+            prog::command_error("sim shrink", format_args!("{file}: {e}"));
             return 2;
         }
     };
     let start = Instant::now();
     let Some(s) = shrink::shrink(&text, check.as_deref()) else {
-        eprintln!(
-            "blk sim shrink: {file} does not fail{}",
-            check
-                .map(|c| format!(" the '{c}' check"))
-                .unwrap_or_default()
+        prog::command_error(
+            "sim shrink",
+            format_args!(
+                "{file} does not fail{}",
+                check
+                    .map(|c| format!(" the '{c}' check"))
+                    .unwrap_or_default()
+            ),
         );
         return 1;
     };
@@ -388,7 +410,7 @@ pub fn shrink_cmd(args: &[String]) -> i32 {
         format!("{stem}.min.scn")
     });
     if let Err(e) = std::fs::write(&out, &s.text) {
-        eprintln!("blk sim shrink: {out}: {e}");
+        prog::command_error("sim shrink", format_args!("{out}: {e}"));
         return 2;
     }
     println!(
@@ -408,34 +430,42 @@ pub fn crashes_cmd(args: &[String]) -> i32 {
     match crashes(args) {
         Ok(rc) => rc,
         Err(e) => {
-            eprintln!("blk sim crashes: {e}\nusage:{USAGE}");
+            prog::command_error("sim crashes", format_args!("{e}\nusage:{USAGE}"));
             2
         }
     }
 }
 
-fn crashes(args: &[String]) -> Result<i32, String> {
+fn crashes(args: &[String]) -> Result<i32> {
     use sim::swarm::crashes::{enumerate, parse_point, point_name};
     let (mut file, mut max, mut sample, mut seed, mut at, mut plants) =
         (None, None, None, None, None, Vec::new());
     let mut it = args.iter();
     while let Some(k) = it.next() {
-        let mut val = || it.next().cloned().ok_or(format!("{k} needs a value"));
-        let num = |v: String| v.parse::<u64>().map_err(|_| format!("bad number '{v}'"));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| Error::generic(format!("{k} needs a value")))
+        };
+        let num = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| Error::generic(format!("bad number '{v}'")))
+        };
         match k.as_str() {
             "--max" => max = Some(num(val()?)? as usize),
             "--sample" => sample = Some(num(val()?)?),
             "--seed" => seed = Some(num(val()?)?),
-            "--at" => at = Some(parse_point(&val()?)?),
+            "--at" => at = Some(parse_point(&val()?).map_err(Error::generic)?),
             "--plant" => plants.push(val()?),
-            s if s.starts_with('-') => return Err(format!("unknown option '{s}'")),
+            s if s.starts_with('-') => return Err(Error::generic(format!("unknown option '{s}'"))),
             f => file = Some(f.to_string()),
         }
     }
     enable_plants(&plants)?;
-    let file = file.ok_or("give a scenario file")?;
-    let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
-    let sc = sim::scenario::parse(&file, &text).map_err(|e| e.to_string())?;
+    let file = file.ok_or_else(|| Error::generic("give a scenario file"))?;
+    let text =
+        std::fs::read_to_string(&file).map_err(|e| Error::generic(format!("{file}: {e}")))?;
+    let sc = sim::scenario::parse(&file, &text).map_err(|e| Error::generic(e.to_string()))?;
     let seed = seed.unwrap_or(sc.seed);
     if let Some(at) = at {
         let opts = sim::scenario::RunOptions {
@@ -464,10 +494,10 @@ fn crashes(args: &[String]) -> Result<i32, String> {
         Ok(s) => s,
         Err(v) => {
             let f = v.failure.expect("a failing base run");
-            return Err(format!(
+            return Err(Error::generic(format!(
                 "{file} fails without a crash ({}: {})",
                 f.check, f.message
-            ));
+            )));
         }
     };
     let secs = start.elapsed().as_secs_f64();

@@ -64,16 +64,18 @@ pub(super) fn open(
         if let Some(aio) = opts.take_str("aio")?
             && !matches!(aio.as_str(), "threads" | "native" | "io_uring")
         {
-            return Err(Error::generic(format!(
-                "Parameter 'aio' does not accept value '{aio}' (expected threads, native or io_uring)"
-            )));
+            return Err(Error::param_invalid(
+                "aio",
+                format!("does not accept value '{aio}' (expected threads, native or io_uring)"),
+            ));
         }
         if let Some(locking) = opts.take_str("locking")?
             && !matches!(locking.as_str(), "auto" | "on" | "off")
         {
-            return Err(Error::generic(format!(
-                "Parameter 'locking' does not accept value '{locking}' (expected auto, on or off)"
-            )));
+            return Err(Error::param_invalid(
+                "locking",
+                format!("does not accept value '{locking}' (expected auto, on or off)"),
+            ));
         }
         let _ = opts.take_u64("aio-max-batch")?;
         let _ = opts.take_bool("drop-cache")?;
@@ -88,7 +90,8 @@ pub(super) fn open(
         let file = env
             .fs()
             .open(&path, open_opts)
-            .context_with(|| format!("Could not open '{path}'"))?;
+            // The host file is the node's `filename` option (a parent names it "file.filename").
+            .map_err(|e| e.could_not_open(&path).option("filename"))?;
         let size = file.len()?;
         let align = if node.direct {
             file.direct_align().max(1)

@@ -41,7 +41,7 @@ pub(super) fn open(
         let probed = opts.take_bool("x-probed")?.unwrap_or(false);
         let file_spec = opts
             .take("file")
-            .ok_or_else(|| Error::generic("Parameter 'file' is missing"))?;
+            .ok_or_else(|| Error::param_missing("file"))?;
         opts.finish()?;
         if let Some(s) = size
             && s % 512 != 0

@@ -194,12 +194,13 @@ impl Engine {
     ) -> Result<Rc<Job>> {
         let granularity = a.granularity.unwrap_or(0);
         if granularity != 0 && !(512..=MAX_GRANULARITY).contains(&granularity) {
-            return Err(Error::generic(
-                "Parameter 'granularity' expects a value in range [512B, 64MB]",
+            return Err(Error::param_invalid(
+                "granularity",
+                "expects a value in range [512B, 64MB]",
             ));
         }
         if !granularity.is_power_of_two() && granularity != 0 {
-            return Err(Error::generic("Parameter 'granularity' expects power of 2"));
+            return Err(Error::param_invalid("granularity", "expects power of 2"));
         }
         bs.check_op_blockers()?;
         target.check_op_blockers()?;

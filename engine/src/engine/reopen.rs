@@ -129,15 +129,11 @@ impl Engine {
         };
         // The blockdev schema first: a driver, and what that driver cannot be without.
         let Some(driver) = map.get("driver").and_then(|v| v.as_str()) else {
-            return Err(Error::generic(format!(
-                "Parameter 'options[{i}].driver' is missing"
-            )));
+            return Err(Error::param_missing(format!("options[{i}].driver")));
         };
         let required = if driver == "file" { "filename" } else { "file" };
         if !map.contains_key(required) && driver != "null-co" && driver != "null-aio" {
-            return Err(Error::generic(format!(
-                "Parameter 'options[{i}].{required}' is missing"
-            )));
+            return Err(Error::param_missing(format!("options[{i}].{required}")));
         }
         let Some(name) = map.get("node-name").and_then(|v| v.as_str()) else {
             return Err(Error::generic("node-name not specified"));

@@ -53,19 +53,11 @@ impl OpenCtx {
                 ))
             })?,
             Value::Object(_) => {
-                let prefix = format!("{name}.");
                 let opts = Options::new(spec).context_with(|| format!("child '{name}'"))?;
-                open_node(self.node.ctx(), opts).await.map_err(|e| {
-                    if e.message().starts_with("Parameter '") {
-                        Error::generic(e.message().replacen(
-                            "Parameter '",
-                            &format!("Parameter '{prefix}"),
-                            1,
-                        ))
-                    } else {
-                        e
-                    }
-                })?
+                // A bad option of the child is named by its path from this node ("file.x").
+                open_node(self.node.ctx(), opts)
+                    .await
+                    .map_err(|e| e.under_option(name))?
             }
             _ => {
                 return Err(Error::generic(format!(

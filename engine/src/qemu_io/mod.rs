@@ -25,7 +25,6 @@ mod command;
 mod exec;
 mod exec_io;
 pub mod format;
-mod getopt;
 mod help;
 pub mod num;
 mod open;

@@ -1,21 +1,14 @@
 //! Number parsing as qemu-io does it.
 //!
-//! Offsets and lengths go through QEMU's size parser, which differs from
-//! [`parse_size`](crate::util::parse_size) in ways a transcript shows: `0x` hex is accepted,
-//! leading zeros are decimal (`010` is 10), a fraction needs a unit suffix unless it is zero
-//! (`1.5` fails, `1.0` and `1.5k` work, the fraction rounds to the nearest byte), hex takes no
-//! suffix, and anything above `i64::MAX` is "too large". Pattern bytes and `sleep` use C's
-//! `strtol` with base 0 instead (so `010` is octal there).
+//! Offsets and lengths go through QEMU's size parser ([`strtosz`]) and must also fit in an
+//! `i64`. Pattern bytes and `sleep` use C's `strtol` with base 0 instead (so `010` is octal
+//! there).
 
-/// Why a size argument was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NumError {
-    /// Not a number, or a bad suffix.
-    Invalid,
-    /// Out of range (negative, or above `i64::MAX`).
-    TooLarge,
-}
+use crate::error::{Error, Result};
+use crate::util::is_c_space;
+pub use crate::util::{NumError, strtosz};
 
+/// qemu-io's words for a refused size.
 impl NumError {
     /// qemu-io's message for argument `arg`.
     pub fn message(self, arg: &str) -> String {
@@ -28,92 +21,9 @@ impl NumError {
     }
 }
 
-fn is_c_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
-}
-
-fn unit(c: char) -> Option<u64> {
-    Some(match c {
-        'b' | 'B' => 1,
-        'k' | 'K' => 1 << 10,
-        'm' | 'M' => 1 << 20,
-        'g' | 'G' => 1 << 30,
-        't' | 'T' => 1 << 40,
-        'p' | 'P' => 1 << 50,
-        'e' | 'E' => 1 << 60,
-        _ => return None,
-    })
-}
-
-/// QEMU's size parser (any value up to `u64::MAX`).
-pub fn parse_qemu_size(arg: &str) -> Result<u64, NumError> {
-    let t = arg.trim_start_matches(is_c_space);
-    if let Some(rest) = t.strip_prefix('-') {
-        // The integer parser takes a sign and the size parser then rejects negative values as
-        // out of range; anything else after the sign is not a number it could take.
-        return if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
-            Err(NumError::TooLarge)
-        } else {
-            Err(NumError::Invalid)
-        };
-    }
-    let t = t.strip_prefix('+').unwrap_or(t);
-    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(NumError::Invalid);
-        }
-        return u64::from_str_radix(hex, 16).map_err(|_| NumError::TooLarge);
-    }
-    let int_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (int_part, mut rest) = t.split_at(int_end);
-    let mut frac_part = "";
-    if let Some(after_dot) = rest.strip_prefix('.') {
-        let end = after_dot
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(after_dot.len());
-        frac_part = &after_dot[..end];
-        rest = &after_dot[end..];
-    }
-    if int_part.is_empty() && frac_part.is_empty() {
-        return Err(NumError::Invalid);
-    }
-    let mut chars = rest.chars();
-    let mul = match chars.next() {
-        None => 1,
-        Some(c) => unit(c).ok_or(NumError::Invalid)?,
-    };
-    if rest.is_empty() || chars.next().is_none() {
-        // fine: no suffix, or exactly one suffix letter
-    } else {
-        return Err(NumError::Invalid);
-    }
-    let has_unit = !rest.is_empty() && mul != 1;
-    let int: u64 = if int_part.is_empty() {
-        0
-    } else {
-        int_part.parse().map_err(|_| NumError::TooLarge)?
-    };
-    let frac: f64 = if frac_part.is_empty() {
-        0.0
-    } else {
-        format!("0.{frac_part}")
-            .parse()
-            .map_err(|_| NumError::Invalid)?
-    };
-    if frac != 0.0 && !has_unit {
-        return Err(NumError::Invalid);
-    }
-    let whole = int.checked_mul(mul).ok_or(NumError::TooLarge)?;
-    let part = (frac * mul as f64).round();
-    if part >= u64::MAX as f64 {
-        return Err(NumError::TooLarge);
-    }
-    whole.checked_add(part as u64).ok_or(NumError::TooLarge)
-}
-
 /// qemu-io's `cvtnum`: a size that must also fit in an `i64`.
 pub fn cvtnum(arg: &str) -> Result<u64, NumError> {
-    let v = parse_qemu_size(arg)?;
+    let v = strtosz(arg)?;
     if v > i64::MAX as u64 {
         return Err(NumError::TooLarge);
     }
@@ -157,10 +67,10 @@ pub fn strtol0(arg: &str) -> Option<i64> {
 }
 
 /// A pattern byte (`-P`): `strtol` base 0, 0..=255, nothing left over.
-pub fn parse_pattern(arg: &str) -> Result<u8, String> {
+pub fn parse_pattern(arg: &str) -> Result<u8> {
     match strtol0(arg) {
         Some(v) if (0..=255).contains(&v) => Ok(v as u8),
-        _ => Err(format!("{arg} is not a valid pattern byte")),
+        _ => Err(Error::generic(format!("{arg} is not a valid pattern byte"))),
     }
 }
 
@@ -248,10 +158,10 @@ mod tests {
         assert_eq!(strtol0("1k"), None);
         assert_eq!(strtol0("x"), None);
         assert_eq!(strtol0("99999999999999999999"), Some(i64::MAX));
-        assert_eq!(parse_pattern("0xab"), Ok(0xab));
-        assert_eq!(parse_pattern("0"), Ok(0));
+        assert_eq!(parse_pattern("0xab").unwrap(), 0xab);
+        assert_eq!(parse_pattern("0").unwrap(), 0);
         assert_eq!(
-            parse_pattern("256").unwrap_err(),
+            parse_pattern("256").unwrap_err().to_string(),
             "256 is not a valid pattern byte"
         );
         assert!(parse_pattern("-1").is_err());

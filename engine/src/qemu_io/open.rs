@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use std::rc::Rc;
 
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::{Error, ParamProblem, Result};
 use crate::filename::image_options;
 use crate::graph::Node;
 use crate::util::Options;
@@ -30,14 +30,14 @@ pub enum CacheMode {
 
 impl CacheMode {
     /// Parse a `-t` value; the error is qemu-io's message without its program prefix.
-    pub fn parse(mode: &str) -> std::result::Result<CacheMode, String> {
+    pub fn parse(mode: &str) -> Result<CacheMode> {
         Ok(match mode {
             "writethrough" => CacheMode::Writethrough,
             "writeback" => CacheMode::Writeback,
             "none" | "off" => CacheMode::None,
             "directsync" => CacheMode::Directsync,
             "unsafe" => CacheMode::Unsafe,
-            _ => return Err(format!("Invalid cache option: {mode}")),
+            _ => return Err(Error::generic(format!("Invalid cache option: {mode}"))),
         })
     }
 
@@ -58,8 +58,9 @@ impl CacheMode {
 }
 
 /// Parse a `-d` value (true for unmap); the error is qemu-io's message without its prefix.
-pub fn parse_discard(mode: &str) -> std::result::Result<bool, String> {
-    crate::types::discard_unmap(mode).ok_or_else(|| format!("Invalid discard option: {mode}"))
+pub fn parse_discard(mode: &str) -> Result<bool> {
+    crate::types::discard_unmap(mode)
+        .ok_or_else(|| Error::generic(format!("Invalid discard option: {mode}")))
 }
 
 /// Drivers that talk to storage themselves (no `file` child to create).
@@ -255,16 +256,13 @@ impl OpenSpec {
 /// "Parameter 'file.x' is unexpected" as "Block protocol 'file' doesn't support the option
 /// 'x'" (or "Block format 'qcow2' does not support ..."), when `file` is a node in `opts`.
 fn unsupported_option(opts: &Value, e: Error) -> Error {
-    let Some(key) = e
-        .message()
-        .strip_prefix("Parameter '")
-        .and_then(|m| m.strip_suffix("' is unexpected"))
-    else {
+    let Some((key, ParamProblem::Unexpected)) = e.param_problem() else {
         return e;
     };
+    let key = key.to_string();
     let (path, option) = match key.rsplit_once('.') {
         Some((p, o)) => (Some(p), o),
-        None => (None, key),
+        None => (None, key.as_str()),
     };
     let mut node = opts;
     for seg in path.into_iter().flat_map(|p| p.split('.')) {
@@ -280,7 +278,7 @@ fn unsupported_option(opts: &Value, e: Error) -> Error {
     } else {
         format!("Block format '{driver}' does not support the option '{option}'")
     };
-    Error::generic(msg)
+    Error::generic(msg).option(key)
 }
 
 #[cfg(test)]
@@ -295,11 +293,11 @@ mod tests {
         assert!(CacheMode::parse("directsync").unwrap().direct());
         assert!(CacheMode::parse("unsafe").unwrap().no_flush());
         assert_eq!(
-            CacheMode::parse("bogus").unwrap_err(),
+            CacheMode::parse("bogus").unwrap_err().to_string(),
             "Invalid cache option: bogus"
         );
         assert_eq!(
-            parse_discard("bogus").unwrap_err(),
+            parse_discard("bogus").unwrap_err().to_string(),
             "Invalid discard option: bogus"
         );
     }

@@ -7,11 +7,11 @@
 //! [`ParseError::kind`] tells the executor which stage failed.
 
 use super::command::{AioWrite, Command, Read, Stats, Vectored, Verify, Write, WriteData};
-use super::getopt::{Opt, getopt};
 use super::num::{cvtnum, parse_pattern, strtol0};
 use super::open::CacheMode;
 use super::spec::{CmdSpec, lookup_command};
 use super::{MAX_REQUEST_BYTES, OutLine};
+use crate::util::getopt::{Opt, getopt};
 
 /// Which stage of parsing failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,25 +100,12 @@ impl P<'_> {
 
     /// Options in order, stopping at the first bad one with getopt's message and the usage.
     fn opts(&self, args: &[String], optstring: &str) -> R<OptsAndOperands> {
-        let parsed = getopt(args, optstring);
-        let mut opts = Vec::new();
-        for o in parsed.opts {
-            let msg = match o {
-                Opt::Ok(c, arg) => {
-                    opts.push((c, arg.unwrap_or_default()));
-                    continue;
-                }
-                Opt::Invalid(c) => format!("{}: invalid option -- '{c}'", self.typed),
-                Opt::MissingArg(c) => {
-                    format!("{}: option requires an argument -- '{c}'", self.typed)
-                }
-            };
-            return Err(vec![
-                OutLine::err(msg),
+        getopt(args, optstring, None).into_pairs().map_err(|msg| {
+            vec![
+                OutLine::err(format!("{}: {msg}", self.typed)),
                 OutLine::out(self.spec.usage(self.typed)),
-            ]);
-        }
-        Ok((opts, parsed.operands))
+            ]
+        })
     }
 
     fn num(&self, arg: &str) -> R<u64> {
@@ -253,7 +240,7 @@ impl P<'_> {
             match c {
                 'b' => vmstate = true,
                 'l' => pat_len = Some(self.num(arg)?),
-                'P' => pattern = Some(parse_pattern(arg).or_else(fail)?),
+                'P' => pattern = Some(parse_pattern(arg).or_else(|e| fail(e.to_string()))?),
                 's' => pat_off = Some(self.num(arg)?),
                 'v' => dump = true,
                 _ => {} // -C, -q are in stats; -p, -r are accepted and ignored, as in qemu-io
@@ -319,7 +306,7 @@ impl P<'_> {
         };
         for (c, arg) in &opts {
             match c {
-                'P' => v.pattern = Some(parse_pattern(arg).or_else(fail)?),
+                'P' => v.pattern = Some(parse_pattern(arg).or_else(|e| fail(e.to_string()))?),
                 'v' => v.dump = true,
                 'f' => v.fua = true,
                 'i' => v.invalid = true,
@@ -340,7 +327,7 @@ impl P<'_> {
             (None, false, false, false, false);
         for (c, arg) in &opts {
             match c {
-                'P' => pattern = Some(parse_pattern(arg).or_else(fail)?),
+                'P' => pattern = Some(parse_pattern(arg).or_else(|e| fail(e.to_string()))?),
                 'f' => fua = true,
                 'i' => invalid = true,
                 'z' => zero = true,
@@ -387,7 +374,7 @@ impl P<'_> {
                 'c' => w.compressed = true,
                 'f' => w.fua = true,
                 'n' => w.no_fallback = true,
-                'P' => pattern = Some(parse_pattern(arg).or_else(fail)?),
+                'P' => pattern = Some(parse_pattern(arg).or_else(|e| fail(e.to_string()))?),
                 's' => source = Some(arg.clone()),
                 'u' => w.unmap = true,
                 'z' => zero = true,
@@ -475,7 +462,7 @@ impl P<'_> {
             command: Some(self.spec),
             lines,
         };
-        let parsed = getopt(args, "c:o:rw");
+        let parsed = getopt(args, "c:o:rw", None);
         let (mut read_only, mut cache, mut options) = (None, None, None);
         for o in parsed.opts {
             match o {
@@ -492,7 +479,7 @@ impl P<'_> {
                     }
                     read_only = Some(c == 'r');
                 }
-                Opt::Ok(..) | Opt::Invalid(_) | Opt::MissingArg(_) => {
+                _ => {
                     // Reuse the common message for the bad option.
                     return Err(invalid(self.opts(args, "c:o:rw").err().unwrap_or_default()));
                 }

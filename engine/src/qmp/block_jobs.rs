@@ -15,9 +15,10 @@ fn job_args(args: &mut Options) -> Result<BlockJobArgs> {
         Some(s) => match s.as_str() {
             "report" | "ignore" | "stop" | "enospc" => OnError::parse(&s, "on-error")?,
             _ => {
-                return Err(Error::generic(format!(
-                    "Parameter 'on-error' does not accept value '{s}'"
-                )));
+                return Err(Error::param_invalid(
+                    "on-error",
+                    format!("does not accept value '{s}'"),
+                ));
             }
         },
     };

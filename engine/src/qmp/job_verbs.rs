@@ -62,7 +62,7 @@ pub(super) fn block_job_set_speed(engine: &Engine, mut args: Options) -> Result<
     let device = args.require_str("device")?;
     let speed = args
         .take_i64("speed")?
-        .ok_or_else(|| Error::generic("Parameter 'speed' is missing"))?;
+        .ok_or_else(|| Error::param_missing("speed"))?;
     args.finish()?;
     engine.block_job_set_speed(&device, speed)?;
     Ok(json!({}))

@@ -21,10 +21,13 @@ where
         Some((_, v)) => Ok(Some(*v)),
         None => {
             let names: Vec<&str> = values.iter().map(|(n, _)| *n).collect();
-            Err(Error::generic(format!(
-                "Parameter '{key}' does not accept value '{s}' (expected {})",
-                names.join(", ")
-            )))
+            Err(Error::param_invalid(
+                key,
+                format!(
+                    "does not accept value '{s}' (expected {})",
+                    names.join(", ")
+                ),
+            ))
         }
     }
 }
@@ -47,10 +50,13 @@ fn common(args: &mut Options) -> Result<MirrorArgs> {
         sync.as_str(),
         "full" | "top" | "none" | "incremental" | "bitmap"
     ) {
-        return Err(Error::generic(format!(
-            "Parameter 'sync' does not accept value '{sync}' (expected top, full, none, \
+        return Err(Error::param_invalid(
+            "sync",
+            format!(
+                "does not accept value '{sync}' (expected top, full, none, \
              incremental or bitmap)"
-        )));
+            ),
+        ));
     }
     Ok(MirrorArgs {
         job_id,

@@ -18,7 +18,7 @@ pub(super) async fn blockdev_add(engine: &Engine, args: Options) -> Result<Value
 pub(super) async fn blockdev_reopen(engine: &Engine, mut args: Options) -> Result<Value> {
     let options = args
         .take("options")
-        .ok_or_else(|| Error::generic("Parameter 'options' is missing"))?;
+        .ok_or_else(|| Error::param_missing("options"))?;
     args.finish()?;
     let Value::Array(list) = options else {
         return Err(Error::generic(
@@ -63,7 +63,7 @@ pub(super) fn block_set_write_threshold(engine: &Engine, mut args: Options) -> R
     let node = args.require_str("node-name")?;
     let threshold = args
         .take_u64("write-threshold")?
-        .ok_or_else(|| Error::generic("Parameter 'write-threshold' is missing"))?;
+        .ok_or_else(|| Error::param_missing("write-threshold"))?;
     args.finish()?;
     engine.set_write_threshold(&node, threshold)?;
     Ok(json!({}))
@@ -76,14 +76,14 @@ pub(super) async fn block_resize(engine: &Engine, mut args: Options) -> Result<V
     let size = match args.take("size") {
         Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or(0),
         Some(Value::Number(_)) => {
-            return Err(Error::generic("Parameter 'size' expects a >0 size"));
+            return Err(Error::param_invalid("size", "expects a >0 size"));
         }
         Some(_) => {
             return Err(Error::generic(
                 "Invalid parameter type for 'size', expected: integer",
             ));
         }
-        None => return Err(Error::generic("Parameter 'size' is missing")),
+        None => return Err(Error::param_missing("size")),
     };
     args.finish()?;
     engine

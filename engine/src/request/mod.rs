@@ -27,7 +27,7 @@ mod write;
 mod zero;
 
 use crate::driver::Prealloc;
-use crate::error::Result;
+use crate::error::{Op, Result};
 use crate::event::DebugEvent;
 use crate::graph::Child;
 use crate::io::{BlockStatus, BufResult, IoBuf, ReqFlags};
@@ -60,28 +60,40 @@ pub async fn raise_debug_event(node: &std::rc::Rc<crate::graph::Node>, event: De
 impl Child {
     /// Read `buf.len()` bytes at `offset`. Bytes past the node's end read as zeroes.
     pub async fn read(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> BufResult {
-        read::read(&self.node(), offset, buf, flags).await
+        let node = self.node();
+        let (buf, r) = read::read(&node, offset, buf, flags).await;
+        let len = buf.len() as u64;
+        (buf, locate(r, &node, Op::Read, offset, len))
     }
 
     /// Write `buf` at `offset`. Needs WRITE (or WRITE_UNCHANGED with that flag) on this edge.
     pub async fn write(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> BufResult {
-        write::write(&self.node(), self.edge(), offset, buf, flags).await
+        let node = self.node();
+        let len = buf.len() as u64;
+        let (buf, r) = write::write(&node, self.edge(), offset, buf, flags).await;
+        (buf, locate(r, &node, Op::Write, offset, len))
     }
 
     /// Make `[offset, offset+len)` read as zeroes (MAY_UNMAP allows deallocation when the node
     /// has `discard=unmap`).
     pub async fn write_zeroes(&self, offset: u64, len: u64, flags: ReqFlags) -> Result<()> {
-        zero::write_zeroes(&self.node(), self.edge(), offset, len, flags).await
+        let node = self.node();
+        let r = zero::write_zeroes(&node, self.edge(), offset, len, flags).await;
+        locate(r, &node, Op::WriteZeroes, offset, len)
     }
 
     /// Discard a range (a no-op unless the node has `discard=unmap`).
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        zero::discard(&self.node(), self.edge(), offset, len).await
+        let node = self.node();
+        let r = zero::discard(&node, self.edge(), offset, len).await;
+        locate(r, &node, Op::Discard, offset, len)
     }
 
     /// Make every completed write below this edge durable.
     pub async fn flush(&self) -> Result<()> {
-        flush::flush(&self.node()).await
+        let node = self.node();
+        let r = flush::flush(&node).await;
+        locate(r, &node, Op::Flush, 0, 0)
     }
 
     /// How the child provides the range at `offset` (at most `len` bytes).
@@ -120,7 +132,9 @@ impl Child {
 
     /// Resize the child. Needs RESIZE on this edge.
     pub async fn truncate(&self, len: u64, exact: bool, prealloc: Prealloc) -> Result<()> {
-        write::truncate(&self.node(), self.edge(), len, exact, prealloc).await
+        let node = self.node();
+        let r = write::truncate(&node, self.edge(), len, exact, prealloc).await;
+        locate(r, &node, Op::Truncate, len, 0)
     }
 
     /// The child's length in bytes.
@@ -137,4 +151,10 @@ impl Child {
     pub async fn debug_event(&self, event: DebugEvent) {
         debug::raise(&self.node(), event).await
     }
+}
+
+/// Record on a failed request's error which node, operation and range failed (the node
+/// nearest the failure keeps its record as the error travels up the graph).
+fn locate<T>(r: Result<T>, node: &crate::graph::Node, op: Op, offset: u64, len: u64) -> Result<T> {
+    r.map_err(|e| e.locate(node.name(), op, offset, len))
 }

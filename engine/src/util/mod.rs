@@ -2,19 +2,22 @@
 //!
 //! Leaf module: imports nothing from the engine but `error`.
 
+pub mod getopt;
 mod notify;
 mod oneshot;
 mod options;
 pub mod planted;
 mod race;
 mod ratelimit;
+mod size;
 mod tracked;
 
 pub use notify::{Notify, yield_now};
 pub use oneshot::{OneshotReceiver, OneshotSender, oneshot};
-pub use options::{Options, parse_on_off, parse_size, split_options};
+pub use options::{Options, parse_on_off, split_options};
 pub use race::{Either, race};
 pub use ratelimit::{RateLimit, SLICE_NS};
+pub use size::{NumError, is_c_space, parse_size, strtosz};
 pub use tracked::{Tracked, TrackedRanges};
 
 /// True when `[a, a+alen)` and `[b, b+blen)` overlap.

@@ -6,7 +6,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ParamProblem, Result};
+use crate::util::size::parse_size;
 
 /// A set of options being consumed.
 #[derive(Clone, Debug, Default)]
@@ -112,7 +113,7 @@ impl Options {
     /// Take a required string.
     pub fn require_str(&mut self, key: &str) -> Result<String> {
         self.take_str(key)?
-            .ok_or_else(|| Error::generic(format!("Parameter '{}' is missing", self.full(key))))
+            .ok_or_else(|| Error::param_missing(self.full(key)))
     }
 
     /// Take a boolean (JSON bool, or "on"/"off"/"true"/"false" from a key=value string).
@@ -130,16 +131,10 @@ impl Options {
         match self.map.remove(key) {
             None => Ok(None),
             Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
-                Error::generic(format!(
-                    "Parameter '{}' expects a non-negative integer",
-                    self.full(key)
-                ))
+                Error::param_invalid(self.full(key), "expects a non-negative integer")
             }),
             Some(Value::String(s)) => parse_size(&s).map(Some).ok_or_else(|| {
-                Error::generic(format!(
-                    "Parameter '{}' expects a size, got '{s}'",
-                    self.full(key)
-                ))
+                Error::param_invalid(self.full(key), format!("expects a size, got '{s}'"))
             }),
             Some(_) => Err(expected(&self.full(key), "integer")),
         }
@@ -169,10 +164,7 @@ impl Options {
     pub fn finish(self) -> Result<()> {
         match self.map.keys().next() {
             None => Ok(()),
-            Some(key) => Err(Error::generic(format!(
-                "Parameter '{}' is unexpected",
-                self.full(key)
-            ))),
+            Some(key) => Err(Error::param(self.full(key), ParamProblem::Unexpected)),
         }
     }
 
@@ -202,9 +194,10 @@ fn insert_dotted(map: &mut Map<String, Value>, key: &str, val: Value) -> Result<
                 .or_insert_with(|| Value::Object(Map::new()));
             match slot {
                 Value::Object(inner) => insert_dotted(inner, rest, val),
-                _ => Err(Error::generic(format!(
-                    "Parameter '{head}' is given both as a value and as a dictionary"
-                ))),
+                _ => Err(Error::param_invalid(
+                    head,
+                    "is given both as a value and as a dictionary",
+                )),
             }
         }
     }
@@ -240,42 +233,8 @@ pub fn parse_on_off(key: &str, value: &str) -> Result<bool> {
     match value {
         "on" | "true" | "yes" => Ok(true),
         "off" | "false" | "no" => Ok(false),
-        _ => Err(Error::generic(format!(
-            "Parameter '{key}' expects 'on' or 'off'"
-        ))),
+        _ => Err(Error::param_invalid(key, "expects 'on' or 'off'")),
     }
-}
-
-/// Parse a size as qemu-img does: a number with an optional k/K, M, G, T, P, E suffix (powers of
-/// 1024) or b; fractional numbers allowed with a suffix ("1.5G").
-pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (num, suffix) = text.split_at(split);
-    if num.is_empty() {
-        return None;
-    }
-    let mult: u64 = match suffix {
-        "" | "b" | "B" => 1,
-        "k" | "K" => 1 << 10,
-        "m" | "M" => 1 << 20,
-        "g" | "G" => 1 << 30,
-        "t" | "T" => 1 << 40,
-        "p" | "P" => 1 << 50,
-        "e" | "E" => 1 << 60,
-        _ => return None,
-    };
-    if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult);
-    }
-    let f: f64 = num.parse().ok()?;
-    let v = f * mult as f64;
-    if suffix.is_empty() || !v.is_finite() || v < 0.0 || v >= u64::MAX as f64 {
-        return None;
-    }
-    Some(v as u64)
 }
 
 #[cfg(test)]
@@ -307,15 +266,5 @@ mod tests {
         let mut cache = o.take_dict("cache").unwrap().unwrap();
         assert_eq!(cache.take_bool("direct").unwrap(), Some(true));
         assert!(Options::from_keyval("novalue").is_err());
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("64k"), Some(65536));
-        assert_eq!(parse_size("1M"), Some(1 << 20));
-        assert_eq!(parse_size("1.5G"), Some(3 << 29));
-        assert_eq!(parse_size("512"), Some(512));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size("16E"), None);
     }
 }

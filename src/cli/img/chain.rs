@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use engine::Result;
 use engine::graph::Node;
 use engine::job::Job;
 use serde_json::{Value, json};
@@ -21,16 +22,12 @@ pub(crate) struct Layer {
 }
 
 /// `-t`: (cache.direct, cache.no-flush) of QEMU's cache mode names, or qemu-img's error.
-pub(crate) fn cache_mode(mode: &str) -> Result<(bool, bool), String> {
+pub(crate) fn cache_mode(mode: &str) -> Result<(bool, bool)> {
     super::open::parse_cache(mode).map(|c| (c.direct(), c.no_flush()))
 }
 
 /// The chain of `path` (opened as `fmt`, probed when `None`), top first.
-pub(crate) async fn discover(
-    tool: &Tool,
-    path: &str,
-    fmt: Option<&str>,
-) -> Result<Vec<Layer>, String> {
+pub(crate) async fn discover(tool: &Tool, path: &str, fmt: Option<&str>) -> Result<Vec<Layer>> {
     let img = tool.open(path, fmt, true, true).await?;
     let mut layers = vec![Layer {
         path: path.to_string(),
@@ -56,7 +53,7 @@ pub(crate) async fn open_chain(
     writable: &[bool],
     cache: (bool, bool),
     unmap: bool,
-) -> Result<Vec<Rc<Node>>, String> {
+) -> Result<Vec<Rc<Node>>> {
     let mut spec = Value::Null;
     for (i, l) in layers.iter().enumerate().rev() {
         let mut s = json!({
@@ -75,7 +72,7 @@ pub(crate) async fn open_chain(
     tool.engine
         .blockdev_add(spec)
         .await
-        .map_err(|e| format!("Could not open '{}': {e}", layers[0].path))?;
+        .map_err(|e| e.could_not_open(&layers[0].path))?;
     Ok((0..layers.len())
         .map(|i| tool.engine.node(&format!("chain{i}")).expect("opened"))
         .collect())
@@ -89,7 +86,7 @@ pub(crate) fn find_in_chain(layers: &[Layer], name: &str) -> Option<usize> {
 }
 
 /// Wait for an internal job to finish, updating the progress line; the job's error if any.
-pub(crate) async fn finish_job(tool: &Tool, job: &Rc<Job>, progress: bool) -> Result<(), String> {
+pub(crate) async fn finish_job(tool: &Tool, job: &Rc<Job>, progress: bool) -> Result<()> {
     // In hundredths of a percent: the job sets its total only once it runs.
     let mut p = Progress::new(progress, 10_000);
     wait_job(tool, job, |cur, total| {
@@ -114,7 +111,7 @@ pub(crate) async fn finish_rebase_job(
     job: &Rc<Job>,
     steps: &RefCell<Steps>,
     size: u64,
-) -> Result<(), String> {
+) -> Result<()> {
     let step_pct = 100.0 / (size / size.clamp(1, REBASE_STEP)).max(1) as f32;
     let all_steps = size.div_ceil(REBASE_STEP);
     let mut shown = 0;
@@ -135,11 +132,7 @@ pub(crate) async fn finish_rebase_job(
 }
 
 /// Run the loop that waits for `job`, telling `tick` its progress (done, total) now and then.
-async fn wait_job(
-    tool: &Tool,
-    job: &Rc<Job>,
-    mut tick: impl FnMut(u64, u64),
-) -> Result<(), String> {
+async fn wait_job(tool: &Tool, job: &Rc<Job>, mut tick: impl FnMut(u64, u64)) -> Result<()> {
     let env = tool.engine.env().clone();
     loop {
         let done = matches!(job.status().as_str(), "concluded" | "null");
@@ -152,7 +145,7 @@ async fn wait_job(
         let _ = engine::util::race(job.wait_concluded(), env.sleep_until(next)).await;
     }
     match job.error() {
-        Some(e) => Err(e.message().to_string()),
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }

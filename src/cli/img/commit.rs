@@ -7,8 +7,10 @@
 
 use engine::job::{JobOptions, commit};
 use engine::types::OnError;
+use engine::{Error, Result};
 
 use super::chain::{cache_mode, discover, find_in_chain, finish_job, open_chain};
+use super::number::{in_range, strtosz};
 use super::open::Tool;
 use super::{fail, split_or_fail};
 
@@ -68,11 +70,14 @@ pub fn run(args: &[String]) -> i32 {
     let result = tool.block_on(async {
         let layers = discover(&tool, path, fmt.as_deref()).await?;
         if layers.len() < 2 {
-            return Err("Image does not have a backing file".to_string());
+            return Err(Error::generic("Image does not have a backing file"));
         }
         let base_idx = match &base {
-            Some(b) => find_in_chain(&layers, b)
-                .ok_or_else(|| format!("Did not find '{b}' in the backing chain of '{path}'"))?,
+            Some(b) => find_in_chain(&layers, b).ok_or_else(|| {
+                Error::generic(format!(
+                    "Did not find '{b}' in the backing chain of '{path}'"
+                ))
+            })?,
             None => 1,
         };
         let writable: Vec<bool> = (0..layers.len()).map(|i| i == 0 || i == base_idx).collect();
@@ -93,14 +98,12 @@ pub fn run(args: &[String]) -> i32 {
             on_error: OnError::Report,
             filter_node_name: None,
         };
-        let job = commit::start(tool.engine.jobs(), &opts, spec)
-            .await
-            .map_err(|e| e.to_string())?;
+        let job = commit::start(tool.engine.jobs(), &opts, spec).await?;
         finish_job(&tool, &job, progress).await?;
         if !drop_top {
             engine::request::make_empty(&top)
                 .await
-                .map_err(|e| format!("Could not empty {path}: {e}"))?;
+                .map_err(|e| e.context(format!("Could not empty {path}")))?;
         }
         Ok(())
     });
@@ -117,17 +120,6 @@ pub fn run(args: &[String]) -> i32 {
 }
 
 /// `-r`: a size with an optional suffix, in bytes per second.
-fn parse_rate(v: &str) -> Result<u64, String> {
-    if v.starts_with('-') {
-        return Err(
-            "Invalid rate limit specified. Must be between 0 and 9223372036854775807.".into(),
-        );
-    }
-    match engine::util::parse_size(v) {
-        Some(n) if n <= i64::MAX as u64 => Ok(n),
-        Some(_) => {
-            Err("Invalid rate limit specified. Must be between 0 and 9223372036854775807.".into())
-        }
-        None => Err(format!("Invalid rate limit specified: '{v}'.")),
-    }
+fn parse_rate(v: &str) -> Result<u64> {
+    in_range("rate limit", v, strtosz(v), 0, i64::MAX as u64)
 }

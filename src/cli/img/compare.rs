@@ -9,6 +9,7 @@
 //! zero through their backing chains are skipped without reading. Messages go out as they arise,
 //! between the `-p` progress lines, in qemu-img's order.
 
+use engine::Result;
 use engine::io::{IoBuf, Mapping};
 use engine::request::ChainStatus;
 
@@ -36,17 +37,27 @@ fn reads_zero(st: &ChainStatus) -> bool {
     st.node.is_none() || st.mapping.is_zero()
 }
 
-async fn read(img: &Image, offset: u64, len: u64) -> Result<IoBuf, String> {
+async fn read(img: &Image, offset: u64, len: u64) -> Result<IoBuf> {
     let (buf, r) = img.bb.read(offset, IoBuf::new(len as usize)).await;
-    r.map_err(|e| format!("Error while reading offset {offset} of {}: {e}", img.path))?;
+    r.map_err(|e| {
+        e.context(format!(
+            "Error while reading offset {offset} of {}",
+            img.path
+        ))
+    })?;
     Ok(buf)
 }
 
-async fn status(img: &Image, pos: u64, len: u64) -> Result<ChainStatus, String> {
+async fn status(img: &Image, pos: u64, len: u64) -> Result<ChainStatus> {
     img.root()
         .chain_status_want_zero(pos, len, None)
         .await
-        .map_err(|e| format!("error while reading image metadata of {}: {e}", img.path))
+        .map_err(|e| {
+            e.context(format!(
+                "error while reading image metadata of {}",
+                img.path
+            ))
+        })
 }
 
 /// What `-s` compares of two ranges' block status, as qemu-img does: data, zero, a known host
@@ -76,7 +87,7 @@ async fn compare_common(
     b: &Image,
     (end, strict): (u64, bool),
     steps: &mut Steps,
-) -> Result<Option<Diff>, String> {
+) -> Result<Option<Diff>> {
     let mut pos = 0;
     while pos < end {
         let sa = status(a, pos, end - pos).await?;
@@ -104,12 +115,7 @@ async fn compare_common(
 }
 
 /// The first non-zero sector of `[start, end)` of `img`, or None.
-async fn check_zero(
-    img: &Image,
-    start: u64,
-    end: u64,
-    steps: &mut Steps,
-) -> Result<Option<u64>, String> {
+async fn check_zero(img: &Image, start: u64, end: u64, steps: &mut Steps) -> Result<Option<u64>> {
     let mut pos = start;
     while pos < end {
         let st = status(img, pos, end - pos).await?;
@@ -139,7 +145,7 @@ struct Args {
 }
 
 /// Compare two open images: the exit status, with every message printed on the way.
-async fn compare(a: &Image, b: &Image, args: &Args) -> Result<i32, String> {
+async fn compare(a: &Image, b: &Image, args: &Args) -> Result<i32> {
     let say = |m: &str| {
         if !args.quiet {
             println!("{m}");
@@ -230,7 +236,7 @@ pub fn run(args: &[String]) -> i32 {
         Err(code) => return code,
     };
     let tool = Tool::new();
-    let result: Result<i32, String> = tool.block_on(async {
+    let result: Result<i32> = tool.block_on(async {
         if let Some(c) = &a.cache {
             tool.cache.set(parse_src_cache(c)?);
         }

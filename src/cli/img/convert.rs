@@ -20,6 +20,7 @@ use std::task::Poll;
 
 use engine::graph::Child;
 use engine::io::{IoBuf, Mapping, ReqFlags};
+use engine::{Error, Result};
 
 use engine::env::Env;
 
@@ -33,10 +34,10 @@ use super::sparse::Sparse;
 /// Largest chunk read and written at once (qemu-img's default buffer).
 const CHUNK: u64 = 2 << 20;
 
-type Job<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
+type Job<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
 
 /// Run every job concurrently; the first error, once all have finished.
-async fn join_all(mut jobs: Vec<Job<'_>>) -> Result<(), String> {
+async fn join_all(mut jobs: Vec<Job<'_>>) -> Result<()> {
     let mut done = vec![false; jobs.len()];
     let mut err = None;
     std::future::poll_fn(|cx| {
@@ -69,11 +70,15 @@ enum Action {
 
 /// Read `[pos, pos+len)` of `src`. With `--salvage` a failed read is retried sector by
 /// sector, and each sector that cannot be read is warned about and taken as zeroes.
-async fn read(src: &Image, pos: u64, len: u64, salvage: bool) -> Result<IoBuf, String> {
+async fn read(src: &Image, pos: u64, len: u64, salvage: bool) -> Result<IoBuf> {
     let (mut buf, r) = src.bb.read(pos, IoBuf::new(len as usize)).await;
     match r {
         Ok(()) => return Ok(buf),
-        Err(e) if !salvage => return Err(format!("error while reading at byte {pos}: {e}")),
+        Err(e) if !salvage => {
+            return Err(Error::generic(format!(
+                "error while reading at byte {pos}: {e}"
+            )));
+        }
         Err(_) => {}
     }
     let mut at = 0;
@@ -102,7 +107,7 @@ async fn copy(
     (base, pos, len): (u64, u64, u64),
     sparse: Option<Sparse>,
     salvage: bool,
-) -> Result<(), String> {
+) -> Result<()> {
     let buf = read(src, pos, len, salvage).await?;
     let data = buf.as_slice();
     let runs = match sparse {
@@ -115,7 +120,7 @@ async fn copy(
             .bb
             .write(at, IoBuf::from_slice(&data[i..j]), ReqFlags::NONE)
             .await;
-        r.map_err(|e| format!("error while writing at byte {at}: {e}"))?;
+        r.map_err(|e| e.context(format!("error while writing at byte {at}")))?;
     }
     Ok(())
 }
@@ -136,8 +141,12 @@ struct Plan {
 }
 
 /// What to do with the range of SRC at `pos`: its length (at least 1) and the action.
-async fn classify(root: &Child, pos: u64, size: u64, plan: &Plan) -> Result<(u64, Action), String> {
-    let status_error = |e| format!("error while reading block status at offset {pos}: {e}");
+async fn classify(root: &Child, pos: u64, size: u64, plan: &Plan) -> Result<(u64, Action)> {
+    let status_error = |e: Error| {
+        e.context(format_args!(
+            "error while reading block status at offset {pos}"
+        ))
+    };
     let (len, action) = if plan.top_only {
         let st = root
             .block_status(pos, size - pos)
@@ -169,7 +178,7 @@ async fn classify(root: &Child, pos: u64, size: u64, plan: &Plan) -> Result<(u64
 
 /// The bytes the copy reads and writes as data: what qemu-img's progress counts (ranges
 /// written as zeroes or skipped do not count).
-async fn data_total(srcs: &[Image], plan: &Plan) -> Result<u64, String> {
+async fn data_total(srcs: &[Image], plan: &Plan) -> Result<u64> {
     let mut total = 0;
     for src in srcs {
         let (root, size) = (src.root(), src.len());
@@ -211,7 +220,7 @@ impl Run<'_> {
     }
 
     /// Copy all of `src` to the target from `base` on.
-    async fn copy_source(&self, src: &Image, base: u64) -> Result<(), String> {
+    async fn copy_source(&self, src: &Image, base: u64) -> Result<()> {
         let (size, root, plan, dst) = (src.len(), src.root(), self.plan, self.dst);
         let mut pos = 0;
         while pos < size {
@@ -226,7 +235,7 @@ impl Run<'_> {
                             dst.bb
                                 .write_zeroes(at, len, ReqFlags::MAY_UNMAP)
                                 .await
-                                .map_err(|e| format!("error while writing at byte {at}: {e}"))
+                                .map_err(|e| e.context(format!("error while writing at byte {at}")))
                         }));
                     }
                     Action::Copy => {
@@ -255,7 +264,7 @@ impl Run<'_> {
     }
 }
 
-async fn convert(srcs: &[Image], dst: &Image, plan: &Plan, env: &dyn Env) -> Result<(), String> {
+async fn convert(srcs: &[Image], dst: &Image, plan: &Plan, env: &dyn Env) -> Result<()> {
     let total = match plan.progress {
         true => data_total(srcs, plan).await?,
         false => 0,
@@ -277,7 +286,7 @@ async fn convert(srcs: &[Image], dst: &Image, plan: &Plan, env: &dyn Env) -> Res
     dst.bb
         .flush()
         .await
-        .map_err(|e| format!("error while flushing: {e}"))?;
+        .map_err(|e| e.context("error while flushing"))?;
     run.progress.borrow_mut().finish();
     Ok(())
 }
@@ -294,7 +303,7 @@ pub fn run(args: &[String]) -> i32 {
     match result.and(fin) {
         Ok(()) => 0,
         // qemu-img reports this refusal yet exits 0 (its status is still unset there).
-        Err(e) if e == TARGET_IS_ZERO_WITH_BACKING => {
+        Err(e) if e == target_is_zero_with_backing() => {
             crate::cli::prog::error(e);
             0
         }
@@ -302,10 +311,12 @@ pub fn run(args: &[String]) -> i32 {
     }
 }
 
-const TARGET_IS_ZERO_WITH_BACKING: &str =
-    "Cannot use --target-is-zero when the destination image has a backing file";
+/// The one refusal of convert that qemu-img reports with exit status 0.
+fn target_is_zero_with_backing() -> Error {
+    Error::generic("Cannot use --target-is-zero when the destination image has a backing file")
+}
 
-async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<(), String> {
+async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
     tool.cache.set(a.copy.src_cache()?);
     let mut srcs = Vec::new();
     for path in &a.sources {
@@ -326,10 +337,10 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<(), String> {
         let dst_path = &a.target;
         create_image(tool, dst_path, &a.spec)
             .await
-            .map_err(|e| format!("{dst_path}: error while converting {out_fmt}: {e}"))?;
+            .map_err(|e| e.context(format!("{dst_path}: error while converting {out_fmt}")))?;
     }
     if a.target_is_zero && a.spec.backing.is_some() {
-        return Err(TARGET_IS_ZERO_WITH_BACKING.into());
+        return Err(target_is_zero_with_backing());
     }
     // --image-opts names the sources only; --target-image-opts the target.
     tool.image_opts.set(a.target_image_opts);
@@ -338,14 +349,16 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<(), String> {
         .open(&a.target, a.out_fmt.as_deref(), false, false)
         .await?;
     if a.no_create && dst.len() < total {
-        return Err("output file is smaller than input file".into());
+        return Err(Error::generic("output file is smaller than input file"));
     }
     if a.target_is_zero && dst.node.backing().is_some() {
-        return Err(TARGET_IS_ZERO_WITH_BACKING.into());
+        return Err(target_is_zero_with_backing());
     }
     // qemu-img finds out that the target cannot hold bitmaps once it is open, before the data.
     if let Some(f) = a.out_fmt.as_deref().filter(|f| a.bitmaps && *f != "qcow2") {
-        return Err(format!("Format driver '{f}' does not support bitmaps"));
+        return Err(Error::generic(format!(
+            "Format driver '{f}' does not support bitmaps"
+        )));
     }
     let plan = Plan {
         fresh: !a.no_create || a.target_is_zero,
@@ -360,7 +373,7 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<(), String> {
 }
 
 /// `-l`: blk reads no internal snapshot yet; QEMU's refusals where it has none to read.
-fn snapshot_refusal(srcs: &[Image], _name: &str) -> Result<(), String> {
+fn snapshot_refusal(srcs: &[Image], _name: &str) -> Result<()> {
     for src in srcs {
         let Some(ops) = src
             .node
@@ -368,27 +381,33 @@ fn snapshot_refusal(srcs: &[Image], _name: &str) -> Result<(), String> {
             .format_ops()
             .filter(|_| src.format == "qcow2")
         else {
-            return Err(format!(
+            return Err(Error::generic(format!(
                 "Failed to load snapshot: Block format '{}' used by device '' does not support \
                  temporarily loading internal snapshots",
                 src.format
-            ));
+            )));
         };
         if ops.snapshot_count() == 0 {
-            return Err("Failed to load snapshot: Can't find snapshot".into());
+            return Err(Error::generic(
+                "Failed to load snapshot: Can't find snapshot",
+            ));
         }
     }
-    Err("Failed to load snapshot: blk cannot read internal snapshots yet".into())
+    Err(Error::generic(
+        "Failed to load snapshot: blk cannot read internal snapshots yet",
+    ))
 }
 
 /// `--bitmaps`: QEMU's refusals; a qcow2 source without bitmaps has nothing to copy, one with
 /// bitmaps needs what blk does not have yet (persistent bitmaps).
-fn bitmaps_refusal(srcs: &[Image]) -> Result<(), String> {
+fn bitmaps_refusal(srcs: &[Image]) -> Result<()> {
     if srcs.len() > 1 {
-        return Err("Copying bitmaps only possible with single source".into());
+        return Err(Error::generic(
+            "Copying bitmaps only possible with single source",
+        ));
     }
     if srcs[0].format != "qcow2" {
-        return Err("Source lacks bitmap support".into());
+        return Err(Error::generic("Source lacks bitmap support"));
     }
     let has = srcs[0]
         .node
@@ -396,29 +415,33 @@ fn bitmaps_refusal(srcs: &[Image]) -> Result<(), String> {
         .format_ops()
         .is_some_and(|ops| ops.has_persistent_bitmaps());
     if has {
-        return Err("blk cannot copy persistent bitmaps yet (--bitmaps)".into());
+        return Err(Error::generic(
+            "blk cannot copy persistent bitmaps yet (--bitmaps)",
+        ));
     }
     Ok(())
 }
 
 /// The checks qemu-img makes on the target's options before it creates anything (their messages
 /// carry no "error while converting" prefix).
-fn target_options_valid(out_fmt: &str, spec: &mut CreateSpec) -> Result<(), String> {
+fn target_options_valid(out_fmt: &str, spec: &mut CreateSpec) -> Result<()> {
     if let Some((k, _)) = spec
         .opts
         .iter()
         .find(|(k, _)| !super::opt_help::accepts(out_fmt, k))
     {
-        return Err(format!("Invalid parameter '{k}'"));
+        return Err(Error::generic(format!("Invalid parameter '{k}'")));
     }
     adopt_backing_options(spec);
     if spec.backing.is_some() && out_fmt != "qcow2" {
-        return Err(format!(
+        return Err(Error::generic(format!(
             "Backing file not supported for file format '{out_fmt}'"
-        ));
+        )));
     }
     if spec.backing.is_some() && spec.backing_fmt.is_none() {
-        return Err("Use of backing file requires explicit backing format".into());
+        return Err(Error::generic(
+            "Use of backing file requires explicit backing format",
+        ));
     }
     Ok(())
 }

@@ -2,13 +2,14 @@
 //! its order, before any image is opened. Owns no I/O; `convert.rs` runs what this describes.
 
 use engine::qemu_io::CacheMode;
+use engine::{Error, Result};
 
 use super::create::{CreateSpec, parse_o};
-use super::number::{in_range, parse_size};
+use super::number::{in_range, strtosz};
 use super::open::{check_format, parse_cache, parse_src_cache};
 use super::open_args::{IMAGE_OPTS, OBJECT};
 use super::sparse::Sparse;
-use super::{LongOpt, split_or_fail};
+use super::{LongOpt, fail, split_or_fail};
 
 pub(super) const USAGE: &str = "\
 Usage: blk convert [--object objectdef] [--image-opts] [--target-image-opts]
@@ -56,21 +57,21 @@ impl Default for CopyOpts {
 
 impl CopyOpts {
     /// Take option `c`; `-S` and `-r` are checked at once, as qemu-img does.
-    fn take(&mut self, c: char, v: String) -> Result<(), String> {
+    fn take(&mut self, c: char, v: String) -> Result<()> {
         match c {
             'S' => {
                 let what = "buffer size for sparse output";
-                let n = in_range(what, &v, parse_size(&v), 0, i64::MAX as u64)?;
+                let n = in_range(what, &v, strtosz(&v), 0, i64::MAX as u64)?;
                 if n % 512 != 0 || n > SPARSE_MAX {
-                    return Err(format!(
+                    return Err(Error::generic(format!(
                         "Invalid {what} specified. Valid sizes are multiples of 512 up to \
                          {SPARSE_MAX}. Select 0 to disable sparse detection (fully allocates output)."
-                    ));
+                    )));
                 }
                 self.sparse = Sparse::new(n);
                 self.sparse_given = true;
             }
-            'r' => self.rate = in_range("rate limit", &v, parse_size(&v), 0, i64::MAX as u64)?,
+            'r' => self.rate = in_range("rate limit", &v, strtosz(&v), 0, i64::MAX as u64)?,
             't' => self.cache = Some(v),
             'T' => self.src_cache = Some(v),
             'V' => self.salvage = true,
@@ -80,14 +81,14 @@ impl CopyOpts {
         Ok(())
     }
 
-    pub fn src_cache(&self) -> Result<CacheMode, String> {
+    pub fn src_cache(&self) -> Result<CacheMode> {
         self.src_cache
             .as_deref()
             .map_or(Ok(CacheMode::Writeback), parse_src_cache)
     }
 
     /// The target's cache mode: qemu-img checks it only once the target exists.
-    pub fn cache(&self) -> Result<CacheMode, String> {
+    pub fn cache(&self) -> Result<CacheMode> {
         self.cache
             .as_deref()
             .map_or(Ok(CacheMode::Writeback), parse_cache)
@@ -151,7 +152,6 @@ const LONG: [LongOpt; 24] = [
 
 /// Parse `convert`'s arguments; `Err` is the exit status (the message is printed).
 pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
-    let fail = |msg: &str| super::fail(msg);
     let short = "hf:O:B:F:Cco:l:S:pt:T:qnm:WUr:";
     let (opts, mut operands) = split_or_fail("convert", args, short, &LONG, USAGE)?;
     if let Some(code) = super::opt_help::answer(&opts, 'O', operands.last().map(String::as_str)) {
@@ -182,7 +182,7 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
         match c {
             'f' => a.fmt = Some(v),
             'O' => a.out_fmt = Some(v),
-            'o' => parse_o(&v, &mut a.spec.opts).map_err(|e| fail(&e))?,
+            'o' => parse_o(&v, &mut a.spec.opts).map_err(fail)?,
             'n' => a.no_create = true,
             'B' => a.spec.backing = Some(v),
             'F' => a.spec.backing_fmt = Some(v),
@@ -204,7 +204,7 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
             TARGET_IS_ZERO => a.target_is_zero = true,
             BITMAPS => a.bitmaps = true,
             SKIP_BROKEN_BITMAPS => skip_broken = true,
-            _ => a.copy.take(c, v).map_err(|e| fail(&e))?,
+            _ => a.copy.take(c, v).map_err(fail)?,
         }
     }
     if a.out_fmt.is_none() && !a.target_image_opts {
@@ -233,9 +233,9 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
     let Some(target) = operands.pop().filter(|_| !operands.is_empty()) else {
         return Err(fail("Must specify image file name"));
     };
-    a.copy.src_cache().map_err(|e| fail(&e))?;
+    a.copy.src_cache().map_err(fail)?;
     if let Some(f) = &a.out_fmt {
-        check_format(f).map_err(|e| fail(&e))?;
+        check_format(f).map_err(fail)?;
     }
     if a.no_create && !a.spec.opts.is_empty() {
         return Err(fail("-o has no effect when skipping image creation"));

@@ -13,10 +13,12 @@ use engine::env::{Env, OpenOptions};
 use engine::graph::{ParentOps, attach_external, detach, open_node};
 use engine::io::{IoBuf, ReqFlags};
 use engine::types::Perms;
-use engine::util::{Options, parse_size};
+use engine::util::{Options, strtosz};
+use engine::{Error, Result};
 use serde_json::json;
 
-use super::open::{Tool, check_format, parse_img_size};
+use super::number::{in_range, size_option};
+use super::open::{Tool, check_format};
 use super::{fail, split_or_fail};
 
 const USAGE: &str = "\
@@ -38,37 +40,25 @@ pub(crate) struct CreateSpec {
 }
 
 /// Parse `-o a=b,c=d` (qemu's `,,` escapes a comma) onto `out`.
-pub(crate) fn parse_o(text: &str, out: &mut Vec<(String, String)>) -> Result<(), String> {
+pub(crate) fn parse_o(text: &str, out: &mut Vec<(String, String)>) -> Result<()> {
     for item in engine::util::split_options(text)
         .into_iter()
         .filter(|i| !i.is_empty())
     {
         match item.split_once('=') {
             Some((k, v)) => out.push((k.to_string(), v.to_string())),
-            None => return Err(format!("Invalid parameter '{item}'")),
+            None => return Err(Error::generic(format!("Invalid parameter '{item}'"))),
         }
     }
     Ok(())
 }
 
-fn flag(key: &str, v: &str) -> Result<bool, String> {
-    engine::util::parse_on_off(key, v).map_err(|e| e.to_string())
-}
-
-/// `-o extent_size_hint=SIZE`, with QEMU's messages for a bad size option.
-fn parse_extent_hint(v: &str) -> Result<u64, String> {
-    use super::number::{NumError, parse_size as parse_qemu_size};
-    match parse_qemu_size(v) {
-        Ok(n) => Ok(n),
-        Err(NumError::TooLarge) => Err(format!(
-            "Value '{v}' is out of range for parameter 'extent_size_hint'"
-        )),
-        Err(NumError::Invalid) => Err(super::number::not_a_size("extent_size_hint")),
-    }
+fn flag(key: &str, v: &str) -> Result<bool> {
+    engine::util::parse_on_off(key, v)
 }
 
 /// Create `path` as `spec` describes; errors without the "FILE: " prefix.
-pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> Result<(), String> {
+pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> Result<()> {
     check_format(&spec.fmt)?;
     let qcow2 = spec.fmt == "qcow2";
     let mut o = CreateOptions::default();
@@ -84,37 +74,32 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     let mut late_error = None;
     for (k, v) in &spec.opts {
         match (k.as_str(), qcow2) {
-            ("size", _) => {
-                size = Some(
-                    parse_img_size(v)
-                        .ok_or("Parameter 'size' expects a non-negative number below 2^64")?,
-                )
-            }
+            ("size", _) => size = Some(size_option("size", v)?),
             ("preallocation", _) => prealloc = Some(v.clone()),
             // A hint for the host file's extent size (QEMU passes it to XFS, others ignore
             // it); blk accepts and checks it but does not pass it on.
-            ("extent_size_hint", _) => extent_hint = Some(parse_extent_hint(v)?),
-            ("cluster_size", true) => {
-                o.cluster_size = parse_size(v).ok_or(format!(
-                    "Parameter 'cluster_size' expects a size, not '{v}'"
-                ))?
-            }
+            ("extent_size_hint", _) => extent_hint = Some(size_option("extent_size_hint", v)?),
+            ("cluster_size", true) => o.cluster_size = size_option("cluster_size", v)?,
             ("compat", true) => {
                 o.compat = match v.as_str() {
                     "0.10" | "v2" => Compat::V2,
                     "1.1" | "v3" => Compat::V3,
                     _ => {
-                        late_error =
-                            Some(format!("Parameter 'version' does not accept value '{v}'"));
+                        late_error = Some(Error::param_invalid(
+                            "version",
+                            format!("does not accept value '{v}'"),
+                        ));
                         Compat::V3
                     }
                 };
                 compat_text = Some(v.clone());
             }
             ("refcount_bits", true) => {
-                o.refcount_bits = v
-                    .parse()
-                    .map_err(|_| format!("Parameter 'refcount_bits' expects a number, not '{v}'"))?
+                o.refcount_bits = v.parse().map_err(|_| {
+                    Error::generic(format!(
+                        "Parameter 'refcount_bits' expects a number, not '{v}'"
+                    ))
+                })?
             }
             ("lazy_refcounts", true) => {
                 o.lazy_refcounts = flag(k, v)?;
@@ -124,7 +109,9 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
             ("backing_fmt", true) => backing_fmt = Some(v.clone()),
             ("extended_l2", true) if !flag(k, v)? => {}
             ("extended_l2", true) => {
-                return Err("extended_l2=on is not supported by blk's qcow2 driver".into());
+                return Err(Error::generic(
+                    "extended_l2=on is not supported by blk's qcow2 driver",
+                ));
             }
             ("data_file", true) => o.data_file = Some(v.clone()),
             ("data_file_raw", true) => {
@@ -136,43 +123,49 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
                     "zlib" => 0,
                     "zstd" => 1,
                     _ => {
-                        return Err(format!(
+                        return Err(Error::generic(format!(
                             "Parameter 'compression-type' does not accept value '{v}'"
-                        ));
+                        )));
                     }
                 };
                 compression_text = v.clone();
             }
-            _ => return Err(format!("Invalid parameter '{k}'")),
+            _ => return Err(Error::generic(format!("Invalid parameter '{k}'"))),
         }
     }
     let prealloc_mode = match prealloc.as_deref() {
         None | Some("off") => Prealloc::Off,
         Some(p) => Prealloc::parse(p).unwrap_or_else(|_| {
             late_error.get_or_insert(if qcow2 {
-                format!("Parameter 'preallocation' does not accept value '{p}'")
+                Error::param_invalid("preallocation", format!("does not accept value '{p}'"))
             } else {
-                format!("invalid parameter value: {p}")
+                Error::generic(format!("invalid parameter value: {p}"))
             });
             Prealloc::Off
         }),
     };
     if prealloc_mode == Prealloc::Metadata && !qcow2 {
-        return Err("Unsupported preallocation mode 'metadata' for raw images".into());
+        return Err(Error::generic(
+            "Unsupported preallocation mode 'metadata' for raw images",
+        ));
     }
     o.preallocation = prealloc_mode;
     if backing.is_some() && !qcow2 {
-        return Err(format!(
+        return Err(Error::generic(format!(
             "Backing file not supported for file format '{}'",
             spec.fmt
-        ));
+        )));
     }
     if backing_fmt.is_some() && backing.is_none() {
-        return Err("Backing format cannot be used without backing file".into());
+        return Err(Error::generic(
+            "Backing format cannot be used without backing file",
+        ));
     }
     if let Some(b) = &backing {
         let Some(bfmt) = &backing_fmt else {
-            return Err("Backing file specified without backing format".into());
+            return Err(Error::generic(
+                "Backing file specified without backing format",
+            ));
         };
         check_format(bfmt)?;
         if !spec.unsafe_backing {
@@ -180,13 +173,13 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
             let img = tool
                 .open(&bpath, Some(bfmt), true, true)
                 .await
-                .map_err(|e| format!("{e}\nCould not open backing image."))?;
+                .map_err(|e| e.hint("Could not open backing image."))?;
             size.get_or_insert(img.len());
             tool.close(img).await;
         }
     }
     let Some(size) = size else {
-        return Err("Image creation needs a size parameter".into());
+        return Err(Error::generic("Image creation needs a size parameter"));
     };
     if !spec.quiet {
         let mut line = format!("Formatting '{path}', fmt={}", spec.fmt);
@@ -231,13 +224,15 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
         return Err(e);
     }
     if extent_hint.is_some_and(|h| h > u32::MAX as u64) {
-        return Err("Extent size hint is too large".into());
+        return Err(Error::generic("Extent size hint is too large"));
     }
     // Refuse a bad cluster size before the file is touched (the driver checks the rest before
     // it writes, but only after the file has been created and truncated).
     if qcow2 && (!o.cluster_size.is_power_of_two() || !(512..=(2 << 20)).contains(&o.cluster_size))
     {
-        return Err("Cluster size must be a power of two between 512 and 2048k".into());
+        return Err(Error::generic(
+            "Cluster size must be a power of two between 512 and 2048k",
+        ));
     }
     // qemu rounds raw sizes up to whole sectors; qcow2 requires them.
     let size = if qcow2 {
@@ -247,12 +242,14 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     };
     o.size = size;
     if o.data_file_raw && backing.is_some() {
-        return Err("Backing file and data-file-raw cannot be used at the same time".into());
+        return Err(Error::generic(
+            "Backing file and data-file-raw cannot be used at the same time",
+        ));
     }
     o.backing_file = backing;
     o.backing_fmt = backing_fmt;
     if o.data_file_raw && o.data_file.is_none() {
-        return Err("data-file-raw requires data-file".into());
+        return Err(Error::generic("data-file-raw requires data-file"));
     }
     if let Some(d) = &o.data_file
         && o.compat == Compat::V3
@@ -269,12 +266,9 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
             },
             Prealloc::Off,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     }
-    write_image(tool, path, qcow2, &o, prealloc_mode)
-        .await
-        .map_err(|e| e.to_string())
+    write_image(tool, path, qcow2, &o, prealloc_mode).await
 }
 
 /// The short-lived user that writes a new image.
@@ -293,7 +287,7 @@ async fn write_image(
     o: &CreateOptions,
     prealloc: Prealloc,
 ) -> engine::Result<()> {
-    tool.check_unlocked(path).map_err(engine::Error::generic)?;
+    tool.check_unlocked(path)?;
     let existed = tool.env.fs().exists(path);
     let r = write_new_image(tool, path, qcow2, o, prealloc).await;
     if r.is_err() && !existed {
@@ -389,9 +383,9 @@ pub fn run(args: &[String]) -> i32 {
     }
     let (path, size) = match operands.as_slice() {
         [p] => (p.clone(), None),
-        [p, s] => match parse_img_size(s) {
-            Some(n) => (p.clone(), Some(n)),
-            None => return fail(format!("Invalid image size specified: '{s}'.")),
+        [p, s] => match in_range("image size", s, strtosz(s), 0, i64::MAX as u64) {
+            Ok(n) => (p.clone(), Some(n)),
+            Err(e) => return fail(e),
         },
         _ => {
             return crate::cli::prog::usage_error("create", "Expecting image file name");

@@ -10,9 +10,10 @@
 //! qemu-img, dd does not make the output sparse (a qcow2 output is fully allocated).
 
 use engine::io::{IoBuf, ReqFlags};
+use engine::{Error, Result};
 
 use super::create::{CreateSpec, create_image};
-use super::number::{in_range, parse_c_u64, parse_size};
+use super::number::{in_range, parse_c_u64, strtosz};
 use super::open::{Image, Tool, check_format};
 use super::{fail, split_or_fail};
 
@@ -46,7 +47,7 @@ struct Operands {
 }
 
 /// Parse the operands in order; the first bad one is the error.
-fn parse_operands(operands: &[String]) -> Result<Operands, String> {
+fn parse_operands(operands: &[String]) -> Result<Operands> {
     let mut o = Operands {
         bs: 512,
         count: None,
@@ -58,14 +59,14 @@ fn parse_operands(operands: &[String]) -> Result<Operands, String> {
     for arg in operands {
         let (name, value) = arg.split_once('=').unwrap_or((arg, ""));
         match (name, arg.contains('=')) {
-            ("bs", true) => o.bs = in_range("bs", value, parse_size(value), 1, i32::MAX as u64)?,
+            ("bs", true) => o.bs = in_range("bs", value, strtosz(value), 1, i32::MAX as u64)?,
             ("count", true) => {
                 o.count = Some(in_range("count", value, parse_c_u64(value), 0, max)?)
             }
             ("skip", true) => o.skip = Some(in_range("skip", value, parse_c_u64(value), 0, max)?),
             ("if", true) => o.input = Some(value.to_string()),
             ("of", true) => o.output = Some(value.to_string()),
-            _ => return Err(format!("unrecognized operand {name}")),
+            _ => return Err(Error::generic(format!("unrecognized operand {name}"))),
         }
     }
     Ok(o)
@@ -89,15 +90,15 @@ fn extent(o: &Operands, input_len: u64) -> (Option<u64>, u64) {
 }
 
 /// Copy `[from, end)` of `src` to `dst` from offset 0, in whole blocks of `bs`.
-async fn copy(src: &Image, dst: &Image, from: u64, end: u64, bs: u64) -> Result<(), String> {
+async fn copy(src: &Image, dst: &Image, from: u64, end: u64, bs: u64) -> Result<()> {
     let chunk = (CHUNK / bs).max(1) * bs;
     let (mut pos, mut out) = (from, 0);
     while pos < end {
         let n = chunk.min(end - pos);
         let (buf, r) = src.bb.read(pos, IoBuf::new(n as usize)).await;
-        r.map_err(|e| format!("error while reading from input image file: {e}"))?;
+        r.map_err(|e| e.context("error while reading from input image file"))?;
         let (_, r) = dst.bb.write(out, buf, ReqFlags::NONE).await;
-        r.map_err(|e| format!("error while writing to output image file: {e}"))?;
+        r.map_err(|e| e.context("error while writing to output image file"))?;
         pos += n;
         out += n;
     }
@@ -137,7 +138,7 @@ pub fn run(args: &[String]) -> i32 {
     let tool = Tool::new();
     let result = tool.block_on(async {
         let src = tool.open(input, fmt.as_deref(), true, share).await?;
-        check_format(&out_fmt).map_err(|_| "Unknown file format".to_string())?;
+        check_format(&out_fmt).map_err(|_| Error::generic("Unknown file format"))?;
         let (start, end) = extent(&o, src.len());
         let spec = CreateSpec {
             fmt: out_fmt.clone(),
@@ -148,7 +149,7 @@ pub fn run(args: &[String]) -> i32 {
         };
         create_image(&tool, output, &spec)
             .await
-            .map_err(|e| format!("{output}: error while creating output image: {e}"))?;
+            .map_err(|e| e.context(format!("{output}: error while creating output image")))?;
         // --image-opts describes the input only; the output is a file name.
         tool.image_opts.set(false);
         let dst = tool.open(output, Some(&out_fmt), false, false).await?;

@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use engine::drivers::qcow2::Header;
 use engine::graph::Node;
+use engine::{Error, Result};
 use serde_json::{Map, Value, json};
 
 use super::human::size_to_str;
@@ -30,12 +31,14 @@ const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 
 /// The qcow2 header of the file at `path`.
-pub(crate) fn read_qcow2_header(path: &str) -> Result<Header, String> {
+pub(crate) fn read_qcow2_header(path: &str) -> Result<Header> {
     use std::io::Read;
     let len = file_length(path).unwrap_or(0);
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    // The engine opened this file a moment ago; these errors only show a race, in Rust's words.
+    let host = |e: std::io::Error| Error::generic(e.to_string());
+    let mut f = std::fs::File::open(path).map_err(host)?;
     let mut head = vec![0u8; 4096.min(len as usize)];
-    f.read_exact(&mut head).map_err(|e| e.to_string())?;
+    f.read_exact(&mut head).map_err(host)?;
     let bits = head
         .get(20..24)
         .map_or(16, |b| u32::from_be_bytes(b.try_into().unwrap()));
@@ -44,10 +47,10 @@ pub(crate) fn read_qcow2_header(path: &str) -> Result<Header, String> {
     if cs > buf.len() && (buf.len() as u64) < len {
         let more = cs.min(len as usize) - buf.len();
         let mut rest = vec![0u8; more];
-        f.read_exact(&mut rest).map_err(|e| e.to_string())?;
+        f.read_exact(&mut rest).map_err(host)?;
         buf.extend_from_slice(&rest);
     }
-    Header::parse(&buf, len).map_err(|e| e.to_string())
+    Header::parse(&buf, len)
 }
 
 /// The host file under `node`: itself for the file driver, else through its `file`/`image`
@@ -71,7 +74,7 @@ fn actual_size(node: &Rc<Node>) -> Option<u64> {
 }
 
 /// The info object of a node that is not a format: a host file, or a filter with its children.
-fn other_info(node: &Rc<Node>) -> Result<Value, String> {
+fn other_info(node: &Rc<Node>) -> Result<Value> {
     let filename = node.driver().filename();
     let mut m = Map::new();
     let host = matches!(node.driver_name(), "file" | "host_device");
@@ -99,7 +102,7 @@ fn other_info(node: &Rc<Node>) -> Result<Value, String> {
 }
 
 /// `{name, info}` of each child of `node` but the backing file and those in `skip`.
-fn child_infos(node: &Rc<Node>, skip: &[&str]) -> Result<Vec<Value>, String> {
+fn child_infos(node: &Rc<Node>, skip: &[&str]) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for edge in node.children() {
         let name = edge.name().to_string();
@@ -113,7 +116,7 @@ fn child_infos(node: &Rc<Node>, skip: &[&str]) -> Result<Vec<Value>, String> {
 }
 
 /// Any node's info object.
-fn node_info(node: &Rc<Node>) -> Result<Value, String> {
+fn node_info(node: &Rc<Node>) -> Result<Value> {
     match node.driver_name() {
         "qcow2" | "raw" => image_info(node),
         _ => other_info(node),
@@ -121,7 +124,7 @@ fn node_info(node: &Rc<Node>) -> Result<Value, String> {
 }
 
 /// One image's info object, in qemu-img's field order.
-fn image_info(node: &Rc<Node>) -> Result<Value, String> {
+fn image_info(node: &Rc<Node>) -> Result<Value> {
     let filename = node.driver().filename();
     let format = node.driver_name().to_string();
     let actual = actual_size(node);
@@ -339,13 +342,15 @@ async fn chain_infos(
     fmt: Option<&str>,
     share: bool,
     chain: bool,
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<Value>> {
     let mut infos = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     let mut next = Some((path.to_string(), fmt.map(str::to_string)));
     while let Some((file, format)) = next {
         if !seen.insert(engine::graph::normalize_path(&file)) {
-            return Err(format!("Backing file '{file}' creates an infinite loop."));
+            return Err(Error::generic(format!(
+                "Backing file '{file}' creates an infinite loop."
+            )));
         }
         let img = tool.open(&file, format.as_deref(), true, share).await?;
         let info = node_info(&img.node)?;

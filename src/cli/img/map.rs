@@ -5,6 +5,7 @@
 //! `compressed` is reported for qcow2 data without a host offset (blk's drivers give no host
 //! offset only for compressed clusters).
 
+use engine::{Error, Result};
 use serde_json::{Map, Value, json};
 
 use super::open::Tool;
@@ -70,14 +71,14 @@ pub(crate) async fn map_entries(
     root: &engine::graph::Child,
     start: u64,
     end: u64,
-) -> Result<Vec<Entry>, String> {
+) -> Result<Vec<Entry>> {
     let mut out: Vec<Entry> = Vec::new();
     let mut pos = start;
     while pos < end {
         let st = root
             .chain_status_want_zero(pos, end - pos, None)
             .await
-            .map_err(|e| format!("Could not read file metadata: {e}"))?;
+            .map_err(|e| e.context("Could not read file metadata"))?;
         let len = st.len.min(end - pos);
         let node = st.node.as_ref();
         let data = matches!(
@@ -112,7 +113,7 @@ pub(crate) async fn map_entries(
 
 /// The human table; stops with qemu-img's error at data it cannot locate (after printing
 /// what comes before, as qemu-img does).
-fn human(entries: &[Entry]) -> Result<(), String> {
+fn human(entries: &[Entry]) -> Result<()> {
     let row = |a: &str, b: &str, c: &str, d: &str| println!("{a:<16}{b:<16}{c:<16}{d}");
     row("Offset", "Length", "Mapped to", "File");
     let hex = |v: u64| {
@@ -124,7 +125,9 @@ fn human(entries: &[Entry]) -> Result<(), String> {
     };
     for e in entries {
         if e.data && e.offset.is_none() {
-            return Err("File contains external, encrypted or compressed clusters.".into());
+            return Err(Error::generic(
+                "File contains external, encrypted or compressed clusters.",
+            ));
         }
         if e.data && !e.zero {
             let file = e.filename.as_deref().unwrap_or("");

@@ -28,6 +28,8 @@ mod rebase;
 mod resize;
 mod sparse;
 
+use engine::{Error, Result};
+
 /// Entry point of `blk <cmd> ARGS...`; returns the exit status.
 pub fn run(cmd: &str, args: &[String]) -> i32 {
     match cmd {
@@ -102,11 +104,13 @@ pub(crate) enum Output {
     Json,
 }
 
-pub(crate) fn parse_output(v: &str) -> Result<Output, String> {
+pub(crate) fn parse_output(v: &str) -> Result<Output> {
     match v {
         "human" => Ok(Output::Human),
         "json" => Ok(Output::Json),
-        _ => Err("--output must be used with human or json as argument.".to_string()),
+        _ => Err(Error::generic(
+            "--output must be used with human or json as argument.",
+        )),
     }
 }
 

@@ -11,6 +11,7 @@ use engine::filename::image_options;
 use engine::graph::{Child, Node};
 use engine::qemu_io::{CacheMode, OpenSpec};
 use engine::types::Perms;
+use engine::{Error, Result};
 
 /// Formats the image tools read and write.
 pub(crate) const FORMATS: [&str; 2] = ["raw", "qcow2"];
@@ -26,7 +27,7 @@ pub(crate) struct Tool {
     /// The cache mode `open` gives images (`-t`/`-T`; qemu-img's default is writeback).
     pub cache: Cell<CacheMode>,
     /// The first `--object` that could not be created: every `open` fails with it.
-    object_error: RefCell<Option<String>>,
+    object_error: RefCell<Option<Error>>,
     /// Files (device, inode) under the images opened without `-U`: what QEMU would hold
     /// file locks on, so a create over one of them is refused (see `check_unlocked`).
     held: RefCell<Vec<(u64, u64)>>,
@@ -54,32 +55,24 @@ impl Image {
     }
 }
 
-/// An OS error as strerror() words, without Rust's " (os error N)".
-pub(crate) fn os_error(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
-
 /// `-t CACHE`: QEMU's cache mode names (none or off, writeback, writethrough, directsync,
 /// unsafe), or qemu-img's refusal.
-pub(crate) fn parse_cache(mode: &str) -> Result<CacheMode, String> {
+pub(crate) fn parse_cache(mode: &str) -> Result<CacheMode> {
     CacheMode::parse(mode)
 }
 
 /// `-T SRC_CACHE`: the same names, with qemu-img's refusal for the source cache.
-pub(crate) fn parse_src_cache(mode: &str) -> Result<CacheMode, String> {
-    CacheMode::parse(mode).map_err(|_| format!("Invalid source cache option: {mode}"))
+pub(crate) fn parse_src_cache(mode: &str) -> Result<CacheMode> {
+    CacheMode::parse(mode)
+        .map_err(|_| Error::generic(format!("Invalid source cache option: {mode}")))
 }
 
 /// qemu-img's message for a `-f`/`-O` value blk does not know.
-pub(crate) fn check_format(fmt: &str) -> Result<(), String> {
+pub(crate) fn check_format(fmt: &str) -> Result<()> {
     if FORMATS.contains(&fmt) {
         Ok(())
     } else {
-        Err(format!("Unknown file format '{fmt}'"))
+        Err(Error::generic(format!("Unknown file format '{fmt}'")))
     }
 }
 
@@ -116,10 +109,10 @@ impl Tool {
 
     /// The probed format of the file at `path` (engine::probe, through the env), with
     /// qemu-img's open error when it cannot be read.
-    pub async fn probe_format(&self, path: &str) -> Result<String, String> {
+    pub async fn probe_format(&self, path: &str) -> Result<String> {
         engine::probe::probe_format(&**self.engine.env(), path, "")
             .await
-            .map_err(|e| format!("Could not open '{path}': {e}"))
+            .map_err(|e| e.could_not_open(path))
     }
 
     /// Open `path` as `fmt` (probed when `None`) behind a BlockBackend. `force_share` (-U)
@@ -130,24 +123,24 @@ impl Tool {
         fmt: Option<&str>,
         read_only: bool,
         force_share: bool,
-    ) -> Result<Image, String> {
+    ) -> Result<Image> {
         if let Some(e) = self.object_error.borrow().clone() {
             return Err(e);
         }
         let image_opts = self.image_opts.get();
         if image_opts && fmt.is_some() {
-            return Err(super::open_args::FORMAT_CONFLICT.into());
+            return Err(Error::generic(super::open_args::FORMAT_CONFLICT));
         }
         if let Some(f) = fmt {
-            check_format(f)
-                .map_err(|_| format!("Could not open '{path}': Unknown driver '{f}'"))?;
+            check_format(f).map_err(|_| {
+                Error::generic(format!("Unknown driver '{f}'")).could_not_open(path)
+            })?;
         }
         if !read_only && !image_opts {
             self.check_unlocked(path)
-                .map_err(|e| format!("Could not open '{path}': {e}"))?;
+                .map_err(|e| e.could_not_open(path))?;
         }
-        let named = image_options(path, fmt, image_opts)
-            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+        let named = image_options(path, fmt, image_opts).map_err(|e| e.could_not_open(path))?;
         let n = self.next.get();
         self.next.set(n + 1);
         let spec = OpenSpec {
@@ -168,7 +161,7 @@ impl Tool {
         let spec = spec
             .probed(&self.engine)
             .await
-            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+            .map_err(|e| e.could_not_open(path))?;
         if spec.probed_raw && !read_only {
             eprintln!("{}", engine::probe::raw_warning(path));
         }
@@ -176,7 +169,7 @@ impl Tool {
         let node = spec
             .add_to(&self.engine)
             .await
-            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+            .map_err(|e| e.could_not_open(path))?;
         let mut bo = BackendOptions::tool(read_only);
         if force_share {
             bo.shared = Perms::ALL;
@@ -184,7 +177,7 @@ impl Tool {
         let bb = self
             .engine
             .device_add(&format!("dev{n}"), node.name(), bo)
-            .map_err(|e| format!("Could not open '{path}': {e}"))?;
+            .map_err(|e| e.could_not_open(path))?;
         if !force_share {
             self.held
                 .borrow_mut()
@@ -201,20 +194,20 @@ impl Tool {
     /// Refuse to create (truncate) or write `path` while an image of this command, opened
     /// without `-U`, uses that file: QEMU's file locks refuse it with this message, and without
     /// the check the command would destroy its own input (`dd if=a of=a`, `convert a a`).
-    pub fn check_unlocked(&self, path: &str) -> Result<(), String> {
+    pub fn check_unlocked(&self, path: &str) -> Result<()> {
         match file_id(path) {
-            Some(id) if self.held.borrow().contains(&id) => Err(format!(
+            Some(id) if self.held.borrow().contains(&id) => Err(Error::generic(format!(
                 "Failed to get \"write\" lock\nIs another process using the image [{path}]?"
-            )),
+            ))),
             _ => Ok(()),
         }
     }
 
     /// Flush and close everything; the first flush error, if any.
-    pub fn finish(self) -> Result<(), String> {
+    pub fn finish(self) -> Result<()> {
         let r = self.block_on(self.engine.shutdown());
         self.env.shutdown();
-        r.map_err(|e| e.to_string())
+        r
     }
 }
 
@@ -234,14 +227,6 @@ fn files_under(node: &Rc<Node>) -> Vec<String> {
 fn file_id(path: &str) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-/// qemu-img's image size parsing: a number with an optional k/M/G/T/P/E suffix.
-pub(crate) fn parse_img_size(text: &str) -> Option<u64> {
-    if text.starts_with('-') || text.starts_with('+') {
-        return None;
-    }
-    engine::util::parse_size(text)
 }
 
 /// The host allocation of a file in bytes (`st_blocks * 512`, qemu's `actual-size`).

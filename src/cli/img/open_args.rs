@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 
 use engine::Engine;
+use engine::Result;
 use engine::env::real::RealEnv;
 
 use super::LongOpt;
@@ -58,7 +59,7 @@ pub(crate) fn take(opts: &mut Vec<(char, String)>) -> Result<(), i32> {
 }
 
 /// Create `objects` (`--object` arguments) in a scratch engine: the first error, if any.
-fn create_objects(objects: &[String]) -> Result<(), String> {
+fn create_objects(objects: &[String]) -> Result<()> {
     if objects.is_empty() {
         return Ok(());
     }
@@ -70,10 +71,10 @@ fn create_objects(objects: &[String]) -> Result<(), String> {
 }
 
 /// Add every `--object` argument to `engine`'s registry, in order; the first error.
-pub(crate) async fn add_objects(engine: &Engine, objects: &[String]) -> Result<(), String> {
+pub(crate) async fn add_objects(engine: &Engine, objects: &[String]) -> Result<()> {
     for text in objects {
-        let args = engine::object::parse_object_arg(text).map_err(|e| e.to_string())?;
-        engine.object_add(args).await.map_err(|e| e.to_string())?;
+        let args = engine::object::parse_object_arg(text)?;
+        engine.object_add(args).await?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 
+use engine::Error;
 use engine::job::{JobOptions, rebase};
 use engine::types::OnError;
 use serde_json::json;
@@ -98,8 +99,9 @@ pub fn run(args: &[String]) -> i32 {
     let steps = RefCell::new(Steps::new(progress, 0, 2.0));
     let result = tool.block_on(async {
         if let Some(f) = &fmt {
-            check_format(f)
-                .map_err(|_| format!("Could not open '{path}': Unknown driver '{f}'"))?;
+            check_format(f).map_err(|_| {
+                Error::generic(format!("Unknown driver '{f}'")).could_not_open(path)
+            })?;
         }
         let layers = if unsafe_mode {
             let format = match &fmt {
@@ -121,9 +123,9 @@ pub fn run(args: &[String]) -> i32 {
             discover(&tool, path, fmt.as_deref()).await?
         };
         let no_format = new_name.as_ref().filter(|_| bfmt.is_none()).map(|name| {
-            format!(
+            Error::generic(format!(
                 "Could not change the backing file to '{name}': backing format must be specified"
-            )
+            ))
         });
         if let Some(e) = no_format.clone().filter(|_| !unsafe_mode) {
             return Err(e);
@@ -143,10 +145,10 @@ pub fn run(args: &[String]) -> i32 {
             )
             .await
             .map_err(|e| {
-                format!(
-                    "Could not change the backing file to '{}': {e}",
+                e.context(format_args!(
+                    "Could not change the backing file to '{}'",
                     new_name.as_deref().unwrap_or("")
-                )
+                ))
             });
         }
         let mut writable = vec![false; layers.len()];
@@ -158,10 +160,9 @@ pub fn run(args: &[String]) -> i32 {
                 // A relative name is relative to the image's directory, as in the header.
                 let full = engine::filename::backing_path(path, name);
                 if let Err(e) = std::fs::metadata(&full) {
-                    return Err(format!(
-                        "Could not open new backing file '{name}': Could not open '{full}': {}",
-                        super::open::os_error(&e)
-                    ));
+                    return Err(engine::env::real::host_error(&e)
+                        .could_not_open(&full)
+                        .context(format_args!("Could not open new backing file '{name}'")));
                 }
                 let node = tool
                     .engine
@@ -169,7 +170,9 @@ pub fn run(args: &[String]) -> i32 {
                                          "node-name": "newbacking", "read-only": true,
                                          "file": {"driver": "file", "filename": full}}))
                     .await
-                    .map_err(|e| format!("Could not open new backing file '{name}': {e}"))?;
+                    .map_err(|e| {
+                        e.context(format_args!("Could not open new backing file '{name}'"))
+                    })?;
                 Some(node)
             }
         };
@@ -187,9 +190,7 @@ pub fn run(args: &[String]) -> i32 {
             format: new_name.as_ref().and(bfmt.clone()),
             on_error: OnError::Report,
         };
-        let job = rebase::start(tool.engine.jobs(), &opts, spec)
-            .await
-            .map_err(|e| e.to_string())?;
+        let job = rebase::start(tool.engine.jobs(), &opts, spec).await?;
         finish_rebase_job(&tool, &job, &steps, nodes[0].len()).await
     });
     steps.borrow_mut().end_line();

@@ -3,9 +3,10 @@
 //! `--shrink`; preallocation (off, metadata for qcow2, falloc, full) only grows.
 
 use engine::driver::Prealloc;
+use engine::{Error, Result};
 
-use super::number::not_a_size;
-use super::open::{Tool, parse_img_size};
+use super::number::size_option;
+use super::open::Tool;
 use super::{fail, split_or_fail};
 
 const USAGE: &str = "\
@@ -62,20 +63,18 @@ pub fn run(args: &[String]) -> i32 {
         Some(b'-') => (-1, &size[1..]),
         _ => (0, size.as_str()),
     };
-    let Some(n) = parse_img_size(digits) else {
-        return fail(not_a_size("size"));
+    let n = match size_option("size", digits) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
     };
     let tool = Tool::new();
     let result = tool.block_on(async {
         let img = tool.open(path, fmt.as_deref(), false, false).await?;
         let new = new_size(img.len(), (sign, n), shrink, prealloc)?;
         if img.format == "qcow2" && !new.is_multiple_of(512) {
-            return Err("The new size must be a multiple of 512".to_string());
+            return Err(Error::generic("The new size must be a multiple of 512"));
         }
-        img.root()
-            .truncate(new, true, prealloc)
-            .await
-            .map_err(|e| e.to_string())
+        img.root().truncate(new, true, prealloc).await
     });
     let fin = tool.finish();
     match result.and(fin) {
@@ -92,33 +91,32 @@ pub fn run(args: &[String]) -> i32 {
 /// The size asked for (`sign` -1, 0 or +1 for `-N`, `N`, `+N`) from the current one `cur`,
 /// with qemu-img's refusals in its order: sizes that are not positive, preallocation when
 /// not growing, shrinking without `--shrink`.
-fn new_size(
-    cur: u64,
-    (sign, n): (i8, u64),
-    shrink: bool,
-    prealloc: Prealloc,
-) -> Result<u64, String> {
+fn new_size(cur: u64, (sign, n): (i8, u64), shrink: bool, prealloc: Prealloc) -> Result<u64> {
     let new = match sign {
-        1 => cur.checked_add(n).ok_or("Image size too large")?,
+        1 => cur
+            .checked_add(n)
+            .ok_or_else(|| Error::generic("Image size too large"))?,
         -1 => match cur.checked_sub(n) {
             Some(v) if v > 0 => v,
-            _ => return Err("New image size must be positive".to_string()),
+            _ => return Err(Error::generic("New image size must be positive")),
         },
         _ => n,
     };
     if new == 0 {
-        return Err("New image size must be positive".to_string());
+        return Err(Error::generic("New image size must be positive"));
     }
     if new <= cur && prealloc != Prealloc::Off {
-        return Err("Preallocation can only be used for growing images".to_string());
+        return Err(Error::generic(
+            "Preallocation can only be used for growing images",
+        ));
     }
     if new < cur && !shrink {
-        return Err(format!(
+        return Err(Error::generic(format!(
             "Use the --shrink option to perform a shrink operation.\n{}: warning: Shrinking \
              an image will delete all data beyond the shrunken image's end. Before performing \
              such an operation, make sure there is no important data there.",
             crate::cli::prog::name()
-        ));
+        )));
     }
     Ok(new)
 }

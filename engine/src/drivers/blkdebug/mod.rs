@@ -90,8 +90,7 @@ pub(super) fn open(
             config = config.or(legacy_config);
             image_spec = Some(serde_json::json!({"driver": "file", "filename": image}));
         }
-        let image_spec =
-            image_spec.ok_or_else(|| Error::generic("Parameter 'image' is missing"))?;
+        let image_spec = image_spec.ok_or_else(|| Error::param_missing("image"))?;
         let fake_values = FakeLimits::take(&mut opts)?;
         let inject = opts.take("inject-error");
         let set_state = opts.take("set-state");

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ParamProblem, Result};
 use crate::event::DebugEvent;
 use crate::types::Perms;
 use crate::util::Options;
@@ -42,16 +42,14 @@ pub(super) fn list_items(key: &str, value: Value) -> Result<Vec<Value>> {
             let mut items = Vec::with_capacity(map.len());
             for (index, item) in map {
                 let i: usize = index.parse().map_err(|_| {
-                    Error::generic(format!("Parameter '{key}.{index}' is unexpected"))
+                    Error::param(format!("{key}.{index}"), ParamProblem::Unexpected)
                 })?;
                 items.push((i, item));
             }
             items.sort_by_key(|(i, _)| *i);
             for (expect, (i, _)) in items.iter().enumerate() {
                 if *i != expect {
-                    return Err(Error::generic(format!(
-                        "Parameter '{key}.{expect}' is missing"
-                    )));
+                    return Err(Error::param_missing(format!("{key}.{expect}")));
                 }
             }
             Ok(items.into_iter().map(|(_, v)| v).collect())
@@ -99,9 +97,9 @@ fn rule(kind: RuleKind, mut opts: Options) -> Result<Rule> {
     let state = opts.take_u64("state")?.unwrap_or(0);
     let action = match kind {
         RuleKind::SetState => {
-            let new_state = opts.take_u64("new_state")?.ok_or_else(|| {
-                Error::generic(format!("Parameter '{}' is missing", key("new_state")))
-            })?;
+            let new_state = opts
+                .take_u64("new_state")?
+                .ok_or_else(|| Error::param_missing(key("new_state")))?;
             Action::SetState { new_state }
         }
         RuleKind::InjectError => {

@@ -112,10 +112,7 @@ impl Qcow2 {
         r?;
         let data =
             compress::decompress_cluster(self.compression_type, buf.as_slice(), self.cs() as usize)
-                .map_err(|e| {
-                    let errno = e.errno().unwrap_or(Errno::EIO);
-                    Error::io_msg(errno, format!("{} (host offset {offset:#x})", e.message()))
-                })?;
+                .map_err(|e| e.host_offset(offset))?;
         out.copy_from_slice(&data[in_off as usize..in_off as usize + out.len()]);
         Ok(())
     }

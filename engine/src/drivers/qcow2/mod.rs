@@ -263,7 +263,7 @@ impl OpenArgs {
     fn take(mut opts: Options, discard_unmap: bool) -> Result<OpenArgs> {
         let file_spec = opts
             .take("file")
-            .ok_or_else(|| Error::generic("Parameter 'file' is missing"))?;
+            .ok_or_else(|| Error::param_missing("file"))?;
         let backing_opt = opts.take("backing");
         let data_opt = opts.take("data-file");
         let runtime = options::OpenOpts::take(&mut opts, discard_unmap)?;

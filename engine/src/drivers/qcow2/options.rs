@@ -164,9 +164,10 @@ fn take_interval(opts: &mut Options) -> Result<Option<u64>> {
         Some(Value::Number(n)) => n.as_u64().ok_or_else(too_big)?,
         Some(Value::String(s)) if s.starts_with('-') => return Err(too_big()),
         Some(Value::String(s)) => s.parse::<u64>().map_err(|_| {
-            Error::generic(format!(
-                "Parameter 'cache-clean-interval' expects a number, got '{s}'"
-            ))
+            Error::param_invalid(
+                "cache-clean-interval",
+                format!("expects a number, got '{s}'"),
+            )
         })?,
         Some(_) => {
             return Err(Error::generic(
@@ -213,8 +214,7 @@ fn overlap_mask(v: Option<Value>) -> Result<u32> {
             None => {}
         }
     }
-    d.finish()
-        .map_err(|e| Error::generic(format!("overlap-check: {}", e.message())))?;
+    d.finish().map_err(|e| e.context("overlap-check"))?;
     Ok(mask)
 }
 

@@ -46,6 +46,7 @@ use file::RealFs;
 use reactor::{Core, Sleep};
 
 pub use dispatch::Backend;
+pub use sys::host_error;
 
 use crate::env::{Env, HostFs, LocalBoxFuture};
 

@@ -38,6 +38,15 @@ pub(super) fn io_error(code: i32) -> Error {
     }
 }
 
+/// An engine error for a host `std::io::Error` (strerror's words, without Rust's
+/// " (os error N)"), for tools that touch host files outside the engine.
+pub fn host_error(e: &std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(code) => io_error(code),
+        None => Error::generic(e.to_string()),
+    }
+}
+
 /// Map a `-errno`/`0` completion code to a result.
 pub(super) fn check(res: i32) -> crate::error::Result<()> {
     if res < 0 { Err(io_error(-res)) } else { Ok(()) }

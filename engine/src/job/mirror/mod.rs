@@ -66,9 +66,10 @@ impl SyncMode {
             "incremental" | "bitmap" => {
                 Err(Error::generic(format!("Sync mode '{s}' not supported")))
             }
-            _ => Err(Error::generic(format!(
-                "Parameter 'sync' does not accept value '{s}' (expected full, top or none)"
-            ))),
+            _ => Err(Error::param_invalid(
+                "sync",
+                format!("does not accept value '{s}' (expected full, top or none)"),
+            )),
         }
     }
 }
