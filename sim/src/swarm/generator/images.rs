@@ -201,6 +201,9 @@ impl Gen {
         if chance(&mut self.r.images, 0.3) {
             line.push_str(" cache=writethrough");
         }
+        if self.f.copy_on_read {
+            line.push_str(" copy-on-read");
+        }
         self.step(line);
     }
 }

@@ -59,6 +59,8 @@ pub struct Features {
     pub reopen: bool,
     /// The top qcow2 image keeps its guest clusters in an external data file (raw or not).
     pub data_file: bool,
+    /// The guest device copies what it reads from the backing chain into the top image.
+    pub copy_on_read: bool,
 }
 
 impl Features {
@@ -81,6 +83,7 @@ impl Features {
             (self.resize, "resize"),
             (self.reopen, "reopen"),
             (self.data_file, "data-file"),
+            (self.copy_on_read, "copy-on-read"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -103,10 +106,12 @@ impl Features {
             resize: chance(rng, 0.15),
             reopen: false,
             data_file: false,
+            copy_on_read: false,
         };
         // Drawn last, so that the other families of every seed stay as they were.
         f.reopen = chance(rng, 0.3);
         f.data_file = chance(rng, 0.25) && f.qcow2;
+        f.copy_on_read = chance(rng, 0.3);
         if f.data_file {
             // Guest data then goes to the data file, beside the blkdebug filter over the
             // metadata file: a breakpoint on guest writes would wait for a write that never
@@ -120,6 +125,7 @@ impl Features {
             f.backing = false;
         }
         if !f.backing {
+            f.copy_on_read = false;
             f.stream = false;
             f.commit = false;
             f.active_commit = false;
