@@ -322,8 +322,19 @@ impl Engine {
         for name in names {
             let _ = self.device_del(&name).await;
         }
-        for node in self.ctx.nodes() {
-            if node.is_monitor_owned() && node.refcnt() == 1 {
+        // A backing node the monitor added is released once the node above it is: go round
+        // until no monitor-owned node is left that only the monitor holds.
+        loop {
+            let free: Vec<_> = self
+                .ctx
+                .nodes()
+                .into_iter()
+                .filter(|n| n.is_monitor_owned() && n.refcnt() == 1)
+                .collect();
+            if free.is_empty() {
+                break;
+            }
+            for node in free {
                 node.monitor_owned.set(false);
                 unref(&node).await;
             }

@@ -185,7 +185,7 @@ fn run_cmd(args: &[String]) -> i32 {
                 trace: args.trace,
                 ..Default::default()
             };
-            let out = scenario::run(&sc, seed, opts);
+            let out = scenario::run(&sc, seed, opts.clone());
             row.runs += 1;
             if row.runs == 1 {
                 row.virtual_ns = out.virtual_ns;

@@ -16,7 +16,7 @@ use sim::swarm::{self, SeedResult, coverage::Coverage, shrink};
 
 use super::prog;
 
-pub const USAGE: &str = "       blk sim swarm --seeds A..B [--shard I/N] [--jobs N] [--time 60s] [--out DIR] [--coverage] [--plant NAME]\n\
+pub const USAGE: &str = "       blk sim swarm --seeds A..B [--shard I/N] [--jobs N] [--time 60s] [--out DIR] [--coverage] [--qemu-check] [--plant NAME]\n\
                          \x20      blk sim coverage FILE.json... [--out FILE]\n\
                          \x20      blk sim shrink FILE.scn [--check NAME] [--out FILE] [--plant NAME]\n\
                          \x20      blk sim crashes FILE.scn [--max N] [--sample K] [--seed N] [--at POINT] [--plant NAME]";
@@ -29,6 +29,7 @@ struct SwarmArgs {
     out: PathBuf,
     coverage: bool,
     plants: Vec<String>,
+    qemu_check: bool,
 }
 
 /// A seed range `A..B` (B excluded).
@@ -82,6 +83,7 @@ fn parse_swarm(args: &[String]) -> Result<SwarmArgs> {
         out: PathBuf::from("swarm-out"),
         coverage: false,
         plants: Vec::new(),
+        qemu_check: false,
     };
     let mut it = args.iter();
     let mut have_seeds = false;
@@ -118,6 +120,7 @@ fn parse_swarm(args: &[String]) -> Result<SwarmArgs> {
             "--out" => a.out = PathBuf::from(val()?),
             "--plant" => a.plants.push(val()?.clone()),
             "--coverage" => a.coverage = true,
+            "--qemu-check" => a.qemu_check = true,
             other => return Err(Error::generic(format!("unknown option '{other}'"))),
         }
     }
@@ -151,7 +154,11 @@ pub fn swarm_cmd(args: &[String]) -> i32 {
             break;
         }
         let t0 = Instant::now();
-        let (generated, verdict) = swarm::run_seed(seed, a.coverage);
+        let (generated, verdict) = if a.qemu_check {
+            run_seed_qemu_checked(seed, &a)
+        } else {
+            swarm::run_seed(seed, a.coverage)
+        };
         let res = SeedResult::new(seed, &generated, &verdict);
         println!("{}", res.to_json(t0.elapsed().as_millis() as u64));
         runs += 1;
@@ -248,6 +255,68 @@ fn plant_args(plants: &[String]) -> String {
     plants.iter().map(|p| format!(" --plant {p}")).collect()
 }
 
+/// Run `seed` with its images exported at the end, then judge every qcow2 image with `qemu-img
+/// check` (exit 0, or 3 for leaks only, passes: blk's own end-of-run check allows leaks too).
+/// The export is removed when the seed passes and kept beside the finding when it fails.
+fn run_seed_qemu_checked(seed: u64, a: &SwarmArgs) -> (swarm::Generated, swarm::oracles::Verdict) {
+    let dir = a.out.join(format!("seed-{seed}.images"));
+    let opts = sim::scenario::RunOptions {
+        trace: a.coverage,
+        export_to: Some(dir.clone()),
+        ..Default::default()
+    };
+    let (generated, mut verdict) = swarm::run_seed_with(seed, opts);
+    if verdict.failure.is_none() {
+        verdict.failure = qemu_img_check_all(&dir);
+    }
+    if verdict.failure.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    (generated, verdict)
+}
+
+/// `qemu-img check` of every `*.qcow2` file in `dir` (run there, so that backing and data
+/// file names resolve); the first rejection as a `qemu-check` failure.
+fn qemu_img_check_all(dir: &Path) -> Option<sim::scenario::Failure> {
+    let fail = |message: String| sim::scenario::Failure {
+        check: "qemu-check".into(),
+        line: 0,
+        message,
+    };
+    let mut images: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".qcow2"))
+            .collect(),
+        Err(e) => return Some(fail(format!("{}: {e}", dir.display()))),
+    };
+    images.sort();
+    for image in images {
+        let out = Command::new("qemu-img")
+            .args(["check", "-f", "qcow2", &image])
+            .current_dir(dir)
+            .output();
+        match out {
+            Err(e) => return Some(fail(format!("qemu-img is not runnable: {e}"))),
+            Ok(o) if matches!(o.status.code(), Some(0 | 3)) => {}
+            Ok(o) => {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                let first: Vec<&str> = text.lines().take(4).collect();
+                return Some(fail(format!(
+                    "qemu-img check {image} exited {:?}: {}",
+                    o.status.code(),
+                    first.join(" | ")
+                )));
+            }
+        }
+    }
+    None
+}
+
 fn report_finding(
     out: &Path,
     seed: u64,
@@ -259,6 +328,17 @@ fn report_finding(
     let path = out.join(format!("seed-{seed}.scn"));
     if let Err(e) = std::fs::write(&path, text) {
         prog::command_error("sim swarm", format_args!("{}: {e}", path.display()));
+    }
+    if check == "qemu-check" {
+        eprintln!(
+            "FAILED seed {seed}: {check}: {}\n  images:    {}\n  reproduce: blk sim swarm --seeds {seed}..{} --qemu-check --out {}{}",
+            res.message,
+            out.join(format!("seed-{seed}.images")).display(),
+            seed + 1,
+            out.display(),
+            plant_args(plants),
+        );
+        return;
     }
     eprintln!(
         "FAILED seed {seed}: {check} at line {}: {}\n  reproduce: blk sim replay {} --trace{}\n  shrink:    blk sim shrink {} --check {check}{}",
@@ -471,6 +551,7 @@ fn crashes(args: &[String]) -> Result<i32> {
         let opts = sim::scenario::RunOptions {
             trace: true,
             crash_at: Some(at),
+            ..Default::default()
         };
         let v = swarm::oracles::judge_parsed(&sc, seed, opts);
         if let Some(o) = &v.outcome {

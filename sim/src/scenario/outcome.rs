@@ -2,13 +2,17 @@
 //! failed ([`Failure`], one of the [`CHECKS`] that `expect-failure` may name).
 
 /// Options of a run.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Put every debug event into the transcript.
     pub trace: bool,
     /// Power loss at this disk event; the run then restarts, checks every device and qcow2
     /// image, and ends (`blk sim crashes`).
     pub crash_at: Option<crate::CrashAt>,
+    /// After a passing run, shut the engine down (every image closed cleanly) and export every
+    /// file of the virtual disk into this host directory, for `qemu-img check` to judge
+    /// (`blk sim swarm --qemu-check`).
+    pub export_to: Option<std::path::PathBuf>,
 }
 
 /// The result of one run.

@@ -41,12 +41,17 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
     let steps = sc.steps.clone();
     let crash_flag = Rc::new(Cell::new(false));
     let flag = crash_flag.clone();
+    let shut_down = opts.export_to.is_some();
     let result = sim.block_on(async move {
         let mut world = world;
         let r = world.run_steps(&steps).await;
         let r = match r {
             Ok(()) => world.finish().await,
             Err(e) => Err(e),
+        };
+        let r = match r {
+            Ok(()) if shut_down => world.shut_down().await,
+            r => r,
         };
         flag.set(world.crash_struck);
         drop(world);
@@ -62,6 +67,10 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
             };
             Some(fail(check, line.get(), e.to_string()))
         }
+    };
+    let failure = match (&opts.export_to, failure) {
+        (Some(dir), None) => export_files(&sim, dir),
+        (_, failure) => failure,
     };
     let now = sim.now_ns();
     let engine = engine_slot.borrow_mut().take();
@@ -79,6 +88,22 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
         crash_struck: crash_flag.get(),
         setup_disk: setup_done.get().unwrap_or(sim.fs().disk_counts()),
     }
+}
+
+/// Every file of the virtual disk into `dir` (as a read sees it: the engine was shut down, so
+/// that is what is durable too).
+fn export_files(sim: &Sim, dir: &std::path::Path) -> Option<Failure> {
+    let fs = sim.fs();
+    let r = std::fs::create_dir_all(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))
+        .and_then(|()| {
+            fs.files().iter().try_for_each(|f| {
+                fs.export_to(f, crate::View::Current, &dir.join(f))
+                    .map_err(|e| e.to_string())
+            })
+        });
+    r.err()
+        .map(|e| fail("setup", 0, format!("export for qemu-img check: {e}")))
 }
 
 /// The simulator configuration the scenario's header asks for.
@@ -165,6 +190,14 @@ impl World<'_> {
     }
 
     /// End of the scenario: stop what is still running, end open drained sections.
+    /// Shut the engine down as a clean exit does (jobs cancelled, devices flushed and
+    /// detached, every node closed), so the images on the disk are what a tool opens next.
+    async fn shut_down(&mut self) -> Result<(), Failure> {
+        let r = self.engine.shutdown().await;
+        self.collect_events();
+        r.map_err(|e| fail("setup", 0, format!("engine shutdown: {e}")))
+    }
+
     async fn finish(&mut self) -> Result<(), Failure> {
         let names: Vec<String> = self.workloads.keys().cloned().collect();
         for name in names {

@@ -22,14 +22,18 @@ use crate::scenario::RunOptions;
 
 /// Draw, run and judge `seed`.
 pub fn run_seed(seed: u64, trace: bool) -> (Generated, Verdict) {
-    let generated = generate(seed);
-    let verdict = judge(
-        "swarm",
-        &generated.text,
+    run_seed_with(
+        seed,
         RunOptions {
             trace,
             ..Default::default()
         },
-    );
+    )
+}
+
+/// Draw, run and judge `seed` with `opts`.
+pub fn run_seed_with(seed: u64, opts: RunOptions) -> (Generated, Verdict) {
+    let generated = generate(seed);
+    let verdict = judge("swarm", &generated.text, opts);
     (generated, verdict)
 }
