@@ -24,12 +24,6 @@ impl Qcow2 {
                 "qcow2: the image size must be a multiple of 512 bytes",
             ));
         }
-        if self.has_data_file() {
-            return Err(Error::io_msg(
-                Errno::ENOTSUP,
-                "qcow2: resizing an image with an external data file is not supported",
-            ));
-        }
         let _g = self.meta.lock().await;
         let cs = self.cs();
         let old = self.size.get();
@@ -51,11 +45,25 @@ impl Qcow2 {
             let grew = self.free_tail(len).await?;
             shrunk = Some(grew);
         } else {
+            if let Some(data) = &self.data {
+                // The data file grows first (as QEMU grows it, reserving or writing the space
+                // for falloc/full; metadata preallocation is this image's business): a cluster
+                // the new metadata maps must exist there.
+                let data_mode = match prealloc {
+                    Prealloc::Metadata => Prealloc::Off,
+                    other => other,
+                };
+                data.truncate(len, false, data_mode).await?;
+            }
             let need = len.div_ceil(per_l1);
             if need > self.l1.borrow().len() as u64 {
                 self.grow_l1(need).await?;
             }
-            if prealloc != Prealloc::Off {
+            if self.has_data_file() {
+                if self.data_raw || prealloc != Prealloc::Off {
+                    self.map_data_file_tail(old, len).await?;
+                }
+            } else if prealloc != Prealloc::Off {
                 self.preallocate(old, len, prealloc).await?;
             }
         }
@@ -71,8 +79,28 @@ impl Qcow2 {
         self.size.set(len);
         if let Some(grew) = shrunk {
             self.truncate_file_to_used(grew).await;
+            if let Some(data) = &self.data {
+                // The tail is unmapped and durable: the data file is cut to the new size.
+                data.truncate(len, false, Prealloc::Off).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Map every unmapped guest cluster of `[old, len)` to its own offset in the external data
+    /// file (a raw data file, or a preallocating resize), as a new image maps them, then make
+    /// the tables durable (metadata lock held).
+    async fn map_data_file_tail(&self, old: u64, len: u64) -> Result<()> {
+        let cs = self.cs();
+        for gc in old / cs..len.div_ceil(cs) {
+            if self.classify(self.l2_entry(gc).await?)? != Kind::Unallocated {
+                continue;
+            }
+            self.ensure_l2(gc).await?;
+            self.set_l2_entry(gc, L2Entry::normal(gc * cs)).await?;
+        }
+        self.flush_metadata().await?;
+        self.file.flush().await
     }
 
     /// Free every cluster mapped at or past guest offset `len` (metadata lock held), in QEMU's

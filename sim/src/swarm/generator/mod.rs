@@ -117,9 +117,6 @@ impl Features {
             // metadata file: a breakpoint on guest writes would wait for a write that never
             // passes there.
             f.blkdebug = false;
-            // TODO(resize): qcow2 refuses to resize an image with a data file (QEMU grows
-            // and cuts the data file with it); drawn again once it does.
-            f.resize = false;
         }
         if !f.qcow2 {
             f.backing = false;
