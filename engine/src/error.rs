@@ -415,6 +415,15 @@ impl Error {
         self.to_string()
     }
 
+    /// What C's `strerror` gives for the errno, or the message when there is none: the text
+    /// qemu-io prints after "failed: ".
+    pub fn strerror(&self) -> String {
+        match self.errno() {
+            Some(n) => n.description().to_string(),
+            None => self.message(),
+        }
+    }
+
     /// The option path and problem, if this error is about a bad option ("Parameter ...").
     pub fn param_problem(&self) -> Option<(&str, &ParamProblem)> {
         match (&self.0.text, &self.0.option) {

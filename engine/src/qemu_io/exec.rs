@@ -89,12 +89,6 @@ pub struct Session {
     suspended: Vec<String>,
 }
 
-fn errstr(e: &Error) -> String {
-    match e.errno() {
-        Some(n) => n.description().to_string(),
-        None => e.message().to_string(),
-    }
-}
 
 impl Session {
     /// A session with no image open.
@@ -315,7 +309,7 @@ impl Session {
                     true
                 }
                 Err(e) => {
-                    self.out(format!("getlength: {}", errstr(&e)));
+                    self.out(format!("getlength: {}", e.strerror()));
                     false
                 }
             },

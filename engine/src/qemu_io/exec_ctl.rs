@@ -10,7 +10,7 @@ use super::super::format::{alloc_line, human_size, map_line};
 use super::super::help::long_help;
 use super::super::open::{CacheMode, OpenSpec, parse_discard};
 use super::super::spec::{COMMANDS, lookup_command};
-use super::{Session, errstr};
+use super::Session;
 
 impl Session {
     pub(super) async fn truncate(&mut self, len: u64, prealloc: Option<&str>) -> bool {
@@ -80,7 +80,7 @@ impl Session {
                 Ok(st) if st.len > 0 => st,
                 Ok(_) => break,
                 Err(e) => {
-                    self.report_err(format!("Failed to get allocation status: {}", errstr(&e)));
+                    self.report_err(format!("Failed to get allocation status: {}", e.strerror()));
                     return false;
                 }
             };
@@ -123,7 +123,7 @@ impl Session {
                 }
                 Ok(_) => break,
                 Err(e) => {
-                    self.out(format!("is_allocated failed: {}", errstr(&e)));
+                    self.out(format!("is_allocated failed: {}", e.strerror()));
                     return false;
                 }
             }
@@ -294,7 +294,7 @@ impl Session {
         match r {
             Ok(()) => true,
             Err(e) => {
-                self.out(format!("{what}: {}", errstr(&e)));
+                self.out(format!("{what}: {}", e.strerror()));
                 false
             }
         }

@@ -9,7 +9,6 @@ use std::rc::Rc;
 
 use crate::backend::BlockBackend;
 use crate::env::{Env, OpenOptions};
-use crate::error::Error;
 use crate::io::{IoBuf, ReqFlags};
 use crate::util::Notify;
 
@@ -35,12 +34,6 @@ pub(super) struct IoCtx {
     pub aio: Rc<AioState>,
 }
 
-fn errstr(e: &Error) -> String {
-    match e.errno() {
-        Some(n) => n.description().to_string(),
-        None => e.message().to_string(),
-    }
-}
 
 impl IoCtx {
     fn out(&self, text: impl Into<String>) {
@@ -112,7 +105,7 @@ impl IoCtx {
             self.dev.read(r.offset, buf).await
         };
         if let Err(e) = res {
-            self.out(format!("read failed: {}", errstr(&e)));
+            self.out(format!("read failed: {}", e.strerror()));
             return false;
         }
         let check = r.verify.map(|v| (v.pattern, v.offset, v.len));
@@ -124,7 +117,7 @@ impl IoCtx {
         let total = v.total();
         let (buf, res) = self.dev.read(v.offset, IoBuf::new(total as usize)).await;
         if let Err(e) = res {
-            self.out(format!("readv failed: {}", errstr(&e)));
+            self.out(format!("readv failed: {}", e.strerror()));
             return false;
         }
         let check = v.pattern.map(|p| (p, 0, total));
@@ -136,7 +129,7 @@ impl IoCtx {
         let file = match self.env.fs().open(path, OpenOptions::default()) {
             Ok(f) => f,
             Err(e) => {
-                self.err(format!("{path}: {}", errstr(&e)));
+                self.err(format!("{path}: {}", e.strerror()));
                 return None;
             }
         };
@@ -148,7 +141,7 @@ impl IoCtx {
         let n = size.min(len) as usize;
         let (src, r) = file.read_at(IoBuf::new(n), 0).await;
         if let Err(e) = r {
-            self.err(format!("{path}: {}", errstr(&e)));
+            self.err(format!("{path}: {}", e.strerror()));
             return None;
         }
         let mut buf = IoBuf::new(len as usize);
@@ -207,7 +200,7 @@ impl IoCtx {
                 true
             }
             Err(e) => {
-                self.out(format!("write failed: {}", errstr(&e)));
+                self.out(format!("write failed: {}", e.strerror()));
                 false
             }
         }
@@ -225,7 +218,7 @@ impl IoCtx {
                 true
             }
             Err(e) => {
-                self.out(format!("writev failed: {}", errstr(&e)));
+                self.out(format!("writev failed: {}", e.strerror()));
                 false
             }
         }
@@ -240,7 +233,7 @@ impl IoCtx {
                 true
             }
             Err(e) => {
-                self.out(format!("discard failed: {}", errstr(&e)));
+                self.out(format!("discard failed: {}", e.strerror()));
                 false
             }
         }
@@ -274,7 +267,7 @@ impl IoCtx {
             let (buf, res) = io.dev.read(v.offset, IoBuf::new(total as usize)).await;
             match res {
                 // qemu-io's aio_read completion calls itself "readv".
-                Err(e) => io.out(format!("readv failed: {}", errstr(&e))),
+                Err(e) => io.out(format!("readv failed: {}", e.strerror())),
                 Ok(()) => {
                     let check = v.pattern.map(|p| (p, 0, total));
                     // A mismatch is reported but, as in qemu-io, not counted as a failure.
@@ -308,7 +301,7 @@ impl IoCtx {
                 io.dev.write(w.io.offset, buf, flags).await.1
             };
             match res {
-                Err(e) => io.out(format!("aio_write failed: {}", errstr(&e))),
+                Err(e) => io.out(format!("aio_write failed: {}", e.strerror())),
                 Ok(()) => {
                     let elapsed = io.env.now_ns().saturating_sub(start);
                     io.report("wrote", w.io.offset, total, w.io.stats, elapsed);
