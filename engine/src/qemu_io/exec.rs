@@ -89,7 +89,6 @@ pub struct Session {
     suspended: Vec<String>,
 }
 
-
 impl Session {
     /// A session with no image open.
     pub fn new(engine: Rc<Engine>, out: Rc<dyn Sink>, cfg: SessionConfig) -> Session {

@@ -34,7 +34,6 @@ pub(super) struct IoCtx {
     pub aio: Rc<AioState>,
 }
 
-
 impl IoCtx {
     fn out(&self, text: impl Into<String>) {
         self.out.line(OutLine::out(text));

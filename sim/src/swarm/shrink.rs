@@ -134,90 +134,158 @@ pub fn shrink(text: &str, check: Option<&str>) -> Option<Shrunk> {
 /// without it the resume races the request to the breakpoint and fails when it loses. And a
 /// `wait_break` needs a request issued after its `break`, or it waits for nothing, forever.
 fn well_formed(s: &Split) -> bool {
-    let mut running: Vec<&str> = Vec::new();
-    // Writes not yet flushed, by device; `written` holds the flushed ones.
-    let mut unflushed: Vec<(&str, (&str, &str, &str))> = Vec::new();
-    let mut written: Vec<(&str, &str, &str)> = Vec::new();
-    let mut drained: Vec<&str> = Vec::new();
-    let mut breaks: Vec<&str> = Vec::new();
-    let mut parked: Vec<&str> = Vec::new();
-    // Breakpoints set, and whether a request was issued after each.
-    let mut armed: Vec<(&str, bool)> = Vec::new();
-    let mut aio = false;
-    let mut lower: Vec<(&str, (&str, &str, &str))> = Vec::new();
-    let mut deleted: Vec<&str> = Vec::new();
-    let mut fills: Vec<(&str, &str, &str)> = Vec::new();
+    let mut usage = Usage::default();
     for st in &s.steps {
         let w: Vec<&str> = st[0].split_whitespace().collect();
+        if !usage.step(&w) {
+            return false;
+        }
+    }
+    usage.ends_clean()
+}
+
+/// What [`well_formed`] tracks through a scenario's steps.
+#[derive(Default)]
+struct Usage<'a> {
+    /// Workloads running.
+    running: Vec<&'a str>,
+    /// qemu-io aio writes issued and not yet flushed with `aio_flush`.
+    aio: bool,
+    /// Writes not yet flushed, by device; `written` holds the flushed (durable) data.
+    unflushed: Vec<(&'a str, Data<'a>)>,
+    written: Vec<Data<'a>>,
+    /// Writes through each device, devices deleted, data declared with `model ... fill`.
+    lower: Vec<(&'a str, Data<'a>)>,
+    deleted: Vec<&'a str>,
+    fills: Vec<Data<'a>>,
+    /// Drained sections open.
+    drained: Vec<&'a str>,
+    /// Breakpoints set, parked on (`wait_break` seen), and whether a request came after each.
+    breaks: Vec<&'a str>,
+    parked: Vec<&'a str>,
+    armed: Vec<(&'a str, bool)>,
+}
+
+impl<'a> Usage<'a> {
+    /// Take one step; false when the scenario misuses the runner there.
+    fn step(&mut self, w: &[&'a str]) -> bool {
         if matches!(
-            w.as_slice(),
+            w,
             ["io", _, "aio_write" | "write" | "aio_read" | "read", ..] | ["workload", "start", ..]
         ) {
-            armed.iter_mut().for_each(|a| a.1 = true);
+            self.armed.iter_mut().for_each(|a| a.1 = true);
         }
-        match w.as_slice() {
-            ["workload", "start", name, ..] => running.push(name),
-            ["workload", "stop" | "wait", name] => running.retain(|r| r != name),
+        match w {
             ["crash"] => {
-                aio = false;
-                running.clear();
-                drained.clear();
-                breaks.clear();
-                parked.clear();
+                self.aio = false;
+                self.running.clear();
+                self.drained.clear();
+                self.breaks.clear();
+                self.parked.clear();
+                true
             }
-            ["verify", ..] if !running.is_empty() || aio => return false,
+            ["workload", ..] | ["verify", ..] => self.guest(w),
+            ["drain", ..] => self.drain(w),
+            ["io", _, "break" | "wait_break" | "resume", ..] => self.breakpoint(w),
+            _ => self.data(w),
+        }
+    }
+
+    /// Workloads, aio and verifies: no verify reads a moving target.
+    fn guest(&mut self, w: &[&'a str]) -> bool {
+        match *w {
+            ["workload", "start", name, ..] => self.running.push(name),
+            ["workload", "stop" | "wait", name] => self.running.retain(|r| *r != name),
+            ["verify", ..] => return self.running.is_empty() && !self.aio,
+            _ => {}
+        }
+        true
+    }
+
+    /// Writes, flushes, fills and declarations: a declaration needs its data durable.
+    fn data(&mut self, w: &[&'a str]) -> bool {
+        match *w {
+            ["io", _, "aio_write", ..] => self.aio = true,
             ["io", dev, op @ ("aio_flush" | "flush")] => {
-                aio &= *op != "aio_flush";
-                for (_, w) in unflushed.iter().filter(|(d, _)| d == dev) {
-                    written.push(*w);
-                }
-                unflushed.retain(|(d, _)| d != dev);
+                self.aio &= op != "aio_flush";
+                let (now, still): (Vec<_>, Vec<_>) =
+                    self.unflushed.drain(..).partition(|(d, _)| *d == dev);
+                self.written.extend(now.into_iter().map(|(_, w)| w));
+                self.unflushed = still;
             }
             ["io", dev, "write", "-P", p, off, len] => {
-                unflushed.push((dev, (p, off, len)));
-                lower.push((dev, (p, off, len)));
+                self.unflushed.push((dev, (p, off, len)));
+                self.lower.push((dev, (p, off, len)));
             }
             ["image", "create", ..] => {
                 for f in w.iter().filter_map(|a| a.strip_prefix("fill=")) {
                     let mut p = f.split(':');
                     if let (Some(pat), Some(off), Some(len)) = (p.next(), p.next(), p.next()) {
-                        written.push((pat, off, len));
+                        self.written.push((pat, off, len));
                     }
                 }
             }
-            ["device", "del", dev] => deleted.push(dev),
-            ["model", _, "fill", p, off, len] if !written.contains(&(p, off, len)) => {
-                return false;
-            }
-            ["model", _, "fill", p, off, len] => fills.push((p, off, len)),
-            ["drain", "begin", node, ..] => drained.push(node),
-            ["drain", "end", node] => match drained.iter().rposition(|d| d == node) {
-                Some(i) => {
-                    drained.remove(i);
+            ["device", "del", dev] => self.deleted.push(dev),
+            ["model", _, "fill", p, off, len] => {
+                if !self.written.contains(&(p, off, len)) {
+                    return false;
                 }
-                None => return false,
-            },
-            ["io", _, "break", _, tag] => {
-                breaks.push(tag);
-                armed.push((tag, false));
-            }
-            ["io", _, "aio_write", ..] => aio = true,
-            ["io", _, "wait_break", tag] if !armed.contains(&(tag, true)) => return false,
-            ["io", _, "wait_break", tag] if !breaks.contains(tag) => return false,
-            ["io", _, "wait_break", tag] => parked.push(tag),
-            ["io", _, "resume", tag] if !parked.contains(tag) => return false,
-            ["io", _, "resume", tag] => {
-                breaks.retain(|b| b != tag);
-                parked.retain(|b| b != tag);
+                self.fills.push((p, off, len));
             }
             _ => {}
         }
+        true
     }
-    // Data written through a device that is gone (a lower layer) must stay declared.
-    let undeclared = lower
-        .iter()
-        .any(|(dev, w)| deleted.contains(dev) && !fills.contains(w));
-    drained.is_empty() && breaks.is_empty() && !undeclared
+
+    /// Drained sections: each end closes a section that was begun.
+    fn drain(&mut self, w: &[&'a str]) -> bool {
+        match *w {
+            ["drain", "begin", node, ..] => self.drained.push(node),
+            ["drain", "end", node] => match self.drained.iter().rposition(|d| *d == node) {
+                Some(i) => {
+                    self.drained.remove(i);
+                }
+                None => return false,
+            },
+            _ => {}
+        }
+        true
+    }
+
+    /// Breakpoints: a wait needs a request after its break, a resume its wait.
+    fn breakpoint(&mut self, w: &[&'a str]) -> bool {
+        match *w {
+            ["io", _, "break", _, tag] => {
+                self.breaks.push(tag);
+                self.armed.push((tag, false));
+            }
+            ["io", _, "wait_break", tag] => {
+                if !self.armed.contains(&(tag, true)) || !self.breaks.contains(&tag) {
+                    return false;
+                }
+                self.parked.push(tag);
+            }
+            ["io", _, "resume", tag] => {
+                if !self.parked.contains(&tag) {
+                    return false;
+                }
+                self.breaks.retain(|b| *b != tag);
+                self.parked.retain(|b| *b != tag);
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// At the end: every section ended, every breakpoint resumed, and data written through a
+    /// device that is gone (a lower layer) still declared.
+    fn ends_clean(&self) -> bool {
+        let undeclared = self
+            .lower
+            .iter()
+            .any(|(dev, w)| self.deleted.contains(dev) && !self.fills.contains(w));
+        self.drained.is_empty() && self.breaks.is_empty() && !undeclared
+    }
 }
 
 /// What must stay the same while shrinking: the check and the shape of its message (numbers

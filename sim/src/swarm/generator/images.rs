@@ -11,6 +11,11 @@ use crate::rng::{below, chance};
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
+/// A whole-MiB offset below `size`.
+fn below_mib(r: &mut rand_chacha::ChaCha8Rng, size: u64) -> u64 {
+    below(r, size / MIB) * MIB
+}
+
 impl Gen {
     /// Note a qcow2 image for the end-of-run `check-file`, unless it uses lazy refcounts: an
     /// open lazy image is dirty by design (its refcounts reach the disk at close), so an
@@ -100,53 +105,73 @@ impl Gen {
         // Lower layers, base first: each created with its content (`fill=`), written through
         // the format driver when the image is made.
         let mut fills: Vec<(u8, u64, u64)> = Vec::new();
-        let mut below_layer: Option<Layer> = None;
-        let mut below_fmt = "qcow2";
-        let mut layers: Vec<Layer> = Vec::new();
+        let mut layers: Vec<(Layer, &'static str)> = Vec::new();
         for i in 0..depth {
-            let raw = i == 0 && base_raw;
-            let node = format!("l{i}");
-            let path = format!("l{i}.{}", if raw { "img" } else { "qcow2" });
-            let opts = if raw {
-                String::new()
-            } else {
-                self.qcow2_options(below_layer.as_ref(), below_fmt)
-            };
-            let pat = 0x10 + i as u8;
-            let off = below(&mut self.r.images, self.size / MIB) * MIB;
-            let len = (1 + below(&mut self.r.images, 4)) * MIB / 2;
-            let len = len.min(self.size - off);
-            let fill = format!("fill=0x{pat:02x}:{off}:{len}");
-            let (format, opts) = if raw {
-                ("raw", fill)
-            } else {
-                self.checkable(&path, &opts);
-                ("qcow2", format!("{opts} {fill}"))
-            };
-            self.step(format!("image create {path} {format} {} {opts}", self.size));
-            // A raw base has no backing; a qcow2 base must not follow its header.
-            let backing = match (&below_layer, raw) {
-                (_, true) => None,
-                (None, false) => Some(Value::Null),
-                (Some(b), false) => Some(json!(b.node)),
-            };
-            let args = self.node_args(&node, format, self.file_spec(&node, &path), backing);
-            self.qmp(&json!({"execute": "blockdev-add", "arguments": args}));
-            fills.push((pat, off, len));
-            layers.push(Layer {
-                node: node.clone(),
-                path: path.clone(),
-            });
-            below_layer = Some(Layer { node, path });
-            below_fmt = format;
+            let (layer, format, fill) = self.lower_layer(i, i == 0 && base_raw, layers.last());
+            fills.push(fill);
+            layers.push((layer, format));
         }
-        // The top.
+        let path = self.top_image(layers.last());
+        self.device_line();
+        for (pat, off, len) in fills {
+            self.step(format!("model drive0 fill 0x{pat:02x} {off} {len}"));
+        }
+        self.chain = vec![Layer {
+            node: "top".into(),
+            path: path.into(),
+        }];
+        self.chain
+            .extend(layers.into_iter().rev().map(|(layer, _)| layer));
+        self.verify();
+    }
+
+    /// Lower layer `i` (`raw`: the raw base) over `under`: its image with its drawn content,
+    /// then its node. Returns the layer, its format and the content (pattern, offset, length).
+    fn lower_layer(
+        &mut self,
+        i: usize,
+        raw: bool,
+        under: Option<&(Layer, &'static str)>,
+    ) -> (Layer, &'static str, (u8, u64, u64)) {
+        let node = format!("l{i}");
+        let path = format!("l{i}.{}", if raw { "img" } else { "qcow2" });
+        let opts = if raw {
+            String::new()
+        } else {
+            self.qcow2_options(under.map(|(l, _)| l), under.map_or("qcow2", |(_, f)| f))
+        };
+        let pat = 0x10 + i as u8;
+        let off = below_mib(&mut self.r.images, self.size);
+        let len = ((1 + below(&mut self.r.images, 4)) * MIB / 2).min(self.size - off);
+        let fill = format!("fill=0x{pat:02x}:{off}:{len}");
+        let (format, opts) = if raw {
+            ("raw", fill)
+        } else {
+            self.checkable(&path, &opts);
+            ("qcow2", format!("{opts} {fill}"))
+        };
+        self.step(format!("image create {path} {format} {} {opts}", self.size));
+        // A raw base has no backing; a qcow2 base must not follow its header.
+        let backing = match (under, raw) {
+            (_, true) => None,
+            (None, false) => Some(Value::Null),
+            (Some((b, _)), false) => Some(json!(b.node)),
+        };
+        let args = self.node_args(&node, format, self.file_spec(&node, &path), backing);
+        self.qmp(&json!({"execute": "blockdev-add", "arguments": args}));
+        (Layer { node, path }, format, (pat, off, len))
+    }
+
+    /// The top image over `under` (with a data file, a blkdebug filter as drawn) and its node
+    /// `top`. Returns its path.
+    fn top_image(&mut self, under: Option<&(Layer, &'static str)>) -> &'static str {
         let qcow2 = self.f.qcow2;
         let path = if qcow2 { "top.qcow2" } else { "top.img" };
         if qcow2 {
-            let mut opts = self.qcow2_options(below_layer.as_ref(), below_fmt);
+            let below_fmt = under.map_or("qcow2", |(_, f)| f);
+            let mut opts = self.qcow2_options(under.map(|(l, _)| l), below_fmt);
             if self.f.data_file {
-                opts = self.with_data_file(opts, below_layer.is_none());
+                opts = self.with_data_file(opts, under.is_none());
             }
             self.step(format!("image create {path} qcow2 {} {opts}", self.size));
             self.checkable(path, &opts);
@@ -165,24 +190,10 @@ impl Gen {
         } else {
             file
         };
-        let backing = if qcow2 {
-            Some(below_layer.as_ref().map_or(Value::Null, |b| json!(b.node)))
-        } else {
-            None
-        };
+        let backing = qcow2.then(|| under.map_or(Value::Null, |(b, _)| json!(b.node)));
         let args = self.node_args("top", if qcow2 { "qcow2" } else { "raw" }, file, backing);
         self.qmp(&json!({"execute": "blockdev-add", "arguments": args}));
-        self.device_line();
-        for (pat, off, len) in fills {
-            self.step(format!("model drive0 fill 0x{pat:02x} {off} {len}"));
-        }
-        self.chain = vec![Layer {
-            node: "top".into(),
-            path: path.into(),
-        }];
-        layers.reverse();
-        self.chain.append(&mut layers);
-        self.verify();
+        path
     }
 
     /// `device add drive0` with drawn error policies and cache mode.

@@ -16,6 +16,9 @@ enum Kind {
     Mirror,
 }
 
+/// How long a scenario waits for a job's event before it counts as a hang.
+const WAIT: &str = "timeout=30s";
+
 impl Gen {
     fn job_kinds(&self) -> Vec<Kind> {
         let mut k = Vec::new();
@@ -78,14 +81,19 @@ impl Gen {
             self.qmp(&json!({"execute": "block-job-set-speed",
                              "arguments": {"device": id, "speed": 0}}));
         }
-        let t = "timeout=30s";
         if !needs_ready {
-            self.step(format!("wait event BLOCK_JOB_COMPLETED device={id} {t}"));
+            self.step(format!("wait event BLOCK_JOB_COMPLETED device={id} {WAIT}"));
             self.drop_layers(&new_chain);
             self.adopt(new_chain);
             return;
         }
-        self.step(format!("wait event BLOCK_JOB_READY device={id} {t}"));
+        self.ready_to_cutover(kind, &id, new_chain);
+    }
+
+    /// A job that went READY: maybe a power loss or a cancel, else a cutover under light
+    /// guest load, then the chain it leaves.
+    fn ready_to_cutover(&mut self, kind: Kind, id: &str, new_chain: Vec<Layer>) {
+        self.step(format!("wait event BLOCK_JOB_READY device={id} {WAIT}"));
         if self.f.crashes && !self.resized && chance(&mut self.r.crash, 0.2) {
             self.comment("power loss while the job is READY");
             return self.crash_here(true);
@@ -95,7 +103,7 @@ impl Gen {
         if self.f.verbs && chance(&mut self.r.jobs, 0.3) {
             // Cancel after READY: the job completes without moving the device.
             self.qmp(&json!({"execute": "block-job-cancel", "arguments": {"device": id}}));
-            self.step(format!("wait event BLOCK_JOB_COMPLETED device={id} {t}"));
+            self.step(format!("wait event BLOCK_JOB_COMPLETED device={id} {WAIT}"));
             return;
         }
         if self.bg.is_none() && chance(&mut self.r.jobs, 0.5) {
@@ -109,18 +117,13 @@ impl Gen {
             ));
             self.bg = Some(name);
         }
-        let verb = if chance(&mut self.r.jobs, 0.5) {
-            "job-complete"
+        let (verb, arg) = if chance(&mut self.r.jobs, 0.5) {
+            ("job-complete", "id")
         } else {
-            "block-job-complete"
-        };
-        let arg = if verb == "job-complete" {
-            "id"
-        } else {
-            "device"
+            ("block-job-complete", "device")
         };
         self.qmp(&json!({"execute": verb, "arguments": {arg: id}}));
-        self.step(format!("wait event BLOCK_JOB_COMPLETED device={id} {t}"));
+        self.step(format!("wait event BLOCK_JOB_COMPLETED device={id} {WAIT}"));
         if kind == Kind::ActiveCommit {
             self.drop_layers(&new_chain);
         }
