@@ -28,6 +28,8 @@ pub struct RunOutcome {
     pub failure: Option<Failure>,
     /// Virtual time at the end.
     pub virtual_ns: u64,
+    /// Scheduler steps (task polls) the run took.
+    pub steps: u64,
     /// Disk flushes and side-effecting operations of the run (crash points to enumerate).
     pub disk: crate::DiskCounts,
     /// A scheduled crash ([`RunOptions::crash_at`]) struck, and the run recovered from it.

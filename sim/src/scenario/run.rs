@@ -84,6 +84,7 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
         trace_hash: hash,
         failure,
         virtual_ns: now,
+        steps: sim.steps(),
         disk: sim.fs().disk_counts(),
         crash_struck: crash_flag.get(),
         setup_disk: setup_done.get().unwrap_or(sim.fs().disk_counts()),

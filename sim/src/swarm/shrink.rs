@@ -92,13 +92,20 @@ pub fn shrink(text: &str, check: Option<&str>) -> Option<Shrunk> {
         planted::suspended(|| judge("control", t, RunOptions::default()).failure.is_none())
     };
     let differential = planted::any_on() && passes_without_bug(text);
+    // A reduction that runs far longer than the finding (a workload left without its stop
+    // runs into the livelock limit) is no reduction: cut it off early.
+    let budget = first.outcome.as_ref().map_or(u64::MAX, |o| {
+        o.steps
+            .saturating_mul(CANDIDATE_STEPS_FACTOR)
+            .max(MIN_CANDIDATE_STEPS)
+    });
     let mut runs = 1;
     let mut fails = |s: &Split| {
         if !well_formed(s) {
             return false;
         }
         runs += 1;
-        let text = s.text();
+        let text = with_step_limit(s, budget).text();
         let v = judge("shrink", &text, RunOptions::default());
         v.failure.as_ref().map(signature).as_ref() == Some(&want)
             && (!differential || passes_without_bug(&text))
@@ -121,6 +128,28 @@ pub fn shrink(text: &str, check: Option<&str>) -> Option<Shrunk> {
         check: got,
         runs,
     })
+}
+
+/// A candidate may take this many times the scheduler steps of the finding it reduces.
+const CANDIDATE_STEPS_FACTOR: u64 = 4;
+/// ... and at least this many.
+const MIN_CANDIDATE_STEPS: u64 = 200_000;
+
+/// `s` with its `limit steps` lowered to `budget` (added when it has none).
+fn with_step_limit(s: &Split, budget: u64) -> Split {
+    let mut t = s.clone();
+    let limit = |l: &String| l.starts_with("limit steps ");
+    let current = t
+        .header
+        .iter()
+        .find(|l| limit(l))
+        .and_then(|l| l["limit steps ".len()..].trim().parse::<u64>().ok());
+    if current.is_some_and(|c| c <= budget) {
+        return t;
+    }
+    t.header.retain(|l| !limit(l));
+    t.header.push(format!("limit steps {budget}"));
+    t
 }
 
 /// A reduction must not make the scenario misuse the runner: a `verify` while a workload still
@@ -333,6 +362,7 @@ const OPTIONAL: &[&str] = &[
     "werror=",
     "rerror=",
     "cache=",
+    "copy-on-read",
     "subtree",
 ];
 
@@ -340,6 +370,7 @@ const OPTIONAL: &[&str] = &[
 fn variants(line: &str) -> Vec<String> {
     let words: Vec<&str> = line.split(' ').collect();
     let mut out: Vec<String> = backing_from_header(line).into_iter().collect();
+    out.extend(without_optional_members(line));
     for (i, w) in words.iter().enumerate() {
         let mut with = |nw: Option<String>| {
             let mut v: Vec<String> = words.iter().map(|s| s.to_string()).collect();
@@ -456,6 +487,50 @@ fn owned(v: Vec<Data<'_>>) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// QMP arguments a command cannot do without (names, targets, what to do); every other
+/// member of `arguments` is a candidate to drop (speeds, modes, sizes of buffers, ...).
+const REQUIRED_MEMBERS: &[&str] = &[
+    "job-id",
+    "id",
+    "device",
+    "target",
+    "sync",
+    "node-name",
+    "driver",
+    "file",
+    "filename",
+    "image",
+    "size",
+    "base",
+    "base-node",
+    "top",
+    "top-node",
+    "format",
+    "backing",
+    "options",
+];
+
+/// The `qmp` line without one of its optional `arguments` members, for each such member.
+fn without_optional_members(line: &str) -> Vec<String> {
+    let Some(json) = line.strip_prefix("qmp ") else {
+        return Vec::new();
+    };
+    let Ok(cmd) = serde_json::from_str::<Value>(json) else {
+        return Vec::new();
+    };
+    let Some(args) = cmd["arguments"].as_object() else {
+        return Vec::new();
+    };
+    args.keys()
+        .filter(|k| !REQUIRED_MEMBERS.contains(&k.as_str()))
+        .map(|k| {
+            let mut c = cmd.clone();
+            c["arguments"].as_object_mut().expect("an object").remove(k);
+            format!("qmp {c}")
+        })
+        .collect()
+}
+
 /// Chain cut in a header: step `i`, an image created with a backing file, is created without
 /// one, and the declarations of the data in the layers below go with it.
 fn cut_header_backing(cur: &Split, i: usize) -> Option<Split> {
@@ -476,9 +551,9 @@ fn cut_header_backing(cur: &Split, i: usize) -> Option<Split> {
     Some(t)
 }
 
-/// Step `i`, a `blockdev-mirror` to a node that a plain `image create` and `blockdev-add` made
-/// just for it, becomes the one `drive-mirror` that creates the same target itself: three steps
-/// in one.
+/// Step `i`, a `blockdev-mirror` to a node that a plain `image create` (no backing file, no
+/// content; its format options give way to the defaults) and `blockdev-add` made just for it,
+/// becomes the one `drive-mirror` that creates a like target itself: three steps in one.
 fn mirror_creates_target(cur: &Split, i: usize) -> Option<Split> {
     let qmp = |st: &Vec<String>| -> Option<Value> {
         serde_json::from_str(st.join(" ").strip_prefix("qmp ")?).ok()
@@ -507,7 +582,11 @@ fn mirror_creates_target(cur: &Split, i: usize) -> Option<Split> {
             .all(|k| matches!(k.as_str(), "driver" | "filename"));
     let create = cur.steps.iter().position(|st| {
         let w: Vec<&str> = st[0].split_whitespace().collect();
-        w.len() == 5 && w[..3] == ["image", "create", path]
+        w.len() >= 5
+            && w[..3] == ["image", "create", path]
+            && !w
+                .iter()
+                .any(|a| a.starts_with("backing_file=") || a.starts_with("fill="))
     })?;
     if !plain_node || create > add || add > i {
         return None;
@@ -751,6 +830,29 @@ mod tests {
         assert_eq!(cmd["arguments"]["target"], "t.img");
         assert_eq!(cmd["arguments"]["format"], "raw");
         assert_eq!(cmd["arguments"]["job-id"], "j");
+    }
+
+    #[test]
+    fn optional_qmp_members_are_dropped_one_at_a_time() {
+        let line = r#"qmp {"execute":"drive-mirror","arguments":{"job-id":"j","device":"d","speed":5,"copy-mode":"write-blocking"}}"#;
+        assert_eq!(
+            without_optional_members(line),
+            [
+                r#"qmp {"execute":"drive-mirror","arguments":{"job-id":"j","device":"d","copy-mode":"write-blocking"}}"#,
+                r#"qmp {"execute":"drive-mirror","arguments":{"job-id":"j","device":"d","speed":5}}"#,
+            ]
+        );
+        assert!(without_optional_members("verify d").is_empty());
+    }
+
+    #[test]
+    fn candidates_run_under_a_step_budget() {
+        let s = Split::parse("# p\nseed 1\nlimit steps 2000000\nverify d\n");
+        let t = with_step_limit(&s, 300_000);
+        assert_eq!(t.header, ["# p", "seed 1", "limit steps 300000"]);
+        assert_eq!(with_step_limit(&t, 900_000).header, t.header);
+        let bare = Split::parse("# p\nverify d\n");
+        assert_eq!(with_step_limit(&bare, 5).header, ["# p", "limit steps 5"]);
     }
 
     #[test]
