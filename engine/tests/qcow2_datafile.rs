@@ -295,17 +295,19 @@ fn data_file_errors_are_clear() {
             "{:?}",
             &buf.as_slice()[..8]
         );
-        // The image opens with its own data file; resizing is refused clearly.
+        // The image opens with its own data file and grows with it (as QEMU's does): the old
+        // data stays, the new tail reads as zeroes.
         let bb = open_qcow2(&engine, "i", "i.qcow2", false).await.unwrap();
         let (buf, r) = bb.read(0, IoBuf::new(4096)).await;
         r.unwrap();
         assert!(buf.as_slice().iter().all(|&b| b == 0x5a));
-        let e = bb.truncate(2 << 20).await;
-        assert!(
-            e.unwrap_err()
-                .message()
-                .contains("resizing an image with an external data file is not supported")
-        );
+        bb.truncate(2 << 20).await.unwrap();
+        let (buf, r) = bb.read(0, IoBuf::new(4096)).await;
+        r.unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == 0x5a));
+        let (buf, r) = bb.read((2 << 20) - 4096, IoBuf::new(4096)).await;
+        r.unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == 0));
         engine.shutdown().await.unwrap();
     })
     .unwrap();

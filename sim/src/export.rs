@@ -23,6 +23,17 @@ pub enum View {
 }
 
 impl SimFs {
+    /// Export every virtual file, as `view` has it, into the host directory `dir` (created if
+    /// need be), each under its own name.
+    pub fn export_all(&self, view: View, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| engine::Error::generic(format!("{}: {e}", dir.display())))?;
+        for f in self.files() {
+            self.export_to(&f, view, &dir.join(&f))?;
+        }
+        Ok(())
+    }
+
     /// Write the `view` of virtual file `path` to the host file `host` (created or truncated).
     /// Holes stay holes: only allocated pages are written, then the length is set.
     pub fn export_to(&self, path: &str, view: View, host: &Path) -> Result<()> {

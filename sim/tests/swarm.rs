@@ -58,26 +58,46 @@ fn find_and_shrink(bug: Bug, budget: u64) {
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "heavy (about 3 finds and shrinks): run with --release, as .ci/run does"
+)]
 fn finds_discard_over_backing() {
     find_and_shrink(Bug::DiscardOverBacking, 60);
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "heavy (about 3 finds and shrinks): run with --release, as .ci/run does"
+)]
 fn finds_drain_end_losing_queued_requests() {
     find_and_shrink(Bug::DrainEndLosesQueued, 60);
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "heavy (about 3 finds and shrinks): run with --release, as .ci/run does"
+)]
 fn finds_unserialised_read_modify_write() {
     find_and_shrink(Bug::RmwUnserialised, 80);
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "heavy (about 3 finds and shrinks): run with --release, as .ci/run does"
+)]
 fn finds_mirror_forgetting_dirty_writes() {
     find_and_shrink(Bug::MirrorForgetsDirty, 60);
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "heavy (about 3 finds and shrinks): run with --release, as .ci/run does"
+)]
 fn finds_undrained_mirror_pivot() {
     find_and_shrink(Bug::MirrorPivotUndrained, 60);
 }

@@ -94,16 +94,9 @@ pub fn run(sc: &Scenario, seed: u64, opts: RunOptions) -> RunOutcome {
 /// Every file of the virtual disk into `dir` (as a read sees it: the engine was shut down, so
 /// that is what is durable too).
 fn export_files(sim: &Sim, dir: &std::path::Path) -> Option<Failure> {
-    let fs = sim.fs();
-    let r = std::fs::create_dir_all(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))
-        .and_then(|()| {
-            fs.files().iter().try_for_each(|f| {
-                fs.export_to(f, crate::View::Current, &dir.join(f))
-                    .map_err(|e| e.to_string())
-            })
-        });
-    r.err()
+    sim.fs()
+        .export_all(crate::View::Current, dir)
+        .err()
         .map(|e| fail("setup", 0, format!("export for qemu-img check: {e}")))
 }
 
