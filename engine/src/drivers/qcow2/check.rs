@@ -69,7 +69,7 @@ impl Qcow2 {
         let mut rep = CheckReport {
             filename: self.file.node().driver().filename(),
             format: "qcow2".into(),
-            total_clusters: self.size.get().div_ceil(self.cs()),
+            total_clusters: self.layout.size.get().div_ceil(self.layout.cs()),
             ..CheckReport::default()
         };
         let h = self.read_header().await?;
@@ -103,7 +103,7 @@ impl Qcow2 {
             None => false,
         };
         self.check_copied(&mut rep, fix_copied).await?;
-        rep.image_end_offset = (highest + 1) * self.cs();
+        rep.image_end_offset = (highest + 1) * self.layout.cs();
         if repair.is_some() {
             self.write_back_refblocks().await?;
             self.file.flush().await?;
@@ -149,7 +149,7 @@ impl Qcow2 {
     }
 
     pub(super) async fn read_header(&self) -> Result<Header> {
-        let len = self.file.len().min(self.cs());
+        let len = self.file.len().min(self.layout.cs());
         let (buf, r) = self
             .file
             .read(0, IoBuf::new(len as usize), ReqFlags::NONE)
@@ -234,7 +234,7 @@ impl Qcow2 {
             if l2 == 0 {
                 continue;
             }
-            let Ok(n) = self.refcount(l2 >> self.cluster_bits).await else {
+            let Ok(n) = self.refcount(self.layout.cluster_of(l2)).await else {
                 continue;
             };
             if (n == 1) != (e & COPIED != 0) {
@@ -269,7 +269,7 @@ impl Qcow2 {
 
     /// `check_copied` for the data clusters of the L2 table at `l2`.
     async fn check_copied_l2(&self, rep: &mut CheckReport, l2: u64, repair: bool) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let what = if repair { "Repairing" } else { "ERROR" };
         let mut table = match self.read_meta(l2, cs).await {
             Ok(t) => t,
@@ -280,7 +280,7 @@ impl Qcow2 {
             }
         };
         let mut dirty = 0;
-        let stride = self.l2_entry_bytes() as usize;
+        let stride = self.layout.l2_entry_bytes() as usize;
         for j in 0..cs as usize / stride {
             let at = j * stride;
             let entry = L2Entry::from_raw(get_u64(&table[at..], 0));
@@ -292,7 +292,7 @@ impl Qcow2 {
             let n = if self.has_data_file() {
                 1
             } else {
-                match self.refcount(host >> self.cluster_bits).await {
+                match self.refcount(self.layout.cluster_of(host)).await {
                     Ok(n) => n,
                     Err(_) => continue,
                 }
@@ -330,8 +330,8 @@ impl Qcow2 {
     /// Clear the dirty and corrupt bits after a successful repair.
     async fn mark_clean_and_consistent(&self) -> Result<()> {
         let bits = header::INCOMPAT_DIRTY | header::INCOMPAT_CORRUPT;
-        let old = self.incompat.get();
-        if self.version < 3 || old & bits == 0 {
+        let old = self.layout.incompat.get();
+        if self.layout.version < 3 || old & bits == 0 {
             return Ok(());
         }
         let new = old & !bits;
@@ -344,7 +344,7 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        self.incompat.set(new);
+        self.layout.incompat.set(new);
         Ok(())
     }
 }

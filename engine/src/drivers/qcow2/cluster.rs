@@ -22,9 +22,9 @@ impl Qcow2 {
     /// How this image's L2 entries decode.
     pub(crate) fn entry_format(&self) -> EntryFormat {
         EntryFormat {
-            cluster_bits: self.cluster_bits,
+            cluster_bits: self.layout.cluster_bits,
             data_file: self.has_data_file(),
-            zero_flag: self.version >= 3,
+            zero_flag: self.layout.version >= 3,
         }
     }
 
@@ -44,7 +44,7 @@ impl Qcow2 {
         })?;
         let off = entry & OFFSET_MASK;
         if off != 0 {
-            if !off.is_multiple_of(self.cs()) {
+            if !off.is_multiple_of(self.layout.cs()) {
                 let msg = format!(
                     "L2 table offset {off:#x} unaligned (L1 index: {})",
                     c_hex(l1i as u64)
@@ -70,8 +70,11 @@ impl Qcow2 {
             self.write_back_refblocks().await?;
         }
         self.file.debug_event(DebugEvent::L2AllocWrite).await;
-        let zeros = vec![0u8; self.cs() as usize];
-        let r = match self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await {
+        let zeros = vec![0u8; self.layout.cs() as usize];
+        let r = match self
+            .pre_write_check(OL_ACTIVE_L2, off, self.layout.cs())
+            .await
+        {
             Ok(()) => {
                 self.file
                     .write(off, IoBuf::from_slice(&zeros), ReqFlags::NONE)
@@ -115,7 +118,7 @@ impl Qcow2 {
                 }
                 self.flush_data_file().await?;
                 self.file.flush().await?;
-                self.pre_write_check(OL_ACTIVE_L2, victim, self.cs())
+                self.pre_write_check(OL_ACTIVE_L2, victim, self.layout.cs())
                     .await?;
                 self.file.debug_event(DebugEvent::L2Update).await;
                 self.file
@@ -136,7 +139,7 @@ impl Qcow2 {
         self.file.debug_event(DebugEvent::L2Load).await;
         let (buf, r) = self
             .file
-            .read(off, IoBuf::new(self.cs() as usize), ReqFlags::NONE)
+            .read(off, IoBuf::new(self.layout.cs() as usize), ReqFlags::NONE)
             .await;
         r?;
         self.l2_cache.insert(off, buf.as_slice().to_vec(), false);
@@ -145,13 +148,13 @@ impl Qcow2 {
 
     /// The L2 entry of guest cluster `gc` (unallocated when its L2 table does not exist).
     pub(crate) async fn l2_entry(&self, gc: u64) -> Result<L2Entry> {
-        let l1i = (gc / self.l2_entries()) as usize;
+        let l1i = (gc / self.layout.l2_entries()) as usize;
         let Some(off) = self.l2_table(l1i, false).await? else {
             return Ok(L2Entry::UNALLOCATED);
         };
         self.load_l2(off).await?;
-        let i = (gc % self.l2_entries()) as usize;
-        let i = if self.ext_l2 { 2 * i } else { i };
+        let i = (gc % self.layout.l2_entries()) as usize;
+        let i = if self.layout.ext_l2 { 2 * i } else { i };
         Ok(L2Entry::from_raw(
             self.l2_cache
                 .with(off, false, |t| get_u64(t, i))
@@ -162,13 +165,13 @@ impl Qcow2 {
     /// The subcluster bitmap of guest cluster `gc` (extended L2 entries only): bit `s` says
     /// subcluster `s` is allocated, bit `32 + s` that it reads as zeroes.
     pub(crate) async fn l2_bitmap(&self, gc: u64) -> Result<u64> {
-        debug_assert!(self.ext_l2);
-        let l1i = (gc / self.l2_entries()) as usize;
+        debug_assert!(self.layout.ext_l2);
+        let l1i = (gc / self.layout.l2_entries()) as usize;
         let Some(off) = self.l2_table(l1i, false).await? else {
             return Ok(0);
         };
         self.load_l2(off).await?;
-        let i = (gc % self.l2_entries()) as usize;
+        let i = (gc % self.layout.l2_entries()) as usize;
         Ok(self
             .l2_cache
             .with(off, false, |t| get_u64(t, 2 * i + 1))
@@ -182,13 +185,13 @@ impl Qcow2 {
         match self.classify(entry) {
             Ok(k) => Ok(k),
             Err(e) => {
-                let l1i = (gc / self.l2_entries()) as usize;
+                let l1i = (gc / self.layout.l2_entries()) as usize;
                 let l2 = self.l1.borrow().get(l1i).copied().unwrap_or(0) & OFFSET_MASK;
                 let msg = format!(
                     "Cluster allocation offset {:#x} unaligned (L2 offset: {}, L2 index: {})",
                     entry.host_offset(),
                     c_hex(l2),
-                    c_hex(gc % self.l2_entries())
+                    c_hex(gc % self.layout.l2_entries())
                 );
                 let full = self.signal_corruption(true, None, None, &msg).await;
                 Err(Error::io_msg(e.errno().unwrap_or(Errno::EIO), full))
@@ -198,17 +201,17 @@ impl Qcow2 {
 
     /// Make sure guest cluster `gc` has an L2 table (allocating one if needed).
     pub(crate) async fn ensure_l2(&self, gc: u64) -> Result<()> {
-        let l1i = (gc / self.l2_entries()) as usize;
+        let l1i = (gc / self.layout.l2_entries()) as usize;
         self.l2_table(l1i, true).await?;
         Ok(())
     }
 
     /// Set the L2 entry of guest cluster `gc` (its table must exist) in the cache.
     pub(crate) async fn set_l2_entry(&self, gc: u64, entry: L2Entry) -> Result<()> {
-        let l1i = (gc / self.l2_entries()) as usize;
+        let l1i = (gc / self.layout.l2_entries()) as usize;
         let off = self.l2_table(l1i, true).await?.expect("allocated");
         self.load_l2(off).await?;
-        let i = (gc % self.l2_entries()) as usize;
+        let i = (gc % self.layout.l2_entries()) as usize;
         self.l2_cache
             .with(off, true, |t| set_u64(t, i, entry.raw()))
             .expect("just loaded");
@@ -237,7 +240,8 @@ impl Qcow2 {
                 self.file.flush().await?;
             }
             for (off, data) in self.l2_cache.dirty() {
-                self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await?;
+                self.pre_write_check(OL_ACTIVE_L2, off, self.layout.cs())
+                    .await?;
                 self.file.debug_event(DebugEvent::L2Update).await;
                 self.file
                     .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)

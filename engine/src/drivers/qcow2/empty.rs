@@ -26,7 +26,7 @@ impl Qcow2 {
             let _g = self.meta.lock().await;
             return self.rebuild_empty().await;
         }
-        let len = self.size.get().next_multiple_of(self.cs());
+        let len = self.layout.size.get().next_multiple_of(self.layout.cs());
         self.discard_clusters(0, len, true).await?;
         let _g = self.meta.lock().await;
         self.flush_metadata().await
@@ -34,18 +34,18 @@ impl Qcow2 {
 
     /// The L1 table's size in whole clusters.
     fn l1_clusters(&self) -> u64 {
-        (self.l1.borrow().len() as u64 * 8).div_ceil(self.cs())
+        (self.l1.borrow().len() as u64 * 8).div_ceil(self.layout.cs())
     }
 
     /// Whether the image can be rebuilt empty: v3 (the dirty bit covers the rebuild), nothing
     /// referenced outside the L1 table (snapshots, bitmaps), guest data in the image itself,
     /// and header + refcount table + refblock + L1 covered by that one refblock.
     fn can_rebuild_empty(&self) -> bool {
-        self.version >= 3
-            && self.nb_snapshots == 0
-            && self.autoclear.get() & AUTOCLEAR_BITMAPS == 0
+        self.layout.version >= 3
+            && self.layout.nb_snapshots == 0
+            && self.layout.autoclear.get() & AUTOCLEAR_BITMAPS == 0
             && !self.has_data_file()
-            && 3 + self.l1_clusters() <= 1 << self.rb_bits()
+            && 3 + self.l1_clusters() <= 1 << self.layout.rb_bits()
     }
 
     /// Rebuild the image empty, metadata lock held. Crash safety: the dirty bit is set first,
@@ -54,10 +54,10 @@ impl Qcow2 {
     /// clusters are zeroed, and only then does the header point at them. Zeroes are valid in
     /// every place the header may still point at.
     async fn rebuild_empty(&self) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let l1c = self.l1_clusters();
         self.flush_metadata().await?;
-        let was_dirty = self.incompat.get() & super::header::INCOMPAT_DIRTY != 0;
+        let was_dirty = self.layout.incompat.get() & super::header::INCOMPAT_DIRTY != 0;
         if !was_dirty {
             self.set_dirty_bit(true).await?;
         }
@@ -90,7 +90,7 @@ impl Qcow2 {
         set_u64(&mut table, 0, 2 * cs);
         let mut block = vec![0u8; cs as usize];
         for c in 0..3 + l1c {
-            rb_set(&mut block, self.refcount_order, c as usize, 1);
+            rb_set(&mut block, self.layout.refcount_order, c as usize, 1);
         }
         self.file
             .write(cs, IoBuf::from_slice(&table), ReqFlags::NONE)

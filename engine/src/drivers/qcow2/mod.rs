@@ -38,6 +38,7 @@ mod format_ops;
 mod header;
 mod info;
 mod io;
+mod layout;
 mod lock;
 mod options;
 mod overlap;
@@ -69,6 +70,7 @@ pub use create::{Compat, CreateOptions, create};
 pub use header::{Header, RawExtension};
 
 use cache::TableCache;
+use layout::Layout;
 use lock::{MetaLock, RangeLocks};
 
 const CAPS: DriverCaps = DriverCaps {
@@ -93,15 +95,8 @@ pub(crate) struct Qcow2 {
     data_raw: bool,
     /// The data file's name as the header records it.
     data_file_name: Option<String>,
-    /// Extended L2 entries (incompatible bit 4): 16-byte L2 entries with a bitmap of 32
-    /// subclusters. Read only: writes are refused.
-    ext_l2: bool,
-    cluster_bits: u32,
-    refcount_order: u32,
-    version: u32,
-    compression_type: u8,
-    /// Virtual size.
-    size: Cell<u64>,
+    /// Header geometry and feature bits (`layout.rs`).
+    layout: Layout,
     l1_offset: Cell<u64>,
     l1: RefCell<Vec<u64>>,
     reftable_offset: Cell<u64>,
@@ -118,9 +113,6 @@ pub(crate) struct Qcow2 {
     /// Switched by reopen (`reopen_commit`); `reopen_to` holds the staged value.
     read_only: Cell<bool>,
     reopen_to: Cell<Option<bool>>,
-    incompat: Cell<u64>,
-    autoclear: Cell<u64>,
-    nb_snapshots: u32,
     /// Lazy refcounts (v3 compatible feature): the dirty bit is set before the first write,
     /// refcount blocks are not written ahead of the L2 tables, and a clean close clears it.
     /// A cell: a reopen may switch it.
@@ -202,12 +194,7 @@ pub(super) fn open(
             data_raw: data.is_some() && h.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0,
             data_file_name: data.as_ref().and(h.data_file.clone()),
             data,
-            ext_l2: h.incompat & header::INCOMPAT_EXTL2 != 0,
-            cluster_bits: h.cluster_bits,
-            refcount_order: h.refcount_order,
-            version: h.version,
-            compression_type: h.compression_type,
-            size: Cell::new(h.size),
+            layout: Layout::new(&h),
             l1_offset: Cell::new(h.l1_offset),
             l1: RefCell::new(l1),
             reftable_offset: Cell::new(h.reftable_offset),
@@ -220,9 +207,6 @@ pub(super) fn open(
             pending_free: RefCell::new(Vec::new()),
             read_only: Cell::new(read_only),
             reopen_to: Cell::new(None),
-            incompat: Cell::new(h.incompat),
-            autoclear: Cell::new(h.autoclear),
-            nb_snapshots: h.nb_snapshots,
             lazy: Cell::new(runtime.lazy.unwrap_or(header_lazy)),
             header_lazy,
             metadata_prealloc: Cell::new(None),
@@ -424,20 +408,6 @@ impl Qcow2 {
         self.file.sibling("backing")
     }
 
-    fn cs(&self) -> u64 {
-        1 << self.cluster_bits
-    }
-
-    /// L2 entries per table.
-    fn l2_entries(&self) -> u64 {
-        self.cs() / self.l2_entry_bytes()
-    }
-
-    /// Bytes per L2 entry: 8, or 16 with extended L2 entries.
-    fn l2_entry_bytes(&self) -> u64 {
-        if self.ext_l2 { 16 } else { 8 }
-    }
-
     /// Refuse writes to a read-only image; do the pending header fix-ups before the first
     /// write (rebuild stale lazy refcounts, clear unknown autoclear bits).
     async fn check_writable(&self) -> Result<()> {
@@ -447,7 +417,7 @@ impl Qcow2 {
         if self.is_corrupt() {
             return Err(self.corrupt_error());
         }
-        if self.ext_l2 {
+        if self.layout.ext_l2 {
             return Err(Error::io_msg(
                 Errno::ENOTSUP,
                 "qcow2: writing to images with extended L2 entries (subclusters) is not supported",
@@ -468,7 +438,7 @@ impl Qcow2 {
 
     /// Autoclear bits this driver keeps valid.
     fn known_autoclear(&self) -> u64 {
-        known_autoclear(self.incompat.get())
+        known_autoclear(self.layout.incompat.get())
     }
 
     /// The child guest data clusters live in: the data file, or the image file.
@@ -483,15 +453,15 @@ impl Qcow2 {
 
     /// True when lazy refcounts are in use and the dirty bit is not set yet.
     fn needs_dirty_bit(&self) -> bool {
-        self.lazy.get() && self.incompat.get() & header::INCOMPAT_DIRTY == 0
+        self.lazy.get() && self.layout.incompat.get() & header::INCOMPAT_DIRTY == 0
     }
 
     /// Set or clear the dirty bit durably (everything written before is flushed first).
     async fn set_dirty_bit(&self, on: bool) -> Result<()> {
         let bits = if on {
-            self.incompat.get() | header::INCOMPAT_DIRTY
+            self.layout.incompat.get() | header::INCOMPAT_DIRTY
         } else {
-            self.incompat.get() & !header::INCOMPAT_DIRTY
+            self.layout.incompat.get() & !header::INCOMPAT_DIRTY
         };
         self.file.flush().await?;
         self.file
@@ -503,7 +473,7 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        self.incompat.set(bits);
+        self.layout.incompat.set(bits);
         Ok(())
     }
 
@@ -514,7 +484,7 @@ impl Qcow2 {
         self.flush_metadata().await?;
         self.file.flush().await?;
         // Lazy refcounts: everything is written back, the refcounts are accurate again.
-        if self.lazy.get() && self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
+        if self.lazy.get() && self.layout.incompat.get() & header::INCOMPAT_DIRTY != 0 {
             self.set_dirty_bit(false).await?;
         }
         Ok(())
@@ -522,11 +492,12 @@ impl Qcow2 {
 
     /// The header fix-ups of `check_writable` (metadata lock held).
     async fn do_fixups(&self) -> Result<()> {
-        if self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
-            self.rebuild_refcounts(self.nb_snapshots, false).await?;
+        if self.layout.incompat.get() & header::INCOMPAT_DIRTY != 0 {
+            self.rebuild_refcounts(self.layout.nb_snapshots, false)
+                .await?;
         }
-        let keep = self.autoclear.get() & self.known_autoclear();
-        if self.version == 3 && self.autoclear.get() != keep {
+        let keep = self.layout.autoclear.get() & self.known_autoclear();
+        if self.layout.version == 3 && self.layout.autoclear.get() != keep {
             // Autoclear features this driver does not maintain are cleared before anything
             // is written (data-file-raw is maintained: data clusters sit at their guest offset
             // and zeroes are written through).
@@ -539,7 +510,7 @@ impl Qcow2 {
                 .await
                 .1?;
             self.file.flush().await?;
-            self.autoclear.set(keep);
+            self.layout.autoclear.set(keep);
         }
         self.fixups_pending.set(false);
         Ok(())
@@ -571,14 +542,14 @@ impl BlockDriver for Qcow2 {
     fn limits(&self) -> Limits {
         Limits {
             request_align: 1,
-            opt_transfer: self.cs() as u32,
+            opt_transfer: self.layout.cs() as u32,
             min_mem_align: self.file.node().limits().min_mem_align,
             ..Limits::default()
         }
     }
 
     fn len(&self) -> u64 {
-        self.size.get()
+        self.layout.size.get()
     }
 
     fn read(&self, offset: u64, buf: IoBuf, _flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
@@ -675,10 +646,11 @@ impl BlockDriver for Qcow2 {
         if !read_only && self.read_only.get() {
             // What open decides for a writable image: the header fix-ups are due (they run in
             // `activate`, which the reopen calls next, or before the first write).
-            let incompat = self.incompat.get();
+            let incompat = self.layout.incompat.get();
             self.fixups_pending.set(
                 incompat & header::INCOMPAT_DIRTY != 0
-                    || (self.version == 3 && self.autoclear.get() & !self.known_autoclear() != 0),
+                    || (self.layout.version == 3
+                        && self.layout.autoclear.get() & !self.known_autoclear() != 0),
             );
         }
         self.read_only.set(read_only);
@@ -707,10 +679,10 @@ impl BlockDriver for Qcow2 {
 
     fn specific_info(&self) -> Value {
         json!({
-            "compat": if self.version == 3 { "1.1" } else { "0.10" },
-            "refcount-bits": 1u32 << self.refcount_order,
-            "corrupt": self.incompat.get() & header::INCOMPAT_CORRUPT != 0,
-            "compression-type": if self.compression_type == 1 { "zstd" } else { "zlib" },
+            "compat": if self.layout.version == 3 { "1.1" } else { "0.10" },
+            "refcount-bits": 1u32 << self.layout.refcount_order,
+            "corrupt": self.layout.incompat.get() & header::INCOMPAT_CORRUPT != 0,
+            "compression-type": if self.layout.compression_type == 1 { "zstd" } else { "zlib" },
         })
     }
 }

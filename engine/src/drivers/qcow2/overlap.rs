@@ -43,7 +43,7 @@ pub(crate) fn c_hex(v: u64) -> String {
 impl Qcow2 {
     /// True once the image has been found corrupt (here or by an earlier user).
     pub(crate) fn is_corrupt(&self) -> bool {
-        self.incompat.get() & INCOMPAT_CORRUPT != 0
+        self.layout.incompat.get() & INCOMPAT_CORRUPT != 0
     }
 
     /// The error every write of a corrupt image fails with.
@@ -61,7 +61,7 @@ impl Qcow2 {
         }
         // Structures the `overlap-check` option leaves out are not checked.
         let ignore = ignore | !self.runtime.borrow().overlap_mask;
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let (first, end) = (off / cs, (off + len).div_ceil(cs));
         let meets = |o: u64, l: u64| l > 0 && o / cs < end && (o + l).div_ceil(cs) > first;
         if ignore & OL_HEADER == 0 && meets(0, cs) {
@@ -167,9 +167,9 @@ impl Qcow2 {
     /// Set the corrupt bit in memory and, for v3 images, durably in the header (best effort:
     /// the image is treated as corrupt in memory even if the header cannot be written).
     async fn mark_corrupt(&self) {
-        let bits = self.incompat.get() | INCOMPAT_CORRUPT;
-        self.incompat.set(bits);
-        if self.version < 3 {
+        let bits = self.layout.incompat.get() | INCOMPAT_CORRUPT;
+        self.layout.incompat.set(bits);
+        if self.layout.version < 3 {
             return;
         }
         let r = self

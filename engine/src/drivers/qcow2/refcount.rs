@@ -68,24 +68,11 @@ fn reftable_growth(at: u64, old_len: u64, cs: u64, rb_bits: u32) -> (u64, u64, u
 }
 
 impl Qcow2 {
-    /// log2 of the refcount entries per block.
-    pub(super) fn rb_bits(&self) -> u32 {
-        self.cluster_bits + 3 - self.refcount_order
-    }
-
-    pub(super) fn max_refcount(&self) -> u64 {
-        if self.refcount_order == 6 {
-            u64::MAX
-        } else {
-            (1u64 << (1u32 << self.refcount_order)) - 1
-        }
-    }
-
     /// Host offset of the refcount block covering cluster `idx`, if there is one. An
     /// unaligned offset is corruption: signalled (the image marked corrupt where writable,
     /// as QEMU does) and an EIO error.
     async fn refblock_of(&self, idx: u64) -> Result<Option<u64>> {
-        let rt = idx >> self.rb_bits();
+        let rt = idx >> self.layout.rb_bits();
         let entry = match self.reftable.borrow().get(rt as usize) {
             None => return Ok(None),
             Some(e) => *e,
@@ -94,7 +81,7 @@ impl Qcow2 {
         if off == 0 {
             return Ok(None);
         }
-        if !off.is_multiple_of(self.cs()) {
+        if !off.is_multiple_of(self.layout.cs()) {
             let msg = format!(
                 "Refblock offset {off:#x} unaligned (reftable index: {})",
                 c_hex(rt)
@@ -114,7 +101,7 @@ impl Qcow2 {
             && let Some((victim, data, dirty)) = self.rb_cache.lru()
         {
             if dirty {
-                self.pre_write_check(OL_REFCOUNT_BLOCK, victim, self.cs())
+                self.pre_write_check(OL_REFCOUNT_BLOCK, victim, self.layout.cs())
                     .await?;
                 self.file.debug_event(DebugEvent::RefblockUpdate).await;
                 self.file
@@ -127,7 +114,7 @@ impl Qcow2 {
         self.file.debug_event(DebugEvent::RefblockLoad).await;
         let (buf, r) = self
             .file
-            .read(off, IoBuf::new(self.cs() as usize), ReqFlags::NONE)
+            .read(off, IoBuf::new(self.layout.cs() as usize), ReqFlags::NONE)
             .await;
         r?;
         self.rb_cache.insert(off, buf.as_slice().to_vec(), false);
@@ -140,8 +127,8 @@ impl Qcow2 {
             return Ok(0);
         };
         self.load_refblock(off).await?;
-        let i = (idx & ((1 << self.rb_bits()) - 1)) as usize;
-        let order = self.refcount_order;
+        let i = (idx & ((1 << self.layout.rb_bits()) - 1)) as usize;
+        let order = self.layout.refcount_order;
         Ok(self
             .rb_cache
             .with(off, false, |t| rb_get(t, order, i))
@@ -157,8 +144,8 @@ impl Qcow2 {
             )
         })?;
         self.load_refblock(off).await?;
-        let i = (idx & ((1 << self.rb_bits()) - 1)) as usize;
-        let (order, max) = (self.refcount_order, self.max_refcount());
+        let i = (idx & ((1 << self.layout.rb_bits()) - 1)) as usize;
+        let (order, max) = (self.layout.refcount_order, self.layout.max_refcount());
         self.rb_cache
             .with(off, true, |t| {
                 let old = rb_get(t, order, i);
@@ -188,7 +175,7 @@ impl Qcow2 {
     /// Make sure a refcount block covers cluster `c` (creating it, or growing the table, at
     /// free cluster `c`). Returns false when it had to create something (the caller rescans).
     async fn cover(&self, c: u64) -> Result<bool> {
-        let rt = c >> self.rb_bits();
+        let rt = c >> self.layout.rb_bits();
         if rt as usize >= self.reftable.borrow().len() {
             self.grow_reftable(c).await?;
             return Ok(false);
@@ -237,7 +224,7 @@ impl Qcow2 {
             }
             let hint = first_free.filter(|f| *f < start).unwrap_or(start + n);
             self.free_hint.set(hint);
-            return Ok(start << self.cluster_bits);
+            return Ok(self.layout.cluster_offset(start));
         }
     }
 
@@ -263,7 +250,7 @@ impl Qcow2 {
                 self.update_refcount(c, 1).await?;
             }
             self.free_hint.set(start + got);
-            return Ok((start << self.cluster_bits, got));
+            return Ok((self.layout.cluster_offset(start), got));
         }
     }
 
@@ -279,7 +266,7 @@ impl Qcow2 {
     }
 
     fn check_space(&self, end_cluster: u64) -> Result<()> {
-        if end_cluster << self.cluster_bits > OFFSET_MASK {
+        if self.layout.cluster_offset(end_cluster) > OFFSET_MASK {
             return Err(Error::io_msg(Errno::ENOSPC, "qcow2: image file is full"));
         }
         Ok(())
@@ -288,7 +275,7 @@ impl Qcow2 {
     /// Undo an allocation nothing refers to yet (the refcount drops at once).
     pub(crate) async fn free_unreferenced(&self, host: u64, n: u64) -> Result<()> {
         for c in 0..n {
-            self.update_refcount((host >> self.cluster_bits) + c, -1)
+            self.update_refcount(self.layout.cluster_of(host) + c, -1)
                 .await?;
         }
         Ok(())
@@ -305,14 +292,14 @@ impl Qcow2 {
         let frees = std::mem::take(&mut *self.pending_free.borrow_mut());
         for (host, len, discard) in frees {
             self.file.debug_event(DebugEvent::ClusterFree).await;
-            let first = host >> self.cluster_bits;
-            let last = (host + len.max(1) - 1) >> self.cluster_bits;
+            let first = self.layout.cluster_of(host);
+            let last = self.layout.cluster_of(host + len.max(1) - 1);
             for c in first..=last {
                 self.update_refcount(c, -1).await?;
                 // Nothing refers to a cluster whose count reached zero (the mapping change is
                 // durable) and nothing can reuse it before this discard (metadata lock held).
                 if discard && self.refcount(c).await? == 0 {
-                    let cs = self.cs();
+                    let cs = self.layout.cs();
                     // Best effort, as in QEMU: a failed discard leaves the data in place.
                     let _ = self.file.discard(c * cs, cs).await;
                 }
@@ -325,12 +312,12 @@ impl Qcow2 {
     /// covers and counts).
     async fn new_refblock(&self, rt: u64, at: u64) -> Result<()> {
         self.file.debug_event(DebugEvent::RefblockAlloc).await;
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let mut data = vec![0u8; cs as usize];
         rb_set(
             &mut data,
-            self.refcount_order,
-            (at - (rt << self.rb_bits())) as usize,
+            self.layout.refcount_order,
+            (at - (rt << self.layout.rb_bits())) as usize,
             1,
         );
         let off = at * cs;
@@ -367,8 +354,8 @@ impl Qcow2 {
     /// placed at `at`; the header is switched once they are durable; the old table is freed.
     async fn grow_reftable(&self, at: u64) -> Result<()> {
         self.file.debug_event(DebugEvent::ReftableGrow).await;
-        let cs = self.cs();
-        let rb_bits = self.rb_bits();
+        let cs = self.layout.cs();
+        let rb_bits = self.layout.rb_bits();
         let old_len = self.reftable.borrow().len() as u64;
         let (k, m, new_len) = reftable_growth(at, old_len, cs, rb_bits);
         if m * cs > MAX_REFTABLE_BYTES {
@@ -390,7 +377,7 @@ impl Qcow2 {
                 if c >> rb_bits == rt {
                     rb_set(
                         &mut data,
-                        self.refcount_order,
+                        self.layout.refcount_order,
                         (c - (rt << rb_bits)) as usize,
                         1,
                     );
@@ -444,14 +431,14 @@ impl Qcow2 {
     /// dropped after (nothing to drop when the block counts itself). Dirty blocks must have
     /// been written back before.
     pub(crate) async fn drop_empty_refblocks(&self) -> Result<()> {
-        let per = 1u64 << self.rb_bits();
-        let order = self.refcount_order;
+        let per = 1u64 << self.layout.rb_bits();
+        let order = self.layout.refcount_order;
         let entries = self.reftable.borrow().len() as u64;
         for rt in 0..entries {
             let Some(off) = self.refblock_of(rt * per).await? else {
                 continue;
             };
-            let own = off >> self.cluster_bits;
+            let own = self.layout.cluster_of(off);
             let self_slot = (own / per == rt).then_some((own % per) as usize);
             self.load_refblock(off).await?;
             let empty = self
@@ -487,7 +474,7 @@ impl Qcow2 {
     /// Write every dirty refcount block to the file (not flushed).
     pub(crate) async fn write_back_refblocks(&self) -> Result<()> {
         for (off, data) in self.rb_cache.dirty() {
-            self.pre_write_check(OL_REFCOUNT_BLOCK, off, self.cs())
+            self.pre_write_check(OL_REFCOUNT_BLOCK, off, self.layout.cs())
                 .await?;
             self.file.debug_event(DebugEvent::RefblockUpdate).await;
             self.file

@@ -33,9 +33,9 @@ impl Qcow2 {
             .is_some_and(|n| n.options().discard_unmap);
         let mut changes = changes;
         let runtime = OpenOpts::take(&mut changes, unmap)?;
-        runtime.check_version(self.version)?;
+        runtime.check_version(self.layout.version)?;
         let lazy = runtime.lazy.unwrap_or(self.header_lazy);
-        let tables = runtime.cache_tables(self.cs(), self.size.get());
+        let tables = runtime.cache_tables(self.layout.cs(), self.layout.size.get());
         let fewer_tables =
             tables.0 < self.l2_cache.capacity() || tables.1 < self.rb_cache.capacity();
         if !self.read_only.get() && ((self.lazy.get() && !lazy) || fewer_tables) {

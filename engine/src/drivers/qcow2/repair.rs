@@ -48,7 +48,7 @@ impl Qcow2 {
                  run 'qemu-img check -r all'",
             ));
         }
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let file_clusters = self.file.len().div_ceil(cs);
         // Bounded by the file size: every valid reference lies inside the file.
         let mut counts = super::check_walk::cluster_counts(self.file.len(), cs)?;
@@ -65,7 +65,7 @@ impl Qcow2 {
 
     /// Count the header, the L1 table, every L2 table and every cluster they map.
     async fn count_mapped_refs(&self, counts: &mut [u64]) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         add_ref(counts, cs, 0, cs)?;
         let l1 = self.l1.borrow().clone();
         if !l1.is_empty() {
@@ -85,7 +85,10 @@ impl Qcow2 {
                 .read(l2, IoBuf::new(cs as usize), ReqFlags::NONE)
                 .await;
             r?;
-            for chunk in buf.as_slice().chunks_exact(self.l2_entry_bytes() as usize) {
+            for chunk in buf
+                .as_slice()
+                .chunks_exact(self.layout.l2_entry_bytes() as usize)
+            {
                 let entry = L2Entry::from_raw(get_u64(chunk, 0));
                 match self.classify(entry)? {
                     // Clusters of an external data file are not refcounted.
@@ -106,7 +109,7 @@ impl Qcow2 {
     /// Persistent bitmaps own clusters too; counted the way the check counts them (only
     /// read when the autoclear bit says they are valid, as the check does).
     async fn count_bitmap_refs(&self, counts: &mut [u64]) -> Result<()> {
-        let bitmaps = if self.autoclear.get() & 1 != 0 {
+        let bitmaps = if self.layout.autoclear.get() & 1 != 0 {
             self.bitmap_refs().await?
         } else {
             Vec::new()
@@ -130,8 +133,8 @@ impl Qcow2 {
         counts: &mut Vec<u64>,
         base: u64,
     ) -> Result<(Vec<u8>, Vec<u64>)> {
-        let cs = self.cs();
-        let order = self.refcount_order;
+        let cs = self.layout.cs();
+        let order = self.layout.refcount_order;
         let rb_entries = (cs * 8) >> order;
         let (mut rt, mut rb) = (1u64, 1u64);
         loop {
@@ -183,7 +186,7 @@ impl Qcow2 {
     /// Write the new refcount `area` at `table_off`, point the header at its table and clear
     /// the dirty bit, each step flushed before the next; then use the new table in memory.
     async fn switch_refcounts(&self, table_off: u64, area: Vec<u8>, table: Vec<u64>) -> Result<()> {
-        let rt = (table.len() as u64 * 8).div_ceil(self.cs());
+        let rt = (table.len() as u64 * 8).div_ceil(self.layout.cs());
         self.file
             .write(table_off, IoBuf::from_slice(&area), ReqFlags::NONE)
             .await
@@ -197,7 +200,7 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        let incompat = self.incompat.get() & !INCOMPAT_DIRTY;
+        let incompat = self.layout.incompat.get() & !INCOMPAT_DIRTY;
         self.file
             .write(
                 OFF_INCOMPAT,
@@ -207,7 +210,7 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        self.incompat.set(incompat);
+        self.layout.incompat.set(incompat);
         self.reftable_offset.set(table_off);
         *self.reftable.borrow_mut() = table;
         self.rb_cache.clear();
@@ -217,7 +220,7 @@ impl Qcow2 {
 
     /// Count the clusters of the current refcount table and its (aligned, in-file) blocks.
     fn count_old_refcount_structures(&self, counts: &mut [u64]) {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let table_clusters = (self.reftable.borrow().len() as u64 * 8).div_ceil(cs);
         let first = self.reftable_offset.get() / cs;
         let blocks = self.reftable.borrow().clone();

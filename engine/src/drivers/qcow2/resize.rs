@@ -25,10 +25,10 @@ impl Qcow2 {
             ));
         }
         let _g = self.meta.lock().await;
-        let cs = self.cs();
-        let old = self.size.get();
+        let cs = self.layout.cs();
+        let old = self.layout.size.get();
         let mut shrunk = None;
-        let per_l1 = cs * self.l2_entries();
+        let per_l1 = cs * self.layout.l2_entries();
         if len < old && prealloc != Prealloc::Off {
             return Err(Error::io_msg(
                 Errno::ENOTSUP,
@@ -36,7 +36,7 @@ impl Qcow2 {
             ));
         }
         if len < old {
-            if self.nb_snapshots > 0 {
+            if self.layout.nb_snapshots > 0 {
                 return Err(Error::io_msg(
                     Errno::ENOTSUP,
                     "Can't resize an image which has snapshots",
@@ -76,7 +76,7 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        self.size.set(len);
+        self.layout.size.set(len);
         if let Some(grew) = shrunk {
             self.truncate_file_to_used(grew).await;
             if let Some(data) = &self.data {
@@ -91,7 +91,7 @@ impl Qcow2 {
     /// file (a raw data file, or a preallocating resize), as a new image maps them, then make
     /// the tables durable (metadata lock held).
     async fn map_data_file_tail(&self, old: u64, len: u64) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         for gc in old / cs..len.div_ceil(cs) {
             if self.classify(self.l2_entry(gc).await?)? != Kind::Unallocated {
                 continue;
@@ -111,9 +111,9 @@ impl Qcow2 {
     /// the way (it allocates the missing L2 tables of the range, then frees those past the
     /// end), which decides the file's final length.
     async fn free_tail(&self, len: u64) -> Result<bool> {
-        let cs = self.cs();
-        let per = self.l2_entries();
-        let (first, end) = (len.div_ceil(cs), self.size.get().div_ceil(cs));
+        let cs = self.layout.cs();
+        let per = self.layout.l2_entries();
+        let (first, end) = (len.div_ceil(cs), self.layout.size.get().div_ceil(cs));
         let keep = len.div_ceil(per * cs) as usize;
         let grew = first < end
             && (first / per..end.div_ceil(per))
@@ -181,7 +181,7 @@ impl Qcow2 {
     /// grown during the shrink (`grew`), its cut lands on that cluster boundary even where the
     /// file ended inside the cluster before; so does this one.
     async fn truncate_file_to_used(&self, grew: bool) {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let file_len = self.file.len();
         let mut c = file_len.div_ceil(cs);
         while c > 0 {
@@ -200,7 +200,7 @@ impl Qcow2 {
     /// that reads as zeroes (metadata lock held). Clusters reused from inside the file are
     /// zero-filled; `Full` zero-fills everything, `Falloc` reserves the file's new tail.
     async fn preallocate(&self, old: u64, len: u64, mode: Prealloc) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let file_end = self.file.len();
         let (mut gc, end) = (old.div_ceil(cs), len.div_ceil(cs));
         let mut host_end = file_end;
@@ -210,7 +210,7 @@ impl Qcow2 {
                 continue;
             }
             self.ensure_l2(gc).await?;
-            let table_end = (gc / self.l2_entries() + 1) * self.l2_entries();
+            let table_end = (gc / self.layout.l2_entries() + 1) * self.layout.l2_entries();
             let mut n = 1;
             while gc + n < end.min(table_end)
                 && self.classify(self.l2_entry(gc + n).await?)? == Kind::Unallocated
@@ -259,7 +259,7 @@ impl Qcow2 {
 
     /// Replace the L1 table by a larger one (`entries`), switched in by one header write.
     pub(super) async fn grow_l1(&self, entries: u64) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let bytes = entries * 8;
         if bytes > MAX_L1_BYTES {
             return Err(Error::io_msg(
