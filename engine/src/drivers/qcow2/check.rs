@@ -22,11 +22,11 @@ use crate::error::{Errno, Error, Result};
 use crate::graph::Node;
 use crate::io::{IoBuf, ReqFlags};
 
+use super::Qcow2;
 use super::cache::get_u64;
 use super::check_walk::Refs;
 use super::entry::L2Entry;
 use super::header::{self, Header, OFF_INCOMPAT};
-use super::{COPIED, OFFSET_MASK, Qcow2};
 
 /// Check (and optionally repair) the qcow2 image open as `node`, as `qemu-img check` does:
 /// when a repair fixed something, the image is checked again and the second result is
@@ -228,26 +228,26 @@ impl Qcow2 {
     /// (QEMU's `check_oflag_copied`), fixing the flags when `repair`.
     async fn check_copied(&self, rep: &mut CheckReport, repair: bool) -> Result<()> {
         let what = if repair { "Repairing" } else { "ERROR" };
-        let l1 = self.l1.borrow().clone();
+        let l1 = self.l2.snapshot();
         for (i, &e) in l1.iter().enumerate() {
-            let l2 = e & OFFSET_MASK;
+            let l2 = e.l2_offset();
             if l2 == 0 {
                 continue;
             }
             let Ok(n) = self.refcount(self.layout.cluster_of(l2)).await else {
                 continue;
             };
-            if (n == 1) != (e & COPIED != 0) {
+            if (n == 1) != e.is_copied() {
                 rep.error(format!(
                     "{what} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={n}"
                 ));
                 if repair {
-                    let fixed = if n == 1 { e | COPIED } else { e & !COPIED };
+                    let fixed = e.with_copied(n == 1);
                     let r = self
                         .file
                         .write(
-                            self.l1_offset.get() + i as u64 * 8,
-                            IoBuf::from_slice(&fixed.to_be_bytes()),
+                            self.l2.entry_pos(i),
+                            IoBuf::from_slice(&fixed.raw().to_be_bytes()),
                             ReqFlags::NONE,
                         )
                         .await
@@ -256,7 +256,7 @@ impl Qcow2 {
                         rep.check_errors += 1;
                         return Err(err);
                     }
-                    self.l1.borrow_mut()[i] = fixed;
+                    self.l2.set(i, fixed);
                     rep.corruptions_fixed += 1;
                 } else {
                     rep.corruptions += 1;
@@ -320,7 +320,7 @@ impl Qcow2 {
                 rep.check_errors += 1;
                 return Err(err);
             }
-            self.l2_cache.remove(l2);
+            self.l2.cache.remove(l2);
             rep.corruptions -= dirty;
             rep.corruptions_fixed += dirty;
         }

@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::io::{IoBuf, ReqFlags};
 
 use super::cache::get_u64;
-use super::entry::L2Entry;
+use super::entry::{L1Entry, L2Entry};
 use super::header::Header;
 use super::{OFFSET_MASK, Qcow2};
 use crate::driver::CheckReport;
@@ -173,9 +173,9 @@ impl Qcow2 {
                 continue;
             }
             let raw = self.read_meta(s.offset, s.size as u64 * 8).await?;
-            let table: Vec<u64> = raw
+            let table: Vec<L1Entry> = raw
                 .chunks_exact(8)
-                .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+                .map(|c| L1Entry::from_raw(u64::from_be_bytes(c.try_into().expect("8 bytes"))))
                 .collect();
             self.count_l1(refs, rep, s.offset, &table, false).await?;
         }
@@ -236,7 +236,7 @@ impl Qcow2 {
             max: self.layout.max_refcount(),
         };
         self.inc_refs(&mut refs, rep, 0, cs);
-        let l1 = self.l1.borrow().clone();
+        let l1 = self.l2.snapshot();
         self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
             .await?;
         self.count_snapshots(&mut refs, rep, h).await?;
@@ -259,13 +259,13 @@ impl Qcow2 {
         refs: &mut Refs,
         rep: &mut CheckReport,
         l1_offset: u64,
-        l1: &[u64],
+        l1: &[L1Entry],
         active: bool,
     ) -> Result<()> {
         let cs = self.layout.cs();
         self.inc_refs(refs, rep, l1_offset, l1.len() as u64 * 8);
         for &e in l1 {
-            let l2 = e & OFFSET_MASK;
+            let l2 = e.l2_offset();
             if l2 == 0 {
                 continue;
             }

@@ -34,7 +34,7 @@ impl Qcow2 {
 
     /// The L1 table's size in whole clusters.
     fn l1_clusters(&self) -> u64 {
-        (self.l1.borrow().len() as u64 * 8).div_ceil(self.layout.cs())
+        (self.l2.l1_bytes()).div_ceil(self.layout.cs())
     }
 
     /// Whether the image can be rebuilt empty: v3 (the dirty bit covers the rebuild), nothing
@@ -65,8 +65,8 @@ impl Qcow2 {
             let buf = IoBuf::from_slice(&vec![0u8; len as usize]);
             self.file.write(off, buf, ReqFlags::NONE).await.1
         };
-        let l1_bytes = self.l1.borrow().len() as u64 * 8;
-        zero(self.l1_offset.get(), l1_bytes).await?;
+        let l1_bytes = self.l2.l1_bytes();
+        zero(self.l2.l1_offset(), l1_bytes).await?;
         self.file.flush().await?;
         // The empty image's new structures are prepared (blkdebug's empty_image_prepare).
         self.file
@@ -77,7 +77,7 @@ impl Qcow2 {
         // l1_size (unchanged), l1_table_offset, refcount_table_offset and _clusters are
         // adjacent: one write switches them together.
         let mut hdr = Vec::with_capacity(24);
-        hdr.extend_from_slice(&(self.l1.borrow().len() as u32).to_be_bytes());
+        hdr.extend_from_slice(&(self.l2.l1_len() as u32).to_be_bytes());
         hdr.extend_from_slice(&(3 * cs).to_be_bytes());
         hdr.extend_from_slice(&cs.to_be_bytes());
         hdr.extend_from_slice(&1u32.to_be_bytes());
@@ -114,11 +114,9 @@ impl Qcow2 {
     /// The in-memory state of the rebuilt image: an empty L1 at cluster 3, the refcount table
     /// at cluster 1 naming the refblock at cluster 2; no cached table is valid any more.
     fn forget_tables(&self, cs: u64) {
-        self.l2_cache.clear();
         self.rb_cache.clear();
         self.pending_free.borrow_mut().clear();
-        self.l1.borrow_mut().iter_mut().for_each(|e| *e = 0);
-        self.l1_offset.set(3 * cs);
+        self.l2.reset(3 * cs);
         let mut reftable = vec![0u64; (cs / 8) as usize];
         reftable[0] = 2 * cs;
         *self.reftable.borrow_mut() = reftable;

@@ -2,9 +2,10 @@
 //!
 //! This file owns the driver state, `open` (options, header, tables, backing child) and the
 //! `BlockDriver` glue. The rest is split by concern: `header` (fixed fields + extensions),
-//! `entry` (the typed L2 entry and its bit layout), `cluster` (L1/L2 mapping, L2 allocation,
-//! metadata write-back), `refcount` (refcounts and
-//! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
+//! `layout` (header geometry and feature bits), `l2map` (L1 table and L2 cache state),
+//! `entry` (the typed L1 and L2 entries and their bit layout), `cluster` (L1/L2 mapping, L2
+//! allocation, metadata write-back), `refcount` (refcounts and cluster allocation), `cache`
+//! (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate and zstd
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
 //! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `backing`
@@ -38,6 +39,7 @@ mod format_ops;
 mod header;
 mod info;
 mod io;
+mod l2map;
 mod layout;
 mod lock;
 mod options;
@@ -70,6 +72,7 @@ pub use create::{Compat, CreateOptions, create};
 pub use header::{Header, RawExtension};
 
 use cache::TableCache;
+use l2map::L2Map;
 use layout::Layout;
 use lock::{MetaLock, RangeLocks};
 
@@ -82,7 +85,7 @@ const CAPS: DriverCaps = DriverCaps {
     reopen: true,
 };
 
-pub(crate) use entry::{COPIED, OFFSET_MASK};
+pub(crate) use entry::OFFSET_MASK;
 
 /// The open image.
 pub(crate) struct Qcow2 {
@@ -97,11 +100,10 @@ pub(crate) struct Qcow2 {
     data_file_name: Option<String>,
     /// Header geometry and feature bits (`layout.rs`).
     layout: Layout,
-    l1_offset: Cell<u64>,
-    l1: RefCell<Vec<u64>>,
+    /// The active L1 table and the L2 table cache (`l2map.rs`).
+    l2: L2Map,
     reftable_offset: Cell<u64>,
     reftable: RefCell<Vec<u64>>,
-    l2_cache: TableCache,
     rb_cache: TableCache,
     meta: MetaLock,
     ranges: RangeLocks,
@@ -195,11 +197,9 @@ pub(super) fn open(
             data_file_name: data.as_ref().and(h.data_file.clone()),
             data,
             layout: Layout::new(&h),
-            l1_offset: Cell::new(h.l1_offset),
-            l1: RefCell::new(l1),
+            l2: L2Map::new(h.l1_offset, l1, l2_slots),
             reftable_offset: Cell::new(h.reftable_offset),
             reftable: RefCell::new(reftable),
-            l2_cache: TableCache::new(l2_slots),
             rb_cache: TableCache::new(rb_slots),
             meta: MetaLock::default(),
             ranges: RangeLocks::default(),

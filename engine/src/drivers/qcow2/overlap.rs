@@ -67,16 +67,15 @@ impl Qcow2 {
         if ignore & OL_HEADER == 0 && meets(0, cs) {
             return Some("qcow2_header");
         }
-        let l1_len = self.l1.borrow().len() as u64 * 8;
-        if ignore & OL_ACTIVE_L1 == 0 && meets(self.l1_offset.get(), l1_len) {
+        let l1_len = self.l2.l1_bytes();
+        if ignore & OL_ACTIVE_L1 == 0 && meets(self.l2.l1_offset(), l1_len) {
             return Some("active L1 table");
         }
         let rt_len = self.reftable.borrow().len() as u64 * 8;
         if ignore & OL_REFCOUNT_TABLE == 0 && meets(self.reftable_offset.get(), rt_len) {
             return Some("refcount table");
         }
-        if ignore & OL_ACTIVE_L2 == 0 && self.l1.borrow().iter().any(|e| meets(e & OFFSET_MASK, cs))
-        {
+        if ignore & OL_ACTIVE_L2 == 0 && self.l2.any_table(|off| meets(off, cs)) {
             return Some("active L2 table");
         }
         if ignore & OL_REFCOUNT_BLOCK == 0

@@ -67,12 +67,12 @@ impl Qcow2 {
     async fn count_mapped_refs(&self, counts: &mut [u64]) -> Result<()> {
         let cs = self.layout.cs();
         add_ref(counts, cs, 0, cs)?;
-        let l1 = self.l1.borrow().clone();
+        let l1 = self.l2.snapshot();
         if !l1.is_empty() {
-            add_ref(counts, cs, self.l1_offset.get(), l1.len() as u64 * 8)?;
+            add_ref(counts, cs, self.l2.l1_offset(), self.l2.l1_bytes())?;
         }
         for e in l1 {
-            let l2 = e & OFFSET_MASK;
+            let l2 = e.l2_offset();
             if l2 == 0 {
                 continue;
             }

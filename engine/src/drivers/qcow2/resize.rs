@@ -11,11 +11,11 @@ use crate::io::{IoBuf, ReqFlags};
 
 use crate::driver::Prealloc;
 
+use super::Qcow2;
 use super::cluster::Kind;
-use super::entry::L2Entry;
+use super::entry::{L1Entry, L2Entry};
 use super::header::{MAX_L1_BYTES, OFF_L1, OFF_SIZE};
 use super::overlap::OL_ACTIVE_L1;
-use super::{OFFSET_MASK, Qcow2};
 
 impl Qcow2 {
     pub(crate) async fn do_truncate(&self, len: u64, prealloc: Prealloc) -> Result<()> {
@@ -56,7 +56,7 @@ impl Qcow2 {
                 data.truncate(len, false, data_mode).await?;
             }
             let need = len.div_ceil(per_l1);
-            if need > self.l1.borrow().len() as u64 {
+            if need > self.l2.l1_len() as u64 {
                 self.grow_l1(need).await?;
             }
             if self.has_data_file() {
@@ -117,7 +117,7 @@ impl Qcow2 {
         let keep = len.div_ceil(per * cs) as usize;
         let grew = first < end
             && (first / per..end.div_ceil(per))
-                .any(|l1i| self.l1.borrow()[l1i as usize] & OFFSET_MASK == 0);
+                .any(|l1i| self.l2.entry(l1i as usize).l2_offset() == 0);
         if first < end && ((first / per) as usize) < keep {
             // QEMU discards the tail through the lookup that allocates a missing L2 table:
             // the last table kept exists afterwards even if nothing was ever written there
@@ -127,7 +127,7 @@ impl Qcow2 {
         let mut gc = first;
         while gc < end {
             let l1i = (gc / per) as usize;
-            if self.l1.borrow()[l1i] & OFFSET_MASK == 0 {
+            if self.l2.entry(l1i).l2_offset() == 0 {
                 gc = (l1i as u64 + 1) * per;
                 continue;
             }
@@ -141,22 +141,22 @@ impl Qcow2 {
         }
         // L2 tables written, flushed, then the frees applied (flush_metadata's order).
         self.flush_metadata().await?;
-        let l1_len = self.l1.borrow().len();
+        let l1_len = self.l2.l1_len();
         let mut tables = Vec::new();
         for l1i in keep..l1_len {
-            let off = self.l1.borrow()[l1i] & OFFSET_MASK;
+            let off = self.l2.entry(l1i).l2_offset();
             if off == 0 {
                 continue;
             }
-            let at = self.l1_offset.get() + l1i as u64 * 8;
+            let at = self.l2.entry_pos(l1i);
             self.pre_write_check(OL_ACTIVE_L1, at, 8).await?;
             self.file.debug_event(DebugEvent::L1ShrinkWriteTable).await;
             self.file
                 .write(at, IoBuf::from_slice(&0u64.to_be_bytes()), ReqFlags::NONE)
                 .await
                 .1?;
-            self.l1.borrow_mut()[l1i] = 0;
-            self.l2_cache.remove(off);
+            self.l2.set(l1i, L1Entry::UNALLOCATED);
+            self.l2.cache.remove(off);
             tables.push(off);
         }
         if !tables.is_empty() {
@@ -272,9 +272,7 @@ impl Qcow2 {
         let host = self.alloc_clusters(clusters).await?;
         self.write_back_refblocks().await?;
         let mut table = vec![0u8; (clusters * cs) as usize];
-        for (i, e) in self.l1.borrow().iter().enumerate() {
-            table[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
-        }
+        self.l2.encode_into(&mut table);
         self.file.debug_event(DebugEvent::L1GrowWriteTable).await;
         self.file
             .write(host, IoBuf::from_slice(&table), ReqFlags::NONE)
@@ -290,10 +288,9 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        let old_off = self.l1_offset.get();
-        let old_clusters = (self.l1.borrow().len() as u64 * 8).div_ceil(cs);
-        self.l1_offset.set(host);
-        self.l1.borrow_mut().resize(entries as usize, 0);
+        let old_off = self.l2.l1_offset();
+        let old_clusters = self.l2.l1_bytes().div_ceil(cs);
+        self.l2.relocate(host, entries as usize);
         if old_off != 0 && old_clusters > 0 {
             self.free_unreferenced(old_off, old_clusters).await?;
         }

@@ -14,8 +14,8 @@
 
 use crate::error::{Errno, Error, Result};
 
+use super::Qcow2;
 use super::cluster::Kind;
-use super::{OFFSET_MASK, Qcow2};
 
 /// Subclusters per cluster.
 const SUBCLUSTERS: u64 = 32;
@@ -36,7 +36,7 @@ impl Qcow2 {
             || (alloc && host == 0);
         if invalid {
             let l1i = (gc / self.layout.l2_entries()) as usize;
-            let l2 = self.l1.borrow().get(l1i).copied().unwrap_or(0) & OFFSET_MASK;
+            let l2 = self.l2.entry(l1i).l2_offset();
             let msg = format!(
                 "Invalid cluster entry found (L2 offset: {l2:#x}, L2 index: {:#x})",
                 gc % self.layout.l2_entries()

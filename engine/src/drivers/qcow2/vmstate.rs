@@ -46,7 +46,7 @@ impl Qcow2 {
         let per_l1_entry = self.layout.cs() * self.layout.l2_entries();
         let need = end.div_ceil(per_l1_entry);
         let _g = self.meta.lock().await;
-        let have = self.l1.borrow().len() as u64;
+        let have = self.l2.l1_len() as u64;
         if need <= have {
             return Ok(());
         }
