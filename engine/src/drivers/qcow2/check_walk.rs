@@ -240,11 +240,11 @@ impl Qcow2 {
         self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
             .await?;
         self.count_snapshots(&mut refs, rep, h).await?;
-        let reftable = self.reftable.borrow().clone();
+        let reftable = self.alloc.reftable.borrow().clone();
         self.inc_refs(
             &mut refs,
             rep,
-            self.reftable_offset.get(),
+            self.alloc.reftable_offset.get(),
             reftable.len() as u64 * 8,
         );
         self.count_bitmaps(&mut refs, rep, h).await?;

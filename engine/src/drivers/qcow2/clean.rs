@@ -64,6 +64,6 @@ impl Qcow2 {
     pub(crate) async fn clean_unused_tables(&self) {
         let _g = self.meta.lock().await;
         self.l2.cache.drop_unused();
-        self.rb_cache.drop_unused();
+        self.alloc.cache.drop_unused();
     }
 }

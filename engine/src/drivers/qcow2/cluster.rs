@@ -253,7 +253,7 @@ impl Qcow2 {
                 self.l2.cache.mark_clean(off, &data);
             }
         }
-        if !self.pending_free.borrow().is_empty() {
+        if self.alloc.has_deferred() {
             self.file.flush().await?;
             self.apply_pending_frees().await?;
         }

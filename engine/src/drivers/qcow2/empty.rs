@@ -114,13 +114,10 @@ impl Qcow2 {
     /// The in-memory state of the rebuilt image: an empty L1 at cluster 3, the refcount table
     /// at cluster 1 naming the refblock at cluster 2; no cached table is valid any more.
     fn forget_tables(&self, cs: u64) {
-        self.rb_cache.clear();
-        self.pending_free.borrow_mut().clear();
+        self.alloc.take_deferred();
         self.l2.reset(3 * cs);
         let mut reftable = vec![0u64; (cs / 8) as usize];
         reftable[0] = 2 * cs;
-        *self.reftable.borrow_mut() = reftable;
-        self.reftable_offset.set(cs);
-        self.free_hint.set(0);
+        self.alloc.replace_table(cs, reftable);
     }
 }

@@ -63,7 +63,7 @@ impl FormatOps for Qcow2 {
     }
 
     fn cached_tables(&self) -> (usize, usize) {
-        (self.l2.cache.len(), self.rb_cache.len())
+        (self.l2.cache.len(), self.alloc.cache.len())
     }
 
     fn clean_unused_tables(&self) -> LocalBoxFuture<'_, ()> {

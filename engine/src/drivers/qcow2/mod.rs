@@ -4,7 +4,8 @@
 //! `BlockDriver` glue. The rest is split by concern: `header` (fixed fields + extensions),
 //! `layout` (header geometry and feature bits), `l2map` (L1 table and L2 cache state),
 //! `entry` (the typed L1 and L2 entries and their bit layout), `cluster` (L1/L2 mapping, L2
-//! allocation, metadata write-back), `refcount` (refcounts and cluster allocation), `cache`
+//! allocation, metadata write-back), `allocator` (refcount table, refblock cache, free search
+//! hint, deferred frees: the state), `refcount` (refcounts and cluster allocation), `cache`
 //! (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate and zstd
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
@@ -25,6 +26,7 @@
 //!
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
+mod allocator;
 mod backing;
 mod cache;
 mod check;
@@ -71,7 +73,7 @@ pub use clean::cached_tables;
 pub use create::{Compat, CreateOptions, create};
 pub use header::{Header, RawExtension};
 
-use cache::TableCache;
+use allocator::Allocator;
 use l2map::L2Map;
 use layout::Layout;
 use lock::{MetaLock, RangeLocks};
@@ -102,16 +104,11 @@ pub(crate) struct Qcow2 {
     layout: Layout,
     /// The active L1 table and the L2 table cache (`l2map.rs`).
     l2: L2Map,
-    reftable_offset: Cell<u64>,
-    reftable: RefCell<Vec<u64>>,
-    rb_cache: TableCache,
+    /// Refcount table, refcount block cache, free-cluster search, deferred frees
+    /// (`allocator.rs`).
+    alloc: Allocator,
     meta: MetaLock,
     ranges: RangeLocks,
-    /// First cluster index that may be free.
-    free_hint: Cell<u64>,
-    /// Host ranges whose refcount is decremented once the freeing mapping change is durable,
-    /// and whether what becomes free is discarded in the file.
-    pending_free: RefCell<Vec<(u64, u64, bool)>>,
     /// Switched by reopen (`reopen_commit`); `reopen_to` holds the staged value.
     read_only: Cell<bool>,
     reopen_to: Cell<Option<bool>>,
@@ -198,13 +195,9 @@ pub(super) fn open(
             data,
             layout: Layout::new(&h),
             l2: L2Map::new(h.l1_offset, l1, l2_slots),
-            reftable_offset: Cell::new(h.reftable_offset),
-            reftable: RefCell::new(reftable),
-            rb_cache: TableCache::new(rb_slots),
+            alloc: Allocator::new(h.reftable_offset, reftable, rb_slots),
             meta: MetaLock::default(),
             ranges: RangeLocks::default(),
-            free_hint: Cell::new(0),
-            pending_free: RefCell::new(Vec::new()),
             read_only: Cell::new(read_only),
             reopen_to: Cell::new(None),
             lazy: Cell::new(runtime.lazy.unwrap_or(header_lazy)),

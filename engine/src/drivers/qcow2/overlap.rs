@@ -71,8 +71,8 @@ impl Qcow2 {
         if ignore & OL_ACTIVE_L1 == 0 && meets(self.l2.l1_offset(), l1_len) {
             return Some("active L1 table");
         }
-        let rt_len = self.reftable.borrow().len() as u64 * 8;
-        if ignore & OL_REFCOUNT_TABLE == 0 && meets(self.reftable_offset.get(), rt_len) {
+        let rt_len = self.alloc.reftable_bytes();
+        if ignore & OL_REFCOUNT_TABLE == 0 && meets(self.alloc.reftable_offset.get(), rt_len) {
             return Some("refcount table");
         }
         if ignore & OL_ACTIVE_L2 == 0 && self.l2.any_table(|off| meets(off, cs)) {
@@ -80,6 +80,7 @@ impl Qcow2 {
         }
         if ignore & OL_REFCOUNT_BLOCK == 0
             && self
+                .alloc
                 .reftable
                 .borrow()
                 .iter()

@@ -9,6 +9,7 @@ use crate::error::{Errno, Error, Result};
 use crate::event::DebugEvent;
 use crate::io::{IoBuf, ReqFlags};
 
+use super::allocator::DeferredFree;
 use super::cache::{get_u64, set_u64};
 use super::header::{MAX_REFTABLE_BYTES, OFF_REFTABLE};
 use super::overlap::{OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE, c_hex};
@@ -73,7 +74,7 @@ impl Qcow2 {
     /// as QEMU does) and an EIO error.
     async fn refblock_of(&self, idx: u64) -> Result<Option<u64>> {
         let rt = idx >> self.layout.rb_bits();
-        let entry = match self.reftable.borrow().get(rt as usize) {
+        let entry = match self.alloc.reftable.borrow().get(rt as usize) {
             None => return Ok(None),
             Some(e) => *e,
         };
@@ -94,11 +95,11 @@ impl Qcow2 {
 
     /// Make sure the refcount block at `off` is cached.
     async fn load_refblock(&self, off: u64) -> Result<()> {
-        if self.rb_cache.contains(off) {
+        if self.alloc.cache.contains(off) {
             return Ok(());
         }
-        if self.rb_cache.is_full()
-            && let Some((victim, data, dirty)) = self.rb_cache.lru()
+        if self.alloc.cache.is_full()
+            && let Some((victim, data, dirty)) = self.alloc.cache.lru()
         {
             if dirty {
                 self.pre_write_check(OL_REFCOUNT_BLOCK, victim, self.layout.cs())
@@ -109,7 +110,7 @@ impl Qcow2 {
                     .await
                     .1?;
             }
-            self.rb_cache.remove(victim);
+            self.alloc.cache.remove(victim);
         }
         self.file.debug_event(DebugEvent::RefblockLoad).await;
         let (buf, r) = self
@@ -117,7 +118,7 @@ impl Qcow2 {
             .read(off, IoBuf::new(self.layout.cs() as usize), ReqFlags::NONE)
             .await;
         r?;
-        self.rb_cache.insert(off, buf.as_slice().to_vec(), false);
+        self.alloc.cache.insert(off, buf.as_slice().to_vec(), false);
         Ok(())
     }
 
@@ -130,7 +131,8 @@ impl Qcow2 {
         let i = (idx & ((1 << self.layout.rb_bits()) - 1)) as usize;
         let order = self.layout.refcount_order;
         Ok(self
-            .rb_cache
+            .alloc
+            .cache
             .with(off, false, |t| rb_get(t, order, i))
             .expect("just loaded"))
     }
@@ -146,7 +148,8 @@ impl Qcow2 {
         self.load_refblock(off).await?;
         let i = (idx & ((1 << self.layout.rb_bits()) - 1)) as usize;
         let (order, max) = (self.layout.refcount_order, self.layout.max_refcount());
-        self.rb_cache
+        self.alloc
+            .cache
             .with(off, true, |t| {
                 let old = rb_get(t, order, i);
                 let new = if delta < 0 {
@@ -166,8 +169,8 @@ impl Qcow2 {
                 }
             })
             .expect("just loaded")?;
-        if delta < 0 && idx < self.free_hint.get() {
-            self.free_hint.set(idx);
+        if delta < 0 {
+            self.alloc.freed(idx);
         }
         Ok(())
     }
@@ -176,7 +179,7 @@ impl Qcow2 {
     /// free cluster `c`). Returns false when it had to create something (the caller rescans).
     async fn cover(&self, c: u64) -> Result<bool> {
         let rt = c >> self.layout.rb_bits();
-        if rt as usize >= self.reftable.borrow().len() {
+        if rt as usize >= self.alloc.reftable.borrow().len() {
             self.grow_reftable(c).await?;
             return Ok(false);
         }
@@ -198,7 +201,7 @@ impl Qcow2 {
         self.settle_frees().await?;
         'search: loop {
             let mut first_free = None;
-            let mut start = self.free_hint.get().max(1);
+            let mut start = self.alloc.hint().max(1);
             let mut run = 0;
             let mut i = start;
             while run < n {
@@ -223,7 +226,7 @@ impl Qcow2 {
                 self.update_refcount(c, 1).await?;
             }
             let hint = first_free.filter(|f| *f < start).unwrap_or(start + n);
-            self.free_hint.set(hint);
+            self.alloc.set_hint(hint);
             return Ok(self.layout.cluster_offset(start));
         }
     }
@@ -234,7 +237,7 @@ impl Qcow2 {
         self.file.debug_event(DebugEvent::ClusterAlloc).await;
         self.settle_frees().await?;
         loop {
-            let mut start = self.free_hint.get().max(1);
+            let mut start = self.alloc.hint().max(1);
             while self.refcount(start).await? != 0 {
                 start += 1;
             }
@@ -249,7 +252,7 @@ impl Qcow2 {
             for c in start..start + got {
                 self.update_refcount(c, 1).await?;
             }
-            self.free_hint.set(start + got);
+            self.alloc.set_hint(start + got);
             return Ok((self.layout.cluster_offset(start), got));
         }
     }
@@ -259,7 +262,7 @@ impl Qcow2 {
     /// cluster); QEMU reuses a freed cluster at once. Writing the mappings back first (one flush,
     /// only when frees are queued) keeps both: the same layout as QEMU's, and crash safety.
     async fn settle_frees(&self) -> Result<()> {
-        if self.pending_free.borrow().is_empty() {
+        if !self.alloc.has_deferred() {
             return Ok(());
         }
         Box::pin(self.flush_metadata()).await
@@ -284,13 +287,12 @@ impl Qcow2 {
     /// Queue `[host, host+len)` for a refcount decrement once the mapping change that freed it
     /// is durable (applied by `flush_metadata`); `discard`: discard what becomes free in the file.
     pub(crate) fn free_later(&self, host: u64, len: u64, discard: bool) {
-        self.pending_free.borrow_mut().push((host, len, discard));
+        self.alloc.defer_free(DeferredFree { host, len, discard });
     }
 
     /// Apply the queued frees (the mappings that freed them are durable now).
     pub(crate) async fn apply_pending_frees(&self) -> Result<()> {
-        let frees = std::mem::take(&mut *self.pending_free.borrow_mut());
-        for (host, len, discard) in frees {
+        for DeferredFree { host, len, discard } in self.alloc.take_deferred() {
             self.file.debug_event(DebugEvent::ClusterFree).await;
             let first = self.layout.cluster_of(host);
             let last = self.layout.cluster_of(host + len.max(1) - 1);
@@ -329,22 +331,26 @@ impl Qcow2 {
             .1?;
         self.file.flush().await?;
         self.file.debug_event(DebugEvent::RefblockAllocHookup).await;
-        self.pre_write_check(OL_REFCOUNT_TABLE, self.reftable_offset.get() + rt * 8, 8)
-            .await?;
+        self.pre_write_check(
+            OL_REFCOUNT_TABLE,
+            self.alloc.reftable_offset.get() + rt * 8,
+            8,
+        )
+        .await?;
         self.file
             .write(
-                self.reftable_offset.get() + rt * 8,
+                self.alloc.reftable_offset.get() + rt * 8,
                 IoBuf::from_slice(&off.to_be_bytes()),
                 ReqFlags::NONE,
             )
             .await
             .1?;
         self.file.flush().await?;
-        self.reftable.borrow_mut()[rt as usize] = off;
-        if self.rb_cache.is_full() {
+        self.alloc.reftable.borrow_mut()[rt as usize] = off;
+        if self.alloc.cache.is_full() {
             self.load_refblock(off).await?;
         } else {
-            self.rb_cache.insert(off, data, false);
+            self.alloc.cache.insert(off, data, false);
         }
         Ok(())
     }
@@ -356,7 +362,7 @@ impl Qcow2 {
         self.file.debug_event(DebugEvent::ReftableGrow).await;
         let cs = self.layout.cs();
         let rb_bits = self.layout.rb_bits();
-        let old_len = self.reftable.borrow().len() as u64;
+        let old_len = self.alloc.reftable.borrow().len() as u64;
         let (k, m, new_len) = reftable_growth(at, old_len, cs, rb_bits);
         if m * cs > MAX_REFTABLE_BYTES {
             return Err(Error::io_msg(
@@ -365,7 +371,7 @@ impl Qcow2 {
             ));
         }
         let first_rt = at >> rb_bits;
-        let mut table = self.reftable.borrow().clone();
+        let mut table = self.alloc.reftable.borrow().clone();
         table.resize(new_len as usize, 0);
         self.file
             .debug_event(DebugEvent::RefblockAllocWriteBlocks)
@@ -414,11 +420,11 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        let old_off = self.reftable_offset.get();
+        let old_off = self.alloc.reftable_offset.get();
         let old_clusters = (old_len * 8).div_ceil(cs);
-        self.reftable_offset.set(new_off);
+        self.alloc.reftable_offset.set(new_off);
         table.truncate((m * cs / 8) as usize);
-        *self.reftable.borrow_mut() = table;
+        *self.alloc.reftable.borrow_mut() = table;
         // The header no longer refers to the old table: free it now.
         for c in 0..old_clusters {
             self.update_refcount((old_off / cs) + c, -1).await?;
@@ -433,7 +439,7 @@ impl Qcow2 {
     pub(crate) async fn drop_empty_refblocks(&self) -> Result<()> {
         let per = 1u64 << self.layout.rb_bits();
         let order = self.layout.refcount_order;
-        let entries = self.reftable.borrow().len() as u64;
+        let entries = self.alloc.reftable.borrow().len() as u64;
         for rt in 0..entries {
             let Some(off) = self.refblock_of(rt * per).await? else {
                 continue;
@@ -442,7 +448,8 @@ impl Qcow2 {
             let self_slot = (own / per == rt).then_some((own % per) as usize);
             self.load_refblock(off).await?;
             let empty = self
-                .rb_cache
+                .alloc
+                .cache
                 .with(off, false, |t| {
                     (0..per as usize).all(|i| {
                         let v = rb_get(t, order, i);
@@ -453,19 +460,19 @@ impl Qcow2 {
             if !empty {
                 continue;
             }
-            let at = self.reftable_offset.get() + rt * 8;
+            let at = self.alloc.reftable_offset.get() + rt * 8;
             self.pre_write_check(OL_REFCOUNT_TABLE, at, 8).await?;
             self.file
                 .write(at, IoBuf::from_slice(&0u64.to_be_bytes()), ReqFlags::NONE)
                 .await
                 .1?;
             self.file.flush().await?;
-            self.reftable.borrow_mut()[rt as usize] = 0;
-            self.rb_cache.remove(off);
+            self.alloc.reftable.borrow_mut()[rt as usize] = 0;
+            self.alloc.cache.remove(off);
             if self_slot.is_none() {
                 self.update_refcount(own, -1).await?;
-            } else if own < self.free_hint.get() {
-                self.free_hint.set(own);
+            } else {
+                self.alloc.freed(own);
             }
         }
         self.write_back_refblocks().await
@@ -473,7 +480,7 @@ impl Qcow2 {
 
     /// Write every dirty refcount block to the file (not flushed).
     pub(crate) async fn write_back_refblocks(&self) -> Result<()> {
-        for (off, data) in self.rb_cache.dirty() {
+        for (off, data) in self.alloc.cache.dirty() {
             self.pre_write_check(OL_REFCOUNT_BLOCK, off, self.layout.cs())
                 .await?;
             self.file.debug_event(DebugEvent::RefblockUpdate).await;
@@ -481,7 +488,7 @@ impl Qcow2 {
                 .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)
                 .await
                 .1?;
-            self.rb_cache.mark_clean(off, &data);
+            self.alloc.cache.mark_clean(off, &data);
         }
         Ok(())
     }

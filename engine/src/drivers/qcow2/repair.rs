@@ -211,19 +211,16 @@ impl Qcow2 {
             .1?;
         self.file.flush().await?;
         self.layout.incompat.set(incompat);
-        self.reftable_offset.set(table_off);
-        *self.reftable.borrow_mut() = table;
-        self.rb_cache.clear();
-        self.free_hint.set(0);
+        self.alloc.replace_table(table_off, table);
         Ok(())
     }
 
     /// Count the clusters of the current refcount table and its (aligned, in-file) blocks.
     fn count_old_refcount_structures(&self, counts: &mut [u64]) {
         let cs = self.layout.cs();
-        let table_clusters = (self.reftable.borrow().len() as u64 * 8).div_ceil(cs);
-        let first = self.reftable_offset.get() / cs;
-        let blocks = self.reftable.borrow().clone();
+        let table_clusters = (self.alloc.reftable_bytes()).div_ceil(cs);
+        let first = self.alloc.reftable_offset.get() / cs;
+        let blocks = self.alloc.reftable.borrow().clone();
         let old = (first..first + table_clusters).chain(
             blocks
                 .iter()
