@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 
 use super::cache::TableCache;
+use super::lock::MetaGuard;
 
 /// A host range whose refcount drops once the mapping change that freed it is durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +54,8 @@ impl Allocator {
     }
 
     /// A new refcount table (after a rebuild): nothing cached is valid any more and the
-    /// search starts over.
-    pub(crate) fn replace_table(&self, offset: u64, reftable: Vec<u64>) {
+    /// search starts over. Only under the metadata lock (`_held` proves it).
+    pub(crate) fn replace_table(&self, _held: &MetaGuard<'_>, offset: u64, reftable: Vec<u64>) {
         self.reftable_offset.set(offset);
         *self.reftable.borrow_mut() = reftable;
         self.cache.clear();

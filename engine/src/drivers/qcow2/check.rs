@@ -27,6 +27,7 @@ use super::cache::get_u64;
 use super::check_walk::Refs;
 use super::entry::L2Entry;
 use super::header::{self, Header, OFF_INCOMPAT};
+use super::lock::MetaGuard;
 
 /// Check (and optionally repair) the qcow2 image open as `node`, as `qemu-img check` does:
 /// when a repair fixed something, the image is checked again and the second result is
@@ -61,7 +62,7 @@ impl Qcow2 {
                 "qcow2: cannot repair a read-only image",
             ));
         }
-        let _g = self.meta.lock().await;
+        let held = self.meta.lock().await;
         if !self.read_only.get() {
             self.flush_metadata().await?;
             self.file.flush().await?;
@@ -79,7 +80,9 @@ impl Qcow2 {
             .compare_refs(&mut rep, &refs, None, &mut rebuild)
             .await?;
         if rebuild && repair == Some(Repair::All) {
-            highest = self.rebuild_and_recount(h.nb_snapshots, &mut rep).await?;
+            highest = self
+                .rebuild_and_recount(&held, h.nb_snapshots, &mut rep)
+                .await?;
         } else if repair.is_some() {
             if rebuild {
                 rep.error("ERROR need to rebuild refcount structures".into());
@@ -117,10 +120,15 @@ impl Qcow2 {
     /// `check -r all` found the refcounts beyond repair: rebuild them, count again and free
     /// the leaks the rebuild left (the old structures); fold both passes into `rep` as QEMU
     /// reports them. Returns the highest cluster in use.
-    async fn rebuild_and_recount(&self, nb_snapshots: u32, rep: &mut CheckReport) -> Result<u64> {
+    async fn rebuild_and_recount(
+        &self,
+        held: &MetaGuard<'_>,
+        nb_snapshots: u32,
+        rep: &mut CheckReport,
+    ) -> Result<u64> {
         rep.error("Rebuilding refcount structure".into());
         let old = rep.clone();
-        self.rebuild_refcounts(nb_snapshots, true).await?;
+        self.rebuild_refcounts(held, nb_snapshots, true).await?;
         let h = self.read_header().await?;
         let mut fresh = CheckReport {
             messages: std::mem::take(&mut rep.messages),

@@ -13,6 +13,7 @@ use crate::io::{IoBuf, ReqFlags};
 use super::Qcow2;
 use super::cache::set_u64;
 use super::header::OFF_L1;
+use super::lock::MetaGuard;
 use super::refcount::rb_set;
 
 /// Autoclear bit 0: the image carries persistent dirty bitmaps.
@@ -23,8 +24,8 @@ impl Qcow2 {
     /// zeroes).
     pub(crate) async fn do_make_empty(&self) -> Result<()> {
         if self.can_rebuild_empty() {
-            let _g = self.meta.lock().await;
-            return self.rebuild_empty().await;
+            let held = self.meta.lock().await;
+            return self.rebuild_empty(&held).await;
         }
         let len = self.layout.size.get().next_multiple_of(self.layout.cs());
         self.discard_clusters(0, len, true).await?;
@@ -53,7 +54,7 @@ impl Qcow2 {
     /// zeroed (the image is empty from then on: only leaks remain), then the new structures'
     /// clusters are zeroed, and only then does the header point at them. Zeroes are valid in
     /// every place the header may still point at.
-    async fn rebuild_empty(&self) -> Result<()> {
+    async fn rebuild_empty(&self, held: &MetaGuard<'_>) -> Result<()> {
         let cs = self.layout.cs();
         let l1c = self.l1_clusters();
         self.flush_metadata().await?;
@@ -104,7 +105,7 @@ impl Qcow2 {
         self.file
             .truncate((3 + l1c) * cs, false, Prealloc::Off)
             .await?;
-        self.forget_tables(cs);
+        self.forget_tables(held, cs);
         if !was_dirty {
             self.set_dirty_bit(false).await?;
         }
@@ -113,11 +114,11 @@ impl Qcow2 {
 
     /// The in-memory state of the rebuilt image: an empty L1 at cluster 3, the refcount table
     /// at cluster 1 naming the refblock at cluster 2; no cached table is valid any more.
-    fn forget_tables(&self, cs: u64) {
+    fn forget_tables(&self, held: &MetaGuard<'_>, cs: u64) {
         self.alloc.take_deferred();
         self.l2.reset(3 * cs);
         let mut reftable = vec![0u64; (cs / 8) as usize];
         reftable[0] = 2 * cs;
-        self.alloc.replace_table(cs, reftable);
+        self.alloc.replace_table(held, cs, reftable);
     }
 }

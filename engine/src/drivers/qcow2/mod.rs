@@ -76,7 +76,7 @@ pub use header::{Header, RawExtension};
 use allocator::Allocator;
 use l2map::L2Map;
 use layout::Layout;
-use lock::{MetaLock, RangeLocks};
+use lock::{MetaGuard, MetaLock, RangeLocks};
 
 const CAPS: DriverCaps = DriverCaps {
     name: "qcow2",
@@ -419,9 +419,9 @@ impl Qcow2 {
         if !self.fixups_pending.get() && !self.needs_dirty_bit() {
             return Ok(());
         }
-        let _g = self.meta.lock().await;
+        let held = self.meta.lock().await;
         if self.fixups_pending.get() {
-            self.do_fixups().await?;
+            self.do_fixups(&held).await?;
         }
         if self.needs_dirty_bit() {
             self.set_dirty_bit(true).await?;
@@ -483,10 +483,10 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// The header fix-ups of `check_writable` (metadata lock held).
-    async fn do_fixups(&self) -> Result<()> {
+    /// The header fix-ups of `check_writable` (metadata lock held: `held`).
+    async fn do_fixups(&self, held: &MetaGuard<'_>) -> Result<()> {
         if self.layout.incompat.get() & header::INCOMPAT_DIRTY != 0 {
-            self.rebuild_refcounts(self.layout.nb_snapshots, false)
+            self.rebuild_refcounts(held, self.layout.nb_snapshots, false)
                 .await?;
         }
         let keep = self.layout.autoclear.get() & self.known_autoclear();
@@ -522,9 +522,9 @@ impl BlockDriver for Qcow2 {
             if !self.fixups_pending.get() || self.check_mode {
                 return Ok(());
             }
-            let _g = self.meta.lock().await;
+            let held = self.meta.lock().await;
             if self.fixups_pending.get() {
-                self.do_fixups()
+                self.do_fixups(&held)
                     .await
                     .map_err(|e| e.context("Could not repair dirty image"))?;
             }

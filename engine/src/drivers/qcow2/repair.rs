@@ -13,6 +13,7 @@ use super::cache::{get_u64, set_u64};
 use super::cluster::Kind;
 use super::entry::L2Entry;
 use super::header::{INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, OFF_INCOMPAT, OFF_REFTABLE};
+use super::lock::MetaGuard;
 use super::refcount::rb_set;
 use super::{OFFSET_MASK, Qcow2};
 
@@ -41,7 +42,12 @@ impl Qcow2 {
     /// `count_old`: the old refcount table and blocks keep a count of one (the check's rebuild,
     /// whose leak pass then frees them with a "Repairing cluster" line each, as QEMU's does);
     /// otherwise they simply become free.
-    pub(crate) async fn rebuild_refcounts(&self, nb_snapshots: u32, count_old: bool) -> Result<()> {
+    pub(crate) async fn rebuild_refcounts(
+        &self,
+        held: &MetaGuard<'_>,
+        nb_snapshots: u32,
+        count_old: bool,
+    ) -> Result<()> {
         if nb_snapshots > 0 {
             return Err(Error::generic(
                 "qcow2: cannot repair the refcounts of an image with internal snapshots; \
@@ -60,7 +66,7 @@ impl Qcow2 {
         // New table and blocks after everything, covering themselves.
         let base = file_clusters.max(1);
         let (area, table) = self.new_refcount_structures(&mut counts, base)?;
-        self.switch_refcounts(base * cs, area, table).await
+        self.switch_refcounts(held, base * cs, area, table).await
     }
 
     /// Count the header, the L1 table, every L2 table and every cluster they map.
@@ -185,7 +191,13 @@ impl Qcow2 {
 
     /// Write the new refcount `area` at `table_off`, point the header at its table and clear
     /// the dirty bit, each step flushed before the next; then use the new table in memory.
-    async fn switch_refcounts(&self, table_off: u64, area: Vec<u8>, table: Vec<u64>) -> Result<()> {
+    async fn switch_refcounts(
+        &self,
+        held: &MetaGuard<'_>,
+        table_off: u64,
+        area: Vec<u8>,
+        table: Vec<u64>,
+    ) -> Result<()> {
         let rt = (table.len() as u64 * 8).div_ceil(self.layout.cs());
         self.file
             .write(table_off, IoBuf::from_slice(&area), ReqFlags::NONE)
@@ -211,7 +223,7 @@ impl Qcow2 {
             .1?;
         self.file.flush().await?;
         self.layout.incompat.set(incompat);
-        self.alloc.replace_table(table_off, table);
+        self.alloc.replace_table(held, table_off, table);
         Ok(())
     }
 
