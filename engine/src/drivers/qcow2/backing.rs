@@ -257,11 +257,11 @@ impl Qcow2 {
         self.flush_metadata().await?;
         self.file.flush().await?;
         let file_len = self.file.len();
-        let want = self.cs().min(file_len) as usize;
+        let want = self.layout.cs().min(file_len) as usize;
         let (buf, r) = self.file.read(0, IoBuf::new(want), ReqFlags::NONE).await;
         r?;
         let mut raw = buf.as_slice().to_vec();
-        raw.resize(self.cs() as usize, 0);
+        raw.resize(self.layout.cs() as usize, 0);
         let h = Header::parse(&raw, file_len)?;
         for w in plan_backing_change(&raw, &h, name, fmt)? {
             self.file

@@ -22,11 +22,12 @@ use crate::error::{Errno, Error, Result};
 use crate::graph::Node;
 use crate::io::{IoBuf, ReqFlags};
 
+use super::Qcow2;
 use super::cache::get_u64;
 use super::check_walk::Refs;
 use super::entry::L2Entry;
 use super::header::{self, Header, OFF_INCOMPAT};
-use super::{COPIED, OFFSET_MASK, Qcow2};
+use super::lock::MetaGuard;
 
 /// Check (and optionally repair) the qcow2 image open as `node`, as `qemu-img check` does:
 /// when a repair fixed something, the image is checked again and the second result is
@@ -61,7 +62,7 @@ impl Qcow2 {
                 "qcow2: cannot repair a read-only image",
             ));
         }
-        let _g = self.meta.lock().await;
+        let held = self.meta.lock().await;
         if !self.read_only.get() {
             self.flush_metadata().await?;
             self.file.flush().await?;
@@ -69,7 +70,7 @@ impl Qcow2 {
         let mut rep = CheckReport {
             filename: self.file.node().driver().filename(),
             format: "qcow2".into(),
-            total_clusters: self.size.get().div_ceil(self.cs()),
+            total_clusters: self.layout.size.get().div_ceil(self.layout.cs()),
             ..CheckReport::default()
         };
         let h = self.read_header().await?;
@@ -79,7 +80,9 @@ impl Qcow2 {
             .compare_refs(&mut rep, &refs, None, &mut rebuild)
             .await?;
         if rebuild && repair == Some(Repair::All) {
-            highest = self.rebuild_and_recount(h.nb_snapshots, &mut rep).await?;
+            highest = self
+                .rebuild_and_recount(&held, h.nb_snapshots, &mut rep)
+                .await?;
         } else if repair.is_some() {
             if rebuild {
                 rep.error("ERROR need to rebuild refcount structures".into());
@@ -103,7 +106,7 @@ impl Qcow2 {
             None => false,
         };
         self.check_copied(&mut rep, fix_copied).await?;
-        rep.image_end_offset = (highest + 1) * self.cs();
+        rep.image_end_offset = (highest + 1) * self.layout.cs();
         if repair.is_some() {
             self.write_back_refblocks().await?;
             self.file.flush().await?;
@@ -117,10 +120,15 @@ impl Qcow2 {
     /// `check -r all` found the refcounts beyond repair: rebuild them, count again and free
     /// the leaks the rebuild left (the old structures); fold both passes into `rep` as QEMU
     /// reports them. Returns the highest cluster in use.
-    async fn rebuild_and_recount(&self, nb_snapshots: u32, rep: &mut CheckReport) -> Result<u64> {
+    async fn rebuild_and_recount(
+        &self,
+        held: &MetaGuard<'_>,
+        nb_snapshots: u32,
+        rep: &mut CheckReport,
+    ) -> Result<u64> {
         rep.error("Rebuilding refcount structure".into());
         let old = rep.clone();
-        self.rebuild_refcounts(nb_snapshots, true).await?;
+        self.rebuild_refcounts(held, nb_snapshots, true).await?;
         let h = self.read_header().await?;
         let mut fresh = CheckReport {
             messages: std::mem::take(&mut rep.messages),
@@ -149,7 +157,7 @@ impl Qcow2 {
     }
 
     pub(super) async fn read_header(&self) -> Result<Header> {
-        let len = self.file.len().min(self.cs());
+        let len = self.file.len().min(self.layout.cs());
         let (buf, r) = self
             .file
             .read(0, IoBuf::new(len as usize), ReqFlags::NONE)
@@ -228,26 +236,26 @@ impl Qcow2 {
     /// (QEMU's `check_oflag_copied`), fixing the flags when `repair`.
     async fn check_copied(&self, rep: &mut CheckReport, repair: bool) -> Result<()> {
         let what = if repair { "Repairing" } else { "ERROR" };
-        let l1 = self.l1.borrow().clone();
+        let l1 = self.l2.snapshot();
         for (i, &e) in l1.iter().enumerate() {
-            let l2 = e & OFFSET_MASK;
+            let l2 = e.l2_offset();
             if l2 == 0 {
                 continue;
             }
-            let Ok(n) = self.refcount(l2 >> self.cluster_bits).await else {
+            let Ok(n) = self.refcount(self.layout.cluster_of(l2)).await else {
                 continue;
             };
-            if (n == 1) != (e & COPIED != 0) {
+            if (n == 1) != e.is_copied() {
                 rep.error(format!(
                     "{what} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={n}"
                 ));
                 if repair {
-                    let fixed = if n == 1 { e | COPIED } else { e & !COPIED };
+                    let fixed = e.with_copied(n == 1);
                     let r = self
                         .file
                         .write(
-                            self.l1_offset.get() + i as u64 * 8,
-                            IoBuf::from_slice(&fixed.to_be_bytes()),
+                            self.l2.entry_pos(i),
+                            IoBuf::from_slice(&fixed.raw().to_be_bytes()),
                             ReqFlags::NONE,
                         )
                         .await
@@ -256,7 +264,7 @@ impl Qcow2 {
                         rep.check_errors += 1;
                         return Err(err);
                     }
-                    self.l1.borrow_mut()[i] = fixed;
+                    self.l2.set(i, fixed);
                     rep.corruptions_fixed += 1;
                 } else {
                     rep.corruptions += 1;
@@ -269,7 +277,7 @@ impl Qcow2 {
 
     /// `check_copied` for the data clusters of the L2 table at `l2`.
     async fn check_copied_l2(&self, rep: &mut CheckReport, l2: u64, repair: bool) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let what = if repair { "Repairing" } else { "ERROR" };
         let mut table = match self.read_meta(l2, cs).await {
             Ok(t) => t,
@@ -280,7 +288,7 @@ impl Qcow2 {
             }
         };
         let mut dirty = 0;
-        let stride = self.l2_entry_bytes() as usize;
+        let stride = self.layout.l2_entry_bytes() as usize;
         for j in 0..cs as usize / stride {
             let at = j * stride;
             let entry = L2Entry::from_raw(get_u64(&table[at..], 0));
@@ -292,7 +300,7 @@ impl Qcow2 {
             let n = if self.has_data_file() {
                 1
             } else {
-                match self.refcount(host >> self.cluster_bits).await {
+                match self.refcount(self.layout.cluster_of(host)).await {
                     Ok(n) => n,
                     Err(_) => continue,
                 }
@@ -320,7 +328,7 @@ impl Qcow2 {
                 rep.check_errors += 1;
                 return Err(err);
             }
-            self.l2_cache.remove(l2);
+            self.l2.cache.remove(l2);
             rep.corruptions -= dirty;
             rep.corruptions_fixed += dirty;
         }
@@ -330,8 +338,8 @@ impl Qcow2 {
     /// Clear the dirty and corrupt bits after a successful repair.
     async fn mark_clean_and_consistent(&self) -> Result<()> {
         let bits = header::INCOMPAT_DIRTY | header::INCOMPAT_CORRUPT;
-        let old = self.incompat.get();
-        if self.version < 3 || old & bits == 0 {
+        let old = self.layout.incompat.get();
+        if self.layout.version < 3 || old & bits == 0 {
             return Ok(());
         }
         let new = old & !bits;
@@ -344,7 +352,7 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        self.incompat.set(new);
+        self.layout.incompat.set(new);
         Ok(())
     }
 }

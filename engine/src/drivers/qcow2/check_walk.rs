@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::io::{IoBuf, ReqFlags};
 
 use super::cache::get_u64;
-use super::entry::L2Entry;
+use super::entry::{L1Entry, L2Entry};
 use super::header::Header;
 use super::{OFFSET_MASK, Qcow2};
 use crate::driver::CheckReport;
@@ -95,7 +95,7 @@ impl Qcow2 {
             return;
         }
         // The last cluster may be partly beyond the end of the file; more is corrupt.
-        if off as u128 + size as u128 >= self.file.len() as u128 + self.cs() as u128 {
+        if off as u128 + size as u128 >= self.file.len() as u128 + self.layout.cs() as u128 {
             rep.error(format!(
                 "ERROR: counting reference for region exceeding the end of the file by one \
                  cluster or more: offset {off:#x} size {size:#x}"
@@ -103,7 +103,7 @@ impl Qcow2 {
             rep.corruptions += 1;
             return;
         }
-        let bits = self.cluster_bits;
+        let bits = self.layout.cluster_bits;
         for k in (off >> bits)..=((off + size - 1) >> bits) {
             let max = refs.max;
             let v = refs.get_mut(k);
@@ -139,7 +139,7 @@ impl Qcow2 {
         rep: &mut CheckReport,
         h: &Header,
     ) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let (snaps, table_size) = self.read_snapshot_table(h, rep).await?;
         for s in snaps {
             if !s.offset.is_multiple_of(cs) {
@@ -173,9 +173,9 @@ impl Qcow2 {
                 continue;
             }
             let raw = self.read_meta(s.offset, s.size as u64 * 8).await?;
-            let table: Vec<u64> = raw
+            let table: Vec<L1Entry> = raw
                 .chunks_exact(8)
-                .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+                .map(|c| L1Entry::from_raw(u64::from_be_bytes(c.try_into().expect("8 bytes"))))
                 .collect();
             self.count_l1(refs, rep, s.offset, &table, false).await?;
         }
@@ -191,7 +191,7 @@ impl Qcow2 {
         rep: &mut CheckReport,
         reftable: &[u64],
     ) -> bool {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let mut rebuild = false;
         let file_clusters = refs.dense.len() as u64;
         for (i, e) in reftable.iter().enumerate() {
@@ -204,14 +204,14 @@ impl Qcow2 {
                 rebuild = true;
                 continue;
             }
-            if off >> self.cluster_bits >= file_clusters {
+            if self.layout.cluster_of(off) >= file_clusters {
                 rep.corruptions += 1;
                 rep.error(format!("ERROR refcount block {i} is outside image"));
                 continue;
             }
             if off != 0 {
                 self.inc_refs(refs, rep, off, cs);
-                let n = refs.get(off >> self.cluster_bits);
+                let n = refs.get(self.layout.cluster_of(off));
                 if n != 1 {
                     rep.error(format!("ERROR refcount block {i} refcount={n}"));
                     rep.corruptions += 1;
@@ -229,22 +229,22 @@ impl Qcow2 {
         h: &Header,
         rep: &mut CheckReport,
     ) -> Result<(Refs, bool)> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let mut refs = Refs {
             dense: cluster_counts(self.file.len(), cs)?,
             beyond: BTreeMap::new(),
-            max: self.max_refcount(),
+            max: self.layout.max_refcount(),
         };
         self.inc_refs(&mut refs, rep, 0, cs);
-        let l1 = self.l1.borrow().clone();
+        let l1 = self.l2.snapshot();
         self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
             .await?;
         self.count_snapshots(&mut refs, rep, h).await?;
-        let reftable = self.reftable.borrow().clone();
+        let reftable = self.alloc.reftable.borrow().clone();
         self.inc_refs(
             &mut refs,
             rep,
-            self.reftable_offset.get(),
+            self.alloc.reftable_offset.get(),
             reftable.len() as u64 * 8,
         );
         self.count_bitmaps(&mut refs, rep, h).await?;
@@ -259,13 +259,13 @@ impl Qcow2 {
         refs: &mut Refs,
         rep: &mut CheckReport,
         l1_offset: u64,
-        l1: &[u64],
+        l1: &[L1Entry],
         active: bool,
     ) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         self.inc_refs(refs, rep, l1_offset, l1.len() as u64 * 8);
         for &e in l1 {
-            let l2 = e & OFFSET_MASK;
+            let l2 = e.l2_offset();
             if l2 == 0 {
                 continue;
             }
@@ -290,11 +290,11 @@ impl Qcow2 {
     }
 
     fn count_l2(&self, refs: &mut Refs, rep: &mut CheckReport, table: &[u8], active: bool) {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let mut next_contiguous = 0u64;
-        for c in table.chunks_exact(self.l2_entry_bytes() as usize) {
+        for c in table.chunks_exact(self.layout.l2_entry_bytes() as usize) {
             let entry = L2Entry::from_raw(get_u64(c, 0));
-            if let Some((offset, len)) = entry.compressed(self.cluster_bits) {
+            if let Some((offset, len)) = entry.compressed(self.layout.cluster_bits) {
                 if entry.is_copied() {
                     rep.error(format!(
                         "ERROR: coffset={offset:#x}: copied flag must never be set for \
@@ -349,7 +349,7 @@ impl Qcow2 {
     pub(super) async fn bitmap_refs(&self) -> Result<Vec<u64>> {
         let h = self.read_header().await?;
         let mut refs = Refs {
-            dense: cluster_counts(self.file.len(), self.cs())?,
+            dense: cluster_counts(self.file.len(), self.layout.cs())?,
             beyond: BTreeMap::new(),
             max: u64::MAX,
         };
@@ -395,7 +395,7 @@ impl Qcow2 {
         }
         let dir = self.read_meta(dir_off, dir_size).await?;
         let mut pos = 0usize;
-        let cs = self.cs();
+        let cs = self.layout.cs();
         for _ in 0..nb {
             if pos + 24 > dir.len() {
                 rep.corruptions += 1;

@@ -63,7 +63,7 @@ impl Qcow2 {
     /// One cleaning round, under the metadata lock (no table is in use across it).
     pub(crate) async fn clean_unused_tables(&self) {
         let _g = self.meta.lock().await;
-        self.l2_cache.drop_unused();
-        self.rb_cache.drop_unused();
+        self.l2.cache.drop_unused();
+        self.alloc.cache.drop_unused();
     }
 }

@@ -11,10 +11,10 @@ use crate::event::DebugEvent;
 use crate::io::{IoBuf, ReqFlags};
 use crate::util::planted::{self, Bug};
 
+use super::Qcow2;
 use super::cache::{get_u64, set_u64};
-use super::entry::{EntryFormat, L2Entry};
+use super::entry::{EntryFormat, L1Entry, L2Entry};
 use super::overlap::{OL_ACTIVE_L1, OL_ACTIVE_L2, c_hex};
-use super::{COPIED, OFFSET_MASK, Qcow2};
 
 pub(crate) use super::entry::Kind;
 
@@ -22,9 +22,9 @@ impl Qcow2 {
     /// How this image's L2 entries decode.
     pub(crate) fn entry_format(&self) -> EntryFormat {
         EntryFormat {
-            cluster_bits: self.cluster_bits,
+            cluster_bits: self.layout.cluster_bits,
             data_file: self.has_data_file(),
-            zero_flag: self.version >= 3,
+            zero_flag: self.layout.version >= 3,
         }
     }
 
@@ -35,16 +35,16 @@ impl Qcow2 {
 
     /// The L2 table offset for L1 index `l1i`, allocating the table if `alloc`.
     async fn l2_table(&self, l1i: usize, alloc: bool) -> Result<Option<u64>> {
-        if !alloc && l1i >= self.l1.borrow().len() {
+        if !alloc && l1i >= self.l2.l1_len() {
             // Past the L1 table (only the VM state area reaches there): never written.
             return Ok(None);
         }
-        let entry = self.l1.borrow().get(l1i).copied().ok_or_else(|| {
+        let entry = self.l2.get(l1i).ok_or_else(|| {
             Error::io_msg(Errno::EIO, format!("qcow2: L1 index {l1i} out of range"))
         })?;
-        let off = entry & OFFSET_MASK;
+        let off = entry.l2_offset();
         if off != 0 {
-            if !off.is_multiple_of(self.cs()) {
+            if !off.is_multiple_of(self.layout.cs()) {
                 let msg = format!(
                     "L2 table offset {off:#x} unaligned (L1 index: {})",
                     c_hex(l1i as u64)
@@ -52,7 +52,7 @@ impl Qcow2 {
                 let full = self.signal_corruption(true, None, None, &msg).await;
                 return Err(Error::io_msg(Errno::EIO, full));
             }
-            if alloc && entry & COPIED == 0 {
+            if alloc && !entry.is_copied() {
                 return Err(Error::io_msg(
                     Errno::ENOTSUP,
                     "qcow2: writing to L2 tables shared with internal snapshots is not supported",
@@ -70,8 +70,11 @@ impl Qcow2 {
             self.write_back_refblocks().await?;
         }
         self.file.debug_event(DebugEvent::L2AllocWrite).await;
-        let zeros = vec![0u8; self.cs() as usize];
-        let r = match self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await {
+        let zeros = vec![0u8; self.layout.cs() as usize];
+        let r = match self
+            .pre_write_check(OL_ACTIVE_L2, off, self.layout.cs())
+            .await
+        {
             Ok(()) => {
                 self.file
                     .write(off, IoBuf::from_slice(&zeros), ReqFlags::NONE)
@@ -86,36 +89,36 @@ impl Qcow2 {
         }
         self.file.flush().await?;
         self.file.debug_event(DebugEvent::L1Update).await;
-        let new = off | COPIED;
-        self.pre_write_check(OL_ACTIVE_L1, self.l1_offset.get() + l1i as u64 * 8, 8)
+        let new = L1Entry::table(off);
+        self.pre_write_check(OL_ACTIVE_L1, self.l2.entry_pos(l1i), 8)
             .await?;
         self.file
             .write(
-                self.l1_offset.get() + l1i as u64 * 8,
-                IoBuf::from_slice(&new.to_be_bytes()),
+                self.l2.entry_pos(l1i),
+                IoBuf::from_slice(&new.raw().to_be_bytes()),
                 ReqFlags::NONE,
             )
             .await
             .1?;
-        self.l1.borrow_mut()[l1i] = new;
+        self.l2.set(l1i, new);
         self.make_room_l2().await?;
-        self.l2_cache.insert(off, zeros, false);
+        self.l2.cache.insert(off, zeros, false);
         Ok(Some(off))
     }
 
     /// Evict the least recently used L2 table if the cache is full.
     async fn make_room_l2(&self) -> Result<()> {
-        if !self.l2_cache.is_full() {
+        if !self.l2.cache.is_full() {
             return Ok(());
         }
-        if let Some((victim, data, dirty)) = self.l2_cache.lru() {
+        if let Some((victim, data, dirty)) = self.l2.cache.lru() {
             if dirty {
                 if !self.lazy.get() {
                     self.write_back_refblocks().await?;
                 }
                 self.flush_data_file().await?;
                 self.file.flush().await?;
-                self.pre_write_check(OL_ACTIVE_L2, victim, self.cs())
+                self.pre_write_check(OL_ACTIVE_L2, victim, self.layout.cs())
                     .await?;
                 self.file.debug_event(DebugEvent::L2Update).await;
                 self.file
@@ -123,37 +126,38 @@ impl Qcow2 {
                     .await
                     .1?;
             }
-            self.l2_cache.remove(victim);
+            self.l2.cache.remove(victim);
         }
         Ok(())
     }
 
     async fn load_l2(&self, off: u64) -> Result<()> {
-        if self.l2_cache.contains(off) {
+        if self.l2.cache.contains(off) {
             return Ok(());
         }
         self.make_room_l2().await?;
         self.file.debug_event(DebugEvent::L2Load).await;
         let (buf, r) = self
             .file
-            .read(off, IoBuf::new(self.cs() as usize), ReqFlags::NONE)
+            .read(off, IoBuf::new(self.layout.cs() as usize), ReqFlags::NONE)
             .await;
         r?;
-        self.l2_cache.insert(off, buf.as_slice().to_vec(), false);
+        self.l2.cache.insert(off, buf.as_slice().to_vec(), false);
         Ok(())
     }
 
     /// The L2 entry of guest cluster `gc` (unallocated when its L2 table does not exist).
     pub(crate) async fn l2_entry(&self, gc: u64) -> Result<L2Entry> {
-        let l1i = (gc / self.l2_entries()) as usize;
+        let l1i = (gc / self.layout.l2_entries()) as usize;
         let Some(off) = self.l2_table(l1i, false).await? else {
             return Ok(L2Entry::UNALLOCATED);
         };
         self.load_l2(off).await?;
-        let i = (gc % self.l2_entries()) as usize;
-        let i = if self.ext_l2 { 2 * i } else { i };
+        let i = (gc % self.layout.l2_entries()) as usize;
+        let i = if self.layout.ext_l2 { 2 * i } else { i };
         Ok(L2Entry::from_raw(
-            self.l2_cache
+            self.l2
+                .cache
                 .with(off, false, |t| get_u64(t, i))
                 .expect("just loaded"),
         ))
@@ -162,15 +166,16 @@ impl Qcow2 {
     /// The subcluster bitmap of guest cluster `gc` (extended L2 entries only): bit `s` says
     /// subcluster `s` is allocated, bit `32 + s` that it reads as zeroes.
     pub(crate) async fn l2_bitmap(&self, gc: u64) -> Result<u64> {
-        debug_assert!(self.ext_l2);
-        let l1i = (gc / self.l2_entries()) as usize;
+        debug_assert!(self.layout.ext_l2);
+        let l1i = (gc / self.layout.l2_entries()) as usize;
         let Some(off) = self.l2_table(l1i, false).await? else {
             return Ok(0);
         };
         self.load_l2(off).await?;
-        let i = (gc % self.l2_entries()) as usize;
+        let i = (gc % self.layout.l2_entries()) as usize;
         Ok(self
-            .l2_cache
+            .l2
+            .cache
             .with(off, false, |t| get_u64(t, 2 * i + 1))
             .expect("just loaded"))
     }
@@ -182,13 +187,13 @@ impl Qcow2 {
         match self.classify(entry) {
             Ok(k) => Ok(k),
             Err(e) => {
-                let l1i = (gc / self.l2_entries()) as usize;
-                let l2 = self.l1.borrow().get(l1i).copied().unwrap_or(0) & OFFSET_MASK;
+                let l1i = (gc / self.layout.l2_entries()) as usize;
+                let l2 = self.l2.entry(l1i).l2_offset();
                 let msg = format!(
                     "Cluster allocation offset {:#x} unaligned (L2 offset: {}, L2 index: {})",
                     entry.host_offset(),
                     c_hex(l2),
-                    c_hex(gc % self.l2_entries())
+                    c_hex(gc % self.layout.l2_entries())
                 );
                 let full = self.signal_corruption(true, None, None, &msg).await;
                 Err(Error::io_msg(e.errno().unwrap_or(Errno::EIO), full))
@@ -198,18 +203,19 @@ impl Qcow2 {
 
     /// Make sure guest cluster `gc` has an L2 table (allocating one if needed).
     pub(crate) async fn ensure_l2(&self, gc: u64) -> Result<()> {
-        let l1i = (gc / self.l2_entries()) as usize;
+        let l1i = (gc / self.layout.l2_entries()) as usize;
         self.l2_table(l1i, true).await?;
         Ok(())
     }
 
     /// Set the L2 entry of guest cluster `gc` (its table must exist) in the cache.
     pub(crate) async fn set_l2_entry(&self, gc: u64, entry: L2Entry) -> Result<()> {
-        let l1i = (gc / self.l2_entries()) as usize;
+        let l1i = (gc / self.layout.l2_entries()) as usize;
         let off = self.l2_table(l1i, true).await?.expect("allocated");
         self.load_l2(off).await?;
-        let i = (gc % self.l2_entries()) as usize;
-        self.l2_cache
+        let i = (gc % self.layout.l2_entries()) as usize;
+        self.l2
+            .cache
             .with(off, true, |t| set_u64(t, i, entry.raw()))
             .expect("just loaded");
         Ok(())
@@ -228,7 +234,7 @@ impl Qcow2 {
     /// refcounts, flush (data + refcounts durable), L2 tables, flush, frees, refcounts.
     pub(crate) async fn flush_metadata(&self) -> Result<()> {
         self.file.debug_event(DebugEvent::FlushToOs).await;
-        if self.l2_cache.has_dirty() {
+        if self.l2.cache.has_dirty() {
             if !self.lazy.get() {
                 self.write_back_refblocks().await?;
             }
@@ -236,17 +242,18 @@ impl Qcow2 {
             if !planted::on(Bug::Qcow2FlushOrder) {
                 self.file.flush().await?;
             }
-            for (off, data) in self.l2_cache.dirty() {
-                self.pre_write_check(OL_ACTIVE_L2, off, self.cs()).await?;
+            for (off, data) in self.l2.cache.dirty() {
+                self.pre_write_check(OL_ACTIVE_L2, off, self.layout.cs())
+                    .await?;
                 self.file.debug_event(DebugEvent::L2Update).await;
                 self.file
                     .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)
                     .await
                     .1?;
-                self.l2_cache.mark_clean(off, &data);
+                self.l2.cache.mark_clean(off, &data);
             }
         }
-        if !self.pending_free.borrow().is_empty() {
+        if self.alloc.has_deferred() {
             self.file.flush().await?;
             self.apply_pending_frees().await?;
         }

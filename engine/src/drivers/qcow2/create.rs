@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::graph::Child;
 use crate::io::{IoBuf, ReqFlags};
 
-use super::COPIED;
+use super::entry::L1Entry;
 use super::entry::L2Entry;
 use super::header::{
     AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, Header, INCOMPAT_COMPRESSION,
@@ -342,7 +342,7 @@ impl Plan {
             put(
                 &mut img,
                 self.l1_offset() + t * 8,
-                ((l2_base + t) * cs) | COPIED,
+                L1Entry::table((l2_base + t) * cs).raw(),
             );
         }
         let l2_entries = cs / 8;

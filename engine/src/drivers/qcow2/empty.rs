@@ -13,6 +13,7 @@ use crate::io::{IoBuf, ReqFlags};
 use super::Qcow2;
 use super::cache::set_u64;
 use super::header::OFF_L1;
+use super::lock::MetaGuard;
 use super::refcount::rb_set;
 
 /// Autoclear bit 0: the image carries persistent dirty bitmaps.
@@ -23,10 +24,10 @@ impl Qcow2 {
     /// zeroes).
     pub(crate) async fn do_make_empty(&self) -> Result<()> {
         if self.can_rebuild_empty() {
-            let _g = self.meta.lock().await;
-            return self.rebuild_empty().await;
+            let held = self.meta.lock().await;
+            return self.rebuild_empty(&held).await;
         }
-        let len = self.size.get().next_multiple_of(self.cs());
+        let len = self.layout.size.get().next_multiple_of(self.layout.cs());
         self.discard_clusters(0, len, true).await?;
         let _g = self.meta.lock().await;
         self.flush_metadata().await
@@ -34,18 +35,18 @@ impl Qcow2 {
 
     /// The L1 table's size in whole clusters.
     fn l1_clusters(&self) -> u64 {
-        (self.l1.borrow().len() as u64 * 8).div_ceil(self.cs())
+        (self.l2.l1_bytes()).div_ceil(self.layout.cs())
     }
 
     /// Whether the image can be rebuilt empty: v3 (the dirty bit covers the rebuild), nothing
     /// referenced outside the L1 table (snapshots, bitmaps), guest data in the image itself,
     /// and header + refcount table + refblock + L1 covered by that one refblock.
     fn can_rebuild_empty(&self) -> bool {
-        self.version >= 3
-            && self.nb_snapshots == 0
-            && self.autoclear.get() & AUTOCLEAR_BITMAPS == 0
+        self.layout.version >= 3
+            && self.layout.nb_snapshots == 0
+            && self.layout.autoclear.get() & AUTOCLEAR_BITMAPS == 0
             && !self.has_data_file()
-            && 3 + self.l1_clusters() <= 1 << self.rb_bits()
+            && 3 + self.l1_clusters() <= 1 << self.layout.rb_bits()
     }
 
     /// Rebuild the image empty, metadata lock held. Crash safety: the dirty bit is set first,
@@ -53,11 +54,11 @@ impl Qcow2 {
     /// zeroed (the image is empty from then on: only leaks remain), then the new structures'
     /// clusters are zeroed, and only then does the header point at them. Zeroes are valid in
     /// every place the header may still point at.
-    async fn rebuild_empty(&self) -> Result<()> {
-        let cs = self.cs();
+    async fn rebuild_empty(&self, held: &MetaGuard<'_>) -> Result<()> {
+        let cs = self.layout.cs();
         let l1c = self.l1_clusters();
         self.flush_metadata().await?;
-        let was_dirty = self.incompat.get() & super::header::INCOMPAT_DIRTY != 0;
+        let was_dirty = self.layout.incompat.get() & super::header::INCOMPAT_DIRTY != 0;
         if !was_dirty {
             self.set_dirty_bit(true).await?;
         }
@@ -65,8 +66,8 @@ impl Qcow2 {
             let buf = IoBuf::from_slice(&vec![0u8; len as usize]);
             self.file.write(off, buf, ReqFlags::NONE).await.1
         };
-        let l1_bytes = self.l1.borrow().len() as u64 * 8;
-        zero(self.l1_offset.get(), l1_bytes).await?;
+        let l1_bytes = self.l2.l1_bytes();
+        zero(self.l2.l1_offset(), l1_bytes).await?;
         self.file.flush().await?;
         // The empty image's new structures are prepared (blkdebug's empty_image_prepare).
         self.file
@@ -77,7 +78,7 @@ impl Qcow2 {
         // l1_size (unchanged), l1_table_offset, refcount_table_offset and _clusters are
         // adjacent: one write switches them together.
         let mut hdr = Vec::with_capacity(24);
-        hdr.extend_from_slice(&(self.l1.borrow().len() as u32).to_be_bytes());
+        hdr.extend_from_slice(&(self.l2.l1_len() as u32).to_be_bytes());
         hdr.extend_from_slice(&(3 * cs).to_be_bytes());
         hdr.extend_from_slice(&cs.to_be_bytes());
         hdr.extend_from_slice(&1u32.to_be_bytes());
@@ -90,7 +91,7 @@ impl Qcow2 {
         set_u64(&mut table, 0, 2 * cs);
         let mut block = vec![0u8; cs as usize];
         for c in 0..3 + l1c {
-            rb_set(&mut block, self.refcount_order, c as usize, 1);
+            rb_set(&mut block, self.layout.refcount_order, c as usize, 1);
         }
         self.file
             .write(cs, IoBuf::from_slice(&table), ReqFlags::NONE)
@@ -104,7 +105,7 @@ impl Qcow2 {
         self.file
             .truncate((3 + l1c) * cs, false, Prealloc::Off)
             .await?;
-        self.forget_tables(cs);
+        self.forget_tables(held, cs);
         if !was_dirty {
             self.set_dirty_bit(false).await?;
         }
@@ -113,16 +114,11 @@ impl Qcow2 {
 
     /// The in-memory state of the rebuilt image: an empty L1 at cluster 3, the refcount table
     /// at cluster 1 naming the refblock at cluster 2; no cached table is valid any more.
-    fn forget_tables(&self, cs: u64) {
-        self.l2_cache.clear();
-        self.rb_cache.clear();
-        self.pending_free.borrow_mut().clear();
-        self.l1.borrow_mut().iter_mut().for_each(|e| *e = 0);
-        self.l1_offset.set(3 * cs);
+    fn forget_tables(&self, held: &MetaGuard<'_>, cs: u64) {
+        self.alloc.take_deferred();
+        self.l2.reset(3 * cs);
         let mut reftable = vec![0u64; (cs / 8) as usize];
         reftable[0] = 2 * cs;
-        *self.reftable.borrow_mut() = reftable;
-        self.reftable_offset.set(cs);
-        self.free_hint.set(0);
+        self.alloc.replace_table(held, cs, reftable);
     }
 }

@@ -1,8 +1,9 @@
 //! One L2 table entry as a typed value. The entry's bit layout (host offset, the COPIED,
 //! ZERO and compressed flags, the compressed descriptor) is known here only: callers build
 //! entries with named constructors and read them with accessors or `classify`, instead of
-//! masking raw `u64`s. L1 and refcount table entries share the offset mask and the COPIED
-//! bit (those tables stay raw `u64`s). Must not import anything outside qcow2 but `error`.
+//! masking raw `u64`s. The L1 entry (`L1Entry`: L2 table offset and COPIED) is typed the same
+//! way; refcount table entries share the offset mask (that table stays raw `u64`s).
+//! Must not import anything outside qcow2 but `error`.
 
 use std::fmt;
 
@@ -16,6 +17,56 @@ pub(crate) const COMPRESSED: u64 = 1 << 62;
 pub(crate) const ZERO: u64 = 1;
 /// Host offset bits of L1 and normal L2 entries.
 pub(crate) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+
+/// One L1 table entry: the offset of an L2 table (0: none) and its COPIED flag.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct L1Entry(u64);
+
+impl L1Entry {
+    /// No L2 table.
+    pub(crate) const UNALLOCATED: L1Entry = L1Entry(0);
+
+    /// The entry as stored in the table.
+    pub(crate) const fn from_raw(raw: u64) -> L1Entry {
+        L1Entry(raw)
+    }
+
+    /// The bits to store in the table.
+    pub(crate) const fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// An L2 table at `off` (cluster aligned) whose refcount is one.
+    pub(crate) fn table(off: u64) -> L1Entry {
+        debug_assert_eq!(off & !OFFSET_MASK, 0, "L2 table offset {off:#x}");
+        L1Entry(off | COPIED)
+    }
+
+    /// The L2 table's offset (0: no table).
+    pub(crate) fn l2_offset(self) -> u64 {
+        self.0 & OFFSET_MASK
+    }
+
+    /// The COPIED flag: the L2 table's refcount is one.
+    pub(crate) fn is_copied(self) -> bool {
+        self.0 & COPIED != 0
+    }
+
+    /// This entry with the COPIED flag set (`true`) or clear.
+    pub(crate) fn with_copied(self, copied: bool) -> L1Entry {
+        if copied {
+            L1Entry(self.0 | COPIED)
+        } else {
+            L1Entry(self.0 & !COPIED)
+        }
+    }
+}
+
+impl fmt::LowerHex for L1Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
 
 /// What one guest cluster is, from its L2 entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +210,22 @@ impl fmt::LowerHex for L2Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn l1_entries_keep_offset_and_copied_apart() {
+        let e = L1Entry::table(0x3_0000);
+        assert_eq!(e.raw(), 0x3_0000 | COPIED);
+        assert_eq!(e.l2_offset(), 0x3_0000);
+        assert!(e.is_copied());
+        let shared = e.with_copied(false);
+        assert_eq!(shared.raw(), 0x3_0000);
+        assert!(!shared.is_copied());
+        assert_eq!(shared.with_copied(true), e);
+        // Reserved bits outside the mask are not part of the offset.
+        assert_eq!(L1Entry::from_raw(0x3_0000 | 0x1ff).l2_offset(), 0x3_0000);
+        assert_eq!(L1Entry::UNALLOCATED.l2_offset(), 0);
+        assert_eq!(format!("{e:x}"), "8000000000030000");
+    }
 
     const V3: EntryFormat = EntryFormat {
         cluster_bits: 16,

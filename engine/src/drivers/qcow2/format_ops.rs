@@ -46,12 +46,12 @@ impl FormatOps for Qcow2 {
     }
 
     fn snapshot_count(&self) -> u32 {
-        self.nb_snapshots
+        self.layout.nb_snapshots
     }
 
     fn has_persistent_bitmaps(&self) -> bool {
         // Autoclear bit 0: the bitmaps extension is valid.
-        self.autoclear.get() & 1 != 0
+        self.layout.autoclear.get() & 1 != 0
     }
 
     fn save_vmstate(&self, pos: u64, buf: IoBuf) -> LocalBoxFuture<'_, BufResult> {
@@ -63,7 +63,7 @@ impl FormatOps for Qcow2 {
     }
 
     fn cached_tables(&self) -> (usize, usize) {
-        (self.l2_cache.len(), self.rb_cache.len())
+        (self.l2.cache.len(), self.alloc.cache.len())
     }
 
     fn clean_unused_tables(&self) -> LocalBoxFuture<'_, ()> {

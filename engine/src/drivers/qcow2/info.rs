@@ -14,11 +14,16 @@ impl Qcow2 {
         let mut specific = vec![
             (
                 "compat",
-                if self.version >= 3 { "1.1" } else { "0.10" }.to_string(),
+                if self.layout.version >= 3 {
+                    "1.1"
+                } else {
+                    "0.10"
+                }
+                .to_string(),
             ),
             (
                 "compression type",
-                if self.compression_type == 1 {
+                if self.layout.compression_type == 1 {
                     "zstd"
                 } else {
                     "zlib"
@@ -26,21 +31,24 @@ impl Qcow2 {
                 .to_string(),
             ),
         ];
-        if self.version >= 3 {
+        if self.layout.version >= 3 {
             specific.push(("lazy refcounts", on_off(self.lazy.get())));
         }
-        specific.push(("refcount bits", (1u32 << self.refcount_order).to_string()));
-        if self.version >= 3 {
+        specific.push((
+            "refcount bits",
+            (1u32 << self.layout.refcount_order).to_string(),
+        ));
+        if self.layout.version >= 3 {
             if let Some(name) = &self.data_file_name {
                 specific.push(("data file", name.clone()));
                 specific.push(("data file raw", on_off(self.data_raw)));
             }
-            let corrupt = self.incompat.get() & header::INCOMPAT_CORRUPT != 0;
+            let corrupt = self.layout.incompat.get() & header::INCOMPAT_CORRUPT != 0;
             specific.push(("corrupt", on_off(corrupt)));
-            specific.push(("extended l2", on_off(self.ext_l2)));
+            specific.push(("extended l2", on_off(self.layout.ext_l2)));
         }
         ImageInfo {
-            cluster_size: self.cs(),
+            cluster_size: self.layout.cs(),
             vm_state_offset: self.vm_state_offset(),
             specific,
         }

@@ -36,16 +36,16 @@ const MAX_ALLOC_BYTES: u64 = 2 << 20;
 
 impl Qcow2 {
     fn cluster_span(&self, offset: u64, len: u64) -> (u64, u64) {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         (offset / cs, (offset + len).div_ceil(cs))
     }
 
     /// The kind of the cluster at `off` and how many bytes from `off` (at most `max`) share it.
     async fn run_at(&self, off: u64, max: u64) -> Result<(Kind, u64)> {
-        if self.ext_l2 {
+        if self.layout.ext_l2 {
             return self.run_at_ext(off, max).await;
         }
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let gc = off / cs;
         let kind = self.kind_at(gc).await?;
         let mut n = (cs - off % cs).min(max);
@@ -110,16 +110,19 @@ impl Qcow2 {
             .read(offset, IoBuf::new(len as usize), ReqFlags::NONE)
             .await;
         r?;
-        let data =
-            compress::decompress_cluster(self.compression_type, buf.as_slice(), self.cs() as usize)
-                .map_err(|e| e.host_offset(offset))?;
+        let data = compress::decompress_cluster(
+            self.layout.compression_type,
+            buf.as_slice(),
+            self.layout.cs() as usize,
+        )
+        .map_err(|e| e.host_offset(offset))?;
         out.copy_from_slice(&data[in_off as usize..in_off as usize + out.len()]);
         Ok(())
     }
 
     /// Fill `out` with the bytes of `kind` at guest offset `off` (within one run).
     async fn read_kind(&self, kind: Kind, off: u64, out: &mut [u8]) -> Result<()> {
-        let in_off = off % self.cs();
+        let in_off = off % self.layout.cs();
         match kind {
             Kind::Unallocated => match &self.backing() {
                 Some(b) => {
@@ -187,7 +190,7 @@ impl Qcow2 {
 
     /// Decide how the first part of a write at `off` is done (metadata lock held).
     async fn plan_write(&self, off: u64, remaining: u64) -> Result<Plan> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let gc = off / cs;
         let entry = self.l2_entry(gc).await?;
         if entry.is_copied() && self.classify(entry).is_err() {
@@ -230,7 +233,8 @@ impl Qcow2 {
         let max = (MAX_ALLOC_BYTES / cs).max(1);
         let mut olds = vec![entry];
         let mut c = gc + 1;
-        while c <= last && (olds.len() as u64) < max && !c.is_multiple_of(self.l2_entries()) {
+        while c <= last && (olds.len() as u64) < max && !c.is_multiple_of(self.layout.l2_entries())
+        {
             let e = self.l2_entry(c).await?;
             if matches!(self.kind_at(c).await?, Kind::Normal { copied: true, .. }) {
                 break;
@@ -303,7 +307,7 @@ impl Qcow2 {
         (host, reuse): (u64, bool),
         olds: &[L2Entry],
     ) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let k = olds.len() as u64;
         let mut buf = IoBuf::new((k * cs) as usize);
         let in_off = off % cs;
@@ -366,7 +370,7 @@ impl Qcow2 {
         }
         match kind {
             Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => {
-                self.free_later(host, self.cs(), discard)
+                self.free_later(host, self.layout.cs(), discard)
             }
             Kind::Compressed { offset, len } => {
                 self.free_later(offset & !511, len + (offset & 511), discard)
@@ -403,13 +407,13 @@ impl Qcow2 {
     ) -> Result<()> {
         // A v2 image has no zero flag: over a backing file the generic layer writes zeroes;
         // without one, whole clusters are deallocated (they then read as zeroes), as QEMU does.
-        if self.version < 3 && self.backing().is_some() {
+        if self.layout.version < 3 && self.backing().is_some() {
             return Err(Error::io(Errno::ENOTSUP));
         }
         if len == 0 {
             return Ok(());
         }
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let (s, e) = self.cluster_span(offset, len);
         let _range = self.ranges.lock(s, e, true).await;
         let end = offset + len;
@@ -445,7 +449,7 @@ impl Qcow2 {
                 }
                 // An unallocated cluster gets the zero flag too, backing file or not, as QEMU
                 // does (its map then shows the range as present zeroes).
-                let v3 = self.version >= 3;
+                let v3 = self.layout.version >= 3;
                 let new = match kind {
                     Some(Kind::Normal { host, copied: true }) if !unmap && v3 => {
                         L2Entry::zero_at(host)
@@ -475,13 +479,13 @@ impl Qcow2 {
     /// backing file) given the zero flag as QEMU does; any other is written zeroes.
     async fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
         let guard = self.meta.lock().await;
-        let gc = offset / self.cs();
+        let gc = offset / self.layout.cs();
         let kind = self.kind_at(gc).await?;
         if !self.reads_zero(kind) {
             drop(guard);
             return self.write_from(offset, &vec![0u8; len as usize]).await;
         }
-        if kind == Kind::Unallocated && self.version >= 3 {
+        if kind == Kind::Unallocated && self.layout.version >= 3 {
             self.ensure_l2(gc).await?;
             self.set_l2_entry(gc, L2Entry::ZERO).await?;
         }
@@ -491,7 +495,7 @@ impl Qcow2 {
     pub(crate) async fn do_discard(&self, offset: u64, len: u64) -> Result<()> {
         // A v2 image cannot mark a cluster as reading zeroes: deallocating it would let the
         // backing file's older data show through. Keep the data, as QEMU does.
-        if self.version < 3 && self.backing().is_some() {
+        if self.layout.version < 3 && self.backing().is_some() {
             return Ok(());
         }
         self.discard_clusters(offset, len, false).await
@@ -502,9 +506,9 @@ impl Qcow2 {
     /// cluster aligned when the discard runs to the end of the image (nothing else can be in
     /// that cluster).
     fn discard_span(&self, offset: u64, len: u64) -> (u64, u64) {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let end = offset + len;
-        let last = if end >= self.size.get() {
+        let last = if end >= self.layout.size.get() {
             end.div_ceil(cs)
         } else {
             end / cs
@@ -516,14 +520,14 @@ impl Qcow2 {
     /// cluster was allocated or a backing file lies below (neither the old data nor the
     /// backing's may show through); `full` deallocates outright.
     pub(super) async fn discard_clusters(&self, offset: u64, len: u64, full: bool) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let (first, last) = self.discard_span(offset, len);
         if first >= last {
             return Ok(());
         }
         let _range = self.ranges.lock(first, last, true).await;
         // The data file holds the guest disk up to the virtual size, not a whole last cluster.
-        let data_len = (last * cs).min(self.size.get()) - first * cs;
+        let data_len = (last * cs).min(self.layout.size.get()) - first * cs;
         match &self.data {
             // A raw data file must keep reading as the guest disk: zero what is discarded.
             Some(_) if self.data_raw => {
@@ -534,7 +538,7 @@ impl Qcow2 {
             None => {}
         }
         let _g = self.meta.lock().await;
-        let per = self.l2_entries();
+        let per = self.layout.l2_entries();
         let backing = self.backing().is_some();
         for gc in first..last {
             if gc == first || gc.is_multiple_of(per) {
@@ -558,7 +562,7 @@ impl Qcow2 {
             } else if backing || allocated {
                 // v2 has no zero flag: only reached without a backing file, where an
                 // unallocated cluster reads as zeroes.
-                if self.version >= 3 {
+                if self.layout.version >= 3 {
                     L2Entry::ZERO
                 } else {
                     L2Entry::UNALLOCATED
@@ -598,7 +602,7 @@ impl Qcow2 {
     pub(crate) async fn do_block_status(&self, offset: u64, len: u64) -> Result<BlockStatus> {
         let _g = self.meta.lock().await;
         let (kind, n) = self.run_at(offset, len.max(1)).await?;
-        let in_off = offset % self.cs();
+        let in_off = offset % self.layout.cs();
         let mapping = match kind {
             Kind::Unallocated => Mapping::Unallocated,
             Kind::Zero { host } => Mapping::Zero {

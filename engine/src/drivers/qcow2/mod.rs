@@ -2,9 +2,11 @@
 //!
 //! This file owns the driver state, `open` (options, header, tables, backing child) and the
 //! `BlockDriver` glue. The rest is split by concern: `header` (fixed fields + extensions),
-//! `entry` (the typed L2 entry and its bit layout), `cluster` (L1/L2 mapping, L2 allocation,
-//! metadata write-back), `refcount` (refcounts and
-//! cluster allocation), `cache` (table cache), `lock` (metadata lock, guest range locks),
+//! `layout` (header geometry and feature bits), `l2map` (L1 table and L2 cache state),
+//! `entry` (the typed L1 and L2 entries and their bit layout), `cluster` (L1/L2 mapping, L2
+//! allocation, metadata write-back), `allocator` (refcount table, refblock cache, free search
+//! hint, deferred frees: the state), `refcount` (refcounts and cluster allocation), `cache`
+//! (table cache), `lock` (metadata lock, guest range locks),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate and zstd
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
 //! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `backing`
@@ -24,6 +26,7 @@
 //!
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
+mod allocator;
 mod backing;
 mod cache;
 mod check;
@@ -38,6 +41,8 @@ mod format_ops;
 mod header;
 mod info;
 mod io;
+mod l2map;
+mod layout;
 mod lock;
 mod options;
 mod overlap;
@@ -68,8 +73,10 @@ pub use clean::cached_tables;
 pub use create::{Compat, CreateOptions, create};
 pub use header::{Header, RawExtension};
 
-use cache::TableCache;
-use lock::{MetaLock, RangeLocks};
+use allocator::Allocator;
+use l2map::L2Map;
+use layout::Layout;
+use lock::{MetaGuard, MetaLock, RangeLocks};
 
 const CAPS: DriverCaps = DriverCaps {
     name: "qcow2",
@@ -80,7 +87,7 @@ const CAPS: DriverCaps = DriverCaps {
     reopen: true,
 };
 
-pub(crate) use entry::{COPIED, OFFSET_MASK};
+pub(crate) use entry::OFFSET_MASK;
 
 /// The open image.
 pub(crate) struct Qcow2 {
@@ -93,34 +100,18 @@ pub(crate) struct Qcow2 {
     data_raw: bool,
     /// The data file's name as the header records it.
     data_file_name: Option<String>,
-    /// Extended L2 entries (incompatible bit 4): 16-byte L2 entries with a bitmap of 32
-    /// subclusters. Read only: writes are refused.
-    ext_l2: bool,
-    cluster_bits: u32,
-    refcount_order: u32,
-    version: u32,
-    compression_type: u8,
-    /// Virtual size.
-    size: Cell<u64>,
-    l1_offset: Cell<u64>,
-    l1: RefCell<Vec<u64>>,
-    reftable_offset: Cell<u64>,
-    reftable: RefCell<Vec<u64>>,
-    l2_cache: TableCache,
-    rb_cache: TableCache,
+    /// Header geometry and feature bits (`layout.rs`).
+    layout: Layout,
+    /// The active L1 table and the L2 table cache (`l2map.rs`).
+    l2: L2Map,
+    /// Refcount table, refcount block cache, free-cluster search, deferred frees
+    /// (`allocator.rs`).
+    alloc: Allocator,
     meta: MetaLock,
     ranges: RangeLocks,
-    /// First cluster index that may be free.
-    free_hint: Cell<u64>,
-    /// Host ranges whose refcount is decremented once the freeing mapping change is durable,
-    /// and whether what becomes free is discarded in the file.
-    pending_free: RefCell<Vec<(u64, u64, bool)>>,
     /// Switched by reopen (`reopen_commit`); `reopen_to` holds the staged value.
     read_only: Cell<bool>,
     reopen_to: Cell<Option<bool>>,
-    incompat: Cell<u64>,
-    autoclear: Cell<u64>,
-    nb_snapshots: u32,
     /// Lazy refcounts (v3 compatible feature): the dirty bit is set before the first write,
     /// refcount blocks are not written ahead of the L2 tables, and a clean close clears it.
     /// A cell: a reopen may switch it.
@@ -202,27 +193,13 @@ pub(super) fn open(
             data_raw: data.is_some() && h.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0,
             data_file_name: data.as_ref().and(h.data_file.clone()),
             data,
-            ext_l2: h.incompat & header::INCOMPAT_EXTL2 != 0,
-            cluster_bits: h.cluster_bits,
-            refcount_order: h.refcount_order,
-            version: h.version,
-            compression_type: h.compression_type,
-            size: Cell::new(h.size),
-            l1_offset: Cell::new(h.l1_offset),
-            l1: RefCell::new(l1),
-            reftable_offset: Cell::new(h.reftable_offset),
-            reftable: RefCell::new(reftable),
-            l2_cache: TableCache::new(l2_slots),
-            rb_cache: TableCache::new(rb_slots),
+            layout: Layout::new(&h),
+            l2: L2Map::new(h.l1_offset, l1, l2_slots),
+            alloc: Allocator::new(h.reftable_offset, reftable, rb_slots),
             meta: MetaLock::default(),
             ranges: RangeLocks::default(),
-            free_hint: Cell::new(0),
-            pending_free: RefCell::new(Vec::new()),
             read_only: Cell::new(read_only),
             reopen_to: Cell::new(None),
-            incompat: Cell::new(h.incompat),
-            autoclear: Cell::new(h.autoclear),
-            nb_snapshots: h.nb_snapshots,
             lazy: Cell::new(runtime.lazy.unwrap_or(header_lazy)),
             header_lazy,
             metadata_prealloc: Cell::new(None),
@@ -424,20 +401,6 @@ impl Qcow2 {
         self.file.sibling("backing")
     }
 
-    fn cs(&self) -> u64 {
-        1 << self.cluster_bits
-    }
-
-    /// L2 entries per table.
-    fn l2_entries(&self) -> u64 {
-        self.cs() / self.l2_entry_bytes()
-    }
-
-    /// Bytes per L2 entry: 8, or 16 with extended L2 entries.
-    fn l2_entry_bytes(&self) -> u64 {
-        if self.ext_l2 { 16 } else { 8 }
-    }
-
     /// Refuse writes to a read-only image; do the pending header fix-ups before the first
     /// write (rebuild stale lazy refcounts, clear unknown autoclear bits).
     async fn check_writable(&self) -> Result<()> {
@@ -447,7 +410,7 @@ impl Qcow2 {
         if self.is_corrupt() {
             return Err(self.corrupt_error());
         }
-        if self.ext_l2 {
+        if self.layout.ext_l2 {
             return Err(Error::io_msg(
                 Errno::ENOTSUP,
                 "qcow2: writing to images with extended L2 entries (subclusters) is not supported",
@@ -456,9 +419,9 @@ impl Qcow2 {
         if !self.fixups_pending.get() && !self.needs_dirty_bit() {
             return Ok(());
         }
-        let _g = self.meta.lock().await;
+        let held = self.meta.lock().await;
         if self.fixups_pending.get() {
-            self.do_fixups().await?;
+            self.do_fixups(&held).await?;
         }
         if self.needs_dirty_bit() {
             self.set_dirty_bit(true).await?;
@@ -468,7 +431,7 @@ impl Qcow2 {
 
     /// Autoclear bits this driver keeps valid.
     fn known_autoclear(&self) -> u64 {
-        known_autoclear(self.incompat.get())
+        known_autoclear(self.layout.incompat.get())
     }
 
     /// The child guest data clusters live in: the data file, or the image file.
@@ -483,15 +446,15 @@ impl Qcow2 {
 
     /// True when lazy refcounts are in use and the dirty bit is not set yet.
     fn needs_dirty_bit(&self) -> bool {
-        self.lazy.get() && self.incompat.get() & header::INCOMPAT_DIRTY == 0
+        self.lazy.get() && self.layout.incompat.get() & header::INCOMPAT_DIRTY == 0
     }
 
     /// Set or clear the dirty bit durably (everything written before is flushed first).
     async fn set_dirty_bit(&self, on: bool) -> Result<()> {
         let bits = if on {
-            self.incompat.get() | header::INCOMPAT_DIRTY
+            self.layout.incompat.get() | header::INCOMPAT_DIRTY
         } else {
-            self.incompat.get() & !header::INCOMPAT_DIRTY
+            self.layout.incompat.get() & !header::INCOMPAT_DIRTY
         };
         self.file.flush().await?;
         self.file
@@ -503,7 +466,7 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        self.incompat.set(bits);
+        self.layout.incompat.set(bits);
         Ok(())
     }
 
@@ -514,19 +477,20 @@ impl Qcow2 {
         self.flush_metadata().await?;
         self.file.flush().await?;
         // Lazy refcounts: everything is written back, the refcounts are accurate again.
-        if self.lazy.get() && self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
+        if self.lazy.get() && self.layout.incompat.get() & header::INCOMPAT_DIRTY != 0 {
             self.set_dirty_bit(false).await?;
         }
         Ok(())
     }
 
-    /// The header fix-ups of `check_writable` (metadata lock held).
-    async fn do_fixups(&self) -> Result<()> {
-        if self.incompat.get() & header::INCOMPAT_DIRTY != 0 {
-            self.rebuild_refcounts(self.nb_snapshots, false).await?;
+    /// The header fix-ups of `check_writable` (metadata lock held: `held`).
+    async fn do_fixups(&self, held: &MetaGuard<'_>) -> Result<()> {
+        if self.layout.incompat.get() & header::INCOMPAT_DIRTY != 0 {
+            self.rebuild_refcounts(held, self.layout.nb_snapshots, false)
+                .await?;
         }
-        let keep = self.autoclear.get() & self.known_autoclear();
-        if self.version == 3 && self.autoclear.get() != keep {
+        let keep = self.layout.autoclear.get() & self.known_autoclear();
+        if self.layout.version == 3 && self.layout.autoclear.get() != keep {
             // Autoclear features this driver does not maintain are cleared before anything
             // is written (data-file-raw is maintained: data clusters sit at their guest offset
             // and zeroes are written through).
@@ -539,7 +503,7 @@ impl Qcow2 {
                 .await
                 .1?;
             self.file.flush().await?;
-            self.autoclear.set(keep);
+            self.layout.autoclear.set(keep);
         }
         self.fixups_pending.set(false);
         Ok(())
@@ -558,9 +522,9 @@ impl BlockDriver for Qcow2 {
             if !self.fixups_pending.get() || self.check_mode {
                 return Ok(());
             }
-            let _g = self.meta.lock().await;
+            let held = self.meta.lock().await;
             if self.fixups_pending.get() {
-                self.do_fixups()
+                self.do_fixups(&held)
                     .await
                     .map_err(|e| e.context("Could not repair dirty image"))?;
             }
@@ -571,14 +535,14 @@ impl BlockDriver for Qcow2 {
     fn limits(&self) -> Limits {
         Limits {
             request_align: 1,
-            opt_transfer: self.cs() as u32,
+            opt_transfer: self.layout.cs() as u32,
             min_mem_align: self.file.node().limits().min_mem_align,
             ..Limits::default()
         }
     }
 
     fn len(&self) -> u64 {
-        self.size.get()
+        self.layout.size.get()
     }
 
     fn read(&self, offset: u64, buf: IoBuf, _flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
@@ -675,10 +639,11 @@ impl BlockDriver for Qcow2 {
         if !read_only && self.read_only.get() {
             // What open decides for a writable image: the header fix-ups are due (they run in
             // `activate`, which the reopen calls next, or before the first write).
-            let incompat = self.incompat.get();
+            let incompat = self.layout.incompat.get();
             self.fixups_pending.set(
                 incompat & header::INCOMPAT_DIRTY != 0
-                    || (self.version == 3 && self.autoclear.get() & !self.known_autoclear() != 0),
+                    || (self.layout.version == 3
+                        && self.layout.autoclear.get() & !self.known_autoclear() != 0),
             );
         }
         self.read_only.set(read_only);
@@ -707,10 +672,10 @@ impl BlockDriver for Qcow2 {
 
     fn specific_info(&self) -> Value {
         json!({
-            "compat": if self.version == 3 { "1.1" } else { "0.10" },
-            "refcount-bits": 1u32 << self.refcount_order,
-            "corrupt": self.incompat.get() & header::INCOMPAT_CORRUPT != 0,
-            "compression-type": if self.compression_type == 1 { "zstd" } else { "zlib" },
+            "compat": if self.layout.version == 3 { "1.1" } else { "0.10" },
+            "refcount-bits": 1u32 << self.layout.refcount_order,
+            "corrupt": self.layout.incompat.get() & header::INCOMPAT_CORRUPT != 0,
+            "compression-type": if self.layout.compression_type == 1 { "zstd" } else { "zlib" },
         })
     }
 }

@@ -43,7 +43,7 @@ pub(crate) fn c_hex(v: u64) -> String {
 impl Qcow2 {
     /// True once the image has been found corrupt (here or by an earlier user).
     pub(crate) fn is_corrupt(&self) -> bool {
-        self.incompat.get() & INCOMPAT_CORRUPT != 0
+        self.layout.incompat.get() & INCOMPAT_CORRUPT != 0
     }
 
     /// The error every write of a corrupt image fails with.
@@ -61,26 +61,26 @@ impl Qcow2 {
         }
         // Structures the `overlap-check` option leaves out are not checked.
         let ignore = ignore | !self.runtime.borrow().overlap_mask;
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let (first, end) = (off / cs, (off + len).div_ceil(cs));
         let meets = |o: u64, l: u64| l > 0 && o / cs < end && (o + l).div_ceil(cs) > first;
         if ignore & OL_HEADER == 0 && meets(0, cs) {
             return Some("qcow2_header");
         }
-        let l1_len = self.l1.borrow().len() as u64 * 8;
-        if ignore & OL_ACTIVE_L1 == 0 && meets(self.l1_offset.get(), l1_len) {
+        let l1_len = self.l2.l1_bytes();
+        if ignore & OL_ACTIVE_L1 == 0 && meets(self.l2.l1_offset(), l1_len) {
             return Some("active L1 table");
         }
-        let rt_len = self.reftable.borrow().len() as u64 * 8;
-        if ignore & OL_REFCOUNT_TABLE == 0 && meets(self.reftable_offset.get(), rt_len) {
+        let rt_len = self.alloc.reftable_bytes();
+        if ignore & OL_REFCOUNT_TABLE == 0 && meets(self.alloc.reftable_offset.get(), rt_len) {
             return Some("refcount table");
         }
-        if ignore & OL_ACTIVE_L2 == 0 && self.l1.borrow().iter().any(|e| meets(e & OFFSET_MASK, cs))
-        {
+        if ignore & OL_ACTIVE_L2 == 0 && self.l2.any_table(|off| meets(off, cs)) {
             return Some("active L2 table");
         }
         if ignore & OL_REFCOUNT_BLOCK == 0
             && self
+                .alloc
                 .reftable
                 .borrow()
                 .iter()
@@ -167,9 +167,9 @@ impl Qcow2 {
     /// Set the corrupt bit in memory and, for v3 images, durably in the header (best effort:
     /// the image is treated as corrupt in memory even if the header cannot be written).
     async fn mark_corrupt(&self) {
-        let bits = self.incompat.get() | INCOMPAT_CORRUPT;
-        self.incompat.set(bits);
-        if self.version < 3 {
+        let bits = self.layout.incompat.get() | INCOMPAT_CORRUPT;
+        self.layout.incompat.set(bits);
+        if self.layout.version < 3 {
             return;
         }
         let r = self

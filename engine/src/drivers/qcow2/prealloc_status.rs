@@ -19,7 +19,7 @@ impl Qcow2 {
         if let Some(known) = self.metadata_prealloc.get() {
             return Ok(known);
         }
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let file_len = self.file.len();
         // What the file system holds, as QEMU measures it; else the file's data runs.
         let real = match self.file.node().driver().allocated_bytes() {

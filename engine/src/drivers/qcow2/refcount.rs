@@ -9,6 +9,7 @@ use crate::error::{Errno, Error, Result};
 use crate::event::DebugEvent;
 use crate::io::{IoBuf, ReqFlags};
 
+use super::allocator::DeferredFree;
 use super::cache::{get_u64, set_u64};
 use super::header::{MAX_REFTABLE_BYTES, OFF_REFTABLE};
 use super::overlap::{OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE, c_hex};
@@ -68,25 +69,12 @@ fn reftable_growth(at: u64, old_len: u64, cs: u64, rb_bits: u32) -> (u64, u64, u
 }
 
 impl Qcow2 {
-    /// log2 of the refcount entries per block.
-    pub(super) fn rb_bits(&self) -> u32 {
-        self.cluster_bits + 3 - self.refcount_order
-    }
-
-    pub(super) fn max_refcount(&self) -> u64 {
-        if self.refcount_order == 6 {
-            u64::MAX
-        } else {
-            (1u64 << (1u32 << self.refcount_order)) - 1
-        }
-    }
-
     /// Host offset of the refcount block covering cluster `idx`, if there is one. An
     /// unaligned offset is corruption: signalled (the image marked corrupt where writable,
     /// as QEMU does) and an EIO error.
     async fn refblock_of(&self, idx: u64) -> Result<Option<u64>> {
-        let rt = idx >> self.rb_bits();
-        let entry = match self.reftable.borrow().get(rt as usize) {
+        let rt = idx >> self.layout.rb_bits();
+        let entry = match self.alloc.reftable.borrow().get(rt as usize) {
             None => return Ok(None),
             Some(e) => *e,
         };
@@ -94,7 +82,7 @@ impl Qcow2 {
         if off == 0 {
             return Ok(None);
         }
-        if !off.is_multiple_of(self.cs()) {
+        if !off.is_multiple_of(self.layout.cs()) {
             let msg = format!(
                 "Refblock offset {off:#x} unaligned (reftable index: {})",
                 c_hex(rt)
@@ -107,14 +95,14 @@ impl Qcow2 {
 
     /// Make sure the refcount block at `off` is cached.
     async fn load_refblock(&self, off: u64) -> Result<()> {
-        if self.rb_cache.contains(off) {
+        if self.alloc.cache.contains(off) {
             return Ok(());
         }
-        if self.rb_cache.is_full()
-            && let Some((victim, data, dirty)) = self.rb_cache.lru()
+        if self.alloc.cache.is_full()
+            && let Some((victim, data, dirty)) = self.alloc.cache.lru()
         {
             if dirty {
-                self.pre_write_check(OL_REFCOUNT_BLOCK, victim, self.cs())
+                self.pre_write_check(OL_REFCOUNT_BLOCK, victim, self.layout.cs())
                     .await?;
                 self.file.debug_event(DebugEvent::RefblockUpdate).await;
                 self.file
@@ -122,15 +110,15 @@ impl Qcow2 {
                     .await
                     .1?;
             }
-            self.rb_cache.remove(victim);
+            self.alloc.cache.remove(victim);
         }
         self.file.debug_event(DebugEvent::RefblockLoad).await;
         let (buf, r) = self
             .file
-            .read(off, IoBuf::new(self.cs() as usize), ReqFlags::NONE)
+            .read(off, IoBuf::new(self.layout.cs() as usize), ReqFlags::NONE)
             .await;
         r?;
-        self.rb_cache.insert(off, buf.as_slice().to_vec(), false);
+        self.alloc.cache.insert(off, buf.as_slice().to_vec(), false);
         Ok(())
     }
 
@@ -140,10 +128,11 @@ impl Qcow2 {
             return Ok(0);
         };
         self.load_refblock(off).await?;
-        let i = (idx & ((1 << self.rb_bits()) - 1)) as usize;
-        let order = self.refcount_order;
+        let i = (idx & ((1 << self.layout.rb_bits()) - 1)) as usize;
+        let order = self.layout.refcount_order;
         Ok(self
-            .rb_cache
+            .alloc
+            .cache
             .with(off, false, |t| rb_get(t, order, i))
             .expect("just loaded"))
     }
@@ -157,9 +146,10 @@ impl Qcow2 {
             )
         })?;
         self.load_refblock(off).await?;
-        let i = (idx & ((1 << self.rb_bits()) - 1)) as usize;
-        let (order, max) = (self.refcount_order, self.max_refcount());
-        self.rb_cache
+        let i = (idx & ((1 << self.layout.rb_bits()) - 1)) as usize;
+        let (order, max) = (self.layout.refcount_order, self.layout.max_refcount());
+        self.alloc
+            .cache
             .with(off, true, |t| {
                 let old = rb_get(t, order, i);
                 let new = if delta < 0 {
@@ -179,8 +169,8 @@ impl Qcow2 {
                 }
             })
             .expect("just loaded")?;
-        if delta < 0 && idx < self.free_hint.get() {
-            self.free_hint.set(idx);
+        if delta < 0 {
+            self.alloc.freed(idx);
         }
         Ok(())
     }
@@ -188,8 +178,8 @@ impl Qcow2 {
     /// Make sure a refcount block covers cluster `c` (creating it, or growing the table, at
     /// free cluster `c`). Returns false when it had to create something (the caller rescans).
     async fn cover(&self, c: u64) -> Result<bool> {
-        let rt = c >> self.rb_bits();
-        if rt as usize >= self.reftable.borrow().len() {
+        let rt = c >> self.layout.rb_bits();
+        if rt as usize >= self.alloc.reftable.borrow().len() {
             self.grow_reftable(c).await?;
             return Ok(false);
         }
@@ -211,7 +201,7 @@ impl Qcow2 {
         self.settle_frees().await?;
         'search: loop {
             let mut first_free = None;
-            let mut start = self.free_hint.get().max(1);
+            let mut start = self.alloc.hint().max(1);
             let mut run = 0;
             let mut i = start;
             while run < n {
@@ -236,8 +226,8 @@ impl Qcow2 {
                 self.update_refcount(c, 1).await?;
             }
             let hint = first_free.filter(|f| *f < start).unwrap_or(start + n);
-            self.free_hint.set(hint);
-            return Ok(start << self.cluster_bits);
+            self.alloc.set_hint(hint);
+            return Ok(self.layout.cluster_offset(start));
         }
     }
 
@@ -247,7 +237,7 @@ impl Qcow2 {
         self.file.debug_event(DebugEvent::ClusterAlloc).await;
         self.settle_frees().await?;
         loop {
-            let mut start = self.free_hint.get().max(1);
+            let mut start = self.alloc.hint().max(1);
             while self.refcount(start).await? != 0 {
                 start += 1;
             }
@@ -262,8 +252,8 @@ impl Qcow2 {
             for c in start..start + got {
                 self.update_refcount(c, 1).await?;
             }
-            self.free_hint.set(start + got);
-            return Ok((start << self.cluster_bits, got));
+            self.alloc.set_hint(start + got);
+            return Ok((self.layout.cluster_offset(start), got));
         }
     }
 
@@ -272,14 +262,14 @@ impl Qcow2 {
     /// cluster); QEMU reuses a freed cluster at once. Writing the mappings back first (one flush,
     /// only when frees are queued) keeps both: the same layout as QEMU's, and crash safety.
     async fn settle_frees(&self) -> Result<()> {
-        if self.pending_free.borrow().is_empty() {
+        if !self.alloc.has_deferred() {
             return Ok(());
         }
         Box::pin(self.flush_metadata()).await
     }
 
     fn check_space(&self, end_cluster: u64) -> Result<()> {
-        if end_cluster << self.cluster_bits > OFFSET_MASK {
+        if self.layout.cluster_offset(end_cluster) > OFFSET_MASK {
             return Err(Error::io_msg(Errno::ENOSPC, "qcow2: image file is full"));
         }
         Ok(())
@@ -288,7 +278,7 @@ impl Qcow2 {
     /// Undo an allocation nothing refers to yet (the refcount drops at once).
     pub(crate) async fn free_unreferenced(&self, host: u64, n: u64) -> Result<()> {
         for c in 0..n {
-            self.update_refcount((host >> self.cluster_bits) + c, -1)
+            self.update_refcount(self.layout.cluster_of(host) + c, -1)
                 .await?;
         }
         Ok(())
@@ -297,22 +287,21 @@ impl Qcow2 {
     /// Queue `[host, host+len)` for a refcount decrement once the mapping change that freed it
     /// is durable (applied by `flush_metadata`); `discard`: discard what becomes free in the file.
     pub(crate) fn free_later(&self, host: u64, len: u64, discard: bool) {
-        self.pending_free.borrow_mut().push((host, len, discard));
+        self.alloc.defer_free(DeferredFree { host, len, discard });
     }
 
     /// Apply the queued frees (the mappings that freed them are durable now).
     pub(crate) async fn apply_pending_frees(&self) -> Result<()> {
-        let frees = std::mem::take(&mut *self.pending_free.borrow_mut());
-        for (host, len, discard) in frees {
+        for DeferredFree { host, len, discard } in self.alloc.take_deferred() {
             self.file.debug_event(DebugEvent::ClusterFree).await;
-            let first = host >> self.cluster_bits;
-            let last = (host + len.max(1) - 1) >> self.cluster_bits;
+            let first = self.layout.cluster_of(host);
+            let last = self.layout.cluster_of(host + len.max(1) - 1);
             for c in first..=last {
                 self.update_refcount(c, -1).await?;
                 // Nothing refers to a cluster whose count reached zero (the mapping change is
                 // durable) and nothing can reuse it before this discard (metadata lock held).
                 if discard && self.refcount(c).await? == 0 {
-                    let cs = self.cs();
+                    let cs = self.layout.cs();
                     // Best effort, as in QEMU: a failed discard leaves the data in place.
                     let _ = self.file.discard(c * cs, cs).await;
                 }
@@ -325,12 +314,12 @@ impl Qcow2 {
     /// covers and counts).
     async fn new_refblock(&self, rt: u64, at: u64) -> Result<()> {
         self.file.debug_event(DebugEvent::RefblockAlloc).await;
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let mut data = vec![0u8; cs as usize];
         rb_set(
             &mut data,
-            self.refcount_order,
-            (at - (rt << self.rb_bits())) as usize,
+            self.layout.refcount_order,
+            (at - (rt << self.layout.rb_bits())) as usize,
             1,
         );
         let off = at * cs;
@@ -342,22 +331,26 @@ impl Qcow2 {
             .1?;
         self.file.flush().await?;
         self.file.debug_event(DebugEvent::RefblockAllocHookup).await;
-        self.pre_write_check(OL_REFCOUNT_TABLE, self.reftable_offset.get() + rt * 8, 8)
-            .await?;
+        self.pre_write_check(
+            OL_REFCOUNT_TABLE,
+            self.alloc.reftable_offset.get() + rt * 8,
+            8,
+        )
+        .await?;
         self.file
             .write(
-                self.reftable_offset.get() + rt * 8,
+                self.alloc.reftable_offset.get() + rt * 8,
                 IoBuf::from_slice(&off.to_be_bytes()),
                 ReqFlags::NONE,
             )
             .await
             .1?;
         self.file.flush().await?;
-        self.reftable.borrow_mut()[rt as usize] = off;
-        if self.rb_cache.is_full() {
+        self.alloc.reftable.borrow_mut()[rt as usize] = off;
+        if self.alloc.cache.is_full() {
             self.load_refblock(off).await?;
         } else {
-            self.rb_cache.insert(off, data, false);
+            self.alloc.cache.insert(off, data, false);
         }
         Ok(())
     }
@@ -367,9 +360,9 @@ impl Qcow2 {
     /// placed at `at`; the header is switched once they are durable; the old table is freed.
     async fn grow_reftable(&self, at: u64) -> Result<()> {
         self.file.debug_event(DebugEvent::ReftableGrow).await;
-        let cs = self.cs();
-        let rb_bits = self.rb_bits();
-        let old_len = self.reftable.borrow().len() as u64;
+        let cs = self.layout.cs();
+        let rb_bits = self.layout.rb_bits();
+        let old_len = self.alloc.reftable.borrow().len() as u64;
         let (k, m, new_len) = reftable_growth(at, old_len, cs, rb_bits);
         if m * cs > MAX_REFTABLE_BYTES {
             return Err(Error::io_msg(
@@ -378,7 +371,7 @@ impl Qcow2 {
             ));
         }
         let first_rt = at >> rb_bits;
-        let mut table = self.reftable.borrow().clone();
+        let mut table = self.alloc.reftable.borrow().clone();
         table.resize(new_len as usize, 0);
         self.file
             .debug_event(DebugEvent::RefblockAllocWriteBlocks)
@@ -390,7 +383,7 @@ impl Qcow2 {
                 if c >> rb_bits == rt {
                     rb_set(
                         &mut data,
-                        self.refcount_order,
+                        self.layout.refcount_order,
                         (c - (rt << rb_bits)) as usize,
                         1,
                     );
@@ -427,11 +420,11 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        let old_off = self.reftable_offset.get();
+        let old_off = self.alloc.reftable_offset.get();
         let old_clusters = (old_len * 8).div_ceil(cs);
-        self.reftable_offset.set(new_off);
+        self.alloc.reftable_offset.set(new_off);
         table.truncate((m * cs / 8) as usize);
-        *self.reftable.borrow_mut() = table;
+        *self.alloc.reftable.borrow_mut() = table;
         // The header no longer refers to the old table: free it now.
         for c in 0..old_clusters {
             self.update_refcount((old_off / cs) + c, -1).await?;
@@ -444,18 +437,19 @@ impl Qcow2 {
     /// dropped after (nothing to drop when the block counts itself). Dirty blocks must have
     /// been written back before.
     pub(crate) async fn drop_empty_refblocks(&self) -> Result<()> {
-        let per = 1u64 << self.rb_bits();
-        let order = self.refcount_order;
-        let entries = self.reftable.borrow().len() as u64;
+        let per = 1u64 << self.layout.rb_bits();
+        let order = self.layout.refcount_order;
+        let entries = self.alloc.reftable.borrow().len() as u64;
         for rt in 0..entries {
             let Some(off) = self.refblock_of(rt * per).await? else {
                 continue;
             };
-            let own = off >> self.cluster_bits;
+            let own = self.layout.cluster_of(off);
             let self_slot = (own / per == rt).then_some((own % per) as usize);
             self.load_refblock(off).await?;
             let empty = self
-                .rb_cache
+                .alloc
+                .cache
                 .with(off, false, |t| {
                     (0..per as usize).all(|i| {
                         let v = rb_get(t, order, i);
@@ -466,19 +460,19 @@ impl Qcow2 {
             if !empty {
                 continue;
             }
-            let at = self.reftable_offset.get() + rt * 8;
+            let at = self.alloc.reftable_offset.get() + rt * 8;
             self.pre_write_check(OL_REFCOUNT_TABLE, at, 8).await?;
             self.file
                 .write(at, IoBuf::from_slice(&0u64.to_be_bytes()), ReqFlags::NONE)
                 .await
                 .1?;
             self.file.flush().await?;
-            self.reftable.borrow_mut()[rt as usize] = 0;
-            self.rb_cache.remove(off);
+            self.alloc.reftable.borrow_mut()[rt as usize] = 0;
+            self.alloc.cache.remove(off);
             if self_slot.is_none() {
                 self.update_refcount(own, -1).await?;
-            } else if own < self.free_hint.get() {
-                self.free_hint.set(own);
+            } else {
+                self.alloc.freed(own);
             }
         }
         self.write_back_refblocks().await
@@ -486,15 +480,15 @@ impl Qcow2 {
 
     /// Write every dirty refcount block to the file (not flushed).
     pub(crate) async fn write_back_refblocks(&self) -> Result<()> {
-        for (off, data) in self.rb_cache.dirty() {
-            self.pre_write_check(OL_REFCOUNT_BLOCK, off, self.cs())
+        for (off, data) in self.alloc.cache.dirty() {
+            self.pre_write_check(OL_REFCOUNT_BLOCK, off, self.layout.cs())
                 .await?;
             self.file.debug_event(DebugEvent::RefblockUpdate).await;
             self.file
                 .write(off, IoBuf::from_slice(&data), ReqFlags::NONE)
                 .await
                 .1?;
-            self.rb_cache.mark_clean(off, &data);
+            self.alloc.cache.mark_clean(off, &data);
         }
         Ok(())
     }

@@ -33,11 +33,11 @@ impl Qcow2 {
             .is_some_and(|n| n.options().discard_unmap);
         let mut changes = changes;
         let runtime = OpenOpts::take(&mut changes, unmap)?;
-        runtime.check_version(self.version)?;
+        runtime.check_version(self.layout.version)?;
         let lazy = runtime.lazy.unwrap_or(self.header_lazy);
-        let tables = runtime.cache_tables(self.cs(), self.size.get());
+        let tables = runtime.cache_tables(self.layout.cs(), self.layout.size.get());
         let fewer_tables =
-            tables.0 < self.l2_cache.capacity() || tables.1 < self.rb_cache.capacity();
+            tables.0 < self.l2.cache.capacity() || tables.1 < self.alloc.cache.capacity();
         if !self.read_only.get() && ((self.lazy.get() && !lazy) || fewer_tables) {
             // The refcounts must be accurate on disk before lazy refcounts are off, and the
             // tables a smaller cache drops must not be dirty.
@@ -66,8 +66,8 @@ impl Qcow2 {
         let Some(staged) = self.reopen_options.take() else {
             return;
         };
-        self.l2_cache.set_capacity(staged.tables.0);
-        self.rb_cache.set_capacity(staged.tables.1);
+        self.l2.cache.set_capacity(staged.tables.0);
+        self.alloc.cache.set_capacity(staged.tables.1);
         self.lazy.set(staged.lazy);
         let interval = staged.runtime.clean_interval;
         if interval != self.runtime.borrow().clean_interval {

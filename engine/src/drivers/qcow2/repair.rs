@@ -13,6 +13,7 @@ use super::cache::{get_u64, set_u64};
 use super::cluster::Kind;
 use super::entry::L2Entry;
 use super::header::{INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, OFF_INCOMPAT, OFF_REFTABLE};
+use super::lock::MetaGuard;
 use super::refcount::rb_set;
 use super::{OFFSET_MASK, Qcow2};
 
@@ -41,14 +42,19 @@ impl Qcow2 {
     /// `count_old`: the old refcount table and blocks keep a count of one (the check's rebuild,
     /// whose leak pass then frees them with a "Repairing cluster" line each, as QEMU's does);
     /// otherwise they simply become free.
-    pub(crate) async fn rebuild_refcounts(&self, nb_snapshots: u32, count_old: bool) -> Result<()> {
+    pub(crate) async fn rebuild_refcounts(
+        &self,
+        held: &MetaGuard<'_>,
+        nb_snapshots: u32,
+        count_old: bool,
+    ) -> Result<()> {
         if nb_snapshots > 0 {
             return Err(Error::generic(
                 "qcow2: cannot repair the refcounts of an image with internal snapshots; \
                  run 'qemu-img check -r all'",
             ));
         }
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let file_clusters = self.file.len().div_ceil(cs);
         // Bounded by the file size: every valid reference lies inside the file.
         let mut counts = super::check_walk::cluster_counts(self.file.len(), cs)?;
@@ -60,19 +66,19 @@ impl Qcow2 {
         // New table and blocks after everything, covering themselves.
         let base = file_clusters.max(1);
         let (area, table) = self.new_refcount_structures(&mut counts, base)?;
-        self.switch_refcounts(base * cs, area, table).await
+        self.switch_refcounts(held, base * cs, area, table).await
     }
 
     /// Count the header, the L1 table, every L2 table and every cluster they map.
     async fn count_mapped_refs(&self, counts: &mut [u64]) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         add_ref(counts, cs, 0, cs)?;
-        let l1 = self.l1.borrow().clone();
+        let l1 = self.l2.snapshot();
         if !l1.is_empty() {
-            add_ref(counts, cs, self.l1_offset.get(), l1.len() as u64 * 8)?;
+            add_ref(counts, cs, self.l2.l1_offset(), self.l2.l1_bytes())?;
         }
         for e in l1 {
-            let l2 = e & OFFSET_MASK;
+            let l2 = e.l2_offset();
             if l2 == 0 {
                 continue;
             }
@@ -85,7 +91,10 @@ impl Qcow2 {
                 .read(l2, IoBuf::new(cs as usize), ReqFlags::NONE)
                 .await;
             r?;
-            for chunk in buf.as_slice().chunks_exact(self.l2_entry_bytes() as usize) {
+            for chunk in buf
+                .as_slice()
+                .chunks_exact(self.layout.l2_entry_bytes() as usize)
+            {
                 let entry = L2Entry::from_raw(get_u64(chunk, 0));
                 match self.classify(entry)? {
                     // Clusters of an external data file are not refcounted.
@@ -106,7 +115,7 @@ impl Qcow2 {
     /// Persistent bitmaps own clusters too; counted the way the check counts them (only
     /// read when the autoclear bit says they are valid, as the check does).
     async fn count_bitmap_refs(&self, counts: &mut [u64]) -> Result<()> {
-        let bitmaps = if self.autoclear.get() & 1 != 0 {
+        let bitmaps = if self.layout.autoclear.get() & 1 != 0 {
             self.bitmap_refs().await?
         } else {
             Vec::new()
@@ -130,8 +139,8 @@ impl Qcow2 {
         counts: &mut Vec<u64>,
         base: u64,
     ) -> Result<(Vec<u8>, Vec<u64>)> {
-        let cs = self.cs();
-        let order = self.refcount_order;
+        let cs = self.layout.cs();
+        let order = self.layout.refcount_order;
         let rb_entries = (cs * 8) >> order;
         let (mut rt, mut rb) = (1u64, 1u64);
         loop {
@@ -182,8 +191,14 @@ impl Qcow2 {
 
     /// Write the new refcount `area` at `table_off`, point the header at its table and clear
     /// the dirty bit, each step flushed before the next; then use the new table in memory.
-    async fn switch_refcounts(&self, table_off: u64, area: Vec<u8>, table: Vec<u64>) -> Result<()> {
-        let rt = (table.len() as u64 * 8).div_ceil(self.cs());
+    async fn switch_refcounts(
+        &self,
+        held: &MetaGuard<'_>,
+        table_off: u64,
+        area: Vec<u8>,
+        table: Vec<u64>,
+    ) -> Result<()> {
+        let rt = (table.len() as u64 * 8).div_ceil(self.layout.cs());
         self.file
             .write(table_off, IoBuf::from_slice(&area), ReqFlags::NONE)
             .await
@@ -197,7 +212,7 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        let incompat = self.incompat.get() & !INCOMPAT_DIRTY;
+        let incompat = self.layout.incompat.get() & !INCOMPAT_DIRTY;
         self.file
             .write(
                 OFF_INCOMPAT,
@@ -207,20 +222,17 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        self.incompat.set(incompat);
-        self.reftable_offset.set(table_off);
-        *self.reftable.borrow_mut() = table;
-        self.rb_cache.clear();
-        self.free_hint.set(0);
+        self.layout.incompat.set(incompat);
+        self.alloc.replace_table(held, table_off, table);
         Ok(())
     }
 
     /// Count the clusters of the current refcount table and its (aligned, in-file) blocks.
     fn count_old_refcount_structures(&self, counts: &mut [u64]) {
-        let cs = self.cs();
-        let table_clusters = (self.reftable.borrow().len() as u64 * 8).div_ceil(cs);
-        let first = self.reftable_offset.get() / cs;
-        let blocks = self.reftable.borrow().clone();
+        let cs = self.layout.cs();
+        let table_clusters = (self.alloc.reftable_bytes()).div_ceil(cs);
+        let first = self.alloc.reftable_offset.get() / cs;
+        let blocks = self.alloc.reftable.borrow().clone();
         let old = (first..first + table_clusters).chain(
             blocks
                 .iter()

@@ -11,11 +11,11 @@ use crate::io::{IoBuf, ReqFlags};
 
 use crate::driver::Prealloc;
 
+use super::Qcow2;
 use super::cluster::Kind;
-use super::entry::L2Entry;
+use super::entry::{L1Entry, L2Entry};
 use super::header::{MAX_L1_BYTES, OFF_L1, OFF_SIZE};
 use super::overlap::OL_ACTIVE_L1;
-use super::{OFFSET_MASK, Qcow2};
 
 impl Qcow2 {
     pub(crate) async fn do_truncate(&self, len: u64, prealloc: Prealloc) -> Result<()> {
@@ -25,10 +25,10 @@ impl Qcow2 {
             ));
         }
         let _g = self.meta.lock().await;
-        let cs = self.cs();
-        let old = self.size.get();
+        let cs = self.layout.cs();
+        let old = self.layout.size.get();
         let mut shrunk = None;
-        let per_l1 = cs * self.l2_entries();
+        let per_l1 = cs * self.layout.l2_entries();
         if len < old && prealloc != Prealloc::Off {
             return Err(Error::io_msg(
                 Errno::ENOTSUP,
@@ -36,7 +36,7 @@ impl Qcow2 {
             ));
         }
         if len < old {
-            if self.nb_snapshots > 0 {
+            if self.layout.nb_snapshots > 0 {
                 return Err(Error::io_msg(
                     Errno::ENOTSUP,
                     "Can't resize an image which has snapshots",
@@ -56,7 +56,7 @@ impl Qcow2 {
                 data.truncate(len, false, data_mode).await?;
             }
             let need = len.div_ceil(per_l1);
-            if need > self.l1.borrow().len() as u64 {
+            if need > self.l2.l1_len() as u64 {
                 self.grow_l1(need).await?;
             }
             if self.has_data_file() {
@@ -76,7 +76,7 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        self.size.set(len);
+        self.layout.size.set(len);
         if let Some(grew) = shrunk {
             self.truncate_file_to_used(grew).await;
             if let Some(data) = &self.data {
@@ -91,7 +91,7 @@ impl Qcow2 {
     /// file (a raw data file, or a preallocating resize), as a new image maps them, then make
     /// the tables durable (metadata lock held).
     async fn map_data_file_tail(&self, old: u64, len: u64) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         for gc in old / cs..len.div_ceil(cs) {
             if self.classify(self.l2_entry(gc).await?)? != Kind::Unallocated {
                 continue;
@@ -111,13 +111,13 @@ impl Qcow2 {
     /// the way (it allocates the missing L2 tables of the range, then frees those past the
     /// end), which decides the file's final length.
     async fn free_tail(&self, len: u64) -> Result<bool> {
-        let cs = self.cs();
-        let per = self.l2_entries();
-        let (first, end) = (len.div_ceil(cs), self.size.get().div_ceil(cs));
+        let cs = self.layout.cs();
+        let per = self.layout.l2_entries();
+        let (first, end) = (len.div_ceil(cs), self.layout.size.get().div_ceil(cs));
         let keep = len.div_ceil(per * cs) as usize;
         let grew = first < end
             && (first / per..end.div_ceil(per))
-                .any(|l1i| self.l1.borrow()[l1i as usize] & OFFSET_MASK == 0);
+                .any(|l1i| self.l2.entry(l1i as usize).l2_offset() == 0);
         if first < end && ((first / per) as usize) < keep {
             // QEMU discards the tail through the lookup that allocates a missing L2 table:
             // the last table kept exists afterwards even if nothing was ever written there
@@ -127,7 +127,7 @@ impl Qcow2 {
         let mut gc = first;
         while gc < end {
             let l1i = (gc / per) as usize;
-            if self.l1.borrow()[l1i] & OFFSET_MASK == 0 {
+            if self.l2.entry(l1i).l2_offset() == 0 {
                 gc = (l1i as u64 + 1) * per;
                 continue;
             }
@@ -141,22 +141,22 @@ impl Qcow2 {
         }
         // L2 tables written, flushed, then the frees applied (flush_metadata's order).
         self.flush_metadata().await?;
-        let l1_len = self.l1.borrow().len();
+        let l1_len = self.l2.l1_len();
         let mut tables = Vec::new();
         for l1i in keep..l1_len {
-            let off = self.l1.borrow()[l1i] & OFFSET_MASK;
+            let off = self.l2.entry(l1i).l2_offset();
             if off == 0 {
                 continue;
             }
-            let at = self.l1_offset.get() + l1i as u64 * 8;
+            let at = self.l2.entry_pos(l1i);
             self.pre_write_check(OL_ACTIVE_L1, at, 8).await?;
             self.file.debug_event(DebugEvent::L1ShrinkWriteTable).await;
             self.file
                 .write(at, IoBuf::from_slice(&0u64.to_be_bytes()), ReqFlags::NONE)
                 .await
                 .1?;
-            self.l1.borrow_mut()[l1i] = 0;
-            self.l2_cache.remove(off);
+            self.l2.set(l1i, L1Entry::UNALLOCATED);
+            self.l2.cache.remove(off);
             tables.push(off);
         }
         if !tables.is_empty() {
@@ -181,7 +181,7 @@ impl Qcow2 {
     /// grown during the shrink (`grew`), its cut lands on that cluster boundary even where the
     /// file ended inside the cluster before; so does this one.
     async fn truncate_file_to_used(&self, grew: bool) {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let file_len = self.file.len();
         let mut c = file_len.div_ceil(cs);
         while c > 0 {
@@ -200,7 +200,7 @@ impl Qcow2 {
     /// that reads as zeroes (metadata lock held). Clusters reused from inside the file are
     /// zero-filled; `Full` zero-fills everything, `Falloc` reserves the file's new tail.
     async fn preallocate(&self, old: u64, len: u64, mode: Prealloc) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let file_end = self.file.len();
         let (mut gc, end) = (old.div_ceil(cs), len.div_ceil(cs));
         let mut host_end = file_end;
@@ -210,7 +210,7 @@ impl Qcow2 {
                 continue;
             }
             self.ensure_l2(gc).await?;
-            let table_end = (gc / self.l2_entries() + 1) * self.l2_entries();
+            let table_end = (gc / self.layout.l2_entries() + 1) * self.layout.l2_entries();
             let mut n = 1;
             while gc + n < end.min(table_end)
                 && self.classify(self.l2_entry(gc + n).await?)? == Kind::Unallocated
@@ -259,7 +259,7 @@ impl Qcow2 {
 
     /// Replace the L1 table by a larger one (`entries`), switched in by one header write.
     pub(super) async fn grow_l1(&self, entries: u64) -> Result<()> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let bytes = entries * 8;
         if bytes > MAX_L1_BYTES {
             return Err(Error::io_msg(
@@ -272,9 +272,7 @@ impl Qcow2 {
         let host = self.alloc_clusters(clusters).await?;
         self.write_back_refblocks().await?;
         let mut table = vec![0u8; (clusters * cs) as usize];
-        for (i, e) in self.l1.borrow().iter().enumerate() {
-            table[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
-        }
+        self.l2.encode_into(&mut table);
         self.file.debug_event(DebugEvent::L1GrowWriteTable).await;
         self.file
             .write(host, IoBuf::from_slice(&table), ReqFlags::NONE)
@@ -290,10 +288,9 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        let old_off = self.l1_offset.get();
-        let old_clusters = (self.l1.borrow().len() as u64 * 8).div_ceil(cs);
-        self.l1_offset.set(host);
-        self.l1.borrow_mut().resize(entries as usize, 0);
+        let old_off = self.l2.l1_offset();
+        let old_clusters = self.l2.l1_bytes().div_ceil(cs);
+        self.l2.relocate(host, entries as usize);
         if old_off != 0 && old_clusters > 0 {
             self.free_unreferenced(old_off, old_clusters).await?;
         }

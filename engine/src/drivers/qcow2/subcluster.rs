@@ -14,8 +14,8 @@
 
 use crate::error::{Errno, Error, Result};
 
+use super::Qcow2;
 use super::cluster::Kind;
-use super::{OFFSET_MASK, Qcow2};
 
 /// Subclusters per cluster.
 const SUBCLUSTERS: u64 = 32;
@@ -35,11 +35,11 @@ impl Qcow2 {
             || (alloc && zero)
             || (alloc && host == 0);
         if invalid {
-            let l1i = (gc / self.l2_entries()) as usize;
-            let l2 = self.l1.borrow().get(l1i).copied().unwrap_or(0) & OFFSET_MASK;
+            let l1i = (gc / self.layout.l2_entries()) as usize;
+            let l2 = self.l2.entry(l1i).l2_offset();
             let msg = format!(
                 "Invalid cluster entry found (L2 offset: {l2:#x}, L2 index: {:#x})",
-                gc % self.l2_entries()
+                gc % self.layout.l2_entries()
             );
             let full = self.signal_corruption(true, None, None, &msg).await;
             return Err(Error::io_msg(Errno::EIO, full));
@@ -68,7 +68,7 @@ impl Qcow2 {
     /// `run_at` for extended L2 entries: the kind at guest offset `off` and how many bytes
     /// from `off` (at most `max`) share it, walking subcluster by subcluster.
     pub(crate) async fn run_at_ext(&self, off: u64, max: u64) -> Result<(Kind, u64)> {
-        let cs = self.cs();
+        let cs = self.layout.cs();
         let sc = cs / SUBCLUSTERS;
         let gc0 = off / cs;
         let kind = self.sub_kind(gc0, off % cs / sc).await?;

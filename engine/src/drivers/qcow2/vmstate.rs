@@ -15,8 +15,8 @@ use super::Qcow2;
 impl Qcow2 {
     /// Guest offset where the VM state area begins.
     pub(super) fn vm_state_offset(&self) -> u64 {
-        let per_l1_entry = self.cs() * self.l2_entries();
-        self.size.get().div_ceil(per_l1_entry) * per_l1_entry
+        let per_l1_entry = self.layout.cs() * self.layout.l2_entries();
+        self.layout.size.get().div_ceil(per_l1_entry) * per_l1_entry
     }
 
     /// Write `buf` at `pos` of the VM state area.
@@ -43,10 +43,10 @@ impl Qcow2 {
     /// Make the L1 table cover guest offsets below `end`, growing it QEMU's way: half again
     /// (rounded up) until it is large enough.
     async fn grow_l1_to_cover(&self, end: u64) -> Result<()> {
-        let per_l1_entry = self.cs() * self.l2_entries();
+        let per_l1_entry = self.layout.cs() * self.layout.l2_entries();
         let need = end.div_ceil(per_l1_entry);
         let _g = self.meta.lock().await;
-        let have = self.l1.borrow().len() as u64;
+        let have = self.l2.l1_len() as u64;
         if need <= have {
             return Ok(());
         }
