@@ -2,7 +2,8 @@
 //! request after it: `reftable_load` (qcow2 open, before the refcount table is read),
 //! `cor_write` (copy-on-read, before the copied data is written), `l1_shrink_write_table` and
 //! `l1_shrink_free_l2_clusters` (shrinking past an L2 table's reach), `empty_image_prepare`
-//! (an image rebuilt empty, as `qemu-img commit` leaves its top), `vmstate_save` and
+//! (an image rebuilt empty, as `qemu-img commit` leaves its top; `reftable_update` when its
+//! header then switches to the new tables), `vmstate_save` and
 //! `vmstate_load` (qemu-io `write -b`/`read -b`, before the VM state is touched).
 
 use crate::support;
@@ -131,5 +132,21 @@ fn vmstate_events_are_raised_before_the_vm_state_is_touched() {
         let (buf, r) = bb.load_vmstate(0, IoBuf::new(4096)).await;
         r.unwrap();
         assert!(buf.as_slice().iter().all(|&b| b == 7));
+    });
+}
+
+#[test]
+fn reftable_update_is_raised_when_an_empty_image_switches_its_tables() {
+    run(6, |engine| async move {
+        mkimg(&engine, "top.qcow2", None).await;
+        let rules = json!([{"event": "reftable_update", "errno": 5, "once": true}]);
+        engine
+            .blockdev_add(over_blkdebug("top", Value::Null, rules))
+            .await
+            .unwrap();
+        fill(&engine, "top", 0, 64 << 10, 0x66).await;
+        let node = engine.node("top").unwrap();
+        let r = engine::request::make_empty(&node).await;
+        assert_eq!(r.unwrap_err().errno(), Some(Errno::EIO));
     });
 }

@@ -75,6 +75,14 @@ impl Qcow2 {
             .await;
         zero(cs, (2 + l1c) * cs).await?;
         self.file.flush().await?;
+        // The header write below switches both the L1 table and the refcount table (QEMU
+        // raises both events here).
+        self.file
+            .debug_event(crate::event::DebugEvent::L1Update)
+            .await;
+        self.file
+            .debug_event(crate::event::DebugEvent::ReftableUpdate)
+            .await;
         // l1_size (unchanged), l1_table_offset, refcount_table_offset and _clusters are
         // adjacent: one write switches them together.
         let mut hdr = Vec::with_capacity(24);
