@@ -144,62 +144,15 @@ impl P<'_> {
             "readv" | "aio_read" | "writev" => self.vectored(args)?,
             "write" => Command::Write(self.write(args)?),
             "aio_write" => self.aio_write(args)?,
-            "discard" => {
-                let (opts, ops) = self.opts(args, "Cq")?;
-                let stats = stats_of(&opts);
-                if ops.len() != 2 {
-                    return self.usage();
-                }
-                let offset = self.num(&ops[0])?;
-                let len = self.num(&ops[1])?;
-                if len > MAX_REQUEST_BYTES {
-                    return fail(format!(
-                        "length cannot exceed {MAX_REQUEST_BYTES}, given {}",
-                        ops[1]
-                    ));
-                }
-                Command::Discard { offset, len, stats }
-            }
-            "truncate" => {
-                let (opts, ops) = self.opts(args, "m:")?;
-                let prealloc = opts.into_iter().next_back().map(|(_, a)| a);
-                // qemu-io takes the first operand and ignores any others.
-                let Some(first) = ops.first() else {
-                    return self.usage();
-                };
-                Command::Truncate {
-                    len: self.num(first)?,
-                    prealloc,
-                }
-            }
-            "alloc" => {
-                let offset = self.num(&args[0])?;
-                let count = match args.get(1) {
-                    Some(a) => self.num(a)?,
-                    None => 512,
-                };
-                Command::Alloc { offset, count }
-            }
+            "discard" => self.discard(args)?,
+            "truncate" => self.truncate(args)?,
+            "alloc" => self.alloc(args)?,
             "sleep" => match strtol0(&args[0]) {
                 Some(ms) if ms >= 0 => Command::Sleep { ms: ms as u64 },
                 _ => return fail(format!("{} is not a valid number", args[0])),
             },
             "open" => self.open(args)?,
-            "sigraise" => {
-                // Linux's NSIG: numbers up to it are accepted (65 is, and raise() then fails
-                // silently, as in qemu-io).
-                const NSIG: u64 = 65;
-                let signal = self.num(&args[0])?;
-                if signal > NSIG {
-                    return fail(format!(
-                        "signal argument '{}' is too large to be a valid signal",
-                        args[0]
-                    ));
-                }
-                Command::Sigraise {
-                    signal: signal as u32,
-                }
-            }
+            "sigraise" => self.sigraise(args)?,
             name if name.starts_with("zone_") => {
                 for a in args {
                     self.num(a)?;
@@ -229,6 +182,65 @@ impl P<'_> {
             "quit" => Command::Quit,
             "abort" => Command::Abort,
             other => unreachable!("command {other} in the table but not parsed"),
+        })
+    }
+
+    /// `discard [-Cq] off len`.
+    fn discard(&self, args: &[String]) -> R<Command> {
+        let (opts, ops) = self.opts(args, "Cq")?;
+        let stats = stats_of(&opts);
+        if ops.len() != 2 {
+            return self.usage();
+        }
+        let offset = self.num(&ops[0])?;
+        let len = self.num(&ops[1])?;
+        if len > MAX_REQUEST_BYTES {
+            return fail(format!(
+                "length cannot exceed {MAX_REQUEST_BYTES}, given {}",
+                ops[1]
+            ));
+        }
+        Ok(Command::Discard { offset, len, stats })
+    }
+
+    /// `truncate [-m prealloc] len`.
+    fn truncate(&self, args: &[String]) -> R<Command> {
+        let (opts, ops) = self.opts(args, "m:")?;
+        let prealloc = opts.into_iter().next_back().map(|(_, a)| a);
+        // qemu-io takes the first operand and ignores any others.
+        let Some(first) = ops.first() else {
+            return self.usage();
+        };
+        Ok(Command::Truncate {
+            len: self.num(first)?,
+            prealloc,
+        })
+    }
+
+    /// `alloc off [count]`.
+    fn alloc(&self, args: &[String]) -> R<Command> {
+        let offset = self.num(&args[0])?;
+        let count = match args.get(1) {
+            Some(a) => self.num(a)?,
+            None => 512,
+        };
+        Ok(Command::Alloc { offset, count })
+    }
+
+    /// `sigraise signal`.
+    fn sigraise(&self, args: &[String]) -> R<Command> {
+        // Linux's NSIG: numbers up to it are accepted (65 is, and raise() then fails
+        // silently, as in qemu-io).
+        const NSIG: u64 = 65;
+        let signal = self.num(&args[0])?;
+        if signal > NSIG {
+            return fail(format!(
+                "signal argument '{}' is too large to be a valid signal",
+                args[0]
+            ));
+        }
+        Ok(Command::Sigraise {
+            signal: signal as u32,
         })
     }
 
