@@ -185,10 +185,9 @@ impl P<'_> {
         })
     }
 
-    /// `discard [-Cq] off len`.
-    fn discard(&self, args: &[String]) -> R<Command> {
-        let (opts, ops) = self.opts(args, "Cq")?;
-        let stats = stats_of(&opts);
+    /// The `off len` operands of read and discard (usage error unless exactly two; the
+    /// length at most one request).
+    fn offset_len(&self, ops: &[String]) -> R<(u64, u64)> {
         if ops.len() != 2 {
             return self.usage();
         }
@@ -200,6 +199,14 @@ impl P<'_> {
                 ops[1]
             ));
         }
+        Ok((offset, len))
+    }
+
+    /// `discard [-Cq] off len`.
+    fn discard(&self, args: &[String]) -> R<Command> {
+        let (opts, ops) = self.opts(args, "Cq")?;
+        let stats = stats_of(&opts);
+        let (offset, len) = self.offset_len(&ops)?;
         Ok(Command::Discard { offset, len, stats })
     }
 
@@ -258,17 +265,7 @@ impl P<'_> {
                 _ => {} // -C, -q are in stats; -p, -r are accepted and ignored, as in qemu-io
             }
         }
-        if ops.len() != 2 {
-            return self.usage();
-        }
-        let offset = self.num(&ops[0])?;
-        let len = self.num(&ops[1])?;
-        if len > MAX_REQUEST_BYTES {
-            return fail(format!(
-                "length cannot exceed {MAX_REQUEST_BYTES}, given {}",
-                ops[1]
-            ));
-        }
+        let (offset, len) = self.offset_len(&ops)?;
         if pattern.is_none() && (pat_off.is_some() || pat_len.is_some()) {
             return self.usage();
         }
