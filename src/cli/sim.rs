@@ -127,6 +127,13 @@ struct Row {
     hash: u64,
 }
 
+/// The progress line on a terminal: which run of how many.
+struct Progress {
+    on: bool,
+    done: usize,
+    total: usize,
+}
+
 fn run_cmd(args: &[String]) -> i32 {
     let args = match parse_args(args) {
         Ok(a) => a,
@@ -142,82 +149,109 @@ fn run_cmd(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let mut rows = Vec::new();
     let mut failures = Vec::new();
-    let progress = std::io::stderr().is_terminal();
-    let total_runs: usize = files.len() * args.seeds.as_ref().map_or(1, Vec::len);
-    let mut done = 0;
-    for path in &files {
-        let name = path
-            .file_stem()
-            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-        let sc = match load(path) {
-            Ok(sc) => sc,
-            Err(e) => {
-                failures.push(e.to_string());
-                rows.push(Row {
-                    name,
-                    runs: 0,
-                    passed: 0,
-                    expected_failure: None,
-                    virtual_ns: 0,
-                    hash: 0,
-                });
-                continue;
-            }
-        };
-        let seeds = args.seeds.clone().unwrap_or_else(|| vec![sc.seed]);
-        let mut row = Row {
-            name: name.clone(),
-            runs: 0,
-            passed: 0,
-            expected_failure: sc.expect_failure.clone(),
-            virtual_ns: 0,
-            hash: 0,
-        };
-        for seed in seeds {
-            done += 1;
-            if progress {
-                eprint!("\r\x1b[K[{done}/{total_runs}] {name} seed {seed}");
-                let _ = std::io::stderr().flush();
-            }
-            let opts = RunOptions {
-                trace: args.trace,
-                ..Default::default()
-            };
-            let out = scenario::run(&sc, seed, opts.clone());
-            row.runs += 1;
-            if row.runs == 1 {
-                row.virtual_ns = out.virtual_ns;
-                row.hash = out.trace_hash;
-            }
-            let mut ok = out.passed(sc.expect_failure.as_deref());
-            if !ok {
-                failures.push(describe_failure(path, &sc, &out));
-            }
-            if ok && args.check_determinism {
-                let again = scenario::run(&sc, seed, opts);
-                if again.trace_hash != out.trace_hash || again.transcript != out.transcript {
-                    ok = false;
-                    failures.push(format!(
-                        "{name} seed {seed}: two runs differ (hash {:016x} vs {:016x})\n  reproduce: {}",
-                        out.trace_hash,
-                        again.trace_hash,
-                        reproduce(path, seed)
-                    ));
-                }
-            }
-            if ok {
-                row.passed += 1;
-            }
-        }
-        rows.push(row);
-    }
-    if progress {
+    let mut progress = Progress {
+        on: std::io::stderr().is_terminal(),
+        done: 0,
+        total: files.len() * args.seeds.as_ref().map_or(1, Vec::len),
+    };
+    let rows: Vec<Row> = files
+        .iter()
+        .map(|path| run_file(&args, path, &mut progress, &mut failures))
+        .collect();
+    if progress.on {
         eprint!("\r\x1b[K");
     }
-    print_table(&rows);
-    for f in &failures {
+    report(&rows, &failures);
+    i32::from(!failures.is_empty())
+}
+
+/// Run one scenario file under each seed; its row of the table.
+fn run_file(
+    args: &RunArgs,
+    path: &Path,
+    progress: &mut Progress,
+    failures: &mut Vec<String>,
+) -> Row {
+    let name = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let mut row = Row {
+        name: name.clone(),
+        runs: 0,
+        passed: 0,
+        expected_failure: None,
+        virtual_ns: 0,
+        hash: 0,
+    };
+    let sc = match load(path) {
+        Ok(sc) => sc,
+        Err(e) => {
+            failures.push(e.to_string());
+            return row;
+        }
+    };
+    row.expected_failure = sc.expect_failure.clone();
+    let seeds = args.seeds.clone().unwrap_or_else(|| vec![sc.seed]);
+    for seed in seeds {
+        progress.done += 1;
+        if progress.on {
+            eprint!(
+                "\r\x1b[K[{}/{}] {name} seed {seed}",
+                progress.done, progress.total
+            );
+            let _ = std::io::stderr().flush();
+        }
+        if run_seed(args, path, &sc, seed, &mut row, failures) {
+            row.passed += 1;
+        }
+    }
+    row
+}
+
+/// One run (twice with --check-determinism); whether it passed.
+fn run_seed(
+    args: &RunArgs,
+    path: &Path,
+    sc: &Scenario,
+    seed: u64,
+    row: &mut Row,
+    failures: &mut Vec<String>,
+) -> bool {
+    let opts = RunOptions {
+        trace: args.trace,
+        ..Default::default()
+    };
+    let out = scenario::run(sc, seed, opts.clone());
+    row.runs += 1;
+    if row.runs == 1 {
+        row.virtual_ns = out.virtual_ns;
+        row.hash = out.trace_hash;
+    }
+    let ok = out.passed(sc.expect_failure.as_deref());
+    if !ok {
+        failures.push(describe_failure(path, sc, &out));
+    }
+    if ok && args.check_determinism {
+        let again = scenario::run(sc, seed, opts);
+        if again.trace_hash != out.trace_hash || again.transcript != out.transcript {
+            failures.push(format!(
+                "{} seed {seed}: two runs differ (hash {:016x} vs {:016x})\n  reproduce: {}",
+                row.name,
+                out.trace_hash,
+                again.trace_hash,
+                reproduce(path, seed)
+            ));
+            return false;
+        }
+    }
+    ok
+}
+
+/// The table, the failures, the totals.
+fn report(rows: &[Row], failures: &[String]) {
+    print_table(rows);
+    for f in failures {
         println!("\nFAILED {f}");
     }
     let runs: usize = rows.iter().map(|r| r.runs).sum();
@@ -226,7 +260,6 @@ fn run_cmd(args: &[String]) -> i32 {
         "\n{passed} passed, {} failed",
         runs - passed + rows.iter().filter(|r| r.runs == 0).count()
     );
-    i32::from(!failures.is_empty())
 }
 
 fn describe_failure(path: &Path, sc: &Scenario, out: &RunOutcome) -> String {

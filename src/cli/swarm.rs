@@ -360,16 +360,7 @@ fn spawn_jobs(a: &SwarmArgs, args: &[String]) -> i32 {
             return 2;
         }
     };
-    // The child arguments: ours without --jobs and --shard.
-    let mut base = Vec::new();
-    let mut it = args.iter();
-    while let Some(k) = it.next() {
-        if k == "--jobs" || k == "--shard" {
-            it.next();
-        } else {
-            base.push(k.clone());
-        }
-    }
+    let base = child_args(args);
     let n = a.shard.1 * a.jobs;
     let mut children = Vec::new();
     for j in 0..a.jobs {
@@ -389,6 +380,29 @@ fn spawn_jobs(a: &SwarmArgs, args: &[String]) -> i32 {
             }
         }
     }
+    let mut rc = relay_and_wait(children);
+    if a.coverage {
+        rc = rc.max(merge_shard_coverage(a, n));
+    }
+    rc
+}
+
+/// The child arguments: ours without --jobs and --shard.
+fn child_args(args: &[String]) -> Vec<String> {
+    let mut base = Vec::new();
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        if k == "--jobs" || k == "--shard" {
+            it.next();
+        } else {
+            base.push(k.clone());
+        }
+    }
+    base
+}
+
+/// Pass the children's output lines through whole, then wait for them; the worst status.
+fn relay_and_wait(mut children: Vec<std::process::Child>) -> i32 {
     let mut readers = Vec::new();
     for c in &mut children {
         let out = c.stdout.take().expect("piped stdout");
@@ -411,28 +425,31 @@ fn spawn_jobs(a: &SwarmArgs, args: &[String]) -> i32 {
             Err(_) => rc = 2,
         }
     }
-    if a.coverage {
-        let files: Vec<PathBuf> = (0..a.jobs)
-            .map(|j| {
-                a.out
-                    .join(format!("coverage-{}-{n}.json", a.shard.0 + a.shard.1 * j))
-            })
-            .collect();
-        let merged = a
-            .out
-            .join(format!("coverage-{}-{}.json", a.shard.0, a.shard.1));
-        match merge_coverage(&files, Some(&merged)) {
-            Ok(c) => {
-                eprint!("{}", c.table());
-                eprintln!("coverage JSON: {}", merged.display());
-            }
-            Err(e) => {
-                eprintln!("blk sim swarm: {e}");
-                rc = rc.max(2);
-            }
+    rc
+}
+
+/// Merge the children's coverage files (shards of `n`) into this shard's; 2 if that fails.
+fn merge_shard_coverage(a: &SwarmArgs, n: u64) -> i32 {
+    let files: Vec<PathBuf> = (0..a.jobs)
+        .map(|j| {
+            a.out
+                .join(format!("coverage-{}-{n}.json", a.shard.0 + a.shard.1 * j))
+        })
+        .collect();
+    let merged = a
+        .out
+        .join(format!("coverage-{}-{}.json", a.shard.0, a.shard.1));
+    match merge_coverage(&files, Some(&merged)) {
+        Ok(c) => {
+            eprint!("{}", c.table());
+            eprintln!("coverage JSON: {}", merged.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("blk sim swarm: {e}");
+            2
         }
     }
-    rc
 }
 
 /// Entry point of `blk sim shrink`.
@@ -516,8 +533,31 @@ pub fn crashes_cmd(args: &[String]) -> i32 {
     }
 }
 
+/// `blk sim crashes`'s command line.
+struct CrashArgs {
+    file: String,
+    max: Option<usize>,
+    sample: Option<u64>,
+    seed: Option<u64>,
+    at: Option<sim::CrashAt>,
+    plants: Vec<String>,
+}
+
 fn crashes(args: &[String]) -> Result<i32> {
-    use sim::swarm::crashes::{enumerate, parse_point, point_name};
+    let a = parse_crash_args(args)?;
+    let file = &a.file;
+    let text = std::fs::read_to_string(file).map_err(|e| Error::generic(format!("{file}: {e}")))?;
+    let sc = sim::scenario::parse(file, &text).map_err(|e| Error::generic(e.to_string()))?;
+    let seed = a.seed.unwrap_or(sc.seed);
+    match a.at {
+        Some(at) => Ok(crash_at(&a, &sc, seed, at)),
+        None => enumerate_crashes(&a, &sc, seed),
+    }
+}
+
+/// Parse the options (and enable the planted bugs they name).
+fn parse_crash_args(args: &[String]) -> Result<CrashArgs> {
+    use sim::swarm::crashes::parse_point;
     let (mut file, mut max, mut sample, mut seed, mut at, mut plants) =
         (None, None, None, None, None, Vec::new());
     let mut it = args.iter();
@@ -543,35 +583,48 @@ fn crashes(args: &[String]) -> Result<i32> {
     }
     enable_plants(&plants)?;
     let file = file.ok_or_else(|| Error::generic("give a scenario file"))?;
-    let text =
-        std::fs::read_to_string(&file).map_err(|e| Error::generic(format!("{file}: {e}")))?;
-    let sc = sim::scenario::parse(&file, &text).map_err(|e| Error::generic(e.to_string()))?;
-    let seed = seed.unwrap_or(sc.seed);
-    if let Some(at) = at {
-        let opts = sim::scenario::RunOptions {
-            trace: true,
-            crash_at: Some(at),
-            ..Default::default()
-        };
-        let v = swarm::oracles::judge_parsed(&sc, seed, opts);
-        if let Some(o) = &v.outcome {
-            print!("{}", o.transcript);
-        }
-        return Ok(match &v.failure {
-            None => 0,
-            Some(f) => {
-                eprintln!(
-                    "{file} crashed at {}: {} failed: {}",
-                    point_name(at),
-                    f.check,
-                    f.message
-                );
-                1
-            }
-        });
+    Ok(CrashArgs {
+        file,
+        max,
+        sample,
+        seed,
+        at,
+        plants,
+    })
+}
+
+/// `--at POINT`: one run crashed at that point, with its transcript.
+fn crash_at(a: &CrashArgs, sc: &sim::scenario::Scenario, seed: u64, at: sim::CrashAt) -> i32 {
+    let opts = sim::scenario::RunOptions {
+        trace: true,
+        crash_at: Some(at),
+        ..Default::default()
+    };
+    let v = swarm::oracles::judge_parsed(sc, seed, opts);
+    if let Some(o) = &v.outcome {
+        print!("{}", o.transcript);
     }
+    match &v.failure {
+        None => 0,
+        Some(f) => {
+            eprintln!(
+                "{} crashed at {}: {} failed: {}",
+                a.file,
+                sim::swarm::crashes::point_name(at),
+                f.check,
+                f.message
+            );
+            1
+        }
+    }
+}
+
+/// Crash the run at every point (or a sample of them) and report the first failing one.
+fn enumerate_crashes(a: &CrashArgs, sc: &sim::scenario::Scenario, seed: u64) -> Result<i32> {
+    use sim::swarm::crashes::{enumerate, point_name};
+    let file = &a.file;
     let start = Instant::now();
-    let sum = match enumerate(&sc, seed, sample, max, |_, _| {}) {
+    let sum = match enumerate(sc, seed, a.sample, a.max, |_, _| {}) {
         Ok(s) => s,
         Err(v) => {
             let f = v.failure.expect("a failing base run");
@@ -601,7 +654,7 @@ fn crashes(args: &[String]) -> Result<i32> {
                 f.line,
                 f.message,
                 point_name(at),
-                plant_args(&plants)
+                plant_args(&a.plants)
             );
             1
         }

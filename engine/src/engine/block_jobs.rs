@@ -219,73 +219,11 @@ impl Engine {
 
     /// `block-commit`.
     pub async fn block_commit(&self, a: CommitArgs) -> Result<Rc<Job>> {
-        let bs = self
-            .backend(&a.device)
-            .ok()
-            .and_then(|bb| bb.root_node())
-            .or_else(|| self.graph().node(&a.device))
-            .ok_or_else(|| {
-                Error::with_class(
-                    ErrorClass::DeviceNotFound,
-                    format!("Device '{}' not found", a.device),
-                )
-            })?;
+        let bs = self.commit_device(&a.device)?;
         bs.check_op_blockers()?;
-        let mut top = Some(bs.clone());
-        if a.top_node.is_some() && a.top.is_some() {
-            return Err(Error::generic(
-                "'top-node' and 'top' are mutually exclusive",
-            ));
-        } else if let Some(name) = &a.top_node {
-            let t = self.lookup_node_only(name)?;
-            if !chain_contains(&bs, &t) {
-                return Err(Error::generic(format!(
-                    "'{name}' is not in this backing file chain"
-                )));
-            }
-            top = Some(t);
-        } else if let Some(name) = &a.top
-            && bs.driver().filename() != *name
-        {
-            top = find_backing_image(&bs, name);
-        }
-        let top = top.ok_or_else(|| {
-            Error::generic(format!(
-                "Top image file {} not found",
-                a.top.as_deref().unwrap_or("NULL")
-            ))
-        })?;
-        let base = if a.base_node.is_some() && a.base.is_some() {
-            return Err(Error::generic(
-                "'base-node' and 'base' are mutually exclusive",
-            ));
-        } else if let Some(name) = &a.base_node {
-            let b = self.lookup_node_only(name)?;
-            if !chain_contains(&top, &b) {
-                return Err(Error::generic(format!(
-                    "'{name}' is not in this backing file chain"
-                )));
-            }
-            Some(b)
-        } else if let Some(name) = &a.base {
-            find_backing_image(&top, name)
-        } else {
-            Some(find_base(&top))
-        };
-        let base = base.ok_or_else(|| {
-            Error::generic(format!(
-                "Base '{}' not found",
-                a.base.as_deref().unwrap_or("NULL")
-            ))
-        })?;
-        let mut n = Some(top.clone());
-        while let Some(node) = n {
-            node.check_op_blockers()?;
-            if Rc::ptr_eq(&node, &base) {
-                break;
-            }
-            n = backing_of(&node);
-        }
+        let top = self.commit_top(&bs, &a)?;
+        let base = self.commit_base(&top, &a)?;
+        check_chain_blockers(&top, &base)?;
         if Rc::ptr_eq(&top, &base) {
             return Err(Error::generic("cannot commit an image into itself"));
         }
@@ -320,4 +258,86 @@ impl Engine {
         };
         commit::start(self.jobs(), &opts, spec).await
     }
+
+    /// block-commit's `device`: a device's root node, or a node by name.
+    fn commit_device(&self, device: &str) -> Result<Rc<Node>> {
+        self.backend(device)
+            .ok()
+            .and_then(|bb| bb.root_node())
+            .or_else(|| self.graph().node(device))
+            .ok_or_else(|| {
+                Error::with_class(
+                    ErrorClass::DeviceNotFound,
+                    format!("Device '{device}' not found"),
+                )
+            })
+    }
+
+    /// block-commit's top: `top-node`, `top` (a file name in the chain) or the active layer.
+    fn commit_top(&self, bs: &Rc<Node>, a: &CommitArgs) -> Result<Rc<Node>> {
+        let mut top = Some(bs.clone());
+        if a.top_node.is_some() && a.top.is_some() {
+            return Err(Error::generic(
+                "'top-node' and 'top' are mutually exclusive",
+            ));
+        } else if let Some(name) = &a.top_node {
+            let t = self.lookup_node_only(name)?;
+            if !chain_contains(bs, &t) {
+                return Err(Error::generic(format!(
+                    "'{name}' is not in this backing file chain"
+                )));
+            }
+            top = Some(t);
+        } else if let Some(name) = &a.top
+            && bs.driver().filename() != *name
+        {
+            top = find_backing_image(bs, name);
+        }
+        top.ok_or_else(|| {
+            Error::generic(format!(
+                "Top image file {} not found",
+                a.top.as_deref().unwrap_or("NULL")
+            ))
+        })
+    }
+
+    /// block-commit's base: `base-node`, `base` (a file name below top) or the chain's bottom.
+    fn commit_base(&self, top: &Rc<Node>, a: &CommitArgs) -> Result<Rc<Node>> {
+        let base = if a.base_node.is_some() && a.base.is_some() {
+            return Err(Error::generic(
+                "'base-node' and 'base' are mutually exclusive",
+            ));
+        } else if let Some(name) = &a.base_node {
+            let b = self.lookup_node_only(name)?;
+            if !chain_contains(top, &b) {
+                return Err(Error::generic(format!(
+                    "'{name}' is not in this backing file chain"
+                )));
+            }
+            Some(b)
+        } else if let Some(name) = &a.base {
+            find_backing_image(top, name)
+        } else {
+            Some(find_base(top))
+        };
+        base.ok_or_else(|| {
+            Error::generic(format!(
+                "Base '{}' not found",
+                a.base.as_deref().unwrap_or("NULL")
+            ))
+        })
+    }
+}
+
+/// Every node from `top` down to `base` (inclusive) must allow a block job.
+fn check_chain_blockers(top: &Rc<Node>, base: &Rc<Node>) -> Result<()> {
+    let mut n = Some(top.clone());
+    while let Some(node) = n {
+        node.check_op_blockers()?;
+        if Rc::ptr_eq(&node, base) {
+            break;
+        }
+        n = backing_of(&node);
+    }
+    Ok(())
 }

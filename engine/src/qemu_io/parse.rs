@@ -144,62 +144,15 @@ impl P<'_> {
             "readv" | "aio_read" | "writev" => self.vectored(args)?,
             "write" => Command::Write(self.write(args)?),
             "aio_write" => self.aio_write(args)?,
-            "discard" => {
-                let (opts, ops) = self.opts(args, "Cq")?;
-                let stats = stats_of(&opts);
-                if ops.len() != 2 {
-                    return self.usage();
-                }
-                let offset = self.num(&ops[0])?;
-                let len = self.num(&ops[1])?;
-                if len > MAX_REQUEST_BYTES {
-                    return fail(format!(
-                        "length cannot exceed {MAX_REQUEST_BYTES}, given {}",
-                        ops[1]
-                    ));
-                }
-                Command::Discard { offset, len, stats }
-            }
-            "truncate" => {
-                let (opts, ops) = self.opts(args, "m:")?;
-                let prealloc = opts.into_iter().next_back().map(|(_, a)| a);
-                // qemu-io takes the first operand and ignores any others.
-                let Some(first) = ops.first() else {
-                    return self.usage();
-                };
-                Command::Truncate {
-                    len: self.num(first)?,
-                    prealloc,
-                }
-            }
-            "alloc" => {
-                let offset = self.num(&args[0])?;
-                let count = match args.get(1) {
-                    Some(a) => self.num(a)?,
-                    None => 512,
-                };
-                Command::Alloc { offset, count }
-            }
+            "discard" => self.discard(args)?,
+            "truncate" => self.truncate(args)?,
+            "alloc" => self.alloc(args)?,
             "sleep" => match strtol0(&args[0]) {
                 Some(ms) if ms >= 0 => Command::Sleep { ms: ms as u64 },
                 _ => return fail(format!("{} is not a valid number", args[0])),
             },
             "open" => self.open(args)?,
-            "sigraise" => {
-                // Linux's NSIG: numbers up to it are accepted (65 is, and raise() then fails
-                // silently, as in qemu-io).
-                const NSIG: u64 = 65;
-                let signal = self.num(&args[0])?;
-                if signal > NSIG {
-                    return fail(format!(
-                        "signal argument '{}' is too large to be a valid signal",
-                        args[0]
-                    ));
-                }
-                Command::Sigraise {
-                    signal: signal as u32,
-                }
-            }
+            "sigraise" => self.sigraise(args)?,
             name if name.starts_with("zone_") => {
                 for a in args {
                     self.num(a)?;
@@ -232,6 +185,72 @@ impl P<'_> {
         })
     }
 
+    /// The `off len` operands of read and discard (usage error unless exactly two; the
+    /// length at most one request).
+    fn offset_len(&self, ops: &[String]) -> R<(u64, u64)> {
+        if ops.len() != 2 {
+            return self.usage();
+        }
+        let offset = self.num(&ops[0])?;
+        let len = self.num(&ops[1])?;
+        if len > MAX_REQUEST_BYTES {
+            return fail(format!(
+                "length cannot exceed {MAX_REQUEST_BYTES}, given {}",
+                ops[1]
+            ));
+        }
+        Ok((offset, len))
+    }
+
+    /// `discard [-Cq] off len`.
+    fn discard(&self, args: &[String]) -> R<Command> {
+        let (opts, ops) = self.opts(args, "Cq")?;
+        let stats = stats_of(&opts);
+        let (offset, len) = self.offset_len(&ops)?;
+        Ok(Command::Discard { offset, len, stats })
+    }
+
+    /// `truncate [-m prealloc] len`.
+    fn truncate(&self, args: &[String]) -> R<Command> {
+        let (opts, ops) = self.opts(args, "m:")?;
+        let prealloc = opts.into_iter().next_back().map(|(_, a)| a);
+        // qemu-io takes the first operand and ignores any others.
+        let Some(first) = ops.first() else {
+            return self.usage();
+        };
+        Ok(Command::Truncate {
+            len: self.num(first)?,
+            prealloc,
+        })
+    }
+
+    /// `alloc off [count]`.
+    fn alloc(&self, args: &[String]) -> R<Command> {
+        let offset = self.num(&args[0])?;
+        let count = match args.get(1) {
+            Some(a) => self.num(a)?,
+            None => 512,
+        };
+        Ok(Command::Alloc { offset, count })
+    }
+
+    /// `sigraise signal`.
+    fn sigraise(&self, args: &[String]) -> R<Command> {
+        // Linux's NSIG: numbers up to it are accepted (65 is, and raise() then fails
+        // silently, as in qemu-io).
+        const NSIG: u64 = 65;
+        let signal = self.num(&args[0])?;
+        if signal > NSIG {
+            return fail(format!(
+                "signal argument '{}' is too large to be a valid signal",
+                args[0]
+            ));
+        }
+        Ok(Command::Sigraise {
+            signal: signal as u32,
+        })
+    }
+
     fn read(&self, args: &[String]) -> R<Read> {
         let (opts, ops) = self.opts(args, "bCl:pP:qrs:v")?;
         let (mut vmstate, mut dump) = (false, false);
@@ -246,17 +265,7 @@ impl P<'_> {
                 _ => {} // -C, -q are in stats; -p, -r are accepted and ignored, as in qemu-io
             }
         }
-        if ops.len() != 2 {
-            return self.usage();
-        }
-        let offset = self.num(&ops[0])?;
-        let len = self.num(&ops[1])?;
-        if len > MAX_REQUEST_BYTES {
-            return fail(format!(
-                "length cannot exceed {MAX_REQUEST_BYTES}, given {}",
-                ops[1]
-            ));
-        }
+        let (offset, len) = self.offset_len(&ops)?;
         if pattern.is_none() && (pat_off.is_some() || pat_len.is_some()) {
             return self.usage();
         }

@@ -177,6 +177,30 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
         sources: Vec::new(),
         target: String::new(),
     };
+    let (compressed, skip_broken) = apply_opts(&mut a, opts)?;
+    if a.out_fmt.is_none() && !a.target_image_opts {
+        a.out_fmt = Some("raw".into());
+    }
+    if let Some(msg) = refusal(&a, compressed, skip_broken) {
+        return Err(fail(msg));
+    }
+    let Some(target) = operands.pop().filter(|_| !operands.is_empty()) else {
+        return Err(fail("Must specify image file name"));
+    };
+    a.copy.src_cache().map_err(fail)?;
+    if let Some(f) = &a.out_fmt {
+        check_format(f).map_err(fail)?;
+    }
+    if a.no_create && !a.spec.opts.is_empty() {
+        return Err(fail("-o has no effect when skipping image creation"));
+    }
+    a.sources = operands;
+    a.target = target;
+    Ok(a)
+}
+
+/// Apply the options in order onto `a`; returns (`-c`, `--skip-broken-bitmaps`).
+fn apply_opts(a: &mut ConvertArgs, opts: Vec<(char, String)>) -> Result<(bool, bool), i32> {
     let (mut compressed, mut skip_broken) = (false, false);
     for (c, v) in opts {
         match c {
@@ -207,10 +231,12 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
             _ => a.copy.take(c, v).map_err(fail)?,
         }
     }
-    if a.out_fmt.is_none() && !a.target_image_opts {
-        a.out_fmt = Some("raw".into());
-    }
-    let refusal = if skip_broken && !a.bitmaps {
+    Ok((compressed, skip_broken))
+}
+
+/// The first combination of options qemu-img (or blk) refuses, in qemu-img's order.
+fn refusal(a: &ConvertArgs, compressed: bool, skip_broken: bool) -> Option<&'static str> {
+    if skip_broken && !a.bitmaps {
         Some("Use of --skip-broken-bitmaps requires --bitmaps")
     } else if compressed && a.copy.copy_range {
         Some("Cannot enable copy offloading when -c is used")
@@ -226,21 +252,5 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
         Some("Compression is not supported by blk's qcow2 driver yet (convert -c)")
     } else {
         None
-    };
-    if let Some(msg) = refusal {
-        return Err(fail(msg));
     }
-    let Some(target) = operands.pop().filter(|_| !operands.is_empty()) else {
-        return Err(fail("Must specify image file name"));
-    };
-    a.copy.src_cache().map_err(fail)?;
-    if let Some(f) = &a.out_fmt {
-        check_format(f).map_err(fail)?;
-    }
-    if a.no_create && !a.spec.opts.is_empty() {
-        return Err(fail("-o has no effect when skipping image creation"));
-    }
-    a.sources = operands;
-    a.target = target;
-    Ok(a)
 }

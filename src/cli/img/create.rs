@@ -57,112 +57,189 @@ fn flag(key: &str, v: &str) -> Result<bool> {
     engine::util::parse_on_off(key, v)
 }
 
+/// The `-o` options once parsed: the driver's options plus the texts the "Formatting" line
+/// echoes back as the user spelled them.
+struct Parsed {
+    o: CreateOptions,
+    prealloc: Option<String>,
+    size: Option<u64>,
+    backing: Option<String>,
+    backing_fmt: Option<String>,
+    compat_text: Option<String>,
+    lazy_text: String,
+    compression_text: String,
+    raw_text: Option<String>,
+    extent_hint: Option<u64>,
+    /// Values qemu-img rejects only after it printed the "Formatting" line.
+    late_error: Option<Error>,
+}
+
 /// Create `path` as `spec` describes; errors without the "FILE: " prefix.
 pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> Result<()> {
     check_format(&spec.fmt)?;
     let qcow2 = spec.fmt == "qcow2";
-    let mut o = CreateOptions::default();
-    let mut prealloc = None;
-    let mut size = spec.size;
-    let (mut backing, mut backing_fmt) = (spec.backing.clone(), spec.backing_fmt.clone());
-    let mut compat_text = None;
-    let mut lazy_text = "off".to_string();
-    let mut compression_text = "zlib".to_string();
-    let mut raw_text = None;
-    let mut extent_hint = None;
-    // Values qemu-img rejects only after it printed the "Formatting" line.
-    let mut late_error = None;
-    for (k, v) in &spec.opts {
-        match (k.as_str(), qcow2) {
-            ("size", _) => size = Some(size_option("size", v)?),
-            ("preallocation", _) => prealloc = Some(v.clone()),
-            // A hint for the host file's extent size (QEMU passes it to XFS, others ignore
-            // it); blk accepts and checks it but does not pass it on.
-            ("extent_size_hint", _) => extent_hint = Some(size_option("extent_size_hint", v)?),
-            ("cluster_size", true) => o.cluster_size = size_option("cluster_size", v)?,
-            ("compat", true) => {
-                o.compat = match v.as_str() {
-                    "0.10" | "v2" => Compat::V2,
-                    "1.1" | "v3" => Compat::V3,
-                    _ => {
-                        late_error = Some(Error::param_invalid(
-                            "version",
-                            format!("does not accept value '{v}'"),
-                        ));
-                        Compat::V3
-                    }
-                };
-                compat_text = Some(v.clone());
-            }
-            ("refcount_bits", true) => {
-                o.refcount_bits = v.parse().map_err(|_| {
-                    Error::generic(format!(
-                        "Parameter 'refcount_bits' expects a number, not '{v}'"
-                    ))
-                })?
-            }
-            ("lazy_refcounts", true) => {
-                o.lazy_refcounts = flag(k, v)?;
-                lazy_text = v.clone();
-            }
-            ("backing_file", true) => backing = Some(v.clone()),
-            ("backing_fmt", true) => backing_fmt = Some(v.clone()),
-            ("extended_l2", true) if !flag(k, v)? => {}
-            ("extended_l2", true) => {
-                return Err(Error::generic(
-                    "extended_l2=on is not supported by blk's qcow2 driver",
-                ));
-            }
-            ("data_file", true) => o.data_file = Some(v.clone()),
-            ("data_file_raw", true) => {
-                o.data_file_raw = flag(k, v)?;
-                raw_text = Some(v.clone());
-            }
-            ("compression_type", true) => {
-                o.compression_type = match v.as_str() {
-                    "zlib" => 0,
-                    "zstd" => 1,
-                    _ => {
-                        return Err(Error::generic(format!(
-                            "Parameter 'compression-type' does not accept value '{v}'"
-                        )));
-                    }
-                };
-                compression_text = v.clone();
-            }
-            _ => return Err(Error::generic(format!("Invalid parameter '{k}'"))),
-        }
+    let mut p = parse_opts(spec, qcow2)?;
+    let prealloc_mode = resolve_prealloc(&mut p, qcow2)?;
+    p.o.preallocation = prealloc_mode;
+    resolve_backing(tool, path, spec, qcow2, &mut p).await?;
+    let Some(size) = p.size else {
+        return Err(Error::generic("Image creation needs a size parameter"));
+    };
+    if !spec.quiet {
+        println!("{}", formatting_line(path, &spec.fmt, qcow2, &p, size));
     }
-    let prealloc_mode = match prealloc.as_deref() {
+    if let Some(e) = p.late_error.take() {
+        return Err(e);
+    }
+    let o = final_options(p, qcow2, size)?;
+    if let Some(d) = &o.data_file
+        && o.compat == Compat::V3
+    {
+        // The data file is created as QEMU does: a raw file of the virtual size, at the name
+        // given (relative to the working directory, which is where the image looks for it).
+        write_image(
+            tool,
+            d,
+            false,
+            &CreateOptions {
+                size: o.size,
+                ..CreateOptions::default()
+            },
+            Prealloc::Off,
+        )
+        .await?;
+    }
+    write_image(tool, path, qcow2, &o, prealloc_mode).await
+}
+
+/// Parse `spec`'s `-o` options in order; the first invalid one is the error.
+fn parse_opts(spec: &CreateSpec, qcow2: bool) -> Result<Parsed> {
+    let mut p = Parsed {
+        o: CreateOptions::default(),
+        prealloc: None,
+        size: spec.size,
+        backing: spec.backing.clone(),
+        backing_fmt: spec.backing_fmt.clone(),
+        compat_text: None,
+        lazy_text: "off".to_string(),
+        compression_text: "zlib".to_string(),
+        raw_text: None,
+        extent_hint: None,
+        late_error: None,
+    };
+    for (k, v) in &spec.opts {
+        apply_opt(&mut p, k, v, qcow2)?;
+    }
+    Ok(p)
+}
+
+/// Apply one `-o key=value` (the qcow2-only keys are invalid for raw).
+fn apply_opt(p: &mut Parsed, k: &str, v: &String, qcow2: bool) -> Result<()> {
+    match (k, qcow2) {
+        ("size", _) => p.size = Some(size_option("size", v)?),
+        ("preallocation", _) => p.prealloc = Some(v.clone()),
+        // A hint for the host file's extent size (QEMU passes it to XFS, others ignore
+        // it); blk accepts and checks it but does not pass it on.
+        ("extent_size_hint", _) => p.extent_hint = Some(size_option("extent_size_hint", v)?),
+        ("cluster_size", true) => p.o.cluster_size = size_option("cluster_size", v)?,
+        ("compat", true) => {
+            p.o.compat = match v.as_str() {
+                "0.10" | "v2" => Compat::V2,
+                "1.1" | "v3" => Compat::V3,
+                _ => {
+                    p.late_error = Some(Error::param_invalid(
+                        "version",
+                        format!("does not accept value '{v}'"),
+                    ));
+                    Compat::V3
+                }
+            };
+            p.compat_text = Some(v.clone());
+        }
+        ("refcount_bits", true) => {
+            p.o.refcount_bits = v.parse().map_err(|_| {
+                Error::generic(format!(
+                    "Parameter 'refcount_bits' expects a number, not '{v}'"
+                ))
+            })?
+        }
+        ("lazy_refcounts", true) => {
+            p.o.lazy_refcounts = flag(k, v)?;
+            p.lazy_text = v.clone();
+        }
+        ("backing_file", true) => p.backing = Some(v.clone()),
+        ("backing_fmt", true) => p.backing_fmt = Some(v.clone()),
+        ("extended_l2", true) if !flag(k, v)? => {}
+        ("extended_l2", true) => {
+            return Err(Error::generic(
+                "extended_l2=on is not supported by blk's qcow2 driver",
+            ));
+        }
+        ("data_file", true) => p.o.data_file = Some(v.clone()),
+        ("data_file_raw", true) => {
+            p.o.data_file_raw = flag(k, v)?;
+            p.raw_text = Some(v.clone());
+        }
+        ("compression_type", true) => {
+            p.o.compression_type = match v.as_str() {
+                "zlib" => 0,
+                "zstd" => 1,
+                _ => {
+                    return Err(Error::generic(format!(
+                        "Parameter 'compression-type' does not accept value '{v}'"
+                    )));
+                }
+            };
+            p.compression_text = v.clone();
+        }
+        _ => return Err(Error::generic(format!("Invalid parameter '{k}'"))),
+    }
+    Ok(())
+}
+
+/// The preallocation mode; an unknown name is a late error (after any earlier one).
+fn resolve_prealloc(p: &mut Parsed, qcow2: bool) -> Result<Prealloc> {
+    let mode = match p.prealloc.as_deref() {
         None | Some("off") => Prealloc::Off,
-        Some(p) => Prealloc::parse(p).unwrap_or_else(|_| {
-            late_error.get_or_insert(if qcow2 {
-                Error::param_invalid("preallocation", format!("does not accept value '{p}'"))
+        Some(name) => Prealloc::parse(name).unwrap_or_else(|_| {
+            p.late_error.get_or_insert(if qcow2 {
+                Error::param_invalid("preallocation", format!("does not accept value '{name}'"))
             } else {
-                Error::generic(format!("invalid parameter value: {p}"))
+                Error::generic(format!("invalid parameter value: {name}"))
             });
             Prealloc::Off
         }),
     };
-    if prealloc_mode == Prealloc::Metadata && !qcow2 {
+    if mode == Prealloc::Metadata && !qcow2 {
         return Err(Error::generic(
             "Unsupported preallocation mode 'metadata' for raw images",
         ));
     }
-    o.preallocation = prealloc_mode;
-    if backing.is_some() && !qcow2 {
+    Ok(mode)
+}
+
+/// Check the backing file options and, unless `-u`, open the backing file (its size is the
+/// default size).
+async fn resolve_backing(
+    tool: &Tool,
+    path: &str,
+    spec: &CreateSpec,
+    qcow2: bool,
+    p: &mut Parsed,
+) -> Result<()> {
+    if p.backing.is_some() && !qcow2 {
         return Err(Error::generic(format!(
             "Backing file not supported for file format '{}'",
             spec.fmt
         )));
     }
-    if backing_fmt.is_some() && backing.is_none() {
+    if p.backing_fmt.is_some() && p.backing.is_none() {
         return Err(Error::generic(
             "Backing format cannot be used without backing file",
         ));
     }
-    if let Some(b) = &backing {
-        let Some(bfmt) = &backing_fmt else {
+    if let Some(b) = &p.backing {
+        let Some(bfmt) = &p.backing_fmt else {
             return Err(Error::generic(
                 "Backing file specified without backing format",
             ));
@@ -174,56 +251,55 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
                 .open(&bpath, Some(bfmt), true, true)
                 .await
                 .map_err(|e| e.hint("Could not open backing image."))?;
-            size.get_or_insert(img.len());
+            p.size.get_or_insert(img.len());
             tool.close(img).await;
         }
     }
-    let Some(size) = size else {
-        return Err(Error::generic("Image creation needs a size parameter"));
-    };
-    if !spec.quiet {
-        let mut line = format!("Formatting '{path}', fmt={}", spec.fmt);
-        if qcow2 {
-            line += &format!(" cluster_size={} extended_l2=off", o.cluster_size);
-            if let Some(p) = &prealloc {
-                line += &format!(" preallocation={p}");
-            }
-            line += &format!(" compression_type={compression_text} size={size}");
-            if let Some(c) = &compat_text {
-                line += &format!(" compat={c}");
-            }
-            if let Some(b) = &backing {
-                line += &format!(" backing_file={b}");
-            }
-            if let Some(f) = &backing_fmt {
-                line += &format!(" backing_fmt={f}");
-            }
-            if let Some(d) = &o.data_file {
-                line += &format!(" data_file={d}");
-            }
-            if let Some(r) = &raw_text {
-                line += &format!(" data_file_raw={r}");
-            }
-            line += &format!(
-                " lazy_refcounts={lazy_text} refcount_bits={}",
-                o.refcount_bits
-            );
-        } else {
-            line += &format!(" size={size}");
-            if let Some(p) = &prealloc {
-                line += &format!(" preallocation={p}");
+    Ok(())
+}
+
+/// qemu-img's "Formatting 'FILE', fmt=..." line, fields in its order.
+fn formatting_line(path: &str, fmt: &str, qcow2: bool, p: &Parsed, size: u64) -> String {
+    let mut line = format!("Formatting '{path}', fmt={fmt}");
+    if qcow2 {
+        line += &format!(" cluster_size={} extended_l2=off", p.o.cluster_size);
+        if let Some(v) = &p.prealloc {
+            line += &format!(" preallocation={v}");
+        }
+        line += &format!(" compression_type={} size={size}", p.compression_text);
+        let optional = [
+            ("compat", &p.compat_text),
+            ("backing_file", &p.backing),
+            ("backing_fmt", &p.backing_fmt),
+            ("data_file", &p.o.data_file),
+            ("data_file_raw", &p.raw_text),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                line += &format!(" {key}={v}");
             }
         }
-        if let Some(h) = extent_hint {
-            // QEMU prints the option as a signed 64-bit number.
-            line += &format!(" extent_size_hint={}", h as i64);
+        line += &format!(
+            " lazy_refcounts={} refcount_bits={}",
+            p.lazy_text, p.o.refcount_bits
+        );
+    } else {
+        line += &format!(" size={size}");
+        if let Some(v) = &p.prealloc {
+            line += &format!(" preallocation={v}");
         }
-        println!("{line}");
     }
-    if let Some(e) = late_error {
-        return Err(e);
+    if let Some(h) = p.extent_hint {
+        // QEMU prints the option as a signed 64-bit number.
+        line += &format!(" extent_size_hint={}", h as i64);
     }
-    if extent_hint.is_some_and(|h| h > u32::MAX as u64) {
+    line
+}
+
+/// The checks qemu-img makes after the "Formatting" line, and the driver options they leave.
+fn final_options(p: Parsed, qcow2: bool, size: u64) -> Result<CreateOptions> {
+    let mut o = p.o;
+    if p.extent_hint.is_some_and(|h| h > u32::MAX as u64) {
         return Err(Error::generic("Extent size hint is too large"));
     }
     // Refuse a bad cluster size before the file is touched (the driver checks the rest before
@@ -235,40 +311,22 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
         ));
     }
     // qemu rounds raw sizes up to whole sectors; qcow2 requires them.
-    let size = if qcow2 {
+    o.size = if qcow2 {
         size
     } else {
         size.div_ceil(512) * 512
     };
-    o.size = size;
-    if o.data_file_raw && backing.is_some() {
+    if o.data_file_raw && p.backing.is_some() {
         return Err(Error::generic(
             "Backing file and data-file-raw cannot be used at the same time",
         ));
     }
-    o.backing_file = backing;
-    o.backing_fmt = backing_fmt;
+    o.backing_file = p.backing;
+    o.backing_fmt = p.backing_fmt;
     if o.data_file_raw && o.data_file.is_none() {
         return Err(Error::generic("data-file-raw requires data-file"));
     }
-    if let Some(d) = &o.data_file
-        && o.compat == Compat::V3
-    {
-        // The data file is created as QEMU does: a raw file of the virtual size, at the name
-        // given (relative to the working directory, which is where the image looks for it).
-        write_image(
-            tool,
-            d,
-            false,
-            &CreateOptions {
-                size,
-                ..CreateOptions::default()
-            },
-            Prealloc::Off,
-        )
-        .await?;
-    }
-    write_image(tool, path, qcow2, &o, prealloc_mode).await
+    Ok(o)
 }
 
 /// The short-lived user that writes a new image.

@@ -152,40 +152,7 @@ fn image_info(node: &Rc<Node>) -> Result<Value> {
         m.insert("actual-size".into(), json!(a));
     }
     if let Some(h) = &header {
-        let mut data = Map::new();
-        data.insert(
-            "compat".into(),
-            json!(if h.version == 3 { "1.1" } else { "0.10" }),
-        );
-        let ct = if h.compression_type == 1 {
-            "zstd"
-        } else {
-            "zlib"
-        };
-        data.insert("compression-type".into(), json!(ct));
-        if h.version == 3 {
-            data.insert(
-                "lazy-refcounts".into(),
-                json!(h.compat & COMPAT_LAZY_REFCOUNTS != 0),
-            );
-        }
-        data.insert("refcount-bits".into(), json!(1u64 << h.refcount_order));
-        if let Some(d) = &h.data_file {
-            data.insert("data-file".into(), json!(d));
-        }
-        if h.version == 3 && h.incompat & INCOMPAT_DATA_FILE != 0 {
-            data.insert(
-                "data-file-raw".into(),
-                json!(h.autoclear & AUTOCLEAR_DATA_FILE_RAW != 0),
-            );
-        }
-        if h.version == 3 {
-            data.insert("corrupt".into(), json!(h.incompat & INCOMPAT_CORRUPT != 0));
-            data.insert(
-                "extended-l2".into(),
-                json!(h.incompat & INCOMPAT_EXTL2 != 0),
-            );
-        }
+        let data = qcow2_specific(h);
         m.insert(
             "format-specific".into(),
             json!({"type": "qcow2", "data": data}),
@@ -205,6 +172,45 @@ fn image_info(node: &Rc<Node>) -> Result<Value> {
         .is_some_and(|h| h.incompat & INCOMPAT_DIRTY != 0);
     m.insert("dirty-flag".into(), json!(dirty));
     Ok(Value::Object(m))
+}
+
+/// The `format-specific` data of a qcow2 image, from its header.
+fn qcow2_specific(h: &Header) -> Map<String, Value> {
+    let mut data = Map::new();
+    data.insert(
+        "compat".into(),
+        json!(if h.version == 3 { "1.1" } else { "0.10" }),
+    );
+    let ct = if h.compression_type == 1 {
+        "zstd"
+    } else {
+        "zlib"
+    };
+    data.insert("compression-type".into(), json!(ct));
+    if h.version == 3 {
+        data.insert(
+            "lazy-refcounts".into(),
+            json!(h.compat & COMPAT_LAZY_REFCOUNTS != 0),
+        );
+    }
+    data.insert("refcount-bits".into(), json!(1u64 << h.refcount_order));
+    if let Some(d) = &h.data_file {
+        data.insert("data-file".into(), json!(d));
+    }
+    if h.version == 3 && h.incompat & INCOMPAT_DATA_FILE != 0 {
+        data.insert(
+            "data-file-raw".into(),
+            json!(h.autoclear & AUTOCLEAR_DATA_FILE_RAW != 0),
+        );
+    }
+    if h.version == 3 {
+        data.insert("corrupt".into(), json!(h.incompat & INCOMPAT_CORRUPT != 0));
+        data.insert(
+            "extended-l2".into(),
+            json!(h.incompat & INCOMPAT_EXTL2 != 0),
+        );
+    }
+    data
 }
 
 fn human_bool(v: &Value) -> String {

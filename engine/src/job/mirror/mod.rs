@@ -281,6 +281,55 @@ async fn undo_filter(filter: &Rc<Node>) {
 /// Start a mirror (or the mirror behind an active commit): insert the filter, create the job,
 /// take the edges, start. On error nothing is left behind: the graph is as before, no job.
 pub async fn start(jobs: &Rc<JobRegistry>, opts: &JobOptions, p: MirrorParams) -> Result<Rc<Job>> {
+    let (granularity, buf_size) = sizes(&p)?;
+    if Rc::ptr_eq(&p.source, &p.target) {
+        return Err(Error::generic("Can't mirror node into itself"));
+    }
+    let state = Rc::new(state::MirrorState::new(
+        p.source.len(),
+        granularity,
+        p.copy_mode,
+    ));
+    let filter = insert_filter(&p, &state).await?;
+    let driver = Rc::new(MirrorDriver {
+        state: state.clone(),
+        filter: filter.clone(),
+        source: p.source.clone(),
+        target: p.target.clone(),
+        replaces: p.replaces.clone(),
+        sync: p.sync,
+        buf_size,
+        zero_target: p.zero_target,
+        unmap: p.unmap,
+        on_source_error: p.on_source_error,
+        on_target_error: p.on_target_error,
+        source_child: RefCell::new(None),
+        target_child: RefCell::new(None),
+        frozen: RefCell::new(Vec::new()),
+        complete_requested: Cell::new(false),
+        final_drain: RefCell::new(None),
+        filter_gone: Cell::new(false),
+        restore_read_only: RefCell::new(p.restore_read_only.clone()),
+    });
+    let job = match jobs.create(opts, driver.clone(), None) {
+        Ok(j) => j,
+        Err(e) => {
+            undo_filter(&filter).await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = take_edges(&job, &driver, &p).await {
+        driver.thaw();
+        job.abandon().await;
+        undo_filter(&filter).await;
+        return Err(e);
+    }
+    job.start();
+    Ok(job)
+}
+
+/// The dirty-bitmap granularity and the copy buffer's size (a whole number of granules).
+fn sizes(p: &MirrorParams) -> Result<(u64, u64)> {
     let granularity = if p.granularity == 0 {
         default_granularity(&p.target)
     } else {
@@ -297,11 +346,11 @@ pub async fn start(jobs: &Rc<JobRegistry>, opts: &JobOptions, p: MirrorParams) -
         0 => DEFAULT_BUF_SIZE,
         n => n.div_ceil(granularity) * granularity,
     };
-    if Rc::ptr_eq(&p.source, &p.target) {
-        return Err(Error::generic("Can't mirror node into itself"));
-    }
-    let len = p.source.len();
-    let state = Rc::new(state::MirrorState::new(len, granularity, p.copy_mode));
+    Ok((granularity, buf_size))
+}
+
+/// Open the mirror filter over the source and move the source's outside users onto it.
+async fn insert_filter(p: &MirrorParams, state: &Rc<state::MirrorState>) -> Result<Rc<Node>> {
     let ctx = p.source.ctx().clone();
     let build_state = state.clone();
     let source_name = p.source.name().to_string();
@@ -348,41 +397,7 @@ pub async fn start(jobs: &Rc<JobRegistry>, opts: &JobOptions, p: MirrorParams) -
         unref(&filter).await;
         return Err(e);
     }
-    let driver = Rc::new(MirrorDriver {
-        state: state.clone(),
-        filter: filter.clone(),
-        source: p.source.clone(),
-        target: p.target.clone(),
-        replaces: p.replaces.clone(),
-        sync: p.sync,
-        buf_size,
-        zero_target: p.zero_target,
-        unmap: p.unmap,
-        on_source_error: p.on_source_error,
-        on_target_error: p.on_target_error,
-        source_child: RefCell::new(None),
-        target_child: RefCell::new(None),
-        frozen: RefCell::new(Vec::new()),
-        complete_requested: Cell::new(false),
-        final_drain: RefCell::new(None),
-        filter_gone: Cell::new(false),
-        restore_read_only: RefCell::new(p.restore_read_only.clone()),
-    });
-    let job = match jobs.create(opts, driver.clone(), None) {
-        Ok(j) => j,
-        Err(e) => {
-            undo_filter(&filter).await;
-            return Err(e);
-        }
-    };
-    if let Err(e) = take_edges(&job, &driver, &p).await {
-        driver.thaw();
-        job.abandon().await;
-        undo_filter(&filter).await;
-        return Err(e);
-    }
-    job.start();
-    Ok(job)
+    Ok(filter)
 }
 
 /// The job's edges: read the source, write the target, hold the nodes between an active
