@@ -93,11 +93,12 @@ fn l1_shrink_events_are_raised_when_a_shrink_drops_l2_tables() {
     }
 }
 
-#[test]
-fn empty_image_prepare_is_raised_when_an_image_is_rebuilt_empty() {
-    run(5, |engine| async move {
+/// An image rebuilt empty (`make_empty`) fails with EIO when a blkdebug rule on `event` fails
+/// the request after it: the event was raised on the way.
+fn make_empty_raises(seed: u64, event: &'static str) {
+    run(seed, move |engine| async move {
         mkimg(&engine, "top.qcow2", None).await;
-        let rules = json!([{"event": "empty_image_prepare", "errno": 5, "once": true}]);
+        let rules = json!([{"event": event, "errno": 5, "once": true}]);
         engine
             .blockdev_add(over_blkdebug("top", Value::Null, rules))
             .await
@@ -105,8 +106,13 @@ fn empty_image_prepare_is_raised_when_an_image_is_rebuilt_empty() {
         fill(&engine, "top", 0, 64 << 10, 0x66).await;
         let node = engine.node("top").unwrap();
         let r = engine::request::make_empty(&node).await;
-        assert_eq!(r.unwrap_err().errno(), Some(Errno::EIO));
+        assert_eq!(r.unwrap_err().errno(), Some(Errno::EIO), "{event}");
     });
+}
+
+#[test]
+fn empty_image_prepare_is_raised_when_an_image_is_rebuilt_empty() {
+    make_empty_raises(5, "empty_image_prepare");
 }
 
 #[test]
@@ -137,16 +143,5 @@ fn vmstate_events_are_raised_before_the_vm_state_is_touched() {
 
 #[test]
 fn reftable_update_is_raised_when_an_empty_image_switches_its_tables() {
-    run(6, |engine| async move {
-        mkimg(&engine, "top.qcow2", None).await;
-        let rules = json!([{"event": "reftable_update", "errno": 5, "once": true}]);
-        engine
-            .blockdev_add(over_blkdebug("top", Value::Null, rules))
-            .await
-            .unwrap();
-        fill(&engine, "top", 0, 64 << 10, 0x66).await;
-        let node = engine.node("top").unwrap();
-        let r = engine::request::make_empty(&node).await;
-        assert_eq!(r.unwrap_err().errno(), Some(Errno::EIO));
-    });
+    make_empty_raises(6, "reftable_update");
 }
