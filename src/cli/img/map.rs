@@ -8,6 +8,7 @@
 use engine::{Error, Result};
 use serde_json::{Map, Value, json};
 
+use super::number::{in_range, strtosz};
 use super::open::Tool;
 use super::{Output, fail, parse_output, split_or_fail};
 
@@ -154,7 +155,7 @@ pub fn run(args: &[String]) -> i32 {
         ("start-offset", 's', true),
         ("max-length", 'l', true),
     ];
-    let (opts, operands) = match split_or_fail("map", args, "f:hU", &long, USAGE) {
+    let (opts, operands) = match split_or_fail("map", args, "f:s:l:hU", &long, USAGE) {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -167,21 +168,14 @@ pub fn run(args: &[String]) -> i32 {
                 Ok(o) => output = o,
                 Err(e) => return fail(e),
             },
-            's' => match engine::util::parse_size(&v) {
-                Some(n) => start = n,
-                None => {
-                    return fail(
-                        "Invalid start offset specified! You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
-                    );
-                }
+            // qemu-img 10 takes both as sizes between 0 and INT64_MAX, with its two messages.
+            's' => match in_range("start offset", &v, strtosz(&v), 0, i64::MAX as u64) {
+                Ok(n) => start = n,
+                Err(e) => return fail(e),
             },
-            'l' => match engine::util::parse_size(&v) {
-                Some(n) => max_len = Some(n),
-                None => {
-                    return fail(
-                        "Invalid length specified! You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
-                    );
-                }
+            'l' => match in_range("max length", &v, strtosz(&v), 0, i64::MAX as u64) {
+                Ok(n) => max_len = Some(n),
+                Err(e) => return fail(e),
             },
             'U' => share = true,
             _ => unreachable!("option {c} is in the option table"),
