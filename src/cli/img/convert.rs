@@ -11,8 +11,10 @@
 //! created over that backing file and only what the source's top layer allocates is copied (its
 //! zero ranges as explicit zeroes); the rest is left to the backing file, as qemu-img does.
 //! `-W` keeps up to `-m` (default 8) chunks in flight at once, written out of order; `-r`
-//! holds the copy to a rate. `-c` is refused: blk's qcow2 driver does not write compressed
-//! clusters yet.
+//! holds the copy to a rate. `-c` writes whole target clusters compressed: a range shorter than
+//! a cluster is copied as data, and a chunk is skipped (or zeroed) only when all of it reads as
+//! zeroes, as qemu-img does; the copy ends with an empty compressed write that pads the file to
+//! a whole sector.
 
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
@@ -100,17 +102,29 @@ async fn read(src: &Image, pos: u64, len: u64, salvage: bool) -> Result<IoBuf> {
     Ok(buf)
 }
 
+/// A failed write as qemu-img reports it: the byte offset and the errno's text only (the
+/// engine's own detail would not be in qemu-img's line).
+fn write_error(e: Error, at: u64) -> Error {
+    let e = match e.errno() {
+        Some(errno) => Error::io(errno),
+        None => e,
+    };
+    e.context(format!("error while writing at byte {at}"))
+}
+
 /// Copy `[pos, pos+len)` of `src` to `base + pos` of `dst`: read it, then write what sparse
 /// detection keeps (all of it when `sparse` is `None`).
 async fn copy(
     (src, dst): (&Image, &Image),
     (base, pos, len): (u64, u64, u64),
-    sparse: Option<Sparse>,
-    salvage: bool,
+    plan: &Plan,
 ) -> Result<()> {
-    let buf = read(src, pos, len, salvage).await?;
+    let buf = read(src, pos, len, plan.salvage).await?;
     let data = buf.as_slice();
-    let runs = match sparse {
+    if plan.compress.is_some() {
+        return copy_compressed(dst, base + pos, data, plan).await;
+    }
+    let runs = match (plan.fresh && !plan.top_only).then_some(plan.sparse) {
         Some(s) => s.runs(data, base + pos),
         None => vec![(0, data.len())],
     };
@@ -120,9 +134,32 @@ async fn copy(
             .bb
             .write(at, IoBuf::from_slice(&data[i..j]), ReqFlags::NONE)
             .await;
-        r.map_err(|e| e.context(format!("error while writing at byte {at}")))?;
+        r.map_err(|e| write_error(e, at))?;
     }
     Ok(())
+}
+
+/// `-c`: write `data` (whole target clusters) compressed at `at`. Clusters are written as a
+/// whole, so only a chunk that is all zeroes is left out (or zeroed on a target that does not
+/// read as zeroes), unless `-S 0` asks for everything.
+async fn copy_compressed(dst: &Image, at: u64, data: &[u8], plan: &Plan) -> Result<()> {
+    let context = |e: Error| write_error(e, at);
+    if plan.sparse.min != 0 && data.iter().all(|b| *b == 0) {
+        if plan.fresh {
+            return Ok(());
+        }
+        let len = data.len() as u64;
+        return dst
+            .bb
+            .write_zeroes(at, len, ReqFlags::MAY_UNMAP)
+            .await
+            .map_err(context);
+    }
+    let (_, r) = dst
+        .bb
+        .write(at, IoBuf::from_slice(data), ReqFlags::WRITE_COMPRESSED)
+        .await;
+    r.map_err(context)
 }
 
 struct Plan {
@@ -138,6 +175,8 @@ struct Plan {
     salvage: bool,
     /// `-r`: bytes per second, 0 for no limit.
     rate: u64,
+    /// `-c`: the target's cluster size (compressed writes cover whole clusters).
+    compress: Option<u64>,
 }
 
 /// What to do with the range of SRC at `pos`: its length (at least 1) and the action.
@@ -173,7 +212,22 @@ async fn classify(root: &Child, pos: u64, size: u64, plan: &Plan) -> Result<(u64
         };
         (st.len, a)
     };
-    Ok((len.min(size - pos).max(1), action))
+    let len = len.min(size - pos).max(1);
+    let Some(cs) = plan.compress else {
+        return Ok((len, action));
+    };
+    // Compressed clusters are written whole: a range shorter than a cluster is copied with the
+    // cluster around it; a longer one stops at a cluster boundary.
+    if len < cs {
+        return Ok(((size - pos).min(cs), Action::Copy));
+    }
+    // qemu-img reads and writes one cluster at a time then (so all-zero clusters are left out).
+    let len = if matches!(action, Action::Copy) {
+        len.min(cs)
+    } else {
+        len
+    };
+    Ok((len - len % cs, action))
 }
 
 /// The bytes the copy reads and writes as data: what qemu-img's progress counts (ranges
@@ -235,17 +289,16 @@ impl Run<'_> {
                             dst.bb
                                 .write_zeroes(at, len, ReqFlags::MAY_UNMAP)
                                 .await
-                                .map_err(|e| e.context(format!("error while writing at byte {at}")))
+                                .map_err(|e| write_error(e, at))
                         }));
                     }
                     Action::Copy => {
                         let mut at = pos;
                         while at < pos + len && jobs.len() < plan.in_flight {
                             let n = CHUNK.min(pos + len - at);
-                            let sparse = (plan.fresh && !plan.top_only).then_some(plan.sparse);
                             self.keep_rate().await;
                             jobs.push(Box::pin(async move {
-                                copy((src, dst), (base, at, n), sparse, plan.salvage).await?;
+                                copy((src, dst), (base, at, n), plan).await?;
                                 self.copied.set(self.copied.get() + n);
                                 self.progress.borrow_mut().reach(self.copied.get());
                                 Ok(())
@@ -282,6 +335,14 @@ async fn convert(srcs: &[Image], dst: &Image, plan: &Plan, env: &dyn Env) -> Res
     for src in srcs {
         run.copy_source(src, base).await?;
         base += src.len();
+    }
+    if plan.compress.is_some() {
+        // An empty compressed write: the format pads its file to a whole sector.
+        let (_, r) = dst
+            .bb
+            .write(0, IoBuf::new(0), ReqFlags::WRITE_COMPRESSED)
+            .await;
+        r.map_err(|e| write_error(e, 0))?;
     }
     dst.bb
         .flush()
@@ -332,6 +393,11 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
     let out_fmt = a.out_fmt.clone().unwrap_or_default();
     if !a.no_create {
         target_options_valid(&out_fmt, &mut a.spec)?;
+        if a.compressed && out_fmt != "qcow2" {
+            return Err(Error::generic(
+                "Compression not supported for this file format",
+            ));
+        }
         a.spec.fmt = out_fmt.clone();
         a.spec.size = Some(total);
         let dst_path = &a.target;
@@ -368,8 +434,32 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
         sparse: a.copy.sparse,
         salvage: a.copy.salvage,
         rate: a.copy.rate,
+        compress: a
+            .compressed
+            .then(|| compress_cluster_size(&dst))
+            .transpose()?,
     };
     convert(&srcs, &dst, &plan, &*tool.env).await
+}
+
+/// `-c`: the target's cluster size, which compressed writes cover whole.
+fn compress_cluster_size(dst: &Image) -> Result<u64> {
+    let cs = dst.node.driver().image_info().cluster_size;
+    if !dst
+        .node
+        .driver()
+        .caps()
+        .write_flags
+        .contains(ReqFlags::WRITE_COMPRESSED)
+    {
+        return Err(Error::generic(
+            "Compression not supported for this file format",
+        ));
+    }
+    if cs == 0 || cs > CHUNK {
+        return Err(Error::generic("invalid cluster size"));
+    }
+    Ok(cs)
 }
 
 /// `-l`: blk reads no internal snapshot yet; QEMU's refusals where it has none to read.

@@ -112,6 +112,8 @@ pub(super) struct ConvertArgs {
     pub target_image_opts: bool,
     pub target_is_zero: bool,
     pub bitmaps: bool,
+    /// `-c`: every data cluster is written compressed.
+    pub compressed: bool,
     pub sources: Vec<String>,
     pub target: String,
 }
@@ -174,14 +176,15 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
         target_image_opts: false,
         target_is_zero: false,
         bitmaps: false,
+        compressed: false,
         sources: Vec::new(),
         target: String::new(),
     };
-    let (compressed, skip_broken) = apply_opts(&mut a, opts)?;
+    let skip_broken = apply_opts(&mut a, opts)?;
     if a.out_fmt.is_none() && !a.target_image_opts {
         a.out_fmt = Some("raw".into());
     }
-    if let Some(msg) = refusal(&a, compressed, skip_broken) {
+    if let Some(msg) = refusal(&a, skip_broken) {
         return Err(fail(msg));
     }
     let Some(target) = operands.pop().filter(|_| !operands.is_empty()) else {
@@ -199,9 +202,9 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
     Ok(a)
 }
 
-/// Apply the options in order onto `a`; returns (`-c`, `--skip-broken-bitmaps`).
-fn apply_opts(a: &mut ConvertArgs, opts: Vec<(char, String)>) -> Result<(bool, bool), i32> {
-    let (mut compressed, mut skip_broken) = (false, false);
+/// Apply the options in order onto `a`; returns `--skip-broken-bitmaps`.
+fn apply_opts(a: &mut ConvertArgs, opts: Vec<(char, String)>) -> Result<bool, i32> {
+    let mut skip_broken = false;
     for (c, v) in opts {
         match c {
             'f' => a.fmt = Some(v),
@@ -220,7 +223,7 @@ fn apply_opts(a: &mut ConvertArgs, opts: Vec<(char, String)>) -> Result<(bool, b
                     ));
                 }
             },
-            'c' => compressed = true,
+            'c' => a.compressed = true,
             'l' => a.snapshot = Some(v),
             'q' => a.progress = false,
             'U' => a.share = true,
@@ -231,14 +234,14 @@ fn apply_opts(a: &mut ConvertArgs, opts: Vec<(char, String)>) -> Result<(bool, b
             _ => a.copy.take(c, v).map_err(fail)?,
         }
     }
-    Ok((compressed, skip_broken))
+    Ok(skip_broken)
 }
 
 /// The first combination of options qemu-img (or blk) refuses, in qemu-img's order.
-fn refusal(a: &ConvertArgs, compressed: bool, skip_broken: bool) -> Option<&'static str> {
+fn refusal(a: &ConvertArgs, skip_broken: bool) -> Option<&'static str> {
     if skip_broken && !a.bitmaps {
         Some("Use of --skip-broken-bitmaps requires --bitmaps")
-    } else if compressed && a.copy.copy_range {
+    } else if a.compressed && a.copy.copy_range {
         Some("Cannot enable copy offloading when -c is used")
     } else if a.copy.sparse_given && a.copy.copy_range {
         Some("Cannot enable copy offloading when -S is used")
@@ -248,8 +251,6 @@ fn refusal(a: &ConvertArgs, compressed: bool, skip_broken: bool) -> Option<&'sta
         Some("--target-image-opts requires use of -n flag")
     } else if a.target_is_zero && !a.no_create {
         Some("--target-is-zero requires use of -n flag")
-    } else if compressed {
-        Some("Compression is not supported by blk's qcow2 driver yet (convert -c)")
     } else {
         None
     }

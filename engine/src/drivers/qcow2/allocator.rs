@@ -33,6 +33,9 @@ pub(crate) struct Allocator {
     /// First cluster index that may be free.
     free_hint: Cell<u64>,
     pending_free: RefCell<Vec<DeferredFree>>,
+    /// Where the next compressed cluster's bytes go: inside a host cluster partly filled by
+    /// earlier ones (0: none; the next one starts a new cluster).
+    byte_cursor: Cell<u64>,
 }
 
 impl Allocator {
@@ -45,6 +48,7 @@ impl Allocator {
             cache: TableCache::new(slots),
             free_hint: Cell::new(0),
             pending_free: RefCell::new(Vec::new()),
+            byte_cursor: Cell::new(0),
         }
     }
 
@@ -60,6 +64,7 @@ impl Allocator {
         *self.reftable.borrow_mut() = reftable;
         self.cache.clear();
         self.free_hint.set(0);
+        self.byte_cursor.set(0);
     }
 
     /// Where the free-cluster search starts.
@@ -77,6 +82,26 @@ impl Allocator {
         if idx < self.free_hint.get() {
             self.free_hint.set(idx);
         }
+    }
+
+    /// Cluster `idx` has no reference left: compressed bytes must not be packed into it any
+    /// more (it may be allocated for something else).
+    pub(crate) fn emptied(&self, idx: u64, cluster_bits: u32) {
+        let cursor = self.byte_cursor.get();
+        if cursor != 0 && cursor >> cluster_bits == idx {
+            self.byte_cursor.set(0);
+        }
+    }
+
+    /// Where the next compressed bytes would go (0: in a new cluster).
+    pub(crate) fn byte_cursor(&self) -> u64 {
+        self.byte_cursor.get()
+    }
+
+    /// The next compressed bytes go at `at` (0, or a cluster boundary: in a new cluster).
+    pub(crate) fn set_byte_cursor(&self, at: u64, cluster_bits: u32) {
+        let inside = at & ((1 << cluster_bits) - 1) != 0;
+        self.byte_cursor.set(if inside { at } else { 0 });
     }
 
     /// Queue a free until the mapping change that caused it is durable.

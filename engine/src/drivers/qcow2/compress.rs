@@ -1,6 +1,6 @@
-//! qcow2 compressed clusters: decompression of one cluster, raw deflate (RFC 1951, no zlib
-//! header; compression type 0) or zstd frames (RFC 8878; compression type 1), with the output
-//! bounded at one cluster.
+//! qcow2 compressed clusters: compression and decompression of one cluster, raw deflate
+//! (RFC 1951, no zlib header; compression type 0) or zstd frames (RFC 8878; compression type
+//! 1), with the output bounded at one cluster.
 //!
 //! The compressed bytes come from the image, so they are untrusted: a stream that is broken,
 //! ends before the cluster is complete, or would produce more than a cluster is an I/O error
@@ -9,6 +9,7 @@
 //!
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
+use miniz_oxide::deflate::compress_to_vec;
 use miniz_oxide::inflate::{TINFLStatus, decompress_to_vec_with_limit};
 use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
 use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
@@ -30,6 +31,25 @@ pub fn decompress_cluster(ty: u8, data: &[u8], cluster_size: usize) -> Result<Ve
             format!("qcow2: unknown compression type {t}"),
         )),
     }
+}
+
+/// Compress one cluster's bytes with compression type `ty`; `None` when the result would not
+/// be shorter than `limit` bytes (the cluster is then written uncompressed, as QEMU does).
+/// deflate at zlib's default level 6; zstd at its fastest level, one frame per cluster.
+pub fn compress_cluster(ty: u8, data: &[u8], limit: usize) -> Result<Option<Vec<u8>>> {
+    let out = match ty {
+        TYPE_DEFLATE => compress_to_vec(data, 6),
+        TYPE_ZSTD => {
+            ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+        }
+        t => {
+            return Err(Error::io_msg(
+                Errno::ENOTSUP,
+                format!("qcow2: unknown compression type {t}"),
+            ));
+        }
+    };
+    Ok((out.len() <= limit).then_some(out))
 }
 
 fn broken(what: &str, detail: impl std::fmt::Display) -> Error {

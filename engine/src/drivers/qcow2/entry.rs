@@ -158,6 +158,15 @@ impl L2Entry {
         !self.is_compressed() && self.zero_bit() && f.zero_flag
     }
 
+    /// A compressed cluster whose `len` bytes start at byte `host` of the file; `None` when
+    /// `host` is past what the descriptor's offset field can hold.
+    pub(crate) fn compressed_at(host: u64, len: u64, cluster_bits: u32) -> Option<L2Entry> {
+        let x = 62 - (cluster_bits - 8);
+        let extra_sectors = ((host + len - 1) >> 9) - (host >> 9);
+        debug_assert!(len > 0 && extra_sectors < 1 << (cluster_bits - 8));
+        (host < 1 << x).then_some(L2Entry(COMPRESSED | (extra_sectors << x) | host))
+    }
+
     /// A compressed entry's data: byte offset in the file and length in bytes (to the end of
     /// its last 512-byte sector); `None` for any other entry.
     pub(crate) fn compressed(self, cluster_bits: u32) -> Option<(u64, u64)> {
@@ -315,6 +324,19 @@ mod tests {
         // The ZERO bit is part of the offset of a compressed entry, not a flag.
         assert!(!L2Entry::from_raw(COMPRESSED | 1).reads_zero(V3));
         assert_eq!(L2Entry::normal(0x1_0000).compressed(16), None);
+    }
+
+    #[test]
+    fn compressed_at_round_trips_through_the_descriptor() {
+        // 1000 bytes from 0x1_0300 touch the sectors at 0x1_0200 (from 0x100), 0x1_0400 and
+        // 0x1_0600: three sectors, the length runs to the end of the last.
+        let e = L2Entry::compressed_at(0x1_0300, 1000, 16).unwrap();
+        assert_eq!(e.raw(), COMPRESSED | (2u64 << 54) | 0x1_0300);
+        assert_eq!(e.compressed(16), Some((0x1_0300, 3 * 512 - 0x100)));
+        assert!(!e.is_copied());
+        // 2 MiB clusters leave 49 bits for the offset.
+        assert!(L2Entry::compressed_at(1 << 49, 512, 21).is_none());
+        assert!(L2Entry::compressed_at((1 << 49) - 512, 512, 21).is_some());
     }
 
     #[test]

@@ -261,7 +261,7 @@ impl Qcow2 {
     }
 
     /// Write `data` at `off`; the caller holds the exclusive range lock.
-    async fn write_from(&self, offset: u64, data: &[u8]) -> Result<()> {
+    pub(super) async fn write_from(&self, offset: u64, data: &[u8]) -> Result<()> {
         let mut pos = 0u64;
         let len = data.len() as u64;
         while pos < len {

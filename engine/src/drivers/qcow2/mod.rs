@@ -34,6 +34,7 @@ mod check_walk;
 mod clean;
 mod cluster;
 mod compress;
+mod compressed_write;
 mod create;
 mod empty;
 mod entry;
@@ -82,7 +83,7 @@ const CAPS: DriverCaps = DriverCaps {
     name: "qcow2",
     kind: DriverKind::Format,
     supports_backing: true,
-    write_flags: ReqFlags::NONE,
+    write_flags: ReqFlags::WRITE_COMPRESSED,
     zero_flags: ReqFlags::MAY_UNMAP,
     reopen: true,
 };
@@ -549,10 +550,13 @@ impl BlockDriver for Qcow2 {
         Box::pin(self.do_read(offset, buf))
     }
 
-    fn write(&self, offset: u64, buf: IoBuf, _flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
+    fn write(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
         Box::pin(async move {
             if let Err(e) = self.check_writable().await {
                 return (buf, Err(e));
+            }
+            if flags.contains(ReqFlags::WRITE_COMPRESSED) {
+                return self.do_write_compressed(offset, buf).await;
             }
             self.do_write(offset, buf).await
         })

@@ -148,7 +148,8 @@ impl Qcow2 {
         self.load_refblock(off).await?;
         let i = (idx & ((1 << self.layout.rb_bits()) - 1)) as usize;
         let (order, max) = (self.layout.refcount_order, self.layout.max_refcount());
-        self.alloc
+        let now = self
+            .alloc
             .cache
             .with(off, true, |t| {
                 let old = rb_get(t, order, i);
@@ -160,7 +161,7 @@ impl Qcow2 {
                 match new {
                     Some(n) => {
                         rb_set(t, order, i, n);
-                        Ok(())
+                        Ok(n)
                     }
                     None => Err(Error::io_msg(
                         Errno::EIO,
@@ -171,6 +172,9 @@ impl Qcow2 {
             .expect("just loaded")?;
         if delta < 0 {
             self.alloc.freed(idx);
+        }
+        if now == 0 {
+            self.alloc.emptied(idx, self.layout.cluster_bits);
         }
         Ok(())
     }
@@ -255,6 +259,44 @@ impl Qcow2 {
             self.alloc.set_hint(start + got);
             return Ok((self.layout.cluster_offset(start), got));
         }
+    }
+
+    /// Allocate `size` bytes (at most a cluster) for one compressed cluster, packed after the
+    /// previous one when it fits, else at the start of a new cluster (continuing over the
+    /// boundary when the new cluster happens to follow the partly filled one). Every host
+    /// cluster the bytes touch gains one reference. Returns the byte offset in the file.
+    pub(crate) async fn alloc_bytes(&self, size: u64) -> Result<u64> {
+        self.file.debug_event(DebugEvent::ClusterAllocBytes).await;
+        let (cs, bits) = (self.layout.cs(), self.layout.cluster_bits);
+        debug_assert!(size > 0 && size <= cs);
+        let mut at = self.alloc.byte_cursor();
+        if at != 0 && self.refcount(at >> bits).await? >= self.layout.max_refcount() {
+            // No more references fit: start a new cluster.
+            at = 0;
+        }
+        let room = if at == 0 { 0 } else { cs - at % cs };
+        let mut fresh = None;
+        if room < size {
+            let new = self.alloc_clusters(1).await?;
+            // `alloc_clusters` may have settled frees: the partly filled cluster may be gone.
+            let at_now = self.alloc.byte_cursor();
+            if at_now != 0 && at_now == at && at.next_multiple_of(cs) == new {
+                // Contiguous: the bytes run on from the partly filled cluster into `new`.
+            } else {
+                at = new;
+            }
+            fresh = Some(new);
+        }
+        // `alloc_clusters` gave the new cluster its reference; the others gain one here.
+        let first = at >> bits;
+        let last = (at + size - 1) >> bits;
+        for c in first..=last {
+            if Some(c << bits) != fresh {
+                self.update_refcount(c, 1).await?;
+            }
+        }
+        self.alloc.set_byte_cursor(at + size, bits);
+        Ok(at)
     }
 
     /// Make queued frees real before allocating. A free waits until the mapping change that
