@@ -14,10 +14,6 @@ const CI_SEEDS: std::ops::Range<u64> = 0..4000;
 const EVENT_GAPS: &[(&str, &str)] = &[
     // Declared, and raised nowhere in the engine yet.
     (
-        "cluster_alloc_bytes",
-        "not raised yet: compressed cluster allocation",
-    ),
-    (
         "cluster_alloc_space",
         "not raised yet: qcow2 never zeroes a whole allocation",
     ),
@@ -25,8 +21,6 @@ const EVENT_GAPS: &[(&str, &str)] = &[
         "l2_alloc_cow_read",
         "not raised yet: L2 tables are never copied (no internal snapshots)",
     ),
-    ("l2_update_compressed", "not raised yet: compressed writes"),
-    ("write_compressed", "not raised yet: compressed writes"),
     (
         "refblock_update_part",
         "not raised yet (QEMU no longer raises it either)",
@@ -47,10 +41,6 @@ const EVENT_GAPS: &[(&str, &str)] = &[
     (
         "l1_shrink_free_l2_clusters",
         "the swarm only grows devices; engine/tests/debug_events.rs",
-    ),
-    (
-        "read_compressed",
-        "the generator writes no compressed clusters",
     ),
     (
         "reftable_grow",

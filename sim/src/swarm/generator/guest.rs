@@ -98,9 +98,40 @@ impl Gen {
             };
             self.step(format!("io drive0 {cmd}"));
         }
+        self.compressed_writes();
         self.step("io drive0 aio_flush");
         if let Some(read_back) = vmstate {
             self.step(read_back);
+        }
+    }
+
+    /// Maybe qemu-io compressed writes of whole clusters (the last one may end with the disk)
+    /// on the original qcow2 top. A cluster that already holds data refuses them (EIO, as in
+    /// QEMU), and a filter above the top (a job's) does not take them: `io?`, and the model
+    /// counts a failed write as "old or new". Not under `werror=stop`: a refused write would
+    /// stop the guest until someone resumes it, as in QEMU.
+    fn compressed_writes(&mut self) {
+        let on_top = self.chain_known
+            && !self.werror_stop
+            && self.chain.first().is_some_and(|l| l.path == "top.qcow2");
+        let Some(cs) = self.top_compress_cluster.filter(|_| on_top) else {
+            return;
+        };
+        let r = &mut self.r.compress;
+        if !chance(r, 0.35) {
+            return;
+        }
+        let clusters = self.size.div_ceil(cs);
+        let writes: Vec<String> = (0..1 + below(r, 3))
+            .map(|_| {
+                let off = below(r, clusters) * cs;
+                let len = ((1 + below(r, 3)) * cs).min(self.size - off);
+                let pat = 0x20 + below(r, 0xc0);
+                format!("io? drive0 write -c -P 0x{pat:02x} {off} {len}")
+            })
+            .collect();
+        for w in writes {
+            self.step(w);
         }
     }
 

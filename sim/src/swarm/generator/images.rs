@@ -12,6 +12,12 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
 /// A whole-MiB offset below `size`.
+/// The `cluster_size=Nk` of qcow2 `image create` options.
+fn cluster_size_of(opts: &str) -> Option<u64> {
+    let v = opts.split(' ').find_map(|o| o.strip_prefix("cluster_size="))?;
+    Some(v.strip_suffix('k')?.parse::<u64>().ok()? * KIB)
+}
+
 fn below_mib(r: &mut rand_chacha::ChaCha8Rng, size: u64) -> u64 {
     below(r, size / MIB) * MIB
 }
@@ -172,6 +178,8 @@ impl Gen {
             let mut opts = self.qcow2_options(under.map(|(l, _)| l), below_fmt);
             if self.f.data_file {
                 opts = self.with_data_file(opts, under.is_none());
+            } else {
+                self.top_compress_cluster = cluster_size_of(&opts);
             }
             self.step(format!("image create {path} qcow2 {} {opts}", self.size));
             self.checkable(path, &opts);

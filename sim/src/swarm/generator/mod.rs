@@ -162,6 +162,8 @@ pub(super) struct Streams {
     pub(super) vmstate: ChaCha8Rng,
     /// qemu-io `reopen -o` of the top's driver options (its own stream, as `vmstate`).
     pub(super) reopen_opts: ChaCha8Rng,
+    /// qemu-io compressed writes (`write -c`; its own stream, as `vmstate`).
+    pub(super) compress: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -194,6 +196,8 @@ pub(super) struct Gen {
     pub(super) lazy_top: bool,
     pub(super) werror_stop: bool,
     pub(super) rerror_stop: bool,
+    /// The cluster size of `top.qcow2` when it can take compressed writes (no data file).
+    pub(super) top_compress_cluster: Option<u64>,
 }
 
 impl Gen {
@@ -308,6 +312,7 @@ pub fn generate(seed: u64) -> Generated {
         plan: stream(seed, "plan"),
         vmstate: stream(seed, "vmstate"),
         reopen_opts: stream(seed, "reopen-opts"),
+        compress: stream(seed, "compress"),
     };
     let mut g = Gen {
         f,
@@ -325,6 +330,7 @@ pub fn generate(seed: u64) -> Generated {
         counter: 0,
         werror_stop: false,
         rerror_stop: false,
+        top_compress_cluster: None,
     };
     g.out.push(format!(
         "# swarm seed {seed}: {}",
