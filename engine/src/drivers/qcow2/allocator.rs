@@ -1,8 +1,8 @@
 //! The refcount side's in-memory state: the refcount table (its offset and entries), the
 //! cache of refcount blocks, where the free-cluster search starts, and the frees deferred
 //! until the mapping change that caused them is durable. The refcount arithmetic, the search
-//! and the write-back that work on this state are in `refcount.rs`; they run with the metadata
-//! lock held.
+//! and the write-back that work on this state are in `refcount.rs`; every method that changes
+//! this state takes the metadata-lock guard as proof that the lock is held.
 //!
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
@@ -68,19 +68,19 @@ impl Allocator {
     }
 
     /// The search goes on from `idx`.
-    pub(crate) fn set_hint(&self, idx: u64) {
+    pub(crate) fn set_hint(&self, _held: &MetaGuard<'_>, idx: u64) {
         self.free_hint.set(idx);
     }
 
     /// Cluster `idx` became free: the search starts there at the latest.
-    pub(crate) fn freed(&self, idx: u64) {
+    pub(crate) fn freed(&self, _held: &MetaGuard<'_>, idx: u64) {
         if idx < self.free_hint.get() {
             self.free_hint.set(idx);
         }
     }
 
     /// Queue a free until the mapping change that caused it is durable.
-    pub(crate) fn defer_free(&self, f: DeferredFree) {
+    pub(crate) fn defer_free(&self, _held: &MetaGuard<'_>, f: DeferredFree) {
         self.pending_free.borrow_mut().push(f);
     }
 
@@ -90,7 +90,7 @@ impl Allocator {
     }
 
     /// The queued frees, in queue order, leaving none.
-    pub(crate) fn take_deferred(&self) -> Vec<DeferredFree> {
+    pub(crate) fn take_deferred(&self, _held: &MetaGuard<'_>) -> Vec<DeferredFree> {
         std::mem::take(&mut *self.pending_free.borrow_mut())
     }
 }

@@ -3,7 +3,8 @@
 //! tables back (after the refcounts and guest data they rely on are durable) and the metadata
 //! flush that also applies deferred frees.
 //!
-//! Every function here runs with the metadata lock held. Must not import `job`, `qmp`,
+//! Every function here that reads or changes the mapping takes the metadata-lock guard
+//! (`&MetaGuard`) as proof that the lock is held. Must not import `job`, `qmp`,
 //! `engine`, `backend` or other drivers.
 
 use crate::error::{Errno, Error, Result};
@@ -14,6 +15,7 @@ use crate::util::planted::{self, Bug};
 use super::Qcow2;
 use super::cache::{get_u64, set_u64};
 use super::entry::{EntryFormat, L1Entry, L2Entry};
+use super::lock::MetaGuard;
 use super::overlap::{OL_ACTIVE_L1, OL_ACTIVE_L2, c_hex};
 
 pub(crate) use super::entry::Kind;
@@ -34,7 +36,7 @@ impl Qcow2 {
     }
 
     /// The L2 table offset for L1 index `l1i`, allocating the table if `alloc`.
-    async fn l2_table(&self, l1i: usize, alloc: bool) -> Result<Option<u64>> {
+    async fn l2_table(&self, held: &MetaGuard<'_>, l1i: usize, alloc: bool) -> Result<Option<u64>> {
         if !alloc && l1i >= self.l2.l1_len() {
             // Past the L1 table (only the VM state area reaches there): never written.
             return Ok(None);
@@ -63,11 +65,11 @@ impl Qcow2 {
         if !alloc {
             return Ok(None);
         }
-        let off = self.alloc_clusters(1).await?;
+        let off = self.alloc_clusters(held, 1).await?;
         // The refcount must be on disk before anything refers to the table (with lazy
         // refcounts, the dirty bit stands for it).
         if !self.lazy.get() {
-            self.write_back_refblocks().await?;
+            self.write_back_refblocks(held).await?;
         }
         self.file.debug_event(DebugEvent::L2AllocWrite).await;
         let zeros = vec![0u8; self.layout.cs() as usize];
@@ -84,7 +86,7 @@ impl Qcow2 {
             Err(e) => Err(e),
         };
         if let Err(e) = r {
-            self.free_unreferenced(off, 1).await?;
+            self.free_unreferenced(held, off, 1).await?;
             return Err(e);
         }
         self.file.flush().await?;
@@ -101,20 +103,20 @@ impl Qcow2 {
             .await
             .1?;
         self.l2.set(l1i, new);
-        self.make_room_l2().await?;
+        self.make_room_l2(held).await?;
         self.l2.cache.insert(off, zeros, false);
         Ok(Some(off))
     }
 
     /// Evict the least recently used L2 table if the cache is full.
-    async fn make_room_l2(&self) -> Result<()> {
+    async fn make_room_l2(&self, held: &MetaGuard<'_>) -> Result<()> {
         if !self.l2.cache.is_full() {
             return Ok(());
         }
         if let Some((victim, data, dirty)) = self.l2.cache.lru() {
             if dirty {
                 if !self.lazy.get() {
-                    self.write_back_refblocks().await?;
+                    self.write_back_refblocks(held).await?;
                 }
                 self.flush_data_file().await?;
                 self.file.flush().await?;
@@ -131,11 +133,11 @@ impl Qcow2 {
         Ok(())
     }
 
-    async fn load_l2(&self, off: u64) -> Result<()> {
+    async fn load_l2(&self, held: &MetaGuard<'_>, off: u64) -> Result<()> {
         if self.l2.cache.contains(off) {
             return Ok(());
         }
-        self.make_room_l2().await?;
+        self.make_room_l2(held).await?;
         self.file.debug_event(DebugEvent::L2Load).await;
         let (buf, r) = self
             .file
@@ -147,12 +149,12 @@ impl Qcow2 {
     }
 
     /// The L2 entry of guest cluster `gc` (unallocated when its L2 table does not exist).
-    pub(crate) async fn l2_entry(&self, gc: u64) -> Result<L2Entry> {
+    pub(crate) async fn l2_entry(&self, held: &MetaGuard<'_>, gc: u64) -> Result<L2Entry> {
         let l1i = (gc / self.layout.l2_entries()) as usize;
-        let Some(off) = self.l2_table(l1i, false).await? else {
+        let Some(off) = self.l2_table(held, l1i, false).await? else {
             return Ok(L2Entry::UNALLOCATED);
         };
-        self.load_l2(off).await?;
+        self.load_l2(held, off).await?;
         let i = (gc % self.layout.l2_entries()) as usize;
         let i = if self.layout.ext_l2 { 2 * i } else { i };
         Ok(L2Entry::from_raw(
@@ -165,13 +167,13 @@ impl Qcow2 {
 
     /// The subcluster bitmap of guest cluster `gc` (extended L2 entries only): bit `s` says
     /// subcluster `s` is allocated, bit `32 + s` that it reads as zeroes.
-    pub(crate) async fn l2_bitmap(&self, gc: u64) -> Result<u64> {
+    pub(crate) async fn l2_bitmap(&self, held: &MetaGuard<'_>, gc: u64) -> Result<u64> {
         debug_assert!(self.layout.ext_l2);
         let l1i = (gc / self.layout.l2_entries()) as usize;
-        let Some(off) = self.l2_table(l1i, false).await? else {
+        let Some(off) = self.l2_table(held, l1i, false).await? else {
             return Ok(0);
         };
-        self.load_l2(off).await?;
+        self.load_l2(held, off).await?;
         let i = (gc % self.layout.l2_entries()) as usize;
         Ok(self
             .l2
@@ -182,8 +184,8 @@ impl Qcow2 {
 
     /// The kind of guest cluster `gc`. A data cluster offset that is not cluster aligned is
     /// corruption: reported (and on a writable image marked), and an EIO error.
-    pub(crate) async fn kind_at(&self, gc: u64) -> Result<Kind> {
-        let entry = self.l2_entry(gc).await?;
+    pub(crate) async fn kind_at(&self, held: &MetaGuard<'_>, gc: u64) -> Result<Kind> {
+        let entry = self.l2_entry(held, gc).await?;
         match self.classify(entry) {
             Ok(k) => Ok(k),
             Err(e) => {
@@ -202,17 +204,22 @@ impl Qcow2 {
     }
 
     /// Make sure guest cluster `gc` has an L2 table (allocating one if needed).
-    pub(crate) async fn ensure_l2(&self, gc: u64) -> Result<()> {
+    pub(crate) async fn ensure_l2(&self, held: &MetaGuard<'_>, gc: u64) -> Result<()> {
         let l1i = (gc / self.layout.l2_entries()) as usize;
-        self.l2_table(l1i, true).await?;
+        self.l2_table(held, l1i, true).await?;
         Ok(())
     }
 
     /// Set the L2 entry of guest cluster `gc` (its table must exist) in the cache.
-    pub(crate) async fn set_l2_entry(&self, gc: u64, entry: L2Entry) -> Result<()> {
+    pub(crate) async fn set_l2_entry(
+        &self,
+        held: &MetaGuard<'_>,
+        gc: u64,
+        entry: L2Entry,
+    ) -> Result<()> {
         let l1i = (gc / self.layout.l2_entries()) as usize;
-        let off = self.l2_table(l1i, true).await?.expect("allocated");
-        self.load_l2(off).await?;
+        let off = self.l2_table(held, l1i, true).await?.expect("allocated");
+        self.load_l2(held, off).await?;
         let i = (gc % self.layout.l2_entries()) as usize;
         self.l2
             .cache
@@ -232,11 +239,11 @@ impl Qcow2 {
 
     /// Write back every dirty cached table in dependency order, then apply deferred frees:
     /// refcounts, flush (data + refcounts durable), L2 tables, flush, frees, refcounts.
-    pub(crate) async fn flush_metadata(&self) -> Result<()> {
+    pub(crate) async fn flush_metadata(&self, held: &MetaGuard<'_>) -> Result<()> {
         self.file.debug_event(DebugEvent::FlushToOs).await;
         if self.l2.cache.has_dirty() {
             if !self.lazy.get() {
-                self.write_back_refblocks().await?;
+                self.write_back_refblocks(held).await?;
             }
             self.flush_data_file().await?;
             if !planted::on(Bug::Qcow2FlushOrder) {
@@ -255,8 +262,8 @@ impl Qcow2 {
         }
         if self.alloc.has_deferred() {
             self.file.flush().await?;
-            self.apply_pending_frees().await?;
+            self.apply_pending_frees(held).await?;
         }
-        self.write_back_refblocks().await
+        self.write_back_refblocks(held).await
     }
 }

@@ -29,8 +29,8 @@ impl Qcow2 {
         }
         let len = self.layout.size.get().next_multiple_of(self.layout.cs());
         self.discard_clusters(0, len, true).await?;
-        let _g = self.meta.lock().await;
-        self.flush_metadata().await
+        let held = &self.meta.lock().await;
+        self.flush_metadata(held).await
     }
 
     /// The L1 table's size in whole clusters.
@@ -57,7 +57,7 @@ impl Qcow2 {
     async fn rebuild_empty(&self, held: &MetaGuard<'_>) -> Result<()> {
         let cs = self.layout.cs();
         let l1c = self.l1_clusters();
-        self.flush_metadata().await?;
+        self.flush_metadata(held).await?;
         let was_dirty = self.layout.incompat.get() & super::header::INCOMPAT_DIRTY != 0;
         if !was_dirty {
             self.set_dirty_bit(true).await?;
@@ -123,7 +123,7 @@ impl Qcow2 {
     /// The in-memory state of the rebuilt image: an empty L1 at cluster 3, the refcount table
     /// at cluster 1 naming the refblock at cluster 2; no cached table is valid any more.
     fn forget_tables(&self, held: &MetaGuard<'_>, cs: u64) {
-        self.alloc.take_deferred();
+        self.alloc.take_deferred(held);
         self.l2.reset(3 * cs);
         let mut reftable = vec![0u64; (cs / 8) as usize];
         reftable[0] = 2 * cs;

@@ -13,6 +13,7 @@ use crate::util::planted;
 
 use super::cluster::Kind;
 use super::entry::L2Entry;
+use super::lock::MetaGuard;
 use super::overlap::c_hex;
 use super::{Qcow2, compress};
 
@@ -41,20 +42,20 @@ impl Qcow2 {
     }
 
     /// The kind of the cluster at `off` and how many bytes from `off` (at most `max`) share it.
-    async fn run_at(&self, off: u64, max: u64) -> Result<(Kind, u64)> {
+    async fn run_at(&self, held: &MetaGuard<'_>, off: u64, max: u64) -> Result<(Kind, u64)> {
         if self.layout.ext_l2 {
-            return self.run_at_ext(off, max).await;
+            return self.run_at_ext(held, off, max).await;
         }
         let cs = self.layout.cs();
         let gc = off / cs;
-        let kind = self.kind_at(gc).await?;
+        let kind = self.kind_at(held, gc).await?;
         let mut n = (cs - off % cs).min(max);
         if matches!(kind, Kind::Compressed { .. }) {
             return Ok((kind, n));
         }
         let mut next = gc + 1;
         while n < max {
-            let k = self.kind_at(next).await?;
+            let k = self.kind_at(held, next).await?;
             let same = match (kind, k) {
                 (Kind::Unallocated, Kind::Unallocated) => true,
                 (Kind::Zero { host: None }, Kind::Zero { host: None }) => true,
@@ -161,8 +162,8 @@ impl Qcow2 {
         let mut pos = 0u64;
         while pos < len {
             let run = {
-                let _g = self.meta.lock().await;
-                self.run_at(offset + pos, len - pos).await
+                let held = &self.meta.lock().await;
+                self.run_at(held, offset + pos, len - pos).await
             };
             let (kind, n) = match run {
                 Ok(r) => r,
@@ -189,10 +190,10 @@ impl Qcow2 {
     }
 
     /// Decide how the first part of a write at `off` is done (metadata lock held).
-    async fn plan_write(&self, off: u64, remaining: u64) -> Result<Plan> {
+    async fn plan_write(&self, held: &MetaGuard<'_>, off: u64, remaining: u64) -> Result<Plan> {
         let cs = self.layout.cs();
         let gc = off / cs;
-        let entry = self.l2_entry(gc).await?;
+        let entry = self.l2_entry(held, gc).await?;
         if entry.is_copied() && self.classify(entry).is_err() {
             // QEMU's wording for a cluster it would rewrite in place.
             let what = if entry.zero_bit() {
@@ -208,18 +209,18 @@ impl Qcow2 {
             let full = self.signal_corruption(true, None, None, &msg).await;
             return Err(Error::io_msg(Errno::EIO, full));
         }
-        if let (Kind::Normal { host, copied: true }, n) = self.run_at(off, remaining).await? {
+        if let (Kind::Normal { host, copied: true }, n) = self.run_at(held, off, remaining).await? {
             debug_assert!(entry.is_copied());
             return Ok(Plan::Rewrite {
                 host: host + off % cs,
                 n,
             });
         }
-        if let Kind::Zero { host: Some(host) } = self.kind_at(gc).await?
+        if let Kind::Zero { host: Some(host) } = self.kind_at(held, gc).await?
             && entry.is_copied()
         {
             // A preallocated zero cluster is written in place, as QEMU does (no new cluster).
-            self.ensure_l2(gc).await?;
+            self.ensure_l2(held, gc).await?;
             let n = remaining.min(cs - off % cs);
             return Ok(Plan::Alloc {
                 gc,
@@ -235,19 +236,22 @@ impl Qcow2 {
         let mut c = gc + 1;
         while c <= last && (olds.len() as u64) < max && !c.is_multiple_of(self.layout.l2_entries())
         {
-            let e = self.l2_entry(c).await?;
-            if matches!(self.kind_at(c).await?, Kind::Normal { copied: true, .. }) {
+            let e = self.l2_entry(held, c).await?;
+            if matches!(
+                self.kind_at(held, c).await?,
+                Kind::Normal { copied: true, .. }
+            ) {
                 break;
             }
             olds.push(e);
             c += 1;
         }
-        self.ensure_l2(gc).await?;
+        self.ensure_l2(held, gc).await?;
         let (host, got) = if self.has_data_file() {
             // External data file: each guest cluster has its own place, not refcounted.
             (gc * cs, olds.len() as u64)
         } else {
-            self.alloc_some(olds.len() as u64).await?
+            self.alloc_some(held, olds.len() as u64).await?
         };
         olds.truncate(got as usize);
         let n = remaining.min(olds.len() as u64 * cs - off % cs);
@@ -266,8 +270,8 @@ impl Qcow2 {
         let len = data.len() as u64;
         while pos < len {
             let plan = {
-                let _g = self.meta.lock().await;
-                self.plan_write(offset + pos, len - pos).await?
+                let held = &self.meta.lock().await;
+                self.plan_write(held, offset + pos, len - pos).await?
             };
             match plan {
                 Plan::Rewrite { host, n } => {
@@ -343,18 +347,18 @@ impl Qcow2 {
             }
             Err(e) => Err(e),
         };
-        let _g = self.meta.lock().await;
+        let held = &self.meta.lock().await;
         if let Err(e) = written {
             if !self.has_data_file() && !reuse {
-                self.free_unreferenced(host, k).await?;
+                self.free_unreferenced(held, host, k).await?;
             }
             return Err(e);
         }
         for (i, old) in olds.iter().enumerate() {
-            self.set_l2_entry(gc + i as u64, L2Entry::normal(host + i as u64 * cs))
+            self.set_l2_entry(held, gc + i as u64, L2Entry::normal(host + i as u64 * cs))
                 .await?;
             if !reuse {
-                self.release(*old, self.pass_discard_other())?;
+                self.release(held, *old, self.pass_discard_other())?;
             }
         }
         Ok(())
@@ -363,17 +367,17 @@ impl Qcow2 {
     /// Queue whatever host space the old entry `old` referenced for freeing (nothing for
     /// clusters of an external data file: they are not refcounted); `discard`: clusters that
     /// become free are discarded in the file (the `pass-discard-*` option of the cause).
-    fn release(&self, old: L2Entry, discard: bool) -> Result<()> {
+    fn release(&self, held: &MetaGuard<'_>, old: L2Entry, discard: bool) -> Result<()> {
         let kind = self.classify(old)?;
         if self.has_data_file() {
             return Ok(());
         }
         match kind {
             Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => {
-                self.free_later(host, self.layout.cs(), discard)
+                self.free_later(held, host, self.layout.cs(), discard)
             }
             Kind::Compressed { offset, len } => {
-                self.free_later(offset & !511, len + (offset & 511), discard)
+                self.free_later(held, offset & !511, len + (offset & 511), discard)
             }
             _ => {}
         }
@@ -382,8 +386,13 @@ impl Qcow2 {
 
     /// `release`, except that an unaligned host offset in `old` is reported (not fatal, as
     /// QEMU does) and its cluster leaked instead of failing the request.
-    pub(crate) async fn release_reporting(&self, old: L2Entry, discard: bool) -> Result<()> {
-        if self.release(old, discard).is_err() {
+    pub(crate) async fn release_reporting(
+        &self,
+        held: &MetaGuard<'_>,
+        old: L2Entry,
+        discard: bool,
+    ) -> Result<()> {
+        if self.release(held, old, discard).is_err() {
             let msg = format!("Cannot free unaligned cluster {:#x}", old.host_offset());
             self.signal_corruption(false, None, None, &msg).await;
         }
@@ -437,10 +446,10 @@ impl Qcow2 {
         self.zero_raw_data_file(first_full * cs, (last_full - first_full) * cs, flags)
             .await?;
         {
-            let _g = self.meta.lock().await;
+            let held = &self.meta.lock().await;
             let unmap = flags.contains(ReqFlags::MAY_UNMAP);
             for gc in first_full..last_full {
-                let old = self.l2_entry(gc).await?;
+                let old = self.l2_entry(held, gc).await?;
                 // An unaligned offset is not used here: the cluster is freed (reported, and
                 // leaked) as QEMU does.
                 let kind = self.classify(old).ok();
@@ -461,10 +470,10 @@ impl Qcow2 {
                     continue;
                 }
                 if new.host_offset() == 0 {
-                    self.release_reporting(old, self.pass_discard_request())
+                    self.release_reporting(held, old, self.pass_discard_request())
                         .await?;
                 }
-                self.set_l2_entry(gc, new).await?;
+                self.set_l2_entry(held, gc, new).await?;
             }
         }
         if !end.is_multiple_of(cs) {
@@ -479,15 +488,16 @@ impl Qcow2 {
     /// backing file) given the zero flag as QEMU does; any other is written zeroes.
     async fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
         let guard = self.meta.lock().await;
+        let held = &guard;
         let gc = offset / self.layout.cs();
-        let kind = self.kind_at(gc).await?;
+        let kind = self.kind_at(held, gc).await?;
         if !self.reads_zero(kind) {
             drop(guard);
             return self.write_from(offset, &vec![0u8; len as usize]).await;
         }
         if kind == Kind::Unallocated && self.layout.version >= 3 {
-            self.ensure_l2(gc).await?;
-            self.set_l2_entry(gc, L2Entry::ZERO).await?;
+            self.ensure_l2(held, gc).await?;
+            self.set_l2_entry(held, gc, L2Entry::ZERO).await?;
         }
         Ok(())
     }
@@ -537,7 +547,7 @@ impl Qcow2 {
             Some(d) => d.discard(first * cs, data_len).await?,
             None => {}
         }
-        let _g = self.meta.lock().await;
+        let held = &self.meta.lock().await;
         let per = self.layout.l2_entries();
         let backing = self.backing().is_some();
         for gc in first..last {
@@ -547,9 +557,9 @@ impl Qcow2 {
                 // leaves an (empty) L2 table behind; so does blk, in the same order (clusters
                 // freed in one table are reused for the next), and the image comes out as
                 // QEMU's, file length included.
-                self.ensure_l2(gc).await?;
+                self.ensure_l2(held, gc).await?;
             }
-            let old = self.l2_entry(gc).await?;
+            let old = self.l2_entry(held, gc).await?;
             // An unaligned offset counts as allocated; freeing it reports it (not fatal).
             let allocated = !matches!(
                 self.classify(old),
@@ -573,9 +583,9 @@ impl Qcow2 {
             if old == new {
                 continue;
             }
-            self.release_reporting(old, self.pass_discard_request())
+            self.release_reporting(held, old, self.pass_discard_request())
                 .await?;
-            self.set_l2_entry(gc, new).await?;
+            self.set_l2_entry(held, gc, new).await?;
         }
         Ok(())
     }
@@ -600,8 +610,8 @@ impl Qcow2 {
     }
 
     pub(crate) async fn do_block_status(&self, offset: u64, len: u64) -> Result<BlockStatus> {
-        let _g = self.meta.lock().await;
-        let (kind, n) = self.run_at(offset, len.max(1)).await?;
+        let held = &self.meta.lock().await;
+        let (kind, n) = self.run_at(held, offset, len.max(1)).await?;
         let in_off = offset % self.layout.cs();
         let mapping = match kind {
             Kind::Unallocated => Mapping::Unallocated,

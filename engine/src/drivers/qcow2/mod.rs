@@ -473,8 +473,8 @@ impl Qcow2 {
     /// Write back every cached table, flush, and clear the lazy-refcounts dirty bit (close,
     /// and a reopen to read-only).
     async fn write_back_and_mark_clean(&self) -> Result<()> {
-        let _g = self.meta.lock().await;
-        self.flush_metadata().await?;
+        let held = &self.meta.lock().await;
+        self.flush_metadata(held).await?;
         self.file.flush().await?;
         // Lazy refcounts: everything is written back, the refcounts are accurate again.
         if self.lazy.get() && self.layout.incompat.get() & header::INCOMPAT_DIRTY != 0 {
@@ -582,8 +582,8 @@ impl BlockDriver for Qcow2 {
             if self.read_only.get() {
                 return Ok(());
             }
-            let _g = self.meta.lock().await;
-            self.flush_metadata().await
+            let held = &self.meta.lock().await;
+            self.flush_metadata(held).await
         })
     }
 

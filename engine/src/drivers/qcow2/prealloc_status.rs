@@ -11,11 +11,12 @@
 use crate::error::Result;
 
 use super::Qcow2;
+use super::lock::MetaGuard;
 
 impl Qcow2 {
     /// Whether the image looks metadata-preallocated (decided once per open). Metadata lock
     /// held.
-    pub(super) async fn metadata_preallocated(&self) -> Result<bool> {
+    pub(super) async fn metadata_preallocated(&self, held: &MetaGuard<'_>) -> Result<bool> {
         if let Some(known) = self.metadata_prealloc.get() {
             return Ok(known);
         }
@@ -42,7 +43,7 @@ impl Qcow2 {
         let mut used = 0u64;
         let mut idx = 0u64;
         while idx < file_len.div_ceil(cs) && used < threshold {
-            used += u64::from(self.refcount(idx).await? > 0);
+            used += u64::from(self.refcount(held, idx).await? > 0);
             idx += 1;
         }
         let known = used >= threshold;

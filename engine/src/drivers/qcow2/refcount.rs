@@ -2,7 +2,8 @@
 //! cached refcount blocks, the free-cluster search, new refcount blocks (placed inside the
 //! range they cover), refcount table growth, write-back of dirty blocks, and deferred frees.
 //!
-//! Every function here runs with the metadata lock held. Must not import `job`, `qmp`,
+//! Every function here that touches the allocator's state takes the metadata-lock guard
+//! (`&MetaGuard`) as proof that the lock is held. Must not import `job`, `qmp`,
 //! `engine`, `backend` or other drivers.
 
 use crate::error::{Errno, Error, Result};
@@ -12,6 +13,7 @@ use crate::io::{IoBuf, ReqFlags};
 use super::allocator::DeferredFree;
 use super::cache::{get_u64, set_u64};
 use super::header::{MAX_REFTABLE_BYTES, OFF_REFTABLE};
+use super::lock::MetaGuard;
 use super::overlap::{OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE, c_hex};
 use super::{OFFSET_MASK, Qcow2};
 
@@ -94,7 +96,7 @@ impl Qcow2 {
     }
 
     /// Make sure the refcount block at `off` is cached.
-    async fn load_refblock(&self, off: u64) -> Result<()> {
+    async fn load_refblock(&self, _held: &MetaGuard<'_>, off: u64) -> Result<()> {
         if self.alloc.cache.contains(off) {
             return Ok(());
         }
@@ -123,11 +125,11 @@ impl Qcow2 {
     }
 
     /// The refcount of host cluster `idx` (0 where no block covers it).
-    pub(crate) async fn refcount(&self, idx: u64) -> Result<u64> {
+    pub(crate) async fn refcount(&self, held: &MetaGuard<'_>, idx: u64) -> Result<u64> {
         let Some(off) = self.refblock_of(idx).await? else {
             return Ok(0);
         };
-        self.load_refblock(off).await?;
+        self.load_refblock(held, off).await?;
         let i = (idx & ((1 << self.layout.rb_bits()) - 1)) as usize;
         let order = self.layout.refcount_order;
         Ok(self
@@ -138,14 +140,19 @@ impl Qcow2 {
     }
 
     /// Add `delta` to the refcount of host cluster `idx` (its block must exist).
-    pub(super) async fn update_refcount(&self, idx: u64, delta: i64) -> Result<()> {
+    pub(super) async fn update_refcount(
+        &self,
+        held: &MetaGuard<'_>,
+        idx: u64,
+        delta: i64,
+    ) -> Result<()> {
         let off = self.refblock_of(idx).await?.ok_or_else(|| {
             Error::io_msg(
                 Errno::EIO,
                 format!("qcow2: no refcount block for cluster {idx} being updated"),
             )
         })?;
-        self.load_refblock(off).await?;
+        self.load_refblock(held, off).await?;
         let i = (idx & ((1 << self.layout.rb_bits()) - 1)) as usize;
         let (order, max) = (self.layout.refcount_order, self.layout.max_refcount());
         self.alloc
@@ -170,42 +177,42 @@ impl Qcow2 {
             })
             .expect("just loaded")?;
         if delta < 0 {
-            self.alloc.freed(idx);
+            self.alloc.freed(held, idx);
         }
         Ok(())
     }
 
     /// Make sure a refcount block covers cluster `c` (creating it, or growing the table, at
     /// free cluster `c`). Returns false when it had to create something (the caller rescans).
-    async fn cover(&self, c: u64) -> Result<bool> {
+    async fn cover(&self, held: &MetaGuard<'_>, c: u64) -> Result<bool> {
         let rt = c >> self.layout.rb_bits();
         if rt as usize >= self.alloc.reftable.borrow().len() {
-            self.grow_reftable(c).await?;
+            self.grow_reftable(held, c).await?;
             return Ok(false);
         }
         if self.refblock_of(c).await?.is_none() {
-            self.new_refblock(rt, c).await?;
+            self.new_refblock(held, rt, c).await?;
             return Ok(false);
         }
         Ok(true)
     }
 
     /// True when cluster `c` is free and already covered by a refcount block.
-    async fn free_and_covered(&self, c: u64) -> Result<bool> {
-        Ok(self.refblock_of(c).await?.is_some() && self.refcount(c).await? == 0)
+    async fn free_and_covered(&self, held: &MetaGuard<'_>, c: u64) -> Result<bool> {
+        Ok(self.refblock_of(c).await?.is_some() && self.refcount(held, c).await? == 0)
     }
 
     /// Allocate `n` contiguous host clusters (refcount 1 each); returns the host offset.
-    pub(crate) async fn alloc_clusters(&self, n: u64) -> Result<u64> {
+    pub(crate) async fn alloc_clusters(&self, held: &MetaGuard<'_>, n: u64) -> Result<u64> {
         self.file.debug_event(DebugEvent::ClusterAlloc).await;
-        self.settle_frees().await?;
+        self.settle_frees(held).await?;
         'search: loop {
             let mut first_free = None;
             let mut start = self.alloc.hint().max(1);
             let mut run = 0;
             let mut i = start;
             while run < n {
-                if self.refcount(i).await? == 0 {
+                if self.refcount(held, i).await? == 0 {
                     first_free.get_or_insert(i);
                     if run == 0 {
                         start = i;
@@ -218,41 +225,41 @@ impl Qcow2 {
             }
             self.check_space(start + n)?;
             for c in start..start + n {
-                if !self.cover(c).await? {
+                if !self.cover(held, c).await? {
                     continue 'search;
                 }
             }
             for c in start..start + n {
-                self.update_refcount(c, 1).await?;
+                self.update_refcount(held, c, 1).await?;
             }
             let hint = first_free.filter(|f| *f < start).unwrap_or(start + n);
-            self.alloc.set_hint(hint);
+            self.alloc.set_hint(held, hint);
             return Ok(self.layout.cluster_offset(start));
         }
     }
 
     /// Allocate between 1 and `n` contiguous host clusters at the first free one (guest data:
     /// a shorter run avoids fragmenting the file); returns (host offset, count).
-    pub(crate) async fn alloc_some(&self, n: u64) -> Result<(u64, u64)> {
+    pub(crate) async fn alloc_some(&self, held: &MetaGuard<'_>, n: u64) -> Result<(u64, u64)> {
         self.file.debug_event(DebugEvent::ClusterAlloc).await;
-        self.settle_frees().await?;
+        self.settle_frees(held).await?;
         loop {
             let mut start = self.alloc.hint().max(1);
-            while self.refcount(start).await? != 0 {
+            while self.refcount(held, start).await? != 0 {
                 start += 1;
             }
             self.check_space(start + 1)?;
-            if !self.cover(start).await? {
+            if !self.cover(held, start).await? {
                 continue;
             }
             let mut got = 1;
-            while got < n && self.free_and_covered(start + got).await? {
+            while got < n && self.free_and_covered(held, start + got).await? {
                 got += 1;
             }
             for c in start..start + got {
-                self.update_refcount(c, 1).await?;
+                self.update_refcount(held, c, 1).await?;
             }
-            self.alloc.set_hint(start + got);
+            self.alloc.set_hint(held, start + got);
             return Ok((self.layout.cluster_offset(start), got));
         }
     }
@@ -261,11 +268,11 @@ impl Qcow2 {
     /// caused it is durable (so a crash never leaves an old L2 entry pointing at a reused
     /// cluster); QEMU reuses a freed cluster at once. Writing the mappings back first (one flush,
     /// only when frees are queued) keeps both: the same layout as QEMU's, and crash safety.
-    async fn settle_frees(&self) -> Result<()> {
+    async fn settle_frees(&self, held: &MetaGuard<'_>) -> Result<()> {
         if !self.alloc.has_deferred() {
             return Ok(());
         }
-        Box::pin(self.flush_metadata()).await
+        Box::pin(self.flush_metadata(held)).await
     }
 
     fn check_space(&self, end_cluster: u64) -> Result<()> {
@@ -276,9 +283,14 @@ impl Qcow2 {
     }
 
     /// Undo an allocation nothing refers to yet (the refcount drops at once).
-    pub(crate) async fn free_unreferenced(&self, host: u64, n: u64) -> Result<()> {
+    pub(crate) async fn free_unreferenced(
+        &self,
+        held: &MetaGuard<'_>,
+        host: u64,
+        n: u64,
+    ) -> Result<()> {
         for c in 0..n {
-            self.update_refcount(self.layout.cluster_of(host) + c, -1)
+            self.update_refcount(held, self.layout.cluster_of(host) + c, -1)
                 .await?;
         }
         Ok(())
@@ -286,21 +298,22 @@ impl Qcow2 {
 
     /// Queue `[host, host+len)` for a refcount decrement once the mapping change that freed it
     /// is durable (applied by `flush_metadata`); `discard`: discard what becomes free in the file.
-    pub(crate) fn free_later(&self, host: u64, len: u64, discard: bool) {
-        self.alloc.defer_free(DeferredFree { host, len, discard });
+    pub(crate) fn free_later(&self, held: &MetaGuard<'_>, host: u64, len: u64, discard: bool) {
+        self.alloc
+            .defer_free(held, DeferredFree { host, len, discard });
     }
 
     /// Apply the queued frees (the mappings that freed them are durable now).
-    pub(crate) async fn apply_pending_frees(&self) -> Result<()> {
-        for DeferredFree { host, len, discard } in self.alloc.take_deferred() {
+    pub(crate) async fn apply_pending_frees(&self, held: &MetaGuard<'_>) -> Result<()> {
+        for DeferredFree { host, len, discard } in self.alloc.take_deferred(held) {
             self.file.debug_event(DebugEvent::ClusterFree).await;
             let first = self.layout.cluster_of(host);
             let last = self.layout.cluster_of(host + len.max(1) - 1);
             for c in first..=last {
-                self.update_refcount(c, -1).await?;
+                self.update_refcount(held, c, -1).await?;
                 // Nothing refers to a cluster whose count reached zero (the mapping change is
                 // durable) and nothing can reuse it before this discard (metadata lock held).
-                if discard && self.refcount(c).await? == 0 {
+                if discard && self.refcount(held, c).await? == 0 {
                     let cs = self.layout.cs();
                     // Best effort, as in QEMU: a failed discard leaves the data in place.
                     let _ = self.file.discard(c * cs, cs).await;
@@ -312,7 +325,7 @@ impl Qcow2 {
 
     /// A new refcount block for reftable index `rt`, placed at free cluster `at` (which it
     /// covers and counts).
-    async fn new_refblock(&self, rt: u64, at: u64) -> Result<()> {
+    async fn new_refblock(&self, held: &MetaGuard<'_>, rt: u64, at: u64) -> Result<()> {
         self.file.debug_event(DebugEvent::RefblockAlloc).await;
         let cs = self.layout.cs();
         let mut data = vec![0u8; cs as usize];
@@ -348,7 +361,7 @@ impl Qcow2 {
         self.file.flush().await?;
         self.alloc.reftable.borrow_mut()[rt as usize] = off;
         if self.alloc.cache.is_full() {
-            self.load_refblock(off).await?;
+            self.load_refblock(held, off).await?;
         } else {
             self.alloc.cache.insert(off, data, false);
         }
@@ -358,7 +371,7 @@ impl Qcow2 {
     /// Grow the refcount table so that it covers cluster `at` (which is beyond the current
     /// coverage, hence free along with everything after it). New blocks and the new table are
     /// placed at `at`; the header is switched once they are durable; the old table is freed.
-    async fn grow_reftable(&self, at: u64) -> Result<()> {
+    async fn grow_reftable(&self, held: &MetaGuard<'_>, at: u64) -> Result<()> {
         self.file.debug_event(DebugEvent::ReftableGrow).await;
         let cs = self.layout.cs();
         let rb_bits = self.layout.rb_bits();
@@ -427,7 +440,7 @@ impl Qcow2 {
         *self.alloc.reftable.borrow_mut() = table;
         // The header no longer refers to the old table: free it now.
         for c in 0..old_clusters {
-            self.update_refcount((old_off / cs) + c, -1).await?;
+            self.update_refcount(held, (old_off / cs) + c, -1).await?;
         }
         Ok(())
     }
@@ -436,7 +449,7 @@ impl Qcow2 {
     /// does): each one's reftable entry is cleared and made durable first, its own refcount
     /// dropped after (nothing to drop when the block counts itself). Dirty blocks must have
     /// been written back before.
-    pub(crate) async fn drop_empty_refblocks(&self) -> Result<()> {
+    pub(crate) async fn drop_empty_refblocks(&self, held: &MetaGuard<'_>) -> Result<()> {
         let per = 1u64 << self.layout.rb_bits();
         let order = self.layout.refcount_order;
         let entries = self.alloc.reftable.borrow().len() as u64;
@@ -446,7 +459,7 @@ impl Qcow2 {
             };
             let own = self.layout.cluster_of(off);
             let self_slot = (own / per == rt).then_some((own % per) as usize);
-            self.load_refblock(off).await?;
+            self.load_refblock(held, off).await?;
             let empty = self
                 .alloc
                 .cache
@@ -470,16 +483,16 @@ impl Qcow2 {
             self.alloc.reftable.borrow_mut()[rt as usize] = 0;
             self.alloc.cache.remove(off);
             if self_slot.is_none() {
-                self.update_refcount(own, -1).await?;
+                self.update_refcount(held, own, -1).await?;
             } else {
-                self.alloc.freed(own);
+                self.alloc.freed(held, own);
             }
         }
-        self.write_back_refblocks().await
+        self.write_back_refblocks(held).await
     }
 
     /// Write every dirty refcount block to the file (not flushed).
-    pub(crate) async fn write_back_refblocks(&self) -> Result<()> {
+    pub(crate) async fn write_back_refblocks(&self, _held: &MetaGuard<'_>) -> Result<()> {
         for (off, data) in self.alloc.cache.dirty() {
             self.pre_write_check(OL_REFCOUNT_BLOCK, off, self.layout.cs())
                 .await?;

@@ -16,15 +16,16 @@ use crate::error::{Errno, Error, Result};
 
 use super::Qcow2;
 use super::cluster::Kind;
+use super::lock::MetaGuard;
 
 /// Subclusters per cluster.
 const SUBCLUSTERS: u64 = 32;
 
 impl Qcow2 {
     /// The kind of subcluster `s` of guest cluster `gc`.
-    async fn sub_kind(&self, gc: u64, s: u64) -> Result<Kind> {
-        let entry = self.l2_entry(gc).await?;
-        let bitmap = self.l2_bitmap(gc).await?;
+    async fn sub_kind(&self, held: &MetaGuard<'_>, gc: u64, s: u64) -> Result<Kind> {
+        let entry = self.l2_entry(held, gc).await?;
+        let bitmap = self.l2_bitmap(held, gc).await?;
         let alloc = bitmap >> s & 1 != 0;
         let zero = bitmap >> (32 + s) & 1 != 0;
         let host = entry.host_offset();
@@ -49,7 +50,7 @@ impl Qcow2 {
         }
         if host != 0 {
             // Checks the alignment (and reports a misaligned cluster as corruption).
-            self.kind_at(gc).await?;
+            self.kind_at(held, gc).await?;
         }
         Ok(if zero {
             Kind::Zero {
@@ -67,11 +68,16 @@ impl Qcow2 {
 
     /// `run_at` for extended L2 entries: the kind at guest offset `off` and how many bytes
     /// from `off` (at most `max`) share it, walking subcluster by subcluster.
-    pub(crate) async fn run_at_ext(&self, off: u64, max: u64) -> Result<(Kind, u64)> {
+    pub(crate) async fn run_at_ext(
+        &self,
+        held: &MetaGuard<'_>,
+        off: u64,
+        max: u64,
+    ) -> Result<(Kind, u64)> {
         let cs = self.layout.cs();
         let sc = cs / SUBCLUSTERS;
         let gc0 = off / cs;
-        let kind = self.sub_kind(gc0, off % cs / sc).await?;
+        let kind = self.sub_kind(held, gc0, off % cs / sc).await?;
         if matches!(kind, Kind::Compressed { .. }) {
             return Ok((kind, (cs - off % cs).min(max)));
         }
@@ -79,7 +85,7 @@ impl Qcow2 {
         let mut next = off / sc + 1;
         while n < max {
             let gc = next / SUBCLUSTERS;
-            let k = self.sub_kind(gc, next % SUBCLUSTERS).await?;
+            let k = self.sub_kind(held, gc, next % SUBCLUSTERS).await?;
             // Same kind, and for data the same place relative to the first cluster's.
             let shift = (gc - gc0) * cs;
             let same = match (kind, k) {
