@@ -28,6 +28,7 @@ use super::check_walk::Refs;
 use super::entry::L2Entry;
 use super::header::{self, Header, OFF_INCOMPAT};
 use super::lock::MetaGuard;
+use super::units::{HostCluster, HostOffset};
 
 /// Check (and optionally repair) the qcow2 image open as `node`, as `qemu-img check` does:
 /// when a repair fixed something, the image is checked again and the second result is
@@ -180,7 +181,8 @@ impl Qcow2 {
         let beyond: Vec<u64> = refs.beyond.keys().copied().collect();
         let clusters = (0..refs.dense.len() as u64).chain(beyond);
         for i in clusters {
-            let stored = match self.refcount(held, i).await {
+            let c = HostCluster::new(i);
+            let stored = match self.refcount(held, c).await {
                 Ok(n) => n,
                 Err(e) => {
                     rep.error(format!("Can't get refcount for cluster {i}: {e}"));
@@ -215,7 +217,7 @@ impl Qcow2 {
             ));
             if fixing {
                 let delta = wanted as i64 - stored as i64;
-                if self.update_refcount(held, i, delta).await.is_ok() {
+                if self.update_refcount(held, c, delta).await.is_ok() {
                     if stored > wanted {
                         rep.leaks_fixed += 1;
                     } else {
@@ -245,7 +247,7 @@ impl Qcow2 {
         let l1 = self.l2.snapshot();
         for (i, &e) in l1.iter().enumerate() {
             let l2 = e.l2_offset();
-            if l2 == 0 {
+            if l2.bytes() == 0 {
                 continue;
             }
             let Ok(n) = self.refcount(held, self.layout.cluster_of(l2)).await else {
@@ -260,7 +262,7 @@ impl Qcow2 {
                     let r = self
                         .file
                         .write(
-                            self.l2.entry_pos(i),
+                            self.l2.entry_pos(i).bytes(),
                             IoBuf::from_slice(&fixed.raw().to_be_bytes()),
                             ReqFlags::NONE,
                         )
@@ -286,11 +288,12 @@ impl Qcow2 {
         &self,
         held: &MetaGuard<'_>,
         rep: &mut CheckReport,
-        l2: u64,
+        l2: HostOffset,
         repair: bool,
     ) -> Result<()> {
         let cs = self.layout.cs();
         let what = if repair { "Repairing" } else { "ERROR" };
+        let l2 = l2.bytes();
         let mut table = match self.read_meta(l2, cs).await {
             Ok(t) => t,
             Err(err) => {
@@ -305,7 +308,7 @@ impl Qcow2 {
             let at = j * stride;
             let entry = L2Entry::from_raw(get_u64(&table[at..], 0));
             let host = entry.host_offset();
-            if entry.is_compressed() || host == 0 {
+            if entry.is_compressed() || host.bytes() == 0 {
                 continue;
             }
             // Data clusters of an external data file count as referenced once.

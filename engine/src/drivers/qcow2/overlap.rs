@@ -68,14 +68,16 @@ impl Qcow2 {
             return Some("qcow2_header");
         }
         let l1_len = self.l2.l1_bytes();
-        if ignore & OL_ACTIVE_L1 == 0 && meets(self.l2.l1_offset(), l1_len) {
+        if ignore & OL_ACTIVE_L1 == 0 && meets(self.l2.l1_offset().bytes(), l1_len) {
             return Some("active L1 table");
         }
         let rt_len = self.alloc.reftable_bytes();
-        if ignore & OL_REFCOUNT_TABLE == 0 && meets(self.alloc.reftable_offset.get(), rt_len) {
+        if ignore & OL_REFCOUNT_TABLE == 0
+            && meets(self.alloc.reftable_offset.get().bytes(), rt_len)
+        {
             return Some("refcount table");
         }
-        if ignore & OL_ACTIVE_L2 == 0 && self.l2.any_table(|off| meets(off, cs)) {
+        if ignore & OL_ACTIVE_L2 == 0 && self.l2.any_table(|off| meets(off.bytes(), cs)) {
             return Some("active L2 table");
         }
         if ignore & OL_REFCOUNT_BLOCK == 0

@@ -12,6 +12,7 @@ use crate::error::Result;
 
 use super::Qcow2;
 use super::lock::MetaGuard;
+use super::units::HostCluster;
 
 impl Qcow2 {
     /// Whether the image looks metadata-preallocated (decided once per open). Metadata lock
@@ -41,8 +42,9 @@ impl Qcow2 {
         let real_clusters = real / cs;
         let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
         let mut used = 0u64;
-        let mut idx = 0u64;
-        while idx < file_len.div_ceil(cs) && used < threshold {
+        let mut idx = HostCluster::new(0);
+        let end = HostCluster::new(file_len.div_ceil(cs));
+        while idx < end && used < threshold {
             used += u64::from(self.refcount(held, idx).await? > 0);
             idx += 1;
         }

@@ -15,6 +15,7 @@ use super::cache::{get_u64, set_u64};
 use super::header::{MAX_REFTABLE_BYTES, OFF_REFTABLE};
 use super::lock::MetaGuard;
 use super::overlap::{OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE, c_hex};
+use super::units::{HostCluster, HostOffset};
 use super::{OFFSET_MASK, Qcow2};
 
 /// Read entry `i` of a refcount block with `order` (bits = 1 << order).
@@ -70,21 +71,29 @@ fn reftable_growth(at: u64, old_len: u64, cs: u64, rb_bits: u32) -> (u64, u64, u
     }
 }
 
+/// Where the free-cluster search starts at the earliest: cluster 0 holds the header.
+const FIRST_DATA_CLUSTER: HostCluster = HostCluster::new(1);
+
 impl Qcow2 {
+    /// The index of cluster `idx`'s entry in its refcount block.
+    fn rb_index(&self, idx: HostCluster) -> usize {
+        (idx.index() & ((1 << self.layout.rb_bits()) - 1)) as usize
+    }
+
     /// Host offset of the refcount block covering cluster `idx`, if there is one. An
     /// unaligned offset is corruption: signalled (the image marked corrupt where writable,
     /// as QEMU does) and an EIO error.
-    async fn refblock_of(&self, idx: u64) -> Result<Option<u64>> {
-        let rt = idx >> self.layout.rb_bits();
+    async fn refblock_of(&self, idx: HostCluster) -> Result<Option<HostOffset>> {
+        let rt = idx.index() >> self.layout.rb_bits();
         let entry = match self.alloc.reftable.borrow().get(rt as usize) {
             None => return Ok(None),
             Some(e) => *e,
         };
-        let off = entry & OFFSET_MASK;
-        if off == 0 {
+        let off = HostOffset::new(entry & OFFSET_MASK);
+        if off.bytes() == 0 {
             return Ok(None);
         }
-        if !off.is_multiple_of(self.layout.cs()) {
+        if !off.is_cluster_aligned(self.layout.cluster_bits) {
             let msg = format!(
                 "Refblock offset {off:#x} unaligned (reftable index: {})",
                 c_hex(rt)
@@ -96,7 +105,8 @@ impl Qcow2 {
     }
 
     /// Make sure the refcount block at `off` is cached.
-    async fn load_refblock(&self, _held: &MetaGuard<'_>, off: u64) -> Result<()> {
+    async fn load_refblock(&self, _held: &MetaGuard<'_>, off: HostOffset) -> Result<()> {
+        let off = off.bytes();
         if self.alloc.cache.contains(off) {
             return Ok(());
         }
@@ -125,12 +135,13 @@ impl Qcow2 {
     }
 
     /// The refcount of host cluster `idx` (0 where no block covers it).
-    pub(crate) async fn refcount(&self, held: &MetaGuard<'_>, idx: u64) -> Result<u64> {
+    pub(crate) async fn refcount(&self, held: &MetaGuard<'_>, idx: HostCluster) -> Result<u64> {
         let Some(off) = self.refblock_of(idx).await? else {
             return Ok(0);
         };
         self.load_refblock(held, off).await?;
-        let i = (idx & ((1 << self.layout.rb_bits()) - 1)) as usize;
+        let off = off.bytes();
+        let i = self.rb_index(idx);
         let order = self.layout.refcount_order;
         Ok(self
             .alloc
@@ -143,17 +154,21 @@ impl Qcow2 {
     pub(super) async fn update_refcount(
         &self,
         held: &MetaGuard<'_>,
-        idx: u64,
+        idx: HostCluster,
         delta: i64,
     ) -> Result<()> {
         let off = self.refblock_of(idx).await?.ok_or_else(|| {
             Error::io_msg(
                 Errno::EIO,
-                format!("qcow2: no refcount block for cluster {idx} being updated"),
+                format!(
+                    "qcow2: no refcount block for cluster {} being updated",
+                    idx.index()
+                ),
             )
         })?;
         self.load_refblock(held, off).await?;
-        let i = (idx & ((1 << self.layout.rb_bits()) - 1)) as usize;
+        let off = off.bytes();
+        let i = self.rb_index(idx);
         let (order, max) = (self.layout.refcount_order, self.layout.max_refcount());
         self.alloc
             .cache
@@ -171,7 +186,10 @@ impl Qcow2 {
                     }
                     None => Err(Error::io_msg(
                         Errno::EIO,
-                        format!("qcow2: refcount of cluster {idx} would leave its range"),
+                        format!(
+                            "qcow2: refcount of cluster {} would leave its range",
+                            idx.index()
+                        ),
                     )),
                 }
             })
@@ -184,8 +202,8 @@ impl Qcow2 {
 
     /// Make sure a refcount block covers cluster `c` (creating it, or growing the table, at
     /// free cluster `c`). Returns false when it had to create something (the caller rescans).
-    async fn cover(&self, held: &MetaGuard<'_>, c: u64) -> Result<bool> {
-        let rt = c >> self.layout.rb_bits();
+    async fn cover(&self, held: &MetaGuard<'_>, c: HostCluster) -> Result<bool> {
+        let rt = c.index() >> self.layout.rb_bits();
         if rt as usize >= self.alloc.reftable.borrow().len() {
             self.grow_reftable(held, c).await?;
             return Ok(false);
@@ -198,17 +216,17 @@ impl Qcow2 {
     }
 
     /// True when cluster `c` is free and already covered by a refcount block.
-    async fn free_and_covered(&self, held: &MetaGuard<'_>, c: u64) -> Result<bool> {
+    async fn free_and_covered(&self, held: &MetaGuard<'_>, c: HostCluster) -> Result<bool> {
         Ok(self.refblock_of(c).await?.is_some() && self.refcount(held, c).await? == 0)
     }
 
-    /// Allocate `n` contiguous host clusters (refcount 1 each); returns the host offset.
-    pub(crate) async fn alloc_clusters(&self, held: &MetaGuard<'_>, n: u64) -> Result<u64> {
+    /// Allocate `n` contiguous host clusters (refcount 1 each); returns the first.
+    pub(crate) async fn alloc_clusters(&self, held: &MetaGuard<'_>, n: u64) -> Result<HostCluster> {
         self.file.debug_event(DebugEvent::ClusterAlloc).await;
         self.settle_frees(held).await?;
         'search: loop {
             let mut first_free = None;
-            let mut start = self.alloc.hint().max(1);
+            let mut start = self.alloc.hint().max(FIRST_DATA_CLUSTER);
             let mut run = 0;
             let mut i = start;
             while run < n {
@@ -224,27 +242,31 @@ impl Qcow2 {
                 i += 1;
             }
             self.check_space(start + n)?;
-            for c in start..start + n {
+            for c in start.run(n) {
                 if !self.cover(held, c).await? {
                     continue 'search;
                 }
             }
-            for c in start..start + n {
+            for c in start.run(n) {
                 self.update_refcount(held, c, 1).await?;
             }
             let hint = first_free.filter(|f| *f < start).unwrap_or(start + n);
             self.alloc.set_hint(held, hint);
-            return Ok(self.layout.cluster_offset(start));
+            return Ok(start);
         }
     }
 
     /// Allocate between 1 and `n` contiguous host clusters at the first free one (guest data:
-    /// a shorter run avoids fragmenting the file); returns (host offset, count).
-    pub(crate) async fn alloc_some(&self, held: &MetaGuard<'_>, n: u64) -> Result<(u64, u64)> {
+    /// a shorter run avoids fragmenting the file); returns (first cluster, count).
+    pub(crate) async fn alloc_some(
+        &self,
+        held: &MetaGuard<'_>,
+        n: u64,
+    ) -> Result<(HostCluster, u64)> {
         self.file.debug_event(DebugEvent::ClusterAlloc).await;
         self.settle_frees(held).await?;
         loop {
-            let mut start = self.alloc.hint().max(1);
+            let mut start = self.alloc.hint().max(FIRST_DATA_CLUSTER);
             while self.refcount(held, start).await? != 0 {
                 start += 1;
             }
@@ -256,11 +278,11 @@ impl Qcow2 {
             while got < n && self.free_and_covered(held, start + got).await? {
                 got += 1;
             }
-            for c in start..start + got {
+            for c in start.run(got) {
                 self.update_refcount(held, c, 1).await?;
             }
             self.alloc.set_hint(held, start + got);
-            return Ok((self.layout.cluster_offset(start), got));
+            return Ok((start, got));
         }
     }
 
@@ -275,8 +297,8 @@ impl Qcow2 {
         Box::pin(self.flush_metadata(held)).await
     }
 
-    fn check_space(&self, end_cluster: u64) -> Result<()> {
-        if self.layout.cluster_offset(end_cluster) > OFFSET_MASK {
+    fn check_space(&self, end_cluster: HostCluster) -> Result<()> {
+        if self.layout.cluster_offset(end_cluster).bytes() > OFFSET_MASK {
             return Err(Error::io_msg(Errno::ENOSPC, "qcow2: image file is full"));
         }
         Ok(())
@@ -286,19 +308,24 @@ impl Qcow2 {
     pub(crate) async fn free_unreferenced(
         &self,
         held: &MetaGuard<'_>,
-        host: u64,
+        first: HostCluster,
         n: u64,
     ) -> Result<()> {
-        for c in 0..n {
-            self.update_refcount(held, self.layout.cluster_of(host) + c, -1)
-                .await?;
+        for c in first.run(n) {
+            self.update_refcount(held, c, -1).await?;
         }
         Ok(())
     }
 
     /// Queue `[host, host+len)` for a refcount decrement once the mapping change that freed it
     /// is durable (applied by `flush_metadata`); `discard`: discard what becomes free in the file.
-    pub(crate) fn free_later(&self, held: &MetaGuard<'_>, host: u64, len: u64, discard: bool) {
+    pub(crate) fn free_later(
+        &self,
+        held: &MetaGuard<'_>,
+        host: HostOffset,
+        len: u64,
+        discard: bool,
+    ) {
         self.alloc
             .defer_free(held, DeferredFree { host, len, discard });
     }
@@ -308,15 +335,16 @@ impl Qcow2 {
         for DeferredFree { host, len, discard } in self.alloc.take_deferred(held) {
             self.file.debug_event(DebugEvent::ClusterFree).await;
             let first = self.layout.cluster_of(host);
-            let last = self.layout.cluster_of(host + len.max(1) - 1);
-            for c in first..=last {
+            let last = self.layout.cluster_of(host + (len.max(1) - 1));
+            for c in first.to(last + 1) {
                 self.update_refcount(held, c, -1).await?;
                 // Nothing refers to a cluster whose count reached zero (the mapping change is
                 // durable) and nothing can reuse it before this discard (metadata lock held).
                 if discard && self.refcount(held, c).await? == 0 {
                     let cs = self.layout.cs();
                     // Best effort, as in QEMU: a failed discard leaves the data in place.
-                    let _ = self.file.discard(c * cs, cs).await;
+                    let at = self.layout.cluster_offset(c).bytes();
+                    let _ = self.file.discard(at, cs).await;
                 }
             }
         }
@@ -325,17 +353,18 @@ impl Qcow2 {
 
     /// A new refcount block for reftable index `rt`, placed at free cluster `at` (which it
     /// covers and counts).
-    async fn new_refblock(&self, held: &MetaGuard<'_>, rt: u64, at: u64) -> Result<()> {
+    async fn new_refblock(&self, held: &MetaGuard<'_>, rt: u64, at: HostCluster) -> Result<()> {
         self.file.debug_event(DebugEvent::RefblockAlloc).await;
         let cs = self.layout.cs();
         let mut data = vec![0u8; cs as usize];
         rb_set(
             &mut data,
             self.layout.refcount_order,
-            (at - (rt << self.layout.rb_bits())) as usize,
+            (at.index() - (rt << self.layout.rb_bits())) as usize,
             1,
         );
-        let off = at * cs;
+        let block = self.layout.cluster_offset(at);
+        let off = block.bytes();
         self.pre_write_check(OL_REFCOUNT_BLOCK, off, cs).await?;
         self.file.debug_event(DebugEvent::RefblockAllocWrite).await;
         self.file
@@ -344,15 +373,11 @@ impl Qcow2 {
             .1?;
         self.file.flush().await?;
         self.file.debug_event(DebugEvent::RefblockAllocHookup).await;
-        self.pre_write_check(
-            OL_REFCOUNT_TABLE,
-            self.alloc.reftable_offset.get() + rt * 8,
-            8,
-        )
-        .await?;
+        let entry_at = (self.alloc.reftable_offset.get() + rt * 8).bytes();
+        self.pre_write_check(OL_REFCOUNT_TABLE, entry_at, 8).await?;
         self.file
             .write(
-                self.alloc.reftable_offset.get() + rt * 8,
+                entry_at,
                 IoBuf::from_slice(&off.to_be_bytes()),
                 ReqFlags::NONE,
             )
@@ -361,7 +386,7 @@ impl Qcow2 {
         self.file.flush().await?;
         self.alloc.reftable.borrow_mut()[rt as usize] = off;
         if self.alloc.cache.is_full() {
-            self.load_refblock(held, off).await?;
+            self.load_refblock(held, block).await?;
         } else {
             self.alloc.cache.insert(off, data, false);
         }
@@ -371,8 +396,10 @@ impl Qcow2 {
     /// Grow the refcount table so that it covers cluster `at` (which is beyond the current
     /// coverage, hence free along with everything after it). New blocks and the new table are
     /// placed at `at`; the header is switched once they are durable; the old table is freed.
-    async fn grow_reftable(&self, held: &MetaGuard<'_>, at: u64) -> Result<()> {
+    async fn grow_reftable(&self, held: &MetaGuard<'_>, at: HostCluster) -> Result<()> {
         self.file.debug_event(DebugEvent::ReftableGrow).await;
+        // The growth arithmetic is on cluster indices; byte offsets only where written.
+        let at = at.index();
         let cs = self.layout.cs();
         let rb_bits = self.layout.rb_bits();
         let old_len = self.alloc.reftable.borrow().len() as u64;
@@ -435,12 +462,12 @@ impl Qcow2 {
         self.file.flush().await?;
         let old_off = self.alloc.reftable_offset.get();
         let old_clusters = (old_len * 8).div_ceil(cs);
-        self.alloc.reftable_offset.set(new_off);
+        self.alloc.reftable_offset.set(HostOffset::new(new_off));
         table.truncate((m * cs / 8) as usize);
         *self.alloc.reftable.borrow_mut() = table;
         // The header no longer refers to the old table: free it now.
-        for c in 0..old_clusters {
-            self.update_refcount(held, (old_off / cs) + c, -1).await?;
+        for c in self.layout.cluster_of(old_off).run(old_clusters) {
+            self.update_refcount(held, c, -1).await?;
         }
         Ok(())
     }
@@ -454,12 +481,13 @@ impl Qcow2 {
         let order = self.layout.refcount_order;
         let entries = self.alloc.reftable.borrow().len() as u64;
         for rt in 0..entries {
-            let Some(off) = self.refblock_of(rt * per).await? else {
+            let Some(block) = self.refblock_of(HostCluster::new(rt * per)).await? else {
                 continue;
             };
-            let own = self.layout.cluster_of(off);
-            let self_slot = (own / per == rt).then_some((own % per) as usize);
-            self.load_refblock(held, off).await?;
+            let own = self.layout.cluster_of(block);
+            let self_slot = (own.index() / per == rt).then_some((own.index() % per) as usize);
+            self.load_refblock(held, block).await?;
+            let off = block.bytes();
             let empty = self
                 .alloc
                 .cache
@@ -473,7 +501,7 @@ impl Qcow2 {
             if !empty {
                 continue;
             }
-            let at = self.alloc.reftable_offset.get() + rt * 8;
+            let at = (self.alloc.reftable_offset.get() + rt * 8).bytes();
             self.pre_write_check(OL_REFCOUNT_TABLE, at, 8).await?;
             self.file
                 .write(at, IoBuf::from_slice(&0u64.to_be_bytes()), ReqFlags::NONE)
