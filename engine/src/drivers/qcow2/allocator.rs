@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 
 use super::cache::TableCache;
+use super::entry::OFFSET_MASK;
 use super::lock::MetaGuard;
 use super::units::{HostCluster, HostOffset};
 
@@ -26,9 +27,9 @@ pub(crate) struct DeferredFree {
 /// Refcount table, refcount block cache, free-cluster search hint, deferred frees.
 pub(crate) struct Allocator {
     /// Where the refcount table is in the image file.
-    pub(crate) reftable_offset: Cell<HostOffset>,
+    reftable_offset: Cell<HostOffset>,
     /// Refcount table entries (refcount block offsets; 0: none) as stored.
-    pub(crate) reftable: RefCell<Vec<u64>>,
+    reftable: RefCell<Vec<u64>>,
     /// Cached refcount blocks, keyed by their offset in the image file.
     pub(crate) cache: TableCache,
     /// First cluster index that may be free.
@@ -51,7 +52,49 @@ impl Allocator {
 
     /// The refcount table's size in bytes.
     pub(crate) fn reftable_bytes(&self) -> u64 {
-        self.reftable.borrow().len() as u64 * 8
+        self.reftable_len() as u64 * 8
+    }
+
+    /// Where the refcount table is in the image file.
+    pub(crate) fn reftable_offset(&self) -> HostOffset {
+        self.reftable_offset.get()
+    }
+
+    /// Entries in the refcount table.
+    pub(crate) fn reftable_len(&self) -> usize {
+        self.reftable.borrow().len()
+    }
+
+    /// Refcount table entry `rt` as stored, if the table reaches it.
+    pub(crate) fn reftable_entry(&self, rt: u64) -> Option<u64> {
+        self.reftable.borrow().get(rt as usize).copied()
+    }
+
+    /// A copy of the refcount table (for walks that do I/O between entries).
+    pub(crate) fn reftable_snapshot(&self) -> Vec<u64> {
+        self.reftable.borrow().clone()
+    }
+
+    /// True when `f` holds for the offset of some refcount block.
+    pub(crate) fn any_block(&self, mut f: impl FnMut(HostOffset) -> bool) -> bool {
+        let table = self.reftable.borrow();
+        table.iter().any(|e| f(HostOffset::new(e & OFFSET_MASK)))
+    }
+
+    /// Record refcount table entry `rt` as written to the file.
+    pub(crate) fn set_reftable_entry(&self, _held: &MetaGuard<'_>, rt: u64, raw: u64) {
+        self.reftable.borrow_mut()[rt as usize] = raw;
+    }
+
+    /// The table grew and moved to `offset` (its blocks, cached or not, stay valid).
+    pub(crate) fn moved_table(
+        &self,
+        _held: &MetaGuard<'_>,
+        offset: HostOffset,
+        reftable: Vec<u64>,
+    ) {
+        self.reftable_offset.set(offset);
+        *self.reftable.borrow_mut() = reftable;
     }
 
     /// A new refcount table (after a rebuild): nothing cached is valid any more and the

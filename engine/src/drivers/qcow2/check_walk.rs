@@ -242,11 +242,11 @@ impl Qcow2 {
         self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
             .await?;
         self.count_snapshots(&mut refs, rep, h).await?;
-        let reftable = self.alloc.reftable.borrow().clone();
+        let reftable = self.alloc.reftable_snapshot();
         self.inc_refs(
             &mut refs,
             rep,
-            self.alloc.reftable_offset.get().bytes(),
+            self.alloc.reftable_offset().bytes(),
             reftable.len() as u64 * 8,
         );
         self.count_bitmaps(&mut refs, rep, h).await?;

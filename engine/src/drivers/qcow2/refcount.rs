@@ -85,9 +85,8 @@ impl Qcow2 {
     /// as QEMU does) and an EIO error.
     async fn refblock_of(&self, idx: HostCluster) -> Result<Option<HostOffset>> {
         let rt = idx.index() >> self.layout.rb_bits();
-        let entry = match self.alloc.reftable.borrow().get(rt as usize) {
-            None => return Ok(None),
-            Some(e) => *e,
+        let Some(entry) = self.alloc.reftable_entry(rt) else {
+            return Ok(None);
         };
         let off = HostOffset::new(entry & OFFSET_MASK);
         if off.bytes() == 0 {
@@ -204,7 +203,7 @@ impl Qcow2 {
     /// free cluster `c`). Returns false when it had to create something (the caller rescans).
     async fn cover(&self, held: &MetaGuard<'_>, c: HostCluster) -> Result<bool> {
         let rt = c.index() >> self.layout.rb_bits();
-        if rt as usize >= self.alloc.reftable.borrow().len() {
+        if rt as usize >= self.alloc.reftable_len() {
             self.grow_reftable(held, c).await?;
             return Ok(false);
         }
@@ -373,7 +372,7 @@ impl Qcow2 {
             .1?;
         self.file.flush().await?;
         self.file.debug_event(DebugEvent::RefblockAllocHookup).await;
-        let entry_at = (self.alloc.reftable_offset.get() + rt * 8).bytes();
+        let entry_at = (self.alloc.reftable_offset() + rt * 8).bytes();
         self.pre_write_check(OL_REFCOUNT_TABLE, entry_at, 8).await?;
         self.file
             .write(
@@ -384,7 +383,7 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        self.alloc.reftable.borrow_mut()[rt as usize] = off;
+        self.alloc.set_reftable_entry(held, rt, off);
         if self.alloc.cache.is_full() {
             self.load_refblock(held, block).await?;
         } else {
@@ -402,7 +401,7 @@ impl Qcow2 {
         let at = at.index();
         let cs = self.layout.cs();
         let rb_bits = self.layout.rb_bits();
-        let old_len = self.alloc.reftable.borrow().len() as u64;
+        let old_len = self.alloc.reftable_len() as u64;
         let (k, m, new_len) = reftable_growth(at, old_len, cs, rb_bits);
         if m * cs > MAX_REFTABLE_BYTES {
             return Err(Error::io_msg(
@@ -411,7 +410,7 @@ impl Qcow2 {
             ));
         }
         let first_rt = at >> rb_bits;
-        let mut table = self.alloc.reftable.borrow().clone();
+        let mut table = self.alloc.reftable_snapshot();
         table.resize(new_len as usize, 0);
         self.file
             .debug_event(DebugEvent::RefblockAllocWriteBlocks)
@@ -460,11 +459,11 @@ impl Qcow2 {
             .await
             .1?;
         self.file.flush().await?;
-        let old_off = self.alloc.reftable_offset.get();
+        let old_off = self.alloc.reftable_offset();
         let old_clusters = (old_len * 8).div_ceil(cs);
-        self.alloc.reftable_offset.set(HostOffset::new(new_off));
         table.truncate((m * cs / 8) as usize);
-        *self.alloc.reftable.borrow_mut() = table;
+        self.alloc
+            .moved_table(held, HostOffset::new(new_off), table);
         // The header no longer refers to the old table: free it now.
         for c in self.layout.cluster_of(old_off).run(old_clusters) {
             self.update_refcount(held, c, -1).await?;
@@ -479,7 +478,7 @@ impl Qcow2 {
     pub(crate) async fn drop_empty_refblocks(&self, held: &MetaGuard<'_>) -> Result<()> {
         let per = 1u64 << self.layout.rb_bits();
         let order = self.layout.refcount_order;
-        let entries = self.alloc.reftable.borrow().len() as u64;
+        let entries = self.alloc.reftable_len() as u64;
         for rt in 0..entries {
             let Some(block) = self.refblock_of(HostCluster::new(rt * per)).await? else {
                 continue;
@@ -501,14 +500,14 @@ impl Qcow2 {
             if !empty {
                 continue;
             }
-            let at = (self.alloc.reftable_offset.get() + rt * 8).bytes();
+            let at = (self.alloc.reftable_offset() + rt * 8).bytes();
             self.pre_write_check(OL_REFCOUNT_TABLE, at, 8).await?;
             self.file
                 .write(at, IoBuf::from_slice(&0u64.to_be_bytes()), ReqFlags::NONE)
                 .await
                 .1?;
             self.file.flush().await?;
-            self.alloc.reftable.borrow_mut()[rt as usize] = 0;
+            self.alloc.set_reftable_entry(held, rt, 0);
             self.alloc.cache.remove(off);
             if self_slot.is_none() {
                 self.update_refcount(held, own, -1).await?;

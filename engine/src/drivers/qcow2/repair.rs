@@ -234,8 +234,8 @@ impl Qcow2 {
     fn count_old_refcount_structures(&self, counts: &mut [u64]) {
         let cs = self.layout.cs();
         let table_clusters = (self.alloc.reftable_bytes()).div_ceil(cs);
-        let first = self.alloc.reftable_offset.get().bytes() / cs;
-        let blocks = self.alloc.reftable.borrow().clone();
+        let first = self.alloc.reftable_offset().bytes() / cs;
+        let blocks = self.alloc.reftable_snapshot();
         let old = (first..first + table_clusters).chain(
             blocks
                 .iter()
