@@ -253,8 +253,8 @@ impl Qcow2 {
         fmt: Option<&str>,
     ) -> Result<()> {
         self.check_writable().await?;
-        let _g = self.meta.lock().await;
-        self.flush_metadata().await?;
+        let held = &self.meta.lock().await;
+        self.flush_metadata(held).await?;
         self.file.flush().await?;
         let file_len = self.file.len();
         let want = self.layout.cs().min(file_len) as usize;

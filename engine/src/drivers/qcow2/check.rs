@@ -28,6 +28,7 @@ use super::check_walk::Refs;
 use super::entry::L2Entry;
 use super::header::{self, Header, OFF_INCOMPAT};
 use super::lock::MetaGuard;
+use super::units::{HostCluster, HostOffset};
 
 /// Check (and optionally repair) the qcow2 image open as `node`, as `qemu-img check` does:
 /// when a repair fixed something, the image is checked again and the second result is
@@ -62,9 +63,9 @@ impl Qcow2 {
                 "qcow2: cannot repair a read-only image",
             ));
         }
-        let held = self.meta.lock().await;
+        let held = &self.meta.lock().await;
         if !self.read_only.get() {
-            self.flush_metadata().await?;
+            self.flush_metadata(held).await?;
             self.file.flush().await?;
         }
         let mut rep = CheckReport {
@@ -77,11 +78,11 @@ impl Qcow2 {
         let (refs, mut rebuild) = self.count_refs(&h, &mut rep).await?;
         let pre = rep.clone();
         let mut highest = self
-            .compare_refs(&mut rep, &refs, None, &mut rebuild)
+            .compare_refs(held, &mut rep, &refs, None, &mut rebuild)
             .await?;
         if rebuild && repair == Some(Repair::All) {
             highest = self
-                .rebuild_and_recount(&held, h.nb_snapshots, &mut rep)
+                .rebuild_and_recount(held, h.nb_snapshots, &mut rep)
                 .await?;
         } else if repair.is_some() {
             if rebuild {
@@ -95,7 +96,7 @@ impl Qcow2 {
                 rep = pre;
                 rep.messages = messages;
                 highest = self
-                    .compare_refs(&mut rep, &refs, repair, &mut rebuild)
+                    .compare_refs(held, &mut rep, &refs, repair, &mut rebuild)
                     .await?;
             }
         }
@@ -105,10 +106,10 @@ impl Qcow2 {
             Some(Repair::Leaks) => rep.check_errors == 0 && rep.corruptions == 0 && rep.leaks == 0,
             None => false,
         };
-        self.check_copied(&mut rep, fix_copied).await?;
+        self.check_copied(held, &mut rep, fix_copied).await?;
         rep.image_end_offset = (highest + 1) * self.layout.cs();
         if repair.is_some() {
-            self.write_back_refblocks().await?;
+            self.write_back_refblocks(held).await?;
             self.file.flush().await?;
             if rep.check_errors == 0 && rep.corruptions == 0 {
                 self.mark_clean_and_consistent().await?;
@@ -141,7 +142,7 @@ impl Qcow2 {
             ..CheckReport::default()
         };
         let highest = self
-            .compare_refs(&mut leak_pass, &refs, Some(Repair::Leaks), &mut again)
+            .compare_refs(held, &mut leak_pass, &refs, Some(Repair::Leaks), &mut again)
             .await?;
         if again {
             leak_pass.error("ERROR rebuilt refcount structure is still broken".into());
@@ -170,6 +171,7 @@ impl Qcow2 {
     /// repairing what `fix` allows. Returns the highest cluster in use.
     async fn compare_refs(
         &self,
+        held: &MetaGuard<'_>,
         rep: &mut CheckReport,
         refs: &Refs,
         fix: Option<Repair>,
@@ -179,7 +181,8 @@ impl Qcow2 {
         let beyond: Vec<u64> = refs.beyond.keys().copied().collect();
         let clusters = (0..refs.dense.len() as u64).chain(beyond);
         for i in clusters {
-            let stored = match self.refcount(i).await {
+            let c = HostCluster::new(i);
+            let stored = match self.refcount(held, c).await {
                 Ok(n) => n,
                 Err(e) => {
                     rep.error(format!("Can't get refcount for cluster {i}: {e}"));
@@ -214,7 +217,7 @@ impl Qcow2 {
             ));
             if fixing {
                 let delta = wanted as i64 - stored as i64;
-                if self.update_refcount(i, delta).await.is_ok() {
+                if self.update_refcount(held, c, delta).await.is_ok() {
                     if stored > wanted {
                         rep.leaks_fixed += 1;
                     } else {
@@ -234,15 +237,20 @@ impl Qcow2 {
 
     /// Check that COPIED is set exactly on L1/L2 entries whose cluster has refcount 1
     /// (QEMU's `check_oflag_copied`), fixing the flags when `repair`.
-    async fn check_copied(&self, rep: &mut CheckReport, repair: bool) -> Result<()> {
+    async fn check_copied(
+        &self,
+        held: &MetaGuard<'_>,
+        rep: &mut CheckReport,
+        repair: bool,
+    ) -> Result<()> {
         let what = if repair { "Repairing" } else { "ERROR" };
         let l1 = self.l2.snapshot();
         for (i, &e) in l1.iter().enumerate() {
             let l2 = e.l2_offset();
-            if l2 == 0 {
+            if l2.bytes() == 0 {
                 continue;
             }
-            let Ok(n) = self.refcount(self.layout.cluster_of(l2)).await else {
+            let Ok(n) = self.refcount(held, self.layout.cluster_of(l2)).await else {
                 continue;
             };
             if (n == 1) != e.is_copied() {
@@ -254,7 +262,7 @@ impl Qcow2 {
                     let r = self
                         .file
                         .write(
-                            self.l2.entry_pos(i),
+                            self.l2.entry_pos(i).bytes(),
                             IoBuf::from_slice(&fixed.raw().to_be_bytes()),
                             ReqFlags::NONE,
                         )
@@ -270,15 +278,22 @@ impl Qcow2 {
                     rep.corruptions += 1;
                 }
             }
-            self.check_copied_l2(rep, l2, repair).await?;
+            self.check_copied_l2(held, rep, l2, repair).await?;
         }
         Ok(())
     }
 
     /// `check_copied` for the data clusters of the L2 table at `l2`.
-    async fn check_copied_l2(&self, rep: &mut CheckReport, l2: u64, repair: bool) -> Result<()> {
+    async fn check_copied_l2(
+        &self,
+        held: &MetaGuard<'_>,
+        rep: &mut CheckReport,
+        l2: HostOffset,
+        repair: bool,
+    ) -> Result<()> {
         let cs = self.layout.cs();
         let what = if repair { "Repairing" } else { "ERROR" };
+        let l2 = l2.bytes();
         let mut table = match self.read_meta(l2, cs).await {
             Ok(t) => t,
             Err(err) => {
@@ -293,14 +308,14 @@ impl Qcow2 {
             let at = j * stride;
             let entry = L2Entry::from_raw(get_u64(&table[at..], 0));
             let host = entry.host_offset();
-            if entry.is_compressed() || host == 0 {
+            if entry.is_compressed() || host.bytes() == 0 {
                 continue;
             }
             // Data clusters of an external data file count as referenced once.
             let n = if self.has_data_file() {
                 1
             } else {
-                match self.refcount(self.layout.cluster_of(host)).await {
+                match self.refcount(held, self.layout.cluster_of(host)).await {
                     Ok(n) => n,
                     Err(_) => continue,
                 }

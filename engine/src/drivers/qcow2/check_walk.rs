@@ -18,6 +18,7 @@ use crate::io::{IoBuf, ReqFlags};
 use super::cache::get_u64;
 use super::entry::{L1Entry, L2Entry};
 use super::header::Header;
+use super::units::HostOffset;
 use super::{OFFSET_MASK, Qcow2};
 use crate::driver::CheckReport;
 
@@ -204,14 +205,15 @@ impl Qcow2 {
                 rebuild = true;
                 continue;
             }
-            if self.layout.cluster_of(off) >= file_clusters {
+            let block = HostOffset::new(off);
+            if self.layout.cluster_of(block).index() >= file_clusters {
                 rep.corruptions += 1;
                 rep.error(format!("ERROR refcount block {i} is outside image"));
                 continue;
             }
             if off != 0 {
                 self.inc_refs(refs, rep, off, cs);
-                let n = refs.get(self.layout.cluster_of(off));
+                let n = refs.get(self.layout.cluster_of(block).index());
                 if n != 1 {
                     rep.error(format!("ERROR refcount block {i} refcount={n}"));
                     rep.corruptions += 1;
@@ -240,11 +242,11 @@ impl Qcow2 {
         self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
             .await?;
         self.count_snapshots(&mut refs, rep, h).await?;
-        let reftable = self.alloc.reftable.borrow().clone();
+        let reftable = self.alloc.reftable_snapshot();
         self.inc_refs(
             &mut refs,
             rep,
-            self.alloc.reftable_offset.get(),
+            self.alloc.reftable_offset().bytes(),
             reftable.len() as u64 * 8,
         );
         self.count_bitmaps(&mut refs, rep, h).await?;
@@ -265,7 +267,7 @@ impl Qcow2 {
         let cs = self.layout.cs();
         self.inc_refs(refs, rep, l1_offset, l1.len() as u64 * 8);
         for &e in l1 {
-            let l2 = e.l2_offset();
+            let l2 = e.l2_offset().bytes();
             if l2 == 0 {
                 continue;
             }
@@ -295,6 +297,7 @@ impl Qcow2 {
         for c in table.chunks_exact(self.layout.l2_entry_bytes() as usize) {
             let entry = L2Entry::from_raw(get_u64(c, 0));
             if let Some((offset, len)) = entry.compressed(self.layout.cluster_bits) {
+                let offset = offset.bytes();
                 if entry.is_copied() {
                     rep.error(format!(
                         "ERROR: coffset={offset:#x}: copied flag must never be set for \
@@ -310,7 +313,8 @@ impl Qcow2 {
                 }
                 continue;
             }
-            let host = entry.host_offset();
+            // The walk counts raw byte ranges (a misaligned offset still counts).
+            let host = entry.host_offset().bytes();
             // Offset 0 is guest cluster 0's place in an external data file (COPIED set).
             if host == 0 && !(self.has_data_file() && entry.is_copied()) {
                 continue;

@@ -62,7 +62,7 @@ pub fn cached_tables(node: &Node) -> Option<(usize, usize)> {
 impl Qcow2 {
     /// One cleaning round, under the metadata lock (no table is in use across it).
     pub(crate) async fn clean_unused_tables(&self) {
-        let _g = self.meta.lock().await;
+        let _held = &self.meta.lock().await;
         self.l2.cache.drop_unused();
         self.alloc.cache.drop_unused();
     }

@@ -20,6 +20,7 @@ use crate::io::{BufResult, IoBuf, ReqFlags};
 
 use super::entry::{L2Entry, OFFSET_MASK};
 use super::overlap::c_hex;
+use super::units::{GuestOffset, HostOffset};
 use super::{Qcow2, compress};
 
 impl Qcow2 {
@@ -62,9 +63,9 @@ impl Qcow2 {
     /// One guest cluster at `off` (cluster aligned), `chunk` its bytes (short only at the end of
     /// the image).
     async fn write_compressed_cluster(&self, off: u64, chunk: &[u8]) -> Result<()> {
-        let cs = self.layout.cs();
-        let gc = off / cs;
-        let _range = self.ranges.lock(gc, gc + 1, true).await;
+        let (cs, bits) = (self.layout.cs(), self.layout.cluster_bits);
+        let gc = GuestOffset::new(off).cluster(bits);
+        let _range = self.ranges.lock(gc.index(), gc.index() + 1, true).await;
         let mut whole = chunk.to_vec();
         whole.resize(cs as usize, 0);
         // What needs a whole cluster (or more) gains nothing: QEMU's limit is one byte less.
@@ -75,8 +76,8 @@ impl Qcow2 {
         };
         let n = packed.len() as u64;
         let host = {
-            let _g = self.meta.lock().await;
-            let entry = self.l2_entry(gc).await?;
+            let held = &self.meta.lock().await;
+            let entry = self.l2_entry(held, gc).await?;
             if entry.raw() & OFFSET_MASK != 0 {
                 return Err(Error::io_msg(
                     Errno::EIO,
@@ -87,35 +88,36 @@ impl Qcow2 {
                     ),
                 ));
             }
-            self.ensure_l2(gc).await?;
-            self.alloc_bytes(n).await?
+            self.ensure_l2(held, gc).await?;
+            self.alloc_bytes(held, n).await?
         };
-        let written = match self.pre_write_check(0, host, n).await {
+        let written = match self.pre_write_check(0, host.bytes(), n).await {
             Ok(()) => {
                 self.file.debug_event(DebugEvent::WriteCompressed).await;
                 self.file
-                    .write(host, IoBuf::from_slice(&packed), ReqFlags::NONE)
+                    .write(host.bytes(), IoBuf::from_slice(&packed), ReqFlags::NONE)
                     .await
                     .1
             }
             Err(e) => Err(e),
         };
-        let _g = self.meta.lock().await;
-        let first = host - host % cs;
-        let clusters = (host + n).div_ceil(cs) - first / cs;
+        let held = &self.meta.lock().await;
+        let first = host.cluster(bits);
+        let clusters =
+            HostOffset::new(host.bytes() + n - 1).cluster(bits).index() + 1 - first.index();
         if let Err(e) = written {
-            self.free_unreferenced(first, clusters).await?;
+            self.free_unreferenced(held, first, clusters).await?;
             return Err(e);
         }
-        let Some(entry) = L2Entry::compressed_at(host, n, self.layout.cluster_bits) else {
-            self.free_unreferenced(first, clusters).await?;
+        let Some(entry) = L2Entry::compressed_at(host, n, bits) else {
+            self.free_unreferenced(held, first, clusters).await?;
             return Err(Error::io_msg(
                 Errno::ENOSPC,
                 format!("qcow2: host offset {host:#x} is too large for a compressed cluster"),
             ));
         };
         self.file.debug_event(DebugEvent::L2UpdateCompressed).await;
-        self.set_l2_entry(gc, entry).await
+        self.set_l2_entry(held, gc, entry).await
     }
 
     /// Grow the image file to a whole number of sectors.

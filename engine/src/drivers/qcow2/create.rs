@@ -16,6 +16,7 @@ use super::header::{
     INCOMPAT_DATA_FILE, MAX_L1_BYTES, MAX_REFTABLE_BYTES,
 };
 use super::refcount::rb_set;
+use super::units::HostOffset;
 
 /// Largest metadata area `create` builds in memory.
 const MAX_CREATE_METADATA: u64 = 1 << 30;
@@ -342,7 +343,7 @@ impl Plan {
             put(
                 &mut img,
                 self.l1_offset() + t * 8,
-                L1Entry::table((l2_base + t) * cs).raw(),
+                L1Entry::table(HostOffset::new((l2_base + t) * cs)).raw(),
             );
         }
         let l2_entries = cs / 8;
@@ -353,7 +354,11 @@ impl Plan {
             } else {
                 self.data_base() + g
             };
-            put(&mut img, at, L2Entry::normal(host * cs).raw());
+            put(
+                &mut img,
+                at,
+                L2Entry::normal(HostOffset::new(host * cs)).raw(),
+            );
         }
         img
     }

@@ -15,6 +15,7 @@ use super::cache::set_u64;
 use super::header::OFF_L1;
 use super::lock::MetaGuard;
 use super::refcount::rb_set;
+use super::units::HostCluster;
 
 /// Autoclear bit 0: the image carries persistent dirty bitmaps.
 const AUTOCLEAR_BITMAPS: u64 = 1;
@@ -29,8 +30,8 @@ impl Qcow2 {
         }
         let len = self.layout.size.get().next_multiple_of(self.layout.cs());
         self.discard_clusters(0, len, true).await?;
-        let _g = self.meta.lock().await;
-        self.flush_metadata().await
+        let held = &self.meta.lock().await;
+        self.flush_metadata(held).await
     }
 
     /// The L1 table's size in whole clusters.
@@ -57,7 +58,7 @@ impl Qcow2 {
     async fn rebuild_empty(&self, held: &MetaGuard<'_>) -> Result<()> {
         let cs = self.layout.cs();
         let l1c = self.l1_clusters();
-        self.flush_metadata().await?;
+        self.flush_metadata(held).await?;
         let was_dirty = self.layout.incompat.get() & super::header::INCOMPAT_DIRTY != 0;
         if !was_dirty {
             self.set_dirty_bit(true).await?;
@@ -67,7 +68,7 @@ impl Qcow2 {
             self.file.write(off, buf, ReqFlags::NONE).await.1
         };
         let l1_bytes = self.l2.l1_bytes();
-        zero(self.l2.l1_offset(), l1_bytes).await?;
+        zero(self.l2.l1_offset().bytes(), l1_bytes).await?;
         self.file.flush().await?;
         // The empty image's new structures are prepared (blkdebug's empty_image_prepare).
         self.file
@@ -123,10 +124,11 @@ impl Qcow2 {
     /// The in-memory state of the rebuilt image: an empty L1 at cluster 3, the refcount table
     /// at cluster 1 naming the refblock at cluster 2; no cached table is valid any more.
     fn forget_tables(&self, held: &MetaGuard<'_>, cs: u64) {
-        self.alloc.take_deferred();
-        self.l2.reset(3 * cs);
+        let at = |c| self.layout.cluster_offset(HostCluster::new(c));
+        self.alloc.take_deferred(held);
+        self.l2.reset(at(3));
         let mut reftable = vec![0u64; (cs / 8) as usize];
-        reftable[0] = 2 * cs;
-        self.alloc.replace_table(held, cs, reftable);
+        reftable[0] = at(2).bytes();
+        self.alloc.replace_table(held, at(1), reftable);
     }
 }

@@ -9,6 +9,8 @@ use std::fmt;
 
 use crate::error::{Errno, Error, Result};
 
+use super::units::HostOffset;
+
 /// L1/L2 entry: refcount is exactly one (may be written in place).
 pub(crate) const COPIED: u64 = 1 << 63;
 /// L2 entry: compressed cluster.
@@ -37,14 +39,14 @@ impl L1Entry {
     }
 
     /// An L2 table at `off` (cluster aligned) whose refcount is one.
-    pub(crate) fn table(off: u64) -> L1Entry {
-        debug_assert_eq!(off & !OFFSET_MASK, 0, "L2 table offset {off:#x}");
-        L1Entry(off | COPIED)
+    pub(crate) fn table(off: HostOffset) -> L1Entry {
+        debug_assert_eq!(off.bytes() & !OFFSET_MASK, 0, "L2 table offset {off:#x}");
+        L1Entry(off.bytes() | COPIED)
     }
 
     /// The L2 table's offset (0: no table).
-    pub(crate) fn l2_offset(self) -> u64 {
-        self.0 & OFFSET_MASK
+    pub(crate) fn l2_offset(self) -> HostOffset {
+        HostOffset::new(self.0 & OFFSET_MASK)
     }
 
     /// The COPIED flag: the L2 table's refcount is one.
@@ -74,11 +76,18 @@ pub(crate) enum Kind {
     /// Not allocated here: backing file or zeroes.
     Unallocated,
     /// Reads as zeroes (v3 flag); `host` is a preallocated cluster, if any.
-    Zero { host: Option<u64> },
+    Zero { host: Option<HostOffset> },
     /// Data at `host`; `copied` means it may be rewritten in place.
-    Normal { host: u64, copied: bool },
+    Normal { host: HostOffset, copied: bool },
     /// Compressed data (deflate or zstd): `offset` in the file, `len` bytes of sectors.
-    Compressed { offset: u64, len: u64 },
+    Compressed { offset: HostOffset, len: u64 },
+}
+
+/// The host range a compressed cluster at `offset`, `len` bytes long, occupies in whole
+/// 512-byte sectors: from the start of its first sector (what its refcounts cover).
+pub(crate) fn compressed_span(offset: HostOffset, len: u64) -> (HostOffset, u64) {
+    let lead = offset.bytes() & 511;
+    (HostOffset::new(offset.bytes() - lead), len + lead)
 }
 
 /// What decoding an entry needs to know of its image.
@@ -113,20 +122,20 @@ impl L2Entry {
     }
 
     /// A data cluster at `host` (cluster aligned) whose refcount is one.
-    pub(crate) fn normal(host: u64) -> L2Entry {
-        debug_assert_eq!(host & !OFFSET_MASK, 0, "host offset {host:#x}");
-        L2Entry(host | COPIED)
+    pub(crate) fn normal(host: HostOffset) -> L2Entry {
+        debug_assert_eq!(host.bytes() & !OFFSET_MASK, 0, "host offset {host:#x}");
+        L2Entry(host.bytes() | COPIED)
     }
 
     /// A preallocated cluster at `host` (refcount one) that reads as zeroes.
-    pub(crate) fn zero_at(host: u64) -> L2Entry {
+    pub(crate) fn zero_at(host: HostOffset) -> L2Entry {
         L2Entry(L2Entry::normal(host).0 | ZERO)
     }
 
     /// The host offset bits (of a normal or preallocated zero entry; meaningless for a
     /// compressed one, whose descriptor `compressed` decodes).
-    pub(crate) fn host_offset(self) -> u64 {
-        self.0 & OFFSET_MASK
+    pub(crate) fn host_offset(self) -> HostOffset {
+        HostOffset::new(self.0 & OFFSET_MASK)
     }
 
     /// The COPIED flag: the cluster's refcount is one.
@@ -160,8 +169,8 @@ impl L2Entry {
 
     /// A compressed cluster whose `len` bytes start at byte `host` of the file; `None` when
     /// `host` is past what the descriptor's offset field can hold.
-    pub(crate) fn compressed_at(host: u64, len: u64, cluster_bits: u32) -> Option<L2Entry> {
-        let x = 62 - (cluster_bits - 8);
+    pub(crate) fn compressed_at(host: HostOffset, len: u64, cluster_bits: u32) -> Option<L2Entry> {
+        let (host, x) = (host.bytes(), 62 - (cluster_bits - 8));
         let extra_sectors = ((host + len - 1) >> 9) - (host >> 9);
         debug_assert!(len > 0 && extra_sectors < 1 << (cluster_bits - 8));
         (host < 1 << x).then_some(L2Entry(COMPRESSED | (extra_sectors << x) | host))
@@ -169,14 +178,14 @@ impl L2Entry {
 
     /// A compressed entry's data: byte offset in the file and length in bytes (to the end of
     /// its last 512-byte sector); `None` for any other entry.
-    pub(crate) fn compressed(self, cluster_bits: u32) -> Option<(u64, u64)> {
+    pub(crate) fn compressed(self, cluster_bits: u32) -> Option<(HostOffset, u64)> {
         if !self.is_compressed() {
             return None;
         }
         let x = 62 - (cluster_bits - 8);
         let offset = self.0 & ((1u64 << x) - 1);
         let sectors = ((self.0 >> x) & ((1u64 << (cluster_bits - 8)) - 1)) + 1;
-        Some((offset, sectors * 512 - (offset & 511)))
+        Some((HostOffset::new(offset), sectors * 512 - (offset & 511)))
     }
 
     /// Decode the entry (validated: a misaligned host offset is an I/O error, never a panic).
@@ -185,7 +194,7 @@ impl L2Entry {
             return Ok(Kind::Compressed { offset, len });
         }
         let host = self.host_offset();
-        if !host.is_multiple_of(1 << f.cluster_bits) {
+        if !host.is_cluster_aligned(f.cluster_bits) {
             return Err(Error::io_msg(
                 Errno::EIO,
                 format!("qcow2: cluster offset {host:#x} is not cluster aligned"),
@@ -193,7 +202,7 @@ impl L2Entry {
         }
         // Offset 0 means "no cluster", except in an external data file, where it is guest
         // cluster 0's place; there every mapped cluster has COPIED set, which tells them apart.
-        let mapped = host != 0 || (f.data_file && self.is_copied());
+        let mapped = host.bytes() != 0 || (f.data_file && self.is_copied());
         if self.reads_zero(f) {
             return Ok(Kind::Zero {
                 host: mapped.then_some(host),
@@ -222,17 +231,20 @@ mod tests {
 
     #[test]
     fn l1_entries_keep_offset_and_copied_apart() {
-        let e = L1Entry::table(0x3_0000);
+        let e = L1Entry::table(HostOffset::new(0x3_0000));
         assert_eq!(e.raw(), 0x3_0000 | COPIED);
-        assert_eq!(e.l2_offset(), 0x3_0000);
+        assert_eq!(e.l2_offset().bytes(), 0x3_0000);
         assert!(e.is_copied());
         let shared = e.with_copied(false);
         assert_eq!(shared.raw(), 0x3_0000);
         assert!(!shared.is_copied());
         assert_eq!(shared.with_copied(true), e);
         // Reserved bits outside the mask are not part of the offset.
-        assert_eq!(L1Entry::from_raw(0x3_0000 | 0x1ff).l2_offset(), 0x3_0000);
-        assert_eq!(L1Entry::UNALLOCATED.l2_offset(), 0);
+        assert_eq!(
+            L1Entry::from_raw(0x3_0000 | 0x1ff).l2_offset().bytes(),
+            0x3_0000
+        );
+        assert_eq!(L1Entry::UNALLOCATED.l2_offset().bytes(), 0);
         assert_eq!(format!("{e:x}"), "8000000000030000");
     }
 
@@ -244,13 +256,13 @@ mod tests {
 
     #[test]
     fn constructors_set_the_flags_their_names_say() {
-        let n = L2Entry::normal(0x5_0000);
+        let n = L2Entry::normal(HostOffset::new(0x5_0000));
         assert_eq!(n.raw(), 0x5_0000 | COPIED);
         assert_eq!(
-            (n.host_offset(), n.is_copied(), n.zero_bit()),
+            (n.host_offset().bytes(), n.is_copied(), n.zero_bit()),
             (0x5_0000, true, false)
         );
-        let z = L2Entry::zero_at(0x5_0000);
+        let z = L2Entry::zero_at(HostOffset::new(0x5_0000));
         assert_eq!(z.raw(), 0x5_0000 | COPIED | ZERO);
         assert!(z.reads_zero(V3));
         assert_eq!(n.with_copied(false).raw(), 0x5_0000);
@@ -266,13 +278,13 @@ mod tests {
         assert_eq!(
             k(0x3_0000 | COPIED | ZERO, V3),
             Kind::Zero {
-                host: Some(0x3_0000)
+                host: Some(HostOffset::new(0x3_0000))
             }
         );
         assert_eq!(
             k(0x3_0000, V3),
             Kind::Normal {
-                host: 0x3_0000,
+                host: HostOffset::new(0x3_0000),
                 copied: false
             }
         );
@@ -284,7 +296,7 @@ mod tests {
         assert_eq!(
             k(0x3_0000 | COPIED | ZERO, v2),
             Kind::Normal {
-                host: 0x3_0000,
+                host: HostOffset::new(0x3_0000),
                 copied: true
             }
         );
@@ -297,7 +309,7 @@ mod tests {
         assert_eq!(
             k(COPIED, ext),
             Kind::Normal {
-                host: 0,
+                host: HostOffset::new(0),
                 copied: true
             }
         );
@@ -310,33 +322,40 @@ mod tests {
         // 64 KiB clusters: offset in bits 0..54, (sectors - 1) in bits 54..62.
         let raw = COMPRESSED | (2u64 << 54) | 0x1_0200;
         let e = L2Entry::from_raw(raw);
-        assert_eq!(e.compressed(16), Some((0x1_0200, 3 * 512)));
+        assert_eq!(e.compressed(16), Some((HostOffset::new(0x1_0200), 3 * 512)));
         assert_eq!(
             e.classify(V3).unwrap(),
             Kind::Compressed {
-                offset: 0x1_0200,
+                offset: HostOffset::new(0x1_0200),
                 len: 1536
             }
         );
         // An offset inside a sector shortens the length to the end of the last sector.
         let e = L2Entry::from_raw(COMPRESSED | 0x1_0010);
-        assert_eq!(e.compressed(16), Some((0x1_0010, 512 - 0x10)));
+        assert_eq!(
+            e.compressed(16),
+            Some((HostOffset::new(0x1_0010), 512 - 0x10))
+        );
         // The ZERO bit is part of the offset of a compressed entry, not a flag.
         assert!(!L2Entry::from_raw(COMPRESSED | 1).reads_zero(V3));
-        assert_eq!(L2Entry::normal(0x1_0000).compressed(16), None);
+        assert_eq!(
+            L2Entry::normal(HostOffset::new(0x1_0000)).compressed(16),
+            None
+        );
     }
 
     #[test]
     fn compressed_at_round_trips_through_the_descriptor() {
         // 1000 bytes from 0x1_0300 touch the sectors at 0x1_0200 (from 0x100), 0x1_0400 and
         // 0x1_0600: three sectors, the length runs to the end of the last.
-        let e = L2Entry::compressed_at(0x1_0300, 1000, 16).unwrap();
+        let h = HostOffset::new;
+        let e = L2Entry::compressed_at(h(0x1_0300), 1000, 16).unwrap();
         assert_eq!(e.raw(), COMPRESSED | (2u64 << 54) | 0x1_0300);
-        assert_eq!(e.compressed(16), Some((0x1_0300, 3 * 512 - 0x100)));
+        assert_eq!(e.compressed(16), Some((h(0x1_0300), 3 * 512 - 0x100)));
         assert!(!e.is_copied());
         // 2 MiB clusters leave 49 bits for the offset.
-        assert!(L2Entry::compressed_at(1 << 49, 512, 21).is_none());
-        assert!(L2Entry::compressed_at((1 << 49) - 512, 512, 21).is_some());
+        assert!(L2Entry::compressed_at(h(1 << 49), 512, 21).is_none());
+        assert!(L2Entry::compressed_at(h((1 << 49) - 512), 512, 21).is_some());
     }
 
     #[test]

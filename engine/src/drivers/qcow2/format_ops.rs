@@ -40,8 +40,8 @@ impl FormatOps for Qcow2 {
             if let Some(known) = self.metadata_prealloc.get() {
                 return Ok(known);
             }
-            let _g = self.meta.lock().await;
-            self.metadata_preallocated().await
+            let held = &self.meta.lock().await;
+            self.metadata_preallocated(held).await
         })
     }
 

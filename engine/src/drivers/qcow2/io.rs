@@ -12,19 +12,21 @@ use crate::io::{BlockStatus, BufResult, IoBuf, Mapping, ReqFlags};
 use crate::util::planted;
 
 use super::cluster::Kind;
-use super::entry::L2Entry;
+use super::entry::{L2Entry, compressed_span};
+use super::lock::MetaGuard;
 use super::overlap::c_hex;
+use super::units::{GuestCluster, GuestOffset, HostOffset};
 use super::{Qcow2, compress};
 
 enum Plan {
     /// Write in place at `host`, `n` bytes.
-    Rewrite { host: u64, n: u64 },
+    Rewrite { host: HostOffset, n: u64 },
     /// New clusters at `host` for guest clusters from `gc`; `olds` are their old entries.
     /// With `reuse`, `host` is the cluster a zero-flagged entry already owns (written whole,
     /// zeroes around the data, and kept): nothing is allocated or freed.
     Alloc {
-        gc: u64,
-        host: u64,
+        gc: GuestCluster,
+        host: HostOffset,
         olds: Vec<L2Entry>,
         n: u64,
         reuse: bool,
@@ -41,20 +43,26 @@ impl Qcow2 {
     }
 
     /// The kind of the cluster at `off` and how many bytes from `off` (at most `max`) share it.
-    async fn run_at(&self, off: u64, max: u64) -> Result<(Kind, u64)> {
+    async fn run_at(
+        &self,
+        held: &MetaGuard<'_>,
+        off: GuestOffset,
+        max: u64,
+    ) -> Result<(Kind, u64)> {
         if self.layout.ext_l2 {
-            return self.run_at_ext(off, max).await;
+            return self.run_at_ext(held, off, max).await;
         }
-        let cs = self.layout.cs();
-        let gc = off / cs;
-        let kind = self.kind_at(gc).await?;
-        let mut n = (cs - off % cs).min(max);
+        let (cs, bits) = (self.layout.cs(), self.layout.cluster_bits);
+        let gc = off.cluster(bits);
+        let kind = self.kind_at(held, gc).await?;
+        let mut n = (cs - off.in_cluster(bits)).min(max);
         if matches!(kind, Kind::Compressed { .. }) {
             return Ok((kind, n));
         }
         let mut next = gc + 1;
+        let mut ahead = 1;
         while n < max {
-            let k = self.kind_at(next).await?;
+            let k = self.kind_at(held, next).await?;
             let same = match (kind, k) {
                 (Kind::Unallocated, Kind::Unallocated) => true,
                 (Kind::Zero { host: None }, Kind::Zero { host: None }) => true,
@@ -67,7 +75,7 @@ impl Qcow2 {
                         host: b,
                         copied: cb,
                     },
-                ) => ca == cb && b == a + (next - gc) * cs,
+                ) => ca == cb && b == a + ahead * cs,
                 _ => false,
             };
             if !same {
@@ -75,6 +83,7 @@ impl Qcow2 {
             }
             n = (n + cs).min(max);
             next += 1;
+            ahead += 1;
         }
         Ok((kind, n))
     }
@@ -82,7 +91,7 @@ impl Qcow2 {
     /// Read `[off, off+out.len())` of the compressed cluster into `out`.
     async fn read_compressed(
         &self,
-        offset: u64,
+        offset: HostOffset,
         len: u64,
         in_off: u64,
         out: &mut [u8],
@@ -97,17 +106,17 @@ impl Qcow2 {
             ));
         }
         let file_len = self.file.len();
-        if offset >= file_len {
+        if offset.bytes() >= file_len {
             return Err(Error::io_msg(
                 Errno::EIO,
                 format!("qcow2: compressed cluster at {offset:#x} lies beyond the end of the file"),
             ));
         }
-        let len = len.min(file_len - offset);
+        let len = len.min(file_len - offset.bytes());
         self.file.debug_event(DebugEvent::ReadCompressed).await;
         let (buf, r) = self
             .file
-            .read(offset, IoBuf::new(len as usize), ReqFlags::NONE)
+            .read(offset.bytes(), IoBuf::new(len as usize), ReqFlags::NONE)
             .await;
         r?;
         let data = compress::decompress_cluster(
@@ -115,19 +124,21 @@ impl Qcow2 {
             buf.as_slice(),
             self.layout.cs() as usize,
         )
-        .map_err(|e| e.host_offset(offset))?;
+        .map_err(|e| e.host_offset(offset.bytes()))?;
         out.copy_from_slice(&data[in_off as usize..in_off as usize + out.len()]);
         Ok(())
     }
 
     /// Fill `out` with the bytes of `kind` at guest offset `off` (within one run).
-    async fn read_kind(&self, kind: Kind, off: u64, out: &mut [u8]) -> Result<()> {
-        let in_off = off % self.layout.cs();
+    async fn read_kind(&self, kind: Kind, off: GuestOffset, out: &mut [u8]) -> Result<()> {
+        let in_off = off.in_cluster(self.layout.cluster_bits);
         match kind {
             Kind::Unallocated => match &self.backing() {
                 Some(b) => {
                     self.file.debug_event(DebugEvent::ReadBackingAio).await;
-                    let (buf, r) = b.read(off, IoBuf::new(out.len()), ReqFlags::NONE).await;
+                    let (buf, r) = b
+                        .read(off.bytes(), IoBuf::new(out.len()), ReqFlags::NONE)
+                        .await;
                     r?;
                     out.copy_from_slice(buf.as_slice());
                 }
@@ -138,7 +149,11 @@ impl Qcow2 {
                 self.file.debug_event(DebugEvent::ReadAio).await;
                 let (buf, r) = self
                     .data_child()
-                    .read(host + in_off, IoBuf::new(out.len()), ReqFlags::NONE)
+                    .read(
+                        (host + in_off).bytes(),
+                        IoBuf::new(out.len()),
+                        ReqFlags::NONE,
+                    )
                     .await;
                 r?;
                 out.copy_from_slice(buf.as_slice());
@@ -160,16 +175,17 @@ impl Qcow2 {
         let out = buf.as_mut_slice();
         let mut pos = 0u64;
         while pos < len {
+            let at = GuestOffset::new(offset + pos);
             let run = {
-                let _g = self.meta.lock().await;
-                self.run_at(offset + pos, len - pos).await
+                let held = &self.meta.lock().await;
+                self.run_at(held, at, len - pos).await
             };
             let (kind, n) = match run {
                 Ok(r) => r,
                 Err(e) => return (buf, Err(e)),
             };
             let slice = &mut out[pos as usize..(pos + n) as usize];
-            if let Err(e) = self.read_kind(kind, offset + pos, slice).await {
+            if let Err(e) = self.read_kind(kind, at, slice).await {
                 return (buf, Err(e));
             }
             pos += n;
@@ -189,10 +205,16 @@ impl Qcow2 {
     }
 
     /// Decide how the first part of a write at `off` is done (metadata lock held).
-    async fn plan_write(&self, off: u64, remaining: u64) -> Result<Plan> {
-        let cs = self.layout.cs();
-        let gc = off / cs;
-        let entry = self.l2_entry(gc).await?;
+    async fn plan_write(
+        &self,
+        held: &MetaGuard<'_>,
+        off: GuestOffset,
+        remaining: u64,
+    ) -> Result<Plan> {
+        let (cs, bits) = (self.layout.cs(), self.layout.cluster_bits);
+        let gc = off.cluster(bits);
+        let in_off = off.in_cluster(bits);
+        let entry = self.l2_entry(held, gc).await?;
         if entry.is_copied() && self.classify(entry).is_err() {
             // QEMU's wording for a cluster it would rewrite in place.
             let what = if entry.zero_bit() {
@@ -203,24 +225,24 @@ impl Qcow2 {
             let msg = format!(
                 "{what} cluster offset {:#x} unaligned (guest offset: {})",
                 entry.host_offset(),
-                c_hex(off)
+                c_hex(off.bytes())
             );
             let full = self.signal_corruption(true, None, None, &msg).await;
             return Err(Error::io_msg(Errno::EIO, full));
         }
-        if let (Kind::Normal { host, copied: true }, n) = self.run_at(off, remaining).await? {
+        if let (Kind::Normal { host, copied: true }, n) = self.run_at(held, off, remaining).await? {
             debug_assert!(entry.is_copied());
             return Ok(Plan::Rewrite {
-                host: host + off % cs,
+                host: host + in_off,
                 n,
             });
         }
-        if let Kind::Zero { host: Some(host) } = self.kind_at(gc).await?
+        if let Kind::Zero { host: Some(host) } = self.kind_at(held, gc).await?
             && entry.is_copied()
         {
             // A preallocated zero cluster is written in place, as QEMU does (no new cluster).
-            self.ensure_l2(gc).await?;
-            let n = remaining.min(cs - off % cs);
+            self.ensure_l2(held, gc).await?;
+            let n = remaining.min(cs - in_off);
             return Ok(Plan::Alloc {
                 gc,
                 host,
@@ -229,28 +251,32 @@ impl Qcow2 {
                 reuse: true,
             });
         }
-        let last = (off + remaining - 1) / cs;
+        let last = (off + (remaining - 1)).cluster(bits);
         let max = (MAX_ALLOC_BYTES / cs).max(1);
         let mut olds = vec![entry];
         let mut c = gc + 1;
-        while c <= last && (olds.len() as u64) < max && !c.is_multiple_of(self.layout.l2_entries())
-        {
-            let e = self.l2_entry(c).await?;
-            if matches!(self.kind_at(c).await?, Kind::Normal { copied: true, .. }) {
+        let per = self.layout.l2_entries();
+        while c <= last && (olds.len() as u64) < max && !c.index().is_multiple_of(per) {
+            let e = self.l2_entry(held, c).await?;
+            if matches!(
+                self.kind_at(held, c).await?,
+                Kind::Normal { copied: true, .. }
+            ) {
                 break;
             }
             olds.push(e);
             c += 1;
         }
-        self.ensure_l2(gc).await?;
+        self.ensure_l2(held, gc).await?;
         let (host, got) = if self.has_data_file() {
             // External data file: each guest cluster has its own place, not refcounted.
-            (gc * cs, olds.len() as u64)
+            (gc.identity_host(bits), olds.len() as u64)
         } else {
-            self.alloc_some(olds.len() as u64).await?
+            let (first, got) = self.alloc_some(held, olds.len() as u64).await?;
+            (self.layout.cluster_offset(first), got)
         };
         olds.truncate(got as usize);
-        let n = remaining.min(olds.len() as u64 * cs - off % cs);
+        let n = remaining.min(olds.len() as u64 * cs - in_off);
         Ok(Plan::Alloc {
             gc,
             host,
@@ -266,8 +292,9 @@ impl Qcow2 {
         let len = data.len() as u64;
         while pos < len {
             let plan = {
-                let _g = self.meta.lock().await;
-                self.plan_write(offset + pos, len - pos).await?
+                let held = &self.meta.lock().await;
+                self.plan_write(held, GuestOffset::new(offset + pos), len - pos)
+                    .await?
             };
             match plan {
                 Plan::Rewrite { host, n } => {
@@ -275,7 +302,7 @@ impl Qcow2 {
                     self.file.debug_event(DebugEvent::WriteAio).await;
                     let chunk = IoBuf::from_slice(&data[pos as usize..(pos + n) as usize]);
                     self.data_child()
-                        .write(host, chunk, ReqFlags::NONE)
+                        .write(host.bytes(), chunk, ReqFlags::NONE)
                         .await
                         .1?;
                     pos += n;
@@ -288,7 +315,8 @@ impl Qcow2 {
                     reuse,
                 } => {
                     let chunk = &data[pos as usize..(pos + n) as usize];
-                    self.write_alloc(offset + pos, chunk, gc, (host, reuse), &olds)
+                    let at = GuestOffset::new(offset + pos);
+                    self.write_alloc(at, chunk, gc, (host, reuse), &olds)
                         .await?;
                     pos += n;
                 }
@@ -301,30 +329,31 @@ impl Qcow2 {
     /// the L2 entries at them and queue the old clusters for freeing.
     async fn write_alloc(
         &self,
-        off: u64,
+        off: GuestOffset,
         data: &[u8],
-        gc: u64,
-        (host, reuse): (u64, bool),
+        gc: GuestCluster,
+        (host, reuse): (HostOffset, bool),
         olds: &[L2Entry],
     ) -> Result<()> {
         let cs = self.layout.cs();
         let k = olds.len() as u64;
         let mut buf = IoBuf::new((k * cs) as usize);
-        let in_off = off % cs;
+        let in_off = off.in_cluster(self.layout.cluster_bits);
+        let start = gc.offset(self.layout.cluster_bits);
         let end_in = in_off + data.len() as u64;
         let filled = async {
             let b = buf.as_mut_slice();
             if in_off > 0 {
                 self.file.debug_event(DebugEvent::CowRead).await;
                 let kind = self.classify(olds[0])?;
-                self.read_kind(kind, gc * cs, &mut b[..in_off as usize])
+                self.read_kind(kind, start, &mut b[..in_off as usize])
                     .await?;
             }
             if end_in < k * cs {
                 self.file.debug_event(DebugEvent::CowRead).await;
                 let lc = k - 1;
                 let kind = self.classify(olds[lc as usize])?;
-                self.read_kind(kind, gc * cs + end_in, &mut b[end_in as usize..])
+                self.read_kind(kind, start + end_in, &mut b[end_in as usize..])
                     .await?;
             }
             b[in_off as usize..end_in as usize].copy_from_slice(data);
@@ -339,22 +368,27 @@ impl Qcow2 {
             Ok(()) => {
                 self.file.debug_event(DebugEvent::CowWrite).await;
                 self.file.debug_event(DebugEvent::WriteAio).await;
-                self.data_child().write(host, buf, ReqFlags::NONE).await.1
+                self.data_child()
+                    .write(host.bytes(), buf, ReqFlags::NONE)
+                    .await
+                    .1
             }
             Err(e) => Err(e),
         };
-        let _g = self.meta.lock().await;
+        let held = &self.meta.lock().await;
         if let Err(e) = written {
             if !self.has_data_file() && !reuse {
-                self.free_unreferenced(host, k).await?;
+                self.free_unreferenced(held, self.layout.cluster_of(host), k)
+                    .await?;
             }
             return Err(e);
         }
         for (i, old) in olds.iter().enumerate() {
-            self.set_l2_entry(gc + i as u64, L2Entry::normal(host + i as u64 * cs))
+            let i = i as u64;
+            self.set_l2_entry(held, gc + i, L2Entry::normal(host + i * cs))
                 .await?;
             if !reuse {
-                self.release(*old, self.pass_discard_other())?;
+                self.release(held, *old, self.pass_discard_other())?;
             }
         }
         Ok(())
@@ -363,17 +397,18 @@ impl Qcow2 {
     /// Queue whatever host space the old entry `old` referenced for freeing (nothing for
     /// clusters of an external data file: they are not refcounted); `discard`: clusters that
     /// become free are discarded in the file (the `pass-discard-*` option of the cause).
-    fn release(&self, old: L2Entry, discard: bool) -> Result<()> {
+    fn release(&self, held: &MetaGuard<'_>, old: L2Entry, discard: bool) -> Result<()> {
         let kind = self.classify(old)?;
         if self.has_data_file() {
             return Ok(());
         }
         match kind {
             Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => {
-                self.free_later(host, self.layout.cs(), discard)
+                self.free_later(held, host, self.layout.cs(), discard)
             }
             Kind::Compressed { offset, len } => {
-                self.free_later(offset & !511, len + (offset & 511), discard)
+                let (start, len) = compressed_span(offset, len);
+                self.free_later(held, start, len, discard)
             }
             _ => {}
         }
@@ -382,8 +417,13 @@ impl Qcow2 {
 
     /// `release`, except that an unaligned host offset in `old` is reported (not fatal, as
     /// QEMU does) and its cluster leaked instead of failing the request.
-    pub(crate) async fn release_reporting(&self, old: L2Entry, discard: bool) -> Result<()> {
-        if self.release(old, discard).is_err() {
+    pub(crate) async fn release_reporting(
+        &self,
+        held: &MetaGuard<'_>,
+        old: L2Entry,
+        discard: bool,
+    ) -> Result<()> {
+        if self.release(held, old, discard).is_err() {
             let msg = format!("Cannot free unaligned cluster {:#x}", old.host_offset());
             self.signal_corruption(false, None, None, &msg).await;
         }
@@ -437,10 +477,10 @@ impl Qcow2 {
         self.zero_raw_data_file(first_full * cs, (last_full - first_full) * cs, flags)
             .await?;
         {
-            let _g = self.meta.lock().await;
+            let held = &self.meta.lock().await;
             let unmap = flags.contains(ReqFlags::MAY_UNMAP);
-            for gc in first_full..last_full {
-                let old = self.l2_entry(gc).await?;
+            for gc in GuestCluster::new(first_full).to(GuestCluster::new(last_full)) {
+                let old = self.l2_entry(held, gc).await?;
                 // An unaligned offset is not used here: the cluster is freed (reported, and
                 // leaked) as QEMU does.
                 let kind = self.classify(old).ok();
@@ -460,11 +500,11 @@ impl Qcow2 {
                 if new == old {
                     continue;
                 }
-                if new.host_offset() == 0 {
-                    self.release_reporting(old, self.pass_discard_request())
+                if new.host_offset().bytes() == 0 {
+                    self.release_reporting(held, old, self.pass_discard_request())
                         .await?;
                 }
-                self.set_l2_entry(gc, new).await?;
+                self.set_l2_entry(held, gc, new).await?;
             }
         }
         if !end.is_multiple_of(cs) {
@@ -479,15 +519,16 @@ impl Qcow2 {
     /// backing file) given the zero flag as QEMU does; any other is written zeroes.
     async fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
         let guard = self.meta.lock().await;
-        let gc = offset / self.layout.cs();
-        let kind = self.kind_at(gc).await?;
+        let held = &guard;
+        let gc = GuestOffset::new(offset).cluster(self.layout.cluster_bits);
+        let kind = self.kind_at(held, gc).await?;
         if !self.reads_zero(kind) {
             drop(guard);
             return self.write_from(offset, &vec![0u8; len as usize]).await;
         }
         if kind == Kind::Unallocated && self.layout.version >= 3 {
-            self.ensure_l2(gc).await?;
-            self.set_l2_entry(gc, L2Entry::ZERO).await?;
+            self.ensure_l2(held, gc).await?;
+            self.set_l2_entry(held, gc, L2Entry::ZERO).await?;
         }
         Ok(())
     }
@@ -537,19 +578,19 @@ impl Qcow2 {
             Some(d) => d.discard(first * cs, data_len).await?,
             None => {}
         }
-        let _g = self.meta.lock().await;
+        let held = &self.meta.lock().await;
         let per = self.layout.l2_entries();
         let backing = self.backing().is_some();
-        for gc in first..last {
-            if gc == first || gc.is_multiple_of(per) {
+        for gc in GuestCluster::new(first).to(GuestCluster::new(last)) {
+            if gc.index() == first || gc.index().is_multiple_of(per) {
                 // QEMU reaches each L2 table of the range, one after the other, through the
                 // lookup that allocates a missing one, so a discard of clusters never written
                 // leaves an (empty) L2 table behind; so does blk, in the same order (clusters
                 // freed in one table are reused for the next), and the image comes out as
                 // QEMU's, file length included.
-                self.ensure_l2(gc).await?;
+                self.ensure_l2(held, gc).await?;
             }
-            let old = self.l2_entry(gc).await?;
+            let old = self.l2_entry(held, gc).await?;
             // An unaligned offset counts as allocated; freeing it reports it (not fatal).
             let allocated = !matches!(
                 self.classify(old),
@@ -573,9 +614,9 @@ impl Qcow2 {
             if old == new {
                 continue;
             }
-            self.release_reporting(old, self.pass_discard_request())
+            self.release_reporting(held, old, self.pass_discard_request())
                 .await?;
-            self.set_l2_entry(gc, new).await?;
+            self.set_l2_entry(held, gc, new).await?;
         }
         Ok(())
     }
@@ -592,24 +633,25 @@ impl Qcow2 {
 
     /// The overlap check before guest data is written at `host`: data in an external data
     /// file cannot meet the image's metadata (only the corrupt state is checked).
-    async fn pre_data_write_check(&self, host: u64, len: u64) -> Result<()> {
+    async fn pre_data_write_check(&self, host: HostOffset, len: u64) -> Result<()> {
         if self.has_data_file() {
-            return self.pre_write_check(u32::MAX, host, len).await;
+            return self.pre_write_check(u32::MAX, host.bytes(), len).await;
         }
-        self.pre_write_check(0, host, len).await
+        self.pre_write_check(0, host.bytes(), len).await
     }
 
     pub(crate) async fn do_block_status(&self, offset: u64, len: u64) -> Result<BlockStatus> {
-        let _g = self.meta.lock().await;
-        let (kind, n) = self.run_at(offset, len.max(1)).await?;
-        let in_off = offset % self.layout.cs();
+        let held = &self.meta.lock().await;
+        let offset = GuestOffset::new(offset);
+        let (kind, n) = self.run_at(held, offset, len.max(1)).await?;
+        let in_off = offset.in_cluster(self.layout.cluster_bits);
         let mapping = match kind {
             Kind::Unallocated => Mapping::Unallocated,
             Kind::Zero { host } => Mapping::Zero {
-                host: host.map(|h| h + in_off),
+                host: host.map(|h| (h + in_off).bytes()),
             },
             Kind::Normal { host, .. } => Mapping::Data {
-                host: Some(host + in_off),
+                host: Some((host + in_off).bytes()),
             },
             Kind::Compressed { .. } => Mapping::Data { host: None },
         };

@@ -9,11 +9,12 @@ use std::cell::{Cell, RefCell};
 
 use super::cache::TableCache;
 use super::entry::L1Entry;
+use super::units::HostOffset;
 
 /// The active L1 table and the L2 table cache.
 pub(crate) struct L2Map {
     /// Where the L1 table is in the image file (a resize or `make_empty` moves it).
-    offset: Cell<u64>,
+    offset: Cell<HostOffset>,
     table: RefCell<Vec<L1Entry>>,
     /// Cached L2 tables, keyed by their offset in the image file.
     pub(crate) cache: TableCache,
@@ -22,7 +23,7 @@ pub(crate) struct L2Map {
 impl L2Map {
     /// The L1 table at `offset` with entries `raw` as read from the file, and an L2 cache of
     /// `slots` tables.
-    pub(crate) fn new(offset: u64, raw: Vec<u64>, slots: usize) -> L2Map {
+    pub(crate) fn new(offset: HostOffset, raw: Vec<u64>, slots: usize) -> L2Map {
         L2Map {
             offset: Cell::new(offset),
             table: RefCell::new(raw.into_iter().map(L1Entry::from_raw).collect()),
@@ -31,7 +32,7 @@ impl L2Map {
     }
 
     /// The L1 table's offset in the image file.
-    pub(crate) fn l1_offset(&self) -> u64 {
+    pub(crate) fn l1_offset(&self) -> HostOffset {
         self.offset.get()
     }
 
@@ -61,7 +62,7 @@ impl L2Map {
     }
 
     /// The file offset of L1 entry `i`.
-    pub(crate) fn entry_pos(&self, i: usize) -> u64 {
+    pub(crate) fn entry_pos(&self, i: usize) -> HostOffset {
         self.offset.get() + i as u64 * 8
     }
 
@@ -71,7 +72,7 @@ impl L2Map {
     }
 
     /// True when `f` holds for the offset of some L2 table.
-    pub(crate) fn any_table(&self, mut f: impl FnMut(u64) -> bool) -> bool {
+    pub(crate) fn any_table(&self, mut f: impl FnMut(HostOffset) -> bool) -> bool {
         self.table.borrow().iter().any(|e| f(e.l2_offset()))
     }
 
@@ -83,7 +84,7 @@ impl L2Map {
     }
 
     /// The table moved to `offset` with `entries` entries (new ones unallocated).
-    pub(crate) fn relocate(&self, offset: u64, entries: usize) {
+    pub(crate) fn relocate(&self, offset: HostOffset, entries: usize) {
         self.offset.set(offset);
         self.table
             .borrow_mut()
@@ -91,7 +92,7 @@ impl L2Map {
     }
 
     /// Every entry unallocated, the table at `offset`, nothing cached (`make_empty`).
-    pub(crate) fn reset(&self, offset: u64) {
+    pub(crate) fn reset(&self, offset: HostOffset) {
         self.cache.clear();
         self.table
             .borrow_mut()

@@ -10,6 +10,7 @@
 use std::cell::Cell;
 
 use super::header::{self, Header};
+use super::units::{HostCluster, HostOffset};
 
 /// Geometry and feature bits of an open image.
 pub(crate) struct Layout {
@@ -64,14 +65,14 @@ impl Layout {
         self.cs() / self.l2_entry_bytes()
     }
 
-    /// Index of the cluster holding byte `offset`.
-    pub(crate) fn cluster_of(&self, offset: u64) -> u64 {
-        offset >> self.cluster_bits
+    /// The host cluster holding byte `offset`.
+    pub(crate) fn cluster_of(&self, offset: HostOffset) -> HostCluster {
+        offset.cluster(self.cluster_bits)
     }
 
-    /// Byte offset of cluster `index`.
-    pub(crate) fn cluster_offset(&self, index: u64) -> u64 {
-        index << self.cluster_bits
+    /// Host offset of cluster `index`.
+    pub(crate) fn cluster_offset(&self, index: HostCluster) -> HostOffset {
+        index.offset(self.cluster_bits)
     }
 
     /// log2 of the refcount entries per block.

@@ -16,7 +16,10 @@ pub struct MetaLock {
     wake: Notify,
 }
 
-/// Holds the [`MetaLock`] until dropped.
+/// Holds the [`MetaLock`] until dropped. Every qcow2 function that allocates clusters, changes
+/// refcounts, queues or applies deferred frees, or reads and writes the L2/refcount caches
+/// takes `&MetaGuard<'_>` as proof that its caller holds the lock: calling one without it does
+/// not compile.
 pub struct MetaGuard<'a>(&'a MetaLock);
 
 impl MetaLock {

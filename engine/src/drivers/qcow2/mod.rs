@@ -6,7 +6,8 @@
 //! `entry` (the typed L1 and L2 entries and their bit layout), `cluster` (L1/L2 mapping, L2
 //! allocation, metadata write-back), `allocator` (refcount table, refblock cache, free search
 //! hint, deferred frees: the state), `refcount` (refcounts and cluster allocation), `cache`
-//! (table cache), `lock` (metadata lock, guest range locks),
+//! (table cache), `lock` (metadata lock, guest range locks), `units` (the `GuestOffset`,
+//! `GuestCluster`, `HostOffset` and `HostCluster` newtypes the parts exchange),
 //! `io` (reads, allocating writes with COW, zeroes, discard, status), `compress` (deflate and zstd
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
 //! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `backing`
@@ -22,7 +23,8 @@
 //! Crash-safety rules (QEMU's ordering): refcount increments reach the disk before any L2/L1
 //! entry relying on them; guest data is flushed before the L2 table that points to it is
 //! written; a freed cluster's refcount is only decremented once the mapping change that freed it
-//! is durable, so it is never reused too early.
+//! is durable, so it is never reused too early. Whatever allocates, changes refcounts, frees or
+//! touches the table caches takes `&MetaGuard` (the metadata lock held) as a parameter.
 //!
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
@@ -53,6 +55,7 @@ mod reopen;
 mod repair;
 mod resize;
 mod subcluster;
+mod units;
 mod vmstate;
 
 use std::cell::{Cell, RefCell};
@@ -78,6 +81,7 @@ use allocator::Allocator;
 use l2map::L2Map;
 use layout::Layout;
 use lock::{MetaGuard, MetaLock, RangeLocks};
+use units::HostOffset;
 
 const CAPS: DriverCaps = DriverCaps {
     name: "qcow2",
@@ -195,8 +199,8 @@ pub(super) fn open(
             data_file_name: data.as_ref().and(h.data_file.clone()),
             data,
             layout: Layout::new(&h),
-            l2: L2Map::new(h.l1_offset, l1, l2_slots),
-            alloc: Allocator::new(h.reftable_offset, reftable, rb_slots),
+            l2: L2Map::new(HostOffset::new(h.l1_offset), l1, l2_slots),
+            alloc: Allocator::new(HostOffset::new(h.reftable_offset), reftable, rb_slots),
             meta: MetaLock::default(),
             ranges: RangeLocks::default(),
             read_only: Cell::new(read_only),
@@ -474,8 +478,8 @@ impl Qcow2 {
     /// Write back every cached table, flush, and clear the lazy-refcounts dirty bit (close,
     /// and a reopen to read-only).
     async fn write_back_and_mark_clean(&self) -> Result<()> {
-        let _g = self.meta.lock().await;
-        self.flush_metadata().await?;
+        let held = &self.meta.lock().await;
+        self.flush_metadata(held).await?;
         self.file.flush().await?;
         // Lazy refcounts: everything is written back, the refcounts are accurate again.
         if self.lazy.get() && self.layout.incompat.get() & header::INCOMPAT_DIRTY != 0 {
@@ -586,8 +590,8 @@ impl BlockDriver for Qcow2 {
             if self.read_only.get() {
                 return Ok(());
             }
-            let _g = self.meta.lock().await;
-            self.flush_metadata().await
+            let held = &self.meta.lock().await;
+            self.flush_metadata(held).await
         })
     }
 

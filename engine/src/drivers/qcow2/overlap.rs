@@ -17,8 +17,8 @@ use serde_json::json;
 use crate::error::{Errno, Error, Result};
 use crate::io::{IoBuf, ReqFlags};
 
+use super::Qcow2;
 use super::header::{INCOMPAT_CORRUPT, OFF_INCOMPAT};
-use super::{OFFSET_MASK, Qcow2};
 
 /// Metadata class: the image header (cluster 0).
 pub(crate) const OL_HEADER: u32 = 1 << 0;
@@ -68,24 +68,17 @@ impl Qcow2 {
             return Some("qcow2_header");
         }
         let l1_len = self.l2.l1_bytes();
-        if ignore & OL_ACTIVE_L1 == 0 && meets(self.l2.l1_offset(), l1_len) {
+        if ignore & OL_ACTIVE_L1 == 0 && meets(self.l2.l1_offset().bytes(), l1_len) {
             return Some("active L1 table");
         }
         let rt_len = self.alloc.reftable_bytes();
-        if ignore & OL_REFCOUNT_TABLE == 0 && meets(self.alloc.reftable_offset.get(), rt_len) {
+        if ignore & OL_REFCOUNT_TABLE == 0 && meets(self.alloc.reftable_offset().bytes(), rt_len) {
             return Some("refcount table");
         }
-        if ignore & OL_ACTIVE_L2 == 0 && self.l2.any_table(|off| meets(off, cs)) {
+        if ignore & OL_ACTIVE_L2 == 0 && self.l2.any_table(|off| meets(off.bytes(), cs)) {
             return Some("active L2 table");
         }
-        if ignore & OL_REFCOUNT_BLOCK == 0
-            && self
-                .alloc
-                .reftable
-                .borrow()
-                .iter()
-                .any(|e| meets(e & OFFSET_MASK, cs))
-        {
+        if ignore & OL_REFCOUNT_BLOCK == 0 && self.alloc.any_block(|off| meets(off.bytes(), cs)) {
             return Some("refcount block");
         }
         None

@@ -11,11 +11,13 @@
 use crate::error::Result;
 
 use super::Qcow2;
+use super::lock::MetaGuard;
+use super::units::HostCluster;
 
 impl Qcow2 {
     /// Whether the image looks metadata-preallocated (decided once per open). Metadata lock
     /// held.
-    pub(super) async fn metadata_preallocated(&self) -> Result<bool> {
+    pub(super) async fn metadata_preallocated(&self, held: &MetaGuard<'_>) -> Result<bool> {
         if let Some(known) = self.metadata_prealloc.get() {
             return Ok(known);
         }
@@ -40,9 +42,10 @@ impl Qcow2 {
         let real_clusters = real / cs;
         let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
         let mut used = 0u64;
-        let mut idx = 0u64;
-        while idx < file_len.div_ceil(cs) && used < threshold {
-            used += u64::from(self.refcount(idx).await? > 0);
+        let mut idx = HostCluster::new(0);
+        let end = HostCluster::new(file_len.div_ceil(cs));
+        while idx < end && used < threshold {
+            used += u64::from(self.refcount(held, idx).await? > 0);
             idx += 1;
         }
         let known = used >= threshold;

@@ -11,10 +11,11 @@ use crate::io::{IoBuf, ReqFlags};
 
 use super::cache::{get_u64, set_u64};
 use super::cluster::Kind;
-use super::entry::L2Entry;
+use super::entry::{L2Entry, compressed_span};
 use super::header::{INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, OFF_INCOMPAT, OFF_REFTABLE};
 use super::lock::MetaGuard;
 use super::refcount::rb_set;
+use super::units::HostOffset;
 use super::{OFFSET_MASK, Qcow2};
 
 fn bad(msg: String) -> Error {
@@ -75,10 +76,10 @@ impl Qcow2 {
         add_ref(counts, cs, 0, cs)?;
         let l1 = self.l2.snapshot();
         if !l1.is_empty() {
-            add_ref(counts, cs, self.l2.l1_offset(), self.l2.l1_bytes())?;
+            add_ref(counts, cs, self.l2.l1_offset().bytes(), self.l2.l1_bytes())?;
         }
         for e in l1 {
-            let l2 = e.l2_offset();
+            let l2 = e.l2_offset().bytes();
             if l2 == 0 {
                 continue;
             }
@@ -100,10 +101,11 @@ impl Qcow2 {
                     // Clusters of an external data file are not refcounted.
                     Kind::Normal { .. } | Kind::Zero { host: Some(_) } if self.has_data_file() => {}
                     Kind::Normal { host, .. } | Kind::Zero { host: Some(host) } => {
-                        add_ref(counts, cs, host, cs)?
+                        add_ref(counts, cs, host.bytes(), cs)?
                     }
                     Kind::Compressed { offset, len } => {
-                        add_ref(counts, cs, offset & !511, len + (offset & 511))?
+                        let (start, len) = compressed_span(offset, len);
+                        add_ref(counts, cs, start.bytes(), len)?
                     }
                     _ => {}
                 }
@@ -223,7 +225,8 @@ impl Qcow2 {
             .1?;
         self.file.flush().await?;
         self.layout.incompat.set(incompat);
-        self.alloc.replace_table(held, table_off, table);
+        self.alloc
+            .replace_table(held, HostOffset::new(table_off), table);
         Ok(())
     }
 
@@ -231,8 +234,8 @@ impl Qcow2 {
     fn count_old_refcount_structures(&self, counts: &mut [u64]) {
         let cs = self.layout.cs();
         let table_clusters = (self.alloc.reftable_bytes()).div_ceil(cs);
-        let first = self.alloc.reftable_offset.get() / cs;
-        let blocks = self.alloc.reftable.borrow().clone();
+        let first = self.alloc.reftable_offset().bytes() / cs;
+        let blocks = self.alloc.reftable_snapshot();
         let old = (first..first + table_clusters).chain(
             blocks
                 .iter()

@@ -15,7 +15,9 @@ use super::Qcow2;
 use super::cluster::Kind;
 use super::entry::{L1Entry, L2Entry};
 use super::header::{MAX_L1_BYTES, OFF_L1, OFF_SIZE};
+use super::lock::MetaGuard;
 use super::overlap::OL_ACTIVE_L1;
+use super::units::{GuestCluster, HostCluster};
 
 impl Qcow2 {
     pub(crate) async fn do_truncate(&self, len: u64, prealloc: Prealloc) -> Result<()> {
@@ -24,7 +26,7 @@ impl Qcow2 {
                 "qcow2: the image size must be a multiple of 512 bytes",
             ));
         }
-        let _g = self.meta.lock().await;
+        let held = &self.meta.lock().await;
         let cs = self.layout.cs();
         let old = self.layout.size.get();
         let mut shrunk = None;
@@ -42,7 +44,7 @@ impl Qcow2 {
                     "Can't resize an image which has snapshots",
                 ));
             }
-            let grew = self.free_tail(len).await?;
+            let grew = self.free_tail(held, len).await?;
             shrunk = Some(grew);
         } else {
             if let Some(data) = &self.data {
@@ -57,14 +59,14 @@ impl Qcow2 {
             }
             let need = len.div_ceil(per_l1);
             if need > self.l2.l1_len() as u64 {
-                self.grow_l1(need).await?;
+                self.grow_l1(held, need).await?;
             }
             if self.has_data_file() {
                 if self.data_raw || prealloc != Prealloc::Off {
-                    self.map_data_file_tail(old, len).await?;
+                    self.map_data_file_tail(held, old, len).await?;
                 }
             } else if prealloc != Prealloc::Off {
-                self.preallocate(old, len, prealloc).await?;
+                self.preallocate(held, old, len, prealloc).await?;
             }
         }
         self.file
@@ -78,7 +80,7 @@ impl Qcow2 {
         self.file.flush().await?;
         self.layout.size.set(len);
         if let Some(grew) = shrunk {
-            self.truncate_file_to_used(grew).await;
+            self.truncate_file_to_used(held, grew).await;
             if let Some(data) = &self.data {
                 // The tail is unmapped and durable: the data file is cut to the new size.
                 data.truncate(len, false, Prealloc::Off).await?;
@@ -90,16 +92,21 @@ impl Qcow2 {
     /// Map every unmapped guest cluster of `[old, len)` to its own offset in the external data
     /// file (a raw data file, or a preallocating resize), as a new image maps them, then make
     /// the tables durable (metadata lock held).
-    async fn map_data_file_tail(&self, old: u64, len: u64) -> Result<()> {
-        let cs = self.layout.cs();
-        for gc in old / cs..len.div_ceil(cs) {
-            if self.classify(self.l2_entry(gc).await?)? != Kind::Unallocated {
+    async fn map_data_file_tail(&self, held: &MetaGuard<'_>, old: u64, len: u64) -> Result<()> {
+        let (cs, bits) = (self.layout.cs(), self.layout.cluster_bits);
+        let (first, end) = (
+            GuestCluster::new(old / cs),
+            GuestCluster::new(len.div_ceil(cs)),
+        );
+        for gc in first.to(end) {
+            if self.classify(self.l2_entry(held, gc).await?)? != Kind::Unallocated {
                 continue;
             }
-            self.ensure_l2(gc).await?;
-            self.set_l2_entry(gc, L2Entry::normal(gc * cs)).await?;
+            self.ensure_l2(held, gc).await?;
+            self.set_l2_entry(held, gc, L2Entry::normal(gc.identity_host(bits)))
+                .await?;
         }
-        self.flush_metadata().await?;
+        self.flush_metadata(held).await?;
         self.file.flush().await
     }
 
@@ -110,45 +117,46 @@ impl Qcow2 {
     /// between leaks clusters at worst. True when QEMU's shrink would have grown the file on
     /// the way (it allocates the missing L2 tables of the range, then frees those past the
     /// end), which decides the file's final length.
-    async fn free_tail(&self, len: u64) -> Result<bool> {
+    async fn free_tail(&self, held: &MetaGuard<'_>, len: u64) -> Result<bool> {
         let cs = self.layout.cs();
         let per = self.layout.l2_entries();
         let (first, end) = (len.div_ceil(cs), self.layout.size.get().div_ceil(cs));
         let keep = len.div_ceil(per * cs) as usize;
         let grew = first < end
             && (first / per..end.div_ceil(per))
-                .any(|l1i| self.l2.entry(l1i as usize).l2_offset() == 0);
+                .any(|l1i| self.l2.entry(l1i as usize).l2_offset().bytes() == 0);
         if first < end && ((first / per) as usize) < keep {
             // QEMU discards the tail through the lookup that allocates a missing L2 table:
             // the last table kept exists afterwards even if nothing was ever written there
             // (the ones past the new end are freed again below). Same file as QEMU's.
-            self.ensure_l2(first).await?;
+            self.ensure_l2(held, GuestCluster::new(first)).await?;
         }
         let mut gc = first;
         while gc < end {
             let l1i = (gc / per) as usize;
-            if self.l2.entry(l1i).l2_offset() == 0 {
+            if self.l2.entry(l1i).l2_offset().bytes() == 0 {
                 gc = (l1i as u64 + 1) * per;
                 continue;
             }
-            let old = self.l2_entry(gc).await?;
+            let old = self.l2_entry(held, GuestCluster::new(gc)).await?;
             if old != L2Entry::UNALLOCATED {
                 // A shrink always passes the freed clusters down to the file, as QEMU does.
-                self.release_reporting(old, true).await?;
-                self.set_l2_entry(gc, L2Entry::UNALLOCATED).await?;
+                self.release_reporting(held, old, true).await?;
+                self.set_l2_entry(held, GuestCluster::new(gc), L2Entry::UNALLOCATED)
+                    .await?;
             }
             gc += 1;
         }
         // L2 tables written, flushed, then the frees applied (flush_metadata's order).
-        self.flush_metadata().await?;
+        self.flush_metadata(held).await?;
         let l1_len = self.l2.l1_len();
         let mut tables = Vec::new();
         for l1i in keep..l1_len {
             let off = self.l2.entry(l1i).l2_offset();
-            if off == 0 {
+            if off.bytes() == 0 {
                 continue;
             }
-            let at = self.l2.entry_pos(l1i);
+            let at = self.l2.entry_pos(l1i).bytes();
             self.pre_write_check(OL_ACTIVE_L1, at, 8).await?;
             self.file.debug_event(DebugEvent::L1ShrinkWriteTable).await;
             self.file
@@ -156,7 +164,7 @@ impl Qcow2 {
                 .await
                 .1?;
             self.l2.set(l1i, L1Entry::UNALLOCATED);
-            self.l2.cache.remove(off);
+            self.l2.cache.remove(off.bytes());
             tables.push(off);
         }
         if !tables.is_empty() {
@@ -165,12 +173,12 @@ impl Qcow2 {
                 .debug_event(DebugEvent::L1ShrinkFreeL2Clusters)
                 .await;
             for off in tables {
-                self.free_later(off, cs, true);
+                self.free_later(held, off, cs, true);
             }
-            self.apply_pending_frees().await?;
-            self.write_back_refblocks().await?;
+            self.apply_pending_frees(held).await?;
+            self.write_back_refblocks(held).await?;
         }
-        self.drop_empty_refblocks().await?;
+        self.drop_empty_refblocks(held).await?;
         self.file.flush().await?;
         Ok(grew)
     }
@@ -180,12 +188,12 @@ impl Qcow2 {
     /// (the clusters past the last used one are free either way). When QEMU's file would have
     /// grown during the shrink (`grew`), its cut lands on that cluster boundary even where the
     /// file ended inside the cluster before; so does this one.
-    async fn truncate_file_to_used(&self, grew: bool) {
+    async fn truncate_file_to_used(&self, held: &MetaGuard<'_>, grew: bool) {
         let cs = self.layout.cs();
         let file_len = self.file.len();
         let mut c = file_len.div_ceil(cs);
         while c > 0 {
-            match self.refcount(c - 1).await {
+            match self.refcount(held, HostCluster::new(c - 1)).await {
                 Ok(0) => c -= 1,
                 Ok(_) => break,
                 Err(_) => return,
@@ -199,32 +207,41 @@ impl Qcow2 {
     /// Map every unallocated guest cluster wholly inside `[old, len)` to a new host cluster
     /// that reads as zeroes (metadata lock held). Clusters reused from inside the file are
     /// zero-filled; `Full` zero-fills everything, `Falloc` reserves the file's new tail.
-    async fn preallocate(&self, old: u64, len: u64, mode: Prealloc) -> Result<()> {
+    async fn preallocate(
+        &self,
+        held: &MetaGuard<'_>,
+        old: u64,
+        len: u64,
+        mode: Prealloc,
+    ) -> Result<()> {
         let cs = self.layout.cs();
         let file_end = self.file.len();
         let (mut gc, end) = (old.div_ceil(cs), len.div_ceil(cs));
         let mut host_end = file_end;
+        let unallocated = async |gc| {
+            let entry = self.l2_entry(held, GuestCluster::new(gc)).await?;
+            Ok::<bool, Error>(self.classify(entry)? == Kind::Unallocated)
+        };
         while gc < end {
-            if self.classify(self.l2_entry(gc).await?)? != Kind::Unallocated {
+            if !unallocated(gc).await? {
                 gc += 1;
                 continue;
             }
-            self.ensure_l2(gc).await?;
+            self.ensure_l2(held, GuestCluster::new(gc)).await?;
             let table_end = (gc / self.layout.l2_entries() + 1) * self.layout.l2_entries();
             let mut n = 1;
-            while gc + n < end.min(table_end)
-                && self.classify(self.l2_entry(gc + n).await?)? == Kind::Unallocated
-            {
+            while gc + n < end.min(table_end) && unallocated(gc + n).await? {
                 n += 1;
             }
-            let (host, got) = self.alloc_some(n).await?;
+            let (first, got) = self.alloc_some(held, n).await?;
+            let host = self.layout.cluster_offset(first);
             let bytes = got * cs;
             // Fresh clusters past the end of the file read as zeroes; reused ones are zeroed.
-            let zero_from = host;
+            let zero_from = host.bytes();
             let zero_to = if mode == Prealloc::Full {
-                host + bytes
+                zero_from + bytes
             } else {
-                (host + bytes).min(file_end)
+                (zero_from + bytes).min(file_end)
             };
             if zero_to > zero_from {
                 self.pre_write_check(0, zero_from, zero_to - zero_from)
@@ -238,11 +255,11 @@ impl Qcow2 {
                     .await
                     .1?;
             }
-            for i in 0..got {
-                self.set_l2_entry(gc + i, L2Entry::normal(host + i * cs))
+            for (i, g) in GuestCluster::new(gc).run(got).enumerate() {
+                self.set_l2_entry(held, g, L2Entry::normal(host + i as u64 * cs))
                     .await?;
             }
-            host_end = host_end.max(host + bytes);
+            host_end = host_end.max(zero_from + bytes);
             gc += got;
         }
         if host_end > self.file.len() {
@@ -253,12 +270,12 @@ impl Qcow2 {
             };
             self.file.truncate(host_end, false, file_mode).await?;
         }
-        self.flush_metadata().await?;
+        self.flush_metadata(held).await?;
         self.file.flush().await
     }
 
     /// Replace the L1 table by a larger one (`entries`), switched in by one header write.
-    pub(super) async fn grow_l1(&self, entries: u64) -> Result<()> {
+    pub(super) async fn grow_l1(&self, held: &MetaGuard<'_>, entries: u64) -> Result<()> {
         let cs = self.layout.cs();
         let bytes = entries * 8;
         if bytes > MAX_L1_BYTES {
@@ -269,20 +286,22 @@ impl Qcow2 {
         }
         let clusters = bytes.div_ceil(cs);
         self.file.debug_event(DebugEvent::L1GrowAllocTable).await;
-        let host = self.alloc_clusters(clusters).await?;
-        self.write_back_refblocks().await?;
+        let host = self
+            .layout
+            .cluster_offset(self.alloc_clusters(held, clusters).await?);
+        self.write_back_refblocks(held).await?;
         let mut table = vec![0u8; (clusters * cs) as usize];
         self.l2.encode_into(&mut table);
         self.file.debug_event(DebugEvent::L1GrowWriteTable).await;
         self.file
-            .write(host, IoBuf::from_slice(&table), ReqFlags::NONE)
+            .write(host.bytes(), IoBuf::from_slice(&table), ReqFlags::NONE)
             .await
             .1?;
         self.file.flush().await?;
         self.file.debug_event(DebugEvent::L1GrowActivateTable).await;
         let mut hdr = Vec::with_capacity(12);
         hdr.extend_from_slice(&(entries as u32).to_be_bytes());
-        hdr.extend_from_slice(&host.to_be_bytes());
+        hdr.extend_from_slice(&host.bytes().to_be_bytes());
         self.file
             .write(OFF_L1, IoBuf::from_slice(&hdr), ReqFlags::NONE)
             .await
@@ -291,8 +310,9 @@ impl Qcow2 {
         let old_off = self.l2.l1_offset();
         let old_clusters = self.l2.l1_bytes().div_ceil(cs);
         self.l2.relocate(host, entries as usize);
-        if old_off != 0 && old_clusters > 0 {
-            self.free_unreferenced(old_off, old_clusters).await?;
+        if old_off.bytes() != 0 && old_clusters > 0 {
+            let first = self.layout.cluster_of(old_off);
+            self.free_unreferenced(held, first, old_clusters).await?;
         }
         Ok(())
     }

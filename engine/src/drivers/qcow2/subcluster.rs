@@ -16,15 +16,17 @@ use crate::error::{Errno, Error, Result};
 
 use super::Qcow2;
 use super::cluster::Kind;
+use super::lock::MetaGuard;
+use super::units::{GuestCluster, GuestOffset};
 
 /// Subclusters per cluster.
 const SUBCLUSTERS: u64 = 32;
 
 impl Qcow2 {
     /// The kind of subcluster `s` of guest cluster `gc`.
-    async fn sub_kind(&self, gc: u64, s: u64) -> Result<Kind> {
-        let entry = self.l2_entry(gc).await?;
-        let bitmap = self.l2_bitmap(gc).await?;
+    async fn sub_kind(&self, held: &MetaGuard<'_>, gc: GuestCluster, s: u64) -> Result<Kind> {
+        let entry = self.l2_entry(held, gc).await?;
+        let bitmap = self.l2_bitmap(held, gc).await?;
         let alloc = bitmap >> s & 1 != 0;
         let zero = bitmap >> (32 + s) & 1 != 0;
         let host = entry.host_offset();
@@ -33,27 +35,24 @@ impl Qcow2 {
         let invalid = (compressed && bitmap != 0)
             || (!compressed && entry.zero_bit())
             || (alloc && zero)
-            || (alloc && host == 0);
+            || (alloc && host.bytes() == 0);
         if invalid {
-            let l1i = (gc / self.layout.l2_entries()) as usize;
+            let (l1i, i) = self.l2_slot(gc);
             let l2 = self.l2.entry(l1i).l2_offset();
-            let msg = format!(
-                "Invalid cluster entry found (L2 offset: {l2:#x}, L2 index: {:#x})",
-                gc % self.layout.l2_entries()
-            );
+            let msg = format!("Invalid cluster entry found (L2 offset: {l2:#x}, L2 index: {i:#x})");
             let full = self.signal_corruption(true, None, None, &msg).await;
             return Err(Error::io_msg(Errno::EIO, full));
         }
         if compressed {
             return self.classify(entry);
         }
-        if host != 0 {
+        if host.bytes() != 0 {
             // Checks the alignment (and reports a misaligned cluster as corruption).
-            self.kind_at(gc).await?;
+            self.kind_at(held, gc).await?;
         }
         Ok(if zero {
             Kind::Zero {
-                host: (host != 0).then_some(host),
+                host: (host.bytes() != 0).then_some(host),
             }
         } else if alloc {
             Kind::Normal {
@@ -67,21 +66,28 @@ impl Qcow2 {
 
     /// `run_at` for extended L2 entries: the kind at guest offset `off` and how many bytes
     /// from `off` (at most `max`) share it, walking subcluster by subcluster.
-    pub(crate) async fn run_at_ext(&self, off: u64, max: u64) -> Result<(Kind, u64)> {
-        let cs = self.layout.cs();
+    pub(crate) async fn run_at_ext(
+        &self,
+        held: &MetaGuard<'_>,
+        off: GuestOffset,
+        max: u64,
+    ) -> Result<(Kind, u64)> {
+        let (cs, bits) = (self.layout.cs(), self.layout.cluster_bits);
         let sc = cs / SUBCLUSTERS;
-        let gc0 = off / cs;
-        let kind = self.sub_kind(gc0, off % cs / sc).await?;
+        let gc0 = off.cluster(bits);
+        let in_off = off.in_cluster(bits);
+        let kind = self.sub_kind(held, gc0, in_off / sc).await?;
         if matches!(kind, Kind::Compressed { .. }) {
-            return Ok((kind, (cs - off % cs).min(max)));
+            return Ok((kind, (cs - in_off).min(max)));
         }
-        let mut n = (sc - off % sc).min(max);
-        let mut next = off / sc + 1;
+        let mut n = (sc - in_off % sc).min(max);
+        // Subcluster index over the whole disk.
+        let mut next = off.bytes() / sc + 1;
         while n < max {
-            let gc = next / SUBCLUSTERS;
-            let k = self.sub_kind(gc, next % SUBCLUSTERS).await?;
+            let gc = GuestCluster::new(next / SUBCLUSTERS);
+            let k = self.sub_kind(held, gc, next % SUBCLUSTERS).await?;
             // Same kind, and for data the same place relative to the first cluster's.
-            let shift = (gc - gc0) * cs;
+            let shift = (gc.index() - gc0.index()) * cs;
             let same = match (kind, k) {
                 (Kind::Unallocated, Kind::Unallocated) => true,
                 (Kind::Zero { host: None }, Kind::Zero { host: None }) => true,

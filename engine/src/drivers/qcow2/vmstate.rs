@@ -45,7 +45,7 @@ impl Qcow2 {
     async fn grow_l1_to_cover(&self, end: u64) -> Result<()> {
         let per_l1_entry = self.layout.cs() * self.layout.l2_entries();
         let need = end.div_ceil(per_l1_entry);
-        let _g = self.meta.lock().await;
+        let held = &self.meta.lock().await;
         let have = self.l2.l1_len() as u64;
         if need <= have {
             return Ok(());
@@ -57,6 +57,6 @@ impl Qcow2 {
         if entries > u32::MAX as u64 {
             return Err(Error::io(Errno::EFBIG));
         }
-        self.grow_l1(entries).await
+        self.grow_l1(held, entries).await
     }
 }

@@ -14,7 +14,9 @@ const MIB: u64 = 1024 * KIB;
 /// A whole-MiB offset below `size`.
 /// The `cluster_size=Nk` of qcow2 `image create` options.
 fn cluster_size_of(opts: &str) -> Option<u64> {
-    let v = opts.split(' ').find_map(|o| o.strip_prefix("cluster_size="))?;
+    let v = opts
+        .split(' ')
+        .find_map(|o| o.strip_prefix("cluster_size="))?;
     Some(v.strip_suffix('k')?.parse::<u64>().ok()? * KIB)
 }
 
