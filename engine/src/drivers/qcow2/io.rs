@@ -335,46 +335,10 @@ impl Qcow2 {
         (host, reuse): (HostOffset, bool),
         olds: &[L2Entry],
     ) -> Result<()> {
-        let cs = self.layout.cs();
         let k = olds.len() as u64;
-        let mut buf = IoBuf::new((k * cs) as usize);
-        let in_off = off.in_cluster(self.layout.cluster_bits);
-        let start = gc.offset(self.layout.cluster_bits);
-        let end_in = in_off + data.len() as u64;
-        let filled = async {
-            let b = buf.as_mut_slice();
-            if in_off > 0 {
-                self.file.debug_event(DebugEvent::CowRead).await;
-                let kind = self.classify(olds[0])?;
-                self.read_kind(kind, start, &mut b[..in_off as usize])
-                    .await?;
-            }
-            if end_in < k * cs {
-                self.file.debug_event(DebugEvent::CowRead).await;
-                let lc = k - 1;
-                let kind = self.classify(olds[lc as usize])?;
-                self.read_kind(kind, start + end_in, &mut b[end_in as usize..])
-                    .await?;
-            }
-            b[in_off as usize..end_in as usize].copy_from_slice(data);
-            Ok::<(), Error>(())
-        }
-        .await;
-        let filled = match filled {
-            Ok(()) => self.pre_data_write_check(host, k * cs).await,
-            Err(e) => Err(e),
-        };
-        let written = match filled {
-            Ok(()) => {
-                self.file.debug_event(DebugEvent::CowWrite).await;
-                self.file.debug_event(DebugEvent::WriteAio).await;
-                self.data_child()
-                    .write(host.bytes(), buf, ReqFlags::NONE)
-                    .await
-                    .1
-            }
-            Err(e) => Err(e),
-        };
+        let written = self
+            .fill_new_clusters(off, data, gc, (host, reuse), olds)
+            .await;
         let held = &self.meta.lock().await;
         if let Err(e) = written {
             if !self.has_data_file() && !reuse {
@@ -383,6 +347,7 @@ impl Qcow2 {
             }
             return Err(e);
         }
+        let cs = self.layout.cs();
         for (i, old) in olds.iter().enumerate() {
             let i = i as u64;
             self.set_l2_entry(held, gc + i, L2Entry::normal(host + i * cs))
@@ -392,6 +357,106 @@ impl Qcow2 {
             }
         }
         Ok(())
+    }
+
+    /// Write the new clusters at `host`: `data` at its place, and around it the old contents
+    /// (copy-on-write) — or, where those read as zeroes from nowhere, zero the clusters first
+    /// and write only `data`.
+    async fn fill_new_clusters(
+        &self,
+        off: GuestOffset,
+        data: &[u8],
+        gc: GuestCluster,
+        (host, reuse): (HostOffset, bool),
+        olds: &[L2Entry],
+    ) -> Result<()> {
+        let cs = self.layout.cs();
+        let k = olds.len() as u64;
+        let in_off = off.in_cluster(self.layout.cluster_bits);
+        let start = gc.offset(self.layout.cluster_bits);
+        let end_in = in_off + data.len() as u64;
+        self.pre_data_write_check(host, k * cs).await?;
+        let cow = [
+            (olds[0], start, in_off),
+            (olds[k as usize - 1], start + end_in, k * cs - end_in),
+        ];
+        if self.zero_whole_allocation(host, k * cs, reuse, cow).await? {
+            self.file.debug_event(DebugEvent::WriteAio).await;
+            let piece = IoBuf::from_slice(data);
+            return self
+                .data_child()
+                .write(host.bytes() + in_off, piece, ReqFlags::NONE)
+                .await
+                .1;
+        }
+        let mut buf = IoBuf::new((k * cs) as usize);
+        let b = buf.as_mut_slice();
+        if in_off > 0 {
+            self.file.debug_event(DebugEvent::CowRead).await;
+            let kind = self.classify(olds[0])?;
+            self.read_kind(kind, start, &mut b[..in_off as usize])
+                .await?;
+        }
+        if end_in < k * cs {
+            self.file.debug_event(DebugEvent::CowRead).await;
+            let kind = self.classify(olds[k as usize - 1])?;
+            self.read_kind(kind, start + end_in, &mut b[end_in as usize..])
+                .await?;
+        }
+        b[in_off as usize..end_in as usize].copy_from_slice(data);
+        self.file.debug_event(DebugEvent::CowWrite).await;
+        self.file.debug_event(DebugEvent::WriteAio).await;
+        self.data_child()
+            .write(host.bytes(), buf, ReqFlags::NONE)
+            .await
+            .1
+    }
+
+    /// QEMU's shortcut for a new allocation whose copy-on-write parts would be zeroes because
+    /// no layer of the chain allocates them: zero the new clusters in the file at once (no buffer
+    /// of zeroes goes through), so that only the guest's data is written after. `cow` holds
+    /// the old entry, guest offset and length of the head and tail parts. False when it does
+    /// not apply, or the file cannot zero without writing zeroes (the caller writes them).
+    async fn zero_whole_allocation(
+        &self,
+        host: HostOffset,
+        len: u64,
+        reuse: bool,
+        cow: [(L2Entry, GuestOffset, u64); 2],
+    ) -> Result<bool> {
+        if reuse || cow.iter().all(|(_, _, n)| *n == 0) {
+            return Ok(false);
+        }
+        for (old, at, n) in cow {
+            if n > 0 && !self.unallocated_in_chain(old, at, n).await? {
+                return Ok(false);
+            }
+        }
+        self.file.debug_event(DebugEvent::ClusterAllocSpace).await;
+        match self
+            .data_child()
+            .write_zeroes(host.bytes(), len, ReqFlags::NO_FALLBACK)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(Errno::ENOTSUP | Errno::EAGAIN)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when neither this image (entry `old`) nor any backing layer allocates the `len`
+    /// bytes at guest offset `at` (they read as zeroes from nowhere).
+    async fn unallocated_in_chain(&self, old: L2Entry, at: GuestOffset, len: u64) -> Result<bool> {
+        if self.classify(old)? != Kind::Unallocated {
+            return Ok(false);
+        }
+        let Some(backing) = self.backing() else {
+            return Ok(true);
+        };
+        let st = backing
+            .chain_status_want_zero(at.bytes(), len, None)
+            .await?;
+        Ok(st.node.is_none() && st.len >= len)
     }
 
     /// Queue whatever host space the old entry `old` referenced for freeing (nothing for
