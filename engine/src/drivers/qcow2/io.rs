@@ -36,6 +36,16 @@ enum Plan {
 /// Most clusters one allocating step covers (2 MiB worth, at least one).
 const MAX_ALLOC_BYTES: u64 = 2 << 20;
 
+/// Where an allocating write puts its data: new clusters at `host` for the guest clusters from
+/// `gc`, whose old entries are `olds` (`reuse`: as in `Plan::Alloc`).
+#[derive(Clone, Copy)]
+struct NewClusters<'a> {
+    gc: GuestCluster,
+    host: HostOffset,
+    olds: &'a [L2Entry],
+    reuse: bool,
+}
+
 impl Qcow2 {
     fn cluster_span(&self, offset: u64, len: u64) -> (u64, u64) {
         let cs = self.layout.cs();
@@ -316,8 +326,13 @@ impl Qcow2 {
                 } => {
                     let chunk = &data[pos as usize..(pos + n) as usize];
                     let at = GuestOffset::new(offset + pos);
-                    self.write_alloc(at, chunk, gc, (host, reuse), &olds)
-                        .await?;
+                    let new = NewClusters {
+                        gc,
+                        host,
+                        olds: &olds,
+                        reuse,
+                    };
+                    self.write_alloc(at, chunk, &new).await?;
                     pos += n;
                 }
             }
@@ -331,14 +346,10 @@ impl Qcow2 {
         &self,
         off: GuestOffset,
         data: &[u8],
-        gc: GuestCluster,
-        (host, reuse): (HostOffset, bool),
-        olds: &[L2Entry],
+        new: &NewClusters<'_>,
     ) -> Result<()> {
-        let k = olds.len() as u64;
-        let written = self
-            .fill_new_clusters(off, data, gc, (host, reuse), olds)
-            .await;
+        let written = self.fill_new_clusters(off, data, new).await;
+        let (host, reuse, k) = (new.host, new.reuse, new.olds.len() as u64);
         let held = &self.meta.lock().await;
         if let Err(e) = written {
             if !self.has_data_file() && !reuse {
@@ -348,9 +359,9 @@ impl Qcow2 {
             return Err(e);
         }
         let cs = self.layout.cs();
-        for (i, old) in olds.iter().enumerate() {
+        for (i, old) in new.olds.iter().enumerate() {
             let i = i as u64;
-            self.set_l2_entry(held, gc + i, L2Entry::normal(host + i * cs))
+            self.set_l2_entry(held, new.gc + i, L2Entry::normal(host + i * cs))
                 .await?;
             if !reuse {
                 self.release(held, *old, self.pass_discard_other())?;
@@ -366,21 +377,22 @@ impl Qcow2 {
         &self,
         off: GuestOffset,
         data: &[u8],
-        gc: GuestCluster,
-        (host, reuse): (HostOffset, bool),
-        olds: &[L2Entry],
+        new: &NewClusters<'_>,
     ) -> Result<()> {
-        let cs = self.layout.cs();
+        let (host, olds, cs) = (new.host, new.olds, self.layout.cs());
         let k = olds.len() as u64;
         let in_off = off.in_cluster(self.layout.cluster_bits);
-        let start = gc.offset(self.layout.cluster_bits);
+        let start = new.gc.offset(self.layout.cluster_bits);
         let end_in = in_off + data.len() as u64;
         self.pre_data_write_check(host, k * cs).await?;
         let cow = [
             (olds[0], start, in_off),
             (olds[k as usize - 1], start + end_in, k * cs - end_in),
         ];
-        if self.zero_whole_allocation(host, k * cs, reuse, cow).await? {
+        if self
+            .zero_whole_allocation(host, k * cs, new.reuse, cow)
+            .await?
+        {
             self.file.debug_event(DebugEvent::WriteAio).await;
             let piece = IoBuf::from_slice(data);
             return self
