@@ -57,16 +57,24 @@ fn gen_seed(id: u64, sector: u64) -> u64 {
     x ^ (x >> 29)
 }
 
+/// Word `j` of a generated sector with seed `x`: byte k of it is byte k of x, xored with j.
+fn gen_word(x: u64, j: usize) -> u64 {
+    x ^ (j as u64).wrapping_mul(0x0101_0101_0101_0101)
+}
+
+/// Write sector `sector` as workload write `id` fills it into `out` (one whole sector).
+fn put_gen_sector(id: u64, sector: u64, out: &mut [u8]) {
+    let x = gen_seed(id, sector);
+    for (j, word) in out.chunks_exact_mut(8).enumerate() {
+        word.copy_from_slice(&gen_word(x, j).to_le_bytes());
+    }
+}
+
 /// The whole sector `sector` as workload write `id` fills it (what `gen_byte` gives byte by
 /// byte, a word at a time: the checks run over every sector of every verify).
 pub fn gen_sector(id: u64, sector: u64) -> [u8; SECTOR as usize] {
-    let x = gen_seed(id, sector);
     let mut out = [0u8; SECTOR as usize];
-    for (j, word) in out.chunks_exact_mut(8).enumerate() {
-        // Byte k of word j is byte k of x, xored with j.
-        let w = x ^ (j as u64).wrapping_mul(0x0101_0101_0101_0101);
-        word.copy_from_slice(&w.to_le_bytes());
-    }
+    put_gen_sector(id, sector, &mut out);
     out
 }
 
@@ -74,10 +82,9 @@ pub fn gen_sector(id: u64, sector: u64) -> [u8; SECTOR as usize] {
 /// without building the sector.
 fn gen_matches(id: u64, sector: u64, data: &[u8]) -> bool {
     let x = gen_seed(id, sector);
-    data.chunks_exact(8).enumerate().all(|(j, word)| {
-        let w = x ^ (j as u64).wrapping_mul(0x0101_0101_0101_0101);
-        word == w.to_le_bytes()
-    })
+    data.chunks_exact(8)
+        .enumerate()
+        .all(|(j, word)| word == gen_word(x, j).to_le_bytes())
 }
 
 /// Fill `out` with workload write `id`'s content from byte offset `pos` of the device.
@@ -87,7 +94,12 @@ pub fn fill_gen(id: u64, pos: u64, out: &mut [u8]) {
         let off = pos + at as u64;
         let (sector, within) = (off / SECTOR, (off % SECTOR) as usize);
         let n = (SECTOR as usize - within).min(out.len() - at);
-        out[at..at + n].copy_from_slice(&gen_sector(id, sector)[within..within + n]);
+        if n == SECTOR as usize {
+            // Whole sectors (every workload write): generated in place, not copied.
+            put_gen_sector(id, sector, &mut out[at..at + n]);
+        } else {
+            out[at..at + n].copy_from_slice(&gen_sector(id, sector)[within..within + n]);
+        }
         at += n;
     }
 }
