@@ -223,6 +223,17 @@ impl VFile {
     /// Make every entry with `seq < mark` durable.
     pub(crate) fn flush(&mut self, mark: u64) {
         let n = self.cache.iter().take_while(|e| e.seq < mark).count();
+        if n == self.cache.len() && !self.lost {
+            // The whole cache lands, and the read view is the durable bytes with exactly these
+            // entries applied in this order (nothing `lose_flushed` left in it): the new durable
+            // bytes are the read view. Share its pages (copy-on-write) rather than write every
+            // flushed byte a second time and hold it twice.
+            self.cache.clear();
+            self.cached_bytes = 0;
+            self.durable = self.current.clone();
+            self.durable_len = self.len;
+            return;
+        }
         for e in self.cache.drain(..n) {
             self.cached_bytes -= entry_bytes(&e.op);
             apply(&mut self.durable, &mut self.durable_len, &e.op, None);
