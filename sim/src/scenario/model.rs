@@ -87,6 +87,17 @@ fn gen_matches(id: u64, sector: u64, data: &[u8]) -> bool {
         .all(|(j, word)| word == gen_word(x, j).to_le_bytes())
 }
 
+/// True when every byte of `data` is `v`: eight bytes at a time (pattern writes fill whole
+/// images, and every verify checks them).
+fn is_fill(data: &[u8], v: u8) -> bool {
+    let word = u64::from_ne_bytes([v; 8]);
+    let mut words = data.chunks_exact(8);
+    words
+        .by_ref()
+        .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == word)
+        && words.remainder().iter().all(|&b| b == v)
+}
+
 /// Fill `out` with workload write `id`'s content from byte offset `pos` of the device.
 pub fn fill_gen(id: u64, pos: u64, out: &mut [u8]) {
     let mut at = 0;
@@ -119,7 +130,7 @@ impl SectorVal {
     pub fn matches(&self, sector: u64, data: &[u8]) -> bool {
         match self {
             SectorVal::Zero => is_zero(data),
-            SectorVal::Fill(v) => data.iter().all(|b| b == v),
+            SectorVal::Fill(v) => is_fill(data, *v),
             SectorVal::Gen(id) => data.len() == SECTOR as usize && gen_matches(*id, sector, data),
             SectorVal::Bytes(b) => &b[..] == data,
         }
@@ -592,7 +603,7 @@ fn run_mismatch(vals: &[SectorVal], first: u64, data: &[u8], a: u64, b: u64) -> 
         &data[((a - first) * SECTOR) as usize..(((b - first) * SECTOR) as usize).min(data.len())];
     let uniform_ok = match vals {
         [SectorVal::Zero] => is_zero(span),
-        [SectorVal::Fill(v)] => span.iter().all(|b| b == v),
+        [SectorVal::Fill(v)] => is_fill(span, *v),
         _ => false,
     };
     if uniform_ok {
@@ -743,5 +754,25 @@ mod tests {
         let mut torn = good.clone();
         torn[19 * SECTOR as usize + 504] ^= 1;
         assert_eq!(m.mismatch(0, &torn), Some((19, vec![SectorVal::Gen(3)])));
+    }
+
+    #[test]
+    fn one_wrong_byte_in_a_pattern_run_is_found_wherever_it_is() {
+        let mut m = DeviceModel::new();
+        let t = m.begin_write(0, 8 * SECTOR, &WriteData::Fill(0xa5));
+        m.complete_write(t, true);
+        let good = vec![0xa5u8; 8 * SECTOR as usize];
+        assert_eq!(m.mismatch(0, &good), None);
+        for at in [0, 7, 8, 1000, 8 * SECTOR as usize - 1] {
+            let mut bad = good.clone();
+            bad[at] = 0xa4;
+            let sector = at as u64 / SECTOR;
+            assert_eq!(
+                m.mismatch(0, &bad),
+                Some((sector, vec![SectorVal::Fill(0xa5)])),
+                "byte {at}"
+            );
+        }
+        assert!(is_fill(&good[..13], 0xa5) && !is_fill(&[0xa5, 0xa5, 0, 0xa5], 0xa5));
     }
 }
