@@ -410,3 +410,53 @@ fn dirty_byte_ranges(bits: &DirtyBitmap) -> Vec<(u64, u64)> {
         .map(|(first, n)| bits.byte_range(first, first + n))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loaded_bitmaps_keep_their_bits_and_flags_and_bad_data_is_an_error() {
+        let mut bits = HBits::new(16);
+        bits.set_range(3, 5);
+        let flags = LoadedFlags {
+            enabled: true,
+            inconsistent: false,
+            readonly: true,
+        };
+        let b = Bitmap::from_loaded("p", 1 << 20, 65536, flags, bits.clone()).unwrap();
+        assert!(b.persistent() && b.readonly() && b.recording());
+        assert_eq!(b.count(), 2 * 65536);
+        assert!(b.check(Use::Read).is_ok());
+        assert!(b.check(Use::Modify).is_err());
+        let inc = LoadedFlags {
+            inconsistent: true,
+            ..flags
+        };
+        let b = Bitmap::from_loaded("p", 1 << 20, 65536, inc, bits.clone()).unwrap();
+        assert!(!b.recording(), "an inconsistent bitmap never records");
+        assert!(
+            b.check(Use::Remove).is_err(),
+            "read-only still refuses removal"
+        );
+        let e = Bitmap::from_loaded("p", 1 << 20, 4096, flags, bits.clone()).unwrap_err();
+        assert_eq!(e.message(), "Bitmap 'p' has 16 bits, 256 expected");
+        let e = Bitmap::from_loaded("p", 1 << 20, 3000, flags, bits).unwrap_err();
+        assert_eq!(e.message(), "Bitmap 'p' has an invalid granularity 3000");
+    }
+
+    #[test]
+    fn merge_across_granularities_covers_every_dirty_byte() {
+        let fine = Bitmap::new("f", 1 << 20, 512, false);
+        let coarse = Bitmap::new("c", 1 << 20, 65536, false);
+        fine.set_range(70_000, 1);
+        coarse.merge_from(&fine);
+        assert_eq!(coarse.count(), 65536);
+        assert!(coarse.bits().any_dirty(65536, 1));
+        coarse.set_range(0, 1);
+        fine.merge_from(&coarse);
+        assert_eq!(fine.count(), 2 * 65536);
+        fine.merge_from(&fine);
+        assert_eq!(fine.count(), 2 * 65536);
+    }
+}
