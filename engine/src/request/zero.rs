@@ -42,7 +42,11 @@ pub(super) async fn write_zeroes(
     tracked.wait_conflicts().await;
     let result = zero_tracked(node, offset, len, flags).await;
     drop(tracked);
-    finish_write(node, offset, offset + len);
+    if crate::util::planted::on(crate::util::planted::Bug::BitmapMissesZeroes) {
+        finish_write(node, offset, offset);
+    } else {
+        finish_write(node, offset, offset + len);
+    }
     stats::record(node, Op::Zero, len, result.is_ok(), start);
     result
 }

@@ -204,6 +204,8 @@ pub(super) struct Gen {
     pub(super) lazy_top: bool,
     pub(super) werror_stop: bool,
     pub(super) rerror_stop: bool,
+    /// A VM state write happened: growing the device would expose it to the guest.
+    pub(super) vmstate_written: bool,
     /// Dirty bitmaps alive on the device's node, oldest first.
     pub(super) bitmaps: Vec<String>,
 }
@@ -342,6 +344,7 @@ pub fn generate(seed: u64) -> Generated {
         werror_stop: false,
         rerror_stop: false,
         bitmaps: Vec::new(),
+        vmstate_written: false,
     };
     g.out.push(format!(
         "# swarm seed {seed}: {}",
@@ -395,7 +398,7 @@ impl Gen {
         if f.crashes && !self.resized {
             menu.push(Round::Crash);
         }
-        if f.resize && !self.resized && !f.crashes {
+        if f.resize && !self.resized && !f.crashes && !self.vmstate_written {
             menu.push(Round::Resize);
         }
         if f.reopen && self.chain_known && self.chain.len() > 1 {
