@@ -643,29 +643,12 @@ fn allowed_uses_of_read_only_and_inconsistent_bitmaps() {
 
 /// Create `file` as a 4 MiB qcow2 image with `cluster_size`, open as node `node`.
 async fn qcow2_node(engine: &Engine, file: &str, node: &str, cluster_size: u64) {
-    let opts = engine::env::OpenOptions {
-        write: true,
-        create: true,
-        ..Default::default()
-    };
-    drop(engine.env().fs().open(file, opts).unwrap());
-    engine
-        .blockdev_add(json!({"driver": "file", "node-name": "mkf", "filename": file}))
-        .await
-        .unwrap();
-    let bb = engine
-        .device_add("mk", "mkf", BackendOptions::tool(false))
-        .unwrap();
     let opts = engine::drivers::qcow2::CreateOptions {
         size: 4 << 20,
         cluster_size,
         ..Default::default()
     };
-    engine::drivers::qcow2::create(&bb.root().unwrap(), &opts)
-        .await
-        .unwrap();
-    engine.device_del("mk").await.unwrap();
-    engine.blockdev_del("mkf").await.unwrap();
+    support::chain::mkimg_with(engine, file, &opts).await;
     engine
         .blockdev_add(json!({"driver": "qcow2", "node-name": node,
                              "file": {"driver": "file", "filename": file}}))

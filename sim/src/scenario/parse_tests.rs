@@ -211,7 +211,7 @@ fn parses_bitmap_steps_and_refuses_bad_ones() {
     for (bad, msg) in [
         (
             "bitmap add d0 b granularity=1000",
-            "t:2:19: bad granularity '1000'",
+            "t:2:17: bad granularity '1000'",
         ),
         (
             "bitmap add d0 b persistent",
