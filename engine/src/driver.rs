@@ -329,6 +329,13 @@ pub fn no_breakpoints() -> Error {
     Error::io_msg(Errno::ENOTSUP, "This node does not support breakpoints")
 }
 
+/// QEMU's refusal of a persistent bitmap on a node that cannot store one.
+pub fn cannot_store_bitmaps(node: &str) -> Error {
+    Error::generic(format!(
+        "Can't store persistent bitmaps to {node}: Operation not supported"
+    ))
+}
+
 /// Verbs only image formats have: reached through [`BlockDriver::format_ops`]. Snapshots and
 /// persistent bitmaps join this family when they come.
 pub trait FormatOps {
@@ -354,6 +361,19 @@ pub trait FormatOps {
     /// True when the image holds persistent dirty bitmaps that are in use (valid).
     fn has_persistent_bitmaps(&self) -> bool {
         false
+    }
+
+    /// Whether a new persistent dirty bitmap `name` with `granularity` can be stored in the
+    /// image of node `node` (`block-dirty-bitmap-add persistent=true`); the error is the whole
+    /// message QMP shows. Formats without persistent bitmaps keep the default refusal.
+    fn can_store_new_bitmap(&self, node: &str, _name: &str, _granularity: u64) -> Result<()> {
+        Err(cannot_store_bitmaps(node))
+    }
+
+    /// Delete persistent bitmap `name` from the image (`block-dirty-bitmap-remove`). Nothing
+    /// to do for a format that stores none.
+    fn remove_persistent_bitmap(&self, _name: &str) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Write `buf` at `pos` of the image's VM state area (qemu-io `write -b`, savevm).

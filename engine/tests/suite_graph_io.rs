@@ -6,6 +6,8 @@ mod support;
 
 #[path = "backend_errors.rs"]
 mod backend_errors;
+#[path = "bitmaps.rs"]
+mod bitmaps;
 #[path = "blkdebug.rs"]
 mod blkdebug;
 #[path = "debug_events.rs"]

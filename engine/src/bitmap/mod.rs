@@ -6,11 +6,19 @@
 //! hierarchical summaries of [`HBits`], which skip clean stretches a level at a time. Mirror
 //! tracks its copy on it; named and persistent bitmaps (QMP `block-dirty-bitmap-*`) build on it.
 //!
-//! Pure data: imports nothing from the engine (no graph, no I/O), so it can be unit tested alone.
+//! [`Bitmap`] (in `named`) is a named bitmap of a node with QEMU's states and successor rules;
+//! [`NodeBitmaps`] (in `list`) is a node's list of them, which the request path marks.
+//!
+//! Pure data: imports nothing from the engine (no graph, no I/O) but its error type, so it can
+//! be unit tested alone.
 
 mod hbits;
+mod list;
+mod named;
 
 pub use hbits::HBits;
+pub use list::NodeBitmaps;
+pub use named::{Bitmap, LoadedFlags, MAX_NAME_LEN, Use, valid_granularity};
 
 /// A bitmap of dirty granules over `len` bytes.
 #[derive(Clone, Debug)]
@@ -84,6 +92,12 @@ impl DirtyBitmap {
     pub fn reset(&mut self, offset: u64, bytes: u64) {
         let (first, end) = self.granule_range(offset, bytes);
         self.bits.reset_range(first, end);
+    }
+
+    /// Follow a new length: granules past a shorter end are dropped, new ones are clean.
+    pub fn resize(&mut self, len: u64) {
+        self.len = len;
+        self.bits.resize(len.div_ceil(self.granularity));
     }
 
     /// Mark the whole bitmap dirty.

@@ -8,6 +8,7 @@ use std::rc::{Rc, Weak};
 
 use serde_json::{Value, json};
 
+use crate::bitmap::NodeBitmaps;
 use crate::driver::{BlockDriver, Breakpoints, no_breakpoints};
 use crate::error::Result;
 use crate::io::Limits;
@@ -39,6 +40,7 @@ impl Node {
             limits: Cell::new(Limits::default()),
             quiesce: Cell::new(0),
             io: IoState::default(),
+            bitmaps: Default::default(),
             cumulative: Cell::new((Perms::NONE, Perms::ALL)),
             closed: Cell::new(false),
             op_blockers: RefCell::new(Vec::new()),
@@ -128,6 +130,11 @@ impl Node {
             "request_align must be a power of two"
         );
         self.limits.set(limits);
+    }
+
+    /// The node's named dirty bitmaps (QMP `block-dirty-bitmap-*`; marked by the request path).
+    pub fn bitmaps(&self) -> &NodeBitmaps {
+        &self.bitmaps
     }
 
     /// Child edges in attach order.
@@ -313,7 +320,7 @@ impl Node {
             depth += 1;
             below = n.backing().map(|e| e.child_node());
         }
-        json!({
+        let mut info = json!({
             "node-name": self.name,
             "drv": self.driver_name,
             "file": self.driver().filename(),
@@ -330,7 +337,30 @@ impl Node {
                       "format-specific": self.driver().specific_info()},
             "perm": perm.name_list(),
             "shared-perm": shared.name_list(),
-        })
+        });
+        if !self.bitmaps.is_empty() {
+            // QEMU lists the member only when the node has bitmaps, after the write threshold.
+            insert_after(
+                &mut info,
+                "write_threshold",
+                "dirty-bitmaps",
+                self.bitmaps.info(),
+            );
+        }
+        info
+    }
+}
+
+/// Insert `key: value` into the object `obj` right after `after` (member order is visible).
+fn insert_after(obj: &mut Value, after: &str, key: &str, value: Value) {
+    let Value::Object(map) = obj else { return };
+    let old = std::mem::take(map);
+    for (k, v) in old {
+        let hit = k == after;
+        map.insert(k, v);
+        if hit {
+            map.insert(key.to_string(), value.clone());
+        }
     }
 }
 

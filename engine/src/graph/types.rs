@@ -58,6 +58,8 @@ pub struct Node {
     /// The request path's per-node state (in-flight count, tracked requests, write
     /// generations, write threshold, before-write hooks, statistics).
     pub(crate) io: IoState,
+    /// The node's named dirty bitmaps.
+    pub(super) bitmaps: crate::bitmap::NodeBitmaps,
     /// Union of parents' perms and intersection of their shared perms, as last committed.
     pub(crate) cumulative: Cell<(Perms, Perms)>,
     pub(crate) closed: Cell<bool>,

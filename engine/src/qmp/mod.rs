@@ -2,7 +2,8 @@
 //! reply (`{"return": ..}` or `{"error": {"class", "desc"}}`). No block-layer logic lives here.
 //! This file owns the envelope and the command table (`run`); each command's arguments are
 //! checked by its handler: `nodes` (node and object commands), `job_verbs` (job-* and
-//! block-job-* verbs), `mirror` and `block_jobs` (the job-starting commands).
+//! block-job-* verbs), `mirror` and `block_jobs` (the job-starting commands), `bitmaps` (the
+//! dirty bitmap commands).
 
 use serde_json::{Value, json};
 
@@ -12,6 +13,7 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorClass, Result};
 use crate::util::Options;
 
+mod bitmaps;
 mod block_jobs;
 mod job_verbs;
 mod nodes;
@@ -52,6 +54,13 @@ pub const COMMANDS: &[&str] = &[
     "drive-mirror",
     "block-stream",
     "block-commit",
+    "block-dirty-bitmap-add",
+    "block-dirty-bitmap-remove",
+    "block-dirty-bitmap-clear",
+    "block-dirty-bitmap-enable",
+    "block-dirty-bitmap-disable",
+    "block-dirty-bitmap-merge",
+    "x-debug-block-dirty-bitmap-sha256",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -141,6 +150,13 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         "drive-mirror" => mirror::drive_mirror(engine, args).await,
         "block-stream" => block_jobs::block_stream(engine, args).await,
         "block-commit" => block_jobs::block_commit(engine, args).await,
+        "block-dirty-bitmap-add"
+        | "block-dirty-bitmap-remove"
+        | "block-dirty-bitmap-clear"
+        | "block-dirty-bitmap-enable"
+        | "block-dirty-bitmap-disable"
+        | "block-dirty-bitmap-merge"
+        | "x-debug-block-dirty-bitmap-sha256" => bitmaps::run(engine, name, args).await,
         other => Err(Error::with_class(
             ErrorClass::CommandNotFound,
             format!("The command {other} has not been found"),

@@ -59,9 +59,11 @@ pub(super) fn check_grow_perm(node: &Node, edge: &Edge, end: u64) -> Result<()> 
     ))
 }
 
-/// Bookkeeping after any request that may have changed data in `[offset, end)`.
+/// Bookkeeping after any request that may have changed data in `[offset, end)`, before it
+/// completes (whether it succeeded or not, as QEMU: a failed write may have changed data).
 pub(super) fn finish_write(node: &Rc<Node>, offset: u64, end: u64) {
     node.io.write_gen.set(node.io.write_gen.get() + 1);
+    mark_bitmaps(node, offset, end - offset);
     stats::wrote_up_to(node, end);
     let threshold = node.io.write_threshold.get();
     if threshold != 0 && end > threshold {
@@ -71,6 +73,14 @@ pub(super) fn finish_write(node: &Rc<Node>, offset: u64, end: u64) {
             json!({"node-name": node.name(), "amount-exceeded": end - threshold.max(offset),
                    "write-threshold": threshold}),
         );
+    }
+}
+
+/// Mark `[offset, offset + len)` in the node's recording dirty bitmaps; they first follow the
+/// node's length (a write that grew it, a truncate).
+pub(super) fn mark_bitmaps(node: &Node, offset: u64, len: u64) {
+    if !node.bitmaps().is_empty() {
+        node.bitmaps().mark(offset, len, node.len());
     }
 }
 

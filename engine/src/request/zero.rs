@@ -10,7 +10,8 @@ use crate::io::{IoBuf, ReqFlags};
 use crate::util::{align_down, align_up, is_aligned};
 
 use super::common::{
-    aligned_write, check_grow_perm, check_write_perm, finish_write, flush_for_fua, run_before_write,
+    aligned_write, check_grow_perm, check_write_perm, finish_write, flush_for_fua, mark_bitmaps,
+    run_before_write,
 };
 use super::debug::raise;
 use super::read::{aligned_read, check_range, max_chunk, mem_align};
@@ -41,7 +42,11 @@ pub(super) async fn write_zeroes(
     tracked.wait_conflicts().await;
     let result = zero_tracked(node, offset, len, flags).await;
     drop(tracked);
-    finish_write(node, offset, offset + len);
+    if crate::util::planted::on(crate::util::planted::Bug::BitmapMissesZeroes) {
+        finish_write(node, offset, offset);
+    } else {
+        finish_write(node, offset, offset + len);
+    }
     stats::record(node, Op::Zero, len, result.is_ok(), start);
     result
 }
@@ -199,6 +204,9 @@ pub(super) async fn discard(node: &Rc<Node>, edge: &Edge, offset: u64, len: u64)
         drop(tracked);
         finish_write(node, from, to);
     }
+    // The whole range may read differently now (QEMU marks it even where nothing aligned
+    // reached the driver).
+    mark_bitmaps(node, offset, len);
     stats::record(node, Op::Discard, len, result.is_ok(), start);
     result
 }

@@ -23,6 +23,8 @@ pub enum Bug {
     /// Mirror's final check neither drains the guest nor keeps it drained until the cutover
     /// (the name keeps QEMU's word, pivot).
     MirrorPivotUndrained = 5,
+    /// Write-zeroes do not mark the node's dirty bitmaps.
+    BitmapMissesZeroes = 6,
 }
 
 /// Every planted bug with its command-line name.
@@ -33,6 +35,7 @@ pub const ALL: &[(Bug, &str)] = &[
     (Bug::RmwUnserialised, "rmw-unserialised"),
     (Bug::MirrorForgetsDirty, "mirror-forgets-dirty"),
     (Bug::MirrorPivotUndrained, "mirror-pivot-undrained"),
+    (Bug::BitmapMissesZeroes, "bitmap-misses-zeroes"),
 ];
 
 /// The command-line names.
@@ -43,6 +46,7 @@ pub const NAMES: &[&str] = &[
     "rmw-unserialised",
     "mirror-forgets-dirty",
     "mirror-pivot-undrained",
+    "bitmap-misses-zeroes",
 ];
 
 thread_local! {

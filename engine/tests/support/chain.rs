@@ -29,12 +29,23 @@ pub async fn mkimg(engine: &Engine, file: &str, backing: Option<&str>) {
 
 /// Create `file` as qcow2, optionally with a backing file `(name, format)`.
 pub async fn mkimg_over(engine: &Engine, file: &str, backing: Option<(&str, &str)>) {
-    let opts = engine::env::OpenOptions {
+    let opts = CreateOptions {
+        size: SIZE,
+        backing_file: backing.map(|(b, _)| b.to_string()),
+        backing_fmt: backing.map(|(_, f)| f.to_string()),
+        ..CreateOptions::default()
+    };
+    mkimg_with(engine, file, &opts).await
+}
+
+/// Create `file` as qcow2 with `opts`.
+pub async fn mkimg_with(engine: &Engine, file: &str, opts: &CreateOptions) {
+    let open = engine::env::OpenOptions {
         write: true,
         create: true,
         ..Default::default()
     };
-    drop(engine.env().fs().open(file, opts).unwrap());
+    drop(engine.env().fs().open(file, open).unwrap());
     let tmp = format!("mk-{}", file.replace('.', "-"));
     engine
         .blockdev_add(json!({"driver": "file", "node-name": tmp, "filename": file}))
@@ -43,13 +54,7 @@ pub async fn mkimg_over(engine: &Engine, file: &str, backing: Option<(&str, &str
     let bb = engine
         .device_add("mk", &tmp, BackendOptions::tool(false))
         .unwrap();
-    let opts = CreateOptions {
-        size: SIZE,
-        backing_file: backing.map(|(b, _)| b.to_string()),
-        backing_fmt: backing.map(|(_, f)| f.to_string()),
-        ..CreateOptions::default()
-    };
-    create(&bb.root().unwrap(), &opts).await.unwrap();
+    create(&bb.root().unwrap(), opts).await.unwrap();
     engine.device_del("mk").await.unwrap();
     engine.blockdev_del(&tmp).await.unwrap();
 }

@@ -48,6 +48,9 @@ impl World<'_> {
         debug_assert!(offset.is_multiple_of(SECTOR) && len.is_multiple_of(SECTOR));
         let mut model = dev.model.borrow_mut();
         let ticket = model.begin_write(offset, len, &WriteData::Fill(pattern));
+        if model.track_submitted {
+            model.unsubmit_last();
+        }
         model.complete_write(ticket, true);
         let start = model.flush_start();
         model.flush_done(start);

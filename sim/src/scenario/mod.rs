@@ -9,8 +9,9 @@
 // Floors, bottom up: the vocabulary (`syntax`, `outcome`, `transcript`, `model`) <- what reads
 // it (`lex`, `faults`, `device_args`, `image`, `workload`, `io`, `recorder`) <- `parse`, and
 // `world` (the run's state) <- one file per family of steps (`graph_steps`, `guest_steps`,
-// `drain_steps`, `fault_steps`, `checks`, `chain`, `pivot`, `restart`), `step` (one line per
+// `drain_steps`, `fault_steps`, `checks`, `chain`, `pivot`, `restart`, `bitmap_steps`), `step` (one line per
 // action), `crash_point` <- `run` (the loop).
+mod bitmap_steps;
 mod chain;
 mod checks;
 mod crash_point;

@@ -240,6 +240,11 @@ pub struct DeviceModel {
     /// A fault that loses the data of a failed flush was injected (`Family::LostFlush`): from
     /// then on a failed guest flush widens the unflushed sectors ([`DeviceModel::flush_failed`]).
     pub lossy_flush: bool,
+    /// Guest writes started since the last [`DeviceModel::take_submitted`], as `(offset, len)`,
+    /// kept only once something asked (`track_submitted`): the dirty bitmap oracle's input.
+    submitted: Vec<(u64, u64)>,
+    /// Keep `submitted` (a bitmap oracle watches this device).
+    pub track_submitted: bool,
 }
 
 impl DeviceModel {
@@ -376,6 +381,9 @@ impl DeviceModel {
 
     /// A write of `data` to `[offset, offset+len)` starts.
     pub fn begin_write(&mut self, offset: u64, len: u64, data: &WriteData) -> Ticket {
+        if self.track_submitted {
+            self.submitted.push((offset, len));
+        }
         self.next_ticket += 1;
         let id = self.next_ticket;
         let (first, end) = (offset / SECTOR, (offset + len).div_ceil(SECTOR));
@@ -412,6 +420,17 @@ impl DeviceModel {
             len,
             values,
         }
+    }
+
+    /// The guest writes started since the last call (see `track_submitted`).
+    pub fn take_submitted(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.submitted)
+    }
+
+    /// Forget the last write started: it was declared content, not a guest write
+    /// (`model DEV fill`).
+    pub fn unsubmit_last(&mut self) {
+        self.submitted.pop();
     }
 
     /// A write finished. A failed write may have landed in part: each sector may hold either.

@@ -74,6 +74,7 @@ pub const CHECKS: &[&str] = &[
     "read-check",
     "image-check",
     "check",
+    "bitmap",
     "restart",
     "deadlock",
     "livelock",

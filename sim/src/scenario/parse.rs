@@ -45,7 +45,7 @@ use super::workload::WorkloadSpec;
 use crate::config::parse_duration;
 
 use super::syntax::Cursor;
-pub use super::syntax::{Action, Arg, Expectation, ParseError, Scenario, Step};
+pub use super::syntax::{Action, Arg, BitmapStep, Expectation, ParseError, Scenario, Step};
 
 /// One directive being parsed: its words, and the file's lines for JSON that spans lines.
 struct Line<'a> {
@@ -131,6 +131,7 @@ const DIRECTIVES: &[(&str, Directive)] = &[
     ("restart", restart),
     ("check", check),
     ("check-file", check_file),
+    ("bitmap", bitmap),
 ];
 
 /// Parse a scenario file's text.
@@ -556,6 +557,51 @@ fn check_file(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseErr
     Ok(Some(Action::CheckFile {
         path: l.need(1, "an image path")?,
     }))
+}
+
+fn bitmap(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let verb = l.need(1, "a verb (add enable disable clear remove merge check)")?;
+    let names = |from: usize| l.ws[from.min(l.ws.len())..].iter().map(|w| w.1.clone());
+    let step = match verb.as_str() {
+        "add" => {
+            let device = l.need(2, "a device name")?;
+            let name = l.need(3, "a bitmap name")?;
+            let (mut granularity, mut disabled) = (None, false);
+            for a in l.args_from(4) {
+                match (a.key.as_str(), a.value.as_deref()) {
+                    ("disabled", None) => disabled = true,
+                    ("granularity", Some(v)) => {
+                        let g = v.parse::<u64>().ok().filter(|g| g.is_power_of_two());
+                        let g =
+                            g.ok_or_else(|| l.err(a.column, format!("bad granularity '{v}'")))?;
+                        granularity = Some(g);
+                    }
+                    _ => return Err(l.err(a.column, format!("unknown argument '{}'", a.key))),
+                }
+            }
+            BitmapStep::Add {
+                device,
+                name,
+                granularity,
+                disabled,
+            }
+        }
+        "enable" => BitmapStep::Enable(l.need(2, "a bitmap name")?),
+        "disable" => BitmapStep::Disable(l.need(2, "a bitmap name")?),
+        "clear" => BitmapStep::Clear(l.need(2, "a bitmap name")?),
+        "remove" => BitmapStep::Remove(l.need(2, "a bitmap name")?),
+        "merge" => {
+            let target = l.need(2, "a target bitmap")?;
+            l.need(3, "source bitmaps")?;
+            BitmapStep::Merge {
+                target,
+                sources: names(3).collect(),
+            }
+        }
+        "check" => BitmapStep::Check(names(2).collect()),
+        _ => return Err(l.err(l.col_of(1), format!("unknown bitmap verb '{verb}'"))),
+    };
+    Ok(Some(Action::Bitmap(step)))
 }
 
 #[cfg(test)]

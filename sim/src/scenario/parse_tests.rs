@@ -182,3 +182,45 @@ fn shipped_scenarios_parse() {
         }
     }
 }
+
+#[test]
+fn parses_bitmap_steps_and_refuses_bad_ones() {
+    let text = "# p\nbitmap add d0 b1 granularity=4096 disabled\nbitmap add d0 b2\n\
+        bitmap merge b1 b2 b1\nbitmap check\nbitmap check b2\nbitmap clear b1\n";
+    let sc = parse("t", text).unwrap();
+    assert_eq!(
+        sc.steps[0].action,
+        Action::Bitmap(BitmapStep::Add {
+            device: "d0".into(),
+            name: "b1".into(),
+            granularity: Some(4096),
+            disabled: true
+        })
+    );
+    assert_eq!(
+        sc.steps[2].action,
+        Action::Bitmap(BitmapStep::Merge {
+            target: "b1".into(),
+            sources: vec!["b2".into(), "b1".into()]
+        })
+    );
+    assert_eq!(
+        sc.steps[3].action,
+        Action::Bitmap(BitmapStep::Check(vec![]))
+    );
+    for (bad, msg) in [
+        (
+            "bitmap add d0 b granularity=1000",
+            "t:2:17: bad granularity '1000'",
+        ),
+        (
+            "bitmap add d0 b persistent",
+            "t:2:17: unknown argument 'persistent'",
+        ),
+        ("bitmap merge b1", "t:2:16: 'bitmap' needs source bitmaps"),
+        ("bitmap frob b1", "t:2:8: unknown bitmap verb 'frob'"),
+    ] {
+        let e = parse("t", &format!("# p\n{bad}\n")).unwrap_err();
+        assert_eq!(e.to_string(), msg, "{bad}");
+    }
+}

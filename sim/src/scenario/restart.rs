@@ -47,6 +47,8 @@ impl World<'_> {
 
     pub(super) async fn restart(&mut self, line: usize) -> Result<(), Failure> {
         self.follow_chains(true);
+        // Bitmaps that are not persistent die with the engine.
+        self.forget_bitmaps();
         self.engine = new_engine(&self.env, &self.recorder);
         *self.engine_slot.borrow_mut() = Some(self.engine.clone());
         self.pending.clear();

@@ -60,6 +60,7 @@ impl World<'_> {
             }
             Action::Restart => self.restart(line).await,
             Action::Check { node } => self.check_image(line, node).await,
+            Action::Bitmap(b) => self.bitmap_step(line, b).await,
             Action::CheckFile { path } => self.check_file(line, path).await,
         }
     }

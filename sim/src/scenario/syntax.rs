@@ -32,6 +32,39 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// A `bitmap` step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BitmapStep {
+    /// `bitmap add DEVICE NAME [granularity=N] [disabled]`: on the device's node.
+    Add {
+        /// The device whose node gets the bitmap (and whose writes it must record).
+        device: String,
+        /// Bitmap name.
+        name: String,
+        /// Bytes per bit (`None`: the engine's default).
+        granularity: Option<u64>,
+        /// Created not recording.
+        disabled: bool,
+    },
+    /// `bitmap enable NAME`.
+    Enable(String),
+    /// `bitmap disable NAME`.
+    Disable(String),
+    /// `bitmap clear NAME`: must then be empty.
+    Clear(String),
+    /// `bitmap remove NAME`.
+    Remove(String),
+    /// `bitmap merge TARGET SOURCE...`: the target must become the union.
+    Merge {
+        /// Target bitmap.
+        target: String,
+        /// Source bitmaps (same device).
+        sources: Vec<String>,
+    },
+    /// `bitmap check [NAME...]`: every write recorded while enabled is dirty (all if none).
+    Check(Vec<String>),
+}
+
 /// One `key=value` argument or bare word of a directive, with its column.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Arg {
@@ -172,6 +205,9 @@ pub enum Action {
         /// Node name.
         node: String,
     },
+    /// `bitmap VERB ...`: a named dirty bitmap on a device's node, judged by the runner's
+    /// own record of the guest writes since (see `bitmap_steps`).
+    Bitmap(BitmapStep),
     /// Power loss.
     Crash,
     /// Reopen every image from its durable state and re-create the devices.

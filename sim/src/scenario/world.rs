@@ -85,6 +85,8 @@ pub(super) struct World<'s> {
     pub(super) crash_probe: bool,
     /// The scheduled crash struck.
     pub(super) crash_struck: bool,
+    /// Named dirty bitmaps under watch and what each must hold (see `bitmap_steps`).
+    pub(super) bitmaps: super::bitmap_steps::BitmapOracle,
     /// Disk events at the end of setup (see [`RunOutcome::setup_disk`](super::outcome::RunOutcome::setup_disk)).
     pub(super) setup_done: Rc<Cell<Option<crate::DiskCounts>>>,
 }
@@ -130,6 +132,7 @@ impl<'s> World<'s> {
             crash_probe,
             setup_done: Rc::new(Cell::new(None)),
             crash_struck: false,
+            bitmaps: Default::default(),
         }
     }
 }

@@ -45,6 +45,18 @@ impl FormatOps for Qcow2 {
         })
     }
 
+    fn can_store_new_bitmap(&self, node: &str, name: &str, _granularity: u64) -> Result<()> {
+        // The name-length rule of the bitmap directory; the rest of qcow2's limits come with
+        // the bitmaps extension itself.
+        if name.len() > crate::bitmap::MAX_NAME_LEN {
+            return Err(crate::error::Error::generic(format!(
+                "Can't make bitmap '{name}' persistent in '{node}': Name length exceeds maximum \
+                 (1023 characters)"
+            )));
+        }
+        Ok(())
+    }
+
     fn snapshot_count(&self) -> u32 {
         self.layout.nb_snapshots
     }

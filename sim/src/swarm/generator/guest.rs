@@ -188,7 +188,8 @@ impl Gen {
     /// Maybe a `write -b` into the VM state area; the step that reads it back. Only while the
     /// device's top is known to be qcow2 (the only format with one; a mirror may have moved
     /// the device to a raw target), without faults (a failed write leaves it open), and not
-    /// once the device was resized: the area starts after the disk, so it moves.
+    /// once the device was resized: the area starts after the disk, so it moves (and no resize
+    /// follows one: the grown disk would cover it).
     fn vmstate_write(&mut self) -> Option<String> {
         let top_qcow2 = self.chain_known
             && self
@@ -203,6 +204,8 @@ impl Gen {
         let len = (1 + below(r, 256)) * 512;
         let pat = 0x10 + below(r, 0xe0);
         self.step(format!("io drive0 write -b -P 0x{pat:02x} {pos} {len}"));
+        // Growing the disk now would show this data to the guest (QEMU's too).
+        self.vmstate_written = true;
         Some(format!("io drive0 read -b -P 0x{pat:02x} {pos} {len}"))
     }
 

@@ -51,6 +51,10 @@ impl Gen {
         let kind = kinds[below(&mut self.r.jobs, kinds.len() as u64) as usize];
         let id = self.fresh("j");
         let speed = self.speed();
+        if matches!(kind, Kind::Mirror | Kind::ActiveCommit) {
+            // The device moves to another node: its bitmaps would stop seeing its writes.
+            self.retire_bitmaps();
+        }
         if chance(&mut self.r.jobs, 0.7) {
             self.start_bg();
         }

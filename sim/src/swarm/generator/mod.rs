@@ -10,8 +10,11 @@
 //! Families live in their own files: [`images`] (images, chains, nodes, the device), [`guest`]
 //! (workloads, qemu-io commands, blkdebug breakpoints, drains, resize), [`jobs`] (stream,
 //! commit, active commit, mirror and their verbs), [`faults`] (virtual-disk faults and error
-//! policies), [`canary`] (silent corruption and lost flushes on a raw image) and crashes (here: power loss, restart, recovery checks).
+//! policies), [`canary`] (silent corruption and lost flushes on a raw image), [`bitmaps`]
+//! (named dirty bitmaps and their oracle checks) and crashes (here: power loss, restart,
+//! recovery checks).
 
+mod bitmaps;
 mod canary;
 mod faults;
 mod guest;
@@ -61,6 +64,8 @@ pub struct Features {
     pub data_file: bool,
     /// The guest device copies what it reads from the backing chain into the top image.
     pub copy_on_read: bool,
+    /// Named dirty bitmaps on the device's node (add, enable, disable, clear, merge, remove).
+    pub bitmaps: bool,
 }
 
 impl Features {
@@ -84,6 +89,7 @@ impl Features {
             (self.reopen, "reopen"),
             (self.data_file, "data-file"),
             (self.copy_on_read, "copy-on-read"),
+            (self.bitmaps, "bitmaps"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -107,11 +113,13 @@ impl Features {
             reopen: false,
             data_file: false,
             copy_on_read: false,
+            bitmaps: false,
         };
         // Drawn last, so that the other families of every seed stay as they were.
         f.reopen = chance(rng, 0.3);
         f.data_file = chance(rng, 0.25) && f.qcow2;
         f.copy_on_read = chance(rng, 0.3);
+        f.bitmaps = chance(rng, 0.35);
         if f.data_file {
             // Guest data then goes to the data file, beside the blkdebug filter over the
             // metadata file: a breakpoint on guest writes would wait for a write that never
@@ -164,6 +172,8 @@ pub(super) struct Streams {
     pub(super) reopen_opts: ChaCha8Rng,
     /// qemu-io compressed writes (`write -c`; its own stream, as `vmstate`).
     pub(super) compress: ChaCha8Rng,
+    /// Dirty bitmap verbs (its own stream, as `vmstate`).
+    pub(super) bitmaps: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -198,6 +208,10 @@ pub(super) struct Gen {
     pub(super) rerror_stop: bool,
     /// The cluster size of `top.qcow2` when it can take compressed writes (no data file).
     pub(super) top_compress_cluster: Option<u64>,
+    /// A VM state write happened: growing the device would expose it to the guest.
+    pub(super) vmstate_written: bool,
+    /// Dirty bitmaps alive on the device's node, oldest first.
+    pub(super) bitmaps: Vec<String>,
 }
 
 impl Gen {
@@ -252,6 +266,8 @@ impl Gen {
         }
         self.step("restart");
         self.bg = None;
+        // The bitmaps were not persistent.
+        self.bitmaps.clear();
         // The restart reopened the images with their default options (and repaired them).
         self.lazy_top = false;
         if during_job {
@@ -297,6 +313,7 @@ enum Round {
     Resize,
     Reopen,
     Canary,
+    Bitmaps,
 }
 
 /// Draw the scenario of `seed`.
@@ -313,6 +330,7 @@ pub fn generate(seed: u64) -> Generated {
         vmstate: stream(seed, "vmstate"),
         reopen_opts: stream(seed, "reopen-opts"),
         compress: stream(seed, "compress"),
+        bitmaps: stream(seed, "bitmaps"),
     };
     let mut g = Gen {
         f,
@@ -331,6 +349,8 @@ pub fn generate(seed: u64) -> Generated {
         werror_stop: false,
         rerror_stop: false,
         top_compress_cluster: None,
+        bitmaps: Vec::new(),
+        vmstate_written: false,
     };
     g.out.push(format!(
         "# swarm seed {seed}: {}",
@@ -350,6 +370,7 @@ pub fn generate(seed: u64) -> Generated {
         g.play(round);
     }
     g.stop_bg();
+    g.check_bitmaps();
     g.comment("end: every image checks, the guest sees what the model allows");
     g.checks();
     let mut text = g.out.join("\n");
@@ -383,7 +404,7 @@ impl Gen {
         if f.crashes && !self.resized {
             menu.push(Round::Crash);
         }
-        if f.resize && !self.resized && !f.crashes {
+        if f.resize && !self.resized && !f.crashes && !self.vmstate_written {
             menu.push(Round::Resize);
         }
         if f.reopen && self.chain_known && self.chain.len() > 1 {
@@ -391,6 +412,9 @@ impl Gen {
         }
         if self.canary_possible() {
             menu.push(Round::Canary);
+        }
+        if self.f.bitmaps && self.chain_known {
+            menu.push(Round::Bitmaps);
         }
         menu[below(&mut self.r.plan, menu.len() as u64) as usize]
     }
@@ -411,6 +435,7 @@ impl Gen {
             Round::Resize => self.resize_round(),
             Round::Reopen => self.reopen_round(),
             Round::Canary => self.canary_round(),
+            Round::Bitmaps => self.bitmap_round(),
         }
         if chance(&mut self.r.plan, 0.5) {
             self.verify();
