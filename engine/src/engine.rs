@@ -44,6 +44,7 @@ impl Engine {
     pub fn new(env: Rc<dyn Env>) -> Engine {
         let ctx = GraphCtx::new(env);
         crate::drivers::register_all(&ctx);
+        crate::job::backup::register(&ctx);
         let machine = Machine::new(&ctx);
         Engine {
             jobs: JobRegistry::new(&ctx),
