@@ -19,12 +19,14 @@ use crate::job::JobRegistry;
 use crate::object::ObjectRegistry;
 use crate::util::Options;
 
+mod backup;
 mod block_jobs;
 mod image;
 mod jobs;
 mod mirror;
 mod reopen;
 
+pub use backup::{BackupArgs, BackupPerf};
 pub use image::ImageSpec;
 pub use mirror::{MirrorArgs, NewImageMode};
 

@@ -87,7 +87,7 @@ impl Engine {
     }
 
     /// The device name a node is attached to, if any (default job id).
-    fn device_of(&self, node: &Rc<Node>) -> Option<String> {
+    pub(super) fn device_of(&self, node: &Rc<Node>) -> Option<String> {
         self.backends()
             .into_iter()
             .find(|bb| bb.root_node().is_some_and(|r| Rc::ptr_eq(&r, node)))

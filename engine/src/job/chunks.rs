@@ -76,10 +76,10 @@ impl Job {
                 Err((e, is_read)) => {
                     let policy = policies[usize::from(!is_read)];
                     match (self.error_action(policy, &e, is_read), ignored) {
-                    (ErrorAction::Report, _) => return Err(e),
-                    (ErrorAction::Stop, _) | (ErrorAction::Ignore, IgnoredChunk::Retry) => {
-                        continue;
-                    }
+                        (ErrorAction::Report, _) => return Err(e),
+                        (ErrorAction::Stop, _) | (ErrorAction::Ignore, IgnoredChunk::Retry) => {
+                            continue;
+                        }
                         (ErrorAction::Ignore, IgnoredChunk::Skip) => {
                             first_ignored.get_or_insert(e);
                             want

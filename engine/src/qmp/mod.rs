@@ -2,7 +2,7 @@
 //! reply (`{"return": ..}` or `{"error": {"class", "desc"}}`). No block-layer logic lives here.
 //! This file owns the envelope and the command table (`run`); each command's arguments are
 //! checked by its handler: `nodes` (node and object commands), `job_verbs` (job-* and
-//! block-job-* verbs), `mirror` and `block_jobs` (the job-starting commands).
+//! block-job-* verbs), `mirror`, `backup` and `block_jobs` (the job-starting commands).
 
 use serde_json::{Value, json};
 
@@ -12,6 +12,7 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorClass, Result};
 use crate::util::Options;
 
+mod backup;
 mod block_jobs;
 mod job_verbs;
 mod nodes;
@@ -52,6 +53,8 @@ pub const COMMANDS: &[&str] = &[
     "drive-mirror",
     "block-stream",
     "block-commit",
+    "blockdev-backup",
+    "drive-backup",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -141,6 +144,8 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         "drive-mirror" => mirror::drive_mirror(engine, args).await,
         "block-stream" => block_jobs::block_stream(engine, args).await,
         "block-commit" => block_jobs::block_commit(engine, args).await,
+        "blockdev-backup" => backup::blockdev_backup(engine, args).await,
+        "drive-backup" => backup::drive_backup(engine, args).await,
         other => Err(Error::with_class(
             ErrorClass::CommandNotFound,
             format!("The command {other} has not been found"),

@@ -140,7 +140,9 @@ impl Cbw {
                 tx.send(r.map(drop).map_err(|(e, _)| e));
             }),
         );
-        let deadline = env.now_ns().saturating_add(self.opts.timeout_s * 1_000_000_000);
+        let deadline = env
+            .now_ns()
+            .saturating_add(self.opts.timeout_s * 1_000_000_000);
         match race(rx, env.sleep_until(deadline)).await {
             Either::Left(Some(r)) => r,
             Either::Left(None) => Err(Error::io(Errno::EIO)),
@@ -155,7 +157,9 @@ pub(super) fn open(
     mut opts: Options,
 ) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>> {
     Box::pin(async move {
-        let file = opts.take("file").ok_or_else(|| Error::param_missing("file"))?;
+        let file = opts
+            .take("file")
+            .ok_or_else(|| Error::param_missing("file"))?;
         let target = opts
             .take("target")
             .ok_or_else(|| Error::param_missing("target"))?;
@@ -185,7 +189,15 @@ pub(super) fn open(
         copier::check_cluster_size(min_cluster)?;
         let cluster = copier::cluster_size(&target.node(), min_cluster);
         let state = CopyState::new(file.len(), cluster);
-        let cbw = Cbw::new(file, target, state, CbwOptions { on_error, timeout_s });
+        let cbw = Cbw::new(
+            file,
+            target,
+            state,
+            CbwOptions {
+                on_error,
+                timeout_s,
+            },
+        );
         Ok(Box::new(cbw) as Box<dyn BlockDriver>)
     })
 }
@@ -267,15 +279,16 @@ impl BlockDriver for Cbw {
             // Written by the copies; readers (a fleecing export) and the job may share it.
             return (Perms::WRITE, Perms::ALL);
         }
-        // Pass the guest's needs through, read for the copies, and let nobody else change
-        // the source behind the filter's back.
+        // Pass the guest's needs through, read for the copies, and let nobody resize the
+        // source (the copy state covers its length at the start). WRITE stays shared: the
+        // filter is opened while the device still writes the source directly, before it moves
+        // onto the filter (mirror's filter shares it for the same reason).
         let pass = Perms::CONSISTENT_READ | Perms::WRITE | Perms::WRITE_UNCHANGED;
         let perm = (parent.perm & pass) | Perms::CONSISTENT_READ;
-        (perm, Perms::ALL & !(Perms::WRITE | Perms::RESIZE))
+        (perm, Perms::ALL & !Perms::RESIZE)
     }
 
     fn filename(&self) -> String {
         self.file.filename()
     }
-
 }

@@ -110,7 +110,8 @@ impl CopyState {
         } else {
             max_chunk
         };
-        self.max_chunk.set(m.max(self.cluster) / self.cluster * self.cluster);
+        self.max_chunk
+            .set(m.max(self.cluster) / self.cluster * self.cluster);
     }
 
     /// sync=top: clusters the source's chain provides only from `base` or below are left out.
@@ -130,7 +131,9 @@ impl CopyState {
         let mut todo = HBits::new(n);
         for (start, count) in bits.runs() {
             let from = (start * granularity).min(self.len) / self.cluster;
-            let to = ((start + count) * granularity).min(self.len).div_ceil(self.cluster);
+            let to = ((start + count) * granularity)
+                .min(self.len)
+                .div_ceil(self.cluster);
             todo.set_range(from, to);
         }
         self.total.set(todo.count() * self.cluster);
@@ -228,7 +231,9 @@ impl CopyState {
                 (None, _) => zero_target(target, pos, n).await?,
                 (Some(_), m) if m.is_zero() => zero_target(target, pos, n).await?,
                 _ => {
-                    let (buf, r) = source.read(pos, IoBuf::new(n as usize), ReqFlags::NONE).await;
+                    let (buf, r) = source
+                        .read(pos, IoBuf::new(n as usize), ReqFlags::NONE)
+                        .await;
                     r.map_err(|e| (e, true))?;
                     let (_, r) = target.write(pos, buf, ReqFlags::SERIALISING).await;
                     r.map_err(|e| (e, false))?;

@@ -26,8 +26,8 @@ use serde_json::json;
 use crate::env::LocalBoxFuture;
 use crate::error::{Error, Result};
 use crate::graph::{
-    Child, GraphCtx, Node, NodeOptions, ReplaceOptions, open_internal, remove_filter,
-    replace_node, unref,
+    Child, GraphCtx, Node, NodeOptions, ReplaceOptions, open_internal, remove_filter, replace_node,
+    unref,
 };
 use crate::types::{OnError, Perms};
 
@@ -35,7 +35,7 @@ use super::{Job, JobDriver, JobOptions, JobRegistry};
 
 pub use bitmap_seam::{BackupBitmap, BitmapHook, BitmapMode, lookup_cbw_bitmap};
 pub use cbw::{CbwOptions, DRIVER as CBW_DRIVER, OnCbwError};
-pub use copier::{CopyState, DEFAULT_MAX_CHUNK};
+pub use copier::{CopyState, DEFAULT_MAX_CHUNK, check_cluster_size as check_min_cluster_size};
 
 /// Default `x-perf.max-workers`.
 pub const DEFAULT_MAX_WORKERS: u64 = 64;
@@ -177,6 +177,12 @@ pub async fn start(
     copier::check_cluster_size(p.min_cluster_size)
         .map_err(|e| e.context("Could not create node"))?;
     let cluster = copier::cluster_size(&p.target, p.min_cluster_size);
+    if p.max_chunk != 0 && p.max_chunk < cluster {
+        return Err(Error::generic(format!(
+            "Required max-chunk ({}) is less than backup cluster size ({cluster})",
+            p.max_chunk
+        )));
+    }
     let state = CopyState::new(p.source.len(), cluster);
     state.set_max_chunk(p.max_chunk);
     match (p.sync, &p.bitmap) {
@@ -240,8 +246,7 @@ async fn insert_filter(
         Box::new(move |octx| {
             Box::pin(async move {
                 let (file, target) =
-                    cbw::Cbw::open_children(&octx, json!(source_name), json!(target_name))
-                        .await?;
+                    cbw::Cbw::open_children(&octx, json!(source_name), json!(target_name)).await?;
                 *slot.borrow_mut() = Some((file.clone(), target.clone()));
                 let opts = CbwOptions::default();
                 Ok(Box::new(cbw::Cbw::new(file, target, build_state, opts))

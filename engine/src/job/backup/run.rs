@@ -1,5 +1,5 @@
-//! The backup job's main loop: walk the source in steps of up to `max-workers` chunks, copy
-//! what is still to copy (the chunks of a step in parallel, as tasks), through the job core's
+//! The backup job's main loop: walk the source a chunk (`max-chunk`) at a time, copy what is
+//! still to copy (a chunk's clusters spread over up to `max-workers` tasks), through the job core's
 //! chunked loop (speed limit, pause points, cancel, the `on-source-error`/`on-target-error`
 //! policies; an ignored error retries the step after a short pause). sync=none copies nothing
 //! itself: it waits for the cancel that ends fleecing.
@@ -29,7 +29,8 @@ impl BackupDriver {
             }
             return Ok(());
         }
-        let step = self.state.cluster().max(self.chunk()) * self.max_workers;
+        // One step is one chunk: the speed limit and pause points come between chunks.
+        let step = self.state.max_chunk();
         let failed = Cell::new(false);
         let r = job
             .copy_in_chunks_split(
@@ -60,21 +61,18 @@ impl BackupDriver {
             .map(drop)
     }
 
-    fn chunk(&self) -> u64 {
-        self.state.max_chunk()
-    }
-
-    /// Copy what is to do in `[offset, offset+want)`: one chunk at a time per worker, the
-    /// workers as tasks of their own. Covers the whole range or fails with the first error.
+    /// Copy what is to do in `[offset, offset+want)`, spread over up to `max-workers` tasks
+    /// (each a run of whole clusters). Covers the whole range or fails with the first error.
     async fn copy_step(self: &Rc<Self>, job: &Rc<Job>, offset: u64, want: u64) -> ChunkResult {
         if !self.state.needs_copy(offset, want) {
             return Ok((want, 0));
         }
-        let chunk = self.chunk();
+        let cluster = self.state.cluster();
+        let per_worker = want.div_ceil(self.max_workers).div_ceil(cluster) * cluster;
         let mut waits = Vec::new();
         let mut pos = offset;
         while pos < offset + want {
-            let n = chunk.min(offset + want - pos);
+            let n = per_worker.min(offset + want - pos);
             if self.state.needs_copy(pos, n) {
                 let (tx, rx) = oneshot::<std::result::Result<u64, CopyError>>();
                 let me = self.clone();
