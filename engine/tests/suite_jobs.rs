@@ -7,6 +7,8 @@ mod support;
 
 #[path = "backup.rs"]
 mod backup;
+#[path = "backup_errors.rs"]
+mod backup_errors;
 #[path = "block_job_crash.rs"]
 mod block_job_crash;
 #[path = "block_job_errors.rs"]

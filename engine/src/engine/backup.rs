@@ -229,8 +229,12 @@ fn check_bitmap_args(a: &BackupArgs) -> Result<BackupSync> {
 /// after (`max-chunk` holds at least one cluster; `job::backup::start` checks that).
 fn check_filter(a: &BackupArgs, min_cluster_size: u64) -> Result<()> {
     let created = |e: Error| e.context("Could not create node");
-    if let Some(name) = &a.filter_node_name {
-        crate::types::validate_node_name(name).map_err(created)?;
+    if let Some(name) = &a.filter_node_name
+        && crate::types::validate_node_name(name).is_err()
+    {
+        return Err(Error::generic(format!(
+            "Could not create node: Invalid node-name: '{name}'"
+        )));
     }
     backup::check_min_cluster_size(min_cluster_size).map_err(created)
 }
