@@ -185,7 +185,7 @@ impl Ticket {
 }
 
 /// The model of one device.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct DeviceModel {
     sectors: BTreeMap<u64, SectorState>,
     /// Sectors with completed writes not yet flushed: what a flush has to look at.
