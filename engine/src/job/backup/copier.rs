@@ -186,7 +186,7 @@ impl CopyState {
     }
 
     /// Copy to the target every cluster of `[offset, offset+bytes)` that is still to do; returns
-    /// the bytes copied (counted against a job's speed). Clusters another copy holds are waited
+    /// the bytes written to the target, data or zeroes (counted against a job's speed). Clusters another copy holds are waited
     /// for, not copied twice. On error the clusters of the failed run stay to do.
     pub async fn copy(
         &self,
@@ -227,9 +227,16 @@ impl CopyState {
                 .map_err(|e| (e, true))?;
             let n = status.len.min(to - pos).max(1);
             match (&status.node, status.mapping) {
+                // Left out: counts against nothing (as in QEMU, only what is written does).
                 (None, _) if base.is_some() => {}
-                (None, _) => zero_target(target, pos, n).await?,
-                (Some(_), m) if m.is_zero() => zero_target(target, pos, n).await?,
+                (None, _) => {
+                    zero_target(target, pos, n).await?;
+                    copied += n;
+                }
+                (Some(_), m) if m.is_zero() => {
+                    zero_target(target, pos, n).await?;
+                    copied += n;
+                }
                 _ => {
                     let (buf, r) = source
                         .read(pos, IoBuf::new(n as usize), ReqFlags::NONE)

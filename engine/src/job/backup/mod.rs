@@ -217,6 +217,8 @@ pub async fn start(
             return Err(e);
         }
     };
+    // query-jobs shows the work from the start, as QEMU does.
+    job.set_progress_total(driver.state.len());
     if let Err(e) = take_edges(&job, &driver, &p) {
         job.abandon().await;
         driver.drop_filter().await;

@@ -21,7 +21,6 @@ const RETRY_DELAY_NS: u64 = 10_000_000;
 impl BackupDriver {
     pub(super) async fn run_loop(self: Rc<Self>, job: Rc<Job>) -> Result<()> {
         let len = self.state.len();
-        job.set_progress_total(len);
         if self.sync == BackupSync::None {
             while !job.is_cancelled() {
                 job.wait_kick().await;

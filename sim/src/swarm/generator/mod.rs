@@ -12,6 +12,7 @@
 //! commit, active commit, mirror and their verbs), [`faults`] (virtual-disk faults and error
 //! policies), [`canary`] (silent corruption and lost flushes on a raw image) and crashes (here: power loss, restart, recovery checks).
 
+mod backup;
 mod canary;
 mod faults;
 mod guest;
@@ -61,6 +62,8 @@ pub struct Features {
     pub data_file: bool,
     /// The guest device copies what it reads from the backing chain into the top image.
     pub copy_on_read: bool,
+    /// Backup jobs (full, top, none) checked against the view at their start.
+    pub backup: bool,
 }
 
 impl Features {
@@ -84,6 +87,7 @@ impl Features {
             (self.reopen, "reopen"),
             (self.data_file, "data-file"),
             (self.copy_on_read, "copy-on-read"),
+            (self.backup, "backup"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -107,11 +111,13 @@ impl Features {
             reopen: false,
             data_file: false,
             copy_on_read: false,
+            backup: false,
         };
         // Drawn last, so that the other families of every seed stay as they were.
         f.reopen = chance(rng, 0.3);
         f.data_file = chance(rng, 0.25) && f.qcow2;
         f.copy_on_read = chance(rng, 0.3);
+        f.backup = chance(rng, 0.4);
         if f.data_file {
             // Guest data then goes to the data file, beside the blkdebug filter over the
             // metadata file: a breakpoint on guest writes would wait for a write that never
@@ -162,6 +168,8 @@ pub(super) struct Streams {
     pub(super) vmstate: ChaCha8Rng,
     /// qemu-io `reopen -o` of the top's driver options (its own stream, as `vmstate`).
     pub(super) reopen_opts: ChaCha8Rng,
+    /// Backup rounds (their own stream, as `vmstate`).
+    pub(super) backup: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -308,6 +316,7 @@ pub fn generate(seed: u64) -> Generated {
         plan: stream(seed, "plan"),
         vmstate: stream(seed, "vmstate"),
         reopen_opts: stream(seed, "reopen-opts"),
+        backup: stream(seed, "backup"),
     };
     let mut g = Gen {
         f,
