@@ -549,7 +549,9 @@ fn verify(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> 
             Some(
                 arg.strip_prefix("snapshot=")
                     .filter(|n| !n.is_empty())
-                    .ok_or_else(|| l.err(l.col_of(2), format!("expected snapshot=NAME, got '{arg}'")))?
+                    .ok_or_else(|| {
+                        l.err(l.col_of(2), format!("expected snapshot=NAME, got '{arg}'"))
+                    })?
                     .to_string(),
             )
         }

@@ -133,7 +133,9 @@ impl Gen {
             .find(|p| p.starts_with(&format!("{node}.")))
             .cloned()
             .unwrap_or_else(|| format!("{node}.img"));
-        self.step(format!("fault inject {f} eio path={path} ops=write,zeroes once"));
+        self.step(format!(
+            "fault inject {f} eio path={path} ops=write,zeroes once"
+        ));
         Some((f, policy.to_string()))
     }
 
@@ -148,7 +150,9 @@ impl Gen {
             return End::Failed;
         }
         if policy == "stop" {
-            self.step(format!("wait event JOB_STATUS_CHANGE id={id} status=paused {WAIT}"));
+            self.step(format!(
+                "wait event JOB_STATUS_CHANGE id={id} status=paused {WAIT}"
+            ));
             self.qmp(&json!({"execute": "job-resume", "arguments": {"id": id}}));
         }
         self.qmp(&json!({"execute": "block-job-set-speed",
@@ -187,7 +191,9 @@ impl Gen {
             self.qmp(&json!({"execute": "block-job-set-speed",
                              "arguments": {"device": id, "speed": 0}}));
         }
-        self.step(format!("wait event BLOCK_JOB_COMPLETED device={id} timeout=60s"));
+        self.step(format!(
+            "wait event BLOCK_JOB_COMPLETED device={id} timeout=60s"
+        ));
         End::Complete
     }
 }
