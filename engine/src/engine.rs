@@ -20,6 +20,7 @@ use crate::object::ObjectRegistry;
 use crate::util::Options;
 
 mod bitmaps;
+mod backup;
 mod block_jobs;
 mod image;
 mod jobs;
@@ -27,6 +28,7 @@ mod mirror;
 mod reopen;
 
 pub use bitmaps::{BitmapAddArgs, BitmapRef, default_granularity};
+pub use backup::{BackupArgs, BackupPerf};
 pub use image::ImageSpec;
 pub use mirror::{MirrorArgs, NewImageMode};
 
@@ -46,6 +48,7 @@ impl Engine {
     pub fn new(env: Rc<dyn Env>) -> Engine {
         let ctx = GraphCtx::new(env);
         crate::drivers::register_all(&ctx);
+        crate::job::backup::register(&ctx);
         let machine = Machine::new(&ctx);
         Engine {
             jobs: JobRegistry::new(&ctx),

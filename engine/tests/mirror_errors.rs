@@ -12,7 +12,7 @@ use engine::io::{BlockStatus, BufResult, IoBuf, Limits, ReqFlags};
 use engine::types::ChildRole;
 use engine::util::Options;
 use serde_json::{Value, json};
-use support::{add_mem, run};
+use support::{add_mem, merge_args, refused, run};
 
 /// A test-only filter whose size differs from its child's (so the `replaces` size check can be
 /// reached: every built-in node one may replace through has its child's size).
@@ -110,65 +110,15 @@ async fn setup(engine: &Engine) {
         .unwrap();
 }
 
-/// Run `cmd`; it must fail with `class` and exactly `desc`, the graph and jobs unchanged.
-async fn refused(engine: &Engine, cmd: Value, class: &str, desc: &str) {
-    let graph = engine.block_graph();
-    let ids = |e: &Engine| -> Vec<Value> {
-        e.query_jobs()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|j| j["id"].clone())
-            .collect()
-    };
-    let jobs = ids(engine);
-    let nodes = engine.query_named_block_nodes(false);
-    let r = qmp(engine, cmd.clone()).await;
-    assert_eq!(r["error"]["class"], json!(class), "{cmd} -> {r}");
-    assert_eq!(r["error"]["desc"], json!(desc), "{cmd} -> {r}");
-    assert_eq!(engine.block_graph(), graph, "{cmd} changed the graph");
-    assert_eq!(
-        engine.query_named_block_nodes(false),
-        nodes,
-        "{cmd} changed the nodes"
-    );
-    assert_eq!(ids(engine), jobs, "{cmd} left a job behind");
-    let events: Vec<_> = engine
-        .take_events()
-        .into_iter()
-        // A job that failed after creation goes created -> null, as in QEMU; nothing else.
-        .filter(|e| {
-            e.name.starts_with("BLOCK_JOB")
-                || (e.name == "JOB_STATUS_CHANGE"
-                    && !matches!(e.data["status"].as_str(), Some("created" | "null")))
-        })
-        .collect();
-    assert!(events.is_empty(), "{cmd} sent job events: {events:?}");
-}
-
 fn bm(extra: Value) -> Value {
-    let mut args = json!({"job-id": "m1", "device": "drive0", "target": "dst", "sync": "full"});
-    for (k, v) in extra.as_object().unwrap() {
-        if v.is_null() {
-            args.as_object_mut().unwrap().remove(k);
-        } else {
-            args[k] = v.clone();
-        }
-    }
-    json!({"execute": "blockdev-mirror", "arguments": args})
+    let args = json!({"job-id": "m1", "device": "drive0", "target": "dst", "sync": "full"});
+    json!({"execute": "blockdev-mirror", "arguments": merge_args(args, extra)})
 }
 
 fn dm(extra: Value) -> Value {
-    let mut args = json!({"job-id": "m1", "device": "drive0", "target": "new.img", "sync": "full",
+    let args = json!({"job-id": "m1", "device": "drive0", "target": "new.img", "sync": "full",
                "format": "raw"});
-    for (k, v) in extra.as_object().unwrap() {
-        if v.is_null() {
-            args.as_object_mut().unwrap().remove(k);
-        } else {
-            args[k] = v.clone();
-        }
-    }
-    json!({"execute": "drive-mirror", "arguments": args})
+    json!({"execute": "drive-mirror", "arguments": merge_args(args, extra)})
 }
 
 const G: &str = "GenericError";

@@ -1,7 +1,8 @@
-//! Mirror and active commit on real files (the io_uring / thread-pool env), judged by QEMU's own
-//! tools: images made by qemu-img/qemu-io are mirrored by blk while a guest writes, the pivot
-//! happens, and `qemu-img check` / `qemu-img compare` must find the target clean and equal to
-//! what the guest sees.
+//! Mirror, active commit and backup on real files (the io_uring / thread-pool env), judged by
+//! QEMU's own tools: images made by qemu-img/qemu-io are mirrored by blk while a guest writes,
+//! the pivot happens, and `qemu-img check` / `qemu-img compare` must find the target clean and
+//! equal to what the guest sees; a backup under guest writes equals the image as it was at the
+//! start and the backup qemu-storage-daemon makes of it.
 
 use crate::qcow2_support;
 
@@ -224,4 +225,142 @@ fn active_commit_on_real_files_leaves_a_base_qemu_reads_as_the_guest_saw_it() {
         &["compare", "-f", "qcow2", "-F", "raw", &base, &want],
     );
     assert_eq!(code, 0, "base differs from the guest's view: {out}");
+}
+
+/// A tiny QMP client for qemu-storage-daemon: one command, its reply (events skipped).
+struct Qsd {
+    child: std::process::Child,
+    out: std::io::BufReader<std::os::unix::net::UnixStream>,
+    sock: std::os::unix::net::UnixStream,
+}
+
+impl Qsd {
+    fn start(sock_path: &std::path::Path) -> Qsd {
+        let _ = std::fs::remove_file(sock_path);
+        let child = std::process::Command::new("qemu-storage-daemon")
+            .args([
+                "--chardev",
+                &format!(
+                    "socket,id=c,path={},server=on,wait=off",
+                    sock_path.display()
+                ),
+                "--monitor",
+                "chardev=c",
+            ])
+            .spawn()
+            .expect("qemu-storage-daemon starts");
+        let sock = (0..500)
+            .find_map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::os::unix::net::UnixStream::connect(sock_path).ok()
+            })
+            .expect("QMP socket");
+        let out = std::io::BufReader::new(sock.try_clone().unwrap());
+        let mut q = Qsd { child, out, sock };
+        q.line(); // greeting
+        q.cmd(json!({"execute": "qmp_capabilities"}));
+        q
+    }
+
+    fn line(&mut self) -> Value {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.out.read_line(&mut l).unwrap();
+        serde_json::from_str(&l).unwrap()
+    }
+
+    fn cmd(&mut self, c: Value) -> Value {
+        use std::io::Write;
+        writeln!(self.sock, "{c}").unwrap();
+        loop {
+            let v = self.line();
+            if v.get("event").is_none() {
+                assert!(v.get("error").is_none(), "qsd: {c} -> {v}");
+                return v["return"].clone();
+            }
+        }
+    }
+}
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn full_backup_on_real_files_is_the_point_in_time_image_and_matches_qemus() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = Scratch::new("backup-real");
+    let p = |f: &str| dir.path(f).display().to_string();
+    let (src, dst, pit, qdst) = (
+        p("src.qcow2"),
+        p("dst.qcow2"),
+        p("pit.qcow2"),
+        p("qdst.qcow2"),
+    );
+    dir.run("qemu-img", &["create", "-q", "-f", "qcow2", &src, "32M"]);
+    for (pat, off, len) in [(0x11, "0", "1M"), (0x22, "5M", "3M"), (0x33, "20M", "64k")] {
+        let cmd = format!("write -P {pat} {off} {len}");
+        dir.run("qemu-io", &["-f", "qcow2", "-c", &cmd, &src]);
+    }
+    // The point-in-time copy, and the targets.
+    std::fs::copy(&src, &pit).unwrap();
+    for t in [&dst, &qdst] {
+        dir.run("qemu-img", &["create", "-q", "-f", "qcow2", t, "32M"]);
+    }
+    let env = RealEnv::new();
+    let engine = Rc::new(Engine::new(env.clone()));
+    let e = engine.clone();
+    let (src2, dst2) = (src.clone(), dst.clone());
+    env.block_on(async move {
+        let mut model = vec![0u8; 32 * MB as usize];
+        for (name, path) in [("src", &src2), ("dst", &dst2)] {
+            let add = json!({"execute": "blockdev-add", "arguments": qcow2(name, path)});
+            qmp_ok(&e, add).await;
+        }
+        e.device_add("drive0", "src", BackendOptions::guest_device(false, false))
+            .unwrap();
+        qmp_ok(
+            &e,
+            json!({"execute": "blockdev-backup", "arguments": {
+                "job-id": "b0", "device": "src", "target": "dst", "sync": "full",
+                "speed": 64 * MB}}),
+        )
+        .await;
+        // The guest overwrites old data while the copy runs: copy-before-write keeps it.
+        guest_writes(&e, &mut model, 7, 200).await;
+        let mut seen = Vec::new();
+        wait_event(&e, &mut seen, "BLOCK_JOB_COMPLETED").await;
+        e.shutdown().await.unwrap();
+    });
+    env.shutdown();
+    dir.check("dst.qcow2", false);
+    dir.check("src.qcow2", false);
+    let (code, out) = dir.run_status("qemu-img", &["compare", &dst, &pit]);
+    assert_eq!(
+        code, 0,
+        "blk's backup is not the point-in-time image: {out}"
+    );
+    // qemu-storage-daemon backs up the same point-in-time image; both results are equal.
+    let mut qsd = Qsd::start(&dir.path("qsd.sock"));
+    for (name, path) in [("pit", &pit), ("qdst", &qdst)] {
+        qsd.cmd(json!({"execute": "blockdev-add", "arguments": qcow2(name, path)}));
+    }
+    qsd.cmd(json!({"execute": "blockdev-backup", "arguments": {
+        "job-id": "q0", "device": "pit", "target": "qdst", "sync": "full"}}));
+    while qsd.cmd(json!({"execute": "query-jobs"})) != json!([]) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Closing the nodes writes QEMU's metadata caches back before the daemon goes.
+    for name in ["qdst", "pit"] {
+        qsd.cmd(json!({"execute": "blockdev-del", "arguments": {"node-name": name}}));
+    }
+    drop(qsd);
+    dir.check("qdst.qcow2", false);
+    let (code, out) = dir.run_status("qemu-img", &["compare", &dst, &qdst]);
+    assert_eq!(code, 0, "blk's and QEMU's backups differ: {out}");
 }

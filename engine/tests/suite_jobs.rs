@@ -1,10 +1,14 @@
-//! Test binary `jobs`: block jobs: the job core, stream, commit, mirror (simulated and on real files), errors, reopen, crashes.
+//! Test binary `jobs`: block jobs: the job core, stream, commit, mirror, backup (simulated and on real files), errors, reopen, crashes.
 //! Each file below was its own test crate; it is a module here (see engine/Cargo.toml).
 
 // Shared helpers, loaded once for the whole binary; test files `use crate::` them.
 mod qcow2_support;
 mod support;
 
+#[path = "backup.rs"]
+mod backup;
+#[path = "backup_errors.rs"]
+mod backup_errors;
 #[path = "block_job_crash.rs"]
 mod block_job_crash;
 #[path = "block_job_errors.rs"]

@@ -4,17 +4,14 @@
 
 use std::rc::Rc;
 
-use serde_json::{Value, json};
-
 use crate::error::{Error, Result};
-use crate::graph::{Node, open_node};
+use crate::graph::Node;
 use crate::job::mirror::{self, CopyMode, MirrorParams, SyncMode};
 use crate::job::{Job, JobOptions};
 use crate::types::{ChildRole, OnError};
-use crate::util::Options;
 
 use super::Engine;
-use super::image::ImageSpec;
+use super::image::{NewTarget, new_target_backing};
 
 /// `drive-mirror`'s `mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +87,7 @@ impl Engine {
     }
 
     /// The device name a node is attached to, if any (default job id).
-    fn device_of(&self, node: &Rc<Node>) -> Option<String> {
+    pub(super) fn device_of(&self, node: &Rc<Node>) -> Option<String> {
         self.backends()
             .into_iter()
             .find(|bb| bb.root_node().is_some_and(|r| Rc::ptr_eq(&r, node)))
@@ -117,58 +114,22 @@ impl Engine {
         // Early check, before a target is created for nothing.
         bs.check_op_blockers()?;
         let mode = args.mode.unwrap_or(NewImageMode::AbsolutePaths);
-        let format = match (&args.format, mode) {
-            (Some(f), _) => Some(f.clone()),
-            (None, NewImageMode::Existing) => None,
-            (None, NewImageMode::AbsolutePaths) => Some(image_format(&bs)),
-        };
-        let mut sync = args.sync.clone();
-        let mut source = bs.backing().map(|e| e.child_node());
-        if source.is_none() && sync == "top" {
-            sync = "full".into();
-        }
-        if sync == "none" {
-            source = Some(bs.clone());
-        }
-        let size = bs.len();
+        let (sync, backing_node) = new_target_backing(&bs, &args.sync, mode);
         if args.replaces.is_some() && args.node_name.is_none() {
             return Err(Error::generic(
                 "a node-name must be provided when replacing a named node of the graph",
             ));
         }
-        let backing_node = match mode {
-            NewImageMode::Existing => None,
-            NewImageMode::AbsolutePaths if sync == "full" => None,
-            NewImageMode::AbsolutePaths => source.clone(),
-        };
-        if mode == NewImageMode::AbsolutePaths {
-            let fmt = format.clone().expect("absolute-paths always has a format");
-            let spec = ImageSpec {
-                path: args.target.clone(),
-                format: fmt,
-                size,
-                backing_file: backing_node.as_ref().map(|n| n.driver().filename()),
-                backing_fmt: backing_node.as_ref().map(image_format),
-            };
-            self.create_image(&spec).await?;
-        }
-        let mut opts = json!({"file": {"driver": "file", "filename": args.target}});
-        if let Some(n) = &args.node_name {
-            opts["node-name"] = json!(n);
-        }
-        let fmt = match format {
-            Some(f) => f,
-            None => crate::probe::probe_format(&**self.env(), &args.target, "").await?,
-        };
-        opts["driver"] = json!(fmt);
-        if fmt == "qcow2" && mode == NewImageMode::AbsolutePaths {
-            // The source's chain backs the new target (by node, not opened a second time).
-            opts["backing"] = match &backing_node {
-                Some(n) => json!(n.name()),
-                None => Value::Null,
-            };
-        }
-        let target = open_node(self.graph(), Options::new(opts)?).await?;
+        let target = self
+            .open_new_target(NewTarget {
+                source: &bs,
+                path: &args.target,
+                format: args.format.clone(),
+                mode,
+                backing: backing_node.as_ref(),
+                node_name: args.node_name.as_deref(),
+            })
+            .await?;
         let zero_target = sync == "full" && mode == NewImageMode::Existing;
         let backs_on_source = backing_node.as_ref().is_some_and(|n| Rc::ptr_eq(n, &bs));
         let mut args = args;
@@ -248,11 +209,6 @@ impl Engine {
         };
         mirror::start(self.jobs(), &opts, params).await
     }
-}
-
-/// The format name of a node as an image (its driver, looking through nothing).
-fn image_format(node: &Rc<Node>) -> String {
-    node.driver_name().to_string()
 }
 
 /// QEMU's `check_to_replace_node`: the node must exist, not be blocked, and be `bs` itself or

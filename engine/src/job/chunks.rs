@@ -34,6 +34,24 @@ impl Job {
         chunk: u64,
         policy: OnError,
         ignored: IgnoredChunk,
+        step: F,
+    ) -> Result<Option<Error>>
+    where
+        F: FnMut(u64, u64) -> Fut,
+        Fut: Future<Output = ChunkResult>,
+    {
+        self.copy_in_chunks_split(len, chunk, [policy, policy], ignored, step)
+            .await
+    }
+
+    /// [`Job::copy_in_chunks`] with one policy for failed reads and one for failed writes
+    /// (`[on-source-error, on-target-error]`, as backup has).
+    pub async fn copy_in_chunks_split<F, Fut>(
+        &self,
+        len: u64,
+        chunk: u64,
+        policies: [OnError; 2],
+        ignored: IgnoredChunk,
         mut step: F,
     ) -> Result<Option<Error>>
     where
@@ -55,16 +73,19 @@ impl Job {
                     copied = c;
                     n
                 }
-                Err((e, is_read)) => match (self.error_action(policy, &e, is_read), ignored) {
-                    (ErrorAction::Report, _) => return Err(e),
-                    (ErrorAction::Stop, _) | (ErrorAction::Ignore, IgnoredChunk::Retry) => {
-                        continue;
+                Err((e, is_read)) => {
+                    let policy = policies[usize::from(!is_read)];
+                    match (self.error_action(policy, &e, is_read), ignored) {
+                        (ErrorAction::Report, _) => return Err(e),
+                        (ErrorAction::Stop, _) | (ErrorAction::Ignore, IgnoredChunk::Retry) => {
+                            continue;
+                        }
+                        (ErrorAction::Ignore, IgnoredChunk::Skip) => {
+                            first_ignored.get_or_insert(e);
+                            want
+                        }
                     }
-                    (ErrorAction::Ignore, IgnoredChunk::Skip) => {
-                        first_ignored.get_or_insert(e);
-                        want
-                    }
-                },
+                }
             };
             self.add_progress(covered);
             offset += covered;

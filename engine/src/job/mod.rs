@@ -19,6 +19,7 @@
 //! `BlockDriver`. Must not import `engine` or `qmp`.
 
 pub mod active_commit;
+pub mod backup;
 mod chunks;
 pub mod commit;
 mod commit_filter;

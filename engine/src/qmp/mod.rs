@@ -2,8 +2,8 @@
 //! reply (`{"return": ..}` or `{"error": {"class", "desc"}}`). No block-layer logic lives here.
 //! This file owns the envelope and the command table (`run`); each command's arguments are
 //! checked by its handler: `nodes` (node and object commands), `job_verbs` (job-* and
-//! block-job-* verbs), `mirror` and `block_jobs` (the job-starting commands), `bitmaps` (the
-//! dirty bitmap commands).
+//! block-job-* verbs), `mirror`, `backup` and `block_jobs` (the job-starting commands),
+//! `bitmaps` (the dirty bitmap commands).
 
 use serde_json::{Value, json};
 
@@ -14,6 +14,7 @@ use crate::error::{Error, ErrorClass, Result};
 use crate::util::Options;
 
 mod bitmaps;
+mod backup;
 mod block_jobs;
 mod job_verbs;
 mod nodes;
@@ -61,6 +62,8 @@ pub const COMMANDS: &[&str] = &[
     "block-dirty-bitmap-disable",
     "block-dirty-bitmap-merge",
     "x-debug-block-dirty-bitmap-sha256",
+    "blockdev-backup",
+    "drive-backup",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -157,6 +160,8 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         | "block-dirty-bitmap-disable"
         | "block-dirty-bitmap-merge"
         | "x-debug-block-dirty-bitmap-sha256" => bitmaps::run(engine, name, args).await,
+        "blockdev-backup" => backup::blockdev_backup(engine, args).await,
+        "drive-backup" => backup::drive_backup(engine, args).await,
         other => Err(Error::with_class(
             ErrorClass::CommandNotFound,
             format!("The command {other} has not been found"),

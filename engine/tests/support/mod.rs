@@ -251,3 +251,51 @@ pub async fn add_mem(engine: &Engine, name: &str, extra: Value) -> Rc<engine::gr
         .await
         .expect("blockdev-add testmem")
 }
+
+/// `base` with the members of `extra` set (a null member removes it).
+pub fn merge_args(mut base: Value, extra: Value) -> Value {
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            base.as_object_mut().unwrap().remove(k);
+        } else {
+            base[k] = v.clone();
+        }
+    }
+    base
+}
+
+/// Run `cmd`; it must fail with `class` and exactly `desc`, the graph and jobs unchanged.
+pub async fn refused(engine: &Engine, cmd: Value, class: &str, desc: &str) {
+    let graph = engine.block_graph();
+    let ids = |e: &Engine| -> Vec<Value> {
+        e.query_jobs()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].clone())
+            .collect()
+    };
+    let jobs = ids(engine);
+    let nodes = engine.query_named_block_nodes(false);
+    let r = engine::qmp::execute(engine, &cmd).await;
+    assert_eq!(r["error"]["class"], json!(class), "{cmd} -> {r}");
+    assert_eq!(r["error"]["desc"], json!(desc), "{cmd} -> {r}");
+    assert_eq!(engine.block_graph(), graph, "{cmd} changed the graph");
+    assert_eq!(
+        engine.query_named_block_nodes(false),
+        nodes,
+        "{cmd} changed the nodes"
+    );
+    assert_eq!(ids(engine), jobs, "{cmd} left a job behind");
+    let events: Vec<_> = engine
+        .take_events()
+        .into_iter()
+        // A job that failed after creation goes created -> null, as in QEMU; nothing else.
+        .filter(|e| {
+            e.name.starts_with("BLOCK_JOB")
+                || (e.name == "JOB_STATUS_CHANGE"
+                    && !matches!(e.data["status"].as_str(), Some("created" | "null")))
+        })
+        .collect();
+    assert!(events.is_empty(), "{cmd} sent job events: {events:?}");
+}

@@ -61,6 +61,25 @@ impl World<'_> {
         Ok(())
     }
 
+    /// `model DEV snapshot NAME`: keep the device's model as it is now, for a later
+    /// `verify OTHER snapshot=NAME` (what a backup started now must hold when it is done).
+    pub(super) fn model_snapshot(
+        &mut self,
+        line: usize,
+        device: &str,
+        name: &str,
+    ) -> Result<(), Failure> {
+        let dev = self
+            .devices
+            .get(device)
+            .ok_or_else(|| fail("setup", line, format!("no device '{device}'")))?;
+        let model = dev.model.borrow().clone();
+        self.snapshots
+            .insert(name.to_string(), std::cell::RefCell::new(model));
+        self.note(&format!("model {device}: snapshot {name}"));
+        Ok(())
+    }
+
     /// `check NODE`: corruptions or check errors fail the run (check `image-check`).
     pub(super) async fn check_image(&mut self, line: usize, node: &str) -> Result<(), Failure> {
         let n = self

@@ -106,7 +106,12 @@ impl World<'_> {
             Err(m) => Err(fail("expect", line, m)),
         }
     }
-    pub(super) async fn verify(&mut self, line: usize, device: &str) -> Result<(), Failure> {
+    pub(super) async fn verify(
+        &mut self,
+        line: usize,
+        device: &str,
+        snapshot: Option<&str>,
+    ) -> Result<(), Failure> {
         self.collect_io_output();
         let bb = self
             .engine
@@ -116,6 +121,13 @@ impl World<'_> {
             .devices
             .get(device)
             .ok_or_else(|| fail("verify", line, format!("no device '{device}'")))?;
+        let model = match snapshot {
+            None => &dev.model,
+            Some(name) => self
+                .snapshots
+                .get(name)
+                .ok_or_else(|| fail("verify", line, format!("no snapshot '{name}'")))?,
+        };
         let size = bb.len().map_err(|e| fail("verify", line, e.to_string()))?;
         let chunk = 1u64 << 20;
         let mut offset = 0;
@@ -136,8 +148,7 @@ impl World<'_> {
                     format!("read of {device} at {offset} failed: {e}"),
                 )
             })?;
-            let checked = dev
-                .model
+            let checked = model
                 .borrow_mut()
                 .verify_and_pin(offset / SECTOR, buf.as_slice());
             match checked {
@@ -159,10 +170,11 @@ impl World<'_> {
             spare = buf;
         }
         keep_verify_buf(spare);
+        let against = snapshot.map_or(String::new(), |s| format!(" against snapshot {s}"));
         self.note(&format!(
-            "verify {device}: ok ({} bytes, {} sectors modelled, {ambiguous} uncertain sectors pinned)",
+            "verify {device}{against}: ok ({} bytes, {} sectors modelled, {ambiguous} uncertain sectors pinned)",
             size,
-            dev.model.borrow().touched()
+            model.borrow().touched()
         ));
         Ok(())
     }

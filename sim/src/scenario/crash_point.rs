@@ -56,7 +56,7 @@ impl World<'_> {
         self.restart(line).await?;
         let devices: Vec<String> = self.devices.keys().cloned().collect();
         for d in devices {
-            self.verify(line, &d).await?;
+            self.verify(line, &d, None).await?;
         }
         for s in steps {
             if let Action::ImageCreate { path, format, .. } = &s.action

@@ -230,7 +230,7 @@ impl Ticket {
 /// The model of one device: runs of sectors with one state each (a 64 KiB write is one run,
 /// not 128 sector entries: the model is updated on every request of every workload).
 /// Sectors outside every run were never touched and hold zeroes.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct DeviceModel {
     runs: BTreeMap<u64, Run>,
     /// Starts of runs with completed writes not yet flushed: what a flush has to look at.

@@ -329,8 +329,16 @@ fn device(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> 
 
 fn model(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
     let device = l.need(1, "a device name")?;
-    if l.need(2, "'fill'")? != "fill" {
-        return Err(l.err(l.col_of(2), "expected 'model DEV fill PATTERN OFFSET LEN'"));
+    let what = l.need(2, "'fill' or 'snapshot'")?;
+    if what == "snapshot" {
+        let name = l.need(3, "a snapshot name")?;
+        return Ok(Some(Action::ModelSnapshot { device, name }));
+    }
+    if what != "fill" {
+        return Err(l.err(
+            l.col_of(2),
+            "expected 'model DEV fill PATTERN OFFSET LEN' or 'model DEV snapshot NAME'",
+        ));
     }
     let p = l.need(3, "a pattern")?;
     let pattern = p
@@ -534,9 +542,22 @@ fn expect_return(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, Pars
 // ---- checks, crash and restart
 
 fn verify(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
-    Ok(Some(Action::Verify {
-        device: l.need(1, "a device name")?,
-    }))
+    let device = l.need(1, "a device name")?;
+    let snapshot = match l.ws.get(2) {
+        None => None,
+        Some(_) => {
+            let arg = l.need(2, "snapshot=NAME")?;
+            Some(
+                arg.strip_prefix("snapshot=")
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| {
+                        l.err(l.col_of(2), format!("expected snapshot=NAME, got '{arg}'"))
+                    })?
+                    .to_string(),
+            )
+        }
+    };
+    Ok(Some(Action::Verify { device, snapshot }))
 }
 
 fn crash(_: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {

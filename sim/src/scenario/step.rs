@@ -53,7 +53,10 @@ impl World<'_> {
                 timeout_ns,
             } => self.wait_event(line, name, fields, *timeout_ns).await,
             Action::Expect(e) => self.expect(line, e),
-            Action::Verify { device } => self.verify(line, device).await,
+            Action::Verify { device, snapshot } => {
+                self.verify(line, device, snapshot.as_deref()).await
+            }
+            Action::ModelSnapshot { device, name } => self.model_snapshot(line, device, name),
             Action::Crash => {
                 self.power_loss();
                 Ok(())

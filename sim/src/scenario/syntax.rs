@@ -198,6 +198,16 @@ pub enum Action {
     Verify {
         /// Device name.
         device: String,
+        /// `snapshot=NAME`: compare with the model a `model DEV snapshot NAME` step saved
+        /// instead of the device's own (a backup target against the guest view at its start).
+        snapshot: Option<String>,
+    },
+    /// `model DEV snapshot NAME`: save the device's model as it is now (a point in time).
+    ModelSnapshot {
+        /// Device name.
+        device: String,
+        /// Name of the saved model.
+        name: String,
     },
     /// `check NODE`: the qcow2 consistency check of a node (read-only: no repair). Fails the
     /// run on corruptions or check errors; leaks (normal after a power loss) are reported.

@@ -65,6 +65,8 @@ pub(super) struct World<'s> {
     /// What a `restart` replays.
     pub(super) setup: Vec<Setup>,
     pub(super) devices: BTreeMap<String, DeviceState>,
+    /// Device models saved by `model DEV snapshot NAME`.
+    pub(super) snapshots: BTreeMap<String, RefCell<DeviceModel>>,
     pub(super) workloads: BTreeMap<String, Workload>,
     /// Drained sections the scenario holds open, innermost last, by node.
     pub(super) drains: BTreeMap<String, Vec<DrainedSection>>,
@@ -121,6 +123,7 @@ impl<'s> World<'s> {
             recorder: recorder.clone(),
             setup: Vec::new(),
             devices: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
             workloads: BTreeMap::new(),
             drains: BTreeMap::new(),
             pending: VecDeque::new(),

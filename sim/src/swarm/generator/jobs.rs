@@ -14,6 +14,7 @@ enum Kind {
     Commit,
     ActiveCommit,
     Mirror,
+    Backup,
 }
 
 /// How long a scenario waits for a job's event before it counts as a hang.
@@ -35,6 +36,10 @@ impl Gen {
         if self.chain_known && self.f.active_commit && n >= 2 {
             k.push(Kind::ActiveCommit);
         }
+        // Last, so that seeds without backups draw their jobs as before.
+        if self.f.backup {
+            k.push(Kind::Backup);
+        }
         k
     }
 
@@ -49,6 +54,9 @@ impl Gen {
             return self.workload_round();
         }
         let kind = kinds[below(&mut self.r.jobs, kinds.len() as u64) as usize];
+        if kind == Kind::Backup {
+            return self.backup_round();
+        }
         let id = self.fresh("j");
         let speed = self.speed();
         if matches!(kind, Kind::Mirror | Kind::ActiveCommit) {
@@ -63,6 +71,7 @@ impl Gen {
             Kind::Commit => self.commit_cmd(&id, speed),
             Kind::ActiveCommit => self.active_commit_cmd(&id, speed),
             Kind::Mirror => self.mirror_cmd(&id, speed),
+            Kind::Backup => unreachable!("backup rounds are drawn above"),
         };
         self.qmp(&cmd);
         if self.f.crashes && !self.resized && chance(&mut self.r.crash, 0.3) {

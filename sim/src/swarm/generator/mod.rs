@@ -15,6 +15,7 @@
 //! recovery checks).
 
 mod bitmaps;
+mod backup;
 mod canary;
 mod faults;
 mod guest;
@@ -66,6 +67,8 @@ pub struct Features {
     pub copy_on_read: bool,
     /// Named dirty bitmaps on the device's node (add, enable, disable, clear, merge, remove).
     pub bitmaps: bool,
+    /// Backup jobs (full, top, none) checked against the view at their start.
+    pub backup: bool,
 }
 
 impl Features {
@@ -90,6 +93,7 @@ impl Features {
             (self.data_file, "data-file"),
             (self.copy_on_read, "copy-on-read"),
             (self.bitmaps, "bitmaps"),
+            (self.backup, "backup"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -114,12 +118,14 @@ impl Features {
             data_file: false,
             copy_on_read: false,
             bitmaps: false,
+            backup: false,
         };
         // Drawn last, so that the other families of every seed stay as they were.
         f.reopen = chance(rng, 0.3);
         f.data_file = chance(rng, 0.25) && f.qcow2;
         f.copy_on_read = chance(rng, 0.3);
         f.bitmaps = chance(rng, 0.35);
+        f.backup = chance(rng, 0.4);
         if f.data_file {
             // Guest data then goes to the data file, beside the blkdebug filter over the
             // metadata file: a breakpoint on guest writes would wait for a write that never
@@ -174,6 +180,8 @@ pub(super) struct Streams {
     pub(super) compress: ChaCha8Rng,
     /// Dirty bitmap verbs (its own stream, as `vmstate`).
     pub(super) bitmaps: ChaCha8Rng,
+    /// Backup rounds (their own stream, as `vmstate`).
+    pub(super) backup: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -331,6 +339,7 @@ pub fn generate(seed: u64) -> Generated {
         reopen_opts: stream(seed, "reopen-opts"),
         compress: stream(seed, "compress"),
         bitmaps: stream(seed, "bitmaps"),
+        backup: stream(seed, "backup"),
     };
     let mut g = Gen {
         f,
