@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use super::pages::PageStore;
+use super::pages::{PAGE, PageStore};
 
 use crate::config::SECTOR;
 
@@ -135,6 +135,28 @@ pub(crate) fn sectors_in(start: u64, end: u64) -> u64 {
     (end - 1) / SECTOR - start / SECTOR + 1
 }
 
+/// Pages `[first, end)` holding bytes `[start, stop)` (empty for an empty range).
+fn pages_of(start: u64, stop: u64) -> (u64, u64) {
+    if start >= stop {
+        return (0, 0);
+    }
+    (start / PAGE, stop.div_ceil(PAGE))
+}
+
+/// The file length after a byte-range op, without touching the bytes.
+fn grow(len: &mut u64, op: &CacheOp) {
+    match *op {
+        CacheOp::Write { offset, ref data } => *len = (*len).max(offset + data.len() as u64),
+        CacheOp::Zero {
+            offset,
+            len: n,
+            grows: true,
+            ..
+        } => *len = (*len).max(offset + n),
+        _ => {}
+    }
+}
+
 /// A drive's volatile write cache is finite: past this many cached bytes it writes its oldest
 /// entries back on its own (they become durable, as a real drive destages), so a file that is
 /// never flushed (a mirror target in the ready phase) does not keep every write of the run.
@@ -200,13 +222,12 @@ impl VFile {
     /// Write back the oldest entries until the cache holds half its capacity.
     fn destage(&mut self) {
         let mut n = 0;
-        while self.cached_bytes > VOLATILE_CACHE_BYTES / 2 && n < self.cache.len() {
-            self.cached_bytes -= entry_bytes(&self.cache[n].op);
+        let mut left = self.cached_bytes;
+        while left > VOLATILE_CACHE_BYTES / 2 && n < self.cache.len() {
+            left -= entry_bytes(&self.cache[n].op);
             n += 1;
         }
-        for e in self.cache.drain(..n) {
-            apply(&mut self.durable, &mut self.durable_len, &e.op, None);
-        }
+        self.land(n);
     }
 
     /// Take every cached entry (a power loss resolves them).
@@ -223,9 +244,49 @@ impl VFile {
     /// Make every entry with `seq < mark` durable.
     pub(crate) fn flush(&mut self, mark: u64) {
         let n = self.cache.iter().take_while(|e| e.seq < mark).count();
+        self.land(n);
+    }
+
+    /// Make the oldest `n` cache entries durable. The read view is the durable bytes with every
+    /// cache entry applied in order (unless a lost flush left more in it), so wherever no entry
+    /// that stays cached touches a page, the read view's page already is the new durable page:
+    /// it is shared (copy-on-write) instead of written a second time and held twice. Entries
+    /// that touch a page the staying entries also touch are applied in order as before.
+    fn land(&mut self, n: usize) {
+        let staying: Option<Vec<(u64, u64)>> = if self.lost {
+            None
+        } else {
+            self.cache[n..]
+                .iter()
+                .map(|e| e.op.sector_range().map(|(a, b)| pages_of(a, b)))
+                .collect()
+        };
+        let Some(busy) = staying else {
+            // A size change stays cached, or the read view holds lost data: apply each entry.
+            for e in self.cache.drain(..n) {
+                self.cached_bytes -= entry_bytes(&e.op);
+                apply(&mut self.durable, &mut self.durable_len, &e.op, None);
+            }
+            return;
+        };
+        let is_busy = |(a, b): (u64, u64)| busy.iter().any(|&(x, y)| x < b && a < y);
+        let mut shared = Vec::new();
         for e in self.cache.drain(..n) {
             self.cached_bytes -= entry_bytes(&e.op);
-            apply(&mut self.durable, &mut self.durable_len, &e.op, None);
+            match e.op.sector_range().map(|(a, b)| pages_of(a, b)) {
+                Some(span) if !is_busy(span) => {
+                    grow(&mut self.durable_len, &e.op);
+                    shared.push(span);
+                }
+                _ => apply(&mut self.durable, &mut self.durable_len, &e.op, None),
+            }
+        }
+        // After every applied entry: a page an applied entry wrote before a skipped one gets
+        // its final bytes here.
+        for (a, b) in shared {
+            for idx in (a..b).filter(|&i| !is_busy((i, i + 1))) {
+                self.durable.share_page(&self.current, idx);
+            }
         }
     }
 
@@ -324,5 +385,85 @@ impl VFile {
     /// Number of unflushed entries.
     pub(crate) fn dirty(&self) -> usize {
         self.cache.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes, length and allocated pages of a store, for comparing two.
+    fn snapshot(store: &PageStore, len: u64) -> (Vec<u8>, u64, Vec<u64>) {
+        let mut bytes = vec![0u8; len as usize];
+        store.read(0, &mut bytes);
+        (bytes, len, store.pages().map(|(i, _)| i).collect())
+    }
+
+    /// A deterministic op over a 64 KiB file: writes (partial and whole pages), zeroings with
+    /// and without unmap, and now and then a size change or preallocation.
+    fn op(x: &mut u64) -> CacheOp {
+        let mut next = |n: u64| {
+            *x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (*x >> 33) % n
+        };
+        let offset = next(60_000);
+        let len = 1 + next(12_000);
+        match next(10) {
+            0..=5 => CacheOp::Write {
+                offset,
+                data: vec![1 + next(250) as u8; len as usize],
+            },
+            6 | 7 => CacheOp::Zero {
+                offset,
+                len,
+                unmap: next(2) == 0,
+                grows: next(2) == 0,
+            },
+            8 => CacheOp::SetLen(next(70_000)),
+            _ => CacheOp::Prealloc { offset, len },
+        }
+    }
+
+    #[test]
+    fn landing_a_prefix_gives_the_bytes_of_applying_it_in_order() {
+        let mut x = 7u64;
+        for round in 0..300 {
+            let mut f = VFile::new(1);
+            for step in 0..40 {
+                f.push(op(&mut x), false);
+                if step % 7 != 6 {
+                    continue;
+                }
+                // Flush a prefix of the cache: the reference applies it entry by entry.
+                let n = (x as usize >> 7) % (f.cache.len() + 1);
+                let (mut want, mut want_len) = (f.durable.clone(), f.durable_len);
+                for e in &f.cache[..n] {
+                    apply(&mut want, &mut want_len, &e.op, None);
+                }
+                let current = snapshot(&f.current, f.len);
+                f.land(n);
+                assert_eq!(
+                    snapshot(&f.durable, f.durable_len),
+                    snapshot(&want, want_len),
+                    "round {round} step {step}"
+                );
+                assert_eq!(
+                    snapshot(&f.current, f.len),
+                    current,
+                    "round {round} step {step}"
+                );
+                let mut view = (f.durable.clone(), f.durable_len);
+                for e in &f.cache {
+                    apply(&mut view.0, &mut view.1, &e.op, None);
+                }
+                assert_eq!(
+                    snapshot(&view.0, view.1),
+                    current,
+                    "round {round} step {step}"
+                );
+            }
+        }
     }
 }

@@ -158,6 +158,18 @@ impl PageStore {
         }
     }
 
+    /// Make page `idx` what it is in `from`: the same page (shared, copy-on-write) or a hole.
+    pub(crate) fn share_page(&mut self, from: &PageStore, idx: u64) {
+        match from.pages.get(&idx) {
+            Some(page) => {
+                self.pages.insert(idx, page.clone());
+            }
+            None => {
+                self.pages.remove(&idx);
+            }
+        }
+    }
+
     /// True when page `idx` is allocated.
     pub(crate) fn is_allocated(&self, idx: u64) -> bool {
         self.pages.contains_key(&idx)

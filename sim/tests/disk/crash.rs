@@ -308,3 +308,37 @@ fn the_write_cache_is_bounded_and_destages_the_oldest_writes() {
     assert_ne!(durable[0], BASE, "nothing was written back");
     assert_eq!(sim.fs().file_bytes("big.img").unwrap()[15 * MIB], 160);
 }
+
+#[test]
+fn a_flush_shares_the_read_view_yet_later_writes_never_reach_the_durable_bytes() {
+    let sim = new_sim(7);
+    let env = sim.env().as_env();
+    sim.fs().create_file("s.img", &[BASE; 3 * 4096]).unwrap();
+    let fs = sim.fs().clone();
+    sim.block_on(async move {
+        let f = open(&env, "s.img");
+        write(&*f, 1000, &[FLUSHED; 5000]).await.unwrap();
+        // Everything cached lands: the durable bytes take the read view's pages.
+        f.flush().await.unwrap();
+        // Into a shared page (copied on write), over a whole shared page, and growing the file.
+        write(&*f, 1500, &[0x33; 100]).await.unwrap();
+        write(&*f, 8192, &[0x44; 4096]).await.unwrap();
+        write(&*f, 12288, &[0x55; 512]).await.unwrap();
+    })
+    .unwrap();
+    let mut durable = vec![BASE; 3 * 4096];
+    durable[1000..6000].fill(FLUSHED);
+    assert_eq!(fs.durable_bytes("s.img").unwrap(), durable);
+    let mut now = durable.clone();
+    now[1500..1600].fill(0x33);
+    now[8192..].fill(0x44);
+    now.extend([0x55; 512]);
+    assert_eq!(fs.file_bytes("s.img").unwrap(), now);
+    sim.crash();
+    let after = fs.file_bytes("s.img").unwrap();
+    assert_eq!(after[..1000], durable[..1000]);
+    assert!(
+        after[1000..1500].iter().all(|&b| b == FLUSHED),
+        "flushed data lost"
+    );
+}
