@@ -186,7 +186,11 @@ struct Found {
 /// The stored bitmap `name` of `node`, as QEMU finds a bitmap by name; an inconsistent one
 /// (in use) is refused unless `any`.
 async fn find(node: &Node, name: &str, any: bool) -> Result<Found> {
-    let list = ops(node)?.stored_bitmaps().await?;
+    let list = match ops(node) {
+        Ok(o) => o.stored_bitmaps().await?,
+        // A format without persistent bitmaps has none to find.
+        Err(_) => Vec::new(),
+    };
     let b = list
         .iter()
         .find(|b| b.name == name)
