@@ -557,3 +557,28 @@ fn qemu_bitmaps_in_blk() {
         assert_eq!(ops.load_bitmap("off").await.unwrap().count(), 0);
     });
 }
+
+/// Regression: a read-write open used to clear autoclear bit 0, which told QEMU that every
+/// bitmap of the image was invalid (`qemu-img info` listed none afterwards). Now the bit and
+/// the bitmaps stay; a disabled bitmap even survives guest writes unchanged.
+#[test]
+fn read_write_open_keeps_qemu_bitmaps() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = Scratch::new("bitmaps-rw");
+    dir.run("qemu-img", &["create", "-q", "-f", "qcow2", "q.qcow2", "4M"]);
+    dir.run("qemu-img", &["bitmap", "--add", "--disable", "q.qcow2", "frozen"]);
+    dir.run("qemu-io", &["-c", "write 0 64k", "q.qcow2"]);
+    let sim = sim_with(13, &[("q", dir.read("q.qcow2"))]);
+    with_node(&sim, "q", false, async |bb, _node| {
+        bb.write(1 << 20, IoBuf::from_slice(&[7u8; 4096]), ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
+    });
+    export(&sim, "q", View::Durable, &dir, "after.qcow2");
+    dir.check("after.qcow2", false);
+    let want = serde_json::json!([{"flags": [], "name": "frozen", "granularity": 65536}]);
+    assert_eq!(qemu_bitmaps(&dir, "after.qcow2"), want);
+}
