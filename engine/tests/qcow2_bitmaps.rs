@@ -567,8 +567,14 @@ fn read_write_open_keeps_qemu_bitmaps() {
         return;
     }
     let dir = Scratch::new("bitmaps-rw");
-    dir.run("qemu-img", &["create", "-q", "-f", "qcow2", "q.qcow2", "4M"]);
-    dir.run("qemu-img", &["bitmap", "--add", "--disable", "q.qcow2", "frozen"]);
+    dir.run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "q.qcow2", "4M"],
+    );
+    dir.run(
+        "qemu-img",
+        &["bitmap", "--add", "--disable", "q.qcow2", "frozen"],
+    );
     dir.run("qemu-io", &["-c", "write 0 64k", "q.qcow2"]);
     let sim = sim_with(13, &[("q", dir.read("q.qcow2"))]);
     with_node(&sim, "q", false, async |bb, _node| {

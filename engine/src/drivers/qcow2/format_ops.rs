@@ -51,8 +51,7 @@ impl FormatOps for Qcow2 {
     }
 
     fn has_persistent_bitmaps(&self) -> bool {
-        // Autoclear bit 0: the bitmaps extension is valid.
-        self.layout.autoclear.get() & 1 != 0
+        self.layout.autoclear.get() & super::bitmaps::AUTOCLEAR_BITMAPS != 0
     }
 
     fn stored_bitmaps(&self) -> LocalBoxFuture<'_, Result<Vec<StoredBitmap>>> {

@@ -23,6 +23,7 @@ mod table;
 
 pub(crate) use dir::DirEntry;
 pub(crate) use ext::{AUTOCLEAR_BITMAPS, BitmapExt, EXT_BITMAPS, ExtState};
+pub(crate) use table::RESERVED as BITMAP_ENTRY_RESERVED;
 
 /// Most bitmaps QEMU keeps in one image.
 pub(crate) const MAX_BITMAPS: u32 = 65535;

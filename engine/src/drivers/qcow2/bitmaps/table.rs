@@ -8,7 +8,7 @@ use crate::error::Result;
 use super::einval;
 
 /// Bits of an entry that must be zero.
-const RESERVED: u64 = 0xff00_0000_0000_01fe;
+pub(crate) const RESERVED: u64 = 0xff00_0000_0000_01fe;
 /// Bits holding the data cluster offset.
 pub(crate) const OFFSET: u64 = 0x00ff_ffff_ffff_fe00;
 /// Bit 0 of an entry without data cluster: the stretch is all ones.
