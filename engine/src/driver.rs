@@ -390,6 +390,12 @@ pub trait FormatOps {
         Box::pin(async move { Err(e) })
     }
 
+    /// Whether `bitmap` could be stored (name, granularity, size limits, a format version
+    /// that holds bitmaps), without storing anything.
+    fn check_bitmap_constraints(&self, bitmap: &BitmapToStore<'_>) -> Result<()> {
+        Err(no_persistent_bitmaps(bitmap.name))
+    }
+
     /// Remove stored bitmap `name` and free its clusters; false when there is none.
     fn remove_bitmap(&self, name: &str) -> LocalBoxFuture<'_, Result<bool>> {
         let e = no_persistent_bitmaps(name);

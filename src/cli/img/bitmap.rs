@@ -283,17 +283,28 @@ async fn add(node: &Rc<Node>, name: &str, granularity: u64) -> Result<()> {
         g
     };
     let o = ops(node)?;
-    if name.len() > 1023 {
+    // QEMU checks where the bitmap can be stored (its constraints) before whether it exists,
+    // and words the refusal as a bitmap that cannot be made persistent.
+    let n = node.len().div_ceil(g);
+    let exists = o.stored_bitmaps().await?.iter().any(|b| b.name == name);
+    let trial = BitmapToStore {
+        name,
+        granularity: g,
+        enabled: true,
+        bits: &HBits::new(n),
+    };
+    if let Err(e) = o.check_bitmap_constraints(&trial) {
+        let why = e.message();
+        let prefix = format!("Bitmap '{name}' doesn't satisfy the constraints: ");
         return Err(Error::generic(format!(
-            "Can't make bitmap '{name}' persistent in '{}': Name length exceeds maximum (1023 \
-             characters)",
-            node.name()
+            "Can't make bitmap '{name}' persistent in '{}': {}",
+            node.name(),
+            why.strip_prefix(&prefix).unwrap_or(&why)
         )));
     }
-    if o.stored_bitmaps().await?.iter().any(|b| b.name == name) {
+    if exists {
         return Err(Error::generic(format!("Bitmap already exists: {name}")));
     }
-    let n = node.len().div_ceil(g);
     store(node, name, g, true, &HBits::new(n)).await
 }
 

@@ -70,6 +70,10 @@ impl FormatOps for Qcow2 {
         Box::pin(self.store_stored_bitmaps(bitmaps))
     }
 
+    fn check_bitmap_constraints(&self, bitmap: &BitmapToStore<'_>) -> Result<()> {
+        self.check_constraints(bitmap)
+    }
+
     fn remove_bitmap(&self, name: &str) -> LocalBoxFuture<'_, Result<bool>> {
         let name = name.to_string();
         Box::pin(async move { self.remove_stored_bitmap(&name).await })

@@ -113,7 +113,6 @@ impl Qcow2 {
 
     /// `FormatOps::store_bitmaps`.
     pub(crate) async fn store_stored_bitmaps(&self, set: &[BitmapToStore<'_>]) -> Result<()> {
-        self.check_can_store()?;
         for (i, b) in set.iter().enumerate() {
             self.check_constraints(b)?;
             if set[..i].iter().any(|o| o.name == b.name) {
@@ -205,19 +204,9 @@ impl Qcow2 {
             .await
     }
 
-    /// QEMU's refusal for images that cannot hold bitmaps.
-    fn check_can_store(&self) -> Result<()> {
-        if self.layout.version < 3 {
-            return Err(Error::generic(
-                "Cannot store dirty bitmaps in qcow2 v2 files",
-            ));
-        }
-        Ok(())
-    }
-
     /// QEMU's constraints on a bitmap to store, with its messages (prefixed as QEMU prefixes
     /// them when it stores), and bits that cover the disk.
-    fn check_constraints(&self, b: &BitmapToStore<'_>) -> Result<()> {
+    pub(crate) fn check_constraints(&self, b: &BitmapToStore<'_>) -> Result<()> {
         let fail = |why: String| {
             Error::generic(format!(
                 "Bitmap '{}' doesn't satisfy the constraints: {why}",
@@ -226,6 +215,9 @@ impl Qcow2 {
         };
         if b.name.is_empty() {
             return Err(Error::generic("Bitmap name cannot be empty"));
+        }
+        if self.layout.version < 3 {
+            return Err(fail("Cannot store dirty bitmaps in qcow2 v2 files".into()));
         }
         if !b.granularity.is_power_of_two() {
             return Err(fail(format!(
