@@ -334,3 +334,26 @@ async fn merge(node: &Rc<Node>, name: &str, src: &Rc<Node>, from: &str) -> Resul
     }
     store(node, name, dst.granularity, dst.enabled, &bits).await
 }
+
+/// QEMU's warning when it opens an image whose bitmaps extension lost its autoclear bit (a
+/// program without bitmap support wrote the image): the bitmaps are ignored. Printed as QEMU
+/// prints it, the second line without a newline.
+pub(crate) fn stale_bitmaps_warning(path: &str) -> Option<String> {
+    let h = super::info::read_qcow2_header(path).ok()?;
+    let has_ext = h.unknown_exts.iter().any(|e| e.magic == 0x2385_2875);
+    if !has_ext || h.autoclear & 1 != 0 {
+        return None;
+    }
+    let what = if h.version < 3 {
+        "This qcow2 v2 image contains bitmaps, but they may have been modified by a program \
+         without persistent bitmap support; so now they must all be considered inconsistent"
+    } else {
+        "a program lacking bitmap support modified this file, so all bitmaps are now \
+         considered inconsistent"
+    };
+    Some(format!(
+        "{}: warning: {what}\nSome clusters may be leaked, run 'qemu-img check -r' on the \
+         image file to fix.",
+        crate::cli::prog::name()
+    ))
+}

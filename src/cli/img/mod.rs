@@ -22,6 +22,7 @@ mod open;
 mod open_args;
 mod opt_help;
 
+pub(crate) use bitmap::stale_bitmaps_warning;
 pub(crate) use open::{Tool, parse_src_cache};
 pub(crate) use open_args::{FORMAT_CONFLICT, add_objects, help_text as object_help};
 mod progress;
