@@ -357,3 +357,36 @@ pub(crate) fn stale_bitmaps_warning(path: &str) -> Option<String> {
         crate::cli::prog::name()
     ))
 }
+
+/// `convert --bitmaps`: store every consistent bitmap of `src` on `dst` (same name,
+/// granularity, enabled state and bits); an inconsistent one is skipped with QEMU's warning
+/// (`convert` refused it earlier unless `--skip-broken-bitmaps`).
+pub(crate) async fn copy_bitmaps(src: &Node, dst: &Node) -> Result<()> {
+    let from = ops(src)?;
+    let mut kept = Vec::new();
+    for b in from.stored_bitmaps().await? {
+        if b.in_use {
+            eprintln!(
+                "{}: warning: Skipping inconsistent bitmap '{}'",
+                crate::cli::prog::name(),
+                b.name
+            );
+            continue;
+        }
+        let bits = from.load_bitmap(&b.name).await?;
+        kept.push((b, bits));
+    }
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let set: Vec<BitmapToStore<'_>> = kept
+        .iter()
+        .map(|(b, bits)| BitmapToStore {
+            name: &b.name,
+            granularity: b.granularity,
+            enabled: b.auto,
+            bits,
+        })
+        .collect();
+    ops(dst)?.store_bitmaps(&set).await
+}
