@@ -67,6 +67,27 @@ fn open_error(sim: &Sim, file: &str) -> String {
     .unwrap()
 }
 
+/// One bitmap to store.
+fn bm<'a>(name: &'a str, granularity: u64, enabled: bool, bits: &'a HBits) -> BitmapToStore<'a> {
+    BitmapToStore {
+        name,
+        granularity,
+        enabled,
+        bits,
+    }
+}
+
+/// blk's check of `node` finds no corruption and `leaks` leaked clusters.
+async fn assert_check(node: &Rc<Node>, leaks: u64) {
+    let rep = check_node(node, None).await.unwrap();
+    assert_eq!(
+        (rep.corruptions, rep.leaks),
+        (0, leaks),
+        "{:?}",
+        rep.messages
+    );
+}
+
 fn bits(n: u64, set: &[(u64, u64)]) -> HBits {
     let mut b = HBits::new(n);
     for &(s, e) in set {
@@ -85,20 +106,7 @@ fn store_list_load_remove_round_trip() {
         let d = node.driver();
         let ops = d.format_ops().unwrap();
         assert!(ops.stored_bitmaps().await.unwrap().is_empty());
-        let set = [
-            BitmapToStore {
-                name: "a",
-                granularity: 65536,
-                enabled: true,
-                bits: &a,
-            },
-            BitmapToStore {
-                name: "b",
-                granularity: 512,
-                enabled: false,
-                bits: &b,
-            },
-        ];
+        let set = [bm("a", 65536, true, &a), bm("b", 512, false, &b)];
         ops.store_bitmaps(&set).await.unwrap();
         assert!(ops.has_persistent_bitmaps());
         let l = ops.stored_bitmaps().await.unwrap();
@@ -115,24 +123,17 @@ fn store_list_load_remove_round_trip() {
         let e = ops.load_bitmap("a").await.unwrap_err().message();
         assert_eq!(e, "Bitmap 'a' is inconsistent and cannot be used");
         let a2 = bits(n, &[(3, 4)]);
-        let set = [BitmapToStore {
-            name: "a",
-            granularity: 65536,
-            enabled: false,
-            bits: &a2,
-        }];
+        let set = [bm("a", 65536, false, &a2)];
         ops.store_bitmaps(&set).await.unwrap();
         let l = ops.stored_bitmaps().await.unwrap();
         assert_eq!((l[0].in_use, l[0].auto, l[1].in_use), (false, false, true));
         assert_eq!(ops.load_bitmap("a").await.unwrap(), a2);
         assert!(ops.remove_bitmap("b").await.unwrap());
         assert!(!ops.remove_bitmap("b").await.unwrap());
-        let rep = check_node(&node, None).await.unwrap();
-        assert_eq!((rep.corruptions, rep.leaks), (0, 0), "{:?}", rep.messages);
+        assert_check(&node, 0).await;
         assert!(ops.remove_bitmap("a").await.unwrap());
         assert!(!ops.has_persistent_bitmaps());
-        let rep = check_node(&node, None).await.unwrap();
-        assert_eq!((rep.corruptions, rep.leaks), (0, 0), "{:?}", rep.messages);
+        assert_check(&node, 0).await;
     });
 }
 
@@ -145,20 +146,7 @@ fn guest_write_marks_enabled_bitmaps_in_use() {
     let (on, off) = (bits(n, &[(1, 2)]), bits(n, &[(7, 9)]));
     with_node(&sim, "img", false, async |_bb, node| {
         let ops = node.driver().format_ops().unwrap();
-        let set = [
-            BitmapToStore {
-                name: "on",
-                granularity: 65536,
-                enabled: true,
-                bits: &on,
-            },
-            BitmapToStore {
-                name: "off",
-                granularity: 65536,
-                enabled: false,
-                bits: &off,
-            },
-        ];
+        let set = [bm("on", 65536, true, &on), bm("off", 65536, false, &off)];
         ops.store_bitmaps(&set).await.unwrap();
     });
     with_node(&sim, "img", false, async |bb, node| {
@@ -181,8 +169,7 @@ fn guest_write_marks_enabled_bitmaps_in_use() {
         assert_eq!((l[0].name.as_str(), l[0].in_use), ("on", true));
         assert_eq!((l[1].name.as_str(), l[1].in_use), ("off", false));
         assert_eq!(ops.load_bitmap("off").await.unwrap(), off);
-        let rep = check_node(&node, None).await.unwrap();
-        assert_eq!((rep.corruptions, rep.leaks), (0, 0), "{:?}", rep.messages);
+        assert_check(&node, 0).await;
     });
 }
 
@@ -195,12 +182,7 @@ fn resize_keeps_bitmaps() {
     let a = bits(n, &[(0, 3), (n - 1, n)]);
     with_node(&sim, "img", false, async |bb, node| {
         let ops = node.driver().format_ops().unwrap();
-        let set = [BitmapToStore {
-            name: "a",
-            granularity: 65536,
-            enabled: false,
-            bits: &a,
-        }];
+        let set = [bm("a", 65536, false, &a)];
         ops.store_bitmaps(&set).await.unwrap();
         for (size, want) in [
             (4 * DISK, bits(4 * n, &[(0, 3), (n - 1, n)])),
@@ -211,8 +193,7 @@ fn resize_keeps_bitmaps() {
             assert!(!l[0].in_use);
             assert_eq!(ops.load_bitmap("a").await.unwrap(), want);
         }
-        let rep = check_node(&node, None).await.unwrap();
-        assert_eq!((rep.corruptions, rep.leaks), (0, 0), "{:?}", rep.messages);
+        assert_check(&node, 0).await;
     });
     // And it opens again (QEMU's open checks the table against the disk size).
     with_node(&sim, "img", true, async |_bb, node| {
@@ -245,12 +226,7 @@ fn image_with_bitmap_a() -> Vec<u8> {
     let a = bits(DISK / 65536, &[(16, 17), (160, 161)]);
     with_node(&sim, "img", false, async |_bb, node| {
         let ops = node.driver().format_ops().unwrap();
-        let set = [BitmapToStore {
-            name: "a",
-            granularity: 65536,
-            enabled: true,
-            bits: &a,
-        }];
+        let set = [bm("a", 65536, true, &a)];
         ops.store_bitmaps(&set).await.unwrap();
     });
     sim.fs().file_bytes("img").unwrap()
@@ -406,19 +382,13 @@ fn stale_extension_is_ignored_and_replaced() {
         let ops = node.driver().format_ops().unwrap();
         assert!(ops.stored_bitmaps().await.unwrap().is_empty());
         assert!(!ops.has_persistent_bitmaps());
-        let set = [BitmapToStore {
-            name: "b",
-            granularity: 65536,
-            enabled: true,
-            bits: &b,
-        }];
+        let set = [bm("b", 65536, true, &b)];
         ops.store_bitmaps(&set).await.unwrap();
         let l = ops.stored_bitmaps().await.unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(ops.load_bitmap("b").await.unwrap(), b);
         // The stale bitmap's clusters (directory, table, data) leak, as in QEMU.
-        let rep = check_node(&node, None).await.unwrap();
-        assert_eq!((rep.corruptions, rep.leaks), (0, 3), "{:?}", rep.messages);
+        assert_check(&node, 3).await;
     });
 }
 
@@ -441,20 +411,7 @@ fn blk_bitmaps_in_qemu() {
     let b = bits(DISK / 4096, &[(0, 8192), (16000, 16384)]);
     with_node(&sim, "img", false, async |_bb, node| {
         let ops = node.driver().format_ops().unwrap();
-        let set = [
-            BitmapToStore {
-                name: "a",
-                granularity: 65536,
-                enabled: true,
-                bits: &a,
-            },
-            BitmapToStore {
-                name: "b",
-                granularity: 4096,
-                enabled: false,
-                bits: &b,
-            },
-        ];
+        let set = [bm("a", 65536, true, &a), bm("b", 4096, false, &b)];
         ops.store_bitmaps(&set).await.unwrap();
     });
     let dir = Scratch::new("bitmaps-blk");
