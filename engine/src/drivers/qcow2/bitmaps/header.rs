@@ -8,7 +8,7 @@ use crate::io::{IoBuf, ReqFlags};
 
 use super::super::Qcow2;
 use super::super::backing::plan_header_rewrite;
-use super::super::header::Header;
+use super::super::header::{EXT_FEATURE_TABLE, Header};
 use super::{AUTOCLEAR_BITMAPS, BitmapExt, EXT_BITMAPS};
 
 impl Qcow2 {
@@ -32,15 +32,19 @@ impl Qcow2 {
             None => h.autoclear & !AUTOCLEAR_BITMAPS,
         };
         let payload = ext.map(BitmapExt::to_bytes);
-        let edit = |exts: &mut Vec<(u32, Vec<u8>)>| {
-            exts.retain(|(magic, _)| *magic != EXT_BITMAPS);
+        // The feature name table is optional: where cluster 0 has no room for it and the
+        // bitmaps extension (512-byte clusters), it goes, as QEMU leaves it out there.
+        let edit = |exts: &mut Vec<(u32, Vec<u8>)>, drop_names: bool| {
+            exts.retain(|(magic, _)| {
+                *magic != EXT_BITMAPS && !(drop_names && *magic == EXT_FEATURE_TABLE)
+            });
             if let Some(p) = &payload {
                 exts.push((EXT_BITMAPS, p.clone()));
             }
         };
-        let fmt = h.backing_fmt.as_deref();
-        let writes =
-            plan_header_rewrite(&raw, &h, h.backing_file.as_deref(), fmt, autoclear, &edit)?;
+        let (name, fmt) = (h.backing_file.as_deref(), h.backing_fmt.as_deref());
+        let writes = plan_header_rewrite(&raw, &h, name, fmt, autoclear, &|e| edit(e, false))
+            .or_else(|_| plan_header_rewrite(&raw, &h, name, fmt, autoclear, &|e| edit(e, true)))?;
         for w in writes {
             self.file
                 .write(w.offset, IoBuf::from_slice(&w.data), ReqFlags::NONE)
