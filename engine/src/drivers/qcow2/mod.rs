@@ -224,7 +224,7 @@ pub(super) fn open(
         };
         // QEMU loads the persistent bitmaps at open: a malformed extension, directory or
         // table fails the open, read-only or not.
-        q.bitmaps_unmarked.set(q.check_bitmaps_at_open().await?);
+        q.bitmaps_unmarked.set(q.check_bitmaps_at_open(&h).await?);
         Ok(Box::new(q) as Box<dyn BlockDriver>)
     })
 }

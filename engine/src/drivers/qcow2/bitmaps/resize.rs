@@ -8,11 +8,16 @@ use crate::driver::{BitmapToStore, Prealloc};
 use crate::error::Result;
 
 use super::super::Qcow2;
+use super::AUTOCLEAR_BITMAPS;
 use super::table::bit_count;
 
 impl Qcow2 {
     /// `BlockDriver::truncate` of an image that may store bitmaps.
     pub(crate) async fn truncate_with_bitmaps(&self, len: u64, prealloc: Prealloc) -> Result<()> {
+        // Without the autoclear bit there are no valid bitmaps: no header read.
+        if self.layout.autoclear.get() & AUTOCLEAR_BITMAPS == 0 {
+            return self.do_truncate(len, prealloc).await;
+        }
         let (_, entries) = self.bitmap_dir().await?;
         let mut kept = Vec::new();
         for e in entries.into_iter().filter(|e| !e.in_use()) {

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::io::{IoBuf, ReqFlags};
 
 use super::super::Qcow2;
+use super::super::header::Header;
 use super::dir::{self, FLAG_AUTO, FLAG_IN_USE};
 use super::table::{self, ALL_ONES, bit_count, bits_per_cluster, table_entries};
 use super::{
@@ -23,8 +24,12 @@ use super::{
 impl Qcow2 {
     /// The valid bitmaps extension (if any) and its directory, read from the image.
     pub(crate) async fn bitmap_dir(&self) -> Result<(Option<BitmapExt>, Vec<DirEntry>)> {
-        let h = self.read_header().await?;
-        let Some(ext) = ExtState::of(&h)?.valid() else {
+        self.bitmap_dir_of(&self.read_header().await?).await
+    }
+
+    /// The valid bitmaps extension of header `h` (if any) and its directory.
+    async fn bitmap_dir_of(&self, h: &Header) -> Result<(Option<BitmapExt>, Vec<DirEntry>)> {
+        let Some(ext) = ExtState::of(h)?.valid() else {
             return Ok((None, Vec::new()));
         };
         let raw = self.read_meta(ext.dir_offset, ext.dir_size).await?;
@@ -55,11 +60,12 @@ impl Qcow2 {
         Ok(tab)
     }
 
-    /// What QEMU checks when it loads the bitmaps at open: the extension, the directory and
-    /// the table of every bitmap not in use. Returns whether an enabled bitmap is stored
-    /// clean (the first guest write must mark it in use).
-    pub(crate) async fn check_bitmaps_at_open(&self) -> Result<bool> {
-        let (_, entries) = self.bitmap_dir().await?;
+    /// What QEMU checks when it loads the bitmaps at open (`h`: the header just read): the
+    /// extension, the directory and the table of every bitmap not in use. Returns whether an
+    /// enabled bitmap is stored clean (the first guest write must mark it in use). An image
+    /// without bitmaps costs no I/O here.
+    pub(crate) async fn check_bitmaps_at_open(&self, h: &Header) -> Result<bool> {
+        let (_, entries) = self.bitmap_dir_of(h).await?;
         let mut clean_enabled = false;
         for e in entries.iter().filter(|e| !e.in_use()) {
             self.bitmap_table(e).await?;
