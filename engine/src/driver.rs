@@ -339,8 +339,9 @@ fn no_persistent_bitmaps(name: &str) -> Error {
     )
 }
 
-/// Verbs only image formats have: reached through [`BlockDriver::format_ops`]. Snapshots and
-/// persistent bitmaps join this family when they come.
+/// Verbs only image formats have: reached through [`BlockDriver::format_ops`]. Persistent
+/// bitmaps ([`StoredBitmap`], [`BitmapToStore`]) are plain data here, independent of the live
+/// named bitmaps of a node; snapshots join this family when they come.
 pub trait FormatOps {
     /// Deallocate everything so the image reads entirely from its backing file (`qemu-img
     /// commit` empties the image it committed).

@@ -11,7 +11,8 @@
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
 //! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `backing`
 //! (rewriting the backing file name after a job changed the chain), `overlap`
-//! (metadata overlap checks before writes, the corrupt bit).
+//! (metadata overlap checks before writes, the corrupt bit), `bitmaps` (persistent dirty
+//! bitmaps: the bitmaps extension, directory and tables).
 //!
 //! An external data file (incompatible bit 2) is a second child, `data-file`: guest clusters
 //! live there at their guest offsets, are not refcounted, and are flushed before the L2
