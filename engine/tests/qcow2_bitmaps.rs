@@ -620,3 +620,85 @@ fn qemu_storage_daemon_hashes_blk_bitmaps() {
     // The daemon stored them back clean when it quit.
     dir.check("img.qcow2", false);
 }
+
+/// Store bitmaps "a" (replacing the stored one) and "b" (new) on `sim`'s "img", crashing at
+/// `crash` (its counts taken from the start of the store) if given; errors after the crash are
+/// expected and ignored. Returns the flushes and disk operations the store made.
+fn store_a2_b(sim: &Sim, a2: &HBits, b: &HBits, crash: Option<sim::CrashAt>) -> (u64, u64) {
+    let engine = engine_of(sim);
+    let fs = sim.fs();
+    let (a2, b) = (a2.clone(), b.clone());
+    let counts = sim.block_on(async move {
+        let _bb = open_qcow2(&engine, "q", "img", false).await.unwrap();
+        let base = fs.disk_counts();
+        match crash {
+            Some(sim::CrashAt::Flush { nth, after }) => fs.schedule_crash(sim::CrashAt::Flush {
+                nth: base.flushes + nth,
+                after,
+            }),
+            Some(sim::CrashAt::Op { nth }) => fs.schedule_crash(sim::CrashAt::Op {
+                nth: base.ops + nth,
+            }),
+            None => {}
+        }
+        let node = engine.node("q").unwrap();
+        let ops = node.driver().format_ops().unwrap();
+        let set = [bm("a", 65536, false, &a2), bm("b", 65536, true, &b)];
+        let stored = ops.store_bitmaps(&set).await;
+        if crash.is_none() {
+            stored.unwrap();
+        }
+        let now = fs.disk_counts();
+        (now.flushes - base.flushes, now.ops - base.ops)
+    });
+    counts.unwrap_or((0, 0))
+}
+
+/// A crash at any flush or disk write of a store leaves the old bitmaps or the new ones, with
+/// their bits, in an image that opens and has no corruption (leaked clusters at most).
+#[test]
+fn crash_during_store_leaves_old_or_new_bitmaps() {
+    let base = image_with_bitmap_a();
+    let n = DISK / 65536;
+    let old_a = bits(n, &[(16, 17), (160, 161)]);
+    let (a2, b) = (bits(n, &[(5, 6)]), bits(n, &[(0, n)]));
+    let dry = sim_with(21, &[("img", base.clone())]);
+    let (flushes, ops) = store_a2_b(&dry, &a2, &b, None);
+    assert!(flushes >= 2 && ops >= 4, "{flushes} flushes, {ops} writes");
+    let mut points: Vec<sim::CrashAt> = (1..=ops).map(|nth| sim::CrashAt::Op { nth }).collect();
+    for nth in 1..=flushes {
+        for after in [false, true] {
+            points.push(sim::CrashAt::Flush { nth, after });
+        }
+    }
+    let (mut olds, mut news) = (0, 0);
+    for at in points {
+        let sim = sim_with(21, &[("img", base.clone())]);
+        store_a2_b(&sim, &a2, &b, Some(at));
+        assert!(sim.fs().take_struck().is_some(), "{at:?} never came");
+        let after_crash = sim.fs().durable_bytes("img").unwrap();
+        let sim2 = sim_with(22, &[("img", after_crash)]);
+        with_node(&sim2, "img", true, async |_bb, node| {
+            let ops = node.driver().format_ops().unwrap();
+            let names: Vec<String> = ops
+                .stored_bitmaps()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
+            if names == ["a"] {
+                assert_eq!(ops.load_bitmap("a").await.unwrap(), old_a, "{at:?}");
+                olds += 1;
+            } else {
+                assert_eq!(names, ["a", "b"], "crash at {at:?}");
+                assert_eq!(ops.load_bitmap("a").await.unwrap(), a2, "{at:?}");
+                assert_eq!(ops.load_bitmap("b").await.unwrap(), b, "{at:?}");
+                news += 1;
+            }
+            let rep = check_node(&node, None).await.unwrap();
+            assert_eq!(rep.corruptions, 0, "{at:?}: {:?}", rep.messages);
+        });
+    }
+    assert!(olds > 0 && news > 0, "old {olds}, new {news}");
+}
