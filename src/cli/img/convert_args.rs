@@ -112,6 +112,8 @@ pub(super) struct ConvertArgs {
     pub target_image_opts: bool,
     pub target_is_zero: bool,
     pub bitmaps: bool,
+    /// `--skip-broken-bitmaps`: inconsistent bitmaps are skipped (with a warning).
+    pub skip_broken_bitmaps: bool,
     pub sources: Vec<String>,
     pub target: String,
 }
@@ -174,6 +176,7 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
         target_image_opts: false,
         target_is_zero: false,
         bitmaps: false,
+        skip_broken_bitmaps: false,
         sources: Vec::new(),
         target: String::new(),
     };
@@ -184,6 +187,7 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
     if let Some(msg) = refusal(&a, compressed, skip_broken) {
         return Err(fail(msg));
     }
+    a.skip_broken_bitmaps = skip_broken;
     let Some(target) = operands.pop().filter(|_| !operands.is_empty()) else {
         return Err(fail("Must specify image file name"));
     };
