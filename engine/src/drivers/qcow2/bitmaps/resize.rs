@@ -28,8 +28,8 @@ impl Qcow2 {
             return self.do_truncate(len, prealloc).await;
         }
         {
-            let _g = self.meta.lock().await;
-            self.mark_in_use(false).await?;
+            let held = self.meta.lock().await;
+            self.mark_in_use(&held, false).await?;
         }
         self.do_truncate(len, prealloc).await?;
         for (e, bits) in kept.iter_mut() {

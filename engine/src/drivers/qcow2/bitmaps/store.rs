@@ -14,6 +14,8 @@ use crate::io::{IoBuf, ReqFlags};
 
 use super::super::Qcow2;
 use super::super::header::Header;
+use super::super::lock::MetaGuard;
+use super::super::units::HostOffset;
 use super::dir::{self, FLAG_AUTO, FLAG_IN_USE};
 use super::table::{self, ALL_ONES, bit_count, bits_per_cluster, table_entries};
 use super::{
@@ -126,15 +128,16 @@ impl Qcow2 {
             }
         }
         self.check_writable().await?;
-        let _g = self.meta.lock().await;
+        let guard = self.meta.lock().await;
+        let held = &guard;
         let (ext, mut entries) = self.bitmap_dir().await?;
         let mut new_clusters = Vec::new();
         let mut replaced = Vec::new();
         for b in set {
-            let written = self.write_bitmap(b, &mut new_clusters).await;
+            let written = self.write_bitmap(held, b, &mut new_clusters).await;
             let (table_offset, table_size) = match written {
                 Ok(t) => t,
-                Err(e) => return Err(self.undo_allocations(new_clusters, e).await),
+                Err(e) => return Err(self.undo_allocations(held, new_clusters, e).await),
             };
             let new = DirEntry {
                 table_offset,
@@ -151,20 +154,21 @@ impl Qcow2 {
         if set.iter().any(|b| b.enabled) {
             self.bitmaps_unmarked.set(true);
         }
-        self.switch_directory(ext, &entries, replaced, new_clusters)
+        self.switch_directory(held, ext, &entries, replaced, new_clusters)
             .await
     }
 
     /// `FormatOps::remove_bitmap`.
     pub(crate) async fn remove_stored_bitmap(&self, name: &str) -> Result<bool> {
         self.check_writable().await?;
-        let _g = self.meta.lock().await;
+        let guard = self.meta.lock().await;
+        let held = &guard;
         let (ext, mut entries) = self.bitmap_dir().await?;
         let Some(at) = entries.iter().position(|e| e.name == name) else {
             return Ok(false);
         };
         let gone = entries.remove(at);
-        self.switch_directory(ext, &entries, vec![gone], Vec::new())
+        self.switch_directory(held, ext, &entries, vec![gone], Vec::new())
             .await?;
         Ok(true)
     }
@@ -172,8 +176,9 @@ impl Qcow2 {
     /// `FormatOps::mark_bitmaps_in_use`.
     pub(crate) async fn mark_all_bitmaps_in_use(&self) -> Result<()> {
         self.check_writable().await?;
-        let _g = self.meta.lock().await;
-        self.mark_in_use(false).await
+        let guard = self.meta.lock().await;
+        let held = &guard;
+        self.mark_in_use(held, false).await
     }
 
     /// Before the first guest write: blk does not record writes into stored bitmaps yet (the
@@ -184,9 +189,10 @@ impl Qcow2 {
         if !self.bitmaps_unmarked.get() {
             return Ok(());
         }
-        let _g = self.meta.lock().await;
+        let guard = self.meta.lock().await;
+        let held = &guard;
         if self.bitmaps_unmarked.get() {
-            self.mark_in_use(true).await?;
+            self.mark_in_use(held, true).await?;
             self.bitmaps_unmarked.set(false);
         }
         Ok(())
@@ -194,7 +200,7 @@ impl Qcow2 {
 
     /// Set the in-use flag of every bitmap not in use yet (only the enabled ones with
     /// `only_enabled`). Metadata lock held.
-    pub(super) async fn mark_in_use(&self, only_enabled: bool) -> Result<()> {
+    pub(super) async fn mark_in_use(&self, held: &MetaGuard<'_>, only_enabled: bool) -> Result<()> {
         let (ext, mut entries) = self.bitmap_dir().await?;
         let mut changed = false;
         for e in entries.iter_mut() {
@@ -206,7 +212,7 @@ impl Qcow2 {
         if !changed {
             return Ok(());
         }
-        self.switch_directory(ext, &entries, Vec::new(), Vec::new())
+        self.switch_directory(held, ext, &entries, Vec::new(), Vec::new())
             .await
     }
 
@@ -275,6 +281,7 @@ impl Qcow2 {
     /// recorded in `allocated`); returns the table's offset and entry count.
     async fn write_bitmap(
         &self,
+        held: &MetaGuard<'_>,
         b: &BitmapToStore<'_>,
         allocated: &mut Vec<(u64, u64)>,
     ) -> Result<(u64, u32)> {
@@ -288,19 +295,27 @@ impl Qcow2 {
             if b.bits.next_set(start).is_some_and(|s| s < start + per) {
                 let mut data = vec![0u8; cs as usize];
                 b.bits.serialize(start, &mut data);
-                *slot = self.write_fresh(&data, allocated).await?;
+                *slot = self.write_fresh(held, &data, allocated).await?;
             }
         }
-        let off = self.write_fresh(&table::serialize(&tab), allocated).await?;
+        let off = self
+            .write_fresh(held, &table::serialize(&tab), allocated)
+            .await?;
         Ok((off, tab.len() as u32))
     }
 
     /// Write `data` to newly allocated clusters (zero padded to whole clusters); the
     /// allocation is recorded in `allocated` before anything is written.
-    async fn write_fresh(&self, data: &[u8], allocated: &mut Vec<(u64, u64)>) -> Result<u64> {
+    async fn write_fresh(
+        &self,
+        held: &MetaGuard<'_>,
+        data: &[u8],
+        allocated: &mut Vec<(u64, u64)>,
+    ) -> Result<u64> {
         let cs = self.layout.cs();
         let n = (data.len() as u64).div_ceil(cs).max(1);
-        let off = self.alloc_clusters(n).await?;
+        let first = self.alloc_clusters(held, n).await?;
+        let off = self.layout.cluster_offset(first).bytes();
         allocated.push((off, n));
         let mut buf = data.to_vec();
         buf.resize((n * cs) as usize, 0);
@@ -314,9 +329,14 @@ impl Qcow2 {
 
     /// Give back the clusters of a store that failed before the header switched; returns the
     /// store's error (a failure to free only leaks).
-    async fn undo_allocations(&self, allocated: Vec<(u64, u64)>, err: Error) -> Error {
+    async fn undo_allocations(
+        &self,
+        held: &MetaGuard<'_>,
+        allocated: Vec<(u64, u64)>,
+        err: Error,
+    ) -> Error {
         for (off, n) in allocated {
-            if self.free_unreferenced(off, n).await.is_err() {
+            if self.free_at(held, off, n).await.is_err() {
                 break;
             }
         }
@@ -329,37 +349,39 @@ impl Qcow2 {
     /// again if the switch fails).
     async fn switch_directory(
         &self,
+        held: &MetaGuard<'_>,
         old: Option<BitmapExt>,
         entries: &[DirEntry],
         dropped: Vec<DirEntry>,
         mut allocated: Vec<(u64, u64)>,
     ) -> Result<()> {
-        let ext = match self.write_directory(entries, &mut allocated).await {
+        let ext = match self.write_directory(held, entries, &mut allocated).await {
             Ok(ext) => ext,
-            Err(e) => return Err(self.undo_allocations(allocated, e).await),
+            Err(e) => return Err(self.undo_allocations(held, allocated, e).await),
         };
         let switched = async {
-            self.flush_metadata().await?;
+            self.flush_metadata(held).await?;
             self.write_bitmaps_ext(ext).await
         };
         if let Err(e) = switched.await {
-            return Err(self.undo_allocations(allocated, e).await);
+            return Err(self.undo_allocations(held, allocated, e).await);
         }
         if let Some(o) = old {
             let cs = self.layout.cs();
-            self.free_unreferenced(o.dir_offset, o.dir_size.div_ceil(cs))
+            self.free_at(held, o.dir_offset, o.dir_size.div_ceil(cs))
                 .await?;
         }
         for e in &dropped {
-            self.free_bitmap_clusters(e).await?;
+            self.free_bitmap_clusters(held, e).await?;
         }
-        self.flush_metadata().await
+        self.flush_metadata(held).await
     }
 
     /// The new directory for `entries` in fresh clusters, as its extension (`None` for no
     /// bitmaps).
     async fn write_directory(
         &self,
+        held: &MetaGuard<'_>,
         entries: &[DirEntry],
         allocated: &mut Vec<(u64, u64)>,
     ) -> Result<Option<BitmapExt>> {
@@ -373,7 +395,7 @@ impl Qcow2 {
         if raw.len() as u64 > MAX_DIR_SIZE {
             return Err(Error::generic("Bitmap directory is too large"));
         }
-        let dir_offset = self.write_fresh(&raw, allocated).await?;
+        let dir_offset = self.write_fresh(held, &raw, allocated).await?;
         Ok(Some(BitmapExt {
             nb_bitmaps: entries.len() as u32,
             dir_size: raw.len() as u64,
@@ -384,7 +406,7 @@ impl Qcow2 {
     /// Free the table and data clusters of a bitmap no directory refers to any more. A table
     /// that does not parse is left alone (its clusters leak, as in QEMU: freeing what a
     /// corrupt table names could free clusters something else owns).
-    async fn free_bitmap_clusters(&self, e: &DirEntry) -> Result<()> {
+    async fn free_bitmap_clusters(&self, held: &MetaGuard<'_>, e: &DirEntry) -> Result<()> {
         let cs = self.layout.cs();
         let raw = self
             .read_meta(e.table_offset, e.table_size as u64 * 8)
@@ -395,10 +417,16 @@ impl Qcow2 {
         for entry in tab {
             let off = entry & table::OFFSET;
             if off != 0 {
-                self.free_unreferenced(off, 1).await?;
+                self.free_at(held, off, 1).await?;
             }
         }
         let table_clusters = (e.table_size as u64 * 8).div_ceil(cs);
-        self.free_unreferenced(e.table_offset, table_clusters).await
+        self.free_at(held, e.table_offset, table_clusters).await
+    }
+
+    /// Drop the refcount of the `n` clusters from host offset `off` (nothing refers to them).
+    async fn free_at(&self, held: &MetaGuard<'_>, off: u64, n: u64) -> Result<()> {
+        let first = self.layout.cluster_of(HostOffset::new(off));
+        self.free_unreferenced(held, first, n).await
     }
 }
