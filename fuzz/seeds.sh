@@ -22,6 +22,10 @@ blk=(cargo run -q --manifest-path "$root/Cargo.toml" --)
 "${blk[@]}" io -f qcow2 -c 'write -P 0x33 0 12k' -c 'write -P 0x44 64k 4k' \
     "$work/blk-4k-rc1.qcow2" >/dev/null
 "${blk[@]}" create -f qcow2 -o compat=0.10,cluster_size=1k "$work/blk-v2.qcow2" 128k >/dev/null
+# Persistent bitmaps written by blk (directory, tables; one with data clusters after a merge).
+"${blk[@]}" create -f qcow2 -o cluster_size=4k "$work/blk-bitmaps.qcow2" 1M >/dev/null
+"${blk[@]}" bitmap --add "$work/blk-bitmaps.qcow2" b0
+"${blk[@]}" bitmap --add -g 512 --disable "$work/blk-bitmaps.qcow2" b1
 
 if command -v qemu-img >/dev/null && command -v qemu-io >/dev/null; then
     q() { qemu-img "$@" >/dev/null; }
@@ -33,6 +37,8 @@ if command -v qemu-img >/dev/null && command -v qemu-io >/dev/null; then
     q create -f qcow2 -o cluster_size=4k,refcount_bits=8 "$work/q-bitmap.qcow2" 1M
     qemu-io -f qcow2 -c 'write -P 4 8k 4k' "$work/q-bitmap.qcow2" >/dev/null
     q bitmap --add "$work/q-bitmap.qcow2" b0
+    # qemu-io's writes mark the enabled bitmap: its table points at a data cluster.
+    qemu-io -f qcow2 -c 'write -P 5 64k 8k' "$work/q-bitmap.qcow2" >/dev/null
     q create -f qcow2 -o compat=0.10,cluster_size=2k "$work/q-v2.qcow2" 64k
     printf 'base' >"$work/base.raw"
     q create -f qcow2 -o cluster_size=1k -b base.raw -F raw "$work/q-backing.qcow2" 64k

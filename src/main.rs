@@ -7,7 +7,11 @@ mod cli;
 use cli::prog;
 
 /// The image subcommands blk has, with qemu-img's one-line descriptions.
-const COMMANDS: [(&str, &str); 10] = [
+const COMMANDS: [(&str, &str); 11] = [
+    (
+        "bitmap",
+        "Perform modifications of the persistent bitmap in the image",
+    ),
     ("check", "Check basic image integrity"),
     ("commit", "Commit image to its backing file"),
     ("compare", "Check if two images have the same contents"),
@@ -125,8 +129,8 @@ fn run_command(cmd: &str, rest: &[String]) -> i32 {
         "check" => cli::check::run_check(rest),
         "io" if blk => cli::io::run_io(rest),
         "sim" if blk => cli::sim::run_sim(rest),
-        "create" | "info" | "map" | "compare" | "convert" | "dd" | "resize" | "commit"
-        | "rebase" => cli::img::run(cmd, rest),
+        "bitmap" | "create" | "info" | "map" | "compare" | "convert" | "dd" | "resize"
+        | "commit" | "rebase" => cli::img::run(cmd, rest),
         "help" if blk => print_ok(&img_help()),
         other => {
             let name = prog::name();

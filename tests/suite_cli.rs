@@ -5,6 +5,8 @@
 // Shared helpers, loaded once for the whole binary; test files `use crate::` them.
 mod common;
 
+#[path = "cli_bitmap.rs"]
+mod cli_bitmap;
 #[path = "cli_check.rs"]
 mod cli_check;
 #[path = "cli_commit_rebase.rs"]

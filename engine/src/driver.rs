@@ -37,7 +37,9 @@ use crate::types::{ChildRole, Perms};
 use crate::util::Options;
 
 mod check;
+mod stored_bitmaps;
 pub use check::{CheckReport, Repair};
+pub use stored_bitmaps::{BitmapToStore, StoredBitmap};
 
 /// What kind of node a driver makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -336,8 +338,17 @@ pub fn cannot_store_bitmaps(node: &str) -> Error {
     ))
 }
 
-/// Verbs only image formats have: reached through [`BlockDriver::format_ops`]. Snapshots and
-/// persistent bitmaps join this family when they come.
+/// The refusal of a persistent bitmap verb on a format that cannot store bitmaps.
+fn no_persistent_bitmaps(name: &str) -> Error {
+    Error::io_msg(
+        Errno::ENOTSUP,
+        format!("Can't store persistent bitmap '{name}': Operation not supported"),
+    )
+}
+
+/// Verbs only image formats have: reached through [`BlockDriver::format_ops`]. Persistent
+/// bitmaps ([`StoredBitmap`], [`BitmapToStore`]) are plain data here, independent of the live
+/// named bitmaps of a node; snapshots join this family when they come.
 pub trait FormatOps {
     /// Deallocate everything so the image reads entirely from its backing file (`qemu-img
     /// commit` empties the image it committed).
@@ -370,9 +381,45 @@ pub trait FormatOps {
         Err(cannot_store_bitmaps(node))
     }
 
-    /// Delete persistent bitmap `name` from the image (`block-dirty-bitmap-remove`). Nothing
-    /// to do for a format that stores none.
-    fn remove_persistent_bitmap(&self, _name: &str) -> LocalBoxFuture<'_, Result<()>> {
+    /// The persistent bitmaps the image stores, in directory order (none for formats
+    /// without them, and for a qcow2 image whose bitmaps extension a program without bitmap
+    /// support invalidated).
+    fn stored_bitmaps(&self) -> LocalBoxFuture<'_, Result<Vec<StoredBitmap>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// The bits of stored bitmap `name` (one per granule of the current disk size). A bitmap
+    /// marked in use has no usable bits: refused.
+    fn load_bitmap(&self, name: &str) -> LocalBoxFuture<'_, Result<crate::bitmap::HBits>> {
+        let e = no_persistent_bitmaps(name);
+        Box::pin(async move { Err(e) })
+    }
+
+    /// Store `bitmaps` (each clean: not in use), replacing the stored ones of the same names;
+    /// stored bitmaps not named here stay as they are. Durable when this returns.
+    fn store_bitmaps<'a>(
+        &'a self,
+        bitmaps: &'a [BitmapToStore<'a>],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        let e = no_persistent_bitmaps(bitmaps.first().map_or("", |b| b.name));
+        Box::pin(async move { Err(e) })
+    }
+
+    /// Whether `bitmap` could be stored (name, granularity, size limits, a format version
+    /// that holds bitmaps), without storing anything.
+    fn check_bitmap_constraints(&self, bitmap: &BitmapToStore<'_>) -> Result<()> {
+        Err(no_persistent_bitmaps(bitmap.name))
+    }
+
+    /// Remove stored bitmap `name` and free its clusters; false when there is none.
+    fn remove_bitmap(&self, name: &str) -> LocalBoxFuture<'_, Result<bool>> {
+        let e = no_persistent_bitmaps(name);
+        Box::pin(async move { Err(e) })
+    }
+
+    /// Mark every stored bitmap in use (what a read-write open does in QEMU, so that a crash
+    /// before they are stored again leaves them inconsistent). Durable when this returns.
+    fn mark_bitmaps_in_use(&self) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }
 

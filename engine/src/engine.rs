@@ -19,16 +19,16 @@ use crate::job::JobRegistry;
 use crate::object::ObjectRegistry;
 use crate::util::Options;
 
-mod bitmaps;
 mod backup;
+mod bitmaps;
 mod block_jobs;
 mod image;
 mod jobs;
 mod mirror;
 mod reopen;
 
-pub use bitmaps::{BitmapAddArgs, BitmapRef, default_granularity};
 pub use backup::{BackupArgs, BackupPerf};
+pub use bitmaps::{BitmapAddArgs, BitmapRef, default_granularity};
 pub use image::ImageSpec;
 pub use mirror::{MirrorArgs, NewImageMode};
 

@@ -286,7 +286,9 @@ fn snapshot_and_bitmap_tables_past_the_end_of_the_file_are_corruptions_not_reads
         .count();
     assert_eq!(beyond, 3, "{:?}", rep.messages);
 
-    // A bitmap whose table (32 MiB) and a directory that lie past the end of the file.
+    // A bitmap whose table (32 MiB) and a directory that lie past the end of the file: as in
+    // QEMU, which loads the bitmaps at open, the image does not open (the table is larger than
+    // QEMU accepts, the directory reads as zeroes), and nothing huge is read.
     let img = image_with_bitmap();
     let h = Header::parse(&img[..4096], img.len() as u64).unwrap();
     let ext = &h.unknown_exts[0].data;
@@ -294,8 +296,8 @@ fn snapshot_and_bitmap_tables_past_the_end_of_the_file_are_corruptions_not_reads
     let mut bad_table = img.clone();
     put(&mut bad_table, dir, &(1u64 << 40).to_be_bytes());
     put(&mut bad_table, dir + 8, &(4u32 << 20).to_be_bytes());
-    let rep = open_and_check(bad_table).unwrap();
-    assert!(rep.corruptions > 0, "{:?}", rep.messages);
+    let err = open_and_check(bad_table).unwrap_err();
+    assert_eq!(err, "Bitmap 'b0' doesn't satisfy the constraints");
     let mut bad_dir = img.clone();
     let ext_at = find(&bad_dir[..4096], &0x2385_2875u32.to_be_bytes()) + 8;
     put(
@@ -308,8 +310,12 @@ fn snapshot_and_bitmap_tables_past_the_end_of_the_file_are_corruptions_not_reads
         ext_at as u64 + 16,
         &(1u64 << 40).to_be_bytes(),
     );
-    let rep = open_and_check(bad_dir).unwrap();
-    assert!(rep.corruptions > 0, "{:?}", rep.messages);
+    let err = open_and_check(bad_dir).unwrap_err();
+    assert_eq!(
+        err,
+        "bitmaps_ext: bitmap directory size (67108864) exceeds the maximum supported size \
+         (67107840)"
+    );
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {

@@ -328,9 +328,10 @@ fn backing_option_and_autoclear() {
         };
         create_on(&engine, "o.qcow2", &opts).await;
         engine.blockdev_del("f").await.unwrap();
-        // Set autoclear bit 0 (bitmaps), which blk does not implement.
+        // Set autoclear bit 2, which no one defines, and bit 0 (bitmaps), which blk keeps as
+        // QEMU does.
         let mut img = simr.fs().file_bytes("o.qcow2").unwrap();
-        img[95] = 1;
+        img[95] = 5;
         simr.fs().create_file("o2.qcow2", &img).unwrap();
         // Probed (no backing_fmt): raw.
         let bb = open_qcow2(&engine, "a", "o.qcow2", true).await.unwrap();
@@ -368,12 +369,12 @@ fn backing_option_and_autoclear() {
         assert!(read_all(&bb).await.iter().all(|&b| b == 0));
         // Unknown autoclear bits are cleared when the image is opened read-write (as QEMU
         // does at open), not left for the first write; read-only opens leave them alone.
-        assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 1);
+        assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 5);
         let bb = open_qcow2(&engine, "r", "o2.qcow2", true).await.unwrap();
-        assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 1);
+        assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 5);
         drop(bb);
         let bb = open_qcow2(&engine, "w", "o2.qcow2", false).await.unwrap();
-        assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 0);
+        assert_eq!(simr.fs().file_bytes("o2.qcow2").unwrap()[95], 1);
         bb.write(0, IoBuf::filled(512, 1), ReqFlags::NONE)
             .await
             .1

@@ -8,6 +8,8 @@ mod qcow2_support;
 mod fuzz_regressions;
 #[path = "qcow2_alloc.rs"]
 mod qcow2_alloc;
+#[path = "qcow2_bitmaps.rs"]
+mod qcow2_bitmaps;
 #[path = "qcow2_chain.rs"]
 mod qcow2_chain;
 #[path = "qcow2_check.rs"]

@@ -154,6 +154,12 @@ fn open_and_check(tool: &Tool, a: &Args, image_opts: bool) -> Result<CheckReport
     };
     let result = tool.block_on(async {
         let node = spec.add_to(&tool.engine).await.map_err(Err)?;
+        if let Some(w) = host
+            .as_deref()
+            .and_then(crate::cli::img::stale_bitmaps_warning)
+        {
+            eprint!("{w}");
+        }
         check_node(&node, a.repair).await.map_err(Ok)
     });
     match result {

@@ -94,7 +94,7 @@ impl Engine {
         if b.persistent()
             && let Some(ops) = n.driver().format_ops()
         {
-            ops.remove_persistent_bitmap(name).await?;
+            ops.remove_bitmap(name).await?;
         }
         n.bitmaps().remove(name);
         Ok(())

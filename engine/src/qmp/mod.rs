@@ -13,8 +13,8 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorClass, Result};
 use crate::util::Options;
 
-mod bitmaps;
 mod backup;
+mod bitmaps;
 mod block_jobs;
 mod job_verbs;
 mod nodes;

@@ -387,7 +387,7 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
         snapshot_refusal(&srcs, name)?;
     }
     if a.bitmaps {
-        bitmaps_refusal(&srcs)?;
+        bitmaps_refusal(&srcs, a.skip_broken_bitmaps).await?;
     }
     let total: u64 = srcs.iter().map(Image::len).sum();
     let out_fmt = a.out_fmt.clone().unwrap_or_default();
@@ -439,7 +439,11 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
             .then(|| compress_cluster_size(&dst))
             .transpose()?,
     };
-    convert(&srcs, &dst, &plan, &*tool.env).await
+    convert(&srcs, &dst, &plan, &*tool.env).await?;
+    if a.bitmaps {
+        super::bitmap::copy_bitmaps(&srcs[0].node, &dst.node).await?;
+    }
+    Ok(())
 }
 
 /// `-c`: the target's cluster size, which compressed writes cover whole.
@@ -488,10 +492,10 @@ fn snapshot_refusal(srcs: &[Image], _name: &str) -> Result<()> {
     ))
 }
 
-/// `--bitmaps`: QEMU's refusals; a qcow2 source without bitmaps has nothing to copy, one with
-/// bitmaps needs what blk does not have yet (persistent bitmaps).
-fn bitmaps_refusal(srcs: &[Image]) -> Result<()> {
-    if srcs.len() > 1 {
+/// `--bitmaps`: QEMU's refusals before the target is created: one source, a qcow2 one, and no
+/// inconsistent bitmap unless `skip_broken`.
+async fn bitmaps_refusal(srcs: &[Image], skip_broken: bool) -> Result<()> {
+    if srcs.len() != 1 {
         return Err(Error::generic(
             "Copying bitmaps only possible with single source",
         ));
@@ -499,17 +503,18 @@ fn bitmaps_refusal(srcs: &[Image]) -> Result<()> {
     if srcs[0].format != "qcow2" {
         return Err(Error::generic("Source lacks bitmap support"));
     }
-    let has = srcs[0]
-        .node
-        .driver()
-        .format_ops()
-        .is_some_and(|ops| ops.has_persistent_bitmaps());
-    if has {
-        return Err(Error::generic(
-            "blk cannot copy persistent bitmaps yet (--bitmaps)",
-        ));
+    let Some(ops) = srcs[0].node.driver().format_ops() else {
+        return Ok(());
+    };
+    let broken = ops.stored_bitmaps().await?.into_iter().find(|b| b.in_use);
+    match broken {
+        Some(b) if !skip_broken => Err(Error::generic(format!(
+            "Cannot copy inconsistent bitmap '{}'\nTry --skip-broken-bitmaps, or use 'qemu-img \
+             bitmap --remove' to delete it",
+            b.name
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The checks qemu-img makes on the target's options before it creates anything (their messages

@@ -114,6 +114,8 @@ pub(super) struct ConvertArgs {
     pub bitmaps: bool,
     /// `-c`: every data cluster is written compressed.
     pub compressed: bool,
+    /// `--skip-broken-bitmaps`: inconsistent bitmaps are skipped (with a warning).
+    pub skip_broken_bitmaps: bool,
     pub sources: Vec<String>,
     pub target: String,
 }
@@ -177,6 +179,7 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
         target_is_zero: false,
         bitmaps: false,
         compressed: false,
+        skip_broken_bitmaps: false,
         sources: Vec::new(),
         target: String::new(),
     };
@@ -187,6 +190,7 @@ pub(super) fn parse(args: &[String]) -> Result<ConvertArgs, i32> {
     if let Some(msg) = refusal(&a, skip_broken) {
         return Err(fail(msg));
     }
+    a.skip_broken_bitmaps = skip_broken;
     let Some(target) = operands.pop().filter(|_| !operands.is_empty()) else {
         return Err(fail("Must specify image file name"));
     };

@@ -220,6 +220,68 @@ fn human_bool(v: &Value) -> String {
     }
 }
 
+/// One `key: value` line of the format-specific block at indentation `depth`; lists and
+/// objects (qcow2's bitmaps) nest below their key, list items as `[i]:`, as qemu-img prints
+/// them.
+fn human_field(key: &str, v: &Value, depth: usize, s: &mut String) {
+    let pad = "    ".repeat(depth);
+    match v {
+        Value::Array(items) => {
+            *s += &format!("{pad}{key}:\n");
+            for (i, item) in items.iter().enumerate() {
+                human_field(&format!("[{i}]"), item, depth + 1, s);
+            }
+        }
+        Value::Object(map) => {
+            *s += &format!("{pad}{key}:\n");
+            for (k, v) in map {
+                human_field(&k.replace('-', " "), v, depth + 1, s);
+            }
+        }
+        other => *s += &format!("{pad}{key}: {}\n", human_bool(other)),
+    }
+}
+
+/// Put the persistent bitmaps of `node` (a qcow2 image that stores some) into the
+/// format-specific data of its `info`, after `lazy-refcounts` as qemu-img orders them.
+async fn add_bitmaps(node: &Rc<Node>, info: &mut Value) -> Result<()> {
+    let Some(ops) = node.driver().format_ops() else {
+        return Ok(());
+    };
+    let list = ops.stored_bitmaps().await?;
+    let Some(Value::Object(data)) = info
+        .get_mut("format-specific")
+        .and_then(|f| f.get_mut("data"))
+    else {
+        return Ok(());
+    };
+    if list.is_empty() {
+        return Ok(());
+    }
+    let bitmaps: Vec<Value> = list
+        .iter()
+        .map(|b| {
+            let mut flags = Vec::new();
+            if b.in_use {
+                flags.push("in-use");
+            }
+            if b.auto {
+                flags.push("auto");
+            }
+            json!({"flags": flags, "name": b.name, "granularity": b.granularity})
+        })
+        .collect();
+    let old = std::mem::take(data);
+    for (k, v) in old {
+        let after = k == "lazy-refcounts";
+        data.insert(k, v);
+        if after {
+            data.insert("bitmaps".into(), Value::Array(bitmaps.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// qemu-img's human layout of one info object.
 fn human(info: &Value) -> String {
     let mut s = String::new();
@@ -253,7 +315,7 @@ fn human(info: &Value) -> String {
     {
         s += "Format specific information:\n";
         for (k, v) in data {
-            s += &format!("    {}: {}\n", k.replace('-', " "), human_bool(v));
+            human_field(&k.replace('-', " "), v, 1, &mut s);
         }
     }
     children_human(info, "", 1, &mut s);
@@ -359,7 +421,8 @@ async fn chain_infos(
             )));
         }
         let img = tool.open(&file, format.as_deref(), true, share).await?;
-        let info = node_info(&img.node)?;
+        let mut info = node_info(&img.node)?;
+        add_bitmaps(&img.node, &mut info).await?;
         next = info["full-backing-filename"]
             .as_str()
             .filter(|_| chain)

@@ -1,4 +1,4 @@
-//! The qemu-img style image tools: `blk create|info|map|compare|convert|dd|resize|commit|rebase`.
+//! The qemu-img style image tools: `blk bitmap|create|info|map|compare|convert|dd|resize|commit|rebase`.
 //!
 //! Each subcommand lives in its own file and takes qemu-img's flags, prints qemu-img's
 //! messages (prefixed `qemu-img:` like `blk io` prefixes `qemu-io:`) and uses its exit codes.
@@ -6,6 +6,7 @@
 //! opened with `blockdev-add` options (see `open.rs`), data moves through BlockBackends and the
 //! generic request path, and allocation comes from block status through the backing chain.
 
+mod bitmap;
 mod chain;
 mod commit;
 mod compare;
@@ -21,6 +22,7 @@ mod open;
 mod open_args;
 mod opt_help;
 
+pub(crate) use bitmap::stale_bitmaps_warning;
 pub(crate) use open::{Tool, parse_src_cache};
 pub(crate) use open_args::{FORMAT_CONFLICT, add_objects, help_text as object_help};
 mod progress;
@@ -33,6 +35,7 @@ use engine::{Error, Result};
 /// Entry point of `blk <cmd> ARGS...`; returns the exit status.
 pub fn run(cmd: &str, args: &[String]) -> i32 {
     match cmd {
+        "bitmap" => bitmap::run(args),
         "create" => create::run(args),
         "info" => info::run(args),
         "map" => map::run(args),

@@ -170,6 +170,12 @@ impl Tool {
             .add_to(&self.engine)
             .await
             .map_err(|e| e.could_not_open(path))?;
+        if format == "qcow2"
+            && !image_opts
+            && let Some(w) = super::bitmap::stale_bitmaps_warning(path)
+        {
+            eprint!("{w}");
+        }
         let mut bo = BackendOptions::tool(read_only);
         if force_share {
             bo.shared = Perms::ALL;

@@ -40,7 +40,7 @@ pub(crate) struct HeaderWrite {
 }
 
 /// One header extension as found: magic and payload.
-type RawExt = (u32, Vec<u8>);
+pub(crate) type RawExt = (u32, Vec<u8>);
 
 /// The extensions after the fixed header, raw, in file order, and the offset just past the end
 /// marker.
@@ -86,13 +86,28 @@ pub(crate) fn plan_backing_change(
     name: Option<&str>,
     fmt: Option<&str>,
 ) -> Result<Vec<HeaderWrite>> {
+    plan_header_rewrite(raw, h, name, fmt, h.autoclear, &|_| {})
+}
+
+/// Plan the writes that change the backing reference (as [`plan_backing_change`]), the
+/// autoclear bits (v3) and the other extensions (`edit` changes them) of the image whose
+/// cluster 0 is `raw`, all in the one header write.
+pub(crate) fn plan_header_rewrite(
+    raw: &[u8],
+    h: &Header,
+    name: Option<&str>,
+    fmt: Option<&str>,
+    autoclear: u64,
+    edit: &dyn Fn(&mut Vec<RawExt>),
+) -> Result<Vec<HeaderWrite>> {
     let cs = h.cluster_size() as usize;
     let fmt = if name.is_some() { fmt } else { None };
     if let Some(n) = name {
         check_name(n)?;
     }
     let hl = h.header_length as usize;
-    let (exts, old_ext_end) = raw_extensions(raw, h)?;
+    let (mut exts, old_ext_end) = raw_extensions(raw, h)?;
+    edit(&mut exts);
     let area = extension_area(&exts, fmt);
     let new_ext_end = hl + area.len();
     if new_ext_end > cs {
@@ -125,6 +140,9 @@ pub(crate) fn plan_backing_change(
     };
     new[8..16].copy_from_slice(&off.to_be_bytes());
     new[16..20].copy_from_slice(&size.to_be_bytes());
+    if h.version == 3 {
+        new[88..96].copy_from_slice(&autoclear.to_be_bytes());
+    }
     new[hl..new_ext_end].copy_from_slice(&area);
     add_header_write(&mut writes, raw, &new, new_ext_end, old_name);
     Ok(writes)

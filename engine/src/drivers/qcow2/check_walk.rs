@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use crate::error::Result;
 use crate::io::{IoBuf, ReqFlags};
 
+use super::bitmaps::{AUTOCLEAR_BITMAPS, BITMAP_ENTRY_RESERVED, EXT_BITMAPS};
 use super::cache::get_u64;
 use super::entry::{L1Entry, L2Entry};
 use super::header::Header;
@@ -24,12 +25,6 @@ use crate::driver::CheckReport;
 
 /// Flags of refcount table entries that must be zero.
 const REFT_RESERVED: u64 = 0x1ff;
-/// Header extension: persistent dirty bitmaps.
-const EXT_BITMAPS: u32 = 0x2385_2875;
-/// Autoclear feature bit 0: the bitmaps extension is consistent.
-const AUTOCLEAR_BITMAPS: u64 = 1;
-/// Bits of a bitmap table entry that must be zero.
-const BITMAP_ENTRY_RESERVED: u64 = 0xff00_0000_0000_01fe;
 /// Largest L1 table of a snapshot, in entries.
 const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
 

@@ -11,14 +11,12 @@ use crate::error::Result;
 use crate::io::{IoBuf, ReqFlags};
 
 use super::Qcow2;
+use super::bitmaps::AUTOCLEAR_BITMAPS;
 use super::cache::set_u64;
 use super::header::OFF_L1;
 use super::lock::MetaGuard;
 use super::refcount::rb_set;
 use super::units::HostCluster;
-
-/// Autoclear bit 0: the image carries persistent dirty bitmaps.
-const AUTOCLEAR_BITMAPS: u64 = 1;
 
 impl Qcow2 {
     /// Deallocate every cluster so the image reads entirely from its backing file (or as

@@ -2,7 +2,8 @@
 //! reference, check/repair. The work is in `io`, `backing` and `check`; this is the entry point
 //! the engine reaches through `BlockDriver::format_ops`.
 
-use crate::driver::{CheckReport, FormatOps, Repair};
+use crate::bitmap::HBits;
+use crate::driver::{BitmapToStore, CheckReport, FormatOps, Repair, StoredBitmap};
 use crate::env::LocalBoxFuture;
 use crate::error::Result;
 use crate::io::{BufResult, IoBuf};
@@ -12,7 +13,7 @@ use super::Qcow2;
 impl FormatOps for Qcow2 {
     fn make_empty(&self) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_writable().await?;
+            self.check_guest_writable().await?;
             self.do_make_empty().await
         })
     }
@@ -45,16 +46,13 @@ impl FormatOps for Qcow2 {
         })
     }
 
-    fn can_store_new_bitmap(&self, node: &str, name: &str, _granularity: u64) -> Result<()> {
-        // The name-length rule of the bitmap directory; the rest of qcow2's limits come with
-        // the bitmaps extension itself.
-        if name.len() > crate::bitmap::MAX_NAME_LEN {
-            return Err(crate::error::Error::generic(format!(
-                "Can't make bitmap '{name}' persistent in '{node}': Name length exceeds maximum \
-                 (1023 characters)"
-            )));
+    fn can_store_new_bitmap(&self, node: &str, name: &str, granularity: u64) -> Result<()> {
+        match self.bitmap_problem(name, granularity) {
+            Some(why) => Err(crate::error::Error::generic(format!(
+                "Can't make bitmap '{name}' persistent in '{node}': {why}"
+            ))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn snapshot_count(&self) -> u32 {
@@ -62,8 +60,36 @@ impl FormatOps for Qcow2 {
     }
 
     fn has_persistent_bitmaps(&self) -> bool {
-        // Autoclear bit 0: the bitmaps extension is valid.
-        self.layout.autoclear.get() & 1 != 0
+        self.layout.autoclear.get() & super::bitmaps::AUTOCLEAR_BITMAPS != 0
+    }
+
+    fn stored_bitmaps(&self) -> LocalBoxFuture<'_, Result<Vec<StoredBitmap>>> {
+        Box::pin(self.list_bitmaps())
+    }
+
+    fn load_bitmap(&self, name: &str) -> LocalBoxFuture<'_, Result<HBits>> {
+        let name = name.to_string();
+        Box::pin(async move { self.load_stored_bitmap(&name).await })
+    }
+
+    fn store_bitmaps<'a>(
+        &'a self,
+        bitmaps: &'a [BitmapToStore<'a>],
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(self.store_stored_bitmaps(bitmaps))
+    }
+
+    fn check_bitmap_constraints(&self, bitmap: &BitmapToStore<'_>) -> Result<()> {
+        self.check_constraints(bitmap)
+    }
+
+    fn remove_bitmap(&self, name: &str) -> LocalBoxFuture<'_, Result<bool>> {
+        let name = name.to_string();
+        Box::pin(async move { self.remove_stored_bitmap(&name).await })
+    }
+
+    fn mark_bitmaps_in_use(&self) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(self.mark_all_bitmaps_in_use())
     }
 
     fn save_vmstate(&self, pos: u64, buf: IoBuf) -> LocalBoxFuture<'_, BufResult> {

@@ -12,7 +12,8 @@
 //! clusters), `create` (new images), `repair` (refcount rebuild of dirty images), `resize`,
 //! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `backing`
 //! (rewriting the backing file name after a job changed the chain), `overlap`
-//! (metadata overlap checks before writes, the corrupt bit).
+//! (metadata overlap checks before writes, the corrupt bit), `bitmaps` (persistent dirty
+//! bitmaps: the bitmaps extension, directory and tables).
 //!
 //! An external data file (incompatible bit 2) is a second child, `data-file`: guest clusters
 //! live there at their guest offsets, are not refcounted, and are flushed before the L2
@@ -30,6 +31,7 @@
 
 mod allocator;
 mod backing;
+mod bitmaps;
 mod cache;
 mod check;
 mod check_walk;
@@ -148,6 +150,9 @@ pub(crate) struct Qcow2 {
     /// The `cache-clean-interval` task, ended when the driver goes away (or a reopen
     /// replaces it).
     cleaner: RefCell<Option<clean::Cleaner>>,
+    /// An enabled persistent bitmap is stored clean: the first guest write marks it in use
+    /// (`bitmaps/store.rs`).
+    bitmaps_unmarked: Cell<bool>,
 }
 
 pub(super) fn open(
@@ -221,7 +226,11 @@ pub(super) fn open(
             ),
             runtime: RefCell::new(runtime),
             reopen_options: RefCell::new(None),
+            bitmaps_unmarked: Cell::new(false),
         };
+        // QEMU loads the persistent bitmaps at open: a malformed extension, directory or
+        // table fails the open, read-only or not.
+        q.bitmaps_unmarked.set(q.check_bitmaps_at_open(&h).await?);
         Ok(Box::new(q) as Box<dyn BlockDriver>)
     })
 }
@@ -290,13 +299,15 @@ async fn read_first_cluster(file: &Child) -> Result<Vec<u8>> {
     Ok(first)
 }
 
-/// Autoclear bits blk keeps valid on an image with incompatible bits `incompat`.
+/// Autoclear bits blk keeps valid on an image with incompatible bits `incompat`: the
+/// bitmaps bit (the directory is maintained by `bitmaps`), and data-file-raw with a data file.
 fn known_autoclear(incompat: u64) -> u64 {
-    if incompat & header::INCOMPAT_DATA_FILE != 0 {
+    let raw = if incompat & header::INCOMPAT_DATA_FILE != 0 {
         header::AUTOCLEAR_DATA_FILE_RAW
     } else {
         0
-    }
+    };
+    raw | bitmaps::AUTOCLEAR_BITMAPS
 }
 
 /// Read a table of `entries` big-endian u64 at `offset` (validated against the file size).
@@ -434,6 +445,13 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// `check_writable` before a change of guest data: stored enabled bitmaps are marked in
+    /// use first.
+    async fn check_guest_writable(&self) -> Result<()> {
+        self.check_writable().await?;
+        self.bitmaps_before_guest_write().await
+    }
+
     /// Autoclear bits this driver keeps valid.
     fn known_autoclear(&self) -> u64 {
         known_autoclear(self.layout.incompat.get())
@@ -556,7 +574,7 @@ impl BlockDriver for Qcow2 {
 
     fn write(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
         Box::pin(async move {
-            if let Err(e) = self.check_writable().await {
+            if let Err(e) = self.check_guest_writable().await {
                 return (buf, Err(e));
             }
             if flags.contains(ReqFlags::WRITE_COMPRESSED) {
@@ -573,14 +591,14 @@ impl BlockDriver for Qcow2 {
         flags: ReqFlags,
     ) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_writable().await?;
+            self.check_guest_writable().await?;
             self.do_write_zeroes(offset, len, flags).await
         })
     }
 
     fn discard(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_writable().await?;
+            self.check_guest_writable().await?;
             self.do_discard(offset, len).await
         })
     }
@@ -607,7 +625,7 @@ impl BlockDriver for Qcow2 {
     ) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.check_writable().await?;
-            self.do_truncate(len, prealloc).await
+            self.truncate_with_bitmaps(len, prealloc).await
         })
     }
 

@@ -117,7 +117,7 @@ impl Qcow2 {
     /// Persistent bitmaps own clusters too; counted the way the check counts them (only
     /// read when the autoclear bit says they are valid, as the check does).
     async fn count_bitmap_refs(&self, counts: &mut [u64]) -> Result<()> {
-        let bitmaps = if self.layout.autoclear.get() & 1 != 0 {
+        let bitmaps = if self.layout.autoclear.get() & super::bitmaps::AUTOCLEAR_BITMAPS != 0 {
             self.bitmap_refs().await?
         } else {
             Vec::new()

@@ -14,8 +14,8 @@
 //! (named dirty bitmaps and their oracle checks) and crashes (here: power loss, restart,
 //! recovery checks).
 
-mod bitmaps;
 mod backup;
+mod bitmaps;
 mod canary;
 mod faults;
 mod guest;
