@@ -128,9 +128,9 @@ fn bad_inputs_exit_with_clear_messages() {
         "New image size must be positive",
     );
     assert_fails(
-        &["convert", "-c", "-O", "qcow2", &img, "/tmp/x"],
+        &["convert", "-c", "-O", "raw", &img, "/tmp/x"],
         1,
-        "Compression is not supported",
+        "Compression not supported for this file format",
     );
     assert_fails(
         &["info", "--output=xml", &img],
