@@ -18,20 +18,10 @@ use engine::job::{JobOptions, JobStatus};
 use engine::types::OnError;
 use engine::{Engine, Errno};
 use serde_json::{Value, json};
-use support::{add_mem, guest_writes, mem, run};
+use support::{add_mem, guest_writes, mem, qmp_ok, run};
 
 const MB: u64 = 1 << 20;
 const CL: u64 = 65536;
-
-async fn qmp(engine: &Engine, cmd: Value) -> Value {
-    engine::qmp::execute(engine, &cmd).await
-}
-
-async fn qmp_ok(engine: &Engine, cmd: Value) -> Value {
-    let r = qmp(engine, cmd.clone()).await;
-    assert!(r.get("error").is_none(), "{cmd} failed: {r}");
-    r["return"].clone()
-}
 
 fn events(engine: &Engine) -> Vec<String> {
     engine
@@ -109,20 +99,7 @@ fn copy_before_write_node_copies_old_data_once_before_the_overwrite() {
     run(1, |engine| async move {
         setup(&engine, MB).await;
         let old = data("src");
-        engine.device_del("drive0").await.unwrap();
-        qmp_ok(
-            &engine,
-            json!({"execute": "blockdev-add", "arguments": {"driver": "copy-before-write",
-                "node-name": "fleece", "file": "src", "target": "dst"}}),
-        )
-        .await;
-        engine
-            .device_add(
-                "drive0",
-                "fleece",
-                BackendOptions::guest_device(false, false),
-            )
-            .unwrap();
+        fleece(&engine, json!({})).await;
         let before = data("dst");
         let bb = engine.backend("drive0").unwrap();
         let write = |off: u64, pat: u8| {
@@ -156,6 +133,23 @@ fn copy_before_write_node_copies_old_data_once_before_the_overwrite() {
         let c3 = 3 * CL as usize..4 * CL as usize;
         assert!(data("dst")[c3.clone()] == old[c3]);
     });
+}
+
+/// Move drive0 onto a copy-before-write node `fleece` over src copying into dst, with `extra`
+/// options.
+async fn fleece(engine: &Engine, extra: Value) {
+    engine.device_del("drive0").await.unwrap();
+    let args = json!({"driver": "copy-before-write", "node-name": "fleece", "file": "src",
+                      "target": "dst"});
+    let add = json!({"execute": "blockdev-add", "arguments": support::merge_args(args, extra)});
+    qmp_ok(engine, add).await;
+    engine
+        .device_add(
+            "drive0",
+            "fleece",
+            BackendOptions::guest_device(false, false),
+        )
+        .unwrap();
 }
 
 /// Spawn a 4 KiB guest write of `pat` at `off`; the flag turns true once it completed.
@@ -446,21 +440,7 @@ fn a_failing_cbw_copy_fails_the_guest_write_by_default() {
 fn break_snapshot_lets_the_guest_write_through() {
     run(9, |engine| async move {
         setup(&engine, MB).await;
-        engine.device_del("drive0").await.unwrap();
-        qmp_ok(
-            &engine,
-            json!({"execute": "blockdev-add", "arguments": {"driver": "copy-before-write",
-                "node-name": "fleece", "file": "src", "target": "dst",
-                "on-cbw-error": "break-snapshot"}}),
-        )
-        .await;
-        engine
-            .device_add(
-                "drive0",
-                "fleece",
-                BackendOptions::guest_device(false, false),
-            )
-            .unwrap();
+        fleece(&engine, json!({"on-cbw-error": "break-snapshot"})).await;
         mem("dst").fail_writes.set(Some(Errno::EIO));
         let bb = engine.backend("drive0").unwrap();
         let mut buf = IoBuf::new(4096);

@@ -320,3 +320,15 @@ pub async fn guest_writes(engine: &Engine, model: &mut [u8], seed: u64, count: u
         model[off as usize..(off + n) as usize].fill(pat);
     }
 }
+
+/// Run a QMP command.
+pub async fn qmp(engine: &Engine, cmd: Value) -> Value {
+    engine::qmp::execute(engine, &cmd).await
+}
+
+/// Run a QMP command that must succeed; its return value.
+pub async fn qmp_ok(engine: &Engine, cmd: Value) -> Value {
+    let r = qmp(engine, cmd.clone()).await;
+    assert!(r.get("error").is_none(), "{cmd} failed: {r}");
+    r["return"].clone()
+}
