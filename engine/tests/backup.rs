@@ -18,20 +18,10 @@ use engine::job::{JobOptions, JobStatus};
 use engine::types::OnError;
 use engine::{Engine, Errno};
 use serde_json::{Value, json};
-use support::{add_mem, mem, run};
+use support::{add_mem, guest_writes, mem, qmp_ok, run};
 
 const MB: u64 = 1 << 20;
 const CL: u64 = 65536;
-
-async fn qmp(engine: &Engine, cmd: Value) -> Value {
-    engine::qmp::execute(engine, &cmd).await
-}
-
-async fn qmp_ok(engine: &Engine, cmd: Value) -> Value {
-    let r = qmp(engine, cmd.clone()).await;
-    assert!(r.get("error").is_none(), "{cmd} failed: {r}");
-    r["return"].clone()
-}
 
 fn events(engine: &Engine) -> Vec<String> {
     engine
@@ -50,26 +40,6 @@ fn fill(name: &str, salt: u8) {
 
 fn data(name: &str) -> Vec<u8> {
     mem(name).data.borrow().clone()
-}
-
-/// `count` pseudo-random guest writes through drive0, applied to `model` too.
-async fn guest_writes(engine: &Engine, seed: u64, count: u64, model: &mut [u8]) {
-    let bb = engine.backend("drive0").unwrap();
-    let len = bb.len().unwrap();
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for i in 0..count {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let n = 4096 * (1 + x % 16);
-        let off = (x >> 8) % (len - n) / 512 * 512;
-        let pat = (i % 250) as u8 + 3;
-        let mut buf = IoBuf::new(n as usize);
-        buf.as_mut_slice().fill(pat);
-        let (_, r) = bb.write(off, buf, ReqFlags::NONE).await;
-        r.unwrap();
-        model[off as usize..(off + n) as usize].fill(pat);
-    }
 }
 
 async fn setup(engine: &Engine, size: u64) {
@@ -107,7 +77,7 @@ fn full_backup_under_guest_writes_is_the_point_in_time_view() {
             let job = engine.find_job("b0").unwrap();
             assert_eq!(job.job_type(), "backup");
             let mut model = at_start.clone();
-            guest_writes(&engine, seed, 40, &mut model).await;
+            guest_writes(&engine, &mut model, seed, 40).await;
             job.wait_status(|s| s == JobStatus::Null).await;
             assert!(
                 data("dst") == at_start,
@@ -129,20 +99,7 @@ fn copy_before_write_node_copies_old_data_once_before_the_overwrite() {
     run(1, |engine| async move {
         setup(&engine, MB).await;
         let old = data("src");
-        engine.device_del("drive0").await.unwrap();
-        qmp_ok(
-            &engine,
-            json!({"execute": "blockdev-add", "arguments": {"driver": "copy-before-write",
-                "node-name": "fleece", "file": "src", "target": "dst"}}),
-        )
-        .await;
-        engine
-            .device_add(
-                "drive0",
-                "fleece",
-                BackendOptions::guest_device(false, false),
-            )
-            .unwrap();
+        fleece(&engine, json!({})).await;
         let before = data("dst");
         let bb = engine.backend("drive0").unwrap();
         let write = |off: u64, pat: u8| {
@@ -178,6 +135,23 @@ fn copy_before_write_node_copies_old_data_once_before_the_overwrite() {
     });
 }
 
+/// Move drive0 onto a copy-before-write node `fleece` over src copying into dst, with `extra`
+/// options.
+async fn fleece(engine: &Engine, extra: Value) {
+    engine.device_del("drive0").await.unwrap();
+    let args = json!({"driver": "copy-before-write", "node-name": "fleece", "file": "src",
+                      "target": "dst"});
+    let add = json!({"execute": "blockdev-add", "arguments": support::merge_args(args, extra)});
+    qmp_ok(engine, add).await;
+    engine
+        .device_add(
+            "drive0",
+            "fleece",
+            BackendOptions::guest_device(false, false),
+        )
+        .unwrap();
+}
+
 /// Spawn a 4 KiB guest write of `pat` at `off`; the flag turns true once it completed.
 fn spawn_write(engine: &Rc<Engine>, off: u64, pat: u8) -> Rc<Cell<bool>> {
     let done = Rc::new(Cell::new(false));
@@ -192,6 +166,17 @@ fn spawn_write(engine: &Rc<Engine>, off: u64, pat: u8) -> Rc<Cell<bool>> {
         }),
     );
     done
+}
+
+/// A blkdebug node `tdbg` over `dst`, for breakpoints on the target's writes.
+async fn blkdebug_over_dst(engine: &Engine) -> Rc<engine::graph::Node> {
+    qmp_ok(
+        engine,
+        json!({"execute": "blockdev-add", "arguments": {"driver": "blkdebug",
+            "node-name": "tdbg", "image": "dst"}}),
+    )
+    .await;
+    engine.graph().node("tdbg").unwrap()
 }
 
 async fn settle(engine: &Engine) {
@@ -210,13 +195,7 @@ fn a_guest_write_waits_for_the_jobs_copy_of_its_cluster() {
             let at_start = data("src");
             // The target is a blkdebug node over dst: the job's first copy (cluster 0) stops
             // at its pwritev breakpoint with cluster 0 busy.
-            qmp_ok(
-                &engine,
-                json!({"execute": "blockdev-add", "arguments": {"driver": "blkdebug",
-                    "node-name": "tdbg", "image": "dst"}}),
-            )
-            .await;
-            let dbg = engine.graph().node("tdbg").unwrap();
+            let dbg = blkdebug_over_dst(&engine).await;
             dbg.breakpoints()
                 .unwrap()
                 .debug_breakpoint(DebugEvent::Pwritev, "C")
@@ -256,14 +235,8 @@ fn a_second_guest_write_waits_for_the_copy_the_first_one_started() {
     run(2, |engine| async move {
         setup(&engine, MB).await;
         let at_start = data("src");
-        qmp_ok(
-            &engine,
-            json!({"execute": "blockdev-add", "arguments": {"driver": "blkdebug",
-                "node-name": "tdbg", "image": "dst"}}),
-        )
-        .await;
+        let dbg = blkdebug_over_dst(&engine).await;
         qmp_ok(&engine, backup(json!({"target": "tdbg", "sync": "none"}))).await;
-        let dbg = engine.graph().node("tdbg").unwrap();
         dbg.breakpoints()
             .unwrap()
             .debug_breakpoint(DebugEvent::Pwritev, "C")
@@ -322,7 +295,7 @@ fn cancel_in_the_middle_leaves_the_source_alone_and_removes_the_filter() {
         env.sleep_until(env.now_ns() + 1_500_000_000).await;
         let (done, total) = job.progress();
         assert!(done > 0 && done < total, "in the middle: {done}/{total}");
-        guest_writes(&engine, 4, 10, &mut model).await;
+        guest_writes(&engine, &mut model, 4, 10).await;
         qmp_ok(
             &engine,
             json!({"execute": "job-cancel", "arguments": {"id": "b0"}}),
@@ -467,21 +440,7 @@ fn a_failing_cbw_copy_fails_the_guest_write_by_default() {
 fn break_snapshot_lets_the_guest_write_through() {
     run(9, |engine| async move {
         setup(&engine, MB).await;
-        engine.device_del("drive0").await.unwrap();
-        qmp_ok(
-            &engine,
-            json!({"execute": "blockdev-add", "arguments": {"driver": "copy-before-write",
-                "node-name": "fleece", "file": "src", "target": "dst",
-                "on-cbw-error": "break-snapshot"}}),
-        )
-        .await;
-        engine
-            .device_add(
-                "drive0",
-                "fleece",
-                BackendOptions::guest_device(false, false),
-            )
-            .unwrap();
+        fleece(&engine, json!({"on-cbw-error": "break-snapshot"})).await;
         mem("dst").fail_writes.set(Some(Errno::EIO));
         let bb = engine.backend("drive0").unwrap();
         let mut buf = IoBuf::new(4096);

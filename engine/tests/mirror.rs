@@ -11,20 +11,10 @@ use engine::io::{IoBuf, ReqFlags};
 use engine::job::{JobOptions, JobStatus};
 use engine::types::OnError;
 use engine::{Engine, Errno};
-use serde_json::{Value, json};
-use support::{add_mem, mem, run};
+use serde_json::json;
+use support::{add_mem, mem, qmp_ok, run};
 
 const MB: u64 = 1 << 20;
-
-async fn qmp(engine: &Engine, cmd: Value) -> Value {
-    engine::qmp::execute(engine, &cmd).await
-}
-
-async fn qmp_ok(engine: &Engine, cmd: Value) -> Value {
-    let r = qmp(engine, cmd.clone()).await;
-    assert!(r.get("error").is_none(), "{cmd} failed: {r}");
-    r["return"].clone()
-}
 
 fn events(engine: &Engine) -> Vec<String> {
     engine

@@ -5,13 +5,13 @@
 //! start and the backup qemu-storage-daemon makes of it.
 
 use crate::qcow2_support;
+use crate::support::guest_writes;
 
 use std::rc::Rc;
 
 use engine::Engine;
 use engine::backend::BackendOptions;
 use engine::env::real::RealEnv;
-use engine::io::{IoBuf, ReqFlags};
 use qcow2_support::{Scratch, have_qemu};
 use serde_json::{Value, json};
 
@@ -34,27 +34,6 @@ async fn wait_event(engine: &Engine, seen: &mut Vec<String>, name: &str) {
         );
         env.sleep_until(env.now_ns() + 1_000_000).await;
         seen.extend(engine.take_events().into_iter().map(|e| e.name.to_string()));
-    }
-}
-
-/// Guest writes through the device: `count` blocks of 4..64 KiB at seeded offsets, pattern
-/// by index; the same writes are applied to `model`.
-async fn guest_writes(engine: &Engine, model: &mut [u8], seed: u64, count: u64) {
-    let bb = engine.backend("drive0").unwrap();
-    let len = model.len() as u64;
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for i in 0..count {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let n = 4096 * (1 + x % 16);
-        let off = (x >> 8) % (len - n) / 512 * 512;
-        let pat = (i % 250) as u8 + 1;
-        bb.write(off, IoBuf::filled(n as usize, pat), ReqFlags::NONE)
-            .await
-            .1
-            .unwrap();
-        model[off as usize..(off + n) as usize].fill(pat);
     }
 }
 

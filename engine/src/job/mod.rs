@@ -99,6 +99,19 @@ pub trait JobDriver {
     }
 }
 
+/// The edges from nodes to `node`, to keep in place when a job's filter takes `node`'s place
+/// for its users outside the graph (the guest device).
+pub(crate) fn keep_node_parents(node: &Node) -> crate::graph::ReplaceOptions {
+    crate::graph::ReplaceOptions {
+        keep: node
+            .parents()
+            .iter()
+            .filter(|e| e.parent().node().is_some())
+            .map(|e| e.id())
+            .collect(),
+    }
+}
+
 /// What to do about a failed request, by the job's `on-error` policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorAction {

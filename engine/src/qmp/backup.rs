@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::engine::{BackupArgs, BackupPerf, Engine, NewImageMode};
+use crate::engine::{BackupArgs, BackupPerf, Engine};
 use crate::error::{Error, Result};
 use crate::job::backup::BitmapMode;
 use crate::types::OnError;
@@ -98,14 +98,7 @@ pub(super) async fn blockdev_backup(engine: &Engine, mut args: Options) -> Resul
 pub(super) async fn drive_backup(engine: &Engine, mut args: Options) -> Result<Value> {
     let mut a = common(&mut args)?;
     a.format = args.take_str("format")?;
-    a.mode = take_enum(
-        &mut args,
-        "mode",
-        &[
-            ("existing", NewImageMode::Existing),
-            ("absolute-paths", NewImageMode::AbsolutePaths),
-        ],
-    )?;
+    a.mode = take_enum(&mut args, "mode", super::mirror::NEW_IMAGE_MODES)?;
     args.finish()?;
     engine.drive_backup(a).await?;
     Ok(json!({}))

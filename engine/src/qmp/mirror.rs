@@ -32,6 +32,12 @@ where
     }
 }
 
+/// `mode` of drive-mirror and drive-backup.
+pub(super) const NEW_IMAGE_MODES: &[(&str, NewImageMode)] = &[
+    ("existing", NewImageMode::Existing),
+    ("absolute-paths", NewImageMode::AbsolutePaths),
+];
+
 const ON_ERROR: &[(&str, OnError)] = &[
     ("report", OnError::Report),
     ("ignore", OnError::Ignore),
@@ -97,14 +103,7 @@ pub(super) async fn drive_mirror(engine: &Engine, mut args: Options) -> Result<V
     let mut a = common(&mut args)?;
     a.format = args.take_str("format")?;
     a.node_name = args.take_str("node-name")?;
-    a.mode = take_enum(
-        &mut args,
-        "mode",
-        &[
-            ("existing", NewImageMode::Existing),
-            ("absolute-paths", NewImageMode::AbsolutePaths),
-        ],
-    )?;
+    a.mode = take_enum(&mut args, "mode", NEW_IMAGE_MODES)?;
     a.unmap = args.take_bool("unmap")?;
     args.finish()?;
     engine.drive_mirror(a).await?;

@@ -299,3 +299,36 @@ pub async fn refused(engine: &Engine, cmd: Value, class: &str, desc: &str) {
         .collect();
     assert!(events.is_empty(), "{cmd} sent job events: {events:?}");
 }
+
+/// Guest writes through the device: `count` blocks of 4..64 KiB at seeded offsets, pattern
+/// by index; the same writes are applied to `model`.
+pub async fn guest_writes(engine: &Engine, model: &mut [u8], seed: u64, count: u64) {
+    let bb = engine.backend("drive0").unwrap();
+    let len = model.len() as u64;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in 0..count {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = 4096 * (1 + x % 16);
+        let off = (x >> 8) % (len - n) / 512 * 512;
+        let pat = (i % 250) as u8 + 1;
+        bb.write(off, IoBuf::filled(n as usize, pat), ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
+        model[off as usize..(off + n) as usize].fill(pat);
+    }
+}
+
+/// Run a QMP command.
+pub async fn qmp(engine: &Engine, cmd: Value) -> Value {
+    engine::qmp::execute(engine, &cmd).await
+}
+
+/// Run a QMP command that must succeed; its return value.
+pub async fn qmp_ok(engine: &Engine, cmd: Value) -> Value {
+    let r = qmp(engine, cmd.clone()).await;
+    assert!(r.get("error").is_none(), "{cmd} failed: {r}");
+    r["return"].clone()
+}

@@ -224,3 +224,27 @@ fn parses_bitmap_steps_and_refuses_bad_ones() {
         assert_eq!(e.to_string(), msg, "{bad}");
     }
 }
+
+#[test]
+fn model_snapshot_and_verify_against_it() {
+    let sc = parse(
+        "t",
+        "# p\nmodel d0 snapshot s1\nverify bk snapshot=s1\nverify d0\n",
+    )
+    .unwrap();
+    assert!(matches!(&sc.steps[0].action,
+        Action::ModelSnapshot { device, name } if device == "d0" && name == "s1"));
+    assert!(matches!(&sc.steps[1].action,
+        Action::Verify { device, snapshot: Some(s) } if device == "bk" && s == "s1"));
+    assert!(matches!(
+        &sc.steps[2].action,
+        Action::Verify { snapshot: None, .. }
+    ));
+    let err = parse("s.scn", "# p\nverify bk s1\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "s.scn:2:11: expected snapshot=NAME, got 's1'"
+    );
+    let err = parse("s.scn", "# p\nmodel d0 snap s1\n").unwrap_err();
+    assert!(err.message.contains("'model DEV snapshot NAME'"), "{err}");
+}

@@ -26,8 +26,7 @@ use serde_json::json;
 use crate::env::LocalBoxFuture;
 use crate::error::{Error, Result};
 use crate::graph::{
-    Child, GraphCtx, Node, NodeOptions, ReplaceOptions, open_internal, remove_filter, replace_node,
-    unref,
+    Child, GraphCtx, Node, NodeOptions, open_internal, remove_filter, replace_node, unref,
 };
 use crate::types::{OnError, Perms};
 
@@ -258,16 +257,9 @@ async fn insert_filter(
     )
     .await
     .map_err(|e| e.context("Could not create node"))?;
-    let keep = ReplaceOptions {
-        keep: p
-            .source
-            .parents()
-            .iter()
-            .filter(|e| e.parent().node().is_some())
-            .map(|e| e.id())
-            .collect(),
-    };
-    if let Err(e) = replace_node(&p.source, &filter, keep).await {
+    // The device moves above the filter; nodes using the source (a fleecing target backed by
+    // it) keep reading the source directly.
+    if let Err(e) = replace_node(&p.source, &filter, super::keep_node_parents(&p.source)).await {
         unref(&filter).await;
         return Err(e);
     }

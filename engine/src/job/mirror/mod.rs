@@ -384,16 +384,7 @@ async fn insert_filter(p: &MirrorParams, state: &Rc<state::MirrorState>) -> Resu
     .await?;
     // Only the users outside the graph (the device) move above the filter: a node using the
     // source (drive-mirror's new target backed by it) keeps reading the source directly.
-    let keep = ReplaceOptions {
-        keep: p
-            .source
-            .parents()
-            .iter()
-            .filter(|e| e.parent().node().is_some())
-            .map(|e| e.id())
-            .collect(),
-    };
-    if let Err(e) = replace_node(&p.source, &filter, keep).await {
+    if let Err(e) = replace_node(&p.source, &filter, super::keep_node_parents(&p.source)).await {
         unref(&filter).await;
         return Err(e);
     }

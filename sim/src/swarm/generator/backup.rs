@@ -12,7 +12,7 @@
 //! guest's write, which the model does not expect). Each round removes its target again.
 //! Draws from a stream of its own, so seeds without backups are unchanged.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::Gen;
 use crate::rng::{below, chance};
@@ -48,11 +48,11 @@ impl Gen {
             Sync::Top => Some(self.chain[1].node.clone()),
             Sync::None => Some(self.chain[0].node.clone()),
         };
-        self.backup_target(&node, backing.as_deref());
+        let path = self.backup_target(&node, backing.as_deref());
         // No guest I/O in flight: the model now is the view the job starts from.
         self.stop_bg();
         self.step(format!("model drive0 snapshot {id}"));
-        let fault = self.draw_target_fault(&node, sync);
+        let fault = self.draw_target_fault(&path, sync);
         let r = &mut self.r.backup;
         // Slow enough that the job outlives the drawn waits and verbs (at least 2 s for the
         // smallest device); set-speed lifts the limit before the round waits for the end.
@@ -97,42 +97,25 @@ impl Gen {
     }
 
     /// A fresh target image of the device's size (qcow2 when it needs a backing node).
-    fn backup_target(&mut self, node: &str, backing: Option<&str>) {
+    /// Returns its path.
+    fn backup_target(&mut self, node: &str, backing: Option<&str>) -> String {
         let qcow2 = backing.is_some() || chance(&mut self.r.backup, 0.6);
-        let path = format!("{node}.{}", if qcow2 { "qcow2" } else { "img" });
-        if qcow2 {
-            let cluster = [4, 64][below(&mut self.r.backup, 2) as usize];
-            self.step(format!(
-                "image create {path} qcow2 {} cluster_size={cluster}k",
-                self.size
-            ));
-            self.qcow2_paths.push(path.clone());
+        let cluster = if qcow2 {
+            [4, 64][below(&mut self.r.backup, 2) as usize]
         } else {
-            self.step(format!("image create {path} raw {}", self.size));
-        }
-        let drv = if qcow2 { "qcow2" } else { "raw" };
-        let mut add = json!({"node-name": node, "driver": drv,
-                             "file": {"driver": "file", "filename": path}});
-        if qcow2 {
-            add["backing"] = backing.map_or(Value::Null, |b| json!(b));
-        }
-        self.qmp(&json!({"execute": "blockdev-add", "arguments": add}));
+            0
+        };
+        self.target_image(node, cluster, backing)
     }
 
     /// With faults on, sometimes a write fault on the target (full sync only: the job's own
     /// copies hit it, no guest write does) and the policy it runs under.
-    fn draw_target_fault(&mut self, node: &str, sync: Sync) -> Option<(String, String)> {
+    fn draw_target_fault(&mut self, path: &str, sync: Sync) -> Option<(String, String)> {
         if !self.f.faults || sync != Sync::Full || !chance(&mut self.r.backup, 0.4) {
             return None;
         }
         let policy = ["report", "ignore", "stop"][below(&mut self.r.backup, 3) as usize];
         let f = self.fresh("f");
-        let path = self
-            .qcow2_paths
-            .iter()
-            .find(|p| p.starts_with(&format!("{node}.")))
-            .cloned()
-            .unwrap_or_else(|| format!("{node}.img"));
         self.step(format!(
             "fault inject {f} eio path={path} ops=write,zeroes once"
         ));

@@ -208,6 +208,36 @@ impl Gen {
         false
     }
 
+    /// A new image `node` of the device's size for a job's target, with `blockdev-add`:
+    /// qcow2 with `cluster` KiB clusters over `backing` (none when `None`), or raw for a
+    /// `cluster` of 0. Returns its path.
+    pub(super) fn target_image(
+        &mut self,
+        node: &str,
+        cluster: u64,
+        backing: Option<&str>,
+    ) -> String {
+        let qcow2 = cluster != 0;
+        let path = format!("{node}.{}", if qcow2 { "qcow2" } else { "img" });
+        if qcow2 {
+            self.step(format!(
+                "image create {path} qcow2 {} cluster_size={cluster}k",
+                self.size
+            ));
+            self.qcow2_paths.push(path.clone());
+        } else {
+            self.step(format!("image create {path} raw {}", self.size));
+        }
+        let drv = if qcow2 { "qcow2" } else { "raw" };
+        let mut add = json!({"node-name": node, "driver": drv,
+                             "file": {"driver": "file", "filename": path}});
+        if qcow2 {
+            add["backing"] = backing.map_or(Value::Null, |b| json!(b));
+        }
+        self.qmp(&json!({"execute": "blockdev-add", "arguments": add}));
+        path
+    }
+
     fn adopt(&mut self, chain: Vec<Layer>) {
         if chain.first().map(|l| l.node.as_str()) != Some("top") {
             self.blkdebug_live = false;
@@ -266,24 +296,12 @@ impl Gen {
     fn mirror_cmd(&mut self, id: &str, speed: u64) -> (Value, Vec<Layer>, bool) {
         let node = self.fresh("t");
         let qcow2 = chance(&mut self.r.jobs, 0.7);
-        let path = format!("{node}.{}", if qcow2 { "qcow2" } else { "img" });
-        if qcow2 {
-            let cluster = [4, 64][below(&mut self.r.jobs, 2) as usize];
-            self.step(format!(
-                "image create {path} qcow2 {} cluster_size={cluster}k",
-                self.size
-            ));
-            self.qcow2_paths.push(path.clone());
+        let cluster = if qcow2 {
+            [4, 64][below(&mut self.r.jobs, 2) as usize]
         } else {
-            self.step(format!("image create {path} raw {}", self.size));
-        }
-        let drv = if qcow2 { "qcow2" } else { "raw" };
-        let mut add = json!({"node-name": node, "driver": drv,
-                             "file": {"driver": "file", "filename": path}});
-        if qcow2 {
-            add["backing"] = Value::Null;
-        }
-        self.qmp(&json!({"execute": "blockdev-add", "arguments": add}));
+            0
+        };
+        let path = self.target_image(&node, cluster, None);
         let mode = if chance(&mut self.r.jobs, 0.5) {
             "background"
         } else {
