@@ -20,6 +20,7 @@ use crate::object::ObjectRegistry;
 use crate::util::Options;
 
 mod backup;
+mod backup_bitmap;
 mod bitmaps;
 mod block_jobs;
 mod image;

@@ -506,3 +506,116 @@ fn the_bitmap_seam_copies_only_the_marked_clusters_and_reports_the_outcome() {
         }
     });
 }
+
+/// The dirty-bitmap count of bitmap `name` on node `node`, from query-named-block-nodes.
+async fn bitmap_count(engine: &Engine, node: &str, name: &str) -> u64 {
+    let nodes = qmp_ok(
+        engine,
+        json!({"execute": "query-named-block-nodes", "arguments": {"flat": true}}),
+    )
+    .await;
+    let n = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == node)
+        .unwrap();
+    let b = n["dirty-bitmaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .unwrap();
+    b["count"].as_u64().unwrap()
+}
+
+/// The incremental workflow through QMP: a full backup with a named bitmap clears it on success;
+/// writes after it dirty it again; an incremental backup copies exactly those clusters onto the
+/// previous backup, which then equals the source; a failed incremental gives the bits back.
+#[test]
+fn incremental_backups_copy_what_the_named_bitmap_marks() {
+    run(11, |engine| async move {
+        setup(&engine, MB).await;
+        qmp_ok(
+            &engine,
+            json!({"execute": "block-dirty-bitmap-add",
+                   "arguments": {"node": "src", "name": "bm", "granularity": CL}}),
+        )
+        .await;
+        // Full backup, bitmap-mode on-success: the bitmap is cleared when it succeeds.
+        qmp_ok(
+            &engine,
+            backup(json!({"bitmap": "bm", "bitmap-mode": "on-success"})),
+        )
+        .await;
+        let job = engine.find_job("b0").unwrap();
+        job.wait_status(|s| s == JobStatus::Null).await;
+        assert!(data("dst") == data("src"));
+        assert_eq!(bitmap_count(&engine, "src", "bm").await, 0);
+        // Guest writes dirty two clusters; the incremental copies exactly those.
+        let bb = engine.backend("drive0").unwrap();
+        for (off, pat) in [(CL + 100, 0x61u8), (9 * CL, 0x62)] {
+            bb.write(off, IoBuf::filled(512, pat), ReqFlags::NONE)
+                .await
+                .1
+                .unwrap();
+        }
+        assert_eq!(bitmap_count(&engine, "src", "bm").await, 2 * CL);
+        fill("dst", 7);
+        let stale = data("dst");
+        qmp_ok(
+            &engine,
+            backup(json!({"sync": "incremental", "bitmap": "bm"})),
+        )
+        .await;
+        let job = engine.find_job("b0").unwrap();
+        job.wait_status(|s| s == JobStatus::Null).await;
+        let (src, dst) = (data("src"), data("dst"));
+        for c in 0..(MB / CL) as usize {
+            let r = c * CL as usize..(c + 1) * CL as usize;
+            let want = if c == 1 || c == 9 {
+                &src[r.clone()]
+            } else {
+                &stale[r.clone()]
+            };
+            assert!(dst[r] == *want, "cluster {c}");
+        }
+        assert_eq!(bitmap_count(&engine, "src", "bm").await, 0);
+        // A failing incremental (the target refuses writes) gives the bits back.
+        bb.write(3 * CL, IoBuf::filled(512, 0x63), ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
+        mem("dst").fail_writes.set(Some(Errno::EIO));
+        qmp_ok(
+            &engine,
+            backup(json!({"sync": "bitmap", "bitmap": "bm", "bitmap-mode": "on-success"})),
+        )
+        .await;
+        let job = engine.find_job("b0").unwrap();
+        job.wait_status(|s| s == JobStatus::Null).await;
+        assert!(job.error().is_some(), "the incremental must fail");
+        mem("dst").fail_writes.set(None);
+        assert_eq!(bitmap_count(&engine, "src", "bm").await, CL);
+        // Refusals once a bitmap exists: sync=none, and 'never' without sync=bitmap.
+        let r = support::qmp(&engine, backup(json!({"sync": "none", "bitmap": "bm"}))).await;
+        assert_eq!(
+            r["error"]["desc"],
+            "sync mode 'none' does not produce meaningful bitmap outputs"
+        );
+        let r = support::qmp(
+            &engine,
+            backup(json!({"bitmap": "bm", "bitmap-mode": "never"})),
+        )
+        .await;
+        assert_eq!(
+            r["error"]["desc"],
+            "Bitmap sync mode 'never' has no meaningful effect when combined with sync mode 'full'"
+        );
+        let r = support::qmp(&engine, backup(json!({"sync": "bitmap", "bitmap": "bm"}))).await;
+        assert_eq!(
+            r["error"]["desc"],
+            "Bitmap sync mode must be given when providing a bitmap"
+        );
+    });
+}

@@ -10,6 +10,7 @@ use crate::job::backup::{self, BackupParams, BackupSync, BitmapMode};
 use crate::job::{Job, JobOptions};
 use crate::types::OnError;
 
+use super::backup_bitmap::{self, ResolvedBitmap};
 use super::image::{NewTarget, new_target_backing};
 use super::{Engine, NewImageMode};
 
@@ -116,7 +117,7 @@ impl Engine {
         bs: Rc<Node>,
         target: Rc<Node>,
     ) -> Result<Rc<Job>> {
-        let sync = check_bitmap_args(&a)?;
+        let (sync, named) = check_bitmap_args(&a, &bs)?;
         if Rc::ptr_eq(&bs, &target) {
             return Err(Error::generic("Source and target cannot be the same"));
         }
@@ -176,11 +177,12 @@ impl Engine {
             auto_dismiss: a.auto_dismiss.unwrap_or(true),
             speed,
         };
+        let bitmap = named.as_ref().map(backup_bitmap::freeze).transpose()?;
         let params = BackupParams {
             source: bs,
             target,
             sync,
-            bitmap: None,
+            bitmap,
             on_source_error: a.on_source_error.unwrap_or(OnError::Report),
             on_target_error: a.on_target_error.unwrap_or(OnError::Report),
             filter_node_name: a.filter_node_name,
@@ -188,41 +190,49 @@ impl Engine {
             max_chunk: max_chunk as u64,
             min_cluster_size,
         };
-        backup::start(self.jobs(), &opts, params).await
+        let started = backup::start(self.jobs(), &opts, params).await;
+        if let (Err(_), Some(r)) = (&started, &named) {
+            backup_bitmap::undo(r);
+        }
+        started
     }
 }
 
-/// The sync and bitmap arguments, checked in QEMU's order. No named bitmap exists yet, so every
-/// `bitmap` is one that "could not be found" (the seam for the bitmaps layer: look the bitmap up
-/// here and pass it as `BackupParams::bitmap`).
-fn check_bitmap_args(a: &BackupArgs) -> Result<BackupSync> {
+/// The sync and bitmap arguments, checked in QEMU's order: the sync mode the job runs
+/// (incremental is sync=bitmap with `on-success`) and the named bitmap of `bs`, if any.
+fn check_bitmap_args(a: &BackupArgs, bs: &Node) -> Result<(BackupSync, Option<ResolvedBitmap>)> {
     if matches!(a.sync.as_str(), "bitmap" | "incremental") && a.bitmap.is_none() {
         return Err(Error::generic(format!(
             "must provide a valid bitmap name for '{}' sync mode",
             a.sync
         )));
     }
-    if a.sync == "incremental" && a.bitmap_mode.is_some_and(|m| m != BitmapMode::OnSuccess) {
-        return Err(Error::generic(
-            "Bitmap sync mode must be 'on-success' when using sync mode 'incremental'",
-        ));
+    let mut mode = a.bitmap_mode;
+    let mut sync = a.sync.as_str();
+    if sync == "incremental" {
+        if mode.is_some_and(|m| m != BitmapMode::OnSuccess) {
+            return Err(Error::generic(
+                "Bitmap sync mode must be 'on-success' when using sync mode 'incremental'",
+            ));
+        }
+        (sync, mode) = ("bitmap", Some(BitmapMode::OnSuccess));
     }
-    if let Some(name) = &a.bitmap {
-        return Err(Error::generic(format!(
-            "Bitmap '{name}' could not be found"
-        )));
-    }
-    if a.bitmap_mode.is_some() {
-        return Err(Error::generic(
-            "Cannot specify bitmap sync mode without a bitmap",
-        ));
-    }
-    Ok(match a.sync.as_str() {
+    let bitmap = match &a.bitmap {
+        Some(name) => Some(backup_bitmap::resolve(bs, name, sync, mode)?),
+        None if mode.is_some() => {
+            return Err(Error::generic(
+                "Cannot specify bitmap sync mode without a bitmap",
+            ));
+        }
+        None => None,
+    };
+    let sync = match sync {
         "full" => BackupSync::Full,
         "top" => BackupSync::Top,
         "none" => BackupSync::None,
         _ => BackupSync::Bitmap,
-    })
+    };
+    Ok((sync, bitmap))
 }
 
 /// What QEMU checks while it creates the filter (its node name, the cluster size) and right

@@ -10,9 +10,8 @@
 //! * the job calls [`BitmapHook::on_success`] when it commits and [`BitmapHook::on_failure`]
 //!   (with what was left uncopied) when it aborts.
 //!
-//! What is missing is the lookup of a named bitmap by node and name, which belongs to the
-//! bitmaps layer: until it lands, [`lookup_cbw_bitmap`] refuses every `bitmap` option with the
-//! error QEMU gives for a bitmap that does not exist, and the Engine refuses sync=bitmap.
+//! The Engine finds and freezes the named bitmap (`engine/backup_bitmap.rs`); the filter's
+//! own `bitmap` option is looked up by [`lookup_cbw_bitmap`].
 
 use std::rc::Rc;
 
@@ -69,16 +68,21 @@ pub struct BackupBitmap {
 }
 
 /// copy-before-write's `bitmap` option (`{"node": ..., "name": ...}`): parsed as QEMU parses
-/// it, then looked up. No named bitmap exists yet, so the lookup fails with QEMU's message for a
-/// missing bitmap (once the bitmaps layer lands, this returns its bits).
-pub fn lookup_cbw_bitmap(graph: &GraphCtx, mut opts: Options) -> Result<HBits> {
+/// it, then looked up; returns the named bitmap's bits and granularity (the filter copies only
+/// what it marks).
+pub fn lookup_cbw_bitmap(graph: &GraphCtx, mut opts: Options) -> Result<(HBits, u64)> {
     let node = opts.require_str("node")?;
     let name = opts.require_str("name")?;
     opts.finish()?;
-    if graph.node(&node).is_none() {
+    let Some(n) = graph.node(&node) else {
         return Err(Error::generic(format!(
             "Cannot find device='{node}' nor node-name='{node}'"
         )));
-    }
-    Err(Error::generic(format!("Dirty bitmap '{name}' not found")))
+    };
+    let b = n
+        .bitmaps()
+        .find(&name)
+        .ok_or_else(|| Error::generic(format!("Dirty bitmap '{name}' not found")))?;
+    let bits = b.bits();
+    Ok((bits.bits().clone(), bits.granularity()))
 }

@@ -183,12 +183,16 @@ pub(super) fn open(
         let min_cluster = opts.take_u64("min-cluster-size")?.unwrap_or(0);
         opts.finish()?;
         let (file, target) = Cbw::open_children(&ctx, file, target).await?;
-        if let Some(b) = bitmap {
-            super::bitmap_seam::lookup_cbw_bitmap(ctx.graph(), b)?;
-        }
+        let bitmap = match bitmap {
+            Some(b) => Some(super::bitmap_seam::lookup_cbw_bitmap(ctx.graph(), b)?),
+            None => None,
+        };
         copier::check_cluster_size(min_cluster)?;
         let cluster = copier::cluster_size(&target.node(), min_cluster);
         let state = CopyState::new(file.len(), cluster);
+        if let Some((bits, granularity)) = &bitmap {
+            state.seed_from(bits, *granularity);
+        }
         let cbw = Cbw::new(
             file,
             target,
