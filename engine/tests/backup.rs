@@ -488,6 +488,7 @@ fn the_bitmap_seam_copies_only_the_marked_clusters_and_reports_the_outcome() {
             max_workers: 4,
             max_chunk: 0,
             min_cluster_size: 0,
+            compress: false,
         };
         let job = backup::start(engine.jobs(), &JobOptions::new("bm"), params)
             .await

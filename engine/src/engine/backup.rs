@@ -121,8 +121,13 @@ impl Engine {
         if Rc::ptr_eq(&bs, &target) {
             return Err(Error::generic("Source and target cannot be the same"));
         }
-        if a.compress == Some(true) {
-            // Compressed writes do not exist yet in any driver: every target lacks them.
+        let compress = a.compress == Some(true);
+        let compressible = target
+            .driver()
+            .caps()
+            .write_flags
+            .contains(crate::io::ReqFlags::WRITE_COMPRESSED);
+        if compress && !compressible {
             return Err(Error::generic(format!(
                 "Compression is not supported for this drive {}",
                 target.name()
@@ -189,6 +194,7 @@ impl Engine {
             max_workers: max_workers as u64,
             max_chunk: max_chunk as u64,
             min_cluster_size,
+            compress,
         };
         let started = backup::start(self.jobs(), &opts, params).await;
         if let (Err(_), Some(r)) = (&started, &named) {

@@ -46,6 +46,8 @@ pub struct CopyState {
     done: Cell<u64>,
     /// Bytes to do when the state was seeded (the job's progress total).
     total: Cell<u64>,
+    /// `compress`: data goes to the target as compressed writes, a whole cluster at a time.
+    compress: Cell<bool>,
 }
 
 impl CopyState {
@@ -65,6 +67,7 @@ impl CopyState {
             max_chunk: Cell::new(DEFAULT_MAX_CHUNK.max(cluster)),
             done: Cell::new(0),
             total: Cell::new(len),
+            compress: Cell::new(false),
         })
     }
 
@@ -101,6 +104,11 @@ impl CopyState {
     /// Largest single copy.
     pub fn max_chunk(&self) -> u64 {
         self.max_chunk.get()
+    }
+
+    /// Write data compressed (backup's `compress`).
+    pub fn set_compress(&self, compress: bool) {
+        self.compress.set(compress);
     }
 
     /// Largest single copy (`x-perf.max-chunk`, 0: the default).
@@ -225,24 +233,40 @@ impl CopyState {
                 .chain_status(pos, to - pos, base.as_deref())
                 .await
                 .map_err(|e| (e, true))?;
-            let n = status.len.min(to - pos).max(1);
-            match (&status.node, status.mapping) {
+            let mut n = status.len.min(to - pos).max(1);
+            // What the piece is: None (left out), Some(true) (zeroes), Some(false) (data).
+            let mut zero = match (&status.node, status.mapping) {
                 // Left out: counts against nothing (as in QEMU, only what is written does).
-                (None, _) if base.is_some() => {}
-                (None, _) => {
+                (None, _) if base.is_some() => None,
+                (None, _) => Some(true),
+                (Some(_), m) => Some(m.is_zero()),
+            };
+            if self.compress.get() {
+                // Compressed clusters are written whole: a shorter piece is copied as data with
+                // its cluster, a longer one stops at a cluster boundary (as QEMU's block-copy).
+                if n < self.cluster {
+                    n = self.cluster.min(to - pos);
+                    zero = Some(false);
+                } else {
+                    n -= n % self.cluster;
+                }
+            }
+            match zero {
+                None => {}
+                Some(true) => {
                     zero_target(target, pos, n).await?;
                     copied += n;
                 }
-                (Some(_), m) if m.is_zero() => {
-                    zero_target(target, pos, n).await?;
-                    copied += n;
-                }
-                _ => {
+                Some(false) => {
                     let (buf, r) = source
                         .read(pos, IoBuf::new(n as usize), ReqFlags::NONE)
                         .await;
                     r.map_err(|e| (e, true))?;
-                    let (_, r) = target.write(pos, buf, ReqFlags::SERIALISING).await;
+                    let flags = match self.compress.get() {
+                        true => ReqFlags::SERIALISING | ReqFlags::WRITE_COMPRESSED,
+                        false => ReqFlags::SERIALISING,
+                    };
+                    let (_, r) = target.write(pos, buf, flags).await;
                     r.map_err(|e| (e, false))?;
                     copied += n;
                 }

@@ -92,6 +92,8 @@ pub struct BackupParams {
     pub max_chunk: u64,
     /// `x-perf.min-cluster-size` (0: none).
     pub min_cluster_size: u64,
+    /// `compress`: write the target's clusters compressed.
+    pub compress: bool,
 }
 
 /// The backup job's driver.
@@ -184,6 +186,7 @@ pub async fn start(
     }
     let state = CopyState::new(p.source.len(), cluster);
     state.set_max_chunk(p.max_chunk);
+    state.set_compress(p.compress);
     match (p.sync, &p.bitmap) {
         (BackupSync::Top, _) => {
             state.skip_unallocated_below(p.source.backing().map(|e| e.child_node()));

@@ -9,7 +9,7 @@
 //! the job: a speed, a background workload during the copy (guest writes go through
 //! copy-before-write), pause/resume/cancel, and a target write fault under a drawn
 //! `on-target-error` policy while no guest writes (a failing copy-before-write would fail the
-//! guest's write, which the model does not expect). Each round removes its target again.
+//! guest's write, which the model does not expect), and `compress` into qcow2 targets. Each round removes its target again.
 //! Draws from a stream of its own, so seeds without backups are unchanged.
 
 use serde_json::json;
@@ -65,6 +65,11 @@ impl Gen {
         if chance(r, 0.3) {
             args["x-perf"] = json!({"max-workers": 1 + below(r, 8),
                                     "max-chunk": 65536 << below(r, 5)});
+        }
+        // Compressed copies into a qcow2 target; not with a fault: a compressed write that
+        // failed halfway leaves clusters a retry may not overwrite (EIO, as in QEMU).
+        if fault.is_none() && path.ends_with(".qcow2") && chance(r, 0.3) {
+            args["compress"] = json!(true);
         }
         self.qmp(&json!({"execute": "blockdev-backup", "arguments": args}));
         let end = match fault {
