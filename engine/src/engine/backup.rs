@@ -140,28 +140,12 @@ impl Engine {
         }
         bs.check_op_blockers()?;
         target.check_op_blockers()?;
-        let perf = a.x_perf.clone().unwrap_or_default();
-        let max_workers = perf
-            .max_workers
-            .unwrap_or(backup::DEFAULT_MAX_WORKERS as i64);
-        if !(1..=i64::from(i32::MAX)).contains(&max_workers) {
-            return Err(Error::generic(format!(
-                "max-workers must be between 1 and {}",
-                i32::MAX
-            )));
-        }
-        let max_chunk = perf.max_chunk.unwrap_or(0);
-        if max_chunk < 0 {
-            return Err(Error::generic(
-                "max-chunk must be zero (which means no limit) or positive",
-            ));
-        }
+        let (max_workers, max_chunk, min_cluster_size) = check_perf(&a)?;
         if bs.len() != target.len() {
             return Err(Error::generic(
                 "Source and target image have different sizes",
             ));
         }
-        let min_cluster_size = perf.min_cluster_size.unwrap_or(0);
         check_filter(&a, min_cluster_size)?;
         let job_id = match a.job_id.clone() {
             Some(id) => id,
@@ -191,8 +175,8 @@ impl Engine {
             on_source_error: a.on_source_error.unwrap_or(OnError::Report),
             on_target_error: a.on_target_error.unwrap_or(OnError::Report),
             filter_node_name: a.filter_node_name,
-            max_workers: max_workers as u64,
-            max_chunk: max_chunk as u64,
+            max_workers,
+            max_chunk,
             min_cluster_size,
             compress,
         };
@@ -239,6 +223,28 @@ fn check_bitmap_args(a: &BackupArgs, bs: &Node) -> Result<(BackupSync, Option<Re
         _ => BackupSync::Bitmap,
     };
     Ok((sync, bitmap))
+}
+
+/// `x-perf`, checked as QEMU checks it: (max-workers, max-chunk, min-cluster-size).
+fn check_perf(a: &BackupArgs) -> Result<(u64, u64, u64)> {
+    let perf = a.x_perf.clone().unwrap_or_default();
+    let max_workers = perf
+        .max_workers
+        .unwrap_or(backup::DEFAULT_MAX_WORKERS as i64);
+    if !(1..=i64::from(i32::MAX)).contains(&max_workers) {
+        return Err(Error::generic(format!(
+            "max-workers must be between 1 and {}",
+            i32::MAX
+        )));
+    }
+    let max_chunk = perf.max_chunk.unwrap_or(0);
+    if max_chunk < 0 {
+        return Err(Error::generic(
+            "max-chunk must be zero (which means no limit) or positive",
+        ));
+    }
+    let min_cluster_size = perf.min_cluster_size.unwrap_or(0);
+    Ok((max_workers as u64, max_chunk as u64, min_cluster_size))
 }
 
 /// What QEMU checks while it creates the filter (its node name, the cluster size) and right
