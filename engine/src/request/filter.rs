@@ -6,12 +6,21 @@ use crate::driver::Prealloc;
 use crate::env::LocalBoxFuture;
 use crate::error::Result;
 use crate::graph::Child;
-use crate::io::{BlockStatus, Mapping};
+use crate::io::{BlockStatus, Limits, Mapping};
 
 impl Child {
     /// The file name a node that is a view of this child shows (filters, raw).
     pub fn filename(&self) -> String {
         self.node().driver().filename()
+    }
+}
+
+/// The limits of a filter over `child`: the child's, except that any byte alignment is taken
+/// (the child's own request path pads what it needs).
+pub fn filter_limits(child: &Child) -> Limits {
+    Limits {
+        request_align: 1,
+        ..child.node().limits()
     }
 }
 

@@ -212,10 +212,7 @@ impl BlockDriver for Cbw {
     }
 
     fn limits(&self) -> Limits {
-        Limits {
-            request_align: 1,
-            ..self.file.node().limits()
-        }
+        crate::request::filter::filter_limits(&self.file)
     }
 
     fn len(&self) -> u64 {

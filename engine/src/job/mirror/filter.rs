@@ -94,10 +94,7 @@ impl BlockDriver for MirrorTop {
     }
 
     fn limits(&self) -> Limits {
-        Limits {
-            request_align: 1,
-            ..self.child.node().limits()
-        }
+        crate::request::filter::filter_limits(&self.child)
     }
 
     fn len(&self) -> u64 {
