@@ -19,7 +19,7 @@ use std::rc::Rc;
 use super::file_io::{read_full, write_full};
 use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
 use crate::env::{Allocation, HostFile, LocalBoxFuture, OpenOptions};
-use crate::error::{Errno, Error, Result, ResultExt};
+use crate::error::{Errno, Error, Result};
 use crate::graph::OpenCtx;
 use crate::io::{BlockStatus, BufResult, IoBuf, Limits, Mapping, ReqFlags};
 use crate::util::Options;
@@ -289,7 +289,7 @@ impl BlockDriver for File {
                 .env
                 .fs()
                 .open(&self.path, opts)
-                .context_with(|| format!("Could not reopen file '{}'", self.path))?;
+                .map_err(|e| e.could_not_open(&self.path))?;
             *self.staged.borrow_mut() = Some(file);
             Ok(())
         })

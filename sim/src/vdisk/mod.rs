@@ -76,11 +76,10 @@ pub struct SimFs {
     pub(crate) inner: Rc<FsInner>,
 }
 
-fn no_file(path: &str) -> Error {
-    Error::io_msg(
-        Errno::ENOENT,
-        format!("Could not open '{path}': No such file or directory"),
-    )
+/// The bare OS error, as the real file system gives it: callers name the file in their own
+/// words (the file driver as QEMU does, "Could not open 'PATH': ...").
+fn no_file(_path: &str) -> Error {
+    Error::io(Errno::ENOENT)
 }
 
 impl SimFs {
