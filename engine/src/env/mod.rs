@@ -1,4 +1,5 @@
-//! THE seam between the engine and the outside world: clock, timers, task spawning, host files.
+//! THE seam between the engine and the outside world: clock, timers, task spawning, host files,
+//! the network (`net`).
 //!
 //! Everything the engine needs from the world comes through an [`Env`] handed to
 //! `Engine::new`; nothing is global. `real.rs` is production (a single-threaded reactor with real
@@ -8,6 +9,7 @@
 //! Only `env/real.rs` may use `std::fs`, `std::time`, `std::thread` or OS randomness (a test
 //! enforces it). Must not import anything above `io` and `error`.
 
+pub mod net;
 pub mod real;
 
 use std::future::Future;
@@ -40,6 +42,12 @@ pub trait Env {
 
     /// The host file system.
     fn fs(&self) -> &dyn HostFs;
+
+    /// The network (sockets for the QMP monitor and NBD). An environment without one fails
+    /// every operation with `ENOTSUP`.
+    fn net(&self) -> &dyn net::HostNet {
+        &net::NoNet
+    }
 }
 
 /// How to open a host file.
