@@ -5,10 +5,11 @@
 //! therefore always holds the memory the kernel writes into, even if the future that submitted
 //! the request is dropped: nothing can free a buffer that is in flight.
 
-use std::alloc::{self, Layout};
+use std::alloc::Layout;
 use std::fmt;
 use std::ptr::NonNull;
 
+use super::pool;
 use crate::error::Result;
 
 /// Alignment of buffers made without an explicit one: enough for `O_DIRECT` on every common
@@ -47,9 +48,9 @@ impl IoBuf {
             return IoBuf { ptr, len, align };
         }
         let layout = Layout::from_size_align(len, align).expect("buffer layout");
-        // SAFETY: layout has a non-zero size.
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        let ptr = pool::take(layout);
+        // SAFETY: `ptr` is valid for `len` bytes; zeroing initialises every one of them.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
         IoBuf { ptr, len, align }
     }
 
@@ -60,9 +61,7 @@ impl IoBuf {
             return IoBuf::new(0);
         }
         let layout = Layout::from_size_align(len, DEFAULT_BUF_ALIGN).expect("buffer layout");
-        // SAFETY: layout has a non-zero size.
-        let raw = unsafe { alloc::alloc(layout) };
-        let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        let ptr = pool::take(layout);
         // SAFETY: `ptr` is a fresh allocation of `len` bytes that `data` cannot overlap; after
         // the copy every byte of it is initialised.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.as_ptr(), len) };
@@ -139,8 +138,7 @@ impl Drop for IoBuf {
     fn drop(&mut self) {
         if self.len != 0 {
             let layout = Layout::from_size_align(self.len, self.align).expect("buffer layout");
-            // SAFETY: allocated in with_align with exactly this layout.
-            unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+            pool::give(layout, self.ptr);
         }
     }
 }

@@ -7,6 +7,7 @@ mod buf;
 mod flags;
 mod limits;
 mod mapping;
+mod pool;
 
 pub use buf::{BufResult, DEFAULT_BUF_ALIGN, IoBuf, is_zero};
 pub use flags::ReqFlags;
