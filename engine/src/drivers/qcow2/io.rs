@@ -182,6 +182,31 @@ impl Qcow2 {
         }
         let (s, e) = self.cluster_span(offset, len);
         let _range = self.ranges.lock(s, e, false).await;
+        let at = GuestOffset::new(offset);
+        let first = {
+            let held = &self.meta.lock().await;
+            self.run_at(held, at, len).await
+        };
+        // One contiguous run of data (or of the backing file): the caller's buffer goes down
+        // as it is, with no bounce buffer and no copy.
+        match first {
+            Err(e) => return (buf, Err(e)),
+            Ok((Kind::Normal { host, .. }, n)) if n == len => {
+                self.file.debug_event(DebugEvent::ReadAio).await;
+                let in_off = at.in_cluster(self.layout.cluster_bits);
+                return self
+                    .data_child()
+                    .read((host + in_off).bytes(), buf, ReqFlags::NONE)
+                    .await;
+            }
+            Ok((Kind::Unallocated, n)) if n == len => {
+                if let Some(b) = &self.backing() {
+                    self.file.debug_event(DebugEvent::ReadBackingAio).await;
+                    return b.read(offset, buf, ReqFlags::NONE).await;
+                }
+            }
+            Ok(_) => {}
+        }
         let out = buf.as_mut_slice();
         let mut pos = 0u64;
         while pos < len {
@@ -398,6 +423,15 @@ impl Qcow2 {
             return self
                 .data_child()
                 .write(host.bytes() + in_off, piece, ReqFlags::NONE)
+                .await
+                .1;
+        }
+        if in_off == 0 && end_in == k * cs {
+            // Whole clusters: nothing to copy on write.
+            self.file.debug_event(DebugEvent::WriteAio).await;
+            return self
+                .data_child()
+                .write(host.bytes(), IoBuf::from_slice(data), ReqFlags::NONE)
                 .await
                 .1;
         }
