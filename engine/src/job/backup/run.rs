@@ -28,8 +28,10 @@ impl BackupDriver {
             }
             return Ok(());
         }
-        // One step is one chunk: the speed limit and pause points come between chunks.
-        let step = self.state.max_chunk();
+        // A step is what all workers copy at once: up to `max-chunk` each. The speed limit and
+        // pause points come between steps; with a speed set a step is one chunk, so the limit
+        // stays fine-grained (see `copy_step`).
+        let step = self.state.max_chunk().saturating_mul(self.max_workers);
         let failed = Cell::new(false);
         let r = job
             .copy_in_chunks_split(
@@ -61,8 +63,13 @@ impl BackupDriver {
     }
 
     /// Copy what is to do in `[offset, offset+want)`, spread over up to `max-workers` tasks
-    /// (each a run of whole clusters). Covers the whole range or fails with the first error.
+    /// (each a run of whole clusters). With a speed set only the first `max-chunk` of it is
+    /// taken, so the limit applies per chunk. Covers what it took or fails with the first error.
     async fn copy_step(self: &Rc<Self>, job: &Rc<Job>, offset: u64, want: u64) -> ChunkResult {
+        let want = match job.speed() {
+            0 => want,
+            _ => want.min(self.state.max_chunk()),
+        };
         if !self.state.needs_copy(offset, want) {
             return Ok((want, 0));
         }
