@@ -441,7 +441,7 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
     };
     convert(&srcs, &dst, &plan, &*tool.env).await?;
     if a.bitmaps {
-        super::bitmap::copy_bitmaps(&srcs[0].node, &dst.node).await?;
+        super::bitmap::copy_bitmaps(&tool.engine, &srcs[0].node, &dst.node).await?;
     }
     Ok(())
 }

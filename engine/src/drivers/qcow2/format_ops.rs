@@ -63,6 +63,12 @@ impl FormatOps for Qcow2 {
         self.layout.autoclear.get() & super::bitmaps::AUTOCLEAR_BITMAPS != 0
     }
 
+    fn bitmaps_read_only(&self) -> bool {
+        // Check/repair first: marking or storing allocates through refcounts that may be
+        // wrong until the repair ran.
+        self.check_mode
+    }
+
     fn stored_bitmaps(&self) -> LocalBoxFuture<'_, Result<Vec<StoredBitmap>>> {
         Box::pin(self.list_bitmaps())
     }
