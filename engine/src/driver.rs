@@ -382,9 +382,17 @@ pub trait FormatOps {
     }
 
     /// Whether a new persistent dirty bitmap `name` with `granularity` can be stored in the
-    /// image of node `node` (`block-dirty-bitmap-add persistent=true`); the error is the whole
-    /// message QMP shows. Formats without persistent bitmaps keep the default refusal.
-    fn can_store_new_bitmap(&self, node: &str, _name: &str, _granularity: u64) -> Result<()> {
+    /// image of node `node` (`block-dirty-bitmap-add persistent=true`); `taken`: the node has a
+    /// bitmap of that name already (a format that stores bitmaps refuses that first). The
+    /// error is the whole message QMP shows. Formats without persistent bitmaps keep the
+    /// default refusal.
+    fn can_store_new_bitmap(
+        &self,
+        node: &str,
+        _name: &str,
+        _granularity: u64,
+        _taken: bool,
+    ) -> Result<()> {
         Err(cannot_store_bitmaps(node))
     }
 

@@ -63,15 +63,11 @@ impl Engine {
             ));
         }
         if args.persistent {
-            // The format asks this first (QEMU's can_store_new_dirty_bitmap), unprefixed.
-            if node.bitmaps().find(&args.name).is_some() {
-                return Err(Error::generic(format!(
-                    "Bitmap already exists: {}",
-                    args.name
-                )));
-            }
             match node.driver().format_ops() {
-                Some(ops) => ops.can_store_new_bitmap(node.name(), &args.name, granularity)?,
+                Some(ops) => {
+                    let taken = node.bitmaps().find(&args.name).is_some();
+                    ops.can_store_new_bitmap(node.name(), &args.name, granularity, taken)?
+                }
                 None => return Err(cannot_store_bitmaps(node.name())),
             }
         }

@@ -194,7 +194,8 @@ fn parses_bitmap_steps_and_refuses_bad_ones() {
             device: "d0".into(),
             name: "b1".into(),
             granularity: Some(4096),
-            disabled: true
+            disabled: true,
+            persistent: false
         })
     );
     assert_eq!(

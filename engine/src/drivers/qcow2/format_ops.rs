@@ -46,7 +46,18 @@ impl FormatOps for Qcow2 {
         })
     }
 
-    fn can_store_new_bitmap(&self, node: &str, name: &str, granularity: u64) -> Result<()> {
+    fn can_store_new_bitmap(
+        &self,
+        node: &str,
+        name: &str,
+        granularity: u64,
+        taken: bool,
+    ) -> Result<()> {
+        if taken {
+            return Err(crate::error::Error::generic(format!(
+                "Bitmap already exists: {name}"
+            )));
+        }
         match self.bitmap_problem(name, granularity) {
             Some(why) => Err(crate::error::Error::generic(format!(
                 "Can't make bitmap '{name}' persistent in '{node}': {why}"
