@@ -174,7 +174,8 @@ impl World<'_> {
                 (None, _, false) => Ok("gone (not persistent)"),
                 (None, false, true) if !s.in_image => Ok("gone (never stored)"),
                 (None, false, true) => Err("is gone after a crash".to_string()),
-                (Some(b), false, true) if b.inconsistent() && s.in_image => {
+                // Not only a clean shutdown stores it: a switch to read-only does too.
+                (Some(b), false, true) if b.inconsistent() => {
                     Ok("inconsistent (in use at the crash)")
                 }
                 (Some(_), false, true) => Err("came back consistent after a crash".to_string()),
