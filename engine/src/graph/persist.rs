@@ -25,7 +25,8 @@ use super::types::Node;
 /// none of their names yet), marking them in use when the node is writable.
 pub(super) async fn load(node: &Rc<Node>) -> Result<()> {
     let drv = node.driver();
-    let Some(ops) = drv.format_ops() else {
+    // Known from the header already read: an image without bitmaps costs no I/O here.
+    let Some(ops) = drv.format_ops().filter(|o| o.has_persistent_bitmaps()) else {
         return Ok(());
     };
     let stored = ops.stored_bitmaps().await?;
