@@ -516,12 +516,11 @@ fn read_write_open_keeps_qemu_bitmaps() {
     assert_eq!(qemu_bitmaps(&dir, "after.qcow2"), want);
 }
 
-/// `x-debug-block-dirty-bitmap-sha256` of bitmap `name` of the qcow2 image `f` in `dir`, as
-/// qemu-storage-daemon loads it (None when it gives none).
-pub(crate) fn qsd_sha256(dir: &Scratch, f: &str, name: &str) -> Option<String> {
-    use std::io::Write;
+/// qemu-storage-daemon with the qcow2 image `f` of `dir` as node "q" (read-write) and its
+/// QMP monitor on stdin/stdout (None when it cannot start).
+pub(crate) fn qsd_spawn(dir: &Scratch, f: &str) -> Option<std::process::Child> {
     use std::process::{Command, Stdio};
-    let mut child = Command::new("qemu-storage-daemon")
+    Command::new("qemu-storage-daemon")
         .args([
             "--blockdev",
             &format!("driver=file,filename={f},node-name=f"),
@@ -536,7 +535,14 @@ pub(crate) fn qsd_sha256(dir: &Scratch, f: &str, name: &str) -> Option<String> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .ok()?;
+        .ok()
+}
+
+/// `x-debug-block-dirty-bitmap-sha256` of bitmap `name` of the qcow2 image `f` in `dir`, as
+/// qemu-storage-daemon loads it (None when it gives none).
+pub(crate) fn qsd_sha256(dir: &Scratch, f: &str, name: &str) -> Option<String> {
+    use std::io::Write;
+    let mut child = qsd_spawn(dir, f)?;
     let qmp = format!(
         "{{\"execute\":\"qmp_capabilities\"}}\n\
          {{\"execute\":\"x-debug-block-dirty-bitmap-sha256\",\

@@ -9,7 +9,7 @@
 use std::rc::Rc;
 
 use crate::qcow2_bitmaps::{
-    DISK, assert_check, bits, bm, qemu_bitmaps, qsd_sha256, sim_image, with_node,
+    DISK, assert_check, bits, bm, qemu_bitmaps, qsd_sha256, qsd_spawn, sim_image, with_node,
 };
 use crate::qcow2_support::*;
 
@@ -302,23 +302,7 @@ fn blk_live_bitmap_in_qemu() {
 /// (SIGKILL): its bitmaps stay marked in use. False when the daemon cannot run.
 fn qsd_killed_holding(dir: &Scratch, f: &str) -> bool {
     use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-    let Ok(mut child) = Command::new("qemu-storage-daemon")
-        .args([
-            "--blockdev",
-            &format!("driver=file,filename={f},node-name=f"),
-            "--blockdev",
-            "driver=qcow2,file=f,node-name=q",
-            "--chardev",
-            "stdio,id=c",
-            "--monitor",
-            "chardev=c",
-        ])
-        .current_dir(&dir.0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-    else {
+    let Some(mut child) = qsd_spawn(dir, f) else {
         return false;
     };
     let mut stdin = child.stdin.take().unwrap();

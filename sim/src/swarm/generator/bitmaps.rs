@@ -138,6 +138,8 @@ impl Gen {
 
     /// Check and remove every bitmap: the device is about to move to another node.
     pub(super) fn retire_bitmaps(&mut self) {
+        // The device's next node may not store bitmaps (a raw mirror target).
+        self.top_persistent_ok = false;
         if self.bitmaps.is_empty() {
             return;
         }
