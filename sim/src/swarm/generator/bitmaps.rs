@@ -150,3 +150,19 @@ impl Gen {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The draws this file adds do happen: persistent bitmaps, and clean restarts with them.
+    #[test]
+    fn seeds_draw_persistent_bitmaps_and_clean_restarts() {
+        let (mut persistent, mut clean) = (0, 0);
+        for seed in 0..600 {
+            let text = super::super::generate(seed).text;
+            persistent += u32::from(text.contains(" persistent\n"));
+            clean += u32::from(text.contains("\nshutdown\nrestart\n"));
+        }
+        println!("of 600 seeds: {persistent} with persistent bitmaps, {clean} with clean restarts");
+        assert!(persistent >= 20 && clean >= 10, "{persistent} {clean}");
+    }
+}
