@@ -204,6 +204,8 @@ fn convert_copies_bitmaps() {
     killed_while_open(&d, "a.qcow2");
     let (_, info, _) = blk(&d, &["info", "a.qcow2"]);
     assert!(info.contains("in-use"), "{info}");
+    // Added afterwards: consistent. QEMU names the newest inconsistent bitmap first.
+    assert_eq!(blk(&d, &["bitmap", "--add", "a.qcow2", "late"]).0, 0);
     let (code, _, err) = blk(
         &d,
         &["convert", "-O", "qcow2", "--bitmaps", "a.qcow2", "x.qcow2"],
@@ -211,7 +213,7 @@ fn convert_copies_bitmaps() {
     assert_eq!(code, 1);
     assert_eq!(
         err,
-        "blk: Cannot copy inconsistent bitmap 'live'\nTry --skip-broken-bitmaps, or use \
+        "blk: Cannot copy inconsistent bitmap 'src'\nTry --skip-broken-bitmaps, or use \
          'qemu-img bitmap --remove' to delete it\n"
     );
     assert!(!d.0.join("x.qcow2").exists(), "the target was created");
@@ -228,12 +230,13 @@ fn convert_copies_bitmaps() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         err,
-        "blk: warning: Skipping inconsistent bitmap 'live'\n\
-         blk: warning: Skipping inconsistent bitmap 'src'\n"
+        "blk: warning: Skipping inconsistent bitmap 'src'\n\
+         blk: warning: Skipping inconsistent bitmap 'live'\n\
+         blk: warning: Skipping inconsistent bitmap 'frozen'\n"
     );
     let (_, info, _) = blk(&d, &["info", "y.qcow2"]);
     assert!(
-        info.contains("name: frozen\n") && !info.contains("name: live\n"),
+        info.contains("name: late\n") && !info.contains("name: live\n"),
         "{info}"
     );
 }
