@@ -11,6 +11,30 @@ fn blk(d: &Dir, args: &[&str]) -> (i32, String, String) {
     (o.code, o.stdout, o.stderr)
 }
 
+/// Run `blk io` on the qcow2 image `f` (read-write), wait until a write went through, and kill
+/// it (SIGKILL): what a crash leaves.
+fn killed_while_open(d: &Dir, f: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(BLK)
+        .args(["io", "-f", "qcow2", f])
+        .current_dir(&d.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"write 4096 512\n").unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let wrote = out
+        .lines()
+        .map_while(|l| l.ok())
+        .any(|l| l.contains("wrote"));
+    assert!(wrote, "blk io never wrote");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn bitmap_actions_and_info() {
     let d = Dir::new("bitmap");
@@ -147,7 +171,7 @@ fn bitmap_refusals() {
 }
 
 /// `convert --bitmaps` copies the consistent bitmaps with their bits; an inconsistent one
-/// (here: marked in use by a guest write, which blk does not record into stored bitmaps) is
+/// (here: left in use by a `blk io` killed while it had the image open read-write) is
 /// refused before the target is created, or skipped with a warning.
 #[test]
 fn convert_copies_bitmaps() {
@@ -171,9 +195,17 @@ fn convert_copies_bitmaps() {
     for name in ["frozen", "live", "src"] {
         assert!(info.contains(&format!("name: {name}\n")), "{info}");
     }
-    // A guest write marks the enabled bitmaps in use.
+    // A clean run records its write and stores the bitmaps clean again; a killed one leaves
+    // them in use.
     let w = ["io", "-f", "qcow2", "-c", "write 0 512", "a.qcow2"];
     assert_eq!(blk(&d, &w).0, 0);
+    let (_, info, _) = blk(&d, &["info", "a.qcow2"]);
+    assert!(!info.contains("in-use"), "{info}");
+    killed_while_open(&d, "a.qcow2");
+    let (_, info, _) = blk(&d, &["info", "a.qcow2"]);
+    assert!(info.contains("in-use"), "{info}");
+    // Added afterwards: consistent. QEMU names the newest inconsistent bitmap first.
+    assert_eq!(blk(&d, &["bitmap", "--add", "a.qcow2", "late"]).0, 0);
     let (code, _, err) = blk(
         &d,
         &["convert", "-O", "qcow2", "--bitmaps", "a.qcow2", "x.qcow2"],
@@ -181,7 +213,7 @@ fn convert_copies_bitmaps() {
     assert_eq!(code, 1);
     assert_eq!(
         err,
-        "blk: Cannot copy inconsistent bitmap 'live'\nTry --skip-broken-bitmaps, or use \
+        "blk: Cannot copy inconsistent bitmap 'src'\nTry --skip-broken-bitmaps, or use \
          'qemu-img bitmap --remove' to delete it\n"
     );
     assert!(!d.0.join("x.qcow2").exists(), "the target was created");
@@ -198,12 +230,13 @@ fn convert_copies_bitmaps() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         err,
-        "blk: warning: Skipping inconsistent bitmap 'live'\n\
-         blk: warning: Skipping inconsistent bitmap 'src'\n"
+        "blk: warning: Skipping inconsistent bitmap 'src'\n\
+         blk: warning: Skipping inconsistent bitmap 'live'\n\
+         blk: warning: Skipping inconsistent bitmap 'frozen'\n"
     );
     let (_, info, _) = blk(&d, &["info", "y.qcow2"]);
     assert!(
-        info.contains("name: frozen\n") && !info.contains("name: live\n"),
+        info.contains("name: late\n") && !info.contains("name: live\n"),
         "{info}"
     );
 }

@@ -374,10 +374,25 @@ pub trait FormatOps {
         false
     }
 
+    /// True when the stored bitmaps must stay as they are for this open even if the image is
+    /// writable (qcow2 opened for check/repair): they load read-only, nothing marks or stores
+    /// them.
+    fn bitmaps_read_only(&self) -> bool {
+        false
+    }
+
     /// Whether a new persistent dirty bitmap `name` with `granularity` can be stored in the
-    /// image of node `node` (`block-dirty-bitmap-add persistent=true`); the error is the whole
-    /// message QMP shows. Formats without persistent bitmaps keep the default refusal.
-    fn can_store_new_bitmap(&self, node: &str, _name: &str, _granularity: u64) -> Result<()> {
+    /// image of node `node` (`block-dirty-bitmap-add persistent=true`); `taken`: the node has a
+    /// bitmap of that name already (a format that stores bitmaps refuses that first). The
+    /// error is the whole message QMP shows. Formats without persistent bitmaps keep the
+    /// default refusal.
+    fn can_store_new_bitmap(
+        &self,
+        node: &str,
+        _name: &str,
+        _granularity: u64,
+        _taken: bool,
+    ) -> Result<()> {
         Err(cannot_store_bitmaps(node))
     }
 

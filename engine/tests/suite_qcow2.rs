@@ -10,6 +10,8 @@ mod fuzz_regressions;
 mod qcow2_alloc;
 #[path = "qcow2_bitmaps.rs"]
 mod qcow2_bitmaps;
+#[path = "qcow2_bitmaps_live.rs"]
+mod qcow2_bitmaps_live;
 #[path = "qcow2_chain.rs"]
 mod qcow2_chain;
 #[path = "qcow2_check.rs"]

@@ -284,6 +284,17 @@ impl Bitmap {
         self.state.borrow_mut().bits.reset(offset, bytes);
     }
 
+    /// The bits to store in the image: with what a job's successor recorded since the job
+    /// started (a job that has not finished yet cannot have consumed anything durably).
+    pub fn bits_to_persist(&self) -> HBits {
+        let s = self.state.borrow();
+        let mut bits = s.bits.bits().clone();
+        if let Some(succ) = &s.successor {
+            bits.union_with(succ.bits.bits());
+        }
+        bits
+    }
+
     /// Refuse a merge of `src` into this bitmap as QEMU does when their lengths differ.
     pub fn check_merge_size(&self, src: &Bitmap) -> Result<()> {
         let (dst_len, src_len) = (self.len(), src.len());

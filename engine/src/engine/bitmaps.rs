@@ -64,7 +64,10 @@ impl Engine {
         }
         if args.persistent {
             match node.driver().format_ops() {
-                Some(ops) => ops.can_store_new_bitmap(node.name(), &args.name, granularity)?,
+                Some(ops) => {
+                    let taken = node.bitmaps().find(&args.name).is_some();
+                    ops.can_store_new_bitmap(node.name(), &args.name, granularity, taken)?
+                }
                 None => return Err(cannot_store_bitmaps(node.name())),
             }
         }

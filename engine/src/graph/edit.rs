@@ -228,6 +228,8 @@ pub fn unref(node: &Rc<Node>) -> LocalBoxFuture<'static, ()> {
 
 async fn close(node: &Rc<Node>) {
     node.closed.set(true);
+    // The persistent bitmaps go back to the image (not in use) while it is still open.
+    super::persist::store_at_close(node).await;
     // A close error (a failed final flush) cannot be reported to anyone who could act on it;
     // the data was already reported as written or not by the requests themselves.
     let _ = node.driver().close().await;

@@ -6,7 +6,8 @@
 //! [`BlockDriver`](crate::driver::BlockDriver) trait and the open functions registered here.
 
 // Floors, bottom up: `io_state` <- `types` (the structs that point at one another) <- `node`,
-// `edge`, `ctx`, `drain`, `perm` <- `edit`, `reopen` <- `open`.
+// `edge`, `ctx`, `drain`, `perm` <- `edit`, `reopen` <- `open`; `persist` (stored
+// bitmaps at open, close and reopen) sits beside `types` for all three.
 mod ctx;
 mod drain;
 mod edge;
@@ -15,6 +16,7 @@ mod io_state;
 mod node;
 mod open;
 mod perm;
+mod persist;
 mod reopen;
 mod types;
 

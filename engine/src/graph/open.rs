@@ -190,19 +190,15 @@ async fn finish_open(
     node: Rc<Node>,
     opened: Result<Box<dyn crate::driver::BlockDriver>>,
 ) -> Result<Rc<Node>> {
-    let result = match opened {
-        Ok(drv) => {
-            node.set_driver(drv);
-            match refresh_perms(&node) {
-                Ok(()) => match node.driver().activate().await {
-                    Ok(()) => ctx.register_node(&node),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    };
+    let result = async {
+        node.set_driver(opened?);
+        refresh_perms(&node)?;
+        node.driver().activate().await?;
+        // The stored bitmaps become live (and in use) before anyone can write.
+        super::persist::load(&node).await?;
+        ctx.register_node(&node)
+    }
+    .await;
     if let Err(e) = result {
         release_children(&node).await;
         return Err(e);

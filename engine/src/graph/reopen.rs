@@ -11,7 +11,9 @@
 //!    are committed together. Any failure aborts every staged driver and changes nothing.
 //!
 //! After a switch to read-write, the drivers' activation fix-ups run (a qcow2 image left dirty
-//! is repaired before anything else is written); if they fail the nodes go back to read-only.
+//! is repaired before anything else is written) and the persistent bitmaps are marked in use
+//! again; if that fails the nodes go back to read-only. A switch to read-only stores the
+//! persistent bitmaps first (`persist`).
 //!
 //! Must not import `request`, `drivers`, `job`, `qmp` or `engine`.
 
@@ -22,6 +24,7 @@ use crate::types::{ChildRole, DetectZeroes};
 use crate::util::Options;
 
 use super::perm::Plan;
+use super::persist;
 use super::types::Node;
 
 /// The nodes a switch of `node` concerns, topmost first: `node` and, recursively, its
@@ -50,7 +53,11 @@ pub async fn reopen_read_write(node: &Rc<Node>) -> Result<Vec<Rc<Node>>> {
     reopen_multiple(&nodes, false).await?;
     // Children first: a format's fix-ups write through its (now writable) file.
     for n in nodes.iter().rev() {
-        if let Err(e) = n.driver().activate().await {
+        let activated = match n.driver().activate().await {
+            Ok(()) => persist::after_read_write(n).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = activated {
             // Best effort: the nodes were read-only before, and nothing was written through
             // them since except the failed fix-up itself.
             let _ = reopen_multiple(&nodes, true).await;
@@ -106,6 +113,37 @@ async fn reopen_multiple(nodes: &[Rc<Node>], read_only: bool) -> Result<()> {
         plan.set_read_only(n, read_only);
     }
     let checked = plan.check()?;
+    // A switch to read-only stores the persistent bitmaps first (they turn read-only with
+    // the node); if anything then fails, they are marked in use again.
+    let mut stored = Vec::new();
+    let staged = async {
+        if read_only {
+            for n in nodes {
+                stored.push((n.clone(), persist::store(n).await?));
+            }
+        }
+        prepare_all(nodes, read_only).await
+    }
+    .await;
+    if let Err(e) = staged {
+        for (n, list) in &stored {
+            persist::remark_after_failed_switch(n, list).await;
+        }
+        return Err(e);
+    }
+    for n in nodes {
+        n.set_read_only(read_only);
+        n.driver().reopen_commit();
+    }
+    for (_, list) in &stored {
+        persist::set_readonly(list, true);
+    }
+    checked.commit();
+    Ok(())
+}
+
+/// Phase one for every node: stage the switch; on a failure every staged driver is aborted.
+async fn prepare_all(nodes: &[Rc<Node>], read_only: bool) -> Result<()> {
     let mut prepared: Vec<&Rc<Node>> = Vec::new();
     for n in nodes {
         match n.driver().reopen_prepare(read_only).await {
@@ -119,11 +157,6 @@ async fn reopen_multiple(nodes: &[Rc<Node>], read_only: bool) -> Result<()> {
             }
         }
     }
-    for n in nodes {
-        n.set_read_only(read_only);
-        n.driver().reopen_commit();
-    }
-    checked.commit();
     Ok(())
 }
 

@@ -15,8 +15,13 @@
 //! * `remove`: the bitmap is gone.
 //!
 //! A bitmap is on the node the device writes to when it is added; the device must stay there
-//! (a check fails as `bitmap` if a job moved it). Bitmaps are not persistent: `restart` forgets
-//! them.
+//! (a check fails as `bitmap` if a job moved it).
+//!
+//! Across a restart (`persist` below): after a clean `shutdown`, a persistent bitmap must come
+//! back with the very bits it had (the same SHA-256) and keeps its shadow; every other bitmap
+//! must be gone. After a crash, a persistent bitmap that the image held (it came through a
+//! clean restart) must be back inconsistent, one never stored must be gone, and no shadow is
+//! kept (an inconsistent bitmap cannot be checked: a scenario removes it through QMP).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -37,12 +42,20 @@ struct Shadow {
     recording: bool,
     /// Granules written while recording (since creation or the last clear).
     must: BTreeSet<u64>,
+    /// Added with persistent=true.
+    persistent: bool,
+    /// Stored in the image by a clean shutdown (so a crash leaves it there, in use).
+    in_image: bool,
+    /// Its SHA-256 at the last clean shutdown.
+    sha: Option<String>,
 }
 
 /// Every watched bitmap, by name.
 #[derive(Default)]
 pub(super) struct BitmapOracle {
     shadows: BTreeMap<String, Shadow>,
+    /// The engine was stopped by `shutdown` (not a crash) since the last start.
+    clean_stop: bool,
 }
 
 /// Granules of `granularity` bytes that `[offset, offset + len)` touches.
@@ -90,9 +103,10 @@ impl World<'_> {
                 name,
                 granularity,
                 disabled,
+                persistent,
             } => {
-                self.bitmap_add(line, device, name, *granularity, *disabled)
-                    .await
+                let opts = (*granularity, *disabled, *persistent);
+                self.bitmap_add(line, device, name, opts).await
             }
             BitmapStep::Enable(name) => self.bitmap_recording(line, name, true).await,
             BitmapStep::Disable(name) => self.bitmap_recording(line, name, false).await,
@@ -103,14 +117,84 @@ impl World<'_> {
         }
     }
 
-    /// `restart`: the bitmaps died with the engine.
-    pub(super) fn forget_bitmaps(&mut self) {
+    /// `restart`: no bitmap is watched any more (the devices stop logging their writes).
+    fn forget_bitmaps(&mut self) {
         self.bitmaps.shadows.clear();
         for dev in self.devices.values() {
             let mut m = dev.model.borrow_mut();
             m.track_submitted = false;
             m.take_submitted();
         }
+    }
+
+    /// Before a clean `shutdown`: the persistent bitmaps are about to be stored; note their
+    /// hashes for the restart.
+    pub(super) fn bitmaps_before_shutdown(&mut self) {
+        self.absorb_writes();
+        for (name, s) in self.bitmaps.shadows.iter_mut() {
+            let b = self
+                .engine
+                .node(&s.node)
+                .ok()
+                .and_then(|n| n.bitmaps().find(name));
+            if let (true, Some(b)) = (s.persistent, b) {
+                s.sha = Some(b.sha256_hex());
+                s.in_image = true;
+            }
+        }
+        self.bitmaps.clean_stop = true;
+    }
+
+    /// A power loss: whatever the last stop was, this one is not clean.
+    pub(super) fn bitmaps_at_power_loss(&mut self) {
+        self.absorb_writes();
+        self.bitmaps.clean_stop = false;
+    }
+
+    /// After `restart` reopened the images: judge every watched bitmap (see the module doc).
+    pub(super) fn bitmaps_after_restart(&mut self, line: usize) -> Result<(), Failure> {
+        let clean = std::mem::take(&mut self.bitmaps.clean_stop);
+        let mut notes = Vec::new();
+        for (name, s) in &self.bitmaps.shadows {
+            let b = self
+                .engine
+                .node(&s.node)
+                .ok()
+                .and_then(|n| n.bitmaps().find(name));
+            let verdict = match (b, clean, s.persistent) {
+                (None, true, true) => Err("is gone after a clean restart".to_string()),
+                (Some(b), true, true) if b.inconsistent() => {
+                    Err("is inconsistent after a clean restart".to_string())
+                }
+                (Some(b), true, true) => match &s.sha {
+                    Some(sha) if *sha == b.sha256_hex() => Ok("kept, same sha256"),
+                    _ => Err(format!("came back with other bits ({})", b.sha256_hex())),
+                },
+                (Some(_), _, false) => Err("outlived the engine, not persistent".to_string()),
+                (None, _, false) => Ok("gone (not persistent)"),
+                (None, false, true) if !s.in_image => Ok("gone (never stored)"),
+                (None, false, true) => Err("is gone after a crash".to_string()),
+                // Not only a clean shutdown stores it: a switch to read-only does too.
+                (Some(b), false, true) if b.inconsistent() => {
+                    Ok("inconsistent (in use at the crash)")
+                }
+                (Some(_), false, true) => Err("came back consistent after a crash".to_string()),
+            };
+            match verdict {
+                Ok(v) => notes.push(format!("restart: bitmap {name} {v}")),
+                Err(e) => return Err(fail("bitmap", line, format!("bitmap '{name}' {e}"))),
+            }
+        }
+        for n in notes {
+            self.note(&n);
+        }
+        if clean {
+            self.bitmaps.shadows.retain(|_, s| s.persistent);
+        }
+        if self.bitmaps.shadows.is_empty() {
+            self.forget_bitmaps();
+        }
+        Ok(())
     }
 
     /// Fold the writes the devices started since the last step into the recording shadows.
@@ -167,14 +251,15 @@ impl World<'_> {
         Ok((s, b))
     }
 
+    /// `bitmap add`; `opts`: granularity, disabled, persistent.
     async fn bitmap_add(
         &mut self,
         line: usize,
         device: &str,
         name: &str,
-        granularity: Option<u64>,
-        disabled: bool,
+        opts: (Option<u64>, bool, bool),
     ) -> Result<(), Failure> {
+        let (granularity, disabled, persistent) = opts;
         let node = match (self.engine.backend(device), self.devices.get(device)) {
             (Ok(bb), Some(dev)) => {
                 dev.model.borrow_mut().track_submitted = true;
@@ -185,6 +270,9 @@ impl World<'_> {
         let node =
             node.ok_or_else(|| fail("setup", line, format!("no device '{device}' with a node")))?;
         let mut args = json!({"node": node, "name": name, "disabled": disabled});
+        if persistent {
+            args["persistent"] = json!(true);
+        }
         if let Some(g) = granularity {
             args["granularity"] = json!(g);
         }
@@ -210,12 +298,16 @@ impl World<'_> {
             granularity: b.granularity(),
             recording: !disabled,
             must: BTreeSet::new(),
+            persistent,
+            in_image: false,
+            sha: None,
         };
         self.bitmaps.shadows.insert(name.to_string(), shadow);
         self.note(&format!(
-            "bitmap add {name} on node {node}: granularity {}{}",
+            "bitmap add {name} on node {node}: granularity {}{}{}",
             b.granularity(),
-            if disabled { ", disabled" } else { "" }
+            if disabled { ", disabled" } else { "" },
+            if persistent { ", persistent" } else { "" }
         ));
         Ok(())
     }

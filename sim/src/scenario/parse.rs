@@ -129,6 +129,7 @@ const DIRECTIVES: &[(&str, Directive)] = &[
     ("verify", verify),
     ("crash", crash),
     ("restart", restart),
+    ("shutdown", shutdown),
     ("check", check),
     ("check-file", check_file),
     ("bitmap", bitmap),
@@ -568,6 +569,10 @@ fn restart(_: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError>
     Ok(Some(Action::Restart))
 }
 
+fn shutdown(_: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    Ok(Some(Action::Shutdown))
+}
+
 fn check(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
     Ok(Some(Action::Check {
         node: l.need(1, "a node name")?,
@@ -587,10 +592,11 @@ fn bitmap(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> 
         "add" => {
             let device = l.need(2, "a device name")?;
             let name = l.need(3, "a bitmap name")?;
-            let (mut granularity, mut disabled) = (None, false);
+            let (mut granularity, mut disabled, mut persistent) = (None, false, false);
             for a in l.args_from(4) {
                 match (a.key.as_str(), a.value.as_deref()) {
                     ("disabled", None) => disabled = true,
+                    ("persistent", None) => persistent = true,
                     ("granularity", Some(v)) => {
                         let g = v.parse::<u64>().ok().filter(|g| g.is_power_of_two());
                         let g =
@@ -605,6 +611,7 @@ fn bitmap(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> 
                 name,
                 granularity,
                 disabled,
+                persistent,
             }
         }
         "enable" => BitmapStep::Enable(l.need(2, "a bitmap name")?),

@@ -186,7 +186,8 @@ fn shipped_scenarios_parse() {
 #[test]
 fn parses_bitmap_steps_and_refuses_bad_ones() {
     let text = "# p\nbitmap add d0 b1 granularity=4096 disabled\nbitmap add d0 b2\n\
-        bitmap merge b1 b2 b1\nbitmap check\nbitmap check b2\nbitmap clear b1\n";
+        bitmap merge b1 b2 b1\nbitmap check\nbitmap check b2\nbitmap clear b1\n\
+        bitmap add d0 p persistent\nshutdown\n";
     let sc = parse("t", text).unwrap();
     assert_eq!(
         sc.steps[0].action,
@@ -194,7 +195,8 @@ fn parses_bitmap_steps_and_refuses_bad_ones() {
             device: "d0".into(),
             name: "b1".into(),
             granularity: Some(4096),
-            disabled: true
+            disabled: true,
+            persistent: false
         })
     );
     assert_eq!(
@@ -208,13 +210,24 @@ fn parses_bitmap_steps_and_refuses_bad_ones() {
         sc.steps[3].action,
         Action::Bitmap(BitmapStep::Check(vec![]))
     );
+    assert_eq!(
+        sc.steps[6].action,
+        Action::Bitmap(BitmapStep::Add {
+            device: "d0".into(),
+            name: "p".into(),
+            granularity: None,
+            disabled: false,
+            persistent: true
+        })
+    );
+    assert_eq!(sc.steps[7].action, Action::Shutdown);
     for (bad, msg) in [
         (
             "bitmap add d0 b granularity=1000",
             "t:2:17: bad granularity '1000'",
         ),
         (
-            "bitmap add d0 b persistent",
+            "bitmap add d0 b persistent=yes",
             "t:2:17: unknown argument 'persistent'",
         ),
         ("bitmap merge b1", "t:2:16: 'bitmap' needs source bitmaps"),

@@ -20,9 +20,12 @@ use super::outcome::{Failure, fail};
 use super::syntax::Arg;
 use super::world::{PivotedDevice, Setup, World};
 
-/// The device's root without job filters above it.
+/// The device's root without job filters above it (mirror-top, and the copy-before-write
+/// filter a backup job inserted: one added by `blockdev-add` is replayed by the restart).
 fn effective_root(mut node: Rc<Node>) -> Rc<Node> {
-    while node.driver_name() == FILTER_DRIVER {
+    while node.driver_name() == FILTER_DRIVER
+        || (node.driver_name() == engine::job::backup::CBW_DRIVER && node.is_implicit())
+    {
         match node.primary_child() {
             Some(e) => node = e.child_node(),
             None => break,

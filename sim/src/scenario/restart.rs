@@ -1,5 +1,5 @@
-//! `crash` (power loss: what dies with the machine, what the models must now allow) and
-//! `restart` after a crash: a fresh engine on the same virtual disk, and the recorded setup
+//! `crash` (power loss: what dies with the machine, what the models must now allow), `shutdown`
+//! (a clean stop of the engine) and `restart` after either: a fresh engine on the same virtual disk, and the recorded setup
 //! replayed in order (node commands with their backing references following the chains as
 //! they were, devices, pivoted devices, device deletions), so the scenario continues on the
 //! images as the power loss left them.
@@ -15,6 +15,7 @@ use super::world::{Setup, World, new_engine};
 impl World<'_> {
     /// `crash`: power loss now; what the disk kept, lost and tore is noted.
     pub(super) fn power_loss(&mut self) {
+        self.bitmaps_at_power_loss();
         self.before_power_loss();
         let report = self.sim.crash();
         self.after_power_loss();
@@ -47,8 +48,6 @@ impl World<'_> {
 
     pub(super) async fn restart(&mut self, line: usize) -> Result<(), Failure> {
         self.follow_chains(true);
-        // Bitmaps that are not persistent die with the engine.
-        self.forget_bitmaps();
         self.engine = new_engine(&self.env, &self.recorder);
         *self.engine_slot.borrow_mut() = Some(self.engine.clone());
         self.pending.clear();
@@ -92,6 +91,26 @@ impl World<'_> {
         self.note(&format!(
             "restart: replayed {nodes} node commands and {devices} devices"
         ));
+        self.bitmaps_after_restart(line)
+    }
+
+    /// `shutdown`: a clean stop, as a management tool quits the daemon: jobs cancelled,
+    /// devices flushed, every node closed (persistent bitmaps stored). The graph is noted as
+    /// at a crash, for the `restart` that follows.
+    pub(super) async fn shutdown(&mut self, line: usize) -> Result<(), Failure> {
+        if let Some(w) = self.workloads.keys().next() {
+            let msg = format!("workload '{w}' still runs: stop it before shutdown");
+            return Err(fail("setup", line, msg));
+        }
+        self.follow_chains(true);
+        self.bitmaps_before_shutdown();
+        self.before_power_loss();
+        let closed = self.engine.shutdown().await;
+        self.collect_events();
+        self.note(&match closed {
+            Ok(()) => "shutdown: every node closed".to_string(),
+            Err(e) => format!("shutdown: every node closed, a flush failed: {e}"),
+        });
         Ok(())
     }
 }

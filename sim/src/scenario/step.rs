@@ -62,6 +62,7 @@ impl World<'_> {
                 Ok(())
             }
             Action::Restart => self.restart(line).await,
+            Action::Shutdown => self.shutdown(line).await,
             Action::Check { node } => self.check_image(line, node).await,
             Action::Bitmap(b) => self.bitmap_step(line, b).await,
             Action::CheckFile { path } => self.check_file(line, path).await,

@@ -35,7 +35,7 @@ impl std::error::Error for ParseError {}
 /// A `bitmap` step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BitmapStep {
-    /// `bitmap add DEVICE NAME [granularity=N] [disabled]`: on the device's node.
+    /// `bitmap add DEVICE NAME [granularity=N] [disabled] [persistent]`: on the device's node.
     Add {
         /// The device whose node gets the bitmap (and whose writes it must record).
         device: String,
@@ -45,6 +45,8 @@ pub enum BitmapStep {
         granularity: Option<u64>,
         /// Created not recording.
         disabled: bool,
+        /// Stored in the image (kept by a clean `shutdown` + `restart`).
+        persistent: bool,
     },
     /// `bitmap enable NAME`.
     Enable(String),
@@ -220,6 +222,9 @@ pub enum Action {
     Bitmap(BitmapStep),
     /// Power loss.
     Crash,
+    /// A clean stop of the engine (jobs cancelled, devices flushed, every node closed), to be
+    /// followed by `restart`.
+    Shutdown,
     /// Reopen every image from its durable state and re-create the devices.
     Restart,
     /// `check-file PATH`: open a qcow2 image file on its own (read-only, no backing) and check

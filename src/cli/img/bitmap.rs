@@ -1,20 +1,17 @@
 //! `blk bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)...
 //! [-f FMT | --image-opts] [-b SOURCE_FILE [-F SOURCE_FMT]] [-g GRANULARITY] [--object OBJDEF]
-//! FILENAME BITMAP`: qemu-img bitmap, on the image's stored persistent bitmaps.
+//! FILENAME BITMAP`: qemu-img bitmap, on the image's persistent bitmaps.
 //!
-//! The actions run in the order given; the first that fails stops the command with qemu-img's
-//! "Operation ACTION on bitmap NAME failed: WHY", and what the earlier ones did stays (QEMU
-//! stores its bitmaps when it closes the image, failure or not). The work goes through the
-//! format verbs (`FormatOps::stored_bitmaps`, `load_bitmap`, `store_bitmaps`,
-//! `remove_bitmap`): bitmaps are loaded when an action needs their bits, and only those an
-//! action changed are stored again, which leaves the others exactly as QEMU's close would.
+//! The image's stored bitmaps are live bitmaps of its node once it is open; each action is the
+//! engine's QMP verb on them (`block-dirty-bitmap-add` with persistent=true, `-remove`, which
+//! also removes it from the image, `-clear`, `-enable`, `-disable`, `-merge`), as qemu-img
+//! does, and the node stores them back when it closes. The actions run in the order given; the
+//! first that fails stops the command with qemu-img's "Operation ACTION on bitmap NAME failed:
+//! WHY", and what the earlier ones did stays (stored at close, failure or not).
 
-use std::rc::Rc;
-
-use engine::bitmap::HBits;
-use engine::driver::{BitmapToStore, FormatOps};
+use engine::engine::{BitmapAddArgs, BitmapRef};
 use engine::graph::Node;
-use engine::{Error, Result};
+use engine::{Engine, Error, Result};
 
 use super::number::{in_range, strtosz};
 use super::open::Tool;
@@ -166,173 +163,59 @@ async fn apply(tool: &Tool, a: &Args) -> Result<()> {
     };
     let src_node = src.as_ref().map_or(&img.node, |s| &s.node);
     for act in &a.actions {
-        run_action(&img.node, src_node, act, a).await.map_err(|e| {
-            Error::generic(format!(
-                "Operation {} on bitmap {} failed: {e}",
-                act.verb(),
-                a.bitmap
-            ))
-        })?;
+        run_action(&tool.engine, img.node.name(), src_node.name(), act, a)
+            .await
+            .map_err(|e| {
+                Error::generic(format!(
+                    "Operation {} on bitmap {} failed: {}",
+                    act.verb(),
+                    a.bitmap,
+                    with_hint(e.message())
+                ))
+            })?;
     }
     Ok(())
 }
 
-/// What a stored bitmap looks like to an action.
-struct Found {
-    granularity: u64,
-    enabled: bool,
-}
-
-/// The stored bitmap `name` of `node`, as QEMU finds a bitmap by name; an inconsistent one
-/// (in use) is refused unless `any`.
-async fn find(node: &Node, name: &str, any: bool) -> Result<Found> {
-    let list = match ops(node) {
-        Ok(o) => o.stored_bitmaps().await?,
-        // A format without persistent bitmaps has none to find.
-        Err(_) => Vec::new(),
-    };
-    let b = list
-        .iter()
-        .find(|b| b.name == name)
-        .ok_or_else(|| Error::generic(format!("Dirty bitmap '{name}' not found")))?;
-    if b.in_use && !any {
-        return Err(Error::generic(format!(
-            "Bitmap '{name}' is inconsistent and cannot be used\n\
-             Try block-dirty-bitmap-remove to delete this bitmap from disk"
-        )));
+/// The hint QEMU's tools print under a refusal of an inconsistent bitmap (QMP leaves it out).
+fn with_hint(msg: String) -> String {
+    if msg.ends_with("is inconsistent and cannot be used") {
+        format!("{msg}\nTry block-dirty-bitmap-remove to delete this bitmap from disk")
+    } else {
+        msg
     }
-    Ok(Found {
-        granularity: b.granularity,
-        enabled: b.auto,
-    })
 }
 
-/// The format verbs of `node`, or QEMU's refusal for a format without persistent bitmaps.
-fn ops(node: &Node) -> Result<&dyn FormatOps> {
-    node.driver()
-        .format_ops()
-        .filter(|_| node.driver_name() == "qcow2")
-        .ok_or_else(|| {
-            Error::generic(format!(
-                "Can't store persistent bitmaps to {}: Operation not supported",
-                node.name()
-            ))
-        })
-}
-
-/// Store one bitmap of `node` with its new state.
-async fn store(
-    node: &Node,
-    name: &str,
-    granularity: u64,
-    enabled: bool,
-    bits: &HBits,
-) -> Result<()> {
-    let set = [BitmapToStore {
-        name,
-        granularity,
-        enabled,
-        bits,
-    }];
-    ops(node)?.store_bitmaps(&set).await
-}
-
-/// One action on bitmap `a.bitmap` of `node`; `src` holds the merge source.
-async fn run_action(node: &Rc<Node>, src: &Rc<Node>, act: &Action, a: &Args) -> Result<()> {
+/// One action on bitmap `a.bitmap` of node `node`, through the engine's bitmap verbs on the
+/// node's live bitmaps, as qemu-img runs the QMP commands: what they leave is stored when the
+/// image closes. `src` is the node holding the merge source.
+async fn run_action(engine: &Engine, node: &str, src: &str, act: &Action, a: &Args) -> Result<()> {
     let name = a.bitmap.as_str();
     match act {
-        Action::Add => add(node, name, a.granularity).await,
-        Action::Remove => {
-            find(node, name, true).await?;
-            ops(node)?.remove_bitmap(name).await.map(|_| ())
+        Action::Add => {
+            // QMP carries the granularity as 32 bits; 0 asks for the default.
+            let g = a.granularity as u32 as u64;
+            let args = BitmapAddArgs {
+                node: node.to_string(),
+                name: name.to_string(),
+                granularity: (a.granularity != 0).then_some(g),
+                persistent: true,
+                disabled: false,
+            };
+            engine.bitmap_add(&args).map(drop)
         }
-        Action::Clear => {
-            let f = find(node, name, false).await?;
-            let n = node.len().div_ceil(f.granularity);
-            store(node, name, f.granularity, f.enabled, &HBits::new(n)).await
-        }
-        Action::Enable | Action::Disable => {
-            let f = find(node, name, false).await?;
-            let on = *act == Action::Enable;
-            if f.enabled == on {
-                return Ok(());
-            }
-            let bits = ops(node)?.load_bitmap(name).await?;
-            store(node, name, f.granularity, on, &bits).await
-        }
-        Action::Merge(from) => merge(node, name, src, from).await,
-    }
-}
-
-/// `--add`: QEMU's checks in its order (name, granularity, where it can be stored, then
-/// whether it exists). `granularity` 0 takes the default: the cluster size, at least 4 KiB.
-async fn add(node: &Rc<Node>, name: &str, granularity: u64) -> Result<()> {
-    if name.is_empty() {
-        return Err(Error::generic("Bitmap name cannot be empty"));
-    }
-    // QMP carries the granularity as 32 bits.
-    let g = granularity as u32 as u64;
-    if granularity != 0 && (g < 512 || !g.is_power_of_two()) {
-        return Err(Error::generic(
-            "Granularity must be power of 2 and at least 512",
-        ));
-    }
-    let g = if granularity == 0 {
-        node.driver().image_info().cluster_size.max(4096)
-    } else {
-        g
-    };
-    let o = ops(node)?;
-    // QEMU checks where the bitmap can be stored (its constraints) before whether it exists,
-    // and words the refusal as a bitmap that cannot be made persistent.
-    let n = node.len().div_ceil(g);
-    let exists = o.stored_bitmaps().await?.iter().any(|b| b.name == name);
-    let trial = BitmapToStore {
-        name,
-        granularity: g,
-        enabled: true,
-        bits: &HBits::new(n),
-    };
-    if let Err(e) = o.check_bitmap_constraints(&trial) {
-        let why = e.message();
-        let prefix = format!("Bitmap '{name}' doesn't satisfy the constraints: ");
-        return Err(Error::generic(format!(
-            "Can't make bitmap '{name}' persistent in '{}': {}",
-            node.name(),
-            why.strip_prefix(&prefix).unwrap_or(&why)
-        )));
-    }
-    if exists {
-        return Err(Error::generic(format!("Bitmap already exists: {name}")));
-    }
-    store(node, name, g, true, &HBits::new(n)).await
-}
-
-/// `--merge FROM`: the bits of `from` (on `src`, this image unless `-b`) are added to
-/// `name`; granularities may differ (each set bit of the source marks the bytes it covers).
-async fn merge(node: &Rc<Node>, name: &str, src: &Rc<Node>, from: &str) -> Result<()> {
-    let dst = find(node, name, false).await?;
-    let sf = find(src, from, false).await?;
-    if src.len() != node.len() {
-        return Err(Error::generic(
-            "Bitmaps are incompatible and can't be merged",
-        ));
-    }
-    let mut bits = ops(node)?.load_bitmap(name).await?;
-    let theirs = ops(src)?.load_bitmap(from).await?;
-    if sf.granularity == dst.granularity {
-        bits.union_with(&theirs);
-    } else {
-        let len = node.len();
-        for (start, n) in theirs.runs() {
-            let (b0, b1) = (
-                start * sf.granularity,
-                ((start + n) * sf.granularity).min(len),
-            );
-            bits.set_range(b0 / dst.granularity, b1.div_ceil(dst.granularity));
+        Action::Remove => engine.bitmap_remove(node, name).await,
+        Action::Clear => engine.bitmap_clear(node, name),
+        Action::Enable => engine.bitmap_set_enabled(node, name, true),
+        Action::Disable => engine.bitmap_set_enabled(node, name, false),
+        Action::Merge(from) => {
+            let source = BitmapRef::Node {
+                node: src.to_string(),
+                name: from.clone(),
+            };
+            engine.bitmap_merge(node, name, &[source])
         }
     }
-    store(node, name, dst.granularity, dst.enabled, &bits).await
 }
 
 /// QEMU's warning when it opens an image whose bitmaps extension lost its autoclear bit (a
@@ -358,35 +241,36 @@ pub(crate) fn stale_bitmaps_warning(path: &str) -> Option<String> {
     ))
 }
 
-/// `convert --bitmaps`: store every consistent bitmap of `src` on `dst` (same name,
-/// granularity, enabled state and bits); an inconsistent one is skipped with QEMU's warning
-/// (`convert` refused it earlier unless `--skip-broken-bitmaps`).
-pub(crate) async fn copy_bitmaps(src: &Node, dst: &Node) -> Result<()> {
-    let from = ops(src)?;
-    let mut kept = Vec::new();
-    for b in from.stored_bitmaps().await? {
-        if b.in_use {
+/// `convert --bitmaps`: every consistent bitmap of node `src` becomes a persistent bitmap of
+/// node `dst` with its name, granularity, recording state and bits (stored when `dst`
+/// closes), as qemu-img adds and merges them; an inconsistent one is skipped with QEMU's
+/// warning (`convert` refused it earlier unless `--skip-broken-bitmaps`).
+pub(crate) async fn copy_bitmaps(engine: &Engine, src: &Node, dst: &Node) -> Result<()> {
+    for b in src.bitmaps().all() {
+        if !b.persistent() {
+            continue;
+        }
+        if b.inconsistent() {
             eprintln!(
                 "{}: warning: Skipping inconsistent bitmap '{}'",
                 crate::cli::prog::name(),
-                b.name
+                b.name()
             );
             continue;
         }
-        let bits = from.load_bitmap(&b.name).await?;
-        kept.push((b, bits));
+        let args = BitmapAddArgs {
+            node: dst.name().to_string(),
+            name: b.name(),
+            granularity: Some(b.granularity()),
+            persistent: true,
+            disabled: !b.recording(),
+        };
+        engine.bitmap_add(&args)?;
+        let source = BitmapRef::Node {
+            node: src.name().to_string(),
+            name: b.name(),
+        };
+        engine.bitmap_merge(dst.name(), &b.name(), &[source])?;
     }
-    if kept.is_empty() {
-        return Ok(());
-    }
-    let set: Vec<BitmapToStore<'_>> = kept
-        .iter()
-        .map(|(b, bits)| BitmapToStore {
-            name: &b.name,
-            granularity: b.granularity,
-            enabled: b.auto,
-            bits,
-        })
-        .collect();
-    ops(dst)?.store_bitmaps(&set).await
+    Ok(())
 }

@@ -387,7 +387,7 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
         snapshot_refusal(&srcs, name)?;
     }
     if a.bitmaps {
-        bitmaps_refusal(&srcs, a.skip_broken_bitmaps).await?;
+        bitmaps_refusal(&srcs, a.skip_broken_bitmaps)?;
     }
     let total: u64 = srcs.iter().map(Image::len).sum();
     let out_fmt = a.out_fmt.clone().unwrap_or_default();
@@ -441,7 +441,7 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
     };
     convert(&srcs, &dst, &plan, &*tool.env).await?;
     if a.bitmaps {
-        super::bitmap::copy_bitmaps(&srcs[0].node, &dst.node).await?;
+        super::bitmap::copy_bitmaps(&tool.engine, &srcs[0].node, &dst.node).await?;
     }
     Ok(())
 }
@@ -494,7 +494,7 @@ fn snapshot_refusal(srcs: &[Image], _name: &str) -> Result<()> {
 
 /// `--bitmaps`: QEMU's refusals before the target is created: one source, a qcow2 one, and no
 /// inconsistent bitmap unless `skip_broken`.
-async fn bitmaps_refusal(srcs: &[Image], skip_broken: bool) -> Result<()> {
+fn bitmaps_refusal(srcs: &[Image], skip_broken: bool) -> Result<()> {
     if srcs.len() != 1 {
         return Err(Error::generic(
             "Copying bitmaps only possible with single source",
@@ -503,15 +503,18 @@ async fn bitmaps_refusal(srcs: &[Image], skip_broken: bool) -> Result<()> {
     if srcs[0].format != "qcow2" {
         return Err(Error::generic("Source lacks bitmap support"));
     }
-    let Some(ops) = srcs[0].node.driver().format_ops() else {
-        return Ok(());
-    };
-    let broken = ops.stored_bitmaps().await?.into_iter().find(|b| b.in_use);
+    // The source's live bitmaps, newest first, as QEMU looks for the first inconsistent one.
+    let broken = srcs[0]
+        .node
+        .bitmaps()
+        .all()
+        .into_iter()
+        .find(|b| b.persistent() && b.inconsistent());
     match broken {
         Some(b) if !skip_broken => Err(Error::generic(format!(
             "Cannot copy inconsistent bitmap '{}'\nTry --skip-broken-bitmaps, or use 'qemu-img \
              bitmap --remove' to delete it",
-            b.name
+            b.name()
         ))),
         _ => Ok(()),
     }

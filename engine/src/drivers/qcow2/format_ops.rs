@@ -46,7 +46,18 @@ impl FormatOps for Qcow2 {
         })
     }
 
-    fn can_store_new_bitmap(&self, node: &str, name: &str, granularity: u64) -> Result<()> {
+    fn can_store_new_bitmap(
+        &self,
+        node: &str,
+        name: &str,
+        granularity: u64,
+        taken: bool,
+    ) -> Result<()> {
+        if taken {
+            return Err(crate::error::Error::generic(format!(
+                "Bitmap already exists: {name}"
+            )));
+        }
         match self.bitmap_problem(name, granularity) {
             Some(why) => Err(crate::error::Error::generic(format!(
                 "Can't make bitmap '{name}' persistent in '{node}': {why}"
@@ -61,6 +72,12 @@ impl FormatOps for Qcow2 {
 
     fn has_persistent_bitmaps(&self) -> bool {
         self.layout.autoclear.get() & super::bitmaps::AUTOCLEAR_BITMAPS != 0
+    }
+
+    fn bitmaps_read_only(&self) -> bool {
+        // Check/repair first: marking or storing allocates through refcounts that may be
+        // wrong until the repair ran.
+        self.check_mode
     }
 
     fn stored_bitmaps(&self) -> LocalBoxFuture<'_, Result<Vec<StoredBitmap>>> {

@@ -150,9 +150,6 @@ pub(crate) struct Qcow2 {
     /// The `cache-clean-interval` task, ended when the driver goes away (or a reopen
     /// replaces it).
     cleaner: RefCell<Option<clean::Cleaner>>,
-    /// An enabled persistent bitmap is stored clean: the first guest write marks it in use
-    /// (`bitmaps/store.rs`).
-    bitmaps_unmarked: Cell<bool>,
 }
 
 pub(super) fn open(
@@ -226,11 +223,11 @@ pub(super) fn open(
             ),
             runtime: RefCell::new(runtime),
             reopen_options: RefCell::new(None),
-            bitmaps_unmarked: Cell::new(false),
         };
         // QEMU loads the persistent bitmaps at open: a malformed extension, directory or
         // table fails the open, read-only or not.
-        q.bitmaps_unmarked.set(q.check_bitmaps_at_open(&h).await?);
+        // The graph then loads them as live bitmaps, marked in use on a writable node.
+        q.check_bitmaps_at_open(&h).await?;
         Ok(Box::new(q) as Box<dyn BlockDriver>)
     })
 }
@@ -448,8 +445,7 @@ impl Qcow2 {
     /// `check_writable` before a change of guest data: stored enabled bitmaps are marked in
     /// use first.
     async fn check_guest_writable(&self) -> Result<()> {
-        self.check_writable().await?;
-        self.bitmaps_before_guest_write().await
+        self.check_writable().await
     }
 
     /// Autoclear bits this driver keeps valid.

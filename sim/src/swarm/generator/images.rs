@@ -185,6 +185,7 @@ impl Gen {
             }
             self.step(format!("image create {path} qcow2 {} {opts}", self.size));
             self.checkable(path, &opts);
+            self.top_persistent_ok = !opts.contains("compat=0.10");
         } else {
             self.step(format!("image create {path} raw {}", self.size));
         }

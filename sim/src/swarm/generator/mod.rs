@@ -220,6 +220,10 @@ pub(super) struct Gen {
     pub(super) vmstate_written: bool,
     /// Dirty bitmaps alive on the device's node, oldest first.
     pub(super) bitmaps: Vec<String>,
+    /// The device's node can store persistent bitmaps (a qcow2 v3 top).
+    pub(super) top_persistent_ok: bool,
+    /// Persistent bitmaps among `bitmaps`, and whether a clean restart stored each.
+    pub(super) persistent: Vec<(String, bool)>,
 }
 
 impl Gen {
@@ -274,8 +278,7 @@ impl Gen {
         }
         self.step("restart");
         self.bg = None;
-        // The bitmaps were not persistent.
-        self.bitmaps.clear();
+        self.bitmaps_after_crash(during_job);
         // The restart reopened the images with their default options (and repaired them).
         self.lazy_top = false;
         if during_job {
@@ -359,6 +362,8 @@ pub fn generate(seed: u64) -> Generated {
         rerror_stop: false,
         top_compress_cluster: None,
         bitmaps: Vec::new(),
+        top_persistent_ok: false,
+        persistent: Vec::new(),
         vmstate_written: false,
     };
     g.out.push(format!(
@@ -436,6 +441,11 @@ impl Gen {
             Round::Drain => self.drain_round(),
             Round::Io => self.io_round(),
             Round::Breakpoint => self.breakpoint_round(),
+            // With bitmaps on, some restarts are clean (the bitmaps' own stream: seeds
+            // without bitmaps draw as before).
+            Round::Crash if self.f.bitmaps && chance(&mut self.r.bitmaps, 0.4) => {
+                self.clean_restart()
+            }
             Round::Crash => {
                 self.comment("power loss under guest load");
                 self.start_bg();

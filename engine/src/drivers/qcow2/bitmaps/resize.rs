@@ -29,7 +29,7 @@ impl Qcow2 {
         }
         {
             let held = self.meta.lock().await;
-            self.mark_in_use(&held, false).await?;
+            self.mark_in_use(&held).await?;
         }
         self.do_truncate(len, prealloc).await?;
         for (e, bits) in kept.iter_mut() {

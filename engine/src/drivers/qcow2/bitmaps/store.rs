@@ -63,17 +63,14 @@ impl Qcow2 {
     }
 
     /// What QEMU checks when it loads the bitmaps at open (`h`: the header just read): the
-    /// extension, the directory and the table of every bitmap not in use. Returns whether an
-    /// enabled bitmap is stored clean (the first guest write must mark it in use). An image
-    /// without bitmaps costs no I/O here.
-    pub(crate) async fn check_bitmaps_at_open(&self, h: &Header) -> Result<bool> {
+    /// extension, the directory and the table of every bitmap not in use. An image without
+    /// bitmaps costs no I/O here.
+    pub(crate) async fn check_bitmaps_at_open(&self, h: &Header) -> Result<()> {
         let (_, entries) = self.bitmap_dir_of(h).await?;
-        let mut clean_enabled = false;
         for e in entries.iter().filter(|e| !e.in_use()) {
             self.bitmap_table(e).await?;
-            clean_enabled |= e.auto();
         }
-        Ok(clean_enabled)
+        Ok(())
     }
 
     /// `FormatOps::stored_bitmaps`.
@@ -151,9 +148,6 @@ impl Qcow2 {
                 None => entries.push(new),
             }
         }
-        if set.iter().any(|b| b.enabled) {
-            self.bitmaps_unmarked.set(true);
-        }
         self.switch_directory(held, ext, &entries, replaced, new_clusters)
             .await
     }
@@ -178,33 +172,15 @@ impl Qcow2 {
         self.check_writable().await?;
         let guard = self.meta.lock().await;
         let held = &guard;
-        self.mark_in_use(held, false).await
+        self.mark_in_use(held).await
     }
 
-    /// Before the first guest write: blk does not record writes into stored bitmaps yet (the
-    /// live named bitmaps will), so an enabled bitmap an image is written without no longer
-    /// says what changed. It is marked in use, as a crash would leave it in QEMU, rather than
-    /// left looking valid and silently missing the write. Disabled bitmaps stay valid.
-    pub(crate) async fn bitmaps_before_guest_write(&self) -> Result<()> {
-        if !self.bitmaps_unmarked.get() {
-            return Ok(());
-        }
-        let guard = self.meta.lock().await;
-        let held = &guard;
-        if self.bitmaps_unmarked.get() {
-            self.mark_in_use(held, true).await?;
-            self.bitmaps_unmarked.set(false);
-        }
-        Ok(())
-    }
-
-    /// Set the in-use flag of every bitmap not in use yet (only the enabled ones with
-    /// `only_enabled`). Metadata lock held.
-    pub(super) async fn mark_in_use(&self, held: &MetaGuard<'_>, only_enabled: bool) -> Result<()> {
+    /// Set the in-use flag of every bitmap not in use yet. Metadata lock held.
+    pub(super) async fn mark_in_use(&self, held: &MetaGuard<'_>) -> Result<()> {
         let (ext, mut entries) = self.bitmap_dir().await?;
         let mut changed = false;
         for e in entries.iter_mut() {
-            if !e.in_use() && (e.auto() || !only_enabled) {
+            if !e.in_use() {
                 e.flags |= FLAG_IN_USE;
                 changed = true;
             }
