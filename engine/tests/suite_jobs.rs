@@ -25,3 +25,5 @@ mod mirror;
 mod mirror_errors;
 #[path = "mirror_real.rs"]
 mod mirror_real;
+#[path = "snapshot_external.rs"]
+mod snapshot_external;
