@@ -27,3 +27,5 @@ mod mirror_errors;
 mod mirror_real;
 #[path = "snapshot_external.rs"]
 mod snapshot_external;
+#[path = "transaction.rs"]
+mod transaction;
