@@ -27,5 +27,7 @@ mod mirror_errors;
 mod mirror_real;
 #[path = "snapshot_external.rs"]
 mod snapshot_external;
+#[path = "snapshot_real.rs"]
+mod snapshot_real;
 #[path = "transaction.rs"]
 mod transaction;
