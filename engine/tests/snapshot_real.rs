@@ -92,5 +92,8 @@ fn overlays_blk_creates_are_a_chain_qemu_lists_and_checks_clean() {
     }
     std::fs::write(&want, &model).unwrap();
     let (code, out) = dir.run_status("qemu-img", &["compare", "-F", "raw", &s2, &want]);
-    assert_eq!(code, 0, "the top of the chain differs from the guest's view: {out}");
+    assert_eq!(
+        code, 0,
+        "the top of the chain differs from the guest's view: {out}"
+    );
 }

@@ -302,37 +302,43 @@ fn an_aborted_backup_never_starts_and_gives_its_bitmap_back() {
     });
 }
 
+/// Backups j1 (drive0 -> t1, limited to `speed`) and j2 (mid -> a target whose writes fail)
+/// in one transaction with `properties`; the job-end events, sorted, once both are gone.
+async fn two_backups(engine: &Engine, speed: u64, properties: Value) -> Vec<String> {
+    target(engine, "t1").await;
+    bad_target(engine).await;
+    engine.take_events();
+    qmp_ok(
+        engine,
+        json!({"execute": "transaction", "arguments": {
+            "actions": [backup("j1", "t1", json!({"speed": speed})),
+                        backup("j2", "bad", json!({}))],
+            "properties": properties}}),
+    )
+    .await;
+    for id in ["j1", "j2"] {
+        if let Ok(j) = engine.find_job(id) {
+            j.wait_status(|s| s == JobStatus::Null).await;
+        }
+    }
+    let mut ends: Vec<_> = engine
+        .take_events()
+        .into_iter()
+        .filter(|e| e.name.starts_with("BLOCK_JOB_"))
+        .map(|e| {
+            let err = e.data.get("error").is_some();
+            format!("{}:{}:{err}", e.name, e.data["device"].as_str().unwrap())
+        })
+        .collect();
+    ends.sort();
+    ends
+}
+
 #[test]
 fn grouped_backups_one_target_fails_the_other_is_cancelled() {
     run(5, |engine| async move {
         setup(&engine).await;
-        target(&engine, "t1").await;
-        bad_target(&engine).await;
-        engine.take_events();
-        qmp_ok(
-            &engine,
-            json!({"execute": "transaction", "arguments": {
-                "actions": [backup("j1", "t1", json!({"speed": 1 << 20})),
-                            backup("j2", "bad", json!({}))],
-                "properties": {"completion-mode": "grouped"}}}),
-        )
-        .await;
-        for id in ["j1", "j2"] {
-            if let Ok(j) = engine.find_job(id) {
-                j.wait_status(|s| s == JobStatus::Null).await;
-            }
-        }
-        let ends: Vec<_> = engine
-            .take_events()
-            .into_iter()
-            .filter(|e| e.name.starts_with("BLOCK_JOB_"))
-            .map(|e| {
-                let err = e.data.get("error").is_some();
-                format!("{}:{}:{err}", e.name, e.data["device"].as_str().unwrap())
-            })
-            .collect();
-        let mut ends = ends;
-        ends.sort();
+        let ends = two_backups(&engine, 1 << 20, json!({"completion-mode": "grouped"})).await;
         assert_eq!(
             ends,
             [
@@ -348,29 +354,14 @@ fn grouped_backups_one_target_fails_the_other_is_cancelled() {
 fn individual_backups_in_one_transaction_end_on_their_own() {
     run(6, |engine| async move {
         setup(&engine).await;
-        target(&engine, "t1").await;
-        bad_target(&engine).await;
-        engine.take_events();
-        qmp_ok(
-            &engine,
-            txn(json!([
-                backup("j1", "t1", json!({})),
-                backup("j2", "bad", json!({}))
-            ])),
-        )
-        .await;
-        for id in ["j1", "j2"] {
-            if let Ok(j) = engine.find_job(id) {
-                j.wait_status(|s| s == JobStatus::Null).await;
-            }
-        }
-        let ends: Vec<_> = engine
-            .take_events()
-            .into_iter()
-            .filter(|e| e.name == "BLOCK_JOB_COMPLETED")
-            .map(|e| (e.data["device"].clone(), e.data.get("error").is_some()))
-            .collect();
-        assert!(ends.contains(&(json!("j1"), false)), "{ends:?}");
-        assert!(ends.contains(&(json!("j2"), true)), "{ends:?}");
+        let ends = two_backups(&engine, 0, json!({})).await;
+        assert_eq!(
+            ends,
+            [
+                "BLOCK_JOB_COMPLETED:j1:false",
+                "BLOCK_JOB_COMPLETED:j2:true",
+                "BLOCK_JOB_ERROR:j2:false"
+            ]
+        );
     });
 }
