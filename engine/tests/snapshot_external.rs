@@ -267,3 +267,41 @@ refusal!(
     cbf("drive0", "other", "x"),
     "'drive0' and image file are not in the same chain"
 );
+
+#[test]
+fn an_overlay_over_a_blkdebug_file_reopens_with_its_backing() {
+    // The old node's file is a blkdebug filter: the overlay's header names it with QEMU's
+    // protocol form (`blkdebug::top.qcow2`), which must open again (a restart, qemu-img).
+    run(7, |engine| async move {
+        mkimg(&engine, "top.qcow2", None).await;
+        qmp_ok(
+            &engine,
+            json!({"execute": "blockdev-add", "arguments": {"driver": "qcow2",
+                "node-name": "top", "file": {"driver": "blkdebug",
+                "image": {"driver": "file", "filename": "top.qcow2"}}}}),
+        )
+        .await;
+        engine
+            .device_add(
+                "drive0",
+                "top",
+                engine::backend::BackendOptions::guest_device(false, false),
+            )
+            .unwrap();
+        qmp_ok(&engine, sync(json!({}))).await;
+        assert_eq!(
+            header_backing(&engine, "s1.qcow2").await,
+            json!("blkdebug::top.qcow2")
+        );
+        qmp_ok(
+            &engine,
+            json!({"execute": "blockdev-add", "arguments": {"driver": "qcow2",
+                "node-name": "again", "read-only": true,
+                "file": {"driver": "file", "filename": "s1.qcow2"}}}),
+        )
+        .await;
+        let again = engine.node("again").unwrap();
+        let backing = again.backing().unwrap().child_node();
+        assert_eq!(backing.driver_name(), "qcow2");
+    });
+}
