@@ -10,8 +10,9 @@
 //!   there; the overlay joins the chain (and the images checked after restarts and at the end).
 //!
 //! The named bitmaps of the `bitmaps` family are checked and removed before a snapshot (the
-//! device moves to the overlay, where their node no longer sees guest writes). Draws from a
-//! stream of its own, so seeds without transactions are unchanged.
+//! device moves to the overlay, where their node no longer sees guest writes). Half the
+//! transactions run under a background guest workload. Draws from a stream of its own, so
+//! seeds without transactions are unchanged.
 
 use serde_json::{Value, json};
 
@@ -57,6 +58,11 @@ impl Gen {
         }
         if drawn.iter().any(|d| d.overlay.is_some()) {
             self.retire_bitmaps();
+        }
+        // Half the time the guest keeps writing through the transaction: the snapshot drains
+        // the device's node while it appends the overlay.
+        if chance(&mut self.r.transactions, 0.5) {
+            self.start_bg();
         }
         let actions: Vec<Value> = drawn.iter().map(|d| d.action.clone()).collect();
         self.qmp(&json!({"execute": "transaction", "arguments": {"actions": actions}}));
