@@ -23,6 +23,7 @@ mod backup;
 mod backup_bitmap;
 mod bitmaps;
 mod block_jobs;
+mod change_backing;
 mod image;
 mod jobs;
 mod mirror;

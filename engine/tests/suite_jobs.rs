@@ -25,3 +25,9 @@ mod mirror;
 mod mirror_errors;
 #[path = "mirror_real.rs"]
 mod mirror_real;
+#[path = "snapshot_external.rs"]
+mod snapshot_external;
+#[path = "snapshot_real.rs"]
+mod snapshot_real;
+#[path = "transaction.rs"]
+mod transaction;

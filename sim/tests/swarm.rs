@@ -230,3 +230,19 @@ fn a_seed_writes_the_same_scenario_and_transcript_twice() {
     assert_eq!(oa.trace_hash, ob.trace_hash);
     assert_eq!(oa.transcript, ob.transcript);
 }
+
+#[test]
+fn a_power_loss_at_any_point_of_a_snapshot_transaction_loses_nothing() {
+    // Every disk event of the transaction (the overlay's creation and flushes in prepare, then
+    // commit) is a crash point; after each the base must hold every flushed write and every
+    // image check clean.
+    let text = include_str!("../../scenarios/transaction-crash.scn");
+    let sc = sim::scenario::parse("transaction-crash.scn", text).unwrap();
+    planted::disable_all();
+    let sum = crashes::enumerate(&sc, sc.seed, None, None, |_, _| {}).unwrap();
+    if let Some((at, v)) = &sum.failing {
+        panic!("{} fails: {:?}", crashes::point_name(*at), v.failure);
+    }
+    assert!(sum.tested >= 10, "only {} crash states", sum.tested);
+    assert_eq!(sum.missed, 0, "every crash point struck");
+}

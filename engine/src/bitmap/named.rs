@@ -225,6 +225,16 @@ impl Bitmap {
         self.state.borrow_mut().disabled = !enabled;
     }
 
+    /// The bitmap's own recording state (`set_enabled`), whatever a successor does.
+    pub fn enabled(&self) -> bool {
+        !self.state.borrow().disabled
+    }
+
+    /// Put back bits saved from [`Bitmap::bits`] (a transaction undoing its clear or merge).
+    pub fn restore_bits(&self, saved: DirtyBitmap) {
+        self.state.borrow_mut().bits = saved;
+    }
+
     /// Refuse `use_` with QEMU's message when the bitmap is busy, read-only or inconsistent.
     pub fn check(&self, use_: Use) -> Result<()> {
         let s = self.state.borrow();

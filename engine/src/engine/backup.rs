@@ -7,7 +7,7 @@ use std::rc::Rc;
 use crate::error::{Error, Result};
 use crate::graph::Node;
 use crate::job::backup::{self, BackupParams, BackupSync, BitmapMode};
-use crate::job::{Job, JobOptions};
+use crate::job::{Job, JobOptions, JobTxn};
 use crate::types::OnError;
 
 use super::backup_bitmap::{self, ResolvedBitmap};
@@ -79,13 +79,33 @@ impl Engine {
 
     /// `blockdev-backup`.
     pub async fn blockdev_backup(&self, args: BackupArgs) -> Result<Rc<Job>> {
-        let bs = self.lookup_bs(&args.device)?;
-        let target = self.lookup_bs(&args.target)?;
-        self.backup_common(args, bs, target).await
+        started(self.blockdev_backup_created(args, None).await)
     }
 
-    /// `drive-backup`: create (unless mode=existing) and open the target image, then back up.
+    /// `drive-backup`.
     pub async fn drive_backup(&self, args: BackupArgs) -> Result<Rc<Job>> {
+        started(self.drive_backup_created(args, None).await)
+    }
+
+    /// `blockdev-backup` up to a created job in `txn` (a transaction starts it in commit, or
+    /// cancels it).
+    pub async fn blockdev_backup_created(
+        &self,
+        args: BackupArgs,
+        txn: Option<Rc<JobTxn>>,
+    ) -> Result<Rc<Job>> {
+        let bs = self.lookup_bs(&args.device)?;
+        let target = self.lookup_bs(&args.target)?;
+        self.backup_common(args, bs, target, txn).await
+    }
+
+    /// `drive-backup` up to a created job in `txn`: create (unless mode=existing) and open the
+    /// target image, then set the backup up.
+    pub async fn drive_backup_created(
+        &self,
+        args: BackupArgs,
+        txn: Option<Rc<JobTxn>>,
+    ) -> Result<Rc<Job>> {
         let bs = self.root_bs(&args.device)?;
         // Early check, before a target is created for nothing.
         bs.check_op_blockers()?;
@@ -103,7 +123,7 @@ impl Engine {
             .await?;
         let mut args = args;
         args.sync = sync;
-        let r = self.backup_common(args, bs, target.clone()).await;
+        let r = self.backup_common(args, bs, target.clone(), txn).await;
         if r.is_err() && target.refcnt() == 0 {
             crate::graph::close_unused(&target).await;
         }
@@ -116,6 +136,7 @@ impl Engine {
         a: BackupArgs,
         bs: Rc<Node>,
         target: Rc<Node>,
+        txn: Option<Rc<JobTxn>>,
     ) -> Result<Rc<Job>> {
         let (sync, named) = check_bitmap_args(&a, &bs)?;
         if Rc::ptr_eq(&bs, &target) {
@@ -180,12 +201,19 @@ impl Engine {
             min_cluster_size,
             compress,
         };
-        let started = backup::start(self.jobs(), &opts, params).await;
-        if let (Err(_), Some(r)) = (&started, &named) {
+        let created = backup::create(self.jobs(), &opts, params, txn).await;
+        if let (Err(_), Some(r)) = (&created, &named) {
             backup_bitmap::undo(r);
         }
-        started
+        created
     }
+}
+
+/// Start a job that was created (the single commands).
+fn started(created: Result<Rc<Job>>) -> Result<Rc<Job>> {
+    let job = created?;
+    job.start();
+    Ok(job)
 }
 
 /// The sync and bitmap arguments, checked in QEMU's order: the sync mode the job runs

@@ -11,7 +11,11 @@ use crate::types::OnError;
 use crate::util::Options;
 
 /// An enum member: QAPI's refusal names the value only.
-fn take_enum<T: Copy>(args: &mut Options, key: &str, values: &[(&str, T)]) -> Result<Option<T>> {
+pub(super) fn take_enum<T: Copy>(
+    args: &mut Options,
+    key: &str,
+    values: &[(&str, T)],
+) -> Result<Option<T>> {
     let Some(s) = args.take_str(key)? else {
         return Ok(None);
     };
@@ -54,7 +58,7 @@ fn x_perf(args: &mut Options) -> Result<Option<BackupPerf>> {
 }
 
 /// The members both commands have.
-fn common(args: &mut Options) -> Result<BackupArgs> {
+pub(super) fn common(args: &mut Options) -> Result<BackupArgs> {
     let job_id = args.take_str("job-id")?;
     let device = args.require_str("device")?;
     let sync = take_enum(args, "sync", SYNC)?.ok_or_else(|| Error::param_missing("sync"))?;
@@ -96,10 +100,16 @@ pub(super) async fn blockdev_backup(engine: &Engine, mut args: Options) -> Resul
 
 /// `drive-backup`.
 pub(super) async fn drive_backup(engine: &Engine, mut args: Options) -> Result<Value> {
-    let mut a = common(&mut args)?;
-    a.format = args.take_str("format")?;
-    a.mode = take_enum(&mut args, "mode", super::mirror::NEW_IMAGE_MODES)?;
+    let a = drive_backup_args(&mut args)?;
     args.finish()?;
     engine.drive_backup(a).await?;
     Ok(json!({}))
+}
+
+/// The members of `drive-backup` (also a transaction action's data).
+pub(super) fn drive_backup_args(args: &mut Options) -> Result<BackupArgs> {
+    let mut a = common(args)?;
+    a.format = args.take_str("format")?;
+    a.mode = take_enum(args, "mode", super::mirror::NEW_IMAGE_MODES)?;
+    Ok(a)
 }

@@ -54,7 +54,7 @@ fn add(engine: &Engine, mut args: Options) -> Result<Value> {
 }
 
 /// `granularity` is a `uint32` in the schema.
-fn granularity(v: Option<Value>) -> Result<Option<u64>> {
+pub(super) fn granularity(v: Option<Value>) -> Result<Option<u64>> {
     match v {
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
@@ -69,7 +69,7 @@ fn granularity(v: Option<Value>) -> Result<Option<u64>> {
 }
 
 /// `bitmaps`: a list of names (on the target's node) or `{"node", "name"}` objects.
-fn merge_sources(v: Option<Value>) -> Result<Vec<BitmapRef>> {
+pub(super) fn merge_sources(v: Option<Value>) -> Result<Vec<BitmapRef>> {
     let list = match v {
         None => return Err(Error::param_missing("bitmaps")),
         Some(Value::Array(list)) => list,

@@ -3,7 +3,8 @@
 //! This file owns the envelope and the command table (`run`); each command's arguments are
 //! checked by its handler: `nodes` (node and object commands), `job_verbs` (job-* and
 //! block-job-* verbs), `mirror`, `backup` and `block_jobs` (the job-starting commands),
-//! `bitmaps` (the dirty bitmap commands).
+//! `bitmaps` (the dirty bitmap commands), `transaction` (transactions, external snapshots,
+//! change-backing-file).
 
 use serde_json::{Value, json};
 
@@ -18,6 +19,7 @@ mod bitmaps;
 mod block_jobs;
 mod job_verbs;
 mod nodes;
+mod transaction;
 
 /// The commands this front end knows, in the order `query-commands` lists them.
 pub const COMMANDS: &[&str] = &[
@@ -64,6 +66,10 @@ pub const COMMANDS: &[&str] = &[
     "x-debug-block-dirty-bitmap-sha256",
     "blockdev-backup",
     "drive-backup",
+    "blockdev-snapshot-sync",
+    "blockdev-snapshot",
+    "change-backing-file",
+    "transaction",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -162,6 +168,10 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         | "x-debug-block-dirty-bitmap-sha256" => bitmaps::run(engine, name, args).await,
         "blockdev-backup" => backup::blockdev_backup(engine, args).await,
         "drive-backup" => backup::drive_backup(engine, args).await,
+        "blockdev-snapshot-sync" => transaction::blockdev_snapshot_sync(engine, args).await,
+        "blockdev-snapshot" => transaction::blockdev_snapshot(engine, args).await,
+        "change-backing-file" => transaction::change_backing_file(engine, args).await,
+        "transaction" => transaction::transaction(engine, args).await,
         other => Err(Error::with_class(
             ErrorClass::CommandNotFound,
             format!("The command {other} has not been found"),

@@ -45,6 +45,12 @@ pub async fn change_backing_file(
     cor::change_backing_file(node, name, format).await
 }
 
+/// Make every completed write to `node` durable (an external snapshot flushes the node it
+/// puts an overlay on).
+pub async fn flush_node(node: &std::rc::Rc<crate::graph::Node>) -> Result<()> {
+    flush::flush(node).await
+}
+
 /// Deallocate everything in `node`'s image so it reads from its backing file (`qemu-img
 /// commit` without `-d`).
 pub async fn make_empty(node: &std::rc::Rc<crate::graph::Node>) -> Result<()> {

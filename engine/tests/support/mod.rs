@@ -332,3 +332,21 @@ pub async fn qmp_ok(engine: &Engine, cmd: Value) -> Value {
     assert!(r.get("error").is_none(), "{cmd} failed: {r}");
     r["return"].clone()
 }
+
+/// The named files of the simulated host with their bytes (`None`: no such file), to check
+/// that a refused command wrote nothing.
+pub async fn host_files(engine: &Engine, names: &[&str]) -> Vec<(String, Option<Vec<u8>>)> {
+    let fs = engine.env().fs();
+    let mut out = Vec::new();
+    for n in names {
+        let mut bytes = None;
+        if fs.exists(n) {
+            let f = fs.open(n, engine::env::OpenOptions::default()).unwrap();
+            let (buf, r) = f.read_at(IoBuf::new(f.len().unwrap() as usize), 0).await;
+            r.unwrap();
+            bytes = Some(buf.as_slice().to_vec());
+        }
+        out.push((n.to_string(), bytes));
+    }
+    out
+}

@@ -341,7 +341,12 @@ async fn open_backing(
                     "qcow2: json: backing file names are not supported",
                 ));
             }
-            let path = relative_to(file, name);
+            // A protocol name (`blkdebug:CONFIG:IMAGE`, as an overlay over a blkdebug file
+            // records it) opens through that protocol, as QEMU opens it; it needs the format.
+            let path = match (name.starts_with("blkdebug:"), &h.backing_fmt) {
+                (true, Some(_)) => name.clone(),
+                _ => relative_to(file, name),
+            };
             // This image stays on the list of chains being opened while its backing file
             // opens: a reference back to any image above (or to itself) is a loop, refused
             // before anything opens.
@@ -354,8 +359,14 @@ async fn open_backing(
             };
             // The file inherits read-only, as in QEMU: its host handle is opened without write
             // access, and a reopen switches both.
-            json!({"driver": fmt, "read-only": true,
-                   "file": {"driver": "file", "filename": path, "read-only": true}})
+            let mut spec = json!({"driver": fmt, "read-only": true,
+                   "file": {"driver": "file", "filename": path, "read-only": true}});
+            if path.starts_with("blkdebug:") {
+                let mut proto = crate::filename::image_options(&path, Some("blkdebug"), false)?;
+                proto.insert("read-only".into(), json!(true));
+                spec["file"] = Value::Object(proto);
+            }
+            spec
         }
     };
     let child = ctx

@@ -168,12 +168,22 @@ pub fn cluster_size(target: &Node, min_cluster_size: u64) -> u64 {
     copier::cluster_size(target, min_cluster_size)
 }
 
-/// Start a backup: insert the filter, create the job, take the edges, start. On error nothing
-/// is left behind: the graph is as before, no job.
-pub async fn start(
+/// Start a backup: [`create`] it, then start it.
+pub async fn start(jobs: &Rc<JobRegistry>, opts: &JobOptions, p: BackupParams) -> Result<Rc<Job>> {
+    let job = create(jobs, opts, p, None).await?;
+    job.start();
+    Ok(job)
+}
+
+/// Set a backup up without starting it (a transaction starts it when every action prepared):
+/// insert the filter, create the job in `txn` (or a transaction of its own), take the edges.
+/// On error nothing is left behind: the graph is as before, no job. Cancelling the created job
+/// takes the filter out again.
+pub async fn create(
     jobs: &Rc<JobRegistry>,
     opts: &JobOptions,
     mut p: BackupParams,
+    txn: Option<Rc<super::JobTxn>>,
 ) -> Result<Rc<Job>> {
     copier::check_cluster_size(p.min_cluster_size)
         .map_err(|e| e.context("Could not create node"))?;
@@ -212,7 +222,7 @@ pub async fn start(
         bitmap: RefCell::new(p.bitmap.take()),
         filter_gone: Cell::new(false),
     });
-    let job = match jobs.create(opts, driver.clone(), None) {
+    let job = match jobs.create(opts, driver.clone(), txn) {
         Ok(j) => j,
         Err(e) => {
             driver.drop_filter().await;
@@ -226,7 +236,6 @@ pub async fn start(
         driver.drop_filter().await;
         return Err(e);
     }
-    job.start();
     Ok(job)
 }
 

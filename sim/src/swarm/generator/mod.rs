@@ -11,7 +11,8 @@
 //! (workloads, qemu-io commands, blkdebug breakpoints, drains, resize), [`jobs`] (stream,
 //! commit, active commit, mirror and their verbs), [`faults`] (virtual-disk faults and error
 //! policies), [`canary`] (silent corruption and lost flushes on a raw image), [`bitmaps`]
-//! (named dirty bitmaps and their oracle checks) and crashes (here: power loss, restart,
+//! (named dirty bitmaps and their oracle checks), [`transactions`] (QMP transactions and
+//! external snapshots, all or nothing) and crashes (here: power loss, restart,
 //! recovery checks).
 
 mod backup;
@@ -21,6 +22,7 @@ mod faults;
 mod guest;
 mod images;
 mod jobs;
+mod transactions;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
@@ -69,6 +71,9 @@ pub struct Features {
     pub bitmaps: bool,
     /// Backup jobs (full, top, none) checked against the view at their start.
     pub backup: bool,
+    /// QMP transactions (external snapshots, bitmap verbs, a failing action) and their
+    /// all-or-nothing oracle.
+    pub transactions: bool,
 }
 
 impl Features {
@@ -94,6 +99,7 @@ impl Features {
             (self.copy_on_read, "copy-on-read"),
             (self.bitmaps, "bitmaps"),
             (self.backup, "backup"),
+            (self.transactions, "transactions"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -119,6 +125,7 @@ impl Features {
             copy_on_read: false,
             bitmaps: false,
             backup: false,
+            transactions: false,
         };
         // Drawn last, so that the other families of every seed stay as they were.
         f.reopen = chance(rng, 0.3);
@@ -126,6 +133,7 @@ impl Features {
         f.copy_on_read = chance(rng, 0.3);
         f.bitmaps = chance(rng, 0.35);
         f.backup = chance(rng, 0.4);
+        f.transactions = chance(rng, 0.35);
         if f.data_file {
             // Guest data then goes to the data file, beside the blkdebug filter over the
             // metadata file: a breakpoint on guest writes would wait for a write that never
@@ -182,6 +190,8 @@ pub(super) struct Streams {
     pub(super) bitmaps: ChaCha8Rng,
     /// Backup rounds (their own stream, as `vmstate`).
     pub(super) backup: ChaCha8Rng,
+    /// Transaction rounds (their own stream, as `vmstate`).
+    pub(super) transactions: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -325,6 +335,7 @@ enum Round {
     Reopen,
     Canary,
     Bitmaps,
+    Transaction,
 }
 
 /// Draw the scenario of `seed`.
@@ -343,6 +354,7 @@ pub fn generate(seed: u64) -> Generated {
         compress: stream(seed, "compress"),
         bitmaps: stream(seed, "bitmaps"),
         backup: stream(seed, "backup"),
+        transactions: stream(seed, "transactions"),
     };
     let mut g = Gen {
         f,
@@ -382,6 +394,13 @@ pub fn generate(seed: u64) -> Generated {
     for _ in 0..rounds {
         let round = g.pick_round();
         g.play(round);
+    }
+    // After the planned rounds, so that every seed draws its other rounds as it did before
+    // transactions existed (the planted-bug searches keep their findings).
+    if g.f.transactions && g.chain_known {
+        for _ in 0..1 + below(&mut g.r.transactions, 3) {
+            g.play(Round::Transaction);
+        }
     }
     g.stop_bg();
     g.check_bitmaps();
@@ -455,6 +474,7 @@ impl Gen {
             Round::Reopen => self.reopen_round(),
             Round::Canary => self.canary_round(),
             Round::Bitmaps => self.bitmap_round(),
+            Round::Transaction => self.transaction_round(),
         }
         if chance(&mut self.r.plan, 0.5) {
             self.verify();
