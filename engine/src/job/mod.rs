@@ -97,6 +97,12 @@ pub trait JobDriver {
     fn drained_poll(&self) -> bool {
         false
     }
+
+    /// (done, total) when the driver counts its own work (backup: the bytes of its copy
+    /// bitmap, whoever copied them); `None` leaves it to the job core's counters.
+    fn progress(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// The edges from nodes to `node`, to keep in place when a job's filter takes `node`'s place
@@ -275,7 +281,10 @@ impl Job {
 
     /// Progress: (done, total) in bytes of work.
     pub fn progress(&self) -> (u64, u64) {
-        (self.progress_current.get(), self.progress_total.get())
+        self.driver.progress().unwrap_or((
+            self.progress_current.get(),
+            self.progress_total.get(),
+        ))
     }
 
     /// Set how much work there is in all (it may change while the job runs).

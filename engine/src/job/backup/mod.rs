@@ -153,6 +153,13 @@ impl JobDriver for BackupDriver {
         Box::pin(async move { self.bitmap_outcome(true) })
     }
 
+    /// As QEMU counts a backup: the total is what the copy bitmap held at the start (the whole
+    /// disk, or a bitmap's dirty bytes for sync=bitmap), done is what has been copied of it, by
+    /// the job or by copy-before-write for a guest write.
+    fn progress(&self) -> Option<(u64, u64)> {
+        Some(self.state.progress())
+    }
+
     fn abort(self: Rc<Self>, _job: Rc<Job>) -> LocalBoxFuture<'static, ()> {
         Box::pin(async move { self.bitmap_outcome(false) })
     }
@@ -229,8 +236,6 @@ pub async fn create(
             return Err(e);
         }
     };
-    // query-jobs shows the work from the start, as QEMU does.
-    job.set_progress_total(driver.state.len());
     if let Err(e) = take_edges(&job, &driver, &p) {
         job.abandon().await;
         driver.drop_filter().await;
