@@ -17,6 +17,7 @@ mod backup;
 mod bitmaps;
 mod block_jobs;
 mod job_verbs;
+pub mod monitor;
 mod nodes;
 
 /// The commands this front end knows, in the order `query-commands` lists them.
