@@ -9,6 +9,8 @@
 
 pub mod json;
 pub mod stream;
+#[cfg(test)]
+mod tests;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
