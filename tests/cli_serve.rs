@@ -360,3 +360,42 @@ fn startup_errors_match_qemu_storage_daemon() {
         assert_eq!((b.code, &b.stderr), (q.code, &q.stderr), "{args:?}");
     }
 }
+
+/// `--daemonize`: the parent exits 0 once the daemon is started; the daemon serves, and on
+/// `quit` removes its socket and (relative, so kept absolute) pidfile.
+#[test]
+fn daemonize_then_quit() {
+    let dir = Dir::new("serve-daemon");
+    let args = [
+        "serve",
+        "--chardev",
+        "socket,id=m,path=d.sock,server=on,wait=off",
+        "--monitor",
+        "m",
+        "--daemonize",
+        "--pidfile",
+        "d.pid",
+    ];
+    let o = dir.run(BLK, &args);
+    assert_eq!((o.code, o.stderr.as_str()), (0, ""));
+    assert!(
+        dir.0.join("d.pid").exists(),
+        "pidfile written before the parent exits"
+    );
+    let mut m = Raw::connect(&dir.0.join("d.sock"));
+    m.next();
+    let mut ev = Vec::new();
+    m.cmd(r#"{"execute":"qmp_capabilities"}"#, &mut ev);
+    assert_eq!(
+        m.cmd(r#"{"execute":"quit"}"#, &mut ev),
+        json!({"return": {}})
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dir.0.join("d.pid").exists() || dir.0.join("d.sock").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon left its files behind"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

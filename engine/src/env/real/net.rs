@@ -111,7 +111,13 @@ impl HostNet for RealNet {
                     .map_err(|e| fail(e, format!("Failed to bind socket to {path}")))?;
                 l.set_nonblocking(true)
                     .map_err(|e| fail(e, "Failed to set O_NONBLOCK".into()))?;
-                (l.into(), addr.clone(), Some(path.clone()))
+                // Removed at close by its absolute name: the process may change directory
+                // meanwhile (a daemon moves to `/`).
+                let abs = std::path::absolute(path)
+                    .ok()
+                    .and_then(|p| p.to_str().map(str::to_owned))
+                    .unwrap_or_else(|| path.clone());
+                (l.into(), addr.clone(), Some(abs))
             }
             NetAddr::Inet { host, port } => {
                 let addrs = resolve(host, *port)?;
