@@ -43,7 +43,8 @@ fn img_help() -> String {
     if name == "blk" {
         s.push_str(
             "  io - Run qemu-io commands on an image (blk io -c 'write -P 0xab 0 64k' disk.img)\n  \
-             sim - Replay, generate (swarm), shrink and crash-test scenarios on the simulator\n",
+             sim - Replay, generate (swarm), shrink and crash-test scenarios on the simulator\n  \
+             serve - Hold images open and serve them over QMP (qemu-storage-daemon's options)\n",
         );
     }
     s.push_str("\nSupported image formats:\n\n  blkdebug file null-co qcow2 raw\n");
@@ -58,6 +59,7 @@ fn invoked_as(argv0: &str) -> &'static str {
     {
         Some("qemu-img") => "qemu-img",
         Some("qemu-io") => "qemu-io",
+        Some("qemu-storage-daemon") => "qemu-storage-daemon",
         _ => "blk",
     }
 }
@@ -84,6 +86,9 @@ fn run_program() -> i32 {
     prog::set(name);
     if name == "qemu-io" {
         return cli::io::run_io(&args[1..]);
+    }
+    if name == "qemu-storage-daemon" {
+        return cli::serve::run_serve(&args[1..]);
     }
     let rest = match global_options(&args[1..]) {
         Ok(rest) => rest,
@@ -129,6 +134,7 @@ fn run_command(cmd: &str, rest: &[String]) -> i32 {
         "check" => cli::check::run_check(rest),
         "io" if blk => cli::io::run_io(rest),
         "sim" if blk => cli::sim::run_sim(rest),
+        "serve" if blk => cli::serve::run_serve(rest),
         "bitmap" | "create" | "info" | "map" | "compare" | "convert" | "dd" | "resize"
         | "commit" | "rebase" => cli::img::run(cmd, rest),
         "help" if blk => print_ok(&img_help()),

@@ -5,6 +5,7 @@ pub mod getopt;
 pub mod img;
 pub mod io;
 pub mod prog;
+pub mod serve;
 pub mod sim;
 pub mod stdout;
 pub mod swarm;

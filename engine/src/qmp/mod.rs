@@ -18,6 +18,7 @@ mod backup;
 mod bitmaps;
 mod block_jobs;
 mod job_verbs;
+pub mod monitor;
 mod nodes;
 mod transaction;
 
