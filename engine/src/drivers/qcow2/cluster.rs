@@ -67,10 +67,8 @@ impl Qcow2 {
                 return Err(Error::io_msg(Errno::EIO, full));
             }
             if alloc && !entry.is_copied() {
-                return Err(Error::io_msg(
-                    Errno::ENOTSUP,
-                    "qcow2: writing to L2 tables shared with internal snapshots is not supported",
-                ));
+                // Shared with a snapshot: the active L1 gets its own copy first.
+                return self.cow_l2_table(held, l1i, off).await.map(Some);
             }
             return Ok(Some(off));
         }
@@ -124,7 +122,7 @@ impl Qcow2 {
     }
 
     /// Evict the least recently used L2 table if the cache is full.
-    async fn make_room_l2(&self, held: &MetaGuard<'_>) -> Result<()> {
+    pub(super) async fn make_room_l2(&self, held: &MetaGuard<'_>) -> Result<()> {
         if !self.l2.cache.is_full() {
             return Ok(());
         }
@@ -148,7 +146,7 @@ impl Qcow2 {
         Ok(())
     }
 
-    async fn load_l2(&self, held: &MetaGuard<'_>, off: HostOffset) -> Result<()> {
+    pub(super) async fn load_l2(&self, held: &MetaGuard<'_>, off: HostOffset) -> Result<()> {
         let off = off.bytes();
         if self.l2.cache.contains(off) {
             return Ok(());
