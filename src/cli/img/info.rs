@@ -85,6 +85,14 @@ fn other_info(node: &Rc<Node>) -> Result<Value> {
     };
     m.insert("children".into(), Value::Array(children));
     // A host file's length as QEMU counts it: whole 512-byte sectors (the file driver's len).
+    let snapshots = node
+        .driver()
+        .format_ops()
+        .map(|o| o.snapshots())
+        .unwrap_or_default();
+    if !snapshots.is_empty() {
+        m.insert("snapshots".into(), super::snapshot::json_list(&snapshots));
+    }
     m.insert("virtual-size".into(), json!(node.len()));
     m.insert("filename".into(), json!(filename));
     m.insert("format".into(), json!(node.driver_name()));
@@ -141,6 +149,14 @@ fn image_info(node: &Rc<Node>) -> Result<Value> {
     let backing = node.backing().map(|e| e.child_node().driver().filename());
     if let Some(f) = header.as_ref().and_then(|h| h.backing_fmt.clone()) {
         m.insert("backing-filename-format".into(), json!(f));
+    }
+    let snapshots = node
+        .driver()
+        .format_ops()
+        .map(|o| o.snapshots())
+        .unwrap_or_default();
+    if !snapshots.is_empty() {
+        m.insert("snapshots".into(), super::snapshot::json_list(&snapshots));
     }
     m.insert("virtual-size".into(), json!(node.len()));
     m.insert("filename".into(), json!(filename));
@@ -309,6 +325,10 @@ fn human(info: &Value) -> String {
     }
     if let Some(f) = info["backing-filename-format"].as_str() {
         s += &format!("backing file format: {f}\n");
+    }
+    if let Some(list) = info.get("snapshots") {
+        s += "Snapshot list:\n";
+        s += &super::snapshot::table_text(&super::snapshot::from_json(list));
     }
     if let Some(Value::Object(data)) = info["format-specific"].get("data")
         && !data.is_empty()
