@@ -367,6 +367,30 @@ pub struct SnapshotInfo {
     pub disk_size: Option<u64>,
 }
 
+impl SnapshotInfo {
+    /// QAPI's SnapshotInfo (QMP replies, `qemu-img info --output=json`), in QEMU's key order.
+    pub fn to_qapi(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        if let Some(i) = self.icount {
+            m.insert("icount".into(), i.into());
+        }
+        m.insert(
+            "vm-clock-nsec".into(),
+            (self.vm_clock_nsec % 1_000_000_000).into(),
+        );
+        m.insert("name".into(), self.name.clone().into());
+        m.insert("date-sec".into(), self.date_sec.into());
+        m.insert("date-nsec".into(), self.date_nsec.into());
+        m.insert(
+            "vm-clock-sec".into(),
+            (self.vm_clock_nsec / 1_000_000_000).into(),
+        );
+        m.insert("id".into(), self.id.clone().into());
+        m.insert("vm-state-size".into(), self.vm_state_size.into());
+        Value::Object(m)
+    }
+}
+
 /// What a new internal snapshot records (no VM state: a disk-only snapshot).
 #[derive(Clone, Debug, Default)]
 pub struct NewSnapshot {
@@ -410,6 +434,11 @@ pub trait FormatOps {
     /// How many internal snapshots the image holds.
     fn snapshot_count(&self) -> u32 {
         0
+    }
+
+    /// True when the format keeps internal snapshots.
+    fn can_snapshot(&self) -> bool {
+        false
     }
 
     /// The internal snapshots, in table order.

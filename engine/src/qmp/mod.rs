@@ -3,7 +3,7 @@
 //! This file owns the envelope and the command table (`run`); each command's arguments are
 //! checked by its handler: `nodes` (node and object commands), `job_verbs` (job-* and
 //! block-job-* verbs), `mirror`, `backup` and `block_jobs` (the job-starting commands),
-//! `bitmaps` (the dirty bitmap commands).
+//! `bitmaps` (the dirty bitmap commands), `snapshots` (internal snapshots).
 
 use serde_json::{Value, json};
 
@@ -18,6 +18,7 @@ mod bitmaps;
 mod block_jobs;
 mod job_verbs;
 mod nodes;
+mod snapshots;
 
 /// The commands this front end knows, in the order `query-commands` lists them.
 pub const COMMANDS: &[&str] = &[
@@ -64,6 +65,8 @@ pub const COMMANDS: &[&str] = &[
     "x-debug-block-dirty-bitmap-sha256",
     "blockdev-backup",
     "drive-backup",
+    "blockdev-snapshot-internal-sync",
+    "blockdev-snapshot-delete-internal-sync",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -162,6 +165,8 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         | "x-debug-block-dirty-bitmap-sha256" => bitmaps::run(engine, name, args).await,
         "blockdev-backup" => backup::blockdev_backup(engine, args).await,
         "drive-backup" => backup::drive_backup(engine, args).await,
+        "blockdev-snapshot-internal-sync" => snapshots::create(engine, args).await,
+        "blockdev-snapshot-delete-internal-sync" => snapshots::delete(engine, args).await,
         other => Err(Error::with_class(
             ErrorClass::CommandNotFound,
             format!("The command {other} has not been found"),

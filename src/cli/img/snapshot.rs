@@ -8,7 +8,7 @@
 
 use engine::driver::{NewSnapshot, SnapshotInfo};
 use engine::{Error, Result};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::human::size_to_str;
 use super::open::Tool;
@@ -203,32 +203,9 @@ pub(crate) fn table_text(list: &[SnapshotInfo]) -> String {
     s
 }
 
-/// The snapshots as `qemu-img info --output=json` lists them, in its key order.
+/// The snapshots as `qemu-img info --output=json` lists them.
 pub(crate) fn json_list(list: &[SnapshotInfo]) -> Value {
-    Value::Array(
-        list.iter()
-            .map(|sn| {
-                let mut m = serde_json::Map::new();
-                if let Some(i) = sn.icount {
-                    m.insert("icount".into(), json!(i));
-                }
-                m.insert(
-                    "vm-clock-nsec".into(),
-                    json!(sn.vm_clock_nsec % 1_000_000_000),
-                );
-                m.insert("name".into(), json!(sn.name));
-                m.insert("date-sec".into(), json!(sn.date_sec));
-                m.insert("date-nsec".into(), json!(sn.date_nsec));
-                m.insert(
-                    "vm-clock-sec".into(),
-                    json!(sn.vm_clock_nsec / 1_000_000_000),
-                );
-                m.insert("id".into(), json!(sn.id));
-                m.insert("vm-state-size".into(), json!(sn.vm_state_size));
-                Value::Object(m)
-            })
-            .collect(),
-    )
+    Value::Array(list.iter().map(SnapshotInfo::to_qapi).collect())
 }
 
 /// The snapshots of an info object's `snapshots` list (`json_list`'s output) again.

@@ -61,6 +61,10 @@ impl FormatOps for Qcow2 {
         self.nb_snapshots()
     }
 
+    fn can_snapshot(&self) -> bool {
+        true
+    }
+
     fn snapshots(&self) -> Vec<SnapshotInfo> {
         self.snapshot_infos()
     }
