@@ -530,8 +530,7 @@ impl Qcow2 {
     /// The header fix-ups of `check_writable` (metadata lock held: `held`).
     async fn do_fixups(&self, held: &MetaGuard<'_>) -> Result<()> {
         if self.layout.incompat.get() & header::INCOMPAT_DIRTY != 0 {
-            self.rebuild_refcounts(held, self.nb_snapshots(), false)
-                .await?;
+            self.rebuild_refcounts(held, false).await?;
         }
         let keep = self.layout.autoclear.get() & self.known_autoclear();
         if self.layout.version == 3 && self.layout.autoclear.get() != keep {

@@ -423,7 +423,7 @@ impl Qcow2 {
     }
 
     /// The L1 table of snapshot `sn`, validated (aligned, in range, inside the file).
-    async fn read_snapshot_l1(&self, sn: &SnapshotEntry) -> Result<Vec<L1Entry>> {
+    pub(super) async fn read_snapshot_l1(&self, sn: &SnapshotEntry) -> Result<Vec<L1Entry>> {
         if sn.l1_size as u64 > MAX_SNAPSHOT_L1_ENTRIES {
             return Err(Error::generic("Snapshot L1 table too large"));
         }
