@@ -122,7 +122,8 @@ async fn apply(tool: &Tool, a: &Args) -> Result<()> {
     let img = tool
         .open(&a.path, a.fmt.as_deref(), read_only, a.share)
         .await?;
-    let ops = img.node.driver().format_ops();
+    // Formats without internal snapshots answer as QEMU's generic layer does.
+    let ops = img.node.driver().format_ops().filter(|o| o.can_snapshot());
     match &a.action {
         Action::List => {
             let list = ops.map(|o| o.snapshots()).unwrap_or_default();
@@ -153,11 +154,12 @@ async fn apply(tool: &Tool, a: &Args) -> Result<()> {
             })
         }
         Action::Apply(key) => {
-            let r = match ops {
-                Some(o) => o.snapshot_goto(key).await,
-                None => Err(Error::io(engine::Errno::ENOTSUP)),
+            let Some(o) = ops else {
+                return Err(Error::generic(format!(
+                    "Could not apply snapshot '{key}': Block driver does not support snapshots"
+                )));
             };
-            r.map_err(|e| {
+            o.snapshot_goto(key).await.map_err(|e| {
                 Error::generic(format!(
                     "Could not apply snapshot '{key}': Failed to load snapshot: {}",
                     e.strerror()
@@ -167,7 +169,7 @@ async fn apply(tool: &Tool, a: &Args) -> Result<()> {
         Action::Delete(name) => {
             let r = match ops {
                 Some(o) => o.snapshot_delete(None, Some(name)).await.map(drop),
-                None => Err(Error::io(engine::Errno::ENOTSUP)),
+                None => Err(Error::generic("snapshot not found")),
             };
             r.map_err(|e| Error::generic(format!("Could not delete snapshot '{name}': {e}")))
         }
