@@ -85,14 +85,6 @@ fn other_info(node: &Rc<Node>) -> Result<Value> {
     };
     m.insert("children".into(), Value::Array(children));
     // A host file's length as QEMU counts it: whole 512-byte sectors (the file driver's len).
-    let snapshots = node
-        .driver()
-        .format_ops()
-        .map(|o| o.snapshots())
-        .unwrap_or_default();
-    if !snapshots.is_empty() {
-        m.insert("snapshots".into(), super::snapshot::json_list(&snapshots));
-    }
     m.insert("virtual-size".into(), json!(node.len()));
     m.insert("filename".into(), json!(filename));
     m.insert("format".into(), json!(node.driver_name()));

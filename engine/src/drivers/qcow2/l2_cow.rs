@@ -9,12 +9,9 @@
 
 use crate::error::Result;
 use crate::event::DebugEvent;
-use crate::io::{IoBuf, ReqFlags};
 
 use super::Qcow2;
-use super::entry::L1Entry;
 use super::lock::MetaGuard;
-use super::overlap::{OL_ACTIVE_L1, OL_ACTIVE_L2};
 use super::units::HostOffset;
 
 impl Qcow2 {
@@ -39,40 +36,10 @@ impl Qcow2 {
             .cache
             .with(old.bytes(), false, |t| t.to_vec())
             .expect("just loaded");
-        self.file.debug_event(DebugEvent::L2AllocWrite).await;
-        let written = match self.pre_write_check(OL_ACTIVE_L2, new.bytes(), cs).await {
-            Ok(()) => {
-                self.file
-                    .write(new.bytes(), IoBuf::from_slice(&table), ReqFlags::NONE)
-                    .await
-                    .1
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            self.free_unreferenced(held, self.layout.cluster_of(new), 1)
-                .await?;
-            return Err(e);
-        }
-        self.file.flush().await?;
-        self.file.debug_event(DebugEvent::L1Update).await;
-        let entry = L1Entry::table(new);
-        let at = self.l2.entry_pos(l1i).bytes();
-        self.pre_write_check(OL_ACTIVE_L1, at, 8).await?;
-        self.file
-            .write(
-                at,
-                IoBuf::from_slice(&entry.raw().to_be_bytes()),
-                ReqFlags::NONE,
-            )
-            .await
-            .1?;
-        self.l2.set(l1i, entry);
+        self.install_l2_table(held, l1i, new, table).await?;
         // The old table keeps the snapshot's reference; the active L1's goes once the new
         // entry is durable (the next metadata flush).
         self.free_later(held, old, cs, false);
-        self.make_room_l2(held).await?;
-        self.l2.cache.insert(new.bytes(), table, false);
         Ok(new)
     }
 }

@@ -11,7 +11,8 @@
 //! (workloads, qemu-io commands, blkdebug breakpoints, drains, resize), [`jobs`] (stream,
 //! commit, active commit, mirror and their verbs), [`faults`] (virtual-disk faults and error
 //! policies), [`canary`] (silent corruption and lost flushes on a raw image), [`bitmaps`]
-//! (named dirty bitmaps and their oracle checks) and crashes (here: power loss, restart,
+//! (named dirty bitmaps and their oracle checks), [`snapshots`] (qcow2 internal snapshots)
+//! and crashes (here: power loss, restart,
 //! recovery checks).
 
 mod backup;
@@ -21,6 +22,7 @@ mod faults;
 mod guest;
 mod images;
 mod jobs;
+mod snapshots;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
@@ -69,6 +71,8 @@ pub struct Features {
     pub bitmaps: bool,
     /// Backup jobs (full, top, none) checked against the view at their start.
     pub backup: bool,
+    /// qcow2 internal snapshots of the top image (create, apply, delete).
+    pub isnap: bool,
 }
 
 impl Features {
@@ -94,6 +98,7 @@ impl Features {
             (self.copy_on_read, "copy-on-read"),
             (self.bitmaps, "bitmaps"),
             (self.backup, "backup"),
+            (self.isnap, "isnap"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -119,6 +124,7 @@ impl Features {
             copy_on_read: false,
             bitmaps: false,
             backup: false,
+            isnap: false,
         };
         // Drawn last, so that the other families of every seed stay as they were.
         f.reopen = chance(rng, 0.3);
@@ -126,6 +132,7 @@ impl Features {
         f.copy_on_read = chance(rng, 0.3);
         f.bitmaps = chance(rng, 0.35);
         f.backup = chance(rng, 0.4);
+        f.isnap = chance(rng, 0.35);
         if f.data_file {
             // Guest data then goes to the data file, beside the blkdebug filter over the
             // metadata file: a breakpoint on guest writes would wait for a write that never
@@ -134,6 +141,9 @@ impl Features {
         }
         if !f.qcow2 {
             f.backing = false;
+        }
+        if !f.qcow2 || f.data_file || f.faults || f.resize {
+            f.isnap = false;
         }
         if !f.backing {
             f.copy_on_read = false;
@@ -182,6 +192,8 @@ pub(super) struct Streams {
     pub(super) bitmaps: ChaCha8Rng,
     /// Backup rounds (their own stream, as `vmstate`).
     pub(super) backup: ChaCha8Rng,
+    /// Internal snapshot rounds (their own stream, as `vmstate`).
+    pub(super) isnap: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -220,6 +232,8 @@ pub(super) struct Gen {
     pub(super) vmstate_written: bool,
     /// Dirty bitmaps alive on the device's node, oldest first.
     pub(super) bitmaps: Vec<String>,
+    /// Internal snapshots of the top image, oldest first.
+    pub(super) isnaps: Vec<String>,
 }
 
 impl Gen {
@@ -322,6 +336,7 @@ enum Round {
     Reopen,
     Canary,
     Bitmaps,
+    Snapshots,
 }
 
 /// Draw the scenario of `seed`.
@@ -340,6 +355,7 @@ pub fn generate(seed: u64) -> Generated {
         compress: stream(seed, "compress"),
         bitmaps: stream(seed, "bitmaps"),
         backup: stream(seed, "backup"),
+        isnap: stream(seed, "isnap"),
     };
     let mut g = Gen {
         f,
@@ -359,6 +375,7 @@ pub fn generate(seed: u64) -> Generated {
         rerror_stop: false,
         top_compress_cluster: None,
         bitmaps: Vec::new(),
+        isnaps: Vec::new(),
         vmstate_written: false,
     };
     g.out.push(format!(
@@ -425,6 +442,9 @@ impl Gen {
         if self.f.bitmaps && self.chain_known {
             menu.push(Round::Bitmaps);
         }
+        if self.isnap_possible() {
+            menu.push(Round::Snapshots);
+        }
         menu[below(&mut self.r.plan, menu.len() as u64) as usize]
     }
 
@@ -445,6 +465,7 @@ impl Gen {
             Round::Reopen => self.reopen_round(),
             Round::Canary => self.canary_round(),
             Round::Bitmaps => self.bitmap_round(),
+            Round::Snapshots => self.isnap_round(),
         }
         if chance(&mut self.r.plan, 0.5) {
             self.verify();
