@@ -15,6 +15,8 @@
 //! Copy-on-write of L2 tables shared with a snapshot is in `l2_cow.rs`; the table's bytes in
 //! `snapshot_table.rs`. Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
+use std::collections::BTreeMap;
+
 use crate::driver::{NewSnapshot, SnapshotInfo};
 use crate::error::{Errno, Error, Result};
 use crate::graph::Child;
@@ -26,7 +28,7 @@ use super::entry::{L1Entry, L2Entry, compressed_span};
 use super::header::{self, Header};
 use super::lock::MetaGuard;
 use super::snapshot_table::{self, ReadMode, SnapshotEntry, TableError};
-use super::units::HostOffset;
+use super::units::{HostCluster, HostOffset};
 
 /// Offset of `nb_snapshots` in the header (followed by `snapshots_offset`).
 const OFF_NB_SNAPSHOTS: u64 = 60;
@@ -135,6 +137,7 @@ impl Qcow2 {
         snapshot_table::check_lengths(id.as_bytes(), spec.name.as_bytes())?;
         self.flush_metadata(held).await?;
         let l1 = self.l2.snapshot();
+        self.check_refcount_room(held, &l1).await?;
         // Every table and cluster gains the snapshot's reference; COPIED goes.
         let shared = self.adjust_refs(held, &l1, 1, true).await?;
         let l1_offset = self.store_l1_copy(held, &shared).await?;
@@ -261,6 +264,63 @@ impl Qcow2 {
         Ok(out)
     }
 
+    /// Refuse, before anything changes, a new reference to everything `l1` reaches that would
+    /// overflow a refcount (EINVAL for one-bit refcounts, as QEMU; ERANGE otherwise).
+    async fn check_refcount_room(&self, held: &MetaGuard<'_>, l1: &[L1Entry]) -> Result<()> {
+        let max = self.layout.max_refcount();
+        if max < 2 {
+            return Err(Error::io(Errno::EINVAL));
+        }
+        let mut adds: BTreeMap<u64, u64> = BTreeMap::new();
+        for e in l1 {
+            let off = e.l2_offset();
+            if off.bytes() == 0 {
+                continue;
+            }
+            *adds.entry(self.layout.cluster_of(off).index()).or_default() += 1;
+            for c in self.clusters_mapped_by(held, off).await? {
+                *adds.entry(c.index()).or_default() += 1;
+            }
+        }
+        for (c, n) in adds {
+            if self.refcount(held, HostCluster::new(c)).await? + n > max {
+                return Err(Error::io(Errno::ERANGE));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every host cluster the entries of the L2 table at `off` reference, once per reference.
+    async fn clusters_mapped_by(
+        &self,
+        held: &MetaGuard<'_>,
+        off: HostOffset,
+    ) -> Result<Vec<HostCluster>> {
+        self.load_l2(held, off).await?;
+        let table = self
+            .l2
+            .cache
+            .with(off.bytes(), false, |t| t.to_vec())
+            .expect("just loaded");
+        let mut out = Vec::new();
+        for j in 0..self.layout.l2_entries() as usize {
+            match self.classify(L2Entry::from_raw(get_u64(&table, j)))? {
+                super::cluster::Kind::Normal { host, .. }
+                | super::cluster::Kind::Zero { host: Some(host) } => {
+                    out.push(self.layout.cluster_of(host))
+                }
+                super::cluster::Kind::Compressed { offset, len } => {
+                    let (start, len) = compressed_span(offset, len);
+                    let first = self.layout.cluster_of(start);
+                    let last = self.layout.cluster_of(start + (len - 1));
+                    out.extend(first.to(last + 1));
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// `adjust_refs` for the entries of the L2 table at `off`.
     async fn adjust_l2_refs(
         &self,
@@ -377,6 +437,7 @@ impl Qcow2 {
             self.grow_l1(held, sn_l1.len() as u64).await?;
         }
         self.flush_metadata(held).await?;
+        self.check_refcount_room(held, &sn_l1).await?;
         self.adjust_refs(held, &sn_l1, 1, false).await?;
         self.flush_metadata(held).await?;
         self.file.flush().await?;

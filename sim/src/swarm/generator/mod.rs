@@ -234,6 +234,8 @@ pub(super) struct Gen {
     pub(super) bitmaps: Vec<String>,
     /// Internal snapshots of the top image, oldest first.
     pub(super) isnaps: Vec<String>,
+    /// The refcount width of the top image (qcow2).
+    pub(super) top_refcount_bits: u32,
 }
 
 impl Gen {
@@ -376,6 +378,7 @@ pub fn generate(seed: u64) -> Generated {
         top_compress_cluster: None,
         bitmaps: Vec::new(),
         isnaps: Vec::new(),
+        top_refcount_bits: 16,
         vmstate_written: false,
     };
     g.out.push(format!(

@@ -17,7 +17,9 @@ const MAX_SNAPSHOTS: usize = 4;
 impl Gen {
     /// True when an internal snapshot round may be drawn now.
     pub(super) fn isnap_possible(&mut self) -> bool {
-        if !self.f.isnap || !self.chain_known {
+        // Four snapshots and a compressed cluster's many references must fit the refcounts
+        // (narrower ones refuse a snapshot with ERANGE, tested in the engine).
+        if !self.f.isnap || !self.chain_known || self.top_refcount_bits < 16 {
             return false;
         }
         let top = self.chain.first().map(|l| l.node.clone());
