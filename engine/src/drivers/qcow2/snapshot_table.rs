@@ -202,8 +202,13 @@ impl SnapshotEntry {
 
     /// Bytes this entry takes in the table, padding included.
     pub fn encoded_len(&self) -> u64 {
+        self.unpadded_len().next_multiple_of(8)
+    }
+
+    /// Bytes this entry takes up to the end of its name.
+    fn unpadded_len(&self) -> u64 {
         let extra = KNOWN_EXTRA as u64 + self.unknown_extra.len() as u64;
-        (FIXED as u64 + extra + self.id.len() as u64 + self.name.len() as u64).next_multiple_of(8)
+        FIXED as u64 + extra + self.id.len() as u64 + self.name.len() as u64
     }
 
     /// Append the entry (with every known extra field, then the unknown extra data) to `out`.
@@ -234,12 +239,17 @@ impl SnapshotEntry {
     }
 }
 
-/// The table holding `entries`, as written to the file.
+/// The table holding `entries`, as written to the file: each entry starts 8-byte aligned,
+/// and the table ends right after the last name (no padding after it, as QEMU counts the
+/// table's size: the clusters it spans are exactly those the check counts).
 pub fn encode_table(entries: &[SnapshotEntry], default_disk_size: u64) -> Vec<u8> {
     let mut out = Vec::new();
+    let mut end = 0;
     for e in entries {
         e.encode_into(&mut out, default_disk_size);
+        end = out.len() - (e.encoded_len() - e.unpadded_len()) as usize;
     }
+    out.truncate(end);
     out
 }
 
