@@ -30,12 +30,7 @@ impl Qcow2 {
             self.write_back_refblocks(held).await?;
         }
         self.file.debug_event(DebugEvent::L2AllocCowRead).await;
-        self.load_l2(held, old).await?;
-        let table = self
-            .l2
-            .cache
-            .with(old.bytes(), false, |t| t.to_vec())
-            .expect("just loaded");
+        let table = self.l2_table_copy(held, old).await?;
         self.install_l2_table(held, l1i, new, table).await?;
         // The old table keeps the snapshot's reference; the active L1's goes once the new
         // entry is durable (the next metadata flush).

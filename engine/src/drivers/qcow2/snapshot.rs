@@ -296,12 +296,7 @@ impl Qcow2 {
         held: &MetaGuard<'_>,
         off: HostOffset,
     ) -> Result<Vec<HostCluster>> {
-        self.load_l2(held, off).await?;
-        let table = self
-            .l2
-            .cache
-            .with(off.bytes(), false, |t| t.to_vec())
-            .expect("just loaded");
+        let table = self.l2_table_copy(held, off).await?;
         let mut out = Vec::new();
         for j in 0..self.layout.l2_entries() as usize {
             match self.classify(L2Entry::from_raw(get_u64(&table, j)))? {
@@ -321,6 +316,20 @@ impl Qcow2 {
         Ok(out)
     }
 
+    /// A copy of the L2 table at `off` (loaded through the cache).
+    pub(super) async fn l2_table_copy(
+        &self,
+        held: &MetaGuard<'_>,
+        off: HostOffset,
+    ) -> Result<Vec<u8>> {
+        self.load_l2(held, off).await?;
+        Ok(self
+            .l2
+            .cache
+            .with(off.bytes(), false, |t| t.to_vec())
+            .expect("just loaded"))
+    }
+
     /// `adjust_refs` for the entries of the L2 table at `off`.
     async fn adjust_l2_refs(
         &self,
@@ -329,12 +338,7 @@ impl Qcow2 {
         delta: i64,
         fix_copied: bool,
     ) -> Result<()> {
-        self.load_l2(held, off).await?;
-        let table = self
-            .l2
-            .cache
-            .with(off.bytes(), false, |t| t.to_vec())
-            .expect("just loaded");
+        let table = self.l2_table_copy(held, off).await?;
         let per = self.layout.l2_entries() as usize;
         for j in 0..per {
             let entry = L2Entry::from_raw(get_u64(&table, j));
