@@ -7,7 +7,7 @@ mod cli;
 use cli::prog;
 
 /// The image subcommands blk has, with qemu-img's one-line descriptions.
-const COMMANDS: [(&str, &str); 11] = [
+const COMMANDS: [(&str, &str); 12] = [
     (
         "bitmap",
         "Perform modifications of the persistent bitmap in the image",
@@ -25,6 +25,7 @@ const COMMANDS: [(&str, &str); 11] = [
     ("map", "Dump image metadata"),
     ("rebase", "Change backing file of the image"),
     ("resize", "Resize the image to the new size"),
+    ("snapshot", "List or manipulate snapshots within image"),
 ];
 
 /// `--help` of the image tool (as blk or as qemu-img).
@@ -136,7 +137,7 @@ fn run_command(cmd: &str, rest: &[String]) -> i32 {
         "sim" if blk => cli::sim::run_sim(rest),
         "serve" if blk => cli::serve::run_serve(rest),
         "bitmap" | "create" | "info" | "map" | "compare" | "convert" | "dd" | "resize"
-        | "commit" | "rebase" => cli::img::run(cmd, rest),
+        | "commit" | "rebase" | "snapshot" => cli::img::run(cmd, rest),
         "help" if blk => print_ok(&img_help()),
         other => {
             let name = prog::name();

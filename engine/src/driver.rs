@@ -346,6 +346,73 @@ fn no_persistent_bitmaps(name: &str) -> Error {
     )
 }
 
+/// One internal snapshot as listed (`qemu-img snapshot -l`, `query-block`'s snapshots).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Unique id (QEMU numbers them).
+    pub id: String,
+    /// Name (tag).
+    pub name: String,
+    /// Bytes of saved VM state.
+    pub vm_state_size: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub date_sec: u32,
+    /// Creation time, nanoseconds within the second.
+    pub date_nsec: u32,
+    /// Guest clock at creation, in nanoseconds.
+    pub vm_clock_nsec: u64,
+    /// `None`: not recorded.
+    pub icount: Option<u64>,
+    /// Virtual disk size at snapshot time, when the entry records it.
+    pub disk_size: Option<u64>,
+}
+
+impl SnapshotInfo {
+    /// QAPI's SnapshotInfo (QMP replies, `qemu-img info --output=json`), in QEMU's key order.
+    pub fn to_qapi(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        if let Some(i) = self.icount {
+            m.insert("icount".into(), i.into());
+        }
+        m.insert(
+            "vm-clock-nsec".into(),
+            (self.vm_clock_nsec % 1_000_000_000).into(),
+        );
+        m.insert("name".into(), self.name.clone().into());
+        m.insert("date-sec".into(), self.date_sec.into());
+        m.insert("date-nsec".into(), self.date_nsec.into());
+        m.insert(
+            "vm-clock-sec".into(),
+            (self.vm_clock_nsec / 1_000_000_000).into(),
+        );
+        m.insert("id".into(), self.id.clone().into());
+        m.insert("vm-state-size".into(), self.vm_state_size.into());
+        Value::Object(m)
+    }
+}
+
+/// What a new internal snapshot records (no VM state: a disk-only snapshot).
+#[derive(Clone, Debug, Default)]
+pub struct NewSnapshot {
+    /// `None`: the format picks the next free id.
+    pub id: Option<String>,
+    /// Name (tag).
+    pub name: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub date_sec: u32,
+    /// Creation time, nanoseconds within the second.
+    pub date_nsec: u32,
+    /// Guest clock at creation, in nanoseconds.
+    pub vm_clock_nsec: u64,
+    /// Instruction count (`None`: not recorded).
+    pub icount: Option<u64>,
+}
+
+/// The refusal of a snapshot verb on a format without internal snapshots.
+fn no_snapshots() -> Error {
+    Error::io(Errno::ENOTSUP)
+}
+
 /// Verbs only image formats have: reached through [`BlockDriver::format_ops`]. Persistent
 /// bitmaps ([`StoredBitmap`], [`BitmapToStore`]) are plain data here, independent of the live
 /// named bitmaps of a node; snapshots join this family when they come.
@@ -367,6 +434,35 @@ pub trait FormatOps {
     /// How many internal snapshots the image holds.
     fn snapshot_count(&self) -> u32 {
         0
+    }
+
+    /// True when the format keeps internal snapshots.
+    fn can_snapshot(&self) -> bool {
+        false
+    }
+
+    /// The internal snapshots, in table order.
+    fn snapshots(&self) -> Vec<SnapshotInfo> {
+        Vec::new()
+    }
+
+    /// Create internal snapshot `spec`; durable when this returns.
+    fn snapshot_create(&self, _spec: NewSnapshot) -> LocalBoxFuture<'_, Result<SnapshotInfo>> {
+        Box::pin(async { Err(no_snapshots()) })
+    }
+
+    /// Revert the disk to the snapshot whose id, else name, is `key` (ENOENT: none).
+    fn snapshot_goto(&self, _key: &str) -> LocalBoxFuture<'_, Result<()>> {
+        Box::pin(async { Err(no_snapshots()) })
+    }
+
+    /// Delete the first snapshot matching `id` and `name` (each when given); ENOENT: none.
+    fn snapshot_delete<'a>(
+        &'a self,
+        _id: Option<&'a str>,
+        _name: Option<&'a str>,
+    ) -> LocalBoxFuture<'a, Result<SnapshotInfo>> {
+        Box::pin(async { Err(no_snapshots()) })
     }
 
     /// True when the image holds persistent dirty bitmaps that are in use (valid).

@@ -28,6 +28,7 @@ mod image;
 mod jobs;
 mod mirror;
 mod reopen;
+mod snapshots;
 
 pub use backup::{BackupArgs, BackupPerf};
 pub use bitmaps::{BitmapAddArgs, BitmapRef, default_granularity};

@@ -4,7 +4,9 @@
 //! `l1_shrink_free_l2_clusters` (shrinking past an L2 table's reach), `empty_image_prepare`
 //! (an image rebuilt empty, as `qemu-img commit` leaves its top; `reftable_update` when its
 //! header then switches to the new tables), `vmstate_save` and
-//! `vmstate_load` (qemu-io `write -b`/`read -b`, before the VM state is touched).
+//! `vmstate_load` (qemu-io `write -b`/`read -b`, before the VM state is touched),
+//! `l2_alloc_cow_read` (a write into an L2 table shared with an internal snapshot, before the
+//! table is copied).
 
 use crate::support;
 
@@ -144,4 +146,43 @@ fn vmstate_events_are_raised_before_the_vm_state_is_touched() {
 #[test]
 fn reftable_update_is_raised_when_an_empty_image_switches_its_tables() {
     make_empty_raises(6, "reftable_update");
+}
+
+#[test]
+fn l2_alloc_cow_read_is_raised_before_a_shared_l2_table_is_copied() {
+    run(6, |engine| async move {
+        mkimg(&engine, "top.qcow2", None).await;
+        let rules = json!([{"event": "l2_alloc_cow_read", "errno": 5, "once": true}]);
+        engine
+            .blockdev_add(over_blkdebug("top", Value::Null, rules))
+            .await
+            .unwrap();
+        let bb = engine
+            .device_add("d", "top", BackendOptions::tool(false))
+            .unwrap();
+        // A fresh L2 table is allocated, not copied: no event.
+        bb.write(0, IoBuf::filled(4096, 1), engine::io::ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
+        engine.snapshot_internal_create("d", "s").await.unwrap();
+        let (_, r) = bb
+            .write(0, IoBuf::filled(4096, 2), engine::io::ReqFlags::NONE)
+            .await;
+        assert_eq!(r.unwrap_err().errno(), Some(Errno::EIO));
+        // Once: the table is copied now; the snapshot keeps the old data.
+        bb.write(0, IoBuf::filled(4096, 2), engine::io::ReqFlags::NONE)
+            .await
+            .1
+            .unwrap();
+        let node = engine.node("top").unwrap();
+        let rep = engine::drivers::qcow2::check_node(&node, None)
+            .await
+            .unwrap();
+        assert_eq!((rep.corruptions, rep.leaks), (0, 0), "{:#?}", rep.messages);
+        engine.snapshot_internal_goto("d", "s").await.unwrap();
+        let (buf, r) = bb.read(0, IoBuf::new(4096)).await;
+        r.unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == 1));
+    });
 }

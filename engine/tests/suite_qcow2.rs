@@ -40,5 +40,7 @@ mod qcow2_prop;
 mod qcow2_robust;
 #[path = "qcow2_shrink.rs"]
 mod qcow2_shrink;
+#[path = "qcow2_snapshots.rs"]
+mod qcow2_snapshots;
 #[path = "qcow2_subcluster.rs"]
 mod qcow2_subcluster;

@@ -1,5 +1,6 @@
 //! What every image target does with an image that may be malformed: open it read-only, walk
 //! its block status, read what is allocated, check it; then open it read-write, write a little,
+//! take, apply and delete an internal snapshot,
 //! repair it, and require that a successful repair leaves an image that checks clean.
 //!
 //! Opening may fail (that is the expected answer to most malformed images); it must fail with
@@ -74,7 +75,34 @@ async fn write_pass(engine: &Engine) -> Option<Rc<BlockBackend>> {
         let _ = bb.write_zeroes(mid, n, ReqFlags::MAY_UNMAP).await;
         let _ = bb.flush().await;
     }
+    snapshot_pass(engine, &bb).await;
     Some(bb)
+}
+
+/// Internal snapshots on whatever the image holds: apply the first one it lists, create one,
+/// write into the now shared clusters, apply and delete it. Errors are fine; panics are not.
+async fn snapshot_pass(engine: &Engine, bb: &BlockBackend) {
+    if let Some(first) = engine
+        .snapshot_internal_list("dw")
+        .ok()
+        .and_then(|l| l.into_iter().next())
+    {
+        let _ = engine.snapshot_internal_goto("dw", &first.id).await;
+    }
+    let Ok(sn) = engine.snapshot_internal_create("dw", "fuzz").await else {
+        return;
+    };
+    let len = bb.len().unwrap_or(0);
+    if len > 0 {
+        let n = len.min(2048);
+        let _ = bb
+            .write(0, IoBuf::filled(n as usize, 0x5a), ReqFlags::NONE)
+            .await;
+    }
+    let _ = engine.snapshot_internal_goto("dw", &sn.id).await;
+    let _ = engine
+        .snapshot_internal_delete("dw", Some(&sn.id), None)
+        .await;
 }
 
 async fn check_pass(engine: &Engine, bb: &BlockBackend, checkable: bool) {

@@ -4,7 +4,7 @@
 //! checked by its handler: `nodes` (node and object commands), `job_verbs` (job-* and
 //! block-job-* verbs), `mirror`, `backup` and `block_jobs` (the job-starting commands),
 //! `bitmaps` (the dirty bitmap commands), `transaction` (transactions, external snapshots,
-//! change-backing-file).
+//! change-backing-file), `snapshots` (internal snapshots).
 
 use serde_json::{Value, json};
 
@@ -21,6 +21,7 @@ mod job_verbs;
 pub mod monitor;
 mod nodes;
 mod transaction;
+mod snapshots;
 
 /// The commands this front end knows, in the order `query-commands` lists them.
 pub const COMMANDS: &[&str] = &[
@@ -71,6 +72,8 @@ pub const COMMANDS: &[&str] = &[
     "blockdev-snapshot",
     "change-backing-file",
     "transaction",
+    "blockdev-snapshot-internal-sync",
+    "blockdev-snapshot-delete-internal-sync",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -173,6 +176,8 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         "blockdev-snapshot" => transaction::blockdev_snapshot(engine, args).await,
         "change-backing-file" => transaction::change_backing_file(engine, args).await,
         "transaction" => transaction::transaction(engine, args).await,
+        "blockdev-snapshot-internal-sync" => snapshots::create(engine, args).await,
+        "blockdev-snapshot-delete-internal-sync" => snapshots::delete(engine, args).await,
         other => Err(Error::with_class(
             ErrorClass::CommandNotFound,
             format!("The command {other} has not been found"),

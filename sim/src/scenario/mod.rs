@@ -23,6 +23,7 @@ mod graph_steps;
 mod guest_steps;
 mod image;
 mod io;
+mod isnap_steps;
 mod lex;
 pub mod model;
 mod outcome;

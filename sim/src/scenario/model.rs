@@ -253,6 +253,13 @@ impl DeviceModel {
         DeviceModel::default()
     }
 
+    /// The device's contents become `saved`'s (an internal snapshot applied); the request
+    /// bookkeeping (tickets, tracking, fault mode) stays this model's.
+    pub fn restore_contents(&mut self, saved: &DeviceModel) {
+        self.runs = saved.runs.clone();
+        self.unflushed = saved.unflushed.clone();
+    }
+
     /// The state of `sector`, if it was ever touched.
     fn state(&self, sector: u64) -> Option<&SectorState> {
         self.runs

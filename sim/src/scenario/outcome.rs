@@ -75,6 +75,7 @@ pub const CHECKS: &[&str] = &[
     "image-check",
     "check",
     "bitmap",
+    "isnap",
     "restart",
     "deadlock",
     "livelock",

@@ -45,7 +45,9 @@ use super::workload::WorkloadSpec;
 use crate::config::parse_duration;
 
 use super::syntax::Cursor;
-pub use super::syntax::{Action, Arg, BitmapStep, Expectation, ParseError, Scenario, Step};
+pub use super::syntax::{
+    Action, Arg, BitmapStep, Expectation, ParseError, Scenario, SnapVerb, Step,
+};
 
 /// One directive being parsed: its words, and the file's lines for JSON that spans lines.
 struct Line<'a> {
@@ -133,6 +135,7 @@ const DIRECTIVES: &[(&str, Directive)] = &[
     ("check", check),
     ("check-file", check_file),
     ("bitmap", bitmap),
+    ("isnap", isnap),
 ];
 
 /// Parse a scenario file's text.
@@ -630,6 +633,18 @@ fn bitmap(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> 
         _ => return Err(l.err(l.col_of(1), format!("unknown bitmap verb '{verb}'"))),
     };
     Ok(Some(Action::Bitmap(step)))
+}
+
+fn isnap(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let device = l.need(1, "a device name")?;
+    let verb = match l.need(2, "create, apply or delete")?.as_str() {
+        "create" => SnapVerb::Create,
+        "apply" => SnapVerb::Apply,
+        "delete" => SnapVerb::Delete,
+        other => return Err(l.err(l.col_of(2), format!("unknown isnap verb '{other}'"))),
+    };
+    let name = l.need(3, "a snapshot name")?;
+    Ok(Some(Action::InternalSnapshot { device, verb, name }))
 }
 
 #[cfg(test)]

@@ -65,6 +65,9 @@ impl World<'_> {
             Action::Shutdown => self.shutdown(line).await,
             Action::Check { node } => self.check_image(line, node).await,
             Action::Bitmap(b) => self.bitmap_step(line, b).await,
+            Action::InternalSnapshot { device, verb, name } => {
+                self.isnap_step(line, device, *verb, name).await
+            }
             Action::CheckFile { path } => self.check_file(line, path).await,
         }
     }

@@ -78,6 +78,17 @@ pub struct Arg {
     pub column: usize,
 }
 
+/// What an `isnap` step does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapVerb {
+    /// `blockdev-snapshot-internal-sync`.
+    Create,
+    /// Revert the image to the snapshot (`qemu-img snapshot -a`).
+    Apply,
+    /// `blockdev-snapshot-delete-internal-sync` by name.
+    Delete,
+}
+
 /// What a step does.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -216,6 +227,17 @@ pub enum Action {
     Check {
         /// Node name.
         node: String,
+    },
+    /// `isnap DEV create|apply|delete NAME`: a qcow2 internal snapshot of the device's image;
+    /// the runner keeps the device model of each (after `apply` the device must read the data
+    /// of snapshot time).
+    InternalSnapshot {
+        /// Device name.
+        device: String,
+        /// What to do.
+        verb: SnapVerb,
+        /// Snapshot name.
+        name: String,
     },
     /// `bitmap VERB ...`: a named dirty bitmap on a device's node, judged by the runner's
     /// own record of the guest writes since (see `bitmap_steps`).

@@ -142,6 +142,14 @@ fn image_info(node: &Rc<Node>) -> Result<Value> {
     if let Some(f) = header.as_ref().and_then(|h| h.backing_fmt.clone()) {
         m.insert("backing-filename-format".into(), json!(f));
     }
+    let snapshots = node
+        .driver()
+        .format_ops()
+        .map(|o| o.snapshots())
+        .unwrap_or_default();
+    if !snapshots.is_empty() {
+        m.insert("snapshots".into(), super::snapshot::json_list(&snapshots));
+    }
     m.insert("virtual-size".into(), json!(node.len()));
     m.insert("filename".into(), json!(filename));
     if let Some(h) = &header {
@@ -309,6 +317,10 @@ fn human(info: &Value) -> String {
     }
     if let Some(f) = info["backing-filename-format"].as_str() {
         s += &format!("backing file format: {f}\n");
+    }
+    if let Some(list) = info.get("snapshots") {
+        s += "Snapshot list:\n";
+        s += &super::snapshot::table_text(&super::snapshot::from_json(list));
     }
     if let Some(Value::Object(data)) = info["format-specific"].get("data")
         && !data.is_empty()

@@ -1,4 +1,4 @@
-//! The qemu-img style image tools: `blk bitmap|create|info|map|compare|convert|dd|resize|commit|rebase`.
+//! The qemu-img style image tools: `blk bitmap|create|info|map|compare|convert|dd|resize|commit|rebase|snapshot`.
 //!
 //! Each subcommand lives in its own file and takes qemu-img's flags, prints qemu-img's
 //! messages (prefixed `qemu-img:` like `blk io` prefixes `qemu-io:`) and uses its exit codes.
@@ -28,6 +28,7 @@ pub(crate) use open_args::{FORMAT_CONFLICT, add_objects, help_text as object_hel
 mod progress;
 mod rebase;
 mod resize;
+mod snapshot;
 mod sparse;
 
 use engine::{Error, Result};
@@ -45,6 +46,7 @@ pub fn run(cmd: &str, args: &[String]) -> i32 {
         "resize" => resize::run(args),
         "commit" => commit::run(args),
         "rebase" => rebase::run(args),
+        "snapshot" => snapshot::run(args),
         _ => unreachable!("main dispatches only image commands here"),
     }
 }

@@ -81,9 +81,7 @@ impl Qcow2 {
             .compare_refs(held, &mut rep, &refs, None, &mut rebuild)
             .await?;
         if rebuild && repair == Some(Repair::All) {
-            highest = self
-                .rebuild_and_recount(held, h.nb_snapshots, &mut rep)
-                .await?;
+            highest = self.rebuild_and_recount(held, &mut rep).await?;
         } else if repair.is_some() {
             if rebuild {
                 rep.error("ERROR need to rebuild refcount structures".into());
@@ -124,12 +122,11 @@ impl Qcow2 {
     async fn rebuild_and_recount(
         &self,
         held: &MetaGuard<'_>,
-        nb_snapshots: u32,
         rep: &mut CheckReport,
     ) -> Result<u64> {
         rep.error("Rebuilding refcount structure".into());
         let old = rep.clone();
-        self.rebuild_refcounts(held, nb_snapshots, true).await?;
+        self.rebuild_refcounts(held, true).await?;
         let h = self.read_header().await?;
         let mut fresh = CheckReport {
             messages: std::mem::take(&mut rep.messages),

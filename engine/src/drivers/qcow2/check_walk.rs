@@ -129,14 +129,9 @@ impl Qcow2 {
     }
 
     /// Count every internal snapshot's L1 table (and what it maps) and the snapshot table.
-    async fn count_snapshots(
-        &self,
-        refs: &mut Refs,
-        rep: &mut CheckReport,
-        h: &Header,
-    ) -> Result<()> {
+    async fn count_snapshots(&self, refs: &mut Refs, rep: &mut CheckReport) -> Result<()> {
         let cs = self.layout.cs();
-        let (snaps, table_size) = self.read_snapshot_table(h, rep).await?;
+        let (snaps, table_size) = self.snapshot_l1s();
         for s in snaps {
             if !s.offset.is_multiple_of(cs) {
                 rep.error(format!(
@@ -175,7 +170,7 @@ impl Qcow2 {
                 .collect();
             self.count_l1(refs, rep, s.offset, &table, false).await?;
         }
-        self.inc_refs(refs, rep, h.snapshots_offset, table_size);
+        self.inc_refs(refs, rep, self.snap_table.get().0, table_size);
         Ok(())
     }
 
@@ -236,7 +231,7 @@ impl Qcow2 {
         let l1 = self.l2.snapshot();
         self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
             .await?;
-        self.count_snapshots(&mut refs, rep, h).await?;
+        self.count_snapshots(&mut refs, rep).await?;
         let reftable = self.alloc.reftable_snapshot();
         self.inc_refs(
             &mut refs,
@@ -433,39 +428,19 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Parse the snapshot table: each snapshot's L1 table and the table's size in bytes.
-    async fn read_snapshot_table(
-        &self,
-        h: &Header,
-        rep: &mut CheckReport,
-    ) -> Result<(Vec<SnapL1>, u64)> {
-        let mut snaps = Vec::new();
-        if h.nb_snapshots == 0 {
-            return Ok((snaps, 0));
-        }
-        let mut off = h.snapshots_offset;
-        for _ in 0..h.nb_snapshots {
-            off = off.next_multiple_of(8);
-            let fixed = self.read_meta(off, 40).await.inspect_err(|_| {
-                rep.check_errors += 1;
-            })?;
-            let be32 = |o: usize| u32::from_be_bytes(fixed[o..o + 4].try_into().expect("4"));
-            let be16 = |o: usize| u16::from_be_bytes(fixed[o..o + 2].try_into().expect("2"));
-            let l1_offset = u64::from_be_bytes(fixed[0..8].try_into().expect("8 bytes"));
-            let l1_size = be32(8);
-            let (id_len, name_len) = (be16(12) as u64, be16(14) as u64);
-            let extra = be32(36) as u64;
-            off += 40 + extra;
-            let strings = self.read_meta(off, id_len + name_len).await?;
-            off += id_len + name_len;
-            let (id, name) = strings.split_at(id_len as usize);
-            snaps.push(SnapL1 {
-                id: String::from_utf8_lossy(id).into_owned(),
-                name: String::from_utf8_lossy(name).into_owned(),
-                offset: l1_offset,
-                size: l1_size,
-            });
-        }
-        Ok((snaps, off - h.snapshots_offset))
+    /// Each snapshot's L1 table (as loaded at open) and the snapshot table's size in bytes.
+    fn snapshot_l1s(&self) -> (Vec<SnapL1>, u64) {
+        let snaps = self
+            .snaps
+            .borrow()
+            .iter()
+            .map(|s| SnapL1 {
+                id: s.id_str(),
+                name: s.name_str(),
+                offset: s.l1_offset,
+                size: s.l1_size,
+            })
+            .collect();
+        (snaps, self.snap_table.get().1)
     }
 }

@@ -67,10 +67,8 @@ impl Qcow2 {
                 return Err(Error::io_msg(Errno::EIO, full));
             }
             if alloc && !entry.is_copied() {
-                return Err(Error::io_msg(
-                    Errno::ENOTSUP,
-                    "qcow2: writing to L2 tables shared with internal snapshots is not supported",
-                ));
+                // Shared with a snapshot: the active L1 gets its own copy first.
+                return self.cow_l2_table(held, l1i, off).await.map(Some);
             }
             return Ok(Some(off));
         }
@@ -85,15 +83,28 @@ impl Qcow2 {
         if !self.lazy.get() {
             self.write_back_refblocks(held).await?;
         }
-        self.file.debug_event(DebugEvent::L2AllocWrite).await;
         let zeros = vec![0u8; self.layout.cs() as usize];
+        self.install_l2_table(held, l1i, off, zeros).await?;
+        Ok(Some(off))
+    }
+
+    /// Write `table` to the new (refcounted) cluster at `off`, flush, and point L1 entry `l1i`
+    /// at it with COPIED; the table is cached clean. A failed table write frees the cluster.
+    pub(super) async fn install_l2_table(
+        &self,
+        held: &MetaGuard<'_>,
+        l1i: usize,
+        off: HostOffset,
+        table: Vec<u8>,
+    ) -> Result<()> {
+        self.file.debug_event(DebugEvent::L2AllocWrite).await;
         let r = match self
             .pre_write_check(OL_ACTIVE_L2, off.bytes(), self.layout.cs())
             .await
         {
             Ok(()) => {
                 self.file
-                    .write(off.bytes(), IoBuf::from_slice(&zeros), ReqFlags::NONE)
+                    .write(off.bytes(), IoBuf::from_slice(&table), ReqFlags::NONE)
                     .await
                     .1
             }
@@ -119,12 +130,12 @@ impl Qcow2 {
             .1?;
         self.l2.set(l1i, new);
         self.make_room_l2(held).await?;
-        self.l2.cache.insert(off.bytes(), zeros, false);
-        Ok(Some(off))
+        self.l2.cache.insert(off.bytes(), table, false);
+        Ok(())
     }
 
     /// Evict the least recently used L2 table if the cache is full.
-    async fn make_room_l2(&self, held: &MetaGuard<'_>) -> Result<()> {
+    pub(super) async fn make_room_l2(&self, held: &MetaGuard<'_>) -> Result<()> {
         if !self.l2.cache.is_full() {
             return Ok(());
         }
@@ -148,7 +159,7 @@ impl Qcow2 {
         Ok(())
     }
 
-    async fn load_l2(&self, held: &MetaGuard<'_>, off: HostOffset) -> Result<()> {
+    pub(super) async fn load_l2(&self, held: &MetaGuard<'_>, off: HostOffset) -> Result<()> {
         let off = off.bytes();
         if self.l2.cache.contains(off) {
             return Ok(());

@@ -42,7 +42,7 @@ impl Qcow2 {
     /// and header + refcount table + refblock + L1 covered by that one refblock.
     fn can_rebuild_empty(&self) -> bool {
         self.layout.version >= 3
-            && self.layout.nb_snapshots == 0
+            && self.nb_snapshots() == 0
             && self.layout.autoclear.get() & AUTOCLEAR_BITMAPS == 0
             && !self.has_data_file()
             && 3 + self.l1_clusters() <= 1 << self.layout.rb_bits()

@@ -3,7 +3,9 @@
 //! the engine reaches through `BlockDriver::format_ops`.
 
 use crate::bitmap::HBits;
-use crate::driver::{BitmapToStore, CheckReport, FormatOps, Repair, StoredBitmap};
+use crate::driver::{
+    BitmapToStore, CheckReport, FormatOps, NewSnapshot, Repair, SnapshotInfo, StoredBitmap,
+};
 use crate::env::LocalBoxFuture;
 use crate::error::Result;
 use crate::io::{BufResult, IoBuf};
@@ -67,7 +69,32 @@ impl FormatOps for Qcow2 {
     }
 
     fn snapshot_count(&self) -> u32 {
-        self.layout.nb_snapshots
+        self.nb_snapshots()
+    }
+
+    fn can_snapshot(&self) -> bool {
+        true
+    }
+
+    fn snapshots(&self) -> Vec<SnapshotInfo> {
+        self.snapshot_infos()
+    }
+
+    fn snapshot_create(&self, spec: NewSnapshot) -> LocalBoxFuture<'_, Result<SnapshotInfo>> {
+        Box::pin(self.create_snapshot(spec))
+    }
+
+    fn snapshot_goto(&self, key: &str) -> LocalBoxFuture<'_, Result<()>> {
+        let key = key.to_string();
+        Box::pin(async move { self.apply_snapshot(&key).await })
+    }
+
+    fn snapshot_delete<'a>(
+        &'a self,
+        id: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> LocalBoxFuture<'a, Result<SnapshotInfo>> {
+        Box::pin(self.delete_snapshot(id, name))
     }
 
     fn has_persistent_bitmaps(&self) -> bool {

@@ -1,6 +1,5 @@
 //! The image's layout: header geometry (cluster size, refcount width, L2 entry width, virtual
-//! size) and feature bits (version, compression type, incompatible / autoclear bits, snapshot
-//! count), with the arithmetic that follows from them (cluster size, L2 entries per table,
+//! size) and feature bits (version, compression type, incompatible / autoclear bits), with the arithmetic that follows from them (cluster size, L2 entries per table,
 //! host offset <-> cluster index, refcount block geometry).
 //!
 //! Only the virtual size and the two feature-bit words change while the image is open
@@ -31,7 +30,6 @@ pub(crate) struct Layout {
     pub(crate) incompat: Cell<u64>,
     /// Autoclear feature bits as on disk.
     pub(crate) autoclear: Cell<u64>,
-    pub(crate) nb_snapshots: u32,
 }
 
 impl Layout {
@@ -46,7 +44,6 @@ impl Layout {
             size: Cell::new(h.size),
             incompat: Cell::new(h.incompat),
             autoclear: Cell::new(h.autoclear),
-            nb_snapshots: h.nb_snapshots,
         }
     }
 

@@ -46,6 +46,7 @@ mod format_ops;
 mod header;
 mod info;
 mod io;
+mod l2_cow;
 mod l2map;
 mod layout;
 mod lock;
@@ -56,6 +57,8 @@ mod refcount;
 mod reopen;
 mod repair;
 mod resize;
+mod snapshot;
+mod snapshot_table;
 mod subcluster;
 mod units;
 mod vmstate;
@@ -78,6 +81,7 @@ pub use check::check_node;
 pub use clean::cached_tables;
 pub use create::{Compat, CreateOptions, create};
 pub use header::{Header, RawExtension};
+pub use snapshot_table::{ReadMode, SnapshotEntry, TableError, decode_table, encode_table};
 
 use allocator::Allocator;
 use l2map::L2Map;
@@ -150,6 +154,10 @@ pub(crate) struct Qcow2 {
     /// The `cache-clean-interval` task, ended when the driver goes away (or a reopen
     /// replaces it).
     cleaner: RefCell<Option<clean::Cleaner>>,
+    /// The internal snapshots (`snapshot.rs`), in table order.
+    snaps: RefCell<Vec<snapshot_table::SnapshotEntry>>,
+    /// Where the snapshot table is and its size in bytes (0, 0: none).
+    snap_table: Cell<(u64, u64)>,
 }
 
 pub(super) fn open(
@@ -189,6 +197,12 @@ pub(super) fn open(
             h.reftable_clusters as u64 * cs / 8,
         )
         .await?;
+        let read_mode = if check_mode {
+            snapshot_table::ReadMode::Repair
+        } else {
+            snapshot_table::ReadMode::Strict
+        };
+        let (snaps, snap_bytes) = snapshot::load_table(&file, &h, read_mode).await?;
         let data = open_data_file(&ctx, &h, data_opt).await?;
         // The backing child is found through the graph on every use (`Qcow2::backing`): jobs
         // change it.
@@ -223,6 +237,8 @@ pub(super) fn open(
             ),
             runtime: RefCell::new(runtime),
             reopen_options: RefCell::new(None),
+            snaps: RefCell::new(snaps),
+            snap_table: Cell::new((h.snapshots_offset, snap_bytes)),
         };
         // QEMU loads the persistent bitmaps at open: a malformed extension, directory or
         // table fails the open, read-only or not.
@@ -469,6 +485,11 @@ impl Qcow2 {
         self.data.as_ref().unwrap_or(&self.file)
     }
 
+    /// How many internal snapshots the image holds.
+    fn nb_snapshots(&self) -> u32 {
+        self.snaps.borrow().len() as u32
+    }
+
     /// True when guest data lives in an external data file.
     fn has_data_file(&self) -> bool {
         self.data.is_some()
@@ -516,8 +537,7 @@ impl Qcow2 {
     /// The header fix-ups of `check_writable` (metadata lock held: `held`).
     async fn do_fixups(&self, held: &MetaGuard<'_>) -> Result<()> {
         if self.layout.incompat.get() & header::INCOMPAT_DIRTY != 0 {
-            self.rebuild_refcounts(held, self.layout.nb_snapshots, false)
-                .await?;
+            self.rebuild_refcounts(held, false).await?;
         }
         let keep = self.layout.autoclear.get() & self.known_autoclear();
         if self.layout.version == 3 && self.layout.autoclear.get() != keep {

@@ -11,7 +11,7 @@ use crate::io::{IoBuf, ReqFlags};
 
 use super::cache::{get_u64, set_u64};
 use super::cluster::Kind;
-use super::entry::{L2Entry, compressed_span};
+use super::entry::{L1Entry, L2Entry, compressed_span};
 use super::header::{INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, OFF_INCOMPAT, OFF_REFTABLE};
 use super::lock::MetaGuard;
 use super::refcount::rb_set;
@@ -46,15 +46,8 @@ impl Qcow2 {
     pub(crate) async fn rebuild_refcounts(
         &self,
         held: &MetaGuard<'_>,
-        nb_snapshots: u32,
         count_old: bool,
     ) -> Result<()> {
-        if nb_snapshots > 0 {
-            return Err(Error::generic(
-                "qcow2: cannot repair the refcounts of an image with internal snapshots; \
-                 run 'qemu-img check -r all'",
-            ));
-        }
         let cs = self.layout.cs();
         let file_clusters = self.file.len().div_ceil(cs);
         // Bounded by the file size: every valid reference lies inside the file.
@@ -70,7 +63,8 @@ impl Qcow2 {
         self.switch_refcounts(held, base * cs, area, table).await
     }
 
-    /// Count the header, the L1 table, every L2 table and every cluster they map.
+    /// Count the header, the active L1 table and every snapshot's (with every L2 table and
+    /// cluster they map: once per L1 table reaching them), and the snapshot table.
     async fn count_mapped_refs(&self, counts: &mut [u64]) -> Result<()> {
         let cs = self.layout.cs();
         add_ref(counts, cs, 0, cs)?;
@@ -78,6 +72,24 @@ impl Qcow2 {
         if !l1.is_empty() {
             add_ref(counts, cs, self.l2.l1_offset().bytes(), self.l2.l1_bytes())?;
         }
+        self.count_l1_refs(counts, l1).await?;
+        let snaps = self.snaps.borrow().clone();
+        for sn in &snaps {
+            let table = self.read_snapshot_l1(sn).await?;
+            if sn.l1_size > 0 {
+                add_ref(counts, cs, sn.l1_offset, sn.l1_size as u64 * 8)?;
+            }
+            self.count_l1_refs(counts, table).await?;
+        }
+        match self.snap_table.get() {
+            (_, 0) => Ok(()),
+            (at, len) => add_ref(counts, cs, at, len),
+        }
+    }
+
+    /// Count the L2 tables of `l1` and every cluster they map.
+    async fn count_l1_refs(&self, counts: &mut [u64], l1: Vec<L1Entry>) -> Result<()> {
+        let cs = self.layout.cs();
         for e in l1 {
             let l2 = e.l2_offset().bytes();
             if l2 == 0 {

@@ -38,7 +38,7 @@ impl Qcow2 {
             ));
         }
         if len < old {
-            if self.layout.nb_snapshots > 0 {
+            if self.nb_snapshots() > 0 {
                 return Err(Error::io_msg(
                     Errno::ENOTSUP,
                     "Can't resize an image which has snapshots",

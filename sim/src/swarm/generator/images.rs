@@ -178,6 +178,11 @@ impl Gen {
         if qcow2 {
             let below_fmt = under.map_or("qcow2", |(_, f)| f);
             let mut opts = self.qcow2_options(under.map(|(l, _)| l), below_fmt);
+            // Snapshots add references: narrow refcounts would refuse them (see `snapshots`).
+            self.top_refcount_bits = opts
+                .split(' ')
+                .find_map(|o| o.strip_prefix("refcount_bits="))
+                .map_or(16, |v| v.parse().unwrap_or(0));
             if self.f.data_file {
                 opts = self.with_data_file(opts, under.is_none());
             } else {

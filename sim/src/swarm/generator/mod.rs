@@ -12,7 +12,8 @@
 //! commit, active commit, mirror and their verbs), [`faults`] (virtual-disk faults and error
 //! policies), [`canary`] (silent corruption and lost flushes on a raw image), [`bitmaps`]
 //! (named dirty bitmaps and their oracle checks), [`transactions`] (QMP transactions and
-//! external snapshots, all or nothing) and crashes (here: power loss, restart,
+//! external snapshots, all or nothing), [`snapshots`] (qcow2 internal snapshots) and crashes
+//! (here: power loss, restart,
 //! recovery checks).
 
 mod backup;
@@ -23,6 +24,7 @@ mod guest;
 mod images;
 mod jobs;
 mod transactions;
+mod snapshots;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
@@ -74,6 +76,8 @@ pub struct Features {
     /// QMP transactions (external snapshots, bitmap verbs, a failing action) and their
     /// all-or-nothing oracle.
     pub transactions: bool,
+    /// qcow2 internal snapshots of the top image (create, apply, delete).
+    pub isnap: bool,
 }
 
 impl Features {
@@ -100,6 +104,7 @@ impl Features {
             (self.bitmaps, "bitmaps"),
             (self.backup, "backup"),
             (self.transactions, "transactions"),
+            (self.isnap, "isnap"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -126,6 +131,7 @@ impl Features {
             bitmaps: false,
             backup: false,
             transactions: false,
+            isnap: false,
         };
         // Drawn last, so that the other families of every seed stay as they were.
         f.reopen = chance(rng, 0.3);
@@ -134,6 +140,7 @@ impl Features {
         f.bitmaps = chance(rng, 0.35);
         f.backup = chance(rng, 0.4);
         f.transactions = chance(rng, 0.35);
+        f.isnap = chance(rng, 0.35);
         if f.data_file {
             // Guest data then goes to the data file, beside the blkdebug filter over the
             // metadata file: a breakpoint on guest writes would wait for a write that never
@@ -142,6 +149,9 @@ impl Features {
         }
         if !f.qcow2 {
             f.backing = false;
+        }
+        if !f.qcow2 || f.data_file || f.faults || f.resize {
+            f.isnap = false;
         }
         if !f.backing {
             f.copy_on_read = false;
@@ -192,6 +202,8 @@ pub(super) struct Streams {
     pub(super) backup: ChaCha8Rng,
     /// Transaction rounds (their own stream, as `vmstate`).
     pub(super) transactions: ChaCha8Rng,
+    /// Internal snapshot rounds (their own stream, as `vmstate`).
+    pub(super) isnap: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -234,6 +246,10 @@ pub(super) struct Gen {
     pub(super) top_persistent_ok: bool,
     /// Persistent bitmaps among `bitmaps`, and whether a clean restart stored each.
     pub(super) persistent: Vec<(String, bool)>,
+    /// Internal snapshots of the top image, oldest first.
+    pub(super) isnaps: Vec<String>,
+    /// The refcount width of the top image (qcow2).
+    pub(super) top_refcount_bits: u32,
 }
 
 impl Gen {
@@ -336,6 +352,7 @@ enum Round {
     Canary,
     Bitmaps,
     Transaction,
+    Snapshots,
 }
 
 /// Draw the scenario of `seed`.
@@ -355,6 +372,7 @@ pub fn generate(seed: u64) -> Generated {
         bitmaps: stream(seed, "bitmaps"),
         backup: stream(seed, "backup"),
         transactions: stream(seed, "transactions"),
+        isnap: stream(seed, "isnap"),
     };
     let mut g = Gen {
         f,
@@ -376,6 +394,8 @@ pub fn generate(seed: u64) -> Generated {
         bitmaps: Vec::new(),
         top_persistent_ok: false,
         persistent: Vec::new(),
+        isnaps: Vec::new(),
+        top_refcount_bits: 16,
         vmstate_written: false,
     };
     g.out.push(format!(
@@ -449,6 +469,9 @@ impl Gen {
         if self.f.bitmaps && self.chain_known {
             menu.push(Round::Bitmaps);
         }
+        if self.isnap_possible() {
+            menu.push(Round::Snapshots);
+        }
         menu[below(&mut self.r.plan, menu.len() as u64) as usize]
     }
 
@@ -475,6 +498,7 @@ impl Gen {
             Round::Canary => self.canary_round(),
             Round::Bitmaps => self.bitmap_round(),
             Round::Transaction => self.transaction_round(),
+            Round::Snapshots => self.isnap_round(),
         }
         if chance(&mut self.r.plan, 0.5) {
             self.verify();
