@@ -44,6 +44,7 @@ pub mod engine;
 pub mod event;
 pub mod graph;
 pub mod job;
+pub mod nbd;
 pub mod object;
 pub mod probe;
 pub mod qmp;

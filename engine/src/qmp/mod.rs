@@ -17,6 +17,9 @@ mod backup;
 mod bitmaps;
 mod block_jobs;
 mod job_verbs;
+mod nbd;
+
+pub use nbd::socket_address;
 mod nodes;
 
 /// The commands this front end knows, in the order `query-commands` lists them.
@@ -64,6 +67,13 @@ pub const COMMANDS: &[&str] = &[
     "x-debug-block-dirty-bitmap-sha256",
     "blockdev-backup",
     "drive-backup",
+    "nbd-server-start",
+    "nbd-server-stop",
+    "nbd-server-add",
+    "nbd-server-remove",
+    "block-export-add",
+    "block-export-del",
+    "query-block-exports",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -162,6 +172,13 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         | "x-debug-block-dirty-bitmap-sha256" => bitmaps::run(engine, name, args).await,
         "blockdev-backup" => backup::blockdev_backup(engine, args).await,
         "drive-backup" => backup::drive_backup(engine, args).await,
+        "nbd-server-start"
+        | "nbd-server-stop"
+        | "nbd-server-add"
+        | "nbd-server-remove"
+        | "block-export-add"
+        | "block-export-del"
+        | "query-block-exports" => nbd::run(engine, name, args).await,
         other => Err(Error::with_class(
             ErrorClass::CommandNotFound,
             format!("The command {other} has not been found"),
