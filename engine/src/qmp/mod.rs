@@ -86,7 +86,7 @@ pub async fn execute(engine: &Engine, command: &Value) -> Value {
 
 /// The QMP error reply for `e`.
 pub fn error_reply(e: &Error) -> Value {
-    json!({"error": {"class": e.class().as_str(), "desc": e.message()}})
+    json!({"error": {"class": e.class().as_str(), "desc": e.message_without_hint()}})
 }
 
 async fn dispatch(engine: &Engine, command: &Value) -> Result<Value> {

@@ -89,7 +89,7 @@ struct TestMem {
     limits: Limits,
 }
 
-fn open_testmem(
+pub fn open_testmem(
     ctx: OpenCtx,
     mut opts: Options,
 ) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>> {
