@@ -39,6 +39,24 @@ fn qmp_commands_refuse_with_qemus_messages() {
         )
         .await;
         assert_eq!(desc(&r), "Parameter 'addr.data' is missing");
+        let start_at = |addr: serde_json::Value| {
+            json!({"execute": "nbd-server-start", "arguments": {"addr": addr}})
+        };
+        let inet = |port: serde_json::Value| {
+            start_at(json!({"type": "inet", "data": {"host": "127.0.0.1", "port": port}}))
+        };
+        let r = qmp(&engine, inet(json!(10810))).await;
+        assert_eq!(
+            desc(&r),
+            "Invalid parameter type for 'addr.data.port', expected: string"
+        );
+        let r = qmp(&engine, inet(json!("notaport"))).await;
+        assert_eq!(
+            desc(&r),
+            "address resolution failed for 127.0.0.1:notaport: Servname not supported for ai_socktype"
+        );
+        let r = qmp(&engine, start_at(json!({"type": "bogus", "data": {}}))).await;
+        assert_eq!(desc(&r), "Parameter 'type' does not accept value 'bogus'");
         start(&engine).await;
         let r = qmp(
             &engine,
@@ -51,6 +69,8 @@ fn qmp_commands_refuse_with_qemus_messages() {
         assert_eq!(desc(&r), "Cannot find device='' nor node-name='nX'");
         let r = qmp(&engine, add("e0", json!({"bitmaps": ["nob"]}))).await;
         assert_eq!(desc(&r), "Bitmap 'nob' is not found");
+        let r = qmp(&engine, add("e0", json!({"type": "bogus"}))).await;
+        assert_eq!(desc(&r), "Parameter 'type' does not accept value 'bogus'");
         let r = qmp(&engine, add("e0", json!({"bitmap": "nob"}))).await;
         assert_eq!(desc(&r), "Parameter 'bitmap' is unexpected");
         qmp_ok(&engine, add("e0", json!({"name": "exp", "writable": true}))).await;
@@ -245,5 +265,22 @@ fn client_open_errors_name_the_socket_and_the_export() {
         let r = add_client(&engine, "c0", json!({"export": "nope"})).await;
         assert_eq!(desc(&r), "Requested export not available");
         assert!(engine.node("c0").is_err(), "a failed open leaves no node");
+    });
+}
+
+#[test]
+fn a_read_only_node_cannot_be_exported_writable() {
+    run(7, |engine| async move {
+        add_mem(&engine, "m0", json!({"size": 1 << 20, "read-only": true})).await;
+        start(&engine).await;
+        let r = qmp(
+            &engine,
+            json!({"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e0",
+                "node-name": "m0", "writable": true}}),
+        )
+        .await;
+        assert_eq!(desc(&r), "Cannot export read-only node as writable");
+        let q = qmp_ok(&engine, json!({"execute": "query-block-exports"})).await;
+        assert_eq!(q, json!([]));
     });
 }

@@ -181,6 +181,7 @@ impl Sim {
     /// To crash at an exact disk event instead (the Nth flush, the Nth write), see
     /// [`SimFs::schedule_crash`].
     pub fn crash(&self) -> CrashReport {
+        self.net().power_loss();
         self.fs().power_loss()
     }
 }

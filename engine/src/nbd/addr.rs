@@ -19,10 +19,10 @@ pub fn socket_address_members(ty: &str, data: &mut Options) -> Result<NetAddr> {
         "inet" => {
             let host = data.require_str("host")?;
             let port = data.require_str("port")?;
+            // QEMU resolves the service name when it binds; only numbers are known here.
             let port = port.parse::<u16>().map_err(|_| {
                 Error::generic(format!(
-                    "Parameter '{}port' expects a port number",
-                    data.prefix()
+                    "address resolution failed for {host}:{port}: Servname not supported for ai_socktype"
                 ))
             })?;
             // Address-family and keep-alive hints change nothing here.
@@ -31,9 +31,9 @@ pub fn socket_address_members(ty: &str, data: &mut Options) -> Result<NetAddr> {
             }
             Ok(NetAddr::Inet { host, port })
         }
+        // QEMU names the member without its path here.
         other => Err(Error::generic(format!(
-            "Parameter '{}type' does not accept value '{other}'",
-            data.prefix()
+            "Parameter 'type' does not accept value '{other}'"
         ))),
     }
 }

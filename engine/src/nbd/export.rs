@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::graph::Node;
 use crate::io::Mapping;
 use crate::types::{OnError, Perms};
-use crate::util::Notify;
+use crate::util::{Notify, TrackedRanges};
 
 /// Most extents one context reports in one reply.
 const MAX_EXTENTS: usize = 1024;
@@ -79,11 +79,18 @@ pub struct Export {
     /// Being deleted: no new client may use it.
     shutting_down: Cell<bool>,
     changed: Notify,
+    /// Changes in flight from every connection: overlapping ones run one after the other, so a
+    /// request a client sends again after a reconnect never lands before (and under) the copy
+    /// its dead connection still runs.
+    pub(super) changes: TrackedRanges,
 }
 
 impl Export {
     /// Attach a backend to `node` for a new export.
     pub fn new(args: &ExportArgs, node: &Rc<Node>, machine: &Rc<Machine>) -> Result<Rc<Export>> {
+        if args.writable && node.is_read_only() {
+            return Err(Error::generic("Cannot export read-only node as writable"));
+        }
         let mut contexts = vec![Context::Allocation];
         if args.allocation_depth {
             contexts.push(Context::Depth);
@@ -117,6 +124,7 @@ impl Export {
             conns: Cell::new(0),
             shutting_down: Cell::new(false),
             changed: Notify::new(),
+            changes: TrackedRanges::new(),
         }))
     }
 

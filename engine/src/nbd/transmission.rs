@@ -130,6 +130,11 @@ async fn execute(s: &Session, req: &Request, payload: Option<Vec<u8>>) -> Result
     let bb = s.export.backend();
     let (off, len) = (req.offset, u64::from(req.len));
     let fua = req.flags & CMD_FLAG_FUA != 0;
+    let tracked = matches!(req.cmd, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES)
+        .then(|| s.export.changes.track(off, len.max(1), true, 1));
+    if let Some(t) = &tracked {
+        t.wait_conflicts().await;
+    }
     match req.cmd {
         CMD_READ => {
             let (buf, r) = bb.read(off, IoBuf::new(req.len as usize)).await;

@@ -207,6 +207,23 @@ impl SimNet {
             .insert(addr.clone(), bytes);
     }
 
+    /// Power loss of the machine: every listener closes and every connection resets; faults
+    /// aimed at addresses end (the network itself did not fail).
+    pub fn power_loss(&self) {
+        let listeners: Vec<_> = self.core.listeners.borrow().values().cloned().collect();
+        for l in listeners {
+            engine::env::net::Listener::close(&*l);
+        }
+        let links: Vec<_> = self.core.links.borrow().values().filter_map(Weak::upgrade).collect();
+        for l in links {
+            l.break_link(Broken::Reset);
+        }
+        self.core.links.borrow_mut().clear();
+        self.core.refused.borrow_mut().clear();
+        self.core.partitioned.borrow_mut().clear();
+        self.core.reset_budget.borrow_mut().clear();
+    }
+
     async fn connect_to(&self, addr: NetAddr) -> Result<Rc<dyn Conn>> {
         // The handshake takes a round trip, and hangs while the address is partitioned.
         let rtt = self.core.latency() * 2;

@@ -24,6 +24,7 @@ mod guest_steps;
 mod image;
 mod io;
 mod lex;
+pub mod net_steps;
 pub mod model;
 mod outcome;
 pub mod parse;

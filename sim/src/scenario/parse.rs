@@ -30,6 +30,7 @@
 //! crash
 //! restart
 //! check-file disk.qcow2          # the image file passes a consistency check (leaks allowed)
+//! net reset unix:/run/nbd.sock after=4096   # network faults: partition heal drop reset refuse latency
 //! ```
 //!
 //! Parse errors name the file, line and column.
@@ -132,6 +133,7 @@ const DIRECTIVES: &[(&str, Directive)] = &[
     ("check", check),
     ("check-file", check_file),
     ("bitmap", bitmap),
+    ("net", net),
 ];
 
 /// Parse a scenario file's text.
@@ -628,3 +630,9 @@ fn bitmap(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> 
 #[cfg(test)]
 #[path = "parse_tests.rs"]
 mod tests;
+
+fn net(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let words: Vec<String> = l.ws[1..].iter().map(|w| w.1.clone()).collect();
+    let step = super::net_steps::parse_net(&words).map_err(|(i, m)| l.err(l.col_of(i + 1), m))?;
+    Ok(Some(Action::Net(step)))
+}

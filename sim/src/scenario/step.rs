@@ -65,6 +65,7 @@ impl World<'_> {
             Action::Check { node } => self.check_image(line, node).await,
             Action::Bitmap(b) => self.bitmap_step(line, b).await,
             Action::CheckFile { path } => self.check_file(line, path).await,
+            Action::Net(n) => self.net_step(step, n),
         }
     }
 }

@@ -218,6 +218,8 @@ pub enum Action {
     /// `bitmap VERB ...`: a named dirty bitmap on a device's node, judged by the runner's
     /// own record of the guest writes since (see `bitmap_steps`).
     Bitmap(BitmapStep),
+    /// A fault or setting of the simulator's network.
+    Net(super::net_steps::NetStep),
     /// Power loss.
     Crash,
     /// Reopen every image from its durable state and re-create the devices.

@@ -21,6 +21,7 @@ mod faults;
 mod guest;
 mod images;
 mod jobs;
+mod nbd;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
@@ -69,6 +70,8 @@ pub struct Features {
     pub bitmaps: bool,
     /// Backup jobs (full, top, none) checked against the view at their start.
     pub backup: bool,
+    /// An NBD export and client on the simulated network, under network faults.
+    pub nbd: bool,
 }
 
 impl Features {
@@ -94,6 +97,7 @@ impl Features {
             (self.copy_on_read, "copy-on-read"),
             (self.bitmaps, "bitmaps"),
             (self.backup, "backup"),
+            (self.nbd, "nbd"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -119,6 +123,7 @@ impl Features {
             copy_on_read: false,
             bitmaps: false,
             backup: false,
+            nbd: false,
         };
         // Drawn last, so that the other families of every seed stay as they were.
         f.reopen = chance(rng, 0.3);
@@ -126,6 +131,7 @@ impl Features {
         f.copy_on_read = chance(rng, 0.3);
         f.bitmaps = chance(rng, 0.35);
         f.backup = chance(rng, 0.4);
+        f.nbd = chance(rng, 0.3);
         if f.data_file {
             // Guest data then goes to the data file, beside the blkdebug filter over the
             // metadata file: a breakpoint on guest writes would wait for a write that never
@@ -182,6 +188,8 @@ pub(super) struct Streams {
     pub(super) bitmaps: ChaCha8Rng,
     /// Backup rounds (their own stream, as `vmstate`).
     pub(super) backup: ChaCha8Rng,
+    /// NBD rounds and network faults (their own stream, as `vmstate`).
+    pub(super) nbd: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -220,6 +228,8 @@ pub(super) struct Gen {
     pub(super) vmstate_written: bool,
     /// Dirty bitmaps alive on the device's node, oldest first.
     pub(super) bitmaps: Vec<String>,
+    /// The NBD export and client, once an NBD round set them up.
+    pub(super) nbd: Option<nbd::NbdSide>,
 }
 
 impl Gen {
@@ -322,6 +332,7 @@ enum Round {
     Reopen,
     Canary,
     Bitmaps,
+    Nbd,
 }
 
 /// Draw the scenario of `seed`.
@@ -340,6 +351,7 @@ pub fn generate(seed: u64) -> Generated {
         compress: stream(seed, "compress"),
         bitmaps: stream(seed, "bitmaps"),
         backup: stream(seed, "backup"),
+        nbd: stream(seed, "nbd"),
     };
     let mut g = Gen {
         f,
@@ -360,6 +372,7 @@ pub fn generate(seed: u64) -> Generated {
         top_compress_cluster: None,
         bitmaps: Vec::new(),
         vmstate_written: false,
+        nbd: None,
     };
     g.out.push(format!(
         "# swarm seed {seed}: {}",
@@ -425,6 +438,9 @@ impl Gen {
         if self.f.bitmaps && self.chain_known {
             menu.push(Round::Bitmaps);
         }
+        if self.f.nbd {
+            menu.push(Round::Nbd);
+        }
         menu[below(&mut self.r.plan, menu.len() as u64) as usize]
     }
 
@@ -445,6 +461,7 @@ impl Gen {
             Round::Reopen => self.reopen_round(),
             Round::Canary => self.canary_round(),
             Round::Bitmaps => self.bitmap_round(),
+            Round::Nbd => self.nbd_round(),
         }
         if chance(&mut self.r.plan, 0.5) {
             self.verify();
