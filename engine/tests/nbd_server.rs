@@ -39,9 +39,7 @@ fn qmp_commands_refuse_with_qemus_messages() {
         )
         .await;
         assert_eq!(desc(&r), "Parameter 'addr.data' is missing");
-        let start_at = |addr: serde_json::Value| {
-            json!({"execute": "nbd-server-start", "arguments": {"addr": addr}})
-        };
+        let start_at = |addr: serde_json::Value| json!({"execute": "nbd-server-start", "arguments": {"addr": addr}});
         let inet = |port: serde_json::Value| {
             start_at(json!({"type": "inet", "data": {"host": "127.0.0.1", "port": port}}))
         };

@@ -214,7 +214,13 @@ impl SimNet {
         for l in listeners {
             engine::env::net::Listener::close(&*l);
         }
-        let links: Vec<_> = self.core.links.borrow().values().filter_map(Weak::upgrade).collect();
+        let links: Vec<_> = self
+            .core
+            .links
+            .borrow()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
         for l in links {
             l.break_link(Broken::Reset);
         }

@@ -8,8 +8,8 @@ use engine::env::net::NetAddr;
 
 use super::outcome::Failure;
 use super::syntax::Step;
-use crate::config::parse_duration;
 use super::world::World;
+use crate::config::parse_duration;
 
 /// One network step.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +53,9 @@ pub fn parse_addr(s: &str) -> Result<NetAddr, String> {
 pub fn parse_net(words: &[String]) -> Result<NetStep, (usize, String)> {
     let verb = words.first().ok_or((0, "'net' needs a verb".to_string()))?;
     if verb == "latency" {
-        let v = words.get(1).ok_or((1, "'net latency' needs a range".to_string()))?;
+        let v = words
+            .get(1)
+            .ok_or((1, "'net latency' needs a range".to_string()))?;
         let (a, b) = v.split_once("..").unwrap_or((v, v));
         return match (parse_duration(a), parse_duration(b)) {
             (Some(a), Some(b)) if a <= b => Ok(NetStep::Latency(a, b)),
@@ -76,7 +78,10 @@ pub fn parse_net(words: &[String]) -> Result<NetStep, (usize, String)> {
         "reset" => {
             let after = match words.get(2).map(|w| w.strip_prefix("after=")) {
                 None => None,
-                Some(Some(n)) => Some(n.parse().map_err(|_| (2, format!("bad byte count '{n}'")))?),
+                Some(Some(n)) => Some(
+                    n.parse()
+                        .map_err(|_| (2, format!("bad byte count '{n}'")))?,
+                ),
                 Some(None) => return Err((2, format!("unexpected '{}'", words[2]))),
             };
             extra(3)?;

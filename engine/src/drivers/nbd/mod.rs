@@ -195,7 +195,7 @@ impl NbdClient {
         let link = connect(&self.env, &self.addr, &self.export, deadline)
             .await
             .map_err(|e| {
-                Error::io_msg(Errno::EIO, format!("NBD connection lost: {}", e.message()))
+                Error::io_msg(Errno::EIO, format!("reconnecting failed: {}", e.message()))
             })?;
         if link.info.size != self.size {
             link.conn.shutdown();
@@ -224,7 +224,10 @@ impl NbdClient {
         let mut cause: Option<Error> = None;
         loop {
             let link = self.link().await.map_err(|e| match &cause {
-                Some(c) => e.hint(format!("the connection failed with: {}", c.message())),
+                Some(c) => Error::io_msg(
+                    Errno::EIO,
+                    format!("NBD connection lost ({}); {}", c.message(), e.message()),
+                ),
                 None => e,
             })?;
             let cookie = self.next_cookie.get();

@@ -52,7 +52,10 @@ impl Gen {
         let snap = self.fresh("ns");
         let direct = self.fresh("nd");
         self.step(format!("model {} snapshot {snap}", side.device));
-        self.step(format!("device add {direct} node={} read-only share-rw", side.node));
+        self.step(format!(
+            "device add {direct} node={} read-only share-rw",
+            side.node
+        ));
         self.step(format!("verify {direct} snapshot={snap}"));
         self.step(format!("device del {direct}"));
     }
@@ -85,9 +88,11 @@ impl Gen {
         let mib = in_range(&mut self.r.nbd, 1, 8);
         let node = "nbdx".to_string();
         self.step(format!("image create nbdx.img raw {mib}M"));
-        self.qmp(&serde_json::json!({"execute": "blockdev-add", "arguments": {
+        self.qmp(
+            &serde_json::json!({"execute": "blockdev-add", "arguments": {
             "node-name": node, "driver": "raw",
-            "file": {"driver": "file", "filename": "nbdx.img"}}}));
+            "file": {"driver": "file", "filename": "nbdx.img"}}}),
+        );
         let (addr, server, client) = if chance(&mut self.r.nbd, 0.5) {
             let path = "/run/blk-nbd.sock";
             (
@@ -105,12 +110,16 @@ impl Gen {
         };
         self.qmp(&serde_json::json!({"execute": "nbd-server-start",
             "arguments": {"addr": server}}));
-        self.qmp(&serde_json::json!({"execute": "block-export-add", "arguments": {
-            "type": "nbd", "id": "nbde", "node-name": node, "name": "disk", "writable": true}}));
+        self.qmp(
+            &serde_json::json!({"execute": "block-export-add", "arguments": {
+            "type": "nbd", "id": "nbde", "node-name": node, "name": "disk", "writable": true}}),
+        );
         let reconnect_delay = in_range(&mut self.r.nbd, 5, 30);
-        self.qmp(&serde_json::json!({"execute": "blockdev-add", "arguments": {
+        self.qmp(
+            &serde_json::json!({"execute": "blockdev-add", "arguments": {
             "node-name": "nbdc", "driver": "nbd", "server": client, "export": "disk",
-            "reconnect-delay": reconnect_delay}}));
+            "reconnect-delay": reconnect_delay}}),
+        );
         let device = "nbdv".to_string();
         self.step(format!("device add {device} node=nbdc"));
         let side = NbdSide {
