@@ -119,3 +119,51 @@ fn open_timeout_waits_for_the_server() {
         assert!(env.now_ns() >= 1_500_000_000);
     });
 }
+
+/// A write resent after a reconnect, while the dead connection's copy still runs in the server,
+/// waits for that copy: the next write to the range can never be overwritten by it.
+#[test]
+fn a_resent_write_never_lands_under_its_dead_copy() {
+    run_net(25, |engine, net, env| async move {
+        serve_mem(&engine, 1 << 20, true).await;
+        add_client(&engine, "c0", json!({"reconnect-delay": 5})).await;
+        let opts = engine::backend::BackendOptions::tool(false);
+        let dev = engine.device_add("d0", "c0", opts).unwrap();
+        let m0 = mem("m0");
+        m0.hold_next.set(true);
+        let done = Rc::new(std::cell::Cell::new(false));
+        {
+            let (dev, done) = (dev.clone(), done.clone());
+            env.spawn(
+                "first",
+                Box::pin(async move {
+                    // Acked only once written; then a second write to the same range.
+                    dev.write(0, IoBuf::filled(4096, 1), ReqFlags::NONE)
+                        .await
+                        .1
+                        .unwrap();
+                    dev.write(0, IoBuf::filled(4096, 2), ReqFlags::NONE)
+                        .await
+                        .1
+                        .unwrap();
+                    done.set(true);
+                }),
+            );
+        }
+        while m0.held.get() == 0 {
+            env.sleep(1_000_000).await;
+        }
+        // The server runs the first write; its connection dies; the client sends it again.
+        assert_eq!(net.reset_now(&addr()), 1);
+        env.sleep(50_000_000).await;
+        m0.release_held();
+        while !done.get() {
+            env.sleep(1_000_000).await;
+        }
+        dev.flush().await.unwrap();
+        assert!(
+            m0.data.borrow()[..4096].iter().all(|&b| b == 2),
+            "the dead connection's copy landed over a later write"
+        );
+    });
+}

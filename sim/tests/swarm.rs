@@ -155,6 +155,49 @@ fn bitmap_seeds_check_bitmaps_that_recorded_writes() {
     );
 }
 
+/// Seeds that draw NBD rounds pass and replay identically, and their oracles judge data that
+/// crossed network faults: the client device and the exported node both match the model.
+#[test]
+fn nbd_seeds_survive_network_faults() {
+    planted::disable_all();
+    let (mut faults, mut direct) = (0, 0);
+    for seed in 0..60 {
+        let g = swarm::generator::generate(seed);
+        if !g.text.contains("workload start nw") {
+            continue;
+        }
+        let (_, v) = swarm::run_seed(seed, false);
+        assert!(
+            v.failure.is_none(),
+            "seed {seed}: {:?}\n{}",
+            v.failure,
+            g.text
+        );
+        let (_, again) = swarm::run_seed(seed, false);
+        let (a, b) = (v.outcome.unwrap(), again.outcome.unwrap());
+        assert_eq!(
+            a.trace_hash, b.trace_hash,
+            "seed {seed} is not deterministic"
+        );
+        let t = &a.transcript;
+        faults += t
+            .lines()
+            .filter(|l| {
+                l.contains("] net reset")
+                    || l.contains("] net drop")
+                    || l.contains("] net partition")
+            })
+            .count();
+        direct += t
+            .lines()
+            .filter(|l| l.contains("] verify nd") && l.contains(": ok"))
+            .count();
+    }
+    eprintln!("nbd seeds: {faults} network faults, {direct} exported-node checks");
+    assert!(faults >= 5, "only {faults} network faults drawn");
+    assert!(direct >= 3, "only {direct} checks of exported nodes");
+}
+
 #[test]
 fn crash_points_find_qcow2_flush_ordering() {
     // Without the scenario's own power loss: the crash points alone must find the bug (the

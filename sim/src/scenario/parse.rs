@@ -471,8 +471,9 @@ fn expect(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError>
         }
         "no-event" => {
             let name = l.need(2, "an event name")?;
-            check_event_keys(&l.cur, (&name, l.col_of(2)), &[], &[], l.indent)?;
-            Expectation::NoEvent { name }
+            let fields = l.args_from(3);
+            check_event_keys(&l.cur, (&name, l.col_of(2)), &fields, &[], l.indent)?;
+            Expectation::NoEvent { name, fields }
         }
         "iostatus" => Expectation::Iostatus {
             device: l.need(2, "a device")?,

@@ -242,10 +242,12 @@ pub enum Expectation {
         /// Required fields.
         fields: Vec<Arg>,
     },
-    /// No event of this name is pending.
+    /// No event of this name (with these fields, if any) is pending.
     NoEvent {
         /// Event name.
         name: String,
+        /// Fields that select the events that must not be pending.
+        fields: Vec<Arg>,
     },
     /// A device's I/O status.
     Iostatus {

@@ -228,8 +228,8 @@ pub(super) struct Gen {
     pub(super) vmstate_written: bool,
     /// Dirty bitmaps alive on the device's node, oldest first.
     pub(super) bitmaps: Vec<String>,
-    /// The NBD export and client, once an NBD round set them up.
-    pub(super) nbd: Option<nbd::NbdSide>,
+    /// The NBD server, once an NBD round started it.
+    pub(super) nbd: Option<nbd::NbdServer>,
 }
 
 impl Gen {
