@@ -203,7 +203,8 @@ async fn meta(
     st: &mut State,
 ) -> Result<()> {
     let set = opt == OPT_SET_META_CONTEXT;
-    if !st.structured {
+    // Listing is harmless; selecting contexts only makes sense with structured replies.
+    if set && !st.structured {
         return error(
             conn,
             opt,
