@@ -119,6 +119,19 @@ fn finds_bitmaps_missing_write_zeroes() {
     find_and_shrink(Bug::BitmapMissesZeroes, 200);
 }
 
+/// Run `seed` twice: it must pass, with the same trace both times. The first run's outcome.
+fn passes_twice(seed: u64, text: &str) -> sim::scenario::RunOutcome {
+    let (_, v) = swarm::run_seed(seed, false);
+    assert!(v.failure.is_none(), "seed {seed}: {:?}\n{text}", v.failure);
+    let (_, again) = swarm::run_seed(seed, false);
+    let (a, b) = (v.outcome.unwrap(), again.outcome.unwrap());
+    assert_eq!(
+        a.trace_hash, b.trace_hash,
+        "seed {seed} is not deterministic"
+    );
+    a
+}
+
 /// Seeds that draw bitmaps pass, run the same twice, and their checks judge bitmaps that
 /// recorded guest writes (the oracle is not vacuous).
 #[test]
@@ -130,19 +143,7 @@ fn bitmap_seeds_check_bitmaps_that_recorded_writes() {
         if !g.features.bitmaps {
             continue;
         }
-        let (_, v) = swarm::run_seed(seed, false);
-        assert!(
-            v.failure.is_none(),
-            "seed {seed}: {:?}\n{}",
-            v.failure,
-            g.text
-        );
-        let (_, again) = swarm::run_seed(seed, false);
-        let (a, b) = (v.outcome.unwrap(), again.outcome.unwrap());
-        assert_eq!(
-            a.trace_hash, b.trace_hash,
-            "seed {seed} is not deterministic"
-        );
+        let a = passes_twice(seed, &g.text);
         judged += a
             .transcript
             .lines()
@@ -166,19 +167,7 @@ fn nbd_seeds_survive_network_faults() {
         if !g.text.contains("workload start nw") {
             continue;
         }
-        let (_, v) = swarm::run_seed(seed, false);
-        assert!(
-            v.failure.is_none(),
-            "seed {seed}: {:?}\n{}",
-            v.failure,
-            g.text
-        );
-        let (_, again) = swarm::run_seed(seed, false);
-        let (a, b) = (v.outcome.unwrap(), again.outcome.unwrap());
-        assert_eq!(
-            a.trace_hash, b.trace_hash,
-            "seed {seed} is not deterministic"
-        );
+        let a = passes_twice(seed, &g.text);
         let t = &a.transcript;
         faults += t
             .lines()
