@@ -290,3 +290,30 @@ fn block_status_reports_allocation_depth_and_dirty_bitmaps() {
         assert_eq!((ty, be32(&p)), (REPLY_TYPE_ERROR, NBD_EINVAL));
     });
 }
+
+#[test]
+fn a_silent_client_is_dropped_after_the_handshake_limit() {
+    run(17, |engine| async move {
+        crate::support::add_mem(&engine, "m0", json!({"size": 1 << 20})).await;
+        qmp_ok(
+            &engine,
+            json!({"execute": "nbd-server-start", "arguments": {
+            "addr": {"type": "unix", "data": {"path": SOCK}},
+            "max-connections": 1, "handshake-max-seconds": 2}}),
+        )
+        .await;
+        let silent = engine.env().net().connect(&addr()).await.unwrap();
+        let t0 = engine.env().now_ns();
+        engine::nbd::wire::read_exact(&*silent, 18).await.unwrap();
+        assert!(Raw { conn: silent }.closed().await);
+        let waited = engine.env().now_ns() - t0;
+        assert!(
+            (2_000_000_000..2_100_000_000).contains(&waited),
+            "waited {waited} ns"
+        );
+        // Its slot is free again.
+        let c = Raw::connect(&engine).await;
+        c.option(OPT_LIST, &[]).await;
+        assert_eq!(c.replies().await.last().unwrap().0, REP_ACK);
+    });
+}

@@ -11,13 +11,13 @@ use std::rc::Rc;
 use serde_json::{Value, json};
 
 use super::export::{Export, ExportArgs};
-use super::handshake::negotiate;
+use super::handshake::{Session, negotiate};
 use super::transmission::serve;
 use crate::backend::Machine;
 use crate::env::net::{Conn, Listener, NetAddr};
 use crate::error::{Error, Result};
 use crate::graph::{GraphCtx, Node};
-use crate::util::Notify;
+use crate::util::{Either, Notify, race};
 
 /// The engine's NBD state.
 pub struct Nbd {
@@ -35,6 +35,8 @@ pub(super) struct Registry {
 struct Server {
     listener: Rc<dyn Listener>,
     max_connections: u32,
+    /// A client still negotiating after this long is disconnected (0: never).
+    handshake_max_ns: u64,
     clients: RefCell<BTreeMap<u64, Rc<Client>>>,
     next_client: Cell<u64>,
     gone: Notify,
@@ -82,8 +84,14 @@ impl Nbd {
             .map(|s| s.listener.local_addr())
     }
 
-    /// `nbd-server-start`: listen on `addr`; `max_connections` 0 means no limit.
-    pub fn start(&self, addr: &NetAddr, max_connections: u32) -> Result<()> {
+    /// `nbd-server-start`: listen on `addr`; `max_connections` 0 means no limit; a client
+    /// that has not finished negotiating after `handshake_max_secs` is dropped (0: never).
+    pub fn start(
+        &self,
+        addr: &NetAddr,
+        max_connections: u32,
+        handshake_max_secs: u64,
+    ) -> Result<()> {
         if self.reg.server.borrow().is_some() {
             return Err(Error::generic("NBD server already running"));
         }
@@ -91,6 +99,7 @@ impl Nbd {
         let server = Rc::new(Server {
             listener,
             max_connections,
+            handshake_max_ns: handshake_max_secs.saturating_mul(1_000_000_000),
             clients: RefCell::new(BTreeMap::new()),
             next_client: Cell::new(1),
             gone: Notify::new(),
@@ -245,8 +254,22 @@ async fn accept_loop(reg: Rc<Registry>, server: Rc<Server>) {
     }
 }
 
+/// Negotiate, giving up after the server's handshake limit (a silent client holds no slot).
+async fn negotiate_in_time(reg: &Registry, server: &Server, conn: &dyn Conn) -> Option<Session> {
+    let talk = negotiate(conn, reg);
+    if server.handshake_max_ns == 0 {
+        return talk.await.ok().flatten();
+    }
+    let env = reg.ctx.env();
+    let limit = env.sleep_until(env.now_ns().saturating_add(server.handshake_max_ns));
+    match race(talk, limit).await {
+        Either::Left(r) => r.ok().flatten(),
+        Either::Right(()) => None,
+    }
+}
+
 async fn run_client(reg: Rc<Registry>, server: Rc<Server>, id: u64, client: Rc<Client>) {
-    if let Ok(Some(session)) = negotiate(&*client.conn, &reg).await
+    if let Some(session) = negotiate_in_time(&reg, &server, &*client.conn).await
         && !session.export.is_shutting_down()
     {
         let export = session.export.clone();

@@ -20,10 +20,13 @@ pub(super) async fn run(engine: &Engine, name: &str, mut args: Options) -> Resul
                 .ok_or_else(|| Error::param_missing("addr"))?;
             let addr = socket_address(addr, true)?;
             let max = args.take_u64("max-connections")?.unwrap_or(0);
+            let handshake = args.take_u64("handshake-max-seconds")?.unwrap_or(10);
+            if args.take_str("tls-creds")?.is_some() || args.take_str("tls-authz")?.is_some() {
+                return Err(Error::generic("TLS is not supported by this NBD server"));
+            }
             args.finish()?;
-            engine
-                .nbd()
-                .start(&addr, max.min(u64::from(u32::MAX)) as u32)?;
+            let max = max.min(u64::from(u32::MAX)) as u32;
+            engine.nbd().start(&addr, max, handshake)?;
         }
         "nbd-server-stop" => {
             args.finish()?;
