@@ -285,6 +285,9 @@ fn block_status_reports_allocation_depth_and_dirty_bitmaps() {
         assert_eq!((flags, ty), (REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA));
         assert_eq!(be64(&p), 131072);
         assert_eq!(&p[8..], &[2u8; 16]);
+        c.request(CMD_READ, 0, 11, 0, 0, &[]).await;
+        let (flags, ty, p) = c.chunk().await;
+        assert_eq!((flags, ty, p.len()), (REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0));
         c.request(CMD_READ, 0, 10, 1 << 30, 16, &[]).await;
         let (_, ty, p) = c.chunk().await;
         assert_eq!((ty, be32(&p)), (REPLY_TYPE_ERROR, NBD_EINVAL));

@@ -187,19 +187,20 @@ async fn block_status(s: &Session, req: &Request) -> Result<Done> {
 async fn send_done(conn: &dyn Conn, s: &Session, req: &Request, done: Done) -> Result<()> {
     let c = req.cookie;
     match done {
-        Done::Data(buf) if s.structured => {
+        // A data chunk carries at least one byte: an empty read is answered with no chunk.
+        Done::Data(buf) if s.structured && !buf.is_empty() => {
             let len = 8 + buf.len() as u32;
             let h = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, c, len);
             write_parts(conn, &[&h, &req.offset.to_be_bytes(), buf.as_slice()]).await
         }
-        Done::Data(buf) => write_parts(conn, &[&simple_reply(0, c), buf.as_slice()]).await,
-        Done::Ok if s.structured => {
+        Done::Ok | Done::Data(_) if s.structured => {
             write_parts(
                 conn,
                 &[&chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, c, 0)],
             )
             .await
         }
+        Done::Data(buf) => write_parts(conn, &[&simple_reply(0, c), buf.as_slice()]).await,
         Done::Ok => write_parts(conn, &[&simple_reply(0, c)]).await,
         Done::Status(contexts) => {
             let n = contexts.len();
