@@ -69,8 +69,8 @@ impl Io {
         // try_borrow: a future dropped while the backend itself is borrowed can only happen at
         // teardown; leaking the slot then is harmless.
         match self {
-            Io::Uring(u) => u.try_borrow_mut().map(|mut u| u.ops.cancel(index)),
-            Io::Pool(p) => p.try_borrow_mut().map(|mut p| p.ops.cancel(index)),
+            Io::Uring(u) => u.try_borrow_mut().map(|mut u| u.cancel(index)),
+            Io::Pool(p) => p.try_borrow_mut().map(|mut p| p.cancel(index)),
         }
         .ok();
     }
@@ -90,8 +90,17 @@ impl Io {
         match self {
             Io::Uring(u) => u.borrow_mut().turn(block, shared),
             Io::Pool(p) => {
-                p.borrow_mut().flush();
-                if let Some(timeout) = block {
+                let mut p = p.borrow_mut();
+                p.flush();
+                if p.has_polls() {
+                    // Readiness polls are answered here, by the loop: wait on their fds and
+                    // the eventfd together (without blocking when the loop is busy).
+                    p.wait_polls(shared.efd.raw(), block.unwrap_or(Some(0)));
+                    if block.is_some() {
+                        shared.awake();
+                    }
+                } else if let Some(timeout) = block {
+                    drop(p);
                     shared.efd.wait(timeout);
                     shared.awake();
                 }

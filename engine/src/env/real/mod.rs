@@ -16,16 +16,21 @@
 //! flight), `shared` (inbox and eventfd shared with other threads); the backends `uring` and
 //! `pool`; `dispatch` (the backend choice, the backend enum and the future a caller awaits);
 //! `executor` (tasks, wakers) and `timer` (the deadline heap); `reactor` (the loop and the
-//! sleep future); `file` (`HostFs`/`HostFile` on the reactor); then this module's `RealEnv`.
+//! sleep future); `file` (`HostFs`/`HostFile` on the reactor); `sock` (non-blocking socket
+//! syscalls) and `net` (`HostNet` on the reactor); `signal` (termination signals as a future);
+//! then this module's `RealEnv`.
 
 mod dispatch;
 mod executor;
 mod file;
+mod net;
 mod op;
 mod pool;
 mod reactor;
 mod shared;
+mod signal;
 mod slab;
+mod sock;
 mod sys;
 mod timer;
 mod uring;
@@ -36,6 +41,8 @@ mod tests;
 mod tests_bench;
 #[cfg(test)]
 mod tests_io;
+#[cfg(test)]
+mod tests_net;
 
 use std::future::Future;
 use std::rc::Rc;
@@ -43,9 +50,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dispatch::Io;
 use file::RealFs;
+use net::RealNet;
 use reactor::{Core, Sleep};
 
 pub use dispatch::Backend;
+pub use signal::TERMINATION_SIGNALS;
 pub use sys::host_error;
 
 use crate::env::{Env, HostFs, LocalBoxFuture};
@@ -56,6 +65,8 @@ pub struct RealEnv {
     core: Rc<Core>,
     /// The host file system on this reactor.
     fs: RealFs,
+    /// The host network on this reactor.
+    net: RealNet,
     /// The backend actually in use.
     backend: Backend,
 }
@@ -79,6 +90,7 @@ impl RealEnv {
         };
         Rc::new(RealEnv {
             fs: RealFs::new(core.clone()),
+            net: RealNet::new(core.clone()),
             core,
             backend,
         })
@@ -95,6 +107,14 @@ impl RealEnv {
     /// Panics when called from inside the loop (a task or the future of another `block_on`).
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
         self.core.block_on(fut)
+    }
+
+    /// The next termination signal (`SIGTERM`, `SIGINT`, `SIGHUP`): the first call installs a
+    /// process-wide handler, after which those signals no longer kill the process but complete
+    /// this future (with the signal's number) on the loop.
+    pub fn termination_signal(&self) -> LocalBoxFuture<'static, std::io::Result<i32>> {
+        let core = self.core.clone();
+        Box::pin(async move { signal::next(&core).await })
     }
 
     /// Number of spawned tasks that have not finished.
@@ -161,5 +181,9 @@ impl Env for RealEnv {
 
     fn fs(&self) -> &dyn HostFs {
         &self.fs
+    }
+
+    fn net(&self) -> &dyn crate::env::net::HostNet {
+        &self.net
     }
 }

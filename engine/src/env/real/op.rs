@@ -29,6 +29,13 @@ pub(super) enum OpKind {
     },
     /// `ftruncate` to `len`.
     Ftruncate,
+    /// Wait until the fd (a socket or pipe) is ready for `events` (`POLLIN`, `POLLOUT`); the
+    /// caller then makes the non-blocking syscall itself. Never handed to a pool worker: the
+    /// loop polls these fds when it waits (see `dispatch`).
+    Poll {
+        /// `poll(2)` event mask.
+        events: i16,
+    },
 }
 
 /// An operation to start.

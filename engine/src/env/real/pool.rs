@@ -68,6 +68,9 @@ pub(super) struct PoolIo {
     shared: Arc<PoolShared>,
     /// The workers, joined on drop.
     threads: Vec<JoinHandle<()>>,
+    /// Slots of readiness polls (`OpKind::Poll`): the loop itself polls their fds when it waits,
+    /// so a socket nobody writes to never ties up a worker.
+    polls: Vec<u32>,
 }
 
 impl PoolIo {
@@ -92,6 +95,7 @@ impl PoolIo {
             pending: Vec::new(),
             shared,
             threads,
+            polls: Vec::new(),
         }
     }
 
@@ -100,6 +104,10 @@ impl PoolIo {
         let buf = op.buf.take();
         let (kind, offset, len) = (op.kind, op.offset, op.len);
         let slot = self.ops.insert(op, waker);
+        if let OpKind::Poll { .. } = kind {
+            self.polls.push(slot);
+            return slot;
+        }
         let fd = self.ops.slots[slot as usize].fd;
         self.pending.push(Job {
             slot,
@@ -123,6 +131,55 @@ impl PoolIo {
             self.shared.cv.notify_one();
         } else {
             self.shared.cv.notify_all();
+        }
+    }
+
+    /// The future of slot `index` was dropped; a readiness poll is over at once (it holds no
+    /// buffer and no worker, and its slot keeps the fd open).
+    pub(super) fn cancel(&mut self, index: u32) {
+        self.ops.cancel(index);
+        if let Some(pos) = self.polls.iter().position(|&i| i == index) {
+            self.polls.swap_remove(pos);
+            self.ops.complete(index, -libc::ECANCELED);
+        }
+    }
+
+    /// True when readiness polls are waiting.
+    pub(super) fn has_polls(&self) -> bool {
+        !self.polls.is_empty()
+    }
+
+    /// Wait (at most `timeout_ns`, `None`: no limit) until `efd` or one of the polled fds is
+    /// ready, and complete the polls that are.
+    pub(super) fn wait_polls(&mut self, efd: RawFd, timeout_ns: Option<u64>) {
+        let mut fds: Vec<libc::pollfd> = std::iter::once((efd, libc::POLLIN))
+            .chain(self.polls.iter().map(|&i| {
+                let s = &self.ops.slots[i as usize];
+                let OpKind::Poll { events } = s.kind else {
+                    unreachable!("a non-poll slot among the polls")
+                };
+                (s.fd, events)
+            }))
+            .map(|(fd, events)| libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            })
+            .collect();
+        if sys::ppoll(&mut fds, timeout_ns) <= 0 {
+            return;
+        }
+        if fds[0].revents != 0 {
+            sys::drain_eventfd(efd);
+        }
+        let mut i = 0;
+        for pfd in &fds[1..] {
+            if pfd.revents != 0 {
+                let slot = self.polls.swap_remove(i);
+                self.ops.complete(slot, 0);
+            } else {
+                i += 1;
+            }
         }
     }
 
@@ -176,6 +233,7 @@ fn run(mut job: Job) -> Done {
         (OpKind::Fdatasync, _) => sys::fdatasync(fd),
         (OpKind::Fallocate { mode }, _) => sys::fallocate(fd, mode, job.offset, job.len),
         (OpKind::Ftruncate, _) => sys::ftruncate(fd, job.len),
+        (OpKind::Poll { .. }, _) => unreachable!("readiness polls stay on the loop"),
     };
     Done {
         slot: job.slot,

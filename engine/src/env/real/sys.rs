@@ -259,19 +259,32 @@ impl EventFd {
 
     /// Sleep until the fd is readable or `timeout_ns` passes (`None`: no timeout).
     pub(super) fn wait(&self, timeout_ns: Option<u64>) {
-        let mut pfd = libc::pollfd {
+        let mut pfd = [libc::pollfd {
             fd: self.raw(),
             events: libc::POLLIN,
             revents: 0,
-        };
-        let ts = timeout_ns.map(|ns| libc::timespec {
-            tv_sec: (ns / 1_000_000_000) as libc::time_t,
-            tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-        });
-        let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
-        // SAFETY: pfd and ts outlive the call; EINTR just ends the wait early.
-        unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+        }];
+        ppoll(&mut pfd, timeout_ns);
         self.drain();
+    }
+}
+
+/// `ppoll` on `fds` for at most `timeout_ns` (`None`: no limit); the number of ready fds, 0 on
+/// timeout, -1 on error (`EINTR`: a signal ended the wait early, which is fine).
+pub(super) fn ppoll(fds: &mut [libc::pollfd], timeout_ns: Option<u64>) -> i32 {
+    let ts = timeout_ns.map(|ns| libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    });
+    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+    // SAFETY: fds and ts outlive the call.
+    unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            tsp,
+            std::ptr::null(),
+        )
     }
 }
 

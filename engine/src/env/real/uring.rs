@@ -23,6 +23,8 @@ use super::sys::{self, EventFd};
 const ENTRIES: u32 = 256;
 /// User data of the eventfd poll.
 const EFD_TOKEN: u64 = u64::MAX;
+/// User data of a `POLL_REMOVE` (its own completion carries nothing).
+const CANCEL_TOKEN: u64 = u64::MAX - 1;
 /// Largest transfer put in one SQE (the kernel caps a transfer below 2 GiB anyway).
 const MAX_CHUNK: usize = 1 << 30;
 
@@ -144,6 +146,7 @@ impl Uring {
                 .mode(mode)
                 .build(),
             OpKind::Ftruncate => opcode::Ftruncate::new(fd, s.len).build(),
+            OpKind::Poll { events } => opcode::PollAdd::new(fd, events as u16 as u32).build(),
         };
         // SAFETY: the buffer and fd the entry names are owned by the slot until its CQE is reaped.
         let ok = unsafe {
@@ -229,7 +232,7 @@ impl Uring {
             if token == EFD_TOKEN {
                 self.efd_armed = false;
                 sys::drain_eventfd(self.efd);
-            } else {
+            } else if token != CANCEL_TOKEN {
                 self.handle(token as u32, res);
             }
         }
@@ -267,10 +270,47 @@ impl Uring {
         self.ops.complete(index, res);
     }
 
+    /// The future of slot `index` was dropped. A readiness poll may never complete by itself
+    /// (a socket nobody writes to), and its slot keeps the fd open: take it out of the kernel.
+    pub(super) fn cancel(&mut self, index: u32) {
+        let poll = matches!(self.ops.slots[index as usize].kind, OpKind::Poll { .. });
+        let in_flight = self.ops.slots[index as usize].state == SlotState::InFlight;
+        self.ops.cancel(index);
+        if poll && in_flight {
+            if let Some(pos) = self.backlog.iter().position(|&i| i == index) {
+                self.backlog.remove(pos);
+                return self.ops.complete(index, -libc::ECANCELED);
+            }
+            self.remove_poll(index);
+        }
+    }
+
+    /// Push a `POLL_REMOVE` for the poll of slot `index` (its CQE then arrives as cancelled).
+    fn remove_poll(&mut self, index: u32) {
+        let entry = opcode::PollRemove::new(u64::from(index))
+            .build()
+            .user_data(CANCEL_TOKEN);
+        // SAFETY: a poll removal names no memory.
+        if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            self.in_kernel += 1;
+        }
+    }
+
     /// Wait for every operation in the kernel (teardown: the kernel may still write into the
-    /// buffers, which must outlive that).
+    /// buffers, which must outlive that). Readiness polls are removed first: they may never
+    /// complete on their own.
     pub(super) fn quiesce(&mut self) {
         self.backlog.clear();
+        let polls: Vec<u32> = (0..self.ops.slots.len() as u32)
+            .filter(|&i| {
+                let s = &self.ops.slots[i as usize];
+                matches!(s.kind, OpKind::Poll { .. })
+                    && matches!(s.state, SlotState::InFlight | SlotState::Orphaned)
+            })
+            .collect();
+        for i in polls {
+            self.remove_poll(i);
+        }
         while self.in_kernel > usize::from(self.efd_armed) {
             if self.ring.submit_and_wait(1).is_err() {
                 break;
