@@ -7,6 +7,8 @@ mod support;
 mod nbd_client;
 #[path = "nbd_hostile.rs"]
 mod nbd_hostile;
+#[path = "nbd_real.rs"]
+mod nbd_real;
 #[path = "nbd_server.rs"]
 mod nbd_server;
 #[path = "nbd_support.rs"]

@@ -140,12 +140,17 @@ impl Export {
 
     /// Transmission flags.
     pub fn tflags(&self) -> u16 {
-        let mut f = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_DF;
+        // Every connection goes through the one backend, so a flush on any of them covers the
+        // writes of all: multi-connection consistency holds, as QEMU advertises it.
+        let mut f = TFLAG_HAS_FLAGS
+            | TFLAG_SEND_FLUSH
+            | TFLAG_SEND_DF
+            | TFLAG_CAN_MULTI_CONN
+            | TFLAG_SEND_CACHE;
         if self.writable {
             f |= TFLAG_SEND_FUA | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES | TFLAG_SEND_FAST_ZERO;
         } else {
-            // Read-only exports are consistent across connections by construction.
-            f |= TFLAG_READ_ONLY | TFLAG_CAN_MULTI_CONN;
+            f |= TFLAG_READ_ONLY;
         }
         f
     }

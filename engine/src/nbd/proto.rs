@@ -93,6 +93,8 @@ pub const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
 pub const TFLAG_SEND_DF: u16 = 1 << 7;
 /// Several connections see each other's writes once flushed.
 pub const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+/// `NBD_CMD_CACHE` is supported.
+pub const TFLAG_SEND_CACHE: u16 = 1 << 10;
 /// `NBD_CMD_FLAG_FAST_ZERO` is supported.
 pub const TFLAG_SEND_FAST_ZERO: u16 = 1 << 11;
 
@@ -106,6 +108,8 @@ pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
 /// Discard.
 pub const CMD_TRIM: u16 = 4;
+/// Prefetch (advisory).
+pub const CMD_CACHE: u16 = 5;
 /// Write zeroes.
 pub const CMD_WRITE_ZEROES: u16 = 6;
 /// Block status of the selected metadata contexts.
@@ -185,6 +189,7 @@ pub fn command_name(cmd: u16) -> &'static str {
         CMD_DISC => "disconnect",
         CMD_FLUSH => "flush",
         CMD_TRIM => "trim",
+        CMD_CACHE => "cache",
         CMD_WRITE_ZEROES => "write zeroes",
         CMD_BLOCK_STATUS => "block status",
         _ => "unknown",

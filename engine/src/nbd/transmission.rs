@@ -72,7 +72,7 @@ fn allowed_flags(cmd: u16) -> Option<u16> {
         CMD_WRITE | CMD_TRIM => CMD_FLAG_FUA,
         CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
         CMD_BLOCK_STATUS => CMD_FLAG_REQ_ONE,
-        CMD_FLUSH => 0,
+        CMD_FLUSH | CMD_CACHE => 0,
         _ => return None,
     })
 }
@@ -146,6 +146,8 @@ async fn execute(s: &Session, req: &Request, payload: Option<Vec<u8>>) -> Result
             bb.write(off, buf, flags).await.1.map(|()| Done::Ok)
         }
         CMD_FLUSH => bb.flush().await.map(|()| Done::Ok),
+        // Advisory, and the engine keeps no cache that a prefetch would fill.
+        CMD_CACHE => Ok(Done::Ok),
         CMD_TRIM => {
             bb.discard(off, len).await?;
             if fua {
