@@ -124,6 +124,13 @@ async fn connect(env: &Rc<dyn Env>, addr: &NetAddr, export: &str, deadline: u64)
                 .map_err(|e| connect_error(addr, e))?;
             let info = negotiate(&*conn, export).await;
             if info.is_err() {
+                // Tell the server we give up, as QEMU's client does, rather than vanish.
+                let abort = OptionHeader {
+                    opt: OPT_ABORT,
+                    len: 0,
+                }
+                .encode();
+                let _ = crate::nbd::wire::write(&*conn, &abort).await;
                 conn.shutdown();
             }
             Ok::<_, Error>(Link { conn, info: info? })
