@@ -282,3 +282,32 @@ fn a_read_only_node_cannot_be_exported_writable() {
         assert_eq!(q, json!([]));
     });
 }
+
+#[test]
+fn storage_daemon_command_line_options_start_the_server_and_add_exports() {
+    use engine::qmp::{export_cmdline, nbd_server_cmdline};
+    run(8, |engine| async move {
+        add_mem(&engine, "m0", json!({"size": 1 << 20})).await;
+        let e = export_cmdline(&engine, "type=nbd,id=e0,node-name=m0").unwrap_err();
+        assert_eq!(e.message(), "NBD server not running");
+        let e = nbd_server_cmdline(&engine, "addr.type=unix").unwrap_err();
+        assert_eq!(e.message(), "Parameter 'addr.path' is missing");
+        let e = nbd_server_cmdline(&engine, &format!("addr.type=unix,addr.path={SOCK},bogus=1"))
+            .unwrap_err();
+        assert_eq!(e.message(), "Parameter 'bogus' is unexpected");
+        nbd_server_cmdline(
+            &engine,
+            &format!("addr.type=unix,addr.path={SOCK},max-connections=2"),
+        )
+        .unwrap();
+        let e = export_cmdline(&engine, "type=nbd,id=e0,node-name=m0,bitmap=b").unwrap_err();
+        assert_eq!(e.message(), "Parameter 'bitmap' is unexpected");
+        let e = export_cmdline(&engine, "type=nbd,id=e0,node-name=m0,bitmaps.0=b").unwrap_err();
+        assert_eq!(e.message(), "Bitmap 'b' is not found");
+        export_cmdline(&engine, "type=nbd,id=e0,node-name=m0,name=exp,writable=on").unwrap();
+        assert_eq!(
+            add_client(&engine, "c0", json!({})).await,
+            json!({"return": {}})
+        );
+    });
+}

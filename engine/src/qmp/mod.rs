@@ -19,7 +19,7 @@ mod block_jobs;
 mod job_verbs;
 mod nbd;
 
-pub use nbd::socket_address;
+pub use nbd::{export_cmdline, nbd_server_cmdline, socket_address};
 mod nodes;
 
 /// The commands this front end knows, in the order `query-commands` lists them.

@@ -110,6 +110,21 @@ fn export_args(args: &mut Options) -> Result<ExportArgs> {
     let allocation_depth = args.take_bool("allocation-depth")?.unwrap_or(false);
     let bitmaps = match args.take("bitmaps") {
         None => Vec::new(),
+        // The command line's `bitmaps.0=NAME,bitmaps.1=...`.
+        Some(Value::Object(m)) => {
+            let mut items: Vec<(u64, Value)> = Vec::with_capacity(m.len());
+            for (k, v) in m {
+                let i = k.parse::<u64>().map_err(|_| {
+                    Error::generic(format!("Parameter 'bitmaps.{k}' is unexpected"))
+                })?;
+                items.push((i, v));
+            }
+            items.sort_by_key(|(i, _)| *i);
+            items
+                .into_iter()
+                .map(|(_, v)| v.as_str().map(str::to_string).unwrap_or_default())
+                .collect()
+        }
         Some(Value::Array(list)) => list
             .into_iter()
             .enumerate()
@@ -153,4 +168,31 @@ pub fn socket_address(mut addr: Options, legacy: bool) -> Result<NetAddr> {
     let out = socket_address_members(&ty, &mut data)?;
     data.finish()?;
     Ok(out)
+}
+
+/// qemu-storage-daemon's `--nbd-server addr.type=unix,addr.path=...[,max-connections=N]
+/// [,handshake-max-seconds=N]` (a flat socket address, unlike QMP's): start the server.
+pub fn nbd_server_cmdline(engine: &Engine, text: &str) -> Result<()> {
+    let mut args = Options::from_keyval(text)?;
+    let addr = args
+        .take_dict("addr")?
+        .ok_or_else(|| Error::param_missing("addr"))?;
+    let addr = socket_address(addr, false)?;
+    let max = args.take_u64("max-connections")?.unwrap_or(0);
+    let handshake = args.take_u64("handshake-max-seconds")?.unwrap_or(10);
+    if args.take_str("tls-creds")?.is_some() || args.take_str("tls-authz")?.is_some() {
+        return Err(Error::generic("TLS is not supported by this NBD server"));
+    }
+    args.finish()?;
+    let max = max.min(u64::from(u32::MAX)) as u32;
+    engine.nbd().start(&addr, max, handshake)
+}
+
+/// qemu-storage-daemon's `--export type=nbd,id=..,node-name=..[,name=..][,writable=on]
+/// [,description=..][,bitmaps.0=..][,allocation-depth=on]`: add the export.
+pub fn export_cmdline(engine: &Engine, text: &str) -> Result<()> {
+    let mut args = Options::from_keyval(text)?;
+    let export = export_args(&mut args)?;
+    args.finish()?;
+    add(engine, &export, false)
 }
