@@ -275,7 +275,7 @@ async fn run_client(reg: Rc<Registry>, server: Rc<Server>, id: u64, client: Rc<C
         let export = session.export.clone();
         export.client_enter();
         *client.export.borrow_mut() = Some(export.clone());
-        let _ = serve(&*client.conn, &session).await;
+        let _ = serve(reg.ctx.env().clone(), client.conn.clone(), Rc::new(session)).await;
         *client.export.borrow_mut() = None;
         export.client_leave();
     }

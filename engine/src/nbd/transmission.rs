@@ -1,20 +1,19 @@
-//! The server's request loop: read a request (and a write's payload), check it, run it through
-//! the export's BlockBackend, and reply (simple or structured). A write whose payload does not
+//! The server's request loop: read a request (and a write's payload), then in a task of its own
+//! check it, run it through the export's BlockBackend, and reply (simple or structured). A write whose payload does not
 //! arrive whole is never issued; a request the stream cannot recover from (bad magic, a write
 //! payload over the limit) closes the connection; every other bad request gets an NBD error.
 
 use super::handshake::Session;
 use super::proto::*;
 use super::wire::{read_array, read_exact, write_parts};
+use std::cell::Cell;
+use std::rc::Rc;
+
+use crate::env::Env;
 use crate::env::net::Conn;
 use crate::error::{Errno, Error, Result};
 use crate::io::{IoBuf, ReqFlags};
-
-/// What the loop does after a request.
-enum Flow {
-    Continue,
-    Close,
-}
+use crate::util::Notify;
 
 /// A request's successful result.
 enum Done {
@@ -26,43 +25,138 @@ enum Done {
     Status(Vec<(u32, Vec<(u32, u32)>)>),
 }
 
-/// Serve requests until the client disconnects or the stream breaks.
-pub(super) async fn serve(conn: &dyn Conn, s: &Session) -> Result<()> {
-    loop {
-        let Ok(hdr) = read_array::<REQUEST_LEN>(conn).await else {
-            return Ok(());
-        };
-        let Some(req) = Request::decode(&hdr) else {
-            return Err(Error::invalid("NBD request with a bad magic"));
-        };
-        if let Flow::Close = handle(conn, s, req).await? {
-            return Ok(());
+/// The requests of one connection in flight. Each runs as its own task, so a client that keeps
+/// several requests in flight gets them served at once; they take their place in the export's
+/// change tracking in arrival order (`turn`), and their replies go out whole, one at a time
+/// (`writing`).
+#[derive(Default)]
+struct Flight {
+    in_flight: Cell<u32>,
+    /// The ticket whose turn it is to be tracked.
+    turn: Cell<u64>,
+    writing: Cell<bool>,
+    changed: Notify,
+}
+
+impl Flight {
+    async fn wait_turn(&self, ticket: u64) {
+        while self.turn.get() != ticket {
+            self.changed.wait().await;
         }
+    }
+
+    fn next_turn(&self) {
+        self.turn.set(self.turn.get() + 1);
+        self.changed.notify_all();
+    }
+
+    async fn write_lock(&self) -> WriteGuard<'_> {
+        while self.writing.get() {
+            self.changed.wait().await;
+        }
+        self.writing.set(true);
+        WriteGuard(self)
+    }
+
+    fn done(&self) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.changed.notify_all();
     }
 }
 
-async fn handle(conn: &dyn Conn, s: &Session, req: Request) -> Result<Flow> {
-    let payload = if req.has_payload() {
-        if req.len > MAX_PAYLOAD {
-            // The payload cannot be skipped safely: the stream is lost.
-            return Ok(Flow::Close);
+struct WriteGuard<'a>(&'a Flight);
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.0.writing.set(false);
+        self.0.changed.notify_all();
+    }
+}
+
+/// Serve requests until the client disconnects or the stream breaks; returns once every
+/// request read has been answered (or found its connection gone).
+pub(super) async fn serve(env: Rc<dyn Env>, conn: Rc<dyn Conn>, s: Rc<Session>) -> Result<()> {
+    let flight = Rc::new(Flight::default());
+    let mut ticket = 0;
+    let r = loop {
+        let Ok(hdr) = read_array::<REQUEST_LEN>(&*conn).await else {
+            break Ok(());
+        };
+        let Some(req) = Request::decode(&hdr) else {
+            break Err(Error::invalid("NBD request with a bad magic"));
+        };
+        let payload = if req.has_payload() {
+            if req.len > MAX_PAYLOAD {
+                // The payload cannot be skipped safely: the stream is lost.
+                break Ok(());
+            }
+            // A client that vanishes mid-payload ends here, before anything is written.
+            match read_exact(&*conn, req.len as usize).await {
+                Ok(p) => Some(p),
+                Err(e) => break Err(e),
+            }
+        } else {
+            None
+        };
+        if req.cmd == CMD_DISC {
+            break Ok(());
         }
-        // A client that vanishes mid-payload ends here, before anything is written.
-        Some(read_exact(conn, req.len as usize).await?)
-    } else {
-        None
+        flight.in_flight.set(flight.in_flight.get() + 1);
+        let task = run_request(
+            s.clone(),
+            conn.clone(),
+            flight.clone(),
+            ticket,
+            req,
+            payload,
+        );
+        ticket += 1;
+        env.spawn("nbd-request", Box::pin(task));
     };
-    if req.cmd == CMD_DISC {
-        return Ok(Flow::Close);
+    while flight.in_flight.get() > 0 {
+        flight.changed.wait().await;
     }
-    match execute(s, &req, payload).await {
-        Ok(done) => send_done(conn, s, &req, done).await?,
-        Err(e) => {
-            let msg = e.message();
-            send_error(conn, s, &req, nbd_errno(e.errno()), &msg).await?;
-        }
+    r
+}
+
+/// One request, from its turn in the change tracking to its reply.
+async fn run_request(
+    s: Rc<Session>,
+    conn: Rc<dyn Conn>,
+    flight: Rc<Flight>,
+    ticket: u64,
+    req: Request,
+    payload: Option<Vec<u8>>,
+) {
+    flight.wait_turn(ticket).await;
+    let checked = check(&s, &req);
+    let changes = matches!(req.cmd, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
+    let tracked = (checked.is_ok() && changes).then(|| {
+        s.export
+            .changes
+            .track(req.offset, u64::from(req.len).max(1), true, 1)
+    });
+    flight.next_turn();
+    if let Some(t) = &tracked {
+        t.wait_conflicts().await;
     }
-    Ok(Flow::Continue)
+    let result = match checked {
+        Ok(()) => execute(&s, &req, payload).await,
+        Err(e) => Err(e),
+    };
+    drop(tracked);
+    {
+        let _w = flight.write_lock().await;
+        // A connection gone meanwhile: nobody to tell.
+        let _ = match result {
+            Ok(done) => send_done(&*conn, &s, &req, done).await,
+            Err(e) => {
+                let msg = e.message();
+                send_error(&*conn, &s, &req, nbd_errno(e.errno()), &msg).await
+            }
+        };
+    }
+    flight.done();
 }
 
 /// The flags each command accepts; `None` for an unknown command.
@@ -125,16 +219,11 @@ fn check(s: &Session, req: &Request) -> Result<()> {
     Ok(())
 }
 
+/// Run a checked request through the export's backend.
 async fn execute(s: &Session, req: &Request, payload: Option<Vec<u8>>) -> Result<Done> {
-    check(s, req)?;
     let bb = s.export.backend();
     let (off, len) = (req.offset, u64::from(req.len));
     let fua = req.flags & CMD_FLAG_FUA != 0;
-    let tracked = matches!(req.cmd, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES)
-        .then(|| s.export.changes.track(off, len.max(1), true, 1));
-    if let Some(t) = &tracked {
-        t.wait_conflicts().await;
-    }
     match req.cmd {
         CMD_READ => {
             let (buf, r) = bb.read(off, IoBuf::new(req.len as usize)).await;
