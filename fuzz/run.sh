@@ -12,7 +12,7 @@ secs=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(qcow2_header qcow2_image qcow2_structured qcow2_io scenario_parse qemu_io_parse qmp_dispatch)
+    targets=(qcow2_header qcow2_image qcow2_structured qcow2_io scenario_parse qemu_io_parse qmp_dispatch nbd_server)
 fi
 tdir=${FUZZ_TARGET_DIR:-$PWD/target}
 cargo +nightly fuzz build -a --target-dir "$tdir"

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 root=$(cd .. && pwd)
 c=corpus
-mkdir -p $c/qcow2_header $c/qcow2_image $c/scenario_parse $c/qemu_io_parse $c/qmp_dispatch \
+mkdir -p $c/qcow2_header $c/qcow2_image $c/scenario_parse $c/qemu_io_parse $c/qmp_dispatch $c/nbd_server \
     $c/qcow2_structured $c/qcow2_io
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -71,3 +71,16 @@ cat >$c/qmp_dispatch/nodes <<'JSON'
 {"execute":"cont"}
 {"execute":"blockdev-del","arguments":{"node-name":"b"}}
 JSON
+
+# NBD client streams: flags, GO on "exp", a read, a 4-byte write, a flush, a disconnect; and
+# one with structured replies and a meta context before GO, then block status.
+opt='IHAVEOPT'
+printf '\0\0\0\3%s\0\0\0\7\0\0\0\11\0\0\0\3exp\0\0' "$opt" >$c/nbd_server/go-read-write
+printf '\x25\x60\x95\x13\0\0\0\0\0\0\0\0\0\0\0\1\0\0\0\0\0\0\0\0\0\0\2\0' >>$c/nbd_server/go-read-write
+printf '\x25\x60\x95\x13\0\0\0\1\0\0\0\0\0\0\0\2\0\0\0\0\0\0\2\0\0\0\0\4abcd' >>$c/nbd_server/go-read-write
+printf '\x25\x60\x95\x13\0\0\0\3\0\0\0\0\0\0\0\3\0\0\0\0\0\0\0\0\0\0\0\0' >>$c/nbd_server/go-read-write
+printf '\x25\x60\x95\x13\0\0\0\2\0\0\0\0\0\0\0\4\0\0\0\0\0\0\0\0\0\0\0\0' >>$c/nbd_server/go-read-write
+printf '\0\0\0\1%s\0\0\0\10\0\0\0\0' "$opt" >$c/nbd_server/meta-status
+printf '%s\0\0\0\12\0\0\0\36\0\0\0\3exp\0\0\0\1\0\0\0\17base:allocation' "$opt" >>$c/nbd_server/meta-status
+printf '%s\0\0\0\7\0\0\0\11\0\0\0\3exp\0\0' "$opt" >>$c/nbd_server/meta-status
+printf '\x25\x60\x95\x13\0\0\0\7\0\0\0\0\0\0\0\1\0\0\0\0\0\0\0\0\0\1\0\0' >>$c/nbd_server/meta-status

@@ -25,6 +25,8 @@ mod img_interop;
 mod img_open;
 #[path = "interop_qemu_io.rs"]
 mod interop_qemu_io;
+#[path = "nbd_cli.rs"]
+mod nbd_cli;
 #[path = "qemu_compat.rs"]
 mod qemu_compat;
 #[path = "seams.rs"]

@@ -44,6 +44,7 @@ pub struct Engine {
     machine: Rc<Machine>,
     backends: RefCell<BTreeMap<String, Rc<BlockBackend>>>,
     objects: ObjectRegistry,
+    nbd: crate::nbd::Nbd,
 }
 
 impl Engine {
@@ -55,6 +56,7 @@ impl Engine {
         let machine = Machine::new(&ctx);
         Engine {
             jobs: JobRegistry::new(&ctx),
+            nbd: crate::nbd::Nbd::new(&ctx),
             ctx,
             machine,
             backends: RefCell::new(BTreeMap::new()),
@@ -75,6 +77,11 @@ impl Engine {
     /// The machine run state.
     pub fn machine(&self) -> &Rc<Machine> {
         &self.machine
+    }
+
+    /// The NBD server and its exports.
+    pub fn nbd(&self) -> &crate::nbd::Nbd {
+        &self.nbd
     }
 
     /// The user-created objects (secrets).
@@ -319,6 +326,7 @@ impl Engine {
 
     /// Flush every device and release everything (end of a tool run).
     pub async fn shutdown(&self) -> Result<()> {
+        self.nbd.shutdown().await;
         self.jobs.cancel_all().await;
         let mut first_err = None;
         for bb in self.backends() {

@@ -415,6 +415,18 @@ impl Error {
         self.to_string()
     }
 
+    /// The message without its hint: what QMP's `desc` carries (QEMU prints hints only on a
+    /// terminal).
+    pub fn message_without_hint(&self) -> String {
+        let full = self.message();
+        match &self.0.hint {
+            Some(h) => full
+                .strip_suffix(&format!("\n{h}"))
+                .map_or(full.clone(), str::to_string),
+            None => full,
+        }
+    }
+
     /// What C's `strerror` gives for the errno, or the message when there is none: the text
     /// qemu-io prints after "failed: ".
     pub fn strerror(&self) -> String {

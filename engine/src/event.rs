@@ -19,6 +19,7 @@ use crate::util::Notify;
 /// against this table, so a misspelt key is an error instead of a wait that never ends.
 /// Keep it in step with the `emit` calls (a test in the simulator checks the emitted events).
 pub const EVENT_FIELDS: &[(&str, &[&str])] = &[
+    ("BLOCK_EXPORT_DELETED", &["id"]),
     (
         "BLOCK_IMAGE_CORRUPTED",
         &["device", "node-name", "msg", "offset", "size", "fatal"],

@@ -93,12 +93,62 @@ fn protocol_options(name: &str) -> Result<Map<String, Value>> {
             node.insert("driver".into(), json!("blkdebug"));
             node.insert("filename".into(), json!(name));
         }
+        Some("nbd" | "nbd+tcp" | "nbd+unix") => return nbd_options(name),
         Some(other) => return Err(Error::generic(format!("Unknown protocol '{other}'"))),
         None => {
             node.insert("driver".into(), json!("file"));
             node.insert("filename".into(), json!(name));
         }
     }
+    Ok(node)
+}
+
+/// An NBD name: the URIs `nbd://HOST[:PORT]/EXPORT`, `nbd+tcp://...` and
+/// `nbd+unix:///EXPORT?socket=PATH`, or the legacy `nbd:unix:PATH[:exportname=E]` and
+/// `nbd:HOST:PORT[:exportname=E]`.
+fn nbd_options(name: &str) -> Result<Map<String, Value>> {
+    let invalid = || Error::generic(format!("Invalid NBD file name '{name}'"));
+    let (server, export) = if let Some(rest) = name.strip_prefix("nbd+unix://") {
+        let (path, query) = rest.split_once('?').ok_or_else(invalid)?;
+        let socket = query.strip_prefix("socket=").filter(|s| !s.is_empty());
+        let socket = socket.ok_or_else(invalid)?;
+        let export = path.strip_prefix('/').unwrap_or(path);
+        (json!({"type": "unix", "path": socket}), export.to_string())
+    } else if let Some(rest) = name
+        .strip_prefix("nbd://")
+        .or_else(|| name.strip_prefix("nbd+tcp://"))
+    {
+        let (hostport, export) = rest.split_once('/').unwrap_or((rest, ""));
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (h, p),
+            _ => (hostport, "10809"),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(invalid());
+        }
+        (
+            json!({"type": "inet", "host": host, "port": port}),
+            export.to_string(),
+        )
+    } else {
+        let rest = &name["nbd:".len()..];
+        let (rest, export) = match rest.split_once(":exportname=") {
+            Some((r, e)) => (r, e.to_string()),
+            None => (rest, String::new()),
+        };
+        if let Some(path) = rest.strip_prefix("unix:") {
+            (json!({"type": "unix", "path": path}), export)
+        } else {
+            let (host, port) = rest.rsplit_once(':').ok_or_else(invalid)?;
+            port.parse::<u16>().map_err(|_| invalid())?;
+            (json!({"type": "inet", "host": host, "port": port}), export)
+        }
+    };
+    let mut node = Map::new();
+    node.insert("driver".into(), json!("nbd"));
+    node.insert("server".into(), server);
+    node.insert("export".into(), json!(export));
     Ok(node)
 }
 
@@ -254,6 +304,36 @@ mod tests {
         let m = image_options("blkdebug:c.conf:dir/a.img", Some("raw"), false).unwrap();
         assert_eq!(m["file"]["driver"], "blkdebug");
         assert_eq!(probe_target(&m).as_deref(), Some("dir/a.img"));
+        let m = image_options("nbd+unix:///exp?socket=/run/s.sock", None, false).unwrap();
+        assert_eq!(
+            m["file"],
+            json!({"driver": "nbd", "server": {"type": "unix", "path": "/run/s.sock"}, "export": "exp"})
+        );
+        let m = image_options("nbd://127.0.0.1:10810/e", Some("raw"), false).unwrap();
+        assert_eq!(
+            m["file"]["server"],
+            json!({"type": "inet", "host": "127.0.0.1", "port": "10810"})
+        );
+        let m = image_options("nbd://h", None, false).unwrap();
+        assert_eq!(
+            (
+                m["file"]["server"]["port"].as_str(),
+                m["file"]["export"].as_str()
+            ),
+            (Some("10809"), Some(""))
+        );
+        let m = image_options("nbd:unix:/s.sock:exportname=x", None, false).unwrap();
+        assert_eq!(
+            (
+                m["file"]["server"]["path"].as_str(),
+                m["file"]["export"].as_str()
+            ),
+            (Some("/s.sock"), Some("x"))
+        );
+        let m = image_options("nbd:h:1234", None, false).unwrap();
+        assert_eq!(m["file"]["server"]["port"], "1234");
+        assert!(image_options("nbd+unix:///exp", None, false).is_err());
+        assert!(image_options("nbd://h:x/e", None, false).is_err());
         let e = image_options("raw:a.img", None, false).unwrap_err();
         assert_eq!(e.message(), "Unknown protocol 'raw'");
         let m = image_options("./raw:a.img", None, false).unwrap();

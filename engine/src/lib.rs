@@ -14,8 +14,11 @@
 //! qmp/        front end: JSON commands/events, dispatch to Engine methods
 //! engine.rs   the Engine facade
 //! job/        job core (status/verb tables, pause points, rate limit, txn) and the jobs
+//! nbd/        NBD server: exports through a BlockBackend, handshake, request loop (below
+//!             engine.rs, above backend/); its wire-format leaves nbd/proto.rs, wire.rs, addr.rs
+//!             and options.rs import no layer and serve the client driver drivers/nbd/ too
 //! backend/    BlockBackend: guest devices, error policies, machine run state
-//! drivers/    file, raw, null-co, blkdebug, qcow2/
+//! drivers/    file, raw, null-co, nbd/, blkdebug, qcow2/
 //! request/    THE generic request path
 //! graph/      nodes, edges, permissions, graph edits, drain
 //! object.rs   user-creatable objects (`--object`, `object-add`: secrets), kept by id
@@ -44,6 +47,7 @@ pub mod engine;
 pub mod event;
 pub mod graph;
 pub mod job;
+pub mod nbd;
 pub mod object;
 pub mod probe;
 pub mod qmp;

@@ -13,3 +13,4 @@ pub mod build;
 pub mod exercise;
 pub mod harness;
 pub mod model;
+pub mod nbd;

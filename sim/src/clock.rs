@@ -96,6 +96,13 @@ impl Sleep {
     }
 }
 
+impl Sleep {
+    /// The virtual time this sleep ends at.
+    pub(crate) fn deadline(&self) -> u64 {
+        self.deadline
+    }
+}
+
 impl Future for Sleep {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {

@@ -9,11 +9,13 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
 
+use engine::env::net::HostNet;
 use engine::env::{Env, HostFs, LocalBoxFuture};
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::{Clock, Sleep};
 use crate::executor::{Executor, TaskId};
+use crate::net::SimNet;
 use crate::rng::{Stream, stream_rng};
 use crate::trace::Trace;
 use crate::vdisk::SimFs;
@@ -26,6 +28,7 @@ pub(crate) struct Shared {
     pub(crate) clock: Rc<Clock>,
     pub(crate) trace: Rc<Trace>,
     pub(crate) fs: SimFs,
+    pub(crate) net: SimNet,
 }
 
 /// The simulated world as the engine sees it. Cloning is cheap (an `Rc`).
@@ -48,6 +51,11 @@ impl SimEnv {
     /// The virtual file system.
     pub fn sim_fs(&self) -> &SimFs {
         &self.shared.fs
+    }
+
+    /// The virtual network (for fault injection).
+    pub fn sim_net(&self) -> &SimNet {
+        &self.shared.net
     }
 
     /// Spawn a task and get its id.
@@ -129,5 +137,9 @@ impl Env for SimEnv {
 
     fn fs(&self) -> &dyn HostFs {
         &self.shared.fs
+    }
+
+    fn net(&self) -> &dyn HostNet {
+        &self.shared.net
     }
 }

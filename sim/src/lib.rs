@@ -46,6 +46,7 @@ pub mod error;
 pub mod executor;
 pub mod export;
 pub mod fault;
+pub mod net;
 pub mod rng;
 pub mod scenario;
 pub mod swarm;
@@ -61,6 +62,7 @@ pub use error::{LivelockReason, ParkedTask, SimError};
 pub use executor::{MAIN_TASK, TaskId};
 pub use export::View;
 pub use fault::{FAULT_KINDS, Family, FaultId, FaultKind, FaultSpec, FaultState, OpKind, Trigger};
+pub use net::SimNet;
 pub use rng::Stream;
 pub use vdisk::{CrashAt, CrashReport, DiskCounts, SimFs, VOLATILE_CACHE_BYTES};
 
@@ -93,11 +95,13 @@ impl Sim {
             Rc::downgrade(&exec),
             trace.clone(),
         );
+        let net = SimNet::new(clock.clone(), trace.clone(), stream_rng(seed, Stream::Net));
         let shared = Rc::new(Shared {
             exec,
             clock,
             trace,
             fs,
+            net,
         });
         Sim {
             env: SimEnv { shared },
@@ -117,6 +121,11 @@ impl Sim {
     /// The virtual file system.
     pub fn fs(&self) -> &SimFs {
         &self.env.shared.fs
+    }
+
+    /// The virtual network.
+    pub fn net(&self) -> &SimNet {
+        &self.env.shared.net
     }
 
     /// Run until `fut` completes, polling spawned tasks as the scheduler picks them. Fails on
@@ -172,6 +181,7 @@ impl Sim {
     /// To crash at an exact disk event instead (the Nth flush, the Nth write), see
     /// [`SimFs::schedule_crash`].
     pub fn crash(&self) -> CrashReport {
+        self.net().power_loss();
         self.fs().power_loss()
     }
 }

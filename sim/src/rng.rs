@@ -22,6 +22,8 @@ pub enum Stream {
     Workload,
     /// Crash outcomes (which unflushed sectors survive a power loss).
     Crash,
+    /// Network latencies.
+    Net,
 }
 
 impl Stream {
@@ -33,6 +35,7 @@ impl Stream {
             Stream::Faults => 3,
             Stream::Workload => 4,
             Stream::Crash => 5,
+            Stream::Net => 6,
         }
     }
 }

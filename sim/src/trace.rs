@@ -26,6 +26,8 @@ pub(crate) mod tag {
     pub const OPEN: u8 = 6;
     /// A crash: `[epoch, entries kept, lost, torn]`.
     pub const CRASH: u8 = 7;
+    /// A network event: `[event, link id, bytes]` (`net::ev`).
+    pub const NET: u8 = 8;
 }
 
 /// A rolling FNV-1a hash and a record count.

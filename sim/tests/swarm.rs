@@ -119,6 +119,19 @@ fn finds_bitmaps_missing_write_zeroes() {
     find_and_shrink(Bug::BitmapMissesZeroes, 200);
 }
 
+/// Run `seed` twice: it must pass, with the same trace both times. The first run's outcome.
+fn passes_twice(seed: u64, text: &str) -> sim::scenario::RunOutcome {
+    let (_, v) = swarm::run_seed(seed, false);
+    assert!(v.failure.is_none(), "seed {seed}: {:?}\n{text}", v.failure);
+    let (_, again) = swarm::run_seed(seed, false);
+    let (a, b) = (v.outcome.unwrap(), again.outcome.unwrap());
+    assert_eq!(
+        a.trace_hash, b.trace_hash,
+        "seed {seed} is not deterministic"
+    );
+    a
+}
+
 /// Seeds that draw bitmaps pass, run the same twice, and their checks judge bitmaps that
 /// recorded guest writes (the oracle is not vacuous).
 #[test]
@@ -130,19 +143,7 @@ fn bitmap_seeds_check_bitmaps_that_recorded_writes() {
         if !g.features.bitmaps {
             continue;
         }
-        let (_, v) = swarm::run_seed(seed, false);
-        assert!(
-            v.failure.is_none(),
-            "seed {seed}: {:?}\n{}",
-            v.failure,
-            g.text
-        );
-        let (_, again) = swarm::run_seed(seed, false);
-        let (a, b) = (v.outcome.unwrap(), again.outcome.unwrap());
-        assert_eq!(
-            a.trace_hash, b.trace_hash,
-            "seed {seed} is not deterministic"
-        );
+        let a = passes_twice(seed, &g.text);
         judged += a
             .transcript
             .lines()
@@ -153,6 +154,37 @@ fn bitmap_seeds_check_bitmaps_that_recorded_writes() {
         judged >= 5,
         "only {judged} checks of bitmaps with recorded writes"
     );
+}
+
+/// Seeds that draw NBD rounds pass and replay identically, and their oracles judge data that
+/// crossed network faults: the client device and the exported node both match the model.
+#[test]
+fn nbd_seeds_survive_network_faults() {
+    planted::disable_all();
+    let (mut faults, mut direct) = (0, 0);
+    for seed in 0..60 {
+        let g = swarm::generator::generate(seed);
+        if !g.text.contains("workload start nw") {
+            continue;
+        }
+        let a = passes_twice(seed, &g.text);
+        let t = &a.transcript;
+        faults += t
+            .lines()
+            .filter(|l| {
+                l.contains("] net reset")
+                    || l.contains("] net drop")
+                    || l.contains("] net partition")
+            })
+            .count();
+        direct += t
+            .lines()
+            .filter(|l| l.contains("] verify nd") && l.contains(": ok"))
+            .count();
+    }
+    eprintln!("nbd seeds: {faults} network faults, {direct} exported-node checks");
+    assert!(faults >= 5, "only {faults} network faults drawn");
+    assert!(direct >= 3, "only {direct} checks of exported nodes");
 }
 
 #[test]

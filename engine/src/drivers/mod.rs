@@ -7,6 +7,7 @@
 mod blkdebug;
 mod file;
 mod file_io;
+mod nbd;
 mod null;
 pub mod qcow2;
 mod raw;
@@ -19,6 +20,7 @@ pub fn register_all(ctx: &GraphCtx) {
     ctx.register_driver("blkdebug", blkdebug::open);
     ctx.register_driver("raw", raw::open);
     ctx.register_driver("qcow2", qcow2::open);
+    ctx.register_driver("nbd", nbd::open);
     ctx.register_driver("null-co", null::open);
     ctx.register_driver("null-aio", null::open);
 }

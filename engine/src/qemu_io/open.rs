@@ -232,6 +232,14 @@ impl OpenSpec {
             return Ok(spec);
         }
         let Some(host) = crate::filename::probe_target(&named) else {
+            // A network export is probed by what it holds, read through a node of its own.
+            if let Some(Value::Object(file)) = named.get("file")
+                && file.get("driver").and_then(Value::as_str) == Some("nbd")
+                && let Ok(format) = probe_node(engine, file).await
+            {
+                spec.format = Some(format.to_string());
+                spec.probed_raw = format == "raw";
+            }
             return Ok(spec);
         };
         if let Ok(format) = crate::probe::probe_file(&**engine.env(), &host).await {
@@ -251,6 +259,34 @@ impl OpenSpec {
             .await
             .map_err(|e| unsupported_option(&opts, e))
     }
+}
+
+/// The format of what the protocol node `file` (options, no node name) holds, from its first
+/// bytes; the node is removed again.
+async fn probe_node(engine: &Engine, file: &Map<String, Value>) -> Result<&'static str> {
+    const NODE: &str = "probe-nbd";
+    let mut opts = file.clone();
+    opts.insert("node-name".into(), json!(NODE));
+    let node = engine.blockdev_add(Value::Object(opts)).await?;
+    let head = {
+        let len = node.len().min(crate::probe::PROBE_BYTES as u64) as usize;
+        let bb = crate::backend::BlockBackend::new(
+            "",
+            &node,
+            engine.machine(),
+            crate::backend::BackendOptions::tool(true),
+        );
+        match bb {
+            Ok(bb) => {
+                let (buf, r) = bb.read(0, crate::io::IoBuf::new(len)).await;
+                let _ = bb.detach().await;
+                r.map(|()| buf)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    engine.blockdev_del(NODE).await?;
+    Ok(crate::probe::format_of(head?.as_slice()).unwrap_or("raw"))
 }
 
 /// "Parameter 'file.x' is unexpected" as "Block protocol 'file' doesn't support the option

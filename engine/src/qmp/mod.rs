@@ -19,6 +19,9 @@ mod bitmaps;
 mod block_jobs;
 mod job_verbs;
 pub mod monitor;
+mod nbd;
+
+pub use nbd::{export_cmdline, nbd_server_cmdline, socket_address};
 mod nodes;
 mod transaction;
 mod snapshots;
@@ -74,6 +77,13 @@ pub const COMMANDS: &[&str] = &[
     "transaction",
     "blockdev-snapshot-internal-sync",
     "blockdev-snapshot-delete-internal-sync",
+    "nbd-server-start",
+    "nbd-server-stop",
+    "nbd-server-add",
+    "nbd-server-remove",
+    "block-export-add",
+    "block-export-del",
+    "query-block-exports",
 ];
 
 /// Execute one QMP command object and return the reply object.
@@ -86,7 +96,7 @@ pub async fn execute(engine: &Engine, command: &Value) -> Value {
 
 /// The QMP error reply for `e`.
 pub fn error_reply(e: &Error) -> Value {
-    json!({"error": {"class": e.class().as_str(), "desc": e.message()}})
+    json!({"error": {"class": e.class().as_str(), "desc": e.message_without_hint()}})
 }
 
 async fn dispatch(engine: &Engine, command: &Value) -> Result<Value> {
@@ -178,6 +188,13 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         "transaction" => transaction::transaction(engine, args).await,
         "blockdev-snapshot-internal-sync" => snapshots::create(engine, args).await,
         "blockdev-snapshot-delete-internal-sync" => snapshots::delete(engine, args).await,
+        "nbd-server-start"
+        | "nbd-server-stop"
+        | "nbd-server-add"
+        | "nbd-server-remove"
+        | "block-export-add"
+        | "block-export-del"
+        | "query-block-exports" => nbd::run(engine, name, args).await,
         other => Err(Error::with_class(
             ErrorClass::CommandNotFound,
             format!("The command {other} has not been found"),

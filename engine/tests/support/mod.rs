@@ -53,6 +53,9 @@ pub struct MemState {
     pub gate: Notify,
     pub held: Cell<u32>,
     pub fail_writes: Cell<Option<engine::Errno>>,
+    /// The next request to arrive waits until `release_held` (the others pass).
+    pub hold_next: Cell<bool>,
+    pub release: Notify,
 }
 
 impl MemState {
@@ -61,7 +64,17 @@ impl MemState {
         self.gate.notify_all();
     }
 
+    /// Let the request held by `hold_next` go on.
+    pub fn release_held(&self) {
+        self.release.notify_all();
+    }
+
     async fn pass_gate(&self) {
+        if self.hold_next.replace(false) {
+            self.held.set(self.held.get() + 1);
+            self.release.wait().await;
+            self.held.set(self.held.get() - 1);
+        }
         while self.gate_closed.get() {
             self.held.set(self.held.get() + 1);
             self.gate.wait().await;
@@ -89,7 +102,7 @@ struct TestMem {
     limits: Limits,
 }
 
-fn open_testmem(
+pub fn open_testmem(
     ctx: OpenCtx,
     mut opts: Options,
 ) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>> {

@@ -63,7 +63,11 @@ impl World<'_> {
                     None => Err(format!("no pending {name} event with the given fields")),
                 }
             }
-            Expectation::NoEvent { name } => match self.pending.iter().find(|ev| ev.name == name) {
+            Expectation::NoEvent { name, fields } => match self
+                .pending
+                .iter()
+                .find(|ev| ev.name == name && field_matches(&ev.data, fields))
+            {
                 Some(ev) => Err(format!("unexpected {name} event {}", ev.data)),
                 None => Ok(()),
             },
@@ -243,7 +247,7 @@ fn field_matches(data: &Value, fields: &[Arg]) -> bool {
 fn describe(e: &Expectation) -> String {
     match e {
         Expectation::Event { name, .. } => format!("event {name}"),
-        Expectation::NoEvent { name } => format!("no-event {name}"),
+        Expectation::NoEvent { name, .. } => format!("no-event {name}"),
         Expectation::Iostatus { device, status } => format!("iostatus {device} {status}"),
         Expectation::Running(r) => format!("running {}", if *r { "yes" } else { "no" }),
         Expectation::Output(t) => format!("output '{t}'"),

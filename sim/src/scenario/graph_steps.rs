@@ -63,7 +63,19 @@ impl World<'_> {
                     // deleted node), so the replayed blockdev-del finds it unused again.
                     self.follow_chains(false);
                 }
-                if matches!(execute, Some("blockdev-add" | "blockdev-del")) {
+                // The NBD server and its exports are part of the machine's setup too: a
+                // restarted daemon serves them again before its clients reconnect.
+                if matches!(
+                    execute,
+                    Some(
+                        "blockdev-add"
+                            | "blockdev-del"
+                            | "nbd-server-start"
+                            | "nbd-server-stop"
+                            | "block-export-add"
+                            | "block-export-del"
+                    )
+                ) {
                     self.setup.push(Setup::Qmp(command.clone()));
                 }
                 Ok(())

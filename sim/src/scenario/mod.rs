@@ -26,6 +26,7 @@ mod io;
 mod isnap_steps;
 mod lex;
 pub mod model;
+pub mod net_steps;
 mod outcome;
 pub mod parse;
 mod pivot;

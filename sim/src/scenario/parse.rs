@@ -30,6 +30,7 @@
 //! crash
 //! restart
 //! check-file disk.qcow2          # the image file passes a consistency check (leaks allowed)
+//! net reset unix:/run/nbd.sock after=4096   # network faults: partition heal drop reset refuse latency
 //! ```
 //!
 //! Parse errors name the file, line and column.
@@ -136,6 +137,7 @@ const DIRECTIVES: &[(&str, Directive)] = &[
     ("check-file", check_file),
     ("bitmap", bitmap),
     ("isnap", isnap),
+    ("net", net),
 ];
 
 /// Parse a scenario file's text.
@@ -473,8 +475,9 @@ fn expect(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError>
         }
         "no-event" => {
             let name = l.need(2, "an event name")?;
-            check_event_keys(&l.cur, (&name, l.col_of(2)), &[], &[], l.indent)?;
-            Expectation::NoEvent { name }
+            let fields = l.args_from(3);
+            check_event_keys(&l.cur, (&name, l.col_of(2)), &fields, &[], l.indent)?;
+            Expectation::NoEvent { name, fields }
         }
         "iostatus" => Expectation::Iostatus {
             device: l.need(2, "a device")?,
@@ -650,3 +653,9 @@ fn isnap(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
 #[cfg(test)]
 #[path = "parse_tests.rs"]
 mod tests;
+
+fn net(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let words: Vec<String> = l.ws[1..].iter().map(|w| w.1.clone()).collect();
+    let step = super::net_steps::parse_net(&words).map_err(|(i, m)| l.err(l.col_of(i + 1), m))?;
+    Ok(Some(Action::Net(step)))
+}

@@ -242,6 +242,8 @@ pub enum Action {
     /// `bitmap VERB ...`: a named dirty bitmap on a device's node, judged by the runner's
     /// own record of the guest writes since (see `bitmap_steps`).
     Bitmap(BitmapStep),
+    /// A fault or setting of the simulator's network.
+    Net(super::net_steps::NetStep),
     /// Power loss.
     Crash,
     /// A clean stop of the engine (jobs cancelled, devices flushed, every node closed), to be
@@ -267,10 +269,12 @@ pub enum Expectation {
         /// Required fields.
         fields: Vec<Arg>,
     },
-    /// No event of this name is pending.
+    /// No event of this name (with these fields, if any) is pending.
     NoEvent {
         /// Event name.
         name: String,
+        /// Fields that select the events that must not be pending.
+        fields: Vec<Arg>,
     },
     /// A device's I/O status.
     Iostatus {

@@ -97,7 +97,9 @@ fn other_info(node: &Rc<Node>) -> Result<Value> {
             json!({"type": "file", "data": {}}),
         );
     }
-    m.insert("dirty-flag".into(), json!(false));
+    if node.driver_name() != "nbd" {
+        m.insert("dirty-flag".into(), json!(false));
+    }
     Ok(Value::Object(m))
 }
 
@@ -178,7 +180,13 @@ fn image_info(node: &Rc<Node>) -> Result<Value> {
     let dirty = header
         .as_ref()
         .is_some_and(|h| h.incompat & INCOMPAT_DIRTY != 0);
-    m.insert("dirty-flag".into(), json!(dirty));
+    // QEMU has no dirty flag to report for a raw image on a protocol without image info.
+    let on_nbd = node
+        .child("file")
+        .is_some_and(|f| f.child_node().driver_name() == "nbd");
+    if !(on_nbd && header.is_none()) {
+        m.insert("dirty-flag".into(), json!(dirty));
+    }
     Ok(Value::Object(m))
 }
 
@@ -348,9 +356,10 @@ fn children_human(info: &Value, path: &str, depth: usize, s: &mut String) {
             None => "unavailable".to_string(),
         };
         let len = size(&c["virtual-size"]);
-        if c["format"] == "file" {
+        // Protocol nodes (host files, NBD) in qemu-img's protocol layout.
+        if let Some(proto @ ("file" | "nbd")) = c["format"].as_str() {
             *s += &format!("{pad}filename: {}\n", c["filename"].as_str().unwrap_or(""));
-            *s += &format!("{pad}protocol type: file\n");
+            *s += &format!("{pad}protocol type: {proto}\n");
             *s += &format!("{pad}file length: {} ({len} bytes)\n", size_to_str(len));
             *s += &format!("{pad}disk size: {disk}\n");
         } else {

@@ -12,8 +12,8 @@
 //! commit, active commit, mirror and their verbs), [`faults`] (virtual-disk faults and error
 //! policies), [`canary`] (silent corruption and lost flushes on a raw image), [`bitmaps`]
 //! (named dirty bitmaps and their oracle checks), [`transactions`] (QMP transactions and
-//! external snapshots, all or nothing), [`snapshots`] (qcow2 internal snapshots) and crashes
-//! (here: power loss, restart,
+//! external snapshots, all or nothing), [`snapshots`] (qcow2 internal snapshots), [`nbd`]
+//! (an export and a client under network faults) and crashes (here: power loss, restart,
 //! recovery checks).
 
 mod backup;
@@ -25,6 +25,7 @@ mod images;
 mod jobs;
 mod transactions;
 mod snapshots;
+mod nbd;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
@@ -78,6 +79,8 @@ pub struct Features {
     pub transactions: bool,
     /// qcow2 internal snapshots of the top image (create, apply, delete).
     pub isnap: bool,
+    /// An NBD export and client on the simulated network, under network faults.
+    pub nbd: bool,
 }
 
 impl Features {
@@ -105,6 +108,7 @@ impl Features {
             (self.backup, "backup"),
             (self.transactions, "transactions"),
             (self.isnap, "isnap"),
+            (self.nbd, "nbd"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -132,6 +136,7 @@ impl Features {
             backup: false,
             transactions: false,
             isnap: false,
+            nbd: false,
         };
         // Drawn last, so that the other families of every seed stay as they were.
         f.reopen = chance(rng, 0.3);
@@ -141,6 +146,7 @@ impl Features {
         f.backup = chance(rng, 0.4);
         f.transactions = chance(rng, 0.35);
         f.isnap = chance(rng, 0.35);
+        f.nbd = chance(rng, 0.3);
         if f.data_file {
             // Guest data then goes to the data file, beside the blkdebug filter over the
             // metadata file: a breakpoint on guest writes would wait for a write that never
@@ -204,6 +210,8 @@ pub(super) struct Streams {
     pub(super) transactions: ChaCha8Rng,
     /// Internal snapshot rounds (their own stream, as `vmstate`).
     pub(super) isnap: ChaCha8Rng,
+    /// NBD rounds and network faults (their own stream, as `vmstate`).
+    pub(super) nbd: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -250,6 +258,8 @@ pub(super) struct Gen {
     pub(super) isnaps: Vec<String>,
     /// The refcount width of the top image (qcow2).
     pub(super) top_refcount_bits: u32,
+    /// The NBD server, once an NBD round started it.
+    pub(super) nbd: Option<nbd::NbdServer>,
 }
 
 impl Gen {
@@ -353,6 +363,7 @@ enum Round {
     Bitmaps,
     Transaction,
     Snapshots,
+    Nbd,
 }
 
 /// Draw the scenario of `seed`.
@@ -373,6 +384,7 @@ pub fn generate(seed: u64) -> Generated {
         backup: stream(seed, "backup"),
         transactions: stream(seed, "transactions"),
         isnap: stream(seed, "isnap"),
+        nbd: stream(seed, "nbd"),
     };
     let mut g = Gen {
         f,
@@ -397,6 +409,7 @@ pub fn generate(seed: u64) -> Generated {
         isnaps: Vec::new(),
         top_refcount_bits: 16,
         vmstate_written: false,
+        nbd: None,
     };
     g.out.push(format!(
         "# swarm seed {seed}: {}",
@@ -472,6 +485,9 @@ impl Gen {
         if self.isnap_possible() {
             menu.push(Round::Snapshots);
         }
+        if self.f.nbd {
+            menu.push(Round::Nbd);
+        }
         menu[below(&mut self.r.plan, menu.len() as u64) as usize]
     }
 
@@ -499,6 +515,7 @@ impl Gen {
             Round::Bitmaps => self.bitmap_round(),
             Round::Transaction => self.transaction_round(),
             Round::Snapshots => self.isnap_round(),
+            Round::Nbd => self.nbd_round(),
         }
         if chance(&mut self.r.plan, 0.5) {
             self.verify();
