@@ -191,7 +191,8 @@ pub fn nbd_server_cmdline(engine: &Engine, text: &str) -> Result<()> {
 /// qemu-storage-daemon's `--export type=nbd,id=..,node-name=..[,name=..][,writable=on]
 /// [,description=..][,bitmaps.0=..][,allocation-depth=on]`: add the export.
 pub fn export_cmdline(engine: &Engine, text: &str) -> Result<()> {
-    let mut args = Options::from_keyval(text)?;
+    // `--export nbd,id=...`: the type may come first without its key.
+    let mut args = Options::from_keyval_implied(text, "type")?;
     let export = export_args(&mut args)?;
     args.finish()?;
     add(engine, &export, false)

@@ -98,13 +98,3 @@ pub(super) fn blockdev(text: &str) -> Result<Value> {
     }
     Ok(Options::from_keyval_implied(text, "driver")?.into_value())
 }
-
-/// `--nbd-server` and `--export` text as the arguments of `nbd-server-start` and
-/// `block-export-add` (`type` implied for an export).
-pub(super) fn qmp_args(text: &str, implied: Option<&str>) -> Result<Value> {
-    let o = match implied {
-        Some(key) => Options::from_keyval_implied(text, key)?,
-        None => Options::from_keyval(text)?,
-    };
-    Ok(o.into_value())
-}

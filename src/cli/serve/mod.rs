@@ -16,8 +16,7 @@ use engine::env::net::{Listener, NetAddr};
 use engine::env::real::RealEnv;
 use engine::qmp::monitor::Monitors;
 use engine::util::{Either, race};
-use engine::{Engine, Error, ErrorClass, Result};
-use serde_json::{Value, json};
+use engine::{Engine, Error, Result};
 
 use super::getopt::{LongOpt, split};
 use super::prog;
@@ -154,11 +153,8 @@ async fn start(
             'c' => chardev(engine, value, &mut chardevs),
             'm' => monitor(monitors, value, &mut chardevs),
             'o' => object(engine, value).await,
-            'n' => qmp_command(engine, "nbd-server-start", args::qmp_args(value, None)).await,
-            'e' => {
-                let a = args::qmp_args(value, Some("type"));
-                qmp_command(engine, "block-export-add", a).await
-            }
+            'n' => engine::qmp::nbd_server_cmdline(engine, value),
+            'e' => engine::qmp::export_cmdline(engine, value),
             _ => Ok(()),
         };
         r.map_err(|e| format!("--{} {value}: {e}", long_name(*c)))?;
@@ -208,23 +204,6 @@ fn monitor(
     };
     monitors.add(listener);
     Ok(())
-}
-
-/// Run QMP command `name` (the NBD server and exports live behind QMP).
-async fn qmp_command(engine: &Engine, name: &str, args: Result<Value>) -> Result<()> {
-    let cmd = json!({"execute": name, "arguments": args?});
-    let reply = engine::qmp::execute(engine, &cmd).await;
-    let Some(err) = reply.get("error") else {
-        return Ok(());
-    };
-    let class = err["class"].as_str().unwrap_or("");
-    let desc = err["desc"].as_str().unwrap_or("").to_owned();
-    if class == ErrorClass::CommandNotFound.as_str() {
-        return Err(Error::generic(format!(
-            "not available: this blk has no '{name}' command yet"
-        )));
-    }
-    Err(Error::generic(desc))
 }
 
 /// `--help`.
