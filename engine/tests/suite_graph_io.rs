@@ -1,4 +1,4 @@
-//! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP, the file driver over short and interrupted host I/O, blkdebug events.
+//! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP, the file driver over short and interrupted host I/O, blkdebug events, throttling.
 //! Each file below was its own test crate; it is a module here (see engine/Cargo.toml).
 
 // Shared helpers, loaded once for the whole binary; test files `use crate::` them.
@@ -26,3 +26,5 @@ mod lifecycle;
 mod qmp;
 #[path = "request_path.rs"]
 mod request_path;
+#[path = "throttle.rs"]
+mod throttle;
