@@ -160,6 +160,13 @@ impl ObjectRegistry {
 
     /// `object-del`.
     pub fn remove(&self, id: &str) -> Result<()> {
+        if let Some(Object::ThrottleGroup(g)) = self.objects.borrow().get(id)
+            && g.in_use()
+        {
+            return Err(Error::generic(format!(
+                "object '{id}' is in use, can not be deleted"
+            )));
+        }
         self.objects
             .borrow_mut()
             .remove(id)

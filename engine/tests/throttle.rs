@@ -5,10 +5,67 @@
 
 use crate::support;
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use engine::Engine;
+use engine::backend::{BackendOptions, BlockBackend};
+use engine::io::{IoBuf, ReqFlags};
 use engine::throttle::ThrottleConfig;
 use serde_json::{Value, json};
 use support::run;
+
+const SEC: u64 = 1_000_000_000;
+
+/// A throttle node `name` over its own null-co node, with device `dev-NAME` on it.
+async fn throttled_device(engine: &Engine, name: &str, group: &str) -> Rc<BlockBackend> {
+    engine
+        .blockdev_add(json!({"driver": "throttle", "node-name": name, "throttle-group": group,
+            "file": {"driver": "null-co", "node-name": format!("{name}-null"), "size": 1u64 << 40}}))
+        .await
+        .unwrap();
+    engine
+        .device_add(&format!("dev-{name}"), name, BackendOptions::tool(false))
+        .unwrap()
+}
+
+/// Run `workers` loops of `len`-byte requests (writes if `write`) on `bb` until `secs` of
+/// virtual time have passed; the bytes and requests completed within that time.
+async fn load(
+    engine: &Engine,
+    bb: &Rc<BlockBackend>,
+    workers: u32,
+    len: usize,
+    write: bool,
+    secs: u64,
+) -> (u64, u64) {
+    let env = engine.env().clone();
+    let end = env.now_ns() + secs * SEC;
+    let done = Rc::new((Cell::new(0u64), Cell::new(0u64)));
+    for w in 0..workers {
+        let (env2, bb, done) = (env.clone(), bb.clone(), done.clone());
+        let fut = async move {
+            let mut offset = u64::from(w) << 30;
+            while env2.now_ns() < end {
+                let buf = IoBuf::new(len);
+                let (_, r) = if write {
+                    bb.write(offset, buf, ReqFlags::NONE).await
+                } else {
+                    bb.read(offset, buf).await
+                };
+                r.unwrap();
+                offset += len as u64;
+                if env2.now_ns() <= end {
+                    done.0.set(done.0.get() + len as u64);
+                    done.1.set(done.1.get() + 1);
+                }
+            }
+        };
+        env.spawn("load", Box::pin(fut));
+    }
+    env.sleep_until(end + 30 * SEC).await;
+    (done.0.get(), done.1.get())
+}
 
 /// `object-add` of a throttle group `t` with `props`; the error message on a refusal.
 async fn add_group(engine: &Engine, id: &str, props: Value) -> Result<(), String> {
@@ -125,5 +182,166 @@ fn throttle_group_validation_matches_qemu() {
                 .message(),
             "Throttle group 't1' not found"
         );
+    });
+}
+
+#[test]
+fn achieved_bps_and_iops_equal_the_limits() {
+    run(2, |engine| async move {
+        // 1 MiB/s over 20 s with 4 KiB requests from 4 workers: the rate plus at most the
+        // bucket's tenth of a second and one request per worker.
+        add_group(&engine, "t0", json!({"x-bps-total": "1048576"}))
+            .await
+            .unwrap();
+        let bb = throttled_device(&engine, "th", "t0").await;
+        let (bytes, _) = load(&engine, &bb, 4, 4096, false, 20).await;
+        let want = 20 * 1048576;
+        assert!(
+            bytes >= want && bytes <= want + 1048576 / 10 + 4 * 4096,
+            "{bytes}"
+        );
+
+        // 50 iops, counted per 64 KiB with iops-size: 128 KiB requests are two I/Os each.
+        add_group(
+            &engine,
+            "t1",
+            json!({"x-iops-write": "50", "x-iops-size": "65536"}),
+        )
+        .await
+        .unwrap();
+        let bb = throttled_device(&engine, "th1", "t1").await;
+        let (_, reqs) = load(&engine, &bb, 2, 131072, true, 20).await;
+        assert!((500..=500 + 1 + 2).contains(&reqs), "{reqs}");
+        // Reads are not limited by a write bucket: they pass at once while writes would wait.
+        // Four writes of two I/Os each overfill the 5-I/O bucket (the last one waited).
+        let env = engine.env().clone();
+        for _ in 0..4 {
+            let (_, r) = bb.write(0, IoBuf::new(131072), ReqFlags::NONE).await;
+            r.unwrap();
+        }
+        let now = env.now_ns();
+        for i in 0..100 {
+            let (_, r) = bb.read(i * 131072, IoBuf::new(131072)).await;
+            r.unwrap();
+        }
+        assert_eq!(env.now_ns(), now);
+        let (_, r) = bb.write(0, IoBuf::new(131072), ReqFlags::NONE).await;
+        r.unwrap();
+        assert!(env.now_ns() > now);
+    });
+}
+
+#[test]
+fn bursts_run_at_max_for_max_length_then_fall_to_the_average() {
+    run(3, |engine| async move {
+        // 100 KiB/s average, bursts of 1 MiB/s for up to 3 s: a bucket of 3 MiB.
+        let avg = 100 * 1024;
+        add_group(
+            &engine,
+            "t0",
+            json!({"x-bps-read": avg.to_string(), "x-bps-read-max": (10 * avg).to_string(),
+                   "x-bps-read-max-length": "3"}),
+        )
+        .await
+        .unwrap();
+        let bb = throttled_device(&engine, "th", "t0").await;
+        // The first second runs at the burst rate (within a tenth of a second's slack).
+        let (first, _) = load(&engine, &bb, 2, 4096, false, 1).await;
+        assert!(
+            first >= 10 * avg - 2 * 4096 && first <= 10 * avg + avg + 2 * 4096,
+            "{first}"
+        );
+        // 30 s idle refill the buckets; then 60 s: the average plus one bucket at most.
+        let env = engine.env().clone();
+        env.sleep_until(env.now_ns() + 60 * SEC).await;
+        let (total, _) = load(&engine, &bb, 2, 4096, false, 60).await;
+        let (lo, hi) = (60 * avg, 60 * avg + 3 * 10 * avg + 2 * 4096);
+        assert!(total >= lo && total <= hi, "{total} not in {lo}..={hi}");
+        // And the burst really happened: more than the average alone allows.
+        assert!(total > 60 * avg + 2 * 10 * avg, "{total}");
+    });
+}
+
+#[test]
+fn group_members_share_the_budget_in_turn() {
+    run(4, |engine| async move {
+        add_group(&engine, "t0", json!({"limits": {"iops-total": 20}}))
+            .await
+            .unwrap();
+        let a = throttled_device(&engine, "a", "t0").await;
+        let b = throttled_device(&engine, "b", "t0").await;
+        let env = engine.env().clone();
+        let b2 = b.clone();
+        let engine2 = engine.clone();
+        let other = Rc::new(Cell::new(0));
+        let other2 = other.clone();
+        env.spawn(
+            "b-load",
+            Box::pin(async move { other2.set(load(&engine2, &b2, 2, 512, false, 10).await.1) }),
+        );
+        let (_, mine) = load(&engine, &a, 2, 512, false, 10).await;
+        env.sleep_until(env.now_ns() + SEC).await;
+        let theirs = other.get();
+        // 200 I/Os in 10 s for the group, in turns: each member gets half (a few off at most:
+        // the bucket's slack goes to whoever asks first).
+        assert!((200..=204).contains(&(mine + theirs)), "{mine} + {theirs}");
+        assert!(mine.abs_diff(theirs) <= 3, "{mine} vs {theirs}");
+    });
+}
+
+#[test]
+fn drain_releases_queued_requests_and_the_group_stays_while_used() {
+    run(5, |engine| async move {
+        // One byte per second: without the release on drain, these would wait for days.
+        add_group(&engine, "t0", json!({"x-bps-total": "1"}))
+            .await
+            .unwrap();
+        let bb = throttled_device(&engine, "th", "t0").await;
+        let env = engine.env().clone();
+        let done = Rc::new(Cell::new(0));
+        for i in 0..4u64 {
+            let (bb, done) = (bb.clone(), done.clone());
+            env.spawn(
+                "req",
+                Box::pin(async move {
+                    let (_, r) = bb.read(i * 65536, IoBuf::new(65536)).await;
+                    r.unwrap();
+                    done.set(done.get() + 1);
+                }),
+            );
+        }
+        env.sleep_until(env.now_ns() + SEC).await;
+        assert_eq!(done.get(), 1, "the first passes, the rest wait");
+        let start = env.now_ns();
+        let node = engine.graph().node("th").unwrap();
+        let section = node.drained_begin().await;
+        assert_eq!(done.get(), 4);
+        assert!(env.now_ns() - start < SEC);
+        drop(section);
+
+        assert_eq!(
+            engine.objects().remove("t0").unwrap_err().message(),
+            "object 't0' is in use, can not be deleted"
+        );
+        assert_eq!(
+            engine
+                .blockdev_add(json!({"driver": "throttle", "node-name": "x",
+                    "throttle-group": "nope", "file": "th-null"}))
+                .await
+                .unwrap_err()
+                .message(),
+            "Throttle group 'nope' does not exist"
+        );
+        assert_eq!(
+            engine
+                .blockdev_add(json!({"driver": "throttle", "node-name": "x", "file": "th-null"}))
+                .await
+                .unwrap_err()
+                .message(),
+            "Parameter 'throttle-group' is missing"
+        );
+        engine.device_del("dev-th").await.unwrap();
+        engine.blockdev_del("th").await.unwrap();
+        engine.objects().remove("t0").unwrap();
     });
 }

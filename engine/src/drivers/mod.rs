@@ -10,6 +10,7 @@ mod file_io;
 mod null;
 pub mod qcow2;
 mod raw;
+mod throttle;
 
 use crate::graph::GraphCtx;
 
@@ -21,4 +22,5 @@ pub fn register_all(ctx: &GraphCtx) {
     ctx.register_driver("qcow2", qcow2::open);
     ctx.register_driver("null-co", null::open);
     ctx.register_driver("null-aio", null::open);
+    ctx.register_driver("throttle", throttle::open);
 }

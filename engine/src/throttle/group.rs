@@ -33,6 +33,8 @@ pub struct ThrottleGroup {
     env: Rc<dyn Env>,
     inner: RefCell<Inner>,
     next_member: Cell<u64>,
+    /// Members that joined and have not left (a group in use cannot be deleted).
+    members: Cell<u32>,
 }
 
 impl ThrottleGroup {
@@ -49,6 +51,7 @@ impl ThrottleGroup {
                 disabled: BTreeMap::new(),
             }),
             next_member: Cell::new(1),
+            members: Cell::new(0),
         })
     }
 
@@ -67,6 +70,7 @@ impl ThrottleGroup {
 
     /// A new member id.
     pub fn join(&self) -> u64 {
+        self.members.set(self.members.get() + 1);
         let id = self.next_member.get();
         self.next_member.set(id + 1);
         id
@@ -123,6 +127,12 @@ impl ThrottleGroup {
     pub fn leave(&self, member: u64) {
         self.drain_begin(member);
         self.inner.borrow_mut().disabled.remove(&member);
+        self.members.set(self.members.get().saturating_sub(1));
+    }
+
+    /// True while a member uses the group.
+    pub fn in_use(&self) -> bool {
+        self.members.get() > 0
     }
 
     /// Start the release timer of `dir` unless it runs or nothing is queued.
