@@ -48,6 +48,9 @@ pub enum Object {
 #[derive(Default)]
 pub struct ObjectRegistry {
     objects: RefCell<BTreeMap<String, Object>>,
+    /// Throttle groups made implicitly by `block_set_io_throttle` (named by its `group` or
+    /// the device), not objects: they go when their last member leaves.
+    implicit_groups: RefCell<BTreeMap<String, Rc<ThrottleGroup>>>,
 }
 
 /// Parse an `--object` string (`TYPE,id=ID,key=value,...`; the leading bare item is
@@ -155,6 +158,27 @@ impl ObjectRegistry {
         match self.objects.borrow().get(id) {
             Some(Object::ThrottleGroup(g)) => Ok(Rc::clone(g)),
             _ => Err(Error::generic(format!("Throttle group '{id}' not found"))),
+        }
+    }
+
+    /// The group named `name`: a `throttle-group` object, or an implicit group (made now, with
+    /// no limits, if there is none).
+    pub fn group_by_name(&self, env: &Rc<dyn Env>, name: &str) -> Rc<ThrottleGroup> {
+        if let Ok(g) = self.throttle_group(name) {
+            return g;
+        }
+        let mut implicit = self.implicit_groups.borrow_mut();
+        let group = implicit.entry(name.to_string()).or_insert_with(|| {
+            ThrottleGroup::new(Rc::clone(env), crate::throttle::ThrottleConfig::default())
+        });
+        Rc::clone(group)
+    }
+
+    /// Drop the implicit group `name` once no member uses it.
+    pub fn forget_unused_group(&self, name: &str) {
+        let mut implicit = self.implicit_groups.borrow_mut();
+        if implicit.get(name).is_some_and(|g| !g.in_use()) {
+            implicit.remove(name);
         }
     }
 

@@ -345,3 +345,196 @@ fn drain_releases_queued_requests_and_the_group_stays_while_used() {
         engine.objects().remove("t0").unwrap();
     });
 }
+
+/// Run a QMP command; its `return` or its error's `desc`.
+async fn qmp(engine: &Engine, cmd: Value) -> Result<Value, String> {
+    let r = engine::qmp::execute(engine, &cmd).await;
+    match r.get("error") {
+        Some(e) => Err(e["desc"].as_str().unwrap().to_string()),
+        None => Ok(r["return"].clone()),
+    }
+}
+
+fn set_throttle(device: &str, extra: Value) -> Value {
+    let mut args = json!({"device": device, "bps": 0, "bps_rd": 0, "bps_wr": 0,
+        "iops": 0, "iops_rd": 0, "iops_wr": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        args[k] = v.clone();
+    }
+    json!({"execute": "block_set_io_throttle", "arguments": args})
+}
+
+fn inserted(q: &Value, device: &str) -> Value {
+    q.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == device)
+        .unwrap()["inserted"]
+        .clone()
+}
+
+#[test]
+fn block_set_io_throttle_limits_a_device_and_query_block_shows_it() {
+    run(6, |engine| async move {
+        engine
+            .blockdev_add(json!({"driver": "null-co", "node-name": "n", "size": 1u64 << 40}))
+            .await
+            .unwrap();
+        let bb = engine
+            .device_add("d0", "n", BackendOptions::tool(false))
+            .unwrap();
+        let refusals = [
+            (
+                json!({"bps": -1}),
+                "bps/iops/max values must be within [0, 1000000000000000]",
+            ),
+            (
+                json!({"bps": 10, "bps_rd": 1}),
+                "bps/iops/max total values and read/write values cannot be used at the same time",
+            ),
+            (
+                json!({"iops_max": 5}),
+                "bps_max/iops_max require corresponding bps/iops values",
+            ),
+            (
+                json!({"iops": 5, "iops_max_length": 3}),
+                "burst length set without burst rate",
+            ),
+            (
+                json!({"bps": "x"}),
+                "Invalid parameter type for 'bps', expected: integer",
+            ),
+        ];
+        for (extra, msg) in refusals {
+            assert_eq!(
+                qmp(&engine, set_throttle("d0", extra.clone())).await,
+                Err(msg.into())
+            );
+            // Nothing changed: the device is not throttled.
+            let q = qmp(&engine, json!({"execute": "query-block"}))
+                .await
+                .unwrap();
+            assert!(inserted(&q, "d0").get("bps").is_none(), "{extra}");
+        }
+        assert_eq!(
+            qmp(&engine, set_throttle("nope", json!({"bps": 1}))).await,
+            Err("Device 'nope' not found".into())
+        );
+        let mut missing = set_throttle("d0", json!({}));
+        missing["arguments"]
+            .as_object_mut()
+            .unwrap()
+            .remove("iops_wr");
+        assert_eq!(
+            qmp(&engine, missing).await,
+            Err("Parameter 'iops_wr' is missing".into())
+        );
+
+        qmp(
+            &engine,
+            set_throttle(
+                "d0",
+                json!({"bps_rd": 65536, "bps_rd_max": 131072,
+                "bps_rd_max_length": 4, "iops": 100, "iops_size": 8192}),
+            ),
+        )
+        .await
+        .unwrap();
+        let q = qmp(&engine, json!({"execute": "query-block"}))
+            .await
+            .unwrap();
+        let ins = inserted(&q, "d0");
+        let keys: Vec<&str> = ins
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let at = keys.iter().position(|k| *k == "detect_zeroes").unwrap();
+        assert_eq!(
+            keys[at + 1..at + 12],
+            [
+                "bps",
+                "bps_rd",
+                "bps_wr",
+                "iops",
+                "iops_rd",
+                "iops_wr",
+                "bps_rd_max",
+                "bps_rd_max_length",
+                "iops_size",
+                "group",
+                "write_threshold"
+            ]
+        );
+        assert_eq!(
+            (
+                &ins["bps_rd"],
+                &ins["bps_rd_max"],
+                &ins["bps_rd_max_length"],
+                &ins["iops"]
+            ),
+            (&json!(65536), &json!(131072), &json!(4), &json!(100))
+        );
+        assert_eq!(
+            (&ins["iops_size"], &ins["group"]),
+            (&json!(8192), &json!("d0"))
+        );
+
+        // 64 KiB/s of reads over 20 s (plus the 4 s burst at 128 KiB/s at most).
+        let (bytes, _) = load(&engine, &bb, 2, 4096, false, 20).await;
+        let (lo, hi) = (20 * 65536, 20 * 65536 + 4 * 131072 + 2 * 4096);
+        assert!(bytes >= lo && bytes <= hi, "{bytes} not in {lo}..={hi}");
+
+        // Off again: all zero.
+        qmp(&engine, set_throttle("d0", json!({}))).await.unwrap();
+        let q = qmp(&engine, json!({"execute": "query-block"}))
+            .await
+            .unwrap();
+        assert!(inserted(&q, "d0").get("bps").is_none());
+        let env = engine.env().clone();
+        let now = env.now_ns();
+        for i in 0..1000 {
+            let (_, r) = bb.read(i * 65536, IoBuf::new(65536)).await;
+            r.unwrap();
+        }
+        assert_eq!(env.now_ns(), now);
+    });
+}
+
+#[test]
+fn devices_in_one_named_group_share_its_limits() {
+    run(7, |engine| async move {
+        for n in ["a", "b"] {
+            engine
+                .blockdev_add(json!({"driver": "null-co", "node-name": n, "size": 1u64 << 40}))
+                .await
+                .unwrap();
+        }
+        let a = engine
+            .device_add("da", "a", BackendOptions::tool(false))
+            .unwrap();
+        let b = engine
+            .device_add("db", "b", BackendOptions::tool(false))
+            .unwrap();
+        for d in ["da", "db"] {
+            qmp(&engine, set_throttle(d, json!({"iops": 10, "group": "g"})))
+                .await
+                .unwrap();
+        }
+        let env = engine.env().clone();
+        let (engine2, b2) = (engine.clone(), b.clone());
+        let other = Rc::new(Cell::new(0));
+        let other2 = other.clone();
+        env.spawn(
+            "b-load",
+            Box::pin(async move { other2.set(load(&engine2, &b2, 1, 512, false, 20).await.1) }),
+        );
+        let (_, mine) = load(&engine, &a, 1, 512, false, 20).await;
+        env.sleep_until(env.now_ns() + SEC).await;
+        let total = mine + other.get();
+        assert!((200..=203).contains(&total), "{mine} + {}", other.get());
+        // The group is a device group, not an object.
+        assert!(engine.objects().ids().is_empty());
+    });
+}

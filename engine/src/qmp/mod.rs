@@ -4,7 +4,7 @@
 //! checked by its handler: `nodes` (node and object commands), `job_verbs` (job-* and
 //! block-job-* verbs), `mirror`, `backup` and `block_jobs` (the job-starting commands),
 //! `bitmaps` (the dirty bitmap commands), `transaction` (transactions, external snapshots,
-//! change-backing-file).
+//! change-backing-file), `throttle` (block_set_io_throttle).
 
 use serde_json::{Value, json};
 
@@ -19,6 +19,7 @@ mod bitmaps;
 mod block_jobs;
 mod job_verbs;
 mod nodes;
+mod throttle;
 mod transaction;
 
 /// The commands this front end knows, in the order `query-commands` lists them.
@@ -35,6 +36,7 @@ pub const COMMANDS: &[&str] = &[
     "query-blockstats",
     "x-debug-query-block-graph",
     "block-set-write-threshold",
+    "block_set_io_throttle",
     "block_resize",
     "cont",
     "stop",
@@ -137,6 +139,7 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         "query-blockstats" => query(args, |_| engine.query_blockstats()),
         "x-debug-query-block-graph" => query(args, |_| engine.block_graph()),
         "block-set-write-threshold" => nodes::block_set_write_threshold(engine, args),
+        "block_set_io_throttle" => throttle::block_set_io_throttle(engine, args),
         "block_resize" => nodes::block_resize(engine, args).await,
         // The VM state changes even when an unknown argument then fails the command.
         "cont" => query(args, |_| {
