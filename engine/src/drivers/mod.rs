@@ -5,6 +5,7 @@
 //! import `job`, `qmp`, `engine` or one another.
 
 mod blkdebug;
+mod cor;
 mod file;
 mod file_io;
 mod null;
@@ -23,4 +24,5 @@ pub fn register_all(ctx: &GraphCtx) {
     ctx.register_driver("null-co", null::open);
     ctx.register_driver("null-aio", null::open);
     ctx.register_driver("throttle", throttle::open);
+    ctx.register_driver("copy-on-read", cor::open);
 }
