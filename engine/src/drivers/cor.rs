@@ -4,7 +4,7 @@
 //! of a backend, qemu-io `-C`) and the stream job use. Everything else passes through.
 
 use crate::driver::default_child_perms;
-use crate::driver::{BlockDriver, ChildDesc, DriverCaps, DriverKind, ParentPerms, Prealloc};
+use crate::driver::{BlockDriver, ChildDesc, DriverCaps, ParentPerms, Prealloc};
 use crate::env::LocalBoxFuture;
 use crate::error::{Error, Result};
 use crate::graph::{Child, OpenCtx};
@@ -13,17 +13,7 @@ use crate::request::filter;
 use crate::types::{ChildRole, Perms};
 use crate::util::Options;
 
-const CAPS: DriverCaps = DriverCaps {
-    name: "copy-on-read",
-    kind: DriverKind::Filter,
-    supports_backing: false,
-    write_flags: ReqFlags::FUA.union(ReqFlags::WRITE_UNCHANGED),
-    zero_flags: ReqFlags::FUA
-        .union(ReqFlags::MAY_UNMAP)
-        .union(ReqFlags::NO_FALLBACK)
-        .union(ReqFlags::WRITE_UNCHANGED),
-    reopen: false,
-};
+const CAPS: DriverCaps = filter::passthrough_caps("copy-on-read");
 
 struct CopyOnRead {
     file: Child,

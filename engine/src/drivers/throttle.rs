@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
+use crate::driver::{BlockDriver, DriverCaps, Prealloc};
 use crate::env::LocalBoxFuture;
 use crate::error::{Error, Result};
 use crate::graph::{Child, OpenCtx};
@@ -16,17 +16,7 @@ use crate::throttle::{Direction, ThrottleGroup};
 use crate::types::ChildRole;
 use crate::util::Options;
 
-const CAPS: DriverCaps = DriverCaps {
-    name: "throttle",
-    kind: DriverKind::Filter,
-    supports_backing: false,
-    write_flags: ReqFlags::FUA.union(ReqFlags::WRITE_UNCHANGED),
-    zero_flags: ReqFlags::FUA
-        .union(ReqFlags::MAY_UNMAP)
-        .union(ReqFlags::NO_FALLBACK)
-        .union(ReqFlags::WRITE_UNCHANGED),
-    reopen: false,
-};
+const CAPS: DriverCaps = filter::passthrough_caps("throttle");
 
 struct Throttle {
     file: Child,
