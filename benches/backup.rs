@@ -69,7 +69,10 @@ fn make_source(dir: &Scratch, size: u64) -> String {
     }
     std::fs::write(&raw, &data).expect("write raw source");
     let src = dir.path("src.qcow2");
-    run_tool("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &raw, &src]);
+    run_tool(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "qcow2", &raw, &src],
+    );
     let _ = std::fs::remove_file(&raw);
     src
 }
@@ -77,7 +80,10 @@ fn make_source(dir: &Scratch, size: u64) -> String {
 fn fresh_target(dir: &Scratch, name: &str, size: u64) -> String {
     let tgt = dir.path(name);
     let _ = std::fs::remove_file(&tgt);
-    run_tool("qemu-img", &["create", "-q", "-f", "qcow2", &tgt, &size.to_string()]);
+    run_tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", &tgt, &size.to_string()],
+    );
     tgt
 }
 
@@ -108,7 +114,10 @@ fn child_cpu(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3 (state, not a
@@ -178,7 +187,10 @@ impl Qsd {
             if let Ok(s) = UnixStream::connect(&sock) {
                 break s;
             }
-            assert!(Instant::now() < deadline, "qemu-storage-daemon did not listen");
+            assert!(
+                Instant::now() < deadline,
+                "qemu-storage-daemon did not listen"
+            );
             std::thread::sleep(Duration::from_millis(5));
         };
         let mut qsd = Qsd {
@@ -241,7 +253,10 @@ fn qsd_backup(dir: &Scratch, src: &str, tgt: &str) -> Option<Cost> {
     qsd.command(json!({"execute": "blockdev-backup", "arguments": {
         "job-id": "b0", "device": "src", "target": "tgt", "sync": "full"}}));
     let ev = qsd.wait_event("BLOCK_JOB_COMPLETED");
-    assert!(ev["data"].get("error").is_none(), "QEMU backup failed: {ev}");
+    assert!(
+        ev["data"].get("error").is_none(),
+        "QEMU backup failed: {ev}"
+    );
     let cpu = qsd.quit();
     Some(Cost {
         wall: start.elapsed(),

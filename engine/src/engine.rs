@@ -43,7 +43,6 @@ pub struct Engine {
     jobs: Rc<JobRegistry>,
     machine: Rc<Machine>,
     backends: RefCell<BTreeMap<String, Rc<BlockBackend>>>,
-    objects: ObjectRegistry,
     nbd: crate::nbd::Nbd,
 }
 
@@ -60,7 +59,6 @@ impl Engine {
             ctx,
             machine,
             backends: RefCell::new(BTreeMap::new()),
-            objects: ObjectRegistry::default(),
         }
     }
 
@@ -84,14 +82,15 @@ impl Engine {
         &self.nbd
     }
 
-    /// The user-created objects (secrets).
+    /// The user-created objects (secrets, throttle groups), kept by the graph so drivers reach
+    /// them.
     pub fn objects(&self) -> &ObjectRegistry {
-        &self.objects
+        &self.ctx.objects
     }
 
     /// `object-add`: create a user object (`--object`) from its arguments.
     pub async fn object_add(&self, args: Value) -> Result<()> {
-        self.objects.add(self.ctx.env(), args).await
+        self.ctx.objects.add(self.ctx.env(), args).await
     }
 
     /// Take every QMP event emitted so far.

@@ -52,6 +52,7 @@ pub mod object;
 pub mod probe;
 pub mod qmp;
 pub mod request;
+pub mod throttle;
 pub mod transaction;
 pub mod types;
 

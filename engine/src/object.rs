@@ -1,9 +1,10 @@
 //! User-creatable objects (`--object` on the command line, QMP's `object-add`), kept by id.
 //!
-//! Only `secret` exists today: bytes given inline (`data=`) or read from a host file (`file=`),
+//! `secret`: bytes given inline (`data=`) or read from a host file (`file=`),
 //! as raw text or base64 (`format=`). Drivers that need a key (LUKS) look secrets up by id with
 //! [`ObjectRegistry::secret`]. Parsing and validation follow QEMU's order and messages; object
-//! types QEMU has but blk does not are refused by name.
+//! types QEMU has but blk does not are refused by name. `throttle-group`: limits shared by the
+//! throttle filter nodes and devices naming the group (see [`crate::throttle`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -14,13 +15,14 @@ use serde_json::Value;
 use crate::env::{Env, OpenOptions};
 use crate::error::{Error, Result};
 use crate::io::IoBuf;
+use crate::throttle::{ThrottleGroup, take_config};
 use crate::util::Options;
 
 /// Object types blk can create.
-pub const OBJECT_TYPES: [&str; 1] = ["secret"];
+pub const OBJECT_TYPES: [&str; 2] = ["secret", "throttle-group"];
 
 /// Object types QEMU has that blk does not (refused as unsupported rather than unknown).
-const QEMU_ONLY_TYPES: [&str; 11] = [
+const QEMU_ONLY_TYPES: [&str; 10] = [
     "authz-list",
     "authz-list-file",
     "authz-simple",
@@ -28,23 +30,27 @@ const QEMU_ONLY_TYPES: [&str; 11] = [
     "pr-manager-helper",
     "secret_keyring",
     "thread-context",
-    "throttle-group",
     "tls-creds-anon",
     "tls-creds-psk",
     "tls-creds-x509",
 ];
 
 /// A created object.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Object {
     /// A secret's decoded bytes.
     Secret(Vec<u8>),
+    /// A throttle group.
+    ThrottleGroup(Rc<ThrottleGroup>),
 }
 
 /// The engine's objects by id.
 #[derive(Default)]
 pub struct ObjectRegistry {
     objects: RefCell<BTreeMap<String, Object>>,
+    /// Throttle groups made implicitly by `block_set_io_throttle` (named by its `group` or
+    /// the device), not objects: they go when their last member leaves.
+    implicit_groups: RefCell<BTreeMap<String, Rc<ThrottleGroup>>>,
 }
 
 /// Parse an `--object` string (`TYPE,id=ID,key=value,...`; the leading bare item is
@@ -86,7 +92,11 @@ impl ObjectRegistry {
                  '-', '.', '_', starting with a letter.",
             ));
         }
-        let object = self.secret_from(env, opts).await?;
+        let object = if qom_type == "throttle-group" {
+            throttle_group_from(env, opts)?
+        } else {
+            self.secret_from(env, opts).await?
+        };
         let mut objects = self.objects.borrow_mut();
         if objects.contains_key(&id) {
             return Err(Error::generic(format!(
@@ -139,12 +149,48 @@ impl ObjectRegistry {
     pub fn secret(&self, id: &str) -> Result<Vec<u8>> {
         match self.objects.borrow().get(id) {
             Some(Object::Secret(bytes)) => Ok(bytes.clone()),
-            None => Err(Error::generic(format!("No secret with id '{id}'"))),
+            _ => Err(Error::generic(format!("No secret with id '{id}'"))),
+        }
+    }
+
+    /// The throttle group `id` (QEMU's message when there is none).
+    pub fn throttle_group(&self, id: &str) -> Result<Rc<ThrottleGroup>> {
+        match self.objects.borrow().get(id) {
+            Some(Object::ThrottleGroup(g)) => Ok(Rc::clone(g)),
+            _ => Err(Error::generic(format!("Throttle group '{id}' not found"))),
+        }
+    }
+
+    /// The group named `name`: a `throttle-group` object, or an implicit group (made now, with
+    /// no limits, if there is none).
+    pub fn group_by_name(&self, env: &Rc<dyn Env>, name: &str) -> Rc<ThrottleGroup> {
+        if let Ok(g) = self.throttle_group(name) {
+            return g;
+        }
+        let mut implicit = self.implicit_groups.borrow_mut();
+        let group = implicit.entry(name.to_string()).or_insert_with(|| {
+            ThrottleGroup::new(Rc::clone(env), crate::throttle::ThrottleConfig::default())
+        });
+        Rc::clone(group)
+    }
+
+    /// Drop the implicit group `name` once no member uses it.
+    pub fn forget_unused_group(&self, name: &str) {
+        let mut implicit = self.implicit_groups.borrow_mut();
+        if implicit.get(name).is_some_and(|g| !g.in_use()) {
+            implicit.remove(name);
         }
     }
 
     /// `object-del`.
     pub fn remove(&self, id: &str) -> Result<()> {
+        if let Some(Object::ThrottleGroup(g)) = self.objects.borrow().get(id)
+            && g.in_use()
+        {
+            return Err(Error::generic(format!(
+                "object '{id}' is in use, can not be deleted"
+            )));
+        }
         self.objects
             .borrow_mut()
             .remove(id)
@@ -156,6 +202,17 @@ impl ObjectRegistry {
     pub fn ids(&self) -> Vec<String> {
         self.objects.borrow().keys().cloned().collect()
     }
+}
+
+/// A `throttle-group`'s limits, validated.
+fn throttle_group_from(env: &Rc<dyn Env>, mut opts: Options) -> Result<Object> {
+    let config = take_config(&mut opts)?;
+    opts.finish()?;
+    config.validate()?;
+    Ok(Object::ThrottleGroup(ThrottleGroup::new(
+        Rc::clone(env),
+        config,
+    )))
 }
 
 /// The whole host file at `path` (QEMU's message when it cannot be read).

@@ -1,4 +1,4 @@
-//! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP, the file driver over short and interrupted host I/O, blkdebug events.
+//! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP, the file driver over short and interrupted host I/O, blkdebug events, throttling, the copy-on-read filter.
 //! Each file below was its own test crate; it is a module here (see engine/Cargo.toml).
 
 // Shared helpers, loaded once for the whole binary; test files `use crate::` them.
@@ -10,6 +10,8 @@ mod backend_errors;
 mod bitmaps;
 #[path = "blkdebug.rs"]
 mod blkdebug;
+#[path = "copy_on_read.rs"]
+mod copy_on_read;
 #[path = "debug_events.rs"]
 mod debug_events;
 #[path = "drain.rs"]
@@ -26,3 +28,5 @@ mod lifecycle;
 mod qmp;
 #[path = "request_path.rs"]
 mod request_path;
+#[path = "throttle.rs"]
+mod throttle;

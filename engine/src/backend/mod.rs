@@ -11,6 +11,7 @@
 
 mod machine;
 mod policy;
+mod throttle;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -20,11 +21,13 @@ use serde_json::{Value, json};
 use crate::error::{Errno, Error, Result};
 use crate::graph::{Child, GraphCtx, Node, ParentOps, attach_external, detach, set_external_perms};
 use crate::io::{BlockStatus, BufResult, IoBuf, ReqFlags};
+use crate::throttle::Direction;
 use crate::types::{OnError, Perms};
 use crate::util::Notify;
 
 pub use machine::Machine;
 pub use policy::IoStatus;
+pub use throttle::QMP_BUCKETS;
 
 /// How a backend is set up.
 #[derive(Clone, Copy, Debug)]
@@ -98,6 +101,8 @@ pub struct BlockBackend {
     in_flight: Cell<u32>,
     resumed: Notify,
     iostatus: Cell<IoStatus>,
+    /// The device's own I/O limits (`block_set_io_throttle`), if any.
+    throttle: RefCell<Option<throttle::DeviceThrottle>>,
 }
 
 impl BlockBackend {
@@ -118,6 +123,7 @@ impl BlockBackend {
             in_flight: Cell::new(0),
             resumed: Notify::new(),
             iostatus: Cell::new(IoStatus::Ok),
+            throttle: RefCell::new(None),
         });
         let weak: std::rc::Weak<dyn ParentOps> = Rc::downgrade(&(bb.clone() as Rc<dyn ParentOps>));
         let child = attach_external(weak, node, "root", opts.perm, opts.shared)?;
@@ -189,6 +195,7 @@ impl BlockBackend {
 
     /// Detach from the root node (the node is released if nothing else uses it).
     pub async fn detach(&self) -> Result<()> {
+        self.throttle_detach();
         let child = self.root.borrow_mut().take();
         match child {
             Some(c) => detach(c.edge()).await,
@@ -278,7 +285,7 @@ impl BlockBackend {
         };
         let mut buf = buf;
         loop {
-            let guard = self.admit().await;
+            let guard = self.admit_io(Direction::Read, buf.len() as u64).await;
             if self.opts.get().copy_on_read
                 && let Err(e) = child.populate(offset, buf.len() as u64).await
             {
@@ -315,7 +322,7 @@ impl BlockBackend {
         let flags = self.write_flags(flags);
         let mut buf = buf;
         loop {
-            let guard = self.admit().await;
+            let guard = self.admit_io(Direction::Write, buf.len() as u64).await;
             let (b, r) = child.write(offset, buf, flags).await;
             drop(guard);
             buf = b;
@@ -331,7 +338,7 @@ impl BlockBackend {
         let child = self.check_bounds(offset, len)?;
         let flags = self.write_flags(flags);
         loop {
-            let guard = self.admit().await;
+            let guard = self.admit_io(Direction::Write, len).await;
             let r = child.write_zeroes(offset, len, flags).await;
             drop(guard);
             match self.on_result(r, false).await {
@@ -345,7 +352,7 @@ impl BlockBackend {
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
         let child = self.check_bounds(offset, len)?;
         loop {
-            let guard = self.admit().await;
+            let guard = self.admit_io(Direction::Write, len).await;
             let r = child.discard(offset, len).await;
             drop(guard);
             match self.on_result(r, false).await {
@@ -388,13 +395,17 @@ impl BlockBackend {
     /// `query-block`-like description.
     pub fn describe(&self) -> Value {
         let node = self.root_node();
+        let mut inserted = node.map(|n| n.describe());
+        if let Some(i) = inserted.as_mut() {
+            self.describe_throttle(i);
+        }
         json!({
             "device": self.name,
             "qdev": self.name,
             "locked": false,
             "removable": false,
             "io-status": self.iostatus.get().as_str(),
-            "inserted": node.map(|n| n.describe()),
+            "inserted": inserted,
         })
     }
 }
@@ -423,6 +434,7 @@ impl ParentOps for BlockBackend {
 
     fn drained_begin(&self) {
         self.quiesce.set(self.quiesce.get() + 1);
+        self.throttle_drained(true);
     }
 
     fn drained_end(&self) {
@@ -432,6 +444,7 @@ impl ParentOps for BlockBackend {
             .checked_sub(1)
             .expect("backend drained_end without begin");
         self.quiesce.set(n);
+        self.throttle_drained(false);
         if n == 0 && !crate::util::planted::on(crate::util::planted::Bug::DrainEndLosesQueued) {
             self.resumed.notify_all();
         }

@@ -5,12 +5,14 @@
 //! import `job`, `qmp`, `engine` or one another.
 
 mod blkdebug;
+mod cor;
 mod file;
 mod file_io;
 mod nbd;
 mod null;
 pub mod qcow2;
 mod raw;
+mod throttle;
 
 use crate::graph::GraphCtx;
 
@@ -23,4 +25,6 @@ pub fn register_all(ctx: &GraphCtx) {
     ctx.register_driver("nbd", nbd::open);
     ctx.register_driver("null-co", null::open);
     ctx.register_driver("null-aio", null::open);
+    ctx.register_driver("throttle", throttle::open);
+    ctx.register_driver("copy-on-read", cor::open);
 }

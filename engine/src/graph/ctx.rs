@@ -65,6 +65,7 @@ impl GraphCtx {
             next_implicit: Cell::new(1),
             drivers: RefCell::new(BTreeMap::new()),
             opening_chain: RefCell::new(Vec::new()),
+            objects: Default::default(),
         })
     }
 

@@ -212,6 +212,9 @@ pub struct GraphCtx {
     /// ..."), installed by the tool that prints them; without one they are dropped (the QMP
     /// events carry the same facts).
     pub(super) reporter: RefCell<Option<Reporter>>,
+    /// The user-created objects (`--object`, `object-add`): drivers look up secrets and
+    /// throttle groups here.
+    pub objects: crate::object::ObjectRegistry,
 }
 
 impl GraphCtx {

@@ -4,7 +4,8 @@
 //! checked by its handler: `nodes` (node and object commands), `job_verbs` (job-* and
 //! block-job-* verbs), `mirror`, `backup` and `block_jobs` (the job-starting commands),
 //! `bitmaps` (the dirty bitmap commands), `transaction` (transactions, external snapshots,
-//! change-backing-file), `snapshots` (internal snapshots).
+//! change-backing-file), `snapshots` (internal snapshots), `throttle` (block_set_io_throttle),
+//! `nbd` (the NBD server and exports), `monitor` (the QMP socket protocol of `blk serve`).
 
 use serde_json::{Value, json};
 
@@ -23,6 +24,7 @@ mod nbd;
 
 pub use nbd::{export_cmdline, nbd_server_cmdline, socket_address};
 mod nodes;
+mod throttle;
 mod transaction;
 mod snapshots;
 
@@ -40,6 +42,7 @@ pub const COMMANDS: &[&str] = &[
     "query-blockstats",
     "x-debug-query-block-graph",
     "block-set-write-threshold",
+    "block_set_io_throttle",
     "block_resize",
     "cont",
     "stop",
@@ -151,6 +154,7 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         "query-blockstats" => query(args, |_| engine.query_blockstats()),
         "x-debug-query-block-graph" => query(args, |_| engine.block_graph()),
         "block-set-write-threshold" => nodes::block_set_write_threshold(engine, args),
+        "block_set_io_throttle" => throttle::block_set_io_throttle(engine, args),
         "block_resize" => nodes::block_resize(engine, args).await,
         // The VM state changes even when an unknown argument then fails the command.
         "cont" => query(args, |_| {

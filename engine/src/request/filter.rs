@@ -2,11 +2,11 @@
 //! the jobs' `commit_top` and `mirror_top`; raw's file name too): written once here instead of
 //! in each filter.
 
-use crate::driver::Prealloc;
+use crate::driver::{DriverCaps, DriverKind, Prealloc};
 use crate::env::LocalBoxFuture;
 use crate::error::Result;
 use crate::graph::Child;
-use crate::io::{BlockStatus, Limits, Mapping};
+use crate::io::{BlockStatus, Limits, Mapping, ReqFlags};
 
 impl Child {
     /// The file name a node that is a view of this child shows (filters, raw).
@@ -49,4 +49,20 @@ pub fn truncate_filtered(
     prealloc: Prealloc,
 ) -> LocalBoxFuture<'_, Result<()>> {
     Box::pin(child.truncate(len, exact, prealloc))
+}
+
+/// The capabilities of a filter that passes every request flag down unchanged (the child's
+/// generic path emulates what its driver lacks) and cannot be reopened.
+pub const fn passthrough_caps(name: &'static str) -> DriverCaps {
+    DriverCaps {
+        name,
+        kind: DriverKind::Filter,
+        supports_backing: false,
+        write_flags: ReqFlags::FUA.union(ReqFlags::WRITE_UNCHANGED),
+        zero_flags: ReqFlags::FUA
+            .union(ReqFlags::MAY_UNMAP)
+            .union(ReqFlags::NO_FALLBACK)
+            .union(ReqFlags::WRITE_UNCHANGED),
+        reopen: false,
+    }
 }
