@@ -441,7 +441,10 @@ fn nbd_export_from_the_command_line_serves_qemu_and_libnbd_clients() {
     m.cmd(r#"{"execute":"qmp_capabilities"}"#, &mut ev);
     wait_for(&sock);
     let uri = format!("nbd+unix:///disk?socket={}", sock.display());
-    dir.ok("qemu-io", &["-f", "raw", "-c", "write -P 0x5a 1M 64k", &uri]);
+    dir.ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x5a 1M 64k", &uri],
+    );
     dir.ok("qemu-io", &["-f", "raw", "-c", "read -P 0x5a 1M 64k", &uri]);
     let info = dir.ok("qemu-img", &["info", "--output=json", &uri]);
     let info: Value = serde_json::from_str(&info).unwrap();
@@ -458,5 +461,8 @@ fn nbd_export_from_the_command_line_serves_qemu_and_libnbd_clients() {
     assert_eq!((code, err.as_str()), (0, ""));
     assert!(!sock.exists() && !dir.0.join("m.sock").exists());
     qemu_img(&dir, &["check", "d.qcow2"]);
-    dir.ok("qemu-io", &["-f", "qcow2", "-c", "read -P 0x5a 1M 64k", "d.qcow2"]);
+    dir.ok(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "read -P 0x5a 1M 64k", "d.qcow2"],
+    );
 }

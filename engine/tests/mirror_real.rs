@@ -375,7 +375,10 @@ fn incremental_backup_from_qemus_bitmap_equals_qemus_incremental_backup() {
         p("inc-qsd.qcow2"),
     );
     dir.run("qemu-img", &["create", "-q", "-f", "qcow2", &img, "16M"]);
-    dir.run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x11 0 16M", &img]);
+    dir.run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x11 0 16M", &img],
+    );
     dir.run("qemu-img", &["bitmap", "--add", &img, "inc"]);
     let later = [
         "write -P 0x22 1M 64k",
@@ -432,7 +435,10 @@ fn incremental_backup_from_qemus_bitmap_equals_qemus_incremental_backup() {
         dir.check(f, false);
     }
     let (code, out) = dir.run_status("qemu-img", &["compare", &inc_blk, &inc_qsd]);
-    assert_eq!(code, 0, "blk's and QEMU's incremental backups differ: {out}");
+    assert_eq!(
+        code, 0,
+        "blk's and QEMU's incremental backups differ: {out}"
+    );
     assert_eq!(
         guest_map(&dir, &inc_blk),
         guest_map(&dir, &inc_qsd),

@@ -365,3 +365,49 @@ fn individual_backups_in_one_transaction_end_on_their_own() {
         );
     });
 }
+
+/// Names of the internal snapshots of drive0's image.
+fn internal_snapshots(engine: &Engine) -> Vec<String> {
+    let list = engine.snapshot_internal_list("drive0").unwrap();
+    list.into_iter().map(|s| s.name).collect()
+}
+
+/// `blockdev-snapshot-internal-sync` as an action: committed with the others, or deleted again
+/// when a later action fails (the bitmaps stay as they were too).
+#[test]
+fn an_internal_snapshot_action_commits_or_is_deleted_on_abort() {
+    run(1, |engine| async move {
+        setup(&engine).await;
+        let isnap = |name: &str| {
+            act(
+                "blockdev-snapshot-internal-sync",
+                json!({"device": "drive0", "name": name}),
+            )
+        };
+        let maps = bitmaps(&engine);
+        let actions = json!([
+            isnap("gone"),
+            bitmap("block-dirty-bitmap-add", "top", "b9"),
+            act("abort", json!({}))
+        ]);
+        // Not `refused`: the image file keeps the clusters the snapshot grew it by (as QEMU's
+        // does), though no snapshot is left.
+        let r = qmp(&engine, txn(actions)).await;
+        assert_eq!(r["error"]["desc"], "Transaction aborted using Abort action");
+        assert_eq!(internal_snapshots(&engine), Vec::<String>::new());
+        assert_eq!(bitmaps(&engine), maps, "bitmaps changed");
+        let actions = json!([isnap("kept"), bitmap("block-dirty-bitmap-add", "top", "b9")]);
+        qmp_ok(&engine, txn(actions)).await;
+        assert_eq!(internal_snapshots(&engine), vec!["kept".to_string()]);
+        assert!(bitmaps(&engine).iter().any(|b| b.1 == "b9"));
+        // A duplicate name fails in prepare and leaves the first snapshot alone.
+        refused(
+            &engine,
+            txn(json!([isnap("kept")])),
+            G,
+            "Snapshot with name 'kept' already exists on device 'drive0'",
+        )
+        .await;
+        assert_eq!(internal_snapshots(&engine), vec!["kept".to_string()]);
+    });
+}

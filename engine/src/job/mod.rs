@@ -281,10 +281,9 @@ impl Job {
 
     /// Progress: (done, total) in bytes of work.
     pub fn progress(&self) -> (u64, u64) {
-        self.driver.progress().unwrap_or((
-            self.progress_current.get(),
-            self.progress_total.get(),
-        ))
+        self.driver
+            .progress()
+            .unwrap_or((self.progress_current.get(), self.progress_total.get()))
     }
 
     /// Set how much work there is in all (it may change while the job runs).

@@ -24,9 +24,9 @@ mod nbd;
 
 pub use nbd::{export_cmdline, nbd_server_cmdline, socket_address};
 mod nodes;
+mod snapshots;
 mod throttle;
 mod transaction;
-mod snapshots;
 
 /// The commands this front end knows, in the order `query-commands` lists them.
 pub const COMMANDS: &[&str] = &[

@@ -11,7 +11,7 @@ use crate::engine::{BitmapAddArgs, Engine, NewImageMode};
 use crate::error::{Error, Result};
 use crate::transaction::{
     AbortAction, Action, BackupAction, BitmapAction, BitmapVerb, CompletionMode, ExternalSnapshot,
-    SnapshotSource,
+    InternalSnapshot, SnapshotSource,
 };
 use crate::util::Options;
 
@@ -56,6 +56,11 @@ const ACTIONS: &[(&str, Parse)] = &[
     ("blockdev-snapshot", |d| Ok(Box::new(snapshot_node(d)?))),
     ("blockdev-snapshot-sync", |d| {
         Ok(Box::new(snapshot_sync(d)?))
+    }),
+    ("blockdev-snapshot-internal-sync", |d| {
+        let device = d.require_str("device")?;
+        let name = d.require_str("name")?;
+        Ok(Box::new(InternalSnapshot::new(device, name)))
     }),
 ];
 

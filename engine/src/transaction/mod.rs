@@ -10,7 +10,8 @@
 //! `blockdev-snapshot`, `blockdev-backup`, `drive-backup` as actions) go through [`run`] too.
 //!
 //! One file per action family: `snapshot` (external snapshots), `bitmaps` (the dirty bitmap
-//! verbs), `backup` (the backup jobs, created in prepare and started in commit). An action is
+//! verbs), `backup` (the backup jobs, created in prepare and started in commit),
+//! `internal_snapshot` (a qcow2 internal snapshot, deleted again on abort). An action is
 //! added by implementing [`Action`] in a new file and giving its QMP type a row in
 //! `qmp/transaction.rs`.
 
@@ -23,10 +24,12 @@ use crate::job::JobTxn;
 
 mod backup;
 mod bitmaps;
+mod internal_snapshot;
 mod snapshot;
 
 pub use backup::BackupAction;
 pub use bitmaps::{BitmapAction, BitmapVerb};
+pub use internal_snapshot::InternalSnapshot;
 pub use snapshot::{ExternalSnapshot, SnapshotSource};
 
 /// `properties.completion-mode`.

@@ -23,9 +23,9 @@ mod faults;
 mod guest;
 mod images;
 mod jobs;
-mod transactions;
-mod snapshots;
 mod nbd;
+mod snapshots;
+mod transactions;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;

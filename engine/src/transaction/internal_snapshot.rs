@@ -1,0 +1,57 @@
+//! `blockdev-snapshot-internal-sync` as a transaction action: prepare takes the qcow2 internal
+//! snapshot (the Engine's checks, QEMU's messages), abort deletes the snapshot it took, by id,
+//! so a failed transaction leaves the image's snapshot table as it was.
+
+use crate::driver::SnapshotInfo;
+use crate::env::LocalBoxFuture;
+use crate::error::Result;
+
+use super::{Action, TxnCtx};
+
+/// One internal snapshot action.
+pub struct InternalSnapshot {
+    device: String,
+    name: String,
+    /// The snapshot prepare took, which abort removes.
+    taken: Option<SnapshotInfo>,
+}
+
+impl InternalSnapshot {
+    /// Snapshot `device` (a device or node name) as `name`.
+    pub fn new(device: String, name: String) -> InternalSnapshot {
+        InternalSnapshot {
+            device,
+            name,
+            taken: None,
+        }
+    }
+}
+
+impl Action for InternalSnapshot {
+    fn kind(&self) -> &'static str {
+        "blockdev-snapshot-internal-sync"
+    }
+
+    fn prepare<'a>(&'a mut self, cx: &'a TxnCtx<'a>) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let sn = cx
+                .engine
+                .snapshot_internal_create(&self.device, &self.name)
+                .await?;
+            self.taken = Some(sn);
+            Ok(())
+        })
+    }
+
+    fn abort<'a>(&'a mut self, cx: &'a TxnCtx<'a>) -> LocalBoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(sn) = self.taken.take() {
+                // Best effort, as every abort: the snapshot was just taken by this action.
+                let _ = cx
+                    .engine
+                    .snapshot_internal_delete(&self.device, Some(&sn.id), None)
+                    .await;
+            }
+        })
+    }
+}
