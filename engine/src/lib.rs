@@ -12,6 +12,7 @@
 //! ```text
 //! qemu_io/    front end: the qemu-io command language (parser, executor, output), on Engine
 //! qmp/        front end: JSON commands/events, dispatch to Engine methods
+//! transaction/ QMP transactions: actions prepared, then committed or aborted together
 //! engine.rs   the Engine facade
 //! job/        job core (status/verb tables, pause points, rate limit, txn) and the jobs
 //! nbd/        NBD server: exports through a BlockBackend, handshake, request loop (below
