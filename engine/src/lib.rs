@@ -19,8 +19,10 @@
 //!             engine.rs, above backend/); its wire-format leaves nbd/proto.rs, wire.rs, addr.rs
 //!             and options.rs import no layer and serve the client driver drivers/nbd/ too
 //! backend/    BlockBackend: guest devices, error policies, machine run state
-//! drivers/    file, raw, null-co, nbd/, blkdebug, qcow2/
+//! drivers/    file, raw, null-co, nbd/, blkdebug, throttle, copy-on-read, qcow2/
 //! request/    THE generic request path
+//! throttle/   I/O limits: throttle-group config, leaky buckets on the env clock, groups (used
+//!             by the throttle filter and by BlockBackends; imports only env, error, util)
 //! graph/      nodes, edges, permissions, graph edits, drain
 //! object.rs   user-creatable objects (`--object`, `object-add`: secrets), kept by id
 //! driver.rs   the BlockDriver trait and its sub-traits (Breakpoints, FormatOps)
