@@ -188,9 +188,17 @@ impl World<'_> {
         for n in notes {
             self.note(&n);
         }
-        if clean {
-            self.bitmaps.shadows.retain(|_, s| s.persistent);
-        }
+        // A restart, clean or not, ends every bitmap that was not persistent; a persistent one
+        // never stored is gone too. Only those the engine still has stay watched.
+        let engine = self.engine.clone();
+        self.bitmaps.shadows.retain(|name, s| {
+            s.persistent
+                && engine
+                    .node(&s.node)
+                    .ok()
+                    .and_then(|n| n.bitmaps().find(name))
+                    .is_some()
+        });
         if self.bitmaps.shadows.is_empty() {
             self.forget_bitmaps();
         }

@@ -256,6 +256,10 @@ pub(super) struct Gen {
     pub(super) persistent: Vec<(String, bool)>,
     /// Internal snapshots of the top image, oldest first.
     pub(super) isnaps: Vec<String>,
+    /// The chain's node names when the first of `isnaps` was taken: a snapshot keeps no
+    /// backing file of its own, so once a stream or commit changes the chain under the top,
+    /// applying an older snapshot reads other backing data (as in QEMU) and is not drawn.
+    pub(super) isnap_chain: Vec<String>,
     /// The refcount width of the top image (qcow2).
     pub(super) top_refcount_bits: u32,
     /// The NBD server, once an NBD round started it.
@@ -407,6 +411,7 @@ pub fn generate(seed: u64) -> Generated {
         top_persistent_ok: false,
         persistent: Vec::new(),
         isnaps: Vec::new(),
+        isnap_chain: Vec::new(),
         top_refcount_bits: 16,
         vmstate_written: false,
         nbd: None,

@@ -28,6 +28,13 @@ impl Gen {
             self.isnaps.clear();
             return false;
         }
+        let chain: Vec<String> = self.chain.iter().map(|l| l.node.clone()).collect();
+        if chain != self.isnap_chain {
+            // The snapshots taken so far saw another chain: forget them (they stay in the
+            // image, unused).
+            self.isnaps.clear();
+            self.isnap_chain = chain;
+        }
         true
     }
 
