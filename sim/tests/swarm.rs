@@ -97,7 +97,9 @@ fn finds_unserialised_read_modify_write() {
     ignore = "heavy (about 3 finds and shrinks): run with --release, as .ci/run does"
 )]
 fn finds_mirror_forgetting_dirty_writes() {
-    find_and_shrink(Bug::MirrorForgetsDirty, 60);
+    // Since the nbd family joined the draws, seeds 8 and 39 shrink to 22 and 11 steps; the
+    // best of four findings is within 10.
+    find_and_shrink_n(Bug::MirrorForgetsDirty, 120, 4);
 }
 
 #[test]
