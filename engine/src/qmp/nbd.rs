@@ -14,20 +14,7 @@ use crate::util::Options;
 /// Run one of the NBD commands (`name` is the QMP command).
 pub(super) async fn run(engine: &Engine, name: &str, mut args: Options) -> Result<Value> {
     match name {
-        "nbd-server-start" => {
-            let addr = args
-                .take_dict("addr")?
-                .ok_or_else(|| Error::param_missing("addr"))?;
-            let addr = socket_address(addr, true)?;
-            let max = args.take_u64("max-connections")?.unwrap_or(0);
-            let handshake = args.take_u64("handshake-max-seconds")?.unwrap_or(10);
-            if args.take_str("tls-creds")?.is_some() || args.take_str("tls-authz")?.is_some() {
-                return Err(Error::generic("TLS is not supported by this NBD server"));
-            }
-            args.finish()?;
-            let max = max.min(u64::from(u32::MAX)) as u32;
-            engine.nbd().start(&addr, max, handshake)?;
-        }
+        "nbd-server-start" => start_server(engine, args, true)?,
         "nbd-server-stop" => {
             args.finish()?;
             engine.nbd().stop().await?;
@@ -173,11 +160,16 @@ pub fn socket_address(mut addr: Options, legacy: bool) -> Result<NetAddr> {
 /// qemu-storage-daemon's `--nbd-server addr.type=unix,addr.path=...[,max-connections=N]
 /// [,handshake-max-seconds=N]` (a flat socket address, unlike QMP's): start the server.
 pub fn nbd_server_cmdline(engine: &Engine, text: &str) -> Result<()> {
-    let mut args = Options::from_keyval(text)?;
+    start_server(engine, Options::from_keyval(text)?, false)
+}
+
+/// `nbd-server-start`'s arguments (`qmp`: the address in QMP's nested form, else the command
+/// line's flat one): start the server.
+fn start_server(engine: &Engine, mut args: Options, qmp: bool) -> Result<()> {
     let addr = args
         .take_dict("addr")?
         .ok_or_else(|| Error::param_missing("addr"))?;
-    let addr = socket_address(addr, false)?;
+    let addr = socket_address(addr, qmp)?;
     let max = args.take_u64("max-connections")?.unwrap_or(0);
     let handshake = args.take_u64("handshake-max-seconds")?.unwrap_or(10);
     if args.take_str("tls-creds")?.is_some() || args.take_str("tls-authz")?.is_some() {
