@@ -5,7 +5,9 @@
 # fuzz/artifacts/TARGET/). Fuzz builds go to fuzz/target (or $FUZZ_TARGET_DIR), never to the
 # workspace's target dir: their compiler flags differ.
 # Needs nightly and cargo-fuzz. Limits: 2 GiB RSS, no single allocation over 512 MiB,
-# 10 s per input.
+# 10 s per input. libFuzzer's random stream is seeded from $FUZZ_SEED (default 1), so a run
+# on the same corpus and machine explores the same inputs first: a CI finding replays with the
+# printed command; set FUZZ_SEED=0 for a fresh seed each run.
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-30}
@@ -15,6 +17,7 @@ if [ ${#targets[@]} -eq 0 ]; then
     targets=(qcow2_header qcow2_image qcow2_structured qcow2_io scenario_parse qemu_io_parse qmp_dispatch nbd_server)
 fi
 tdir=${FUZZ_TARGET_DIR:-$PWD/target}
+seed=${FUZZ_SEED:-1}
 cargo +nightly fuzz build -a --target-dir "$tdir"
 ./seeds.sh
 for t in "${targets[@]}"; do
@@ -30,8 +33,8 @@ for t in "${targets[@]}"; do
         qmp_dispatch) extra=(-dict=dict/qmp.dict) ;;
     esac
     mkdir -p "corpus/$t"
-    echo "== fuzz $t for ${secs}s"
+    echo "== fuzz $t for ${secs}s (seed $seed)"
     cargo +nightly fuzz run -a --target-dir "$tdir" "$t" "corpus/$t" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 \
-        -print_final_stats=1 "${extra[@]}"
+        -print_final_stats=1 -seed="$seed" "${extra[@]}"
 done

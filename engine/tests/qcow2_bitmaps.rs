@@ -689,3 +689,39 @@ fn crash_during_store_leaves_old_or_new_bitmaps() {
     }
     assert!(olds > 0 && news > 0, "old {olds}, new {news}");
 }
+
+/// Opening read-write marks the bitmaps in use in place, as QEMU does: the directory stays
+/// where it was and nothing is allocated or freed. So an image whose refcounts miss the
+/// bitmap clusters still opens (for `check -r` to repair it) with its bits intact, where a
+/// copy-on-write directory would take the first "free" cluster, the bitmap's own data, and
+/// then fail to free the old one. Found by the `qcow2_structured` fuzz target.
+#[test]
+fn read_write_open_marks_in_use_in_place_even_with_broken_refcounts() {
+    let mut img = image_with_bitmap_a();
+    let ext = ext_payload(&img);
+    let dir = be64_at(&img, ext + 16);
+    let table = be64_at(&img, dir as usize);
+    let data: Vec<u64> = (0..2)
+        .map(|i| be64_at(&img, table as usize + 8 * i) & !0x1ff)
+        .filter(|&o| o != 0)
+        .collect();
+    // 64 KiB clusters, 16-bit refcounts: the first refcount block covers the whole image.
+    let reftable = be64_at(&img, 48) as usize;
+    let block = be64_at(&img, reftable) as usize;
+    for off in [dir, table].into_iter().chain(data) {
+        let entry = block + 2 * (off >> 16) as usize;
+        assert_eq!(&img[entry..entry + 2], &[0, 1]);
+        img[entry..entry + 2].copy_from_slice(&[0, 0]);
+    }
+    let sim = sim_with(5, &[("img", img)]);
+    with_node(&sim, "img", false, async |_bb, node| {
+        let ops = node.driver().format_ops().unwrap();
+        let stored = ops.stored_bitmaps().await.unwrap();
+        assert!(stored.iter().all(|s| s.in_use), "marked in use at open");
+        let now = sim.fs().file_bytes("img").unwrap();
+        assert_eq!(be64_at(&now, ext + 16), dir, "the directory did not move");
+        let a = node.bitmaps().find("a").unwrap();
+        let n = DISK / 65536;
+        assert_eq!(a.bits().bits(), &bits(n, &[(16, 17), (160, 161)]));
+    });
+}

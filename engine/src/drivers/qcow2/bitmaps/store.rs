@@ -1,7 +1,8 @@
 //! The persistent bitmap verbs on an open image: list, load, store, remove, mark in use, and
 //! the check at open.
 //!
-//! A change never edits the directory in place: the new bitmap data, tables and directory go
+//! A change never edits the directory in place (but for the in-use flags, see
+//! [`Qcow2::mark_in_use`]): the new bitmap data, tables and directory go
 //! to fresh clusters (their refcounts durable first), then one header write switches the
 //! extension to the new directory, then the old directory and the replaced bitmaps' clusters
 //! are freed. A crash at any point leaves the old bitmaps or the new ones, plus at worst leaked
@@ -175,9 +176,18 @@ impl Qcow2 {
         self.mark_in_use(held).await
     }
 
-    /// Set the in-use flag of every bitmap not in use yet. Metadata lock held.
-    pub(super) async fn mark_in_use(&self, held: &MetaGuard<'_>) -> Result<()> {
+    /// Set the in-use flag of every bitmap not in use yet, in place. Metadata lock held.
+    ///
+    /// The one exception to copy-on-write, as in QEMU: only one bit of each entry's flags
+    /// changes, so a torn write leaves every entry old or new, and either is consistent
+    /// (no guest write lands before this returns flushed). Writing in place also means an
+    /// open allocates nothing: an image whose refcounts are broken still opens for repair,
+    /// and the file keeps the layout QEMU would give it.
+    pub(super) async fn mark_in_use(&self, _held: &MetaGuard<'_>) -> Result<()> {
         let (ext, mut entries) = self.bitmap_dir().await?;
+        let Some(ext) = ext else {
+            return Ok(());
+        };
         let mut changed = false;
         for e in entries.iter_mut() {
             if !e.in_use() {
@@ -188,8 +198,21 @@ impl Qcow2 {
         if !changed {
             return Ok(());
         }
-        self.switch_directory(held, ext, &entries, Vec::new(), Vec::new())
+        let raw = dir::serialize(&entries);
+        debug_assert_eq!(
+            raw.len() as u64,
+            ext.dir_size,
+            "flags do not change the size"
+        );
+        self.pre_write_check(0, ext.dir_offset, raw.len() as u64)
+            .await?;
+        self.file
+            .write(ext.dir_offset, IoBuf::from_slice(&raw), ReqFlags::NONE)
             .await
+            .1?;
+        // Durable before any guest write can be: a crash must never find the flag clear
+        // under bits that missed a write.
+        self.file.flush().await
     }
 
     /// What stops a bitmap `name` of `granularity` from being stored in this image, in QEMU's
