@@ -7,6 +7,7 @@
 use crate::support;
 
 use engine::Engine;
+use engine::backend::BackendOptions;
 use engine::io::{IoBuf, ReqFlags};
 use engine::job::JobStatus;
 use serde_json::{Value, json};
@@ -409,5 +410,48 @@ fn an_internal_snapshot_action_commits_or_is_deleted_on_abort() {
         )
         .await;
         assert_eq!(internal_snapshots(&engine), vec!["kept".to_string()]);
+    });
+}
+
+/// An internal snapshot and an external one in one transaction are one point in time: a guest
+/// write issued while the transaction runs lands after both (in the new overlay), never in
+/// the old image between them. The internal-snapshot action holds the node drained from
+/// prepare to clean, as QEMU does.
+#[test]
+fn a_write_during_internal_and_external_snapshots_lands_after_both() {
+    run(1, |engine| async move {
+        setup(&engine).await;
+        let env = engine.env();
+        let landed = std::rc::Rc::new(std::cell::Cell::new(false));
+        {
+            let (engine, landed) = (engine.clone(), landed.clone());
+            env.spawn(
+                "guest",
+                Box::pin(async move {
+                    write(&engine, &[2 << 20], 0x77).await;
+                    landed.set(true);
+                }),
+            );
+        }
+        let actions = json!([
+            act(
+                "blockdev-snapshot-internal-sync",
+                json!({"device": "drive0", "name": "pt"})
+            ),
+            snap_sync("s1.qcow2", "s1"),
+        ]);
+        qmp_ok(&engine, txn(actions)).await;
+        while !landed.get() {
+            env.sleep_until(env.now_ns() + 1_000_000).await;
+        }
+        assert_eq!(chain_names(&engine, "s1"), ["s1", "top", "mid", "base"]);
+        let peek = engine
+            .device_add("peek", "top", BackendOptions::guest_device(true, true))
+            .unwrap();
+        let in_top = peek.block_status(2 << 20, 65536).await.unwrap();
+        assert!(
+            !in_top.mapping.is_allocated(),
+            "the write landed in top, between the two snapshots"
+        );
     });
 }

@@ -1,10 +1,13 @@
 //! `blockdev-snapshot-internal-sync` as a transaction action: prepare takes the qcow2 internal
 //! snapshot (the Engine's checks, QEMU's messages), abort deletes the snapshot it took, by id,
-//! so a failed transaction leaves the image's snapshot table as it was.
+//! so a failed transaction leaves the image's snapshot table as it was. The node stays drained
+//! from prepare to clean, as QEMU holds it: no guest write lands between this snapshot and the
+//! other actions' points in time (a bitmap added, an overlay appended in the same transaction).
 
 use crate::driver::SnapshotInfo;
 use crate::env::LocalBoxFuture;
 use crate::error::Result;
+use crate::graph::DrainedSection;
 
 use super::{Action, TxnCtx};
 
@@ -14,6 +17,8 @@ pub struct InternalSnapshot {
     name: String,
     /// The snapshot prepare took, which abort removes.
     taken: Option<SnapshotInfo>,
+    /// The node's drained section, from prepare to clean.
+    drained: Option<DrainedSection>,
 }
 
 impl InternalSnapshot {
@@ -23,6 +28,7 @@ impl InternalSnapshot {
             device,
             name,
             taken: None,
+            drained: None,
         }
     }
 }
@@ -34,6 +40,10 @@ impl Action for InternalSnapshot {
 
     fn prepare<'a>(&'a mut self, cx: &'a TxnCtx<'a>) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            // An unknown device is refused by the create below, with QEMU's message.
+            if let Ok(bs) = cx.engine.root_bs(&self.device) {
+                self.drained = Some(bs.drained_begin().await);
+            }
             let sn = cx
                 .engine
                 .snapshot_internal_create(&self.device, &self.name)
@@ -52,6 +62,12 @@ impl Action for InternalSnapshot {
                     .snapshot_internal_delete(&self.device, Some(&sn.id), None)
                     .await;
             }
+        })
+    }
+
+    fn clean<'a>(&'a mut self, _cx: &'a TxnCtx<'a>) -> LocalBoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.drained = None;
         })
     }
 }
