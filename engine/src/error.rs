@@ -80,6 +80,9 @@ pub enum Errno {
     EAGAIN,
     /// Numerical result out of range.
     ERANGE,
+    /// No medium found (QEMU's answer once a node has lost its driver, e.g. after fatal
+    /// corruption).
+    ENOMEDIUM,
     /// Any other host errno, kept by number.
     Other(i32),
 }
@@ -102,6 +105,7 @@ impl Errno {
             Errno::ERANGE => 34,
             Errno::EAGAIN => 11,
             Errno::ENOTSUP => 95,
+            Errno::ENOMEDIUM => 123,
             Errno::ECANCELED => 125,
             Errno::Other(n) => n,
         }
@@ -124,6 +128,7 @@ impl Errno {
             34 => Errno::ERANGE,
             11 => Errno::EAGAIN,
             95 => Errno::ENOTSUP,
+            123 => Errno::ENOMEDIUM,
             125 => Errno::ECANCELED,
             n => Errno::Other(n),
         }
@@ -146,6 +151,7 @@ impl Errno {
             Errno::ERANGE => "Numerical result out of range",
             Errno::EAGAIN => "Resource temporarily unavailable",
             Errno::ENOTSUP => "Operation not supported",
+            Errno::ENOMEDIUM => "No medium found",
             Errno::ECANCELED => "Operation canceled",
             Errno::Other(_) => "Unknown error",
         }

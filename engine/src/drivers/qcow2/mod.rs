@@ -158,6 +158,9 @@ pub(crate) struct Qcow2 {
     snaps: RefCell<Vec<snapshot_table::SnapshotEntry>>,
     /// Where the snapshot table is and its size in bytes (0, 0: none).
     snap_table: Cell<(u64, u64)>,
+    /// Where the persistent bitmap directory is and its size in bytes (0, 0: none), for the
+    /// overlap checks; follows every header switch (`bitmaps/header.rs`).
+    bitmap_dir_at: Cell<(u64, u64)>,
 }
 
 pub(super) fn open(
@@ -239,6 +242,7 @@ pub(super) fn open(
             reopen_options: RefCell::new(None),
             snaps: RefCell::new(snaps),
             snap_table: Cell::new((h.snapshots_offset, snap_bytes)),
+            bitmap_dir_at: Cell::new((0, 0)),
         };
         // QEMU loads the persistent bitmaps at open: a malformed extension, directory or
         // table fails the open, read-only or not.
@@ -472,6 +476,7 @@ impl Qcow2 {
     /// `check_writable` before a change of guest data: stored enabled bitmaps are marked in
     /// use first.
     async fn check_guest_writable(&self) -> Result<()> {
+        self.check_not_ejected()?;
         self.check_writable().await
     }
 
@@ -596,7 +601,12 @@ impl BlockDriver for Qcow2 {
     }
 
     fn read(&self, offset: u64, buf: IoBuf, _flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
-        Box::pin(self.do_read(offset, buf))
+        Box::pin(async move {
+            if let Err(e) = self.check_not_ejected() {
+                return (buf, Err(e));
+            }
+            self.do_read(offset, buf).await
+        })
     }
 
     fn write(&self, offset: u64, buf: IoBuf, flags: ReqFlags) -> LocalBoxFuture<'_, BufResult> {
@@ -632,7 +642,7 @@ impl BlockDriver for Qcow2 {
 
     fn flush(&self) -> LocalBoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.read_only.get() {
+            if self.read_only.get() || self.fatal_signaled.get() {
                 return Ok(());
             }
             let held = &self.meta.lock().await;
@@ -641,7 +651,10 @@ impl BlockDriver for Qcow2 {
     }
 
     fn block_status(&self, offset: u64, len: u64) -> LocalBoxFuture<'_, Result<BlockStatus>> {
-        Box::pin(self.do_block_status(offset, len))
+        Box::pin(async move {
+            self.check_not_ejected()?;
+            self.do_block_status(offset, len).await
+        })
     }
 
     fn truncate(

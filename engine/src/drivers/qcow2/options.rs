@@ -11,7 +11,10 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::util::Options;
 
-use super::overlap::{OL_ACTIVE_L1, OL_ACTIVE_L2, OL_HEADER, OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE};
+use super::overlap::{
+    OL_ACTIVE_L1, OL_ACTIVE_L2, OL_BITMAP_DIRECTORY, OL_HEADER, OL_INACTIVE_L1, OL_INACTIVE_L2,
+    OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE, OL_SNAPSHOT_TABLE,
+};
 
 /// Default upper bound of the L2 cache (QEMU's 32 MiB).
 const DEFAULT_L2_CACHE_MAX: u64 = 32 << 20;
@@ -20,21 +23,25 @@ const MIN_L2_TABLES: u64 = 2;
 /// Fewest (and by default exactly this many) refcount blocks cached.
 const MIN_REFCOUNT_BLOCKS: u64 = 4;
 
-/// The overlap-check templates and which structures each checks. blk's checker knows the
-/// structures it keeps in memory; the snapshot table, inactive tables and bitmap directory are
-/// accepted (QEMU's names) and have nothing to check in an image blk can open.
+/// The overlap-check templates and which structures each checks, as in QEMU: `constant`
+/// needs no reads, `cached` what is in memory, `all` also reads the inactive L2 tables.
 const TEMPLATES: [(&str, u32); 4] = [
     ("none", 0),
-    ("constant", OL_HEADER | OL_ACTIVE_L1 | OL_REFCOUNT_TABLE),
-    (
-        "cached",
-        OL_HEADER | OL_ACTIVE_L1 | OL_REFCOUNT_TABLE | OL_ACTIVE_L2 | OL_REFCOUNT_BLOCK,
-    ),
+    ("constant", CONSTANT),
+    ("cached", CONSTANT | OL_ACTIVE_L2 | OL_REFCOUNT_BLOCK),
     (
         "all",
-        OL_HEADER | OL_ACTIVE_L1 | OL_REFCOUNT_TABLE | OL_ACTIVE_L2 | OL_REFCOUNT_BLOCK,
+        CONSTANT | OL_ACTIVE_L2 | OL_REFCOUNT_BLOCK | OL_INACTIVE_L2,
     ),
 ];
+
+/// The structures the `constant` template checks.
+const CONSTANT: u32 = OL_HEADER
+    | OL_ACTIVE_L1
+    | OL_REFCOUNT_TABLE
+    | OL_SNAPSHOT_TABLE
+    | OL_INACTIVE_L1
+    | OL_BITMAP_DIRECTORY;
 
 /// Per-structure `overlap-check.NAME` booleans.
 const STRUCTURES: [(&str, u32); 9] = [
@@ -43,10 +50,10 @@ const STRUCTURES: [(&str, u32); 9] = [
     ("active-l2", OL_ACTIVE_L2),
     ("refcount-table", OL_REFCOUNT_TABLE),
     ("refcount-block", OL_REFCOUNT_BLOCK),
-    ("snapshot-table", 0),
-    ("inactive-l1", 0),
-    ("inactive-l2", 0),
-    ("bitmap-directory", 0),
+    ("snapshot-table", OL_SNAPSHOT_TABLE),
+    ("inactive-l1", OL_INACTIVE_L1),
+    ("inactive-l2", OL_INACTIVE_L2),
+    ("bitmap-directory", OL_BITMAP_DIRECTORY),
 ];
 
 /// Every runtime option's key: what a reopen may change (anything else is refused).

@@ -53,6 +53,8 @@ impl Qcow2 {
             self.file.flush().await?;
         }
         self.layout.autoclear.set(autoclear);
+        self.bitmap_dir_at
+            .set(ext.map_or((0, 0), |e| (e.dir_offset, e.dir_size)));
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ use crate::io::{IoBuf, ReqFlags};
 use super::super::Qcow2;
 use super::super::header::Header;
 use super::super::lock::MetaGuard;
+use super::super::overlap::OL_BITMAP_DIRECTORY;
 use super::super::units::HostOffset;
 use super::dir::{self, FLAG_AUTO, FLAG_IN_USE};
 use super::table::{self, ALL_ONES, bit_count, bits_per_cluster, table_entries};
@@ -67,7 +68,9 @@ impl Qcow2 {
     /// extension, the directory and the table of every bitmap not in use. An image without
     /// bitmaps costs no I/O here.
     pub(crate) async fn check_bitmaps_at_open(&self, h: &Header) -> Result<()> {
-        let (_, entries) = self.bitmap_dir_of(h).await?;
+        let (ext, entries) = self.bitmap_dir_of(h).await?;
+        self.bitmap_dir_at
+            .set(ext.map_or((0, 0), |e| (e.dir_offset, e.dir_size)));
         for e in entries.iter().filter(|e| !e.in_use()) {
             self.bitmap_table(e).await?;
         }
@@ -119,6 +122,11 @@ impl Qcow2 {
 
     /// `FormatOps::store_bitmaps`.
     pub(crate) async fn store_stored_bitmaps(&self, set: &[BitmapToStore<'_>]) -> Result<()> {
+        // A node that signalled fatal corruption has no driver left in QEMU: it stores nothing
+        // and says nothing (its bitmaps stay in use in the image, inconsistent next time).
+        if self.check_not_ejected().is_err() {
+            return Ok(());
+        }
         for (i, b) in set.iter().enumerate() {
             self.check_constraints(b)?;
             if set[..i].iter().any(|o| o.name == b.name) {
@@ -204,7 +212,7 @@ impl Qcow2 {
             ext.dir_size,
             "flags do not change the size"
         );
-        self.pre_write_check(0, ext.dir_offset, raw.len() as u64)
+        self.pre_write_check(OL_BITMAP_DIRECTORY, ext.dir_offset, raw.len() as u64)
             .await?;
         self.file
             .write(ext.dir_offset, IoBuf::from_slice(&raw), ReqFlags::NONE)
