@@ -130,8 +130,7 @@ fn parse(args: &[String]) -> Result<Args, i32> {
                     a.aio = Some(v.clone());
                 }
                 't' => {
-                    a.cache =
-                        parse_cache(&v).map_err(|_| Error::generic("Invalid cache mode"))?
+                    a.cache = parse_cache(&v).map_err(|_| Error::generic("Invalid cache mode"))?
                 }
                 'U' => a.share = true,
                 'q' => {}

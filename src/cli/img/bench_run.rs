@@ -15,12 +15,12 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use engine::Result;
 use engine::backend::BlockBackend;
 use engine::env::Env;
 use engine::env::real::RealEnv;
 use engine::io::{IoBuf, ReqFlags};
 use engine::util::Notify;
-use engine::Result;
 use hdrhistogram::Histogram;
 
 /// What to send (qemu-img bench's parameters, validated).
@@ -139,9 +139,10 @@ fn submit(run: &Rc<Run>) {
                 0 => 0,
                 size => (offset + run.plan.step) % size,
             };
-            let buf = st.bufs.pop().unwrap_or_else(|| {
-                IoBuf::filled(run.plan.bufsize as usize, run.plan.pattern)
-            });
+            let buf = st
+                .bufs
+                .pop()
+                .unwrap_or_else(|| IoBuf::filled(run.plan.bufsize as usize, run.plan.pattern));
             (offset, buf)
         };
         let r = run.clone();

@@ -96,7 +96,10 @@ pub(crate) fn split_or_fail_as(
     let mut all = long.to_vec();
     for extra in [open_args::OBJECT, open_args::IMAGE_OPTS] {
         // A table may take one in full only ("=object").
-        if !all.iter().any(|(name, _, _)| name.trim_start_matches('=') == extra.0) {
+        if !all
+            .iter()
+            .any(|(name, _, _)| name.trim_start_matches('=') == extra.0)
+        {
             all.push(extra);
         }
     }
