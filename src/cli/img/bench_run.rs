@@ -181,7 +181,7 @@ fn completed(run: &Rc<Run>, buf: IoBuf, res: Result<()>, latency_ns: u64) {
             run.changed.notify_all();
         }
         let interval = run.plan.flush_interval;
-        if interval != 0 && unsubmitted % interval == 0 {
+        if interval != 0 && unsubmitted.is_multiple_of(interval) {
             let start = st.in_flight == 0 || !run.plan.drain;
             if start {
                 st.flushes_pending += 1;
