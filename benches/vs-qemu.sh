@@ -7,7 +7,7 @@
 #
 #   benches/vs-qemu.sh [--quick] [--pairs N] [--no-backup] [--keep]
 #
-# --quick: 64 MiB images and a tenth of the requests (a smoke run of a minute or two);
+# --quick: 64 MiB images and a tenth of the requests (a smoke run of a few minutes);
 # --pairs N: N blk/QEMU pairs per case (default 5); --no-backup: skip the backup case (it runs
 # `cargo bench --bench backup`, whose own A/B pass times qemu-storage-daemon over QMP);
 # --keep: leave the scratch directory. BLK=path picks the blk binary (default: a release

@@ -35,8 +35,9 @@ Send COUNT requests to the image FILENAME, DEPTH at a time, and print how long t
   -s, --buffer-size SIZE     bytes per request (default 4096)
   -S, --step-size STEP       offset increment between requests (default: the buffer size);
                              offsets wrap at the end of the image
-  -i, --aio AIO              host I/O backend: threads, native or io_uring
-  -n, --native               native AIO (needs -t none or directsync)
+  -i, --aio AIO              threads, native or io_uring: checked as qemu-img checks it
+                             (blk's host I/O is its io_uring reactor whichever is named)
+  -n, --native               -i native (which needs -t none or directsync)
   -w, --write                write instead of read
   --pattern PATTERN          byte written by -w (default 0)
   --flush-interval N         flush after every N requests (-w only; at least DEPTH)
