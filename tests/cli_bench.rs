@@ -223,29 +223,33 @@ fn bench_reports_its_run() {
     let (int, frac) = secs.split_once('.').unwrap();
     assert!(int.parse::<u64>().is_ok() && frac.len() == 3, "{secs}");
 
-    // (count, depth, interval): with draining, one flush at each multiple of the interval
-    // among the counts of requests not yet sent, from count - depth down to 0.
-    for (count, depth, interval) in [(100u64, 4u64, 10u64), (100, 4, 7), (95, 10, 10), (10, 1, 3)] {
-        let out = d.ok(
-            BLK,
-            &[
-                "bench",
-                "-w",
-                "-c",
-                &count.to_string(),
-                "-d",
-                &depth.to_string(),
-                "--flush-interval",
-                &interval.to_string(),
-                "--output=json",
-                "a.qcow2",
-            ],
-        );
+    // (count, depth, interval, drain). The counts of requests not yet sent, seen as each
+    // request completes, run from count - depth down to 0, and stay 0 for the last depth - 1
+    // completions. Draining, one flush at each multiple of the interval among them (the
+    // queue empties first, so each is seen once); with --no-drain, one at every completion
+    // that sees a multiple, those last ones included.
+    let cases = [
+        (100u64, 4u64, 10u64, true),
+        (100, 4, 7, true),
+        (95, 10, 10, true),
+        (10, 1, 3, true),
+        (100, 4, 7, false),
+        (95, 10, 10, false),
+    ];
+    for (count, depth, interval, drain) in cases {
+        let (c, dd, i) = (count.to_string(), depth.to_string(), interval.to_string());
+        let mut args = vec!["bench", "-w", "-c", &c, "-d", &dd, "--flush-interval", &i];
+        if !drain {
+            args.push("--no-drain");
+        }
+        args.extend(["--output=json", "a.qcow2"]);
+        let out = d.ok(BLK, &args);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["operation"], "write");
         assert_eq!(v["ops"], count);
         assert_eq!(v["bytes"], count * 4096);
-        assert_eq!(v["flushes"], (count - depth) / interval + 1, "{out}");
+        let tail = if drain { 0 } else { depth - 1 };
+        assert_eq!(v["flushes"], (count - depth) / interval + 1 + tail, "{out}");
         let secs = v["seconds"].as_f64().unwrap();
         assert!(secs > 0.0);
         let iops = v["iops"].as_f64().unwrap();
