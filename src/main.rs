@@ -7,7 +7,8 @@ mod cli;
 use cli::prog;
 
 /// The image subcommands blk has, with qemu-img's one-line descriptions.
-const COMMANDS: [(&str, &str); 12] = [
+const COMMANDS: [(&str, &str); 13] = [
+    ("bench", "Run simple image benchmark"),
     (
         "bitmap",
         "Perform modifications of the persistent bitmap in the image",
@@ -136,8 +137,8 @@ fn run_command(cmd: &str, rest: &[String]) -> i32 {
         "io" if blk => cli::io::run_io(rest),
         "sim" if blk => cli::sim::run_sim(rest),
         "serve" if blk => cli::serve::run_serve(rest),
-        "bitmap" | "create" | "info" | "map" | "compare" | "convert" | "dd" | "resize"
-        | "commit" | "rebase" | "snapshot" => cli::img::run(cmd, rest),
+        "bench" | "bitmap" | "create" | "info" | "map" | "compare" | "convert" | "dd"
+        | "resize" | "commit" | "rebase" | "snapshot" => cli::img::run(cmd, rest),
         "help" if blk => print_ok(&img_help()),
         other => {
             let name = prog::name();

@@ -5,6 +5,8 @@
 // Shared helpers, loaded once for the whole binary; test files `use crate::` them.
 mod common;
 
+#[path = "cli_bench.rs"]
+mod cli_bench;
 #[path = "cli_bitmap.rs"]
 mod cli_bitmap;
 #[path = "cli_check.rs"]

@@ -167,12 +167,12 @@ fn short_cluster(
 }
 
 /// The long option of `--name[=value]`, taking its argument from the next word if needed.
-fn long_opt(long: &[LongOpt], name: &str, args: &[String], i: &mut usize) -> Opt {
-    let (name, inline) = match name.split_once('=') {
+fn long_opt(long: &[LongOpt], word: &str, args: &[String], i: &mut usize) -> Opt {
+    let (name, inline) = match word.split_once('=') {
         Some((n, v)) => (n, Some(v.to_string())),
-        None => (name, None),
+        None => (word, None),
     };
-    let (full, c, takes) = match find_long(long, name) {
+    let (full, c, takes) = match find_long(long, name, word) {
         Ok(found) => found,
         Err(bad) => return bad,
     };
@@ -194,8 +194,9 @@ fn long_opt(long: &[LongOpt], name: &str, args: &[String], i: &mut usize) -> Opt
 }
 
 /// The long option `name` stands for: an exact match, else the only option it abbreviates
-/// (several that all mean the same count as one, as glibc has it).
-fn find_long(long: &[LongOpt], name: &str) -> Result<(&'static str, char, bool), Opt> {
+/// (several that all mean the same count as one, as glibc has it). An error shows `word`, the
+/// option as given (`name=value` too, as glibc's messages do).
+fn find_long(long: &[LongOpt], name: &str, word: &str) -> Result<(&'static str, char, bool), Opt> {
     let exact = long
         .iter()
         .find(|(n, _, _)| n.strip_prefix('=').unwrap_or(n) == name);
@@ -207,12 +208,12 @@ fn find_long(long: &[LongOpt], name: &str) -> Result<(&'static str, char, bool),
         .filter(|(n, _, _)| !n.starts_with('=') && n.starts_with(name))
         .collect();
     match matches.as_slice() {
-        [] => Err(Opt::UnknownLong(name.to_string())),
+        [] => Err(Opt::UnknownLong(word.to_string())),
         [(full, c, takes), rest @ ..] if rest.iter().all(|(_, c2, t2)| c2 == c && t2 == takes) => {
             Ok((full, *c, *takes))
         }
         many => Err(Opt::AmbiguousLong(
-            name.to_string(),
+            word.to_string(),
             many.iter().map(|(n, _, _)| *n).collect(),
         )),
     }
@@ -284,6 +285,15 @@ mod tests {
         assert_eq!(
             msg("--tim x").as_deref(),
             Some("unrecognized option '--tim'")
+        );
+        // An unknown or ambiguous option is shown with its value, as glibc shows it.
+        assert_eq!(
+            msg("--bogus=1").as_deref(),
+            Some("unrecognized option '--bogus=1'")
+        );
+        assert_eq!(
+            msg("--o=x").as_deref(),
+            Some("option '--o=x' is ambiguous; possibilities: '--output' '--object'")
         );
         assert_eq!(
             msg("--quiet=1").as_deref(),

@@ -1,4 +1,4 @@
-//! The qemu-img style image tools: `blk bitmap|create|info|map|compare|convert|dd|resize|commit|rebase|snapshot`.
+//! The qemu-img style image tools: `blk bench|bitmap|create|info|map|compare|convert|dd|resize|commit|rebase|snapshot`.
 //!
 //! Each subcommand lives in its own file and takes qemu-img's flags, prints qemu-img's
 //! messages (prefixed `qemu-img:` like `blk io` prefixes `qemu-io:`) and uses its exit codes.
@@ -6,6 +6,8 @@
 //! opened with `blockdev-add` options (see `open.rs`), data moves through BlockBackends and the
 //! generic request path, and allocation comes from block status through the backing chain.
 
+mod bench;
+mod bench_run;
 mod bitmap;
 mod chain;
 mod commit;
@@ -36,6 +38,7 @@ use engine::{Error, Result};
 /// Entry point of `blk <cmd> ARGS...`; returns the exit status.
 pub fn run(cmd: &str, args: &[String]) -> i32 {
     match cmd {
+        "bench" => bench::run(args),
         "bitmap" => bitmap::run(args),
         "create" => create::run(args),
         "info" => info::run(args),
@@ -92,7 +95,11 @@ pub(crate) fn split_or_fail_as(
     // messages show) keep them there; the others get them at the end.
     let mut all = long.to_vec();
     for extra in [open_args::OBJECT, open_args::IMAGE_OPTS] {
-        if !all.iter().any(|(name, _, _)| *name == extra.0) {
+        // A table may take one in full only ("=object").
+        if !all
+            .iter()
+            .any(|(name, _, _)| name.trim_start_matches('=') == extra.0)
+        {
             all.push(extra);
         }
     }

@@ -31,6 +31,8 @@ pub(crate) struct Tool {
     /// Files (device, inode) under the images opened without `-U`: what QEMU would hold
     /// file locks on, so a create over one of them is refused (see `check_unlocked`).
     held: RefCell<Vec<(u64, u64)>>,
+    /// The file nodes' `aio` option (`-i`/`-n`; the env's default when `None`).
+    pub aio: RefCell<Option<String>>,
     /// `open` leaves backing files closed (info walks the chain itself, as qemu-img does).
     pub no_backing: Cell<bool>,
 }
@@ -94,6 +96,7 @@ impl Tool {
             object_error: RefCell::new(None),
             held: RefCell::new(Vec::new()),
             no_backing: Cell::new(false),
+            aio: RefCell::new(None),
         };
         // Validated already by `split_or_fail`; kept as the first `open`'s error should the
         // second creation fail (a secret file changed in between).
@@ -155,6 +158,7 @@ impl Tool {
             cache: self.cache.get(),
             node_name: format!("img{n}"),
             no_backing: self.no_backing.get(),
+            aio: self.aio.borrow().clone(),
             ..OpenSpec::default()
         };
         // Without a format the engine probes the file (engine::probe), as qemu-img does.
