@@ -158,6 +158,43 @@ fn bitmap_seeds_check_bitmaps_that_recorded_writes() {
     );
 }
 
+/// Seeds whose transactions take internal snapshots pass and replay identically, and the
+/// oracle is not vacuous: snapshots taken in committed transactions are adopted by the model
+/// (`isnap drive0 taken`) and later applied and verified, and failed transactions are shown
+/// to leave none behind.
+#[test]
+fn transaction_internal_snapshots_are_adopted_and_applied() {
+    planted::disable_all();
+    let (mut taken, mut applied, mut refused) = (0, 0, 0);
+    for seed in 0..3000 {
+        let g = swarm::generator::generate(seed);
+        if !g.text.contains("blockdev-snapshot-internal-sync") {
+            continue;
+        }
+        let a = passes_twice(seed, &g.text);
+        let t = &a.transcript;
+        taken += t.lines().filter(|l| l.contains(" taken")).count();
+        applied += t
+            .lines()
+            .filter(|l| l.contains("isnap drive0: applied tsn"))
+            .count();
+        refused += t
+            .lines()
+            .filter(|l| l.contains("name 'tsn") && l.contains("does not exist"))
+            .count();
+        if taken >= 3 && applied >= 1 && refused >= 1 {
+            break;
+        }
+    }
+    eprintln!("transaction snapshots: {taken} taken, {applied} applied, {refused} rolled back");
+    assert!(taken >= 3, "only {taken} snapshots taken in transactions");
+    assert!(applied >= 1, "no transaction snapshot applied later");
+    assert!(
+        refused >= 1,
+        "no rolled-back transaction checked for its snapshot"
+    );
+}
+
 /// Seeds that draw NBD rounds pass and replay identically, and their oracles judge data that
 /// crossed network faults: the client device and the exported node both match the model.
 #[test]

@@ -1,8 +1,9 @@
-//! `isnap DEV create|apply|delete NAME`: qcow2 internal snapshots of the image under a device,
-//! through the engine (`snapshot_internal_create`, `_goto`, `_delete`), with the runner's
-//! oracle: `create` keeps a copy of the device model, `apply` makes it the device's model again
-//! (the device must then read the data of snapshot time, which `verify` checks), `delete`
-//! drops it. Steps come while no guest write is in flight (the swarm stops its workload first).
+//! `isnap DEV create|apply|delete|taken NAME`: qcow2 internal snapshots of the image under a
+//! device, through the engine (`snapshot_internal_create`, `_goto`, `_delete`), with the
+//! runner's oracle: `create` keeps a copy of the device model, `apply` makes it the device's
+//! model again (the device must then read the data of snapshot time, which `verify` checks),
+//! `delete` drops it; `taken` adopts a snapshot a QMP transaction just took (it must exist;
+//! the model copy is made as for `create`). Steps come while no guest write is in flight (the swarm stops its workload first).
 //! A snapshot outlives a restart (it is on disk): its model copy stays.
 
 use super::model::DeviceModel;
@@ -53,6 +54,21 @@ impl World<'_> {
                     .map_err(|e| fail("isnap", line, format!("apply {name}: {e}")))?;
                 model.borrow_mut().restore_contents(&saved.borrow());
                 self.note(&format!("isnap {device}: applied {name}"));
+            }
+            SnapVerb::Taken => {
+                let list = engine
+                    .snapshot_internal_list(device)
+                    .map_err(|e| fail("isnap", line, format!("list: {e}")))?;
+                if !list.iter().any(|s| s.name == name) {
+                    return Err(fail(
+                        "isnap",
+                        line,
+                        format!("no snapshot '{name}' was taken"),
+                    ));
+                }
+                let copy: DeviceModel = model.borrow().clone();
+                self.snapshots.insert(k, std::cell::RefCell::new(copy));
+                self.note(&format!("isnap {device}: {name} taken"));
             }
             SnapVerb::Delete => {
                 engine

@@ -640,10 +640,11 @@ fn bitmap(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> 
 
 fn isnap(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
     let device = l.need(1, "a device name")?;
-    let verb = match l.need(2, "create, apply or delete")?.as_str() {
+    let verb = match l.need(2, "create, apply, delete or taken")?.as_str() {
         "create" => SnapVerb::Create,
         "apply" => SnapVerb::Apply,
         "delete" => SnapVerb::Delete,
+        "taken" => SnapVerb::Taken,
         other => return Err(l.err(l.col_of(2), format!("unknown isnap verb '{other}'"))),
     };
     let name = l.need(3, "a snapshot name")?;

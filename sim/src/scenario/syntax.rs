@@ -87,6 +87,9 @@ pub enum SnapVerb {
     Apply,
     /// `blockdev-snapshot-delete-internal-sync` by name.
     Delete,
+    /// A snapshot a QMP command (a transaction) just took: the runner checks it exists and
+    /// keeps the device model as its data (no guest write may have come in between).
+    Taken,
 }
 
 /// What a step does.
@@ -228,7 +231,7 @@ pub enum Action {
         /// Node name.
         node: String,
     },
-    /// `isnap DEV create|apply|delete NAME`: a qcow2 internal snapshot of the device's image;
+    /// `isnap DEV create|apply|delete|taken NAME`: a qcow2 internal snapshot of the device's image;
     /// the runner keeps the device model of each (after `apply` the device must read the data
     /// of snapshot time).
     InternalSnapshot {

@@ -212,6 +212,8 @@ pub(super) struct Streams {
     pub(super) isnap: ChaCha8Rng,
     /// NBD rounds and network faults (their own stream, as `vmstate`).
     pub(super) nbd: ChaCha8Rng,
+    /// Internal-snapshot actions inside transactions (their own stream, as `vmstate`).
+    pub(super) txn_isnap: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -389,6 +391,7 @@ pub fn generate(seed: u64) -> Generated {
         transactions: stream(seed, "transactions"),
         isnap: stream(seed, "isnap"),
         nbd: stream(seed, "nbd"),
+        txn_isnap: stream(seed, "txn_isnap"),
     };
     let mut g = Gen {
         f,

@@ -12,7 +12,7 @@ use super::Gen;
 use crate::rng::below;
 
 /// Most snapshots alive at once.
-const MAX_SNAPSHOTS: usize = 4;
+pub(super) const MAX_SNAPSHOTS: usize = 4;
 
 impl Gen {
     /// True when an internal snapshot round may be drawn now.

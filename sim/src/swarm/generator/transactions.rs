@@ -1,6 +1,7 @@
 //! QMP transactions and external snapshots: a round draws a `transaction` of 1–4 actions
 //! (an external snapshot of the device, dirty bitmap verbs on bitmaps the same transaction
-//! adds), sometimes with one action made to fail (the `abort` action, a duplicate bitmap or
+//! adds, and where the internal-snapshot family may run, a qcow2 internal snapshot of the
+//! device's top), sometimes with one action made to fail (the `abort` action, a duplicate bitmap or
 //! overlay node name, a verb on a bitmap that does not exist), then checks the all-or-nothing
 //! oracle with the runner's expectations:
 //! - a failed transaction: the error is the failing action's; the device is still on the same
@@ -8,6 +9,11 @@
 //!   it would have created does not exist; the guest data is unchanged (`verify drive0`);
 //! - a committed one: the device is on the overlay, one layer deeper, each added bitmap is
 //!   there; the overlay joins the chain (and the images checked after restarts and at the end).
+//!   An internal snapshot taken is adopted by the runner (`isnap drive0 taken NAME`: it must
+//!   exist, and holds the data of that point), so later snapshot rounds apply it and `verify`
+//!   the device against it; a failed transaction must leave no such snapshot. A transaction
+//!   with an internal snapshot runs without the background workload (the point in time must
+//!   be known to the model) and appends no overlay.
 //!
 //! The named bitmaps of the `bitmaps` family are checked and removed before a snapshot (the
 //! device moves to the overlay, where their node no longer sees guest writes). Half the
@@ -16,6 +22,7 @@
 
 use serde_json::{Value, json};
 
+use super::snapshots::MAX_SNAPSHOTS;
 use super::{Gen, Layer};
 use crate::rng::{below, chance};
 
@@ -26,6 +33,8 @@ struct Drawn {
     adds: Option<(String, String)>,
     /// The overlay (node, file) it appends.
     overlay: Option<(String, String)>,
+    /// The internal snapshot of drive0's top it takes.
+    isnap: Option<String>,
 }
 
 impl Gen {
@@ -37,6 +46,7 @@ impl Gen {
         let n = 1 + below(&mut self.r.transactions, 4) as usize;
         let fail_at = chance(&mut self.r.transactions, 0.35)
             .then(|| below(&mut self.r.transactions, n as u64) as usize);
+        let isnap_at = self.txn_isnap_at(n);
         let mut node = top.clone();
         let mut drawn: Vec<Drawn> = Vec::new();
         let mut error = None;
@@ -45,6 +55,8 @@ impl Gen {
                 let (d, msg) = self.failing_action(&node, &drawn);
                 error = Some(msg);
                 d
+            } else if isnap_at == Some(i) && drawn.iter().all(|d| d.overlay.is_none()) {
+                self.isnap_action()
             } else {
                 self.action(&node, &drawn)
             };
@@ -61,7 +73,8 @@ impl Gen {
         }
         // Half the time the guest keeps writing through the transaction: the snapshot drains
         // the device's node while it appends the overlay.
-        if chance(&mut self.r.transactions, 0.5) {
+        let quiet = drawn.iter().any(|d| d.isnap.is_some());
+        if chance(&mut self.r.transactions, 0.5) && !quiet {
             self.start_bg();
         }
         let actions: Vec<Value> = drawn.iter().map(|d| d.action.clone()).collect();
@@ -79,7 +92,10 @@ impl Gen {
     /// A valid action on `node` (the device's node once the earlier actions took effect).
     fn action(&mut self, node: &str, before: &[Drawn]) -> Drawn {
         let own: Vec<(String, String)> = before.iter().filter_map(|d| d.adds.clone()).collect();
-        let snapshotted = before.iter().any(|d| d.overlay.is_some());
+        // No overlay after an internal snapshot: the snapshot belongs to the device's top.
+        let snapshotted = before
+            .iter()
+            .any(|d| d.overlay.is_some() || d.isnap.is_some());
         let pick = below(&mut self.r.transactions, 4);
         if pick == 0 && !snapshotted {
             return self.snapshot_action();
@@ -109,6 +125,27 @@ impl Gen {
                 "data": {"node": node, "name": name, "granularity": g}}),
             adds: Some((node.to_string(), name)),
             overlay: None,
+            isnap: None,
+        }
+    }
+
+    /// Where (if anywhere) among `n` actions an internal snapshot goes: only while the
+    /// internal-snapshot family could take one now.
+    fn txn_isnap_at(&mut self, n: usize) -> Option<usize> {
+        if self.isnaps.len() >= MAX_SNAPSHOTS || !self.isnap_possible() {
+            return None;
+        }
+        chance(&mut self.r.txn_isnap, 0.6).then(|| below(&mut self.r.txn_isnap, n as u64) as usize)
+    }
+
+    fn isnap_action(&mut self) -> Drawn {
+        let name = self.fresh("tsn");
+        Drawn {
+            action: json!({"type": "blockdev-snapshot-internal-sync",
+                "data": {"device": "drive0", "name": name}}),
+            adds: None,
+            overlay: None,
+            isnap: Some(name),
         }
     }
 
@@ -119,6 +156,7 @@ impl Gen {
             action: snapshot(&path, &node),
             adds: None,
             overlay: Some((node, path)),
+            isnap: None,
         }
     }
 
@@ -175,6 +213,14 @@ impl Gen {
                 };
                 self.step(format!("expect error GenericError {}", json!(gone)));
             }
+            if let Some(name) = &d.isnap {
+                self.qmp(&json!({"execute": "blockdev-snapshot-delete-internal-sync",
+                    "arguments": {"device": "drive0", "name": name}}));
+                let gone = format!(
+                    "Snapshot with id 'null' and name '{name}' does not exist on device 'drive0'"
+                );
+                self.step(format!("expect error GenericError {}", json!(gone)));
+            }
             if let Some((_, path)) = &d.overlay {
                 let probe = self.fresh("probe");
                 self.qmp(
@@ -210,6 +256,17 @@ impl Gen {
                 self.qmp(&json!({"execute": "x-debug-block-dirty-bitmap-sha256",
                     "arguments": {"node": node, "name": name}}));
             }
+            if let Some(name) = &d.isnap {
+                self.step(format!("isnap drive0 taken {name}"));
+                self.isnaps.push(name.clone());
+                // Half the time the guest writes on, then the image goes back to the
+                // snapshot: the device must read the data of the transaction's point again.
+                if chance(&mut self.r.txn_isnap, 0.5) {
+                    self.io_round();
+                    self.step(format!("isnap drive0 apply {name}"));
+                    self.verify();
+                }
+            }
         }
     }
 
@@ -228,6 +285,7 @@ fn plain(action: Value) -> Drawn {
         action,
         adds: None,
         overlay: None,
+        isnap: None,
     }
 }
 
