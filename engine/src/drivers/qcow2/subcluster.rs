@@ -1,8 +1,8 @@
 //! qcow2 extended L2 entries (incompatible bit 4): each L2 entry is followed by a 64-bit
 //! bitmap over the cluster's 32 subclusters (bit `s`: subcluster `s` is allocated in the
 //! cluster; bit `32 + s`: it reads as zeroes). This module classifies guest ranges of such
-//! images subcluster by subcluster for reads and block status; writes to these images are
-//! refused elsewhere (`check_writable`).
+//! images subcluster by subcluster for reads and block status; writes, write-zeroes and
+//! discards of such images are `subcluster_write`'s.
 //!
 //! The kinds it returns keep the cluster's host offset (a subcluster's data sits at
 //! `host + (offset within the cluster)`), so the read path and block status need no change.
@@ -20,7 +20,7 @@ use super::lock::MetaGuard;
 use super::units::{GuestCluster, GuestOffset};
 
 /// Subclusters per cluster.
-const SUBCLUSTERS: u64 = 32;
+pub(super) const SUBCLUSTERS: u64 = 32;
 
 impl Qcow2 {
     /// The kind of subcluster `s` of guest cluster `gc`.
