@@ -2,8 +2,8 @@
 //! qemu-img create for raw and qcow2, through the engine's own drivers.
 //!
 //! Prints qemu-img's "Formatting 'FILE', fmt=..." line with its field order. Without SIZE the
-//! size is the backing file's. Options blk cannot honour (extended_l2=on) are refused with a
-//! message naming them.
+//! size is the backing file's (`extended_l2=on` included: subcluster images are written
+//! natively).
 
 use std::rc::{Rc, Weak};
 
@@ -169,12 +169,7 @@ fn apply_opt(p: &mut Parsed, k: &str, v: &String, qcow2: bool) -> Result<()> {
         }
         ("backing_file", true) => p.backing = Some(v.clone()),
         ("backing_fmt", true) => p.backing_fmt = Some(v.clone()),
-        ("extended_l2", true) if !flag(k, v)? => {}
-        ("extended_l2", true) => {
-            return Err(Error::generic(
-                "extended_l2=on is not supported by blk's qcow2 driver",
-            ));
-        }
+        ("extended_l2", true) => p.o.extended_l2 = flag(k, v)?,
         ("data_file", true) => p.o.data_file = Some(v.clone()),
         ("data_file_raw", true) => {
             p.o.data_file_raw = flag(k, v)?;
@@ -262,7 +257,8 @@ async fn resolve_backing(
 fn formatting_line(path: &str, fmt: &str, qcow2: bool, p: &Parsed, size: u64) -> String {
     let mut line = format!("Formatting '{path}', fmt={fmt}");
     if qcow2 {
-        line += &format!(" cluster_size={} extended_l2=off", p.o.cluster_size);
+        let ext = if p.o.extended_l2 { "on" } else { "off" };
+        line += &format!(" cluster_size={} extended_l2={ext}", p.o.cluster_size);
         if let Some(v) = &p.prealloc {
             line += &format!(" preallocation={v}");
         }

@@ -196,8 +196,12 @@ impl Qcow2 {
             if self.has_data_file() {
                 gc.identity_host(bits)
             } else {
-                let (h, got) = self.alloc_some(held, olds.len() as u64).await?;
-                olds.truncate(got as usize);
+                // One contiguous run for the whole step, and the search goes on after it
+                // (skipping smaller holes), as QEMU allocates: the same requests then give
+                // the same host offsets.
+                let k = olds.len() as u64;
+                let h = self.alloc_clusters(held, k).await?;
+                self.alloc.set_hint(held, h + k);
                 self.layout.cluster_offset(h)
             }
         };
@@ -457,7 +461,13 @@ impl Qcow2 {
         }
         let per = self.layout.l2_entries();
         let first = mid / cs;
-        for gc in GuestCluster::new(first).to(GuestCluster::new(mid_end.div_ceil(cs))) {
+        // (Empty when the head reaches the end.)
+        let last = if mid < mid_end {
+            mid_end.div_ceil(cs)
+        } else {
+            first
+        };
+        for gc in GuestCluster::new(first).to(GuestCluster::new(last)) {
             if gc.index() == first || gc.index().is_multiple_of(per) {
                 // QEMU reaches each L2 table through the lookup that allocates it.
                 self.ensure_l2(held, gc).await?;
