@@ -777,6 +777,12 @@ impl Qcow2 {
         let (kind, n) = self.run_at(held, offset, len.max(1)).await?;
         let in_off = offset.in_cluster(self.layout.cluster_bits);
         let mapping = match kind {
+            Kind::Unallocated if self.layout.ext_l2 => {
+                match self.reserved_at(held, offset).await? {
+                    Some(h) => Mapping::UnallocatedAt { host: h.bytes() },
+                    None => Mapping::Unallocated,
+                }
+            }
             Kind::Unallocated => Mapping::Unallocated,
             Kind::Zero { host } => Mapping::Zero {
                 host: host.map(|h| (h + in_off).bytes()),

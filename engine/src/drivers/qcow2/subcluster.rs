@@ -17,7 +17,7 @@ use crate::error::{Errno, Error, Result};
 use super::Qcow2;
 use super::cluster::Kind;
 use super::lock::MetaGuard;
-use super::units::{GuestCluster, GuestOffset};
+use super::units::{GuestCluster, GuestOffset, HostOffset};
 
 /// Subclusters per cluster.
 pub(super) const SUBCLUSTERS: u64 = 32;
@@ -64,6 +64,35 @@ impl Qcow2 {
         })
     }
 
+    /// The host cluster of `gc` when its subcluster of kind `kind` is unallocated in an
+    /// allocated cluster (it reads from the backing file, yet has its place reserved).
+    async fn reserved_host(
+        &self,
+        held: &MetaGuard<'_>,
+        gc: GuestCluster,
+        kind: Kind,
+    ) -> Result<Option<HostOffset>> {
+        if kind != Kind::Unallocated {
+            return Ok(None);
+        }
+        let entry = self.l2_entry(held, gc).await?;
+        let host = entry.host_offset();
+        Ok((!entry.is_compressed() && host.bytes() != 0).then_some(host))
+    }
+
+    /// Where the unallocated subcluster at guest `off` has its place reserved, if it has
+    /// one (block status reports it, as QEMU does).
+    pub(crate) async fn reserved_at(
+        &self,
+        held: &MetaGuard<'_>,
+        off: GuestOffset,
+    ) -> Result<Option<HostOffset>> {
+        let bits = self.layout.cluster_bits;
+        let gc = off.cluster(bits);
+        let host = self.reserved_host(held, gc, Kind::Unallocated).await?;
+        Ok(host.map(|h| h + off.in_cluster(bits)))
+    }
+
     /// `run_at` for extended L2 entries: the kind at guest offset `off` and how many bytes
     /// from `off` (at most `max`) share it, walking subcluster by subcluster.
     pub(crate) async fn run_at_ext(
@@ -77,6 +106,7 @@ impl Qcow2 {
         let gc0 = off.cluster(bits);
         let in_off = off.in_cluster(bits);
         let kind = self.sub_kind(held, gc0, in_off / sc).await?;
+        let reserved0 = self.reserved_host(held, gc0, kind).await?;
         if matches!(kind, Kind::Compressed { .. }) {
             return Ok((kind, (cs - in_off).min(max)));
         }
@@ -89,7 +119,10 @@ impl Qcow2 {
             // Same kind, and for data the same place relative to the first cluster's.
             let shift = (gc.index() - gc0.index()) * cs;
             let same = match (kind, k) {
-                (Kind::Unallocated, Kind::Unallocated) => true,
+                (Kind::Unallocated, Kind::Unallocated) => {
+                    let r = self.reserved_host(held, gc, k).await?;
+                    r == reserved0.map(|h| h + shift)
+                }
                 (Kind::Zero { host: None }, Kind::Zero { host: None }) => true,
                 (Kind::Zero { host: Some(a) }, Kind::Zero { host: Some(b) }) => b == a + shift,
                 (
