@@ -102,14 +102,15 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
 /// Cluster size, virtual size and refcount width: the numbers the layout is computed from.
 fn check_geometry(o: &CreateOptions) -> Result<()> {
     let cs = o.cluster_size;
-    if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
-        return Err(Error::generic(
-            "Cluster size must be a power of two between 512 and 2048k",
-        ));
-    }
+    // (QEMU refuses extended L2 entries on a v2 image before looking at the cluster size.)
     if o.extended_l2 && o.compat == Compat::V2 {
         return Err(Error::generic(
             "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
+        ));
+    }
+    if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
+        return Err(Error::generic(
+            "Cluster size must be a power of two between 512 and 2048k",
         ));
     }
     if o.extended_l2 && cs < 16384 {

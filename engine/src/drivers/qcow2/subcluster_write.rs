@@ -102,16 +102,15 @@ impl Qcow2 {
     }
 
     /// The L2 entry and bitmap of `gc`, refused as QEMU refuses an inconsistent one (both
-    /// bits of a subcluster, allocated subclusters without a host cluster, the reserved zero
-    /// flag): a corruption event and EIO.
+    /// bits of a subcluster, allocated subclusters without a host cluster): a corruption
+    /// event and EIO.
     async fn ext_state(&self, held: &MetaGuard<'_>, gc: GuestCluster) -> Result<(L2Entry, u64)> {
         let entry = self.l2_entry(held, gc).await?;
         let bitmap = self.l2_bitmap(held, gc).await?;
         let host = entry.host_offset().bytes() != 0;
+        // (Bit 0 of the entry, the zero flag of plain entries, means nothing here.)
         let invalid = !entry.is_compressed()
-            && (entry.zero_bit()
-                || (host && (bitmap >> 32) & bitmap != 0)
-                || (!host && bitmap & ALL_ALLOC != 0));
+            && ((host && (bitmap >> 32) & bitmap != 0) || (!host && bitmap & ALL_ALLOC != 0));
         if invalid {
             let (l1i, i) = self.l2_slot(gc);
             let l2 = self.l2.entry(l1i).l2_offset();
