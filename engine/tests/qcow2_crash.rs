@@ -579,7 +579,7 @@ fn run_kind(name: &str) {
         let (flushes, points) = crash_everywhere(&w, have.then_some(&dir));
         eprintln!(
             "{} seed {} (cluster {} B, refcount {} bits, backing {:?}, v2 {}, lazy {}, small \
-             caches {}): {flushes} disk flushes, {points} crash points, {} dirty images \
+             caches {}, extended L2 {}): {flushes} disk flushes, {points} crash points, {} dirty images \
              repaired by qemu-img",
             w.name,
             w.seed,
@@ -589,6 +589,7 @@ fn run_kind(name: &str) {
             w.layout.v2,
             w.layout.lazy,
             w.layout.small_cache,
+            w.layout.extended_l2,
             REPAIRED.with(|r| r.replace(0))
         );
     }
@@ -616,6 +617,12 @@ fn crash_at_every_flush_cow_into_backing() {
 #[test]
 fn crash_at_every_flush_discard_and_zeroes() {
     run_kind("discard");
+}
+
+/// (f) subcluster allocation, zeroes and discards on images with extended L2 entries.
+#[test]
+fn crash_at_every_flush_subclusters() {
+    run_kind("subcluster");
 }
 
 /// (d) lazy refcounts: dirty at the crash, rebuilt on reopen.

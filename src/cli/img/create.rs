@@ -299,7 +299,13 @@ fn final_options(p: Parsed, qcow2: bool, size: u64) -> Result<CreateOptions> {
         return Err(Error::generic("Extent size hint is too large"));
     }
     // Refuse a bad cluster size before the file is touched (the driver checks the rest before
-    // it writes, but only after the file has been created and truncated).
+    // it writes, but only after the file has been created and truncated). QEMU refuses
+    // extended L2 entries on a v2 image even before that.
+    if qcow2 && o.extended_l2 && o.compat == Compat::V2 {
+        return Err(Error::generic(
+            "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
+        ));
+    }
     if qcow2 && (!o.cluster_size.is_power_of_two() || !(512..=(2 << 20)).contains(&o.cluster_size))
     {
         return Err(Error::generic(

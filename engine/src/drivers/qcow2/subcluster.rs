@@ -31,11 +31,10 @@ impl Qcow2 {
         let zero = bitmap >> (32 + s) & 1 != 0;
         let host = entry.host_offset();
         let compressed = entry.is_compressed();
-        // Bit 0 of the descriptor is reserved here (zeroes are in the bitmap).
-        let invalid = (compressed && bitmap != 0)
-            || (!compressed && entry.zero_bit())
-            || (alloc && zero)
-            || (alloc && host.bytes() == 0);
+        // Bit 0 of the descriptor (the zero flag of plain entries) is ignored here, as QEMU
+        // ignores it: zeroes are in the bitmap.
+        let invalid =
+            (compressed && bitmap != 0) || (alloc && zero) || (alloc && host.bytes() == 0);
         if invalid {
             let (l1i, i) = self.l2_slot(gc);
             let l2 = self.l2.entry(l1i).l2_offset();
