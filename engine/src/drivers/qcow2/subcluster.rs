@@ -23,6 +23,16 @@ use super::units::{GuestCluster, GuestOffset, HostOffset};
 pub(super) const SUBCLUSTERS: u64 = 32;
 
 impl Qcow2 {
+    /// QEMU's corruption report (fatal: the image is marked corrupt when writable) for the
+    /// inconsistent extended entry of `gc`, and the EIO error that goes with it.
+    pub(super) async fn invalid_entry(&self, gc: GuestCluster) -> Error {
+        let (l1i, i) = self.l2_slot(gc);
+        let l2 = self.l2.entry(l1i).l2_offset();
+        let msg = format!("Invalid cluster entry found (L2 offset: {l2:#x}, L2 index: {i:#x})");
+        let full = self.signal_corruption(true, None, None, &msg).await;
+        Error::io_msg(Errno::EIO, full)
+    }
+
     /// The kind of subcluster `s` of guest cluster `gc`.
     async fn sub_kind(&self, held: &MetaGuard<'_>, gc: GuestCluster, s: u64) -> Result<Kind> {
         let entry = self.l2_entry(held, gc).await?;
@@ -36,11 +46,7 @@ impl Qcow2 {
         let invalid =
             (compressed && bitmap != 0) || (alloc && zero) || (alloc && host.bytes() == 0);
         if invalid {
-            let (l1i, i) = self.l2_slot(gc);
-            let l2 = self.l2.entry(l1i).l2_offset();
-            let msg = format!("Invalid cluster entry found (L2 offset: {l2:#x}, L2 index: {i:#x})");
-            let full = self.signal_corruption(true, None, None, &msg).await;
-            return Err(Error::io_msg(Errno::EIO, full));
+            return Err(self.invalid_entry(gc).await);
         }
         if compressed {
             return self.classify(entry);

@@ -34,6 +34,8 @@ use super::units::{GuestCluster, GuestOffset, HostOffset};
 
 /// Every "reads as zeroes" bit of a bitmap.
 const ALL_ZEROES: u64 = 0xffff_ffff_0000_0000;
+/// Largest buffer of zeroes a write-zeroes falls back to writing at once.
+const ZERO_BUF_MAX: u64 = 16 << 20;
 /// Every "allocated" bit of a bitmap.
 const ALL_ALLOC: u64 = 0x0000_0000_ffff_ffff;
 
@@ -101,22 +103,25 @@ impl Qcow2 {
         self.layout.cs() / SUBCLUSTERS
     }
 
+    /// The L2 entry and subcluster bitmap of `gc`, as they are.
+    async fn ext_raw(&self, held: &MetaGuard<'_>, gc: GuestCluster) -> Result<(L2Entry, u64)> {
+        Ok((
+            self.l2_entry(held, gc).await?,
+            self.l2_bitmap(held, gc).await?,
+        ))
+    }
+
     /// The L2 entry and bitmap of `gc`, refused as QEMU refuses an inconsistent one (both
     /// bits of a subcluster, allocated subclusters without a host cluster): a corruption
     /// event and EIO.
     async fn ext_state(&self, held: &MetaGuard<'_>, gc: GuestCluster) -> Result<(L2Entry, u64)> {
-        let entry = self.l2_entry(held, gc).await?;
-        let bitmap = self.l2_bitmap(held, gc).await?;
+        let (entry, bitmap) = self.ext_raw(held, gc).await?;
         let host = entry.host_offset().bytes() != 0;
         // (Bit 0 of the entry, the zero flag of plain entries, means nothing here.)
         let invalid = !entry.is_compressed()
             && ((host && (bitmap >> 32) & bitmap != 0) || (!host && bitmap & ALL_ALLOC != 0));
         if invalid {
-            let (l1i, i) = self.l2_slot(gc);
-            let l2 = self.l2.entry(l1i).l2_offset();
-            let msg = format!("Invalid cluster entry found (L2 offset: {l2:#x}, L2 index: {i:#x})");
-            let full = self.signal_corruption(true, None, None, &msg).await;
-            return Err(Error::io_msg(Errno::EIO, full));
+            return Err(self.invalid_entry(gc).await);
         }
         if host && !entry.is_compressed() {
             // Reports a misaligned host cluster as corruption.
@@ -398,7 +403,13 @@ impl Qcow2 {
             }
             match self.ext_zero_piece(pos, num, flags).await {
                 Err(e) if e.errno() == Some(Errno::ENOTSUP) => {
-                    self.ext_write_from(pos, &vec![0u8; num as usize]).await?
+                    // Written as zeroes, a bounded buffer at a time.
+                    let mut at = pos;
+                    while at < pos + num {
+                        let n = (pos + num - at).min(ZERO_BUF_MAX);
+                        self.ext_write_from(at, &vec![0u8; n as usize]).await?;
+                        at += n;
+                    }
                 }
                 r => r?,
             }
@@ -508,8 +519,7 @@ impl Qcow2 {
         gc: GuestCluster,
         unmap: bool,
     ) -> Result<()> {
-        let old = self.l2_entry(held, gc).await?;
-        let old_bm = self.l2_bitmap(held, gc).await?;
+        let (old, old_bm) = self.ext_raw(held, gc).await?;
         let compressed = old.is_compressed();
         let unmap = compressed || (unmap && old.host_offset().bytes() != 0);
         let new = if unmap { L2Entry::UNALLOCATED } else { old };
@@ -533,8 +543,7 @@ impl Qcow2 {
         gc: GuestCluster,
         full: bool,
     ) -> Result<()> {
-        let old = self.l2_entry(held, gc).await?;
-        let old_bm = self.l2_bitmap(held, gc).await?;
+        let (old, old_bm) = self.ext_raw(held, gc).await?;
         let allocated = old.is_compressed() || old.host_offset().bytes() != 0;
         let new_bm = if full {
             0
