@@ -25,6 +25,21 @@ fn qemu_io(dir: &Scratch, img: &str, cmds: &[String]) {
     dir.run("qemu-io", &args);
 }
 
+/// `qemu-img create` of a 1 MiB image with extended L2 entries (64 KiB clusters).
+fn create_1m(dir: &Scratch, img: &str) {
+    let args = [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "extended_l2=on",
+        img,
+        "1M",
+    ];
+    dir.run("qemu-img", &args);
+}
+
 fn to_raw(dir: &Scratch, img: &str) -> Vec<u8> {
     let raw = format!("{img}.raw");
     dir.run("qemu-img", &["convert", "-O", "raw", img, &raw]);
@@ -204,19 +219,7 @@ fn bad_subcluster_images_are_clear_errors() {
         return;
     }
     let dir = Scratch::new("subcluster-bad");
-    dir.run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on",
-            "e.qcow2",
-            "1M",
-        ],
-    );
+    create_1m(&dir, "e.qcow2");
     qemu_io(&dir, "e.qcow2", &["write -P 1 0 64k".to_string()]);
     let mut img = dir.read("e.qcow2");
     let l2 = be64(&img, be64(&img, 40)) & 0x00ff_ffff_ffff_fe00;
@@ -282,19 +285,7 @@ fn corrupt_subcluster_bitmaps_check_as_qemu() {
         return;
     }
     let dir = Scratch::new("subcluster-check");
-    dir.run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on",
-            "c.qcow2",
-            "1M",
-        ],
-    );
+    create_1m(&dir, "c.qcow2");
     qemu_io(
         &dir,
         "c.qcow2",
