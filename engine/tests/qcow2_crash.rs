@@ -1,7 +1,7 @@
 //! qcow2 crash consistency on the simulator, point by point.
 //!
 //! Each workload (allocating writes; COW into a backing chain; discards and zero writes; lazy
-//! refcounts) is a fixed list of batches of concurrent, non-overlapping guest requests with
+//! refcounts; the same on images with extended L2 entries) is a fixed list of batches of concurrent, non-overlapping guest requests with
 //! guest flushes in between (some flushes race with a batch's requests). It runs once to count its disk flushes and disk writes; then, for
 //! every disk flush k, it is re-run from the same seed and the power fails exactly when the k-th
 //! flush reaches the disk — once just before it lands and once just after — and at a set of
@@ -19,7 +19,7 @@
 //!   `qemu-img compare` reads exactly what blk read.
 //!
 //! A failure names the workload, the seed, the layout and the crash point, which replay
-//! exactly. `BLK_CRASH_ONLY=<alloc|cow|discard|lazy|empty>` runs one workload kind,
+//! exactly. `BLK_CRASH_ONLY=<alloc|cow|discard|lazy|empty|subcluster>` runs one workload kind,
 //! `BLK_CRASH_SEED=n` explores other seeds.
 
 use crate::qcow2_support;
@@ -170,6 +170,7 @@ fn layout(cs: u64, refcount_bits: u32, backing: Backing) -> Layout {
         lazy: false,
         backing,
         small_cache: false,
+        extended_l2: false,
     }
 }
 
@@ -252,6 +253,31 @@ fn workloads() -> Vec<Workload> {
             seed,
             layout: l,
             batches,
+        });
+    }
+    // (f) extended L2 entries: subcluster allocation, copy-on-write of partial subclusters
+    // from a qcow2 base, zero subclusters and discards, 16 KiB clusters (512-byte subclusters)
+    // with small caches, and 64 KiB ones without a backing file.
+    let sub = Mix {
+        write: 2,
+        partial: 3,
+        zero: 2,
+        discard: 1,
+    };
+    for (seed, cs, backing) in [
+        (s(61), 16384, Backing::Qcow2),
+        (s(62), 65536, Backing::None),
+    ] {
+        let l = Layout {
+            extended_l2: true,
+            small_cache: cs == 16384,
+            ..layout(cs, 16, backing)
+        };
+        out.push(Workload {
+            name: "subcluster",
+            seed,
+            layout: l,
+            batches: generate(seed, &l, sub, 10, 3, 2),
         });
     }
     // (d) lazy refcounts: the image is dirty at the crash; reopening rebuilds the refcounts.
@@ -553,7 +579,7 @@ fn run_kind(name: &str) {
         let (flushes, points) = crash_everywhere(&w, have.then_some(&dir));
         eprintln!(
             "{} seed {} (cluster {} B, refcount {} bits, backing {:?}, v2 {}, lazy {}, small \
-             caches {}): {flushes} disk flushes, {points} crash points, {} dirty images \
+             caches {}, extended L2 {}): {flushes} disk flushes, {points} crash points, {} dirty images \
              repaired by qemu-img",
             w.name,
             w.seed,
@@ -563,6 +589,7 @@ fn run_kind(name: &str) {
             w.layout.v2,
             w.layout.lazy,
             w.layout.small_cache,
+            w.layout.extended_l2,
             REPAIRED.with(|r| r.replace(0))
         );
     }
@@ -590,6 +617,12 @@ fn crash_at_every_flush_cow_into_backing() {
 #[test]
 fn crash_at_every_flush_discard_and_zeroes() {
     run_kind("discard");
+}
+
+/// (f) subcluster allocation, zeroes and discards on images with extended L2 entries.
+#[test]
+fn crash_at_every_flush_subclusters() {
+    run_kind("subcluster");
 }
 
 /// (d) lazy refcounts: dirty at the crash, rebuilt on reopen.

@@ -69,6 +69,7 @@ fn layout_strategy() -> impl Strategy<Value = Layout> {
                 lazy: flavour == 1,
                 backing,
                 small_cache,
+                extended_l2: false,
             }
         })
 }
@@ -301,6 +302,7 @@ fn layout(cs: u64, refcount_bits: u32, backing: Backing) -> Layout {
         lazy: false,
         backing,
         small_cache: false,
+        extended_l2: false,
     }
 }
 

@@ -28,6 +28,7 @@ const LAYOUTS: [Layout; 3] = [
         lazy: false,
         backing: Backing::None,
         small_cache: false,
+        extended_l2: false,
     },
     Layout {
         size: 2 << 20,
@@ -37,6 +38,7 @@ const LAYOUTS: [Layout; 3] = [
         lazy: false,
         backing: Backing::Raw,
         small_cache: true,
+        extended_l2: false,
     },
     Layout {
         size: 4 << 20,
@@ -46,6 +48,7 @@ const LAYOUTS: [Layout; 3] = [
         lazy: false,
         backing: Backing::Qcow2,
         small_cache: false,
+        extended_l2: false,
     },
 ];
 

@@ -30,6 +30,7 @@ const LAYOUTS: [Layout; 3] = [
         lazy: false,
         backing: Backing::None,
         small_cache: false,
+        extended_l2: false,
     },
     Layout {
         size: 2 << 20,
@@ -39,6 +40,7 @@ const LAYOUTS: [Layout; 3] = [
         lazy: false,
         backing: Backing::Raw,
         small_cache: true,
+        extended_l2: false,
     },
     Layout {
         size: 4 << 20,
@@ -48,6 +50,7 @@ const LAYOUTS: [Layout; 3] = [
         lazy: false,
         backing: Backing::Qcow2,
         small_cache: false,
+        extended_l2: false,
     },
 ];
 

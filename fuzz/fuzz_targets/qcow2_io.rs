@@ -57,6 +57,7 @@ fuzz_target!(|input: Input| {
         compression_type: u8::from(input.v3 && input.zstd),
         data_file: (input.v3 && input.data_file.is_some()).then(|| DATA_FILE.to_string()),
         data_file_raw: input.v3 && input.data_file == Some(true),
+        extended_l2: false,
     };
     let backing = input
         .backing

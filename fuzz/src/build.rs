@@ -1,5 +1,5 @@
 //! Structure-aware qcow2 images: `ImageSpec` (from `arbitrary`) describes a valid image —
-//! version, cluster size, refcount width, size, backing file, data/zero/compressed clusters,
+//! version, cluster size (and extended L2 entries), refcount width, size, backing file, data/zero/compressed clusters,
 //! an internal snapshot, a persistent bitmap, an unknown header extension — which blk creates
 //! and writes on the simulator; the bitmap directory is then laid out by hand and its
 //! refcounts settled by blk's own repair. The valid image must open, read back what was
@@ -31,7 +31,9 @@ const MAX_SIZE: u64 = 1 << 20;
 /// A valid image, then corruptions.
 #[derive(Arbitrary, Debug)]
 pub struct ImageSpec {
-    /// log2 cluster size, reduced to 9..=16.
+    /// log2 cluster size, reduced to 9..=16 (low three bits); bit 3: extended L2 entries
+    /// (v3, clusters of 16 KiB or more). A bit of this field rather than a new field keeps
+    /// the corpus decoding as before.
     pub cluster_bits: u8,
     /// Version 3 (else 2).
     pub v3: bool,
@@ -196,6 +198,7 @@ pub fn build(spec: &ImageSpec) -> Option<(Vec<u8>, Vec<u8>)> {
         compression_type: u8::from(spec.v3 && spec.zstd),
         data_file: (spec.v3 && spec.data_file.is_some()).then(|| DATA_FILE.to_string()),
         data_file_raw: spec.v3 && spec.data_file == Some(true),
+        extended_l2: spec.v3 && cs >= 16384 && spec.cluster_bits & 0x08 != 0,
     };
     let backing: Option<Vec<u8>> = spec
         .backing

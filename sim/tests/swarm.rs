@@ -278,6 +278,35 @@ fn seeds_pass_with_no_bug_planted() {
     all_pass(0..20);
 }
 
+/// qcow2 images with extended L2 entries are drawn (only with clusters of 16 KiB or more),
+/// and the first seeds that draw one pass: their writes, zeroes, discards and crash points
+/// run on subcluster images.
+#[test]
+fn seeds_draw_and_pass_extended_l2_images() {
+    let drawn: Vec<u64> = (0..200)
+        .filter(|&seed| {
+            let text = swarm::generate(seed).text;
+            let ext: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("image create") && l.contains("extended_l2=on"))
+                .collect();
+            for l in &ext {
+                assert!(
+                    !l.contains("cluster_size=4k"),
+                    "seed {seed}: subclusters need 16k clusters: {l}"
+                );
+            }
+            !ext.is_empty()
+        })
+        .collect();
+    assert!(
+        drawn.len() >= 10,
+        "only {} seeds draw extended L2",
+        drawn.len()
+    );
+    all_pass(drawn.into_iter().take(6));
+}
+
 /// The findings of a release run over seeds 0..1200, each fixed where it was wrong: 341, 560,
 /// 607, 689 and 1028 (the generator kept the layers a commit dropped, so QEMU refused the next
 /// job with "Need a root block node"), 721 and 1179 (a read fault failed a guest write under

@@ -24,6 +24,13 @@ pub enum Mapping {
     },
     /// Not allocated in this layer: the backing child provides it (zeroes if there is none).
     Unallocated,
+    /// As `Unallocated`, but the layer has reserved storage at `host` for it (a qcow2
+    /// subcluster not yet allocated in an allocated cluster): QEMU's map shows the offset
+    /// when no backing layer provides the range.
+    UnallocatedAt {
+        /// Offset in the storage child.
+        host: u64,
+    },
 }
 
 /// One answer of `block_status`: the first `len` bytes from the asked offset share `mapping`.
@@ -38,7 +45,7 @@ pub struct BlockStatus {
 impl Mapping {
     /// True for data or zero allocated in this layer.
     pub fn is_allocated(self) -> bool {
-        !matches!(self, Mapping::Unallocated)
+        !matches!(self, Mapping::Unallocated | Mapping::UnallocatedAt { .. })
     }
 
     /// True when the layer guarantees zeroes.
@@ -50,6 +57,7 @@ impl Mapping {
     pub fn host(self) -> Option<u64> {
         match self {
             Mapping::Data { host } | Mapping::Zero { host } | Mapping::DataZero { host } => host,
+            Mapping::UnallocatedAt { host } => Some(host),
             Mapping::Unallocated => None,
         }
     }

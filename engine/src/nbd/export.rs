@@ -246,7 +246,9 @@ impl Export {
                 let flags = match st.mapping {
                     Mapping::Data { .. } => 0,
                     Mapping::DataZero { .. } => STATE_ZERO,
-                    Mapping::Zero { .. } | Mapping::Unallocated => STATE_HOLE | STATE_ZERO,
+                    Mapping::Zero { .. } | Mapping::Unallocated | Mapping::UnallocatedAt { .. } => {
+                        STATE_HOLE | STATE_ZERO
+                    }
                 };
                 Ok((st.len.max(1), flags))
             }

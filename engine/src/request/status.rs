@@ -89,9 +89,10 @@ pub(super) async fn chain_status(
                 depth += 1;
             }
             None => {
+                // (`UnallocatedAt` keeps its reserved offset: QEMU's map prints it.)
                 return Ok(ChainStatus {
                     len,
-                    mapping: Mapping::Unallocated,
+                    mapping: status.mapping,
                     node: None,
                     depth,
                 });

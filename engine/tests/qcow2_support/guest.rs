@@ -52,6 +52,8 @@ pub struct Layout {
     /// Open with the smallest metadata caches (two L2 tables, two refcount blocks), so tables
     /// are evicted and written back all the time.
     pub small_cache: bool,
+    /// extended_l2=on (32 subclusters per cluster; clusters of 16 KiB or more).
+    pub extended_l2: bool,
 }
 
 impl Layout {
@@ -181,6 +183,7 @@ pub async fn build(env: &Rc<dyn Env>, engine: &Engine, layout: &Layout) -> Rc<Bl
         compat: if layout.v2 { Compat::V2 } else { Compat::V3 },
         refcount_bits: layout.refcount_bits,
         lazy_refcounts: layout.lazy,
+        extended_l2: layout.extended_l2,
         backing_file,
         backing_fmt,
         ..CreateOptions::default()

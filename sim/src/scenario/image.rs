@@ -60,6 +60,7 @@ fn qcow2_options(size: u64, args: &[Arg]) -> Result<CreateOptions, String> {
             "backing_file" => o.backing_file = Some(v.to_string()),
             "backing_fmt" => o.backing_fmt = Some(v.to_string()),
             "lazy_refcounts" => o.lazy_refcounts = flag()?,
+            "extended_l2" => o.extended_l2 = flag()?,
             "data_file" => o.data_file = Some(v.to_string()),
             "data_file_raw" => o.data_file_raw = flag()?,
             other => return Err(format!("unknown qcow2 option '{other}'")),

@@ -192,7 +192,7 @@ async fn classify(root: &Child, pos: u64, size: u64, plan: &Plan) -> Result<(u64
             .await
             .map_err(status_error)?;
         let a = match st.mapping {
-            Mapping::Unallocated => Action::Skip,
+            Mapping::Unallocated | Mapping::UnallocatedAt { .. } => Action::Skip,
             Mapping::Zero { .. } | Mapping::DataZero { .. } => Action::Zero,
             Mapping::Data { .. } => Action::Copy,
         };

@@ -2,8 +2,8 @@
 //! qemu-img create for raw and qcow2, through the engine's own drivers.
 //!
 //! Prints qemu-img's "Formatting 'FILE', fmt=..." line with its field order. Without SIZE the
-//! size is the backing file's. Options blk cannot honour (extended_l2=on) are refused with a
-//! message naming them.
+//! size is the backing file's (`extended_l2=on` included: subcluster images are written
+//! natively).
 
 use std::rc::{Rc, Weak};
 
@@ -169,12 +169,7 @@ fn apply_opt(p: &mut Parsed, k: &str, v: &String, qcow2: bool) -> Result<()> {
         }
         ("backing_file", true) => p.backing = Some(v.clone()),
         ("backing_fmt", true) => p.backing_fmt = Some(v.clone()),
-        ("extended_l2", true) if !flag(k, v)? => {}
-        ("extended_l2", true) => {
-            return Err(Error::generic(
-                "extended_l2=on is not supported by blk's qcow2 driver",
-            ));
-        }
+        ("extended_l2", true) => p.o.extended_l2 = flag(k, v)?,
         ("data_file", true) => p.o.data_file = Some(v.clone()),
         ("data_file_raw", true) => {
             p.o.data_file_raw = flag(k, v)?;
@@ -262,7 +257,8 @@ async fn resolve_backing(
 fn formatting_line(path: &str, fmt: &str, qcow2: bool, p: &Parsed, size: u64) -> String {
     let mut line = format!("Formatting '{path}', fmt={fmt}");
     if qcow2 {
-        line += &format!(" cluster_size={} extended_l2=off", p.o.cluster_size);
+        let ext = if p.o.extended_l2 { "on" } else { "off" };
+        line += &format!(" cluster_size={} extended_l2={ext}", p.o.cluster_size);
         if let Some(v) = &p.prealloc {
             line += &format!(" preallocation={v}");
         }
@@ -303,7 +299,13 @@ fn final_options(p: Parsed, qcow2: bool, size: u64) -> Result<CreateOptions> {
         return Err(Error::generic("Extent size hint is too large"));
     }
     // Refuse a bad cluster size before the file is touched (the driver checks the rest before
-    // it writes, but only after the file has been created and truncated).
+    // it writes, but only after the file has been created and truncated). QEMU refuses
+    // extended L2 entries on a v2 image even before that.
+    if qcow2 && o.extended_l2 && o.compat == Compat::V2 {
+        return Err(Error::generic(
+            "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
+        ));
+    }
     if qcow2 && (!o.cluster_size.is_power_of_two() || !(512..=(2 << 20)).contains(&o.cluster_size))
     {
         return Err(Error::generic(

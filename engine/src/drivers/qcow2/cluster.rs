@@ -235,19 +235,42 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Set the L2 entry of guest cluster `gc` (its table must exist) in the cache.
+    /// Set the L2 entry of guest cluster `gc` (its table must exist) in the cache. With
+    /// extended L2 entries the subcluster bitmap is cleared too: every caller but the
+    /// subcluster paths (which use `set_l2_ext`) installs an entry whose subclusters are all
+    /// unallocated (compressed, preallocated, or no cluster at all).
     pub(crate) async fn set_l2_entry(
         &self,
         held: &MetaGuard<'_>,
         gc: GuestCluster,
         entry: L2Entry,
     ) -> Result<()> {
+        self.set_l2_ext(held, gc, entry, 0).await
+    }
+
+    /// Set the L2 entry of guest cluster `gc` and, with extended L2 entries, its subcluster
+    /// `bitmap` (ignored otherwise), in the cache (allocating the table if needed).
+    pub(crate) async fn set_l2_ext(
+        &self,
+        held: &MetaGuard<'_>,
+        gc: GuestCluster,
+        entry: L2Entry,
+        bitmap: u64,
+    ) -> Result<()> {
         let (l1i, i) = self.l2_slot(gc);
         let off = self.l2_table(held, l1i, true).await?.expect("allocated");
         self.load_l2(held, off).await?;
+        let ext = self.layout.ext_l2;
         self.l2
             .cache
-            .with(off.bytes(), true, |t| set_u64(t, i, entry.raw()))
+            .with(off.bytes(), true, |t| {
+                if ext {
+                    set_u64(t, 2 * i, entry.raw());
+                    set_u64(t, 2 * i + 1, bitmap);
+                } else {
+                    set_u64(t, i, entry.raw());
+                }
+            })
             .expect("just loaded");
         Ok(())
     }

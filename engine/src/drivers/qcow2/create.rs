@@ -13,7 +13,7 @@ use super::entry::L1Entry;
 use super::entry::L2Entry;
 use super::header::{
     AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, Header, INCOMPAT_COMPRESSION,
-    INCOMPAT_DATA_FILE, MAX_L1_BYTES, MAX_REFTABLE_BYTES,
+    INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, MAX_L1_BYTES, MAX_REFTABLE_BYTES,
 };
 use super::refcount::rb_set;
 use super::units::HostOffset;
@@ -60,6 +60,10 @@ pub struct CreateOptions {
     /// The data file is kept a raw image of the guest disk. As QEMU does, every guest
     /// cluster is then mapped (to its own offset in the data file) from the start.
     pub data_file_raw: bool,
+    /// Extended L2 entries (v3, clusters of 16 KiB or more): 32 subclusters per cluster.
+    /// Preallocated clusters then have no allocated subcluster (a backing file shows through
+    /// them, which is why preallocation and a backing file go together only with these).
+    pub extended_l2: bool,
 }
 
 impl Default for CreateOptions {
@@ -76,6 +80,7 @@ impl Default for CreateOptions {
             compression_type: 0,
             data_file: None,
             data_file_raw: false,
+            extended_l2: false,
         }
     }
 }
@@ -97,9 +102,20 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
 /// Cluster size, virtual size and refcount width: the numbers the layout is computed from.
 fn check_geometry(o: &CreateOptions) -> Result<()> {
     let cs = o.cluster_size;
+    // (QEMU refuses extended L2 entries on a v2 image before looking at the cluster size.)
+    if o.extended_l2 && o.compat == Compat::V2 {
+        return Err(Error::generic(
+            "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
+        ));
+    }
     if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
         return Err(Error::generic(
             "Cluster size must be a power of two between 512 and 2048k",
+        ));
+    }
+    if o.extended_l2 && cs < 16384 {
+        return Err(Error::generic(
+            "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
         ));
     }
     if !o.size.is_multiple_of(512) {
@@ -143,9 +159,9 @@ fn check_features(o: &CreateOptions) -> Result<()> {
         ));
     }
     // A preallocated or raw-data-file image maps every cluster itself: the backing file
-    // would never be read (QEMU allows it only with extended L2 entries, which blk does not
-    // create).
-    if o.backing_file.is_some() && o.preallocation != Prealloc::Off {
+    // would never be read (QEMU allows it only with extended L2 entries, whose preallocated
+    // subclusters stay unallocated).
+    if o.backing_file.is_some() && o.preallocation != Prealloc::Off && !o.extended_l2 {
         return Err(Error::generic(
             "Backing file and preallocation can only be used at the same time if extended_l2 is on",
         ));
@@ -208,13 +224,16 @@ struct Plan {
     external: bool,
     /// Every cluster counted: header, reftable, refblocks, L1, L2 tables, local data.
     total: u64,
+    /// Bytes per L2 entry: 8, or 16 with extended L2 entries.
+    entry_bytes: u64,
 }
 
 impl Plan {
     /// Size every structure, so that the refcount blocks also cover themselves.
     fn new(o: &CreateOptions) -> Result<Plan> {
         let cs = o.cluster_size;
-        let per_l1 = cs * (cs / 8);
+        let entry_bytes = if o.extended_l2 { 16 } else { 8 };
+        let per_l1 = cs * (cs / entry_bytes);
         let l1_size = o.size.div_ceil(per_l1);
         if l1_size * 8 > MAX_L1_BYTES {
             return Err(Error::generic(
@@ -267,6 +286,7 @@ impl Plan {
             prealloc,
             external,
             total: 1 + rt + rb + mapped,
+            entry_bytes,
         })
     }
 
@@ -306,7 +326,8 @@ impl Plan {
             nb_snapshots: 0,
             snapshots_offset: 0,
             incompat: flag(o.compression_type != 0, INCOMPAT_COMPRESSION)
-                | flag(self.external, INCOMPAT_DATA_FILE),
+                | flag(self.external, INCOMPAT_DATA_FILE)
+                | flag(o.extended_l2, INCOMPAT_EXTL2),
             compat: flag(o.lazy_refcounts, COMPAT_LAZY_REFCOUNTS),
             autoclear: flag(o.data_file_raw, AUTOCLEAR_DATA_FILE_RAW),
             refcount_order: self.order,
@@ -346,9 +367,10 @@ impl Plan {
                 L1Entry::table(HostOffset::new((l2_base + t) * cs)).raw(),
             );
         }
-        let l2_entries = cs / 8;
+        // (An extended entry's bitmap stays 0: no subcluster allocated.)
+        let l2_entries = cs / self.entry_bytes;
         for g in 0..self.data_clusters {
-            let at = (l2_base + g / l2_entries) * cs + (g % l2_entries) * 8;
+            let at = (l2_base + g / l2_entries) * cs + (g % l2_entries) * self.entry_bytes;
             let host = if self.external {
                 g
             } else {

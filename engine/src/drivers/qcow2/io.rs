@@ -34,7 +34,7 @@ enum Plan {
 }
 
 /// Most clusters one allocating step covers (2 MiB worth, at least one).
-const MAX_ALLOC_BYTES: u64 = 2 << 20;
+pub(super) const MAX_ALLOC_BYTES: u64 = 2 << 20;
 
 /// Where an allocating write puts its data: new clusters at `host` for the guest clusters from
 /// `gc`, whose old entries are `olds` (`reuse`: as in `Plan::Alloc`).
@@ -53,7 +53,7 @@ impl Qcow2 {
     }
 
     /// The kind of the cluster at `off` and how many bytes from `off` (at most `max`) share it.
-    async fn run_at(
+    pub(super) async fn run_at(
         &self,
         held: &MetaGuard<'_>,
         off: GuestOffset,
@@ -140,7 +140,12 @@ impl Qcow2 {
     }
 
     /// Fill `out` with the bytes of `kind` at guest offset `off` (within one run).
-    async fn read_kind(&self, kind: Kind, off: GuestOffset, out: &mut [u8]) -> Result<()> {
+    pub(super) async fn read_kind(
+        &self,
+        kind: Kind,
+        off: GuestOffset,
+        out: &mut [u8],
+    ) -> Result<()> {
         let in_off = off.in_cluster(self.layout.cluster_bits);
         match kind {
             Kind::Unallocated => match &self.backing() {
@@ -323,6 +328,9 @@ impl Qcow2 {
 
     /// Write `data` at `off`; the caller holds the exclusive range lock.
     pub(super) async fn write_from(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if self.layout.ext_l2 {
+            return self.ext_write_from(offset, data).await;
+        }
         let mut pos = 0u64;
         let len = data.len() as u64;
         while pos < len {
@@ -564,6 +572,9 @@ impl Qcow2 {
         if len == 0 {
             return Ok(());
         }
+        if self.layout.ext_l2 {
+            return self.ext_write_zeroes(offset, len, flags).await;
+        }
         let cs = self.layout.cs();
         let (s, e) = self.cluster_span(offset, len);
         let _range = self.ranges.lock(s, e, true).await;
@@ -701,6 +712,10 @@ impl Qcow2 {
                 // QEMU's, file length included.
                 self.ensure_l2(held, gc).await?;
             }
+            if self.layout.ext_l2 {
+                self.discard_ext(held, gc, full).await?;
+                continue;
+            }
             let old = self.l2_entry(held, gc).await?;
             // An unaligned offset counts as allocated; freeing it reports it (not fatal).
             let allocated = !matches!(
@@ -733,7 +748,12 @@ impl Qcow2 {
     }
 
     /// Zero `[off, off + len)` of a raw external data file (no-op otherwise).
-    async fn zero_raw_data_file(&self, off: u64, len: u64, flags: ReqFlags) -> Result<()> {
+    pub(super) async fn zero_raw_data_file(
+        &self,
+        off: u64,
+        len: u64,
+        flags: ReqFlags,
+    ) -> Result<()> {
         match &self.data {
             Some(d) if self.data_raw && len > 0 => {
                 d.write_zeroes(off, len, flags & ReqFlags::MAY_UNMAP).await
@@ -744,7 +764,7 @@ impl Qcow2 {
 
     /// The overlap check before guest data is written at `host`: data in an external data
     /// file cannot meet the image's metadata (only the corrupt state is checked).
-    async fn pre_data_write_check(&self, host: HostOffset, len: u64) -> Result<()> {
+    pub(super) async fn pre_data_write_check(&self, host: HostOffset, len: u64) -> Result<()> {
         if self.has_data_file() {
             return self.pre_write_check(u32::MAX, host.bytes(), len).await;
         }
@@ -757,6 +777,12 @@ impl Qcow2 {
         let (kind, n) = self.run_at(held, offset, len.max(1)).await?;
         let in_off = offset.in_cluster(self.layout.cluster_bits);
         let mapping = match kind {
+            Kind::Unallocated if self.layout.ext_l2 => {
+                match self.reserved_at(held, offset).await? {
+                    Some(h) => Mapping::UnallocatedAt { host: h.bytes() },
+                    None => Mapping::Unallocated,
+                }
+            }
             Kind::Unallocated => Mapping::Unallocated,
             Kind::Zero { host } => Mapping::Zero {
                 host: host.map(|h| (h + in_off).bytes()),

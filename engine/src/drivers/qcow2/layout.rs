@@ -22,7 +22,7 @@ pub(crate) struct Layout {
     /// 0: deflate, 1: zstd.
     pub(crate) compression_type: u8,
     /// Extended L2 entries (incompatible bit 4): 16-byte L2 entries with a bitmap of 32
-    /// subclusters. Read only: writes are refused.
+    /// subclusters.
     pub(crate) ext_l2: bool,
     /// Virtual size (resize changes it).
     pub(crate) size: Cell<u64>,

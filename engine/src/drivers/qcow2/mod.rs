@@ -18,8 +18,9 @@
 //! An external data file (incompatible bit 2) is a second child, `data-file`: guest clusters
 //! live there at their guest offsets, are not refcounted, and are flushed before the L2
 //! tables that map them; with data-file-raw it is kept a raw image of the guest disk (zero
-//! writes and discards zero it too). Images with extended L2 entries (bit 4, `subcluster`)
-//! are read (and checked); writes to them are refused.
+//! writes and discards zero it too). Images with extended L2 entries (bit 4) are read
+//! subcluster by subcluster (`subcluster`) and written with subcluster allocation
+//! (`subcluster_write`).
 //!
 //! Crash-safety rules (QEMU's ordering): refcount increments reach the disk before any L2/L1
 //! entry relying on them; guest data is flushed before the L2 table that points to it is
@@ -60,6 +61,7 @@ mod resize;
 mod snapshot;
 mod snapshot_table;
 mod subcluster;
+mod subcluster_write;
 mod units;
 mod vmstate;
 
@@ -453,12 +455,6 @@ impl Qcow2 {
         }
         if self.is_corrupt() {
             return Err(self.corrupt_error());
-        }
-        if self.layout.ext_l2 {
-            return Err(Error::io_msg(
-                Errno::ENOTSUP,
-                "qcow2: writing to images with extended L2 entries (subclusters) is not supported",
-            ));
         }
         if !self.fixups_pending.get() && !self.needs_dirty_bit() {
             return Ok(());

@@ -298,8 +298,9 @@ impl Qcow2 {
     ) -> Result<Vec<HostCluster>> {
         let table = self.l2_table_copy(held, off).await?;
         let mut out = Vec::new();
+        let stride = self.layout.l2_entry_bytes() as usize / 8;
         for j in 0..self.layout.l2_entries() as usize {
-            match self.classify(L2Entry::from_raw(get_u64(&table, j)))? {
+            match self.classify(L2Entry::from_raw(get_u64(&table, j * stride)))? {
                 super::cluster::Kind::Normal { host, .. }
                 | super::cluster::Kind::Zero { host: Some(host) } => {
                     out.push(self.layout.cluster_of(host))
@@ -340,8 +341,10 @@ impl Qcow2 {
     ) -> Result<()> {
         let table = self.l2_table_copy(held, off).await?;
         let per = self.layout.l2_entries() as usize;
+        // 8-byte words per entry (extended entries carry their bitmap in the second).
+        let stride = self.layout.l2_entry_bytes() as usize / 8;
         for j in 0..per {
-            let entry = L2Entry::from_raw(get_u64(&table, j));
+            let entry = L2Entry::from_raw(get_u64(&table, j * stride));
             let refs = match self.classify(entry)? {
                 super::cluster::Kind::Normal { host, .. }
                 | super::cluster::Kind::Zero { host: Some(host) } => {
@@ -369,7 +372,7 @@ impl Qcow2 {
             if fix_copied && fixed != entry {
                 self.l2
                     .cache
-                    .with(off.bytes(), true, |t| set_u64(t, j, fixed.raw()))
+                    .with(off.bytes(), true, |t| set_u64(t, j * stride, fixed.raw()))
                     .expect("still cached");
             }
         }

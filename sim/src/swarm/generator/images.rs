@@ -1,5 +1,5 @@
 //! Images and the graph: the top image (raw or qcow2 with drawn cluster size, refcount width,
-//! compat level and lazy refcounts), a backing chain of 0–4 layers each holding drawn data,
+//! compat level, lazy refcounts and extended L2 entries), a backing chain of 0–4 layers each holding drawn data,
 //! optional blkdebug filter, discard mode, and the guest device with its error policies and
 //! cache mode.
 
@@ -55,6 +55,10 @@ impl Gen {
             }
             if chance(r, 0.3) {
                 o.push("lazy_refcounts=on".into());
+            }
+            // Subclusters need clusters of 16 KiB or more.
+            if cluster >= 16 * KIB && chance(&mut self.r.extended_l2, 0.3) {
+                o.push("extended_l2=on".into());
             }
         }
         if let Some(b) = backing {

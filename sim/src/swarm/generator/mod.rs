@@ -190,6 +190,9 @@ pub struct Generated {
 /// The family streams of one seed.
 pub(super) struct Streams {
     pub(super) images: ChaCha8Rng,
+    /// Extended L2 entries of qcow2 images: a stream of its own, so that the other image
+    /// draws of a seed stay what they were before the option existed.
+    pub(super) extended_l2: ChaCha8Rng,
     pub(super) guest: ChaCha8Rng,
     pub(super) jobs: ChaCha8Rng,
     pub(super) faults: ChaCha8Rng,
@@ -378,6 +381,7 @@ pub fn generate(seed: u64) -> Generated {
     let f = Features::draw(&mut feat);
     let r = Streams {
         images: stream(seed, "images"),
+        extended_l2: stream(seed, "extended_l2"),
         guest: stream(seed, "guest"),
         jobs: stream(seed, "jobs"),
         faults: stream(seed, "faults"),
