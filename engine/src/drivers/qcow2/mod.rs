@@ -540,7 +540,7 @@ impl Qcow2 {
             self.rebuild_refcounts(held, false).await?;
         }
         let keep = self.layout.autoclear.get() & self.known_autoclear();
-        if self.layout.version == 3 && self.layout.autoclear.get() != keep {
+        if self.layout.version.get() == 3 && self.layout.autoclear.get() != keep {
             // Autoclear features this driver does not maintain are cleared before anything
             // is written (data-file-raw is maintained: data clusters sit at their guest offset
             // and zeroes are written through).
@@ -695,7 +695,7 @@ impl BlockDriver for Qcow2 {
             let incompat = self.layout.incompat.get();
             self.fixups_pending.set(
                 incompat & header::INCOMPAT_DIRTY != 0
-                    || (self.layout.version == 3
+                    || (self.layout.version.get() == 3
                         && self.layout.autoclear.get() & !self.known_autoclear() != 0),
             );
         }
@@ -725,8 +725,8 @@ impl BlockDriver for Qcow2 {
 
     fn specific_info(&self) -> Value {
         json!({
-            "compat": if self.layout.version == 3 { "1.1" } else { "0.10" },
-            "refcount-bits": 1u32 << self.layout.refcount_order,
+            "compat": if self.layout.version.get() == 3 { "1.1" } else { "0.10" },
+            "refcount-bits": 1u32 << self.layout.refcount_order.get(),
             "corrupt": self.layout.incompat.get() & header::INCOMPAT_CORRUPT != 0,
             "compression-type": if self.layout.compression_type == 1 { "zstd" } else { "zlib" },
         })

@@ -154,7 +154,7 @@ impl Qcow2 {
         base: u64,
     ) -> Result<(Vec<u8>, Vec<u64>)> {
         let cs = self.layout.cs();
-        let order = self.layout.refcount_order;
+        let order = self.layout.refcount_order.get();
         let rb_entries = (cs * 8) >> order;
         let (mut rt, mut rb) = (1u64, 1u64);
         loop {
