@@ -13,7 +13,8 @@
 //! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `backing`
 //! (rewriting the backing file name after a job changed the chain), `overlap`
 //! (metadata overlap checks before writes, the corrupt bit), `bitmaps` (persistent dirty
-//! bitmaps: the bitmaps extension, directory and tables).
+//! bitmaps: the bitmaps extension, directory and tables), `amend`, `amend_downgrade` and
+//! `refcount_rewrite` (`qemu-img amend`: version, refcount width, lazy refcounts, data file).
 //!
 //! An external data file (incompatible bit 2) is a second child, `data-file`: guest clusters
 //! live there at their guest offsets, are not refcounted, and are flushed before the L2
@@ -30,6 +31,8 @@
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
 mod allocator;
+mod amend;
+mod amend_downgrade;
 mod backing;
 mod bitmaps;
 mod cache;
@@ -54,6 +57,7 @@ mod options;
 mod overlap;
 mod prealloc_status;
 mod refcount;
+mod refcount_rewrite;
 mod reopen;
 mod repair;
 mod resize;
