@@ -7,7 +7,8 @@ mod cli;
 use cli::prog;
 
 /// The image subcommands blk has, with qemu-img's one-line descriptions.
-const COMMANDS: [(&str, &str); 12] = [
+const COMMANDS: [(&str, &str); 13] = [
+    ("amend", "Update format-specific options of the image"),
     (
         "bitmap",
         "Perform modifications of the persistent bitmap in the image",
@@ -136,7 +137,7 @@ fn run_command(cmd: &str, rest: &[String]) -> i32 {
         "io" if blk => cli::io::run_io(rest),
         "sim" if blk => cli::sim::run_sim(rest),
         "serve" if blk => cli::serve::run_serve(rest),
-        "bitmap" | "create" | "info" | "map" | "compare" | "convert" | "dd" | "resize"
+        "amend" | "bitmap" | "create" | "info" | "map" | "compare" | "convert" | "dd" | "resize"
         | "commit" | "rebase" | "snapshot" => cli::img::run(cmd, rest),
         "help" if blk => print_ok(&img_help()),
         other => {

@@ -1,4 +1,4 @@
-//! The qemu-img style image tools: `blk bitmap|create|info|map|compare|convert|dd|resize|commit|rebase|snapshot`.
+//! The qemu-img style image tools: `blk amend|bitmap|create|info|map|compare|convert|dd|resize|commit|rebase|snapshot`.
 //!
 //! Each subcommand lives in its own file and takes qemu-img's flags, prints qemu-img's
 //! messages (prefixed `qemu-img:` like `blk io` prefixes `qemu-io:`) and uses its exit codes.
@@ -6,6 +6,7 @@
 //! opened with `blockdev-add` options (see `open.rs`), data moves through BlockBackends and the
 //! generic request path, and allocation comes from block status through the backing chain.
 
+mod amend;
 mod bitmap;
 mod chain;
 mod commit;
@@ -36,6 +37,7 @@ use engine::{Error, Result};
 /// Entry point of `blk <cmd> ARGS...`; returns the exit status.
 pub fn run(cmd: &str, args: &[String]) -> i32 {
     match cmd {
+        "amend" => amend::run(args),
         "bitmap" => bitmap::run(args),
         "create" => create::run(args),
         "info" => info::run(args),

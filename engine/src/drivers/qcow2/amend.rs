@@ -71,9 +71,11 @@ impl Qcow2 {
             total: u32::from(plan.version != old) + u32::from(plan.refcount_order != order_now),
             done: std::cell::Cell::new(0),
         };
-        progress.at(0.0);
         if plan.version > old {
+            // QEMU's upgrade reports its start and half way (the header is rewritten).
+            progress.at(0.0);
             self.upgrade().await?;
+            progress.at(0.5);
             progress.next();
         }
         if plan.refcount_order != order_now {
@@ -98,7 +100,6 @@ impl Qcow2 {
             self.downgrade(&progress).await?;
             progress.next();
         }
-        progress.at(1.0);
         Ok(())
     }
 
