@@ -88,7 +88,7 @@ pub fn run(args: &[String]) -> i32 {
 }
 
 /// qemu-img's check of one `-o` argument: not empty, and no unescaped trailing comma.
-fn valid_option_list(o: &str) -> bool {
+pub(super) fn valid_option_list(o: &str) -> bool {
     let trailing = o.len() - o.trim_end_matches(',').len();
     !o.is_empty() && trailing % 2 == 0
 }
@@ -196,7 +196,7 @@ fn parse_options(fmt: &str, list: &str) -> Result<AmendOptions> {
 }
 
 /// `key=value` items of a list (`,,` escapes a comma; a bare `key` means `key=on`).
-fn items(list: &str) -> Vec<(String, String)> {
+pub(super) fn items(list: &str) -> Vec<(String, String)> {
     engine::util::split_options(list)
         .into_iter()
         .filter(|i| !i.is_empty())

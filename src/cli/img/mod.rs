@@ -1,4 +1,4 @@
-//! The qemu-img style image tools: `blk amend|bitmap|create|info|map|compare|convert|dd|resize|commit|rebase|snapshot`.
+//! The qemu-img style image tools: `blk amend|bitmap|create|info|map|measure|compare|convert|dd|resize|commit|rebase|snapshot`.
 //!
 //! Each subcommand lives in its own file and takes qemu-img's flags, prints qemu-img's
 //! messages (prefixed `qemu-img:` like `blk io` prefixes `qemu-io:`) and uses its exit codes.
@@ -18,6 +18,7 @@ mod dd;
 mod human;
 mod info;
 mod map;
+mod measure;
 mod number;
 mod open;
 mod open_args;
@@ -42,6 +43,7 @@ pub fn run(cmd: &str, args: &[String]) -> i32 {
         "create" => create::run(args),
         "info" => info::run(args),
         "map" => map::run(args),
+        "measure" => measure::run(args),
         "compare" => compare::run(args),
         "convert" => convert::run(args),
         "dd" => dd::run(args),

@@ -135,6 +135,15 @@ pub fn option_kind(fmt: &str, key: &str, create: bool) -> Option<&'static str> {
     list.iter().find(|o| o.0 == key).map(|o| o.1)
 }
 
+/// Value kind of creation option `key` of `fmt` or of the file protocol below it.
+pub fn create_option_kind(fmt: &str, key: &str) -> Option<&'static str> {
+    let own: &[Opt] = match fmt {
+        "qcow2" => QCOW2,
+        _ => &[SIZE],
+    };
+    own.iter().chain(FILE).find(|o| o.0 == key).map(|o| o.1)
+}
+
 /// `qemu-img amend -o help` for format `fmt` (`None`: it cannot amend).
 pub fn amend_text(fmt: &str) -> Option<String> {
     (fmt == "qcow2").then(|| {

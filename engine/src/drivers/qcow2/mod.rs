@@ -14,7 +14,8 @@
 //! (rewriting the backing file name after a job changed the chain), `overlap`
 //! (metadata overlap checks before writes, the corrupt bit), `bitmaps` (persistent dirty
 //! bitmaps: the bitmaps extension, directory and tables), `amend`, `amend_downgrade` and
-//! `refcount_rewrite` (`qemu-img amend`: version, refcount width, lazy refcounts, data file).
+//! `refcount_rewrite` (`qemu-img amend`: version, refcount width, lazy refcounts, data file),
+//! `measure` (the size arithmetic of `qemu-img measure`).
 //!
 //! An external data file (incompatible bit 2) is a second child, `data-file`: guest clusters
 //! live there at their guest offsets, are not refcounted, and are flushed before the L2
@@ -53,6 +54,7 @@ mod l2_cow;
 mod l2map;
 mod layout;
 mod lock;
+pub mod measure;
 mod options;
 mod overlap;
 mod prealloc_status;

@@ -16,6 +16,7 @@
 //! (an export and a client under network faults) and crashes (here: power loss, restart,
 //! recovery checks).
 
+mod amend;
 mod backup;
 mod bitmaps;
 mod canary;
@@ -212,6 +213,8 @@ pub(super) struct Streams {
     pub(super) isnap: ChaCha8Rng,
     /// NBD rounds and network faults (their own stream, as `vmstate`).
     pub(super) nbd: ChaCha8Rng,
+    /// Offline amends between a shutdown and a restart (their own stream, as `vmstate`).
+    pub(super) amend: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -389,6 +392,7 @@ pub fn generate(seed: u64) -> Generated {
         transactions: stream(seed, "transactions"),
         isnap: stream(seed, "isnap"),
         nbd: stream(seed, "nbd"),
+        amend: stream(seed, "amend"),
     };
     let mut g = Gen {
         f,
