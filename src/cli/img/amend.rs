@@ -40,7 +40,7 @@ pub fn run(args: &[String]) -> i32 {
     let long = [
         ("help", 'h', false),
         super::OBJECT,
-        ("image-opts", 'I', false),
+        super::IMAGE_OPTS,
         ("force", 'F', false),
     ];
     let (opts, operands) = match split_or_fail("amend", args, "ho:f:t:pq", &long, USAGE) {

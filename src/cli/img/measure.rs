@@ -65,7 +65,7 @@ pub fn run(args: &[String]) -> i32 {
 fn parse_args(args: &[String]) -> Result<Args, i32> {
     let long = [
         ("help", 'h', false),
-        ("image-opts", 'I', false),
+        super::IMAGE_OPTS,
         super::OBJECT,
         ("output", 'T', true),
         ("size", 'S', true),

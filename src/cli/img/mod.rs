@@ -63,7 +63,7 @@ pub(crate) fn fail(msg: impl std::fmt::Display) -> i32 {
 }
 
 pub(crate) use super::getopt::{LongOpt, Split, split};
-pub(crate) use open_args::OBJECT;
+pub(crate) use open_args::{IMAGE_OPTS, OBJECT};
 
 /// `split`, reporting a bad option as qemu-img does (message and a hint, exit status 1).
 /// `--object` and `--image-opts` are recognised here for every subcommand and kept for its
