@@ -54,6 +54,7 @@ impl World<'_> {
             Some(ops) => ops.amend(&opts, &no_resize, &|_| {}).await,
             None => Err(engine::Error::generic("not an image format")),
         };
+        let info = node.driver().specific_info();
         engine::graph::close_unused(&node).await;
         drop(node);
         let closed = tool.shutdown().await;
@@ -61,7 +62,12 @@ impl World<'_> {
             .and(closed)
             .map_err(|e| fail("amend", line, format!("{path}: {e}")))?;
         let what: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        self.note(&format!("amend {path}: {}", what.join(",")));
+        self.note(&format!(
+            "amend {path}: {} (now compat {}, refcount bits {})",
+            what.join(","),
+            info["compat"].as_str().unwrap_or("?"),
+            info["refcount-bits"]
+        ));
         Ok(())
     }
 }

