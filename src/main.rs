@@ -138,8 +138,8 @@ fn run_command(cmd: &str, rest: &[String]) -> i32 {
         "io" if blk => cli::io::run_io(rest),
         "sim" if blk => cli::sim::run_sim(rest),
         "serve" if blk => cli::serve::run_serve(rest),
-        "amend" | "bitmap" | "create" | "info" | "map" | "measure" | "compare" | "convert" | "dd" | "resize"
-        | "commit" | "rebase" | "snapshot" => cli::img::run(cmd, rest),
+        "amend" | "bitmap" | "create" | "info" | "map" | "measure" | "compare" | "convert"
+        | "dd" | "resize" | "commit" | "rebase" | "snapshot" => cli::img::run(cmd, rest),
         "help" if blk => print_ok(&img_help()),
         other => {
             let name = prog::name();

@@ -602,7 +602,10 @@ fn amend(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
         }
     }
     if opts.is_empty() {
-        return Err(l.err(1, "amend needs options (compat=, refcount_bits=, lazy_refcounts=)"));
+        return Err(l.err(
+            1,
+            "amend needs options (compat=, refcount_bits=, lazy_refcounts=)",
+        ));
     }
     Ok(Some(Action::Amend { path, opts }))
 }

@@ -90,7 +90,7 @@ pub fn run(args: &[String]) -> i32 {
 /// qemu-img's check of one `-o` argument: not empty, and no unescaped trailing comma.
 pub(super) fn valid_option_list(o: &str) -> bool {
     let trailing = o.len() - o.trim_end_matches(',').len();
-    !o.is_empty() && trailing % 2 == 0
+    !o.is_empty() && trailing.is_multiple_of(2)
 }
 
 /// The option help for `fmt`, or qemu-img's refusal.

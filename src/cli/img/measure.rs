@@ -128,19 +128,18 @@ fn check_operands(a: &mut Args, image_opts: bool) -> Result<(), i32> {
         ));
     }
     match (&a.file, a.size) {
-        (Some(_), Some(_)) => Err(fail(
-            "--size N cannot be used together with a filename.",
-        )),
-        (None, None) => Err(fail(
-            "Either --size N or one filename must be specified.",
-        )),
+        (Some(_), Some(_)) => Err(fail("--size N cannot be used together with a filename.")),
+        (None, None) => Err(fail("Either --size N or one filename must be specified.")),
         _ => Ok(()),
     }
 }
 
 async fn measure(tool: &Tool, a: &Args) -> Result<Measured> {
     let img = match &a.file {
-        Some(path) => Some(tool.open(path, a.fmt.as_deref(), true, a.force_share).await?),
+        Some(path) => Some(
+            tool.open(path, a.fmt.as_deref(), true, a.force_share)
+                .await?,
+        ),
         None => None,
     };
     if let (Some(img), Some(snap)) = (&img, &a.snapshot) {
@@ -208,7 +207,11 @@ fn number(key: &str, v: &str) -> Result<u64> {
 
 /// The last value of option `key`, if given.
 fn opt<'a>(items: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    items.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    items
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The new image's geometry and preallocation from the options, with QEMU's refusals in its
@@ -268,11 +271,13 @@ async fn measure_qcow2(
 ) -> Result<Measured> {
     let (g, version, full) = qcow2_geometry(items)?;
     if let Some(f) = opt(items, "encrypt.format") {
-        return Err(Error::generic(if f == "luks" && opt(items, "encrypt.key-secret").is_none() {
-            "Parameter 'encrypt.key-secret' is required for cipher".to_string()
-        } else {
-            format!("blk cannot measure images with encrypt.format={f}")
-        }));
+        return Err(Error::generic(
+            if f == "luks" && opt(items, "encrypt.key-secret").is_none() {
+                "Parameter 'encrypt.key-secret' is required for cipher".to_string()
+            } else {
+                format!("blk cannot measure images with encrypt.format={f}")
+            },
+        ));
     }
     if g.too_large(size) {
         return Err(Error::generic(
@@ -291,10 +296,9 @@ async fn measure_qcow2(
     }
     let fully_allocated = g.fully_allocated(virtual_size);
     let bitmaps = match img {
-        Some(i) if version >= 3 && stores_bitmaps(i) => Some(g.bitmaps_size(
-            i.len(),
-            &persistent_bitmaps(i),
-        )),
+        Some(i) if version >= 3 && stores_bitmaps(i) => {
+            Some(g.bitmaps_size(i.len(), &persistent_bitmaps(i)))
+        }
         _ => None,
     };
     Ok(Measured {

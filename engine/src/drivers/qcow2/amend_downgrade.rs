@@ -128,7 +128,10 @@ impl Qcow2 {
             .await;
         r?;
         let mut table = buf.as_slice().to_vec();
-        let l2_refs = self.refcount(held, self.layout.cluster_of(l2)).await?.max(1);
+        let l2_refs = self
+            .refcount(held, self.layout.cluster_of(l2))
+            .await?
+            .max(1);
         let step = (self.layout.l2_entry_bytes() / 8) as usize;
         let mut dropped = Vec::new();
         let mut changed = false;
@@ -173,7 +176,11 @@ impl Qcow2 {
     async fn zero_host_cluster(&self, host: HostOffset) -> Result<()> {
         let cs = self.layout.cs() as usize;
         self.file
-            .write(host.bytes(), IoBuf::from_slice(&vec![0u8; cs]), ReqFlags::NONE)
+            .write(
+                host.bytes(),
+                IoBuf::from_slice(&vec![0u8; cs]),
+                ReqFlags::NONE,
+            )
             .await
             .1
     }

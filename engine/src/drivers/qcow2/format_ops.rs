@@ -4,7 +4,8 @@
 
 use crate::bitmap::HBits;
 use crate::driver::{
-    AmendOptions, AmendProgress, AmendResize, BitmapToStore, CheckReport, FormatOps, NewSnapshot, Repair, SnapshotInfo, StoredBitmap,
+    AmendOptions, AmendProgress, AmendResize, BitmapToStore, CheckReport, FormatOps, NewSnapshot,
+    Repair, SnapshotInfo, StoredBitmap,
 };
 use crate::env::LocalBoxFuture;
 use crate::error::Result;

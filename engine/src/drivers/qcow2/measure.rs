@@ -47,7 +47,7 @@ impl Geometry {
     fn refcount_bytes(&self, clusters: u64) -> u64 {
         let cs = self.cluster_size;
         let per_table_cluster = cs / 8;
-        let per_block = cs * 8 >> self.refcount_order;
+        let per_block = (cs * 8) >> self.refcount_order;
         let (mut table, mut blocks, mut n) = (0u64, 0u64, 0u64);
         loop {
             let last = n;

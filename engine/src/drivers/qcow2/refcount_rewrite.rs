@@ -14,7 +14,7 @@ use crate::error::{Errno, Error, Result};
 
 use super::Qcow2;
 use super::amend::Progress;
-use super::header::{OFF_REFTABLE, OFF_REFCOUNT_ORDER};
+use super::header::{OFF_REFCOUNT_ORDER, OFF_REFTABLE};
 use super::units::HostOffset;
 
 /// The largest refcount a `2^order`-bit entry holds.
@@ -33,7 +33,11 @@ impl Qcow2 {
         order: u32,
         progress: &Progress<'_>,
     ) -> Result<()> {
-        debug_assert_eq!(self.layout.version.get(), 3, "v2 headers have no refcount order");
+        debug_assert_eq!(
+            self.layout.version.get(),
+            3,
+            "v2 headers have no refcount order"
+        );
         let held = &self.meta.lock().await;
         self.flush_metadata(held).await?;
         self.file.flush().await?;

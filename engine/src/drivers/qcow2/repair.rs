@@ -59,7 +59,8 @@ impl Qcow2 {
         self.count_bitmap_refs(&mut counts).await?;
         // New table and blocks after everything, covering themselves.
         let base = file_clusters.max(1);
-        let (area, table) = self.new_refcount_structures(&mut counts, base, self.layout.refcount_order.get())?;
+        let (area, table) =
+            self.new_refcount_structures(&mut counts, base, self.layout.refcount_order.get())?;
         self.switch_refcounts(held, base * cs, area, table).await
     }
 

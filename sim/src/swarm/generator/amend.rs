@@ -14,8 +14,7 @@ impl Gen {
     /// Maybe amend the top image (the engine is shut down).
     pub(super) fn offline_amend(&mut self) {
         let top_is_device = self.chain.first().is_some_and(|l| l.node == "top");
-        if !self.f.qcow2 || !self.chain_known || !top_is_device || !chance(&mut self.r.amend, 0.8)
-        {
+        if !self.f.qcow2 || !self.chain_known || !top_is_device || !chance(&mut self.r.amend, 0.8) {
             return;
         }
         let r = &mut self.r.amend;
@@ -50,7 +49,10 @@ impl Gen {
             lazy_now && !v3_after
         };
         if lazy != lazy_now {
-            opts.push(format!("lazy_refcounts={}", if lazy { "on" } else { "off" }));
+            opts.push(format!(
+                "lazy_refcounts={}",
+                if lazy { "on" } else { "off" }
+            ));
         }
         opts.extend(compat.map(|c| format!("compat={c}")));
         if opts.is_empty() {
@@ -89,6 +91,9 @@ mod tests {
         }
         println!("of 600 seeds: {any} amend, {bits} refcount, {lazy} lazy, {compat} compat");
         println!("seeds with amends: {seeds:?}");
-        assert!(any >= 10 && bits >= 2 && lazy >= 2 && compat >= 1, "{any} {bits} {lazy} {compat}");
+        assert!(
+            any >= 10 && bits >= 2 && lazy >= 2 && compat >= 1,
+            "{any} {bits} {lazy} {compat}"
+        );
     }
 }
