@@ -209,9 +209,17 @@ pub(super) fn items(list: &str) -> Vec<(String, String)> {
 
 /// Every item is an option of the list (amend's, or `create`'s) with a value of its kind.
 fn check_kinds(fmt: &str, items: &[(String, String)], create: bool) -> Result<()> {
+    check_kinds_with(items, &|k| option_kind(fmt, k, create))
+}
+
+/// Every item is an option `kind_of` knows, with a value of its kind (`<bool (on/off)>`,
+/// `<num>`, `<size>`, `<str>`), as QEMU parses an option list: the first bad one is the error.
+pub(super) fn check_kinds_with(
+    items: &[(String, String)],
+    kind_of: &dyn Fn(&str) -> Option<&'static str>,
+) -> Result<()> {
     for (k, v) in items {
-        let kind = option_kind(fmt, k, create)
-            .ok_or_else(|| Error::generic(format!("Invalid parameter '{k}'")))?;
+        let kind = kind_of(k).ok_or_else(|| Error::generic(format!("Invalid parameter '{k}'")))?;
         match kind {
             "<bool (on/off)>" => engine::util::parse_on_off(k, v).map(drop)?,
             "<num>" => number(k, v).map(drop)?,
@@ -223,6 +231,6 @@ fn check_kinds(fmt: &str, items: &[(String, String)], create: bool) -> Result<()
 }
 
 /// A number option, with QEMU's refusal.
-fn number(key: &str, v: &str) -> Result<u64> {
+pub(super) fn number(key: &str, v: &str) -> Result<u64> {
     parse_c_u64(v).map_err(|_| Error::param_invalid(key, "expects a number"))
 }

@@ -8,7 +8,8 @@ use engine::drivers::qcow2::measure::Geometry;
 use engine::{Error, Result};
 use serde_json::json;
 
-use super::number::{in_range, parse_c_u64, size_option, strtosz};
+use super::amend::number;
+use super::number::{in_range, size_option, strtosz};
 use super::open::{Image, Tool};
 use super::opt_help::create_option_kind;
 use super::{Output, fail, split_or_fail, to_json_pretty};
@@ -180,29 +181,13 @@ async fn measure(tool: &Tool, a: &Args) -> Result<Measured> {
 /// Every `-o` item is a creation option of `fmt` (or of the file protocol) with a value of
 /// its kind; else QEMU's two lines.
 fn check_kinds(fmt: &str, items: &[(String, String)]) -> Result<()> {
-    let check = || -> Result<()> {
-        for (k, v) in items {
-            let kind = create_option_kind(fmt, k)
-                .ok_or_else(|| Error::generic(format!("Invalid parameter '{k}'")))?;
-            match kind {
-                "<bool (on/off)>" => engine::util::parse_on_off(k, v).map(drop)?,
-                "<num>" => number(k, v).map(drop)?,
-                "<size>" => size_option(k, v).map(drop)?,
-                _ => {}
-            }
-        }
-        Ok(())
-    };
+    let check = || super::amend::check_kinds_with(items, &|k| create_option_kind(fmt, k));
     check().map_err(|e| {
         Error::generic(format!(
             "{e}\n{}: Invalid options for file format '{fmt}'",
             crate::cli::prog::name()
         ))
     })
-}
-
-fn number(key: &str, v: &str) -> Result<u64> {
-    parse_c_u64(v).map_err(|_| Error::param_invalid(key, "expects a number"))
 }
 
 /// The last value of option `key`, if given.
