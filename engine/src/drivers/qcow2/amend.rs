@@ -1,5 +1,5 @@
-//! `qemu-img amend` for qcow2: the options are checked first, in the order of QEMU's option
-//! table (the first refusal wins and nothing changes), then applied in QEMU's order: upgrade to
+//! `qemu-img amend` for qcow2: the options are checked first, in the order of QEMU's amend
+//! option table (the first refusal wins and nothing changes), then applied in QEMU's order: upgrade to
 //! v3, refcount width (`refcount_rewrite`), the data-file name and raw bit, the backing file
 //! (which amend cannot change), lazy refcounts, size (through the caller's resize), and the
 //! downgrade to v2 last (`amend_downgrade`), so that what v2 cannot hold is gone before it.
@@ -119,7 +119,9 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Check every option against the image, in the order of QEMU's amend option table.
+    /// Check every option against the image, in the order of QEMU's amend option table
+    /// (the encryption options first, then size, compat, backing, data file, lazy refcounts,
+    /// refcount width).
     fn plan_amend(&self, o: &AmendOptions) -> Result<Plan> {
         let mut plan = Plan {
             version: self.layout.version.get(),
@@ -127,6 +129,11 @@ impl Qcow2 {
             lazy: self.lazy.get(),
             data_raw: self.data_raw,
         };
+        if o.encrypt {
+            return Err(invalid(
+                "Can't amend encryption options - encryption not present",
+            ));
+        }
         match o.compat.as_deref() {
             None => {}
             Some("0.10" | "v2") => plan.version = 2,
@@ -134,20 +141,6 @@ impl Qcow2 {
             Some(other) => {
                 return Err(invalid(&format!("Unknown compatibility level {other}")));
             }
-        }
-        if o.encrypt {
-            return Err(invalid(
-                "Can't amend encryption options - encryption not present",
-            ));
-        }
-        plan.lazy = o.lazy_refcounts.unwrap_or(plan.lazy);
-        if let Some(bits) = o.refcount_bits {
-            if bits == 0 || bits > 64 || !bits.is_power_of_two() {
-                return Err(invalid(
-                    "Refcount width must be a power of two and may not exceed 64 bits",
-                ));
-            }
-            plan.refcount_order = bits.trailing_zeros();
         }
         if o.data_file.is_some() && !self.has_data_file() {
             return Err(invalid(
@@ -159,6 +152,15 @@ impl Qcow2 {
                 return Err(invalid("data-file-raw cannot be set on existing images"));
             }
             plan.data_raw = raw;
+        }
+        plan.lazy = o.lazy_refcounts.unwrap_or(plan.lazy);
+        if let Some(bits) = o.refcount_bits {
+            if bits == 0 || bits > 64 || !bits.is_power_of_two() {
+                return Err(invalid(
+                    "Refcount width must be a power of two and may not exceed 64 bits",
+                ));
+            }
+            plan.refcount_order = bits.trailing_zeros();
         }
         Ok(plan)
     }
