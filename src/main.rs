@@ -7,7 +7,8 @@ mod cli;
 use cli::prog;
 
 /// The image subcommands blk has, with qemu-img's one-line descriptions.
-const COMMANDS: [(&str, &str); 13] = [
+const COMMANDS: [(&str, &str); 15] = [
+    ("amend", "Update format-specific options of the image"),
     ("bench", "Run simple image benchmark"),
     (
         "bitmap",
@@ -24,6 +25,7 @@ const COMMANDS: [(&str, &str); 13] = [
     ("dd", "Copy input to output with optional format conversion"),
     ("info", "Display information about image"),
     ("map", "Dump image metadata"),
+    ("measure", "Calculate file size requred for a new image"),
     ("rebase", "Change backing file of the image"),
     ("resize", "Resize the image to the new size"),
     ("snapshot", "List or manipulate snapshots within image"),
@@ -137,8 +139,10 @@ fn run_command(cmd: &str, rest: &[String]) -> i32 {
         "io" if blk => cli::io::run_io(rest),
         "sim" if blk => cli::sim::run_sim(rest),
         "serve" if blk => cli::serve::run_serve(rest),
-        "bench" | "bitmap" | "create" | "info" | "map" | "compare" | "convert" | "dd"
-        | "resize" | "commit" | "rebase" | "snapshot" => cli::img::run(cmd, rest),
+        "amend" | "bench" | "bitmap" | "create" | "info" | "map" | "measure" | "compare"
+        | "convert" | "dd" | "resize" | "commit" | "rebase" | "snapshot" => {
+            cli::img::run(cmd, rest)
+        }
         "help" if blk => print_ok(&img_help()),
         other => {
             let name = prog::name();

@@ -408,6 +408,37 @@ pub struct NewSnapshot {
     pub icount: Option<u64>,
 }
 
+/// What `qemu-img amend -o` asks a format to change: each field `None` when the option was
+/// not given. Values are as typed (the format checks them and refuses with its own messages).
+#[derive(Clone, Debug, Default)]
+pub struct AmendOptions {
+    /// `backing_file=` (amend cannot change it: only the current name is accepted).
+    pub backing_file: Option<String>,
+    /// `backing_fmt=` (as `backing_file`).
+    pub backing_fmt: Option<String>,
+    /// `compat=` (`0.10`/`v2` or `1.1`/`v3`).
+    pub compat: Option<String>,
+    /// `data_file=` (empty: drop the name from the header).
+    pub data_file: Option<String>,
+    /// `data_file_raw=`.
+    pub data_file_raw: Option<bool>,
+    /// Some `encrypt.*` option was given.
+    pub encrypt: bool,
+    /// `lazy_refcounts=`.
+    pub lazy_refcounts: Option<bool>,
+    /// `refcount_bits=`.
+    pub refcount_bits: Option<u64>,
+    /// `size=` (0: unchanged, as QEMU takes it).
+    pub size: Option<u64>,
+}
+
+/// How an amend resizes the image: through the node's generic truncate (so the graph's live
+/// bitmaps follow), supplied by the caller.
+pub type AmendResize<'a> = &'a dyn Fn(u64) -> LocalBoxFuture<'a, Result<()>>;
+
+/// Progress of an amend: (operation done so far, in 0.0..=1.0).
+pub type AmendProgress<'a> = &'a dyn Fn(f64);
+
 /// The refusal of a snapshot verb on a format without internal snapshots.
 fn no_snapshots() -> Error {
     Error::io(Errno::ENOTSUP)
@@ -565,5 +596,16 @@ pub trait FormatOps {
     /// Drop cached tables unused since the last call (`cache-clean-interval`).
     fn clean_unused_tables(&self) -> LocalBoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    /// `qemu-img amend`: change the image's creation options in place (`resize` changes the
+    /// size). ENOTSUP: the format cannot amend.
+    fn amend<'a>(
+        &'a self,
+        _opts: &'a AmendOptions,
+        _resize: AmendResize<'a>,
+        _progress: AmendProgress<'a>,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async { Err(Error::io(Errno::ENOTSUP)) })
     }
 }

@@ -8,6 +8,8 @@ mod qcow2_support;
 mod fuzz_regressions;
 #[path = "qcow2_alloc.rs"]
 mod qcow2_alloc;
+#[path = "qcow2_amend.rs"]
+mod qcow2_amend;
 #[path = "qcow2_bitmaps.rs"]
 mod qcow2_bitmaps;
 #[path = "qcow2_bitmaps_live.rs"]

@@ -11,6 +11,7 @@
 // `world` (the run's state) <- one file per family of steps (`graph_steps`, `guest_steps`,
 // `drain_steps`, `fault_steps`, `checks`, `chain`, `pivot`, `restart`, `bitmap_steps`), `step` (one line per
 // action), `crash_point` <- `run` (the loop).
+mod amend;
 mod bitmap_steps;
 mod chain;
 mod checks;

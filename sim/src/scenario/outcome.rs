@@ -77,6 +77,7 @@ pub const CHECKS: &[&str] = &[
     "bitmap",
     "isnap",
     "restart",
+    "amend",
     "deadlock",
     "livelock",
 ];

@@ -135,6 +135,7 @@ const DIRECTIVES: &[(&str, Directive)] = &[
     ("shutdown", shutdown),
     ("check", check),
     ("check-file", check_file),
+    ("amend", amend),
     ("bitmap", bitmap),
     ("isnap", isnap),
     ("net", net),
@@ -589,6 +590,24 @@ fn check_file(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseErr
     Ok(Some(Action::CheckFile {
         path: l.need(1, "an image path")?,
     }))
+}
+
+fn amend(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {
+    let path = l.need(1, "an image path")?;
+    let mut opts = Vec::new();
+    for a in l.args_from(2) {
+        match (a.key.as_str(), a.value) {
+            ("compat" | "refcount_bits" | "lazy_refcounts", Some(v)) => opts.push((a.key, v)),
+            _ => return Err(l.err(a.column, format!("unknown argument '{}'", a.key))),
+        }
+    }
+    if opts.is_empty() {
+        return Err(l.err(
+            1,
+            "amend needs options (compat=, refcount_bits=, lazy_refcounts=)",
+        ));
+    }
+    Ok(Some(Action::Amend { path, opts }))
 }
 
 fn bitmap(l: &mut Line, _: &mut Scenario) -> Result<Option<Action>, ParseError> {

@@ -69,6 +69,7 @@ impl World<'_> {
                 self.isnap_step(line, device, *verb, name).await
             }
             Action::CheckFile { path } => self.check_file(line, path).await,
+            Action::Amend { path, opts } => self.amend_file(line, path, opts).await,
             Action::Net(n) => self.net_step(step, n),
         }
     }

@@ -260,6 +260,15 @@ pub enum Action {
         /// Path on the virtual disk.
         path: String,
     },
+    /// `amend PATH KEY=VALUE...`: `qemu-img amend` of a qcow2 image file while the engine is
+    /// shut down (between `shutdown` and `restart`): compat, refcount_bits, lazy_refcounts.
+    /// A refusal fails the run.
+    Amend {
+        /// Path on the virtual disk.
+        path: String,
+        /// The options, in order.
+        opts: Vec<(String, String)>,
+    },
 }
 
 /// What `expect` checks.

@@ -96,7 +96,12 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
         && o.compat == Compat::V3
     {
         // The data file is created as QEMU does: a raw file of the virtual size, at the name
-        // given (relative to the working directory, which is where the image looks for it).
+        // given (relative to the working directory, which is where the image looks for it),
+        // preallocated as asked (falloc, full; the image then maps every cluster to it).
+        let data_prealloc = match prealloc_mode {
+            Prealloc::Falloc | Prealloc::Full => prealloc_mode,
+            _ => Prealloc::Off,
+        };
         write_image(
             tool,
             d,
@@ -105,7 +110,7 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
                 size: o.size,
                 ..CreateOptions::default()
             },
-            Prealloc::Off,
+            data_prealloc,
         )
         .await?;
     }

@@ -1,4 +1,4 @@
-//! The qemu-img style image tools: `blk bench|bitmap|create|info|map|compare|convert|dd|resize|commit|rebase|snapshot`.
+//! The qemu-img style image tools: `blk amend|bench|bitmap|create|info|map|measure|compare|convert|dd|resize|commit|rebase|snapshot`.
 //!
 //! Each subcommand lives in its own file and takes qemu-img's flags, prints qemu-img's
 //! messages (prefixed `qemu-img:` like `blk io` prefixes `qemu-io:`) and uses its exit codes.
@@ -6,6 +6,7 @@
 //! opened with `blockdev-add` options (see `open.rs`), data moves through BlockBackends and the
 //! generic request path, and allocation comes from block status through the backing chain.
 
+mod amend;
 mod bench;
 mod bench_run;
 mod bitmap;
@@ -19,6 +20,7 @@ mod dd;
 mod human;
 mod info;
 mod map;
+mod measure;
 mod number;
 mod open;
 mod open_args;
@@ -38,11 +40,13 @@ use engine::{Error, Result};
 /// Entry point of `blk <cmd> ARGS...`; returns the exit status.
 pub fn run(cmd: &str, args: &[String]) -> i32 {
     match cmd {
+        "amend" => amend::run(args),
         "bench" => bench::run(args),
         "bitmap" => bitmap::run(args),
         "create" => create::run(args),
         "info" => info::run(args),
         "map" => map::run(args),
+        "measure" => measure::run(args),
         "compare" => compare::run(args),
         "convert" => convert::run(args),
         "dd" => dd::run(args),
@@ -62,7 +66,7 @@ pub(crate) fn fail(msg: impl std::fmt::Display) -> i32 {
 }
 
 pub(crate) use super::getopt::{LongOpt, Split, split};
-pub(crate) use open_args::OBJECT;
+pub(crate) use open_args::{IMAGE_OPTS, OBJECT};
 
 /// `split`, reporting a bad option as qemu-img does (message and a hint, exit status 1).
 /// `--object` and `--image-opts` are recognised here for every subcommand and kept for its

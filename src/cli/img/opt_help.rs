@@ -1,4 +1,4 @@
-//! `-o help` / `-o ?` for create and convert: the creation options of a format, listed in
+//! `-o help` / `-o ?` for create, convert and amend: the creation (amend) options of a format, listed in
 //! qemu-img's layout (option names, value kinds and descriptions are QEMU's, so scripts that read
 //! the list see the same names).
 
@@ -91,6 +91,72 @@ const QCOW2: &[Opt] = &[
     SIZE,
 ];
 
+/// qcow2's amend options (`qemu-img amend -o help`), in QEMU's order.
+const QCOW2_AMEND: &[Opt] = &[
+    QCOW2[0],
+    QCOW2[1],
+    QCOW2[3],
+    QCOW2[5],
+    QCOW2[6],
+    QCOW2[11],
+    (
+        "encrypt.keyslot",
+        "<num>",
+        "Select a single keyslot to modify explicitly",
+    ),
+    (
+        "encrypt.new-secret",
+        "<str>",
+        "New secret to set in the matching keyslots. Empty string to erase",
+    ),
+    (
+        "encrypt.old-secret",
+        "<str>",
+        "Select all keyslots that match this password",
+    ),
+    (
+        "encrypt.state",
+        "<str>",
+        "Select new state of affected keyslots (active/inactive)",
+    ),
+    QCOW2[17],
+    QCOW2[19],
+    SIZE,
+];
+
+/// Value kind of `key` among `fmt`'s amend options (`create`: its creation options
+/// instead), if it is one: `<str>`, `<num>`, `<size>` or `<bool (on/off)>`.
+pub fn option_kind(fmt: &str, key: &str, create: bool) -> Option<&'static str> {
+    let list: &[Opt] = match (fmt, create) {
+        ("qcow2", false) => QCOW2_AMEND,
+        ("qcow2", true) => QCOW2,
+        _ => &[],
+    };
+    list.iter().find(|o| o.0 == key).map(|o| o.1)
+}
+
+/// Value kind of creation option `key` of `fmt` or of the file protocol below it.
+pub fn create_option_kind(fmt: &str, key: &str) -> Option<&'static str> {
+    let own: &[Opt] = match fmt {
+        "qcow2" => QCOW2,
+        _ => &[SIZE],
+    };
+    own.iter().chain(FILE).find(|o| o.0 == key).map(|o| o.1)
+}
+
+/// `qemu-img amend -o help` for format `fmt` (`None`: it cannot amend).
+pub fn amend_text(fmt: &str) -> Option<String> {
+    (fmt == "qcow2").then(|| {
+        let mut s = format!("Amend options for '{fmt}':\n");
+        QCOW2_AMEND.iter().for_each(|o| s.push_str(&line(o)));
+        s
+    })
+}
+
+fn line((n, t, d): &Opt) -> String {
+    format!("  {:<22} - {d}\n", format!("{n}={t}"))
+}
+
 /// The `file` protocol's own creation options, merged in when a target filename is given.
 const FILE: &[Opt] = &[
     (
@@ -133,7 +199,6 @@ pub fn text(fmt: &str, file: Option<&str>) -> Option<String> {
         "raw" => &[SIZE],
         _ => return None,
     };
-    let line = |(n, t, d): &Opt| format!("  {:<22} - {d}\n", format!("{n}={t}"));
     let Some(_) = file else {
         let mut s = format!("Supported {fmt} options:\n");
         own.iter().for_each(|o| s.push_str(&line(o)));

@@ -274,13 +274,7 @@ impl Qcow2 {
         let held = &self.meta.lock().await;
         self.flush_metadata(held).await?;
         self.file.flush().await?;
-        let file_len = self.file.len();
-        let want = self.layout.cs().min(file_len) as usize;
-        let (buf, r) = self.file.read(0, IoBuf::new(want), ReqFlags::NONE).await;
-        r?;
-        let mut raw = buf.as_slice().to_vec();
-        raw.resize(self.layout.cs() as usize, 0);
-        let h = Header::parse(&raw, file_len)?;
+        let (raw, h) = self.read_header_raw().await?;
         for w in plan_backing_change(&raw, &h, name, fmt)? {
             self.file
                 .write(w.offset, IoBuf::from_slice(&w.data), ReqFlags::NONE)

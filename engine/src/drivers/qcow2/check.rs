@@ -351,7 +351,7 @@ impl Qcow2 {
     async fn mark_clean_and_consistent(&self) -> Result<()> {
         let bits = header::INCOMPAT_DIRTY | header::INCOMPAT_CORRUPT;
         let old = self.layout.incompat.get();
-        if self.layout.version < 3 || old & bits == 0 {
+        if self.layout.version.get() < 3 || old & bits == 0 {
             return Ok(());
         }
         let new = old & !bits;

@@ -27,7 +27,7 @@ impl Qcow2 {
         EntryFormat {
             cluster_bits: self.layout.cluster_bits,
             data_file: self.has_data_file(),
-            zero_flag: self.layout.version >= 3,
+            zero_flag: self.layout.version.get() >= 3,
         }
     }
 

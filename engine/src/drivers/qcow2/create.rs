@@ -174,11 +174,6 @@ fn check_features(o: &CreateOptions) -> Result<()> {
     if o.data_file_raw && o.data_file.is_none() {
         return Err(Error::generic("data-file-raw requires data-file"));
     }
-    if o.data_file.is_some() && matches!(o.preallocation, Prealloc::Falloc | Prealloc::Full) {
-        return Err(Error::generic(
-            "qcow2: preallocation=falloc/full with an external data file is not supported",
-        ));
-    }
     if o.data_file
         .as_ref()
         .is_some_and(|d| d.is_empty() || d.len() > 1023)

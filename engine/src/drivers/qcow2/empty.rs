@@ -41,7 +41,7 @@ impl Qcow2 {
     /// referenced outside the L1 table (snapshots, bitmaps), guest data in the image itself,
     /// and header + refcount table + refblock + L1 covered by that one refblock.
     fn can_rebuild_empty(&self) -> bool {
-        self.layout.version >= 3
+        self.layout.version.get() >= 3
             && self.nb_snapshots() == 0
             && self.layout.autoclear.get() & AUTOCLEAR_BITMAPS == 0
             && !self.has_data_file()
@@ -98,7 +98,7 @@ impl Qcow2 {
         set_u64(&mut table, 0, 2 * cs);
         let mut block = vec![0u8; cs as usize];
         for c in 0..3 + l1c {
-            rb_set(&mut block, self.layout.refcount_order, c as usize, 1);
+            rb_set(&mut block, self.layout.refcount_order.get(), c as usize, 1);
         }
         self.file
             .write(cs, IoBuf::from_slice(&table), ReqFlags::NONE)

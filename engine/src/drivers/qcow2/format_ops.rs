@@ -1,10 +1,11 @@
 //! qcow2's format-only verbs ([`FormatOps`]): emptying the image, rewriting the backing file
-//! reference, check/repair. The work is in `io`, `backing` and `check`; this is the entry point
+//! reference, check/repair, amend. The work is in `io`, `backing`, `check` and `amend`; this is the entry point
 //! the engine reaches through `BlockDriver::format_ops`.
 
 use crate::bitmap::HBits;
 use crate::driver::{
-    BitmapToStore, CheckReport, FormatOps, NewSnapshot, Repair, SnapshotInfo, StoredBitmap,
+    AmendOptions, AmendProgress, AmendResize, BitmapToStore, CheckReport, FormatOps, NewSnapshot,
+    Repair, SnapshotInfo, StoredBitmap,
 };
 use crate::env::LocalBoxFuture;
 use crate::error::Result;
@@ -150,5 +151,14 @@ impl FormatOps for Qcow2 {
 
     fn clean_unused_tables(&self) -> LocalBoxFuture<'_, ()> {
         Box::pin(Qcow2::clean_unused_tables(self))
+    }
+
+    fn amend<'a>(
+        &'a self,
+        opts: &'a AmendOptions,
+        resize: AmendResize<'a>,
+        progress: AmendProgress<'a>,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(Qcow2::amend(self, opts, resize, progress))
     }
 }

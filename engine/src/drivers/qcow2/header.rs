@@ -48,6 +48,8 @@ pub const OFF_SIZE: u64 = 24;
 pub const OFF_L1: u64 = 36;
 /// Byte offset of the refcount table offset (followed by its cluster count).
 pub const OFF_REFTABLE: u64 = 48;
+/// Byte offset of the refcount order field (v3).
+pub const OFF_REFCOUNT_ORDER: u64 = 96;
 
 /// An unknown header extension, kept so it survives header rewrites.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ impl Qcow2 {
         let mut specific = vec![
             (
                 "compat",
-                if self.layout.version >= 3 {
+                if self.layout.version.get() >= 3 {
                     "1.1"
                 } else {
                     "0.10"
@@ -31,14 +31,14 @@ impl Qcow2 {
                 .to_string(),
             ),
         ];
-        if self.layout.version >= 3 {
+        if self.layout.version.get() >= 3 {
             specific.push(("lazy refcounts", on_off(self.lazy.get())));
         }
         specific.push((
             "refcount bits",
-            (1u32 << self.layout.refcount_order).to_string(),
+            (1u32 << self.layout.refcount_order.get()).to_string(),
         ));
-        if self.layout.version >= 3 {
+        if self.layout.version.get() >= 3 {
             if let Some(name) = &self.data_file_name {
                 specific.push(("data file", name.clone()));
                 specific.push(("data file raw", on_off(self.data_raw)));

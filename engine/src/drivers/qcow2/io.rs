@@ -566,7 +566,7 @@ impl Qcow2 {
     ) -> Result<()> {
         // A v2 image has no zero flag: over a backing file the generic layer writes zeroes;
         // without one, whole clusters are deallocated (they then read as zeroes), as QEMU does.
-        if self.layout.version < 3 && self.backing().is_some() {
+        if self.layout.version.get() < 3 && self.backing().is_some() {
             return Err(Error::io(Errno::ENOTSUP));
         }
         if len == 0 {
@@ -611,7 +611,7 @@ impl Qcow2 {
                 }
                 // An unallocated cluster gets the zero flag too, backing file or not, as QEMU
                 // does (its map then shows the range as present zeroes).
-                let v3 = self.layout.version >= 3;
+                let v3 = self.layout.version.get() >= 3;
                 let new = match kind {
                     Some(Kind::Normal { host, copied: true }) if !unmap && v3 => {
                         L2Entry::zero_at(host)
@@ -648,7 +648,7 @@ impl Qcow2 {
             drop(guard);
             return self.write_from(offset, &vec![0u8; len as usize]).await;
         }
-        if kind == Kind::Unallocated && self.layout.version >= 3 {
+        if kind == Kind::Unallocated && self.layout.version.get() >= 3 {
             self.ensure_l2(held, gc).await?;
             self.set_l2_entry(held, gc, L2Entry::ZERO).await?;
         }
@@ -658,7 +658,7 @@ impl Qcow2 {
     pub(crate) async fn do_discard(&self, offset: u64, len: u64) -> Result<()> {
         // A v2 image cannot mark a cluster as reading zeroes: deallocating it would let the
         // backing file's older data show through. Keep the data, as QEMU does.
-        if self.layout.version < 3 && self.backing().is_some() {
+        if self.layout.version.get() < 3 && self.backing().is_some() {
             return Ok(());
         }
         self.discard_clusters(offset, len, false).await
@@ -729,7 +729,7 @@ impl Qcow2 {
             } else if backing || allocated {
                 // v2 has no zero flag: only reached without a backing file, where an
                 // unallocated cluster reads as zeroes.
-                if self.layout.version >= 3 {
+                if self.layout.version.get() >= 3 {
                     L2Entry::ZERO
                 } else {
                     L2Entry::UNALLOCATED

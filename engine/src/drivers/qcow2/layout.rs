@@ -2,9 +2,9 @@
 //! size) and feature bits (version, compression type, incompatible / autoclear bits), with the arithmetic that follows from them (cluster size, L2 entries per table,
 //! host offset <-> cluster index, refcount block geometry).
 //!
-//! Only the virtual size and the two feature-bit words change while the image is open
-//! (resize; dirty / corrupt bits; autoclear fix-ups): they are cells, the rest is fixed at
-//! open. Must not import anything outside qcow2 but `error`.
+//! The virtual size, the feature-bit words, the version and the refcount width change while
+//! the image is open (resize; dirty / corrupt bits; autoclear fix-ups; amend): they are
+//! cells, the rest is fixed at open. Must not import anything outside qcow2 but `error`.
 
 use std::cell::Cell;
 
@@ -15,10 +15,10 @@ use super::units::{HostCluster, HostOffset};
 pub(crate) struct Layout {
     /// log2 of the cluster size.
     pub(crate) cluster_bits: u32,
-    /// log2 of the refcount width in bits.
-    pub(crate) refcount_order: u32,
-    /// 2 or 3.
-    pub(crate) version: u32,
+    /// log2 of the refcount width in bits (amend may change it).
+    pub(crate) refcount_order: Cell<u32>,
+    /// 2 or 3 (amend may change it).
+    pub(crate) version: Cell<u32>,
     /// 0: deflate, 1: zstd.
     pub(crate) compression_type: u8,
     /// Extended L2 entries (incompatible bit 4): 16-byte L2 entries with a bitmap of 32
@@ -37,8 +37,8 @@ impl Layout {
     pub(crate) fn new(h: &Header) -> Layout {
         Layout {
             cluster_bits: h.cluster_bits,
-            refcount_order: h.refcount_order,
-            version: h.version,
+            refcount_order: Cell::new(h.refcount_order),
+            version: Cell::new(h.version),
             compression_type: h.compression_type,
             ext_l2: h.incompat & header::INCOMPAT_EXTL2 != 0,
             size: Cell::new(h.size),
@@ -74,15 +74,15 @@ impl Layout {
 
     /// log2 of the refcount entries per block.
     pub(crate) fn rb_bits(&self) -> u32 {
-        self.cluster_bits + 3 - self.refcount_order
+        self.cluster_bits + 3 - self.refcount_order.get()
     }
 
     /// The largest refcount an entry can hold.
     pub(crate) fn max_refcount(&self) -> u64 {
-        if self.refcount_order == 6 {
+        if self.refcount_order.get() == 6 {
             u64::MAX
         } else {
-            (1u64 << (1u32 << self.refcount_order)) - 1
+            (1u64 << (1u32 << self.refcount_order.get())) - 1
         }
     }
 }

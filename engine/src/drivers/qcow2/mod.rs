@@ -13,7 +13,9 @@
 //! `check` and `check_walk` (consistency check and repair, `qemu-img check`), `backing`
 //! (rewriting the backing file name after a job changed the chain), `overlap`
 //! (metadata overlap checks before writes, the corrupt bit), `bitmaps` (persistent dirty
-//! bitmaps: the bitmaps extension, directory and tables).
+//! bitmaps: the bitmaps extension, directory and tables), `amend`, `amend_downgrade` and
+//! `refcount_rewrite` (`qemu-img amend`: version, refcount width, lazy refcounts, data file),
+//! `measure` (the size arithmetic of `qemu-img measure`).
 //!
 //! An external data file (incompatible bit 2) is a second child, `data-file`: guest clusters
 //! live there at their guest offsets, are not refcounted, and are flushed before the L2
@@ -31,6 +33,8 @@
 //! Must not import `job`, `qmp`, `engine`, `backend` or other drivers.
 
 mod allocator;
+mod amend;
+mod amend_downgrade;
 mod backing;
 mod bitmaps;
 mod cache;
@@ -51,10 +55,12 @@ mod l2_cow;
 mod l2map;
 mod layout;
 mod lock;
+pub mod measure;
 mod options;
 mod overlap;
 mod prealloc_status;
 mod refcount;
+mod refcount_rewrite;
 mod reopen;
 mod repair;
 mod resize;
@@ -541,7 +547,7 @@ impl Qcow2 {
             self.rebuild_refcounts(held, false).await?;
         }
         let keep = self.layout.autoclear.get() & self.known_autoclear();
-        if self.layout.version == 3 && self.layout.autoclear.get() != keep {
+        if self.layout.version.get() == 3 && self.layout.autoclear.get() != keep {
             // Autoclear features this driver does not maintain are cleared before anything
             // is written (data-file-raw is maintained: data clusters sit at their guest offset
             // and zeroes are written through).
@@ -704,7 +710,7 @@ impl BlockDriver for Qcow2 {
             let incompat = self.layout.incompat.get();
             self.fixups_pending.set(
                 incompat & header::INCOMPAT_DIRTY != 0
-                    || (self.layout.version == 3
+                    || (self.layout.version.get() == 3
                         && self.layout.autoclear.get() & !self.known_autoclear() != 0),
             );
         }
@@ -734,8 +740,8 @@ impl BlockDriver for Qcow2 {
 
     fn specific_info(&self) -> Value {
         json!({
-            "compat": if self.layout.version == 3 { "1.1" } else { "0.10" },
-            "refcount-bits": 1u32 << self.layout.refcount_order,
+            "compat": if self.layout.version.get() == 3 { "1.1" } else { "0.10" },
+            "refcount-bits": 1u32 << self.layout.refcount_order.get(),
             "corrupt": self.layout.incompat.get() & header::INCOMPAT_CORRUPT != 0,
             "compression-type": if self.layout.compression_type == 1 { "zstd" } else { "zlib" },
         })

@@ -226,7 +226,7 @@ impl Qcow2 {
     async fn mark_corrupt(&self) {
         let bits = self.layout.incompat.get() | INCOMPAT_CORRUPT;
         self.layout.incompat.set(bits);
-        if self.layout.version < 3 {
+        if self.layout.version.get() < 3 {
             return;
         }
         let r = self

@@ -141,7 +141,7 @@ impl Qcow2 {
         self.load_refblock(held, off).await?;
         let off = off.bytes();
         let i = self.rb_index(idx);
-        let order = self.layout.refcount_order;
+        let order = self.layout.refcount_order.get();
         Ok(self
             .alloc
             .cache
@@ -168,7 +168,7 @@ impl Qcow2 {
         self.load_refblock(held, off).await?;
         let off = off.bytes();
         let i = self.rb_index(idx);
-        let (order, max) = (self.layout.refcount_order, self.layout.max_refcount());
+        let (order, max) = (self.layout.refcount_order.get(), self.layout.max_refcount());
         let now = self
             .alloc
             .cache
@@ -402,7 +402,7 @@ impl Qcow2 {
         let mut data = vec![0u8; cs as usize];
         rb_set(
             &mut data,
-            self.layout.refcount_order,
+            self.layout.refcount_order.get(),
             (at.index() - (rt << self.layout.rb_bits())) as usize,
             1,
         );
@@ -466,7 +466,7 @@ impl Qcow2 {
                 if c >> rb_bits == rt {
                     rb_set(
                         &mut data,
-                        self.layout.refcount_order,
+                        self.layout.refcount_order.get(),
                         (c - (rt << rb_bits)) as usize,
                         1,
                     );
@@ -521,7 +521,7 @@ impl Qcow2 {
     /// been written back before.
     pub(crate) async fn drop_empty_refblocks(&self, held: &MetaGuard<'_>) -> Result<()> {
         let per = 1u64 << self.layout.rb_bits();
-        let order = self.layout.refcount_order;
+        let order = self.layout.refcount_order.get();
         let entries = self.alloc.reftable_len() as u64;
         for rt in 0..entries {
             let Some(block) = self.refblock_of(HostCluster::new(rt * per)).await? else {

@@ -33,7 +33,7 @@ impl Qcow2 {
             .is_some_and(|n| n.options().discard_unmap);
         let mut changes = changes;
         let runtime = OpenOpts::take(&mut changes, unmap)?;
-        runtime.check_version(self.layout.version)?;
+        runtime.check_version(self.layout.version.get())?;
         let lazy = runtime.lazy.unwrap_or(self.header_lazy);
         let tables = runtime.cache_tables(self.layout.cs(), self.layout.size.get());
         let fewer_tables =

@@ -59,13 +59,14 @@ impl Qcow2 {
         self.count_bitmap_refs(&mut counts).await?;
         // New table and blocks after everything, covering themselves.
         let base = file_clusters.max(1);
-        let (area, table) = self.new_refcount_structures(&mut counts, base)?;
+        let (area, table) =
+            self.new_refcount_structures(&mut counts, base, self.layout.refcount_order.get())?;
         self.switch_refcounts(held, base * cs, area, table).await
     }
 
     /// Count the header, the active L1 table and every snapshot's (with every L2 table and
     /// cluster they map: once per L1 table reaching them), and the snapshot table.
-    async fn count_mapped_refs(&self, counts: &mut [u64]) -> Result<()> {
+    pub(super) async fn count_mapped_refs(&self, counts: &mut [u64]) -> Result<()> {
         let cs = self.layout.cs();
         add_ref(counts, cs, 0, cs)?;
         let l1 = self.l2.snapshot();
@@ -128,7 +129,7 @@ impl Qcow2 {
 
     /// Persistent bitmaps own clusters too; counted the way the check counts them (only
     /// read when the autoclear bit says they are valid, as the check does).
-    async fn count_bitmap_refs(&self, counts: &mut [u64]) -> Result<()> {
+    pub(super) async fn count_bitmap_refs(&self, counts: &mut [u64]) -> Result<()> {
         let bitmaps = if self.layout.autoclear.get() & super::bitmaps::AUTOCLEAR_BITMAPS != 0 {
             self.bitmap_refs().await?
         } else {
@@ -145,16 +146,16 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// A refcount table and blocks placed at cluster `base`, sized to cover `counts` and
-    /// themselves (whose clusters are added to `counts`), filled in: the area's bytes (table
-    /// then blocks) and the table's entries.
-    fn new_refcount_structures(
+    /// A refcount table and blocks of `2^order`-bit entries placed at cluster `base`, sized
+    /// to cover `counts` and themselves (whose clusters are added to `counts`), filled in: the
+    /// area's bytes (table then blocks) and the table's entries.
+    pub(super) fn new_refcount_structures(
         &self,
         counts: &mut Vec<u64>,
         base: u64,
+        order: u32,
     ) -> Result<(Vec<u8>, Vec<u64>)> {
         let cs = self.layout.cs();
-        let order = self.layout.refcount_order;
         let rb_entries = (cs * 8) >> order;
         let (mut rt, mut rb) = (1u64, 1u64);
         loop {

@@ -16,6 +16,7 @@
 //! (an export and a client under network faults) and crashes (here: power loss, restart,
 //! recovery checks).
 
+mod amend;
 mod backup;
 mod bitmaps;
 mod canary;
@@ -217,6 +218,8 @@ pub(super) struct Streams {
     pub(super) nbd: ChaCha8Rng,
     /// Internal-snapshot actions inside transactions (their own stream, as `vmstate`).
     pub(super) txn_isnap: ChaCha8Rng,
+    /// Offline amends between a shutdown and a restart (their own stream, as `vmstate`).
+    pub(super) amend: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -396,6 +399,7 @@ pub fn generate(seed: u64) -> Generated {
         isnap: stream(seed, "isnap"),
         nbd: stream(seed, "nbd"),
         txn_isnap: stream(seed, "txn_isnap"),
+        amend: stream(seed, "amend"),
     };
     let mut g = Gen {
         f,

@@ -8,7 +8,7 @@ use crate::io::{IoBuf, ReqFlags};
 
 use super::super::Qcow2;
 use super::super::backing::plan_header_rewrite;
-use super::super::header::{EXT_FEATURE_TABLE, Header};
+use super::super::header::EXT_FEATURE_TABLE;
 use super::{AUTOCLEAR_BITMAPS, BitmapExt, EXT_BITMAPS};
 
 impl Qcow2 {
@@ -17,16 +17,7 @@ impl Qcow2 {
     /// the header is durable when this returns.
     pub(super) async fn write_bitmaps_ext(&self, ext: Option<BitmapExt>) -> Result<()> {
         self.file.flush().await?;
-        let file_len = self.file.len();
-        let cs = self.layout.cs();
-        let (buf, r) = self
-            .file
-            .read(0, IoBuf::new(cs.min(file_len) as usize), ReqFlags::NONE)
-            .await;
-        r?;
-        let mut raw = buf.as_slice().to_vec();
-        raw.resize(cs as usize, 0);
-        let h = Header::parse(&raw, file_len)?;
+        let (raw, h) = self.read_header_raw().await?;
         let autoclear = match ext {
             Some(_) => h.autoclear | AUTOCLEAR_BITMAPS,
             None => h.autoclear & !AUTOCLEAR_BITMAPS,

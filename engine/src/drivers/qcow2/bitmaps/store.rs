@@ -226,7 +226,7 @@ impl Qcow2 {
     /// What stops a bitmap `name` of `granularity` from being stored in this image, in QEMU's
     /// words (without the prefix, which depends on who asks), if anything.
     pub(crate) fn bitmap_problem(&self, name: &str, granularity: u64) -> Option<String> {
-        if self.layout.version < 3 {
+        if self.layout.version.get() < 3 {
             return Some("Cannot store dirty bitmaps in qcow2 v2 files".into());
         }
         if !granularity.is_power_of_two() {
