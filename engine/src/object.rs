@@ -174,6 +174,14 @@ impl ObjectRegistry {
         Rc::clone(group)
     }
 
+    /// The group named `name` (a `throttle-group` object or an implicit group), if any; unlike
+    /// [`ObjectRegistry::group_by_name`] it makes none.
+    pub fn find_group(&self, name: &str) -> Option<Rc<ThrottleGroup>> {
+        self.throttle_group(name)
+            .ok()
+            .or_else(|| self.implicit_groups.borrow().get(name).cloned())
+    }
+
     /// Drop the implicit group `name` once no member uses it.
     pub fn forget_unused_group(&self, name: &str) {
         let mut implicit = self.implicit_groups.borrow_mut();

@@ -490,6 +490,17 @@ fn expect(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError>
                 return Err(l.err(l.col_of(2), format!("expected yes or no, not '{other}'")));
             }
         }),
+        "rate" => {
+            let workload = l.need(2, "a workload")?;
+            let group = l.need(3, "group=GROUP")?;
+            let Some(group) = group.strip_prefix("group=") else {
+                return Err(l.err(l.col_of(3), format!("expected group=GROUP, not '{group}'")));
+            };
+            Expectation::Rate {
+                workload,
+                group: group.to_string(),
+            }
+        }
         "output" => {
             l.need(2, "the expected output line")?;
             Expectation::Output(

@@ -287,6 +287,14 @@ pub enum Expectation {
     Running(bool),
     /// The last qemu-io command's output contains this text.
     Output(String),
+    /// `rate WORKLOAD group=GROUP`: the ended workload moved no more than the throttle group's
+    /// limits let through over its run (`rate_check`).
+    Rate {
+        /// The workload (ended by `workload wait` or `stop`).
+        workload: String,
+        /// The throttle group (an object, or the implicit group of a device's limits).
+        group: String,
+    },
 }
 
 /// One parsed step with its position.
