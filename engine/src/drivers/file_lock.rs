@@ -203,21 +203,16 @@ fn held_or_failed(handle: &dyn HostLock, offset: u64) -> bool {
 }
 
 /// Create (or empty) the host file at `path` for a new image, as QEMU's file creation does:
-/// open it without truncating, take the creation locks and check them, and only then cut it to
-/// zero bytes, so an image another process uses is refused, never destroyed. The locks go
-/// with the handle when this returns; the new image's node takes its own.
-pub async fn create_host_file(env: &dyn Env, path: &str) -> Result<()> {
-    let create = OpenOptions {
-        write: true,
-        create: true,
-        ..Default::default()
+/// an existing file is locked for creation and checked before it is cut to zero bytes, so an
+/// image another process uses is refused, never destroyed. The locks go when this returns;
+/// the new image's node takes its own.
+pub fn create_host_file(env: &dyn Env, path: &str) -> Result<()> {
+    let context = || format!("Could not create '{path}'");
+    // A file that does not exist yet is nobody's image.
+    let handle = match env.fs().exists(path) {
+        true => env.fs().open_lock(path).map_err(|e| e.context(context()))?,
+        false => None,
     };
-    let file = env
-        .fs()
-        .open(path, create)
-        .map_err(|e| e.context(format!("Could not create '{path}'")))?;
-    // The handle (and its locks) lives until the file is empty.
-    let handle = env.fs().open_lock(path)?;
     if let Some(handle) = &handle {
         let (perm, shared) = create_perms();
         let held = Cell::new((Perms::NONE, Perms::NONE));
@@ -225,5 +220,14 @@ pub async fn create_host_file(env: &dyn Env, path: &str) -> Result<()> {
             .and_then(|()| check(&**handle, perm, shared))
             .map_err(|e| e.hint(format!("Is another process using the image [{path}]?")))?;
     }
-    file.set_len(0).await
+    let create = OpenOptions {
+        write: true,
+        create: true,
+        truncate: true,
+        ..Default::default()
+    };
+    env.fs()
+        .open(path, create)
+        .map_err(|e| e.context(context()))?;
+    Ok(())
 }

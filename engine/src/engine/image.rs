@@ -55,7 +55,7 @@ impl Engine {
                 "Backing file not supported for file format 'raw'",
             ));
         }
-        crate::drivers::create_host_file(&**self.env(), &spec.path).await?;
+        crate::drivers::create_host_file(&**self.env(), &spec.path)?;
         let file = open_node(
             self.graph(),
             Options::new(json!({"driver": "file", "filename": spec.path}))?,

@@ -363,7 +363,7 @@ async fn write_new_image(
     o: &CreateOptions,
     prealloc: Prealloc,
 ) -> engine::Result<()> {
-    engine::drivers::create_host_file(&*tool.env, path).await?;
+    engine::drivers::create_host_file(&*tool.env, path)?;
     let spec = Options::new(json!({"driver": "file", "filename": path}))?;
     let node = open_node(tool.engine.graph(), spec).await?;
     let creator: Rc<dyn ParentOps> = Rc::new(Creator);
