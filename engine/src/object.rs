@@ -206,6 +206,14 @@ impl ObjectRegistry {
             .ok_or_else(|| Error::generic(format!("object '{id}' not found")))
     }
 
+    /// The QOM type of object `id` ("secret", "throttle-group"), if there is one.
+    pub fn type_name(&self, id: &str) -> Option<&'static str> {
+        self.objects.borrow().get(id).map(|o| match o {
+            Object::Secret(_) => "secret",
+            Object::ThrottleGroup(_) => "throttle-group",
+        })
+    }
+
     /// The ids of every object, sorted.
     pub fn ids(&self) -> Vec<String> {
         self.objects.borrow().keys().cloned().collect()
