@@ -566,7 +566,15 @@ fn qom_get_and_set_read_and_change_a_groups_limits() {
             json!({"execute": "qom-set",
                 "arguments": {"path": "t0", "property": "limits", "value": value}})
         };
-        assert_eq!(qmp(&engine, set(json!({"iops-total": 7}))).await, Ok(json!({})));
+        // With iops-read still 5, a total is refused (checked against the merged limits).
+        let conflict =
+            "bps/iops/max total values and read/write values cannot be used at the same time";
+        assert_eq!(
+            qmp(&engine, set(json!({"iops-total": 7}))).await,
+            Err(conflict.to_string())
+        );
+        let both = json!({"iops-total": 7, "iops-read": 0});
+        assert_eq!(qmp(&engine, set(both)).await, Ok(json!({})));
         let limits = qmp(&engine, get("t0", "limits")).await.unwrap();
         assert_eq!((&limits["bps-total"], &limits["iops-total"]), (&json!(1000), &json!(7)));
         for (cmd, msg) in [
