@@ -496,9 +496,17 @@ fn expect(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError>
             let Some(group) = group.strip_prefix("group=") else {
                 return Err(l.err(l.col_of(3), format!("expected group=GROUP, not '{group}'")));
             };
+            let drained = match l.ws.get(4).map(|_| l.need(4, "drained")).transpose()? {
+                None => false,
+                Some(w) if w == "drained" => true,
+                Some(w) => {
+                    return Err(l.err(l.col_of(4), format!("expected drained, not '{w}'")));
+                }
+            };
             Expectation::Rate {
                 workload,
                 group: group.to_string(),
+                drained,
             }
         }
         "output" => {

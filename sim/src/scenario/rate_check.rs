@@ -3,7 +3,9 @@
 //! in flight) may not have moved more, in any limited bucket, than the leaky bucket lets
 //! through over the virtual time it ran: the average rate times that time, plus the bucket's
 //! size (the burst), plus the requests that may start while the bucket is not yet over its size
-//! (one per direction) or that a drain releases at once (at most the workload's depth).
+//! (one per direction: a request passes while the bucket is not over its size, and the others
+//! then wait), plus, when a drain released the queued requests at once (`drained`), the
+//! workload's depth.
 
 use engine::throttle::ThrottleConfig;
 
@@ -37,7 +39,11 @@ fn moved(stats: &WorkloadStats, i: usize) -> u64 {
 }
 
 /// Check `w` against `cfg`: a note naming the buckets checked, or what went over.
-pub(super) fn check_rate(w: &EndedWorkload, cfg: &ThrottleConfig) -> Result<String, String> {
+pub(super) fn check_rate(
+    w: &EndedWorkload,
+    cfg: &ThrottleConfig,
+    drained: bool,
+) -> Result<String, String> {
     let secs = w.ended_ns.saturating_sub(w.started_ns) as f64 / 1e9;
     let bs_max = w.spec.bs.1;
     let mut checked = Vec::new();
@@ -56,7 +62,8 @@ pub(super) fn check_rate(w: &EndedWorkload, cfg: &ThrottleConfig) -> Result<Stri
         } else {
             1
         };
-        let slack = (u64::from(w.spec.iodepth) + 2) * unit;
+        let released = if drained { u64::from(w.spec.iodepth) } else { 0 };
+        let slack = (released + 2) * unit;
         let allowed = b.avg as f64 * secs + size + slack as f64;
         let got = moved(&w.stats, i);
         if got as f64 > allowed {
@@ -76,7 +83,12 @@ pub(super) fn check_rate(w: &EndedWorkload, cfg: &ThrottleConfig) -> Result<Stri
 
 impl World<'_> {
     /// `expect rate WORKLOAD group=GROUP`: `Ok` with a note, or what is wrong.
-    pub(super) fn expect_rate(&mut self, workload: &str, group: &str) -> Result<(), String> {
+    pub(super) fn expect_rate(
+        &mut self,
+        workload: &str,
+        group: &str,
+        drained: bool,
+    ) -> Result<(), String> {
         let w = self
             .ended
             .get(workload)
@@ -86,7 +98,7 @@ impl World<'_> {
             .objects()
             .find_group(group)
             .ok_or_else(|| format!("no throttle group '{group}'"))?;
-        let note = check_rate(w, &g.config())?;
+        let note = check_rate(w, &g.config(), drained)?;
         self.note(&format!("  {workload}: {note}"));
         Ok(())
     }
@@ -113,13 +125,13 @@ mod tests {
     fn a_workload_over_the_average_rate_fails_and_one_under_it_passes() {
         let mut cfg = ThrottleConfig::default();
         cfg.buckets[1].avg = 1 << 20;
-        assert!(check_rate(&ended(10 << 20, 10), &cfg).is_ok());
-        let err = check_rate(&ended(40 << 20, 10), &cfg).unwrap_err();
+        assert!(check_rate(&ended(10 << 20, 10), &cfg, false).is_ok());
+        let err = check_rate(&ended(40 << 20, 10), &cfg, false).unwrap_err();
         assert!(err.contains("bucket bps_rd"), "{err}");
         // A write-only limit does not judge reads.
         cfg.buckets[1].avg = 0;
         cfg.buckets[2].avg = 1 << 20;
-        assert!(check_rate(&ended(40 << 20, 10), &cfg).is_ok());
+        assert!(check_rate(&ended(40 << 20, 10), &cfg, false).is_ok());
     }
 
     #[test]
@@ -129,7 +141,7 @@ mod tests {
         cfg.buckets[0].max = 4 << 20;
         cfg.buckets[0].burst_length = 2;
         // 1 MiB/s for 10 s plus an 8 MiB burst.
-        assert!(check_rate(&ended(18 << 20, 10), &cfg).is_ok());
-        assert!(check_rate(&ended(20 << 20, 10), &cfg).is_err());
+        assert!(check_rate(&ended(18 << 20, 10), &cfg, false).is_ok());
+        assert!(check_rate(&ended(20 << 20, 10), &cfg, false).is_err());
     }
 }

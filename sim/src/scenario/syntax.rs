@@ -294,6 +294,8 @@ pub enum Expectation {
         workload: String,
         /// The throttle group (an object, or the implicit group of a device's limits).
         group: String,
+        /// `drained`: a drain during the run released the queued requests at once.
+        drained: bool,
     },
 }
 

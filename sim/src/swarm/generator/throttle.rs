@@ -87,7 +87,7 @@ impl Gen {
         }
         let (lo, hi) = [(512, 4096), (4096, 65536), (4096, 4096)][below(r, 3) as usize];
         let depth = [1, 2, 4, 8][below(r, 4) as usize];
-        let count = in_range(r, 10, 80);
+        let count = in_range(r, 40, 200);
         let w = self.fresh("tw");
         self.step(format!(
             "workload start {w} device={device} mix={mix} bs={lo}..{hi} iodepth={depth} count={count} range=0..{size}"
@@ -100,7 +100,8 @@ impl Gen {
             self.step(format!("drain end {node}"));
         }
         self.step(format!("workload wait {w}"));
-        self.step(format!("expect rate {w} group={group}"));
+        let drained = if drain.is_some() { " drained" } else { "" };
+        self.step(format!("expect rate {w} group={group}{drained}"));
     }
 
     /// Limits on the guest device itself, in its own group or a named one; taken off after.
