@@ -45,7 +45,11 @@ fn parses_every_directive() {
 
 #[test]
 fn parses_expect_rate() {
-    let sc = parse("t", "# p\nexpect rate w1 group=t0\nexpect rate w2 group=t1 drained\n").unwrap();
+    let sc = parse(
+        "t",
+        "# p\nexpect rate w1 group=t0\nexpect rate w2 group=t1 drained\n",
+    )
+    .unwrap();
     assert!(matches!(
         &sc.steps[0].action,
         Action::Expect(Expectation::Rate { workload, group, drained: false }) if workload == "w1" && group == "t0"

@@ -62,7 +62,11 @@ pub(super) fn check_rate(
         } else {
             1
         };
-        let released = if drained { u64::from(w.spec.iodepth) } else { 0 };
+        let released = if drained {
+            u64::from(w.spec.iodepth)
+        } else {
+            0
+        };
         let slack = (released + 2) * unit;
         let allowed = b.avg as f64 * secs + size + slack as f64;
         let got = moved(&w.stats, i);
