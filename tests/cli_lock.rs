@@ -12,8 +12,11 @@ use crate::common::{BLK, Dir, QEMU_IMG, QEMU_IO, have_tools, without_timing};
 struct Holder(Child);
 
 impl Holder {
-    /// Start `prog args` in `dir` and wait until `img` is locked (qemu-img info refuses it).
+    /// Start `prog args` in `dir` and wait until `img` is locked: until `/proc/locks` lists a
+    /// lock on its inode (a probe that opened the image itself could refuse the holder's open).
     fn start(dir: &Dir, prog: &str, args: &[&str], img: &str) -> Holder {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(dir.0.join(img)).unwrap().ino();
         let child = Command::new(prog)
             .args(args)
             .current_dir(&dir.0)
@@ -22,12 +25,24 @@ impl Holder {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let h = Holder(child);
+        let mut h = Holder(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while dir.run("qemu-img", &["info", img]).stderr.is_empty() {
-            assert!(Instant::now() < deadline, "{prog} never locked {img}");
+        let locked = || {
+            std::fs::read_to_string("/proc/locks")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains(&format!(":{ino} ")))
+        };
+        while !locked() {
+            assert!(
+                Instant::now() < deadline,
+                "{prog} {args:?} never locked {img} (exited: {:?})",
+                h.0.try_wait()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The holder takes its bytes one after the other: let it finish.
+        std::thread::sleep(Duration::from_millis(100));
         h
     }
 }
