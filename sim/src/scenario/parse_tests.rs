@@ -59,7 +59,7 @@ fn parses_expect_rate() {
         Action::Expect(Expectation::Rate { drained: true, .. })
     ));
     let err = parse("t", "# p\nexpect rate w1 group=t0 now\n").unwrap_err();
-    assert_eq!(err.to_string(), "t:2:26: expected drained, not 'now'");
+    assert_eq!(err.to_string(), "t:2:25: expected drained, not 'now'");
     let err = parse("t", "# p\nexpect rate w1 t0\n").unwrap_err();
     assert_eq!(err.to_string(), "t:2:16: expected group=GROUP, not 't0'");
     let err = parse("t", "# p\nexpect rate w1\n").unwrap_err();

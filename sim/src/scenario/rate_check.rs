@@ -114,7 +114,15 @@ mod tests {
 
     fn ended(bytes: u64, secs: u64) -> EndedWorkload {
         EndedWorkload {
-            spec: WorkloadSpec::parse(&[]).expect("defaults"),
+            spec: WorkloadSpec {
+                device: "d0".into(),
+                mix: [1, 0, 0, 0],
+                bs: (4096, 4096),
+                iodepth: 1,
+                range: None,
+                count: None,
+                think_ns: 0,
+            },
             stats: WorkloadStats {
                 ops: [bytes / 4096, 0, 0, 0],
                 bytes: [bytes, 0, 0, 0],
