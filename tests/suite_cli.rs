@@ -15,6 +15,8 @@ mod cli_check;
 mod cli_commit_rebase;
 #[path = "cli_dd.rs"]
 mod cli_dd;
+#[path = "cli_lock.rs"]
+mod cli_lock;
 #[path = "cli_serve.rs"]
 mod cli_serve;
 #[path = "cli_sim.rs"]

@@ -204,6 +204,21 @@ pub trait BlockDriver {
         default_child_perms(child, parent)
     }
 
+    /// The permissions this node's users will hold together change to `perm`, sharing `shared`
+    /// (phase one of a permission change, after the graph accepted it): a protocol driver on a
+    /// host file takes its image locks here, and fails if another process holds the image.
+    /// `perm_commit` or `perm_abort` follows.
+    fn perm_prepare(&self, perm: Perms, shared: Perms) -> Result<()> {
+        let _ = (perm, shared);
+        Ok(())
+    }
+
+    /// Phase two: the change `perm_prepare` accepted is in force.
+    fn perm_commit(&self) {}
+
+    /// The change `perm_prepare` accepted was refused elsewhere: back to the old permissions.
+    fn perm_abort(&self) {}
+
     /// Called once right after open, when the node holds its permissions on its children:
     /// a format brings its image up to date here (qcow2 rebuilds the refcounts of an image
     /// left dirty by lazy refcounts and clears unknown autoclear bits, as QEMU does at open).

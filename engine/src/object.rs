@@ -174,6 +174,14 @@ impl ObjectRegistry {
         Rc::clone(group)
     }
 
+    /// The group named `name` (a `throttle-group` object or an implicit group), if any; unlike
+    /// [`ObjectRegistry::group_by_name`] it makes none.
+    pub fn find_group(&self, name: &str) -> Option<Rc<ThrottleGroup>> {
+        self.throttle_group(name)
+            .ok()
+            .or_else(|| self.implicit_groups.borrow().get(name).cloned())
+    }
+
     /// Drop the implicit group `name` once no member uses it.
     pub fn forget_unused_group(&self, name: &str) {
         let mut implicit = self.implicit_groups.borrow_mut();
@@ -196,6 +204,14 @@ impl ObjectRegistry {
             .remove(id)
             .map(drop)
             .ok_or_else(|| Error::generic(format!("object '{id}' not found")))
+    }
+
+    /// The QOM type of object `id` ("secret", "throttle-group"), if there is one.
+    pub fn type_name(&self, id: &str) -> Option<&'static str> {
+        self.objects.borrow().get(id).map(|o| match o {
+            Object::Secret(_) => "secret",
+            Object::ThrottleGroup(_) => "throttle-group",
+        })
     }
 
     /// The ids of every object, sorted.

@@ -1,4 +1,4 @@
-//! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP, the file driver over short and interrupted host I/O, blkdebug events, throttling, the copy-on-read filter.
+//! Test binary `graph_io`: graph, permissions, drain, the request path, BlockBackend error policies, blkdebug, lifecycle, QMP, the file driver over short and interrupted host I/O, image locks on real files, blkdebug events, throttling, the copy-on-read filter.
 //! Each file below was its own test crate; it is a module here (see engine/Cargo.toml).
 
 // Shared helpers, loaded once for the whole binary; test files `use crate::` them.
@@ -22,6 +22,8 @@ mod errors;
 mod file_partial_io;
 #[path = "graph_perms.rs"]
 mod graph_perms;
+#[path = "image_locks.rs"]
+mod image_locks;
 #[path = "lifecycle.rs"]
 mod lifecycle;
 #[path = "qmp.rs"]

@@ -538,3 +538,117 @@ fn devices_in_one_named_group_share_its_limits() {
         assert!(engine.objects().ids().is_empty());
     });
 }
+
+/// `qom-get` and `qom-set` of a throttle group, as qemu-storage-daemon answers them: the whole
+/// `limits` (every member, unset ones 0, lengths 1), one flat `x-` limit, `type`; `qom-set` of
+/// `limits` replaces the members given and keeps the rest, validated, and the group runs at the
+/// new rate; QEMU's refusals.
+#[test]
+fn qom_get_and_set_read_and_change_a_groups_limits() {
+    run(5, |engine| async move {
+        add_group(
+            &engine,
+            "t0",
+            json!({"x-bps-total": "1000", "x-iops-read": "5"}),
+        )
+        .await
+        .unwrap();
+        let get = |path: &str, property: &str| json!({"execute": "qom-get", "arguments": {"path": path, "property": property}});
+        let limits = qmp(&engine, get("t0", "limits")).await.unwrap();
+        let obj = limits.as_object().unwrap();
+        assert_eq!(obj.len(), 19, "{limits}");
+        assert_eq!(
+            (
+                &limits["bps-total"],
+                &limits["iops-read"],
+                &limits["iops-write-max-length"]
+            ),
+            (&json!(1000), &json!(5), &json!(1))
+        );
+        assert_eq!(limits["bps-read-max"], 0);
+        assert_eq!(
+            qmp(&engine, get("/objects/t0", "x-bps-total")).await,
+            Ok(json!(1000))
+        );
+        assert_eq!(
+            qmp(&engine, get("t0", "type")).await,
+            Ok(json!("throttle-group"))
+        );
+        let set = |value: Value| {
+            json!({"execute": "qom-set",
+                "arguments": {"path": "t0", "property": "limits", "value": value}})
+        };
+        // With iops-read still 5, a total is refused (checked against the merged limits).
+        let conflict =
+            "bps/iops/max total values and read/write values cannot be used at the same time";
+        assert_eq!(
+            qmp(&engine, set(json!({"iops-total": 7}))).await,
+            Err(conflict.to_string())
+        );
+        let both = json!({"iops-total": 7, "iops-read": 0});
+        assert_eq!(qmp(&engine, set(both)).await, Ok(json!({})));
+        let limits = qmp(&engine, get("t0", "limits")).await.unwrap();
+        assert_eq!(
+            (&limits["bps-total"], &limits["iops-total"]),
+            (&json!(1000), &json!(7))
+        );
+        for (cmd, msg) in [
+            (get("t9", "limits"), "Device 't9' not found"),
+            (
+                get("t0", "nope"),
+                "Property 'throttle-group.nope' not found",
+            ),
+            (
+                set(json!({"bps-total": 7, "bps-read": 3})),
+                "bps/iops/max total values and read/write values cannot be used at the same time",
+            ),
+            (
+                set(json!({"bps-total": -1})),
+                "bps/iops/max values must be within [0, 1000000000000000]",
+            ),
+            (
+                set(json!({"nope": 1})),
+                "Parameter 'limits.nope' is unexpected",
+            ),
+            (
+                set(json!(5)),
+                "Invalid parameter type for 'limits', expected: object",
+            ),
+            (
+                json!({"execute": "qom-set", "arguments":
+                    {"path": "t0", "property": "x-bps-total", "value": 9}}),
+                "Property cannot be set after initialization",
+            ),
+            (
+                json!({"execute": "qom-set", "arguments":
+                    {"path": "t0", "property": "type", "value": "x"}}),
+                "Property 'throttle-group.type' is not writable",
+            ),
+        ] {
+            assert_eq!(
+                qmp(&engine, cmd.clone()).await,
+                Err(msg.to_string()),
+                "{cmd}"
+            );
+        }
+        // A refused set changed nothing; an accepted one is the group's new rate.
+        let limits = qmp(&engine, get("t0", "limits")).await.unwrap();
+        assert_eq!(
+            (&limits["bps-total"], &limits["iops-total"]),
+            (&json!(1000), &json!(7))
+        );
+        qmp(
+            &engine,
+            set(json!({"bps-total": 1048576, "iops-total": 0, "iops-read": 0})),
+        )
+        .await
+        .unwrap();
+        let bb = throttled_device(&engine, "th", "t0").await;
+        let (bytes, _) = load(&engine, &bb, 4, 4096, false, 10).await;
+        let want = 10 * 1048576;
+        assert!(
+            bytes >= want && bytes <= want + 1048576 / 10 + 4 * 4096,
+            "{bytes}"
+        );
+    });
+}

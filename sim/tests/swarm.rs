@@ -121,6 +121,16 @@ fn finds_bitmaps_missing_write_zeroes() {
     find_and_shrink(Bug::BitmapMissesZeroes, 200);
 }
 
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "heavy (about 3 finds and shrinks): run with --release, as .ci/run does"
+)]
+fn finds_throttle_leaking_too_fast() {
+    // The throttle family's rate oracle (`expect rate`) sees a device run at twice its limit.
+    find_and_shrink(Bug::ThrottleLeaksFast, 120);
+}
+
 /// Run `seed` twice: it must pass, with the same trace both times. The first run's outcome.
 fn passes_twice(seed: u64, text: &str) -> sim::scenario::RunOutcome {
     let (_, v) = swarm::run_seed(seed, false);

@@ -12,11 +12,15 @@
 //! clean without writing them ("fsync-gate"), so no later flush may claim they are durable; every
 //! later flush fails with the same error until the node is opened again (a reopen keeps it, as
 //! QEMU keeps it across reopens).
+//!
+//! Image locks (`file_lock.rs`) follow the node's permissions through `perm_prepare`/`commit`/
+//! `abort`, as QEMU's file-posix locks follow its permissions; `locking=off` turns them off.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::file_io::{read_full, write_full};
+use super::file_lock::ImageLocks;
 use crate::driver::{BlockDriver, DriverCaps, DriverKind, Prealloc};
 use crate::env::{Allocation, HostFile, LocalBoxFuture, OpenOptions};
 use crate::error::{Errno, Error, Result};
@@ -51,6 +55,8 @@ struct File {
     align: u32,
     /// The error of a failed flush through the page cache: every later flush fails with it.
     flush_poisoned: Cell<Option<Errno>>,
+    /// QEMU's image locks on the host file.
+    locks: ImageLocks,
 }
 
 pub(super) fn open(
@@ -59,8 +65,8 @@ pub(super) fn open(
 ) -> LocalBoxFuture<'static, Result<Box<dyn BlockDriver>>> {
     Box::pin(async move {
         let path = opts.require_str("filename")?;
-        // Host I/O mechanism and locking are decided by the environment; the options are
-        // accepted (and validated) so that QEMU command lines work unchanged.
+        // The host I/O mechanism is decided by the environment; its options are accepted (and
+        // validated) so that QEMU command lines work unchanged.
         if let Some(aio) = opts.take_str("aio")?
             && !matches!(aio.as_str(), "threads" | "native" | "io_uring")
         {
@@ -69,7 +75,8 @@ pub(super) fn open(
                 format!("does not accept value '{aio}' (expected threads, native or io_uring)"),
             ));
         }
-        if let Some(locking) = opts.take_str("locking")?
+        let locking = opts.take_str("locking")?;
+        if let Some(locking) = &locking
             && !matches!(locking.as_str(), "auto" | "on" | "off")
         {
             return Err(Error::param_invalid(
@@ -93,6 +100,8 @@ pub(super) fn open(
             // The host file is the node's `filename` option (a parent names it "file.filename").
             .map_err(|e| e.could_not_open(&path).option("filename"))?;
         let size = file.len()?;
+        let locks = ImageLocks::open(&*env, &path, locking.as_deref())
+            .map_err(|e| e.could_not_open(&path).option("filename"))?;
         let align = if node.direct {
             file.direct_align().max(1)
         } else {
@@ -107,6 +116,7 @@ pub(super) fn open(
             size: Cell::new(size),
             align,
             flush_poisoned: Cell::new(None),
+            locks,
         }) as Box<dyn BlockDriver>)
     })
 }
@@ -273,6 +283,18 @@ impl BlockDriver for File {
             self.size.set(len);
             Ok(())
         })
+    }
+
+    fn perm_prepare(&self, perm: crate::types::Perms, shared: crate::types::Perms) -> Result<()> {
+        self.locks.prepare(perm, shared)
+    }
+
+    fn perm_commit(&self) {
+        self.locks.commit();
+    }
+
+    fn perm_abort(&self) {
+        self.locks.abort();
     }
 
     fn reopen_prepare(&self, read_only: bool) -> LocalBoxFuture<'_, Result<()>> {

@@ -8,11 +8,14 @@ mod blkdebug;
 mod cor;
 mod file;
 mod file_io;
+mod file_lock;
 mod nbd;
 mod null;
 pub mod qcow2;
 mod raw;
 mod throttle;
+
+pub use file_lock::create_host_file;
 
 use crate::graph::GraphCtx;
 

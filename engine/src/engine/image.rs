@@ -7,7 +7,6 @@ use std::rc::{Rc, Weak};
 use serde_json::json;
 
 use crate::drivers::qcow2::{self, CreateOptions};
-use crate::env::OpenOptions;
 use crate::error::{Error, Result};
 use crate::graph::{ParentOps, attach_external, detach, open_node};
 use crate::types::Perms;
@@ -56,18 +55,7 @@ impl Engine {
                 "Backing file not supported for file format 'raw'",
             ));
         }
-        let create = OpenOptions {
-            write: true,
-            create: true,
-            truncate: true,
-            ..Default::default()
-        };
-        drop(
-            self.env()
-                .fs()
-                .open(&spec.path, create)
-                .map_err(|e| e.context(format!("Could not create '{}'", spec.path)))?,
-        );
+        crate::drivers::create_host_file(&**self.env(), &spec.path)?;
         let file = open_node(
             self.graph(),
             Options::new(json!({"driver": "file", "filename": spec.path}))?,

@@ -85,6 +85,26 @@ pub trait HostFs {
 
     /// True when a file exists at `path`.
     fn exists(&self, path: &str) -> bool;
+
+    /// A handle on the file at `path` that holds only byte-range locks (QEMU's image locks,
+    /// `drivers/file_lock.rs`): a handle of its own, so the locks outlive every reopen of the
+    /// data handle. `None` where the environment has no locks (the simulator).
+    fn open_lock(&self, path: &str) -> Result<Option<Box<dyn HostLock>>> {
+        let _ = path;
+        Ok(None)
+    }
+}
+
+/// Advisory locks on single bytes of a host file, as Linux's open-file-description locks
+/// (`F_OFD_SETLK`) are: they belong to the handle, conflict with every other handle (in this
+/// process too) and vanish when the handle is dropped.
+pub trait HostLock {
+    /// Take (`true`) or release (`false`) a shared lock on the byte at `offset`.
+    fn set_shared(&self, offset: u64, locked: bool) -> Result<()>;
+
+    /// Whether another handle holds a lock on the byte at `offset` (so an exclusive lock
+    /// could not be taken there now).
+    fn held_elsewhere(&self, offset: u64) -> Result<bool>;
 }
 
 /// An open host file. All data operations are asynchronous and never block the event loop.

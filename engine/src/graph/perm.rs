@@ -6,7 +6,9 @@
 //! without touching anything; if any node would see conflicting users (one takes what another
 //! does not share) or a write on a read-only node, it fails naming both users and the
 //! permission. Only a plan that passed `check` is `commit`ted, so an aborted change leaves every
-//! edge exactly as it was: abort has nothing to undo.
+//! edge exactly as it was. Drivers see the change too: `check` hands every affected node its
+//! new cumulative permissions (`BlockDriver::perm_prepare`, where the file driver takes its image
+//! locks), `commit` confirms them, and a [`Checked`] dropped without commit aborts them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -35,6 +37,8 @@ pub(crate) struct Plan {
 pub(crate) struct Checked {
     perms: BTreeMap<EdgeId, (Rc<Edge>, Perms, Perms)>,
     cumulative: BTreeMap<NodeId, (Rc<Node>, Perms, Perms)>,
+    /// Nodes whose driver accepted its new permissions; aborted unless committed.
+    prepared: Vec<Rc<Node>>,
 }
 
 impl Plan {
@@ -189,11 +193,23 @@ impl Plan {
                     name: edge.name(),
                     role: edge.role(),
                 };
-                let (p, s) = node.driver().child_perms(desc, input);
+                let (p, mut s) = node.driver().child_perms(desc, input);
+                if self
+                    .child_of(&edge)
+                    .is_some_and(|c| c.options().force_share)
+                {
+                    // As QEMU does: a force-share child is shared in full by its parents.
+                    s = Perms::ALL;
+                }
                 perms.insert(edge.id(), (edge.clone(), p, s));
             }
         }
-        Ok(Checked { perms, cumulative })
+        let prepared = prepare_drivers(&cumulative)?;
+        Ok(Checked {
+            perms,
+            cumulative,
+            prepared,
+        })
     }
 
     fn edge_by_id(&self, id: EdgeId) -> Option<Rc<Edge>> {
@@ -252,14 +268,47 @@ fn check_node(
     Ok(())
 }
 
+/// Hand every node its new cumulative permissions (drivers take host resources such as image
+/// locks here); on a refusal the nodes already prepared are aborted and the error returned.
+fn prepare_drivers(
+    cumulative: &BTreeMap<NodeId, (Rc<Node>, Perms, Perms)>,
+) -> Result<Vec<Rc<Node>>> {
+    let mut prepared: Vec<Rc<Node>> = Vec::new();
+    for (node, perm, shared) in cumulative.values() {
+        let Some(driver) = node.driver.get() else {
+            continue;
+        };
+        if let Err(e) = driver.perm_prepare(*perm, *shared) {
+            for n in prepared.iter().rev() {
+                n.driver().perm_abort();
+            }
+            return Err(e);
+        }
+        prepared.push(node.clone());
+    }
+    Ok(prepared)
+}
+
+impl Drop for Checked {
+    fn drop(&mut self) {
+        // Not committed: the change was refused after the check.
+        for n in self.prepared.drain(..).rev() {
+            n.driver().perm_abort();
+        }
+    }
+}
+
 impl Checked {
     /// Phase two: apply the computed permissions. Cannot fail.
-    pub(crate) fn commit(self) {
-        for (edge, p, s) in self.perms.into_values() {
+    pub(crate) fn commit(mut self) {
+        for n in std::mem::take(&mut self.prepared) {
+            n.driver().perm_commit();
+        }
+        for (edge, p, s) in std::mem::take(&mut self.perms).into_values() {
             edge.perm.set(p);
             edge.shared.set(s);
         }
-        for (node, p, s) in self.cumulative.into_values() {
+        for (node, p, s) in std::mem::take(&mut self.cumulative).into_values() {
             node.cumulative.set((p, s));
         }
     }

@@ -4,7 +4,7 @@
 //! checked by its handler: `nodes` (node and object commands), `job_verbs` (job-* and
 //! block-job-* verbs), `mirror`, `backup` and `block_jobs` (the job-starting commands),
 //! `bitmaps` (the dirty bitmap commands), `transaction` (transactions, external snapshots,
-//! change-backing-file), `snapshots` (internal snapshots), `throttle` (block_set_io_throttle),
+//! change-backing-file), `snapshots` (internal snapshots), `throttle` (block_set_io_throttle), `qom` (qom-get/-set of objects),
 //! `nbd` (the NBD server and exports), `monitor` (the QMP socket protocol of `blk serve`).
 
 use serde_json::{Value, json};
@@ -24,6 +24,7 @@ mod nbd;
 
 pub use nbd::{export_cmdline, nbd_server_cmdline, socket_address};
 mod nodes;
+mod qom;
 mod snapshots;
 mod throttle;
 mod transaction;
@@ -43,6 +44,8 @@ pub const COMMANDS: &[&str] = &[
     "x-debug-query-block-graph",
     "block-set-write-threshold",
     "block_set_io_throttle",
+    "qom-get",
+    "qom-set",
     "block_resize",
     "cont",
     "stop",
@@ -155,6 +158,8 @@ async fn run(engine: &Engine, name: &str, args: Options) -> Result<Value> {
         "x-debug-query-block-graph" => query(args, |_| engine.block_graph()),
         "block-set-write-threshold" => nodes::block_set_write_threshold(engine, args),
         "block_set_io_throttle" => throttle::block_set_io_throttle(engine, args),
+        "qom-get" => qom::qom_get(engine, args),
+        "qom-set" => qom::qom_set(engine, args),
         "block_resize" => nodes::block_resize(engine, args).await,
         // The VM state changes even when an unknown argument then fails the command.
         "cont" => query(args, |_| {

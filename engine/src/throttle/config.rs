@@ -122,6 +122,48 @@ impl BucketConfig {
 
 const SUFFIXES: [&str; 3] = ["", "-max", "-max-length"];
 
+impl ThrottleConfig {
+    /// The limits as a `throttle-group`'s `limits` property reads (`qom-get`): every member,
+    /// unset ones as 0 (burst lengths as 1).
+    pub fn to_limits(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for (name, b) in BUCKET_NAMES.iter().zip(self.buckets) {
+            let mut b = b;
+            for suffix in SUFFIXES {
+                m.insert(format!("{name}{suffix}"), Value::from(*b.field(suffix)));
+            }
+        }
+        m.insert("iops-size".into(), Value::from(self.iops_size));
+        Value::Object(m)
+    }
+
+    /// A flat property's value (`x-bps-total`, `x-iops-read-max-length`, `x-iops-size`).
+    pub fn flat_property(&self, name: &str) -> Option<u64> {
+        let key = name.strip_prefix("x-")?;
+        if key == "iops-size" {
+            return Some(self.iops_size);
+        }
+        for (bucket, b) in BUCKET_NAMES.iter().zip(self.buckets) {
+            let mut b = b;
+            for suffix in SUFFIXES {
+                if key.strip_prefix(bucket) == Some(suffix) {
+                    return Some(*b.field(suffix));
+                }
+            }
+        }
+        None
+    }
+
+    /// These limits with the members of `limits` (a `qom-set` of `limits`) replacing theirs;
+    /// not yet validated.
+    pub fn merged(&self, mut limits: Options) -> Result<ThrottleConfig> {
+        let mut cfg = *self;
+        take_each(&mut limits, "", Spelling::Limits, &mut cfg)?;
+        limits.finish()?;
+        Ok(cfg)
+    }
+}
+
 /// How a property was spelled: the nested `limits` dictionary (signed, range-checked by the
 /// validation) or a flat `x-` property (unsigned, negative refused at once).
 #[derive(Clone, Copy, PartialEq, Eq)]

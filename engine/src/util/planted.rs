@@ -25,6 +25,8 @@ pub enum Bug {
     MirrorPivotUndrained = 5,
     /// Write-zeroes do not mark the node's dirty bitmaps.
     BitmapMissesZeroes = 6,
+    /// Throttle buckets leak at twice their average rate (a limited device runs at double).
+    ThrottleLeaksFast = 7,
 }
 
 /// Every planted bug with its command-line name.
@@ -36,6 +38,7 @@ pub const ALL: &[(Bug, &str)] = &[
     (Bug::MirrorForgetsDirty, "mirror-forgets-dirty"),
     (Bug::MirrorPivotUndrained, "mirror-pivot-undrained"),
     (Bug::BitmapMissesZeroes, "bitmap-misses-zeroes"),
+    (Bug::ThrottleLeaksFast, "throttle-leaks-fast"),
 ];
 
 /// The command-line names.
@@ -47,6 +50,7 @@ pub const NAMES: &[&str] = &[
     "mirror-forgets-dirty",
     "mirror-pivot-undrained",
     "bitmap-misses-zeroes",
+    "throttle-leaks-fast",
 ];
 
 thread_local! {

@@ -91,6 +91,11 @@ impl World<'_> {
                     Err(format!("machine running = {got}"))
                 }
             }
+            Expectation::Rate {
+                workload,
+                group,
+                drained,
+            } => self.expect_rate(workload, group, *drained),
             Expectation::Output(text) => {
                 if self.last_output.iter().any(|l| l.contains(text.as_str())) {
                     Ok(())
@@ -251,6 +256,9 @@ fn describe(e: &Expectation) -> String {
         Expectation::Iostatus { device, status } => format!("iostatus {device} {status}"),
         Expectation::Running(r) => format!("running {}", if *r { "yes" } else { "no" }),
         Expectation::Output(t) => format!("output '{t}'"),
+        Expectation::Rate {
+            workload, group, ..
+        } => format!("rate {workload} group={group}"),
     }
 }
 

@@ -64,11 +64,14 @@ impl World<'_> {
                     self.follow_chains(false);
                 }
                 // The NBD server and its exports are part of the machine's setup too: a
-                // restarted daemon serves them again before its clients reconnect.
+                // restarted daemon serves them again before its clients reconnect. So are
+                // objects (a throttle node names its group, which must exist again first).
                 if matches!(
                     execute,
                     Some(
-                        "blockdev-add"
+                        "object-add"
+                            | "object-del"
+                            | "blockdev-add"
                             | "blockdev-del"
                             | "nbd-server-start"
                             | "nbd-server-stop"

@@ -122,6 +122,13 @@ impl World<'_> {
             .ok_or_else(|| fail("setup", line, format!("no workload named '{name}'")))?;
         w.stop().await;
         let s = w.stats.borrow().clone();
+        let ended = super::rate_check::EndedWorkload {
+            spec: w.spec.clone(),
+            stats: s.clone(),
+            started_ns: w.started_ns,
+            ended_ns: self.env.now_ns(),
+        };
+        self.ended.insert(name.to_string(), ended);
         self.note(&format!(
             "workload {name} stopped: {} reads, {} writes, {} flushes, {} discards, {} errors",
             s.ops[0], s.ops[1], s.ops[2], s.ops[3], s.errors

@@ -31,6 +31,7 @@ pub mod net_steps;
 mod outcome;
 pub mod parse;
 mod pivot;
+mod rate_check;
 mod recorder;
 mod restart;
 mod run;

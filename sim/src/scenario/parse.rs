@@ -491,6 +491,25 @@ fn expect(l: &mut Line, sc: &mut Scenario) -> Result<Option<Action>, ParseError>
                 return Err(l.err(l.col_of(2), format!("expected yes or no, not '{other}'")));
             }
         }),
+        "rate" => {
+            let workload = l.need(2, "a workload")?;
+            let group = l.need(3, "group=GROUP")?;
+            let Some(group) = group.strip_prefix("group=") else {
+                return Err(l.err(l.col_of(3), format!("expected group=GROUP, not '{group}'")));
+            };
+            let drained = match l.ws.get(4).map(|_| l.need(4, "drained")).transpose()? {
+                None => false,
+                Some(w) if w == "drained" => true,
+                Some(w) => {
+                    return Err(l.err(l.col_of(4), format!("expected drained, not '{w}'")));
+                }
+            };
+            Expectation::Rate {
+                workload,
+                group: group.to_string(),
+                drained,
+            }
+        }
         "output" => {
             l.need(2, "the expected output line")?;
             Expectation::Output(

@@ -44,6 +44,29 @@ fn parses_every_directive() {
 }
 
 #[test]
+fn parses_expect_rate() {
+    let sc = parse(
+        "t",
+        "# p\nexpect rate w1 group=t0\nexpect rate w2 group=t1 drained\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        &sc.steps[0].action,
+        Action::Expect(Expectation::Rate { workload, group, drained: false }) if workload == "w1" && group == "t0"
+    ));
+    assert!(matches!(
+        &sc.steps[1].action,
+        Action::Expect(Expectation::Rate { drained: true, .. })
+    ));
+    let err = parse("t", "# p\nexpect rate w1 group=t0 now\n").unwrap_err();
+    assert_eq!(err.to_string(), "t:2:25: expected drained, not 'now'");
+    let err = parse("t", "# p\nexpect rate w1 t0\n").unwrap_err();
+    assert_eq!(err.to_string(), "t:2:16: expected group=GROUP, not 't0'");
+    let err = parse("t", "# p\nexpect rate w1\n").unwrap_err();
+    assert!(err.message.contains("group=GROUP"), "{err}");
+}
+
+#[test]
 fn errors_name_file_line_and_column() {
     let err = parse("s.scn", "# p\nimage create x raw 12Q\n").unwrap_err();
     assert_eq!((err.line, err.column), (2, 20));

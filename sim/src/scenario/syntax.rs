@@ -299,6 +299,16 @@ pub enum Expectation {
     Running(bool),
     /// The last qemu-io command's output contains this text.
     Output(String),
+    /// `rate WORKLOAD group=GROUP`: the ended workload moved no more than the throttle group's
+    /// limits let through over its run (`rate_check`).
+    Rate {
+        /// The workload (ended by `workload wait` or `stop`).
+        workload: String,
+        /// The throttle group (an object, or the implicit group of a device's limits).
+        group: String,
+        /// `drained`: a drain during the run released the queued requests at once.
+        drained: bool,
+    },
 }
 
 /// One parsed step with its position.

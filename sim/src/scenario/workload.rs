@@ -130,12 +130,18 @@ fn parse_mix(v: &str) -> Result<[u64; 4], String> {
 pub struct WorkloadStats {
     /// Completed reads, writes, flushes, discards.
     pub ops: [u64; 4],
+    /// Their bytes (flushes move none).
+    pub bytes: [u64; 4],
     /// Failed requests.
     pub errors: u64,
 }
 
 /// A running workload.
 pub struct Workload {
+    /// What it was started with.
+    pub spec: WorkloadSpec,
+    /// Virtual time of its start.
+    pub started_ns: u64,
     endless: bool,
     stop: Rc<Cell<bool>>,
     active: Rc<Cell<u32>>,
@@ -177,6 +183,8 @@ impl Workload {
         rng: ChaCha8Rng,
     ) -> Workload {
         let w = Workload {
+            spec: spec.clone(),
+            started_ns: env.now_ns(),
             endless: spec.count.is_none(),
             stop: Rc::default(),
             active: Rc::new(Cell::new(spec.iodepth)),
@@ -281,7 +289,7 @@ impl Worker {
             if op == 2 {
                 let start = self.model.borrow().flush_start();
                 let r = self.bb.flush().await;
-                self.count(stats, op, r.is_ok());
+                self.count(stats, op, 0, r.is_ok());
                 if r.is_ok() {
                     self.model.borrow_mut().flush_done(start);
                 } else {
@@ -308,7 +316,7 @@ impl Worker {
                 .busy
                 .borrow_mut()
                 .retain(|r| *r != (offset, len));
-            self.count(stats, op, ok);
+            self.count(stats, op, len, ok);
             if self.spec.think_ns > 0 {
                 // A guest that does something else between requests: bounds the write rate.
                 self.env
@@ -318,10 +326,11 @@ impl Worker {
         }
     }
 
-    fn count(&self, stats: &RefCell<WorkloadStats>, op: usize, ok: bool) {
+    fn count(&self, stats: &RefCell<WorkloadStats>, op: usize, len: u64, ok: bool) {
         let mut s = stats.borrow_mut();
         if ok {
             s.ops[op] += 1;
+            s.bytes[op] += len;
         } else {
             s.errors += 1;
         }

@@ -68,6 +68,8 @@ pub(super) struct World<'s> {
     /// Device models saved by `model DEV snapshot NAME`.
     pub(super) snapshots: BTreeMap<String, RefCell<DeviceModel>>,
     pub(super) workloads: BTreeMap<String, Workload>,
+    /// Workloads that ended, for `expect rate`.
+    pub(super) ended: BTreeMap<String, super::rate_check::EndedWorkload>,
     /// Drained sections the scenario holds open, innermost last, by node.
     pub(super) drains: BTreeMap<String, Vec<DrainedSection>>,
     /// Events not yet matched by `wait event` / `expect event`.
@@ -125,6 +127,7 @@ impl<'s> World<'s> {
             devices: BTreeMap::new(),
             snapshots: BTreeMap::new(),
             workloads: BTreeMap::new(),
+            ended: BTreeMap::new(),
             drains: BTreeMap::new(),
             pending: VecDeque::new(),
             transcript: transcript.clone(),

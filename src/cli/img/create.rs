@@ -9,7 +9,7 @@ use std::rc::{Rc, Weak};
 
 use engine::driver::Prealloc;
 use engine::drivers::qcow2::{self, Compat, CreateOptions};
-use engine::env::{Env, OpenOptions};
+use engine::env::Env;
 use engine::graph::{ParentOps, attach_external, detach, open_node};
 use engine::io::{IoBuf, ReqFlags};
 use engine::types::Perms;
@@ -370,18 +370,7 @@ async fn write_new_image(
     o: &CreateOptions,
     prealloc: Prealloc,
 ) -> engine::Result<()> {
-    let create = OpenOptions {
-        write: true,
-        create: true,
-        truncate: true,
-        ..Default::default()
-    };
-    drop(
-        tool.env
-            .fs()
-            .open(path, create)
-            .map_err(|e| e.context(format!("Could not create '{path}'")))?,
-    );
+    engine::drivers::create_host_file(&*tool.env, path)?;
     let spec = Options::new(json!({"driver": "file", "filename": path}))?;
     let node = open_node(tool.engine.graph(), spec).await?;
     let creator: Rc<dyn ParentOps> = Rc::new(Creator);

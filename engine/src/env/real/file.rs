@@ -87,6 +87,10 @@ impl HostFs for RealFs {
     fn exists(&self, path: &str) -> bool {
         std::path::Path::new(path).exists()
     }
+
+    fn open_lock(&self, path: &str) -> Result<Option<Box<dyn crate::env::HostLock>>> {
+        super::lock::open(path).map(Some)
+    }
 }
 
 /// An open host file.

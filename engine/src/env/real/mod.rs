@@ -16,13 +16,14 @@
 //! flight), `shared` (inbox and eventfd shared with other threads); the backends `uring` and
 //! `pool`; `dispatch` (the backend choice, the backend enum and the future a caller awaits);
 //! `executor` (tasks, wakers) and `timer` (the deadline heap); `reactor` (the loop and the
-//! sleep future); `file` (`HostFs`/`HostFile` on the reactor); `sock` (non-blocking socket
+//! sleep future); `file` (`HostFs`/`HostFile` on the reactor) and `lock` (its image locks); `sock` (non-blocking socket
 //! syscalls) and `net` (`HostNet` on the reactor); `signal` (termination signals as a future);
 //! then this module's `RealEnv`.
 
 mod dispatch;
 mod executor;
 mod file;
+mod lock;
 mod net;
 mod op;
 mod pool;

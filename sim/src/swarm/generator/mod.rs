@@ -13,7 +13,8 @@
 //! policies), [`canary`] (silent corruption and lost flushes on a raw image), [`bitmaps`]
 //! (named dirty bitmaps and their oracle checks), [`transactions`] (QMP transactions and
 //! external snapshots, all or nothing), [`snapshots`] (qcow2 internal snapshots), [`nbd`]
-//! (an export and a client under network faults) and crashes (here: power loss, restart,
+//! (an export and a client under network faults), [`throttle`] (I/O limits on a device or a
+//! throttle node, and the rate oracle) and crashes (here: power loss, restart,
 //! recovery checks).
 
 mod amend;
@@ -26,6 +27,7 @@ mod images;
 mod jobs;
 mod nbd;
 mod snapshots;
+mod throttle;
 mod transactions;
 
 use rand_chacha::ChaCha8Rng;
@@ -82,6 +84,9 @@ pub struct Features {
     pub isnap: bool,
     /// An NBD export and client on the simulated network, under network faults.
     pub nbd: bool,
+    /// I/O limits (a device's, or a throttle node's group) under a workload, and the rate
+    /// oracle.
+    pub throttle: bool,
 }
 
 impl Features {
@@ -110,6 +115,7 @@ impl Features {
             (self.transactions, "transactions"),
             (self.isnap, "isnap"),
             (self.nbd, "nbd"),
+            (self.throttle, "throttle"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect()
     }
@@ -138,6 +144,7 @@ impl Features {
             transactions: false,
             isnap: false,
             nbd: false,
+            throttle: false,
         };
         // Drawn last, so that the other families of every seed stay as they were.
         f.reopen = chance(rng, 0.3);
@@ -148,6 +155,7 @@ impl Features {
         f.transactions = chance(rng, 0.35);
         f.isnap = chance(rng, 0.35);
         f.nbd = chance(rng, 0.3);
+        f.throttle = chance(rng, 0.3);
         if f.data_file {
             // Guest data then goes to the data file, beside the blkdebug filter over the
             // metadata file: a breakpoint on guest writes would wait for a write that never
@@ -220,6 +228,8 @@ pub(super) struct Streams {
     pub(super) txn_isnap: ChaCha8Rng,
     /// Offline amends between a shutdown and a restart (their own stream, as `vmstate`).
     pub(super) amend: ChaCha8Rng,
+    /// Throttling rounds (their own stream, as `vmstate`).
+    pub(super) throttle: ChaCha8Rng,
 }
 
 fn stream(seed: u64, name: &str) -> ChaCha8Rng {
@@ -376,6 +386,7 @@ enum Round {
     Transaction,
     Snapshots,
     Nbd,
+    Throttle,
 }
 
 /// Draw the scenario of `seed`.
@@ -400,6 +411,7 @@ pub fn generate(seed: u64) -> Generated {
         nbd: stream(seed, "nbd"),
         txn_isnap: stream(seed, "txn_isnap"),
         amend: stream(seed, "amend"),
+        throttle: stream(seed, "throttle"),
     };
     let mut g = Gen {
         f,
@@ -504,6 +516,9 @@ impl Gen {
         if self.f.nbd {
             menu.push(Round::Nbd);
         }
+        if self.f.throttle {
+            menu.push(Round::Throttle);
+        }
         menu[below(&mut self.r.plan, menu.len() as u64) as usize]
     }
 
@@ -532,6 +547,7 @@ impl Gen {
             Round::Transaction => self.transaction_round(),
             Round::Snapshots => self.isnap_round(),
             Round::Nbd => self.nbd_round(),
+            Round::Throttle => self.throttle_round(),
         }
         if chance(&mut self.r.plan, 0.5) {
             self.verify();
