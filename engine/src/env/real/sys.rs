@@ -294,3 +294,23 @@ pub(super) fn drain_eventfd(fd: RawFd) {
     // SAFETY: reads 8 bytes into a live array; EAGAIN when already drained is fine.
     unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) };
 }
+
+/// Fill `buf` from the kernel's random pool (`getrandom(2)`), retrying interrupted and
+/// partial calls.
+pub fn random_bytes(buf: &mut [u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a valid, writable buffer of `rest.len()` bytes for the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n > 0 {
+            done += n as usize;
+        } else {
+            let err = std::io::Error::last_os_error();
+            assert!(
+                err.kind() == std::io::ErrorKind::Interrupted,
+                "getrandom failed: {err}"
+            );
+        }
+    }
+}
