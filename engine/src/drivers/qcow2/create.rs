@@ -305,6 +305,8 @@ impl Plan {
             reftable_clusters: self.rt as u32,
             nb_snapshots: 0,
             snapshots_offset: 0,
+            crypt_method: 0,
+            crypto_area: None,
             incompat: flag(o.compression_type != 0, INCOMPAT_COMPRESSION)
                 | flag(self.external, INCOMPAT_DATA_FILE),
             compat: flag(o.lazy_refcounts, COMPAT_LAZY_REFCOUNTS),
