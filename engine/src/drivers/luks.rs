@@ -195,3 +195,21 @@ impl BlockDriver for Luks {
         json!({"type": "luks", "data": self.header.info(None)})
     }
 }
+
+/// Write a new LUKS volume of `size` guest bytes into `file` (`qemu-img create -f luks`):
+/// the header and slot 0's key material, then the file sized to the payload's end.
+pub async fn create(
+    file: &Child,
+    env: &dyn crate::env::Env,
+    opts: &crate::crypto::LuksCreate,
+    pass: &[u8],
+    size: u64,
+) -> Result<()> {
+    let built = opts.build(env, pass)?;
+    let (_, r) = file
+        .write(0, IoBuf::from_slice(&built.area), ReqFlags::NONE)
+        .await;
+    r?;
+    let end = built.header.payload_bytes() + size.next_multiple_of(SECTOR as u64);
+    file.truncate(end, true, Prealloc::Off).await
+}

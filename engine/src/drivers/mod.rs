@@ -8,7 +8,7 @@ mod blkdebug;
 mod cor;
 mod file;
 mod file_io;
-mod luks;
+pub mod luks;
 mod nbd;
 mod null;
 pub mod qcow2;

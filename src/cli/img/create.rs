@@ -77,6 +77,10 @@ struct Parsed {
 /// Create `path` as `spec` describes; errors without the "FILE: " prefix.
 pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> Result<()> {
     check_format(&spec.fmt)?;
+    if spec.fmt == "luks" {
+        let o = super::create_luks::options(tool, path, spec)?;
+        return write_image(tool, path, false, &o, Prealloc::Off).await;
+    }
     let qcow2 = spec.fmt == "qcow2";
     let mut p = parse_opts(spec, qcow2)?;
     let prealloc_mode = resolve_prealloc(&mut p, qcow2)?;
@@ -384,6 +388,10 @@ async fn write_new_image(
     let made = async {
         if qcow2 {
             return qcow2::create(&child, o).await;
+        }
+        if let Some((luks, pass)) = &o.encrypt {
+            let env: &dyn Env = &*tool.env;
+            return engine::drivers::luks::create(&child, env, luks, pass, o.size).await;
         }
         child.truncate(o.size, true, prealloc).await?;
         if prealloc == Prealloc::Off && o.size > 0 {

@@ -60,6 +60,9 @@ pub struct CreateOptions {
     /// The data file is kept a raw image of the guest disk. As QEMU does, every guest
     /// cluster is then mapped (to its own offset in the data file) from the start.
     pub data_file_raw: bool,
+    /// Encryption of a new image: LUKS options and the passphrase. Used by the `luks`
+    /// format's create (a qcow2 image with `encrypt.format=luks` is not made yet).
+    pub encrypt: Option<(crate::crypto::LuksCreate, Vec<u8>)>,
 }
 
 impl Default for CreateOptions {
@@ -76,6 +79,7 @@ impl Default for CreateOptions {
             compression_type: 0,
             data_file: None,
             data_file_raw: false,
+            encrypt: None,
         }
     }
 }
