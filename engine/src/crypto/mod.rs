@@ -17,6 +17,6 @@ pub mod hash;
 pub mod luks;
 
 pub use cipher::{CipherAlg, CipherMode, CipherSpec, IvGen, SECTOR, SectorCipher};
-pub use hash::HashAlg;
 pub use create::LuksCreate;
+pub use hash::HashAlg;
 pub use luks::{LuksHeader, NewLuks};

@@ -162,7 +162,18 @@ fn image_info(node: &Rc<Node>) -> Result<Value> {
         m.insert("actual-size".into(), json!(a));
     }
     if let Some(h) = &header {
-        let data = qcow2_specific(h);
+        let mut data = qcow2_specific(h);
+        if let Some(e) = node.driver().specific_info().get("encrypt") {
+            // QEMU lists the encryption right after refcount-bits.
+            let old = std::mem::take(&mut data);
+            for (k, v) in old {
+                let after = k == "refcount-bits";
+                data.insert(k, v);
+                if after {
+                    data.insert("encrypt".into(), e.clone());
+                }
+            }
+        }
         m.insert(
             "format-specific".into(),
             json!({"type": "qcow2", "data": data}),
