@@ -13,6 +13,8 @@ mod cli_check;
 mod cli_commit_rebase;
 #[path = "cli_dd.rs"]
 mod cli_dd;
+#[path = "cli_luks.rs"]
+mod cli_luks;
 #[path = "cli_serve.rs"]
 mod cli_serve;
 #[path = "cli_sim.rs"]

@@ -44,20 +44,14 @@ fn refuse(param: &str, v: &str) -> Error {
 
 impl LuksCreate {
     /// Apply option `key` (without any `encrypt.` prefix; `param` is its name as QEMU's
-    /// message spells it). `Ok(false)`: not a LUKS option.
+    /// message spells it). `Ok(false)`: not a LUKS option. Only a non-number `iter-time` is
+    /// refused here; names are checked by [`LuksCreate::check`], after qemu-img has printed
+    /// its "Formatting" line.
     pub fn set(&mut self, key: &str, v: &str, param: &str) -> Result<bool> {
         match key {
-            "cipher-alg" if CipherAlg::parse(v).is_none() => return Err(refuse(param, v)),
             "cipher-alg" => self.cipher_alg = v.into(),
-            "cipher-mode" if !matches!(v, "xts" | "cbc") => return Err(refuse(param, v)),
             "cipher-mode" => self.cipher_mode = v.into(),
-            "ivgen-alg" if !matches!(v, "plain" | "plain64" | "essiv") => {
-                return Err(refuse(param, v));
-            }
             "ivgen-alg" => self.ivgen_alg = v.into(),
-            "ivgen-hash-alg" | "hash-alg" if HashAlg::parse(v).is_none() => {
-                return Err(refuse(param, v));
-            }
             "ivgen-hash-alg" => self.ivgen_hash_alg = v.into(),
             "hash-alg" => self.hash_alg = v.into(),
             "iter-time" => {
@@ -70,8 +64,31 @@ impl LuksCreate {
         Ok(true)
     }
 
+    /// Refuse a name QEMU does not accept (or blk does not support), in QEMU's order; each
+    /// option's name in the message is `prefix` + its key.
+    pub fn check(&self, prefix: &str) -> Result<()> {
+        let bad = |key: &str, v: &str| Err(refuse(&format!("{prefix}{key}"), v));
+        if CipherAlg::parse(&self.cipher_alg).is_none() {
+            return bad("cipher-alg", &self.cipher_alg);
+        }
+        if !matches!(self.cipher_mode.as_str(), "xts" | "cbc") {
+            return bad("cipher-mode", &self.cipher_mode);
+        }
+        if !matches!(self.ivgen_alg.as_str(), "plain" | "plain64" | "essiv") {
+            return bad("ivgen-alg", &self.ivgen_alg);
+        }
+        if HashAlg::parse(&self.ivgen_hash_alg).is_none() {
+            return bad("ivgen-hash-alg", &self.ivgen_hash_alg);
+        }
+        if HashAlg::parse(&self.hash_alg).is_none() {
+            return bad("hash-alg", &self.hash_alg);
+        }
+        Ok(())
+    }
+
     /// The cipher and hash the options name.
     pub fn spec(&self) -> Result<(CipherSpec, HashAlg)> {
+        self.check("")?;
         let parse_hash = |h: &str| HashAlg::parse(h).ok_or_else(|| refuse("hash-alg", h));
         let ivgen = match self.ivgen_alg.as_str() {
             "plain" => IvGen::Plain,

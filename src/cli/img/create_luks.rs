@@ -56,6 +56,7 @@ pub(crate) fn options(tool: &Tool, path: &str, spec: &CreateSpec) -> Result<Crea
         }
         println!("{line}");
     }
+    luks.check("")?;
     if given.iter().any(|(k, _)| *k == "detached-header") {
         return Err(Error::generic("Parameter 'detached-header' is unexpected"));
     }
