@@ -343,3 +343,71 @@ fn luks_create_refusals_match_qemu_img() {
         );
     }
 }
+
+#[test]
+fn convert_to_and_from_luks_keeps_the_data() {
+    if !have_qemu("LUKS convert test") {
+        return;
+    }
+    let d = Dir::new("luks-convert");
+    d.ok("qemu-img", &["create", "-q", "-f", "raw", "r.img", "1M"]);
+    d.ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x21 0 1M",
+            "-c",
+            "write -P 0x5c 4k 60k",
+            "r.img",
+        ],
+    );
+    let o = "key-secret=sec0,iter-time=1";
+    let args = [
+        "convert", "--object", SECRET, "-f", "raw", "-O", "luks", "-o", o, "r.img", "c.luks",
+    ];
+    d.ok(QEMU_IMG, &args);
+    let raw = "driver=raw,file.filename=r.img";
+    let cmp = d.run(
+        "qemu-img",
+        &[
+            "compare",
+            "--object",
+            SECRET,
+            "--image-opts",
+            raw,
+            &luks_opts("c.luks"),
+        ],
+    );
+    assert_eq!(cmp.code, 0, "{}{}", cmp.stdout, cmp.stderr);
+    // And back out of a volume QEMU made.
+    d.ok(
+        "qemu-img",
+        &[
+            "convert", "--object", SECRET, "-f", "raw", "-O", "luks", "-o", o, "r.img", "q.luks",
+        ],
+    );
+    let back = [
+        "convert",
+        "--object",
+        SECRET,
+        "--image-opts",
+        "-O",
+        "raw",
+        &luks_opts("q.luks"),
+        "back.img",
+    ];
+    d.ok(QEMU_IMG, &back);
+    assert_eq!(bytes(&d, "back.img"), bytes(&d, "r.img"));
+    // check has nothing to check in a LUKS volume, as qemu-img says.
+    let args = [
+        "check",
+        "--object",
+        SECRET,
+        "--image-opts",
+        &luks_opts("c.luks"),
+    ];
+    let (q, b) = (d.run("qemu-img", &args), d.run(QEMU_IMG, &args));
+    assert_eq!((b.code, &b.stderr), (q.code, &q.stderr));
+}
