@@ -314,6 +314,7 @@ pub struct NewLuks {
 
 /// A new volume's header area: the header followed by slot 0's key material, up to the
 /// payload (later slots stay unwritten), and the master key to encrypt the payload with.
+#[derive(Clone)]
 pub struct Built {
     /// Bytes from offset 0 to the end of slot 0's material.
     pub area: Vec<u8>,
@@ -321,6 +322,16 @@ pub struct Built {
     pub header: LuksHeader,
     /// The master key.
     pub master_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Built {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the master key.
+        f.debug_struct("Built")
+            .field("area_len", &self.area.len())
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Build a new header with `pass` in slot 0. `random` supplies every random byte (master key,

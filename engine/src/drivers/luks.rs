@@ -198,14 +198,7 @@ impl BlockDriver for Luks {
 
 /// Write a new LUKS volume of `size` guest bytes into `file` (`qemu-img create -f luks`):
 /// the header and slot 0's key material, then the file sized to the payload's end.
-pub async fn create(
-    file: &Child,
-    env: &dyn crate::env::Env,
-    opts: &crate::crypto::LuksCreate,
-    pass: &[u8],
-    size: u64,
-) -> Result<()> {
-    let built = opts.build(env, pass)?;
+pub async fn create(file: &Child, built: &luks::Built, size: u64) -> Result<()> {
     let (_, r) = file
         .write(0, IoBuf::from_slice(&built.area), ReqFlags::NONE)
         .await;

@@ -1,9 +1,11 @@
 //! `blk create -f luks`: the LUKS options qemu-img takes (`key-secret`, `cipher-alg`,
 //! `cipher-mode`, `ivgen-alg`, `ivgen-hash-alg`, `hash-alg`, `iter-time`), checked in its
-//! order, and its "Formatting" line. The volume itself is written by the engine's `luks`
-//! driver (`engine::drivers::luks::create`).
+//! order, and its "Formatting" line; and qcow2's `encrypt.*` options (the same with the
+//! `encrypt.` prefix, plus `encrypt.format`). The header is built here with the tool's env
+//! (random bytes, iter-time); the engine's `luks` and `qcow2` creates write it.
 
 use engine::crypto::LuksCreate;
+use engine::crypto::luks::Built;
 use engine::drivers::qcow2::CreateOptions;
 use engine::{Error, Result};
 
@@ -70,7 +72,76 @@ pub(crate) fn options(tool: &Tool, path: &str, spec: &CreateSpec) -> Result<Crea
     };
     Ok(CreateOptions {
         size,
-        encrypt: Some((luks, pass)),
+        encrypt: Some(luks.build(&*tool.env, &pass)?),
         ..CreateOptions::default()
     })
+}
+
+/// qemu-img's order of the `encrypt.*` options in a qcow2 "Formatting" line.
+const QCOW2_ORDER: [&str; 8] = [
+    "encrypt.format",
+    "encrypt.key-secret",
+    "encrypt.cipher-alg",
+    "encrypt.cipher-mode",
+    "encrypt.ivgen-alg",
+    "encrypt.ivgen-hash-alg",
+    "encrypt.hash-alg",
+    "encrypt.iter-time",
+];
+
+/// The `encrypt.*` part of a qcow2 "Formatting" line (` key=value` each, QEMU's order).
+pub(crate) fn encrypt_text(given: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for key in QCOW2_ORDER {
+        if let Some((_, v)) = given.iter().find(|(k, _)| k == key) {
+            s += &format!(" {key}={v}");
+        }
+    }
+    s
+}
+
+/// The LUKS header a new qcow2 image gets from its `encrypt.*` options (`None` without).
+pub(crate) fn qcow2_encryption(tool: &Tool, given: &[(String, String)]) -> Result<Option<Built>> {
+    let get = |key: &str| {
+        given
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    let format = match get("encrypt.format") {
+        None if given.is_empty() => return Ok(None),
+        None => {
+            return Err(Error::generic(
+                "Parameter 'encrypt.format' is required to encrypt an image",
+            ));
+        }
+        Some("luks") => "luks",
+        Some("aes") => {
+            return Err(Error::generic(
+                "blk does not create qcow2 images with the legacy AES encryption (it reads \
+                 and writes them); use encrypt.format=luks",
+            ));
+        }
+        Some(other) => {
+            return Err(Error::generic(format!(
+                "Parameter 'encrypt.format' does not accept value '{other}'"
+            )));
+        }
+    };
+    debug_assert_eq!(format, "luks");
+    let mut luks = LuksCreate::default();
+    for (k, v) in given {
+        let key = k.trim_start_matches("encrypt.");
+        if !matches!(key, "format" | "key-secret") && !luks.set(key, v, k)? {
+            return Err(Error::generic(format!("Invalid parameter '{k}'")));
+        }
+    }
+    luks.check("encrypt.")?;
+    let Some(id) = get("encrypt.key-secret") else {
+        return Err(Error::generic(
+            "Parameter 'encrypt.key-secret' is required for cipher",
+        ));
+    };
+    let pass = tool.engine.graph().objects.secret(id)?;
+    Ok(Some(luks.build(&*tool.env, &pass)?))
 }
