@@ -433,3 +433,44 @@ fn convert_to_and_from_luks_keeps_the_data() {
     let (q, b) = (d.run("qemu-img", &args), d.run(QEMU_IMG, &args));
     assert_eq!((b.code, &b.stderr), (q.code, &q.stderr));
 }
+
+#[test]
+fn compression_and_encryption_are_refused_together() {
+    if !have_qemu("LUKS compression test") {
+        return;
+    }
+    let d = Dir::new("luks-compress");
+    let o = "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=1";
+    d.ok(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "--object", SECRET, "-o", o, "e.qcow2", "1M",
+        ],
+    );
+    let opts = qcow2_opts("e.qcow2");
+    let args = [
+        "--object",
+        SECRET,
+        "--image-opts",
+        "-c",
+        "write -c 0 64k",
+        &opts,
+    ];
+    let before = bytes(&d, "e.qcow2");
+    let (q, b) = (d.run("qemu-io", &args), d.run(QEMU_IO, &args));
+    assert_eq!(
+        (b.code, &b.stdout, &b.stderr),
+        (q.code, &q.stdout, &q.stderr)
+    );
+    assert_eq!(bytes(&d, "e.qcow2"), before);
+    d.ok("qemu-img", &["create", "-q", "-f", "raw", "r.img", "1M"]);
+    let args = [
+        "convert", "-c", "--object", SECRET, "-f", "raw", "-O", "qcow2", "-o", o, "r.img",
+        "c.qcow2",
+    ];
+    let (q, b) = (d.run("qemu-img", &args), d.run(QEMU_IMG, &args));
+    assert_eq!(
+        (b.code, &b.stdout, &b.stderr),
+        (q.code, &q.stdout, &q.stderr)
+    );
+}

@@ -196,6 +196,7 @@ pub fn build(spec: &ImageSpec) -> Option<(Vec<u8>, Vec<u8>)> {
         compression_type: u8::from(spec.v3 && spec.zstd),
         data_file: (spec.v3 && spec.data_file.is_some()).then(|| DATA_FILE.to_string()),
         data_file_raw: spec.v3 && spec.data_file == Some(true),
+        encrypt: None,
     };
     let backing: Option<Vec<u8>> = spec
         .backing

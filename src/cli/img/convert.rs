@@ -398,6 +398,11 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
                 "Compression not supported for this file format",
             ));
         }
+        if a.compressed && a.spec.opts.iter().any(|(k, _)| k == "encrypt.format") {
+            return Err(Error::generic(
+                "Compression and encryption not supported at the same time",
+            ));
+        }
         a.spec.fmt = out_fmt.clone();
         a.spec.size = Some(total);
         let dst_path = &a.target;
