@@ -8,7 +8,7 @@ use crate::qcow2_support;
 use engine::backend::BackendOptions;
 use engine::crypto::LuksCreate;
 use engine::drivers::qcow2::CreateOptions;
-use engine::io::IoBuf;
+use engine::io::{IoBuf, ReqFlags};
 use qcow2_support::*;
 use serde_json::json;
 
@@ -64,7 +64,8 @@ fn round_trip(seed: u64, qcow2: bool, pass: &str) -> (Vec<u8>, Result<Vec<u8>, S
         let bb = engine
             .device_add("dev-w", "w", BackendOptions::tool(false))
             .unwrap();
-        let (_, r) = bb.write(4096, IoBuf::filled(65536 + 512, PATTERN)).await;
+        let buf = IoBuf::filled(65536 + 512, PATTERN);
+        let (_, r) = bb.write(4096, buf, ReqFlags::NONE).await;
         r.unwrap();
         bb.flush().await.unwrap();
         engine.device_del("dev-w").await.unwrap();
