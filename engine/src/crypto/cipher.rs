@@ -190,7 +190,7 @@ impl CipherSpec {
                 )));
             }
         };
-        if mode == CipherMode::Xts && key_bytes % 2 != 0 {
+        if mode == CipherMode::Xts && !key_bytes.is_multiple_of(2) {
             return Err(Error::generic(
                 "XTS cipher key length should be a multiple of 2",
             ));

@@ -411,6 +411,31 @@ fn uuid_text(mut b: [u8; 16]) -> String {
     )
 }
 
+/// QEMU's refusal when no slot opens with the passphrase.
+pub fn bad_password() -> Error {
+    Error::generic("Invalid password, cannot unlock any keyslot")
+}
+
+/// The master key of the volume whose header is `h`, trying each active slot with `pass`;
+/// `read(offset, len)` reads bytes of the header area (a short file reads as zeroes).
+pub async fn unlock<F, Fut>(h: &LuksHeader, pass: &[u8], mut read: F) -> Result<Vec<u8>>
+where
+    F: FnMut(u64, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>>>,
+{
+    for i in 0..SLOTS {
+        if !h.slots[i].active {
+            continue;
+        }
+        let (off, len) = h.material_range(i);
+        let material = read(off, len).await?;
+        if let Some(mk) = h.try_slot(i, &material, pass) {
+            return Ok(mk);
+        }
+    }
+    Err(bad_password())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,29 +467,4 @@ mod tests {
         assert_eq!(h.try_slot(0, m, b"pW"), None);
         assert_eq!(h.payload_offset, 8 + 8 * 128);
     }
-}
-
-/// QEMU's refusal when no slot opens with the passphrase.
-pub fn bad_password() -> Error {
-    Error::generic("Invalid password, cannot unlock any keyslot")
-}
-
-/// The master key of the volume whose header is `h`, trying each active slot with `pass`;
-/// `read(offset, len)` reads bytes of the header area (a short file reads as zeroes).
-pub async fn unlock<F, Fut>(h: &LuksHeader, pass: &[u8], mut read: F) -> Result<Vec<u8>>
-where
-    F: FnMut(u64, usize) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<u8>>>,
-{
-    for i in 0..SLOTS {
-        if !h.slots[i].active {
-            continue;
-        }
-        let (off, len) = h.material_range(i);
-        let material = read(off, len).await?;
-        if let Some(mk) = h.try_slot(i, &material, pass) {
-            return Ok(mk);
-        }
-    }
-    Err(bad_password())
 }
