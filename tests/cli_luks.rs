@@ -159,6 +159,26 @@ fn encrypted_qcow2_images_interoperate_both_ways() {
             &["check", "--object", SECRET, "--image-opts", &opts],
         );
         assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+        // blk's check counts the LUKS header's clusters (no leaks), and map gives no host
+        // offsets, as qemu-img.
+        for cmd in [
+            vec!["check", "--object", SECRET, "--image-opts", &opts],
+            vec![
+                "map",
+                "--output=json",
+                "--object",
+                SECRET,
+                "--image-opts",
+                &opts,
+            ],
+        ] {
+            let (q, b) = (d.run("qemu-img", &cmd), d.run(QEMU_IMG, &cmd));
+            assert_eq!(
+                (b.code, &b.stdout, &b.stderr),
+                (q.code, &q.stdout, &q.stderr),
+                "{cmd:?}"
+            );
+        }
         if *creator == "qemu-img" {
             same_info(&d, &img);
         }

@@ -465,6 +465,7 @@ mod tests {
         let m = &built.area[off as usize..off as usize + len];
         assert_eq!(h.try_slot(0, m, b"pw"), Some(built.master_key.clone()));
         assert_eq!(h.try_slot(0, m, b"pW"), None);
-        assert_eq!(h.payload_offset, 8 + 8 * 128);
+        // 32-byte keys: 128000 bytes of material per slot, 4 KiB aligned = 256 sectors.
+        assert_eq!(h.payload_offset, 8 + 8 * 256);
     }
 }

@@ -24,6 +24,8 @@ pub(super) struct Encryption {
     cipher: Option<SectorCipher>,
     /// IVs from host offsets (LUKS) rather than guest offsets (legacy AES).
     by_host: bool,
+    /// The LUKS header's (offset, length) in the file: clusters the image owns.
+    area: Option<(u64, u64)>,
     /// The `encrypt` block of `info`.
     info: Value,
 }
@@ -118,6 +120,7 @@ pub(super) async fn open(
     Ok(Some(Encryption {
         cipher,
         by_host: true,
+        area: Some((base, len)),
         info,
     }))
 }
@@ -138,6 +141,7 @@ fn legacy_aes(pass: Option<&[u8]>) -> Encryption {
     Encryption {
         cipher,
         by_host: false,
+        area: None,
         info: json!({"format": "aes"}),
     }
 }
@@ -186,5 +190,10 @@ impl Qcow2 {
     /// clusters in the file as a shortcut: zeroes on disk are not zeroes in the clear).
     pub(super) fn encrypted(&self) -> bool {
         self.crypto.is_some()
+    }
+
+    /// Where the LUKS header lies in the file (its clusters are referenced by the header).
+    pub(super) fn crypto_area(&self) -> Option<(u64, u64)> {
+        self.crypto.as_ref().and_then(|e| e.area)
     }
 }

@@ -761,14 +761,14 @@ impl Qcow2 {
         let offset = GuestOffset::new(offset);
         let (kind, n) = self.run_at(held, offset, len.max(1)).await?;
         let in_off = offset.in_cluster(self.layout.cluster_bits);
+        // The host bytes of an encrypted image are no use to a reader: QEMU gives no offset.
+        let at = |h: HostOffset| (!self.encrypted()).then(|| (h + in_off).bytes());
         let mapping = match kind {
             Kind::Unallocated => Mapping::Unallocated,
             Kind::Zero { host } => Mapping::Zero {
-                host: host.map(|h| (h + in_off).bytes()),
+                host: host.and_then(at),
             },
-            Kind::Normal { host, .. } => Mapping::Data {
-                host: Some((host + in_off).bytes()),
-            },
+            Kind::Normal { host, .. } => Mapping::Data { host: at(host) },
             Kind::Compressed { .. } => Mapping::Data { host: None },
         };
         Ok(BlockStatus { len: n, mapping })
