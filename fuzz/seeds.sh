@@ -43,6 +43,13 @@ if command -v qemu-img >/dev/null && command -v qemu-io >/dev/null; then
     printf 'base' >"$work/base.raw"
     q create -f qcow2 -o cluster_size=1k -b base.raw -F raw "$work/q-backing.qcow2" 64k
     q create -f qcow2 -o cluster_size=4k,lazy_refcounts=on "$work/q-lazy.qcow2" 64k
+    # Encrypted: qcow2 with the LUKS extension, and a LUKS volume's header for the header
+    # target's LUKS path.
+    sec=(--object secret,id=s0,data=fuzz)
+    q create -f qcow2 "${sec[@]}" -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=1 \
+        "$work/q-luks.qcow2" 64k
+    q create -f luks "${sec[@]}" -o key-secret=s0,iter-time=1 "$work/luks.img" 64k
+    head -c 4096 "$work/luks.img" >"$c/qcow2_header/luks-header"
 fi
 
 for f in "$work"/*.qcow2; do

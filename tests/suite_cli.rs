@@ -17,6 +17,8 @@ mod cli_commit_rebase;
 mod cli_dd;
 #[path = "cli_lock.rs"]
 mod cli_lock;
+#[path = "cli_luks.rs"]
+mod cli_luks;
 #[path = "cli_serve.rs"]
 mod cli_serve;
 #[path = "cli_sim.rs"]

@@ -29,6 +29,7 @@
 //! probe.rs    format probing from a file's first bytes (and the probed-raw write guard)
 //! filename.rs image names as users type them -> blockdev-add options; backing-name resolution
 //! bitmap/     dirty bitmaps (a leaf: imports no other module)
+//! crypto/     LUKS1 headers, PBKDF2, anti-forensic split, AES sector ciphers (imports error, env)
 //! io/         buffers, flags, limits, mappings
 //! env/        clock, timers, spawning, host files
 //! util/       pure helpers
@@ -44,6 +45,7 @@ pub mod util;
 pub use error::{Errno, Error, ErrorClass, Result};
 pub mod backend;
 pub mod bitmap;
+pub mod crypto;
 pub mod driver;
 pub mod drivers;
 pub mod engine;

@@ -48,7 +48,8 @@ pub fn format_of(head: &[u8]) -> Option<&'static str> {
     if starts(b"conectix") {
         return Some("vpc");
     }
-    if starts(b"LUKS\xba\xbe") {
+    // QEMU's LUKS probe also wants version 1: other versions probe as raw.
+    if starts(b"LUKS\xba\xbe\x00\x01") {
         return Some("luks");
     }
     if starts(b"WithoutFreeSpace") || starts(b"WithouFreSpacExt") {

@@ -26,6 +26,8 @@ mod qcow2_crash;
 mod qcow2_datafile;
 #[path = "qcow2_discard.rs"]
 mod qcow2_discard;
+#[path = "qcow2_encrypt.rs"]
+mod qcow2_encrypt;
 #[path = "qcow2_interop.rs"]
 mod qcow2_interop;
 #[path = "qcow2_lazy.rs"]

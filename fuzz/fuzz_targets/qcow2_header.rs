@@ -2,11 +2,41 @@
 //! or an error, never panic; a header it accepts serialises to one it accepts again with the
 //! same fields. The bytes after the header's first 72 are also decoded as a snapshot table of
 //! the header's entry count (strict and repair): never a panic, and a table that decodes
-//! encodes to one that decodes to the same entries.
+//! encodes to one that decodes to the same entries. The same bytes are also a LUKS1 header
+//! (qcow2's `encrypt.format=luks` area, the `luks` driver's start): `LuksHeader::parse` never
+//! panics, an accepted header serialises to itself, and its key slots are tried (material
+//! from the input) when their PBKDF2 counts are small enough to fuzz.
 #![no_main]
 
+use engine::crypto::LuksHeader;
 use engine::drivers::qcow2::{Header, ReadMode, TableError, decode_table, encode_table};
 use libfuzzer_sys::fuzz_target;
+
+/// Most PBKDF2 rounds a fuzzed key slot may ask for (hostile counts go up to 2^32).
+const MAX_FUZZ_ITERS: u32 = 4;
+
+/// The LUKS path: parse, round-trip, and unlock attempts on small iteration counts.
+fn luks_header(data: &[u8]) {
+    let Ok(h) = LuksHeader::parse(data) else {
+        return;
+    };
+    let again = LuksHeader::parse(&h.to_bytes()).expect("a serialised LUKS header parses");
+    assert_eq!(again.to_bytes(), h.to_bytes());
+    if h.mk_iters > MAX_FUZZ_ITERS {
+        return;
+    }
+    for (i, slot) in h.slots.iter().enumerate() {
+        if !slot.active || slot.iterations > MAX_FUZZ_ITERS {
+            continue;
+        }
+        let (off, len) = h.material_range(i);
+        let mut material = vec![0u8; len];
+        let start = (off as usize).min(data.len());
+        let have = &data[start..(start + len).min(data.len())];
+        material[..have.len()].copy_from_slice(have);
+        let _ = h.try_slot(i, &material, b"fuzz");
+    }
+}
 
 /// Decode `table` as `nb` snapshot entries; re-encode what decodes and decode it again.
 fn snapshot_table(table: &[u8], nb: u32) {
@@ -37,6 +67,7 @@ fn snapshot_table(table: &[u8], nb: u32) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    luks_header(data);
     if data.len() >= 72 {
         let nb = u32::from_be_bytes(data[60..64].try_into().expect("4 bytes")).min(4096);
         snapshot_table(&data[72..], nb);
@@ -82,6 +113,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(
         (&h.backing_file, &h.backing_fmt, &h.unknown_exts),
         (&h2.backing_file, &h2.backing_fmt, &h2.unknown_exts)
+    );
+    assert_eq!(
+        (h.crypt_method, h.crypto_area),
+        (h2.crypt_method, h2.crypto_area)
     );
     if h.version == 3 {
         assert_eq!(

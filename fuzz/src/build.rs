@@ -199,6 +199,7 @@ pub fn build(spec: &ImageSpec) -> Option<(Vec<u8>, Vec<u8>)> {
         data_file: (spec.v3 && spec.data_file.is_some()).then(|| DATA_FILE.to_string()),
         data_file_raw: spec.v3 && spec.data_file == Some(true),
         extended_l2: spec.v3 && cs >= 16384 && spec.cluster_bits & 0x08 != 0,
+        encrypt: None,
     };
     let backing: Option<Vec<u8>> = spec
         .backing

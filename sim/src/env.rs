@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) trace: Rc<Trace>,
     pub(crate) fs: SimFs,
     pub(crate) net: SimNet,
+    /// The stream behind [`Env::random_bytes`].
+    pub(crate) crypto: std::cell::RefCell<ChaCha8Rng>,
 }
 
 /// The simulated world as the engine sees it. Cloning is cheap (an `Rc`).
@@ -142,4 +144,17 @@ impl Env for SimEnv {
     fn net(&self) -> &dyn HostNet {
         &self.shared.net
     }
+
+    fn random_bytes(&self, buf: &mut [u8]) {
+        rand_core::RngCore::fill_bytes(&mut *self.shared.crypto.borrow_mut(), buf);
+    }
+
+    fn rounds_in(&self, _budget_ms: u64, _work: &mut dyn FnMut(u32)) -> u64 {
+        // No real time here: a fixed count, small so that simulated LUKS volumes open fast
+        // (the engine raises it to QEMU's minimum).
+        SIM_KDF_ROUNDS
+    }
 }
+
+/// The PBKDF2 rounds a simulated `iter-time` buys, whatever it is.
+pub const SIM_KDF_ROUNDS: u64 = 1000;

@@ -102,6 +102,7 @@ impl Sim {
             trace,
             fs,
             net,
+            crypto: std::cell::RefCell::new(stream_rng(seed, Stream::Crypto)),
         });
         Sim {
             env: SimEnv { shared },

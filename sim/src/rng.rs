@@ -24,6 +24,8 @@ pub enum Stream {
     Crash,
     /// Network latencies.
     Net,
+    /// Random bytes the engine asks for (LUKS keys, salts, UUIDs).
+    Crypto,
 }
 
 impl Stream {
@@ -36,6 +38,7 @@ impl Stream {
             Stream::Workload => 4,
             Stream::Crash => 5,
             Stream::Net => 6,
+            Stream::Crypto => 7,
         }
     }
 }

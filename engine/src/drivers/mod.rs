@@ -9,6 +9,7 @@ mod cor;
 mod file;
 mod file_io;
 mod file_lock;
+pub mod luks;
 mod nbd;
 mod null;
 pub mod qcow2;
@@ -25,6 +26,7 @@ pub fn register_all(ctx: &GraphCtx) {
     ctx.register_driver("blkdebug", blkdebug::open);
     ctx.register_driver("raw", raw::open);
     ctx.register_driver("qcow2", qcow2::open);
+    ctx.register_driver("luks", luks::open);
     ctx.register_driver("nbd", nbd::open);
     ctx.register_driver("null-co", null::open);
     ctx.register_driver("null-aio", null::open);

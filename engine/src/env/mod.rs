@@ -48,6 +48,15 @@ pub trait Env {
     fn net(&self) -> &dyn net::HostNet {
         &net::NoNet
     }
+
+    /// Fill `buf` with unpredictable bytes (LUKS master keys, salts, UUIDs): the OS's
+    /// randomness in production, the seed's own stream in the simulator.
+    fn random_bytes(&self, buf: &mut [u8]);
+
+    /// How many rounds of `work` (which runs as many rounds as it is given) this host does in
+    /// `budget_ms` milliseconds: LUKS's `iter-time`. Production measures with real time; the
+    /// simulator answers a fixed count, so no real time reaches the engine.
+    fn rounds_in(&self, budget_ms: u64, work: &mut dyn FnMut(u32)) -> u64;
 }
 
 /// How to open a host file.

@@ -93,7 +93,8 @@ pub struct OpenSpec {
     /// `x-probed`, which refuses writes that would put a format signature into block 0.
     pub probed_raw: bool,
     /// Open the image without its backing file (`backing: null`, QEMU's BDRV_O_NO_BACKING):
-    /// `qemu-img info` reads an image whose backing file is missing or loops.
+    /// `qemu-img info` reads an image whose backing file is missing or loops, and an
+    /// encrypted one without its key (`x-no-io`).
     pub no_backing: bool,
     /// `-C`: the device copies on read (refused on a read-only image).
     pub copy_on_read: bool,
@@ -209,6 +210,10 @@ impl OpenSpec {
         default_key(&mut top, "node-name", json!(self.node_name));
         if self.no_backing && driver == "qcow2" {
             default_key(&mut top, "backing", Value::Null);
+        }
+        if self.no_backing && matches!(driver.as_str(), "qcow2" | "luks") {
+            // qemu-img info reads an encrypted image's header without its key (BDRV_O_NO_IO).
+            default_key(&mut top, "x-no-io", json!(true));
         }
         self.inherit(&mut top);
         Ok(Value::Object(top))

@@ -398,6 +398,11 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
                 "Compression not supported for this file format",
             ));
         }
+        if a.compressed && a.spec.opts.iter().any(|(k, _)| k == "encrypt.format") {
+            return Err(Error::generic(
+                "Compression and encryption not supported at the same time",
+            ));
+        }
         a.spec.fmt = out_fmt.clone();
         a.spec.size = Some(total);
         let dst_path = &a.target;
@@ -411,9 +416,17 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
     // --image-opts names the sources only; --target-image-opts the target.
     tool.image_opts.set(a.target_image_opts);
     tool.cache.set(a.copy.cache()?);
-    let dst = tool
-        .open(&a.target, a.out_fmt.as_deref(), false, false)
-        .await?;
+    let dst = match keyed_target(a) {
+        // A new encrypted target opens with the key it was created with, as qemu-img does.
+        Some(opts) => {
+            tool.image_opts.set(true);
+            tool.open(&opts, None, false, false).await?
+        }
+        None => {
+            tool.open(&a.target, a.out_fmt.as_deref(), false, false)
+                .await?
+        }
+    };
     if a.no_create && dst.len() < total {
         return Err(Error::generic("output file is smaller than input file"));
     }
@@ -518,6 +531,26 @@ fn bitmaps_refusal(srcs: &[Image], skip_broken: bool) -> Result<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// The option string that opens a target just created encrypted (`-o key-secret=` for luks,
+/// `encrypt.key-secret=` for qcow2) with its key; `None` for any other target.
+fn keyed_target(a: &ConvertArgs) -> Option<String> {
+    if a.no_create || a.target_image_opts {
+        return None;
+    }
+    let fmt = a.out_fmt.as_deref()?;
+    let key = if fmt == "luks" {
+        "key-secret"
+    } else {
+        "encrypt.key-secret"
+    };
+    let (_, id) = a.spec.opts.iter().rev().find(|(k, _)| k == key)?;
+    let file = a.target.replace(',', ",,");
+    Some(format!(
+        "driver={fmt},{key}={},file.filename={file}",
+        id.replace(',', ",,")
+    ))
 }
 
 /// The checks qemu-img makes on the target's options before it creates anything (their messages

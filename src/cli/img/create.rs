@@ -70,6 +70,8 @@ struct Parsed {
     compression_text: String,
     raw_text: Option<String>,
     extent_hint: Option<u64>,
+    /// `encrypt.*` options, as given (`create_luks::qcow2_encryption` reads them).
+    encrypt: Vec<(String, String)>,
     /// Values qemu-img rejects only after it printed the "Formatting" line.
     late_error: Option<Error>,
 }
@@ -77,6 +79,10 @@ struct Parsed {
 /// Create `path` as `spec` describes; errors without the "FILE: " prefix.
 pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> Result<()> {
     check_format(&spec.fmt)?;
+    if spec.fmt == "luks" {
+        let o = super::create_luks::options(tool, path, spec)?;
+        return write_image(tool, path, false, &o, Prealloc::Off).await;
+    }
     let qcow2 = spec.fmt == "qcow2";
     let mut p = parse_opts(spec, qcow2)?;
     let prealloc_mode = resolve_prealloc(&mut p, qcow2)?;
@@ -91,7 +97,9 @@ pub(crate) async fn create_image(tool: &Tool, path: &str, spec: &CreateSpec) -> 
     if let Some(e) = p.late_error.take() {
         return Err(e);
     }
-    let o = final_options(p, qcow2, size)?;
+    let encrypt = std::mem::take(&mut p.encrypt);
+    let mut o = final_options(p, qcow2, size)?;
+    o.encrypt = super::create_luks::qcow2_encryption(tool, &encrypt)?;
     if let Some(d) = &o.data_file
         && o.compat == Compat::V3
     {
@@ -130,6 +138,7 @@ fn parse_opts(spec: &CreateSpec, qcow2: bool) -> Result<Parsed> {
         compression_text: "zlib".to_string(),
         raw_text: None,
         extent_hint: None,
+        encrypt: Vec::new(),
         late_error: None,
     };
     for (k, v) in &spec.opts {
@@ -176,6 +185,10 @@ fn apply_opt(p: &mut Parsed, k: &str, v: &String, qcow2: bool) -> Result<()> {
         ("backing_fmt", true) => p.backing_fmt = Some(v.clone()),
         ("extended_l2", true) => p.o.extended_l2 = flag(k, v)?,
         ("data_file", true) => p.o.data_file = Some(v.clone()),
+        (k, true) if k.starts_with("encrypt.") => {
+            p.encrypt.retain(|(g, _)| g != k);
+            p.encrypt.push((k.to_string(), v.clone()));
+        }
         ("data_file_raw", true) => {
             p.o.data_file_raw = flag(k, v)?;
             p.raw_text = Some(v.clone());
@@ -261,6 +274,7 @@ async fn resolve_backing(
 /// qemu-img's "Formatting 'FILE', fmt=..." line, fields in its order.
 fn formatting_line(path: &str, fmt: &str, qcow2: bool, p: &Parsed, size: u64) -> String {
     let mut line = format!("Formatting '{path}', fmt={fmt}");
+    line += &super::create_luks::encrypt_text(&p.encrypt);
     if qcow2 {
         let ext = if p.o.extended_l2 { "on" } else { "off" };
         line += &format!(" cluster_size={} extended_l2={ext}", p.o.cluster_size);
@@ -380,6 +394,9 @@ async fn write_new_image(
     let made = async {
         if qcow2 {
             return qcow2::create(&child, o).await;
+        }
+        if let Some(built) = &o.encrypt {
+            return engine::drivers::luks::create(&child, built, o.size).await;
         }
         child.truncate(o.size, true, prealloc).await?;
         if prealloc == Prealloc::Off && o.size > 0 {

@@ -68,7 +68,7 @@ fn host_path(node: &Rc<Node>) -> Option<String> {
 fn actual_size(node: &Rc<Node>) -> Option<u64> {
     match node.driver_name() {
         "file" | "host_device" => allocated_bytes(&node.driver().filename()),
-        "qcow2" | "raw" => actual_size(&node.child("file")?.child_node()),
+        "qcow2" | "raw" | "luks" => actual_size(&node.child("file")?.child_node()),
         _ => None,
     }
 }
@@ -120,7 +120,7 @@ fn child_infos(node: &Rc<Node>, skip: &[&str]) -> Result<Vec<Value>> {
 /// Any node's info object.
 fn node_info(node: &Rc<Node>) -> Result<Value> {
     match node.driver_name() {
-        "qcow2" | "raw" => image_info(node),
+        "qcow2" | "raw" | "luks" => image_info(node),
         _ => other_info(node),
     }
 }
@@ -162,11 +162,28 @@ fn image_info(node: &Rc<Node>) -> Result<Value> {
         m.insert("actual-size".into(), json!(a));
     }
     if let Some(h) = &header {
-        let data = qcow2_specific(h);
+        let mut data = qcow2_specific(h);
+        if let Some(e) = node.driver().specific_info().get("encrypt") {
+            // QEMU lists the encryption right after refcount-bits.
+            let old = std::mem::take(&mut data);
+            for (k, v) in old {
+                let after = k == "refcount-bits";
+                data.insert(k, v);
+                if after {
+                    data.insert("encrypt".into(), e.clone());
+                }
+            }
+        }
         m.insert(
             "format-specific".into(),
             json!({"type": "qcow2", "data": data}),
         );
+    }
+    if format == "luks" {
+        m.insert("format-specific".into(), node.driver().specific_info());
+    }
+    if format == "luks" || header.as_ref().is_some_and(|h| h.crypt_method != 0) {
+        m.insert("encrypted".into(), json!(true));
     }
     if let Some(h) = &header
         && let Some(name) = &h.backing_file
@@ -309,6 +326,9 @@ fn human(info: &Value) -> String {
     match info["actual-size"].as_u64() {
         Some(a) => s += &format!("disk size: {}\n", size_to_str(a)),
         None => s += "disk size: unavailable\n",
+    }
+    if info["encrypted"] == json!(true) {
+        s += "encrypted: yes\n";
     }
     if let Some(cs) = info["cluster-size"].as_u64() {
         s += &format!("cluster_size: {cs}\n");

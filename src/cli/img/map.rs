@@ -3,7 +3,8 @@
 //! equal runs merged as qemu-img merges them, printed as its JSON lines or its human table.
 //!
 //! `compressed` is reported for qcow2 data without a host offset (blk's drivers give no host
-//! offset only for compressed clusters).
+//! offset only for compressed clusters, and for every cluster of an encrypted image, where
+//! nothing is reported compressed).
 
 use engine::{Error, Result};
 use serde_json::{Map, Value, json};
@@ -93,9 +94,13 @@ pub(crate) async fn map_entries(
             present: node.is_some(),
             zero: !data || st.mapping.is_zero(),
             data,
+            // (An encrypted image gives no host offsets at all: there it means nothing.)
             compressed: data
                 && st.mapping.host().is_none()
-                && node.is_some_and(|n| n.driver_name() == "qcow2"),
+                && node.is_some_and(|n| {
+                    n.driver_name() == "qcow2"
+                        && n.driver().specific_info().get("encrypt").is_none()
+                }),
             offset: st.mapping.host(),
             // Host offsets of a qcow2 image with an external data file are in that file.
             filename: node.map(|n| match n.child("data-file") {

@@ -16,6 +16,7 @@ mod compare;
 mod convert;
 mod convert_args;
 mod create;
+mod create_luks;
 mod dd;
 mod human;
 mod info;

@@ -14,7 +14,7 @@ use engine::types::Perms;
 use engine::{Error, Result};
 
 /// Formats the image tools read and write.
-pub(crate) const FORMATS: [&str; 2] = ["raw", "qcow2"];
+pub(crate) const FORMATS: [&str; 3] = ["raw", "qcow2", "luks"];
 
 /// One engine on the real-file env, for the lifetime of a command.
 pub(crate) struct Tool {

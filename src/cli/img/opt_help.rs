@@ -177,10 +177,39 @@ const FILE: &[Opt] = &[
     SIZE,
 ];
 
+const LUKS: &[Opt] = &[
+    ("cipher-alg", "<str>", "Name of encryption cipher algorithm"),
+    ("cipher-mode", "<str>", "Name of encryption cipher mode"),
+    (
+        "detached-header",
+        "<bool (on/off)>",
+        "Create a detached LUKS header",
+    ),
+    ("hash-alg", "<str>", "Name of encryption hash algorithm"),
+    (
+        "iter-time",
+        "<num>",
+        "Time to spend in PBKDF in milliseconds",
+    ),
+    ("ivgen-alg", "<str>", "Name of IV generator algorithm"),
+    (
+        "ivgen-hash-alg",
+        "<str>",
+        "Name of IV generator hash algorithm",
+    ),
+    (
+        "key-secret",
+        "<str>",
+        "ID of the secret that provides the keyslot passphrase",
+    ),
+    SIZE,
+];
+
 /// Whether format `fmt` (with its file protocol) takes the creation option `key`.
 pub fn accepts(fmt: &str, key: &str) -> bool {
     let own: &[Opt] = match fmt {
         "qcow2" => QCOW2,
+        "luks" => LUKS,
         _ => &[SIZE],
     };
     own.iter().chain(FILE).any(|o| o.0 == key)
@@ -196,6 +225,7 @@ pub fn wants_help(o: &str) -> bool {
 pub fn text(fmt: &str, file: Option<&str>) -> Option<String> {
     let own: &[Opt] = match fmt {
         "qcow2" => QCOW2,
+        "luks" => LUKS,
         "raw" => &[SIZE],
         _ => return None,
     };

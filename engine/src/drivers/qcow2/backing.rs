@@ -303,6 +303,8 @@ mod tests {
             reftable_clusters: 1,
             nb_snapshots: 0,
             snapshots_offset: 0,
+            crypt_method: 0,
+            crypto_area: None,
             incompat: 0,
             compat: 0,
             autoclear: 0,

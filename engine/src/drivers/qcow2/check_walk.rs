@@ -228,6 +228,10 @@ impl Qcow2 {
             max: self.layout.max_refcount(),
         };
         self.inc_refs(&mut refs, rep, 0, cs);
+        if let Some((off, len)) = h.crypto_area {
+            // The LUKS header area of an encrypted image.
+            self.inc_refs(&mut refs, rep, off, len);
+        }
         let l1 = self.l2.snapshot();
         self.count_l1(&mut refs, rep, h.l1_offset, &l1, true)
             .await?;

@@ -33,6 +33,10 @@ impl Qcow2 {
     }
 
     async fn write_compressed_range(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if self.encrypted() {
+            // QEMU fails a compressed write to an encrypted image with a bare EIO.
+            return Err(Error::io(Errno::EIO));
+        }
         if self.has_data_file() {
             return Err(Error::io_msg(
                 Errno::ENOTSUP,

@@ -64,6 +64,10 @@ pub struct CreateOptions {
     /// Preallocated clusters then have no allocated subcluster (a backing file shows through
     /// them, which is why preallocation and a backing file go together only with these).
     pub extended_l2: bool,
+    /// A LUKS header built for the new image (`crypto::LuksCreate::build`): qcow2 stores it
+    /// in clusters after the L1 table (`encrypt.format=luks`); the `luks` format's create
+    /// writes it at the start of the file.
+    pub encrypt: Option<crate::crypto::luks::Built>,
 }
 
 impl Default for CreateOptions {
@@ -81,6 +85,7 @@ impl Default for CreateOptions {
             data_file: None,
             data_file_raw: false,
             extended_l2: false,
+            encrypt: None,
         }
     }
 }
@@ -95,7 +100,7 @@ pub async fn create(file: &Child, o: &CreateOptions) -> Result<()> {
     if hdr.len() as u64 > plan.cs {
         return Err(Error::generic("Header does not fit in the first cluster"));
     }
-    let img = plan.metadata(&hdr);
+    let img = plan.metadata(&hdr, o);
     write_image(file, o, &plan, &img).await
 }
 
@@ -217,6 +222,9 @@ struct Plan {
     prealloc: bool,
     /// Guest clusters live in an external data file, not counted here.
     external: bool,
+    /// Clusters of the LUKS header area (`encrypt.format=luks`), right after the L1 table
+    /// as QEMU places it.
+    crypto_clusters: u64,
     /// Every cluster counted: header, reftable, refblocks, L1, L2 tables, local data.
     total: u64,
     /// Bytes per L2 entry: 8, or 16 with extended L2 entries.
@@ -245,7 +253,11 @@ impl Plan {
         let data_clusters = if prealloc { o.size.div_ceil(cs) } else { 0 };
         // Clusters of an external data file are not refcounted (nor in this file).
         let local_data = if external { 0 } else { data_clusters };
-        let mapped = l1_clusters + l2_tables + local_data;
+        let crypto_clusters = o
+            .encrypt
+            .as_ref()
+            .map_or(0, |b| b.header.payload_bytes().div_ceil(cs));
+        let mapped = l1_clusters + crypto_clusters + l2_tables + local_data;
         // Header, reftable, refblocks, L1 (, L2 tables, data): find sizes that cover themselves.
         let (mut rt, mut rb) = (1u64, 1u64);
         loop {
@@ -263,7 +275,7 @@ impl Plan {
             ));
         }
         // The metadata is built in memory and written at once.
-        if (1 + rt + rb + l1_clusters + l2_tables) * cs > MAX_CREATE_METADATA {
+        if (1 + rt + rb + l1_clusters + crypto_clusters + l2_tables) * cs > MAX_CREATE_METADATA {
             return Err(Error::generic(
                 "qcow2: metadata preallocation of this size is not supported (over 1 GiB of tables)",
             ));
@@ -280,6 +292,7 @@ impl Plan {
             data_clusters,
             prealloc,
             external,
+            crypto_clusters,
             total: 1 + rt + rb + mapped,
             entry_bytes,
         })
@@ -294,9 +307,14 @@ impl Plan {
         }
     }
 
+    /// First cluster of the LUKS header area.
+    fn crypto_base(&self) -> u64 {
+        1 + self.rt + self.rb + self.l1_clusters
+    }
+
     /// First cluster of the preallocated L2 tables.
     fn l2_base(&self) -> u64 {
-        1 + self.rt + self.rb + self.l1_clusters
+        self.crypto_base() + self.crypto_clusters
     }
 
     /// First cluster of the preallocated local data clusters.
@@ -320,6 +338,15 @@ impl Plan {
             reftable_clusters: self.rt as u32,
             nb_snapshots: 0,
             snapshots_offset: 0,
+            crypt_method: if o.encrypt.is_some() {
+                super::header::CRYPT_LUKS
+            } else {
+                0
+            },
+            crypto_area: o
+                .encrypt
+                .as_ref()
+                .map(|b| (self.crypto_base() * self.cs, b.header.payload_bytes())),
             incompat: flag(o.compression_type != 0, INCOMPAT_COMPRESSION)
                 | flag(self.external, INCOMPAT_DATA_FILE)
                 | flag(o.extended_l2, INCOMPAT_EXTL2),
@@ -339,10 +366,14 @@ impl Plan {
     /// Every metadata cluster (up to the data area) in memory: the serialized header `hdr`,
     /// the refcount table and blocks counting every planned cluster once, and the L1 and
     /// L2 tables mapping every preallocated cluster.
-    fn metadata(&self, hdr: &[u8]) -> Vec<u8> {
+    fn metadata(&self, hdr: &[u8], o: &CreateOptions) -> Vec<u8> {
         let cs = self.cs;
         let mut img = vec![0u8; (self.data_base() * cs) as usize];
         img[..hdr.len()].copy_from_slice(hdr);
+        if let Some(b) = &o.encrypt {
+            let at = (self.crypto_base() * cs) as usize;
+            img[at..at + b.area.len()].copy_from_slice(&b.area);
+        }
         let put = |img: &mut [u8], at: u64, v: u64| {
             img[at as usize..at as usize + 8].copy_from_slice(&v.to_be_bytes())
         };
@@ -387,7 +418,7 @@ async fn write_image(file: &Child, o: &CreateOptions, plan: &Plan, img: &[u8]) -
     // Without L2 tables the file ends where the L1 table's entries end, as QEMU writes it
     // (the rest of the L1 cluster is allocated but never written): `qemu-img info` then
     // shows the same file length and disk size for images of either tool.
-    let written = if plan.l2_tables == 0 {
+    let written = if plan.l2_tables == 0 && plan.crypto_clusters == 0 {
         ((1 + plan.rt + plan.rb) * plan.cs + plan.l1_size * 8) as usize
     } else {
         img.len()

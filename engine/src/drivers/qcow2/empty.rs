@@ -38,13 +38,15 @@ impl Qcow2 {
     }
 
     /// Whether the image can be rebuilt empty: v3 (the dirty bit covers the rebuild), nothing
-    /// referenced outside the L1 table (snapshots, bitmaps), guest data in the image itself,
+    /// referenced outside the L1 table (snapshots, bitmaps, a LUKS header), guest data in the
+    /// image itself,
     /// and header + refcount table + refblock + L1 covered by that one refblock.
     fn can_rebuild_empty(&self) -> bool {
         self.layout.version.get() >= 3
             && self.nb_snapshots() == 0
             && self.layout.autoclear.get() & AUTOCLEAR_BITMAPS == 0
             && !self.has_data_file()
+            && self.crypto_area().is_none()
             && 3 + self.l1_clusters() <= 1 << self.layout.rb_bits()
     }
 

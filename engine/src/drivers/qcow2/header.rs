@@ -16,6 +16,14 @@ pub const EXT_BACKING_FMT: u32 = 0xe279_2aca;
 pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
 /// Header extension: external data file name.
 pub const EXT_DATA_FILE: u32 = 0x4441_5441;
+/// Header extension: where the full-disk-encryption (LUKS) header lives.
+pub const EXT_CRYPTO: u32 = 0x0537_be77;
+/// `crypt_method`: none, legacy AES-CBC, LUKS.
+pub const CRYPT_NONE: u32 = 0;
+/// Legacy AES-CBC with the passphrase as key.
+pub const CRYPT_AES: u32 = 1;
+/// LUKS (header in clusters named by [`EXT_CRYPTO`]).
+pub const CRYPT_LUKS: u32 = 2;
 /// Incompatible feature bit 2: guest data lives in an external data file.
 pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 /// Autoclear feature bit 1: the external data file is a valid raw image of the guest disk.
@@ -85,6 +93,10 @@ pub struct Header {
     pub nb_snapshots: u32,
     /// Offset of the snapshot table.
     pub snapshots_offset: u64,
+    /// [`CRYPT_NONE`], [`CRYPT_AES`] or [`CRYPT_LUKS`].
+    pub crypt_method: u32,
+    /// The LUKS header's (offset, length) in the image file, from [`EXT_CRYPTO`].
+    pub crypto_area: Option<(u64, u64)>,
     /// Incompatible feature bits.
     pub incompat: u64,
     /// Compatible feature bits.
@@ -217,6 +229,8 @@ impl Header {
             reftable_clusters: be32(buf, 56),
             nb_snapshots: be32(buf, 60),
             snapshots_offset: be64(buf, 64),
+            crypt_method: be32(buf, 32),
+            crypto_area: None,
             incompat: 0,
             compat: 0,
             autoclear: 0,
@@ -229,9 +243,11 @@ impl Header {
             feature_names: Vec::new(),
             unknown_exts: Vec::new(),
         };
-        let crypt = be32(buf, 32);
-        if crypt != 0 {
-            return Err(invalid("Encrypted images are not supported"));
+        if h.crypt_method > CRYPT_LUKS {
+            return Err(refused_as_qemu(format!(
+                "Unsupported encryption method: {}",
+                h.crypt_method
+            )));
         }
         Ok(h)
     }
@@ -428,6 +444,9 @@ impl Header {
                         .map_err(|_| invalid("Data file name is not valid UTF-8"))?;
                     self.data_file = Some(s);
                 }
+                EXT_CRYPTO if len >= 16 => {
+                    self.crypto_area = Some((be64(data, 0), be64(data, 8)));
+                }
                 EXT_FEATURE_TABLE => {
                     for e in data.chunks_exact(48) {
                         let name = &e[2..];
@@ -456,7 +475,7 @@ impl Header {
         b.extend_from_slice(&0u32.to_be_bytes());
         b.extend_from_slice(&self.cluster_bits.to_be_bytes());
         b.extend_from_slice(&self.size.to_be_bytes());
-        b.extend_from_slice(&0u32.to_be_bytes()); // crypt
+        b.extend_from_slice(&self.crypt_method.to_be_bytes());
         b.extend_from_slice(&self.l1_size.to_be_bytes());
         b.extend_from_slice(&self.l1_offset.to_be_bytes());
         b.extend_from_slice(&self.reftable_offset.to_be_bytes());
@@ -483,6 +502,10 @@ impl Header {
         }
         if let Some(name) = &self.data_file {
             ext(&mut b, EXT_DATA_FILE, name.as_bytes());
+        }
+        if let Some((off, len)) = self.crypto_area {
+            let data = [off.to_be_bytes(), len.to_be_bytes()].concat();
+            ext(&mut b, EXT_CRYPTO, &data);
         }
         if self.version == 3 {
             let mut t = Vec::new();

@@ -172,6 +172,7 @@ impl Qcow2 {
                     .await;
                 r?;
                 out.copy_from_slice(buf.as_slice());
+                self.decrypt_data((host + in_off).bytes(), off.bytes(), out)?;
             }
             Kind::Compressed { offset, len } => {
                 self.read_compressed(offset, len, in_off, out).await?;
@@ -199,10 +200,10 @@ impl Qcow2 {
             Ok((Kind::Normal { host, .. }, n)) if n == len => {
                 self.file.debug_event(DebugEvent::ReadAio).await;
                 let in_off = at.in_cluster(self.layout.cluster_bits);
-                return self
-                    .data_child()
-                    .read((host + in_off).bytes(), buf, ReqFlags::NONE)
-                    .await;
+                let host = (host + in_off).bytes();
+                let (mut buf, r) = self.data_child().read(host, buf, ReqFlags::NONE).await;
+                let r = r.and_then(|()| self.decrypt_data(host, offset, buf.as_mut_slice()));
+                return (buf, r);
             }
             Ok((Kind::Unallocated, n)) if n == len => {
                 if let Some(b) = &self.backing() {
@@ -344,6 +345,7 @@ impl Qcow2 {
                     self.pre_data_write_check(host, n).await?;
                     self.file.debug_event(DebugEvent::WriteAio).await;
                     let chunk = IoBuf::from_slice(&data[pos as usize..(pos + n) as usize]);
+                    let chunk = self.encrypt_data(host.bytes(), offset + pos, chunk)?;
                     self.data_child()
                         .write(host.bytes(), chunk, ReqFlags::NONE)
                         .await
@@ -422,9 +424,10 @@ impl Qcow2 {
             (olds[0], start, in_off),
             (olds[k as usize - 1], start + end_in, k * cs - end_in),
         ];
-        if self
-            .zero_whole_allocation(host, k * cs, new.reuse, cow)
-            .await?
+        if !self.encrypted()
+            && self
+                .zero_whole_allocation(host, k * cs, new.reuse, cow)
+                .await?
         {
             self.file.debug_event(DebugEvent::WriteAio).await;
             let piece = IoBuf::from_slice(data);
@@ -437,9 +440,10 @@ impl Qcow2 {
         if in_off == 0 && end_in == k * cs {
             // Whole clusters: nothing to copy on write.
             self.file.debug_event(DebugEvent::WriteAio).await;
+            let buf = self.encrypt_data(host.bytes(), off.bytes(), IoBuf::from_slice(data))?;
             return self
                 .data_child()
-                .write(host.bytes(), IoBuf::from_slice(data), ReqFlags::NONE)
+                .write(host.bytes(), buf, ReqFlags::NONE)
                 .await
                 .1;
         }
@@ -458,6 +462,7 @@ impl Qcow2 {
                 .await?;
         }
         b[in_off as usize..end_in as usize].copy_from_slice(data);
+        let buf = self.encrypt_data(host.bytes(), start.bytes(), buf)?;
         self.file.debug_event(DebugEvent::CowWrite).await;
         self.file.debug_event(DebugEvent::WriteAio).await;
         self.data_child()
@@ -776,6 +781,8 @@ impl Qcow2 {
         let offset = GuestOffset::new(offset);
         let (kind, n) = self.run_at(held, offset, len.max(1)).await?;
         let in_off = offset.in_cluster(self.layout.cluster_bits);
+        // The host bytes of an encrypted image are no use to a reader: QEMU gives no offset.
+        let at = |h: HostOffset| (!self.encrypted()).then(|| (h + in_off).bytes());
         let mapping = match kind {
             Kind::Unallocated if self.layout.ext_l2 => {
                 match self.reserved_at(held, offset).await? {
@@ -785,11 +792,9 @@ impl Qcow2 {
             }
             Kind::Unallocated => Mapping::Unallocated,
             Kind::Zero { host } => Mapping::Zero {
-                host: host.map(|h| (h + in_off).bytes()),
+                host: host.and_then(at),
             },
-            Kind::Normal { host, .. } => Mapping::Data {
-                host: Some((host + in_off).bytes()),
-            },
+            Kind::Normal { host, .. } => Mapping::Data { host: at(host) },
             Kind::Compressed { .. } => Mapping::Data { host: None },
         };
         Ok(BlockStatus { len: n, mapping })

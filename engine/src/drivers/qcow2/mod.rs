@@ -46,6 +46,7 @@ mod compress;
 mod compressed_write;
 mod create;
 mod empty;
+mod encrypt;
 mod entry;
 mod format_ops;
 mod header;
@@ -169,6 +170,8 @@ pub(crate) struct Qcow2 {
     /// Where the persistent bitmap directory is and its size in bytes (0, 0: none), for the
     /// overlap checks; follows every header switch (`bitmaps/header.rs`).
     bitmap_dir_at: Cell<(u64, u64)>,
+    /// Encryption of the guest data (`encrypt.rs`), if the image has any.
+    crypto: Option<encrypt::Encryption>,
 }
 
 pub(super) fn open(
@@ -182,6 +185,8 @@ pub(super) fn open(
             data_opt,
             runtime,
             check_mode,
+            encrypt_opts,
+            no_io,
         } = OpenArgs::take(opts, ctx.options().discard_unmap)?;
         let read_only = ctx.options().read_only;
         let file = ctx
@@ -193,6 +198,7 @@ pub(super) fn open(
             .await?;
         let h = Header::parse(&read_first_cluster(&file).await?, file.len())?;
         runtime.check_version(h.version)?;
+        let crypto = encrypt::open(&ctx, &file, &h, encrypt_opts, no_io).await?;
         if h.incompat & header::INCOMPAT_CORRUPT != 0 && !read_only && !check_mode {
             return Err(Error::generic(
                 "qcow2: Image is corrupt; cannot be opened read/write",
@@ -251,6 +257,7 @@ pub(super) fn open(
             snaps: RefCell::new(snaps),
             snap_table: Cell::new((h.snapshots_offset, snap_bytes)),
             bitmap_dir_at: Cell::new((0, 0)),
+            crypto,
         };
         // QEMU loads the persistent bitmaps at open: a malformed extension, directory or
         // table fails the open, read-only or not.
@@ -273,6 +280,10 @@ struct OpenArgs {
     /// blk's counterpart of QEMU's check open flag (qemu-img check): a corrupt image may be
     /// opened read-write so that check can repair it; guest writes stay refused.
     check_mode: bool,
+    /// `encrypt.key-secret`, `encrypt.format`.
+    encrypt_opts: encrypt::EncryptOpts,
+    /// `x-no-io` (qemu-img info): an encrypted image opens without its key.
+    no_io: bool,
 }
 
 impl OpenArgs {
@@ -284,6 +295,8 @@ impl OpenArgs {
         let data_opt = opts.take("data-file");
         let runtime = options::OpenOpts::take(&mut opts, discard_unmap)?;
         let check_mode = opts.take_bool("x-check")?.unwrap_or(false);
+        let encrypt_opts = encrypt::EncryptOpts::take(&mut opts)?;
+        let no_io = opts.take_bool("x-no-io")?.unwrap_or(false);
         opts.finish()?;
         Ok(OpenArgs {
             file_spec,
@@ -291,6 +304,8 @@ impl OpenArgs {
             data_opt,
             runtime,
             check_mode,
+            encrypt_opts,
+            no_io,
         })
     }
 }
@@ -591,7 +606,8 @@ impl BlockDriver for Qcow2 {
 
     fn limits(&self) -> Limits {
         Limits {
-            request_align: 1,
+            // Encrypted data is ciphered in whole sectors.
+            request_align: if self.encrypted() { 512 } else { 1 },
             opt_transfer: self.layout.cs() as u32,
             min_mem_align: self.file.node().limits().min_mem_align,
             ..Limits::default()
@@ -739,11 +755,15 @@ impl BlockDriver for Qcow2 {
     }
 
     fn specific_info(&self) -> Value {
-        json!({
+        let mut v = json!({
             "compat": if self.layout.version.get() == 3 { "1.1" } else { "0.10" },
             "refcount-bits": 1u32 << self.layout.refcount_order.get(),
             "corrupt": self.layout.incompat.get() & header::INCOMPAT_CORRUPT != 0,
             "compression-type": if self.layout.compression_type == 1 { "zstd" } else { "zlib" },
-        })
+        });
+        if let Some(e) = &self.crypto {
+            v["encrypt"] = e.info().clone();
+        }
+        v
     }
 }

@@ -64,11 +64,14 @@ impl Qcow2 {
         self.switch_refcounts(held, base * cs, area, table).await
     }
 
-    /// Count the header, the active L1 table and every snapshot's (with every L2 table and
+    /// Count the header (and its LUKS area), the active L1 table and every snapshot's (with every L2 table and
     /// cluster they map: once per L1 table reaching them), and the snapshot table.
     pub(super) async fn count_mapped_refs(&self, counts: &mut [u64]) -> Result<()> {
         let cs = self.layout.cs();
         add_ref(counts, cs, 0, cs)?;
+        if let Some((off, len)) = self.crypto_area() {
+            add_ref(counts, cs, off, len)?;
+        }
         let l1 = self.l2.snapshot();
         if !l1.is_empty() {
             add_ref(counts, cs, self.l2.l1_offset().bytes(), self.l2.l1_bytes())?;

@@ -187,4 +187,24 @@ impl Env for RealEnv {
     fn net(&self) -> &dyn crate::env::net::HostNet {
         &self.net
     }
+
+    fn random_bytes(&self, buf: &mut [u8]) {
+        sys::random_bytes(buf);
+    }
+
+    fn rounds_in(&self, budget_ms: u64, work: &mut dyn FnMut(u32)) -> u64 {
+        // Double the batch until one takes long enough to time well, then scale its rate.
+        // CPU time of this thread, as QEMU measures it: a busy host must not shrink the count.
+        let mut rounds: u32 = 1 << 10;
+        loop {
+            let start = sys::thread_cpu_ns();
+            work(rounds);
+            let ns = sys::thread_cpu_ns().saturating_sub(start).max(1);
+            if ns >= 50_000_000 || rounds >= 1 << 30 {
+                let per_ms = (rounds as u128 * 1_000_000 / ns as u128) as u64;
+                return per_ms.saturating_mul(budget_ms);
+            }
+            rounds *= 2;
+        }
+    }
 }
