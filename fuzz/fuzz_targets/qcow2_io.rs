@@ -58,6 +58,7 @@ fuzz_target!(|input: Input| {
         data_file: (input.v3 && input.data_file.is_some()).then(|| DATA_FILE.to_string()),
         data_file_raw: input.v3 && input.data_file == Some(true),
         extended_l2: false,
+        encrypt: None,
     };
     let backing = input
         .backing
