@@ -38,9 +38,15 @@ const CHUNK: u64 = 2 << 20;
 /// slices (memcmp) and only the differing one byte by byte.
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     const BLOCK: usize = 4096;
-    let blk = a.chunks(BLOCK).zip(b.chunks(BLOCK)).position(|(x, y)| x != y)?;
+    let blk = a
+        .chunks(BLOCK)
+        .zip(b.chunks(BLOCK))
+        .position(|(x, y)| x != y)?;
     let (x, y) = (&a[blk * BLOCK..], &b[blk * BLOCK..]);
-    x.iter().zip(y).position(|(p, q)| p != q).map(|i| blk * BLOCK + i)
+    x.iter()
+        .zip(y)
+        .position(|(p, q)| p != q)
+        .map(|i| blk * BLOCK + i)
 }
 
 fn reads_zero(st: &ChainStatus) -> bool {

@@ -190,7 +190,12 @@ impl Printer {
                 }
                 if e.data && !e.zero {
                     let file = e.filename.as_deref().unwrap_or("");
-                    self.row(&hex(e.start), &hex(e.length), &hex(e.offset.unwrap_or(0)), file);
+                    self.row(
+                        &hex(e.start),
+                        &hex(e.length),
+                        &hex(e.offset.unwrap_or(0)),
+                        file,
+                    );
                 }
             }
         }
@@ -261,7 +266,10 @@ pub fn run(args: &[String]) -> i32 {
         let len = img.len();
         let end = max_len.map_or(len, |m| start.saturating_add(m).min(len));
         let mut printer = Printer::new(output);
-        map_entries(&img.root(), (start.min(len), end), &mut |e| printer.entry(e)).await?;
+        map_entries(&img.root(), (start.min(len), end), &mut |e| {
+            printer.entry(e)
+        })
+        .await?;
         printer.finish();
         Ok(())
     });
