@@ -155,6 +155,8 @@ struct WriteOrder {
     next: Cell<u64>,
     /// Sequence numbers handed out.
     issued: Cell<u64>,
+    /// A job failed: the rest write nothing.
+    failed: Cell<bool>,
     moved: Notify,
 }
 
@@ -171,6 +173,7 @@ impl WriteOrder {
             in_order,
             next: Cell::new(0),
             issued: Cell::new(0),
+            failed: Cell::new(false),
             moved: Notify::new(),
         }
     }
@@ -185,13 +188,17 @@ impl WriteOrder {
 
 impl Turn<'_> {
     /// Run `write` once every earlier job has written (or failed), then let the next one go;
-    /// a job passes its turn on whatever happens, so a failure never stalls the others.
-    async fn write<T>(self, write: impl Future<Output = T>) -> T {
+    /// a job passes its turn on whatever happens, so a failure never stalls the others. Once
+    /// a write has failed no other job writes (as qemu-img stops its copy at the first error).
+    async fn write(self, write: impl Future<Output = Result<()>>) -> Result<()> {
         let o = self.order;
         while o.in_order && o.next.get() != self.seq {
             o.moved.wait().await;
         }
-        let out = write.await;
+        let out = if o.failed.get() { Ok(()) } else { write.await };
+        if out.is_err() {
+            o.failed.set(true);
+        }
         o.next.set(self.seq + 1);
         o.moved.notify_all();
         out
