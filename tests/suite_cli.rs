@@ -25,6 +25,8 @@ mod cli_serve;
 mod cli_sim;
 #[path = "img_errors.rs"]
 mod img_errors;
+#[path = "img_fast_paths.rs"]
+mod img_fast_paths;
 #[path = "img_interop.rs"]
 mod img_interop;
 #[path = "img_open.rs"]

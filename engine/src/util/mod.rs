@@ -15,7 +15,7 @@ mod tracked;
 pub use notify::{Notify, yield_now};
 pub use oneshot::{OneshotReceiver, OneshotSender, oneshot};
 pub use options::{Options, parse_on_off, split_options};
-pub use race::{Either, race};
+pub use race::{Either, join, race};
 pub use ratelimit::{RateLimit, SLICE_NS};
 pub use size::{NumError, is_c_space, parse_size, strtosz};
 pub use tracked::{Tracked, TrackedRanges};

@@ -12,6 +12,7 @@
 use engine::Result;
 use engine::io::{IoBuf, Mapping};
 use engine::request::ChainStatus;
+use engine::util::join;
 
 use super::open::{Image, Tool, parse_src_cache};
 use super::progress::Steps;
@@ -32,6 +33,21 @@ Check whether two images have the same guest-visible content, as qemu-img compar
 
 /// Largest read while comparing (qemu-img's I/O buffer; the progress steps follow it).
 const CHUNK: u64 = 2 << 20;
+
+/// Index of the first byte where `a` and `b` differ, or None. Whole blocks are compared as
+/// slices (memcmp) and only the differing one byte by byte.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 4096;
+    let blk = a
+        .chunks(BLOCK)
+        .zip(b.chunks(BLOCK))
+        .position(|(x, y)| x != y)?;
+    let (x, y) = (&a[blk * BLOCK..], &b[blk * BLOCK..]);
+    x.iter()
+        .zip(y)
+        .position(|(p, q)| p != q)
+        .map(|i| blk * BLOCK + i)
+}
 
 fn reads_zero(st: &ChainStatus) -> bool {
     st.node.is_none() || st.mapping.is_zero()
@@ -98,13 +114,11 @@ async fn compare_common(
         let mut n = sa.len.min(sb.len).min(end - pos).max(1);
         if !(reads_zero(&sa) && reads_zero(&sb)) {
             n = n.min(CHUNK);
-            let (ba, bb) = (read(a, pos, n).await?, read(b, pos, n).await?);
-            if let Some(i) = ba
-                .as_slice()
-                .iter()
-                .zip(bb.as_slice())
-                .position(|(x, y)| x != y)
-            {
+            // Both reads in flight at once; the bytes are compared by the slice (memcmp), and
+            // only a mismatch is searched for its first sector.
+            let (ba, bb) = join(read(a, pos, n), read(b, pos, n)).await;
+            let (ba, bb) = (ba?, bb?);
+            if let Some(i) = first_difference(ba.as_slice(), bb.as_slice()) {
                 return Ok(Some(Diff::Content((pos + i as u64) / 512 * 512)));
             }
         }
@@ -123,7 +137,10 @@ async fn check_zero(img: &Image, start: u64, end: u64, steps: &mut Steps) -> Res
         if !reads_zero(&st) {
             n = n.min(CHUNK);
             let buf = read(img, pos, n).await?;
-            if let Some(i) = buf.as_slice().iter().position(|&x| x != 0) {
+            // The word-wise zero test first: a data buffer is searched only when it fails.
+            if !buf.is_zero()
+                && let Some(i) = buf.as_slice().iter().position(|&x| x != 0)
+            {
                 return Ok(Some((pos + i as u64) / 512 * 512));
             }
         }

@@ -22,6 +22,7 @@ use std::task::Poll;
 
 use engine::graph::Child;
 use engine::io::{IoBuf, Mapping, ReqFlags};
+use engine::util::Notify;
 use engine::{Error, Result};
 
 use engine::env::Env;
@@ -112,24 +113,30 @@ fn write_error(e: Error, at: u64) -> Error {
     e.context(format!("error while writing at byte {at}"))
 }
 
-/// Copy `[pos, pos+len)` of `src` to `base + pos` of `dst`: read it, then write what sparse
-/// detection keeps (all of it when `sparse` is `None`).
+/// Copy `[pos, pos+len)` of `src` to `base + pos` of `dst`: read it, then, once it is this
+/// job's turn, write what sparse detection keeps (all of it when `sparse` is `None`).
 async fn copy(
     (src, dst): (&Image, &Image),
     (base, pos, len): (u64, u64, u64),
     plan: &Plan,
+    turn: Turn<'_>,
 ) -> Result<()> {
-    let buf = read(src, pos, len, plan.salvage).await?;
-    let data = buf.as_slice();
+    let read = read(src, pos, len, plan.salvage).await;
+    turn.write(async move { write_out(dst, base + pos, read?.as_slice(), plan).await })
+        .await
+}
+
+/// Write `data` (read from the source) at `at` of `dst`.
+async fn write_out(dst: &Image, at: u64, data: &[u8], plan: &Plan) -> Result<()> {
     if plan.compress.is_some() {
-        return copy_compressed(dst, base + pos, data, plan).await;
+        return copy_compressed(dst, at, data, plan).await;
     }
     let runs = match (plan.fresh && !plan.top_only).then_some(plan.sparse) {
-        Some(s) => s.runs(data, base + pos),
+        Some(s) => s.runs(data, at),
         None => vec![(0, data.len())],
     };
     for (i, j) in runs {
-        let at = base + pos + i as u64;
+        let at = at + i as u64;
         let (_, r) = dst
             .bb
             .write(at, IoBuf::from_slice(&data[i..j]), ReqFlags::NONE)
@@ -137,6 +144,65 @@ async fn copy(
         r.map_err(|e| write_error(e, at))?;
     }
     Ok(())
+}
+
+/// The order of the target writes. Without `-W` qemu-img reads up to `-m` chunks ahead but
+/// writes them in source order, so the target is laid out as by a serial copy; with `-W`
+/// they go out as they come.
+struct WriteOrder {
+    in_order: bool,
+    /// The sequence number of the next job allowed to write.
+    next: Cell<u64>,
+    /// Sequence numbers handed out.
+    issued: Cell<u64>,
+    /// A job failed: the rest write nothing.
+    failed: Cell<bool>,
+    moved: Notify,
+}
+
+/// One job's place in the [`WriteOrder`].
+#[derive(Clone, Copy)]
+struct Turn<'a> {
+    order: &'a WriteOrder,
+    seq: u64,
+}
+
+impl WriteOrder {
+    fn new(in_order: bool) -> WriteOrder {
+        WriteOrder {
+            in_order,
+            next: Cell::new(0),
+            issued: Cell::new(0),
+            failed: Cell::new(false),
+            moved: Notify::new(),
+        }
+    }
+
+    /// The turn of the next job, in the order jobs are made.
+    fn take(&self) -> Turn<'_> {
+        let seq = self.issued.get();
+        self.issued.set(seq + 1);
+        Turn { order: self, seq }
+    }
+}
+
+impl Turn<'_> {
+    /// Run `write` once every earlier job has written (or failed), then let the next one go;
+    /// a job passes its turn on whatever happens, so a failure never stalls the others. Once
+    /// a write has failed no other job writes (as qemu-img stops its copy at the first error).
+    async fn write(self, write: impl Future<Output = Result<()>>) -> Result<()> {
+        let o = self.order;
+        while o.in_order && o.next.get() != self.seq {
+            o.moved.wait().await;
+        }
+        let out = if o.failed.get() { Ok(()) } else { write.await };
+        if out.is_err() {
+            o.failed.set(true);
+        }
+        o.next.set(self.seq + 1);
+        o.moved.notify_all();
+        out
+    }
 }
 
 /// `-c`: write `data` (whole target clusters) compressed at `at`. Clusters are written as a
@@ -168,6 +234,8 @@ struct Plan {
     /// Copy only SRC's top layer (`-B`).
     top_only: bool,
     in_flight: usize,
+    /// Without `-W`: target writes in source order.
+    in_order: bool,
     progress: bool,
     /// `-S`: sparse detection on a fresh target (minimum 0: everything is written).
     sparse: Sparse,
@@ -256,6 +324,7 @@ struct Run<'a> {
     started_ns: u64,
     copied: Cell<u64>,
     progress: RefCell<Steps>,
+    order: WriteOrder,
 }
 
 impl Run<'_> {
@@ -285,20 +354,22 @@ impl Run<'_> {
                     Action::Skip => {}
                     Action::Zero => {
                         let at = base + pos;
-                        jobs.push(Box::pin(async move {
+                        let turn = self.order.take();
+                        jobs.push(Box::pin(turn.write(async move {
                             dst.bb
                                 .write_zeroes(at, len, ReqFlags::MAY_UNMAP)
                                 .await
                                 .map_err(|e| write_error(e, at))
-                        }));
+                        })));
                     }
                     Action::Copy => {
                         let mut at = pos;
                         while at < pos + len && jobs.len() < plan.in_flight {
                             let n = CHUNK.min(pos + len - at);
                             self.keep_rate().await;
+                            let turn = self.order.take();
                             jobs.push(Box::pin(async move {
-                                copy((src, dst), (base, at, n), plan).await?;
+                                copy((src, dst), (base, at, n), plan, turn).await?;
                                 self.copied.set(self.copied.get() + n);
                                 self.progress.borrow_mut().reach(self.copied.get());
                                 Ok(())
@@ -330,6 +401,7 @@ async fn convert(srcs: &[Image], dst: &Image, plan: &Plan, env: &dyn Env) -> Res
         copied: Cell::new(0),
         // Shown as each data chunk lands, as qemu-img shows it.
         progress: RefCell::new(Steps::new(plan.progress, total, 1.0)),
+        order: WriteOrder::new(plan.in_order),
     };
     let mut base = 0;
     for src in srcs {
@@ -442,7 +514,14 @@ async fn run_opened(tool: &Tool, a: &mut ConvertArgs) -> Result<()> {
     let plan = Plan {
         fresh: !a.no_create || a.target_is_zero,
         top_only: a.spec.backing.is_some(),
-        in_flight: if a.out_of_order { a.coroutines } else { 1 },
+        // Reads run ahead in either mode (writes keep source order without -W); an in-order
+        // salvaging copy reads one chunk at a time so its warnings come out in offset order.
+        in_flight: if a.out_of_order || !a.copy.salvage {
+            a.coroutines
+        } else {
+            1
+        },
+        in_order: !a.out_of_order,
         progress: a.progress,
         sparse: a.copy.sparse,
         salvage: a.copy.salvage,

@@ -87,11 +87,13 @@ impl CopyOpts {
             .map_or(Ok(CacheMode::Writeback), parse_src_cache)
     }
 
-    /// The target's cache mode: qemu-img checks it only once the target exists.
+    /// The target's cache mode: qemu-img checks it only once the target exists. Without `-t`
+    /// it is `unsafe`, as in qemu-img (its help says so): the copy is not flushed to disk, and
+    /// a flush at the end cost a convert most of its time.
     pub fn cache(&self) -> Result<CacheMode> {
         self.cache
             .as_deref()
-            .map_or(Ok(CacheMode::Writeback), parse_cache)
+            .map_or(Ok(CacheMode::Unsafe), parse_cache)
     }
 }
 
@@ -257,5 +259,19 @@ fn refusal(a: &ConvertArgs, skip_broken: bool) -> Option<&'static str> {
         Some("--target-is-zero requires use of -n flag")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_cache_defaults_to_unsafe_as_in_qemu_img() {
+        let mut c = CopyOpts::default();
+        assert_eq!(c.cache().unwrap(), CacheMode::Unsafe);
+        assert_eq!(c.src_cache().unwrap(), CacheMode::Writeback);
+        c.take('t', "writeback".into()).unwrap();
+        assert_eq!(c.cache().unwrap(), CacheMode::Writeback);
     }
 }

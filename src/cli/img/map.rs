@@ -7,7 +7,8 @@
 //! nothing is reported compressed).
 
 use engine::{Error, Result};
-use serde_json::{Map, Value, json};
+
+use crate::cli::stdout::c_stdio::{self, print};
 
 use super::number::{in_range, strtosz};
 use super::open::Tool;
@@ -47,34 +48,58 @@ impl Entry {
                 .is_none_or(|o| Some(o + self.length) == next.offset)
     }
 
-    fn json(&self) -> String {
-        let mut m = Map::new();
-        m.insert("start".into(), json!(self.start));
-        m.insert("length".into(), json!(self.length));
-        m.insert("depth".into(), json!(self.depth));
-        m.insert("present".into(), json!(self.present));
-        m.insert("zero".into(), json!(self.zero));
-        m.insert("data".into(), json!(self.data));
-        m.insert("compressed".into(), json!(self.compressed));
-        if let Some(o) = self.offset {
-            m.insert("offset".into(), json!(o));
+    /// qemu-img's JSON object for the entry, with its spacing: `{ "k": v, "k": v}`. Built by
+    /// hand: a 4k-cluster image has a line per cluster, and `format!` cost more than the map.
+    fn json(&self, out: &mut String) {
+        let fields = [
+            ("{ \"start\": ", self.start),
+            (", \"length\": ", self.length),
+            (", \"depth\": ", u64::from(self.depth)),
+        ];
+        for (key, v) in fields {
+            out.push_str(key);
+            push_u64(out, v);
         }
-        // qemu-img's spacing: "{ "k": v, "k": v}".
-        let body: Vec<String> = m
-            .iter()
-            .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), v))
-            .collect();
-        format!("{{ {}}}", body.join(", "))
+        for (key, v) in [
+            (", \"present\": ", self.present),
+            (", \"zero\": ", self.zero),
+            (", \"data\": ", self.data),
+            (", \"compressed\": ", self.compressed),
+        ] {
+            out.push_str(key);
+            out.push_str(if v { "true" } else { "false" });
+        }
+        if let Some(o) = self.offset {
+            out.push_str(", \"offset\": ");
+            push_u64(out, o);
+        }
+        out.push('}');
     }
 }
 
-/// The merged map of `[start, end)` of an open image.
+/// Append the decimal digits of `v`.
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+}
+
+/// The map of `[start, end)` of an open image, each merged run handed to `sink` as soon as the
+/// next one shows it cannot grow, so the map streams in constant memory (as qemu-img prints it).
 pub(crate) async fn map_entries(
     root: &engine::graph::Child,
-    start: u64,
-    end: u64,
-) -> Result<Vec<Entry>> {
-    let mut out: Vec<Entry> = Vec::new();
+    (start, end): (u64, u64),
+    sink: &mut dyn FnMut(&Entry) -> Result<()>,
+) -> Result<()> {
+    let mut cur: Option<Entry> = None;
     let mut pos = start;
     while pos < end {
         let st = root
@@ -82,70 +107,120 @@ pub(crate) async fn map_entries(
             .await
             .map_err(|e| e.context("Could not read file metadata"))?;
         let len = st.len.min(end - pos);
-        let node = st.node.as_ref();
-        let data = matches!(
-            st.mapping,
-            engine::io::Mapping::Data { .. } | engine::io::Mapping::DataZero { .. }
-        );
-        let e = Entry {
-            start: pos,
-            length: len,
-            depth: st.depth,
-            present: node.is_some(),
-            zero: !data || st.mapping.is_zero(),
-            data,
-            // (An encrypted image gives no host offsets at all: there it means nothing.)
-            compressed: data
-                && st.mapping.host().is_none()
-                && node.is_some_and(|n| {
-                    n.driver_name() == "qcow2"
-                        && n.driver().specific_info().get("encrypt").is_none()
-                }),
-            offset: st.mapping.host(),
-            // Host offsets of a qcow2 image with an external data file are in that file.
-            filename: node.map(|n| match n.child("data-file") {
-                Some(e) => e.child_node().driver().filename(),
-                None => n.driver().filename(),
-            }),
-        };
+        let e = entry(&st, pos, len);
         pos += len;
-        match out.last_mut() {
+        match cur.as_mut() {
             Some(last) if last.mergeable(&e) => last.length += e.length,
-            _ => out.push(e),
+            _ => {
+                if let Some(done) = cur.replace(e) {
+                    sink(&done)?;
+                }
+            }
         }
     }
-    Ok(out)
+    cur.map_or(Ok(()), |last| sink(&last))
 }
 
-/// The human table; stops with qemu-img's error at data it cannot locate (after printing
-/// what comes before, as qemu-img does).
-fn human(entries: &[Entry]) -> Result<()> {
-    let row = |a: &str, b: &str, c: &str, d: &str| println!("{a:<16}{b:<16}{c:<16}{d}");
-    row("Offset", "Length", "Mapped to", "File");
-    let hex = |v: u64| {
-        if v == 0 {
-            "0".to_string()
-        } else {
-            format!("{v:#x}")
+/// The map entry of one block-status answer for `[pos, pos+len)`.
+fn entry(st: &engine::request::ChainStatus, pos: u64, len: u64) -> Entry {
+    let node = st.node.as_ref();
+    let data = matches!(
+        st.mapping,
+        engine::io::Mapping::Data { .. } | engine::io::Mapping::DataZero { .. }
+    );
+    Entry {
+        start: pos,
+        length: len,
+        depth: st.depth,
+        present: node.is_some(),
+        zero: !data || st.mapping.is_zero(),
+        data,
+        // (An encrypted image gives no host offsets at all: there it means nothing.)
+        compressed: data
+            && st.mapping.host().is_none()
+            && node.is_some_and(|n| {
+                n.driver_name() == "qcow2" && n.driver().specific_info().get("encrypt").is_none()
+            }),
+        offset: st.mapping.host(),
+        // Host offsets of a qcow2 image with an external data file are in that file.
+        filename: node.map(|n| match n.child("data-file") {
+            Some(e) => e.child_node().driver().filename(),
+            None => n.driver().filename(),
+        }),
+    }
+}
+
+/// Prints the map as it streams: qemu-img's JSON list, or its human table (which stops with
+/// qemu-img's error at data it cannot locate, after printing what comes before).
+struct Printer {
+    output: Output,
+    first: bool,
+    line: String,
+}
+
+impl Printer {
+    fn new(output: Output) -> Printer {
+        let p = Printer {
+            output,
+            first: true,
+            line: String::new(),
+        };
+        match output {
+            Output::Json => print("["),
+            Output::Human => p.row("Offset", "Length", "Mapped to", "File"),
         }
-    };
-    for e in entries {
-        if e.data && e.offset.is_none() {
-            return Err(Error::generic(
-                "File contains external, encrypted or compressed clusters.",
-            ));
+        p
+    }
+
+    fn row(&self, a: &str, b: &str, c: &str, d: &str) {
+        print(&format!("{a:<16}{b:<16}{c:<16}{d}\n"));
+    }
+
+    fn entry(&mut self, e: &Entry) -> Result<()> {
+        match self.output {
+            Output::Json => {
+                self.line.clear();
+                if !std::mem::take(&mut self.first) {
+                    self.line.push_str(",\n");
+                }
+                e.json(&mut self.line);
+                print(&self.line);
+            }
+            Output::Human => {
+                if e.data && e.offset.is_none() {
+                    return Err(Error::generic(
+                        "File contains external, encrypted or compressed clusters.",
+                    ));
+                }
+                if e.data && !e.zero {
+                    let file = e.filename.as_deref().unwrap_or("");
+                    self.row(
+                        &hex(e.start),
+                        &hex(e.length),
+                        &hex(e.offset.unwrap_or(0)),
+                        file,
+                    );
+                }
+            }
         }
-        if e.data && !e.zero {
-            let file = e.filename.as_deref().unwrap_or("");
-            row(
-                &hex(e.start),
-                &hex(e.length),
-                &hex(e.offset.unwrap_or(0)),
-                file,
-            );
+        Ok(())
+    }
+
+    /// The end of a complete map.
+    fn finish(&self) {
+        if self.output == Output::Json {
+            print("]\n");
         }
     }
-    Ok(())
+}
+
+/// qemu-img's `%#x`, which prints zero without the prefix.
+fn hex(v: u64) -> String {
+    if v == 0 {
+        "0".to_string()
+    } else {
+        format!("{v:#x}")
+    }
 }
 
 /// Entry point of `blk map`.
@@ -190,27 +265,23 @@ pub fn run(args: &[String]) -> i32 {
         return crate::cli::prog::usage_error("map", "Expecting one image file name");
     };
     let tool = Tool::new();
-    let result = tool.block_on(async {
+    let result: Result<()> = tool.block_on(async {
         let img = tool.open(path, fmt.as_deref(), true, share).await?;
         let len = img.len();
         let end = max_len.map_or(len, |m| start.saturating_add(m).min(len));
-        map_entries(&img.root(), start.min(len), end).await
+        let mut printer = Printer::new(output);
+        map_entries(&img.root(), (start.min(len), end), &mut |e| {
+            printer.entry(e)
+        })
+        .await?;
+        printer.finish();
+        Ok(())
     });
     let _ = tool.finish();
-    let entries = match result {
-        Ok(e) => e,
-        Err(e) => return fail(e),
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => fail(e),
     };
-    match output {
-        Output::Json => {
-            let lines: Vec<String> = entries.iter().map(Entry::json).collect();
-            println!("[{}]", lines.join(",\n"));
-        }
-        Output::Human => {
-            if let Err(e) = human(&entries) {
-                return fail(e);
-            }
-        }
-    }
-    0
+    c_stdio::flush();
+    code
 }
