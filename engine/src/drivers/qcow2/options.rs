@@ -267,9 +267,16 @@ mod tests {
             0
         );
         let o = take(json!({"overlap-check": {"template": "constant", "active-l2": true}}));
+        assert_eq!(o.unwrap().overlap_mask, CONSTANT | OL_ACTIVE_L2);
+        let all = take(json!({"overlap-check": "all"})).unwrap().overlap_mask;
+        assert_eq!(all, (1 << 9) - 1, "all nine structures");
+        let cached = take(json!({"overlap-check": "cached"}))
+            .unwrap()
+            .overlap_mask;
         assert_eq!(
-            o.unwrap().overlap_mask,
-            OL_HEADER | OL_ACTIVE_L1 | OL_REFCOUNT_TABLE | OL_ACTIVE_L2
+            cached,
+            all & !OL_INACTIVE_L2,
+            "cached reads no inactive L2 table"
         );
         let o = take(json!({"overlap-check.main-header": "off"})).unwrap();
         assert_eq!(o.overlap_mask & OL_HEADER, 0);

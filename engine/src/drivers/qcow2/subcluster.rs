@@ -17,6 +17,7 @@ use crate::error::{Errno, Error, Result};
 use super::Qcow2;
 use super::cluster::Kind;
 use super::lock::MetaGuard;
+use super::subcluster_write::has_host;
 use super::units::{GuestCluster, GuestOffset, HostOffset};
 
 /// Subclusters per cluster.
@@ -41,23 +42,23 @@ impl Qcow2 {
         let zero = bitmap >> (32 + s) & 1 != 0;
         let host = entry.host_offset();
         let compressed = entry.is_compressed();
+        let mapped = has_host(entry, self.has_data_file());
         // Bit 0 of the descriptor (the zero flag of plain entries) is ignored here, as QEMU
         // ignores it: zeroes are in the bitmap.
-        let invalid =
-            (compressed && bitmap != 0) || (alloc && zero) || (alloc && host.bytes() == 0);
+        let invalid = (compressed && bitmap != 0) || (alloc && zero) || (alloc && !mapped);
         if invalid {
             return Err(self.invalid_entry(gc).await);
         }
         if compressed {
             return self.classify(entry);
         }
-        if host.bytes() != 0 {
+        if mapped {
             // Checks the alignment (and reports a misaligned cluster as corruption).
             self.kind_at(held, gc).await?;
         }
         Ok(if zero {
             Kind::Zero {
-                host: (host.bytes() != 0).then_some(host),
+                host: mapped.then_some(host),
             }
         } else if alloc {
             Kind::Normal {
@@ -82,7 +83,7 @@ impl Qcow2 {
         }
         let entry = self.l2_entry(held, gc).await?;
         let host = entry.host_offset();
-        Ok((!entry.is_compressed() && host.bytes() != 0).then_some(host))
+        Ok((!entry.is_compressed() && has_host(entry, self.has_data_file())).then_some(host))
     }
 
     /// Where the unallocated subcluster at guest `off` has its place reserved, if it has

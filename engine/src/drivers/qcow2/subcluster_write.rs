@@ -63,9 +63,15 @@ enum Sub {
     UnallocatedPlain,
 }
 
+/// Whether `entry` names a host cluster. Offset 0 is one only with an external data file
+/// (guest cluster 0 lives at 0 there), where such entries always carry COPIED, as in QEMU.
+pub(super) fn has_host(entry: L2Entry, data_file: bool) -> bool {
+    entry.host_offset().bytes() != 0 || (data_file && !entry.is_compressed() && entry.is_copied())
+}
+
 /// The type of subcluster `s` of a (validated) entry and bitmap.
-fn sub_type(entry: L2Entry, bitmap: u64, s: u64) -> Sub {
-    let host = entry.host_offset().bytes() != 0;
+fn sub_type(entry: L2Entry, bitmap: u64, s: u64, data_file: bool) -> Sub {
+    let host = has_host(entry, data_file);
     let zero = bitmap >> (32 + s) & 1 != 0;
     let alloc = bitmap >> s & 1 != 0;
     match (entry.is_compressed(), host, zero, alloc) {
@@ -79,8 +85,8 @@ fn sub_type(entry: L2Entry, bitmap: u64, s: u64) -> Sub {
 }
 
 /// True when a write into the cluster of `entry` goes in place (its host cluster is ours).
-fn in_place(entry: L2Entry) -> bool {
-    !entry.is_compressed() && entry.host_offset().bytes() != 0 && entry.is_copied()
+fn in_place(entry: L2Entry, data_file: bool) -> bool {
+    !entry.is_compressed() && has_host(entry, data_file) && entry.is_copied()
 }
 
 /// One step of a write: clusters from `gc` at `host` (new ones unless `in_place`), their old
@@ -116,7 +122,7 @@ impl Qcow2 {
     /// event and EIO.
     async fn ext_state(&self, held: &MetaGuard<'_>, gc: GuestCluster) -> Result<(L2Entry, u64)> {
         let (entry, bitmap) = self.ext_raw(held, gc).await?;
-        let host = entry.host_offset().bytes() != 0;
+        let host = has_host(entry, self.has_data_file());
         // (Bit 0 of the entry, the zero flag of plain entries, means nothing here.)
         let invalid = !entry.is_compressed()
             && ((host && (bitmap >> 32) & bitmap != 0) || (!host && bitmap & ALL_ALLOC != 0));
@@ -135,7 +141,7 @@ impl Qcow2 {
     fn cow_start(&self, old: (L2Entry, u64), in_off: u64, keep: bool) -> u64 {
         let sc = self.sc_size();
         let s = in_off / sc;
-        match sub_type(old.0, old.1, s) {
+        match sub_type(old.0, old.1, s, self.has_data_file()) {
             Sub::Normal if keep => in_off,
             Sub::Compressed => 0,
             Sub::Normal | Sub::ZeroAlloc | Sub::UnallocatedAlloc if !keep => {
@@ -151,7 +157,7 @@ impl Qcow2 {
     fn cow_end(&self, old: (L2Entry, u64), end_in: u64, keep: bool) -> u64 {
         let (cs, sc) = (self.layout.cs(), self.sc_size());
         let s = (end_in - 1) / sc;
-        match sub_type(old.0, old.1, s) {
+        match sub_type(old.0, old.1, s, self.has_data_file()) {
             Sub::Normal if keep => end_in,
             Sub::Compressed => cs,
             Sub::Normal | Sub::ZeroAlloc | Sub::UnallocatedAlloc if !keep => {
@@ -174,7 +180,7 @@ impl Qcow2 {
         let gc = off.cluster(bits);
         let in_off = off.in_cluster(bits);
         let first = self.ext_state(held, gc).await?;
-        let keep = in_place(first.0);
+        let keep = in_place(first.0, self.has_data_file());
         let last = (off + (remaining - 1)).cluster(bits);
         let max = if keep {
             u64::MAX
@@ -187,7 +193,7 @@ impl Qcow2 {
         while c <= last && (olds.len() as u64) < max && !c.index().is_multiple_of(per) {
             let st = self.ext_state(held, c).await?;
             let contiguous = st.0.host_offset() == first.0.host_offset() + olds.len() as u64 * cs;
-            if in_place(st.0) != keep || (keep && !contiguous) {
+            if in_place(st.0, self.has_data_file()) != keep || (keep && !contiguous) {
                 break;
             }
             olds.push(st);
@@ -442,7 +448,10 @@ impl Qcow2 {
             let gc = GuestOffset::new(start).cluster(self.layout.cluster_bits);
             let (entry, bitmap) = self.ext_state(held, gc).await?;
             let s = GuestOffset::new(start).in_cluster(self.layout.cluster_bits) / sc;
-            if matches!(sub_type(entry, bitmap, s), Sub::Normal | Sub::Compressed) {
+            if matches!(
+                sub_type(entry, bitmap, s, self.has_data_file()),
+                Sub::Normal | Sub::Compressed
+            ) {
                 return Err(Error::io(Errno::ENOTSUP));
             }
         }
@@ -521,7 +530,7 @@ impl Qcow2 {
     ) -> Result<()> {
         let (old, old_bm) = self.ext_raw(held, gc).await?;
         let compressed = old.is_compressed();
-        let unmap = compressed || (unmap && old.host_offset().bytes() != 0);
+        let unmap = compressed || (unmap && has_host(old, self.has_data_file()));
         let new = if unmap { L2Entry::UNALLOCATED } else { old };
         if new == old && old_bm == ALL_ZEROES {
             return Ok(());
@@ -544,7 +553,7 @@ impl Qcow2 {
         full: bool,
     ) -> Result<()> {
         let (old, old_bm) = self.ext_raw(held, gc).await?;
-        let allocated = old.is_compressed() || old.host_offset().bytes() != 0;
+        let allocated = old.is_compressed() || has_host(old, self.has_data_file());
         let new_bm = if full {
             0
         } else if self.backing().is_some() || allocated {
